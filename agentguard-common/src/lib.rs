@@ -1,0 +1,185 @@
+//! Plain-old-data types shared by agentguard's kernel programs and its daemon.
+//!
+//! Every type is `#[repr(C)]` with explicit widths and explicit padding, because
+//! the kernel side writes them into BPF maps and the user side reads the same
+//! bytes back: any implicit padding would be uninitialised memory in the map key
+//! (and a lookup that never matches).
+#![no_std]
+
+/// Linux address family numbers, as the kernel reports them in `bpf_sock_addr`
+/// and `bpf_sock_ops`.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Number of live connections the LRU maps are sized for. The issue asks for at
+/// least 64k; an LRU map evicts the oldest entry when full, so a burst beyond
+/// this loses attribution for the oldest pending connection, which the proxy
+/// then refuses (fail closed) rather than relays.
+pub const MAX_TRACKED_CONNECTIONS: u32 = 65_536;
+
+/// Length of a task's `comm` (TASK_COMM_LEN in the kernel).
+pub const COMM_LEN: usize = 16;
+
+/// Maps an IPv4 address (network byte order bytes) into the IPv4-mapped IPv6
+/// form `::ffff:a.b.c.d` (RFC 4291 §2.5.5.2). Keys and records always hold 16
+/// bytes so one map serves both families.
+#[inline(always)]
+pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// Turns the four 32-bit words of `bpf_sock_addr.user_ip6` or
+/// `bpf_sock_ops.local_ip6` (each in network byte order) into address bytes.
+#[inline(always)]
+pub const fn ip6_words_to_bytes(w: [u32; 4]) -> [u8; 16] {
+    let (a, b, c, d) = (
+        w[0].to_ne_bytes(),
+        w[1].to_ne_bytes(),
+        w[2].to_ne_bytes(),
+        w[3].to_ne_bytes(),
+    );
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
+    ]
+}
+
+/// The inverse of [`ip6_words_to_bytes`].
+#[inline(always)]
+pub const fn ip6_bytes_to_words(b: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
+/// Whether `ip` is an IPv4-mapped IPv6 address (`::ffff:0:0/96`).
+#[inline(always)]
+pub fn is_v4_mapped(ip: &[u8; 16]) -> bool {
+    ip[0] == 0
+        && ip[1] == 0
+        && ip[2] == 0
+        && ip[3] == 0
+        && ip[4] == 0
+        && ip[5] == 0
+        && ip[6] == 0
+        && ip[7] == 0
+        && ip[8] == 0
+        && ip[9] == 0
+        && ip[10] == 0xff
+        && ip[11] == 0xff
+}
+
+/// What the kernel learned about one redirected connection at `connect()` time.
+///
+/// Written by `connect4`/`connect6` under the socket cookie, moved by `sockops`
+/// under the connection's local address, read (and removed) by the proxy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnRecord {
+    /// Original destination address; IPv4 is stored IPv4-mapped.
+    pub orig_ip: [u8; 16],
+    /// Original destination port, host byte order.
+    pub orig_port: u16,
+    /// Address family the application connected with (`AF_INET`/`AF_INET6`).
+    /// A v6 socket dialling `::ffff:a.b.c.d` reports `AF_INET6`.
+    pub family: u16,
+    /// Thread-group id (what user space calls the pid).
+    pub tgid: u32,
+    /// Kernel task id of the calling thread.
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Explicit padding so `cgroup_id` is 8-aligned without hidden bytes.
+    pub _pad: u32,
+    /// cgroup v2 id (the cgroup directory's inode number) of the caller.
+    pub cgroup_id: u64,
+    /// Socket cookie of the agent's socket, unique for the boot.
+    pub cookie: u64,
+    /// `comm` of the calling task, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Key of the peer map: the agent socket's local address as the proxy sees it
+/// on `accept()` (the peer address of the accepted connection).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    /// Local address of the agent's socket; IPv4 is stored IPv4-mapped.
+    pub ip: [u8; 16],
+    /// Local port, host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+impl PeerKey {
+    pub const fn new(ip: [u8; 16], port: u16) -> Self {
+        Self { ip, port, _pad: 0 }
+    }
+}
+
+/// Where the kernel sends redirected connections. One entry (index 0) in the
+/// `PROXY_CONFIG` array, written by the daemon at start.
+///
+/// An all-zero entry (daemon never configured the map) makes the kernel refuse
+/// every guarded connect: fail closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// IPv4 listener address as network-byte-order bytes (127.0.0.1).
+    pub ip4: [u8; 4],
+    /// IPv6 listener address (::1).
+    pub ip6: [u8; 16],
+    /// Listener port, host byte order. Zero means "not configured".
+    pub port: u16,
+    pub _pad: u16,
+    /// tgid of the running daemon: its own sockets are never redirected, even
+    /// if an operator placed it inside a guarded cgroup (loop guard).
+    pub daemon_tgid: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: each type is #[repr(C)], Copy, has explicit padding fields and no
+    // pointers, so every bit pattern the kernel writes is a valid value.
+    unsafe impl aya::Pod for super::ConnRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PeerKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProxyConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    // The layouts are an ABI between two compilers (bpf and host): pin them.
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<ConnRecord>(), 16 + 2 + 2 + 4 * 5 + 8 + 8 + 16);
+        assert_eq!(align_of::<ConnRecord>(), 8);
+        assert_eq!(size_of::<PeerKey>(), 20);
+        assert_eq!(size_of::<ProxyConfig>(), 4 + 16 + 2 + 2 + 4);
+    }
+
+    #[test]
+    fn ip6_words_round_trip() {
+        let bytes = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+        assert_eq!(ip6_words_to_bytes(ip6_bytes_to_words(bytes)), bytes);
+        assert!(is_v4_mapped(&v4_mapped([10, 0, 0, 1])));
+        assert!(!is_v4_mapped(&bytes));
+    }
+
+    #[test]
+    fn v4_mapped_follows_rfc4291() {
+        assert_eq!(
+            v4_mapped([127, 0, 0, 1]),
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1]
+        );
+    }
+}

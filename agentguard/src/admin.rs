@@ -1,0 +1,39 @@
+//! The admin API: HTTP/1.1 with JSON bodies over a unix socket (mode 0600, so
+//! only root reaches it). `agentguard exec`, `status` and `connections` are
+//! its clients.
+//!
+//! Routes:
+//! - `GET /v1/status` → [`StatusView`]
+//! - `GET /v1/agents/{name}` → [`AgentView`] (404 if unknown)
+//! - `GET /v1/connections` → recent connection decisions
+
+mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+pub use client::{AdminClient, AdminError};
+pub use server::{AdminServer, ServeError};
+
+/// One guarded agent, as `agentguard exec` needs it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentView {
+    pub name: String,
+    /// Relative to the cgroup v2 mount, as in the policy.
+    pub cgroup: String,
+    /// Absolute path of the cgroup directory.
+    pub cgroup_path: String,
+    pub cgroup_id: u64,
+    /// Whether the kernel programs are attached (and pinned) on it.
+    pub guarded: bool,
+    pub policy_file: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    pub pid: u32,
+    pub proxy_port: u16,
+    pub policy_version: String,
+    pub agents: Vec<AgentView>,
+    pub connections_total: u64,
+}

@@ -1,0 +1,167 @@
+//! Serving the admin API on a unix socket.
+
+use std::{
+    convert::Infallible,
+    io,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header::CONTENT_TYPE,
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use thiserror::Error;
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{debug, warn};
+
+use super::{AgentView, StatusView};
+use crate::{connlog::ConnLog, identity::AgentTable, policy::PolicySet};
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("another agentguard daemon is answering on {0}; stop it first")]
+    AlreadyRunning(PathBuf),
+    #[error("failed to prepare admin socket {path}: {source}")]
+    Prepare { path: PathBuf, source: io::Error },
+    #[error("failed to bind admin socket {path}: {source}")]
+    Bind { path: PathBuf, source: io::Error },
+}
+
+/// Everything the admin API reports on.
+pub struct AdminState {
+    pub agents: Arc<AgentTable>,
+    pub policy: PolicySet,
+    pub log: Arc<ConnLog>,
+    pub proxy_port: u16,
+}
+
+pub struct AdminServer {
+    listener: UnixListener,
+}
+
+impl AdminServer {
+    /// Binds the socket, refusing to take over one a live daemon answers on.
+    pub async fn bind(path: &Path) -> Result<Self, ServeError> {
+        let prepare = |source| ServeError::Prepare {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(prepare)?;
+        }
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(ServeError::AlreadyRunning(path.to_owned()));
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(prepare(e)),
+        }
+        let listener = UnixListener::bind(path).map_err(|source| ServeError::Bind {
+            path: path.to_owned(),
+            source,
+        })?;
+        // Root only: the API can place processes into agent cgroups' view.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(prepare)?;
+        Ok(Self { listener })
+    }
+
+    pub async fn serve(self, state: AdminState) {
+        let state = Arc::new(state);
+        loop {
+            let stream = match self.listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(route(&state, &req)) }
+                });
+                if let Err(e) = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    debug!(error = %e, "admin connection ended");
+                }
+            });
+        }
+    }
+}
+
+fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported");
+    }
+    let path = req.uri().path();
+    match path {
+        "/v1/status" => json(StatusCode::OK, &status(state)),
+        "/v1/connections" => json(StatusCode::OK, &state.log.snapshot()),
+        _ => match path.strip_prefix("/v1/agents/") {
+            Some(name) => match agent_view(state, name) {
+                Some(view) => json(StatusCode::OK, &view),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no agent named {name:?} in the running policy"),
+                ),
+            },
+            None => error(StatusCode::NOT_FOUND, "no such route"),
+        },
+    }
+}
+
+fn status(state: &AdminState) -> StatusView {
+    StatusView {
+        pid: std::process::id(),
+        proxy_port: state.proxy_port,
+        policy_version: state.policy.version.clone(),
+        agents: state
+            .agents
+            .agents()
+            .iter()
+            .filter_map(|a| agent_view(state, &a.name))
+            .collect(),
+        connections_total: state.log.total(),
+    }
+}
+
+fn agent_view(state: &AdminState, name: &str) -> Option<AgentView> {
+    let guarded = state.agents.get(name)?;
+    let policy = state.policy.agent(name)?;
+    Some(AgentView {
+        name: name.to_owned(),
+        cgroup: policy.cgroup.to_string(),
+        cgroup_path: guarded.cgroup.path.display().to_string(),
+        cgroup_id: guarded.cgroup.id,
+        // The daemon only serves after every agent's programs are attached
+        // and pinned; an agent it failed to guard stops start-up.
+        guarded: true,
+        policy_file: policy.source.display().to_string(),
+    })
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(bytes)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "error": message }))
+}

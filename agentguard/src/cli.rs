@@ -1,0 +1,225 @@
+//! Command-line interface: argument parsing and dispatch to the modules.
+
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use thiserror::Error;
+
+use crate::{
+    admin::{AdminClient, AdminError, StatusView},
+    config::{
+        ConfigError, DEFAULT_ADMIN_SOCKET, DEFAULT_BPF_DIR, DEFAULT_POLICIES_DIR,
+        DEFAULT_PROXY_PORT, DEFAULT_STATE_DIR, RunConfig,
+    },
+    daemon::{self, DaemonError},
+    ebpf::{self, EbpfError},
+    exec::{self, ExecError},
+    logging::{self, LogFormat},
+    policy,
+    preflight::{self, PreflightError},
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agentguard",
+    version,
+    about = "Keeps secrets out of AI agents: kernel-attributed egress proxy"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground.
+    Run {
+        #[arg(long, default_value = DEFAULT_POLICIES_DIR)]
+        policies: PathBuf,
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Port of the proxy on 127.0.0.1 and ::1 (0: any free port).
+        #[arg(long, default_value_t = DEFAULT_PROXY_PORT)]
+        proxy_port: u16,
+        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
+        admin_socket: PathBuf,
+        /// bpffs directory where programs and maps are pinned.
+        #[arg(long, default_value = DEFAULT_BPF_DIR)]
+        bpf_dir: PathBuf,
+    },
+    /// Run CMD inside an agent's cgroup (joined before exec).
+    Exec {
+        #[arg(long)]
+        agent: String,
+        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
+        admin_socket: PathBuf,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<OsString>,
+    },
+    /// Show the running daemon's status (JSON).
+    Status {
+        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
+        admin_socket: PathBuf,
+    },
+    /// Print the daemon's recent connection decisions, one JSON object a line.
+    Connections {
+        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
+        admin_socket: PathBuf,
+    },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Remove agentguard's pinned programs and maps: agents then connect
+    /// directly, unguarded. A deliberate uninstall step.
+    Detach {
+        #[arg(long, default_value = DEFAULT_BPF_DIR)]
+        bpf_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file or a folder of them.
+    Check {
+        #[arg(default_value = DEFAULT_POLICIES_DIR)]
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Error)]
+enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error("failed to start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("agentguard: error: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, skipping causes whose text the message already
+/// carries (most of ours embed their source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn dispatch(command: Command) -> Result<ExitCode, CliError> {
+    match command {
+        Command::Run {
+            policies,
+            state_dir,
+            proxy_port,
+            admin_socket,
+            bpf_dir,
+        } => {
+            let cfg = RunConfig {
+                policies_dir: policies,
+                state_dir,
+                admin_socket,
+                bpf_dir,
+                proxy_port,
+            }
+            .validate()?;
+            runtime()?.block_on(daemon::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec {
+            agent,
+            admin_socket,
+            cmd,
+        } => match exec::exec(&admin_socket, &agent, &cmd)? {},
+        Command::Status { admin_socket } => {
+            let status: StatusView =
+                runtime()?.block_on(AdminClient::new(&admin_socket).get("/v1/status"))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&status).unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Connections { admin_socket } => {
+            let entries: Vec<serde_json::Value> =
+                runtime()?.block_on(AdminClient::new(&admin_socket).get("/v1/connections"))?;
+            for entry in entries {
+                println!("{entry}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy {
+            command: PolicyCommand::Check { path },
+        } => Ok(policy_check(&path)),
+        Command::Detach { bpf_dir } => {
+            preflight::require_root("detach")?;
+            let removed = ebpf::detach_all(&bpf_dir)?;
+            println!(
+                "detached {removed} program links from {}; agents now connect unguarded",
+                bpf_dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn policy_check(path: &std::path::Path) -> ExitCode {
+    match policy::load_path(path) {
+        Ok(set) => {
+            println!(
+                "ok: {} agent(s), policy version {}",
+                set.agents.len(),
+                set.version
+            );
+            for file in set.sources() {
+                println!("  {}", file.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{} error(s); policy refused", errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+}

@@ -1,0 +1,185 @@
+//! `agentguard run`: set up the kernel side, then serve the proxy and the
+//! admin API until told to stop.
+
+use std::{
+    fs,
+    os::unix::fs::DirBuilderExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use nix::fcntl::{Flock, FlockArg};
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::{
+    admin::{AdminServer, ServeError, server::AdminState},
+    cgroup::{CgroupError, CgroupRoot},
+    config::RunConfig,
+    connlog::ConnLog,
+    ebpf::{EbpfError, Kernel},
+    identity::{AgentTable, GuardedAgent},
+    policy::{self, PolicyErrors},
+    preflight::{self, PreflightError},
+    proxy::{BindError, Listeners, ProxyContext},
+};
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("invalid policy, not starting:\n{0}")]
+    Policy(#[from] PolicyErrors),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    #[error(transparent)]
+    Admin(#[from] ServeError),
+    #[error("failed to prepare state dir {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another agentguard daemon holds the lock on {0}")]
+    Locked(PathBuf),
+    #[error("failed to install signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
+    preflight::require_root("run")?;
+    preflight::require_btf()?;
+    preflight::ensure_bpffs(&cfg.bpf_dir)?;
+    let root = CgroupRoot::discover()?;
+    info!(config = %cfg, cgroup2 = %root.mount().display(), "starting agentguard");
+
+    let _lock = lock_state_dir(&cfg.state_dir)?;
+    // A bad policy stops start-up before anything in the kernel changes.
+    let policy = policy::load_path(&cfg.policies_dir)?;
+    // Claim the admin socket before touching the kernel, so a second daemon
+    // fails here instead of taking over the first one's links.
+    let admin = AdminServer::bind(&cfg.admin_socket).await?;
+    // Bind before redirecting: the port must be ours before agents are sent
+    // to it.
+    let listeners = Listeners::bind(cfg.proxy_port)?;
+    let port = listeners.port();
+    if port >= 1024 {
+        warn!(
+            port,
+            "proxy port is unprivileged: while agentguard is stopped, any local user could bind it and receive agents' connections; prefer a port below 1024"
+        );
+    }
+
+    let (mut kernel, peers) = Kernel::load(&cfg.bpf_dir)?;
+    let daemon_tgid = std::process::id();
+    kernel.configure(port, daemon_tgid)?;
+    let mut guarded = Vec::new();
+    for agent in &policy.agents {
+        let cgroup = root.ensure(&agent.cgroup)?;
+        kernel.guard(&cgroup)?;
+        info!(agent = %agent.name, cgroup = %cgroup.path.display(), cgroup_id = cgroup.id, "agent guarded");
+        guarded.push(GuardedAgent {
+            name: agent.name.as_str().into(),
+            cgroup,
+        });
+    }
+    let keep: Vec<u64> = guarded.iter().map(|a| a.cgroup.id).collect();
+    let released = kernel.release_all_except(&keep)?;
+    if released > 0 {
+        info!(
+            released,
+            "detached programs from cgroups no longer in the policy"
+        );
+    }
+
+    let agents = Arc::new(AgentTable::new(root, guarded));
+    let log = Arc::new(ConnLog::default());
+    let ctx = Arc::new(ProxyContext {
+        peers,
+        agents: agents.clone(),
+        log: log.clone(),
+        policy_version: policy.version.clone(),
+        proxy_port: port,
+    });
+    let admin_state = AdminState {
+        agents,
+        policy: policy.clone(),
+        log,
+        proxy_port: port,
+    };
+    info!(
+        port,
+        agents = policy.agents.len(),
+        policy_version = %policy.version,
+        admin_socket = %cfg.admin_socket.display(),
+        "agentguard ready"
+    );
+
+    let mut stop = Shutdown::install()?;
+    tokio::select! {
+        () = listeners.serve(ctx) => {}
+        () = admin.serve(admin_state) => {}
+        signal = stop.wait() => info!(signal, "stopping"),
+    }
+
+    // Fail closed on purpose: the links stay pinned, and port 0 makes the
+    // kernel refuse guarded connects outright until a daemon starts again.
+    if let Err(e) = kernel.configure(0, daemon_tgid) {
+        warn!(error = %e, "could not switch the kernel to refuse-all; agents' connects will be refused by the closed port instead");
+    }
+    let _ = fs::remove_file(&cfg.admin_socket);
+    Ok(())
+}
+
+/// One daemon per state dir: the lock is held for the daemon's lifetime.
+fn lock_state_dir(dir: &Path) -> Result<Flock<fs::File>, DaemonError> {
+    let state_err = |source| DaemonError::StateDir {
+        path: dir.to_owned(),
+        source,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(state_err)?;
+    let lock_path = dir.join("agentguard.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(state_err)?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| DaemonError::Locked(lock_path))
+}
+
+/// SIGTERM and SIGINT stop the daemon. SIGHUP (policy reload, a later issue)
+/// is caught so that it cannot kill the daemon by its default action.
+struct Shutdown {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    fn install() -> Result<Self, DaemonError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).map_err(DaemonError::Signal)?,
+            int: signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?,
+            hup: signal(SignalKind::hangup()).map_err(DaemonError::Signal)?,
+        })
+    }
+
+    async fn wait(&mut self) -> &'static str {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return "SIGTERM",
+                _ = self.int.recv() => return "SIGINT",
+                _ = self.hup.recv() => warn!("SIGHUP received: policy reload is not implemented yet; restart the daemon to apply policy changes"),
+            }
+        }
+    }
+}

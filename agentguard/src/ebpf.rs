@@ -1,0 +1,397 @@
+//! Loading, attaching and pinning the kernel programs, and reading their maps.
+//! The one module that talks to the BPF syscall.
+//!
+//! Layout under the pin directory (default `/sys/fs/bpf/agentguard`):
+//!
+//! ```text
+//! maps/PROXY_CONFIG  maps/SOCKET_RECORDS  maps/PEER_RECORDS
+//! links/cg<cgroup id>-<program>-<link id>
+//! ```
+//!
+//! cgroup bpf_links detach when their last fd closes, so a crashed daemon would
+//! leave agents connecting directly (fail open). Pinned links stay attached:
+//! with the daemon gone, agents' connections go to a port nobody serves and
+//! are refused (fail closed). A restarted daemon reuses the pinned maps, so
+//! records of connections made meanwhile are not lost, attaches fresh
+//! programs and only then unpins the old links.
+
+use std::{
+    fs,
+    net::{IpAddr, SocketAddr},
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use agentguard_common::{ConnRecord, PeerKey, ProxyConfig, v4_mapped};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SockOps,
+        links::{FdLink, PinnedLink},
+    },
+};
+use thiserror::Error;
+
+use crate::cgroup::Cgroup;
+
+/// The compiled kernel programs, built by build.rs with aya-build.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agentguard"));
+
+const CONNECT4: &str = "agentguard_connect4";
+const CONNECT6: &str = "agentguard_connect6";
+const SOCKOPS: &str = "agentguard_sockops";
+const PROGRAMS: [&str; 3] = [CONNECT4, CONNECT6, SOCKOPS];
+/// With bpf_link (kernel >= 5.7, which aya uses), the kernel refuses any
+/// attach flag (EINVAL) and always attaches as BPF_F_ALLOW_MULTI
+/// (kernel/bpf/cgroup.c, cgroup_bpf_link_attach): other tools' programs on the
+/// same cgroup keep running, and old and new links can overlap during a
+/// restart. `Single` is aya's name for "flags = 0".
+const LINK_ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
+const MAPS: [&str; 3] = ["PROXY_CONFIG", "SOCKET_RECORDS", "PEER_RECORDS"];
+
+#[derive(Debug, Error)]
+pub enum EbpfError {
+    #[error("failed to prepare pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to load the eBPF programs: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("eBPF program {0} is missing from the object")]
+    MissingProgram(&'static str),
+    #[error("eBPF map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("failed to attach {name} to cgroup {cgroup}: {source}")]
+    Attach {
+        name: &'static str,
+        cgroup: PathBuf,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("failed to pin link {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("link of {name}: {source}")]
+    Link {
+        name: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("failed to remove pinned link {path}: {source}")]
+    Unpin {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// The loaded programs and the maps the daemon uses while it runs.
+pub struct Kernel {
+    ebpf: Ebpf,
+    config: Array<MapData, ProxyConfig>,
+    pin_dir: PathBuf,
+}
+
+/// The kernel's per-connection records, shared with the proxy's tasks.
+pub struct PeerRecords {
+    // HashMap::remove needs &mut; the syscalls take microseconds, so a mutex
+    // costs nothing next to a connect().
+    map: Mutex<HashMap<MapData, PeerKey, ConnRecord>>,
+}
+
+impl Kernel {
+    /// Loads the programs, reusing pinned maps if a previous daemon left them.
+    pub fn load(pin_dir: &Path) -> Result<(Self, PeerRecords), EbpfError> {
+        let maps_dir = pin_dir.join("maps");
+        for dir in [&maps_dir, &pin_dir.join("links")] {
+            create_private_dir(dir)?;
+        }
+        let mut loader = EbpfLoader::new();
+        let pins: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (*m, maps_dir.join(m))).collect();
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(EbpfError::Load)?;
+
+        for name in [CONNECT4, CONNECT6] {
+            sock_addr_program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| EbpfError::Program { name, source })?;
+        }
+        sockops_program(&mut ebpf)?
+            .load()
+            .map_err(|source| EbpfError::Program {
+                name: SOCKOPS,
+                source,
+            })?;
+
+        let config = take_map(&mut ebpf, "PROXY_CONFIG")?;
+        let config = Array::try_from(config).map_err(|source| EbpfError::Map {
+            name: "PROXY_CONFIG",
+            source,
+        })?;
+        let peers = take_map(&mut ebpf, "PEER_RECORDS")?;
+        let peers = HashMap::try_from(peers).map_err(|source| EbpfError::Map {
+            name: "PEER_RECORDS",
+            source,
+        })?;
+        Ok((
+            Self {
+                ebpf,
+                config,
+                pin_dir: pin_dir.to_owned(),
+            },
+            PeerRecords {
+                map: Mutex::new(peers),
+            },
+        ))
+    }
+
+    /// Points the kernel's redirect at the proxy listener. A port of 0 makes
+    /// the kernel refuse every guarded connect (used at shutdown).
+    pub fn configure(&mut self, port: u16, daemon_tgid: u32) -> Result<(), EbpfError> {
+        let cfg = ProxyConfig {
+            ip4: [127, 0, 0, 1],
+            ip6: std::net::Ipv6Addr::LOCALHOST.octets(),
+            port,
+            _pad: 0,
+            daemon_tgid,
+        };
+        self.config.set(0, cfg, 0).map_err(|source| EbpfError::Map {
+            name: "PROXY_CONFIG",
+            source,
+        })
+    }
+
+    /// Attaches every program to `cgroup` and pins the links. Links a previous
+    /// daemon pinned for this cgroup are removed only after the new ones are
+    /// in place, so there is no instant without a redirect. (While both are
+    /// attached, the second program sees a destination already pointing at the
+    /// proxy with a record for the socket, and leaves it alone.)
+    pub fn guard(&mut self, cgroup: &Cgroup) -> Result<(), EbpfError> {
+        let links_dir = self.pin_dir.join("links");
+        let previous = pinned_links(&links_dir, Some(cgroup.id))?;
+
+        let cgroup_fd = fs::File::open(&cgroup.path).map_err(|source| EbpfError::PinDir {
+            path: cgroup.path.clone(),
+            source,
+        })?;
+        let attach_err = |name, source| EbpfError::Attach {
+            name,
+            cgroup: cgroup.path.clone(),
+            source,
+        };
+        let mut new_links = Vec::new();
+        for name in [CONNECT4, CONNECT6] {
+            let prog = sock_addr_program(&mut self.ebpf, name)?;
+            let id = prog
+                .attach(cgroup_fd.as_fd(), LINK_ATTACH_MODE)
+                .map_err(|e| attach_err(name, e))?;
+            let link = prog.take_link(id).map_err(|e| attach_err(name, e))?;
+            let link = FdLink::try_from(link).map_err(|source| EbpfError::Link { name, source })?;
+            new_links.push((name, link));
+        }
+        let prog = sockops_program(&mut self.ebpf)?;
+        let id = prog
+            .attach(cgroup_fd.as_fd(), LINK_ATTACH_MODE)
+            .map_err(|e| attach_err(SOCKOPS, e))?;
+        let link = prog.take_link(id).map_err(|e| attach_err(SOCKOPS, e))?;
+        let link = FdLink::try_from(link).map_err(|source| EbpfError::Link {
+            name: SOCKOPS,
+            source,
+        })?;
+        new_links.push((SOCKOPS, link));
+
+        for (name, link) in new_links {
+            let link_id = link
+                .info()
+                .map_err(|source| EbpfError::Link { name, source })?
+                .id();
+            let path = links_dir.join(format!("cg{}-{name}-{link_id}", cgroup.id));
+            link.pin(&path)
+                .map_err(|source| EbpfError::Pin { path, source })?;
+        }
+        for path in previous {
+            unpin(&path)?;
+        }
+        Ok(())
+    }
+
+    /// Detaches programs from cgroups no longer named by any policy.
+    pub fn release_all_except(&mut self, keep: &[u64]) -> Result<usize, EbpfError> {
+        let links_dir = self.pin_dir.join("links");
+        let mut released = 0;
+        for path in pinned_links(&links_dir, None)? {
+            let keep_it = link_cgroup_id(&path).is_some_and(|id| keep.contains(&id));
+            if !keep_it {
+                unpin(&path)?;
+                released += 1;
+            }
+        }
+        Ok(released)
+    }
+}
+
+impl PeerRecords {
+    /// Takes the kernel's record for the connection whose agent-side address
+    /// is `peer` (the peer of the accepted socket), removing it so that the
+    /// LRU holds only connections not yet accepted.
+    pub fn take(&self, peer: SocketAddr) -> Option<ConnRecord> {
+        let ip = match peer.ip() {
+            IpAddr::V4(v4) => v4_mapped(v4.octets()),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        let key = PeerKey::new(ip, peer.port());
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let record = map.get(&key, 0).ok()?;
+        // A failed remove leaves a stale entry the LRU will evict; the record
+        // itself is still valid for this connection.
+        let _ = map.remove(&key);
+        Some(record)
+    }
+}
+
+/// Removes every pinned link and map of a pin directory: the programs detach
+/// from all cgroups and agents connect directly again. Used by
+/// `agentguard detach` (an explicit uninstall) and by tests.
+pub fn detach_all(pin_dir: &Path) -> Result<usize, EbpfError> {
+    let mut removed = 0;
+    for path in pinned_links(&pin_dir.join("links"), None)? {
+        unpin(&path)?;
+        removed += 1;
+    }
+    let _ = fs::remove_dir(pin_dir.join("links"));
+    for name in MAPS {
+        let path = pin_dir.join("maps").join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(EbpfError::Unpin { path, source }),
+        }
+    }
+    let _ = fs::remove_dir(pin_dir.join("maps"));
+    let _ = fs::remove_dir(pin_dir);
+    Ok(removed)
+}
+
+fn sock_addr_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSockAddr, EbpfError> {
+    ebpf.program_mut(name)
+        .ok_or(EbpfError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| EbpfError::Program { name, source })
+}
+
+fn sockops_program(ebpf: &mut Ebpf) -> Result<&mut SockOps, EbpfError> {
+    ebpf.program_mut(SOCKOPS)
+        .ok_or(EbpfError::MissingProgram(SOCKOPS))?
+        .try_into()
+        .map_err(|source| EbpfError::Program {
+            name: SOCKOPS,
+            source,
+        })
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, EbpfError> {
+    ebpf.take_map(name).ok_or(EbpfError::MissingMap(name))
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), EbpfError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| EbpfError::PinDir {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// Pinned link files, all or those of one cgroup, named
+/// `cg<cgroup id>-<program>-<link id>`.
+fn pinned_links(links_dir: &Path, cgroup_id: Option<u64>) -> Result<Vec<PathBuf>, EbpfError> {
+    let entries = match fs::read_dir(links_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(EbpfError::PinDir {
+                path: links_dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut links: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| match (link_cgroup_id(p), cgroup_id) {
+            (Some(id), Some(want)) => id == want,
+            (Some(_), None) => true,
+            (None, _) => false,
+        })
+        .collect();
+    links.sort();
+    Ok(links)
+}
+
+fn link_cgroup_id(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let rest = name.strip_prefix("cg")?;
+    let (id, program) = rest.split_once('-')?;
+    PROGRAMS
+        .iter()
+        .any(|p| program.starts_with(p))
+        .then(|| id.parse().ok())
+        .flatten()
+}
+
+/// Unpinning drops the last reference to the link: the program detaches.
+fn unpin(path: &Path) -> Result<(), EbpfError> {
+    let link = PinnedLink::from_pin(path).map_err(|source| EbpfError::Link {
+        name: "pinned",
+        source,
+    })?;
+    link.unpin().map_err(|source| EbpfError::Unpin {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_names_carry_their_cgroup() {
+        assert_eq!(
+            link_cgroup_id(Path::new("/x/links/cg1234-agentguard_connect4-77")),
+            Some(1234)
+        );
+        assert_eq!(
+            link_cgroup_id(Path::new("/x/links/cgabc-agentguard_connect4-1")),
+            None
+        );
+        assert_eq!(link_cgroup_id(Path::new("/x/links/cg12-other-1")), None);
+        assert_eq!(link_cgroup_id(Path::new("/x/links/README")), None);
+    }
+}

@@ -1,0 +1,18 @@
+//! agentguard: a Linux daemon that takes secrets out of AI agents' hands. eBPF
+//! programs on each agent's cgroup send every outbound connection to a local
+//! proxy that knows, from the kernel, who opened it; the proxy decides, relays
+//! and records.
+
+pub mod admin;
+pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod connlog;
+pub mod daemon;
+pub mod ebpf;
+pub mod exec;
+pub mod identity;
+pub mod logging;
+pub mod policy;
+pub mod preflight;
+pub mod proxy;

@@ -1,0 +1,171 @@
+//! Binding the proxy listeners and attributing accepted connections.
+
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
+
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tracing::{Instrument as _, info_span, warn};
+
+use super::{ProxyContext, relay};
+use crate::{
+    connlog::Decision,
+    identity::{Identity, original_destination},
+};
+
+#[derive(Debug, Error)]
+pub enum BindError {
+    #[error(
+        "proxy port {addr} is already in use (is another agentguard running? choose one with --proxy-port)"
+    )]
+    InUse { addr: SocketAddr },
+    #[error("failed to bind proxy listener {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
+/// The proxy's two listeners: 127.0.0.1 (IPv4 and v4-mapped connections) and
+/// ::1 (IPv6), on one port.
+pub struct Listeners {
+    v4: TcpListener,
+    v6: TcpListener,
+    port: u16,
+}
+
+impl Listeners {
+    /// Binds both listeners. With `port == 0` the kernel picks a port for the
+    /// IPv4 listener and the IPv6 one takes the same.
+    pub fn bind(port: u16) -> Result<Self, BindError> {
+        let v4 = bind_one(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), false)?;
+        let port = v4
+            .local_addr()
+            .map_err(|source| BindError::Bind {
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                source,
+            })?
+            .port();
+        let v6 = bind_one(SocketAddr::from((Ipv6Addr::LOCALHOST, port)), true)?;
+        Ok(Self { v4, v6, port })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Accepts until the task is dropped. Each connection gets its own task.
+    pub async fn serve(self, ctx: Arc<ProxyContext>) {
+        let v4 = tokio::spawn(accept_loop(self.v4, ctx.clone()));
+        let v6 = tokio::spawn(accept_loop(self.v6, ctx));
+        let _ = tokio::join!(v4, v6);
+    }
+}
+
+fn bind_one(addr: SocketAddr, v6: bool) -> Result<TcpListener, BindError> {
+    let bind_err = |source: io::Error| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            BindError::InUse { addr }
+        } else {
+            BindError::Bind { addr, source }
+        }
+    };
+    let socket = if v6 {
+        TcpSocket::new_v6()
+    } else {
+        TcpSocket::new_v4()
+    }
+    .map_err(bind_err)?;
+    socket.set_reuseaddr(true).map_err(bind_err)?;
+    socket.bind(addr).map_err(bind_err)?;
+    socket.listen(1024).map_err(bind_err)
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<ProxyContext>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move { handle(stream, peer, ctx).await });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Attributes one connection and relays it, or closes it. Nothing is relayed
+/// without a kernel record: a connection we cannot attribute is one we cannot
+/// decide on.
+async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
+    let Some(record) = ctx.peers.take(peer) else {
+        refuse(
+            &ctx,
+            peer,
+            None,
+            None,
+            "no kernel record for this connection (not from a guarded cgroup, or already closed)",
+        );
+        return;
+    };
+    let dst = original_destination(&record);
+    let identity = match ctx.agents.resolve(&record) {
+        Ok(identity) => identity,
+        Err(e) => {
+            refuse(&ctx, peer, None, Some(dst), &e.to_string());
+            return;
+        }
+    };
+    if dst.ip().is_loopback() && dst.port() == ctx.proxy_port {
+        refuse(
+            &ctx,
+            peer,
+            Some(identity),
+            Some(dst),
+            "original destination is the proxy itself",
+        );
+        return;
+    }
+
+    let span = info_span!(
+        "conn",
+        agent = %identity.agent,
+        pid = identity.pid,
+        uid = identity.uid,
+        comm = %identity.comm,
+        cgroup = %identity.cgroup,
+        dst = %dst,
+    );
+    ctx.log.push(
+        peer,
+        Some(identity),
+        Some(dst),
+        Decision::Relay,
+        "relay (no HTTP policy yet)",
+        &ctx.policy_version,
+    );
+    relay::relay(stream, dst).instrument(span).await;
+}
+
+fn refuse(
+    ctx: &ProxyContext,
+    peer: SocketAddr,
+    identity: Option<Identity>,
+    dst: Option<SocketAddr>,
+    reason: &str,
+) {
+    warn!(%peer, agent = identity.as_ref().map(|i| &*i.agent), ?dst, reason, "connection refused");
+    ctx.log.push(
+        peer,
+        identity,
+        dst,
+        Decision::Refuse,
+        reason,
+        &ctx.policy_version,
+    );
+    // Dropping the stream closes it: the agent sees a reset/EOF, nothing went
+    // upstream.
+}
