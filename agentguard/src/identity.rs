@@ -34,6 +34,9 @@ pub struct Identity {
     pub uid: u32,
     pub gid: u32,
     pub comm: String,
+    /// Family of the agent's socket: "ipv6" for a v6 socket even when it
+    /// dialled a v4-mapped address.
+    pub socket_family: &'static str,
     /// `/proc/<pid>/exe`, read when the connection was accepted; `None` if the
     /// process had already exited. Informational: never used for decisions,
     /// since a pid can be reused.
@@ -96,6 +99,11 @@ impl AgentTable {
             uid: record.uid,
             gid: record.gid,
             comm: comm_str(&record.comm),
+            socket_family: if record.family == AF_INET {
+                "ipv4"
+            } else {
+                "ipv6"
+            },
             exe: std::fs::read_link(format!("/proc/{}/exe", record.tgid)).ok(),
         })
     }

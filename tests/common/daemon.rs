@@ -1,0 +1,224 @@
+//! A real `agentguard run` in its own temporary state, cgroups and bpffs
+//! directory, so tests never touch a daemon the machine may be running.
+
+use std::{
+    fs,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use super::{AGENTGUARD, require_root, text};
+
+static INSTANCE: AtomicUsize = AtomicUsize::new(0);
+
+pub struct Daemon {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub admin_socket: PathBuf,
+    pub bpf_dir: PathBuf,
+    cgroup_parent: PathBuf,
+    agents: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts a daemon guarding one cgroup per agent name in `agents`.
+    pub fn start(agents: &[&str]) -> Self {
+        require_root();
+        let n = INSTANCE.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("agentguard-test-{}-{n}", std::process::id());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policies = dir.path().join("policies");
+        fs::create_dir(&policies).unwrap();
+        for agent in agents {
+            fs::write(
+                policies.join(format!("{agent}.toml")),
+                format!("[agent]\nname = \"{agent}\"\ncgroup = \"{tag}/{agent}\"\n"),
+            )
+            .unwrap();
+        }
+        let cgroup_mount = cgroup2_mount();
+        let mut daemon = Self {
+            child: None,
+            admin_socket: dir.path().join("admin.sock"),
+            bpf_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
+            cgroup_parent: cgroup_mount.join(&tag),
+            agents: agents.iter().map(|a| a.to_string()).collect(),
+            dir,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(AGENTGUARD)
+            .args(["--log-format", "json", "run", "--proxy-port", "0"])
+            .arg("--policies")
+            .arg(self.dir.path().join("policies"))
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .arg("--admin-socket")
+            .arg(&self.admin_socket)
+            .arg("--bpf-dir")
+            .arg(&self.bpf_dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn agentguard run");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Polls the admin API (bounded: 30 s) until the daemon answers.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agentguard run exited early ({status}):\n{}", self.log());
+            }
+            let out = self.cli(&["status"]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agentguard run not ready after 30 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no clean-up code in the daemon runs.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("daemon running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts the daemon again on the same state, policies and bpffs pins.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "kill the daemon first");
+        self.spawn();
+    }
+
+    /// Runs an agentguard CLI command against this daemon's admin socket.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(AGENTGUARD)
+            .args(args)
+            .arg("--admin-socket")
+            .arg(&self.admin_socket)
+            .output()
+            .unwrap()
+    }
+
+    /// `agentguard exec --agent AGENT -- CMD...`, ready to spawn.
+    pub fn exec(&self, agent: &str, cmd: &[&str]) -> Command {
+        let mut c = Command::new(AGENTGUARD);
+        c.args(["exec", "--agent", agent, "--admin-socket"])
+            .arg(&self.admin_socket)
+            .arg("--")
+            .args(cmd);
+        c
+    }
+
+    /// A command that joins the agent's cgroup by itself (no daemon
+    /// involved), for when the daemon is down.
+    pub fn in_cgroup(&self, agent: &str, cmd: &[&str]) -> Command {
+        let procs = self.cgroup_path(agent).join("cgroup.procs");
+        let mut c = Command::new(cmd[0]);
+        c.args(&cmd[1..]);
+        // SAFETY: only async-signal-safe work between fork and exec: one
+        // open/write/close through std's thin wrappers.
+        unsafe {
+            c.pre_exec(move || fs::write(&procs, b"0"));
+        }
+        c
+    }
+
+    pub fn cgroup_path(&self, agent: &str) -> PathBuf {
+        self.cgroup_parent.join(agent)
+    }
+
+    /// The daemon's recent connection decisions.
+    pub fn connections(&self) -> Vec<Value> {
+        let out = self.cli(&["connections"]);
+        assert!(out.status.success(), "connections: {}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("daemon.log")
+    }
+
+    pub fn pinned_links(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.bpf_dir.join("links"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- agentguard daemon log ---\n{}", self.log());
+        }
+        // Unpin everything: the test cgroups must not stay guarded.
+        let _ = Command::new(AGENTGUARD)
+            .args(["detach", "--bpf-dir"])
+            .arg(&self.bpf_dir)
+            .output();
+        for agent in &self.agents {
+            remove_cgroup(&self.cgroup_parent.join(agent));
+        }
+        remove_cgroup(&self.cgroup_parent);
+    }
+}
+
+/// rmdir fails while processes are still exiting; retry briefly.
+fn remove_cgroup(path: &Path) {
+    for _ in 0..50 {
+        if fs::remove_dir(path).is_ok() || !path.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn cgroup2_mount() -> PathBuf {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|line| {
+            let (fields, rest) = line.split_once(" - ")?;
+            (rest.split_whitespace().next()? == "cgroup2")
+                .then(|| PathBuf::from(fields.split_whitespace().nth(4).unwrap()))
+        })
+        .expect("cgroup v2 mount")
+}

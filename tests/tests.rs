@@ -1,0 +1,6 @@
+//! The end-to-end scenarios, one file per capability.
+
+mod cli_errors;
+mod fail_closed;
+mod redirect;
+mod root_required;
