@@ -27,6 +27,10 @@ pub struct AgentView {
     /// Whether the kernel programs are attached (and pinned) on it.
     pub guarded: bool,
     pub policy_file: String,
+    /// The agentguard CA certificate (PEM).
+    pub ca_cert: String,
+    /// System roots plus the agentguard CA: what agents' TLS stacks trust.
+    pub ca_bundle: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

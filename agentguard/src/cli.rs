@@ -7,6 +7,7 @@ use thiserror::Error;
 
 use crate::{
     admin::{AdminClient, AdminError, StatusView},
+    ca::{CaError, LocalCa},
     config::{
         ConfigError, DEFAULT_ADMIN_SOCKET, DEFAULT_BPF_DIR, DEFAULT_POLICIES_DIR,
         DEFAULT_PROXY_PORT, DEFAULT_STATE_DIR, RunConfig,
@@ -49,6 +50,10 @@ enum Command {
         /// bpffs directory where programs and maps are pinned.
         #[arg(long, default_value = DEFAULT_BPF_DIR)]
         bpf_dir: PathBuf,
+        /// Extra CA certificates (PEM) to trust for upstreams, beside the
+        /// system roots.
+        #[arg(long)]
+        upstream_ca: Option<PathBuf>,
     },
     /// Run CMD inside an agent's cgroup (joined before exec).
     Exec {
@@ -69,6 +74,11 @@ enum Command {
         #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
         admin_socket: PathBuf,
     },
+    /// The local CA that signs the leaves agents see.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -79,6 +89,16 @@ enum Command {
     Detach {
         #[arg(long, default_value = DEFAULT_BPF_DIR)]
         bpf_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Print the CA certificate (PEM), to trust it where `agentguard exec`
+    /// does not set things up (systemd units, containers).
+    Export {
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
 }
 
@@ -105,6 +125,8 @@ enum CliError {
     Ebpf(#[from] EbpfError),
     #[error(transparent)]
     Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Ca(#[from] CaError),
     #[error("failed to start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -145,6 +167,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             proxy_port,
             admin_socket,
             bpf_dir,
+            upstream_ca,
         } => {
             let cfg = RunConfig {
                 policies_dir: policies,
@@ -152,6 +175,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
                 admin_socket,
                 bpf_dir,
                 proxy_port,
+                upstream_ca,
             }
             .validate()?;
             runtime()?.block_on(daemon::run(cfg))?;
@@ -177,6 +201,13 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             for entry in entries {
                 println!("{entry}");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ca {
+            command: CaCommand::Export { state_dir },
+        } => {
+            let ca = LocalCa::load(&state_dir)?;
+            print!("{}", ca.cert_pem());
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy {

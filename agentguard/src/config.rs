@@ -39,6 +39,9 @@ pub struct RunConfig {
     /// 0 asks the kernel for a free port (tests); the chosen port is then
     /// written to the kernel's redirect map like any other.
     pub proxy_port: u16,
+    /// Extra CA certificates (PEM) trusted for upstreams, beside the system
+    /// roots: private CAs, and tests.
+    pub upstream_ca: Option<PathBuf>,
 }
 
 impl RunConfig {
@@ -48,6 +51,7 @@ impl RunConfig {
         self.policies_dir = absolute(self.policies_dir);
         self.state_dir = absolute(self.state_dir);
         self.admin_socket = absolute(self.admin_socket);
+        self.upstream_ca = self.upstream_ca.map(absolute);
         if !self.bpf_dir.is_absolute() {
             return Err(ConfigError::NotAbsolute {
                 flag: "--bpf-dir",
@@ -66,12 +70,15 @@ impl std::fmt::Display for RunConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "policies={} state_dir={} admin_socket={} bpf_dir={} proxy_port={}",
+            "policies={} state_dir={} admin_socket={} bpf_dir={} proxy_port={} upstream_ca={}",
             self.policies_dir.display(),
             self.state_dir.display(),
             self.admin_socket.display(),
             self.bpf_dir.display(),
-            self.proxy_port
+            self.proxy_port,
+            self.upstream_ca
+                .as_ref()
+                .map_or("none".into(), |p| p.display().to_string())
         )
     }
 }

@@ -22,7 +22,11 @@ pub const CAPACITY: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Decision {
-    Relay,
+    /// TLS terminated (or plain HTTP read) and each request proxied.
+    Intercept,
+    /// Bytes relayed untouched to the original destination.
+    Passthrough,
+    /// Closed without a byte sent upstream.
     Refuse,
 }
 

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::{
     admin::{AdminServer, ServeError, server::AdminState},
+    ca::{CaError, DEFAULT_LEAF_CACHE_CAPACITY, LeafCache, LocalCa},
     cgroup::{CgroupError, CgroupRoot},
     config::RunConfig,
     connlog::ConnLog,
@@ -21,7 +22,10 @@ use crate::{
     identity::{AgentTable, GuardedAgent},
     policy::{self, PolicyErrors},
     preflight::{self, PreflightError},
-    proxy::{BindError, Listeners, ProxyContext},
+    proxy::{
+        BindError, Listeners, ProxyContext,
+        upstream::{UpstreamError, Upstreams},
+    },
 };
 
 #[derive(Debug, Error)]
@@ -38,6 +42,12 @@ pub enum DaemonError {
     Ebpf(#[from] EbpfError),
     #[error(transparent)]
     Admin(#[from] ServeError),
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("TLS server configuration: {0}")]
+    Tls(#[from] rustls::Error),
     #[error("failed to prepare state dir {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -58,7 +68,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
 
     let _lock = lock_state_dir(&cfg.state_dir)?;
     // A bad policy stops start-up before anything in the kernel changes.
-    let policy = policy::load_path(&cfg.policies_dir)?;
+    let policy = Arc::new(policy::load_path(&cfg.policies_dir)?);
+    let ca = Arc::new(LocalCa::load_or_create(&cfg.state_dir)?);
+    let ca_bundle = ca.write_trust_bundle()?;
+    let tls = tls_acceptor(ca.clone())?;
+    let upstreams = Upstreams::new(cfg.upstream_ca.as_deref())?;
     // Claim the admin socket before touching the kernel, so a second daemon
     // fails here instead of taking over the first one's links.
     let admin = AdminServer::bind(&cfg.admin_socket).await?;
@@ -100,8 +114,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     let ctx = Arc::new(ProxyContext {
         peers,
         agents: agents.clone(),
+        policy: policy.clone(),
         log: log.clone(),
-        policy_version: policy.version.clone(),
+        tls,
+        upstreams,
         proxy_port: port,
     });
     let admin_state = AdminState {
@@ -109,6 +125,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         policy: policy.clone(),
         log,
         proxy_port: port,
+        ca_cert: ca.cert_path().to_owned(),
+        ca_bundle,
     };
     info!(
         port,
@@ -134,17 +152,35 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Agents' TLS is terminated with leaves minted per SNI on first use and
+/// cached; ALPN offers HTTP/2 and HTTP/1.1, as the real upstream would.
+fn tls_acceptor(ca: Arc<LocalCa>) -> Result<tokio_rustls::TlsAcceptor, DaemonError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(LeafCache::new(ca, DEFAULT_LEAF_CACHE_CAPACITY)));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 /// One daemon per state dir: the lock is held for the daemon's lifetime.
+///
+/// The directory is 0711: others may not list it, but agents running as
+/// other users must reach the public CA bundle inside it by path. Secrets in
+/// it (the CA key) are 0600 files.
 fn lock_state_dir(dir: &Path) -> Result<Flock<fs::File>, DaemonError> {
+    use std::os::unix::fs::PermissionsExt as _;
     let state_err = |source| DaemonError::StateDir {
         path: dir.to_owned(),
         source,
     };
     fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(0o711)
         .create(dir)
         .map_err(state_err)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o711)).map_err(state_err)?;
     let lock_path = dir.join("agentguard.lock");
     let file = fs::OpenOptions::new()
         .create(true)

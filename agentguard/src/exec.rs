@@ -52,6 +52,23 @@ pub enum ExecError {
     },
 }
 
+/// Variables through which common runtimes and tools take their trusted CA
+/// bundle. Each is pointed at the bundle of system roots plus the agentguard
+/// CA, so unmodified clients trust intercepted connections and still every
+/// public CA.
+const CA_BUNDLE_VARS: [&str; 10] = [
+    "SSL_CERT_FILE",       // OpenSSL (Python ssl/urllib, Ruby, curl with OpenSSL), Go
+    "REQUESTS_CA_BUNDLE",  // Python requests
+    "CURL_CA_BUNDLE",      // curl
+    "NODE_EXTRA_CA_CERTS", // Node.js (fetch, https)
+    "GIT_SSL_CAINFO",      // git over HTTPS
+    "PIP_CERT",            // pip
+    "AWS_CA_BUNDLE",       // AWS CLI and SDKs
+    "CARGO_HTTP_CAINFO",   // cargo
+    "DENO_CERT",           // Deno
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", // gRPC core (Python, Ruby, C++)
+];
+
 /// Joins `agent`'s cgroup and replaces this process with `cmd`. Returns only
 /// on failure.
 pub fn exec(admin_socket: &Path, agent: &str, cmd: &[OsString]) -> Result<Infallible, ExecError> {
@@ -72,7 +89,12 @@ pub fn exec(admin_socket: &Path, agent: &str, cmd: &[OsString]) -> Result<Infall
     }
     let root = CgroupRoot::discover()?;
     cgroup.join_self(&root)?;
-    let source = Command::new(program).args(args).exec();
+    let mut command = Command::new(program);
+    command.args(args);
+    for var in CA_BUNDLE_VARS {
+        command.env(var, &view.ca_bundle);
+    }
+    let source = command.exec();
     Err(ExecError::Exec {
         cmd: program.clone(),
         source,

@@ -4,6 +4,7 @@
 //! and records.
 
 pub mod admin;
+pub mod ca;
 pub mod cgroup;
 pub mod cli;
 pub mod config;

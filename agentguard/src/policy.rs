@@ -7,4 +7,4 @@ mod load;
 mod model;
 
 pub use load::{PolicyError, PolicyErrors, load_path};
-pub use model::{AgentPolicy, CgroupRelPath, PolicySet};
+pub use model::{AgentPolicy, CgroupRelPath, HostPattern, PassthroughRule, PolicySet};

@@ -1,24 +1,38 @@
 //! The local proxy that every redirected connection reaches.
 //!
 //! `listener` binds 127.0.0.1 and ::1 and attributes each accepted connection
-//! through the kernel's record; `relay` carries the bytes to the original
-//! destination.
+//! through the kernel's record; `sniff` and `decide` choose, before any
+//! handshake, whether to intercept, pass through or refuse; `http` serves an
+//! intercepted connection and `upstream` forwards its requests; `relay`
+//! carries passthrough bytes.
 
+mod decide;
+mod http;
 mod listener;
 mod relay;
+mod respond;
+mod sniff;
+pub mod upstream;
 
 use std::sync::Arc;
 
 pub use listener::{BindError, Listeners};
+use tokio_rustls::TlsAcceptor;
 
-use crate::{connlog::ConnLog, ebpf::PeerRecords, identity::AgentTable};
+use crate::{
+    connlog::ConnLog, ebpf::PeerRecords, identity::AgentTable, policy::PolicySet,
+    proxy::upstream::Upstreams,
+};
 
 /// What every connection task needs, shared.
 pub struct ProxyContext {
     pub peers: PeerRecords,
     pub agents: Arc<AgentTable>,
+    pub policy: Arc<PolicySet>,
     pub log: Arc<ConnLog>,
-    pub policy_version: String,
+    /// Terminates agents' TLS with leaves minted by the local CA.
+    pub tls: TlsAcceptor,
+    pub upstreams: Upstreams,
     /// The proxy's own listen port: a record pointing there would make the
     /// proxy dial itself.
     pub proxy_port: u16,

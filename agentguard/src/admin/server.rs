@@ -38,9 +38,11 @@ pub enum ServeError {
 /// Everything the admin API reports on.
 pub struct AdminState {
     pub agents: Arc<AgentTable>,
-    pub policy: PolicySet,
+    pub policy: Arc<PolicySet>,
     pub log: Arc<ConnLog>,
     pub proxy_port: u16,
+    pub ca_cert: PathBuf,
+    pub ca_bundle: PathBuf,
 }
 
 pub struct AdminServer {
@@ -150,6 +152,8 @@ fn agent_view(state: &AdminState, name: &str) -> Option<AgentView> {
         // and pinned; an agent it failed to guard stops start-up.
         guarded: true,
         policy_file: policy.source.display().to_string(),
+        ca_cert: state.ca_cert.display().to_string(),
+        ca_bundle: state.ca_bundle.display().to_string(),
     })
 }
 

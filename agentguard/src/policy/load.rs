@@ -8,7 +8,10 @@ use std::{
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
-use super::model::{AgentPolicy, CgroupRelPath, PolicyFile, PolicySet, validate_agent_name};
+use super::model::{
+    AgentPolicy, CgroupRelPath, HostPattern, PassthroughRule, PolicyFile, PolicySet,
+    validate_agent_name,
+};
 
 #[derive(Debug, Error)]
 pub enum PolicyError {
@@ -155,10 +158,31 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
     let cgroup_span = span_of(path, text, parsed.agent.cgroup.span().start);
     let cgroup = CgroupRelPath::parse(parsed.agent.cgroup.get_ref())
         .map_err(|m| invalid(&cgroup_span, format!("agent.cgroup: {m}")))?;
+    let mut passthrough = Vec::new();
+    for entry in parsed.passthrough {
+        let span = span_of(path, text, entry.host.span().start);
+        let host = HostPattern::parse(entry.host.get_ref())
+            .map_err(|m| invalid(&span, format!("passthrough.host: {m}")))?;
+        if entry
+            .ports
+            .as_ref()
+            .is_some_and(|p| p.is_empty() || p.contains(&0))
+        {
+            return Err(invalid(
+                &span,
+                "passthrough.ports: list ports 1-65535, or leave ports out for any port".into(),
+            ));
+        }
+        passthrough.push(PassthroughRule {
+            host,
+            ports: entry.ports,
+        });
+    }
     Ok((
         AgentPolicy {
             name,
             cgroup,
+            passthrough,
             source: path.to_owned(),
         },
         name_span,
@@ -292,6 +316,31 @@ mod tests {
         let text = errs.to_string();
         assert!(text.contains("already defined"), "{text}");
         assert!(text.contains("must be disjoint"), "{text}");
+    }
+
+    #[test]
+    fn passthrough_entries_are_parsed_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "a.toml",
+            "[agent]\nname = \"a\"\ncgroup = \"agentguard/a\"\n\n\
+             [[passthrough]]\nhost = \"pypi.org\"\n\n\
+             [[passthrough]]\nhost = \"*.example.org\"\nports = [8443]\n",
+        );
+        let set = load_path(dir.path()).unwrap();
+        assert!(set.is_passthrough("a", "pypi.org", 443));
+        assert!(set.is_passthrough("a", "x.example.org", 8443));
+        assert!(!set.is_passthrough("a", "x.example.org", 443));
+        assert!(!set.is_passthrough("b", "pypi.org", 443));
+
+        write(
+            dir.path(),
+            "a.toml",
+            "[agent]\nname = \"a\"\ncgroup = \"agentguard/a\"\n[[passthrough]]\nhost = \"bad host\"\n",
+        );
+        let err = load_path(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("a.toml:5:8: passthrough.host"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,17 @@ use toml::Spanned;
 #[serde(deny_unknown_fields)]
 pub(super) struct PolicyFile {
     pub agent: AgentSection,
+    #[serde(default)]
+    pub passthrough: Vec<PassthroughSection>,
+}
+
+/// `[[passthrough]]`: TLS to these hosts is relayed untouched (pinned
+/// clients, non-HTTP protocols over TLS); the proxy never sees inside.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PassthroughSection {
+    pub host: Spanned<String>,
+    pub ports: Option<Vec<u16>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,11 +106,73 @@ pub(super) fn validate_agent_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// A host name pattern: `api.example.com` (exact) or `*.example.com` (any
+/// name below example.com, at any depth, but not example.com itself).
+/// Compared case-insensitively, without a trailing dot (RFC 4343).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    Suffix(String),
+}
+
+impl HostPattern {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let lower = raw.trim_end_matches('.').to_ascii_lowercase();
+        let (wildcard, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower.as_str()),
+        };
+        let valid_label = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(valid_label) {
+            return Err(format!(
+                "host {raw:?} must be a DNS name, optionally starting with \"*.\""
+            ));
+        }
+        Ok(if wildcard {
+            Self::Suffix(format!(".{name}"))
+        } else {
+            Self::Exact(name.to_owned())
+        })
+    }
+
+    pub fn matches(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.');
+        match self {
+            Self::Exact(name) => host.eq_ignore_ascii_case(name),
+            Self::Suffix(suffix) => {
+                host.len() > suffix.len()
+                    && host.as_bytes()[host.len() - suffix.len()..]
+                        .eq_ignore_ascii_case(suffix.as_bytes())
+            }
+        }
+    }
+}
+
+/// A host whose TLS is relayed without interception.
+#[derive(Debug, Clone)]
+pub struct PassthroughRule {
+    pub host: HostPattern,
+    /// `None`: any port.
+    pub ports: Option<Vec<u16>>,
+}
+
+impl PassthroughRule {
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        self.host.matches(host) && self.ports.as_ref().is_none_or(|p| p.contains(&port))
+    }
+}
+
 /// One agent's validated policy.
 #[derive(Debug, Clone)]
 pub struct AgentPolicy {
     pub name: String,
     pub cgroup: CgroupRelPath,
+    pub passthrough: Vec<PassthroughRule>,
     /// The file it came from, for error messages and `status`.
     pub source: PathBuf,
 }
@@ -116,6 +189,12 @@ pub struct PolicySet {
 impl PolicySet {
     pub fn agent(&self, name: &str) -> Option<&AgentPolicy> {
         self.agents.iter().find(|a| a.name == name)
+    }
+
+    /// Whether `agent`'s policy relays TLS to `host:port` untouched.
+    pub fn is_passthrough(&self, agent: &str, host: &str, port: u16) -> bool {
+        self.agent(agent)
+            .is_some_and(|a| a.passthrough.iter().any(|r| r.matches(host, port)))
     }
 
     pub fn sources(&self) -> impl Iterator<Item = &Path> {
@@ -148,6 +227,37 @@ mod tests {
         assert!(a.contains(&CgroupRelPath::parse("agentguard/a").unwrap()));
         assert!(a.contains(&CgroupRelPath::parse("agentguard/a/child").unwrap()));
         assert!(!a.contains(&CgroupRelPath::parse("agentguard/ab").unwrap()));
+    }
+
+    #[test]
+    fn host_patterns_match_exact_and_below() {
+        let exact = HostPattern::parse("PyPI.org.").unwrap();
+        assert!(exact.matches("pypi.org"));
+        assert!(exact.matches("PYPI.ORG."));
+        assert!(!exact.matches("files.pypi.org"));
+        let wild = HostPattern::parse("*.example.org").unwrap();
+        assert!(wild.matches("a.example.org"));
+        assert!(wild.matches("a.b.EXAMPLE.org"));
+        assert!(!wild.matches("example.org"));
+        assert!(!wild.matches("badexample.org"));
+        for bad in ["", "*.", "a..b", "exa mple.org", "*.*.x", "http://x"] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn passthrough_ports_are_optional() {
+        let any = PassthroughRule {
+            host: HostPattern::parse("x.org").unwrap(),
+            ports: None,
+        };
+        assert!(any.matches("x.org", 8443));
+        let only = PassthroughRule {
+            ports: Some(vec![443]),
+            ..any
+        };
+        assert!(only.matches("x.org", 443));
+        assert!(!only.matches("x.org", 8443));
     }
 
     #[test]

@@ -8,13 +8,24 @@ use std::{
 
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tracing::{Instrument as _, info_span, warn};
+use tracing::{Instrument as _, info, info_span, warn};
 
-use super::{ProxyContext, relay};
+use super::{
+    ProxyContext,
+    decide::{ConnDecision, decide},
+    http::{self, ConnMeta},
+    relay,
+    sniff::sniff,
+};
 use crate::{
     connlog::Decision,
     identity::{Identity, original_destination},
 };
+
+/// How long a new connection may take to send its first message
+/// (ClientHello or request line). Server-speaks-first protocols never do,
+/// and are refused after this.
+const SNIFF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Error)]
 pub enum BindError {
@@ -97,9 +108,9 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ProxyContext>) {
     }
 }
 
-/// Attributes one connection and relays it, or closes it. Nothing is relayed
-/// without a kernel record: a connection we cannot attribute is one we cannot
-/// decide on.
+/// Attributes one connection, decides what to do with it, and does it.
+/// Nothing is relayed without a kernel record: a connection we cannot
+/// attribute is one we cannot decide on.
 async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
     let Some(record) = ctx.peers.take(peer) else {
         refuse(
@@ -139,15 +150,65 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         cgroup = %identity.cgroup,
         dst = %dst,
     );
-    ctx.log.push(
-        peer,
-        Some(identity),
-        Some(dst),
-        Decision::Relay,
-        "relay (no HTTP policy yet)",
-        &ctx.policy_version,
-    );
-    relay::relay(stream, dst).instrument(span).await;
+    async move {
+        let sniffed = match sniff(&stream, SNIFF_TIMEOUT).await {
+            Ok(s) => s,
+            Err(e) => {
+                refuse(&ctx, peer, Some(identity), Some(dst), &e.to_string());
+                return;
+            }
+        };
+        let decision = decide(&sniffed, &ctx.policy, &identity.agent, dst);
+        let (kind, reason) = match &decision {
+            ConnDecision::InterceptTls { sni } => {
+                (Decision::Intercept, format!("intercept TLS for {sni}"))
+            }
+            ConnDecision::InterceptHttp => (Decision::Intercept, "intercept plain HTTP".to_owned()),
+            ConnDecision::Passthrough { reason } => (Decision::Passthrough, reason.clone()),
+            ConnDecision::Refuse { reason } => {
+                refuse(&ctx, peer, Some(identity), Some(dst), reason);
+                return;
+            }
+        };
+        info!(decision = ?kind, reason, "connection decided");
+        ctx.log.push(
+            peer,
+            Some(identity.clone()),
+            Some(dst),
+            kind,
+            reason,
+            &ctx.policy.version,
+        );
+        match decision {
+            ConnDecision::InterceptTls { sni } => {
+                let tls = match ctx.tls.accept(stream).await {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        warn!(error = %e, "agent TLS handshake failed");
+                        return;
+                    }
+                };
+                let meta = ConnMeta {
+                    identity,
+                    dst,
+                    sni: Some(sni),
+                };
+                http::serve(tls, meta, ctx.clone()).await;
+            }
+            ConnDecision::InterceptHttp => {
+                let meta = ConnMeta {
+                    identity,
+                    dst,
+                    sni: None,
+                };
+                http::serve(stream, meta, ctx.clone()).await;
+            }
+            ConnDecision::Passthrough { .. } => relay::relay(stream, dst).await,
+            ConnDecision::Refuse { .. } => unreachable!("handled above"),
+        }
+    }
+    .instrument(span)
+    .await;
 }
 
 fn refuse(
@@ -164,8 +225,7 @@ fn refuse(
         dst,
         Decision::Refuse,
         reason,
-        &ctx.policy_version,
+        &ctx.policy.version,
     );
-    // Dropping the stream closes it: the agent sees a reset/EOF, nothing went
-    // upstream.
+    // Dropping the stream closes it: nothing went upstream.
 }

@@ -1,0 +1,275 @@
+//! Leaf certificates for intercepted TLS: what goes in one, and a cache so that
+//! a host's leaf is minted once a day rather than once per connection.
+
+use std::{
+    net::IpAddr,
+    num::NonZeroUsize,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
+
+use lru::LruCache;
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
+    SanType, SerialNumber, string::Ia5String,
+};
+use rustls::{
+    pki_types::DnsName,
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use time::{Duration, OffsetDateTime};
+use tracing::warn;
+
+use super::authority::{CLOCK_SKEW, CaError, LocalCa, MintedLeaf};
+
+/// Enough distinct hosts for a busy agent fleet; a leaf with its key is a few
+/// kilobytes.
+pub const DEFAULT_LEAF_CACHE_CAPACITY: usize = 1024;
+/// A leaf's key lives only in the daemon's memory, and a day bounds what a
+/// leaked one is worth, while a busy host costs one mint a day.
+pub const LEAF_LIFETIME: Duration = Duration::hours(24);
+/// A cached leaf is replaced this long before it expires, so that no client
+/// gets one that runs out during a long-lived connection's handshake or is
+/// already expired on a client whose clock runs ahead.
+pub const LEAF_REFRESH_MARGIN: Duration = Duration::hours(1);
+/// RFC 5280 appendix A.1, ub-common-name. The SAN is what clients check; a
+/// longer name simply goes without a CN.
+const MAX_COMMON_NAME_LEN: usize = 64;
+
+/// The leaf profile for `server_name`: SAN and CN are the name, serverAuth
+/// only, valid from an hour ago (clock skew) for [`LEAF_LIFETIME`].
+pub(super) fn leaf_params(
+    server_name: &str,
+    now: OffsetDateTime,
+    serial: SerialNumber,
+) -> Result<CertificateParams, CaError> {
+    let invalid = || CaError::InvalidServerName {
+        name: server_name.to_owned(),
+    };
+    let san = match server_name.parse::<IpAddr>() {
+        Ok(ip) => SanType::IpAddress(ip),
+        Err(_) => {
+            // The rules rustls applies to SNI, so every name a client can
+            // send is accepted, and nothing else (no wildcards, no spaces).
+            DnsName::try_from(server_name).map_err(|_| invalid())?;
+            SanType::DnsName(Ia5String::try_from(server_name).map_err(|_| invalid())?)
+        }
+    };
+
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![san];
+    let mut name = DistinguishedName::new();
+    if server_name.len() <= MAX_COMMON_NAME_LEN {
+        name.push(DnType::CommonName, server_name);
+    }
+    params.distinguished_name = name;
+    // CA:FALSE stated outright, so no validator can take a leaf for a CA.
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    // Lets clients pick the right CA when two share a name (during rotation).
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(serial);
+    params.not_before = now - CLOCK_SKEW;
+    params.not_after = now + LEAF_LIFETIME;
+    Ok(params)
+}
+
+/// Leaves by server name, minted on first use and replaced before they expire.
+/// Also the proxy's rustls certificate resolver.
+pub struct LeafCache {
+    ca: Arc<LocalCa>,
+    capacity: NonZeroUsize,
+    leaves: Mutex<LruCache<String, CachedLeaf>>,
+}
+
+struct CachedLeaf {
+    key: Arc<CertifiedKey>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+}
+
+impl CachedLeaf {
+    /// Wall-clock time, as clients judge validity. The lower bound matters if
+    /// the clock is set back by more than the backdating.
+    fn usable_at(&self, now: OffsetDateTime) -> bool {
+        self.not_before <= now && now + LEAF_REFRESH_MARGIN < self.not_after
+    }
+}
+
+impl From<MintedLeaf> for CachedLeaf {
+    fn from(leaf: MintedLeaf) -> Self {
+        Self {
+            key: leaf.key,
+            not_before: leaf.not_before,
+            not_after: leaf.not_after,
+        }
+    }
+}
+
+impl LeafCache {
+    /// A cache of at most `capacity` leaves (at least one).
+    pub fn new(ca: Arc<LocalCa>, capacity: usize) -> Self {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            ca,
+            capacity,
+            leaves: Mutex::new(LruCache::new(capacity)),
+        }
+    }
+
+    /// The leaf for `server_name`, from the cache unless it expires within
+    /// [`LEAF_REFRESH_MARGIN`], else freshly minted.
+    pub fn get(&self, server_name: &str) -> Result<Arc<CertifiedKey>, CaError> {
+        // DNS names are case-insensitive (RFC 4343): one leaf per host,
+        // however the client spells it.
+        let name = server_name.to_ascii_lowercase();
+        let now = OffsetDateTime::now_utc();
+        if let Some(key) = self.cached(&name, now) {
+            return Ok(key);
+        }
+        // Minting takes ~70 µs; holding the lock through it would queue every
+        // handshake behind it. Two threads that miss on the same name both
+        // mint, and the first to insert wins.
+        let minted = CachedLeaf::from(self.ca.mint(&name)?);
+        let mut leaves = self.lock();
+        if let Some(leaf) = leaves.get(&name).filter(|leaf| leaf.usable_at(now)) {
+            return Ok(leaf.key.clone());
+        }
+        let key = minted.key.clone();
+        leaves.put(name, minted);
+        Ok(key)
+    }
+
+    /// How many leaves are cached.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn cached(&self, name: &str, now: OffsetDateTime) -> Option<Arc<CertifiedKey>> {
+        let mut leaves = self.lock();
+        leaves
+            .get(name)
+            .filter(|leaf| leaf.usable_at(now))
+            .map(|leaf| leaf.key.clone())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LruCache<String, CachedLeaf>> {
+        // A panic elsewhere cannot leave the cache half-updated in a way that
+        // matters: at worst an entry is missing and gets minted again.
+        self.leaves.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for LeafCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeafCache")
+            .field("ca", &self.ca.cert_path())
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for LeafCache {
+    /// Returning `None` makes rustls abort the handshake: without a leaf for
+    /// the name the client asked for, there is nothing honest to present.
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(sni) = client_hello.server_name() else {
+            warn!(
+                "TLS client sent no SNI; refusing the handshake, as there is no name to mint a certificate for"
+            );
+            return None;
+        };
+        match self.get(sni) {
+            Ok(key) => Some(key),
+            Err(error) => {
+                warn!(sni, %error, "failed to get a leaf certificate; refusing the handshake");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca() -> (tempfile::TempDir, Arc<LocalCa>) {
+        let state = tempfile::tempdir().unwrap();
+        let ca = LocalCa::load_or_create(state.path()).unwrap();
+        (state, Arc::new(ca))
+    }
+
+    #[test]
+    fn same_name_gets_the_same_leaf_whatever_its_case() {
+        let (_state, ca) = ca();
+        let cache = LeafCache::new(ca, DEFAULT_LEAF_CACHE_CAPACITY);
+        assert!(cache.is_empty());
+        let first = cache.get("api.example.com").unwrap();
+        let again = cache.get("API.Example.COM").unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        let other = cache.get("other.example.com").unwrap();
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn never_holds_more_than_capacity() {
+        let (_state, ca) = ca();
+        let cache = LeafCache::new(ca, 2);
+        for i in 0..5 {
+            cache.get(&format!("host{i}.example.com")).unwrap();
+            assert!(cache.len() <= 2);
+        }
+        assert_eq!(cache.len(), 2);
+        // The least recently used went first.
+        let recent = cache.get("host4.example.com").unwrap();
+        assert!(Arc::ptr_eq(
+            &recent,
+            &cache.get("host4.example.com").unwrap()
+        ));
+    }
+
+    #[test]
+    fn zero_capacity_still_caches_one() {
+        let (_state, ca) = ca();
+        let cache = LeafCache::new(ca, 0);
+        let a = cache.get("a.example.com").unwrap();
+        assert!(Arc::ptr_eq(&a, &cache.get("a.example.com").unwrap()));
+    }
+
+    #[test]
+    fn invalid_names_are_not_cached() {
+        let (_state, ca) = ca();
+        let cache = LeafCache::new(ca, 4);
+        cache.get("not a host").unwrap_err();
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn leaves_near_expiry_are_not_used() {
+        let (_state, ca) = ca();
+        let leaf = CachedLeaf::from(ca.mint("a.example.com").unwrap());
+        let now = OffsetDateTime::now_utc();
+        assert!(leaf.usable_at(now));
+        assert!(leaf.usable_at(now + LEAF_LIFETIME - LEAF_REFRESH_MARGIN - Duration::minutes(5)));
+        assert!(!leaf.usable_at(now + LEAF_LIFETIME - LEAF_REFRESH_MARGIN + Duration::minutes(5)));
+        assert!(!leaf.usable_at(now - CLOCK_SKEW - Duration::minutes(5)));
+    }
+
+    #[test]
+    fn leaf_validity_follows_the_profile() {
+        let now = OffsetDateTime::now_utc();
+        let serial = SerialNumber::from_slice(&[1]);
+        let params = leaf_params("a.example.com", now, serial).unwrap();
+        assert_eq!(params.not_before, now - CLOCK_SKEW);
+        assert_eq!(params.not_after, now + LEAF_LIFETIME);
+        let long = format!("{}.example.com", "a".repeat(60));
+        let params = leaf_params(&long, now, SerialNumber::from_slice(&[1])).unwrap();
+        assert!(params.distinguished_name.get(&DnType::CommonName).is_none());
+    }
+}

@@ -1,0 +1,116 @@
+//! The per-connection decision, made before any handshake: intercept
+//! (terminate TLS and read the requests), pass through untouched, or refuse.
+
+use std::net::SocketAddr;
+
+use super::sniff::Sniffed;
+use crate::policy::PolicySet;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnDecision {
+    /// Terminate TLS with a leaf for `sni` and proxy HTTP.
+    InterceptTls {
+        sni: String,
+    },
+    /// Proxy plain HTTP.
+    InterceptHttp,
+    /// Relay the bytes untouched; the reason names the policy entry.
+    Passthrough {
+        reason: String,
+    },
+    Refuse {
+        reason: String,
+    },
+}
+
+pub fn decide(sniffed: &Sniffed, policy: &PolicySet, agent: &str, dst: SocketAddr) -> ConnDecision {
+    match sniffed {
+        Sniffed::Tls { sni: None, .. } => ConnDecision::Refuse {
+            // Without SNI there is no name to verify the upstream against,
+            // nor to bind a policy to.
+            reason:
+                "TLS ClientHello without SNI (server name): cannot tell which host the agent wants"
+                    .into(),
+        },
+        Sniffed::Tls { sni: Some(sni), .. } if policy.is_passthrough(agent, sni, dst.port()) => {
+            ConnDecision::Passthrough {
+                reason: format!(
+                    "{sni}:{} is a passthrough host in agent {agent:?}'s policy",
+                    dst.port()
+                ),
+            }
+        }
+        Sniffed::Tls { sni: Some(sni), .. } => ConnDecision::InterceptTls { sni: sni.clone() },
+        Sniffed::PlainHttp => ConnDecision::InterceptHttp,
+        Sniffed::MalformedTls(e) => ConnDecision::Refuse {
+            reason: format!("malformed TLS ClientHello: {e}"),
+        },
+        Sniffed::Unknown => ConnDecision::Refuse {
+            reason: "unknown protocol (neither TLS nor HTTP); not relayed".into(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> PolicySet {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.toml"),
+            "[agent]\nname = \"a\"\ncgroup = \"x/a\"\n[[passthrough]]\nhost = \"pypi.org\"\nports = [443]\n",
+        )
+        .unwrap();
+        crate::policy::load_path(dir.path()).unwrap()
+    }
+
+    fn tls(sni: Option<&str>) -> Sniffed {
+        Sniffed::Tls {
+            sni: sni.map(str::to_owned),
+            alpn: vec![],
+        }
+    }
+
+    #[test]
+    fn decisions_follow_sni_and_policy() {
+        let p = policy();
+        let dst = SocketAddr::from(([127, 0, 0, 3], 443));
+        assert!(matches!(
+            decide(&tls(Some("pypi.org")), &p, "a", dst),
+            ConnDecision::Passthrough { .. }
+        ));
+        assert_eq!(
+            decide(&tls(Some("api.example.com")), &p, "a", dst),
+            ConnDecision::InterceptTls {
+                sni: "api.example.com".into()
+            }
+        );
+        // Passthrough is per agent and per port.
+        assert!(matches!(
+            decide(&tls(Some("pypi.org")), &p, "b", dst),
+            ConnDecision::InterceptTls { .. }
+        ));
+        let other_port = SocketAddr::from(([127, 0, 0, 3], 8443));
+        assert!(matches!(
+            decide(&tls(Some("pypi.org")), &p, "a", other_port),
+            ConnDecision::InterceptTls { .. }
+        ));
+        assert!(matches!(
+            decide(&tls(None), &p, "a", dst),
+            ConnDecision::Refuse { .. }
+        ));
+        assert_eq!(
+            decide(&Sniffed::PlainHttp, &p, "a", dst),
+            ConnDecision::InterceptHttp
+        );
+        assert!(matches!(
+            decide(&Sniffed::Unknown, &p, "a", dst),
+            ConnDecision::Refuse { .. }
+        ));
+        assert!(matches!(
+            decide(&Sniffed::MalformedTls("x".into()), &p, "a", dst),
+            ConnDecision::Refuse { .. }
+        ));
+    }
+}

@@ -1,0 +1,227 @@
+//! Connections to the real upstream: always to the original destination
+//! address the kernel recorded (never a fresh DNS answer, which could differ
+//! from what the agent dialled), over TLS verified for the agent's SNI.
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    num::NonZeroUsize,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http_body_util::combinators::BoxBody;
+use hyper::body::Bytes;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::{
+    client::legacy::Client,
+    rt::{TokioExecutor, TokioIo},
+};
+use lru::LruCache;
+use rustls::{ClientConfig, RootCertStore};
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tracing::warn;
+
+use crate::config::UPSTREAM_CONNECT_TIMEOUT_SECS;
+
+/// Request bodies as the proxy forwards them.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type UpstreamClient = Client<HttpsConnector<FixedAddr>, ProxyBody>;
+
+/// Distinct (agent, host, address) pools kept; the least recently used pool
+/// is dropped (closing its idle connections) beyond this.
+const MAX_POOLS: usize = 1024;
+/// Idle upstream connections are closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, Error)]
+pub enum UpstreamError {
+    #[error("failed to read upstream CA file {path}: {source}")]
+    ReadCa { path: PathBuf, source: io::Error },
+    #[error("upstream CA file {0} holds no certificate")]
+    EmptyCa(PathBuf),
+    #[error("upstream CA certificate in {path} is unusable: {source}")]
+    BadCa {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error(
+        "no trusted root certificates: the system store is empty and no --upstream-ca was given"
+    )]
+    NoRoots,
+    #[error("TLS client configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// One pool of upstream connections per (agent, host, original
+/// destination): a pooled connection is only ever reused for the same agent
+/// talking to the same host at the same address.
+pub struct Upstreams {
+    tls: ClientConfig,
+    pools: Mutex<LruCache<PoolKey, UpstreamClient>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    agent: Arc<str>,
+    host: String,
+    dst: SocketAddr,
+}
+
+impl Upstreams {
+    /// Trusts the host's system roots plus, if given, the certificates in
+    /// `extra_ca` (for private CAs and tests).
+    pub fn new(extra_ca: Option<&Path>) -> Result<Self, UpstreamError> {
+        let mut roots = RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        for error in &native.errors {
+            warn!(%error, "skipping part of the system trust store");
+        }
+        let (added, ignored) = roots.add_parsable_certificates(native.certs);
+        if ignored > 0 {
+            warn!(ignored, "skipped unparsable system root certificates");
+        }
+        if let Some(path) = extra_ca {
+            add_pem_file(&mut roots, path)?;
+        }
+        if roots.is_empty() {
+            return Err(UpstreamError::NoRoots);
+        }
+        tracing::debug!(system_roots = added, "upstream trust store loaded");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self {
+            tls,
+            pools: Mutex::new(LruCache::new(
+                NonZeroUsize::new(MAX_POOLS).expect("non-zero"),
+            )),
+        })
+    }
+
+    /// The client for this agent's requests to `host` at `dst`.
+    pub fn client(&self, agent: &Arc<str>, host: &str, dst: SocketAddr) -> UpstreamClient {
+        let key = PoolKey {
+            agent: agent.clone(),
+            host: host.to_ascii_lowercase(),
+            dst,
+        };
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = pools.get(&key) {
+            return client.clone();
+        }
+        // hyper-rustls sets SNI from the request URI's host, which the
+        // proxy has already checked against the agent's SNI and Host, and
+        // verifies the certificate for that name.
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(self.tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(FixedAddr { dst });
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
+        pools.put(key, client.clone());
+        client
+    }
+}
+
+fn add_pem_file(roots: &mut RootCertStore, path: &Path) -> Result<(), UpstreamError> {
+    let read_err = |source| UpstreamError::ReadCa {
+        path: path.to_owned(),
+        source,
+    };
+    let pem = std::fs::read(path).map_err(read_err)?;
+    let mut count = 0;
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots
+            .add(cert.map_err(read_err)?)
+            .map_err(|source| UpstreamError::BadCa {
+                path: path.to_owned(),
+                source,
+            })?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(UpstreamError::EmptyCa(path.to_owned()));
+    }
+    Ok(())
+}
+
+/// A connector that ignores the URI's host and dials the recorded original
+/// destination: the agent chose that address, and DNS is not asked again.
+#[derive(Debug, Clone, Copy)]
+pub struct FixedAddr {
+    dst: SocketAddr,
+}
+
+impl tower_service::Service<hyper::Uri> for FixedAddr {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: hyper::Uri) -> Self::Future {
+        let dst = self.dst;
+        Box::pin(async move {
+            let stream = tokio::time::timeout(
+                Duration::from_secs(UPSTREAM_CONNECT_TIMEOUT_SECS),
+                TcpStream::connect(dst),
+            )
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "upstream connect timed out"))??;
+            stream.set_nodelay(true)?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+/// Why a request to the upstream failed, in words an agent developer can act
+/// on. Certificate problems are named as such: they mean nothing was sent.
+pub fn describe_failure(error: &(dyn std::error::Error + 'static)) -> (bool, String) {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>()
+            && matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            )
+        {
+            return (
+                true,
+                format!("upstream certificate verification failed: {tls}"),
+            );
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            // rustls surfaces handshake errors wrapped in io::Error.
+            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+                && matches!(tls, rustls::Error::InvalidCertificate(_))
+            {
+                return (
+                    true,
+                    format!("upstream certificate verification failed: {tls}"),
+                );
+            }
+        }
+        source = e.source();
+    }
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    (false, format!("upstream request failed: {text}"))
+}
