@@ -1,9 +1,11 @@
 //! Fixtures shared by the end-to-end tests.
 
 mod daemon;
+mod tls_upstream;
 mod upstream;
 
-pub use daemon::Daemon;
+pub use daemon::{Daemon, DaemonOptions};
+pub use tls_upstream::{SSE_EVENTS, TestCa, TlsUpstream};
 pub use upstream::{BODY, Upstream};
 
 /// Path of the agentguard binary cargo built for these tests.

@@ -2,5 +2,6 @@
 
 mod cli_errors;
 mod fail_closed;
+mod interception;
 mod redirect;
 mod root_required;

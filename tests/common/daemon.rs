@@ -16,8 +16,18 @@ use super::{AGENTGUARD, require_root, text};
 
 static INSTANCE: AtomicUsize = AtomicUsize::new(0);
 
+/// How to start a test daemon beyond its agents.
+#[derive(Default)]
+pub struct DaemonOptions<'a> {
+    /// TOML appended to every agent's policy file.
+    pub policy_extra: &'a str,
+    /// `--upstream-ca`: the test upstreams' CA.
+    pub upstream_ca: Option<&'a Path>,
+}
+
 pub struct Daemon {
     child: Option<Child>,
+    upstream_ca: Option<PathBuf>,
     dir: tempfile::TempDir,
     pub admin_socket: PathBuf,
     pub bpf_dir: PathBuf,
@@ -28,6 +38,10 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon guarding one cgroup per agent name in `agents`.
     pub fn start(agents: &[&str]) -> Self {
+        Self::start_with(agents, DaemonOptions::default())
+    }
+
+    pub fn start_with(agents: &[&str], options: DaemonOptions<'_>) -> Self {
         require_root();
         let n = INSTANCE.fetch_add(1, Ordering::SeqCst);
         let tag = format!("agentguard-test-{}-{n}", std::process::id());
@@ -37,13 +51,17 @@ impl Daemon {
         for agent in agents {
             fs::write(
                 policies.join(format!("{agent}.toml")),
-                format!("[agent]\nname = \"{agent}\"\ncgroup = \"{tag}/{agent}\"\n"),
+                format!(
+                    "[agent]\nname = \"{agent}\"\ncgroup = \"{tag}/{agent}\"\n{}\n",
+                    options.policy_extra
+                ),
             )
             .unwrap();
         }
         let cgroup_mount = cgroup2_mount();
         let mut daemon = Self {
             child: None,
+            upstream_ca: options.upstream_ca.map(Path::to_owned),
             admin_socket: dir.path().join("admin.sock"),
             bpf_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
             cgroup_parent: cgroup_mount.join(&tag),
@@ -60,8 +78,12 @@ impl Daemon {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(AGENTGUARD)
-            .args(["--log-format", "json", "run", "--proxy-port", "0"])
+        let mut command = Command::new(AGENTGUARD);
+        command.args(["--log-format", "json", "run", "--proxy-port", "0"]);
+        if let Some(ca) = &self.upstream_ca {
+            command.arg("--upstream-ca").arg(ca);
+        }
+        let child = command
             .arg("--policies")
             .arg(self.dir.path().join("policies"))
             .arg("--state-dir")
@@ -130,6 +152,32 @@ impl Daemon {
             .arg("--")
             .args(cmd);
         c
+    }
+
+    /// Like [`Daemon::exec`], with a private `/etc/hosts` mapping `names` to
+    /// `ip`: the command runs in its own mount namespace (same cgroup, same
+    /// pid), so unmodified clients resolve the test upstreams' names the
+    /// ordinary way, and the machine's /etc/hosts is untouched.
+    pub fn exec_resolving(&self, agent: &str, names: &[&str], ip: &str, cmd: &[&str]) -> Command {
+        let hosts = self.dir.path().join(format!("hosts-{}", names.join("-")));
+        let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for name in names {
+            text.push_str(&format!("{ip} {name}\n"));
+        }
+        fs::write(&hosts, text).unwrap();
+        let hosts = hosts.display().to_string();
+        let mut wrapped = vec![
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+            &hosts,
+        ];
+        wrapped.extend_from_slice(cmd);
+        self.exec(agent, &wrapped)
     }
 
     /// A command that joins the agent's cgroup by itself (no daemon

@@ -110,7 +110,7 @@ async fn handle(
         }
     };
 
-    let client = ctx.upstreams.client(agent, host, meta.dst);
+    let client = ctx.upstreams.client(agent, host, meta.dst, upgrade);
     match client.request(upstream_req).await {
         Ok(mut resp) => {
             info!(%method, %authority, %path, status = resp.status().as_u16(), dur = ?start.elapsed(), "request forwarded");

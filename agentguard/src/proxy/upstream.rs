@@ -71,6 +71,9 @@ struct PoolKey {
     agent: Arc<str>,
     host: String,
     dst: SocketAddr,
+    /// HTTP/1.1-only connections, for Upgrade requests (WebSocket): an
+    /// HTTP/2 connection cannot carry an HTTP/1.1 upgrade.
+    http1_only: bool,
 }
 
 impl Upstreams {
@@ -107,11 +110,19 @@ impl Upstreams {
     }
 
     /// The client for this agent's requests to `host` at `dst`.
-    pub fn client(&self, agent: &Arc<str>, host: &str, dst: SocketAddr) -> UpstreamClient {
+    /// `http1_only` pins ALPN to HTTP/1.1 (for upgrades).
+    pub fn client(
+        &self,
+        agent: &Arc<str>,
+        host: &str,
+        dst: SocketAddr,
+        http1_only: bool,
+    ) -> UpstreamClient {
         let key = PoolKey {
             agent: agent.clone(),
             host: host.to_ascii_lowercase(),
             dst,
+            http1_only,
         };
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = pools.get(&key) {
@@ -120,12 +131,15 @@ impl Upstreams {
         // hyper-rustls sets SNI from the request URI's host, which the
         // proxy has already checked against the agent's SNI and Host, and
         // verifies the certificate for that name.
-        let connector = HttpsConnectorBuilder::new()
+        let builder = HttpsConnectorBuilder::new()
             .with_tls_config(self.tls.clone())
             .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(FixedAddr { dst });
+            .enable_http1();
+        let connector = if http1_only {
+            builder.wrap_connector(FixedAddr { dst })
+        } else {
+            builder.enable_http2().wrap_connector(FixedAddr { dst })
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(connector);
@@ -188,11 +202,12 @@ impl tower_service::Service<hyper::Uri> for FixedAddr {
 }
 
 /// Why a request to the upstream failed, in words an agent developer can act
-/// on. Certificate problems are named as such: they mean nothing was sent.
+/// on, and whether it was the upstream's certificate (then nothing was sent:
+/// the handshake failed before any request byte).
 pub fn describe_failure(error: &(dyn std::error::Error + 'static)) -> (bool, String) {
     let mut source = Some(error);
     while let Some(e) = source {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>()
+        if let Some(tls) = rustls_error(e)
             && matches!(
                 tls,
                 rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
@@ -202,17 +217,6 @@ pub fn describe_failure(error: &(dyn std::error::Error + 'static)) -> (bool, Str
                 true,
                 format!("upstream certificate verification failed: {tls}"),
             );
-        }
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            // rustls surfaces handshake errors wrapped in io::Error.
-            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
-                && matches!(tls, rustls::Error::InvalidCertificate(_))
-            {
-                return (
-                    true,
-                    format!("upstream certificate verification failed: {tls}"),
-                );
-            }
         }
         source = e.source();
     }
@@ -224,4 +228,18 @@ pub fn describe_failure(error: &(dyn std::error::Error + 'static)) -> (bool, Str
         source = e.source();
     }
     (false, format!("upstream request failed: {text}"))
+}
+
+/// The rustls error inside `e`, looking through io::Error wrappers: tokio's
+/// TLS stream and hyper's connector each wrap it in an io::Error, whose
+/// `source()` skips the wrapped error, so `get_ref()` must be followed.
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current: &(dyn std::error::Error + 'static) = e;
+    for _ in 0..8 {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        current = current.downcast_ref::<io::Error>()?.get_ref()?;
+    }
+    None
 }

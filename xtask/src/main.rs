@@ -1,0 +1,85 @@
+//! `cargo xtask`: sets a Linux machine up for agentguard, then builds, runs and tests it.
+//!
+//! The eBPF crate is not built here: `agentguard/build.rs` builds it with aya-build.
+//! xtask only makes sure the toolchain that build needs is on the machine.
+
+mod bench;
+mod cmd;
+mod paths;
+mod privilege;
+mod run;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Set up, build, run and test agentguard"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing agentguard needs (idempotent).
+    Setup,
+    /// Set up, build agentguard (release) and run it in the foreground with ./policies.
+    Run {
+        /// Extra arguments for `agentguard run`, given after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, lint, and run the whole test suite (privileged end-to-end tests included).
+    Test {
+        /// Skip setup, for a machine that is already set up.
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// Benchmarks (not implemented yet).
+    Bench,
+}
+
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Setup => "setup",
+            Command::Run { .. } => "run",
+            Command::Test { .. } => "test",
+            Command::Bench => "bench",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match try_main() {
+        Ok(code) => code,
+        // `{:#}` prints the whole context chain on one line. Returning the error
+        // from main would print its Debug form, which adds a backtrace whenever
+        // RUST_BACKTRACE is set: noise for a message meant for the user.
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    privilege::ensure_root(cli.command.name())?;
+    let root = paths::workspace_root();
+    match cli.command {
+        Command::Setup => setup::run()?,
+        // `run` replaces this process with agentguard, so it only comes back on failure.
+        Command::Run { args } => match run::run(&root, &args)? {},
+        Command::Test { no_setup } => test::run(&root, !no_setup)?,
+        Command::Bench => return Ok(bench::run()),
+    }
+    Ok(ExitCode::SUCCESS)
+}

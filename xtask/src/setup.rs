@@ -1,0 +1,35 @@
+//! `cargo xtask setup`: install everything building and testing agentguard needs.
+//!
+//! A fresh machine has none of it, and every step is idempotent: each checks
+//! first and prints either that the thing is present or what it installs, so
+//! `run` and `test` can call setup every time at little cost.
+
+mod apt;
+mod bpf_linker;
+mod bpffs;
+mod runtimes;
+mod toolchain;
+
+use anyhow::Result;
+
+/// LLVM for bpf-linker to link against. It must be the LLVM major rustc uses
+/// (22 for rustc 1.95), or the linker cannot read the bitcode rustc emits for the
+/// bpf target. Debian's bookworm-security carries these.
+const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"];
+
+/// What the end-to-end tests drive: curl as an unmodified client, `ip` (iproute2)
+/// for network namespaces, and `setpriv` (util-linux) to run agents as another uid.
+const TEST_PACKAGES: &[&str] = &["curl", "iproute2", "util-linux"];
+
+pub fn run() -> Result<()> {
+    toolchain::ensure()?;
+    let mut apt = apt::Apt::default();
+    apt.ensure(LLVM_PACKAGES)?;
+    // After the LLVM packages: building bpf-linker links against them.
+    bpf_linker::ensure()?;
+    apt.ensure(TEST_PACKAGES)?;
+    runtimes::check()?;
+    bpffs::ensure()?;
+    println!("setup: done");
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! `cargo xtask test`: set up, then every check CI runs, in order, stopping at the
+//! first failure. The same command runs locally and in `.ci/run`, so a green
+//! local run means a green CI run.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::{cmd, setup};
+
+struct Step {
+    header: &'static str,
+    cargo_args: &'static [&'static str],
+}
+
+const STEPS: &[Step] = &[
+    Step {
+        header: "rustfmt",
+        cargo_args: &["fmt", "--all", "--", "--check"],
+    },
+    // No --workspace: default-members leave the eBPF crate out, which only
+    // builds for the bpf target and gets its own pass below.
+    Step {
+        header: "clippy (host crates)",
+        cargo_args: &[
+            "clippy",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    },
+    // The eBPF crate needs nightly for -Z build-std=core: there is no prebuilt
+    // core for bpfel-unknown-none. Clippy only checks, so bpf-linker is not used.
+    Step {
+        header: "clippy (eBPF crate)",
+        cargo_args: &[
+            "+nightly",
+            "clippy",
+            "--locked",
+            "-p",
+            "agentguard-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    },
+    // Unit tests only (--lib --bins): these need no privileges.
+    Step {
+        header: "unit tests",
+        cargo_args: &[
+            "test",
+            "--locked",
+            "--workspace",
+            "--exclude",
+            "agentguard-ebpf",
+            "--lib",
+            "--bins",
+        ],
+    },
+    // The end-to-end tests attach real eBPF programs to real cgroups. They share
+    // that kernel state (bpffs pins, cgroups), so they run one at a time.
+    Step {
+        header: "end-to-end tests (privileged)",
+        cargo_args: &[
+            "test",
+            "--locked",
+            "-p",
+            "agentguard",
+            "--test",
+            "integration",
+            "--",
+            "--test-threads=1",
+        ],
+    },
+];
+
+pub fn run(root: &Path, with_setup: bool) -> Result<()> {
+    if with_setup {
+        setup::run()?;
+    } else {
+        println!("setup: skipped (--no-setup)");
+    }
+    for step in STEPS {
+        println!("==> {}", step.header);
+        cmd::run(cmd::cargo(root).args(step.cargo_args))
+            .with_context(|| format!("step `{}` failed", step.header))?;
+    }
+    println!("==> all checks passed");
+    Ok(())
+}
