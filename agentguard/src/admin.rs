@@ -6,6 +6,7 @@
 //! - `GET /v1/status` → [`StatusView`]
 //! - `GET /v1/agents/{name}` → [`AgentView`] (404 if unknown)
 //! - `GET /v1/connections` → recent connection decisions
+//! - `GET /v1/requests` → recent HTTP request decisions
 
 mod client;
 pub mod server;
@@ -31,6 +32,9 @@ pub struct AgentView {
     pub ca_cert: String,
     /// System roots plus the agentguard CA: what agents' TLS stacks trust.
     pub ca_bundle: String,
+    /// (environment variable, placeholder value) pairs `exec` sets, so SDKs
+    /// that insist on a key start; the proxy swaps in the real secret.
+    pub placeholders: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,6 +42,8 @@ pub struct StatusView {
     pub pid: u32,
     pub proxy_port: u16,
     pub policy_version: String,
+    pub last_reload: crate::live::ReloadStatus,
     pub agents: Vec<AgentView>,
     pub connections_total: u64,
+    pub requests_total: u64,
 }

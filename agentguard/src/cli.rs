@@ -74,6 +74,12 @@ enum Command {
         #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
         admin_socket: PathBuf,
     },
+    /// Print the daemon's recent HTTP request decisions, one JSON object a
+    /// line.
+    Requests {
+        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
+        admin_socket: PathBuf,
+    },
     /// The local CA that signs the leaves agents see.
     Ca {
         #[command(subcommand)]
@@ -109,6 +115,26 @@ enum PolicyCommand {
         #[arg(default_value = DEFAULT_POLICIES_DIR)]
         path: PathBuf,
     },
+    /// Show what the policy decides for one request. Exit 0 for allow, 1
+    /// for deny (and would-deny).
+    Test {
+        #[arg(long, default_value = DEFAULT_POLICIES_DIR)]
+        policies: PathBuf,
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        method: String,
+        #[arg(long)]
+        url: String,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Error)]
@@ -116,7 +142,8 @@ enum CliError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Daemon(#[from] DaemonError),
+    // Boxed: the daemon's error is large, and every CLI path returns this.
+    Daemon(#[from] Box<DaemonError>),
     #[error(transparent)]
     Exec(#[from] ExecError),
     #[error(transparent)]
@@ -178,7 +205,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
                 upstream_ca,
             }
             .validate()?;
-            runtime()?.block_on(daemon::run(cfg))?;
+            runtime()?.block_on(daemon::run(cfg)).map_err(Box::new)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec {
@@ -195,14 +222,8 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Connections { admin_socket } => {
-            let entries: Vec<serde_json::Value> =
-                runtime()?.block_on(AdminClient::new(&admin_socket).get("/v1/connections"))?;
-            for entry in entries {
-                println!("{entry}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Connections { admin_socket } => print_lines(&admin_socket, "/v1/connections"),
+        Command::Requests { admin_socket } => print_lines(&admin_socket, "/v1/requests"),
         Command::Ca {
             command: CaCommand::Export { state_dir },
         } => {
@@ -213,6 +234,16 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
         Command::Policy {
             command: PolicyCommand::Check { path },
         } => Ok(policy_check(&path)),
+        Command::Policy {
+            command:
+                PolicyCommand::Test {
+                    policies,
+                    agent,
+                    method,
+                    url,
+                    format,
+                },
+        } => Ok(policy_test(&policies, &agent, &method, &url, format)),
         Command::Detach { bpf_dir } => {
             preflight::require_root("detach")?;
             let removed = ebpf::detach_all(&bpf_dir)?;
@@ -223,6 +254,16 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Prints a JSON array from the admin API one element a line.
+fn print_lines(admin_socket: &std::path::Path, route: &str) -> Result<ExitCode, CliError> {
+    let entries: Vec<serde_json::Value> =
+        runtime()?.block_on(AdminClient::new(admin_socket).get(route))?;
+    for entry in entries {
+        println!("{entry}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn policy_check(path: &std::path::Path) -> ExitCode {
@@ -244,6 +285,42 @@ fn policy_check(path: &std::path::Path) -> ExitCode {
             }
             eprintln!("{} error(s); policy refused", errors.0.len());
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn policy_test(
+    policies: &std::path::Path,
+    agent: &str,
+    method: &str,
+    url: &str,
+    format: OutputFormat,
+) -> ExitCode {
+    let set = match policy::load_path(policies) {
+        Ok(set) => set,
+        Err(errors) => {
+            eprintln!("invalid policy:\n{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    match policy::explain(&set, agent, method, url) {
+        Ok(explanation) => {
+            match format {
+                OutputFormat::Text => println!("{explanation}"),
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string(&explanation).unwrap_or_default()
+                ),
+            }
+            if explanation.allowed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("agentguard: error: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -1,6 +1,7 @@
-//! The daemon's recent connection decisions, kept in memory for the admin API
-//! (`agentguard connections`). The tamper-evident audit store replaces this as
-//! the system of record in a later issue; this log is bounded and volatile.
+//! The daemon's recent decisions (connections, and HTTP requests), kept in
+//! memory for the admin API (`agentguard connections`, `agentguard
+//! requests`). The tamper-evident audit store replaces this as the system of
+//! record in a later issue; these logs are bounded and volatile.
 
 use std::{
     collections::VecDeque,
@@ -16,7 +17,7 @@ use serde::Serialize;
 
 use crate::identity::Identity;
 
-/// How many recent decisions the log keeps.
+/// How many recent entries each log keeps.
 pub const CAPACITY: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -45,11 +46,79 @@ pub struct ConnectionEntry {
     pub policy_version: String,
 }
 
-#[derive(Default)]
-pub struct ConnLog {
-    next_id: AtomicU64,
-    entries: Mutex<VecDeque<ConnectionEntry>>,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RequestDecision {
+    Allow,
+    Deny,
+    /// Denied by the policy but let through: the agent's mode is "audit".
+    WouldDeny,
+    /// Refused by agentguard itself (malformed, misdirected, placeholder
+    /// misuse, credential unavailable, upstream unverifiable).
+    Refuse,
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestEntry {
+    pub id: u64,
+    pub time: String,
+    pub agent: String,
+    pub pid: u32,
+    pub method: String,
+    pub host: String,
+    /// Normalised path; the query is left out (it may carry a credential).
+    pub path: String,
+    pub tool: Option<String>,
+    pub decision: RequestDecision,
+    pub reason: String,
+    /// Id of the credential injected, never its value.
+    pub credential: Option<String>,
+    /// Upstream's status, or agentguard's own for refusals.
+    pub status: u16,
+    pub policy_version: String,
+}
+
+/// A bounded, most-recent-first-evicted log.
+pub struct BoundedLog<T> {
+    next_id: AtomicU64,
+    entries: Mutex<VecDeque<T>>,
+}
+
+impl<T> Default for BoundedLog<T> {
+    fn default() -> Self {
+        Self {
+            next_id: AtomicU64::new(0),
+            entries: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
+impl<T: Clone> BoundedLog<T> {
+    /// Appends the entry `make` builds from a fresh id and timestamp.
+    pub fn push_with(&self, make: impl FnOnce(u64, String) -> T) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let entry = make(id, time);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() == CAPACITY {
+            entries.pop_front();
+        }
+        entries.push_back(entry);
+        id
+    }
+
+    pub fn snapshot(&self) -> Vec<T> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.iter().cloned().collect()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed)
+    }
+}
+
+pub type ConnLog = BoundedLog<ConnectionEntry>;
+pub type RequestLog = BoundedLog<RequestEntry>;
 
 impl ConnLog {
     pub fn push(
@@ -61,32 +130,16 @@ impl ConnLog {
         reason: impl Into<String>,
         policy_version: &str,
     ) -> u64 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let entry = ConnectionEntry {
+        self.push_with(|id, time| ConnectionEntry {
             id,
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            time,
             peer,
             identity,
             original_dst,
             decision,
             reason: reason.into(),
             policy_version: policy_version.to_owned(),
-        };
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() == CAPACITY {
-            entries.pop_front();
-        }
-        entries.push_back(entry);
-        id
-    }
-
-    pub fn snapshot(&self) -> Vec<ConnectionEntry> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.iter().cloned().collect()
-    }
-
-    pub fn total(&self) -> u64 {
-        self.next_id.load(Ordering::Relaxed)
+        })
     }
 }
 

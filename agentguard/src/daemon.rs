@@ -1,12 +1,20 @@
 //! `agentguard run`: set up the kernel side, then serve the proxy and the
 //! admin API until told to stop.
 
+mod oauth;
+mod reload;
+
 use std::{
     fs,
     os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
+    time::Duration,
 };
+
+use oauth::UpstreamTokenFetcher;
+pub use reload::ReloadError;
+use reload::{Reloader, fingerprint};
 
 use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
@@ -17,9 +25,9 @@ use crate::{
     ca::{CaError, DEFAULT_LEAF_CACHE_CAPACITY, LeafCache, LocalCa},
     cgroup::{CgroupError, CgroupRoot},
     config::RunConfig,
-    connlog::ConnLog,
+    connlog::{ConnLog, RequestLog},
     ebpf::{EbpfError, Kernel},
-    identity::{AgentTable, GuardedAgent},
+    live::Live,
     policy::{self, PolicyErrors},
     preflight::{self, PreflightError},
     proxy::{
@@ -40,6 +48,8 @@ pub enum DaemonError {
     Bind(#[from] BindError),
     #[error(transparent)]
     Ebpf(#[from] EbpfError),
+    #[error("not starting: {0}")]
+    Reload(#[from] ReloadError),
     #[error(transparent)]
     Admin(#[from] ServeError),
     #[error(transparent)]
@@ -68,11 +78,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
 
     let _lock = lock_state_dir(&cfg.state_dir)?;
     // A bad policy stops start-up before anything in the kernel changes.
-    let policy = Arc::new(policy::load_path(&cfg.policies_dir)?);
+    policy::load_path(&cfg.policies_dir)?;
     let ca = Arc::new(LocalCa::load_or_create(&cfg.state_dir)?);
     let ca_bundle = ca.write_trust_bundle()?;
     let tls = tls_acceptor(ca.clone())?;
-    let upstreams = Upstreams::new(cfg.upstream_ca.as_deref())?;
+    let upstreams = Arc::new(Upstreams::new(cfg.upstream_ca.as_deref())?);
     // Claim the admin socket before touching the kernel, so a second daemon
     // fails here instead of taking over the first one's links.
     let admin = AdminServer::bind(&cfg.admin_socket).await?;
@@ -90,66 +100,97 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     let (mut kernel, peers) = Kernel::load(&cfg.bpf_dir)?;
     let daemon_tgid = std::process::id();
     kernel.configure(port, daemon_tgid)?;
-    let mut guarded = Vec::new();
-    for agent in &policy.agents {
-        let cgroup = root.ensure(&agent.cgroup)?;
-        kernel.guard(&cgroup)?;
-        info!(agent = %agent.name, cgroup = %cgroup.path.display(), cgroup_id = cgroup.id, "agent guarded");
-        guarded.push(GuardedAgent {
-            name: agent.name.as_str().into(),
-            cgroup,
-        });
-    }
-    let keep: Vec<u64> = guarded.iter().map(|a| a.cgroup.id).collect();
-    let released = kernel.release_all_except(&keep)?;
-    if released > 0 {
-        info!(
-            released,
-            "detached programs from cgroups no longer in the policy"
-        );
-    }
+    let reloader = Arc::new(Reloader {
+        policies_dir: cfg.policies_dir.clone(),
+        root,
+        kernel: Arc::new(Mutex::new(kernel)),
+        fetcher: Arc::new(UpstreamTokenFetcher::new(upstreams.clone())),
+    });
+    let live = Arc::new(Live::new(reloader.build(None)?));
+    let policy_version = live.load().policy.version.clone();
 
-    let agents = Arc::new(AgentTable::new(root, guarded));
     let log = Arc::new(ConnLog::default());
+    let requests = Arc::new(RequestLog::default());
     let ctx = Arc::new(ProxyContext {
         peers,
-        agents: agents.clone(),
-        policy: policy.clone(),
+        live: live.clone(),
         log: log.clone(),
+        requests: requests.clone(),
         tls,
         upstreams,
         proxy_port: port,
     });
     let admin_state = AdminState {
-        agents,
-        policy: policy.clone(),
+        live: live.clone(),
         log,
+        requests,
         proxy_port: port,
         ca_cert: ca.cert_path().to_owned(),
         ca_bundle,
     };
     info!(
         port,
-        agents = policy.agents.len(),
-        policy_version = %policy.version,
+        agents = live.load().policy.agents.len(),
+        policy_version = %policy_version,
         admin_socket = %cfg.admin_socket.display(),
         "agentguard ready"
     );
 
-    let mut stop = Shutdown::install()?;
-    tokio::select! {
-        () = listeners.serve(ctx) => {}
-        () = admin.serve(admin_state) => {}
-        signal = stop.wait() => info!(signal, "stopping"),
+    let mut stop = Signals::install()?;
+    let proxy = listeners.serve(ctx);
+    let admin = admin.serve(admin_state);
+    let watch = watch_policies(reloader.clone(), live.clone());
+    tokio::pin!(proxy, admin, watch);
+    loop {
+        tokio::select! {
+            () = &mut proxy => break,
+            () = &mut admin => break,
+            () = &mut watch => break,
+            signal = stop.wait() => match signal {
+                Signal::Reload => {
+                    let (reloader, live) = (reloader.clone(), live.clone());
+                    let _ = tokio::task::spawn_blocking(move || reloader.reload(&live, "SIGHUP")).await;
+                }
+                Signal::Stop(name) => {
+                    info!(signal = name, "stopping");
+                    break;
+                }
+            },
+        }
     }
 
     // Fail closed on purpose: the links stay pinned, and port 0 makes the
     // kernel refuse guarded connects outright until a daemon starts again.
-    if let Err(e) = kernel.configure(0, daemon_tgid) {
+    let kernel = reloader
+        .kernel
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .configure(0, daemon_tgid);
+    if let Err(e) = kernel {
         warn!(error = %e, "could not switch the kernel to refuse-all; agents' connects will be refused by the closed port instead");
     }
     let _ = fs::remove_file(&cfg.admin_socket);
     Ok(())
+}
+
+/// How often the policies folder is checked for edits.
+const POLICY_POLL: Duration = Duration::from_secs(1);
+
+/// Reloads when a policy file is added, removed or modified. Polling the
+/// folder's names, sizes and mtimes is cheap at this rate and, unlike
+/// inotify, sees edits made through any path (bind mounts, symlinked dirs).
+async fn watch_policies(reloader: Arc<Reloader>, live: Arc<Live>) {
+    let mut last = fingerprint(&reloader.policies_dir);
+    loop {
+        tokio::time::sleep(POLICY_POLL).await;
+        let now = fingerprint(&reloader.policies_dir);
+        if now != last {
+            last = now;
+            let (reloader, live) = (reloader.clone(), live.clone());
+            let _ =
+                tokio::task::spawn_blocking(move || reloader.reload(&live, "file change")).await;
+        }
+    }
 }
 
 /// Agents' TLS is terminated with leaves minted per SNI on first use and
@@ -191,15 +232,19 @@ fn lock_state_dir(dir: &Path) -> Result<Flock<fs::File>, DaemonError> {
     Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| DaemonError::Locked(lock_path))
 }
 
-/// SIGTERM and SIGINT stop the daemon. SIGHUP (policy reload, a later issue)
-/// is caught so that it cannot kill the daemon by its default action.
-struct Shutdown {
+enum Signal {
+    Stop(&'static str),
+    Reload,
+}
+
+/// SIGTERM and SIGINT stop the daemon; SIGHUP reloads the policy.
+struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
 }
 
-impl Shutdown {
+impl Signals {
     fn install() -> Result<Self, DaemonError> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Self {
@@ -209,13 +254,11 @@ impl Shutdown {
         })
     }
 
-    async fn wait(&mut self) -> &'static str {
-        loop {
-            tokio::select! {
-                _ = self.term.recv() => return "SIGTERM",
-                _ = self.int.recv() => return "SIGINT",
-                _ = self.hup.recv() => warn!("SIGHUP received: policy reload is not implemented yet; restart the daemon to apply policy changes"),
-            }
+    async fn wait(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop("SIGTERM"),
+            _ = self.int.recv() => Signal::Stop("SIGINT"),
+            _ = self.hup.recv() => Signal::Reload,
         }
     }
 }

@@ -94,6 +94,9 @@ pub fn exec(admin_socket: &Path, agent: &str, cmd: &[OsString]) -> Result<Infall
     for var in CA_BUNDLE_VARS {
         command.env(var, &view.ca_bundle);
     }
+    for (var, placeholder) in &view.placeholders {
+        command.env(var, placeholder);
+    }
     let source = command.exec();
     Err(ExecError::Exec {
         cmd: program.clone(),

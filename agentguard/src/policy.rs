@@ -3,8 +3,17 @@
 //! `model` is the file format, `load` reads and validates a folder as a whole
 //! (a policy set is accepted or refused as one, never half-applied).
 
+mod eval;
+mod explain;
 mod load;
 mod model;
+mod pattern;
 
+pub use eval::{RequestFacts, Verdict};
+pub use explain::{Explanation, explain};
 pub use load::{PolicyError, PolicyErrors, load_path};
-pub use model::{AgentPolicy, CgroupRelPath, HostPattern, PassthroughRule, PolicySet};
+pub use model::{
+    AgentPolicy, CgroupRelPath, CredentialPolicy, HostPattern, Injection, Mode, OAuth2Source,
+    PassthroughRule, PathPattern, PolicySet, SecretRef, SecretSource, ToolPolicy, ValueSource,
+};
+pub use pattern::normalize_path;

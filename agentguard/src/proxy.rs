@@ -20,19 +20,22 @@ pub use listener::{BindError, Listeners};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
-    connlog::ConnLog, ebpf::PeerRecords, identity::AgentTable, policy::PolicySet,
+    connlog::{ConnLog, RequestLog},
+    ebpf::PeerRecords,
+    live::Live,
     proxy::upstream::Upstreams,
 };
 
 /// What every connection task needs, shared.
 pub struct ProxyContext {
     pub peers: PeerRecords,
-    pub agents: Arc<AgentTable>,
-    pub policy: Arc<PolicySet>,
+    /// Policy, agents and credentials in force; swapped on reload.
+    pub live: Arc<Live>,
     pub log: Arc<ConnLog>,
+    pub requests: Arc<RequestLog>,
     /// Terminates agents' TLS with leaves minted by the local CA.
     pub tls: TlsAcceptor,
-    pub upstreams: Upstreams,
+    pub upstreams: Arc<Upstreams>,
     /// The proxy's own listen port: a record pointing there would make the
     /// proxy dial itself.
     pub proxy_port: u16,

@@ -16,10 +16,27 @@ use super::{AGENTGUARD, require_root, text};
 
 static INSTANCE: AtomicUsize = AtomicUsize::new(0);
 
+/// Tools for tests about redirection rather than policy: anything on the
+/// loopback hosts the plain upstreams use.
+pub const ALLOW_LOOPBACK_TEST_HOSTS: &str = r#"
+[[tool]]
+name = "test.loopback-v4"
+host = "127.0.0.2"
+methods = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]
+paths = ["/", "/*"]
+
+[[tool]]
+name = "test.loopback-v6"
+host = "::1"
+methods = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]
+paths = ["/", "/*"]
+"#;
+
 /// How to start a test daemon beyond its agents.
 #[derive(Default)]
 pub struct DaemonOptions<'a> {
-    /// TOML appended to every agent's policy file.
+    /// TOML appended to every agent's policy file, right after its `cgroup`
+    /// line (so it may start with more `[agent]` keys, such as `mode`).
     pub policy_extra: &'a str,
     /// `--upstream-ca`: the test upstreams' CA.
     pub upstream_ca: Option<&'a Path>,
@@ -36,9 +53,16 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts a daemon guarding one cgroup per agent name in `agents`.
+    /// Starts a daemon guarding one cgroup per agent name in `agents`, each
+    /// allowed every method and path on the loopback test hosts.
     pub fn start(agents: &[&str]) -> Self {
-        Self::start_with(agents, DaemonOptions::default())
+        Self::start_with(
+            agents,
+            DaemonOptions {
+                policy_extra: ALLOW_LOOPBACK_TEST_HOSTS,
+                ..DaemonOptions::default()
+            },
+        )
     }
 
     pub fn start_with(agents: &[&str], options: DaemonOptions<'_>) -> Self {
@@ -159,9 +183,21 @@ impl Daemon {
     /// pid), so unmodified clients resolve the test upstreams' names the
     /// ordinary way, and the machine's /etc/hosts is untouched.
     pub fn exec_resolving(&self, agent: &str, names: &[&str], ip: &str, cmd: &[&str]) -> Command {
-        let hosts = self.dir.path().join(format!("hosts-{}", names.join("-")));
+        let pairs: Vec<(&str, &str)> = names.iter().map(|n| (*n, ip)).collect();
+        self.exec_resolving_many(agent, &pairs, cmd)
+    }
+
+    /// [`Daemon::exec_resolving`] with a different address per name.
+    pub fn exec_resolving_many(
+        &self,
+        agent: &str,
+        names: &[(&str, &str)],
+        cmd: &[&str],
+    ) -> Command {
+        let tag: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
+        let hosts = self.dir.path().join(format!("hosts-{}", tag.join("-")));
         let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
-        for name in names {
+        for (name, ip) in names {
             text.push_str(&format!("{ip} {name}\n"));
         }
         fs::write(&hosts, text).unwrap();
@@ -192,6 +228,14 @@ impl Daemon {
             c.pre_exec(move || fs::write(&procs, b"0"));
         }
         c
+    }
+
+    /// The policy file of `agent`, to edit for reload tests.
+    pub fn policy_path(&self, agent: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("policies")
+            .join(format!("{agent}.toml"))
     }
 
     pub fn cgroup_path(&self, agent: &str) -> PathBuf {

@@ -81,6 +81,8 @@ impl TestCa {
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
     pub version: String,
     pub host: String,
 }
@@ -164,6 +166,20 @@ impl TlsUpstream {
         format!("https://{}:{}{path}", self.name, self.addr.port())
     }
 
+    /// The values of header `name` in every request to `path`.
+    pub fn header_values(&self, path: &str, name: &str) -> Vec<String> {
+        self.seen()
+            .iter()
+            .filter(|r| r.path == path)
+            .flat_map(|r| {
+                r.headers
+                    .iter()
+                    .filter(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            })
+            .collect()
+    }
+
     /// HTTP requests that reached this upstream.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
@@ -207,8 +223,21 @@ async fn route(
                 .map(str::to_owned)
         })
         .unwrap_or_default();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let query = req.uri().query().unwrap_or_default().to_owned();
     seen.lock().unwrap().push(Seen {
         path: req.uri().path().to_owned(),
+        query: query.clone(),
+        headers: headers.clone(),
         version: format!("{:?}", req.version()),
         host,
     });
@@ -216,6 +245,44 @@ async fn route(
         "/echo" => {
             // Streams the body back as it arrives.
             Response::new(req.into_body().boxed())
+        }
+        // Echoes the request's headers back, in a header and in the body: an
+        // upstream that leaks what it was sent.
+        "/reflect" => {
+            let body: String = headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+            let auth = headers
+                .iter()
+                .find(|(k, _)| k == "authorization")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain")
+                .header("x-echo-authorization", auth)
+                .body(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed())
+                .unwrap()
+        }
+        // 302 to the URL in the query (`/redirect?https://...`).
+        "/redirect" => Response::builder()
+            .status(StatusCode::FOUND)
+            .header(header::LOCATION, query)
+            .body(Full::new(Bytes::new()).map_err(|n| match n {}).boxed())
+            .unwrap(),
+        // An OAuth 2.0 token endpoint (client credentials): each call issues
+        // a new token, so tests can count fetches by the token they see.
+        "/token" => {
+            let n = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.path == "/token")
+                .count();
+            let body = format!(
+                r#"{{"access_token":"oauth-token-{n}","token_type":"Bearer","expires_in":3600}}"#
+            );
+            Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed())
+                .unwrap()
         }
         "/sse" => {
             let stream = async_stream(sse_rx);

@@ -25,15 +25,26 @@ struct Setup {
     daemon: Daemon,
 }
 
+/// Every method and path on the test upstreams' names: these tests are about
+/// TLS and HTTP, not policy.
+const ALLOW_TEST_UPSTREAMS: &str = r#"
+[[tool]]
+name = "test.any"
+host = "*.agentguard.test"
+methods = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]
+paths = ["/", "/*"]
+"#;
+
 fn setup(policy_extra: &str) -> Setup {
     require_root();
+    let policy_extra = format!("{ALLOW_TEST_UPSTREAMS}\n{policy_extra}");
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("agentguard test upstream CA", dir.path());
     let upstream = TlsUpstream::start("127.0.0.3", API, &ca);
     let daemon = Daemon::start_with(
         &[AGENT],
         DaemonOptions {
-            policy_extra,
+            policy_extra: &policy_extra,
             upstream_ca: Some(&ca.pem_path),
         },
     );

@@ -111,7 +111,7 @@ fn ipv6_and_v4_mapped_connections_are_redirected() {
          s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)\n\
          s.settimeout(10)\n\
          s.connect(('::ffff:127.0.0.2', {port}))\n\
-         s.sendall(b'GET / HTTP/1.1\\r\\nhost: t\\r\\nconnection: close\\r\\n\\r\\n')\n\
+         s.sendall(b'GET / HTTP/1.1\\r\\nhost: 127.0.0.2\\r\\nconnection: close\\r\\n\\r\\n')\n\
          data = b''\n\
          while True:\n\
          \x20   chunk = s.recv(4096)\n\
@@ -179,7 +179,7 @@ fn forked_setsid_child_is_still_redirected() {
          if pid == 0:\n\
          \x20   os.setsid()\n\
          \x20   s = socket.create_connection(('127.0.0.2', {port}), timeout=10)\n\
-         \x20   s.sendall(b'GET / HTTP/1.1\\r\\nhost: t\\r\\nconnection: close\\r\\n\\r\\n')\n\
+         \x20   s.sendall(b'GET / HTTP/1.1\\r\\nhost: 127.0.0.2\\r\\nconnection: close\\r\\n\\r\\n')\n\
          \x20   data = b''\n\
          \x20   while True:\n\
          \x20       chunk = s.recv(4096)\n\

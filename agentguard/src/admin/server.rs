@@ -23,7 +23,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
 use super::{AgentView, StatusView};
-use crate::{connlog::ConnLog, identity::AgentTable, policy::PolicySet};
+use crate::{
+    connlog::{ConnLog, RequestLog},
+    credentials::placeholder_for,
+    live::Live,
+};
 
 #[derive(Debug, Error)]
 pub enum ServeError {
@@ -37,9 +41,9 @@ pub enum ServeError {
 
 /// Everything the admin API reports on.
 pub struct AdminState {
-    pub agents: Arc<AgentTable>,
-    pub policy: Arc<PolicySet>,
+    pub live: Arc<Live>,
     pub log: Arc<ConnLog>,
+    pub requests: Arc<RequestLog>,
     pub proxy_port: u16,
     pub ca_cert: PathBuf,
     pub ca_bundle: PathBuf,
@@ -112,6 +116,7 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match path {
         "/v1/status" => json(StatusCode::OK, &status(state)),
         "/v1/connections" => json(StatusCode::OK, &state.log.snapshot()),
+        "/v1/requests" => json(StatusCode::OK, &state.requests.snapshot()),
         _ => match path.strip_prefix("/v1/agents/") {
             Some(name) => match agent_view(state, name) {
                 Some(view) => json(StatusCode::OK, &view),
@@ -126,23 +131,27 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 fn status(state: &AdminState) -> StatusView {
+    let live = state.live.load();
     StatusView {
         pid: std::process::id(),
         proxy_port: state.proxy_port,
-        policy_version: state.policy.version.clone(),
-        agents: state
+        policy_version: live.policy.version.clone(),
+        last_reload: state.live.last_reload(),
+        agents: live
             .agents
             .agents()
             .iter()
             .filter_map(|a| agent_view(state, &a.name))
             .collect(),
         connections_total: state.log.total(),
+        requests_total: state.requests.total(),
     }
 }
 
 fn agent_view(state: &AdminState, name: &str) -> Option<AgentView> {
-    let guarded = state.agents.get(name)?;
-    let policy = state.policy.agent(name)?;
+    let live = state.live.load();
+    let guarded = live.agents.get(name)?;
+    let policy = live.policy.agent(name)?;
     Some(AgentView {
         name: name.to_owned(),
         cgroup: policy.cgroup.to_string(),
@@ -154,6 +163,14 @@ fn agent_view(state: &AdminState, name: &str) -> Option<AgentView> {
         policy_file: policy.source.display().to_string(),
         ca_cert: state.ca_cert.display().to_string(),
         ca_bundle: state.ca_bundle.display().to_string(),
+        placeholders: policy
+            .credentials
+            .iter()
+            .filter_map(|c| {
+                let var = c.placeholder_env.clone()?;
+                Some((var, placeholder_for(&c.id)))
+            })
+            .collect(),
     })
 }
 

@@ -8,9 +8,13 @@ use std::{
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
+use hyper::{Method, Uri, header::HeaderName};
+
 use super::model::{
-    AgentPolicy, CgroupRelPath, HostPattern, PassthroughRule, PolicyFile, PolicySet,
-    validate_agent_name,
+    AgentPolicy, CgroupRelPath, CredentialPolicy, CredentialSection, HostPattern, InjectSection,
+    Injection, Mode, OAuth2Source, PassthroughRule, PathPattern, PolicyFile, PolicySet, SecretRef,
+    SecretRefSection, SecretSource, SourceSection, ToolPolicy, ToolSection, ValueSection,
+    ValueSource, validate_agent_name,
 };
 
 #[derive(Debug, Error)]
@@ -158,6 +162,43 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
     let cgroup_span = span_of(path, text, parsed.agent.cgroup.span().start);
     let cgroup = CgroupRelPath::parse(parsed.agent.cgroup.get_ref())
         .map_err(|m| invalid(&cgroup_span, format!("agent.cgroup: {m}")))?;
+    let mode = match &parsed.agent.mode {
+        None => Mode::Enforce,
+        Some(m) => match m.get_ref().as_str() {
+            "enforce" => Mode::Enforce,
+            "audit" => Mode::Audit,
+            other => {
+                return Err(invalid(
+                    &span_of(path, text, m.span().start),
+                    format!("agent.mode: {other:?} must be \"enforce\" or \"audit\""),
+                ));
+            }
+        },
+    };
+    let mut credentials: Vec<CredentialPolicy> = Vec::new();
+    for section in parsed.credential {
+        let id_span = span_of(path, text, section.id.span().start);
+        let credential = parse_credential(path, text, section)?;
+        if credentials.iter().any(|c| c.id == credential.id) {
+            return Err(invalid(
+                &id_span,
+                format!("credential.id: {:?} is defined twice", credential.id),
+            ));
+        }
+        credentials.push(credential);
+    }
+    let mut tools: Vec<ToolPolicy> = Vec::new();
+    for section in parsed.tool {
+        let name_span = span_of(path, text, section.name.span().start);
+        let tool = parse_tool(path, text, section, &credentials)?;
+        if tools.iter().any(|t| t.name == tool.name) {
+            return Err(invalid(
+                &name_span,
+                format!("tool.name: {:?} is defined twice", tool.name),
+            ));
+        }
+        tools.push(tool);
+    }
     let mut passthrough = Vec::new();
     for entry in parsed.passthrough {
         let span = span_of(path, text, entry.host.span().start);
@@ -182,11 +223,263 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
         AgentPolicy {
             name,
             cgroup,
+            mode,
+            credentials,
+            tools,
             passthrough,
             source: path.to_owned(),
         },
         name_span,
     ))
+}
+
+fn parse_credential(
+    path: &Path,
+    text: &str,
+    section: CredentialSection,
+) -> Result<CredentialPolicy, PolicyError> {
+    let at = |offset: usize| span_of(path, text, offset);
+    let id_span = at(section.id.span().start);
+    let id = section.id.into_inner();
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(invalid(
+            &id_span,
+            format!("credential.id: {id:?} may only use letters, digits, '-', '_' and '.'"),
+        ));
+    }
+    let source_span = at(section.source.span().start);
+    let source = match section.source.into_inner() {
+        SourceSection::File(file) => SecretSource::File(
+            secret_file(&file)
+                .map_err(|m| invalid(&source_span, format!("credential.source: {m}")))?,
+        ),
+        SourceSection::Env(var) => SecretSource::Env(
+            env_name(&var).map_err(|m| invalid(&source_span, format!("credential.source: {m}")))?,
+        ),
+        SourceSection::Oauth2(o) => SecretSource::OAuth2(
+            oauth2(o)
+                .map_err(|m| invalid(&source_span, format!("credential.source.oauth2: {m}")))?,
+        ),
+    };
+    let inject_span = at(section.inject.span().start);
+    let inject = injection(section.inject.into_inner())
+        .map_err(|m| invalid(&inject_span, format!("credential.inject: {m}")))?;
+    let placeholder_env = match section.placeholder_env {
+        None => None,
+        Some(var) => {
+            let span = at(var.span().start);
+            Some(
+                env_name(var.get_ref())
+                    .map_err(|m| invalid(&span, format!("credential.placeholder_env: {m}")))?,
+            )
+        }
+    };
+    Ok(CredentialPolicy {
+        id,
+        source,
+        inject,
+        placeholder_env,
+    })
+}
+
+fn secret_file(file: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(file);
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Err(format!("secret file {file:?} must be an absolute path"))
+    }
+}
+
+fn env_name(var: &str) -> Result<String, String> {
+    let ok = !var.is_empty()
+        && !var.starts_with(|c: char| c.is_ascii_digit())
+        && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(var.to_owned())
+    } else {
+        Err(format!("{var:?} is not an environment variable name"))
+    }
+}
+
+fn secret_ref(section: SecretRefSection) -> Result<SecretRef, String> {
+    Ok(match section {
+        SecretRefSection::File(f) => SecretRef::File(secret_file(&f)?),
+        SecretRefSection::Env(v) => SecretRef::Env(env_name(&v)?),
+    })
+}
+
+fn oauth2(section: super::model::OAuth2Section) -> Result<OAuth2Source, String> {
+    let token_url: Uri = section
+        .token_url
+        .parse()
+        .map_err(|e| format!("token_url {:?}: {e}", section.token_url))?;
+    let host = token_url.host().unwrap_or_default();
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match token_url.scheme_str() {
+        Some("https") => {}
+        // The client secret must not cross a network in clear text.
+        Some("http") if loopback => {}
+        _ => {
+            return Err(format!(
+                "token_url {token_url} must be https (http only on loopback)"
+            ));
+        }
+    }
+    Ok(OAuth2Source {
+        token_url,
+        client_id: match section.client_id {
+            ValueSection::Literal(v) => ValueSource::Literal(v),
+            ValueSection::Source(s) => ValueSource::Secret(secret_ref(s)?),
+        },
+        client_secret: secret_ref(section.client_secret)?,
+        scope: section.scope,
+    })
+}
+
+/// Headers that are the proxy's to manage, never a credential's.
+const RESERVED_HEADERS: [&str; 8] = [
+    "host",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+];
+
+fn injection(section: InjectSection) -> Result<Injection, String> {
+    match (section.header, section.basic, section.query) {
+        (Some(header), None, None) => {
+            let name = HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| format!("header {header:?} is not a valid header name"))?;
+            if RESERVED_HEADERS.contains(&name.as_str()) {
+                return Err(format!("header {header:?} cannot carry a credential"));
+            }
+            let format = section.format.unwrap_or_else(|| "{secret}".to_owned());
+            if format.matches("{secret}").count() != 1 {
+                return Err(format!(
+                    "format {format:?} must contain {{secret}} exactly once"
+                ));
+            }
+            Ok(Injection::Header { name, format })
+        }
+        (None, Some(basic), None) if section.format.is_none() => {
+            if basic.username.contains(':') {
+                return Err("basic.username may not contain ':' (RFC 7617 §2)".into());
+            }
+            Ok(Injection::Basic {
+                username: basic.username,
+            })
+        }
+        (None, None, Some(param)) if section.format.is_none() => {
+            if param.is_empty() || param.contains(['&', '=', '#', ' ']) {
+                return Err(format!("query parameter {param:?} is not a plain name"));
+            }
+            Ok(Injection::Query { param })
+        }
+        _ => Err(
+            "give exactly one of header (with optional format), basic = { username }, or query"
+                .into(),
+        ),
+    }
+}
+
+fn parse_tool(
+    path: &Path,
+    text: &str,
+    section: ToolSection,
+    credentials: &[CredentialPolicy],
+) -> Result<ToolPolicy, PolicyError> {
+    let at = |offset: usize| span_of(path, text, offset);
+    let name_span = at(section.name.span().start);
+    let name = section.name.into_inner();
+    if name.is_empty() {
+        return Err(invalid(&name_span, "tool.name: must not be empty".into()));
+    }
+    let host_span = at(section.host.span().start);
+    let host = HostPattern::parse(section.host.get_ref())
+        .map_err(|m| invalid(&host_span, format!("tool.host: {m}")))?;
+    let port = match section.port {
+        Some(p) if *p.get_ref() == 0 => {
+            return Err(invalid(
+                &at(p.span().start),
+                "tool.port: must be 1-65535".into(),
+            ));
+        }
+        p => p.map(|p| p.into_inner()),
+    };
+    let methods_span = at(section.methods.span().start);
+    let mut methods = Vec::new();
+    for m in section.methods.get_ref() {
+        // Methods are case-sensitive tokens (RFC 9110 §9.1); policies name
+        // the standard upper-case ones.
+        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(invalid(
+                &methods_span,
+                format!("tool.methods: {m:?} must be an upper-case method name such as \"GET\""),
+            ));
+        }
+        methods.push(Method::from_bytes(m.as_bytes()).map_err(|_| {
+            invalid(
+                &methods_span,
+                format!("tool.methods: {m:?} is not a method"),
+            )
+        })?);
+    }
+    if methods.is_empty() {
+        return Err(invalid(
+            &methods_span,
+            "tool.methods: list at least one method".into(),
+        ));
+    }
+    let paths_span = at(section.paths.span().start);
+    let paths = section
+        .paths
+        .get_ref()
+        .iter()
+        .map(|p| PathPattern::parse(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|m| invalid(&paths_span, format!("tool.paths: {m}")))?;
+    if paths.is_empty() {
+        return Err(invalid(
+            &paths_span,
+            "tool.paths: list at least one path".into(),
+        ));
+    }
+    let credential = match section.credential {
+        None => None,
+        Some(c) => {
+            if !credentials.iter().any(|k| k.id == *c.get_ref()) {
+                return Err(invalid(
+                    &at(c.span().start),
+                    format!(
+                        "tool.credential: no [[credential]] with id {:?} in this file",
+                        c.get_ref()
+                    ),
+                ));
+            }
+            Some(c.into_inner())
+        }
+    };
+    Ok(ToolPolicy {
+        name,
+        host,
+        port,
+        methods,
+        paths,
+        credential,
+    })
 }
 
 /// Two agents may not share a name or a cgroup, and one agent's cgroup may
@@ -341,6 +634,53 @@ mod tests {
         );
         let err = load_path(dir.path()).unwrap_err().to_string();
         assert!(err.contains("a.toml:5:8: passthrough.host"), "{err}");
+    }
+
+    #[test]
+    fn tools_and_credentials_are_validated_with_their_line() {
+        let base = "[agent]\nname = \"a\"\ncgroup = \"agentguard/a\"\n";
+        let cases = [
+            ("mode = \"relaxed\"\n", "agent.mode"),
+            (
+                "[[tool]]\nname = \"t\"\nhost = \"x.org\"\nmethods = [\"get\"]\npaths = [\"/\"]\n",
+                "tool.methods",
+            ),
+            (
+                "[[tool]]\nname = \"t\"\nhost = \"x.org\"\nmethods = [\"GET\"]\npaths = [\"/a/../b\"]\n",
+                "tool.paths",
+            ),
+            (
+                "[[tool]]\nname = \"t\"\nhost = \"x.org\"\nmethods = [\"GET\"]\npaths = [\"/\"]\ncredential = \"nope\"\n",
+                "tool.credential",
+            ),
+            (
+                "[[credential]]\nid = \"k\"\nsource = { file = \"relative\" }\ninject = { header = \"x-api-key\" }\n",
+                "credential.source",
+            ),
+            (
+                "[[credential]]\nid = \"k\"\nsource = { env = \"K\" }\ninject = { header = \"Authorization\", format = \"Bearer\" }\n",
+                "credential.inject",
+            ),
+            (
+                "[[credential]]\nid = \"k\"\nsource = { env = \"K\" }\ninject = { header = \"Host\" }\n",
+                "credential.inject",
+            ),
+            (
+                "[[credential]]\nid = \"k\"\nsource = { oauth2 = { token_url = \"http://auth.example.com/token\", client_id = \"c\", client_secret = { env = \"S\" } } }\ninject = { header = \"Authorization\", format = \"Bearer {secret}\" }\n",
+                "credential.source.oauth2",
+            ),
+        ];
+        for (extra, key) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let body = if extra.starts_with("mode") {
+                base.replace("cgroup", &format!("{extra}cgroup"))
+            } else {
+                format!("{base}\n{extra}")
+            };
+            write(dir.path(), "a.toml", &body);
+            let err = load_path(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("a.toml:") && err.contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -2,8 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
+use hyper::{Method, Uri, header::HeaderName};
 use serde::Deserialize;
 use toml::Spanned;
+
+pub use super::pattern::{HostPattern, PathPattern};
 
 /// What a policy file may contain. Unknown keys are an error: a typo in a
 /// security policy must not be silently ignored.
@@ -12,7 +15,88 @@ use toml::Spanned;
 pub(super) struct PolicyFile {
     pub agent: AgentSection,
     #[serde(default)]
+    pub credential: Vec<CredentialSection>,
+    #[serde(default)]
+    pub tool: Vec<ToolSection>,
+    #[serde(default)]
     pub passthrough: Vec<PassthroughSection>,
+}
+
+/// `[[credential]]`: a secret the proxy holds for the agent, and how it is
+/// put into a request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CredentialSection {
+    pub id: Spanned<String>,
+    pub source: Spanned<SourceSection>,
+    pub inject: Spanned<InjectSection>,
+    /// An environment variable `agentguard exec` sets to this credential's
+    /// placeholder, for SDKs that refuse to start without a key.
+    pub placeholder_env: Option<Spanned<String>>,
+}
+
+/// Where a secret comes from. Externally tagged: `{ file = "..." }`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub(super) enum SourceSection {
+    File(String),
+    Env(String),
+    Oauth2(OAuth2Section),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct OAuth2Section {
+    pub token_url: String,
+    pub client_id: ValueSection,
+    pub client_secret: SecretRefSection,
+    pub scope: Option<String>,
+}
+
+/// A value given inline or read from a secret source (client ids are not
+/// secret; client secrets are, and may only come from a file or the env).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum ValueSection {
+    Literal(String),
+    Source(SecretRefSection),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub(super) enum SecretRefSection {
+    File(String),
+    Env(String),
+}
+
+/// `inject = { header = "...", format = "Bearer {secret}" }`,
+/// `{ basic = { username = "..." } }` or `{ query = "api_key" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct InjectSection {
+    pub header: Option<String>,
+    pub format: Option<String>,
+    pub basic: Option<BasicSection>,
+    pub query: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BasicSection {
+    pub username: String,
+}
+
+/// `[[tool]]`: one capability: host, methods and paths, and the credential
+/// bound to it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ToolSection {
+    pub name: Spanned<String>,
+    pub host: Spanned<String>,
+    pub port: Option<Spanned<u16>>,
+    pub methods: Spanned<Vec<String>>,
+    pub paths: Spanned<Vec<String>>,
+    pub credential: Option<Spanned<String>>,
 }
 
 /// `[[passthrough]]`: TLS to these hosts is relayed untouched (pinned
@@ -29,6 +113,7 @@ pub(super) struct PassthroughSection {
 pub(super) struct AgentSection {
     pub name: Spanned<String>,
     pub cgroup: Spanned<String>,
+    pub mode: Option<Spanned<String>>,
 }
 
 /// A cgroup path relative to the cgroup v2 mount, e.g. `agentguard/support-bot`.
@@ -106,53 +191,6 @@ pub(super) fn validate_agent_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// A host name pattern: `api.example.com` (exact) or `*.example.com` (any
-/// name below example.com, at any depth, but not example.com itself).
-/// Compared case-insensitively, without a trailing dot (RFC 4343).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
-    Exact(String),
-    Suffix(String),
-}
-
-impl HostPattern {
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let lower = raw.trim_end_matches('.').to_ascii_lowercase();
-        let (wildcard, name) = match lower.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, lower.as_str()),
-        };
-        let valid_label = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        };
-        if name.is_empty() || name.len() > 253 || !name.split('.').all(valid_label) {
-            return Err(format!(
-                "host {raw:?} must be a DNS name, optionally starting with \"*.\""
-            ));
-        }
-        Ok(if wildcard {
-            Self::Suffix(format!(".{name}"))
-        } else {
-            Self::Exact(name.to_owned())
-        })
-    }
-
-    pub fn matches(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.');
-        match self {
-            Self::Exact(name) => host.eq_ignore_ascii_case(name),
-            Self::Suffix(suffix) => {
-                host.len() > suffix.len()
-                    && host.as_bytes()[host.len() - suffix.len()..]
-                        .eq_ignore_ascii_case(suffix.as_bytes())
-            }
-        }
-    }
-}
-
 /// A host whose TLS is relayed without interception.
 #[derive(Debug, Clone)]
 pub struct PassthroughRule {
@@ -167,11 +205,85 @@ impl PassthroughRule {
     }
 }
 
+/// `enforce` refuses denied requests; `audit` decides and records
+/// everything but lets denied requests through (without credentials).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+/// Where a credential's secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file owned by root and not readable by group or others.
+    File(PathBuf),
+    /// An environment variable of the daemon.
+    Env(String),
+    /// OAuth 2.0 client credentials grant (RFC 6749 §4.4).
+    OAuth2(OAuth2Source),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuth2Source {
+    pub token_url: Uri,
+    pub client_id: ValueSource,
+    pub client_secret: SecretRef,
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueSource {
+    Literal(String),
+    Secret(SecretRef),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    File(PathBuf),
+    Env(String),
+}
+
+/// How a secret goes into a request. Whatever the agent itself sent in that
+/// place is removed first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Injection {
+    /// A header whose value is `format` with `{secret}` replaced.
+    Header { name: HeaderName, format: String },
+    /// `Authorization: Basic base64(username:secret)` (RFC 7617).
+    Basic { username: String },
+    /// A query parameter.
+    Query { param: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct CredentialPolicy {
+    pub id: String,
+    pub source: SecretSource,
+    pub inject: Injection,
+    pub placeholder_env: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ToolPolicy {
+    pub name: String,
+    pub host: HostPattern,
+    pub port: Option<u16>,
+    pub methods: Vec<Method>,
+    pub paths: Vec<PathPattern>,
+    /// Id of the credential injected into this tool's requests.
+    pub credential: Option<String>,
+}
+
 /// One agent's validated policy.
 #[derive(Debug, Clone)]
 pub struct AgentPolicy {
     pub name: String,
     pub cgroup: CgroupRelPath,
+    pub mode: Mode,
+    pub credentials: Vec<CredentialPolicy>,
+    pub tools: Vec<ToolPolicy>,
     pub passthrough: Vec<PassthroughRule>,
     /// The file it came from, for error messages and `status`.
     pub source: PathBuf,
@@ -184,6 +296,12 @@ pub struct PolicySet {
     /// SHA-256 over the files' names and contents (sorted by name), hex. It
     /// names the policy that made each decision.
     pub version: String,
+}
+
+impl AgentPolicy {
+    pub fn credential(&self, id: &str) -> Option<&CredentialPolicy> {
+        self.credentials.iter().find(|c| c.id == id)
+    }
 }
 
 impl PolicySet {
@@ -227,22 +345,6 @@ mod tests {
         assert!(a.contains(&CgroupRelPath::parse("agentguard/a").unwrap()));
         assert!(a.contains(&CgroupRelPath::parse("agentguard/a/child").unwrap()));
         assert!(!a.contains(&CgroupRelPath::parse("agentguard/ab").unwrap()));
-    }
-
-    #[test]
-    fn host_patterns_match_exact_and_below() {
-        let exact = HostPattern::parse("PyPI.org.").unwrap();
-        assert!(exact.matches("pypi.org"));
-        assert!(exact.matches("PYPI.ORG."));
-        assert!(!exact.matches("files.pypi.org"));
-        let wild = HostPattern::parse("*.example.org").unwrap();
-        assert!(wild.matches("a.example.org"));
-        assert!(wild.matches("a.b.EXAMPLE.org"));
-        assert!(!wild.matches("example.org"));
-        assert!(!wild.matches("badexample.org"));
-        for bad in ["", "*.", "a..b", "exa mple.org", "*.*.x", "http://x"] {
-            assert!(HostPattern::parse(bad).is_err(), "{bad:?} accepted");
-        }
     }
 
     #[test]

@@ -123,7 +123,8 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         return;
     };
     let dst = original_destination(&record);
-    let identity = match ctx.agents.resolve(&record) {
+    let state = ctx.live.load();
+    let identity = match state.agents.resolve(&record) {
         Ok(identity) => identity,
         Err(e) => {
             refuse(&ctx, peer, None, Some(dst), &e.to_string());
@@ -158,7 +159,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
                 return;
             }
         };
-        let decision = decide(&sniffed, &ctx.policy, &identity.agent, dst);
+        let decision = decide(&sniffed, &state.policy, &identity.agent, dst);
         let (kind, reason) = match &decision {
             ConnDecision::InterceptTls { sni } => {
                 (Decision::Intercept, format!("intercept TLS for {sni}"))
@@ -177,8 +178,9 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
             Some(dst),
             kind,
             reason,
-            &ctx.policy.version,
+            &state.policy.version,
         );
+        drop(state);
         match decision {
             ConnDecision::InterceptTls { sni } => {
                 let tls = match ctx.tls.accept(stream).await {
@@ -219,13 +221,8 @@ fn refuse(
     reason: &str,
 ) {
     warn!(%peer, agent = identity.as_ref().map(|i| &*i.agent), ?dst, reason, "connection refused");
-    ctx.log.push(
-        peer,
-        identity,
-        dst,
-        Decision::Refuse,
-        reason,
-        &ctx.policy.version,
-    );
+    let version = ctx.live.load().policy.version.clone();
+    ctx.log
+        .push(peer, identity, dst, Decision::Refuse, reason, &version);
     // Dropping the stream closes it: nothing went upstream.
 }

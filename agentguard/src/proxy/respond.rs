@@ -10,8 +10,12 @@ use super::upstream::ProxyBody;
 
 pub const DECISION_HEADER: &str = "x-agentguard-decision";
 /// agentguard refused the request on its own account (malformed,
-/// misdirected, upstream unverifiable).
+/// misdirected, placeholder misuse, upstream unverifiable).
 pub const DECISION_REFUSE: &str = "refuse";
+/// The agent's policy denies the request.
+pub const DECISION_DENY: &str = "deny";
+/// The policy would deny it, but the agent runs in audit mode.
+pub const DECISION_WOULD_DENY: &str = "would-deny";
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
@@ -25,12 +29,13 @@ pub fn error(
     status: StatusCode,
     decision: &'static str,
     agent: &str,
+    rule: Option<&str>,
     reason: &str,
 ) -> Response<ProxyBody> {
     let body = serde_json::to_vec(&ErrorBody {
         error: reason,
         agent,
-        rule: None,
+        rule,
     })
     .unwrap_or_default();
     let mut resp = Response::new(

@@ -1,0 +1,119 @@
+//! Loading a policy set into a [`LiveState`]: validating it as a whole
+//! (policy files, then every secret it names), guarding new agents' cgroups
+//! in the kernel, releasing cgroups no longer named. At start and on every
+//! reload the same path runs, so a policy the daemon would refuse at start
+//! is refused at reload too, and the running one stays.
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::{
+    cgroup::{CgroupError, CgroupRoot},
+    credentials::{CredentialErrors, CredentialStore, TokenFetcher},
+    ebpf::{EbpfError, Kernel},
+    identity::{AgentTable, GuardedAgent},
+    live::{Live, LiveState},
+    policy::{self, PolicyErrors},
+};
+
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    #[error("invalid policy:\n{0}")]
+    Policy(#[from] PolicyErrors),
+    #[error("policy names unusable credentials:\n{0}")]
+    Credentials(#[from] CredentialErrors),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+}
+
+pub struct Reloader {
+    pub policies_dir: PathBuf,
+    pub root: CgroupRoot,
+    pub kernel: Arc<Mutex<Kernel>>,
+    pub fetcher: Arc<dyn TokenFetcher>,
+}
+
+impl Reloader {
+    /// Builds a complete state from the policies folder. `current` is the
+    /// state in force (None at start), whose guarded cgroups need no new
+    /// links.
+    pub fn build(&self, current: Option<&LiveState>) -> Result<LiveState, ReloadError> {
+        let policy = Arc::new(policy::load_path(&self.policies_dir)?);
+        let credentials = Arc::new(CredentialStore::load(&policy, self.fetcher.clone())?);
+        let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guarded = Vec::new();
+        for agent in &policy.agents {
+            let cgroup = self.root.ensure(&agent.cgroup)?;
+            let already =
+                current.is_some_and(|s| s.agents.agents().iter().any(|a| a.cgroup.id == cgroup.id));
+            if !already {
+                kernel.guard(&cgroup)?;
+                info!(agent = %agent.name, cgroup = %cgroup.path.display(), cgroup_id = cgroup.id, "agent guarded");
+            }
+            guarded.push(GuardedAgent {
+                name: agent.name.as_str().into(),
+                cgroup,
+            });
+        }
+        let keep: Vec<u64> = guarded.iter().map(|a| a.cgroup.id).collect();
+        let released = kernel.release_all_except(&keep)?;
+        if released > 0 {
+            info!(
+                released,
+                "detached programs from cgroups no longer in the policy"
+            );
+        }
+        Ok(LiveState {
+            policy,
+            agents: Arc::new(AgentTable::new(self.root.clone(), guarded)),
+            credentials,
+        })
+    }
+
+    /// Reloads into `live` if the policy changed; on any error the running
+    /// policy stays and the error is kept for `agentguard status`.
+    pub fn reload(&self, live: &Live, trigger: &str) {
+        let current = live.load();
+        match self.build(Some(&current)) {
+            Ok(state) if state.policy.version == current.policy.version => {
+                info!(trigger, version = %state.policy.version, "policy unchanged");
+                live.accept(state, trigger);
+            }
+            Ok(state) => {
+                info!(trigger, from = %current.policy.version, to = %state.policy.version, "policy reloaded");
+                live.accept(state, trigger);
+            }
+            Err(e) => {
+                warn!(trigger, error = %e, version = %current.policy.version, "policy reload rejected; the running policy stays");
+                live.reject(trigger, e.to_string());
+            }
+        }
+    }
+}
+
+/// What identifies the folder's content cheaply: names, sizes and
+/// modification times of the policy files. Polled to notice edits.
+pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, i64, i64)> {
+    let mut out: Vec<(PathBuf, u64, i64, i64)> = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                Some((e.path(), m.size(), m.mtime(), m.mtime_nsec()))
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    out.sort();
+    out
+}
