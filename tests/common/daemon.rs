@@ -230,6 +230,10 @@ impl Daemon {
         c
     }
 
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
     /// The policy file of `agent`, to edit for reload tests.
     pub fn policy_path(&self, agent: &str) -> PathBuf {
         self.dir

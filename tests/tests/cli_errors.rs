@@ -90,3 +90,85 @@ fn proxy_port_in_use_is_reported() {
     assert!(err.contains("already in use"), "{err}");
     assert!(!std::path::Path::new(&bpf_dir).exists());
 }
+
+#[test]
+fn run_without_root_says_so_and_changes_nothing() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(AGENTGUARD)
+        .args([
+            "run",
+            "--proxy-port",
+            "0",
+            "--bpf-dir",
+            "/sys/fs/bpf/agentguard-test-nonroot",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("must run as root"), "{err}");
+    assert!(!dir.path().join("state").exists());
+}
+
+#[test]
+fn policy_check_and_test_report_decisions_and_exit_codes() {
+    require_root();
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
+    let out = Command::new(AGENTGUARD)
+        .args(["policy", "check", examples])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("ok: "));
+
+    let test = |method: &str, url: &str| {
+        Command::new(AGENTGUARD)
+            .args([
+                "policy",
+                "test",
+                "--policies",
+                examples,
+                "--agent",
+                "support-bot",
+            ])
+            .args(["--method", method, "--url", url, "--format", "json"])
+            .output()
+            .unwrap()
+    };
+    let allow = test("POST", "https://itsm.example.com/api/v2/tickets");
+    assert_eq!(allow.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&allow.stdout).unwrap();
+    assert_eq!(v["decision"], "allow");
+    assert_eq!(v["tool"], "itsm.create_ticket");
+    assert_eq!(v["credential"], "itsm-token");
+
+    let deny = test("GET", "https://itsm.example.com/api/v2/tickets/../admin");
+    assert_eq!(deny.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&deny.stdout).unwrap();
+    assert_eq!(v["decision"], "deny");
+    assert_eq!(v["path"], "/api/v2/admin");
+
+    // A broken file: named with its line, exit non-zero.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("x.toml"),
+        "[agent]\nname = \"x\"\ncgroup = \"a/x\"\n\n[[tool]]\nname = \"t\"\nhost = \"h.example\"\nmethods = [\"get\"]\npaths = [\"/\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(AGENTGUARD)
+        .args(["policy", "check"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("x.toml:8:") && err.contains("tool.methods"),
+        "{err}"
+    );
+}

@@ -392,3 +392,35 @@ fn garbage_and_sni_less_connections_are_closed_and_others_still_served() {
     );
     assert_eq!(assert_ok(&out, "curl after garbage"), "hello over tls");
 }
+
+#[test]
+fn the_exported_ca_is_the_one_clients_verify_against() {
+    let s = setup("");
+    let out = std::process::Command::new(crate::common::AGENTGUARD)
+        .args(["ca", "export", "--state-dir"])
+        .arg(s.daemon.state_dir())
+        .output()
+        .unwrap();
+    let pem = assert_ok(&out, "ca export");
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let dir = tempfile::tempdir().unwrap();
+    let exported = dir.path().join("agentguard-ca.pem");
+    std::fs::write(&exported, &pem).unwrap();
+    // Trusting only the exported CA (not the bundle exec sets up) works.
+    let exported = exported.display().to_string();
+    let out = run(
+        &s,
+        &[API],
+        "127.0.0.3",
+        &[
+            "curl",
+            "-sS",
+            "-m",
+            "10",
+            "--cacert",
+            &exported,
+            &s.upstream.url("/"),
+        ],
+    );
+    assert_eq!(assert_ok(&out, "curl --cacert exported"), "hello over tls");
+}
