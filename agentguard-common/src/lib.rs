@@ -140,7 +140,77 @@ pub struct ProxyConfig {
     /// tgid of the running daemon: its own sockets are never redirected, even
     /// if an operator placed it inside a guarded cgroup (loop guard).
     pub daemon_tgid: u32,
+    /// `CONFIG_*` bits.
+    pub flags: u32,
 }
+
+/// `ProxyConfig::flags`: also report every redirect (not only refusals)
+/// through the event ring buffer.
+pub const CONFIG_REPORT_REDIRECTS: u32 = 1;
+
+/// The destination a socket was redirected away from. Kept for the socket's
+/// lifetime so that `getpeername()` and `recvmsg()` can show the agent the
+/// peer it asked for (transparency).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrigDst {
+    /// IPv4 is stored IPv4-mapped.
+    pub ip: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub family: u16,
+}
+
+/// Kinds of [`KernelEvent`].
+pub mod event_kind {
+    /// A UDP datagram or connect to a port other than 53 (QUIC included).
+    pub const UDP_DENIED: u32 = 1;
+    /// A raw socket (SOCK_RAW) creation.
+    pub const RAW_SOCKET_DENIED: u32 = 2;
+    /// An ICMP/ICMPv6 ("ping") socket creation.
+    pub const ICMP_SOCKET_DENIED: u32 = 3;
+    /// A stream/datagram protocol the proxy cannot see (SCTP, ...).
+    pub const TRANSPORT_DENIED: u32 = 4;
+    /// A guarded process dialled the proxy's own port.
+    pub const DIRECT_PROXY_DENIED: u32 = 5;
+    /// DNS from a cgroup with no resolver assigned (e.g. a sub-cgroup).
+    pub const DNS_UNROUTABLE: u32 = 6;
+    /// No room to record the connection (map full): refused.
+    pub const RECORD_FAILED: u32 = 7;
+    /// A TCP connect sent to the proxy (only with CONFIG_REPORT_REDIRECTS).
+    pub const TCP_REDIRECTED: u32 = 16;
+    /// A DNS query sent to agentguard's resolver (only with
+    /// CONFIG_REPORT_REDIRECTS).
+    pub const DNS_REDIRECTED: u32 = 17;
+}
+
+/// One record of the kernel → daemon ring buffer: a refusal (always) or a
+/// redirect (if enabled), with the identity of the caller.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelEvent {
+    /// One of [`event_kind`].
+    pub kind: u32,
+    pub family: u16,
+    /// IPPROTO_* of the socket.
+    pub protocol: u16,
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    /// Destination asked for (zero for socket creation); IPv4 mapped.
+    pub dst_ip: [u8; 16],
+    pub dst_port: u16,
+    /// SOCK_* type of the socket.
+    pub sock_type: u16,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Index in the `EVENT_STATS` per-CPU array: ring-buffer records lost
+/// because the buffer was full (the refusal itself still happened).
+pub const STAT_EVENTS_LOST: u32 = 0;
 
 #[cfg(feature = "user")]
 mod user {
@@ -151,6 +221,10 @@ mod user {
     unsafe impl aya::Pod for super::PeerKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProxyConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OrigDst {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KernelEvent {}
 }
 
 #[cfg(test)]
@@ -164,7 +238,13 @@ mod tests {
         assert_eq!(size_of::<ConnRecord>(), 16 + 2 + 2 + 4 * 5 + 8 + 8 + 16);
         assert_eq!(align_of::<ConnRecord>(), 8);
         assert_eq!(size_of::<PeerKey>(), 20);
-        assert_eq!(size_of::<ProxyConfig>(), 4 + 16 + 2 + 2 + 4);
+        assert_eq!(size_of::<ProxyConfig>(), 4 + 16 + 2 + 2 + 4 + 4);
+        assert_eq!(size_of::<OrigDst>(), 20);
+        assert_eq!(
+            size_of::<KernelEvent>(),
+            4 + 2 + 2 + 4 * 4 + 8 + 16 + 2 + 2 + 4 + 16
+        );
+        assert_eq!(align_of::<KernelEvent>(), 8);
     }
 
     #[test]

@@ -1,20 +1,26 @@
-//! agentguard's kernel programs: redirect every TCP connect of a guarded cgroup
-//! to the local proxy and remember, in the kernel, who made it and where it was
-//! going. Each hook is a thin entry point over a `try_*` function.
+//! agentguard's kernel programs: every socket an agent's cgroup creates is
+//! redirected (TCP to the proxy, DNS to the agent's resolver), or refused
+//! (other UDP, raw and ICMP sockets, other transports) and reported. Each
+//! hook is a thin entry point over a `try_*`/`check` function.
 #![no_std]
 #![no_main]
 
 mod connect;
+mod events;
 mod maps;
+mod redirect;
+mod sendmsg;
+mod sock_create;
 mod sockops;
+mod transparency;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, sock_ops},
-    programs::{SockAddrContext, SockOpsContext},
+    macros::{cgroup_sock, cgroup_sock_addr, sock_ops},
+    programs::{SockAddrContext, SockContext, SockOpsContext},
 };
 
-/// cgroup/connect4 verdicts: 1 lets the (possibly rewritten) connect proceed,
-/// 0 makes connect() fail with EPERM.
+/// Verdicts of cgroup sock and sock_addr programs: 1 lets the (possibly
+/// rewritten) operation proceed, 0 makes it fail with EPERM.
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 
@@ -27,6 +33,46 @@ pub fn agentguard_connect4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(connect6)]
 pub fn agentguard_connect6(ctx: SockAddrContext) -> i32 {
     connect::try_connect6(&ctx).unwrap_or(DENY)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn agentguard_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sendmsg::try_sendmsg4(&ctx).unwrap_or(DENY)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn agentguard_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sendmsg::try_sendmsg6(&ctx).unwrap_or(DENY)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn agentguard_recvmsg4(ctx: SockAddrContext) -> i32 {
+    transparency::rewrite_peer4(&ctx);
+    // recvmsg programs must return 1 (the kernel rejects other values).
+    ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn agentguard_recvmsg6(ctx: SockAddrContext) -> i32 {
+    transparency::rewrite_peer6(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn agentguard_getpeername4(ctx: SockAddrContext) -> i32 {
+    transparency::rewrite_peer4(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn agentguard_getpeername6(ctx: SockAddrContext) -> i32 {
+    transparency::rewrite_peer6(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock(sock_create)]
+pub fn agentguard_sock_create(ctx: SockContext) -> i32 {
+    sock_create::check(&ctx)
 }
 
 #[sock_ops]

@@ -1,14 +1,14 @@
 //! Every map the kernel programs use. Maps are pinned by the daemon under its
 //! bpffs directory, so they outlive a daemon restart together with the links.
 
-use agentguard_common::{ConnRecord, MAX_TRACKED_CONNECTIONS, PeerKey, ProxyConfig};
+use agentguard_common::{ConnRecord, MAX_TRACKED_CONNECTIONS, OrigDst, PeerKey, ProxyConfig};
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// Where to redirect (proxy listener) and whose sockets to leave alone (the
-/// daemon's tgid). Written by the daemon at start; read by connect4/connect6.
+/// daemon's tgid). Written by the daemon at start; read by every program.
 #[map]
 pub static PROXY_CONFIG: Array<ProxyConfig> = Array::with_max_entries(1, 0);
 
@@ -25,3 +25,27 @@ pub static SOCKET_RECORDS: LruHashMap<u64, ConnRecord> =
 #[map]
 pub static PEER_RECORDS: LruHashMap<PeerKey, ConnRecord> =
     LruHashMap::with_max_entries(MAX_TRACKED_CONNECTIONS, 0);
+
+/// Socket cookie → destination it was redirected away from. Written by
+/// connect4/6 and sendmsg4/6; read by getpeername4/6 and recvmsg4/6 so the
+/// agent sees the peer it asked for. LRU: entries of closed sockets age out.
+#[map]
+pub static CONN_ORIG: LruHashMap<u64, OrigDst> =
+    LruHashMap::with_max_entries(MAX_TRACKED_CONNECTIONS, 0);
+
+/// Agent cgroup id → port of that agent's DNS resolver (UDP and TCP, on the
+/// proxy's addresses). Written by the daemon for every guarded cgroup; read
+/// when a guarded process sends DNS. The port tells the resolver whose query
+/// it is, so DNS needs no per-packet record.
+#[map]
+pub static AGENT_DNS: HashMap<u64, u16> = HashMap::with_max_entries(4096, 0);
+
+/// Refusals (and, if enabled, redirects) for the daemon to turn into audit
+/// events. Written by every program; read by the daemon.
+#[map]
+pub static KERNEL_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Counters, per CPU; index STAT_EVENTS_LOST counts ring-buffer records
+/// dropped because the buffer was full. Written here; read by the daemon.
+#[map]
+pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -59,6 +59,15 @@ enum Command {
     Exec {
         #[arg(long)]
         agent: String,
+        /// Run the agent as USER[:GROUP] (names or numbers).
+        #[arg(long, value_name = "USER[:GROUP]")]
+        user: Option<String>,
+        /// Allow running the agent as root (it is refused otherwise).
+        #[arg(long)]
+        allow_root: bool,
+        /// Keep capabilities and do not set no_new_privs.
+        #[arg(long)]
+        keep_capabilities: bool,
         #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
         admin_socket: PathBuf,
         #[arg(last = true, required = true, value_name = "CMD")]
@@ -210,9 +219,19 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
         }
         Command::Exec {
             agent,
+            user,
+            allow_root,
+            keep_capabilities,
             admin_socket,
             cmd,
-        } => match exec::exec(&admin_socket, &agent, &cmd)? {},
+        } => {
+            let privileges = exec::Privileges {
+                user,
+                allow_root,
+                keep_capabilities,
+            };
+            match exec::exec(&admin_socket, &agent, &privileges, &cmd)? {}
+        }
         Command::Status { admin_socket } => {
             let status: StatusView =
                 runtime()?.block_on(AdminClient::new(&admin_socket).get("/v1/status"))?;

@@ -4,7 +4,7 @@
 //! Layout under the pin directory (default `/sys/fs/bpf/agentguard`):
 //!
 //! ```text
-//! maps/PROXY_CONFIG  maps/SOCKET_RECORDS  maps/PEER_RECORDS
+//! maps-v2/<MAP NAME>            (one file per map in MAPS)
 //! links/cg<cgroup id>-<program>-<link id>
 //! ```
 //!
@@ -23,12 +23,12 @@ use std::{
     sync::Mutex,
 };
 
-use agentguard_common::{ConnRecord, PeerKey, ProxyConfig, v4_mapped};
+use agentguard_common::{ConnRecord, PeerKey, ProxyConfig, STAT_EVENTS_LOST, v4_mapped};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
@@ -39,17 +39,99 @@ use crate::cgroup::Cgroup;
 /// The compiled kernel programs, built by build.rs with aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agentguard"));
 
-const CONNECT4: &str = "agentguard_connect4";
-const CONNECT6: &str = "agentguard_connect6";
-const SOCKOPS: &str = "agentguard_sockops";
-const PROGRAMS: [&str; 3] = [CONNECT4, CONNECT6, SOCKOPS];
+/// How a program attaches to a cgroup.
+#[derive(Clone, Copy)]
+enum Kind {
+    SockAddr,
+    Sock,
+    SockOps,
+}
+
+/// One kernel hook the daemon needs. Every one is required: running without
+/// any of them would leave a way around the proxy.
+struct Hook {
+    program: &'static str,
+    hook: &'static str,
+    kind: Kind,
+}
+
+const HOOKS: [Hook; 10] = [
+    Hook {
+        program: "agentguard_connect4",
+        hook: "cgroup/connect4",
+        kind: Kind::SockAddr,
+    },
+    Hook {
+        program: "agentguard_connect6",
+        hook: "cgroup/connect6",
+        kind: Kind::SockAddr,
+    },
+    Hook {
+        program: "agentguard_sendmsg4",
+        hook: "cgroup/sendmsg4",
+        kind: Kind::SockAddr,
+    },
+    Hook {
+        program: "agentguard_sendmsg6",
+        hook: "cgroup/sendmsg6",
+        kind: Kind::SockAddr,
+    },
+    Hook {
+        program: "agentguard_recvmsg4",
+        hook: "cgroup/recvmsg4",
+        kind: Kind::SockAddr,
+    },
+    Hook {
+        program: "agentguard_recvmsg6",
+        hook: "cgroup/recvmsg6",
+        kind: Kind::SockAddr,
+    },
+    Hook {
+        program: "agentguard_getpeername4",
+        hook: "cgroup/getpeername4",
+        kind: Kind::SockAddr,
+    },
+    Hook {
+        program: "agentguard_getpeername6",
+        hook: "cgroup/getpeername6",
+        kind: Kind::SockAddr,
+    },
+    Hook {
+        program: "agentguard_sock_create",
+        hook: "cgroup/sock_create",
+        kind: Kind::Sock,
+    },
+    Hook {
+        program: "agentguard_sockops",
+        hook: "sockops",
+        kind: Kind::SockOps,
+    },
+];
+
+/// Test hook: a comma-separated list of hooks (e.g. `cgroup/sendmsg4`) to
+/// treat as unsupported by the kernel, so the start-up probe's refusal can
+/// be exercised on a kernel that has them all. It can only make the daemon
+/// refuse to start, never weaken it.
+pub const UNSUPPORTED_HOOKS_ENV: &str = "AGENTGUARD_TEST_UNSUPPORTED_HOOKS";
 /// With bpf_link (kernel >= 5.7, which aya uses), the kernel refuses any
 /// attach flag (EINVAL) and always attaches as BPF_F_ALLOW_MULTI
 /// (kernel/bpf/cgroup.c, cgroup_bpf_link_attach): other tools' programs on the
 /// same cgroup keep running, and old and new links can overlap during a
 /// restart. `Single` is aya's name for "flags = 0".
 const LINK_ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
-const MAPS: [&str; 3] = ["PROXY_CONFIG", "SOCKET_RECORDS", "PEER_RECORDS"];
+const MAPS: [&str; 7] = [
+    "PROXY_CONFIG",
+    "SOCKET_RECORDS",
+    "PEER_RECORDS",
+    "CONN_ORIG",
+    "AGENT_DNS",
+    "KERNEL_EVENTS",
+    "EVENT_STATS",
+];
+/// Pinned maps live in a directory named for their layout: a daemon whose
+/// map definitions changed starts fresh maps instead of adopting ones it
+/// cannot read.
+const MAPS_DIR: &str = "maps-v2";
 
 #[derive(Debug, Error)]
 pub enum EbpfError {
@@ -62,6 +144,18 @@ pub enum EbpfError {
     Load(#[source] aya::EbpfError),
     #[error("eBPF program {0} is missing from the object")]
     MissingProgram(&'static str),
+    #[error(
+        "the running kernel does not support the {hook} hook agentguard needs ({source}); refusing to run with a way around the proxy"
+    )]
+    Unsupported {
+        hook: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error(
+        "the {0} hook is marked unsupported by {UNSUPPORTED_HOOKS_ENV}; refusing to run with a way around the proxy"
+    )]
+    ForcedUnsupported(&'static str),
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
     #[error("eBPF program {name}: {source}")]
@@ -106,6 +200,12 @@ pub enum EbpfError {
 pub struct Kernel {
     ebpf: Ebpf,
     config: Array<MapData, ProxyConfig>,
+    agent_dns: HashMap<MapData, u64, u16>,
+    stats: PerCpuArray<MapData, u64>,
+    /// The kernel → daemon event ring buffer, until its reader takes it.
+    events: Option<RingBuf<MapData>>,
+    /// `CONFIG_*` bits written with every configure().
+    flags: u32,
     pin_dir: PathBuf,
 }
 
@@ -118,44 +218,58 @@ pub struct PeerRecords {
 
 impl Kernel {
     /// Loads the programs, reusing pinned maps if a previous daemon left them.
+    /// Every hook must load: one the kernel lacks stops start-up, naming it.
     pub fn load(pin_dir: &Path) -> Result<(Self, PeerRecords), EbpfError> {
-        let maps_dir = pin_dir.join("maps");
+        let maps_dir = pin_dir.join(MAPS_DIR);
         for dir in [&maps_dir, &pin_dir.join("links")] {
             create_private_dir(dir)?;
         }
+        let forced: Vec<String> = std::env::var(UNSUPPORTED_HOOKS_ENV)
+            .unwrap_or_default()
+            .split(',')
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .collect();
         let mut loader = EbpfLoader::new();
         let pins: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (*m, maps_dir.join(m))).collect();
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(EbpfError::Load)?;
-
-        for name in [CONNECT4, CONNECT6] {
-            sock_addr_program(&mut ebpf, name)?
-                .load()
-                .map_err(|source| EbpfError::Program { name, source })?;
-        }
-        sockops_program(&mut ebpf)?
-            .load()
-            .map_err(|source| EbpfError::Program {
-                name: SOCKOPS,
+        for hook in &HOOKS {
+            if forced.iter().any(|f| f == hook.hook) {
+                return Err(EbpfError::ForcedUnsupported(hook.hook));
+            }
+            let loaded = match hook.kind {
+                Kind::SockAddr => sock_addr_program(&mut ebpf, hook.program)?.load(),
+                Kind::Sock => sock_program(&mut ebpf, hook.program)?.load(),
+                Kind::SockOps => sockops_program(&mut ebpf, hook.program)?.load(),
+            };
+            loaded.map_err(|source| EbpfError::Unsupported {
+                hook: hook.hook,
                 source,
             })?;
+        }
 
-        let config = take_map(&mut ebpf, "PROXY_CONFIG")?;
-        let config = Array::try_from(config).map_err(|source| EbpfError::Map {
-            name: "PROXY_CONFIG",
-            source,
-        })?;
-        let peers = take_map(&mut ebpf, "PEER_RECORDS")?;
-        let peers = HashMap::try_from(peers).map_err(|source| EbpfError::Map {
-            name: "PEER_RECORDS",
-            source,
-        })?;
+        let map_err = |name| move |source| EbpfError::Map { name, source };
+        let config = Array::try_from(take_map(&mut ebpf, "PROXY_CONFIG")?)
+            .map_err(map_err("PROXY_CONFIG"))?;
+        let peers = HashMap::try_from(take_map(&mut ebpf, "PEER_RECORDS")?)
+            .map_err(map_err("PEER_RECORDS"))?;
+        let agent_dns =
+            HashMap::try_from(take_map(&mut ebpf, "AGENT_DNS")?).map_err(map_err("AGENT_DNS"))?;
+        let stats = PerCpuArray::try_from(take_map(&mut ebpf, "EVENT_STATS")?)
+            .map_err(map_err("EVENT_STATS"))?;
+        let events = RingBuf::try_from(take_map(&mut ebpf, "KERNEL_EVENTS")?)
+            .map_err(map_err("KERNEL_EVENTS"))?;
         Ok((
             Self {
                 ebpf,
                 config,
+                agent_dns,
+                stats,
+                events: Some(events),
+                flags: 0,
                 pin_dir: pin_dir.to_owned(),
             },
             PeerRecords {
@@ -164,15 +278,65 @@ impl Kernel {
         ))
     }
 
+    /// Also report redirects (not only refusals) as kernel events; applied
+    /// at the next configure().
+    pub fn set_report_redirects(&mut self, on: bool) {
+        self.flags = if on {
+            agentguard_common::CONFIG_REPORT_REDIRECTS
+        } else {
+            0
+        };
+    }
+
+    /// The event ring buffer, for the one task that reads it.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Tells the kernel which resolver port serves the agent in `cgroup_id`.
+    pub fn set_agent_dns(&mut self, cgroup_id: u64, port: u16) -> Result<(), EbpfError> {
+        self.agent_dns
+            .insert(cgroup_id, port, 0)
+            .map_err(|source| EbpfError::Map {
+                name: "AGENT_DNS",
+                source,
+            })
+    }
+
+    /// Drops resolver assignments of cgroups not in `keep`.
+    pub fn retain_agent_dns(&mut self, keep: &[u64]) -> Result<(), EbpfError> {
+        let stale: Vec<u64> = self
+            .agent_dns
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !keep.contains(id))
+            .collect();
+        for id in stale {
+            let _ = self.agent_dns.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// Ring-buffer records the kernel could not queue (buffer full), summed
+    /// over CPUs. The refusals themselves still happened.
+    pub fn events_lost(&self) -> u64 {
+        self.stats
+            .get(&STAT_EVENTS_LOST, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
     /// Points the kernel's redirect at the proxy listener. A port of 0 makes
     /// the kernel refuse every guarded connect (used at shutdown).
     pub fn configure(&mut self, port: u16, daemon_tgid: u32) -> Result<(), EbpfError> {
+        let flags = self.flags;
         let cfg = ProxyConfig {
             ip4: [127, 0, 0, 1],
             ip6: std::net::Ipv6Addr::LOCALHOST.octets(),
             port,
             _pad: 0,
             daemon_tgid,
+            flags,
         };
         self.config.set(0, cfg, 0).map_err(|source| EbpfError::Map {
             name: "PROXY_CONFIG",
@@ -199,25 +363,34 @@ impl Kernel {
             source,
         };
         let mut new_links = Vec::new();
-        for name in [CONNECT4, CONNECT6] {
-            let prog = sock_addr_program(&mut self.ebpf, name)?;
-            let id = prog
-                .attach(cgroup_fd.as_fd(), LINK_ATTACH_MODE)
-                .map_err(|e| attach_err(name, e))?;
-            let link = prog.take_link(id).map_err(|e| attach_err(name, e))?;
-            let link = FdLink::try_from(link).map_err(|source| EbpfError::Link { name, source })?;
+        for hook in &HOOKS {
+            let name = hook.program;
+            let link = match hook.kind {
+                Kind::SockAddr => {
+                    let prog = sock_addr_program(&mut self.ebpf, name)?;
+                    let id = prog
+                        .attach(cgroup_fd.as_fd(), LINK_ATTACH_MODE)
+                        .map_err(|e| attach_err(name, e))?;
+                    FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
+                }
+                Kind::Sock => {
+                    let prog = sock_program(&mut self.ebpf, name)?;
+                    let id = prog
+                        .attach(cgroup_fd.as_fd(), LINK_ATTACH_MODE)
+                        .map_err(|e| attach_err(name, e))?;
+                    FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
+                }
+                Kind::SockOps => {
+                    let prog = sockops_program(&mut self.ebpf, name)?;
+                    let id = prog
+                        .attach(cgroup_fd.as_fd(), LINK_ATTACH_MODE)
+                        .map_err(|e| attach_err(name, e))?;
+                    FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
+                }
+            }
+            .map_err(|source| EbpfError::Link { name, source })?;
             new_links.push((name, link));
         }
-        let prog = sockops_program(&mut self.ebpf)?;
-        let id = prog
-            .attach(cgroup_fd.as_fd(), LINK_ATTACH_MODE)
-            .map_err(|e| attach_err(SOCKOPS, e))?;
-        let link = prog.take_link(id).map_err(|e| attach_err(SOCKOPS, e))?;
-        let link = FdLink::try_from(link).map_err(|source| EbpfError::Link {
-            name: SOCKOPS,
-            source,
-        })?;
-        new_links.push((SOCKOPS, link));
 
         for (name, link) in new_links {
             let link_id = link
@@ -279,14 +452,14 @@ pub fn detach_all(pin_dir: &Path) -> Result<usize, EbpfError> {
     }
     let _ = fs::remove_dir(pin_dir.join("links"));
     for name in MAPS {
-        let path = pin_dir.join("maps").join(name);
+        let path = pin_dir.join(MAPS_DIR).join(name);
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => return Err(EbpfError::Unpin { path, source }),
         }
     }
-    let _ = fs::remove_dir(pin_dir.join("maps"));
+    let _ = fs::remove_dir(pin_dir.join(MAPS_DIR));
     let _ = fs::remove_dir(pin_dir);
     Ok(removed)
 }
@@ -301,14 +474,24 @@ fn sock_addr_program<'a>(
         .map_err(|source| EbpfError::Program { name, source })
 }
 
-fn sockops_program(ebpf: &mut Ebpf) -> Result<&mut SockOps, EbpfError> {
-    ebpf.program_mut(SOCKOPS)
-        .ok_or(EbpfError::MissingProgram(SOCKOPS))?
+fn sock_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSock, EbpfError> {
+    ebpf.program_mut(name)
+        .ok_or(EbpfError::MissingProgram(name))?
         .try_into()
-        .map_err(|source| EbpfError::Program {
-            name: SOCKOPS,
-            source,
-        })
+        .map_err(|source| EbpfError::Program { name, source })
+}
+
+fn sockops_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SockOps, EbpfError> {
+    ebpf.program_mut(name)
+        .ok_or(EbpfError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| EbpfError::Program { name, source })
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, EbpfError> {
@@ -357,9 +540,9 @@ fn link_cgroup_id(path: &Path) -> Option<u64> {
     let name = path.file_name()?.to_str()?;
     let rest = name.strip_prefix("cg")?;
     let (id, program) = rest.split_once('-')?;
-    PROGRAMS
+    HOOKS
         .iter()
-        .any(|p| program.starts_with(p))
+        .any(|h| program.starts_with(h.program))
         .then(|| id.parse().ok())
         .flatten()
 }

@@ -50,6 +50,31 @@ pub enum ExecError {
         cmd: OsString,
         source: std::io::Error,
     },
+    #[error(
+        "refusing to run agent {0:?} as root: a uid-0 agent, even without capabilities, owns the files that keep it contained (bpffs pins, cgroup.procs, secret files); pass --user USER, or --allow-root to accept that"
+    )]
+    RootRefused(String),
+    #[error("unknown user {0:?}")]
+    UnknownUser(String),
+    #[error("unknown group {0:?}")]
+    UnknownGroup(String),
+    #[error("failed to switch to {what}: {source}")]
+    Switch { what: String, source: nix::Error },
+    #[error("failed to drop capabilities: {0}")]
+    Caps(String),
+    #[error("failed to set no_new_privs: {0}")]
+    NoNewPrivs(nix::Error),
+}
+
+/// Who the agent runs as, and with what.
+#[derive(Debug, Clone, Default)]
+pub struct Privileges {
+    /// `USER[:GROUP]`, names or numbers.
+    pub user: Option<String>,
+    /// Explicitly accept running the agent as uid 0.
+    pub allow_root: bool,
+    /// Opt out of dropping capabilities and setting no_new_privs.
+    pub keep_capabilities: bool,
 }
 
 /// Variables through which common runtimes and tools take their trusted CA
@@ -71,9 +96,18 @@ const CA_BUNDLE_VARS: [&str; 10] = [
 
 /// Joins `agent`'s cgroup and replaces this process with `cmd`. Returns only
 /// on failure.
-pub fn exec(admin_socket: &Path, agent: &str, cmd: &[OsString]) -> Result<Infallible, ExecError> {
+pub fn exec(
+    admin_socket: &Path,
+    agent: &str,
+    privileges: &Privileges,
+    cmd: &[OsString],
+) -> Result<Infallible, ExecError> {
     preflight::require_root("exec")?;
     let (program, args) = cmd.split_first().ok_or(ExecError::NoCommand)?;
+    let target = resolve_user(privileges.user.as_deref())?;
+    if target.as_ref().is_none_or(|t| t.uid.is_root()) && !privileges.allow_root {
+        return Err(ExecError::RootRefused(agent.to_owned()));
+    }
     let view = fetch_agent(admin_socket, agent)?;
     if !view.guarded {
         return Err(ExecError::NotGuarded(agent.to_owned()));
@@ -89,6 +123,16 @@ pub fn exec(admin_socket: &Path, agent: &str, cmd: &[OsString]) -> Result<Infall
     }
     let root = CgroupRoot::discover()?;
     cgroup.join_self(&root)?;
+    // Only after joining: writing cgroup.procs needs the privileges dropped
+    // here.
+    if let Some(target) = &target {
+        switch_user(target)?;
+    }
+    if !privileges.keep_capabilities {
+        drop_capabilities()?;
+        // setuid binaries cannot give back what was dropped.
+        nix::sys::prctl::set_no_new_privs().map_err(ExecError::NoNewPrivs)?;
+    }
     let mut command = Command::new(program);
     command.args(args);
     for var in CA_BUNDLE_VARS {
@@ -102,6 +146,83 @@ pub fn exec(admin_socket: &Path, agent: &str, cmd: &[OsString]) -> Result<Infall
         cmd: program.clone(),
         source,
     })
+}
+
+/// A resolved `--user USER[:GROUP]`.
+struct Target {
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+    name: String,
+}
+
+fn resolve_user(spec: Option<&str>) -> Result<Option<Target>, ExecError> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let found = match user.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)).ok().flatten(),
+        Err(_) => User::from_name(user).ok().flatten(),
+    };
+    let (uid, mut gid, name) = match (found, user.parse::<u32>()) {
+        (Some(u), _) => (u.uid, u.gid, u.name),
+        // A numeric uid with no passwd entry is still a valid identity.
+        (None, Ok(uid)) => (Uid::from_raw(uid), Gid::from_raw(uid), uid.to_string()),
+        (None, Err(_)) => return Err(ExecError::UnknownUser(user.to_owned())),
+    };
+    if let Some(group) = group {
+        gid = match group.parse::<u32>() {
+            Ok(g) => Gid::from_raw(g),
+            Err(_) => {
+                Group::from_name(group)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| ExecError::UnknownGroup(group.to_owned()))?
+                    .gid
+            }
+        };
+    }
+    Ok(Some(Target { uid, gid, name }))
+}
+
+/// Groups first, then gid, then uid: once the uid changes, the rest can no
+/// longer be changed.
+fn switch_user(target: &Target) -> Result<(), ExecError> {
+    let err = |what: &str| {
+        let what = format!("{what} of {}", target.name);
+        move |source| ExecError::Switch { what, source }
+    };
+    nix::unistd::setgroups(&[target.gid]).map_err(err("supplementary groups"))?;
+    nix::unistd::setresgid(target.gid, target.gid, target.gid).map_err(err("gid"))?;
+    nix::unistd::setresuid(target.uid, target.uid, target.uid).map_err(err("uid"))?;
+    Ok(())
+}
+
+/// Empties every capability set, bounding set included, so nothing can be
+/// regained through exec of a file with capabilities either.
+fn drop_capabilities() -> Result<(), ExecError> {
+    use caps::CapSet;
+    let err = |e: caps::errors::CapsError| ExecError::Caps(e.to_string());
+    // The bounding set can only shrink while CAP_SETPCAP is effective, i.e.
+    // before the other sets are cleared (a no-op after a uid switch).
+    if caps::has_cap(None, CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false) {
+        for cap in caps::all() {
+            let _ = caps::drop(None, CapSet::Bounding, cap);
+        }
+    }
+    for set in [
+        CapSet::Ambient,
+        CapSet::Inheritable,
+        CapSet::Effective,
+        CapSet::Permitted,
+    ] {
+        caps::clear(None, set).map_err(err)?;
+    }
+    Ok(())
 }
 
 fn fetch_agent(admin_socket: &Path, agent: &str) -> Result<AgentView, ExecError> {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod connlog;
 pub mod credentials;
 pub mod daemon;
+pub mod dns;
 pub mod ebpf;
 pub mod exec;
 pub mod identity;

@@ -13,7 +13,8 @@ pub use eval::{RequestFacts, Verdict};
 pub use explain::{Explanation, explain};
 pub use load::{PolicyError, PolicyErrors, load_path};
 pub use model::{
-    AgentPolicy, CgroupRelPath, CredentialPolicy, HostPattern, Injection, Mode, OAuth2Source,
-    PassthroughRule, PathPattern, PolicySet, SecretRef, SecretSource, ToolPolicy, ValueSource,
+    AgentPolicy, CgroupRelPath, CredentialPolicy, DnsMode, HostPattern, Injection, Mode,
+    OAuth2Source, PassthroughRule, PathPattern, PolicySet, SecretRef, SecretSource, ToolPolicy,
+    ValueSource,
 };
 pub use pattern::normalize_path;

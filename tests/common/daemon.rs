@@ -169,10 +169,20 @@ impl Daemon {
     }
 
     /// `agentguard exec --agent AGENT -- CMD...`, ready to spawn.
+    ///
+    /// The agent runs as root without capabilities (`--allow-root`): these
+    /// tests are about the network path, and their temporary files are
+    /// root's. Tests about privileges use [`Daemon::exec_with`].
     pub fn exec(&self, agent: &str, cmd: &[&str]) -> Command {
+        self.exec_with(agent, &["--allow-root"], cmd)
+    }
+
+    /// `agentguard exec --agent AGENT FLAGS... -- CMD...`.
+    pub fn exec_with(&self, agent: &str, flags: &[&str], cmd: &[&str]) -> Command {
         let mut c = Command::new(AGENTGUARD);
         c.args(["exec", "--agent", agent, "--admin-socket"])
             .arg(&self.admin_socket)
+            .args(flags)
             .arg("--")
             .args(cmd);
         c
@@ -202,18 +212,17 @@ impl Daemon {
         }
         fs::write(&hosts, text).unwrap();
         let hosts = hosts.display().to_string();
-        let mut wrapped = vec![
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
-            &hosts,
-        ];
-        wrapped.extend_from_slice(cmd);
-        self.exec(agent, &wrapped)
+        // The mount needs CAP_SYS_ADMIN, which the agent no longer has: set
+        // up the namespace first, then exec agentguard exec inside it (each
+        // step execs, so the agent keeps this process's pid).
+        let exec = self.exec(agent, cmd);
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount --bind \"$0\" /etc/hosts && exec \"$@\"")
+            .arg(&hosts)
+            .arg(exec.get_program())
+            .args(exec.get_args());
+        c
     }
 
     /// A command that joins the agent's cgroup by itself (no daemon

@@ -9,7 +9,14 @@ fn exec_without_a_daemon_says_so() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(AGENTGUARD)
-        .args(["exec", "--agent", "anyone", "--admin-socket"])
+        .args([
+            "exec",
+            "--agent",
+            "anyone",
+            "--user",
+            "65534",
+            "--admin-socket",
+        ])
         .arg(dir.path().join("nothing.sock"))
         .args(["--", "true"])
         .output()

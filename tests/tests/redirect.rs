@@ -30,24 +30,15 @@ fn curl_in_agent_cgroup_is_redirected_and_attributed() {
     let upstream = Upstream::start("127.0.0.2");
     let daemon = Daemon::start(&["redirect-v4"]);
     let nobody = NOBODY.to_string();
-    // setpriv execs curl in the same process, as an unprivileged user, so
-    // the record must carry curl's pid and uid 65534, not the test's.
+    // exec switches to an unprivileged user and execs curl in the same
+    // process, so the record must carry curl's pid and uid 65534, not the
+    // test's.
+    let user = format!("{nobody}:{nobody}");
     let child = daemon
-        .exec(
+        .exec_with(
             "redirect-v4",
-            &[
-                "setpriv",
-                "--reuid",
-                &nobody,
-                "--regid",
-                &nobody,
-                "--clear-groups",
-                "curl",
-                "-sS",
-                "-m",
-                "10",
-                &upstream.url(),
-            ],
+            &["--user", &user],
+            &["curl", "-sS", "-m", "10", &upstream.url()],
         )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

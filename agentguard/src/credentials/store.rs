@@ -291,6 +291,7 @@ mod tests {
                     name: name.into(),
                     cgroup: CgroupRelPath::parse(&format!("agentguard/{name}")).unwrap(),
                     mode: Mode::Enforce,
+                    dns: crate::policy::DnsMode::Policy,
                     credentials,
                     tools: Vec::new(),
                     passthrough: Vec::new(),

@@ -11,10 +11,10 @@ use thiserror::Error;
 use hyper::{Method, Uri, header::HeaderName};
 
 use super::model::{
-    AgentPolicy, CgroupRelPath, CredentialPolicy, CredentialSection, HostPattern, InjectSection,
-    Injection, Mode, OAuth2Source, PassthroughRule, PathPattern, PolicyFile, PolicySet, SecretRef,
-    SecretRefSection, SecretSource, SourceSection, ToolPolicy, ToolSection, ValueSection,
-    ValueSource, validate_agent_name,
+    AgentPolicy, CgroupRelPath, CredentialPolicy, CredentialSection, DnsMode, HostPattern,
+    InjectSection, Injection, Mode, OAuth2Source, PassthroughRule, PathPattern, PolicyFile,
+    PolicySet, SecretRef, SecretRefSection, SecretSource, SourceSection, ToolPolicy, ToolSection,
+    ValueSection, ValueSource, validate_agent_name,
 };
 
 #[derive(Debug, Error)]
@@ -175,6 +175,19 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
             }
         },
     };
+    let dns = match &parsed.agent.dns {
+        None => DnsMode::Policy,
+        Some(d) => match d.get_ref().as_str() {
+            "policy" => DnsMode::Policy,
+            "any" => DnsMode::Any,
+            other => {
+                return Err(invalid(
+                    &span_of(path, text, d.span().start),
+                    format!("agent.dns: {other:?} must be \"policy\" or \"any\""),
+                ));
+            }
+        },
+    };
     let mut credentials: Vec<CredentialPolicy> = Vec::new();
     for section in parsed.credential {
         let id_span = span_of(path, text, section.id.span().start);
@@ -224,6 +237,7 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
             name,
             cgroup,
             mode,
+            dns,
             credentials,
             tools,
             passthrough,

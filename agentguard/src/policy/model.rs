@@ -114,6 +114,7 @@ pub(super) struct AgentSection {
     pub name: Spanned<String>,
     pub cgroup: Spanned<String>,
     pub mode: Option<Spanned<String>>,
+    pub dns: Option<Spanned<String>>,
 }
 
 /// A cgroup path relative to the cgroup v2 mount, e.g. `agentguard/support-bot`.
@@ -214,6 +215,17 @@ pub enum Mode {
     Audit,
 }
 
+/// Which names agentguard's resolver answers for an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DnsMode {
+    /// Only the hosts of the agent's tools and passthrough entries: other
+    /// names do not resolve (NXDOMAIN), so DNS is no exfiltration channel.
+    #[default]
+    Policy,
+    /// Any name (queries are still recorded).
+    Any,
+}
+
 /// Where a credential's secret comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
@@ -282,6 +294,7 @@ pub struct AgentPolicy {
     pub name: String,
     pub cgroup: CgroupRelPath,
     pub mode: Mode,
+    pub dns: DnsMode,
     pub credentials: Vec<CredentialPolicy>,
     pub tools: Vec<ToolPolicy>,
     pub passthrough: Vec<PassthroughRule>,
@@ -301,6 +314,13 @@ pub struct PolicySet {
 impl AgentPolicy {
     pub fn credential(&self, id: &str) -> Option<&CredentialPolicy> {
         self.credentials.iter().find(|c| c.id == id)
+    }
+
+    /// Whether the resolver answers `name` for this agent.
+    pub fn resolves(&self, name: &str) -> bool {
+        self.dns == DnsMode::Any
+            || self.tools.iter().any(|t| t.host.matches(name))
+            || self.passthrough.iter().any(|p| p.host.matches(name))
     }
 }
 

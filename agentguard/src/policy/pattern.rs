@@ -137,6 +137,12 @@ pub fn normalize_path(raw: &str) -> Result<String, String> {
     let mut trailing_slash = false;
     for (i, seg) in raw_segments.iter().enumerate() {
         let decoded = percent_decode(seg)?;
+        // Servers such as Tomcat and Jetty strip ";params" before resolving
+        // dot segments, so "..;x" climbs a level there while looking like a
+        // plain name here. Refuse the ambiguity.
+        if decoded.starts_with("..;") || decoded.starts_with(".;") {
+            return Err("a dot segment with path parameters (\"..;\") is refused".into());
+        }
         match decoded.as_str() {
             "." => trailing_slash = i == last,
             ".." => {
@@ -280,7 +286,17 @@ mod tests {
             assert_eq!(normalize_path(raw).unwrap(), want, "{raw}");
         }
         for bad in [
-            "/a%2fb", "/a%2Fb", "/a%5cb", "/a\\b", "/a%00", "/a%zz", "/%ff", "x",
+            "/a%2fb",
+            "/a%2Fb",
+            "/a%5cb",
+            "/a\\b",
+            "/a%00",
+            "/a%zz",
+            "/%ff",
+            "x",
+            "/api/v2/tickets/..;/admin",
+            "/api/v2/tickets/..%3B/admin",
+            "/a/.;x/b",
         ] {
             assert!(normalize_path(bad).is_err(), "{bad:?} accepted");
         }

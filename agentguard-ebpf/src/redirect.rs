@@ -1,0 +1,152 @@
+//! Decisions shared by the connect and sendmsg hooks: where a guarded
+//! socket's traffic goes, and what is remembered about it.
+
+use agentguard_common::{ConnRecord, OrigDst, ProxyConfig, event_kind};
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    },
+    programs::SockAddrContext,
+};
+
+use crate::{
+    events::{SocketFacts, emit},
+    maps::{AGENT_DNS, CONN_ORIG, PROXY_CONFIG, SOCKET_RECORDS},
+};
+
+pub const SOCK_STREAM: u16 = 1;
+pub const SOCK_DGRAM: u16 = 2;
+pub const IPPROTO_TCP: u16 = 6;
+pub const IPPROTO_UDP: u16 = 17;
+// MPTCP sockets fire connect4 too and fall back to plain TCP against the proxy.
+pub const IPPROTO_MPTCP: u16 = 262;
+pub const DNS_PORT: u16 = 53;
+
+/// Any error means "refuse": the entry points map `Err` to DENY.
+pub struct Refuse;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Udp,
+    Other,
+}
+
+pub fn transport(sock_type: u16, protocol: u16) -> Transport {
+    match (sock_type, protocol) {
+        (SOCK_STREAM, IPPROTO_TCP | IPPROTO_MPTCP) => Transport::Tcp,
+        (SOCK_DGRAM, IPPROTO_UDP) => Transport::Udp,
+        _ => Transport::Other,
+    }
+}
+
+/// An unconfigured map (port 0) means no daemon ever set up the redirect, or
+/// the daemon stopped: refuse rather than let traffic out.
+pub fn proxy_config() -> Result<&'static ProxyConfig, Refuse> {
+    match PROXY_CONFIG.get(0) {
+        Some(cfg) if cfg.port != 0 => Ok(cfg),
+        _ => Err(Refuse),
+    }
+}
+
+pub fn cookie(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: the helper only reads the socket behind the context.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+}
+
+/// Where a redirected socket goes instead.
+pub struct Target {
+    pub ip: [u8; 16],
+    pub port: u16,
+}
+
+/// TCP to anything but DNS: the proxy. Records who connects where, under
+/// the socket cookie, for sockops to re-key. Returns `None` when the socket
+/// already points at the proxy because an agentguard program earlier in this
+/// same connect() redirected it (old and new daemon overlap for an instant
+/// while a restarted daemon swaps its links).
+pub fn tcp_to_proxy(
+    ctx: &SockAddrContext,
+    cfg: &ProxyConfig,
+    facts: &SocketFacts,
+    proxy_ip: [u8; 16],
+) -> Result<Option<Target>, Refuse> {
+    let cookie = cookie(ctx);
+    if facts.dst_ip == proxy_ip && facts.dst_port == cfg.port {
+        if SOCKET_RECORDS.get_ptr(cookie).is_some() {
+            return Ok(None);
+        }
+        // The agent dials the proxy port itself, which would let it pick
+        // its own "original destination".
+        emit(event_kind::DIRECT_PROXY_DENIED, facts);
+        return Err(Refuse);
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let record = ConnRecord {
+        orig_ip: facts.dst_ip,
+        orig_port: facts.dst_port,
+        family: facts.family,
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        _pad: 0,
+        // SAFETY: no arguments; returns the caller's cgroup v2 id.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        cookie,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    // Without a record the proxy could not attribute the connection; refuse
+    // now instead of redirecting a connection the proxy will drop anyway.
+    if SOCKET_RECORDS.insert(cookie, record, 0).is_err() {
+        emit(event_kind::RECORD_FAILED, facts);
+        return Err(Refuse);
+    }
+    remember_orig(cookie, facts);
+    if cfg.flags & agentguard_common::CONFIG_REPORT_REDIRECTS != 0 {
+        emit(event_kind::TCP_REDIRECTED, facts);
+    }
+    Ok(Some(Target {
+        ip: proxy_ip,
+        port: cfg.port,
+    }))
+}
+
+/// DNS (UDP or TCP to port 53), whatever server the agent named: its
+/// agent's resolver in the daemon. The resolver's port identifies the agent.
+pub fn dns_to_resolver(
+    ctx: &SockAddrContext,
+    cfg: &ProxyConfig,
+    facts: &SocketFacts,
+    resolver_ip: [u8; 16],
+) -> Result<Target, Refuse> {
+    // SAFETY: no arguments; returns the caller's cgroup v2 id.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: plain read of a u16 value; the map is only updated whole.
+    let Some(port) = (unsafe { AGENT_DNS.get(cgroup_id) }).copied() else {
+        emit(event_kind::DNS_UNROUTABLE, facts);
+        return Err(Refuse);
+    };
+    remember_orig(cookie(ctx), facts);
+    if cfg.flags & agentguard_common::CONFIG_REPORT_REDIRECTS != 0 {
+        emit(event_kind::DNS_REDIRECTED, facts);
+    }
+    Ok(Target {
+        ip: resolver_ip,
+        port,
+    })
+}
+
+/// Keeps the original destination for getpeername/recvmsg. Losing it (map
+/// full) only costs transparency, never containment.
+fn remember_orig(cookie: u64, facts: &SocketFacts) {
+    let orig = OrigDst {
+        ip: facts.dst_ip,
+        port: facts.dst_port,
+        family: facts.family,
+    };
+    let _ = CONN_ORIG.insert(cookie, orig, 0);
+}

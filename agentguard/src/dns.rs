@@ -1,0 +1,112 @@
+//! agentguard's own resolver. The kernel sends every DNS query of an agent
+//! (UDP or TCP port 53, whatever server it named) to a port of this
+//! resolver reserved for that agent, so the port alone says whose query it
+//! is. A name the agent's policy can reach is forwarded to the host's
+//! resolvers; any other name gets NXDOMAIN, so DNS is not a way to reach
+//! or signal hosts outside the policy. Every query is recorded.
+
+mod listener;
+mod query;
+mod upstream;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use serde::Serialize;
+use thiserror::Error;
+use tracing::info;
+
+pub use upstream::system_resolvers;
+
+use crate::live::Live;
+
+#[derive(Debug, Error)]
+pub enum DnsError {
+    #[error("failed to bind agentguard's resolver for agent {agent:?}: {source}")]
+    Bind {
+        agent: String,
+        source: std::io::Error,
+    },
+}
+
+/// One query, as recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct DnsQueryRecord {
+    pub agent: String,
+    /// Query name without the trailing dot.
+    pub name: String,
+    /// Record type, e.g. "A", "AAAA".
+    pub qtype: String,
+    /// "allow" (forwarded), "deny" (NXDOMAIN by policy) or "fail" (no
+    /// upstream answered, or the query was malformed).
+    pub decision: &'static str,
+    /// The answer's records, as text.
+    pub answers: Vec<String>,
+    /// DNS response code sent to the agent.
+    pub rcode: String,
+    /// The agent's socket address as the resolver saw it.
+    pub client: SocketAddr,
+    /// "udp" or "tcp".
+    pub transport: &'static str,
+    pub policy_version: String,
+}
+
+/// Where recorded queries go (the audit stream).
+pub type OnQuery = Arc<dyn Fn(DnsQueryRecord) + Send + Sync>;
+
+/// Shared by all of one agent's listeners.
+struct Shared {
+    live: Arc<Live>,
+    upstreams: Vec<SocketAddr>,
+    on_query: OnQuery,
+}
+
+/// The per-agent resolvers of the daemon.
+pub struct Resolvers {
+    shared: Arc<Shared>,
+    running: Mutex<HashMap<String, listener::AgentResolver>>,
+}
+
+impl Resolvers {
+    /// `upstreams`: the resolvers allowed names are forwarded to (the
+    /// host's, from /etc/resolv.conf, unless configured).
+    pub fn new(live: Arc<Live>, upstreams: Vec<SocketAddr>, on_query: OnQuery) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                live,
+                upstreams,
+                on_query,
+            }),
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The resolver port serving `agent`, starting its listeners if needed.
+    /// Must run inside the tokio runtime.
+    pub fn ensure(&self, agent: &str) -> Result<u16, DnsError> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = running.get(agent) {
+            return Ok(r.port);
+        }
+        let resolver =
+            listener::AgentResolver::start(agent, self.shared.clone()).map_err(|source| {
+                DnsError::Bind {
+                    agent: agent.to_owned(),
+                    source,
+                }
+            })?;
+        info!(agent, port = resolver.port, "resolver started");
+        let port = resolver.port;
+        running.insert(agent.to_owned(), resolver);
+        Ok(port)
+    }
+
+    /// Stops the resolvers of agents not in `agents`.
+    pub fn retain(&self, agents: &[&str]) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.retain(|name, _| agents.contains(&name.as_str()));
+    }
+}

@@ -1,0 +1,170 @@
+//! One agent's resolver sockets: UDP and TCP on 127.0.0.1 and ::1, all on
+//! one port. Dropping an [`AgentResolver`] stops them.
+
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::Semaphore,
+    task::JoinHandle,
+};
+use tracing::debug;
+
+use super::{Shared, query};
+
+/// Queries of one agent answered at once; beyond this, new ones wait, so
+/// an agent flooding its resolver cannot exhaust the daemon's memory.
+const MAX_IN_FLIGHT: usize = 256;
+/// A TCP DNS client idle this long is disconnected.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Port collisions between the v4 and v6 binds are retried this often.
+const BIND_ATTEMPTS: usize = 16;
+
+pub struct AgentResolver {
+    pub port: u16,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for AgentResolver {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl AgentResolver {
+    pub fn start(agent: &str, shared: Arc<Shared>) -> io::Result<Self> {
+        let (port, sockets) = bind_all()?;
+        let (udp4, udp6, tcp4, tcp6) = sockets;
+        let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let agent: Arc<str> = Arc::from(agent);
+        let mut tasks = Vec::new();
+        for udp in [udp4, udp6] {
+            let (agent, shared, limit) = (agent.clone(), shared.clone(), limit.clone());
+            tasks.push(tokio::spawn(serve_udp(Arc::new(udp), agent, shared, limit)));
+        }
+        for tcp in [tcp4, tcp6] {
+            let (agent, shared, limit) = (agent.clone(), shared.clone(), limit.clone());
+            tasks.push(tokio::spawn(serve_tcp(tcp, agent, shared, limit)));
+        }
+        Ok(Self { port, tasks })
+    }
+}
+
+type Sockets = (UdpSocket, UdpSocket, TcpListener, TcpListener);
+
+fn bind_all() -> io::Result<(u16, Sockets)> {
+    let mut last = None;
+    for _ in 0..BIND_ATTEMPTS {
+        match try_bind() {
+            Ok(bound) => return Ok(bound),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free resolver port")))
+}
+
+fn try_bind() -> io::Result<(u16, Sockets)> {
+    let udp4 = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let port = udp4.local_addr()?.port();
+    let udp6 = std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, port))?;
+    let tcp4 = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
+    let tcp6 = std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, port))?;
+    for s in [&udp4, &udp6] {
+        s.set_nonblocking(true)?;
+    }
+    for s in [&tcp4, &tcp6] {
+        s.set_nonblocking(true)?;
+    }
+    Ok((
+        port,
+        (
+            UdpSocket::from_std(udp4)?,
+            UdpSocket::from_std(udp6)?,
+            TcpListener::from_std(tcp4)?,
+            TcpListener::from_std(tcp6)?,
+        ),
+    ))
+}
+
+async fn serve_udp(
+    socket: Arc<UdpSocket>,
+    agent: Arc<str>,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+) {
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let Ok((n, client)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
+        let bytes = buf[..n].to_vec();
+        let (socket, agent, shared) = (socket.clone(), agent.clone(), shared.clone());
+        tokio::spawn(async move {
+            if let Some(reply) = query::answer(&shared, &agent, &bytes, client, "udp").await {
+                let _ = socket.send_to(&reply, client).await;
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_tcp(
+    listener: TcpListener,
+    agent: Arc<str>,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+) {
+    loop {
+        let Ok((stream, client)) = listener.accept().await else {
+            continue;
+        };
+        let (agent, shared, limit) = (agent.clone(), shared.clone(), limit.clone());
+        tokio::spawn(async move {
+            if let Err(e) = tcp_session(stream, client, &agent, &shared, &limit).await {
+                debug!(%client, error = %e, "dns tcp session ended");
+            }
+        });
+    }
+}
+
+/// Length-prefixed messages (RFC 1035 §4.2.2) until the client is done.
+async fn tcp_session(
+    mut stream: TcpStream,
+    client: SocketAddr,
+    agent: &str,
+    shared: &Shared,
+    limit: &Semaphore,
+) -> io::Result<()> {
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(()),
+        }
+        let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+        tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut msg))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "partial message"))??;
+        let _permit = limit.acquire().await.map_err(io::Error::other)?;
+        let Some(reply) = query::answer(shared, agent, &msg, client, "tcp").await else {
+            return Ok(());
+        };
+        let len = u16::try_from(reply.len()).map_err(|_| io::Error::other("reply too large"))?;
+        stream.write_all(&len.to_be_bytes()).await?;
+        stream.write_all(&reply).await?;
+    }
+}
