@@ -4,6 +4,7 @@
 //! and records.
 
 pub mod admin;
+pub mod audit;
 pub mod ca;
 pub mod cgroup;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod exec;
 pub mod identity;
 pub mod live;
 pub mod logging;
+pub mod metrics;
 pub mod policy;
 pub mod preflight;
 pub mod proxy;

@@ -1,0 +1,273 @@
+//! The audit record: one event per decision, in an embedded, hash-chained,
+//! signed SQLite store that auditors can query, follow, verify and export.
+//!
+//! - `event`: what an event holds, and its row layout.
+//! - `chain`: the canonical serialisation and the hash chain.
+//! - `signing`: the Ed25519 checkpoint key.
+//! - `store`: the database (`<state-dir>/audit/audit.db`).
+//! - `writer`: the single writer task (batches, checkpoints, retention).
+//! - `verify`, `query`, `ocsf`: what the `agentguard audit` commands do.
+//! - `otlp`: export to an OpenTelemetry collector.
+//!
+//! Emitters hold an [`AuditSink`]: [`AuditSink::record`] waits while the
+//! queue is full (backpressure) and never drops an event. The writer assigns
+//! sequence numbers in the order events reach it, so the chain's order is the
+//! order of recording.
+
+pub mod chain;
+pub mod event;
+pub mod ocsf;
+pub mod otlp;
+pub mod query;
+pub mod signing;
+pub mod store;
+pub mod verify;
+mod writer;
+
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::sync::{broadcast, mpsc, watch};
+use tracing::error;
+
+pub use event::{Decision, Event, Kind};
+pub use signing::SigningError;
+pub use store::{Checkpoint, Record, Store, StoreError};
+pub use writer::{Stats, WriterConfig};
+
+/// The audit directory inside the state dir.
+pub fn audit_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("audit")
+}
+
+/// The database inside the state dir.
+pub fn db_path(state_dir: &Path) -> PathBuf {
+    audit_dir(state_dir).join(store::DB_FILE)
+}
+
+/// Committed records as the writer hands them to followers. Slow followers
+/// miss the oldest (they are told how many); the store never does.
+const FOLLOW_BUFFER: usize = 16_384;
+
+#[derive(Debug, Error)]
+pub enum AuditError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Signing(#[from] SigningError),
+    #[error("failed to start the audit writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Everything about the audit store the daemon is configured with.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub writer: WriterConfig,
+    /// Events the queue holds before `record` waits.
+    pub queue: usize,
+}
+
+/// Something to run for each event as it is recorded (metrics, the admin
+/// API's recent-decision views): synchronous and cheap.
+pub type Observer = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// Where events go. Cheap to clone; every clone feeds the same queue.
+#[derive(Clone)]
+pub struct AuditSink {
+    tx: mpsc::Sender<Event>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    stats: Arc<Stats>,
+    hub: broadcast::Sender<Arc<Record>>,
+    observers: Vec<Observer>,
+    db_path: PathBuf,
+}
+
+/// A reserved place in the queue: recording through it cannot wait or fail.
+pub struct Permit {
+    permit: mpsc::OwnedPermit<Event>,
+    shared: Arc<Shared>,
+}
+
+impl Permit {
+    pub fn record(self, event: Event) {
+        for observe in &self.shared.observers {
+            observe(&event);
+        }
+        self.permit.send(event);
+    }
+}
+
+/// What `agentguard status` shows about the audit store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditStatus {
+    pub db_path: String,
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
+    pub events_written: u64,
+    pub last_seq: i64,
+    pub last_checkpoint_seq: i64,
+    pub write_errors: u64,
+}
+
+impl AuditSink {
+    /// Queues `event`, waiting while the queue is full. Never drops it: if
+    /// the writer has stopped (the daemon is shutting down), the event is
+    /// logged as lost, loudly.
+    pub async fn record(&self, event: Event) {
+        match self.reserve().await {
+            Some(permit) => permit.record(event),
+            None => {
+                error!(kind = event.kind.as_str(), id = %event.id, "audit writer has stopped; event not stored")
+            }
+        }
+    }
+
+    /// Waits for a place in the queue. `None` once the writer has stopped.
+    pub fn reserve(&self) -> Pin<Box<dyn Future<Output = Option<Permit>> + Send + 'static>> {
+        let (tx, shared) = (self.tx.clone(), self.shared.clone());
+        Box::pin(async move {
+            let permit = tx.reserve_owned().await.ok()?;
+            Some(Permit { permit, shared })
+        })
+    }
+
+    /// For code that cannot wait (a `Drop`): queued now if there is room,
+    /// else by a task that waits for room. Still never dropped.
+    pub fn record_detached(&self, event: Event) {
+        match self.tx.clone().try_reserve_owned() {
+            Ok(permit) => Permit {
+                permit,
+                shared: self.shared.clone(),
+            }
+            .record(event),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let sink = self.clone();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(async move { sink.record(event).await });
+                    }
+                    Err(_) => {
+                        error!(id = %event.id, "no runtime to queue an audit event from; event not stored")
+                    }
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                error!(kind = event.kind.as_str(), id = %event.id, "audit writer has stopped; event not stored");
+            }
+        }
+    }
+
+    /// Committed records from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Record>> {
+        self.shared.hub.subscribe()
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    pub fn db_path(&self) -> &Path {
+        &self.shared.db_path
+    }
+
+    pub fn status(&self) -> AuditStatus {
+        let s = &self.shared.stats;
+        AuditStatus {
+            db_path: self.shared.db_path.display().to_string(),
+            queue_depth: self.queue_depth(),
+            queue_capacity: self.tx.max_capacity(),
+            events_written: s.written.load(Ordering::Relaxed),
+            last_seq: s.last_seq.load(Ordering::Relaxed),
+            last_checkpoint_seq: s.last_checkpoint_seq.load(Ordering::Relaxed),
+            write_errors: s.write_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The running writer; [`AuditWriter::shutdown`] commits what is queued and
+/// signs a final checkpoint.
+pub struct AuditWriter {
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AuditWriter {
+    /// Blocks until the writer has committed everything queued before the
+    /// call, or `timeout` passed.
+    pub fn shutdown(mut self, timeout: Duration) {
+        let _ = self.stop.send(true);
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        while !thread.is_finished() {
+            if std::time::Instant::now() > deadline {
+                error!("audit writer did not finish in time; the last events may be missing");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = thread.join();
+    }
+}
+
+/// Opens the store in `state_dir`, loads (or makes) the signing key and
+/// starts the writer thread.
+pub fn start(
+    state_dir: &Path,
+    cfg: AuditConfig,
+    observers: Vec<Observer>,
+) -> Result<(AuditSink, AuditWriter), AuditError> {
+    let dir = audit_dir(state_dir);
+    let store = Store::open(&dir)?;
+    let signer = signing::Signer::load_or_create(&dir)?;
+    let stats = Arc::new(Stats::default());
+    let (hub, _) = broadcast::channel(FOLLOW_BUFFER);
+    let writer = writer::Writer::new(store, signer, cfg.writer, stats.clone(), hub.clone())?;
+    let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+    let (stop, stop_rx) = watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name("audit-writer".into())
+        .spawn(move || {
+            // Its own small runtime: the writer's waits are async (queue,
+            // flush deadline), its commits block this thread only.
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(rt) => rt.block_on(writer.run(rx, stop_rx)),
+                Err(e) => error!(error = %e, "audit writer runtime failed to start"),
+            }
+        })
+        .map_err(AuditError::Thread)?;
+    let sink = AuditSink {
+        tx,
+        shared: Arc::new(Shared {
+            stats,
+            hub,
+            observers,
+            db_path: dir.join(store::DB_FILE),
+        }),
+    };
+    Ok((
+        sink,
+        AuditWriter {
+            stop,
+            thread: Some(thread),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests;

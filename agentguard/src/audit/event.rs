@@ -1,0 +1,451 @@
+//! One audit event: what was decided, about whom, under which policy, and
+//! what came of it. Every field but `id`, `time` and `kind` is optional, so
+//! that one flat shape (one table row, one JSON object) serves connections,
+//! HTTP requests, kernel refusals and the daemon's own events alike.
+//!
+//! The row layout lives here too ([`COLUMNS`], [`Event::to_row`],
+//! [`Event::from_row`]): the store, the hash chain and the verifier all read
+//! the same list, so they cannot drift apart.
+
+use std::{net::SocketAddr, time::SystemTime};
+
+use rusqlite::types::Value;
+use serde::{Deserialize, Serialize};
+
+use crate::identity::Identity;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// The proxy's decision on one accepted connection: intercept,
+    /// passthrough or refuse.
+    #[default]
+    Connection,
+    /// One HTTP request read from an intercepted connection.
+    Request,
+    /// A socket the kernel programs refused (UDP, raw sockets, ...), recorded
+    /// with the identity the kernel saw.
+    KernelRefusal,
+    /// A policy reload was accepted or rejected.
+    PolicyReload,
+    /// A credential's secret could not be had (file, env, OAuth 2.0 token).
+    CredentialFailure,
+    DaemonStart,
+    DaemonStop,
+    /// Events older than the retention period were removed up to a signed
+    /// checkpoint, which stays as the chain's anchor.
+    Retention,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 8] = [
+        Kind::Connection,
+        Kind::Request,
+        Kind::KernelRefusal,
+        Kind::PolicyReload,
+        Kind::CredentialFailure,
+        Kind::DaemonStart,
+        Kind::DaemonStop,
+        Kind::Retention,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Connection => "connection",
+            Kind::Request => "request",
+            Kind::KernelRefusal => "kernel_refusal",
+            Kind::PolicyReload => "policy_reload",
+            Kind::CredentialFailure => "credential_failure",
+            Kind::DaemonStart => "daemon_start",
+            Kind::DaemonStop => "daemon_stop",
+            Kind::Retention => "retention",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// The decision an event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decision {
+    /// A request a tool allows.
+    Allow,
+    /// A request the policy denies (enforce mode), or a socket the kernel
+    /// refused by policy.
+    Deny,
+    /// Denied by the policy but let through: the agent runs in audit mode.
+    WouldDeny,
+    /// Refused by agentguard itself: malformed, misdirected, unattributable,
+    /// credential unavailable, upstream unverifiable.
+    Refuse,
+    /// A connection whose TLS (or plain HTTP) the proxy reads.
+    Intercept,
+    /// A connection relayed untouched.
+    Passthrough,
+    /// A policy reload that took effect.
+    Accept,
+    /// A policy reload refused; the running policy stayed.
+    Reject,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 8] = [
+        Decision::Allow,
+        Decision::Deny,
+        Decision::WouldDeny,
+        Decision::Refuse,
+        Decision::Intercept,
+        Decision::Passthrough,
+        Decision::Accept,
+        Decision::Reject,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+            Decision::WouldDeny => "would-deny",
+            Decision::Refuse => "refuse",
+            Decision::Intercept => "intercept",
+            Decision::Passthrough => "passthrough",
+            Decision::Accept => "accept",
+            Decision::Reject => "reject",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+}
+
+/// One audit event, as emitters build it. The writer gives it its sequence
+/// number and chain hashes ([`super::Record`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// UUIDv7: unique, and sortable by creation time.
+    pub id: String,
+    /// RFC 3339, UTC, microseconds: when the decision was made (for a
+    /// request: when it arrived; its duration runs from there).
+    pub time: String,
+    pub kind: Kind,
+    pub agent: Option<String>,
+    /// cgroup path relative to the cgroup v2 mount.
+    pub cgroup_path: Option<String>,
+    pub cgroup_id: Option<u64>,
+    pub pid: Option<u32>,
+    pub exe: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub comm: Option<String>,
+    /// The principal the agent acts for (a delegated token's subject); none
+    /// until agents can present one.
+    pub on_behalf_of: Option<String>,
+    /// What the agent said it is doing (`x-agentguard-intent`). The agent's
+    /// own words: recorded, never trusted for a decision.
+    pub intent: Option<String>,
+    /// The agent's end of the connection.
+    pub src_ip: Option<String>,
+    pub src_port: Option<u16>,
+    /// The original destination the agent dialled.
+    pub dst_ip: Option<String>,
+    pub dst_port: Option<u16>,
+    pub sni: Option<String>,
+    /// Host from `Host`/`:authority`.
+    pub host: Option<String>,
+    /// `tls`, `http`, `tcp`, `udp`, `raw` for connections; `HTTP/1.1` or
+    /// `HTTP/2` for requests.
+    pub protocol: Option<String>,
+    pub method: Option<String>,
+    /// Normalised path, with the query; a query parameter that carries an
+    /// injected credential shows `[redacted]`.
+    pub path: Option<String>,
+    pub tool: Option<String>,
+    /// The rule that decided: `tool:<name>`, `default-deny`,
+    /// `passthrough:<host>`, or a short code for agentguard's own refusals.
+    pub rule: Option<String>,
+    pub decision: Option<Decision>,
+    pub reason: Option<String>,
+    /// The credential's id, never its value.
+    pub credential_id: Option<String>,
+    /// The `jti` of a token minted for the call.
+    pub token_jti: Option<String>,
+    pub policy_version: Option<String>,
+    /// HTTP status the agent received.
+    pub status: Option<u16>,
+    /// Body bytes from the agent (request).
+    pub bytes_in: Option<u64>,
+    /// Body bytes to the agent (response).
+    pub bytes_out: Option<u64>,
+    pub duration_us: Option<u64>,
+}
+
+impl Event {
+    /// A fresh event of `kind`, stamped now.
+    pub fn new(kind: Kind) -> Self {
+        let now = SystemTime::now();
+        Self {
+            id: uuid_v7(now),
+            time: format_time(now),
+            kind,
+            ..Self::default()
+        }
+    }
+
+    /// Fills the fields the kernel and /proc tell about the process.
+    pub fn with_identity(mut self, identity: &Identity) -> Self {
+        self.agent = Some(identity.agent.to_string());
+        self.cgroup_path = Some(identity.cgroup.clone());
+        self.cgroup_id = Some(identity.cgroup_id);
+        self.pid = Some(identity.pid);
+        self.uid = Some(identity.uid);
+        self.gid = Some(identity.gid);
+        self.comm = Some(identity.comm.clone());
+        self.exe = identity.exe.as_ref().map(|p| p.display().to_string());
+        self
+    }
+
+    pub fn with_src(mut self, addr: SocketAddr) -> Self {
+        self.src_ip = Some(addr.ip().to_canonical().to_string());
+        self.src_port = Some(addr.port());
+        self
+    }
+
+    pub fn with_dst(mut self, addr: SocketAddr) -> Self {
+        self.dst_ip = Some(addr.ip().to_canonical().to_string());
+        self.dst_port = Some(addr.port());
+        self
+    }
+
+    pub fn with_decision(mut self, decision: Decision, reason: impl Into<String>) -> Self {
+        self.decision = Some(decision);
+        self.reason = Some(reason.into());
+        self
+    }
+}
+
+/// RFC 3339 in UTC with exactly six fractional digits: fixed width, so that
+/// comparing the text compares the times (the store's time filters rely on
+/// it).
+pub fn format_time(t: SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+/// A UUIDv7 (RFC 9562 §5.7): 48 bits of Unix milliseconds, then random bits.
+fn uuid_v7(now: SystemTime) -> String {
+    let ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut b = [0u8; 16];
+    // A failing system RNG leaves the random part zero; ids stay unique
+    // enough within a millisecond only with randomness, but the sequence
+    // number, not the id, is what the chain orders and checks.
+    let _ = getrandom::fill(&mut b[6..]);
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    b[6] = 0x70 | (b[6] & 0x0f);
+    b[8] = 0x80 | (b[8] & 0x3f);
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// A field's conversion to and from an SQLite value.
+trait Column: Sized {
+    fn to_value(&self) -> Value;
+    fn from_value(v: Value) -> Result<Self, String>;
+}
+
+impl Column for String {
+    fn to_value(&self) -> Value {
+        Value::Text(self.clone())
+    }
+    fn from_value(v: Value) -> Result<Self, String> {
+        match v {
+            Value::Text(s) => Ok(s),
+            other => Err(format!("expected text, found {other:?}")),
+        }
+    }
+}
+
+impl Column for Kind {
+    fn to_value(&self) -> Value {
+        Value::Text(self.as_str().to_owned())
+    }
+    fn from_value(v: Value) -> Result<Self, String> {
+        let s = String::from_value(v)?;
+        Kind::parse(&s).ok_or_else(|| format!("unknown kind {s:?}"))
+    }
+}
+
+impl Column for Option<Decision> {
+    fn to_value(&self) -> Value {
+        self.map_or(Value::Null, |d| Value::Text(d.as_str().to_owned()))
+    }
+    fn from_value(v: Value) -> Result<Self, String> {
+        match v {
+            Value::Null => Ok(None),
+            v => {
+                let s = String::from_value(v)?;
+                Decision::parse(&s)
+                    .map(Some)
+                    .ok_or_else(|| format!("unknown decision {s:?}"))
+            }
+        }
+    }
+}
+
+impl Column for Option<String> {
+    fn to_value(&self) -> Value {
+        self.as_ref()
+            .map_or(Value::Null, |s| Value::Text(s.clone()))
+    }
+    fn from_value(v: Value) -> Result<Self, String> {
+        match v {
+            Value::Null => Ok(None),
+            v => String::from_value(v).map(Some),
+        }
+    }
+}
+
+macro_rules! integer_column {
+    ($($t:ty),*) => {$(
+        impl Column for Option<$t> {
+            fn to_value(&self) -> Value {
+                self.map_or(Value::Null, |n| Value::Integer(n as i64))
+            }
+            fn from_value(v: Value) -> Result<Self, String> {
+                match v {
+                    Value::Null => Ok(None),
+                    Value::Integer(n) => <$t>::try_from(n)
+                        .map(Some)
+                        .map_err(|_| format!("integer {n} out of range")),
+                    other => Err(format!("expected an integer, found {other:?}")),
+                }
+            }
+        }
+    )*};
+}
+integer_column!(u16, u32, u64);
+
+/// Declares the column list once; `to_row` and `from_row` follow it.
+macro_rules! columns {
+    ($($field:ident),* $(,)?) => {
+        /// The event's columns, in the order the hash chain serialises them.
+        /// Appending a column changes every hash: that needs a new chain
+        /// version (see [`super::chain`]).
+        pub const COLUMNS: &[&str] = &[$(stringify!($field)),*];
+
+        impl Event {
+            pub fn to_row(&self) -> Vec<Value> {
+                vec![$(self.$field.to_value()),*]
+            }
+
+            /// Rebuilds an event from a row in [`COLUMNS`] order.
+            pub fn from_row(row: Vec<Value>) -> Result<Self, String> {
+                if row.len() != COLUMNS.len() {
+                    return Err(format!("expected {} columns, found {}", COLUMNS.len(), row.len()));
+                }
+                let mut values = row.into_iter();
+                Ok(Self {
+                    $($field: Column::from_value(values.next().unwrap_or(Value::Null))
+                        .map_err(|e| format!("column {}: {e}", stringify!($field)))?,)*
+                })
+            }
+        }
+    };
+}
+
+columns!(
+    id,
+    time,
+    kind,
+    agent,
+    cgroup_path,
+    cgroup_id,
+    pid,
+    exe,
+    uid,
+    gid,
+    comm,
+    on_behalf_of,
+    intent,
+    src_ip,
+    src_port,
+    dst_ip,
+    dst_port,
+    sni,
+    host,
+    protocol,
+    method,
+    path,
+    tool,
+    rule,
+    decision,
+    reason,
+    credential_id,
+    token_jti,
+    policy_version,
+    status,
+    bytes_in,
+    bytes_out,
+    duration_us,
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_round_trip() {
+        let mut e = Event::new(Kind::Request).with_decision(Decision::WouldDeny, "no tool");
+        e.agent = Some("bot".into());
+        e.pid = Some(42);
+        e.dst_port = Some(443);
+        e.bytes_out = Some(u64::from(u32::MAX) + 1);
+        let back = Event::from_row(e.to_row()).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(e.to_row().len(), COLUMNS.len());
+    }
+
+    #[test]
+    fn bad_rows_are_refused() {
+        let mut row = Event::new(Kind::Connection).to_row();
+        row[2] = Value::Text("nonsense".into());
+        assert!(Event::from_row(row).unwrap_err().contains("kind"));
+        assert!(Event::from_row(vec![]).is_err());
+    }
+
+    #[test]
+    fn ids_are_v7_and_times_fixed_width() {
+        let e = Event::new(Kind::DaemonStart);
+        assert_eq!(e.id.len(), 36);
+        assert_eq!(&e.id[14..15], "7");
+        assert_ne!(e.id, Event::new(Kind::DaemonStart).id);
+        // 2026-01-01T00:00:00.000000Z
+        assert_eq!(e.time.len(), 27, "{}", e.time);
+        assert!(e.time.ends_with('Z'));
+    }
+
+    #[test]
+    fn names_parse_back() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::parse(k.as_str()), Some(k));
+        }
+        for d in Decision::ALL {
+            assert_eq!(Decision::parse(d.as_str()), Some(d));
+        }
+        assert_eq!(
+            serde_json::to_string(&Decision::WouldDeny).unwrap(),
+            "\"would-deny\""
+        );
+    }
+}

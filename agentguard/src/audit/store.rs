@@ -1,0 +1,495 @@
+//! The SQLite database that holds the audit record.
+//!
+//! ```text
+//! <state-dir>/audit/           0700
+//! <state-dir>/audit/audit.db   0600  (and its -wal and -shm, same mode)
+//! ```
+//!
+//! Tables: `events` (one row per event: `seq`, the [`COLUMNS`], `prev_hash`,
+//! `hash`), `checkpoints` (signed `(seq, hash, time)`), `meta` (schema and
+//! chain versions). WAL mode lets `audit query` and `audit verify` read while
+//! the daemon writes; `synchronous = FULL` makes each committed batch survive
+//! a power cut, not only a crash.
+
+use std::{
+    fs, io,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension as _, Row, params, params_from_iter, types::Value,
+};
+use thiserror::Error;
+
+use super::{
+    chain::{GENESIS, Hash, from_hex},
+    event::{COLUMNS, Event},
+};
+
+pub const DB_FILE: &str = "audit.db";
+/// Bumped when the table layout changes.
+const SCHEMA_VERSION: &str = "1";
+/// How long a reader or writer waits for a lock before giving up: readers
+/// never block WAL writers, but checkpoints of the WAL file can briefly.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Columns stored as INTEGER; the others are TEXT.
+const INTEGER_COLUMNS: &[&str] = &[
+    "cgroup_id",
+    "pid",
+    "uid",
+    "gid",
+    "src_port",
+    "dst_port",
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "duration_us",
+];
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("failed to prepare audit directory {path}: {source}")]
+    Dir { path: PathBuf, source: io::Error },
+    #[error("audit database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("no audit database at {0} (has the daemon run with this --state-dir?)")]
+    Missing(PathBuf),
+    #[error(
+        "audit database {path} has schema version {found}, this agentguard reads {SCHEMA_VERSION}"
+    )]
+    Schema { path: PathBuf, found: String },
+}
+
+/// One stored event with its place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    pub seq: i64,
+    #[serde(flatten)]
+    pub event: Event,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// A signed statement that the chain's event `seq` has hash `hash`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Checkpoint {
+    pub seq: i64,
+    pub hash: String,
+    pub time: String,
+    pub signature: String,
+    /// Hex of the public key that signed.
+    pub key_id: String,
+}
+
+/// Where the chain ends: the next event gets `last_seq + 1` and `last_hash`
+/// as its `prev_hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tail {
+    pub last_seq: i64,
+    pub last_hash: Hash,
+    pub last_checkpoint_seq: i64,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the daemon's database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let dir_err = |source| StoreError::Dir {
+            path: dir.to_owned(),
+            source,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(dir_err)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+        let path = dir.join(DB_FILE);
+        // Created 0600 before SQLite opens it: SQLite gives the -wal and -shm
+        // files the database file's mode.
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(dir_err)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(dir_err)?;
+        let conn = Connection::open(&path).map_err(|source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        let store = Self { conn, path };
+        store.init().map_err(|e| store.err(e))?;
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    /// Opens an existing database for reading only (query, verify): works
+    /// while the daemon writes, and cannot change a byte.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_owned()));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Sqlite {
+            path: path.to_owned(),
+            source,
+        })?;
+        let store = Self {
+            conn,
+            path: path.to_owned(),
+        };
+        store
+            .conn
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| store.err(e))?;
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn init(&self) -> rusqlite::Result<()> {
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        self.conn.pragma_update(None, "journal_mode", "WAL")?;
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        let columns: Vec<String> = COLUMNS
+            .iter()
+            .map(|c| {
+                let ty = if INTEGER_COLUMNS.contains(c) {
+                    "INTEGER"
+                } else {
+                    "TEXT"
+                };
+                let not_null = if matches!(*c, "id" | "time" | "kind") {
+                    " NOT NULL"
+                } else {
+                    ""
+                };
+                format!("{c} {ty}{not_null}")
+            })
+            .collect();
+        self.conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');
+             INSERT OR IGNORE INTO meta (key, value) VALUES ('chain', 'agentguard-audit-v1');
+             CREATE TABLE IF NOT EXISTS events (
+                 seq INTEGER PRIMARY KEY,
+                 {},
+                 prev_hash TEXT NOT NULL,
+                 hash TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS events_time ON events (time);
+             CREATE INDEX IF NOT EXISTS events_agent ON events (agent, seq);
+             CREATE INDEX IF NOT EXISTS events_decision ON events (decision, seq);
+             CREATE TABLE IF NOT EXISTS checkpoints (
+                 seq INTEGER PRIMARY KEY,
+                 hash TEXT NOT NULL,
+                 time TEXT NOT NULL,
+                 signature TEXT NOT NULL,
+                 key_id TEXT NOT NULL
+             );",
+            columns.join(",\n                 ")
+        ))
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let found: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        match found {
+            Some(v) if v == SCHEMA_VERSION => Ok(()),
+            found => Err(StoreError::Schema {
+                path: self.path.clone(),
+                found: found.unwrap_or_else(|| "none".into()),
+            }),
+        }
+    }
+
+    /// The end of the chain: the last event, or, when retention removed
+    /// every event, the anchor checkpoint.
+    pub fn tail(&self) -> Result<Tail, StoreError> {
+        let last_event: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let last_checkpoint = self.last_checkpoint()?;
+        let (last_seq, last_hash) = match (last_event, &last_checkpoint) {
+            (Some((seq, hash)), _) => (seq, from_hex(&hash).unwrap_or(GENESIS)),
+            (None, Some(c)) => (c.seq, from_hex(&c.hash).unwrap_or(GENESIS)),
+            (None, None) => (0, GENESIS),
+        };
+        Ok(Tail {
+            last_seq,
+            last_hash,
+            last_checkpoint_seq: last_checkpoint.map_or(0, |c| c.seq),
+        })
+    }
+
+    pub fn last_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT seq, hash, time, signature, key_id FROM checkpoints ORDER BY seq DESC LIMIT 1",
+                [],
+                read_checkpoint,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, hash, time, signature, key_id FROM checkpoints ORDER BY seq")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], read_checkpoint)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Appends `records` (already chained) and, if given, a checkpoint, in one
+    /// transaction: after a crash either all of it is there or none.
+    pub fn append(
+        &mut self,
+        records: &[Record],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let placeholders = vec!["?"; COLUMNS.len() + 3].join(", ");
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO events (seq, {}, prev_hash, hash) VALUES ({placeholders})",
+                    COLUMNS.join(", ")
+                ))
+                .map_err(err)?;
+            for r in records {
+                let mut values = Vec::with_capacity(COLUMNS.len() + 3);
+                values.push(Value::Integer(r.seq));
+                values.extend(r.event.to_row());
+                values.push(Value::Text(r.prev_hash.clone()));
+                values.push(Value::Text(r.hash.clone()));
+                stmt.execute(params_from_iter(values)).map_err(err)?;
+            }
+            if let Some(c) = checkpoint {
+                tx.execute(
+                    "INSERT INTO checkpoints (seq, hash, time, signature, key_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![c.seq, c.hash, c.time, c.signature, c.key_id],
+                )
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Removes the events older than `cutoff` (an RFC 3339 time in the
+    /// store's format) up to the newest checkpoint that is itself older,
+    /// keeping that checkpoint as the anchor the remaining chain starts from.
+    /// Returns the removed range, if any.
+    pub fn prune_before(&mut self, cutoff: &str) -> Result<Option<(i64, i64)>, StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let anchor: Option<i64> = tx
+            .query_row(
+                "SELECT c.seq FROM checkpoints c JOIN events e ON e.seq = c.seq
+                 WHERE e.time < ?1 ORDER BY c.seq DESC LIMIT 1",
+                [cutoff],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        let first: Option<i64> = tx
+            .query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))
+            .map_err(err)?;
+        let (Some(anchor), Some(first)) = (anchor, first) else {
+            return Ok(None);
+        };
+        if anchor < first {
+            return Ok(None);
+        }
+        tx.execute("DELETE FROM events WHERE seq <= ?1", [anchor])
+            .map_err(err)?;
+        tx.execute("DELETE FROM checkpoints WHERE seq < ?1", [anchor])
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(Some((first, anchor)))
+    }
+
+    /// Every event in sequence order, as raw rows, for the verifier: `f`
+    /// sees `(seq, values, prev_hash, hash)` and may stop early with `false`.
+    pub fn scan(
+        &self,
+        mut f: impl FnMut(i64, Vec<Value>, String, String) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT seq, {}, prev_hash, hash FROM events ORDER BY seq",
+                COLUMNS.join(", ")
+            ))
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+            let (seq, values, prev, hash) = raw_row(row).map_err(|e| self.err(e))?;
+            if !f(seq, values, prev, hash) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records matching an SQL condition over the events table (built by
+    /// [`super::query`] from typed filters, values bound as parameters).
+    pub fn select(
+        &self,
+        condition: &str,
+        params: &[Value],
+        limit: Option<u64>,
+    ) -> Result<Vec<Record>, StoreError> {
+        // The newest `limit` matches, returned oldest first.
+        let limit = limit.map_or(-1, |n| n.min(i64::MAX as u64) as i64);
+        let sql = format!(
+            "SELECT * FROM (SELECT seq, {cols}, prev_hash, hash FROM events WHERE {condition}
+             ORDER BY seq DESC LIMIT {limit}) ORDER BY seq",
+            cols = COLUMNS.join(", ")
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let mut rows = stmt
+            .query(params_from_iter(params.iter()))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+            let (seq, values, prev_hash, hash) = raw_row(row).map_err(|e| self.err(e))?;
+            // A row the verifier would flag still shows in queries, as it is:
+            // the query is not the place that judges it.
+            let event = Event::from_row(values).map_err(|e| {
+                self.err(rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Text,
+                    format!("event {seq}: {e}").into(),
+                ))
+            })?;
+            out.push(Record {
+                seq,
+                event,
+                prev_hash,
+                hash,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn count(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+}
+
+fn raw_row(row: &Row<'_>) -> rusqlite::Result<(i64, Vec<Value>, String, String)> {
+    let seq: i64 = row.get(0)?;
+    let mut values = Vec::with_capacity(COLUMNS.len());
+    for i in 0..COLUMNS.len() {
+        values.push(row.get::<_, Value>(i + 1)?);
+    }
+    // Read as values: a tampered hash column of another type must show up
+    // as a mismatch in verify, not as a read error.
+    let text = |v: Value| match v {
+        Value::Text(s) => s,
+        other => format!("{other:?}"),
+    };
+    let prev = text(row.get::<_, Value>(COLUMNS.len() + 1)?);
+    let hash = text(row.get::<_, Value>(COLUMNS.len() + 2)?);
+    Ok((seq, values, prev, hash))
+}
+
+fn read_checkpoint(r: &Row<'_>) -> rusqlite::Result<Checkpoint> {
+    Ok(Checkpoint {
+        seq: r.get(0)?,
+        hash: r.get(1)?,
+        time: r.get(2)?,
+        signature: r.get(3)?,
+        key_id: r.get(4)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_private_and_wal_is_on() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = state.path().join("audit");
+        let store = Store::open(&dir).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(DB_FILE)), 0o600);
+        let journal: String = store
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+        assert_eq!(
+            store.tail().unwrap(),
+            Tail {
+                last_seq: 0,
+                last_hash: GENESIS,
+                last_checkpoint_seq: 0
+            }
+        );
+        assert!(matches!(
+            Store::open_read_only(&state.path().join("nope.db")),
+            Err(StoreError::Missing(_))
+        ));
+    }
+}

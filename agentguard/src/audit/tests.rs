@@ -1,0 +1,241 @@
+//! The audit pipeline end to end, without a daemon: sink → writer → store →
+//! verify, tampering included.
+
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::{
+    signing::{PUBLIC_KEY_FILE, Verifier},
+    verify::verify,
+    *,
+};
+
+fn config(checkpoint_every: u64) -> AuditConfig {
+    AuditConfig {
+        writer: WriterConfig {
+            flush_interval: Duration::from_millis(20),
+            batch_max: 64,
+            checkpoint_every,
+            checkpoint_interval: Duration::from_secs(3600),
+            retention: None,
+        },
+        queue: 16,
+    }
+}
+
+fn event(i: usize) -> Event {
+    let mut e = Event::new(Kind::Request).with_decision(Decision::Allow, "ok");
+    e.agent = Some("bot".into());
+    e.path = Some(format!("/item/{i}"));
+    e.pid = Some(1000 + i as u32);
+    e
+}
+
+/// Records `n` events through a fresh writer on `state` and stops it.
+fn write(state: &std::path::Path, n: usize, checkpoint_every: u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (sink, writer) = start(state, config(checkpoint_every), vec![]).unwrap();
+    rt.block_on(async {
+        // More events than the queue holds: record waits, nothing drops.
+        for i in 0..n {
+            sink.record(event(i)).await;
+        }
+    });
+    writer.shutdown(Duration::from_secs(10));
+}
+
+fn check(state: &std::path::Path) -> Result<verify::Report, verify::Break> {
+    let store = Store::open_read_only(&db_path(state)).unwrap();
+    let key = Verifier::load(&audit_dir(state).join(PUBLIC_KEY_FILE)).unwrap();
+    verify(&store, &key).unwrap()
+}
+
+fn tamper(state: &std::path::Path, sql: &str) {
+    let conn = Connection::open(db_path(state)).unwrap();
+    conn.execute_batch(sql).unwrap();
+}
+
+#[test]
+fn every_event_is_stored_in_order_and_the_chain_verifies() {
+    let state = tempfile::tempdir().unwrap();
+    write(state.path(), 200, 50);
+    let report = check(state.path()).unwrap();
+    assert_eq!(report.events, 200);
+    assert_eq!((report.first_seq, report.last_seq), (Some(1), Some(200)));
+    assert_eq!(report.last_checkpoint_seq, Some(200));
+    let store = Store::open_read_only(&db_path(state.path())).unwrap();
+    let all = query::Filter::default().select(&store, None).unwrap();
+    let paths: Vec<String> = all.iter().map(|r| r.event.path.clone().unwrap()).collect();
+    let expected: Vec<String> = (0..200).map(|i| format!("/item/{i}")).collect();
+    assert_eq!(paths, expected);
+
+    // A restart continues the sequence and the chain.
+    write(state.path(), 10, 50);
+    let report = check(state.path()).unwrap();
+    assert_eq!(report.last_seq, Some(210));
+}
+
+#[test]
+fn an_edited_field_is_found_at_its_seq() {
+    let state = tempfile::tempdir().unwrap();
+    write(state.path(), 30, 1000);
+    tamper(
+        state.path(),
+        "UPDATE events SET decision = 'deny' WHERE seq = 12",
+    );
+    assert_eq!(check(state.path()).unwrap_err().seq, 12);
+}
+
+#[test]
+fn a_deleted_row_is_found_at_its_seq() {
+    let state = tempfile::tempdir().unwrap();
+    write(state.path(), 30, 1000);
+    tamper(state.path(), "DELETE FROM events WHERE seq = 7");
+    let b = check(state.path()).unwrap_err();
+    assert_eq!(b.seq, 7, "{b}");
+    // The first row too.
+    tamper(state.path(), "DELETE FROM events WHERE seq = 1");
+    assert_eq!(check(state.path()).unwrap_err().seq, 1);
+}
+
+#[test]
+fn swapped_rows_are_found_at_the_first() {
+    let state = tempfile::tempdir().unwrap();
+    write(state.path(), 30, 1000);
+    tamper(
+        state.path(),
+        "UPDATE events SET seq = -1 WHERE seq = 20;
+         UPDATE events SET seq = 20 WHERE seq = 21;
+         UPDATE events SET seq = 21 WHERE seq = -1;",
+    );
+    assert_eq!(check(state.path()).unwrap_err().seq, 20);
+}
+
+#[test]
+fn a_rewritten_chain_fails_its_checkpoint_and_a_truncated_one_too() {
+    let state = tempfile::tempdir().unwrap();
+    write(state.path(), 30, 10);
+    // Rehashing the edited row hides the edit from the row itself; the
+    // next row's link (and the signed checkpoint) still see it.
+    let store = Store::open_read_only(&db_path(state.path())).unwrap();
+    let rows = query::Filter::default().select(&store, None).unwrap();
+    let mut e = rows[4].event.clone();
+    e.decision = Some(Decision::Deny);
+    let prev = chain::from_hex(&rows[4].prev_hash).unwrap();
+    let h = chain::to_hex(&chain::hash_row(5, &prev, &e.to_row()).unwrap());
+    tamper(
+        state.path(),
+        &format!("UPDATE events SET decision = 'deny', hash = '{h}' WHERE seq = 5"),
+    );
+    assert_eq!(check(state.path()).unwrap_err().seq, 6);
+
+    let state = tempfile::tempdir().unwrap();
+    write(state.path(), 30, 10);
+    tamper(state.path(), "DELETE FROM events WHERE seq > 25");
+    assert_eq!(check(state.path()).unwrap_err().seq, 26);
+
+    let state = tempfile::tempdir().unwrap();
+    write(state.path(), 30, 10);
+    tamper(
+        state.path(),
+        "UPDATE checkpoints SET time = '2000-01-01T00:00:00.000000Z' WHERE seq = 30",
+    );
+    assert_eq!(check(state.path()).unwrap_err().seq, 30);
+}
+
+#[test]
+fn retention_keeps_the_chain_verifiable_from_its_anchor() {
+    let state = tempfile::tempdir().unwrap();
+    // Four runs: each ends with a signed checkpoint (10, 20, 30, 40).
+    for _ in 0..4 {
+        write(state.path(), 10, 1000);
+    }
+    // Age the first 25 events; retention may only cut at the last
+    // checkpoint among them.
+    tamper(
+        state.path(),
+        "UPDATE events SET time = '2000-01-01T00:00:00.000000Z' WHERE seq <= 25",
+    );
+    // The edit broke their hashes; re-chain them as the writer would have.
+    rechain(state.path());
+    let mut store = Store::open(&audit_dir(state.path())).unwrap();
+    let anchor = store
+        .checkpoints()
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .filter(|&s| s <= 25)
+        .max()
+        .expect("a checkpoint among the first 25 events");
+    let cut = store.prune_before("2001-01-01T00:00:00.000000Z").unwrap();
+    assert_eq!(cut, Some((1, anchor)));
+    drop(store);
+    let report = check(state.path()).unwrap();
+    assert_eq!(report.anchor_seq, Some(anchor));
+    assert_eq!(report.first_seq, Some(anchor + 1));
+    // And the chain goes on from there.
+    write(state.path(), 5, 10);
+    assert_eq!(check(state.path()).unwrap().last_seq, Some(45));
+}
+
+/// Recomputes every hash and re-signs every checkpoint (test set-up only).
+fn rechain(state: &std::path::Path) {
+    let signer = signing::Signer::load_or_create(&audit_dir(state)).unwrap();
+    let conn = Connection::open(db_path(state)).unwrap();
+    let store = Store::open_read_only(&db_path(state)).unwrap();
+    let mut prev = chain::GENESIS;
+    let mut rows = Vec::new();
+    store
+        .scan(|seq, values, _, _| {
+            rows.push((seq, values));
+            true
+        })
+        .unwrap();
+    for (seq, values) in rows {
+        let h = chain::hash_row(seq, &prev, &values).unwrap();
+        conn.execute(
+            "UPDATE events SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+            rusqlite::params![chain::to_hex(&prev), chain::to_hex(&h), seq],
+        )
+        .unwrap();
+        let time: Option<String> = conn
+            .query_row("SELECT time FROM checkpoints WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .ok();
+        if let Some(time) = time {
+            conn.execute(
+                "UPDATE checkpoints SET hash = ?1, signature = ?2 WHERE seq = ?3",
+                rusqlite::params![chain::to_hex(&h), signer.sign(seq, &h, &time), seq],
+            )
+            .unwrap();
+        }
+        prev = h;
+    }
+}
+
+#[test]
+fn followers_see_committed_records() {
+    let state = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (sink, writer) = start(state.path(), config(100), vec![]).unwrap();
+    let mut follow = sink.subscribe();
+    rt.block_on(async {
+        sink.record(event(1)).await;
+        let r = tokio::time::timeout(Duration::from_secs(5), follow.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.seq, 1);
+        assert_eq!(r.event.path.as_deref(), Some("/item/1"));
+    });
+    assert_eq!(sink.status().events_written, 1);
+    writer.shutdown(Duration::from_secs(5));
+}

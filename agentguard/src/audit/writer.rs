@@ -1,0 +1,287 @@
+//! The one task that writes the store: it takes events from the bounded
+//! queue, gives each its sequence number and chain hashes, commits them in
+//! batches, signs checkpoints, applies retention, and then hands the
+//! committed records to followers (`audit tail -f`, OTLP).
+//!
+//! It runs on its own thread: SQLite calls block, and an fsync must never
+//! stall a proxy worker. A batch is committed when it holds
+//! `batch_max` events or its first event has waited `flush_interval`, so
+//! after a `kill -9` at most the batch being collected (and whatever sat in
+//! the queue behind it) is missing, and everything committed still verifies.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tracing::{error, info, warn};
+
+use super::{
+    chain::{Hash, hash_row, to_hex},
+    event::{Event, Kind, format_time},
+    signing::Signer,
+    store::{Checkpoint, Record, Store},
+};
+
+/// How the writer batches, checkpoints and prunes.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// The longest an event waits in a batch before the batch is committed.
+    pub flush_interval: Duration,
+    /// A batch is committed as soon as it holds this many events.
+    pub batch_max: usize,
+    /// A checkpoint is signed after this many events...
+    pub checkpoint_every: u64,
+    /// ...or this long after the last one, whichever comes first (and only
+    /// if events were written since).
+    pub checkpoint_interval: Duration,
+    /// Events older than this are removed (up to a checkpoint); `None` keeps
+    /// everything.
+    pub retention: Option<Duration>,
+}
+
+/// How often retention looks for old events.
+const RETENTION_CHECK: Duration = Duration::from_secs(60);
+/// A failed commit is retried after this, doubling up to [`MAX_BACKOFF`];
+/// meanwhile the queue fills and the proxy waits: nothing is dropped.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// At shutdown a failing store gets this long before the writer gives up.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Counters the daemon reports (`status`, metrics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub written: AtomicU64,
+    pub last_seq: AtomicI64,
+    pub last_checkpoint_seq: AtomicI64,
+    pub write_errors: AtomicU64,
+}
+
+pub(super) struct Writer {
+    store: Store,
+    signer: Signer,
+    cfg: WriterConfig,
+    stats: Arc<Stats>,
+    hub: broadcast::Sender<Arc<Record>>,
+    next_seq: i64,
+    last_hash: Hash,
+    since_checkpoint: u64,
+    last_checkpoint_at: Instant,
+    last_retention_at: Option<Instant>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        store: Store,
+        signer: Signer,
+        cfg: WriterConfig,
+        stats: Arc<Stats>,
+        hub: broadcast::Sender<Arc<Record>>,
+    ) -> Result<Self, super::store::StoreError> {
+        let tail = store.tail()?;
+        stats.last_seq.store(tail.last_seq, Ordering::Relaxed);
+        stats
+            .last_checkpoint_seq
+            .store(tail.last_checkpoint_seq, Ordering::Relaxed);
+        Ok(Self {
+            store,
+            signer,
+            cfg,
+            stats,
+            hub,
+            next_seq: tail.last_seq + 1,
+            last_hash: tail.last_hash,
+            // Events after the last checkpoint (a crash left them unsigned)
+            // count towards the next one.
+            since_checkpoint: u64::try_from(tail.last_seq - tail.last_checkpoint_seq).unwrap_or(0),
+            last_checkpoint_at: Instant::now(),
+            last_retention_at: None,
+        })
+    }
+
+    /// Runs until `stop` turns true (or its sender goes), then commits what
+    /// is queued, signs a final checkpoint and returns.
+    pub(super) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Event>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut batch: Vec<Event> = Vec::with_capacity(self.cfg.batch_max);
+        loop {
+            self.maintain();
+            if *stop.borrow() {
+                break;
+            }
+            let idle = self.until_checkpoint_due();
+            tokio::select! {
+                biased;
+                changed = stop.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                n = rx.recv_many(&mut batch, self.cfg.batch_max) => {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                () = tokio::time::sleep(idle) => {
+                    self.checkpoint_if_due(false);
+                    continue;
+                }
+            }
+            let deadline = tokio::time::Instant::now() + self.cfg.flush_interval;
+            while batch.len() < self.cfg.batch_max {
+                let room = self.cfg.batch_max - batch.len();
+                tokio::select! {
+                    n = rx.recv_many(&mut batch, room) => if n == 0 { break },
+                    () = tokio::time::sleep_until(deadline) => break,
+                    _ = stop.changed() => break,
+                }
+            }
+            self.commit(std::mem::take(&mut batch), false);
+            batch.reserve(self.cfg.batch_max);
+        }
+        // Shutting down: what the proxy already queued is part of the record.
+        rx.close();
+        while let Some(e) = rx.recv().await {
+            batch.push(e);
+            if batch.len() >= self.cfg.batch_max {
+                self.commit(std::mem::take(&mut batch), false);
+            }
+        }
+        self.commit(batch, true);
+        info!(
+            last_seq = self.next_seq - 1,
+            "audit writer stopped; final checkpoint signed"
+        );
+    }
+
+    fn until_checkpoint_due(&self) -> Duration {
+        let retention = if self.cfg.retention.is_some() {
+            RETENTION_CHECK
+        } else {
+            Duration::MAX
+        };
+        let checkpoint = if self.since_checkpoint > 0 {
+            self.cfg
+                .checkpoint_interval
+                .saturating_sub(self.last_checkpoint_at.elapsed())
+        } else {
+            Duration::MAX
+        };
+        // tokio's timer wants a bounded duration.
+        checkpoint.min(retention).min(Duration::from_secs(3600))
+    }
+
+    /// Chains and commits `events`; signs a checkpoint with them when one is
+    /// due (or `last`). Retries until the store takes them.
+    fn commit(&mut self, events: Vec<Event>, last: bool) {
+        let mut records = Vec::with_capacity(events.len());
+        let (mut seq, mut prev) = (self.next_seq, self.last_hash);
+        for event in events {
+            let hash = match hash_row(seq, &prev, &event.to_row()) {
+                Ok(h) => h,
+                // Only REAL/BLOB values fail, and events have none.
+                Err(e) => unreachable!("event values are text and integers: {e}"),
+            };
+            records.push(Record {
+                seq,
+                event,
+                prev_hash: to_hex(&prev),
+                hash: to_hex(&hash),
+            });
+            prev = hash;
+            seq += 1;
+        }
+        let pending = self.since_checkpoint + records.len() as u64;
+        let due = pending >= self.cfg.checkpoint_every
+            || (pending > 0 && self.last_checkpoint_at.elapsed() >= self.cfg.checkpoint_interval)
+            || (last && pending > 0);
+        let checkpoint = due.then(|| self.checkpoint_for(seq - 1, &prev));
+        if records.is_empty() && checkpoint.is_none() {
+            return;
+        }
+
+        let started = Instant::now();
+        let mut backoff = FIRST_BACKOFF;
+        while let Err(e) = self.store.append(&records, checkpoint.as_ref()) {
+            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            if last && started.elapsed() > SHUTDOWN_GRACE {
+                error!(error = %e, events = records.len(), "audit store unwritable at shutdown; the last events are lost");
+                return;
+            }
+            error!(error = %e, events = records.len(), retry_in = ?backoff, "audit commit failed; the proxy waits until the store takes events again");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+
+        let n = records.len() as u64;
+        self.next_seq = seq;
+        self.last_hash = prev;
+        self.stats.written.fetch_add(n, Ordering::Relaxed);
+        self.stats.last_seq.store(seq - 1, Ordering::Relaxed);
+        if let Some(c) = &checkpoint {
+            self.since_checkpoint = 0;
+            self.last_checkpoint_at = Instant::now();
+            self.stats
+                .last_checkpoint_seq
+                .store(c.seq, Ordering::Relaxed);
+        } else {
+            self.since_checkpoint = pending;
+        }
+        for r in records {
+            // No follower is no error.
+            let _ = self.hub.send(Arc::new(r));
+        }
+    }
+
+    fn checkpoint_for(&self, seq: i64, hash: &Hash) -> Checkpoint {
+        let time = format_time(SystemTime::now());
+        Checkpoint {
+            seq,
+            hash: to_hex(hash),
+            signature: self.signer.sign(seq, hash, &time),
+            time,
+            key_id: self.signer.key_id(),
+        }
+    }
+
+    fn checkpoint_if_due(&mut self, last: bool) {
+        self.commit(Vec::new(), last);
+    }
+
+    /// Retention: at most once a [`RETENTION_CHECK`].
+    fn maintain(&mut self) {
+        let Some(keep) = self.cfg.retention else {
+            return;
+        };
+        if self
+            .last_retention_at
+            .is_some_and(|t| t.elapsed() < RETENTION_CHECK)
+        {
+            return;
+        }
+        self.last_retention_at = Some(Instant::now());
+        let cutoff = format_time(SystemTime::now() - keep);
+        match self.store.prune_before(&cutoff) {
+            Ok(Some((first, anchor))) => {
+                info!(first, anchor, %cutoff, "audit retention removed old events");
+                let mut event = Event::new(Kind::Retention);
+                event.reason = Some(format!(
+                    "removed events {first}..={anchor} older than {}; signed checkpoint {anchor} is the anchor the chain continues from",
+                    humantime::format_duration(keep)
+                ));
+                self.commit(vec![event], false);
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "audit retention failed; will retry"),
+        }
+    }
+}

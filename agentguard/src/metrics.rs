@@ -1,0 +1,257 @@
+//! The daemon's Prometheus metrics (OpenMetrics text), served at `GET
+//! /metrics` on the admin socket and, with `--metrics-listen`, on a TCP
+//! address.
+//!
+//! Decision counters are fed from the audit sink as events are recorded, so
+//! every decision that reaches the audit record is counted, whoever emits
+//! it. Counters kept elsewhere (audit writer, leaf cache, OTLP exporter) are
+//! brought up to date at each scrape.
+
+use std::{sync::Mutex, time::Duration};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::audit::{AuditStatus, Event, Kind, otlp::OtlpSnapshot};
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabels {
+    decision: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    agent: String,
+    decision: String,
+}
+
+/// Values read from elsewhere at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub audit: Option<AuditStatus>,
+    pub leaf_hits: u64,
+    pub leaf_misses: u64,
+    pub otlp: Option<OtlpSnapshot>,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    connections: Family<ConnectionLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    kernel_refusals: Family<ConnectionLabels, Counter>,
+    upstream_latency: Histogram,
+    audit_queue_depth: Gauge,
+    audit_last_checkpoint_seq: Gauge,
+    // Mirrors of counters kept elsewhere, advanced by the difference at
+    // each scrape (OpenMetrics counters only go up).
+    mirrored: Mutex<()>,
+    audit_events_written: Counter,
+    audit_write_errors: Counter,
+    leaf_hits: Counter,
+    leaf_misses: Counter,
+    otlp_exported: Counter,
+    otlp_dropped: Counter,
+    otlp_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("agentguard");
+        let connections = Family::<ConnectionLabels, Counter>::default();
+        registry.register(
+            "connections",
+            "Connections the proxy decided on, by decision (intercept, passthrough, refuse)",
+            connections.clone(),
+        );
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests decided, by agent and decision (allow, deny, would-deny, refuse)",
+            requests.clone(),
+        );
+        let kernel_refusals = Family::<ConnectionLabels, Counter>::default();
+        registry.register(
+            "kernel_refusals",
+            "Sockets refused in the kernel, by decision",
+            kernel_refusals.clone(),
+        );
+        // 1 ms to ~65 s.
+        let upstream_latency = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register(
+            "upstream_latency_seconds",
+            "Time from forwarding a request to the upstream's response head",
+            upstream_latency.clone(),
+        );
+        let audit_queue_depth = Gauge::default();
+        registry.register(
+            "audit_queue_depth",
+            "Audit events queued, not yet committed",
+            audit_queue_depth.clone(),
+        );
+        let audit_last_checkpoint_seq = Gauge::default();
+        registry.register(
+            "audit_last_checkpoint_seq",
+            "Sequence number of the last signed audit checkpoint",
+            audit_last_checkpoint_seq.clone(),
+        );
+        let mut counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let audit_events_written = counter(
+            "audit_events_written",
+            "Audit events committed to the store",
+        );
+        let audit_write_errors = counter(
+            "audit_write_errors",
+            "Failed audit commits (retried; the proxy waits meanwhile)",
+        );
+        let leaf_hits = counter(
+            "leaf_cache_hits",
+            "TLS handshakes served a cached leaf certificate",
+        );
+        let leaf_misses = counter(
+            "leaf_cache_misses",
+            "Leaf certificates minted (cache miss or near expiry)",
+        );
+        let otlp_exported = counter(
+            "otlp_exported",
+            "Audit events accepted by the OTLP collector",
+        );
+        let otlp_dropped = counter(
+            "otlp_dropped",
+            "Audit events dropped from the OTLP export buffer (oldest first; the local store keeps them)",
+        );
+        let otlp_failures = counter("otlp_failures", "Failed OTLP export attempts");
+        Self {
+            registry,
+            connections,
+            requests,
+            kernel_refusals,
+            upstream_latency,
+            audit_queue_depth,
+            audit_last_checkpoint_seq,
+            mirrored: Mutex::new(()),
+            audit_events_written,
+            audit_write_errors,
+            leaf_hits,
+            leaf_misses,
+            otlp_exported,
+            otlp_dropped,
+            otlp_failures,
+        }
+    }
+
+    /// Counts one recorded audit event.
+    pub fn observe(&self, e: &Event) {
+        let decision = e.decision.map_or("none", |d| d.as_str()).to_owned();
+        match e.kind {
+            Kind::Connection => {
+                self.connections
+                    .get_or_create(&ConnectionLabels { decision })
+                    .inc();
+            }
+            Kind::Request => {
+                let agent = e.agent.clone().unwrap_or_default();
+                self.requests
+                    .get_or_create(&RequestLabels { agent, decision })
+                    .inc();
+            }
+            Kind::KernelRefusal => {
+                self.kernel_refusals
+                    .get_or_create(&ConnectionLabels { decision })
+                    .inc();
+            }
+            _ => {}
+        }
+    }
+
+    pub fn observe_upstream_latency(&self, d: Duration) {
+        self.upstream_latency.observe(d.as_secs_f64());
+    }
+
+    /// The OpenMetrics text, with `snapshot` folded in.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        {
+            let _one_scrape_at_a_time = self.mirrored.lock().unwrap_or_else(|p| p.into_inner());
+            let advance = |c: &Counter, to: u64| {
+                let now = c.get();
+                if to > now {
+                    c.inc_by(to - now);
+                }
+            };
+            if let Some(a) = &snapshot.audit {
+                self.audit_queue_depth.set(a.queue_depth as i64);
+                self.audit_last_checkpoint_seq.set(a.last_checkpoint_seq);
+                advance(&self.audit_events_written, a.events_written);
+                advance(&self.audit_write_errors, a.write_errors);
+            }
+            advance(&self.leaf_hits, snapshot.leaf_hits);
+            advance(&self.leaf_misses, snapshot.leaf_misses);
+            if let Some(o) = &snapshot.otlp {
+                advance(&self.otlp_exported, o.exported);
+                advance(&self.otlp_dropped, o.dropped);
+                advance(&self.otlp_failures, o.failures);
+            }
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Decision;
+
+    #[test]
+    fn decisions_and_snapshots_show_up() {
+        let m = Metrics::new();
+        let mut e = Event::new(Kind::Request).with_decision(Decision::Deny, "x");
+        e.agent = Some("bot".into());
+        m.observe(&e);
+        m.observe(&e);
+        m.observe(&Event::new(Kind::Connection).with_decision(Decision::Intercept, "x"));
+        m.observe_upstream_latency(Duration::from_millis(3));
+        let text = m.render(&Snapshot {
+            leaf_hits: 5,
+            leaf_misses: 2,
+            ..Snapshot::default()
+        });
+        assert!(
+            text.contains(r#"agentguard_requests_total{agent="bot",decision="deny"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"agentguard_connections_total{decision="intercept"} 1"#));
+        assert!(text.contains("agentguard_leaf_cache_hits_total 5"));
+        assert!(text.contains("agentguard_upstream_latency_seconds_count 1"));
+        assert!(text.ends_with("# EOF\n"));
+        // Mirrors never go backwards or double count.
+        let again = m.render(&Snapshot {
+            leaf_hits: 5,
+            leaf_misses: 2,
+            ..Snapshot::default()
+        });
+        assert!(again.contains("agentguard_leaf_cache_hits_total 5"));
+    }
+}
