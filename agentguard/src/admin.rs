@@ -7,14 +7,18 @@
 //! - `GET /v1/agents/{name}` → [`AgentView`] (404 if unknown)
 //! - `GET /v1/connections` → recent connection decisions
 //! - `GET /v1/requests` → recent HTTP request decisions
+//! - `GET /v1/audit/stream?agent=&decision=&kind=&backlog=N` → committed
+//!   audit records as Server-Sent Events (`agentguard audit tail`)
+//! - `GET /metrics` → Prometheus (OpenMetrics) text
 
 mod client;
 pub mod server;
+mod stream;
 
 use serde::{Deserialize, Serialize};
 
 pub use client::{AdminClient, AdminError};
-pub use server::{AdminServer, ServeError};
+pub use server::{AdminServer, MetricsSource, ServeError, serve_metrics_tcp};
 
 /// One guarded agent, as `agentguard exec` needs it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,4 +50,7 @@ pub struct StatusView {
     pub agents: Vec<AgentView>,
     pub connections_total: u64,
     pub requests_total: u64,
+    /// Queue depth, events written, last signed checkpoint.
+    #[serde(default)]
+    pub audit: Option<crate::audit::AuditStatus>,
 }

@@ -1,5 +1,7 @@
 //! Command-line interface: argument parsing and dispatch to the modules.
 
+mod audit;
+
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
@@ -54,6 +56,13 @@ enum Command {
         /// system roots.
         #[arg(long)]
         upstream_ca: Option<PathBuf>,
+        #[command(flatten)]
+        audit: audit::AuditRunArgs,
+    },
+    /// The audit record: verify, query, follow.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
     /// Run CMD inside an agent's cgroup (joined before exec).
     Exec {
@@ -163,6 +172,8 @@ enum CliError {
     Preflight(#[from] PreflightError),
     #[error(transparent)]
     Ca(#[from] CaError),
+    #[error(transparent)]
+    Audit(#[from] audit::AuditCliError),
     #[error("failed to start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -204,6 +215,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             admin_socket,
             bpf_dir,
             upstream_ca,
+            audit,
         } => {
             let cfg = RunConfig {
                 policies_dir: policies,
@@ -212,6 +224,9 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
                 bpf_dir,
                 proxy_port,
                 upstream_ca,
+                audit: audit.options()?,
+                metrics_listen: audit.metrics_listen,
+                otlp_endpoint: audit.otlp_endpoint.clone(),
             }
             .validate()?;
             runtime()?.block_on(daemon::run(cfg)).map_err(Box::new)?;
@@ -241,6 +256,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit { command } => Ok(audit::run(command)?),
         Command::Connections { admin_socket } => print_lines(&admin_socket, "/v1/connections"),
         Command::Requests { admin_socket } => print_lines(&admin_socket, "/v1/requests"),
         Command::Ca {

@@ -1,9 +1,11 @@
 //! Daemon configuration: names and defaults, parsing helpers, one validation
 //! step, and a one-line summary logged at start.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use thiserror::Error;
+
+use crate::audit::{AuditConfig, WriterConfig};
 
 /// Policies folder: one TOML file per agent.
 pub const DEFAULT_POLICIES_DIR: &str = "/etc/agentguard/policies";
@@ -22,11 +24,76 @@ pub const DEFAULT_PROXY_PORT: u16 = 977;
 /// Connections to an original destination that does not answer give up after
 /// this long, so a dead upstream cannot pin proxy resources.
 pub const UPSTREAM_CONNECT_TIMEOUT_SECS: u64 = 10;
+/// The longest an audit event waits before its batch is committed: after a
+/// `kill -9`, at most about this much of the record is missing.
+pub const DEFAULT_AUDIT_FLUSH_INTERVAL: &str = "200ms";
+/// An audit batch is committed as soon as it holds this many events.
+pub const DEFAULT_AUDIT_BATCH_MAX: usize = 1024;
+/// Audit events queued before the proxy waits for the writer.
+pub const DEFAULT_AUDIT_QUEUE: usize = 4096;
+/// A signed checkpoint every this many events...
+pub const DEFAULT_AUDIT_CHECKPOINT_EVERY: u64 = 1000;
+/// ...or this often, whichever comes first.
+pub const DEFAULT_AUDIT_CHECKPOINT_INTERVAL: &str = "60s";
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("{flag}: path must be absolute, got {path}")]
     NotAbsolute { flag: &'static str, path: PathBuf },
+    #[error("{flag}: {value:?} is not a duration (like 200ms, 60s, 90d)")]
+    Duration { flag: &'static str, value: String },
+    #[error("{flag}: must be at least 1")]
+    Zero { flag: &'static str },
+    #[error(transparent)]
+    Otlp(#[from] crate::audit::otlp::OtlpError),
+}
+
+/// Parses a human duration (`200ms`, `60s`, `90d`) for `flag`.
+pub fn parse_duration(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value).map_err(|_| ConfigError::Duration {
+        flag,
+        value: value.to_owned(),
+    })
+}
+
+/// The audit store's settings, as given on the command line.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    pub flush_interval: Duration,
+    pub batch_max: usize,
+    pub queue: usize,
+    pub checkpoint_every: u64,
+    pub checkpoint_interval: Duration,
+    /// `None`: keep every event.
+    pub retention: Option<Duration>,
+}
+
+impl AuditOptions {
+    pub fn to_config(&self) -> AuditConfig {
+        AuditConfig {
+            writer: WriterConfig {
+                flush_interval: self.flush_interval,
+                batch_max: self.batch_max,
+                checkpoint_every: self.checkpoint_every,
+                checkpoint_interval: self.checkpoint_interval,
+                retention: self.retention,
+            },
+            queue: self.queue,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (flag, n) in [
+            ("--audit-batch-max", self.batch_max as u64),
+            ("--audit-queue", self.queue as u64),
+            ("--audit-checkpoint-every", self.checkpoint_every),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::Zero { flag });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Effective configuration of `agentguard run`.
@@ -42,6 +109,12 @@ pub struct RunConfig {
     /// Extra CA certificates (PEM) trusted for upstreams, beside the system
     /// roots: private CAs, and tests.
     pub upstream_ca: Option<PathBuf>,
+    pub audit: AuditOptions,
+    /// Also serve `/metrics` on this TCP address (off by default: the admin
+    /// socket serves it to root).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Export audit records to this OpenTelemetry collector (OTLP/HTTP).
+    pub otlp_endpoint: Option<String>,
 }
 
 impl RunConfig {
@@ -52,6 +125,10 @@ impl RunConfig {
         self.state_dir = absolute(self.state_dir);
         self.admin_socket = absolute(self.admin_socket);
         self.upstream_ca = self.upstream_ca.map(absolute);
+        self.audit.validate()?;
+        if let Some(endpoint) = &self.otlp_endpoint {
+            crate::audit::otlp::logs_url(endpoint)?;
+        }
         if !self.bpf_dir.is_absolute() {
             return Err(ConfigError::NotAbsolute {
                 flag: "--bpf-dir",
@@ -70,7 +147,9 @@ impl std::fmt::Display for RunConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "policies={} state_dir={} admin_socket={} bpf_dir={} proxy_port={} upstream_ca={}",
+            "policies={} state_dir={} admin_socket={} bpf_dir={} proxy_port={} upstream_ca={} \
+             audit_flush={:?} audit_batch_max={} audit_queue={} audit_checkpoint_every={} \
+             audit_checkpoint_interval={:?} audit_retention={} metrics_listen={} otlp_endpoint={}",
             self.policies_dir.display(),
             self.state_dir.display(),
             self.admin_socket.display(),
@@ -78,7 +157,17 @@ impl std::fmt::Display for RunConfig {
             self.proxy_port,
             self.upstream_ca
                 .as_ref()
-                .map_or("none".into(), |p| p.display().to_string())
+                .map_or("none".into(), |p| p.display().to_string()),
+            self.audit.flush_interval,
+            self.audit.batch_max,
+            self.audit.queue,
+            self.audit.checkpoint_every,
+            self.audit.checkpoint_interval,
+            self.audit
+                .retention
+                .map_or("keep".into(), |d| humantime::format_duration(d).to_string()),
+            self.metrics_listen.map_or("off".into(), |a| a.to_string()),
+            self.otlp_endpoint.as_deref().unwrap_or("off"),
         )
     }
 }

@@ -1,6 +1,7 @@
 //! `agentguard run`: set up the kernel side, then serve the proxy and the
 //! admin API until told to stop.
 
+mod audit;
 mod oauth;
 mod reload;
 
@@ -21,7 +22,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::{
-    admin::{AdminServer, ServeError, server::AdminState},
+    admin::{AdminServer, MetricsSource, ServeError, server::AdminState},
     ca::{CaError, DEFAULT_LEAF_CACHE_CAPACITY, LeafCache, LocalCa},
     cgroup::{CgroupError, CgroupRoot},
     config::RunConfig,
@@ -67,6 +68,15 @@ pub enum DaemonError {
     Locked(PathBuf),
     #[error("failed to install signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("audit store: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("failed to listen for metrics on {addr}: {source}")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
@@ -79,9 +89,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     let _lock = lock_state_dir(&cfg.state_dir)?;
     // A bad policy stops start-up before anything in the kernel changes.
     policy::load_path(&cfg.policies_dir)?;
+    // No decision is made before the record that keeps it is open.
+    let audit = audit::start(&cfg)?;
     let ca = Arc::new(LocalCa::load_or_create(&cfg.state_dir)?);
     let ca_bundle = ca.write_trust_bundle()?;
-    let tls = tls_acceptor(ca.clone())?;
+    let (tls, leaves) = tls_acceptor(ca.clone())?;
     let upstreams = Arc::new(Upstreams::new(cfg.upstream_ca.as_deref())?);
     // Claim the admin socket before touching the kernel, so a second daemon
     // fails here instead of taking over the first one's links.
@@ -105,6 +117,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         root,
         kernel: Arc::new(Mutex::new(kernel)),
         fetcher: Arc::new(UpstreamTokenFetcher::new(upstreams.clone())),
+        audit: Some(audit.sink.clone()),
     });
     let live = Arc::new(Live::new(reloader.build(None)?));
     let policy_version = live.load().policy.version.clone();
@@ -114,14 +127,27 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     let ctx = Arc::new(ProxyContext {
         peers,
         live: live.clone(),
+        audit: audit.sink.clone(),
+        metrics: audit.metrics.clone(),
         log: log.clone(),
         requests: requests.clone(),
         tls,
         upstreams,
         proxy_port: port,
     });
+    let metrics = Arc::new(MetricsSource {
+        metrics: audit.metrics.clone(),
+        audit: audit.sink.clone(),
+        leaves,
+        otlp: audit.otlp.clone(),
+    });
+    if let Some(addr) = cfg.metrics_listen {
+        audit.listen_metrics(addr, metrics.clone()).await?;
+    }
     let admin_state = AdminState {
         live: live.clone(),
+        audit: audit.sink.clone(),
+        metrics,
         log,
         requests,
         proxy_port: port,
@@ -135,8 +161,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         admin_socket = %cfg.admin_socket.display(),
         "agentguard ready"
     );
+    audit.record_start(&live, port).await;
 
     let mut stop = Signals::install()?;
+    let mut why = "stopped: a daemon task ended".to_owned();
     let proxy = listeners.serve(ctx);
     let admin = admin.serve(admin_state);
     let watch = watch_policies(reloader.clone(), live.clone());
@@ -153,6 +181,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
                 }
                 Signal::Stop(name) => {
                     info!(signal = name, "stopping");
+                    why = format!("stopped by {name}");
                     break;
                 }
             },
@@ -170,6 +199,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         warn!(error = %e, "could not switch the kernel to refuse-all; agents' connects will be refused by the closed port instead");
     }
     let _ = fs::remove_file(&cfg.admin_socket);
+    audit.stop(&why, &live).await;
     Ok(())
 }
 
@@ -195,14 +225,17 @@ async fn watch_policies(reloader: Arc<Reloader>, live: Arc<Live>) {
 
 /// Agents' TLS is terminated with leaves minted per SNI on first use and
 /// cached; ALPN offers HTTP/2 and HTTP/1.1, as the real upstream would.
-fn tls_acceptor(ca: Arc<LocalCa>) -> Result<tokio_rustls::TlsAcceptor, DaemonError> {
+fn tls_acceptor(
+    ca: Arc<LocalCa>,
+) -> Result<(tokio_rustls::TlsAcceptor, Arc<LeafCache>), DaemonError> {
+    let leaves = Arc::new(LeafCache::new(ca, DEFAULT_LEAF_CACHE_CAPACITY));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(LeafCache::new(ca, DEFAULT_LEAF_CACHE_CAPACITY)));
+        .with_cert_resolver(leaves.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), leaves))
 }
 
 /// One daemon per state dir: the lock is held for the daemon's lifetime.

@@ -20,9 +20,11 @@ pub use listener::{BindError, Listeners};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
+    audit::AuditSink,
     connlog::{ConnLog, RequestLog},
     ebpf::PeerRecords,
     live::Live,
+    metrics::Metrics,
     proxy::upstream::Upstreams,
 };
 
@@ -31,6 +33,11 @@ pub struct ProxyContext {
     pub peers: PeerRecords,
     /// Policy, agents and credentials in force; swapped on reload.
     pub live: Arc<Live>,
+    /// The system of record: every connection and request decision.
+    pub audit: AuditSink,
+    pub metrics: Arc<Metrics>,
+    /// Recent decisions, in memory, for `agentguard connections` and
+    /// `requests`.
     pub log: Arc<ConnLog>,
     pub requests: Arc<RequestLog>,
     /// Terminates agents' TLS with leaves minted by the local CA.

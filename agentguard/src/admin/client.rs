@@ -46,6 +46,71 @@ impl AdminClient {
         }
     }
 
+    /// GETs an SSE `route` and calls `on_data` with each event's `data`
+    /// (and its `event` name, if any) until the stream ends or `on_data`
+    /// returns `false`.
+    pub async fn stream(
+        &self,
+        route: &str,
+        mut on_data: impl FnMut(Option<&str>, &str) -> bool,
+    ) -> Result<(), AdminError> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| AdminError::NotRunning {
+                    path: self.socket.clone(),
+                    source,
+                })?;
+        let http_err = |source| AdminError::Http {
+            route: route.to_owned(),
+            source,
+        };
+        let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http_err)?;
+        tokio::spawn(conn);
+        let req = Request::get(route)
+            .header("host", "agentguard")
+            .header("accept", "text/event-stream")
+            .body(Empty::<Bytes>::new())?;
+        let resp = sender.send_request(req).await.map_err(http_err)?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await.map_err(http_err)?.to_bytes();
+            return Err(AdminError::Status {
+                route: route.to_owned(),
+                status,
+                message: error_message(&bytes),
+            });
+        }
+        let mut pending = String::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(http_err)?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            pending.push_str(&String::from_utf8_lossy(data));
+            // Events end with a blank line (the SSE spec's dispatch).
+            while let Some(end) = pending.find("\n\n") {
+                let block: String = pending.drain(..end + 2).collect();
+                let mut name = None;
+                let mut payload = Vec::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        name = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        payload.push(v);
+                    }
+                }
+                if !payload.is_empty() && !on_data(name.as_deref(), &payload.join("\n")) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// GETs `route` and decodes the JSON answer. Non-2xx answers become
     /// [`AdminError::Status`] carrying the daemon's error message.
     pub async fn get<T: DeserializeOwned>(&self, route: &str) -> Result<T, AdminError> {
@@ -76,14 +141,10 @@ impl AdminClient {
             .map_err(http_err)?
             .to_bytes();
         if !status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
             return Err(AdminError::Status {
                 route: route.to_owned(),
                 status,
-                message,
+                message: error_message(&body),
             });
         }
         serde_json::from_slice(&body).map_err(|source| AdminError::Decode {
@@ -91,4 +152,12 @@ impl AdminClient {
             source,
         })
     }
+}
+
+/// The daemon's `{"error": ...}` message, or the body as it is.
+fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
 }

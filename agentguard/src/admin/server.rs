@@ -8,7 +8,7 @@ use std::{
     sync::Arc,
 };
 
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
 use hyper::{
     Method, Request, Response, StatusCode,
     body::{Bytes, Incoming},
@@ -19,15 +19,20 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use thiserror::Error;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tracing::{debug, warn};
 
-use super::{AgentView, StatusView};
+use super::{AgentView, StatusView, stream};
 use crate::{
+    audit::{AuditSink, otlp::OtlpStats},
+    ca::LeafCache,
     connlog::{ConnLog, RequestLog},
     credentials::placeholder_for,
     live::Live,
+    metrics::{self, Metrics, Snapshot},
 };
+
+type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
 
 #[derive(Debug, Error)]
 pub enum ServeError {
@@ -39,9 +44,70 @@ pub enum ServeError {
     Bind { path: PathBuf, source: io::Error },
 }
 
+/// What `/metrics` renders: the registry plus the counters kept elsewhere.
+pub struct MetricsSource {
+    pub metrics: Arc<Metrics>,
+    pub audit: AuditSink,
+    pub leaves: Arc<LeafCache>,
+    pub otlp: Option<Arc<OtlpStats>>,
+}
+
+impl MetricsSource {
+    pub fn render(&self) -> String {
+        let (leaf_hits, leaf_misses) = self.leaves.counts();
+        self.metrics.render(&Snapshot {
+            audit: Some(self.audit.status()),
+            leaf_hits,
+            leaf_misses,
+            otlp: self.otlp.as_ref().map(|o| o.snapshot()),
+        })
+    }
+
+    fn response(&self) -> Response<AdminBody> {
+        Response::builder()
+            .header(CONTENT_TYPE, metrics::CONTENT_TYPE)
+            .body(full(self.render().into_bytes()))
+            .unwrap_or_else(|_| Response::new(full(Vec::new())))
+    }
+}
+
+/// `--metrics-listen`: `GET /metrics` only, over TCP. It shows counts and
+/// agent names, no secrets, so it may be bound beyond root's reach; other
+/// paths get 404.
+pub async fn serve_metrics_tcp(listener: TcpListener, source: Arc<MetricsSource>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let source = source.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let source = source.clone();
+                async move {
+                    Ok::<_, Infallible>(if req.uri().path() == "/metrics" {
+                        source.response()
+                    } else {
+                        error(StatusCode::NOT_FOUND, "only /metrics is served here")
+                    })
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
 /// Everything the admin API reports on.
 pub struct AdminState {
     pub live: Arc<Live>,
+    pub audit: AuditSink,
+    pub metrics: Arc<MetricsSource>,
     pub log: Arc<ConnLog>,
     pub requests: Arc<RequestLog>,
     pub proxy_port: u16,
@@ -108,13 +174,22 @@ impl AdminServer {
     }
 }
 
-fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(state: &AdminState, req: &Request<Incoming>) -> Response<AdminBody> {
     if req.method() != Method::GET {
         return error(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported");
     }
     let path = req.uri().path();
     match path {
         "/v1/status" => json(StatusCode::OK, &status(state)),
+        "/metrics" => state.metrics.response(),
+        "/v1/audit/stream" => match stream::parse(req.uri().query()) {
+            Ok((filter, backlog)) => Response::builder()
+                .header(CONTENT_TYPE, "text/event-stream")
+                .header("cache-control", "no-cache")
+                .body(stream::open(&state.audit, filter, backlog).boxed_unsync())
+                .unwrap_or_else(|_| Response::new(full(Vec::new()))),
+            Err(e) => error(StatusCode::BAD_REQUEST, &e),
+        },
         "/v1/connections" => json(StatusCode::OK, &state.log.snapshot()),
         "/v1/requests" => json(StatusCode::OK, &state.requests.snapshot()),
         _ => match path.strip_prefix("/v1/agents/") {
@@ -145,6 +220,7 @@ fn status(state: &AdminState) -> StatusView {
             .collect(),
         connections_total: state.log.total(),
         requests_total: state.requests.total(),
+        audit: Some(state.audit.status()),
     }
 }
 
@@ -174,15 +250,19 @@ fn agent_view(state: &AdminState, name: &str) -> Option<AgentView> {
     })
 }
 
-fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+fn full(bytes: Vec<u8>) -> AdminBody {
+    Full::new(Bytes::from(bytes)).boxed_unsync()
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<AdminBody> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     Response::builder()
         .status(status)
         .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(bytes)))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+        .body(full(bytes))
+        .unwrap_or_else(|_| Response::new(full(Vec::new())))
 }
 
-fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+fn error(status: StatusCode, message: &str) -> Response<AdminBody> {
     json(status, &serde_json::json!({ "error": message }))
 }

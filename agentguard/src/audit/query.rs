@@ -89,9 +89,9 @@ impl Filter {
     }
 
     /// The matching records, oldest first; with `limit`, the newest `limit`.
-    pub fn select(&self, store: &Store, limit: Option<u64>) -> Result<Vec<Record>, QueryError> {
+    pub fn select(&self, store: &Store, limit: Option<u64>) -> Result<Vec<Record>, StoreError> {
         let (condition, params) = self.to_sql();
-        Ok(store.select(&condition, &params, limit)?)
+        store.select(&condition, &params, limit)
     }
 }
 

@@ -4,7 +4,10 @@
 use std::{
     net::IpAddr,
     num::NonZeroUsize,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use lru::LruCache;
@@ -81,6 +84,9 @@ pub struct LeafCache {
     ca: Arc<LocalCa>,
     capacity: NonZeroUsize,
     leaves: Mutex<LruCache<String, CachedLeaf>>,
+    /// For the metrics: handshakes served from the cache, and leaves minted.
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 struct CachedLeaf {
@@ -115,7 +121,17 @@ impl LeafCache {
             ca,
             capacity,
             leaves: Mutex::new(LruCache::new(capacity)),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
+    }
+
+    /// (cache hits, leaves minted) since start.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
     }
 
     /// The leaf for `server_name`, from the cache unless it expires within
@@ -126,8 +142,10 @@ impl LeafCache {
         let name = server_name.to_ascii_lowercase();
         let now = OffsetDateTime::now_utc();
         if let Some(key) = self.cached(&name, now) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(key);
         }
+        self.misses.fetch_add(1, Ordering::Relaxed);
         // Minting takes ~70 µs; holding the lock through it would queue every
         // handshake behind it. Two threads that miss on the same name both
         // mint, and the first to insert wins.
@@ -215,6 +233,7 @@ mod tests {
         let other = cache.get("other.example.com").unwrap();
         assert!(!Arc::ptr_eq(&first, &other));
         assert_eq!(cache.len(), 2);
+        assert_eq!(cache.counts(), (1, 2));
     }
 
     #[test]

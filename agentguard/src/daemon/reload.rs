@@ -15,6 +15,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::{
+    audit::{AuditSink, Event},
     cgroup::{CgroupError, CgroupRoot},
     credentials::{CredentialErrors, CredentialStore, TokenFetcher},
     ebpf::{EbpfError, Kernel},
@@ -40,6 +41,8 @@ pub struct Reloader {
     pub root: CgroupRoot,
     pub kernel: Arc<Mutex<Kernel>>,
     pub fetcher: Arc<dyn TokenFetcher>,
+    /// Where accepted and rejected reloads are recorded.
+    pub audit: Option<AuditSink>,
 }
 
 impl Reloader {
@@ -86,16 +89,40 @@ impl Reloader {
         match self.build(Some(&current)) {
             Ok(state) if state.policy.version == current.policy.version => {
                 info!(trigger, version = %state.policy.version, "policy unchanged");
+                let v = state.policy.version.clone();
                 live.accept(state, trigger);
+                self.record(super::audit::reload_event(trigger, Ok((&v, &v))));
             }
             Ok(state) => {
                 info!(trigger, from = %current.policy.version, to = %state.policy.version, "policy reloaded");
+                let to = state.policy.version.clone();
                 live.accept(state, trigger);
+                self.record(super::audit::reload_event(
+                    trigger,
+                    Ok((&current.policy.version, &to)),
+                ));
             }
             Err(e) => {
                 warn!(trigger, error = %e, version = %current.policy.version, "policy reload rejected; the running policy stays");
-                live.reject(trigger, e.to_string());
+                let error = e.to_string();
+                live.reject(trigger, error.clone());
+                self.record(super::audit::reload_event(
+                    trigger,
+                    Err((&current.policy.version, &error)),
+                ));
             }
+        }
+    }
+
+    /// Reloads run on the blocking pool, where waiting on the runtime for
+    /// room in the audit queue is allowed.
+    fn record(&self, event: Event) {
+        let Some(sink) = &self.audit else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => rt.block_on(sink.record(event)),
+            Err(_) => sink.record_detached(event),
         }
     }
 }

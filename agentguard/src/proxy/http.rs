@@ -6,6 +6,7 @@
 mod checks;
 mod forward;
 mod hop;
+mod record;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
@@ -21,7 +22,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite},
     time::Instant,
 };
-use tracing::{Instrument as _, debug, info, warn};
+use tracing::{Instrument as _, debug, warn};
 
 use super::{
     ProxyContext,
@@ -29,17 +30,20 @@ use super::{
     upstream::{ProxyBody, describe_failure},
 };
 use crate::{
-    connlog::{RequestDecision, RequestEntry},
+    audit::{Decision, Event, Kind},
     credentials::{find_placeholders, inject},
     identity::Identity,
     live::LiveState,
-    policy::{Mode, RequestFacts, Verdict, normalize_path},
+    policy::{Injection, Mode, RequestFacts, Verdict, normalize_path},
 };
+use record::{INTENT_HEADER, Outcome, redacted_query};
 
 /// What the proxy knows about an intercepted connection before its first
 /// request.
 pub struct ConnMeta {
     pub identity: Identity,
+    /// The agent's end of the connection.
+    pub peer: SocketAddr,
     pub dst: SocketAddr,
     /// The SNI of the agent's ClientHello; `None` for plain HTTP.
     pub sni: Option<String>,
@@ -68,10 +72,15 @@ where
             // Each request reads the policy in force when it arrives: a
             // reload applies to open connections from their next request.
             let state = ctx.live.load();
-            let mut outcome = Outcome::new(&meta, &req, &state);
+            let mut outcome = Outcome::new(
+                &meta,
+                &req,
+                &state.policy.version,
+                ctx.audit.clone(),
+                ctx.requests.clone(),
+            );
             let resp = handle(req, &meta, &ctx, &state, &mut outcome).await;
-            outcome.record(&ctx, resp.status().as_u16());
-            Ok::<_, Infallible>(resp)
+            Ok::<_, Infallible>(outcome.attach(resp))
         }
         .instrument(span.clone())
     });
@@ -83,73 +92,12 @@ where
     }
 }
 
-/// The decision on one request, as it will be logged.
-struct Outcome {
-    agent: String,
-    pid: u32,
-    method: String,
-    host: String,
-    path: String,
-    tool: Option<String>,
-    decision: RequestDecision,
-    reason: String,
-    credential: Option<String>,
-    policy_version: String,
-    start: Instant,
-}
-
 impl Outcome {
-    fn new(meta: &ConnMeta, req: &Request<Incoming>, state: &LiveState) -> Self {
-        Self {
-            agent: meta.identity.agent.to_string(),
-            pid: meta.identity.pid,
-            method: req.method().to_string(),
-            host: String::new(),
-            path: String::new(),
-            tool: None,
-            decision: RequestDecision::Refuse,
-            reason: String::new(),
-            credential: None,
-            policy_version: state.policy.version.clone(),
-            start: Instant::now(),
-        }
-    }
-
-    fn record(self, ctx: &ProxyContext, status: u16) {
-        info!(
-            method = %self.method,
-            host = %self.host,
-            path = %self.path,
-            tool = self.tool.as_deref(),
-            decision = ?self.decision,
-            credential = self.credential.as_deref(),
-            status,
-            dur = ?self.start.elapsed(),
-            reason = %self.reason,
-            "request"
-        );
-        ctx.requests.push_with(|id, time| RequestEntry {
-            id,
-            time,
-            agent: self.agent,
-            pid: self.pid,
-            method: self.method,
-            host: self.host,
-            path: self.path,
-            tool: self.tool,
-            decision: self.decision,
-            reason: self.reason,
-            credential: self.credential,
-            status,
-            policy_version: self.policy_version,
-        });
-    }
-
-    /// agentguard answers the agent itself.
-    fn refuse(&mut self, status: StatusCode, reason: String) -> Response<ProxyBody> {
-        let resp = respond::error(status, DECISION_REFUSE, &self.agent, None, &reason);
-        self.decision = RequestDecision::Refuse;
-        self.reason = reason;
+    /// agentguard answers the agent itself; `rule` is a short code for why.
+    fn refuse(&mut self, status: StatusCode, rule: &str, reason: String) -> Response<ProxyBody> {
+        let agent = self.event.agent.clone().unwrap_or_default();
+        let resp = respond::error(status, DECISION_REFUSE, &agent, Some(rule), &reason);
+        self.decide(Decision::Refuse, rule, reason);
         resp
     }
 }
@@ -161,33 +109,42 @@ async fn handle(
     state: &LiveState,
     out: &mut Outcome,
 ) -> Response<ProxyBody> {
+    // The intent is recorded (Outcome::new read it) and goes no further.
+    req.headers_mut().remove(INTENT_HEADER);
     let agent = &meta.identity.agent;
     let authority = match checks::request_authority(&req) {
         Ok(a) => a,
-        Err(reason) => return out.refuse(StatusCode::BAD_REQUEST, reason),
+        Err(reason) => return out.refuse(StatusCode::BAD_REQUEST, "bad-request", reason),
     };
     let host = authority
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_ascii_lowercase();
-    out.host = host.clone();
+    out.event.host = Some(host.clone());
     if let Err(reason) = checks::check_consistency(&host, authority.port_u16(), meta) {
-        return out.refuse(StatusCode::MISDIRECTED_REQUEST, reason);
+        return out.refuse(StatusCode::MISDIRECTED_REQUEST, "misdirected", reason);
     }
     let path = match normalize_path(req.uri().path()) {
         Ok(p) => p,
         Err(e) => {
+            out.event.path = Some(req.uri().path().to_owned());
             return out.refuse(
                 StatusCode::BAD_REQUEST,
+                "path-refused",
                 format!("request path refused: {e}"),
             );
         }
     };
-    out.path = path.clone();
+    out.bare_path = path.clone();
+    out.event.path = Some(match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.clone(),
+    });
     let Some(policy) = state.policy.agent(agent) else {
         return out.refuse(
             StatusCode::FORBIDDEN,
+            "unknown-agent",
             format!("agent {agent:?} is no longer in the policy"),
         );
     };
@@ -201,21 +158,28 @@ async fn handle(
     });
     let credential = match verdict {
         Verdict::Allow { tool, credential } => {
-            out.tool = Some(tool.name.clone());
-            out.decision = RequestDecision::Allow;
-            out.reason = format!("allowed by tool {:?}", tool.name);
+            out.event.tool = Some(tool.name.clone());
+            out.decide(
+                Decision::Allow,
+                format!("tool:{}", tool.name),
+                format!("allowed by tool {:?}", tool.name),
+            );
             credential
         }
         Verdict::Deny { reason } if policy.mode == Mode::Enforce => {
-            out.decision = RequestDecision::Deny;
-            out.reason = reason.clone();
-            return respond::error(StatusCode::FORBIDDEN, DECISION_DENY, agent, None, &reason);
+            out.decide(Decision::Deny, "default-deny", reason.clone());
+            return respond::error(
+                StatusCode::FORBIDDEN,
+                DECISION_DENY,
+                agent,
+                Some("default-deny"),
+                &reason,
+            );
         }
         Verdict::Deny { reason } => {
             // Audit mode: recorded as a denial, forwarded without any
             // credential.
-            out.decision = RequestDecision::WouldDeny;
-            out.reason = reason;
+            out.decide(Decision::WouldDeny, "default-deny", reason);
             None
         }
     };
@@ -231,52 +195,84 @@ async fn handle(
         if meta.sni.is_none() {
             return out.refuse(
                 StatusCode::FORBIDDEN,
+                "credential-over-plain-http",
                 format!(
                     "tool {:?} binds credential {:?}, which is only sent over TLS",
-                    out.tool.as_deref().unwrap_or_default(),
+                    out.event.tool.as_deref().unwrap_or_default(),
                     credential.id
                 ),
             );
         }
+        out.event.credential_id = Some(credential.id.clone());
         let secret = match state.credentials.secret(agent, &credential.id).await {
             Ok(s) => s,
             Err(e) => {
                 warn!(credential = %credential.id, error = %e, "credential unavailable");
+                let reason = format!("credential {:?} is unavailable: {e}", credential.id);
+                let mut failure = Event::new(Kind::CredentialFailure)
+                    .with_identity(&meta.identity)
+                    .with_decision(Decision::Refuse, reason.clone());
+                failure.credential_id = Some(credential.id.clone());
+                failure.tool = out.event.tool.clone();
+                failure.host = Some(host.clone());
+                failure.policy_version = out.event.policy_version.clone();
+                ctx.audit.record(failure).await;
                 return out.refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("credential {:?} is unavailable: {e}", credential.id),
+                    "credential-unavailable",
+                    reason,
                 );
             }
         };
         if let Err(e) = inject(&credential.inject, &secret, &mut parts) {
             return out.refuse(
                 StatusCode::INTERNAL_SERVER_ERROR,
+                "credential-injection",
                 format!("could not inject credential {:?}: {e}", credential.id),
             );
         }
-        out.credential = Some(credential.id.clone());
+        // The URI now carries the secret if it went into the query: the
+        // record keeps the agent's query with that parameter redacted.
+        if let Injection::Query { param } = &credential.inject {
+            let query = out
+                .event
+                .path
+                .as_deref()
+                .and_then(|p| p.split_once('?'))
+                .map(|(_, q)| q.to_owned())
+                .unwrap_or_default();
+            out.event.path = Some(format!("{path}?{}", redacted_query(&query, param)));
+        }
     }
     // A placeholder left anywhere after injection is one the policy does not
     // bind here: it must not leave the machine.
     if let Some((location, id)) = find_placeholders(&parts).into_iter().next() {
         return out.refuse(
             StatusCode::FORBIDDEN,
+            "placeholder",
             format!("placeholder for credential {id:?} in {location} is not bound to this request by the policy"),
         );
     }
     if let Err(reason) = forward::prepare(&mut parts, &authority, meta.scheme(), &path, upgrade) {
-        return out.refuse(StatusCode::BAD_REQUEST, reason);
+        return out.refuse(StatusCode::BAD_REQUEST, "bad-request", reason);
     }
-    let upstream_req = Request::from_parts(parts, body.boxed());
+    let upstream_req = Request::from_parts(parts, out.count_request_body(body.boxed()));
     let client = ctx.upstreams.client(agent, &host, meta.dst, upgrade);
+    let sent = Instant::now();
     let mut resp = match client.request(upstream_req).await {
         Ok(resp) => resp,
         Err(e) => {
             let (certificate, reason) = describe_failure(&e);
             warn!(certificate, reason, "upstream failed");
-            return out.refuse(StatusCode::BAD_GATEWAY, reason);
+            let rule = if certificate {
+                "upstream-unverified"
+            } else {
+                "upstream-failed"
+            };
+            return out.refuse(StatusCode::BAD_GATEWAY, rule, reason);
         }
     };
+    ctx.metrics.observe_upstream_latency(sent.elapsed());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(agent_side) = agent_upgrade {
             let upstream_side = hyper::upgrade::on(&mut resp);
@@ -286,7 +282,7 @@ async fn handle(
     }
     let secrets = state.credentials.known_secrets(agent);
     let mut resp = forward::finish(resp, &secrets).await;
-    if out.decision == RequestDecision::WouldDeny {
+    if out.decision() == Some(Decision::WouldDeny) {
         resp.headers_mut().insert(
             respond::DECISION_HEADER,
             hyper::header::HeaderValue::from_static(DECISION_WOULD_DENY),

@@ -18,6 +18,7 @@ use super::{
     sniff::sniff,
 };
 use crate::{
+    audit::{self, Event, Kind},
     connlog::Decision,
     identity::{Identity, original_destination},
 };
@@ -118,8 +119,10 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
             peer,
             None,
             None,
+            "no-kernel-record",
             "no kernel record for this connection (not from a guarded cgroup, or already closed)",
-        );
+        )
+        .await;
         return;
     };
     let dst = original_destination(&record);
@@ -127,7 +130,15 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
     let identity = match state.agents.resolve(&record) {
         Ok(identity) => identity,
         Err(e) => {
-            refuse(&ctx, peer, None, Some(dst), &e.to_string());
+            refuse(
+                &ctx,
+                peer,
+                None,
+                Some(dst),
+                "unknown-cgroup",
+                &e.to_string(),
+            )
+            .await;
             return;
         }
     };
@@ -137,8 +148,10 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
             peer,
             Some(identity),
             Some(dst),
+            "proxy-loop",
             "original destination is the proxy itself",
-        );
+        )
+        .await;
         return;
     }
 
@@ -155,7 +168,15 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         let sniffed = match sniff(&stream, SNIFF_TIMEOUT).await {
             Ok(s) => s,
             Err(e) => {
-                refuse(&ctx, peer, Some(identity), Some(dst), &e.to_string());
+                refuse(
+                    &ctx,
+                    peer,
+                    Some(identity),
+                    Some(dst),
+                    "sniff-failed",
+                    &e.to_string(),
+                )
+                .await;
                 return;
             }
         };
@@ -167,11 +188,34 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
             ConnDecision::InterceptHttp => (Decision::Intercept, "intercept plain HTTP".to_owned()),
             ConnDecision::Passthrough { reason } => (Decision::Passthrough, reason.clone()),
             ConnDecision::Refuse { reason } => {
-                refuse(&ctx, peer, Some(identity), Some(dst), reason);
+                refuse(&ctx, peer, Some(identity), Some(dst), "protocol", reason).await;
                 return;
             }
         };
         info!(decision = ?kind, reason, "connection decided");
+        let sni = match &decision {
+            ConnDecision::InterceptTls { sni } => Some(sni.clone()),
+            _ => sniffed_sni(&sniffed),
+        };
+        let mut event = Event::new(Kind::Connection)
+            .with_identity(&identity)
+            .with_src(peer)
+            .with_dst(dst)
+            .with_decision(
+                match kind {
+                    Decision::Passthrough => audit::Decision::Passthrough,
+                    _ => audit::Decision::Intercept,
+                },
+                reason.clone(),
+            );
+        event.protocol = Some(if sni.is_some() { "tls" } else { "http" }.to_owned());
+        event.rule = Some(match (&decision, &sni) {
+            (ConnDecision::Passthrough { .. }, Some(sni)) => format!("passthrough:{sni}"),
+            _ => "intercept".to_owned(),
+        });
+        event.sni = sni;
+        event.policy_version = Some(state.policy.version.clone());
+        ctx.audit.record(event).await;
         ctx.log.push(
             peer,
             Some(identity.clone()),
@@ -192,6 +236,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
                 };
                 let meta = ConnMeta {
                     identity,
+                    peer,
                     dst,
                     sni: Some(sni),
                 };
@@ -200,6 +245,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
             ConnDecision::InterceptHttp => {
                 let meta = ConnMeta {
                     identity,
+                    peer,
                     dst,
                     sni: None,
                 };
@@ -213,16 +259,38 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
     .await;
 }
 
-fn refuse(
+/// The SNI of a sniffed ClientHello, if it had one.
+fn sniffed_sni(sniffed: &super::sniff::Sniffed) -> Option<String> {
+    match sniffed {
+        super::sniff::Sniffed::Tls { sni, .. } => sni.clone(),
+        _ => None,
+    }
+}
+
+/// Records a refused connection; dropping the stream then closes it, with
+/// nothing sent upstream.
+async fn refuse(
     ctx: &ProxyContext,
     peer: SocketAddr,
     identity: Option<Identity>,
     dst: Option<SocketAddr>,
+    rule: &str,
     reason: &str,
 ) {
     warn!(%peer, agent = identity.as_ref().map(|i| &*i.agent), ?dst, reason, "connection refused");
     let version = ctx.live.load().policy.version.clone();
+    let mut event = Event::new(Kind::Connection)
+        .with_src(peer)
+        .with_decision(audit::Decision::Refuse, reason);
+    if let Some(identity) = &identity {
+        event = event.with_identity(identity);
+    }
+    if let Some(dst) = dst {
+        event = event.with_dst(dst);
+    }
+    event.rule = Some(rule.to_owned());
+    event.policy_version = Some(version.clone());
+    ctx.audit.record(event).await;
     ctx.log
         .push(peer, identity, dst, Decision::Refuse, reason, &version);
-    // Dropping the stream closes it: nothing went upstream.
 }

@@ -65,6 +65,7 @@ mod tests {
                 socket_family: "ipv4",
                 exe: None,
             },
+            peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
             dst: SocketAddr::from(([127, 0, 0, 3], port)),
             sni: sni.map(str::to_owned),
         }

@@ -1,0 +1,385 @@
+//! `agentguard audit verify | query | tail`, and the audit flags of
+//! `agentguard run`.
+//!
+//! `verify` and `query` open the store read-only (they work while the daemon
+//! writes, thanks to WAL); `tail` follows the daemon's live stream over the
+//! admin socket.
+
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::SystemTime,
+};
+
+use clap::{Args, Subcommand, ValueEnum};
+use thiserror::Error;
+
+use crate::{
+    admin::{AdminClient, AdminError},
+    audit::{
+        self, Decision, Kind, Record, StoreError,
+        query::{Filter, QueryError, parse_time},
+        signing::{PUBLIC_KEY_FILE, SigningError, Verifier},
+    },
+    config::{
+        AuditOptions, ConfigError, DEFAULT_ADMIN_SOCKET, DEFAULT_AUDIT_BATCH_MAX,
+        DEFAULT_AUDIT_CHECKPOINT_EVERY, DEFAULT_AUDIT_CHECKPOINT_INTERVAL,
+        DEFAULT_AUDIT_FLUSH_INTERVAL, DEFAULT_AUDIT_QUEUE, DEFAULT_STATE_DIR, parse_duration,
+    },
+};
+
+#[derive(Debug, Error)]
+pub enum AuditCliError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error(transparent)]
+    Signing(#[from] SigningError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(
+        "unknown decision {0:?} (allow, deny, would-deny, refuse, intercept, passthrough, accept, reject)"
+    )]
+    Decision(String),
+    #[error(
+        "unknown kind {0:?} (connection, request, kernel_refusal, policy_reload, credential_failure, daemon_start, daemon_stop, retention)"
+    )]
+    Kind(String),
+    #[error("failed to write output: {0}")]
+    Output(std::io::Error),
+    #[error("failed to start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// The audit store's flags on `agentguard run`.
+#[derive(Debug, Args)]
+pub struct AuditRunArgs {
+    /// The longest an audit event waits before its batch is committed.
+    #[arg(long, default_value = DEFAULT_AUDIT_FLUSH_INTERVAL, value_name = "DURATION")]
+    audit_flush_interval: String,
+    /// Commit an audit batch as soon as it holds this many events.
+    #[arg(long, default_value_t = DEFAULT_AUDIT_BATCH_MAX)]
+    audit_batch_max: usize,
+    /// Audit events queued before the proxy waits for the writer.
+    #[arg(long, default_value_t = DEFAULT_AUDIT_QUEUE)]
+    audit_queue: usize,
+    /// Sign a checkpoint after this many events...
+    #[arg(long, default_value_t = DEFAULT_AUDIT_CHECKPOINT_EVERY)]
+    audit_checkpoint_every: u64,
+    /// ...or this long after the last one.
+    #[arg(long, default_value = DEFAULT_AUDIT_CHECKPOINT_INTERVAL, value_name = "DURATION")]
+    audit_checkpoint_interval: String,
+    /// Remove events older than this (e.g. 90d), up to a signed checkpoint
+    /// that stays as the chain's anchor. Default: keep everything.
+    #[arg(long, value_name = "DURATION")]
+    audit_retention: Option<String>,
+    /// Also serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Export audit records to this OpenTelemetry collector (OTLP/HTTP,
+    /// e.g. http://collector:4318).
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+}
+
+impl AuditRunArgs {
+    pub fn options(&self) -> Result<AuditOptions, ConfigError> {
+        Ok(AuditOptions {
+            flush_interval: parse_duration("--audit-flush-interval", &self.audit_flush_interval)?,
+            batch_max: self.audit_batch_max,
+            queue: self.audit_queue,
+            checkpoint_every: self.audit_checkpoint_every,
+            checkpoint_interval: parse_duration(
+                "--audit-checkpoint-interval",
+                &self.audit_checkpoint_interval,
+            )?,
+            retention: self
+                .audit_retention
+                .as_deref()
+                .map(|r| parse_duration("--audit-retention", r))
+                .transpose()?,
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain and checkpoint signatures. Exit 0 when intact;
+    /// otherwise 1, naming the first bad sequence number.
+    Verify {
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// The public key to trust (default: <state-dir>/audit/signing.pub).
+        /// Keep a copy away from the host for an independent check.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Print stored events, oldest first.
+    Query {
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Request host or connection SNI.
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        tool: Option<String>,
+        /// A duration ago (15m, 2h, 7d) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        /// Only the newest N matching events.
+        #[arg(long)]
+        limit: Option<u64>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Print the latest events from the running daemon; with -f, keep
+    /// following.
+    Tail {
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How many past events to show first.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: u64,
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
+        admin_socket: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    #[arg(long)]
+    agent: Option<String>,
+    /// allow, deny, would-deny, refuse, intercept, passthrough, accept,
+    /// reject.
+    #[arg(long)]
+    decision: Option<String>,
+    /// connection, request, kernel_refusal, policy_reload,
+    /// credential_failure, daemon_start, daemon_stop, retention.
+    #[arg(long)]
+    kind: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> Result<Filter, AuditCliError> {
+        Ok(Filter {
+            agent: self.agent.clone(),
+            decision: self
+                .decision
+                .as_deref()
+                .map(|d| Decision::parse(d).ok_or_else(|| AuditCliError::Decision(d.into())))
+                .transpose()?,
+            kind: self
+                .kind
+                .as_deref()
+                .map(|k| Kind::parse(k).ok_or_else(|| AuditCliError::Kind(k.into())))
+                .transpose()?,
+            ..Filter::default()
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for a terminal.
+    Table,
+    /// One JSON object per line.
+    Json,
+    /// One OCSF 1.x JSON object per line.
+    Ocsf,
+}
+
+pub fn run(command: AuditCommand) -> Result<ExitCode, AuditCliError> {
+    match command {
+        AuditCommand::Verify {
+            state_dir,
+            public_key,
+        } => verify(&state_dir, public_key.as_deref()),
+        AuditCommand::Query {
+            state_dir,
+            filter,
+            host,
+            tool,
+            since,
+            until,
+            limit,
+            format,
+        } => {
+            let now = SystemTime::now();
+            let filter = Filter {
+                host,
+                tool,
+                since: since.as_deref().map(|s| parse_time(s, now)).transpose()?,
+                until: until.as_deref().map(|u| parse_time(u, now)).transpose()?,
+                ..filter.filter()?
+            };
+            let store = audit::Store::open_read_only(&audit::db_path(&state_dir))?;
+            let records = filter.select(&store, limit)?;
+            print(&records, format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Tail {
+            follow,
+            lines,
+            filter,
+            format,
+            admin_socket,
+        } => tail(&admin_socket, &filter, lines, follow, format),
+    }
+}
+
+fn verify(state_dir: &Path, public_key: Option<&Path>) -> Result<ExitCode, AuditCliError> {
+    let key_path = public_key
+        .map(Path::to_owned)
+        .unwrap_or_else(|| audit::audit_dir(state_dir).join(PUBLIC_KEY_FILE));
+    let key = Verifier::load(&key_path)?;
+    let store = audit::Store::open_read_only(&audit::db_path(state_dir))?;
+    match audit::verify::verify(&store, &key)? {
+        Ok(report) => {
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(broken) => {
+            println!("{broken}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn tail(
+    admin_socket: &Path,
+    filter: &FilterArgs,
+    lines: u64,
+    follow: bool,
+    format: Format,
+) -> Result<ExitCode, AuditCliError> {
+    let f = filter.filter()?;
+    let mut route = format!("/v1/audit/stream?backlog={lines}");
+    if let Some(a) = &f.agent {
+        route.push_str(&format!("&agent={}", encode(a)));
+    }
+    if let Some(d) = f.decision {
+        route.push_str(&format!("&decision={}", d.as_str()));
+    }
+    if let Some(k) = f.kind {
+        route.push_str(&format!("&kind={}", k.as_str()));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AuditCliError::Runtime)?;
+    let client = AdminClient::new(admin_socket);
+    let mut shown = 0u64;
+    let mut failure = None;
+    rt.block_on(client.stream(&route, |event, data| {
+        if event == Some("following") {
+            return follow;
+        }
+        if event == Some("lagged") {
+            eprintln!("agentguard: {data} events skipped (the follower fell behind; the store has them all)");
+            return true;
+        }
+        match serde_json::from_str::<Record>(data) {
+            Ok(r) => {
+                if let Err(e) = print(std::slice::from_ref(&r), format) {
+                    failure = Some(e);
+                    return false;
+                }
+                shown += 1;
+            }
+            Err(e) => eprintln!("agentguard: unreadable event from the daemon: {e}"),
+        }
+        // Without -f, stop after the backlog (which the daemon sends first).
+        follow || shown < lines
+    }))?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn print(records: &[Record], format: Format) -> Result<(), AuditCliError> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let write = |out: &mut std::io::StdoutLock<'_>, line: String| {
+        writeln!(out, "{line}").map_err(AuditCliError::Output)
+    };
+    for r in records {
+        match format {
+            Format::Json => write(&mut out, serde_json::to_string(r).unwrap_or_default())?,
+            Format::Ocsf => write(
+                &mut out,
+                serde_json::to_string(&audit::ocsf::render(r)).unwrap_or_default(),
+            )?,
+            Format::Table => write(&mut out, table_row(r))?,
+        }
+    }
+    out.flush().map_err(AuditCliError::Output)
+}
+
+/// One terminal line: seq, time, kind, agent, pid, decision, status, what,
+/// why.
+fn table_row(r: &Record) -> String {
+    let e = &r.event;
+    let what = match e.kind {
+        Kind::Request => format!(
+            "{} {}{}",
+            e.method.as_deref().unwrap_or("-"),
+            e.host.as_deref().unwrap_or(""),
+            e.path.as_deref().unwrap_or("")
+        ),
+        _ => match (&e.sni, &e.dst_ip, e.dst_port) {
+            (Some(sni), _, Some(port)) => format!("{sni}:{port}"),
+            (None, Some(ip), Some(port)) => format!("{ip}:{port}"),
+            _ => String::new(),
+        },
+    };
+    let why = e
+        .tool
+        .as_deref()
+        .or(e.reason.as_deref())
+        .unwrap_or_default();
+    format!(
+        "{:>7} {} {:<17} {:<14} {:>7} {:<11} {:>3} {:<48} {}",
+        r.seq,
+        &e.time[..e.time.len().min(23)],
+        e.kind.as_str(),
+        clip(e.agent.as_deref().unwrap_or("-"), 14),
+        e.pid.map_or("-".into(), |p| p.to_string()),
+        e.decision.map_or("-", Decision::as_str),
+        e.status.map_or("-".into(), |s| s.to_string()),
+        clip(&what, 48),
+        why
+    )
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}

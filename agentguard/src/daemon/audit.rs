@@ -1,0 +1,122 @@
+//! The audit record's life with the daemon: the store opens before the
+//! proxy serves, `daemon_start` is the first event of a run and
+//! `daemon_stop` the last, and the writer commits everything queued before
+//! the daemon exits. Metrics and the OTLP exporter hang off the same sink.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tracing::info;
+
+use super::DaemonError;
+use crate::{
+    admin::MetricsSource,
+    audit::{
+        self, AuditSink, AuditWriter, Decision, Event, Kind,
+        otlp::{self, OtlpStats},
+    },
+    config::RunConfig,
+    live::Live,
+    metrics::Metrics,
+};
+
+/// How long the writer gets at shutdown to commit what is queued.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct AuditRuntime {
+    pub sink: AuditSink,
+    pub metrics: Arc<Metrics>,
+    pub otlp: Option<Arc<OtlpStats>>,
+    writer: AuditWriter,
+}
+
+/// Opens the store, starts the writer and, if configured, the OTLP exporter.
+pub fn start(cfg: &RunConfig) -> Result<AuditRuntime, DaemonError> {
+    let metrics = Arc::new(Metrics::new());
+    let observer: audit::Observer = {
+        let metrics = metrics.clone();
+        Arc::new(move |e: &Event| metrics.observe(e))
+    };
+    let (sink, writer) = audit::start(&cfg.state_dir, cfg.audit.to_config(), vec![observer])?;
+    let otlp = match &cfg.otlp_endpoint {
+        Some(endpoint) => {
+            let url = otlp::logs_url(endpoint).map_err(crate::config::ConfigError::from)?;
+            let stats = Arc::new(OtlpStats::default());
+            otlp::spawn(url.clone(), sink.subscribe(), stats.clone())
+                .map_err(crate::config::ConfigError::from)?;
+            info!(%url, "exporting audit records to OTLP collector");
+            Some(stats)
+        }
+        None => None,
+    };
+    info!(db = %sink.db_path().display(), last_seq = sink.status().last_seq, "audit store open");
+    Ok(AuditRuntime {
+        sink,
+        metrics,
+        otlp,
+        writer,
+    })
+}
+
+impl AuditRuntime {
+    /// Serves `/metrics` on `addr` too (`--metrics-listen`).
+    pub async fn listen_metrics(
+        &self,
+        addr: SocketAddr,
+        source: Arc<MetricsSource>,
+    ) -> Result<(), DaemonError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::MetricsListen { addr, source })?;
+        info!(%addr, "serving metrics");
+        tokio::spawn(crate::admin::serve_metrics_tcp(listener, source));
+        Ok(())
+    }
+
+    pub async fn record_start(&self, live: &Live, proxy_port: u16) {
+        let state = live.load();
+        let mut e = Event::new(Kind::DaemonStart);
+        e.pid = Some(std::process::id());
+        e.policy_version = Some(state.policy.version.clone());
+        e.reason = Some(format!(
+            "agentguard {} started: {} agent(s), proxy port {proxy_port}",
+            env!("CARGO_PKG_VERSION"),
+            state.policy.agents.len()
+        ));
+        self.sink.record(e).await;
+    }
+
+    /// Records the stop and waits for the writer to commit everything.
+    pub async fn stop(self, why: &str, live: &Live) {
+        let mut e = Event::new(Kind::DaemonStop);
+        e.pid = Some(std::process::id());
+        e.policy_version = Some(live.load().policy.version.clone());
+        e.reason = Some(why.to_owned());
+        self.sink.record(e).await;
+        let writer = self.writer;
+        let _ = tokio::task::spawn_blocking(move || writer.shutdown(SHUTDOWN_TIMEOUT)).await;
+    }
+}
+
+/// The event for one reload attempt.
+pub fn reload_event(trigger: &str, outcome: Result<(&str, &str), (&str, &str)>) -> Event {
+    let mut e = Event::new(Kind::PolicyReload);
+    match outcome {
+        Ok((from, to)) => {
+            e.decision = Some(Decision::Accept);
+            e.policy_version = Some(to.to_owned());
+            e.reason = Some(if from == to {
+                format!("{trigger}: policy unchanged")
+            } else {
+                format!("{trigger}: policy {from} replaced by {to}")
+            });
+        }
+        Err((running, error)) => {
+            e.decision = Some(Decision::Reject);
+            e.policy_version = Some(running.to_owned());
+            e.reason = Some(format!("{trigger}: {error}; the running policy stays"));
+        }
+    }
+    e.rule = Some(format!("reload:{trigger}"));
+    e
+}

@@ -1,0 +1,420 @@
+//! Recording each request: its audit event and its entry in the admin API's
+//! recent-requests view.
+//!
+//! Bytes and duration are known only when the response body ends, so the
+//! response body is wrapped ([`AuditedBody`]) and the event is recorded as it
+//! ends: before the last frame is released to the agent (waiting for room in
+//! the audit queue if need be), so that every response an agent has
+//! received whole is already in the audit queue. A body dropped early (the
+//! agent went away) and a request abandoned before its response are recorded
+//! too, from `Drop`.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+};
+
+use hyper::body::{Body, Bytes, Frame, SizeHint};
+use tokio::time::Instant;
+use tracing::info;
+
+use super::ConnMeta;
+use crate::{
+    audit::{AuditSink, Decision, Event, Kind, Permit},
+    connlog::{RequestDecision, RequestEntry, RequestLog},
+    proxy::upstream::ProxyBody,
+};
+
+/// The header an agent may use to say what it is doing. Recorded, then
+/// removed: it is agentguard's, not the upstream's.
+pub const INTENT_HEADER: &str = "x-agentguard-intent";
+/// A stated intent longer than this is cut: it is prose for an auditor, not
+/// a channel for bulk data.
+const MAX_INTENT: usize = 1024;
+
+/// The decision on one request, filled in as it is made.
+pub struct Outcome {
+    pub event: Event,
+    /// The normalised path without the query, for the recent-requests view.
+    pub bare_path: String,
+    start: Instant,
+    bytes_in: Arc<AtomicU64>,
+    /// Where the event goes if the request is abandoned before a response.
+    sink: Option<(AuditSink, Arc<RequestLog>)>,
+}
+
+impl Outcome {
+    pub fn new<B>(
+        meta: &ConnMeta,
+        req: &hyper::Request<B>,
+        policy_version: &str,
+        sink: AuditSink,
+        requests: Arc<RequestLog>,
+    ) -> Self {
+        let mut event = Event::new(Kind::Request)
+            .with_identity(&meta.identity)
+            .with_src(meta.peer)
+            .with_dst(meta.dst);
+        event.sni = meta.sni.clone();
+        event.method = Some(req.method().to_string());
+        event.protocol = Some(format!("{:?}", req.version()));
+        event.policy_version = Some(policy_version.to_owned());
+        event.decision = Some(Decision::Refuse);
+        event.intent = req
+            .headers()
+            .get(INTENT_HEADER)
+            .map(|v| truncate(String::from_utf8_lossy(v.as_bytes()).into_owned()));
+        Self {
+            event,
+            bare_path: String::new(),
+            start: Instant::now(),
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            sink: Some((sink, requests)),
+        }
+    }
+
+    pub fn decide(
+        &mut self,
+        decision: Decision,
+        rule: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
+        self.event.decision = Some(decision);
+        self.event.rule = Some(rule.into());
+        self.event.reason = Some(reason.into());
+    }
+
+    pub fn decision(&self) -> Option<Decision> {
+        self.event.decision
+    }
+
+    /// Counts the request body's bytes as the upstream reads them.
+    pub fn count_request_body(&self, body: ProxyBody) -> ProxyBody {
+        use http_body_util::BodyExt as _;
+        Counted {
+            inner: body,
+            bytes: self.bytes_in.clone(),
+        }
+        .boxed()
+    }
+
+    /// Wraps the response so that the event is recorded when it ends.
+    pub fn attach(mut self, resp: hyper::Response<ProxyBody>) -> hyper::Response<AuditedBody> {
+        let (sink, requests) = self.sink.take().expect("attached once");
+        self.event.status = Some(resp.status().as_u16());
+        let finish = Finish {
+            event: std::mem::take(&mut self.event),
+            bare_path: std::mem::take(&mut self.bare_path),
+            start: self.start,
+            bytes_in: self.bytes_in.clone(),
+            sink,
+            requests,
+        };
+        resp.map(|inner| AuditedBody {
+            inner,
+            finish: Some(finish),
+            held: None,
+            ended: false,
+            reserving: None,
+            bytes_out: 0,
+            failure: None,
+        })
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if let Some((sink, requests)) = self.sink.take() {
+            let note = "the agent abandoned the request before the response";
+            let finish = Finish {
+                event: std::mem::take(&mut self.event),
+                bare_path: std::mem::take(&mut self.bare_path),
+                start: self.start,
+                bytes_in: self.bytes_in.clone(),
+                sink,
+                requests,
+            };
+            let (sink, event) = finish.complete(0, Some(note));
+            sink.record_detached(event);
+        }
+    }
+}
+
+fn truncate(mut s: String) -> String {
+    if s.len() > MAX_INTENT {
+        let mut end = MAX_INTENT;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+struct Finish {
+    event: Event,
+    bare_path: String,
+    start: Instant,
+    bytes_in: Arc<AtomicU64>,
+    sink: AuditSink,
+    requests: Arc<RequestLog>,
+}
+
+impl Finish {
+    /// Completes the event, logs it and puts it in the recent view.
+    fn complete(self, bytes_out: u64, note: Option<&str>) -> (AuditSink, Event) {
+        let mut e = self.event;
+        e.bytes_in = Some(self.bytes_in.load(Ordering::Relaxed));
+        e.bytes_out = Some(bytes_out);
+        e.duration_us = Some(self.start.elapsed().as_micros() as u64);
+        if let Some(note) = note {
+            e.reason = Some(match e.reason.take() {
+                Some(r) if !r.is_empty() => format!("{r}; {note}"),
+                _ => note.to_owned(),
+            });
+        }
+        info!(
+            method = e.method.as_deref(),
+            host = e.host.as_deref(),
+            path = %self.bare_path,
+            tool = e.tool.as_deref(),
+            decision = e.decision.map(Decision::as_str),
+            credential = e.credential_id.as_deref(),
+            status = e.status,
+            bytes_in = e.bytes_in,
+            bytes_out = e.bytes_out,
+            dur_us = e.duration_us,
+            reason = e.reason.as_deref(),
+            "request"
+        );
+        let e2 = e.clone();
+        self.requests.push_with(|id, time| RequestEntry {
+            id,
+            time,
+            agent: e2.agent.unwrap_or_default(),
+            pid: e2.pid.unwrap_or_default(),
+            method: e2.method.unwrap_or_default(),
+            host: e2.host.unwrap_or_default(),
+            path: self.bare_path,
+            tool: e2.tool,
+            decision: match e2.decision {
+                Some(Decision::Allow) => RequestDecision::Allow,
+                Some(Decision::Deny) => RequestDecision::Deny,
+                Some(Decision::WouldDeny) => RequestDecision::WouldDeny,
+                _ => RequestDecision::Refuse,
+            },
+            reason: e2.reason.unwrap_or_default(),
+            credential: e2.credential_id,
+            status: e2.status.unwrap_or_default(),
+            policy_version: e2.policy_version.unwrap_or_default(),
+        });
+        (self.sink, e)
+    }
+}
+
+/// A request body that counts what passes through it.
+struct Counted {
+    inner: ProxyBody,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+type Reserve = Pin<Box<dyn Future<Output = Option<Permit>> + Send + 'static>>;
+
+/// The response body as the agent receives it; records the request's event
+/// when it ends.
+pub struct AuditedBody {
+    inner: ProxyBody,
+    /// `None` once the event is recorded.
+    finish: Option<Finish>,
+    /// The last frame, held back until the event is queued.
+    held: Option<Result<Frame<Bytes>, hyper::Error>>,
+    ended: bool,
+    reserving: Option<Reserve>,
+    bytes_out: u64,
+    failure: Option<String>,
+}
+
+impl AuditedBody {
+    fn record(&mut self, permit: Option<Permit>) {
+        let Some(finish) = self.finish.take() else {
+            return;
+        };
+        let note = self.failure.take();
+        let (sink, event) = finish.complete(self.bytes_out, note.as_deref());
+        match permit {
+            Some(permit) => permit.record(event),
+            None => sink.record_detached(event),
+        }
+    }
+}
+
+impl Body for AuditedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(finish) = &this.finish else {
+                if let Some(frame) = this.held.take() {
+                    return Poll::Ready(Some(frame));
+                }
+                if this.ended {
+                    return Poll::Ready(None);
+                }
+                return Pin::new(&mut this.inner).poll_frame(cx);
+            };
+            if this.held.is_some() || this.ended {
+                // The body is complete: queue the event before the agent
+                // sees the end.
+                let sink = &finish.sink;
+                let reserving = this.reserving.get_or_insert_with(|| sink.reserve());
+                match reserving.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(permit) => {
+                        this.reserving = None;
+                        this.record(permit);
+                        continue;
+                    }
+                }
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => this.ended = true,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        this.bytes_out += data.len() as u64;
+                    }
+                    if !this.inner.is_end_stream() {
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    this.held = Some(Ok(frame));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.failure = Some(format!("the response body failed: {e}"));
+                    this.held = Some(Err(e));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finish.is_none() && self.held.is_none() && self.ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for AuditedBody {
+    fn drop(&mut self) {
+        if self.finish.is_some() {
+            if !(self.ended || self.held.is_some() || self.inner.is_end_stream()) {
+                self.failure.get_or_insert_with(|| {
+                    "the agent stopped reading before the response ended".into()
+                });
+            }
+            self.record(None);
+        }
+    }
+}
+
+/// The query as the audit record keeps it: where a credential was injected
+/// into parameter `param`, its value reads `[redacted]`.
+pub fn redacted_query(query: &str, param: &str) -> String {
+    let mut pairs: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let name = p.split_once('=').map_or(*p, |(n, _)| n);
+            decode(name) != param && decode(&name.replace('+', " ")) != param
+        })
+        .map(str::to_owned)
+        .collect();
+    pairs.push(format!("{param}=[redacted]"));
+    pairs.join("&")
+}
+
+/// Percent-decoding for comparing parameter names (invalid escapes kept as
+/// they are).
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injected_query_parameters_are_redacted_whatever_the_spelling() {
+        assert_eq!(
+            redacted_query("q=1&api_key=agentguard-placeholder:k&x=2", "api_key"),
+            "q=1&x=2&api_key=[redacted]"
+        );
+        assert_eq!(
+            redacted_query("api%5Fkey=sneaky", "api_key"),
+            "api_key=[redacted]"
+        );
+        assert_eq!(redacted_query("", "k"), "k=[redacted]");
+    }
+
+    #[test]
+    fn long_intents_are_cut_on_a_character_boundary() {
+        let s = "é".repeat(MAX_INTENT);
+        let t = truncate(s);
+        assert!(t.len() <= MAX_INTENT);
+        assert!(t.chars().all(|c| c == 'é'));
+    }
+}
