@@ -1,5 +1,6 @@
 //! The end-to-end scenarios, one file per capability.
 
+mod audit;
 mod cli_errors;
 mod credentials;
 mod fail_closed;

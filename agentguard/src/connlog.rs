@@ -1,7 +1,8 @@
 //! The daemon's recent decisions (connections, and HTTP requests), kept in
 //! memory for the admin API (`agentguard connections`, `agentguard
-//! requests`). The tamper-evident audit store replaces this as the system of
-//! record in a later issue; these logs are bounded and volatile.
+//! requests`): quick views of this run. The system of record is the audit
+//! store ([`crate::audit`]), which every decision here also reaches; these
+//! logs are bounded and volatile.
 
 use std::{
     collections::VecDeque,

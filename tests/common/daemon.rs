@@ -45,6 +45,7 @@ pub struct DaemonOptions<'a> {
 pub struct Daemon {
     child: Option<Child>,
     upstream_ca: Option<PathBuf>,
+    run_args: Vec<String>,
     dir: tempfile::TempDir,
     pub admin_socket: PathBuf,
     pub bpf_dir: PathBuf,
@@ -66,6 +67,12 @@ impl Daemon {
     }
 
     pub fn start_with(agents: &[&str], options: DaemonOptions<'_>) -> Self {
+        Self::start_with_args(agents, options, &[])
+    }
+
+    /// [`Daemon::start_with`], passing `run_args` to `agentguard run` too
+    /// (audit, metrics and OTLP flags).
+    pub fn start_with_args(agents: &[&str], options: DaemonOptions<'_>, run_args: &[&str]) -> Self {
         require_root();
         let n = INSTANCE.fetch_add(1, Ordering::SeqCst);
         let tag = format!("agentguard-test-{}-{n}", std::process::id());
@@ -86,6 +93,7 @@ impl Daemon {
         let mut daemon = Self {
             child: None,
             upstream_ca: options.upstream_ca.map(Path::to_owned),
+            run_args: run_args.iter().map(|a| a.to_string()).collect(),
             admin_socket: dir.path().join("admin.sock"),
             bpf_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
             cgroup_parent: cgroup_mount.join(&tag),
@@ -107,6 +115,7 @@ impl Daemon {
         if let Some(ca) = &self.upstream_ca {
             command.arg("--upstream-ca").arg(ca);
         }
+        command.args(&self.run_args);
         let child = command
             .arg("--policies")
             .arg(self.dir.path().join("policies"))

@@ -283,6 +283,9 @@ fn tail(
     let mut failure = None;
     rt.block_on(client.stream(&route, |event, data| {
         if event == Some("following") {
+            if follow {
+                eprintln!("agentguard: following the audit stream (interrupt to stop)");
+            }
             return follow;
         }
         if event == Some("lagged") {

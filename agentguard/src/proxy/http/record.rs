@@ -62,7 +62,7 @@ impl Outcome {
             .with_dst(meta.dst);
         event.sni = meta.sni.clone();
         event.method = Some(req.method().to_string());
-        event.protocol = Some(format!("{:?}", req.version()));
+        event.protocol = Some(protocol(req.version()).to_owned());
         event.policy_version = Some(policy_version.to_owned());
         event.decision = Some(Decision::Refuse);
         event.intent = req
@@ -142,6 +142,17 @@ impl Drop for Outcome {
             let (sink, event) = finish.complete(0, Some(note));
             sink.record_detached(event);
         }
+    }
+}
+
+/// As OCSF and most logs spell HTTP versions.
+fn protocol(v: hyper::Version) -> &'static str {
+    match v {
+        hyper::Version::HTTP_09 => "HTTP/0.9",
+        hyper::Version::HTTP_10 => "HTTP/1.0",
+        hyper::Version::HTTP_2 => "HTTP/2",
+        hyper::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
     }
 }
 
