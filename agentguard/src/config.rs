@@ -42,6 +42,8 @@ pub enum ConfigError {
     NotAbsolute { flag: &'static str, path: PathBuf },
     #[error("{flag}: {value:?} is not a duration (like 200ms, 60s, 90d)")]
     Duration { flag: &'static str, value: String },
+    #[error("{flag}: {value:?} is not a size (like 500000000, 512M, 10G)")]
+    Size { flag: &'static str, value: String },
     #[error("{flag}: must be at least 1")]
     Zero { flag: &'static str },
     #[error(transparent)]
@@ -56,6 +58,28 @@ pub fn parse_duration(flag: &'static str, value: &str) -> Result<Duration, Confi
     })
 }
 
+/// Parses a size in bytes with an optional K, M, G or T suffix (powers of
+/// 1024; `KiB`, `MB` and the like read the same) for `flag`.
+pub fn parse_size(flag: &'static str, value: &str) -> Result<u64, ConfigError> {
+    let err = || ConfigError::Size {
+        flag,
+        value: value.to_owned(),
+    };
+    let v = value.trim();
+    let digits = v.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = v[digits.len()..].to_ascii_uppercase();
+    let shift = match unit.trim_end_matches('B').trim_end_matches('I') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(err()),
+    };
+    let n: u64 = digits.trim().parse().map_err(|_| err())?;
+    n.checked_mul(1 << shift).filter(|&b| b > 0).ok_or_else(err)
+}
+
 /// The audit store's settings, as given on the command line.
 #[derive(Debug, Clone)]
 pub struct AuditOptions {
@@ -66,6 +90,8 @@ pub struct AuditOptions {
     pub checkpoint_interval: Duration,
     /// `None`: keep every event.
     pub retention: Option<Duration>,
+    /// `None`: no size limit.
+    pub max_bytes: Option<u64>,
 }
 
 impl AuditOptions {
@@ -77,6 +103,7 @@ impl AuditOptions {
                 checkpoint_every: self.checkpoint_every,
                 checkpoint_interval: self.checkpoint_interval,
                 retention: self.retention,
+                max_bytes: self.max_bytes,
             },
             queue: self.queue,
         }
@@ -149,7 +176,8 @@ impl std::fmt::Display for RunConfig {
             f,
             "policies={} state_dir={} admin_socket={} bpf_dir={} proxy_port={} upstream_ca={} \
              audit_flush={:?} audit_batch_max={} audit_queue={} audit_checkpoint_every={} \
-             audit_checkpoint_interval={:?} audit_retention={} metrics_listen={} otlp_endpoint={}",
+             audit_checkpoint_interval={:?} audit_retention={} audit_max_size={} \
+             metrics_listen={} otlp_endpoint={}",
             self.policies_dir.display(),
             self.state_dir.display(),
             self.admin_socket.display(),
@@ -166,8 +194,27 @@ impl std::fmt::Display for RunConfig {
             self.audit
                 .retention
                 .map_or("keep".into(), |d| humantime::format_duration(d).to_string()),
+            self.audit
+                .max_bytes
+                .map_or("none".into(), |b| b.to_string()),
             self.metrics_listen.map_or("off".into(), |a| a.to_string()),
             self.otlp_endpoint.as_deref().unwrap_or("off"),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("f", "1000").unwrap(), 1000);
+        assert_eq!(parse_size("f", "512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("f", "10GiB").unwrap(), 10 << 30);
+        assert_eq!(parse_size("f", "2kb").unwrap(), 2048);
+        assert!(parse_size("f", "0").is_err());
+        assert!(parse_size("f", "12Q").is_err());
+        assert!(parse_size("f", "lots").is_err());
     }
 }

@@ -332,13 +332,8 @@ impl Store {
     /// keeping that checkpoint as the anchor the remaining chain starts from.
     /// Returns the removed range, if any.
     pub fn prune_before(&mut self, cutoff: &str) -> Result<Option<(i64, i64)>, StoreError> {
-        let path = self.path.clone();
-        let err = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
-        let anchor: Option<i64> = tx
+        let anchor: Option<i64> = self
+            .conn
             .query_row(
                 "SELECT c.seq FROM checkpoints c JOIN events e ON e.seq = c.seq
                  WHERE e.time < ?1 ORDER BY c.seq DESC LIMIT 1",
@@ -346,7 +341,69 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(err)?;
+            .map_err(|e| self.err(e))?;
+        self.prune_through(anchor)
+    }
+
+    /// Removes the oldest events, up to a checkpoint, until the events take
+    /// at most `max_bytes` (estimated from the database's used pages). The
+    /// newest checkpoint is never passed: the events after it are the ones
+    /// only the chain protects.
+    pub fn prune_to_size(&mut self, max_bytes: u64) -> Result<Option<(i64, i64)>, StoreError> {
+        let pragma = |name: &str| -> Result<i64, StoreError> {
+            self.conn
+                .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+                .map_err(|e| self.err(e))
+        };
+        let used = (pragma("page_count")? - pragma("freelist_count")?) * pragma("page_size")?;
+        let count = self.count()?;
+        if used as u64 <= max_bytes || count == 0 {
+            return Ok(None);
+        }
+        // Remove enough events, at the average size, to get a tenth under
+        // the limit, so pruning does not run at every check.
+        let per_event = (used / count).max(1) as u64;
+        let excess = (used as u64 - max_bytes * 9 / 10).div_ceil(per_event) as i64;
+        let first: i64 = self
+            .conn
+            .query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        let anchor: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT seq FROM checkpoints WHERE seq < ?1 AND seq < (SELECT MAX(seq) FROM checkpoints)
+                 ORDER BY seq DESC LIMIT 1",
+                [first + excess],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        // Not even one checkpoint's worth: cut at the oldest that helps.
+        let anchor = match anchor {
+            Some(a) => Some(a),
+            None => self
+                .conn
+                .query_row(
+                    "SELECT seq FROM checkpoints WHERE seq >= ?1 AND seq < (SELECT MAX(seq) FROM checkpoints)
+                     ORDER BY seq LIMIT 1",
+                    [first],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| self.err(e))?,
+        };
+        self.prune_through(anchor)
+    }
+
+    /// Deletes events up to and including `anchor` and the checkpoints
+    /// before it, in one transaction; the anchor checkpoint stays.
+    fn prune_through(&mut self, anchor: Option<i64>) -> Result<Option<(i64, i64)>, StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
         let first: Option<i64> = tx
             .query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))
             .map_err(err)?;

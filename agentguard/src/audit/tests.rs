@@ -19,6 +19,7 @@ fn config(checkpoint_every: u64) -> AuditConfig {
             checkpoint_every,
             checkpoint_interval: Duration::from_secs(3600),
             retention: None,
+            max_bytes: None,
         },
         queue: 16,
     }
@@ -180,6 +181,34 @@ fn retention_keeps_the_chain_verifiable_from_its_anchor() {
     // And the chain goes on from there.
     write(state.path(), 5, 10);
     assert_eq!(check(state.path()).unwrap().last_seq, Some(45));
+}
+
+#[test]
+fn size_retention_cuts_at_a_checkpoint_and_the_rest_verifies() {
+    let state = tempfile::tempdir().unwrap();
+    for _ in 0..4 {
+        write(state.path(), 50, 1000);
+    }
+    let mut store = Store::open(&audit_dir(state.path())).unwrap();
+    let used = |s: &Store| -> i64 {
+        let q = |n: &str| -> i64 {
+            s.conn()
+                .query_row(&format!("PRAGMA {n}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        (q("page_count") - q("freelist_count")) * q("page_size")
+    };
+    let before = used(&store);
+    // Far above: nothing to do.
+    assert_eq!(store.prune_to_size(before as u64 * 2).unwrap(), None);
+    let cut = store.prune_to_size(before as u64 / 2).unwrap();
+    let (first, anchor) = cut.expect("pruned");
+    assert_eq!(first, 1);
+    assert!([50, 100, 150].contains(&anchor), "{anchor}");
+    drop(store);
+    let report = check(state.path()).unwrap();
+    assert_eq!(report.anchor_seq, Some(anchor));
+    assert_eq!(report.last_seq, Some(200));
 }
 
 /// Recomputes every hash and re-signs every checkpoint (test set-up only).

@@ -42,6 +42,9 @@ pub struct WriterConfig {
     /// Events older than this are removed (up to a checkpoint); `None` keeps
     /// everything.
     pub retention: Option<Duration>,
+    /// The oldest events are removed (up to a checkpoint) while the events
+    /// take more than this many bytes; `None`: no size limit.
+    pub max_bytes: Option<u64>,
 }
 
 /// How often retention looks for old events.
@@ -164,7 +167,7 @@ impl Writer {
     }
 
     fn until_checkpoint_due(&self) -> Duration {
-        let retention = if self.cfg.retention.is_some() {
+        let retention = if self.cfg.retention.is_some() || self.cfg.max_bytes.is_some() {
             RETENTION_CHECK
         } else {
             Duration::MAX
@@ -257,11 +260,11 @@ impl Writer {
         self.commit(Vec::new(), last);
     }
 
-    /// Retention: at most once a [`RETENTION_CHECK`].
+    /// Retention by age and by size: at most once a [`RETENTION_CHECK`].
     fn maintain(&mut self) {
-        let Some(keep) = self.cfg.retention else {
+        if self.cfg.retention.is_none() && self.cfg.max_bytes.is_none() {
             return;
-        };
+        }
         if self
             .last_retention_at
             .is_some_and(|t| t.elapsed() < RETENTION_CHECK)
@@ -269,14 +272,26 @@ impl Writer {
             return;
         }
         self.last_retention_at = Some(Instant::now());
-        let cutoff = format_time(SystemTime::now() - keep);
-        match self.store.prune_before(&cutoff) {
+        if let Some(keep) = self.cfg.retention {
+            let cutoff = format_time(SystemTime::now() - keep);
+            let why = format!("older than {}", humantime::format_duration(keep));
+            let pruned = self.store.prune_before(&cutoff);
+            self.pruned(pruned, &why);
+        }
+        if let Some(max) = self.cfg.max_bytes {
+            let pruned = self.store.prune_to_size(max);
+            self.pruned(pruned, &format!("to keep the store under {max} bytes"));
+        }
+    }
+
+    /// Records a pruning in the chain itself: removal is an event too.
+    fn pruned(&mut self, result: Result<Option<(i64, i64)>, super::store::StoreError>, why: &str) {
+        match result {
             Ok(Some((first, anchor))) => {
-                info!(first, anchor, %cutoff, "audit retention removed old events");
+                info!(first, anchor, why, "audit retention removed old events");
                 let mut event = Event::new(Kind::Retention);
                 event.reason = Some(format!(
-                    "removed events {first}..={anchor} older than {}; signed checkpoint {anchor} is the anchor the chain continues from",
-                    humantime::format_duration(keep)
+                    "removed events {first}..={anchor} {why}; signed checkpoint {anchor} is the anchor the chain continues from"
                 ));
                 self.commit(vec![event], false);
             }

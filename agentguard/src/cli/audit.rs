@@ -27,6 +27,7 @@ use crate::{
         AuditOptions, ConfigError, DEFAULT_ADMIN_SOCKET, DEFAULT_AUDIT_BATCH_MAX,
         DEFAULT_AUDIT_CHECKPOINT_EVERY, DEFAULT_AUDIT_CHECKPOINT_INTERVAL,
         DEFAULT_AUDIT_FLUSH_INTERVAL, DEFAULT_AUDIT_QUEUE, DEFAULT_STATE_DIR, parse_duration,
+        parse_size,
     },
 };
 
@@ -76,6 +77,10 @@ pub struct AuditRunArgs {
     /// that stays as the chain's anchor. Default: keep everything.
     #[arg(long, value_name = "DURATION")]
     audit_retention: Option<String>,
+    /// Remove the oldest events, up to a signed checkpoint, while the events
+    /// take more than this (e.g. 10G). Default: no limit.
+    #[arg(long, value_name = "SIZE")]
+    audit_max_size: Option<String>,
     /// Also serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -100,6 +105,11 @@ impl AuditRunArgs {
                 .audit_retention
                 .as_deref()
                 .map(|r| parse_duration("--audit-retention", r))
+                .transpose()?,
+            max_bytes: self
+                .audit_max_size
+                .as_deref()
+                .map(|s| parse_size("--audit-max-size", s))
                 .transpose()?,
         })
     }

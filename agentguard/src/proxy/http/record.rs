@@ -106,7 +106,14 @@ impl Outcome {
     /// Wraps the response so that the event is recorded when it ends.
     pub fn attach(mut self, resp: hyper::Response<ProxyBody>) -> hyper::Response<AuditedBody> {
         let (sink, requests) = self.sink.take().expect("attached once");
-        self.event.status = Some(resp.status().as_u16());
+        let status = resp.status().as_u16();
+        self.event.status = Some(status);
+        // Responses that never have a body (RFC 9110 §6.4.1): hyper drops
+        // them unread, which is no early end.
+        let bodyless = self.event.method.as_deref() == Some("HEAD")
+            || status < 200
+            || status == 204
+            || status == 304;
         let finish = Finish {
             event: std::mem::take(&mut self.event),
             bare_path: std::mem::take(&mut self.bare_path),
@@ -123,6 +130,7 @@ impl Outcome {
             reserving: None,
             bytes_out: 0,
             failure: None,
+            bodyless,
         })
     }
 }
@@ -274,6 +282,7 @@ pub struct AuditedBody {
     reserving: Option<Reserve>,
     bytes_out: u64,
     failure: Option<String>,
+    bodyless: bool,
 }
 
 impl AuditedBody {
@@ -355,7 +364,7 @@ impl Body for AuditedBody {
 impl Drop for AuditedBody {
     fn drop(&mut self) {
         if self.finish.is_some() {
-            if !(self.ended || self.held.is_some() || self.inner.is_end_stream()) {
+            if !(self.bodyless || self.ended || self.held.is_some() || self.inner.is_end_stream()) {
                 self.failure.get_or_insert_with(|| {
                     "the agent stopped reading before the response ended".into()
                 });
