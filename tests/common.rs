@@ -1,10 +1,12 @@
 //! Fixtures shared by the end-to-end tests.
 
 mod daemon;
+mod dns_upstream;
 mod tls_upstream;
 mod upstream;
 
 pub use daemon::{Daemon, DaemonOptions};
+pub use dns_upstream::DnsUpstream;
 pub use tls_upstream::{SSE_EVENTS, TestCa, TlsUpstream};
 pub use upstream::{BODY, Upstream};
 

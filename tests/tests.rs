@@ -1,6 +1,7 @@
 //! The end-to-end scenarios, one file per capability.
 
 mod audit;
+mod bypass;
 mod cli_errors;
 mod credentials;
 mod fail_closed;

@@ -53,4 +53,12 @@ pub struct StatusView {
     /// Queue depth, events written, last signed checkpoint.
     #[serde(default)]
     pub audit: Option<crate::audit::AuditStatus>,
+    /// Kernel event records dropped because the ring buffer was full (the
+    /// refusals themselves still happened). Should stay 0.
+    #[serde(default)]
+    pub kernel_events_lost: u64,
+    /// Whether agents' Unix-socket connects are checked against an
+    /// allowlist (needs cgroup/connect_unix, which this build cannot attach).
+    #[serde(default)]
+    pub unix_sockets_guarded: bool,
 }

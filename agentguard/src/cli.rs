@@ -56,6 +56,13 @@ enum Command {
         /// system roots.
         #[arg(long)]
         upstream_ca: Option<PathBuf>,
+        /// Resolvers that agents' allowed DNS queries are forwarded to
+        /// (repeatable; default: the nameservers in /etc/resolv.conf).
+        #[arg(long, value_name = "ADDR:PORT")]
+        dns_upstream: Vec<std::net::SocketAddr>,
+        /// Also record every redirect the kernel makes, not only refusals.
+        #[arg(long)]
+        report_kernel_redirects: bool,
         #[command(flatten)]
         audit: audit::AuditRunArgs,
     },
@@ -215,9 +222,13 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             admin_socket,
             bpf_dir,
             upstream_ca,
+            dns_upstream,
+            report_kernel_redirects,
             audit,
         } => {
             let cfg = RunConfig {
+                dns_upstreams: dns_upstream,
+                report_kernel_redirects,
                 policies_dir: policies,
                 state_dir,
                 admin_socket,

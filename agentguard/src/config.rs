@@ -142,6 +142,10 @@ pub struct RunConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Export audit records to this OpenTelemetry collector (OTLP/HTTP).
     pub otlp_endpoint: Option<String>,
+    /// Where allowed DNS queries go; empty: /etc/resolv.conf's nameservers.
+    pub dns_upstreams: Vec<SocketAddr>,
+    /// Record kernel redirects as well as refusals.
+    pub report_kernel_redirects: bool,
 }
 
 impl RunConfig {

@@ -2,6 +2,7 @@
 //! admin API until told to stop.
 
 mod audit;
+mod events;
 mod oauth;
 mod reload;
 
@@ -27,7 +28,9 @@ use crate::{
     cgroup::{CgroupError, CgroupRoot},
     config::RunConfig,
     connlog::{ConnLog, RequestLog},
+    dns::{self, Resolvers},
     ebpf::{EbpfError, Kernel},
+    kernel_events,
     live::Live,
     policy::{self, PolicyErrors},
     preflight::{self, PreflightError},
@@ -111,15 +114,42 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
 
     let (mut kernel, peers) = Kernel::load(&cfg.bpf_dir)?;
     let daemon_tgid = std::process::id();
-    kernel.configure(port, daemon_tgid)?;
+    kernel.set_report_redirects(cfg.report_kernel_redirects);
+    let kernel_events = kernel.take_events();
+    let resolvers = Arc::new(start_resolvers(&cfg, audit.sink.clone()));
+    // Unix sockets: the kernel has cgroup/connect_unix (6.7+), but the loader
+    // this build uses (aya 0.14, the last for rustc 1.95) cannot attach it.
+    warn!(
+        "agents' Unix-socket connections are not restricted: this build cannot attach cgroup/connect_unix"
+    );
     let reloader = Arc::new(Reloader {
         policies_dir: cfg.policies_dir.clone(),
         root,
         kernel: Arc::new(Mutex::new(kernel)),
         fetcher: Arc::new(UpstreamTokenFetcher::new(upstreams.clone())),
         audit: Some(audit.sink.clone()),
+        resolvers: resolvers.clone(),
+        serial: Mutex::new(()),
     });
     let live = Arc::new(Live::new(reloader.build(None)?));
+    resolvers.set_live(live.clone());
+    // Only now, with every agent guarded and its resolver up, does the
+    // kernel start sending agents here. Until this line the pinned config
+    // is the previous daemon's (port 0 after a clean stop, a dead port after
+    // a crash): agents' connections are refused meanwhile, never let out.
+    reloader
+        .kernel
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .configure(port, daemon_tgid)?;
+    if let Some(ring) = kernel_events {
+        let sink = audit.sink.clone();
+        tokio::spawn(kernel_events::run(
+            ring,
+            live.clone(),
+            Arc::new(move |record| sink.record_detached(events::kernel_event(record))),
+        ));
+    }
     let policy_version = live.load().policy.version.clone();
 
     let log = Arc::new(ConnLog::default());
@@ -153,6 +183,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         proxy_port: port,
         ca_cert: ca.cert_path().to_owned(),
         ca_bundle,
+        kernel: reloader.kernel.clone(),
     };
     info!(
         port,
@@ -201,6 +232,26 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     let _ = fs::remove_file(&cfg.admin_socket);
     audit.stop(&why, &live).await;
     Ok(())
+}
+
+/// Per-agent resolvers forwarding to `--dns-upstream` or the host's
+/// resolvers, recording every query.
+fn start_resolvers(cfg: &RunConfig, sink: crate::audit::AuditSink) -> Resolvers {
+    let upstreams = if cfg.dns_upstreams.is_empty() {
+        dns::system_resolvers()
+    } else {
+        cfg.dns_upstreams.clone()
+    };
+    if upstreams.is_empty() {
+        warn!(
+            "no upstream resolver (none in /etc/resolv.conf, no --dns-upstream): agents' DNS queries will fail"
+        );
+    }
+    info!(?upstreams, "agents' DNS goes to agentguard's resolver");
+    Resolvers::new(
+        upstreams,
+        Arc::new(move |record| sink.record_detached(events::dns_event(record))),
+    )
 }
 
 /// How often the policies folder is checked for edits.

@@ -12,7 +12,7 @@ mod upstream;
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use serde::Serialize;
@@ -59,7 +59,9 @@ pub type OnQuery = Arc<dyn Fn(DnsQueryRecord) + Send + Sync>;
 
 /// Shared by all of one agent's listeners.
 struct Shared {
-    live: Arc<Live>,
+    /// Set once the first policy is in force; resolvers start while it is
+    /// being built (their ports go into the kernel with the agents).
+    live: OnceLock<Arc<Live>>,
     upstreams: Vec<SocketAddr>,
     on_query: OnQuery,
 }
@@ -73,15 +75,21 @@ pub struct Resolvers {
 impl Resolvers {
     /// `upstreams`: the resolvers allowed names are forwarded to (the
     /// host's, from /etc/resolv.conf, unless configured).
-    pub fn new(live: Arc<Live>, upstreams: Vec<SocketAddr>, on_query: OnQuery) -> Self {
+    pub fn new(upstreams: Vec<SocketAddr>, on_query: OnQuery) -> Self {
         Self {
             shared: Arc::new(Shared {
-                live,
+                live: OnceLock::new(),
                 upstreams,
                 on_query,
             }),
             running: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Gives the resolvers the policy in force; until then they answer
+    /// SERVFAIL.
+    pub fn set_live(&self, live: Arc<Live>) {
+        let _ = self.shared.live.set(live);
     }
 
     /// The resolver port serving `agent`, starting its listeners if needed.

@@ -406,20 +406,6 @@ impl Kernel {
         }
         Ok(())
     }
-
-    /// Detaches programs from cgroups no longer named by any policy.
-    pub fn release_all_except(&mut self, keep: &[u64]) -> Result<usize, EbpfError> {
-        let links_dir = self.pin_dir.join("links");
-        let mut released = 0;
-        for path in pinned_links(&links_dir, None)? {
-            let keep_it = link_cgroup_id(&path).is_some_and(|id| keep.contains(&id));
-            if !keep_it {
-                unpin(&path)?;
-                released += 1;
-            }
-        }
-        Ok(released)
-    }
 }
 
 impl PeerRecords {

@@ -85,6 +85,16 @@ impl AgentTable {
         &self.root
     }
 
+    /// The agent owning `cgroup_id`, and the cgroup's path relative to the
+    /// cgroup v2 mount.
+    pub fn locate(&self, cgroup_id: u64) -> Option<(Arc<str>, String)> {
+        let (index, path) = self.lookup(cgroup_id)?;
+        Some((
+            self.agents[index].name.clone(),
+            self.root.relative(&path).display().to_string(),
+        ))
+    }
+
     pub fn resolve(&self, record: &ConnRecord) -> Result<Identity, IdentityError> {
         let (index, path) = self
             .lookup(record.cgroup_id)

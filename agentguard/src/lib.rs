@@ -16,6 +16,7 @@ pub mod dns;
 pub mod ebpf;
 pub mod exec;
 pub mod identity;
+pub mod kernel_events;
 pub mod live;
 pub mod logging;
 pub mod metrics;

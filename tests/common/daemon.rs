@@ -234,6 +234,37 @@ impl Daemon {
         c
     }
 
+    /// Like [`Daemon::exec`], in a private mount namespace whose
+    /// /etc/resolv.conf names `nameserver` (any address: the kernel sends
+    /// the queries to agentguard's resolver whatever it is) and whose
+    /// /etc/hosts knows only localhost, so every lookup is a DNS query.
+    pub fn exec_with_nameserver(
+        &self,
+        agent: &str,
+        flags: &[&str],
+        nameserver: &str,
+        cmd: &[&str],
+    ) -> Command {
+        let hosts = self.dir.path().join("hosts-dns");
+        fs::write(&hosts, "127.0.0.1 localhost\n::1 localhost\n").unwrap();
+        let resolv = self.dir.path().join(format!("resolv-{nameserver}"));
+        // One attempt, short timeout: a refused query should fail fast.
+        fs::write(
+            &resolv,
+            format!("nameserver {nameserver}\noptions timeout:2 attempts:1\n"),
+        )
+        .unwrap();
+        let exec = self.exec_with(agent, flags, cmd);
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount --bind \"$0\" /etc/hosts && mount --bind \"$1\" /etc/resolv.conf && shift && exec \"$@\"")
+            .arg(&hosts)
+            .arg(&resolv)
+            .arg(exec.get_program())
+            .args(exec.get_args());
+        c
+    }
+
     /// A command that joins the agent's cgroup by itself (no daemon
     /// involved), for when the daemon is down.
     pub fn in_cgroup(&self, agent: &str, cmd: &[&str]) -> Command {
@@ -272,6 +303,36 @@ impl Daemon {
             .lines()
             .map(|l| serde_json::from_str(l).expect("JSON line"))
             .collect()
+    }
+
+    /// Every committed audit event, oldest first, as `audit query` prints
+    /// them.
+    pub fn audit_events(&self) -> Vec<Value> {
+        let out = Command::new(AGENTGUARD)
+            .args([
+                "audit",
+                "query",
+                "--format",
+                "json",
+                "--limit",
+                "100000",
+                "--state-dir",
+            ])
+            .arg(self.state_dir())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "audit query: {}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect()
+    }
+
+    /// `agentguard status`, parsed.
+    pub fn status(&self) -> Value {
+        let out = self.cli(&["status"]);
+        assert!(out.status.success(), "status: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 
     pub fn log(&self) -> String {

@@ -113,6 +113,8 @@ pub struct AdminState {
     pub proxy_port: u16,
     pub ca_cert: PathBuf,
     pub ca_bundle: PathBuf,
+    /// For the kernel's counters (lost ring-buffer records).
+    pub kernel: Arc<std::sync::Mutex<crate::ebpf::Kernel>>,
 }
 
 pub struct AdminServer {
@@ -221,6 +223,12 @@ fn status(state: &AdminState) -> StatusView {
         connections_total: state.log.total(),
         requests_total: state.requests.total(),
         audit: Some(state.audit.status()),
+        kernel_events_lost: state
+            .kernel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .events_lost(),
+        unix_sockets_guarded: false,
     }
 }
 

@@ -27,6 +27,9 @@ pub enum Kind {
     /// A socket the kernel programs refused (UDP, raw sockets, ...), recorded
     /// with the identity the kernel saw.
     KernelRefusal,
+    /// A DNS query to agentguard's resolver: answered (allow) or refused
+    /// by policy (deny).
+    DnsQuery,
     /// A policy reload was accepted or rejected.
     PolicyReload,
     /// A credential's secret could not be had (file, env, OAuth 2.0 token).
@@ -39,10 +42,11 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Connection,
         Kind::Request,
         Kind::KernelRefusal,
+        Kind::DnsQuery,
         Kind::PolicyReload,
         Kind::CredentialFailure,
         Kind::DaemonStart,
@@ -55,6 +59,7 @@ impl Kind {
             Kind::Connection => "connection",
             Kind::Request => "request",
             Kind::KernelRefusal => "kernel_refusal",
+            Kind::DnsQuery => "dns_query",
             Kind::PolicyReload => "policy_reload",
             Kind::CredentialFailure => "credential_failure",
             Kind::DaemonStart => "daemon_start",

@@ -27,6 +27,8 @@ use super::{
 pub const OCSF_VERSION: &str = "1.3.0";
 
 pub const CLASS_NETWORK_ACTIVITY: u64 = 4001;
+/// OCSF DNS Activity.
+const CLASS_DNS_ACTIVITY: u64 = 4003;
 pub const CLASS_HTTP_ACTIVITY: u64 = 4002;
 pub const CLASS_APPLICATION_LIFECYCLE: u64 = 6002;
 pub const CLASS_BASE_EVENT: u64 = 0;
@@ -184,6 +186,8 @@ fn classify(e: &Event) -> (u64, u64, u64) {
             (CLASS_NETWORK_ACTIVITY, 4, if refused { 5 } else { 1 })
         }
         Kind::KernelRefusal => (CLASS_NETWORK_ACTIVITY, 4, 5),
+        // 1 Query.
+        Kind::DnsQuery => (CLASS_DNS_ACTIVITY, 4, 1),
         // 3 Start, 4 Stop.
         Kind::DaemonStart => (CLASS_APPLICATION_LIFECYCLE, 6, 3),
         Kind::DaemonStop => (CLASS_APPLICATION_LIFECYCLE, 6, 4),

@@ -1,8 +1,13 @@
 //! Loading a policy set into a [`LiveState`]: validating it as a whole
 //! (policy files, then every secret it names), guarding new agents' cgroups
-//! in the kernel, releasing cgroups no longer named. At start and on every
+//! in the kernel and giving each agent its resolver. At start and on every
 //! reload the same path runs, so a policy the daemon would refuse at start
 //! is refused at reload too, and the running one stays.
+//!
+//! A reload never detaches programs from a cgroup, even one no policy names
+//! any more: processes may still live there, and the proxy already refuses
+//! connections from cgroups it does not know (fail closed). Detaching is
+//! `agentguard detach`'s job alone.
 
 use std::{
     fs,
@@ -18,6 +23,7 @@ use crate::{
     audit::{AuditSink, Event},
     cgroup::{CgroupError, CgroupRoot},
     credentials::{CredentialErrors, CredentialStore, TokenFetcher},
+    dns::Resolvers,
     ebpf::{EbpfError, Kernel},
     identity::{AgentTable, GuardedAgent},
     live::{Live, LiveState},
@@ -34,6 +40,16 @@ pub enum ReloadError {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Ebpf(#[from] EbpfError),
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
+    #[error(
+        "agentguard itself runs in cgroup {daemon}, inside agent {agent:?}'s cgroup {agent_cgroup}: its own connections would be redirected to itself; run it outside every agent cgroup"
+    )]
+    DaemonInsideAgent {
+        daemon: String,
+        agent: String,
+        agent_cgroup: String,
+    },
 }
 
 pub struct Reloader {
@@ -43,6 +59,11 @@ pub struct Reloader {
     pub fetcher: Arc<dyn TokenFetcher>,
     /// Where accepted and rejected reloads are recorded.
     pub audit: Option<AuditSink>,
+    /// Per-agent resolvers; each guarded cgroup's port goes into the kernel.
+    pub resolvers: Arc<Resolvers>,
+    /// One reload at a time: SIGHUP and a file change may race, and the
+    /// later snapshot must not be overtaken by the earlier one.
+    pub serial: Mutex<()>,
 }
 
 impl Reloader {
@@ -52,29 +73,39 @@ impl Reloader {
     pub fn build(&self, current: Option<&LiveState>) -> Result<LiveState, ReloadError> {
         let policy = Arc::new(policy::load_path(&self.policies_dir)?);
         let credentials = Arc::new(CredentialStore::load(&policy, self.fetcher.clone())?);
+        let own_cgroup = own_cgroup(&self.root);
         let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
         let mut guarded = Vec::new();
         for agent in &policy.agents {
             let cgroup = self.root.ensure(&agent.cgroup)?;
+            if let Some(own) = &own_cgroup
+                && own.starts_with(&cgroup.path)
+            {
+                return Err(ReloadError::DaemonInsideAgent {
+                    daemon: own.display().to_string(),
+                    agent: agent.name.clone(),
+                    agent_cgroup: cgroup.path.display().to_string(),
+                });
+            }
             let already =
                 current.is_some_and(|s| s.agents.agents().iter().any(|a| a.cgroup.id == cgroup.id));
             if !already {
                 kernel.guard(&cgroup)?;
                 info!(agent = %agent.name, cgroup = %cgroup.path.display(), cgroup_id = cgroup.id, "agent guarded");
             }
+            let port = self.resolvers.ensure(&agent.name)?;
+            kernel.set_agent_dns(cgroup.id, port)?;
             guarded.push(GuardedAgent {
                 name: agent.name.as_str().into(),
                 cgroup,
             });
         }
+        // Cgroups no agent names keep their programs (see the module docs),
+        // but lose their resolver: their DNS is refused in the kernel.
         let keep: Vec<u64> = guarded.iter().map(|a| a.cgroup.id).collect();
-        let released = kernel.release_all_except(&keep)?;
-        if released > 0 {
-            info!(
-                released,
-                "detached programs from cgroups no longer in the policy"
-            );
-        }
+        kernel.retain_agent_dns(&keep)?;
+        let names: Vec<&str> = policy.agents.iter().map(|a| a.name.as_str()).collect();
+        self.resolvers.retain(&names);
         Ok(LiveState {
             policy,
             agents: Arc::new(AgentTable::new(self.root.clone(), guarded)),
@@ -85,6 +116,7 @@ impl Reloader {
     /// Reloads into `live` if the policy changed; on any error the running
     /// policy stays and the error is kept for `agentguard status`.
     pub fn reload(&self, live: &Live, trigger: &str) {
+        let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         let current = live.load();
         match self.build(Some(&current)) {
             Ok(state) if state.policy.version == current.policy.version => {
@@ -125,6 +157,13 @@ impl Reloader {
             Err(_) => sink.record_detached(event),
         }
     }
+}
+
+/// This process's cgroup v2 directory, from /proc/self/cgroup.
+fn own_cgroup(root: &CgroupRoot) -> Option<PathBuf> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(root.mount().join(path.trim_start_matches('/')))
 }
 
 /// What identifies the folder's content cheaply: names, sizes and

@@ -18,7 +18,12 @@ pub async fn answer(
     client: SocketAddr,
     transport: &'static str,
 ) -> Option<Vec<u8>> {
-    let state = shared.live.load();
+    let Some(live) = shared.live.get() else {
+        // Not serving yet: no policy to decide with.
+        let request = Message::from_bytes(bytes).ok()?;
+        return refusal(&request, ResponseCode::ServFail).to_vec().ok();
+    };
+    let state = live.load();
     let mut record = DnsQueryRecord {
         agent: agent.to_owned(),
         name: String::new(),

@@ -1,0 +1,79 @@
+//! Audit events for what the kernel refused and what the resolver decided.
+
+use crate::{
+    audit::{Decision, Event, Kind},
+    dns::DnsQueryRecord,
+    kernel_events::KernelEventRecord,
+};
+
+/// IPPROTO numbers that name the kernel event's protocol.
+fn protocol_name(record: &KernelEventRecord) -> &'static str {
+    match (record.sock_type, record.protocol) {
+        (3, _) => "raw",
+        (_, 1) | (_, 58) => "icmp",
+        (_, 6) | (_, 262) => "tcp",
+        (_, 17) => "udp",
+        _ => "other",
+    }
+}
+
+pub fn kernel_event(record: KernelEventRecord) -> Event {
+    let mut event = Event::new(if record.refused {
+        Kind::KernelRefusal
+    } else {
+        Kind::Connection
+    });
+    event.agent = record.agent.clone();
+    event.cgroup_path = record.cgroup.clone();
+    event.cgroup_id = Some(record.cgroup_id);
+    event.pid = Some(record.pid);
+    event.uid = Some(record.uid);
+    event.gid = Some(record.gid);
+    event.comm = Some(record.comm.clone());
+    event.exe = record.exe.clone();
+    event.protocol = Some(protocol_name(&record).to_owned());
+    event.rule = Some(format!("kernel:{}", record.kind));
+    if let Some(dst) = record.destination {
+        event = event.with_dst(dst);
+    }
+    let (decision, reason) = if record.refused {
+        (
+            Decision::Refuse,
+            format!(
+                "refused in the kernel ({}): {} socket of {} (type {}, protocol {})",
+                record.kind, record.family, record.comm, record.sock_type, record.protocol
+            ),
+        )
+    } else {
+        (
+            Decision::Intercept,
+            format!("redirected in the kernel ({})", record.kind),
+        )
+    };
+    event.with_decision(decision, reason)
+}
+
+pub fn dns_event(record: DnsQueryRecord) -> Event {
+    let mut event = Event::new(Kind::DnsQuery).with_src(record.client);
+    event.agent = Some(record.agent);
+    event.host = Some(record.name);
+    event.method = Some(record.qtype);
+    event.protocol = Some(format!("dns/{}", record.transport));
+    event.policy_version = Some(record.policy_version);
+    event.rule = Some(match record.decision {
+        "allow" => "dns:policy-host".to_owned(),
+        "deny" => "dns:default-deny".to_owned(),
+        _ => "dns:failure".to_owned(),
+    });
+    let decision = match record.decision {
+        "allow" => Decision::Allow,
+        "deny" => Decision::Deny,
+        _ => Decision::Refuse,
+    };
+    let answers = if record.answers.is_empty() {
+        "no records".to_owned()
+    } else {
+        record.answers.join(", ")
+    };
+    event.with_decision(decision, format!("{} ({answers})", record.rcode))
+}
