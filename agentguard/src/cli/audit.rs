@@ -41,18 +41,20 @@ pub enum AuditCliError {
     Signing(#[from] SigningError),
     #[error(transparent)]
     Admin(#[from] AdminError),
-    #[error(
-        "unknown decision {0:?} (allow, deny, would-deny, refuse, intercept, passthrough, accept, reject)"
-    )]
+    #[error("unknown decision {0:?} ({names})", names = names(Decision::ALL.map(Decision::as_str)))]
     Decision(String),
-    #[error(
-        "unknown kind {0:?} (connection, request, kernel_refusal, policy_reload, credential_failure, daemon_start, daemon_stop, retention)"
-    )]
+    #[error("unknown kind {0:?} ({names})", names = names(Kind::ALL.map(Kind::as_str)))]
     Kind(String),
     #[error("failed to write output: {0}")]
     Output(std::io::Error),
     #[error("failed to start the async runtime: {0}")]
     Runtime(std::io::Error),
+}
+
+/// The accepted values, for error messages; from the enums, so they never
+/// drift from what parses.
+fn names<const N: usize>(all: [&str; N]) -> String {
+    all.join(", ")
 }
 
 /// The audit store's flags on `agentguard run`.
@@ -174,7 +176,7 @@ pub struct FilterArgs {
     /// reject.
     #[arg(long)]
     decision: Option<String>,
-    /// connection, request, kernel_refusal, policy_reload,
+    /// connection, request, kernel_refusal, dns_query, policy_reload,
     /// credential_failure, daemon_start, daemon_stop, retention.
     #[arg(long)]
     kind: Option<String>,
