@@ -163,6 +163,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         requests: requests.clone(),
         tls,
         upstreams,
+        resolvers: resolvers.clone(),
         proxy_port: port,
     });
     let metrics = Arc::new(MetricsSource {

@@ -5,6 +5,7 @@
 //! resolvers; any other name gets NXDOMAIN, so DNS is not a way to reach
 //! or signal hosts outside the policy. Every query is recorded.
 
+mod answers;
 mod listener;
 mod query;
 mod upstream;
@@ -59,6 +60,7 @@ pub type OnQuery = Arc<dyn Fn(DnsQueryRecord) + Send + Sync>;
 
 /// Shared by all of one agent's listeners.
 struct Shared {
+    answers: answers::Answers,
     /// Set once the first policy is in force; resolvers start while it is
     /// being built (their ports go into the kernel with the agents).
     live: OnceLock<Arc<Live>>,
@@ -78,6 +80,7 @@ impl Resolvers {
     pub fn new(upstreams: Vec<SocketAddr>, on_query: OnQuery) -> Self {
         Self {
             shared: Arc::new(Shared {
+                answers: answers::Answers::default(),
                 live: OnceLock::new(),
                 upstreams,
                 on_query,
@@ -116,5 +119,12 @@ impl Resolvers {
     pub fn retain(&self, agents: &[&str]) {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         running.retain(|name, _| agents.contains(&name.as_str()));
+        self.shared.answers.forget_agents_except(agents);
+    }
+
+    /// Whether this agent's resolver answered `name` with `ip` (and the
+    /// answer is still within its TTL).
+    pub fn resolved_to(&self, agent: &str, name: &str, ip: std::net::IpAddr) -> bool {
+        self.shared.answers.resolved_to(agent, name, ip)
     }
 }

@@ -43,6 +43,9 @@ pub struct ProxyContext {
     /// Terminates agents' TLS with leaves minted by the local CA.
     pub tls: TlsAcceptor,
     pub upstreams: Arc<Upstreams>,
+    /// The per-agent resolvers, whose answers bind names to addresses where
+    /// no certificate can (passthrough, plain HTTP).
+    pub resolvers: Arc<crate::dns::Resolvers>,
     /// The proxy's own listen port: a record pointing there would make the
     /// proxy dial itself.
     pub proxy_port: u16,

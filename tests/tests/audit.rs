@@ -16,7 +16,8 @@ use std::{
 use serde_json::Value;
 
 use crate::common::{
-    AGENTGUARD, Daemon, DaemonOptions, TestCa, TlsUpstream, Upstream, require_root, text,
+    AGENTGUARD, Daemon, DaemonOptions, DnsUpstream, TestCa, TlsUpstream, Upstream, require_root,
+    text,
 };
 
 const API: &str = "api.agentguard.test";
@@ -142,7 +143,15 @@ fn shape(e: &Value) -> (String, String, String) {
 
 #[test]
 fn a_mixed_run_is_recorded_exactly_with_the_clients_identity() {
-    let s = setup(&["audit-mix", "audit-obs"], &[]);
+    // The passthrough host resolves through agentguard's resolver, which
+    // forwards to this loopback stand-in for the host's DNS: a passthrough is
+    // only relayed to an address agentguard answered for its name.
+    let dns = DnsUpstream::start(
+        "127.0.0.1",
+        &[(PASS, std::net::Ipv4Addr::new(127, 0, 0, 4))],
+    );
+    let dns_addr = dns.addr.to_string();
+    let s = setup(&["audit-mix", "audit-obs"], &["--dns-upstream", &dns_addr]);
     let plain = Upstream::start("127.0.0.2");
     let pass = TlsUpstream::start("127.0.0.4", PASS, &s.ca);
     let base = format!("http://{}", plain.addr);
@@ -175,21 +184,22 @@ fn a_mixed_run_is_recorded_exactly_with_the_clients_identity() {
         text(&out.stdout)
     );
     // Passthrough: the agent sees the upstream's own certificate.
-    let resolve = format!("{PASS}:{}:127.0.0.4", pass.addr.port());
-    let (pass_pid, out) = as_nobody(
-        &s.daemon,
-        "audit-mix",
-        &[
-            "curl",
-            "-sS",
-            "-k",
-            "-m",
-            "10",
-            "--resolve",
-            &resolve,
-            &pass.url("/"),
-        ],
-    );
+    // curl -4: one A query, so one dns_query event.
+    let user = format!("{NOBODY}:{NOBODY}");
+    let child = s
+        .daemon
+        .exec_with_nameserver(
+            "audit-mix",
+            &["--user", &user],
+            "127.0.0.99",
+            &["curl", "-4", "-sS", "-k", "-m", "10", &pass.url("/")],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pass_pid = child.id();
+    let out = child.wait_with_output().unwrap();
     assert_eq!(text(&out.stdout), "hello over tls", "{}", text(&out.stderr));
 
     // Audit mode for the second agent, by a policy reload.
@@ -252,7 +262,7 @@ fn a_mixed_run_is_recorded_exactly_with_the_clients_identity() {
         seen[0].headers
     );
 
-    let events = query_until(&s.daemon, &[], |e| e.len() >= 11);
+    let events = query_until(&s.daemon, &[], |e| e.len() >= 12);
     let shapes: Vec<_> = events.iter().map(shape).collect();
     let expect = |k: &str, a: &str, d: &str| (k.to_owned(), a.to_owned(), d.to_owned());
     assert_eq!(
@@ -263,6 +273,7 @@ fn a_mixed_run_is_recorded_exactly_with_the_clients_identity() {
             expect("request", "audit-mix", "allow"),
             expect("connection", "audit-mix", "intercept"),
             expect("request", "audit-mix", "deny"),
+            expect("dns_query", "audit-mix", "allow"),
             expect("connection", "audit-mix", "passthrough"),
             expect("policy_reload", "-", "accept"),
             expect("connection", "audit-obs", "intercept"),
@@ -273,7 +284,7 @@ fn a_mixed_run_is_recorded_exactly_with_the_clients_identity() {
         "{events:#?}"
     );
     let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
-    assert_eq!(seqs, (1..=11).collect::<Vec<_>>());
+    assert_eq!(seqs, (1..=12).collect::<Vec<_>>());
 
     // Identity: the pid and uid of each client process.
     let pids = [
@@ -322,11 +333,13 @@ fn a_mixed_run_is_recorded_exactly_with_the_clients_identity() {
         (deny["status"].as_u64(), deny["rule"].as_str()),
         (Some(403), Some("default-deny"))
     );
-    assert_eq!(events[5]["sni"], PASS);
-    assert_eq!(events[5]["rule"], format!("passthrough:{PASS}"));
-    assert_eq!(events[8]["status"], 200);
-    assert_eq!(events[10]["intent"], "check the api");
-    assert_eq!(events[10]["protocol"], "HTTP/2");
+    assert_eq!(events[5]["host"], PASS);
+    assert_eq!(events[5]["reason"], "No Error (127.0.0.4)");
+    assert_eq!(events[6]["sni"], PASS);
+    assert_eq!(events[6]["rule"], format!("passthrough:{PASS}"));
+    assert_eq!(events[9]["status"], 200);
+    assert_eq!(events[11]["intent"], "check the api");
+    assert_eq!(events[11]["protocol"], "HTTP/2");
     let times: Vec<&str> = events.iter().map(|e| e["time"].as_str().unwrap()).collect();
     assert!(
         times.iter().all(|t| t.len() == 27 && t.ends_with('Z')),

@@ -260,6 +260,37 @@ fn agents_run_unprivileged_unless_root_is_asked_for() {
 }
 
 #[test]
+fn plain_http_with_a_spoofed_host_is_refused() {
+    // "Host: api.agentguard.test" (a tool the policy allows) sent to an
+    // address agentguard never resolved for that name: without TLS nothing
+    // proves who is there, so the request is refused before it goes out.
+    let s = setup();
+    let upstream = Upstream::start("127.0.0.2");
+    let url = format!("http://127.0.0.2:{}/anything", upstream.addr.port());
+    let out = s
+        .daemon
+        .exec(
+            AGENT,
+            &[
+                "curl",
+                "-sS",
+                "-m",
+                "10",
+                "-i",
+                "-H",
+                "Host: api.agentguard.test",
+                &url,
+            ],
+        )
+        .output()
+        .unwrap();
+    let response = ok(&out);
+    assert!(response.starts_with("HTTP/1.1 421"), "{response}");
+    assert!(response.contains("was not resolved"), "{response}");
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[test]
 fn getpeername_reports_the_original_destination() {
     let s = setup();
     let v4 = Upstream::start("127.0.0.2");

@@ -10,7 +10,9 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{Daemon, DaemonOptions, SSE_EVENTS, TestCa, TlsUpstream, require_root, text};
+use crate::common::{
+    Daemon, DaemonOptions, DnsUpstream, SSE_EVENTS, TestCa, TlsUpstream, require_root, text,
+};
 
 const AGENT: &str = "tls-agent";
 const API: &str = "api.agentguard.test";
@@ -36,17 +38,22 @@ paths = ["/", "/*"]
 "#;
 
 fn setup(policy_extra: &str) -> Setup {
+    setup_with_args(policy_extra, &[])
+}
+
+fn setup_with_args(policy_extra: &str, run_args: &[&str]) -> Setup {
     require_root();
     let policy_extra = format!("{ALLOW_TEST_UPSTREAMS}\n{policy_extra}");
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("agentguard test upstream CA", dir.path());
     let upstream = TlsUpstream::start("127.0.0.3", API, &ca);
-    let daemon = Daemon::start_with(
+    let daemon = Daemon::start_with_args(
         &[AGENT],
         DaemonOptions {
             policy_extra: &policy_extra,
             upstream_ca: Some(&ca.pem_path),
         },
+        run_args,
     );
     Setup {
         _dir: dir,
@@ -257,32 +264,84 @@ fn websocket_echo_round_trips() {
 
 #[test]
 fn passthrough_hosts_are_relayed_without_termination() {
-    let s = setup(&format!("[[passthrough]]\nhost = \"{PASS}\"\n"));
+    // The agent resolves the passthrough host through agentguard's resolver
+    // (forwarding to this loopback stand-in for the host's DNS).
+    let dns = DnsUpstream::start(
+        "127.0.0.1",
+        &[(PASS, std::net::Ipv4Addr::new(127, 0, 0, 4))],
+    );
+    let dns_addr = dns.addr.to_string();
+    let s = setup_with_args(
+        &format!("[[passthrough]]\nhost = \"{PASS}\"\n"),
+        &["--dns-upstream", &dns_addr],
+    );
     let passthrough = TlsUpstream::start("127.0.0.4", PASS, &s.ca);
     // Trusting only the test upstream CA: the handshake succeeds only if the
     // client sees the upstream's own certificate.
     let ca = s.ca.pem_path.display().to_string();
-    let out = run(
-        &s,
-        &[PASS],
-        "127.0.0.4",
-        &[
-            "curl",
-            "-sS",
-            "-v",
-            "-m",
-            "10",
-            "--cacert",
-            &ca,
-            &passthrough.url("/"),
-        ],
-    );
+    let out = s
+        .daemon
+        .exec_with_nameserver(
+            AGENT,
+            &["--allow-root"],
+            "127.0.0.99",
+            &[
+                "curl",
+                "-4",
+                "-sS",
+                "-v",
+                "-m",
+                "10",
+                "--cacert",
+                &ca,
+                &passthrough.url("/"),
+            ],
+        )
+        .output()
+        .unwrap();
     assert_eq!(assert_ok(&out, "curl passthrough"), "hello over tls");
     assert!(text(&out.stderr).contains("CN=agentguard test upstream CA"));
     assert_eq!(passthrough.seen().len(), 1);
     let entries = s.daemon.connections();
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert_eq!(entries[0]["decision"], "passthrough");
+    assert_eq!(dns.asked(), vec![PASS.to_owned()]);
+}
+
+#[test]
+fn a_passthrough_name_on_another_address_is_refused() {
+    // The agent writes the passthrough SNI on a hello to an address
+    // agentguard never gave it for that name (here via its own hosts file):
+    // relaying would be a tunnel to anywhere, so the connection is refused.
+    let s = setup(&format!("[[passthrough]]\nhost = \"{PASS}\"\n"));
+    let elsewhere = TlsUpstream::start("127.0.0.5", PASS, &s.ca);
+    let ca = s.ca.pem_path.display().to_string();
+    let out = run(
+        &s,
+        &[PASS],
+        "127.0.0.5",
+        &[
+            "curl",
+            "-sS",
+            "-m",
+            "10",
+            "--cacert",
+            &ca,
+            &elsewhere.url("/"),
+        ],
+    );
+    assert!(!out.status.success(), "relayed: {}", text(&out.stdout));
+    assert_eq!(elsewhere.handshakes(), 0, "bytes reached the other address");
+    let entries = s.daemon.connections();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["decision"], "refuse");
+    assert!(
+        entries[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("was not resolved to 127.0.0.5"),
+        "{entries:?}"
+    );
 }
 
 #[test]

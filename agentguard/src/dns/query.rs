@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use hickory_proto::{
     op::{Message, MessageType, ResponseCode},
+    rr::RData,
     serialize::binary::BinDecodable as _,
 };
 
@@ -65,6 +66,7 @@ pub async fn answer(
                     .map(|r| r.data().to_string())
                     .collect();
                 record.rcode = parsed.response_code().to_string();
+                remember_addresses(shared, agent, &record.name, &parsed);
             }
             (shared.on_query)(record);
             Some(reply)
@@ -73,6 +75,20 @@ pub async fn answer(
             tracing::warn!(agent, name = %record.name, error = %e, "no upstream resolver answered");
             respond(shared, record, refusal(&request, ResponseCode::ServFail))
         }
+    }
+}
+
+/// Binds the queried name to every address in the answer (a CNAME chain
+/// ends in them), for the proxy's destination checks.
+fn remember_addresses(shared: &Shared, agent: &str, name: &str, reply: &Message) {
+    for record in reply.answers() {
+        let ip = match record.data() {
+            RData::A(a) => std::net::IpAddr::V4(a.0),
+            RData::AAAA(aaaa) => std::net::IpAddr::V6(aaaa.0),
+            _ => continue,
+        };
+        let ttl = std::time::Duration::from_secs(u64::from(record.ttl()));
+        shared.answers.remember(agent, name, ip, ttl);
     }
 }
 

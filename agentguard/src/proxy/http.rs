@@ -59,6 +59,11 @@ impl ConnMeta {
     }
 }
 
+/// How long a client may take to send a request head (and, on HTTP/1.1,
+/// may stay idle between requests); HTTP/2 connections are pinged at this
+/// interval and closed if the client does not answer.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves HTTP on `io` until the agent closes it.
 pub async fn serve<IO>(io: IO, meta: ConnMeta, ctx: Arc<ProxyContext>)
 where
@@ -84,7 +89,19 @@ where
         }
         .instrument(span.clone())
     });
-    if let Err(e) = auto::Builder::new(TokioExecutor::new())
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Without a timer hyper applies no header-read timeout: a client that
+    // never finishes its request head (or idles between requests) would
+    // hold the connection for ever.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(HEADER_READ_TIMEOUT));
+    if let Err(e) = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .await
     {
@@ -124,6 +141,26 @@ async fn handle(
     out.event.host = Some(host.clone());
     if let Err(reason) = checks::check_consistency(&host, authority.port_u16(), meta) {
         return out.refuse(StatusCode::MISDIRECTED_REQUEST, "misdirected", reason);
+    }
+    // Without TLS nothing proves the destination is the host the request
+    // names: an agent could send "Host: allowed.example" to any address
+    // (a cloud metadata endpoint, its own server). The destination must be
+    // the host itself (an IP literal) or an address agentguard's resolver
+    // gave this agent for that name.
+    if meta.sni.is_none() {
+        let literal = host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical() == meta.dst.ip().to_canonical());
+        if !literal && !ctx.resolvers.resolved_to(agent, &host, meta.dst.ip()) {
+            return out.refuse(
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected",
+                format!(
+                    "plain HTTP to {}: host {host:?} was not resolved to that address by agentguard's resolver",
+                    meta.dst
+                ),
+            );
+        }
     }
     let path = match normalize_path(req.uri().path()) {
         Ok(p) => p,
@@ -185,6 +222,15 @@ async fn handle(
     };
 
     let upgrade = hop::wants_upgrade(&req);
+    // After a 101 the bytes are relayed with no further decision, so only
+    // the upgrade browsers and SDKs use, WebSocket, is let through.
+    if upgrade && !hop::upgrades_to_websocket(&req) {
+        return out.refuse(
+            StatusCode::FORBIDDEN,
+            "upgrade-refused",
+            "only WebSocket upgrades are relayed".to_owned(),
+        );
+    }
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
@@ -224,6 +270,12 @@ async fn handle(
                 );
             }
         };
+        // An upstream's echo of the secret can only be redacted in a body
+        // that is not compressed; the agent does not get to choose.
+        parts.headers.insert(
+            hyper::header::ACCEPT_ENCODING,
+            hyper::header::HeaderValue::from_static("identity"),
+        );
         if let Err(e) = inject(&credential.inject, &secret, &mut parts) {
             return out.refuse(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -180,7 +180,21 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
                 return;
             }
         };
-        let decision = decide(&sniffed, &state.policy, &identity.agent, dst);
+        let mut decision = decide(&sniffed, &state.policy, &identity.agent, dst);
+        // A passthrough host is named only by the agent's SNI, which it may
+        // write on a hello to any address; nothing after it is verified. Only
+        // relay to an address agentguard's resolver gave this agent for
+        // that very name, or the entry would be a tunnel to anywhere.
+        if let (ConnDecision::Passthrough { .. }, Some(sni)) = (&decision, sniffed_sni(&sniffed))
+            && !ctx.resolvers.resolved_to(&identity.agent, &sni, dst.ip())
+        {
+            decision = ConnDecision::Refuse {
+                reason: format!(
+                    "passthrough host {sni} was not resolved to {} by agentguard's resolver for this agent",
+                    dst.ip()
+                ),
+            };
+        }
         let (kind, reason) = match &decision {
             ConnDecision::InterceptTls { sni } => {
                 (Decision::Intercept, format!("intercept TLS for {sni}"))
@@ -227,10 +241,16 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         drop(state);
         match decision {
             ConnDecision::InterceptTls { sni } => {
-                let tls = match ctx.tls.accept(stream).await {
-                    Ok(tls) => tls,
-                    Err(e) => {
+                // Bounded: a client that stalls mid-handshake must not hold a
+                // task and a socket for ever.
+                let tls = match tokio::time::timeout(SNIFF_TIMEOUT, ctx.tls.accept(stream)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
                         warn!(error = %e, "agent TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        warn!("agent TLS handshake timed out");
                         return;
                     }
                 };

@@ -11,6 +11,14 @@ pub fn wants_upgrade<B>(req: &Request<B>) -> bool {
         && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
+/// `Upgrade: websocket` (RFC 6455 §4.1), and nothing else.
+pub fn upgrades_to_websocket<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
 /// RFC 9110 §7.6.1: connection-specific headers do not cross a proxy. An
 /// upgrade keeps `Connection: upgrade` and `Upgrade`, which it needs.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
