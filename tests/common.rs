@@ -27,3 +27,43 @@ pub fn require_root() {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// The outcome of [`start_attempt`].
+pub struct StartAttempt {
+    pub out: std::process::Output,
+    /// Whether anything was pinned in bpffs before the daemon stopped.
+    pub pinned: bool,
+}
+
+/// Runs `agentguard run` once, in a throwaway state dir with one policy file
+/// (`name`, `body`), for start-ups that must be refused: the daemon is
+/// expected to exit on its own. Anything it pinned is removed afterwards.
+pub fn start_attempt(
+    tag: &str,
+    (name, body): (&str, &str),
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> StartAttempt {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(policies.join(name), body).unwrap();
+    let bpf_dir = format!("/sys/fs/bpf/agentguard-test-{tag}-{}", std::process::id());
+    let out = std::process::Command::new(AGENTGUARD)
+        .envs(env.iter().copied())
+        .args(["run", "--bpf-dir", &bpf_dir])
+        .args(args)
+        .arg("--policies")
+        .arg(&policies)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--admin-socket")
+        .arg(dir.path().join("admin.sock"))
+        .output()
+        .unwrap();
+    let pinned = std::path::Path::new(&bpf_dir).exists();
+    let _ = std::process::Command::new(AGENTGUARD)
+        .args(["detach", "--bpf-dir", &bpf_dir])
+        .output();
+    StartAttempt { out, pinned }
+}

@@ -364,31 +364,17 @@ fn a_double_forked_setsid_daemon_is_covered_for_tcp_udp_and_dns() {
 #[test]
 fn a_kernel_without_a_needed_hook_stops_start_up_naming_it() {
     require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
-    std::fs::write(
-        policies.join("p.toml"),
-        "[agent]\nname = \"p\"\ncgroup = \"agentguard-test-probe/p\"\n",
-    )
-    .unwrap();
-    let bpf_dir = format!("/sys/fs/bpf/agentguard-test-probe-{}", std::process::id());
-    let out = std::process::Command::new(crate::common::AGENTGUARD)
-        .env("AGENTGUARD_TEST_UNSUPPORTED_HOOKS", "cgroup/sendmsg4")
-        .args(["run", "--proxy-port", "0", "--bpf-dir", &bpf_dir])
-        .arg("--policies")
-        .arg(&policies)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--admin-socket")
-        .arg(dir.path().join("admin.sock"))
-        .output()
-        .unwrap();
-    let _ = std::process::Command::new(crate::common::AGENTGUARD)
-        .args(["detach", "--bpf-dir", &bpf_dir])
-        .output();
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
+    let attempt = crate::common::start_attempt(
+        "probe",
+        (
+            "p.toml",
+            "[agent]\nname = \"p\"\ncgroup = \"agentguard-test-probe/p\"\n",
+        ),
+        &["--proxy-port", "0"],
+        &[("AGENTGUARD_TEST_UNSUPPORTED_HOOKS", "cgroup/sendmsg4")],
+    );
+    assert!(!attempt.out.status.success());
+    let err = text(&attempt.out.stderr);
     assert!(err.contains("cgroup/sendmsg4"), "{err}");
     assert!(err.contains("refusing to run"), "{err}");
 }

@@ -2,7 +2,7 @@
 
 use std::{fs, net::TcpListener, process::Command};
 
-use crate::common::{AGENTGUARD, Daemon, require_root, text};
+use crate::common::{AGENTGUARD, Daemon, require_root, start_attempt, text};
 
 #[test]
 fn exec_without_a_daemon_says_so() {
@@ -39,33 +39,22 @@ fn exec_of_an_unknown_agent_is_refused() {
 #[test]
 fn bad_policy_stops_start_up_with_file_and_line() {
     require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    fs::create_dir(&policies).unwrap();
-    fs::write(
-        policies.join("broken.toml"),
-        "[agent]\nname = \"broken\"\ncgroup = \"/absolute\"\n",
-    )
-    .unwrap();
-    let bpf_dir = format!(
-        "/sys/fs/bpf/agentguard-test-badpolicy-{}",
-        std::process::id()
+    let attempt = start_attempt(
+        "badpolicy",
+        (
+            "broken.toml",
+            "[agent]\nname = \"broken\"\ncgroup = \"/absolute\"\n",
+        ),
+        &["--proxy-port", "0"],
+        &[],
     );
-    let out = Command::new(AGENTGUARD)
-        .args(["run", "--proxy-port", "0", "--bpf-dir", &bpf_dir])
-        .arg("--policies")
-        .arg(&policies)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--admin-socket")
-        .arg(dir.path().join("admin.sock"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
+    assert!(!attempt.out.status.success());
+    let err = text(&attempt.out.stderr);
     assert!(err.contains("broken.toml:3:10: agent.cgroup"), "{err}");
-    // Refused before anything was pinned.
-    assert!(!std::path::Path::new(&bpf_dir).exists());
+    assert!(
+        !attempt.pinned,
+        "something was pinned before the policy was checked"
+    );
 }
 
 #[test]
@@ -73,29 +62,22 @@ fn proxy_port_in_use_is_reported() {
     require_root();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    fs::create_dir(&policies).unwrap();
-    fs::write(
-        policies.join("p.toml"),
-        "[agent]\nname = \"p\"\ncgroup = \"agentguard-test-port/p\"\n",
-    )
-    .unwrap();
-    let bpf_dir = format!("/sys/fs/bpf/agentguard-test-port-{}", std::process::id());
-    let out = Command::new(AGENTGUARD)
-        .args(["run", "--proxy-port", &port, "--bpf-dir", &bpf_dir])
-        .arg("--policies")
-        .arg(&policies)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--admin-socket")
-        .arg(dir.path().join("admin.sock"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
+    let attempt = start_attempt(
+        "port",
+        (
+            "p.toml",
+            "[agent]\nname = \"p\"\ncgroup = \"agentguard-test-port/p\"\n",
+        ),
+        &["--proxy-port", &port],
+        &[],
+    );
+    assert!(!attempt.out.status.success());
+    let err = text(&attempt.out.stderr);
     assert!(err.contains("already in use"), "{err}");
-    assert!(!std::path::Path::new(&bpf_dir).exists());
+    assert!(
+        !attempt.pinned,
+        "something was pinned before the port was bound"
+    );
 }
 
 #[test]

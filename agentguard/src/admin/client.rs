@@ -46,14 +46,13 @@ impl AdminClient {
         }
     }
 
-    /// GETs an SSE `route` and calls `on_data` with each event's `data`
-    /// (and its `event` name, if any) until the stream ends or `on_data`
-    /// returns `false`.
-    pub async fn stream(
+    /// Connects to the admin socket and sends one GET; the caller reads the
+    /// answer.
+    async fn send_get(
         &self,
         route: &str,
-        mut on_data: impl FnMut(Option<&str>, &str) -> bool,
-    ) -> Result<(), AdminError> {
+        accept: &'static str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, AdminError> {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -71,9 +70,24 @@ impl AdminClient {
         tokio::spawn(conn);
         let req = Request::get(route)
             .header("host", "agentguard")
-            .header("accept", "text/event-stream")
+            .header("accept", accept)
             .body(Empty::<Bytes>::new())?;
-        let resp = sender.send_request(req).await.map_err(http_err)?;
+        sender.send_request(req).await.map_err(http_err)
+    }
+
+    /// GETs an SSE `route` and calls `on_data` with each event's `data`
+    /// (and its `event` name, if any) until the stream ends or `on_data`
+    /// returns `false`.
+    pub async fn stream(
+        &self,
+        route: &str,
+        mut on_data: impl FnMut(Option<&str>, &str) -> bool,
+    ) -> Result<(), AdminError> {
+        let http_err = |source| AdminError::Http {
+            route: route.to_owned(),
+            source,
+        };
+        let resp = self.send_get(route, "text/event-stream").await?;
         let status = resp.status();
         let mut body = resp.into_body();
         if !status.is_success() {
@@ -114,25 +128,11 @@ impl AdminClient {
     /// GETs `route` and decodes the JSON answer. Non-2xx answers become
     /// [`AdminError::Status`] carrying the daemon's error message.
     pub async fn get<T: DeserializeOwned>(&self, route: &str) -> Result<T, AdminError> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| AdminError::NotRunning {
-                    path: self.socket.clone(),
-                    source,
-                })?;
         let http_err = |source| AdminError::Http {
             route: route.to_owned(),
             source,
         };
-        let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(http_err)?;
-        tokio::spawn(conn);
-        let req = Request::get(route)
-            .header("host", "agentguard")
-            .body(Empty::<Bytes>::new())?;
-        let resp = sender.send_request(req).await.map_err(http_err)?;
+        let resp = self.send_get(route, "application/json").await?;
         let status = resp.status();
         let body = resp
             .into_body()
