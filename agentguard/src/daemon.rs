@@ -171,6 +171,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         audit: audit.sink.clone(),
         leaves,
         otlp: audit.otlp.clone(),
+        kernel: Some(reloader.kernel.clone()),
     });
     if let Some(addr) = cfg.metrics_listen {
         audit.listen_metrics(addr, metrics.clone()).await?;

@@ -317,6 +317,39 @@ impl Kernel {
         Ok(())
     }
 
+    /// (name, entries, capacity) of the maps that fill with connections.
+    /// Counting walks each map's keys: a few ms at 64k entries, fine per
+    /// metrics scrape.
+    pub fn map_occupancy(&self) -> Vec<(&'static str, u64, u64)> {
+        let capacity = u64::from(agentguard_common::MAX_TRACKED_CONNECTIONS);
+        let mut out = Vec::new();
+        for name in ["SOCKET_RECORDS", "PEER_RECORDS", "CONN_ORIG"] {
+            let count = match self.ebpf.map(name) {
+                Some(map) => match name {
+                    "CONN_ORIG" => HashMap::<_, u64, agentguard_common::OrigDst>::try_from(map)
+                        .map(|m| m.keys().filter(Result::is_ok).count())
+                        .unwrap_or(0),
+                    _ => HashMap::<_, u64, ConnRecord>::try_from(map)
+                        .map(|m| m.keys().filter(Result::is_ok).count())
+                        .unwrap_or(0),
+                },
+                // PEER_RECORDS belongs to the proxy: read it from its pin.
+                None => aya::maps::MapData::from_pin(self.pin_dir.join(MAPS_DIR).join(name))
+                    .ok()
+                    .and_then(|data| {
+                        HashMap::<_, PeerKey, ConnRecord>::try_from(aya::maps::Map::LruHashMap(
+                            data,
+                        ))
+                        .ok()
+                    })
+                    .map(|m| m.keys().filter(Result::is_ok).count())
+                    .unwrap_or(0),
+            };
+            out.push((name, count as u64, capacity));
+        }
+        out
+    }
+
     /// Ring-buffer records the kernel could not queue (buffer full), summed
     /// over CPUs. The refusals themselves still happened.
     pub fn events_lost(&self) -> u64 {

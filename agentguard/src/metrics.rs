@@ -31,6 +31,11 @@ struct ConnectionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     agent: String,
     decision: String,
@@ -40,6 +45,10 @@ struct RequestLabels {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub audit: Option<AuditStatus>,
+    /// Entries in each kernel map (name, count), and its capacity.
+    pub kernel_maps: Vec<(&'static str, u64, u64)>,
+    /// Kernel event records lost to a full ring buffer.
+    pub kernel_events_lost: u64,
     pub leaf_hits: u64,
     pub leaf_misses: u64,
     pub otlp: Option<OtlpSnapshot>,
@@ -52,6 +61,9 @@ pub struct Metrics {
     kernel_refusals: Family<ConnectionLabels, Counter>,
     upstream_latency: Histogram,
     audit_queue_depth: Gauge,
+    kernel_map_entries: Family<MapLabels, Gauge>,
+    kernel_map_capacity: Family<MapLabels, Gauge>,
+    kernel_events_lost: Counter,
     audit_last_checkpoint_seq: Gauge,
     // Mirrors of counters kept elsewhere, advanced by the difference at
     // each scrape (OpenMetrics counters only go up).
@@ -99,6 +111,18 @@ impl Metrics {
             "Time from forwarding a request to the upstream's response head",
             upstream_latency.clone(),
         );
+        let kernel_map_entries = Family::<MapLabels, Gauge>::default();
+        registry.register(
+            "kernel_map_entries",
+            "Entries in agentguard's kernel maps (an LRU map that stays at capacity is evicting)",
+            kernel_map_entries.clone(),
+        );
+        let kernel_map_capacity = Family::<MapLabels, Gauge>::default();
+        registry.register(
+            "kernel_map_capacity",
+            "Capacity of agentguard's kernel maps",
+            kernel_map_capacity.clone(),
+        );
         let audit_queue_depth = Gauge::default();
         registry.register(
             "audit_queue_depth",
@@ -141,7 +165,14 @@ impl Metrics {
             "Audit events dropped from the OTLP export buffer (oldest first; the local store keeps them)",
         );
         let otlp_failures = counter("otlp_failures", "Failed OTLP export attempts");
+        let kernel_events_lost = counter(
+            "kernel_events_lost",
+            "Kernel event records lost to a full ring buffer (the refusals still happened)",
+        );
         Self {
+            kernel_map_entries,
+            kernel_map_capacity,
+            kernel_events_lost,
             registry,
             connections,
             requests,
@@ -205,6 +236,18 @@ impl Metrics {
                 advance(&self.audit_write_errors, a.write_errors);
             }
             advance(&self.leaf_hits, snapshot.leaf_hits);
+            advance(&self.kernel_events_lost, snapshot.kernel_events_lost);
+            for (map, entries, capacity) in &snapshot.kernel_maps {
+                let labels = MapLabels {
+                    map: (*map).to_owned(),
+                };
+                self.kernel_map_entries
+                    .get_or_create(&labels)
+                    .set(*entries as i64);
+                self.kernel_map_capacity
+                    .get_or_create(&labels)
+                    .set(*capacity as i64);
+            }
             advance(&self.leaf_misses, snapshot.leaf_misses);
             if let Some(o) = &snapshot.otlp {
                 advance(&self.otlp_exported, o.exported);

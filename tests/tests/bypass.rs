@@ -313,6 +313,28 @@ fn getpeername_reports_the_original_destination() {
     );
     // And the connections really went through the proxy.
     assert_eq!(s.daemon.connections().len(), 2);
+
+    // The kernel's map occupancy is in the metrics: the two sockets'
+    // original destinations are still remembered.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-m", "10", "--unix-socket"])
+        .arg(&s.daemon.admin_socket)
+        .arg("http://agentguard/metrics")
+        .output()
+        .unwrap();
+    let metrics = ok(&out);
+    let conn_orig: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("agentguard_kernel_map_entries{map=\"CONN_ORIG\"} "))
+        .unwrap_or_else(|| panic!("no CONN_ORIG occupancy in:\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(conn_orig >= 2, "{conn_orig}");
+    assert!(metrics.contains("agentguard_kernel_map_capacity{map=\"PEER_RECORDS\"} 65536"));
+    assert!(
+        metrics.contains("agentguard_kernel_events_lost_total 0"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -503,6 +503,26 @@ fn a_bad_policy_keeps_the_old_one_and_a_good_one_applies_without_dropping_connec
         2,
         "decisions name the policy version in force"
     );
+
+    // SIGHUP reloads too (here with nothing changed: accepted, same version).
+    let before = s.daemon.status();
+    let pid = before["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = s.daemon.status();
+        if status["last_reload"]["trigger"] == "SIGHUP" {
+            assert_eq!(status["last_reload"]["accepted"], true, "{status}");
+            assert_eq!(status["policy_version"], before["policy_version"]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no SIGHUP reload: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = (&s.dir, &s.ca);
 }
 

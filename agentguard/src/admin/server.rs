@@ -50,12 +50,23 @@ pub struct MetricsSource {
     pub audit: AuditSink,
     pub leaves: Arc<LeafCache>,
     pub otlp: Option<Arc<OtlpStats>>,
+    /// For map occupancy and lost kernel events; `None` in unit tests.
+    pub kernel: Option<Arc<std::sync::Mutex<crate::ebpf::Kernel>>>,
 }
 
 impl MetricsSource {
     pub fn render(&self) -> String {
         let (leaf_hits, leaf_misses) = self.leaves.counts();
+        let (kernel_maps, kernel_events_lost) = match &self.kernel {
+            Some(kernel) => {
+                let kernel = kernel.lock().unwrap_or_else(|p| p.into_inner());
+                (kernel.map_occupancy(), kernel.events_lost())
+            }
+            None => (Vec::new(), 0),
+        };
         self.metrics.render(&Snapshot {
+            kernel_maps,
+            kernel_events_lost,
             audit: Some(self.audit.status()),
             leaf_hits,
             leaf_misses,
