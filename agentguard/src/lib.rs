@@ -23,3 +23,4 @@ pub mod metrics;
 pub mod policy;
 pub mod preflight;
 pub mod proxy;
+pub mod token;

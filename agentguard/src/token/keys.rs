@@ -1,0 +1,318 @@
+//! The token signing key: made on first start in `<state-dir>/token/`, with
+//! the public keys of retired keys kept for the JWKS until their tokens have
+//! expired.
+//!
+//! - `signing.key`: the current ES256 (P-256) key, PKCS#8 PEM, mode 0600.
+//! - `retired.json`: public JWKs of earlier keys, each with the time after
+//!   which no token it signed can still be valid (mode 0600; public, but
+//!   nothing else needs to read it).
+//!
+//! The `kid` is the key's JWK thumbprint (RFC 7638), so it follows from the
+//! key and needs no file of its own.
+
+use std::{
+    fs,
+    io::Write as _,
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use jsonwebtoken::{
+    Algorithm, EncodingKey,
+    jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash},
+};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::now_secs;
+
+const DIR_MODE: u32 = 0o700;
+const KEY_MODE: u32 = 0o600;
+const KEY_FILE: &str = "signing.key";
+const RETIRED_FILE: &str = "retired.json";
+
+#[derive(Debug, Error)]
+pub enum KeyError {
+    #[error("failed to {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is mode {mode:o}: a signing key must not be readable by group or others")]
+    Insecure { path: PathBuf, mode: u32 },
+    #[error("failed to generate a signing key: {0}")]
+    Generate(String),
+    #[error("{path}: not a usable ES256 key: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// One signing key with its public JWK.
+struct SigningKey {
+    kid: String,
+    encoding: EncodingKey,
+    jwk: Jwk,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RetiredKey {
+    jwk: Jwk,
+    /// Seconds since the epoch after which its tokens are all expired.
+    retire_at: u64,
+}
+
+/// The current signing key and the retired public keys.
+pub struct KeyStore {
+    dir: PathBuf,
+    current: SigningKey,
+    retired: Vec<RetiredKey>,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("dir", &self.dir)
+            .field("kid", &self.current.kid)
+            .field("retired", &self.retired.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyStore {
+    /// Opens `<state_dir>/token/`, making the folder and a key if absent.
+    pub fn load_or_create(state_dir: &Path) -> Result<Self, KeyError> {
+        let dir = state_dir.join("token");
+        match fs::DirBuilder::new().mode(DIR_MODE).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(KeyError::Io {
+                    action: "create",
+                    path: dir,
+                    source,
+                });
+            }
+        }
+        let key_path = dir.join(KEY_FILE);
+        let current = if key_path.exists() {
+            read_key(&key_path)?
+        } else {
+            let pem = generate()?;
+            write_private(&key_path, pem.as_bytes())?;
+            parse_key(&key_path, &pem)?
+        };
+        let retired = read_retired(&dir.join(RETIRED_FILE))?;
+        Ok(Self {
+            dir,
+            current,
+            retired,
+        })
+    }
+
+    /// Reads the keys without creating anything (`agentguard token jwks`).
+    pub fn load(state_dir: &Path) -> Result<Self, KeyError> {
+        let dir = state_dir.join("token");
+        let current = read_key(&dir.join(KEY_FILE))?;
+        let retired = read_retired(&dir.join(RETIRED_FILE))?;
+        Ok(Self {
+            dir,
+            current,
+            retired,
+        })
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.current.kid
+    }
+
+    pub(super) fn encoding_key(&self) -> &EncodingKey {
+        &self.current.encoding
+    }
+
+    /// Replaces the signing key with a new one. The old public key stays in
+    /// the JWKS for `keep_for` (the longest token lifetime plus leeway), so
+    /// tokens it signed verify until they expire, and no longer.
+    pub fn rotate(&mut self, keep_for: Duration) -> Result<(), KeyError> {
+        let pem = generate()?;
+        let key_path = self.dir.join(KEY_FILE);
+        let next = parse_key(&key_path, &pem)?;
+        let now = now_secs();
+        let mut retired: Vec<RetiredKey> = self
+            .retired
+            .iter()
+            .filter(|r| r.retire_at > now)
+            .cloned()
+            .collect();
+        retired.push(RetiredKey {
+            jwk: self.current.jwk.clone(),
+            retire_at: now + keep_for.as_secs(),
+        });
+        let json = serde_json::to_vec_pretty(&retired).map_err(|e| KeyError::Io {
+            action: "serialise",
+            path: self.dir.join(RETIRED_FILE),
+            source: e.into(),
+        })?;
+        // Retired list first: a crash between the two writes leaves the old
+        // key signing and also listed, never a key whose tokens cannot verify.
+        write_private(&self.dir.join(RETIRED_FILE), &json)?;
+        write_private(&key_path, pem.as_bytes())?;
+        self.current = next;
+        self.retired = retired;
+        Ok(())
+    }
+
+    /// The public keys tokens may be verified with: the current key and the
+    /// retired keys whose tokens may still be valid.
+    pub fn jwks(&self) -> JwkSet {
+        let now = now_secs();
+        let mut keys = vec![self.current.jwk.clone()];
+        keys.extend(
+            self.retired
+                .iter()
+                .filter(|r| r.retire_at > now)
+                .map(|r| r.jwk.clone()),
+        );
+        JwkSet { keys }
+    }
+}
+
+fn generate() -> Result<String, KeyError> {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
+    Ok(pair.serialize_pem())
+}
+
+fn read_key(path: &Path) -> Result<SigningKey, KeyError> {
+    let meta = fs::metadata(path).map_err(|source| KeyError::Io {
+        action: "read",
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Insecure {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let pem = fs::read_to_string(path).map_err(|source| KeyError::Io {
+        action: "read",
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_key(path, &pem)
+}
+
+fn parse_key(path: &Path, pem: &str) -> Result<SigningKey, KeyError> {
+    let invalid = |reason: String| KeyError::Invalid {
+        path: path.to_owned(),
+        reason,
+    };
+    let encoding = EncodingKey::from_ec_pem(pem.as_bytes()).map_err(|e| invalid(e.to_string()))?;
+    let mut jwk =
+        Jwk::from_encoding_key(&encoding, Algorithm::ES256).map_err(|e| invalid(e.to_string()))?;
+    let kid = jwk
+        .thumbprint(ThumbprintHash::SHA256)
+        .map_err(|e| invalid(e.to_string()))?;
+    jwk.common.key_id = Some(kid.clone());
+    jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+    Ok(SigningKey { kid, encoding, jwk })
+}
+
+fn read_retired(path: &Path) -> Result<Vec<RetiredKey>, KeyError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| KeyError::Invalid {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(KeyError::Io {
+            action: "read",
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Written beside and renamed over, so a reader never sees half a key.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    let tmp = path.with_extension("tmp");
+    let io = |action, source| KeyError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    };
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(KEY_MODE)
+        .open(&tmp)
+        .map_err(|e| io("create", e))?;
+    f.write_all(bytes).map_err(|e| io("write", e))?;
+    f.sync_all().map_err(|e| io("sync", e))?;
+    fs::rename(&tmp, path).map_err(|e| io("rename", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_made_once_private_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = KeyStore::load_or_create(dir.path()).unwrap();
+        let mode = fs::metadata(dir.path().join("token/signing.key"))
+            .unwrap()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let b = KeyStore::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.kid(), b.kid());
+        let jwks = a.jwks();
+        assert_eq!(jwks.keys.len(), 1);
+        assert_eq!(jwks.keys[0].common.key_id.as_deref(), Some(a.kid()));
+        // Only the public half is published.
+        let text = serde_json::to_string(&jwks).unwrap();
+        assert!(!text.contains("\"d\""), "{text}");
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_key_until_its_tokens_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keys = KeyStore::load_or_create(dir.path()).unwrap();
+        let old = keys.kid().to_owned();
+        keys.rotate(Duration::from_secs(120)).unwrap();
+        assert_ne!(keys.kid(), old);
+        let kids = |k: &KeyStore| -> Vec<String> {
+            k.jwks()
+                .keys
+                .iter()
+                .filter_map(|j| j.common.key_id.clone())
+                .collect()
+        };
+        assert_eq!(kids(&keys), vec![keys.kid().to_owned(), old.clone()]);
+        // A restart sees the same.
+        let again = KeyStore::load(dir.path()).unwrap();
+        assert_eq!(kids(&again), kids(&keys));
+        // A key retired with nothing left to keep is not published.
+        let second = keys.kid().to_owned();
+        keys.rotate(Duration::ZERO).unwrap();
+        assert!(!kids(&keys).contains(&second));
+        assert_eq!(kids(&keys), vec![keys.kid().to_owned(), old]);
+    }
+
+    #[test]
+    fn a_readable_key_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        KeyStore::load_or_create(dir.path()).unwrap();
+        let path = dir.path().join("token/signing.key");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            KeyStore::load(dir.path()),
+            Err(KeyError::Insecure { .. })
+        ));
+    }
+}

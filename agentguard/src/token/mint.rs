@@ -1,0 +1,103 @@
+//! Minting a token for one request.
+
+use std::{sync::RwLock, time::Duration};
+
+use jsonwebtoken::{Algorithm, Header, jwk::JwkSet};
+
+use super::{
+    Act, Claims, KernelClaims, KeyError, KeyStore, MAX_TTL, RequestBinding, b64url, issuer,
+    now_secs, subject,
+};
+
+/// Signs request-bound tokens with the key store's current key.
+#[derive(Debug)]
+pub struct Minter {
+    trust_domain: String,
+    keys: RwLock<KeyStore>,
+}
+
+/// What a token is minted for.
+#[derive(Debug, Clone)]
+pub struct MintRequest<'a> {
+    pub agent: &'a str,
+    pub audience: &'a str,
+    pub scope: &'a str,
+    pub ttl: Duration,
+    pub binding: &'a RequestBinding,
+    pub on_behalf_of: Option<&'a str>,
+    /// The kernel's view of the caller (cgroup path, uid), when known.
+    pub kernel: Option<(&'a str, u32)>,
+}
+
+/// A signed token and the claims in it.
+#[derive(Debug, Clone)]
+pub struct Minted {
+    pub token: String,
+    pub claims: Claims,
+}
+
+impl Minter {
+    pub fn new(keys: KeyStore, trust_domain: &str) -> Self {
+        Self {
+            trust_domain: trust_domain.to_owned(),
+            keys: RwLock::new(keys),
+        }
+    }
+
+    pub fn issuer(&self) -> String {
+        issuer(&self.trust_domain)
+    }
+
+    pub fn jwks(&self) -> JwkSet {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).jwks()
+    }
+
+    /// Switches to a new signing key; tokens signed by the old one keep
+    /// verifying until they expire.
+    pub fn rotate(&self) -> Result<(), KeyError> {
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .rotate(MAX_TTL + super::DEFAULT_LEEWAY)
+    }
+
+    pub fn mint(&self, req: &MintRequest<'_>) -> Result<Minted, String> {
+        let now = now_secs();
+        let ttl = req.ttl.min(MAX_TTL).as_secs().max(1);
+        let mut jti = [0u8; 16];
+        getrandom::fill(&mut jti).map_err(|e| format!("no randomness for jti: {e}"))?;
+        let claims = Claims {
+            iss: self.issuer(),
+            sub: subject(&self.trust_domain, req.agent),
+            aud: req.audience.to_owned(),
+            scope: req.scope.to_owned(),
+            iat: now,
+            nbf: now,
+            exp: now + ttl,
+            jti: b64url(&jti),
+            htm: req.binding.method.clone(),
+            htu: req.binding.htu()?,
+            rh: req.binding.request_hash(),
+            act: req.on_behalf_of.map(|who| Act {
+                sub: who.to_owned(),
+            }),
+            agentguard: req.kernel.map(|(cgroup, uid)| KernelClaims {
+                agent: req.agent.to_owned(),
+                cgroup: cgroup.to_owned(),
+                uid,
+            }),
+        };
+        let token = self.sign(&claims)?;
+        Ok(Minted { token, claims })
+    }
+
+    /// Signs arbitrary claims with the current key (tests make expired and
+    /// otherwise doctored tokens with it).
+    pub fn sign(&self, claims: &Claims) -> Result<String, String> {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(keys.kid().to_owned());
+        jsonwebtoken::encode(&header, claims, keys.encoding_key())
+            .map_err(|e| format!("failed to sign a token: {e}"))
+    }
+}
