@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and dispatch to the modules.
 
 mod audit;
+mod token;
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
@@ -65,7 +66,17 @@ enum Command {
         report_kernel_redirects: bool,
         #[command(flatten)]
         audit: audit::AuditRunArgs,
+        #[command(flatten)]
+        tokens: token::TokenRunArgs,
     },
+    /// Request-bound tokens: print the JWKS, verify a token.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
+    },
+    /// A reverse proxy for tool servers: forwards only requests whose
+    /// agentguard token verifies and is bound to them.
+    VerifyProxy(token::VerifyProxyArgs),
     /// The audit record: verify, query, follow.
     Audit {
         #[command(subcommand)]
@@ -181,6 +192,8 @@ enum CliError {
     Ca(#[from] CaError),
     #[error(transparent)]
     Audit(#[from] audit::AuditCliError),
+    #[error(transparent)]
+    Token(#[from] token::TokenCliError),
     #[error("failed to start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -225,6 +238,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             dns_upstream,
             report_kernel_redirects,
             audit,
+            tokens,
         } => {
             let cfg = RunConfig {
                 dns_upstreams: dns_upstream,
@@ -238,6 +252,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
                 audit: audit.options()?,
                 metrics_listen: audit.metrics_listen,
                 otlp_endpoint: audit.otlp_endpoint.clone(),
+                tokens: tokens.options()?,
             }
             .validate()?;
             runtime()?.block_on(daemon::run(cfg)).map_err(Box::new)?;
@@ -268,6 +283,8 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command } => Ok(audit::run(command)?),
+        Command::Token { command } => Ok(token::run(command)?),
+        Command::VerifyProxy(args) => Ok(token::verify_proxy(args)?),
         Command::Connections { admin_socket } => print_lines(&admin_socket, "/v1/connections"),
         Command::Requests { admin_socket } => print_lines(&admin_socket, "/v1/requests"),
         Command::Ca {

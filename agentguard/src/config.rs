@@ -36,6 +36,22 @@ pub const DEFAULT_AUDIT_CHECKPOINT_EVERY: u64 = 1000;
 /// ...or this often, whichever comes first.
 pub const DEFAULT_AUDIT_CHECKPOINT_INTERVAL: &str = "60s";
 
+/// The JWKS for request-bound tokens is served here (loopback: tool servers
+/// on this host read it; serve it further with a reverse proxy or publish
+/// `agentguard token jwks`). `off` disables it.
+pub const DEFAULT_JWKS_LISTEN: &str = "127.0.0.1:9477";
+/// Request bodies for JWT-bound tools are read whole to hash them, up to this.
+pub const DEFAULT_JWT_MAX_BODY: &str = "1M";
+
+/// Request-bound token settings of `agentguard run`.
+#[derive(Debug, Clone)]
+pub struct TokenOptions {
+    /// `sub` is `spiffe://<trust_domain>/agent/<name>`.
+    pub trust_domain: String,
+    pub jwks_listen: Option<SocketAddr>,
+    pub max_body: usize,
+}
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("{flag}: path must be absolute, got {path}")]
@@ -46,6 +62,10 @@ pub enum ConfigError {
     Size { flag: &'static str, value: String },
     #[error("{flag}: must be at least 1")]
     Zero { flag: &'static str },
+    #[error("--trust-domain: {0:?} must be a DNS-like name (a-z, 0-9, '-', '.')")]
+    TrustDomain(String),
+    #[error("--jwks-listen: {0:?} is neither an address (127.0.0.1:9477) nor \"off\"")]
+    JwksListen(String),
     #[error(transparent)]
     Otlp(#[from] crate::audit::otlp::OtlpError),
 }
@@ -146,6 +166,18 @@ pub struct RunConfig {
     pub dns_upstreams: Vec<SocketAddr>,
     /// Record kernel redirects as well as refusals.
     pub report_kernel_redirects: bool,
+    pub tokens: TokenOptions,
+}
+
+/// `--jwks-listen`: an address, or `off`.
+pub fn parse_jwks_listen(value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if value == "off" {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| ConfigError::JwksListen(value.to_owned()))
 }
 
 impl RunConfig {
@@ -159,6 +191,14 @@ impl RunConfig {
         self.audit.validate()?;
         if let Some(endpoint) = &self.otlp_endpoint {
             crate::audit::otlp::logs_url(endpoint)?;
+        }
+        let td = &self.tokens.trust_domain;
+        if td.is_empty()
+            || !td
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        {
+            return Err(ConfigError::TrustDomain(td.clone()));
         }
         if !self.bpf_dir.is_absolute() {
             return Err(ConfigError::NotAbsolute {
@@ -181,7 +221,7 @@ impl std::fmt::Display for RunConfig {
             "policies={} state_dir={} admin_socket={} bpf_dir={} proxy_port={} upstream_ca={} \
              audit_flush={:?} audit_batch_max={} audit_queue={} audit_checkpoint_every={} \
              audit_checkpoint_interval={:?} audit_retention={} audit_max_size={} \
-             metrics_listen={} otlp_endpoint={}",
+             metrics_listen={} otlp_endpoint={} trust_domain={} jwks_listen={} jwt_max_body={}",
             self.policies_dir.display(),
             self.state_dir.display(),
             self.admin_socket.display(),
@@ -203,6 +243,11 @@ impl std::fmt::Display for RunConfig {
                 .map_or("none".into(), |b| b.to_string()),
             self.metrics_listen.map_or("off".into(), |a| a.to_string()),
             self.otlp_endpoint.as_deref().unwrap_or("off"),
+            self.tokens.trust_domain,
+            self.tokens
+                .jwks_listen
+                .map_or("off".into(), |a| a.to_string()),
+            self.tokens.max_body,
         )
     }
 }

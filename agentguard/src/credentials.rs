@@ -109,6 +109,8 @@ pub enum CredentialError {
     UnknownAgent { agent: String },
     #[error("agent {agent} has no credential {credential}")]
     UnknownCredential { agent: String, credential: String },
+    #[error("agent {agent}: credential {credential} is a token minted for each request")]
+    MintedPerRequest { agent: String, credential: String },
     #[error(transparent)]
     Inject(#[from] InjectError),
 }

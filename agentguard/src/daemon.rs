@@ -75,6 +75,13 @@ pub enum DaemonError {
     Audit(#[from] crate::audit::AuditError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("token signing key: {0}")]
+    TokenKey(#[from] crate::token::KeyError),
+    #[error("failed to serve the JWKS on {addr}: {source}")]
+    JwksListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("failed to listen for metrics on {addr}: {source}")]
     MetricsListen {
         addr: std::net::SocketAddr,
@@ -98,6 +105,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     let ca_bundle = ca.write_trust_bundle()?;
     let (tls, leaves) = tls_acceptor(ca.clone())?;
     let upstreams = Arc::new(Upstreams::new(cfg.upstream_ca.as_deref())?);
+    let minter = Arc::new(crate::token::Minter::new(
+        crate::token::KeyStore::load_or_create(&cfg.state_dir)?,
+        &cfg.tokens.trust_domain,
+    ));
     // Claim the admin socket before touching the kernel, so a second daemon
     // fails here instead of taking over the first one's links.
     let admin = AdminServer::bind(&cfg.admin_socket).await?;
@@ -105,6 +116,14 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     // to it.
     let listeners = Listeners::bind(cfg.proxy_port)?;
     let port = listeners.port();
+    if let Some(addr) = cfg.tokens.jwks_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::JwksListen { addr, source })?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        info!(jwks = %format!("http://{bound}{}", crate::token::JWKS_PATH), "serving the token JWKS");
+        tokio::spawn(crate::token::serve_jwks(listener, minter.clone()));
+    }
     if port >= 1024 {
         warn!(
             port,
@@ -165,6 +184,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         upstreams,
         resolvers: resolvers.clone(),
         proxy_port: port,
+        minter,
+        jwt_max_body: cfg.tokens.max_body,
     });
     let metrics = Arc::new(MetricsSource {
         metrics: audit.metrics.clone(),

@@ -49,4 +49,8 @@ pub struct ProxyContext {
     /// The proxy's own listen port: a record pointing there would make the
     /// proxy dial itself.
     pub proxy_port: u16,
+    /// Mints request-bound tokens for `jwt` credentials.
+    pub minter: Arc<crate::token::Minter>,
+    /// Request bodies of JWT-bound tools are read whole up to this size.
+    pub jwt_max_body: usize,
 }

@@ -46,6 +46,7 @@ mod claims;
 mod keys;
 mod mint;
 mod replay;
+mod serve;
 mod verify;
 
 use std::time::Duration;
@@ -54,6 +55,7 @@ pub use claims::{Act, Claims, KernelClaims, RequestBinding, normalize_htu, reque
 pub use keys::{KeyError, KeyStore};
 pub use mint::{MintRequest, Minted, Minter};
 pub use replay::ReplayCache;
+pub use serve::{JWKS_PATH, VerifyProxy, read_certs, serve_jwks, tls_acceptor};
 pub use verify::{JwksSource, Verifier, VerifierConfig, VerifyError};
 
 /// The trust domain in `sub` and `iss` unless `--trust-domain` says otherwise.

@@ -111,7 +111,17 @@ impl Daemon {
             .open(self.log_path())
             .unwrap();
         let mut command = Command::new(AGENTGUARD);
-        command.args(["--log-format", "json", "run", "--proxy-port", "0"]);
+        // Any free port for the JWKS: several test daemons (and perhaps the
+        // machine's own) must not contend for the default.
+        command.args([
+            "--log-format",
+            "json",
+            "run",
+            "--proxy-port",
+            "0",
+            "--jwks-listen",
+            "127.0.0.1:0",
+        ]);
         if let Some(ca) = &self.upstream_ca {
             command.arg("--upstream-ca").arg(ca);
         }

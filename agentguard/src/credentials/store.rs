@@ -36,6 +36,8 @@ enum Credential {
     /// Boxed: the client with its lock and cache is much larger than a
     /// secret.
     OAuth2(Box<OAuth2Client>),
+    /// Minted per request by the proxy (`crate::token`): nothing to hold.
+    Minted,
 }
 
 impl std::fmt::Debug for CredentialStore {
@@ -104,6 +106,10 @@ impl CredentialStore {
                     credential: credential_id.to_owned(),
                     source,
                 }),
+            Credential::Minted => Err(CredentialError::MintedPerRequest {
+                agent: agent.to_owned(),
+                credential: credential_id.to_owned(),
+            }),
         }
     }
 
@@ -119,6 +125,8 @@ impl CredentialStore {
             match credential {
                 Credential::Static(secret) => secrets.push(secret.clone()),
                 Credential::OAuth2(client) => secrets.extend(client.known_secrets()),
+                // Each response is checked against its own request's token.
+                Credential::Minted => {}
             }
         }
         secrets
@@ -182,6 +190,7 @@ fn resolve(agent: &str, credential: &CredentialPolicy) -> Result<Credential, Vec
                 (id, secret) => Err(id.err().into_iter().chain(secret.err()).collect()),
             }
         }
+        SecretSource::Jwt(_) => Ok(Credential::Minted),
     }
 }
 

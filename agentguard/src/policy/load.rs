@@ -12,9 +12,9 @@ use hyper::{Method, Uri, header::HeaderName};
 
 use super::model::{
     AgentPolicy, CgroupRelPath, CredentialPolicy, CredentialSection, DnsMode, HostPattern,
-    InjectSection, Injection, Mode, OAuth2Source, PassthroughRule, PathPattern, PolicyFile,
-    PolicySet, SecretRef, SecretRefSection, SecretSource, SourceSection, ToolPolicy, ToolSection,
-    ValueSection, ValueSource, validate_agent_name,
+    InjectSection, Injection, JwtSource, Mode, OAuth2Source, PassthroughRule, PathPattern,
+    PolicyFile, PolicySet, SecretRef, SecretRefSection, SecretSource, SourceSection, ToolPolicy,
+    ToolSection, ValueSection, ValueSource, validate_agent_name,
 };
 
 #[derive(Debug, Error)]
@@ -278,10 +278,21 @@ fn parse_credential(
             oauth2(o)
                 .map_err(|m| invalid(&source_span, format!("credential.source.oauth2: {m}")))?,
         ),
+        SourceSection::Jwt(j) => SecretSource::Jwt(
+            jwt(j).map_err(|m| invalid(&source_span, format!("credential.source.jwt: {m}")))?,
+        ),
     };
     let inject_span = at(section.inject.span().start);
     let inject = injection(section.inject.into_inner())
         .map_err(|m| invalid(&inject_span, format!("credential.inject: {m}")))?;
+    // The token binds the query: a token in the query would change what it
+    // binds.
+    if matches!(source, SecretSource::Jwt(_)) && !matches!(inject, Injection::Header { .. }) {
+        return Err(invalid(
+            &inject_span,
+            "credential.inject: a jwt credential goes in a header (e.g. header = \"Authorization\", format = \"Bearer {secret}\")".into(),
+        ));
+    }
     let placeholder_env = match section.placeholder_env {
         None => None,
         Some(var) => {
@@ -357,6 +368,35 @@ fn oauth2(section: super::model::OAuth2Section) -> Result<OAuth2Source, String> 
         },
         client_secret: secret_ref(section.client_secret)?,
         scope: section.scope,
+    })
+}
+
+fn jwt(section: super::model::JwtSection) -> Result<JwtSource, String> {
+    let audience = section.audience.trim();
+    if audience.is_empty() {
+        return Err("audience must not be empty".into());
+    }
+    let ttl = match &section.ttl {
+        None => crate::token::DEFAULT_TTL,
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|_| format!("ttl {t:?} is not a duration (like 60s)"))?,
+    };
+    if ttl < std::time::Duration::from_secs(1) || ttl > crate::token::MAX_TTL {
+        return Err(format!(
+            "ttl must be between 1s and {}s: a token is for one call",
+            crate::token::MAX_TTL.as_secs()
+        ));
+    }
+    let scope = section.scope.unwrap_or_default();
+    if scope.contains(['"', '\\']) || scope.chars().any(char::is_control) {
+        return Err(format!(
+            "scope {scope:?} has characters scopes may not (RFC 6749 §3.3)"
+        ));
+    }
+    Ok(JwtSource {
+        audience: audience.to_owned(),
+        scope,
+        ttl,
     })
 }
 
@@ -561,6 +601,54 @@ mod tests {
             "[agent]\nname = \"b\"\ncgroup = \"agentguard/bb\"\n",
         );
         assert_ne!(load_path(dir.path()).unwrap().version, before);
+    }
+
+    #[test]
+    fn jwt_credentials_are_parsed_and_checked() {
+        let head = "[agent]\nname = \"a\"\ncgroup = \"agentguard/a\"\n[[credential]]\nid = \"t\"\n";
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "a.toml",
+            &format!(
+                "{head}source = {{ jwt = {{ audience = \"itsm\", scope = \"tickets:write\", ttl = \"30s\" }} }}\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\n"
+            ),
+        );
+        let set = load_path(dir.path()).unwrap();
+        let c = set.agent("a").unwrap().credential("t").unwrap();
+        assert_eq!(
+            c.source,
+            SecretSource::Jwt(JwtSource {
+                audience: "itsm".into(),
+                scope: "tickets:write".into(),
+                ttl: std::time::Duration::from_secs(30),
+            })
+        );
+        for (source, inject, want) in [
+            (
+                "{ jwt = { audience = \"x\", ttl = \"1h\" } }",
+                "{ header = \"Authorization\" }",
+                "ttl must be",
+            ),
+            (
+                "{ jwt = { audience = \"\" } }",
+                "{ header = \"Authorization\" }",
+                "audience",
+            ),
+            (
+                "{ jwt = { audience = \"x\" } }",
+                "{ query = \"token\" }",
+                "goes in a header",
+            ),
+        ] {
+            write(
+                dir.path(),
+                "a.toml",
+                &format!("{head}source = {source}\ninject = {inject}\n"),
+            );
+            let err = load_path(dir.path()).unwrap_err().to_string();
+            assert!(err.contains(want), "{want}: {err}");
+        }
     }
 
     #[test]

@@ -42,6 +42,17 @@ pub(super) enum SourceSection {
     File(String),
     Env(String),
     Oauth2(OAuth2Section),
+    Jwt(JwtSection),
+}
+
+/// `{ jwt = { audience = "...", scope = "...", ttl = "60s" } }`: a token
+/// minted per request and bound to it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct JwtSection {
+    pub audience: String,
+    pub scope: Option<String>,
+    pub ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,6 +246,17 @@ pub enum SecretSource {
     Env(String),
     /// OAuth 2.0 client credentials grant (RFC 6749 §4.4).
     OAuth2(OAuth2Source),
+    /// A JWT minted by agentguard for each request and bound to it (see
+    /// `crate::token`).
+    Jwt(JwtSource),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtSource {
+    pub audience: String,
+    /// Space-separated; may be empty.
+    pub scope: String,
+    pub ttl: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

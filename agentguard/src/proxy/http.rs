@@ -6,6 +6,7 @@
 mod checks;
 mod forward;
 mod hop;
+mod jwt;
 mod record;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
@@ -34,7 +35,7 @@ use crate::{
     credentials::{find_placeholders, inject},
     identity::Identity,
     live::LiveState,
-    policy::{Injection, Mode, RequestFacts, Verdict, normalize_path},
+    policy::{Injection, Mode, RequestFacts, SecretSource, Verdict, normalize_path},
 };
 use record::{INTENT_HEADER, Outcome, redacted_query};
 
@@ -234,6 +235,7 @@ async fn handle(
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
+    let mut jwt = None;
     if let Some(credential) = credential {
         // A secret never crosses an unauthenticated connection: only TLS
         // upstreams, whose certificate is verified for the policy's host
@@ -250,6 +252,23 @@ async fn handle(
             );
         }
         out.event.credential_id = Some(credential.id.clone());
+        // An upstream's echo of the secret can only be redacted in a body
+        // that is not compressed; the agent does not get to choose.
+        parts.headers.insert(
+            hyper::header::ACCEPT_ENCODING,
+            hyper::header::HeaderValue::from_static("identity"),
+        );
+        if let SecretSource::Jwt(j) = &credential.source {
+            // Minted once the upstream's request head is final (below).
+            jwt = Some(jwt::JwtSpec {
+                audience: &j.audience,
+                scope: &j.scope,
+                ttl: j.ttl,
+                inject: &credential.inject,
+            });
+        }
+    }
+    if let Some(credential) = credential.filter(|_| jwt.is_none()) {
         let secret = match state.credentials.secret(agent, &credential.id).await {
             Ok(s) => s,
             Err(e) => {
@@ -270,12 +289,6 @@ async fn handle(
                 );
             }
         };
-        // An upstream's echo of the secret can only be redacted in a body
-        // that is not compressed; the agent does not get to choose.
-        parts.headers.insert(
-            hyper::header::ACCEPT_ENCODING,
-            hyper::header::HeaderValue::from_static("identity"),
-        );
         if let Err(e) = inject(&credential.inject, &secret, &mut parts) {
             return out.refuse(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -308,7 +321,21 @@ async fn handle(
     if let Err(reason) = forward::prepare(&mut parts, &authority, meta.scheme(), &path, upgrade) {
         return out.refuse(StatusCode::BAD_REQUEST, "bad-request", reason);
     }
-    let upstream_req = Request::from_parts(parts, out.count_request_body(body.boxed()));
+    let mut minted = None;
+    let body = match jwt {
+        None => body.boxed(),
+        Some(spec) => match jwt::bind(&mut parts, body, &spec, meta, ctx).await {
+            Ok(bound) => {
+                out.event.token_jti = Some(bound.jti.clone());
+                minted = Some(bound.token);
+                http_body_util::Full::new(bound.body)
+                    .map_err(|n| match n {})
+                    .boxed()
+            }
+            Err((status, rule, reason)) => return out.refuse(status, rule, reason),
+        },
+    };
+    let upstream_req = Request::from_parts(parts, out.count_request_body(body));
     let client = ctx.upstreams.client(agent, &host, meta.dst, upgrade);
     let sent = Instant::now();
     let mut resp = match client.request(upstream_req).await {
@@ -332,7 +359,9 @@ async fn handle(
         }
         return resp.map(|b| b.boxed());
     }
-    let secrets = state.credentials.known_secrets(agent);
+    let mut secrets = state.credentials.known_secrets(agent);
+    // The token went upstream only: an echo of it is cut like any secret.
+    secrets.extend(minted);
     let mut resp = forward::finish(resp, &secrets).await;
     if out.decision() == Some(Decision::WouldDeny) {
         resp.headers_mut().insert(

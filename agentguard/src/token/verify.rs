@@ -325,23 +325,35 @@ async fn fetch(source: &JwksSource) -> Result<JwkSet, VerifyError> {
     serde_json::from_slice(&bytes).map_err(|e| err(format!("not a JWKS: {e}")))
 }
 
-async fn get(url: &Uri) -> Result<Vec<u8>, String> {
+/// HTTP or HTTPS (verified against the system roots) to JWKS endpoints and
+/// verify-proxy's upstream.
+/// `extra` are more trusted CA certificates (DER), beside the system roots.
+pub(super) fn https_connector(
+    extra: &[rustls::pki_types::CertificateDer<'static>],
+) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
+    }
+    for cert in extra {
+        let _ = roots.add(cert.clone());
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
+    .expect("ring supports the default protocol versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+    hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .build();
+        .build()
+}
+
+async fn get(url: &Uri) -> Result<Vec<u8>, String> {
+    let connector = https_connector(&[]);
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
     let resp = client.get(url.clone()).await.map_err(|e| e.to_string())?;
     if !resp.status().is_success() {

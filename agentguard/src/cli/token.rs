@@ -1,0 +1,273 @@
+//! `agentguard token ...`, `agentguard verify-proxy`, and the token flags of
+//! `agentguard run`.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::{Args, Subcommand};
+use thiserror::Error;
+
+use crate::{
+    config::{
+        ConfigError, DEFAULT_JWKS_LISTEN, DEFAULT_JWT_MAX_BODY, DEFAULT_STATE_DIR, TokenOptions,
+        parse_jwks_listen, parse_size,
+    },
+    token::{
+        DEFAULT_TRUST_DOMAIN, JwksSource, KeyError, KeyStore, RequestBinding, Verifier,
+        VerifierConfig, VerifyError, VerifyProxy,
+    },
+};
+
+#[derive(Debug, Error)]
+pub enum TokenCliError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("failed to listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("failed to start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Token flags of `agentguard run`.
+#[derive(Debug, Args)]
+pub struct TokenRunArgs {
+    /// Trust domain of the agents' identity URIs
+    /// (`spiffe://<trust-domain>/agent/<name>`) and of the issuer.
+    #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Where the JWKS for request-bound tokens is served
+    /// (`/.well-known/jwks.json`), or `off`.
+    #[arg(long, default_value = DEFAULT_JWKS_LISTEN, value_name = "ADDR|off")]
+    jwks_listen: String,
+    /// Request bodies of JWT-bound tools are read whole (to hash them) up to
+    /// this size; larger ones are refused with 413.
+    #[arg(long, default_value = DEFAULT_JWT_MAX_BODY, value_name = "SIZE")]
+    jwt_max_body: String,
+}
+
+impl TokenRunArgs {
+    pub fn options(&self) -> Result<TokenOptions, ConfigError> {
+        let max_body = parse_size("--jwt-max-body", &self.jwt_max_body)?;
+        Ok(TokenOptions {
+            trust_domain: self.trust_domain.clone(),
+            jwks_listen: parse_jwks_listen(&self.jwks_listen)?,
+            max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print the JWKS (the public keys tokens are verified with).
+    Jwks {
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Verify a token: signature, issuer, audience, lifetime, scope and, with
+    /// --method and --url, its binding to that request. Exit 0 if valid.
+    Verify {
+        /// JWKS URL (http(s)://...) or file.
+        #[arg(long, value_name = "URL|FILE")]
+        jwks: String,
+        #[arg(long)]
+        audience: String,
+        /// Expected issuer (default: any the JWKS signs for).
+        #[arg(long)]
+        issuer: Option<String>,
+        /// Scopes the token must grant (space-separated).
+        #[arg(long)]
+        scope: Option<String>,
+        #[arg(long, requires = "url")]
+        method: Option<String>,
+        #[arg(long, requires = "method")]
+        url: Option<String>,
+        /// The request body (default: empty).
+        #[arg(long, requires = "url")]
+        body_file: Option<PathBuf>,
+        token: String,
+    },
+}
+
+/// `agentguard verify-proxy`.
+#[derive(Debug, Args)]
+pub struct VerifyProxyArgs {
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The tool server (http(s)://host:port[/prefix]).
+    #[arg(long)]
+    upstream: String,
+    #[arg(long)]
+    audience: String,
+    /// JWKS URL (http(s)://...) or file.
+    #[arg(long, value_name = "URL|FILE")]
+    jwks: String,
+    /// Scopes every token must grant (space-separated); else 403.
+    #[arg(long)]
+    scope: Option<String>,
+    /// Expected issuer (default: any the JWKS signs for).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Serve TLS with this certificate chain (PEM)...
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// ...and this key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The scheme clients reach this proxy with, for the token's htu
+    /// (default: https with --tls-cert, else http; say https behind a TLS
+    /// terminator).
+    #[arg(long, value_parser = ["http", "https"])]
+    public_scheme: Option<String>,
+    /// Larger request bodies are refused with 413.
+    #[arg(long, default_value = DEFAULT_JWT_MAX_BODY, value_name = "SIZE")]
+    max_body: String,
+    /// Extra CA certificates (PEM) trusted for an https upstream, beside
+    /// the system roots.
+    #[arg(long)]
+    upstream_ca: Option<PathBuf>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, TokenCliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(TokenCliError::Runtime)
+}
+
+fn config(
+    audience: &str,
+    issuer: Option<String>,
+    scope: Option<String>,
+) -> Result<VerifierConfig, TokenCliError> {
+    if audience.is_empty() {
+        return Err(TokenCliError::Usage("--audience must not be empty".into()));
+    }
+    let mut cfg = VerifierConfig::new(audience);
+    cfg.issuer = issuer;
+    cfg.scope = scope;
+    Ok(cfg)
+}
+
+pub fn run(command: TokenCommand) -> Result<ExitCode, TokenCliError> {
+    match command {
+        TokenCommand::Jwks { state_dir } => {
+            let keys = KeyStore::load(&state_dir)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&keys.jwks()).unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Verify {
+            jwks,
+            audience,
+            issuer,
+            scope,
+            method,
+            url,
+            body_file,
+            token,
+        } => {
+            let source = JwksSource::parse(&jwks).map_err(TokenCliError::Usage)?;
+            let binding = match (method, url) {
+                (Some(m), Some(u)) => {
+                    let body = match body_file {
+                        Some(f) => std::fs::read(&f).map_err(|e| {
+                            TokenCliError::Usage(format!("--body-file {}: {e}", f.display()))
+                        })?,
+                        None => Vec::new(),
+                    };
+                    Some(RequestBinding::from_url(&m, &u, &body).map_err(TokenCliError::Usage)?)
+                }
+                _ => None,
+            };
+            let cfg = config(&audience, issuer, scope)?;
+            let result = runtime()?.block_on(async {
+                let verifier = Verifier::new(cfg, source).await?;
+                verifier.check(token.trim(), binding.as_ref()).await
+            });
+            match result {
+                Ok(claims) => {
+                    let verdict = serde_json::json!({
+                        "valid": true,
+                        "binding_checked": binding.is_some(),
+                        "claims": claims,
+                    });
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&verdict).unwrap_or_default()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(VerifyError::Jwks(e)) => Err(VerifyError::Jwks(e).into()),
+                Err(e) => {
+                    let verdict = serde_json::json!({ "valid": false, "error": e.to_string() });
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&verdict).unwrap_or_default()
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}
+
+pub fn verify_proxy(args: VerifyProxyArgs) -> Result<ExitCode, TokenCliError> {
+    let upstream: hyper::Uri = args
+        .upstream
+        .parse()
+        .map_err(|e| TokenCliError::Usage(format!("--upstream {:?}: {e}", args.upstream)))?;
+    if !matches!(upstream.scheme_str(), Some("http" | "https")) || upstream.authority().is_none() {
+        return Err(TokenCliError::Usage(format!(
+            "--upstream {:?} must be http(s)://host[:port]",
+            args.upstream
+        )));
+    }
+    let source = JwksSource::parse(&args.jwks).map_err(TokenCliError::Usage)?;
+    let max_body = parse_size("--max-body", &args.max_body)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some(crate::token::tls_acceptor(c, k).map_err(TokenCliError::Usage)?),
+        _ => None,
+    };
+    let public_scheme = args
+        .public_scheme
+        .clone()
+        .unwrap_or_else(|| if tls.is_some() { "https" } else { "http" }.to_owned());
+    let upstream_ca = match &args.upstream_ca {
+        Some(p) => crate::token::read_certs(p).map_err(TokenCliError::Usage)?,
+        None => Vec::new(),
+    };
+    let cfg = config(&args.audience, args.issuer, args.scope)?;
+    runtime()?.block_on(async move {
+        let verifier = Verifier::new(cfg, source).await?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|source| TokenCliError::Listen {
+                addr: args.listen,
+                source,
+            })?;
+        let local = listener.local_addr().unwrap_or(args.listen);
+        tracing::info!(listen = %local, upstream = %upstream, audience = %args.audience, "verify-proxy ready");
+        // The chosen port on stdout, for scripts that bind port 0.
+        println!("listening on {local}");
+        let proxy = Arc::new(VerifyProxy {
+            verifier,
+            upstream,
+            public_scheme,
+            max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
+            tls,
+            upstream_ca,
+        });
+        proxy.serve(listener).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,294 @@
+//! The two HTTP servers of `token`: the daemon's JWKS endpoint, and
+//! `agentguard verify-proxy`, a reverse proxy that lets through only requests
+//! whose token verifies and is bound to them.
+
+use std::{convert::Infallible, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use http_body_util::{BodyExt as _, Full, Limited, combinators::BoxBody};
+use hyper::{
+    Request, Response, StatusCode, Uri,
+    body::{Body as _, Bytes, Incoming},
+    header::{self, HeaderValue},
+    service::service_fn,
+};
+use hyper_util::{
+    client::legacy::Client,
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use super::{Minter, RequestBinding, Verifier, verify::https_connector};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Where the JWKS is served.
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body.into()).map_err(|n| match n {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// Serves `GET /.well-known/jwks.json` (the current and still-valid retired
+/// public keys) and 404 for anything else.
+pub async fn serve_jwks(listener: TcpListener, minter: Arc<Minter>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(error = %e, "jwks accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let minter = minter.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let minter = minter.clone();
+                async move {
+                    let resp = if req.uri().path() == JWKS_PATH {
+                        let body = serde_json::to_vec(&minter.jwks()).unwrap_or_default();
+                        let mut r = full(StatusCode::OK, "application/jwk-set+json", body);
+                        r.headers_mut().insert(
+                            header::CACHE_CONTROL,
+                            HeaderValue::from_static("max-age=60"),
+                        );
+                        r
+                    } else {
+                        full(StatusCode::NOT_FOUND, "text/plain", "not found\n")
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// How `agentguard verify-proxy` runs.
+pub struct VerifyProxy {
+    pub verifier: Arc<Verifier>,
+    /// The tool server: `http(s)://host:port`, optionally with a path prefix.
+    pub upstream: Uri,
+    /// The scheme clients used to reach this proxy, for `htu`: `https` when
+    /// it terminates TLS itself or sits behind a TLS terminator.
+    pub public_scheme: String,
+    /// Larger request bodies are refused (413): the body must be read whole
+    /// to check its hash.
+    pub max_body: usize,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// CA certificates trusted for the upstream beside the system roots.
+    pub upstream_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+/// The certificates in a PEM file.
+pub fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A TLS acceptor from a PEM certificate chain and PKCS#8/SEC1 key.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let certs = read_certs(cert)?;
+    let pem = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let key = rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| format!("{}: {e}", key.display()))?
+        .ok_or_else(|| format!("{}: no private key", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| e.to_string())?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+impl VerifyProxy {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let client: Client<_, Body> =
+            Client::builder(TokioExecutor::new()).build(https_connector(&self.upstream_ca));
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let (this, client) = (self.clone(), client.clone());
+            tokio::spawn(async move {
+                let tls = this.tls.clone();
+                let service = service_fn(move |req| {
+                    let (this, client) = (this.clone(), client.clone());
+                    async move { Ok::<_, Infallible>(this.handle(req, peer, &client).await) }
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
+                match tls {
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(tls) => {
+                            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                        }
+                        Err(e) => warn!(%peer, error = %e, "TLS handshake failed"),
+                    },
+                    None => {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
+            });
+        }
+    }
+
+    async fn handle<C>(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        client: &Client<C, Body>,
+    ) -> Response<Body>
+    where
+        C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+    {
+        let method = req.method().clone();
+        let target = req.uri().path_and_query().map(|p| p.to_string());
+        let target = target.unwrap_or_else(|| "/".into());
+        let refuse = |e: super::VerifyError| {
+            info!(%peer, %method, target, decision = "refuse", reason = %e, "token refused");
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+            let challenge = e.www_authenticate(self.verifier.config().scope.as_deref());
+            let body = serde_json::json!({ "error": e.to_string() }).to_string();
+            let mut r = full(status, "application/json", body);
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            r
+        };
+        // RFC 6750 §2.1: exactly one Authorization header, "Bearer <token>".
+        let mut auth = req.headers().get_all(header::AUTHORIZATION).iter();
+        let token = match (auth.next(), auth.next()) {
+            (Some(v), None) => v
+                .to_str()
+                .ok()
+                .and_then(|v| {
+                    v.get(..7)
+                        .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                        .map(|_| v[7..].trim().to_owned())
+                })
+                .filter(|t| !t.is_empty()),
+            _ => None,
+        };
+        let Some(token) = token else {
+            return refuse(super::VerifyError::InvalidToken(
+                "exactly one Authorization: Bearer token is required".into(),
+            ));
+        };
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        if req
+            .body()
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n > self.max_body as u64)
+            || req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_some_and(|n| n > self.max_body as u64)
+        {
+            return too_large(self.max_body);
+        }
+        let (mut parts, body) = req.into_parts();
+        let body = match Limited::new(body, self.max_body).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return too_large(self.max_body),
+        };
+        let binding = RequestBinding {
+            method: parts.method.to_string(),
+            scheme: self.public_scheme.clone(),
+            authority,
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            body_hash: super::b64url(&<sha2::Sha256 as sha2::Digest>::digest(&body)),
+        };
+        let claims = match self.verifier.verify(&token, Some(&binding)).await {
+            Ok(c) => c,
+            Err(e) => return refuse(e),
+        };
+        info!(%peer, %method, target, decision = "allow", sub = %claims.sub, jti = %claims.jti, "token verified");
+        let upstream = match join(&self.upstream, &target) {
+            Ok(u) => u,
+            Err(e) => return full(StatusCode::BAD_GATEWAY, "text/plain", e),
+        };
+        parts.uri = upstream;
+        parts.headers.remove(header::HOST);
+        parts.version = hyper::Version::HTTP_11;
+        let req = Request::from_parts(parts, Full::new(body).map_err(|n| match n {}).boxed());
+        match client.request(req).await {
+            Ok(resp) => resp.map(|b| b.boxed()),
+            Err(e) => {
+                warn!(error = %e, "upstream failed");
+                full(StatusCode::BAD_GATEWAY, "text/plain", "upstream failed\n")
+            }
+        }
+    }
+}
+
+fn too_large(max: usize) -> Response<Body> {
+    let body = serde_json::json!({
+        "error": format!("request body larger than {max} bytes; it must be read whole to check the token's request hash")
+    });
+    full(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "application/json",
+        body.to_string(),
+    )
+}
+
+/// `upstream` (with an optional path prefix) joined with the request target.
+fn join(upstream: &Uri, target: &str) -> Result<Uri, String> {
+    let prefix = upstream.path().trim_end_matches('/');
+    format!(
+        "{}://{}{prefix}{target}",
+        upstream.scheme_str().unwrap_or("http"),
+        upstream.authority().map(|a| a.as_str()).unwrap_or_default()
+    )
+    .parse()
+    .map_err(|e| format!("upstream uri: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_prefix_is_kept() {
+        let u: Uri = "http://127.0.0.1:8080/base/".parse().unwrap();
+        assert_eq!(
+            join(&u, "/v1/x?a=1").unwrap().to_string(),
+            "http://127.0.0.1:8080/base/v1/x?a=1"
+        );
+        let u: Uri = "https://tool.example".parse().unwrap();
+        assert_eq!(join(&u, "/").unwrap().to_string(), "https://tool.example/");
+    }
+}
