@@ -8,3 +8,4 @@ mod fail_closed;
 mod interception;
 mod redirect;
 mod root_required;
+mod tokens;

@@ -60,6 +60,21 @@ impl TestCa {
         }
     }
 
+    /// A server certificate chain (PEM, with this CA's certificate) and its
+    /// key (PKCS#8 PEM) for `name`, written to files in `dir`, for servers
+    /// the tests run as processes.
+    pub fn leaf_files(&self, name: &str, dir: &Path) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let cert_path = dir.join(format!("{name}.crt"));
+        let key_path = dir.join(format!("{name}.key"));
+        std::fs::write(&cert_path, format!("{}{}", cert.pem(), self.cert_pem)).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+
     /// A server certificate for `name`, with this CA's certificate.
     fn leaf(&self, name: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let key = KeyPair::generate().unwrap();

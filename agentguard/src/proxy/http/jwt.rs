@@ -2,13 +2,16 @@
 //! that the token can bind its hash, then a token is minted for exactly the
 //! request the upstream will receive and put where the credential says.
 
-use http_body_util::{BodyExt as _, Limited};
+use std::time::Duration;
+
+use http_body_util::BodyExt as _;
 use hyper::{
     StatusCode,
     body::{Bytes, Incoming},
     header::CONTENT_LENGTH,
     http::request::Parts,
 };
+use tokio::time::Instant;
 
 use super::ConnMeta;
 use crate::{
@@ -35,6 +38,49 @@ pub(super) struct JwtSpec<'a> {
     pub inject: &'a Injection,
 }
 
+/// A body past the bound is still read (and dropped), up to this much or
+/// [`DRAIN_TIME`], so that the client, still sending, gets the 413 instead
+/// of a reset stream.
+const DRAIN_MAX: u64 = 64 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// The body if it is at most `max` bytes (and `over` is false), `None` if
+/// larger.
+async fn read_bounded(
+    mut body: Incoming,
+    max: usize,
+    mut over: bool,
+) -> Result<Option<Bytes>, hyper::Error> {
+    let mut buf = Vec::new();
+    let mut seen: u64 = 0;
+    let deadline = Instant::now() + DRAIN_TIME;
+    loop {
+        let frame = if over {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(f) => f,
+                Err(_) => break,
+            }
+        } else {
+            body.frame().await
+        };
+        let Some(frame) = frame else { break };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        seen += data.len() as u64;
+        if !over && buf.len() + data.len() <= max {
+            buf.extend_from_slice(&data);
+        } else {
+            over = true;
+            buf = Vec::new();
+            if seen > DRAIN_MAX {
+                break;
+            }
+        }
+    }
+    Ok((!over).then(|| Bytes::from(buf)))
+}
+
 /// `parts` must already be the upstream's request head (absolute URI with
 /// the normalised path): that is what the token binds.
 pub(super) async fn bind(
@@ -58,12 +104,9 @@ pub(super) async fn bind(
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large());
-    }
-    let body = match Limited::new(body, max).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+    let body = match read_bounded(body, max, declared.is_some_and(|n| n > max as u64)).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return Err(too_large()),
         Err(e) => {
             return Err((
                 StatusCode::BAD_REQUEST,

@@ -1,0 +1,392 @@
+//! Token-bound tool invocation, end to end: agent (curl) → agentguard (mints
+//! a token bound to the call and injects it) → `agentguard verify-proxy`
+//! (TLS, as the tool's front door) → the tool. The token verifies for that
+//! call only: not again, not for another audience, not once expired, not
+//! with the body, method, path or query changed, not for a wider scope; and
+//! the agent never sees it.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use crate::common::{AGENTGUARD, Daemon, DaemonOptions, TestCa, TlsUpstream, require_root, text};
+
+const AGENT: &str = "token-agent";
+const TOOL: &str = "tool.agentguard.test";
+
+/// ttl 2 s: the token expires (with the verifier's 5 s leeway) within the
+/// test, so expiry is checked on a real minted token.
+const POLICY: &str = r#"
+[[credential]]
+id = "tool-token"
+source = { jwt = { audience = "itsm", scope = "tickets:write", ttl = "2s" } }
+inject = { header = "Authorization", format = "Bearer {secret}" }
+
+[[tool]]
+name = "tool.tickets"
+host = "tool.agentguard.test"
+methods = ["POST"]
+paths = ["/reflect"]
+credential = "tool-token"
+"#;
+
+/// A running `agentguard verify-proxy`, stopped on drop.
+struct VerifyProxy {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for VerifyProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    ca: TestCa,
+    backend: TlsUpstream,
+    daemon: Daemon,
+    jwks: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn setup() -> Setup {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("agentguard token test CA", dir.path());
+    // The tool itself, behind verify-proxy, reached by IP.
+    let backend = TlsUpstream::start("127.0.0.3", "127.0.0.3", &ca);
+    let daemon = Daemon::start_with(
+        &[AGENT],
+        DaemonOptions {
+            policy_extra: POLICY,
+            upstream_ca: Some(&ca.pem_path),
+        },
+    );
+    // The JWKS as an operator would publish it.
+    let out = Command::new(AGENTGUARD)
+        .args(["token", "jwks", "--state-dir"])
+        .arg(daemon.state_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "token jwks: {}", text(&out.stderr));
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, &out.stdout).unwrap();
+    let (cert, key) = ca.leaf_files(TOOL, dir.path());
+    Setup {
+        dir,
+        ca,
+        backend,
+        daemon,
+        jwks,
+        cert,
+        key,
+    }
+}
+
+/// Starts verify-proxy on `listen` in front of the backend.
+fn verify_proxy(s: &Setup, listen: &str, args: &[&str]) -> VerifyProxy {
+    let log = std::fs::File::create(s.dir.path().join(format!("vp-{listen}.log"))).unwrap();
+    let mut child = Command::new(AGENTGUARD)
+        .args(["verify-proxy", "--listen", listen, "--upstream"])
+        .arg(format!("https://127.0.0.3:{}", s.backend.addr.port()))
+        .arg("--upstream-ca")
+        .arg(&s.ca.pem_path)
+        .arg("--jwks")
+        .arg(&s.jwks)
+        .arg("--tls-cert")
+        .arg(&s.cert)
+        .arg("--tls-key")
+        .arg(&s.key)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // Its first line names the bound address; EOF if it exits instead.
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("verify-proxy did not start: {line:?}"));
+    VerifyProxy { child, port }
+}
+
+/// A request straight to a verify-proxy on `ip` (not through agentguard):
+/// (status, response headers).
+fn direct(
+    s: &Setup,
+    ip: &str,
+    port: u16,
+    token: &str,
+    method: &str,
+    target: &str,
+    body: &Path,
+) -> (u16, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-m",
+            "10",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["--resolve", &format!("{TOOL}:{port}:{ip}"), "--cacert"])
+        .arg(&s.ca.pem_path)
+        .args([
+            "-X",
+            method,
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+        ])
+        .args(["-H", "content-type: application/json", "--data-binary"])
+        .arg(format!("@{}", body.display()))
+        .arg(format!("https://{TOOL}:{port}{target}"))
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    let status = stdout.get(stdout.len().saturating_sub(3)..).unwrap_or("");
+    (
+        status
+            .parse()
+            .unwrap_or_else(|_| panic!("curl: {stdout} {}", text(&out.stderr))),
+        stdout.to_ascii_lowercase(),
+    )
+}
+
+fn claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn agent_call(s: &Setup, port: u16, body: &Path) -> Output {
+    s.daemon
+        .exec_resolving(
+            AGENT,
+            &[TOOL],
+            "127.0.0.4",
+            &[
+                "curl",
+                "-sS",
+                "-v",
+                "-m",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &format!("@{}", body.display()),
+                &format!("https://{TOOL}:{port}/reflect?dry=1"),
+            ],
+        )
+        .output()
+        .unwrap()
+}
+
+fn reflect_hits(s: &Setup) -> usize {
+    s.backend
+        .seen()
+        .iter()
+        .filter(|r| r.path == "/reflect")
+        .count()
+}
+
+#[test]
+fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
+    let s = setup();
+    let a = verify_proxy(
+        &s,
+        "127.0.0.4:0",
+        &["--audience", "itsm", "--scope", "tickets:write"],
+    );
+    let port = a.port;
+    let body = s.dir.path().join("body.json");
+    std::fs::write(&body, r#"{"title":"printer on fire"}"#).unwrap();
+
+    // 1. The call goes through; the tool sees a token naming the agent, the
+    // audience, the scope and the call.
+    let out = agent_call(&s, port, &body);
+    let visible = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success() && text(&out.stdout).ends_with("200"),
+        "{visible}"
+    );
+    let seen = s.backend.header_values("/reflect", "authorization");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let token = seen[0].strip_prefix("Bearer ").expect("bearer").to_owned();
+    let c = claims(&token);
+    assert_eq!(c["sub"], format!("spiffe://agentguard.local/agent/{AGENT}"));
+    assert_eq!(c["aud"], "itsm");
+    assert_eq!(c["scope"], "tickets:write");
+    assert_eq!(c["htm"], "POST");
+    assert_eq!(c["htu"], format!("https://{TOOL}:{port}/reflect"));
+    assert!(
+        c["agentguard"]["cgroup"].as_str().unwrap().ends_with(AGENT),
+        "{c}"
+    );
+
+    // 5. The agent never saw it: the tool echoed it back, agentguard cut it.
+    assert!(
+        !visible.contains(&token),
+        "the agent saw the token:\n{visible}"
+    );
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!visible.contains(signature), "{visible}");
+    assert!(visible.contains("[redacted]"), "{visible}");
+
+    // 2. Replay of the same call with the same token → 401.
+    let (status, headers) = direct(
+        &s,
+        "127.0.0.4",
+        port,
+        &token,
+        "POST",
+        "/reflect?dry=1",
+        &body,
+    );
+    assert_eq!(status, 401, "{headers}");
+    assert!(
+        headers.contains("www-authenticate: bearer error=\"invalid_token\"")
+            && headers.contains("replay"),
+        "{headers}"
+    );
+
+    // A second verify-proxy (its own replay cache) on the same port of
+    // another address, so the authority the token binds is unchanged: any
+    // change to the call → 401; the call as minted → 200.
+    let b = verify_proxy(&s, &format!("127.0.0.5:{port}"), &["--audience", "itsm"]);
+    let other_body = s.dir.path().join("other.json");
+    std::fs::write(&other_body, r#"{"title":"printer fine"}"#).unwrap();
+    for (method, target, body, what) in [
+        ("POST", "/reflect?dry=1", &other_body, "body"),
+        ("PUT", "/reflect?dry=1", &body, "method"),
+        ("POST", "/reflect/x?dry=1", &body, "path"),
+        ("POST", "/reflect?dry=0", &body, "query"),
+    ] {
+        let (status, headers) = direct(&s, "127.0.0.5", b.port, &token, method, target, body);
+        assert_eq!(status, 401, "{what}: {headers}");
+        assert!(
+            headers.contains("error=\"invalid_token\""),
+            "{what}: {headers}"
+        );
+    }
+    // Another audience → 401; a scope the token lacks → 403.
+    let c_proxy = verify_proxy(&s, &format!("127.0.0.6:{port}"), &["--audience", "billing"]);
+    let (status, headers) = direct(
+        &s,
+        "127.0.0.6",
+        c_proxy.port,
+        &token,
+        "POST",
+        "/reflect?dry=1",
+        &body,
+    );
+    assert_eq!(status, 401, "{headers}");
+    assert!(headers.contains("audience"), "{headers}");
+    let d = verify_proxy(
+        &s,
+        &format!("127.0.0.7:{port}"),
+        &["--audience", "itsm", "--scope", "tickets:admin"],
+    );
+    let (status, headers) = direct(
+        &s,
+        "127.0.0.7",
+        d.port,
+        &token,
+        "POST",
+        "/reflect?dry=1",
+        &body,
+    );
+    assert_eq!(status, 403, "{headers}");
+    assert!(
+        headers.contains("error=\"insufficient_scope\""),
+        "{headers}"
+    );
+    // None of the refused requests reached the tool.
+    assert_eq!(reflect_hits(&s), 1);
+    let (status, headers) = direct(
+        &s,
+        "127.0.0.5",
+        b.port,
+        &token,
+        "POST",
+        "/reflect?dry=1",
+        &body,
+    );
+    assert_eq!(status, 200, "{headers}");
+    assert_eq!(reflect_hits(&s), 2);
+
+    // 4. A 2 MiB body on the JWT-bound tool: 413 from agentguard, nothing
+    // sent on.
+    let big = s.dir.path().join("big.json");
+    std::fs::write(&big, vec![b'x'; 2 << 20]).unwrap();
+    let out = agent_call(&s, port, &big);
+    let visible = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).ends_with("413"), "{visible}");
+    assert!(visible.contains("jwt-body-too-large"), "{visible}");
+    assert_eq!(reflect_hits(&s), 2);
+
+    // The request's audit event records the token's jti (never the token).
+    let jti = c["jti"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = s.daemon.audit_events();
+        if events.iter().any(|e| e["token_jti"] == jti.as_str()) {
+            assert!(!format!("{events:?}").contains(&token));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no audit event with jti {jti}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Expired (ttl 2 s + 5 s leeway) → 401 at a verifier that never saw it.
+    let exp = c["exp"].as_u64().unwrap();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while now() <= exp + 6 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let e = verify_proxy(&s, &format!("127.0.0.8:{port}"), &["--audience", "itsm"]);
+    let (status, headers) = direct(
+        &s,
+        "127.0.0.8",
+        e.port,
+        &token,
+        "POST",
+        "/reflect?dry=1",
+        &body,
+    );
+    assert_eq!(status, 401, "{headers}");
+    assert!(headers.contains("expired"), "{headers}");
+    assert_eq!(reflect_hits(&s), 2);
+}
