@@ -207,6 +207,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         ca_cert: ca.cert_path().to_owned(),
         ca_bundle,
         kernel: reloader.kernel.clone(),
+        minter: ctx.minter.clone(),
     };
     info!(
         port,

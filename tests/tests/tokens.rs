@@ -93,16 +93,21 @@ fn setup() -> Setup {
     }
 }
 
-/// Starts verify-proxy on `listen` in front of the backend.
+/// Starts verify-proxy on `listen` in front of the backend, with the JWKS
+/// file `agentguard token jwks` wrote.
 fn verify_proxy(s: &Setup, listen: &str, args: &[&str]) -> VerifyProxy {
+    verify_proxy_with(s, listen, &s.jwks.display().to_string(), args)
+}
+
+/// [`verify_proxy`] with the JWKS from `jwks` (a URL or file).
+fn verify_proxy_with(s: &Setup, listen: &str, jwks: &str, args: &[&str]) -> VerifyProxy {
     let log = std::fs::File::create(s.dir.path().join(format!("vp-{listen}.log"))).unwrap();
     let mut child = Command::new(AGENTGUARD)
         .args(["verify-proxy", "--listen", listen, "--upstream"])
         .arg(format!("https://127.0.0.3:{}", s.backend.addr.port()))
         .arg("--upstream-ca")
         .arg(&s.ca.pem_path)
-        .arg("--jwks")
-        .arg(&s.jwks)
+        .args(["--jwks", jwks])
         .arg("--tls-cert")
         .arg(&s.cert)
         .arg("--tls-key")
@@ -173,7 +178,12 @@ fn direct(
 }
 
 fn claims(token: &str) -> Value {
-    let payload = token.split('.').nth(1).expect("a JWT");
+    part(token, 1)
+}
+
+/// The JSON of a JWT's header (0) or claims (1).
+fn part(token: &str, n: usize) -> Value {
+    let payload = token.split('.').nth(n).expect("a JWT");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)
         .unwrap();
@@ -389,4 +399,103 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
     assert_eq!(status, 401, "{headers}");
     assert!(headers.contains("expired"), "{headers}");
     assert_eq!(reflect_hits(&s), 2);
+}
+
+/// The daemon's JWKS URL, from its start-up log line.
+fn jwks_url(daemon: &Daemon) -> String {
+    daemon
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|l| l["fields"]["jwks"].as_str().map(str::to_owned))
+        .expect("the daemon logs its JWKS URL")
+}
+
+#[test]
+fn tokens_signed_before_a_key_rotation_verify_until_they_expire() {
+    let s = setup();
+    // verify-proxy reads the daemon's JWKS endpoint, and again for a kid it
+    // does not know.
+    let url = jwks_url(&s.daemon);
+    let a = verify_proxy_with(&s, "127.0.0.4:0", &url, &["--audience", "itsm"]);
+    let port = a.port;
+    let body = s.dir.path().join("body.json");
+    std::fs::write(&body, "{}").unwrap();
+
+    let out = agent_call(&s, port, &body);
+    assert!(text(&out.stdout).ends_with("200"), "{}", text(&out.stderr));
+    let rotated = s.daemon.cli(&["token", "rotate"]);
+    assert!(rotated.status.success(), "{}", text(&rotated.stderr));
+    let out = agent_call(&s, port, &body);
+    assert!(text(&out.stdout).ends_with("200"), "{}", text(&out.stderr));
+    let seen = s.backend.header_values("/reflect", "authorization");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let old = seen[0].strip_prefix("Bearer ").unwrap().to_owned();
+    let new = seen[1].strip_prefix("Bearer ").unwrap();
+    let (old_kid, new_kid) = (part(&old, 0)["kid"].clone(), part(new, 0)["kid"].clone());
+    assert_ne!(old_kid, new_kid);
+    // Both keys are published...
+    let jwks = Command::new("curl")
+        .args(["-sS", "-m", "5", &url])
+        .output()
+        .unwrap();
+    let jwks: Value = serde_json::from_slice(&jwks.stdout).unwrap();
+    let kids: Vec<&Value> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| &k["kid"])
+        .collect();
+    assert!(
+        kids.contains(&&old_kid) && kids.contains(&&new_kid),
+        "{jwks}"
+    );
+    // ...so a token the old key signed verifies (at a verifier that has not
+    // seen it) until it expires, and then fails. (The old key itself leaves
+    // the JWKS once no token it signed can be valid: a unit test shows it.)
+    let b = verify_proxy_with(
+        &s,
+        &format!("127.0.0.5:{port}"),
+        &url,
+        &["--audience", "itsm"],
+    );
+    let (status, headers) = direct(
+        &s,
+        "127.0.0.5",
+        b.port,
+        &old,
+        "POST",
+        "/reflect?dry=1",
+        &body,
+    );
+    assert_eq!(status, 200, "{headers}");
+    let exp = claims(&old)["exp"].as_u64().unwrap();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while now() <= exp + 6 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let c = verify_proxy_with(
+        &s,
+        &format!("127.0.0.6:{port}"),
+        &url,
+        &["--audience", "itsm"],
+    );
+    let (status, headers) = direct(
+        &s,
+        "127.0.0.6",
+        c.port,
+        &old,
+        "POST",
+        "/reflect?dry=1",
+        &body,
+    );
+    assert_eq!(status, 401, "{headers}");
+    assert!(headers.contains("expired"), "{headers}");
 }

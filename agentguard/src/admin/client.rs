@@ -53,6 +53,15 @@ impl AdminClient {
         route: &str,
         accept: &'static str,
     ) -> Result<hyper::Response<hyper::body::Incoming>, AdminError> {
+        self.send(hyper::Method::GET, route, accept).await
+    }
+
+    async fn send(
+        &self,
+        method: hyper::Method,
+        route: &str,
+        accept: &'static str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, AdminError> {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -68,7 +77,9 @@ impl AdminClient {
             .await
             .map_err(http_err)?;
         tokio::spawn(conn);
-        let req = Request::get(route)
+        let req = Request::builder()
+            .method(method)
+            .uri(route)
             .header("host", "agentguard")
             .header("accept", accept)
             .body(Empty::<Bytes>::new())?;
@@ -128,11 +139,24 @@ impl AdminClient {
     /// GETs `route` and decodes the JSON answer. Non-2xx answers become
     /// [`AdminError::Status`] carrying the daemon's error message.
     pub async fn get<T: DeserializeOwned>(&self, route: &str) -> Result<T, AdminError> {
+        self.json(hyper::Method::GET, route).await
+    }
+
+    /// POSTs (no body) to `route`, an action such as a key rotation.
+    pub async fn post<T: DeserializeOwned>(&self, route: &str) -> Result<T, AdminError> {
+        self.json(hyper::Method::POST, route).await
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: hyper::Method,
+        route: &str,
+    ) -> Result<T, AdminError> {
         let http_err = |source| AdminError::Http {
             route: route.to_owned(),
             source,
         };
-        let resp = self.send_get(route, "application/json").await?;
+        let resp = self.send(method, route, "application/json").await?;
         let status = resp.status();
         let body = resp
             .into_body()

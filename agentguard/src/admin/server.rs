@@ -126,6 +126,8 @@ pub struct AdminState {
     pub ca_bundle: PathBuf,
     /// For the kernel's counters (lost ring-buffer records).
     pub kernel: Arc<std::sync::Mutex<crate::ebpf::Kernel>>,
+    /// Signs request-bound tokens; `POST /v1/token/rotate` rotates its key.
+    pub minter: Arc<crate::token::Minter>,
 }
 
 pub struct AdminServer {
@@ -188,6 +190,18 @@ impl AdminServer {
 }
 
 fn route(state: &AdminState, req: &Request<Incoming>) -> Response<AdminBody> {
+    // The one action: a new token signing key, the old one kept in the JWKS
+    // until its tokens have expired.
+    if req.method() == Method::POST && req.uri().path() == "/v1/token/rotate" {
+        return match state.minter.rotate() {
+            Ok(()) => {
+                let kid = state.minter.kid();
+                tracing::info!(kid = %kid, "token signing key rotated");
+                json(StatusCode::OK, &serde_json::json!({ "kid": kid }))
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        };
+    }
     if req.method() != Method::GET {
         return error(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported");
     }

@@ -25,6 +25,8 @@ pub enum TokenCliError {
     Verify(#[from] VerifyError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     #[error("{0}")]
     Usage(String),
     #[error("failed to listen on {addr}: {source}")]
@@ -70,6 +72,12 @@ pub enum TokenCommand {
     Jwks {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+    },
+    /// Rotate the running daemon's token signing key. Tokens signed by the
+    /// old key keep verifying until they expire (the JWKS lists both).
+    Rotate {
+        #[arg(long, default_value = crate::config::DEFAULT_ADMIN_SOCKET)]
+        admin_socket: PathBuf,
     },
     /// Verify a token: signature, issuer, audience, lifetime, scope and, with
     /// --method and --url, its binding to that request. Exit 0 if valid.
@@ -164,6 +172,12 @@ pub fn run(command: TokenCommand) -> Result<ExitCode, TokenCliError> {
                 "{}",
                 serde_json::to_string_pretty(&keys.jwks()).unwrap_or_default()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Rotate { admin_socket } => {
+            let answer: serde_json::Value = runtime()?
+                .block_on(crate::admin::AdminClient::new(&admin_socket).post("/v1/token/rotate"))?;
+            println!("{answer}");
             Ok(ExitCode::SUCCESS)
         }
         TokenCommand::Verify {

@@ -48,6 +48,15 @@ impl Minter {
         issuer(&self.trust_domain)
     }
 
+    /// The current signing key's id.
+    pub fn kid(&self) -> String {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .kid()
+            .to_owned()
+    }
+
     pub fn jwks(&self) -> JwkSet {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).jwks()
     }

@@ -157,7 +157,9 @@ impl Verifier {
             cfg,
             source,
             keys: RwLock::new(keys),
-            last_refresh: Mutex::new(Some(Instant::now())),
+            // The first unknown kid may refresh at once (a key rotated
+            // since start); later ones are rate-limited.
+            last_refresh: Mutex::new(None),
             refresh_lock: tokio::sync::Mutex::new(()),
         }))
     }
