@@ -95,6 +95,10 @@ enum Command {
         /// Keep capabilities and do not set no_new_privs.
         #[arg(long)]
         keep_capabilities: bool,
+        /// The human or session the agent acts for: named in the `act`
+        /// claim of its request-bound tokens and in audit events.
+        #[arg(long, value_name = "WHO")]
+        on_behalf_of: Option<String>,
         #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
         admin_socket: PathBuf,
         #[arg(last = true, required = true, value_name = "CMD")]
@@ -263,6 +267,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             user,
             allow_root,
             keep_capabilities,
+            on_behalf_of,
             admin_socket,
             cmd,
         } => {
@@ -270,6 +275,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
                 user,
                 allow_root,
                 keep_capabilities,
+                on_behalf_of,
             };
             match exec::exec(&admin_socket, &agent, &privileges, &cmd)? {}
         }

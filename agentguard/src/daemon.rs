@@ -185,6 +185,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         resolvers: resolvers.clone(),
         proxy_port: port,
         minter,
+        on_behalf_of: Arc::new(crate::token::OnBehalfOf::default()),
         jwt_max_body: cfg.tokens.max_body,
     });
     let metrics = Arc::new(MetricsSource {
@@ -208,6 +209,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         ca_bundle,
         kernel: reloader.kernel.clone(),
         minter: ctx.minter.clone(),
+        on_behalf_of: ctx.on_behalf_of.clone(),
     };
     info!(
         port,

@@ -43,6 +43,8 @@ pub enum ExecError {
     Cgroup(#[from] CgroupError),
     #[error("failed to start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("{0}")]
+    OnBehalfOf(String),
     #[error("no command given: agentguard exec --agent NAME -- CMD [ARGS...]")]
     NoCommand,
     #[error("failed to execute {cmd:?}: {source}")]
@@ -75,6 +77,9 @@ pub struct Privileges {
     pub allow_root: bool,
     /// Opt out of dropping capabilities and setting no_new_privs.
     pub keep_capabilities: bool,
+    /// The human or session the agent acts for: the `act` claim of its
+    /// request-bound tokens.
+    pub on_behalf_of: Option<String>,
 }
 
 /// Variables through which common runtimes and tools take their trusted CA
@@ -111,6 +116,9 @@ pub fn exec(
     let view = fetch_agent(admin_socket, agent)?;
     if !view.guarded {
         return Err(ExecError::NotGuarded(agent.to_owned()));
+    }
+    if let Some(who) = &privileges.on_behalf_of {
+        register_on_behalf_of(admin_socket, who)?;
     }
     let cgroup = Cgroup::open(Path::new(&view.cgroup_path))?;
     if cgroup.id != view.cgroup_id {
@@ -222,6 +230,21 @@ fn drop_capabilities() -> Result<(), ExecError> {
     ] {
         caps::clear(None, set).map_err(err)?;
     }
+    Ok(())
+}
+
+/// Tells the daemon whom this process (the agent, after exec) acts for: its
+/// request-bound tokens then carry `act`.
+fn register_on_behalf_of(admin_socket: &Path, who: &str) -> Result<(), ExecError> {
+    use base64::Engine as _;
+    crate::token::validate_who(who).map_err(ExecError::OnBehalfOf)?;
+    let who = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(who);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ExecError::Runtime)?;
+    let route = format!("/v1/on-behalf-of?pid={}&who={who}", std::process::id());
+    runtime.block_on(AdminClient::new(admin_socket).post::<serde_json::Value>(&route))?;
     Ok(())
 }
 

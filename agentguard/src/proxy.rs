@@ -51,6 +51,8 @@ pub struct ProxyContext {
     pub proxy_port: u16,
     /// Mints request-bound tokens for `jwt` credentials.
     pub minter: Arc<crate::token::Minter>,
+    /// Whom agents started by `exec --on-behalf-of` act for.
+    pub on_behalf_of: Arc<crate::token::OnBehalfOf>,
     /// Request bodies of JWT-bound tools are read whole up to this size.
     pub jwt_max_body: usize,
 }

@@ -45,6 +45,7 @@
 mod claims;
 mod keys;
 mod mint;
+mod obo;
 mod replay;
 mod serve;
 mod verify;
@@ -54,6 +55,7 @@ use std::time::Duration;
 pub use claims::{Act, Claims, KernelClaims, RequestBinding, normalize_htu, request_hash};
 pub use keys::{KeyError, KeyStore};
 pub use mint::{MintRequest, Minted, Minter};
+pub use obo::{OnBehalfOf, validate_who};
 pub use replay::ReplayCache;
 pub use serve::{JWKS_PATH, VerifyProxy, read_certs, serve_jwks, tls_acceptor};
 pub use verify::{JwksSource, Verifier, VerifierConfig, VerifyError};

@@ -190,29 +190,40 @@ fn part(token: &str, n: usize) -> Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
+/// The agent's call: curl in the agent's cgroup, started by
+/// `agentguard exec --on-behalf-of alice@example.org`, with TOOL resolving
+/// to verify-proxy's address in a private /etc/hosts.
 fn agent_call(s: &Setup, port: u16, body: &Path) -> Output {
-    s.daemon
-        .exec_resolving(
-            AGENT,
-            &[TOOL],
-            "127.0.0.4",
-            &[
-                "curl",
-                "-sS",
-                "-v",
-                "-m",
-                "10",
-                "-w",
-                "\n%{http_code}",
-                "-X",
-                "POST",
-                "-H",
-                "content-type: application/json",
-                "--data-binary",
-                &format!("@{}", body.display()),
-                &format!("https://{TOOL}:{port}/reflect?dry=1"),
-            ],
-        )
+    let hosts = s.dir.path().join("hosts");
+    std::fs::write(&hosts, format!("127.0.0.1 localhost\n127.0.0.4 {TOOL}\n")).unwrap();
+    let exec = s.daemon.exec_with(
+        AGENT,
+        &["--allow-root", "--on-behalf-of", "alice@example.org"],
+        &[
+            "curl",
+            "-sS",
+            "-v",
+            "-m",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &format!("@{}", body.display()),
+            &format!("https://{TOOL}:{port}/reflect?dry=1"),
+        ],
+    );
+    // As the fixture's exec_resolving does: the mount first, then exec
+    // agentguard exec, so the agent keeps this pid.
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$0\" /etc/hosts && exec \"$@\"")
+        .arg(&hosts)
+        .arg(exec.get_program())
+        .args(exec.get_args())
         .output()
         .unwrap()
 }
@@ -365,7 +376,8 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let events = s.daemon.audit_events();
-        if events.iter().any(|e| e["token_jti"] == jti.as_str()) {
+        if let Some(e) = events.iter().find(|e| e["token_jti"] == jti.as_str()) {
+            assert_eq!(e["on_behalf_of"], "alice@example.org", "{e}");
             assert!(!format!("{events:?}").contains(&token));
             break;
         }

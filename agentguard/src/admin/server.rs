@@ -128,6 +128,8 @@ pub struct AdminState {
     pub kernel: Arc<std::sync::Mutex<crate::ebpf::Kernel>>,
     /// Signs request-bound tokens; `POST /v1/token/rotate` rotates its key.
     pub minter: Arc<crate::token::Minter>,
+    /// `POST /v1/on-behalf-of?pid=N&who=BASE64URL` from `agentguard exec`.
+    pub on_behalf_of: Arc<crate::token::OnBehalfOf>,
 }
 
 pub struct AdminServer {
@@ -189,6 +191,28 @@ impl AdminServer {
     }
 }
 
+fn register_on_behalf_of(state: &AdminState, query: &str) -> Result<(), String> {
+    use base64::Engine as _;
+    let mut pid = None;
+    let mut who = None;
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("pid", v)) => pid = v.parse::<u32>().ok(),
+            Some(("who", v)) => {
+                who = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(v)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok());
+            }
+            _ => {}
+        }
+    }
+    let (Some(pid), Some(who)) = (pid, who) else {
+        return Err("expected ?pid=N&who=BASE64URL".into());
+    };
+    state.on_behalf_of.register(pid, &who)
+}
+
 fn route(state: &AdminState, req: &Request<Incoming>) -> Response<AdminBody> {
     // The one action: a new token signing key, the old one kept in the JWKS
     // until its tokens have expired.
@@ -200,6 +224,12 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<AdminBody> {
                 json(StatusCode::OK, &serde_json::json!({ "kid": kid }))
             }
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        };
+    }
+    if req.method() == Method::POST && req.uri().path() == "/v1/on-behalf-of" {
+        return match register_on_behalf_of(state, req.uri().query().unwrap_or("")) {
+            Ok(()) => json(StatusCode::OK, &serde_json::json!({ "registered": true })),
+            Err(e) => error(StatusCode::BAD_REQUEST, &e),
         };
     }
     if req.method() != Method::GET {

@@ -327,6 +327,7 @@ async fn handle(
         Some(spec) => match jwt::bind(&mut parts, body, &spec, meta, ctx).await {
             Ok(bound) => {
                 out.event.token_jti = Some(bound.jti.clone());
+                out.event.on_behalf_of = bound.on_behalf_of.clone();
                 minted = Some(bound.token);
                 http_body_util::Full::new(bound.body)
                     .map_err(|n| match n {})

@@ -29,6 +29,7 @@ pub(super) struct Bound {
     pub body: Bytes,
     pub token: Secret,
     pub jti: String,
+    pub on_behalf_of: Option<String>,
 }
 
 pub(super) struct JwtSpec<'a> {
@@ -115,6 +116,7 @@ pub(super) async fn bind(
             ));
         }
     };
+    let on_behalf_of = ctx.on_behalf_of.lookup(meta.identity.pid);
     let binding = RequestBinding::new(parts.method.as_str(), &parts.uri, "https", &body);
     let minted = ctx
         .minter
@@ -124,7 +126,7 @@ pub(super) async fn bind(
             scope: spec.scope,
             ttl: spec.ttl,
             binding: &binding,
-            on_behalf_of: None,
+            on_behalf_of: on_behalf_of.as_deref(),
             kernel: Some((&meta.identity.cgroup, meta.identity.uid)),
         })
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, "token-mint", e))?;
@@ -140,5 +142,6 @@ pub(super) async fn bind(
         body,
         token,
         jti: minted.claims.jti,
+        on_behalf_of,
     })
 }
