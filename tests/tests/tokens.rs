@@ -279,6 +279,46 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
     assert!(!visible.contains(signature), "{visible}");
     assert!(visible.contains("[redacted]"), "{visible}");
 
+    // `agentguard token verify` checks the same, for tool servers that call
+    // it: the call as minted passes, another query does not.
+    let verify = |url: &str| {
+        Command::new(AGENTGUARD)
+            .args([
+                "token",
+                "verify",
+                "--audience",
+                "itsm",
+                "--method",
+                "POST",
+                "--jwks",
+            ])
+            .arg(&s.jwks)
+            .args(["--url", url, "--body-file"])
+            .arg(&body)
+            .arg(&token)
+            .output()
+            .unwrap()
+    };
+    let ok = verify(&format!("https://{TOOL}:{port}/reflect?dry=1"));
+    assert!(
+        ok.status.success(),
+        "{}{}",
+        text(&ok.stdout),
+        text(&ok.stderr)
+    );
+    assert!(
+        text(&ok.stdout).contains("\"binding_checked\": true"),
+        "{}",
+        text(&ok.stdout)
+    );
+    let bad = verify(&format!("https://{TOOL}:{port}/reflect?dry=0"));
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad.stdout));
+    assert!(
+        text(&bad.stdout).contains("request hash"),
+        "{}",
+        text(&bad.stdout)
+    );
+
     // 2. Replay of the same call with the same token → 401.
     let (status, headers) = direct(
         &s,

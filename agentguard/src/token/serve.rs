@@ -242,6 +242,26 @@ impl VerifyProxy {
         };
         parts.uri = upstream;
         parts.headers.remove(header::HOST);
+        // Hop-by-hop headers are this connection's, not the upstream's
+        // (RFC 9110 §7.6.1); the body is now whole, so hyper sets its length.
+        if let Some(listed) = parts.headers.get(header::CONNECTION).cloned()
+            && let Ok(listed) = listed.to_str()
+        {
+            for name in listed.split(',') {
+                parts.headers.remove(name.trim());
+            }
+        }
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            parts.headers.remove(name);
+        }
         parts.version = hyper::Version::HTTP_11;
         let req = Request::from_parts(parts, Full::new(body).map_err(|n| match n {}).boxed());
         match client.request(req).await {
