@@ -9,3 +9,4 @@ mod interception;
 mod redirect;
 mod root_required;
 mod tokens;
+mod unix_sockets;

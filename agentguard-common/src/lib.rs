@@ -177,6 +177,12 @@ pub mod event_kind {
     pub const DNS_UNROUTABLE: u32 = 6;
     /// No room to record the connection (map full): refused.
     pub const RECORD_FAILED: u32 = 7;
+    /// A `connect()` to a Unix socket the agent's policy does not list
+    /// (carried by a [`UnixEvent`](super::UnixEvent)).
+    pub const UNIX_CONNECT_DENIED: u32 = 8;
+    /// A datagram sent to a Unix socket address the agent's policy does not
+    /// list (carried by a [`UnixEvent`](super::UnixEvent)).
+    pub const UNIX_SENDMSG_DENIED: u32 = 9;
     /// A TCP connect sent to the proxy (only with CONFIG_REPORT_REDIRECTS).
     pub const TCP_REDIRECTED: u32 = 16;
     /// A DNS query sent to agentguard's resolver (only with
@@ -208,6 +214,62 @@ pub struct KernelEvent {
     pub comm: [u8; COMM_LEN],
 }
 
+/// `sizeof(sockaddr_un.sun_path)` (UNIX_PATH_MAX in the kernel).
+pub const UNIX_PATH_MAX: usize = 108;
+
+/// Capacity of the Unix-socket allow-list map, over all agents.
+pub const MAX_UNIX_ALLOW_ENTRIES: u32 = 4096;
+
+/// A Unix socket address as the kernel programs compare it: key of the
+/// per-agent allow-list map.
+///
+/// `path` holds exactly `len` bytes of `sun_path`, zero-filled after them.
+/// A filesystem name stops at its first NUL (as the kernel reads it); an
+/// abstract name (`path[0] == 0`, Linux `unix(7)`) is all of the address's
+/// bytes, so `len` tells `@a` from `@a\0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UnixKey {
+    /// cgroup v2 id of the agent the entry belongs to.
+    pub cgroup_id: u64,
+    pub len: u32,
+    pub _pad: u32,
+    pub path: [u8; UNIX_PATH_MAX],
+    pub _pad2: [u8; 4],
+}
+
+impl UnixKey {
+    pub const fn empty(cgroup_id: u64) -> Self {
+        Self {
+            cgroup_id,
+            len: 0,
+            _pad: 0,
+            path: [0; UNIX_PATH_MAX],
+            _pad2: [0; 4],
+        }
+    }
+}
+
+/// A Unix-socket refusal, in the same ring buffer as [`KernelEvent`]. Both
+/// start with `kind`, which tells the reader which of the two it holds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixEvent {
+    /// [`event_kind::UNIX_CONNECT_DENIED`] or
+    /// [`event_kind::UNIX_SENDMSG_DENIED`].
+    pub kind: u32,
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// SOCK_* type of the socket (1 stream, 2 datagram, 5 seqpacket), or 0
+    /// if unknown.
+    pub sock_type: u32,
+    pub comm: [u8; COMM_LEN],
+    /// The address asked for; `key.cgroup_id` is the caller's cgroup.
+    pub key: UnixKey,
+}
+
 /// Index in the `EVENT_STATS` per-CPU array: ring-buffer records lost
 /// because the buffer was full (the refusal itself still happened).
 pub const STAT_EVENTS_LOST: u32 = 0;
@@ -225,6 +287,10 @@ mod user {
     unsafe impl aya::Pod for super::OrigDst {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::KernelEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UnixKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UnixEvent {}
 }
 
 #[cfg(test)]
@@ -245,6 +311,9 @@ mod tests {
             4 + 2 + 2 + 4 * 4 + 8 + 16 + 2 + 2 + 4 + 16
         );
         assert_eq!(align_of::<KernelEvent>(), 8);
+        assert_eq!(size_of::<UnixKey>(), 8 + 4 + 4 + UNIX_PATH_MAX + 4);
+        assert_eq!(size_of::<UnixEvent>(), 4 * 6 + COMM_LEN + 128);
+        assert_eq!(align_of::<UnixEvent>(), 8);
     }
 
     #[test]

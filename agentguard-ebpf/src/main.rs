@@ -13,8 +13,10 @@ mod sendmsg;
 mod sock_create;
 mod sockops;
 mod transparency;
+mod unix;
 
 use aya_ebpf::{
+    bindings::bpf_sock_addr,
     macros::{cgroup_sock, cgroup_sock_addr, sock_ops},
     programs::{SockAddrContext, SockContext, SockOpsContext},
 };
@@ -73,6 +75,21 @@ pub fn agentguard_getpeername6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock(sock_create)]
 pub fn agentguard_sock_create(ctx: SockContext) -> i32 {
     sock_create::check(&ctx)
+}
+
+// The Unix hooks are written out by hand: aya-ebpf's #[cgroup_sock_addr]
+// macro does not know their attach types (Linux 6.7). What it would expand
+// to: a `no_mangle` entry in the section libbpf names, taking the raw context.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "cgroup/connect_unix")]
+pub fn agentguard_connect_unix(ctx: *mut bpf_sock_addr) -> i32 {
+    unix::check(&SockAddrContext::new(ctx), unix::Op::Connect)
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "cgroup/sendmsg_unix")]
+pub fn agentguard_sendmsg_unix(ctx: *mut bpf_sock_addr) -> i32 {
+    unix::check(&SockAddrContext::new(ctx), unix::Op::SendMsg)
 }
 
 #[sock_ops]

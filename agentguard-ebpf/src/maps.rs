@@ -1,7 +1,10 @@
 //! Every map the kernel programs use. Maps are pinned by the daemon under its
 //! bpffs directory, so they outlive a daemon restart together with the links.
 
-use agentguard_common::{ConnRecord, MAX_TRACKED_CONNECTIONS, OrigDst, PeerKey, ProxyConfig};
+use agentguard_common::{
+    ConnRecord, MAX_TRACKED_CONNECTIONS, MAX_UNIX_ALLOW_ENTRIES, OrigDst, PeerKey, ProxyConfig,
+    UnixKey,
+};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -39,6 +42,13 @@ pub static CONN_ORIG: LruHashMap<u64, OrigDst> =
 /// it is, so DNS needs no per-packet record.
 #[map]
 pub static AGENT_DNS: HashMap<u64, u16> = HashMap::with_max_entries(4096, 0);
+
+/// (agent cgroup id, Unix socket address) pairs the agent may connect or
+/// send to. Written by the daemon from each agent's `unix_sockets`; read by
+/// the LSM socket_connect and socket_sendmsg programs. Anything absent is
+/// refused.
+#[map]
+pub static UNIX_ALLOW: HashMap<UnixKey, u8> = HashMap::with_max_entries(MAX_UNIX_ALLOW_ENTRIES, 0);
 
 /// Refusals (and, if enabled, redirects) for the daemon to turn into audit
 /// events. Written by every program; read by the daemon.

@@ -57,8 +57,9 @@ pub struct StatusView {
     /// refusals themselves still happened). Should stay 0.
     #[serde(default)]
     pub kernel_events_lost: u64,
-    /// Whether agents' Unix-socket connects are checked against an
-    /// allowlist (needs cgroup/connect_unix, which this build cannot attach).
+    /// Whether agents' Unix-socket connects and sends are checked against
+    /// their policy's `unix_sockets` (BPF LSM). A daemon that cannot do so
+    /// refuses to start, so a running one reports true.
     #[serde(default)]
     pub unix_sockets_guarded: bool,
 }

@@ -50,6 +50,8 @@ pub struct TokenOptions {
     pub trust_domain: String,
     pub jwks_listen: Option<SocketAddr>,
     pub max_body: usize,
+    /// What a new signing key is (the first, and each rotation's).
+    pub algorithm: crate::token::SigningAlgorithm,
 }
 
 #[derive(Debug, Error)]
@@ -64,6 +66,8 @@ pub enum ConfigError {
     Zero { flag: &'static str },
     #[error("--trust-domain: {0:?} must be a DNS-like name (a-z, 0-9, '-', '.')")]
     TrustDomain(String),
+    #[error("--token-algorithm: {0}")]
+    TokenAlgorithm(String),
     #[error("--jwks-listen: {0:?} is neither an address (127.0.0.1:9477) nor \"off\"")]
     JwksListen(String),
     #[error(transparent)]
@@ -221,7 +225,7 @@ impl std::fmt::Display for RunConfig {
             "policies={} state_dir={} admin_socket={} bpf_dir={} proxy_port={} upstream_ca={} \
              audit_flush={:?} audit_batch_max={} audit_queue={} audit_checkpoint_every={} \
              audit_checkpoint_interval={:?} audit_retention={} audit_max_size={} \
-             metrics_listen={} otlp_endpoint={} trust_domain={} jwks_listen={} jwt_max_body={}",
+             metrics_listen={} otlp_endpoint={} trust_domain={} jwks_listen={} jwt_max_body={} token_algorithm={:?}",
             self.policies_dir.display(),
             self.state_dir.display(),
             self.admin_socket.display(),
@@ -248,6 +252,7 @@ impl std::fmt::Display for RunConfig {
                 .jwks_listen
                 .map_or("off".into(), |a| a.to_string()),
             self.tokens.max_body,
+            self.tokens.algorithm,
         )
     }
 }

@@ -106,7 +106,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     let (tls, leaves) = tls_acceptor(ca.clone())?;
     let upstreams = Arc::new(Upstreams::new(cfg.upstream_ca.as_deref())?);
     let minter = Arc::new(crate::token::Minter::new(
-        crate::token::KeyStore::load_or_create(&cfg.state_dir)?,
+        crate::token::KeyStore::load_or_create(&cfg.state_dir, cfg.tokens.algorithm)?,
         &cfg.tokens.trust_domain,
     ));
     // Claim the admin socket before touching the kernel, so a second daemon
@@ -136,11 +136,6 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     kernel.set_report_redirects(cfg.report_kernel_redirects);
     let kernel_events = kernel.take_events();
     let resolvers = Arc::new(start_resolvers(&cfg, audit.sink.clone()));
-    // Unix sockets: the kernel has cgroup/connect_unix (6.7+), but the loader
-    // this build uses (aya 0.14, the last for rustc 1.95) cannot attach it.
-    warn!(
-        "agents' Unix-socket connections are not restricted: this build cannot attach cgroup/connect_unix"
-    );
     let reloader = Arc::new(Reloader {
         policies_dir: cfg.policies_dir.clone(),
         root,

@@ -23,7 +23,7 @@ use std::{
     sync::Mutex,
 };
 
-use agentguard_common::{ConnRecord, PeerKey, ProxyConfig, STAT_EVENTS_LOST, v4_mapped};
+use agentguard_common::{ConnRecord, PeerKey, ProxyConfig, STAT_EVENTS_LOST, UnixKey, v4_mapped};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
@@ -55,7 +55,7 @@ struct Hook {
     kind: Kind,
 }
 
-const HOOKS: [Hook; 10] = [
+const HOOKS: [Hook; 12] = [
     Hook {
         program: "agentguard_connect4",
         hook: "cgroup/connect4",
@@ -106,6 +106,16 @@ const HOOKS: [Hook; 10] = [
         hook: "sockops",
         kind: Kind::SockOps,
     },
+    Hook {
+        program: "agentguard_connect_unix",
+        hook: "cgroup/connect_unix",
+        kind: Kind::SockAddr,
+    },
+    Hook {
+        program: "agentguard_sendmsg_unix",
+        hook: "cgroup/sendmsg_unix",
+        kind: Kind::SockAddr,
+    },
 ];
 
 /// Test hook: a comma-separated list of hooks (e.g. `cgroup/sendmsg4`) to
@@ -119,12 +129,13 @@ pub const UNSUPPORTED_HOOKS_ENV: &str = "AGENTGUARD_TEST_UNSUPPORTED_HOOKS";
 /// same cgroup keep running, and old and new links can overlap during a
 /// restart. `Single` is aya's name for "flags = 0".
 const LINK_ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
-const MAPS: [&str; 7] = [
+const MAPS: [&str; 8] = [
     "PROXY_CONFIG",
     "SOCKET_RECORDS",
     "PEER_RECORDS",
     "CONN_ORIG",
     "AGENT_DNS",
+    "UNIX_ALLOW",
     "KERNEL_EVENTS",
     "EVENT_STATS",
 ];
@@ -156,6 +167,10 @@ pub enum EbpfError {
         "the {0} hook is marked unsupported by {UNSUPPORTED_HOOKS_ENV}; refusing to run with a way around the proxy"
     )]
     ForcedUnsupported(&'static str),
+    #[error(
+        "too many Unix socket entries: {wanted} over all agents, the kernel map holds {capacity}"
+    )]
+    UnixAllowFull { wanted: usize, capacity: u32 },
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
     #[error("eBPF program {name}: {source}")]
@@ -201,6 +216,7 @@ pub struct Kernel {
     ebpf: Ebpf,
     config: Array<MapData, ProxyConfig>,
     agent_dns: HashMap<MapData, u64, u16>,
+    unix_allow: HashMap<MapData, UnixKey, u8>,
     stats: PerCpuArray<MapData, u64>,
     /// The kernel → daemon event ring buffer, until its reader takes it.
     events: Option<RingBuf<MapData>>,
@@ -258,6 +274,8 @@ impl Kernel {
             .map_err(map_err("PEER_RECORDS"))?;
         let agent_dns =
             HashMap::try_from(take_map(&mut ebpf, "AGENT_DNS")?).map_err(map_err("AGENT_DNS"))?;
+        let unix_allow =
+            HashMap::try_from(take_map(&mut ebpf, "UNIX_ALLOW")?).map_err(map_err("UNIX_ALLOW"))?;
         let stats = PerCpuArray::try_from(take_map(&mut ebpf, "EVENT_STATS")?)
             .map_err(map_err("EVENT_STATS"))?;
         let events = RingBuf::try_from(take_map(&mut ebpf, "KERNEL_EVENTS")?)
@@ -267,6 +285,7 @@ impl Kernel {
                 ebpf,
                 config,
                 agent_dns,
+                unix_allow,
                 stats,
                 events: Some(events),
                 flags: 0,
@@ -313,6 +332,36 @@ impl Kernel {
             .collect();
         for id in stale {
             let _ = self.agent_dns.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// Makes the kernel's Unix-socket allow-list exactly `wanted`: new
+    /// entries go in before stale ones come out, so a reload never refuses
+    /// a socket both the old and the new policy allow.
+    pub fn set_unix_allow(&mut self, wanted: &[UnixKey]) -> Result<(), EbpfError> {
+        let capacity = agentguard_common::MAX_UNIX_ALLOW_ENTRIES;
+        if wanted.len() > capacity as usize {
+            return Err(EbpfError::UnixAllowFull {
+                wanted: wanted.len(),
+                capacity,
+            });
+        }
+        let map_err = |source| EbpfError::Map {
+            name: "UNIX_ALLOW",
+            source,
+        };
+        for key in wanted {
+            self.unix_allow.insert(key, 1, 0).map_err(map_err)?;
+        }
+        let stale: Vec<UnixKey> = self
+            .unix_allow
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for key in stale {
+            self.unix_allow.remove(&key).map_err(map_err)?;
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::{
     sync::Arc,
 };
 
-use agentguard_common::{AF_INET, KernelEvent, event_kind};
+use agentguard_common::{AF_INET, KernelEvent, UnixEvent, UnixKey, event_kind};
 use aya::maps::{MapData, RingBuf};
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
@@ -33,13 +33,16 @@ pub struct KernelEventRecord {
     pub gid: u32,
     pub comm: String,
     pub exe: Option<String>,
-    /// "ipv4" or "ipv6".
+    /// "ipv4", "ipv6" or "unix".
     pub family: &'static str,
     /// IPPROTO_* and SOCK_* numbers of the socket.
     pub protocol: u16,
     pub sock_type: u16,
     /// The destination asked for; `None` for socket creation.
     pub destination: Option<SocketAddr>,
+    /// The Unix socket asked for: a path, or `@name` for an abstract name
+    /// (bytes that are not UTF-8 are replaced).
+    pub unix_path: Option<String>,
 }
 
 pub type OnKernelEvent = Arc<dyn Fn(KernelEventRecord) + Send + Sync>;
@@ -71,28 +74,111 @@ pub async fn run(ring: RingBuf<MapData>, live: Arc<Live>, on_event: OnKernelEven
         };
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
-            if item.len() < size_of::<KernelEvent>() {
-                continue;
+            if let Some(record) = decode(&item, &live) {
+                on_event(record);
             }
-            // SAFETY: the kernel program writes whole `KernelEvent`s (repr(C),
-            // any bit pattern valid); read_unaligned copes with the ring
-            // buffer's 8-byte record alignment either way.
-            let event: KernelEvent =
-                unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<KernelEvent>()) };
-            on_event(resolve(&event, &live));
         }
         guard.clear_ready();
     }
 }
 
+/// Both record types open with their `kind`, which says which one it is.
+fn decode(item: &[u8], live: &Live) -> Option<KernelEventRecord> {
+    let kind = u32::from_ne_bytes(item.get(..4)?.try_into().ok()?);
+    let unix = matches!(
+        kind,
+        event_kind::UNIX_CONNECT_DENIED | event_kind::UNIX_SENDMSG_DENIED
+    );
+    if unix {
+        Some(resolve_unix(&read_record::<UnixEvent>(item)?, live))
+    } else {
+        Some(resolve(&read_record::<KernelEvent>(item)?, live))
+    }
+}
+
+/// A whole `T` from a ring-buffer record, or `None` if it is too short.
+fn read_record<T: aya::Pod>(item: &[u8]) -> Option<T> {
+    (item.len() >= size_of::<T>()).then(|| {
+        // SAFETY: `item` holds at least size_of::<T>() bytes; T is Pod (any
+        // bit pattern valid); read_unaligned copes with the ring buffer's
+        // 8-byte record alignment either way.
+        unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) }
+    })
+}
+
+fn comm_text(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+fn exe_of(tgid: u32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{tgid}/exe"))
+        .ok()
+        .map(|p| p.display().to_string())
+}
+
+/// `@name` for an abstract address, else the path.
+pub fn unix_path_text(key: &UnixKey) -> String {
+    let len = (key.len as usize).min(key.path.len());
+    match key.path[..len].split_first() {
+        Some((0, name)) => format!("@{}", String::from_utf8_lossy(name)),
+        _ => String::from_utf8_lossy(&key.path[..len]).into_owned(),
+    }
+}
+
+/// Who did it, as both record types carry it.
+struct Caller<'a> {
+    kind: u32,
+    cgroup_id: u64,
+    tgid: u32,
+    pid: u32,
+    uid: u32,
+    gid: u32,
+    comm: &'a [u8],
+}
+
+/// A record with the caller's identity resolved and no socket details yet.
+fn identity(caller: Caller<'_>, live: &Live) -> KernelEventRecord {
+    let found = live.load().agents.locate(caller.cgroup_id);
+    KernelEventRecord {
+        kind: kind_name(caller.kind),
+        refused: caller.kind < event_kind::TCP_REDIRECTED,
+        agent: found.as_ref().map(|(agent, _)| agent.to_string()),
+        cgroup: found.map(|(_, path)| path),
+        cgroup_id: caller.cgroup_id,
+        pid: caller.tgid,
+        tid: caller.pid,
+        uid: caller.uid,
+        gid: caller.gid,
+        comm: comm_text(caller.comm),
+        exe: exe_of(caller.tgid),
+        family: "",
+        protocol: 0,
+        sock_type: 0,
+        destination: None,
+        unix_path: None,
+    }
+}
+
+fn resolve_unix(event: &UnixEvent, live: &Live) -> KernelEventRecord {
+    let caller = Caller {
+        kind: event.kind,
+        cgroup_id: event.key.cgroup_id,
+        tgid: event.tgid,
+        pid: event.pid,
+        uid: event.uid,
+        gid: event.gid,
+        comm: &event.comm,
+    };
+    KernelEventRecord {
+        family: "unix",
+        sock_type: event.sock_type as u16,
+        unix_path: Some(unix_path_text(&event.key)),
+        ..identity(caller, live)
+    }
+}
+
 fn resolve(event: &KernelEvent, live: &Live) -> KernelEventRecord {
-    let state = live.load();
-    let found = state.agents.locate(event.cgroup_id);
-    let comm_end = event
-        .comm
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(event.comm.len());
     let destination = (event.dst_port != 0 || event.dst_ip != [0; 16]).then(|| {
         let v6 = Ipv6Addr::from(event.dst_ip);
         let ip = match v6.to_ipv4_mapped() {
@@ -101,20 +187,16 @@ fn resolve(event: &KernelEvent, live: &Live) -> KernelEventRecord {
         };
         SocketAddr::new(ip, event.dst_port)
     });
-    KernelEventRecord {
-        kind: kind_name(event.kind),
-        refused: event.kind < event_kind::TCP_REDIRECTED,
-        agent: found.as_ref().map(|(agent, _)| agent.to_string()),
-        cgroup: found.map(|(_, path)| path),
+    let caller = Caller {
+        kind: event.kind,
         cgroup_id: event.cgroup_id,
-        pid: event.tgid,
-        tid: event.pid,
+        tgid: event.tgid,
+        pid: event.pid,
         uid: event.uid,
         gid: event.gid,
-        comm: String::from_utf8_lossy(&event.comm[..comm_end]).into_owned(),
-        exe: std::fs::read_link(format!("/proc/{}/exe", event.tgid))
-            .ok()
-            .map(|p| p.display().to_string()),
+        comm: &event.comm,
+    };
+    KernelEventRecord {
         family: if event.family == AF_INET {
             "ipv4"
         } else {
@@ -123,6 +205,7 @@ fn resolve(event: &KernelEvent, live: &Live) -> KernelEventRecord {
         protocol: event.protocol,
         sock_type: event.sock_type,
         destination,
+        ..identity(caller, live)
     }
 }
 
@@ -135,8 +218,32 @@ pub fn kind_name(kind: u32) -> &'static str {
         event_kind::DIRECT_PROXY_DENIED => "direct-proxy-denied",
         event_kind::DNS_UNROUTABLE => "dns-unroutable",
         event_kind::RECORD_FAILED => "record-failed",
+        event_kind::UNIX_CONNECT_DENIED => "unix-connect-denied",
+        event_kind::UNIX_SENDMSG_DENIED => "unix-sendmsg-denied",
         event_kind::TCP_REDIRECTED => "tcp-redirected",
         event_kind::DNS_REDIRECTED => "dns-redirected",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(bytes: &[u8]) -> UnixKey {
+        let mut key = UnixKey::empty(1);
+        key.path[..bytes.len()].copy_from_slice(bytes);
+        key.len = bytes.len() as u32;
+        key
+    }
+
+    #[test]
+    fn unix_addresses_read_as_policies_write_them() {
+        assert_eq!(
+            unix_path_text(&key(b"/run/docker.sock")),
+            "/run/docker.sock"
+        );
+        assert_eq!(unix_path_text(&key(b"\0dbus-session")), "@dbus-session");
+        assert_eq!(unix_path_text(&key(b"")), "");
     }
 }

@@ -8,6 +8,7 @@ mod explain;
 mod load;
 mod model;
 mod pattern;
+mod unix;
 
 pub use eval::{RequestFacts, Verdict};
 pub use explain::{Explanation, explain};
@@ -18,3 +19,4 @@ pub use model::{
     ValueSource,
 };
 pub use pattern::normalize_path;
+pub use unix::UnixSocketAddr;

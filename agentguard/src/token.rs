@@ -47,16 +47,18 @@ mod keys;
 mod mint;
 mod obo;
 mod replay;
+mod report;
 mod serve;
 mod verify;
 
 use std::time::Duration;
 
 pub use claims::{Act, Claims, KernelClaims, RequestBinding, normalize_htu, request_hash};
-pub use keys::{KeyError, KeyStore};
+pub use keys::{KeyError, KeyStore, SigningAlgorithm};
 pub use mint::{MintRequest, Minted, Minter};
 pub use obo::{OnBehalfOf, validate_who};
 pub use replay::ReplayCache;
+pub use report::{REPORT_ROUTE, Reporter, VerifyReport};
 pub use serve::{JWKS_PATH, VerifyProxy, read_certs, serve_jwks, tls_acceptor};
 pub use verify::{JwksSource, Verifier, VerifierConfig, VerifyError};
 

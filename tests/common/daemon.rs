@@ -345,6 +345,37 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Polls (bounded: 5 s) until `pred` holds for the audit events.
+    pub fn wait_for_events(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let events = self.audit_events();
+            if pred(&events) {
+                return events;
+            }
+            assert!(Instant::now() < deadline, "{what}: {events:#?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Polls `agentguard status` (bounded: 15 s) until the last reload
+    /// (not the start) has the given outcome.
+    pub fn wait_for_reload(&self, accepted: bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = self.status();
+            let last = &status["last_reload"];
+            if last["trigger"] != "start" && last["accepted"] == accepted {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no reload with accepted={accepted}: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }

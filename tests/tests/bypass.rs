@@ -75,19 +75,6 @@ fn ok(out: &Output) -> String {
     text(&out.stdout)
 }
 
-/// Polls (bounded: 5 s) until `pred` holds for the audit events.
-fn wait_for_events(daemon: &Daemon, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let events = daemon.audit_events();
-        if pred(&events) {
-            return events;
-        }
-        assert!(std::time::Instant::now() < deadline, "{what}: {events:#?}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn udp_other_than_dns_is_refused_and_recorded() {
     let s = setup();
@@ -103,7 +90,7 @@ fn udp_other_than_dns_is_refused_and_recorded() {
         except PermissionError: print('EPERM connect')\n";
     let (pid, out) = python(&s, &["--allow-root"], script);
     assert_eq!(ok(&out), "EPERM 443\nEPERM 40999\nEPERM connect\n");
-    let events = wait_for_events(&s.daemon, "three UDP refusals", |e| {
+    let events = s.daemon.wait_for_events("three UDP refusals", |e| {
         e.iter()
             .filter(|e| e["kind"] == "kernel_refusal" && e["pid"] == pid)
             .count()
@@ -151,7 +138,7 @@ fn dns_from_agents_is_answered_by_agentguard_within_policy() {
     let asked = s.dns.asked();
     assert!(asked.iter().all(|n| n == ALLOWED), "{asked:?}");
     assert!(!asked.is_empty());
-    let events = wait_for_events(&s.daemon, "dns events", |e| {
+    let events = s.daemon.wait_for_events("dns events", |e| {
         e.iter()
             .any(|e| e["kind"] == "dns_query" && e["decision"] == "deny")
     });
@@ -199,7 +186,7 @@ fn raw_and_ping_sockets_cannot_be_created() {
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     assert_eq!(ok(&out), "raw EPERM\nping EPERM\nping6 EPERM\n");
-    let events = wait_for_events(&s.daemon, "socket refusals", |e| {
+    let events = s.daemon.wait_for_events("socket refusals", |e| {
         e.iter()
             .filter(|e| e["kind"] == "kernel_refusal" && e["pid"] == pid)
             .count()
@@ -377,7 +364,7 @@ fn a_double_forked_setsid_daemon_is_covered_for_tcp_udp_and_dns() {
             .any(|c| c["identity"]["pid"] == grandchild),
         "{connections:?}"
     );
-    wait_for_events(&s.daemon, "grandchild's UDP refusal", |e| {
+    s.daemon.wait_for_events("grandchild's UDP refusal", |e| {
         e.iter()
             .any(|e| e["kind"] == "kernel_refusal" && e["pid"] == grandchild)
     });
@@ -386,17 +373,19 @@ fn a_double_forked_setsid_daemon_is_covered_for_tcp_udp_and_dns() {
 #[test]
 fn a_kernel_without_a_needed_hook_stops_start_up_naming_it() {
     require_root();
-    let attempt = crate::common::start_attempt(
-        "probe",
-        (
-            "p.toml",
-            "[agent]\nname = \"p\"\ncgroup = \"agentguard-test-probe/p\"\n",
-        ),
-        &["--proxy-port", "0"],
-        &[("AGENTGUARD_TEST_UNSUPPORTED_HOOKS", "cgroup/sendmsg4")],
-    );
-    assert!(!attempt.out.status.success());
-    let err = text(&attempt.out.stderr);
-    assert!(err.contains("cgroup/sendmsg4"), "{err}");
-    assert!(err.contains("refusing to run"), "{err}");
+    for hook in ["cgroup/sendmsg4", "cgroup/connect_unix"] {
+        let attempt = crate::common::start_attempt(
+            "probe",
+            (
+                "p.toml",
+                "[agent]\nname = \"p\"\ncgroup = \"agentguard-test-probe/p\"\n",
+            ),
+            &["--proxy-port", "0"],
+            &[("AGENTGUARD_TEST_UNSUPPORTED_HOOKS", hook)],
+        );
+        assert!(!attempt.out.status.success());
+        let err = text(&attempt.out.stderr);
+        assert!(err.contains(hook), "{err}");
+        assert!(err.contains("refusing to run"), "{err}");
+    }
 }

@@ -470,7 +470,7 @@ fn a_bad_policy_keeps_the_old_one_and_a_good_one_applies_without_dropping_connec
         format!("{original}\n[[tool]]\nname = \"broken\"\n"),
     )
     .unwrap();
-    let status = wait_for_reload(&s.daemon, false);
+    let status = s.daemon.wait_for_reload(false);
     let error = status["last_reload"]["error"].as_str().unwrap().to_owned();
     assert!(error.contains(&format!("{AGENT}.toml:")), "{error}");
     assert_eq!(ask("/public/a"), "200");
@@ -482,7 +482,7 @@ fn a_bad_policy_keeps_the_old_one_and_a_good_one_applies_without_dropping_connec
         format!("{original}\n[[tool]]\nname = \"api.other\"\nhost = \"{API}\"\nmethods = [\"GET\"]\npaths = [\"/other/*\"]\n"),
     )
     .unwrap();
-    let status = wait_for_reload(&s.daemon, true);
+    let status = s.daemon.wait_for_reload(true);
     assert_ne!(
         status["last_reload"]["active_version"],
         serde_json::Value::Null
@@ -524,23 +524,4 @@ fn a_bad_policy_keeps_the_old_one_and_a_good_one_applies_without_dropping_connec
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = (&s.dir, &s.ca);
-}
-
-/// Polls `agentguard status` (bounded: 15 s) until the last reload has the
-/// given outcome.
-fn wait_for_reload(daemon: &Daemon, accepted: bool) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let status: serde_json::Value =
-            serde_json::from_slice(&daemon.cli(&["status"]).stdout).unwrap();
-        let last = &status["last_reload"];
-        if last["trigger"] != "start" && last["accepted"] == accepted {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no reload with accepted={accepted}: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }

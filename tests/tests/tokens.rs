@@ -60,17 +60,23 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with_args(&[])
+}
+
+/// [`setup`], with extra `agentguard run` arguments.
+fn setup_with_args(run_args: &[&str]) -> Setup {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("agentguard token test CA", dir.path());
     // The tool itself, behind verify-proxy, reached by IP.
     let backend = TlsUpstream::start("127.0.0.3", "127.0.0.3", &ca);
-    let daemon = Daemon::start_with(
+    let daemon = Daemon::start_with_args(
         &[AGENT],
         DaemonOptions {
             policy_extra: POLICY,
             upstream_ca: Some(&ca.pem_path),
         },
+        run_args,
     );
     // The JWKS as an operator would publish it.
     let out = Command::new(AGENTGUARD)
@@ -239,10 +245,19 @@ fn reflect_hits(s: &Setup) -> usize {
 #[test]
 fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
     let s = setup();
+    // This one runs beside the daemon: its decisions join the audit record.
+    let admin = s.daemon.admin_socket.display().to_string();
     let a = verify_proxy(
         &s,
         "127.0.0.4:0",
-        &["--audience", "itsm", "--scope", "tickets:write"],
+        &[
+            "--audience",
+            "itsm",
+            "--scope",
+            "tickets:write",
+            "--admin-socket",
+            &admin,
+        ],
     );
     let port = a.port;
     let body = s.dir.path().join("body.json");
@@ -416,9 +431,35 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let events = s.daemon.audit_events();
-        if let Some(e) = events.iter().find(|e| e["token_jti"] == jti.as_str()) {
+        let minted = events
+            .iter()
+            .find(|e| e["kind"] == "request" && e["token_jti"] == jti.as_str());
+        // verify-proxy's verdicts: the call (allow, same jti) and the
+        // replay (deny), and nothing of the token itself.
+        let verdicts: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["kind"] == "token_verification")
+            .collect();
+        if let Some(e) = minted
+            && verdicts.len() == 2
+        {
             assert_eq!(e["on_behalf_of"], "alice@example.org", "{e}");
-            assert!(!format!("{events:?}").contains(&token));
+            assert!(!format!("{events:?}").contains(signature));
+            // Found by decision: the reports travel independently.
+            let by = |d: &str| *verdicts.iter().find(|e| e["decision"] == d).unwrap();
+            let (allow, replay) = (by("allow"), by("deny"));
+            assert_eq!(allow["decision"], "allow", "{allow}");
+            assert_eq!(allow["token_jti"], jti.as_str(), "{allow}");
+            assert_eq!(allow["agent"], AGENT, "{allow}");
+            assert_eq!(allow["status"], 200, "{allow}");
+            assert_eq!(allow["rule"], "verify-proxy:itsm", "{allow}");
+            assert_eq!(allow["path"], "/reflect", "{allow}");
+            assert_eq!(replay["decision"], "deny", "{replay}");
+            assert_eq!(replay["status"], 401, "{replay}");
+            assert!(
+                replay["reason"].as_str().unwrap().contains("replay"),
+                "{replay}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "no audit event with jti {jti}");
@@ -550,4 +591,26 @@ fn tokens_signed_before_a_key_rotation_verify_until_they_expire() {
     );
     assert_eq!(status, 401, "{headers}");
     assert!(headers.contains("expired"), "{headers}");
+}
+
+#[test]
+fn eddsa_keys_sign_tokens_that_verify_proxy_accepts() {
+    let s = setup_with_args(&["--token-algorithm", "eddsa"]);
+    let url = jwks_url(&s.daemon);
+    let a = verify_proxy_with(&s, "127.0.0.4:0", &url, &["--audience", "itsm"]);
+    let body = s.dir.path().join("body.json");
+    std::fs::write(&body, "{}").unwrap();
+    let out = agent_call(&s, a.port, &body);
+    assert!(text(&out.stdout).ends_with("200"), "{}", text(&out.stderr));
+    let seen = s.backend.header_values("/reflect", "authorization");
+    let token = seen[0].strip_prefix("Bearer ").unwrap();
+    assert_eq!(part(token, 0)["alg"], "EdDSA");
+    let jwks: Value = serde_json::from_slice(&std::fs::read(&s.jwks).unwrap()).unwrap();
+    let key = &jwks["keys"][0];
+    assert_eq!(
+        (&key["kty"], &key["crv"]),
+        (&"OKP".into(), &"Ed25519".into()),
+        "{jwks}"
+    );
+    assert_eq!(key["kid"], part(token, 0)["kid"]);
 }

@@ -232,6 +232,16 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<AdminBody> {
             Err(e) => error(StatusCode::BAD_REQUEST, &e),
         };
     }
+    // A verify-proxy beside the daemon records its decisions here.
+    if req.method() == Method::POST && req.uri().path() == crate::token::REPORT_ROUTE {
+        return match crate::token::VerifyReport::from_query(req.uri().query().unwrap_or("")) {
+            Ok(report) => {
+                state.audit.record_detached(report.into_event());
+                json(StatusCode::OK, &serde_json::json!({ "recorded": true }))
+            }
+            Err(e) => error(StatusCode::BAD_REQUEST, &e),
+        };
+    }
     if req.method() != Method::GET {
         return error(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported");
     }
@@ -283,7 +293,7 @@ fn status(state: &AdminState) -> StatusView {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .events_lost(),
-        unix_sockets_guarded: false,
+        unix_sockets_guarded: true,
     }
 }
 

@@ -39,10 +39,13 @@ pub enum Kind {
     /// Events older than the retention period were removed up to a signed
     /// checkpoint, which stays as the chain's anchor.
     Retention,
+    /// A tool-side `agentguard verify-proxy` verified (allow) or refused
+    /// (deny) a request-bound token.
+    TokenVerification,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Connection,
         Kind::Request,
         Kind::KernelRefusal,
@@ -52,6 +55,7 @@ impl Kind {
         Kind::DaemonStart,
         Kind::DaemonStop,
         Kind::Retention,
+        Kind::TokenVerification,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +69,7 @@ impl Kind {
             Kind::DaemonStart => "daemon_start",
             Kind::DaemonStop => "daemon_stop",
             Kind::Retention => "retention",
+            Kind::TokenVerification => "token_verification",
         }
     }
 

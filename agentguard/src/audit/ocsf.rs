@@ -179,7 +179,9 @@ pub fn render(record: &Record) -> Value {
 /// (class_uid, category_uid, activity_id)
 fn classify(e: &Event) -> (u64, u64, u64) {
     match e.kind {
-        Kind::Request => (CLASS_HTTP_ACTIVITY, 4, http_activity(e.method.as_deref())),
+        Kind::Request | Kind::TokenVerification => {
+            (CLASS_HTTP_ACTIVITY, 4, http_activity(e.method.as_deref()))
+        }
         // 1 Open, 5 Refuse.
         Kind::Connection => {
             let refused = e.decision == Some(Decision::Refuse);

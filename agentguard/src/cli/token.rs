@@ -53,6 +53,10 @@ pub struct TokenRunArgs {
     /// this size; larger ones are refused with 413.
     #[arg(long, default_value = DEFAULT_JWT_MAX_BODY, value_name = "SIZE")]
     jwt_max_body: String,
+    /// Signing algorithm of new token keys: es256 (P-256) or eddsa
+    /// (Ed25519). A key of the other kind is rotated out at start.
+    #[arg(long, default_value = "es256", value_name = "es256|eddsa")]
+    token_algorithm: String,
 }
 
 impl TokenRunArgs {
@@ -62,6 +66,8 @@ impl TokenRunArgs {
             trust_domain: self.trust_domain.clone(),
             jwks_listen: parse_jwks_listen(&self.jwks_listen)?,
             max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
+            algorithm: crate::token::SigningAlgorithm::parse(&self.token_algorithm)
+                .map_err(ConfigError::TokenAlgorithm)?,
         })
     }
 }
@@ -141,6 +147,10 @@ pub struct VerifyProxyArgs {
     /// the system roots.
     #[arg(long)]
     upstream_ca: Option<PathBuf>,
+    /// Also record every decision in the audit record of the daemon whose
+    /// admin socket this is (when running beside it).
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, TokenCliError> {
@@ -280,6 +290,7 @@ pub fn verify_proxy(args: VerifyProxyArgs) -> Result<ExitCode, TokenCliError> {
             max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
             tls,
             upstream_ca,
+            reporter: args.admin_socket.as_deref().map(crate::token::Reporter::new),
         });
         proxy.serve(listener).await;
         Ok(ExitCode::SUCCESS)

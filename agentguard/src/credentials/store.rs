@@ -301,6 +301,7 @@ mod tests {
                     cgroup: CgroupRelPath::parse(&format!("agentguard/{name}")).unwrap(),
                     mode: Mode::Enforce,
                     dns: crate::policy::DnsMode::Policy,
+                    unix_sockets: Vec::new(),
                     credentials,
                     tools: Vec::new(),
                     passthrough: Vec::new(),

@@ -8,6 +8,9 @@ use crate::{
 
 /// IPPROTO numbers that name the kernel event's protocol.
 fn protocol_name(record: &KernelEventRecord) -> &'static str {
+    if record.unix_path.is_some() {
+        return "unix";
+    }
     match (record.sock_type, record.protocol) {
         (3, _) => "raw",
         (_, 1) | (_, 58) => "icmp",
@@ -36,7 +39,18 @@ pub fn kernel_event(record: KernelEventRecord) -> Event {
     if let Some(dst) = record.destination {
         event = event.with_dst(dst);
     }
-    let (decision, reason) = if record.refused {
+    // The socket's path takes the place a request's path has: what the
+    // agent tried to reach, queryable with the other events.
+    event.path = record.unix_path.clone();
+    let (decision, reason) = if let Some(path) = &record.unix_path {
+        (
+            Decision::Refuse,
+            format!(
+                "refused in the kernel ({}): unix socket {path} is not in agent.unix_sockets (type {})",
+                record.kind, record.sock_type
+            ),
+        )
+    } else if record.refused {
         (
             Decision::Refuse,
             format!(

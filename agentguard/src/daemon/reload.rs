@@ -50,6 +50,12 @@ pub enum ReloadError {
         agent: String,
         agent_cgroup: String,
     },
+    #[error("{file}: agent {agent:?}: {reason}")]
+    UnixSocket {
+        file: String,
+        agent: String,
+        reason: String,
+    },
 }
 
 pub struct Reloader {
@@ -66,6 +72,45 @@ pub struct Reloader {
     pub serial: Mutex<()>,
 }
 
+/// Every allowed Unix socket path must sit in directories only root can
+/// change (see [`policy::UnixSocketAddr::check_directories`]). Checked at
+/// each load, as the filesystem may have changed since the last.
+fn check_unix_sockets(policy: &policy::PolicySet) -> Result<(), ReloadError> {
+    for agent in &policy.agents {
+        for addr in &agent.unix_sockets {
+            addr.check_directories()
+                .map_err(|reason| ReloadError::UnixSocket {
+                    file: agent.source.display().to_string(),
+                    agent: agent.name.clone(),
+                    reason,
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// The kernel's allow-list entries: (agent cgroup id, address) for every
+/// socket each guarded agent may reach.
+fn unix_allow_keys(
+    policy: &policy::PolicySet,
+    guarded: &[GuardedAgent],
+) -> Vec<agentguard_common::UnixKey> {
+    let mut keys = Vec::new();
+    for guard in guarded {
+        let Some(agent) = policy.agent(&guard.name) else {
+            continue;
+        };
+        for addr in &agent.unix_sockets {
+            let mut key = agentguard_common::UnixKey::empty(guard.cgroup.id);
+            let bytes = addr.sun_path();
+            key.path[..bytes.len()].copy_from_slice(&bytes);
+            key.len = bytes.len() as u32;
+            keys.push(key);
+        }
+    }
+    keys
+}
+
 impl Reloader {
     /// Builds a complete state from the policies folder. `current` is the
     /// state in force (None at start), whose guarded cgroups need no new
@@ -73,6 +118,7 @@ impl Reloader {
     pub fn build(&self, current: Option<&LiveState>) -> Result<LiveState, ReloadError> {
         let policy = Arc::new(policy::load_path(&self.policies_dir)?);
         let credentials = Arc::new(CredentialStore::load(&policy, self.fetcher.clone())?);
+        check_unix_sockets(&policy)?;
         let own_cgroup = own_cgroup(&self.root);
         let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
         let mut guarded = Vec::new();
@@ -104,6 +150,7 @@ impl Reloader {
         // but lose their resolver: their DNS is refused in the kernel.
         let keep: Vec<u64> = guarded.iter().map(|a| a.cgroup.id).collect();
         kernel.retain_agent_dns(&keep)?;
+        kernel.set_unix_allow(&unix_allow_keys(&policy, &guarded))?;
         let names: Vec<&str> = policy.agents.iter().map(|a| a.name.as_str()).collect();
         self.resolvers.retain(&names);
         Ok(LiveState {

@@ -159,6 +159,20 @@ mod tests {
                 None,
             ),
             (
+                "support-bot",
+                "POST",
+                "https://kb.example.com/v1/search",
+                "allow",
+                Some("kb-token"),
+            ),
+            (
+                "support-bot",
+                "GET",
+                "https://kb.example.com/v1/search",
+                "deny",
+                None,
+            ),
+            (
                 "openai-agent",
                 "POST",
                 "https://api.openai.com/v1/chat/completions",

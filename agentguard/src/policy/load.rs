@@ -14,7 +14,7 @@ use super::model::{
     AgentPolicy, CgroupRelPath, CredentialPolicy, CredentialSection, DnsMode, HostPattern,
     InjectSection, Injection, JwtSource, Mode, OAuth2Source, PassthroughRule, PathPattern,
     PolicyFile, PolicySet, SecretRef, SecretRefSection, SecretSource, SourceSection, ToolPolicy,
-    ToolSection, ValueSection, ValueSource, validate_agent_name,
+    ToolSection, UnixSocketAddr, ValueSection, ValueSource, validate_agent_name,
 };
 
 #[derive(Debug, Error)]
@@ -188,6 +188,19 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
             }
         },
     };
+    let mut unix_sockets: Vec<UnixSocketAddr> = Vec::new();
+    for entry in parsed.agent.unix_sockets.iter().flatten() {
+        let span = span_of(path, text, entry.span().start);
+        let addr = UnixSocketAddr::parse(entry.get_ref())
+            .map_err(|m| invalid(&span, format!("agent.unix_sockets: {m}")))?;
+        if unix_sockets.contains(&addr) {
+            return Err(invalid(
+                &span,
+                format!("agent.unix_sockets: {addr} is listed twice"),
+            ));
+        }
+        unix_sockets.push(addr);
+    }
     let mut credentials: Vec<CredentialPolicy> = Vec::new();
     for section in parsed.credential {
         let id_span = span_of(path, text, section.id.span().start);
@@ -238,6 +251,7 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
             cgroup,
             mode,
             dns,
+            unix_sockets,
             credentials,
             tools,
             passthrough,

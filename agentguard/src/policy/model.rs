@@ -6,6 +6,8 @@ use hyper::{Method, Uri, header::HeaderName};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use super::unix::UnixSocketAddr;
+
 pub use super::pattern::{HostPattern, PathPattern};
 
 /// What a policy file may contain. Unknown keys are an error: a typo in a
@@ -126,6 +128,7 @@ pub(super) struct AgentSection {
     pub cgroup: Spanned<String>,
     pub mode: Option<Spanned<String>>,
     pub dns: Option<Spanned<String>>,
+    pub unix_sockets: Option<Vec<Spanned<String>>>,
 }
 
 /// A cgroup path relative to the cgroup v2 mount, e.g. `agentguard/support-bot`.
@@ -317,6 +320,9 @@ pub struct AgentPolicy {
     pub cgroup: CgroupRelPath,
     pub mode: Mode,
     pub dns: DnsMode,
+    /// The Unix sockets the agent may connect or send to; the kernel
+    /// refuses every other.
+    pub unix_sockets: Vec<UnixSocketAddr>,
     pub credentials: Vec<CredentialPolicy>,
     pub tools: Vec<ToolPolicy>,
     pub passthrough: Vec<PassthroughRule>,

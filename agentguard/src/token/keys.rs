@@ -2,7 +2,8 @@
 //! the public keys of retired keys kept for the JWKS until their tokens have
 //! expired.
 //!
-//! - `signing.key`: the current ES256 (P-256) key, PKCS#8 PEM, mode 0600.
+//! - `signing.key`: the current key, PKCS#8 PEM, mode 0600: ES256 (P-256,
+//!   RFC 7518 §3.4) by default, or EdDSA (Ed25519, RFC 8037) when asked.
 //! - `retired.json`: public JWKs of earlier keys, each with the time after
 //!   which no token it signed can still be valid (mode 0600; public, but
 //!   nothing else needs to read it).
@@ -45,12 +46,40 @@ pub enum KeyError {
     Insecure { path: PathBuf, mode: u32 },
     #[error("failed to generate a signing key: {0}")]
     Generate(String),
-    #[error("{path}: not a usable ES256 key: {reason}")]
+    #[error("{path}: not a usable ES256 or EdDSA key: {reason}")]
     Invalid { path: PathBuf, reason: String },
+}
+
+/// How new signing keys are made. Verifiers accept both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SigningAlgorithm {
+    /// ECDSA P-256 with SHA-256: what most JWT libraries verify.
+    #[default]
+    Es256,
+    /// Ed25519.
+    EdDsa,
+}
+
+impl SigningAlgorithm {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "es256" => Ok(Self::Es256),
+            "eddsa" | "ed25519" => Ok(Self::EdDsa),
+            _ => Err(format!("{s:?} is not a signing algorithm (es256, eddsa)")),
+        }
+    }
+
+    pub fn jwt(self) -> Algorithm {
+        match self {
+            Self::Es256 => Algorithm::ES256,
+            Self::EdDsa => Algorithm::EdDSA,
+        }
+    }
 }
 
 /// One signing key with its public JWK.
 struct SigningKey {
+    alg: SigningAlgorithm,
     kid: String,
     encoding: EncodingKey,
     jwk: Jwk,
@@ -66,6 +95,8 @@ struct RetiredKey {
 /// The current signing key and the retired public keys.
 pub struct KeyStore {
     dir: PathBuf,
+    /// What [`KeyStore::rotate`] makes.
+    alg: SigningAlgorithm,
     current: SigningKey,
     retired: Vec<RetiredKey>,
 }
@@ -81,8 +112,10 @@ impl std::fmt::Debug for KeyStore {
 }
 
 impl KeyStore {
-    /// Opens `<state_dir>/token/`, making the folder and a key if absent.
-    pub fn load_or_create(state_dir: &Path) -> Result<Self, KeyError> {
+    /// Opens `<state_dir>/token/`, making the folder and an `alg` key if
+    /// absent. A key of the other algorithm is rotated out (its tokens
+    /// verify until they expire), so the daemon signs with what it was told.
+    pub fn load_or_create(state_dir: &Path, alg: SigningAlgorithm) -> Result<Self, KeyError> {
         let dir = state_dir.join("token");
         match fs::DirBuilder::new().mode(DIR_MODE).create(&dir) {
             Ok(()) => {}
@@ -99,16 +132,21 @@ impl KeyStore {
         let current = if key_path.exists() {
             read_key(&key_path)?
         } else {
-            let pem = generate()?;
+            let pem = generate(alg)?;
             write_private(&key_path, pem.as_bytes())?;
             parse_key(&key_path, &pem)?
         };
         let retired = read_retired(&dir.join(RETIRED_FILE))?;
-        Ok(Self {
+        let mut store = Self {
             dir,
+            alg,
             current,
             retired,
-        })
+        };
+        if store.current.alg != alg {
+            store.rotate(super::MAX_TTL + super::DEFAULT_LEEWAY)?;
+        }
+        Ok(store)
     }
 
     /// Reads the keys without creating anything (`agentguard token jwks`).
@@ -118,6 +156,7 @@ impl KeyStore {
         let retired = read_retired(&dir.join(RETIRED_FILE))?;
         Ok(Self {
             dir,
+            alg: current.alg,
             current,
             retired,
         })
@@ -125,6 +164,11 @@ impl KeyStore {
 
     pub fn kid(&self) -> &str {
         &self.current.kid
+    }
+
+    /// The algorithm of the current key (the JWS `alg` it signs with).
+    pub fn algorithm(&self) -> SigningAlgorithm {
+        self.current.alg
     }
 
     pub(super) fn encoding_key(&self) -> &EncodingKey {
@@ -135,7 +179,7 @@ impl KeyStore {
     /// the JWKS for `keep_for` (the longest token lifetime plus leeway), so
     /// tokens it signed verify until they expire, and no longer.
     pub fn rotate(&mut self, keep_for: Duration) -> Result<(), KeyError> {
-        let pem = generate()?;
+        let pem = generate(self.alg)?;
         let key_path = self.dir.join(KEY_FILE);
         let next = parse_key(&key_path, &pem)?;
         let now = now_secs();
@@ -178,10 +222,31 @@ impl KeyStore {
     }
 }
 
-fn generate() -> Result<String, KeyError> {
-    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| KeyError::Generate(e.to_string()))?;
-    Ok(pair.serialize_pem())
+fn generate(alg: SigningAlgorithm) -> Result<String, KeyError> {
+    match alg {
+        SigningAlgorithm::Es256 => {
+            let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .map_err(|e| KeyError::Generate(e.to_string()))?;
+            Ok(pair.serialize_pem())
+        }
+        // A PKCS#8 v1 key (RFC 8410 §7: the seed only), which is what
+        // jsonwebtoken reads; ring's and dalek's own encodings are v2 (with
+        // the public key) and are refused there.
+        SigningAlgorithm::EdDsa => {
+            use ed25519_dalek::pkcs8::{
+                EncodePrivateKey as _, KeypairBytes, spki::der::pem::LineEnding,
+            };
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| KeyError::Generate(e.to_string()))?;
+            let pem = KeypairBytes {
+                secret_key: seed,
+                public_key: None,
+            }
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| KeyError::Generate(e.to_string()))?;
+            Ok(pem.to_string())
+        }
+    }
 }
 
 fn read_key(path: &Path) -> Result<SigningKey, KeyError> {
@@ -210,15 +275,28 @@ fn parse_key(path: &Path, pem: &str) -> Result<SigningKey, KeyError> {
         path: path.to_owned(),
         reason,
     };
-    let encoding = EncodingKey::from_ec_pem(pem.as_bytes()).map_err(|e| invalid(e.to_string()))?;
+    // The PEM label is PRIVATE KEY for both (PKCS#8): the key's own
+    // algorithm identifier tells them apart, which each parser checks.
+    let (alg, encoding) = match EncodingKey::from_ec_pem(pem.as_bytes()) {
+        Ok(key) => (SigningAlgorithm::Es256, key),
+        Err(ec) => match EncodingKey::from_ed_pem(pem.as_bytes()) {
+            Ok(key) => (SigningAlgorithm::EdDsa, key),
+            Err(ed) => return Err(invalid(format!("as ES256: {ec}; as EdDSA: {ed}"))),
+        },
+    };
     let mut jwk =
-        Jwk::from_encoding_key(&encoding, Algorithm::ES256).map_err(|e| invalid(e.to_string()))?;
+        Jwk::from_encoding_key(&encoding, alg.jwt()).map_err(|e| invalid(e.to_string()))?;
     let kid = jwk
         .thumbprint(ThumbprintHash::SHA256)
         .map_err(|e| invalid(e.to_string()))?;
     jwk.common.key_id = Some(kid.clone());
     jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-    Ok(SigningKey { kid, encoding, jwk })
+    Ok(SigningKey {
+        alg,
+        kid,
+        encoding,
+        jwk,
+    })
 }
 
 fn read_retired(path: &Path) -> Result<Vec<RetiredKey>, KeyError> {
@@ -263,12 +341,12 @@ mod tests {
     #[test]
     fn key_is_made_once_private_and_reloaded() {
         let dir = tempfile::tempdir().unwrap();
-        let a = KeyStore::load_or_create(dir.path()).unwrap();
+        let a = KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap();
         let mode = fs::metadata(dir.path().join("token/signing.key"))
             .unwrap()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let b = KeyStore::load_or_create(dir.path()).unwrap();
+        let b = KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap();
         assert_eq!(a.kid(), b.kid());
         let jwks = a.jwks();
         assert_eq!(jwks.keys.len(), 1);
@@ -281,7 +359,7 @@ mod tests {
     #[test]
     fn rotation_keeps_the_old_key_until_its_tokens_expire() {
         let dir = tempfile::tempdir().unwrap();
-        let mut keys = KeyStore::load_or_create(dir.path()).unwrap();
+        let mut keys = KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap();
         let old = keys.kid().to_owned();
         keys.rotate(Duration::from_secs(120)).unwrap();
         assert_ne!(keys.kid(), old);
@@ -304,10 +382,43 @@ mod tests {
     }
 
     #[test]
+    fn eddsa_keys_sign_and_a_change_of_algorithm_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let es = KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap();
+        assert_eq!(es.algorithm(), SigningAlgorithm::Es256);
+        assert_eq!(
+            es.jwks().keys[0].common.key_algorithm,
+            Some(jsonwebtoken::jwk::KeyAlgorithm::ES256)
+        );
+        let ed = KeyStore::load_or_create(dir.path(), SigningAlgorithm::EdDsa).unwrap();
+        assert_eq!(ed.algorithm(), SigningAlgorithm::EdDsa);
+        let jwks = ed.jwks();
+        assert_eq!(
+            jwks.keys.len(),
+            2,
+            "the ES256 key stays until its tokens expire"
+        );
+        assert_eq!(
+            jwks.keys[0].common.key_algorithm,
+            Some(jsonwebtoken::jwk::KeyAlgorithm::EdDSA)
+        );
+        assert_eq!(jwks.keys[1].common.key_id.as_deref(), Some(es.kid()));
+        // Reloaded as it is, whatever was asked before.
+        let again = KeyStore::load(dir.path()).unwrap();
+        assert_eq!(again.algorithm(), SigningAlgorithm::EdDsa);
+        assert_eq!(again.kid(), ed.kid());
+        assert_eq!(
+            SigningAlgorithm::parse("EdDSA"),
+            Ok(SigningAlgorithm::EdDsa)
+        );
+        assert!(SigningAlgorithm::parse("RS256").is_err());
+    }
+
+    #[test]
     fn a_readable_key_is_refused() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
-        KeyStore::load_or_create(dir.path()).unwrap();
+        KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap();
         let path = dir.path().join("token/signing.key");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(

@@ -2,7 +2,7 @@
 
 use std::{sync::RwLock, time::Duration};
 
-use jsonwebtoken::{Algorithm, Header, jwk::JwkSet};
+use jsonwebtoken::{Header, jwk::JwkSet};
 
 use super::{
     Act, Claims, KernelClaims, KeyError, KeyStore, MAX_TTL, RequestBinding, b64url, issuer,
@@ -104,7 +104,7 @@ impl Minter {
     /// otherwise doctored tokens with it).
     pub fn sign(&self, claims: &Claims) -> Result<String, String> {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-        let mut header = Header::new(Algorithm::ES256);
+        let mut header = Header::new(keys.algorithm().jwt());
         header.kid = Some(keys.kid().to_owned());
         jsonwebtoken::encode(&header, claims, keys.encoding_key())
             .map_err(|e| format!("failed to sign a token: {e}"))

@@ -86,6 +86,8 @@ pub struct VerifyProxy {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// CA certificates trusted for the upstream beside the system roots.
     pub upstream_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Records each decision in a daemon's audit record, if given.
+    pub reporter: Option<Arc<super::Reporter>>,
 }
 
 /// The certificates in a PEM file.
@@ -152,12 +154,53 @@ impl VerifyProxy {
         }
     }
 
+    /// Decides and forwards one request, then reports the decision to the
+    /// daemon's audit record if there is one.
     async fn handle<C>(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
         client: &Client<C, Body>,
     ) -> Response<Body>
+    where
+        C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+    {
+        let Some(reporter) = &self.reporter else {
+            return self.decide(req, peer, client).await.0;
+        };
+        let method = req.method().to_string();
+        let path = req.uri().path().to_owned();
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| {
+                let h = req.headers().get(header::HOST)?;
+                h.to_str().ok().map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let (response, outcome) = self.decide(req, peer, client).await;
+        reporter.report(super::VerifyReport {
+            audience: self.verifier.config().audience.clone(),
+            allowed: outcome.verified.is_some(),
+            status: response.status().as_u16(),
+            method,
+            host,
+            path,
+            reason: outcome.reason,
+            sub: outcome.verified.as_ref().map(|(sub, _)| sub.clone()),
+            jti: outcome.verified.map(|(_, jti)| jti),
+            peer: peer.ip().to_string(),
+        });
+        response
+    }
+
+    async fn decide<C>(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        client: &Client<C, Body>,
+    ) -> (Response<Body>, Outcome)
     where
         C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
     {
@@ -173,7 +216,7 @@ impl VerifyProxy {
             if let Ok(v) = HeaderValue::from_str(&challenge) {
                 r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
             }
-            r
+            (r, Outcome::refused(e.to_string()))
         };
         // RFC 6750 §2.1: exactly one Authorization header, "Bearer <token>".
         let mut auth = req.headers().get_all(header::AUTHORIZATION).iter();
@@ -216,12 +259,12 @@ impl VerifyProxy {
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
                 .is_some_and(|n| n > self.max_body as u64)
         {
-            return too_large(self.max_body);
+            return (too_large(self.max_body), Outcome::too_large());
         }
         let (mut parts, body) = req.into_parts();
         let body = match Limited::new(body, self.max_body).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(_) => return too_large(self.max_body),
+            Err(_) => return (too_large(self.max_body), Outcome::too_large()),
         };
         let binding = RequestBinding {
             method: parts.method.to_string(),
@@ -236,9 +279,13 @@ impl VerifyProxy {
             Err(e) => return refuse(e),
         };
         info!(%peer, %method, target, decision = "allow", sub = %claims.sub, jti = %claims.jti, "token verified");
+        let outcome = Outcome {
+            verified: Some((claims.sub.clone(), claims.jti.clone())),
+            reason: String::new(),
+        };
         let upstream = match join(&self.upstream, &target) {
             Ok(u) => u,
-            Err(e) => return full(StatusCode::BAD_GATEWAY, "text/plain", e),
+            Err(e) => return (full(StatusCode::BAD_GATEWAY, "text/plain", e), outcome),
         };
         parts.uri = upstream;
         parts.headers.remove(header::HOST);
@@ -264,13 +311,35 @@ impl VerifyProxy {
         }
         parts.version = hyper::Version::HTTP_11;
         let req = Request::from_parts(parts, Full::new(body).map_err(|n| match n {}).boxed());
-        match client.request(req).await {
+        let response = match client.request(req).await {
             Ok(resp) => resp.map(|b| b.boxed()),
             Err(e) => {
                 warn!(error = %e, "upstream failed");
                 full(StatusCode::BAD_GATEWAY, "text/plain", "upstream failed\n")
             }
+        };
+        (response, outcome)
+    }
+}
+
+/// What [`VerifyProxy::decide`] established about a request.
+struct Outcome {
+    /// (`sub`, `jti`) of a token that verified and bound.
+    verified: Option<(String, String)>,
+    /// Why it was refused.
+    reason: String,
+}
+
+impl Outcome {
+    fn refused(reason: String) -> Self {
+        Self {
+            verified: None,
+            reason,
         }
+    }
+
+    fn too_large() -> Self {
+        Self::refused("request body too large to check its hash".into())
     }
 }
 

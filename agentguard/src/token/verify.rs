@@ -371,11 +371,15 @@ async fn get(url: &Uri) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::{KeyStore, MintRequest, Minter};
+    use crate::token::{KeyStore, MintRequest, Minter, SigningAlgorithm};
 
     fn setup() -> (tempfile::TempDir, Minter) {
+        setup_with(SigningAlgorithm::Es256)
+    }
+
+    fn setup_with(alg: SigningAlgorithm) -> (tempfile::TempDir, Minter) {
         let dir = tempfile::tempdir().unwrap();
-        let keys = KeyStore::load_or_create(dir.path()).unwrap();
+        let keys = KeyStore::load_or_create(dir.path(), alg).unwrap();
         (dir, Minter::new(keys, "example.org"))
     }
 
@@ -406,6 +410,23 @@ mod tests {
         Verifier::new(cfg, JwksSource::Static(m.jwks()))
             .await
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn eddsa_tokens_verify_and_bind_like_es256_ones() {
+        let (_d, m) = setup_with(SigningAlgorithm::EdDsa);
+        let b = binding("POST", URL, b"{}");
+        let t = mint(&m, "itsm", "tickets:write", &b);
+        let header = decode_header(&t).unwrap();
+        assert_eq!(header.alg, Algorithm::EdDSA);
+        let v = verifier(&m, Some("tickets:write")).await;
+        let other = binding("POST", URL, b"{\"x\":1}");
+        let err = v.verify(&t, Some(&other)).await.unwrap_err();
+        assert!(
+            matches!(&err, VerifyError::InvalidToken(r) if r.contains("request hash")),
+            "{err}"
+        );
+        v.verify(&t, Some(&b)).await.unwrap();
     }
 
     #[tokio::test]
@@ -538,7 +559,10 @@ mod tests {
     #[tokio::test]
     async fn rotated_keys_verify_until_retired() {
         let dir = tempfile::tempdir().unwrap();
-        let m = Minter::new(KeyStore::load_or_create(dir.path()).unwrap(), "x");
+        let m = Minter::new(
+            KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap(),
+            "x",
+        );
         let b = binding("GET", URL, b"");
         let before = mint(&m, "itsm", "", &b);
         m.rotate().unwrap();
