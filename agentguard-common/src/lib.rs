@@ -248,6 +248,24 @@ impl UnixKey {
             _pad2: [0; 4],
         }
     }
+
+    /// The key for `sun_path` bytes as the kernel programs build it (no
+    /// terminating NUL; NUL first for an abstract name); `None` if longer
+    /// than `sun_path`.
+    pub fn new(cgroup_id: u64, sun_path: &[u8]) -> Option<Self> {
+        let mut key = Self::empty(cgroup_id);
+        key.path
+            .get_mut(..sun_path.len())?
+            .copy_from_slice(sun_path);
+        key.len = sun_path.len() as u32;
+        Some(key)
+    }
+
+    /// The address bytes the key holds.
+    pub fn sun_path(&self) -> &[u8] {
+        let len = (self.len as usize).min(UNIX_PATH_MAX);
+        &self.path[..len]
+    }
 }
 
 /// A Unix-socket refusal, in the same ring buffer as [`KernelEvent`]. Both

@@ -45,8 +45,7 @@ pub static AGENT_DNS: HashMap<u64, u16> = HashMap::with_max_entries(4096, 0);
 
 /// (agent cgroup id, Unix socket address) pairs the agent may connect or
 /// send to. Written by the daemon from each agent's `unix_sockets`; read by
-/// the LSM socket_connect and socket_sendmsg programs. Anything absent is
-/// refused.
+/// the connect_unix and sendmsg_unix programs. Anything absent is refused.
 #[map]
 pub static UNIX_ALLOW: HashMap<UnixKey, u8> = HashMap::with_max_entries(MAX_UNIX_ALLOW_ENTRIES, 0);
 

@@ -39,8 +39,9 @@ const SUN_PATH_OFFSET: usize = 2;
 /// relocate, so the program reads the struct with bpf_probe_read_kernel
 /// (allowed for CAP_PERFMON). Layout since 6.7, when `uaddrlen` was added
 /// for these hooks: sk @0, uaddr @8, tmp_reg @16, t_ctx @24, uaddrlen @32.
-/// Were it ever to move, the reads would yield a pointer that faults or a
-/// key no policy holds: the connect is refused, never let through.
+/// The daemon checks these offsets against the running kernel's BTF before
+/// loading the programs (agentguard/src/ebpf/layout.rs) and refuses to
+/// start if they differ.
 #[repr(C)]
 struct SockAddrKern {
     sk: *const u8,

@@ -58,8 +58,9 @@ pub struct StatusView {
     #[serde(default)]
     pub kernel_events_lost: u64,
     /// Whether agents' Unix-socket connects and sends are checked against
-    /// their policy's `unix_sockets` (BPF LSM). A daemon that cannot do so
-    /// refuses to start, so a running one reports true.
+    /// their policy's `unix_sockets` (cgroup/connect_unix, sendmsg_unix). A
+    /// daemon that cannot do so refuses to start, so a running one reports
+    /// true.
     #[serde(default)]
     pub unix_sockets_guarded: bool,
 }

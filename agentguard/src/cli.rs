@@ -95,6 +95,11 @@ enum Command {
         /// Keep capabilities and do not set no_new_privs.
         #[arg(long)]
         keep_capabilities: bool,
+        /// Let the agent create user and mount namespaces and mount (refused
+        /// by a seccomp filter otherwise: with them it could put any socket
+        /// under a path its policy allows).
+        #[arg(long)]
+        allow_namespaces: bool,
         /// The human or session the agent acts for: named in the `act`
         /// claim of its request-bound tokens and in audit events.
         #[arg(long, value_name = "WHO")]
@@ -267,6 +272,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             user,
             allow_root,
             keep_capabilities,
+            allow_namespaces,
             on_behalf_of,
             admin_socket,
             cmd,
@@ -275,6 +281,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
                 user,
                 allow_root,
                 keep_capabilities,
+                allow_namespaces,
                 on_behalf_of,
             };
             match exec::exec(&admin_socket, &agent, &privileges, &cmd)? {}

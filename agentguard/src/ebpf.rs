@@ -36,6 +36,11 @@ use thiserror::Error;
 
 use crate::cgroup::Cgroup;
 
+mod layout;
+
+/// The running kernel's BTF.
+const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
 /// The compiled kernel programs, built by build.rs with aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agentguard"));
 
@@ -168,6 +173,10 @@ pub enum EbpfError {
     )]
     ForcedUnsupported(&'static str),
     #[error(
+        "the {hook} hook cannot run safely on this kernel: {reason}; refusing to run with a way around the proxy"
+    )]
+    Layout { hook: &'static str, reason: String },
+    #[error(
         "too many Unix socket entries: {wanted} over all agents, the kernel map holds {capacity}"
     )]
     UnixAllowFull { wanted: usize, capacity: u32 },
@@ -256,6 +265,15 @@ impl Kernel {
             if forced.iter().any(|f| f == hook.hook) {
                 return Err(EbpfError::ForcedUnsupported(hook.hook));
             }
+            // Both Unix hooks read the same struct: one check serves them.
+            if hook.program == "agentguard_connect_unix" {
+                layout::check_sock_addr_kern(Path::new(VMLINUX_BTF)).map_err(|reason| {
+                    EbpfError::Layout {
+                        hook: hook.hook,
+                        reason,
+                    }
+                })?;
+            }
             let loaded = match hook.kind {
                 Kind::SockAddr => sock_addr_program(&mut ebpf, hook.program)?.load(),
                 Kind::Sock => sock_program(&mut ebpf, hook.program)?.load(),
@@ -336,9 +354,10 @@ impl Kernel {
         Ok(())
     }
 
-    /// Makes the kernel's Unix-socket allow-list exactly `wanted`: new
-    /// entries go in before stale ones come out, so a reload never refuses
-    /// a socket both the old and the new policy allow.
+    /// Makes the kernel's Unix-socket allow-list exactly `wanted`. Stale
+    /// entries go first: removing them only revokes what the new policy
+    /// revokes (no entry in both lists is touched), and it keeps room for
+    /// the new ones in the fixed-size map.
     pub fn set_unix_allow(&mut self, wanted: &[UnixKey]) -> Result<(), EbpfError> {
         let capacity = agentguard_common::MAX_UNIX_ALLOW_ENTRIES;
         if wanted.len() > capacity as usize {
@@ -347,21 +366,39 @@ impl Kernel {
                 capacity,
             });
         }
-        let map_err = |source| EbpfError::Map {
-            name: "UNIX_ALLOW",
-            source,
-        };
+        self.remove_unix_allow(|k| !wanted.contains(k))?;
         for key in wanted {
-            self.unix_allow.insert(key, 1, 0).map_err(map_err)?;
+            self.unix_allow
+                .insert(key, 1, 0)
+                .map_err(|source| EbpfError::Map {
+                    name: "UNIX_ALLOW",
+                    source,
+                })?;
         }
-        let stale: Vec<UnixKey> = self
+        Ok(())
+    }
+
+    /// Removes every allow-list entry, of any agent, whose address is one
+    /// of `addresses` (`sun_path` bytes): for sockets found unsafe, even
+    /// while the policy that lists them stays in force.
+    pub fn revoke_unix_addresses(&mut self, addresses: &[Vec<u8>]) -> Result<(), EbpfError> {
+        self.remove_unix_allow(|k| addresses.iter().any(|a| a.as_slice() == k.sun_path()))
+    }
+
+    fn remove_unix_allow(&mut self, remove: impl Fn(&UnixKey) -> bool) -> Result<(), EbpfError> {
+        let doomed: Vec<UnixKey> = self
             .unix_allow
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !wanted.contains(k))
+            .filter(|k| remove(k))
             .collect();
-        for key in stale {
-            self.unix_allow.remove(&key).map_err(map_err)?;
+        for key in doomed {
+            self.unix_allow
+                .remove(&key)
+                .map_err(|source| EbpfError::Map {
+                    name: "UNIX_ALLOW",
+                    source,
+                })?;
         }
         Ok(())
     }

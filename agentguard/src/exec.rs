@@ -4,6 +4,8 @@
 //! cgroup a socket was created in, so a socket opened before joining would
 //! escape the redirect.
 
+mod seccomp;
+
 use std::{
     convert::Infallible,
     ffi::OsString,
@@ -66,6 +68,8 @@ pub enum ExecError {
     Caps(String),
     #[error("failed to set no_new_privs: {0}")]
     NoNewPrivs(nix::Error),
+    #[error("failed to install the seccomp filter (no namespaces, no mounts): {0}")]
+    Seccomp(String),
 }
 
 /// Who the agent runs as, and with what.
@@ -77,6 +81,9 @@ pub struct Privileges {
     pub allow_root: bool,
     /// Opt out of dropping capabilities and setting no_new_privs.
     pub keep_capabilities: bool,
+    /// Opt out of the seccomp filter that refuses new user and mount
+    /// namespaces and mounts.
+    pub allow_namespaces: bool,
     /// The human or session the agent acts for: the `act` claim of its
     /// request-bound tokens.
     pub on_behalf_of: Option<String>,
@@ -140,6 +147,10 @@ pub fn exec(
         drop_capabilities()?;
         // setuid binaries cannot give back what was dropped.
         nix::sys::prctl::set_no_new_privs().map_err(ExecError::NoNewPrivs)?;
+    }
+    // Last: the filter refuses mounts, which nothing above needs.
+    if !privileges.allow_namespaces {
+        seccomp::install().map_err(ExecError::Seccomp)?;
     }
     let mut command = Command::new(program);
     command.args(args);

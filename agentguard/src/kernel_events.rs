@@ -26,6 +26,10 @@ pub struct KernelEventRecord {
     pub agent: Option<String>,
     /// cgroup path relative to the cgroup v2 mount, if known.
     pub cgroup: Option<String>,
+    /// The caller's cgroup is below its agent's, not the agent's own: the
+    /// kernel keys DNS and Unix-socket decisions by the exact cgroup, so
+    /// such callers are refused.
+    pub below_agent_cgroup: bool,
     pub cgroup_id: u64,
     pub pid: u32,
     pub tid: u32,
@@ -117,13 +121,35 @@ fn exe_of(tgid: u32) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
-/// `@name` for an abstract address, else the path.
+/// `@name` for an abstract address, else the path; unambiguous whatever
+/// the agent put in it: control characters, `\\` and bytes that are not
+/// UTF-8 are escaped (`\\xNN`), and a path that itself starts with `@`
+/// (relative) is shown as `./@...`.
 pub fn unix_path_text(key: &UnixKey) -> String {
-    let len = (key.len as usize).min(key.path.len());
-    match key.path[..len].split_first() {
-        Some((0, name)) => format!("@{}", String::from_utf8_lossy(name)),
-        _ => String::from_utf8_lossy(&key.path[..len]).into_owned(),
+    match key.sun_path().split_first() {
+        Some((0, name)) => format!("@{}", escape(name)),
+        Some((b'@', _)) => format!("./{}", escape(key.sun_path())),
+        _ => escape(key.sun_path()),
     }
+}
+
+fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '\\' {
+                for b in c.to_string().bytes() {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 /// Who did it, as both record types carry it.
@@ -139,12 +165,20 @@ struct Caller<'a> {
 
 /// A record with the caller's identity resolved and no socket details yet.
 fn identity(caller: Caller<'_>, live: &Live) -> KernelEventRecord {
-    let found = live.load().agents.locate(caller.cgroup_id);
+    let state = live.load();
+    let found = state.agents.locate(caller.cgroup_id);
+    let below_agent_cgroup = found.is_some()
+        && !state
+            .agents
+            .agents()
+            .iter()
+            .any(|a| a.cgroup.id == caller.cgroup_id);
     KernelEventRecord {
         kind: kind_name(caller.kind),
         refused: caller.kind < event_kind::TCP_REDIRECTED,
         agent: found.as_ref().map(|(agent, _)| agent.to_string()),
         cgroup: found.map(|(_, path)| path),
+        below_agent_cgroup,
         cgroup_id: caller.cgroup_id,
         pid: caller.tgid,
         tid: caller.pid,
@@ -229,21 +263,33 @@ pub fn kind_name(kind: u32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::UnixSocketAddr;
 
-    fn key(bytes: &[u8]) -> UnixKey {
-        let mut key = UnixKey::empty(1);
-        key.path[..bytes.len()].copy_from_slice(bytes);
-        key.len = bytes.len() as u32;
-        key
+    /// Keys made the way the daemon makes them for its allow-list, so the
+    /// text an event shows is the entry that would have allowed it.
+    fn key(entry: &str) -> UnixKey {
+        UnixKey::new(1, &UnixSocketAddr::parse(entry).unwrap().sun_path()).unwrap()
     }
 
     #[test]
     fn unix_addresses_read_as_policies_write_them() {
+        for entry in ["/run/docker.sock", "@dbus-session", "/run/ünïcode.sock"] {
+            assert_eq!(unix_path_text(&key(entry)), entry);
+        }
+    }
+
+    #[test]
+    fn what_agents_put_in_addresses_cannot_pass_for_something_else() {
+        let raw = |bytes: &[u8]| unix_path_text(&UnixKey::new(1, bytes).unwrap());
         assert_eq!(
-            unix_path_text(&key(b"/run/docker.sock")),
-            "/run/docker.sock"
+            raw(b"@x"),
+            "./@x",
+            "a relative path is not an abstract name"
         );
-        assert_eq!(unix_path_text(&key(b"\0dbus-session")), "@dbus-session");
-        assert_eq!(unix_path_text(&key(b"")), "");
+        assert_eq!(raw(b"\0x\n"), "@x\\x0a");
+        assert_eq!(raw(b"/a\\b"), "/a\\x5cb");
+        assert_eq!(raw(b"/a\xffb"), "/a\\xffb");
+        assert_eq!(raw(b""), "");
+        assert!(UnixKey::new(1, &[b'a'; 109]).is_none());
     }
 }

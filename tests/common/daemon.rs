@@ -278,15 +278,7 @@ impl Daemon {
     /// A command that joins the agent's cgroup by itself (no daemon
     /// involved), for when the daemon is down.
     pub fn in_cgroup(&self, agent: &str, cmd: &[&str]) -> Command {
-        let procs = self.cgroup_path(agent).join("cgroup.procs");
-        let mut c = Command::new(cmd[0]);
-        c.args(&cmd[1..]);
-        // SAFETY: only async-signal-safe work between fork and exec: one
-        // open/write/close through std's thin wrappers.
-        unsafe {
-            c.pre_exec(move || fs::write(&procs, b"0"));
-        }
-        c
+        in_cgroup_dir(&self.cgroup_path(agent), cmd)
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -437,4 +429,18 @@ fn cgroup2_mount() -> PathBuf {
                 .then(|| PathBuf::from(fields.split_whitespace().nth(4).unwrap()))
         })
         .expect("cgroup v2 mount")
+}
+
+/// `cmd`, started directly in the cgroup at `dir` (joined between fork and
+/// exec), bypassing `agentguard exec`.
+pub fn in_cgroup_dir(dir: &Path, cmd: &[&str]) -> Command {
+    let procs = dir.join("cgroup.procs");
+    let mut c = Command::new(cmd[0]);
+    c.args(&cmd[1..]);
+    // SAFETY: only async-signal-safe work between fork and exec: one
+    // open/write/close through std's thin wrappers.
+    unsafe {
+        c.pre_exec(move || fs::write(&procs, b"0"));
+    }
+    c
 }

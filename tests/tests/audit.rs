@@ -92,9 +92,7 @@ fn json_lines(out: &Output) -> Vec<Value> {
         .collect()
 }
 
-/// Polls `audit query` (bounded: 10 s) until `done` is satisfied by the
-/// events it returns; the writer commits every 200 ms.
-/// glibc asks nscd (passwd, hosts) before anything else, in every process,
+/// glibc asks nscd first in processes that look up users, groups or hosts,
 /// whether or not nscd runs; agents may not reach its socket (nscd would
 /// resolve names outside agentguard's resolver), so each such probe is a
 /// recorded kernel refusal. Real, but beside the point of these tests.
@@ -104,7 +102,7 @@ fn is_nscd_probe(e: &Value) -> bool {
 }
 
 /// `audit query --format json ARGS`, without glibc's nscd probes, polled
-/// (bounded: 10 s) until `done` holds.
+/// (bounded: 10 s) until `done` holds; the writer commits every 200 ms.
 fn query_until(daemon: &Daemon, args: &[&str], done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut all = vec!["query", "--format", "json"];

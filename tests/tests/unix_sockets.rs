@@ -3,7 +3,6 @@
 //! the container engine or the session bus an agent must not reach.
 
 use std::{
-    io::Read as _,
     os::{
         linux::net::SocketAddrExt as _,
         unix::{
@@ -13,11 +12,12 @@ use std::{
     },
     path::Path,
     process::Output,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-use crate::common::{Daemon, DaemonOptions, require_root, text};
+use crate::common::{Daemon, DaemonOptions, in_cgroup_dir, require_root, text};
 
 const AGENT: &str = "unix-agent";
 
@@ -104,13 +104,30 @@ os.chdir("{d}")
 print("relative", stream("allowed.sock"))
 os.symlink("{d}/denied.sock", "{d}/link.sock")
 print("symlink", stream("{d}/link.sock"))
+# Raw addresses, as a C client may pass them: the kernel reads a path up
+# to its first NUL within the length, and all 108 bytes without one.
+import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+def raw(path):
+    s = socket.socket(socket.AF_UNIX)
+    addr = (1).to_bytes(2, "little") + path
+    if libc.connect(s.fileno(), addr, len(addr)) == 0: return "ok"
+    return errno.errorcode[ctypes.get_errno()]
+listed = b"{d}/allowed.sock"
+print("nul-then-junk", raw((listed + b"\0" + b"J" * 108)[:108]))
+print("full-length", raw((listed + b"X" * 108)[:108]))
 "#
     )
 }
 
-/// The kernel refusals of process `pid`, once there are `count`.
+/// The kernel refusals of process `pid`, once there are `count`, without
+/// glibc's nscd probes (made by processes that look up users or hosts).
 fn refusals(daemon: &Daemon, pid: u32, count: usize) -> Vec<Value> {
-    let of_pid = |e: &&Value| e["kind"] == "kernel_refusal" && e["pid"] == pid;
+    let of_pid = |e: &&Value| {
+        e["kind"] == "kernel_refusal"
+            && e["pid"] == pid
+            && !e["path"].as_str().is_some_and(|p| p.contains("/nscd/"))
+    };
     let events = daemon.wait_for_events("unix refusals", |e| {
         e.iter().filter(of_pid).count() >= count
     });
@@ -136,11 +153,13 @@ fn only_listed_unix_sockets_are_reachable_and_refusals_are_recorded() {
          dgram-allowed ok\n\
          dgram-denied PermissionError\n\
          relative PermissionError\n\
-         symlink PermissionError\n"
+         symlink PermissionError\n\
+         nul-then-junk ok\n\
+         full-length EPERM\n"
     );
 
     let d = s.dir.path().display();
-    let events = refusals(&daemon, pid, 5);
+    let events = refusals(&daemon, pid, 6);
     let seen: Vec<(String, String)> = events
         .iter()
         .map(|e| {
@@ -170,6 +189,11 @@ fn only_listed_unix_sockets_are_reachable_and_refusals_are_recorded() {
                 "kernel:unix-connect-denied".into(),
                 format!("{d}/link.sock")
             ),
+            ("kernel:unix-connect-denied".into(), {
+                let listed = format!("{d}/allowed.sock");
+                let pad = "X".repeat(108 - listed.len());
+                format!("{listed}{pad}")
+            }),
         ]
     );
     for e in &events {
@@ -191,7 +215,40 @@ fn only_listed_unix_sockets_are_reachable_and_refusals_are_recorded() {
             n.parse().unwrap()
         })
         .collect();
-    assert_eq!(types, vec![1, 1, 2, 1, 1], "SOCK_STREAM, SOCK_DGRAM");
+    assert_eq!(types, vec![1, 1, 2, 1, 1, 1], "SOCK_STREAM, SOCK_DGRAM");
+
+    // A process in a cgroup below the agent's is refused even a listed
+    // socket (the list is keyed by the exact cgroup), and the event says so.
+    let sub = daemon.cgroup_path(AGENT).join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let script = connect_script(&s.dir.path().join("allowed.sock"));
+    let out = in_cgroup_dir(&sub, &["python3", "-c", &script])
+        .output()
+        .unwrap();
+    std::fs::remove_dir(&sub).unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "PermissionError\n",
+        "{}",
+        text(&out.stderr)
+    );
+    let below = daemon.wait_for_events("a sub-cgroup's refusal", |e| {
+        e.iter().any(|e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("below the agent's"))
+        })
+    });
+    let below = below
+        .iter()
+        .find(|e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("below the agent's"))
+        })
+        .unwrap();
+    assert_eq!(below["agent"], AGENT, "{below}");
+    assert_eq!(below["path"], format!("{d}/allowed.sock"), "{below}");
 
     // Outside the agent's cgroup nothing changes.
     UnixStream::connect(s.dir.path().join("denied.sock")).unwrap();
@@ -199,43 +256,166 @@ fn only_listed_unix_sockets_are_reachable_and_refusals_are_recorded() {
     assert_eq!(status["kernel_events_lost"], 0, "{status}");
 }
 
+/// Python that connects to `path` and prints `ok` or the error's name.
+fn connect_script(path: &Path) -> String {
+    format!(
+        "import socket\ns = socket.socket(socket.AF_UNIX)\n\
+         try:\n    s.connect({:?}); print('ok')\n\
+         except OSError as e: print(type(e).__name__)",
+        path.display().to_string()
+    )
+}
+
+/// What the agent gets connecting to `path`: `ok` or the error's name.
+fn reach(daemon: &Daemon, path: &Path) -> String {
+    let (_, out) = python(daemon, &connect_script(path));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).trim().to_owned()
+}
+
+/// Polls `status` (bounded: 15 s) until a reload after `since` (an RFC 3339
+/// time, which sorts as text) has the given outcome.
+fn reload_after(daemon: &Daemon, since: &str, accepted: bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = daemon.status();
+        let last = &status["last_reload"];
+        if last["time"].as_str().unwrap() > since && last["accepted"] == accepted {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reload with accepted={accepted}: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
-fn an_allowed_socket_in_a_directory_others_can_change_is_refused_at_reload() {
+fn reloads_add_and_revoke_sockets_and_unsafe_directories_lose_theirs() {
     require_root();
     let tag = format!("r{}", std::process::id());
     let s = servers(&tag);
     let daemon = start(&s, &tag);
+    let (allowed, denied) = (
+        s.dir.path().join("allowed.sock"),
+        s.dir.path().join("denied.sock"),
+    );
+    assert_eq!(
+        (reach(&daemon, &allowed), reach(&daemon, &denied)),
+        ("ok".into(), "PermissionError".into())
+    );
 
-    // A sticky, world-writable directory (like /tmp): any user could plant
-    // `tool.sock` there as a link to the container engine's socket.
+    // An accepted reload swaps one socket for the other in the kernel.
+    let policy = daemon.policy_path(AGENT);
+    let original = std::fs::read_to_string(&policy).unwrap();
+    let listed = format!("{}\"", allowed.display());
+    let swapped = original.replacen(&listed, &format!("{}\"", denied.display()), 1);
+    assert_ne!(swapped, original);
+    let since = daemon.status()["last_reload"]["time"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::fs::write(&policy, &swapped).unwrap();
+    reload_after(&daemon, &since, true);
+    assert_eq!(
+        (reach(&daemon, &allowed), reach(&daemon, &denied)),
+        ("PermissionError".into(), "ok".into())
+    );
+
+    // A socket in a sticky, world-writable directory (like /tmp), where
+    // any user could plant the name as a link to another socket: refused,
+    // naming the file; the running policy stays.
     let open_dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let policy = daemon.policy_path(AGENT);
-    let mut original = String::new();
-    std::fs::File::open(&policy)
-        .unwrap()
-        .read_to_string(&mut original)
-        .unwrap();
-    let listed = format!("{}/allowed.sock\"", s.dir.path().display());
-    let changed = original.replacen(
-        &listed,
+    let unsafe_policy = swapped.replacen(
+        &format!("{}\"", denied.display()),
         &format!("{}/tool.sock\"", open_dir.path().display()),
         1,
     );
-    assert_ne!(changed, original);
-    std::fs::write(&policy, changed).unwrap();
-    let status = daemon.wait_for_reload(false);
+    let since = daemon.status()["last_reload"]["time"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::fs::write(&policy, &unsafe_policy).unwrap();
+    let status = reload_after(&daemon, &since, false);
     let error = status["last_reload"]["error"].as_str().unwrap();
     assert!(error.contains(&format!("{AGENT}.toml")), "{error}");
     assert!(error.contains("other than root"), "{error}");
+    assert_eq!(reach(&daemon, &denied), "ok");
 
-    // The running policy stays: the listed socket is still reachable.
-    let d = s.dir.path().display();
-    let (_, out) = python(
-        &daemon,
-        &format!(
-            "import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect('{d}/allowed.sock')\nprint('ok')"
-        ),
+    // The policy in force lists denied.sock; once its directory becomes
+    // writable by others, the next load (here SIGHUP) fails and revokes it.
+    let since = daemon.status()["last_reload"]["time"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::fs::write(&policy, &swapped).unwrap();
+    reload_after(&daemon, &since, true);
+    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let since = daemon.status()["last_reload"]["time"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pid = daemon.status()["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let status = reload_after(&daemon, &since, false);
+    let error = status["last_reload"]["error"].as_str().unwrap();
+    assert!(error.contains("may no longer reach it"), "{error}");
+    assert_eq!(reach(&daemon, &denied), "PermissionError");
+    // Mended, the next load gives it back.
+    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let since = daemon.status()["last_reload"]["time"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    reload_after(&daemon, &since, true);
+    assert_eq!(reach(&daemon, &denied), "ok");
+}
+
+/// The way around a path allow-list: a user namespace of one's own, where
+/// the agent may bind-mount any socket it can open over an allowed path.
+/// `exec` refuses it with seccomp; `--allow-namespaces` shows that the
+/// attempt would otherwise succeed here.
+#[test]
+fn agents_cannot_make_namespaces_to_remount_an_allowed_path() {
+    require_root();
+    let tag = format!("n{}", std::process::id());
+    let s = servers(&tag);
+    let daemon = start(&s, &tag);
+    let script = "import ctypes, subprocess\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
+        CLONE_NEWUSER, CLONE_NEWNS = 0x10000000, 0x00020000\n\
+        r = subprocess.run(['unshare', '-Urm', 'true'], capture_output=True)\n\
+        print('unshare-cmd', r.returncode == 0)\n\
+        print('unshare-user', libc.unshare(CLONE_NEWUSER) == 0, ctypes.get_errno())\n\
+        print('spawn', subprocess.run(['true']).returncode == 0)\n";
+    let run = |flags: &[&str]| {
+        let mut all = vec!["--user", "65534:65534"];
+        all.extend_from_slice(flags);
+        let out = daemon
+            .exec_with(AGENT, &all, &["python3", "-c", script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    // EPERM is 1. Children still start (clone3 falls back to clone).
+    assert_eq!(
+        run(&[]),
+        "unshare-cmd False\nunshare-user False 1\nspawn True\n"
     );
-    assert_eq!(text(&out.stdout), "ok\n", "{}", text(&out.stderr));
+    assert_eq!(
+        run(&["--allow-namespaces"]),
+        "unshare-cmd True\nunshare-user True 0\nspawn True\n"
+    );
 }

@@ -236,7 +236,10 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<AdminBody> {
     if req.method() == Method::POST && req.uri().path() == crate::token::REPORT_ROUTE {
         return match crate::token::VerifyReport::from_query(req.uri().query().unwrap_or("")) {
             Ok(report) => {
-                state.audit.record_detached(report.into_event());
+                let policy = state.live.load().policy.clone();
+                state
+                    .audit
+                    .record_detached(report.into_event(|name| policy.agent(name).is_some()));
                 json(StatusCode::OK, &serde_json::json!({ "recorded": true }))
             }
             Err(e) => error(StatusCode::BAD_REQUEST, &e),

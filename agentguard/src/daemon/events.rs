@@ -43,10 +43,15 @@ pub fn kernel_event(record: KernelEventRecord) -> Event {
     // agent tried to reach, queryable with the other events.
     event.path = record.unix_path.clone();
     let (decision, reason) = if let Some(path) = &record.unix_path {
+        let why = if record.below_agent_cgroup {
+            "the caller's cgroup is below the agent's, and only the agent's own cgroup has unix_sockets"
+        } else {
+            "it is not in agent.unix_sockets"
+        };
         (
             Decision::Refuse,
             format!(
-                "refused in the kernel ({}): unix socket {path} is not in agent.unix_sockets (type {})",
+                "refused in the kernel ({}): unix socket {path}: {why} (type {})",
                 record.kind, record.sock_type
             ),
         )

@@ -74,19 +74,38 @@ pub struct Reloader {
 
 /// Every allowed Unix socket path must sit in directories only root can
 /// change (see [`policy::UnixSocketAddr::check_directories`]). Checked at
-/// each load, as the filesystem may have changed since the last.
-fn check_unix_sockets(policy: &policy::PolicySet) -> Result<(), ReloadError> {
+/// each load, as the filesystem may have changed since the last; a path
+/// that fails loses its kernel entries at once, even though the policy in
+/// force (which listed it) stays.
+fn check_unix_sockets(
+    policy: &policy::PolicySet,
+    kernel: &Mutex<Kernel>,
+) -> Result<(), ReloadError> {
+    let mut failures = Vec::new();
     for agent in &policy.agents {
         for addr in &agent.unix_sockets {
-            addr.check_directories()
-                .map_err(|reason| ReloadError::UnixSocket {
-                    file: agent.source.display().to_string(),
-                    agent: agent.name.clone(),
-                    reason,
-                })?;
+            if let Err(reason) = addr.check_directories() {
+                failures.push((agent, addr, reason));
+            }
         }
     }
-    Ok(())
+    let Some((agent, _, reason)) = failures.first() else {
+        return Ok(());
+    };
+    let unsafe_addresses: Vec<Vec<u8>> = failures.iter().map(|(_, a, _)| a.sun_path()).collect();
+    let revoked = kernel
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .revoke_unix_addresses(&unsafe_addresses);
+    let outcome = match revoked {
+        Ok(()) => "agents may no longer reach it".to_owned(),
+        Err(e) => format!("and revoking it in the kernel failed: {e}"),
+    };
+    Err(ReloadError::UnixSocket {
+        file: agent.source.display().to_string(),
+        agent: agent.name.clone(),
+        reason: format!("{reason} ({outcome})"),
+    })
 }
 
 /// The kernel's allow-list entries: (agent cgroup id, address) for every
@@ -100,13 +119,12 @@ fn unix_allow_keys(
         let Some(agent) = policy.agent(&guard.name) else {
             continue;
         };
-        for addr in &agent.unix_sockets {
-            let mut key = agentguard_common::UnixKey::empty(guard.cgroup.id);
-            let bytes = addr.sun_path();
-            key.path[..bytes.len()].copy_from_slice(&bytes);
-            key.len = bytes.len() as u32;
-            keys.push(key);
-        }
+        // Parsing bounds every address to sun_path's length.
+        keys.extend(
+            agent.unix_sockets.iter().filter_map(|addr| {
+                agentguard_common::UnixKey::new(guard.cgroup.id, &addr.sun_path())
+            }),
+        );
     }
     keys
 }
@@ -118,7 +136,7 @@ impl Reloader {
     pub fn build(&self, current: Option<&LiveState>) -> Result<LiveState, ReloadError> {
         let policy = Arc::new(policy::load_path(&self.policies_dir)?);
         let credentials = Arc::new(CredentialStore::load(&policy, self.fetcher.clone())?);
-        check_unix_sockets(&policy)?;
+        check_unix_sockets(&policy, &self.kernel)?;
         let own_cgroup = own_cgroup(&self.root);
         let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
         let mut guarded = Vec::new();

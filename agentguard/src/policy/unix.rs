@@ -5,7 +5,11 @@
 //! entry must be written the way agents dial it: an absolute path, or
 //! `@name` for a name in the abstract namespace (unix(7)).
 
-use std::{fmt, os::unix::fs::MetadataExt as _, path::Path};
+use std::{
+    fmt,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
 
 use agentguard_common::UNIX_PATH_MAX;
 
@@ -70,47 +74,80 @@ impl UnixSocketAddr {
         self.text.starts_with('@')
     }
 
-    /// A path is only as safe as its directories: whoever may rename or
-    /// create entries on the way can put a symlink to any other socket under
-    /// the allowed name. So every directory on the way must be root's and
-    /// writable by nobody else; above the socket's own directory a sticky
-    /// one (/tmp) is enough, as only root may rename root's entries there.
+    /// A path is only as safe as the directories the kernel walks to
+    /// resolve it: whoever may create or rename entries in one of them can
+    /// put a link to any other socket under the allowed name. So every such
+    /// directory, those that symlinks on the way lead through included, must
+    /// be root's and writable by nobody else; except for the socket's own
+    /// directory, a sticky one (/tmp) is enough, as only root may rename
+    /// root's entries there. Checked in this (the daemon's) mount namespace.
     pub fn check_directories(&self) -> Result<(), String> {
         if self.is_abstract() {
             return Ok(());
         }
-        let parent = Path::new(&self.text)
-            .parent()
-            .ok_or_else(|| format!("{}: has no directory", self.text))?;
-        let real = parent.canonicalize().map_err(|e| {
-            format!(
-                "unix socket {}: directory {}: {e}",
-                self.text,
-                parent.display()
-            )
-        })?;
-        for (depth, dir) in real.ancestors().enumerate() {
-            let meta = std::fs::metadata(dir).map_err(|e| {
-                format!(
-                    "unix socket {}: directory {}: {e}",
-                    self.text,
-                    dir.display()
-                )
-            })?;
-            let mode = meta.mode();
-            let sticky_ok = depth > 0 && mode & STICKY != 0;
-            if meta.uid() != 0 || (mode & WRITABLE_BY_OTHERS != 0 && !sticky_ok) {
-                return Err(format!(
-                    "unix socket {}: directory {} (owner uid {}, mode {:o}) can be changed by users other than root, who could put a link to any socket there; allow only sockets in root's directories",
-                    self.text,
-                    dir.display(),
-                    meta.uid(),
-                    mode & 0o7777
-                ));
-            }
-        }
-        Ok(())
+        check_resolution(Path::new(&self.text), 0)
+            .map_err(|reason| format!("unix socket {}: {reason}", self.text))
     }
+}
+
+/// Symlinks followed before giving up (the kernel's own limit is 40).
+const MAX_LINKS: usize = 40;
+
+/// Checks each directory resolving `path` passes through, following
+/// symlinks (each link's target is checked the same way). `path` is
+/// absolute.
+fn check_resolution(path: &Path, links: usize) -> Result<(), String> {
+    if links > MAX_LINKS {
+        return Err("too many levels of symbolic links".into());
+    }
+    let mut walked = PathBuf::from("/");
+    let components: Vec<_> = path.components().skip(1).collect();
+    for (i, component) in components.iter().enumerate() {
+        let last = i + 1 == components.len();
+        // The directory this entry lives in, as the kernel reaches it.
+        let dir = walked
+            .canonicalize()
+            .map_err(|e| format!("directory {}: {e}", walked.display()))?;
+        check_directory(&dir, last)?;
+        walked.push(component);
+        match std::fs::symlink_metadata(&walked) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                // A sticky directory protects only root's own entries.
+                if meta.uid() != 0 {
+                    return Err(format!(
+                        "link {} (owner uid {}) can be re-pointed by its owner; allow only paths through root's links",
+                        walked.display(),
+                        meta.uid()
+                    ));
+                }
+                let target = std::fs::read_link(&walked)
+                    .map_err(|e| format!("{}: {e}", walked.display()))?;
+                check_resolution(&dir.join(target), links + 1)?;
+            }
+            Ok(_) => {}
+            // The socket need not exist yet: its directory was checked.
+            Err(e) if last && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", walked.display())),
+        }
+    }
+    Ok(())
+}
+
+/// `holds_socket`: the directory the socket itself is in, where a sticky
+/// bit is not enough (anyone may create the name while it does not exist).
+fn check_directory(dir: &Path, holds_socket: bool) -> Result<(), String> {
+    let meta = std::fs::metadata(dir).map_err(|e| format!("directory {}: {e}", dir.display()))?;
+    let mode = meta.mode();
+    let sticky_ok = !holds_socket && mode & STICKY != 0;
+    if meta.uid() != 0 || (mode & WRITABLE_BY_OTHERS != 0 && !sticky_ok) {
+        return Err(format!(
+            "directory {} (owner uid {}, mode {:o}) can be changed by users other than root, who could put a link to any socket there; allow only sockets in root's directories",
+            dir.display(),
+            meta.uid(),
+            mode & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 impl fmt::Display for UnixSocketAddr {
@@ -158,20 +195,63 @@ mod tests {
         assert!(UnixSocketAddr::parse(&format!("@{}", "a".repeat(UNIX_PATH_MAX))).is_err());
     }
 
+    /// These need root: ownership is checked against uid 0 (unit tests run
+    /// as root in `cargo xtask test`).
     #[test]
-    fn directories_others_can_change_are_refused() {
-        // Unit tests may run unprivileged; ownership is checked against uid
-        // 0, so this case only holds as root. The directory rules themselves
-        // are exercised by the privileged end-to-end test.
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("tool.sock");
-        let entry = UnixSocketAddr::parse(sock.to_str().unwrap()).unwrap();
-        let owned_by_root = std::fs::metadata(dir.path()).unwrap().uid() == 0;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        assert_eq!(entry.check_directories().is_ok(), owned_by_root);
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
-        let err = entry.check_directories().unwrap_err();
+    fn every_directory_on_the_way_is_checked_links_included() {
+        assert!(nix::unistd::geteuid().is_root(), "run as root");
+        let base = tempfile::tempdir_in("/tmp").unwrap();
+        let root = base.path();
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let check = |p: &Path| {
+            UnixSocketAddr::parse(p.to_str().unwrap())
+                .unwrap()
+                .check_directories()
+        };
+        mode(root, 0o755);
+        let safe = root.join("safe");
+        std::fs::create_dir(&safe).unwrap();
+        assert_eq!(check(&safe.join("tool.sock")), Ok(()));
+
+        // The socket's own directory may not be sticky; one above it may.
+        let open = root.join("open");
+        std::fs::create_dir(&open).unwrap();
+        mode(&open, 0o1777);
+        let err = check(&open.join("tool.sock")).unwrap_err();
         assert!(err.contains("other than root"), "{err}");
+        let below = open.join("below");
+        std::fs::create_dir(&below).unwrap();
+        assert_eq!(check(&below.join("tool.sock")), Ok(()));
+        // Group-writable without the sticky bit is refused at any depth.
+        mode(&open, 0o775);
+        assert!(check(&below.join("tool.sock")).is_err());
+        mode(&open, 0o1777);
+
+        // A link on the way is followed: root's link to a safe directory
+        // passes, even in a sticky one (no one else may replace it), ...
+        std::os::unix::fs::symlink(&safe, open.join("to-safe")).unwrap();
+        assert_eq!(check(&open.join("to-safe").join("tool.sock")), Ok(()));
+        // ...another user's link there does not: its owner may re-point it.
+        std::os::unix::fs::symlink(&safe, open.join("their-link")).unwrap();
+        std::os::unix::fs::lchown(open.join("their-link"), Some(65534), None).unwrap();
+        let err = check(&open.join("their-link").join("tool.sock")).unwrap_err();
+        assert!(err.contains("re-pointed"), "{err}");
+        // A link into a directory others can change is refused, and so is
+        // a socket name that is itself a link into one.
+        let theirs = root.join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        std::os::unix::fs::symlink(&theirs, safe.join("to-theirs")).unwrap();
+        assert!(check(&safe.join("to-theirs").join("tool.sock")).is_err());
+        std::os::unix::fs::symlink(theirs.join("x.sock"), safe.join("link.sock")).unwrap();
+        let err = check(&safe.join("link.sock")).unwrap_err();
+        assert!(err.contains("uid 65534"), "{err}");
+        // A loop ends.
+        std::os::unix::fs::symlink(safe.join("loop"), safe.join("loop")).unwrap();
+        assert!(check(&safe.join("loop").join("x.sock")).is_err());
+
         let missing = UnixSocketAddr::parse("/nonexistent-agentguard-dir/x.sock").unwrap();
         assert!(missing.check_directories().is_err());
         assert!(

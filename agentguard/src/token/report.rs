@@ -5,16 +5,11 @@
 //! Only what the verifier established is reported: a refused token's claims
 //! are unverified and stay out, and the token itself never leaves.
 
-use std::{
-    path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::{net::IpAddr, path::Path, sync::Arc};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::{
@@ -24,8 +19,13 @@ use crate::{
 
 /// `POST` here with `?event=BASE64URL(JSON of VerifyReport)`.
 pub const REPORT_ROUTE: &str = "/v1/audit/verify-proxy";
-/// A report larger than this is refused by the daemon.
+/// A report larger than this is refused by the daemon; the reporter cuts
+/// the free-text fields to [`MAX_FIELD_CHARS`] so that its own never are.
 pub const MAX_REPORT_BYTES: usize = 16 * 1024;
+const MAX_FIELD_CHARS: usize = 1024;
+/// Reports waiting for the daemon; beyond this they are dropped (counted
+/// and logged) rather than held in memory without bound.
+const QUEUE: usize = 1024;
 
 /// One decision of a verify-proxy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +57,18 @@ impl VerifyReport {
         )
     }
 
+    /// Cuts the fields the caller chose (path, host, reason) to
+    /// [`MAX_FIELD_CHARS`], marking the cut.
+    fn bounded(mut self) -> Self {
+        for field in [&mut self.path, &mut self.host, &mut self.reason] {
+            if let Some((at, _)) = field.char_indices().nth(MAX_FIELD_CHARS) {
+                field.truncate(at);
+                field.push_str("[...]");
+            }
+        }
+        self
+    }
+
     pub fn from_query(query: &str) -> Result<Self, String> {
         let value = query
             .split('&')
@@ -68,19 +80,26 @@ impl VerifyReport {
         let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(value)
             .map_err(|e| format!("event: {e}"))?;
-        serde_json::from_slice(&json).map_err(|e| format!("event: {e}"))
+        let report: Self = serde_json::from_slice(&json).map_err(|e| format!("event: {e}"))?;
+        report
+            .peer
+            .parse::<IpAddr>()
+            .map_err(|e| format!("event: peer {:?}: {e}", report.peer))?;
+        Ok(report)
     }
 
     /// The audit event: the agent is the one the token's `sub` names
-    /// (`spiffe://<trust-domain>/agent/<name>`).
-    pub fn into_event(self) -> Event {
+    /// (`spiffe://<trust-domain>/agent/<name>`), if `is_agent` knows it.
+    pub fn into_event(self, is_agent: impl Fn(&str) -> bool) -> Event {
         let mut event = Event::new(Kind::TokenVerification);
         event.agent = self
             .sub
             .as_deref()
             .and_then(|s| s.strip_prefix("spiffe://"))
             .and_then(|s| s.split_once("/agent/"))
-            .map(|(_, name)| name.to_owned());
+            .map(|(_, name)| name)
+            .filter(|name| is_agent(name))
+            .map(str::to_owned);
         event.method = Some(self.method);
         event.host = Some(self.host);
         event.path = Some(self.path);
@@ -99,30 +118,37 @@ impl VerifyReport {
     }
 }
 
-/// Sends reports to the daemon without holding up the request: a daemon
-/// that is down costs a warning (and a count), never a tool call.
+/// Sends reports to the daemon, in order, from one task, without holding
+/// up requests: a daemon that is down or slow costs a warning and a count,
+/// never a tool call.
 pub struct Reporter {
-    client: AdminClient,
-    failed: AtomicU64,
+    queue: mpsc::Sender<VerifyReport>,
 }
 
 impl Reporter {
+    /// Starts the sending task (call inside a Tokio runtime).
     pub fn new(admin_socket: &Path) -> Arc<Self> {
-        Arc::new(Self {
-            client: AdminClient::new(admin_socket),
-            failed: AtomicU64::new(0),
-        })
-    }
-
-    pub fn report(self: &Arc<Self>, report: VerifyReport) {
-        let this = self.clone();
+        let (queue, mut rx) = mpsc::channel::<VerifyReport>(QUEUE);
+        let client = AdminClient::new(admin_socket);
         tokio::spawn(async move {
-            let route = format!("{REPORT_ROUTE}?{}", report.to_query());
-            if let Err(e) = this.client.post::<serde_json::Value>(&route).await {
-                let failed = this.failed.fetch_add(1, Ordering::Relaxed) + 1;
-                warn!(error = %e, failed, "could not record the decision in the daemon's audit record");
+            let mut failed = 0u64;
+            while let Some(report) = rx.recv().await {
+                let route = format!("{REPORT_ROUTE}?{}", report.to_query());
+                if let Err(e) = client.post::<serde_json::Value>(&route).await {
+                    failed += 1;
+                    warn!(error = %e, failed, "could not record a decision in the daemon's audit record");
+                }
             }
         });
+        Arc::new(Self { queue })
+    }
+
+    pub fn report(&self, report: VerifyReport) {
+        if self.queue.try_send(report.bounded()).is_err() {
+            warn!(
+                "the daemon is not taking decisions fast enough; one was not recorded there (it is in this log)"
+            );
+        }
     }
 }
 
@@ -149,17 +175,37 @@ mod tests {
     fn reports_round_trip_and_name_the_agent() {
         let r = report(true);
         assert_eq!(VerifyReport::from_query(&r.to_query()).unwrap(), r);
-        let e = r.into_event();
+        let unknown = r.clone().into_event(|_| false);
+        assert_eq!(
+            unknown.agent, None,
+            "only agents the policy knows are named"
+        );
+        let e = r.into_event(|name| name == "bot");
         assert_eq!(e.kind, Kind::TokenVerification);
         assert_eq!(e.agent.as_deref(), Some("bot"));
         assert_eq!(e.decision, Some(Decision::Allow));
         assert_eq!(e.token_jti.as_deref(), Some("abc"));
         assert_eq!(e.rule.as_deref(), Some("verify-proxy:itsm"));
-        let e = report(false).into_event();
+        let e = report(false).into_event(|_| true);
         assert_eq!(e.agent, None);
         assert_eq!(e.decision, Some(Decision::Deny));
         assert_eq!(e.reason.as_deref(), Some("invalid_token: replay"));
         assert!(VerifyReport::from_query("event=%%%").is_err());
         assert!(VerifyReport::from_query("x=1").is_err());
+        let mut bad_peer = report(false);
+        bad_peer.peer = "<script>".into();
+        assert!(VerifyReport::from_query(&bad_peer.to_query()).is_err());
+    }
+
+    #[test]
+    fn the_longest_report_still_fits() {
+        let mut r = report(false);
+        r.path = "/é".repeat(10_000);
+        r.host = "h".repeat(10_000);
+        r.reason = "r".repeat(10_000);
+        let query = r.bounded().to_query();
+        assert!(query.len() <= MAX_REPORT_BYTES, "{}", query.len());
+        let back = VerifyReport::from_query(&query).unwrap();
+        assert!(back.path.ends_with("[...]") && back.path.starts_with("/é/é"));
     }
 }

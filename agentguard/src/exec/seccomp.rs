@@ -1,0 +1,108 @@
+//! The seccomp filter `agentguard exec` installs: no new user or mount
+//! namespaces and no mounts.
+//!
+//! Without it an unprivileged agent can `unshare -Urm`, become root of a
+//! user namespace of its own and bind-mount any socket it can open (ssh-agent,
+//! the session bus) over a path its policy allows: the kernel's Unix-socket
+//! check compares the address as written, and the path then resolves in the
+//! agent's mount namespace. It is also how an agent would regain
+//! CAP_SYS_ADMIN and CAP_NET_RAW (in a namespace of its own) after exec
+//! dropped them.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// Namespace flags that `clone` and `unshare` may not carry.
+const REFUSED_CLONE_FLAGS: [u64; 2] = [
+    nix::libc::CLONE_NEWUSER as u64,
+    nix::libc::CLONE_NEWNS as u64,
+];
+
+/// Refused outright: joining other namespaces and every way to mount.
+const REFUSED_SYSCALLS: [nix::libc::c_long; 11] = [
+    nix::libc::SYS_setns,
+    nix::libc::SYS_mount,
+    nix::libc::SYS_umount2,
+    nix::libc::SYS_pivot_root,
+    nix::libc::SYS_move_mount,
+    nix::libc::SYS_open_tree,
+    nix::libc::SYS_fsopen,
+    nix::libc::SYS_fsconfig,
+    nix::libc::SYS_fsmount,
+    nix::libc::SYS_fspick,
+    nix::libc::SYS_mount_setattr,
+];
+
+/// The filters, in the order they are installed. Two, because they answer
+/// differently: EPERM for what is refused, ENOSYS for clone3, whose flags
+/// live in memory a filter cannot read; glibc and others then fall back to
+/// clone, whose flags it can.
+pub fn filters() -> Result<Vec<BpfProgram>, String> {
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
+    let e = |e: seccompiler::BackendError| e.to_string();
+    let mut refused: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for syscall in [nix::libc::SYS_clone, nix::libc::SYS_unshare] {
+        // clone(flags, ...) and unshare(flags): the flags are argument 0.
+        let rules = REFUSED_CLONE_FLAGS
+            .iter()
+            .map(|&flag| {
+                let has_flag = SeccompCondition::new(
+                    0,
+                    SeccompCmpArgLen::Qword,
+                    SeccompCmpOp::MaskedEq(flag),
+                    flag,
+                )
+                .map_err(e)?;
+                SeccompRule::new(vec![has_flag]).map_err(e)
+            })
+            .collect::<Result<_, _>>()?;
+        refused.insert(syscall, rules);
+    }
+    for syscall in REFUSED_SYSCALLS {
+        // An empty rule list matches every call.
+        refused.insert(syscall, Vec::new());
+    }
+    let eperm = SeccompFilter::new(
+        refused,
+        SeccompAction::Allow,
+        SeccompAction::Errno(nix::libc::EPERM as u32),
+        arch,
+    )
+    .map_err(e)?;
+    let enosys = SeccompFilter::new(
+        BTreeMap::from([(nix::libc::SYS_clone3, Vec::new())]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(nix::libc::ENOSYS as u32),
+        arch,
+    )
+    .map_err(e)?;
+    [eperm, enosys]
+        .into_iter()
+        .map(|f| BpfProgram::try_from(f).map_err(e))
+        .collect()
+}
+
+/// Installs the filters on this thread (exec keeps them, and every child
+/// inherits them). Needs no_new_privs or CAP_SYS_ADMIN.
+pub fn install() -> Result<(), String> {
+    for filter in filters()? {
+        seccompiler::apply_filter(&filter).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filters_compile_for_this_machine() {
+        let filters = filters().unwrap();
+        assert_eq!(filters.len(), 2);
+        assert!(filters.iter().all(|f| !f.is_empty()));
+    }
+}
