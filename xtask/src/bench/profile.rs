@@ -91,7 +91,11 @@ fn parse(report: &str) -> Vec<(f64, String, String)> {
             let pct: f64 = it.next()?.strip_suffix('%')?.parse().ok()?;
             let dso = it.next()?.to_owned();
             let _kind = it.next()?;
-            let sym: Vec<&str> = it.collect();
+            // perf pads the line with `-` for columns it has no value for.
+            let mut sym: Vec<&str> = it.collect();
+            while sym.last() == Some(&"-") {
+                sym.pop();
+            }
             Some((pct, dso, sym.join(" ")))
         })
         .collect()
@@ -105,6 +109,18 @@ fn component(dso: &str, sym: &str) -> &'static str {
             "kernel: TCP/IP and sockets"
         } else if has(&["bpf"]) {
             "kernel: eBPF hooks"
+        } else if has(&[
+            "task_switch",
+            "schedule",
+            "wake",
+            "futex",
+            "_raw_spin_unlock_irq",
+        ]) {
+            // In a VM without PMU the cpu-clock sample lands where
+            // interrupts come back on: after a context switch or wake-up.
+            "kernel: scheduling and thread wake-ups"
+        } else if has(&["epoll", "ep_"]) {
+            "kernel: epoll"
         } else {
             "kernel: syscalls, scheduling, other"
         };

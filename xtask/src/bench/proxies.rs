@@ -77,9 +77,16 @@ http {{
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
+    # nginx closes a client connection after 1000 requests by default
+    # (and one to the upstream too): that would measure reconnections, not
+    # keep-alive, and end h2load's sessions early.
+    keepalive_requests 1000000;
     upstream bench {{
         server {up};
-        keepalive 64;
+        # Above the 128 requests h2load keeps in flight: a request that
+        # finds no idle upstream connection opens (and later closes) one.
+        keepalive 256;
+        keepalive_requests 1000000;
     }}
     server {{
         listen {addr} ssl http2;

@@ -218,8 +218,11 @@ fn record_load(m: &mut Metrics, r: &LoadResult, size: Size) -> Result<()> {
     Ok(())
 }
 
-/// Opens `count` idle TLS connections through the path and reads the
-/// proxy's VmRSS before and while they are held.
+/// Opens two batches of `count` idle TLS connections through the path and
+/// reads the proxy's VmRSS before, with the first batch held, and with
+/// both held. The second batch's growth is the number: the first one
+/// absorbs memory the allocator kept from earlier measurements (freed, so
+/// still resident), which would otherwise hide the cost of a connection.
 fn measure_idle(
     env: &Env,
     path: PathKind,
@@ -229,14 +232,47 @@ fn measure_idle(
     m: &mut Metrics,
 ) -> Result<()> {
     let before = procfs::sum(pids, procfs::rss_kib)?;
+    let first = hold_idle(env, path, route, count, "a")?;
+    let with_first = procfs::sum(pids, procfs::rss_kib)?;
+    let second = hold_idle(env, path, route, count, "b")?;
+    let with_both = procfs::sum(pids, procfs::rss_kib)?;
+    first.finish()?;
+    second.finish()?;
+    // Connections close asynchronously in the proxy; the next measurement
+    // should not see them.
+    std::thread::sleep(Duration::from_secs(1));
+    let per_conn = |a: u64, b: u64| (b as f64 - a as f64) / f64::from(count);
+    m.insert("ok".into(), f64::from(count) * 2.0);
+    m.insert("rss_before_kib".into(), before as f64);
+    m.insert("rss_first_batch_kib".into(), with_first as f64);
+    m.insert("rss_both_batches_kib".into(), with_both as f64);
+    m.insert(
+        "first_batch_kib_per_conn".into(),
+        per_conn(before, with_first),
+    );
+    m.insert("kib_per_conn".into(), per_conn(with_first, with_both));
+    Ok(())
+}
+
+/// `count` idle connections, held until the returned process is finished.
+fn hold_idle(
+    env: &Env,
+    path: PathKind,
+    route: &super::paths::Route,
+    count: u32,
+    tag: &str,
+) -> Result<Running> {
     let mut c = cmd::new(&env.helper);
     c.arg("idle")
         .args(helper_target(route))
         .args(["--count", &count.to_string()]);
-    let log =
-        std::env::temp_dir().join(format!("agentguard-bench-idle-{}.log", std::process::id()));
+    let log = std::env::temp_dir().join(format!(
+        "agentguard-bench-idle-{}-{tag}.log",
+        std::process::id()
+    ));
     let mut holder = Running::spawn("idle connections", env.client(path, c), &log)?;
     let line = holder.read_line(Duration::from_secs(90))?;
+    let _ = std::fs::remove_file(&log);
     let v: serde_json::Value = serde_json::from_str(&line).context("idle helper output")?;
     let open = v["open"].as_u64().unwrap_or(0);
     if open != u64::from(count) {
@@ -247,18 +283,5 @@ fn measure_idle(
     }
     // Let the proxy finish whatever follows each handshake.
     std::thread::sleep(Duration::from_millis(500));
-    let during = procfs::sum(pids, procfs::rss_kib)?;
-    holder.finish()?;
-    let _ = std::fs::remove_file(&log);
-    // Connections close asynchronously in the proxy; the next measurement
-    // should not see them.
-    std::thread::sleep(Duration::from_secs(1));
-    m.insert("ok".into(), open as f64);
-    m.insert("rss_before_kib".into(), before as f64);
-    m.insert("rss_during_kib".into(), during as f64);
-    m.insert(
-        "kib_per_conn".into(),
-        (during as f64 - before as f64) / open as f64,
-    );
-    Ok(())
+    Ok(holder)
 }
