@@ -113,14 +113,27 @@ impl Running {
     /// killing.
     pub fn finish(mut self) -> Result<()> {
         drop(self.child.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_exit(Duration::from_secs(10));
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the process to exit; whether it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
+            if matches!(self.child.try_wait(), Ok(Some(_)) | Err(_)) {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(())
+        false
+    }
+
+    /// Sends `signal` (a `kill -s` name) to the process.
+    pub fn signal(&self, signal: &str) {
+        let _ = crate::cmd::new("kill")
+            .args(["-s", signal, &self.pid().to_string()])
+            .status();
     }
 }
 

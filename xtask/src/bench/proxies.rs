@@ -55,6 +55,24 @@ impl Nginx {
     }
 }
 
+impl Drop for Nginx {
+    /// SIGKILL on the master alone would orphan the worker, which keeps
+    /// serving: SIGTERM lets the master stop its workers; any left after
+    /// that are killed by pid.
+    fn drop(&mut self) {
+        let workers = procfs::children(self.process.pid());
+        self.process.signal("TERM");
+        self.process.wait_exit(Duration::from_secs(5));
+        for pid in workers {
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = cmd::new("kill")
+                    .args(["-s", "KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
 /// One worker (one CPU, like the other proxies here), access log on but
 /// buffered as production configurations have it, upstream keep-alive, and
 /// the upstream's certificate verified for its name. It injects the same
