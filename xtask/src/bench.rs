@@ -74,16 +74,21 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     }
     let target = ws::target_dir(root);
     let tools = tools::ensure(&target)?;
+    // The smoke checks the harness, not speed: the debug build that the
+    // test suite has already made spares CI a release build of agentguard
+    // (minutes on 2 cores). Measurements use release builds only.
+    let profile = if opts.smoke { "dev" } else { "release" };
     cmd::run(cmd::cargo(root).args([
         "build",
-        "--release",
+        "--profile",
+        profile,
         "--locked",
         "-p",
         "agentguard",
         "-p",
         "agentguard-bench",
     ]))?;
-    let release = target.join("release");
+    let bin = target.join(if opts.smoke { "debug" } else { "release" });
     let out = target.join("bench");
     let work = out.join(format!("work-{}", std::process::id()));
     fs::create_dir_all(&work)?;
@@ -98,7 +103,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     }
 
     let paths = selected_paths(opts)?;
-    let result = measure_all(&release, &tools, &work, &paths, opts);
+    let result = measure_all(&bin, &tools, &work, &paths, opts);
     let (env_facts, results, profile) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -192,21 +197,20 @@ fn selected_paths(opts: &Options) -> Result<Vec<PathKind>> {
 type Measured = (Vec<(String, String)>, Results, Option<String>);
 
 fn measure_all(
-    release: &Path,
+    bin: &Path,
     tools: &tools::Tools,
     work: &Path,
     paths: &[PathKind],
     opts: &Options,
 ) -> Result<Measured> {
     let names = resolve::Resolution::write(work)?;
-    let up = upstream::Upstream::start(&release.join("agentguard-bench"), work)?;
-    let daemon =
-        agentguard::Daemon::start(&release.join("agentguard"), &work.join("agentguard"), &up)?;
+    let up = upstream::Upstream::start(&bin.join("agentguard-bench"), work)?;
+    let daemon = agentguard::Daemon::start(&bin.join("agentguard"), &work.join("agentguard"), &up)?;
     let nginx = proxies::Nginx::start(&work.join("nginx"), &up)?;
     let mitmproxy =
         proxies::Mitmproxy::start(&tools.mitmdump, &work.join("mitmproxy"), &up, &names)?;
     let env = Env {
-        helper: release.join("agentguard-bench"),
+        helper: bin.join("agentguard-bench"),
         oha: tools.oha.clone(),
         mitmdump: tools.mitmdump.clone(),
         names,
