@@ -137,6 +137,19 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         },
     ));
     machine.push((
+        "other builds or tests seen between runs".into(),
+        if results.busy_during.is_empty() {
+            "none".into()
+        } else {
+            results
+                .busy_during
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    ));
+    machine.push((
         "wall time of this bench".into(),
         format!("{:.0} s", started.elapsed().as_secs_f64()),
     ));
@@ -245,8 +258,10 @@ fn measure_all(
     results.runs.clear();
     for r in 1..=opts.runs {
         println!("==> bench: run {r} of {}", opts.runs);
+        results.busy_during.extend(machine::busy_processes());
         results.runs.push(one_run(&env, paths, full, false)?);
     }
+    results.busy_during.extend(machine::busy_processes());
     let profile = if opts.no_profile {
         None
     } else if profile::available() {

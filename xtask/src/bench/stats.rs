@@ -19,6 +19,8 @@ pub struct Run {
 #[derive(Default)]
 pub struct Results {
     pub runs: Vec<Run>,
+    /// Other builds and tests seen running before each run and at the end.
+    pub busy_during: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
