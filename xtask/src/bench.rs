@@ -22,7 +22,12 @@ mod stats;
 mod tools;
 mod upstream;
 
-use std::{fs, path::Path, time::Instant};
+use std::{
+    fs,
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Instant,
+};
 
 use anyhow::{Context, Result, bail};
 
@@ -63,10 +68,17 @@ pub struct Options {
 }
 
 const SMOKE_REQUESTS: u32 = 5;
+
+/// Set by Ctrl-C or SIGTERM. Dying on the signal would skip every Drop
+/// that stops a server and unpins the bench cgroup, so the bench stops at
+/// the next measurement instead and unwinds.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 const SSE_SAMPLES: u32 = 10;
 
 pub fn run(root: &Path, opts: &Options) -> Result<()> {
     let started = Instant::now();
+    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst))
+        .context("failed to install the Ctrl-C handler")?;
     if opts.no_setup {
         println!("setup: skipped (--no-setup)");
     } else {
@@ -283,6 +295,9 @@ fn one_run(env: &Env, paths: &[PathKind], size: Size, strict: bool) -> Result<Ru
     let mut run = Run::default();
     for &path in paths {
         for s in SCENARIOS {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                bail!("interrupted: stopping the servers and unpinning the bench cgroup");
+            }
             if let Some(why) = scenario::not_applicable(path, s) {
                 run.missing.insert((path.id(), s.id), why.to_owned());
                 continue;
