@@ -8,6 +8,7 @@
 //! harness cannot rot. Nothing here ever asserts a time.
 
 mod agentguard;
+mod fresh;
 mod load;
 mod machine;
 mod paths;
@@ -230,12 +231,15 @@ fn measure_all(
 ) -> Result<Measured> {
     let names = resolve::Resolution::write(work)?;
     let up = upstream::Upstream::start(&bin.join("agentguard-bench"), work)?;
-    let daemon = agentguard::Daemon::start(&bin.join("agentguard"), &work.join("agentguard"), &up)?;
+    let daemon =
+        agentguard::Daemon::start(&bin.join("agentguard"), &work.join("agentguard"), &up, "")?;
     let nginx = proxies::Nginx::start(&work.join("nginx"), &up)?;
     let mitmproxy =
         proxies::Mitmproxy::start(&tools.mitmdump, &work.join("mitmproxy"), &up, &names)?;
     let env = Env {
         helper: bin.join("agentguard-bench"),
+        agentguard: bin.join("agentguard"),
+        work: work.to_owned(),
         oha: tools.oha.clone(),
         mitmdump: tools.mitmdump.clone(),
         names,

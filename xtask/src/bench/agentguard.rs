@@ -34,8 +34,9 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn start(binary: &Path, dir: &Path, upstream: &Upstream) -> Result<Self> {
-        let tag = format!("agentguard-bench-{}", std::process::id());
+    /// `instance` tells apart daemons of one bench (cgroup, bpffs dir).
+    pub fn start(binary: &Path, dir: &Path, upstream: &Upstream, instance: &str) -> Result<Self> {
+        let tag = format!("agentguard-bench-{}{instance}", std::process::id());
         let policies = dir.join("policies");
         fs::create_dir_all(&policies)?;
         fs::write(policies.join(format!("{AGENT}.toml")), policy(&tag))?;

@@ -95,6 +95,9 @@ impl PathKind {
 /// Everything the paths need, started once for the whole bench.
 pub struct Env {
     pub helper: PathBuf,
+    pub agentguard: PathBuf,
+    /// Where servers started during the bench keep their files.
+    pub work: PathBuf,
     pub oha: PathBuf,
     pub mitmdump: PathBuf,
     pub names: Resolution,

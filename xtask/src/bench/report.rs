@@ -99,12 +99,11 @@ fn section_method(w: &mut String, ctx: &Context) {
          - CPU per 1,000 requests: utime + stime of the proxy process (nginx: master and \
          worker) from `/proc/PID/stat` before and after the load run, over the requests that \
          returned 200. The upstream's and client's CPU are not counted.\n\
-         - Resident memory per idle connection: `agentguard-bench idle` opens {} TLS \
-         connections through the path (handshake completed, no request) and holds them, \
-         then {} more. The number is the proxy's VmRSS growth from the second batch, per \
-         connection: the first batch absorbs memory the allocator kept from earlier \
-         measurements (freed, still resident), which would hide the cost. Both batches \
-         are in the raw JSON.\n\
+         - Resident memory per idle connection: on a fresh instance of the path's proxy \
+         (one that has served load keeps the memory it freed resident, which would hide \
+         the cost), after 5 warm-up requests, `agentguard-bench idle` opens {} TLS \
+         connections through the path (handshake completed, no request) and holds them; \
+         the proxy's VmRSS while held minus before, divided by {}.\n\
          - Time to first SSE event: `agentguard-bench sse`, {} samples per run, each on a new \
          connection: from writing the request to the first `data:` byte (TLS handshake \
          excluded); the median per run.\n",

@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::{Context, Result, bail};
 
 use super::{
+    fresh::Fresh,
     load::{self, Amount, LoadResult, OhaLoad},
     paths::{Env, PathKind},
     process::Running,
@@ -151,7 +152,7 @@ pub fn measure(env: &Env, path: PathKind, scenario: &Scenario, size: Size) -> Re
             m.insert("ttfe_ms".into(), us[us.len() / 2] / 1000.0);
             m.insert("ok".into(), us.len() as f64);
         }
-        Kind::Idle => measure_idle(env, path, &route, &pids, size.idle_connections, &mut m)?,
+        Kind::Idle => measure_idle(env, path, size.idle_connections, &mut m)?,
     }
     Ok(m)
 }
@@ -218,61 +219,42 @@ fn record_load(m: &mut Metrics, r: &LoadResult, size: Size) -> Result<()> {
     Ok(())
 }
 
-/// Opens two batches of `count` idle TLS connections through the path and
-/// reads the proxy's VmRSS before, with the first batch held, and with
-/// both held. The second batch's growth is the number: the first one
-/// absorbs memory the allocator kept from earlier measurements (freed, so
-/// still resident), which would otherwise hide the cost of a connection.
-fn measure_idle(
-    env: &Env,
-    path: PathKind,
-    route: &super::paths::Route,
-    pids: &[u32],
-    count: u32,
-    m: &mut Metrics,
-) -> Result<()> {
-    let before = procfs::sum(pids, procfs::rss_kib)?;
-    let first = hold_idle(env, path, route, count, "a")?;
-    let with_first = procfs::sum(pids, procfs::rss_kib)?;
-    let second = hold_idle(env, path, route, count, "b")?;
-    let with_both = procfs::sum(pids, procfs::rss_kib)?;
-    first.finish()?;
-    second.finish()?;
-    // Connections close asynchronously in the proxy; the next measurement
-    // should not see them.
-    std::thread::sleep(Duration::from_secs(1));
-    let per_conn = |a: u64, b: u64| (b as f64 - a as f64) / f64::from(count);
-    m.insert("ok".into(), f64::from(count) * 2.0);
-    m.insert("rss_before_kib".into(), before as f64);
-    m.insert("rss_first_batch_kib".into(), with_first as f64);
-    m.insert("rss_both_batches_kib".into(), with_both as f64);
-    m.insert(
-        "first_batch_kib_per_conn".into(),
-        per_conn(before, with_first),
+/// Resident memory per idle connection, on a fresh instance of the path's
+/// proxy: a process that has served load keeps the memory it freed
+/// resident (the allocator holds on to it), which would hide what new
+/// connections cost. The fresh one first serves a few requests (so caches
+/// such as agentguard's leaf exist), then `count` connections are opened
+/// and held while its VmRSS is read.
+fn measure_idle(env: &Env, path: PathKind, count: u32, m: &mut Metrics) -> Result<()> {
+    let Some(proxy) = Fresh::start(env, path)? else {
+        bail!("no proxy on this path");
+    };
+    let route = proxy.route(env, path);
+    let warm = OhaLoad {
+        path: "/1k",
+        connections: 1,
+        rate: None,
+        keep_alive: true,
+    };
+    let mut c = proxy.client(
+        env,
+        path,
+        load::oha(&env.oha, &route, warm, Amount::Requests(5)),
     );
-    m.insert("kib_per_conn".into(), per_conn(with_first, with_both));
-    Ok(())
-}
-
-/// `count` idle connections, held until the returned process is finished.
-fn hold_idle(
-    env: &Env,
-    path: PathKind,
-    route: &super::paths::Route,
-    count: u32,
-    tag: &str,
-) -> Result<Running> {
-    let mut c = cmd::new(&env.helper);
-    c.arg("idle")
-        .args(helper_target(route))
+    let r = load::parse_oha(&cmd::output(&mut c)?)?;
+    if r.ok != 5 {
+        bail!("the fresh proxy answered {} of 5 warm-up requests", r.ok);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let pids = proxy.pids();
+    let before = procfs::sum(&pids, procfs::rss_kib)?;
+    let mut h = cmd::new(&env.helper);
+    h.arg("idle")
+        .args(helper_target(&route))
         .args(["--count", &count.to_string()]);
-    let log = std::env::temp_dir().join(format!(
-        "agentguard-bench-idle-{}-{tag}.log",
-        std::process::id()
-    ));
-    let mut holder = Running::spawn("idle connections", env.client(path, c), &log)?;
+    let log = env.work.join("idle-holder.log");
+    let mut holder = Running::spawn("idle connections", proxy.client(env, path, h), &log)?;
     let line = holder.read_line(Duration::from_secs(90))?;
-    let _ = std::fs::remove_file(&log);
     let v: serde_json::Value = serde_json::from_str(&line).context("idle helper output")?;
     let open = v["open"].as_u64().unwrap_or(0);
     if open != u64::from(count) {
@@ -283,5 +265,15 @@ fn hold_idle(
     }
     // Let the proxy finish whatever follows each handshake.
     std::thread::sleep(Duration::from_millis(500));
-    Ok(holder)
+    let during = procfs::sum(&pids, procfs::rss_kib)?;
+    holder.finish()?;
+    drop(proxy);
+    m.insert("ok".into(), open as f64);
+    m.insert("rss_before_kib".into(), before as f64);
+    m.insert("rss_during_kib".into(), during as f64);
+    m.insert(
+        "kib_per_conn".into(),
+        (during as f64 - before as f64) / f64::from(count),
+    );
+    Ok(())
 }
