@@ -1,7 +1,8 @@
 //! Where the full path's time goes: `perf record` (the software cpu-clock
-//! event, which works where hardware counters do not, as in this VM) on the
-//! daemon during one more keep-alive saturation run, summarised by
-//! component and by function.
+//! event, which works where hardware counters do not, as in this VM) with
+//! DWARF call graphs on the daemon during one more keep-alive saturation
+//! run, summarised by the work that includes each sample (audit, logging,
+//! TLS writes...), by component (self time) and by function.
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path, process::Stdio, time::Duration};
 
@@ -36,7 +37,18 @@ pub fn run(env: &Env, dir: &Path, seconds: u32) -> Result<String> {
     let data = dir.join("perf.data");
     let log = std::fs::File::create(dir.join("perf-record.log"))?;
     let mut perf = cmd::new("perf")
-        .args(["record", "-e", "cpu-clock", "-F", "1999", "-p"])
+        // DWARF unwinding: release builds have no frame pointers. 499 Hz
+        // keeps the unwound stacks to some tens of MB.
+        .args([
+            "record",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "499",
+            "--call-graph",
+            "dwarf,16384",
+            "-p",
+        ])
         .arg(env.daemon.pid().to_string())
         .arg("-o")
         .arg(&data)
@@ -61,34 +73,78 @@ pub fn run(env: &Env, dir: &Path, seconds: u32) -> Result<String> {
     if !status.success() && !data.exists() {
         bail!("perf record failed ({status})");
     }
-    let report = cmd::output(
-        cmd::new("perf")
-            .args([
-                "report",
-                "--stdio",
-                "--no-children",
-                "--sort",
-                "dso,symbol",
-                "-i",
-            ])
-            .arg(&data),
-    )?;
-    std::fs::write(dir.join("perf-report.txt"), &report)?;
+    let report = |children: &str| {
+        cmd::output(
+            cmd::new("perf")
+                .args(["report", "--stdio", children, "-g", "none"])
+                .args(["--sort", "dso,symbol", "-i"])
+                .arg(&data),
+        )
+    };
+    let self_time = report("--no-children")?;
+    let inclusive = report("--children")?;
+    std::fs::write(dir.join("perf-report.txt"), &self_time)?;
+    std::fs::write(dir.join("perf-report-children.txt"), &inclusive)?;
+    // Tens of MB of unwound stacks: the two reports are what is kept.
+    let _ = std::fs::remove_file(&data);
     Ok(summarize(
-        &report,
+        &self_time,
+        &inclusive,
         measured.get("rps").copied().unwrap_or(0.0),
         seconds,
     ))
 }
 
-/// The report's lines: `  12.34%  agentguard  [.] ring::...`.
+/// Work that includes a sample: (label, a function every such sample has
+/// on its stack). Functions nest, so the shares overlap and do not add up.
+const INCLUSIVE: &[(&str, &str)] = &[
+    (
+        "writing responses to the agent (TLS encrypt, writev, loopback TCP)",
+        "tokio_rustls::server::TlsStream<IO> as tokio::io::async_write::AsyncWrite>::poll_write_vectored",
+    ),
+    (
+        "reading requests from the agent (TLS decrypt, read)",
+        "tokio_rustls::server::TlsStream<IO> as tokio::io::async_read::AsyncRead>::poll_read",
+    ),
+    (
+        "audit writer thread: commit to SQLite (rows, hash chain, fsync)",
+        "agentguard::audit::writer::Writer::commit",
+    ),
+    (
+        "completing each request's record (log line, audit event, recent view)",
+        "agentguard::proxy::http::record::Finish::complete",
+    ),
+    (
+        "tracing log lines (JSON formatting and write)",
+        "tracing_core::event::Event::dispatch",
+    ),
+    (
+        "handing audit events to the writer (queue send, wake-up)",
+        "agentguard::audit::Permit::record",
+    ),
+    (
+        "upstream HTTP/2 client (hyper h2)",
+        "hyper::proto::h2::client::H2ClientFuture",
+    ),
+    ("minting request-bound JWTs", "jsonwebtoken::"),
+    ("policy evaluation", "agentguard::policy::"),
+    ("kernel: context switches (schedule)", "[k] __schedule"),
+    ("malloc", "__GI___libc_malloc"),
+    ("free", "__GI___libc_free"),
+];
+
+/// The report's lines: `  12.34%  agentguard  [.] ring::...`, with
+/// `--children` a second percentage (self) after the first (inclusive).
 fn parse(report: &str) -> Vec<(f64, String, String)> {
     report
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .filter_map(|l| {
-            let mut it = l.split_whitespace();
+            let mut it = l.split_whitespace().peekable();
             let pct: f64 = it.next()?.strip_suffix('%')?.parse().ok()?;
+            if it.peek().is_some_and(|w| w.ends_with('%')) {
+                it.next();
+            }
             let dso = it.next()?.to_owned();
             let _kind = it.next()?;
             // perf pads the line with `-` for columns it has no value for.
@@ -171,8 +227,9 @@ fn component(dso: &str, sym: &str) -> &'static str {
     }
 }
 
-fn summarize(report: &str, rps: f64, seconds: u32) -> String {
+fn summarize(report: &str, inclusive: &str, rps: f64, seconds: u32) -> String {
     let lines = parse(report);
+    let with_children = parse(inclusive);
     let mut by_component: BTreeMap<&str, f64> = BTreeMap::new();
     for (pct, dso, sym) in &lines {
         *by_component.entry(component(dso, sym)).or_default() += pct;
@@ -182,10 +239,24 @@ fn summarize(report: &str, rps: f64, seconds: u32) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "`perf record -e cpu-clock -F 1999 -p <agentguard>` during one more keep-alive \
-         saturation run on the full path ({seconds} s, {rps:.0} req/s; not one of the \
-         measured runs). Share of the daemon's CPU samples (self time):\n"
+        "`perf record -e cpu-clock -F 499 --call-graph dwarf -p <agentguard>` during one \
+         more keep-alive saturation run on the full path ({seconds} s, {rps:.0} req/s; not \
+         one of the measured runs). Share of the daemon's CPU samples whose stack includes \
+         the work (nested, so the shares overlap):\n"
     );
+    let _ = writeln!(md, "| work | share of samples |\n|---|---|");
+    for (label, needle) in INCLUSIVE {
+        // Lines come sorted by share: the first match is the outermost.
+        let share = with_children
+            .iter()
+            .find(|(_, dso, sym)| {
+                let kind = if dso.contains("kernel") { "[k] " } else { "" };
+                format!("{kind}{sym}").contains(needle)
+            })
+            .map_or(0.0, |(pct, _, _)| *pct);
+        let _ = writeln!(md, "| {label} | {share:.1}% |");
+    }
+    let _ = writeln!(md, "\nBy component (self time):\n");
     let _ = writeln!(md, "| component | share of samples |\n|---|---|");
     for (c, pct) in &components {
         let _ = writeln!(md, "| {c} | {pct:.1}% |");
@@ -198,7 +269,10 @@ fn summarize(report: &str, rps: f64, seconds: u32) -> String {
         let sym: String = sym.chars().take(110).collect();
         let _ = writeln!(md, "| {pct:.2}% | {dso} | `{}` |", sym.replace('|', "\\|"));
     }
-    let _ = writeln!(md, "\nThe whole report: `target/bench/perf-report.txt`.");
+    let _ = writeln!(
+        md,
+        "\nThe whole reports: `target/bench/perf-report.txt` (self) and `target/bench/perf-report-children.txt` (inclusive)."
+    );
     md
 }
 
