@@ -1,10 +1,341 @@
-//! `cargo xtask bench`: a labelled stub until the benchmarks exist.
+//! `cargo xtask bench`: the cost of interception, side by side with the
+//! direct path and with the tools people would use instead (mitmproxy,
+//! nginx), measured in one run, interleaved run by run, and written to
+//! docs/benchmarks.md (raw results under target/bench/).
+//!
+//! `--smoke` runs every path and scenario with a handful of requests and
+//! checks only that each returned 200s: `cargo xtask test` runs it so the
+//! harness cannot rot. Nothing here ever asserts a time.
 
-use std::process::ExitCode;
+mod agentguard;
+mod fresh;
+mod load;
+mod machine;
+mod paths;
+mod process;
+mod procfs;
+mod profile;
+mod proxies;
+mod report;
+mod resolve;
+mod scenario;
+mod stats;
+mod tools;
+mod upstream;
 
-/// Exits with status 2 rather than 0 so that nothing (a CI job, a script) can
-/// mistake the missing benchmarks for a passing run.
-pub fn run() -> ExitCode {
-    eprintln!("bench: not implemented yet (issue 8)");
-    ExitCode::from(2)
+use std::{
+    fs,
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+
+use self::{
+    load::Amount,
+    paths::{Env, PathKind},
+    scenario::{SCENARIOS, Size},
+    stats::{Results, Run},
+};
+use crate::{cmd, paths as ws, setup};
+
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// A few requests per path and scenario, checking only that they
+    /// succeed; writes no report.
+    #[arg(long)]
+    smoke: bool,
+    /// Runs (each measures every path in turn).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Seconds per load measurement.
+    #[arg(long, default_value_t = 4)]
+    seconds: u32,
+    /// Idle TLS connections held for the memory measurement.
+    #[arg(long, default_value_t = 1000)]
+    idle_connections: u32,
+    /// Only these paths (comma-separated ids: direct, passthrough, full,
+    /// jwt, mitmproxy, nginx); direct is always added, since everything is
+    /// compared with it. A partial run writes no docs/benchmarks.md.
+    #[arg(long)]
+    paths: Option<String>,
+    /// Skip `cargo xtask setup` (the bench's own tools are still checked).
+    #[arg(long)]
+    no_setup: bool,
+    /// Skip the perf profile of the full path.
+    #[arg(long)]
+    no_profile: bool,
+}
+
+const SMOKE_REQUESTS: u32 = 5;
+
+/// Set by Ctrl-C or SIGTERM. Dying on the signal would skip every Drop
+/// that stops a server and unpins the bench cgroup, so the bench stops at
+/// the next measurement instead and unwinds.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+const SSE_SAMPLES: u32 = 10;
+
+pub fn run(root: &Path, opts: &Options) -> Result<()> {
+    let started = Instant::now();
+    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst))
+        .context("failed to install the Ctrl-C handler")?;
+    if opts.no_setup {
+        println!("setup: skipped (--no-setup)");
+    } else {
+        setup::run()?;
+    }
+    let target = ws::target_dir(root);
+    let tools = tools::ensure(&target)?;
+    // The smoke checks the harness, not speed: the debug build that the
+    // test suite has already made spares CI a release build of agentguard
+    // (minutes on 2 cores). Measurements use release builds only.
+    let profile = if opts.smoke { "dev" } else { "release" };
+    cmd::run(cmd::cargo(root).args([
+        "build",
+        "--profile",
+        profile,
+        "--locked",
+        "-p",
+        "agentguard",
+        "-p",
+        "agentguard-bench",
+    ]))?;
+    let bin = target.join(if opts.smoke { "debug" } else { "release" });
+    let out = target.join("bench");
+    let work = out.join(format!("work-{}", std::process::id()));
+    fs::create_dir_all(&work)?;
+
+    let quiet_before = machine::busy_processes();
+    let load_before = machine::loadavg();
+    if !opts.smoke && !quiet_before.is_empty() {
+        println!(
+            "bench: warning: other builds or tests are running ({}): numbers will be noisy",
+            quiet_before.join(", ")
+        );
+    }
+
+    let paths = selected_paths(opts)?;
+    let result = measure_all(&bin, &tools, &work, &paths, opts);
+    let (env_facts, results, profile) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // The logs of the daemon and servers explain most failures.
+            bail!("{e:#}\n(logs kept in {})", work.display());
+        }
+    };
+
+    if opts.smoke {
+        fs::write(
+            out.join("smoke.json"),
+            serde_json::to_string_pretty(&results.to_json())?,
+        )?;
+        let _ = fs::remove_dir_all(&work);
+        println!(
+            "bench: smoke passed: every path answered 200 in every scenario ({:.0} s)",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+
+    let mut machine = machine::facts();
+    machine.push(("load average at start (1, 5, 15 min)".into(), load_before));
+    machine.push(("load average at end".into(), machine::loadavg()));
+    machine.push((
+        "other builds or tests running at start".into(),
+        if quiet_before.is_empty() {
+            "none (no cargo, rustc or test binary besides this bench)".into()
+        } else {
+            quiet_before.join(", ")
+        },
+    ));
+    machine.push((
+        "other builds or tests seen between runs".into(),
+        if results.busy_during.is_empty() {
+            "none".into()
+        } else {
+            results
+                .busy_during
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    ));
+    machine.push((
+        "wall time of this bench".into(),
+        format!("{:.0} s", started.elapsed().as_secs_f64()),
+    ));
+    let ctx = report::Context {
+        machine,
+        tools: env_facts,
+        runs: opts.runs,
+        seconds: opts.seconds,
+        idle_connections: opts.idle_connections,
+        sse_samples: SSE_SAMPLES,
+        pinned: process::pinning_possible(),
+        profile,
+    };
+    let raw = serde_json::json!({
+        "machine": ctx.machine,
+        "tools": ctx.tools,
+        "runs": results.to_json(),
+    });
+    fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&raw)?,
+    )?;
+    let md = report::markdown(&ctx, &results);
+    if paths.len() == PathKind::ALL.len() {
+        let doc = root.join("docs").join("benchmarks.md");
+        fs::create_dir_all(doc.parent().context("docs dir")?)?;
+        fs::write(&doc, &md)?;
+        println!("bench: wrote {}", doc.display());
+    } else {
+        fs::write(out.join("benchmarks-partial.md"), &md)?;
+        println!(
+            "bench: partial run: wrote {}",
+            out.join("benchmarks-partial.md").display()
+        );
+    }
+    println!(
+        "bench: raw results in {}",
+        out.join("results.json").display()
+    );
+    let _ = fs::remove_dir_all(&work);
+    Ok(())
+}
+
+fn selected_paths(opts: &Options) -> Result<Vec<PathKind>> {
+    let Some(list) = &opts.paths else {
+        return Ok(PathKind::ALL.to_vec());
+    };
+    let mut chosen = PathKind::parse_list(list)?;
+    if !chosen.contains(&PathKind::Direct) {
+        chosen.insert(0, PathKind::Direct);
+    }
+    Ok(PathKind::ALL
+        .into_iter()
+        .filter(|p| chosen.contains(p))
+        .collect())
+}
+
+type Measured = (Vec<(String, String)>, Results, Option<String>);
+
+fn measure_all(
+    bin: &Path,
+    tools: &tools::Tools,
+    work: &Path,
+    paths: &[PathKind],
+    opts: &Options,
+) -> Result<Measured> {
+    let names = resolve::Resolution::write(work)?;
+    let up = upstream::Upstream::start(&bin.join("agentguard-bench"), work)?;
+    let daemon =
+        agentguard::Daemon::start(&bin.join("agentguard"), &work.join("agentguard"), &up, "")?;
+    let nginx = proxies::Nginx::start(&work.join("nginx"), &up)?;
+    let mitmproxy =
+        proxies::Mitmproxy::start(&tools.mitmdump, &work.join("mitmproxy"), &up, &names)?;
+    let env = Env {
+        helper: bin.join("agentguard-bench"),
+        agentguard: bin.join("agentguard"),
+        work: work.to_owned(),
+        oha: tools.oha.clone(),
+        mitmdump: tools.mitmdump.clone(),
+        names,
+        upstream: up,
+        daemon,
+        nginx,
+        mitmproxy,
+    };
+    env.daemon.resolve_passthrough(&env.names)?;
+    let facts = machine::tool_versions(&env);
+
+    let smoke = Size {
+        load: Amount::Requests(SMOKE_REQUESTS),
+        idle_connections: 3,
+        sse_samples: 1,
+    };
+    let full = Size {
+        load: Amount::Seconds(opts.seconds),
+        idle_connections: opts.idle_connections,
+        sse_samples: SSE_SAMPLES,
+    };
+
+    // The warm-up pass: every path answers before anything is recorded
+    // (agentguard mints and caches its leaf, pools open, mitmproxy
+    // imports what it imports lazily). In smoke mode it is the whole run.
+    println!("==> bench: warm-up (every path, every scenario, {SMOKE_REQUESTS} requests)");
+    let mut results = Results::default();
+    results.runs.push(one_run(&env, paths, smoke, true)?);
+    if opts.smoke {
+        return Ok((facts, results, None));
+    }
+    results.runs.clear();
+    for r in 1..=opts.runs {
+        println!("==> bench: run {r} of {}", opts.runs);
+        results.busy_during.extend(machine::busy_processes());
+        results.runs.push(one_run(&env, paths, full, false)?);
+    }
+    results.busy_during.extend(machine::busy_processes());
+    let profile = if opts.no_profile {
+        None
+    } else if profile::available() {
+        println!("==> bench: profiling the full path");
+        match profile::run(&env, work.parent().context("bench dir")?, opts.seconds) {
+            Ok(p) => Some(p),
+            Err(e) => Some(format!("The profile failed: {e:#}")),
+        }
+    } else {
+        Some("`perf record` does not work on this machine; no profile was taken.".to_owned())
+    };
+    Ok((facts, results, profile))
+}
+
+/// Every scenario on every path, paths in turn. A measurement that fails
+/// fails the smoke; in a measured run it is reported as missing (with the
+/// reason), so one tool's trouble does not discard the others' numbers.
+fn one_run(env: &Env, paths: &[PathKind], size: Size, strict: bool) -> Result<Run> {
+    let mut run = Run::default();
+    for &path in paths {
+        for s in SCENARIOS {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                bail!("interrupted: stopping the servers and unpinning the bench cgroup");
+            }
+            if let Some(why) = scenario::not_applicable(path, s) {
+                run.missing.insert((path.id(), s.id), why.to_owned());
+                continue;
+            }
+            let t = Instant::now();
+            match scenario::measure(env, path, s, size) {
+                Ok(m) => {
+                    println!(
+                        "bench: {:<12} {:<13} {} ({:.1} s)",
+                        path.id(),
+                        s.id,
+                        brief(&m),
+                        t.elapsed().as_secs_f64()
+                    );
+                    run.values.insert((path.id(), s.id), m);
+                }
+                Err(e) if strict => {
+                    return Err(e.context(format!("path {} scenario {}", path.id(), s.id)));
+                }
+                Err(e) => {
+                    println!("bench: {:<12} {:<13} FAILED: {e:#}", path.id(), s.id);
+                    run.missing
+                        .insert((path.id(), s.id), format!("failed: {e:#}"));
+                }
+            }
+        }
+    }
+    Ok(run)
+}
+
+fn brief(m: &scenario::Metrics) -> String {
+    m.iter()
+        .filter(|(k, _)| !k.starts_with("rss_") && *k != "cpu_s")
+        .map(|(k, v)| format!("{k}={v:.3}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -42,8 +42,9 @@ enum Command {
         #[arg(long)]
         no_setup: bool,
     },
-    /// Benchmarks (not implemented yet).
-    Bench,
+    /// Benchmarks: the direct path, agentguard's paths, mitmproxy and nginx
+    /// side by side; writes docs/benchmarks.md and target/bench/.
+    Bench(bench::Options),
 }
 
 impl Command {
@@ -52,7 +53,7 @@ impl Command {
             Command::Setup => "setup",
             Command::Run { .. } => "run",
             Command::Test { .. } => "test",
-            Command::Bench => "bench",
+            Command::Bench(_) => "bench",
         }
     }
 }
@@ -79,7 +80,7 @@ fn try_main() -> anyhow::Result<ExitCode> {
         // `run` replaces this process with agentguard, so it only comes back on failure.
         Command::Run { args } => match run::run(&root, &args)? {},
         Command::Test { no_setup } => test::run(&root, !no_setup)?,
-        Command::Bench => return Ok(bench::run()),
+        Command::Bench(opts) => bench::run(&root, &opts)?,
     }
     Ok(ExitCode::SUCCESS)
 }

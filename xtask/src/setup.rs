@@ -4,7 +4,7 @@
 //! first and prints either that the thing is present or what it installs, so
 //! `run` and `test` can call setup every time at little cost.
 
-mod apt;
+pub mod apt;
 mod bpf_linker;
 mod bpffs;
 mod runtimes;

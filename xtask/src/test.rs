@@ -78,6 +78,14 @@ const STEPS: &[Step] = &[
             "--test-threads=1",
         ],
     },
+    // The benchmark harness with five requests per path and scenario, so
+    // it cannot rot: it checks only that every path answered 200, never a
+    // time. It installs the bench's own tools (oha, nginx, h2load,
+    // mitmproxy) if missing; setup has just run, so it skips its own.
+    Step {
+        header: "benchmark harness (smoke)",
+        cargo_args: &["xtask", "bench", "--smoke", "--no-setup"],
+    },
 ];
 
 pub fn run(root: &Path, with_setup: bool) -> Result<()> {

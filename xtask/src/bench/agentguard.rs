@@ -1,0 +1,216 @@
+//! The agentguard daemon under test: the release binary, with its own
+//! state dir, bpffs dir, admin socket, a free proxy port and a cgroup no
+//! one else uses, so it never touches a daemon the machine may be running.
+//! Dropping it stops the daemon, unpins its programs and removes the
+//! cgroups, whatever happened before.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::{
+    process::{Running, SERVER_CPU, pinned},
+    resolve::Resolution,
+    upstream::{HOST, JWT_HOST, PASS_HOST, UPSTREAM_IP, Upstream},
+};
+use crate::cmd;
+
+pub const AGENT: &str = "bench";
+/// The injected secret: a fixed dummy (the upstream ignores it).
+const SECRET_ENV: &str = "AGENTGUARD_BENCH_KEY";
+
+pub struct Daemon {
+    binary: PathBuf,
+    pub admin_socket: PathBuf,
+    pub state_dir: PathBuf,
+    bpf_dir: PathBuf,
+    cgroup_parent: PathBuf,
+    process: Option<Running>,
+}
+
+impl Daemon {
+    /// `instance` tells apart daemons of one bench (cgroup, bpffs dir).
+    pub fn start(binary: &Path, dir: &Path, upstream: &Upstream, instance: &str) -> Result<Self> {
+        let tag = format!("agentguard-bench-{}{instance}", std::process::id());
+        let policies = dir.join("policies");
+        fs::create_dir_all(&policies)?;
+        fs::write(policies.join(format!("{AGENT}.toml")), policy(&tag))?;
+        let mut daemon = Self {
+            binary: binary.to_owned(),
+            admin_socket: dir.join("admin.sock"),
+            state_dir: dir.join("state"),
+            bpf_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
+            cgroup_parent: cgroup2_mount()?.join(&tag),
+            process: None,
+        };
+        let mut c = cmd::new(binary);
+        c.env(SECRET_ENV, "bench-secret-not-real")
+            .args(["--log-format", "json", "run"])
+            // 0: a port the kernel knows is free (never the default 977,
+            // which a real daemon may hold); the JWKS endpoint is not
+            // measured.
+            .args(["--proxy-port", "0", "--jwks-listen", "off"])
+            .arg("--upstream-ca")
+            .arg(&upstream.ca)
+            .arg("--dns-upstream")
+            .arg(upstream.dns.to_string())
+            .arg("--policies")
+            .arg(&policies)
+            .arg("--state-dir")
+            .arg(&daemon.state_dir)
+            .arg("--admin-socket")
+            .arg(&daemon.admin_socket)
+            .arg("--bpf-dir")
+            .arg(&daemon.bpf_dir);
+        daemon.process = Some(Running::spawn(
+            "agentguard run",
+            pinned(SERVER_CPU, c),
+            &dir.join("agentguard.log"),
+        )?);
+        daemon.wait_ready(&dir.join("agentguard.log"))?;
+        Ok(daemon)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().map_or(0, Running::pid)
+    }
+
+    /// The CA the agent's leaves chain to.
+    pub fn ca(&self) -> PathBuf {
+        self.state_dir.join("ca").join("ca.crt")
+    }
+
+    /// `cmd` run as the bench agent: joined to its cgroup before exec, so
+    /// every connection it makes is redirected to the proxy. Root with its
+    /// capabilities kept: the bench measures the network path, not the
+    /// sandbox, and the idle-connection client raises its own limits.
+    pub fn exec(&self, cmd: Command) -> Command {
+        let mut c = cmd::new(&self.binary);
+        c.args(["exec", "--agent", AGENT, "--admin-socket"])
+            .arg(&self.admin_socket)
+            .args(["--allow-root", "--keep-capabilities", "--"])
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        c
+    }
+
+    /// Looks the passthrough name up as the agent, through agentguard's
+    /// resolver: agentguard relays passthrough TLS only to an address its
+    /// resolver gave the agent for that name.
+    pub fn resolve_passthrough(&self, resolution: &Resolution) -> Result<()> {
+        let mut getent = cmd::new("getent");
+        getent.args(["ahostsv4", PASS_HOST]);
+        let out = cmd::output(&mut resolution.wrap(self.exec(getent)))?;
+        if !out.contains(&UPSTREAM_IP.to_string()) {
+            bail!("the agent resolved {PASS_HOST} to {out:?}, not {UPSTREAM_IP}");
+        }
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, log: &Path) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(p) = self.process.as_mut()
+                && let Err(e) = p.ensure_alive()
+            {
+                bail!("{e}:\n{}", fs::read_to_string(log).unwrap_or_default());
+            }
+            let status = cmd::new(&self.binary)
+                .arg("status")
+                .arg("--admin-socket")
+                .arg(&self.admin_socket)
+                .output();
+            if status.is_ok_and(|o| o.status.success()) && self.ca().exists() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "agentguard not ready after 30 s:\n{}",
+                    fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        drop(self.process.take());
+        // Unpin: the bench cgroup must not stay guarded.
+        let _ = cmd::new(&self.binary)
+            .args(["detach", "--bpf-dir"])
+            .arg(&self.bpf_dir)
+            .output();
+        remove_cgroup(&self.cgroup_parent.join(AGENT));
+        remove_cgroup(&self.cgroup_parent);
+    }
+}
+
+/// One agent: its calls to the upstream's main name go the full path (a
+/// static credential injected), to the JWT name with a request-bound token
+/// minted per call, and to the passthrough name relayed untouched.
+fn policy(tag: &str) -> String {
+    format!(
+        r#"[agent]
+name = "{AGENT}"
+cgroup = "{tag}/{AGENT}"
+
+[[credential]]
+id = "bench-key"
+source = {{ env = "{SECRET_ENV}" }}
+inject = {{ header = "Authorization", format = "Bearer {{secret}}" }}
+
+[[credential]]
+id = "bench-jwt"
+source = {{ jwt = {{ audience = "bench-tool", scope = "bench:read", ttl = "60s" }} }}
+inject = {{ header = "Authorization", format = "Bearer {{secret}}" }}
+
+[[tool]]
+name = "bench.read"
+host = "{HOST}"
+methods = ["GET"]
+paths = ["/1k", "/64k", "/sse"]
+credential = "bench-key"
+
+[[tool]]
+name = "bench.jwt-read"
+host = "{JWT_HOST}"
+methods = ["GET"]
+paths = ["/1k", "/64k", "/sse"]
+credential = "bench-jwt"
+
+[[passthrough]]
+host = "{PASS_HOST}"
+"#
+    )
+}
+
+/// rmdir fails while processes are still leaving the cgroup; retry briefly.
+fn remove_cgroup(path: &Path) {
+    for _ in 0..100 {
+        if fs::remove_dir(path).is_ok() || !path.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("bench: warning: could not remove cgroup {}", path.display());
+}
+
+/// cgroup v2 is not always at /sys/fs/cgroup (here it is
+/// /sys/fs/cgroup/unified): find it in mountinfo.
+fn cgroup2_mount() -> Result<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    info.lines()
+        .find_map(|line| {
+            let (fields, rest) = line.split_once(" - ")?;
+            let mount = fields.split_whitespace().nth(4)?;
+            (rest.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount))
+        })
+        .context("no cgroup v2 mount in /proc/self/mountinfo")
+}

@@ -1,0 +1,83 @@
+//! A fresh instance of a path's proxy, for the memory measurement: a
+//! process that has served load keeps the memory it freed resident, which
+//! would hide what a new connection costs.
+
+use std::{
+    process::Command,
+    sync::atomic::{AtomicUsize, Ordering},
+};
+
+use anyhow::Result;
+
+use super::{
+    agentguard::Daemon,
+    paths::{Env, PathKind, Route},
+    process::{CLIENT_CPU, pinned},
+    proxies::{Mitmproxy, Nginx},
+};
+
+static INSTANCE: AtomicUsize = AtomicUsize::new(0);
+
+pub enum Fresh {
+    Agentguard(Daemon),
+    Nginx(Nginx),
+    Mitmproxy(Mitmproxy),
+}
+
+impl Fresh {
+    /// `None` for the direct path, which has no proxy.
+    pub fn start(env: &Env, path: PathKind) -> Result<Option<Self>> {
+        let n = INSTANCE.fetch_add(1, Ordering::SeqCst);
+        let dir = env.work.join(format!("fresh-{n}"));
+        Ok(Some(match path {
+            PathKind::Direct => return Ok(None),
+            PathKind::Passthrough | PathKind::Full | PathKind::Jwt => {
+                let d = Daemon::start(&env.agentguard, &dir, &env.upstream, &format!("-fresh{n}"))?;
+                d.resolve_passthrough(&env.names)?;
+                Fresh::Agentguard(d)
+            }
+            PathKind::Nginx => Fresh::Nginx(Nginx::start(&dir, &env.upstream)?),
+            PathKind::Mitmproxy => Fresh::Mitmproxy(Mitmproxy::start(
+                &env.mitmdump,
+                &dir,
+                &env.upstream,
+                &env.names,
+            )?),
+        }))
+    }
+
+    /// The path's route, through this instance.
+    pub fn route(&self, env: &Env, path: PathKind) -> Route {
+        let mut r = env.route(path);
+        match self {
+            Fresh::Agentguard(d) if path != PathKind::Passthrough => r.ca = d.ca(),
+            Fresh::Agentguard(_) => {}
+            Fresh::Nginx(n) => {
+                r.port = n.addr.port();
+                r.dial = n.addr;
+            }
+            Fresh::Mitmproxy(m) => {
+                r.proxy = Some(m.addr);
+                r.ca = m.ca.clone();
+            }
+        }
+        r
+    }
+
+    /// `cmd` as a client of this instance (as its agent, for agentguard).
+    pub fn client(&self, env: &Env, _path: PathKind, cmd: Command) -> Command {
+        let cmd = match self {
+            Fresh::Agentguard(d) => d.exec(cmd),
+            _ => cmd,
+        };
+        env.names.wrap(pinned(CLIENT_CPU, cmd))
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        match self {
+            Fresh::Agentguard(d) => vec![d.pid()],
+            Fresh::Nginx(n) => n.pids(),
+            Fresh::Mitmproxy(m) => vec![m.pid()],
+        }
+    }
+}

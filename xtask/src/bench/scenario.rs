@@ -1,0 +1,279 @@
+//! What is measured on each path, and how one measurement runs: the load,
+//! and the proxy's CPU time and memory read from /proc around it.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context, Result, bail};
+
+use super::{
+    fresh::Fresh,
+    load::{self, Amount, LoadResult, OhaLoad},
+    paths::{Env, PathKind},
+    process::Running,
+    procfs,
+};
+use crate::cmd;
+
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Oha(OhaLoad),
+    H2 {
+        connections: u32,
+        streams: u32,
+    },
+    /// Resident memory per idle TLS connection.
+    Idle,
+    /// Time to first SSE event.
+    Sse,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    pub id: &'static str,
+    pub title: &'static str,
+    pub kind: Kind,
+}
+
+const fn oha(path: &'static str, connections: u32, rate: Option<u32>, keep_alive: bool) -> Kind {
+    Kind::Oha(OhaLoad {
+        path,
+        connections,
+        rate,
+        keep_alive,
+    })
+}
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        id: "ka_sat_1k",
+        title: "keep-alive, saturation, 1 KiB (32 connections)",
+        kind: oha("/1k", 32, None, true),
+    },
+    Scenario {
+        id: "ka_sat_64k",
+        title: "keep-alive, saturation, 64 KiB (32 connections)",
+        kind: oha("/64k", 32, None, true),
+    },
+    Scenario {
+        id: "ka_rate_200",
+        title: "keep-alive, 200 req/s open loop, 1 KiB (16 connections)",
+        kind: oha("/1k", 16, Some(200), true),
+    },
+    Scenario {
+        id: "ka_rate_1000",
+        title: "keep-alive, 1000 req/s open loop, 1 KiB (32 connections)",
+        kind: oha("/1k", 32, Some(1000), true),
+    },
+    Scenario {
+        id: "new_sat",
+        title: "new connection per request, saturation, 1 KiB (16 at once)",
+        kind: oha("/1k", 16, None, false),
+    },
+    Scenario {
+        id: "new_rate_200",
+        title: "new connection per request, 200 req/s open loop, 1 KiB",
+        kind: oha("/1k", 16, Some(200), false),
+    },
+    Scenario {
+        id: "h2_sat",
+        title: "HTTP/2 multiplexed, saturation, 1 KiB (4 connections x 32 streams)",
+        kind: Kind::H2 {
+            connections: 4,
+            streams: 32,
+        },
+    },
+    Scenario {
+        id: "sse",
+        title: "time to first SSE event (new connection each)",
+        kind: Kind::Sse,
+    },
+    Scenario {
+        id: "idle",
+        title: "resident memory per idle TLS connection",
+        kind: Kind::Idle,
+    },
+];
+
+/// How big each measurement is.
+#[derive(Debug, Clone, Copy)]
+pub struct Size {
+    pub load: Amount,
+    pub idle_connections: u32,
+    pub sse_samples: u32,
+}
+
+/// Metric name → value, for one scenario on one path in one run.
+pub type Metrics = BTreeMap<String, f64>;
+
+/// Whether `scenario` can be measured on `path` (the reason if not).
+pub fn not_applicable(path: PathKind, scenario: &Scenario) -> Option<&'static str> {
+    match (path, scenario.kind) {
+        (PathKind::Direct, Kind::Idle) => Some("no proxy"),
+        (PathKind::Mitmproxy, Kind::H2 { .. }) => Some("h2load has no proxy support"),
+        _ => None,
+    }
+}
+
+pub fn measure(env: &Env, path: PathKind, scenario: &Scenario, size: Size) -> Result<Metrics> {
+    let route = env.route(path);
+    let pids = env.proxy_pids(path);
+    let mut m = Metrics::new();
+    match scenario.kind {
+        Kind::Oha(l) => {
+            let mut c = env.client(path, load::oha(&env.oha, &route, l, size.load));
+            let r = with_cpu(&pids, &mut m, || load::parse_oha(&cmd::output(&mut c)?))?;
+            record_load(&mut m, &r, size)?;
+        }
+        Kind::H2 {
+            connections,
+            streams,
+        } => {
+            let mut c = env.client(path, load::h2load(&route, connections, streams, size.load)?);
+            let r = with_cpu(&pids, &mut m, || load::parse_h2load(&cmd::output(&mut c)?))?;
+            record_load(&mut m, &r, size)?;
+        }
+        Kind::Sse => {
+            let mut c = cmd::new(&env.helper);
+            c.arg("sse")
+                .args(helper_target(&route))
+                .args(["--samples", &size.sse_samples.to_string()]);
+            let out = cmd::output(&mut env.client(path, c))?;
+            let v: serde_json::Value = serde_json::from_str(&out).context("sse helper output")?;
+            let mut us: Vec<f64> = v["ttfe_us"]
+                .as_array()
+                .context("no ttfe_us")?
+                .iter()
+                .filter_map(serde_json::Value::as_f64)
+                .collect();
+            if us.len() != size.sse_samples as usize {
+                bail!("sse helper returned {} samples", us.len());
+            }
+            us.sort_by(f64::total_cmp);
+            m.insert("ttfe_ms".into(), us[us.len() / 2] / 1000.0);
+            m.insert("ok".into(), us.len() as f64);
+        }
+        Kind::Idle => measure_idle(env, path, size.idle_connections, &mut m)?,
+    }
+    Ok(m)
+}
+
+fn helper_target(route: &super::paths::Route) -> Vec<String> {
+    let mut args = vec![
+        "--addr".to_owned(),
+        route.dial.to_string(),
+        "--sni".to_owned(),
+        route.host.to_owned(),
+        "--ca".to_owned(),
+        route.ca.display().to_string(),
+    ];
+    if let Some(proxy) = route.proxy {
+        args.extend(["--proxy".to_owned(), proxy.to_string()]);
+    }
+    args
+}
+
+/// Runs `f`, and records the proxy's CPU seconds during it.
+fn with_cpu(
+    pids: &[u32],
+    m: &mut Metrics,
+    f: impl FnOnce() -> Result<LoadResult>,
+) -> Result<LoadResult> {
+    let before = procfs::sum(pids, procfs::cpu_ticks)?;
+    let r = f()?;
+    let after = procfs::sum(pids, procfs::cpu_ticks)?;
+    if !pids.is_empty() && r.ok > 0 {
+        let secs = (after - before) as f64 / procfs::clock_ticks()?;
+        m.insert("cpu_s".into(), secs);
+        m.insert("cpu_s_per_1k".into(), secs / r.ok as f64 * 1000.0);
+    }
+    Ok(r)
+}
+
+fn record_load(m: &mut Metrics, r: &LoadResult, size: Size) -> Result<()> {
+    if r.ok == 0 {
+        bail!(
+            "no request succeeded ({} failed: {})",
+            r.failed,
+            r.first_failure.as_deref().unwrap_or("?")
+        );
+    }
+    if let Amount::Requests(n) = size.load
+        && (r.ok != u64::from(n) || r.failed > 0)
+    {
+        bail!(
+            "{} of {n} requests returned 200 ({} failed: {})",
+            r.ok,
+            r.failed,
+            r.first_failure.as_deref().unwrap_or("?")
+        );
+    }
+    m.insert("ok".into(), r.ok as f64);
+    m.insert("failed".into(), r.failed as f64);
+    m.insert("rps".into(), r.rps);
+    if let Some(p) = r.p50_ms {
+        m.insert("p50_ms".into(), p);
+    }
+    if let Some(p) = r.p99_ms {
+        m.insert("p99_ms".into(), p);
+    }
+    Ok(())
+}
+
+/// Resident memory per idle connection, on a fresh instance of the path's
+/// proxy: a process that has served load keeps the memory it freed
+/// resident (the allocator holds on to it), which would hide what new
+/// connections cost. The fresh one first serves a few requests (so caches
+/// such as agentguard's leaf exist), then `count` connections are opened
+/// and held while its VmRSS is read.
+fn measure_idle(env: &Env, path: PathKind, count: u32, m: &mut Metrics) -> Result<()> {
+    let Some(proxy) = Fresh::start(env, path)? else {
+        bail!("no proxy on this path");
+    };
+    let route = proxy.route(env, path);
+    let warm = OhaLoad {
+        path: "/1k",
+        connections: 1,
+        rate: None,
+        keep_alive: true,
+    };
+    let mut c = proxy.client(
+        env,
+        path,
+        load::oha(&env.oha, &route, warm, Amount::Requests(5)),
+    );
+    let r = load::parse_oha(&cmd::output(&mut c)?)?;
+    if r.ok != 5 {
+        bail!("the fresh proxy answered {} of 5 warm-up requests", r.ok);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let pids = proxy.pids();
+    let before = procfs::sum(&pids, procfs::rss_kib)?;
+    let mut h = cmd::new(&env.helper);
+    h.arg("idle")
+        .args(helper_target(&route))
+        .args(["--count", &count.to_string()]);
+    let log = env.work.join("idle-holder.log");
+    let mut holder = Running::spawn("idle connections", proxy.client(env, path, h), &log)?;
+    let line = holder.read_line(Duration::from_secs(90))?;
+    let v: serde_json::Value = serde_json::from_str(&line).context("idle helper output")?;
+    let open = v["open"].as_u64().unwrap_or(0);
+    if open != u64::from(count) {
+        bail!(
+            "only {open} of {count} idle connections opened: {}",
+            v["error"].as_str().unwrap_or("?")
+        );
+    }
+    // Let the proxy finish whatever follows each handshake.
+    std::thread::sleep(Duration::from_millis(500));
+    let during = procfs::sum(&pids, procfs::rss_kib)?;
+    holder.finish()?;
+    drop(proxy);
+    m.insert("ok".into(), open as f64);
+    m.insert("rss_before_kib".into(), before as f64);
+    m.insert("rss_during_kib".into(), during as f64);
+    m.insert(
+        "kib_per_conn".into(),
+        (during as f64 - before as f64) / f64::from(count),
+    );
+    Ok(())
+}
