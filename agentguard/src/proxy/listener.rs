@@ -113,6 +113,10 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ProxyContext>) {
 /// Nothing is relayed without a kernel record: a connection we cannot
 /// attribute is one we cannot decide on.
 async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
+    // Responses go out in pieces (headers, then body frames, TLS records
+    // each); with Nagle's algorithm a piece waits for the agent's delayed
+    // ACK, ~40 ms (measured: p99 at 1000 req/s and the first SSE event).
+    let _ = stream.set_nodelay(true);
     let Some(record) = ctx.peers.take(peer) else {
         refuse(
             &ctx,

@@ -81,8 +81,14 @@ impl SigningAlgorithm {
 struct SigningKey {
     alg: SigningAlgorithm,
     kid: String,
-    encoding: EncodingKey,
+    signer: Signer,
     jwk: Jwk,
+}
+
+/// The parsed private key, ready to sign.
+enum Signer {
+    Es256(ring::signature::EcdsaKeyPair),
+    EdDsa(ring::signature::Ed25519KeyPair),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,8 +177,16 @@ impl KeyStore {
         self.current.alg
     }
 
-    pub(super) fn encoding_key(&self) -> &EncodingKey {
-        &self.current.encoding
+    /// The JWS signature (RFC 7515) over `message` with the current key:
+    /// ES256's fixed-width r || s (RFC 7518 §3.4), or Ed25519's.
+    pub(super) fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        match &self.current.signer {
+            Signer::Es256(key) => key
+                .sign(&ring::rand::SystemRandom::new(), message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| "ES256 signing failed".to_owned()),
+            Signer::EdDsa(key) => Ok(key.sign(message).as_ref().to_vec()),
+        }
     }
 
     /// Replaces the signing key with a new one. The old public key stays in
@@ -286,6 +300,24 @@ fn parse_key(path: &Path, pem: &str) -> Result<SigningKey, KeyError> {
     };
     let mut jwk =
         Jwk::from_encoding_key(&encoding, alg.jwt()).map_err(|e| invalid(e.to_string()))?;
+    let der = match rustls_pemfile::private_key(&mut pem.as_bytes()) {
+        Ok(Some(rustls::pki_types::PrivateKeyDer::Pkcs8(der))) => der,
+        _ => return Err(invalid("not a PKCS#8 private key".into())),
+    };
+    let signer = match alg {
+        SigningAlgorithm::Es256 => ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            der.secret_pkcs8_der(),
+            &ring::rand::SystemRandom::new(),
+        )
+        .map(Signer::Es256),
+        // v1 (seed only) as generate() writes it, or v2.
+        SigningAlgorithm::EdDsa => {
+            ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
+                .map(Signer::EdDsa)
+        }
+    }
+    .map_err(|e| invalid(e.to_string()))?;
     let kid = jwk
         .thumbprint(ThumbprintHash::SHA256)
         .map_err(|e| invalid(e.to_string()))?;
@@ -294,7 +326,7 @@ fn parse_key(path: &Path, pem: &str) -> Result<SigningKey, KeyError> {
     Ok(SigningKey {
         alg,
         kid,
-        encoding,
+        signer,
         jwk,
     })
 }

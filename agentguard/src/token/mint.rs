@@ -106,7 +106,16 @@ impl Minter {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         let mut header = Header::new(keys.algorithm().jwt());
         header.kid = Some(keys.kid().to_owned());
-        jsonwebtoken::encode(&header, claims, keys.encoding_key())
-            .map_err(|e| format!("failed to sign a token: {e}"))
+        // JWS compact serialisation (RFC 7515 §7.1), signed with the parsed
+        // key the store keeps (see KeyStore::sign for why not
+        // jsonwebtoken::encode). Verification stays with jsonwebtoken.
+        let err = |e: serde_json::Error| format!("failed to sign a token: {e}");
+        let header = serde_json::to_vec(&header).map_err(err)?;
+        let claims = serde_json::to_vec(claims).map_err(err)?;
+        let signing_input = format!("{}.{}", b64url(&header), b64url(&claims));
+        let signature = keys
+            .sign(signing_input.as_bytes())
+            .map_err(|e| format!("failed to sign a token: {e}"))?;
+        Ok(format!("{signing_input}.{}", b64url(&signature)))
     }
 }
