@@ -102,12 +102,17 @@ fn section_method(w: &mut String, ctx: &Context) {
          - Resident memory per idle connection: on a fresh instance of the path's proxy \
          (one that has served load keeps the memory it freed resident, which would hide \
          the cost), after 5 warm-up requests, `agentguard-bench idle` opens {} TLS \
-         connections through the path (handshake completed, no request) and holds them; \
-         the proxy's VmRSS while held minus before, divided by {}.\n\
+         connections through the path (handshake completed, no request) and holds them, \
+         then {} more; the proxy's VmRSS with both halves held minus with the first, \
+         divided by the connections added. (Two loaded states rather than start-up \
+         against loaded: an allocator that returns start-up memory to the kernel late, \
+         such as agentguard's mimalloc, would otherwise make the growth negative.)\n\
          - Time to first SSE event: `agentguard-bench sse`, {} samples per run, each on a new \
          connection: from writing the request to the first `data:` byte (TLS handshake \
          excluded); the median per run.\n",
-        ctx.idle_connections, ctx.idle_connections, ctx.sse_samples
+        ctx.idle_connections / 2,
+        ctx.idle_connections / 2,
+        ctx.sse_samples
     );
 }
 

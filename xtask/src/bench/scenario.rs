@@ -223,8 +223,12 @@ fn record_load(m: &mut Metrics, r: &LoadResult, size: Size) -> Result<()> {
 /// proxy: a process that has served load keeps the memory it freed
 /// resident (the allocator holds on to it), which would hide what new
 /// connections cost. The fresh one first serves a few requests (so caches
-/// such as agentguard's leaf exist), then `count` connections are opened
-/// and held while its VmRSS is read.
+/// such as agentguard's leaf exist). Then `count / 2` connections are
+/// opened and held, its VmRSS read, another `count / 2` opened and VmRSS
+/// read again: the growth between the two readings over the connections
+/// added. Comparing two loaded states, not start-up with loaded, keeps out
+/// what the allocator returns to the kernel meanwhile (mimalloc releases
+/// memory freed at start-up lazily; a before/after delta went negative).
 fn measure_idle(env: &Env, path: PathKind, count: u32, m: &mut Metrics) -> Result<()> {
     let Some(proxy) = Fresh::start(env, path)? else {
         bail!("no proxy on this path");
@@ -247,33 +251,40 @@ fn measure_idle(env: &Env, path: PathKind, count: u32, m: &mut Metrics) -> Resul
     }
     std::thread::sleep(Duration::from_millis(300));
     let pids = proxy.pids();
-    let before = procfs::sum(&pids, procfs::rss_kib)?;
-    let mut h = cmd::new(&env.helper);
-    h.arg("idle")
-        .args(helper_target(&route))
-        .args(["--count", &count.to_string()]);
-    let log = env.work.join("idle-holder.log");
-    let mut holder = Running::spawn("idle connections", proxy.client(env, path, h), &log)?;
-    let line = holder.read_line(Duration::from_secs(90))?;
-    let v: serde_json::Value = serde_json::from_str(&line).context("idle helper output")?;
-    let open = v["open"].as_u64().unwrap_or(0);
-    if open != u64::from(count) {
-        bail!(
-            "only {open} of {count} idle connections opened: {}",
-            v["error"].as_str().unwrap_or("?")
-        );
+    let half = (count / 2).max(1);
+    let mut holders = Vec::new();
+    let mut rss = Vec::new();
+    for batch in 0..2 {
+        let mut h = cmd::new(&env.helper);
+        h.arg("idle")
+            .args(helper_target(&route))
+            .args(["--count", &half.to_string()]);
+        let log = env.work.join(format!("idle-holder-{batch}.log"));
+        let mut holder = Running::spawn("idle connections", proxy.client(env, path, h), &log)?;
+        let line = holder.read_line(Duration::from_secs(90))?;
+        let v: serde_json::Value = serde_json::from_str(&line).context("idle helper output")?;
+        let open = v["open"].as_u64().unwrap_or(0);
+        if open != u64::from(half) {
+            bail!(
+                "only {open} of {half} idle connections opened: {}",
+                v["error"].as_str().unwrap_or("?")
+            );
+        }
+        holders.push(holder);
+        // Let the proxy finish whatever follows each handshake.
+        std::thread::sleep(Duration::from_millis(500));
+        rss.push(procfs::sum(&pids, procfs::rss_kib)?);
     }
-    // Let the proxy finish whatever follows each handshake.
-    std::thread::sleep(Duration::from_millis(500));
-    let during = procfs::sum(&pids, procfs::rss_kib)?;
-    holder.finish()?;
+    for holder in holders {
+        holder.finish()?;
+    }
     drop(proxy);
-    m.insert("ok".into(), open as f64);
-    m.insert("rss_before_kib".into(), before as f64);
-    m.insert("rss_during_kib".into(), during as f64);
+    m.insert("ok".into(), f64::from(2 * half));
+    m.insert("rss_first_half_kib".into(), rss[0] as f64);
+    m.insert("rss_both_halves_kib".into(), rss[1] as f64);
     m.insert(
         "kib_per_conn".into(),
-        (during as f64 - before as f64) / f64::from(count),
+        (rss[1] as f64 - rss[0] as f64) / f64::from(half),
     );
     Ok(())
 }
