@@ -53,6 +53,16 @@ fn servers(tag: &str) -> Servers {
     }
 }
 
+/// Root check, servers and a daemon, with abstract names unique to this
+/// test process and `prefix`.
+fn setup(prefix: &str) -> (String, Servers, Daemon) {
+    require_root();
+    let tag = format!("{prefix}{}", std::process::id());
+    let s = servers(&tag);
+    let daemon = start(&s, &tag);
+    (tag, s, daemon)
+}
+
 fn start(servers: &Servers, tag: &str) -> Daemon {
     let d = servers.dir.path().display();
     let extra = format!(
@@ -136,10 +146,7 @@ fn refusals(daemon: &Daemon, pid: u32, count: usize) -> Vec<Value> {
 
 #[test]
 fn only_listed_unix_sockets_are_reachable_and_refusals_are_recorded() {
-    require_root();
-    let tag = format!("{}", std::process::id());
-    let s = servers(&tag);
-    let daemon = start(&s, &tag);
+    let (tag, s, daemon) = setup("");
     assert_eq!(daemon.status()["unix_sockets_guarded"], true);
 
     let (pid, out) = python(&daemon, &script(s.dir.path(), &tag));
@@ -293,10 +300,7 @@ fn reload_after(daemon: &Daemon, since: &str, accepted: bool) -> Value {
 
 #[test]
 fn reloads_add_and_revoke_sockets_and_unsafe_directories_lose_theirs() {
-    require_root();
-    let tag = format!("r{}", std::process::id());
-    let s = servers(&tag);
-    let daemon = start(&s, &tag);
+    let (_, s, daemon) = setup("r");
     let (allowed, denied) = (
         s.dir.path().join("allowed.sock"),
         s.dir.path().join("denied.sock"),
@@ -388,10 +392,7 @@ fn reloads_add_and_revoke_sockets_and_unsafe_directories_lose_theirs() {
 /// attempt would otherwise succeed here.
 #[test]
 fn agents_cannot_make_namespaces_to_remount_an_allowed_path() {
-    require_root();
-    let tag = format!("n{}", std::process::id());
-    let s = servers(&tag);
-    let daemon = start(&s, &tag);
+    let (_, _servers, daemon) = setup("n");
     let script = "import ctypes, subprocess\n\
         libc = ctypes.CDLL(None, use_errno=True)\n\
         CLONE_NEWUSER, CLONE_NEWNS = 0x10000000, 0x00020000\n\
