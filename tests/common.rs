@@ -23,6 +23,19 @@ pub fn require_root() {
     );
 }
 
+/// Runs `cmd` with stdout and stderr captured; returns its pid (the
+/// agent's, once `agentguard exec` has exec'd) and its output.
+pub fn run_with_pid(mut cmd: std::process::Command) -> (u32, std::process::Output) {
+    use std::process::Stdio;
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    (pid, child.wait_with_output().unwrap())
+}
+
 /// The output of a finished command, as text.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::common::{
     AGENTGUARD, Daemon, DaemonOptions, DnsUpstream, TestCa, TlsUpstream, Upstream, require_root,
-    text,
+    run_with_pid, text,
 };
 
 const API: &str = "api.agentguard.test";
@@ -129,14 +129,7 @@ fn query_until(daemon: &Daemon, args: &[&str], done: impl Fn(&[Value]) -> bool) 
 /// Runs `cmd` as agent `agent`, as user nobody; returns its pid and output.
 fn as_nobody(daemon: &Daemon, agent: &str, cmd: &[&str]) -> (u32, Output) {
     let user = format!("{NOBODY}:{NOBODY}");
-    let child = daemon
-        .exec_with(agent, &["--user", &user], cmd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    (pid, child.wait_with_output().unwrap())
+    run_with_pid(daemon.exec_with(agent, &["--user", &user], cmd))
 }
 
 fn status(daemon: &Daemon) -> Value {

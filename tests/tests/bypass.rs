@@ -8,7 +8,9 @@ use std::{net::Ipv4Addr, process::Output};
 
 use serde_json::Value;
 
-use crate::common::{Daemon, DaemonOptions, DnsUpstream, Upstream, require_root, text};
+use crate::common::{
+    Daemon, DaemonOptions, DnsUpstream, Upstream, require_root, run_with_pid, text,
+};
 
 const AGENT: &str = "bypass-agent";
 /// The resolver the agent believes it uses; nothing listens there.
@@ -54,15 +56,12 @@ fn setup() -> Setup {
 /// Runs a python snippet as the agent (root, capabilities dropped, unless
 /// `flags` say otherwise), with a resolv.conf naming NAMESERVER.
 fn python(s: &Setup, flags: &[&str], script: &str) -> (u32, Output) {
-    let child = s
-        .daemon
-        .exec_with_nameserver(AGENT, flags, NAMESERVER, &["python3", "-c", script])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    (pid, child.wait_with_output().unwrap())
+    run_with_pid(s.daemon.exec_with_nameserver(
+        AGENT,
+        flags,
+        NAMESERVER,
+        &["python3", "-c", script],
+    ))
 }
 
 fn ok(out: &Output) -> String {

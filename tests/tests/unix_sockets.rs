@@ -17,7 +17,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::common::{Daemon, DaemonOptions, in_cgroup_dir, require_root, text};
+use crate::common::{Daemon, DaemonOptions, in_cgroup_dir, require_root, run_with_pid, text};
 
 const AGENT: &str = "unix-agent";
 
@@ -78,14 +78,7 @@ fn start(servers: &Servers, tag: &str) -> Daemon {
 }
 
 fn python(daemon: &Daemon, script: &str) -> (u32, Output) {
-    let child = daemon
-        .exec(AGENT, &["python3", "-c", script])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    (pid, child.wait_with_output().unwrap())
+    run_with_pid(daemon.exec(AGENT, &["python3", "-c", script]))
 }
 
 /// The agent tries each address and prints `ok` or the error's name.
@@ -280,6 +273,14 @@ fn reach(daemon: &Daemon, path: &Path) -> String {
     text(&out.stdout).trim().to_owned()
 }
 
+/// When the daemon last loaded its policy (RFC 3339).
+fn last_reload_time(daemon: &Daemon) -> String {
+    daemon.status()["last_reload"]["time"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// Polls `status` (bounded: 15 s) until a reload after `since` (an RFC 3339
 /// time, which sorts as text) has the given outcome.
 fn reload_after(daemon: &Daemon, since: &str, accepted: bool) -> Value {
@@ -316,10 +317,7 @@ fn reloads_add_and_revoke_sockets_and_unsafe_directories_lose_theirs() {
     let listed = format!("{}\"", allowed.display());
     let swapped = original.replacen(&listed, &format!("{}\"", denied.display()), 1);
     assert_ne!(swapped, original);
-    let since = daemon.status()["last_reload"]["time"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = last_reload_time(&daemon);
     std::fs::write(&policy, &swapped).unwrap();
     reload_after(&daemon, &since, true);
     assert_eq!(
@@ -337,10 +335,7 @@ fn reloads_add_and_revoke_sockets_and_unsafe_directories_lose_theirs() {
         &format!("{}/tool.sock\"", open_dir.path().display()),
         1,
     );
-    let since = daemon.status()["last_reload"]["time"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = last_reload_time(&daemon);
     std::fs::write(&policy, &unsafe_policy).unwrap();
     let status = reload_after(&daemon, &since, false);
     let error = status["last_reload"]["error"].as_str().unwrap();
@@ -350,17 +345,11 @@ fn reloads_add_and_revoke_sockets_and_unsafe_directories_lose_theirs() {
 
     // The policy in force lists denied.sock; once its directory becomes
     // writable by others, the next load (here SIGHUP) fails and revokes it.
-    let since = daemon.status()["last_reload"]["time"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = last_reload_time(&daemon);
     std::fs::write(&policy, &swapped).unwrap();
     reload_after(&daemon, &since, true);
     std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let since = daemon.status()["last_reload"]["time"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = last_reload_time(&daemon);
     let pid = daemon.status()["pid"].as_i64().unwrap() as i32;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -373,10 +362,7 @@ fn reloads_add_and_revoke_sockets_and_unsafe_directories_lose_theirs() {
     assert_eq!(reach(&daemon, &denied), "PermissionError");
     // Mended, the next load gives it back.
     std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let since = daemon.status()["last_reload"]["time"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = last_reload_time(&daemon);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGHUP,
