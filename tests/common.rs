@@ -23,6 +23,17 @@ pub fn require_root() {
     );
 }
 
+/// glibc asks nscd first in processes that look up users, groups or hosts,
+/// whether or not nscd runs (python does at start when `HOME` is unset, as
+/// in CI); agents may not reach its socket (nscd would resolve names outside
+/// agentguard's resolver), so each such probe is a recorded kernel refusal.
+/// Real, but whether it happens depends on the environment, not on what a
+/// test checks.
+pub fn is_nscd_probe(e: &serde_json::Value) -> bool {
+    e["rule"] == "kernel:unix-connect-denied"
+        && e["path"].as_str().is_some_and(|p| p.contains("/nscd/"))
+}
+
 /// Runs `cmd` with stdout and stderr captured; returns its pid (the
 /// agent's, once `agentguard exec` has exec'd) and its output.
 pub fn run_with_pid(mut cmd: std::process::Command) -> (u32, std::process::Output) {

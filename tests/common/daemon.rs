@@ -12,6 +12,8 @@ use std::{
 
 use serde_json::Value;
 
+use super::is_nscd_probe;
+
 use super::{AGENTGUARD, require_root, text};
 
 static INSTANCE: AtomicUsize = AtomicUsize::new(0);
@@ -348,6 +350,18 @@ impl Daemon {
             assert!(Instant::now() < deadline, "{what}: {events:#?}");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The kernel refusals of process `pid`, oldest first, once there are
+    /// at least `count` of them (bounded: 5 s), without glibc's nscd probes
+    /// (see [`is_nscd_probe`]).
+    pub fn wait_for_refusals(&self, pid: u32, count: usize) -> Vec<Value> {
+        let of_pid =
+            |e: &&Value| e["kind"] == "kernel_refusal" && e["pid"] == pid && !is_nscd_probe(e);
+        let events = self.wait_for_events("kernel refusals", |e| {
+            e.iter().filter(of_pid).count() >= count
+        });
+        events.iter().filter(of_pid).cloned().collect()
     }
 
     /// Polls `agentguard status` (bounded: 15 s) until the last reload

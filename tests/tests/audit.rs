@@ -16,8 +16,8 @@ use std::{
 use serde_json::Value;
 
 use crate::common::{
-    AGENTGUARD, Daemon, DaemonOptions, DnsUpstream, TestCa, TlsUpstream, Upstream, require_root,
-    run_with_pid, text,
+    AGENTGUARD, Daemon, DaemonOptions, DnsUpstream, TestCa, TlsUpstream, Upstream, is_nscd_probe,
+    require_root, run_with_pid, text,
 };
 
 const API: &str = "api.agentguard.test";
@@ -90,15 +90,6 @@ fn json_lines(out: &Output) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
-}
-
-/// glibc asks nscd first in processes that look up users, groups or hosts,
-/// whether or not nscd runs; agents may not reach its socket (nscd would
-/// resolve names outside agentguard's resolver), so each such probe is a
-/// recorded kernel refusal. Real, but beside the point of these tests.
-fn is_nscd_probe(e: &Value) -> bool {
-    e["rule"] == "kernel:unix-connect-denied"
-        && e["path"].as_str().is_some_and(|p| p.contains("/nscd/"))
 }
 
 /// `audit query --format json ARGS`, without glibc's nscd probes, polled

@@ -89,19 +89,13 @@ fn udp_other_than_dns_is_refused_and_recorded() {
         except PermissionError: print('EPERM connect')\n";
     let (pid, out) = python(&s, &["--allow-root"], script);
     assert_eq!(ok(&out), "EPERM 443\nEPERM 40999\nEPERM connect\n");
-    let events = s.daemon.wait_for_events("three UDP refusals", |e| {
-        e.iter()
-            .filter(|e| e["kind"] == "kernel_refusal" && e["pid"] == pid)
-            .count()
-            == 3
-    });
-    let refusals: Vec<&Value> = events.iter().filter(|e| e["pid"] == pid).collect();
+    let refusals = s.daemon.wait_for_refusals(pid, 3);
     let ports: Vec<u64> = refusals
         .iter()
         .map(|e| e["dst_port"].as_u64().unwrap())
         .collect();
     assert_eq!(ports, vec![443, 40999, 443]);
-    for e in refusals {
+    for e in &refusals {
         assert_eq!(e["agent"], AGENT);
         assert_eq!(e["decision"], "refuse");
         assert_eq!(e["protocol"], "udp");
@@ -185,15 +179,10 @@ fn raw_and_ping_sockets_cannot_be_created() {
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     assert_eq!(ok(&out), "raw EPERM\nping EPERM\nping6 EPERM\n");
-    let events = s.daemon.wait_for_events("socket refusals", |e| {
-        e.iter()
-            .filter(|e| e["kind"] == "kernel_refusal" && e["pid"] == pid)
-            .count()
-            == 3
-    });
-    let rules: Vec<String> = events
+    let rules: Vec<String> = s
+        .daemon
+        .wait_for_refusals(pid, 3)
         .iter()
-        .filter(|e| e["pid"] == pid)
         .map(|e| e["rule"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(
@@ -363,10 +352,8 @@ fn a_double_forked_setsid_daemon_is_covered_for_tcp_udp_and_dns() {
             .any(|c| c["identity"]["pid"] == grandchild),
         "{connections:?}"
     );
-    s.daemon.wait_for_events("grandchild's UDP refusal", |e| {
-        e.iter()
-            .any(|e| e["kind"] == "kernel_refusal" && e["pid"] == grandchild)
-    });
+    let refusals = s.daemon.wait_for_refusals(grandchild, 1);
+    assert_eq!(refusals[0]["rule"], "kernel:udp-denied", "{refusals:?}");
 }
 
 #[test]

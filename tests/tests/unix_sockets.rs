@@ -123,20 +123,6 @@ print("full-length", raw((listed + b"X" * 108)[:108]))
     )
 }
 
-/// The kernel refusals of process `pid`, once there are `count`, without
-/// glibc's nscd probes (made by processes that look up users or hosts).
-fn refusals(daemon: &Daemon, pid: u32, count: usize) -> Vec<Value> {
-    let of_pid = |e: &&Value| {
-        e["kind"] == "kernel_refusal"
-            && e["pid"] == pid
-            && !e["path"].as_str().is_some_and(|p| p.contains("/nscd/"))
-    };
-    let events = daemon.wait_for_events("unix refusals", |e| {
-        e.iter().filter(of_pid).count() >= count
-    });
-    events.iter().filter(of_pid).cloned().collect()
-}
-
 #[test]
 fn only_listed_unix_sockets_are_reachable_and_refusals_are_recorded() {
     let (tag, s, daemon) = setup("");
@@ -159,7 +145,7 @@ fn only_listed_unix_sockets_are_reachable_and_refusals_are_recorded() {
     );
 
     let d = s.dir.path().display();
-    let events = refusals(&daemon, pid, 6);
+    let events = daemon.wait_for_refusals(pid, 6);
     let seen: Vec<(String, String)> = events
         .iter()
         .map(|e| {
@@ -222,9 +208,7 @@ fn only_listed_unix_sockets_are_reachable_and_refusals_are_recorded() {
     let sub = daemon.cgroup_path(AGENT).join("sub");
     std::fs::create_dir(&sub).unwrap();
     let script = connect_script(&s.dir.path().join("allowed.sock"));
-    let out = in_cgroup_dir(&sub, &["python3", "-c", &script])
-        .output()
-        .unwrap();
+    let (sub_pid, out) = run_with_pid(in_cgroup_dir(&sub, &["python3", "-c", &script]));
     std::fs::remove_dir(&sub).unwrap();
     assert_eq!(
         text(&out.stdout),
@@ -232,21 +216,13 @@ fn only_listed_unix_sockets_are_reachable_and_refusals_are_recorded() {
         "{}",
         text(&out.stderr)
     );
-    let below = daemon.wait_for_events("a sub-cgroup's refusal", |e| {
-        e.iter().any(|e| {
-            e["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("below the agent's"))
-        })
-    });
-    let below = below
-        .iter()
-        .find(|e| {
-            e["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("below the agent's"))
-        })
-        .unwrap();
+    let below = &daemon.wait_for_refusals(sub_pid, 1)[0];
+    assert!(
+        below["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("below the agent's")),
+        "{below}"
+    );
     assert_eq!(below["agent"], AGENT, "{below}");
     assert_eq!(below["path"], format!("{d}/allowed.sock"), "{below}");
 
