@@ -183,6 +183,13 @@ pub mod event_kind {
     /// A datagram sent to a Unix socket address the agent's policy does not
     /// list (carried by a [`UnixEvent`](super::UnixEvent)).
     pub const UNIX_SENDMSG_DENIED: u32 = 9;
+    /// A packet leaving an agent's socket for an address off the loopback
+    /// (a routing header or IP source route pointing past the redirect, or
+    /// a reply on a socket the agent accepted): dropped.
+    pub const EGRESS_DENIED: u32 = 10;
+    /// A socket option that would route packets past the redirect (IPv6
+    /// routing header, IPv4 options such as source routes).
+    pub const SOCKOPT_DENIED: u32 = 11;
     /// A TCP connect sent to the proxy (only with CONFIG_REPORT_REDIRECTS).
     pub const TCP_REDIRECTED: u32 = 16;
     /// A DNS query sent to agentguard's resolver (only with

@@ -17,34 +17,83 @@ pub struct SocketFacts {
     pub dst_port: u16,
 }
 
-/// Queues one event. A full ring buffer never changes the verdict; the loss
-/// is counted so the daemon can report it.
-pub fn emit(kind: u32, facts: &SocketFacts) {
-    let Some(mut entry) = KERNEL_EVENTS.reserve::<KernelEvent>(0) else {
-        if let Some(lost) = EVENT_STATS.get_ptr_mut(STAT_EVENTS_LOST) {
-            // SAFETY: per-CPU slot; programs on this CPU do not run
-            // concurrently with each other.
-            unsafe { *lost += 1 };
-        }
-        return;
-    };
+/// Who an event is about.
+struct Caller {
+    tgid: u32,
+    pid: u32,
+    uid: u32,
+    gid: u32,
+    cgroup_id: u64,
+    comm: [u8; COMM_LEN],
+}
+
+/// The task making the call: hooks that run in the caller's context
+/// (connect, sendmsg, socket creation, setsockopt).
+fn current() -> Caller {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    entry.write(KernelEvent {
-        kind,
-        family: facts.family,
-        protocol: facts.protocol,
+    Caller {
         tgid: (pid_tgid >> 32) as u32,
         pid: pid_tgid as u32,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
         // SAFETY: no arguments; returns the caller's cgroup v2 id.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    }
+}
+
+/// Queues one event about the current task. A full ring buffer never
+/// changes the verdict; the loss is counted so the daemon can report it.
+pub fn emit(kind: u32, facts: &SocketFacts) {
+    submit(kind, facts, current());
+}
+
+/// Queues one event about a packet of a socket in cgroup `cgroup_id`
+/// owned by `uid`. Packets also leave from softirq context (TCP
+/// retransmits, timers), where the current task is whoever was
+/// interrupted: its pid and name are kept only if it is in the socket's
+/// cgroup, else left zero rather than blaming a bystander.
+pub fn emit_for_packet(kind: u32, facts: &SocketFacts, cgroup_id: u64, uid: u32) {
+    let mut caller = current();
+    if caller.cgroup_id != cgroup_id {
+        caller = Caller {
+            tgid: 0,
+            pid: 0,
+            uid,
+            gid: 0,
+            cgroup_id,
+            comm: [0; COMM_LEN],
+        };
+    }
+    submit(kind, facts, caller);
+}
+
+fn submit(kind: u32, facts: &SocketFacts, caller: Caller) {
+    let Some(mut entry) = KERNEL_EVENTS.reserve::<KernelEvent>(0) else {
+        if let Some(lost) = EVENT_STATS.get_ptr_mut(STAT_EVENTS_LOST) {
+            // SAFETY: per-CPU slot. A packet program in softirq could
+            // interrupt a socket program on this CPU mid-increment and one
+            // of two counts be lost, never the counter's leaving zero: the
+            // bpfel target has no 64-bit atomic add in core to do better.
+            unsafe { *lost += 1 };
+        }
+        return;
+    };
+    entry.write(KernelEvent {
+        kind,
+        family: facts.family,
+        protocol: facts.protocol,
+        tgid: caller.tgid,
+        pid: caller.pid,
+        uid: caller.uid,
+        gid: caller.gid,
+        cgroup_id: caller.cgroup_id,
         dst_ip: facts.dst_ip,
         dst_port: facts.dst_port,
         sock_type: facts.sock_type,
         _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        comm: caller.comm,
     });
     entry.submit(0);
 }

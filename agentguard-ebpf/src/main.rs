@@ -1,24 +1,27 @@
 //! agentguard's kernel programs: every socket an agent's cgroup creates is
 //! redirected (TCP to the proxy, DNS to the agent's resolver), or refused
-//! (other UDP, raw and ICMP sockets, other transports) and reported. Each
+//! (other UDP, raw and ICMP sockets, other transports, routing options) and
+//! reported; a packet that still heads off the loopback is dropped. Each
 //! hook is a thin entry point over a `try_*`/`check` function.
 #![no_std]
 #![no_main]
 
 mod connect;
+mod egress;
 mod events;
 mod maps;
 mod redirect;
 mod sendmsg;
 mod sock_create;
 mod sockops;
+mod sockopt;
 mod transparency;
 mod unix;
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    macros::{cgroup_sock, cgroup_sock_addr, sock_ops},
-    programs::{SockAddrContext, SockContext, SockOpsContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, sock_ops},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext},
 };
 
 /// Verdicts of cgroup sock and sock_addr programs: 1 lets the (possibly
@@ -75,6 +78,16 @@ pub fn agentguard_getpeername6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock(sock_create)]
 pub fn agentguard_sock_create(ctx: SockContext) -> i32 {
     sock_create::check(&ctx)
+}
+
+#[cgroup_sockopt(setsockopt)]
+pub fn agentguard_setsockopt(ctx: SockoptContext) -> i32 {
+    sockopt::check(&ctx)
+}
+
+#[cgroup_skb(egress)]
+pub fn agentguard_egress(ctx: SkBuffContext) -> i32 {
+    egress::check(&ctx)
 }
 
 // The Unix hooks are written out by hand: aya-ebpf's #[cgroup_sock_addr]

@@ -4,6 +4,13 @@
 //!
 //! ACTIVE_ESTABLISHED runs before the proxy's accept() can return the
 //! connection (measured on this kernel), so the entry is always there in time.
+//!
+//! The proxy removes the entry when it accepts. One it never accepts (it was
+//! restarting, its queue was full, the agent gave up first) would otherwise
+//! outlive the connection, and a local process outside every agent cgroup
+//! that binds the same address and port could then dial the proxy and pass
+//! for that agent. So the entry also goes when the socket closes: state
+//! callbacks are asked for on each socket that gets one.
 
 use core::ptr::{addr_of, read_volatile};
 
@@ -17,13 +24,25 @@ use crate::maps::{PEER_RECORDS, SOCKET_RECORDS};
 /// include/uapi/linux/bpf.h: BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB. This callback
 /// is always invoked; it needs no cb_flags opt-in.
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
+/// BPF_SOCK_OPS_STATE_CB: a TCP state change (args[0] old, args[1] new), on
+/// sockets that set BPF_SOCK_OPS_STATE_CB_FLAG.
+const BPF_SOCK_OPS_STATE_CB: u32 = 10;
+const BPF_SOCK_OPS_STATE_CB_FLAG: i32 = 1 << 2;
+/// BPF_TCP_CLOSE: the socket is done (after FIN exchange, RST or timeout).
+const BPF_TCP_CLOSE: u32 = 7;
 
 pub struct Skip;
 
 pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, Skip> {
-    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-        return Ok(0);
+    let fields = read_fields(ctx);
+    match fields.op {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(ctx, &fields),
+        BPF_SOCK_OPS_STATE_CB if fields.new_state == BPF_TCP_CLOSE => closed(ctx, &fields),
+        _ => Ok(0),
     }
+}
+
+fn established(ctx: &SockOpsContext, fields: &Fields) -> Result<u32, Skip> {
     // SAFETY: the helper only reads the socket behind the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // Copy the record out before touching the map again: an LRU entry may be
@@ -34,20 +53,49 @@ pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, Skip> {
         // Not one of ours (e.g. UDP-less loopback traffic the hook let through).
         None => return Ok(0),
     };
-    let fields = read_fields(ctx);
+    let key = peer_key(fields)?;
+    PEER_RECORDS.insert(key, record, 0).map_err(|_| Skip)?;
+    let _ = SOCKET_RECORDS.remove(cookie);
+    // Without the close callback a record the proxy never takes would stay;
+    // refuse to leave one that cannot be cleaned up.
+    if ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG).is_err() {
+        let _ = PEER_RECORDS.remove(key);
+        return Err(Skip);
+    }
+    Ok(0)
+}
+
+/// The socket is gone: its entry goes too, unless the address already
+/// belongs to a newer connection (then the entry is that one's).
+fn closed(ctx: &SockOpsContext, fields: &Fields) -> Result<u32, Skip> {
+    // SAFETY: the helper only reads the socket behind the context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = peer_key(fields)?;
+    let ours = match PEER_RECORDS.get_ptr(key) {
+        // SAFETY: the pointer came from a successful lookup in this program.
+        Some(ptr) => unsafe { (*ptr).cookie == cookie },
+        None => false,
+    };
+    if ours {
+        let _ = PEER_RECORDS.remove(key);
+    }
+    Ok(0)
+}
+
+fn peer_key(fields: &Fields) -> Result<PeerKey, Skip> {
     let local_ip = match fields.family as u16 {
         AF_INET => v4_mapped(fields.local_ip4.to_ne_bytes()),
         AF_INET6 => ip6_words_to_bytes(fields.local_ip6),
         _ => return Err(Skip),
     };
     // local_port is host byte order in bpf_sock_ops (remote_port is not).
-    let key = PeerKey::new(local_ip, fields.local_port as u16);
-    PEER_RECORDS.insert(key, record, 0).map_err(|_| Skip)?;
-    let _ = SOCKET_RECORDS.remove(cookie);
-    Ok(0)
+    Ok(PeerKey::new(local_ip, fields.local_port as u16))
 }
 
 struct Fields {
+    op: u32,
+    /// args[1]: the new state, for BPF_SOCK_OPS_STATE_CB.
+    new_state: u32,
     family: u32,
     local_ip4: u32,
     local_ip6: [u32; 4],
@@ -65,6 +113,8 @@ fn read_fields(ctx: &SockOpsContext) -> Fields {
     // 4-byte reads of fields sock_ops programs may read.
     unsafe {
         Fields {
+            op: read_volatile(addr_of!((*ops).op)),
+            new_state: read_volatile(addr_of!((*ops).__bindgen_anon_1.args[1])),
             family: read_volatile(addr_of!((*ops).family)),
             local_ip4: read_volatile(addr_of!((*ops).local_ip4)),
             local_ip6: [

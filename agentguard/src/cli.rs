@@ -16,7 +16,7 @@ use crate::{
         DEFAULT_PROXY_PORT, DEFAULT_STATE_DIR, RunConfig,
     },
     daemon::{self, DaemonError},
-    ebpf::{self, EbpfError},
+    ebpf::{self, EbpfError, UnixGuard},
     exec::{self, ExecError},
     logging::{self, LogFormat},
     policy,
@@ -64,6 +64,11 @@ enum Command {
         /// Also record every redirect the kernel makes, not only refusals.
         #[arg(long)]
         report_kernel_redirects: bool,
+        /// Start even if the kernel lacks the Unix-socket hooks (before
+        /// Linux 6.7): agents can then reach any Unix socket. Without this
+        /// flag such a kernel stops start-up.
+        #[arg(long)]
+        allow_unguarded_unix_sockets: bool,
         #[command(flatten)]
         audit: audit::AuditRunArgs,
         #[command(flatten)]
@@ -246,12 +251,18 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             upstream_ca,
             dns_upstream,
             report_kernel_redirects,
+            allow_unguarded_unix_sockets,
             audit,
             tokens,
         } => {
             let cfg = RunConfig {
                 dns_upstreams: dns_upstream,
                 report_kernel_redirects,
+                unix_guard: if allow_unguarded_unix_sockets {
+                    UnixGuard::Optional
+                } else {
+                    UnixGuard::Required
+                },
                 policies_dir: policies,
                 state_dir,
                 admin_socket,

@@ -5,7 +5,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use thiserror::Error;
 
-use crate::audit::{AuditConfig, WriterConfig};
+use crate::{
+    audit::{AuditConfig, WriterConfig},
+    ebpf::UnixGuard,
+};
 
 /// Policies folder: one TOML file per agent.
 pub const DEFAULT_POLICIES_DIR: &str = "/etc/agentguard/policies";
@@ -170,6 +173,8 @@ pub struct RunConfig {
     pub dns_upstreams: Vec<SocketAddr>,
     /// Record kernel redirects as well as refusals.
     pub report_kernel_redirects: bool,
+    /// Whether a kernel without the Unix-socket hooks stops start-up.
+    pub unix_guard: UnixGuard,
     pub tokens: TokenOptions,
 }
 
@@ -225,7 +230,8 @@ impl std::fmt::Display for RunConfig {
             "policies={} state_dir={} admin_socket={} bpf_dir={} proxy_port={} upstream_ca={} \
              audit_flush={:?} audit_batch_max={} audit_queue={} audit_checkpoint_every={} \
              audit_checkpoint_interval={:?} audit_retention={} audit_max_size={} \
-             metrics_listen={} otlp_endpoint={} trust_domain={} jwks_listen={} jwt_max_body={} token_algorithm={:?}",
+             metrics_listen={} otlp_endpoint={} trust_domain={} jwks_listen={} jwt_max_body={} token_algorithm={:?} \
+             report_kernel_redirects={} unix_guard={:?}",
             self.policies_dir.display(),
             self.state_dir.display(),
             self.admin_socket.display(),
@@ -253,6 +259,8 @@ impl std::fmt::Display for RunConfig {
                 .map_or("off".into(), |a| a.to_string()),
             self.tokens.max_body,
             self.tokens.algorithm,
+            self.report_kernel_redirects,
+            self.unix_guard,
         )
     }
 }

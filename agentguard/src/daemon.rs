@@ -131,7 +131,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         );
     }
 
-    let (mut kernel, peers) = Kernel::load(&cfg.bpf_dir)?;
+    let (mut kernel, peers) = Kernel::load(&cfg.bpf_dir, cfg.unix_guard)?;
+    let unix_sockets_guarded = kernel.unix_sockets_guarded();
     let daemon_tgid = std::process::id();
     kernel.set_report_redirects(cfg.report_kernel_redirects);
     let kernel_events = kernel.take_events();
@@ -157,11 +158,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         .unwrap_or_else(|p| p.into_inner())
         .configure(port, daemon_tgid)?;
     if let Some(ring) = kernel_events {
-        let sink = audit.sink.clone();
         tokio::spawn(kernel_events::run(
             ring,
             live.clone(),
-            Arc::new(move |record| sink.record_detached(events::kernel_event(record))),
+            audit.sink.clone(),
+            events::kernel_event,
         ));
     }
     let policy_version = live.load().policy.version.clone();
@@ -213,7 +214,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         admin_socket = %cfg.admin_socket.display(),
         "agentguard ready"
     );
-    audit.record_start(&live, port).await;
+    audit.record_start(&live, port, unix_sockets_guarded).await;
 
     let mut stop = Signals::install()?;
     let mut why = "stopped: a daemon task ended".to_owned();

@@ -28,7 +28,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+        CgroupSockopt, Program, ProgramError, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
@@ -37,6 +38,7 @@ use thiserror::Error;
 use crate::cgroup::Cgroup;
 
 mod layout;
+mod sockopt_link;
 
 /// The running kernel's BTF.
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -50,17 +52,35 @@ enum Kind {
     SockAddr,
     Sock,
     SockOps,
+    Sockopt,
+    SkbEgress,
 }
 
 /// One kernel hook the daemon needs. Every one is required: running without
-/// any of them would leave a way around the proxy.
+/// any of them would leave a way around the proxy. The Unix-socket hooks
+/// (Linux 6.7) are the one exception, and only when the operator says so
+/// ([`UnixGuard::Optional`]).
 struct Hook {
     program: &'static str,
     hook: &'static str,
     kind: Kind,
 }
 
-const HOOKS: [Hook; 12] = [
+/// The hooks that guard Unix sockets.
+const UNIX_HOOKS: [&str; 2] = ["cgroup/connect_unix", "cgroup/sendmsg_unix"];
+
+/// Whether a kernel without the Unix-socket hooks may run agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnixGuard {
+    /// Refuse to start without them (the default): agents could otherwise
+    /// reach any Unix socket, the container engine's included.
+    Required,
+    /// Start without them, saying so at start, in `status` and in the audit
+    /// record (`--allow-unguarded-unix-sockets`, for kernels before 6.7).
+    Optional,
+}
+
+const HOOKS: [Hook; 14] = [
     Hook {
         program: "agentguard_connect4",
         hook: "cgroup/connect4",
@@ -110,6 +130,16 @@ const HOOKS: [Hook; 12] = [
         program: "agentguard_sockops",
         hook: "sockops",
         kind: Kind::SockOps,
+    },
+    Hook {
+        program: "agentguard_setsockopt",
+        hook: "cgroup/setsockopt",
+        kind: Kind::Sockopt,
+    },
+    Hook {
+        program: "agentguard_egress",
+        hook: "cgroup_skb/egress",
+        kind: Kind::SkbEgress,
     },
     Hook {
         program: "agentguard_connect_unix",
@@ -229,6 +259,8 @@ pub struct Kernel {
     stats: PerCpuArray<MapData, u64>,
     /// The kernel → daemon event ring buffer, until its reader takes it.
     events: Option<RingBuf<MapData>>,
+    /// Optional hooks this kernel lacks, which are not attached.
+    skipped: Vec<&'static str>,
     /// `CONFIG_*` bits written with every configure().
     flags: u32,
     pin_dir: PathBuf,
@@ -244,7 +276,7 @@ pub struct PeerRecords {
 impl Kernel {
     /// Loads the programs, reusing pinned maps if a previous daemon left them.
     /// Every hook must load: one the kernel lacks stops start-up, naming it.
-    pub fn load(pin_dir: &Path) -> Result<(Self, PeerRecords), EbpfError> {
+    pub fn load(pin_dir: &Path, unix: UnixGuard) -> Result<(Self, PeerRecords), EbpfError> {
         let maps_dir = pin_dir.join(MAPS_DIR);
         for dir in [&maps_dir, &pin_dir.join("links")] {
             create_private_dir(dir)?;
@@ -261,28 +293,16 @@ impl Kernel {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(EbpfError::Load)?;
+        let mut skipped = Vec::new();
         for hook in &HOOKS {
-            if forced.iter().any(|f| f == hook.hook) {
-                return Err(EbpfError::ForcedUnsupported(hook.hook));
+            match load_hook(&mut ebpf, hook, &forced) {
+                Ok(()) => {}
+                Err(e) if unix == UnixGuard::Optional && UNIX_HOOKS.contains(&hook.hook) => {
+                    tracing::warn!(hook = hook.hook, error = %e, "running without this hook: agents' Unix sockets are not guarded (--allow-unguarded-unix-sockets)");
+                    skipped.push(hook.hook);
+                }
+                Err(e) => return Err(e),
             }
-            // Both Unix hooks read the same struct: one check serves them.
-            if hook.program == "agentguard_connect_unix" {
-                layout::check_sock_addr_kern(Path::new(VMLINUX_BTF)).map_err(|reason| {
-                    EbpfError::Layout {
-                        hook: hook.hook,
-                        reason,
-                    }
-                })?;
-            }
-            let loaded = match hook.kind {
-                Kind::SockAddr => sock_addr_program(&mut ebpf, hook.program)?.load(),
-                Kind::Sock => sock_program(&mut ebpf, hook.program)?.load(),
-                Kind::SockOps => sockops_program(&mut ebpf, hook.program)?.load(),
-            };
-            loaded.map_err(|source| EbpfError::Unsupported {
-                hook: hook.hook,
-                source,
-            })?;
         }
 
         let map_err = |name| move |source| EbpfError::Map { name, source };
@@ -306,6 +326,7 @@ impl Kernel {
                 unix_allow,
                 stats,
                 events: Some(events),
+                skipped,
                 flags: 0,
                 pin_dir: pin_dir.to_owned(),
             },
@@ -313,6 +334,11 @@ impl Kernel {
                 map: Mutex::new(peers),
             },
         ))
+    }
+
+    /// Whether agents' Unix sockets are guarded (the kernel has the hooks).
+    pub fn unix_sockets_guarded(&self) -> bool {
+        !self.skipped.iter().any(|h| UNIX_HOOKS.contains(h))
     }
 
     /// Also report redirects (not only refusals) as kernel events; applied
@@ -482,27 +508,48 @@ impl Kernel {
             source,
         };
         let mut new_links = Vec::new();
-        for hook in &HOOKS {
+        for hook in HOOKS.iter().filter(|h| !self.skipped.contains(&h.hook)) {
             let name = hook.program;
+            let fd = cgroup_fd.as_fd();
             let link = match hook.kind {
                 Kind::SockAddr => {
-                    let prog = sock_addr_program(&mut self.ebpf, name)?;
+                    let prog = program::<CgroupSockAddr>(&mut self.ebpf, name)?;
                     let id = prog
-                        .attach(cgroup_fd.as_fd(), LINK_ATTACH_MODE)
+                        .attach(fd, LINK_ATTACH_MODE)
                         .map_err(|e| attach_err(name, e))?;
                     FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
                 }
                 Kind::Sock => {
-                    let prog = sock_program(&mut self.ebpf, name)?;
+                    let prog = program::<CgroupSock>(&mut self.ebpf, name)?;
                     let id = prog
-                        .attach(cgroup_fd.as_fd(), LINK_ATTACH_MODE)
+                        .attach(fd, LINK_ATTACH_MODE)
                         .map_err(|e| attach_err(name, e))?;
                     FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
                 }
                 Kind::SockOps => {
-                    let prog = sockops_program(&mut self.ebpf, name)?;
+                    let prog = program::<SockOps>(&mut self.ebpf, name)?;
                     let id = prog
-                        .attach(cgroup_fd.as_fd(), LINK_ATTACH_MODE)
+                        .attach(fd, LINK_ATTACH_MODE)
+                        .map_err(|e| attach_err(name, e))?;
+                    FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
+                }
+                Kind::Sockopt => {
+                    let prog = program::<CgroupSockopt>(&mut self.ebpf, name)?;
+                    let prog_fd = prog.fd().map_err(|e| attach_err(name, e))?;
+                    // bpffs reserves names with dots; this one is not a `cg` link name.
+                    let scratch = links_dir.join(format!("scratch-cg{}-{name}", cgroup.id));
+                    Ok(sockopt_link::attach(
+                        prog_fd.as_fd(),
+                        fd,
+                        sockopt_link::BPF_CGROUP_SETSOCKOPT,
+                        &scratch,
+                    )
+                    .map_err(|e| attach_err(name, ProgramError::IOError(e)))?)
+                }
+                Kind::SkbEgress => {
+                    let prog = program::<CgroupSkb>(&mut self.ebpf, name)?;
+                    let id = prog
+                        .attach(fd, CgroupSkbAttachType::Egress, LINK_ATTACH_MODE)
                         .map_err(|e| attach_err(name, e))?;
                     FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
                 }
@@ -569,30 +616,39 @@ pub fn detach_all(pin_dir: &Path) -> Result<usize, EbpfError> {
     Ok(removed)
 }
 
-fn sock_addr_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut CgroupSockAddr, EbpfError> {
-    ebpf.program_mut(name)
-        .ok_or(EbpfError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| EbpfError::Program { name, source })
+/// Loads one hook's program, after the checks that can refuse it first.
+fn load_hook(ebpf: &mut Ebpf, hook: &Hook, forced: &[String]) -> Result<(), EbpfError> {
+    if forced.iter().any(|f| f == hook.hook) {
+        return Err(EbpfError::ForcedUnsupported(hook.hook));
+    }
+    // Both Unix hooks read the same struct: one check serves them.
+    if UNIX_HOOKS.contains(&hook.hook) {
+        layout::check_sock_addr_kern(Path::new(VMLINUX_BTF)).map_err(|reason| {
+            EbpfError::Layout {
+                hook: hook.hook,
+                reason,
+            }
+        })?;
+    }
+    let name = hook.program;
+    let loaded = match hook.kind {
+        Kind::SockAddr => program::<CgroupSockAddr>(ebpf, name)?.load(),
+        Kind::Sock => program::<CgroupSock>(ebpf, name)?.load(),
+        Kind::SockOps => program::<SockOps>(ebpf, name)?.load(),
+        Kind::Sockopt => program::<CgroupSockopt>(ebpf, name)?.load(),
+        Kind::SkbEgress => program::<CgroupSkb>(ebpf, name)?.load(),
+    };
+    loaded.map_err(|source| EbpfError::Unsupported {
+        hook: hook.hook,
+        source,
+    })
 }
 
-fn sock_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut CgroupSock, EbpfError> {
-    ebpf.program_mut(name)
-        .ok_or(EbpfError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| EbpfError::Program { name, source })
-}
-
-fn sockops_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SockOps, EbpfError> {
+/// The program `name` as the type its hook needs.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, EbpfError>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or(EbpfError::MissingProgram(name))?
         .try_into()

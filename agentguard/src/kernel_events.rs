@@ -13,7 +13,10 @@ use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
-use crate::live::Live;
+use crate::{
+    audit::{AuditSink, Event},
+    live::Live,
+};
 
 /// One kernel event, resolved.
 #[derive(Debug, Clone, Serialize)]
@@ -47,12 +50,21 @@ pub struct KernelEventRecord {
     /// The Unix socket asked for: a path, or `@name` for an abstract name
     /// (bytes that are not UTF-8 are replaced).
     pub unix_path: Option<String>,
+    /// The socket option refused (`sockopt-denied`), e.g. "IPV6_RTHDR".
+    pub socket_option: Option<String>,
 }
 
-pub type OnKernelEvent = Arc<dyn Fn(KernelEventRecord) + Send + Sync>;
-
-/// Reads the ring buffer until the task is dropped.
-pub async fn run(ring: RingBuf<MapData>, live: Arc<Live>, on_event: OnKernelEvent) {
+/// Reads the ring buffer until the task is dropped, recording each event
+/// as `to_event` makes it. When the audit queue is full this waits for
+/// room, leaving records in the ring buffer: an agent that floods refusals
+/// fills that fixed-size buffer, where the kernel counts what it cannot
+/// queue (`kernel_events_lost`), instead of the daemon's memory.
+pub async fn run(
+    ring: RingBuf<MapData>,
+    live: Arc<Live>,
+    sink: AuditSink,
+    to_event: fn(KernelEventRecord) -> Event,
+) {
     // SAFETY: the RingBuf owns its map fd; it stays open and is the same fd
     // for as long as the AsyncFd owns the RingBuf.
     let registered =
@@ -76,10 +88,14 @@ pub async fn run(ring: RingBuf<MapData>, live: Arc<Live>, on_event: OnKernelEven
                 return;
             }
         };
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            if let Some(record) = decode(&item, &live) {
-                on_event(record);
+        loop {
+            // The item borrows the ring: decode copies what it needs first.
+            let record = match guard.get_inner_mut().next() {
+                Some(item) => decode(&item, &live),
+                None => break,
+            };
+            if let Some(record) = record {
+                sink.record(to_event(record)).await;
             }
         }
         guard.clear_ready();
@@ -191,6 +207,7 @@ fn identity(caller: Caller<'_>, live: &Live) -> KernelEventRecord {
         sock_type: 0,
         destination: None,
         unix_path: None,
+        socket_option: None,
     }
 }
 
@@ -213,14 +230,6 @@ fn resolve_unix(event: &UnixEvent, live: &Live) -> KernelEventRecord {
 }
 
 fn resolve(event: &KernelEvent, live: &Live) -> KernelEventRecord {
-    let destination = (event.dst_port != 0 || event.dst_ip != [0; 16]).then(|| {
-        let v6 = Ipv6Addr::from(event.dst_ip);
-        let ip = match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        };
-        SocketAddr::new(ip, event.dst_port)
-    });
     let caller = Caller {
         kind: event.kind,
         cgroup_id: event.cgroup_id,
@@ -230,6 +239,27 @@ fn resolve(event: &KernelEvent, live: &Live) -> KernelEventRecord {
         gid: event.gid,
         comm: &event.comm,
     };
+    if event.kind == event_kind::SOCKOPT_DENIED {
+        // The record carries the option's level where the protocol goes
+        // and its number where the port goes.
+        return KernelEventRecord {
+            family: if event.protocol == IPPROTO_IPV6 {
+                "ipv6"
+            } else {
+                "ipv4"
+            },
+            socket_option: Some(socket_option_name(event.protocol, event.dst_port)),
+            ..identity(caller, live)
+        };
+    }
+    let destination = (event.dst_port != 0 || event.dst_ip != [0; 16]).then(|| {
+        let v6 = Ipv6Addr::from(event.dst_ip);
+        let ip = match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        };
+        SocketAddr::new(ip, event.dst_port)
+    });
     KernelEventRecord {
         family: if event.family == AF_INET {
             "ipv4"
@@ -240,6 +270,20 @@ fn resolve(event: &KernelEvent, live: &Live) -> KernelEventRecord {
         sock_type: event.sock_type,
         destination,
         ..identity(caller, live)
+    }
+}
+
+const IPPROTO_IPV6: u16 = 41;
+
+/// The names in include/uapi/linux/in.h and in6.h of the options the
+/// setsockopt program refuses.
+fn socket_option_name(level: u16, name: u16) -> String {
+    match (level, name) {
+        (0, 4) => "IP_OPTIONS".to_owned(),
+        (IPPROTO_IPV6, 5) => "IPV6_2292RTHDR".to_owned(),
+        (IPPROTO_IPV6, 6) => "IPV6_2292PKTOPTIONS".to_owned(),
+        (IPPROTO_IPV6, 57) => "IPV6_RTHDR".to_owned(),
+        _ => format!("level {level} option {name}"),
     }
 }
 
@@ -254,6 +298,8 @@ pub fn kind_name(kind: u32) -> &'static str {
         event_kind::RECORD_FAILED => "record-failed",
         event_kind::UNIX_CONNECT_DENIED => "unix-connect-denied",
         event_kind::UNIX_SENDMSG_DENIED => "unix-sendmsg-denied",
+        event_kind::EGRESS_DENIED => "egress-denied",
+        event_kind::SOCKOPT_DENIED => "sockopt-denied",
         event_kind::TCP_REDIRECTED => "tcp-redirected",
         event_kind::DNS_REDIRECTED => "dns-redirected",
         _ => "unknown",

@@ -48,6 +48,7 @@ pub struct Daemon {
     child: Option<Child>,
     upstream_ca: Option<PathBuf>,
     run_args: Vec<String>,
+    run_env: Vec<(String, String)>,
     dir: tempfile::TempDir,
     pub admin_socket: PathBuf,
     pub bpf_dir: PathBuf,
@@ -75,6 +76,17 @@ impl Daemon {
     /// [`Daemon::start_with`], passing `run_args` to `agentguard run` too
     /// (audit, metrics and OTLP flags).
     pub fn start_with_args(agents: &[&str], options: DaemonOptions<'_>, run_args: &[&str]) -> Self {
+        Self::start_with_env(agents, options, run_args, &[])
+    }
+
+    /// [`Daemon::start_with_args`] with `env` set for `agentguard run`
+    /// (test hooks).
+    pub fn start_with_env(
+        agents: &[&str],
+        options: DaemonOptions<'_>,
+        run_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         require_root();
         let n = INSTANCE.fetch_add(1, Ordering::SeqCst);
         let tag = format!("agentguard-test-{}-{n}", std::process::id());
@@ -96,6 +108,10 @@ impl Daemon {
             child: None,
             upstream_ca: options.upstream_ca.map(Path::to_owned),
             run_args: run_args.iter().map(|a| a.to_string()).collect(),
+            run_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             admin_socket: dir.path().join("admin.sock"),
             bpf_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
             cgroup_parent: cgroup_mount.join(&tag),
@@ -127,7 +143,9 @@ impl Daemon {
         if let Some(ca) = &self.upstream_ca {
             command.arg("--upstream-ca").arg(ca);
         }
-        command.args(&self.run_args);
+        command
+            .args(&self.run_args)
+            .envs(self.run_env.iter().cloned());
         let child = command
             .arg("--policies")
             .arg(self.dir.path().join("policies"))

@@ -359,7 +359,12 @@ fn a_double_forked_setsid_daemon_is_covered_for_tcp_udp_and_dns() {
 #[test]
 fn a_kernel_without_a_needed_hook_stops_start_up_naming_it() {
     require_root();
-    for hook in ["cgroup/sendmsg4", "cgroup/connect_unix"] {
+    for hook in [
+        "cgroup/sendmsg4",
+        "cgroup/connect_unix",
+        "cgroup/setsockopt",
+        "cgroup_skb/egress",
+    ] {
         let attempt = crate::common::start_attempt(
             "probe",
             (

@@ -15,7 +15,7 @@ fn killed_daemon_fails_closed_and_restart_resumes() {
     assert_eq!(upstream.hits(), 1);
     let links_before = daemon.pinned_links();
     // One pinned link per kernel hook.
-    assert_eq!(links_before.len(), 12, "{links_before:?}");
+    assert_eq!(links_before.len(), 14, "{links_before:?}");
 
     daemon.kill9();
     // The daemon cannot help here (it is dead): join the cgroup directly.
@@ -38,7 +38,7 @@ fn killed_daemon_fails_closed_and_restart_resumes() {
 
     // The new daemon replaced the old links rather than stacking new ones.
     let links_after = daemon.pinned_links();
-    assert_eq!(links_after.len(), 12, "{links_after:?}");
+    assert_eq!(links_after.len(), 14, "{links_after:?}");
     assert!(links_after.iter().all(|l| !links_before.contains(l)));
 }
 

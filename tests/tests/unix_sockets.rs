@@ -382,3 +382,43 @@ fn agents_cannot_make_namespaces_to_remount_an_allowed_path() {
         "unshare-cmd True\nunshare-user True 0\nspawn True\n"
     );
 }
+
+#[test]
+fn a_kernel_without_the_unix_hooks_runs_only_when_told_and_says_so() {
+    require_root();
+    let hooks = "cgroup/connect_unix,cgroup/sendmsg_unix";
+    let daemon = Daemon::start_with_env(
+        &[AGENT],
+        DaemonOptions::default(),
+        &["--allow-unguarded-unix-sockets"],
+        &[("AGENTGUARD_TEST_UNSUPPORTED_HOOKS", hooks)],
+    );
+    // Said at start (the log), in the record and in status.
+    assert!(
+        daemon
+            .log()
+            .contains("agents' Unix sockets are not guarded"),
+        "{}",
+        daemon.log()
+    );
+    let start = daemon.wait_for_events("the start event", |e| {
+        e.iter().any(|e| e["kind"] == "daemon_start")
+    });
+    let start = start.iter().find(|e| e["kind"] == "daemon_start").unwrap();
+    assert!(
+        start["reason"]
+            .as_str()
+            .unwrap()
+            .contains("UNIX SOCKETS NOT GUARDED"),
+        "{start}"
+    );
+    assert_eq!(daemon.status()["unix_sockets_guarded"], false);
+    // The other hooks are all there: only the two Unix ones are missing.
+    let links = daemon.pinned_links();
+    assert_eq!(links.len(), 12, "{links:?}");
+    assert!(!links.iter().any(|l| l.contains("unix")), "{links:?}");
+
+    // And it is true: an unlisted socket is reachable.
+    let s = servers(&format!("unguarded{}", std::process::id()));
+    assert_eq!(reach(&daemon, &s.dir.path().join("denied.sock")), "ok");
+}

@@ -277,6 +277,11 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<AdminBody> {
 
 fn status(state: &AdminState) -> StatusView {
     let live = state.live.load();
+    // One lock, released before the view is built.
+    let (kernel_events_lost, unix_sockets_guarded) = {
+        let kernel = state.kernel.lock().unwrap_or_else(|p| p.into_inner());
+        (kernel.events_lost(), kernel.unix_sockets_guarded())
+    };
     StatusView {
         pid: std::process::id(),
         proxy_port: state.proxy_port,
@@ -291,12 +296,8 @@ fn status(state: &AdminState) -> StatusView {
         connections_total: state.log.total(),
         requests_total: state.requests.total(),
         audit: Some(state.audit.status()),
-        kernel_events_lost: state
-            .kernel
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .events_lost(),
-        unix_sockets_guarded: true,
+        kernel_events_lost,
+        unix_sockets_guarded,
     }
 }
 

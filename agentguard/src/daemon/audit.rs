@@ -73,13 +73,19 @@ impl AuditRuntime {
         Ok(())
     }
 
-    pub async fn record_start(&self, live: &Live, proxy_port: u16) {
+    pub async fn record_start(&self, live: &Live, proxy_port: u16, unix_sockets_guarded: bool) {
         let state = live.load();
         let mut e = Event::new(Kind::DaemonStart);
         e.pid = Some(std::process::id());
         e.policy_version = Some(state.policy.version.clone());
+        // An auditor reading the record must see the gap, not only the log.
+        let unix = if unix_sockets_guarded {
+            ""
+        } else {
+            "; UNIX SOCKETS NOT GUARDED: the kernel lacks cgroup/connect_unix (--allow-unguarded-unix-sockets)"
+        };
         e.reason = Some(format!(
-            "agentguard {} started: {} agent(s), proxy port {proxy_port}",
+            "agentguard {} started: {} agent(s), proxy port {proxy_port}{unix}",
             env!("CARGO_PKG_VERSION"),
             state.policy.agents.len()
         ));

@@ -11,6 +11,9 @@ fn protocol_name(record: &KernelEventRecord) -> &'static str {
     if record.unix_path.is_some() {
         return "unix";
     }
+    if record.socket_option.is_some() {
+        return "sockopt";
+    }
     match (record.sock_type, record.protocol) {
         (3, _) => "raw",
         (_, 1) | (_, 58) => "icmp",
@@ -42,7 +45,28 @@ pub fn kernel_event(record: KernelEventRecord) -> Event {
     // The socket's path takes the place a request's path has: what the
     // agent tried to reach, queryable with the other events.
     event.path = record.unix_path.clone();
-    let (decision, reason) = if let Some(path) = &record.unix_path {
+    let (decision, reason) = if let Some(option) = &record.socket_option {
+        (
+            Decision::Refuse,
+            format!(
+                "refused in the kernel ({}): setsockopt {option} by {}: it would route packets past agentguard's redirect",
+                record.kind, record.comm
+            ),
+        )
+    } else if record.kind == "egress-denied" {
+        let to = record
+            .destination
+            .map_or_else(|| "an unknown address".to_owned(), |d| d.to_string());
+        (
+            Decision::Refuse,
+            format!(
+                "dropped in the kernel ({}): a {} {} packet for {to}, off the loopback: it got past agentguard's redirect (a routing header or source route, or a socket accepted from another host)",
+                record.kind,
+                record.family,
+                protocol_name(&record)
+            ),
+        )
+    } else if let Some(path) = &record.unix_path {
         let why = if record.below_agent_cgroup {
             "the caller's cgroup is below the agent's, and only the agent's own cgroup has unix_sockets"
         } else {

@@ -1,0 +1,112 @@
+//! cgroup_skb/egress: the backstop behind the address hooks. Every packet
+//! an agent's socket may legitimately send goes to the loopback: TCP to the
+//! proxy, DNS to its resolver, replies to them. A packet for any other
+//! address got past the redirect some other way and is dropped (the
+//! sender gets EPERM), then reported:
+//!
+//! - an IPv6 routing header (setsockopt or a per-datagram cmsg; RFC 8754
+//!   segment routing needs no privilege) or an IPv4 source route sends the
+//!   packet to the first hop it names, not to the address the connect or
+//!   sendmsg hook rewrote;
+//! - a socket the agent accepted from another host answers that host
+//!   directly, without a connect.
+//!
+//! It runs per packet, so it only reads the fixed IP header (and the ports
+//! for the report).
+
+use agentguard_common::{AF_INET, AF_INET6, event_kind, v4_mapped};
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::generated::{bpf_get_socket_uid, bpf_skb_cgroup_id},
+    programs::SkBuffContext,
+};
+
+use crate::events::{SocketFacts, emit_for_packet};
+
+/// cgroup_skb verdicts.
+const PASS: i32 = 1;
+const DROP: i32 = 0;
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPV6_HEADER_LEN: usize = 40;
+
+pub fn check(ctx: &SkBuffContext) -> i32 {
+    // Whatever cannot be read is not known to be loopback: drop.
+    match destination(ctx) {
+        Some(dst) if dst.loopback => PASS,
+        Some(dst) => {
+            report(ctx, &dst.facts);
+            DROP
+        }
+        None => DROP,
+    }
+}
+
+struct Destination {
+    loopback: bool,
+    facts: SocketFacts,
+}
+
+fn destination(ctx: &SkBuffContext) -> Option<Destination> {
+    // cgroup_skb programs see the packet from its network header.
+    let first: u8 = ctx.load(0).ok()?;
+    match first >> 4 {
+        4 => {
+            let ihl = usize::from(first & 0x0f) * 4;
+            let protocol: u8 = ctx.load(9).ok()?;
+            let daddr: [u8; 4] = ctx.load(16).ok()?;
+            Some(Destination {
+                loopback: daddr[0] == 127,
+                facts: SocketFacts {
+                    family: AF_INET,
+                    protocol: u16::from(protocol),
+                    sock_type: 0,
+                    dst_ip: v4_mapped(daddr),
+                    dst_port: dst_port(ctx, protocol, ihl),
+                },
+            })
+        }
+        6 => {
+            let next: u8 = ctx.load(6).ok()?;
+            let daddr: [u8; 16] = ctx.load(24).ok()?;
+            Some(Destination {
+                loopback: is_ip6_loopback(&daddr),
+                facts: SocketFacts {
+                    family: AF_INET6,
+                    protocol: u16::from(next),
+                    sock_type: 0,
+                    dst_ip: daddr,
+                    // With extension headers (a routing header) the
+                    // transport header is further on: the port stays 0.
+                    dst_port: dst_port(ctx, next, IPV6_HEADER_LEN),
+                },
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `::1`, or an IPv4-mapped 127/8 address (which the kernel sends as
+/// IPv4, so it should not appear here; accepted for what it names).
+fn is_ip6_loopback(ip: &[u8; 16]) -> bool {
+    let mut v6_loopback = [0u8; 16];
+    v6_loopback[15] = 1;
+    *ip == v6_loopback || (ip[..12] == v4_mapped([0; 4])[..12] && ip[12] == 127)
+}
+
+fn dst_port(ctx: &SkBuffContext, protocol: u8, transport_offset: usize) -> u16 {
+    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
+        return 0;
+    }
+    ctx.load::<[u8; 2]>(transport_offset + 2)
+        .map(u16::from_be_bytes)
+        .unwrap_or(0)
+}
+
+fn report(ctx: &SkBuffContext, facts: &SocketFacts) {
+    let skb = ctx.as_ptr().cast();
+    // SAFETY: both helpers only read the socket buffer the kernel passed.
+    let (cgroup_id, uid) = unsafe { (bpf_skb_cgroup_id(skb), bpf_get_socket_uid(skb)) };
+    emit_for_packet(event_kind::EGRESS_DENIED, facts, cgroup_id, uid);
+}

@@ -1,0 +1,224 @@
+//! Behind the address hooks: socket options that would route packets past
+//! the redirect are refused, a packet that still heads off the loopback is
+//! dropped in the kernel, and a closed connection's kernel record cannot
+//! be claimed by another process.
+//!
+//! Safety of these tests: the only non-loopback addresses used (192.0.2.99,
+//! 2001:db8::99, documentation prefixes) are routed through a veth pair
+//! inside a network namespace the test creates, so even a guard that failed
+//! would not send a packet off the machine.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    process::{Output, Stdio},
+    time::Duration,
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use crate::common::{Daemon, require_root, run_with_pid, text};
+
+const AGENT: &str = "egress-agent";
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "agent failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[test]
+fn routing_options_are_refused_and_recorded() {
+    require_root();
+    let daemon = Daemon::start(&[AGENT]);
+    // An RFC 8754 segment routing header naming 2001:db8::99 as the next
+    // hop: any user may set one, and the kernel would send every packet of
+    // the socket there, whatever address the connect hook wrote.
+    let script = "import errno, socket, struct\n\
+        seg = socket.inet_pton(socket.AF_INET6, '2001:db8::99')\n\
+        srh = struct.pack('!BBBBBBH', 0, 4, 4, 1, 1, 0, 0) + bytes(16) + seg\n\
+        lsrr = bytes([1, 0x83, 7, 4]) + socket.inet_aton('192.0.2.99')\n\
+        for name, family, kind, level, opt, value in (\n\
+        \x20   ('tcp6-rthdr', socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_IPV6, socket.IPV6_RTHDR, srh),\n\
+        \x20   ('udp6-rthdr', socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_IPV6, socket.IPV6_RTHDR, srh),\n\
+        \x20   ('udp4-options', socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_IP, socket.IP_OPTIONS, lsrr)):\n\
+        \x20   s = socket.socket(family, kind)\n\
+        \x20   try:\n\
+        \x20       s.setsockopt(level, opt, value); print(name, 'set')\n\
+        \x20   except OSError as e: print(name, errno.errorcode[e.errno])\n\
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 7)\n\
+        print('hops', s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS))\n";
+    // As root with every capability kept: IP_OPTIONS would otherwise need
+    // CAP_NET_RAW, and only agentguard's hook is left to say no.
+    let (pid, out) = run_with_pid(daemon.exec_with(
+        AGENT,
+        &["--allow-root", "--keep-capabilities"],
+        &["python3", "-c", script],
+    ));
+    assert_eq!(
+        ok(&out),
+        "tcp6-rthdr EPERM\nudp6-rthdr EPERM\nudp4-options EPERM\nhops 7\n",
+        "other options still work"
+    );
+    let refusals = daemon.wait_for_refusals(pid, 3);
+    let seen: Vec<(&str, &str)> = refusals
+        .iter()
+        .map(|e| (e["rule"].as_str().unwrap(), e["protocol"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seen, vec![("kernel:sockopt-denied", "sockopt"); 3]);
+    let reasons: Vec<&str> = refusals
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    for (reason, option) in reasons
+        .iter()
+        .zip(["IPV6_RTHDR", "IPV6_RTHDR", "IP_OPTIONS"])
+    {
+        assert!(
+            reason.contains(&format!("setsockopt {option} ")),
+            "{reason}"
+        );
+    }
+    for e in &refusals {
+        assert_eq!(e["agent"], AGENT, "{e}");
+        assert_eq!(e["comm"], "python3", "{e}");
+    }
+    assert_eq!(daemon.status()["kernel_events_lost"], 0);
+}
+
+#[test]
+fn source_routed_packets_are_dropped_at_egress() {
+    require_root();
+    let daemon = Daemon::start(&[AGENT]);
+    // IP options per datagram (a cmsg) get past any setsockopt hook: a DNS
+    // query the sendmsg hook sends to agentguard's resolver on 127.0.0.1,
+    // loose-source-routed through 192.0.2.99, would leave by that hop.
+    let script = "import errno, socket\n\
+        lsrr = bytes([1, 0x83, 7, 4]) + socket.inet_aton('192.0.2.99')\n\
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        try:\n\
+        \x20   u.sendmsg([b'leak'], [(socket.IPPROTO_IP, socket.IP_RETOPTS, lsrr)], 0, ('127.0.0.1', 53)); print('sent')\n\
+        except OSError as e: print(errno.errorcode[e.errno])\n";
+    // A namespace with a route to 192.0.2.0/24 over a veth pair (its other
+    // end is the only "host" there), so the packet would really leave by
+    // that hop if the kernel let it. Root with CAP_NET_RAW kept: IP options
+    // need it.
+    let exec = daemon.exec_with(
+        AGENT,
+        &["--allow-root", "--keep-capabilities"],
+        &["python3", "-c", script],
+    );
+    let setup = "ip link set lo up && ip link add ag0 type veth peer name ag1 \
+         && ip link set ag0 up && ip link set ag1 up \
+         && ip addr add 192.0.2.1/24 dev ag0 \
+         && ip neigh add 192.0.2.99 lladdr 02:00:00:00:00:99 dev ag0 \
+         && exec \"$@\"";
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--net", "sh", "-c", setup, "sh"])
+        .arg(exec.get_program())
+        .args(exec.get_args());
+    let (pid, out) = run_with_pid(cmd);
+    assert_eq!(ok(&out), "EPERM\n");
+    let refusals = daemon.wait_for_refusals(pid, 1);
+    let e = &refusals[0];
+    assert_eq!(e["rule"], "kernel:egress-denied", "{e}");
+    assert_eq!(e["dst_ip"], "192.0.2.99", "{e}");
+    assert_eq!(e["protocol"], "udp", "{e}");
+    assert_eq!(e["agent"], AGENT, "{e}");
+    // Sent from the agent's own syscall: the event names it.
+    assert_eq!(e["pid"], pid, "{e}");
+    assert_eq!(daemon.status()["kernel_events_lost"], 0);
+}
+
+/// SIGCONTs the daemon if the test fails while it is stopped.
+struct Resume(Pid);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGCONT);
+    }
+}
+
+#[test]
+fn a_dead_connections_record_cannot_be_claimed_after_a_restart() {
+    require_root();
+    let mut daemon = Daemon::start(&[AGENT]);
+    let pid = Pid::from_raw(daemon.status()["pid"].as_i64().unwrap() as i32);
+    // The agent starts (exec asks the running daemon), then waits for its
+    // cue to connect.
+    let script = "import socket, sys\n\
+        sys.stdin.readline()\n\
+        s = socket.create_connection(('127.0.0.2', 9), timeout=5)\n\
+        print(s.getsockname()[1], flush=True)\n\
+        try:\n\
+        \x20   print('read', s.recv(1))\n\
+        except OSError as e: print(type(e).__name__)\n";
+    let mut agent = daemon
+        .exec(AGENT, &["python3", "-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(agent.stdout.take().unwrap()).lines();
+    // Wait until exec has become python (done with the daemon) before
+    // stopping the daemon.
+    let comm = format!("/proc/{}/comm", agent.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&comm).unwrap_or_default().trim() != "python3" {
+        assert!(std::time::Instant::now() < deadline, "agent never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Stopped, the daemon accepts nothing: the agent's connection is
+    // established in the listen queue and its kernel record waits there.
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let resume = Resume(pid);
+    agent.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let port: u16 = lines.next().unwrap().unwrap().parse().unwrap();
+    // The daemon dies with the connection never accepted: the kernel
+    // resets it, and the agent's socket closes.
+    daemon.kill9();
+    drop(resume);
+    assert_eq!(lines.next().unwrap().unwrap(), "ConnectionResetError");
+    assert!(agent.wait().unwrap().success());
+
+    // A process outside every agent cgroup takes the same local address
+    // and dials the restarted daemon's proxy port directly.
+    daemon.restart();
+    let proxy_port = daemon.status()["proxy_port"].as_u64().unwrap() as u16;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket
+        .bind(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, port).into())
+        .unwrap();
+    socket
+        .connect(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, proxy_port).into())
+        .unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.2:9\r\n\r\n")
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    assert!(
+        reply.is_empty(),
+        "the proxy answered: {}",
+        String::from_utf8_lossy(&reply)
+    );
+    // Not the agent: the record went with the socket it described.
+    let entries = daemon.connections();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["decision"], "refuse", "{entries:?}");
+    assert!(entries[0]["identity"].is_null(), "{entries:?}");
+}
