@@ -12,7 +12,9 @@ mod upstream;
 
 use std::{
     collections::HashMap,
+    future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, Mutex, OnceLock},
 };
 
@@ -55,8 +57,11 @@ pub struct DnsQueryRecord {
     pub policy_version: String,
 }
 
-/// Where recorded queries go (the audit stream).
-pub type OnQuery = Arc<dyn Fn(DnsQueryRecord) + Send + Sync>;
+/// Where recorded queries go (the audit stream). The resolver awaits the
+/// returned future before it replies, so a full audit queue slows the
+/// resolver down (backpressure) instead of piling up records.
+pub type OnQuery =
+    Arc<dyn Fn(DnsQueryRecord) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Shared by all of one agent's listeners.
 struct Shared {

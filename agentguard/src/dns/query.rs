@@ -12,6 +12,11 @@ use super::{DnsQueryRecord, Shared, upstream};
 
 /// Answers one DNS message from `client`; `None` when nothing should be
 /// sent back (unparseable input).
+///
+/// The record of each query is handed to the audit stream before the reply
+/// goes out, waiting while its queue is full: a resolver flooded faster
+/// than the audit store can write slows down instead of queueing without
+/// bound.
 pub async fn answer(
     shared: &Shared,
     agent: &str,
@@ -38,11 +43,11 @@ pub async fn answer(
     };
     let Ok(request) = Message::from_bytes(bytes) else {
         record.rcode = "malformed".into();
-        (shared.on_query)(record);
+        (shared.on_query)(record).await;
         return None;
     };
     let Some(query) = request.queries().first() else {
-        return respond(shared, record, refusal(&request, ResponseCode::FormErr));
+        return respond(shared, record, refusal(&request, ResponseCode::FormErr)).await;
     };
     record.name = query.name().to_utf8().trim_end_matches('.').to_owned();
     record.qtype = query.query_type().to_string();
@@ -54,7 +59,7 @@ pub async fn answer(
             .is_some_and(|policy| policy.resolves(&record.name));
     if !allowed {
         record.decision = "deny";
-        return respond(shared, record, refusal(&request, ResponseCode::NXDomain));
+        return respond(shared, record, refusal(&request, ResponseCode::NXDomain)).await;
     }
     match upstream::forward(&shared.upstreams, bytes, request.id(), transport).await {
         Ok(reply) => {
@@ -68,12 +73,12 @@ pub async fn answer(
                 record.rcode = parsed.response_code().to_string();
                 remember_addresses(shared, agent, &record.name, &parsed);
             }
-            (shared.on_query)(record);
+            (shared.on_query)(record).await;
             Some(reply)
         }
         Err(e) => {
             tracing::warn!(agent, name = %record.name, error = %e, "no upstream resolver answered");
-            respond(shared, record, refusal(&request, ResponseCode::ServFail))
+            respond(shared, record, refusal(&request, ResponseCode::ServFail)).await
         }
     }
 }
@@ -92,9 +97,9 @@ fn remember_addresses(shared: &Shared, agent: &str, name: &str, reply: &Message)
     }
 }
 
-fn respond(shared: &Shared, mut record: DnsQueryRecord, reply: Message) -> Option<Vec<u8>> {
+async fn respond(shared: &Shared, mut record: DnsQueryRecord, reply: Message) -> Option<Vec<u8>> {
     record.rcode = reply.response_code().to_string();
-    (shared.on_query)(record);
+    (shared.on_query)(record).await;
     reply.to_vec().ok()
 }
 
