@@ -1,13 +1,16 @@
 //! agentguard's own resolver. The kernel sends every DNS query of an agent
 //! (UDP or TCP port 53, whatever server it named) to a port of this
 //! resolver reserved for that agent, so the port alone says whose query it
-//! is. A name the agent's policy can reach is forwarded to the host's
-//! resolvers; any other name gets NXDOMAIN, so DNS is not a way to reach
-//! or signal hosts outside the policy. Every query is recorded.
+//! is. Only standard queries are answered, and of those only the question
+//! is forwarded (see `sanitise`). A name the agent's policy can reach is
+//! forwarded to the host's resolvers; any other name gets NXDOMAIN, so DNS
+//! is not a way to reach or signal hosts outside the policy. Every query is
+//! recorded.
 
 mod answers;
 mod listener;
 mod query;
+mod sanitise;
 mod upstream;
 
 use std::{
@@ -43,9 +46,14 @@ pub struct DnsQueryRecord {
     pub name: String,
     /// Record type, e.g. "A", "AAAA".
     pub qtype: String,
-    /// "allow" (forwarded), "deny" (NXDOMAIN by policy) or "fail" (no
-    /// upstream answered, or the query was malformed).
+    /// "allow" (forwarded), "deny" (NXDOMAIN by policy), "refuse" (not a
+    /// standard query: answered NOTIMP, FORMERR or REFUSED, never
+    /// forwarded) or "fail" (no upstream answered usably, or the message
+    /// could not be parsed).
     pub decision: &'static str,
+    /// Why a query was refused or failed, when there is more to say than
+    /// the rcode.
+    pub detail: Option<String>,
     /// The answer's records, as text.
     pub answers: Vec<String>,
     /// DNS response code sent to the agent.
