@@ -52,6 +52,18 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// The stdout of an agent that must have succeeded; on failure the test
+/// fails with everything the agent printed.
+pub fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "agent failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
 /// The outcome of [`start_attempt`].
 pub struct StartAttempt {
     pub out: std::process::Output,

@@ -4,6 +4,7 @@ mod audit;
 mod bypass;
 mod cli_errors;
 mod credentials;
+mod dns;
 mod egress;
 mod fail_closed;
 mod interception;

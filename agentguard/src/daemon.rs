@@ -270,9 +270,15 @@ fn start_resolvers(cfg: &RunConfig, sink: crate::audit::AuditSink) -> Resolvers 
         );
     }
     info!(?upstreams, "agents' DNS goes to agentguard's resolver");
+    // `record`, not `record_detached`: the resolver awaits room in the
+    // audit queue before it replies, so an agent looping on queries slows
+    // itself down instead of queueing events (and tasks) without bound.
     Resolvers::new(
         upstreams,
-        Arc::new(move |record| sink.record_detached(events::dns_event(record))),
+        Arc::new(move |record| {
+            let sink = sink.clone();
+            Box::pin(async move { sink.record(events::dns_event(record)).await })
+        }),
     )
 }
 

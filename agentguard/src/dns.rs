@@ -1,18 +1,23 @@
 //! agentguard's own resolver. The kernel sends every DNS query of an agent
 //! (UDP or TCP port 53, whatever server it named) to a port of this
 //! resolver reserved for that agent, so the port alone says whose query it
-//! is. A name the agent's policy can reach is forwarded to the host's
-//! resolvers; any other name gets NXDOMAIN, so DNS is not a way to reach
-//! or signal hosts outside the policy. Every query is recorded.
+//! is. Only standard queries are answered, and of those only the question
+//! is forwarded (see `sanitise`). A name the agent's policy can reach is
+//! forwarded to the host's resolvers; any other name gets NXDOMAIN, so DNS
+//! is not a way to reach or signal hosts outside the policy. Every query is
+//! recorded.
 
 mod answers;
 mod listener;
 mod query;
+mod sanitise;
 mod upstream;
 
 use std::{
     collections::HashMap,
+    future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, Mutex, OnceLock},
 };
 
@@ -41,9 +46,14 @@ pub struct DnsQueryRecord {
     pub name: String,
     /// Record type, e.g. "A", "AAAA".
     pub qtype: String,
-    /// "allow" (forwarded), "deny" (NXDOMAIN by policy) or "fail" (no
-    /// upstream answered, or the query was malformed).
+    /// "allow" (forwarded), "deny" (NXDOMAIN by policy), "refuse" (not a
+    /// standard query: answered NOTIMP, FORMERR or REFUSED, never
+    /// forwarded) or "fail" (no upstream answered usably, or the message
+    /// could not be parsed).
     pub decision: &'static str,
+    /// Why a query was refused or failed, when there is more to say than
+    /// the rcode.
+    pub detail: Option<String>,
     /// The answer's records, as text.
     pub answers: Vec<String>,
     /// DNS response code sent to the agent.
@@ -55,8 +65,11 @@ pub struct DnsQueryRecord {
     pub policy_version: String,
 }
 
-/// Where recorded queries go (the audit stream).
-pub type OnQuery = Arc<dyn Fn(DnsQueryRecord) + Send + Sync>;
+/// Where recorded queries go (the audit stream). The resolver awaits the
+/// returned future before it replies, so a full audit queue slows the
+/// resolver down (backpressure) instead of piling up records.
+pub type OnQuery =
+    Arc<dyn Fn(DnsQueryRecord) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Shared by all of one agent's listeners.
 struct Shared {

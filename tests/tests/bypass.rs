@@ -9,7 +9,7 @@ use std::{net::Ipv4Addr, process::Output};
 use serde_json::Value;
 
 use crate::common::{
-    Daemon, DaemonOptions, DnsUpstream, Upstream, require_root, run_with_pid, text,
+    Daemon, DaemonOptions, DnsUpstream, Upstream, ok, require_root, run_with_pid, text,
 };
 
 const AGENT: &str = "bypass-agent";
@@ -62,16 +62,6 @@ fn python(s: &Setup, flags: &[&str], script: &str) -> (u32, Output) {
         NAMESERVER,
         &["python3", "-c", script],
     ))
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "agent failed:\n{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
 }
 
 #[test]

@@ -106,6 +106,7 @@ pub fn dns_event(record: DnsQueryRecord) -> Event {
     event.rule = Some(match record.decision {
         "allow" => "dns:policy-host".to_owned(),
         "deny" => "dns:default-deny".to_owned(),
+        "refuse" => "dns:not-a-standard-query".to_owned(),
         _ => "dns:failure".to_owned(),
     });
     let decision = match record.decision {
@@ -118,5 +119,9 @@ pub fn dns_event(record: DnsQueryRecord) -> Event {
     } else {
         record.answers.join(", ")
     };
-    event.with_decision(decision, format!("{} ({answers})", record.rcode))
+    let reason = match record.detail {
+        Some(detail) => format!("{} ({answers}): {detail}", record.rcode),
+        None => format!("{} ({answers})", record.rcode),
+    };
+    event.with_decision(decision, reason)
 }

@@ -21,6 +21,10 @@ use super::{Shared, query};
 /// Queries of one agent answered at once; beyond this, new ones wait, so
 /// an agent flooding its resolver cannot exhaust the daemon's memory.
 const MAX_IN_FLIGHT: usize = 256;
+/// TCP connections of one agent served at once; further ones wait in the
+/// kernel's accept queue. Without it, each connection would be a task and
+/// a buffer of its own, however many the agent opens.
+const MAX_TCP_SESSIONS: usize = 64;
 /// A TCP DNS client idle this long is disconnected.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Port collisions between the v4 and v6 binds are retried this often.
@@ -50,9 +54,11 @@ impl AgentResolver {
             let (agent, shared, limit) = (agent.clone(), shared.clone(), limit.clone());
             tasks.push(tokio::spawn(serve_udp(Arc::new(udp), agent, shared, limit)));
         }
+        let sessions = Arc::new(Semaphore::new(MAX_TCP_SESSIONS));
         for tcp in [tcp4, tcp6] {
             let (agent, shared, limit) = (agent.clone(), shared.clone(), limit.clone());
-            tasks.push(tokio::spawn(serve_tcp(tcp, agent, shared, limit)));
+            let sessions = sessions.clone();
+            tasks.push(tokio::spawn(serve_tcp(tcp, agent, shared, limit, sessions)));
         }
         Ok(Self { port, tasks })
     }
@@ -125,8 +131,12 @@ async fn serve_tcp(
     agent: Arc<str>,
     shared: Arc<Shared>,
     limit: Arc<Semaphore>,
+    sessions: Arc<Semaphore>,
 ) {
     loop {
+        let Ok(session) = sessions.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((stream, client)) = listener.accept().await else {
             continue;
         };
@@ -135,6 +145,7 @@ async fn serve_tcp(
             if let Err(e) = tcp_session(stream, client, &agent, &shared, &limit).await {
                 debug!(%client, error = %e, "dns tcp session ended");
             }
+            drop(session);
         });
     }
 }

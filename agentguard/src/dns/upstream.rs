@@ -28,7 +28,10 @@ pub fn system_resolvers() -> Vec<SocketAddr> {
 }
 
 /// Sends `query` to each upstream in turn until one answers with the same
-/// id. A truncated UDP answer is retried over TCP, as RFC 7766 asks.
+/// id, over the transport the agent used. A truncated UDP answer is passed
+/// on as it is: the agent then asks again over TCP (RFC 7766 §5), which the
+/// kernel brings here too; answering its UDP query with a TCP-sized reply
+/// would overrun the buffer it said it has.
 pub async fn forward(
     upstreams: &[SocketAddr],
     query: &[u8],
@@ -43,12 +46,6 @@ pub async fn forward(
             timeout(ATTEMPT_TIMEOUT, over_udp(server, query, id)).await
         };
         match attempt {
-            Ok(Ok(reply)) if transport == "udp" && truncated(&reply) => {
-                match timeout(ATTEMPT_TIMEOUT, over_tcp(server, query)).await {
-                    Ok(Ok(reply)) => return Ok(reply),
-                    _ => return Ok(reply),
-                }
-            }
             Ok(Ok(reply)) => return Ok(reply),
             Ok(Err(e)) => last = format!("{server}: {e}"),
             Err(_) => last = format!("{server}: timed out"),
@@ -89,9 +86,4 @@ async fn over_tcp(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> 
     let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
     stream.read_exact(&mut reply).await?;
     Ok(reply)
-}
-
-/// The TC bit (RFC 1035 §4.1.1).
-fn truncated(reply: &[u8]) -> bool {
-    reply.len() > 2 && reply[2] & 0x02 != 0
 }
