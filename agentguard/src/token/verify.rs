@@ -170,19 +170,26 @@ impl Verifier {
 
     /// Verifies `token` and, if `binding` is given, that it was minted for
     /// exactly that request. A token that passes is recorded and refused
-    /// from then on until it expires.
+    /// from then on, for as long as it could still verify.
     pub async fn verify(
         &self,
         token: &str,
         binding: Option<&RequestBinding>,
     ) -> Result<Claims, VerifyError> {
-        let claims = self.check(token, binding).await?;
-        let forget_at = claims.exp + self.cfg.leeway.as_secs();
-        match self.replay.check(&claims.jti, forget_at, now_secs()) {
-            ReplayVerdict::Fresh => Ok(claims),
-            ReplayVerdict::Replayed => Err(invalid("token already used (replay)")),
-            ReplayVerdict::Full => Err(invalid("replay cache is full; try again shortly")),
-        }
+        self.verify_at(token, binding, now_secs()).await
+    }
+
+    /// [`Self::verify`] at `now` (seconds since the epoch): one clock
+    /// reading decides both whether the token is still valid and how long
+    /// its `jti` is remembered, so the two cannot disagree.
+    async fn verify_at(
+        &self,
+        token: &str,
+        binding: Option<&RequestBinding>,
+        now: u64,
+    ) -> Result<Claims, VerifyError> {
+        let claims = self.check_at(token, binding, now).await?;
+        self.spend(claims, now)
     }
 
     /// Every check but single use (`agentguard token verify` shows a token
@@ -191,6 +198,15 @@ impl Verifier {
         &self,
         token: &str,
         binding: Option<&RequestBinding>,
+    ) -> Result<Claims, VerifyError> {
+        self.check_at(token, binding, now_secs()).await
+    }
+
+    async fn check_at(
+        &self,
+        token: &str,
+        binding: Option<&RequestBinding>,
+        now: u64,
     ) -> Result<Claims, VerifyError> {
         let header = decode_header(token).map_err(|e| invalid(format!("malformed token: {e}")))?;
         // Only asymmetric algorithms: "none" and HMAC (with the public key as
@@ -211,8 +227,10 @@ impl Verifier {
         };
         let key = DecodingKey::from_jwk(&jwk).map_err(|e| invalid(format!("key {kid:?}: {e}")))?;
         let mut validation = Validation::new(header.alg);
-        validation.leeway = self.cfg.leeway.as_secs();
-        validation.validate_nbf = true;
+        // exp, nbf and iat are checked below against `now`, not against
+        // jsonwebtoken's own clock (see verify_at).
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.set_audience(&[&self.cfg.audience]);
         if let Some(iss) = &self.cfg.issuer {
             validation.set_issuer(&[iss]);
@@ -221,8 +239,6 @@ impl Verifier {
         let claims = decode::<Claims>(token, &key, &validation)
             .map_err(|e| {
                 invalid(match e.kind() {
-                    ErrorKind::ExpiredSignature => "token expired".to_owned(),
-                    ErrorKind::ImmatureSignature => "token not yet valid".to_owned(),
                     ErrorKind::InvalidAudience => {
                         format!("token is not for audience {:?}", self.cfg.audience)
                     }
@@ -232,10 +248,7 @@ impl Verifier {
                 })
             })?
             .claims;
-        let leeway = self.cfg.leeway.as_secs();
-        if claims.iat > now_secs() + leeway {
-            return Err(invalid("token issued in the future"));
-        }
+        self.check_lifetime(&claims, now)?;
         // A token is for one call: a long-lived one would also make the
         // replay cache hold it for long.
         if claims.exp.saturating_sub(claims.iat) > MAX_TTL.as_secs() {
@@ -256,6 +269,43 @@ impl Verifier {
             )));
         }
         Ok(claims)
+    }
+
+    /// The last second (since the epoch) in which a token that expires at
+    /// `exp` still verifies: the lifetime check and the replay cache both
+    /// use it.
+    fn last_valid(&self, exp: u64) -> u64 {
+        exp.saturating_add(self.cfg.leeway.as_secs())
+    }
+
+    /// `exp`, `nbf` and `iat` with the configured leeway each way: valid
+    /// while `now <= exp + leeway` and `nbf, iat <= now + leeway` (the
+    /// bounds jsonwebtoken uses).
+    fn check_lifetime(&self, claims: &Claims, now: u64) -> Result<(), VerifyError> {
+        let leeway = self.cfg.leeway.as_secs();
+        if now > self.last_valid(claims.exp) {
+            return Err(invalid("token expired"));
+        }
+        if claims.nbf > now.saturating_add(leeway) {
+            return Err(invalid("token not yet valid"));
+        }
+        if claims.iat > now.saturating_add(leeway) {
+            return Err(invalid("token issued in the future"));
+        }
+        Ok(())
+    }
+
+    /// Records the token's `jti` through the last second it verifies in; a
+    /// token seen before is refused.
+    fn spend(&self, claims: Claims, now: u64) -> Result<Claims, VerifyError> {
+        match self
+            .replay
+            .check(&claims.jti, self.last_valid(claims.exp), now)
+        {
+            ReplayVerdict::Fresh => Ok(claims),
+            ReplayVerdict::Replayed => Err(invalid("token already used (replay)")),
+            ReplayVerdict::Full => Err(invalid("replay cache is full; try again shortly")),
+        }
     }
 
     fn find(&self, kid: &str) -> Option<Jwk> {
@@ -447,6 +497,37 @@ mod tests {
         let again = v.verify(&t, Some(&b)).await.unwrap_err();
         assert!(matches!(&again, VerifyError::InvalidToken(r) if r.contains("replay")));
         assert_eq!(again.status(), 401);
+    }
+
+    #[tokio::test]
+    async fn a_token_is_refused_as_a_replay_in_the_last_second_it_verifies() {
+        let (_d, m) = setup();
+        let b = binding("POST", URL, b"{}");
+        let minted = m
+            .mint(&MintRequest {
+                agent: "bot",
+                audience: "itsm",
+                scope: "",
+                ttl: Duration::from_secs(60),
+                binding: &b,
+                on_behalf_of: None,
+                kernel: None,
+            })
+            .unwrap();
+        let v = verifier(&m, None).await;
+        // jsonwebtoken's rule, and ours: valid while now <= exp + leeway.
+        let last = minted.claims.exp + DEFAULT_LEEWAY.as_secs();
+        v.verify_at(&minted.token, Some(&b), last).await.unwrap();
+        let again = v
+            .verify_at(&minted.token, Some(&b), last)
+            .await
+            .unwrap_err();
+        assert!(again.to_string().contains("replay"), "{again}");
+        let later = v
+            .verify_at(&minted.token, Some(&b), last + 1)
+            .await
+            .unwrap_err();
+        assert!(later.to_string().contains("expired"), "{later}");
     }
 
     #[tokio::test]
