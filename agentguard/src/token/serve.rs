@@ -208,12 +208,25 @@ impl VerifyProxy {
         let target = req.uri().path_and_query().map(|p| p.to_string());
         let target = target.unwrap_or_else(|| "/".into());
         let refuse = |e: super::VerifyError| {
+            if let super::VerifyError::Jwks(_) = e {
+                // Not the client's fault, and the JWKS's location and error
+                // are no business of an unauthenticated client: the detail
+                // goes to the log and the audit record only.
+                warn!(%peer, %method, target, decision = "refuse", reason = %e, "cannot verify tokens");
+                let r = full(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "the keys to verify the token with are unavailable; try again later\n",
+                );
+                return (r, Outcome::refused(e.to_string()));
+            }
             info!(%peer, %method, target, decision = "refuse", reason = %e, "token refused");
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
-            let challenge = e.www_authenticate(self.verifier.config().scope.as_deref());
             let body = serde_json::json!({ "error": e.to_string() }).to_string();
             let mut r = full(status, "application/json", body);
-            if let Ok(v) = HeaderValue::from_str(&challenge) {
+            if let Some(challenge) = e.www_authenticate(self.verifier.config().scope.as_deref())
+                && let Ok(v) = HeaderValue::from_str(&challenge)
+            {
                 r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
             }
             (r, Outcome::refused(e.to_string()))
@@ -368,7 +381,109 @@ fn join(upstream: &Uri, target: &str) -> Result<Uri, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
     use super::*;
+    use crate::token::{JwksSource, KeyStore, MintRequest, SigningAlgorithm, VerifierConfig};
+
+    fn minter(dir: &Path) -> Minter {
+        let keys = KeyStore::load_or_create(dir, SigningAlgorithm::Es256).unwrap();
+        Minter::new(keys, "example.org")
+    }
+
+    /// A token for audience `itsm` bound to `method` `url` with `body`.
+    fn token(m: &Minter, method: &str, url: &str, body: &[u8]) -> String {
+        let binding = RequestBinding::from_url(method, url, body).unwrap();
+        m.mint(&MintRequest {
+            agent: "bot",
+            audience: "itsm",
+            scope: "",
+            ttl: Duration::from_secs(60),
+            binding: &binding,
+            on_behalf_of: None,
+            kernel: None,
+        })
+        .unwrap()
+        .token
+    }
+
+    async fn verifier(m: &Minter, source: JwksSource) -> Arc<Verifier> {
+        let mut cfg = VerifierConfig::new("itsm");
+        cfg.issuer = Some(m.issuer());
+        Verifier::new(cfg, source).await.unwrap()
+    }
+
+    /// A plain-HTTP verify-proxy on 127.0.0.1 whose upstream refuses
+    /// connections: these tests are about what it answers itself.
+    async fn start(verifier: Arc<Verifier>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let proxy = Arc::new(VerifyProxy {
+            verifier,
+            upstream: "http://127.0.0.1:9".parse().unwrap(),
+            public_scheme: "http".into(),
+            max_body: 1 << 20,
+            tls: None,
+            upstream_ca: Vec::new(),
+            reporter: None,
+        });
+        tokio::spawn(proxy.serve(listener));
+        addr
+    }
+
+    /// Sends `request` and reads until the proxy closes the connection, for
+    /// at most 5 s: what it answered, and when it closed (`None`: not
+    /// within the 5 s).
+    async fn exchange(addr: SocketAddr, request: &[u8]) -> (String, Option<Duration>) {
+        let start = Instant::now();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await
+        .ok()
+        .map(|()| start.elapsed());
+        (String::from_utf8_lossy(&answer).into_owned(), closed)
+    }
+
+    #[tokio::test]
+    async fn a_jwks_that_cannot_be_fetched_is_503_without_an_invalid_token_challenge() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = minter(dir.path());
+        let file = dir.path().join("jwks.json");
+        std::fs::write(&file, serde_json::to_vec(&m.jwks()).unwrap()).unwrap();
+        let v = verifier(&m, JwksSource::File(file.clone())).await;
+        let addr = start(v).await;
+        // A key the verifier has not seen makes it re-read the JWKS, which
+        // is gone.
+        std::fs::remove_file(&file).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let t = token(&minter(other.path()), "GET", "http://tool.test/x", b"");
+        let (answer, _) = exchange(
+            addr,
+            format!(
+                "GET /x HTTP/1.1\r\nHost: tool.test\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        // RFC 6750 §3.1: invalid_token goes with 401; the token may well be
+        // fine.
+        let lower = answer.to_ascii_lowercase();
+        assert!(!lower.contains("www-authenticate"), "{answer}");
+        assert!(!lower.contains("invalid_token"), "{answer}");
+    }
 
     #[test]
     fn upstream_prefix_is_kept() {

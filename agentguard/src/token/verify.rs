@@ -31,7 +31,9 @@ const MAX_JWKS_BYTES: usize = 1 << 20;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a token was refused. `InvalidToken` is RFC 6750 §3.1 `invalid_token`
-/// (401), `InsufficientScope` is `insufficient_scope` (403).
+/// (401), `InsufficientScope` is `insufficient_scope` (403). `Jwks` says
+/// nothing about the token: the keys to check it with could not be read
+/// (503).
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum VerifyError {
     #[error("invalid_token: {0}")]
@@ -52,14 +54,17 @@ impl VerifyError {
         }
     }
 
-    /// The `WWW-Authenticate` value (RFC 6750 §3).
-    pub fn www_authenticate(&self, scope: Option<&str>) -> String {
+    /// The `WWW-Authenticate` value (RFC 6750 §3), for the two errors that
+    /// are about the token. A JWKS that cannot be fetched has none: RFC
+    /// 6750 ties `invalid_token` to 401, and telling a client its (maybe
+    /// good) token is invalid would make it throw the token away.
+    pub fn www_authenticate(&self, scope: Option<&str>) -> Option<String> {
         let quoted = |s: &str| s.replace(['\\', '"'], "'");
         match self {
-            Self::InvalidToken(reason) | Self::Jwks(reason) => format!(
+            Self::InvalidToken(reason) => Some(format!(
                 "Bearer error=\"invalid_token\", error_description=\"{}\"",
                 quoted(reason)
-            ),
+            )),
             Self::InsufficientScope(reason) => {
                 let mut v = format!(
                     "Bearer error=\"insufficient_scope\", error_description=\"{}\"",
@@ -68,8 +73,9 @@ impl VerifyError {
                 if let Some(s) = scope {
                     v.push_str(&format!(", scope=\"{}\"", quoted(s)));
                 }
-                v
+                Some(v)
             }
+            Self::Jwks(_) => None,
         }
     }
 }
@@ -571,6 +577,7 @@ mod tests {
         assert_eq!(e.status(), 403);
         assert!(
             e.www_authenticate(Some("tickets:write"))
+                .unwrap()
                 .starts_with("Bearer error=\"insufficient_scope\"")
         );
 
@@ -676,8 +683,12 @@ mod tests {
     fn www_authenticate_follows_rfc_6750() {
         let e = invalid("token \"expired\"");
         assert_eq!(
-            e.www_authenticate(None),
-            "Bearer error=\"invalid_token\", error_description=\"token 'expired'\""
+            e.www_authenticate(None).as_deref(),
+            Some("Bearer error=\"invalid_token\", error_description=\"token 'expired'\"")
+        );
+        assert_eq!(
+            VerifyError::Jwks("unreachable".into()).www_authenticate(None),
+            None
         );
     }
 }
