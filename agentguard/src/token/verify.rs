@@ -26,6 +26,10 @@ use super::{
 /// A JWKS is re-read for an unknown `kid` at most this often, so that tokens
 /// with made-up key ids cannot make the verifier hammer the issuer.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// After a JWKS fetch fails, an unknown `kid` may try again this soon: an
+/// issuer unreachable for a moment must not leave a key rotated meanwhile
+/// unknown for the whole [`MIN_REFRESH_INTERVAL`].
+const RETRY_AFTER_FAILED_FETCH: Duration = Duration::from_secs(1);
 /// A JWKS larger than this is refused.
 const MAX_JWKS_BYTES: usize = 1 << 20;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -139,7 +143,7 @@ pub struct Verifier {
     cfg: VerifierConfig,
     source: JwksSource,
     keys: RwLock<JwkSet>,
-    last_refresh: Mutex<Option<Instant>>,
+    refresh: Mutex<RefreshState>,
     refresh_lock: tokio::sync::Mutex<()>,
     replay: ReplayCache,
 }
@@ -165,7 +169,7 @@ impl Verifier {
             keys: RwLock::new(keys),
             // The first unknown kid may refresh at once (a key rotated
             // since start); later ones are rate-limited.
-            last_refresh: Mutex::new(None),
+            refresh: Mutex::new(RefreshState::default()),
             refresh_lock: tokio::sync::Mutex::new(()),
         }))
     }
@@ -323,23 +327,51 @@ impl Verifier {
     }
 
     /// Re-reads the JWKS (a rotated key), at most every
-    /// [`MIN_REFRESH_INTERVAL`].
+    /// [`MIN_REFRESH_INTERVAL`], or [`RETRY_AFTER_FAILED_FETCH`] after a
+    /// fetch that failed.
     async fn refresh(&self) -> Result<(), VerifyError> {
         if matches!(self.source, JwksSource::Static(_)) {
             return Ok(());
         }
         let _one = self.refresh_lock.lock().await;
         {
-            let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| t.elapsed() < MIN_REFRESH_INTERVAL) {
-                return Ok(());
+            let state = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
+            if state.next.is_some_and(|t| Instant::now() < t) {
+                // Too soon to ask again. If the last fetch failed, the
+                // keys are still unavailable as far as we know: saying
+                // "unknown key id" would blame a token that may be good.
+                return state.failure.clone().map_or(Ok(()), Err);
             }
-            *last = Some(Instant::now());
         }
-        let keys = fetch(&self.source).await?;
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
-        Ok(())
+        let fetched = fetch(&self.source).await;
+        let mut state = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
+        match fetched {
+            Ok(keys) => {
+                *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+                *state = RefreshState {
+                    next: Some(Instant::now() + MIN_REFRESH_INTERVAL),
+                    failure: None,
+                };
+                Ok(())
+            }
+            Err(e) => {
+                *state = RefreshState {
+                    next: Some(Instant::now() + RETRY_AFTER_FAILED_FETCH),
+                    failure: Some(e.clone()),
+                };
+                Err(e)
+            }
+        }
     }
+}
+
+/// When an unknown `kid` may next make [`Verifier::refresh`] fetch the
+/// JWKS, and why the last fetch failed if it did.
+#[derive(Debug, Default)]
+struct RefreshState {
+    /// `None`: at once.
+    next: Option<Instant>,
+    failure: Option<VerifyError>,
 }
 
 /// The token must name the request it arrived with.
@@ -676,6 +708,45 @@ mod tests {
             .await
             .unwrap();
         let e = v.verify(&before, Some(&b)).await.unwrap_err();
+        assert!(e.to_string().contains("unknown key id"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_jwks_fetch_holds_back_the_next_only_briefly() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Minter::new(
+            KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap(),
+            "x",
+        );
+        let file = dir.path().join("jwks.json");
+        std::fs::write(&file, serde_json::to_vec(&m.jwks()).unwrap()).unwrap();
+        let v = Verifier::new(VerifierConfig::new("itsm"), JwksSource::File(file.clone()))
+            .await
+            .unwrap();
+        // A key rotated since the verifier read the JWKS, which is then
+        // unreadable for a moment.
+        m.rotate().unwrap();
+        let b = binding("GET", URL, b"");
+        let t = mint(&m, "itsm", "", &b);
+        std::fs::remove_file(&file).unwrap();
+        let e = v.verify(&t, Some(&b)).await.unwrap_err();
+        assert_eq!(e.status(), 503, "{e}");
+        std::fs::write(&file, serde_json::to_vec(&m.jwks()).unwrap()).unwrap();
+        // Right after the failure the rate limit still holds (and says the
+        // keys are unavailable, not that the token is bad)...
+        let e = v.verify(&t, Some(&b)).await.unwrap_err();
+        assert_eq!(e.status(), 503, "{e}");
+        // ...but only for a moment, not the whole refresh interval.
+        tokio::time::sleep(RETRY_AFTER_FAILED_FETCH + Duration::from_millis(200)).await;
+        v.verify(&t, Some(&b)).await.unwrap();
+        // A fetch that worked holds the next back for the whole interval:
+        // made-up key ids cannot make the verifier hammer the issuer.
+        std::fs::remove_file(&file).unwrap();
+        let (_d2, stranger) = setup();
+        let e = v
+            .verify(&mint(&stranger, "itsm", "", &b), Some(&b))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("unknown key id"), "{e}");
     }
 
