@@ -291,6 +291,7 @@ pub fn verify_proxy(args: VerifyProxyArgs) -> Result<ExitCode, TokenCliError> {
             tls,
             upstream_ca,
             reporter: args.admin_socket.as_deref().map(crate::token::Reporter::new),
+            timeouts: crate::token::ProxyTimeouts::default(),
         });
         proxy.serve(listener).await;
         Ok(ExitCode::SUCCESS)

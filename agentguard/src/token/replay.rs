@@ -24,6 +24,23 @@ struct Inner {
     expiries: BinaryHeap<Reverse<(u64, String)>>,
 }
 
+impl Inner {
+    fn forget_expired(&mut self, now: u64) {
+        // Inclusive: in second `last_valid` the token still verifies, so
+        // forgetting its jti then would let it be used twice.
+        while let Some(Reverse((at, _))) = self.expiries.peek() {
+            if *at >= now {
+                break;
+            }
+            if let Some(Reverse((at, jti))) = self.expiries.pop()
+                && self.seen.get(&jti) == Some(&at)
+            {
+                self.seen.remove(&jti);
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplayVerdict {
     Fresh,
@@ -47,18 +64,7 @@ impl ReplayCache {
     /// inclusive) if it was not seen before.
     pub fn check(&self, jti: &str, last_valid: u64, now: u64) -> ReplayVerdict {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        // Inclusive: in second `last_valid` the token still verifies, so
-        // forgetting its jti then would let it be used twice.
-        while let Some(Reverse((at, _))) = inner.expiries.peek() {
-            if *at >= now {
-                break;
-            }
-            if let Some(Reverse((at, jti))) = inner.expiries.pop()
-                && inner.seen.get(&jti) == Some(&at)
-            {
-                inner.seen.remove(&jti);
-            }
-        }
+        inner.forget_expired(now);
         if inner.seen.contains_key(jti) {
             return ReplayVerdict::Replayed;
         }
@@ -68,6 +74,14 @@ impl ReplayCache {
         inner.seen.insert(jti.to_owned(), last_valid);
         inner.expiries.push(Reverse((last_valid, jti.to_owned())));
         ReplayVerdict::Fresh
+    }
+
+    /// Whether `jti` was recorded (and its token could still verify),
+    /// without recording it.
+    pub fn contains(&self, jti: &str, now: u64) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.forget_expired(now);
+        inner.seen.contains_key(jti)
     }
 
     pub fn len(&self) -> usize {
@@ -111,9 +125,11 @@ mod tests {
         assert_eq!(c.check("a", 100, 90), ReplayVerdict::Fresh);
         // Second 100 is the last in which its token verifies.
         assert_eq!(c.check("a", 100, 100), ReplayVerdict::Replayed);
+        assert!(c.contains("a", 100));
         // From second 101 its token is refused as expired: forgotten.
         assert_eq!(c.check("b", 200, 101), ReplayVerdict::Fresh);
         assert_eq!(c.len(), 1);
+        assert!(!c.contains("a", 101));
     }
 
     #[test]

@@ -281,6 +281,38 @@ impl Verifier {
         Ok(claims)
     }
 
+    /// verify-proxy's first step, before it reads the body: every check
+    /// but the body's hash and single use, and also that the token is bound
+    /// to `head`'s method and URI and has not been used. A client without
+    /// such a token cannot make the proxy wait for, and buffer, a body.
+    /// (`head.body_hash` is not looked at.)
+    pub(super) async fn check_head(
+        &self,
+        token: &str,
+        head: &RequestBinding,
+    ) -> Result<Claims, VerifyError> {
+        let now = now_secs();
+        let claims = self.check_at(token, None, now).await?;
+        check_target(&claims, head)?;
+        if self.replay.contains(&claims.jti, now) {
+            return Err(invalid("token already used (replay)"));
+        }
+        Ok(claims)
+    }
+
+    /// verify-proxy's second step, with the body read: the whole binding,
+    /// the lifetime again (the body took time to arrive), and single use.
+    pub(super) fn finish(
+        &self,
+        claims: Claims,
+        binding: &RequestBinding,
+    ) -> Result<Claims, VerifyError> {
+        let now = now_secs();
+        self.check_lifetime(&claims, now)?;
+        check_binding(&claims, binding)?;
+        self.spend(claims, now)
+    }
+
     /// The last second (since the epoch) in which a token that expires at
     /// `exp` still verifies: the lifetime check and the replay cache both
     /// use it.
@@ -376,6 +408,17 @@ struct RefreshState {
 
 /// The token must name the request it arrived with.
 fn check_binding(claims: &Claims, b: &RequestBinding) -> Result<(), VerifyError> {
+    check_target(claims, b)?;
+    if claims.rh != b.request_hash() {
+        return Err(invalid(
+            "request hash does not match: method, authority, path, query or body changed",
+        ));
+    }
+    Ok(())
+}
+
+/// The parts of the binding known before the body: method and URI.
+fn check_target(claims: &Claims, b: &RequestBinding) -> Result<(), VerifyError> {
     if claims.htm != b.method {
         return Err(invalid(format!(
             "token is bound to method {}, request is {}",
@@ -388,11 +431,6 @@ fn check_binding(claims: &Claims, b: &RequestBinding) -> Result<(), VerifyError>
         return Err(invalid(format!(
             "token is bound to {got}, request is for {want}"
         )));
-    }
-    if claims.rh != b.request_hash() {
-        return Err(invalid(
-            "request hash does not match: method, authority, path, query or body changed",
-        ));
     }
     Ok(())
 }
