@@ -489,8 +489,7 @@ mod tests {
     }
 
     async fn verifier(m: &Minter, source: JwksSource) -> Arc<Verifier> {
-        let mut cfg = VerifierConfig::new("itsm");
-        cfg.issuer = Some(m.issuer());
+        let cfg = VerifierConfig::new("itsm", Some(&m.issuer()));
         Verifier::new(cfg, source).await.unwrap()
     }
 

@@ -116,7 +116,10 @@ impl JwksSource {
 pub struct VerifierConfig {
     /// The `aud` this tool answers to.
     pub audience: String,
-    /// The expected `iss`; `None` accepts any issuer the JWKS signs for.
+    /// The `iss` every token must carry (an agentguard's is
+    /// `spiffe://<trust-domain>/agentguard`); `None` accepts any issuer the
+    /// JWKS holds a key for, which is safe only while that JWKS is one
+    /// issuer's alone.
     pub issuer: Option<String>,
     /// Space-separated scopes every token must grant.
     pub scope: Option<String>,
@@ -125,10 +128,12 @@ pub struct VerifierConfig {
 }
 
 impl VerifierConfig {
-    pub fn new(audience: &str) -> Self {
+    /// `issuer` has no default: accepting any issuer is a choice the caller
+    /// makes explicitly, with `None`.
+    pub fn new(audience: &str, issuer: Option<&str>) -> Self {
         Self {
             audience: audience.to_owned(),
-            issuer: None,
+            issuer: issuer.map(str::to_owned),
             scope: None,
             leeway: DEFAULT_LEEWAY,
             replay_capacity: DEFAULT_REPLAY_CAPACITY,
@@ -530,8 +535,7 @@ mod tests {
     }
 
     async fn verifier(m: &Minter, scope: Option<&str>) -> Arc<Verifier> {
-        let mut cfg = VerifierConfig::new("itsm");
-        cfg.issuer = Some(m.issuer());
+        let mut cfg = VerifierConfig::new("itsm", Some(&m.issuer()));
         cfg.scope = scope.map(Into::into);
         Verifier::new(cfg, JwksSource::Static(m.jwks()))
             .await
@@ -728,9 +732,12 @@ mod tests {
         // A JWKS file, as `agentguard token jwks` writes it.
         let file = dir.path().join("jwks.json");
         std::fs::write(&file, serde_json::to_vec(&m.jwks()).unwrap()).unwrap();
-        let v = Verifier::new(VerifierConfig::new("itsm"), JwksSource::File(file))
-            .await
-            .unwrap();
+        let v = Verifier::new(
+            VerifierConfig::new("itsm", Some(&m.issuer())),
+            JwksSource::File(file),
+        )
+        .await
+        .unwrap();
         v.verify(&before, Some(&b)).await.unwrap();
         v.verify(&after, Some(&b)).await.unwrap();
         // Once the old key is retired, its tokens no longer verify.
@@ -742,9 +749,12 @@ mod tests {
         std::fs::write(&list, serde_json::to_vec(&retired).unwrap()).unwrap();
         let retired = KeyStore::load(dir.path()).unwrap().jwks();
         assert_eq!(retired.keys.len(), 1);
-        let v = Verifier::new(VerifierConfig::new("itsm"), JwksSource::Static(retired))
-            .await
-            .unwrap();
+        let v = Verifier::new(
+            VerifierConfig::new("itsm", Some(&m.issuer())),
+            JwksSource::Static(retired),
+        )
+        .await
+        .unwrap();
         let e = v.verify(&before, Some(&b)).await.unwrap_err();
         assert!(e.to_string().contains("unknown key id"), "{e}");
     }
@@ -758,9 +768,12 @@ mod tests {
         );
         let file = dir.path().join("jwks.json");
         std::fs::write(&file, serde_json::to_vec(&m.jwks()).unwrap()).unwrap();
-        let v = Verifier::new(VerifierConfig::new("itsm"), JwksSource::File(file.clone()))
-            .await
-            .unwrap();
+        let v = Verifier::new(
+            VerifierConfig::new("itsm", Some(&m.issuer())),
+            JwksSource::File(file.clone()),
+        )
+        .await
+        .unwrap();
         // A key rotated since the verifier read the JWKS, which is then
         // unreadable for a moment.
         m.rotate().unwrap();
