@@ -718,6 +718,160 @@ mod tests {
         assert_eq!(v.verify(&none, Some(&b)).await.unwrap_err().status(), 401);
     }
 
+    /// A token signed by `m` with claims a minted one's changed by `f`
+    /// (the lifetime set relative to `now` first: iat = nbf = now, exp =
+    /// now + 60).
+    fn doctored(m: &Minter, b: &RequestBinding, now: u64, f: impl Fn(&mut Claims)) -> String {
+        let mut c = m
+            .mint(&MintRequest {
+                agent: "bot",
+                audience: "itsm",
+                scope: "",
+                ttl: Duration::from_secs(60),
+                binding: b,
+                on_behalf_of: None,
+                kernel: None,
+            })
+            .unwrap()
+            .claims;
+        (c.iat, c.nbf, c.exp) = (now, now, now + 60);
+        f(&mut c);
+        m.sign(&c).unwrap()
+    }
+
+    #[tokio::test]
+    async fn lifetimes_within_the_leeway_are_accepted_and_beyond_it_refused() {
+        let (_d, m) = setup();
+        let b = binding("GET", URL, b"");
+        let v = verifier(&m, None).await;
+        let now = now_secs();
+        let leeway = DEFAULT_LEEWAY.as_secs();
+        assert_eq!(leeway, 5);
+        for (what, f, want) in [
+            (
+                "expired 3 s ago",
+                Box::new(|c: &mut Claims| (c.iat, c.exp) = (now - 60, now - 3))
+                    as Box<dyn Fn(&mut Claims)>,
+                None,
+            ),
+            (
+                "expired 6 s ago",
+                Box::new(|c: &mut Claims| (c.iat, c.exp) = (now - 60, now - 6)),
+                Some("expired"),
+            ),
+            (
+                "valid from in 3 s",
+                Box::new(|c: &mut Claims| c.nbf = now + 3),
+                None,
+            ),
+            (
+                "valid from in 6 s",
+                Box::new(|c: &mut Claims| c.nbf = now + 6),
+                Some("not yet valid"),
+            ),
+            (
+                "issued in 3 s",
+                Box::new(|c: &mut Claims| c.iat = now + 3),
+                None,
+            ),
+        ] {
+            let t = doctored(&m, &b, now, f);
+            match (v.verify_at(&t, Some(&b), now).await, want) {
+                (Ok(_), None) => {}
+                (Err(e), Some(want)) => assert!(e.to_string().contains(want), "{what}: {e}"),
+                (got, _) => panic!("{what}: {got:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_issued_in_the_future_is_refused() {
+        let (_d, m) = setup();
+        let b = binding("GET", URL, b"");
+        let v = verifier(&m, None).await;
+        let now = now_secs();
+        // nbf says now, but iat is beyond the leeway: a minter with a clock
+        // far ahead, or a forgery.
+        let t = doctored(&m, &b, now, |c| c.iat = now + DEFAULT_LEEWAY.as_secs() + 1);
+        let e = v.verify_at(&t, Some(&b), now).await.unwrap_err();
+        assert!(e.to_string().contains("issued in the future"), "{e}");
+        assert_eq!(e.status(), 401);
+    }
+
+    #[tokio::test]
+    async fn a_token_with_an_empty_jti_is_refused() {
+        let (_d, m) = setup();
+        let b = binding("GET", URL, b"");
+        let v = verifier(&m, None).await;
+        let now = now_secs();
+        // Without a jti, single use cannot be enforced.
+        let t = doctored(&m, &b, now, |c| c.jti.clear());
+        let e = v.verify_at(&t, Some(&b), now).await.unwrap_err();
+        assert!(e.to_string().contains("no jti"), "{e}");
+        assert_eq!(e.status(), 401);
+    }
+
+    #[tokio::test]
+    async fn a_token_without_a_kid_is_refused() {
+        let (_d, m) = setup();
+        let b = binding("GET", URL, b"");
+        let v = verifier(&m, None).await;
+        let t = mint(&m, "itsm", "", &b);
+        // The same claims and signature under a header without kid.
+        let (_, rest) = t.split_once('.').unwrap();
+        let header = crate::token::b64url(br#"{"typ":"JWT","alg":"ES256"}"#);
+        let e = v
+            .verify(&format!("{header}.{rest}"), Some(&b))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no kid"), "{e}");
+        assert_eq!(e.status(), 401);
+    }
+
+    #[tokio::test]
+    async fn an_hmac_token_keyed_with_the_public_key_is_refused() {
+        use base64::Engine as _;
+        let (_d, m) = setup();
+        let b = binding("GET", URL, b"");
+        let v = verifier(&m, None).await;
+        let claims = m
+            .mint(&MintRequest {
+                agent: "bot",
+                audience: "itsm",
+                scope: "",
+                ttl: Duration::from_secs(60),
+                binding: &b,
+                on_behalf_of: None,
+                kernel: None,
+            })
+            .unwrap()
+            .claims;
+        // What an attacker has of the key: the published JWK, and the
+        // public point in it (0x04 || x || y, the form a verifier that
+        // took alg from the token would use as the HMAC secret).
+        let jwk = serde_json::to_value(&m.jwks().keys[0]).unwrap();
+        let coordinate = |c: &str| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(jwk[c].as_str().unwrap())
+                .unwrap()
+        };
+        let point = [vec![4u8], coordinate("x"), coordinate("y")].concat();
+        let header = serde_json::json!({ "alg": "HS256", "typ": "JWT", "kid": m.kid() });
+        for secret in [point, serde_json::to_vec(&jwk).unwrap()] {
+            let input = format!(
+                "{}.{}",
+                crate::token::b64url(&serde_json::to_vec(&header).unwrap()),
+                crate::token::b64url(&serde_json::to_vec(&claims).unwrap())
+            );
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+            let mac = ring::hmac::sign(&key, input.as_bytes());
+            let t = format!("{input}.{}", crate::token::b64url(mac.as_ref()));
+            let e = v.verify(&t, Some(&b)).await.unwrap_err();
+            assert!(e.to_string().contains("HS256 not accepted"), "{e}");
+            assert_eq!(e.status(), 401);
+        }
+    }
+
     #[tokio::test]
     async fn rotated_keys_verify_until_retired() {
         let dir = tempfile::tempdir().unwrap();
