@@ -109,6 +109,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         crate::token::KeyStore::load_or_create(&cfg.state_dir, cfg.tokens.algorithm)?,
         &cfg.tokens.trust_domain,
     ));
+    // Verifiers must be told the issuer (--issuer): this is where to read it.
+    info!(issuer = %minter.issuer(), kid = %minter.kid(), "token signing key ready");
     // Claim the admin socket before touching the kernel, so a second daemon
     // fails here instead of taking over the first one's links.
     let admin = AdminServer::bind(&cfg.admin_socket).await?;

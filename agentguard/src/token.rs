@@ -59,7 +59,7 @@ pub use mint::{MintRequest, Minted, Minter};
 pub use obo::{OnBehalfOf, validate_who};
 pub use replay::ReplayCache;
 pub use report::{REPORT_ROUTE, Reporter, VerifyReport};
-pub use serve::{JWKS_PATH, VerifyProxy, read_certs, serve_jwks, tls_acceptor};
+pub use serve::{JWKS_PATH, ProxyTimeouts, VerifyProxy, read_certs, serve_jwks, tls_acceptor};
 pub use verify::{JwksSource, Verifier, VerifierConfig, VerifyError};
 
 /// The trust domain in `sub` and `iss` unless `--trust-domain` says otherwise.

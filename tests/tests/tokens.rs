@@ -55,6 +55,8 @@ struct Setup {
     backend: TlsUpstream,
     daemon: Daemon,
     jwks: PathBuf,
+    /// The `iss` of the daemon's tokens, from its start-up log.
+    issuer: String,
     cert: PathBuf,
     key: PathBuf,
 }
@@ -88,12 +90,14 @@ fn setup_with_args(run_args: &[&str]) -> Setup {
     let jwks = dir.path().join("jwks.json");
     std::fs::write(&jwks, &out.stdout).unwrap();
     let (cert, key) = ca.leaf_files(TOOL, dir.path());
+    let issuer = log_field(&daemon, "issuer");
     Setup {
         dir,
         ca,
         backend,
         daemon,
         jwks,
+        issuer,
         cert,
         key,
     }
@@ -105,8 +109,14 @@ fn verify_proxy(s: &Setup, listen: &str, args: &[&str]) -> VerifyProxy {
     verify_proxy_with(s, listen, &s.jwks.display().to_string(), args)
 }
 
-/// [`verify_proxy`] with the JWKS from `jwks` (a URL or file).
+/// [`verify_proxy`] with the JWKS from `jwks` (a URL or file). It expects
+/// the daemon's issuer unless `args` name another (or `--any-issuer`).
 fn verify_proxy_with(s: &Setup, listen: &str, jwks: &str, args: &[&str]) -> VerifyProxy {
+    let issuer: &[&str] = if args.iter().any(|a| a.ends_with("issuer")) {
+        &[]
+    } else {
+        &["--issuer", &s.issuer]
+    };
     let log = std::fs::File::create(s.dir.path().join(format!("vp-{listen}.log"))).unwrap();
     let mut child = Command::new(AGENTGUARD)
         .args(["verify-proxy", "--listen", listen, "--upstream"])
@@ -118,6 +128,7 @@ fn verify_proxy_with(s: &Setup, listen: &str, jwks: &str, args: &[&str]) -> Veri
         .arg(&s.cert)
         .arg("--tls-key")
         .arg(&s.key)
+        .args(issuer)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(log)
@@ -275,11 +286,16 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
     assert_eq!(seen.len(), 1, "{seen:?}");
     let token = seen[0].strip_prefix("Bearer ").expect("bearer").to_owned();
     let c = claims(&token);
+    assert_eq!(s.issuer, "spiffe://agentguard.local/agentguard");
+    assert_eq!(c["iss"], s.issuer.as_str());
     assert_eq!(c["sub"], format!("spiffe://agentguard.local/agent/{AGENT}"));
     assert_eq!(c["aud"], "itsm");
     assert_eq!(c["scope"], "tickets:write");
     assert_eq!(c["htm"], "POST");
     assert_eq!(c["htu"], format!("https://{TOOL}:{port}/reflect"));
+    // agent_call ran the agent with `agentguard exec --on-behalf-of`: the
+    // token names that party as the actor's principal (RFC 8693 §4.1).
+    assert_eq!(c["act"], serde_json::json!({ "sub": "alice@example.org" }));
     assert!(
         c["agentguard"]["cgroup"].as_str().unwrap().ends_with(AGENT),
         "{c}"
@@ -303,6 +319,8 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
                 "verify",
                 "--audience",
                 "itsm",
+                "--issuer",
+                &s.issuer,
                 "--method",
                 "POST",
                 "--jwks",
@@ -383,6 +401,28 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
     );
     assert_eq!(status, 401, "{headers}");
     assert!(headers.contains("audience"), "{headers}");
+    // Another issuer → 401.
+    let i = verify_proxy(
+        &s,
+        &format!("127.0.0.9:{port}"),
+        &[
+            "--audience",
+            "itsm",
+            "--issuer",
+            "spiffe://other.example/agentguard",
+        ],
+    );
+    let (status, headers) = direct(
+        &s,
+        "127.0.0.9",
+        i.port,
+        &token,
+        "POST",
+        "/reflect?dry=1",
+        &body,
+    );
+    assert_eq!(status, 401, "{headers}");
+    assert!(headers.contains("another issuer"), "{headers}");
     let d = verify_proxy(
         &s,
         &format!("127.0.0.7:{port}"),
@@ -509,12 +549,18 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
 
 /// The daemon's JWKS URL, from its start-up log line.
 fn jwks_url(daemon: &Daemon) -> String {
+    log_field(daemon, "jwks")
+}
+
+/// A field of the daemon's start-up log (where the README sends operators
+/// for the JWKS URL and the issuer).
+fn log_field(daemon: &Daemon, field: &str) -> String {
     daemon
         .log()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find_map(|l| l["fields"]["jwks"].as_str().map(str::to_owned))
-        .expect("the daemon logs its JWKS URL")
+        .find_map(|l| l["fields"][field].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("the daemon logs no {field:?}"))
 }
 
 #[test]

@@ -93,9 +93,15 @@ pub enum TokenCommand {
         jwks: String,
         #[arg(long)]
         audience: String,
-        /// Expected issuer (default: any the JWKS signs for).
-        #[arg(long)]
+        /// The issuer every token must carry (`iss`):
+        /// spiffe://<trust-domain>/agentguard, as the daemon logs it at start
+        /// (spiffe://agentguard.local/agentguard by default).
+        #[arg(long, required_unless_present = "any_issuer")]
         issuer: Option<String>,
+        /// Accept any issuer the JWKS holds a key for instead (safe only if
+        /// the JWKS is one agentguard's alone).
+        #[arg(long, conflicts_with = "issuer")]
+        any_issuer: bool,
         /// Scopes the token must grant (space-separated).
         #[arg(long)]
         scope: Option<String>,
@@ -126,9 +132,15 @@ pub struct VerifyProxyArgs {
     /// Scopes every token must grant (space-separated); else 403.
     #[arg(long)]
     scope: Option<String>,
-    /// Expected issuer (default: any the JWKS signs for).
-    #[arg(long)]
+    /// The issuer every token must carry (`iss`):
+    /// spiffe://<trust-domain>/agentguard, as the daemon logs it at start
+    /// (spiffe://agentguard.local/agentguard by default).
+    #[arg(long, required_unless_present = "any_issuer")]
     issuer: Option<String>,
+    /// Accept any issuer the JWKS holds a key for instead (safe only if
+    /// the JWKS is one agentguard's alone).
+    #[arg(long, conflicts_with = "issuer")]
+    any_issuer: bool,
     /// Serve TLS with this certificate chain (PEM)...
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -162,14 +174,34 @@ fn runtime() -> Result<tokio::runtime::Runtime, TokenCliError> {
 
 fn config(
     audience: &str,
-    issuer: Option<String>,
+    issuer: Option<&str>,
+    any_issuer: bool,
     scope: Option<String>,
 ) -> Result<VerifierConfig, TokenCliError> {
     if audience.is_empty() {
         return Err(TokenCliError::Usage("--audience must not be empty".into()));
     }
-    let mut cfg = VerifierConfig::new(audience);
-    cfg.issuer = issuer;
+    // A JWKS may hold the keys of more than one issuer; accepting all of
+    // them must be asked for, never the default. (clap enforces this too;
+    // this keeps it true for any other caller.)
+    match (issuer, any_issuer) {
+        (Some(""), _) => {
+            return Err(TokenCliError::Usage("--issuer must not be empty".into()));
+        }
+        (None, false) => {
+            return Err(TokenCliError::Usage(
+                "--issuer ISSUER is required (spiffe://<trust-domain>/agentguard), or --any-issuer"
+                    .into(),
+            ));
+        }
+        (Some(_), true) => {
+            return Err(TokenCliError::Usage(
+                "--issuer and --any-issuer exclude each other".into(),
+            ));
+        }
+        _ => {}
+    }
+    let mut cfg = VerifierConfig::new(audience, issuer);
     cfg.scope = scope;
     Ok(cfg)
 }
@@ -194,6 +226,7 @@ pub fn run(command: TokenCommand) -> Result<ExitCode, TokenCliError> {
             jwks,
             audience,
             issuer,
+            any_issuer,
             scope,
             method,
             url,
@@ -213,7 +246,7 @@ pub fn run(command: TokenCommand) -> Result<ExitCode, TokenCliError> {
                 }
                 _ => None,
             };
-            let cfg = config(&audience, issuer, scope)?;
+            let cfg = config(&audience, issuer.as_deref(), any_issuer, scope)?;
             let result = runtime()?.block_on(async {
                 let verifier = Verifier::new(cfg, source).await?;
                 verifier.check(token.trim(), binding.as_ref()).await
@@ -270,7 +303,12 @@ pub fn verify_proxy(args: VerifyProxyArgs) -> Result<ExitCode, TokenCliError> {
         Some(p) => crate::token::read_certs(p).map_err(TokenCliError::Usage)?,
         None => Vec::new(),
     };
-    let cfg = config(&args.audience, args.issuer, args.scope)?;
+    let cfg = config(
+        &args.audience,
+        args.issuer.as_deref(),
+        args.any_issuer,
+        args.scope,
+    )?;
     runtime()?.block_on(async move {
         let verifier = Verifier::new(cfg, source).await?;
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -280,7 +318,8 @@ pub fn verify_proxy(args: VerifyProxyArgs) -> Result<ExitCode, TokenCliError> {
                 source,
             })?;
         let local = listener.local_addr().unwrap_or(args.listen);
-        tracing::info!(listen = %local, upstream = %upstream, audience = %args.audience, "verify-proxy ready");
+        let issuer = args.issuer.as_deref().unwrap_or("any");
+        tracing::info!(listen = %local, upstream = %upstream, audience = %args.audience, issuer, "verify-proxy ready");
         // The chosen port on stdout, for scripts that bind port 0.
         println!("listening on {local}");
         let proxy = Arc::new(VerifyProxy {
@@ -291,8 +330,81 @@ pub fn verify_proxy(args: VerifyProxyArgs) -> Result<ExitCode, TokenCliError> {
             tls,
             upstream_ca,
             reporter: args.admin_socket.as_deref().map(crate::token::Reporter::new),
+            timeouts: crate::token::ProxyTimeouts::default(),
         });
         proxy.serve(listener).await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct VerifyProxyCli {
+        #[command(flatten)]
+        args: VerifyProxyArgs,
+    }
+
+    #[derive(Debug, Parser)]
+    struct TokenCli {
+        #[command(subcommand)]
+        command: TokenCommand,
+    }
+
+    #[test]
+    fn verify_proxy_and_token_verify_require_an_issuer_or_any_issuer() {
+        let proxy = |extra: &[&str]| {
+            let mut argv = vec!["vp", "--listen", "127.0.0.1:0", "--upstream", "http://u"];
+            argv.extend(["--audience", "itsm", "--jwks", "jwks.json"]);
+            argv.extend(extra);
+            VerifyProxyCli::try_parse_from(argv)
+        };
+        let verify = |extra: &[&str]| {
+            let mut argv = vec!["token", "verify", "--jwks", "jwks.json", "--audience", "a"];
+            argv.extend(extra);
+            argv.push("TOKEN");
+            TokenCli::try_parse_from(argv)
+        };
+        let iss = ["--issuer", "spiffe://agentguard.local/agentguard"];
+        let both = [iss[0], iss[1], "--any-issuer"];
+        for (what, neither, issuer, any, both) in [
+            (
+                "verify-proxy",
+                proxy(&[]).err(),
+                proxy(&iss).err(),
+                proxy(&["--any-issuer"]).err(),
+                proxy(&both).err(),
+            ),
+            (
+                "token verify",
+                verify(&[]).err(),
+                verify(&iss).err(),
+                verify(&["--any-issuer"]).err(),
+                verify(&both).err(),
+            ),
+        ] {
+            let neither = neither.unwrap_or_else(|| panic!("{what}: no issuer accepted"));
+            assert!(
+                neither.to_string().contains("--issuer"),
+                "{what}: {neither}"
+            );
+            assert!(issuer.is_none(), "{what}: {issuer:?}");
+            assert!(any.is_none(), "{what}: {any:?}");
+            assert!(
+                both.is_some(),
+                "{what}: --issuer with --any-issuer accepted"
+            );
+        }
+        // The same rule for callers that do not come through clap.
+        assert!(config("itsm", None, false, None).is_err());
+        assert!(config("itsm", Some(""), false, None).is_err());
+        assert!(config("itsm", Some("x"), true, None).is_err());
+        let cfg = config("itsm", Some(iss[1]), false, None).unwrap();
+        assert_eq!(cfg.issuer.as_deref(), Some(iss[1]));
+        assert_eq!(config("itsm", None, true, None).unwrap().issuer, None);
+    }
 }

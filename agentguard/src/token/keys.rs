@@ -318,9 +318,7 @@ fn parse_key(path: &Path, pem: &str) -> Result<SigningKey, KeyError> {
         }
     }
     .map_err(|e| invalid(e.to_string()))?;
-    let kid = jwk
-        .thumbprint(ThumbprintHash::SHA256)
-        .map_err(|e| invalid(e.to_string()))?;
+    let kid = thumbprint(&jwk).map_err(invalid)?;
     jwk.common.key_id = Some(kid.clone());
     jwk.common.public_key_use = Some(PublicKeyUse::Signature);
     Ok(SigningKey {
@@ -329,6 +327,13 @@ fn parse_key(path: &Path, pem: &str) -> Result<SigningKey, KeyError> {
         signer,
         jwk,
     })
+}
+
+/// The `kid` of a key: its JWK SHA-256 thumbprint (RFC 7638 §3), so that a
+/// verifier can recompute it from the public key alone.
+fn thumbprint(jwk: &Jwk) -> Result<String, String> {
+    jwk.thumbprint(ThumbprintHash::SHA256)
+        .map_err(|e| e.to_string())
 }
 
 fn read_retired(path: &Path) -> Result<Vec<RetiredKey>, KeyError> {
@@ -457,5 +462,56 @@ mod tests {
             KeyStore::load(dir.path()),
             Err(KeyError::Insecure { .. })
         ));
+    }
+
+    #[test]
+    fn the_kid_is_the_rfc_7638_thumbprint() {
+        let jwk = |v: serde_json::Value| serde_json::from_value::<Jwk>(v).unwrap();
+        // RFC 8037 §A.3: the Ed25519 key of §A.2.
+        let ed = jwk(serde_json::json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+        }));
+        assert_eq!(
+            thumbprint(&ed).unwrap(),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
+        // RFC 7638 §3.1: an RSA key (members other than the required ones
+        // do not count).
+        let rsa = jwk(serde_json::json!({
+            "kty": "RSA",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+            "e": "AQAB",
+            "alg": "RS256",
+            "kid": "2011-04-29",
+        }));
+        assert_eq!(
+            thumbprint(&rsa).unwrap(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+        // The keys agentguard makes, by RFC 7638 §3.2's method done by
+        // hand: the required members in lexicographic order, no
+        // whitespace, SHA-256, base64url.
+        use sha2::{Digest as _, Sha256};
+        for alg in [SigningAlgorithm::Es256, SigningAlgorithm::EdDsa] {
+            let dir = tempfile::tempdir().unwrap();
+            let keys = KeyStore::load_or_create(dir.path(), alg).unwrap();
+            let public = serde_json::to_value(&keys.jwks().keys[0]).unwrap();
+            let member = |m: &str| public[m].as_str().unwrap().to_owned();
+            let canonical = match alg {
+                SigningAlgorithm::Es256 => format!(
+                    r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+                    member("x"),
+                    member("y")
+                ),
+                SigningAlgorithm::EdDsa => {
+                    format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, member("x"))
+                }
+            };
+            let want = crate::token::b64url(&Sha256::digest(canonical.as_bytes()));
+            assert_eq!(keys.kid(), want, "{alg:?}: {public}");
+            assert_eq!(member("kid"), want, "{alg:?}");
+        }
     }
 }

@@ -33,8 +33,8 @@ pub struct VerifyReport {
     /// The audience the verify-proxy answers to (the tool).
     pub audience: String,
     pub allowed: bool,
-    /// The status verify-proxy answered with (401, 403, 413) or, when
-    /// allowed, the tool's.
+    /// The status verify-proxy answered with (400, 401, 403, 408, 413,
+    /// 503) or, when allowed, the tool's (502 if unreachable).
     pub status: u16,
     pub method: String,
     pub host: String,

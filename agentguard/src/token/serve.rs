@@ -13,7 +13,7 @@ use hyper::{
 };
 use hyper_util::{
     client::legacy::Client,
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
 use tokio::net::TcpListener;
@@ -25,6 +25,51 @@ type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Where the JWKS is served.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+/// How long verify-proxy waits on a client before it gives up on it. Its
+/// clients are not authenticated until their token is checked, so none may
+/// hold a connection or a buffer open for as long as it likes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyTimeouts {
+    /// For the whole TLS handshake.
+    pub tls_handshake: Duration,
+    /// For a request head (on HTTP/1.1 also the idle time between
+    /// requests); HTTP/2 connections are pinged at this interval and closed
+    /// if the client does not answer.
+    pub header_read: Duration,
+    /// For the whole request body, which must be read to check its hash.
+    pub body_read: Duration,
+}
+
+impl Default for ProxyTimeouts {
+    /// The agents' proxy's values (`proxy/listener.rs`, `proxy/http.rs`).
+    fn default() -> Self {
+        Self {
+            tls_handshake: Duration::from_secs(10),
+            header_read: HEADER_READ_TIMEOUT,
+            body_read: Duration::from_secs(30),
+        }
+    }
+}
+
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A server connection builder that gives up on a slow client. Without a
+/// timer hyper applies no header-read timeout: a client that never
+/// finishes its request head (or idles between requests) would hold the
+/// connection for ever. As the agents' proxy does (`proxy/http.rs`).
+fn server(header_read: Duration) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(header_read));
+    builder
+}
 
 fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(Full::new(body.into()).map_err(|n| match n {}).boxed());
@@ -65,7 +110,7 @@ pub async fn serve_jwks(listener: TcpListener, minter: Arc<Minter>) {
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
+            let _ = server(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
@@ -88,6 +133,7 @@ pub struct VerifyProxy {
     pub upstream_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Records each decision in a daemon's audit record, if given.
     pub reporter: Option<Arc<super::Reporter>>,
+    pub timeouts: ProxyTimeouts,
 }
 
 /// The certificates in a PEM file.
@@ -131,19 +177,24 @@ impl VerifyProxy {
             };
             let (this, client) = (self.clone(), client.clone());
             tokio::spawn(async move {
-                let tls = this.tls.clone();
+                let (tls, timeouts) = (this.tls.clone(), this.timeouts);
                 let service = service_fn(move |req| {
                     let (this, client) = (this.clone(), client.clone());
                     async move { Ok::<_, Infallible>(this.handle(req, peer, &client).await) }
                 });
-                let builder = auto::Builder::new(TokioExecutor::new());
+                let builder = server(timeouts.header_read);
                 match tls {
-                    Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(tls) => {
-                            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                    Some(acceptor) => {
+                        match tokio::time::timeout(timeouts.tls_handshake, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(tls)) => {
+                                let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                            }
+                            Ok(Err(e)) => warn!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => warn!(%peer, "TLS handshake timed out"),
                         }
-                        Err(e) => warn!(%peer, error = %e, "TLS handshake failed"),
-                    },
+                    }
                     None => {
                         let _ = builder
                             .serve_connection(TokioIo::new(stream), service)
@@ -208,12 +259,25 @@ impl VerifyProxy {
         let target = req.uri().path_and_query().map(|p| p.to_string());
         let target = target.unwrap_or_else(|| "/".into());
         let refuse = |e: super::VerifyError| {
+            if let super::VerifyError::Jwks(_) = e {
+                // Not the client's fault, and the JWKS's location and error
+                // are no business of an unauthenticated client: the detail
+                // goes to the log and the audit record only.
+                warn!(%peer, %method, target, decision = "refuse", reason = %e, "cannot verify tokens");
+                let r = full(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "the keys to verify the token with are unavailable; try again later\n",
+                );
+                return (r, Outcome::refused(e.to_string()));
+            }
             info!(%peer, %method, target, decision = "refuse", reason = %e, "token refused");
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
-            let challenge = e.www_authenticate(self.verifier.config().scope.as_deref());
             let body = serde_json::json!({ "error": e.to_string() }).to_string();
             let mut r = full(status, "application/json", body);
-            if let Ok(v) = HeaderValue::from_str(&challenge) {
+            if let Some(challenge) = e.www_authenticate(self.verifier.config().scope.as_deref())
+                && let Ok(v) = HeaderValue::from_str(&challenge)
+            {
                 r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
             }
             (r, Outcome::refused(e.to_string()))
@@ -248,33 +312,61 @@ impl VerifyProxy {
                     .map(str::to_owned)
             })
             .unwrap_or_default();
-        if req
-            .body()
+        let (mut parts, body) = req.into_parts();
+        let mut binding = RequestBinding {
+            method: parts.method.to_string(),
+            scheme: self.public_scheme.clone(),
+            authority,
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            // Known once the body is read.
+            body_hash: String::new(),
+        };
+        // All that can be checked without the body is checked before it is
+        // read: a client without a valid, unused token bound to this method
+        // and URI is refused without making the proxy wait for or buffer a
+        // body.
+        let claims = match self.verifier.check_head(&token, &binding).await {
+            Ok(c) => c,
+            Err(e) => return refuse(e),
+        };
+        if body
             .size_hint()
             .upper()
             .is_some_and(|n| n > self.max_body as u64)
-            || req
-                .headers()
+            || parts
+                .headers
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
                 .is_some_and(|n| n > self.max_body as u64)
         {
             return (too_large(self.max_body), Outcome::too_large());
         }
-        let (mut parts, body) = req.into_parts();
-        let body = match Limited::new(body, self.max_body).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => return (too_large(self.max_body), Outcome::too_large()),
+        let read = Limited::new(body, self.max_body).collect();
+        let body = match tokio::time::timeout(self.timeouts.body_read, read).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return (too_large(self.max_body), Outcome::too_large());
+            }
+            Ok(Err(e)) => {
+                let reason = format!("failed to read the request body: {e}");
+                let r = full(StatusCode::BAD_REQUEST, "text/plain", format!("{reason}\n"));
+                return (r, Outcome::refused(reason));
+            }
+            // A token is for one call, quickly made; and a client that
+            // trickles its body must not hold a buffer for ever.
+            Err(_) => {
+                let reason = format!(
+                    "request body not received within {}s",
+                    self.timeouts.body_read.as_secs_f32()
+                );
+                let body = serde_json::json!({ "error": reason }).to_string();
+                let r = full(StatusCode::REQUEST_TIMEOUT, "application/json", body);
+                return (r, Outcome::refused(reason));
+            }
         };
-        let binding = RequestBinding {
-            method: parts.method.to_string(),
-            scheme: self.public_scheme.clone(),
-            authority,
-            path: parts.uri.path().to_owned(),
-            query: parts.uri.query().map(str::to_owned),
-            body_hash: super::b64url(&<sha2::Sha256 as sha2::Digest>::digest(&body)),
-        };
-        let claims = match self.verifier.verify(&token, Some(&binding)).await {
+        binding.body_hash = super::b64url(&<sha2::Sha256 as sha2::Digest>::digest(&body));
+        let claims = match self.verifier.finish(claims, &binding) {
             Ok(c) => c,
             Err(e) => return refuse(e),
         };
@@ -368,7 +460,120 @@ fn join(upstream: &Uri, target: &str) -> Result<Uri, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
     use super::*;
+    use crate::token::{JwksSource, KeyStore, MintRequest, SigningAlgorithm, VerifierConfig};
+
+    fn minter(dir: &Path) -> Minter {
+        let keys = KeyStore::load_or_create(dir, SigningAlgorithm::Es256).unwrap();
+        Minter::new(keys, "example.org")
+    }
+
+    /// A token for audience `itsm` bound to `method` `url` with `body`.
+    fn token(m: &Minter, method: &str, url: &str, body: &[u8]) -> String {
+        let binding = RequestBinding::from_url(method, url, body).unwrap();
+        m.mint(&MintRequest {
+            agent: "bot",
+            audience: "itsm",
+            scope: "",
+            ttl: Duration::from_secs(60),
+            binding: &binding,
+            on_behalf_of: None,
+            kernel: None,
+        })
+        .unwrap()
+        .token
+    }
+
+    async fn verifier(m: &Minter, source: JwksSource) -> Arc<Verifier> {
+        let cfg = VerifierConfig::new("itsm", Some(&m.issuer()));
+        Verifier::new(cfg, source).await.unwrap()
+    }
+
+    /// A verify-proxy on 127.0.0.1 whose upstream refuses connections:
+    /// these tests are about what it answers itself.
+    async fn start(
+        verifier: Arc<Verifier>,
+        timeouts: ProxyTimeouts,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let proxy = Arc::new(VerifyProxy {
+            verifier,
+            upstream: "http://127.0.0.1:9".parse().unwrap(),
+            public_scheme: "http".into(),
+            max_body: 1 << 20,
+            tls,
+            upstream_ca: Vec::new(),
+            reporter: None,
+            timeouts,
+        });
+        tokio::spawn(proxy.serve(listener));
+        addr
+    }
+
+    /// Timeouts short enough for a test.
+    const SHORT: ProxyTimeouts = ProxyTimeouts {
+        tls_handshake: Duration::from_millis(300),
+        header_read: Duration::from_millis(300),
+        body_read: Duration::from_millis(300),
+    };
+
+    /// Sends `request` and reads until the proxy closes the connection, for
+    /// at most 5 s: what it answered, and when it closed (`None`: not
+    /// within the 5 s).
+    async fn exchange(addr: SocketAddr, request: &[u8]) -> (String, Option<Duration>) {
+        let start = Instant::now();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await
+        .ok()
+        .map(|()| start.elapsed());
+        (String::from_utf8_lossy(&answer).into_owned(), closed)
+    }
+
+    #[tokio::test]
+    async fn a_jwks_that_cannot_be_fetched_is_503_without_an_invalid_token_challenge() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = minter(dir.path());
+        let file = dir.path().join("jwks.json");
+        std::fs::write(&file, serde_json::to_vec(&m.jwks()).unwrap()).unwrap();
+        let v = verifier(&m, JwksSource::File(file.clone())).await;
+        let addr = start(v, ProxyTimeouts::default(), None).await;
+        // A key the verifier has not seen makes it re-read the JWKS, which
+        // is gone.
+        std::fs::remove_file(&file).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let t = token(&minter(other.path()), "GET", "http://tool.test/x", b"");
+        let (answer, _) = exchange(
+            addr,
+            format!(
+                "GET /x HTTP/1.1\r\nHost: tool.test\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        // RFC 6750 §3.1: invalid_token goes with 401; the token may well be
+        // fine.
+        let lower = answer.to_ascii_lowercase();
+        assert!(!lower.contains("www-authenticate"), "{answer}");
+        assert!(!lower.contains("invalid_token"), "{answer}");
+    }
 
     #[test]
     fn upstream_prefix_is_kept() {
@@ -379,5 +584,88 @@ mod tests {
         );
         let u: Uri = "https://tool.example".parse().unwrap();
         assert_eq!(join(&u, "/").unwrap().to_string(), "https://tool.example/");
+    }
+
+    /// A request head for `method` `target` on tool.test with `token` and
+    /// a `Content-Length` of `length`.
+    fn head(method: &str, target: &str, token: &str, length: usize) -> String {
+        format!(
+            "{method} {target} HTTP/1.1\r\nHost: tool.test\r\nAuthorization: Bearer {token}\r\n\
+             Content-Length: {length}\r\nConnection: close\r\n\r\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn a_client_without_an_unused_token_for_this_call_is_refused_before_its_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = minter(dir.path());
+        let v = verifier(&m, JwksSource::Static(m.jwks())).await;
+        let addr = start(v, ProxyTimeouts::default(), None).await;
+        let url = "http://tool.test/x";
+        // Spent: its first use reads the body, checks its hash and records
+        // the jti (the upstream then refuses: 502).
+        let spent = token(&m, "POST", url, b"{}");
+        let (answer, _) = exchange(
+            addr,
+            format!("{}{{}}", head("POST", "/x", &spent, 2)).as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+        for (token, what) in [
+            ("not.a.token".to_owned(), "invalid_token"),
+            (token(&m, "POST", "http://tool.test/other", b""), "bound to"),
+            (token(&m, "PUT", url, b""), "method"),
+            (spent, "replay"),
+        ] {
+            // A body announced and never sent: answered without waiting.
+            let (answer, closed) =
+                exchange(addr, head("POST", "/x", &token, 1_000_000).as_bytes()).await;
+            assert!(answer.starts_with("HTTP/1.1 401"), "{what}: {answer}");
+            assert!(answer.contains(what), "{what}: {answer}");
+            assert!(closed.is_some(), "{what}: connection left open");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_head_that_never_ends_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = minter(dir.path());
+        let v = verifier(&m, JwksSource::Static(m.jwks())).await;
+        let addr = start(v, SHORT, None).await;
+        let (_, closed) = exchange(addr, b"GET /x HTTP/1.1\r\nHost: tool.test\r\n").await;
+        let closed = closed.expect("the connection was held open for 5 s");
+        assert!(closed >= SHORT.header_read, "{closed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_never_ends_is_answered_408() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = minter(dir.path());
+        let v = verifier(&m, JwksSource::Static(m.jwks())).await;
+        let addr = start(v, SHORT, None).await;
+        let t = token(&m, "POST", "http://tool.test/x", b"hello world");
+        // Half the body, then nothing.
+        let request = format!("{}hello", head("POST", "/x", &t, 11));
+        let (answer, closed) = exchange(addr, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        let closed = closed.expect("the connection was held open for 5 s");
+        assert!(closed >= SHORT.body_read, "{closed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_tls_handshake_that_never_ends_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = minter(dir.path());
+        let v = verifier(&m, JwksSource::Static(m.jwks())).await;
+        let cert = rcgen::generate_simple_self_signed(vec!["tool.test".to_owned()]).unwrap();
+        let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+        std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+        let tls = tls_acceptor(&cert_file, &key_file).unwrap();
+        let addr = start(v, SHORT, Some(tls)).await;
+        // Connected, and not a byte of a ClientHello.
+        let (_, closed) = exchange(addr, b"").await;
+        let closed = closed.expect("the connection was held open for 5 s");
+        assert!(closed >= SHORT.tls_handshake, "{closed:?}");
     }
 }

@@ -26,12 +26,18 @@ use super::{
 /// A JWKS is re-read for an unknown `kid` at most this often, so that tokens
 /// with made-up key ids cannot make the verifier hammer the issuer.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// After a JWKS fetch fails, an unknown `kid` may try again this soon: an
+/// issuer unreachable for a moment must not leave a key rotated meanwhile
+/// unknown for the whole [`MIN_REFRESH_INTERVAL`].
+const RETRY_AFTER_FAILED_FETCH: Duration = Duration::from_secs(1);
 /// A JWKS larger than this is refused.
 const MAX_JWKS_BYTES: usize = 1 << 20;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a token was refused. `InvalidToken` is RFC 6750 §3.1 `invalid_token`
-/// (401), `InsufficientScope` is `insufficient_scope` (403).
+/// (401), `InsufficientScope` is `insufficient_scope` (403). `Jwks` says
+/// nothing about the token: the keys to check it with could not be read
+/// (503).
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum VerifyError {
     #[error("invalid_token: {0}")]
@@ -52,14 +58,17 @@ impl VerifyError {
         }
     }
 
-    /// The `WWW-Authenticate` value (RFC 6750 §3).
-    pub fn www_authenticate(&self, scope: Option<&str>) -> String {
+    /// The `WWW-Authenticate` value (RFC 6750 §3), for the two errors that
+    /// are about the token. A JWKS that cannot be fetched has none: RFC
+    /// 6750 ties `invalid_token` to 401, and telling a client its (maybe
+    /// good) token is invalid would make it throw the token away.
+    pub fn www_authenticate(&self, scope: Option<&str>) -> Option<String> {
         let quoted = |s: &str| s.replace(['\\', '"'], "'");
         match self {
-            Self::InvalidToken(reason) | Self::Jwks(reason) => format!(
+            Self::InvalidToken(reason) => Some(format!(
                 "Bearer error=\"invalid_token\", error_description=\"{}\"",
                 quoted(reason)
-            ),
+            )),
             Self::InsufficientScope(reason) => {
                 let mut v = format!(
                     "Bearer error=\"insufficient_scope\", error_description=\"{}\"",
@@ -68,8 +77,9 @@ impl VerifyError {
                 if let Some(s) = scope {
                     v.push_str(&format!(", scope=\"{}\"", quoted(s)));
                 }
-                v
+                Some(v)
             }
+            Self::Jwks(_) => None,
         }
     }
 }
@@ -106,7 +116,10 @@ impl JwksSource {
 pub struct VerifierConfig {
     /// The `aud` this tool answers to.
     pub audience: String,
-    /// The expected `iss`; `None` accepts any issuer the JWKS signs for.
+    /// The `iss` every token must carry (an agentguard's is
+    /// `spiffe://<trust-domain>/agentguard`); `None` accepts any issuer the
+    /// JWKS holds a key for, which is safe only while that JWKS is one
+    /// issuer's alone.
     pub issuer: Option<String>,
     /// Space-separated scopes every token must grant.
     pub scope: Option<String>,
@@ -115,10 +128,12 @@ pub struct VerifierConfig {
 }
 
 impl VerifierConfig {
-    pub fn new(audience: &str) -> Self {
+    /// `issuer` has no default: accepting any issuer is a choice the caller
+    /// makes explicitly, with `None`.
+    pub fn new(audience: &str, issuer: Option<&str>) -> Self {
         Self {
             audience: audience.to_owned(),
-            issuer: None,
+            issuer: issuer.map(str::to_owned),
             scope: None,
             leeway: DEFAULT_LEEWAY,
             replay_capacity: DEFAULT_REPLAY_CAPACITY,
@@ -133,7 +148,7 @@ pub struct Verifier {
     cfg: VerifierConfig,
     source: JwksSource,
     keys: RwLock<JwkSet>,
-    last_refresh: Mutex<Option<Instant>>,
+    refresh: Mutex<RefreshState>,
     refresh_lock: tokio::sync::Mutex<()>,
     replay: ReplayCache,
 }
@@ -159,7 +174,7 @@ impl Verifier {
             keys: RwLock::new(keys),
             // The first unknown kid may refresh at once (a key rotated
             // since start); later ones are rate-limited.
-            last_refresh: Mutex::new(None),
+            refresh: Mutex::new(RefreshState::default()),
             refresh_lock: tokio::sync::Mutex::new(()),
         }))
     }
@@ -170,19 +185,26 @@ impl Verifier {
 
     /// Verifies `token` and, if `binding` is given, that it was minted for
     /// exactly that request. A token that passes is recorded and refused
-    /// from then on until it expires.
+    /// from then on, for as long as it could still verify.
     pub async fn verify(
         &self,
         token: &str,
         binding: Option<&RequestBinding>,
     ) -> Result<Claims, VerifyError> {
-        let claims = self.check(token, binding).await?;
-        let forget_at = claims.exp + self.cfg.leeway.as_secs();
-        match self.replay.check(&claims.jti, forget_at, now_secs()) {
-            ReplayVerdict::Fresh => Ok(claims),
-            ReplayVerdict::Replayed => Err(invalid("token already used (replay)")),
-            ReplayVerdict::Full => Err(invalid("replay cache is full; try again shortly")),
-        }
+        self.verify_at(token, binding, now_secs()).await
+    }
+
+    /// [`Self::verify`] at `now` (seconds since the epoch): one clock
+    /// reading decides both whether the token is still valid and how long
+    /// its `jti` is remembered, so the two cannot disagree.
+    async fn verify_at(
+        &self,
+        token: &str,
+        binding: Option<&RequestBinding>,
+        now: u64,
+    ) -> Result<Claims, VerifyError> {
+        let claims = self.check_at(token, binding, now).await?;
+        self.spend(claims, now)
     }
 
     /// Every check but single use (`agentguard token verify` shows a token
@@ -191,6 +213,15 @@ impl Verifier {
         &self,
         token: &str,
         binding: Option<&RequestBinding>,
+    ) -> Result<Claims, VerifyError> {
+        self.check_at(token, binding, now_secs()).await
+    }
+
+    async fn check_at(
+        &self,
+        token: &str,
+        binding: Option<&RequestBinding>,
+        now: u64,
     ) -> Result<Claims, VerifyError> {
         let header = decode_header(token).map_err(|e| invalid(format!("malformed token: {e}")))?;
         // Only asymmetric algorithms: "none" and HMAC (with the public key as
@@ -211,8 +242,10 @@ impl Verifier {
         };
         let key = DecodingKey::from_jwk(&jwk).map_err(|e| invalid(format!("key {kid:?}: {e}")))?;
         let mut validation = Validation::new(header.alg);
-        validation.leeway = self.cfg.leeway.as_secs();
-        validation.validate_nbf = true;
+        // exp, nbf and iat are checked below against `now`, not against
+        // jsonwebtoken's own clock (see verify_at).
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.set_audience(&[&self.cfg.audience]);
         if let Some(iss) = &self.cfg.issuer {
             validation.set_issuer(&[iss]);
@@ -221,8 +254,6 @@ impl Verifier {
         let claims = decode::<Claims>(token, &key, &validation)
             .map_err(|e| {
                 invalid(match e.kind() {
-                    ErrorKind::ExpiredSignature => "token expired".to_owned(),
-                    ErrorKind::ImmatureSignature => "token not yet valid".to_owned(),
                     ErrorKind::InvalidAudience => {
                         format!("token is not for audience {:?}", self.cfg.audience)
                     }
@@ -232,10 +263,7 @@ impl Verifier {
                 })
             })?
             .claims;
-        let leeway = self.cfg.leeway.as_secs();
-        if claims.iat > now_secs() + leeway {
-            return Err(invalid("token issued in the future"));
-        }
+        self.check_lifetime(&claims, now)?;
         // A token is for one call: a long-lived one would also make the
         // replay cache hold it for long.
         if claims.exp.saturating_sub(claims.iat) > MAX_TTL.as_secs() {
@@ -258,6 +286,75 @@ impl Verifier {
         Ok(claims)
     }
 
+    /// verify-proxy's first step, before it reads the body: every check
+    /// but the body's hash and single use, and also that the token is bound
+    /// to `head`'s method and URI and has not been used. A client without
+    /// such a token cannot make the proxy wait for, and buffer, a body.
+    /// (`head.body_hash` is not looked at.)
+    pub(super) async fn check_head(
+        &self,
+        token: &str,
+        head: &RequestBinding,
+    ) -> Result<Claims, VerifyError> {
+        let now = now_secs();
+        let claims = self.check_at(token, None, now).await?;
+        check_target(&claims, head)?;
+        if self.replay.contains(&claims.jti, now) {
+            return Err(invalid("token already used (replay)"));
+        }
+        Ok(claims)
+    }
+
+    /// verify-proxy's second step, with the body read: the whole binding,
+    /// the lifetime again (the body took time to arrive), and single use.
+    pub(super) fn finish(
+        &self,
+        claims: Claims,
+        binding: &RequestBinding,
+    ) -> Result<Claims, VerifyError> {
+        let now = now_secs();
+        self.check_lifetime(&claims, now)?;
+        check_binding(&claims, binding)?;
+        self.spend(claims, now)
+    }
+
+    /// The last second (since the epoch) in which a token that expires at
+    /// `exp` still verifies: the lifetime check and the replay cache both
+    /// use it.
+    fn last_valid(&self, exp: u64) -> u64 {
+        exp.saturating_add(self.cfg.leeway.as_secs())
+    }
+
+    /// `exp`, `nbf` and `iat` with the configured leeway each way: valid
+    /// while `now <= exp + leeway` and `nbf, iat <= now + leeway` (the
+    /// bounds jsonwebtoken uses).
+    fn check_lifetime(&self, claims: &Claims, now: u64) -> Result<(), VerifyError> {
+        let leeway = self.cfg.leeway.as_secs();
+        if now > self.last_valid(claims.exp) {
+            return Err(invalid("token expired"));
+        }
+        if claims.nbf > now.saturating_add(leeway) {
+            return Err(invalid("token not yet valid"));
+        }
+        if claims.iat > now.saturating_add(leeway) {
+            return Err(invalid("token issued in the future"));
+        }
+        Ok(())
+    }
+
+    /// Records the token's `jti` through the last second it verifies in; a
+    /// token seen before is refused.
+    fn spend(&self, claims: Claims, now: u64) -> Result<Claims, VerifyError> {
+        match self
+            .replay
+            .check(&claims.jti, self.last_valid(claims.exp), now)
+        {
+            ReplayVerdict::Fresh => Ok(claims),
+            ReplayVerdict::Replayed => Err(invalid("token already used (replay)")),
+            ReplayVerdict::Full => Err(invalid("replay cache is full; try again shortly")),
+        }
+    }
+
     fn find(&self, kid: &str) -> Option<Jwk> {
         self.keys
             .read()
@@ -267,27 +364,66 @@ impl Verifier {
     }
 
     /// Re-reads the JWKS (a rotated key), at most every
-    /// [`MIN_REFRESH_INTERVAL`].
+    /// [`MIN_REFRESH_INTERVAL`], or [`RETRY_AFTER_FAILED_FETCH`] after a
+    /// fetch that failed.
     async fn refresh(&self) -> Result<(), VerifyError> {
         if matches!(self.source, JwksSource::Static(_)) {
             return Ok(());
         }
         let _one = self.refresh_lock.lock().await;
         {
-            let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| t.elapsed() < MIN_REFRESH_INTERVAL) {
-                return Ok(());
+            let state = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
+            if state.next.is_some_and(|t| Instant::now() < t) {
+                // Too soon to ask again. If the last fetch failed, the
+                // keys are still unavailable as far as we know: saying
+                // "unknown key id" would blame a token that may be good.
+                return state.failure.clone().map_or(Ok(()), Err);
             }
-            *last = Some(Instant::now());
         }
-        let keys = fetch(&self.source).await?;
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
-        Ok(())
+        let fetched = fetch(&self.source).await;
+        let mut state = self.refresh.lock().unwrap_or_else(|p| p.into_inner());
+        match fetched {
+            Ok(keys) => {
+                *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+                *state = RefreshState {
+                    next: Some(Instant::now() + MIN_REFRESH_INTERVAL),
+                    failure: None,
+                };
+                Ok(())
+            }
+            Err(e) => {
+                *state = RefreshState {
+                    next: Some(Instant::now() + RETRY_AFTER_FAILED_FETCH),
+                    failure: Some(e.clone()),
+                };
+                Err(e)
+            }
+        }
     }
+}
+
+/// When an unknown `kid` may next make [`Verifier::refresh`] fetch the
+/// JWKS, and why the last fetch failed if it did.
+#[derive(Debug, Default)]
+struct RefreshState {
+    /// `None`: at once.
+    next: Option<Instant>,
+    failure: Option<VerifyError>,
 }
 
 /// The token must name the request it arrived with.
 fn check_binding(claims: &Claims, b: &RequestBinding) -> Result<(), VerifyError> {
+    check_target(claims, b)?;
+    if claims.rh != b.request_hash() {
+        return Err(invalid(
+            "request hash does not match: method, authority, path, query or body changed",
+        ));
+    }
+    Ok(())
+}
+
+/// The parts of the binding known before the body: method and URI.
+fn check_target(claims: &Claims, b: &RequestBinding) -> Result<(), VerifyError> {
     if claims.htm != b.method {
         return Err(invalid(format!(
             "token is bound to method {}, request is {}",
@@ -300,11 +436,6 @@ fn check_binding(claims: &Claims, b: &RequestBinding) -> Result<(), VerifyError>
         return Err(invalid(format!(
             "token is bound to {got}, request is for {want}"
         )));
-    }
-    if claims.rh != b.request_hash() {
-        return Err(invalid(
-            "request hash does not match: method, authority, path, query or body changed",
-        ));
     }
     Ok(())
 }
@@ -404,8 +535,7 @@ mod tests {
     }
 
     async fn verifier(m: &Minter, scope: Option<&str>) -> Arc<Verifier> {
-        let mut cfg = VerifierConfig::new("itsm");
-        cfg.issuer = Some(m.issuer());
+        let mut cfg = VerifierConfig::new("itsm", Some(&m.issuer()));
         cfg.scope = scope.map(Into::into);
         Verifier::new(cfg, JwksSource::Static(m.jwks()))
             .await
@@ -450,6 +580,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_token_is_refused_as_a_replay_in_the_last_second_it_verifies() {
+        let (_d, m) = setup();
+        let b = binding("POST", URL, b"{}");
+        let minted = m
+            .mint(&MintRequest {
+                agent: "bot",
+                audience: "itsm",
+                scope: "",
+                ttl: Duration::from_secs(60),
+                binding: &b,
+                on_behalf_of: None,
+                kernel: None,
+            })
+            .unwrap();
+        let v = verifier(&m, None).await;
+        // jsonwebtoken's rule, and ours: valid while now <= exp + leeway.
+        let last = minted.claims.exp + DEFAULT_LEEWAY.as_secs();
+        v.verify_at(&minted.token, Some(&b), last).await.unwrap();
+        let again = v
+            .verify_at(&minted.token, Some(&b), last)
+            .await
+            .unwrap_err();
+        assert!(again.to_string().contains("replay"), "{again}");
+        let later = v
+            .verify_at(&minted.token, Some(&b), last + 1)
+            .await
+            .unwrap_err();
+        assert!(later.to_string().contains("expired"), "{later}");
+    }
+
+    #[tokio::test]
     async fn each_binding_is_checked() {
         let (_d, m) = setup();
         let b = binding("POST", URL, b"{}");
@@ -490,6 +651,7 @@ mod tests {
         assert_eq!(e.status(), 403);
         assert!(
             e.www_authenticate(Some("tickets:write"))
+                .unwrap()
                 .starts_with("Bearer error=\"insufficient_scope\"")
         );
 
@@ -556,6 +718,160 @@ mod tests {
         assert_eq!(v.verify(&none, Some(&b)).await.unwrap_err().status(), 401);
     }
 
+    /// A token signed by `m` with claims a minted one's changed by `f`
+    /// (the lifetime set relative to `now` first: iat = nbf = now, exp =
+    /// now + 60).
+    fn doctored(m: &Minter, b: &RequestBinding, now: u64, f: impl Fn(&mut Claims)) -> String {
+        let mut c = m
+            .mint(&MintRequest {
+                agent: "bot",
+                audience: "itsm",
+                scope: "",
+                ttl: Duration::from_secs(60),
+                binding: b,
+                on_behalf_of: None,
+                kernel: None,
+            })
+            .unwrap()
+            .claims;
+        (c.iat, c.nbf, c.exp) = (now, now, now + 60);
+        f(&mut c);
+        m.sign(&c).unwrap()
+    }
+
+    #[tokio::test]
+    async fn lifetimes_within_the_leeway_are_accepted_and_beyond_it_refused() {
+        let (_d, m) = setup();
+        let b = binding("GET", URL, b"");
+        let v = verifier(&m, None).await;
+        let now = now_secs();
+        let leeway = DEFAULT_LEEWAY.as_secs();
+        assert_eq!(leeway, 5);
+        for (what, f, want) in [
+            (
+                "expired 3 s ago",
+                Box::new(|c: &mut Claims| (c.iat, c.exp) = (now - 60, now - 3))
+                    as Box<dyn Fn(&mut Claims)>,
+                None,
+            ),
+            (
+                "expired 6 s ago",
+                Box::new(|c: &mut Claims| (c.iat, c.exp) = (now - 60, now - 6)),
+                Some("expired"),
+            ),
+            (
+                "valid from in 3 s",
+                Box::new(|c: &mut Claims| c.nbf = now + 3),
+                None,
+            ),
+            (
+                "valid from in 6 s",
+                Box::new(|c: &mut Claims| c.nbf = now + 6),
+                Some("not yet valid"),
+            ),
+            (
+                "issued in 3 s",
+                Box::new(|c: &mut Claims| c.iat = now + 3),
+                None,
+            ),
+        ] {
+            let t = doctored(&m, &b, now, f);
+            match (v.verify_at(&t, Some(&b), now).await, want) {
+                (Ok(_), None) => {}
+                (Err(e), Some(want)) => assert!(e.to_string().contains(want), "{what}: {e}"),
+                (got, _) => panic!("{what}: {got:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_issued_in_the_future_is_refused() {
+        let (_d, m) = setup();
+        let b = binding("GET", URL, b"");
+        let v = verifier(&m, None).await;
+        let now = now_secs();
+        // nbf says now, but iat is beyond the leeway: a minter with a clock
+        // far ahead, or a forgery.
+        let t = doctored(&m, &b, now, |c| c.iat = now + DEFAULT_LEEWAY.as_secs() + 1);
+        let e = v.verify_at(&t, Some(&b), now).await.unwrap_err();
+        assert!(e.to_string().contains("issued in the future"), "{e}");
+        assert_eq!(e.status(), 401);
+    }
+
+    #[tokio::test]
+    async fn a_token_with_an_empty_jti_is_refused() {
+        let (_d, m) = setup();
+        let b = binding("GET", URL, b"");
+        let v = verifier(&m, None).await;
+        let now = now_secs();
+        // Without a jti, single use cannot be enforced.
+        let t = doctored(&m, &b, now, |c| c.jti.clear());
+        let e = v.verify_at(&t, Some(&b), now).await.unwrap_err();
+        assert!(e.to_string().contains("no jti"), "{e}");
+        assert_eq!(e.status(), 401);
+    }
+
+    #[tokio::test]
+    async fn a_token_without_a_kid_is_refused() {
+        let (_d, m) = setup();
+        let b = binding("GET", URL, b"");
+        let v = verifier(&m, None).await;
+        let t = mint(&m, "itsm", "", &b);
+        // The same claims and signature under a header without kid.
+        let (_, rest) = t.split_once('.').unwrap();
+        let header = crate::token::b64url(br#"{"typ":"JWT","alg":"ES256"}"#);
+        let e = v
+            .verify(&format!("{header}.{rest}"), Some(&b))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no kid"), "{e}");
+        assert_eq!(e.status(), 401);
+    }
+
+    #[tokio::test]
+    async fn an_hmac_token_keyed_with_the_public_key_is_refused() {
+        use base64::Engine as _;
+        let (_d, m) = setup();
+        let b = binding("GET", URL, b"");
+        let v = verifier(&m, None).await;
+        let claims = m
+            .mint(&MintRequest {
+                agent: "bot",
+                audience: "itsm",
+                scope: "",
+                ttl: Duration::from_secs(60),
+                binding: &b,
+                on_behalf_of: None,
+                kernel: None,
+            })
+            .unwrap()
+            .claims;
+        // What an attacker has of the key: the published JWK, and the
+        // public point in it (0x04 || x || y, the form a verifier that
+        // took alg from the token would use as the HMAC secret).
+        let jwk = serde_json::to_value(&m.jwks().keys[0]).unwrap();
+        let coordinate = |c: &str| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(jwk[c].as_str().unwrap())
+                .unwrap()
+        };
+        let point = [vec![4u8], coordinate("x"), coordinate("y")].concat();
+        let header = serde_json::json!({ "alg": "HS256", "typ": "JWT", "kid": m.kid() });
+        for secret in [point, serde_json::to_vec(&jwk).unwrap()] {
+            let input = format!(
+                "{}.{}",
+                crate::token::b64url(&serde_json::to_vec(&header).unwrap()),
+                crate::token::b64url(&serde_json::to_vec(&claims).unwrap())
+            );
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+            let mac = ring::hmac::sign(&key, input.as_bytes());
+            let t = format!("{input}.{}", crate::token::b64url(mac.as_ref()));
+            let e = v.verify(&t, Some(&b)).await.unwrap_err();
+            assert!(e.to_string().contains("HS256 not accepted"), "{e}");
+            assert_eq!(e.status(), 401);
+        }
+    }
+
     #[tokio::test]
     async fn rotated_keys_verify_until_retired() {
         let dir = tempfile::tempdir().unwrap();
@@ -570,9 +886,12 @@ mod tests {
         // A JWKS file, as `agentguard token jwks` writes it.
         let file = dir.path().join("jwks.json");
         std::fs::write(&file, serde_json::to_vec(&m.jwks()).unwrap()).unwrap();
-        let v = Verifier::new(VerifierConfig::new("itsm"), JwksSource::File(file))
-            .await
-            .unwrap();
+        let v = Verifier::new(
+            VerifierConfig::new("itsm", Some(&m.issuer())),
+            JwksSource::File(file),
+        )
+        .await
+        .unwrap();
         v.verify(&before, Some(&b)).await.unwrap();
         v.verify(&after, Some(&b)).await.unwrap();
         // Once the old key is retired, its tokens no longer verify.
@@ -584,10 +903,55 @@ mod tests {
         std::fs::write(&list, serde_json::to_vec(&retired).unwrap()).unwrap();
         let retired = KeyStore::load(dir.path()).unwrap().jwks();
         assert_eq!(retired.keys.len(), 1);
-        let v = Verifier::new(VerifierConfig::new("itsm"), JwksSource::Static(retired))
-            .await
-            .unwrap();
+        let v = Verifier::new(
+            VerifierConfig::new("itsm", Some(&m.issuer())),
+            JwksSource::Static(retired),
+        )
+        .await
+        .unwrap();
         let e = v.verify(&before, Some(&b)).await.unwrap_err();
+        assert!(e.to_string().contains("unknown key id"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_jwks_fetch_holds_back_the_next_only_briefly() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Minter::new(
+            KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap(),
+            "x",
+        );
+        let file = dir.path().join("jwks.json");
+        std::fs::write(&file, serde_json::to_vec(&m.jwks()).unwrap()).unwrap();
+        let v = Verifier::new(
+            VerifierConfig::new("itsm", Some(&m.issuer())),
+            JwksSource::File(file.clone()),
+        )
+        .await
+        .unwrap();
+        // A key rotated since the verifier read the JWKS, which is then
+        // unreadable for a moment.
+        m.rotate().unwrap();
+        let b = binding("GET", URL, b"");
+        let t = mint(&m, "itsm", "", &b);
+        std::fs::remove_file(&file).unwrap();
+        let e = v.verify(&t, Some(&b)).await.unwrap_err();
+        assert_eq!(e.status(), 503, "{e}");
+        std::fs::write(&file, serde_json::to_vec(&m.jwks()).unwrap()).unwrap();
+        // Right after the failure the rate limit still holds (and says the
+        // keys are unavailable, not that the token is bad)...
+        let e = v.verify(&t, Some(&b)).await.unwrap_err();
+        assert_eq!(e.status(), 503, "{e}");
+        // ...but only for a moment, not the whole refresh interval.
+        tokio::time::sleep(RETRY_AFTER_FAILED_FETCH + Duration::from_millis(200)).await;
+        v.verify(&t, Some(&b)).await.unwrap();
+        // A fetch that worked holds the next back for the whole interval:
+        // made-up key ids cannot make the verifier hammer the issuer.
+        std::fs::remove_file(&file).unwrap();
+        let (_d2, stranger) = setup();
+        let e = v
+            .verify(&mint(&stranger, "itsm", "", &b), Some(&b))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("unknown key id"), "{e}");
     }
 
@@ -595,8 +959,12 @@ mod tests {
     fn www_authenticate_follows_rfc_6750() {
         let e = invalid("token \"expired\"");
         assert_eq!(
-            e.www_authenticate(None),
-            "Bearer error=\"invalid_token\", error_description=\"token 'expired'\""
+            e.www_authenticate(None).as_deref(),
+            Some("Bearer error=\"invalid_token\", error_description=\"token 'expired'\"")
+        );
+        assert_eq!(
+            VerifyError::Jwks("unreachable".into()).www_authenticate(None),
+            None
         );
     }
 }
