@@ -6,6 +6,7 @@ mod cli_errors;
 mod credentials;
 mod dns;
 mod egress;
+mod exec_confinement;
 mod fail_closed;
 mod interception;
 mod redirect;

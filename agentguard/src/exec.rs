@@ -139,7 +139,11 @@ pub fn exec(
     let root = CgroupRoot::discover()?;
     cgroup.join_self(&root)?;
     // Only after joining: writing cgroup.procs needs the privileges dropped
-    // here.
+    // here. The bounding set goes first: shrinking it needs CAP_SETPCAP,
+    // which a switch to another user takes away.
+    if !privileges.keep_capabilities {
+        drop_bounding_set()?;
+    }
     if let Some(target) = &target {
         switch_user(target)?;
     }
@@ -148,9 +152,12 @@ pub fn exec(
         // setuid binaries cannot give back what was dropped.
         nix::sys::prctl::set_no_new_privs().map_err(ExecError::NoNewPrivs)?;
     }
-    // Last: the filter refuses mounts, which nothing above needs.
+    // Last: the filters refuse mounts and sockets nothing above needs.
+    seccomp::install(seccomp::socket_filters().map_err(ExecError::Seccomp)?)
+        .map_err(ExecError::Seccomp)?;
     if !privileges.allow_namespaces {
-        seccomp::install().map_err(ExecError::Seccomp)?;
+        seccomp::install(seccomp::filters().map_err(ExecError::Seccomp)?)
+            .map_err(ExecError::Seccomp)?;
     }
     let mut command = Command::new(program);
     command.args(args);
@@ -221,18 +228,25 @@ fn switch_user(target: &Target) -> Result<(), ExecError> {
     Ok(())
 }
 
-/// Empties every capability set, bounding set included, so nothing can be
-/// regained through exec of a file with capabilities either.
+/// Empties the bounding set, so nothing can be regained through exec of a
+/// file with capabilities. Needs CAP_SETPCAP: before the uid switch and
+/// before the other sets are cleared.
+fn drop_bounding_set() -> Result<(), ExecError> {
+    use caps::CapSet;
+    for cap in caps::all() {
+        // A capability this kernel does not know is not in the set.
+        if caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(|e| ExecError::Caps(format!("bounding set, {cap}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Empties every other capability set.
 fn drop_capabilities() -> Result<(), ExecError> {
     use caps::CapSet;
     let err = |e: caps::errors::CapsError| ExecError::Caps(e.to_string());
-    // The bounding set can only shrink while CAP_SETPCAP is effective, i.e.
-    // before the other sets are cleared (a no-op after a uid switch).
-    if caps::has_cap(None, CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false) {
-        for cap in caps::all() {
-            let _ = caps::drop(None, CapSet::Bounding, cap);
-        }
-    }
     for set in [
         CapSet::Ambient,
         CapSet::Inheritable,

@@ -11,7 +11,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
-    process::{Output, Stdio},
+    process::Stdio,
     time::Duration,
 };
 
@@ -20,19 +20,9 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::common::{Daemon, require_root, run_with_pid, text};
+use crate::common::{Daemon, ok, require_root, run_with_pid};
 
 const AGENT: &str = "egress-agent";
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "agent failed:\n{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
 
 #[test]
 fn routing_options_are_refused_and_recorded() {

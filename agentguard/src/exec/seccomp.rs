@@ -1,5 +1,6 @@
-//! The seccomp filter `agentguard exec` installs: no new user or mount
-//! namespaces and no mounts.
+//! The seccomp filters `agentguard exec` installs: no new user or mount
+//! namespaces and no mounts; and only the socket families the kernel
+//! programs see.
 //!
 //! Without it an unprivileged agent can `unshare -Urm`, become root of a
 //! user namespace of its own and bind-mount any socket it can open (ssh-agent,
@@ -8,6 +9,14 @@
 //! agent's mount namespace. It is also how an agent would regain
 //! CAP_SYS_ADMIN and CAP_NET_RAW (in a namespace of its own) after exec
 //! dropped them.
+//!
+//! The cgroup programs only see IPv4, IPv6 and Unix sockets. Any other
+//! family reaches its peers without them: AF_VSOCK, for one, talks to the
+//! hypervisor host and needs no privilege. So `socket()` of any other
+//! family but netlink (which glibc uses to list interfaces) fails with
+//! EAFNOSUPPORT, as if the kernel had no such family; and io_uring, which
+//! can create sockets without `socket()` (IORING_OP_SOCKET), is ENOSYS, so
+//! runtimes fall back to plain system calls.
 
 use std::collections::BTreeMap;
 
@@ -37,10 +46,54 @@ const REFUSED_SYSCALLS: [nix::libc::c_long; 11] = [
     nix::libc::SYS_mount_setattr,
 ];
 
-/// The filters, in the order they are installed. Two, because they answer
-/// differently: EPERM for what is refused, ENOSYS for clone3, whose flags
-/// live in memory a filter cannot read; glibc and others then fall back to
-/// clone, whose flags it can.
+/// The socket families an agent may create (include/linux/socket.h).
+const ALLOWED_FAMILIES: [i32; 4] = [
+    nix::libc::AF_UNIX,
+    nix::libc::AF_INET,
+    nix::libc::AF_INET6,
+    nix::libc::AF_NETLINK,
+];
+
+/// Installed whatever the flags: sockets the kernel programs cannot see.
+pub fn socket_filters() -> Result<Vec<BpfProgram>, String> {
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
+    let e = |e: seccompiler::BackendError| e.to_string();
+    // socket(family, type, protocol): one rule, matching when the family
+    // is none of the allowed ones.
+    let not_allowed = ALLOWED_FAMILIES
+        .iter()
+        .map(|&family| {
+            SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, family as u64)
+                .map_err(e)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let families = SeccompFilter::new(
+        BTreeMap::from([(
+            nix::libc::SYS_socket,
+            vec![SeccompRule::new(not_allowed).map_err(e)?],
+        )]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(nix::libc::EAFNOSUPPORT as u32),
+        arch,
+    )
+    .map_err(e)?;
+    let io_uring = SeccompFilter::new(
+        BTreeMap::from([(nix::libc::SYS_io_uring_setup, Vec::new())]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(nix::libc::ENOSYS as u32),
+        arch,
+    )
+    .map_err(e)?;
+    [families, io_uring]
+        .into_iter()
+        .map(|f| BpfProgram::try_from(f).map_err(e))
+        .collect()
+}
+
+/// The namespace filters, in the order they are installed. Two, because
+/// they answer differently: EPERM for what is refused, ENOSYS for clone3,
+/// whose flags live in memory a filter cannot read; glibc and others then
+/// fall back to clone, whose flags it can.
 pub fn filters() -> Result<Vec<BpfProgram>, String> {
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
     let e = |e: seccompiler::BackendError| e.to_string();
@@ -86,10 +139,10 @@ pub fn filters() -> Result<Vec<BpfProgram>, String> {
         .collect()
 }
 
-/// Installs the filters on this thread (exec keeps them, and every child
+/// Installs `filters` on this thread (exec keeps them, and every child
 /// inherits them). Needs no_new_privs or CAP_SYS_ADMIN.
-pub fn install() -> Result<(), String> {
-    for filter in filters()? {
+pub fn install(filters: Vec<BpfProgram>) -> Result<(), String> {
+    for filter in filters {
         seccompiler::apply_filter(&filter).map_err(|e| e.to_string())?;
     }
     Ok(())
@@ -101,8 +154,9 @@ mod tests {
 
     #[test]
     fn the_filters_compile_for_this_machine() {
-        let filters = filters().unwrap();
-        assert_eq!(filters.len(), 2);
-        assert!(filters.iter().all(|f| !f.is_empty()));
+        for filters in [filters().unwrap(), socket_filters().unwrap()] {
+            assert_eq!(filters.len(), 2);
+            assert!(filters.iter().all(|f| !f.is_empty()));
+        }
     }
 }
