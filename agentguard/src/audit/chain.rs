@@ -59,7 +59,7 @@ pub fn hash_row(seq: i64, prev: &Hash, values: &[Value]) -> Result<Hash, String>
 }
 
 pub fn to_hex(h: &Hash) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(h)
 }
 
 pub fn from_hex(s: &str) -> Option<Hash> {

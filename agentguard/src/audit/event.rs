@@ -250,23 +250,51 @@ fn uuid_v7(now: SystemTime) -> String {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let mut b = [0u8; 16];
-    // A failing system RNG leaves the random part zero; ids stay unique
-    // enough within a millisecond only with randomness, but the sequence
-    // number, not the id, is what the chain orders and checks.
-    let _ = getrandom::fill(&mut b[6..]);
+    random_bytes(&mut b[6..]);
     b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
     b[6] = 0x70 | (b[6] & 0x0f);
     b[8] = 0x80 | (b[8] & 0x3f);
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    let h = hex::encode(b);
+    let mut id = String::with_capacity(36);
+    for (i, part) in [&h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            id.push('-');
+        }
+        id.push_str(part);
+    }
+    id
 }
+
+/// Fills `out` from a per-thread buffer of system randomness, refilled by
+/// one `getrandom` call per [`RANDOM_BATCH`] bytes: an event is made per
+/// request, and a system call for each one's ten bytes showed in profiles.
+/// A failing system RNG leaves the bytes zero; ids then stay unique only
+/// by their millisecond, but the sequence number, not the id, is what the
+/// chain orders and checks.
+fn random_bytes(out: &mut [u8]) {
+    use std::cell::RefCell;
+    thread_local! {
+        static POOL: RefCell<(Vec<u8>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+    }
+    POOL.with_borrow_mut(|(buf, used)| {
+        if buf.len() < RANDOM_BATCH || *used + out.len() > buf.len() {
+            buf.resize(RANDOM_BATCH, 0);
+            if getrandom::fill(buf).is_err() {
+                buf.fill(0);
+            }
+            *used = 0;
+        }
+        out.copy_from_slice(&buf[*used..*used + out.len()]);
+        // Used bytes are erased: no later reader of the buffer sees them.
+        buf[*used..*used + out.len()].fill(0);
+        *used += out.len();
+    });
+}
+
+const RANDOM_BATCH: usize = 4096;
 
 /// A field's conversion to and from an SQLite value.
 trait Column: Sized {
@@ -413,6 +441,34 @@ columns!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_uuid_v7_and_distinct() {
+        let now = SystemTime::now();
+        let ids: Vec<String> = (0..1000).map(|_| uuid_v7(now)).collect();
+        for id in &ids {
+            assert_eq!(id.len(), 36, "{id}");
+            let parts: Vec<&str> = id.split('-').collect();
+            assert_eq!(
+                parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+                [8, 4, 4, 4, 12]
+            );
+            assert!(parts[2].starts_with('7'), "version 7: {id}");
+            assert!(
+                matches!(&parts[3][..1], "8" | "9" | "a" | "b"),
+                "variant: {id}"
+            );
+        }
+        // Same millisecond, different random bits, across refills of the
+        // per-thread pool (1000 ids × 10 bytes > one batch).
+        let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        let ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert_eq!(&ids[0][..8], &format!("{:012x}", ms)[..8]);
+    }
 
     #[test]
     fn rows_round_trip() {

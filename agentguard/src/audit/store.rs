@@ -287,11 +287,13 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Appends `records` (already chained) and, if given, a checkpoint, in one
+    /// Appends `records` (already chained; `rows[i]` is `records[i].event`
+    /// as a row, the one that was hashed) and, if given, a checkpoint, in one
     /// transaction: after a crash either all of it is there or none.
     pub fn append(
         &mut self,
         records: &[Record],
+        rows: &[Vec<Value>],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
@@ -308,12 +310,12 @@ impl Store {
                     COLUMNS.join(", ")
                 ))
                 .map_err(err)?;
-            for r in records {
-                let mut values = Vec::with_capacity(COLUMNS.len() + 3);
-                values.push(Value::Integer(r.seq));
-                values.extend(r.event.to_row());
-                values.push(Value::Text(r.prev_hash.clone()));
-                values.push(Value::Text(r.hash.clone()));
+            for (r, row) in records.iter().zip(rows) {
+                let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(row.len() + 3);
+                values.push(&r.seq);
+                values.extend(row.iter().map(|v| v as &dyn rusqlite::ToSql));
+                values.push(&r.prev_hash);
+                values.push(&r.hash);
                 stmt.execute(params_from_iter(values)).map_err(err)?;
             }
             if let Some(c) = checkpoint {

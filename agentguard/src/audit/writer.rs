@@ -208,13 +208,17 @@ impl Writer {
     /// due (or `last`). Retries until the store takes them.
     fn commit(&mut self, events: Vec<Event>, last: bool) {
         let mut records = Vec::with_capacity(events.len());
+        // Each row is made once: hashed here, then inserted as it is.
+        let mut rows = Vec::with_capacity(events.len());
         let (mut seq, mut prev) = (self.next_seq, self.last_hash);
         for event in events {
-            let hash = match hash_row(seq, &prev, &event.to_row()) {
+            let row = event.to_row();
+            let hash = match hash_row(seq, &prev, &row) {
                 Ok(h) => h,
                 // Only REAL/BLOB values fail, and events have none.
                 Err(e) => unreachable!("event values are text and integers: {e}"),
             };
+            rows.push(row);
             records.push(Record {
                 seq,
                 event,
@@ -235,7 +239,7 @@ impl Writer {
 
         let started = Instant::now();
         let mut backoff = FIRST_BACKOFF;
-        while let Err(e) = self.store.append(&records, checkpoint.as_ref()) {
+        while let Err(e) = self.store.append(&records, &rows, checkpoint.as_ref()) {
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
             if last && started.elapsed() > SHUTDOWN_GRACE {
                 error!(error = %e, events = records.len(), "audit store unwritable at shutdown; the last events are lost");

@@ -28,16 +28,17 @@ const DECODE_ROUNDS: usize = 2;
 /// `[A-Za-z0-9._-]`; it may be empty.
 pub fn find_placeholders(parts: &Parts) -> Vec<(String, String)> {
     let mut found = Vec::new();
-    let mut add = |location: &str, ids: Vec<String>| {
+    // Runs per request: the location is only spelt out for a hit.
+    let mut add = |location: &dyn Fn() -> String, ids: Vec<String>| {
         for id in ids {
-            let hit = (location.to_owned(), id);
+            let hit = (location(), id);
             if !found.contains(&hit) {
                 found.push(hit);
             }
         }
     };
     for (name, value) in &parts.headers {
-        let location = format!("header {name}");
+        let location = || format!("header {name}");
         add(&location, scan_decoded(value.as_bytes()));
         if (name == AUTHORIZATION || name == PROXY_AUTHORIZATION)
             && let Some(decoded) = basic_credentials(value.as_bytes())
@@ -45,9 +46,12 @@ pub fn find_placeholders(parts: &Parts) -> Vec<(String, String)> {
             add(&location, scan_decoded(&decoded));
         }
     }
-    add("path", scan_decoded(parts.uri.path().as_bytes()));
+    add(
+        &|| "path".to_owned(),
+        scan_decoded(parts.uri.path().as_bytes()),
+    );
     if let Some(query) = parts.uri.query() {
-        add("query", scan_decoded(query.as_bytes()));
+        add(&|| "query".to_owned(), scan_decoded(query.as_bytes()));
     }
     found
 }
@@ -65,6 +69,9 @@ fn basic_credentials(value: &[u8]) -> Option<Vec<u8>> {
 /// Ids found in `bytes`, raw and after each round of percent-decoding.
 fn scan_decoded(bytes: &[u8]) -> Vec<String> {
     let mut ids = scan(bytes);
+    if !bytes.contains(&b'%') {
+        return ids;
+    }
     let mut current = bytes.to_vec();
     for _ in 0..DECODE_ROUNDS {
         if !current.contains(&b'%') {
