@@ -9,6 +9,7 @@ mod egress;
 mod exec_confinement;
 mod fail_closed;
 mod interception;
+mod kernel_paths;
 mod redirect;
 mod root_required;
 mod tokens;
