@@ -1,18 +1,24 @@
 //! cgroup_skb/egress: the backstop behind the address hooks. Every packet
-//! an agent's socket may legitimately send goes to the loopback: TCP to the
-//! proxy, DNS to its resolver, replies to them. A packet for any other
-//! address got past the redirect some other way and is dropped (the
-//! sender gets EPERM), then reported:
+//! an agent's socket may legitimately send goes over the loopback device
+//! to a loopback address: TCP to the proxy, DNS to its resolver, replies to
+//! them. Any other packet got past the redirect some other way and is
+//! dropped (the sender gets EPERM), then reported:
 //!
 //! - an IPv6 routing header (setsockopt or a per-datagram cmsg; RFC 8754
 //!   segment routing needs no privilege) or an IPv4 source route sends the
 //!   packet to the first hop it names, not to the address the connect or
 //!   sendmsg hook rewrote;
+//! - an interface chosen by the agent (SO_BINDTODEVICE, IP_UNICAST_IF, or
+//!   per datagram IP_PKTINFO / IPV6_PKTINFO, all unprivileged) sends a
+//!   packet still addressed to 127.0.0.1 out of that interface, to
+//!   whatever neighbour answers for it;
 //! - a socket the agent accepted from another host answers that host
 //!   directly, without a connect.
 //!
 //! It runs per packet, so it only reads the fixed IP header (and the ports
 //! for the report).
+
+use core::ptr::{addr_of, read_volatile};
 
 use agentguard_common::{AF_INET, AF_INET6, event_kind, v4_mapped};
 use aya_ebpf::{
@@ -27,14 +33,21 @@ use crate::events::{SocketFacts, emit_for_packet};
 const PASS: i32 = 1;
 const DROP: i32 = 0;
 
+/// The loopback device is the first one in every network namespace
+/// (net/core/dev.c gives `lo` ifindex 1: LOOPBACK_IFINDEX).
+const LOOPBACK_IFINDEX: u32 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPV6_HEADER_LEN: usize = 40;
 
 pub fn check(ctx: &SkBuffContext) -> i32 {
+    // SAFETY: `skb` is the context pointer the kernel passed in; ifindex (the
+    // device the packet leaves by, set before this hook runs) is a readable
+    // 4-byte field of __sk_buff.
+    let ifindex = unsafe { read_volatile(addr_of!((*ctx.skb.skb).ifindex)) };
     // Whatever cannot be read is not known to be loopback: drop.
     match destination(ctx) {
-        Some(dst) if dst.loopback => PASS,
+        Some(dst) if dst.loopback && ifindex == LOOPBACK_IFINDEX => PASS,
         Some(dst) => {
             report(ctx, &dst.facts);
             DROP
@@ -87,12 +100,13 @@ fn destination(ctx: &SkBuffContext) -> Option<Destination> {
     }
 }
 
-/// `::1`, or an IPv4-mapped 127/8 address (which the kernel sends as
-/// IPv4, so it should not appear here; accepted for what it names).
+/// `::1` only. A v4-mapped address never goes on the wire as IPv6 (the
+/// kernel sends IPv4), so an IPv6 packet for `::ffff:127.x` was steered
+/// there by the agent and is routed like any non-local address.
 fn is_ip6_loopback(ip: &[u8; 16]) -> bool {
     let mut v6_loopback = [0u8; 16];
     v6_loopback[15] = 1;
-    *ip == v6_loopback || (ip[..12] == v4_mapped([0; 4])[..12] && ip[12] == 127)
+    *ip == v6_loopback
 }
 
 fn dst_port(ctx: &SkBuffContext, protocol: u8, transport_offset: usize) -> u16 {

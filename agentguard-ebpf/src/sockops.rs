@@ -6,11 +6,15 @@
 //! connection (measured on this kernel), so the entry is always there in time.
 //!
 //! The proxy removes the entry when it accepts. One it never accepts (it was
-//! restarting, its queue was full, the agent gave up first) would otherwise
-//! outlive the connection, and a local process outside every agent cgroup
-//! that binds the same address and port could then dial the proxy and pass
-//! for that agent. So the entry also goes when the socket closes: state
-//! callbacks are asked for on each socket that gets one.
+//! killed with the connection in its queue) would otherwise outlive the
+//! connection, and a local process outside every agent cgroup that binds
+//! the same address and port could then dial the proxy and pass for that
+//! agent. So the entry also goes when the socket is torn down: state
+//! callbacks are asked for on each socket that gets one. Not when the agent
+//! closed first, though: a client that writes its request and closes at
+//! once reaches TCP_CLOSE (through FIN_WAIT2 and TIME_WAIT) within a fraction
+//! of a second, possibly before a busy proxy accepts; that record is still
+//! wanted, and a restarted daemon clears whatever such records remain.
 
 use core::ptr::{addr_of, read_volatile};
 
@@ -28,8 +32,13 @@ const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
 /// sockets that set BPF_SOCK_OPS_STATE_CB_FLAG.
 const BPF_SOCK_OPS_STATE_CB: u32 = 10;
 const BPF_SOCK_OPS_STATE_CB_FLAG: i32 = 1 << 2;
-/// BPF_TCP_CLOSE: the socket is done (after FIN exchange, RST or timeout).
+/// BPF_TCP_* states (include/uapi/linux/bpf.h). CLOSE: the socket is done
+/// (after FIN exchange, RST or timeout).
+const BPF_TCP_FIN_WAIT1: u32 = 4;
+const BPF_TCP_FIN_WAIT2: u32 = 5;
+const BPF_TCP_TIME_WAIT: u32 = 6;
 const BPF_TCP_CLOSE: u32 = 7;
+const BPF_TCP_CLOSING: u32 = 11;
 
 pub struct Skip;
 
@@ -37,7 +46,11 @@ pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, Skip> {
     let fields = read_fields(ctx);
     match fields.op {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(ctx, &fields),
-        BPF_SOCK_OPS_STATE_CB if fields.new_state == BPF_TCP_CLOSE => closed(ctx, &fields),
+        BPF_SOCK_OPS_STATE_CB
+            if fields.new_state == BPF_TCP_CLOSE && !agent_closed_first(fields.old_state) =>
+        {
+            closed(ctx, &fields)
+        }
         _ => Ok(0),
     }
 }
@@ -63,6 +76,14 @@ fn established(ctx: &SockOpsContext, fields: &Fields) -> Result<u32, Skip> {
         return Err(Skip);
     }
     Ok(0)
+}
+
+/// States a socket passes through when its own side closed first.
+fn agent_closed_first(old_state: u32) -> bool {
+    matches!(
+        old_state,
+        BPF_TCP_FIN_WAIT1 | BPF_TCP_FIN_WAIT2 | BPF_TCP_CLOSING | BPF_TCP_TIME_WAIT
+    )
 }
 
 /// The socket is gone: its entry goes too, unless the address already
@@ -94,7 +115,8 @@ fn peer_key(fields: &Fields) -> Result<PeerKey, Skip> {
 
 struct Fields {
     op: u32,
-    /// args[1]: the new state, for BPF_SOCK_OPS_STATE_CB.
+    /// args[0] and args[1]: the old and new state, for BPF_SOCK_OPS_STATE_CB.
+    old_state: u32,
     new_state: u32,
     family: u32,
     local_ip4: u32,
@@ -114,6 +136,7 @@ fn read_fields(ctx: &SockOpsContext) -> Fields {
     unsafe {
         Fields {
             op: read_volatile(addr_of!((*ops).op)),
+            old_state: read_volatile(addr_of!((*ops).__bindgen_anon_1.args[0])),
             new_state: read_volatile(addr_of!((*ops).__bindgen_anon_1.args[1])),
             family: read_volatile(addr_of!((*ops).family)),
             local_ip4: read_volatile(addr_of!((*ops).local_ip4)),

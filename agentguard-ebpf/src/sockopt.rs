@@ -9,6 +9,10 @@
 //!   Setting one needs no privilege (RFC 8754 type 4).
 //! - IPv4 options (`IP_OPTIONS`): a loose or strict source route does the
 //!   same for IPv4.
+//! - An interface chosen for the socket (`SO_BINDTODEVICE`,
+//!   `SO_BINDTOIFINDEX`, `IP_UNICAST_IF`, `IPV6_UNICAST_IF`; unprivileged):
+//!   packets addressed to the proxy on 127.0.0.1 would leave by that
+//!   interface instead of the loopback.
 //!
 //! Every other option passes untouched.
 
@@ -24,9 +28,14 @@ use crate::{
 
 /// include/uapi/linux/in.h and in6.h (SOL_IP = IPPROTO_IP, SOL_IPV6 =
 /// IPPROTO_IPV6).
+const SOL_SOCKET: i32 = 1;
 const SOL_IP: i32 = 0;
 const SOL_IPV6: i32 = 41;
+const SO_BINDTODEVICE: i32 = 25;
+const SO_BINDTOIFINDEX: i32 = 62;
 const IP_OPTIONS: i32 = 4;
+const IP_UNICAST_IF: i32 = 50;
+const IPV6_UNICAST_IF: i32 = 76;
 const IPV6_2292PKTOPTIONS: i32 = 6;
 const IPV6_2292RTHDR: i32 = 5;
 const IPV6_RTHDR: i32 = 57;
@@ -42,8 +51,12 @@ pub fn check(ctx: &SockoptContext) -> i32 {
         )
     };
     let refused = match level {
-        SOL_IP => name == IP_OPTIONS,
-        SOL_IPV6 => matches!(name, IPV6_RTHDR | IPV6_2292RTHDR | IPV6_2292PKTOPTIONS),
+        SOL_SOCKET => matches!(name, SO_BINDTODEVICE | SO_BINDTOIFINDEX),
+        SOL_IP => matches!(name, IP_OPTIONS | IP_UNICAST_IF),
+        SOL_IPV6 => matches!(
+            name,
+            IPV6_RTHDR | IPV6_2292RTHDR | IPV6_2292PKTOPTIONS | IPV6_UNICAST_IF
+        ),
         _ => false,
     };
     if !refused {

@@ -154,6 +154,13 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     // kernel start sending agents here. Until this line the pinned config
     // is the previous daemon's (port 0 after a clean stop, a dead port after
     // a crash): agents' connections are refused meanwhile, never let out.
+    let stale = peers.clear();
+    if stale > 0 {
+        info!(
+            stale,
+            "forgot kernel records of connections a previous daemon never accepted"
+        );
+    }
     reloader
         .kernel
         .lock()

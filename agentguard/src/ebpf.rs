@@ -174,6 +174,9 @@ const MAPS: [&str; 8] = [
     "KERNEL_EVENTS",
     "EVENT_STATS",
 ];
+/// Ends the name of a link pinned only until it is handed to aya (see
+/// [`sockopt_link`]).
+const SCRATCH_SUFFIX: &str = "-scratch";
 /// Pinned maps live in a directory named for their layout: a daemon whose
 /// map definitions changed starts fresh maps instead of adopting ones it
 /// cannot read.
@@ -496,7 +499,17 @@ impl Kernel {
     /// proxy with a record for the socket, and leaves it alone.)
     pub fn guard(&mut self, cgroup: &Cgroup) -> Result<(), EbpfError> {
         let links_dir = self.pin_dir.join("links");
-        let previous = pinned_links(&links_dir, Some(cgroup.id))?;
+        // A scratch pin left by a daemon that died in the instant between
+        // pinning a sockopt link and renaming it: an extra copy of a
+        // program that is attached anyway; it goes, and its name is free.
+        let mut previous = Vec::new();
+        for path in pinned_links(&links_dir, Some(cgroup.id))? {
+            if path.to_string_lossy().ends_with(SCRATCH_SUFFIX) {
+                unpin(&path)?;
+            } else {
+                previous.push(path);
+            }
+        }
 
         let cgroup_fd = fs::File::open(&cgroup.path).map_err(|source| EbpfError::PinDir {
             path: cgroup.path.clone(),
@@ -536,8 +549,10 @@ impl Kernel {
                 Kind::Sockopt => {
                     let prog = program::<CgroupSockopt>(&mut self.ebpf, name)?;
                     let prog_fd = prog.fd().map_err(|e| attach_err(name, e))?;
-                    // bpffs reserves names with dots; this one is not a `cg` link name.
-                    let scratch = links_dir.join(format!("scratch-cg{}-{name}", cgroup.id));
+                    // A `cg` link name, so that detach and the next guard()
+                    // find it if the daemon dies before it is renamed (bpffs
+                    // reserves names with dots).
+                    let scratch = links_dir.join(format!("cg{}-{name}{SCRATCH_SUFFIX}", cgroup.id));
                     Ok(sockopt_link::attach(
                         prog_fd.as_fd(),
                         fd,
@@ -575,6 +590,18 @@ impl Kernel {
 }
 
 impl PeerRecords {
+    /// Forgets every record: for a daemon starting, before the kernel
+    /// sends it connections. Any record then left belongs to a connection
+    /// an earlier daemon never accepted, now gone, and must not be claimed
+    /// by whoever binds its address next. Returns how many were removed.
+    pub fn clear(&self) -> usize {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let keys: Vec<PeerKey> = map.keys().filter_map(Result::ok).collect();
+        keys.into_iter()
+            .filter(|key| map.remove(key).is_ok())
+            .count()
+    }
+
     /// Takes the kernel's record for the connection whose agent-side address
     /// is `peer` (the peer of the accepted socket), removing it so that the
     /// LRU holds only connections not yet accepted.
@@ -737,5 +764,12 @@ mod tests {
         );
         assert_eq!(link_cgroup_id(Path::new("/x/links/cg12-other-1")), None);
         assert_eq!(link_cgroup_id(Path::new("/x/links/README")), None);
+        // A scratch pin is found like any link of its cgroup.
+        assert_eq!(
+            link_cgroup_id(Path::new(&format!(
+                "/x/links/cg77-agentguard_setsockopt{SCRATCH_SUFFIX}"
+            ))),
+            Some(77)
+        );
     }
 }

@@ -30,6 +30,10 @@ pub enum ExecError {
     Admin(#[from] AdminError),
     #[error("unknown agent {0:?}: not in the running daemon's policy")]
     UnknownAgent(String),
+    #[error(
+        "file descriptor {fd} is an {family} socket this process inherited: it was made outside the agent's cgroup, so agentguard's kernel programs would never see its traffic; close it before agentguard exec"
+    )]
+    InheritedSocket { fd: i32, family: &'static str },
     #[error("agent {0:?} is known but its cgroup is not guarded; refusing to start it unguarded")]
     NotGuarded(String),
     #[error(
@@ -116,6 +120,7 @@ pub fn exec(
 ) -> Result<Infallible, ExecError> {
     preflight::require_root("exec")?;
     let (program, args) = cmd.split_first().ok_or(ExecError::NoCommand)?;
+    refuse_inherited_sockets()?;
     let target = resolve_user(privileges.user.as_deref())?;
     if target.as_ref().is_none_or(|t| t.uid.is_root()) && !privileges.allow_root {
         return Err(ExecError::RootRefused(agent.to_owned()));
@@ -172,6 +177,35 @@ pub fn exec(
         cmd: program.clone(),
         source,
     })
+}
+
+/// A socket keeps the cgroup it was created in, and the cgroup programs
+/// follow the socket's: an IPv4 or IPv6 socket handed down by whatever
+/// started exec was never redirected and never will be. Refused rather
+/// than closed, so the launcher's mistake is seen. (Unix sockets, such as
+/// a journald stdout, are left alone: their peers are local.)
+fn refuse_inherited_sockets() -> Result<(), ExecError> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return Ok(());
+    };
+    // Collected first: the directory's own descriptor is among them, and
+    // is closed once the listing ends.
+    let fds: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds {
+        // SAFETY: `fd` is open in this process for the duration of this
+        // borrow (a closed one, the listing's own, makes the calls fail).
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let family = match socket2::SockRef::from(&borrowed).domain() {
+            Ok(socket2::Domain::IPV4) => "IPv4",
+            Ok(socket2::Domain::IPV6) => "IPv6",
+            _ => continue,
+        };
+        return Err(ExecError::InheritedSocket { fd, family });
+    }
+    Ok(())
 }
 
 /// A resolved `--user USER[:GROUP]`.

@@ -279,7 +279,11 @@ const IPPROTO_IPV6: u16 = 41;
 /// setsockopt program refuses.
 fn socket_option_name(level: u16, name: u16) -> String {
     match (level, name) {
+        (1, 25) => "SO_BINDTODEVICE".to_owned(),
+        (1, 62) => "SO_BINDTOIFINDEX".to_owned(),
         (0, 4) => "IP_OPTIONS".to_owned(),
+        (0, 50) => "IP_UNICAST_IF".to_owned(),
+        (IPPROTO_IPV6, 76) => "IPV6_UNICAST_IF".to_owned(),
         (IPPROTO_IPV6, 5) => "IPV6_2292RTHDR".to_owned(),
         (IPPROTO_IPV6, 6) => "IPV6_2292PKTOPTIONS".to_owned(),
         (IPPROTO_IPV6, 57) => "IPV6_RTHDR".to_owned(),

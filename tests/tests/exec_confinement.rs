@@ -1,8 +1,12 @@
 //! What `agentguard exec` takes away from an agent before it runs: every
-//! capability (whatever user it becomes), and the sockets the kernel
-//! programs cannot see.
+//! capability (whatever user it becomes), the sockets the kernel programs
+//! cannot see (other families, netlink protocols that carry messages
+//! between processes, io_uring, the x32 system calls that would slip past
+//! the filters), and inherited IPv4/IPv6 sockets.
 
-use crate::common::{Daemon, ok, require_root};
+use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+
+use crate::common::{Daemon, ok, require_root, text};
 
 const AGENT: &str = "confined-agent";
 
@@ -39,13 +43,18 @@ fn sockets_the_kernel_programs_cannot_see_are_refused() {
         \x20   try:\n\
         \x20       socket.socket(getattr(socket, name), kind).close(); print(name, 'ok')\n\
         \x20   except OSError as e: print(name, errno.errorcode[e.errno])\n\
+        try:\n\
+        \x20   socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 2).close(); print('NETLINK_USERSOCK ok')\n\
+        except OSError as e: print('NETLINK_USERSOCK', errno.errorcode[e.errno])\n\
         libc = ctypes.CDLL(None, use_errno=True)\n\
+        if libc.syscall(0x40000000 | 41, 2, 2, 0) < 0: print('x32 socket', errno.errorcode[ctypes.get_errno()])\n\
+        else: print('x32 socket ok')\n\
         params = ctypes.create_string_buffer(120)\n\
         if libc.syscall(425, 8, params) < 0: print('io_uring_setup', errno.errorcode[ctypes.get_errno()])\n\
         else: print('io_uring_setup ok')\n";
     let expected = "AF_UNIX ok\nAF_INET ok\nAF_INET6 ok\nAF_NETLINK ok\n\
         AF_VSOCK EAFNOSUPPORT\nAF_PACKET EAFNOSUPPORT\nAF_TIPC EAFNOSUPPORT\n\
-        io_uring_setup ENOSYS\n";
+        NETLINK_USERSOCK EAFNOSUPPORT\nx32 socket EPERM\nio_uring_setup ENOSYS\n";
     // Unprivileged, and also with the namespace filter turned off: the
     // socket filter has no opt-out.
     for flags in [
@@ -58,4 +67,45 @@ fn sockets_the_kernel_programs_cannot_see_are_refused() {
             .unwrap();
         assert_eq!(ok(&out), expected, "{flags:?}");
     }
+}
+
+#[test]
+fn an_inherited_ip_socket_stops_exec() {
+    require_root();
+    let daemon = Daemon::start(&[AGENT]);
+    // Made here, outside the agent's cgroup: no hook would ever see it.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let raw = socket.as_raw_fd();
+    let mut cmd = daemon.exec_with(AGENT, &["--user", "65534:65534"], &["true"]);
+    // SAFETY: only dup2 between fork and exec (async-signal-safe); fd 5
+    // comes without FD_CLOEXEC, so exec inherits it.
+    unsafe {
+        cmd.pre_exec(move || {
+            if nix::libc::dup2(raw, 5) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("file descriptor 5 is an IPv4 socket this process inherited"),
+        "{err}"
+    );
+    // Unix sockets (a journald stdout, a pipe-like socketpair) are fine.
+    let (unix, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let raw = unix.as_raw_fd();
+    let mut cmd = daemon.exec_with(AGENT, &["--user", "65534:65534"], &["true"]);
+    // SAFETY: as above.
+    unsafe {
+        cmd.pre_exec(move || {
+            if nix::libc::dup2(raw, 5) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    ok(&cmd.output().unwrap());
 }

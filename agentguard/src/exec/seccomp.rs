@@ -13,10 +13,17 @@
 //! The cgroup programs only see IPv4, IPv6 and Unix sockets. Any other
 //! family reaches its peers without them: AF_VSOCK, for one, talks to the
 //! hypervisor host and needs no privilege. So `socket()` of any other
-//! family but netlink (which glibc uses to list interfaces) fails with
-//! EAFNOSUPPORT, as if the kernel had no such family; and io_uring, which
-//! can create sockets without `socket()` (IORING_OP_SOCKET), is ENOSYS, so
-//! runtimes fall back to plain system calls.
+//! family but NETLINK_ROUTE (which glibc uses to list interfaces; other
+//! netlink protocols such as NETLINK_USERSOCK carry messages between
+//! unrelated processes) fails with EAFNOSUPPORT, as if the kernel had no
+//! such family; and io_uring, which can create sockets without `socket()`
+//! (IORING_OP_SOCKET), is ENOSYS, so runtimes fall back to plain system
+//! calls.
+//!
+//! On x86_64, seccompiler's filters check the architecture but not the x32
+//! bit of the system call number: on a kernel built with x32 support, the
+//! x32 `socket` or `unshare` would pass them. A first filter refuses every
+//! x32 call (EPERM; agents are x86_64 programs).
 
 use std::collections::BTreeMap;
 
@@ -54,23 +61,32 @@ const ALLOWED_FAMILIES: [i32; 4] = [
     nix::libc::AF_NETLINK,
 ];
 
-/// Installed whatever the flags: sockets the kernel programs cannot see.
+/// Installed whatever the flags, first: x32 calls (which the others do
+/// not see), and sockets the kernel programs cannot see.
 pub fn socket_filters() -> Result<Vec<BpfProgram>, String> {
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
     let e = |e: seccompiler::BackendError| e.to_string();
-    // socket(family, type, protocol): one rule, matching when the family
-    // is none of the allowed ones.
+    let cond = |arg, op, value: i32| {
+        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value as u64).map_err(e)
+    };
+    // socket(family, type, protocol). Two rules, either refuses: the
+    // family is none of the allowed ones; or it is netlink with another
+    // protocol than NETLINK_ROUTE.
     let not_allowed = ALLOWED_FAMILIES
         .iter()
-        .map(|&family| {
-            SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, family as u64)
-                .map_err(e)
-        })
+        .map(|&family| cond(0, SeccompCmpOp::Ne, family))
         .collect::<Result<Vec<_>, _>>()?;
+    let other_netlink = vec![
+        cond(0, SeccompCmpOp::Eq, nix::libc::AF_NETLINK)?,
+        cond(2, SeccompCmpOp::Ne, nix::libc::NETLINK_ROUTE)?,
+    ];
     let families = SeccompFilter::new(
         BTreeMap::from([(
             nix::libc::SYS_socket,
-            vec![SeccompRule::new(not_allowed).map_err(e)?],
+            vec![
+                SeccompRule::new(not_allowed).map_err(e)?,
+                SeccompRule::new(other_netlink).map_err(e)?,
+            ],
         )]),
         SeccompAction::Allow,
         SeccompAction::Errno(nix::libc::EAFNOSUPPORT as u32),
@@ -84,10 +100,47 @@ pub fn socket_filters() -> Result<Vec<BpfProgram>, String> {
         arch,
     )
     .map_err(e)?;
-    [families, io_uring]
-        .into_iter()
-        .map(|f| BpfProgram::try_from(f).map_err(e))
-        .collect()
+    let mut filters = x32_filter();
+    for f in [families, io_uring] {
+        filters.push(BpfProgram::try_from(f).map_err(e)?);
+    }
+    Ok(filters)
+}
+
+/// `__X32_SYSCALL_BIT` (arch/x86/include/uapi/asm/unistd.h).
+#[cfg(target_arch = "x86_64")]
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// Refuses every x32 system call: a hand-written filter, because
+/// seccompiler cannot compare the call number itself. Its architecture
+/// check (AUDIT_ARCH_X86_64 covers x32 too) is done by the filters after
+/// it, which kill i386 calls.
+#[cfg(target_arch = "x86_64")]
+fn x32_filter() -> Vec<BpfProgram> {
+    use nix::libc::{BPF_ABS, BPF_JGE, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W, EPERM};
+    use seccompiler::sock_filter;
+    // struct seccomp_data: `nr` is the first field.
+    const NR_OFFSET: u32 = 0;
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    let op = |code: u32, jt: u8, jf: u8, k: u32| sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    vec![vec![
+        op(BPF_LD | BPF_W | BPF_ABS, 0, 0, NR_OFFSET),
+        op(BPF_JMP | BPF_JGE | BPF_K, 0, 1, X32_SYSCALL_BIT),
+        op(BPF_RET | BPF_K, 0, 0, SECCOMP_RET_ERRNO | EPERM as u32),
+        op(BPF_RET | BPF_K, 0, 0, SECCOMP_RET_ALLOW),
+    ]]
+}
+
+/// Other architectures have no second ABI to close.
+#[cfg(not(target_arch = "x86_64"))]
+fn x32_filter() -> Vec<BpfProgram> {
+    Vec::new()
 }
 
 /// The namespace filters, in the order they are installed. Two, because
@@ -154,8 +207,13 @@ mod tests {
 
     #[test]
     fn the_filters_compile_for_this_machine() {
-        for filters in [filters().unwrap(), socket_filters().unwrap()] {
-            assert_eq!(filters.len(), 2);
+        assert_eq!(filters().unwrap().len(), 2);
+        let sockets = socket_filters().unwrap();
+        assert_eq!(
+            sockets.len(),
+            if cfg!(target_arch = "x86_64") { 3 } else { 2 }
+        );
+        for filters in [filters().unwrap(), sockets] {
             assert!(filters.iter().all(|f| !f.is_empty()));
         }
     }
