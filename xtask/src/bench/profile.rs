@@ -85,6 +85,15 @@ pub fn run(env: &Env, dir: &Path, seconds: u32) -> Result<String> {
     let inclusive = report("--children")?;
     std::fs::write(dir.join("perf-report.txt"), &self_time)?;
     std::fs::write(dir.join("perf-report-children.txt"), &inclusive)?;
+    // Who calls the functions with the most self time (an allocator, a
+    // memcpy): their call chains, down to 1% of samples.
+    let callers = cmd::output(
+        cmd::new("perf")
+            .args(["report", "--stdio", "--no-children", "--percent-limit", "2"])
+            .args(["-g", "caller,1,callee,function,percent", "-i"])
+            .arg(&data),
+    )?;
+    std::fs::write(dir.join("perf-report-callers.txt"), &callers)?;
     // Tens of MB of unwound stacks: the two reports are what is kept.
     let _ = std::fs::remove_file(&data);
     Ok(summarize(
@@ -271,7 +280,7 @@ fn summarize(report: &str, inclusive: &str, rps: f64, seconds: u32) -> String {
     }
     let _ = writeln!(
         md,
-        "\nThe whole reports: `target/bench/perf-report.txt` (self) and `target/bench/perf-report-children.txt` (inclusive)."
+        "\nThe whole reports: `target/bench/perf-report.txt` (self), `target/bench/perf-report-children.txt` (inclusive) and `target/bench/perf-report-callers.txt` (call chains into the functions with the most self time)."
     );
     md
 }
