@@ -60,6 +60,11 @@ pub struct Options {
     /// compared with it. A partial run writes no docs/benchmarks.md.
     #[arg(long)]
     paths: Option<String>,
+    /// Only these scenarios (comma-separated ids, e.g. ka_sat_1k,h2_sat),
+    /// to look into one of them; a partial run writes no
+    /// docs/benchmarks.md.
+    #[arg(long)]
+    scenarios: Option<String>,
     /// Skip `cargo xtask setup` (the bench's own tools are still checked).
     #[arg(long)]
     no_setup: bool,
@@ -186,7 +191,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         serde_json::to_string_pretty(&raw)?,
     )?;
     let md = report::markdown(&ctx, &results);
-    if paths.len() == PathKind::ALL.len() {
+    if paths.len() == PathKind::ALL.len() && opts.scenarios.is_none() {
         let doc = root.join("docs").join("benchmarks.md");
         fs::create_dir_all(doc.parent().context("docs dir")?)?;
         fs::write(&doc, &md)?;
@@ -218,6 +223,21 @@ fn selected_paths(opts: &Options) -> Result<Vec<PathKind>> {
         .into_iter()
         .filter(|p| chosen.contains(p))
         .collect())
+}
+
+fn selected_scenarios(opts: &Options) -> Result<Vec<&'static str>> {
+    let all: Vec<&'static str> = SCENARIOS.iter().map(|s| s.id).collect();
+    let Some(list) = &opts.scenarios else {
+        return Ok(all);
+    };
+    let mut chosen = Vec::new();
+    for id in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match all.iter().find(|s| **s == id) {
+            Some(s) => chosen.push(*s),
+            None => bail!("unknown scenario {id:?}; known: {}", all.join(", ")),
+        }
+    }
+    Ok(chosen)
 }
 
 type Measured = (Vec<(String, String)>, Results, Option<String>);
@@ -267,7 +287,8 @@ fn measure_all(
     // imports what it imports lazily). In smoke mode it is the whole run.
     println!("==> bench: warm-up (every path, every scenario, {SMOKE_REQUESTS} requests)");
     let mut results = Results::default();
-    results.runs.push(one_run(&env, paths, smoke, true)?);
+    let scenarios = selected_scenarios(opts)?;
+    results.runs.push(one_run(&env, paths, &scenarios, smoke, true)?);
     if opts.smoke {
         return Ok((facts, results, None));
     }
@@ -275,7 +296,9 @@ fn measure_all(
     for r in 1..=opts.runs {
         println!("==> bench: run {r} of {}", opts.runs);
         results.busy_during.extend(machine::busy_processes());
-        results.runs.push(one_run(&env, paths, full, false)?);
+        results
+            .runs
+            .push(one_run(&env, paths, &scenarios, full, false)?);
     }
     results.busy_during.extend(machine::busy_processes());
     let profile = if opts.no_profile {
@@ -295,10 +318,16 @@ fn measure_all(
 /// Every scenario on every path, paths in turn. A measurement that fails
 /// fails the smoke; in a measured run it is reported as missing (with the
 /// reason), so one tool's trouble does not discard the others' numbers.
-fn one_run(env: &Env, paths: &[PathKind], size: Size, strict: bool) -> Result<Run> {
+fn one_run(
+    env: &Env,
+    paths: &[PathKind],
+    scenarios: &[&str],
+    size: Size,
+    strict: bool,
+) -> Result<Run> {
     let mut run = Run::default();
     for &path in paths {
-        for s in SCENARIOS {
+        for s in SCENARIOS.iter().filter(|s| scenarios.contains(&s.id)) {
             if INTERRUPTED.load(Ordering::SeqCst) {
                 bail!("interrupted: stopping the servers and unpinning the bench cgroup");
             }
