@@ -288,7 +288,9 @@ fn measure_all(
     println!("==> bench: warm-up (every path, every scenario, {SMOKE_REQUESTS} requests)");
     let mut results = Results::default();
     let scenarios = selected_scenarios(opts)?;
-    results.runs.push(one_run(&env, paths, &scenarios, smoke, true)?);
+    results
+        .runs
+        .push(one_run(&env, paths, &scenarios, smoke, true)?);
     if opts.smoke {
         return Ok((facts, results, None));
     }
