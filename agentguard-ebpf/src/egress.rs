@@ -49,16 +49,25 @@ pub fn check(ctx: &SkBuffContext) -> i32 {
     match destination(ctx) {
         Some(dst) if dst.loopback && ifindex == LOOPBACK_IFINDEX => PASS,
         Some(dst) => {
-            report(ctx, &dst.facts);
+            report(ctx, &dst);
             DROP
         }
         None => DROP,
     }
 }
 
+/// What every packet is judged on. The protocol and port are read only
+/// for a packet that is dropped, to report it: the rest pass with two
+/// loads.
 struct Destination {
     loopback: bool,
-    facts: SocketFacts,
+    family: u16,
+    /// Where the header holds the (next) protocol number.
+    protocol_offset: usize,
+    /// IPv4 mapped.
+    ip: [u8; 16],
+    /// Where the transport header would start without extension headers.
+    transport_offset: usize,
 }
 
 fn destination(ctx: &SkBuffContext) -> Option<Destination> {
@@ -66,34 +75,26 @@ fn destination(ctx: &SkBuffContext) -> Option<Destination> {
     let first: u8 = ctx.load(0).ok()?;
     match first >> 4 {
         4 => {
-            let ihl = usize::from(first & 0x0f) * 4;
-            let protocol: u8 = ctx.load(9).ok()?;
             let daddr: [u8; 4] = ctx.load(16).ok()?;
             Some(Destination {
                 loopback: daddr[0] == 127,
-                facts: SocketFacts {
-                    family: AF_INET,
-                    protocol: u16::from(protocol),
-                    sock_type: 0,
-                    dst_ip: v4_mapped(daddr),
-                    dst_port: dst_port(ctx, protocol, ihl),
-                },
+                family: AF_INET,
+                protocol_offset: 9,
+                ip: v4_mapped(daddr),
+                transport_offset: usize::from(first & 0x0f) * 4,
             })
         }
         6 => {
-            let next: u8 = ctx.load(6).ok()?;
             let daddr: [u8; 16] = ctx.load(24).ok()?;
             Some(Destination {
                 loopback: is_ip6_loopback(&daddr),
-                facts: SocketFacts {
-                    family: AF_INET6,
-                    protocol: u16::from(next),
-                    sock_type: 0,
-                    dst_ip: daddr,
-                    // With extension headers (a routing header) the
-                    // transport header is further on: the port stays 0.
-                    dst_port: dst_port(ctx, next, IPV6_HEADER_LEN),
-                },
+                family: AF_INET6,
+                protocol_offset: 6,
+                ip: daddr,
+                // With extension headers (a routing header) the transport
+                // header is further on, and the next header is not TCP or
+                // UDP: the port stays 0.
+                transport_offset: IPV6_HEADER_LEN,
             })
         }
         _ => None,
@@ -118,9 +119,17 @@ fn dst_port(ctx: &SkBuffContext, protocol: u8, transport_offset: usize) -> u16 {
         .unwrap_or(0)
 }
 
-fn report(ctx: &SkBuffContext, facts: &SocketFacts) {
+fn report(ctx: &SkBuffContext, dst: &Destination) {
+    let protocol: u8 = ctx.load(dst.protocol_offset).unwrap_or(0);
+    let facts = SocketFacts {
+        family: dst.family,
+        protocol: u16::from(protocol),
+        sock_type: 0,
+        dst_ip: dst.ip,
+        dst_port: dst_port(ctx, protocol, dst.transport_offset),
+    };
     let skb = ctx.as_ptr().cast();
     // SAFETY: both helpers only read the socket buffer the kernel passed.
     let (cgroup_id, uid) = unsafe { (bpf_skb_cgroup_id(skb), bpf_get_socket_uid(skb)) };
-    emit_for_packet(event_kind::EGRESS_DENIED, facts, cgroup_id, uid);
+    emit_for_packet(event_kind::EGRESS_DENIED, &facts, cgroup_id, uid);
 }
