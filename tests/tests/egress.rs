@@ -178,6 +178,28 @@ fn stop(daemon: &Daemon) -> Resume {
     Resume(pid)
 }
 
+/// Stops the daemon, then has an agent connect to 127.0.0.2:9 (into the
+/// listen queue, its kernel record waiting) and run `then` (python, with
+/// the socket as `s`). Returns the agent, its remaining output, the
+/// guard that resumes the daemon, and the agent's local port.
+fn connect_while_stopped(
+    daemon: &Daemon,
+    then: &str,
+) -> (Child, Lines<BufReader<ChildStdout>>, Resume, u16) {
+    let script = format!(
+        "import socket, sys\n\
+         sys.stdin.readline()\n\
+         s = socket.create_connection(('127.0.0.2', 9), timeout=5)\n\
+         print(s.getsockname()[1], flush=True)\n\
+         {then}"
+    );
+    let (mut agent, mut lines) = cued_agent(daemon, &script);
+    let resume = stop(daemon);
+    agent.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let port = lines.next().unwrap().unwrap().parse().unwrap();
+    (agent, lines, resume, port)
+}
+
 /// A process outside every agent cgroup binds 127.0.0.1:`port` and dials
 /// the daemon's proxy port directly with a request; returns what it got.
 fn claim(daemon: &Daemon, port: u16) -> Vec<u8> {
@@ -219,17 +241,12 @@ fn assert_refused(daemon: &Daemon, reply: &[u8]) {
 fn a_dead_connections_record_cannot_be_claimed_after_a_restart() {
     require_root();
     let mut daemon = Daemon::start(&[AGENT]);
-    let script = "import socket, sys\n\
-        sys.stdin.readline()\n\
-        s = socket.create_connection(('127.0.0.2', 9), timeout=5)\n\
-        print(s.getsockname()[1], flush=True)\n\
-        try:\n\
-        \x20   print('read', s.recv(1))\n\
-        except OSError as e: print(type(e).__name__)\n";
-    let (mut agent, mut lines) = cued_agent(&daemon, script);
-    let resume = stop(&daemon);
-    agent.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let port: u16 = lines.next().unwrap().unwrap().parse().unwrap();
+    let (mut agent, mut lines, resume, port) = connect_while_stopped(
+        &daemon,
+        "try:\n\
+         \x20   print('read', s.recv(1))\n\
+         except OSError as e: print(type(e).__name__)\n",
+    );
     // The daemon dies with the connection never accepted: the kernel
     // resets it, and the agent's socket closes.
     daemon.kill9();
@@ -248,15 +265,7 @@ fn a_record_left_by_a_graceful_close_is_forgotten_at_restart() {
     let mut daemon = Daemon::start(&[AGENT]);
     // The agent closes first, so its record outlives its socket (the proxy
     // may still accept it); then the daemon dies without accepting.
-    let script = "import socket, sys\n\
-        sys.stdin.readline()\n\
-        s = socket.create_connection(('127.0.0.2', 9), timeout=5)\n\
-        print(s.getsockname()[1], flush=True)\n\
-        s.close()\n";
-    let (mut agent, mut lines) = cued_agent(&daemon, script);
-    let resume = stop(&daemon);
-    agent.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let port: u16 = lines.next().unwrap().unwrap().parse().unwrap();
+    let (mut agent, _, resume, port) = connect_while_stopped(&daemon, "s.close()\n");
     assert!(agent.wait().unwrap().success());
     daemon.kill9();
     drop(resume);

@@ -4,7 +4,10 @@
 //! between processes, io_uring, the x32 system calls that would slip past
 //! the filters), and inherited IPv4/IPv6 sockets.
 
-use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+use std::os::{
+    fd::{AsRawFd as _, RawFd},
+    unix::process::CommandExt as _,
+};
 
 use crate::common::{Daemon, ok, require_root, text};
 
@@ -75,19 +78,9 @@ fn an_inherited_ip_socket_stops_exec() {
     let daemon = Daemon::start(&[AGENT]);
     // Made here, outside the agent's cgroup: no hook would ever see it.
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let raw = socket.as_raw_fd();
-    let mut cmd = daemon.exec_with(AGENT, &["--user", "65534:65534"], &["true"]);
-    // SAFETY: only dup2 between fork and exec (async-signal-safe); fd 5
-    // comes without FD_CLOEXEC, so exec inherits it.
-    unsafe {
-        cmd.pre_exec(move || {
-            if nix::libc::dup2(raw, 5) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let out = cmd.output().unwrap();
+    let out = exec_inheriting(&daemon, socket.as_raw_fd())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
@@ -96,16 +89,22 @@ fn an_inherited_ip_socket_stops_exec() {
     );
     // Unix sockets (a journald stdout, a pipe-like socketpair) are fine.
     let (unix, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
-    let raw = unix.as_raw_fd();
+    ok(&exec_inheriting(&daemon, unix.as_raw_fd()).output().unwrap());
+}
+
+/// `agentguard exec` (as nobody, running `true`) with `fd` handed down as
+/// descriptor 5.
+fn exec_inheriting(daemon: &Daemon, fd: RawFd) -> std::process::Command {
     let mut cmd = daemon.exec_with(AGENT, &["--user", "65534:65534"], &["true"]);
-    // SAFETY: as above.
+    // SAFETY: only dup2 between fork and exec (async-signal-safe); fd 5
+    // comes without FD_CLOEXEC, so exec inherits it.
     unsafe {
         cmd.pre_exec(move || {
-            if nix::libc::dup2(raw, 5) < 0 {
+            if nix::libc::dup2(fd, 5) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    ok(&cmd.output().unwrap());
+    cmd
 }
