@@ -4,11 +4,13 @@
 //! through the kernel's record; `sniff` and `decide` choose, before any
 //! handshake, whether to intercept, pass through or refuse; `http` serves an
 //! intercepted connection and `upstream` forwards its requests; `relay`
-//! carries passthrough bytes.
+//! carries passthrough bytes. Every refusal is a type in `refusal`, written
+//! for the agent by `respond`.
 
 mod decide;
 mod http;
 mod listener;
+mod refusal;
 mod relay;
 mod respond;
 mod sniff;

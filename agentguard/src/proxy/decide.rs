@@ -3,10 +3,10 @@
 
 use std::net::SocketAddr;
 
-use super::sniff::Sniffed;
+use super::{refusal::ConnRefusal, sniff::Sniffed};
 use crate::policy::PolicySet;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum ConnDecision {
     /// Terminate TLS with a leaf for `sni` and proxy HTTP.
     InterceptTls {
@@ -18,20 +18,12 @@ pub enum ConnDecision {
     Passthrough {
         reason: String,
     },
-    Refuse {
-        reason: String,
-    },
+    Refuse(ConnRefusal),
 }
 
 pub fn decide(sniffed: &Sniffed, policy: &PolicySet, agent: &str, dst: SocketAddr) -> ConnDecision {
     match sniffed {
-        Sniffed::Tls { sni: None, .. } => ConnDecision::Refuse {
-            // Without SNI there is no name to verify the upstream against,
-            // nor to bind a policy to.
-            reason:
-                "TLS ClientHello without SNI (server name): cannot tell which host the agent wants"
-                    .into(),
-        },
+        Sniffed::Tls { sni: None, .. } => ConnDecision::Refuse(ConnRefusal::NoSni),
         Sniffed::Tls { sni: Some(sni), .. } if policy.is_passthrough(agent, sni, dst.port()) => {
             ConnDecision::Passthrough {
                 reason: format!(
@@ -42,12 +34,8 @@ pub fn decide(sniffed: &Sniffed, policy: &PolicySet, agent: &str, dst: SocketAdd
         }
         Sniffed::Tls { sni: Some(sni), .. } => ConnDecision::InterceptTls { sni: sni.clone() },
         Sniffed::PlainHttp => ConnDecision::InterceptHttp,
-        Sniffed::MalformedTls(e) => ConnDecision::Refuse {
-            reason: format!("malformed TLS ClientHello: {e}"),
-        },
-        Sniffed::Unknown => ConnDecision::Refuse {
-            reason: "unknown protocol (neither TLS nor HTTP); not relayed".into(),
-        },
+        Sniffed::MalformedTls(e) => ConnDecision::Refuse(ConnRefusal::MalformedTls(e.clone())),
+        Sniffed::Unknown => ConnDecision::Refuse(ConnRefusal::UnknownProtocol),
     }
 }
 
@@ -80,12 +68,10 @@ mod tests {
             decide(&tls(Some("pypi.org")), &p, "a", dst),
             ConnDecision::Passthrough { .. }
         ));
-        assert_eq!(
+        assert!(matches!(
             decide(&tls(Some("api.example.com")), &p, "a", dst),
-            ConnDecision::InterceptTls {
-                sni: "api.example.com".into()
-            }
-        );
+            ConnDecision::InterceptTls { sni } if sni == "api.example.com"
+        ));
         // Passthrough is per agent and per port.
         assert!(matches!(
             decide(&tls(Some("pypi.org")), &p, "b", dst),
@@ -98,19 +84,19 @@ mod tests {
         ));
         assert!(matches!(
             decide(&tls(None), &p, "a", dst),
-            ConnDecision::Refuse { .. }
+            ConnDecision::Refuse(ConnRefusal::NoSni)
         ));
-        assert_eq!(
+        assert!(matches!(
             decide(&Sniffed::PlainHttp, &p, "a", dst),
             ConnDecision::InterceptHttp
-        );
+        ));
         assert!(matches!(
             decide(&Sniffed::Unknown, &p, "a", dst),
-            ConnDecision::Refuse { .. }
+            ConnDecision::Refuse(ConnRefusal::UnknownProtocol)
         ));
         assert!(matches!(
             decide(&Sniffed::MalformedTls("x".into()), &p, "a", dst),
-            ConnDecision::Refuse { .. }
+            ConnDecision::Refuse(ConnRefusal::MalformedTls(_))
         ));
     }
 }

@@ -27,7 +27,8 @@ use tracing::{Instrument as _, debug, warn};
 
 use super::{
     ProxyContext,
-    respond::{self, DECISION_DENY, DECISION_REFUSE, DECISION_WOULD_DENY},
+    refusal::Refusal,
+    respond,
     upstream::{ProxyBody, describe_failure},
 };
 use crate::{
@@ -110,16 +111,6 @@ where
     }
 }
 
-impl Outcome {
-    /// agentguard answers the agent itself; `rule` is a short code for why.
-    fn refuse(&mut self, status: StatusCode, rule: &str, reason: String) -> Response<ProxyBody> {
-        let agent = self.event.agent.clone().unwrap_or_default();
-        let resp = respond::error(status, DECISION_REFUSE, &agent, Some(rule), &reason);
-        self.decide(Decision::Refuse, rule, reason);
-        resp
-    }
-}
-
 async fn handle(
     mut req: Request<Incoming>,
     meta: &ConnMeta,
@@ -132,7 +123,7 @@ async fn handle(
     let agent = &meta.identity.agent;
     let authority = match checks::request_authority(&req) {
         Ok(a) => a,
-        Err(reason) => return out.refuse(StatusCode::BAD_REQUEST, "bad-request", reason),
+        Err(reason) => return out.refuse(Refusal::BadRequest(reason)),
     };
     let host = authority
         .host()
@@ -141,7 +132,7 @@ async fn handle(
         .to_ascii_lowercase();
     out.event.host = Some(host.clone());
     if let Err(reason) = checks::check_consistency(&host, authority.port_u16(), meta) {
-        return out.refuse(StatusCode::MISDIRECTED_REQUEST, "misdirected", reason);
+        return out.refuse(Refusal::Misdirected(reason));
     }
     // Without TLS nothing proves the destination is the host the request
     // names: an agent could send "Host: allowed.example" to any address
@@ -153,25 +144,17 @@ async fn handle(
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.to_canonical() == meta.dst.ip().to_canonical());
         if !literal && !ctx.resolvers.resolved_to(agent, &host, meta.dst.ip()) {
-            return out.refuse(
-                StatusCode::MISDIRECTED_REQUEST,
-                "misdirected",
-                format!(
-                    "plain HTTP to {}: host {host:?} was not resolved to that address by agentguard's resolver",
-                    meta.dst
-                ),
-            );
+            return out.refuse(Refusal::Misdirected(format!(
+                "plain HTTP to {}: host {host:?} was not resolved to that address by agentguard's resolver",
+                meta.dst
+            )));
         }
     }
     let path = match normalize_path(req.uri().path()) {
         Ok(p) => p,
         Err(e) => {
             out.event.path = Some(req.uri().path().to_owned());
-            return out.refuse(
-                StatusCode::BAD_REQUEST,
-                "path-refused",
-                format!("request path refused: {e}"),
-            );
+            return out.refuse(Refusal::Path(e));
         }
     };
     out.bare_path = path.clone();
@@ -180,11 +163,7 @@ async fn handle(
         None => path.clone(),
     });
     let Some(policy) = state.policy.agent(agent) else {
-        return out.refuse(
-            StatusCode::FORBIDDEN,
-            "unknown-agent",
-            format!("agent {agent:?} is no longer in the policy"),
-        );
+        return out.refuse(Refusal::UnknownAgent(agent.to_string()));
     };
 
     let method = req.method().clone();
@@ -205,14 +184,7 @@ async fn handle(
             credential
         }
         Verdict::Deny { reason } if policy.mode == Mode::Enforce => {
-            out.decide(Decision::Deny, "default-deny", reason.clone());
-            return respond::error(
-                StatusCode::FORBIDDEN,
-                DECISION_DENY,
-                agent,
-                Some("default-deny"),
-                &reason,
-            );
+            return out.refuse(Refusal::Denied { reason });
         }
         Verdict::Deny { reason } => {
             // Audit mode: recorded as a denial, forwarded without any
@@ -226,11 +198,7 @@ async fn handle(
     // After a 101 the bytes are relayed with no further decision, so only
     // the upgrade browsers and SDKs use, WebSocket, is let through.
     if upgrade && !hop::upgrades_to_websocket(&req) {
-        return out.refuse(
-            StatusCode::FORBIDDEN,
-            "upgrade-refused",
-            "only WebSocket upgrades are relayed".to_owned(),
-        );
+        return out.refuse(Refusal::UpgradeRefused);
     }
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -241,15 +209,10 @@ async fn handle(
         // upstreams, whose certificate is verified for the policy's host
         // before a byte of the request is sent, receive it.
         if meta.sni.is_none() {
-            return out.refuse(
-                StatusCode::FORBIDDEN,
-                "credential-over-plain-http",
-                format!(
-                    "tool {:?} binds credential {:?}, which is only sent over TLS",
-                    out.event.tool.as_deref().unwrap_or_default(),
-                    credential.id
-                ),
-            );
+            return out.refuse(Refusal::CredentialOverPlainHttp {
+                tool: out.event.tool.clone().unwrap_or_default(),
+                credential: credential.id.clone(),
+            });
         }
         out.event.credential_id = Some(credential.id.clone());
         // An upstream's echo of the secret can only be redacted in a body
@@ -273,7 +236,11 @@ async fn handle(
             Ok(s) => s,
             Err(e) => {
                 warn!(credential = %credential.id, error = %e, "credential unavailable");
-                let reason = format!("credential {:?} is unavailable: {e}", credential.id);
+                let refusal = Refusal::CredentialUnavailable {
+                    id: credential.id.clone(),
+                    source: e,
+                };
+                let reason = refusal.to_string();
                 let mut failure = Event::new(Kind::CredentialFailure)
                     .with_identity(&meta.identity)
                     .with_decision(Decision::Refuse, reason.clone());
@@ -282,19 +249,14 @@ async fn handle(
                 failure.host = Some(host.clone());
                 failure.policy_version = out.event.policy_version.clone();
                 ctx.audit.record(failure).await;
-                return out.refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "credential-unavailable",
-                    reason,
-                );
+                return out.refuse(refusal);
             }
         };
         if let Err(e) = inject(&credential.inject, &secret, &mut parts) {
-            return out.refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "credential-injection",
-                format!("could not inject credential {:?}: {e}", credential.id),
-            );
+            return out.refuse(Refusal::CredentialInjection {
+                id: credential.id.clone(),
+                source: e,
+            });
         }
         // The URI now carries the secret if it went into the query: the
         // record keeps the agent's query with that parameter redacted.
@@ -312,14 +274,10 @@ async fn handle(
     // A placeholder left anywhere after injection is one the policy does not
     // bind here: it must not leave the machine.
     if let Some((location, id)) = find_placeholders(&parts).into_iter().next() {
-        return out.refuse(
-            StatusCode::FORBIDDEN,
-            "placeholder",
-            format!("placeholder for credential {id:?} in {location} is not bound to this request by the policy"),
-        );
+        return out.refuse(Refusal::Placeholder { id, location });
     }
     if let Err(reason) = forward::prepare(&mut parts, &authority, meta.scheme(), &path, upgrade) {
-        return out.refuse(StatusCode::BAD_REQUEST, "bad-request", reason);
+        return out.refuse(Refusal::BadRequest(reason));
     }
     let mut minted = None;
     let body = match jwt {
@@ -333,7 +291,7 @@ async fn handle(
                     .map_err(|n| match n {})
                     .boxed()
             }
-            Err((status, rule, reason)) => return out.refuse(status, rule, reason),
+            Err(refusal) => return out.refuse(refusal),
         },
     };
     let upstream_req = Request::from_parts(parts, out.count_request_body(body));
@@ -344,12 +302,11 @@ async fn handle(
         Err(e) => {
             let (certificate, reason) = describe_failure(&e);
             warn!(certificate, reason, "upstream failed");
-            let rule = if certificate {
-                "upstream-unverified"
+            return out.refuse(if certificate {
+                Refusal::UpstreamUnverified(reason)
             } else {
-                "upstream-failed"
-            };
-            return out.refuse(StatusCode::BAD_GATEWAY, rule, reason);
+                Refusal::UpstreamFailed(reason)
+            });
         }
     };
     ctx.metrics.observe_upstream_latency(sent.elapsed());
@@ -365,10 +322,7 @@ async fn handle(
     secrets.extend(minted);
     let mut resp = forward::finish(resp, &secrets).await;
     if out.decision() == Some(Decision::WouldDeny) {
-        resp.headers_mut().insert(
-            respond::DECISION_HEADER,
-            hyper::header::HeaderValue::from_static(DECISION_WOULD_DENY),
-        );
+        respond::mark_would_deny(&mut resp);
     }
     resp
 }

@@ -27,7 +27,11 @@ use super::ConnMeta;
 use crate::{
     audit::{AuditSink, Decision, Event, Kind, Permit},
     connlog::{RequestDecision, RequestEntry, RequestLog},
-    proxy::upstream::ProxyBody,
+    proxy::{
+        refusal::Refusal,
+        respond::{self, Render},
+        upstream::ProxyBody,
+    },
 };
 
 /// The header an agent may use to say what it is doing. Recorded, then
@@ -42,6 +46,8 @@ pub struct Outcome {
     pub event: Event,
     /// The normalised path without the query, for the recent-requests view.
     pub bare_path: String,
+    /// How agentguard's own answers to this request are written.
+    pub render: Render,
     start: Instant,
     bytes_in: Arc<AtomicU64>,
     /// Where the event goes if the request is abandoned before a response.
@@ -72,6 +78,7 @@ impl Outcome {
         Self {
             event,
             bare_path: String::new(),
+            render: Render::default(),
             start: Instant::now(),
             bytes_in: Arc::new(AtomicU64::new(0)),
             sink: Some((sink, requests)),
@@ -87,6 +94,15 @@ impl Outcome {
         self.event.decision = Some(decision);
         self.event.rule = Some(rule.into());
         self.event.reason = Some(reason.into());
+    }
+
+    /// agentguard answers the agent itself: the one place a refusal
+    /// becomes the agent's response and the request's record.
+    pub fn refuse(&mut self, refusal: Refusal) -> hyper::Response<ProxyBody> {
+        let agent = self.event.agent.as_deref().unwrap_or_default();
+        let resp = respond::refusal(&refusal, agent, &self.render);
+        self.decide(refusal.decision(), refusal.rule(), refusal.to_string());
+        resp
     }
 
     pub fn decision(&self) -> Option<Decision> {
