@@ -1,10 +1,24 @@
 //! The per-connection decision, made before any handshake: intercept
 //! (terminate TLS and read the requests), pass through untouched, or refuse.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::{refusal::ConnRefusal, sniff::Sniffed};
-use crate::policy::PolicySet;
+use crate::{dns::Resolvers, policy::PolicySet};
+
+/// What agentguard's resolver told each agent: the only evidence, without
+/// a certificate, that an address belongs to a name.
+pub trait Resolutions {
+    /// Whether `agent`'s resolver answered `name` with `ip` (and the answer
+    /// is still within its TTL).
+    fn resolved_to(&self, agent: &str, name: &str, ip: IpAddr) -> bool;
+}
+
+impl Resolutions for Resolvers {
+    fn resolved_to(&self, agent: &str, name: &str, ip: IpAddr) -> bool {
+        Resolvers::resolved_to(self, agent, name, ip)
+    }
+}
 
 #[derive(Debug)]
 pub enum ConnDecision {

@@ -47,11 +47,17 @@ pub enum Refusal {
     #[error("tool {tool:?} binds credential {credential:?}, which is only sent over TLS")]
     CredentialOverPlainHttp { tool: String, credential: String },
     #[error("credential {id:?} is unavailable: {source}")]
-    CredentialUnavailable { id: String, source: CredentialError },
+    CredentialUnavailable {
+        id: String,
+        source: Box<CredentialError>,
+    },
     #[error("could not inject credential {id:?}: {source}")]
-    CredentialInjection { id: String, source: CredentialError },
+    CredentialInjection {
+        id: String,
+        source: Box<CredentialError>,
+    },
     #[error("could not inject the token: {0}")]
-    TokenInjection(#[source] CredentialError),
+    TokenInjection(#[source] Box<CredentialError>),
     #[error("{0}")]
     TokenMint(String),
     /// A placeholder the policy does not bind to this request must not

@@ -112,7 +112,7 @@ pub(super) async fn bind(
         })
         .map_err(Refusal::TokenMint)?;
     let token = Secret::new(minted.token);
-    inject(spec.inject, &token, parts).map_err(Refusal::TokenInjection)?;
+    inject(spec.inject, &token, parts).map_err(|e| Refusal::TokenInjection(Box::new(e)))?;
     Ok(Bound {
         body,
         token,

@@ -23,7 +23,7 @@ use hyper::body::{Body, Bytes, Frame, SizeHint};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::ConnMeta;
+use super::{ConnMeta, plan::Noted};
 use crate::{
     audit::{AuditSink, Decision, Event, Kind, Permit},
     connlog::{RequestDecision, RequestEntry, RequestLog},
@@ -94,6 +94,26 @@ impl Outcome {
         self.event.decision = Some(decision);
         self.event.rule = Some(rule.into());
         self.event.reason = Some(reason.into());
+    }
+
+    /// Takes what planning learnt about the request into its record.
+    pub fn note(&mut self, noted: Noted) {
+        let Noted {
+            host,
+            path,
+            bare_path,
+            tool,
+            credential_id,
+            verdict,
+        } = noted;
+        self.event.host = host;
+        self.event.path = path;
+        self.bare_path = bare_path;
+        self.event.tool = tool;
+        self.event.credential_id = credential_id;
+        if let Some((decision, rule, reason)) = verdict {
+            self.decide(decision, rule, reason);
+        }
     }
 
     /// agentguard answers the agent itself: the one place a refusal
