@@ -11,6 +11,7 @@ mod fail_closed;
 mod interception;
 mod kernel_paths;
 mod redirect;
+mod replay_store;
 mod root_required;
 mod tokens;
 mod unix_sockets;

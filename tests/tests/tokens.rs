@@ -17,8 +17,8 @@ use serde_json::Value;
 
 use crate::common::{AGENTGUARD, Daemon, DaemonOptions, TestCa, TlsUpstream, require_root, text};
 
-const AGENT: &str = "token-agent";
-const TOOL: &str = "tool.agentguard.test";
+pub(super) const AGENT: &str = "token-agent";
+pub(super) const TOOL: &str = "tool.agentguard.test";
 
 /// ttl 2 s: the token expires (with the verifier's 5 s leeway) within the
 /// test, so expiry is checked on a real minted token.
@@ -39,9 +39,9 @@ credential = "tool-token"
 static VP_INSTANCE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// A running `agentguard verify-proxy`, stopped on drop.
-struct VerifyProxy {
+pub(super) struct VerifyProxy {
     child: Child,
-    port: u16,
+    pub port: u16,
 }
 
 impl Drop for VerifyProxy {
@@ -51,24 +51,29 @@ impl Drop for VerifyProxy {
     }
 }
 
-struct Setup {
-    dir: tempfile::TempDir,
-    ca: TestCa,
-    backend: TlsUpstream,
-    daemon: Daemon,
-    jwks: PathBuf,
+pub(super) struct Setup {
+    pub dir: tempfile::TempDir,
+    pub ca: TestCa,
+    pub backend: TlsUpstream,
+    pub daemon: Daemon,
+    pub jwks: PathBuf,
     /// The `iss` of the daemon's tokens, from its start-up log.
-    issuer: String,
+    pub issuer: String,
     cert: PathBuf,
     key: PathBuf,
 }
 
-fn setup() -> Setup {
+pub(super) fn setup() -> Setup {
     setup_with_args(&[])
 }
 
 /// [`setup`], with extra `agentguard run` arguments.
 fn setup_with_args(run_args: &[&str]) -> Setup {
+    setup_with(POLICY, run_args)
+}
+
+/// [`setup`] with the agent's policy `policy` (beside its `[agent]`).
+pub(super) fn setup_with(policy: &str, run_args: &[&str]) -> Setup {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("agentguard token test CA", dir.path());
@@ -77,7 +82,7 @@ fn setup_with_args(run_args: &[&str]) -> Setup {
     let daemon = Daemon::start_with_args(
         &[AGENT],
         DaemonOptions {
-            policy_extra: POLICY,
+            policy_extra: policy,
             upstream_ca: Some(&ca.pem_path),
         },
         run_args,
@@ -107,13 +112,25 @@ fn setup_with_args(run_args: &[&str]) -> Setup {
 
 /// Starts verify-proxy on `listen` in front of the backend, with the JWKS
 /// file `agentguard token jwks` wrote.
-fn verify_proxy(s: &Setup, listen: &str, args: &[&str]) -> VerifyProxy {
+pub(super) fn verify_proxy(s: &Setup, listen: &str, args: &[&str]) -> VerifyProxy {
     verify_proxy_with(s, listen, &s.jwks.display().to_string(), args)
 }
 
 /// [`verify_proxy`] with the JWKS from `jwks` (a URL or file). It expects
 /// the daemon's issuer unless `args` name another (or `--any-issuer`).
-fn verify_proxy_with(s: &Setup, listen: &str, jwks: &str, args: &[&str]) -> VerifyProxy {
+pub(super) fn verify_proxy_with(s: &Setup, listen: &str, jwks: &str, args: &[&str]) -> VerifyProxy {
+    let upstream = format!("https://127.0.0.3:{}", s.backend.addr.port());
+    verify_proxy_to(s, listen, jwks, &upstream, args)
+}
+
+/// [`verify_proxy_with`] in front of `upstream`.
+pub(super) fn verify_proxy_to(
+    s: &Setup,
+    listen: &str,
+    jwks: &str,
+    upstream: &str,
+    args: &[&str],
+) -> VerifyProxy {
     let issuer: &[&str] = if args.iter().any(|a| a.ends_with("issuer")) {
         &[]
     } else {
@@ -123,7 +140,7 @@ fn verify_proxy_with(s: &Setup, listen: &str, jwks: &str, args: &[&str]) -> Veri
     // under /var/lib/agentguard).
     let n = VP_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let store = s.dir.path().join(format!("replay-{n}.redb"));
-    let store: Vec<String> = if args.contains(&"--replay-store") {
+    let store: Vec<String> = if args.contains(&"--replay-store") || args.contains(&"--state-dir") {
         Vec::new()
     } else {
         vec!["--replay-store".into(), store.display().to_string()]
@@ -139,8 +156,7 @@ fn verify_proxy_with(s: &Setup, listen: &str, jwks: &str, args: &[&str]) -> Veri
     };
     let log = std::fs::File::create(s.dir.path().join(format!("vp-{listen}-{n}.log"))).unwrap();
     let mut child = Command::new(AGENTGUARD)
-        .args(["verify-proxy", "--listen", listen, "--upstream"])
-        .arg(format!("https://127.0.0.3:{}", s.backend.addr.port()))
+        .args(["verify-proxy", "--listen", listen, "--upstream", upstream])
         .arg("--upstream-ca")
         .arg(&s.ca.pem_path)
         .args(["--jwks", jwks])
@@ -172,7 +188,7 @@ fn verify_proxy_with(s: &Setup, listen: &str, jwks: &str, args: &[&str]) -> Veri
 
 /// A request straight to a verify-proxy on `ip` (not through agentguard):
 /// (status, response headers).
-fn direct(
+pub(super) fn direct(
     s: &Setup,
     ip: &str,
     port: u16,
@@ -216,7 +232,7 @@ fn direct(
     )
 }
 
-fn claims(token: &str) -> Value {
+pub(super) fn claims(token: &str) -> Value {
     part(token, 1)
 }
 
@@ -237,7 +253,7 @@ fn agent_call(s: &Setup, port: u16, body: &Path) -> Output {
 }
 
 /// [`agent_call`] with TOOL resolving to `ip`.
-fn agent_call_at(s: &Setup, ip: &str, port: u16, body: &Path) -> Output {
+pub(super) fn agent_call_at(s: &Setup, ip: &str, port: u16, body: &Path) -> Output {
     let hosts = s.dir.path().join("hosts");
     std::fs::write(&hosts, format!("127.0.0.1 localhost\n{ip} {TOOL}\n")).unwrap();
     let exec = s.daemon.exec_with(
@@ -272,7 +288,7 @@ fn agent_call_at(s: &Setup, ip: &str, port: u16, body: &Path) -> Output {
         .unwrap()
 }
 
-fn reflect_hits(s: &Setup) -> usize {
+pub(super) fn reflect_hits(s: &Setup) -> usize {
     s.backend
         .seen()
         .iter()
@@ -620,7 +636,7 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
 }
 
 /// The daemon's JWKS URL, from its start-up log line.
-fn jwks_url(daemon: &Daemon) -> String {
+pub(super) fn jwks_url(daemon: &Daemon) -> String {
     log_field(daemon, "jwks")
 }
 
