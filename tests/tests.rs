@@ -10,6 +10,7 @@ mod exec_confinement;
 mod fail_closed;
 mod interception;
 mod kernel_paths;
+mod mcp;
 mod redirect;
 mod replay_store;
 mod root_required;

@@ -254,11 +254,9 @@ fn agent_call(s: &Setup, port: u16, body: &Path) -> Output {
 
 /// [`agent_call`] with TOOL resolving to `ip`.
 pub(super) fn agent_call_at(s: &Setup, ip: &str, port: u16, body: &Path) -> Output {
-    let hosts = s.dir.path().join("hosts");
-    std::fs::write(&hosts, format!("127.0.0.1 localhost\n{ip} {TOOL}\n")).unwrap();
-    let exec = s.daemon.exec_with(
-        AGENT,
-        &["--allow-root", "--on-behalf-of", "alice@example.org"],
+    agent_run(
+        s,
+        ip,
         &[
             "curl",
             "-sS",
@@ -275,6 +273,18 @@ pub(super) fn agent_call_at(s: &Setup, ip: &str, port: u16, body: &Path) -> Outp
             &format!("@{}", body.display()),
             &format!("https://{TOOL}:{port}/reflect?dry=1"),
         ],
+    )
+}
+
+/// Runs `cmd` as the agent (`agentguard exec --on-behalf-of
+/// alice@example.org`), with TOOL resolving to `ip` in a private /etc/hosts.
+pub(super) fn agent_run(s: &Setup, ip: &str, cmd: &[&str]) -> Output {
+    let hosts = s.dir.path().join("hosts");
+    std::fs::write(&hosts, format!("127.0.0.1 localhost\n{ip} {TOOL}\n")).unwrap();
+    let exec = s.daemon.exec_with(
+        AGENT,
+        &["--allow-root", "--on-behalf-of", "alice@example.org"],
+        cmd,
     );
     // As the fixture's exec_resolving does: the mount first, then exec
     // agentguard exec, so the agent keeps this pid.
