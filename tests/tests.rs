@@ -15,4 +15,5 @@ mod redirect;
 mod replay_store;
 mod root_required;
 mod tokens;
+mod tool_server_example;
 mod unix_sockets;
