@@ -10,8 +10,11 @@
 //! - `GET /v1/audit/stream?agent=&decision=&kind=&backlog=N` → committed
 //!   audit records as Server-Sent Events (`agentguard audit tail`)
 //! - `GET /metrics` → Prometheus (OpenMetrics) text
+//! - `POST /v1/audit/verify-proxy?event=...` → a verify-proxy's decision
+//!   ([`report`])
 
 mod client;
+pub mod report;
 pub mod server;
 mod stream;
 

@@ -39,9 +39,9 @@ pub const DEFAULT_AUDIT_CHECKPOINT_EVERY: u64 = 1000;
 /// ...or this often, whichever comes first.
 pub const DEFAULT_AUDIT_CHECKPOINT_INTERVAL: &str = "60s";
 
-/// The JWKS for request-bound tokens is served here (loopback: tool servers
-/// on this host read it; serve it further with a reverse proxy or publish
-/// `agentguard token jwks`). `off` disables it.
+/// The JWKS for request-bound tokens is served here, over HTTPS (loopback:
+/// tool servers on this host read it; serve it further with a reverse proxy
+/// or publish `agentguard token jwks`). `off` disables it.
 pub const DEFAULT_JWKS_LISTEN: &str = "127.0.0.1:9477";
 /// Request bodies for JWT-bound tools are read whole to hash them, up to this.
 pub const DEFAULT_JWT_MAX_BODY: &str = "1M";
@@ -55,6 +55,23 @@ pub struct TokenOptions {
     pub max_body: usize,
     /// What a new signing key is (the first, and each rotation's).
     pub algorithm: crate::token::SigningAlgorithm,
+    pub jwks_tls: JwksTlsOptions,
+}
+
+/// How the JWKS endpoint proves who it is. Tool servers take their keys
+/// from it: a key swapped on the way would let anyone mint tokens they
+/// accept, so it is HTTPS unless the operator asks for plain HTTP on
+/// loopback.
+#[derive(Debug, Clone, Default)]
+pub struct JwksTlsOptions {
+    /// The operator's certificate chain and key (PEM), instead of a leaf
+    /// from agentguard's CA.
+    pub cert_and_key: Option<(PathBuf, PathBuf)>,
+    /// Names (DNS or IP) the CA's leaf is for, beside `localhost` and the
+    /// listen address.
+    pub names: Vec<String>,
+    /// Plain HTTP (loopback only).
+    pub plain_http: bool,
 }
 
 #[derive(Debug, Error)]
@@ -73,6 +90,10 @@ pub enum ConfigError {
     TokenAlgorithm(String),
     #[error("--jwks-listen: {0:?} is neither an address (127.0.0.1:9477) nor \"off\"")]
     JwksListen(String),
+    #[error(
+        "--jwks-plain-http: the JWKS listens on {0}, which is not loopback: tool servers elsewhere would take keys anyone on the path could swap; serve it over HTTPS"
+    )]
+    JwksPlainHttp(SocketAddr),
     #[error(transparent)]
     Otlp(#[from] crate::audit::otlp::OtlpError),
 }
@@ -208,6 +229,12 @@ impl RunConfig {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         {
             return Err(ConfigError::TrustDomain(td.clone()));
+        }
+        if let Some(addr) = self.tokens.jwks_listen
+            && self.tokens.jwks_tls.plain_http
+            && !addr.ip().is_loopback()
+        {
+            return Err(ConfigError::JwksPlainHttp(addr));
         }
         if !self.bpf_dir.is_absolute() {
             return Err(ConfigError::NotAbsolute {

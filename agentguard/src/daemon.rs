@@ -3,6 +3,7 @@
 
 mod audit;
 mod events;
+mod jwks;
 mod oauth;
 mod reload;
 
@@ -82,6 +83,8 @@ pub enum DaemonError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("JWKS TLS: {0}")]
+    JwksTls(String),
     #[error("failed to listen for metrics on {addr}: {source}")]
     MetricsListen {
         addr: std::net::SocketAddr,
@@ -123,8 +126,13 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
             .await
             .map_err(|source| DaemonError::JwksListen { addr, source })?;
         let bound = listener.local_addr().unwrap_or(addr);
-        info!(jwks = %format!("http://{bound}{}", crate::token::JWKS_PATH), "serving the token JWKS");
-        tokio::spawn(crate::token::serve_jwks(listener, minter.clone()));
+        let tls = jwks::tls(&cfg.tokens.jwks_tls, &ca, bound).map_err(DaemonError::JwksTls)?;
+        let scheme = match tls {
+            crate::token::JwksTls::On(_) => "https",
+            crate::token::JwksTls::Off => "http",
+        };
+        info!(jwks = %format!("{scheme}://{bound}{}", crate::token::JWKS_PATH), ca = %ca.cert_path().display(), "serving the token JWKS");
+        tokio::spawn(crate::token::serve_jwks(listener, minter.clone(), tls));
     }
     if port >= 1024 {
         warn!(

@@ -24,3 +24,4 @@ pub mod policy;
 pub mod preflight;
 pub mod proxy;
 pub mod token;
+pub mod verify_proxy;

@@ -63,6 +63,26 @@ const STEPS: &[Step] = &[
             "--bins",
         ],
     },
+    // The tool side's crate on its own: its README's tool server (a doc
+    // test), the `cargo tree` check that it pulls in nothing of the
+    // daemon's, and docs that build without a warning.
+    Step {
+        header: "agentguard-verify (doc tests, dependency check)",
+        cargo_args: &["test", "--locked", "-p", "agentguard-verify"],
+    },
+    Step {
+        header: "agentguard-verify docs",
+        cargo_args: &[
+            "rustdoc",
+            "--locked",
+            "-p",
+            "agentguard-verify",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    },
     // The end-to-end tests attach real eBPF programs to real cgroups. They share
     // that kernel state (bpffs pins, cgroups), so they run one at a time.
     Step {

@@ -233,8 +233,8 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<AdminBody> {
         };
     }
     // A verify-proxy beside the daemon records its decisions here.
-    if req.method() == Method::POST && req.uri().path() == crate::token::REPORT_ROUTE {
-        return match crate::token::VerifyReport::from_query(req.uri().query().unwrap_or("")) {
+    if req.method() == Method::POST && req.uri().path() == super::report::REPORT_ROUTE {
+        return match super::report::VerifyReport::from_query(req.uri().query().unwrap_or("")) {
             Ok(report) => {
                 let policy = state.live.load().policy.clone();
                 state
