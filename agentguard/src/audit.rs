@@ -8,6 +8,7 @@
 //! - `writer`: the single writer task (batches, checkpoints, retention).
 //! - `verify`, `query`, `ocsf`: what the `agentguard audit` commands do.
 //! - `otlp`: export to an OpenTelemetry collector.
+//! - `traceparent`: the W3C trace context a request's event keeps.
 //!
 //! Emitters hold an [`AuditSink`]: [`AuditSink::record`] waits while the
 //! queue is full (backpressure) and never drops an event. The writer assigns
@@ -21,6 +22,7 @@ pub mod otlp;
 pub mod query;
 pub mod signing;
 pub mod store;
+pub mod traceparent;
 pub mod verify;
 mod writer;
 

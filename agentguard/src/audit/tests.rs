@@ -268,3 +268,5 @@ fn followers_see_committed_records() {
     assert_eq!(sink.status().events_written, 1);
     writer.shutdown(Duration::from_secs(5));
 }
+
+mod upgrade;
