@@ -75,6 +75,8 @@ pub enum ConfigError {
     JwksListen(String),
     #[error(transparent)]
     Otlp(#[from] crate::audit::otlp::OtlpError),
+    #[error(transparent)]
+    Anchor(#[from] crate::audit::anchor::AnchorError),
 }
 
 /// Parses a human duration (`200ms`, `60s`, `90d`) for `flag`.
@@ -119,6 +121,10 @@ pub struct AuditOptions {
     pub retention: Option<Duration>,
     /// `None`: no size limit.
     pub max_bytes: Option<u64>,
+    /// `--audit-signing-key`; `None`: `<state-dir>/audit-key/signing.key`.
+    pub signing_key: Option<PathBuf>,
+    /// `--audit-anchor-dir` and `--audit-anchor-command`.
+    pub anchors: crate::audit::anchor::AnchorConfig,
 }
 
 impl AuditOptions {
@@ -133,6 +139,8 @@ impl AuditOptions {
                 max_bytes: self.max_bytes,
             },
             queue: self.queue,
+            signing_key: self.signing_key.clone(),
+            anchors: self.anchors.clone(),
         }
     }
 
@@ -197,7 +205,10 @@ impl RunConfig {
         self.state_dir = absolute(self.state_dir);
         self.admin_socket = absolute(self.admin_socket);
         self.upstream_ca = self.upstream_ca.map(absolute);
+        self.audit.signing_key = self.audit.signing_key.map(absolute);
+        self.audit.anchors.dir = self.audit.anchors.dir.map(absolute);
         self.audit.validate()?;
+        self.audit.anchors.validate()?;
         if let Some(endpoint) = &self.otlp_endpoint {
             crate::audit::otlp::logs_url(endpoint)?;
         }
@@ -230,6 +241,7 @@ impl std::fmt::Display for RunConfig {
             "policies={} state_dir={} admin_socket={} bpf_dir={} proxy_port={} upstream_ca={} \
              audit_flush={:?} audit_batch_max={} audit_queue={} audit_checkpoint_every={} \
              audit_checkpoint_interval={:?} audit_retention={} audit_max_size={} \
+             audit_signing_key={} audit_anchor_dir={} audit_anchor_command={} \
              metrics_listen={} otlp_endpoint={} trust_domain={} jwks_listen={} jwt_max_body={} token_algorithm={:?} \
              report_kernel_redirects={} unix_guard={:?}",
             self.policies_dir.display(),
@@ -251,6 +263,21 @@ impl std::fmt::Display for RunConfig {
             self.audit
                 .max_bytes
                 .map_or("none".into(), |b| b.to_string()),
+            self.audit.signing_key.as_ref().map_or_else(
+                || "<state-dir>/audit-key/signing.key".into(),
+                |p| p.display().to_string()
+            ),
+            self.audit
+                .anchors
+                .dir
+                .as_ref()
+                .map_or("off".into(), |p| p.display().to_string()),
+            // The command may carry a credential for its target: not logged.
+            if self.audit.anchors.command.is_some() {
+                "set"
+            } else {
+                "off"
+            },
             self.metrics_listen.map_or("off".into(), |a| a.to_string()),
             self.otlp_endpoint.as_deref().unwrap_or("off"),
             self.tokens.trust_domain,

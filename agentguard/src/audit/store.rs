@@ -81,7 +81,7 @@ pub struct Record {
 }
 
 /// A signed statement that the chain's event `seq` has hash `hash`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     pub seq: i64,
     pub hash: String,
