@@ -1,6 +1,7 @@
 //! The end-to-end scenarios, one file per capability.
 
 mod audit;
+mod audit_anchor;
 mod bypass;
 mod cli_errors;
 mod credentials;
