@@ -175,8 +175,9 @@ pub struct RunConfig {
     /// Also serve `/metrics` on this TCP address (off by default: the admin
     /// socket serves it to root).
     pub metrics_listen: Option<SocketAddr>,
-    /// Export audit records to this OpenTelemetry collector (OTLP/HTTP).
-    pub otlp_endpoint: Option<String>,
+    /// Export audit records to an OpenTelemetry collector (OTLP/HTTP):
+    /// flags and `OTEL_EXPORTER_OTLP_*`, resolved.
+    pub otlp: Option<crate::audit::otlp::OtlpConfig>,
     /// Where allowed DNS queries go; empty: /etc/resolv.conf's nameservers.
     pub dns_upstreams: Vec<SocketAddr>,
     /// Record kernel redirects as well as refusals.
@@ -209,9 +210,6 @@ impl RunConfig {
         self.audit.anchors.dir = self.audit.anchors.dir.map(absolute);
         self.audit.validate()?;
         self.audit.anchors.validate()?;
-        if let Some(endpoint) = &self.otlp_endpoint {
-            crate::audit::otlp::logs_url(endpoint)?;
-        }
         let td = &self.tokens.trust_domain;
         if td.is_empty()
             || !td
@@ -279,7 +277,9 @@ impl std::fmt::Display for RunConfig {
                 "off"
             },
             self.metrics_listen.map_or("off".into(), |a| a.to_string()),
-            self.otlp_endpoint.as_deref().unwrap_or("off"),
+            self.otlp
+                .as_ref()
+                .map_or_else(|| "off".into(), ToString::to_string),
             self.tokens.trust_domain,
             self.tokens
                 .jwks_listen

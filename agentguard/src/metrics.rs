@@ -65,6 +65,7 @@ pub struct Metrics {
     kernel_map_capacity: Family<MapLabels, Gauge>,
     kernel_events_lost: Counter,
     audit_last_checkpoint_seq: Gauge,
+    audit_anchor_exported_seq: Gauge,
     // Mirrors of counters kept elsewhere, advanced by the difference at
     // each scrape (OpenMetrics counters only go up).
     mirrored: Mutex<()>,
@@ -75,6 +76,9 @@ pub struct Metrics {
     otlp_exported: Counter,
     otlp_dropped: Counter,
     otlp_failures: Counter,
+    otlp_rejected: Counter,
+    otlp_checkpoints: Counter,
+    audit_anchor_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -135,6 +139,12 @@ impl Metrics {
             "Sequence number of the last signed audit checkpoint",
             audit_last_checkpoint_seq.clone(),
         );
+        let audit_anchor_exported_seq = Gauge::default();
+        registry.register(
+            "audit_anchor_exported_seq",
+            "Sequence number of the newest checkpoint exported to the anchor folder or command (0: none)",
+            audit_anchor_exported_seq.clone(),
+        );
         let mut counter = |name: &str, help: &str| {
             let c = Counter::default();
             registry.register(name, help, c.clone());
@@ -164,7 +174,22 @@ impl Metrics {
             "otlp_dropped",
             "Audit events dropped from the OTLP export buffer (oldest first; the local store keeps them)",
         );
-        let otlp_failures = counter("otlp_failures", "Failed OTLP export attempts");
+        let otlp_failures = counter(
+            "otlp_failures",
+            "Failed OTLP export attempts that are retried (429, 502, 503, 504, unreachable, timeout)",
+        );
+        let otlp_rejected = counter(
+            "otlp_rejected",
+            "Audit events the OTLP collector refused for good (another status, or a partial success); not sent again",
+        );
+        let otlp_checkpoints = counter(
+            "otlp_checkpoints_exported",
+            "Signed audit checkpoints accepted by the OTLP collector",
+        );
+        let audit_anchor_failures = counter(
+            "audit_anchor_failures",
+            "Checkpoints the anchor folder or command failed to take",
+        );
         let kernel_events_lost = counter(
             "kernel_events_lost",
             "Kernel event records lost to a full ring buffer (the refusals still happened)",
@@ -188,6 +213,10 @@ impl Metrics {
             otlp_exported,
             otlp_dropped,
             otlp_failures,
+            otlp_rejected,
+            otlp_checkpoints,
+            audit_anchor_exported_seq,
+            audit_anchor_failures,
         }
     }
 
@@ -234,6 +263,9 @@ impl Metrics {
                 self.audit_last_checkpoint_seq.set(a.last_checkpoint_seq);
                 advance(&self.audit_events_written, a.events_written);
                 advance(&self.audit_write_errors, a.write_errors);
+                self.audit_anchor_exported_seq
+                    .set(a.anchor_last_exported_seq);
+                advance(&self.audit_anchor_failures, a.anchor_failures);
             }
             advance(&self.leaf_hits, snapshot.leaf_hits);
             advance(&self.kernel_events_lost, snapshot.kernel_events_lost);
@@ -253,6 +285,8 @@ impl Metrics {
                 advance(&self.otlp_exported, o.exported);
                 advance(&self.otlp_dropped, o.dropped);
                 advance(&self.otlp_failures, o.failures);
+                advance(&self.otlp_rejected, o.rejected);
+                advance(&self.otlp_checkpoints, o.checkpoints);
             }
         }
         let mut out = String::new();

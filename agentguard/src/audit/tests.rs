@@ -322,7 +322,6 @@ fn a_chain_made_anew_with_the_same_key_is_found_only_with_the_anchor() {
     // of as many events.
     let key = signing::default_key_path(state.path());
     let fresh = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(key.parent().unwrap().to_owned()).unwrap();
     let fresh_key = signing::default_key_path(fresh.path());
     std::fs::create_dir_all(fresh_key.parent().unwrap()).unwrap();
     std::fs::copy(&key, &fresh_key).unwrap();

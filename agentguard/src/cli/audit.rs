@@ -85,6 +85,18 @@ pub struct AuditRunArgs {
     /// take more than this (e.g. 10G). Default: no limit.
     #[arg(long, value_name = "SIZE")]
     audit_max_size: Option<String>,
+    /// Also serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// The checkpoint key and exports (boxed: the run command's flags are
+    /// many, and clap keeps them all on the stack).
+    #[command(flatten)]
+    export: Box<ExportArgs>,
+}
+
+/// Where the record's key lives and where it goes beyond the store.
+#[derive(Debug, Args)]
+struct ExportArgs {
     /// The checkpoint signing key (PKCS#8 PEM; made if absent), kept apart
     /// from the store: put it on another mount or under another owner.
     /// Default: <state-dir>/audit-key/signing.key.
@@ -99,16 +111,41 @@ pub struct AuditRunArgs {
     /// host.
     #[arg(long, value_name = "COMMAND")]
     audit_anchor_command: Option<String>,
-    /// Also serve Prometheus metrics at http://ADDR/metrics.
-    #[arg(long, value_name = "ADDR")]
-    pub metrics_listen: Option<SocketAddr>,
     /// Export audit records to this OpenTelemetry collector (OTLP/HTTP,
-    /// e.g. http://collector:4318).
+    /// e.g. http://collector:4318); or set OTEL_EXPORTER_OTLP_ENDPOINT.
     #[arg(long, value_name = "URL")]
-    pub otlp_endpoint: Option<String>,
+    otlp_endpoint: Option<String>,
+    /// http/protobuf (default) or http/json; or OTEL_EXPORTER_OTLP_PROTOCOL.
+    #[arg(long, value_name = "PROTOCOL")]
+    otlp_protocol: Option<String>,
+    /// CA certificates (PEM) to verify the collector with, instead of the
+    /// system's; or OTEL_EXPORTER_OTLP_CERTIFICATE.
+    #[arg(long, value_name = "FILE")]
+    otlp_ca: Option<PathBuf>,
+    /// gzip or none (default); or OTEL_EXPORTER_OTLP_COMPRESSION.
+    #[arg(long, value_name = "gzip|none")]
+    otlp_compression: Option<String>,
 }
 
 impl AuditRunArgs {
+    /// The OTLP exporter's settings: these flags, then the daemon's
+    /// `OTEL_EXPORTER_OTLP_*` environment.
+    pub fn otlp(&self) -> Result<Option<audit::otlp::OtlpConfig>, ConfigError> {
+        let flags = audit::otlp::OtlpFlags {
+            endpoint: self.export.otlp_endpoint.clone(),
+            protocol: self.export.otlp_protocol.clone(),
+            ca: self
+                .export
+                .otlp_ca
+                .clone()
+                .map(|p| std::path::absolute(&p).unwrap_or(p)),
+            compression: self.export.otlp_compression.clone(),
+        };
+        Ok(audit::otlp::OtlpConfig::resolve(&flags, |name| {
+            std::env::var(name).ok()
+        })?)
+    }
+
     pub fn options(&self) -> Result<AuditOptions, ConfigError> {
         Ok(AuditOptions {
             flush_interval: parse_duration("--audit-flush-interval", &self.audit_flush_interval)?,
@@ -129,10 +166,10 @@ impl AuditRunArgs {
                 .as_deref()
                 .map(|s| parse_size("--audit-max-size", s))
                 .transpose()?,
-            signing_key: self.audit_signing_key.clone(),
+            signing_key: self.export.audit_signing_key.clone(),
             anchors: audit::anchor::AnchorConfig {
-                dir: self.audit_anchor_dir.clone(),
-                command: self.audit_anchor_command.clone(),
+                dir: self.export.audit_anchor_dir.clone(),
+                command: self.export.audit_anchor_command.clone(),
             },
         })
     }
