@@ -8,6 +8,7 @@ mod credentials;
 mod dns;
 mod egress;
 mod exec_confinement;
+mod exports;
 mod fail_closed;
 mod interception;
 mod kernel_paths;

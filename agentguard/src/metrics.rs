@@ -2,6 +2,11 @@
 //! /metrics` on the admin socket and, with `--metrics-listen`, on a TCP
 //! address.
 //!
+//! Served in the format the scraper asks for: OpenMetrics to one whose
+//! `Accept` names it (Prometheus does), else the Prometheus text format
+//! 0.0.4 (curl, `promtool check metrics`, older scrapers), which names a
+//! counter's HELP and TYPE after its `_total` sample and has no `# EOF`.
+//!
 //! Decision counters are fed from the audit sink as events are recorded, so
 //! every decision that reaches the audit record is counted, whoever emits
 //! it. Counters kept elsewhere (audit writer, leaf cache, OTLP exporter) are
@@ -24,6 +29,47 @@ use crate::audit::{AuditStatus, Event, Kind, otlp::OtlpSnapshot};
 
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`to_prometheus_text`]'s output.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The exposition for a scraper that sent `accept`, and its content type.
+pub fn negotiate(openmetrics: String, accept: Option<&str>) -> (String, &'static str) {
+    if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+        (openmetrics, CONTENT_TYPE)
+    } else {
+        (to_prometheus_text(&openmetrics), PROMETHEUS_CONTENT_TYPE)
+    }
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4: a counter family
+/// is named by its `_total` samples, `# UNIT` and `# EOF` go. Samples and
+/// the other types read the same in both.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, "counter")) = rest.split_once(' ')
+        {
+            counters.insert(name.to_owned());
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConnectionLabels {
@@ -323,6 +369,17 @@ mod tests {
         assert!(text.contains("agentguard_leaf_cache_hits_total 5"));
         assert!(text.contains("agentguard_upstream_latency_seconds_count 1"));
         assert!(text.ends_with("# EOF\n"));
+        let (plain, content_type) = negotiate(text.clone(), Some("*/*"));
+        assert_eq!(content_type, PROMETHEUS_CONTENT_TYPE);
+        assert!(plain.contains("# TYPE agentguard_requests_total counter\n"));
+        assert!(plain.contains("# HELP agentguard_requests_total HTTP requests"));
+        assert!(plain.contains("# TYPE agentguard_upstream_latency_seconds histogram\n"));
+        assert!(!plain.contains("# EOF"));
+        let (same, _) = negotiate(
+            text.clone(),
+            Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+        );
+        assert_eq!(same, text);
         // Mirrors never go backwards or double count.
         let again = m.render(&Snapshot {
             leaf_hits: 5,
