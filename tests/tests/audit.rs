@@ -830,14 +830,15 @@ fn otlp_reaches_a_collector_and_metrics_count_decisions() {
         assert!(Instant::now() < deadline, "collector got: {records:?}");
         std::thread::sleep(Duration::from_millis(100));
     };
-    let denied = records
-        .iter()
-        .find(|r| {
-            r["attributes"].as_array().into_iter().flatten().any(|a| {
-                a["key"] == "agentguard.decision" && a["value"]["stringValue"] == "deny"
+    let denied =
+        records
+            .iter()
+            .find(|r| {
+                r["attributes"].as_array().into_iter().flatten().any(|a| {
+                    a["key"] == "agentguard.decision" && a["value"]["stringValue"] == "deny"
+                })
             })
-        })
-        .expect("the denied request reached the collector");
+            .expect("the denied request reached the collector");
     assert_eq!(denied["severityText"], "WARN");
     assert!(
         denied["timeUnixNano"]

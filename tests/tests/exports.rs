@@ -617,3 +617,250 @@ fn promtool_accepts_the_metrics_exposition() {
         text(&out.stderr)
     );
 }
+
+/// What the OCSF test's agent tries in the kernel's reach: a UDP datagram,
+/// a raw socket, a Unix socket its policy does not list, and a
+/// routing header; each refused and recorded.
+const REFUSALS: &str = "import errno, socket, struct, sys\n\
+    def attempt(name, f):\n\
+    \x20   try:\n\
+    \x20       f(); print(name, 'allowed')\n\
+    \x20   except OSError as e: print(name, errno.errorcode.get(e.errno, e.errno))\n\
+    attempt('udp', lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 9)))\n\
+    attempt('raw', lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))\n\
+    attempt('unix', lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).connect(sys.argv[1]))\n\
+    seg = socket.inet_pton(socket.AF_INET6, '2001:db8::99')\n\
+    srh = struct.pack('!BBBBBBH', 0, 4, 4, 1, 1, 0, 0) + bytes(16) + seg\n\
+    attempt('rthdr', lambda: socket.socket(socket.AF_INET6, socket.SOCK_STREAM).setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RTHDR, srh))\n\
+    for name in ('ocsf.agentguard.test', 'nope.agentguard.test'):\n\
+    \x20   try:\n\
+    \x20       print(name, socket.getaddrinfo(name, 443, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])\n\
+    \x20   except socket.gaierror as e: print(name, 'unresolved')\n";
+
+#[test]
+fn ocsf_of_every_event_kind_validates_against_the_ocsf_schema() {
+    crate::common::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let dns = crate::common::DnsUpstream::start(
+        "127.0.0.1",
+        &[(
+            "ocsf.agentguard.test",
+            std::net::Ipv4Addr::new(127, 0, 0, 5),
+        )],
+    );
+    let dns_addr = dns.addr.to_string();
+    let policy =
+        format!("{ALLOW_LOOPBACK_TEST_HOSTS}\n[[passthrough]]\nhost = \"ocsf.agentguard.test\"\n");
+    let mut daemon = Daemon::start_with_args(
+        &["ocsf"],
+        DaemonOptions {
+            policy_extra: &policy,
+            ..DaemonOptions::default()
+        },
+        &["--dns-upstream", &dns_addr],
+    );
+    let upstream = Upstream::start("127.0.0.2");
+    // Intercepted connections, an allowed request and a denied one.
+    curl(
+        &daemon,
+        "ocsf",
+        &format!("http://{}/ocsf", upstream.addr),
+        &[],
+    );
+    let out = daemon
+        .exec(
+            "ocsf",
+            &[
+                "curl",
+                "-sS",
+                "-m",
+                "10",
+                "-X",
+                "TRACE",
+                &format!("http://{}/x", upstream.addr),
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Kernel refusals and the resolver's answers.
+    let unix = std::os::unix::net::UnixListener::bind(dir.path().join("ocsf.sock")).unwrap();
+    let sock = dir.path().join("ocsf.sock").display().to_string();
+    let out = daemon
+        .exec_with_nameserver(
+            "ocsf",
+            &["--allow-root", "--keep-capabilities"],
+            "127.0.0.99",
+            &["python3", "-c", REFUSALS, &sock],
+        )
+        .output()
+        .unwrap();
+    let said = text(&out.stdout);
+    for line in [
+        "udp EPERM",
+        "raw EPERM",
+        "unix EPERM",
+        "rthdr EPERM",
+        "ocsf.agentguard.test 127.0.0.5",
+        "nope.agentguard.test unresolved",
+    ] {
+        assert!(
+            said.contains(line),
+            "{line:?} not in: {said}{}",
+            text(&out.stderr)
+        );
+    }
+    drop(unix);
+    // A reload, and a clean stop.
+    let path = daemon.policy_path("ocsf");
+    let mut edited = std::fs::read_to_string(&path).unwrap();
+    edited.push_str("\n# edited by the OCSF test\n");
+    std::fs::write(path.with_extension("tmp"), edited).unwrap();
+    std::fs::rename(path.with_extension("tmp"), &path).unwrap();
+    daemon.wait_for_reload(true);
+    let pid = daemon.status()["pid"].as_i64().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !daemon
+        .audit_events()
+        .iter()
+        .any(|e| e["kind"] == "daemon_stop")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no daemon_stop:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon.kill9();
+
+    // The kinds this run cannot make cheaply, written into the stopped
+    // daemon's store as their emitters shape them (proxy/http.rs,
+    // token/report.rs, audit/writer.rs): only the renderer is under test.
+    let db = daemon.state_dir().join("audit/audit.db");
+    let sql = "INSERT INTO events (seq, id, time, kind, agent, cgroup_path, cgroup_id, pid, uid, gid, comm, exe, decision, reason, credential_id, tool, host, policy_version, prev_hash, hash)
+          SELECT (SELECT MAX(seq) FROM events) + 1, id || '-c', time, 'credential_failure', agent, cgroup_path, cgroup_id, pid, uid, gid, comm, exe, 'refuse',
+                 'credential \"itsm\" is unavailable: no such file', 'itsm', tool, host, policy_version, '', '' FROM events WHERE kind = 'request' LIMIT 1;
+        INSERT INTO events (seq, id, time, kind, agent, method, host, path, protocol, rule, token_jti, status, src_ip, decision, reason, prev_hash, hash)
+          SELECT (SELECT MAX(seq) FROM events) + 1, id || '-t', time, 'token_verification', agent, 'POST', 'tool.agentguard.test', '/api/tickets', 'http',
+                 'verify-proxy:tool.agentguard.test', 'jti-1', 200, '127.0.0.1', 'allow', 'token verified for spiffe://agentguard.local/agent/ocsf', '', ''
+          FROM events WHERE kind = 'request' LIMIT 1;
+        INSERT INTO events (seq, id, time, kind, reason, prev_hash, hash)
+          SELECT (SELECT MAX(seq) FROM events) + 1, id || '-r', time, 'retention',
+                 'removed events 1..=2 older than 90days; signed checkpoint 2 is the anchor the chain continues from', '', ''
+          FROM events WHERE kind = 'daemon_start' LIMIT 1;";
+    let out = Command::new("sqlite3").arg(&db).arg(sql).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = Command::new(AGENTGUARD)
+        .args(["audit", "query", "--format", "ocsf", "--state-dir"])
+        .arg(daemon.state_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ocsf = text(&out.stdout);
+    let mut validate = Command::new("python3")
+        .arg(validator("ocsf_validate.py"))
+        .arg("1.3.0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    validate
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(ocsf.as_bytes())
+        .unwrap();
+    let verdict = validate.wait_with_output().unwrap();
+    assert!(
+        verdict.status.success(),
+        "OCSF schema validation failed:\n{}{}",
+        text(&verdict.stdout),
+        text(&verdict.stderr)
+    );
+    let report = text(&verdict.stdout);
+    eprintln!("{report}");
+
+    // Every kind was there, and validated.
+    let objects: Vec<Value> = ocsf
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kind = |o: &Value| {
+        o["unmapped"]["agentguard"]["kind"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    for k in [
+        "daemon_start",
+        "connection",
+        "request",
+        "kernel_refusal",
+        "dns_query",
+        "policy_reload",
+        "daemon_stop",
+        "credential_failure",
+        "token_verification",
+        "retention",
+    ] {
+        assert!(objects.iter().any(|o| kind(o) == k), "no {k} event");
+    }
+    let rule = |o: &Value| {
+        o["unmapped"]["agentguard"]["rule"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let find = |pred: &dyn Fn(&Value) -> bool| objects.iter().find(|o| pred(o)).cloned();
+    // DNS Activity, with the question, the code and the answers.
+    let allowed =
+        find(&|o| kind(o) == "dns_query" && o["query"]["hostname"] == "ocsf.agentguard.test")
+            .unwrap();
+    assert_eq!(allowed["class_uid"], 4003);
+    assert_eq!(allowed["query"]["type"], "A");
+    assert_eq!(allowed["rcode_id"], 0);
+    assert_eq!(allowed["answers"][0]["rdata"], "127.0.0.5");
+    assert_eq!(allowed["connection_info"]["protocol_name"], "udp");
+    let denied =
+        find(&|o| kind(o) == "dns_query" && o["query"]["hostname"] == "nope.agentguard.test")
+            .unwrap();
+    assert_eq!(
+        (denied["rcode_id"].as_u64(), denied["action"].as_str()),
+        (Some(3), Some("Denied"))
+    );
+    // The Unix socket by its path; the socket option with no destination.
+    let unix = find(&|o| {
+        rule(o) == "kernel:unix-connect-denied" && o["dst_endpoint"]["name"] == sock.as_str()
+    })
+    .unwrap();
+    assert!(
+        unix["connection_info"].get("protocol_name").is_none(),
+        "{unix}"
+    );
+    let rthdr = find(&|o| rule(o) == "kernel:sockopt-denied").unwrap();
+    assert_eq!(rthdr["dst_endpoint"]["name"], "unconnected");
+    assert!(rthdr["src_endpoint"]["hostname"].is_string());
+    // Real protocol names.
+    let udp = find(&|o| rule(o) == "kernel:udp-denied").unwrap();
+    assert_eq!(
+        (
+            udp["connection_info"]["protocol_name"].as_str(),
+            udp["connection_info"]["protocol_num"].as_u64(),
+            udp["dst_endpoint"]["port"].as_u64()
+        ),
+        (Some("udp"), Some(17), Some(9))
+    );
+    let conn =
+        find(&|o| kind(o) == "connection" && o["unmapped"]["agentguard"]["protocol"] == "http")
+            .unwrap();
+    assert_eq!(conn["connection_info"]["protocol_name"], "tcp");
+    assert!(!ocsf.contains("null"), "OCSF has no null");
+}
