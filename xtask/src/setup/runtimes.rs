@@ -9,8 +9,21 @@ use crate::cmd;
 
 const RUNTIMES: &[&str] = &["python3", "node"];
 
-/// Python packages the end-to-end tests import in their client scripts.
-const PYTHON_PACKAGES: &[&str] = &["requests"];
+/// Python packages the end-to-end tests import, as (PyPI name, module):
+/// `requests` in client scripts; the export validators in
+/// `tests/validators/`: the OpenTelemetry project's OTLP message classes,
+/// and the OCSF schema (shipped in the package, so nothing is fetched at
+/// test time: `ocsf-lib` only reads the schema from its server) with the
+/// JSON Schema validator that checks events against it.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("requests", "requests"),
+    (
+        "opentelemetry-proto",
+        "opentelemetry.proto.collector.logs.v1.logs_service_pb2",
+    ),
+    ("ocsf-json-schema", "ocsf_json_schema"),
+    ("jsonschema", "jsonschema"),
+];
 
 pub fn check() -> Result<()> {
     for &runtime in RUNTIMES {
@@ -24,8 +37,8 @@ pub fn check() -> Result<()> {
             ),
         }
     }
-    for &package in PYTHON_PACKAGES {
-        let import = format!("import {package}");
+    for &(package, module) in PYTHON_PACKAGES {
+        let import = format!("import {module}");
         if cmd::probe(cmd::new("python3").args(["-c", &import])).is_some() {
             println!("setup: python package {package} already present, skipping");
         } else {
