@@ -321,7 +321,8 @@ fn a_key_kept_in_the_audit_directory_moves_out_and_keeps_signing() {
     assert!(!state.join("audit/signing.key").exists());
     daemon.kill9();
 
-    // The layout of agentguard up to 0.1: the key beside the database.
+    // The layout of earlier versions (up to commit e057790): the key beside
+    // the database.
     std::fs::rename(&key, state.join("audit/signing.key")).unwrap();
     std::fs::remove_dir_all(state.join("audit-key")).unwrap();
     daemon.restart();
@@ -393,7 +394,7 @@ fn a_key_kept_in_the_audit_directory_moves_out_and_keeps_signing() {
 }
 
 #[test]
-fn a_store_written_by_agentguard_0_1_verifies_and_reads_with_this_one() {
+fn a_store_written_by_the_previous_agentguard_verifies_and_reads_with_this_one() {
     crate::common::require_root();
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit");

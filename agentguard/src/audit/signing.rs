@@ -67,7 +67,7 @@ pub enum SigningError {
     )]
     BesideStore { key: PathBuf, audit: PathBuf },
     #[error(
-        "two audit signing keys: {old} (where agentguard up to 0.1 kept it) and {new} differ; remove the one that did not sign the store's checkpoints"
+        "two audit signing keys: {old} (where earlier versions kept it) and {new} differ; remove the one that did not sign the store's checkpoints"
     )]
     TwoKeys { old: PathBuf, new: PathBuf },
 }

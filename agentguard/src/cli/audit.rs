@@ -323,7 +323,7 @@ fn verify(
 ) -> Result<ExitCode, AuditCliError> {
     let key_path = public_key.map(Path::to_owned).unwrap_or_else(|| {
         // The host's own copies: beside the private key, else beside the
-        // store (where agentguard up to 0.1 kept it, and where a copy of
+        // store (where earlier versions kept it, and where a copy of
         // a store brings it).
         let beside_key = signing::public_key_path(&signing::default_key_path(state_dir));
         if beside_key.exists() {
