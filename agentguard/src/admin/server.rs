@@ -256,7 +256,7 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<AdminBody> {
     let path = req.uri().path();
     match path {
         "/v1/status" => json(StatusCode::OK, &status(state)),
-        "/metrics" => state.metrics.response(&req),
+        "/metrics" => state.metrics.response(req),
         "/v1/audit/stream" => match stream::parse(req.uri().query()) {
             Ok((filter, backlog)) => Response::builder()
                 .header(CONTENT_TYPE, "text/event-stream")
