@@ -234,10 +234,20 @@ impl Signer {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
-        for public_path in
-            std::iter::once(public_key_path(&path)).chain(public_copies.iter().cloned())
-        {
-            write_file(&public_path, public.as_bytes(), 0o644)?;
+        // Beside the key: a key the operator put on a read-only mount may
+        // come without its public half, and need not stop the start for it.
+        let beside = public_key_path(&path);
+        match write_file(&beside, public.as_bytes(), 0o644) {
+            Ok(()) => {}
+            Err(e) if fs::read(&beside).is_ok_and(|b| b == public.as_bytes()) => {
+                tracing::debug!(error = %e, "public key beside the signing key already current");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write the public key beside the signing key")
+            }
+        }
+        for public_path in public_copies {
+            write_file(public_path, public.as_bytes(), 0o644)?;
         }
         Ok(Self { key })
     }

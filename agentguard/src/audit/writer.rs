@@ -79,8 +79,9 @@ pub(super) struct Outlets {
     pub anchors: Option<anchor::Exporter>,
 }
 
-/// How long the last checkpoint's export gets at shutdown.
-const ANCHOR_GRACE: Duration = Duration::from_secs(35);
+/// How long the last checkpoint's export gets at shutdown: within the
+/// daemon's own wait for the writer (15 s).
+const ANCHOR_GRACE: Duration = Duration::from_secs(10);
 
 pub(super) struct Writer {
     store: Store,
