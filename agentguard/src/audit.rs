@@ -196,6 +196,14 @@ impl AuditSink {
         self.shared.hub.subscribe()
     }
 
+    /// The newest signed checkpoint in the store, if any (read-only).
+    pub fn last_checkpoint(&self) -> Option<Checkpoint> {
+        Store::open_read_only(&self.shared.db_path)
+            .and_then(|s| s.last_checkpoint())
+            .ok()
+            .flatten()
+    }
+
     /// Checkpoints as they are committed, from now on.
     pub fn subscribe_checkpoints(&self) -> broadcast::Receiver<Arc<Checkpoint>> {
         self.shared.checkpoints.subscribe()

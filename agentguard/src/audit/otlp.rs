@@ -124,16 +124,22 @@ impl OtlpStats {
     }
 }
 
-/// Starts exporting what `records` and `checkpoints` deliver. Runs until
-/// the record stream closes.
+/// Starts exporting what `records` and `checkpoints` deliver, after
+/// `latest` (the store's newest checkpoint at start: a collector configured
+/// since, or away at the last export, gets it). Runs until the record
+/// stream closes.
 pub fn spawn(
     cfg: OtlpConfig,
     records: broadcast::Receiver<Arc<Record>>,
     checkpoints: broadcast::Receiver<Arc<Checkpoint>>,
+    latest: Option<Checkpoint>,
     stats: Arc<OtlpStats>,
 ) -> Result<(), OtlpError> {
     let client = client(&cfg)?;
     let buffer = Arc::new(Buffer::default());
+    if let Some(c) = latest {
+        buffer.lock().checkpoints.push_back(Arc::new(c));
+    }
     tokio::spawn(fill(records, checkpoints, buffer.clone(), stats.clone()));
     let exporter = Exporter {
         resource: encode::resource(&cfg.resource),

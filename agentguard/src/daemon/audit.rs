@@ -45,6 +45,7 @@ pub fn start(cfg: &RunConfig) -> Result<AuditRuntime, DaemonError> {
                 otlp_cfg.clone(),
                 sink.subscribe(),
                 sink.subscribe_checkpoints(),
+                sink.last_checkpoint(),
                 stats.clone(),
             )
             .map_err(crate::config::ConfigError::from)?;
