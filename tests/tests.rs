@@ -1,12 +1,14 @@
 //! The end-to-end scenarios, one file per capability.
 
 mod audit;
+mod audit_anchor;
 mod bypass;
 mod cli_errors;
 mod credentials;
 mod dns;
 mod egress;
 mod exec_confinement;
+mod exports;
 mod fail_closed;
 mod interception;
 mod kernel_paths;

@@ -271,7 +271,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
                 upstream_ca,
                 audit: audit.options()?,
                 metrics_listen: audit.metrics_listen,
-                otlp_endpoint: audit.otlp_endpoint.clone(),
+                otlp: audit.otlp()?,
                 tokens: tokens.options()?,
             }
             .validate()?;

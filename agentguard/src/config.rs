@@ -96,6 +96,8 @@ pub enum ConfigError {
     JwksPlainHttp(SocketAddr),
     #[error(transparent)]
     Otlp(#[from] crate::audit::otlp::OtlpError),
+    #[error(transparent)]
+    Anchor(#[from] crate::audit::anchor::AnchorError),
 }
 
 /// Parses a human duration (`200ms`, `60s`, `90d`) for `flag`.
@@ -140,6 +142,10 @@ pub struct AuditOptions {
     pub retention: Option<Duration>,
     /// `None`: no size limit.
     pub max_bytes: Option<u64>,
+    /// `--audit-signing-key`; `None`: `<state-dir>/audit-key/signing.key`.
+    pub signing_key: Option<PathBuf>,
+    /// `--audit-anchor-dir` and `--audit-anchor-command`.
+    pub anchors: crate::audit::anchor::AnchorConfig,
 }
 
 impl AuditOptions {
@@ -154,6 +160,8 @@ impl AuditOptions {
                 max_bytes: self.max_bytes,
             },
             queue: self.queue,
+            signing_key: self.signing_key.clone(),
+            anchors: self.anchors.clone(),
         }
     }
 
@@ -188,8 +196,9 @@ pub struct RunConfig {
     /// Also serve `/metrics` on this TCP address (off by default: the admin
     /// socket serves it to root).
     pub metrics_listen: Option<SocketAddr>,
-    /// Export audit records to this OpenTelemetry collector (OTLP/HTTP).
-    pub otlp_endpoint: Option<String>,
+    /// Export audit records to an OpenTelemetry collector (OTLP/HTTP):
+    /// flags and `OTEL_EXPORTER_OTLP_*`, resolved.
+    pub otlp: Option<crate::audit::otlp::OtlpConfig>,
     /// Where allowed DNS queries go; empty: /etc/resolv.conf's nameservers.
     pub dns_upstreams: Vec<SocketAddr>,
     /// Record kernel redirects as well as refusals.
@@ -218,10 +227,10 @@ impl RunConfig {
         self.state_dir = absolute(self.state_dir);
         self.admin_socket = absolute(self.admin_socket);
         self.upstream_ca = self.upstream_ca.map(absolute);
+        self.audit.signing_key = self.audit.signing_key.map(absolute);
+        self.audit.anchors.dir = self.audit.anchors.dir.map(absolute);
         self.audit.validate()?;
-        if let Some(endpoint) = &self.otlp_endpoint {
-            crate::audit::otlp::logs_url(endpoint)?;
-        }
+        self.audit.anchors.validate()?;
         let td = &self.tokens.trust_domain;
         if td.is_empty()
             || !td
@@ -257,6 +266,7 @@ impl std::fmt::Display for RunConfig {
             "policies={} state_dir={} admin_socket={} bpf_dir={} proxy_port={} upstream_ca={} \
              audit_flush={:?} audit_batch_max={} audit_queue={} audit_checkpoint_every={} \
              audit_checkpoint_interval={:?} audit_retention={} audit_max_size={} \
+             audit_signing_key={} audit_anchor_dir={} audit_anchor_command={} \
              metrics_listen={} otlp_endpoint={} trust_domain={} jwks_listen={} jwt_max_body={} token_algorithm={:?} \
              report_kernel_redirects={} unix_guard={:?}",
             self.policies_dir.display(),
@@ -278,8 +288,25 @@ impl std::fmt::Display for RunConfig {
             self.audit
                 .max_bytes
                 .map_or("none".into(), |b| b.to_string()),
+            self.audit.signing_key.as_ref().map_or_else(
+                || "<state-dir>/audit-key/signing.key".into(),
+                |p| p.display().to_string()
+            ),
+            self.audit
+                .anchors
+                .dir
+                .as_ref()
+                .map_or("off".into(), |p| p.display().to_string()),
+            // The command may carry a credential for its target: not logged.
+            if self.audit.anchors.command.is_some() {
+                "set"
+            } else {
+                "off"
+            },
             self.metrics_listen.map_or("off".into(), |a| a.to_string()),
-            self.otlp_endpoint.as_deref().unwrap_or("off"),
+            self.otlp
+                .as_ref()
+                .map_or_else(|| "off".into(), ToString::to_string),
             self.tokens.trust_domain,
             self.tokens
                 .jwks_listen

@@ -781,6 +781,8 @@ fn otlp_reaches_a_collector_and_metrics_count_decisions() {
         &[
             "--otlp-endpoint",
             &endpoint,
+            "--otlp-protocol",
+            "http/json",
             "--metrics-listen",
             &metrics_addr,
         ],
@@ -828,15 +830,15 @@ fn otlp_reaches_a_collector_and_metrics_count_decisions() {
         assert!(Instant::now() < deadline, "collector got: {records:?}");
         std::thread::sleep(Duration::from_millis(100));
     };
-    let denied = records
-        .iter()
-        .find(|r| {
-            r["body"]["stringValue"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("\"decision\":\"deny\"")
-        })
-        .expect("the denied request reached the collector");
+    let denied =
+        records
+            .iter()
+            .find(|r| {
+                r["attributes"].as_array().into_iter().flatten().any(|a| {
+                    a["key"] == "agentguard.decision" && a["value"]["stringValue"] == "deny"
+                })
+            })
+            .expect("the denied request reached the collector");
     assert_eq!(denied["severityText"], "WARN");
     assert!(
         denied["timeUnixNano"]

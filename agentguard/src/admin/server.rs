@@ -74,10 +74,15 @@ impl MetricsSource {
         })
     }
 
-    fn response(&self) -> Response<AdminBody> {
+    fn response<B>(&self, req: &Request<B>) -> Response<AdminBody> {
+        let accept = req
+            .headers()
+            .get(hyper::header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        let (body, content_type) = metrics::negotiate(self.render(), accept);
         Response::builder()
-            .header(CONTENT_TYPE, metrics::CONTENT_TYPE)
-            .body(full(self.render().into_bytes()))
+            .header(CONTENT_TYPE, content_type)
+            .body(full(body.into_bytes()))
             .unwrap_or_else(|_| Response::new(full(Vec::new())))
     }
 }
@@ -101,7 +106,7 @@ pub async fn serve_metrics_tcp(listener: TcpListener, source: Arc<MetricsSource>
                 let source = source.clone();
                 async move {
                     Ok::<_, Infallible>(if req.uri().path() == "/metrics" {
-                        source.response()
+                        source.response(&req)
                     } else {
                         error(StatusCode::NOT_FOUND, "only /metrics is served here")
                     })
@@ -251,7 +256,7 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<AdminBody> {
     let path = req.uri().path();
     match path {
         "/v1/status" => json(StatusCode::OK, &status(state)),
-        "/metrics" => state.metrics.response(),
+        "/metrics" => state.metrics.response(req),
         "/v1/audit/stream" => match stream::parse(req.uri().query()) {
             Ok((filter, backlog)) => Response::builder()
                 .header(CONTENT_TYPE, "text/event-stream")

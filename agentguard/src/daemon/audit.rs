@@ -38,13 +38,18 @@ pub fn start(cfg: &RunConfig) -> Result<AuditRuntime, DaemonError> {
         Arc::new(move |e: &Event| metrics.observe(e))
     };
     let (sink, writer) = audit::start(&cfg.state_dir, cfg.audit.to_config(), vec![observer])?;
-    let otlp = match &cfg.otlp_endpoint {
-        Some(endpoint) => {
-            let url = otlp::logs_url(endpoint).map_err(crate::config::ConfigError::from)?;
+    let otlp = match &cfg.otlp {
+        Some(otlp_cfg) => {
             let stats = Arc::new(OtlpStats::default());
-            otlp::spawn(url.clone(), sink.subscribe(), stats.clone())
-                .map_err(crate::config::ConfigError::from)?;
-            info!(%url, "exporting audit records to OTLP collector");
+            otlp::spawn(
+                otlp_cfg.clone(),
+                sink.subscribe(),
+                sink.subscribe_checkpoints(),
+                sink.last_checkpoint(),
+                stats.clone(),
+            )
+            .map_err(crate::config::ConfigError::from)?;
+            info!(collector = %otlp_cfg, "exporting audit records and checkpoints to OTLP collector");
             Some(stats)
         }
         None => None,

@@ -9,13 +9,25 @@ use crate::cmd;
 
 const RUNTIMES: &[&str] = &["python3", "node"];
 
-/// Python packages the end-to-end tests import in their client scripts, with
-/// the version pinned where a test depends on the API: the official MCP SDK
+/// Python packages the end-to-end tests import, as (PyPI name, module,
+/// pinned version): `requests` in client scripts; the official MCP SDK
 /// (client and streamable-HTTP server of the MCP tests; 2.x has `Client`
-/// and `MCPServer`).
+/// and `MCPServer`, so it is pinned); the export validators in
+/// `tests/validators/`: the OpenTelemetry project's OTLP message classes,
+/// and the OCSF schema (shipped in the package, so nothing is fetched at
+/// test time: `ocsf-lib` only reads the schema from its server) with the
+/// JSON Schema validator that checks events against it. Pinned where a
+/// test depends on the API or the schema, so a new release cannot turn CI red.
 const PYTHON_PACKAGES: &[(&str, &str, Option<&str>)] = &[
     ("requests", "requests", None),
     ("mcp", "mcp", Some("2.3.0")),
+    (
+        "opentelemetry-proto",
+        "opentelemetry.proto.collector.logs.v1.logs_service_pb2",
+        Some("1.45.2"),
+    ),
+    ("ocsf-json-schema", "ocsf_json_schema", Some("1.2.0")),
+    ("jsonschema", "jsonschema", Some("4.26.0")),
 ];
 
 pub fn check() -> Result<()> {

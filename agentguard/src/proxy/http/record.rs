@@ -75,6 +75,13 @@ impl Outcome {
             .headers()
             .get(INTENT_HEADER)
             .map(|v| truncate(String::from_utf8_lossy(v.as_bytes()).into_owned()));
+        // W3C trace context, so the agent's traces join this decision: one
+        // well-formed header, or nothing (the spec treats several as invalid).
+        let mut traceparents = req.headers().get_all("traceparent").iter();
+        event.traceparent = match (traceparents.next(), traceparents.next()) {
+            (Some(v), None) => crate::audit::traceparent::normalise(v.as_bytes()),
+            _ => None,
+        };
         Self {
             event,
             bare_path: String::new(),
