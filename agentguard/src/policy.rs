@@ -3,13 +3,17 @@
 //! `model` is the file format, `load` reads and validates a folder as a whole
 //! (a policy set is accepted or refused as one, never half-applied).
 
+mod condition;
 mod eval;
 mod explain;
 mod load;
 mod model;
+mod names;
 mod pattern;
+mod rate;
 mod unix;
 
+pub use condition::{AgentIdentity, Condition, McpView, RequestView, Uses, Vars};
 pub use eval::{RequestFacts, Verdict};
 pub use explain::{Explanation, explain};
 pub use load::{PolicyError, PolicyErrors, load_path};
@@ -18,5 +22,7 @@ pub use model::{
     OAuth2Source, PassthroughRule, PathPattern, PolicySet, SecretRef, SecretSource, ToolPolicy,
     ValueSource,
 };
+pub use names::NamePattern;
 pub use pattern::normalize_path;
+pub use rate::{Admission, RateCheck, RateKey, RateLimiter, RatePer, RateRule, RateSpec};
 pub use unix::UnixSocketAddr;
