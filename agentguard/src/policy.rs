@@ -3,7 +3,9 @@
 //! `model` is the file format, `load` reads and validates a folder as a whole
 //! (a policy set is accepted or refused as one, never half-applied).
 
+mod calls;
 mod condition;
+mod decide;
 mod eval;
 mod explain;
 mod load;
@@ -11,9 +13,17 @@ mod model;
 mod names;
 mod pattern;
 mod rate;
+mod spanned;
 mod unix;
 
+pub use calls::{
+    CallRules, DEFAULT_MAX_BODY, MAX_MAX_BODY, MCP_SESSION_METHODS, MessageMatch, Protocol,
+};
 pub use condition::{AgentIdentity, Condition, McpView, RequestView, Uses, Vars};
+pub use decide::{
+    Allowed, ArgumentsRecord, BodyNeed, CallInfo, Decider, Decision, Denied, DenyRule,
+    RequestInput, digest as arguments_digest,
+};
 pub use eval::{RequestFacts, Verdict};
 pub use explain::{Explanation, explain};
 pub use load::{PolicyError, PolicyErrors, load_path};
