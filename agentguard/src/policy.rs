@@ -4,6 +4,7 @@
 //! (a policy set is accepted or refused as one, never half-applied).
 
 mod calls;
+mod cases;
 mod condition;
 mod decide;
 mod eval;
@@ -19,13 +20,14 @@ mod unix;
 pub use calls::{
     CallRules, DEFAULT_MAX_BODY, MAX_MAX_BODY, MCP_SESSION_METHODS, MessageMatch, Protocol,
 };
+pub use cases::{Case, CaseFile, CaseResult, Decided, Outcome, read_cases, run_cases};
 pub use condition::{AgentIdentity, Condition, McpView, RequestView, Uses, Vars};
 pub use decide::{
     Allowed, ArgumentsRecord, BodyNeed, CallInfo, Decider, Decision, Denied, DenyRule,
     RequestInput, digest as arguments_digest,
 };
 pub use eval::{RequestFacts, Verdict};
-pub use explain::{Explanation, explain};
+pub use explain::{Explanation, explain, explain_case};
 pub use load::{PolicyError, PolicyErrors, load_path};
 pub use model::{
     AgentPolicy, CgroupRelPath, CredentialPolicy, DnsMode, HostPattern, Injection, Mode,

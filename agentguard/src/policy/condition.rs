@@ -494,7 +494,9 @@ pub struct Vars {
 }
 
 /// The kernel's account of who sent the request.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct AgentIdentity {
     #[serde(default)]
