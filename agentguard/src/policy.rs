@@ -14,6 +14,7 @@ mod model;
 mod names;
 mod pattern;
 mod rate;
+mod schema;
 mod spanned;
 mod unix;
 
@@ -37,4 +38,5 @@ pub use model::{
 pub use names::NamePattern;
 pub use pattern::normalize_path;
 pub use rate::{Admission, RateCheck, RateKey, RateLimiter, RatePer, RateRule, RateSpec};
+pub use schema::{cases_schema, policy_schema};
 pub use unix::UnixSocketAddr;
