@@ -22,7 +22,7 @@ pub use calls::{
     CallRules, DEFAULT_MAX_BODY, MAX_MAX_BODY, MCP_SESSION_METHODS, MessageMatch, Protocol,
 };
 pub use cases::{Case, CaseFile, CaseResult, Decided, Outcome, read_cases, run_cases};
-pub use condition::{AgentIdentity, Condition, McpView, RequestView, Uses, Vars};
+pub use condition::{AgentIdentity, Bound, Condition, McpView, RequestView, Uses, Vars};
 pub use decide::{
     Allowed, ArgumentsRecord, BodyNeed, CallInfo, Decider, Decision, Denied, DenyRule,
     RequestInput, digest as arguments_digest,

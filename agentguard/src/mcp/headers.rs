@@ -17,14 +17,9 @@ pub const MCP_NAME: &str = "mcp-name";
 pub const MCP_PARAM_PREFIX: &str = "mcp-param-";
 
 /// Why the headers and the body disagree.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("header mismatch: {0}")]
 pub struct HeaderMismatch(pub String);
-
-impl std::fmt::Display for HeaderMismatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "header mismatch: {}", self.0)
-    }
-}
 
 /// Checks the MCP headers of a POST against its parsed body. Clients of
 /// revisions before SEP-2243 send none of them, which is accepted; a client

@@ -51,22 +51,15 @@ impl ListKind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a list response could not be filtered: the proxy must then cut
+/// the response off, never pass it on unfiltered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
+    #[error("list response larger than {MAX_LIST_RESPONSE} bytes")]
     TooLarge,
     /// A response to a list request agentguard could not read.
+    #[error("unreadable list response: {0}")]
     Unreadable(String),
-}
-
-impl std::fmt::Display for FilterError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FilterError::TooLarge => {
-                write!(f, "list response larger than {MAX_LIST_RESPONSE} bytes")
-            }
-            FilterError::Unreadable(why) => write!(f, "unreadable list response: {why}"),
-        }
-    }
 }
 
 /// Filters the responses to the list requests of one POST body.

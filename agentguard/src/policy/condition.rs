@@ -228,25 +228,19 @@ impl Condition {
     /// Evaluates the condition. `Err` (the expression failed, or gave
     /// something other than a bool) means it does not hold.
     pub fn evaluate(&self, vars: &Vars) -> Result<bool, String> {
-        let mut ctx = Context::with_env(ENV.clone());
-        let uses = self.uses;
-        for (name, wanted, value) in [
-            ("request", uses.request, &vars.request),
-            ("mcp", uses.mcp, &vars.mcp),
-            ("agent", uses.agent, &vars.agent),
-            ("on_behalf_of", uses.on_behalf_of, &vars.on_behalf_of),
-            ("intent", uses.intent, &vars.intent),
-            ("now", uses.now, &vars.now),
-        ] {
-            if !wanted {
-                continue;
-            }
-            match value {
-                Ok(v) => ctx.add_variable_from_value(name, v.clone()),
-                Err(why) => return Err(format!("{name} is unavailable: {why}")),
+        self.evaluate_bound(&vars.bind())
+    }
+
+    /// Evaluates against variables bound once for many conditions (binding
+    /// converts every value into the interpreter's form: done once per
+    /// request or message, not once per tool).
+    pub fn evaluate_bound(&self, bound: &Bound) -> Result<bool, String> {
+        for (name, why) in &bound.missing {
+            if self.uses.reads(name) {
+                return Err(format!("{name} is unavailable: {why}"));
             }
         }
-        match self.program.execute(&ctx) {
+        match self.program.execute(&bound.ctx) {
             Ok(Cel::Bool(b)) => Ok(b),
             Ok(other) => Err(format!(
                 "the expression gave {:?}, not a bool",
@@ -254,6 +248,48 @@ impl Condition {
             )),
             Err(e) => Err(one_line(&e.to_string())),
         }
+    }
+}
+
+impl Uses {
+    fn reads(&self, name: &str) -> bool {
+        match name {
+            "request" => self.request,
+            "mcp" => self.mcp,
+            "agent" => self.agent,
+            "on_behalf_of" => self.on_behalf_of,
+            "intent" => self.intent,
+            _ => self.now,
+        }
+    }
+}
+
+/// [`Vars`] bound into an interpreter context.
+pub struct Bound {
+    ctx: Context<'static, 'static>,
+    /// Variables that could not be built, and why.
+    missing: Vec<(&'static str, String)>,
+}
+
+impl Vars {
+    /// Binds every variable that could be built.
+    pub fn bind(&self) -> Bound {
+        let mut ctx = Context::with_env(ENV.clone());
+        let mut missing = Vec::new();
+        for (name, value) in [
+            ("request", &self.request),
+            ("mcp", &self.mcp),
+            ("agent", &self.agent),
+            ("on_behalf_of", &self.on_behalf_of),
+            ("intent", &self.intent),
+            ("now", &self.now),
+        ] {
+            match value {
+                Ok(v) => ctx.add_variable_from_value(name, v.clone()),
+                Err(why) => missing.push((name, why.clone())),
+            }
+        }
+        Bound { ctx, missing }
     }
 }
 

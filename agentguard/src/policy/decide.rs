@@ -24,7 +24,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::{
     AgentIdentity, AgentPolicy, CredentialPolicy, McpView, MessageMatch, RateCheck, RateKey,
-    RateLimiter, RatePer, RequestFacts, RequestView, ToolPolicy, Vars, rate::Admission,
+    RateLimiter, RatePer, RequestFacts, RequestView, ToolPolicy, Vars, condition::Bound,
+    rate::Admission,
 };
 use crate::mcp::{Message, Target};
 
@@ -208,6 +209,7 @@ impl AgentPolicy {
             policy: self,
             input,
             vars: OnceCell::new(),
+            bound: OnceCell::new(),
         }
     }
 
@@ -252,6 +254,7 @@ pub struct Decider<'p, 'a> {
     policy: &'p AgentPolicy,
     input: RequestInput<'a>,
     vars: OnceCell<Vars>,
+    bound: OnceCell<Bound>,
 }
 
 /// A reason for denial kept while the remaining candidates are tried.
@@ -284,6 +287,10 @@ impl<'p> Decider<'p, '_> {
         })
     }
 
+    fn bound(&self) -> &Bound {
+        self.bound.get_or_init(|| self.vars().bind())
+    }
+
     fn allow(&self, tool: &'p ToolPolicy, call: Option<CallInfo>, rated: bool) -> Decision<'p> {
         let rate = tool.calls.rate.filter(|_| rated).map(|rule| RateCheck {
             key: RateKey {
@@ -309,11 +316,11 @@ impl<'p> Decider<'p, '_> {
     }
 
     /// `Ok` if the tool's condition holds (or it has none).
-    fn condition(&self, tool: &ToolPolicy, vars: &Vars) -> Result<(), Miss> {
+    fn condition(&self, tool: &ToolPolicy, bound: &Bound) -> Result<(), Miss> {
         let Some(when) = &tool.calls.when else {
             return Ok(());
         };
-        let reason = match when.evaluate(vars) {
+        let reason = match when.evaluate_bound(bound) {
             Ok(true) => return Ok(()),
             Ok(false) => format!(
                 "the condition of tool {:?} does not hold: {}",
@@ -390,7 +397,7 @@ impl<'p> Decider<'p, '_> {
                 }
                 return self.allow(tool, None, false);
             }
-            match self.condition(tool, self.vars()) {
+            match self.condition(tool, self.bound()) {
                 Ok(()) => return self.allow(tool, None, true),
                 Err(miss) => misses.push(miss),
             }
@@ -404,7 +411,7 @@ impl<'p> Decider<'p, '_> {
     /// Decides one message of a JSON-RPC body.
     pub fn decide_message(&self, message: &Message) -> Decision<'p> {
         let mut misses = Vec::new();
-        let mut member_vars: Option<Vars> = None;
+        let mut member: Option<Bound> = None;
         let facts = &self.input.facts;
         for tool in self
             .policy
@@ -429,16 +436,18 @@ impl<'p> Decider<'p, '_> {
                 }
             };
             if !session && tool.calls.when.is_some() {
-                let vars = member_vars.get_or_insert_with(|| {
-                    self.vars().with_mcp(McpView {
-                        method: message.method.as_deref(),
-                        target: message.target.as_ref(),
-                        arguments: message.arguments(),
-                        params: message.params.as_ref(),
-                        id: message.id.as_ref(),
-                    })
+                let bound = member.get_or_insert_with(|| {
+                    self.vars()
+                        .with_mcp(McpView {
+                            method: message.method.as_deref(),
+                            target: message.target.as_ref(),
+                            arguments: message.arguments(),
+                            params: message.params.as_ref(),
+                            id: message.id.as_ref(),
+                        })
+                        .bind()
                 });
-                if let Err(miss) = self.condition(tool, vars) {
+                if let Err(miss) = self.condition(tool, bound) {
                     misses.push(miss);
                     continue;
                 }
