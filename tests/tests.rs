@@ -13,6 +13,7 @@ mod fail_closed;
 mod interception;
 mod kernel_paths;
 mod mcp;
+mod policy_cases;
 mod redirect;
 mod replay_store;
 mod root_required;

@@ -19,6 +19,7 @@ pub mod identity;
 pub mod kernel_events;
 pub mod live;
 pub mod logging;
+pub mod mcp;
 pub mod metrics;
 pub mod policy;
 pub mod preflight;
