@@ -1,0 +1,220 @@
+//! Reading and writing the kernel programs' maps: the redirect target, each
+//! agent's resolver port and Unix-socket allow-list, the connection records
+//! the proxy takes, and the counters `status` and `/metrics` show.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Mutex,
+};
+
+use agentguard_common::{
+    ConnRecord, OrigDst, PeerKey, ProxyConfig, STAT_EVENTS_LOST, UnixKey, v4_mapped,
+};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
+};
+
+use super::{EbpfError, pins::PinDir};
+
+/// The maps the daemon writes or reads while it runs.
+pub struct Maps {
+    config: Array<MapData, ProxyConfig>,
+    agent_dns: HashMap<MapData, u64, u16>,
+    unix_allow: HashMap<MapData, UnixKey, u8>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+/// The kernel's per-connection records, shared with the proxy's tasks.
+pub struct PeerRecords {
+    // HashMap::remove needs &mut; the syscalls take microseconds, so a mutex
+    // costs nothing next to a connect().
+    map: Mutex<HashMap<MapData, PeerKey, ConnRecord>>,
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> EbpfError {
+    move |source| EbpfError::Map { name, source }
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, EbpfError> {
+    ebpf.take_map(name).ok_or(EbpfError::MissingMap(name))
+}
+
+impl Maps {
+    /// Takes the maps the daemon uses out of the loaded object, with the
+    /// proxy's records and the event ring buffer handed out separately.
+    pub fn take(ebpf: &mut Ebpf) -> Result<(Self, PeerRecords, RingBuf<MapData>), EbpfError> {
+        let config =
+            Array::try_from(take(ebpf, "PROXY_CONFIG")?).map_err(map_err("PROXY_CONFIG"))?;
+        let peers =
+            HashMap::try_from(take(ebpf, "PEER_RECORDS")?).map_err(map_err("PEER_RECORDS"))?;
+        let agent_dns =
+            HashMap::try_from(take(ebpf, "AGENT_DNS")?).map_err(map_err("AGENT_DNS"))?;
+        let unix_allow =
+            HashMap::try_from(take(ebpf, "UNIX_ALLOW")?).map_err(map_err("UNIX_ALLOW"))?;
+        let stats =
+            PerCpuArray::try_from(take(ebpf, "EVENT_STATS")?).map_err(map_err("EVENT_STATS"))?;
+        let events =
+            RingBuf::try_from(take(ebpf, "KERNEL_EVENTS")?).map_err(map_err("KERNEL_EVENTS"))?;
+        Ok((
+            Self {
+                config,
+                agent_dns,
+                unix_allow,
+                stats,
+            },
+            PeerRecords {
+                map: Mutex::new(peers),
+            },
+            events,
+        ))
+    }
+
+    /// Tells the kernel which resolver port serves the agent in `cgroup_id`.
+    pub fn set_agent_dns(&mut self, cgroup_id: u64, port: u16) -> Result<(), EbpfError> {
+        self.agent_dns
+            .insert(cgroup_id, port, 0)
+            .map_err(map_err("AGENT_DNS"))
+    }
+
+    /// Drops resolver assignments of cgroups not in `keep`.
+    pub fn retain_agent_dns(&mut self, keep: &[u64]) -> Result<(), EbpfError> {
+        let stale: Vec<u64> = self
+            .agent_dns
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !keep.contains(id))
+            .collect();
+        for id in stale {
+            let _ = self.agent_dns.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// Makes the kernel's Unix-socket allow-list exactly `wanted`. Stale
+    /// entries go first: removing them only revokes what the new policy
+    /// revokes (no entry in both lists is touched), and it keeps room for
+    /// the new ones in the fixed-size map.
+    pub fn set_unix_allow(&mut self, wanted: &[UnixKey]) -> Result<(), EbpfError> {
+        let capacity = agentguard_common::MAX_UNIX_ALLOW_ENTRIES;
+        if wanted.len() > capacity as usize {
+            return Err(EbpfError::UnixAllowFull {
+                wanted: wanted.len(),
+                capacity,
+            });
+        }
+        self.remove_unix_allow(|k| !wanted.contains(k))?;
+        for key in wanted {
+            self.unix_allow
+                .insert(key, 1, 0)
+                .map_err(map_err("UNIX_ALLOW"))?;
+        }
+        Ok(())
+    }
+
+    /// Removes every allow-list entry, of any agent, whose address is one
+    /// of `addresses` (`sun_path` bytes): for sockets found unsafe, even
+    /// while the policy that lists them stays in force.
+    pub fn revoke_unix_addresses(&mut self, addresses: &[Vec<u8>]) -> Result<(), EbpfError> {
+        self.remove_unix_allow(|k| addresses.iter().any(|a| a.as_slice() == k.sun_path()))
+    }
+
+    fn remove_unix_allow(&mut self, remove: impl Fn(&UnixKey) -> bool) -> Result<(), EbpfError> {
+        let doomed: Vec<UnixKey> = self
+            .unix_allow
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| remove(k))
+            .collect();
+        for key in doomed {
+            self.unix_allow
+                .remove(&key)
+                .map_err(map_err("UNIX_ALLOW"))?;
+        }
+        Ok(())
+    }
+
+    /// Ring-buffer records the kernel could not queue (buffer full), summed
+    /// over CPUs. The refusals themselves still happened.
+    pub fn events_lost(&self) -> u64 {
+        self.stats
+            .get(&STAT_EVENTS_LOST, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Points the kernel's redirect at the proxy listener. A port of 0 makes
+    /// the kernel refuse every guarded connect (used at shutdown).
+    pub fn configure(&mut self, port: u16, daemon_tgid: u32, flags: u32) -> Result<(), EbpfError> {
+        let cfg = ProxyConfig {
+            ip4: [127, 0, 0, 1],
+            ip6: std::net::Ipv6Addr::LOCALHOST.octets(),
+            port,
+            _pad: 0,
+            daemon_tgid,
+            flags,
+        };
+        self.config.set(0, cfg, 0).map_err(map_err("PROXY_CONFIG"))
+    }
+}
+
+/// (name, entries, capacity) of the maps that fill with connections.
+/// Counting walks each map's keys: a few ms at 64k entries, fine per
+/// metrics scrape.
+pub fn occupancy(ebpf: &Ebpf, pins: &PinDir) -> Vec<(&'static str, u64, u64)> {
+    let capacity = u64::from(agentguard_common::MAX_TRACKED_CONNECTIONS);
+    let mut out = Vec::new();
+    for name in ["SOCKET_RECORDS", "PEER_RECORDS", "CONN_ORIG"] {
+        let count = match ebpf.map(name) {
+            Some(map) => match name {
+                "CONN_ORIG" => HashMap::<_, u64, OrigDst>::try_from(map)
+                    .map(|m| m.keys().filter(Result::is_ok).count())
+                    .unwrap_or(0),
+                _ => HashMap::<_, u64, ConnRecord>::try_from(map)
+                    .map(|m| m.keys().filter(Result::is_ok).count())
+                    .unwrap_or(0),
+            },
+            // PEER_RECORDS belongs to the proxy: read it from its pin.
+            None => MapData::from_pin(pins.map(name))
+                .ok()
+                .and_then(|data| {
+                    HashMap::<_, PeerKey, ConnRecord>::try_from(Map::LruHashMap(data)).ok()
+                })
+                .map(|m| m.keys().filter(Result::is_ok).count())
+                .unwrap_or(0),
+        };
+        out.push((name, count as u64, capacity));
+    }
+    out
+}
+
+impl PeerRecords {
+    /// Forgets every record: for a daemon starting, before the kernel
+    /// sends it connections. Any record then left belongs to a connection
+    /// an earlier daemon never accepted, now gone, and must not be claimed
+    /// by whoever binds its address next. Returns how many were removed.
+    pub fn clear(&self) -> usize {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let keys: Vec<PeerKey> = map.keys().filter_map(Result::ok).collect();
+        keys.into_iter()
+            .filter(|key| map.remove(key).is_ok())
+            .count()
+    }
+
+    /// Takes the kernel's record for the connection whose agent-side address
+    /// is `peer` (the peer of the accepted socket), removing it so that the
+    /// LRU holds only connections not yet accepted.
+    pub fn take(&self, peer: SocketAddr) -> Option<ConnRecord> {
+        let ip = match peer.ip() {
+            IpAddr::V4(v4) => v4_mapped(v4.octets()),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        let key = PeerKey::new(ip, peer.port());
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let record = map.get(&key, 0).ok()?;
+        // A failed remove leaves a stale entry the LRU will evict; the record
+        // itself is still valid for this connection.
+        let _ = map.remove(&key);
+        Some(record)
+    }
+}
