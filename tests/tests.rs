@@ -10,6 +10,7 @@ mod exec_confinement;
 mod fail_closed;
 mod interception;
 mod kernel_paths;
+mod processes;
 mod redirect;
 mod root_required;
 mod tokens;

@@ -190,6 +190,12 @@ pub mod event_kind {
     /// A socket option that would route packets past the redirect (IPv6
     /// routing header, IPv4 options such as source routes).
     pub const SOCKOPT_DENIED: u32 = 11;
+    /// An agent process asked for access to a process outside its cgroup:
+    /// ptrace, its memory (`process_vm_*`, `/proc/<pid>/mem`), its
+    /// descriptors (`pidfd_getfd`), and every other check the kernel makes
+    /// through `ptrace_may_access` (carried by a
+    /// [`ProcessEvent`](super::ProcessEvent)).
+    pub const PROCESS_ACCESS_DENIED: u32 = 12;
     /// A TCP connect sent to the proxy (only with CONFIG_REPORT_REDIRECTS).
     pub const TCP_REDIRECTED: u32 = 16;
     /// A DNS query sent to agentguard's resolver (only with
@@ -295,6 +301,60 @@ pub struct UnixEvent {
     pub key: UnixKey,
 }
 
+/// Where the process-access program finds, in the kernel's own structs,
+/// what it reads with bpf_probe_read_kernel: byte offsets from the running
+/// kernel's BTF, written by the daemon into `TASK_LAYOUT` before it attaches
+/// the program (the programs are built without CO-RE). Until `ready` is set
+/// the program refuses every access it is asked about.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskLayout {
+    /// `task_struct.cgroups` (`struct css_set *`).
+    pub task_cgroups: u32,
+    /// `css_set.dfl_cgrp` (`struct cgroup *`, the cgroup v2 one).
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.kn` (`struct kernfs_node *`).
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id` (u64: the cgroup id).
+    pub kernfs_node_id: u32,
+    /// `task_struct.tgid` (`pid_t`).
+    pub task_tgid: u32,
+    /// `task_struct.comm` (`char[16]`).
+    pub task_comm: u32,
+    /// `pt_regs.orig_ax` (x86_64) or `pt_regs.syscallno` (arm64): the
+    /// system call being made; [`NO_OFFSET`] where the kernel has neither.
+    pub regs_syscall: u32,
+    /// 1 once the daemon has written the offsets.
+    pub ready: u32,
+}
+
+/// A [`TaskLayout`] field the running kernel does not have.
+pub const NO_OFFSET: u32 = u32::MAX;
+
+/// A refused access to another process, in the same ring buffer as
+/// [`KernelEvent`] (`kind` first, as in every record there).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessEvent {
+    /// [`event_kind::PROCESS_ACCESS_DENIED`].
+    pub kind: u32,
+    /// The caller.
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// `PTRACE_MODE_*` bits of the check (include/linux/ptrace.h).
+    pub mode: u32,
+    pub cgroup_id: u64,
+    /// The process asked for.
+    pub target_tgid: u32,
+    /// The caller's system call number, or [`NO_OFFSET`] if unknown.
+    pub syscall: u32,
+    pub target_cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+    pub target_comm: [u8; COMM_LEN],
+}
+
 /// Index in the `EVENT_STATS` per-CPU array: ring-buffer records lost
 /// because the buffer was full (the refusal itself still happened).
 pub const STAT_EVENTS_LOST: u32 = 0;
@@ -316,6 +376,10 @@ mod user {
     unsafe impl aya::Pod for super::UnixKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::UnixEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TaskLayout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProcessEvent {}
 }
 
 #[cfg(test)]
@@ -339,6 +403,12 @@ mod tests {
         assert_eq!(size_of::<UnixKey>(), 8 + 4 + 4 + UNIX_PATH_MAX + 4);
         assert_eq!(size_of::<UnixEvent>(), 4 * 6 + COMM_LEN + 128);
         assert_eq!(align_of::<UnixEvent>(), 8);
+        assert_eq!(size_of::<TaskLayout>(), 4 * 8);
+        assert_eq!(
+            size_of::<ProcessEvent>(),
+            4 * 6 + 8 + 4 + 4 + 8 + 2 * COMM_LEN
+        );
+        assert_eq!(align_of::<ProcessEvent>(), 8);
     }
 
     #[test]

@@ -69,8 +69,11 @@ pub fn emit_for_packet(kind: u32, facts: &SocketFacts, cgroup_id: u64, uid: u32)
     submit(kind, facts, caller);
 }
 
-fn submit(kind: u32, facts: &SocketFacts, caller: Caller) {
-    let Some(mut entry) = KERNEL_EVENTS.reserve::<KernelEvent>(0) else {
+/// Queues one record of any of the ring buffer's types. A full ring buffer
+/// never changes the verdict; the loss is counted so the daemon can report
+/// it.
+pub fn output<T: Copy + 'static>(record: T) {
+    let Some(mut entry) = KERNEL_EVENTS.reserve::<T>(0) else {
         if let Some(lost) = EVENT_STATS.get_ptr_mut(STAT_EVENTS_LOST) {
             // SAFETY: per-CPU slot. A packet program in softirq could
             // interrupt a socket program on this CPU mid-increment and one
@@ -80,7 +83,12 @@ fn submit(kind: u32, facts: &SocketFacts, caller: Caller) {
         }
         return;
     };
-    entry.write(KernelEvent {
+    entry.write(record);
+    entry.submit(0);
+}
+
+fn submit(kind: u32, facts: &SocketFacts, caller: Caller) {
+    output(KernelEvent {
         kind,
         family: facts.family,
         protocol: facts.protocol,
@@ -95,5 +103,4 @@ fn submit(kind: u32, facts: &SocketFacts, caller: Caller) {
         _pad: 0,
         comm: caller.comm,
     });
-    entry.submit(0);
 }

@@ -1,8 +1,9 @@
 //! agentguard's kernel programs: every socket an agent's cgroup creates is
 //! redirected (TCP to the proxy, DNS to the agent's resolver), or refused
 //! (other UDP, raw and ICMP sockets, other transports, routing options) and
-//! reported; a packet that still heads off the loopback is dropped. Each
-//! hook is a thin entry point over a `try_*`/`check` function.
+//! reported; a packet that still heads off the loopback is dropped; and an
+//! agent reaches no process outside its cgroup. Each hook is a thin entry
+//! point over a `try_*`/`check` function.
 #![no_std]
 #![no_main]
 
@@ -10,6 +11,7 @@ mod connect;
 mod egress;
 mod events;
 mod maps;
+mod process;
 mod redirect;
 mod sendmsg;
 mod sock_create;
@@ -20,8 +22,10 @@ mod unix;
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, sock_ops},
-    programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm_cgroup, sock_ops},
+    programs::{
+        LsmContext, SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext,
+    },
 };
 
 /// Verdicts of cgroup sock and sock_addr programs: 1 lets the (possibly
@@ -109,6 +113,11 @@ pub fn agentguard_sendmsg_unix(ctx: *mut bpf_sock_addr) -> i32 {
 pub fn agentguard_sockops(ctx: SockOpsContext) -> u32 {
     // sockops return values are advisory for the callbacks used here.
     sockops::try_sockops(&ctx).unwrap_or(0)
+}
+
+#[lsm_cgroup(hook = "ptrace_access_check")]
+pub fn agentguard_ptrace(ctx: LsmContext) -> i32 {
+    process::check(&ctx)
 }
 
 #[cfg(not(test))]

@@ -3,7 +3,7 @@
 
 use agentguard_common::{
     ConnRecord, MAX_TRACKED_CONNECTIONS, MAX_UNIX_ALLOW_ENTRIES, OrigDst, PeerKey, ProxyConfig,
-    UnixKey,
+    TaskLayout, UnixKey,
 };
 use aya_ebpf::{
     macros::map,
@@ -58,3 +58,9 @@ pub static KERNEL_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// dropped because the buffer was full. Written here; read by the daemon.
 #[map]
 pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where the process-access program finds a task's cgroup, tgid and comm
+/// (offsets from the running kernel's BTF). Written by the daemon before it
+/// attaches the program; read by it on every check.
+#[map]
+pub static TASK_LAYOUT: Array<TaskLayout> = Array::with_max_entries(1, 0);

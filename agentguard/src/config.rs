@@ -7,7 +7,7 @@ use thiserror::Error;
 
 use crate::{
     audit::{AuditConfig, WriterConfig},
-    ebpf::UnixGuard,
+    ebpf::{KernelOptions, UnixGuard},
 };
 
 /// Policies folder: one TOML file per agent.
@@ -175,6 +175,9 @@ pub struct RunConfig {
     pub report_kernel_redirects: bool,
     /// Whether a kernel without the Unix-socket hooks stops start-up.
     pub unix_guard: UnixGuard,
+    /// Whether a kernel without the BPF LSM stops start-up, and the
+    /// per-agent shares of the kernel's maps.
+    pub kernel: KernelOptions,
     pub tokens: TokenOptions,
 }
 
@@ -231,7 +234,7 @@ impl std::fmt::Display for RunConfig {
              audit_flush={:?} audit_batch_max={} audit_queue={} audit_checkpoint_every={} \
              audit_checkpoint_interval={:?} audit_retention={} audit_max_size={} \
              metrics_listen={} otlp_endpoint={} trust_domain={} jwks_listen={} jwt_max_body={} token_algorithm={:?} \
-             report_kernel_redirects={} unix_guard={:?}",
+             report_kernel_redirects={} unix_guard={:?} {}",
             self.policies_dir.display(),
             self.state_dir.display(),
             self.admin_socket.display(),
@@ -261,6 +264,7 @@ impl std::fmt::Display for RunConfig {
             self.tokens.algorithm,
             self.report_kernel_redirects,
             self.unix_guard,
+            self.kernel,
         )
     }
 }

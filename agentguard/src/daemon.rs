@@ -133,8 +133,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         );
     }
 
-    let (mut kernel, peers) = Kernel::load(&cfg.bpf_dir, cfg.unix_guard)?;
-    let unix_sockets_guarded = kernel.unix_sockets_guarded();
+    let (mut kernel, peers) = Kernel::load(&cfg.bpf_dir, cfg.unix_guard, &cfg.kernel)?;
+    let guarded = audit::Guarded {
+        unix_sockets: kernel.unix_sockets_guarded(),
+        processes: kernel.processes_guarded(),
+    };
     let daemon_tgid = std::process::id();
     kernel.set_report_redirects(cfg.report_kernel_redirects);
     let kernel_events = kernel.take_events();
@@ -223,7 +226,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         admin_socket = %cfg.admin_socket.display(),
         "agentguard ready"
     );
-    audit.record_start(&live, port, unix_sockets_guarded).await;
+    audit.record_start(&live, port, guarded).await;
 
     let mut stop = Signals::install()?;
     let mut why = "stopped: a daemon task ended".to_owned();

@@ -19,14 +19,16 @@ use thiserror::Error;
 
 use crate::cgroup::Cgroup;
 
+mod btf;
 mod hooks;
 mod layout;
 mod maps;
 mod pins;
+mod processes;
 mod sockopt_link;
 
 pub use hooks::UNSUPPORTED_HOOKS_ENV;
-use hooks::{HOOKS, UNIX_HOOKS};
+use hooks::{HOOKS, PROCESS_HOOK, UNIX_HOOKS};
 use maps::Maps;
 pub use maps::PeerRecords;
 pub use pins::detach_all;
@@ -47,6 +49,31 @@ pub enum UnixGuard {
     /// Start without them, saying so at start, in `status` and in the audit
     /// record (`--allow-unguarded-unix-sockets`, for kernels before 6.7).
     Optional,
+}
+
+/// Whether a kernel without the BPF LSM may run agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessGuard {
+    /// Refuse to start without it (the default): an agent could otherwise
+    /// ptrace, or write the memory of, any process of its uid outside its
+    /// cgroup and make it connect for it.
+    Required,
+    /// Start without it, saying so at start, in `status` and in the audit
+    /// record (`--allow-unguarded-processes`). `agentguard exec` then
+    /// installs a seccomp filter against the worst of it instead.
+    Optional,
+}
+
+/// How the daemon runs the kernel side, beyond where it pins.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelOptions {
+    pub processes: ProcessGuard,
+}
+
+impl std::fmt::Display for KernelOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "process_guard={:?}", self.processes)
+    }
 }
 
 #[derive(Debug, Error)]
@@ -80,6 +107,8 @@ pub enum EbpfError {
         "too many Unix socket entries: {wanted} over all agents, the kernel map holds {capacity}"
     )]
     UnixAllowFull { wanted: usize, capacity: u32 },
+    #[error("failed to read the kernel's BTF: {0}")]
+    Btf(String),
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
     #[error("eBPF program {name}: {source}")]
@@ -136,9 +165,24 @@ pub struct Kernel {
 impl Kernel {
     /// Loads the programs, reusing pinned maps if a previous daemon left them.
     /// Every hook must load: one the kernel lacks stops start-up, naming it.
-    pub fn load(pin_dir: &Path, unix: UnixGuard) -> Result<(Self, PeerRecords), EbpfError> {
+    pub fn load(
+        pin_dir: &Path,
+        unix: UnixGuard,
+        options: &KernelOptions,
+    ) -> Result<(Self, PeerRecords), EbpfError> {
+        let processes = options.processes;
         let pins = PinDir::prepare(pin_dir)?;
         let forced = hooks::forced_unsupported();
+        let btf = btf::Btf::read(Path::new(VMLINUX_BTF)).map_err(EbpfError::Btf)?;
+        let aya_btf = aya::Btf::from_sys_fs().map_err(|e| EbpfError::Btf(e.to_string()))?;
+        let task_layout = processes::task_layout(&btf);
+        let kernel = hooks::Kernel {
+            forced: &forced,
+            btf: &btf,
+            aya_btf: &aya_btf,
+            bpf_lsm: &processes::require_bpf_lsm(),
+            task_layout: &task_layout,
+        };
         let mut loader = EbpfLoader::new();
         let paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|m| (*m, pins.map(m))).collect();
         for (name, path) in &paths {
@@ -147,16 +191,24 @@ impl Kernel {
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(EbpfError::Load)?;
         let mut skipped = Vec::new();
         for hook in &HOOKS {
-            match hooks::load(&mut ebpf, hook, &forced) {
+            match hooks::load(&mut ebpf, hook, &kernel) {
                 Ok(()) => {}
                 Err(e) if unix == UnixGuard::Optional && UNIX_HOOKS.contains(&hook.hook) => {
                     tracing::warn!(hook = hook.hook, error = %e, "running without this hook: agents' Unix sockets are not guarded (--allow-unguarded-unix-sockets)");
                     skipped.push(hook.hook);
                 }
+                Err(e) if processes == ProcessGuard::Optional && hook.hook == PROCESS_HOOK => {
+                    tracing::warn!(hook = hook.hook, error = %e, "running without this hook: agents may ptrace, read and write the memory of, and take descriptors from other processes of their uid (--allow-unguarded-processes)");
+                    skipped.push(hook.hook);
+                }
                 Err(e) => return Err(e),
             }
         }
-        let (maps, peers, events) = Maps::take(&mut ebpf)?;
+        let (mut maps, peers, events) = Maps::take(&mut ebpf)?;
+        // Before any cgroup gets the program: until then it refuses all.
+        if let Ok(layout) = task_layout {
+            maps.set_task_layout(layout)?;
+        }
         Ok((
             Self {
                 ebpf,
@@ -173,6 +225,12 @@ impl Kernel {
     /// Whether agents' Unix sockets are guarded (the kernel has the hooks).
     pub fn unix_sockets_guarded(&self) -> bool {
         !self.skipped.iter().any(|h| UNIX_HOOKS.contains(h))
+    }
+
+    /// Whether agents are kept from other processes (the BPF LSM runs and
+    /// the process-access hook is attached).
+    pub fn processes_guarded(&self) -> bool {
+        !self.skipped.contains(&PROCESS_HOOK)
     }
 
     /// Also report redirects (not only refusals) as kernel events; applied

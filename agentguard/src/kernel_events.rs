@@ -7,7 +7,9 @@ use std::{
     sync::Arc,
 };
 
-use agentguard_common::{AF_INET, KernelEvent, UnixEvent, UnixKey, event_kind};
+use agentguard_common::{
+    AF_INET, KernelEvent, NO_OFFSET, ProcessEvent, UnixEvent, UnixKey, event_kind,
+};
 use aya::maps::{MapData, RingBuf};
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
@@ -52,6 +54,25 @@ pub struct KernelEventRecord {
     pub unix_path: Option<String>,
     /// The socket option refused (`sockopt-denied`), e.g. "IPV6_RTHDR".
     pub socket_option: Option<String>,
+    /// The process an agent asked for (`process-access-denied`).
+    pub target: Option<ProcessTarget>,
+}
+
+/// The other process of a `process-access-denied` event.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessTarget {
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    /// Its agent, if it runs in (or below) one's cgroup.
+    pub agent: Option<String>,
+    pub cgroup: Option<String>,
+    /// What was asked: "attach" (ptrace, memory, descriptors) or "read"
+    /// (/proc/<pid> files that show its state), from PTRACE_MODE_*.
+    pub access: &'static str,
+    /// The caller's system call, e.g. "ptrace", "process_vm_writev",
+    /// "pidfd_getfd", "openat" (/proc/<pid>/mem); `None` if unknown.
+    pub syscall: Option<String>,
 }
 
 /// Reads the ring buffer until the task is dropped, recording each event
@@ -105,14 +126,14 @@ pub async fn run(
 /// Both record types open with their `kind`, which says which one it is.
 fn decode(item: &[u8], live: &Live) -> Option<KernelEventRecord> {
     let kind = u32::from_ne_bytes(item.get(..4)?.try_into().ok()?);
-    let unix = matches!(
-        kind,
-        event_kind::UNIX_CONNECT_DENIED | event_kind::UNIX_SENDMSG_DENIED
-    );
-    if unix {
-        Some(resolve_unix(&read_record::<UnixEvent>(item)?, live))
-    } else {
-        Some(resolve(&read_record::<KernelEvent>(item)?, live))
+    match kind {
+        event_kind::UNIX_CONNECT_DENIED | event_kind::UNIX_SENDMSG_DENIED => {
+            Some(resolve_unix(&read_record::<UnixEvent>(item)?, live))
+        }
+        event_kind::PROCESS_ACCESS_DENIED => {
+            Some(resolve_process(&read_record::<ProcessEvent>(item)?, live))
+        }
+        _ => Some(resolve(&read_record::<KernelEvent>(item)?, live)),
     }
 }
 
@@ -208,7 +229,74 @@ fn identity(caller: Caller<'_>, live: &Live) -> KernelEventRecord {
         destination: None,
         unix_path: None,
         socket_option: None,
+        target: None,
     }
+}
+
+/// include/linux/ptrace.h: PTRACE_MODE_ATTACH.
+const PTRACE_MODE_ATTACH: u32 = 0x02;
+
+fn resolve_process(event: &ProcessEvent, live: &Live) -> KernelEventRecord {
+    let caller = Caller {
+        kind: event.kind,
+        cgroup_id: event.cgroup_id,
+        tgid: event.tgid,
+        pid: event.pid,
+        uid: event.uid,
+        gid: event.gid,
+        comm: &event.comm,
+    };
+    let found = live.load().agents.locate(event.target_cgroup_id);
+    let target = ProcessTarget {
+        pid: event.target_tgid,
+        comm: comm_text(&event.target_comm),
+        cgroup_id: event.target_cgroup_id,
+        agent: found.as_ref().map(|(agent, _)| agent.to_string()),
+        cgroup: found.map(|(_, path)| path),
+        access: if event.mode & PTRACE_MODE_ATTACH != 0 {
+            "attach"
+        } else {
+            "read"
+        },
+        syscall: (event.syscall != NO_OFFSET).then(|| syscall_name(event.syscall)),
+    };
+    KernelEventRecord {
+        family: "process",
+        target: Some(target),
+        ..identity(caller, live)
+    }
+}
+
+/// The system calls that reach the process-access check, by name; others
+/// by number.
+fn syscall_name(nr: u32) -> String {
+    use nix::libc;
+    let names: &[(libc::c_long, &str)] = &[
+        (libc::SYS_ptrace, "ptrace"),
+        (libc::SYS_process_vm_readv, "process_vm_readv"),
+        (libc::SYS_process_vm_writev, "process_vm_writev"),
+        (libc::SYS_pidfd_getfd, "pidfd_getfd"),
+        (libc::SYS_openat, "openat"),
+        (libc::SYS_openat2, "openat2"),
+        #[cfg(target_arch = "x86_64")]
+        (libc::SYS_open, "open"),
+        (libc::SYS_readlinkat, "readlinkat"),
+        #[cfg(target_arch = "x86_64")]
+        (libc::SYS_readlink, "readlink"),
+        (libc::SYS_kcmp, "kcmp"),
+        (libc::SYS_perf_event_open, "perf_event_open"),
+        (libc::SYS_process_madvise, "process_madvise"),
+        (libc::SYS_get_robust_list, "get_robust_list"),
+        (libc::SYS_read, "read"),
+        (libc::SYS_pread64, "pread64"),
+        (libc::SYS_getdents64, "getdents64"),
+        (libc::SYS_statx, "statx"),
+        (libc::SYS_newfstatat, "newfstatat"),
+    ];
+    names
+        .iter()
+        .find(|(n, _)| *n == i64::from(nr))
+        .map_or_else(|| format!("syscall {nr}"), |(_, name)| (*name).to_owned())
 }
 
 fn resolve_unix(event: &UnixEvent, live: &Live) -> KernelEventRecord {
@@ -304,6 +392,7 @@ pub fn kind_name(kind: u32) -> &'static str {
         event_kind::UNIX_SENDMSG_DENIED => "unix-sendmsg-denied",
         event_kind::EGRESS_DENIED => "egress-denied",
         event_kind::SOCKOPT_DENIED => "sockopt-denied",
+        event_kind::PROCESS_ACCESS_DENIED => "process-access-denied",
         event_kind::TCP_REDIRECTED => "tcp-redirected",
         event_kind::DNS_REDIRECTED => "dns-redirected",
         _ => "unknown",

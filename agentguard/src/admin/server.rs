@@ -278,9 +278,13 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<AdminBody> {
 fn status(state: &AdminState) -> StatusView {
     let live = state.live.load();
     // One lock, released before the view is built.
-    let (kernel_events_lost, unix_sockets_guarded) = {
+    let (kernel_events_lost, unix_sockets_guarded, processes_guarded) = {
         let kernel = state.kernel.lock().unwrap_or_else(|p| p.into_inner());
-        (kernel.events_lost(), kernel.unix_sockets_guarded())
+        (
+            kernel.events_lost(),
+            kernel.unix_sockets_guarded(),
+            kernel.processes_guarded(),
+        )
     };
     StatusView {
         pid: std::process::id(),
@@ -298,6 +302,7 @@ fn status(state: &AdminState) -> StatusView {
         audit: Some(state.audit.status()),
         kernel_events_lost,
         unix_sockets_guarded,
+        processes_guarded,
     }
 }
 
@@ -313,6 +318,11 @@ fn agent_view(state: &AdminState, name: &str) -> Option<AgentView> {
         // The daemon only serves after every agent's programs are attached
         // and pinned; an agent it failed to guard stops start-up.
         guarded: true,
+        processes_guarded: state
+            .kernel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .processes_guarded(),
         policy_file: policy.source.display().to_string(),
         ca_cert: state.ca_cert.display().to_string(),
         ca_bundle: state.ca_bundle.display().to_string(),

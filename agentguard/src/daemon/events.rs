@@ -8,6 +8,9 @@ use crate::{
 
 /// IPPROTO numbers that name the kernel event's protocol.
 fn protocol_name(record: &KernelEventRecord) -> &'static str {
+    if record.target.is_some() {
+        return "process";
+    }
     if record.unix_path.is_some() {
         return "unix";
     }
@@ -45,7 +48,31 @@ pub fn kernel_event(record: KernelEventRecord) -> Event {
     // The socket's path takes the place a request's path has: what the
     // agent tried to reach, queryable with the other events.
     event.path = record.unix_path.clone();
-    let (decision, reason) = if let Some(option) = &record.socket_option {
+    if let Some(target) = &record.target {
+        // Likewise the other process, as its /proc entry; and the system
+        // call in the method's place.
+        event.path = Some(format!("/proc/{}", target.pid));
+        event.method = target.syscall.clone();
+    }
+    let (decision, reason) = if let Some(target) = &record.target {
+        let whose = match (&target.agent, &target.cgroup) {
+            (Some(agent), _) => format!("agent {agent}'s cgroup"),
+            (None, Some(cgroup)) => format!("cgroup {cgroup}"),
+            (None, None) => format!("cgroup id {}, no agent's", target.cgroup_id),
+        };
+        (
+            Decision::Refuse,
+            format!(
+                "refused in the kernel ({}): {} ({} access) of pid {} ({}) in {whose} by {}: it runs outside the caller's own cgroup",
+                record.kind,
+                target.syscall.as_deref().unwrap_or("a system call"),
+                target.access,
+                target.pid,
+                target.comm,
+                record.comm
+            ),
+        )
+    } else if let Some(option) = &record.socket_option {
         (
             Decision::Refuse,
             format!(

@@ -11,12 +11,12 @@ use aya::{
     Ebpf,
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
-        CgroupSockopt, Program, ProgramError, SockOps,
+        CgroupSockopt, LsmCgroup, Program, ProgramError, SockOps,
         links::{FdLink, LinkError},
     },
 };
 
-use super::{EbpfError, SCRATCH_SUFFIX, VMLINUX_BTF, layout, sockopt_link};
+use super::{EbpfError, SCRATCH_SUFFIX, btf::Btf, layout, sockopt_link};
 
 /// How a program attaches to a cgroup.
 #[derive(Clone, Copy)]
@@ -26,12 +26,15 @@ pub enum Kind {
     SockOps,
     Sockopt,
     SkbEgress,
+    /// BPF_LSM_CGROUP, on the LSM hook named after the section's slash.
+    LsmCgroup,
 }
 
 /// One kernel hook the daemon needs. Every one is required: running without
 /// any of them would leave a way around the proxy. The Unix-socket hooks
-/// (Linux 6.7) are the one exception, and only when the operator says so
-/// ([`super::UnixGuard::Optional`]).
+/// (Linux 6.7) and the process-access hook (BPF LSM) are the exceptions,
+/// and only when the operator says so ([`super::UnixGuard::Optional`],
+/// [`super::ProcessGuard::Optional`]).
 pub struct Hook {
     pub program: &'static str,
     pub hook: &'static str,
@@ -41,7 +44,10 @@ pub struct Hook {
 /// The hooks that guard Unix sockets.
 pub const UNIX_HOOKS: [&str; 2] = ["cgroup/connect_unix", "cgroup/sendmsg_unix"];
 
-pub const HOOKS: [Hook; 14] = [
+/// The hook that keeps agents from other processes.
+pub const PROCESS_HOOK: &str = "lsm_cgroup/ptrace_access_check";
+
+pub const HOOKS: [Hook; 15] = [
     Hook {
         program: "agentguard_connect4",
         hook: "cgroup/connect4",
@@ -112,6 +118,11 @@ pub const HOOKS: [Hook; 14] = [
         hook: "cgroup/sendmsg_unix",
         kind: Kind::SockAddr,
     },
+    Hook {
+        program: "agentguard_ptrace",
+        hook: PROCESS_HOOK,
+        kind: Kind::LsmCgroup,
+    },
 ];
 
 /// Test hook: a comma-separated list of hooks (e.g. `cgroup/sendmsg4`) to
@@ -137,19 +148,36 @@ pub fn forced_unsupported() -> Vec<String> {
 /// restart. `Single` is aya's name for "flags = 0".
 const LINK_ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
+/// What loading needs to know about the running kernel.
+pub struct Kernel<'a> {
+    /// Hooks [`UNSUPPORTED_HOOKS_ENV`] names.
+    pub forced: &'a [String],
+    /// The kernel's BTF, read by agentguard for the layout checks...
+    pub btf: &'a Btf,
+    /// ...and by aya, which finds LSM hooks in it.
+    pub aya_btf: &'a aya::Btf,
+    /// Whether the BPF LSM runs (`Err` says why not).
+    pub bpf_lsm: &'a Result<(), String>,
+    /// The offsets the process-access program reads with.
+    pub task_layout: &'a Result<agentguard_common::TaskLayout, String>,
+}
+
 /// Loads one hook's program, after the checks that can refuse it first.
-pub fn load(ebpf: &mut Ebpf, hook: &Hook, forced: &[String]) -> Result<(), EbpfError> {
-    if forced.iter().any(|f| f == hook.hook) {
+pub fn load(ebpf: &mut Ebpf, hook: &Hook, kernel: &Kernel<'_>) -> Result<(), EbpfError> {
+    if kernel.forced.iter().any(|f| f == hook.hook) {
         return Err(EbpfError::ForcedUnsupported(hook.hook));
     }
+    let unsafe_here = |reason: String| EbpfError::Layout {
+        hook: hook.hook,
+        reason,
+    };
     // Both Unix hooks read the same struct: one check serves them.
     if UNIX_HOOKS.contains(&hook.hook) {
-        layout::check_sock_addr_kern(Path::new(VMLINUX_BTF)).map_err(|reason| {
-            EbpfError::Layout {
-                hook: hook.hook,
-                reason,
-            }
-        })?;
+        layout::check_sock_addr_kern(kernel.btf).map_err(unsafe_here)?;
+    }
+    if hook.hook == PROCESS_HOOK {
+        kernel.bpf_lsm.clone().map_err(unsafe_here)?;
+        kernel.task_layout.clone().map_err(unsafe_here)?;
     }
     let name = hook.program;
     let loaded = match hook.kind {
@@ -158,6 +186,10 @@ pub fn load(ebpf: &mut Ebpf, hook: &Hook, forced: &[String]) -> Result<(), EbpfE
         Kind::SockOps => program::<SockOps>(ebpf, name)?.load(),
         Kind::Sockopt => program::<CgroupSockopt>(ebpf, name)?.load(),
         Kind::SkbEgress => program::<CgroupSkb>(ebpf, name)?.load(),
+        Kind::LsmCgroup => {
+            let lsm_hook = hook.hook.split_once('/').map_or(hook.hook, |(_, h)| h);
+            program::<LsmCgroup>(ebpf, name)?.load(lsm_hook, kernel.aya_btf)
+        }
     };
     loaded.map_err(|source| EbpfError::Unsupported {
         hook: hook.hook,
@@ -202,6 +234,13 @@ macro_rules! cgroup_link {
 }
 cgroup_link!(CgroupSockAddr, CgroupSock, SockOps);
 
+impl CgroupLink for LsmCgroup {
+    fn link(&mut self, cgroup: BorrowedFd<'_>) -> Result<FdLink, AttachFailure> {
+        let id = self.attach(cgroup)?;
+        Ok(FdLink::from(self.take_link(id)?))
+    }
+}
+
 impl CgroupLink for CgroupSkb {
     fn link(&mut self, cgroup: BorrowedFd<'_>) -> Result<FdLink, AttachFailure> {
         let id = self.attach(cgroup, CgroupSkbAttachType::Egress, LINK_ATTACH_MODE)?;
@@ -229,6 +268,7 @@ pub fn attach(
         Kind::Sock => program::<CgroupSock>(ebpf, name)?.link(cgroup),
         Kind::SockOps => program::<SockOps>(ebpf, name)?.link(cgroup),
         Kind::SkbEgress => program::<CgroupSkb>(ebpf, name)?.link(cgroup),
+        Kind::LsmCgroup => program::<LsmCgroup>(ebpf, name)?.link(cgroup),
         Kind::Sockopt => sockopt(program::<CgroupSockopt>(ebpf, name)?, cgroup, &scratch),
     };
     linked.map_err(|failure| match failure {

@@ -8,7 +8,7 @@ use std::{
 };
 
 use agentguard_common::{
-    ConnRecord, OrigDst, PeerKey, ProxyConfig, STAT_EVENTS_LOST, UnixKey, v4_mapped,
+    ConnRecord, OrigDst, PeerKey, ProxyConfig, STAT_EVENTS_LOST, TaskLayout, UnixKey, v4_mapped,
 };
 use aya::{
     Ebpf,
@@ -23,6 +23,7 @@ pub struct Maps {
     agent_dns: HashMap<MapData, u64, u16>,
     unix_allow: HashMap<MapData, UnixKey, u8>,
     stats: PerCpuArray<MapData, u64>,
+    task_layout: Array<MapData, TaskLayout>,
 }
 
 /// The kernel's per-connection records, shared with the proxy's tasks.
@@ -56,18 +57,28 @@ impl Maps {
             PerCpuArray::try_from(take(ebpf, "EVENT_STATS")?).map_err(map_err("EVENT_STATS"))?;
         let events =
             RingBuf::try_from(take(ebpf, "KERNEL_EVENTS")?).map_err(map_err("KERNEL_EVENTS"))?;
+        let task_layout =
+            Array::try_from(take(ebpf, "TASK_LAYOUT")?).map_err(map_err("TASK_LAYOUT"))?;
         Ok((
             Self {
                 config,
                 agent_dns,
                 unix_allow,
                 stats,
+                task_layout,
             },
             PeerRecords {
                 map: Mutex::new(peers),
             },
             events,
         ))
+    }
+
+    /// Tells the process-access program where to read a task's cgroup.
+    pub fn set_task_layout(&mut self, layout: TaskLayout) -> Result<(), EbpfError> {
+        self.task_layout
+            .set(0, layout, 0)
+            .map_err(map_err("TASK_LAYOUT"))
     }
 
     /// Tells the kernel which resolver port serves the agent in `cgroup_id`.

@@ -1,7 +1,7 @@
 //! What the daemon leaves in bpffs, and how a restarted daemon finds it:
 //!
 //! ```text
-//! <pin dir>/maps-v2/<MAP NAME>            (one file per map in MAPS)
+//! <pin dir>/maps-v3/<MAP NAME>            (one file per map in MAPS)
 //! <pin dir>/links/cg<cgroup id>-<program>-<link id>
 //! ```
 //!
@@ -21,7 +21,7 @@ use aya::programs::links::{FdLink, PinnedLink};
 
 use super::{EbpfError, hooks::HOOKS};
 
-pub const MAPS: [&str; 8] = [
+pub const MAPS: [&str; 9] = [
     "PROXY_CONFIG",
     "SOCKET_RECORDS",
     "PEER_RECORDS",
@@ -30,6 +30,7 @@ pub const MAPS: [&str; 8] = [
     "UNIX_ALLOW",
     "KERNEL_EVENTS",
     "EVENT_STATS",
+    "TASK_LAYOUT",
 ];
 
 /// Ends the name of a link pinned only until it is handed to aya (see
@@ -39,7 +40,7 @@ pub const SCRATCH_SUFFIX: &str = "-scratch";
 /// Pinned maps live in a directory named for their layout: a daemon whose
 /// map definitions changed starts fresh maps instead of adopting ones it
 /// cannot read.
-pub const MAPS_DIR: &str = "maps-v2";
+pub const MAPS_DIR: &str = "maps-v3";
 
 /// The pin directory's layout.
 pub struct PinDir {
@@ -121,15 +122,24 @@ pub fn detach_all(pin_dir: &Path) -> Result<usize, EbpfError> {
         removed += 1;
     }
     let _ = fs::remove_dir(pin_dir.join("links"));
-    for name in MAPS {
-        let path = pin_dir.join(MAPS_DIR).join(name);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(EbpfError::Unpin { path, source }),
+    // The maps of this layout and of any earlier one (`maps-v2`, ...),
+    // which a daemon of this version no longer adopts.
+    let map_dirs = fs::read_dir(pin_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("maps-v"));
+    for dir in map_dirs {
+        for entry in fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+            let path = entry.path();
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(EbpfError::Unpin { path, source }),
+            }
         }
+        let _ = fs::remove_dir(dir.path());
     }
-    let _ = fs::remove_dir(pin_dir.join(MAPS_DIR));
     let _ = fs::remove_dir(pin_dir);
     Ok(removed)
 }
