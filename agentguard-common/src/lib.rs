@@ -196,6 +196,12 @@ pub mod event_kind {
     /// through `ptrace_may_access` (carried by a
     /// [`ProcessEvent`](super::ProcessEvent)).
     pub const PROCESS_ACCESS_DENIED: u32 = 12;
+    /// Any connect, datagram or bind of an agent whose cgroup is revoked
+    /// (`REVOKED`): refused at once, whatever the policy says.
+    pub const AGENT_REVOKED: u32 = 13;
+    /// A bind() to an address and port the agent's `listen` does not list
+    /// (the destination fields carry the local address asked for).
+    pub const BIND_DENIED: u32 = 14;
     /// A TCP connect sent to the proxy (only with CONFIG_REPORT_REDIRECTS).
     pub const TCP_REDIRECTED: u32 = 16;
     /// A DNS query sent to agentguard's resolver (only with
@@ -301,6 +307,50 @@ pub struct UnixEvent {
     pub key: UnixKey,
 }
 
+/// Capacity of the listen allow-list map, over all agents.
+pub const MAX_LISTEN_ALLOW_ENTRIES: u32 = 4096;
+
+/// An address and port an agent may bind (its policy's `listen`): key of
+/// the `LISTEN_ALLOW` map. `any == 1` with an all-zero `ip` stands for
+/// every local address; otherwise `ip` is the exact address (IPv4 mapped).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    /// cgroup v2 id of the agent the entry belongs to.
+    pub cgroup_id: u64,
+    pub ip: [u8; 16],
+    /// Host byte order; never 0 (an ephemeral port needs no entry).
+    pub port: u16,
+    pub any: u8,
+    pub _pad: [u8; 5],
+}
+
+impl ListenKey {
+    pub const fn exact(cgroup_id: u64, ip: [u8; 16], port: u16) -> Self {
+        Self {
+            cgroup_id,
+            ip,
+            port,
+            any: 0,
+            _pad: [0; 5],
+        }
+    }
+
+    pub const fn any_address(cgroup_id: u64, port: u16) -> Self {
+        Self {
+            cgroup_id,
+            ip: [0; 16],
+            port,
+            any: 1,
+            _pad: [0; 5],
+        }
+    }
+}
+
+/// How deep below the cgroup v2 root the kernel programs look for a
+/// revoked ancestor of the caller's cgroup.
+pub const MAX_CGROUP_LEVELS: i32 = 16;
+
 /// Where the process-access program finds, in the kernel's own structs,
 /// what it reads with bpf_probe_read_kernel: byte offsets from the running
 /// kernel's BTF, written by the daemon into `TASK_LAYOUT` before it attaches
@@ -379,6 +429,8 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TaskLayout {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::ListenKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcessEvent {}
 }
 
@@ -404,6 +456,7 @@ mod tests {
         assert_eq!(size_of::<UnixEvent>(), 4 * 6 + COMM_LEN + 128);
         assert_eq!(align_of::<UnixEvent>(), 8);
         assert_eq!(size_of::<TaskLayout>(), 4 * 8);
+        assert_eq!(size_of::<ListenKey>(), 8 + 16 + 2 + 1 + 5);
         assert_eq!(
             size_of::<ProcessEvent>(),
             4 * 6 + 8 + 4 + 4 + 8 + 2 * COMM_LEN

@@ -58,6 +58,7 @@ fn decide(
     facts: &SocketFacts,
     local: [u8; 16],
 ) -> Result<Option<Target>, Refuse> {
+    crate::revoke::check(facts)?;
     let kind = transport(facts.sock_type, facts.protocol);
     if kind == Transport::Other {
         emit(event_kind::TRANSPORT_DENIED, facts);

@@ -1,18 +1,21 @@
 //! agentguard's kernel programs: every socket an agent's cgroup creates is
 //! redirected (TCP to the proxy, DNS to the agent's resolver), or refused
 //! (other UDP, raw and ICMP sockets, other transports, routing options) and
-//! reported; a packet that still heads off the loopback is dropped; and an
-//! agent reaches no process outside its cgroup. Each hook is a thin entry
+//! reported; a packet that still heads off the loopback is dropped; an
+//! agent binds only what its policy lists and reaches no process outside
+//! its cgroup; a revoked agent gets nothing. Each hook is a thin entry
 //! point over a `try_*`/`check` function.
 #![no_std]
 #![no_main]
 
+mod bind;
 mod connect;
 mod egress;
 mod events;
 mod maps;
 mod process;
 mod redirect;
+mod revoke;
 mod sendmsg;
 mod sock_create;
 mod sockops;
@@ -42,6 +45,16 @@ pub fn agentguard_connect4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(connect6)]
 pub fn agentguard_connect6(ctx: SockAddrContext) -> i32 {
     connect::try_connect6(&ctx).unwrap_or(DENY)
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn agentguard_bind4(ctx: SockAddrContext) -> i32 {
+    bind::check4(&ctx)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn agentguard_bind6(ctx: SockAddrContext) -> i32 {
+    bind::check6(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg4)]

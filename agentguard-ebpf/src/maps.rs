@@ -2,8 +2,8 @@
 //! bpffs directory, so they outlive a daemon restart together with the links.
 
 use agentguard_common::{
-    ConnRecord, MAX_TRACKED_CONNECTIONS, MAX_UNIX_ALLOW_ENTRIES, OrigDst, PeerKey, ProxyConfig,
-    TaskLayout, UnixKey,
+    ConnRecord, ListenKey, MAX_LISTEN_ALLOW_ENTRIES, MAX_TRACKED_CONNECTIONS,
+    MAX_UNIX_ALLOW_ENTRIES, OrigDst, PeerKey, ProxyConfig, TaskLayout, UnixKey,
 };
 use aya_ebpf::{
     macros::map,
@@ -64,3 +64,17 @@ pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// attaches the program; read by it on every check.
 #[map]
 pub static TASK_LAYOUT: Array<TaskLayout> = Array::with_max_entries(1, 0);
+
+/// (agent cgroup id, address, port) an agent may bind. Written by the
+/// daemon from each agent's `listen`; read by bind4 and bind6. Anything
+/// absent (but port 0) is refused.
+#[map]
+pub static LISTEN_ALLOW: HashMap<ListenKey, u8> =
+    HashMap::with_max_entries(MAX_LISTEN_ALLOW_ENTRIES, 0);
+
+/// Agent cgroup ids that are revoked: every connect, datagram and bind of
+/// theirs (and of cgroups below) is refused. Written by the daemon; read by
+/// connect4/6, sendmsg4/6 and bind4/6. Pinned, so a revocation survives the
+/// daemon's restart.
+#[map]
+pub static REVOKED: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);

@@ -107,6 +107,8 @@ pub enum EbpfError {
         "too many Unix socket entries: {wanted} over all agents, the kernel map holds {capacity}"
     )]
     UnixAllowFull { wanted: usize, capacity: u32 },
+    #[error("too many listen entries: {wanted} over all agents, the kernel map holds {capacity}")]
+    ListenAllowFull { wanted: usize, capacity: u32 },
     #[error("failed to read the kernel's BTF: {0}")]
     Btf(String),
     #[error("eBPF map {0} is missing from the object")]
@@ -269,6 +271,26 @@ impl Kernel {
     /// See [`Maps::revoke_unix_addresses`].
     pub fn revoke_unix_addresses(&mut self, addresses: &[Vec<u8>]) -> Result<(), EbpfError> {
         self.maps.revoke_unix_addresses(addresses)
+    }
+
+    /// See [`Maps::set_listen_allow`].
+    pub fn set_listen_allow(
+        &mut self,
+        wanted: &[agentguard_common::ListenKey],
+    ) -> Result<(), EbpfError> {
+        self.maps.set_listen_allow(wanted)
+    }
+
+    /// Revokes (or restores) the agent in `cgroup_id` in the kernel: while
+    /// revoked, each of its connects, datagrams and binds (and those of
+    /// cgroups below it) fails with EPERM. Pinned: it outlives the daemon.
+    pub fn set_revoked(&mut self, cgroup_id: u64, revoked: bool) -> Result<(), EbpfError> {
+        self.maps.set_revoked(cgroup_id, revoked)
+    }
+
+    /// The cgroup ids that are revoked.
+    pub fn revoked(&self) -> Vec<u64> {
+        self.maps.revoked()
     }
 
     /// (name, entries, capacity) of the maps that fill with connections.

@@ -393,6 +393,8 @@ pub fn kind_name(kind: u32) -> &'static str {
         event_kind::EGRESS_DENIED => "egress-denied",
         event_kind::SOCKOPT_DENIED => "sockopt-denied",
         event_kind::PROCESS_ACCESS_DENIED => "process-access-denied",
+        event_kind::AGENT_REVOKED => "agent-revoked",
+        event_kind::BIND_DENIED => "bind-denied",
         event_kind::TCP_REDIRECTED => "tcp-redirected",
         event_kind::DNS_REDIRECTED => "dns-redirected",
         _ => "unknown",

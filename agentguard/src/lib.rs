@@ -21,6 +21,7 @@ pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod port_owner;
 pub mod preflight;
 pub mod proxy;
 pub mod token;

@@ -5,6 +5,7 @@
 
 mod eval;
 mod explain;
+mod listen;
 mod load;
 mod model;
 mod pattern;
@@ -12,6 +13,7 @@ mod unix;
 
 pub use eval::{RequestFacts, Verdict};
 pub use explain::{Explanation, explain};
+pub use listen::ListenAddr;
 pub use load::{PolicyError, PolicyErrors, load_path};
 pub use model::{
     AgentPolicy, CgroupRelPath, CredentialPolicy, DnsMode, HostPattern, Injection, Mode,

@@ -456,7 +456,7 @@ fn remove_cgroup(path: &Path) {
     }
 }
 
-fn cgroup2_mount() -> PathBuf {
+pub fn cgroup2_mount() -> PathBuf {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
     info.lines()
         .find_map(|line| {

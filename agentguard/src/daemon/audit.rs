@@ -66,18 +66,16 @@ pub fn start(cfg: &RunConfig) -> Result<AuditRuntime, DaemonError> {
 }
 
 impl AuditRuntime {
-    /// Serves `/metrics` on `addr` too (`--metrics-listen`).
-    pub async fn listen_metrics(
+    /// Serves `/metrics` on `listener` too (`--metrics-listen`), bound by
+    /// the daemon before it guarded anyone.
+    pub fn serve_metrics(
         &self,
         addr: SocketAddr,
+        listener: TcpListener,
         source: Arc<MetricsSource>,
-    ) -> Result<(), DaemonError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| DaemonError::MetricsListen { addr, source })?;
+    ) {
         info!(%addr, "serving metrics");
         tokio::spawn(crate::admin::serve_metrics_tcp(listener, source));
-        Ok(())
     }
 
     pub async fn record_start(&self, live: &Live, proxy_port: u16, guarded: Guarded) {

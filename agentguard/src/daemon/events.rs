@@ -42,8 +42,11 @@ pub fn kernel_event(record: KernelEventRecord) -> Event {
     event.exe = record.exe.clone();
     event.protocol = Some(protocol_name(&record).to_owned());
     event.rule = Some(format!("kernel:{}", record.kind));
-    if let Some(dst) = record.destination {
-        event = event.with_dst(dst);
+    match record.destination {
+        // A bind names the agent's own end, not a destination.
+        Some(local) if record.kind == "bind-denied" => event = event.with_src(local),
+        Some(dst) => event = event.with_dst(dst),
+        None => {}
     }
     // The socket's path takes the place a request's path has: what the
     // agent tried to reach, queryable with the other events.
@@ -69,6 +72,33 @@ pub fn kernel_event(record: KernelEventRecord) -> Event {
                 target.access,
                 target.pid,
                 target.comm,
+                record.comm
+            ),
+        )
+    } else if record.kind == "bind-denied" {
+        let at = record
+            .destination
+            .map_or_else(|| "an unknown address".to_owned(), |d| d.to_string());
+        (
+            Decision::Refuse,
+            format!(
+                "refused in the kernel ({}): bind to {at} ({}) by {}: not in agent.listen",
+                record.kind,
+                protocol_name(&record),
+                record.comm
+            ),
+        )
+    } else if record.kind == "agent-revoked" {
+        let at = record
+            .destination
+            .map_or_else(|| "an unknown address".to_owned(), |d| d.to_string());
+        (
+            Decision::Refuse,
+            format!(
+                "refused in the kernel ({}): the agent is revoked: {} {} to {at} by {}",
+                record.kind,
+                record.family,
+                protocol_name(&record),
                 record.comm
             ),
         )

@@ -47,7 +47,7 @@ pub const UNIX_HOOKS: [&str; 2] = ["cgroup/connect_unix", "cgroup/sendmsg_unix"]
 /// The hook that keeps agents from other processes.
 pub const PROCESS_HOOK: &str = "lsm_cgroup/ptrace_access_check";
 
-pub const HOOKS: [Hook; 15] = [
+pub const HOOKS: [Hook; 17] = [
     Hook {
         program: "agentguard_connect4",
         hook: "cgroup/connect4",
@@ -56,6 +56,16 @@ pub const HOOKS: [Hook; 15] = [
     Hook {
         program: "agentguard_connect6",
         hook: "cgroup/connect6",
+        kind: Kind::SockAddr,
+    },
+    Hook {
+        program: "agentguard_bind4",
+        hook: "cgroup/bind4",
+        kind: Kind::SockAddr,
+    },
+    Hook {
+        program: "agentguard_bind6",
+        hook: "cgroup/bind6",
         kind: Kind::SockAddr,
     },
     Hook {

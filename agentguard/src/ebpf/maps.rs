@@ -8,7 +8,8 @@ use std::{
 };
 
 use agentguard_common::{
-    ConnRecord, OrigDst, PeerKey, ProxyConfig, STAT_EVENTS_LOST, TaskLayout, UnixKey, v4_mapped,
+    ConnRecord, ListenKey, OrigDst, PeerKey, ProxyConfig, STAT_EVENTS_LOST, TaskLayout, UnixKey,
+    v4_mapped,
 };
 use aya::{
     Ebpf,
@@ -24,6 +25,8 @@ pub struct Maps {
     unix_allow: HashMap<MapData, UnixKey, u8>,
     stats: PerCpuArray<MapData, u64>,
     task_layout: Array<MapData, TaskLayout>,
+    listen_allow: HashMap<MapData, ListenKey, u8>,
+    revoked: HashMap<MapData, u64, u8>,
 }
 
 /// The kernel's per-connection records, shared with the proxy's tasks.
@@ -59,6 +62,9 @@ impl Maps {
             RingBuf::try_from(take(ebpf, "KERNEL_EVENTS")?).map_err(map_err("KERNEL_EVENTS"))?;
         let task_layout =
             Array::try_from(take(ebpf, "TASK_LAYOUT")?).map_err(map_err("TASK_LAYOUT"))?;
+        let listen_allow =
+            HashMap::try_from(take(ebpf, "LISTEN_ALLOW")?).map_err(map_err("LISTEN_ALLOW"))?;
+        let revoked = HashMap::try_from(take(ebpf, "REVOKED")?).map_err(map_err("REVOKED"))?;
         Ok((
             Self {
                 config,
@@ -66,6 +72,8 @@ impl Maps {
                 unix_allow,
                 stats,
                 task_layout,
+                listen_allow,
+                revoked,
             },
             PeerRecords {
                 map: Mutex::new(peers),
@@ -143,6 +151,55 @@ impl Maps {
                 .map_err(map_err("UNIX_ALLOW"))?;
         }
         Ok(())
+    }
+
+    /// Makes the kernel's listen allow-list exactly `wanted`, stale entries
+    /// first (as [`Maps::set_unix_allow`] does).
+    pub fn set_listen_allow(&mut self, wanted: &[ListenKey]) -> Result<(), EbpfError> {
+        let capacity = agentguard_common::MAX_LISTEN_ALLOW_ENTRIES;
+        if wanted.len() > capacity as usize {
+            return Err(EbpfError::ListenAllowFull {
+                wanted: wanted.len(),
+                capacity,
+            });
+        }
+        let stale: Vec<ListenKey> = self
+            .listen_allow
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for key in stale {
+            self.listen_allow
+                .remove(&key)
+                .map_err(map_err("LISTEN_ALLOW"))?;
+        }
+        for key in wanted {
+            self.listen_allow
+                .insert(key, 1, 0)
+                .map_err(map_err("LISTEN_ALLOW"))?;
+        }
+        Ok(())
+    }
+
+    /// Marks (or clears) cgroup `cgroup_id` as revoked: the kernel refuses
+    /// its connects, datagrams and binds from the next call on.
+    pub fn set_revoked(&mut self, cgroup_id: u64, revoked: bool) -> Result<(), EbpfError> {
+        if revoked {
+            self.revoked
+                .insert(cgroup_id, 1, 0)
+                .map_err(map_err("REVOKED"))
+        } else {
+            match self.revoked.remove(&cgroup_id) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(map_err("REVOKED")(e)),
+            }
+        }
+    }
+
+    /// The revoked cgroup ids.
+    pub fn revoked(&self) -> Vec<u64> {
+        self.revoked.keys().filter_map(Result::ok).collect()
     }
 
     /// Ring-buffer records the kernel could not queue (buffer full), summed

@@ -21,7 +21,7 @@ use aya::programs::links::{FdLink, PinnedLink};
 
 use super::{EbpfError, hooks::HOOKS};
 
-pub const MAPS: [&str; 9] = [
+pub const MAPS: [&str; 11] = [
     "PROXY_CONFIG",
     "SOCKET_RECORDS",
     "PEER_RECORDS",
@@ -31,6 +31,8 @@ pub const MAPS: [&str; 9] = [
     "KERNEL_EVENTS",
     "EVENT_STATS",
     "TASK_LAYOUT",
+    "LISTEN_ALLOW",
+    "REVOKED",
 ];
 
 /// Ends the name of a link pinned only until it is handed to aya (see
