@@ -6,7 +6,8 @@ use agentguard_common::{
     MAX_UNIX_ALLOW_ENTRIES, OrigDst, PeerKey, ProxyConfig, TaskLayout, UnixKey,
 };
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 
@@ -15,12 +16,14 @@ use aya_ebpf::{
 #[map]
 pub static PROXY_CONFIG: Array<ProxyConfig> = Array::with_max_entries(1, 0);
 
-/// Socket cookie → record of a connect() just redirected. Written by
+/// Socket → record of a connect() just redirected. Written by
 /// connect4/connect6; read and removed by sockops once the handshake is done
-/// (the local port exists only then).
-#[map]
-pub static SOCKET_RECORDS: LruHashMap<u64, ConnRecord> =
-    LruHashMap::with_max_entries(MAX_TRACKED_CONNECTIONS, 0);
+/// (the local port exists only then). Socket-local storage: it lives and
+/// dies with the agent's socket and counts against the agent's own memory,
+/// so no agent's flood of connects can push out another agent's record (a
+/// shared LRU map would).
+#[btf_map]
+pub static SOCKET_RECORDS: SkStorage<ConnRecord> = SkStorage::new();
 
 /// Agent socket's local (ip, port) → record. Written by sockops on
 /// ACTIVE_ESTABLISHED; read and removed by the proxy, which finds the entry by
@@ -29,12 +32,11 @@ pub static SOCKET_RECORDS: LruHashMap<u64, ConnRecord> =
 pub static PEER_RECORDS: LruHashMap<PeerKey, ConnRecord> =
     LruHashMap::with_max_entries(MAX_TRACKED_CONNECTIONS, 0);
 
-/// Socket cookie → destination it was redirected away from. Written by
-/// connect4/6 and sendmsg4/6; read by getpeername4/6 and recvmsg4/6 so the
-/// agent sees the peer it asked for. LRU: entries of closed sockets age out.
-#[map]
-pub static CONN_ORIG: LruHashMap<u64, OrigDst> =
-    LruHashMap::with_max_entries(MAX_TRACKED_CONNECTIONS, 0);
+/// Socket → destination it was redirected away from. Written by connect4/6
+/// and sendmsg4/6; read by getpeername4/6 and recvmsg4/6 so the agent sees
+/// the peer it asked for. Socket-local storage, like SOCKET_RECORDS.
+#[btf_map]
+pub static CONN_ORIG: SkStorage<OrigDst> = SkStorage::new();
 
 /// Agent cgroup id → port of that agent's DNS resolver (UDP and TCP, on the
 /// proxy's addresses). Written by the daemon for every guarded cgroup; read

@@ -75,7 +75,8 @@ pub fn tcp_to_proxy(
 ) -> Result<Option<Target>, Refuse> {
     let cookie = cookie(ctx);
     if facts.dst_ip == proxy_ip && facts.dst_port == cfg.port {
-        if SOCKET_RECORDS.get_ptr(cookie).is_some() {
+        // SAFETY: the helper reads the socket behind the context.
+        if !unsafe { SOCKET_RECORDS.get_ptr_mut(ctx) }.is_null() {
             return Ok(None);
         }
         // The agent dials the proxy port itself, which would let it pick
@@ -101,11 +102,16 @@ pub fn tcp_to_proxy(
     };
     // Without a record the proxy could not attribute the connection; refuse
     // now instead of redirecting a connection the proxy will drop anyway.
-    if SOCKET_RECORDS.insert(cookie, record, 0).is_err() {
+    // SAFETY: the helper reads the socket behind the context and creates
+    // zeroed storage for it if there is none.
+    let slot = unsafe { SOCKET_RECORDS.get_or_insert_ptr_mut(ctx, None) };
+    if slot.is_null() {
         emit(event_kind::RECORD_FAILED, facts);
         return Err(Refuse);
     }
-    remember_orig(cookie, facts);
+    // SAFETY: a non-null pointer to this socket's storage, of this type.
+    unsafe { *slot = record };
+    remember_orig(ctx, facts);
     if cfg.flags & agentguard_common::CONFIG_REPORT_REDIRECTS != 0 {
         emit(event_kind::TCP_REDIRECTED, facts);
     }
@@ -130,7 +136,7 @@ pub fn dns_to_resolver(
         emit(event_kind::DNS_UNROUTABLE, facts);
         return Err(Refuse);
     };
-    remember_orig(cookie(ctx), facts);
+    remember_orig(ctx, facts);
     if cfg.flags & agentguard_common::CONFIG_REPORT_REDIRECTS != 0 {
         emit(event_kind::DNS_REDIRECTED, facts);
     }
@@ -142,11 +148,17 @@ pub fn dns_to_resolver(
 
 /// Keeps the original destination for getpeername/recvmsg. Losing it (map
 /// full) only costs transparency, never containment.
-fn remember_orig(cookie: u64, facts: &SocketFacts) {
-    let orig = OrigDst {
-        ip: facts.dst_ip,
-        port: facts.dst_port,
-        family: facts.family,
-    };
-    let _ = CONN_ORIG.insert(cookie, orig, 0);
+fn remember_orig(ctx: &SockAddrContext, facts: &SocketFacts) {
+    // SAFETY: as for SOCKET_RECORDS above.
+    let slot = unsafe { CONN_ORIG.get_or_insert_ptr_mut(ctx, None) };
+    if !slot.is_null() {
+        // SAFETY: a non-null pointer to this socket's storage, of this type.
+        unsafe {
+            *slot = OrigDst {
+                ip: facts.dst_ip,
+                port: facts.dst_port,
+                family: facts.family,
+            }
+        };
+    }
 }

@@ -18,9 +18,12 @@
 
 use core::ptr::{addr_of, read_volatile};
 
-use agentguard_common::{AF_INET, AF_INET6, PeerKey, ip6_words_to_bytes, v4_mapped};
+use agentguard_common::{AF_INET, AF_INET6, ConnRecord, PeerKey, ip6_words_to_bytes, v4_mapped};
 use aya_ebpf::{
-    EbpfContext as _, helpers::generated::bpf_get_socket_cookie, programs::SockOpsContext,
+    EbpfContext as _,
+    bindings::bpf_sock,
+    helpers::generated::{bpf_get_socket_cookie, bpf_sk_storage_delete, bpf_sk_storage_get},
+    programs::SockOpsContext,
 };
 
 use crate::maps::{PEER_RECORDS, SOCKET_RECORDS};
@@ -56,19 +59,24 @@ pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, Skip> {
 }
 
 fn established(ctx: &SockOpsContext, fields: &Fields) -> Result<u32, Skip> {
-    // SAFETY: the helper only reads the socket behind the context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // Copy the record out before touching the map again: an LRU entry may be
-    // reused under us once removed.
-    let record = match SOCKET_RECORDS.get_ptr(cookie) {
-        // SAFETY: the pointer came from a successful lookup in this program.
-        Some(ptr) => unsafe { *ptr },
+    if fields.sk.is_null() {
+        return Ok(0);
+    }
+    let records = core::ptr::from_ref(&SOCKET_RECORDS).cast_mut().cast();
+    // SAFETY: `sk` is this callback's full socket (checked non-null); the
+    // helper returns its storage in SOCKET_RECORDS, or null.
+    let ptr = unsafe { bpf_sk_storage_get(records, fields.sk.cast(), core::ptr::null_mut(), 0) }
+        .cast::<ConnRecord>();
+    if ptr.is_null() {
         // Not one of ours (e.g. UDP-less loopback traffic the hook let through).
-        None => return Ok(0),
-    };
+        return Ok(0);
+    }
+    // SAFETY: non-null storage of this socket, of this type.
+    let record = unsafe { *ptr };
     let key = peer_key(fields)?;
     PEER_RECORDS.insert(key, record, 0).map_err(|_| Skip)?;
-    let _ = SOCKET_RECORDS.remove(cookie);
+    // SAFETY: as above; the record is no longer needed on the socket.
+    let _ = unsafe { bpf_sk_storage_delete(records, fields.sk.cast()) };
     // Without the close callback a record the proxy never takes would stay;
     // refuse to leave one that cannot be cleaned up.
     if ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG).is_err() {
@@ -122,6 +130,8 @@ struct Fields {
     local_ip4: u32,
     local_ip6: [u32; 4],
     local_port: u32,
+    /// The full socket of this callback, or null.
+    sk: *mut bpf_sock,
 }
 
 /// Reads every context field this program needs, unconditionally and with
@@ -147,6 +157,7 @@ fn read_fields(ctx: &SockOpsContext) -> Fields {
                 read_volatile(addr_of!((*ops).local_ip6[3])),
             ],
             local_port: read_volatile(addr_of!((*ops).local_port)),
+            sk: read_volatile(addr_of!((*ops).__bindgen_anon_2.sk)),
         }
     }
 }

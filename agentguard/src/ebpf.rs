@@ -295,7 +295,7 @@ impl Kernel {
 
     /// (name, entries, capacity) of the maps that fill with connections.
     pub fn map_occupancy(&self) -> Vec<(&'static str, u64, u64)> {
-        maps::occupancy(&self.ebpf, &self.pins)
+        maps::occupancy(&self.pins)
     }
 
     /// Ring-buffer records the kernel could not queue (buffer full), summed

@@ -8,8 +8,7 @@ use std::{
 };
 
 use agentguard_common::{
-    ConnRecord, ListenKey, OrigDst, PeerKey, ProxyConfig, STAT_EVENTS_LOST, TaskLayout, UnixKey,
-    v4_mapped,
+    ConnRecord, ListenKey, PeerKey, ProxyConfig, STAT_EVENTS_LOST, TaskLayout, UnixKey, v4_mapped,
 };
 use aya::{
     Ebpf,
@@ -226,34 +225,20 @@ impl Maps {
     }
 }
 
-/// (name, entries, capacity) of the maps that fill with connections.
-/// Counting walks each map's keys: a few ms at 64k entries, fine per
-/// metrics scrape.
-pub fn occupancy(ebpf: &Ebpf, pins: &PinDir) -> Vec<(&'static str, u64, u64)> {
+/// (name, entries, capacity) of the maps that fill with connections: the
+/// records waiting for the proxy. (Connect-time records and original
+/// destinations live in socket storage, which is not a shared table.)
+/// Counting walks the keys: a few ms at 64k entries, fine per scrape.
+pub fn occupancy(pins: &PinDir) -> Vec<(&'static str, u64, u64)> {
     let capacity = u64::from(agentguard_common::MAX_TRACKED_CONNECTIONS);
-    let mut out = Vec::new();
-    for name in ["SOCKET_RECORDS", "PEER_RECORDS", "CONN_ORIG"] {
-        let count = match ebpf.map(name) {
-            Some(map) => match name {
-                "CONN_ORIG" => HashMap::<_, u64, OrigDst>::try_from(map)
-                    .map(|m| m.keys().filter(Result::is_ok).count())
-                    .unwrap_or(0),
-                _ => HashMap::<_, u64, ConnRecord>::try_from(map)
-                    .map(|m| m.keys().filter(Result::is_ok).count())
-                    .unwrap_or(0),
-            },
-            // PEER_RECORDS belongs to the proxy: read it from its pin.
-            None => MapData::from_pin(pins.map(name))
-                .ok()
-                .and_then(|data| {
-                    HashMap::<_, PeerKey, ConnRecord>::try_from(Map::LruHashMap(data)).ok()
-                })
-                .map(|m| m.keys().filter(Result::is_ok).count())
-                .unwrap_or(0),
-        };
-        out.push((name, count as u64, capacity));
-    }
-    out
+    // PEER_RECORDS belongs to the proxy: read it from its pin.
+    let name = "PEER_RECORDS";
+    let count = MapData::from_pin(pins.map(name))
+        .ok()
+        .and_then(|data| HashMap::<_, PeerKey, ConnRecord>::try_from(Map::LruHashMap(data)).ok())
+        .map(|m| m.keys().filter(Result::is_ok).count())
+        .unwrap_or(0);
+    vec![(name, count as u64, capacity)]
 }
 
 impl PeerRecords {
