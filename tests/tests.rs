@@ -15,5 +15,6 @@ mod processes;
 mod redirect;
 mod revoke;
 mod root_required;
+mod shares;
 mod tokens;
 mod unix_sockets;

@@ -17,6 +17,10 @@ pub const AF_INET6: u16 = 10;
 /// then refuses (fail closed) rather than relays.
 pub const MAX_TRACKED_CONNECTIONS: u32 = 65_536;
 
+/// Size of the kernel → daemon event ring buffer (a power of two). Each
+/// agent gets a share of it (`ProxyConfig::event_bytes_per_agent`).
+pub const KERNEL_EVENTS_BYTES: u32 = 1024 * 1024;
+
 /// Length of a task's `comm` (TASK_COMM_LEN in the kernel).
 pub const COMM_LEN: usize = 16;
 
@@ -142,6 +146,13 @@ pub struct ProxyConfig {
     pub daemon_tgid: u32,
     /// `CONFIG_*` bits.
     pub flags: u32,
+    /// Most records one agent (cgroup) may have waiting in `PEER_RECORDS`
+    /// for the proxy; past it its connects get EPERM. 0: no limit.
+    pub records_per_agent: u32,
+    /// Most ring-buffer bytes one agent's (cgroup's) events may hold
+    /// unread; past it its events are dropped and counted as its own
+    /// losses. 0: no limit.
+    pub event_bytes_per_agent: u32,
 }
 
 /// `ProxyConfig::flags`: also report every redirect (not only refusals)
@@ -202,6 +213,9 @@ pub mod event_kind {
     /// A bind() to an address and port the agent's `listen` does not list
     /// (the destination fields carry the local address asked for).
     pub const BIND_DENIED: u32 = 14;
+    /// A TCP connect refused because the agent already has its share of
+    /// connections waiting for the proxy (`records_per_agent`).
+    pub const RECORD_SHARE_EXCEEDED: u32 = 15;
     /// A TCP connect sent to the proxy (only with CONFIG_REPORT_REDIRECTS).
     pub const TCP_REDIRECTED: u32 = 16;
     /// A DNS query sent to agentguard's resolver (only with
@@ -405,6 +419,45 @@ pub struct ProcessEvent {
     pub target_comm: [u8; COMM_LEN],
 }
 
+/// What one agent (cgroup) uses of the kernel's shared tables, as the
+/// kernel programs count it (only they write it; the counters only grow).
+/// Value of `AGENT_USAGE`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentUsage {
+    /// `PEER_RECORDS` entries added for this agent...
+    pub records_added: u64,
+    /// ...and removed by the kernel itself (the connection ended before
+    /// the proxy took it).
+    pub records_dropped: u64,
+    /// Connects refused because the agent had its share of records.
+    pub records_refused: u64,
+    /// Ring-buffer bytes queued for this agent's events ([`ring_cost`]).
+    pub event_bytes: u64,
+    /// Events not queued: its share of the ring, or the ring, was full.
+    pub events_lost: u64,
+}
+
+/// What the daemon has given back of an agent's share: value of
+/// `AGENT_RELEASED`, written by the daemon only (the counters only grow).
+/// An agent's records waiting are `records_added - records_dropped -
+/// records_taken`; its unread event bytes `event_bytes - event_bytes_read`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentReleased {
+    /// `PEER_RECORDS` entries of this agent the daemon removed (taken by
+    /// the proxy, or cleared at start).
+    pub records_taken: u64,
+    /// Ring-buffer bytes of this agent's events the daemon has read.
+    pub event_bytes_read: u64,
+}
+
+/// Bytes a record of `size` bytes takes in a BPF ring buffer: an 8-byte
+/// header, rounded up to 8 (kernel/bpf/ringbuf.c).
+pub const fn ring_cost(size: usize) -> u64 {
+    ((size + 8 + 7) & !7) as u64
+}
+
 /// Index in the `EVENT_STATS` per-CPU array: ring-buffer records lost
 /// because the buffer was full (the refusal itself still happened).
 pub const STAT_EVENTS_LOST: u32 = 0;
@@ -431,6 +484,10 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ListenKey {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::AgentUsage {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AgentReleased {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcessEvent {}
 }
 
@@ -445,7 +502,10 @@ mod tests {
         assert_eq!(size_of::<ConnRecord>(), 16 + 2 + 2 + 4 * 5 + 8 + 8 + 16);
         assert_eq!(align_of::<ConnRecord>(), 8);
         assert_eq!(size_of::<PeerKey>(), 20);
-        assert_eq!(size_of::<ProxyConfig>(), 4 + 16 + 2 + 2 + 4 + 4);
+        assert_eq!(size_of::<ProxyConfig>(), 4 + 16 + 2 + 2 + 4 + 4 + 4 + 4);
+        assert_eq!(size_of::<AgentUsage>(), 5 * 8);
+        assert_eq!(size_of::<AgentReleased>(), 2 * 8);
+        assert_eq!(ring_cost(size_of::<KernelEvent>()), 80);
         assert_eq!(size_of::<OrigDst>(), 20);
         assert_eq!(
             size_of::<KernelEvent>(),

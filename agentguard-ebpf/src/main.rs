@@ -7,6 +7,10 @@
 //! point over a `try_*`/`check` function.
 #![no_std]
 #![no_main]
+// The atomic add of the per-agent counters (shares.rs); the crate is only
+// ever built with nightly (aya-build).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod bind;
 mod connect;
@@ -17,6 +21,7 @@ mod process;
 mod redirect;
 mod revoke;
 mod sendmsg;
+mod shares;
 mod sock_create;
 mod sockops;
 mod sockopt;

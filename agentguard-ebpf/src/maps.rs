@@ -2,13 +2,14 @@
 //! bpffs directory, so they outlive a daemon restart together with the links.
 
 use agentguard_common::{
-    ConnRecord, ListenKey, MAX_LISTEN_ALLOW_ENTRIES, MAX_TRACKED_CONNECTIONS,
-    MAX_UNIX_ALLOW_ENTRIES, OrigDst, PeerKey, ProxyConfig, TaskLayout, UnixKey,
+    AgentReleased, AgentUsage, ConnRecord, KERNEL_EVENTS_BYTES, ListenKey,
+    MAX_LISTEN_ALLOW_ENTRIES, MAX_TRACKED_CONNECTIONS, MAX_UNIX_ALLOW_ENTRIES, OrigDst, PeerKey,
+    ProxyConfig, TaskLayout, UnixKey,
 };
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 
 /// Where to redirect (proxy listener) and whose sockets to leave alone (the
@@ -27,10 +28,12 @@ pub static SOCKET_RECORDS: SkStorage<ConnRecord> = SkStorage::new();
 
 /// Agent socket's local (ip, port) → record. Written by sockops on
 /// ACTIVE_ESTABLISHED; read and removed by the proxy, which finds the entry by
-/// the peer address of the connection it accepted.
+/// the peer address of the connection it accepted. Not an LRU: a full map
+/// refuses the newest connection rather than evict another agent's, and
+/// each agent's entries are held to its share (AGENT_USAGE).
 #[map]
-pub static PEER_RECORDS: LruHashMap<PeerKey, ConnRecord> =
-    LruHashMap::with_max_entries(MAX_TRACKED_CONNECTIONS, 0);
+pub static PEER_RECORDS: HashMap<PeerKey, ConnRecord> =
+    HashMap::with_max_entries(MAX_TRACKED_CONNECTIONS, 0);
 
 /// Socket → destination it was redirected away from. Written by connect4/6
 /// and sendmsg4/6; read by getpeername4/6 and recvmsg4/6 so the agent sees
@@ -54,7 +57,7 @@ pub static UNIX_ALLOW: HashMap<UnixKey, u8> = HashMap::with_max_entries(MAX_UNIX
 /// Refusals (and, if enabled, redirects) for the daemon to turn into audit
 /// events. Written by every program; read by the daemon.
 #[map]
-pub static KERNEL_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub static KERNEL_EVENTS: RingBuf = RingBuf::with_byte_size(KERNEL_EVENTS_BYTES, 0);
 
 /// Counters, per CPU; index STAT_EVENTS_LOST counts ring-buffer records
 /// dropped because the buffer was full. Written here; read by the daemon.
@@ -80,3 +83,14 @@ pub static LISTEN_ALLOW: HashMap<ListenKey, u8> =
 /// daemon's restart.
 #[map]
 pub static REVOKED: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Agent cgroup id → what it uses of PEER_RECORDS and KERNEL_EVENTS.
+/// Written by the programs only (atomic adds); read by them and the daemon.
+#[map]
+pub static AGENT_USAGE: HashMap<u64, AgentUsage> = HashMap::with_max_entries(4096, 0);
+
+/// Agent cgroup id → what the daemon took back of its share (records it
+/// took, event bytes it read). Written by the daemon only; read by the
+/// programs.
+#[map]
+pub static AGENT_RELEASED: HashMap<u64, AgentReleased> = HashMap::with_max_entries(4096, 0);

@@ -109,18 +109,21 @@ fn report(
 ) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    output(ProcessEvent {
-        kind: event_kind::PROCESS_ACCESS_DENIED,
-        tgid: (pid_tgid >> 32) as u32,
-        pid: pid_tgid as u32,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
-        mode,
+    output(
         cgroup_id,
-        target_tgid: read::<u32>(target, layout.task_tgid).unwrap_or(0),
-        syscall: current_syscall(layout),
-        target_cgroup_id,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-        target_comm: read::<[u8; COMM_LEN]>(target, layout.task_comm).unwrap_or([0; COMM_LEN]),
-    });
+        &ProcessEvent {
+            kind: event_kind::PROCESS_ACCESS_DENIED,
+            tgid: (pid_tgid >> 32) as u32,
+            pid: pid_tgid as u32,
+            uid: uid_gid as u32,
+            gid: (uid_gid >> 32) as u32,
+            mode,
+            cgroup_id,
+            target_tgid: read::<u32>(target, layout.task_tgid).unwrap_or(0),
+            syscall: current_syscall(layout),
+            target_cgroup_id,
+            comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            target_comm: read::<[u8; COMM_LEN]>(target, layout.task_comm).unwrap_or([0; COMM_LEN]),
+        },
+    );
 }

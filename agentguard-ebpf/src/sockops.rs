@@ -26,7 +26,10 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 
-use crate::maps::{PEER_RECORDS, SOCKET_RECORDS};
+use crate::{
+    maps::{PEER_RECORDS, SOCKET_RECORDS},
+    shares,
+};
 
 /// include/uapi/linux/bpf.h: BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB. This callback
 /// is always invoked; it needs no cb_flags opt-in.
@@ -73,17 +76,50 @@ fn established(ctx: &SockOpsContext, fields: &Fields) -> Result<u32, Skip> {
     }
     // SAFETY: non-null storage of this socket, of this type.
     let record = unsafe { *ptr };
-    let key = peer_key(fields)?;
-    PEER_RECORDS.insert(key, record, 0).map_err(|_| Skip)?;
     // SAFETY: as above; the record is no longer needed on the socket.
     let _ = unsafe { bpf_sk_storage_delete(records, fields.sk.cast()) };
+    let key = peer_key(fields)?;
+    // Held to the agent's share here too (connects made at once may all
+    // pass connect4's check); without a record the proxy refuses the
+    // connection, which is the agent's own.
+    let Some(usage) = shares::usage(record.cgroup_id) else {
+        return Err(Skip);
+    };
+    if !shares::record_allowed(usage, record.cgroup_id) {
+        // SAFETY: a live map value.
+        shares::add(unsafe { &raw mut (*usage).records_refused }, 1);
+        return Err(Skip);
+    }
+    // An entry still under this address belongs to a connection that
+    // ended before the proxy took it: it goes, and off its agent's share.
+    if let Some(old) = PEER_RECORDS.get_ptr(key) {
+        // SAFETY: the pointer came from a successful lookup in this program.
+        let old_cgroup = unsafe { (*old).cgroup_id };
+        if PEER_RECORDS.remove(key).is_ok() {
+            dropped(old_cgroup);
+        }
+    }
+    PEER_RECORDS.insert(key, record, 0).map_err(|_| Skip)?;
+    // SAFETY: a live map value.
+    shares::add(unsafe { &raw mut (*usage).records_added }, 1);
     // Without the close callback a record the proxy never takes would stay;
     // refuse to leave one that cannot be cleaned up.
     if ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG).is_err() {
-        let _ = PEER_RECORDS.remove(key);
+        if PEER_RECORDS.remove(key).is_ok() {
+            dropped(record.cgroup_id);
+        }
         return Err(Skip);
     }
     Ok(0)
+}
+
+/// A record the kernel removed before the proxy took it: no longer part
+/// of its agent's share.
+fn dropped(cgroup_id: u64) {
+    if let Some(usage) = shares::usage(cgroup_id) {
+        // SAFETY: a live map value.
+        shares::add(unsafe { &raw mut (*usage).records_dropped }, 1);
+    }
 }
 
 /// States a socket passes through when its own side closed first.
@@ -102,11 +138,14 @@ fn closed(ctx: &SockOpsContext, fields: &Fields) -> Result<u32, Skip> {
     let key = peer_key(fields)?;
     let ours = match PEER_RECORDS.get_ptr(key) {
         // SAFETY: the pointer came from a successful lookup in this program.
-        Some(ptr) => unsafe { (*ptr).cookie == cookie },
-        None => false,
+        Some(ptr) => unsafe { ((*ptr).cookie == cookie).then_some((*ptr).cgroup_id) },
+        None => None,
     };
-    if ours {
-        let _ = PEER_RECORDS.remove(key);
+    // Only a successful removal counts: the proxy may have taken it first.
+    if let Some(cgroup_id) = ours
+        && PEER_RECORDS.remove(key).is_ok()
+    {
+        dropped(cgroup_id);
     }
     Ok(0)
 }

@@ -116,14 +116,17 @@ fn emit(kind: u32, ctx: &SockAddrContext, key: &UnixKey) {
     let sock_type = unsafe { read_volatile(addr_of!((*ctx.sock_addr).type_)) };
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    output(UnixEvent {
-        kind,
-        tgid: (pid_tgid >> 32) as u32,
-        pid: pid_tgid as u32,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
-        sock_type,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-        key: *key,
-    });
+    output(
+        key.cgroup_id,
+        &UnixEvent {
+            kind,
+            tgid: (pid_tgid >> 32) as u32,
+            pid: pid_tgid as u32,
+            uid: uid_gid as u32,
+            gid: (uid_gid >> 32) as u32,
+            sock_type,
+            comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            key: *key,
+        },
+    );
 }

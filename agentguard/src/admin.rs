@@ -36,6 +36,10 @@ pub struct AgentView {
     /// `exec` installs a seccomp filter against the main ways instead.
     #[serde(default)]
     pub processes_guarded: bool,
+    /// What the agent uses of the kernel's shared tables: connections
+    /// waiting for the proxy, connects refused past its share, events lost.
+    #[serde(default)]
+    pub kernel: crate::ebpf::AgentKernelUsage,
     pub policy_file: String,
     /// The agentguard CA certificate (PEM).
     pub ca_cert: String,

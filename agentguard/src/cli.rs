@@ -267,7 +267,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
                 } else {
                     UnixGuard::Required
                 },
-                kernel: kernel.options(),
+                kernel: kernel.options()?,
                 policies_dir: policies,
                 state_dir,
                 admin_socket,

@@ -75,6 +75,12 @@ pub enum ConfigError {
     JwksListen(String),
     #[error(transparent)]
     Otlp(#[from] crate::audit::otlp::OtlpError),
+    #[error("{flag}: {value} must be between 1 and {max}")]
+    OutOfRange {
+        flag: &'static str,
+        value: u64,
+        max: u64,
+    },
 }
 
 /// Parses a human duration (`200ms`, `60s`, `90d`) for `flag`.

@@ -30,7 +30,7 @@ mod sockopt_link;
 pub use hooks::UNSUPPORTED_HOOKS_ENV;
 use hooks::{HOOKS, PROCESS_HOOK, UNIX_HOOKS};
 use maps::Maps;
-pub use maps::PeerRecords;
+pub use maps::{AgentKernelUsage, PeerRecords, Shares};
 pub use pins::detach_all;
 use pins::{MAPS, PinDir, SCRATCH_SUFFIX};
 
@@ -68,12 +68,44 @@ pub enum ProcessGuard {
 #[derive(Debug, Clone, Copy)]
 pub struct KernelOptions {
     pub processes: ProcessGuard,
+    /// Most connections one agent may have waiting for the proxy (records
+    /// in the shared PEER_RECORDS table); past it its connects get EPERM.
+    pub records_per_agent: u32,
+    /// Most bytes of the kernel event ring one agent's unread events may
+    /// take; past it its events are dropped and counted as its losses.
+    pub event_bytes_per_agent: u32,
+}
+
+/// Defaults: 16 agents fit whole in the shared table (65,536 records)
+/// and in the ring (1 MiB: 819 socket refusal records each).
+pub const DEFAULT_RECORDS_PER_AGENT: u32 = 4096;
+pub const DEFAULT_EVENT_BYTES_PER_AGENT: u32 = 64 * 1024;
+
+impl Default for KernelOptions {
+    fn default() -> Self {
+        Self {
+            processes: ProcessGuard::Required,
+            records_per_agent: DEFAULT_RECORDS_PER_AGENT,
+            event_bytes_per_agent: DEFAULT_EVENT_BYTES_PER_AGENT,
+        }
+    }
 }
 
 impl std::fmt::Display for KernelOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "process_guard={:?}", self.processes)
+        write!(
+            f,
+            "process_guard={:?} kernel_agent_records={} kernel_agent_event_bytes={}",
+            self.processes, self.records_per_agent, self.event_bytes_per_agent
+        )
     }
+}
+
+/// The kernel → daemon events: the ring buffer, and where what is read of
+/// it goes back to each agent's share.
+pub struct KernelEvents {
+    pub ring: RingBuf<MapData>,
+    pub shares: std::sync::Arc<Shares>,
 }
 
 #[derive(Debug, Error)]
@@ -156,7 +188,9 @@ pub struct Kernel {
     ebpf: Ebpf,
     maps: Maps,
     /// The kernel → daemon event ring buffer, until its reader takes it.
-    events: Option<RingBuf<MapData>>,
+    events: Option<KernelEvents>,
+    shares: std::sync::Arc<Shares>,
+    options: KernelOptions,
     /// Optional hooks this kernel lacks, which are not attached.
     skipped: Vec<&'static str>,
     /// `CONFIG_*` bits written with every configure().
@@ -206,7 +240,7 @@ impl Kernel {
                 Err(e) => return Err(e),
             }
         }
-        let (mut maps, peers, events) = Maps::take(&mut ebpf)?;
+        let (mut maps, peers, ring, shares) = Maps::take(&mut ebpf)?;
         // Before any cgroup gets the program: until then it refuses all.
         if let Ok(layout) = task_layout {
             maps.set_task_layout(layout)?;
@@ -215,7 +249,12 @@ impl Kernel {
             Self {
                 ebpf,
                 maps,
-                events: Some(events),
+                events: Some(KernelEvents {
+                    ring,
+                    shares: shares.clone(),
+                }),
+                shares,
+                options: *options,
                 skipped,
                 flags: 0,
                 pins,
@@ -246,8 +285,23 @@ impl Kernel {
     }
 
     /// The event ring buffer, for the one task that reads it.
-    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+    pub fn take_events(&mut self) -> Option<KernelEvents> {
         self.events.take()
+    }
+
+    /// What agent `cgroup_id` uses of the kernel's shared tables.
+    pub fn agent_usage(&self, cgroup_id: u64) -> AgentKernelUsage {
+        self.maps.agent_usage(cgroup_id, &self.shares)
+    }
+
+    /// Whether `agents` agents' shares all fit in the shared tables at
+    /// once; if not, one agent's flood can still crowd out another's.
+    pub fn shares_fit(&self, agents: usize) -> bool {
+        let agents = agents as u64;
+        agents * u64::from(self.options.records_per_agent)
+            <= u64::from(agentguard_common::MAX_TRACKED_CONNECTIONS)
+            && agents * u64::from(self.options.event_bytes_per_agent)
+                <= u64::from(agentguard_common::KERNEL_EVENTS_BYTES)
     }
 
     /// Tells the kernel which resolver port serves the agent in `cgroup_id`.
@@ -307,7 +361,8 @@ impl Kernel {
     /// Points the kernel's redirect at the proxy listener. A port of 0 makes
     /// the kernel refuse every guarded connect (used at shutdown).
     pub fn configure(&mut self, port: u16, daemon_tgid: u32) -> Result<(), EbpfError> {
-        self.maps.configure(port, daemon_tgid, self.flags)
+        self.maps
+            .configure(port, daemon_tgid, self.flags, &self.options)
     }
 
     /// Attaches every program to `cgroup` and pins the links. Links a previous

@@ -8,15 +8,15 @@ use std::{
 };
 
 use agentguard_common::{
-    AF_INET, KernelEvent, NO_OFFSET, ProcessEvent, UnixEvent, UnixKey, event_kind,
+    AF_INET, KernelEvent, NO_OFFSET, ProcessEvent, UnixEvent, UnixKey, event_kind, ring_cost,
 };
-use aya::maps::{MapData, RingBuf};
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
 use crate::{
     audit::{AuditSink, Event},
+    ebpf::{KernelEvents, Shares},
     live::Live,
 };
 
@@ -81,11 +81,12 @@ pub struct ProcessTarget {
 /// fills that fixed-size buffer, where the kernel counts what it cannot
 /// queue (`kernel_events_lost`), instead of the daemon's memory.
 pub async fn run(
-    ring: RingBuf<MapData>,
+    events: KernelEvents,
     live: Arc<Live>,
     sink: AuditSink,
     to_event: fn(KernelEventRecord) -> Event,
 ) {
+    let KernelEvents { ring, shares } = events;
     // SAFETY: the RingBuf owns its map fd; it stays open and is the same fd
     // for as long as the AsyncFd owns the RingBuf.
     let registered =
@@ -109,18 +110,72 @@ pub async fn run(
                 return;
             }
         };
+        let mut read = Released::default();
         loop {
             // The item borrows the ring: decode copies what it needs first.
             let record = match guard.get_inner_mut().next() {
-                Some(item) => decode(&item, &live),
+                Some(item) => {
+                    let record = decode(&item, &live);
+                    if let Some(cgroup_id) = owner(&item) {
+                        read.add(cgroup_id, ring_cost(item.len()));
+                    }
+                    record
+                }
                 None => break,
             };
+            // Room goes back to each agent before waiting on the audit
+            // queue, and at least every RELEASE_EVERY records.
+            if read.count >= RELEASE_EVERY {
+                read.flush(&shares);
+            }
             if let Some(record) = record {
+                read.flush(&shares);
                 sink.record(to_event(record)).await;
             }
         }
+        read.flush(&shares);
         guard.clear_ready();
     }
+}
+
+/// Records read between two writes of what goes back to the agents.
+const RELEASE_EVERY: usize = 64;
+
+/// Ring bytes read since the last flush, by agent (cgroup).
+#[derive(Default)]
+struct Released {
+    bytes: Vec<(u64, u64)>,
+    count: usize,
+}
+
+impl Released {
+    fn add(&mut self, cgroup_id: u64, bytes: u64) {
+        self.count += 1;
+        match self.bytes.iter_mut().find(|(id, _)| *id == cgroup_id) {
+            Some((_, b)) => *b += bytes,
+            None => self.bytes.push((cgroup_id, bytes)),
+        }
+    }
+
+    fn flush(&mut self, shares: &Shares) {
+        for (cgroup_id, bytes) in self.bytes.drain(..) {
+            shares.release(cgroup_id, 0, bytes);
+        }
+        self.count = 0;
+    }
+}
+
+/// The cgroup whose share a record was charged to (see
+/// agentguard-ebpf/src/events.rs: the caller's, or the socket's).
+fn owner(item: &[u8]) -> Option<u64> {
+    let kind = u32::from_ne_bytes(item.get(..4)?.try_into().ok()?);
+    Some(match kind {
+        event_kind::UNIX_CONNECT_DENIED | event_kind::UNIX_SENDMSG_DENIED => {
+            read_record::<UnixEvent>(item)?.key.cgroup_id
+        }
+        event_kind::PROCESS_ACCESS_DENIED => read_record::<ProcessEvent>(item)?.cgroup_id,
+        _ => read_record::<KernelEvent>(item)?.cgroup_id,
+    })
 }
 
 /// Both record types open with their `kind`, which says which one it is.
@@ -395,6 +450,7 @@ pub fn kind_name(kind: u32) -> &'static str {
         event_kind::PROCESS_ACCESS_DENIED => "process-access-denied",
         event_kind::AGENT_REVOKED => "agent-revoked",
         event_kind::BIND_DENIED => "bind-denied",
+        event_kind::RECORD_SHARE_EXCEEDED => "connection-share-exceeded",
         event_kind::TCP_REDIRECTED => "tcp-redirected",
         event_kind::DNS_REDIRECTED => "dns-redirected",
         _ => "unknown",

@@ -47,6 +47,7 @@ fn attempt(cgroup: &std::path::Path) -> String {
 fn load(pin_dir: &std::path::Path) -> Kernel {
     let options = KernelOptions {
         processes: ProcessGuard::Optional,
+        ..KernelOptions::default()
     };
     Kernel::load(pin_dir, UnixGuard::Required, &options)
         .unwrap()
@@ -83,7 +84,7 @@ fn a_revoked_agent_is_refused_at_once_and_stays_revoked_across_a_restart() {
     let resolver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
 
     let mut kernel = load(&cleanup.pin_dir);
-    let mut events = kernel.take_events().unwrap();
+    let mut events = kernel.take_events().unwrap().ring;
     kernel.guard(&cgroup).unwrap();
     kernel
         .set_agent_dns(cgroup.id, resolver.local_addr().unwrap().port())

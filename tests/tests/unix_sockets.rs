@@ -420,7 +420,7 @@ fn a_kernel_without_the_unix_hooks_runs_only_when_told_and_says_so() {
         .into_iter()
         .filter(|l| !l.contains("agentguard_ptrace"))
         .collect();
-    assert_eq!(links.len(), 12, "{links:?}");
+    assert_eq!(links.len(), 14, "{links:?}");
     assert!(!links.iter().any(|l| l.contains("unix")), "{links:?}");
 
     // And it is true: an unlisted socket is reachable.

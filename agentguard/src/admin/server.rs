@@ -310,6 +310,7 @@ fn agent_view(state: &AdminState, name: &str) -> Option<AgentView> {
     let live = state.live.load();
     let guarded = live.agents.get(name)?;
     let policy = live.policy.agent(name)?;
+    let kernel = state.kernel.lock().unwrap_or_else(|p| p.into_inner());
     Some(AgentView {
         name: name.to_owned(),
         cgroup: policy.cgroup.to_string(),
@@ -318,11 +319,8 @@ fn agent_view(state: &AdminState, name: &str) -> Option<AgentView> {
         // The daemon only serves after every agent's programs are attached
         // and pinned; an agent it failed to guard stops start-up.
         guarded: true,
-        processes_guarded: state
-            .kernel
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .processes_guarded(),
+        processes_guarded: kernel.processes_guarded(),
+        kernel: kernel.agent_usage(guarded.cgroup.id),
         policy_file: policy.source.display().to_string(),
         ca_cert: state.ca_cert.display().to_string(),
         ca_bundle: state.ca_bundle.display().to_string(),

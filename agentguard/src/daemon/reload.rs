@@ -190,6 +190,12 @@ impl Reloader {
         kernel.retain_agent_dns(&keep)?;
         kernel.set_unix_allow(&unix_allow_keys(&policy, &guarded))?;
         kernel.set_listen_allow(&listen_allow_keys(&policy, &guarded))?;
+        if !kernel.shares_fit(guarded.len()) {
+            warn!(
+                agents = guarded.len(),
+                "the agents' kernel shares (--kernel-agent-records, --kernel-agent-event-bytes) add up to more than the kernel's tables hold: one agent's flood can still crowd out another's"
+            );
+        }
         let names: Vec<&str> = policy.agents.iter().map(|a| a.name.as_str()).collect();
         self.resolvers.retain(&names);
         Ok(LiveState {

@@ -4,11 +4,12 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use agentguard_common::{
-    ConnRecord, ListenKey, PeerKey, ProxyConfig, STAT_EVENTS_LOST, TaskLayout, UnixKey, v4_mapped,
+    AgentReleased, AgentUsage, ConnRecord, ListenKey, PeerKey, ProxyConfig, STAT_EVENTS_LOST,
+    TaskLayout, UnixKey, v4_mapped,
 };
 use aya::{
     Ebpf,
@@ -26,6 +27,46 @@ pub struct Maps {
     task_layout: Array<MapData, TaskLayout>,
     listen_allow: HashMap<MapData, ListenKey, u8>,
     revoked: HashMap<MapData, u64, u8>,
+    usage: HashMap<MapData, u64, AgentUsage>,
+}
+
+/// What the daemon gives back of each agent's share of the kernel's
+/// shared tables (`AGENT_RELEASED`): records the proxy took, event bytes
+/// the reader read. The daemon is that map's one writer; this mutex makes
+/// its read-modify-writes whole.
+pub struct Shares {
+    released: Mutex<HashMap<MapData, u64, AgentReleased>>,
+}
+
+impl Shares {
+    /// Adds to what agent `cgroup_id` got back. A failed write (the map
+    /// full) leaves the agent with less room, never more.
+    pub fn release(&self, cgroup_id: u64, records: u64, event_bytes: u64) {
+        let mut map = self.released.lock().unwrap_or_else(|p| p.into_inner());
+        let mut released = map.get(&cgroup_id, 0).unwrap_or_default();
+        released.records_taken += records;
+        released.event_bytes_read += event_bytes;
+        let _ = map.insert(cgroup_id, released, 0);
+    }
+
+    fn get(&self, cgroup_id: u64) -> AgentReleased {
+        self.released
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cgroup_id, 0)
+            .unwrap_or_default()
+    }
+}
+
+/// One agent's use of the kernel's shared tables, for `status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AgentKernelUsage {
+    /// Its connections whose records wait for the proxy.
+    pub records_waiting: u64,
+    /// Its connects refused because that many were waiting.
+    pub records_refused: u64,
+    /// Its events the kernel could not queue (its share of the ring full).
+    pub events_lost: u64,
 }
 
 /// The kernel's per-connection records, shared with the proxy's tasks.
@@ -33,6 +74,8 @@ pub struct PeerRecords {
     // HashMap::remove needs &mut; the syscalls take microseconds, so a mutex
     // costs nothing next to a connect().
     map: Mutex<HashMap<MapData, PeerKey, ConnRecord>>,
+    /// Each record taken goes back to its agent's share.
+    shares: Arc<Shares>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> EbpfError {
@@ -46,7 +89,9 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, EbpfError> {
 impl Maps {
     /// Takes the maps the daemon uses out of the loaded object, with the
     /// proxy's records and the event ring buffer handed out separately.
-    pub fn take(ebpf: &mut Ebpf) -> Result<(Self, PeerRecords, RingBuf<MapData>), EbpfError> {
+    pub fn take(
+        ebpf: &mut Ebpf,
+    ) -> Result<(Self, PeerRecords, RingBuf<MapData>, Arc<Shares>), EbpfError> {
         let config =
             Array::try_from(take(ebpf, "PROXY_CONFIG")?).map_err(map_err("PROXY_CONFIG"))?;
         let peers =
@@ -64,6 +109,14 @@ impl Maps {
         let listen_allow =
             HashMap::try_from(take(ebpf, "LISTEN_ALLOW")?).map_err(map_err("LISTEN_ALLOW"))?;
         let revoked = HashMap::try_from(take(ebpf, "REVOKED")?).map_err(map_err("REVOKED"))?;
+        let usage =
+            HashMap::try_from(take(ebpf, "AGENT_USAGE")?).map_err(map_err("AGENT_USAGE"))?;
+        let shares = Arc::new(Shares {
+            released: Mutex::new(
+                HashMap::try_from(take(ebpf, "AGENT_RELEASED")?)
+                    .map_err(map_err("AGENT_RELEASED"))?,
+            ),
+        });
         Ok((
             Self {
                 config,
@@ -73,11 +126,14 @@ impl Maps {
                 task_layout,
                 listen_allow,
                 revoked,
+                usage,
             },
             PeerRecords {
                 map: Mutex::new(peers),
+                shares: shares.clone(),
             },
             events,
+            shares,
         ))
     }
 
@@ -210,9 +266,29 @@ impl Maps {
             .unwrap_or(0)
     }
 
+    /// What agent `cgroup_id` uses of the shared tables now.
+    pub fn agent_usage(&self, cgroup_id: u64, shares: &Shares) -> AgentKernelUsage {
+        let usage = self.usage.get(&cgroup_id, 0).unwrap_or_default();
+        let released = shares.get(cgroup_id);
+        AgentKernelUsage {
+            records_waiting: usage
+                .records_added
+                .saturating_sub(usage.records_dropped)
+                .saturating_sub(released.records_taken),
+            records_refused: usage.records_refused,
+            events_lost: usage.events_lost,
+        }
+    }
+
     /// Points the kernel's redirect at the proxy listener. A port of 0 makes
     /// the kernel refuse every guarded connect (used at shutdown).
-    pub fn configure(&mut self, port: u16, daemon_tgid: u32, flags: u32) -> Result<(), EbpfError> {
+    pub fn configure(
+        &mut self,
+        port: u16,
+        daemon_tgid: u32,
+        flags: u32,
+        limits: &super::KernelOptions,
+    ) -> Result<(), EbpfError> {
         let cfg = ProxyConfig {
             ip4: [127, 0, 0, 1],
             ip6: std::net::Ipv6Addr::LOCALHOST.octets(),
@@ -220,6 +296,8 @@ impl Maps {
             _pad: 0,
             daemon_tgid,
             flags,
+            records_per_agent: limits.records_per_agent,
+            event_bytes_per_agent: limits.event_bytes_per_agent,
         };
         self.config.set(0, cfg, 0).map_err(map_err("PROXY_CONFIG"))
     }
@@ -235,7 +313,7 @@ pub fn occupancy(pins: &PinDir) -> Vec<(&'static str, u64, u64)> {
     let name = "PEER_RECORDS";
     let count = MapData::from_pin(pins.map(name))
         .ok()
-        .and_then(|data| HashMap::<_, PeerKey, ConnRecord>::try_from(Map::LruHashMap(data)).ok())
+        .and_then(|data| HashMap::<_, PeerKey, ConnRecord>::try_from(Map::HashMap(data)).ok())
         .map(|m| m.keys().filter(Result::is_ok).count())
         .unwrap_or(0);
     vec![(name, count as u64, capacity)]
@@ -249,14 +327,22 @@ impl PeerRecords {
     pub fn clear(&self) -> usize {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let keys: Vec<PeerKey> = map.keys().filter_map(Result::ok).collect();
-        keys.into_iter()
-            .filter(|key| map.remove(key).is_ok())
-            .count()
+        let mut removed = 0;
+        for key in keys {
+            let Ok(record) = map.get(&key, 0) else {
+                continue;
+            };
+            if map.remove(&key).is_ok() {
+                self.shares.release(record.cgroup_id, 1, 0);
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// Takes the kernel's record for the connection whose agent-side address
     /// is `peer` (the peer of the accepted socket), removing it so that the
-    /// LRU holds only connections not yet accepted.
+    /// map holds only connections not yet accepted.
     pub fn take(&self, peer: SocketAddr) -> Option<ConnRecord> {
         let ip = match peer.ip() {
             IpAddr::V4(v4) => v4_mapped(v4.octets()),
@@ -265,9 +351,13 @@ impl PeerRecords {
         let key = PeerKey::new(ip, peer.port());
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let record = map.get(&key, 0).ok()?;
-        // A failed remove leaves a stale entry the LRU will evict; the record
-        // itself is still valid for this connection.
-        let _ = map.remove(&key);
+        // Only the one who removes the entry gives it back to its agent's
+        // share (the kernel may have removed it as the connection closed).
+        // A failed remove leaves an entry the kernel removes at close; the
+        // record itself is still valid for this connection.
+        if map.remove(&key).is_ok() {
+            self.shares.release(record.cgroup_id, 1, 0);
+        }
         Some(record)
     }
 }

@@ -21,7 +21,7 @@ use aya::programs::links::{FdLink, PinnedLink};
 
 use super::{EbpfError, hooks::HOOKS};
 
-pub const MAPS: [&str; 11] = [
+pub const MAPS: [&str; 13] = [
     "PROXY_CONFIG",
     "SOCKET_RECORDS",
     "PEER_RECORDS",
@@ -33,6 +33,8 @@ pub const MAPS: [&str; 11] = [
     "TASK_LAYOUT",
     "LISTEN_ALLOW",
     "REVOKED",
+    "AGENT_USAGE",
+    "AGENT_RELEASED",
 ];
 
 /// Ends the name of a link pinned only until it is handed to aya (see
