@@ -102,4 +102,37 @@ mod tests {
         }
         assert!(ListenAddr::parse("*:0").unwrap_err().contains("ephemeral"));
     }
+
+    #[test]
+    fn policies_list_entries_and_errors_name_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let head = "[agent]\nname = \"a\"\ncgroup = \"agentguard/a\"\n";
+        let file = dir.path().join("a.toml");
+        std::fs::write(&file, format!("{head}listen = [\"*:8080\", \"[::1]:9\"]\n")).unwrap();
+        let set = crate::policy::load_path(dir.path()).unwrap();
+        let listen: Vec<String> = set
+            .agent("a")
+            .unwrap()
+            .listen
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+        assert_eq!(listen, ["*:8080", "[::1]:9"]);
+
+        for (entries, want) in [
+            ("[\"8080\"]", "agent.listen: \"8080\" must be ADDRESS:PORT"),
+            ("[\"*:1\", \"*:1\"]", "agent.listen: *:1 is listed twice"),
+        ] {
+            std::fs::write(&file, format!("{head}listen = {entries}\n")).unwrap();
+            let err = crate::policy::load_path(dir.path())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("a.toml:4:"), "{err}");
+            assert!(err.contains(want), "{err}");
+        }
+        // No listen key: the policy is valid, and binds nothing.
+        std::fs::write(&file, head).unwrap();
+        let set = crate::policy::load_path(dir.path()).unwrap();
+        assert!(set.agent("a").unwrap().listen.is_empty());
+    }
 }
