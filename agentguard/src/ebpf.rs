@@ -212,7 +212,7 @@ impl Kernel {
         let btf = btf::Btf::read(Path::new(VMLINUX_BTF)).map_err(EbpfError::Btf)?;
         let aya_btf = aya::Btf::from_sys_fs().map_err(|e| EbpfError::Btf(e.to_string()))?;
         let task_layout = processes::task_layout(&btf);
-        let kernel = hooks::Kernel {
+        let kernel = hooks::LoadContext {
             forced: &forced,
             btf: &btf,
             aya_btf: &aya_btf,

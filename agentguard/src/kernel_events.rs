@@ -123,13 +123,13 @@ pub async fn run(
                 }
                 None => break,
             };
-            // Room goes back to each agent before waiting on the audit
-            // queue, and at least every RELEASE_EVERY records.
+            // Room goes back to each agent every RELEASE_EVERY records and
+            // when the ring is drained: at most that many records' room is
+            // held back while the audit queue makes the reader wait.
             if read.count >= RELEASE_EVERY {
                 read.flush(&shares);
             }
             if let Some(record) = record {
-                read.flush(&shares);
                 sink.record(to_event(record)).await;
             }
         }

@@ -88,6 +88,17 @@ pub fn kernel_event(record: KernelEventRecord) -> Event {
                 record.comm
             ),
         )
+    } else if record.kind == "connection-share-exceeded" {
+        let to = record
+            .destination
+            .map_or_else(|| "an unknown address".to_owned(), |d| d.to_string());
+        (
+            Decision::Refuse,
+            format!(
+                "refused in the kernel ({}): connect to {to} by {}: the agent already has its share of connections waiting for the proxy (--kernel-agent-records)",
+                record.kind, record.comm
+            ),
+        )
     } else if record.kind == "agent-revoked" {
         let at = record
             .destination

@@ -159,7 +159,7 @@ pub fn forced_unsupported() -> Vec<String> {
 const LINK_ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
 /// What loading needs to know about the running kernel.
-pub struct Kernel<'a> {
+pub struct LoadContext<'a> {
     /// Hooks [`UNSUPPORTED_HOOKS_ENV`] names.
     pub forced: &'a [String],
     /// The kernel's BTF, read by agentguard for the layout checks...
@@ -173,7 +173,7 @@ pub struct Kernel<'a> {
 }
 
 /// Loads one hook's program, after the checks that can refuse it first.
-pub fn load(ebpf: &mut Ebpf, hook: &Hook, kernel: &Kernel<'_>) -> Result<(), EbpfError> {
+pub fn load(ebpf: &mut Ebpf, hook: &Hook, kernel: &LoadContext<'_>) -> Result<(), EbpfError> {
     if kernel.forced.iter().any(|f| f == hook.hook) {
         return Err(EbpfError::ForcedUnsupported(hook.hook));
     }
