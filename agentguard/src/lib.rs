@@ -22,6 +22,7 @@ pub mod logging;
 pub mod mcp;
 pub mod metrics;
 pub mod policy;
+pub mod port_owner;
 pub mod preflight;
 pub mod proxy;
 pub mod token;

@@ -130,7 +130,10 @@ impl Daemon {
             .unwrap();
         let mut command = Command::new(AGENTGUARD);
         // Any free port for the JWKS: several test daemons (and perhaps the
-        // machine's own) must not contend for the default.
+        // machine's own) must not contend for the default. Kernels that
+        // refuse BPF LSM programs (as some VMs' do) run the tests too;
+        // where the BPF LSM works the flag changes nothing, and the tests
+        // about other processes check `processes_guarded` themselves.
         command.args([
             "--log-format",
             "json",
@@ -139,6 +142,7 @@ impl Daemon {
             "0",
             "--jwks-listen",
             "127.0.0.1:0",
+            "--allow-unguarded-processes",
         ]);
         if let Some(ca) = &self.upstream_ca {
             command.arg("--upstream-ca").arg(ca);
@@ -452,7 +456,7 @@ fn remove_cgroup(path: &Path) {
     }
 }
 
-fn cgroup2_mount() -> PathBuf {
+pub fn cgroup2_mount() -> PathBuf {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
     info.lines()
         .find_map(|line| {

@@ -302,6 +302,7 @@ mod tests {
                     mode: Mode::Enforce,
                     dns: crate::policy::DnsMode::Policy,
                     unix_sockets: Vec::new(),
+                    listen: Vec::new(),
                     credentials,
                     tools: Vec::new(),
                     passthrough: Vec::new(),

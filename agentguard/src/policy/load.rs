@@ -205,6 +205,19 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
         }
         unix_sockets.push(addr);
     }
+    let mut listen: Vec<super::ListenAddr> = Vec::new();
+    for entry in parsed.agent.listen.iter().flatten() {
+        let span = span_of(path, text, entry.span().start);
+        let addr = super::ListenAddr::parse(entry.get_ref())
+            .map_err(|m| invalid(&span, format!("agent.listen: {m}")))?;
+        if listen.contains(&addr) {
+            return Err(invalid(
+                &span,
+                format!("agent.listen: {addr} is listed twice"),
+            ));
+        }
+        listen.push(addr);
+    }
     let mut credentials: Vec<CredentialPolicy> = Vec::new();
     for section in parsed.credential {
         let id_span = span_of(path, text, section.id.span().start);
@@ -256,6 +269,7 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
             mode,
             dns,
             unix_sockets,
+            listen,
             credentials,
             tools,
             passthrough,
