@@ -62,8 +62,9 @@ impl Outcome {
         sink: AuditSink,
         requests: Arc<RequestLog>,
     ) -> Self {
-        let mut event = Event::new(Kind::Request)
-            .with_identity(&meta.identity)
+        let mut event = meta
+            .identity
+            .stamp(Event::new(Kind::Request))
             .with_src(meta.peer)
             .with_dst(meta.dst);
         event.sni = meta.sni.clone();
