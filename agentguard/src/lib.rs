@@ -4,6 +4,7 @@
 //! and records.
 
 pub mod admin;
+pub mod atomic_file;
 pub mod audit;
 pub mod ca;
 pub mod cgroup;

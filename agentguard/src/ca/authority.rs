@@ -2,16 +2,10 @@
 //! checked, and signing leaves with it.
 
 use std::{
-    fs,
-    io::{self, Write as _},
-    os::unix::fs::{
-        DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
-    },
+    fs, io,
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
 };
 
 use rcgen::{
@@ -31,6 +25,7 @@ use time::{Duration, OffsetDateTime};
 use tracing::info;
 
 use super::leaf;
+use crate::atomic_file::{self, WriteError, Written};
 
 const CA_DIR: &str = "ca";
 const KEY_FILE: &str = "ca.key";
@@ -116,6 +111,16 @@ pub enum CaError {
     InvalidServerName { name: String },
     #[error("the CA in {path} failed its self-check: {reason}")]
     SelfCheck { path: PathBuf, reason: String },
+}
+
+impl From<WriteError> for CaError {
+    fn from(e: WriteError) -> Self {
+        CaError::Io {
+            action: e.action,
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CaError {
@@ -277,17 +282,11 @@ impl LocalCa {
         // created meanwhile is never overwritten.
         let key_path = ca.dir.join(KEY_FILE);
         let key_pem = ca.issuer.key().serialize_pem();
-        let key_tmp = write_temp(&ca.dir, KEY_FILE, key_pem.as_bytes(), KEY_MODE)?;
-        let placed = write_temp(&ca.dir, CERT_FILE, ca.cert_pem.as_bytes(), PUBLIC_FILE_MODE)
-            .and_then(|cert_tmp| {
-                let linked = link_into_place(&key_tmp, &key_path)
-                    .and_then(|()| link_into_place(&cert_tmp, &ca.cert_path));
-                let _ = fs::remove_file(&cert_tmp);
-                linked
-            });
-        let _ = fs::remove_file(&key_tmp);
-        placed?;
-        sync_dir(&ca.dir)?;
+        let key = Written::new(&ca.dir, KEY_FILE, key_pem.as_bytes(), KEY_MODE)?;
+        let cert = Written::new(&ca.dir, CERT_FILE, ca.cert_pem.as_bytes(), PUBLIC_FILE_MODE)?;
+        key.link_to(&key_path)?;
+        cert.link_to(&ca.cert_path)?;
+        atomic_file::sync_dir(&ca.dir)?;
         info!(cert = %ca.cert_path.display(), "created a new local CA");
         Ok(ca)
     }
@@ -532,56 +531,6 @@ fn read_pem_items(path: &Path, pem: &str) -> Result<Vec<Item>, CaError> {
             path: path.to_owned(),
             message: e.to_string(),
         })
-}
-
-/// Tells temporary files of concurrent writers in this process apart.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `contents` to a new temporary file beside `<dir>/<name>` with
-/// exactly `mode`, flushed to disk. The file has its final mode from the first
-/// byte on, so a key is never briefly readable by others.
-pub(super) fn write_temp(
-    dir: &Path,
-    name: &str,
-    contents: &[u8],
-    mode: u32,
-) -> Result<PathBuf, CaError> {
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
-    // A leftover from a crashed run with the same pid would block create_new.
-    match fs::remove_file(&tmp) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_error("remove", &tmp)(e)),
-        _ => {}
-    }
-    let written = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // open() applies the umask; set the mode exactly.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
-        file.sync_all()
-    })();
-    match written {
-        Ok(()) => Ok(tmp),
-        Err(source) => {
-            let _ = fs::remove_file(&tmp);
-            Err(io_error("write", &tmp)(source))
-        }
-    }
-}
-
-fn link_into_place(tmp: &Path, path: &Path) -> Result<(), CaError> {
-    fs::hard_link(tmp, path).map_err(io_error("create", path))
-}
-
-/// Makes renames and links in `dir` survive a power cut.
-pub(super) fn sync_dir(dir: &Path) -> Result<(), CaError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error("sync", dir))
 }
 
 #[cfg(test)]
