@@ -8,10 +8,7 @@ use std::{
     sync::Arc,
 };
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SerialNumber,
-};
+use rcgen::{Issuer, KeyPair, PKCS_ECDSA_P256_SHA256, SerialNumber};
 use rustls::{
     InconsistentKeys, RootCertStore,
     client::{WebPkiServerVerifier, danger::ServerCertVerifier as _},
@@ -21,26 +18,15 @@ use rustls::{
 };
 use rustls_pemfile::Item;
 use thiserror::Error;
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
 use tracing::info;
 
-use super::leaf;
+use super::profile::{self, CA_LIFETIME, CLOCK_SKEW, InvalidServerName, ca_params};
 use crate::atomic_file::{self, WriteError, Written};
 
 const CA_DIR: &str = "ca";
 const KEY_FILE: &str = "ca.key";
 const CERT_FILE: &str = "ca.crt";
-
-const CA_COMMON_NAME: &str = "agentguard local CA";
-const CA_ORGANIZATION: &str = "agentguard";
-
-/// Every certificate starts this long before it is made: a client whose clock
-/// runs a little behind the daemon's would otherwise reject it as not yet valid.
-pub(super) const CLOCK_SKEW: Duration = Duration::hours(1);
-/// Two years. Rotation is not built yet (see [`LocalCa`]), so this is long
-/// enough not to surprise operators, and still bounds how long a leaked key is
-/// worth anything.
-const CA_LIFETIME: Duration = Duration::days(730);
 
 /// Traversable by all, listable by none: agents read `ca.crt` and
 /// `bundle.pem` by path, and nobody but the daemon can add or swap files.
@@ -107,8 +93,8 @@ pub enum CaError {
          restore {missing}, or remove {present} to start over with a new CA"
     )]
     HalfPresent { present: PathBuf, missing: PathBuf },
-    #[error("invalid server name {name:?}: not a DNS name or an IP address")]
-    InvalidServerName { name: String },
+    #[error(transparent)]
+    InvalidServerName(#[from] InvalidServerName),
     #[error("the CA in {path} failed its self-check: {reason}")]
     SelfCheck { path: PathBuf, reason: String },
 }
@@ -237,7 +223,7 @@ impl LocalCa {
 
     pub(super) fn mint(&self, server_name: &str) -> Result<MintedLeaf, CaError> {
         let now = OffsetDateTime::now_utc();
-        let params = leaf::leaf_params(server_name, now, random_serial(&self.provider)?)?;
+        let params = profile::leaf_params(server_name, now, random_serial(&self.provider)?)?;
         let key_pair = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(rcgen_error("generate a leaf key"))?;
         let cert = params
@@ -369,24 +355,6 @@ fn random_serial(provider: &CryptoProvider) -> Result<SerialNumber, CaError> {
     // Positive, and never zero (RFC 5280 section 4.1.2.2).
     bytes[0] = (bytes[0] & 0x7f) | 0x01;
     Ok(SerialNumber::from_slice(&bytes))
-}
-
-/// The CA's profile. Everything a leaf's issuer field and authority key
-/// identifier are made from is here, so both creating and loading use it.
-fn ca_params() -> CertificateParams {
-    let mut params = CertificateParams::default();
-    let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, CA_COMMON_NAME);
-    name.push(DnType::OrganizationName, CA_ORGANIZATION);
-    params.distinguished_name = name;
-    // Path length 0: this CA signs leaves only, never another CA.
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params
 }
 
 /// Verifies `chain` (leaf first) for `name` with `ca` as the only root, the
@@ -715,7 +683,7 @@ mod tests {
         for name in ["", "not a name", "*.example.com", "a..b", "exa\nmple.com"] {
             let err = ca.mint_leaf(name).unwrap_err();
             assert!(
-                matches!(err, CaError::InvalidServerName { .. }),
+                matches!(err, CaError::InvalidServerName(_)),
                 "{name:?}: {err}"
             );
         }
