@@ -21,6 +21,7 @@ pub mod kernel_events;
 pub mod live;
 pub mod logging;
 pub mod metrics;
+pub mod percent;
 pub mod policy;
 pub mod preflight;
 pub mod proxy;
