@@ -113,7 +113,7 @@ impl Signer {
     /// Hex signature over checkpoint `(seq, hash, time)`.
     pub fn sign(&self, seq: i64, hash: &Hash, time: &str) -> String {
         let sig = self.key.sign(&message(seq, hash, time));
-        sig.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(sig.to_bytes())
     }
 
     /// Hex of the public key, stored with each checkpoint so a rotated key
