@@ -24,5 +24,6 @@ pub mod metrics;
 pub mod percent;
 pub mod policy;
 pub mod preflight;
+pub mod procfs;
 pub mod proxy;
 pub mod token;

@@ -453,14 +453,10 @@ fn remove_cgroup(path: &Path) {
 }
 
 fn cgroup2_mount() -> PathBuf {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .find_map(|line| {
-            let (fields, rest) = line.split_once(" - ")?;
-            (rest.split_whitespace().next()? == "cgroup2")
-                .then(|| PathBuf::from(fields.split_whitespace().nth(4).unwrap()))
-        })
+    agentguard::procfs::find_mount("cgroup2")
+        .unwrap()
         .expect("cgroup v2 mount")
+        .mount_point
 }
 
 /// `cmd`, started directly in the cgroup at `dir` (joined between fork and
