@@ -15,6 +15,7 @@ pub mod credentials;
 pub mod daemon;
 pub mod dns;
 pub mod ebpf;
+pub mod error_list;
 pub mod exec;
 pub mod identity;
 pub mod kernel_events;

@@ -79,7 +79,7 @@ impl CredentialStore {
             agents.insert(agent.name.clone(), credentials);
         }
         if !errors.is_empty() {
-            return Err(CredentialErrors(errors));
+            return Err(crate::error_list::ErrorList(errors));
         }
         Ok(Self {
             agents,
