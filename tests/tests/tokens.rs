@@ -15,7 +15,7 @@ use std::{
 use base64::Engine as _;
 use serde_json::Value;
 
-use crate::common::{AGENTGUARD, Daemon, DaemonOptions, TestCa, TlsUpstream, require_root, text};
+use crate::common::{self, AGENTGUARD, Daemon, UPSTREAM_IP, text};
 
 const AGENT: &str = "token-agent";
 const TOOL: &str = "tool.agentguard.test";
@@ -49,11 +49,10 @@ impl Drop for VerifyProxy {
     }
 }
 
+/// The common fixture (its upstream is the tool, behind verify-proxy,
+/// reached by IP), and what verify-proxy needs.
 struct Setup {
-    dir: tempfile::TempDir,
-    ca: TestCa,
-    backend: TlsUpstream,
-    daemon: Daemon,
+    fixture: common::Setup,
     jwks: PathBuf,
     /// The `iss` of the daemon's tokens, from its start-up log.
     issuer: String,
@@ -67,19 +66,12 @@ fn setup() -> Setup {
 
 /// [`setup`], with extra `agentguard run` arguments.
 fn setup_with_args(run_args: &[&str]) -> Setup {
-    require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("agentguard token test CA", dir.path());
-    // The tool itself, behind verify-proxy, reached by IP.
-    let backend = TlsUpstream::start("127.0.0.3", "127.0.0.3", &ca);
-    let daemon = Daemon::start_with_args(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: POLICY,
-            upstream_ca: Some(&ca.pem_path),
-        },
-        run_args,
-    );
+    let fixture = common::Setup::builder(UPSTREAM_IP)
+        .agents(&[AGENT])
+        .policy(POLICY)
+        .args(run_args)
+        .start();
+    let (dir, ca, daemon) = (&fixture.dir, &fixture.ca, &fixture.daemon);
     // The JWKS as an operator would publish it.
     let out = Command::new(AGENTGUARD)
         .args(["token", "jwks", "--state-dir"])
@@ -90,16 +82,21 @@ fn setup_with_args(run_args: &[&str]) -> Setup {
     let jwks = dir.path().join("jwks.json");
     std::fs::write(&jwks, &out.stdout).unwrap();
     let (cert, key) = ca.leaf_files(TOOL, dir.path());
-    let issuer = log_field(&daemon, "issuer");
+    let issuer = log_field(daemon, "issuer");
     Setup {
-        dir,
-        ca,
-        backend,
-        daemon,
+        fixture,
         jwks,
         issuer,
         cert,
         key,
+    }
+}
+
+impl std::ops::Deref for Setup {
+    type Target = common::Setup;
+
+    fn deref(&self) -> &common::Setup {
+        &self.fixture
     }
 }
 
@@ -120,7 +117,7 @@ fn verify_proxy_with(s: &Setup, listen: &str, jwks: &str, args: &[&str]) -> Veri
     let log = std::fs::File::create(s.dir.path().join(format!("vp-{listen}.log"))).unwrap();
     let mut child = Command::new(AGENTGUARD)
         .args(["verify-proxy", "--listen", listen, "--upstream"])
-        .arg(format!("https://127.0.0.3:{}", s.backend.addr.port()))
+        .arg(format!("https://127.0.0.3:{}", s.upstream.addr.port()))
         .arg("--upstream-ca")
         .arg(&s.ca.pem_path)
         .args(["--jwks", jwks])
@@ -246,7 +243,7 @@ fn agent_call(s: &Setup, port: u16, body: &Path) -> Output {
 }
 
 fn reflect_hits(s: &Setup) -> usize {
-    s.backend
+    s.upstream
         .seen()
         .iter()
         .filter(|r| r.path == "/reflect")
@@ -282,7 +279,7 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
         out.status.success() && text(&out.stdout).ends_with("200"),
         "{visible}"
     );
-    let seen = s.backend.header_values("/reflect", "authorization");
+    let seen = s.upstream.header_values("/reflect", "authorization");
     assert_eq!(seen.len(), 1, "{seen:?}");
     let token = seen[0].strip_prefix("Bearer ").expect("bearer").to_owned();
     let c = claims(&token);
@@ -580,7 +577,7 @@ fn tokens_signed_before_a_key_rotation_verify_until_they_expire() {
     assert!(rotated.status.success(), "{}", text(&rotated.stderr));
     let out = agent_call(&s, port, &body);
     assert!(text(&out.stdout).ends_with("200"), "{}", text(&out.stderr));
-    let seen = s.backend.header_values("/reflect", "authorization");
+    let seen = s.upstream.header_values("/reflect", "authorization");
     assert_eq!(seen.len(), 2, "{seen:?}");
     let old = seen[0].strip_prefix("Bearer ").unwrap().to_owned();
     let new = seen[1].strip_prefix("Bearer ").unwrap();
@@ -661,7 +658,7 @@ fn eddsa_keys_sign_tokens_that_verify_proxy_accepts() {
     std::fs::write(&body, "{}").unwrap();
     let out = agent_call(&s, a.port, &body);
     assert!(text(&out.stdout).ends_with("200"), "{}", text(&out.stderr));
-    let seen = s.backend.header_values("/reflect", "authorization");
+    let seen = s.upstream.header_values("/reflect", "authorization");
     let token = seen[0].strip_prefix("Bearer ").unwrap();
     assert_eq!(part(token, 0)["alg"], "EdDSA");
     let jwks: Value = serde_json::from_slice(&std::fs::read(&s.jwks).unwrap()).unwrap();
