@@ -12,7 +12,10 @@ use std::{
 
 use serde_json::Value;
 
-use super::is_nscd_probe;
+use super::{
+    is_nscd_probe,
+    machine::{self, Beside},
+};
 
 use super::{AGENTGUARD, require_root, text};
 
@@ -44,6 +47,8 @@ pub struct Daemon {
     pub bpf_dir: PathBuf,
     cgroup_parent: PathBuf,
     agents: Vec<String>,
+    /// Dropped after the daemon is stopped (fields drop after `drop`).
+    _beside: Beside,
 }
 
 /// How to start a test daemon: its agents, what their policy says beyond
@@ -89,6 +94,7 @@ impl DaemonBuilder {
     /// folder, and waits until it answers.
     pub fn start(self) -> Daemon {
         require_root();
+        let beside = machine::beside();
         let n = INSTANCE.fetch_add(1, Ordering::SeqCst);
         let tag = format!("agentguard-test-{}-{n}", std::process::id());
         let dir = tempfile::tempdir().expect("tempdir");
@@ -115,6 +121,7 @@ impl DaemonBuilder {
             cgroup_parent: cgroup_mount.join(&tag),
             agents: self.agents,
             dir,
+            _beside: beside,
         };
         daemon.spawn();
         daemon

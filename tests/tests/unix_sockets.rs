@@ -203,14 +203,17 @@ fn only_listed_unix_sockets_are_reachable_and_refusals_are_recorded() {
     std::fs::create_dir(&sub).unwrap();
     let script = connect_script(&s.dir.path().join("allowed.sock"));
     let (sub_pid, out) = run_with_pid(in_cgroup_dir(&sub, &["python3", "-c", &script]));
-    std::fs::remove_dir(&sub).unwrap();
     assert_eq!(
         text(&out.stdout),
         "PermissionError\n",
         "{}",
         text(&out.stderr)
     );
+    // The daemon names the agent from the cgroup when it reads the event:
+    // the sub-cgroup goes only after that (on a busy machine the event may
+    // be read after the process has exited).
     let below = &daemon.wait_for_refusals(sub_pid, 1)[0];
+    std::fs::remove_dir(&sub).unwrap();
     assert!(
         below["reason"]
             .as_str()
