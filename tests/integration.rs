@@ -5,7 +5,7 @@
 //! They need root and fail (never skip) without it. They share almost no
 //! kernel state (each daemon has its own cgroups, bpffs folder and ports;
 //! see `common/machine.rs`), so they run in parallel (`cargo xtask test`
-//! runs four at a time); tests that load the machine, bound a latency or
+//! runs three at a time); tests that load the machine, bound a latency or
 //! need a given loopback port run alone (`common::alone`).
 
 mod common;

@@ -3,7 +3,7 @@
 //! state folder, admin socket and ports (all bound to port 0), the tests'
 //! Unix socket names carry the test process's pid and a per-test prefix,
 //! and tests that change network settings do so in a network namespace of
-//! their own. So they run in parallel (`cargo xtask test` runs four at
+//! their own. So they run in parallel (`cargo xtask test` runs three at
 //! once). What they share is the machine's CPUs and 127.0.0.1's port
 //! space. A test that loads the machine (thousands of requests), bounds a
 //! latency, or needs a port that another test's connection could take
