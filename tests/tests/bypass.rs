@@ -8,9 +8,7 @@ use std::{net::Ipv4Addr, process::Output};
 
 use serde_json::Value;
 
-use crate::common::{
-    Daemon, DaemonOptions, DnsUpstream, Upstream, ok, require_root, run_with_pid, text,
-};
+use crate::common::{Daemon, DnsUpstream, Upstream, ok, require_root, run_with_pid, text};
 
 const AGENT: &str = "bypass-agent";
 /// The resolver the agent believes it uses; nothing listens there.
@@ -42,14 +40,10 @@ fn setup() -> Setup {
     require_root();
     let dns = DnsUpstream::start("127.0.0.1", &[(ALLOWED, Ipv4Addr::new(127, 0, 0, 3))]);
     let upstream = dns.addr.to_string();
-    let daemon = Daemon::start_with_args(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: POLICY,
-            ..DaemonOptions::default()
-        },
-        &["--dns-upstream", &upstream],
-    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(POLICY)
+        .args(&["--dns-upstream", &upstream])
+        .start();
     Setup { dns, daemon }
 }
 

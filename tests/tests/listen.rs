@@ -7,9 +7,7 @@ use std::net::TcpListener;
 
 use serde_json::Value;
 
-use crate::common::{
-    Daemon, DaemonOptions, in_cgroup_dir, require_root, run_with_pid, start_attempt, text,
-};
+use crate::common::{Daemon, in_cgroup_dir, require_root, run_with_pid, start_attempt, text};
 
 /// Binds each `kind host port` of argv (kind `tcp`, which then listens,
 /// or `udp`) and prints `host port errno` (0: bound).
@@ -62,13 +60,7 @@ fn agents_bind_only_what_listen_lists() {
     require_root();
     let (exact, any, other) = (free_port(), free_port(), free_port());
     let extra = format!("listen = [\"127.0.0.1:{exact}\", \"*:{any}\"]\n");
-    let daemon = Daemon::start_with(
-        &["listener"],
-        DaemonOptions {
-            policy_extra: &extra,
-            ..DaemonOptions::default()
-        },
-    );
+    let daemon = Daemon::builder(&["listener"]).policy(&extra).start();
     let (pid, got) = bind_all(
         &daemon,
         "listener",

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
-use crate::common::{Daemon, DaemonOptions, in_cgroup_dir, require_root, run_with_pid, text};
+use crate::common::{Daemon, in_cgroup_dir, require_root, run_with_pid, text};
 
 const ATTACKER: &str = "proc-alpha";
 const OTHER: &str = "proc-beta";
@@ -136,7 +136,7 @@ fn refusals_about(daemon: &Daemon, pid: u32, target: u32) -> Vec<Value> {
 #[test]
 fn agents_cannot_take_over_processes_outside_their_cgroup() {
     require_root();
-    let daemon = Daemon::start_with(&[ATTACKER, OTHER], DaemonOptions::default());
+    let daemon = Daemon::builder(&[ATTACKER, OTHER]).start();
     if daemon.status()["processes_guarded"] != true {
         // The kernel refused the program (no active BPF LSM, or a kernel
         // that refuses every trampoline program): nothing here to test.
@@ -233,12 +233,9 @@ fn a_kernel_without_the_bpf_lsm_runs_only_when_told_and_exec_installs_the_belt()
     assert!(err.contains(hook), "{err}");
 
     // (Every test daemon runs with --allow-unguarded-processes.)
-    let daemon = Daemon::start_with_env(
-        &[ATTACKER],
-        DaemonOptions::default(),
-        &[],
-        &[("AGENTGUARD_TEST_UNSUPPORTED_HOOKS", hook)],
-    );
+    let daemon = Daemon::builder(&[ATTACKER])
+        .env("AGENTGUARD_TEST_UNSUPPORTED_HOOKS", hook)
+        .start();
     assert!(
         daemon.log().contains("agents may ptrace"),
         "{}",

@@ -12,9 +12,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::common::{
-    ALLOW_LOOPBACK_TEST_HOSTS, Daemon, DaemonOptions, Upstream, require_root, text,
-};
+use crate::common::{ALLOW_LOOPBACK_TEST_HOSTS, Daemon, Upstream, require_root, text};
 
 const FLOODER: &str = "share-flood";
 const STEADY: &str = "share-steady";
@@ -65,14 +63,10 @@ fn a_flooding_agent_gets_eperm_past_its_share_of_waiting_connections() {
     require_root();
     let upstream = Upstream::start("127.0.0.2");
     let port = upstream.addr.port().to_string();
-    let daemon = Daemon::start_with_args(
-        &[FLOODER, STEADY],
-        DaemonOptions {
-            policy_extra: ALLOW_LOOPBACK_TEST_HOSTS,
-            ..DaemonOptions::default()
-        },
-        &["--kernel-agent-records", "4"],
-    );
+    let daemon = Daemon::builder(&[FLOODER, STEADY])
+        .policy(ALLOW_LOOPBACK_TEST_HOSTS)
+        .args(&["--kernel-agent-records", "4"])
+        .start();
     // The proxy takes no record while stopped: every connection waits.
     let stopped = stop(&daemon);
     let flood = daemon

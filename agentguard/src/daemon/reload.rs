@@ -253,8 +253,7 @@ impl Reloader {
 
 /// This process's cgroup v2 directory, from /proc/self/cgroup.
 fn own_cgroup(root: &CgroupRoot) -> Option<PathBuf> {
-    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let path = crate::procfs::own_cgroup().ok()??;
     Some(root.mount().join(path.trim_start_matches('/')))
 }
 
