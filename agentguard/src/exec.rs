@@ -4,6 +4,7 @@
 //! cgroup a socket was created in, so a socket opened before joining would
 //! escape the redirect.
 
+mod domain;
 mod seccomp;
 
 use std::{
@@ -74,6 +75,8 @@ pub enum ExecError {
     NoNewPrivs(nix::Error),
     #[error("failed to install the seccomp filter (no namespaces, no mounts): {0}")]
     Seccomp(String),
+    #[error("failed to put the agent in a Landlock domain of its own: {0}")]
+    Landlock(String),
 }
 
 /// Who the agent runs as, and with what.
@@ -164,11 +167,19 @@ pub fn exec(
         seccomp::install(seccomp::filters().map_err(ExecError::Seccomp)?)
             .map_err(ExecError::Seccomp)?;
     }
-    // Where the kernel's own check is missing, the belt: no ptrace attach,
-    // no other process's memory or descriptors.
+    // Where the kernel's own check is missing, the belt: a Landlock domain
+    // of the agent's own (no other process's memory or descriptors, own
+    // children still traceable); without Landlock, a seccomp filter that
+    // refuses the system calls (but cannot see /proc/<pid>/mem).
     if !view.processes_guarded {
-        seccomp::install(seccomp::process_filters().map_err(ExecError::Seccomp)?)
-            .map_err(ExecError::Seccomp)?;
+        let set_no_new_privs = !privileges.keep_capabilities;
+        match domain::enter(set_no_new_privs).map_err(ExecError::Landlock)? {
+            domain::Domain::Entered => {}
+            domain::Domain::Unavailable => {
+                seccomp::install(seccomp::process_filters().map_err(ExecError::Seccomp)?)
+                    .map_err(ExecError::Seccomp)?;
+            }
+        }
     }
     let mut command = Command::new(program);
     command.args(args);
