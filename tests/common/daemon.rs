@@ -352,7 +352,7 @@ impl Daemon {
 
     /// `agentguard status`, parsed.
     pub fn status(&self) -> Value {
-        let out = self.cli(&["status"]);
+        let out = self.cli(&["status", "-o", "json"]);
         assert!(out.status.success(), "status: {}", text(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     }
