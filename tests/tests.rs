@@ -12,5 +12,6 @@ mod interception;
 mod kernel_paths;
 mod redirect;
 mod root_required;
+mod service;
 mod tokens;
 mod unix_sockets;

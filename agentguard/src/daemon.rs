@@ -3,6 +3,7 @@
 
 mod audit;
 mod events;
+mod notify;
 mod oauth;
 mod reload;
 
@@ -224,12 +225,25 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         "agentguard ready"
     );
     audit.record_start(&live, port, unix_sockets_guarded).await;
+    // systemd (Type=notify): ready only now, with every agent guarded and
+    // the proxy, the admin socket and the audit store open.
+    let notifier = Arc::new(notify::Notifier::default());
+    notifier.ready(&notify::status_line(&live.load()));
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        let probe = notify::Probe {
+            proxy_port: port,
+            log: admin_state.log.clone(),
+            audit: audit.sink.clone(),
+            recorded: audit.recorded.clone(),
+        };
+        tokio::spawn(notify::watchdog(notifier.clone(), probe, period / 2));
+    }
 
     let mut stop = Signals::install()?;
     let mut why = "stopped: a daemon task ended".to_owned();
     let proxy = listeners.serve(ctx);
     let admin = admin.serve(admin_state);
-    let watch = watch_policies(reloader.clone(), live.clone());
+    let watch = watch_policies(reloader.clone(), live.clone(), notifier.clone());
     tokio::pin!(proxy, admin, watch);
     loop {
         tokio::select! {
@@ -238,8 +252,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
             () = &mut watch => break,
             signal = stop.wait() => match signal {
                 Signal::Reload => {
-                    let (reloader, live) = (reloader.clone(), live.clone());
-                    let _ = tokio::task::spawn_blocking(move || reloader.reload(&live, "SIGHUP")).await;
+                    notifier.reloading();
+                    let (reloader, state) = (reloader.clone(), live.clone());
+                    let _ = tokio::task::spawn_blocking(move || reloader.reload(&state, "SIGHUP")).await;
+                    notifier.ready(&notify::status_line(&live.load()));
                 }
                 Signal::Stop(name) => {
                     info!(signal = name, "stopping");
@@ -250,6 +266,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         }
     }
 
+    notifier.stopping(&why);
     // Fail closed on purpose: the links stay pinned, and port 0 makes the
     // kernel refuse guarded connects outright until a daemon starts again.
     let kernel = reloader
@@ -297,16 +314,17 @@ const POLICY_POLL: Duration = Duration::from_secs(1);
 /// Reloads when a policy file is added, removed or modified. Polling the
 /// folder's names, sizes and mtimes is cheap at this rate and, unlike
 /// inotify, sees edits made through any path (bind mounts, symlinked dirs).
-async fn watch_policies(reloader: Arc<Reloader>, live: Arc<Live>) {
+async fn watch_policies(reloader: Arc<Reloader>, live: Arc<Live>, notifier: Arc<notify::Notifier>) {
     let mut last = fingerprint(&reloader.policies_dir);
     loop {
         tokio::time::sleep(POLICY_POLL).await;
         let now = fingerprint(&reloader.policies_dir);
         if now != last {
             last = now;
-            let (reloader, live) = (reloader.clone(), live.clone());
+            let (reloader, state) = (reloader.clone(), live.clone());
             let _ =
-                tokio::task::spawn_blocking(move || reloader.reload(&live, "file change")).await;
+                tokio::task::spawn_blocking(move || reloader.reload(&state, "file change")).await;
+            notifier.status(&notify::status_line(&live.load()));
         }
     }
 }

@@ -452,7 +452,8 @@ fn remove_cgroup(path: &Path) {
     }
 }
 
-fn cgroup2_mount() -> PathBuf {
+/// The cgroup v2 mount point (not assumed: hybrid hosts differ).
+pub fn cgroup2_mount() -> PathBuf {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
     info.lines()
         .find_map(|line| {

@@ -1,0 +1,341 @@
+//! agentguard as a systemd service: the notify protocol spoken to a real
+//! notify socket (a Unix datagram socket bound here, named in
+//! `NOTIFY_SOCKET` as systemd does), and logs shaped for the journal.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    os::unix::{fs::MetadataExt as _, net::UnixDatagram},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::common::{AGENTGUARD, cgroup2_mount, require_root, text};
+
+/// A daemon started the way systemd starts a `Type=notify` unit, without
+/// waiting for it: the test learns it is ready from `READY=1` alone.
+struct Service {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    notify: UnixDatagram,
+    bpf_dir: PathBuf,
+    cgroup_parent: PathBuf,
+}
+
+impl Service {
+    fn start(tag: &str, env: &[(&str, &str)]) -> Self {
+        require_root();
+        let dir = tempfile::tempdir().unwrap();
+        let notify = UnixDatagram::bind(dir.path().join("notify.sock")).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let name = format!("agentguard-test-{tag}-{}", std::process::id());
+        let policies = dir.path().join("policies");
+        fs::create_dir(&policies).unwrap();
+        fs::write(
+            policies.join("svc.toml"),
+            format!("[agent]\nname = \"svc\"\ncgroup = \"{name}/svc\"\n"),
+        )
+        .unwrap();
+        let bpf_dir = PathBuf::from("/sys/fs/bpf").join(&name);
+        let log = fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let child = Command::new(AGENTGUARD)
+            .args(["run", "--proxy-port", "0", "--jwks-listen", "127.0.0.1:0"])
+            .arg("--policies")
+            .arg(&policies)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--admin-socket")
+            .arg(dir.path().join("admin.sock"))
+            .arg("--bpf-dir")
+            .arg(&bpf_dir)
+            .env("NOTIFY_SOCKET", dir.path().join("notify.sock"))
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self {
+            child: Some(child),
+            dir,
+            notify,
+            bpf_dir,
+            cgroup_parent: cgroup2_mount().join(name),
+        }
+    }
+
+    /// Notifications until one holds `field` (bounded by `within`); all
+    /// of them, oldest first, the matching one last.
+    fn wait_for(&self, field: &str, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let found = message.lines().any(|l| l == field || l.starts_with(field));
+                seen.push(message);
+                if found {
+                    return seen;
+                }
+            }
+        }
+        panic!(
+            "no {field} within {within:?}; got {seen:?}\n--- daemon log ---\n{}",
+            self.log()
+        );
+    }
+
+    /// Every notification received during `span`.
+    fn collect(&self, span: Duration) -> Vec<String> {
+        let deadline = Instant::now() + span;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        seen
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn admin_socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new(AGENTGUARD)
+            .args(["detach", "--bpf-dir"])
+            .arg(&self.bpf_dir)
+            .output();
+        let _ = fs::remove_dir(self.cgroup_parent.join("svc"));
+        let _ = fs::remove_dir(&self.cgroup_parent);
+    }
+}
+
+fn pinned_links(bpf_dir: &Path) -> usize {
+    fs::read_dir(bpf_dir.join("links")).map_or(0, |d| d.count())
+}
+
+fn watchdog_pings(messages: &[String]) -> usize {
+    messages
+        .iter()
+        .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
+        .count()
+}
+
+#[test]
+fn notify_protocol_ready_status_reload_watchdog_and_stopping() {
+    // WATCHDOG_USEC as systemd sets it for WatchdogSec=2s: pings every 1 s.
+    let svc = Service::start("notify", &[("WATCHDOG_USEC", "2000000")]);
+
+    // READY=1 only once the agent's programs are attached and pinned and
+    // the admin socket answers: checked the instant READY arrives.
+    let ready = svc.wait_for("READY=1", Duration::from_secs(60));
+    assert!(
+        pinned_links(&svc.bpf_dir) > 0,
+        "READY before the programs were pinned"
+    );
+    let status = Command::new(AGENTGUARD)
+        .args(["status", "-o", "json", "--admin-socket"])
+        .arg(svc.admin_socket())
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "READY before the admin API answered"
+    );
+    let ready = ready.last().unwrap();
+    assert!(
+        ready.contains("STATUS=guarding 1 of 1 agents; policy "),
+        "{ready}"
+    );
+
+    // The watchdog pings while the daemon makes progress.
+    let pings = svc.collect(Duration::from_millis(3500));
+    assert!(watchdog_pings(&pings) >= 2, "{pings:?}");
+
+    // systemctl reload: RELOADING=1 with the time, then READY=1 again.
+    svc.signal(nix::sys::signal::Signal::SIGHUP);
+    let reload = svc.wait_for("READY=1", Duration::from_secs(15));
+    let reloading = reload
+        .iter()
+        .find(|m| m.lines().any(|l| l == "RELOADING=1"))
+        .unwrap_or_else(|| panic!("no RELOADING=1 before READY=1: {reload:?}"));
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+
+    // The audit writer stuck: another process holds the store's write lock,
+    // so commits fail. A reload makes an event to commit. The pings stop
+    // while it waits, and resume once the writer can commit again.
+    let db = svc.dir.path().join("state/audit/audit.db");
+    let mut locker = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys, time\n\
+             c = sqlite3.connect(sys.argv[1], timeout=10, isolation_level=None)\n\
+             c.execute('BEGIN EXCLUSIVE')\n\
+             print('locked', flush=True)\n\
+             time.sleep(7)\n\
+             c.execute('COMMIT')\n",
+        )
+        .arg(&db)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(locker.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let locked_at = Instant::now();
+    svc.signal(nix::sys::signal::Signal::SIGHUP);
+    // One check may pass before the event is seen waiting; from the
+    // second on, none may.
+    let _ = svc.collect(Duration::from_millis(2500));
+    let during = svc.collect(Duration::from_millis(3000));
+    assert!(
+        locked_at.elapsed() < Duration::from_secs(7),
+        "the lock was released before the check ended"
+    );
+    assert_eq!(
+        watchdog_pings(&during),
+        0,
+        "pinged while the audit writer was stuck: {during:?}"
+    );
+    locker.wait().unwrap();
+    svc.wait_for("WATCHDOG=1", Duration::from_secs(20));
+    assert!(svc.log().contains("withholding the systemd watchdog ping"));
+
+    // systemctl stop: STOPPING=1, then a clean exit.
+    svc.signal(nix::sys::signal::Signal::SIGTERM);
+    svc.wait_for("STOPPING=1", Duration::from_secs(15));
+    let mut svc = svc;
+    let status = svc.child.take().unwrap().wait().unwrap();
+    assert!(status.success(), "{status}\n{}", svc.log());
+}
+
+/// A broken policy: `run` logs at start and then fails, without touching
+/// the kernel. Its stderr goes to a file; returns what was written.
+fn failing_run(tag: &str, env: &[(&str, &str)], journal: bool) -> String {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    fs::create_dir(&policies).unwrap();
+    fs::write(
+        policies.join("x.toml"),
+        "[agent]\nname = \"x\"\ncgroup = \"/abs\"\n",
+    )
+    .unwrap();
+    let err_path = dir.path().join("stderr");
+    let stderr = fs::File::create(&err_path).unwrap();
+    let meta = fs::metadata(&err_path).unwrap();
+    let bpf_dir = format!("/sys/fs/bpf/agentguard-test-{tag}-{}", std::process::id());
+    let mut cmd = Command::new(AGENTGUARD);
+    cmd.args(["run", "--proxy-port", "0", "--bpf-dir", &bpf_dir])
+        .arg("--policies")
+        .arg(&policies)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--admin-socket")
+        .arg(dir.path().join("admin.sock"))
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
+        .stderr(stderr);
+    if journal {
+        // What systemd sets when it connects stderr to the journal.
+        cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+    }
+    let out = cmd.output().unwrap();
+    let _ = Command::new(AGENTGUARD)
+        .args(["detach", "--bpf-dir", &bpf_dir])
+        .output();
+    assert!(!out.status.success());
+    fs::read_to_string(&err_path).unwrap()
+}
+
+#[test]
+fn logs_carry_journal_priorities_under_systemd_and_no_colour_off_a_terminal() {
+    // stderr is the journal: a priority on every line, errors' details
+    // included, no colour, no timestamp (the journal has its own).
+    let journal = failing_run("journal", &[], true);
+    let start = journal
+        .lines()
+        .find(|l| l.contains("starting agentguard"))
+        .unwrap_or_else(|| panic!("{journal}"));
+    assert!(start.starts_with("<6>"), "{journal}");
+    assert!(!start.starts_with("<6>20"), "timestamp in {start}");
+    let error = journal
+        .lines()
+        .position(|l| l.starts_with("<3>agentguard: error: invalid policy"))
+        .unwrap_or_else(|| panic!("{journal}"));
+    let detail = journal.lines().nth(error + 1).unwrap_or_default();
+    assert!(
+        detail.starts_with("<3>") && detail.contains("x.toml:3:10"),
+        "{journal}"
+    );
+    assert!(journal.lines().all(|l| l.starts_with('<')), "{journal}");
+    assert!(!journal.contains('\x1b'), "{journal}");
+
+    // A JOURNAL_STREAM inherited by a process whose stderr now goes
+    // elsewhere does not count; a file gets plain lines.
+    let plain = failing_run("plain", &[("JOURNAL_STREAM", "1:2")], false);
+    assert!(plain.contains("starting agentguard"), "{plain}");
+    assert!(!plain.contains("<6>"), "{plain}");
+    assert!(!plain.contains('\x1b'), "ANSI escapes in a file: {plain}");
+}
+
+#[test]
+fn a_terminal_gets_colour_unless_no_color_is_set() {
+    require_root();
+    // script(1) runs the command on a pseudo-terminal.
+    let run = |no_color: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = format!(
+            "{AGENTGUARD} run --proxy-port 0 --bpf-dir /sys/fs/bpf/agentguard-test-tty-{pid} \
+             --policies {d}/none --state-dir {d}/state --admin-socket {d}/admin.sock",
+            pid = std::process::id(),
+            d = dir.path().display()
+        );
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &inner, "/dev/null"])
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NO_COLOR");
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        }
+        let out = cmd.output().unwrap();
+        let _ = Command::new(AGENTGUARD)
+            .args(["detach", "--bpf-dir"])
+            .arg(format!(
+                "/sys/fs/bpf/agentguard-test-tty-{}",
+                std::process::id()
+            ))
+            .output();
+        text(&out.stdout)
+    };
+    let tty = run(false);
+    assert!(tty.contains("starting agentguard"), "{tty}");
+    assert!(tty.contains('\x1b'), "no colour on a terminal: {tty}");
+    let no_color = run(true);
+    assert!(no_color.contains("starting agentguard"), "{no_color}");
+    assert!(!no_color.contains('\x1b'), "{no_color}");
+}
