@@ -8,6 +8,7 @@
 //! when it is not found, like env(1), so none of them is mistaken for the
 //! agent's own exit code.
 
+mod attach;
 mod audit;
 mod config;
 mod run;
@@ -114,6 +115,18 @@ enum Command {
         on_behalf_of: Option<String>,
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<OsString>,
+    },
+    /// Guard the systemd unit this runs in as agent NAME, before the unit's
+    /// main process starts: for `ExecStartPre=+agentguard attach --agent
+    /// NAME` in the agent's unit (its policy names the unit in
+    /// `systemd_unit`). Exits non-zero, failing the unit's start, unless
+    /// the daemon guards this very cgroup.
+    Attach {
+        #[arg(long)]
+        agent: String,
+        /// How long to wait for a daemon that is not answering yet.
+        #[arg(long, default_value = "60s", value_name = "DURATION")]
+        wait: String,
     },
     /// Show the running daemon's status.
     Status {
@@ -229,6 +242,8 @@ enum CliError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Layers(#[from] layers::LayerError),
+    #[error(transparent)]
+    Attach(#[from] attach::AttachCliError),
     #[error("failed to write man pages into {dir}: {source}")]
     Man {
         dir: PathBuf,
@@ -426,6 +441,7 @@ fn dispatch(command: Command, context: &Context) -> Result<ExitCode, CliError> {
             };
             match exec::exec(admin_socket, &agent, &privileges, &cmd)? {}
         }
+        Command::Attach { agent, wait } => Ok(attach::run(admin_socket, &agent, &wait)?),
         Command::Status { output } => {
             let status: StatusView =
                 runtime()?.block_on(AdminClient::new(admin_socket).get("/v1/status"))?;

@@ -6,6 +6,7 @@ mod events;
 mod notify;
 mod oauth;
 mod reload;
+mod units;
 
 use std::{
     fs,
@@ -216,6 +217,14 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         kernel: reloader.kernel.clone(),
         minter: ctx.minter.clone(),
         on_behalf_of: ctx.on_behalf_of.clone(),
+        attach: Some({
+            let (reloader, live) = (reloader.clone(), live.clone());
+            Arc::new(move |agent: &str, pid: u32| {
+                reloader
+                    .attach(&live, agent, pid)
+                    .map_err(|e| e.to_string())
+            })
+        }),
     };
     info!(
         port,
@@ -325,6 +334,15 @@ async fn watch_policies(reloader: Arc<Reloader>, live: Arc<Live>, notifier: Arc<
             let _ =
                 tokio::task::spawn_blocking(move || reloader.reload(&state, "file change")).await;
             notifier.status(&notify::status_line(&live.load()));
+        }
+        // Agents' systemd units: a cgroup made or removed since the last
+        // look (see daemon::units).
+        let (units, state) = (reloader.clone(), live.clone());
+        let refreshed = tokio::task::spawn_blocking(move || units.refresh_units(&state)).await;
+        match refreshed {
+            Ok(Ok(true)) => notifier.status(&notify::status_line(&live.load())),
+            Ok(Err(e)) => warn!(error = %e, "could not follow the agents' systemd units"),
+            _ => {}
         }
     }
 }

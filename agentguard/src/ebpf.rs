@@ -589,6 +589,26 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// Whether links are pinned for the cgroup with this id: it was guarded
+    /// before (by this daemon or an earlier one).
+    pub fn has_links(&self, cgroup_id: u64) -> bool {
+        pinned_links(&self.pin_dir.join("links"), Some(cgroup_id)).is_ok_and(|l| !l.is_empty())
+    }
+
+    /// Unpins the links of a cgroup that no longer exists (a systemd unit's,
+    /// removed when the unit stopped): the kernel detached its programs
+    /// when the cgroup went, and only the pins would be left. Never called
+    /// for a cgroup that still exists. Returns how many were removed.
+    pub fn forget(&mut self, cgroup_id: u64) -> Result<usize, EbpfError> {
+        let links = pinned_links(&self.pin_dir.join("links"), Some(cgroup_id))?;
+        for path in &links {
+            unpin(path)?;
+        }
+        Ok(links.len())
+    }
+}
+
 impl PeerRecords {
     /// Forgets every record: for a daemon starting, before the kernel
     /// sends it connections. Any record then left belongs to a connection

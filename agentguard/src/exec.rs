@@ -45,6 +45,14 @@ pub enum ExecError {
         expected: u64,
         actual: u64,
     },
+    #[error(
+        "agent {agent:?} is the systemd service {unit}: start it from that unit (ExecStartPre=+agentguard attach --agent {agent}, then ExecStart=agentguard exec ...); this process runs in cgroup {cgroup}"
+    )]
+    OutsideUnit {
+        agent: String,
+        unit: String,
+        cgroup: String,
+    },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error("failed to start the async runtime: {0}")]
@@ -132,17 +140,26 @@ pub fn exec(
     if let Some(who) = &privileges.on_behalf_of {
         register_on_behalf_of(admin_socket, who)?;
     }
-    let cgroup = Cgroup::open(Path::new(&view.cgroup_path))?;
-    if cgroup.id != view.cgroup_id {
-        return Err(ExecError::CgroupMismatch {
-            agent: agent.to_owned(),
-            path: cgroup.path,
-            expected: view.cgroup_id,
-            actual: cgroup.id,
-        });
-    }
     let root = CgroupRoot::discover()?;
-    cgroup.join_self(&root)?;
+    match &view.systemd_unit {
+        // systemd started this process in the unit's cgroup, which the
+        // unit's `agentguard attach` had guarded: it stays there. Moving
+        // it would take the agent out of its unit (`systemctl stop` would
+        // no longer stop it).
+        Some(unit) => check_in_unit(&root, agent, unit, &view)?,
+        None => {
+            let cgroup = Cgroup::open(Path::new(&view.cgroup_path))?;
+            if cgroup.id != view.cgroup_id {
+                return Err(ExecError::CgroupMismatch {
+                    agent: agent.to_owned(),
+                    path: cgroup.path,
+                    expected: view.cgroup_id,
+                    actual: cgroup.id,
+                });
+            }
+            cgroup.join_self(&root)?;
+        }
+    }
     // Only after joining: writing cgroup.procs needs the privileges dropped
     // here. The bounding set goes first: shrinking it needs CAP_SETPCAP,
     // which a switch to another user takes away.
@@ -177,6 +194,31 @@ pub fn exec(
         cmd: program.clone(),
         source,
     })
+}
+
+/// For an agent that is a systemd service: this process must already be in
+/// the unit's guarded cgroup (started by the unit).
+fn check_in_unit(
+    root: &CgroupRoot,
+    agent: &str,
+    unit: &str,
+    view: &AgentView,
+) -> Result<(), ExecError> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_default()
+        .to_owned();
+    let here = Cgroup::open(&root.mount().join(own.trim_start_matches('/')))?;
+    if here.id != view.cgroup_id {
+        return Err(ExecError::OutsideUnit {
+            agent: agent.to_owned(),
+            unit: unit.to_owned(),
+            cgroup: own,
+        });
+    }
+    Ok(())
 }
 
 /// A socket keeps the cgroup it was created in, and the cgroup programs

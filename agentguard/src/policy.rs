@@ -8,6 +8,7 @@ mod explain;
 mod load;
 mod model;
 mod pattern;
+mod systemd;
 mod unix;
 
 pub use eval::{RequestFacts, Verdict};
@@ -19,4 +20,5 @@ pub use model::{
     ValueSource,
 };
 pub use pattern::normalize_path;
+pub use systemd::SystemdUnit;
 pub use unix::UnixSocketAddr;

@@ -125,7 +125,10 @@ pub(super) struct PassthroughSection {
 #[serde(deny_unknown_fields)]
 pub(super) struct AgentSection {
     pub name: Spanned<String>,
-    pub cgroup: Spanned<String>,
+    /// Required unless `systemd_unit` names the agent's unit.
+    pub cgroup: Option<Spanned<String>>,
+    /// The agent is this systemd service: its cgroup is the unit's.
+    pub systemd_unit: Option<Spanned<String>>,
     pub mode: Option<Spanned<String>>,
     pub dns: Option<Spanned<String>>,
     pub unix_sockets: Option<Vec<Spanned<String>>>,
@@ -318,6 +321,9 @@ pub struct ToolPolicy {
 pub struct AgentPolicy {
     pub name: String,
     pub cgroup: CgroupRelPath,
+    /// Set when the agent is a systemd service: `cgroup` is then the
+    /// unit's, created and removed by systemd, never by agentguard.
+    pub systemd_unit: Option<super::systemd::SystemdUnit>,
     pub mode: Mode,
     pub dns: DnsMode,
     /// The Unix sockets the agent may connect or send to; the kernel
