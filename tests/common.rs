@@ -2,11 +2,13 @@
 
 mod daemon;
 mod dns_upstream;
+mod service;
 mod tls_upstream;
 mod upstream;
 
 pub use daemon::{ALLOW_LOOPBACK_TEST_HOSTS, Daemon, DaemonOptions, cgroup2_mount, in_cgroup_dir};
 pub use dns_upstream::DnsUpstream;
+pub use service::{Service, pinned_links};
 pub use tls_upstream::{SSE_EVENTS, TestCa, TlsUpstream};
 pub use upstream::{BODY, Upstream};
 

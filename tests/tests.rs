@@ -13,5 +13,6 @@ mod kernel_paths;
 mod redirect;
 mod root_required;
 mod service;
+mod systemd_units;
 mod tokens;
 mod unix_sockets;

@@ -5,135 +5,12 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader},
-    os::unix::{fs::MetadataExt as _, net::UnixDatagram},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    os::unix::fs::MetadataExt as _,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use crate::common::{AGENTGUARD, cgroup2_mount, require_root, text};
-
-/// A daemon started the way systemd starts a `Type=notify` unit, without
-/// waiting for it: the test learns it is ready from `READY=1` alone.
-struct Service {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    notify: UnixDatagram,
-    bpf_dir: PathBuf,
-    cgroup_parent: PathBuf,
-}
-
-impl Service {
-    fn start(tag: &str, env: &[(&str, &str)]) -> Self {
-        require_root();
-        let dir = tempfile::tempdir().unwrap();
-        let notify = UnixDatagram::bind(dir.path().join("notify.sock")).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let name = format!("agentguard-test-{tag}-{}", std::process::id());
-        let policies = dir.path().join("policies");
-        fs::create_dir(&policies).unwrap();
-        fs::write(
-            policies.join("svc.toml"),
-            format!("[agent]\nname = \"svc\"\ncgroup = \"{name}/svc\"\n"),
-        )
-        .unwrap();
-        let bpf_dir = PathBuf::from("/sys/fs/bpf").join(&name);
-        let log = fs::File::create(dir.path().join("daemon.log")).unwrap();
-        let child = Command::new(AGENTGUARD)
-            .args(["run", "--proxy-port", "0", "--jwks-listen", "127.0.0.1:0"])
-            .arg("--policies")
-            .arg(&policies)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--admin-socket")
-            .arg(dir.path().join("admin.sock"))
-            .arg("--bpf-dir")
-            .arg(&bpf_dir)
-            .env("NOTIFY_SOCKET", dir.path().join("notify.sock"))
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Self {
-            child: Some(child),
-            dir,
-            notify,
-            bpf_dir,
-            cgroup_parent: cgroup2_mount().join(name),
-        }
-    }
-
-    /// Notifications until one holds `field` (bounded by `within`); all
-    /// of them, oldest first, the matching one last.
-    fn wait_for(&self, field: &str, within: Duration) -> Vec<String> {
-        let deadline = Instant::now() + within;
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        while Instant::now() < deadline {
-            if let Ok(n) = self.notify.recv(&mut buf) {
-                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let found = message.lines().any(|l| l == field || l.starts_with(field));
-                seen.push(message);
-                if found {
-                    return seen;
-                }
-            }
-        }
-        panic!(
-            "no {field} within {within:?}; got {seen:?}\n--- daemon log ---\n{}",
-            self.log()
-        );
-    }
-
-    /// Every notification received during `span`.
-    fn collect(&self, span: Duration) -> Vec<String> {
-        let deadline = Instant::now() + span;
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        while Instant::now() < deadline {
-            if let Ok(n) = self.notify.recv(&mut buf) {
-                seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        }
-        seen
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        let pid = self.child.as_ref().unwrap().id() as i32;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    fn admin_socket(&self) -> PathBuf {
-        self.dir.path().join("admin.sock")
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = Command::new(AGENTGUARD)
-            .args(["detach", "--bpf-dir"])
-            .arg(&self.bpf_dir)
-            .output();
-        let _ = fs::remove_dir(self.cgroup_parent.join("svc"));
-        let _ = fs::remove_dir(&self.cgroup_parent);
-    }
-}
-
-fn pinned_links(bpf_dir: &Path) -> usize {
-    fs::read_dir(bpf_dir.join("links")).map_or(0, |d| d.count())
-}
+use crate::common::{AGENTGUARD, Service, pinned_links, require_root, text};
 
 fn watchdog_pings(messages: &[String]) -> usize {
     messages
@@ -145,7 +22,13 @@ fn watchdog_pings(messages: &[String]) -> usize {
 #[test]
 fn notify_protocol_ready_status_reload_watchdog_and_stopping() {
     // WATCHDOG_USEC as systemd sets it for WatchdogSec=2s: pings every 1 s.
-    let svc = Service::start("notify", &[("WATCHDOG_USEC", "2000000")]);
+    let name = format!("agentguard-test-notify-{}", std::process::id());
+    let policy = format!("[agent]\nname = \"svc\"\ncgroup = \"{name}/svc\"\n");
+    let mut svc = Service::start(
+        &name,
+        &[("svc.toml", &policy)],
+        &[("WATCHDOG_USEC", "2000000")],
+    );
 
     // READY=1 only once the agent's programs are attached and pinned and
     // the admin socket answers: checked the instant READY arrives.
@@ -185,7 +68,7 @@ fn notify_protocol_ready_status_reload_watchdog_and_stopping() {
     // The audit writer stuck: another process holds the store's write lock,
     // so commits fail. A reload makes an event to commit. The pings stop
     // while it waits, and resume once the writer can commit again.
-    let db = svc.dir.path().join("state/audit/audit.db");
+    let db = svc.dir().join("state/audit/audit.db");
     let mut locker = Command::new("python3")
         .arg("-c")
         .arg(
@@ -227,8 +110,7 @@ fn notify_protocol_ready_status_reload_watchdog_and_stopping() {
     // systemctl stop: STOPPING=1, then a clean exit.
     svc.signal(nix::sys::signal::Signal::SIGTERM);
     svc.wait_for("STOPPING=1", Duration::from_secs(15));
-    let mut svc = svc;
-    let status = svc.child.take().unwrap().wait().unwrap();
+    let status = svc.wait_exit();
     assert!(status.success(), "{status}\n{}", svc.log());
 }
 

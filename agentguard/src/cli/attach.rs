@@ -7,6 +7,11 @@
 //! on to `ExecStart=`; any failure fails the unit's start, so the agent
 //! never runs unguarded. While the daemon is not answering yet (starting,
 //! restarting) it waits, up to `--wait`.
+//!
+//! It also leaves the agent's view (CA bundle, placeholders, cgroup id)
+//! for `ExecStart=agentguard exec`, which runs in the guarded cgroup where
+//! the kernel refuses new connections to the admin socket like any Unix
+//! socket the policy does not list.
 
 use std::{
     os::unix::fs::MetadataExt as _,
@@ -50,6 +55,8 @@ pub enum AttachCliError {
     },
     #[error("failed to start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("failed to save the agent's view for `agentguard exec`: {0}")]
+    SaveView(std::io::Error),
 }
 
 /// How often to ask again while the daemon is not answering.
@@ -101,6 +108,7 @@ pub fn run(admin_socket: &Path, agent: &str, wait: &str) -> Result<ExitCode, Att
             own_id,
         });
     }
+    crate::exec::save_unit_view(admin_socket, &view).map_err(AttachCliError::SaveView)?;
     println!(
         "agent {agent}: cgroup {} guarded (id {})",
         view.cgroup_path, view.cgroup_id
