@@ -2,6 +2,7 @@
 
 mod audit;
 mod bypass;
+mod cli_conventions;
 mod cli_errors;
 mod credentials;
 mod dns;

@@ -221,3 +221,51 @@ fn a_terminal_gets_colour_unless_no_color_is_set() {
     assert!(no_color.contains("starting agentguard"), "{no_color}");
     assert!(!no_color.contains('\x1b'), "{no_color}");
 }
+
+/// The shipped units with `/usr/bin/agentguard` pointing at the binary
+/// under test (the installed ones are verified by `cargo xtask package
+/// --check`, with their man pages in place).
+#[test]
+fn the_shipped_units_pass_systemd_analyze_verify() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let dir = tempfile::tempdir().unwrap();
+    for (src, name) in [
+        ("packaging/systemd/agentguard.service", "agentguard.service"),
+        (
+            "packaging/examples/agent-unit.service",
+            "support-bot.service",
+        ),
+    ] {
+        let unit = fs::read_to_string(format!("{root}/{src}"))
+            .unwrap()
+            .replace("/usr/bin/agentguard", AGENTGUARD)
+            .replace("/opt/support-bot/bin/support-bot", "/bin/true");
+        fs::write(dir.path().join(name), unit).unwrap();
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(dir.path().join("support-bot.service"))
+        .arg(dir.path().join("agentguard.service"))
+        .output()
+        .unwrap();
+    // verify exits 0 on unknown keys and bad values too, warning on
+    // stderr: any output is a failure.
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    // It does notice a broken unit (the check is not vacuous).
+    fs::write(
+        dir.path().join("broken.service"),
+        "[Service]\nType=notify\nExecStart=/bin/true\nProtectSystem=sometimes\n",
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(dir.path().join("broken.service"))
+        .output()
+        .unwrap();
+    assert!(!out.stderr.is_empty());
+}

@@ -7,6 +7,7 @@
 pub mod apt;
 mod bpf_linker;
 mod bpffs;
+mod cargo_deb;
 mod runtimes;
 mod toolchain;
 
@@ -20,8 +21,20 @@ const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"
 /// What the end-to-end tests drive: curl as an unmodified client, `ip` (iproute2)
 /// for network namespaces, `setpriv` (util-linux) to run agents as another uid,
 /// and the `sqlite3` shell, with which the audit tests tamper with the store the
-/// way an intruder (or an auditor reading it) would.
-const TEST_PACKAGES: &[&str] = &["curl", "iproute2", "util-linux", "sqlite3"];
+/// way an intruder (or an auditor reading it) would. `systemd-analyze`
+/// (systemd) verifies the shipped units; `man` (man-db) is what it checks
+/// their `Documentation=` pages with; `dpkg-deb` and `deb-systemd-helper`
+/// (dpkg, init-system-helpers) build and install the Debian package.
+const TEST_PACKAGES: &[&str] = &[
+    "curl",
+    "iproute2",
+    "util-linux",
+    "sqlite3",
+    "systemd",
+    "man-db",
+    "dpkg",
+    "init-system-helpers",
+];
 
 pub fn run() -> Result<()> {
     toolchain::ensure()?;
@@ -30,6 +43,7 @@ pub fn run() -> Result<()> {
     // After the LLVM packages: building bpf-linker links against them.
     bpf_linker::ensure()?;
     apt.ensure(TEST_PACKAGES)?;
+    cargo_deb::ensure()?;
     runtimes::check()?;
     bpffs::ensure()?;
     println!("setup: done");

@@ -78,6 +78,12 @@ const STEPS: &[Step] = &[
             "--test-threads=1",
         ],
     },
+    // The Debian package, installed here with dpkg, checked (files, modes,
+    // conffile, unit verified, changes kept on reinstall) and purged.
+    Step {
+        header: "Debian package (install, check, purge)",
+        cargo_args: &["xtask", "package", "--check", "--no-setup"],
+    },
     // The benchmark harness with five requests per path and scenario, so
     // it cannot rot: it checks only that every path answered 200, never a
     // time. It installs the bench's own tools (oha, nginx, h2load,
