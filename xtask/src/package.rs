@@ -7,9 +7,11 @@
 //! Generated from the binary, these can never drift from its options.
 //!
 //! `--check` then installs the package on this machine, checks it, and
-//! purges it again (see `package/check.rs`).
+//! purges it again (see `package/check.rs`); `--nspawn` boots a Debian
+//! container with systemd and checks the units there (`package/nspawn.rs`).
 
 mod check;
+mod nspawn;
 
 use std::{
     fs,
@@ -27,6 +29,10 @@ pub struct Options {
     /// where, then purge it (the machine is left as it was).
     #[arg(long)]
     check: bool,
+    /// Boot a Debian root (debootstrap) with systemd-nspawn, install the
+    /// package in it and check the units end to end under systemd.
+    #[arg(long)]
+    nspawn: bool,
     /// Skip setup, for a machine that is already set up.
     #[arg(long)]
     no_setup: bool,
@@ -47,6 +53,9 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     println!("package: {}", deb.display());
     if opts.check {
         check::run(root, &deb)?;
+    }
+    if opts.nspawn {
+        nspawn::run(root, &deb)?;
     }
     Ok(())
 }
