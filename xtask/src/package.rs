@@ -46,7 +46,8 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     }
     cmd::run(cmd::cargo(root).args(["build", "--release", "--locked", "-p", "agentguard"]))?;
     let binary = paths::target_dir(root).join("release").join("agentguard");
-    let out = paths::target_dir(root).join("package");
+    // Beside the binary, where cargo-deb looks for build products.
+    let out = paths::target_dir(root).join("release").join("package");
     generate(&binary, &out)?;
     cmd::run(cmd::cargo(root).args(["deb", "-p", "agentguard", "--no-build", "--locked"]))?;
     let deb = find_deb(&paths::target_dir(root).join("debian"))?;

@@ -25,19 +25,29 @@ use crate::{cmd, paths, setup::apt::Apt};
 
 const SUITE: &str = "bookworm";
 /// What the root needs beyond debootstrap's minimal base: systemd as PID 1,
-/// a client for the agent, and the bus systemctl talks over.
-const INCLUDE: &str = "systemd,systemd-sysv,dbus,curl,ca-certificates";
+/// the bus systemctl talks over, a client for the agent, and procps (the
+/// package depends on it: /bin/kill for `systemctl reload`).
+const INCLUDE: &str = "systemd,systemd-sysv,dbus,curl,ca-certificates,procps";
+/// A file of each package in INCLUDE: a cached root without one is made
+/// again.
+const INCLUDED_FILES: &[&str] = &["usr/bin/systemctl", "usr/bin/curl", "usr/bin/kill"];
 /// The hierarchies nspawn places the container in: the cgroup v2 tree
 /// (found, not assumed) and, on hybrid hosts, the named v1 `systemd` one.
 const V1_SYSTEMD: &str = "/sys/fs/cgroup/systemd";
 
-const BOT_POLICY: &str = "[agent]\nname = \"bot\"\nsystemd_unit = \"bot.service\"\n";
+/// The agent's policy: its unit, and journald's stdout socket, which
+/// systemd connects the unit's stdout to (in the unit's cgroup, after the
+/// gate guarded it): without it the agent's output goes to /dev/null.
+const BOT_POLICY: &str = "[agent]\nname = \"bot\"\nsystemd_unit = \"bot.service\"\nunix_sockets = [\"/run/systemd/journal/stdout\"]\n";
 
 pub fn run(root: &Path, deb: &Path) -> Result<()> {
     Apt::default().ensure(&["debootstrap", "systemd-container"])?;
     let base = paths::target_dir(root).join("nspawn");
     let cached = base.join("root");
-    if !cached.join("usr/bin/systemctl").exists() {
+    if !INCLUDED_FILES.iter().all(|f| cached.join(f).exists()) {
+        if cached.exists() {
+            fs::remove_dir_all(&cached)?;
+        }
         debootstrap(&base, &cached)?;
     }
     let run_root = base.join(format!("run-{}", std::process::id()));
@@ -144,11 +154,12 @@ fn prepare(repo: &Path, run_root: &Path, deb: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The container, in cgroups of its own; stopped and its cgroups removed
-/// on drop.
+/// The container, in cgroups of its own, with a bpffs of its own; stopped,
+/// its cgroups removed and its bpffs unmounted on drop.
 struct Container {
     nspawn: Child,
     cgroups: Vec<PathBuf>,
+    bpffs: PathBuf,
     log: PathBuf,
 }
 
@@ -162,6 +173,11 @@ impl Container {
         for cg in &cgroups {
             fs::create_dir_all(cg)?;
         }
+        // With a private network nspawn gives the container a /sys without
+        // fs/bpf: a fresh bpffs instance (not the host's) is bound there.
+        let bpffs = PathBuf::from(format!("/run/{name}-bpf"));
+        fs::create_dir_all(&bpffs)?;
+        cmd::run(cmd::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpffs))?;
         let log = run_root.with_extension("log");
         let out = fs::File::create(&log)?;
         let procs: Vec<PathBuf> = cgroups.iter().map(|c| c.join("cgroup.procs")).collect();
@@ -173,8 +189,11 @@ impl Container {
                 "--keep-unit",
                 "--private-network",
             ])
-            .args(["--capability=all", "--console=read-only", "--machine"])
+            // bpf(2) is outside nspawn's default system call filter.
+            .args(["--capability=all", "--system-call-filter=bpf"])
+            .args(["--console=read-only", "--machine"])
             .arg(&name)
+            .arg(format!("--bind={}:/sys/fs/bpf", bpffs.display()))
             .arg("--directory")
             .arg(run_root)
             .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")
@@ -196,6 +215,7 @@ impl Container {
         Ok(Self {
             nspawn,
             cgroups,
+            bpffs,
             log,
         })
     }
@@ -286,6 +306,9 @@ impl Drop for Container {
         for cg in &self.cgroups {
             remove_cgroup_tree(cg);
         }
+        // The container's pins go with its bpffs.
+        let _ = cmd::new("umount").arg(&self.bpffs).output();
+        let _ = fs::remove_dir(&self.bpffs);
     }
 }
 
@@ -449,16 +472,36 @@ fn check(c: &Container) -> Result<()> {
     );
     ensure!(!entries.contains("\\u001b"), "ANSI escapes in the journal");
 
-    // agentguard stopped: the agent's next start fails at the gate
-    // (fail closed), instead of running unguarded.
+    // Starting the agent starts agentguard too (Wants=).
+    c.ok(&["systemctl", "stop", "agentguard"])?;
+    c.ok(&["systemctl", "restart", "bot"])?;
+    ensure!(
+        show(c, "agentguard", "ActiveState")? == "ActiveState=active",
+        "starting bot did not start agentguard"
+    );
+    ensure!(
+        agent_view(c)?["guarded"] == true,
+        "bot unguarded after restart"
+    );
+    // agentguard down for good (masked): the agent's start fails at the
+    // gate (fail closed) instead of running unguarded.
+    c.ok(&["systemctl", "mask", "--runtime", "agentguard"])?;
     c.ok(&["systemctl", "stop", "agentguard"])?;
     let restart = c.exec(&["systemctl", "restart", "bot"])?;
     ensure!(
         !restart.status.success(),
         "bot started while agentguard was down"
     );
-    let state = show(c, "bot", "ActiveState")?;
-    ensure!(state == "ActiveState=failed", "bot: {state}");
-    println!("nspawn: with agentguard stopped, bot.service failed to start (fail closed)");
+    // Failed, or waiting to try again (Restart=on-failure): either way
+    // its main process never ran.
+    let state = show(c, "bot", "SubState,MainPID")?;
+    ensure!(
+        (state.contains("SubState=failed") || state.contains("SubState=auto-restart"))
+            && state.contains("MainPID=0"),
+        "bot: {state}"
+    );
+    let journal = c.ok(&["journalctl", "--no-pager", "-u", "bot", "-o", "cat"])?;
+    ensure!(journal.contains("agentguard is not running"), "{journal}");
+    println!("nspawn: with agentguard down, bot.service failed at its gate (fail closed)");
     Ok(())
 }
