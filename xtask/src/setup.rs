@@ -24,7 +24,9 @@ const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"
 /// way an intruder (or an auditor reading it) would. `systemd-analyze`
 /// (systemd) verifies the shipped units; `man` (man-db) is what it checks
 /// their `Documentation=` pages with; `dpkg-deb` and `deb-systemd-helper`
-/// (dpkg, init-system-helpers) build and install the Debian package.
+/// (dpkg, init-system-helpers) build and install the Debian package;
+/// debootstrap and systemd-nspawn (systemd-container) make and boot the
+/// Debian container its units are tested in under a real systemd.
 const TEST_PACKAGES: &[&str] = &[
     "curl",
     "iproute2",
@@ -34,6 +36,8 @@ const TEST_PACKAGES: &[&str] = &[
     "man-db",
     "dpkg",
     "init-system-helpers",
+    "debootstrap",
+    "systemd-container",
 ];
 
 pub fn run() -> Result<()> {

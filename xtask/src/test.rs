@@ -79,10 +79,12 @@ const STEPS: &[Step] = &[
         ],
     },
     // The Debian package, installed here with dpkg, checked (files, modes,
-    // conffile, unit verified, changes kept on reinstall) and purged.
+    // conffile, unit verified, changes kept on reinstall) and purged; then
+    // installed in a Debian container booted with systemd-nspawn, where its
+    // units run under a real systemd.
     Step {
-        header: "Debian package (install, check, purge)",
-        cargo_args: &["xtask", "package", "--check", "--no-setup"],
+        header: "Debian package (install, check, purge; systemd container)",
+        cargo_args: &["xtask", "package", "--check", "--nspawn", "--no-setup"],
     },
     // The benchmark harness with five requests per path and scenario, so
     // it cannot rot: it checks only that every path answered 200, never a

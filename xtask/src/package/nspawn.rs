@@ -41,6 +41,7 @@ const V1_SYSTEMD: &str = "/sys/fs/cgroup/systemd";
 const BOT_POLICY: &str = "[agent]\nname = \"bot\"\nsystemd_unit = \"bot.service\"\nunix_sockets = [\"/run/systemd/journal/stdout\"]\n";
 
 pub fn run(root: &Path, deb: &Path) -> Result<()> {
+    // setup installs them; `--no-setup` runs may come without.
     Apt::default().ensure(&["debootstrap", "systemd-container"])?;
     let base = paths::target_dir(root).join("nspawn");
     let cached = base.join("root");
@@ -58,6 +59,10 @@ pub fn run(root: &Path, deb: &Path) -> Result<()> {
     cmd::run(cmd::new("cp").arg("-a").arg(&cached).arg(&run_root))?;
     let result = prepare(root, &run_root, deb).and_then(|()| boot_and_check(&run_root));
     let _ = fs::remove_dir_all(&run_root);
+    if result.is_ok() {
+        // The console log is kept only when something failed.
+        let _ = fs::remove_file(run_root.with_extension("log"));
+    }
     result
 }
 
