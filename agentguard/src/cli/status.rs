@@ -54,12 +54,12 @@ fn text(s: &StatusView) -> String {
     let _ = writeln!(out, "agents:   {}", s.agents.len());
     let width = s.agents.iter().map(|a| a.name.len()).max().unwrap_or(0);
     for a in &s.agents {
-        let state = if a.guarded { "guarded" } else { "NOT GUARDED" };
-        let _ = writeln!(
-            out,
-            "  {:<width$}  {state}  {} (cgroup id {})  {}",
-            a.name, a.cgroup_path, a.cgroup_id, a.policy_file
-        );
+        let place = match (a.guarded, &a.systemd_unit) {
+            (true, _) => format!("guarded  {} (cgroup id {})", a.cgroup_path, a.cgroup_id),
+            (false, Some(unit)) => format!("NOT GUARDED  unit {unit} is not running"),
+            (false, None) => "NOT GUARDED".to_owned(),
+        };
+        let _ = writeln!(out, "  {:<width$}  {place}  {}", a.name, a.policy_file);
     }
     let _ = writeln!(
         out,
