@@ -1,6 +1,7 @@
 //! The end-to-end scenarios, one file per capability.
 
 mod audit;
+mod audit_anchor;
 mod bypass;
 mod cli_conventions;
 mod cli_errors;
@@ -8,12 +9,21 @@ mod credentials;
 mod dns;
 mod egress;
 mod exec_confinement;
+mod exports;
 mod fail_closed;
 mod interception;
 mod kernel_paths;
+mod listen;
+mod mcp;
+mod policy_cases;
+mod processes;
 mod redirect;
+mod replay_store;
+mod revoke;
 mod root_required;
 mod service;
+mod shares;
 mod systemd_units;
 mod tokens;
+mod tool_server_example;
 mod unix_sockets;

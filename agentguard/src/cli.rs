@@ -11,6 +11,8 @@
 mod attach;
 mod audit;
 mod config;
+mod kernel;
+mod policy;
 mod run;
 mod status;
 mod token;
@@ -28,15 +30,13 @@ use crate::{
     admin::{AdminClient, AdminError, StatusView},
     ca::{CaError, LocalCa},
     config::{
-        ConfigError, DEFAULT_ADMIN_SOCKET, DEFAULT_BPF_DIR, DEFAULT_POLICIES_DIR,
-        DEFAULT_STATE_DIR,
+        ConfigError, DEFAULT_ADMIN_SOCKET, DEFAULT_BPF_DIR, DEFAULT_STATE_DIR,
         layers::{self, ConfigFile, Layers},
     },
     daemon::{self, DaemonError},
     ebpf::{self, EbpfError},
     exec::{self, ExecError},
     logging::{self, LogFormat},
-    policy,
     preflight::{self, PreflightError},
 };
 
@@ -146,7 +146,7 @@ enum Command {
     /// Policy tools.
     Policy {
         #[command(subcommand)]
-        command: PolicyCommand,
+        command: policy::PolicyCommand,
     },
     /// Remove agentguard's pinned programs and maps: agents then connect
     /// directly, unguarded. A deliberate uninstall step.
@@ -185,36 +185,6 @@ enum CaCommand {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum PolicyCommand {
-    /// Validate a policy file or a folder of them.
-    Check {
-        #[arg(default_value = DEFAULT_POLICIES_DIR)]
-        path: PathBuf,
-    },
-    /// Show what the policy decides for one request. Exit 0 for allow, 1
-    /// for deny (and would-deny).
-    Test {
-        #[arg(long, default_value = DEFAULT_POLICIES_DIR)]
-        policies: PathBuf,
-        #[arg(long)]
-        agent: String,
-        #[arg(long)]
-        method: String,
-        #[arg(long)]
-        url: String,
-        /// `--format` is the old spelling.
-        #[arg(short = 'o', long = "output", alias = "format", value_enum, default_value_t = OutputFormat::Text)]
-        format: OutputFormat,
-    },
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum OutputFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Error)]
@@ -460,19 +430,7 @@ fn dispatch(command: Command, context: &Context) -> Result<ExitCode, CliError> {
             print!("{}", ca.cert_pem());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy {
-            command: PolicyCommand::Check { path },
-        } => Ok(policy_check(&path)),
-        Command::Policy {
-            command:
-                PolicyCommand::Test {
-                    policies,
-                    agent,
-                    method,
-                    url,
-                    format,
-                },
-        } => Ok(policy_test(&policies, &agent, &method, &url, format)),
+        Command::Policy { command } => Ok(policy::run(command)),
         Command::Detach { bpf_dir } => {
             preflight::require_root("detach")?;
             let removed = ebpf::detach_all(&bpf_dir)?;
@@ -529,65 +487,6 @@ fn print_lines(admin_socket: &Path, route: &str) -> Result<ExitCode, CliError> {
         println!("{entry}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn policy_check(path: &std::path::Path) -> ExitCode {
-    match policy::load_path(path) {
-        Ok(set) => {
-            println!(
-                "ok: {} agent(s), policy version {}",
-                set.agents.len(),
-                set.version
-            );
-            for file in set.sources() {
-                println!("  {}", file.display());
-            }
-            ExitCode::SUCCESS
-        }
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("error: {e}");
-            }
-            eprintln!("{} error(s); policy refused", errors.0.len());
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn policy_test(
-    policies: &std::path::Path,
-    agent: &str,
-    method: &str,
-    url: &str,
-    format: OutputFormat,
-) -> ExitCode {
-    let set = match policy::load_path(policies) {
-        Ok(set) => set,
-        Err(errors) => {
-            eprintln!("invalid policy:\n{errors}");
-            return ExitCode::from(2);
-        }
-    };
-    match policy::explain(&set, agent, method, url) {
-        Ok(explanation) => {
-            match format {
-                OutputFormat::Text => println!("{explanation}"),
-                OutputFormat::Json => println!(
-                    "{}",
-                    serde_json::to_string(&explanation).unwrap_or_default()
-                ),
-            }
-            if explanation.allowed() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("agentguard: error: {e}");
-            ExitCode::from(2)
-        }
-    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {

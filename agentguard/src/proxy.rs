@@ -1,14 +1,19 @@
 //! The local proxy that every redirected connection reaches.
 //!
-//! `listener` binds 127.0.0.1 and ::1 and attributes each accepted connection
-//! through the kernel's record; `sniff` and `decide` choose, before any
-//! handshake, whether to intercept, pass through or refuse; `http` serves an
-//! intercepted connection and `upstream` forwards its requests; `relay`
-//! carries passthrough bytes.
+//! In data-flow order: `listener` binds 127.0.0.1 and ::1 and accepts;
+//! `connection` attributes each connection through the kernel's record,
+//! has `sniff` read its first message and `decide` plan it (intercept, pass
+//! through or refuse) before any handshake, records the outcome once and
+//! carries the plan out; `http` serves an intercepted connection, planning
+//! each request before forwarding it through `upstream`; `relay` carries
+//! passthrough bytes. Every refusal is a type in `refusal`, written for
+//! the agent by `respond`.
 
+mod connection;
 mod decide;
 mod http;
 mod listener;
+mod refusal;
 mod relay;
 mod respond;
 mod sniff;

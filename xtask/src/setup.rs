@@ -20,18 +20,23 @@ const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"
 
 /// What the end-to-end tests drive: curl as an unmodified client, `ip` (iproute2)
 /// for network namespaces, `setpriv` (util-linux) to run agents as another uid,
-/// and the `sqlite3` shell, with which the audit tests tamper with the store the
-/// way an intruder (or an auditor reading it) would. `systemd-analyze`
-/// (systemd) verifies the shipped units; `man` (man-db) is what it checks
-/// their `Documentation=` pages with; `dpkg-deb` and `deb-systemd-helper`
-/// (dpkg, init-system-helpers) build and install the Debian package;
-/// debootstrap and systemd-nspawn (systemd-container) make and boot the
-/// Debian container its units are tested in under a real systemd.
+/// the `sqlite3` shell, with which the audit tests tamper with the store the
+/// way an intruder (or an auditor reading it) would; `redis-server`, the
+/// replay cache verify-proxy replicas share (the tests start their own on a
+/// loopback port); `prometheus` for `promtool check metrics` on the
+/// metrics exposition. `systemd-analyze` (systemd) verifies the shipped
+/// units; `man` (man-db) is what it checks their `Documentation=` pages
+/// with; `dpkg-deb` and `deb-systemd-helper` (dpkg, init-system-helpers)
+/// build and install the Debian package; debootstrap and systemd-nspawn
+/// (systemd-container) make and boot the Debian container its units are
+/// tested in under a real systemd.
 const TEST_PACKAGES: &[&str] = &[
     "curl",
     "iproute2",
     "util-linux",
     "sqlite3",
+    "redis-server",
+    "prometheus",
     "systemd",
     "man-db",
     "dpkg",

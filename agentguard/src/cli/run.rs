@@ -12,7 +12,7 @@ use std::{
 
 use clap::Args;
 
-use super::{audit, token};
+use super::{audit, kernel, token};
 use crate::{
     config::{
         ConfigError, DEFAULT_BPF_DIR, DEFAULT_POLICIES_DIR, DEFAULT_PROXY_PORT, DEFAULT_STATE_DIR,
@@ -52,6 +52,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub allow_unguarded_unix_sockets: bool,
     #[command(flatten)]
+    pub kernel: kernel::KernelRunArgs,
+    #[command(flatten)]
     pub audit: audit::AuditRunArgs,
     #[command(flatten)]
     pub tokens: token::TokenRunArgs,
@@ -69,6 +71,7 @@ impl RunArgs {
             } else {
                 UnixGuard::Required
             },
+            kernel: self.kernel.options()?,
             policies_dir: self.policies,
             state_dir: self.state_dir,
             admin_socket: admin_socket.to_owned(),
@@ -77,7 +80,7 @@ impl RunArgs {
             upstream_ca: self.upstream_ca,
             audit: self.audit.options()?,
             metrics_listen: self.audit.metrics_listen,
-            otlp_endpoint: self.audit.otlp_endpoint.clone(),
+            otlp: self.audit.otlp()?,
             tokens: self.tokens.options()?,
         }
         .validate()

@@ -1,13 +1,30 @@
 //! The per-connection decision, made before any handshake: intercept
 //! (terminate TLS and read the requests), pass through untouched, or refuse.
+//! A plan made from what was sniffed, the policy and the resolver's answers
+//! alone; `connection` carries it out.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use super::sniff::Sniffed;
-use crate::policy::PolicySet;
+use super::{refusal::ConnRefusal, sniff::Sniffed};
+use crate::{connlog, dns::Resolvers, policy::PolicySet};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnDecision {
+/// What agentguard's resolver told each agent: the only evidence, without
+/// a certificate, that an address belongs to a name.
+pub trait Resolutions {
+    /// Whether `agent`'s resolver answered `name` with `ip` (and the answer
+    /// is still within its TTL).
+    fn resolved_to(&self, agent: &str, name: &str, ip: IpAddr) -> bool;
+}
+
+impl Resolutions for Resolvers {
+    fn resolved_to(&self, agent: &str, name: &str, ip: IpAddr) -> bool {
+        Resolvers::resolved_to(self, agent, name, ip)
+    }
+}
+
+/// What to do with one connection.
+#[derive(Debug)]
+pub enum ConnPlan {
     /// Terminate TLS with a leaf for `sni` and proxy HTTP.
     InterceptTls {
         sni: String,
@@ -16,101 +33,85 @@ pub enum ConnDecision {
     InterceptHttp,
     /// Relay the bytes untouched; the reason names the policy entry.
     Passthrough {
+        sni: String,
         reason: String,
     },
-    Refuse {
-        reason: String,
-    },
+    Refuse(ConnRefusal),
 }
 
-pub fn decide(sniffed: &Sniffed, policy: &PolicySet, agent: &str, dst: SocketAddr) -> ConnDecision {
+impl ConnPlan {
+    pub fn decision(&self) -> connlog::Decision {
+        match self {
+            ConnPlan::InterceptTls { .. } | ConnPlan::InterceptHttp => connlog::Decision::Intercept,
+            ConnPlan::Passthrough { .. } => connlog::Decision::Passthrough,
+            ConnPlan::Refuse(_) => connlog::Decision::Refuse,
+        }
+    }
+
+    pub fn reason(&self) -> String {
+        match self {
+            ConnPlan::InterceptTls { sni } => format!("intercept TLS for {sni}"),
+            ConnPlan::InterceptHttp => "intercept plain HTTP".to_owned(),
+            ConnPlan::Passthrough { reason, .. } => reason.clone(),
+            ConnPlan::Refuse(refusal) => refusal.to_string(),
+        }
+    }
+
+    /// The rule the audit record names.
+    pub fn rule(&self) -> String {
+        match self {
+            ConnPlan::InterceptTls { .. } | ConnPlan::InterceptHttp => "intercept".to_owned(),
+            ConnPlan::Passthrough { sni, .. } => format!("passthrough:{sni}"),
+            ConnPlan::Refuse(refusal) => refusal.rule().to_owned(),
+        }
+    }
+}
+
+/// Before a byte is read: a record pointing at the proxy's own port would
+/// make the proxy dial itself.
+pub fn check_destination(dst: SocketAddr, proxy_port: u16) -> Result<(), ConnRefusal> {
+    if dst.ip().is_loopback() && dst.port() == proxy_port {
+        return Err(ConnRefusal::ProxyLoop);
+    }
+    Ok(())
+}
+
+/// Decides a connection of `agent` to `dst` from its first message.
+pub fn decide(
+    sniffed: &Sniffed,
+    policy: &PolicySet,
+    resolutions: &dyn Resolutions,
+    agent: &str,
+    dst: SocketAddr,
+) -> ConnPlan {
     match sniffed {
-        Sniffed::Tls { sni: None, .. } => ConnDecision::Refuse {
-            // Without SNI there is no name to verify the upstream against,
-            // nor to bind a policy to.
-            reason:
-                "TLS ClientHello without SNI (server name): cannot tell which host the agent wants"
-                    .into(),
-        },
+        Sniffed::Tls { sni: None, .. } => ConnPlan::Refuse(ConnRefusal::NoSni),
         Sniffed::Tls { sni: Some(sni), .. } if policy.is_passthrough(agent, sni, dst.port()) => {
-            ConnDecision::Passthrough {
+            // A passthrough host is named only by the agent's SNI, which it
+            // may write on a hello to any address; nothing after it is
+            // verified. Only relay to an address agentguard's resolver gave
+            // this agent for that very name, or the entry would be a tunnel
+            // to anywhere.
+            if !resolutions.resolved_to(agent, sni, dst.ip()) {
+                return ConnPlan::Refuse(ConnRefusal::PassthroughUnresolved {
+                    sni: sni.clone(),
+                    ip: dst.ip(),
+                });
+            }
+            ConnPlan::Passthrough {
+                sni: sni.clone(),
                 reason: format!(
                     "{sni}:{} is a passthrough host in agent {agent:?}'s policy",
                     dst.port()
                 ),
             }
         }
-        Sniffed::Tls { sni: Some(sni), .. } => ConnDecision::InterceptTls { sni: sni.clone() },
-        Sniffed::PlainHttp => ConnDecision::InterceptHttp,
-        Sniffed::MalformedTls(e) => ConnDecision::Refuse {
-            reason: format!("malformed TLS ClientHello: {e}"),
-        },
-        Sniffed::Unknown => ConnDecision::Refuse {
-            reason: "unknown protocol (neither TLS nor HTTP); not relayed".into(),
-        },
+        Sniffed::Tls { sni: Some(sni), .. } => ConnPlan::InterceptTls { sni: sni.clone() },
+        Sniffed::PlainHttp => ConnPlan::InterceptHttp,
+        Sniffed::MalformedTls(e) => ConnPlan::Refuse(ConnRefusal::MalformedTls(e.clone())),
+        Sniffed::Unknown => ConnPlan::Refuse(ConnRefusal::UnknownProtocol),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn policy() -> PolicySet {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("a.toml"),
-            "[agent]\nname = \"a\"\ncgroup = \"x/a\"\n[[passthrough]]\nhost = \"pypi.org\"\nports = [443]\n",
-        )
-        .unwrap();
-        crate::policy::load_path(dir.path()).unwrap()
-    }
-
-    fn tls(sni: Option<&str>) -> Sniffed {
-        Sniffed::Tls {
-            sni: sni.map(str::to_owned),
-            alpn: vec![],
-        }
-    }
-
-    #[test]
-    fn decisions_follow_sni_and_policy() {
-        let p = policy();
-        let dst = SocketAddr::from(([127, 0, 0, 3], 443));
-        assert!(matches!(
-            decide(&tls(Some("pypi.org")), &p, "a", dst),
-            ConnDecision::Passthrough { .. }
-        ));
-        assert_eq!(
-            decide(&tls(Some("api.example.com")), &p, "a", dst),
-            ConnDecision::InterceptTls {
-                sni: "api.example.com".into()
-            }
-        );
-        // Passthrough is per agent and per port.
-        assert!(matches!(
-            decide(&tls(Some("pypi.org")), &p, "b", dst),
-            ConnDecision::InterceptTls { .. }
-        ));
-        let other_port = SocketAddr::from(([127, 0, 0, 3], 8443));
-        assert!(matches!(
-            decide(&tls(Some("pypi.org")), &p, "a", other_port),
-            ConnDecision::InterceptTls { .. }
-        ));
-        assert!(matches!(
-            decide(&tls(None), &p, "a", dst),
-            ConnDecision::Refuse { .. }
-        ));
-        assert_eq!(
-            decide(&Sniffed::PlainHttp, &p, "a", dst),
-            ConnDecision::InterceptHttp
-        );
-        assert!(matches!(
-            decide(&Sniffed::Unknown, &p, "a", dst),
-            ConnDecision::Refuse { .. }
-        ));
-        assert!(matches!(
-            decide(&Sniffed::MalformedTls("x".into()), &p, "a", dst),
-            ConnDecision::Refuse { .. }
-        ));
-    }
-}
+mod tests;

@@ -1,12 +1,14 @@
 //! Serving one intercepted connection as HTTP (hyper; HTTP/1.1 or HTTP/2 by
 //! ALPN or preface) and deciding each request against the agent's policy:
 //! default deny, credentials injected only where a tool binds them, bodies
-//! streamed both ways.
+//! streamed both ways. Each request is planned first (`plan`: pure, from
+//! its head and the policy), then the plan is carried out here.
 
 mod checks;
 mod forward;
 mod hop;
 mod jwt;
+mod plan;
 mod record;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
@@ -27,7 +29,8 @@ use tracing::{Instrument as _, debug, warn};
 
 use super::{
     ProxyContext,
-    respond::{self, DECISION_DENY, DECISION_REFUSE, DECISION_WOULD_DENY},
+    refusal::Refusal,
+    respond,
     upstream::{ProxyBody, describe_failure},
 };
 use crate::{
@@ -35,8 +38,9 @@ use crate::{
     credentials::{find_placeholders, inject},
     identity::Identity,
     live::LiveState,
-    policy::{Injection, Mode, RequestFacts, SecretSource, Verdict, normalize_path},
+    policy::{Injection, SecretSource},
 };
+use plan::{Action, Forward};
 use record::{INTENT_HEADER, Outcome, redacted_query};
 
 /// What the proxy knows about an intercepted connection before its first
@@ -110,16 +114,7 @@ where
     }
 }
 
-impl Outcome {
-    /// agentguard answers the agent itself; `rule` is a short code for why.
-    fn refuse(&mut self, status: StatusCode, rule: &str, reason: String) -> Response<ProxyBody> {
-        let agent = self.event.agent.clone().unwrap_or_default();
-        let resp = respond::error(status, DECISION_REFUSE, &agent, Some(rule), &reason);
-        self.decide(Decision::Refuse, rule, reason);
-        resp
-    }
-}
-
+/// Plans one request and carries the plan out.
 async fn handle(
     mut req: Request<Incoming>,
     meta: &ConnMeta,
@@ -129,129 +124,39 @@ async fn handle(
 ) -> Response<ProxyBody> {
     // The intent is recorded (Outcome::new read it) and goes no further.
     req.headers_mut().remove(INTENT_HEADER);
+    let plan = plan::plan(&req, meta, &state.policy, &*ctx.resolvers);
+    out.note(plan.noted);
+    let forwarded = match plan.action {
+        Action::Refuse(refusal) => Err(refusal),
+        Action::Forward(plan) => forward(req, plan, meta, ctx, state, out).await,
+    };
+    forwarded.unwrap_or_else(|refusal| out.refuse(refusal))
+}
+
+/// Carries out a plan to forward: the credential fetched and injected (or a
+/// token minted for the request), the request sent upstream, the response
+/// readied for the agent. What can still go wrong is a [`Refusal`].
+async fn forward(
+    mut req: Request<Incoming>,
+    plan: Forward<'_>,
+    meta: &ConnMeta,
+    ctx: &ProxyContext,
+    state: &LiveState,
+    out: &mut Outcome,
+) -> Result<Response<ProxyBody>, Refusal> {
     let agent = &meta.identity.agent;
-    let authority = match checks::request_authority(&req) {
-        Ok(a) => a,
-        Err(reason) => return out.refuse(StatusCode::BAD_REQUEST, "bad-request", reason),
-    };
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    out.event.host = Some(host.clone());
-    if let Err(reason) = checks::check_consistency(&host, authority.port_u16(), meta) {
-        return out.refuse(StatusCode::MISDIRECTED_REQUEST, "misdirected", reason);
-    }
-    // Without TLS nothing proves the destination is the host the request
-    // names: an agent could send "Host: allowed.example" to any address
-    // (a cloud metadata endpoint, its own server). The destination must be
-    // the host itself (an IP literal) or an address agentguard's resolver
-    // gave this agent for that name.
-    if meta.sni.is_none() {
-        let literal = host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.to_canonical() == meta.dst.ip().to_canonical());
-        if !literal && !ctx.resolvers.resolved_to(agent, &host, meta.dst.ip()) {
-            return out.refuse(
-                StatusCode::MISDIRECTED_REQUEST,
-                "misdirected",
-                format!(
-                    "plain HTTP to {}: host {host:?} was not resolved to that address by agentguard's resolver",
-                    meta.dst
-                ),
-            );
-        }
-    }
-    let path = match normalize_path(req.uri().path()) {
-        Ok(p) => p,
-        Err(e) => {
-            out.event.path = Some(req.uri().path().to_owned());
-            return out.refuse(
-                StatusCode::BAD_REQUEST,
-                "path-refused",
-                format!("request path refused: {e}"),
-            );
-        }
-    };
-    out.bare_path = path.clone();
-    out.event.path = Some(match req.uri().query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.clone(),
-    });
-    let Some(policy) = state.policy.agent(agent) else {
-        return out.refuse(
-            StatusCode::FORBIDDEN,
-            "unknown-agent",
-            format!("agent {agent:?} is no longer in the policy"),
-        );
-    };
-
-    let method = req.method().clone();
-    let verdict = policy.evaluate(RequestFacts {
-        method: &method,
-        host: &host,
-        port: meta.dst.port(),
-        path: &path,
-    });
-    let credential = match verdict {
-        Verdict::Allow { tool, credential } => {
-            out.event.tool = Some(tool.name.clone());
-            out.decide(
-                Decision::Allow,
-                format!("tool:{}", tool.name),
-                format!("allowed by tool {:?}", tool.name),
-            );
-            credential
-        }
-        Verdict::Deny { reason } if policy.mode == Mode::Enforce => {
-            out.decide(Decision::Deny, "default-deny", reason.clone());
-            return respond::error(
-                StatusCode::FORBIDDEN,
-                DECISION_DENY,
-                agent,
-                Some("default-deny"),
-                &reason,
-            );
-        }
-        Verdict::Deny { reason } => {
-            // Audit mode: recorded as a denial, forwarded without any
-            // credential.
-            out.decide(Decision::WouldDeny, "default-deny", reason);
-            None
-        }
-    };
-
-    let upgrade = hop::wants_upgrade(&req);
-    // After a 101 the bytes are relayed with no further decision, so only
-    // the upgrade browsers and SDKs use, WebSocket, is let through.
-    if upgrade && !hop::upgrades_to_websocket(&req) {
-        return out.refuse(
-            StatusCode::FORBIDDEN,
-            "upgrade-refused",
-            "only WebSocket upgrades are relayed".to_owned(),
-        );
-    }
+    let Forward {
+        authority,
+        host,
+        path,
+        upgrade,
+        credential,
+    } = plan;
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
     let mut jwt = None;
     if let Some(credential) = credential {
-        // A secret never crosses an unauthenticated connection: only TLS
-        // upstreams, whose certificate is verified for the policy's host
-        // before a byte of the request is sent, receive it.
-        if meta.sni.is_none() {
-            return out.refuse(
-                StatusCode::FORBIDDEN,
-                "credential-over-plain-http",
-                format!(
-                    "tool {:?} binds credential {:?}, which is only sent over TLS",
-                    out.event.tool.as_deref().unwrap_or_default(),
-                    credential.id
-                ),
-            );
-        }
-        out.event.credential_id = Some(credential.id.clone());
         // An upstream's echo of the secret can only be redacted in a body
         // that is not compressed; the agent does not get to choose.
         parts.headers.insert(
@@ -273,29 +178,28 @@ async fn handle(
             Ok(s) => s,
             Err(e) => {
                 warn!(credential = %credential.id, error = %e, "credential unavailable");
-                let reason = format!("credential {:?} is unavailable: {e}", credential.id);
-                let mut failure = Event::new(Kind::CredentialFailure)
-                    .with_identity(&meta.identity)
-                    .with_decision(Decision::Refuse, reason.clone());
+                let refusal = Refusal::CredentialUnavailable {
+                    id: credential.id.clone(),
+                    source: Box::new(e),
+                };
+                let mut failure = meta
+                    .identity
+                    .stamp(Event::new(Kind::CredentialFailure))
+                    .with_decision(Decision::Refuse, refusal.to_string());
                 failure.credential_id = Some(credential.id.clone());
                 failure.tool = out.event.tool.clone();
                 failure.host = Some(host.clone());
                 failure.policy_version = out.event.policy_version.clone();
                 ctx.audit.record(failure).await;
-                return out.refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "credential-unavailable",
-                    reason,
-                );
+                return Err(refusal);
             }
         };
-        if let Err(e) = inject(&credential.inject, &secret, &mut parts) {
-            return out.refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "credential-injection",
-                format!("could not inject credential {:?}: {e}", credential.id),
-            );
-        }
+        inject(&credential.inject, &secret, &mut parts).map_err(|e| {
+            Refusal::CredentialInjection {
+                id: credential.id.clone(),
+                source: Box::new(e),
+            }
+        })?;
         // The URI now carries the secret if it went into the query: the
         // record keeps the agent's query with that parameter redacted.
         if let Injection::Query { param } = &credential.inject {
@@ -312,63 +216,49 @@ async fn handle(
     // A placeholder left anywhere after injection is one the policy does not
     // bind here: it must not leave the machine.
     if let Some((location, id)) = find_placeholders(&parts).into_iter().next() {
-        return out.refuse(
-            StatusCode::FORBIDDEN,
-            "placeholder",
-            format!("placeholder for credential {id:?} in {location} is not bound to this request by the policy"),
-        );
+        return Err(Refusal::Placeholder { id, location });
     }
-    if let Err(reason) = forward::prepare(&mut parts, &authority, meta.scheme(), &path, upgrade) {
-        return out.refuse(StatusCode::BAD_REQUEST, "bad-request", reason);
-    }
+    forward::prepare(&mut parts, &authority, meta.scheme(), &path, upgrade)
+        .map_err(Refusal::BadRequest)?;
     let mut minted = None;
     let body = match jwt {
         None => body.boxed(),
-        Some(spec) => match jwt::bind(&mut parts, body, &spec, meta, ctx).await {
-            Ok(bound) => {
-                out.event.token_jti = Some(bound.jti.clone());
-                out.event.on_behalf_of = bound.on_behalf_of.clone();
-                minted = Some(bound.token);
-                http_body_util::Full::new(bound.body)
-                    .map_err(|n| match n {})
-                    .boxed()
-            }
-            Err((status, rule, reason)) => return out.refuse(status, rule, reason),
-        },
+        Some(spec) => {
+            let bound = jwt::bind(&mut parts, body, &spec, meta, ctx).await?;
+            out.event.token_jti = Some(bound.jti.clone());
+            out.event.on_behalf_of = bound.on_behalf_of.clone();
+            minted = Some(bound.token);
+            http_body_util::Full::new(bound.body)
+                .map_err(|n| match n {})
+                .boxed()
+        }
     };
     let upstream_req = Request::from_parts(parts, out.count_request_body(body));
     let client = ctx.upstreams.client(agent, &host, meta.dst, upgrade);
     let sent = Instant::now();
-    let mut resp = match client.request(upstream_req).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            let (certificate, reason) = describe_failure(&e);
-            warn!(certificate, reason, "upstream failed");
-            let rule = if certificate {
-                "upstream-unverified"
-            } else {
-                "upstream-failed"
-            };
-            return out.refuse(StatusCode::BAD_GATEWAY, rule, reason);
+    let mut resp = client.request(upstream_req).await.map_err(|e| {
+        let (certificate, reason) = describe_failure(&e);
+        warn!(certificate, reason, "upstream failed");
+        if certificate {
+            Refusal::UpstreamUnverified(reason)
+        } else {
+            Refusal::UpstreamFailed(reason)
         }
-    };
+    })?;
     ctx.metrics.observe_upstream_latency(sent.elapsed());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(agent_side) = agent_upgrade {
             let upstream_side = hyper::upgrade::on(&mut resp);
             tokio::spawn(forward::tunnel(agent_side, upstream_side).in_current_span());
         }
-        return resp.map(|b| b.boxed());
+        return Ok(resp.map(|b| b.boxed()));
     }
     let mut secrets = state.credentials.known_secrets(agent);
     // The token went upstream only: an echo of it is cut like any secret.
     secrets.extend(minted);
     let mut resp = forward::finish(resp, &secrets).await;
     if out.decision() == Some(Decision::WouldDeny) {
-        resp.headers_mut().insert(
-            respond::DECISION_HEADER,
-            hyper::header::HeaderValue::from_static(DECISION_WOULD_DENY),
-        );
+        respond::mark_would_deny(&mut resp);
     }
-    resp
+    Ok(resp)
 }

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use http_body_util::BodyExt as _;
 use hyper::{
-    StatusCode,
     body::{Bytes, Incoming},
     header::CONTENT_LENGTH,
     http::request::Parts,
@@ -17,12 +16,9 @@ use super::ConnMeta;
 use crate::{
     credentials::{Secret, inject},
     policy::Injection,
-    proxy::ProxyContext,
+    proxy::{ProxyContext, refusal::Refusal},
     token::{MintRequest, RequestBinding},
 };
-
-/// A refusal: status, rule, reason.
-pub(super) type Refusal = (StatusCode, &'static str, String);
 
 /// The minted token (a secret: redacted if echoed) and its `jti`.
 pub(super) struct Bound {
@@ -92,29 +88,14 @@ pub(super) async fn bind(
     ctx: &ProxyContext,
 ) -> Result<Bound, Refusal> {
     let max = ctx.jwt_max_body;
-    let too_large = || {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "jwt-body-too-large",
-            format!(
-                "request body is larger than {max} bytes: a JWT-bound tool's body is hashed into its token, and is refused rather than sent unbound"
-            ),
-        )
-    };
     let declared = parts
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let body = match read_bounded(body, max, declared.is_some_and(|n| n > max as u64)).await {
         Ok(Some(b)) => b,
-        Ok(None) => return Err(too_large()),
-        Err(e) => {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                "bad-request",
-                format!("failed to read the request body: {e}"),
-            ));
-        }
+        Ok(None) => return Err(Refusal::JwtBodyTooLarge { max }),
+        Err(e) => return Err(Refusal::BodyUnreadable(e)),
     };
     let on_behalf_of = ctx.on_behalf_of.lookup(meta.identity.pid);
     let binding = RequestBinding::new(parts.method.as_str(), &parts.uri, "https", &body);
@@ -129,15 +110,9 @@ pub(super) async fn bind(
             on_behalf_of: on_behalf_of.as_deref(),
             kernel: Some((&meta.identity.cgroup, meta.identity.uid)),
         })
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, "token-mint", e))?;
+        .map_err(Refusal::TokenMint)?;
     let token = Secret::new(minted.token);
-    inject(spec.inject, &token, parts).map_err(|e| {
-        (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "credential-injection",
-            format!("could not inject the token: {e}"),
-        )
-    })?;
+    inject(spec.inject, &token, parts).map_err(|e| Refusal::TokenInjection(Box::new(e)))?;
     Ok(Bound {
         body,
         token,

@@ -23,11 +23,16 @@ use hyper::body::{Body, Bytes, Frame, SizeHint};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::ConnMeta;
+use super::{ConnMeta, plan::Noted};
 use crate::{
     audit::{AuditSink, Decision, Event, Kind, Permit},
     connlog::{RequestDecision, RequestEntry, RequestLog},
-    proxy::upstream::ProxyBody,
+    percent,
+    proxy::{
+        refusal::Refusal,
+        respond::{self, Render},
+        upstream::ProxyBody,
+    },
 };
 
 /// The header an agent may use to say what it is doing. Recorded, then
@@ -42,6 +47,8 @@ pub struct Outcome {
     pub event: Event,
     /// The normalised path without the query, for the recent-requests view.
     pub bare_path: String,
+    /// How agentguard's own answers to this request are written.
+    pub render: Render,
     start: Instant,
     bytes_in: Arc<AtomicU64>,
     /// Where the event goes if the request is abandoned before a response.
@@ -56,8 +63,9 @@ impl Outcome {
         sink: AuditSink,
         requests: Arc<RequestLog>,
     ) -> Self {
-        let mut event = Event::new(Kind::Request)
-            .with_identity(&meta.identity)
+        let mut event = meta
+            .identity
+            .stamp(Event::new(Kind::Request))
             .with_src(meta.peer)
             .with_dst(meta.dst);
         event.sni = meta.sni.clone();
@@ -69,9 +77,17 @@ impl Outcome {
             .headers()
             .get(INTENT_HEADER)
             .map(|v| truncate(String::from_utf8_lossy(v.as_bytes()).into_owned()));
+        // W3C trace context, so the agent's traces join this decision: one
+        // well-formed header, or nothing (the spec treats several as invalid).
+        let mut traceparents = req.headers().get_all("traceparent").iter();
+        event.traceparent = match (traceparents.next(), traceparents.next()) {
+            (Some(v), None) => crate::audit::traceparent::normalise(v.as_bytes()),
+            _ => None,
+        };
         Self {
             event,
             bare_path: String::new(),
+            render: Render::default(),
             start: Instant::now(),
             bytes_in: Arc::new(AtomicU64::new(0)),
             sink: Some((sink, requests)),
@@ -87,6 +103,35 @@ impl Outcome {
         self.event.decision = Some(decision);
         self.event.rule = Some(rule.into());
         self.event.reason = Some(reason.into());
+    }
+
+    /// Takes what planning learnt about the request into its record.
+    pub fn note(&mut self, noted: Noted) {
+        let Noted {
+            host,
+            path,
+            bare_path,
+            tool,
+            credential_id,
+            verdict,
+        } = noted;
+        self.event.host = host;
+        self.event.path = path;
+        self.bare_path = bare_path;
+        self.event.tool = tool;
+        self.event.credential_id = credential_id;
+        if let Some((decision, rule, reason)) = verdict {
+            self.decide(decision, rule, reason);
+        }
+    }
+
+    /// agentguard answers the agent itself: the one place a refusal
+    /// becomes the agent's response and the request's record.
+    pub fn refuse(&mut self, refusal: Refusal) -> hyper::Response<ProxyBody> {
+        let agent = self.event.agent.as_deref().unwrap_or_default();
+        let resp = respond::refusal(&refusal, agent, &self.render);
+        self.decide(refusal.decision(), refusal.rule(), refusal.to_string());
+        resp
     }
 
     pub fn decision(&self) -> Option<Decision> {
@@ -384,35 +429,14 @@ pub fn redacted_query(query: &str, param: &str) -> String {
         .filter(|p| !p.is_empty())
         .filter(|p| {
             let name = p.split_once('=').map_or(*p, |(n, _)| n);
-            decode(name) != param && decode(&name.replace('+', " ")) != param
+            let decoded =
+                |n: &str| String::from_utf8_lossy(&percent::decode(n.as_bytes())).into_owned();
+            decoded(name) != param && decoded(&name.replace('+', " ")) != param
         })
         .map(str::to_owned)
         .collect();
     pairs.push(format!("{param}=[redacted]"));
     pairs.join("&")
-}
-
-/// Percent-decoding for comparing parameter names (invalid escapes kept as
-/// they are).
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -1,0 +1,280 @@
+//! Request plans, table-style: one row per request, the plan it gets.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hyper::Request;
+
+use super::*;
+use crate::identity::Identity;
+
+const POLICY: &str = r#"
+[agent]
+name = "bot"
+cgroup = "agentguard/bot"
+
+[[credential]]
+id = "api-key"
+source = { env = "AGENTGUARD_PLAN_TEST_KEY" }
+inject = { header = "x-api-key" }
+
+[[tool]]
+name = "api"
+host = "api.example.com"
+port = 443
+methods = ["GET", "POST"]
+paths = ["/v1/*"]
+credential = "api-key"
+
+[[tool]]
+name = "public"
+host = "public.example.com"
+methods = ["GET"]
+paths = ["/*"]
+
+[[tool]]
+name = "keyed-plain"
+host = "keyed.example.com"
+methods = ["GET"]
+paths = ["/*"]
+credential = "api-key"
+"#;
+
+const AUDITED: &str = r#"
+[agent]
+name = "watched"
+cgroup = "agentguard/watched"
+mode = "audit"
+
+[[tool]]
+name = "public"
+host = "public.example.com"
+methods = ["GET"]
+paths = ["/*"]
+"#;
+
+fn policy() -> PolicySet {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bot.toml"), POLICY).unwrap();
+    std::fs::write(dir.path().join("watched.toml"), AUDITED).unwrap();
+    crate::policy::load_path(dir.path()).unwrap()
+}
+
+/// The resolver gave every agent 127.0.0.5 for public.example.com and
+/// keyed.example.com, and nothing else.
+struct Resolved;
+
+impl Resolutions for Resolved {
+    fn resolved_to(&self, _agent: &str, name: &str, ip: IpAddr) -> bool {
+        ["public.example.com", "keyed.example.com"].contains(&name)
+            && ip == IpAddr::from([127, 0, 0, 5])
+    }
+}
+
+fn meta(agent: &str, sni: Option<&str>, dst: &str) -> ConnMeta {
+    ConnMeta {
+        identity: Identity {
+            agent: agent.into(),
+            cgroup: format!("agentguard/{agent}"),
+            cgroup_id: 1,
+            pid: 1,
+            tid: 1,
+            uid: 1000,
+            gid: 1000,
+            comm: "curl".into(),
+            socket_family: "ipv4",
+            exe: None,
+        },
+        peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
+        dst: dst.parse().unwrap(),
+        sni: sni.map(str::to_owned),
+    }
+}
+
+/// One request: on a connection of `agent` (TLS with `sni`, or plain
+/// HTTP) to `dst`; `target` is the request target (origin or absolute
+/// form); `headers` includes Host where the row wants one.
+struct Row {
+    agent: &'static str,
+    sni: Option<&'static str>,
+    dst: &'static str,
+    method: &'static str,
+    target: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+    want: Want,
+}
+
+#[derive(Debug)]
+enum Want {
+    /// Forwarded: tool, credential id, upgrade.
+    Forward(Option<&'static str>, Option<&'static str>, bool),
+    /// Refused: status and rule.
+    Refuse(u16, &'static str),
+}
+
+fn gets(plan: &Plan<'_>, want: &Want) -> bool {
+    match (&plan.action, want) {
+        (Action::Forward(f), Want::Forward(tool, credential, upgrade)) => {
+            plan.noted.tool.as_deref() == *tool
+                && f.credential.map(|c| c.id.as_str()) == *credential
+                && f.upgrade == *upgrade
+        }
+        (Action::Refuse(r), Want::Refuse(status, rule)) => {
+            r.status().as_u16() == *status && r.rule() == *rule
+        }
+        _ => false,
+    }
+}
+
+const TLS_API: (&str, Option<&str>, &str) = ("bot", Some("api.example.com"), "127.0.0.3:443");
+
+fn row(
+    (agent, sni, dst): (&'static str, Option<&'static str>, &'static str),
+    method: &'static str,
+    target: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+    want: Want,
+) -> Row {
+    Row {
+        agent,
+        sni,
+        dst,
+        method,
+        target,
+        headers,
+        want,
+    }
+}
+
+fn plan_for<'p>(
+    (agent, sni, dst): (&str, Option<&str>, &str),
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    set: &'p PolicySet,
+) -> Plan<'p> {
+    let mut req = Request::builder().method(method).uri(target);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(()).unwrap();
+    plan(&req, &meta(agent, sni, dst), set, &Resolved)
+}
+
+#[test]
+fn each_request_gets_the_plan_its_checks_give_in_order() {
+    use Want::{Forward, Refuse};
+    let host = |h: &'static str| vec![("host", h)];
+    let plain = |dst: &'static str| ("bot", None, dst);
+    #[rustfmt::skip]
+    let rows = [
+        // Allowed, with the tool's credential.
+        row(TLS_API, "GET", "/v1/models", host("api.example.com"), Forward(Some("api"), Some("api-key"), false)),
+        // HTTP/2: the authority is in the URI.
+        row(TLS_API, "POST", "https://api.example.com/v1/chat", vec![], Forward(Some("api"), Some("api-key"), false)),
+        // No authority at all.
+        row(TLS_API, "GET", "/v1/models", vec![], Refuse(400, "bad-request")),
+        // Host, SNI and port must agree (domain fronting).
+        row(TLS_API, "GET", "/v1/models", host("evil.example.com"), Refuse(421, "misdirected")),
+        row(TLS_API, "GET", "/v1/models", host("api.example.com:8443"), Refuse(421, "misdirected")),
+        // Plain HTTP: only to an address the resolver gave for the host, or
+        // the host itself as an IP literal.
+        row(plain("127.0.0.5:80"), "GET", "/page", host("public.example.com"), Forward(Some("public"), None, false)),
+        row(plain("127.0.0.6:80"), "GET", "/page", host("public.example.com"), Refuse(421, "misdirected")),
+        row(plain("127.0.0.6:80"), "GET", "/page", host("127.0.0.6"), Refuse(403, "default-deny")),
+        // Paths are normalised before matching, and refused when they
+        // cannot be.
+        row(TLS_API, "GET", "/v1/%2Fadmin", host("api.example.com"), Refuse(400, "path-refused")),
+        row(TLS_API, "GET", "/v1/../admin", host("api.example.com"), Refuse(403, "default-deny")),
+        // Default deny: method, path and host must all match a tool.
+        row(TLS_API, "DELETE", "/v1/models", host("api.example.com"), Refuse(403, "default-deny")),
+        // An agent reloaded away since its connection was attributed.
+        row(("ghost", Some("api.example.com"), "127.0.0.3:443"), "GET", "/v1/models", host("api.example.com"), Refuse(403, "unknown-agent")),
+        // Only WebSocket upgrades.
+        row(TLS_API, "GET", "/v1/ws", vec![("host", "api.example.com"), ("connection", "Upgrade"), ("upgrade", "websocket")], Forward(Some("api"), Some("api-key"), true)),
+        row(TLS_API, "GET", "/v1/ws", vec![("host", "api.example.com"), ("connection", "Upgrade"), ("upgrade", "h2c")], Refuse(403, "upgrade-refused")),
+        // A credential never goes over plain HTTP.
+        row(plain("127.0.0.5:80"), "GET", "/page", host("keyed.example.com"), Refuse(403, "credential-over-plain-http")),
+        // Audit mode: a denial is recorded and forwarded, without credential.
+        row(("watched", Some("api.example.com"), "127.0.0.3:443"), "GET", "/v1/models", host("api.example.com"), Forward(None, None, false)),
+    ];
+    let set = policy();
+    for (i, r) in rows.iter().enumerate() {
+        let plan = plan_for(
+            (r.agent, r.sni, r.dst),
+            r.method,
+            r.target,
+            &r.headers,
+            &set,
+        );
+        assert!(
+            gets(&plan, &r.want),
+            "row {i}: {} {} {:?} on {:?} to {}: want {:?}, got {plan:?}",
+            r.method,
+            r.target,
+            r.headers,
+            r.sni,
+            r.dst,
+            r.want
+        );
+    }
+}
+
+#[test]
+fn the_record_keeps_what_was_learnt_before_a_refusal() {
+    let set = policy();
+    let noted = |target, headers| plan_for(TLS_API, "GET", target, headers, &set).noted;
+    // The host is recorded even when it is the reason for the refusal.
+    let n = noted("/v1/models", &[("host", "Evil.Example.com")]);
+    assert_eq!(n.host.as_deref(), Some("evil.example.com"));
+    assert_eq!(n.path, None);
+    // A path that does not normalise is recorded as received.
+    let n = noted("/v1/%2Fadmin", &[("host", "api.example.com")]);
+    assert_eq!(n.path.as_deref(), Some("/v1/%2Fadmin"));
+    assert_eq!(n.bare_path, "");
+    // A normalised path keeps the agent's query in the record only.
+    let n = noted("/v1/./models?q=1", &[("host", "api.example.com")]);
+    assert_eq!(n.path.as_deref(), Some("/v1/models?q=1"));
+    assert_eq!(n.bare_path, "/v1/models");
+    assert_eq!(n.credential_id.as_deref(), Some("api-key"));
+    assert_eq!(
+        n.verdict,
+        Some((
+            Decision::Allow,
+            "tool:api".to_owned(),
+            "allowed by tool \"api\"".to_owned()
+        ))
+    );
+    // The tool that allowed an upgrade it then refused is recorded.
+    let upgrade = [
+        ("host", "api.example.com"),
+        ("connection", "upgrade"),
+        ("upgrade", "h2c"),
+    ];
+    assert_eq!(noted("/v1/ws", &upgrade).tool.as_deref(), Some("api"));
+    // A credential that is not sent is not recorded.
+    let plain = ("bot", None, "127.0.0.5:80");
+    let n = plan_for(
+        plain,
+        "GET",
+        "/page",
+        &[("host", "keyed.example.com")],
+        &set,
+    )
+    .noted;
+    assert_eq!(n.tool.as_deref(), Some("keyed-plain"));
+    assert_eq!(n.credential_id, None);
+    // Audit mode records the denial it lets through.
+    let watched = ("watched", Some("api.example.com"), "127.0.0.3:443");
+    let n = plan_for(
+        watched,
+        "GET",
+        "/v1/models",
+        &[("host", "api.example.com")],
+        &set,
+    )
+    .noted;
+    assert_eq!(
+        n.verdict.map(|(d, rule, _)| (d, rule)),
+        Some((Decision::WouldDeny, "default-deny".to_owned()))
+    );
+}
