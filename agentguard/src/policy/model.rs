@@ -157,13 +157,17 @@ pub(super) struct PassthroughSection {
     pub ports: Option<Vec<u16>>,
 }
 
+/// `[agent]`. It needs a `cgroup` or a `systemd_unit` (or both); the
+/// schema says so, as the loader does.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("anyOf" = [{ "required": ["cgroup"] }, { "required": ["systemd_unit"] }]))]
 pub(super) struct AgentSection {
     pub name: Spanned<String>,
     /// Required unless `systemd_unit` names the agent's unit.
     pub cgroup: Option<Spanned<String>>,
     /// The agent is this systemd service: its cgroup is the unit's.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_.-]+\.service$"))]
     pub systemd_unit: Option<Spanned<String>>,
     #[schemars(extend("enum" = ["enforce", "audit"]))]
     pub mode: Option<Spanned<String>>,
