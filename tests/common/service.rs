@@ -10,7 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{AGENTGUARD, cgroup2_mount, require_root};
+use super::{
+    AGENTGUARD, cgroup2_mount,
+    machine::{self, Beside},
+    require_root,
+};
 
 /// A daemon started the way systemd starts a `Type=notify` unit, without
 /// waiting for it: the test learns it is ready from `READY=1` alone.
@@ -20,6 +24,9 @@ pub struct Service {
     notify: UnixDatagram,
     pub bpf_dir: PathBuf,
     cgroup_parent: PathBuf,
+    /// Its share of the machine, like every test daemon's (see
+    /// `machine`): a test that runs alone waits for it.
+    _beside: Beside,
 }
 
 impl Service {
@@ -28,6 +35,7 @@ impl Service {
     /// the mount) removed at the end with what is below it.
     pub fn start(name: &str, policies: &[(&str, &str)], env: &[(&str, &str)]) -> Self {
         require_root();
+        let beside = machine::beside();
         let dir = tempfile::tempdir().unwrap();
         let notify = UnixDatagram::bind(dir.path().join("notify.sock")).unwrap();
         notify
@@ -49,7 +57,16 @@ impl Service {
             });
         let log = fs::File::create(dir.path().join("daemon.log")).unwrap();
         let child = Command::new(AGENTGUARD)
-            .args(["run", "--proxy-port", "0", "--jwks-listen", "127.0.0.1:0"])
+            // As the Daemon fixture does: kernels that refuse BPF LSM
+            // programs (some VMs') run these tests too.
+            .args([
+                "run",
+                "--proxy-port",
+                "0",
+                "--jwks-listen",
+                "127.0.0.1:0",
+                "--allow-unguarded-processes",
+            ])
             .arg("--policies")
             .arg(&policies)
             .arg("--state-dir")
@@ -71,6 +88,7 @@ impl Service {
             notify,
             bpf_dir,
             cgroup_parent: cgroup2_mount().join(name),
+            _beside: beside,
         }
     }
 
@@ -88,12 +106,29 @@ impl Service {
                 if found {
                     return seen;
                 }
+            } else if self.exited() {
+                panic!(
+                    "the daemon exited before {field}; got {seen:?}\n--- daemon log ---\n{}",
+                    self.log()
+                );
             }
         }
         panic!(
             "no {field} within {within:?}; got {seen:?}\n--- daemon log ---\n{}",
             self.log()
         );
+    }
+
+    /// Whether the daemon has exited (a zombie not yet reaped: read from
+    /// /proc, so that `wait_exit` can still reap it).
+    fn exited(&self) -> bool {
+        let Some(child) = &self.child else {
+            return true;
+        };
+        fs::read_to_string(format!("/proc/{}/stat", child.id())).map_or(true, |stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
     }
 
     /// Every notification received during `span`.
