@@ -251,6 +251,9 @@ pub fn main() -> ExitCode {
         }
     };
     logging::init(cli.log_format);
+    if let Some(note) = deprecated_spelling(&argv, &matches) {
+        eprintln!("agentguard: warning: {note}");
+    }
     let failure = failure_code(&cli.command);
     let admin_socket = cli
         .admin_socket
@@ -317,6 +320,25 @@ fn first_command(argv: &[OsString]) -> Option<String> {
         return Some(arg.to_owned());
     }
     None
+}
+
+/// A note for an old spelling the command line used, which still works:
+/// `--format` of `policy test`, `audit query` and `audit tail`, now
+/// `-o`/`--output` like `status`, `connections` and `requests`. clap
+/// treats an alias as the option itself, so the words are looked at
+/// (before any `--`, and only when the option was given on the command
+/// line at all).
+fn deprecated_spelling(argv: &[OsString], matches: &clap::ArgMatches) -> Option<&'static str> {
+    let leaf = layers::leaf(matches);
+    let given = leaf.ids().any(|id| id.as_str() == "format")
+        && leaf.value_source("format") == Some(clap::parser::ValueSource::CommandLine);
+    let old = argv
+        .iter()
+        .skip(1)
+        .filter_map(|a| a.to_str())
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--format" || a.starts_with("--format="));
+    (given && old).then_some("--format is deprecated; use -o/--output (same values)")
 }
 
 enum Parse {

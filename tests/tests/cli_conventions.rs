@@ -344,3 +344,40 @@ fn completions_and_man_pages_come_from_the_command_definitions() {
     let run = fs::read_to_string(dir.path().join("agentguard-run.1")).unwrap();
     assert!(run.contains("audit\\-batch\\-max"), "{run}");
 }
+
+#[test]
+fn the_old_format_spelling_still_works_with_a_deprecation_note() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
+    let test = |output: &[&str]| {
+        Command::new(AGENTGUARD)
+            .args(["policy", "test", "--policies", examples])
+            .args(["--agent", "support-bot", "--method", "POST"])
+            .args(["--url", "https://itsm.example.com/api/v2/tickets"])
+            .args(output)
+            .output()
+            .unwrap()
+    };
+    let mut answers = Vec::new();
+    for (spelling, deprecated) in [
+        (&["-o", "json"][..], false),
+        (&["--output=json"][..], false),
+        (&["--format", "json"][..], true),
+        (&["--format=json"][..], true),
+    ] {
+        let out = test(spelling);
+        assert_eq!(code(&out), Some(0), "{spelling:?}: {}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        answers.push(v);
+        assert_eq!(
+            text(&out.stderr).contains("--format is deprecated; use -o/--output"),
+            deprecated,
+            "{spelling:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    // The default output (not JSON) draws no note either.
+    let out = test(&[]);
+    assert_eq!(code(&out), Some(0));
+    assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
+}
