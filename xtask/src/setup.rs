@@ -23,13 +23,8 @@ const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"
 /// the `sqlite3` shell, with which the audit tests tamper with the store the
 /// way an intruder (or an auditor reading it) would; `redis-server`, the
 /// replay cache verify-proxy replicas share (the tests start their own on a
-/// loopback port); `prometheus` for `promtool check metrics` on the
-/// metrics exposition. `systemd-analyze` (systemd) verifies the shipped
-/// units; `man` (man-db) is what it checks their `Documentation=` pages
-/// with; `dpkg-deb` and `deb-systemd-helper` (dpkg, init-system-helpers)
-/// build and install the Debian package; debootstrap and systemd-nspawn
-/// (systemd-container) make and boot the Debian container its units are
-/// tested in under a real systemd.
+/// loopback port); and `prometheus` for `promtool check metrics` on the
+/// metrics exposition.
 const TEST_PACKAGES: &[&str] = &[
     "curl",
     "iproute2",
@@ -37,11 +32,25 @@ const TEST_PACKAGES: &[&str] = &[
     "sqlite3",
     "redis-server",
     "prometheus",
+];
+
+/// What the service tests and the package need, installed without
+/// recommendations (see `Apt::ensure_without_recommends`):
+/// `systemd-analyze` (systemd) verifies the shipped units; `man` (man-db)
+/// is what it checks their `Documentation=` pages with; `dpkg-deb` and
+/// `deb-systemd-helper` (dpkg, init-system-helpers) build and install the
+/// Debian package; debootstrap and systemd-nspawn (systemd-container) make
+/// and boot the Debian container its units are tested in under a real
+/// systemd, debootstrap checking the archive's signature with gpgv and
+/// debian-archive-keyring (recommendations of debootstrap, so named here).
+pub const SERVICE_PACKAGES: &[&str] = &[
     "systemd",
     "man-db",
     "dpkg",
     "init-system-helpers",
     "debootstrap",
+    "gpgv",
+    "debian-archive-keyring",
     "systemd-container",
 ];
 
@@ -52,6 +61,7 @@ pub fn run() -> Result<()> {
     // After the LLVM packages: building bpf-linker links against them.
     bpf_linker::ensure()?;
     apt.ensure(TEST_PACKAGES)?;
+    apt.ensure_without_recommends(SERVICE_PACKAGES)?;
     cargo_deb::ensure()?;
     runtimes::check()?;
     bpffs::ensure()?;

@@ -21,7 +21,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::{cmd, paths, setup::apt::Apt};
+use crate::{
+    cmd, paths,
+    setup::{SERVICE_PACKAGES, apt::Apt},
+};
 
 const SUITE: &str = "bookworm";
 /// What the root needs beyond debootstrap's minimal base: systemd as PID 1,
@@ -42,7 +45,7 @@ const BOT_POLICY: &str = "[agent]\nname = \"bot\"\nsystemd_unit = \"bot.service\
 
 pub fn run(root: &Path, deb: &Path) -> Result<()> {
     // setup installs them; `--no-setup` runs may come without.
-    Apt::default().ensure(&["debootstrap", "systemd-container"])?;
+    Apt::default().ensure_without_recommends(SERVICE_PACKAGES)?;
     let base = paths::target_dir(root).join("nspawn");
     let cached = base.join("root");
     if !INCLUDED_FILES.iter().all(|f| cached.join(f).exists()) {
