@@ -3,6 +3,7 @@
 mod audit;
 mod audit_anchor;
 mod bypass;
+mod cli_conventions;
 mod cli_errors;
 mod credentials;
 mod dns;
@@ -20,7 +21,9 @@ mod redirect;
 mod replay_store;
 mod revoke;
 mod root_required;
+mod service;
 mod shares;
+mod systemd_units;
 mod tokens;
 mod tool_server_example;
 mod unix_sockets;

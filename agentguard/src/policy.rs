@@ -17,6 +17,7 @@ mod pattern;
 mod rate;
 mod schema;
 mod spanned;
+mod systemd;
 mod unix;
 
 pub use calls::{
@@ -41,4 +42,5 @@ pub use names::NamePattern;
 pub use pattern::normalize_path;
 pub use rate::{Admission, RateCheck, RateKey, RateLimiter, RatePer, RateRule, RateSpec};
 pub use schema::{cases_schema, policy_schema};
+pub use systemd::SystemdUnit;
 pub use unix::UnixSocketAddr;

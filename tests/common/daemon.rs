@@ -384,7 +384,7 @@ impl Daemon {
 
     /// `agentguard status`, parsed.
     pub fn status(&self) -> Value {
-        let out = self.cli(&["status"]);
+        let out = self.cli(&["status", "-o", "json"]);
         assert!(out.status.success(), "status: {}", text(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     }
@@ -484,6 +484,7 @@ fn remove_cgroup(path: &Path) {
     }
 }
 
+/// The cgroup v2 mount point (not assumed: hybrid hosts differ).
 pub fn cgroup2_mount() -> PathBuf {
     agentguard::procfs::find_mount("cgroup2")
         .unwrap()

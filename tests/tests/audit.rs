@@ -104,7 +104,7 @@ fn as_nobody(daemon: &Daemon, agent: &str, cmd: &[&str]) -> (u32, Output) {
 }
 
 fn status(daemon: &Daemon) -> Value {
-    let out = daemon.cli(&["status"]);
+    let out = daemon.cli(&["status", "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -5,6 +5,7 @@
 
 mod bench;
 mod cmd;
+mod package;
 mod paths;
 mod privilege;
 mod run;
@@ -42,6 +43,9 @@ enum Command {
         #[arg(long)]
         no_setup: bool,
     },
+    /// Build the Debian package (target/debian/); with --check, install it
+    /// here, check it and purge it again.
+    Package(package::Options),
     /// Benchmarks: the direct path, agentguard's paths, mitmproxy and nginx
     /// side by side; writes docs/benchmarks.md and target/bench/.
     Bench(bench::Options),
@@ -53,6 +57,7 @@ impl Command {
             Command::Setup => "setup",
             Command::Run { .. } => "run",
             Command::Test { .. } => "test",
+            Command::Package(_) => "package",
             Command::Bench(_) => "bench",
         }
     }
@@ -80,6 +85,7 @@ fn try_main() -> anyhow::Result<ExitCode> {
         // `run` replaces this process with agentguard, so it only comes back on failure.
         Command::Run { args } => match run::run(&root, &args)? {},
         Command::Test { no_setup } => test::run(&root, !no_setup)?,
+        Command::Package(opts) => package::run(&root, &opts)?,
         Command::Bench(opts) => bench::run(&root, &opts)?,
     }
     Ok(ExitCode::SUCCESS)

@@ -61,7 +61,8 @@ pub struct TestArgs {
     /// The time of the request (RFC 3339; default now).
     #[arg(long, conflicts_with = "cases")]
     time: Option<String>,
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    /// `--format` is the old spelling.
+    #[arg(short = 'o', long = "output", alias = "format", value_enum, default_value_t = OutputFormat::Text)]
     format: OutputFormat,
 }
 

@@ -16,6 +16,7 @@ use super::model::{
     PolicyFile, PolicySet, SecretRef, SecretRefSection, SecretSource, SourceSection, ToolPolicy,
     ToolSection, UnixSocketAddr, ValueSection, ValueSource, validate_agent_name,
 };
+use super::systemd::SystemdUnit;
 use super::{
     CallRules, Condition, DEFAULT_MAX_BODY, MAX_MAX_BODY, NamePattern, Protocol, RatePer, RateRule,
     RateSpec, model::Spanned,
@@ -150,9 +151,13 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
     let name_span = span_of(path, text, parsed.agent.name.span().start);
     let name = parsed.agent.name.into_inner();
     validate_agent_name(&name).map_err(|m| invalid(&name_span, format!("agent.name: {m}")))?;
-    let cgroup_span = span_of(path, text, parsed.agent.cgroup.span().start);
-    let cgroup = CgroupRelPath::parse(parsed.agent.cgroup.get_ref())
-        .map_err(|m| invalid(&cgroup_span, format!("agent.cgroup: {m}")))?;
+    let (cgroup, systemd_unit) = parse_agent_cgroup(
+        path,
+        text,
+        parsed.agent.cgroup.as_ref(),
+        parsed.agent.systemd_unit.as_ref(),
+        &name_span,
+    )?;
     let mode = match &parsed.agent.mode {
         None => Mode::Enforce,
         Some(m) => match m.get_ref().as_str() {
@@ -253,6 +258,7 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
         AgentPolicy {
             name,
             cgroup,
+            systemd_unit,
             mode,
             dns,
             unix_sockets,
@@ -555,6 +561,42 @@ fn parse_tool(
         credential,
         calls,
     })
+}
+
+/// `cgroup`, or `systemd_unit` (whose cgroup is the unit's own, in
+/// `system.slice` unless `cgroup` names another slice path).
+fn parse_agent_cgroup(
+    path: &Path,
+    text: &str,
+    cgroup: Option<&Spanned<String>>,
+    unit: Option<&Spanned<String>>,
+    name_span: &Span,
+) -> Result<(CgroupRelPath, Option<SystemdUnit>), PolicyError> {
+    let cgroup = match cgroup {
+        Some(c) => Some(CgroupRelPath::parse(c.get_ref()).map_err(|m| {
+            invalid(
+                &span_of(path, text, c.span().start),
+                format!("agent.cgroup: {m}"),
+            )
+        })?),
+        None => None,
+    };
+    let Some(unit) = unit else {
+        return cgroup.map(|c| (c, None)).ok_or_else(|| {
+            invalid(
+                name_span,
+                "agent: missing `cgroup` (or `systemd_unit` for an agent that is a systemd service)"
+                    .into(),
+            )
+        });
+    };
+    let span = span_of(path, text, unit.span().start);
+    let unit = SystemdUnit::parse(unit.get_ref())
+        .map_err(|m| invalid(&span, format!("agent.systemd_unit: {m}")))?;
+    let cgroup = cgroup.unwrap_or_else(|| unit.default_cgroup());
+    unit.check_cgroup(&cgroup)
+        .map_err(|m| invalid(&span, format!("agent.systemd_unit: {m}")))?;
+    Ok((cgroup, Some(unit)))
 }
 
 /// The keys of a `[[tool]]` about calls: `protocol`, `mcp_*`,

@@ -157,11 +157,18 @@ pub(super) struct PassthroughSection {
     pub ports: Option<Vec<u16>>,
 }
 
+/// `[agent]`. It needs a `cgroup` or a `systemd_unit` (or both); the
+/// schema says so, as the loader does.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("anyOf" = [{ "required": ["cgroup"] }, { "required": ["systemd_unit"] }]))]
 pub(super) struct AgentSection {
     pub name: Spanned<String>,
-    pub cgroup: Spanned<String>,
+    /// Required unless `systemd_unit` names the agent's unit.
+    pub cgroup: Option<Spanned<String>>,
+    /// The agent is this systemd service: its cgroup is the unit's.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_.-]+\.service$"))]
+    pub systemd_unit: Option<Spanned<String>>,
     #[schemars(extend("enum" = ["enforce", "audit"]))]
     pub mode: Option<Spanned<String>>,
     #[schemars(extend("enum" = ["policy", "any"]))]
@@ -359,6 +366,9 @@ pub struct ToolPolicy {
 pub struct AgentPolicy {
     pub name: String,
     pub cgroup: CgroupRelPath,
+    /// Set when the agent is a systemd service: `cgroup` is then the
+    /// unit's, created and removed by systemd, never by agentguard.
+    pub systemd_unit: Option<super::systemd::SystemdUnit>,
     pub mode: Mode,
     pub dns: DnsMode,
     /// The Unix sockets the agent may connect or send to; the kernel
