@@ -25,7 +25,7 @@ pub use cases::{Case, CaseFile, CaseResult, Decided, Outcome, read_cases, run_ca
 pub use condition::{AgentIdentity, Bound, Condition, McpView, RequestView, Uses, Vars};
 pub use decide::{
     Allowed, ArgumentsRecord, BodyNeed, CallInfo, Decider, Decision, Denied, DenyRule,
-    RequestInput, digest as arguments_digest,
+    RequestInput, digest as arguments_digest, one_credential,
 };
 pub use eval::{RequestFacts, Verdict};
 pub use explain::{Explanation, explain, explain_case};

@@ -75,6 +75,10 @@ pub enum DenyRule {
     RateLimited { retry_after_secs: u64 },
     /// The rate limiter's table is full.
     RateLimiterFull,
+    /// A batch member allowed by a tool whose credential differs from the
+    /// one the rest of the batch is sent with: one request carries one
+    /// credential, so it is denied rather than sent with another's.
+    MixedCredentials,
 }
 
 impl DenyRule {
@@ -87,6 +91,7 @@ impl DenyRule {
             DenyRule::BodyRequired => "body-required",
             DenyRule::RateLimited { .. } => "rate-limited",
             DenyRule::RateLimiterFull => "rate-limiter-full",
+            DenyRule::MixedCredentials => "mixed-credentials",
         }
     }
 }
@@ -471,6 +476,37 @@ impl<'p> Decider<'p, '_> {
             (None, None) => "a response".to_owned(),
         };
         self.deny(misses, what)
+    }
+}
+
+/// One request carries one credential: a member of a batch allowed by a
+/// tool whose credential (or lack of one) differs from the first allowed
+/// member's is denied, never sent with a credential its tool does not bind.
+/// Run before [`Decision::admit`], so that such a member is not counted.
+pub fn one_credential(decisions: &mut [Decision<'_>]) {
+    let mut first: Option<(Option<&str>, &str)> = None;
+    for d in decisions.iter_mut() {
+        let Decision::Allow(a) = d else { continue };
+        let id = a.credential.map(|c| c.id.as_str());
+        match first {
+            None => first = Some((id, a.tool.name.as_str())),
+            Some((want, by)) if want != id => {
+                let name = |c: Option<&str>| {
+                    c.map_or("no credential".to_owned(), |c| format!("credential {c:?}"))
+                };
+                *d = Decision::Deny(Denied {
+                    rule: DenyRule::MixedCredentials,
+                    reason: format!(
+                        "tool {:?} allows this call with {}, but the batch goes with {} (tool {by:?}): send it in a request of its own",
+                        a.tool.name,
+                        name(id),
+                        name(want),
+                    ),
+                    tool: Some(a.tool.name.clone()),
+                });
+            }
+            Some(_) => {}
+        }
     }
 }
 

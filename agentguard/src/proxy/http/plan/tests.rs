@@ -157,7 +157,17 @@ fn plan_for<'p>(
         req = req.header(*name, *value);
     }
     let req = req.body(()).unwrap();
-    plan(&req, &meta(agent, sni, dst), set, &Resolved)
+    let meta = meta(agent, sni, dst);
+    let identity = crate::policy::AgentIdentity::from(&meta.identity);
+    let limiter = crate::policy::RateLimiter::new();
+    let caller = Caller {
+        identity: &identity,
+        on_behalf_of: None,
+        intent: None,
+        now: std::time::SystemTime::now(),
+        limiter: &limiter,
+    };
+    plan(&req, &meta, set, &Resolved, &caller)
 }
 
 #[test]
@@ -239,7 +249,7 @@ fn the_record_keeps_what_was_learnt_before_a_refusal() {
     assert_eq!(
         n.verdict,
         Some((
-            Decision::Allow,
+            Recorded::Allow,
             "tool:api".to_owned(),
             "allowed by tool \"api\"".to_owned()
         ))
@@ -275,6 +285,6 @@ fn the_record_keeps_what_was_learnt_before_a_refusal() {
     .noted;
     assert_eq!(
         n.verdict.map(|(d, rule, _)| (d, rule)),
-        Some((Decision::WouldDeny, "default-deny".to_owned()))
+        Some((Recorded::WouldDeny, "default-deny".to_owned()))
     );
 }
