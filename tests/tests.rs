@@ -13,6 +13,7 @@ mod fail_closed;
 mod interception;
 mod kernel_paths;
 mod mcp;
+mod mcp_calls;
 mod policy_cases;
 mod redirect;
 mod replay_store;

@@ -1,0 +1,428 @@
+//! Policy that sees tool calls, end to end: the official MCP Python SDK,
+//! unmodified, as the agent (`Client`, run with `agentguard exec`) and as
+//! the server (`MCPServer` over streamable HTTP with TLS from a test CA, on
+//! loopback), with agentguard deciding each call: allowed calls return
+//! their results, denied ones come back as JSON-RPC errors naming
+//! agentguard's reason, `tools/list` shows only allowed tools, conditions
+//! read arguments, the kernel's identity and the time, rates count, SSE
+//! flows event by event; a plain client's batch has only its denied member
+//! answered by agentguard; a bad condition keeps the running policy; and
+//! `policy replay` re-decides the recorded run under a changed policy.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::common::{Daemon, DaemonOptions, TestCa, require_root, text};
+
+const NAME: &str = "mcp.agentguard.test";
+const AGENT: &str = "mcp-agent";
+const IP: &str = "127.0.0.14";
+const SERVER: &str = include_str!("mcp_calls/server.py");
+const CLIENT: &str = include_str!("mcp_calls/client.py");
+
+/// A child process stopped on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The executable the kernel reports for `python3` (a symlink, or a shim
+/// that execs the real interpreter): what `agent.exe` is for the client.
+fn python_exe() -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; print(os.path.realpath(sys.executable))",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).trim().to_owned()
+}
+
+/// RFC 3339 for `t`, as CEL's `timestamp()` reads it.
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The agent's tools on the MCP server. `{python}`, `{from}` and `{until}`
+/// are filled in.
+const POLICY: &str = r#"
+[[tool]]
+name = "mcp.read"
+host = "mcp.agentguard.test"
+methods = ["POST", "GET", "DELETE"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["add", "list_issues", "count"]
+
+[[tool]]
+name = "mcp.write"
+host = "mcp.agentguard.test"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["create_issue"]
+when = 'mcp.arguments.owner == "acme" && mcp.arguments.repo == "widgets"'
+record_arguments = true
+
+[[tool]]
+name = "mcp.python"
+host = "mcp.agentguard.test"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["python_only"]
+when = 'agent.exe == "{python}"'
+
+[[tool]]
+name = "mcp.window"
+host = "mcp.agentguard.test"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["in_window"]
+when = 'now >= timestamp("{from}") && now < timestamp("{until}")'
+
+[[tool]]
+name = "mcp.past"
+host = "mcp.agentguard.test"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["in_the_past"]
+when = 'now < timestamp("2000-01-01T00:00:00Z")'
+
+[[tool]]
+name = "mcp.rated"
+host = "mcp.agentguard.test"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["ping_tool"]
+rate = "20/10s"
+"#;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    daemon: Daemon,
+    /// The MCP server answering with SSE, and the one answering with JSON.
+    sse_port: u16,
+    json_port: u16,
+    calls_log: PathBuf,
+    acks: PathBuf,
+    python: String,
+    _servers: Vec<Running>,
+}
+
+fn policy(python: &str) -> String {
+    let now = SystemTime::now();
+    POLICY
+        .replace("{python}", python)
+        .replace("{from}", &rfc3339(now - Duration::from_secs(3600)))
+        .replace("{until}", &rfc3339(now + Duration::from_secs(3600)))
+}
+
+fn setup() -> Setup {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("agentguard mcp test CA", dir.path());
+    let python = python_exe();
+    let daemon = Daemon::start_with(
+        &[AGENT],
+        DaemonOptions {
+            policy_extra: &policy(&python),
+            upstream_ca: Some(&ca.pem_path),
+        },
+    );
+    let (cert, key) = ca.leaf_files(NAME, dir.path());
+    let calls_log = dir.path().join("calls.jsonl");
+    let acks = dir.path().join("acks");
+    std::fs::create_dir(&acks).unwrap();
+    let script = dir.path().join("server.py");
+    std::fs::write(&script, SERVER).unwrap();
+    let mut servers = Vec::new();
+    let mut ports = Vec::new();
+    for mode in ["sse", "json"] {
+        let port = free_port(IP);
+        let log = std::fs::File::create(dir.path().join(format!("server-{mode}.log"))).unwrap();
+        let child = Command::new("python3")
+            .arg(&script)
+            .args([NAME, IP, &port.to_string()])
+            .arg(&cert)
+            .arg(&key)
+            .arg(&calls_log)
+            .arg(&acks)
+            .arg(mode)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        servers.push(Running(child));
+        ports.push(port);
+    }
+    for (port, mode) in ports.iter().zip(["sse", "json"]) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect((IP, *port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "MCP server ({mode}) did not start: {}",
+                std::fs::read_to_string(dir.path().join(format!("server-{mode}.log")))
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Setup {
+        dir,
+        daemon,
+        sse_port: ports[0],
+        json_port: ports[1],
+        calls_log,
+        acks,
+        python,
+        _servers: servers,
+    }
+}
+
+impl Setup {
+    fn url(&self, port: u16) -> String {
+        format!("https://{NAME}:{port}/mcp")
+    }
+
+    /// Runs `cmd` as the agent, resolving the server's name to its address.
+    fn agent(&self, cmd: &[&str]) -> Output {
+        self.daemon
+            .exec_resolving(AGENT, &[NAME], IP, cmd)
+            .output()
+            .unwrap()
+    }
+
+    /// The SDK's client against the SSE server: its JSON report.
+    fn client(&self, mode: &str, rate: bool) -> Value {
+        for f in std::fs::read_dir(&self.acks).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+        }
+        let script = self.dir.path().join("client.py");
+        std::fs::write(&script, CLIENT).unwrap();
+        let out = self.agent(&[
+            "python3",
+            &script.display().to_string(),
+            &self.url(self.sse_port),
+            &self.acks.display().to_string(),
+            mode,
+            if rate { "rate" } else { "norate" },
+        ]);
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "client ({mode}) failed: {said}");
+        let last = text(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned();
+        serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: {said}"))
+    }
+
+    /// The tool calls that reached the MCP servers.
+    fn calls(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.calls_log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn requests(&self) -> Vec<Value> {
+        self.daemon
+            .audit_events()
+            .into_iter()
+            .filter(|e| e["kind"] == "request")
+            .collect()
+    }
+}
+
+/// A JSON-RPC error of agentguard's: its code, and a message that names
+/// agentguard and contains `reason`.
+fn refused(result: &Value, code: i64, reason: &str) {
+    assert_eq!(result["ok"], false, "{result}");
+    assert_eq!(result["code"], code, "{result}");
+    let message = result["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("agentguard: ") && message.contains(reason),
+        "{result}"
+    );
+}
+
+fn allowed(result: &Value, text: &str) {
+    assert_eq!(result, &json!({"ok": true, "text": text}));
+}
+
+/// SHA-256 of the arguments' canonical JSON (keys sorted, no spaces).
+fn digest(canonical: &str) -> String {
+    hex::encode(Sha256::digest(canonical.as_bytes()))
+}
+
+#[test]
+fn the_mcp_sdk_calls_tools_through_agentguard_as_the_policy_decides() {
+    let s = setup();
+    let allowed_tools = json!([
+        "add",
+        "count",
+        "create_issue",
+        "in_the_past",
+        "in_window",
+        "list_issues",
+        "ping_tool",
+        "python_only"
+    ]);
+    // The initialize handshake with sessions, then the SDK's default (the
+    // server/discover probe and the 2026-07-28 revision, whose requests
+    // carry Mcp-Method and Mcp-Name headers that must match the body).
+    for (mode, protocol) in [("legacy", "2025-11-25"), ("auto", "2026-07-28")] {
+        let rate = mode == "legacy";
+        let out = s.client(mode, rate);
+        assert_eq!(out["protocol"], protocol, "{mode}: {out}");
+        // tools/list shows the tools some [[tool]] names: not delete_repo.
+        assert_eq!(out["tools"], allowed_tools, "{mode}");
+        allowed(&out["add"], "42");
+        // A tool no [[tool]] names: a JSON-RPC error, the session goes on.
+        refused(&out["delete_repo"], -32003, "MCP tool \"delete_repo\"");
+        // An argument condition: one repository, not another.
+        allowed(&out["create_widgets"], "created 'bug' in acme/widgets");
+        refused(
+            &out["create_secrets"],
+            -32003,
+            "condition of tool \"mcp.write\"",
+        );
+        // The kernel's identity: the interpreter the client runs in.
+        allowed(&out["python_only"], "python ok");
+        // The time.
+        allowed(&out["in_window"], "in window");
+        refused(
+            &out["in_the_past"],
+            -32003,
+            "condition of tool \"mcp.past\"",
+        );
+        // Progress events reached the client one by one: the server sent
+        // each next one only after the client had seen the last.
+        allowed(&out["count"], "counted 3");
+        assert_eq!(out["progress"], json!([1.0, 2.0, 3.0]), "{mode}");
+        if rate {
+            // 20 calls in 10 s, then the 21st is refused with the time to
+            // wait; after it, calls go through again.
+            let calls = out["rate"].as_array().unwrap();
+            assert_eq!(calls.len(), 21);
+            for c in &calls[..20] {
+                allowed(c, "pong");
+            }
+            refused(&calls[20], -32023, "tool \"mcp.rated\" allows 20/10s");
+            let wait = calls[20]["data"]["retryAfterMs"].as_u64().unwrap();
+            assert!((1000..=10_000).contains(&wait), "{}", calls[20]);
+            assert_eq!(calls[20]["data"]["rule"], "rate-limited");
+            allowed(&out["rate_after"], "pong");
+        }
+    }
+
+    // Denied calls never reached the server; allowed ones did.
+    let calls = s.calls();
+    let ran = |tool: &str| calls.iter().filter(|c| c["tool"] == tool).count();
+    assert_eq!(ran("delete_repo"), 0, "{calls:?}");
+    assert_eq!(ran("in_the_past"), 0, "{calls:?}");
+    assert_eq!(ran("add"), 2);
+    assert_eq!(ran("python_only"), 2);
+    assert_eq!(ran("ping_tool"), 21);
+    assert!(
+        calls
+            .iter()
+            .filter(|c| c["tool"] == "create_issue")
+            .all(|c| c["args"]["repo"] == "widgets"),
+        "{calls:?}"
+    );
+
+    // The record: the JSON-RPC method and MCP tool of each call; arguments
+    // only where the policy records them, else their SHA-256.
+    let requests = s.requests();
+    let call_events = |target: &str| -> Vec<&Value> {
+        requests
+            .iter()
+            .filter(|e| e["rpc_method"] == "tools/call" && e["mcp_target"] == target)
+            .collect()
+    };
+    let rpc_calls = |e: &Value| -> Vec<Value> {
+        serde_json::from_str(e["rpc_calls"].as_str().unwrap()).unwrap()
+    };
+    let deleted = call_events("delete_repo");
+    assert_eq!(deleted.len(), 2);
+    for e in &deleted {
+        assert_eq!(e["decision"], "deny", "{e}");
+        assert_eq!(e["rule"], "call-not-allowed", "{e}");
+        assert_eq!(e["status"], 200, "{e}");
+    }
+    let added = call_events("add");
+    assert_eq!(added.len(), 2);
+    for e in &added {
+        assert_eq!(
+            (&e["decision"], &e["tool"]),
+            (&json!("allow"), &json!("mcp.read"))
+        );
+        let c = &rpc_calls(e)[0];
+        assert_eq!(c["arguments_sha256"], digest(r#"{"a":2,"b":40}"#), "{e}");
+        assert!(c.get("arguments").is_none(), "{e}");
+    }
+    let created = call_events("create_issue");
+    assert_eq!(created.len(), 4);
+    let secrets: Vec<&&Value> = created
+        .iter()
+        .filter(|e| rpc_calls(e)[0]["arguments"]["repo"] == "secrets")
+        .collect();
+    assert_eq!(secrets.len(), 2, "{created:?}");
+    for e in secrets {
+        assert_eq!(
+            (&e["decision"], &e["rule"]),
+            (&json!("deny"), &json!("condition"))
+        );
+        assert_eq!(e["tool"], "mcp.write");
+    }
+    let limited: Vec<&Value> = requests
+        .iter()
+        .filter(|e| e["rule"] == "rate-limited")
+        .collect();
+    assert_eq!(limited.len(), 1, "{limited:?}");
+    assert_eq!(limited[0]["status"], 429);
+    assert_eq!(limited[0]["decision"], "deny");
+    // Session traffic: the probe, the handshake, the list, the event
+    // stream and the end of the session, all allowed by the MCP tool.
+    let session = |method: &str, rpc: Option<&str>| {
+        requests.iter().any(|e| {
+            e["method"] == method
+                && e["decision"] == "allow"
+                && e["tool"] == "mcp.read"
+                && rpc.is_none_or(|r| e["rpc_method"] == r)
+        })
+    };
+    assert!(session("POST", Some("initialize")));
+    assert!(session("POST", Some("server/discover")));
+    assert!(session("POST", Some("tools/list")));
+    assert!(session("GET", None), "the legacy session's event stream");
+    assert!(session("DELETE", None), "the legacy session's end");
+    let _ = (&s.python, s.json_port);
+}
