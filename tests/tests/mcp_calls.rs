@@ -251,12 +251,20 @@ impl Setup {
             .collect()
     }
 
-    fn requests(&self) -> Vec<Value> {
-        self.daemon
-            .audit_events()
-            .into_iter()
-            .filter(|e| e["kind"] == "request")
-            .collect()
+    /// The request events, once `done` holds for them (they are committed
+    /// shortly after the agent has its answers).
+    fn requests(&self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let requests = |events: &[Value]| -> Vec<Value> {
+            events
+                .iter()
+                .filter(|e| e["kind"] == "request")
+                .cloned()
+                .collect()
+        };
+        let events = self
+            .daemon
+            .wait_for_events("request events", |events| done(&requests(events)));
+        requests(&events)
     }
 }
 
@@ -360,7 +368,11 @@ fn the_mcp_sdk_calls_tools_through_agentguard_as_the_policy_decides() {
 
     // The record: the JSON-RPC method and MCP tool of each call; arguments
     // only where the policy records them, else their SHA-256.
-    let requests = s.requests();
+    // Both runs' 38 tools/call requests, and the legacy session's end.
+    let requests = s.requests(|r| {
+        r.iter().filter(|e| e["rpc_method"] == "tools/call").count() == 38
+            && r.iter().any(|e| e["method"] == "DELETE")
+    });
     let call_events = |target: &str| -> Vec<&Value> {
         requests
             .iter()
@@ -425,4 +437,186 @@ fn the_mcp_sdk_calls_tools_through_agentguard_as_the_policy_decides() {
     assert!(session("GET", None), "the legacy session's event stream");
     assert!(session("DELETE", None), "the legacy session's end");
     let _ = (&s.python, s.json_port);
+}
+
+/// A plain HTTP client (curl) as the agent, on the server that answers in
+/// JSON: the session by hand, then requests the SDK would not send.
+const CURL: &str = r#"
+url=$1; out=$2; big=$3
+post() {
+  curl -sS -m 10 -D "$out/h-$1" -o "$out/b-$1" -w '%{http_code}' \
+    -H "content-type: ${CT:-application/json}" -H 'accept: application/json, text/event-stream' \
+    -H 'mcp-protocol-version: 2025-11-25' $3 --data-binary "$2" "$url" > "$out/s-$1"
+}
+post init '{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}'
+sid=$(grep -i '^mcp-session-id:' "$out/h-init" | cut -d' ' -f2 | tr -d '\r')
+S="-H mcp-session-id:$sid"
+post note '{"jsonrpc":"2.0","method":"notifications/initialized"}' "$S"
+post list '{"jsonrpc":"2.0","id":1,"method":"tools/list"}' "$S"
+post batch '[{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2}}},{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"delete_repo","arguments":{"owner":"acme","repo":"widgets"}}}]' "$S"
+post python '{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"python_only","arguments":{}}}' "$S"
+post mismatch '{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2}}}' "$S -H mcp-method:tools/call -H mcp-name:delete_repo"
+post big "@$big" "$S"
+CT=text/plain post text '{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2}}}' "$S"
+post dup '{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"add","name":"delete_repo","arguments":{"owner":"acme","repo":"widgets"}}}' "$S"
+"#;
+
+#[test]
+fn a_plain_clients_batch_lists_and_malformed_calls() {
+    let s = setup();
+    let out = s.dir.path().join("curl");
+    std::fs::create_dir(&out).unwrap();
+    let script = s.dir.path().join("curl.sh");
+    std::fs::write(&script, CURL).unwrap();
+    // Over max_body (1 MiB): refused, never forwarded unchecked.
+    let big = s.dir.path().join("big.json");
+    std::fs::write(
+        &big,
+        format!(
+            r#"{{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{{"name":"add","arguments":{{"a":1,"b":2,"pad":"{}"}}}}}}"#,
+            "x".repeat(1 << 20)
+        ),
+    )
+    .unwrap();
+    let run = s.agent(&[
+        "sh",
+        &script.display().to_string(),
+        &s.url(s.json_port),
+        &out.display().to_string(),
+        &big.display().to_string(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}{}",
+        text(&run.stdout),
+        text(&run.stderr)
+    );
+    let read = |name: &str| -> (u16, Value) {
+        let status = std::fs::read_to_string(out.join(format!("s-{name}"))).unwrap();
+        let body = std::fs::read_to_string(out.join(format!("b-{name}"))).unwrap_or_default();
+        let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        (status.trim().parse().unwrap(), value)
+    };
+
+    // The session works; the JSON list is filtered.
+    assert_eq!(read("init").0, 200, "{:?}", read("init"));
+    assert_eq!(read("note").0, 202);
+    let (status, list) = read("list");
+    assert_eq!(status, 200, "{list}");
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"add") && !names.contains(&"delete_repo"),
+        "{names:?}"
+    );
+    assert_eq!(names.len(), 8, "{names:?}");
+
+    // A batch: the allowed member forwarded and answered by the server, the
+    // denied one answered by agentguard, both in the one array.
+    let (status, batch) = read("batch");
+    assert_eq!(status, 200, "{batch}");
+    let answers = batch.as_array().unwrap_or_else(|| panic!("{batch}"));
+    assert_eq!(answers.len(), 2, "{batch}");
+    let by_id = |id: i64| answers.iter().find(|a| a["id"] == id).unwrap();
+    assert_eq!(by_id(2)["result"]["content"][0]["text"], "3", "{batch}");
+    assert_eq!(by_id(3)["error"]["code"], -32003, "{batch}");
+    assert!(
+        by_id(3)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("delete_repo"),
+        "{batch}"
+    );
+
+    // The condition on the caller's executable: curl is not Python.
+    let (status, python) = read("python");
+    assert_eq!(status, 200);
+    assert_eq!(python["id"], 4);
+    assert_eq!(python["error"]["code"], -32003, "{python}");
+    assert_eq!(python["error"]["data"]["rule"], "condition", "{python}");
+
+    // Headers that disagree with the body: -32001, HTTP 400.
+    let (status, mismatch) = read("mismatch");
+    assert_eq!(status, 400, "{mismatch}");
+    assert_eq!(mismatch["id"], 5);
+    assert_eq!(mismatch["error"]["code"], -32001, "{mismatch}");
+    // Too large: 413; not JSON: 415; a repeated key: a parse error.
+    let (status, big) = read("big");
+    assert_eq!(status, 413, "{big}");
+    assert_eq!(big["error"]["code"], -32600, "{big}");
+    let (status, plain) = read("text");
+    assert_eq!(status, 415, "{plain}");
+    assert_eq!(plain["error"]["code"], -32600, "{plain}");
+    let (status, dup) = read("dup");
+    assert_eq!(status, 400, "{dup}");
+    assert_eq!(dup["error"]["code"], -32700, "{dup}");
+
+    // Only the batch's allowed member ran.
+    let calls = s.calls();
+    assert_eq!(
+        calls,
+        vec![json!({"tool": "add", "args": {"a": 1, "b": 2}})],
+        "{calls:?}"
+    );
+    // The batch's event: forwarded, with each member's decision; the
+    // malformed requests' refusals (the last are committed shortly after).
+    let rules = [
+        "mcp-header-mismatch",
+        "body-too-large",
+        "not-json",
+        "json-rpc-invalid",
+    ];
+    let requests = s.daemon.wait_for_events("the refusals", |events| {
+        rules.iter().all(|rule| {
+            events
+                .iter()
+                .any(|e| e["rule"] == *rule && e["decision"] == "refuse")
+        })
+    });
+    let batch_event = requests
+        .iter()
+        .find(|e| e["rpc_method"] == "tools/call,tools/call")
+        .unwrap_or_else(|| panic!("{requests:#?}"));
+    assert_eq!(batch_event["decision"], "allow");
+    assert_eq!(batch_event["mcp_target"], "add,delete_repo");
+    let members: Vec<Value> =
+        serde_json::from_str(batch_event["rpc_calls"].as_str().unwrap()).unwrap();
+    let decisions: Vec<&Value> = members.iter().map(|m| &m["decision"]).collect();
+    assert_eq!(decisions, [&json!("allow"), &json!("deny")]);
+}
+
+#[test]
+fn a_bad_condition_keeps_the_running_policy_and_names_file_and_line() {
+    let s = setup();
+    let file = s.daemon.policy_path(AGENT);
+    let good = std::fs::read_to_string(&file).unwrap();
+    let version = s.daemon.status()["last_reload"]["active_version"].clone();
+    // The add tool's condition, broken: a syntax error on a known line.
+    let bad = good.replacen(
+        "mcp_tools = [\"add\", \"list_issues\", \"count\"]\n",
+        "mcp_tools = [\"add\", \"list_issues\", \"count\"]\nwhen = 'mcp.arguments.a =='\n",
+        1,
+    );
+    assert_ne!(bad, good);
+    let line = bad
+        .lines()
+        .position(|l| l.starts_with("when = 'mcp.arguments.a =='"))
+        .unwrap()
+        + 1;
+    std::fs::write(&file, &bad).unwrap();
+    let status = s.daemon.wait_for_reload(false);
+    let error = status["last_reload"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("{AGENT}.toml:{line}:")) && error.contains("tool.when"),
+        "{status}"
+    );
+    assert_eq!(status["last_reload"]["active_version"], version);
+    // The running policy still decides: add is allowed, unconditionally.
+    let out = s.client("legacy", false);
+    allowed(&out["add"], "42");
+    refused(&out["delete_repo"], -32003, "delete_repo");
 }
