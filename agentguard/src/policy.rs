@@ -14,6 +14,7 @@ mod model;
 mod names;
 mod pattern;
 mod rate;
+mod replay;
 mod schema;
 mod spanned;
 mod unix;
@@ -38,5 +39,6 @@ pub use model::{
 pub use names::NamePattern;
 pub use pattern::normalize_path;
 pub use rate::{Admission, RateCheck, RateKey, RateLimiter, RatePer, RateRule, RateSpec};
+pub use replay::{Change, Replayed, Report as ReplayReport, Side, replay};
 pub use schema::{cases_schema, policy_schema};
 pub use unix::UnixSocketAddr;

@@ -18,7 +18,7 @@ use std::{
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use crate::common::{Daemon, DaemonOptions, TestCa, require_root, text};
+use crate::common::{AGENTGUARD, Daemon, DaemonOptions, TestCa, require_root, text};
 
 const NAME: &str = "mcp.agentguard.test";
 const AGENT: &str = "mcp-agent";
@@ -436,7 +436,140 @@ fn the_mcp_sdk_calls_tools_through_agentguard_as_the_policy_decides() {
     assert!(session("POST", Some("tools/list")));
     assert!(session("GET", None), "the legacy session's event stream");
     assert!(session("DELETE", None), "the legacy session's end");
-    let _ = (&s.python, s.json_port);
+
+    replay_flips_exactly_what_the_change_flips(&s);
+}
+
+/// `agentguard policy replay` over the run above, with the candidate
+/// policy `policy`: its exit code and JSON report.
+fn replay(s: &Setup, name: &str, policy: &str) -> (Option<i32>, Value) {
+    let dir = s.dir.path().join(name);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join(format!("{AGENT}.toml")), policy).unwrap();
+    let out = Command::new(AGENTGUARD)
+        .args(["policy", "replay", "--format", "json", "--policies"])
+        .arg(&dir)
+        .arg("--state-dir")
+        .arg(s.daemon.state_dir())
+        .args(["--agent", AGENT, "--since", "1h"])
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", text(&out.stdout), text(&out.stderr)));
+    (out.status.code(), report)
+}
+
+/// The changes of a report, as (change, MCP tool, old decision's rule or
+/// tool) sorted.
+fn flips(report: &Value) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["changes"][0].as_str().unwrap().to_owned(),
+                c["target"].as_str().unwrap_or("-").to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn replay_flips_exactly_what_the_change_flips(s: &Setup) {
+    let running = std::fs::read_to_string(s.daemon.policy_path(AGENT)).unwrap();
+    // The policy that decided: nothing changes (the rate limit's refusal
+    // is counted again the same way).
+    let (code, report) = replay(s, "same", &running);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["changes"], json!([]), "{report}");
+    assert!(report["decisions"].as_u64().unwrap() >= 40, "{report}");
+    assert_eq!(report["skipped"], 0, "{report}");
+
+    // add no longer listed, delete_repo listed, the write condition
+    // turned round: exactly those calls flip, and the gate closes.
+    let changed = running
+        .replace(
+            r#"mcp_tools = ["add", "list_issues", "count"]"#,
+            r#"mcp_tools = ["list_issues", "count", "delete_repo"]"#,
+        )
+        .replace(
+            r#"mcp.arguments.repo == "widgets""#,
+            r#"mcp.arguments.repo == "secrets""#,
+        );
+    let (code, report) = replay(s, "changed", &changed);
+    assert_eq!(code, Some(1), "{report}");
+    let pair = |c: &str, t: &str| (c.to_owned(), t.to_owned());
+    assert_eq!(
+        flips(&report),
+        [
+            pair("allow->deny", "add"),
+            pair("allow->deny", "add"),
+            pair("allow->deny", "create_issue"),
+            pair("allow->deny", "create_issue"),
+            pair("deny->allow", "create_issue"),
+            pair("deny->allow", "create_issue"),
+            pair("deny->allow", "delete_repo"),
+            pair("deny->allow", "delete_repo"),
+        ],
+        "{report}"
+    );
+    assert_eq!(report["counts"]["allow->deny"], 4);
+    assert_eq!(report["counts"]["deny->allow"], 4);
+    for c in report["changes"].as_array().unwrap() {
+        if c["target"] == "create_issue" && c["changes"][0] == "allow->deny" {
+            assert_eq!(c["new"]["rule"], "condition", "{c}");
+        }
+    }
+
+    // Only more allowed: the gate stays open.
+    let wider = running.replace(
+        r#"mcp_tools = ["add", "list_issues", "count"]"#,
+        r#"mcp_tools = ["add", "list_issues", "count", "delete_repo"]"#,
+    );
+    let (code, report) = replay(s, "wider", &wider);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["counts"]["deny->allow"], 2, "{report}");
+    assert_eq!(report["counts"]["allow->deny"], 0, "{report}");
+
+    // A condition on headers, which the record does not hold: each call
+    // it would decide is undetermined, not guessed.
+    let headers = running.replace(
+        &format!(r#"when = 'agent.exe == "{}"'"#, s.python),
+        r#"when = 'request.headers["x-team"] == "blue"'"#,
+    );
+    assert_ne!(headers, running);
+    let (code, report) = replay(s, "headers", &headers);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(
+        flips(&report),
+        [
+            pair("undetermined", "python_only"),
+            pair("undetermined", "python_only"),
+        ]
+    );
+    assert_eq!(report["changes"][0]["needs"], json!(["request.headers"]));
+    assert!(report["changes"][0].get("new").is_none_or(Value::is_null));
+
+    // The table says the same for people.
+    let dir = s.dir.path().join("changed");
+    let out = Command::new(AGENTGUARD)
+        .args(["policy", "replay", "--policies"])
+        .arg(&dir)
+        .arg("--state-dir")
+        .arg(s.daemon.state_dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let table = text(&out.stdout);
+    assert!(table.contains("allow->deny: 4, deny->allow: 4"), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with("allow->deny")
+            && l.contains("tools/call add")
+            && l.contains("deny call-not-allowed")),
+        "{table}"
+    );
 }
 
 /// A plain HTTP client (curl) as the agent, on the server that answers in

@@ -232,6 +232,29 @@ impl AgentPolicy {
             .any(|t| endpoint_matches(t, &facts) && t.calls.allows_name(kind, name))
     }
 
+    /// The tools whose `when` condition a decision evaluates, in the order
+    /// it tries them: for the request as a whole (`message` `None`) or for
+    /// one JSON-RPC message. A decision that allows stops at its tool; one
+    /// that denies has evaluated them all. `policy replay` reads their
+    /// conditions to tell whether a decision needs data the audit record
+    /// lacks.
+    pub fn conditioned_candidates(
+        &self,
+        facts: RequestFacts<'_>,
+        message: Option<&Message>,
+    ) -> Vec<&ToolPolicy> {
+        self.tools
+            .iter()
+            .filter(|t| t.calls.when.is_some() && endpoint_matches(t, &facts))
+            .filter(|t| match message {
+                None => !t.calls.protocol.is_rpc(),
+                Some(m) => {
+                    !t.calls.protocol.is_rpc() || t.calls.match_message(m) == MessageMatch::Call
+                }
+            })
+            .collect()
+    }
+
     /// Names of the headers this agent's credentials are injected into:
     /// conditions never see them.
     fn credential_headers(&self) -> Vec<&str> {
