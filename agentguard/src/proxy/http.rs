@@ -1,8 +1,10 @@
 //! Serving one intercepted connection as HTTP (hyper; HTTP/1.1 or HTTP/2 by
 //! ALPN or preface) and deciding each request against the agent's policy:
 //! default deny, credentials injected only where a tool binds them, bodies
-//! streamed both ways. Each request is planned first (`plan`: pure, from
-//! its head and the policy), then the plan is carried out here.
+//! streamed both ways. Each request is planned first (`plan`: from its head,
+//! the caller and the policy), then the plan is carried out here; a request
+//! whose decision needs its body (a JSON-RPC call, a condition on the body)
+//! is read, bounded, and decided by `call`.
 
 mod body;
 mod call;

@@ -5,10 +5,10 @@
 //! the one place that turns a request's refusal into a response and its
 //! record is `Outcome::refuse` (`http/record.rs`).
 //!
-//! Call sites build a variant and nothing else, so a new status (a `429`
-//! with `Retry-After` is one variant and one arm in [`super::respond`]) or a
-//! new rendering (a JSON-RPC error for MCP tool calls, chosen per request
-//! by [`super::respond::Render`]) changes no call site.
+//! Call sites build a variant and nothing else: the status (`429` with
+//! `Retry-After` over a rate) and the rendering (a JSON body, or JSON-RPC
+//! errors with the request's ids for MCP and JSON-RPC calls, chosen per
+//! request by [`super::respond::Render`]) follow from it.
 
 use std::net::IpAddr;
 

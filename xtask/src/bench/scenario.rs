@@ -40,6 +40,22 @@ const fn oha(path: &'static str, connections: u32, rate: Option<u32>, keep_alive
         connections,
         rate,
         keep_alive,
+        body: None,
+    })
+}
+
+/// An MCP `tools/call` whose arguments the policy's conditions read: the
+/// owner matches the last of the 50 tools' conditions, so the decision
+/// evaluates all 50.
+pub const MCP_CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"create_issue","arguments":{"owner":"org-49","repo":"widgets","title":"bench"}}}"#;
+
+const fn post(path: &'static str, body: &'static str) -> Kind {
+    Kind::Oha(OhaLoad {
+        path,
+        connections: 16,
+        rate: Some(200),
+        keep_alive: true,
+        body: Some(body),
     })
 }
 
@@ -83,6 +99,16 @@ pub const SCENARIOS: &[Scenario] = &[
         },
     },
     Scenario {
+        id: "rpc_plain_200",
+        title: "JSON-RPC POST, plain HTTP tool, 200 req/s open loop (16 connections)",
+        kind: post("/rpc", MCP_CALL),
+    },
+    Scenario {
+        id: "mcp_call_200",
+        title: "MCP tools/call, 50 tools with conditions, 200 req/s open loop (16 connections)",
+        kind: post("/mcp", MCP_CALL),
+    },
+    Scenario {
         id: "sse",
         title: "time to first SSE event (new connection each)",
         kind: Kind::Sse,
@@ -110,6 +136,9 @@ pub fn not_applicable(path: PathKind, scenario: &Scenario) -> Option<&'static st
     match (path, scenario.kind) {
         (PathKind::Direct, Kind::Idle) => Some("no proxy"),
         (PathKind::Mitmproxy, Kind::H2 { .. }) => Some("h2load has no proxy support"),
+        (PathKind::Jwt, Kind::Oha(OhaLoad { body: Some(_), .. })) => {
+            Some("the JWT tool is measured on GETs")
+        }
         _ => None,
     }
 }
@@ -239,6 +268,7 @@ fn measure_idle(env: &Env, path: PathKind, count: u32, m: &mut Metrics) -> Resul
         connections: 1,
         rate: None,
         keep_alive: true,
+        body: None,
     };
     let mut c = proxy.client(
         env,
