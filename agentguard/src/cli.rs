@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and dispatch to the modules.
 
 mod audit;
+mod kernel;
 mod policy;
 mod token;
 
@@ -69,6 +70,8 @@ enum Command {
         /// flag such a kernel stops start-up.
         #[arg(long)]
         allow_unguarded_unix_sockets: bool,
+        #[command(flatten)]
+        kernel: kernel::KernelRunArgs,
         #[command(flatten)]
         audit: audit::AuditRunArgs,
         #[command(flatten)]
@@ -223,6 +226,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             dns_upstream,
             report_kernel_redirects,
             allow_unguarded_unix_sockets,
+            kernel,
             audit,
             tokens,
         } => {
@@ -234,6 +238,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
                 } else {
                     UnixGuard::Required
                 },
+                kernel: kernel.options()?,
                 policies_dir: policies,
                 state_dir,
                 admin_socket,

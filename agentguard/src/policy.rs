@@ -9,6 +9,7 @@ mod condition;
 mod decide;
 mod eval;
 mod explain;
+mod listen;
 mod load;
 mod model;
 mod names;
@@ -30,6 +31,7 @@ pub use decide::{
 };
 pub use eval::{RequestFacts, Verdict};
 pub use explain::{Explanation, explain, explain_case};
+pub use listen::ListenAddr;
 pub use load::{PolicyError, PolicyErrors, load_path};
 pub use model::{
     AgentPolicy, CgroupRelPath, CredentialPolicy, DnsMode, HostPattern, Injection, Mode,

@@ -41,25 +41,12 @@ pub enum PolicyError {
 }
 
 /// All errors found in a policy set: operators fix them in one pass.
-#[derive(Debug, Error)]
-pub struct PolicyErrors(pub Vec<PolicyError>);
-
-impl std::fmt::Display for PolicyErrors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
+pub type PolicyErrors = crate::error_list::ErrorList<PolicyError>;
 
 /// Loads a policy set from a folder (every `*.toml` in it, sorted by name) or
 /// from one file. Every file is checked; any error refuses the whole set.
 pub fn load_path(path: &Path) -> Result<PolicySet, PolicyErrors> {
-    let files = policy_files(path).map_err(|e| PolicyErrors(vec![e]))?;
+    let files = policy_files(path).map_err(|e| crate::error_list::ErrorList(vec![e]))?;
     let mut errors = Vec::new();
     let mut agents: Vec<(AgentPolicy, Span)> = Vec::new();
     let mut hasher = Sha256::new();
@@ -91,7 +78,7 @@ pub fn load_path(path: &Path) -> Result<PolicySet, PolicyErrors> {
 
     check_conflicts(&agents, &mut errors);
     if !errors.is_empty() {
-        return Err(PolicyErrors(errors));
+        return Err(crate::error_list::ErrorList(errors));
     }
     Ok(PolicySet {
         agents: agents.into_iter().map(|(a, _)| a).collect(),
@@ -205,6 +192,19 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
         }
         unix_sockets.push(addr);
     }
+    let mut listen: Vec<super::ListenAddr> = Vec::new();
+    for entry in parsed.agent.listen.iter().flatten() {
+        let span = span_of(path, text, entry.span().start);
+        let addr = super::ListenAddr::parse(entry.get_ref())
+            .map_err(|m| invalid(&span, format!("agent.listen: {m}")))?;
+        if listen.contains(&addr) {
+            return Err(invalid(
+                &span,
+                format!("agent.listen: {addr} is listed twice"),
+            ));
+        }
+        listen.push(addr);
+    }
     let mut credentials: Vec<CredentialPolicy> = Vec::new();
     for section in parsed.credential {
         let id_span = span_of(path, text, section.id.span().start);
@@ -256,6 +256,7 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
             mode,
             dns,
             unix_sockets,
+            listen,
             credentials,
             tools,
             passthrough,

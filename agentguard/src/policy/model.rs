@@ -169,6 +169,7 @@ pub(super) struct AgentSection {
     #[schemars(extend("enum" = ["policy", "any"]))]
     pub dns: Option<Spanned<String>>,
     pub unix_sockets: Option<Vec<Spanned<String>>>,
+    pub listen: Option<Vec<Spanned<String>>>,
 }
 
 /// A cgroup path relative to the cgroup v2 mount, e.g. `agentguard/support-bot`.
@@ -365,6 +366,9 @@ pub struct AgentPolicy {
     /// The Unix sockets the agent may connect or send to; the kernel
     /// refuses every other.
     pub unix_sockets: Vec<UnixSocketAddr>,
+    /// The addresses and ports the agent may bind (besides port 0); the
+    /// kernel refuses every other.
+    pub listen: Vec<super::ListenAddr>,
     pub credentials: Vec<CredentialPolicy>,
     pub tools: Vec<ToolPolicy>,
     pub passthrough: Vec<PassthroughRule>,
