@@ -18,7 +18,7 @@ use std::{
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use crate::common::{AGENTGUARD, Daemon, DaemonOptions, TestCa, require_root, text};
+use crate::common::{AGENTGUARD, Daemon, TestCa, require_root, text};
 
 const NAME: &str = "mcp.agentguard.test";
 const AGENT: &str = "mcp-agent";
@@ -146,13 +146,10 @@ fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("agentguard mcp test CA", dir.path());
     let python = python_exe();
-    let daemon = Daemon::start_with(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: &policy(&python),
-            upstream_ca: Some(&ca.pem_path),
-        },
-    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy(&python))
+        .upstream_ca(&ca.pem_path)
+        .start();
     let (cert, key) = ca.leaf_files(NAME, dir.path());
     let calls_log = dir.path().join("calls.jsonl");
     let acks = dir.path().join("acks");

@@ -81,7 +81,7 @@ impl std::fmt::Display for RateSpec {
         let secs = self.window.as_secs();
         let (count, unit) = [(86_400, "day"), (3600, "hour"), (60, "min")]
             .into_iter()
-            .find(|(u, _)| secs % u == 0)
+            .find(|(u, _)| secs.is_multiple_of(*u))
             .map_or((secs, "s"), |(u, name)| (secs / u, name));
         match count {
             1 => write!(f, "{}/{unit}", self.limit),

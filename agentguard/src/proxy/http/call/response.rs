@@ -359,6 +359,9 @@ mod tests {
         assert_eq!(data["error"]["data"]["rule"], "list-unfilterable");
     }
 
+    /// A response no list filter applies to.
+    type NoFilter = Option<ListFilter<fn(TargetKind, &str) -> bool>>;
+
     #[tokio::test]
     async fn a_batchs_local_errors_join_the_upstreams_answer() {
         let b = body(
@@ -376,7 +379,7 @@ mod tests {
                 },
             ],
         );
-        let none: Option<ListFilter<fn(TargetKind, &str) -> bool>> = None;
+        let none: NoFilter = None;
         let upstream = r#"[{"jsonrpc":"2.0","id":1,"result":{}}]"#;
         let r = finish(
             resp("application/json", full(Bytes::from(upstream))),
@@ -392,7 +395,7 @@ mod tests {
         assert_eq!(v[1]["id"], 2);
         assert_eq!(v[1]["error"]["code"], mcp::POLICY_DENIED);
         // As an event stream: the errors come first.
-        let none: Option<ListFilter<fn(TargetKind, &str) -> bool>> = None;
+        let none: NoFilter = None;
         let r = finish(
             resp(
                 "text/event-stream",
@@ -419,7 +422,7 @@ mod tests {
             "{t}"
         );
         // The upstream answered 202 (only notifications went): the errors.
-        let none: Option<ListFilter<fn(TargetKind, &str) -> bool>> = None;
+        let none: NoFilter = None;
         let mut accepted = resp("text/plain", full(Bytes::new()));
         *accepted.status_mut() = StatusCode::ACCEPTED;
         let r = finish(accepted, none, &plan, vec![], "bot").await.unwrap();

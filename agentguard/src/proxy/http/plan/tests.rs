@@ -308,7 +308,7 @@ name = "by-uid"
 host = "api.example.com"
 methods = ["GET"]
 paths = ["/v1/*"]
-when = 'agent.uid == 1000 && request.query.page != "2"'
+when = 'agent.uid == 1000 && (!has(request.query.page) || request.query.page != "2")'
 
 [[tool]]
 name = "by-body"
@@ -366,7 +366,14 @@ fn call_aware_tools_are_decided_on_the_caller_or_left_for_the_body() {
         }
     };
     // The caller's uid and the query, on the head.
-    assert!(go(1000, "GET", "api.example.com", "/v1/x").is_ok());
+    assert_eq!(
+        go(1000, "GET", "api.example.com", "/v1/x"),
+        Ok("api.example.com".into())
+    );
+    assert_eq!(
+        go(1000, "GET", "api.example.com", "/v1/x?page=3"),
+        Ok("api.example.com".into())
+    );
     assert_eq!(
         go(0, "GET", "api.example.com", "/v1/x"),
         Err((403, "condition"))
