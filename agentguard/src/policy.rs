@@ -7,7 +7,6 @@ mod calls;
 mod cases;
 mod condition;
 mod decide;
-mod eval;
 mod explain;
 mod listen;
 mod load;
@@ -27,9 +26,8 @@ pub use cases::{Case, CaseFile, CaseResult, Decided, Outcome, read_cases, run_ca
 pub use condition::{AgentIdentity, Bound, Condition, McpView, RequestView, Uses, Vars};
 pub use decide::{
     Allowed, ArgumentsRecord, BodyNeed, CallInfo, Decider, Decision, Denied, DenyRule,
-    RequestInput, digest as arguments_digest, one_credential,
+    RequestFacts, RequestInput, digest as arguments_digest, one_credential,
 };
-pub use eval::{RequestFacts, Verdict};
 pub use explain::{Explanation, explain, explain_case};
 pub use listen::ListenAddr;
 pub use load::{PolicyError, PolicyErrors, load_path};

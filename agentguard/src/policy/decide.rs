@@ -24,10 +24,21 @@ use sha2::{Digest as _, Sha256};
 
 use super::{
     AgentIdentity, AgentPolicy, CredentialPolicy, McpView, MessageMatch, RateCheck, RateKey,
-    RateLimiter, RatePer, RequestFacts, RequestView, ToolPolicy, Vars, condition::Bound,
-    rate::Admission,
+    RateLimiter, RatePer, RequestView, ToolPolicy, Vars, condition::Bound, rate::Admission,
 };
 use crate::mcp::{Message, Target};
+
+/// The parts of a request head that select the candidate tools.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub method: &'a Method,
+    /// Host from SNI/Host (already checked to agree), without port.
+    pub host: &'a str,
+    /// The connection's original destination port.
+    pub port: u16,
+    /// The normalised path (see [`super::normalize_path`]), no query.
+    pub path: &'a str,
+}
 
 /// Everything about one request that a decision may use.
 #[derive(Debug, Clone, Copy)]
