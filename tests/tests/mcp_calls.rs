@@ -118,7 +118,7 @@ methods = ["POST"]
 paths = ["/mcp"]
 protocol = "mcp"
 mcp_tools = ["ping_tool"]
-rate = "20/10s"
+rate = "20/min"
 "#;
 
 struct Setup {
@@ -332,16 +332,17 @@ fn the_mcp_sdk_calls_tools_through_agentguard_as_the_policy_decides() {
         allowed(&out["count"], "counted 3");
         assert_eq!(out["progress"], json!([1.0, 2.0, 3.0]), "{mode}");
         if rate {
-            // 20 calls in 10 s, then the 21st is refused with the time to
-            // wait; after it, calls go through again.
+            // 20 calls in a minute, then the 21st is refused with the time
+            // to wait; after it, calls go through again. (A minute, not
+            // less: 21 calls on a loaded machine must fit in the window.)
             let calls = out["rate"].as_array().unwrap();
             assert_eq!(calls.len(), 21);
             for c in &calls[..20] {
                 allowed(c, "pong");
             }
-            refused(&calls[20], -32023, "tool \"mcp.rated\" allows 20/10s");
+            refused(&calls[20], -32023, "tool \"mcp.rated\" allows 20/min");
             let wait = calls[20]["data"]["retryAfterMs"].as_u64().unwrap();
-            assert!((1000..=10_000).contains(&wait), "{}", calls[20]);
+            assert!((1000..=60_000).contains(&wait), "{}", calls[20]);
             assert_eq!(calls[20]["data"]["rule"], "rate-limited");
             allowed(&out["rate_after"], "pong");
         }
