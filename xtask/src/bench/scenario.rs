@@ -149,6 +149,9 @@ pub fn measure(env: &Env, path: PathKind, scenario: &Scenario, size: Size) -> Re
     let mut m = Metrics::new();
     match scenario.kind {
         Kind::Oha(l) => {
+            if let Some(body) = l.body {
+                check_rpc_result(env, path, &route, l.path, body)?;
+            }
             let mut c = env.client(path, load::oha(&env.oha, &route, l, size.load));
             let r = with_cpu(&pids, &mut m, || load::parse_oha(&cmd::output(&mut c)?))?;
             record_load(&mut m, &r, size)?;
@@ -184,6 +187,48 @@ pub fn measure(env: &Env, path: PathKind, scenario: &Scenario, size: Size) -> Re
         Kind::Idle => measure_idle(env, path, size.idle_connections, &mut m)?,
     }
     Ok(m)
+}
+
+/// One call as the load sends it, whose answer must be the upstream's
+/// JSON-RPC result. oha counts only status codes, and a call the policy
+/// denies is answered 200 too (a JSON-RPC error, as MCP clients expect):
+/// without this a policy that denied the bench's call would have the
+/// scenario measure agentguard's refusal, and the smoke would still pass.
+fn check_rpc_result(
+    env: &Env,
+    path: PathKind,
+    route: &super::paths::Route,
+    url_path: &str,
+    body: &str,
+) -> Result<()> {
+    let mut curl = cmd::new("curl");
+    curl.args(["-sS", "--fail", "--max-time", "10", "--cacert"])
+        .arg(&route.ca)
+        .args(["-H", "content-type: application/json", "--data", body]);
+    match route.proxy {
+        Some(proxy) => curl.args(["-x", &format!("http://{proxy}")]),
+        None => curl.args([
+            "--connect-to",
+            &format!(
+                "{}:{}:{}:{}",
+                route.host,
+                route.port,
+                route.dial.ip(),
+                route.dial.port()
+            ),
+        ]),
+    };
+    curl.arg(route.url(url_path));
+    let out = cmd::output(&mut env.client(path, curl))?;
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .with_context(|| format!("{} {url_path}: not a JSON answer: {out:?}", path.id()))?;
+    if v.get("result").is_none() || v.get("error").is_some() {
+        bail!(
+            "{} {url_path}: the call was not answered with the upstream's result: {out}",
+            path.id()
+        );
+    }
+    Ok(())
 }
 
 fn helper_target(route: &super::paths::Route) -> Vec<String> {
