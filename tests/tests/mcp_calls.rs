@@ -571,9 +571,11 @@ fn replay_flips_exactly_what_the_change_flips(s: &Setup) {
 }
 
 /// A plain HTTP client (curl) as the agent, on the server that answers in
-/// JSON: the session by hand, then requests the SDK would not send.
+/// JSON: the session by hand, then requests the SDK would not send. Then on
+/// the SSE server: a list answered as an event stream, and a GET resuming
+/// that stream after its first (priming) event, which replays the list.
 const CURL: &str = r#"
-url=$1; out=$2; big=$3
+url=$1; out=$2; big=$3; sse=$4
 post() {
   curl -sS -m 10 -D "$out/h-$1" -o "$out/b-$1" -w '%{http_code}' \
     -H "content-type: ${CT:-application/json}" -H 'accept: application/json, text/event-stream' \
@@ -590,6 +592,16 @@ post mismatch '{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"a
 post big "@$big" "$S"
 CT=text/plain post text '{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2}}}' "$S"
 post dup '{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"add","name":"delete_repo","arguments":{"owner":"acme","repo":"widgets"}}}' "$S"
+url=$sse
+post sse-init '{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}'
+sid=$(grep -i '^mcp-session-id:' "$out/h-sse-init" | cut -d' ' -f2 | tr -d '\r')
+S="-H mcp-session-id:$sid"
+post sse-note '{"jsonrpc":"2.0","method":"notifications/initialized"}' "$S"
+post sse-list '{"jsonrpc":"2.0","id":1,"method":"tools/list"}' "$S"
+first=$(grep -m1 '^id:' "$out/b-sse-list" | cut -d' ' -f2 | tr -d '\r')
+# The resumed stream stays open for what comes next: curl stops it.
+curl -sS -m 3 -o "$out/b-resumed" -w '%{http_code}' -H 'accept: text/event-stream' \
+  -H 'mcp-protocol-version: 2025-11-25' $S -H "last-event-id: $first" "$url" > "$out/s-resumed" || true
 "#;
 
 #[test]
@@ -615,6 +627,7 @@ fn a_plain_clients_batch_lists_and_malformed_calls() {
         &s.url(s.json_port),
         &out.display().to_string(),
         &big.display().to_string(),
+        &s.url(s.sse_port),
     ]);
     assert!(
         run.status.success(),
@@ -646,6 +659,29 @@ fn a_plain_clients_batch_lists_and_malformed_calls() {
     );
     assert_eq!(names.len(), 8, "{names:?}");
 
+    // The same list as an event stream, and replayed on a resumed GET
+    // stream: filtered both times.
+    let listed = |events: &str| -> Vec<String> {
+        let lists: Vec<Value> = events
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter(|v| v["id"] == 1 && v["result"]["tools"].is_array())
+            .collect();
+        assert_eq!(lists.len(), 1, "{events}");
+        lists[0]["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let events = |name: &str| std::fs::read_to_string(out.join(format!("b-{name}"))).unwrap();
+    assert_eq!(read("sse-init").0, 200);
+    assert_eq!(read("sse-list").0, 200);
+    assert_eq!(listed(&events("sse-list")), names, "{}", events("sse-list"));
+    assert_eq!(read("resumed").0, 200, "{}", events("resumed"));
+    assert_eq!(listed(&events("resumed")), names, "{}", events("resumed"));
     // A batch: the allowed member forwarded and answered by the server, the
     // denied one answered by agentguard, both in the one array.
     let (status, batch) = read("batch");

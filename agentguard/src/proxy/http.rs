@@ -162,6 +162,14 @@ async fn handle(
     out.note(plan.noted);
     let forwarded = match plan.action {
         Action::Refuse(refusal) => Err(refusal),
+        Action::Forward(plan) if plan.resumed_lists => {
+            let (host, path) = (plan.host.clone(), plan.path.clone());
+            call::prepare_resumed(&mut req);
+            match forward(req.map(|b| b.boxed()), plan, meta, ctx, state, out).await {
+                Ok(resp) => call::filter_resumed(resp, state, meta, &host, &path).await,
+                Err(refusal) => Err(refusal),
+            }
+        }
         Action::Forward(plan) => forward(req.map(|b| b.boxed()), plan, meta, ctx, state, out).await,
         Action::Decide(pending) => call::decide(req, pending, &caller, meta, ctx, state, out).await,
     };
@@ -186,6 +194,8 @@ async fn forward(
         path,
         upgrade,
         credential,
+        // Carried out by the caller, on the answer.
+        resumed_lists: _,
     } = plan;
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();

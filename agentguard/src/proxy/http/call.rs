@@ -198,12 +198,54 @@ pub(super) async fn decide(
         true => None,
         false => ListFilter::for_body(
             &message_body,
-            visible(state, agent, &parts.method, &host, meta.dst.port(), &path),
+            visible(
+                state,
+                &agent.name,
+                &parts.method,
+                &host,
+                meta.dst.port(),
+                &path,
+            ),
         ),
     };
     let req = Request::from_parts(parts, full(sent));
     let resp = super::forward(req, forward, meta, ctx, state, out).await?;
     response::finish(resp, filter, &plan, lists, agent_name).await
+}
+
+/// Readies a GET on an MCP endpoint whose event stream is filtered
+/// ([`filter_resumed`]): the answer must come uncompressed to be read.
+pub(super) fn prepare_resumed<B>(req: &mut Request<B>) {
+    req.headers_mut()
+        .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+}
+
+/// The answer to a GET on an MCP endpoint: an event stream resumed with
+/// `Last-Event-ID` may replay a list response of an earlier POST, which is
+/// filtered to the names visible to a POST at this endpoint (where the
+/// list was asked for).
+pub(super) async fn filter_resumed(
+    resp: Response<ProxyBody>,
+    state: &Arc<LiveState>,
+    meta: &ConnMeta,
+    host: &str,
+    path: &str,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let agent = &meta.identity.agent;
+    let filter = ListFilter::for_resumed_stream(visible(
+        state,
+        agent,
+        &Method::POST,
+        host,
+        meta.dst.port(),
+        path,
+    ));
+    let nothing_local = BodyPlan {
+        forward: None,
+        local: Vec::new(),
+        batch: false,
+    };
+    response::finish(resp, Some(filter), &nothing_local, Vec::new(), agent).await
 }
 
 /// Decides each message of `body`: one credential per request, then each
@@ -431,13 +473,13 @@ fn list_ids(body: &mcp::Body) -> Vec<Value> {
 /// a response body that outlives the request.
 fn visible(
     state: &Arc<LiveState>,
-    agent: &AgentPolicy,
+    agent: &str,
     method: &Method,
     host: &str,
     port: u16,
     path: &str,
 ) -> impl Fn(TargetKind, &str) -> bool + Send + Sync + 'static {
-    let (state, agent) = (state.clone(), agent.name.clone());
+    let (state, agent) = (state.clone(), agent.to_owned());
     let (method, host, path) = (method.clone(), host.to_owned(), path.to_owned());
     move |kind, name| {
         state.policy.agent(&agent).is_some_and(|a| {

@@ -8,14 +8,14 @@
 
 use std::time::SystemTime;
 
-use hyper::{Request, http::uri::Authority};
+use hyper::{Method, Request, http::uri::Authority};
 
 use super::{ConnMeta, checks, hop};
 use crate::{
     audit::Decision as Recorded,
     policy::{
         AgentIdentity, AgentPolicy, BodyNeed, CredentialPolicy, Decision, Mode, PolicySet,
-        RateLimiter, RequestFacts, RequestInput, normalize_path,
+        Protocol, RateLimiter, RequestFacts, RequestInput, normalize_path,
     },
     proxy::{decide::Resolutions, refusal::Refusal},
 };
@@ -93,6 +93,10 @@ pub struct Forward<'p> {
     pub upgrade: bool,
     /// The credential to inject; only ever on a TLS connection.
     pub credential: Option<&'p CredentialPolicy>,
+    /// A GET an MCP tool allows (enforced): its event stream may replay
+    /// list responses of earlier POSTs, which are filtered
+    /// ([`crate::mcp::ListFilter::for_resumed_stream`]).
+    pub resumed_lists: bool,
 }
 
 #[derive(Debug)]
@@ -202,13 +206,21 @@ fn decide<'p, B>(
         })
         .decide()
         .admit(caller.limiter, caller.now_ms());
+    let resumed_lists = *req.method() == Method::GET
+        && agent_policy.mode == Mode::Enforce
+        && matches!(&decision, Decision::Allow(a) if a.tool.calls.protocol == Protocol::Mcp);
     let target = Target {
         authority,
         host,
         path,
         upgrade: hop::wants_upgrade(req).then(|| hop::upgrades_to_websocket(req)),
     };
-    settle(decision, agent_policy, meta, noted, target).map(Action::Forward)
+    settle(decision, agent_policy, meta, noted, target).map(|forward| {
+        Action::Forward(Forward {
+            resumed_lists,
+            ..forward
+        })
+    })
 }
 
 /// Where a request goes, once its head is checked.
@@ -287,6 +299,7 @@ pub fn settle<'p>(
         path,
         upgrade: upgrade.is_some(),
         credential,
+        resumed_lists: false,
     })
 }
 

@@ -353,7 +353,7 @@ fn call_aware_tools_are_decided_on_the_caller_or_left_for_the_body() {
             limiter: &limiter,
         };
         match plan(&req, &m, &set, &Resolved, &caller).action {
-            Action::Forward(f) => Ok(f.host),
+            Action::Forward(f) => Ok((f.host, f.resumed_lists)),
             Action::Refuse(r) => Err((r.status().as_u16(), r.rule())),
             Action::Decide(p) => Err((
                 0,
@@ -368,11 +368,11 @@ fn call_aware_tools_are_decided_on_the_caller_or_left_for_the_body() {
     // The caller's uid and the query, on the head.
     assert_eq!(
         go(1000, "GET", "api.example.com", "/v1/x"),
-        Ok("api.example.com".into())
+        Ok(("api.example.com".into(), false))
     );
     assert_eq!(
         go(1000, "GET", "api.example.com", "/v1/x?page=3"),
-        Ok("api.example.com".into())
+        Ok(("api.example.com".into(), false))
     );
     assert_eq!(
         go(0, "GET", "api.example.com", "/v1/x"),
@@ -391,8 +391,12 @@ fn call_aware_tools_are_decided_on_the_caller_or_left_for_the_body() {
         go(1000, "POST", "mcp.example.com", "/mcp"),
         Err((0, "json-rpc"))
     );
-    // The MCP event stream is session traffic: no body to read.
-    assert!(go(1000, "GET", "mcp.example.com", "/mcp").is_ok());
+    // The MCP event stream is session traffic: no body to read; the list
+    // responses a resumed stream may replay are filtered.
+    assert_eq!(
+        go(1000, "GET", "mcp.example.com", "/mcp"),
+        Ok(("mcp.example.com".into(), true))
+    );
     // Two a minute, then 429 with the time to wait.
     assert!(go(1000, "GET", "rated.example.com", "/a").is_ok());
     assert!(go(1000, "GET", "rated.example.com", "/a").is_ok());
