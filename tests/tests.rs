@@ -15,6 +15,7 @@ mod interception;
 mod kernel_paths;
 mod listen;
 mod mcp;
+mod mcp_calls;
 mod policy_cases;
 mod processes;
 mod redirect;

@@ -231,6 +231,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         minter,
         on_behalf_of: Arc::new(crate::token::OnBehalfOf::default()),
         jwt_max_body: cfg.tokens.max_body,
+        limiter: Arc::new(crate::policy::RateLimiter::new()),
     });
     let metrics = Arc::new(MetricsSource {
         metrics: audit.metrics.clone(),

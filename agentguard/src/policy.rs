@@ -7,7 +7,6 @@ mod calls;
 mod cases;
 mod condition;
 mod decide;
-mod eval;
 mod explain;
 mod listen;
 mod load;
@@ -15,6 +14,7 @@ mod model;
 mod names;
 mod pattern;
 mod rate;
+mod replay;
 mod schema;
 mod spanned;
 mod systemd;
@@ -27,9 +27,8 @@ pub use cases::{Case, CaseFile, CaseResult, Decided, Outcome, read_cases, run_ca
 pub use condition::{AgentIdentity, Bound, Condition, McpView, RequestView, Uses, Vars};
 pub use decide::{
     Allowed, ArgumentsRecord, BodyNeed, CallInfo, Decider, Decision, Denied, DenyRule,
-    RequestInput, digest as arguments_digest,
+    RequestFacts, RequestInput, digest as arguments_digest, one_credential,
 };
-pub use eval::{RequestFacts, Verdict};
 pub use explain::{Explanation, explain, explain_case};
 pub use listen::ListenAddr;
 pub use load::{PolicyError, PolicyErrors, load_path};
@@ -41,6 +40,7 @@ pub use model::{
 pub use names::NamePattern;
 pub use pattern::normalize_path;
 pub use rate::{Admission, RateCheck, RateKey, RateLimiter, RatePer, RateRule, RateSpec};
+pub use replay::{Change, Replayed, Report as ReplayReport, Side, replay};
 pub use schema::{cases_schema, policy_schema};
 pub use systemd::SystemdUnit;
 pub use unix::UnixSocketAddr;

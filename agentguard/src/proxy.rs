@@ -60,4 +60,6 @@ pub struct ProxyContext {
     pub on_behalf_of: Arc<crate::token::OnBehalfOf>,
     /// Request bodies of JWT-bound tools are read whole up to this size.
     pub jwt_max_body: usize,
+    /// Counts calls against tools' rates; survives policy reloads.
+    pub limiter: Arc<crate::policy::RateLimiter>,
 }

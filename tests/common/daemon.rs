@@ -366,7 +366,7 @@ impl Daemon {
             .args([
                 "audit",
                 "query",
-                "--format",
+                "-o",
                 "json",
                 "--limit",
                 "100000",

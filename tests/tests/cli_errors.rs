@@ -125,7 +125,7 @@ fn policy_check_and_test_report_decisions_and_exit_codes() {
                 "--agent",
                 "support-bot",
             ])
-            .args(["--method", method, "--url", url, "--format", "json"])
+            .args(["--method", method, "--url", url, "-o", "json"])
             .output()
             .unwrap()
     };

@@ -437,10 +437,16 @@ fn decide_once(
             let json = mcp::parse_strict_json(bytes).ok();
             input.json_body = json.as_ref();
             let decider = policy.decider(input);
-            parsed
+            let mut decisions: Vec<Decision<'_>> = parsed
                 .messages()
                 .iter()
-                .map(|m| outcome(decider.decide_message(m), Some(m)))
+                .map(|m| decider.decide_message(m))
+                .collect();
+            super::one_credential(&mut decisions);
+            decisions
+                .into_iter()
+                .zip(parsed.messages())
+                .map(|(d, m)| outcome(d, Some(m)))
                 .collect()
         }
     }

@@ -133,8 +133,10 @@ pub(super) struct ToolSection {
     /// A CEL expression that must hold for the tool to allow a call.
     pub when: Option<Spanned<String>>,
     /// At most this many calls: `"20/min"`, `"5/s"`, `"100/hour"`,
-    /// `"1000/day"`.
-    #[schemars(regex(pattern = r"^\s*[0-9]+\s*/\s*(s|sec|second|min|minute|h|hour|d|day)\s*$"))]
+    /// `"1000/day"`, or in a window of several units: `"20/10s"`.
+    #[schemars(regex(
+        pattern = r"^\s*[0-9]+\s*/\s*[0-9]*(s|sec|second|min|minute|h|hour|d|day)\s*$"
+    ))]
     pub rate: Option<Spanned<String>>,
     /// Whom the rate counts separately: `"agent"` (the default) or
     /// `"on_behalf_of"` (each agent and person it acts for).

@@ -1,9 +1,13 @@
 //! Serving one intercepted connection as HTTP (hyper; HTTP/1.1 or HTTP/2 by
 //! ALPN or preface) and deciding each request against the agent's policy:
 //! default deny, credentials injected only where a tool binds them, bodies
-//! streamed both ways. Each request is planned first (`plan`: pure, from
-//! its head and the policy), then the plan is carried out here.
+//! streamed both ways. Each request is planned first (`plan`: from its head,
+//! the caller and the policy), then the plan is carried out here; a request
+//! whose decision needs its body (a JSON-RPC call, a condition on the body)
+//! is read, bounded, and decided by `call`.
 
+mod body;
+mod call;
 mod checks;
 mod forward;
 mod hop;
@@ -38,9 +42,9 @@ use crate::{
     credentials::{find_placeholders, inject},
     identity::Identity,
     live::LiveState,
-    policy::{Injection, SecretSource},
+    policy::{AgentIdentity, Injection, SecretSource},
 };
-use plan::{Action, Forward};
+use plan::{Action, Caller, Forward};
 use record::{INTENT_HEADER, Outcome, redacted_query};
 
 /// What the proxy knows about an intercepted connection before its first
@@ -74,10 +78,16 @@ pub async fn serve<IO>(io: IO, meta: ConnMeta, ctx: Arc<ProxyContext>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Who is calling is fixed for the connection: its kernel identity, and
+    // whom `exec --on-behalf-of` said the process acts for.
+    let caller = Arc::new((
+        AgentIdentity::from(&meta.identity),
+        ctx.on_behalf_of.lookup(meta.identity.pid),
+    ));
     let meta = Arc::new(meta);
     let span = tracing::Span::current();
     let service = service_fn(move |req| {
-        let (meta, ctx) = (meta.clone(), ctx.clone());
+        let (meta, ctx, caller) = (meta.clone(), ctx.clone(), caller.clone());
         async move {
             // Each request reads the policy in force when it arrives: a
             // reload applies to open connections from their next request.
@@ -89,7 +99,17 @@ where
                 ctx.audit.clone(),
                 ctx.requests.clone(),
             );
-            let resp = handle(req, &meta, &ctx, &state, &mut outcome).await;
+            let (identity, on_behalf_of) = &*caller;
+            let resp = handle(
+                req,
+                &meta,
+                identity,
+                on_behalf_of.as_deref(),
+                &ctx,
+                &state,
+                &mut outcome,
+            )
+            .await;
             Ok::<_, Infallible>(outcome.attach(resp))
         }
         .instrument(span.clone())
@@ -115,20 +135,43 @@ where
 }
 
 /// Plans one request and carries the plan out.
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     mut req: Request<Incoming>,
     meta: &ConnMeta,
+    identity: &AgentIdentity,
+    on_behalf_of: Option<&str>,
     ctx: &ProxyContext,
-    state: &LiveState,
+    state: &Arc<LiveState>,
     out: &mut Outcome,
 ) -> Response<ProxyBody> {
     // The intent is recorded (Outcome::new read it) and goes no further.
     req.headers_mut().remove(INTENT_HEADER);
-    let plan = plan::plan(&req, meta, &state.policy, &*ctx.resolvers);
+    if out.event.on_behalf_of.is_none() {
+        out.event.on_behalf_of = on_behalf_of.map(str::to_owned);
+    }
+    let intent = out.event.intent.clone();
+    let caller = Caller {
+        identity,
+        on_behalf_of,
+        intent: intent.as_deref(),
+        now: std::time::SystemTime::now(),
+        limiter: &ctx.limiter,
+    };
+    let plan = plan::plan(&req, meta, &state.policy, &*ctx.resolvers, &caller);
     out.note(plan.noted);
     let forwarded = match plan.action {
         Action::Refuse(refusal) => Err(refusal),
-        Action::Forward(plan) => forward(req, plan, meta, ctx, state, out).await,
+        Action::Forward(plan) if plan.resumed_lists => {
+            let (host, path) = (plan.host.clone(), plan.path.clone());
+            call::prepare_resumed(&mut req);
+            match forward(req.map(|b| b.boxed()), plan, meta, ctx, state, out).await {
+                Ok(resp) => call::filter_resumed(resp, state, meta, &host, &path).await,
+                Err(refusal) => Err(refusal),
+            }
+        }
+        Action::Forward(plan) => forward(req.map(|b| b.boxed()), plan, meta, ctx, state, out).await,
+        Action::Decide(pending) => call::decide(req, pending, &caller, meta, ctx, state, out).await,
     };
     forwarded.unwrap_or_else(|refusal| out.refuse(refusal))
 }
@@ -137,7 +180,7 @@ async fn handle(
 /// token minted for the request), the request sent upstream, the response
 /// readied for the agent. What can still go wrong is a [`Refusal`].
 async fn forward(
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
     plan: Forward<'_>,
     meta: &ConnMeta,
     ctx: &ProxyContext,
@@ -151,6 +194,8 @@ async fn forward(
         path,
         upgrade,
         credential,
+        // Carried out by the caller, on the answer.
+        resumed_lists: _,
     } = plan;
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -222,7 +267,7 @@ async fn forward(
         .map_err(Refusal::BadRequest)?;
     let mut minted = None;
     let body = match jwt {
-        None => body.boxed(),
+        None => body,
         Some(spec) => {
             let bound = jwt::bind(&mut parts, body, &spec, meta, ctx).await?;
             out.event.token_jti = Some(bound.jti.clone());

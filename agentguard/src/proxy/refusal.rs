@@ -5,10 +5,10 @@
 //! the one place that turns a request's refusal into a response and its
 //! record is `Outcome::refuse` (`http/record.rs`).
 //!
-//! Call sites build a variant and nothing else, so a new status (a `429`
-//! with `Retry-After` is one variant and one arm in [`super::respond`]) or a
-//! new rendering (a JSON-RPC error for MCP tool calls, chosen per request
-//! by [`super::respond::Render`]) changes no call site.
+//! Call sites build a variant and nothing else: the status (`429` with
+//! `Retry-After` over a rate) and the rendering (a JSON body, or JSON-RPC
+//! errors with the request's ids for MCP and JSON-RPC calls, chosen per
+//! request by [`super::respond::Render`]) follow from it.
 
 use std::net::IpAddr;
 
@@ -16,7 +16,15 @@ use hyper::StatusCode;
 use thiserror::Error;
 
 use super::sniff::SniffError;
-use crate::{audit::Decision, credentials::CredentialError, identity::IdentityError};
+use crate::{
+    audit::Decision,
+    credentials::CredentialError,
+    identity::IdentityError,
+    mcp::{self, HeaderMismatch, McpError},
+};
+
+/// JSON-RPC 2.0 §5.1 "Internal error".
+const INTERNAL_ERROR: i64 = -32603;
 
 /// Why agentguard answers a request itself instead of forwarding it.
 #[derive(Debug, Error)]
@@ -38,9 +46,41 @@ pub enum Refusal {
     /// attributed.
     #[error("agent {0:?} is no longer in the policy")]
     UnknownAgent(String),
-    /// The policy denies the request (enforce mode).
+    /// The policy denies the request or call (enforce mode); `rule` is the
+    /// kind of denial (`default-deny`, `call-not-allowed`, `condition`, ...).
     #[error("{reason}")]
-    Denied { reason: String },
+    Denied { rule: &'static str, reason: String },
+    /// Over a tool's rate (or the limiter is full): try again in
+    /// `retry_after_secs`.
+    #[error("{reason}")]
+    RateLimited {
+        rule: &'static str,
+        reason: String,
+        retry_after_secs: u64,
+    },
+    /// A body the policy reads to decide is longer than the bound: refused,
+    /// never forwarded unchecked.
+    #[error(
+        "request body is larger than {max} bytes, the most read to decide this call (max_body); refused rather than forwarded unchecked"
+    )]
+    BodyTooLarge { max: usize },
+    /// A JSON-RPC endpoint's POST must carry JSON.
+    #[error("a JSON-RPC request must have a JSON content type (application/json)")]
+    NotJson,
+    /// A JSON body a condition reads is not JSON agentguard accepts.
+    #[error("request body: {0}")]
+    BodyJson(String),
+    /// A JSON-RPC body agentguard cannot read (parse error, invalid
+    /// request).
+    #[error("{0}")]
+    JsonRpc(#[source] McpError),
+    /// The MCP headers disagree with the body (SEP-2243).
+    #[error("{0}")]
+    HeaderMismatch(#[source] HeaderMismatch),
+    /// The upstream's list response could not be filtered: it is not passed
+    /// on unfiltered.
+    #[error("the upstream's list response could not be filtered: {0}")]
+    ListUnfiltered(String),
     /// After a 101 nothing more is decided: only WebSocket is relayed.
     #[error("only WebSocket upgrades are relayed")]
     UpgradeRefused,
@@ -81,9 +121,16 @@ pub enum Refusal {
 impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::BadRequest(_) | Refusal::BodyUnreadable(_) | Refusal::Path(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Refusal::BadRequest(_)
+            | Refusal::BodyUnreadable(_)
+            | Refusal::Path(_)
+            | Refusal::BodyJson(_)
+            | Refusal::JsonRpc(_)
+            | Refusal::HeaderMismatch(_) => StatusCode::BAD_REQUEST,
+            Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Refusal::ListUnfiltered(_) => StatusCode::BAD_GATEWAY,
             Refusal::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             Refusal::UnknownAgent(_)
             | Refusal::Denied { .. }
@@ -106,7 +153,13 @@ impl Refusal {
             Refusal::Path(_) => "path-refused",
             Refusal::Misdirected(_) => "misdirected",
             Refusal::UnknownAgent(_) => "unknown-agent",
-            Refusal::Denied { .. } => "default-deny",
+            Refusal::Denied { rule, .. } | Refusal::RateLimited { rule, .. } => rule,
+            Refusal::BodyTooLarge { .. } => "body-too-large",
+            Refusal::NotJson => "not-json",
+            Refusal::BodyJson(_) => "bad-request",
+            Refusal::JsonRpc(_) => "json-rpc-invalid",
+            Refusal::HeaderMismatch(_) => "mcp-header-mismatch",
+            Refusal::ListUnfiltered(_) => "list-unfilterable",
             Refusal::UpgradeRefused => "upgrade-refused",
             Refusal::CredentialOverPlainHttp { .. } => "credential-over-plain-http",
             Refusal::CredentialUnavailable { .. } => "credential-unavailable",
@@ -125,8 +178,58 @@ impl Refusal {
     /// own account (malformed, misdirected, unverifiable) is `refuse`.
     pub fn decision(&self) -> Decision {
         match self {
-            Refusal::Denied { .. } => Decision::Deny,
+            Refusal::Denied { .. } | Refusal::RateLimited { .. } => Decision::Deny,
             _ => Decision::Refuse,
+        }
+    }
+
+    /// The seconds a client should wait before trying again (`Retry-After`).
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Refusal::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+
+    /// The JSON-RPC error code of this refusal, for MCP and JSON-RPC
+    /// clients.
+    pub fn json_rpc_code(&self) -> i64 {
+        match self {
+            Refusal::Denied { .. } => mcp::POLICY_DENIED,
+            Refusal::RateLimited { .. } => mcp::RATE_LIMITED,
+            Refusal::HeaderMismatch(_) => mcp::HEADER_MISMATCH,
+            Refusal::JsonRpc(e) => e.code(),
+            Refusal::BodyJson(_) => mcp::PARSE_ERROR,
+            Refusal::BodyTooLarge { .. } | Refusal::NotJson | Refusal::BadRequest(_) => {
+                mcp::INVALID_REQUEST
+            }
+            // agentguard's own failures (credential, upstream, ...): the
+            // JSON-RPC "Internal error".
+            _ => INTERNAL_ERROR,
+        }
+    }
+
+    /// A denial of one call, from the policy's decision.
+    pub fn from_denied(denied: crate::policy::Denied) -> Refusal {
+        use crate::policy::DenyRule;
+        match denied.rule {
+            DenyRule::RateLimited { retry_after_secs } => Refusal::RateLimited {
+                rule: denied.rule.as_str(),
+                reason: denied.reason,
+                retry_after_secs,
+            },
+            // Full of live counts: a moment later there is room.
+            DenyRule::RateLimiterFull => Refusal::RateLimited {
+                rule: denied.rule.as_str(),
+                reason: denied.reason,
+                retry_after_secs: 1,
+            },
+            rule => Refusal::Denied {
+                rule: rule.as_str(),
+                reason: denied.reason,
+            },
         }
     }
 }

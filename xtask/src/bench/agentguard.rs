@@ -158,8 +158,31 @@ impl Drop for Daemon {
 
 /// One agent: its calls to the upstream's main name go the full path (a
 /// static credential injected), to the JWT name with a request-bound token
-/// minted per call, and to the passthrough name relayed untouched.
+/// minted per call, and to the passthrough name relayed untouched. POSTs to
+/// `/rpc` go through a plain tool; to `/mcp` through 50 MCP tools with
+/// conditions on the call's arguments, the last of which allows the bench's
+/// call (so each decision evaluates all 50).
 fn policy(tag: &str) -> String {
+    let mut mcp = String::new();
+    for i in 0..50 {
+        mcp.push_str(&format!(
+            r#"
+[[tool]]
+name = "bench.mcp.{i}"
+host = "{HOST}"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["create_issue", "list_*", "get_*"]
+when = 'mcp.arguments.owner == "org-{i}" && mcp.arguments.repo in ["widgets", "gadgets"]'
+credential = "bench-key"
+"#
+        ));
+    }
+    policy_head(tag) + &mcp
+}
+
+fn policy_head(tag: &str) -> String {
     format!(
         r#"[agent]
 name = "{AGENT}"
@@ -180,6 +203,13 @@ name = "bench.read"
 host = "{HOST}"
 methods = ["GET"]
 paths = ["/1k", "/64k", "/sse"]
+credential = "bench-key"
+
+[[tool]]
+name = "bench.rpc"
+host = "{HOST}"
+methods = ["POST"]
+paths = ["/rpc"]
 credential = "bench-key"
 
 [[tool]]

@@ -26,6 +26,8 @@ pub struct OhaLoad {
     /// path answers (closed loop, saturation).
     pub rate: Option<u32>,
     pub keep_alive: bool,
+    /// A JSON body to POST (else GET).
+    pub body: Option<&'static str>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -56,6 +58,9 @@ pub fn oha(oha: &Path, route: &Route, load: OhaLoad, amount: Amount) -> Command 
     }
     if !load.keep_alive {
         c.arg("--disable-keepalive");
+    }
+    if let Some(body) = load.body {
+        c.args(["-m", "POST", "-T", "application/json", "-d", body]);
     }
     match route.proxy {
         Some(proxy) => c.args(["-x", &format!("http://{proxy}")]),
