@@ -2,11 +2,13 @@
 
 mod daemon;
 mod dns_upstream;
+mod echo_upstream;
 mod tls_upstream;
 mod upstream;
 
 pub use daemon::{ALLOW_LOOPBACK_TEST_HOSTS, Daemon, DaemonOptions, in_cgroup_dir};
 pub use dns_upstream::DnsUpstream;
+pub use echo_upstream::EchoUpstream;
 pub use tls_upstream::{SSE_EVENTS, TestCa, TlsUpstream};
 pub use upstream::{BODY, Upstream};
 

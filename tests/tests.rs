@@ -11,6 +11,7 @@ mod fail_closed;
 mod interception;
 mod kernel_paths;
 mod redirect;
+mod request_checks;
 mod root_required;
 mod tokens;
 mod unix_sockets;

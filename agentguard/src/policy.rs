@@ -7,6 +7,7 @@ mod eval;
 mod explain;
 mod load;
 mod model;
+pub mod overrides;
 mod pattern;
 mod unix;
 

@@ -110,6 +110,9 @@ pub(super) struct ToolSection {
     pub methods: Spanned<Vec<String>>,
     pub paths: Spanned<Vec<String>>,
     pub credential: Option<Spanned<String>>,
+    /// Override headers (and `_method`) let through to this tool's upstream;
+    /// see `policy::overrides`. Optional; default none.
+    pub allow_overrides: Option<Spanned<Vec<String>>>,
 }
 
 /// `[[passthrough]]`: TLS to these hosts is relayed untouched (pinned
@@ -311,6 +314,9 @@ pub struct ToolPolicy {
     pub paths: Vec<PathPattern>,
     /// Id of the credential injected into this tool's requests.
     pub credential: Option<String>,
+    /// Override headers (lowercase) and `_method` this tool lets through;
+    /// every other one is stripped (see `policy::overrides`).
+    pub allow_overrides: Vec<String>,
 }
 
 /// One agent's validated policy.

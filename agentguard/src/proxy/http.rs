@@ -4,10 +4,12 @@
 //! streamed both ways. Each request is planned first (`plan`: pure, from
 //! its head and the policy), then the plan is carried out here.
 
+mod agent_body;
 mod checks;
 mod forward;
 mod hop;
 mod jwt;
+mod overrides;
 mod plan;
 mod record;
 
@@ -151,9 +153,14 @@ async fn forward(
         path,
         upgrade,
         credential,
+        allow_overrides,
     } = plan;
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let stripped = overrides::strip(&mut parts.headers, allow_overrides);
+    if !stripped.is_empty() {
+        debug!(headers = ?stripped, "override headers stripped");
+    }
 
     let mut jwt = None;
     if let Some(credential) = credential {
@@ -220,8 +227,13 @@ async fn forward(
     forward::prepare(&mut parts, &authority, meta.scheme(), &path, upgrade)
         .map_err(Refusal::BadRequest)?;
     let mut minted = None;
+    let mut body_failure = None;
     let body = match jwt {
-        None => body.boxed(),
+        None => {
+            let (watched, failure) = agent_body::watch(body);
+            body_failure = Some(failure);
+            watched.boxed()
+        }
         Some(spec) => {
             let bound = jwt::bind(&mut parts, body, &spec, meta, ctx).await?;
             out.event.token_jti = Some(bound.jti.clone());
@@ -236,6 +248,9 @@ async fn forward(
     let client = ctx.upstreams.client(agent, &host, meta.dst, upgrade);
     let sent = Instant::now();
     let mut resp = client.request(upstream_req).await.map_err(|e| {
+        if let Some(reason) = body_failure.as_ref().and_then(|f| f.get()) {
+            return Refusal::BodyUnreadable(reason.clone());
+        }
         let (certificate, reason) = describe_failure(&e);
         warn!(certificate, reason, "upstream failed");
         if certificate {

@@ -25,8 +25,10 @@ pub enum Refusal {
     /// rebuilt for the upstream.
     #[error("{0}")]
     BadRequest(String),
-    #[error("failed to read the request body: {0}")]
-    BodyUnreadable(#[source] hyper::Error),
+    /// The agent's request body is malformed (a bad chunked encoding) or
+    /// ended early: the agent's fault, whatever the upstream had begun.
+    #[error("the request body could not be read: {0}")]
+    BodyUnreadable(String),
     /// The path does not normalise (encoded `/`, control characters, ...).
     #[error("request path refused: {0}")]
     Path(String),
@@ -44,6 +46,12 @@ pub enum Refusal {
     /// After a 101 nothing more is decided: only WebSocket is relayed.
     #[error("only WebSocket upgrades are relayed")]
     UpgradeRefused,
+    /// `_method` in the query of a tool that binds a credential: a server
+    /// that honours it runs another method than the policy allowed.
+    #[error(
+        "the _method query parameter is refused on tool {tool:?}, which binds a credential (allow it with allow_overrides = [\"_method\"])"
+    )]
+    MethodOverride { tool: String },
     #[error("tool {tool:?} binds credential {credential:?}, which is only sent over TLS")]
     CredentialOverPlainHttp { tool: String, credential: String },
     #[error("credential {id:?} is unavailable: {source}")]
@@ -88,6 +96,7 @@ impl Refusal {
             Refusal::UnknownAgent(_)
             | Refusal::Denied { .. }
             | Refusal::UpgradeRefused
+            | Refusal::MethodOverride { .. }
             | Refusal::CredentialOverPlainHttp { .. }
             | Refusal::Placeholder { .. } => StatusCode::FORBIDDEN,
             Refusal::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -102,12 +111,14 @@ impl Refusal {
     /// The short code the audit record and the error body carry.
     pub fn rule(&self) -> &'static str {
         match self {
-            Refusal::BadRequest(_) | Refusal::BodyUnreadable(_) => "bad-request",
+            Refusal::BadRequest(_) => "bad-request",
+            Refusal::BodyUnreadable(_) => "bad-request-body",
             Refusal::Path(_) => "path-refused",
             Refusal::Misdirected(_) => "misdirected",
             Refusal::UnknownAgent(_) => "unknown-agent",
             Refusal::Denied { .. } => "default-deny",
             Refusal::UpgradeRefused => "upgrade-refused",
+            Refusal::MethodOverride { .. } => "method-override",
             Refusal::CredentialOverPlainHttp { .. } => "credential-over-plain-http",
             Refusal::CredentialUnavailable { .. } => "credential-unavailable",
             Refusal::CredentialInjection { .. } | Refusal::TokenInjection(_) => {

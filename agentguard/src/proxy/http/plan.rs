@@ -5,9 +5,10 @@
 
 use hyper::{Request, http::uri::Authority};
 
-use super::{ConnMeta, checks, hop};
+use super::{ConnMeta, checks, hop, overrides};
 use crate::{
     audit::Decision,
+    policy::overrides::METHOD_PARAM,
     policy::{CredentialPolicy, Mode, PolicySet, RequestFacts, Verdict, normalize_path},
     proxy::{decide::Resolutions, refusal::Refusal},
 };
@@ -49,6 +50,8 @@ pub struct Forward<'p> {
     pub upgrade: bool,
     /// The credential to inject; only ever on a TLS connection.
     pub credential: Option<&'p CredentialPolicy>,
+    /// The override headers the tool lets through (see `overrides`).
+    pub allow_overrides: &'p [String],
 }
 
 #[derive(Debug)]
@@ -106,7 +109,9 @@ fn decide<'p, B>(
             )));
         }
     }
-    let path = match normalize_path(req.uri().path()) {
+    let path = match checks::check_double_encoding(req.uri().path())
+        .and_then(|()| normalize_path(req.uri().path()))
+    {
         Ok(p) => p,
         Err(e) => {
             noted.path = Some(req.uri().path().to_owned());
@@ -128,8 +133,10 @@ fn decide<'p, B>(
         port: meta.dst.port(),
         path: &path,
     });
+    let mut allow_overrides: &[String] = &[];
     let credential = match verdict {
         Verdict::Allow { tool, credential } => {
+            allow_overrides = &tool.allow_overrides;
             noted.tool = Some(tool.name.clone());
             noted.verdict = Some((
                 Decision::Allow,
@@ -166,6 +173,13 @@ fn decide<'p, B>(
             });
         }
         noted.credential_id = Some(credential.id.clone());
+        if overrides::has_method_param(req.uri().query())
+            && !allow_overrides.iter().any(|a| a == METHOD_PARAM)
+        {
+            return Err(Refusal::MethodOverride {
+                tool: noted.tool.clone().unwrap_or_default(),
+            });
+        }
     }
     Ok(Forward {
         authority,
@@ -173,6 +187,7 @@ fn decide<'p, B>(
         path,
         upgrade,
         credential,
+        allow_overrides,
     })
 }
 
