@@ -8,7 +8,7 @@ mod upstream;
 
 pub use daemon::{ALLOW_LOOPBACK_TEST_HOSTS, Daemon, DaemonOptions, in_cgroup_dir};
 pub use dns_upstream::DnsUpstream;
-pub use echo_upstream::EchoUpstream;
+pub use echo_upstream::{EchoUpstream, leak_text as echo_upstream_leak_text};
 pub use tls_upstream::{SSE_EVENTS, TestCa, TlsUpstream};
 pub use upstream::{BODY, Upstream};
 

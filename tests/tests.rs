@@ -10,6 +10,7 @@ mod exec_confinement;
 mod fail_closed;
 mod interception;
 mod kernel_paths;
+mod redaction;
 mod redirect;
 mod request_checks;
 mod root_required;

@@ -12,6 +12,7 @@ mod jwt;
 mod overrides;
 mod plan;
 mod record;
+mod redaction;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
@@ -37,7 +38,7 @@ use super::{
 };
 use crate::{
     audit::{Decision, Event, Kind},
-    credentials::{find_placeholders, inject},
+    credentials::{Redactor, find_placeholders, inject},
     identity::Identity,
     live::LiveState,
     policy::{Injection, SecretSource},
@@ -163,22 +164,16 @@ async fn forward(
     }
 
     let mut jwt = None;
-    if let Some(credential) = credential {
-        // An upstream's echo of the secret can only be redacted in a body
-        // that is not compressed; the agent does not get to choose.
-        parts.headers.insert(
-            hyper::header::ACCEPT_ENCODING,
-            hyper::header::HeaderValue::from_static("identity"),
-        );
-        if let SecretSource::Jwt(j) = &credential.source {
-            // Minted once the upstream's request head is final (below).
-            jwt = Some(jwt::JwtSpec {
-                audience: &j.audience,
-                scope: &j.scope,
-                ttl: j.ttl,
-                inject: &credential.inject,
-            });
-        }
+    if let Some(credential) = credential
+        && let SecretSource::Jwt(j) = &credential.source
+    {
+        // Minted once the upstream's request head is final (below).
+        jwt = Some(jwt::JwtSpec {
+            audience: &j.audience,
+            scope: &j.scope,
+            ttl: j.ttl,
+            inject: &credential.inject,
+        });
     }
     if let Some(credential) = credential.filter(|_| jwt.is_none()) {
         let secret = match state.credentials.secret(agent, &credential.id).await {
@@ -244,6 +239,16 @@ async fn forward(
                 .boxed()
         }
     };
+    // Every response to an agent that holds secrets is searched for them;
+    // the token went upstream only, and an echo of it is cut like any.
+    let mut secrets = state.credentials.known_secrets(agent);
+    secrets.extend(minted);
+    let redactor = Redactor::new(&secrets);
+    if redactor.is_some() {
+        // Only what can be searched comes back: no compression, whatever
+        // the agent asked for.
+        redaction::prepare(&mut parts.headers);
+    }
     let upstream_req = Request::from_parts(parts, out.count_request_body(body));
     let client = ctx.upstreams.client(agent, &host, meta.dst, upgrade);
     let sent = Instant::now();
@@ -261,16 +266,16 @@ async fn forward(
     })?;
     ctx.metrics.observe_upstream_latency(sent.elapsed());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(r) = &redactor {
+            redaction::upgraded(&mut resp, r)?;
+        }
         if let Some(agent_side) = agent_upgrade {
             let upstream_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(forward::tunnel(agent_side, upstream_side).in_current_span());
+            tokio::spawn(forward::tunnel(agent_side, upstream_side, redactor).in_current_span());
         }
         return Ok(resp.map(|b| b.boxed()));
     }
-    let mut secrets = state.credentials.known_secrets(agent);
-    // The token went upstream only: an echo of it is cut like any secret.
-    secrets.extend(minted);
-    let mut resp = forward::finish(resp, &secrets).await;
+    let mut resp = forward::finish(resp, redactor).await?;
     if out.decision() == Some(Decision::WouldDeny) {
         respond::mark_would_deny(&mut resp);
     }

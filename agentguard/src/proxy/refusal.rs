@@ -84,6 +84,11 @@ pub enum Refusal {
     UpstreamUnverified(String),
     #[error("{0}")]
     UpstreamFailed(String),
+    /// The upstream's reply is coded so that secrets in it could not be
+    /// found (compressed although identity was asked for, a WebSocket
+    /// extension): not relayed.
+    #[error("{0}")]
+    UpstreamUnredactable(String),
 }
 
 impl Refusal {
@@ -104,7 +109,9 @@ impl Refusal {
             | Refusal::TokenInjection(_)
             | Refusal::TokenMint(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Refusal::JwtBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Refusal::UpstreamUnverified(_) | Refusal::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            Refusal::UpstreamUnverified(_)
+            | Refusal::UpstreamFailed(_)
+            | Refusal::UpstreamUnredactable(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -129,6 +136,7 @@ impl Refusal {
             Refusal::JwtBodyTooLarge { .. } => "jwt-body-too-large",
             Refusal::UpstreamUnverified(_) => "upstream-unverified",
             Refusal::UpstreamFailed(_) => "upstream-failed",
+            Refusal::UpstreamUnredactable(_) => "upstream-unredactable",
         }
     }
 
