@@ -6,8 +6,8 @@
 //! A [`Redactor`] looks for every form in which a secret comes back without
 //! effort on the agent's part ([`forms`]: raw, base64 at any alignment (so
 //! inside HTTP Basic's `base64(user:secret)` too), percent-encoded,
-//! JSON-escaped, hex), all at once with one Aho-Corasick automaton, and
-//! replaces each with `[redacted]`. Whole values (headers, small bodies) go
+//! JSON-escaped, hex), all at once (`set`: a Teddy or Aho-Corasick search
+//! over every form), and replaces each with `[redacted]`. Whole values (headers, small bodies) go
 //! through [`Redactor::redact`]; streams (chunked bodies, SSE, WebSocket
 //! messages) through a [`StreamRedactor`], which holds back only bytes that
 //! could still become a secret: at most the longest form minus one byte, and
@@ -18,124 +18,86 @@
 //! compresses, reverses). Compressed bodies are therefore not relayed where
 //! redaction applies (`proxy::http::response`).
 
+mod cache;
 mod forms;
+mod set;
 mod stream;
 
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, MatchKind};
 use hyper::{HeaderMap, header::HeaderValue};
 
 pub use stream::StreamRedactor;
 
 use super::Secret;
+use set::FormSet;
 
 pub(super) const REDACTED: &[u8] = b"[redacted]";
 /// Shorter secrets are not looked for: three bytes occur by chance in any
 /// response, and replacing them would shred it while protecting little.
 pub(super) const MIN_REDACT_LEN: usize = 4;
 
-/// Finds every form of a set of secrets. Built once per response from the
-/// agent's secrets (and the request's minted token); its `Debug` shows no
-/// secret.
+/// Finds every form of a set of secrets: the agent's (its form set built
+/// once and shared) and the token minted for one request (built per
+/// request, small). The two are searched one after the other, the token
+/// first. Its `Debug` shows no secret.
 pub struct Redactor {
-    matcher: AhoCorasick,
-    /// Every form, sorted: which suffixes of a chunk could still grow into
-    /// one ([`Redactor::hold_from`]).
-    sorted: Vec<Box<[u8]>>,
-    /// Whether any form starts with this byte: most positions are ruled
-    /// out by one lookup.
-    starts: [bool; 256],
-    longest: usize,
+    stages: Vec<Arc<FormSet>>,
 }
 
 impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Redactor")
-            .field("forms", &self.sorted.len())
-            .field("longest", &self.longest)
-            .finish_non_exhaustive()
+        let stages: Vec<_> = self
+            .stages
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} forms, longest {}, {}",
+                    s.len(),
+                    s.longest(),
+                    if s.fast() { "teddy" } else { "automaton" }
+                )
+            })
+            .collect();
+        f.debug_struct("Redactor").field("stages", &stages).finish()
     }
 }
 
 impl Redactor {
-    /// A redactor for `secrets`, or `None` when none is long enough to look
-    /// for (nothing to redact). Shared: each stream it cuts holds it.
-    pub fn new(secrets: &[Secret]) -> Option<Arc<Self>> {
-        let mut sorted: Vec<Box<[u8]>> = secrets
-            .iter()
-            .filter(|s| s.expose().len() >= MIN_REDACT_LEN)
-            .flat_map(|s| forms::forms(s.expose()))
-            .map(Vec::into_boxed_slice)
-            .collect();
-        sorted.sort();
-        sorted.dedup();
-        if sorted.is_empty() {
-            return None;
-        }
-        // Leftmost-longest: where one form contains another (a secret that
-        // contains another secret), the longer is cut whole, not left with
-        // a hole in it; and the result is the same however a stream is cut.
-        let matcher = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(&sorted)
-            .ok()?;
-        let mut starts = [false; 256];
-        for form in &sorted {
-            starts[usize::from(form[0])] = true;
-        }
-        let longest = sorted.iter().map(|f| f.len()).max().unwrap_or(0);
-        Some(Arc::new(Self {
-            matcher,
-            sorted,
-            starts,
-            longest,
-        }))
+    /// A redactor for the agent's `secrets` and those of one request
+    /// (`per_request`: a minted token), or `None` when none is long enough
+    /// to look for (nothing to redact). Shared: each stream it cuts holds
+    /// it.
+    pub fn new(secrets: &[Secret], per_request: &[Secret]) -> Option<Arc<Self>> {
+        // The request's token first: it is the longer, and a secret of the
+        // agent's inside it must not cut it in two and leave the rest.
+        let stages: Vec<_> = [
+            FormSet::build(per_request).map(Arc::new),
+            cache::form_set(secrets),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!stages.is_empty()).then(|| Arc::new(Self { stages }))
     }
 
     /// `haystack` with every form of every secret replaced, and how many
     /// were; `None` if there was none (so the common case copies nothing).
     pub fn redact(&self, haystack: &[u8]) -> Option<(Vec<u8>, usize)> {
-        let mut out: Option<Vec<u8>> = None;
+        let mut current: Option<Vec<u8>> = None;
         let mut count = 0;
-        let mut pos = 0;
-        for m in self.matcher.find_iter(haystack) {
-            let o = out.get_or_insert_with(|| Vec::with_capacity(haystack.len()));
-            o.extend_from_slice(&haystack[pos..m.start()]);
-            o.extend_from_slice(REDACTED);
-            pos = m.end();
-            count += 1;
+        for stage in &self.stages {
+            if let Some((out, n)) = stage.redact(current.as_deref().unwrap_or(haystack)) {
+                current = Some(out);
+                count += n;
+            }
         }
-        out.map(|mut o| {
-            o.extend_from_slice(&haystack[pos..]);
-            (o, count)
-        })
+        current.map(|c| (c, count))
     }
 
-    /// The longest form, in bytes: a stream holds back less than this.
+    /// A stream holds back less than this many bytes.
     pub fn longest(&self) -> usize {
-        self.longest
-    }
-
-    /// The first position at or after `from` from which the rest of `buf`
-    /// is a proper prefix of some form (it could become one with more
-    /// bytes), or `buf.len()` if there is none.
-    fn hold_from(&self, buf: &[u8], from: usize) -> usize {
-        let earliest = from.max(buf.len().saturating_sub(self.longest - 1));
-        (earliest..buf.len())
-            .find(|&p| self.starts[usize::from(buf[p])] && self.is_proper_prefix(&buf[p..]))
-            .unwrap_or(buf.len())
-    }
-
-    fn is_proper_prefix(&self, tail: &[u8]) -> bool {
-        // The forms that start with `tail` sort together, from the first
-        // one not less than it; if that one is `tail` itself, a longer one
-        // may follow.
-        let at = self.sorted.partition_point(|f| &f[..] < tail);
-        self.sorted[at..]
-            .iter()
-            .take(2)
-            .any(|f| f.len() > tail.len() && f.starts_with(tail))
+        self.stages.iter().map(|s| s.longest()).sum()
     }
 }
 
@@ -160,7 +122,7 @@ pub fn redact_headers(headers: &mut HeaderMap, redactor: &Redactor) -> usize {
 /// [`Redactor::redact`] for a one-off text: the redacted copy, or `None` if
 /// no secret was in it.
 pub fn redact_bytes(body: &[u8], secrets: &[Secret]) -> Option<Vec<u8>> {
-    Redactor::new(secrets)?.redact(body).map(|(r, _)| r)
+    FormSet::build(secrets)?.redact(body).map(|(r, _)| r)
 }
 
 #[cfg(test)]
@@ -180,7 +142,7 @@ mod tests {
         );
         h.append("set-cookie", HeaderValue::from_static("t=tok-abcdef"));
         h.insert("x-fine", HeaderValue::from_static("nothing here"));
-        let r = Redactor::new(&secrets(&["sk-real-123", "tok-abcdef", "abc"])).unwrap();
+        let r = Redactor::new(&secrets(&["sk-real-123", "tok-abcdef", "abc"]), &[]).unwrap();
         let n = redact_headers(&mut h, &r);
         assert_eq!(n, 3);
         assert_eq!(h["x-echo"], "key=[redacted]; again [redacted]");
@@ -198,14 +160,29 @@ mod tests {
         );
     }
 
+    /// A token minted for the request that holds one of the agent's
+    /// secrets is cut whole, not in two around it.
+    #[test]
+    fn a_token_holding_a_secret_is_cut_whole() {
+        let r = Redactor::new(
+            &secrets(&["sk-real-123"]),
+            &secrets(&["eyJ.tok-sk-real-123-en.sig"]),
+        )
+        .unwrap();
+        let (out, n) = r
+            .redact(b"t=eyJ.tok-sk-real-123-en.sig k=sk-real-123")
+            .unwrap();
+        assert_eq!((out.as_slice(), n), (&b"t=[redacted] k=[redacted]"[..], 2));
+    }
+
     #[test]
     fn nothing_found_is_none() {
         assert!(redact_bytes(b"hello world", &secrets(&["sk-real-123"])).is_none());
         assert!(redact_bytes(b"", &secrets(&["sk-real-123"])).is_none());
         assert!(redact_bytes(b"abc abc", &secrets(&["abc"])).is_none());
         assert!(redact_bytes(b"sk-real-12", &secrets(&["sk-real-123"])).is_none());
-        assert!(Redactor::new(&secrets(&["abc"])).is_none());
-        assert!(Redactor::new(&[]).is_none());
+        assert!(Redactor::new(&secrets(&["abc"]), &secrets(&["xy"])).is_none());
+        assert!(Redactor::new(&[], &[]).is_none());
     }
 
     #[test]
@@ -220,7 +197,7 @@ mod tests {
     fn encoded_forms_are_redacted() {
         use base64::Engine as _;
         let secret = "s3cr/t+k<e>y é";
-        let r = Redactor::new(&secrets(&[secret])).unwrap();
+        let r = Redactor::new(&secrets(&[secret]), &[]).unwrap();
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut texts = vec![
             format!(
@@ -243,6 +220,12 @@ mod tests {
             hex::encode(secret),
             hex::encode_upper(secret),
         ];
+        // The minted token's stage too.
+        let r2 = Redactor::new(&secrets(&["sk-other-key"]), &secrets(&[secret])).unwrap();
+        assert_eq!(
+            r2.redact(b"sk-other-key s3cr/t+k<e>y \xc3\xa9").unwrap().1,
+            2
+        );
         let all_u: String = secret
             .encode_utf16()
             .map(|u| format!("\\u{u:04X}"))

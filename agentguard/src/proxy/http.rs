@@ -241,9 +241,7 @@ async fn forward(
     };
     // Every response to an agent that holds secrets is searched for them;
     // the token went upstream only, and an echo of it is cut like any.
-    let mut secrets = state.credentials.known_secrets(agent);
-    secrets.extend(minted);
-    let redactor = Redactor::new(&secrets);
+    let redactor = Redactor::new(&state.credentials.known_secrets(agent), minted.as_slice());
     if redactor.is_some() {
         // Only what can be searched comes back: no compression, whatever
         // the agent asked for.

@@ -30,11 +30,46 @@ pub(super) fn forms(secret: &str) -> Vec<Vec<u8>> {
     out.push(hex::encode(raw).into_bytes());
     out.push(hex::encode_upper(raw).into_bytes());
     for core in base64_cores(raw) {
-        // Base64 in a URL or a JSON string gets escaped in turn: `+` and
-        // `/` as `%2B`/`%2F`, `/` as `\/`.
-        out.extend(percent_forms(&core));
-        out.extend(json_forms(std::str::from_utf8(&core).unwrap_or_default()));
+        out.extend(escaped_base64(&core));
         out.push(core);
+    }
+    out
+}
+
+/// Base64 in a URL or a JSON string gets escaped in turn: `+` and `/` as
+/// `%2B` and `%2F` (either case; Python's `quote` keeps `/`), `/` as `\/`.
+fn escaped_base64(core: &[u8]) -> Vec<Vec<u8>> {
+    if !core.iter().any(|&b| b == b'+' || b == b'/') {
+        return Vec::new();
+    }
+    let replace = |plus: &[u8], slash: &[u8]| -> Vec<u8> {
+        let mut out = Vec::with_capacity(core.len() * 3);
+        for &b in core {
+            match b {
+                b'+' => out.extend_from_slice(plus),
+                b'/' => out.extend_from_slice(slash),
+                b => out.push(b),
+            }
+        }
+        out
+    };
+    vec![
+        replace(b"%2B", b"%2F"),
+        replace(b"%2b", b"%2f"),
+        replace(b"%2B", b"/"),
+        replace(b"%2b", b"/"),
+        replace(b"+", b"\\/"),
+    ]
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
+
+/// `%XX` for every byte.
+fn every_byte_escaped(raw: &[u8], hex: &[u8; 16]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() * 3);
+    for &b in raw {
+        out.extend_from_slice(&[b'%', hex[usize::from(b >> 4)], hex[usize::from(b & 0xf)]]);
     }
     out
 }
@@ -99,7 +134,18 @@ const PHP_FORM: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b
 /// set, a space as `%20` or `+` (forms), hex digits upper- or lowercase;
 /// and every byte escaped.
 fn percent_forms(raw: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
+    let mut out = vec![
+        every_byte_escaped(raw, HEX_UPPER),
+        every_byte_escaped(raw, HEX_LOWER),
+    ];
+    // Letters, digits, `-`, `.` and `_` only (most API keys and every
+    // JWT): each encoder leaves it as it is (PHP's encodes `~`).
+    if raw
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    {
+        return out;
+    }
     for set in [UNRESERVED, PATH, URI_COMPONENT, URI, PHP_FORM] {
         let upper = percent_encode(raw, set).to_string();
         let plus = upper.replace("%20", "+");
@@ -108,18 +154,6 @@ fn percent_forms(raw: &[u8]) -> Vec<Vec<u8>> {
             out.push(form.into_bytes());
         }
     }
-    out.push(
-        raw.iter()
-            .map(|b| format!("%{b:02X}"))
-            .collect::<String>()
-            .into_bytes(),
-    );
-    out.push(
-        raw.iter()
-            .map(|b| format!("%{b:02x}"))
-            .collect::<String>()
-            .into_bytes(),
-    );
     out
 }
 
@@ -140,11 +174,22 @@ fn lowercase_escapes(encoded: &str) -> String {
 /// safety), non-ASCII as `\uXXXX` (Python's default) or not, hex in either
 /// case; and every character as `\uXXXX`.
 fn json_forms(secret: &str) -> Vec<Vec<u8>> {
+    // A choice that changes nothing for this secret is not made: an
+    // ASCII secret of letters and digits has one form here, not sixteen.
+    let choices = |present: bool| {
+        if present {
+            &[false, true][..]
+        } else {
+            &[false][..]
+        }
+    };
+    let html_chars = secret.contains(['<', '>', '&', '\'']);
+    let non_ascii = !secret.is_ascii();
     let mut out = Vec::new();
-    for slash in [false, true] {
-        for html in [false, true] {
-            for ascii in [false, true] {
-                for upper in [false, true] {
+    for &slash in choices(secret.contains('/')) {
+        for &html in choices(html_chars) {
+            for &ascii in choices(non_ascii) {
+                for &upper in choices(html_chars || non_ascii) {
                     out.push(json_escape(secret, |c| match c {
                         '/' if slash => Some(Escape::Slash),
                         '<' | '>' | '&' | '\'' if html => Some(Escape::Unicode(upper)),
@@ -170,14 +215,14 @@ enum Escape {
 /// `secret` as the inside of a JSON string: the escapes JSON requires
 /// (`"`, `\`, control characters), plus those `choose` asks for.
 fn json_escape(secret: &str, choose: impl Fn(char) -> Option<Escape>) -> Vec<u8> {
-    let mut out = String::with_capacity(secret.len());
+    let mut out = String::with_capacity(secret.len() * 2);
     let unicode = |out: &mut String, c: char, upper: bool| {
+        let hex = if upper { HEX_UPPER } else { HEX_LOWER };
         let mut units = [0u16; 2];
-        for unit in c.encode_utf16(&mut units) {
-            if upper {
-                out.push_str(&format!("\\u{unit:04X}"));
-            } else {
-                out.push_str(&format!("\\u{unit:04x}"));
+        for &unit in c.encode_utf16(&mut units).iter() {
+            out.push_str("\\u");
+            for shift in [12, 8, 4, 0] {
+                out.push(char::from(hex[usize::from((unit >> shift) & 0xf)]));
             }
         }
     };

@@ -14,71 +14,60 @@ use std::sync::Arc;
 
 use hyper::body::Bytes;
 
-use super::{REDACTED, Redactor};
+use super::{REDACTED, Redactor, set::FormSet};
 
 /// One stream's matcher: a body, a WebSocket message.
 pub struct StreamRedactor {
     redactor: Arc<Redactor>,
-    held: Vec<u8>,
+    /// What each stage holds back.
+    held: Vec<Vec<u8>>,
     redacted: usize,
 }
 
 impl StreamRedactor {
     pub fn new(redactor: Arc<Redactor>) -> Self {
+        let held = vec![Vec::new(); redactor.stages.len()];
         Self {
             redactor,
-            held: Vec::new(),
+            held,
             redacted: 0,
         }
     }
 
     /// Takes the next chunk; returns what can be released now (perhaps
     /// nothing).
-    pub fn push(&mut self, chunk: Bytes) -> Bytes {
-        let buf = if self.held.is_empty() {
-            chunk
-        } else {
-            let mut joined = std::mem::take(&mut self.held);
-            joined.extend_from_slice(&chunk);
-            Bytes::from(joined)
-        };
-        let r = &*self.redactor;
-        let mut hold = r.hold_from(&buf, 0);
-        let mut out: Option<Vec<u8>> = None;
-        let mut pos = 0;
-        for m in r.matcher.find_iter(&buf[..]) {
-            if m.start() >= hold {
+    pub fn push(&mut self, mut chunk: Bytes) -> Bytes {
+        for (stage, held) in self.redactor.stages.iter().zip(&mut self.held) {
+            if chunk.is_empty() {
                 break;
             }
-            let o = out.get_or_insert_with(|| Vec::with_capacity(buf.len()));
-            o.extend_from_slice(&buf[pos..m.start()]);
-            o.extend_from_slice(REDACTED);
-            pos = m.end();
-            self.redacted += 1;
-            if pos > hold {
-                hold = r.hold_from(&buf, pos);
-            }
+            chunk = push(stage, held, chunk, &mut self.redacted);
         }
-        self.held = buf[hold..].to_vec();
-        match out {
-            None => buf.slice(..hold),
-            Some(mut o) => {
-                o.extend_from_slice(&buf[pos..hold]);
-                Bytes::from(o)
-            }
-        }
+        chunk
     }
 
     /// The end of the stream: what was held back, redacted.
     pub fn finish(&mut self) -> Bytes {
-        let held = std::mem::take(&mut self.held);
-        match self.redactor.redact(&held) {
-            Some((out, n)) => {
-                self.redacted += n;
-                Bytes::from(out)
-            }
-            None => Bytes::from(held),
+        let mut out = Bytes::new();
+        for (stage, held) in self.redactor.stages.iter().zip(&mut self.held) {
+            // What the stage before let go last goes through this one,
+            // then this one lets go of the rest.
+            let released = push(stage, held, out, &mut self.redacted);
+            let rest = std::mem::take(held);
+            let rest = match stage.redact(&rest) {
+                Some((clean, n)) => {
+                    self.redacted += n;
+                    clean
+                }
+                None => rest,
+            };
+            out = if released.is_empty() {
+                Bytes::from(rest)
+            } else {
+                Bytes::from([&released[..], &rest].concat())
+            };
         }
+        out
     }
 
     /// Secrets cut so far.
@@ -88,7 +77,44 @@ impl StreamRedactor {
 
     /// Bytes held back now.
     pub fn held(&self) -> usize {
-        self.held.len()
+        self.held.iter().map(Vec::len).sum()
+    }
+}
+
+/// One stage: `chunk` after what it held, matches before the tail that
+/// could still grow into a form replaced, that tail held.
+fn push(set: &FormSet, held: &mut Vec<u8>, chunk: Bytes, redacted: &mut usize) -> Bytes {
+    let buf = if held.is_empty() {
+        chunk
+    } else {
+        let mut joined = std::mem::take(held);
+        joined.extend_from_slice(&chunk);
+        Bytes::from(joined)
+    };
+    let mut hold = set.hold_from(&buf, 0);
+    let mut out: Option<Vec<u8>> = None;
+    let mut pos = 0;
+    set.each_match(&buf, |start, end| {
+        if start >= hold {
+            return false;
+        }
+        let o = out.get_or_insert_with(|| Vec::with_capacity(buf.len()));
+        o.extend_from_slice(&buf[pos..start]);
+        o.extend_from_slice(REDACTED);
+        pos = end;
+        *redacted += 1;
+        if pos > hold {
+            hold = set.hold_from(&buf, pos);
+        }
+        true
+    });
+    *held = buf[hold..].to_vec();
+    match out {
+        None => buf.slice(..hold),
+        Some(mut o) => {
+            o.extend_from_slice(&buf[pos..hold]);
+            Bytes::from(o)
+        }
     }
 }
 
@@ -111,7 +137,11 @@ mod tests {
     /// redacting it whole gives.
     #[test]
     fn any_cut_gives_the_whole_result() {
-        let r = Redactor::new(&secrets(&["sk-real-123", "sk-real", "tok/é+n"])).unwrap();
+        let r = Redactor::new(
+            &secrets(&["sk-real-123", "sk-real"]),
+            &secrets(&["tok/é+n"]),
+        )
+        .unwrap();
         let text = "a sk-real-123 b sk-real-12 c sk-realsk-real-123 tok%2F%C3%A9%2Bn \
                     dG9rL8OpK24 sk-re"
             .as_bytes();
@@ -136,7 +166,7 @@ mod tests {
     /// whole at once.
     #[test]
     fn only_possible_prefixes_are_held() {
-        let r = Redactor::new(&secrets(&["sk-real-123"])).unwrap();
+        let r = Redactor::new(&secrets(&["sk-real-123"]), &[]).unwrap();
         let mut s = StreamRedactor::new(r.clone());
         let event = Bytes::from_static(b"data: {\"delta\":\"hello\"}\n\n");
         assert_eq!(s.push(event.clone()), event);

@@ -298,7 +298,7 @@ mod tests {
     use crate::credentials::Secret;
 
     fn redactor() -> Arc<Redactor> {
-        Redactor::new(&[Secret::new("sk-ws-secret-42".into())]).unwrap()
+        Redactor::new(&[Secret::new("sk-ws-secret-42".into())], &[]).unwrap()
     }
 
     /// Parses server frames back into (fin, opcode, payload).
