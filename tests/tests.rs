@@ -1,18 +1,28 @@
 //! The end-to-end scenarios, one file per capability.
 
 mod audit;
+mod audit_anchor;
 mod bypass;
 mod cli_errors;
 mod credentials;
 mod dns;
 mod egress;
 mod exec_confinement;
+mod exports;
 mod fail_closed;
 mod interception;
 mod kernel_paths;
+mod listen;
+mod mcp;
+mod policy_cases;
+mod processes;
 mod redaction;
 mod redirect;
+mod replay_store;
 mod request_checks;
+mod revoke;
 mod root_required;
+mod shares;
 mod tokens;
+mod tool_server_example;
 mod unix_sockets;

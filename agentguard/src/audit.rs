@@ -3,17 +3,20 @@
 //!
 //! - `event`: what an event holds, and its row layout.
 //! - `chain`: the canonical serialisation and the hash chain.
-//! - `signing`: the Ed25519 checkpoint key.
+//! - `signing`: the Ed25519 checkpoint key, kept apart from the store.
+//! - `anchor`: checkpoints leaving the host as they are signed.
 //! - `store`: the database (`<state-dir>/audit/audit.db`).
 //! - `writer`: the single writer task (batches, checkpoints, retention).
 //! - `verify`, `query`, `ocsf`: what the `agentguard audit` commands do.
 //! - `otlp`: export to an OpenTelemetry collector.
+//! - `traceparent`: the W3C trace context a request's event keeps.
 //!
 //! Emitters hold an [`AuditSink`]: [`AuditSink::record`] waits while the
 //! queue is full (backpressure) and never drops an event. The writer assigns
 //! sequence numbers in the order events reach it, so the chain's order is the
 //! order of recording.
 
+pub mod anchor;
 pub mod chain;
 pub mod event;
 pub mod ocsf;
@@ -21,6 +24,7 @@ pub mod otlp;
 pub mod query;
 pub mod signing;
 pub mod store;
+pub mod traceparent;
 pub mod verify;
 mod writer;
 
@@ -36,7 +40,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::{broadcast, mpsc, watch};
-use tracing::error;
+use tracing::{error, info};
 
 pub use event::{Decision, Event, Kind};
 pub use signing::SigningError;
@@ -63,6 +67,8 @@ pub enum AuditError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Signing(#[from] SigningError),
+    #[error(transparent)]
+    Anchor(#[from] anchor::AnchorError),
     #[error("failed to start the audit writer thread: {0}")]
     Thread(std::io::Error),
 }
@@ -73,6 +79,10 @@ pub struct AuditConfig {
     pub writer: WriterConfig,
     /// Events the queue holds before `record` waits.
     pub queue: usize,
+    /// The checkpoint signing key; `None`: [`signing::default_key_path`].
+    pub signing_key: Option<PathBuf>,
+    /// Where checkpoints are exported as they are signed.
+    pub anchors: anchor::AnchorConfig,
 }
 
 /// Something to run for each event as it is recorded (metrics, the admin
@@ -89,6 +99,9 @@ pub struct AuditSink {
 struct Shared {
     stats: Arc<Stats>,
     hub: broadcast::Sender<Arc<Record>>,
+    checkpoints: broadcast::Sender<Arc<Checkpoint>>,
+    anchor_stats: Arc<anchor::AnchorStats>,
+    key_id: String,
     observers: Vec<Observer>,
     db_path: PathBuf,
 }
@@ -118,6 +131,16 @@ pub struct AuditStatus {
     pub last_seq: i64,
     pub last_checkpoint_seq: i64,
     pub write_errors: u64,
+    /// The public key that signs checkpoints (hex), to pin in
+    /// `audit verify --public-key`.
+    #[serde(default)]
+    pub key_id: String,
+    /// The newest checkpoint exported by `--audit-anchor-dir` /
+    /// `--audit-anchor-command`; 0: none (or no export configured).
+    #[serde(default)]
+    pub anchor_last_exported_seq: i64,
+    #[serde(default)]
+    pub anchor_failures: u64,
 }
 
 impl AuditSink {
@@ -173,6 +196,19 @@ impl AuditSink {
         self.shared.hub.subscribe()
     }
 
+    /// The newest signed checkpoint in the store, if any (read-only).
+    pub fn last_checkpoint(&self) -> Option<Checkpoint> {
+        Store::open_read_only(&self.shared.db_path)
+            .and_then(|s| s.last_checkpoint())
+            .ok()
+            .flatten()
+    }
+
+    /// Checkpoints as they are committed, from now on.
+    pub fn subscribe_checkpoints(&self) -> broadcast::Receiver<Arc<Checkpoint>> {
+        self.shared.checkpoints.subscribe()
+    }
+
     pub fn queue_depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
@@ -191,6 +227,13 @@ impl AuditSink {
             last_seq: s.last_seq.load(Ordering::Relaxed),
             last_checkpoint_seq: s.last_checkpoint_seq.load(Ordering::Relaxed),
             write_errors: s.write_errors.load(Ordering::Relaxed),
+            key_id: self.shared.key_id.clone(),
+            anchor_last_exported_seq: self
+                .shared
+                .anchor_stats
+                .last_exported_seq
+                .load(Ordering::Relaxed),
+            anchor_failures: self.shared.anchor_stats.failures.load(Ordering::Relaxed),
         }
     }
 }
@@ -222,19 +265,58 @@ impl AuditWriter {
     }
 }
 
-/// Opens the store in `state_dir`, loads (or makes) the signing key and
-/// starts the writer thread.
+/// Checkpoints held for slow followers (the OTLP exporter); the newest
+/// covers the most, so losing older ones to lag costs little.
+const CHECKPOINT_BUFFER: usize = 64;
+
+/// Opens the store in `state_dir`, loads (or makes) the signing key, apart
+/// from the store (moving it there from where older versions kept it), and
+/// starts the writer thread and the checkpoint export.
 pub fn start(
     state_dir: &Path,
     cfg: AuditConfig,
     observers: Vec<Observer>,
 ) -> Result<(AuditSink, AuditWriter), AuditError> {
     let dir = audit_dir(state_dir);
+    let key_path = cfg
+        .signing_key
+        .clone()
+        .unwrap_or_else(|| signing::default_key_path(state_dir));
+    signing::check_apart(&dir, &key_path)?;
+    cfg.anchors.validate()?;
     let store = Store::open(&dir)?;
-    let signer = signing::Signer::load_or_create(&dir)?;
+    if signing::migrate_key(&dir, &key_path)? {
+        info!(
+            from = %dir.join(signing::KEY_FILE).display(),
+            to = %key_path.display(),
+            "moved the audit signing key out of the audit directory"
+        );
+    }
+    let signer = signing::Signer::load_or_create(&key_path, &[dir.join(signing::PUBLIC_KEY_FILE)])?;
+    let key_id = signer.key_id();
     let stats = Arc::new(Stats::default());
+    let anchor_stats = Arc::new(anchor::AnchorStats::default());
+    let anchors = if cfg.anchors.is_empty() {
+        None
+    } else {
+        Some(anchor::Exporter::start(
+            cfg.anchors.clone(),
+            anchor_stats.clone(),
+        )?)
+    };
     let (hub, _) = broadcast::channel(FOLLOW_BUFFER);
-    let writer = writer::Writer::new(store, signer, cfg.writer, stats.clone(), hub.clone())?;
+    let (checkpoints, _) = broadcast::channel(CHECKPOINT_BUFFER);
+    let writer = writer::Writer::new(
+        store,
+        signer,
+        cfg.writer,
+        stats.clone(),
+        writer::Outlets {
+            records: hub.clone(),
+            checkpoints: checkpoints.clone(),
+            anchors,
+        },
+    )?;
     let (tx, rx) = mpsc::channel(cfg.queue.max(1));
     let (stop, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
@@ -256,6 +338,9 @@ pub fn start(
         shared: Arc::new(Shared {
             stats,
             hub,
+            checkpoints,
+            anchor_stats,
+            key_id,
             observers,
             db_path: dir.join(store::DB_FILE),
         }),

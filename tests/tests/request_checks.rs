@@ -10,7 +10,7 @@ use std::{os::unix::fs::PermissionsExt as _, process::Output};
 
 use serde_json::Value;
 
-use crate::common::{Daemon, DaemonOptions, EchoUpstream, TestCa, require_root, text};
+use crate::common::{Daemon, EchoUpstream, TestCa, require_root, text};
 
 const AGENT: &str = "checks-agent";
 const API: &str = "api.agentguard.test";
@@ -52,13 +52,10 @@ fn setup() -> Setup {
     let ca = TestCa::new("agentguard checks upstream CA", dir.path());
     let api = EchoUpstream::start("127.0.0.3", API, &ca, dir.path());
     let policy = POLICY.replace("{secret_file}", &secret_file.display().to_string());
-    let daemon = Daemon::start_with(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: &policy,
-            upstream_ca: Some(&ca.pem_path),
-        },
-    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy)
+        .upstream_ca(&ca.pem_path)
+        .start();
     Setup {
         _dir: dir,
         api,

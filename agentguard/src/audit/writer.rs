@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{error, info, warn};
 
 use super::{
+    anchor,
     chain::{Hash, hash_row, to_hex},
     event::{Event, Kind, format_time},
     signing::Signer,
@@ -68,12 +69,28 @@ pub struct Stats {
     pub write_errors: AtomicU64,
 }
 
+/// Where committed records and checkpoints go.
+pub(super) struct Outlets {
+    /// Followers (`audit tail -f`, OTLP).
+    pub records: broadcast::Sender<Arc<Record>>,
+    /// Checkpoints, for the OTLP exporter.
+    pub checkpoints: broadcast::Sender<Arc<Checkpoint>>,
+    /// The anchor folder and command, if configured.
+    pub anchors: Option<anchor::Exporter>,
+}
+
+/// How long the last checkpoint's export gets at shutdown: within the
+/// daemon's own wait for the writer (15 s).
+const ANCHOR_GRACE: Duration = Duration::from_secs(10);
+
 pub(super) struct Writer {
     store: Store,
     signer: Signer,
     cfg: WriterConfig,
     stats: Arc<Stats>,
     hub: broadcast::Sender<Arc<Record>>,
+    checkpoint_hub: broadcast::Sender<Arc<Checkpoint>>,
+    anchors: Option<anchor::Exporter>,
     next_seq: i64,
     last_hash: Hash,
     since_checkpoint: u64,
@@ -87,9 +104,14 @@ impl Writer {
         signer: Signer,
         cfg: WriterConfig,
         stats: Arc<Stats>,
-        hub: broadcast::Sender<Arc<Record>>,
+        outlets: Outlets,
     ) -> Result<Self, super::store::StoreError> {
         let tail = store.tail()?;
+        // The newest checkpoint leaves again: a target configured since,
+        // or one that was away at the last export, gets it now.
+        if let (Some(anchors), Some(last)) = (&outlets.anchors, store.last_checkpoint()?) {
+            anchors.offer(&last);
+        }
         stats.last_seq.store(tail.last_seq, Ordering::Relaxed);
         stats
             .last_checkpoint_seq
@@ -99,7 +121,9 @@ impl Writer {
             signer,
             cfg,
             stats,
-            hub,
+            hub: outlets.records,
+            checkpoint_hub: outlets.checkpoints,
+            anchors: outlets.anchors,
             next_seq: tail.last_seq + 1,
             last_hash: tail.last_hash,
             // Events after the last checkpoint (a crash left them unsigned)
@@ -181,6 +205,9 @@ impl Writer {
             }
         }
         self.commit(batch, true);
+        if let Some(anchors) = self.anchors.take() {
+            anchors.finish(ANCHOR_GRACE);
+        }
         info!(
             last_seq = self.next_seq - 1,
             "audit writer stopped; final checkpoint signed"
@@ -261,12 +288,19 @@ impl Writer {
             self.stats
                 .last_checkpoint_seq
                 .store(c.seq, Ordering::Relaxed);
+            // Committed: now it may leave the host.
+            if let Some(anchors) = &self.anchors {
+                anchors.offer(c);
+            }
         } else {
             self.since_checkpoint = pending;
         }
         for r in records {
             // No follower is no error.
             let _ = self.hub.send(Arc::new(r));
+        }
+        if let Some(c) = checkpoint {
+            let _ = self.checkpoint_hub.send(Arc::new(c));
         }
     }
 
