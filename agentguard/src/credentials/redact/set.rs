@@ -1,8 +1,12 @@
 //! One set of forms to look for, and the search over it: Teddy (SIMD, from
 //! the `aho-corasick` crate's packed searchers) where the set is small
 //! enough, which builds in microseconds, else an Aho-Corasick automaton,
-//! which takes milliseconds for the kilobytes of forms a few secrets give
-//! and is therefore built once per secret set (`super::cache`). Both find
+//! which takes up to milliseconds for the kilobytes of forms a few secrets
+//! give and is therefore built once per secret set (`super::cache`).
+//! Measured (release, on a loaded 2-core machine): an API key and a JWT,
+//! 28 forms, 21 KB: Teddy 13-49 µs, the crate's default automaton 9-20
+//! ms; four keys with `/`, `+` and non-ASCII, 164 forms: a contiguous NFA
+//! 0.2-0.3 ms; a cache hit 3-20 µs. Both find
 //! leftmost-longest matches: where one form contains another (a secret that
 //! contains another secret), the longer is cut whole, not left with a hole
 //! in it, and the result is the same however a stream is cut.
@@ -53,8 +57,9 @@ impl FormSet {
             None => Matcher::Automaton(
                 AhoCorasick::builder()
                     .match_kind(MatchKind::LeftmostLongest)
-                    // A DFA over kilobytes of forms takes tens of
-                    // milliseconds to build; the contiguous NFA a tenth.
+                    // A DFA over kilobytes of forms takes milliseconds
+                    // to build (8-13 ms for 21 KB); the contiguous NFA
+                    // about a tenth of that.
                     .kind(Some(AhoCorasickKind::ContiguousNFA))
                     .build(&sorted)
                     .ok()?,
