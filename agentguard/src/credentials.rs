@@ -27,7 +27,7 @@ use thiserror::Error;
 pub use inject::{InjectError, inject};
 pub use oauth2::TokenError;
 pub use placeholder::find_placeholders;
-pub use redact::{redact_bytes, redact_headers};
+pub use redact::{Redactor, StreamRedactor, redact_bytes, redact_headers};
 pub use source::SourceError;
 pub use store::CredentialStore;
 

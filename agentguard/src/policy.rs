@@ -12,6 +12,7 @@ mod listen;
 mod load;
 mod model;
 mod names;
+pub mod overrides;
 mod pattern;
 mod rate;
 mod replay;

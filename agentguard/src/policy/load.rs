@@ -552,6 +552,17 @@ fn parse_tool(
             Some(c.into_inner())
         }
     };
+    let allow_overrides = match section.allow_overrides {
+        None => Vec::new(),
+        Some(list) => {
+            let span = at(list.span().start);
+            list.get_ref()
+                .iter()
+                .map(|e| super::overrides::parse_entry(e))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|m| invalid(&span, format!("tool.allow_overrides: {m}")))?
+        }
+    };
     Ok(ToolPolicy {
         name,
         host,
@@ -559,6 +570,7 @@ fn parse_tool(
         methods,
         paths,
         credential,
+        allow_overrides,
         calls,
     })
 }

@@ -113,6 +113,9 @@ pub(super) struct ToolSection {
     pub methods: Spanned<Vec<String>>,
     pub paths: Spanned<Vec<String>>,
     pub credential: Option<Spanned<String>>,
+    /// Override headers (and `_method`) let through to this tool's upstream;
+    /// see `policy::overrides`. Optional; default none.
+    pub allow_overrides: Option<Spanned<Vec<String>>>,
     /// `"http"` (the default), `"mcp"` (MCP over Streamable HTTP) or
     /// `"jsonrpc"` (any JSON-RPC 2.0 endpoint): the body of such a tool's
     /// POSTs is parsed and each message decided on its own.
@@ -359,6 +362,9 @@ pub struct ToolPolicy {
     pub paths: Vec<PathPattern>,
     /// Id of the credential injected into this tool's requests.
     pub credential: Option<String>,
+    /// Override headers (lowercase) and `_method` this tool lets through;
+    /// every other one is stripped (see `policy::overrides`).
+    pub allow_overrides: Vec<String>,
     /// Protocol, MCP names, condition, rate, recording, body bound.
     pub calls: CallRules,
 }

@@ -6,14 +6,17 @@
 //! whose decision needs its body (a JSON-RPC call, a condition on the body)
 //! is read, bounded, and decided by `call`.
 
+mod agent_body;
 mod body;
 mod call;
 mod checks;
 mod forward;
 mod hop;
 mod jwt;
+mod overrides;
 mod plan;
 mod record;
+mod redaction;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
@@ -39,7 +42,7 @@ use super::{
 };
 use crate::{
     audit::{Decision, Event, Kind},
-    credentials::{find_placeholders, inject},
+    credentials::{Redactor, find_placeholders, inject},
     identity::Identity,
     live::LiveState,
     policy::{AgentIdentity, Injection, SecretSource},
@@ -196,27 +199,26 @@ async fn forward(
         credential,
         // Carried out by the caller, on the answer.
         resumed_lists: _,
+        allow_overrides,
     } = plan;
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let stripped = overrides::strip(&mut parts.headers, allow_overrides);
+    if !stripped.is_empty() {
+        debug!(headers = ?stripped, "override headers stripped");
+    }
 
     let mut jwt = None;
-    if let Some(credential) = credential {
-        // An upstream's echo of the secret can only be redacted in a body
-        // that is not compressed; the agent does not get to choose.
-        parts.headers.insert(
-            hyper::header::ACCEPT_ENCODING,
-            hyper::header::HeaderValue::from_static("identity"),
-        );
-        if let SecretSource::Jwt(j) = &credential.source {
-            // Minted once the upstream's request head is final (below).
-            jwt = Some(jwt::JwtSpec {
-                audience: &j.audience,
-                scope: &j.scope,
-                ttl: j.ttl,
-                inject: &credential.inject,
-            });
-        }
+    if let Some(credential) = credential
+        && let SecretSource::Jwt(j) = &credential.source
+    {
+        // Minted once the upstream's request head is final (below).
+        jwt = Some(jwt::JwtSpec {
+            audience: &j.audience,
+            scope: &j.scope,
+            ttl: j.ttl,
+            inject: &credential.inject,
+        });
     }
     if let Some(credential) = credential.filter(|_| jwt.is_none()) {
         let secret = match state.credentials.secret(agent, &credential.id).await {
@@ -266,8 +268,13 @@ async fn forward(
     forward::prepare(&mut parts, &authority, meta.scheme(), &path, upgrade)
         .map_err(Refusal::BadRequest)?;
     let mut minted = None;
+    let mut body_failure = None;
     let body = match jwt {
-        None => body,
+        None => {
+            let (watched, failure) = agent_body::watch(body);
+            body_failure = Some(failure);
+            watched.boxed()
+        }
         Some(spec) => {
             let bound = jwt::bind(&mut parts, body, &spec, meta, ctx).await?;
             out.event.token_jti = Some(bound.jti.clone());
@@ -278,10 +285,21 @@ async fn forward(
                 .boxed()
         }
     };
+    // Every response to an agent that holds secrets is searched for them;
+    // the token went upstream only, and an echo of it is cut like any.
+    let redactor = Redactor::new(&state.credentials.known_secrets(agent), minted.as_slice());
+    if redactor.is_some() {
+        // Only what can be searched comes back: no compression, whatever
+        // the agent asked for.
+        redaction::prepare(&mut parts.headers);
+    }
     let upstream_req = Request::from_parts(parts, out.count_request_body(body));
     let client = ctx.upstreams.client(agent, &host, meta.dst, upgrade);
     let sent = Instant::now();
     let mut resp = client.request(upstream_req).await.map_err(|e| {
+        if let Some(reason) = body_failure.as_ref().and_then(|f| f.get()) {
+            return Refusal::BodyUnreadable(reason.clone());
+        }
         let (certificate, reason) = describe_failure(&e);
         warn!(certificate, reason, "upstream failed");
         if certificate {
@@ -292,16 +310,16 @@ async fn forward(
     })?;
     ctx.metrics.observe_upstream_latency(sent.elapsed());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(r) = &redactor {
+            redaction::upgraded(&mut resp, r)?;
+        }
         if let Some(agent_side) = agent_upgrade {
             let upstream_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(forward::tunnel(agent_side, upstream_side).in_current_span());
+            tokio::spawn(forward::tunnel(agent_side, upstream_side, redactor).in_current_span());
         }
         return Ok(resp.map(|b| b.boxed()));
     }
-    let mut secrets = state.credentials.known_secrets(agent);
-    // The token went upstream only: an echo of it is cut like any secret.
-    secrets.extend(minted);
-    let mut resp = forward::finish(resp, &secrets).await;
+    let mut resp = forward::finish(resp, redactor).await?;
     if out.decision() == Some(Decision::WouldDeny) {
         respond::mark_would_deny(&mut resp);
     }

@@ -33,8 +33,10 @@ pub enum Refusal {
     /// rebuilt for the upstream.
     #[error("{0}")]
     BadRequest(String),
-    #[error("failed to read the request body: {0}")]
-    BodyUnreadable(#[source] hyper::Error),
+    /// The agent's request body is malformed (a bad chunked encoding) or
+    /// ended early: the agent's fault, whatever the upstream had begun.
+    #[error("the request body could not be read: {0}")]
+    BodyUnreadable(String),
     /// The path does not normalise (encoded `/`, control characters, ...).
     #[error("request path refused: {0}")]
     Path(String),
@@ -84,6 +86,12 @@ pub enum Refusal {
     /// After a 101 nothing more is decided: only WebSocket is relayed.
     #[error("only WebSocket upgrades are relayed")]
     UpgradeRefused,
+    /// `_method` in the query of a tool that binds a credential: a server
+    /// that honours it runs another method than the policy allowed.
+    #[error(
+        "the _method query parameter is refused on tool {tool:?}, which binds a credential (allow it with allow_overrides = [\"_method\"])"
+    )]
+    MethodOverride { tool: String },
     #[error("tool {tool:?} binds credential {credential:?}, which is only sent over TLS")]
     CredentialOverPlainHttp { tool: String, credential: String },
     #[error("credential {id:?} is unavailable: {source}")]
@@ -116,6 +124,11 @@ pub enum Refusal {
     UpstreamUnverified(String),
     #[error("{0}")]
     UpstreamFailed(String),
+    /// The upstream's reply is coded so that secrets in it could not be
+    /// found (compressed although identity was asked for, a WebSocket
+    /// extension): not relayed.
+    #[error("{0}")]
+    UpstreamUnredactable(String),
 }
 
 impl Refusal {
@@ -135,6 +148,7 @@ impl Refusal {
             Refusal::UnknownAgent(_)
             | Refusal::Denied { .. }
             | Refusal::UpgradeRefused
+            | Refusal::MethodOverride { .. }
             | Refusal::CredentialOverPlainHttp { .. }
             | Refusal::Placeholder { .. } => StatusCode::FORBIDDEN,
             Refusal::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -142,14 +156,17 @@ impl Refusal {
             | Refusal::TokenInjection(_)
             | Refusal::TokenMint(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Refusal::JwtBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Refusal::UpstreamUnverified(_) | Refusal::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            Refusal::UpstreamUnverified(_)
+            | Refusal::UpstreamFailed(_)
+            | Refusal::UpstreamUnredactable(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
     /// The short code the audit record and the error body carry.
     pub fn rule(&self) -> &'static str {
         match self {
-            Refusal::BadRequest(_) | Refusal::BodyUnreadable(_) => "bad-request",
+            Refusal::BadRequest(_) => "bad-request",
+            Refusal::BodyUnreadable(_) => "bad-request-body",
             Refusal::Path(_) => "path-refused",
             Refusal::Misdirected(_) => "misdirected",
             Refusal::UnknownAgent(_) => "unknown-agent",
@@ -161,6 +178,7 @@ impl Refusal {
             Refusal::HeaderMismatch(_) => "mcp-header-mismatch",
             Refusal::ListUnfiltered(_) => "list-unfilterable",
             Refusal::UpgradeRefused => "upgrade-refused",
+            Refusal::MethodOverride { .. } => "method-override",
             Refusal::CredentialOverPlainHttp { .. } => "credential-over-plain-http",
             Refusal::CredentialUnavailable { .. } => "credential-unavailable",
             Refusal::CredentialInjection { .. } | Refusal::TokenInjection(_) => {
@@ -171,6 +189,7 @@ impl Refusal {
             Refusal::JwtBodyTooLarge { .. } => "jwt-body-too-large",
             Refusal::UpstreamUnverified(_) => "upstream-unverified",
             Refusal::UpstreamFailed(_) => "upstream-failed",
+            Refusal::UpstreamUnredactable(_) => "upstream-unredactable",
         }
     }
 

@@ -45,7 +45,9 @@ where
         let Some(frame) = frame else { break };
         let frame = match frame {
             Ok(f) => f,
-            Err(e) if !over => return Err(Refusal::BodyUnreadable(e)),
+            Err(e) if !over => {
+                return Err(Refusal::BodyUnreadable(super::agent_body::describe(&e)));
+            }
             Err(_) => break,
         };
         let Ok(data) = frame.into_data() else {

@@ -96,6 +96,7 @@ pub(super) async fn decide(
         host: host.clone(),
         path: path.clone(),
         upgrade: None,
+        method_param: super::overrides::has_method_param(parts.uri.query()),
     };
     let facts = RequestFacts {
         method: &parts.method,

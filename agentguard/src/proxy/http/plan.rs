@@ -10,9 +10,10 @@ use std::time::SystemTime;
 
 use hyper::{Method, Request, http::uri::Authority};
 
-use super::{ConnMeta, checks, hop};
+use super::{ConnMeta, checks, hop, overrides};
 use crate::{
     audit::Decision as Recorded,
+    policy::overrides::METHOD_PARAM,
     policy::{
         AgentIdentity, AgentPolicy, BodyNeed, CredentialPolicy, Decision, Mode, PolicySet,
         Protocol, RateLimiter, RequestFacts, RequestInput, normalize_path,
@@ -97,6 +98,8 @@ pub struct Forward<'p> {
     /// list responses of earlier POSTs, which are filtered
     /// ([`crate::mcp::ListFilter::for_resumed_stream`]).
     pub resumed_lists: bool,
+    /// The override headers the tool lets through (see `overrides`).
+    pub allow_overrides: &'p [String],
 }
 
 #[derive(Debug)]
@@ -156,7 +159,9 @@ fn decide<'p, B>(
             )));
         }
     }
-    let path = match normalize_path(req.uri().path()) {
+    let path = match checks::check_double_encoding(req.uri().path())
+        .and_then(|()| normalize_path(req.uri().path()))
+    {
         Ok(p) => p,
         Err(e) => {
             noted.path = Some(req.uri().path().to_owned());
@@ -214,6 +219,7 @@ fn decide<'p, B>(
         host,
         path,
         upgrade: hop::wants_upgrade(req).then(|| hop::upgrades_to_websocket(req)),
+        method_param: overrides::has_method_param(req.uri().query()),
     };
     settle(decision, agent_policy, meta, noted, target).map(|forward| {
         Action::Forward(Forward {
@@ -230,6 +236,8 @@ pub struct Target {
     pub path: String,
     /// An upgrade request: `Some(true)` for WebSocket.
     pub upgrade: Option<bool>,
+    /// The query sets `_method` (see `overrides`).
+    pub method_param: bool,
 }
 
 /// The rest of the plan once the policy has decided (on the head, or on
@@ -248,10 +256,13 @@ pub fn settle<'p>(
         host,
         path,
         upgrade,
+        method_param,
     } = target;
+    let mut allow_overrides: &[String] = &[];
     let credential = match decision {
         Decision::Allow(allowed) => {
             let tool = allowed.tool;
+            allow_overrides = &tool.allow_overrides;
             noted.tool = Some(tool.name.clone());
             noted.verdict = Some((
                 Recorded::Allow,
@@ -292,6 +303,11 @@ pub fn settle<'p>(
             });
         }
         noted.credential_id = Some(credential.id.clone());
+        if method_param && !allow_overrides.iter().any(|a| a == METHOD_PARAM) {
+            return Err(Refusal::MethodOverride {
+                tool: noted.tool.clone().unwrap_or_default(),
+            });
+        }
     }
     Ok(Forward {
         authority,
@@ -300,6 +316,7 @@ pub fn settle<'p>(
         upgrade: upgrade.is_some(),
         credential,
         resumed_lists: false,
+        allow_overrides,
     })
 }
 

@@ -196,6 +196,16 @@ fn each_request_gets_the_plan_its_checks_give_in_order() {
         // cannot be.
         row(TLS_API, "GET", "/v1/%2Fadmin", host("api.example.com"), Refuse(400, "path-refused")),
         row(TLS_API, "GET", "/v1/../admin", host("api.example.com"), Refuse(403, "default-deny")),
+        // A second layer of escapes reads differently to a server that
+        // decodes twice.
+        row(TLS_API, "GET", "/v1/%252e%252e/admin", host("api.example.com"), Refuse(400, "path-refused")),
+        // One authority per request (RFC 9112 §3.2, RFC 9113 §8.3.1).
+        row(TLS_API, "GET", "/v1/models", vec![("host", "api.example.com"), ("host", "api.example.com")], Refuse(400, "bad-request")),
+        row(TLS_API, "GET", "https://api.example.com/v1/models", host("public.example.com"), Refuse(400, "bad-request")),
+        // _method is refused where a credential rides along, not elsewhere.
+        row(TLS_API, "POST", "/v1/chat?_method=DELETE", host("api.example.com"), Refuse(403, "method-override")),
+        row(TLS_API, "POST", "/v1/chat?%5Fmethod=DELETE", host("api.example.com"), Refuse(403, "method-override")),
+        row(("bot", Some("public.example.com"), "127.0.0.5:443"), "GET", "/page?_method=DELETE", host("public.example.com"), Forward(Some("public"), None, false)),
         // Default deny: method, path and host must all match a tool.
         row(TLS_API, "DELETE", "/v1/models", host("api.example.com"), Refuse(403, "default-deny")),
         // An agent reloaded away since its connection was attributed.
