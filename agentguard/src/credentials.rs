@@ -15,6 +15,7 @@ mod encoding;
 mod inject;
 mod oauth2;
 mod placeholder;
+mod placeholder_rewrite;
 mod redact;
 mod source;
 mod store;
@@ -27,6 +28,7 @@ use thiserror::Error;
 pub use inject::{InjectError, inject};
 pub use oauth2::TokenError;
 pub use placeholder::find_placeholders;
+pub use placeholder_rewrite::{Placement, RewriteError, place_secret};
 pub use redact::{redact_bytes, redact_headers};
 pub use source::SourceError;
 pub use store::CredentialStore;
@@ -113,6 +115,8 @@ pub enum CredentialError {
     MintedPerRequest { agent: String, credential: String },
     #[error(transparent)]
     Inject(#[from] InjectError),
+    #[error(transparent)]
+    Rewrite(#[from] RewriteError),
 }
 
 /// All errors found while loading a policy set's credentials: operators fix

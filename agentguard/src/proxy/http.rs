@@ -35,11 +35,12 @@ use super::{
 };
 use crate::{
     audit::{Decision, Event, Kind},
-    credentials::{find_placeholders, inject},
+    credentials::{Placement, find_placeholders, place_secret},
     identity::Identity,
     live::LiveState,
     policy::{Injection, SecretSource},
 };
+use jwt::JwtSpec;
 use plan::{Action, Forward};
 use record::{INTENT_HEADER, Outcome, redacted_query};
 
@@ -165,7 +166,7 @@ async fn forward(
         );
         if let SecretSource::Jwt(j) = &credential.source {
             // Minted once the upstream's request head is final (below).
-            jwt = Some(jwt::JwtSpec {
+            jwt = Some(JwtSpec {
                 audience: &j.audience,
                 scope: &j.scope,
                 ttl: j.ttl,
@@ -193,15 +194,20 @@ async fn forward(
                 return Err(refusal);
             }
         };
-        inject(&credential.inject, &secret, &mut parts).map_err(|e| {
-            Refusal::CredentialInjection {
+        // In place of the agent's placeholders, wherever its SDK put them;
+        // else where the policy says.
+        let placement = place_secret(&credential.id, &credential.inject, &secret, &mut parts)
+            .map_err(|e| Refusal::CredentialInjection {
                 id: credential.id.clone(),
                 source: Box::new(e),
-            }
-        })?;
+            })?;
         // The URI now carries the secret if it went into the query: the
-        // record keeps the agent's query with that parameter redacted.
-        if let Injection::Query { param } = &credential.inject {
+        // record keeps the agent's query with that parameter redacted. (A
+        // rewritten placeholder is recorded as the agent sent it: the
+        // placeholder, never the secret.)
+        if placement == Placement::Injected
+            && let Injection::Query { param } = &credential.inject
+        {
             let query = out
                 .event
                 .path
@@ -211,6 +217,16 @@ async fn forward(
                 .unwrap_or_default();
             out.event.path = Some(format!("{path}?{}", redacted_query(&query, param)));
         }
+    }
+    // A minted token replaces whatever the agent sent in its header (the
+    // credential's placeholder, for SDKs that insist on a key): gone before
+    // the check below, as it will be once the token is put there.
+    if let Some(JwtSpec {
+        inject: Injection::Header { name, .. },
+        ..
+    }) = &jwt
+    {
+        parts.headers.remove(name);
     }
     // A placeholder left anywhere after injection is one the policy does not
     // bind here: it must not leave the machine.
