@@ -16,6 +16,7 @@ mod mcp;
 mod redirect;
 mod replay_store;
 mod root_required;
+mod sdk_placeholders;
 mod tokens;
 mod tool_server_example;
 mod unix_sockets;
