@@ -8,6 +8,7 @@ mod explain;
 mod load;
 mod model;
 mod pattern;
+mod sources;
 mod unix;
 
 pub use eval::{RequestFacts, Verdict};
@@ -19,4 +20,8 @@ pub use model::{
     ValueSource,
 };
 pub use pattern::normalize_path;
+pub use sources::{
+    AssumeRole, AwsBase, AwsSource, ClientAuth, JwtBearerSource, MAX_PROCESS_TIMEOUT,
+    ProcessSource, Subject, TOKEN_EXCHANGE_GRANT, TokenExchangeSource, aws_action_matches,
+};
 pub use unix::UnixSocketAddr;

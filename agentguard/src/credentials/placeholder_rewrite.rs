@@ -28,7 +28,7 @@ use hyper::{
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use thiserror::Error;
 
-use super::{CredentialError, PLACEHOLDER_PREFIX, Secret, inject};
+use super::{CredentialError, InjectError, PLACEHOLDER_PREFIX, Secret, inject};
 use crate::policy::Injection;
 
 /// RFC 3986 §2.3 unreserved characters pass; everything else is escaped, so
@@ -96,6 +96,7 @@ pub fn place_secret(
             drop_unrewritten(&mut parts.headers, name, secret);
         }
         Injection::Basic { .. } => drop_unrewritten(&mut parts.headers, &AUTHORIZATION, secret),
+        Injection::AwsSigV4 { .. } => return Err(InjectError::SignedNotInjected.into()),
         Injection::Query { param } => {
             if !rewritten_params.iter().any(|p| p == param)
                 && let Some(query) = parts.uri.query()

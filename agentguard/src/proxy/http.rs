@@ -35,7 +35,7 @@ use super::{
 };
 use crate::{
     audit::{Decision, Event, Kind},
-    credentials::{Placement, find_placeholders, place_secret},
+    credentials::{Placement, Requester, find_placeholders, place_secret},
     identity::Identity,
     live::LiveState,
     policy::{Injection, SecretSource},
@@ -175,14 +175,22 @@ async fn forward(
         }
     }
     if let Some(credential) = credential.filter(|_| jwt.is_none()) {
-        let secret = match state.credentials.secret(agent, &credential.id).await {
+        let on_behalf_of = || ctx.on_behalf_of.lookup(meta.identity.pid);
+        let requester = Requester {
+            agent,
+            kernel: Some((&meta.identity.cgroup, meta.identity.uid)),
+            on_behalf_of: &on_behalf_of,
+            issuer: &*ctx.minter,
+        };
+        let secret = match state
+            .credentials
+            .secret_for(&requester, &credential.id)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 warn!(credential = %credential.id, error = %e, "credential unavailable");
-                let refusal = Refusal::CredentialUnavailable {
-                    id: credential.id.clone(),
-                    source: Box::new(e),
-                };
+                let refusal = Refusal::credential_failed(credential.id.clone(), e);
                 let mut failure = Event::new(Kind::CredentialFailure)
                     .with_identity(&meta.identity)
                     .with_decision(Decision::Refuse, refusal.to_string());

@@ -51,6 +51,14 @@ pub enum Refusal {
         id: String,
         source: Box<CredentialError>,
     },
+    /// A delegated token, a credential helper's secret or AWS credentials
+    /// could not be had from what serves them (token endpoint, helper,
+    /// STS): the request is not sent with anything else instead.
+    #[error("credential {id:?} could not be fetched: {source}")]
+    CredentialFetch {
+        id: String,
+        source: Box<CredentialError>,
+    },
     #[error("could not inject credential {id:?}: {source}")]
     CredentialInjection {
         id: String,
@@ -91,6 +99,7 @@ impl Refusal {
             | Refusal::CredentialOverPlainHttp { .. }
             | Refusal::Placeholder { .. } => StatusCode::FORBIDDEN,
             Refusal::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::CredentialFetch { .. } => StatusCode::BAD_GATEWAY,
             Refusal::CredentialInjection { .. }
             | Refusal::TokenInjection(_)
             | Refusal::TokenMint(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -110,6 +119,7 @@ impl Refusal {
             Refusal::UpgradeRefused => "upgrade-refused",
             Refusal::CredentialOverPlainHttp { .. } => "credential-over-plain-http",
             Refusal::CredentialUnavailable { .. } => "credential-unavailable",
+            Refusal::CredentialFetch { .. } => "credential-fetch-failed",
             Refusal::CredentialInjection { .. } | Refusal::TokenInjection(_) => {
                 "credential-injection"
             }
@@ -118,6 +128,23 @@ impl Refusal {
             Refusal::JwtBodyTooLarge { .. } => "jwt-body-too-large",
             Refusal::UpstreamUnverified(_) => "upstream-unverified",
             Refusal::UpstreamFailed(_) => "upstream-failed",
+        }
+    }
+
+    /// A credential that could not be had: 502 where what serves it
+    /// (token endpoint, helper, STS) failed, else 503.
+    pub fn credential_failed(id: String, source: CredentialError) -> Self {
+        match source {
+            CredentialError::Exchange { .. } | CredentialError::Process { .. } => {
+                Refusal::CredentialFetch {
+                    id,
+                    source: Box::new(source),
+                }
+            }
+            _ => Refusal::CredentialUnavailable {
+                id,
+                source: Box::new(source),
+            },
         }
     }
 
