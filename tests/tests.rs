@@ -5,6 +5,7 @@ mod audit_anchor;
 mod bypass;
 mod cli_errors;
 mod credentials;
+mod delegated;
 mod dns;
 mod egress;
 mod exec_confinement;
