@@ -23,6 +23,7 @@ mod placeholder;
 mod placeholder_rewrite;
 pub mod process;
 mod redact;
+pub mod sigv4;
 mod source;
 mod store;
 
@@ -148,6 +149,19 @@ pub enum CredentialError {
         #[source]
         source: ProcessError,
     },
+    #[error("agent {agent}: credential {credential}: {source}")]
+    Aws {
+        agent: String,
+        credential: String,
+        #[source]
+        source: sigv4::AwsError,
+    },
+    #[error(
+        "agent {agent}: credential {credential} signs AWS requests; it has no secret to inject"
+    )]
+    SignsAws { agent: String, credential: String },
+    #[error("agent {agent}: credential {credential} is not an aws credential")]
+    NotAws { agent: String, credential: String },
     #[error("agent {agent} is not in the policy set")]
     UnknownAgent { agent: String },
     #[error("agent {agent} has no credential {credential}")]

@@ -12,9 +12,14 @@ use tracing::warn;
 
 use super::{
     CredentialError, CredentialErrors, ExchangeError, Requester, Secret, TokenFetcher,
-    exchange::Exchanger, oauth2::OAuth2Client, process::Helper, redact::MIN_REDACT_LEN, source,
+    exchange::Exchanger,
+    oauth2::OAuth2Client,
+    process::Helper,
+    redact::MIN_REDACT_LEN,
+    sigv4::{AwsCredentials, AwsSigner, LoadError},
+    source,
 };
-use crate::policy::{CredentialPolicy, PolicySet, SecretSource, ValueSource};
+use crate::policy::{AgentPolicy, CredentialPolicy, PolicySet, SecretSource, ValueSource};
 
 /// Every credential of every agent in a policy set, ready to use.
 ///
@@ -42,6 +47,8 @@ enum Credential {
     Process(Box<Helper>),
     /// Token exchange or JWT-bearer grant, cached per (agent, subject).
     Exchange(Box<Exchanger>),
+    /// AWS keys that re-sign the agent's requests.
+    Aws(Box<AwsSigner>),
 }
 
 impl std::fmt::Debug for CredentialStore {
@@ -73,7 +80,7 @@ impl CredentialStore {
         for agent in &policy.agents {
             let mut credentials = HashMap::new();
             for credential in &agent.credentials {
-                match resolve(&agent.name, credential) {
+                match resolve(agent, credential) {
                     Ok(c) => {
                         credentials.insert(credential.id.clone(), c);
                     }
@@ -137,6 +144,10 @@ impl CredentialStore {
                     }
                 })
             }
+            Credential::Aws(_) => Err(CredentialError::SignsAws {
+                agent: agent.to_owned(),
+                credential: credential_id.to_owned(),
+            }),
             Credential::Exchange(exchanger) => exchanger
                 .token(who, self.fetcher.as_ref())
                 .await
@@ -177,9 +188,33 @@ impl CredentialStore {
                 Credential::Minted => {}
                 Credential::Process(helper) => secrets.extend(helper.known_secrets()),
                 Credential::Exchange(exchanger) => secrets.extend(exchanger.known_secrets()),
+                Credential::Aws(signer) => secrets.extend(signer.known_secrets()),
             }
         }
         secrets
+    }
+
+    /// The AWS credentials of `agent`'s credential `credential_id`, to sign
+    /// its requests with.
+    pub async fn aws_credentials(
+        &self,
+        agent: &str,
+        credential_id: &str,
+    ) -> Result<AwsCredentials, CredentialError> {
+        match self.credential(agent, credential_id)? {
+            Credential::Aws(signer) => signer
+                .credentials(agent, credential_id, self.fetcher.as_ref())
+                .await
+                .map_err(|source| CredentialError::Aws {
+                    agent: agent.to_owned(),
+                    credential: credential_id.to_owned(),
+                    source,
+                }),
+            _ => Err(CredentialError::NotAws {
+                agent: agent.to_owned(),
+                credential: credential_id.to_owned(),
+            }),
+        }
     }
 
     /// Drops everything fetched for `agent` (exchanged tokens, helper
@@ -195,6 +230,7 @@ impl CredentialStore {
             match credential {
                 Credential::Process(helper) => helper.forget(),
                 Credential::Exchange(exchanger) => exchanger.forget_agent(agent),
+                Credential::Aws(signer) => signer.forget(),
                 Credential::Static(_) | Credential::OAuth2(_) | Credential::Minted => {}
             }
         }
@@ -209,6 +245,7 @@ impl CredentialStore {
             .map(|c| match c {
                 Credential::Process(helper) => helper.runs(),
                 Credential::Exchange(exchanger) => exchanger.exchanges(),
+                Credential::Aws(signer) => signer.fetches(),
                 _ => 0,
             })
             .sum()
@@ -235,7 +272,11 @@ impl CredentialStore {
 
 /// Reads what `credential` needs now. Every error is returned, so that an
 /// OAuth2 credential with a bad id and a bad secret is fixed in one pass.
-fn resolve(agent: &str, credential: &CredentialPolicy) -> Result<Credential, Vec<CredentialError>> {
+fn resolve(
+    agent_policy: &AgentPolicy,
+    credential: &CredentialPolicy,
+) -> Result<Credential, Vec<CredentialError>> {
+    let agent = agent_policy.name.as_str();
     let context = |what: &'static str| {
         move |source| CredentialError::Source {
             agent: agent.to_owned(),
@@ -288,11 +329,23 @@ fn resolve(agent: &str, credential: &CredentialPolicy) -> Result<Credential, Vec
         SecretSource::JwtBearer(j) => Exchanger::jwt_bearer(j)
             .map(|e| Credential::Exchange(Box::new(e)))
             .map_err(|e| exchange_error(agent, &credential.id, e)),
-        SecretSource::Aws(_) => Err(vec![CredentialError::Exchange {
-            agent: agent.to_owned(),
-            credential: credential.id.clone(),
-            source: ExchangeError::Identity("aws credentials are not built yet".into()),
-        }]),
+        SecretSource::Aws(aws) => AwsSigner::load(agent_policy, credential, aws)
+            .map(|s| Credential::Aws(Box::new(s)))
+            .map_err(|e| {
+                vec![match e {
+                    LoadError::Source(what, source) => CredentialError::Source {
+                        agent: agent.to_owned(),
+                        credential: credential.id.clone(),
+                        what,
+                        source,
+                    },
+                    LoadError::Process(source) => CredentialError::Process {
+                        agent: agent.to_owned(),
+                        credential: credential.id.clone(),
+                        source,
+                    },
+                }]
+            }),
     }
 }
 

@@ -135,12 +135,12 @@ impl Refusal {
     /// (token endpoint, helper, STS) failed, else 503.
     pub fn credential_failed(id: String, source: CredentialError) -> Self {
         match source {
-            CredentialError::Exchange { .. } | CredentialError::Process { .. } => {
-                Refusal::CredentialFetch {
-                    id,
-                    source: Box::new(source),
-                }
-            }
+            CredentialError::Exchange { .. }
+            | CredentialError::Process { .. }
+            | CredentialError::Aws { .. } => Refusal::CredentialFetch {
+                id,
+                source: Box::new(source),
+            },
             _ => Refusal::CredentialUnavailable {
                 id,
                 source: Box::new(source),
