@@ -181,26 +181,41 @@ pub async fn run(source: &ProcessSource, agent: &str, id: &str) -> Result<Secret
     })?;
     let pid = child.id();
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let kill_group = || {
+        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    };
     let finished = tokio::time::timeout(source.timeout, async {
-        let (out, err) = tokio::join!(read_bounded(stdout), read_bounded(stderr));
+        let out = async {
+            let out = read_bounded(stdout).await;
+            if out.is_err() {
+                // Past the bound: stopped now, not waited for (it may be
+                // blocked writing the rest, holding standard error open).
+                kill_group();
+            }
+            out
+        };
+        let (out, err) = tokio::join!(out, read_bounded(stderr));
         (out, err, child.wait().await)
     })
     .await;
     let (stdout, stderr, status) = match finished {
         Ok(done) => done,
         Err(_) => {
-            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            kill_group();
             return Err(ProcessError::Timeout {
                 path,
                 timeout: source.timeout,
             });
         }
     };
+    if stdout.is_err() {
+        return Err(ProcessError::TooLarge { path });
+    }
     let status = status.map_err(|e| ProcessError::Spawn {
         path: path.clone(),
         reason: e.to_string(),

@@ -16,6 +16,10 @@ pub struct RequestFacts<'a> {
     pub port: u16,
     /// The normalised path (see [`super::normalize_path`]), no query.
     pub path: &'a str,
+    /// The AWS action (`ec2:DescribeInstances`) of a SigV4-signed request,
+    /// when it can be told; tools that name `aws_actions` match only
+    /// requests whose action they name.
+    pub aws_action: Option<&'a str>,
 }
 
 #[derive(Debug)]
@@ -45,7 +49,14 @@ impl AgentPolicy {
             };
         }
         let tool = on_host.into_iter().find(|t| {
-            t.methods.contains(req.method) && t.paths.iter().any(|p| p.matches(req.path))
+            t.methods.contains(req.method)
+                && t.paths.iter().any(|p| p.matches(req.path))
+                && (t.aws_actions.is_empty()
+                    || req.aws_action.is_some_and(|a| {
+                        t.aws_actions
+                            .iter()
+                            .any(|p| super::aws_action_matches(p, a))
+                    }))
         });
         match tool {
             Some(tool) => Verdict::Allow {
@@ -57,10 +68,16 @@ impl AgentPolicy {
                     .and_then(|id| self.credential(id)),
             },
             None => Verdict::Deny {
-                reason: format!(
-                    "no tool of agent {:?} allows {} {} on {}",
-                    self.name, req.method, req.path, req.host
-                ),
+                reason: match req.aws_action {
+                    Some(action) => format!(
+                        "no tool of agent {:?} allows {} {} on {} for AWS action {action}",
+                        self.name, req.method, req.path, req.host
+                    ),
+                    None => format!(
+                        "no tool of agent {:?} allows {} {} on {}",
+                        self.name, req.method, req.path, req.host
+                    ),
+                },
             },
         }
     }
@@ -118,6 +135,7 @@ paths = ["/*"]
             host,
             port,
             path: &path,
+            aws_action: None,
         }) {
             Verdict::Allow { tool, credential } => {
                 Ok((tool.name.clone(), credential.map(|c| c.id.clone())))

@@ -62,6 +62,7 @@ pub fn explain(
         host: &host,
         port,
         path: &path,
+        aws_action: None,
     });
     let (decision, tool, credential, reason) = match verdict {
         Verdict::Allow { tool, credential } => (

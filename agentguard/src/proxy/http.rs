@@ -4,6 +4,7 @@
 //! streamed both ways. Each request is planned first (`plan`: pure, from
 //! its head and the policy), then the plan is carried out here.
 
+mod aws;
 mod checks;
 mod forward;
 mod hop;
@@ -40,6 +41,7 @@ use crate::{
     live::LiveState,
     policy::{Injection, SecretSource},
 };
+use aws::AgentBody;
 use jwt::JwtSpec;
 use plan::{Action, Forward};
 use record::{INTENT_HEADER, Outcome, redacted_query};
@@ -125,6 +127,12 @@ async fn handle(
 ) -> Response<ProxyBody> {
     // The intent is recorded (Outcome::new read it) and goes no further.
     req.headers_mut().remove(INTENT_HEADER);
+    // What an AWS SDK signed for (and a signed body, which holds a Query
+    // protocol request's action), read before the decision.
+    let req = match aws::read(req).await {
+        Ok(req) => req,
+        Err(refusal) => return out.refuse(refusal),
+    };
     let plan = plan::plan(&req, meta, &state.policy, &*ctx.resolvers);
     out.note(plan.noted);
     let forwarded = match plan.action {
@@ -138,7 +146,7 @@ async fn handle(
 /// token minted for the request), the request sent upstream, the response
 /// readied for the agent. What can still go wrong is a [`Refusal`].
 async fn forward(
-    mut req: Request<Incoming>,
+    mut req: Request<AgentBody>,
     plan: Forward<'_>,
     meta: &ConnMeta,
     ctx: &ProxyContext,
@@ -152,6 +160,7 @@ async fn forward(
         path,
         upgrade,
         credential,
+        aws,
     } = plan;
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -174,7 +183,25 @@ async fn forward(
             });
         }
     }
-    if let Some(credential) = credential.filter(|_| jwt.is_none()) {
+    let mut aws_creds = None;
+    if let (Some(credential), Some(_)) = (credential, &aws) {
+        match state
+            .credentials
+            .aws_credentials(agent, &credential.id)
+            .await
+        {
+            Ok(c) => aws_creds = Some(c),
+            Err(e) => {
+                warn!(credential = %credential.id, error = %e, "aws credentials unavailable");
+                let refusal = Refusal::credential_failed(credential.id.clone(), e);
+                record_credential_failure(ctx, meta, out, &credential.id, &host, &refusal).await;
+                return Err(refusal);
+            }
+        }
+        // Signed again below, once the upstream's head is final.
+        aws::strip_agent_signature(&mut parts);
+    }
+    if let Some(credential) = credential.filter(|_| jwt.is_none() && aws.is_none()) {
         let on_behalf_of = || ctx.on_behalf_of.lookup(meta.identity.pid);
         let requester = Requester {
             agent,
@@ -191,14 +218,7 @@ async fn forward(
             Err(e) => {
                 warn!(credential = %credential.id, error = %e, "credential unavailable");
                 let refusal = Refusal::credential_failed(credential.id.clone(), e);
-                let mut failure = Event::new(Kind::CredentialFailure)
-                    .with_identity(&meta.identity)
-                    .with_decision(Decision::Refuse, refusal.to_string());
-                failure.credential_id = Some(credential.id.clone());
-                failure.tool = out.event.tool.clone();
-                failure.host = Some(host.clone());
-                failure.policy_version = out.event.policy_version.clone();
-                ctx.audit.record(failure).await;
+                record_credential_failure(ctx, meta, out, &credential.id, &host, &refusal).await;
                 return Err(refusal);
             }
         };
@@ -243,10 +263,25 @@ async fn forward(
     }
     forward::prepare(&mut parts, &authority, meta.scheme(), &path, upgrade)
         .map_err(Refusal::BadRequest)?;
+    if let (Some(scope), Some(creds)) = (&aws, &aws_creds) {
+        let read = match &body {
+            AgentBody::Read(bytes) => Some(bytes),
+            AgentBody::Live(_) => None,
+        };
+        aws::resign(&mut parts, scope, read, creds)?;
+    }
     let mut minted = None;
-    let body = match jwt {
-        None => body.boxed(),
-        Some(spec) => {
+    let body = match (jwt, body) {
+        (None, AgentBody::Live(body)) => body.boxed(),
+        (None, AgentBody::Read(bytes)) => http_body_util::Full::new(bytes)
+            .map_err(|n| match n {})
+            .boxed(),
+        (Some(_), AgentBody::Read(_)) => {
+            return Err(Refusal::BadRequest(
+                "a JWT-bound tool does not take AWS-signed requests".into(),
+            ));
+        }
+        (Some(spec), AgentBody::Live(body)) => {
             let bound = jwt::bind(&mut parts, body, &spec, meta, ctx).await?;
             out.event.token_jti = Some(bound.jti.clone());
             out.event.on_behalf_of = bound.on_behalf_of.clone();
@@ -284,4 +319,24 @@ async fn forward(
         respond::mark_would_deny(&mut resp);
     }
     Ok(resp)
+}
+
+/// The record of a credential that could not be had (its id, never a
+/// value), beside the request's own event.
+async fn record_credential_failure(
+    ctx: &ProxyContext,
+    meta: &ConnMeta,
+    out: &Outcome,
+    credential: &str,
+    host: &str,
+    refusal: &Refusal,
+) {
+    let mut failure = Event::new(Kind::CredentialFailure)
+        .with_identity(&meta.identity)
+        .with_decision(Decision::Refuse, refusal.to_string());
+    failure.credential_id = Some(credential.to_owned());
+    failure.tool = out.event.tool.clone();
+    failure.host = Some(host.to_owned());
+    failure.policy_version = out.event.policy_version.clone();
+    ctx.audit.record(failure).await;
 }

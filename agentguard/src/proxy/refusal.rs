@@ -78,6 +78,10 @@ pub enum Refusal {
         "request body is larger than {max} bytes: a JWT-bound tool's body is hashed into its token, and is refused rather than sent unbound"
     )]
     JwtBodyTooLarge { max: usize },
+    /// An AWS request agentguard does not re-sign (presigned URLs, SigV4a,
+    /// streaming signed payloads, bodies past the bound), with the reason.
+    #[error("AWS request refused: {0}")]
+    AwsRefused(String),
     /// The upstream's certificate did not verify for the host: nothing was
     /// sent.
     #[error("{0}")]
@@ -89,9 +93,10 @@ pub enum Refusal {
 impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::BadRequest(_) | Refusal::BodyUnreadable(_) | Refusal::Path(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Refusal::BadRequest(_)
+            | Refusal::BodyUnreadable(_)
+            | Refusal::Path(_)
+            | Refusal::AwsRefused(_) => StatusCode::BAD_REQUEST,
             Refusal::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             Refusal::UnknownAgent(_)
             | Refusal::Denied { .. }
@@ -125,6 +130,7 @@ impl Refusal {
             }
             Refusal::TokenMint(_) => "token-mint",
             Refusal::Placeholder { .. } => "placeholder",
+            Refusal::AwsRefused(_) => "aws-request-refused",
             Refusal::JwtBodyTooLarge { .. } => "jwt-body-too-large",
             Refusal::UpstreamUnverified(_) => "upstream-unverified",
             Refusal::UpstreamFailed(_) => "upstream-failed",

@@ -5,7 +5,11 @@
 
 use hyper::{Request, http::uri::Authority};
 
-use super::{ConnMeta, checks, hop};
+use super::{
+    ConnMeta,
+    aws::{self, AwsFacts, AwsScope},
+    checks, hop,
+};
 use crate::{
     audit::Decision,
     policy::{CredentialPolicy, Mode, PolicySet, RequestFacts, Verdict, normalize_path},
@@ -49,6 +53,8 @@ pub struct Forward<'p> {
     pub upgrade: bool,
     /// The credential to inject; only ever on a TLS connection.
     pub credential: Option<&'p CredentialPolicy>,
+    /// For a credential that re-signs AWS requests: what to sign for.
+    pub aws: Option<AwsScope>,
 }
 
 #[derive(Debug)]
@@ -122,20 +128,23 @@ fn decide<'p, B>(
         return Err(Refusal::UnknownAgent(agent.to_string()));
     };
 
+    let aws_facts = req.extensions().get::<AwsFacts>();
+    let aws_action = aws_facts.and_then(|f| f.action.as_deref());
     let verdict = agent_policy.evaluate(RequestFacts {
         method: req.method(),
         host: &host,
         port: meta.dst.port(),
         path: &path,
+        aws_action,
     });
     let credential = match verdict {
         Verdict::Allow { tool, credential } => {
             noted.tool = Some(tool.name.clone());
-            noted.verdict = Some((
-                Decision::Allow,
-                format!("tool:{}", tool.name),
-                format!("allowed by tool {:?}", tool.name),
-            ));
+            let reason = match aws_action {
+                Some(action) => format!("allowed by tool {:?} (AWS action {action})", tool.name),
+                None => format!("allowed by tool {:?}", tool.name),
+            };
+            noted.verdict = Some((Decision::Allow, format!("tool:{}", tool.name), reason));
             credential
         }
         Verdict::Deny { reason } if agent_policy.mode == Mode::Enforce => {
@@ -167,12 +176,17 @@ fn decide<'p, B>(
         }
         noted.credential_id = Some(credential.id.clone());
     }
+    let aws = match credential {
+        Some(credential) => aws::scope(aws_facts, credential)?,
+        None => None,
+    };
     Ok(Forward {
         authority,
         host,
         path,
         upgrade,
         credential,
+        aws,
     })
 }
 
