@@ -2,6 +2,7 @@
 
 mod audit;
 mod audit_anchor;
+mod aws;
 mod bypass;
 mod cli_errors;
 mod credentials;

@@ -129,6 +129,9 @@ async fn handle(
     req.headers_mut().remove(INTENT_HEADER);
     // What an AWS SDK signed for (and a signed body, which holds a Query
     // protocol request's action), read before the decision.
+    if let Some(render) = aws::render(&req) {
+        out.render = render;
+    }
     let req = match aws::read(req).await {
         Ok(req) => req,
         Err(refusal) => return out.refuse(refusal),

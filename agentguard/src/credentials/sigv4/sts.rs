@@ -33,24 +33,47 @@ fn session_name(agent: &str) -> String {
     name
 }
 
+/// RFC 3986 unreserved characters stay; everything else is escaped, as the
+/// AWS SDKs encode Query protocol bodies (Python's `urlencode`: `*` too,
+/// which WHATWG form encoding leaves alone). The body is signed byte for
+/// byte, and verifiers that re-encode the parsed form (moto does) must get
+/// the same bytes.
+const AWS_QUERY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// The AssumeRole form body for `agent`.
 pub(super) fn form(role: &AssumeRole, agent: &str, session_policy: Option<&str>) -> String {
-    let mut form = form_urlencoded::Serializer::new(String::new());
-    form.append_pair("Action", "AssumeRole")
-        .append_pair("Version", STS_VERSION)
-        .append_pair("RoleArn", &role.role_arn)
-        .append_pair("RoleSessionName", &session_name(agent))
-        .append_pair("DurationSeconds", &role.duration.as_secs().to_string())
-        .append_pair("SourceIdentity", &session_name(agent))
-        .append_pair("Tags.member.1.Key", "agentguard:agent")
-        .append_pair("Tags.member.1.Value", agent);
+    let name = session_name(agent);
+    let duration = role.duration.as_secs().to_string();
+    let mut pairs: Vec<(&str, &str)> = vec![
+        ("Action", "AssumeRole"),
+        ("Version", STS_VERSION),
+        ("RoleArn", &role.role_arn),
+        ("RoleSessionName", &name),
+        ("DurationSeconds", &duration),
+        ("SourceIdentity", &name),
+        ("Tags.member.1.Key", "agentguard:agent"),
+        ("Tags.member.1.Value", agent),
+    ];
     if let Some(id) = &role.external_id {
-        form.append_pair("ExternalId", id);
+        pairs.push(("ExternalId", id));
     }
     if let Some(policy) = session_policy {
-        form.append_pair("Policy", policy);
+        pairs.push(("Policy", policy));
     }
-    form.finish()
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let v = percent_encoding::utf8_percent_encode(v, AWS_QUERY)
+                .to_string()
+                .replace("%20", "+");
+            format!("{k}={v}")
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// Calls AssumeRole with `base` credentials, through `fetcher` (the
@@ -253,6 +276,9 @@ mod tests {
         assert_eq!(get("ExternalId"), Some("ext-1"));
         assert_eq!(get("Policy"), Some(r#"{"Version":"2012-10-17"}"#));
         assert_eq!(session_name(&"x".repeat(63)).len(), 64);
+        // Encoded as the AWS SDKs encode: `*` and `:` escaped.
+        assert!(body.contains("RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Finventory"));
+        assert!(form(&role, "a", Some("*")).ends_with("&Policy=%2A"));
     }
 
     #[test]

@@ -51,6 +51,25 @@ pub struct AwsScope {
     pub request: Option<AwsRequest>,
 }
 
+/// How agentguard's refusals of an AWS SDK's request are written: the
+/// error shape its protocol parses.
+pub fn render(req: &Request<Incoming>) -> Option<crate::proxy::respond::Render> {
+    use crate::proxy::respond::{AwsDialect, Render};
+    let request = sigv4::inspect(req.headers(), req.uri()).ok().flatten()?;
+    let json = req.headers().contains_key("x-amz-target")
+        || req
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/x-amz-json"));
+    Some(Render::Aws(match request.service.as_str() {
+        _ if json => AwsDialect::Json,
+        "ec2" => AwsDialect::Ec2,
+        "s3" => AwsDialect::S3,
+        _ => AwsDialect::Query,
+    }))
+}
+
 /// Reads what the agent signed for and, for a signed payload, the body.
 /// Requests that are not SigV4 pass untouched.
 pub async fn read(req: Request<Incoming>) -> Result<Request<AgentBody>, Refusal> {
