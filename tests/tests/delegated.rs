@@ -513,3 +513,45 @@ fn a_credential_helper_runs_once_out_of_the_agents_reach() {
     assert!(!body.contains("leaked-partial-output"), "{body}");
     assert_eq!(api.seen().len(), 3);
 }
+
+#[test]
+fn policy_check_validates_the_new_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.toml");
+    let head = "[agent]\nname = \"a\"\ncgroup = \"agentguard/a\"\n\n[[credential]]\nid = \"c\"\n";
+    std::fs::write(
+        &file,
+        format!(
+            "{head}inject = {{ header = \"Authorization\" }}\n[credential.source.token_exchange]\ntoken_url = \"https://idp.example.com/token\"\nclient_id = \"agentguard\"\nclient_secret = {{ file = \"/etc/agentguard/secrets/idp\" }}\nsubject = \"on-behalf-of\"\nsubject_tokens = \"/etc/agentguard/people\"\n"
+        ),
+    )
+    .unwrap();
+    let check = |path: &Path| {
+        Command::new(crate::common::AGENTGUARD)
+            .args(["policy", "check"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let out = check(&file);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::write(
+        &file,
+        format!("{head}source = {{ process = [\"get-secret\"] }}\ninject = {{ header = \"Authorization\" }}\n"),
+    )
+    .unwrap();
+    let out = check(&file);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("a.toml:7:") && err.contains("must be an absolute path"),
+        "{err}"
+    );
+    std::fs::write(
+        &file,
+        format!("{head}inject = {{ header = \"Authorization\" }}\n[credential.source.aws]\naccess_key_id = \"AKIDEXAMPLE\"\nsecret_access_key = {{ env = \"AWS_SECRET\" }}\n"),
+    )
+    .unwrap();
+    let err = text(&check(&file).stderr);
+    assert!(err.contains("aws_sigv4"), "{err}");
+}
