@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::common::{Daemon, DaemonOptions, TestCa, ok, require_root, text};
+use crate::common::{Daemon, TestCa, ok, require_root, text};
 
 const AGENT: &str = "aws-agent";
 const MOTO_IP: &str = "127.0.0.8";
@@ -194,13 +194,10 @@ fn boto3_and_the_aws_cli_with_placeholder_keys_are_signed_again() {
         key = key_file.display(),
         secret = secret_path.display(),
     );
-    let daemon = Daemon::start_with(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: &policy,
-            upstream_ca: Some(&ca.pem_path),
-        },
-    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy)
+        .upstream_ca(&ca.pem_path)
+        .start();
     let script = format!(
         "{prelude}\
          print('regions', len(ec2.describe_regions()['Regions']) > 0)\n\
@@ -317,13 +314,10 @@ fn sts_assume_role_narrows_the_keys_to_the_agent() {
         secret = secret_path.display(),
         sts = moto.url(MOTO_IP),
     );
-    let daemon = Daemon::start_with(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: &policy,
-            upstream_ca: Some(&ca.pem_path),
-        },
-    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy)
+        .upstream_ca(&ca.pem_path)
+        .start();
     let script = format!(
         "{prelude}\
          for _ in range(3):\n\

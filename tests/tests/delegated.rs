@@ -12,9 +12,7 @@ use std::{
     sync::Arc,
 };
 
-use crate::common::{
-    ApiRequest, Daemon, DaemonOptions, FakeApi, Handler, TestCa, require_root, text,
-};
+use crate::common::{ApiRequest, Daemon, FakeApi, Handler, TestCa, require_root, text};
 
 const AGENT: &str = "deleg-agent";
 const API: &str = "tickets.agentguard.test";
@@ -186,13 +184,10 @@ fn token_exchange_for_the_agent_with_a_client_secret() {
         secret = client_secret.display(),
         tool = tool_policy("tickets"),
     );
-    let daemon = Daemon::start_with(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: &policy,
-            upstream_ca: Some(&ca.pem_path),
-        },
-    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy)
+        .upstream_ca(&ca.pem_path)
+        .start();
     auth.trust_daemon(&daemon, dir.path());
     for _ in 0..3 {
         let (status, body) = curl(&daemon, &[], &api.url("/api/tickets"));
@@ -271,13 +266,10 @@ fn token_exchange_on_behalf_of_a_person_with_private_key_jwt() {
         people = people.display(),
         tool = tool_policy("tickets"),
     );
-    let daemon = Daemon::start_with(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: &policy,
-            upstream_ca: Some(&ca.pem_path),
-        },
-    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy)
+        .upstream_ca(&ca.pem_path)
+        .start();
     auth.trust_daemon(&daemon, dir.path());
     let (status, body) = curl(
         &daemon,
@@ -354,13 +346,10 @@ fn jwt_bearer_grant_and_a_refused_exchange() {
         secret = client_secret.display(),
         tool = tool_policy("federated"),
     );
-    let daemon = Daemon::start_with(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: &policy,
-            upstream_ca: Some(&ca.pem_path),
-        },
-    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy)
+        .upstream_ca(&ca.pem_path)
+        .start();
     auth.trust_daemon(&daemon, dir.path());
     let (status, body) = curl(&daemon, &[], &api.url("/api/tickets"));
     assert_eq!(status, 200, "{body}");
@@ -462,15 +451,11 @@ fn a_credential_helper_runs_once_out_of_the_agents_reach() {
         script = script.display(),
         tool = tool_policy("itsm"),
     );
-    let daemon = Daemon::start_with_env(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: &policy,
-            upstream_ca: Some(&ca.pem_path),
-        },
-        &[],
-        &[("AGENTGUARD_TEST_DAEMON_ONLY", "not-for-helpers")],
-    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy)
+        .upstream_ca(&ca.pem_path)
+        .env("AGENTGUARD_TEST_DAEMON_ONLY", "not-for-helpers")
+        .start();
     for _ in 0..3 {
         let (status, body) = curl(&daemon, &[], &api.url("/api/tickets"));
         assert_eq!(status, 200, "{body}");

@@ -11,9 +11,7 @@ use std::{
     sync::Arc,
 };
 
-use crate::common::{
-    ApiRequest, Daemon, DaemonOptions, FakeApi, Handler, TestCa, ok, require_root, text,
-};
+use crate::common::{ApiRequest, Daemon, FakeApi, Handler, TestCa, ok, require_root, text};
 
 /// The body of `policies/<file>` after its `[agent]` table (credentials,
 /// tools, passthrough), with each `(from, to)` replaced: the test daemon
@@ -127,13 +125,10 @@ fn openai_sdk_with_a_placeholder_gets_the_real_key_in_authorization() {
             ("host = \"api.openai.com\"", format!("host = \"{HOST}\"")),
         ],
     );
-    let daemon = Daemon::start_with(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: &policy,
-            upstream_ca: Some(&ca.pem_path),
-        },
-    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy)
+        .upstream_ca(&ca.pem_path)
+        .start();
     let script = format!(
         "import os, openai\n\
          assert os.environ['OPENAI_API_KEY'] == 'agentguard-placeholder:openai-key'\n\
@@ -191,15 +186,11 @@ fn anthropic_sdk_gets_the_real_key_where_it_put_the_placeholder() {
         &[("host = \"api.anthropic.com\"", format!("host = \"{HOST}\""))],
     );
     // The example reads the key from the daemon's environment.
-    let daemon = Daemon::start_with_env(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: &policy,
-            upstream_ca: Some(&ca.pem_path),
-        },
-        &[],
-        &[("ANTHROPIC_API_KEY", &key)],
-    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy)
+        .upstream_ca(&ca.pem_path)
+        .env("ANTHROPIC_API_KEY", &key)
+        .start();
     // The SDK (2.x) sends its key as `Authorization: Bearer`, where the
     // policy names x-api-key (what curl users following the API's docs,
     // and older SDKs, send): the placeholder is replaced where the SDK put
@@ -276,13 +267,10 @@ fn pygithub_sends_token_auth_and_gets_the_real_token() {
             ("host = \"api.github.com\"", format!("host = \"{HOST}\"")),
         ],
     );
-    let daemon = Daemon::start_with(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: &policy,
-            upstream_ca: Some(&ca.pem_path),
-        },
-    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy)
+        .upstream_ca(&ca.pem_path)
+        .start();
     let script = format!(
         "import os, github\n\
          g = github.Github(auth=github.Auth.Token(os.environ['GITHUB_TOKEN']), base_url='{base}', retry=None)\n\
@@ -364,15 +352,11 @@ fn slack_sdk_gets_the_oauth2_token_in_place_of_its_placeholder() {
             ("host = \"slack.com\"", format!("host = \"{HOST}\"")),
         ],
     );
-    let daemon = Daemon::start_with_env(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: &policy,
-            upstream_ca: Some(&ca.pem_path),
-        },
-        &[],
-        &[("SLACK_CLIENT_ID", "agentguard-test-client")],
-    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy)
+        .upstream_ca(&ca.pem_path)
+        .env("SLACK_CLIENT_ID", "agentguard-test-client")
+        .start();
     let script = format!(
         "import os\nfrom slack_sdk import WebClient\n\
          assert os.environ['SLACK_BOT_TOKEN'] == 'agentguard-placeholder:slack-bot'\n\
@@ -392,8 +376,113 @@ fn slack_sdk_gets_the_oauth2_token_in_place_of_its_placeholder() {
             [format!("Bearer {bot_token}").as_str()]
         );
     }
-    // One token fetch, authenticated with the client secret.
-    assert_eq!(auth.seen().len(), 1);
+    // One token fetch: the client credentials grant.
+    let fetches = auth.seen();
+    assert_eq!(fetches.len(), 1);
+    assert!(
+        text(&fetches[0].body).contains("grant_type=client_credentials"),
+        "{fetches:?}"
+    );
     assert_secret_kept(&daemon, &out, &bot_token);
     assert_secret_kept(&daemon, &out, &client_secret);
+}
+
+#[test]
+fn python_requests_gets_the_secret_in_basic_auth_and_a_query_parameter() {
+    require_root();
+    const AGENT: &str = "requests-agent";
+    const HOST: &str = "api.plain.agentguard.test";
+    let dir = tempfile::tempdir().unwrap();
+    let (_, canary) = canary_file(dir.path(), "unused");
+    // Characters that would split or end a query, or be read as a space,
+    // if the secret were put there unencoded.
+    let secret = format!("{canary}&x=1+/%#");
+    let secret_file = dir.path().join("service-key");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (other_file, other) = canary_file(dir.path(), "other-key");
+    let ca = TestCa::new("agentguard test upstream CA", dir.path());
+    let basic = {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("svc:{secret}"))
+        )
+    };
+    // Everything but RFC 3986's unreserved characters escaped.
+    const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let in_query = format!(
+        "api_key={}&q=a+b",
+        percent_encoding::utf8_percent_encode(&secret, ESCAPED)
+    );
+    let (basic_ok, query_ok) = (basic.clone(), in_query.clone());
+    let handler: Handler = Arc::new(move |r: &ApiRequest| {
+        let authorised = match r.path.as_str() {
+            "/basic" => r.header("authorization") == [basic_ok.as_str()],
+            "/query" => r.query == query_ok && r.header("authorization").is_empty(),
+            _ => false,
+        };
+        if authorised {
+            (200, r#"{"ok":true}"#.into())
+        } else {
+            unauthorized()
+        }
+    });
+    let api = FakeApi::start("127.0.0.3", HOST, &ca, handler);
+    // The policy names Authorization: Bearer; the client uses Basic auth
+    // and a query parameter instead.
+    let policy = format!(
+        "[[credential]]\n\
+         id = \"service-key\"\n\
+         source = {{ file = \"{secret_file}\" }}\n\
+         inject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\n\
+         placeholder_env = \"SERVICE_KEY\"\n\
+         \n\
+         [[credential]]\n\
+         id = \"other-key\"\n\
+         source = {{ file = \"{other_file}\" }}\n\
+         inject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\n\
+         placeholder_env = \"OTHER_KEY\"\n\
+         \n\
+         [[tool]]\n\
+         name = \"service\"\n\
+         host = \"{HOST}\"\n\
+         methods = [\"GET\"]\n\
+         paths = [\"/basic\", \"/query\"]\n\
+         credential = \"service-key\"\n\
+         \n\
+         [[tool]]\n\
+         name = \"other\"\n\
+         host = \"other.agentguard.test\"\n\
+         methods = [\"GET\"]\n\
+         paths = [\"/*\"]\n\
+         credential = \"other-key\"\n",
+        secret_file = secret_file.display(),
+        other_file = other_file.display(),
+    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy)
+        .upstream_ca(&ca.pem_path)
+        .start();
+    let script = format!(
+        "import os, requests\n\
+         key, other = os.environ['SERVICE_KEY'], os.environ['OTHER_KEY']\n\
+         print(requests.get('{base}/basic', auth=('svc', key), timeout=10).status_code)\n\
+         print(requests.get('{base}/query', params={{'api_key': key, 'q': 'a b'}}, timeout=10).status_code)\n\
+         r = requests.get('{base}/query', params={{'api_key': other, 'q': 'a b'}}, timeout=10)\n\
+         print(r.status_code, 'placeholder' in r.text)\n",
+        base = api.url("")
+    );
+    let out = python(&daemon, AGENT, HOST, "127.0.0.3", &script);
+    assert_eq!(ok(&out), "200\n200\n403 True\n");
+    // The unbound credential's placeholder never left the machine.
+    let seen = api.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.iter().all(|r| !r.query.contains("other-key")));
+    assert_secret_kept(&daemon, &out, &canary);
+    assert_secret_kept(&daemon, &out, &other);
 }

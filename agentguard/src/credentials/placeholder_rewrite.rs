@@ -25,20 +25,10 @@ use hyper::{
         uri::{self, PathAndQuery, Uri},
     },
 };
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use thiserror::Error;
 
 use super::{CredentialError, InjectError, PLACEHOLDER_PREFIX, Secret, inject};
 use crate::policy::Injection;
-
-/// RFC 3986 §2.3 unreserved characters pass; everything else is escaped, so
-/// that a secret holding `&`, `=`, `+` or `#` cannot split or end the
-/// query.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 #[derive(Debug, Error)]
 pub enum RewriteError {
@@ -247,7 +237,9 @@ fn rewrite_query(query: &str, needle: &str, secret: &Secret) -> Option<(String, 
     if !query.contains(PLACEHOLDER_PREFIX) && !query.contains('%') {
         return None;
     }
-    let encoded_secret = utf8_percent_encode(secret.expose(), QUERY_VALUE).to_string();
+    // Only RFC 3986 §2.3 unreserved characters stay as they are, so that a
+    // secret holding `&`, `=`, `+` or `#` cannot split or end the query.
+    let encoded_secret = crate::percent::encode(secret.expose());
     let mut names = Vec::new();
     let pairs: Vec<String> = query
         .split('&')
@@ -314,7 +306,7 @@ fn rewrite_encoded(raw: &str, needle: &str, with: &str) -> Option<String> {
 }
 
 fn decode_name(name: &str) -> String {
-    percent_decode_str(name).decode_utf8_lossy().into_owned()
+    String::from_utf8_lossy(&crate::percent::decode(name.as_bytes())).into_owned()
 }
 
 /// The query without any `param` (however its name is spelt).

@@ -1,6 +1,11 @@
 //! Deciding one HTTP request against an agent's tools. Default deny: a
 //! request is allowed only if a `[[tool]]` matches its host, port, method and
 //! normalised path; the first matching tool (in file order) decides.
+//!
+//! This decision sees the request head only. Tools that need more (a
+//! `protocol` other than http, a `when` condition, a `rate`) never allow
+//! here: they are decided by [`super::decide`], which the proxy calls with
+//! the body, the identity and a rate limiter.
 
 use hyper::Method;
 
@@ -33,6 +38,20 @@ pub enum Verdict<'p> {
     },
 }
 
+impl ToolPolicy {
+    /// Whether the tool's `aws_actions` (if it names any) allow the
+    /// request's AWS action; a request whose action cannot be told matches
+    /// no tool that names actions.
+    pub fn allows_aws_action(&self, action: Option<&str>) -> bool {
+        self.aws_actions.is_empty()
+            || action.is_some_and(|a| {
+                self.aws_actions
+                    .iter()
+                    .any(|p| super::aws_action_matches(p, a))
+            })
+    }
+}
+
 impl AgentPolicy {
     pub fn evaluate(&self, req: RequestFacts<'_>) -> Verdict<'_> {
         let on_host: Vec<&ToolPolicy> = self
@@ -48,15 +67,16 @@ impl AgentPolicy {
                 ),
             };
         }
+        let mut call_aware = None;
         let tool = on_host.into_iter().find(|t| {
-            t.methods.contains(req.method)
+            let matches = t.methods.contains(req.method)
                 && t.paths.iter().any(|p| p.matches(req.path))
-                && (t.aws_actions.is_empty()
-                    || req.aws_action.is_some_and(|a| {
-                        t.aws_actions
-                            .iter()
-                            .any(|p| super::aws_action_matches(p, a))
-                    }))
+                && t.allows_aws_action(req.aws_action);
+            if matches && t.calls.needs_call_aware_decision() {
+                call_aware.get_or_insert(t.name.as_str());
+                return false;
+            }
+            matches
         });
         match tool {
             Some(tool) => Verdict::Allow {
@@ -68,12 +88,16 @@ impl AgentPolicy {
                     .and_then(|id| self.credential(id)),
             },
             None => Verdict::Deny {
-                reason: match req.aws_action {
-                    Some(action) => format!(
+                reason: match (call_aware, req.aws_action) {
+                    (Some(name), _) => format!(
+                        "tool {name:?} of agent {:?} needs a decision on the call itself (protocol, when or rate), which this path does not make",
+                        self.name
+                    ),
+                    (None, Some(action)) => format!(
                         "no tool of agent {:?} allows {} {} on {} for AWS action {action}",
                         self.name, req.method, req.path, req.host
                     ),
-                    None => format!(
+                    (None, None) => format!(
                         "no tool of agent {:?} allows {} {} on {}",
                         self.name, req.method, req.path, req.host
                     ),

@@ -8,6 +8,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use hyper::Uri;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::model::{SecretRef, SecretRefSection, ValueSection, ValueSource};
@@ -28,77 +29,117 @@ pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-e
 
 /// `{ process = ["/usr/local/bin/get-secret", "itsm"] }` or `{ process = {
 /// command = [...], timeout = "10s", ttl = "5m" } }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub(super) enum ProcessSection {
     Command(Vec<String>),
     Table(ProcessTable),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ProcessTable {
+    /// argv: an absolute path to a root-owned executable, then arguments.
     command: Vec<String>,
+    /// How long it may run (default 10 s, at most 60 s), e.g. `"10s"`.
     timeout: Option<String>,
+    /// How long plain output is used (default 5 min), e.g. `"5m"`.
     ttl: Option<String>,
 }
 
 /// The client of the token endpoint: its id and how it authenticates.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TokenExchangeSection {
+    /// The authorization server's token endpoint (`https`, or `http` on
+    /// loopback).
     token_url: String,
+    /// agentguard's client id at the token endpoint.
     client_id: Option<ValueSection>,
+    /// `client_secret_basic` authentication.
     client_secret: Option<SecretRefSection>,
+    /// `private_key_jwt` authentication (RFC 7523 §2.2): a PEM key.
     client_key: Option<SecretRefSection>,
+    /// The `kid` of `client_key`.
     client_key_id: Option<String>,
+    /// `"agent"` (the default) or `"on-behalf-of"`.
+    #[schemars(extend("enum" = ["agent", "on-behalf-of"]))]
     subject: Option<String>,
+    /// For `"on-behalf-of"`: the folder of each person's token file.
     subject_tokens: Option<String>,
+    /// RFC 8693 `audience` of the token asked for.
     audience: Option<String>,
+    /// RFC 8693 `resource` (an absolute URI).
     resource: Option<String>,
+    /// The scope asked for.
     scope: Option<String>,
+    /// RFC 8693 `requested_token_type`.
     requested_token_type: Option<String>,
+    /// The `aud` of agentguard's identity token (default: the token URL).
     assertion_audience: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct JwtBearerSection {
+    /// The authorization server's token endpoint.
     token_url: String,
+    /// agentguard's client id, if the endpoint wants client authentication.
     client_id: Option<ValueSection>,
+    /// `client_secret_basic` authentication.
     client_secret: Option<SecretRefSection>,
+    /// `private_key_jwt` authentication: a PEM key.
     client_key: Option<SecretRefSection>,
+    /// The `kid` of `client_key`.
     client_key_id: Option<String>,
+    /// The scope asked for.
     scope: Option<String>,
+    /// The `aud` of the assertion (default: the token URL).
     assertion_audience: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AwsSection {
+    /// The access key id (with `secret_access_key`).
     access_key_id: Option<ValueSection>,
+    /// The secret access key: from a file or the environment only.
     secret_access_key: Option<SecretRefSection>,
+    /// A session token, for temporary keys.
     session_token: Option<SecretRefSection>,
+    /// Or a helper printing AWS's `credential_process` JSON.
     process: Option<ProcessSection>,
+    /// Exchange the keys at STS for session credentials per agent.
     assume_role: Option<AssumeRoleSection>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AssumeRoleSection {
+    /// The role assumed.
     role_arn: String,
+    /// STS's URL (default: `https://sts.amazonaws.com`).
     sts_endpoint: Option<String>,
+    /// The region STS requests are signed for (default `us-east-1`).
     sts_region: Option<String>,
+    /// The sessions' duration, 15 min (the default) to 12 h.
     duration: Option<String>,
+    /// The role's `ExternalId` condition.
     external_id: Option<String>,
+    /// `"tools"` (default: only the actions of the tools binding the
+    /// credential) or `"none"`.
+    #[schemars(extend("enum" = ["tools", "none"]))]
     session_policy: Option<String>,
 }
 
 /// `inject = { aws_sigv4 = { regions = ["eu-west-1"], services = ["ec2"] } }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AwsSigV4Section {
+    /// The regions requests may be signed for.
     regions: Vec<String>,
+    /// The services (signing names: `ec2`, `s3`, `sts`) requests may be
+    /// for.
     services: Vec<String>,
 }
 

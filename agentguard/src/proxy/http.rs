@@ -334,8 +334,9 @@ async fn record_credential_failure(
     host: &str,
     refusal: &Refusal,
 ) {
-    let mut failure = Event::new(Kind::CredentialFailure)
-        .with_identity(&meta.identity)
+    let mut failure = meta
+        .identity
+        .stamp(Event::new(Kind::CredentialFailure))
         .with_decision(Decision::Refuse, refusal.to_string());
     failure.credential_id = Some(credential.to_owned());
     failure.tool = out.event.tool.clone();

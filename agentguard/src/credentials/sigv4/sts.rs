@@ -33,17 +33,6 @@ fn session_name(agent: &str) -> String {
     name
 }
 
-/// RFC 3986 unreserved characters stay; everything else is escaped, as the
-/// AWS SDKs encode Query protocol bodies (Python's `urlencode`: `*` too,
-/// which WHATWG form encoding leaves alone). The body is signed byte for
-/// byte, and verifiers that re-encode the parsed form (moto does) must get
-/// the same bytes.
-const AWS_QUERY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
 /// The AssumeRole form body for `agent`.
 pub(super) fn form(role: &AssumeRole, agent: &str, session_policy: Option<&str>) -> String {
     let name = session_name(agent);
@@ -66,12 +55,12 @@ pub(super) fn form(role: &AssumeRole, agent: &str, session_policy: Option<&str>)
     }
     pairs
         .iter()
-        .map(|(k, v)| {
-            let v = percent_encoding::utf8_percent_encode(v, AWS_QUERY)
-                .to_string()
-                .replace("%20", "+");
-            format!("{k}={v}")
-        })
+        // RFC 3986 unreserved characters stay, everything else is escaped
+        // (a space is `+`), as the AWS SDKs encode Query protocol bodies
+        // (Python's `urlencode`: `*` too). The body is signed byte for byte,
+        // and verifiers that re-encode the parsed form (moto does) must get
+        // the same bytes.
+        .map(|(k, v)| format!("{k}={}", crate::percent::encode_form(v)))
         .collect::<Vec<_>>()
         .join("&")
 }

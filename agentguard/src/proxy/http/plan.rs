@@ -53,8 +53,9 @@ pub struct Forward<'p> {
     pub upgrade: bool,
     /// The credential to inject; only ever on a TLS connection.
     pub credential: Option<&'p CredentialPolicy>,
-    /// For a credential that re-signs AWS requests: what to sign for.
-    pub aws: Option<AwsScope>,
+    /// For a credential that re-signs AWS requests: what to sign for
+    /// (boxed: most requests have none, and the plan is moved about).
+    pub aws: Option<Box<AwsScope>>,
 }
 
 #[derive(Debug)]
@@ -177,7 +178,7 @@ fn decide<'p, B>(
         noted.credential_id = Some(credential.id.clone());
     }
     let aws = match credential {
-        Some(credential) => aws::scope(aws_facts, credential)?,
+        Some(credential) => aws::scope(aws_facts, credential)?.map(Box::new),
         None => None,
     };
     Ok(Forward {
