@@ -2,10 +2,12 @@
 
 mod audit;
 mod audit_anchor;
+mod aws;
 mod bypass;
 mod cli_conventions;
 mod cli_errors;
 mod credentials;
+mod delegated;
 mod dns;
 mod egress;
 mod exec_confinement;
@@ -24,6 +26,7 @@ mod replay_store;
 mod request_checks;
 mod revoke;
 mod root_required;
+mod sdk_placeholders;
 mod service;
 mod shares;
 mod systemd_units;

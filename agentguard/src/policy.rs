@@ -17,6 +17,7 @@ mod pattern;
 mod rate;
 mod replay;
 mod schema;
+mod sources;
 mod spanned;
 mod systemd;
 mod unix;
@@ -43,5 +44,9 @@ pub use pattern::normalize_path;
 pub use rate::{Admission, RateCheck, RateKey, RateLimiter, RatePer, RateRule, RateSpec};
 pub use replay::{Change, Replayed, Report as ReplayReport, Side, replay};
 pub use schema::{cases_schema, policy_schema};
+pub use sources::{
+    AssumeRole, AwsBase, AwsSource, ClientAuth, JwtBearerSource, MAX_PROCESS_TIMEOUT,
+    ProcessSource, Subject, TOKEN_EXCHANGE_GRANT, TokenExchangeSource, aws_action_matches,
+};
 pub use systemd::SystemdUnit;
 pub use unix::UnixSocketAddr;

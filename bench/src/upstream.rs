@@ -7,7 +7,9 @@
 //! [`SSE_INTERVAL`] apart, so a proxy that buffers the stream delays the
 //! first event by at least the rest of it; a POST to `/mcp` or `/rpc` is
 //! read whole and answered with a fixed JSON-RPC result, as an MCP server
-//! answers `tools/call` in JSON.
+//! answers `tools/call` in JSON. `/token` answers as an OAuth token
+//! endpoint (RFC 8693 §2.2.1) for the exchange path, whose token
+//! agentguard caches: it is asked once per daemon.
 
 use std::{
     convert::Infallible,
@@ -130,6 +132,10 @@ fn json(body: &'static str) -> Response<RespBody> {
     resp
 }
 
+/// A token exchange's answer: an access token for an hour, so that every
+/// measured request is served from agentguard's cache.
+const TOKEN_RESPONSE: &[u8] = br#"{"access_token":"bench-exchanged-token-not-real","issued_token_type":"urn:ietf:params:oauth:token-type:access_token","token_type":"Bearer","expires_in":3600}"#;
+
 struct Bodies {
     k1: Bytes,
     k64: Bytes,
@@ -141,6 +147,10 @@ fn route(req: &Request<Incoming>, bodies: &Bodies) -> Response<RespBody> {
         "/1k" => ("application/octet-stream", fixed(&bodies.k1)),
         "/64k" => ("application/octet-stream", fixed(&bodies.k64)),
         "/sse" => ("text/event-stream", SseBody::default().boxed()),
+        "/token" => (
+            "application/json",
+            Full::new(Bytes::from_static(TOKEN_RESPONSE)).boxed(),
+        ),
         _ => {
             let mut resp = Response::new(Full::new(Bytes::from_static(b"not found")).boxed());
             *resp.status_mut() = StatusCode::NOT_FOUND;

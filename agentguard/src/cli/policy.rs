@@ -44,8 +44,8 @@ pub struct TestArgs {
     #[arg(long, default_value = DEFAULT_POLICIES_DIR)]
     policies: PathBuf,
     /// A TOML file of cases ([[case]] with agent, method, url, optional
-    /// body, mcp, headers, identity, on_behalf_of, intent, time, repeat,
-    /// and expect; see README, Policies).
+    /// body, mcp, headers, identity, on_behalf_of, intent, aws_service,
+    /// time, repeat, and expect; see README, Policies).
     #[arg(long, conflicts_with_all = ["agent", "method", "url"])]
     cases: Option<PathBuf>,
     #[arg(long, required_unless_present = "cases")]

@@ -38,6 +38,24 @@ pub struct RequestFacts<'a> {
     pub port: u16,
     /// The normalised path (see [`super::normalize_path`]), no query.
     pub path: &'a str,
+    /// The AWS action (`ec2:DescribeInstances`) of a SigV4-signed request,
+    /// when it can be told; tools that name `aws_actions` match only
+    /// requests whose action they name.
+    pub aws_action: Option<&'a str>,
+}
+
+impl ToolPolicy {
+    /// Whether the tool's `aws_actions` (if it names any) allow the
+    /// request's AWS action; a request whose action cannot be told matches
+    /// no tool that names actions.
+    pub fn allows_aws_action(&self, action: Option<&str>) -> bool {
+        self.aws_actions.is_empty()
+            || action.is_some_and(|a| {
+                self.aws_actions
+                    .iter()
+                    .any(|p| super::aws_action_matches(p, a))
+            })
+    }
 }
 
 /// Everything about one request that a decision may use.
@@ -274,6 +292,8 @@ impl AgentPolicy {
             .filter_map(|c| match &c.inject {
                 super::Injection::Header { name, .. } => Some(name.as_str()),
                 super::Injection::Basic { .. } => Some("authorization"),
+                // SigV4 re-signing replaces the agent's `Authorization`.
+                super::Injection::AwsSigV4 { .. } => Some("authorization"),
                 super::Injection::Query { .. } => None,
             })
             .collect()
@@ -286,6 +306,7 @@ fn endpoint_matches(t: &ToolPolicy, facts: &RequestFacts<'_>) -> bool {
         && t.port.is_none_or(|p| p == facts.port)
         && t.methods.contains(facts.method)
         && t.paths.iter().any(|p| p.matches(facts.path))
+        && t.allows_aws_action(facts.aws_action)
 }
 
 /// Decides one request, and each JSON-RPC message of its body.
@@ -441,10 +462,14 @@ impl<'p> Decider<'p, '_> {
                 Err(miss) => misses.push(miss),
             }
         }
-        self.deny(
-            misses,
-            format!("{} {} on {}", facts.method, facts.path, facts.host),
-        )
+        let what = match facts.aws_action {
+            Some(action) => format!(
+                "{} {} on {} for AWS action {action}",
+                facts.method, facts.path, facts.host
+            ),
+            None => format!("{} {} on {}", facts.method, facts.path, facts.host),
+        };
+        self.deny(misses, what)
     }
 
     /// Decides one message of a JSON-RPC body.

@@ -306,9 +306,12 @@ fn parse_credential(
         SourceSection::Jwt(j) => SecretSource::Jwt(
             jwt(j).map_err(|m| invalid(&source_span, format!("credential.source.jwt: {m}")))?,
         ),
+        other => super::sources::parse_source(other).map_err(|m| invalid(&source_span, m))?,
     };
     let inject_span = at(section.inject.span().start);
     let inject = injection(section.inject.into_inner())
+        .map_err(|m| invalid(&inject_span, format!("credential.inject: {m}")))?;
+    super::sources::check_pairing(&source, &inject)
         .map_err(|m| invalid(&inject_span, format!("credential.inject: {m}")))?;
     // The token binds the query: a token in the query would change what it
     // binds.
@@ -356,7 +359,7 @@ fn env_name(var: &str) -> Result<String, String> {
     }
 }
 
-fn secret_ref(section: SecretRefSection) -> Result<SecretRef, String> {
+pub(super) fn secret_ref(section: SecretRefSection) -> Result<SecretRef, String> {
     Ok(match section {
         SecretRefSection::File(f) => SecretRef::File(secret_file(&f)?),
         SecretRefSection::Env(v) => SecretRef::Env(env_name(&v)?),
@@ -438,6 +441,17 @@ const RESERVED_HEADERS: [&str; 8] = [
 ];
 
 fn injection(section: InjectSection) -> Result<Injection, String> {
+    if let Some(aws) = section.aws_sigv4 {
+        if section.header.is_some()
+            || section.basic.is_some()
+            || section.query.is_some()
+            || section.format.is_some()
+        {
+            return Err("aws_sigv4 goes alone: the request is signed, nothing is added".into());
+        }
+        let (regions, services) = super::sources::aws_sigv4(aws)?;
+        return Ok(Injection::AwsSigV4 { regions, services });
+    }
     match (section.header, section.basic, section.query) {
         (Some(header), None, None) => {
             let name = HeaderName::from_bytes(header.as_bytes())
@@ -563,6 +577,18 @@ fn parse_tool(
                 .map_err(|m| invalid(&span, format!("tool.allow_overrides: {m}")))?
         }
     };
+    let aws_actions = match section.aws_actions {
+        None => Vec::new(),
+        Some(actions) => {
+            let span = at(actions.span().start);
+            super::sources::tool_aws_actions(
+                actions.into_inner(),
+                credential.as_deref(),
+                credentials,
+            )
+            .map_err(|m| invalid(&span, format!("tool.aws_actions: {m}")))?
+        }
+    };
     Ok(ToolPolicy {
         name,
         host,
@@ -571,6 +597,7 @@ fn parse_tool(
         paths,
         credential,
         allow_overrides,
+        aws_actions,
         calls,
     })
 }

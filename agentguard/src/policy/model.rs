@@ -48,6 +48,12 @@ pub(super) enum SourceSection {
     Env(String),
     Oauth2(OAuth2Section),
     Jwt(JwtSection),
+    Process(super::sources::ProcessSection),
+    #[serde(rename = "token_exchange")]
+    TokenExchange(super::sources::TokenExchangeSection),
+    #[serde(rename = "jwt_bearer")]
+    JwtBearer(super::sources::JwtBearerSection),
+    Aws(super::sources::AwsSection),
 }
 
 /// `{ jwt = { audience = "...", scope = "...", ttl = "60s" } }`: a token
@@ -94,6 +100,7 @@ pub(super) struct InjectSection {
     pub format: Option<String>,
     pub basic: Option<BasicSection>,
     pub query: Option<String>,
+    pub aws_sigv4: Option<super::sources::AwsSigV4Section>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -116,6 +123,9 @@ pub(super) struct ToolSection {
     /// Override headers (and `_method`) let through to this tool's upstream;
     /// see `policy::overrides`. Optional; default none.
     pub allow_overrides: Option<Spanned<Vec<String>>>,
+    /// IAM actions (`ec2:DescribeInstances`) the tool allows, for tools
+    /// whose credential re-signs AWS requests.
+    pub aws_actions: Option<Spanned<Vec<String>>>,
     /// `"http"` (the default), `"mcp"` (MCP over Streamable HTTP) or
     /// `"jsonrpc"` (any JSON-RPC 2.0 endpoint): the body of such a tool's
     /// POSTs is parsed and each message decided on its own.
@@ -303,6 +313,14 @@ pub enum SecretSource {
     /// A JWT minted by agentguard for each request and bound to it (see
     /// `crate::token`).
     Jwt(JwtSource),
+    /// A credential helper's output (`crate::credentials::process`).
+    Process(super::sources::ProcessSource),
+    /// RFC 8693 token exchange, per agent and subject.
+    TokenExchange(super::sources::TokenExchangeSource),
+    /// RFC 7523 JWT-bearer grant with the agent's identity token.
+    JwtBearer(super::sources::JwtBearerSource),
+    /// AWS credentials that re-sign the agent's requests (SigV4).
+    Aws(super::sources::AwsSource),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -343,6 +361,12 @@ pub enum Injection {
     Basic { username: String },
     /// A query parameter.
     Query { param: String },
+    /// The agent's AWS request is signed again (Signature Version 4) for
+    /// one of these regions and services.
+    AwsSigV4 {
+        regions: Vec<String>,
+        services: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -365,6 +389,10 @@ pub struct ToolPolicy {
     /// Override headers (lowercase) and `_method` this tool lets through;
     /// every other one is stripped (see `policy::overrides`).
     pub allow_overrides: Vec<String>,
+    /// IAM actions the tool allows (`service:Action`, `*` at the end);
+    /// empty: no action check. A request's action comes from
+    /// `X-Amz-Target`, the `Action` parameter or the S3 path.
+    pub aws_actions: Vec<String>,
     /// Protocol, MCP names, condition, rate, recording, body bound.
     pub calls: CallRules,
 }

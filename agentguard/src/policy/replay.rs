@@ -217,6 +217,10 @@ fn replay_event(set: &PolicySet, seq: i64, e: &Event, limiter: &RateLimiter, rep
         host,
         port,
         path: bare,
+        // The record does not keep the AWS action: tools that name
+        // `aws_actions` see none, and deny, as for a request whose action
+        // cannot be told.
+        aws_action: None,
     };
     let input = RequestInput {
         facts,

@@ -7,6 +7,7 @@
 //! is read, bounded, and decided by `call`.
 
 mod agent_body;
+mod aws;
 mod body;
 mod call;
 mod checks;
@@ -42,11 +43,13 @@ use super::{
 };
 use crate::{
     audit::{Decision, Event, Kind},
-    credentials::{Redactor, find_placeholders, inject},
+    credentials::{Placement, Redactor, Requester, find_placeholders, place_secret},
     identity::Identity,
     live::LiveState,
     policy::{AgentIdentity, Injection, SecretSource},
 };
+use aws::AgentBody;
+use jwt::JwtSpec;
 use plan::{Action, Caller, Forward};
 use record::{INTENT_HEADER, Outcome, redacted_query};
 
@@ -161,6 +164,15 @@ async fn handle(
         now: std::time::SystemTime::now(),
         limiter: &ctx.limiter,
     };
+    // What an AWS SDK signed for (and a signed body, which holds a Query
+    // protocol request's action), read before the decision.
+    if let Some(render) = aws::render(&req) {
+        out.render = render;
+    }
+    let mut req = match aws::read(req).await {
+        Ok(req) => req,
+        Err(refusal) => return out.refuse(refusal),
+    };
     let plan = plan::plan(&req, meta, &state.policy, &*ctx.resolvers, &caller);
     out.note(plan.noted);
     let forwarded = match plan.action {
@@ -168,13 +180,16 @@ async fn handle(
         Action::Forward(plan) if plan.resumed_lists => {
             let (host, path) = (plan.host.clone(), plan.path.clone());
             call::prepare_resumed(&mut req);
-            match forward(req.map(|b| b.boxed()), plan, meta, ctx, state, out).await {
+            match forward(req, plan, meta, ctx, state, out).await {
                 Ok(resp) => call::filter_resumed(resp, state, meta, &host, &path).await,
                 Err(refusal) => Err(refusal),
             }
         }
-        Action::Forward(plan) => forward(req.map(|b| b.boxed()), plan, meta, ctx, state, out).await,
-        Action::Decide(pending) => call::decide(req, pending, &caller, meta, ctx, state, out).await,
+        Action::Forward(plan) => forward(req, plan, meta, ctx, state, out).await,
+        Action::Decide(pending) => {
+            let req = req.map(AgentBody::into_proxy_body);
+            call::decide(req, pending, &caller, meta, ctx, state, out).await
+        }
     };
     forwarded.unwrap_or_else(|refusal| out.refuse(refusal))
 }
@@ -183,7 +198,7 @@ async fn handle(
 /// token minted for the request), the request sent upstream, the response
 /// readied for the agent. What can still go wrong is a [`Refusal`].
 async fn forward(
-    mut req: Request<ProxyBody>,
+    mut req: Request<AgentBody>,
     plan: Forward<'_>,
     meta: &ConnMeta,
     ctx: &ProxyContext,
@@ -200,6 +215,7 @@ async fn forward(
         // Carried out by the caller, on the answer.
         resumed_lists: _,
         allow_overrides,
+        aws,
     } = plan;
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -213,43 +229,66 @@ async fn forward(
         && let SecretSource::Jwt(j) = &credential.source
     {
         // Minted once the upstream's request head is final (below).
-        jwt = Some(jwt::JwtSpec {
+        jwt = Some(JwtSpec {
             audience: &j.audience,
             scope: &j.scope,
             ttl: j.ttl,
             inject: &credential.inject,
         });
     }
-    if let Some(credential) = credential.filter(|_| jwt.is_none()) {
-        let secret = match state.credentials.secret(agent, &credential.id).await {
+    let mut aws_creds = None;
+    if let (Some(credential), Some(_)) = (credential, &aws) {
+        match state
+            .credentials
+            .aws_credentials(agent, &credential.id)
+            .await
+        {
+            Ok(c) => aws_creds = Some(c),
+            Err(e) => {
+                warn!(credential = %credential.id, error = %e, "aws credentials unavailable");
+                let refusal = Refusal::credential_failed(credential.id.clone(), e);
+                record_credential_failure(ctx, meta, out, &credential.id, &host, &refusal).await;
+                return Err(refusal);
+            }
+        }
+        // Signed again below, once the upstream's head is final.
+        aws::strip_agent_signature(&mut parts);
+    }
+    if let Some(credential) = credential.filter(|_| jwt.is_none() && aws.is_none()) {
+        let on_behalf_of = || ctx.on_behalf_of.lookup(meta.identity.pid);
+        let requester = Requester {
+            agent,
+            kernel: Some((&meta.identity.cgroup, meta.identity.uid)),
+            on_behalf_of: &on_behalf_of,
+            issuer: &*ctx.minter,
+        };
+        let secret = match state
+            .credentials
+            .secret_for(&requester, &credential.id)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 warn!(credential = %credential.id, error = %e, "credential unavailable");
-                let refusal = Refusal::CredentialUnavailable {
-                    id: credential.id.clone(),
-                    source: Box::new(e),
-                };
-                let mut failure = meta
-                    .identity
-                    .stamp(Event::new(Kind::CredentialFailure))
-                    .with_decision(Decision::Refuse, refusal.to_string());
-                failure.credential_id = Some(credential.id.clone());
-                failure.tool = out.event.tool.clone();
-                failure.host = Some(host.clone());
-                failure.policy_version = out.event.policy_version.clone();
-                ctx.audit.record(failure).await;
+                let refusal = Refusal::credential_failed(credential.id.clone(), e);
+                record_credential_failure(ctx, meta, out, &credential.id, &host, &refusal).await;
                 return Err(refusal);
             }
         };
-        inject(&credential.inject, &secret, &mut parts).map_err(|e| {
-            Refusal::CredentialInjection {
+        // In place of the agent's placeholders, wherever its SDK put them;
+        // else where the policy says.
+        let placement = place_secret(&credential.id, &credential.inject, &secret, &mut parts)
+            .map_err(|e| Refusal::CredentialInjection {
                 id: credential.id.clone(),
                 source: Box::new(e),
-            }
-        })?;
+            })?;
         // The URI now carries the secret if it went into the query: the
-        // record keeps the agent's query with that parameter redacted.
-        if let Injection::Query { param } = &credential.inject {
+        // record keeps the agent's query with that parameter redacted. (A
+        // rewritten placeholder is recorded as the agent sent it: the
+        // placeholder, never the secret.)
+        if placement == Placement::Injected
+            && let Injection::Query { param } = &credential.inject
+        {
             let query = out
                 .event
                 .path
@@ -260,6 +299,16 @@ async fn forward(
             out.event.path = Some(format!("{path}?{}", redacted_query(&query, param)));
         }
     }
+    // A minted token replaces whatever the agent sent in its header (the
+    // credential's placeholder, for SDKs that insist on a key): gone before
+    // the check below, as it will be once the token is put there.
+    if let Some(JwtSpec {
+        inject: Injection::Header { name, .. },
+        ..
+    }) = &jwt
+    {
+        parts.headers.remove(name);
+    }
     // A placeholder left anywhere after injection is one the policy does not
     // bind here: it must not leave the machine.
     if let Some((location, id)) = find_placeholders(&parts).into_iter().next() {
@@ -267,15 +316,30 @@ async fn forward(
     }
     forward::prepare(&mut parts, &authority, meta.scheme(), &path, upgrade)
         .map_err(Refusal::BadRequest)?;
+    if let (Some(scope), Some(creds)) = (&aws, &aws_creds) {
+        let read = match &body {
+            AgentBody::Read(bytes) => Some(bytes),
+            AgentBody::Live(_) => None,
+        };
+        aws::resign(&mut parts, scope, read, creds)?;
+    }
     let mut minted = None;
     let mut body_failure = None;
-    let body = match jwt {
-        None => {
+    let body = match (jwt, body) {
+        (None, AgentBody::Live(body)) => {
             let (watched, failure) = agent_body::watch(body);
             body_failure = Some(failure);
             watched.boxed()
         }
-        Some(spec) => {
+        (None, AgentBody::Read(bytes)) => http_body_util::Full::new(bytes)
+            .map_err(|n| match n {})
+            .boxed(),
+        (Some(_), AgentBody::Read(_)) => {
+            return Err(Refusal::BadRequest(
+                "a JWT-bound tool does not take AWS-signed requests".into(),
+            ));
+        }
+        (Some(spec), AgentBody::Live(body)) => {
             let bound = jwt::bind(&mut parts, body, &spec, meta, ctx).await?;
             out.event.token_jti = Some(bound.jti.clone());
             out.event.on_behalf_of = bound.on_behalf_of.clone();
@@ -324,4 +388,25 @@ async fn forward(
         respond::mark_would_deny(&mut resp);
     }
     Ok(resp)
+}
+
+/// The record of a credential that could not be had (its id, never a
+/// value), beside the request's own event.
+async fn record_credential_failure(
+    ctx: &ProxyContext,
+    meta: &ConnMeta,
+    out: &Outcome,
+    credential: &str,
+    host: &str,
+    refusal: &Refusal,
+) {
+    let mut failure = meta
+        .identity
+        .stamp(Event::new(Kind::CredentialFailure))
+        .with_decision(Decision::Refuse, refusal.to_string());
+    failure.credential_id = Some(credential.to_owned());
+    failure.tool = out.event.tool.clone();
+    failure.host = Some(host.to_owned());
+    failure.policy_version = out.event.policy_version.clone();
+    ctx.audit.record(failure).await;
 }

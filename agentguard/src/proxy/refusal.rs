@@ -99,6 +99,14 @@ pub enum Refusal {
         id: String,
         source: Box<CredentialError>,
     },
+    /// A delegated token, a credential helper's secret or AWS credentials
+    /// could not be had from what serves them (token endpoint, helper,
+    /// STS): the request is not sent with anything else instead.
+    #[error("credential {id:?} could not be fetched: {source}")]
+    CredentialFetch {
+        id: String,
+        source: Box<CredentialError>,
+    },
     #[error("could not inject credential {id:?}: {source}")]
     CredentialInjection {
         id: String,
@@ -118,6 +126,10 @@ pub enum Refusal {
         "request body is larger than {max} bytes: a JWT-bound tool's body is hashed into its token, and is refused rather than sent unbound"
     )]
     JwtBodyTooLarge { max: usize },
+    /// An AWS request agentguard does not re-sign (presigned URLs, SigV4a,
+    /// streaming signed payloads, bodies past the bound), with the reason.
+    #[error("AWS request refused: {0}")]
+    AwsRefused(String),
     /// The upstream's certificate did not verify for the host: nothing was
     /// sent.
     #[error("{0}")]
@@ -139,7 +151,8 @@ impl Refusal {
             | Refusal::Path(_)
             | Refusal::BodyJson(_)
             | Refusal::JsonRpc(_)
-            | Refusal::HeaderMismatch(_) => StatusCode::BAD_REQUEST,
+            | Refusal::HeaderMismatch(_)
+            | Refusal::AwsRefused(_) => StatusCode::BAD_REQUEST,
             Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -152,6 +165,7 @@ impl Refusal {
             | Refusal::CredentialOverPlainHttp { .. }
             | Refusal::Placeholder { .. } => StatusCode::FORBIDDEN,
             Refusal::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::CredentialFetch { .. } => StatusCode::BAD_GATEWAY,
             Refusal::CredentialInjection { .. }
             | Refusal::TokenInjection(_)
             | Refusal::TokenMint(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -181,15 +195,34 @@ impl Refusal {
             Refusal::MethodOverride { .. } => "method-override",
             Refusal::CredentialOverPlainHttp { .. } => "credential-over-plain-http",
             Refusal::CredentialUnavailable { .. } => "credential-unavailable",
+            Refusal::CredentialFetch { .. } => "credential-fetch-failed",
             Refusal::CredentialInjection { .. } | Refusal::TokenInjection(_) => {
                 "credential-injection"
             }
             Refusal::TokenMint(_) => "token-mint",
             Refusal::Placeholder { .. } => "placeholder",
+            Refusal::AwsRefused(_) => "aws-request-refused",
             Refusal::JwtBodyTooLarge { .. } => "jwt-body-too-large",
             Refusal::UpstreamUnverified(_) => "upstream-unverified",
             Refusal::UpstreamFailed(_) => "upstream-failed",
             Refusal::UpstreamUnredactable(_) => "upstream-unredactable",
+        }
+    }
+
+    /// A credential that could not be had: 502 where what serves it
+    /// (token endpoint, helper, STS) failed, else 503.
+    pub fn credential_failed(id: String, source: CredentialError) -> Self {
+        match source {
+            CredentialError::Exchange { .. }
+            | CredentialError::Process { .. }
+            | CredentialError::Aws { .. } => Refusal::CredentialFetch {
+                id,
+                source: Box::new(source),
+            },
+            _ => Refusal::CredentialUnavailable {
+                id,
+                source: Box::new(source),
+            },
         }
     }
 

@@ -44,6 +44,23 @@ pub enum Render {
     /// agentguard cannot read, ...), which MCP SDKs read the JSON-RPC error
     /// of too.
     JsonRpc { ids: Vec<Value>, batch: bool },
+    /// An AWS SDK's request: the error in the shape its protocol parses
+    /// (an SDK that cannot parse an error reports a parser failure, not
+    /// the refusal).
+    Aws(AwsDialect),
+}
+
+/// The error shapes of AWS protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwsDialect {
+    /// EC2's query protocol: `<Response><Errors><Error>`.
+    Ec2,
+    /// The query protocol (STS, IAM, SQS, SNS): `<ErrorResponse><Error>`.
+    Query,
+    /// S3's REST-XML: `<Error>`.
+    S3,
+    /// The JSON protocols: `{"__type", "message"}`.
+    Json,
 }
 
 #[derive(Serialize)]
@@ -84,6 +101,7 @@ fn decision_str(refusal: &Refusal) -> &'static str {
 /// The response that tells `agent` it was refused.
 pub fn refusal(refusal: &Refusal, agent: &str, render: &Render) -> Response<ProxyBody> {
     let (status, body) = match render {
+        Render::Aws(dialect) => return aws_error(refusal, *dialect, decision_str(refusal)),
         Render::Json => {
             let reason = refusal.to_string();
             let body = serde_json::to_vec(&ErrorBody {
@@ -132,6 +150,67 @@ pub fn json_response(
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(DECISION_HEADER, HeaderValue::from_static(decision));
+    resp
+}
+
+/// XML text with `&`, `<`, `>` and quotes escaped.
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn aws_error(
+    refusal: &Refusal,
+    dialect: AwsDialect,
+    decision: &'static str,
+) -> Response<ProxyBody> {
+    let status = refusal.status();
+    let code = match status.as_u16() {
+        403 => "AccessDenied",
+        413 => "EntityTooLarge",
+        400..=499 => "InvalidRequest",
+        _ => "ServiceUnavailable",
+    };
+    let message = format!("{} (agentguard rule {})", refusal, refusal.rule());
+    let (content_type, body) = match dialect {
+        AwsDialect::Json => (
+            "application/x-amz-json-1.1",
+            serde_json::json!({ "__type": code, "message": message }).to_string(),
+        ),
+        AwsDialect::Ec2 => (
+            "text/xml",
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{}</Message></Error></Errors><RequestID>agentguard</RequestID></Response>",
+                xml_escape(&message)
+            ),
+        ),
+        AwsDialect::Query => (
+            "text/xml",
+            format!(
+                "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{}</Message></Error><RequestId>agentguard</RequestId></ErrorResponse>",
+                xml_escape(&message)
+            ),
+        ),
+        AwsDialect::S3 => (
+            "application/xml",
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{}</Message><RequestId>agentguard</RequestId></Error>",
+                xml_escape(&message)
+            ),
+        ),
+    };
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp.headers_mut()
         .insert(DECISION_HEADER, HeaderValue::from_static(decision));
     resp

@@ -63,7 +63,8 @@ fn section_method(w: &mut String, ctx: &Context) {
         w,
         "One HTTPS upstream (hyper + rustls, `agentguard-bench upstream`, one worker \
          thread) on 127.0.0.7 serves fixed 1 KiB and 64 KiB bodies and an SSE stream (one \
-         event at once, then two more 100 ms apart). Every path reaches that same upstream; \
+         event at once, then two more 100 ms apart), and a token endpoint (`/token`) for the \
+         exchange path. Every path reaches that same upstream; \
          the certificates (a bench CA and the upstream's leaf) are made in code at each run. \
          All traffic stays on loopback: clients run in a mount namespace whose /etc/hosts \
          maps the bench names and whose only nameserver is 127.0.0.1.\n"
@@ -280,6 +281,38 @@ fn section_ratios(w: &mut String, r: &Results) {
         (
             "JWT path CPU/request ÷ full path CPU/request (keep-alive)",
             PathKind::Jwt,
+            PathKind::Full,
+            "ka_sat_1k",
+            "cpu_s_per_1k",
+            ratio,
+        ),
+        (
+            "exchanged token (cached): added p50 over the full path's static header, ms (keep-alive, 200 req/s)",
+            PathKind::Exchange,
+            PathKind::Full,
+            "ka_rate_200",
+            "p50_ms",
+            added,
+        ),
+        (
+            "exchanged token path CPU/request ÷ full path CPU/request (keep-alive)",
+            PathKind::Exchange,
+            PathKind::Full,
+            "ka_sat_1k",
+            "cpu_s_per_1k",
+            ratio,
+        ),
+        (
+            "SigV4 re-signing: added p50 over the full path's static header, ms (keep-alive, 200 req/s)",
+            PathKind::Sigv4,
+            PathKind::Full,
+            "ka_rate_200",
+            "p50_ms",
+            added,
+        ),
+        (
+            "SigV4 path CPU/request ÷ full path CPU/request (keep-alive)",
+            PathKind::Sigv4,
             PathKind::Full,
             "ka_sat_1k",
             "cpu_s_per_1k",

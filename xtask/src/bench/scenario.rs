@@ -136,8 +136,13 @@ pub fn not_applicable(path: PathKind, scenario: &Scenario) -> Option<&'static st
     match (path, scenario.kind) {
         (PathKind::Direct, Kind::Idle) => Some("no proxy"),
         (PathKind::Mitmproxy, Kind::H2 { .. }) => Some("h2load has no proxy support"),
-        (PathKind::Jwt, Kind::Oha(OhaLoad { body: Some(_), .. })) => {
-            Some("the JWT tool is measured on GETs")
+        (
+            PathKind::Jwt | PathKind::Exchange | PathKind::Sigv4,
+            Kind::Oha(OhaLoad { body: Some(_), .. }),
+        ) => Some("this credential's tool is measured on GETs"),
+        (PathKind::Sigv4, Kind::H2 { .. } | Kind::Sse) => Some("the client cannot sign SigV4"),
+        (PathKind::Exchange | PathKind::Sigv4, Kind::Idle) => {
+            Some("as the full path: an idle connection holds no credential")
         }
         _ => None,
     }

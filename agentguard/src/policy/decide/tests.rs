@@ -112,6 +112,7 @@ impl<'a> Req<'a> {
             host: self.host,
             port: 443,
             path: self.path,
+            aws_action: None,
         }
     }
 
@@ -455,6 +456,7 @@ fn decide_plain(
             host,
             port,
             path: &path,
+            aws_action: None,
         },
         query: None,
         headers: None,

@@ -20,13 +20,15 @@ use std::{borrow::Cow, sync::Arc};
 use http_body_util::{BodyExt as _, Full};
 use hyper::{
     Method, Request, Response, StatusCode,
-    body::{Bytes, Incoming},
+    body::Bytes,
     header::{ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue},
 };
 use serde_json::Value;
 
 use super::{
-    ConnMeta, body,
+    ConnMeta,
+    aws::{AgentBody, AwsFacts},
+    body,
     plan::{Caller, Noted, Pending, Target, settle},
     record::Outcome,
 };
@@ -57,7 +59,7 @@ pub struct CallPlan<'p> {
 
 /// Reads the body of `req`, decides it, and forwards what is allowed.
 pub(super) async fn decide(
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     pending: Pending<'_>,
     caller: &Caller<'_>,
     meta: &ConnMeta,
@@ -97,12 +99,14 @@ pub(super) async fn decide(
         path: path.clone(),
         upgrade: None,
         method_param: super::overrides::has_method_param(parts.uri.query()),
+        aws_facts: parts.extensions.get::<AwsFacts>().cloned(),
     };
     let facts = RequestFacts {
         method: &parts.method,
         host: &host,
         port: meta.dst.port(),
         path: &path,
+        aws_action: target.aws_facts.as_ref().and_then(|f| f.action.as_deref()),
     };
     let mut noted = noted_so_far(out);
 
@@ -117,7 +121,8 @@ pub(super) async fn decide(
             .admit(caller.limiter, caller.now_ms());
         let forward = settle(decision, agent, meta, &mut noted, target);
         out.note(noted);
-        let req = Request::from_parts(parts, full(bytes));
+        let body = agent_body(&parts, bytes);
+        let req = Request::from_parts(parts, body);
         return super::forward(req, forward?, meta, ctx, state, out).await;
     }
 
@@ -209,7 +214,8 @@ pub(super) async fn decide(
             ),
         ),
     };
-    let req = Request::from_parts(parts, full(sent));
+    let body = agent_body(&parts, sent);
+    let req = Request::from_parts(parts, body);
     let resp = super::forward(req, forward, meta, ctx, state, out).await?;
     response::finish(resp, filter, &plan, lists, agent_name).await
 }
@@ -489,9 +495,20 @@ fn visible(
                 host: &host,
                 port,
                 path: &path,
+                aws_action: None,
             };
             a.mcp_name_visible(facts, kind, name)
         })
+    }
+}
+
+/// The body read here, as `forward` takes it: whole for an AWS request
+/// (re-signing hashes a signed payload), streamed from memory otherwise.
+fn agent_body(parts: &hyper::http::request::Parts, bytes: Bytes) -> AgentBody {
+    if parts.extensions.get::<AwsFacts>().is_some() {
+        AgentBody::Read(bytes)
+    } else {
+        AgentBody::Live(full(bytes))
     }
 }
 

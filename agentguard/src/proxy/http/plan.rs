@@ -10,7 +10,11 @@ use std::time::SystemTime;
 
 use hyper::{Method, Request, http::uri::Authority};
 
-use super::{ConnMeta, checks, hop, overrides};
+use super::{
+    ConnMeta,
+    aws::{self, AwsFacts, AwsScope},
+    checks, hop, overrides,
+};
 use crate::{
     audit::Decision as Recorded,
     policy::overrides::METHOD_PARAM,
@@ -100,6 +104,9 @@ pub struct Forward<'p> {
     pub resumed_lists: bool,
     /// The override headers the tool lets through (see `overrides`).
     pub allow_overrides: &'p [String],
+    /// For a credential that re-signs AWS requests: what to sign for
+    /// (boxed: most requests have none, and the plan is moved about).
+    pub aws: Option<Box<AwsScope>>,
 }
 
 #[derive(Debug)]
@@ -177,11 +184,14 @@ fn decide<'p, B>(
         return Err(Refusal::UnknownAgent(agent.to_string()));
     };
 
+    let aws_facts = req.extensions().get::<AwsFacts>();
+    let aws_action = aws_facts.and_then(|f| f.action.as_deref());
     let facts = RequestFacts {
         method: req.method(),
         host: &host,
         port: meta.dst.port(),
         path: &path,
+        aws_action,
     };
     let need = agent_policy.body_need(facts);
     if need != BodyNeed::None {
@@ -220,6 +230,7 @@ fn decide<'p, B>(
         path,
         upgrade: hop::wants_upgrade(req).then(|| hop::upgrades_to_websocket(req)),
         method_param: overrides::has_method_param(req.uri().query()),
+        aws_facts: aws_facts.cloned(),
     };
     settle(decision, agent_policy, meta, noted, target).map(|forward| {
         Action::Forward(Forward {
@@ -238,6 +249,8 @@ pub struct Target {
     pub upgrade: Option<bool>,
     /// The query sets `_method` (see `overrides`).
     pub method_param: bool,
+    /// What the request says of itself as an AWS request, if it is one.
+    pub aws_facts: Option<AwsFacts>,
 }
 
 /// The rest of the plan once the policy has decided (on the head, or on
@@ -257,18 +270,20 @@ pub fn settle<'p>(
         path,
         upgrade,
         method_param,
+        aws_facts,
     } = target;
+    let aws_action = aws_facts.as_ref().and_then(|f| f.action.as_deref());
     let mut allow_overrides: &[String] = &[];
     let credential = match decision {
         Decision::Allow(allowed) => {
             let tool = allowed.tool;
             allow_overrides = &tool.allow_overrides;
             noted.tool = Some(tool.name.clone());
-            noted.verdict = Some((
-                Recorded::Allow,
-                format!("tool:{}", tool.name),
-                format!("allowed by tool {:?}", tool.name),
-            ));
+            let reason = match aws_action {
+                Some(action) => format!("allowed by tool {:?} (AWS action {action})", tool.name),
+                None => format!("allowed by tool {:?}", tool.name),
+            };
+            noted.verdict = Some((Recorded::Allow, format!("tool:{}", tool.name), reason));
             allowed.credential
         }
         Decision::Deny(denied) if agent_policy.mode == Mode::Enforce => {
@@ -309,6 +324,10 @@ pub fn settle<'p>(
             });
         }
     }
+    let aws = match credential {
+        Some(credential) => aws::scope(aws_facts.as_ref(), credential)?.map(Box::new),
+        None => None,
+    };
     Ok(Forward {
         authority,
         host,
@@ -317,6 +336,7 @@ pub fn settle<'p>(
         credential,
         resumed_lists: false,
         allow_overrides,
+        aws,
     })
 }
 
