@@ -48,6 +48,7 @@ use hyper_util::{
 use tokio::{io::AsyncWriteExt as _, sync::Notify};
 
 use super::TestCa;
+use super::tls_upstream::tls_acceptor;
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -98,15 +99,7 @@ impl EchoUpstream {
         let key = rustls_pemfile::private_key(&mut std::fs::read(key).unwrap().as_slice())
             .unwrap()
             .unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = tls_acceptor(chain, key);
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind((ip, 0)))
             .unwrap();

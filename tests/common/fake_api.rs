@@ -23,6 +23,7 @@ use hyper_util::{
 };
 
 use super::TestCa;
+use super::tls_upstream::tls_acceptor;
 
 /// One request as the API received it.
 #[derive(Debug, Clone)]
@@ -65,15 +66,7 @@ impl FakeApi {
             .build()
             .unwrap();
         let (chain, key) = ca.leaf(name);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = tls_acceptor(chain, key);
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind((ip, 0)))
             .unwrap();

@@ -41,6 +41,23 @@ pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
 }
 
+/// A test server's TLS acceptor for `chain` and `key`, offering HTTP/2 and
+/// HTTP/1.1 by ALPN, as the upstreams agentguard meets do.
+pub fn tls_acceptor(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> tokio_rustls::TlsAcceptor {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
 impl TestCa {
     pub fn new(common_name: &str, dir: &Path) -> Self {
         let key = KeyPair::generate().unwrap();
@@ -137,15 +154,7 @@ impl TlsUpstream {
             .build()
             .unwrap();
         let (chain, key) = ca.leaf(name);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = tls_acceptor(chain, key);
 
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind((ip, 0)))
