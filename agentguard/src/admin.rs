@@ -12,8 +12,10 @@
 //! - `GET /metrics` → Prometheus (OpenMetrics) text
 //! - `POST /v1/audit/verify-proxy?event=...` → a verify-proxy's decision
 //!   ([`report`])
+//! - approvals and revocations: see [`oversight`]
 
 mod client;
+mod oversight;
 pub mod report;
 pub mod server;
 mod stream;
@@ -42,6 +44,9 @@ pub struct AgentView {
     /// (environment variable, placeholder value) pairs `exec` sets, so SDKs
     /// that insist on a key start; the proxy swaps in the real secret.
     pub placeholders: Vec<(String, String)>,
+    /// Set while the agent is revoked (`agentguard revoke`).
+    #[serde(default)]
+    pub revoked: Option<crate::revoke::Revoked>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

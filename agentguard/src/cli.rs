@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and dispatch to the modules.
 
+mod approve;
 mod audit;
 mod token;
 
@@ -140,6 +141,8 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    #[command(flatten)]
+    Humans(approve::HumanCommand),
     /// Remove agentguard's pinned programs and maps: agents then connect
     /// directly, unguarded. A deliberate uninstall step.
     Detach {
@@ -307,6 +310,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command } => Ok(audit::run(command)?),
+        Command::Humans(command) => approve::run(command),
         Command::Token { command } => Ok(token::run(command)?),
         Command::VerifyProxy(args) => Ok(token::verify_proxy(args)?),
         Command::Connections { admin_socket } => print_lines(&admin_socket, "/v1/connections"),

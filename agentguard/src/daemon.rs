@@ -85,6 +85,8 @@ pub enum DaemonError {
     },
     #[error("JWKS TLS: {0}")]
     JwksTls(String),
+    #[error(transparent)]
+    Revoke(#[from] crate::revoke::RevokeError),
     #[error("failed to listen for metrics on {addr}: {source}")]
     MetricsListen {
         addr: std::net::SocketAddr,
@@ -102,6 +104,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     let _lock = lock_state_dir(&cfg.state_dir)?;
     // A bad policy stops start-up before anything in the kernel changes.
     policy::load_path(&cfg.policies_dir)?;
+    // A revoked agent stays revoked: an unreadable list stops start-up.
+    let revocations = Arc::new(crate::revoke::Revocations::load(&cfg.state_dir)?);
     // No decision is made before the record that keeps it is open.
     let audit = audit::start(&cfg)?;
     let ca = Arc::new(LocalCa::load_or_create(&cfg.state_dir)?);
@@ -183,6 +187,22 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         ));
     }
     let policy_version = live.load().policy.version.clone();
+    let approvals = Arc::new(crate::approvals::Approvals::default());
+    let kernel = reloader.kernel.clone();
+    let oversight = Arc::new(crate::oversight::Oversight::new(
+        approvals.clone(),
+        revocations.clone(),
+        live.clone(),
+        audit.sink.clone(),
+        Arc::new(move |cgroup_id, revoked| {
+            crate::revoke::kernel::set_revoked(&kernel, cgroup_id, revoked)
+                .map_err(|e| e.to_string())
+        }),
+    ));
+    oversight.sync_kernel();
+    for (agent, r) in revocations.all() {
+        warn!(agent, reason = %r.reason, by = %r.by, since = %r.time, "agent is revoked; `agentguard restore --agent {agent}` lifts it");
+    }
 
     let log = Arc::new(ConnLog::default());
     let requests = Arc::new(RequestLog::default());
@@ -200,6 +220,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         minter,
         on_behalf_of: Arc::new(crate::token::OnBehalfOf::default()),
         jwt_max_body: cfg.tokens.max_body,
+        revocations,
+        approvals,
     });
     let metrics = Arc::new(MetricsSource {
         metrics: audit.metrics.clone(),
@@ -223,6 +245,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         kernel: reloader.kernel.clone(),
         minter: ctx.minter.clone(),
         on_behalf_of: ctx.on_behalf_of.clone(),
+        oversight: oversight.clone(),
     };
     info!(
         port,

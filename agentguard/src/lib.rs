@@ -4,6 +4,7 @@
 //! and records.
 
 pub mod admin;
+pub mod approvals;
 pub mod audit;
 pub mod ca;
 pub mod cgroup;
@@ -20,8 +21,10 @@ pub mod kernel_events;
 pub mod live;
 pub mod logging;
 pub mod metrics;
+pub mod oversight;
 pub mod policy;
 pub mod preflight;
 pub mod proxy;
+pub mod revoke;
 pub mod token;
 pub mod verify_proxy;

@@ -3,6 +3,7 @@
 //! `model` is the file format, `load` reads and validates a folder as a whole
 //! (a policy set is accepted or refused as one, never half-applied).
 
+mod approval;
 mod eval;
 mod explain;
 mod load;
@@ -10,6 +11,7 @@ mod model;
 mod pattern;
 mod unix;
 
+pub use approval::ApprovalPolicy;
 pub use eval::{RequestFacts, Verdict};
 pub use explain::{Explanation, explain};
 pub use load::{PolicyError, PolicyErrors, load_path};

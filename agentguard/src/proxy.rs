@@ -60,4 +60,8 @@ pub struct ProxyContext {
     pub on_behalf_of: Arc<crate::token::OnBehalfOf>,
     /// Request bodies of JWT-bound tools are read whole up to this size.
     pub jwt_max_body: usize,
+    /// Revoked agents, and the signal that closes their connections.
+    pub revocations: Arc<crate::revoke::Revocations>,
+    /// Requests held for a person's approval.
+    pub approvals: Arc<crate::approvals::Approvals>,
 }

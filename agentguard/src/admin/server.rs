@@ -32,7 +32,7 @@ use crate::{
     metrics::{self, Metrics, Snapshot},
 };
 
-type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
+pub(super) type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
 
 #[derive(Debug, Error)]
 pub enum ServeError {
@@ -135,6 +135,8 @@ pub struct AdminState {
     pub minter: Arc<crate::token::Minter>,
     /// `POST /v1/on-behalf-of?pid=N&who=BASE64URL` from `agentguard exec`.
     pub on_behalf_of: Arc<crate::token::OnBehalfOf>,
+    /// Approvals and revocations (see `super::oversight`).
+    pub oversight: Arc<crate::oversight::Oversight>,
 }
 
 pub struct AdminServer {
@@ -180,10 +182,19 @@ impl AdminServer {
                 }
             };
             let state = state.clone();
+            // Who is calling, for the record of what they do.
+            let uid = stream.peer_cred().ok().map(|c| c.uid());
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(route(&state, &req)) }
+                    async move {
+                        Ok::<_, Infallible>(
+                            match super::oversight::route(&state, &req, uid).await {
+                                Some(resp) => resp,
+                                None => route(&state, &req),
+                            },
+                        )
+                    }
                 });
                 if let Err(e) = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -329,6 +340,7 @@ fn agent_view(state: &AdminState, name: &str) -> Option<AgentView> {
                 Some((var, placeholder_for(&c.id)))
             })
             .collect(),
+        revoked: state.oversight.revocations.revoked(name),
     })
 }
 
@@ -336,7 +348,7 @@ fn full(bytes: Vec<u8>) -> AdminBody {
     Full::new(Bytes::from(bytes)).boxed_unsync()
 }
 
-fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<AdminBody> {
+pub(super) fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<AdminBody> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     Response::builder()
         .status(status)
@@ -345,6 +357,6 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<AdminBody> {
         .unwrap_or_else(|_| Response::new(full(Vec::new())))
 }
 
-fn error(status: StatusCode, message: &str) -> Response<AdminBody> {
+pub(super) fn error(status: StatusCode, message: &str) -> Response<AdminBody> {
     json(status, &serde_json::json!({ "error": message }))
 }

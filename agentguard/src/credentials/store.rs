@@ -132,6 +132,21 @@ impl CredentialStore {
         secrets
     }
 
+    /// Drops every cached token of `agent` (OAuth2 access tokens), so that
+    /// nothing fetched for it before a revocation is used after it. Returns
+    /// how many were dropped.
+    pub async fn forget_agent(&self, agent: &str) -> usize {
+        let mut dropped = 0;
+        for credential in self.agents.get(agent).into_iter().flat_map(HashMap::values) {
+            if let Credential::OAuth2(client) = credential
+                && client.forget().await
+            {
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
     /// OAuth2 token fetches performed so far.
     pub fn token_fetches(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
@@ -497,6 +512,33 @@ mod tests {
             .collect();
         assert!(known.contains(&"tok-first".to_owned()), "{known:?}");
         assert!(known.contains(&"s3cr:t/+ x".to_owned()), "{known:?}");
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_agents_next_request_fetches_a_new_token() {
+        let fetcher = FakeFetcher::new(&[
+            (
+                200,
+                r#"{"access_token":"tok-before","token_type":"Bearer","expires_in":3600}"#,
+            ),
+            (
+                200,
+                r#"{"access_token":"tok-after","token_type":"Bearer","expires_in":3600}"#,
+            ),
+        ]);
+        let (store, _dir) = oauth2_store(fetcher.clone());
+        assert_eq!(
+            store.secret("bot", "api").await.unwrap().expose(),
+            "tok-before"
+        );
+        assert_eq!(store.forget_agent("other").await, 0);
+        assert_eq!(store.forget_agent("bot").await, 1);
+        assert_eq!(store.forget_agent("bot").await, 0, "nothing left to drop");
+        assert_eq!(
+            store.secret("bot", "api").await.unwrap().expose(),
+            "tok-after"
+        );
+        assert_eq!(store.token_fetches(), 2);
     }
 
     #[tokio::test]

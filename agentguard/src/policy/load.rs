@@ -540,6 +540,13 @@ fn parse_tool(
             Some(c.into_inner())
         }
     };
+    let approval = match &section.approval {
+        None => None,
+        Some(a) => Some(
+            super::approval::parse(a.get_ref())
+                .map_err(|m| invalid(&at(a.span().start), format!("tool.approval: {m}")))?,
+        ),
+    };
     Ok(ToolPolicy {
         name,
         host,
@@ -547,6 +554,7 @@ fn parse_tool(
         methods,
         paths,
         credential,
+        approval,
     })
 }
 
@@ -768,6 +776,10 @@ mod tests {
             (
                 "[[tool]]\nname = \"t\"\nhost = \"x.org\"\nmethods = [\"GET\"]\npaths = [\"/\"]\ncredential = \"nope\"\n",
                 "tool.credential",
+            ),
+            (
+                "[[tool]]\nname = \"t\"\nhost = \"x.org\"\nmethods = [\"GET\"]\npaths = [\"/\"]\napproval = { timeout = \"1d\" }\n",
+                "tool.approval",
             ),
             (
                 "[[credential]]\nid = \"k\"\nsource = { file = \"relative\" }\ninject = { header = \"x-api-key\" }\n",

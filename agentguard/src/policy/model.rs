@@ -110,6 +110,9 @@ pub(super) struct ToolSection {
     pub methods: Spanned<Vec<String>>,
     pub paths: Spanned<Vec<String>>,
     pub credential: Option<Spanned<String>>,
+    /// `approval = { timeout = "5m" }`: each allowed request waits for a
+    /// person's approval.
+    pub approval: Option<Spanned<super::approval::ApprovalSection>>,
 }
 
 /// `[[passthrough]]`: TLS to these hosts is relayed untouched (pinned
@@ -311,6 +314,8 @@ pub struct ToolPolicy {
     pub paths: Vec<PathPattern>,
     /// Id of the credential injected into this tool's requests.
     pub credential: Option<String>,
+    /// Requests this tool allows are held until a person approves them.
+    pub approval: Option<super::approval::ApprovalPolicy>,
 }
 
 /// One agent's validated policy.

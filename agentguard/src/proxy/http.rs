@@ -4,6 +4,7 @@
 //! streamed both ways. Each request is planned first (`plan`: pure, from
 //! its head and the policy), then the plan is carried out here.
 
+mod approval;
 mod checks;
 mod forward;
 mod hop;
@@ -126,9 +127,25 @@ async fn handle(
     req.headers_mut().remove(INTENT_HEADER);
     let plan = plan::plan(&req, meta, &state.policy, &*ctx.resolvers);
     out.note(plan.noted);
-    let forwarded = match plan.action {
-        Action::Refuse(refusal) => Err(refusal),
-        Action::Forward(plan) => forward(req, plan, meta, ctx, state, out).await,
+    // A revocation closes the agent's connections; one that lands while
+    // this request was read is refused here.
+    let revoked = ctx.revocations.revoked(&meta.identity.agent);
+    let forwarded = match (plan.action, revoked) {
+        (_, Some(revoked)) => Err(Refusal::Revoked {
+            agent: meta.identity.agent.to_string(),
+            reason: revoked.reason,
+        }),
+        (Action::Refuse(refusal), None) => Err(refusal),
+        (Action::Forward(plan), None) => {
+            let req = req.map(|b| b.boxed());
+            match plan.approval {
+                None => forward(req, plan, meta, ctx, state, out).await,
+                Some(policy) => match approval::hold(req, &plan, policy, meta, ctx, out).await {
+                    Ok(req) => forward(req, plan, meta, ctx, state, out).await,
+                    Err(refusal) => Err(refusal),
+                },
+            }
+        }
     };
     forwarded.unwrap_or_else(|refusal| out.refuse(refusal))
 }
@@ -137,7 +154,7 @@ async fn handle(
 /// token minted for the request), the request sent upstream, the response
 /// readied for the agent. What can still go wrong is a [`Refusal`].
 async fn forward(
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
     plan: Forward<'_>,
     meta: &ConnMeta,
     ctx: &ProxyContext,
@@ -151,6 +168,7 @@ async fn forward(
         path,
         upgrade,
         credential,
+        approval: _,
     } = plan;
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -221,7 +239,7 @@ async fn forward(
         .map_err(Refusal::BadRequest)?;
     let mut minted = None;
     let body = match jwt {
-        None => body.boxed(),
+        None => body,
         Some(spec) => {
             let bound = jwt::bind(&mut parts, body, &spec, meta, ctx).await?;
             out.event.token_jti = Some(bound.jti.clone());
@@ -248,7 +266,15 @@ async fn forward(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(agent_side) = agent_upgrade {
             let upstream_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(forward::tunnel(agent_side, upstream_side).in_current_span());
+            // The tunnel outlives the connection's task: it ends with a
+            // revocation too.
+            let (revocations, agent) = (ctx.revocations.clone(), agent.clone());
+            let tunnel = async move {
+                revocations
+                    .until_revoked(&agent, forward::tunnel(agent_side, upstream_side))
+                    .await;
+            };
+            tokio::spawn(tunnel.in_current_span());
         }
         return Ok(resp.map(|b| b.boxed()));
     }

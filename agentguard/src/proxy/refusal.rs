@@ -76,6 +76,28 @@ pub enum Refusal {
     UpstreamUnverified(String),
     #[error("{0}")]
     UpstreamFailed(String),
+    /// An operator revoked the agent (`agentguard revoke`, the web view).
+    #[error("agent {agent:?} is revoked: {reason}")]
+    Revoked { agent: String, reason: String },
+    /// The request waited for approval and an approver said no.
+    #[error("request {id} was denied by {by}: {reason}")]
+    ApprovalDenied {
+        id: String,
+        by: String,
+        reason: String,
+    },
+    #[error("request {id} was not approved within {}s", after.as_secs())]
+    ApprovalTimedOut {
+        id: String,
+        after: std::time::Duration,
+    },
+    /// The queue of held requests is full (per agent, or in total).
+    #[error("{0}")]
+    ApprovalQueueFull(#[source] crate::approvals::ApprovalError),
+    #[error(
+        "request body is larger than {max} bytes: a request that needs approval is read whole, to show it and bind the approval to it"
+    )]
+    ApprovalBodyTooLarge { max: usize },
 }
 
 impl Refusal {
@@ -89,12 +111,18 @@ impl Refusal {
             | Refusal::Denied { .. }
             | Refusal::UpgradeRefused
             | Refusal::CredentialOverPlainHttp { .. }
-            | Refusal::Placeholder { .. } => StatusCode::FORBIDDEN,
+            | Refusal::Placeholder { .. }
+            | Refusal::Revoked { .. }
+            | Refusal::ApprovalDenied { .. }
+            | Refusal::ApprovalTimedOut { .. } => StatusCode::FORBIDDEN,
+            Refusal::ApprovalQueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             Refusal::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::CredentialInjection { .. }
             | Refusal::TokenInjection(_)
             | Refusal::TokenMint(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Refusal::JwtBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::JwtBodyTooLarge { .. } | Refusal::ApprovalBodyTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Refusal::UpstreamUnverified(_) | Refusal::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -118,14 +146,23 @@ impl Refusal {
             Refusal::JwtBodyTooLarge { .. } => "jwt-body-too-large",
             Refusal::UpstreamUnverified(_) => "upstream-unverified",
             Refusal::UpstreamFailed(_) => "upstream-failed",
+            Refusal::Revoked { .. } => "agent-revoked",
+            Refusal::ApprovalDenied { .. } => "approval-denied",
+            Refusal::ApprovalTimedOut { .. } => "approval-timeout",
+            Refusal::ApprovalQueueFull(_) => "approval-queue-full",
+            Refusal::ApprovalBodyTooLarge { .. } => "approval-body-too-large",
         }
     }
 
-    /// A policy's denial is `deny`; everything agentguard refuses on its
-    /// own account (malformed, misdirected, unverifiable) is `refuse`.
+    /// A policy's denial, and a person's (an approver's no, an unanswered
+    /// approval, a revocation), is `deny`; everything agentguard refuses on
+    /// its own account (malformed, misdirected, unverifiable) is `refuse`.
     pub fn decision(&self) -> Decision {
         match self {
-            Refusal::Denied { .. } => Decision::Deny,
+            Refusal::Denied { .. }
+            | Refusal::Revoked { .. }
+            | Refusal::ApprovalDenied { .. }
+            | Refusal::ApprovalTimedOut { .. } => Decision::Deny,
             _ => Decision::Refuse,
         }
     }
@@ -161,6 +198,9 @@ pub enum ConnRefusal {
         "passthrough host {sni} was not resolved to {ip} by agentguard's resolver for this agent"
     )]
     PassthroughUnresolved { sni: String, ip: IpAddr },
+    /// An operator revoked the agent: its connections are closed unread.
+    #[error("agent {agent:?} is revoked: {reason}")]
+    Revoked { agent: String, reason: String },
 }
 
 impl ConnRefusal {
@@ -175,6 +215,7 @@ impl ConnRefusal {
             | ConnRefusal::MalformedTls(_)
             | ConnRefusal::UnknownProtocol
             | ConnRefusal::PassthroughUnresolved { .. } => "protocol",
+            ConnRefusal::Revoked { .. } => "agent-revoked",
         }
     }
 }

@@ -5,18 +5,14 @@
 use std::time::Duration;
 
 use http_body_util::BodyExt as _;
-use hyper::{
-    body::{Bytes, Incoming},
-    header::CONTENT_LENGTH,
-    http::request::Parts,
-};
+use hyper::{body::Bytes, header::CONTENT_LENGTH, http::request::Parts};
 use tokio::time::Instant;
 
 use super::ConnMeta;
 use crate::{
     credentials::{Secret, inject},
     policy::Injection,
-    proxy::{ProxyContext, refusal::Refusal},
+    proxy::{ProxyContext, refusal::Refusal, upstream::ProxyBody},
     token::{MintRequest, RequestBinding},
 };
 
@@ -44,7 +40,7 @@ const DRAIN_TIME: Duration = Duration::from_secs(5);
 /// The body if it is at most `max` bytes (and `over` is false), `None` if
 /// larger.
 async fn read_bounded(
-    mut body: Incoming,
+    mut body: ProxyBody,
     max: usize,
     mut over: bool,
 ) -> Result<Option<Bytes>, hyper::Error> {
@@ -82,7 +78,7 @@ async fn read_bounded(
 /// the normalised path): that is what the token binds.
 pub(super) async fn bind(
     parts: &mut Parts,
-    body: Incoming,
+    body: ProxyBody,
     spec: &JwtSpec<'_>,
     meta: &ConnMeta,
     ctx: &ProxyContext,

@@ -8,7 +8,9 @@ use hyper::{Request, http::uri::Authority};
 use super::{ConnMeta, checks, hop};
 use crate::{
     audit::Decision,
-    policy::{CredentialPolicy, Mode, PolicySet, RequestFacts, Verdict, normalize_path},
+    policy::{
+        ApprovalPolicy, CredentialPolicy, Mode, PolicySet, RequestFacts, Verdict, normalize_path,
+    },
     proxy::{decide::Resolutions, refusal::Refusal},
 };
 
@@ -49,6 +51,8 @@ pub struct Forward<'p> {
     pub upgrade: bool,
     /// The credential to inject; only ever on a TLS connection.
     pub credential: Option<&'p CredentialPolicy>,
+    /// The tool wants a person to approve the request first.
+    pub approval: Option<&'p ApprovalPolicy>,
 }
 
 #[derive(Debug)]
@@ -128,8 +132,10 @@ fn decide<'p, B>(
         port: meta.dst.port(),
         path: &path,
     });
+    let mut approval = None;
     let credential = match verdict {
         Verdict::Allow { tool, credential } => {
+            approval = tool.approval.as_ref();
             noted.tool = Some(tool.name.clone());
             noted.verdict = Some((
                 Decision::Allow,
@@ -173,6 +179,7 @@ fn decide<'p, B>(
         path,
         upgrade,
         credential,
+        approval,
     })
 }
 
