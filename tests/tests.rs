@@ -1,5 +1,6 @@
 //! The end-to-end scenarios, one file per capability.
 
+mod approvals;
 mod audit;
 mod audit_anchor;
 mod bypass;

@@ -236,24 +236,26 @@ impl Approvals {
         })
     }
 
-    /// Denies every waiting request of `agent` (it is being revoked).
-    /// Returns how many there were.
-    pub fn deny_agent(&self, agent: &str, by: &str, reason: &str) -> usize {
+    /// Denies every waiting request of `agent` (it is being revoked), and
+    /// returns them.
+    pub fn deny_agent(&self, agent: &str, by: &str, reason: &str) -> Vec<PendingView> {
         let mut pending = lock(&self.pending);
         let ids: Vec<String> = pending
             .iter()
             .filter(|(_, e)| e.binding.agent == agent)
             .map(|(id, _)| id.clone())
             .collect();
+        let mut denied = Vec::new();
         for id in &ids {
             if let Some(entry) = pending.remove(id) {
                 let _ = entry.tx.send(Verdict::Revoked {
                     by: by.to_owned(),
                     reason: reason.to_owned(),
                 });
+                denied.push(entry.view);
             }
         }
-        ids.len()
+        denied
     }
 
     fn decide(

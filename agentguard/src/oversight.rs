@@ -105,6 +105,18 @@ impl Oversight {
             reason
         };
         let mut warnings = Vec::new();
+        // Held requests first, each with its own record: closing the
+        // agent's connections next would otherwise take them unrecorded.
+        let denied = self.approvals.deny_agent(
+            agent,
+            actor,
+            &format!("agent {agent:?} was revoked: {reason}"),
+        );
+        for view in &denied {
+            self.audit
+                .record(approval_revoked(view, actor, &reason))
+                .await;
+        }
         let open = self.revocations.open_connections(agent);
         let newly_revoked = match self.revocations.revoke(
             agent,
@@ -125,11 +137,7 @@ impl Oversight {
         {
             warnings.push(format!("the kernel flag was not set: {e}"));
         }
-        let approvals_denied = self.approvals.deny_agent(
-            agent,
-            actor,
-            &format!("agent {agent:?} was revoked: {reason}"),
-        );
+        let approvals_denied = denied.len();
         let credentials_dropped = state.credentials.forget_agent(agent).await;
         let mut event = self.event(agent, actor, Decision::Deny, "revoke", &reason);
         if !newly_revoked {
@@ -238,6 +246,27 @@ impl Oversight {
         e.policy_version = Some(state.policy.version.clone());
         e
     }
+}
+
+/// The record of a held request denied because its agent was revoked.
+fn approval_revoked(view: &PendingView, actor: &str, reason: &str) -> Event {
+    let mut e = Event::new(Kind::Approval).with_decision(
+        Decision::Deny,
+        format!("agent {:?} was revoked: {reason}", view.agent),
+    );
+    e.agent = Some(view.agent.clone());
+    e.pid = Some(view.pid);
+    e.uid = Some(view.uid);
+    e.exe = view.exe.clone();
+    e.tool = Some(view.tool.clone());
+    e.method = Some(view.method.clone());
+    e.path = Some(view.url.clone());
+    e.intent = view.intent.clone();
+    e.rule = Some("approval:revoked".into());
+    e.actor = Some(actor.to_owned());
+    e.approval_id = Some(view.id.clone());
+    e.request_hash = Some(view.request_hash.clone());
+    e
 }
 
 fn clip(s: &str) -> String {

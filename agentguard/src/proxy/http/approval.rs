@@ -120,13 +120,47 @@ pub(super) async fn hold(
         ),
     };
     info!(approval = %id, rule, reason = %reason, "approval decided");
+    // A revocation recorded its denials itself (`crate::oversight`), before
+    // it closed this connection.
+    let recorded = rule == "approval:revoked";
+    if !recorded {
+        record(
+            ctx,
+            meta,
+            out,
+            (decision, rule, reason),
+            actor.clone(),
+            &id,
+            &request_hash,
+        )
+        .await;
+    }
+    out.event.actor = actor;
+    result?;
+    // Exactly the bytes that were hashed and shown go upstream.
+    Ok(Request::from_parts(
+        parts,
+        Full::new(body).map_err(|never| match never {}).boxed(),
+    ))
+}
+
+/// The `approval` event of a decided request.
+async fn record(
+    ctx: &ProxyContext,
+    meta: &ConnMeta,
+    out: &Outcome,
+    (decision, rule, reason): (Decision, &str, String),
+    actor: Option<String>,
+    id: &str,
+    request_hash: &str,
+) {
     let mut event = Event::new(Kind::Approval)
-        .with_identity(identity)
+        .with_identity(&meta.identity)
         .with_decision(decision, reason);
     event.rule = Some(rule.to_owned());
-    event.actor = actor.clone();
-    event.approval_id = Some(id);
-    event.request_hash = Some(request_hash);
+    event.actor = actor;
+    event.approval_id = Some(id.to_owned());
+    event.request_hash = Some(request_hash.to_owned());
     event.tool = out.event.tool.clone();
     event.host = out.event.host.clone();
     event.method = out.event.method.clone();
@@ -135,13 +169,6 @@ pub(super) async fn hold(
     event.intent = out.event.intent.clone();
     event.policy_version = out.event.policy_version.clone();
     ctx.audit.record(event).await;
-    out.event.actor = actor;
-    result?;
-    // Exactly the bytes that were hashed and shown go upstream.
-    Ok(Request::from_parts(
-        parts,
-        Full::new(body).map_err(|never| match never {}).boxed(),
-    ))
 }
 
 /// The whole body, if it is at most `max` bytes.
