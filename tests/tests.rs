@@ -16,6 +16,7 @@ mod kernel_paths;
 mod mcp;
 mod redirect;
 mod replay_store;
+mod revoke_now;
 mod root_required;
 mod tokens;
 mod tool_server_example;

@@ -1,0 +1,310 @@
+//! `agentguard revoke`: every open connection of the agent ends at once (a
+//! streaming response, an idle keep-alive connection, a passthrough relay,
+//! a request held for approval), its next connection fails, and the
+//! revocation holds across a daemon restart until `agentguard restore`.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::common::{Daemon, DaemonOptions, DnsUpstream, TestCa, TlsUpstream, require_root, text};
+
+const AGENT: &str = "revoked-agent";
+const API: &str = "api.agentguard.test";
+const PASS: &str = "pass.agentguard.test";
+
+/// What the brief of revocation promises: open connections end within a
+/// second of the command.
+const AT_ONCE: Duration = Duration::from_secs(1);
+
+/// Two GETs on one kept-alive connection, then it waits for the connection
+/// to end (prints `closed`) or for 30 s (prints `timeout`).
+const KEEP_ALIVE: &str = r#"
+import http.client, socket, ssl, sys
+c = http.client.HTTPSConnection(sys.argv[1], int(sys.argv[2]), timeout=30)
+for _ in range(2):
+    c.request("GET", "/")
+    c.getresponse().read()
+print("ready", flush=True)
+try:
+    data = c.sock.recv(1)
+    print("closed" if data == b"" else "data", flush=True)
+except TimeoutError:
+    print("timeout", flush=True)
+except OSError:
+    print("closed", flush=True)
+"#;
+
+fn policy() -> String {
+    format!(
+        r#"
+[[tool]]
+name = "test.any"
+host = "{API}"
+methods = ["GET"]
+paths = ["/", "/*"]
+
+[[tool]]
+name = "test.held"
+host = "{API}"
+methods = ["POST"]
+paths = ["/echo"]
+approval = {{ timeout = "60s" }}
+
+[[passthrough]]
+host = "{PASS}"
+"#
+    )
+}
+
+/// Lines a child prints, as they come.
+fn lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !line.is_empty() && tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn expect_line(rx: &mpsc::Receiver<String>, want: &str) {
+    let line = rx.recv_timeout(Duration::from_secs(15)).expect(want);
+    assert_eq!(line, want);
+}
+
+/// How long after `since` the child exited (bounded: 10 s).
+fn exited_after(child: &mut Child, since: Instant) -> Duration {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return since.elapsed();
+        }
+        assert!(Instant::now() < deadline, "still running 10 s after revoke");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// curl GETs `/` once: whether it got the upstream's answer.
+fn get_once(daemon: &Daemon, upstream: &TlsUpstream) -> bool {
+    let out = daemon
+        .exec_resolving(
+            AGENT,
+            &[API],
+            "127.0.0.3",
+            &["curl", "-sS", "-m", "10", &upstream.url("/")],
+        )
+        .output()
+        .unwrap();
+    out.status.success() && text(&out.stdout) == "hello over tls"
+}
+
+#[test]
+fn revoking_ends_every_open_connection_at_once_and_holds_across_a_restart() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("agentguard test upstream CA", dir.path());
+    let api = TlsUpstream::start("127.0.0.3", API, &ca);
+    let pass = TlsUpstream::start("127.0.0.4", PASS, &ca);
+    let dns = DnsUpstream::start(
+        "127.0.0.1",
+        &[(PASS, std::net::Ipv4Addr::new(127, 0, 0, 4))],
+    );
+    let dns_addr = dns.addr.to_string();
+    let mut daemon = Daemon::start_with_args(
+        &[AGENT],
+        DaemonOptions {
+            policy_extra: &policy(),
+            upstream_ca: Some(&ca.pem_path),
+        },
+        &["--dns-upstream", &dns_addr],
+    );
+    assert!(get_once(&daemon, &api));
+
+    // A long-lived streaming response, intercepted.
+    let mut stream = daemon
+        .exec_resolving(
+            AGENT,
+            &[API],
+            "127.0.0.3",
+            &["curl", "-sSN", "-m", "60", &api.url("/sse")],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stream_lines = lines(&mut stream);
+    api.release_sse_event();
+    expect_line(&stream_lines, "data: event-0");
+
+    // A kept-alive connection, idle between requests.
+    let port = api.addr.port().to_string();
+    let mut idle = daemon
+        .exec_resolving(
+            AGENT,
+            &[API],
+            "127.0.0.3",
+            &["python3", "-c", KEEP_ALIVE, API, &port],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let idle_lines = lines(&mut idle);
+    expect_line(&idle_lines, "ready");
+
+    // A passthrough relay, streaming too: its TLS is the upstream's own.
+    let test_ca = ca.pem_path.display().to_string();
+    let mut relayed = daemon
+        .exec_with_nameserver(
+            AGENT,
+            &["--allow-root"],
+            "127.0.0.99",
+            &[
+                "curl",
+                "-4",
+                "-sSN",
+                "-m",
+                "60",
+                "--cacert",
+                &test_ca,
+                &pass.url("/sse"),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let relayed_lines = lines(&mut relayed);
+    pass.release_sse_event();
+    expect_line(&relayed_lines, "data: event-0");
+
+    // A request held for approval.
+    let mut held = daemon
+        .exec_resolving(
+            AGENT,
+            &[API],
+            "127.0.0.3",
+            &[
+                "curl",
+                "-sS",
+                "-m",
+                "60",
+                "--data-binary",
+                "x",
+                &api.url("/echo"),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while daemon.cli(&["approvals"]).stdout.is_empty() {
+        assert!(Instant::now() < deadline, "the POST was never held");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let out = daemon.cli(&["revoke", "--agent", AGENT, "--reason", "its key leaked"]);
+    let revoked_at = Instant::now();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(said.contains("1 held request(s) denied"), "{said}");
+
+    let ends = [
+        ("streaming response", exited_after(&mut stream, revoked_at)),
+        ("keep-alive connection", {
+            let line = idle_lines
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_default();
+            assert_eq!(line, "closed");
+            revoked_at.elapsed()
+        }),
+        ("passthrough relay", exited_after(&mut relayed, revoked_at)),
+        ("held request", exited_after(&mut held, revoked_at)),
+    ];
+    eprintln!("ended after revoke: {ends:?}");
+    for (what, after) in ends {
+        assert!(after <= AT_ONCE, "{what} ended {after:?} after revoke");
+    }
+    // The streams were cut, not finished: the upstreams had more to send.
+    assert!(!stream.wait().unwrap().success());
+    assert!(!relayed.wait().unwrap().success());
+    assert!(api.seen().iter().all(|r| r.path != "/echo"));
+    let _ = idle.wait();
+
+    // The next connection fails, and the upstream never hears of it.
+    let before = api.seen().len();
+    assert!(!get_once(&daemon, &api));
+    assert_eq!(api.seen().len(), before);
+
+    let status = daemon.status();
+    let agent = status["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == AGENT)
+        .unwrap();
+    assert_eq!(agent["revoked"]["reason"], "its key leaked");
+
+    let events = daemon.wait_for_events("revocation and the refused connection", |e| {
+        e.iter().any(|e| e["kind"] == "revocation") && e.iter().any(refused_as_revoked)
+    });
+    let revocation = events.iter().find(|e| e["kind"] == "revocation").unwrap();
+    assert_eq!(revocation["decision"], "deny");
+    assert_eq!(revocation["reason"], "its key leaked");
+    assert!(
+        revocation["actor"]
+            .as_str()
+            .unwrap()
+            .contains("(admin socket, uid 0)")
+    );
+    let approval = events.iter().find(|e| e["kind"] == "approval").unwrap();
+    assert_eq!(approval["rule"], "approval:revoked");
+
+    // After a restart (a crash, even), still revoked.
+    daemon.kill9();
+    daemon.restart();
+    assert!(!get_once(&daemon, &api));
+    assert_eq!(api.seen().len(), before);
+    let restarted = daemon.status();
+    assert!(restarted["agents"][0]["revoked"].is_object(), "{restarted}");
+
+    let out = daemon.cli(&["restore", "--agent", AGENT]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(get_once(&daemon, &api));
+    let events = daemon.wait_for_events("restore", |e| {
+        e.iter()
+            .any(|e| e["kind"] == "revocation" && e["decision"] == "allow")
+    });
+    assert!(events.iter().any(|e| e["rule"] == "restore"));
+}
+
+/// The refusal of a revoked agent's connection: in the proxy, or (with the
+/// kernel's revoked flag) at connect.
+fn refused_as_revoked(e: &Value) -> bool {
+    matches!(
+        e["rule"].as_str(),
+        Some("agent-revoked" | "kernel:agent-revoked")
+    )
+}
+
+#[test]
+fn unknown_agents_cannot_be_revoked_and_unrevoked_ones_not_restored() {
+    require_root();
+    let daemon = Daemon::start(&["present"]);
+    let out = daemon.cli(&["revoke", "--agent", "absent"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no agent named \"absent\""));
+    let out = daemon.cli(&["restore", "--agent", "present"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("is not revoked"));
+    assert!(!daemon.state_dir().join("revoked.json").exists());
+}
