@@ -71,4 +71,7 @@ pub struct StatusView {
     /// true.
     #[serde(default)]
     pub unix_sockets_guarded: bool,
+    /// The web view's URL, when `--web-listen` is set.
+    #[serde(default)]
+    pub web: Option<String>,
 }

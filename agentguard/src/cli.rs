@@ -3,6 +3,7 @@
 mod approve;
 mod audit;
 mod token;
+mod web;
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
@@ -74,6 +75,13 @@ enum Command {
         audit: audit::AuditRunArgs,
         #[command(flatten)]
         tokens: token::TokenRunArgs,
+        #[command(flatten)]
+        web: web::WebRunArgs,
+    },
+    /// The web view's users file: password hashes and bearer tokens.
+    Web {
+        #[command(subcommand)]
+        command: web::WebCommand,
     },
     /// Request-bound tokens: print the JWKS, verify a token.
     Token {
@@ -211,6 +219,8 @@ enum CliError {
     Audit(#[from] audit::AuditCliError),
     #[error(transparent)]
     Token(#[from] token::TokenCliError),
+    #[error(transparent)]
+    WebUsers(#[from] crate::web::users::UsersError),
     #[error("failed to start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -257,6 +267,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             allow_unguarded_unix_sockets,
             audit,
             tokens,
+            web,
         } => {
             let cfg = RunConfig {
                 dns_upstreams: dns_upstream,
@@ -276,6 +287,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
                 metrics_listen: audit.metrics_listen,
                 otlp: audit.otlp()?,
                 tokens: tokens.options()?,
+                web: web.options(),
             }
             .validate()?;
             runtime()?.block_on(daemon::run(cfg)).map_err(Box::new)?;
@@ -311,6 +323,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
         }
         Command::Audit { command } => Ok(audit::run(command)?),
         Command::Humans(command) => approve::run(command),
+        Command::Web { command } => web::run(command),
         Command::Token { command } => Ok(token::run(command)?),
         Command::VerifyProxy(args) => Ok(token::verify_proxy(args)?),
         Command::Connections { admin_socket } => print_lines(&admin_socket, "/v1/connections"),

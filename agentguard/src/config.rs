@@ -206,6 +206,8 @@ pub struct RunConfig {
     /// Whether a kernel without the Unix-socket hooks stops start-up.
     pub unix_guard: UnixGuard,
     pub tokens: TokenOptions,
+    /// `--web-listen` and the other `--web-*` flags; `None`: no web view.
+    pub web: Option<crate::web::WebOptions>,
 }
 
 /// `--jwks-listen`: an address, or `off`.
@@ -229,6 +231,9 @@ impl RunConfig {
         self.upstream_ca = self.upstream_ca.map(absolute);
         self.audit.signing_key = self.audit.signing_key.map(absolute);
         self.audit.anchors.dir = self.audit.anchors.dir.map(absolute);
+        if let Some(web) = &mut self.web {
+            web.users = absolute(std::mem::take(&mut web.users));
+        }
         self.audit.validate()?;
         self.audit.anchors.validate()?;
         let td = &self.tokens.trust_domain;
@@ -268,7 +273,7 @@ impl std::fmt::Display for RunConfig {
              audit_checkpoint_interval={:?} audit_retention={} audit_max_size={} \
              audit_signing_key={} audit_anchor_dir={} audit_anchor_command={} \
              metrics_listen={} otlp_endpoint={} trust_domain={} jwks_listen={} jwt_max_body={} token_algorithm={:?} \
-             report_kernel_redirects={} unix_guard={:?}",
+             report_kernel_redirects={} unix_guard={:?} web_listen={}",
             self.policies_dir.display(),
             self.state_dir.display(),
             self.admin_socket.display(),
@@ -315,6 +320,9 @@ impl std::fmt::Display for RunConfig {
             self.tokens.algorithm,
             self.report_kernel_redirects,
             self.unix_guard,
+            self.web
+                .as_ref()
+                .map_or("off".into(), |w| w.listen.to_string()),
         )
     }
 }

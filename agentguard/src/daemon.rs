@@ -87,6 +87,8 @@ pub enum DaemonError {
     JwksTls(String),
     #[error(transparent)]
     Revoke(#[from] crate::revoke::RevokeError),
+    #[error(transparent)]
+    Web(#[from] crate::web::WebError),
     #[error("failed to listen for metrics on {addr}: {source}")]
     MetricsListen {
         addr: std::net::SocketAddr,
@@ -121,6 +123,20 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     // Claim the admin socket before touching the kernel, so a second daemon
     // fails here instead of taking over the first one's links.
     let admin = AdminServer::bind(&cfg.admin_socket).await?;
+    // The web view's users and address, claimed before the kernel is
+    // touched: a bad users file or a taken port stops start-up here.
+    let web = match &cfg.web {
+        Some(options) => Some((
+            crate::web::users::Users::load(&options.users).map_err(crate::web::WebError::from)?,
+            tokio::net::TcpListener::bind(options.listen)
+                .await
+                .map_err(|source| crate::web::WebError::Listen {
+                    addr: options.listen,
+                    source,
+                })?,
+        )),
+        None => None,
+    };
     // Bind before redirecting: the port must be ours before agents are sent
     // to it.
     let listeners = Listeners::bind(cfg.proxy_port)?;
@@ -233,6 +249,22 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     if let Some(addr) = cfg.metrics_listen {
         audit.listen_metrics(addr, metrics.clone()).await?;
     }
+    let web_url = match (&cfg.web, web) {
+        (Some(options), Some((users, listener))) => Some(
+            serve_web(
+                &cfg,
+                options,
+                users,
+                listener,
+                &ca,
+                &live,
+                &audit.sink,
+                &oversight,
+            )
+            .await?,
+        ),
+        _ => None,
+    };
     let admin_state = AdminState {
         live: live.clone(),
         audit: audit.sink.clone(),
@@ -246,6 +278,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         minter: ctx.minter.clone(),
         on_behalf_of: ctx.on_behalf_of.clone(),
         oversight: oversight.clone(),
+        web_url,
     };
     info!(
         port,
@@ -294,6 +327,52 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     let _ = fs::remove_file(&cfg.admin_socket);
     audit.stop(&why, &live).await;
     Ok(())
+}
+
+/// Starts the web view on `listener`; returns its URL.
+#[allow(clippy::too_many_arguments)]
+async fn serve_web(
+    cfg: &RunConfig,
+    options: &crate::web::WebOptions,
+    users: crate::web::users::Users,
+    listener: tokio::net::TcpListener,
+    ca: &Arc<LocalCa>,
+    live: &Arc<Live>,
+    sink: &crate::audit::AuditSink,
+    oversight: &Arc<crate::oversight::Oversight>,
+) -> Result<String, DaemonError> {
+    use crate::web::{ChainSources, WebError, WebState};
+    let bound = listener.local_addr().unwrap_or(options.listen);
+    let tls_options = crate::config::JwksTlsOptions {
+        cert_and_key: options.cert_and_key.clone(),
+        names: options.names.clone(),
+        plain_http: false,
+    };
+    let crate::token::JwksTls::On(acceptor) =
+        jwks::tls(&tls_options, ca, bound).map_err(WebError::Tls)?
+    else {
+        return Err(WebError::Tls("the web view is served over TLS only".into()).into());
+    };
+    let key = cfg
+        .audit
+        .signing_key
+        .clone()
+        .unwrap_or_else(|| crate::audit::signing::default_key_path(&cfg.state_dir));
+    let state = WebState::new(
+        users,
+        live.clone(),
+        sink.clone(),
+        oversight.clone(),
+        ChainSources {
+            db: crate::audit::db_path(&cfg.state_dir),
+            public_key: crate::audit::signing::public_key_path(&key),
+            anchor_dir: cfg.audit.anchors.dir.clone(),
+        },
+    );
+    let url = format!("https://{bound}/");
+    info!(web = %url, users = %options.users.display(), ca = %ca.cert_path().display(), "serving the web view");
+    tokio::spawn(crate::web::serve(listener, acceptor, Arc::new(state)));
+    Ok(url)
 }
 
 /// Per-agent resolvers forwarding to `--dns-upstream` or the host's

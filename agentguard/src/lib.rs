@@ -28,3 +28,4 @@ pub mod proxy;
 pub mod revoke;
 pub mod token;
 pub mod verify_proxy;
+pub mod web;

@@ -137,6 +137,8 @@ pub struct AdminState {
     pub on_behalf_of: Arc<crate::token::OnBehalfOf>,
     /// Approvals and revocations (see `super::oversight`).
     pub oversight: Arc<crate::oversight::Oversight>,
+    /// Where the web view answers, if it is on.
+    pub web_url: Option<String>,
 }
 
 pub struct AdminServer {
@@ -314,6 +316,7 @@ fn status(state: &AdminState) -> StatusView {
         audit: Some(state.audit.status()),
         kernel_events_lost,
         unix_sockets_guarded,
+        web: state.web_url.clone(),
     }
 }
 

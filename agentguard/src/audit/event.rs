@@ -223,6 +223,10 @@ pub struct Event {
     /// body: the `rh` of request-bound tokens).
     #[serde(default)]
     pub request_hash: Option<String>,
+    /// The MCP tool a call named (`tools/call`), where the proxy reads tool
+    /// calls; the web view filters on it.
+    #[serde(default)]
+    pub mcp_tool: Option<String>,
 }
 
 impl Event {
@@ -481,7 +485,7 @@ columns!(
         duration_us,
     ],
     // Appended since; each must be optional (NULL in older rows).
-    extension: [traceparent, actor, approval_id, request_hash],
+    extension: [traceparent, actor, approval_id, request_hash, mcp_tool],
 );
 
 #[cfg(test)]

@@ -203,6 +203,7 @@ pub fn render(record: &Record) -> Value {
                 "actor": e.actor,
                 "approval_id": e.approval_id,
                 "request_hash": e.request_hash,
+                "mcp_tool": e.mcp_tool,
                 "seq": record.seq,
                 "hash": record.hash,
             }
