@@ -21,3 +21,4 @@ mod root_required;
 mod tokens;
 mod tool_server_example;
 mod unix_sockets;
+mod web_view;

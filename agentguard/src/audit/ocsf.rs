@@ -65,10 +65,13 @@ pub fn render(record: &Record) -> Value {
     o.insert("severity".into(), json!(severity));
     o.insert("time".into(), json!(epoch_ms(&e.time)));
     o.insert("time_dt".into(), json!(e.time));
+    let iam = matches!(class_uid, CLASS_AUTHENTICATION | CLASS_ACCOUNT_CHANGE);
+    // IAM classes say success or failure in `status` (set below), not as
+    // a security control's action.
     let security_control = e.decision.is_some()
         && class_uid != CLASS_APPLICATION_LIFECYCLE
-        && class_uid != CLASS_BASE_EVENT;
-    let iam = matches!(class_uid, CLASS_AUTHENTICATION | CLASS_ACCOUNT_CHANGE);
+        && class_uid != CLASS_BASE_EVENT
+        && !iam;
     let host_profile =
         (e.pid.is_some() || e.agent.is_some()) && class_uid != CLASS_BASE_EVENT && !iam;
     let mut profiles = vec!["datetime"];
@@ -221,6 +224,9 @@ fn people(e: &Event, class_uid: u64, o: &mut Map<String, Value>) {
     let who = json!({ "name": e.actor.clone().unwrap_or_else(|| "unknown".into()) });
     if class_uid == CLASS_AUTHENTICATION {
         o.insert("user".into(), who);
+        // What was signed in to (the class wants a service or a
+        // destination).
+        o.insert("service".into(), json!({ "name": "agentguard web view" }));
         if e.src_ip.is_some() {
             o.insert(
                 "src_endpoint".into(),
