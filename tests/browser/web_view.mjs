@@ -9,6 +9,8 @@
 //   AGENT_GET       argv of an agent command whose GET must appear live
 //   AGENT_HELD      argv of an agent command whose POST waits for approval
 //   AGENT_AFTER     argv of an agent command run after the revocation
+//   TAMPER          argv that edits one stored event, as an intruder would,
+//                   and TAMPERED_SEQ, its sequence number
 //   SCREENSHOTS     where to write one PNG per page
 //   USER_DATA_DIR   a fresh, empty Chromium profile
 //
@@ -169,6 +171,20 @@ try {
   await page.locator(`.agent[data-agent="${AGENT}"]`).waitFor();
   if (await page.locator(`#restore-${AGENT}`).count()) fail('an auditor was offered Restore');
   step('an auditor sees the agents without the approver actions');
+
+  // An intruder edits a stored event: the chain page names the first bad
+  // sequence number once verified.
+  const tamper = await run(JSON.parse(env('TAMPER')));
+  if (tamper.code !== 0) fail(`tampering failed: ${tamper.stderr}`);
+  await page.locator('nav a[data-view="chain"]').click();
+  await page.locator('#verify-now').click();
+  await page.locator('#chain-verification .badge', { hasText: 'broken' }).waitFor();
+  const verification = await page.locator('#chain-verification').innerText();
+  if (!verification.includes(`First bad sequence number\t${env('TAMPERED_SEQ')}`) && !verification.includes(`First bad sequence number\n${env('TAMPERED_SEQ')}`)) {
+    fail(`chain page: ${verification}`);
+  }
+  step(`an edited event is found: the chain breaks at ${env('TAMPERED_SEQ')}`);
+  await shot(page, 'chain-broken');
 } catch (e) {
   console.error(`browser test failed: ${e.stack || e}`);
   await browser.close();

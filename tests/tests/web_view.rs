@@ -105,7 +105,15 @@ approval = {{ timeout = "120s" }}
             policy_extra: &policy,
             upstream_ca: Some(&ca.pem_path),
         },
-        &["--web-listen", "127.0.0.1:0", "--web-users", &users_arg],
+        // Checkpoints every few events, so that the pages show some.
+        &[
+            "--web-listen",
+            "127.0.0.1:0",
+            "--web-users",
+            &users_arg,
+            "--audit-checkpoint-every",
+            "5",
+        ],
     );
     let url = daemon.status()["web"].as_str().unwrap().to_owned();
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
@@ -392,6 +400,20 @@ fn the_web_view_in_chromium_signs_in_follows_filters_approves_and_revokes() {
             "AGENT_AFTER",
             s.agent_argv(&["curl", "-sS", "-m", "10", &s.upstream.url("/after")]),
         )
+        .env(
+            "TAMPER",
+            serde_json::to_string(&[
+                "sqlite3".to_owned(),
+                s.daemon
+                    .state_dir()
+                    .join("audit/audit.db")
+                    .display()
+                    .to_string(),
+                "UPDATE events SET reason = 'nothing to see' WHERE seq = 3".to_owned(),
+            ])
+            .unwrap(),
+        )
+        .env("TAMPERED_SEQ", "3")
         .env("SCREENSHOTS", &shots)
         .env("USER_DATA_DIR", s.dir.path().join("chromium-profile"))
         .output()
@@ -400,7 +422,15 @@ fn the_web_view_in_chromium_signs_in_follows_filters_approves_and_revokes() {
     eprintln!("{said}");
     assert!(out.status.success(), "the browser test failed:\n{said}");
     assert!(said.contains("step: done"));
-    for page in ["login", "events", "event", "chain", "approvals", "agents"] {
+    for page in [
+        "login",
+        "events",
+        "event",
+        "chain",
+        "approvals",
+        "agents",
+        "chain-broken",
+    ] {
         assert!(
             shots.join(format!("{page}.png")).exists(),
             "no screenshot of {page}"
