@@ -8,6 +8,7 @@ mod cmd;
 mod paths;
 mod privilege;
 mod run;
+mod screenshots;
 mod setup;
 mod test;
 
@@ -42,6 +43,13 @@ enum Command {
         #[arg(long)]
         no_setup: bool,
     },
+    /// Screenshots of the web view's pages, taken by its browser test, into
+    /// docs/web/.
+    Screenshots {
+        /// Skip setup, for a machine that is already set up.
+        #[arg(long)]
+        no_setup: bool,
+    },
     /// Benchmarks: the direct path, agentguard's paths, mitmproxy and nginx
     /// side by side; writes docs/benchmarks.md and target/bench/.
     Bench(bench::Options),
@@ -53,6 +61,7 @@ impl Command {
             Command::Setup => "setup",
             Command::Run { .. } => "run",
             Command::Test { .. } => "test",
+            Command::Screenshots { .. } => "screenshots",
             Command::Bench(_) => "bench",
         }
     }
@@ -80,6 +89,7 @@ fn try_main() -> anyhow::Result<ExitCode> {
         // `run` replaces this process with agentguard, so it only comes back on failure.
         Command::Run { args } => match run::run(&root, &args)? {},
         Command::Test { no_setup } => test::run(&root, !no_setup)?,
+        Command::Screenshots { no_setup } => screenshots::run(&root, !no_setup)?,
         Command::Bench(opts) => bench::run(&root, &opts)?,
     }
     Ok(ExitCode::SUCCESS)

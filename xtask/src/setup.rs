@@ -7,6 +7,7 @@
 pub mod apt;
 mod bpf_linker;
 mod bpffs;
+mod browser;
 mod runtimes;
 mod toolchain;
 
@@ -41,6 +42,8 @@ pub fn run() -> Result<()> {
     bpf_linker::ensure()?;
     apt.ensure(TEST_PACKAGES)?;
     runtimes::check()?;
+    // After the runtimes: npm comes with node.
+    browser::ensure()?;
     bpffs::ensure()?;
     println!("setup: done");
     Ok(())
