@@ -23,8 +23,10 @@ const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"
 /// the `sqlite3` shell, with which the audit tests tamper with the store the
 /// way an intruder (or an auditor reading it) would; `redis-server`, the
 /// replay cache verify-proxy replicas share (the tests start their own on a
-/// loopback port); and `prometheus` for `promtool check metrics` on the
-/// metrics exposition.
+/// loopback port); `prometheus` for `promtool check metrics` on the
+/// metrics exposition; and, for the web view's browser test, Debian's
+/// `chromium` and `libnss3-tools` (`certutil`, with which the test trusts
+/// agentguard's CA in the browser's NSS database, as a user would).
 const TEST_PACKAGES: &[&str] = &[
     "curl",
     "iproute2",
@@ -32,6 +34,8 @@ const TEST_PACKAGES: &[&str] = &[
     "sqlite3",
     "redis-server",
     "prometheus",
+    "chromium",
+    "libnss3-tools",
 ];
 
 pub fn run() -> Result<()> {
