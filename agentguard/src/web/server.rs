@@ -5,6 +5,10 @@
 //! keep the page to itself (a strict Content-Security-Policy: scripts and
 //! styles from this server only, no framing).
 
+// Here an `Err` is the HTTP answer itself, built once per request and
+// returned at once: boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
+
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
