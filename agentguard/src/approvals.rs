@@ -156,7 +156,11 @@ impl Approvals {
                 max: MAX_HELD_PER_AGENT,
             });
         }
-        let id = new_id();
+        // Ids are random; one already waiting is never replaced.
+        let mut id = new_id();
+        while pending.contains_key(&id) {
+            id = new_id();
+        }
         let now = SystemTime::now();
         let preview = &request.body[..request.body.len().min(PREVIEW_BYTES)];
         let view = PendingView {
