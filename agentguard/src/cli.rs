@@ -2,6 +2,8 @@
 
 mod approve;
 mod audit;
+mod kernel;
+mod policy;
 mod token;
 mod web;
 
@@ -21,7 +23,6 @@ use crate::{
     ebpf::{self, EbpfError, UnixGuard},
     exec::{self, ExecError},
     logging::{self, LogFormat},
-    policy,
     preflight::{self, PreflightError},
 };
 
@@ -71,6 +72,8 @@ enum Command {
         /// flag such a kernel stops start-up.
         #[arg(long)]
         allow_unguarded_unix_sockets: bool,
+        #[command(flatten)]
+        kernel: kernel::KernelRunArgs,
         #[command(flatten)]
         audit: audit::AuditRunArgs,
         #[command(flatten)]
@@ -147,7 +150,7 @@ enum Command {
     /// Policy tools.
     Policy {
         #[command(subcommand)]
-        command: PolicyCommand,
+        command: policy::PolicyCommand,
     },
     #[command(flatten)]
     Humans(approve::HumanCommand),
@@ -167,35 +170,6 @@ enum CaCommand {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum PolicyCommand {
-    /// Validate a policy file or a folder of them.
-    Check {
-        #[arg(default_value = DEFAULT_POLICIES_DIR)]
-        path: PathBuf,
-    },
-    /// Show what the policy decides for one request. Exit 0 for allow, 1
-    /// for deny (and would-deny).
-    Test {
-        #[arg(long, default_value = DEFAULT_POLICIES_DIR)]
-        policies: PathBuf,
-        #[arg(long)]
-        agent: String,
-        #[arg(long)]
-        method: String,
-        #[arg(long)]
-        url: String,
-        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-        format: OutputFormat,
-    },
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum OutputFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Error)]
@@ -265,6 +239,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             dns_upstream,
             report_kernel_redirects,
             allow_unguarded_unix_sockets,
+            kernel,
             audit,
             tokens,
             web,
@@ -277,6 +252,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
                 } else {
                     UnixGuard::Required
                 },
+                kernel: kernel.options()?,
                 policies_dir: policies,
                 state_dir,
                 admin_socket,
@@ -335,19 +311,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             print!("{}", ca.cert_pem());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy {
-            command: PolicyCommand::Check { path },
-        } => Ok(policy_check(&path)),
-        Command::Policy {
-            command:
-                PolicyCommand::Test {
-                    policies,
-                    agent,
-                    method,
-                    url,
-                    format,
-                },
-        } => Ok(policy_test(&policies, &agent, &method, &url, format)),
+        Command::Policy { command } => Ok(policy::run(command)),
         Command::Detach { bpf_dir } => {
             preflight::require_root("detach")?;
             let removed = ebpf::detach_all(&bpf_dir)?;
@@ -368,65 +332,6 @@ fn print_lines(admin_socket: &std::path::Path, route: &str) -> Result<ExitCode, 
         println!("{entry}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn policy_check(path: &std::path::Path) -> ExitCode {
-    match policy::load_path(path) {
-        Ok(set) => {
-            println!(
-                "ok: {} agent(s), policy version {}",
-                set.agents.len(),
-                set.version
-            );
-            for file in set.sources() {
-                println!("  {}", file.display());
-            }
-            ExitCode::SUCCESS
-        }
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("error: {e}");
-            }
-            eprintln!("{} error(s); policy refused", errors.0.len());
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn policy_test(
-    policies: &std::path::Path,
-    agent: &str,
-    method: &str,
-    url: &str,
-    format: OutputFormat,
-) -> ExitCode {
-    let set = match policy::load_path(policies) {
-        Ok(set) => set,
-        Err(errors) => {
-            eprintln!("invalid policy:\n{errors}");
-            return ExitCode::from(2);
-        }
-    };
-    match policy::explain(&set, agent, method, url) {
-        Ok(explanation) => {
-            match format {
-                OutputFormat::Text => println!("{explanation}"),
-                OutputFormat::Json => println!(
-                    "{}",
-                    serde_json::to_string(&explanation).unwrap_or_default()
-                ),
-            }
-            if explanation.allowed() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("agentguard: error: {e}");
-            ExitCode::from(2)
-        }
-    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {

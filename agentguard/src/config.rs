@@ -7,7 +7,7 @@ use thiserror::Error;
 
 use crate::{
     audit::{AuditConfig, WriterConfig},
-    ebpf::UnixGuard,
+    ebpf::{KernelOptions, UnixGuard},
 };
 
 /// Policies folder: one TOML file per agent.
@@ -98,6 +98,12 @@ pub enum ConfigError {
     Otlp(#[from] crate::audit::otlp::OtlpError),
     #[error(transparent)]
     Anchor(#[from] crate::audit::anchor::AnchorError),
+    #[error("{flag}: {value} must be between 1 and {max}")]
+    OutOfRange {
+        flag: &'static str,
+        value: u64,
+        max: u64,
+    },
 }
 
 /// Parses a human duration (`200ms`, `60s`, `90d`) for `flag`.
@@ -205,6 +211,9 @@ pub struct RunConfig {
     pub report_kernel_redirects: bool,
     /// Whether a kernel without the Unix-socket hooks stops start-up.
     pub unix_guard: UnixGuard,
+    /// Whether a kernel without the BPF LSM stops start-up, and the
+    /// per-agent shares of the kernel's maps.
+    pub kernel: KernelOptions,
     pub tokens: TokenOptions,
     /// `--web-listen` and the other `--web-*` flags; `None`: no web view.
     pub web: Option<crate::web::WebOptions>,
@@ -273,7 +282,7 @@ impl std::fmt::Display for RunConfig {
              audit_checkpoint_interval={:?} audit_retention={} audit_max_size={} \
              audit_signing_key={} audit_anchor_dir={} audit_anchor_command={} \
              metrics_listen={} otlp_endpoint={} trust_domain={} jwks_listen={} jwt_max_body={} token_algorithm={:?} \
-             report_kernel_redirects={} unix_guard={:?} web_listen={}",
+             report_kernel_redirects={} unix_guard={:?} {} web_listen={}",
             self.policies_dir.display(),
             self.state_dir.display(),
             self.admin_socket.display(),
@@ -320,6 +329,7 @@ impl std::fmt::Display for RunConfig {
             self.tokens.algorithm,
             self.report_kernel_redirects,
             self.unix_guard,
+            self.kernel,
             self.web
                 .as_ref()
                 .map_or("off".into(), |w| w.listen.to_string()),

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod approvals;
+pub mod atomic_file;
 pub mod audit;
 pub mod ca;
 pub mod cgroup;
@@ -15,15 +16,20 @@ pub mod credentials;
 pub mod daemon;
 pub mod dns;
 pub mod ebpf;
+pub mod error_list;
 pub mod exec;
 pub mod identity;
 pub mod kernel_events;
 pub mod live;
 pub mod logging;
+pub mod mcp;
 pub mod metrics;
 pub mod oversight;
+pub mod percent;
 pub mod policy;
+pub mod port_owner;
 pub mod preflight;
+pub mod procfs;
 pub mod proxy;
 pub mod revoke;
 pub mod token;

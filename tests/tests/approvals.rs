@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::common::{Daemon, DaemonOptions, TestCa, TlsUpstream, require_root, text};
+use crate::common::{Daemon, TestCa, TlsUpstream, require_root, text};
 
 const AGENT: &str = "held-agent";
 const API: &str = "api.agentguard.test";
@@ -49,13 +49,10 @@ fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("agentguard test upstream CA", dir.path());
     let upstream = TlsUpstream::start("127.0.0.3", API, &ca);
-    let daemon = Daemon::start_with(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: &policy(),
-            upstream_ca: Some(&ca.pem_path),
-        },
-    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy())
+        .upstream_ca(&ca.pem_path)
+        .start();
     Setup {
         _dir: dir,
         upstream,

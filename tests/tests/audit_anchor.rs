@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::common::{AGENTGUARD, ALLOW_LOOPBACK_TEST_HOSTS, Daemon, DaemonOptions, Upstream, text};
+use crate::common::{AGENTGUARD, ALLOW_LOOPBACK_TEST_HOSTS, Daemon, Upstream, text};
 
 /// A daemon that signs a checkpoint every few events and exports each to
 /// `anchors` (a folder) and, by a command, to `shipped` (another folder,
@@ -30,14 +30,10 @@ fn anchored_daemon(agent: &str, anchors: &Path, shipped: &Path, extra: &[&str]) 
         &command,
     ];
     args.extend_from_slice(extra);
-    Daemon::start_with_args(
-        &[agent],
-        DaemonOptions {
-            policy_extra: ALLOW_LOOPBACK_TEST_HOSTS,
-            ..DaemonOptions::default()
-        },
-        &args,
-    )
+    Daemon::builder(&[agent])
+        .policy(ALLOW_LOOPBACK_TEST_HOSTS)
+        .args(&args)
+        .start()
 }
 
 /// `n` requests by the agent; each makes a connection and a request event.
@@ -297,14 +293,10 @@ fn a_replaced_chain_fails_verify_with_the_pinned_key_and_with_the_anchor() {
 
 #[test]
 fn a_key_kept_in_the_audit_directory_moves_out_and_keeps_signing() {
-    let mut daemon = Daemon::start_with_args(
-        &["anchor-move"],
-        DaemonOptions {
-            policy_extra: ALLOW_LOOPBACK_TEST_HOSTS,
-            ..DaemonOptions::default()
-        },
-        &["--audit-checkpoint-every", "1"],
-    );
+    let mut daemon = Daemon::builder(&["anchor-move"])
+        .policy(ALLOW_LOOPBACK_TEST_HOSTS)
+        .args(&["--audit-checkpoint-every", "1"])
+        .start();
     let key_id = daemon.status()["audit"]["key_id"]
         .as_str()
         .unwrap()

@@ -24,9 +24,7 @@ use hyper_util::{
 };
 use serde_json::Value;
 
-use crate::common::{
-    AGENTGUARD, ALLOW_LOOPBACK_TEST_HOSTS, Daemon, DaemonOptions, TestCa, Upstream, text,
-};
+use crate::common::{AGENTGUARD, ALLOW_LOOPBACK_TEST_HOSTS, Daemon, TestCa, Upstream, text};
 
 /// The validators beside these tests.
 fn validator(name: &str) -> PathBuf {
@@ -292,29 +290,23 @@ fn otlp_export_over_tls_decodes_with_the_official_classes_and_retries_as_otlp_sa
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let endpoint = format!("https://127.0.0.1:{}", collector.addr.port());
     let ca_path = ca.pem_path.display().to_string();
-    let daemon = Daemon::start_with_env(
-        &["otlp-tls"],
-        DaemonOptions {
-            policy_extra: ALLOW_LOOPBACK_TEST_HOSTS,
-            ..DaemonOptions::default()
-        },
-        &[
+    let daemon = Daemon::builder(&["otlp-tls"])
+        .policy(ALLOW_LOOPBACK_TEST_HOSTS)
+        .args(&[
             "--metrics-listen",
             &metrics_addr,
             "--audit-checkpoint-interval",
             "300ms",
-        ],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca_path),
-            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
-            (
-                "OTEL_EXPORTER_OTLP_HEADERS",
-                "authorization=Bearer%20collector-token,x-scope-orgid=agentguard-test",
-            ),
-            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test"),
-        ],
-    );
+        ])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca_path)
+        .env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+        .env(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "authorization=Bearer%20collector-token,x-scope-orgid=agentguard-test",
+        )
+        .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
+        .start();
 
     // The retry waited for Retry-After; the 400 was not retried.
     let first = collector.wait("a 503, its retry and a 400", |r| r.len() >= 2);
@@ -513,14 +505,10 @@ fn otlp_json_export_decodes_with_the_official_classes() {
     let dir = tempfile::tempdir().unwrap();
     let collector = Collector::start(None, vec![]);
     let endpoint = format!("http://{}", collector.addr);
-    let daemon = Daemon::start_with_args(
-        &["otlp-json"],
-        DaemonOptions {
-            policy_extra: ALLOW_LOOPBACK_TEST_HOSTS,
-            ..DaemonOptions::default()
-        },
-        &["--otlp-endpoint", &endpoint, "--otlp-protocol", "http/json"],
-    );
+    let daemon = Daemon::builder(&["otlp-json"])
+        .policy(ALLOW_LOOPBACK_TEST_HOSTS)
+        .args(&["--otlp-endpoint", &endpoint, "--otlp-protocol", "http/json"])
+        .start();
     let upstream = Upstream::start("127.0.0.2");
     curl(
         &daemon,
@@ -554,21 +542,17 @@ fn promtool_accepts_the_metrics_exposition() {
     let collector = Collector::start(None, vec![]);
     let endpoint = format!("http://{}", collector.addr);
     let anchors = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start_with_args(
-        &["prom"],
-        DaemonOptions {
-            policy_extra: ALLOW_LOOPBACK_TEST_HOSTS,
-            ..DaemonOptions::default()
-        },
-        &[
+    let daemon = Daemon::builder(&["prom"])
+        .policy(ALLOW_LOOPBACK_TEST_HOSTS)
+        .args(&[
             "--metrics-listen",
             &metrics_addr,
             "--otlp-endpoint",
             &endpoint,
             "--audit-anchor-dir",
             anchors.path().to_str().unwrap(),
-        ],
-    );
+        ])
+        .start();
     let upstream = Upstream::start("127.0.0.2");
     curl(
         &daemon,
@@ -651,14 +635,10 @@ fn ocsf_of_every_event_kind_validates_against_the_ocsf_schema() {
     let dns_addr = dns.addr.to_string();
     let policy =
         format!("{ALLOW_LOOPBACK_TEST_HOSTS}\n[[passthrough]]\nhost = \"ocsf.agentguard.test\"\n");
-    let mut daemon = Daemon::start_with_args(
-        &["ocsf"],
-        DaemonOptions {
-            policy_extra: &policy,
-            ..DaemonOptions::default()
-        },
-        &["--dns-upstream", &dns_addr],
-    );
+    let mut daemon = Daemon::builder(&["ocsf"])
+        .policy(&policy)
+        .args(&["--dns-upstream", &dns_addr])
+        .start();
     let upstream = Upstream::start("127.0.0.2");
     // Intercepted connections, an allowed request and a denied one.
     curl(

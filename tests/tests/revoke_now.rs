@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::common::{Daemon, DaemonOptions, DnsUpstream, TestCa, TlsUpstream, require_root, text};
+use crate::common::{Daemon, DnsUpstream, TestCa, TlsUpstream, alone, require_root, text};
 
 const AGENT: &str = "revoked-agent";
 const API: &str = "api.agentguard.test";
@@ -110,6 +110,8 @@ fn get_once(daemon: &Daemon, upstream: &TlsUpstream) -> bool {
 #[test]
 fn revoking_ends_every_open_connection_at_once_and_holds_across_a_restart() {
     require_root();
+    // It bounds how long the connections take to end.
+    let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("agentguard test upstream CA", dir.path());
     let api = TlsUpstream::start("127.0.0.3", API, &ca);
@@ -119,14 +121,11 @@ fn revoking_ends_every_open_connection_at_once_and_holds_across_a_restart() {
         &[(PASS, std::net::Ipv4Addr::new(127, 0, 0, 4))],
     );
     let dns_addr = dns.addr.to_string();
-    let mut daemon = Daemon::start_with_args(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: &policy(),
-            upstream_ca: Some(&ca.pem_path),
-        },
-        &["--dns-upstream", &dns_addr],
-    );
+    let mut daemon = Daemon::builder(&[AGENT])
+        .policy(&policy())
+        .upstream_ca(&ca.pem_path)
+        .args(&["--dns-upstream", &dns_addr])
+        .start();
     assert!(get_once(&daemon, &api));
 
     // A long-lived streaming response, intercepted.

@@ -15,7 +15,7 @@ use std::{
 use base64::Engine as _;
 use serde_json::Value;
 
-use crate::common::{AGENTGUARD, Daemon, DaemonOptions, TestCa, TlsUpstream, require_root, text};
+use crate::common::{AGENTGUARD, Daemon, TestCa, TlsUpstream, UPSTREAM_IP, require_root, text};
 
 pub(super) const AGENT: &str = "token-agent";
 pub(super) const TOOL: &str = "tool.agentguard.test";
@@ -78,15 +78,12 @@ pub(super) fn setup_with(policy: &str, run_args: &[&str]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("agentguard token test CA", dir.path());
     // The tool itself, behind verify-proxy, reached by IP.
-    let backend = TlsUpstream::start("127.0.0.3", "127.0.0.3", &ca);
-    let daemon = Daemon::start_with_args(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: policy,
-            upstream_ca: Some(&ca.pem_path),
-        },
-        run_args,
-    );
+    let backend = TlsUpstream::start(UPSTREAM_IP, UPSTREAM_IP, &ca);
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(policy)
+        .upstream_ca(&ca.pem_path)
+        .args(run_args)
+        .start();
     // The JWKS as an operator would publish it.
     let out = Command::new(AGENTGUARD)
         .args(["token", "jwks", "--state-dir"])

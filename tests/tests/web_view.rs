@@ -18,7 +18,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::common::{AGENTGUARD, Daemon, DaemonOptions, TestCa, TlsUpstream, require_root, text};
+use crate::common::{AGENTGUARD, Daemon, TestCa, TlsUpstream, alone, require_root, text};
 
 const AGENT: &str = "web-agent";
 const API: &str = "api.agentguard.test";
@@ -99,22 +99,19 @@ approval = {{ timeout = "120s" }}
 "#
     );
     let users_arg = users.display().to_string();
-    let daemon = Daemon::start_with_args(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: &policy,
-            upstream_ca: Some(&ca.pem_path),
-        },
-        // Checkpoints every few events, so that the pages show some.
-        &[
+    // Checkpoints every few events, so that the pages show some.
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy)
+        .upstream_ca(&ca.pem_path)
+        .args(&[
             "--web-listen",
             "127.0.0.1:0",
             "--web-users",
             &users_arg,
             "--audit-checkpoint-every",
             "5",
-        ],
-    );
+        ])
+        .start();
     let url = daemon.status()["web"].as_str().unwrap().to_owned();
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
     Setup {
@@ -331,6 +328,9 @@ fn validate_ocsf(daemon: &Daemon) {
 
 #[test]
 fn the_web_view_in_chromium_signs_in_follows_filters_approves_and_revokes() {
+    require_root();
+    // Chromium loads the machine, and the page has bounded waits.
+    let _alone = alone();
     let s = setup();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser/web_view.mjs");
     let modules = script

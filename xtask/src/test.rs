@@ -83,8 +83,11 @@ const STEPS: &[Step] = &[
             "warnings",
         ],
     },
-    // The end-to-end tests attach real eBPF programs to real cgroups. They share
-    // that kernel state (bpffs pins, cgroups), so they run one at a time.
+    // The end-to-end tests attach real eBPF programs to real cgroups, but
+    // each test daemon to cgroups, a bpffs folder and ports of its own, so
+    // they run beside each other; they mostly wait (for daemons, clients,
+    // timeouts), so three at a time fit 2 cores. Tests that load the machine
+    // or bound a latency run alone (tests/common/machine.rs).
     Step {
         header: "end-to-end tests (privileged)",
         cargo_args: &[
@@ -95,7 +98,7 @@ const STEPS: &[Step] = &[
             "--test",
             "integration",
             "--",
-            "--test-threads=1",
+            "--test-threads=3",
         ],
     },
     // The benchmark harness with five requests per path and scenario, so

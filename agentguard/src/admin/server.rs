@@ -296,9 +296,13 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<AdminBody> {
 fn status(state: &AdminState) -> StatusView {
     let live = state.live.load();
     // One lock, released before the view is built.
-    let (kernel_events_lost, unix_sockets_guarded) = {
+    let (kernel_events_lost, unix_sockets_guarded, processes_guarded) = {
         let kernel = state.kernel.lock().unwrap_or_else(|p| p.into_inner());
-        (kernel.events_lost(), kernel.unix_sockets_guarded())
+        (
+            kernel.events_lost(),
+            kernel.unix_sockets_guarded(),
+            kernel.processes_guarded(),
+        )
     };
     StatusView {
         pid: std::process::id(),
@@ -317,6 +321,7 @@ fn status(state: &AdminState) -> StatusView {
         kernel_events_lost,
         unix_sockets_guarded,
         web: state.web_url.clone(),
+        processes_guarded,
     }
 }
 
@@ -324,6 +329,7 @@ fn agent_view(state: &AdminState, name: &str) -> Option<AgentView> {
     let live = state.live.load();
     let guarded = live.agents.get(name)?;
     let policy = live.policy.agent(name)?;
+    let kernel = state.kernel.lock().unwrap_or_else(|p| p.into_inner());
     Some(AgentView {
         name: name.to_owned(),
         cgroup: policy.cgroup.to_string(),
@@ -332,6 +338,8 @@ fn agent_view(state: &AdminState, name: &str) -> Option<AgentView> {
         // The daemon only serves after every agent's programs are attached
         // and pinned; an agent it failed to guard stops start-up.
         guarded: true,
+        processes_guarded: kernel.processes_guarded(),
+        kernel: kernel.agent_usage(guarded.cgroup.id),
         policy_file: policy.source.display().to_string(),
         ca_cert: state.ca_cert.display().to_string(),
         ca_bundle: state.ca_bundle.display().to_string(),

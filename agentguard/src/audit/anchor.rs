@@ -11,7 +11,7 @@
 //!
 //! Each checkpoint is exported, once committed, as one JSON object
 //! ([`Exported`]): a new file `checkpoint-<seq>-<hash prefix>.json` in
-//! `--audit-anchor-dir` (created exclusively and synced, never overwritten,
+//! `--audit-anchor-dir` (written whole, then linked exclusively, never overwritten,
 //! so an append-only or write-once target works), the standard input of
 //! `--audit-anchor-command` (run by `/bin/sh -c`, bounded in time), and an
 //! OTLP log record (see [`super::otlp`]). The export runs on its own thread
@@ -319,40 +319,55 @@ fn export(cfg: &AnchorConfig, c: &Checkpoint) -> Result<(), String> {
     result
 }
 
-/// Created exclusively (never overwriting, which a write-once target would
-/// refuse anyway), synced, and its folder synced, before it counts as
-/// exported. The same checkpoint exported again (at a restart) is fine.
+/// Written whole under a hidden name, synced, then linked to its final
+/// name, which fails rather than overwrite (a write-once target would
+/// refuse anyway): a reader listing the folder (`audit verify --anchor
+/// DIR`, a shipper) never sees a `checkpoint-*.json` that is still being
+/// written. The folder is synced before it counts as exported. The same
+/// checkpoint exported again (at a restart) is fine.
 fn write_anchor(dir: &Path, c: &Checkpoint, json: &str) -> Result<(), String> {
-    let path = dir.join(file_name(c));
+    let name = file_name(c);
+    let path = dir.join(&name);
+    let partial = dir.join(format!(".{name}.partial"));
     let content = format!("{json}\n");
-    let file = fs::OpenOptions::new()
+    // A partial file left by a crash mid-write is ours to replace.
+    match fs::remove_file(&partial) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&partial)(e)),
+        _ => {}
+    }
+    let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o644)
-        .open(&path);
-    let mut file = match file {
-        Ok(f) => f,
+        .open(&partial)
+        .map_err(at(&partial))?;
+    file.write_all(content.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(at(&partial))?;
+    let linked = fs::hard_link(&partial, &path);
+    let _ = fs::remove_file(&partial);
+    match linked {
+        Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let existing =
-                fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            return if existing == content {
-                Ok(())
-            } else {
-                Err(format!(
+            let existing = fs::read_to_string(&path).map_err(at(&path))?;
+            if existing != content {
+                return Err(format!(
                     "{} exists with other content: a different checkpoint {} was exported before",
                     path.display(),
                     c.seq
-                ))
-            };
+                ));
+            }
         }
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    file.write_all(content.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        Err(e) => return Err(at(&path)(e)),
+    }
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| format!("{}: {e}", dir.display()))
+        .map_err(at(dir))
+}
+
+/// An I/O error with the path it happened at.
+fn at(path: &Path) -> impl Fn(io::Error) -> String + '_ {
+    move |e| format!("{}: {e}", path.display())
 }
 
 /// `/bin/sh -c COMMAND` with the checkpoint on standard input and in

@@ -95,14 +95,8 @@ pub fn to_hex(h: &Hash) -> String {
 }
 
 pub fn from_hex(s: &str) -> Option<Hash> {
-    if s.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-        let pair = std::str::from_utf8(chunk).ok()?;
-        out[i] = u8::from_str_radix(pair, 16).ok()?;
-    }
+    hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
 
@@ -170,5 +164,8 @@ mod tests {
         assert_eq!(from_hex(&to_hex(&h)), Some(h));
         assert_eq!(from_hex("zz"), None);
         assert_eq!(from_hex(&"g".repeat(64)), None);
+        // A sign is not a hex digit, though u8::from_str_radix takes one.
+        assert_eq!(from_hex(&"+f".repeat(32)), None);
+        assert_eq!(from_hex(&to_hex(&h).to_uppercase()), Some(h));
     }
 }

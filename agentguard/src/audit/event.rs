@@ -12,8 +12,6 @@ use std::{net::SocketAddr, time::SystemTime};
 use rusqlite::types::Value;
 use serde::{Deserialize, Serialize};
 
-use crate::identity::Identity;
-
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -239,19 +237,6 @@ impl Event {
             kind,
             ..Self::default()
         }
-    }
-
-    /// Fills the fields the kernel and /proc tell about the process.
-    pub fn with_identity(mut self, identity: &Identity) -> Self {
-        self.agent = Some(identity.agent.to_string());
-        self.cgroup_path = Some(identity.cgroup.clone());
-        self.cgroup_id = Some(identity.cgroup_id);
-        self.pid = Some(identity.pid);
-        self.uid = Some(identity.uid);
-        self.gid = Some(identity.gid);
-        self.comm = Some(identity.comm.clone());
-        self.exe = identity.exe.as_ref().map(|p| p.display().to_string());
-        self
     }
 
     pub fn with_src(mut self, addr: SocketAddr) -> Self {

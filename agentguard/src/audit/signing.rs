@@ -29,9 +29,8 @@
 //! ```
 
 use std::{
-    fs,
-    io::{self, Write as _},
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    fs, io,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -255,7 +254,7 @@ impl Signer {
     /// Hex signature over checkpoint `(seq, hash, time)`.
     pub fn sign(&self, seq: i64, hash: &Hash, time: &str) -> String {
         let sig = self.key.sign(&message(seq, hash, time));
-        sig.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(sig.to_bytes())
     }
 
     /// Hex of the public key, stored with each checkpoint so a rotated key
@@ -322,22 +321,10 @@ fn hex_64(s: &str) -> Option<[u8; 64]> {
 /// Written to a temporary file and renamed, so a crash never leaves half a
 /// key; created with its final mode, so it is never briefly readable.
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SigningError> {
-    let write_err = |source| SigningError::Write {
+    crate::atomic_file::replace(path, bytes, mode).map_err(|e| SigningError::Write {
         path: path.to_owned(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(write_err)?;
-    file.write_all(bytes).map_err(write_err)?;
-    file.sync_all().map_err(write_err)?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(write_err)?;
-    fs::rename(&tmp, path).map_err(write_err)
+        source: e.source,
+    })
 }
 
 #[cfg(test)]

@@ -423,14 +423,7 @@ fn tail(
 }
 
 fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    crate::percent::encode(s)
 }
 
 fn print(records: &[Record], format: Format) -> Result<(), AuditCliError> {

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// When no `timeout` is given.
@@ -15,9 +16,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The file's form.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ApprovalSection {
+    /// How long a request waits for a verdict, e.g. `"5m"` (the default);
+    /// from 1s to 60m. Undecided by then, it is refused.
     pub timeout: Option<String>,
 }
 

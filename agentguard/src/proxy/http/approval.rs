@@ -154,8 +154,9 @@ async fn record(
     id: &str,
     request_hash: &str,
 ) {
-    let mut event = Event::new(Kind::Approval)
-        .with_identity(&meta.identity)
+    let mut event = meta
+        .identity
+        .stamp(Event::new(Kind::Approval))
         .with_decision(decision, reason);
     event.rule = Some(rule.to_owned());
     event.actor = actor;
