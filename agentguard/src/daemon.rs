@@ -208,6 +208,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         fetcher: Arc::new(UpstreamTokenFetcher::new(upstreams.clone())),
         audit: Some(audit.sink.clone()),
         resolvers: resolvers.clone(),
+        revocations: revocations.clone(),
         serial: Mutex::new(()),
     });
     let live = Arc::new(Live::new(reloader.build(None)?));
@@ -238,18 +239,17 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     }
     let policy_version = live.load().policy.version.clone();
     let approvals = Arc::new(crate::approvals::Approvals::default());
-    let kernel = reloader.kernel.clone();
     let oversight = Arc::new(crate::oversight::Oversight::new(
         approvals.clone(),
         revocations.clone(),
         live.clone(),
         audit.sink.clone(),
-        Arc::new(move |cgroup_id, revoked| {
-            crate::revoke::kernel::set_revoked(&kernel, cgroup_id, revoked)
-                .map_err(|e| e.to_string())
-        }),
+        {
+            // The marks of revoked agents were set by `build` above.
+            let (reloader, live) = (reloader.clone(), live.clone());
+            Arc::new(move || reloader.sync_revoked(&live).map_err(|e| e.to_string()))
+        },
     ));
-    oversight.sync_kernel();
     for (agent, r) in revocations.all() {
         warn!(agent, reason = %r.reason, by = %r.by, since = %r.time, "agent is revoked; `agentguard restore --agent {agent}` lifts it");
     }

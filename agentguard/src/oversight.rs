@@ -16,9 +16,9 @@ use crate::{
     revoke::{Revocations, RevokeError, Revoked},
 };
 
-/// Sets or clears the kernel's revoked flag of a cgroup id (see
-/// [`crate::revoke::kernel::set_revoked`]).
-pub type KernelFlag = Arc<dyn Fn(u64, bool) -> Result<(), String> + Send + Sync>;
+/// Makes the kernel's revoked marks match the saved revocations (see
+/// [`crate::revoke::kernel`]). Blocking: it waits for a reload under way.
+pub type KernelSync = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// The longest reason kept: prose for the record, not a channel.
 const MAX_REASON: usize = 512;
@@ -64,7 +64,7 @@ pub struct Oversight {
     pub revocations: Arc<Revocations>,
     live: Arc<Live>,
     audit: AuditSink,
-    kernel: KernelFlag,
+    kernel: KernelSync,
 }
 
 impl Oversight {
@@ -73,7 +73,7 @@ impl Oversight {
         revocations: Arc<Revocations>,
         live: Arc<Live>,
         audit: AuditSink,
-        kernel: KernelFlag,
+        kernel: KernelSync,
     ) -> Self {
         Self {
             approvals,
@@ -132,9 +132,7 @@ impl Oversight {
                 true
             }
         };
-        if let Some(guarded) = state.agents.get(agent)
-            && let Err(e) = (self.kernel)(guarded.cgroup.id, true)
-        {
+        if let Err(e) = self.sync_kernel().await {
             warnings.push(format!("the kernel flag was not set: {e}"));
         }
         let approvals_denied = denied.len();
@@ -169,9 +167,7 @@ impl Oversight {
         }
         self.revocations.restore(agent)?;
         let mut warnings = Vec::new();
-        if let Some(guarded) = self.live.load().agents.get(agent)
-            && let Err(e) = (self.kernel)(guarded.cgroup.id, false)
-        {
+        if let Err(e) = self.sync_kernel().await {
             warnings.push(format!("the kernel flag was not cleared: {e}"));
         }
         self.audit
@@ -211,17 +207,13 @@ impl Oversight {
         Ok(self.approvals.deny(id, actor, &reason, expected_hash)?)
     }
 
-    /// At start: the kernel flag of every revoked agent in the policy, so
-    /// that the kernel and the saved list agree.
-    pub fn sync_kernel(&self) {
-        let state = self.live.load();
-        for agent in self.revocations.all().keys() {
-            if let Some(guarded) = state.agents.get(agent)
-                && let Err(e) = (self.kernel)(guarded.cgroup.id, true)
-            {
-                warn!(agent, error = %e, "could not set the kernel flag of a revoked agent");
-            }
-        }
+    /// The kernel's marks, after the saved list changed (off the
+    /// runtime's workers: a reload under way holds what it waits for).
+    async fn sync_kernel(&self) -> Result<(), String> {
+        let sync = self.kernel.clone();
+        tokio::task::spawn_blocking(move || sync())
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     fn event(

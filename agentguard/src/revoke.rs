@@ -4,9 +4,10 @@
 //!
 //! This is the proxy's half. The kernel's half (a per-cgroup flag that makes
 //! the agent's connect() fail with EPERM before the proxy ever sees it) is
-//! set through [`kernel`]; `crate::oversight` does both, with the rest of
-//! what revoking means (held approvals denied, cached credentials dropped,
-//! the audit event).
+//! made to match this list by [`kernel`], at every policy load and after
+//! every change; `crate::oversight` does both, with the rest of what
+//! revoking means (held approvals denied, cached credentials dropped, the
+//! audit event).
 //!
 //! The signal is one `watch` channel per agent. Each connection task
 //! subscribes when it starts ([`Revocations::until_revoked`]) and is dropped,

@@ -1,7 +1,8 @@
 //! `agentguard revoke`: every open connection of the agent ends at once (a
 //! streaming response, an idle keep-alive connection, a passthrough relay,
-//! a request held for approval), its next connection fails, and the
-//! revocation holds across a daemon restart until `agentguard restore`.
+//! a request held for approval), its next connect fails with EPERM in the
+//! kernel, and the revocation holds across a daemon restart until
+//! `agentguard restore`.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -9,8 +10,6 @@ use std::{
     sync::mpsc,
     time::{Duration, Instant},
 };
-
-use serde_json::Value;
 
 use crate::common::{Daemon, DnsUpstream, TestCa, TlsUpstream, alone, require_root, text};
 
@@ -60,6 +59,29 @@ approval = {{ timeout = "60s" }}
 host = "{PASS}"
 "#
     )
+}
+
+/// One TCP connect, as the agent makes it: prints its errno (0: it
+/// connected).
+const CONNECT: &str = r#"
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10).close()
+    print(0)
+except OSError as e:
+    print(e.errno)
+"#;
+
+/// The errno of a connect from the agent's cgroup to the upstream's
+/// address (redirected to the proxy while the agent is not revoked).
+fn connect_errno(daemon: &Daemon, upstream: &TlsUpstream) -> String {
+    let port = upstream.addr.port().to_string();
+    let out = daemon
+        .in_cgroup(AGENT, &["python3", "-c", CONNECT, "127.0.0.3", &port])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).trim().to_owned()
 }
 
 /// Lines a child prints, as they come.
@@ -127,6 +149,7 @@ fn revoking_ends_every_open_connection_at_once_and_holds_across_a_restart() {
         .args(&["--dns-upstream", &dns_addr])
         .start();
     assert!(get_once(&daemon, &api));
+    assert_eq!(connect_errno(&daemon, &api), "0");
 
     // A long-lived streaming response, intercepted.
     let mut stream = daemon
@@ -239,8 +262,10 @@ fn revoking_ends_every_open_connection_at_once_and_holds_across_a_restart() {
     assert!(api.seen().iter().all(|r| r.path != "/echo"));
     let _ = idle.wait();
 
-    // The next connection fails, and the upstream never hears of it.
+    // The next connection fails, at connect, in the kernel (EPERM), and
+    // the upstream never hears of it.
     let before = api.seen().len();
+    assert_eq!(connect_errno(&daemon, &api), "1");
     assert!(!get_once(&daemon, &api));
     assert_eq!(api.seen().len(), before);
 
@@ -253,9 +278,17 @@ fn revoking_ends_every_open_connection_at_once_and_holds_across_a_restart() {
         .unwrap();
     assert_eq!(agent["revoked"]["reason"], "its key leaked");
 
-    let events = daemon.wait_for_events("revocation and the refused connection", |e| {
-        e.iter().any(|e| e["kind"] == "revocation") && e.iter().any(refused_as_revoked)
+    let events = daemon.wait_for_events("revocation and the refused connect", |e| {
+        e.iter().any(|e| e["kind"] == "revocation")
+            && e.iter()
+                .any(|e| e["kind"] == "kernel_refusal" && e["rule"] == "kernel:agent-revoked")
     });
+    let refused = events
+        .iter()
+        .find(|e| e["rule"] == "kernel:agent-revoked")
+        .unwrap();
+    assert_eq!(refused["agent"], AGENT);
+    assert_eq!(refused["decision"], "refuse");
     let revocation = events.iter().find(|e| e["kind"] == "revocation").unwrap();
     assert_eq!(revocation["decision"], "deny");
     assert_eq!(revocation["reason"], "its key leaked");
@@ -270,7 +303,13 @@ fn revoking_ends_every_open_connection_at_once_and_holds_across_a_restart() {
 
     // After a restart (a crash, even), still revoked.
     daemon.kill9();
+    assert_eq!(
+        connect_errno(&daemon, &api),
+        "1",
+        "while the daemon is down"
+    );
     daemon.restart();
+    assert_eq!(connect_errno(&daemon, &api), "1");
     assert!(!get_once(&daemon, &api));
     assert_eq!(api.seen().len(), before);
     let restarted = daemon.status();
@@ -278,21 +317,13 @@ fn revoking_ends_every_open_connection_at_once_and_holds_across_a_restart() {
 
     let out = daemon.cli(&["restore", "--agent", AGENT]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(connect_errno(&daemon, &api), "0");
     assert!(get_once(&daemon, &api));
     let events = daemon.wait_for_events("restore", |e| {
         e.iter()
             .any(|e| e["kind"] == "revocation" && e["decision"] == "allow")
     });
     assert!(events.iter().any(|e| e["rule"] == "restore"));
-}
-
-/// The refusal of a revoked agent's connection: in the proxy, or (with the
-/// kernel's revoked flag) at connect.
-fn refused_as_revoked(e: &Value) -> bool {
-    matches!(
-        e["rule"].as_str(),
-        Some("agent-revoked" | "kernel:agent-revoked")
-    )
 }
 
 #[test]

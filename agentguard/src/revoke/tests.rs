@@ -62,3 +62,51 @@ async fn revoking_ends_the_agents_tasks_and_no_others() {
     assert_eq!(r.until_revoked("a", async { 3 }).await, Some(3));
     b_task.abort();
 }
+
+#[test]
+fn the_kernel_plan_marks_revoked_agents_cgroups_and_clears_every_other_mark() {
+    use crate::{cgroup::Cgroup, identity::GuardedAgent};
+    let agent = |name: &str, id: u64| GuardedAgent {
+        name: name.into(),
+        cgroup: Cgroup {
+            path: format!("/sys/fs/cgroup/agentguard/{name}").into(),
+            id,
+        },
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let r = Revocations::load(dir.path()).unwrap();
+    r.revoke("a", revoked("leaked key")).unwrap();
+    r.revoke("gone", revoked("no longer in the policy"))
+        .unwrap();
+    let agents = [agent("a", 10), agent("b", 20)];
+
+    // Nothing marked yet: a's cgroup is marked; "gone" has no cgroup.
+    assert_eq!(
+        kernel::plan(&agents, &r, &[]),
+        kernel::Plan {
+            mark: vec![10],
+            clear: vec![]
+        }
+    );
+    // Already right: nothing to do.
+    assert_eq!(kernel::plan(&agents, &r, &[10]), kernel::Plan::default());
+    // A reload moved a to cgroup 11: the mark moves with it; b's stray
+    // mark (a crash between a restore's save and its kernel update) goes.
+    let moved = [agent("a", 11), agent("b", 20)];
+    assert_eq!(
+        kernel::plan(&moved, &r, &[10, 20]),
+        kernel::Plan {
+            mark: vec![11],
+            clear: vec![10, 20]
+        }
+    );
+    // Restored: its mark is cleared.
+    r.restore("a").unwrap();
+    assert_eq!(
+        kernel::plan(&moved, &r, &[11]),
+        kernel::Plan {
+            mark: vec![],
+            clear: vec![11]
+        }
+    );
+}
