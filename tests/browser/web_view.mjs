@@ -136,6 +136,8 @@ try {
   await card.waitFor();
   const cardText = await card.innerText();
   if (!cardText.includes(AGENT) || !cardText.includes('POST')) fail(`approval card: ${cardText}`);
+  const heldCount = () => page.locator('#held-count').innerText();
+  if ((await heldCount()) !== '1') fail(`the nav counts ${await heldCount()} held`);
   await shot(page, 'approvals');
   await card.locator('button', { hasText: 'Approve' }).click();
   const approved = await held;
@@ -143,6 +145,8 @@ try {
     fail(`the held request did not complete after approval: ${approved.code} ${approved.stdout} ${approved.stderr}`);
   }
   await page.locator('#no-approvals').waitFor();
+  // The nav's count follows at once, not at its next poll.
+  if ((await heldCount()) !== '') fail(`the nav still counts ${await heldCount()} held`);
   step('a held call was approved and reached the upstream');
 
   // The agents page; the agent revoked from here.

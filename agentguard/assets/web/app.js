@@ -126,16 +126,21 @@ function route() {
 
 window.addEventListener('hashchange', route);
 
+// The nav's count of held requests: polled, and set at once by what
+// changes it here (a decision, a revocation), so it is never stale after
+// the user's own action.
+function showHeld(n) {
+  document.getElementById('held-count').textContent = n ? String(n) : '';
+}
+
+async function refreshHeld() {
+  try { showHeld((await api('/api/approvals')).length); } catch (_) { /* signed out */ }
+}
+
 async function pollHeld() {
   if (state.heldTimer) clearInterval(state.heldTimer);
-  const tick = async () => {
-    try {
-      const held = await api('/api/approvals');
-      document.getElementById('held-count').textContent = held.length ? String(held.length) : '';
-    } catch (_) { /* signed out */ }
-  };
-  tick();
-  state.heldTimer = setInterval(tick, 2000);
+  refreshHeld();
+  state.heldTimer = setInterval(refreshHeld, 2000);
 }
 
 // ---- events ---------------------------------------------------------------
@@ -342,7 +347,7 @@ async function agentsView() {
       } else {
         actions.append(reason, el('button', {
           type: 'button', class: 'danger', id: `revoke-${a.name}`,
-          onclick: async () => { await act(`/api/agents/${encodeURIComponent(a.name)}/revoke`, { reason: reason.value }); agentsView(); },
+          onclick: async () => { await act(`/api/agents/${encodeURIComponent(a.name)}/revoke`, { reason: reason.value }); refreshHeld(); agentsView(); },
         }, 'Revoke now'));
       }
     }
@@ -381,6 +386,7 @@ async function approvalsView() {
   const body = el('div', { id: 'approvals' });
   show(el('h1', {}, 'Held for approval'), body);
   const render = (held) => {
+    showHeld(held.length);
     if (!held.length) { body.replaceChildren(el('p', { class: 'notice', id: 'no-approvals' }, 'No request is waiting.')); return; }
     // Keep what an approver is typing: only add and remove cards.
     const ids = new Set(held.map((h) => h.id));
