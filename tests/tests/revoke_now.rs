@@ -6,12 +6,15 @@
 
 use std::{
     io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
     process::{Child, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
-use crate::common::{Daemon, DnsUpstream, TestCa, TlsUpstream, alone, require_root, text};
+use crate::common::{
+    Daemon, DnsUpstream, TestCa, TlsUpstream, alone, in_cgroup_dir, require_root, text,
+};
 
 const AGENT: &str = "revoked-agent";
 const API: &str = "api.agentguard.test";
@@ -75,9 +78,12 @@ except OSError as e:
 /// The errno of a connect from the agent's cgroup to the upstream's
 /// address (redirected to the proxy while the agent is not revoked).
 fn connect_errno(daemon: &Daemon, upstream: &TlsUpstream) -> String {
+    connect_errno_from(&daemon.cgroup_path(AGENT), upstream)
+}
+
+fn connect_errno_from(cgroup: &Path, upstream: &TlsUpstream) -> String {
     let port = upstream.addr.port().to_string();
-    let out = daemon
-        .in_cgroup(AGENT, &["python3", "-c", CONNECT, "127.0.0.3", &port])
+    let out = in_cgroup_dir(cgroup, &["python3", "-c", CONNECT, "127.0.0.3", &port])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -337,4 +343,65 @@ fn unknown_agents_cannot_be_revoked_and_unrevoked_ones_not_restored() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("is not revoked"));
     assert!(!daemon.state_dir().join("revoked.json").exists());
+}
+
+/// Removes cgroups a test made beside its daemon's (declared before the
+/// daemon, so dropped after it).
+struct RemoveCgroups(Vec<PathBuf>);
+
+impl Drop for RemoveCgroups {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_reload_that_moves_a_revoked_agent_moves_its_kernel_flag() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("agentguard test upstream CA", dir.path());
+    let api = TlsUpstream::start("127.0.0.3", API, &ca);
+    let mut cleanup = RemoveCgroups(Vec::new());
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy())
+        .upstream_ca(&ca.pem_path)
+        .start();
+    let old = daemon.cgroup_path(AGENT);
+    let moved = old.with_file_name("moved");
+    cleanup.0 = vec![moved.clone(), old.parent().unwrap().to_owned()];
+
+    let out = daemon.cli(&["revoke", "--agent", AGENT]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(connect_errno_from(&old, &api), "1");
+
+    // The agent's policy now names another cgroup.
+    let file = daemon.policy_path(AGENT);
+    let policy = std::fs::read_to_string(&file).unwrap();
+    let tag = old.parent().unwrap().file_name().unwrap().to_str().unwrap();
+    let from = format!("cgroup = \"{tag}/{AGENT}\"");
+    assert!(policy.contains(&from), "{policy}");
+    std::fs::write(
+        &file,
+        policy.replace(&from, &format!("cgroup = \"{tag}/moved\"")),
+    )
+    .unwrap();
+    let status = daemon.wait_for_reload(true);
+    assert!(status["agents"][0]["revoked"].is_object(), "{status}");
+
+    // Its new cgroup is refused in the kernel; the old one, no agent's
+    // now, lost its mark (the proxy refuses a cgroup no agent has).
+    assert_eq!(connect_errno_from(&moved, &api), "1");
+    assert_eq!(connect_errno_from(&old, &api), "0");
+
+    let out = daemon.cli(&["restore", "--agent", AGENT]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(connect_errno_from(&moved, &api), "0");
+    drop(daemon);
 }
