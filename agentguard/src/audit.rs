@@ -10,6 +10,7 @@
 //! - `verify`, `query`, `ocsf`: what the `agentguard audit` commands do.
 //! - `otlp`: export to an OpenTelemetry collector.
 //! - `traceparent`: the W3C trace context a request's event keeps.
+//! - `rpc_call`: a JSON-RPC message of a request, as its event keeps it.
 //!
 //! Emitters hold an [`AuditSink`]: [`AuditSink::record`] waits while the
 //! queue is full (backpressure) and never drops an event. The writer assigns
@@ -22,6 +23,7 @@ pub mod event;
 pub mod ocsf;
 pub mod otlp;
 pub mod query;
+pub mod rpc_call;
 pub mod signing;
 pub mod store;
 pub mod traceparent;
@@ -43,6 +45,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{error, info};
 
 pub use event::{Decision, Event, Kind};
+pub use rpc_call::RpcCall;
 pub use signing::SigningError;
 pub use store::{Checkpoint, Record, Store, StoreError};
 pub use writer::{Stats, WriterConfig};

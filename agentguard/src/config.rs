@@ -1,5 +1,8 @@
 //! Daemon configuration: names and defaults, parsing helpers, one validation
-//! step, and a one-line summary logged at start.
+//! step, and a one-line summary logged at start. `layers` decides which of
+//! flag, environment, config file and default gives each value.
+
+pub mod layers;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -98,6 +101,11 @@ pub enum ConfigError {
     Otlp(#[from] crate::audit::otlp::OtlpError),
     #[error(transparent)]
     Anchor(#[from] crate::audit::anchor::AnchorError),
+    #[error("{flag} needs {needs} too")]
+    Needs {
+        flag: &'static str,
+        needs: &'static str,
+    },
     #[error("{flag}: {value} must be between 1 and {max}")]
     OutOfRange {
         flag: &'static str,

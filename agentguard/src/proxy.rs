@@ -64,4 +64,6 @@ pub struct ProxyContext {
     pub revocations: Arc<crate::revoke::Revocations>,
     /// Requests held for a person's approval.
     pub approvals: Arc<crate::approvals::Approvals>,
+    /// Counts calls against tools' rates; survives policy reloads.
+    pub limiter: Arc<crate::policy::RateLimiter>,
 }

@@ -5,6 +5,7 @@
 
 mod bench;
 mod cmd;
+mod package;
 mod paths;
 mod privilege;
 mod run;
@@ -50,6 +51,9 @@ enum Command {
         #[arg(long)]
         no_setup: bool,
     },
+    /// Build the Debian package (target/debian/); with --check, install it
+    /// here, check it and purge it again.
+    Package(package::Options),
     /// Benchmarks: the direct path, agentguard's paths, mitmproxy and nginx
     /// side by side; writes docs/benchmarks.md and target/bench/.
     Bench(bench::Options),
@@ -62,6 +66,7 @@ impl Command {
             Command::Run { .. } => "run",
             Command::Test { .. } => "test",
             Command::Screenshots { .. } => "screenshots",
+            Command::Package(_) => "package",
             Command::Bench(_) => "bench",
         }
     }
@@ -90,6 +95,7 @@ fn try_main() -> anyhow::Result<ExitCode> {
         Command::Run { args } => match run::run(&root, &args)? {},
         Command::Test { no_setup } => test::run(&root, !no_setup)?,
         Command::Screenshots { no_setup } => screenshots::run(&root, !no_setup)?,
+        Command::Package(opts) => package::run(&root, &opts)?,
         Command::Bench(opts) => bench::run(&root, &opts)?,
     }
     Ok(ExitCode::SUCCESS)

@@ -147,7 +147,7 @@ async function pollHeld() {
 
 const FILTERS = [
   ['agent', 'Agent'], ['decision', 'Decision'], ['kind', 'Kind'], ['tool', 'Tool'], ['host', 'Host'],
-  ['mcp_tool', 'MCP tool'], ['since', 'Since (15m, RFC 3339)'], ['until', 'Until'], ['q', 'Text'],
+  ['mcp_target', 'MCP tool, prompt or resource'], ['since', 'Since (15m, RFC 3339)'], ['until', 'Until'], ['q', 'Text'],
 ];
 const DECISIONS = ['', 'allow', 'deny', 'would-deny', 'refuse', 'intercept', 'passthrough', 'accept', 'reject'];
 const KINDS = ['', 'request', 'connection', 'kernel_refusal', 'dns_query', 'approval', 'revocation', 'login',
@@ -174,7 +174,7 @@ function eventRow(r, fresh) {
   el('td', { class: 'nowrap' }, r.agent || '–'),
   el('td', {}, badge(r.decision)),
   el('td', { class: 'mono' }, summary(r)),
-  el('td', {}, r.tool || r.mcp_tool || ''),
+  el('td', {}, r.tool || r.mcp_target || ''),
   el('td', {}, r.status ? String(r.status) : ''),
   el('td', {}, r.reason || ''));
 }
@@ -262,7 +262,7 @@ async function eventView([seq]) {
       ])),
       el('div', { class: 'card', id: 'detail-decision' }, el('h2', {}, 'Decision'), fields([
         ['Time (UTC)', r.time, true], ['Decision', r.decision], ['Rule', r.rule, true], ['Reason', r.reason],
-        ['Tool', r.tool], ['MCP tool', r.mcp_tool], ['Policy version', r.policy_version, true],
+        ['Tool', r.tool], ['MCP target', r.mcp_target], ['JSON-RPC method', r.rpc_method], ['Policy version', r.policy_version, true],
         ['Credential id', r.credential_id, true], ['Token jti', r.token_jti, true],
         ['Approval', r.approval_id, true], ['Request hash', r.request_hash, true], ['Event id', r.id, true],
       ])),

@@ -221,10 +221,19 @@ pub struct Event {
     /// body: the `rh` of request-bound tokens).
     #[serde(default)]
     pub request_hash: Option<String>,
-    /// The MCP tool a call named (`tools/call`), where the proxy reads tool
-    /// calls; the web view filters on it.
+    /// The JSON-RPC method of the request's body (`tools/call`, ...); for a
+    /// batch, its members' methods in order, joined by `,`. Extension.
     #[serde(default)]
-    pub mcp_tool: Option<String>,
+    pub rpc_method: Option<String>,
+    /// The MCP tool, prompt or resource URI the call names (a batch's,
+    /// joined by `,`). Extension.
+    #[serde(default)]
+    pub mcp_target: Option<String>,
+    /// Each JSON-RPC message of the body as decided, a JSON array of
+    /// [`super::RpcCall`]: the arguments only where the policy records
+    /// them, else their SHA-256. Extension.
+    #[serde(default)]
+    pub rpc_calls: Option<String>,
 }
 
 impl Event {
@@ -470,7 +479,15 @@ columns!(
         duration_us,
     ],
     // Appended since; each must be optional (NULL in older rows).
-    extension: [traceparent, actor, approval_id, request_hash, mcp_tool],
+    extension: [
+        traceparent,
+        actor,
+        approval_id,
+        request_hash,
+        rpc_method,
+        mcp_target,
+        rpc_calls,
+    ],
 );
 
 #[cfg(test)]

@@ -206,7 +206,9 @@ pub fn render(record: &Record) -> Value {
                 "actor": e.actor,
                 "approval_id": e.approval_id,
                 "request_hash": e.request_hash,
-                "mcp_tool": e.mcp_tool,
+                "rpc_method": e.rpc_method,
+                "mcp_target": e.mcp_target,
+                "rpc_calls": e.rpc_calls.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok()),
                 "seq": record.seq,
                 "hash": record.hash,
             }

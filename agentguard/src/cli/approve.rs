@@ -2,24 +2,20 @@
 //! people do to running agents, through the admin socket (see
 //! `crate::oversight`).
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::Path, process::ExitCode};
 
 use clap::Subcommand;
 
 use crate::{
     admin::AdminClient,
     approvals::PendingView,
-    config::DEFAULT_ADMIN_SOCKET,
     oversight::{RestoreOutcome, RevokeOutcome},
 };
 
 #[derive(Debug, Subcommand)]
 pub enum HumanCommand {
     /// List the requests waiting for approval, one JSON object a line.
-    Approvals {
-        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
-        admin_socket: PathBuf,
-    },
+    Approvals,
     /// Approve a held request: it is sent upstream, once.
     Approve {
         /// The request's id (`agentguard approvals`).
@@ -28,8 +24,6 @@ pub enum HumanCommand {
         /// request's.
         #[arg(long)]
         hash: Option<String>,
-        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
-        admin_socket: PathBuf,
     },
     /// Deny a held request: the agent gets 403 with the reason.
     Deny {
@@ -38,8 +32,6 @@ pub enum HumanCommand {
         reason: Option<String>,
         #[arg(long)]
         hash: Option<String>,
-        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
-        admin_socket: PathBuf,
     },
     /// Revoke an agent now: its connections are closed, new ones refused,
     /// held requests denied, cached tokens dropped; kept across restarts.
@@ -48,19 +40,15 @@ pub enum HumanCommand {
         agent: String,
         #[arg(long)]
         reason: Option<String>,
-        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
-        admin_socket: PathBuf,
     },
     /// Lift an agent's revocation.
     Restore {
         #[arg(long)]
         agent: String,
-        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
-        admin_socket: PathBuf,
     },
 }
 
-pub fn run(command: HumanCommand) -> Result<ExitCode, super::CliError> {
+pub fn run(command: HumanCommand, admin_socket: &Path) -> Result<ExitCode, super::CliError> {
     let rt = super::runtime()?;
     let by = caller();
     let query = |pairs: &[(&str, Option<&str>)]| {
@@ -75,60 +63,47 @@ pub fn run(command: HumanCommand) -> Result<ExitCode, super::CliError> {
     };
     let segment = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     match command {
-        HumanCommand::Approvals { admin_socket } => {
+        HumanCommand::Approvals => {
             let pending: Vec<PendingView> =
-                rt.block_on(AdminClient::new(&admin_socket).get("/v1/approvals"))?;
+                rt.block_on(AdminClient::new(admin_socket).get("/v1/approvals"))?;
             for p in pending {
                 println!("{}", serde_json::to_string(&p).unwrap_or_default());
             }
             Ok(ExitCode::SUCCESS)
         }
-        HumanCommand::Approve {
-            id,
-            hash,
-            admin_socket,
-        } => {
+        HumanCommand::Approve { id, hash } => {
             let route = format!(
                 "/v1/approvals/{}/approve?{}",
                 segment(&id),
                 query(&[("hash", hash.as_deref())])
             );
-            let view: PendingView = rt.block_on(AdminClient::new(&admin_socket).post(&route))?;
+            let view: PendingView = rt.block_on(AdminClient::new(admin_socket).post(&route))?;
             println!(
                 "approved {} {} {} of agent {:?}",
                 view.id, view.method, view.url, view.agent
             );
             Ok(ExitCode::SUCCESS)
         }
-        HumanCommand::Deny {
-            id,
-            reason,
-            hash,
-            admin_socket,
-        } => {
+        HumanCommand::Deny { id, reason, hash } => {
             let route = format!(
                 "/v1/approvals/{}/deny?{}",
                 segment(&id),
                 query(&[("reason", reason.as_deref()), ("hash", hash.as_deref())])
             );
-            let view: PendingView = rt.block_on(AdminClient::new(&admin_socket).post(&route))?;
+            let view: PendingView = rt.block_on(AdminClient::new(admin_socket).post(&route))?;
             println!(
                 "denied {} {} {} of agent {:?}",
                 view.id, view.method, view.url, view.agent
             );
             Ok(ExitCode::SUCCESS)
         }
-        HumanCommand::Revoke {
-            agent,
-            reason,
-            admin_socket,
-        } => {
+        HumanCommand::Revoke { agent, reason } => {
             let route = format!(
                 "/v1/agents/{}/revoke?{}",
                 segment(&agent),
                 query(&[("reason", reason.as_deref())])
             );
-            let out: RevokeOutcome = rt.block_on(AdminClient::new(&admin_socket).post(&route))?;
+            let out: RevokeOutcome = rt.block_on(AdminClient::new(admin_socket).post(&route))?;
             println!(
                 "revoked agent {:?}{}: {} connection(s) closed, {} held request(s) denied, {} cached token(s) dropped",
                 out.agent,
@@ -143,12 +118,9 @@ pub fn run(command: HumanCommand) -> Result<ExitCode, super::CliError> {
             );
             Ok(warned(&out.warnings))
         }
-        HumanCommand::Restore {
-            agent,
-            admin_socket,
-        } => {
+        HumanCommand::Restore { agent } => {
             let route = format!("/v1/agents/{}/restore?{}", segment(&agent), query(&[]));
-            let out: RestoreOutcome = rt.block_on(AdminClient::new(&admin_socket).post(&route))?;
+            let out: RestoreOutcome = rt.block_on(AdminClient::new(admin_socket).post(&route))?;
             println!("restored agent {:?}", out.agent);
             Ok(warned(&out.warnings))
         }

@@ -5,7 +5,10 @@ use std::{io::BufRead as _, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Subcommand};
 
-use crate::web::{WebOptions, users};
+use crate::{
+    config::ConfigError,
+    web::{WebOptions, users},
+};
 
 #[derive(Debug, Args)]
 pub struct WebRunArgs {
@@ -31,13 +34,28 @@ pub struct WebRunArgs {
 }
 
 impl WebRunArgs {
-    pub fn options(&self) -> Option<WebOptions> {
-        Some(WebOptions {
-            listen: self.web_listen?,
-            users: self.web_users.clone()?,
+    /// The web view's options; `None`: off. clap's `requires` sees flags
+    /// only, so what a variable or the config file sets is checked here:
+    /// half a configuration is an error, never a web view silently off.
+    pub fn options(&self) -> Result<Option<WebOptions>, ConfigError> {
+        let needs = |flag, needs| Err(ConfigError::Needs { flag, needs });
+        match (&self.web_tls_cert, &self.web_tls_key) {
+            (Some(_), None) => return needs("--web-tls-cert", "--web-tls-key"),
+            (None, Some(_)) => return needs("--web-tls-key", "--web-tls-cert"),
+            _ => {}
+        }
+        let Some(listen) = self.web_listen else {
+            return Ok(None);
+        };
+        let Some(users) = self.web_users.clone() else {
+            return needs("--web-listen", "--web-users");
+        };
+        Ok(Some(WebOptions {
+            listen,
+            users,
             cert_and_key: self.web_tls_cert.clone().zip(self.web_tls_key.clone()),
             names: self.web_tls_name.clone(),
-        })
+        }))
     }
 }
 

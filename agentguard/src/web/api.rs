@@ -2,7 +2,7 @@
 //!
 //! - `POST /api/login` `{name, password}` → `{name, role, csrf}` and the
 //!   session cookie; `POST /api/logout`; `GET /api/me`
-//! - `GET /api/events?agent&decision&kind&tool&host&mcp_tool&since&until&q&before&limit`
+//! - `GET /api/events?agent&decision&kind&tool&host&mcp_target&since&until&q&before&limit`
 //!   → `{records}` (oldest first); `GET /api/events/stream?...&after=SEQ`
 //!   → Server-Sent Events; `GET /api/events/{seq}` → the record and its
 //!   place in the chain

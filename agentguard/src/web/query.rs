@@ -42,13 +42,13 @@ const TEXT_COLUMNS: &[&str] = &[
     "policy_version",
     "actor",
     "approval_id",
-    "mcp_tool",
+    "mcp_target",
 ];
 
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
     pub base: Filter,
-    pub mcp_tool: Option<String>,
+    pub mcp_target: Option<String>,
     /// Case-insensitive, anywhere in the text columns.
     pub text: Option<String>,
     /// Only records before this sequence number (older pages).
@@ -80,7 +80,7 @@ impl EventFilter {
                 }
                 "tool" => f.base.tool = Some(v),
                 "host" => f.base.host = Some(v),
-                "mcp_tool" => f.mcp_tool = Some(v),
+                "mcp_target" => f.mcp_target = Some(v),
                 "since" => {
                     f.base.since = Some(query::parse_time(&v, now).map_err(|e| e.to_string())?)
                 }
@@ -101,9 +101,9 @@ impl EventFilter {
     pub fn matches(&self, seq: i64, e: &Event) -> bool {
         self.base.matches(e)
             && self
-                .mcp_tool
+                .mcp_target
                 .as_ref()
-                .is_none_or(|m| e.mcp_tool.as_deref() == Some(m))
+                .is_none_or(|m| e.mcp_target.as_deref() == Some(m))
             && self.before.is_none_or(|b| seq < b)
             && self.after.is_none_or(|a| seq > a)
             && self
@@ -146,8 +146,8 @@ impl EventFilter {
         if let Some(u) = &f.until {
             add("time <= ?", Value::Text(u.clone()));
         }
-        if let Some(m) = &self.mcp_tool {
-            add("mcp_tool = ?", Value::Text(m.clone()));
+        if let Some(m) = &self.mcp_target {
+            add("mcp_target = ?", Value::Text(m.clone()));
         }
         if let Some(b) = self.before {
             add("seq < ?", Value::Integer(b));
@@ -213,7 +213,7 @@ mod tests {
             request("other", "api.github.com", "x"),
         ];
         let mut mcp = request("bot", "mcp.example.com", "y");
-        mcp.mcp_tool = Some("create_issue".into());
+        mcp.mcp_target = Some("create_issue".into());
         let all: Vec<Event> = events.into_iter().chain([mcp]).collect();
         // The chain's hashes do not matter to filters.
         let records: Vec<Record> = all
@@ -234,7 +234,7 @@ mod tests {
             ("host=api.example.com", vec![2]),
             ("q=merge+freeze", vec![2]),
             ("q=GITHUB.COM&agent=other", vec![3]),
-            ("mcp_tool=create_issue", vec![4]),
+            ("mcp_target=create_issue", vec![4]),
             ("before=3&agent=bot", vec![1, 2]),
             ("after=2", vec![3, 4]),
             ("since=1h&decision=allow&tool=github", vec![1, 2, 3, 4]),

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, body::Bytes, header::CONTENT_LENGTH};
 use tracing::info;
 
-use super::{ConnMeta, plan::Forward, record::Outcome};
+use super::{ConnMeta, agent_body, aws::AgentBody, plan::Forward, record::Outcome};
 use crate::{
     approvals::{Binding, HeldRequest, MAX_HELD_BODY, Verdict},
     audit::{Decision, Event, Kind},
@@ -25,22 +25,31 @@ use crate::{
 /// Holds `req` until it is approved (then returns it, its body buffered,
 /// to be forwarded exactly as hashed) or refused.
 pub(super) async fn hold(
-    req: Request<ProxyBody>,
+    req: Request<AgentBody>,
     forward: &Forward<'_>,
     policy: &ApprovalPolicy,
     meta: &ConnMeta,
     ctx: &ProxyContext,
     out: &mut Outcome,
-) -> Result<Request<ProxyBody>, Refusal> {
+) -> Result<Request<AgentBody>, Refusal> {
     let (parts, body) = req.into_parts();
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_HELD_BODY as u64) {
-        return Err(Refusal::ApprovalBodyTooLarge { max: MAX_HELD_BODY });
-    }
-    let body = read_bounded(body, MAX_HELD_BODY).await?;
+    // A body already read (an AWS request's) stays one: it is re-signed.
+    let (body, read) = match body {
+        AgentBody::Read(bytes) if bytes.len() > MAX_HELD_BODY => {
+            return Err(Refusal::ApprovalBodyTooLarge { max: MAX_HELD_BODY });
+        }
+        AgentBody::Read(bytes) => (bytes, true),
+        AgentBody::Live(body) => {
+            let declared = parts
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > MAX_HELD_BODY as u64) {
+                return Err(Refusal::ApprovalBodyTooLarge { max: MAX_HELD_BODY });
+            }
+            (read_bounded(body, MAX_HELD_BODY).await?, false)
+        }
+    };
     let scheme = meta.scheme();
     let url = match parts.uri.query() {
         Some(q) => format!("{scheme}://{}{}?{q}", forward.authority, forward.path),
@@ -138,10 +147,11 @@ pub(super) async fn hold(
     out.event.actor = actor;
     result?;
     // Exactly the bytes that were hashed and shown go upstream.
-    Ok(Request::from_parts(
-        parts,
-        Full::new(body).map_err(|never| match never {}).boxed(),
-    ))
+    let body = match read {
+        true => AgentBody::Read(body),
+        false => AgentBody::Live(Full::new(body).map_err(|never| match never {}).boxed()),
+    };
+    Ok(Request::from_parts(parts, body))
 }
 
 /// The `approval` event of a decided request.
@@ -176,7 +186,7 @@ async fn record(
 async fn read_bounded(mut body: ProxyBody, max: usize) -> Result<Bytes, Refusal> {
     let mut buf = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(Refusal::BodyUnreadable)?;
+        let frame = frame.map_err(|e| Refusal::BodyUnreadable(agent_body::describe(&e)))?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > max {
                 return Err(Refusal::ApprovalBodyTooLarge { max });

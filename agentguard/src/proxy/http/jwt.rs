@@ -91,7 +91,7 @@ pub(super) async fn bind(
     let body = match read_bounded(body, max, declared.is_some_and(|n| n > max as u64)).await {
         Ok(Some(b)) => b,
         Ok(None) => return Err(Refusal::JwtBodyTooLarge { max }),
-        Err(e) => return Err(Refusal::BodyUnreadable(e)),
+        Err(e) => return Err(Refusal::BodyUnreadable(super::agent_body::describe(&e))),
     };
     let on_behalf_of = ctx.on_behalf_of.lookup(meta.identity.pid);
     let binding = RequestBinding::new(parts.method.as_str(), &parts.uri, "https", &body);
