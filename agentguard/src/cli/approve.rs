@@ -105,7 +105,7 @@ pub fn run(command: HumanCommand, admin_socket: &Path) -> Result<ExitCode, super
             );
             let out: RevokeOutcome = rt.block_on(AdminClient::new(admin_socket).post(&route))?;
             println!(
-                "revoked agent {:?}{}: {} connection(s) closed, {} held request(s) denied, {} cached token(s) dropped",
+                "revoked agent {:?}{}: {} connection(s) closed, {} held request(s) denied, {} cached credential(s) dropped",
                 out.agent,
                 if out.newly_revoked {
                     ""

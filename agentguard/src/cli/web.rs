@@ -91,3 +91,58 @@ pub fn run(command: WebCommand) -> Result<ExitCode, super::CliError> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> WebRunArgs {
+        WebRunArgs {
+            web_listen: None,
+            web_users: None,
+            web_tls_cert: None,
+            web_tls_key: None,
+            web_tls_name: Vec::new(),
+        }
+    }
+
+    /// A variable or the config file can set one `web_*` key without the
+    /// other (clap's `requires` sees flags only): that is an error, not a
+    /// web view silently off.
+    #[test]
+    fn half_a_web_configuration_is_an_error() {
+        assert!(args().options().unwrap().is_none(), "off by default");
+        let listen_only = WebRunArgs {
+            web_listen: Some("127.0.0.1:9443".parse().unwrap()),
+            ..args()
+        };
+        let e = listen_only.options().unwrap_err().to_string();
+        assert_eq!(e, "--web-listen needs --web-users too");
+        let cert_only = WebRunArgs {
+            web_tls_cert: Some("/etc/web.crt".into()),
+            ..args()
+        };
+        let e = cert_only.options().unwrap_err().to_string();
+        assert_eq!(e, "--web-tls-cert needs --web-tls-key too");
+        let key_only = WebRunArgs {
+            web_tls_key: Some("/etc/web.key".into()),
+            ..args()
+        };
+        let e = key_only.options().unwrap_err().to_string();
+        assert_eq!(e, "--web-tls-key needs --web-tls-cert too");
+        let full = WebRunArgs {
+            web_listen: Some("127.0.0.1:9443".parse().unwrap()),
+            web_users: Some("/etc/agentguard/web-users.toml".into()),
+            web_tls_cert: Some("/etc/web.crt".into()),
+            web_tls_key: Some("/etc/web.key".into()),
+            web_tls_name: vec!["guard.example".into()],
+        };
+        let options = full.options().unwrap().expect("on");
+        assert_eq!(options.listen.to_string(), "127.0.0.1:9443");
+        assert_eq!(
+            options.cert_and_key,
+            Some(("/etc/web.crt".into(), "/etc/web.key".into()))
+        );
+        assert_eq!(options.names, ["guard.example"]);
+    }
+}
