@@ -1,5 +1,6 @@
 //! The end-to-end scenarios, one file per capability.
 
+mod approvals;
 mod audit;
 mod audit_anchor;
 mod aws;
@@ -25,6 +26,7 @@ mod redirect;
 mod replay_store;
 mod request_checks;
 mod revoke;
+mod revoke_now;
 mod root_required;
 mod sdk_placeholders;
 mod service;
@@ -33,3 +35,4 @@ mod systemd_units;
 mod tokens;
 mod tool_server_example;
 mod unix_sockets;
+mod web_view;

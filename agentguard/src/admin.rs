@@ -14,8 +14,10 @@
 //! - `GET /metrics` → Prometheus (OpenMetrics) text
 //! - `POST /v1/audit/verify-proxy?event=...` → a verify-proxy's decision
 //!   ([`report`])
+//! - approvals and revocations: see [`oversight`]
 
 mod client;
+mod oversight;
 pub mod report;
 pub mod server;
 mod stream;
@@ -57,6 +59,9 @@ pub struct AgentView {
     /// (environment variable, placeholder value) pairs `exec` sets, so SDKs
     /// that insist on a key start; the proxy swaps in the real secret.
     pub placeholders: Vec<(String, String)>,
+    /// Set while the agent is revoked (`agentguard revoke`).
+    #[serde(default)]
+    pub revoked: Option<crate::revoke::Revoked>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,6 +86,9 @@ pub struct StatusView {
     /// true.
     #[serde(default)]
     pub unix_sockets_guarded: bool,
+    /// The web view's URL, when `--web-listen` is set.
+    #[serde(default)]
+    pub web: Option<String>,
     /// Whether agents are kept from every process outside their cgroup
     /// (lsm_cgroup/ptrace_access_check): false only on a kernel without
     /// the BPF LSM, started with `--allow-unguarded-processes`.

@@ -8,6 +8,7 @@
 //! when it is not found, like env(1), so none of them is mistaken for the
 //! agent's own exit code.
 
+mod approve;
 mod attach;
 mod audit;
 mod config;
@@ -16,6 +17,7 @@ mod policy;
 mod run;
 mod status;
 mod token;
+mod web;
 
 use std::{
     ffi::OsString,
@@ -75,6 +77,11 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// The web view's users file: password hashes and bearer tokens.
+    Web {
+        #[command(subcommand)]
+        command: web::WebCommand,
     },
     /// Request-bound tokens: print the JWKS, verify a token.
     Token {
@@ -148,6 +155,8 @@ enum Command {
         #[command(subcommand)]
         command: policy::PolicyCommand,
     },
+    #[command(flatten)]
+    Humans(approve::HumanCommand),
     /// Remove agentguard's pinned programs and maps: agents then connect
     /// directly, unguarded. A deliberate uninstall step.
     Detach {
@@ -208,6 +217,8 @@ enum CliError {
     Audit(#[from] audit::AuditCliError),
     #[error(transparent)]
     Token(#[from] token::TokenCliError),
+    #[error(transparent)]
+    WebUsers(#[from] crate::web::users::UsersError),
     #[error("failed to start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error(transparent)]
@@ -441,6 +452,8 @@ fn dispatch(command: Command, context: &Context) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command } => Ok(audit::run(command, admin_socket)?),
+        Command::Humans(command) => approve::run(command, admin_socket),
+        Command::Web { command } => web::run(command),
         Command::Token { command } => Ok(token::run(command)?),
         Command::VerifyProxy(args) => Ok(token::verify_proxy(args)?),
         Command::Connections => print_lines(admin_socket, "/v1/connections"),

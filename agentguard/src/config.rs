@@ -101,6 +101,11 @@ pub enum ConfigError {
     Otlp(#[from] crate::audit::otlp::OtlpError),
     #[error(transparent)]
     Anchor(#[from] crate::audit::anchor::AnchorError),
+    #[error("{flag} needs {needs} too")]
+    Needs {
+        flag: &'static str,
+        needs: &'static str,
+    },
     #[error("{flag}: {value} must be between 1 and {max}")]
     OutOfRange {
         flag: &'static str,
@@ -218,6 +223,8 @@ pub struct RunConfig {
     /// per-agent shares of the kernel's maps.
     pub kernel: KernelOptions,
     pub tokens: TokenOptions,
+    /// `--web-listen` and the other `--web-*` flags; `None`: no web view.
+    pub web: Option<crate::web::WebOptions>,
 }
 
 /// `--jwks-listen`: an address, or `off`.
@@ -241,6 +248,9 @@ impl RunConfig {
         self.upstream_ca = self.upstream_ca.map(absolute);
         self.audit.signing_key = self.audit.signing_key.map(absolute);
         self.audit.anchors.dir = self.audit.anchors.dir.map(absolute);
+        if let Some(web) = &mut self.web {
+            web.users = absolute(std::mem::take(&mut web.users));
+        }
         self.audit.validate()?;
         self.audit.anchors.validate()?;
         let td = &self.tokens.trust_domain;
@@ -280,7 +290,7 @@ impl std::fmt::Display for RunConfig {
              audit_checkpoint_interval={:?} audit_retention={} audit_max_size={} \
              audit_signing_key={} audit_anchor_dir={} audit_anchor_command={} \
              metrics_listen={} otlp_endpoint={} trust_domain={} jwks_listen={} jwt_max_body={} token_algorithm={:?} \
-             report_kernel_redirects={} unix_guard={:?} {}",
+             report_kernel_redirects={} unix_guard={:?} {} web_listen={}",
             self.policies_dir.display(),
             self.state_dir.display(),
             self.admin_socket.display(),
@@ -328,6 +338,9 @@ impl std::fmt::Display for RunConfig {
             self.report_kernel_redirects,
             self.unix_guard,
             self.kernel,
+            self.web
+                .as_ref()
+                .map_or("off".into(), |w| w.listen.to_string()),
         )
     }
 }

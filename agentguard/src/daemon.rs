@@ -87,6 +87,10 @@ pub enum DaemonError {
     },
     #[error("JWKS TLS: {0}")]
     JwksTls(String),
+    #[error(transparent)]
+    Revoke(#[from] crate::revoke::RevokeError),
+    #[error(transparent)]
+    Web(#[from] crate::web::WebError),
     #[error(
         "{addr} is one of agentguard's own listeners, and {holder} already holds it; an agent must never hold agentguard's listeners (it would receive what is sent to agentguard): stop it, and check its [agent] listen, before starting agentguard"
     )]
@@ -111,6 +115,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     let _lock = lock_state_dir(&cfg.state_dir)?;
     // A bad policy stops start-up before anything in the kernel changes.
     let policy = policy::load_path(&cfg.policies_dir)?;
+    // A revoked agent stays revoked: an unreadable list stops start-up.
+    let revocations = Arc::new(crate::revoke::Revocations::load(&cfg.state_dir)?);
     // No decision is made before the record that keeps it is open.
     let audit = audit::start(&cfg)?;
     let ca = Arc::new(LocalCa::load_or_create(&cfg.state_dir)?);
@@ -126,6 +132,25 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     // Claim the admin socket before touching the kernel, so a second daemon
     // fails here instead of taking over the first one's links.
     let admin = AdminServer::bind(&cfg.admin_socket).await?;
+    // The web view's users and address, claimed before the kernel is
+    // touched: a bad users file or a taken port stops start-up here.
+    let web = match &cfg.web {
+        Some(options) => Some((
+            crate::web::users::Users::load(&options.users).map_err(crate::web::WebError::from)?,
+            tokio::net::TcpListener::bind(options.listen)
+                .await
+                .map_err(|source| {
+                    held(options.listen, &policy).unwrap_or(
+                        crate::web::WebError::Listen {
+                            addr: options.listen,
+                            source,
+                        }
+                        .into(),
+                    )
+                })?,
+        )),
+        None => None,
+    };
     // Bind before redirecting: the port must be ours before agents are sent
     // to it.
     let listeners = Listeners::bind(cfg.proxy_port).map_err(|e| match e {
@@ -185,6 +210,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         fetcher: Arc::new(UpstreamTokenFetcher::new(upstreams.clone())),
         audit: Some(audit.sink.clone()),
         resolvers: resolvers.clone(),
+        revocations: revocations.clone(),
         serial: Mutex::new(()),
     });
     let live = Arc::new(Live::new(reloader.build(None)?));
@@ -214,6 +240,21 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         ));
     }
     let policy_version = live.load().policy.version.clone();
+    let approvals = Arc::new(crate::approvals::Approvals::default());
+    let oversight = Arc::new(crate::oversight::Oversight::new(
+        approvals.clone(),
+        revocations.clone(),
+        live.clone(),
+        audit.sink.clone(),
+        {
+            // The marks of revoked agents were set by `build` above.
+            let (reloader, live) = (reloader.clone(), live.clone());
+            Arc::new(move || reloader.sync_revoked(&live).map_err(|e| e.to_string()))
+        },
+    ));
+    for (agent, r) in revocations.all() {
+        warn!(agent, reason = %r.reason, by = %r.by, since = %r.time, "agent is revoked; `agentguard restore --agent {agent}` lifts it");
+    }
 
     let log = Arc::new(ConnLog::default());
     let requests = Arc::new(RequestLog::default());
@@ -231,6 +272,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         minter,
         on_behalf_of: Arc::new(crate::token::OnBehalfOf::default()),
         jwt_max_body: cfg.tokens.max_body,
+        revocations,
+        approvals,
         limiter: Arc::new(crate::policy::RateLimiter::new()),
     });
     let metrics = Arc::new(MetricsSource {
@@ -243,6 +286,22 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     if let Some((addr, listener)) = metrics_listener {
         audit.serve_metrics(addr, listener, metrics.clone());
     }
+    let web_url = match (&cfg.web, web) {
+        (Some(options), Some((users, listener))) => Some(
+            serve_web(
+                &cfg,
+                options,
+                users,
+                listener,
+                &ca,
+                &live,
+                &audit.sink,
+                &oversight,
+            )
+            .await?,
+        ),
+        _ => None,
+    };
     let admin_state = AdminState {
         live: live.clone(),
         audit: audit.sink.clone(),
@@ -255,6 +314,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         kernel: reloader.kernel.clone(),
         minter: ctx.minter.clone(),
         on_behalf_of: ctx.on_behalf_of.clone(),
+        oversight: oversight.clone(),
+        web_url,
         attach: Some({
             let (reloader, live) = (reloader.clone(), live.clone());
             Arc::new(move |agent: &str, pid: u32| {
@@ -327,6 +388,52 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     let _ = fs::remove_file(&cfg.admin_socket);
     audit.stop(&why, &live).await;
     Ok(())
+}
+
+/// Starts the web view on `listener`; returns its URL.
+#[allow(clippy::too_many_arguments)]
+async fn serve_web(
+    cfg: &RunConfig,
+    options: &crate::web::WebOptions,
+    users: crate::web::users::Users,
+    listener: tokio::net::TcpListener,
+    ca: &Arc<LocalCa>,
+    live: &Arc<Live>,
+    sink: &crate::audit::AuditSink,
+    oversight: &Arc<crate::oversight::Oversight>,
+) -> Result<String, DaemonError> {
+    use crate::web::{ChainSources, WebError, WebState};
+    let bound = listener.local_addr().unwrap_or(options.listen);
+    let tls_options = crate::config::JwksTlsOptions {
+        cert_and_key: options.cert_and_key.clone(),
+        names: options.names.clone(),
+        plain_http: false,
+    };
+    let crate::token::JwksTls::On(acceptor) =
+        jwks::tls(&tls_options, ca, bound).map_err(WebError::Tls)?
+    else {
+        return Err(WebError::Tls("the web view is served over TLS only".into()).into());
+    };
+    let key = cfg
+        .audit
+        .signing_key
+        .clone()
+        .unwrap_or_else(|| crate::audit::signing::default_key_path(&cfg.state_dir));
+    let state = WebState::new(
+        users,
+        live.clone(),
+        sink.clone(),
+        oversight.clone(),
+        ChainSources {
+            db: crate::audit::db_path(&cfg.state_dir),
+            public_key: crate::audit::signing::public_key_path(&key),
+            anchor_dir: cfg.audit.anchors.dir.clone(),
+        },
+    );
+    let url = format!("https://{bound}/");
+    info!(web = %url, users = %options.users.display(), ca = %ca.cert_path().display(), "serving the web view");
+    tokio::spawn(crate::web::serve(listener, acceptor, Arc::new(state)));
+    Ok(url)
 }
 
 /// When binding `addr` failed: the error that names the agent holding it,

@@ -4,6 +4,7 @@
 //! and records.
 
 pub mod admin;
+pub mod approvals;
 pub mod atomic_file;
 pub mod audit;
 pub mod ca;
@@ -23,11 +24,14 @@ pub mod live;
 pub mod logging;
 pub mod mcp;
 pub mod metrics;
+pub mod oversight;
 pub mod percent;
 pub mod policy;
 pub mod port_owner;
 pub mod preflight;
 pub mod procfs;
 pub mod proxy;
+pub mod revoke;
 pub mod token;
 pub mod verify_proxy;
+pub mod web;

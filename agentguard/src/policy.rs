@@ -3,6 +3,7 @@
 //! `model` is the file format, `load` reads and validates a folder as a whole
 //! (a policy set is accepted or refused as one, never half-applied).
 
+mod approval;
 mod calls;
 mod cases;
 mod condition;
@@ -22,6 +23,7 @@ mod spanned;
 mod systemd;
 mod unix;
 
+pub use approval::ApprovalPolicy;
 pub use calls::{
     CallRules, DEFAULT_MAX_BODY, MAX_MAX_BODY, MCP_SESSION_METHODS, MessageMatch, Protocol,
 };

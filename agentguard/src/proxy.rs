@@ -60,6 +60,10 @@ pub struct ProxyContext {
     pub on_behalf_of: Arc<crate::token::OnBehalfOf>,
     /// Request bodies of JWT-bound tools are read whole up to this size.
     pub jwt_max_body: usize,
+    /// Revoked agents, and the signal that closes their connections.
+    pub revocations: Arc<crate::revoke::Revocations>,
+    /// Requests held for a person's approval.
+    pub approvals: Arc<crate::approvals::Approvals>,
     /// Counts calls against tools' rates; survives policy reloads.
     pub limiter: Arc<crate::policy::RateLimiter>,
 }

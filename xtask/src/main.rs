@@ -9,6 +9,7 @@ mod package;
 mod paths;
 mod privilege;
 mod run;
+mod screenshots;
 mod setup;
 mod test;
 
@@ -43,6 +44,13 @@ enum Command {
         #[arg(long)]
         no_setup: bool,
     },
+    /// Screenshots of the web view's pages, taken by its browser test, into
+    /// docs/web/.
+    Screenshots {
+        /// Skip setup, for a machine that is already set up.
+        #[arg(long)]
+        no_setup: bool,
+    },
     /// Build the Debian package (target/debian/); with --check, install it
     /// here, check it and purge it again.
     Package(package::Options),
@@ -57,6 +65,7 @@ impl Command {
             Command::Setup => "setup",
             Command::Run { .. } => "run",
             Command::Test { .. } => "test",
+            Command::Screenshots { .. } => "screenshots",
             Command::Package(_) => "package",
             Command::Bench(_) => "bench",
         }
@@ -85,6 +94,7 @@ fn try_main() -> anyhow::Result<ExitCode> {
         // `run` replaces this process with agentguard, so it only comes back on failure.
         Command::Run { args } => match run::run(&root, &args)? {},
         Command::Test { no_setup } => test::run(&root, !no_setup)?,
+        Command::Screenshots { no_setup } => screenshots::run(&root, !no_setup)?,
         Command::Package(opts) => package::run(&root, &opts)?,
         Command::Bench(opts) => bench::run(&root, &opts)?,
     }

@@ -7,6 +7,7 @@
 pub mod apt;
 mod bpf_linker;
 mod bpffs;
+mod browser;
 mod cargo_deb;
 mod runtimes;
 mod toolchain;
@@ -23,8 +24,10 @@ const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"
 /// the `sqlite3` shell, with which the audit tests tamper with the store the
 /// way an intruder (or an auditor reading it) would; `redis-server`, the
 /// replay cache verify-proxy replicas share (the tests start their own on a
-/// loopback port); and `prometheus` for `promtool check metrics` on the
-/// metrics exposition.
+/// loopback port); `prometheus` for `promtool check metrics` on the
+/// metrics exposition; and, for the web view's browser test, Debian's
+/// `chromium` and `libnss3-tools` (`certutil`, with which the test trusts
+/// agentguard's CA in the browser's NSS database, as a user would).
 const TEST_PACKAGES: &[&str] = &[
     "curl",
     "iproute2",
@@ -32,6 +35,8 @@ const TEST_PACKAGES: &[&str] = &[
     "sqlite3",
     "redis-server",
     "prometheus",
+    "chromium",
+    "libnss3-tools",
 ];
 
 /// What the service tests and the package need, installed without
@@ -64,6 +69,8 @@ pub fn run() -> Result<()> {
     apt.ensure_without_recommends(SERVICE_PACKAGES)?;
     cargo_deb::ensure()?;
     runtimes::check()?;
+    // After the runtimes: npm comes with node.
+    browser::ensure()?;
     bpffs::ensure()?;
     println!("setup: done");
     Ok(())

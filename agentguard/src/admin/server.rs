@@ -32,7 +32,7 @@ use crate::{
     metrics::{self, Metrics, Snapshot},
 };
 
-type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
+pub(super) type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
 
 #[derive(Debug, Error)]
 pub enum ServeError {
@@ -135,6 +135,10 @@ pub struct AdminState {
     pub minter: Arc<crate::token::Minter>,
     /// `POST /v1/on-behalf-of?pid=N&who=BASE64URL` from `agentguard exec`.
     pub on_behalf_of: Arc<crate::token::OnBehalfOf>,
+    /// Approvals and revocations (see `super::oversight`).
+    pub oversight: Arc<crate::oversight::Oversight>,
+    /// Where the web view answers, if it is on.
+    pub web_url: Option<String>,
     /// `POST /v1/agents/{name}/attach?pid=N`: guards the systemd unit
     /// cgroup of process N as agent `name` (blocking: it attaches
     /// programs). `None`: refused.
@@ -187,6 +191,8 @@ impl AdminServer {
                 }
             };
             let state = state.clone();
+            // Who is calling, for the record of what they do.
+            let uid = stream.peer_cred().ok().map(|c| c.uid());
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let state = state.clone();
@@ -194,7 +200,12 @@ impl AdminServer {
                         if let Some(name) = attach_target(&req) {
                             return Ok::<_, Infallible>(attach(state, name, &req).await);
                         }
-                        Ok::<_, Infallible>(route(&state, &req))
+                        Ok::<_, Infallible>(
+                            match super::oversight::route(&state, &req, uid).await {
+                                Some(resp) => resp,
+                                None => route(&state, &req),
+                            },
+                        )
                     }
                 });
                 if let Err(e) = http1::Builder::new()
@@ -360,6 +371,7 @@ fn status(state: &AdminState) -> StatusView {
         audit: Some(state.audit.status()),
         kernel_events_lost,
         unix_sockets_guarded,
+        web: state.web_url.clone(),
         processes_guarded,
     }
 }
@@ -396,6 +408,7 @@ fn agent_view(state: &AdminState, name: &str) -> Option<AgentView> {
                 Some((var, placeholder_for(&c.id)))
             })
             .collect(),
+        revoked: state.oversight.revocations.revoked(name),
     })
 }
 
@@ -403,7 +416,7 @@ fn full(bytes: Vec<u8>) -> AdminBody {
     Full::new(Bytes::from(bytes)).boxed_unsync()
 }
 
-fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<AdminBody> {
+pub(super) fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<AdminBody> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     Response::builder()
         .status(status)
@@ -412,6 +425,6 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<AdminBody> {
         .unwrap_or_else(|_| Response::new(full(Vec::new())))
 }
 
-fn error(status: StatusCode, message: &str) -> Response<AdminBody> {
+pub(super) fn error(status: StatusCode, message: &str) -> Response<AdminBody> {
     json(status, &serde_json::json!({ "error": message }))
 }

@@ -40,10 +40,18 @@ pub enum Kind {
     /// A tool-side `agentguard verify-proxy` verified (allow) or refused
     /// (deny) a request-bound token.
     TokenVerification,
+    /// Someone logged in to the web view (allow) or failed to (deny); the
+    /// `actor` is the name they gave.
+    Login,
+    /// A held request was approved (allow) or denied (deny: by an
+    /// approver, by its timeout, or by the agent's revocation).
+    Approval,
+    /// An agent was revoked (deny) or restored (allow).
+    Revocation,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Connection,
         Kind::Request,
         Kind::KernelRefusal,
@@ -54,6 +62,9 @@ impl Kind {
         Kind::DaemonStop,
         Kind::Retention,
         Kind::TokenVerification,
+        Kind::Login,
+        Kind::Approval,
+        Kind::Revocation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +79,9 @@ impl Kind {
             Kind::DaemonStop => "daemon_stop",
             Kind::Retention => "retention",
             Kind::TokenVerification => "token_verification",
+            Kind::Login => "login",
+            Kind::Approval => "approval",
+            Kind::Revocation => "revocation",
         }
     }
 
@@ -194,6 +208,19 @@ pub struct Event {
     /// stores written before it existed read it as `None`.
     #[serde(default)]
     pub traceparent: Option<String>,
+    /// Who acted, for what people do: the web view's user (a login, an
+    /// approval, a revocation) or the admin socket's caller; on a request
+    /// that was held, its approver.
+    #[serde(default)]
+    pub actor: Option<String>,
+    /// The id of the approval a request waited for (its request event and
+    /// its approval event share it).
+    #[serde(default)]
+    pub approval_id: Option<String>,
+    /// The hash of the exact request an approval is bound to (method, URL,
+    /// body: the `rh` of request-bound tokens).
+    #[serde(default)]
+    pub request_hash: Option<String>,
     /// The JSON-RPC method of the request's body (`tools/call`, ...); for a
     /// batch, its members' methods in order, joined by `,`. Extension.
     #[serde(default)]
@@ -452,7 +479,15 @@ columns!(
         duration_us,
     ],
     // Appended since; each must be optional (NULL in older rows).
-    extension: [traceparent, rpc_method, mcp_target, rpc_calls],
+    extension: [
+        traceparent,
+        actor,
+        approval_id,
+        request_hash,
+        rpc_method,
+        mcp_target,
+        rpc_calls,
+    ],
 );
 
 #[cfg(test)]

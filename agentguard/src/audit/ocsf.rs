@@ -7,7 +7,9 @@
 //! | connection, kernel refusal | Network Activity (4001)      |
 //! | DNS query               | DNS Activity (4003), `query`, `rcode`, `answers` |
 //! | daemon start/stop       | Application Lifecycle (6002)    |
-//! | reload, credential failure, retention | Base Event (0)    |
+//! | web view login          | Authentication (3002), `user`   |
+//! | agent revoked, restored | Account Change (3001), `user` the agent, `actor.user` who |
+//! | reload, credential failure, retention, approval | Base Event (0) |
 //!
 //! Every object carries the base required attributes (`activity_id`,
 //! `category_uid`, `class_uid`, `type_uid`, `severity_id`, `time`, and
@@ -44,6 +46,11 @@ pub const CLASS_DNS_ACTIVITY: u64 = 4003;
 pub const CLASS_HTTP_ACTIVITY: u64 = 4002;
 pub const CLASS_APPLICATION_LIFECYCLE: u64 = 6002;
 pub const CLASS_BASE_EVENT: u64 = 0;
+/// OCSF Authentication: a login to the web view.
+pub const CLASS_AUTHENTICATION: u64 = 3002;
+/// OCSF Account Change: an agent, the account the kernel and the proxy
+/// know, revoked (Disable) or restored (Enable).
+pub const CLASS_ACCOUNT_CHANGE: u64 = 3001;
 
 pub fn render(record: &Record) -> Value {
     let e = &record.event;
@@ -58,10 +65,15 @@ pub fn render(record: &Record) -> Value {
     o.insert("severity".into(), json!(severity));
     o.insert("time".into(), json!(epoch_ms(&e.time)));
     o.insert("time_dt".into(), json!(e.time));
+    let iam = matches!(class_uid, CLASS_AUTHENTICATION | CLASS_ACCOUNT_CHANGE);
+    // IAM classes say success or failure in `status` (set below), not as
+    // a security control's action.
     let security_control = e.decision.is_some()
         && class_uid != CLASS_APPLICATION_LIFECYCLE
-        && class_uid != CLASS_BASE_EVENT;
-    let host_profile = (e.pid.is_some() || e.agent.is_some()) && class_uid != CLASS_BASE_EVENT;
+        && class_uid != CLASS_BASE_EVENT
+        && !iam;
+    let host_profile =
+        (e.pid.is_some() || e.agent.is_some()) && class_uid != CLASS_BASE_EVENT && !iam;
     let mut profiles = vec!["datetime"];
     if security_control {
         profiles.push("security_control");
@@ -108,6 +120,9 @@ pub fn render(record: &Record) -> Value {
             "device".into(),
             json!({ "hostname": hostname(), "type_id": 1, "type": "Server" }),
         );
+    }
+    if iam {
+        people(e, class_uid, &mut o);
     }
     if matches!(
         class_uid,
@@ -188,6 +203,9 @@ pub fn render(record: &Record) -> Value {
                 "on_behalf_of": e.on_behalf_of,
                 "sni": e.sni,
                 "traceparent": e.traceparent,
+                "actor": e.actor,
+                "approval_id": e.approval_id,
+                "request_hash": e.request_hash,
                 "rpc_method": e.rpc_method,
                 "mcp_target": e.mcp_target,
                 "rpc_calls": e.rpc_calls.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok()),
@@ -199,6 +217,31 @@ pub fn render(record: &Record) -> Value {
     let mut v = Value::Object(o);
     prune_nulls(&mut v);
     v
+}
+
+/// The people in an IAM event: who logged in (Authentication's `user`),
+/// or which agent was revoked by whom (Account Change's `user` and
+/// `actor.user`).
+fn people(e: &Event, class_uid: u64, o: &mut Map<String, Value>) {
+    let who = json!({ "name": e.actor.clone().unwrap_or_else(|| "unknown".into()) });
+    if class_uid == CLASS_AUTHENTICATION {
+        o.insert("user".into(), who);
+        // What was signed in to (the class wants a service or a
+        // destination).
+        o.insert("service".into(), json!({ "name": "agentguard web view" }));
+        if e.src_ip.is_some() {
+            o.insert(
+                "src_endpoint".into(),
+                json!({ "ip": e.src_ip, "port": e.src_port }),
+            );
+        }
+    } else {
+        o.insert(
+            "user".into(),
+            json!({ "name": e.agent.clone().unwrap_or_default(), "type_id": 99, "type": "agent" }),
+        );
+        o.insert("actor".into(), json!({ "user": who }));
+    }
 }
 
 /// Source and destination as far as the event knows them.
@@ -330,7 +373,16 @@ fn classify(e: &Event) -> (u64, u64, u64) {
         // 3 Start, 4 Stop.
         Kind::DaemonStart => (CLASS_APPLICATION_LIFECYCLE, 6, 3),
         Kind::DaemonStop => (CLASS_APPLICATION_LIFECYCLE, 6, 4),
-        Kind::PolicyReload | Kind::CredentialFailure | Kind::Retention => (CLASS_BASE_EVENT, 0, 99),
+        // 1 Logon.
+        Kind::Login => (CLASS_AUTHENTICATION, 3, 1),
+        // 5 Disable, 2 Enable.
+        Kind::Revocation => {
+            let revoked = e.decision == Some(Decision::Deny);
+            (CLASS_ACCOUNT_CHANGE, 3, if revoked { 5 } else { 2 })
+        }
+        Kind::PolicyReload | Kind::CredentialFailure | Kind::Retention | Kind::Approval => {
+            (CLASS_BASE_EVENT, 0, 99)
+        }
     }
 }
 
@@ -438,6 +490,10 @@ pub fn missing_required(o: &Value) -> Vec<&'static str> {
     }
     if class == Some(CLASS_APPLICATION_LIFECYCLE) && o.get("app").is_none() {
         missing.push("app");
+    }
+    if matches!(class, Some(CLASS_AUTHENTICATION | CLASS_ACCOUNT_CHANGE)) && o.get("user").is_none()
+    {
+        missing.push("user");
     }
     missing
 }

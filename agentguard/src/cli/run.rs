@@ -12,7 +12,7 @@ use std::{
 
 use clap::Args;
 
-use super::{audit, kernel, token};
+use super::{audit, kernel, token, web};
 use crate::{
     config::{
         ConfigError, DEFAULT_BPF_DIR, DEFAULT_POLICIES_DIR, DEFAULT_PROXY_PORT, DEFAULT_STATE_DIR,
@@ -57,6 +57,8 @@ pub struct RunArgs {
     pub audit: audit::AuditRunArgs,
     #[command(flatten)]
     pub tokens: token::TokenRunArgs,
+    #[command(flatten)]
+    pub web: web::WebRunArgs,
 }
 
 impl RunArgs {
@@ -82,6 +84,7 @@ impl RunArgs {
             metrics_listen: self.audit.metrics_listen,
             otlp: self.audit.otlp()?,
             tokens: self.tokens.options()?,
+            web: self.web.options()?,
         }
         .validate()
     }

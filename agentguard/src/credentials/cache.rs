@@ -127,17 +127,18 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> ExpiringCache<K, V, E> {
     }
 
     /// Drops every entry whose key `pred` selects: its next use fetches
-    /// anew.
-    pub(super) fn forget(&self, pred: impl Fn(&K) -> bool) {
+    /// anew. Returns how many were dropped.
+    pub(super) fn forget(&self, pred: impl Fn(&K) -> bool) -> usize {
         let mut slots = lock(&self.slots);
         let keys: Vec<K> = slots
             .iter()
             .filter(|(k, _)| pred(k))
             .map(|(k, _)| k.clone())
             .collect();
-        for key in keys {
-            slots.pop(&key);
+        for key in &keys {
+            slots.pop(key);
         }
+        keys.len()
     }
 
     /// Fetches started so far.

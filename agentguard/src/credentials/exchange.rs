@@ -171,13 +171,13 @@ impl Exchanger {
     }
 
     /// Drops `agent`'s cached tokens (all its subjects).
-    pub(super) fn forget_agent(&self, agent: &str) {
+    pub(super) fn forget_agent(&self, agent: &str) -> usize {
         self.cache.forget(|key| {
             key == agent
                 || key
                     .strip_prefix(agent)
                     .is_some_and(|rest| rest.starts_with('\0'))
-        });
+        })
     }
 
     pub(super) fn exchanges(&self) -> u64 {

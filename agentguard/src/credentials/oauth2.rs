@@ -128,6 +128,15 @@ impl OAuth2Client {
         secrets
     }
 
+    /// Drops the cached token (the agent was revoked): the next request
+    /// fetches a fresh one. A fetch in flight finishes first. The latest
+    /// tokens stay known for redaction.
+    pub(super) async fn forget(&self) -> bool {
+        let mut state = self.state.lock().await;
+        state.last_error = None;
+        state.token.take().is_some()
+    }
+
     /// A token valid for at least [`REFRESH_MARGIN`] more, fetched if the
     /// cached one is not. `fetches` counts fetches across the store.
     pub(super) async fn token(

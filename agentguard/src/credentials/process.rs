@@ -67,8 +67,8 @@ impl Helper {
         self.cache.current()
     }
 
-    pub(super) fn forget(&self) {
-        self.cache.forget(|_| true);
+    pub(super) fn forget(&self) -> usize {
+        self.cache.forget(|_| true)
     }
 
     pub(super) fn runs(&self) -> u64 {

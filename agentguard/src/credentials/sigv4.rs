@@ -190,8 +190,8 @@ impl AwsSigner {
         secrets
     }
 
-    pub(super) fn forget(&self) {
-        self.cache.forget(|_| true);
+    pub(super) fn forget(&self) -> usize {
+        self.cache.forget(|_| true)
     }
 
     pub(super) fn fetches(&self) -> u64 {

@@ -217,23 +217,23 @@ impl CredentialStore {
         }
     }
 
-    /// Drops everything fetched for `agent` (exchanged tokens, helper
-    /// output): its next request fetches anew. For revocation: a revoked
-    /// agent's delegated tokens must not outlive the decision in this
-    /// cache. Static secrets and OAuth2 client tokens stay: they are the
-    /// policy's, not the agent's.
-    pub fn forget_agent(&self, agent: &str) {
-        let Some(credentials) = self.agents.get(agent) else {
-            return;
-        };
-        for credential in credentials.values() {
-            match credential {
+    /// Drops everything fetched for `agent`: its cached OAuth2 access
+    /// tokens, exchanged tokens, helper output and AWS credentials; its
+    /// next request fetches anew. For revocation: nothing fetched for a
+    /// revoked agent before the decision is used after it. Static secrets
+    /// stay: they are the policy's. Returns how many were dropped.
+    pub async fn forget_agent(&self, agent: &str) -> usize {
+        let mut dropped = 0;
+        for credential in self.agents.get(agent).into_iter().flat_map(HashMap::values) {
+            dropped += match credential {
+                Credential::OAuth2(client) => usize::from(client.forget().await),
                 Credential::Process(helper) => helper.forget(),
                 Credential::Exchange(exchanger) => exchanger.forget_agent(agent),
                 Credential::Aws(signer) => signer.forget(),
-                Credential::Static(_) | Credential::OAuth2(_) | Credential::Minted => {}
-            }
+                Credential::Static(_) | Credential::Minted => 0,
+            };
         }
+        dropped
     }
 
     /// Token exchanges (and JWT-bearer grants) and helper runs started so

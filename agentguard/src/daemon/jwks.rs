@@ -70,7 +70,7 @@ pub fn tls(
         certs
             .leaves
             .get(name)
-            .map_err(|e| format!("--jwks-tls-name {name:?}: {e}"))?;
+            .map_err(|e| format!("name {name:?}: {e}"))?;
     }
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),

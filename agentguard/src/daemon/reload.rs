@@ -29,6 +29,7 @@ use crate::{
     identity::{AgentTable, GuardedAgent},
     live::{Live, LiveState},
     policy::{self, PolicyErrors},
+    revoke::{self, Revocations},
 };
 
 #[derive(Debug, Error)]
@@ -77,6 +78,9 @@ pub struct Reloader {
     pub audit: Option<AuditSink>,
     /// Per-agent resolvers; each guarded cgroup's port goes into the kernel.
     pub resolvers: Arc<Resolvers>,
+    /// The revoked agents: the kernel's revoked marks follow their
+    /// cgroups at every load.
+    pub revocations: Arc<Revocations>,
     /// One reload at a time: SIGHUP and a file change may race, and the
     /// later snapshot must not be overtaken by the earlier one.
     pub serial: Mutex<()>,
@@ -226,6 +230,12 @@ impl Reloader {
         kernel.retain_agent_dns(&keep)?;
         kernel.set_unix_allow(&unix_allow_keys(&policy, &guarded))?;
         kernel.set_listen_allow(&listen_allow_keys(&policy, &guarded))?;
+        // Read under the kernel lock, which a revoke's or restore's own
+        // update waits for: whichever runs last sees the other's change.
+        let plan = revoke::kernel::sync(&mut kernel, &guarded, &self.revocations)?;
+        if !plan.mark.is_empty() || !plan.clear.is_empty() {
+            info!(marked = ?plan.mark, cleared = ?plan.clear, "revoked marks in the kernel updated");
+        }
         if !kernel.shares_fit(guarded.len()) {
             warn!(
                 agents = guarded.len(),
@@ -338,6 +348,17 @@ impl Reloader {
                 ));
             }
         }
+    }
+
+    /// After a revoke or restore: the kernel's revoked marks, made to
+    /// match the saved revocations for the agents in force. Waits for a
+    /// reload under way, so that its agents' cgroups are the ones marked.
+    /// Blocking: call it off the runtime's workers.
+    pub fn sync_revoked(&self, live: &Live) -> Result<(), EbpfError> {
+        let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let state = live.load();
+        let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
+        revoke::kernel::sync(&mut kernel, state.agents.agents(), &self.revocations).map(drop)
     }
 
     /// Reloads run on the blocking pool, where waiting on the runtime for

@@ -589,6 +589,13 @@ fn parse_tool(
             .map_err(|m| invalid(&span, format!("tool.aws_actions: {m}")))?
         }
     };
+    let approval = match &section.approval {
+        None => None,
+        Some(a) => Some(
+            super::approval::parse(a.get_ref())
+                .map_err(|m| invalid(&at(a.span().start), format!("tool.approval: {m}")))?,
+        ),
+    };
     Ok(ToolPolicy {
         name,
         host,
@@ -599,6 +606,7 @@ fn parse_tool(
         allow_overrides,
         aws_actions,
         calls,
+        approval,
     })
 }
 
@@ -989,6 +997,10 @@ mod tests {
             (
                 "[[tool]]\nname = \"t\"\nhost = \"x.org\"\nmethods = [\"GET\"]\npaths = [\"/\"]\ncredential = \"nope\"\n",
                 "tool.credential",
+            ),
+            (
+                "[[tool]]\nname = \"t\"\nhost = \"x.org\"\nmethods = [\"GET\"]\npaths = [\"/\"]\napproval = { timeout = \"1d\" }\n",
+                "tool.approval",
             ),
             (
                 "[[credential]]\nid = \"k\"\nsource = { file = \"relative\" }\ninject = { header = \"x-api-key\" }\n",

@@ -161,6 +161,9 @@ pub(super) struct ToolSection {
     /// Most bytes of a body read to decide, e.g. `"1M"` (the default) up
     /// to `"16M"`: a longer body is refused.
     pub max_body: Option<Spanned<String>>,
+    /// `approval = { timeout = "5m" }`: each allowed request waits for a
+    /// person's approval.
+    pub approval: Option<Spanned<super::approval::ApprovalSection>>,
 }
 
 /// `[[passthrough]]`: TLS to these hosts is relayed untouched (pinned
@@ -395,6 +398,8 @@ pub struct ToolPolicy {
     pub aws_actions: Vec<String>,
     /// Protocol, MCP names, condition, rate, recording, body bound.
     pub calls: CallRules,
+    /// Requests this tool allows are held until a person approves them.
+    pub approval: Option<super::approval::ApprovalPolicy>,
 }
 
 /// One agent's validated policy.

@@ -75,7 +75,16 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>)
             .record(&ctx, &state.policy.version)
             .await;
         drop(state);
-        carry_out(plan, stream, identity, peer, dst, ctx).await;
+        // Revoking the agent ends the connection (and closes its sockets)
+        // wherever it is: handshake, requests, a stream, a relay.
+        let agent = identity.agent.clone();
+        let revocations = ctx.revocations.clone();
+        let done = revocations
+            .until_revoked(&agent, carry_out(plan, stream, identity, peer, dst, ctx))
+            .await;
+        if done.is_none() {
+            info!("connection closed: the agent was revoked");
+        }
     }
     .instrument(span)
     .await;
@@ -113,6 +122,16 @@ fn attribute(peer: SocketAddr, ctx: &ProxyContext, state: &LiveState) -> Attribu
             };
         }
     };
+    if let Some(revoked) = ctx.revocations.revoked(&identity.agent) {
+        return Attribution::Refused {
+            refusal: ConnRefusal::Revoked {
+                agent: identity.agent.to_string(),
+                reason: revoked.reason,
+            },
+            identity: Some(identity),
+            dst: Some(dst),
+        };
+    }
     match decide::check_destination(dst, ctx.proxy_port) {
         Ok(()) => Attribution::Agent(identity, dst),
         Err(refusal) => Attribution::Refused {

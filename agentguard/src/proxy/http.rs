@@ -7,6 +7,7 @@
 //! is read, bounded, and decided by `call`.
 
 mod agent_body;
+mod approval;
 mod aws;
 mod body;
 mod call;
@@ -175,9 +176,17 @@ async fn handle(
     };
     let plan = plan::plan(&req, meta, &state.policy, &*ctx.resolvers, &caller);
     out.note(plan.noted);
-    let forwarded = match plan.action {
-        Action::Refuse(refusal) => Err(refusal),
-        Action::Forward(plan) if plan.resumed_lists => {
+    // A revocation closes the agent's connections; one that lands while
+    // this request was read is refused here. (A request held for approval
+    // is refused by the revocation itself, see `approval`.)
+    let revoked = ctx.revocations.revoked(&meta.identity.agent);
+    let forwarded = match (plan.action, revoked) {
+        (_, Some(revoked)) => Err(Refusal::Revoked {
+            agent: meta.identity.agent.to_string(),
+            reason: revoked.reason,
+        }),
+        (Action::Refuse(refusal), None) => Err(refusal),
+        (Action::Forward(plan), None) if plan.resumed_lists => {
             let (host, path) = (plan.host.clone(), plan.path.clone());
             call::prepare_resumed(&mut req);
             match forward(req, plan, meta, ctx, state, out).await {
@@ -185,8 +194,8 @@ async fn handle(
                 Err(refusal) => Err(refusal),
             }
         }
-        Action::Forward(plan) => forward(req, plan, meta, ctx, state, out).await,
-        Action::Decide(pending) => {
+        (Action::Forward(plan), None) => forward(req, plan, meta, ctx, state, out).await,
+        (Action::Decide(pending), None) => {
             let req = req.map(AgentBody::into_proxy_body);
             call::decide(req, pending, &caller, meta, ctx, state, out).await
         }
@@ -198,13 +207,19 @@ async fn handle(
 /// token minted for the request), the request sent upstream, the response
 /// readied for the agent. What can still go wrong is a [`Refusal`].
 async fn forward(
-    mut req: Request<AgentBody>,
+    req: Request<AgentBody>,
     plan: Forward<'_>,
     meta: &ConnMeta,
     ctx: &ProxyContext,
     state: &LiveState,
     out: &mut Outcome,
 ) -> Result<Response<ProxyBody>, Refusal> {
+    // Nothing goes upstream before a person approves it, whichever way
+    // the request was decided (on its head or on its body).
+    let mut req = match plan.approval {
+        Some(policy) => approval::hold(req, &plan, policy, meta, ctx, out).await?,
+        None => req,
+    };
     let agent = &meta.identity.agent;
     let Forward {
         authority,
@@ -216,6 +231,8 @@ async fn forward(
         resumed_lists: _,
         allow_overrides,
         aws,
+        // Held for above.
+        approval: _,
     } = plan;
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -379,7 +396,15 @@ async fn forward(
         }
         if let Some(agent_side) = agent_upgrade {
             let upstream_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(forward::tunnel(agent_side, upstream_side, redactor).in_current_span());
+            // The tunnel outlives the connection's task: it ends with a
+            // revocation too.
+            let (revocations, agent) = (ctx.revocations.clone(), agent.clone());
+            let tunnel = async move {
+                revocations
+                    .until_revoked(&agent, forward::tunnel(agent_side, upstream_side, redactor))
+                    .await;
+            };
+            tokio::spawn(tunnel.in_current_span());
         }
         return Ok(resp.map(|b| b.boxed()));
     }

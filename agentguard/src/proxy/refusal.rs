@@ -136,6 +136,28 @@ pub enum Refusal {
     UpstreamUnverified(String),
     #[error("{0}")]
     UpstreamFailed(String),
+    /// An operator revoked the agent (`agentguard revoke`, the web view).
+    #[error("agent {agent:?} is revoked: {reason}")]
+    Revoked { agent: String, reason: String },
+    /// The request waited for approval and an approver said no.
+    #[error("request {id} was denied by {by}: {reason}")]
+    ApprovalDenied {
+        id: String,
+        by: String,
+        reason: String,
+    },
+    #[error("request {id} was not approved within {}s", after.as_secs())]
+    ApprovalTimedOut {
+        id: String,
+        after: std::time::Duration,
+    },
+    /// The queue of held requests is full (per agent, or in total).
+    #[error("{0}")]
+    ApprovalQueueFull(#[source] crate::approvals::ApprovalError),
+    #[error(
+        "request body is larger than {max} bytes: a request that needs approval is read whole, to show it and bind the approval to it"
+    )]
+    ApprovalBodyTooLarge { max: usize },
     /// The upstream's reply is coded so that secrets in it could not be
     /// found (compressed although identity was asked for, a WebSocket
     /// extension): not relayed.
@@ -163,13 +185,19 @@ impl Refusal {
             | Refusal::UpgradeRefused
             | Refusal::MethodOverride { .. }
             | Refusal::CredentialOverPlainHttp { .. }
-            | Refusal::Placeholder { .. } => StatusCode::FORBIDDEN,
+            | Refusal::Placeholder { .. }
+            | Refusal::Revoked { .. }
+            | Refusal::ApprovalDenied { .. }
+            | Refusal::ApprovalTimedOut { .. } => StatusCode::FORBIDDEN,
+            Refusal::ApprovalQueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             Refusal::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::CredentialFetch { .. } => StatusCode::BAD_GATEWAY,
             Refusal::CredentialInjection { .. }
             | Refusal::TokenInjection(_)
             | Refusal::TokenMint(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Refusal::JwtBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::JwtBodyTooLarge { .. } | Refusal::ApprovalBodyTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Refusal::UpstreamUnverified(_)
             | Refusal::UpstreamFailed(_)
             | Refusal::UpstreamUnredactable(_) => StatusCode::BAD_GATEWAY,
@@ -205,6 +233,11 @@ impl Refusal {
             Refusal::JwtBodyTooLarge { .. } => "jwt-body-too-large",
             Refusal::UpstreamUnverified(_) => "upstream-unverified",
             Refusal::UpstreamFailed(_) => "upstream-failed",
+            Refusal::Revoked { .. } => "agent-revoked",
+            Refusal::ApprovalDenied { .. } => "approval-denied",
+            Refusal::ApprovalTimedOut { .. } => "approval-timeout",
+            Refusal::ApprovalQueueFull(_) => "approval-queue-full",
+            Refusal::ApprovalBodyTooLarge { .. } => "approval-body-too-large",
             Refusal::UpstreamUnredactable(_) => "upstream-unredactable",
         }
     }
@@ -226,11 +259,16 @@ impl Refusal {
         }
     }
 
-    /// A policy's denial is `deny`; everything agentguard refuses on its
-    /// own account (malformed, misdirected, unverifiable) is `refuse`.
+    /// A policy's denial, and a person's (an approver's no, an unanswered
+    /// approval, a revocation), is `deny`; everything agentguard refuses on
+    /// its own account (malformed, misdirected, unverifiable) is `refuse`.
     pub fn decision(&self) -> Decision {
         match self {
-            Refusal::Denied { .. } | Refusal::RateLimited { .. } => Decision::Deny,
+            Refusal::Denied { .. }
+            | Refusal::RateLimited { .. }
+            | Refusal::Revoked { .. }
+            | Refusal::ApprovalDenied { .. }
+            | Refusal::ApprovalTimedOut { .. } => Decision::Deny,
             _ => Decision::Refuse,
         }
     }
@@ -316,6 +354,9 @@ pub enum ConnRefusal {
         "passthrough host {sni} was not resolved to {ip} by agentguard's resolver for this agent"
     )]
     PassthroughUnresolved { sni: String, ip: IpAddr },
+    /// An operator revoked the agent: its connections are closed unread.
+    #[error("agent {agent:?} is revoked: {reason}")]
+    Revoked { agent: String, reason: String },
 }
 
 impl ConnRefusal {
@@ -330,6 +371,7 @@ impl ConnRefusal {
             | ConnRefusal::MalformedTls(_)
             | ConnRefusal::UnknownProtocol
             | ConnRefusal::PassthroughUnresolved { .. } => "protocol",
+            ConnRefusal::Revoked { .. } => "agent-revoked",
         }
     }
 }

@@ -196,6 +196,9 @@ fn attributes(r: &Record) -> Vec<KeyValue> {
     s("agentguard.token_jti", e.token_jti.as_deref());
     s("agentguard.policy_version", e.policy_version.as_deref());
     s("agentguard.traceparent", e.traceparent.as_deref());
+    s("agentguard.actor", e.actor.as_deref());
+    s("agentguard.approval_id", e.approval_id.as_deref());
+    s("agentguard.request_hash", e.request_hash.as_deref());
     s("agentguard.rpc_method", e.rpc_method.as_deref());
     s("agentguard.mcp_target", e.mcp_target.as_deref());
     s("agentguard.rpc_calls", e.rpc_calls.as_deref());

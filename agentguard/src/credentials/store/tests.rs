@@ -288,6 +288,33 @@ async fn oauth2_token_is_fetched_once_and_cached() {
 }
 
 #[tokio::test]
+async fn a_forgotten_agents_next_request_fetches_a_new_token() {
+    let fetcher = FakeFetcher::new(&[
+        (
+            200,
+            r#"{"access_token":"tok-before","token_type":"Bearer","expires_in":3600}"#,
+        ),
+        (
+            200,
+            r#"{"access_token":"tok-after","token_type":"Bearer","expires_in":3600}"#,
+        ),
+    ]);
+    let (store, _dir) = oauth2_store(fetcher.clone());
+    assert_eq!(
+        store.secret("bot", "api").await.unwrap().expose(),
+        "tok-before"
+    );
+    assert_eq!(store.forget_agent("other").await, 0);
+    assert_eq!(store.forget_agent("bot").await, 1);
+    assert_eq!(store.forget_agent("bot").await, 0, "nothing left to drop");
+    assert_eq!(
+        store.secret("bot", "api").await.unwrap().expose(),
+        "tok-after"
+    );
+    assert_eq!(store.token_fetches(), 2);
+}
+
+#[tokio::test]
 async fn oauth2_token_expiring_within_the_margin_is_renewed() {
     let fetcher = FakeFetcher::new(&[
         (

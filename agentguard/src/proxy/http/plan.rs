@@ -19,8 +19,8 @@ use crate::{
     audit::Decision as Recorded,
     policy::overrides::METHOD_PARAM,
     policy::{
-        AgentIdentity, AgentPolicy, BodyNeed, CredentialPolicy, Decision, Mode, PolicySet,
-        Protocol, RateLimiter, RequestFacts, RequestInput, normalize_path,
+        AgentIdentity, AgentPolicy, ApprovalPolicy, BodyNeed, CredentialPolicy, Decision, Mode,
+        PolicySet, Protocol, RateLimiter, RequestFacts, RequestInput, normalize_path,
     },
     proxy::{decide::Resolutions, refusal::Refusal},
 };
@@ -98,6 +98,8 @@ pub struct Forward<'p> {
     pub upgrade: bool,
     /// The credential to inject; only ever on a TLS connection.
     pub credential: Option<&'p CredentialPolicy>,
+    /// The tool wants a person to approve the request first.
+    pub approval: Option<&'p ApprovalPolicy>,
     /// A GET an MCP tool allows (enforced): its event stream may replay
     /// list responses of earlier POSTs, which are filtered
     /// ([`crate::mcp::ListFilter::for_resumed_stream`]).
@@ -274,10 +276,12 @@ pub fn settle<'p>(
     } = target;
     let aws_action = aws_facts.as_ref().and_then(|f| f.action.as_deref());
     let mut allow_overrides: &[String] = &[];
+    let mut approval = None;
     let credential = match decision {
         Decision::Allow(allowed) => {
             let tool = allowed.tool;
             allow_overrides = &tool.allow_overrides;
+            approval = tool.approval.as_ref();
             noted.tool = Some(tool.name.clone());
             let reason = match aws_action {
                 Some(action) => format!("allowed by tool {:?} (AWS action {action})", tool.name),
@@ -334,6 +338,7 @@ pub fn settle<'p>(
         path,
         upgrade: upgrade.is_some(),
         credential,
+        approval,
         resumed_lists: false,
         allow_overrides,
         aws,

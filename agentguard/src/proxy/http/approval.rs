@@ -1,0 +1,198 @@
+//! Holding a request for a person's approval: its body is read whole
+//! (bounded), the request is hashed (method, URL, body: the `rh` of
+//! request-bound tokens) and queued in [`crate::approvals`], and nothing is
+//! sent upstream until an approver says yes. Meanwhile the agent's
+//! connection simply has no answer yet: to its HTTP client, an ordinary
+//! slow response.
+//!
+//! Every outcome is an `approval` audit event here, where the whole request
+//! is known; the request's own event carries the approval id, the hash and
+//! the approver.
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Request, body::Bytes, header::CONTENT_LENGTH};
+use tracing::info;
+
+use super::{ConnMeta, agent_body, aws::AgentBody, plan::Forward, record::Outcome};
+use crate::{
+    approvals::{Binding, HeldRequest, MAX_HELD_BODY, Verdict},
+    audit::{Decision, Event, Kind},
+    policy::ApprovalPolicy,
+    proxy::{ProxyContext, refusal::Refusal, upstream::ProxyBody},
+    token::RequestBinding,
+};
+
+/// Holds `req` until it is approved (then returns it, its body buffered,
+/// to be forwarded exactly as hashed) or refused.
+pub(super) async fn hold(
+    req: Request<AgentBody>,
+    forward: &Forward<'_>,
+    policy: &ApprovalPolicy,
+    meta: &ConnMeta,
+    ctx: &ProxyContext,
+    out: &mut Outcome,
+) -> Result<Request<AgentBody>, Refusal> {
+    let (parts, body) = req.into_parts();
+    // A body already read (an AWS request's) stays one: it is re-signed.
+    let (body, read) = match body {
+        AgentBody::Read(bytes) if bytes.len() > MAX_HELD_BODY => {
+            return Err(Refusal::ApprovalBodyTooLarge { max: MAX_HELD_BODY });
+        }
+        AgentBody::Read(bytes) => (bytes, true),
+        AgentBody::Live(body) => {
+            let declared = parts
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > MAX_HELD_BODY as u64) {
+                return Err(Refusal::ApprovalBodyTooLarge { max: MAX_HELD_BODY });
+            }
+            (read_bounded(body, MAX_HELD_BODY).await?, false)
+        }
+    };
+    let scheme = meta.scheme();
+    let url = match parts.uri.query() {
+        Some(q) => format!("{scheme}://{}{}?{q}", forward.authority, forward.path),
+        None => format!("{scheme}://{}{}", forward.authority, forward.path),
+    };
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| Refusal::BadRequest(format!("cannot rebuild the request URL: {e}")))?;
+    let request_hash =
+        RequestBinding::new(parts.method.as_str(), &uri, scheme.as_str(), &body).request_hash();
+    out.event.request_hash = Some(request_hash.clone());
+    let identity = &meta.identity;
+    let held = ctx
+        .approvals
+        .hold(HeldRequest {
+            binding: Binding {
+                agent: identity.agent.to_string(),
+                pid: identity.pid,
+                request_hash: request_hash.clone(),
+            },
+            exe: identity.exe.as_ref().map(|p| p.display().to_string()),
+            uid: identity.uid,
+            tool: out.event.tool.clone().unwrap_or_default(),
+            method: parts.method.to_string(),
+            url: url.clone(),
+            body: body.clone(),
+            intent: out.event.intent.clone(),
+            on_behalf_of: ctx.on_behalf_of.lookup(identity.pid),
+            timeout: policy.timeout,
+        })
+        .map_err(Refusal::ApprovalQueueFull)?;
+    let id = held.id().to_owned();
+    out.event.approval_id = Some(id.clone());
+    info!(approval = %id, url = %url, "request held for approval");
+    let verdict = held.wait().await;
+    let (decision, rule, reason, actor, result) = match verdict {
+        Verdict::Approved { by, .. } => (
+            Decision::Allow,
+            "approval:approved",
+            format!("approved by {by}"),
+            Some(by),
+            Ok(()),
+        ),
+        Verdict::Denied { by, reason } => (
+            Decision::Deny,
+            "approval:denied",
+            reason.clone(),
+            Some(by.clone()),
+            Err(Refusal::ApprovalDenied {
+                id: id.clone(),
+                by,
+                reason,
+            }),
+        ),
+        Verdict::TimedOut { after } => {
+            let refusal = Refusal::ApprovalTimedOut {
+                id: id.clone(),
+                after,
+            };
+            (
+                Decision::Deny,
+                "approval:timeout",
+                refusal.to_string(),
+                None,
+                Err(refusal),
+            )
+        }
+        Verdict::Revoked { by, reason } => (
+            Decision::Deny,
+            "approval:revoked",
+            reason.clone(),
+            Some(by),
+            Err(Refusal::Revoked {
+                agent: identity.agent.to_string(),
+                reason,
+            }),
+        ),
+    };
+    info!(approval = %id, rule, reason = %reason, "approval decided");
+    // A revocation recorded its denials itself (`crate::oversight`), before
+    // it closed this connection.
+    let recorded = rule == "approval:revoked";
+    if !recorded {
+        record(
+            ctx,
+            meta,
+            out,
+            (decision, rule, reason),
+            actor.clone(),
+            &id,
+            &request_hash,
+        )
+        .await;
+    }
+    out.event.actor = actor;
+    result?;
+    // Exactly the bytes that were hashed and shown go upstream.
+    let body = match read {
+        true => AgentBody::Read(body),
+        false => AgentBody::Live(Full::new(body).map_err(|never| match never {}).boxed()),
+    };
+    Ok(Request::from_parts(parts, body))
+}
+
+/// The `approval` event of a decided request.
+async fn record(
+    ctx: &ProxyContext,
+    meta: &ConnMeta,
+    out: &Outcome,
+    (decision, rule, reason): (Decision, &str, String),
+    actor: Option<String>,
+    id: &str,
+    request_hash: &str,
+) {
+    let mut event = meta
+        .identity
+        .stamp(Event::new(Kind::Approval))
+        .with_decision(decision, reason);
+    event.rule = Some(rule.to_owned());
+    event.actor = actor;
+    event.approval_id = Some(id.to_owned());
+    event.request_hash = Some(request_hash.to_owned());
+    event.tool = out.event.tool.clone();
+    event.host = out.event.host.clone();
+    event.method = out.event.method.clone();
+    event.path = out.event.path.clone();
+    event.sni = meta.sni.clone();
+    event.intent = out.event.intent.clone();
+    event.policy_version = out.event.policy_version.clone();
+    ctx.audit.record(event).await;
+}
+
+/// The whole body, if it is at most `max` bytes.
+async fn read_bounded(mut body: ProxyBody, max: usize) -> Result<Bytes, Refusal> {
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Refusal::BodyUnreadable(agent_body::describe(&e)))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max {
+                return Err(Refusal::ApprovalBodyTooLarge { max });
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf))
+}

@@ -1,0 +1,229 @@
+//! Requests that wait for a person: curl, unmodified, calls a tool whose
+//! policy says `approval = {...}`; the request is held (curl just waits)
+//! until `agentguard approve` (it then reaches the upstream, exactly as
+//! sent, once), `agentguard deny` or the timeout (403 with the reason).
+//! An approval is bound to the exact request: an approver naming another
+//! request's hash is refused, and a spent approval cannot be used again.
+
+use std::{
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::common::{Daemon, TestCa, TlsUpstream, require_root, text};
+
+const AGENT: &str = "held-agent";
+const API: &str = "api.agentguard.test";
+const BODY: &str = r#"{"merge_method":"squash"}"#;
+
+fn policy() -> String {
+    format!(
+        r#"
+[[tool]]
+name = "test.merge"
+host = "{API}"
+methods = ["POST"]
+paths = ["/echo"]
+approval = {{ timeout = "60s" }}
+
+[[tool]]
+name = "test.slow"
+host = "{API}"
+methods = ["POST"]
+paths = ["/slow"]
+approval = {{ timeout = "2s" }}
+"#
+    )
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    upstream: TlsUpstream,
+    daemon: Daemon,
+}
+
+fn setup() -> Setup {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("agentguard test upstream CA", dir.path());
+    let upstream = TlsUpstream::start("127.0.0.3", API, &ca);
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy())
+        .upstream_ca(&ca.pem_path)
+        .start();
+    Setup {
+        _dir: dir,
+        upstream,
+        daemon,
+    }
+}
+
+/// curl POSTs `BODY` to `path`, printing the body and then the status.
+fn post(s: &Setup, path: &str) -> Child {
+    s.daemon
+        .exec_resolving(
+            AGENT,
+            &[API],
+            "127.0.0.3",
+            &[
+                "curl",
+                "-sS",
+                "-m",
+                "90",
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                BODY,
+                &s.upstream.url(path),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Polls `agentguard approvals` (bounded: 15 s) until `n` requests wait.
+fn wait_pending(s: &Setup, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = s.daemon.cli(&["approvals"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let pending: Vec<Value> = text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if pending.len() >= n {
+            return pending;
+        }
+        assert!(Instant::now() < deadline, "no held request: {pending:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// (body, status) curl printed.
+fn finish(child: Child) -> (String, String) {
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "curl: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let (body, status) = stdout.rsplit_once('\n').unwrap();
+    (body.to_owned(), status.to_owned())
+}
+
+#[test]
+fn an_approved_request_goes_upstream_once_exactly_as_it_was_shown() {
+    let s = setup();
+    let curl = post(&s, "/echo");
+    let pending = wait_pending(&s, 1);
+    let p = &pending[0];
+    assert_eq!(p["agent"], AGENT);
+    assert_eq!(p["pid"], curl.id(), "bound to the process that asked");
+    assert_eq!(p["tool"], "test.merge");
+    assert_eq!(p["method"], "POST");
+    assert_eq!(p["url"], s.upstream.url("/echo"));
+    assert_eq!(p["body_preview"], BODY);
+    // The hash is the request's own: method, URL and body, as a
+    // request-bound token's `rh` would bind them.
+    let uri: hyper::Uri = s.upstream.url("/echo").parse().unwrap();
+    let expected = agentguard::token::RequestBinding::new("POST", &uri, "https", BODY.as_bytes())
+        .request_hash();
+    assert_eq!(p["request_hash"], expected.as_str());
+    let id = p["id"].as_str().unwrap().to_owned();
+
+    // Held: nothing reached the upstream, and curl is still waiting on an
+    // open connection.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(s.upstream.seen().is_empty());
+
+    // An approver who was shown another request is refused; the request
+    // keeps waiting.
+    let wrong = s
+        .daemon
+        .cli(&["approve", &id, "--hash", "not-this-request"]);
+    assert!(!wrong.status.success());
+    assert!(
+        text(&wrong.stderr).contains("is not the request you were shown"),
+        "{}",
+        text(&wrong.stderr)
+    );
+    assert_eq!(wait_pending(&s, 1)[0]["id"], id.as_str());
+
+    let ok = s.daemon.cli(&["approve", &id, "--hash", &expected]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    let (body, status) = finish(curl);
+    assert_eq!((body.as_str(), status.as_str()), (BODY, "200"));
+    let seen: Vec<String> = s.upstream.seen().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(seen, ["/echo"]);
+
+    // Spent: it approves nothing else.
+    let again = s.daemon.cli(&["approve", &id]);
+    assert!(!again.status.success());
+    assert!(text(&again.stderr).contains("is waiting for approval"));
+
+    // The record: who approved what, and the request that went through
+    // names its approval and approver.
+    let events = s.daemon.wait_for_events("approval and request", |e| {
+        e.iter().any(|e| e["kind"] == "approval")
+            && e.iter()
+                .any(|e| e["kind"] == "request" && e["status"] == 200)
+    });
+    let approval = events.iter().find(|e| e["kind"] == "approval").unwrap();
+    assert_eq!(approval["decision"], "allow");
+    assert_eq!(approval["rule"], "approval:approved");
+    assert_eq!(approval["approval_id"], id.as_str());
+    assert_eq!(approval["request_hash"], expected.as_str());
+    assert_eq!(approval["pid"], p["pid"]);
+    let actor = approval["actor"].as_str().unwrap();
+    assert!(actor.contains("(admin socket, uid 0)"), "{actor}");
+    let request = events.iter().find(|e| e["kind"] == "request").unwrap();
+    assert_eq!(request["decision"], "allow");
+    assert_eq!(request["approval_id"], id.as_str());
+    assert_eq!(request["actor"], actor);
+}
+
+#[test]
+fn denied_and_unanswered_requests_get_403_with_the_reason_and_never_leave() {
+    let s = setup();
+    let denied = post(&s, "/echo");
+    let id = wait_pending(&s, 1)[0]["id"].as_str().unwrap().to_owned();
+    let out = s
+        .daemon
+        .cli(&["deny", &id, "--reason", "not during the freeze"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (body, status) = finish(denied);
+    assert_eq!(status, "403");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["rule"], "approval-denied");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("not during the freeze"), "{error}");
+
+    // Nobody answers: refused when the tool's timeout (2 s) passes.
+    let slow = post(&s, "/slow");
+    wait_pending(&s, 1);
+    let (body, status) = finish(slow);
+    assert_eq!(status, "403");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["rule"], "approval-timeout");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not approved within 2s")
+    );
+    assert!(s.upstream.seen().is_empty(), "nothing was sent upstream");
+
+    let events = s.daemon.wait_for_events("two approval events", |e| {
+        e.iter().filter(|e| e["kind"] == "approval").count() == 2
+    });
+    let rules: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "approval")
+        .map(|e| e["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["approval:denied", "approval:timeout"]);
+    assert!(s.daemon.cli(&["approvals"]).stdout.is_empty());
+}
