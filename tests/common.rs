@@ -5,7 +5,7 @@ mod dns_upstream;
 mod tls_upstream;
 mod upstream;
 
-pub use daemon::{ALLOW_LOOPBACK_TEST_HOSTS, Daemon, DaemonOptions, in_cgroup_dir};
+pub use daemon::{ALLOW_LOOPBACK_TEST_HOSTS, Confinement, Daemon, DaemonOptions, in_cgroup_dir};
 pub use dns_upstream::DnsUpstream;
 pub use tls_upstream::{SSE_EVENTS, TestCa, TlsUpstream};
 pub use upstream::{BODY, Upstream};

@@ -7,6 +7,7 @@ mod credentials;
 mod dns;
 mod egress;
 mod exec_confinement;
+mod exhaustion;
 mod fail_closed;
 mod interception;
 mod kernel_paths;

@@ -10,15 +10,17 @@
 //! - `otlp`: export to an OpenTelemetry collector.
 //!
 //! Emitters hold an [`AuditSink`]: [`AuditSink::record`] waits while the
-//! queue is full (backpressure) and never drops an event. The writer assigns
-//! sequence numbers in the order events reach it, so the chain's order is the
-//! order of recording.
+//! queue is full (in events or in bytes) or the writer cannot commit
+//! (`queue`), and never drops an event. The writer assigns sequence numbers
+//! in the order events reach it, so the chain's order is the order of
+//! recording.
 
 pub mod chain;
 pub mod event;
 pub mod ocsf;
 pub mod otlp;
 pub mod query;
+mod queue;
 pub mod signing;
 pub mod store;
 pub mod verify;
@@ -35,10 +37,12 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, watch};
 use tracing::error;
 
 pub use event::{Decision, Event, Kind};
+use queue::Queued;
+pub use queue::{CommitHealth, FIELD_MAX, MAX_EVENT_BYTES, limit_fields};
 pub use signing::SigningError;
 pub use store::{Checkpoint, Record, Store, StoreError};
 pub use writer::{Stats, WriterConfig};
@@ -73,6 +77,9 @@ pub struct AuditConfig {
     pub writer: WriterConfig,
     /// Events the queue holds before `record` waits.
     pub queue: usize,
+    /// Bytes the queued (not yet committed) events may hold before
+    /// `record` waits; at least [`MAX_EVENT_BYTES`].
+    pub queue_bytes: usize,
 }
 
 /// Something to run for each event as it is recorded (metrics, the admin
@@ -82,11 +89,13 @@ pub type Observer = Arc<dyn Fn(&Event) + Send + Sync>;
 /// Where events go. Cheap to clone; every clone feeds the same queue.
 #[derive(Clone)]
 pub struct AuditSink {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Queued>,
     shared: Arc<Shared>,
 }
 
 struct Shared {
+    bytes: queue::Bytes,
+    gate: queue::Gate,
     stats: Arc<Stats>,
     hub: broadcast::Sender<Arc<Record>>,
     observers: Vec<Observer>,
@@ -95,16 +104,19 @@ struct Shared {
 
 /// A reserved place in the queue: recording through it cannot wait or fail.
 pub struct Permit {
-    permit: mpsc::OwnedPermit<Event>,
+    permit: mpsc::OwnedPermit<Queued>,
+    bytes: OwnedSemaphorePermit,
     shared: Arc<Shared>,
 }
 
 impl Permit {
-    pub fn record(self, event: Event) {
+    pub fn record(self, mut event: Event) {
+        let weight = limit_fields(&mut event);
+        let bytes = queue::Bytes::keep(self.bytes, weight);
         for observe in &self.shared.observers {
             observe(&event);
         }
-        self.permit.send(event);
+        self.permit.send(Queued { event, bytes });
     }
 }
 
@@ -114,6 +126,15 @@ pub struct AuditStatus {
     pub db_path: String,
     pub queue_depth: usize,
     pub queue_capacity: usize,
+    /// Bytes the queued events hold, and the most they may.
+    #[serde(default)]
+    pub queue_bytes: usize,
+    #[serde(default)]
+    pub queue_bytes_capacity: usize,
+    /// Whether the writer is committing: while it is not, recording (and
+    /// so every agent request) waits.
+    #[serde(default)]
+    pub commit: Option<CommitHealth>,
     pub events_written: u64,
     pub last_seq: i64,
     pub last_checkpoint_seq: i64,
@@ -133,25 +154,57 @@ impl AuditSink {
         }
     }
 
-    /// Waits for a place in the queue. `None` once the writer has stopped.
+    /// Waits until the writer commits, then for a place in the queue.
+    /// `None` once the writer has stopped.
     pub fn reserve(&self) -> Pin<Box<dyn Future<Output = Option<Permit>> + Send + 'static>> {
         let (tx, shared) = (self.tx.clone(), self.shared.clone());
         Box::pin(async move {
+            shared.gate.open().await;
+            let bytes = shared.bytes.reserve().await?;
             let permit = tx.reserve_owned().await.ok()?;
-            Some(Permit { permit, shared })
+            Some(Permit {
+                permit,
+                bytes,
+                shared,
+            })
         })
+    }
+
+    /// Waits while the writer cannot commit: what an emitter calls before
+    /// it acts on something it will record (the proxy, before it forwards
+    /// a request).
+    pub async fn committing(&self) {
+        self.shared.gate.open().await;
     }
 
     /// For code that cannot wait (a `Drop`): queued now if there is room,
     /// else by a task that waits for room. Still never dropped.
     pub fn record_detached(&self, event: Event) {
-        match self.tx.clone().try_reserve_owned() {
-            Ok(permit) => Permit {
+        let room = if self.shared.gate.is_open() {
+            self.shared.bytes.try_reserve()
+        } else {
+            None
+        };
+        let reserved = match room {
+            Some(bytes) => self
+                .tx
+                .clone()
+                .try_reserve_owned()
+                .map(|permit| (permit, bytes))
+                .map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
+                    mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
+                }),
+            None => Err(mpsc::error::TrySendError::Full(())),
+        };
+        match reserved {
+            Ok((permit, bytes)) => Permit {
                 permit,
+                bytes,
                 shared: self.shared.clone(),
             }
             .record(event),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(mpsc::error::TrySendError::Full(())) => {
                 let sink = self.clone();
                 match tokio::runtime::Handle::try_current() {
                     Ok(rt) => {
@@ -162,7 +215,7 @@ impl AuditSink {
                     }
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(mpsc::error::TrySendError::Closed(())) => {
                 error!(kind = event.kind.as_str(), id = %event.id, "audit writer has stopped; event not stored");
             }
         }
@@ -187,6 +240,9 @@ impl AuditSink {
             db_path: self.shared.db_path.display().to_string(),
             queue_depth: self.queue_depth(),
             queue_capacity: self.tx.max_capacity(),
+            queue_bytes: self.shared.bytes.queued(),
+            queue_bytes_capacity: self.shared.bytes.capacity(),
+            commit: Some(self.shared.gate.health()),
             events_written: s.written.load(Ordering::Relaxed),
             last_seq: s.last_seq.load(Ordering::Relaxed),
             last_checkpoint_seq: s.last_checkpoint_seq.load(Ordering::Relaxed),
@@ -234,7 +290,21 @@ pub fn start(
     let signer = signing::Signer::load_or_create(&dir)?;
     let stats = Arc::new(Stats::default());
     let (hub, _) = broadcast::channel(FOLLOW_BUFFER);
-    let writer = writer::Writer::new(store, signer, cfg.writer, stats.clone(), hub.clone())?;
+    let bytes = queue::Bytes::new(cfg.queue_bytes);
+    // A commit that runs longer than one flush interval holds back new
+    // events: the loss after a crash stays about one interval's worth.
+    let gate = queue::Gate::new(cfg.writer.flush_interval);
+    let writer = writer::Writer::new(
+        store,
+        signer,
+        cfg.writer,
+        writer::Shared {
+            stats: stats.clone(),
+            hub: hub.clone(),
+            bytes: bytes.clone(),
+            gate: gate.clone(),
+        },
+    )?;
     let (tx, rx) = mpsc::channel(cfg.queue.max(1));
     let (stop, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
@@ -254,6 +324,8 @@ pub fn start(
     let sink = AuditSink {
         tx,
         shared: Arc::new(Shared {
+            bytes,
+            gate,
             stats,
             hub,
             observers,

@@ -34,6 +34,8 @@ pub const DEFAULT_AUDIT_FLUSH_INTERVAL: &str = "200ms";
 pub const DEFAULT_AUDIT_BATCH_MAX: usize = 1024;
 /// Audit events queued before the proxy waits for the writer.
 pub const DEFAULT_AUDIT_QUEUE: usize = 4096;
+/// ...or once the queued events hold this many bytes.
+pub const DEFAULT_AUDIT_QUEUE_BYTES: &str = "16M";
 /// A signed checkpoint every this many events...
 pub const DEFAULT_AUDIT_CHECKPOINT_EVERY: u64 = 1000;
 /// ...or this often, whichever comes first.
@@ -113,6 +115,7 @@ pub struct AuditOptions {
     pub flush_interval: Duration,
     pub batch_max: usize,
     pub queue: usize,
+    pub queue_bytes: u64,
     pub checkpoint_every: u64,
     pub checkpoint_interval: Duration,
     /// `None`: keep every event.
@@ -133,6 +136,7 @@ impl AuditOptions {
                 max_bytes: self.max_bytes,
             },
             queue: self.queue,
+            queue_bytes: usize::try_from(self.queue_bytes).unwrap_or(usize::MAX),
         }
     }
 
@@ -228,7 +232,7 @@ impl std::fmt::Display for RunConfig {
         write!(
             f,
             "policies={} state_dir={} admin_socket={} bpf_dir={} proxy_port={} upstream_ca={} \
-             audit_flush={:?} audit_batch_max={} audit_queue={} audit_checkpoint_every={} \
+             audit_flush={:?} audit_batch_max={} audit_queue={} audit_queue_bytes={} audit_checkpoint_every={} \
              audit_checkpoint_interval={:?} audit_retention={} audit_max_size={} \
              metrics_listen={} otlp_endpoint={} trust_domain={} jwks_listen={} jwt_max_body={} token_algorithm={:?} \
              report_kernel_redirects={} unix_guard={:?}",
@@ -243,6 +247,7 @@ impl std::fmt::Display for RunConfig {
             self.audit.flush_interval,
             self.audit.batch_max,
             self.audit.queue,
+            self.audit.queue_bytes,
             self.audit.checkpoint_every,
             self.audit.checkpoint_interval,
             self.audit

@@ -44,8 +44,21 @@ pub struct DaemonOptions<'a> {
     pub upstream_ca: Option<&'a Path>,
 }
 
+/// What a test daemon's process and state dir are given beyond its flags,
+/// for the tests about exhaustion.
+#[derive(Default, Clone, Copy)]
+pub struct Confinement<'a> {
+    /// RLIMIT_NOFILE (soft and hard) of `agentguard run`.
+    pub nofile: Option<u64>,
+    /// Put the state dir on a tmpfs of this size (`mount -o size=`), which
+    /// the test may fill; unmounted when the daemon is dropped.
+    pub state_tmpfs: Option<&'a str>,
+}
+
 pub struct Daemon {
     child: Option<Child>,
+    nofile: Option<u64>,
+    state_mounted: bool,
     upstream_ca: Option<PathBuf>,
     run_args: Vec<String>,
     run_env: Vec<(String, String)>,
@@ -87,6 +100,17 @@ impl Daemon {
         run_args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_confined(agents, options, run_args, env, Confinement::default())
+    }
+
+    /// [`Daemon::start_with_env`] under `confinement`.
+    pub fn start_confined(
+        agents: &[&str],
+        options: DaemonOptions<'_>,
+        run_args: &[&str],
+        env: &[(&str, &str)],
+        confinement: Confinement<'_>,
+    ) -> Self {
         require_root();
         let n = INSTANCE.fetch_add(1, Ordering::SeqCst);
         let tag = format!("agentguard-test-{}-{n}", std::process::id());
@@ -104,8 +128,24 @@ impl Daemon {
             .unwrap();
         }
         let cgroup_mount = cgroup2_mount();
+        let state_mounted = if let Some(size) = confinement.state_tmpfs {
+            let state = dir.path().join("state");
+            fs::create_dir(&state).unwrap();
+            let out = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0711")])
+                .arg(format!("agentguard-test-{n}"))
+                .arg(&state)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "mount tmpfs: {}", text(&out.stderr));
+            true
+        } else {
+            false
+        };
         let mut daemon = Self {
             child: None,
+            nofile: confinement.nofile,
+            state_mounted,
             upstream_ca: options.upstream_ca.map(Path::to_owned),
             run_args: run_args.iter().map(|a| a.to_string()).collect(),
             run_env: env
@@ -146,6 +186,16 @@ impl Daemon {
         command
             .args(&self.run_args)
             .envs(self.run_env.iter().cloned());
+        if let Some(n) = self.nofile {
+            // SAFETY: only setrlimit, async-signal-safe, between fork and
+            // exec.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
         let child = command
             .arg("--policies")
             .arg(self.dir.path().join("policies"))
@@ -439,6 +489,9 @@ impl Drop for Daemon {
             remove_cgroup(&self.cgroup_parent.join(agent));
         }
         remove_cgroup(&self.cgroup_parent);
+        if self.state_mounted {
+            let _ = Command::new("umount").arg(self.state_dir()).output();
+        }
     }
 }
 

@@ -8,6 +8,10 @@
 //! `batch_max` events or its first event has waited `flush_interval`, so
 //! after a `kill -9` at most the batch being collected (and whatever sat in
 //! the queue behind it) is missing, and everything committed still verifies.
+//!
+//! It tells the queue's gate when a commit starts, fails and succeeds
+//! (`queue::Gate`): while it cannot commit, emitters wait instead of
+//! filling the queue with events agents were already answered for.
 
 use std::{
     sync::{
@@ -23,6 +27,7 @@ use tracing::{error, info, warn};
 use super::{
     chain::{Hash, hash_row, to_hex},
     event::{Event, Kind, format_time},
+    queue::{Bytes, Gate, Queued},
     signing::Signer,
     store::{Checkpoint, Record, Store},
 };
@@ -68,12 +73,23 @@ pub struct Stats {
     pub write_errors: AtomicU64,
 }
 
+/// What the writer shares with the sink.
+pub(super) struct Shared {
+    pub stats: Arc<Stats>,
+    pub hub: broadcast::Sender<Arc<Record>>,
+    /// The queue's byte budget: committed events give theirs back.
+    pub bytes: Bytes,
+    pub gate: Gate,
+}
+
 pub(super) struct Writer {
     store: Store,
     signer: Signer,
     cfg: WriterConfig,
     stats: Arc<Stats>,
     hub: broadcast::Sender<Arc<Record>>,
+    bytes: Bytes,
+    gate: Gate,
     next_seq: i64,
     last_hash: Hash,
     since_checkpoint: u64,
@@ -86,9 +102,14 @@ impl Writer {
         store: Store,
         signer: Signer,
         cfg: WriterConfig,
-        stats: Arc<Stats>,
-        hub: broadcast::Sender<Arc<Record>>,
+        shared: Shared,
     ) -> Result<Self, super::store::StoreError> {
+        let Shared {
+            stats,
+            hub,
+            bytes,
+            gate,
+        } = shared;
         let tail = store.tail()?;
         stats.last_seq.store(tail.last_seq, Ordering::Relaxed);
         stats
@@ -100,6 +121,8 @@ impl Writer {
             cfg,
             stats,
             hub,
+            bytes,
+            gate,
             next_seq: tail.last_seq + 1,
             last_hash: tail.last_hash,
             // Events after the last checkpoint (a crash left them unsigned)
@@ -114,10 +137,10 @@ impl Writer {
     /// is queued, signs a final checkpoint and returns.
     pub(super) async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Event>,
+        mut rx: mpsc::Receiver<Queued>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut batch: Vec<Event> = Vec::with_capacity(self.cfg.batch_max);
+        let mut batch: Vec<Queued> = Vec::with_capacity(self.cfg.batch_max);
         loop {
             self.maintain();
             if *stop.borrow() {
@@ -181,6 +204,9 @@ impl Writer {
             }
         }
         self.commit(batch, true);
+        // Nothing commits any more: whoever waits at the gate goes on to
+        // find the queue closed, and says so.
+        self.gate.done();
         info!(
             last_seq = self.next_seq - 1,
             "audit writer stopped; final checkpoint signed"
@@ -206,7 +232,9 @@ impl Writer {
 
     /// Chains and commits `events`; signs a checkpoint with them when one is
     /// due (or `last`). Retries until the store takes them.
-    fn commit(&mut self, events: Vec<Event>, last: bool) {
+    fn commit(&mut self, queued: Vec<Queued>, last: bool) {
+        let held: usize = queued.iter().map(|q| q.bytes).sum();
+        let events = queued.into_iter().map(|q| q.event);
         let mut records = Vec::with_capacity(events.len());
         // Each row is made once: hashed here, then inserted as it is.
         let mut rows = Vec::with_capacity(events.len());
@@ -239,8 +267,10 @@ impl Writer {
 
         let started = Instant::now();
         let mut backoff = FIRST_BACKOFF;
+        self.gate.running();
         while let Err(e) = self.store.append(&records, &rows, checkpoint.as_ref()) {
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            self.gate.failed(e.to_string());
             if last && started.elapsed() > SHUTDOWN_GRACE {
                 error!(error = %e, events = records.len(), "audit store unwritable at shutdown; the last events are lost");
                 return;
@@ -249,6 +279,8 @@ impl Writer {
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+        self.gate.done();
+        self.bytes.release(held);
 
         let n = records.len() as u64;
         self.next_seq = seq;
@@ -318,7 +350,7 @@ impl Writer {
                 event.reason = Some(format!(
                     "removed events {first}..={anchor} {why}; signed checkpoint {anchor} is the anchor the chain continues from"
                 ));
-                self.commit(vec![event], false);
+                self.commit(vec![Queued { event, bytes: 0 }], false);
             }
             Ok(None) => {}
             Err(e) => warn!(error = %e, "audit retention failed; will retry"),

@@ -128,7 +128,12 @@ async fn handle(
     out.note(plan.noted);
     let forwarded = match plan.action {
         Action::Refuse(refusal) => Err(refusal),
-        Action::Forward(plan) => forward(req, plan, meta, ctx, state, out).await,
+        Action::Forward(plan) => {
+            // Nothing goes upstream while the record cannot be kept: the
+            // agent waits until the audit store commits again.
+            ctx.audit.committing().await;
+            forward(req, plan, meta, ctx, state, out).await
+        }
     };
     forwarded.unwrap_or_else(|refusal| out.refuse(refusal))
 }
