@@ -191,3 +191,75 @@ fn a_full_disk_holds_agents_back_at_once_and_kill_9_loses_little() {
     let out = audit_cli(&daemon, &["verify"]);
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
+
+/// Requests one at a time for `seconds`, printing each status code.
+const STEADY_AGENT: &str = r#"
+import sys, time, urllib.request, urllib.error
+base, seconds = sys.argv[1], float(sys.argv[2])
+end = time.monotonic() + seconds
+i = 0
+while time.monotonic() < end:
+    try:
+        code = urllib.request.urlopen(f"{base}steady/{i}", timeout=10).status
+    except urllib.error.HTTPError as e:
+        code = e.code
+    print(code, flush=True)
+    i += 1
+    time.sleep(0.02)
+"#;
+
+#[test]
+fn a_policy_written_in_place_slowly_is_loaded_only_whole() {
+    require_root();
+    let upstream = Upstream::start("127.0.0.2");
+    let daemon = Daemon::start(&["inplace"]);
+    let path = daemon.policy_path("inplace");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let base = format!("http://{}/", upstream.addr);
+    let agent = daemon
+        .exec("inplace", &["python3", "-c", STEADY_AGENT, &base, "9"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // Rewrite the file in place (truncate, then write), a few lines at a
+    // time with pauses: its prefixes are valid TOML, the first ones an
+    // agent with no tools at all, which denies everything.
+    let new = format!("{original}\n# edited in place\n");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let lines: Vec<&str> = new.split_inclusive('\n').collect();
+    for chunk in lines.chunks(4) {
+        use std::io::Write as _;
+        file.write_all(chunk.concat().as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(1200));
+    }
+    drop(file);
+    let status = daemon.wait_for_reload(true);
+    let out = agent.wait_with_output().unwrap();
+    let codes: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    let refused = codes.iter().filter(|c| *c != "200").count();
+    eprintln!(
+        "{} requests, {refused} not 200; last reload: {}",
+        codes.len(),
+        status["last_reload"]
+    );
+    assert!(
+        codes.len() > 50,
+        "the agent made too few requests: {codes:?}"
+    );
+    assert_eq!(
+        refused, 0,
+        "requests refused while the policy was being written: {codes:?}"
+    );
+    // The whole new file, and nothing before it, was loaded.
+    let reloads: Vec<Value> = daemon
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["kind"] == "policy_reload")
+        .collect();
+    assert!(
+        reloads.iter().all(|e| e["decision"] == "accept"),
+        "a prefix was read: {reloads:#?}"
+    );
+}
