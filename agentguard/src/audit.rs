@@ -173,8 +173,11 @@ impl AuditSink {
     /// Waits while the writer cannot commit: what an emitter calls before
     /// it acts on something it will record (the proxy, before it forwards
     /// a request).
-    pub async fn committing(&self) {
-        self.shared.gate.open().await;
+    pub fn committing(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        // Boxed (as `reserve`): the gate's wait, inlined into the proxy's
+        // request future, trips rustc's check that the future is `Send`.
+        let shared = self.shared.clone();
+        Box::pin(async move { shared.gate.open().await })
     }
 
     /// For code that cannot wait (a `Drop`): queued now if there is room,

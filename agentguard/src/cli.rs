@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing and dispatch to the modules.
 
 mod audit;
+mod limits;
 mod token;
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
@@ -73,6 +74,8 @@ enum Command {
         audit: audit::AuditRunArgs,
         #[command(flatten)]
         tokens: token::TokenRunArgs,
+        #[command(flatten)]
+        limits: Box<limits::LimitRunArgs>,
     },
     /// Request-bound tokens: print the JWKS, verify a token.
     Token {
@@ -254,6 +257,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             allow_unguarded_unix_sockets,
             audit,
             tokens,
+            limits,
         } => {
             let cfg = RunConfig {
                 dns_upstreams: dns_upstream,
@@ -273,6 +277,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
                 metrics_listen: audit.metrics_listen,
                 otlp_endpoint: audit.otlp_endpoint.clone(),
                 tokens: tokens.options()?,
+                limits: limits.options()?,
             }
             .validate()?;
             runtime()?.block_on(daemon::run(cfg)).map_err(Box::new)?;

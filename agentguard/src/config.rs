@@ -180,6 +180,8 @@ pub struct RunConfig {
     /// Whether a kernel without the Unix-socket hooks stops start-up.
     pub unix_guard: UnixGuard,
     pub tokens: TokenOptions,
+    /// Time limits and per-agent caps.
+    pub limits: crate::proxy::limits::LimitOptions,
 }
 
 /// `--jwks-listen`: an address, or `off`.
@@ -235,7 +237,7 @@ impl std::fmt::Display for RunConfig {
              audit_flush={:?} audit_batch_max={} audit_queue={} audit_queue_bytes={} audit_checkpoint_every={} \
              audit_checkpoint_interval={:?} audit_retention={} audit_max_size={} \
              metrics_listen={} otlp_endpoint={} trust_domain={} jwks_listen={} jwt_max_body={} token_algorithm={:?} \
-             report_kernel_redirects={} unix_guard={:?}",
+             report_kernel_redirects={} unix_guard={:?} {}",
             self.policies_dir.display(),
             self.state_dir.display(),
             self.admin_socket.display(),
@@ -266,6 +268,7 @@ impl std::fmt::Display for RunConfig {
             self.tokens.algorithm,
             self.report_kernel_redirects,
             self.unix_guard,
+            self.limits,
         )
     }
 }

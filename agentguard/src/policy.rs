@@ -14,9 +14,9 @@ pub use eval::{RequestFacts, Verdict};
 pub use explain::{Explanation, explain};
 pub use load::{PolicyError, PolicyErrors, load_path};
 pub use model::{
-    AgentPolicy, CgroupRelPath, CredentialPolicy, DnsMode, HostPattern, Injection, Mode,
-    OAuth2Source, PassthroughRule, PathPattern, PolicySet, SecretRef, SecretSource, ToolPolicy,
-    ValueSource,
+    AgentLimits, AgentPolicy, CgroupRelPath, CredentialPolicy, DnsMode, HostPattern, Injection,
+    Mode, OAuth2Source, PassthroughRule, PathPattern, PolicySet, SecretRef, SecretSource,
+    ToolPolicy, ToolTimeouts, ValueSource,
 };
 pub use pattern::normalize_path;
 pub use unix::UnixSocketAddr;

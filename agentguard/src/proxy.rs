@@ -7,11 +7,13 @@
 //! carries the plan out; `http` serves an intercepted connection, planning
 //! each request before forwarding it through `upstream`; `relay` carries
 //! passthrough bytes. Every refusal is a type in `refusal`, written for
-//! the agent by `respond`.
+//! the agent by `respond`. `limits` bounds what one agent may hold and for
+//! how long.
 
 mod connection;
 mod decide;
 mod http;
+pub mod limits;
 mod listener;
 mod refusal;
 mod relay;
@@ -60,4 +62,6 @@ pub struct ProxyContext {
     pub on_behalf_of: Arc<crate::token::OnBehalfOf>,
     /// Request bodies of JWT-bound tools are read whole up to this size.
     pub jwt_max_body: usize,
+    /// Time limits, and what each agent may hold at once.
+    pub limits: Arc<limits::Limits>,
 }

@@ -263,3 +263,561 @@ fn a_policy_written_in_place_slowly_is_loaded_only_whole() {
         "a prefix was read: {reloads:#?}"
     );
 }
+
+/// What a [`Misbehaving`] upstream does once it has read a request head.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    /// Never answers.
+    Silent,
+    /// Sends a head announcing 100 bytes, then 10 of them, then nothing.
+    StallMidBody,
+    /// A chunked body of `pieces` pieces, `gap` apart.
+    Drip { pieces: usize, gap: Duration },
+    /// Answers 200 after `Duration`.
+    Late(Duration),
+    /// Accepts TCP and never reads or writes (a TLS handshake stalls).
+    Mute,
+}
+
+/// A loopback upstream that accepts and then misbehaves as told. Each
+/// connection is held at most 60 s, or until the server is dropped.
+struct Misbehaving {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Misbehaving {
+    fn start(ip: &str, behaviour: Behaviour) -> Self {
+        use std::sync::{Arc, atomic::AtomicBool};
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                for stream in listener.incoming() {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let stop = stop.clone();
+                    std::thread::spawn(move || misbehave(stream, behaviour, &stop));
+                }
+            }
+        });
+        Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Misbehaving {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn misbehave(
+    mut stream: std::net::TcpStream,
+    behaviour: Behaviour,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read as _, Write as _};
+    let hold = || {
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    if let Behaviour::Mute = behaviour {
+        return hold();
+    }
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    match behaviour {
+        Behaviour::Silent | Behaviour::Mute => hold(),
+        Behaviour::StallMidBody => {
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 100\r\n\r\n0123456789",
+            );
+            hold();
+        }
+        Behaviour::Drip { pieces, gap } => {
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+            );
+            for i in 0..pieces {
+                std::thread::sleep(gap);
+                let piece = format!("piece{i}");
+                let _ = stream.write_all(format!("{:x}\r\n{piece}\r\n", piece.len()).as_bytes());
+            }
+            let _ = stream.write_all(b"0\r\n\r\n");
+        }
+        Behaviour::Late(after) => {
+            std::thread::sleep(after);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nlate",
+            );
+        }
+    }
+}
+
+/// A tool for everything on 127.0.0.2 with short upstream limits.
+const IMPATIENT_TOOL: &str = r#"
+[[tool]]
+name = "test.impatient"
+host = "127.0.0.2"
+methods = ["GET"]
+paths = ["/", "/*"]
+timeouts = { response_head = "2s", body_idle = "2s" }
+"#;
+
+/// `curl` as the agent: (exit code, HTTP status) of one GET.
+fn curl_status(daemon: &Daemon, agent: &str, url: &str) -> (Option<i32>, String) {
+    let out = daemon
+        .exec(
+            agent,
+            &[
+                "curl",
+                "-sS",
+                "-m",
+                "20",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                url,
+            ],
+        )
+        .output()
+        .unwrap();
+    (out.status.code(), text(&out.stdout))
+}
+
+#[test]
+fn an_upstream_that_never_answers_gets_a_504_at_the_tools_limit() {
+    require_root();
+    let silent = Misbehaving::start("127.0.0.2", Behaviour::Silent);
+    let daemon = Daemon::start_with(
+        &["impatient"],
+        DaemonOptions {
+            policy_extra: IMPATIENT_TOOL,
+            ..DaemonOptions::default()
+        },
+    );
+    let started = Instant::now();
+    let (code, status) = curl_status(
+        &daemon,
+        "impatient",
+        &format!("http://{}/slow", silent.addr),
+    );
+    eprintln!("curl {code:?} {status} after {:?}", started.elapsed());
+    assert_eq!((code, status.as_str()), (Some(0), "504"));
+    let events = daemon.wait_for_events("the 504's event", |e| {
+        e.iter()
+            .any(|e| e["kind"] == "request" && e["status"] == 504)
+    });
+    let event = events.iter().find(|e| e["status"] == 504).unwrap();
+    assert_eq!(event["rule"], "upstream-timeout", "{event}");
+    assert!(
+        event["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no response head within 2s"),
+        "{event}"
+    );
+}
+
+#[test]
+fn a_body_that_stalls_is_cut_and_one_that_trickles_flows() {
+    require_root();
+    let stalling = Misbehaving::start("127.0.0.2", Behaviour::StallMidBody);
+    let dripping = Misbehaving::start(
+        "127.0.0.2",
+        Behaviour::Drip {
+            pieces: 3,
+            gap: Duration::from_millis(1200),
+        },
+    );
+    let daemon = Daemon::start_with(
+        &["trickle"],
+        DaemonOptions {
+            policy_extra: IMPATIENT_TOOL,
+            ..DaemonOptions::default()
+        },
+    );
+    // Stalled after 10 of 100 bytes: cut after the 2 s gap, well before
+    // curl's own 20 s (curl 18: transfer closed with data outstanding).
+    let (code, status) = curl_status(
+        &daemon,
+        "trickle",
+        &format!("http://{}/stall", stalling.addr),
+    );
+    assert_eq!((code, status.as_str()), (Some(18), "200"));
+    // Gaps of 1.2 s, each within the 2 s limit, 3.6 s in all: it flows.
+    let out = daemon
+        .exec(
+            "trickle",
+            &[
+                "curl",
+                "-sS",
+                "-m",
+                "20",
+                &format!("http://{}/drip", dripping.addr),
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "piece0piece1piece2",
+        "{}",
+        text(&out.stderr)
+    );
+
+    let events = daemon.wait_for_events("both requests' events", |e| {
+        e.iter().filter(|e| e["kind"] == "request").count() >= 2
+    });
+    let stalled = events.iter().find(|e| e["path"] == "/stall").unwrap();
+    assert!(
+        stalled["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the upstream sent no response body bytes for 2s"),
+        "{stalled}"
+    );
+    assert_eq!(stalled["bytes_out"], 10, "{stalled}");
+    let dripped = events.iter().find(|e| e["path"] == "/drip").unwrap();
+    assert_eq!(dripped["bytes_out"], 18, "{dripped}");
+}
+
+#[test]
+fn a_tls_upstream_that_never_handshakes_gets_a_504() {
+    require_root();
+    let mute = Misbehaving::start("127.0.0.2", Behaviour::Mute);
+    let daemon = Daemon::start_with_args(
+        &["handshake"],
+        DaemonOptions {
+            policy_extra: r#"
+[[tool]]
+name = "test.mute"
+host = "mute.agentguard.test"
+methods = ["GET"]
+paths = ["/*"]
+"#,
+            ..DaemonOptions::default()
+        },
+        &["--upstream-tls-timeout", "2s"],
+    );
+    let url = format!("https://mute.agentguard.test:{}/x", mute.addr.port());
+    let out = daemon
+        .exec_resolving(
+            "handshake",
+            &["mute.agentguard.test"],
+            "127.0.0.2",
+            &[
+                "curl",
+                "-sS",
+                "-m",
+                "20",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &url,
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "504", "{}", text(&out.stderr));
+    let events = daemon.wait_for_events("the 504's event", |e| {
+        e.iter()
+            .any(|e| e["kind"] == "request" && e["status"] == 504)
+    });
+    let event = events.iter().find(|e| e["status"] == 504).unwrap();
+    assert_eq!(event["rule"], "upstream-timeout", "{event}");
+    assert!(
+        event["reason"]
+            .as_str()
+            .unwrap()
+            .contains("TLS handshake did not finish within 2s"),
+        "{event}"
+    );
+}
+
+/// Fires `n` GETs at once and prints each status code.
+const CONCURRENT_AGENT: &str = r#"
+import sys, threading, urllib.request, urllib.error
+url, n = sys.argv[1], int(sys.argv[2])
+codes = []
+def get(i):
+    try:
+        codes.append(urllib.request.urlopen(f"{url}{i}", timeout=20).status)
+    except urllib.error.HTTPError as e:
+        codes.append(e.code)
+threads = [threading.Thread(target=get, args=(i,)) for i in range(n)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(" ".join(str(c) for c in sorted(codes)))
+"#;
+
+#[test]
+fn an_agent_gets_429_beyond_its_requests_in_flight_and_slow_requests_outlive_the_idle_limit() {
+    require_root();
+    // Each answer takes 3 s: longer than the 1 s client timeout, which
+    // must not cut a request in flight.
+    let late = Misbehaving::start("127.0.0.2", Behaviour::Late(Duration::from_secs(3)));
+    let daemon = Daemon::start_with_args(
+        &["busy"],
+        DaemonOptions {
+            policy_extra: &format!("[agent.limits]\nrequests = 2\n{ALLOW_LOOPBACK_TEST_HOSTS}"),
+            ..DaemonOptions::default()
+        },
+        &["--client-timeout", "1s"],
+    );
+    let out = daemon
+        .exec(
+            "busy",
+            &[
+                "python3",
+                "-c",
+                CONCURRENT_AGENT,
+                &format!("http://{}/r", late.addr),
+                "5",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "200 200 429 429 429",
+        "{}",
+        text(&out.stderr)
+    );
+    let events = daemon.wait_for_events("five request events", |e| {
+        e.iter().filter(|e| e["kind"] == "request").count() >= 5
+    });
+    let refused: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "request" && e["status"] == 429)
+        .collect();
+    assert_eq!(refused.len(), 3, "{events:#?}");
+    for e in refused {
+        assert_eq!(e["rule"], "agent-request-limit", "{e}");
+        assert_eq!(e["decision"], "refuse", "{e}");
+    }
+}
+
+/// Opens TLS connections to the proxy that never send a request, and
+/// reports for each whether the proxy closed it within `wait` seconds.
+const IDLE_TLS_AGENT: &str = r#"
+import socket, ssl, sys, time
+name, port, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+cases = [("http/1.1", b""), ("h2", b""), ("h2", b"PRI * HTTP/2.0\r\n")]
+socks = []
+for alpn, first in cases:
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols([alpn])
+    s = ctx.wrap_socket(socket.create_connection((name, port), timeout=10), server_hostname=name)
+    if first:
+        s.sendall(first)
+    socks.append((alpn, first, s))
+end = time.monotonic() + wait
+for alpn, first, s in socks:
+    s.settimeout(max(0.1, end - time.monotonic()))
+    state = "open"
+    try:
+        while True:
+            if not s.recv(4096):
+                state = "closed"
+                break
+    except (socket.timeout, TimeoutError):
+        state = "open"
+    except (ConnectionResetError, ssl.SSLError):
+        state = "closed"
+    print(alpn, "partial" if first else "nothing", state, flush=True)
+"#;
+
+#[test]
+fn connections_that_never_send_a_request_are_closed() {
+    require_root();
+    let daemon = Daemon::start_with_args(
+        &["idler"],
+        DaemonOptions {
+            policy_extra: ALLOW_LOOPBACK_TEST_HOSTS,
+            ..DaemonOptions::default()
+        },
+        &["--client-timeout", "2s"],
+    );
+    // Nothing listens behind the name: the proxy never dials the upstream
+    // for a connection that sends no request.
+    let out = daemon
+        .exec_resolving(
+            "idler",
+            &["idle.agentguard.test"],
+            "127.0.0.2",
+            &[
+                "python3",
+                "-c",
+                IDLE_TLS_AGENT,
+                "idle.agentguard.test",
+                "443",
+                "15",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "http/1.1 nothing closed\nh2 nothing closed\nh2 partial closed\n",
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Opens `n` connections that send half a request head, holds them
+/// `hold` seconds, then says how many the proxy kept open.
+const HOG_AGENT: &str = r#"
+import socket, sys, time
+ip, port, n, hold = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+socks = []
+for i in range(n):
+    try:
+        s = socket.create_connection((ip, port), timeout=5)
+        s.sendall(b"GET /hog HTTP/1.1\r\n")
+        socks.append(s)
+    except OSError as e:
+        print("connect failed after", i, e, flush=True)
+        break
+print("opened", len(socks), flush=True)
+time.sleep(hold)
+alive = 0
+for s in socks:
+    s.setblocking(False)
+    try:
+        if s.recv(1):
+            alive += 1
+    except BlockingIOError:
+        alive += 1
+    except OSError:
+        pass
+print("alive", alive, flush=True)
+"#;
+
+/// Runs `cmd`, killing it after `limit`: `None` if it had to be killed.
+fn output_within(mut cmd: Command, limit: Duration) -> Option<std::process::Output> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn an_agent_holding_every_connection_it_can_stops_neither_others_nor_status() {
+    require_root();
+    // 600 descriptors: 256 kept in reserve, a budget of 344 proxy sockets,
+    // and a default share of a quarter of it (86) per agent.
+    const NOFILE: u64 = 600;
+    const SHARE: usize = 86;
+    let upstream = Upstream::start("127.0.0.2");
+    let daemon = Daemon::start_confined(
+        &["hog", "other"],
+        DaemonOptions {
+            policy_extra: ALLOW_LOOPBACK_TEST_HOSTS,
+            ..DaemonOptions::default()
+        },
+        &[],
+        &[],
+        Confinement {
+            nofile: Some(NOFILE),
+            ..Confinement::default()
+        },
+    );
+    let mut hog = daemon
+        .exec(
+            "hog",
+            &[
+                "python3",
+                "-c",
+                HOG_AGENT,
+                "127.0.0.2",
+                &upstream.addr.port().to_string(),
+                "700",
+                "8",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines(&mut hog);
+    let opened = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the hog opened its connections");
+    eprintln!("hog: {opened}");
+
+    // Another agent is served, and the operator's status answers.
+    let out = output_within(
+        daemon.exec("other", &["curl", "-sS", "-m", "5", &upstream.url()]),
+        Duration::from_secs(10),
+    )
+    .expect("the other agent's curl finished");
+    assert!(out.status.success(), "other agent: {}", text(&out.stderr));
+    let mut status = Command::new(AGENTGUARD);
+    status
+        .args(["status", "--admin-socket"])
+        .arg(&daemon.admin_socket);
+    let out = output_within(status, Duration::from_secs(10)).expect("status answered");
+    assert!(out.status.success(), "status: {}", text(&out.stderr));
+
+    let alive = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the hog's count");
+    let _ = hog.wait();
+    eprintln!("hog: {alive}");
+    let alive: usize = alive.trim_start_matches("alive ").parse().unwrap();
+    assert!(alive <= SHARE, "the hog kept {alive} connections");
+    let events = daemon.audit_events();
+    let capped = events
+        .iter()
+        .filter(|e| e["kind"] == "connection" && e["rule"] == "agent-connection-limit")
+        .count();
+    assert!(capped > 0, "no connection refused at the cap");
+    let refusal = events
+        .iter()
+        .find(|e| e["rule"] == "agent-connection-limit")
+        .unwrap();
+    assert_eq!(refusal["agent"], "hog", "{refusal}");
+    assert!(
+        refusal["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("holds {SHARE} connections")),
+        "{refusal}"
+    );
+}

@@ -305,6 +305,7 @@ mod tests {
                     credentials,
                     tools: Vec::new(),
                     passthrough: Vec::new(),
+                    limits: Default::default(),
                     source: PathBuf::from(format!("/etc/agentguard/policies/{name}.toml")),
                 })
                 .collect(),

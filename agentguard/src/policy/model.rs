@@ -110,6 +110,25 @@ pub(super) struct ToolSection {
     pub methods: Spanned<Vec<String>>,
     pub paths: Spanned<Vec<String>>,
     pub credential: Option<Spanned<String>>,
+    /// `timeouts = { response_head = "5m", body_idle = "15m" }`.
+    pub timeouts: Option<Spanned<ToolTimeoutsSection>>,
+}
+
+/// A tool's time limits toward its upstream, overriding the daemon's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ToolTimeoutsSection {
+    pub response_head: Option<String>,
+    pub body_idle: Option<String>,
+}
+
+/// `[agent.limits]`: what one agent may hold at once, overriding the
+/// daemon's defaults.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AgentLimitsSection {
+    pub connections: Option<Spanned<u32>>,
+    pub requests: Option<Spanned<u32>>,
 }
 
 /// `[[passthrough]]`: TLS to these hosts is relayed untouched (pinned
@@ -129,6 +148,7 @@ pub(super) struct AgentSection {
     pub mode: Option<Spanned<String>>,
     pub dns: Option<Spanned<String>>,
     pub unix_sockets: Option<Vec<Spanned<String>>>,
+    pub limits: Option<AgentLimitsSection>,
 }
 
 /// A cgroup path relative to the cgroup v2 mount, e.g. `agentguard/support-bot`.
@@ -302,6 +322,24 @@ pub struct CredentialPolicy {
     pub placeholder_env: Option<String>,
 }
 
+/// A tool's own time limits toward its upstream; `None`: the daemon's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ToolTimeouts {
+    /// From the end of the request body to the response head.
+    pub response_head: Option<std::time::Duration>,
+    /// Between two pieces of the response body.
+    pub body_idle: Option<std::time::Duration>,
+}
+
+/// What one agent may hold at once; `None`: the daemon's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgentLimits {
+    /// Open connections, intercepted or passed through.
+    pub connections: Option<u32>,
+    /// Requests in flight.
+    pub requests: Option<u32>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ToolPolicy {
     pub name: String,
@@ -311,6 +349,7 @@ pub struct ToolPolicy {
     pub paths: Vec<PathPattern>,
     /// Id of the credential injected into this tool's requests.
     pub credential: Option<String>,
+    pub timeouts: ToolTimeouts,
 }
 
 /// One agent's validated policy.
@@ -326,6 +365,7 @@ pub struct AgentPolicy {
     pub credentials: Vec<CredentialPolicy>,
     pub tools: Vec<ToolPolicy>,
     pub passthrough: Vec<PassthroughRule>,
+    pub limits: AgentLimits,
     /// The file it came from, for error messages and `status`.
     pub source: PathBuf,
 }

@@ -44,8 +44,23 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>)
             dst,
             refusal,
         } => {
+            drop(stream);
             let plan = ConnPlan::Refuse(refusal);
             ConnOutcome::new(peer, identity.as_ref(), dst, &plan)
+                .record(&ctx, &state.policy.version)
+                .await;
+            return;
+        }
+    };
+    // Before a byte is read: an agent at its cap (or a proxy at its
+    // descriptor budget) gets the connection closed, and the record says
+    // why. The place is held until the connection ends.
+    let held = match ctx.limits.connection(&identity.agent, &state.policy) {
+        Ok(held) => held,
+        Err(refusal) => {
+            drop(stream);
+            let plan = ConnPlan::Refuse(refusal);
+            ConnOutcome::new(peer, Some(&identity), Some(dst), &plan)
                 .record(&ctx, &state.policy.version)
                 .await;
             return;
@@ -76,6 +91,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>)
             .await;
         drop(state);
         carry_out(plan, stream, identity, peer, dst, ctx).await;
+        drop(held);
     }
     .instrument(span)
     .await;

@@ -7,6 +7,7 @@
 mod checks;
 mod forward;
 mod hop;
+mod idle;
 mod jwt;
 mod plan;
 mod record;
@@ -31,7 +32,7 @@ use super::{
     ProxyContext,
     refusal::Refusal,
     respond,
-    upstream::{ProxyBody, describe_failure},
+    upstream::{ProxyBody, boxed, deadline},
 };
 use crate::{
     audit::{Decision, Event, Kind},
@@ -64,52 +65,75 @@ impl ConnMeta {
     }
 }
 
-/// How long a client may take to send a request head (and, on HTTP/1.1,
-/// may stay idle between requests); HTTP/2 connections are pinged at this
-/// interval and closed if the client does not answer.
-const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Serves HTTP on `io` until the agent closes it.
+/// Serves HTTP on `io` until the agent closes it, or leaves it with no
+/// request in flight for the client timeout (`idle`).
 pub async fn serve<IO>(io: IO, meta: ConnMeta, ctx: Arc<ProxyContext>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let meta = Arc::new(meta);
     let span = tracing::Span::current();
-    let service = service_fn(move |req| {
-        let (meta, ctx) = (meta.clone(), ctx.clone());
-        async move {
-            // Each request reads the policy in force when it arrives: a
-            // reload applies to open connections from their next request.
-            let state = ctx.live.load();
-            let mut outcome = Outcome::new(
-                &meta,
-                &req,
-                &state.policy.version,
-                ctx.audit.clone(),
-                ctx.requests.clone(),
-            );
-            let resp = handle(req, &meta, &ctx, &state, &mut outcome).await;
-            Ok::<_, Infallible>(outcome.attach(resp))
+    let client_timeout = ctx.limits.options().client_timeout;
+    let activity = idle::Activity::default();
+    let service = service_fn({
+        let activity = activity.clone();
+        move |req| {
+            let (meta, ctx) = (meta.clone(), ctx.clone());
+            let busy = activity.begin();
+            async move {
+                // Each request reads the policy in force when it arrives: a
+                // reload applies to open connections from their next request.
+                let state = ctx.live.load();
+                let mut outcome = Outcome::new(
+                    &meta,
+                    &req,
+                    &state.policy.version,
+                    ctx.audit.clone(),
+                    ctx.requests.clone(),
+                );
+                // In flight until the response body ends: the agent's cap.
+                let slot = ctx.limits.request(&meta.identity.agent, &state.policy);
+                let resp = match slot {
+                    Ok(slot) => {
+                        let resp = handle(req, &meta, &ctx, &state, &mut outcome).await;
+                        outcome
+                            .attach(resp)
+                            .map(|b| idle::Holding::new(b, (busy, Some(slot))))
+                    }
+                    Err(refusal) => {
+                        let resp = outcome.refuse(refusal);
+                        outcome
+                            .attach(resp)
+                            .map(|b| idle::Holding::new(b, (busy, None)))
+                    }
+                };
+                Ok::<_, Infallible>(resp)
+            }
+            .instrument(span.clone())
         }
-        .instrument(span.clone())
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Without a timer hyper applies no header-read timeout: a client that
-    // never finishes its request head (or idles between requests) would
-    // hold the connection for ever.
+    // never finishes its request head would hold the connection for ever.
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(client_timeout);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(Some(HEADER_READ_TIMEOUT));
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .await
-    {
+        .keep_alive_interval(Some(client_timeout));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let ended = match idle::until_idle(conn.as_mut(), &activity, client_timeout).await {
+        Some(ended) => Some(ended),
+        None => {
+            // A request that raced the shutdown gets the time to finish.
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(client_timeout, conn).await.ok()
+        }
+    };
+    if let Some(Err(e)) = ended {
         debug!(error = %e, "http connection ended with error");
     }
 }
@@ -156,7 +180,9 @@ async fn forward(
         path,
         upgrade,
         credential,
+        timeouts,
     } = plan;
+    let timeouts = ctx.limits.upstream(timeouts.as_ref());
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
@@ -226,7 +252,7 @@ async fn forward(
         .map_err(Refusal::BadRequest)?;
     let mut minted = None;
     let body = match jwt {
-        None => body.boxed(),
+        None => boxed(body),
         Some(spec) => {
             let bound = jwt::bind(&mut parts, body, &spec, meta, ctx).await?;
             out.event.token_jti = Some(bound.jti.clone());
@@ -240,23 +266,24 @@ async fn forward(
     let upstream_req = Request::from_parts(parts, out.count_request_body(body));
     let client = ctx.upstreams.client(agent, &host, meta.dst, upgrade);
     let sent = Instant::now();
-    let mut resp = client.request(upstream_req).await.map_err(|e| {
-        let (certificate, reason) = describe_failure(&e);
-        warn!(certificate, reason, "upstream failed");
-        if certificate {
-            Refusal::UpstreamUnverified(reason)
-        } else {
-            Refusal::UpstreamFailed(reason)
-        }
-    })?;
+    let client_timeout = ctx.limits.options().client_timeout;
+    let mut resp = deadline::send(&client, upstream_req, timeouts, client_timeout)
+        .await
+        .map_err(|e| {
+            let refusal = e.into_refusal();
+            warn!(reason = %refusal, "upstream failed");
+            refusal
+        })?;
     ctx.metrics.observe_upstream_latency(sent.elapsed());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(agent_side) = agent_upgrade {
             let upstream_side = hyper::upgrade::on(&mut resp);
             tokio::spawn(forward::tunnel(agent_side, upstream_side).in_current_span());
         }
-        return Ok(resp.map(|b| b.boxed()));
+        return Ok(resp.map(boxed));
     }
+    // Once the head is in, the body flows as long as it makes progress.
+    let resp = resp.map(|b| deadline::idle_limited(b, timeouts.body_idle));
     let mut secrets = state.credentials.known_secrets(agent);
     // The token went upstream only: an echo of it is cut like any secret.
     secrets.extend(minted);

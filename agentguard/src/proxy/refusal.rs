@@ -76,6 +76,21 @@ pub enum Refusal {
     UpstreamUnverified(String),
     #[error("{0}")]
     UpstreamFailed(String),
+    /// The upstream's TLS handshake or response head did not come in time.
+    #[error("{0}")]
+    UpstreamTimeout(String),
+    /// The agent has as many requests in flight as it may.
+    #[error(
+        "agent has {max} requests in flight, as many as it may (agent.limits.requests or --agent-max-requests); retry when one ends"
+    )]
+    TooManyRequests { max: u32 },
+    /// The proxy holds every socket its descriptor budget allows.
+    #[error("{0}")]
+    Overloaded(String),
+    /// A body the proxy reads whole (to hash it into a token) did not
+    /// arrive in time.
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
 }
 
 impl Refusal {
@@ -96,6 +111,18 @@ impl Refusal {
             | Refusal::TokenMint(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Refusal::JwtBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::UpstreamUnverified(_) | Refusal::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            Refusal::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+
+    /// Seconds after which trying again may succeed, for `Retry-After`.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            Refusal::TooManyRequests { .. } | Refusal::Overloaded(_) => Some(1),
+            _ => None,
         }
     }
 
@@ -118,6 +145,10 @@ impl Refusal {
             Refusal::JwtBodyTooLarge { .. } => "jwt-body-too-large",
             Refusal::UpstreamUnverified(_) => "upstream-unverified",
             Refusal::UpstreamFailed(_) => "upstream-failed",
+            Refusal::UpstreamTimeout(_) => "upstream-timeout",
+            Refusal::TooManyRequests { .. } => "agent-request-limit",
+            Refusal::Overloaded(_) => "overloaded",
+            Refusal::BodyTimeout(_) => "body-timeout",
         }
     }
 
@@ -161,6 +192,17 @@ pub enum ConnRefusal {
         "passthrough host {sni} was not resolved to {ip} by agentguard's resolver for this agent"
     )]
     PassthroughUnresolved { sni: String, ip: IpAddr },
+    /// The agent holds as many connections as it may.
+    #[error(
+        "agent {agent:?} holds {max} connections, as many as it may (agent.limits.connections or --agent-max-connections)"
+    )]
+    AgentConnections { agent: String, max: u32 },
+    /// The proxy holds every socket its budget allows; the rest of the
+    /// descriptors are kept for the daemon's own work.
+    #[error(
+        "the proxy holds all {budget} sockets its descriptor budget allows (limit minus --fd-reserve)"
+    )]
+    Descriptors { budget: usize },
 }
 
 impl ConnRefusal {
@@ -175,6 +217,8 @@ impl ConnRefusal {
             | ConnRefusal::MalformedTls(_)
             | ConnRefusal::UnknownProtocol
             | ConnRefusal::PassthroughUnresolved { .. } => "protocol",
+            ConnRefusal::AgentConnections { .. } => "agent-connection-limit",
+            ConnRefusal::Descriptors { .. } => "descriptor-budget",
         }
     }
 }

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::{
     Response,
     body::Bytes,
-    header::{CONTENT_TYPE, HeaderValue},
+    header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER},
 };
 use serde::Serialize;
 
@@ -70,6 +70,10 @@ pub fn refusal(refusal: &Refusal, agent: &str, render: &Render) -> Response<Prox
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             resp.headers_mut()
                 .insert(DECISION_HEADER, HeaderValue::from_static(decision));
+            if let Some(secs) = refusal.retry_after() {
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(secs));
+            }
             resp
         }
     }

@@ -1,10 +1,10 @@
 //! Building the request the upstream receives, and handling what comes back:
 //! upgrades become tunnels, secrets echoed by the upstream are redacted.
 
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Full};
 use hyper::{
     Response, Uri,
-    body::{Body as _, Bytes, Incoming},
+    body::{Body as _, Bytes},
     header::{self, HeaderValue},
     http::{
         request::Parts,
@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use super::hop::strip_hop_by_hop;
 use crate::{
     credentials::{Secret, redact_bytes, redact_headers},
-    proxy::upstream::ProxyBody,
+    proxy::upstream::{BodyError, ProxyBody},
 };
 
 /// Responses up to this size with a textual content type are read whole so
@@ -60,10 +60,10 @@ pub fn prepare(
 
 /// Readies the upstream's response for the agent: hop-by-hop headers out,
 /// echoed secrets redacted.
-pub async fn finish(mut resp: Response<Incoming>, secrets: &[Secret]) -> Response<ProxyBody> {
+pub async fn finish(mut resp: Response<ProxyBody>, secrets: &[Secret]) -> Response<ProxyBody> {
     strip_hop_by_hop(resp.headers_mut(), false);
     if secrets.is_empty() {
-        return resp.map(|b| b.boxed());
+        return resp;
     }
     let redacted = redact_headers(resp.headers_mut(), secrets);
     if redacted > 0 {
@@ -73,14 +73,11 @@ pub async fn finish(mut resp: Response<Incoming>, secrets: &[Secret]) -> Respons
         );
     }
     if !redactable(&resp) {
-        return resp.map(|b| b.boxed());
+        return resp;
     }
     let (mut parts, body) = resp.into_parts();
-    let bytes = match Limited::new(body, MAX_REDACTED_BODY as usize)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
+    let bytes = match collect_limited(body, MAX_REDACTED_BODY).await {
+        Ok(bytes) => bytes,
         Err(e) => {
             // The body failed mid-way: the agent gets an empty 502 rather
             // than a truncated body that might look complete.
@@ -103,9 +100,25 @@ pub async fn finish(mut resp: Response<Incoming>, secrets: &[Secret]) -> Respons
     Response::from_parts(parts, Full::new(bytes).map_err(|n| match n {}).boxed())
 }
 
+/// The whole body, if it is at most `max` bytes. (A loop rather than
+/// `Limited`: its generic error conversion, inside the proxy's request
+/// future, defeats rustc's proof that the future is `Send`.)
+async fn collect_limited(mut body: ProxyBody, max: u64) -> Result<Bytes, BodyError> {
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if (buf.len() + data.len()) as u64 > max {
+                return Err(format!("response body larger than {max} bytes").into());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
 /// Small, complete, textual bodies: the ones an echo could leak through and
 /// that can be read whole without breaking streaming.
-fn redactable(resp: &Response<Incoming>) -> bool {
+fn redactable(resp: &Response<ProxyBody>) -> bool {
     let small = resp
         .body()
         .size_hint()

@@ -8,7 +8,9 @@ use hyper::{Request, http::uri::Authority};
 use super::{ConnMeta, checks, hop};
 use crate::{
     audit::Decision,
-    policy::{CredentialPolicy, Mode, PolicySet, RequestFacts, Verdict, normalize_path},
+    policy::{
+        CredentialPolicy, Mode, PolicySet, RequestFacts, ToolTimeouts, Verdict, normalize_path,
+    },
     proxy::{decide::Resolutions, refusal::Refusal},
 };
 
@@ -49,6 +51,8 @@ pub struct Forward<'p> {
     pub upgrade: bool,
     /// The credential to inject; only ever on a TLS connection.
     pub credential: Option<&'p CredentialPolicy>,
+    /// The allowing tool's own time limits toward the upstream.
+    pub timeouts: Option<ToolTimeouts>,
 }
 
 #[derive(Debug)]
@@ -128,8 +132,10 @@ fn decide<'p, B>(
         port: meta.dst.port(),
         path: &path,
     });
+    let mut timeouts = None;
     let credential = match verdict {
         Verdict::Allow { tool, credential } => {
+            timeouts = Some(tool.timeouts);
             noted.tool = Some(tool.name.clone());
             noted.verdict = Some((
                 Decision::Allow,
@@ -173,6 +179,7 @@ fn decide<'p, B>(
         path,
         upgrade,
         credential,
+        timeouts,
     })
 }
 
