@@ -821,3 +821,104 @@ fn an_agent_holding_every_connection_it_can_stops_neither_others_nor_status() {
         "{refusal}"
     );
 }
+
+/// Sends a request head announcing a 100-byte body, then 10 bytes of it,
+/// then nothing; prints the status line it gets back, or `no answer`.
+const STALLED_UPLOAD_AGENT: &str = r#"
+import socket, ssl, sys
+host, ip, port, tls = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "tls"
+s = socket.create_connection((ip, port), timeout=10)
+if tls:
+    s = ssl.create_default_context().wrap_socket(s, server_hostname=host)
+s.sendall(f"POST /reflect HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100\r\n\r\n0123456789".encode())
+s.settimeout(15)
+try:
+    print(s.recv(4096).split(b"\r\n")[0].decode())
+except (socket.timeout, TimeoutError):
+    print("no answer")
+"#;
+
+#[test]
+fn an_agent_that_stops_sending_its_body_gets_a_408() {
+    require_root();
+    let silent = Misbehaving::start("127.0.0.2", Behaviour::Silent);
+    let daemon = Daemon::start_with_args(
+        &["uploader"],
+        DaemonOptions {
+            policy_extra: &format!(
+                r#"
+[[credential]]
+id = "tool-token"
+source = {{ jwt = {{ audience = "itsm" }} }}
+inject = {{ header = "Authorization", format = "Bearer {{secret}}" }}
+
+[[tool]]
+name = "tool.jwt"
+host = "jwt.agentguard.test"
+methods = ["POST"]
+paths = ["/reflect"]
+credential = "tool-token"
+{ALLOW_LOOPBACK_TEST_HOSTS}"#
+            ),
+            ..DaemonOptions::default()
+        },
+        &["--client-timeout", "2s"],
+    );
+    let port = silent.addr.port().to_string();
+    // A JWT-bound tool: the body is read whole to hash it into the token.
+    let out = daemon
+        .exec_resolving(
+            "uploader",
+            &["jwt.agentguard.test"],
+            "127.0.0.2",
+            &[
+                "python3",
+                "-c",
+                STALLED_UPLOAD_AGENT,
+                "jwt.agentguard.test",
+                "jwt.agentguard.test",
+                &port,
+                "tls",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "HTTP/1.1 408 Request Timeout",
+        "{}",
+        text(&out.stderr)
+    );
+    // A plain tool: the body streams to the upstream, which waits for the
+    // rest; the agent's silence is the agent's, not the upstream's.
+    let out = daemon
+        .exec(
+            "uploader",
+            &[
+                "python3",
+                "-c",
+                STALLED_UPLOAD_AGENT,
+                "127.0.0.2",
+                "127.0.0.2",
+                &port,
+                "plain",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "HTTP/1.1 408 Request Timeout",
+        "{}",
+        text(&out.stderr)
+    );
+    let events = daemon.wait_for_events("two 408s", |e| {
+        e.iter()
+            .filter(|e| e["kind"] == "request" && e["status"] == 408)
+            .count()
+            >= 2
+    });
+    for e in events.iter().filter(|e| e["status"] == 408) {
+        assert_eq!(e["rule"], "body-timeout", "{e}");
+    }
+}
