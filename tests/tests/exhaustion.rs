@@ -922,3 +922,78 @@ credential = "tool-token"
         assert_eq!(e["rule"], "body-timeout", "{e}");
     }
 }
+
+/// Opens a WebSocket to the upstream (TLS, through the proxy) and holds
+/// it; while it is open, tries one more connection with a plain request;
+/// then closes the tunnel and tries again. Prints what each try got.
+const TUNNEL_AGENT: &str = r#"
+import socket, ssl, sys, time
+name, port = sys.argv[1], int(sys.argv[2])
+def tls():
+    s = socket.create_connection((name, port), timeout=10)
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx.wrap_socket(s, server_hostname=name)
+def try_get():
+    try:
+        s = tls()
+        s.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+        line = s.recv(4096).split(b"\r\n")[0].decode()
+        return line or "closed"
+    except (OSError, ssl.SSLError) as e:
+        return "closed"
+ws = tls()
+ws.sendall(f"GET /ws HTTP/1.1\r\nHost: {name}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+print(ws.recv(4096).split(b"\r\n")[0].decode(), flush=True)
+time.sleep(0.5)
+print("while open:", try_get(), flush=True)
+ws.close()
+time.sleep(1)
+print("after close:", try_get(), flush=True)
+"#;
+
+#[test]
+fn a_websocket_tunnel_keeps_its_place_until_it_closes() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::common::TestCa::new("agentguard limits test CA", dir.path());
+    let upstream = crate::common::TlsUpstream::start("127.0.0.3", "api.agentguard.test", &ca);
+    let daemon = Daemon::start_with(
+        &["tunneler"],
+        DaemonOptions {
+            policy_extra: r#"
+[agent.limits]
+connections = 1
+
+[[tool]]
+name = "test.any"
+host = "api.agentguard.test"
+methods = ["GET"]
+paths = ["/", "/*"]
+"#,
+            upstream_ca: Some(&ca.pem_path),
+        },
+    );
+    let out = daemon
+        .exec_resolving(
+            "tunneler",
+            &["api.agentguard.test"],
+            "127.0.0.3",
+            &[
+                "python3",
+                "-c",
+                TUNNEL_AGENT,
+                "api.agentguard.test",
+                &upstream.addr.port().to_string(),
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "HTTP/1.1 101 Switching Protocols\nwhile open: closed\nafter close: HTTP/1.1 200 OK\n",
+        "{}",
+        text(&out.stderr)
+    );
+}

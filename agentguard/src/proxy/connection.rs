@@ -12,6 +12,7 @@ use super::{
     ProxyContext,
     decide::{self, ConnPlan},
     http::{self, ConnMeta},
+    limits::Held,
     refusal::ConnRefusal,
     relay,
     sniff::sniff,
@@ -90,8 +91,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>)
             .record(&ctx, &state.policy.version)
             .await;
         drop(state);
-        carry_out(plan, stream, identity, peer, dst, ctx).await;
-        drop(held);
+        carry_out(plan, stream, identity, peer, dst, ctx, Arc::new(held)).await;
     }
     .instrument(span)
     .await;
@@ -146,6 +146,7 @@ async fn carry_out(
     peer: SocketAddr,
     dst: SocketAddr,
     ctx: Arc<ProxyContext>,
+    held: Arc<Held>,
 ) {
     match plan {
         ConnPlan::InterceptTls { sni } => {
@@ -168,7 +169,7 @@ async fn carry_out(
                 dst,
                 sni: Some(sni),
             };
-            http::serve(tls, meta, ctx).await;
+            http::serve(tls, meta, ctx, held).await;
         }
         ConnPlan::InterceptHttp => {
             let meta = ConnMeta {
@@ -177,11 +178,14 @@ async fn carry_out(
                 dst,
                 sni: None,
             };
-            http::serve(stream, meta, ctx).await;
+            http::serve(stream, meta, ctx, held).await;
         }
-        ConnPlan::Passthrough { .. } => relay::relay(stream, dst).await,
+        ConnPlan::Passthrough { .. } => {
+            relay::relay(stream, dst).await;
+            drop(held);
+        }
         // Dropping the stream closes it, with nothing sent upstream.
-        ConnPlan::Refuse(_) => {}
+        ConnPlan::Refuse(_) => drop(held),
     }
 }
 

@@ -30,6 +30,7 @@ use tracing::{Instrument as _, debug, warn};
 
 use super::{
     ProxyContext,
+    limits::Held,
     refusal::Refusal,
     respond,
     upstream::{ProxyBody, boxed, deadline},
@@ -65,9 +66,17 @@ impl ConnMeta {
     }
 }
 
+/// The agent's place for this connection (`limits::Held`), kept by every
+/// request so that a WebSocket tunnel, which outlives the HTTP connection,
+/// keeps it until the tunnel closes.
+#[derive(Clone)]
+struct ConnPlace {
+    _held: Arc<Held>,
+}
+
 /// Serves HTTP on `io` until the agent closes it, or leaves it with no
 /// request in flight for the client timeout (`idle`).
-pub async fn serve<IO>(io: IO, meta: ConnMeta, ctx: Arc<ProxyContext>)
+pub async fn serve<IO>(io: IO, meta: ConnMeta, ctx: Arc<ProxyContext>, held: Arc<Held>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -77,9 +86,12 @@ where
     let activity = idle::Activity::default();
     let service = service_fn({
         let activity = activity.clone();
-        move |req| {
+        move |mut req: Request<Incoming>| {
             let (meta, ctx) = (meta.clone(), ctx.clone());
             let busy = activity.begin();
+            req.extensions_mut().insert(ConnPlace {
+                _held: held.clone(),
+            });
             async move {
                 // Each request reads the policy in force when it arrives: a
                 // reload applies to open connections from their next request.
@@ -184,6 +196,7 @@ async fn forward(
     } = plan;
     let timeouts = ctx.limits.upstream(timeouts.as_ref());
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let place = req.extensions_mut().remove::<ConnPlace>();
     let (mut parts, body) = req.into_parts();
 
     let mut jwt = None;
@@ -278,7 +291,15 @@ async fn forward(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(agent_side) = agent_upgrade {
             let upstream_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(forward::tunnel(agent_side, upstream_side).in_current_span());
+            // The tunnel keeps the connection's place until it closes.
+            let tunnel = forward::tunnel(agent_side, upstream_side);
+            tokio::spawn(
+                async move {
+                    tunnel.await;
+                    drop(place)
+                }
+                .in_current_span(),
+            );
         }
         return Ok(resp.map(boxed));
     }
