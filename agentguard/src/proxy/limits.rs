@@ -305,6 +305,67 @@ mod tests {
     }
 
     #[test]
+    fn tools_set_their_own_upstream_limits_and_bad_values_name_the_key() {
+        let p = policy(
+            "[[tool]]\nname = \"llm\"\nhost = \"api.example.com\"\nmethods = [\"POST\"]\npaths = [\"/v1/*\"]\ntimeouts = { response_head = \"10m\" }\n",
+        );
+        let tool = &p.agent("a").unwrap().tools[0];
+        let limits = Limits::new(LimitOptions::default(), None);
+        let t = limits.upstream(Some(&tool.timeouts));
+        assert_eq!(t.response_head, Duration::from_secs(600));
+        assert_eq!(t.body_idle, LimitOptions::default().upstream_idle);
+        assert_eq!(
+            limits.upstream(None).response_head,
+            LimitOptions::default().upstream_response
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        for (extra, error) in [
+            (
+                "[agent.limits]\nconnections = 0\n",
+                "agent.limits.connections: must be at least 1",
+            ),
+            ("[agent.limits]\nsockets = 3\n", "unknown field `sockets`"),
+            (
+                "[[tool]]\nname = \"t\"\nhost = \"h\"\nmethods = [\"GET\"]\npaths = [\"/\"]\ntimeouts = { body_idle = \"soon\" }\n",
+                "tool.timeouts: body_idle \"soon\" is not a duration",
+            ),
+            (
+                "[[tool]]\nname = \"t\"\nhost = \"h\"\nmethods = [\"GET\"]\npaths = [\"/\"]\ntimeouts = { response_head = \"2d\" }\n",
+                "tool.timeouts: response_head must be between 1s and 24h",
+            ),
+        ] {
+            std::fs::write(
+                dir.path().join("a.toml"),
+                format!("[agent]\nname = \"a\"\ncgroup = \"x/a\"\n{extra}"),
+            )
+            .unwrap();
+            let err = crate::policy::load_path(dir.path())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(error), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_example_llm_agent_has_its_limits() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let set = crate::policy::load_path(&dir).unwrap();
+        let agent = set.agent("anthropic-agent").unwrap();
+        assert_eq!(agent.limits.connections, Some(64));
+        assert_eq!(agent.limits.requests, Some(16));
+        let messages = agent
+            .tools
+            .iter()
+            .find(|t| t.name == "anthropic.messages")
+            .unwrap();
+        assert_eq!(
+            messages.timeouts.response_head,
+            Some(Duration::from_secs(600))
+        );
+    }
+
+    #[test]
     fn the_default_share_is_at_most_a_quarter_of_the_budget() {
         let limits = Limits::new(LimitOptions::default(), Some(400));
         assert_eq!(limits.options().agent_connections, 100);
