@@ -11,6 +11,7 @@ mod client;
 mod dns;
 mod idle;
 mod sse;
+mod trickle;
 mod upstream;
 
 use std::{net::SocketAddr, path::PathBuf};
@@ -32,6 +33,8 @@ enum Command {
     Idle(idle::Args),
     /// Time from request sent to the first SSE event byte, several times.
     Sse(sse::Args),
+    /// Hold N connections, each sending a ClientHello one byte at a time.
+    Trickle(trickle::Args),
 }
 
 /// How a client reaches the server: where to dial, the TLS name, the CA
@@ -66,6 +69,7 @@ fn main() -> anyhow::Result<()> {
             Command::Upstream(args) => upstream::run(args).await,
             Command::Idle(args) => idle::run(args).await,
             Command::Sse(args) => sse::run(args).await,
+            Command::Trickle(args) => trickle::run(args).await,
         }
     })
 }

@@ -9,6 +9,7 @@ mod paths;
 mod privilege;
 mod run;
 mod setup;
+mod soak;
 mod test;
 
 use std::process::ExitCode;
@@ -45,6 +46,9 @@ enum Command {
     /// Benchmarks: the direct path, agentguard's paths, mitmproxy and nginx
     /// side by side; writes docs/benchmarks.md and target/bench/.
     Bench(bench::Options),
+    /// Load and fault cases too long for the test suite (slow ClientHellos,
+    /// reloads, a 200 MiB response); writes docs/soak.md.
+    Soak(soak::Options),
 }
 
 impl Command {
@@ -54,6 +58,7 @@ impl Command {
             Command::Run { .. } => "run",
             Command::Test { .. } => "test",
             Command::Bench(_) => "bench",
+            Command::Soak(_) => "soak",
         }
     }
 }
@@ -81,6 +86,7 @@ fn try_main() -> anyhow::Result<ExitCode> {
         Command::Run { args } => match run::run(&root, &args)? {},
         Command::Test { no_setup } => test::run(&root, !no_setup)?,
         Command::Bench(opts) => bench::run(&root, &opts)?,
+        Command::Soak(opts) => soak::run(&root, &opts)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -86,6 +86,12 @@ const STEPS: &[Step] = &[
         header: "benchmark harness (smoke)",
         cargo_args: &["xtask", "bench", "--smoke", "--no-setup"],
     },
+    // The soak's cases, small, against the debug build: what must hold is
+    // checked, no figure is.
+    Step {
+        header: "soak harness (smoke)",
+        cargo_args: &["xtask", "soak", "--smoke", "--no-setup"],
+    },
 ];
 
 pub fn run(root: &Path, with_setup: bool) -> Result<()> {

@@ -175,7 +175,7 @@ inject = {{ header = "Authorization", format = "Bearer {{secret}}" }}
 name = "bench.read"
 host = "{HOST}"
 methods = ["GET"]
-paths = ["/1k", "/64k", "/sse"]
+paths = ["/1k", "/64k", "/sse", "/20m", "/200m"]
 credential = "bench-key"
 
 [[tool]]
