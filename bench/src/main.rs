@@ -9,6 +9,7 @@
 mod certs;
 mod client;
 mod dns;
+mod flood;
 mod idle;
 mod sse;
 mod trickle;
@@ -35,6 +36,8 @@ enum Command {
     Sse(sse::Args),
     /// Hold N connections, each sending a ClientHello one byte at a time.
     Trickle(trickle::Args),
+    /// Flood one HTTP/2 connection with frames (rapid reset, ...).
+    Flood(flood::Args),
 }
 
 /// How a client reaches the server: where to dial, the TLS name, the CA
@@ -70,6 +73,7 @@ fn main() -> anyhow::Result<()> {
             Command::Idle(args) => idle::run(args).await,
             Command::Sse(args) => sse::run(args).await,
             Command::Trickle(args) => trickle::run(args).await,
+            Command::Flood(args) => flood::run(args).await,
         }
     })
 }

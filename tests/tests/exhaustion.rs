@@ -997,3 +997,171 @@ paths = ["/", "/*"]
         text(&out.stderr)
     );
 }
+
+/// Sends each input (hex, one per line on stdin) on its own connection and
+/// prints the status line it got back, or `closed`.
+const RAW_AGENT: &str = r#"
+import socket, sys
+ip, port = sys.argv[1], int(sys.argv[2])
+for line in sys.stdin:
+    data = bytes.fromhex(line.strip())
+    s = socket.create_connection((ip, port), timeout=10)
+    try:
+        s.sendall(data)
+        answer = s.recv(4096)
+        print(answer.split(b"\r\n")[0].decode(errors="replace") if answer else "closed", flush=True)
+    except OSError:
+        print("closed", flush=True)
+    finally:
+        s.close()
+"#;
+
+#[test]
+fn malformed_http1_requests_are_answered_by_the_proxy_and_never_forwarded() {
+    require_root();
+    let upstream = Upstream::start("127.0.0.2");
+    let daemon = Daemon::start(&["malformed"]);
+    let host = upstream.addr.to_string();
+    let head = |rest: &str| format!("GET / HTTP/1.1\r\nHost: {host}\r\n{rest}\r\n");
+    let inputs: Vec<Vec<u8>> = vec![
+        // Framing a proxy and an upstream could read differently.
+        format!("POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!").into(),
+        format!("POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: abc\r\n\r\n").into(),
+        format!("POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: -1\r\n\r\n").into(),
+        format!("POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: +5\r\n\r\nhello").into(),
+        format!("POST / HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: gzip\r\n\r\nxx").into(),
+        format!("POST / HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n").into(),
+        // Header syntax.
+        head("X-Folded: a\r\n b\r\n").into(),
+        head("Bad Name: x\r\n").into(),
+        format!("GET / HTTP/1.1\r\nHost : {host}\r\n\r\n").into(),
+        [head("X: ").as_bytes(), b"\x00\r\n\r\n"].concat(),
+        // Request line.
+        format!("GET /a\x00b HTTP/1.1\r\nHost: {host}\r\n\r\n").into(),
+        format!("GET / HTTP/1.1 extra\r\nHost: {host}\r\n\r\n").into(),
+        format!("GET / HTTP/9.9\r\nHost: {host}\r\n\r\n").into(),
+        format!("GET\t/ HTTP/1.1\r\nHost: {host}\r\n\r\n").into(),
+        // No Host at all, and a head too large for the proxy's buffers.
+        "GET / HTTP/1.1\r\n\r\n".into(),
+        head(&format!("X-Big: {}\r\n", "a".repeat(1 << 20))).into(),
+        // The path encodings the policy refuses.
+        format!("GET /a%2fb HTTP/1.1\r\nHost: {host}\r\n\r\n").into(),
+        format!("GET /a/%2e%2e%2f../b HTTP/1.1\r\nHost: {host}\r\n\r\n").into(),
+    ];
+    let stdin: String = inputs.iter().map(|i| format!("{}\n", hex(i))).collect();
+    let mut agent = daemon
+        .exec(
+            "malformed",
+            &[
+                "python3",
+                "-c",
+                RAW_AGENT,
+                "127.0.0.2",
+                &upstream.addr.port().to_string(),
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        agent
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+    }
+    let out = agent.wait_with_output().unwrap();
+    let answers: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(answers.len(), inputs.len(), "{}", text(&out.stderr));
+    for (input, answer) in inputs.iter().zip(&answers) {
+        let refused = answer == "closed" || answer.starts_with("HTTP/1.1 4");
+        assert!(
+            refused,
+            "{:?} got {answer:?}",
+            String::from_utf8_lossy(&input[..input.len().min(120)])
+        );
+    }
+    assert_eq!(
+        upstream.hits(),
+        0,
+        "a malformed request reached the upstream: {answers:?}"
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Opens `n` connections that each send a request head a byte every
+/// 200 ms, never finishing it; prints how many the proxy closed within
+/// `wait` seconds.
+const SLOWLORIS_AGENT: &str = r#"
+import socket, sys, time
+ip, port, n, wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+socks = [socket.create_connection((ip, port), timeout=5) for _ in range(n)]
+for s in socks:
+    s.sendall(b"GET / HTTP/1.1\r\nX-Slow: ")
+open_ = set(range(n))
+end = time.monotonic() + wait
+while open_ and time.monotonic() < end:
+    for i in list(open_):
+        try:
+            socks[i].sendall(b"a")
+        except OSError:
+            open_.discard(i)
+    time.sleep(0.2)
+print("closed", n - len(open_), "of", n, flush=True)
+"#;
+
+#[test]
+fn slowloris_heads_are_cut_at_the_client_timeout_and_others_are_served() {
+    require_root();
+    let upstream = Upstream::start("127.0.0.2");
+    let daemon = Daemon::start_with_args(
+        &["loris", "bystander"],
+        DaemonOptions {
+            policy_extra: ALLOW_LOOPBACK_TEST_HOSTS,
+            ..DaemonOptions::default()
+        },
+        &["--client-timeout", "2s"],
+    );
+    let loris = daemon
+        .exec(
+            "loris",
+            &[
+                "python3",
+                "-c",
+                SLOWLORIS_AGENT,
+                "127.0.0.2",
+                &upstream.addr.port().to_string(),
+                "50",
+                "15",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = daemon
+        .exec("bystander", &["curl", "-sS", "-m", "5", &upstream.url()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bystander: {}", text(&out.stderr));
+    let out = loris.wait_with_output().unwrap();
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "closed 50 of 50",
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        upstream.hits(),
+        1,
+        "only the bystander's request reached the upstream"
+    );
+}

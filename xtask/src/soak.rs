@@ -2,6 +2,10 @@
 //! long or too heavy for the test suite, run against a release build with
 //! the figures written to docs/soak.md (raw JSON under `target/soak/`).
 //!
+//! Cases: slow-hello (1,000 ClientHellos a byte a second), reloads (1,000
+//! SIGHUPs), big-response (200 MiB through the full path), h2-floods
+//! (rapid reset, CONTINUATION, SETTINGS).
+//!
 //! Each case checks what must hold (another request is still served,
 //! every reload is accepted, a 200 MiB body arrives whole) and reports what
 //! it cost (CPU, resident memory). Nothing here asserts a time or a
@@ -35,7 +39,7 @@ pub struct Options {
     #[arg(long, default_value_t = 1000)]
     reloads: u32,
     /// Only these cases (comma-separated: slow-hello, reloads,
-    /// big-response); a partial run writes no docs/soak.md.
+    /// big-response, h2-floods); a partial run writes no docs/soak.md.
     #[arg(long)]
     cases: Option<String>,
     /// Skip `cargo xtask setup`.
@@ -54,7 +58,7 @@ pub struct Finding {
     pub figures: Vec<(String, String)>,
 }
 
-const CASES: [&str; 3] = ["slow-hello", "reloads", "big-response"];
+const CASES: [&str; 4] = ["slow-hello", "reloads", "big-response", "h2-floods"];
 
 pub fn run(root: &Path, opts: &Options) -> Result<()> {
     let started = Instant::now();
@@ -174,6 +178,7 @@ fn run_cases(bin: &Path, work: &Path, cases: &[&str], opts: &Options) -> Result<
             "slow-hello" => cases::slow_hello(&daemon, &upstream, &helper, &dir, opts)?,
             "reloads" => cases::reloads(&daemon, &bin.join("agentguard"), opts)?,
             "big-response" => cases::big_response(&daemon, &upstream, &dir, opts)?,
+            "h2-floods" => cases::h2_floods(&daemon, &upstream, &helper, &dir, opts)?,
             other => bail!("unknown case {other}"),
         };
         findings.push(finding);

@@ -269,3 +269,78 @@ pub fn big_response(
         ],
     })
 }
+
+/// HTTP/2 floods on one connection each, as the agent: rapid reset,
+/// CONTINUATION, SETTINGS. The proxy must end each flood (or absorb it)
+/// while another request is served, and its memory must stay bounded.
+pub fn h2_floods(
+    daemon: &Daemon,
+    upstream: &Upstream,
+    helper: &Path,
+    dir: &Path,
+    opts: &Options,
+) -> Result<Finding> {
+    let frames = if opts.smoke { 2_000 } else { 200_000 };
+    let pid = daemon.pid();
+    let rss_before = procfs::rss_kib(pid)?;
+    let mut figures = vec![("resident memory before".to_owned(), mib(rss_before))];
+    let mut failures = Vec::new();
+    for kind in ["rapid-reset", "continuation", "settings"] {
+        let mut c = cmd::new(helper);
+        c.args(["flood", "--kind", kind, "--frames", &frames.to_string()])
+            .args([
+                "--addr",
+                &upstream.addr().to_string(),
+                "--sni",
+                HOST,
+                "--ca",
+            ])
+            .arg(daemon.ca());
+        let cpu0 = procfs::cpu_ticks(pid)?;
+        let mut flood = Running::spawn(
+            &format!("{kind} flood"),
+            pinned(CLIENT_CPU, daemon.exec(c)),
+            &dir.join(format!("{kind}.log")),
+        )?;
+        // Another request while the flood runs.
+        std::thread::sleep(Duration::from_millis(300));
+        let served = probe(daemon, upstream, dir, "/1k")?;
+        let report = flood.read_line(Duration::from_secs(90))?;
+        flood.finish()?;
+        let cpu = procfs::cpu_ticks(pid)? - cpu0;
+        let report: serde_json::Value = serde_json::from_str(&report)
+            .with_context(|| format!("{kind} flood reported {report:?}"))?;
+        if served != "200" {
+            failures.push(format!("a request during the {kind} flood got {served:?}"));
+        }
+        figures.push((
+            format!("{kind}: frames sent, how it ended"),
+            format!(
+                "{} in {:.1} s, {}",
+                report["frames_sent"],
+                report["seconds"].as_f64().unwrap_or_default(),
+                report["ended"].as_str().unwrap_or_default()
+            ),
+        ));
+        figures.push((
+            format!("{kind}: daemon CPU time"),
+            format!("{:.1} s", cpu as f64 / procfs::clock_ticks()?),
+        ));
+    }
+    figures.push(("resident memory after".into(), mib(procfs::rss_kib(pid)?)));
+    Ok(Finding {
+        case: "h2-floods",
+        what: format!(
+            "Three floods of up to {frames} frames, each on its own HTTP/2 connection (TLS, ALPN h2) \
+             from the agent: rapid reset (HEADERS then RST_STREAM, again and again), a header block \
+             continued for ever (CONTINUATION), and SETTINGS frames never acknowledged. During each, \
+             another request must be served."
+        ),
+        held: if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
+        },
+        figures,
+    })
+}
