@@ -2,11 +2,15 @@
 
 mod daemon;
 mod dns_upstream;
+mod machine;
+mod setup;
 mod tls_upstream;
 mod upstream;
 
-pub use daemon::{ALLOW_LOOPBACK_TEST_HOSTS, Confinement, Daemon, DaemonOptions, in_cgroup_dir};
+pub use daemon::{ALLOW_LOOPBACK_TEST_HOSTS, Daemon, cgroup2_mount, in_cgroup_dir};
 pub use dns_upstream::DnsUpstream;
+pub use machine::alone;
+pub use setup::{Setup, UPSTREAM_IP};
 pub use tls_upstream::{SSE_EVENTS, TestCa, TlsUpstream};
 pub use upstream::{BODY, Upstream};
 

@@ -17,6 +17,10 @@ pub const AF_INET6: u16 = 10;
 /// then refuses (fail closed) rather than relays.
 pub const MAX_TRACKED_CONNECTIONS: u32 = 65_536;
 
+/// Size of the kernel → daemon event ring buffer (a power of two). Each
+/// agent gets a share of it (`ProxyConfig::event_bytes_per_agent`).
+pub const KERNEL_EVENTS_BYTES: u32 = 1024 * 1024;
+
 /// Length of a task's `comm` (TASK_COMM_LEN in the kernel).
 pub const COMM_LEN: usize = 16;
 
@@ -142,6 +146,13 @@ pub struct ProxyConfig {
     pub daemon_tgid: u32,
     /// `CONFIG_*` bits.
     pub flags: u32,
+    /// Most records one agent (cgroup) may have waiting in `PEER_RECORDS`
+    /// for the proxy; past it its connects get EPERM. 0: no limit.
+    pub records_per_agent: u32,
+    /// Most ring-buffer bytes one agent's (cgroup's) events may hold
+    /// unread; past it its events are dropped and counted as its own
+    /// losses. 0: no limit.
+    pub event_bytes_per_agent: u32,
 }
 
 /// `ProxyConfig::flags`: also report every redirect (not only refusals)
@@ -190,6 +201,21 @@ pub mod event_kind {
     /// A socket option that would route packets past the redirect (IPv6
     /// routing header, IPv4 options such as source routes).
     pub const SOCKOPT_DENIED: u32 = 11;
+    /// An agent process asked for access to a process outside its cgroup:
+    /// ptrace, its memory (`process_vm_*`, `/proc/<pid>/mem`), its
+    /// descriptors (`pidfd_getfd`), and every other check the kernel makes
+    /// through `ptrace_may_access` (carried by a
+    /// [`ProcessEvent`](super::ProcessEvent)).
+    pub const PROCESS_ACCESS_DENIED: u32 = 12;
+    /// Any connect, datagram or bind of an agent whose cgroup is revoked
+    /// (`REVOKED`): refused at once, whatever the policy says.
+    pub const AGENT_REVOKED: u32 = 13;
+    /// A bind() to an address and port the agent's `listen` does not list
+    /// (the destination fields carry the local address asked for).
+    pub const BIND_DENIED: u32 = 14;
+    /// A TCP connect refused because the agent already has its share of
+    /// connections waiting for the proxy (`records_per_agent`).
+    pub const RECORD_SHARE_EXCEEDED: u32 = 15;
     /// A TCP connect sent to the proxy (only with CONFIG_REPORT_REDIRECTS).
     pub const TCP_REDIRECTED: u32 = 16;
     /// A DNS query sent to agentguard's resolver (only with
@@ -295,6 +321,143 @@ pub struct UnixEvent {
     pub key: UnixKey,
 }
 
+/// Capacity of the listen allow-list map, over all agents.
+pub const MAX_LISTEN_ALLOW_ENTRIES: u32 = 4096;
+
+/// An address and port an agent may bind (its policy's `listen`): key of
+/// the `LISTEN_ALLOW` map. `any == 1` with an all-zero `ip` stands for
+/// every local address; otherwise `ip` is the exact address (IPv4 mapped).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    /// cgroup v2 id of the agent the entry belongs to.
+    pub cgroup_id: u64,
+    pub ip: [u8; 16],
+    /// Host byte order; never 0 (an ephemeral port needs no entry).
+    pub port: u16,
+    pub any: u8,
+    pub _pad: [u8; 5],
+}
+
+impl ListenKey {
+    pub const fn exact(cgroup_id: u64, ip: [u8; 16], port: u16) -> Self {
+        Self {
+            cgroup_id,
+            ip,
+            port,
+            any: 0,
+            _pad: [0; 5],
+        }
+    }
+
+    pub const fn any_address(cgroup_id: u64, port: u16) -> Self {
+        Self {
+            cgroup_id,
+            ip: [0; 16],
+            port,
+            any: 1,
+            _pad: [0; 5],
+        }
+    }
+}
+
+/// How deep below the cgroup v2 root the kernel programs look for a
+/// revoked ancestor of the caller's cgroup.
+pub const MAX_CGROUP_LEVELS: i32 = 16;
+
+/// Where the process-access program finds, in the kernel's own structs,
+/// what it reads with bpf_probe_read_kernel: byte offsets from the running
+/// kernel's BTF, written by the daemon into `TASK_LAYOUT` before it attaches
+/// the program (the programs are built without CO-RE). Until `ready` is set
+/// the program refuses every access it is asked about.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskLayout {
+    /// `task_struct.cgroups` (`struct css_set *`).
+    pub task_cgroups: u32,
+    /// `css_set.dfl_cgrp` (`struct cgroup *`, the cgroup v2 one).
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.kn` (`struct kernfs_node *`).
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id` (u64: the cgroup id).
+    pub kernfs_node_id: u32,
+    /// `task_struct.tgid` (`pid_t`).
+    pub task_tgid: u32,
+    /// `task_struct.comm` (`char[16]`).
+    pub task_comm: u32,
+    /// `pt_regs.orig_ax` (x86_64) or `pt_regs.syscallno` (arm64): the
+    /// system call being made; [`NO_OFFSET`] where the kernel has neither.
+    pub regs_syscall: u32,
+    /// 1 once the daemon has written the offsets.
+    pub ready: u32,
+}
+
+/// A [`TaskLayout`] field the running kernel does not have.
+pub const NO_OFFSET: u32 = u32::MAX;
+
+/// A refused access to another process, in the same ring buffer as
+/// [`KernelEvent`] (`kind` first, as in every record there).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessEvent {
+    /// [`event_kind::PROCESS_ACCESS_DENIED`].
+    pub kind: u32,
+    /// The caller.
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// `PTRACE_MODE_*` bits of the check (include/linux/ptrace.h).
+    pub mode: u32,
+    pub cgroup_id: u64,
+    /// The process asked for.
+    pub target_tgid: u32,
+    /// The caller's system call number, or [`NO_OFFSET`] if unknown.
+    pub syscall: u32,
+    pub target_cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+    pub target_comm: [u8; COMM_LEN],
+}
+
+/// What one agent (cgroup) uses of the kernel's shared tables, as the
+/// kernel programs count it (only they write it; the counters only grow).
+/// Value of `AGENT_USAGE`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentUsage {
+    /// `PEER_RECORDS` entries added for this agent...
+    pub records_added: u64,
+    /// ...and removed by the kernel itself (the connection ended before
+    /// the proxy took it).
+    pub records_dropped: u64,
+    /// Connects refused because the agent had its share of records.
+    pub records_refused: u64,
+    /// Ring-buffer bytes queued for this agent's events ([`ring_cost`]).
+    pub event_bytes: u64,
+    /// Events not queued: its share of the ring, or the ring, was full.
+    pub events_lost: u64,
+}
+
+/// What the daemon has given back of an agent's share: value of
+/// `AGENT_RELEASED`, written by the daemon only (the counters only grow).
+/// An agent's records waiting are `records_added - records_dropped -
+/// records_taken`; its unread event bytes `event_bytes - event_bytes_read`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentReleased {
+    /// `PEER_RECORDS` entries of this agent the daemon removed (taken by
+    /// the proxy, or cleared at start).
+    pub records_taken: u64,
+    /// Ring-buffer bytes of this agent's events the daemon has read.
+    pub event_bytes_read: u64,
+}
+
+/// Bytes a record of `size` bytes takes in a BPF ring buffer: an 8-byte
+/// header, rounded up to 8 (kernel/bpf/ringbuf.c).
+pub const fn ring_cost(size: usize) -> u64 {
+    ((size + 8 + 7) & !7) as u64
+}
+
 /// Index in the `EVENT_STATS` per-CPU array: ring-buffer records lost
 /// because the buffer was full (the refusal itself still happened).
 pub const STAT_EVENTS_LOST: u32 = 0;
@@ -316,6 +479,16 @@ mod user {
     unsafe impl aya::Pod for super::UnixKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::UnixEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TaskLayout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ListenKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AgentUsage {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AgentReleased {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProcessEvent {}
 }
 
 #[cfg(test)]
@@ -329,7 +502,10 @@ mod tests {
         assert_eq!(size_of::<ConnRecord>(), 16 + 2 + 2 + 4 * 5 + 8 + 8 + 16);
         assert_eq!(align_of::<ConnRecord>(), 8);
         assert_eq!(size_of::<PeerKey>(), 20);
-        assert_eq!(size_of::<ProxyConfig>(), 4 + 16 + 2 + 2 + 4 + 4);
+        assert_eq!(size_of::<ProxyConfig>(), 4 + 16 + 2 + 2 + 4 + 4 + 4 + 4);
+        assert_eq!(size_of::<AgentUsage>(), 5 * 8);
+        assert_eq!(size_of::<AgentReleased>(), 2 * 8);
+        assert_eq!(ring_cost(size_of::<KernelEvent>()), 80);
         assert_eq!(size_of::<OrigDst>(), 20);
         assert_eq!(
             size_of::<KernelEvent>(),
@@ -339,6 +515,13 @@ mod tests {
         assert_eq!(size_of::<UnixKey>(), 8 + 4 + 4 + UNIX_PATH_MAX + 4);
         assert_eq!(size_of::<UnixEvent>(), 4 * 6 + COMM_LEN + 128);
         assert_eq!(align_of::<UnixEvent>(), 8);
+        assert_eq!(size_of::<TaskLayout>(), 4 * 8);
+        assert_eq!(size_of::<ListenKey>(), 8 + 16 + 2 + 1 + 5);
+        assert_eq!(
+            size_of::<ProcessEvent>(),
+            4 * 6 + 8 + 4 + 4 + 8 + 2 * COMM_LEN
+        );
+        assert_eq!(align_of::<ProcessEvent>(), 8);
     }
 
     #[test]

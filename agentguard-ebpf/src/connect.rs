@@ -20,6 +20,9 @@ use crate::{
 pub fn try_connect4(ctx: &SockAddrContext) -> Result<i32, Refuse> {
     let sa = ctx.sock_addr;
     let facts = facts4(sa);
+    // Checked here, not in decide(): the verifier limits the stack of the
+    // whole call chain, and decide's is the deepest.
+    crate::revoke::check(&facts)?;
     let target = decide(ctx, &facts, v4_mapped(cfg_ip4()?))?;
     if let Some(target) = target {
         // SAFETY: connect4 programs may rewrite user_ip4 and user_port with
@@ -38,6 +41,7 @@ pub fn try_connect4(ctx: &SockAddrContext) -> Result<i32, Refuse> {
 pub fn try_connect6(ctx: &SockAddrContext) -> Result<i32, Refuse> {
     let sa = ctx.sock_addr;
     let facts = facts6(sa);
+    crate::revoke::check(&facts)?;
     let cfg = proxy_config()?;
     // A v6 socket dialling ::ffff:a.b.c.d talks IPv4 on the wire: send it to
     // the IPv4 listener in the same mapped form, so the socket stays valid.

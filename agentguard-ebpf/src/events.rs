@@ -1,12 +1,15 @@
 //! Telling the daemon what the kernel refused (and, if asked, redirected).
 
-use agentguard_common::{COMM_LEN, KernelEvent, STAT_EVENTS_LOST};
+use agentguard_common::{COMM_LEN, KernelEvent, STAT_EVENTS_LOST, ring_cost};
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
     generated::bpf_get_current_cgroup_id,
 };
 
-use crate::maps::{EVENT_STATS, KERNEL_EVENTS};
+use crate::{
+    maps::{EVENT_STATS, KERNEL_EVENTS},
+    shares,
+};
 
 /// What a program knows about the socket an event is about.
 pub struct SocketFacts {
@@ -69,31 +72,72 @@ pub fn emit_for_packet(kind: u32, facts: &SocketFacts, cgroup_id: u64, uid: u32)
     submit(kind, facts, caller);
 }
 
-fn submit(kind: u32, facts: &SocketFacts, caller: Caller) {
-    let Some(mut entry) = KERNEL_EVENTS.reserve::<KernelEvent>(0) else {
-        if let Some(lost) = EVENT_STATS.get_ptr_mut(STAT_EVENTS_LOST) {
-            // SAFETY: per-CPU slot. A packet program in softirq could
-            // interrupt a socket program on this CPU mid-increment and one
-            // of two counts be lost, never the counter's leaving zero: the
-            // bpfel target has no 64-bit atomic add in core to do better.
-            unsafe { *lost += 1 };
+/// Queues one record of any of the ring buffer's types for the agent
+/// (cgroup) `cgroup_id`, within that agent's share of the ring. A full
+/// share or ring never changes the verdict; the loss is counted, for the
+/// agent and in all, so the daemon can report it.
+///
+/// The record is passed by reference: the verifier allows 512 bytes of
+/// stack over the whole call chain, and a copy per frame adds up.
+#[inline(always)]
+pub fn output<T: Copy + 'static>(cgroup_id: u64, record: &T) {
+    let cost = ring_cost(size_of::<T>());
+    let usage = shares::usage(cgroup_id);
+    if let Some(usage) = usage
+        && !shares::event_allowed(usage, cgroup_id, cost)
+    {
+        lost(usage);
+        return;
+    }
+    let Some(mut entry) = KERNEL_EVENTS.reserve::<T>(0) else {
+        match usage {
+            Some(usage) => lost(usage),
+            None => count_lost(),
         }
         return;
     };
-    entry.write(KernelEvent {
-        kind,
-        family: facts.family,
-        protocol: facts.protocol,
-        tgid: caller.tgid,
-        pid: caller.pid,
-        uid: caller.uid,
-        gid: caller.gid,
-        cgroup_id: caller.cgroup_id,
-        dst_ip: facts.dst_ip,
-        dst_port: facts.dst_port,
-        sock_type: facts.sock_type,
-        _pad: 0,
-        comm: caller.comm,
-    });
+    if let Some(usage) = usage {
+        // SAFETY: a live map value.
+        shares::add(unsafe { &raw mut (*usage).event_bytes }, cost);
+    }
+    // SAFETY: the entry is reserved room for one T; the record is a T.
+    unsafe { entry.as_mut_ptr().copy_from_nonoverlapping(record, 1) };
     entry.submit(0);
+}
+
+/// One event the agent's share had no room for.
+fn lost(usage: *mut agentguard_common::AgentUsage) {
+    // SAFETY: a live map value.
+    shares::add(unsafe { &raw mut (*usage).events_lost }, 1);
+    count_lost();
+}
+
+fn count_lost() {
+    if let Some(lost) = EVENT_STATS.get_ptr_mut(STAT_EVENTS_LOST) {
+        // SAFETY: per-CPU slot. A packet program in softirq could
+        // interrupt a socket program on this CPU mid-increment and one of
+        // two counts be lost, never the counter's leaving zero.
+        unsafe { *lost += 1 };
+    }
+}
+
+fn submit(kind: u32, facts: &SocketFacts, caller: Caller) {
+    output(
+        caller.cgroup_id,
+        &KernelEvent {
+            kind,
+            family: facts.family,
+            protocol: facts.protocol,
+            tgid: caller.tgid,
+            pid: caller.pid,
+            uid: caller.uid,
+            gid: caller.gid,
+            cgroup_id: caller.cgroup_id,
+            dst_ip: facts.dst_ip,
+            dst_port: facts.dst_port,
+            sock_type: facts.sock_type,
+            _pad: 0,
+            comm: caller.comm,
+        },
+    );
 }

@@ -1,17 +1,27 @@
 //! agentguard's kernel programs: every socket an agent's cgroup creates is
 //! redirected (TCP to the proxy, DNS to the agent's resolver), or refused
 //! (other UDP, raw and ICMP sockets, other transports, routing options) and
-//! reported; a packet that still heads off the loopback is dropped. Each
-//! hook is a thin entry point over a `try_*`/`check` function.
+//! reported; a packet that still heads off the loopback is dropped; an
+//! agent binds only what its policy lists and reaches no process outside
+//! its cgroup; a revoked agent gets nothing. Each hook is a thin entry
+//! point over a `try_*`/`check` function.
 #![no_std]
 #![no_main]
+// The atomic add of the per-agent counters (shares.rs); the crate is only
+// ever built with nightly (aya-build).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
+mod bind;
 mod connect;
 mod egress;
 mod events;
 mod maps;
+mod process;
 mod redirect;
+mod revoke;
 mod sendmsg;
+mod shares;
 mod sock_create;
 mod sockops;
 mod sockopt;
@@ -20,8 +30,10 @@ mod unix;
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, sock_ops},
-    programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm_cgroup, sock_ops},
+    programs::{
+        LsmContext, SkBuffContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext,
+    },
 };
 
 /// Verdicts of cgroup sock and sock_addr programs: 1 lets the (possibly
@@ -38,6 +50,16 @@ pub fn agentguard_connect4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(connect6)]
 pub fn agentguard_connect6(ctx: SockAddrContext) -> i32 {
     connect::try_connect6(&ctx).unwrap_or(DENY)
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn agentguard_bind4(ctx: SockAddrContext) -> i32 {
+    bind::check4(&ctx)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn agentguard_bind6(ctx: SockAddrContext) -> i32 {
+    bind::check6(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
@@ -109,6 +131,11 @@ pub fn agentguard_sendmsg_unix(ctx: *mut bpf_sock_addr) -> i32 {
 pub fn agentguard_sockops(ctx: SockOpsContext) -> u32 {
     // sockops return values are advisory for the callbacks used here.
     sockops::try_sockops(&ctx).unwrap_or(0)
+}
+
+#[lsm_cgroup(hook = "ptrace_access_check")]
+pub fn agentguard_ptrace(ctx: LsmContext) -> i32 {
+    process::check(&ctx)
 }
 
 #[cfg(not(test))]

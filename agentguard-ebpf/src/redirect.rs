@@ -14,6 +14,7 @@ use aya_ebpf::{
 use crate::{
     events::{SocketFacts, emit},
     maps::{AGENT_DNS, CONN_ORIG, PROXY_CONFIG, SOCKET_RECORDS},
+    shares,
 };
 
 pub const SOCK_STREAM: u16 = 1;
@@ -51,6 +52,12 @@ pub fn proxy_config() -> Result<&'static ProxyConfig, Refuse> {
     }
 }
 
+/// The configuration whatever the port (the shares hold while the daemon
+/// is down too).
+pub fn proxy_config_any() -> Option<&'static ProxyConfig> {
+    PROXY_CONFIG.get(0)
+}
+
 pub fn cookie(ctx: &SockAddrContext) -> u64 {
     // SAFETY: the helper only reads the socket behind the context.
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
@@ -75,7 +82,8 @@ pub fn tcp_to_proxy(
 ) -> Result<Option<Target>, Refuse> {
     let cookie = cookie(ctx);
     if facts.dst_ip == proxy_ip && facts.dst_port == cfg.port {
-        if SOCKET_RECORDS.get_ptr(cookie).is_some() {
+        // SAFETY: the helper reads the socket behind the context.
+        if !unsafe { SOCKET_RECORDS.get_ptr_mut(ctx) }.is_null() {
             return Ok(None);
         }
         // The agent dials the proxy port itself, which would let it pick
@@ -83,29 +91,53 @@ pub fn tcp_to_proxy(
         emit(event_kind::DIRECT_PROXY_DENIED, facts);
         return Err(Refuse);
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
-    let record = ConnRecord {
-        orig_ip: facts.dst_ip,
-        orig_port: facts.dst_port,
-        family: facts.family,
-        tgid: (pid_tgid >> 32) as u32,
-        pid: pid_tgid as u32,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
-        _pad: 0,
-        // SAFETY: no arguments; returns the caller's cgroup v2 id.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        cookie,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    };
+    // SAFETY: no arguments; returns the caller's cgroup v2 id.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // Past its share of records waiting for the proxy, the agent's connect
+    // fails here, before it could take room another agent needs.
+    match shares::usage(cgroup_id) {
+        Some(usage) if shares::record_allowed(usage, cgroup_id) => {}
+        Some(usage) => {
+            // SAFETY: a live map value.
+            shares::add(unsafe { &raw mut (*usage).records_refused }, 1);
+            emit(event_kind::RECORD_SHARE_EXCEEDED, facts);
+            return Err(Refuse);
+        }
+        None => {
+            emit(event_kind::RECORD_FAILED, facts);
+            return Err(Refuse);
+        }
+    }
     // Without a record the proxy could not attribute the connection; refuse
     // now instead of redirecting a connection the proxy will drop anyway.
-    if SOCKET_RECORDS.insert(cookie, record, 0).is_err() {
+    // SAFETY: the helper reads the socket behind the context and creates
+    // zeroed storage for it if there is none.
+    let slot = unsafe { SOCKET_RECORDS.get_or_insert_ptr_mut(ctx, None) };
+    if slot.is_null() {
         emit(event_kind::RECORD_FAILED, facts);
         return Err(Refuse);
     }
-    remember_orig(cookie, facts);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    // SAFETY: a non-null pointer to this socket's storage, of this type;
+    // written in place (a record on the stack would cost stack space, which
+    // the verifier limits to 512 bytes over the whole call chain).
+    unsafe {
+        *slot = ConnRecord {
+            orig_ip: facts.dst_ip,
+            orig_port: facts.dst_port,
+            family: facts.family,
+            tgid: (pid_tgid >> 32) as u32,
+            pid: pid_tgid as u32,
+            uid: uid_gid as u32,
+            gid: (uid_gid >> 32) as u32,
+            _pad: 0,
+            cgroup_id,
+            cookie,
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        }
+    };
+    remember_orig(ctx, facts);
     if cfg.flags & agentguard_common::CONFIG_REPORT_REDIRECTS != 0 {
         emit(event_kind::TCP_REDIRECTED, facts);
     }
@@ -130,7 +162,7 @@ pub fn dns_to_resolver(
         emit(event_kind::DNS_UNROUTABLE, facts);
         return Err(Refuse);
     };
-    remember_orig(cookie(ctx), facts);
+    remember_orig(ctx, facts);
     if cfg.flags & agentguard_common::CONFIG_REPORT_REDIRECTS != 0 {
         emit(event_kind::DNS_REDIRECTED, facts);
     }
@@ -142,11 +174,17 @@ pub fn dns_to_resolver(
 
 /// Keeps the original destination for getpeername/recvmsg. Losing it (map
 /// full) only costs transparency, never containment.
-fn remember_orig(cookie: u64, facts: &SocketFacts) {
-    let orig = OrigDst {
-        ip: facts.dst_ip,
-        port: facts.dst_port,
-        family: facts.family,
-    };
-    let _ = CONN_ORIG.insert(cookie, orig, 0);
+fn remember_orig(ctx: &SockAddrContext, facts: &SocketFacts) {
+    // SAFETY: as for SOCKET_RECORDS above.
+    let slot = unsafe { CONN_ORIG.get_or_insert_ptr_mut(ctx, None) };
+    if !slot.is_null() {
+        // SAFETY: a non-null pointer to this socket's storage, of this type.
+        unsafe {
+            *slot = OrigDst {
+                ip: facts.dst_ip,
+                port: facts.dst_port,
+                family: facts.family,
+            }
+        };
+    }
 }

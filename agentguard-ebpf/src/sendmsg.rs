@@ -17,6 +17,7 @@ use crate::{
 pub fn try_sendmsg4(ctx: &SockAddrContext) -> Result<i32, Refuse> {
     let sa = ctx.sock_addr;
     let facts = facts4(sa);
+    crate::revoke::check(&facts)?;
     let cfg = proxy_config()?;
     if facts.dst_port != DNS_PORT {
         emit(event_kind::UDP_DENIED, &facts);
@@ -34,6 +35,7 @@ pub fn try_sendmsg4(ctx: &SockAddrContext) -> Result<i32, Refuse> {
 pub fn try_sendmsg6(ctx: &SockAddrContext) -> Result<i32, Refuse> {
     let sa = ctx.sock_addr;
     let facts = facts6(sa);
+    crate::revoke::check(&facts)?;
     let cfg = proxy_config()?;
     if facts.dst_port != DNS_PORT {
         emit(event_kind::UDP_DENIED, &facts);

@@ -18,12 +18,18 @@
 
 use core::ptr::{addr_of, read_volatile};
 
-use agentguard_common::{AF_INET, AF_INET6, PeerKey, ip6_words_to_bytes, v4_mapped};
+use agentguard_common::{AF_INET, AF_INET6, ConnRecord, PeerKey, ip6_words_to_bytes, v4_mapped};
 use aya_ebpf::{
-    EbpfContext as _, helpers::generated::bpf_get_socket_cookie, programs::SockOpsContext,
+    EbpfContext as _,
+    bindings::bpf_sock,
+    helpers::generated::{bpf_get_socket_cookie, bpf_sk_storage_delete, bpf_sk_storage_get},
+    programs::SockOpsContext,
 };
 
-use crate::maps::{PEER_RECORDS, SOCKET_RECORDS};
+use crate::{
+    maps::{PEER_RECORDS, SOCKET_RECORDS},
+    shares,
+};
 
 /// include/uapi/linux/bpf.h: BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB. This callback
 /// is always invoked; it needs no cb_flags opt-in.
@@ -56,26 +62,64 @@ pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, Skip> {
 }
 
 fn established(ctx: &SockOpsContext, fields: &Fields) -> Result<u32, Skip> {
-    // SAFETY: the helper only reads the socket behind the context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // Copy the record out before touching the map again: an LRU entry may be
-    // reused under us once removed.
-    let record = match SOCKET_RECORDS.get_ptr(cookie) {
-        // SAFETY: the pointer came from a successful lookup in this program.
-        Some(ptr) => unsafe { *ptr },
+    if fields.sk.is_null() {
+        return Ok(0);
+    }
+    let records = core::ptr::from_ref(&SOCKET_RECORDS).cast_mut().cast();
+    // SAFETY: `sk` is this callback's full socket (checked non-null); the
+    // helper returns its storage in SOCKET_RECORDS, or null.
+    let ptr = unsafe { bpf_sk_storage_get(records, fields.sk.cast(), core::ptr::null_mut(), 0) }
+        .cast::<ConnRecord>();
+    if ptr.is_null() {
         // Not one of ours (e.g. UDP-less loopback traffic the hook let through).
-        None => return Ok(0),
-    };
+        return Ok(0);
+    }
+    // SAFETY: non-null storage of this socket, of this type.
+    let record = unsafe { *ptr };
+    // SAFETY: as above; the record is no longer needed on the socket.
+    let _ = unsafe { bpf_sk_storage_delete(records, fields.sk.cast()) };
     let key = peer_key(fields)?;
+    // Held to the agent's share here too (connects made at once may all
+    // pass connect4's check); without a record the proxy refuses the
+    // connection, which is the agent's own.
+    let Some(usage) = shares::usage(record.cgroup_id) else {
+        return Err(Skip);
+    };
+    if !shares::record_allowed(usage, record.cgroup_id) {
+        // SAFETY: a live map value.
+        shares::add(unsafe { &raw mut (*usage).records_refused }, 1);
+        return Err(Skip);
+    }
+    // An entry still under this address belongs to a connection that
+    // ended before the proxy took it: it goes, and off its agent's share.
+    if let Some(old) = PEER_RECORDS.get_ptr(key) {
+        // SAFETY: the pointer came from a successful lookup in this program.
+        let old_cgroup = unsafe { (*old).cgroup_id };
+        if PEER_RECORDS.remove(key).is_ok() {
+            dropped(old_cgroup);
+        }
+    }
     PEER_RECORDS.insert(key, record, 0).map_err(|_| Skip)?;
-    let _ = SOCKET_RECORDS.remove(cookie);
+    // SAFETY: a live map value.
+    shares::add(unsafe { &raw mut (*usage).records_added }, 1);
     // Without the close callback a record the proxy never takes would stay;
     // refuse to leave one that cannot be cleaned up.
     if ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG).is_err() {
-        let _ = PEER_RECORDS.remove(key);
+        if PEER_RECORDS.remove(key).is_ok() {
+            dropped(record.cgroup_id);
+        }
         return Err(Skip);
     }
     Ok(0)
+}
+
+/// A record the kernel removed before the proxy took it: no longer part
+/// of its agent's share.
+fn dropped(cgroup_id: u64) {
+    if let Some(usage) = shares::usage(cgroup_id) {
+        // SAFETY: a live map value.
+        shares::add(unsafe { &raw mut (*usage).records_dropped }, 1);
+    }
 }
 
 /// States a socket passes through when its own side closed first.
@@ -94,11 +138,14 @@ fn closed(ctx: &SockOpsContext, fields: &Fields) -> Result<u32, Skip> {
     let key = peer_key(fields)?;
     let ours = match PEER_RECORDS.get_ptr(key) {
         // SAFETY: the pointer came from a successful lookup in this program.
-        Some(ptr) => unsafe { (*ptr).cookie == cookie },
-        None => false,
+        Some(ptr) => unsafe { ((*ptr).cookie == cookie).then_some((*ptr).cgroup_id) },
+        None => None,
     };
-    if ours {
-        let _ = PEER_RECORDS.remove(key);
+    // Only a successful removal counts: the proxy may have taken it first.
+    if let Some(cgroup_id) = ours
+        && PEER_RECORDS.remove(key).is_ok()
+    {
+        dropped(cgroup_id);
     }
     Ok(0)
 }
@@ -122,6 +169,8 @@ struct Fields {
     local_ip4: u32,
     local_ip6: [u32; 4],
     local_port: u32,
+    /// The full socket of this callback, or null.
+    sk: *mut bpf_sock,
 }
 
 /// Reads every context field this program needs, unconditionally and with
@@ -147,6 +196,7 @@ fn read_fields(ctx: &SockOpsContext) -> Fields {
                 read_volatile(addr_of!((*ops).local_ip6[3])),
             ],
             local_port: read_volatile(addr_of!((*ops).local_port)),
+            sk: read_volatile(addr_of!((*ops).__bindgen_anon_2.sk)),
         }
     }
 }

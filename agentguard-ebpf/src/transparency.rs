@@ -7,13 +7,24 @@ use core::ptr::{addr_of_mut, write_volatile};
 use agentguard_common::ip6_bytes_to_words;
 use aya_ebpf::programs::SockAddrContext;
 
-use crate::{connect::port_to_ctx, maps::CONN_ORIG, redirect::cookie};
+use agentguard_common::OrigDst;
+
+use crate::{connect::port_to_ctx, maps::CONN_ORIG};
+
+/// The destination the socket was redirected away from, if it was.
+fn orig(ctx: &SockAddrContext) -> Option<OrigDst> {
+    // SAFETY: the helper reads the socket behind the context; a non-null
+    // result points at this socket's storage, of this type.
+    unsafe {
+        let p = CONN_ORIG.get_ptr_mut(ctx);
+        if p.is_null() { None } else { Some(*p) }
+    }
+}
 
 /// Rewrites the reported peer of an IPv4 socket. Always allows: these hooks
 /// only change what the agent is told.
 pub fn rewrite_peer4(ctx: &SockAddrContext) {
-    // SAFETY: plain copy out of the map value.
-    let Some(orig) = (unsafe { CONN_ORIG.get(cookie(ctx)) }).copied() else {
+    let Some(orig) = orig(ctx) else {
         return;
     };
     let sa = ctx.sock_addr;
@@ -29,8 +40,7 @@ pub fn rewrite_peer4(ctx: &SockAddrContext) {
 }
 
 pub fn rewrite_peer6(ctx: &SockAddrContext) {
-    // SAFETY: plain copy out of the map value.
-    let Some(orig) = (unsafe { CONN_ORIG.get(cookie(ctx)) }).copied() else {
+    let Some(orig) = orig(ctx) else {
         return;
     };
     let words = ip6_bytes_to_words(orig.ip);

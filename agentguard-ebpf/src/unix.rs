@@ -24,10 +24,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 
-use crate::{
-    ALLOW, DENY,
-    maps::{EVENT_STATS, KERNEL_EVENTS, UNIX_ALLOW},
-};
+use crate::{ALLOW, DENY, events::output, maps::UNIX_ALLOW};
 
 /// `offsetof(struct sockaddr_un, sun_path)`: the family is a u16 (UAPI).
 const SUN_PATH_OFFSET: usize = 2;
@@ -115,27 +112,21 @@ fn read_address(ctx: &SockAddrContext, key: &mut UnixKey) -> Result<(), ()> {
 }
 
 fn emit(kind: u32, ctx: &SockAddrContext, key: &UnixKey) {
-    let Some(mut entry) = KERNEL_EVENTS.reserve::<UnixEvent>(0) else {
-        if let Some(lost) = EVENT_STATS.get_ptr_mut(agentguard_common::STAT_EVENTS_LOST) {
-            // SAFETY: per-CPU slot; programs on this CPU do not run
-            // concurrently with each other.
-            unsafe { *lost += 1 };
-        }
-        return;
-    };
     // SAFETY: `type` is readable in every sock_addr program.
     let sock_type = unsafe { read_volatile(addr_of!((*ctx.sock_addr).type_)) };
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    entry.write(UnixEvent {
-        kind,
-        tgid: (pid_tgid >> 32) as u32,
-        pid: pid_tgid as u32,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
-        sock_type,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-        key: *key,
-    });
-    entry.submit(0);
+    output(
+        key.cgroup_id,
+        &UnixEvent {
+            kind,
+            tgid: (pid_tgid >> 32) as u32,
+            pid: pid_tgid as u32,
+            uid: uid_gid as u32,
+            gid: (uid_gid >> 32) as u32,
+            sock_type,
+            comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            key: *key,
+        },
+    );
 }

@@ -10,8 +10,11 @@
 //! - `GET /v1/audit/stream?agent=&decision=&kind=&backlog=N` → committed
 //!   audit records as Server-Sent Events (`agentguard audit tail`)
 //! - `GET /metrics` → Prometheus (OpenMetrics) text
+//! - `POST /v1/audit/verify-proxy?event=...` → a verify-proxy's decision
+//!   ([`report`])
 
 mod client;
+pub mod report;
 pub mod server;
 mod stream;
 
@@ -31,6 +34,15 @@ pub struct AgentView {
     pub cgroup_id: u64,
     /// Whether the kernel programs are attached (and pinned) on it.
     pub guarded: bool,
+    /// Whether the kernel keeps its processes from every process outside
+    /// its cgroup (BPF LSM). When false (or absent: an older daemon),
+    /// `exec` installs a seccomp filter against the main ways instead.
+    #[serde(default)]
+    pub processes_guarded: bool,
+    /// What the agent uses of the kernel's shared tables: connections
+    /// waiting for the proxy, connects refused past its share, events lost.
+    #[serde(default)]
+    pub kernel: crate::ebpf::AgentKernelUsage,
     pub policy_file: String,
     /// The agentguard CA certificate (PEM).
     pub ca_cert: String,
@@ -63,4 +75,9 @@ pub struct StatusView {
     /// true.
     #[serde(default)]
     pub unix_sockets_guarded: bool,
+    /// Whether agents are kept from every process outside their cgroup
+    /// (lsm_cgroup/ptrace_access_check): false only on a kernel without
+    /// the BPF LSM, started with `--allow-unguarded-processes`.
+    #[serde(default)]
+    pub processes_guarded: bool,
 }

@@ -3,11 +3,13 @@
 //!
 //! - `event`: what an event holds, and its row layout.
 //! - `chain`: the canonical serialisation and the hash chain.
-//! - `signing`: the Ed25519 checkpoint key.
+//! - `signing`: the Ed25519 checkpoint key, kept apart from the store.
+//! - `anchor`: checkpoints leaving the host as they are signed.
 //! - `store`: the database (`<state-dir>/audit/audit.db`).
 //! - `writer`: the single writer task (batches, checkpoints, retention).
 //! - `verify`, `query`, `ocsf`: what the `agentguard audit` commands do.
 //! - `otlp`: export to an OpenTelemetry collector.
+//! - `traceparent`: the W3C trace context a request's event keeps.
 //!
 //! Emitters hold an [`AuditSink`]: [`AuditSink::record`] waits while the
 //! queue is full (in events or in bytes) or the writer cannot commit
@@ -15,6 +17,7 @@
 //! in the order events reach it, so the chain's order is the order of
 //! recording.
 
+pub mod anchor;
 pub mod chain;
 pub mod event;
 pub mod ocsf;
@@ -23,6 +26,7 @@ pub mod query;
 mod queue;
 pub mod signing;
 pub mod store;
+pub mod traceparent;
 pub mod verify;
 mod writer;
 
@@ -38,7 +42,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, watch};
-use tracing::error;
+use tracing::{error, info};
 
 pub use event::{Decision, Event, Kind};
 use queue::Queued;
@@ -67,6 +71,8 @@ pub enum AuditError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Signing(#[from] SigningError),
+    #[error(transparent)]
+    Anchor(#[from] anchor::AnchorError),
     #[error("failed to start the audit writer thread: {0}")]
     Thread(std::io::Error),
 }
@@ -80,6 +86,10 @@ pub struct AuditConfig {
     /// Bytes the queued (not yet committed) events may hold before
     /// `record` waits; at least [`MAX_EVENT_BYTES`].
     pub queue_bytes: usize,
+    /// The checkpoint signing key; `None`: [`signing::default_key_path`].
+    pub signing_key: Option<PathBuf>,
+    /// Where checkpoints are exported as they are signed.
+    pub anchors: anchor::AnchorConfig,
 }
 
 /// Something to run for each event as it is recorded (metrics, the admin
@@ -98,6 +108,9 @@ struct Shared {
     gate: queue::Gate,
     stats: Arc<Stats>,
     hub: broadcast::Sender<Arc<Record>>,
+    checkpoints: broadcast::Sender<Arc<Checkpoint>>,
+    anchor_stats: Arc<anchor::AnchorStats>,
+    key_id: String,
     observers: Vec<Observer>,
     db_path: PathBuf,
 }
@@ -139,6 +152,16 @@ pub struct AuditStatus {
     pub last_seq: i64,
     pub last_checkpoint_seq: i64,
     pub write_errors: u64,
+    /// The public key that signs checkpoints (hex), to pin in
+    /// `audit verify --public-key`.
+    #[serde(default)]
+    pub key_id: String,
+    /// The newest checkpoint exported by `--audit-anchor-dir` /
+    /// `--audit-anchor-command`; 0: none (or no export configured).
+    #[serde(default)]
+    pub anchor_last_exported_seq: i64,
+    #[serde(default)]
+    pub anchor_failures: u64,
 }
 
 impl AuditSink {
@@ -229,6 +252,19 @@ impl AuditSink {
         self.shared.hub.subscribe()
     }
 
+    /// The newest signed checkpoint in the store, if any (read-only).
+    pub fn last_checkpoint(&self) -> Option<Checkpoint> {
+        Store::open_read_only(&self.shared.db_path)
+            .and_then(|s| s.last_checkpoint())
+            .ok()
+            .flatten()
+    }
+
+    /// Checkpoints as they are committed, from now on.
+    pub fn subscribe_checkpoints(&self) -> broadcast::Receiver<Arc<Checkpoint>> {
+        self.shared.checkpoints.subscribe()
+    }
+
     pub fn queue_depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
@@ -250,6 +286,13 @@ impl AuditSink {
             last_seq: s.last_seq.load(Ordering::Relaxed),
             last_checkpoint_seq: s.last_checkpoint_seq.load(Ordering::Relaxed),
             write_errors: s.write_errors.load(Ordering::Relaxed),
+            key_id: self.shared.key_id.clone(),
+            anchor_last_exported_seq: self
+                .shared
+                .anchor_stats
+                .last_exported_seq
+                .load(Ordering::Relaxed),
+            anchor_failures: self.shared.anchor_stats.failures.load(Ordering::Relaxed),
         }
     }
 }
@@ -281,29 +324,62 @@ impl AuditWriter {
     }
 }
 
-/// Opens the store in `state_dir`, loads (or makes) the signing key and
-/// starts the writer thread.
+/// Checkpoints held for slow followers (the OTLP exporter); the newest
+/// covers the most, so losing older ones to lag costs little.
+const CHECKPOINT_BUFFER: usize = 64;
+
+/// Opens the store in `state_dir`, loads (or makes) the signing key, apart
+/// from the store (moving it there from where older versions kept it), and
+/// starts the writer thread and the checkpoint export.
 pub fn start(
     state_dir: &Path,
     cfg: AuditConfig,
     observers: Vec<Observer>,
 ) -> Result<(AuditSink, AuditWriter), AuditError> {
     let dir = audit_dir(state_dir);
+    let key_path = cfg
+        .signing_key
+        .clone()
+        .unwrap_or_else(|| signing::default_key_path(state_dir));
+    signing::check_apart(&dir, &key_path)?;
+    cfg.anchors.validate()?;
     let store = Store::open(&dir)?;
-    let signer = signing::Signer::load_or_create(&dir)?;
+    if signing::migrate_key(&dir, &key_path)? {
+        info!(
+            from = %dir.join(signing::KEY_FILE).display(),
+            to = %key_path.display(),
+            "moved the audit signing key out of the audit directory"
+        );
+    }
+    let signer = signing::Signer::load_or_create(&key_path, &[dir.join(signing::PUBLIC_KEY_FILE)])?;
+    let key_id = signer.key_id();
     let stats = Arc::new(Stats::default());
+    let anchor_stats = Arc::new(anchor::AnchorStats::default());
+    let anchors = if cfg.anchors.is_empty() {
+        None
+    } else {
+        Some(anchor::Exporter::start(
+            cfg.anchors.clone(),
+            anchor_stats.clone(),
+        )?)
+    };
     let (hub, _) = broadcast::channel(FOLLOW_BUFFER);
     let bytes = queue::Bytes::new(cfg.queue_bytes);
     // A commit that runs longer than one flush interval holds back new
     // events: the loss after a crash stays about one interval's worth.
     let gate = queue::Gate::new(cfg.writer.flush_interval);
+    let (checkpoints, _) = broadcast::channel(CHECKPOINT_BUFFER);
     let writer = writer::Writer::new(
         store,
         signer,
         cfg.writer,
-        writer::Shared {
-            stats: stats.clone(),
-            hub: hub.clone(),
+        stats.clone(),
+        writer::Outlets {
+            records: hub.clone(),
+            checkpoints: checkpoints.clone(),
+            anchors,
+        },
+        writer::Backpressure {
             bytes: bytes.clone(),
             gate: gate.clone(),
         },
@@ -331,6 +407,9 @@ pub fn start(
             gate,
             stats,
             hub,
+            checkpoints,
+            anchor_stats,
+            key_id,
             observers,
             db_path: dir.join(store::DB_FILE),
         }),

@@ -19,6 +19,8 @@
 mod authority;
 mod bundle;
 mod leaf;
+mod profile;
 
 pub use authority::{CaError, LocalCa};
-pub use leaf::{DEFAULT_LEAF_CACHE_CAPACITY, LEAF_LIFETIME, LEAF_REFRESH_MARGIN, LeafCache};
+pub use leaf::{DEFAULT_LEAF_CACHE_CAPACITY, LEAF_REFRESH_MARGIN, LeafCache};
+pub use profile::LEAF_LIFETIME;

@@ -13,7 +13,7 @@ use std::{
 
 use thiserror::Error;
 
-use crate::policy::CgroupRelPath;
+use crate::{policy::CgroupRelPath, procfs};
 
 #[derive(Debug, Error)]
 pub enum CgroupError {
@@ -62,20 +62,12 @@ impl CgroupRoot {
     /// `/sys/fs/cgroup` on unified hosts but `/sys/fs/cgroup/unified` on
     /// hybrid ones, so it is never assumed.
     pub fn discover() -> Result<Self, CgroupError> {
-        let info = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
-        Self::from_mountinfo(&info).ok_or(CgroupError::NoCgroup2)
-    }
-
-    fn from_mountinfo(info: &str) -> Option<Self> {
-        info.lines().find_map(|line| {
-            // "<id> <parent> <maj:min> <root> <mount point> <opts> [optional...] - <fstype> ..."
-            let (fields, rest) = line.split_once(" - ")?;
-            let fstype = rest.split_whitespace().next()?;
-            let mount = fields.split_whitespace().nth(4)?;
-            (fstype == "cgroup2").then(|| Self {
-                mount: PathBuf::from(unescape_mountinfo(mount)),
+        let mount = procfs::find_mount("cgroup2").map_err(CgroupError::MountInfo)?;
+        mount
+            .map(|m| Self {
+                mount: m.mount_point,
             })
-        })
+            .ok_or(CgroupError::NoCgroup2)
     }
 
     pub fn mount(&self) -> &Path {
@@ -171,64 +163,11 @@ impl Cgroup {
             .map_err(join_err)?;
 
         // Check where we landed: "0::<path>" is the v2 line.
-        let own = fs::read_to_string("/proc/self/cgroup").map_err(join_err)?;
-        let actual = own
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .unwrap_or_default()
-            .to_owned();
+        let actual = procfs::own_cgroup().map_err(join_err)?.unwrap_or_default();
         let expected = Path::new("/").join(root.relative(&self.path));
         if Path::new(&actual) != expected {
             return Err(CgroupError::JoinMismatch { expected, actual });
         }
         Ok(())
-    }
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
-fn unescape_mountinfo(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_v2_mount_in_a_hybrid_layout() {
-        let info = "\
-31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
-41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:5 - cgroup2 cgroup2 rw
-";
-        let root = CgroupRoot::from_mountinfo(info).unwrap();
-        assert_eq!(root.mount(), Path::new("/sys/fs/cgroup/unified"));
-    }
-
-    #[test]
-    fn no_v2_mount_is_reported() {
-        let info = "40 31 0:37 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
-        assert!(CgroupRoot::from_mountinfo(info).is_none());
-    }
-
-    #[test]
-    fn mountinfo_octal_escapes_are_decoded() {
-        assert_eq!(unescape_mountinfo(r"/mnt/my\040cgroup"), "/mnt/my cgroup");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
     }
 }

@@ -1,7 +1,9 @@
 //! Command-line interface: argument parsing and dispatch to the modules.
 
 mod audit;
+mod kernel;
 mod limits;
+mod policy;
 mod token;
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
@@ -20,7 +22,6 @@ use crate::{
     ebpf::{self, EbpfError, UnixGuard},
     exec::{self, ExecError},
     logging::{self, LogFormat},
-    policy,
     preflight::{self, PreflightError},
 };
 
@@ -70,6 +71,8 @@ enum Command {
         /// flag such a kernel stops start-up.
         #[arg(long)]
         allow_unguarded_unix_sockets: bool,
+        #[command(flatten)]
+        kernel: kernel::KernelRunArgs,
         #[command(flatten)]
         audit: audit::AuditRunArgs,
         #[command(flatten)]
@@ -141,7 +144,7 @@ enum Command {
     /// Policy tools.
     Policy {
         #[command(subcommand)]
-        command: PolicyCommand,
+        command: policy::PolicyCommand,
     },
     /// Remove agentguard's pinned programs and maps: agents then connect
     /// directly, unguarded. A deliberate uninstall step.
@@ -159,35 +162,6 @@ enum CaCommand {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum PolicyCommand {
-    /// Validate a policy file or a folder of them.
-    Check {
-        #[arg(default_value = DEFAULT_POLICIES_DIR)]
-        path: PathBuf,
-    },
-    /// Show what the policy decides for one request. Exit 0 for allow, 1
-    /// for deny (and would-deny).
-    Test {
-        #[arg(long, default_value = DEFAULT_POLICIES_DIR)]
-        policies: PathBuf,
-        #[arg(long)]
-        agent: String,
-        #[arg(long)]
-        method: String,
-        #[arg(long)]
-        url: String,
-        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-        format: OutputFormat,
-    },
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum OutputFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Error)]
@@ -255,6 +229,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             dns_upstream,
             report_kernel_redirects,
             allow_unguarded_unix_sockets,
+            kernel,
             audit,
             tokens,
             limits,
@@ -267,6 +242,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
                 } else {
                     UnixGuard::Required
                 },
+                kernel: kernel.options()?,
                 policies_dir: policies,
                 state_dir,
                 admin_socket,
@@ -275,7 +251,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
                 upstream_ca,
                 audit: audit.options()?,
                 metrics_listen: audit.metrics_listen,
-                otlp_endpoint: audit.otlp_endpoint.clone(),
+                otlp: audit.otlp()?,
                 tokens: tokens.options()?,
                 limits: limits.options()?,
             }
@@ -323,19 +299,7 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             print!("{}", ca.cert_pem());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy {
-            command: PolicyCommand::Check { path },
-        } => Ok(policy_check(&path)),
-        Command::Policy {
-            command:
-                PolicyCommand::Test {
-                    policies,
-                    agent,
-                    method,
-                    url,
-                    format,
-                },
-        } => Ok(policy_test(&policies, &agent, &method, &url, format)),
+        Command::Policy { command } => Ok(policy::run(command)),
         Command::Detach { bpf_dir } => {
             preflight::require_root("detach")?;
             let removed = ebpf::detach_all(&bpf_dir)?;
@@ -356,65 +320,6 @@ fn print_lines(admin_socket: &std::path::Path, route: &str) -> Result<ExitCode, 
         println!("{entry}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn policy_check(path: &std::path::Path) -> ExitCode {
-    match policy::load_path(path) {
-        Ok(set) => {
-            println!(
-                "ok: {} agent(s), policy version {}",
-                set.agents.len(),
-                set.version
-            );
-            for file in set.sources() {
-                println!("  {}", file.display());
-            }
-            ExitCode::SUCCESS
-        }
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("error: {e}");
-            }
-            eprintln!("{} error(s); policy refused", errors.0.len());
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn policy_test(
-    policies: &std::path::Path,
-    agent: &str,
-    method: &str,
-    url: &str,
-    format: OutputFormat,
-) -> ExitCode {
-    let set = match policy::load_path(policies) {
-        Ok(set) => set,
-        Err(errors) => {
-            eprintln!("invalid policy:\n{errors}");
-            return ExitCode::from(2);
-        }
-    };
-    match policy::explain(&set, agent, method, url) {
-        Ok(explanation) => {
-            match format {
-                OutputFormat::Text => println!("{explanation}"),
-                OutputFormat::Json => println!(
-                    "{}",
-                    serde_json::to_string(&explanation).unwrap_or_default()
-                ),
-            }
-            if explanation.allowed() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("agentguard: error: {e}");
-            ExitCode::from(2)
-        }
-    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {

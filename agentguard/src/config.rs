@@ -7,7 +7,7 @@ use thiserror::Error;
 
 use crate::{
     audit::{AuditConfig, WriterConfig},
-    ebpf::UnixGuard,
+    ebpf::{KernelOptions, UnixGuard},
 };
 
 /// Policies folder: one TOML file per agent.
@@ -41,9 +41,9 @@ pub const DEFAULT_AUDIT_CHECKPOINT_EVERY: u64 = 1000;
 /// ...or this often, whichever comes first.
 pub const DEFAULT_AUDIT_CHECKPOINT_INTERVAL: &str = "60s";
 
-/// The JWKS for request-bound tokens is served here (loopback: tool servers
-/// on this host read it; serve it further with a reverse proxy or publish
-/// `agentguard token jwks`). `off` disables it.
+/// The JWKS for request-bound tokens is served here, over HTTPS (loopback:
+/// tool servers on this host read it; serve it further with a reverse proxy
+/// or publish `agentguard token jwks`). `off` disables it.
 pub const DEFAULT_JWKS_LISTEN: &str = "127.0.0.1:9477";
 /// Request bodies for JWT-bound tools are read whole to hash them, up to this.
 pub const DEFAULT_JWT_MAX_BODY: &str = "1M";
@@ -57,6 +57,23 @@ pub struct TokenOptions {
     pub max_body: usize,
     /// What a new signing key is (the first, and each rotation's).
     pub algorithm: crate::token::SigningAlgorithm,
+    pub jwks_tls: JwksTlsOptions,
+}
+
+/// How the JWKS endpoint proves who it is. Tool servers take their keys
+/// from it: a key swapped on the way would let anyone mint tokens they
+/// accept, so it is HTTPS unless the operator asks for plain HTTP on
+/// loopback.
+#[derive(Debug, Clone, Default)]
+pub struct JwksTlsOptions {
+    /// The operator's certificate chain and key (PEM), instead of a leaf
+    /// from agentguard's CA.
+    pub cert_and_key: Option<(PathBuf, PathBuf)>,
+    /// Names (DNS or IP) the CA's leaf is for, beside `localhost` and the
+    /// listen address.
+    pub names: Vec<String>,
+    /// Plain HTTP (loopback only).
+    pub plain_http: bool,
 }
 
 #[derive(Debug, Error)]
@@ -75,8 +92,20 @@ pub enum ConfigError {
     TokenAlgorithm(String),
     #[error("--jwks-listen: {0:?} is neither an address (127.0.0.1:9477) nor \"off\"")]
     JwksListen(String),
+    #[error(
+        "--jwks-plain-http: the JWKS listens on {0}, which is not loopback: tool servers elsewhere would take keys anyone on the path could swap; serve it over HTTPS"
+    )]
+    JwksPlainHttp(SocketAddr),
     #[error(transparent)]
     Otlp(#[from] crate::audit::otlp::OtlpError),
+    #[error(transparent)]
+    Anchor(#[from] crate::audit::anchor::AnchorError),
+    #[error("{flag}: {value} must be between 1 and {max}")]
+    OutOfRange {
+        flag: &'static str,
+        value: u64,
+        max: u64,
+    },
 }
 
 /// Parses a human duration (`200ms`, `60s`, `90d`) for `flag`.
@@ -122,6 +151,10 @@ pub struct AuditOptions {
     pub retention: Option<Duration>,
     /// `None`: no size limit.
     pub max_bytes: Option<u64>,
+    /// `--audit-signing-key`; `None`: `<state-dir>/audit-key/signing.key`.
+    pub signing_key: Option<PathBuf>,
+    /// `--audit-anchor-dir` and `--audit-anchor-command`.
+    pub anchors: crate::audit::anchor::AnchorConfig,
 }
 
 impl AuditOptions {
@@ -137,6 +170,8 @@ impl AuditOptions {
             },
             queue: self.queue,
             queue_bytes: usize::try_from(self.queue_bytes).unwrap_or(usize::MAX),
+            signing_key: self.signing_key.clone(),
+            anchors: self.anchors.clone(),
         }
     }
 
@@ -171,14 +206,18 @@ pub struct RunConfig {
     /// Also serve `/metrics` on this TCP address (off by default: the admin
     /// socket serves it to root).
     pub metrics_listen: Option<SocketAddr>,
-    /// Export audit records to this OpenTelemetry collector (OTLP/HTTP).
-    pub otlp_endpoint: Option<String>,
+    /// Export audit records to an OpenTelemetry collector (OTLP/HTTP):
+    /// flags and `OTEL_EXPORTER_OTLP_*`, resolved.
+    pub otlp: Option<crate::audit::otlp::OtlpConfig>,
     /// Where allowed DNS queries go; empty: /etc/resolv.conf's nameservers.
     pub dns_upstreams: Vec<SocketAddr>,
     /// Record kernel redirects as well as refusals.
     pub report_kernel_redirects: bool,
     /// Whether a kernel without the Unix-socket hooks stops start-up.
     pub unix_guard: UnixGuard,
+    /// Whether a kernel without the BPF LSM stops start-up, and the
+    /// per-agent shares of the kernel's maps.
+    pub kernel: KernelOptions,
     pub tokens: TokenOptions,
     /// Time limits and per-agent caps.
     pub limits: crate::proxy::limits::LimitOptions,
@@ -203,10 +242,10 @@ impl RunConfig {
         self.state_dir = absolute(self.state_dir);
         self.admin_socket = absolute(self.admin_socket);
         self.upstream_ca = self.upstream_ca.map(absolute);
+        self.audit.signing_key = self.audit.signing_key.map(absolute);
+        self.audit.anchors.dir = self.audit.anchors.dir.map(absolute);
         self.audit.validate()?;
-        if let Some(endpoint) = &self.otlp_endpoint {
-            crate::audit::otlp::logs_url(endpoint)?;
-        }
+        self.audit.anchors.validate()?;
         let td = &self.tokens.trust_domain;
         if td.is_empty()
             || !td
@@ -214,6 +253,12 @@ impl RunConfig {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         {
             return Err(ConfigError::TrustDomain(td.clone()));
+        }
+        if let Some(addr) = self.tokens.jwks_listen
+            && self.tokens.jwks_tls.plain_http
+            && !addr.ip().is_loopback()
+        {
+            return Err(ConfigError::JwksPlainHttp(addr));
         }
         if !self.bpf_dir.is_absolute() {
             return Err(ConfigError::NotAbsolute {
@@ -236,8 +281,9 @@ impl std::fmt::Display for RunConfig {
             "policies={} state_dir={} admin_socket={} bpf_dir={} proxy_port={} upstream_ca={} \
              audit_flush={:?} audit_batch_max={} audit_queue={} audit_queue_bytes={} audit_checkpoint_every={} \
              audit_checkpoint_interval={:?} audit_retention={} audit_max_size={} \
+             audit_signing_key={} audit_anchor_dir={} audit_anchor_command={} \
              metrics_listen={} otlp_endpoint={} trust_domain={} jwks_listen={} jwt_max_body={} token_algorithm={:?} \
-             report_kernel_redirects={} unix_guard={:?} {}",
+             report_kernel_redirects={} unix_guard={:?} {} {}",
             self.policies_dir.display(),
             self.state_dir.display(),
             self.admin_socket.display(),
@@ -258,8 +304,25 @@ impl std::fmt::Display for RunConfig {
             self.audit
                 .max_bytes
                 .map_or("none".into(), |b| b.to_string()),
+            self.audit.signing_key.as_ref().map_or_else(
+                || "<state-dir>/audit-key/signing.key".into(),
+                |p| p.display().to_string()
+            ),
+            self.audit
+                .anchors
+                .dir
+                .as_ref()
+                .map_or("off".into(), |p| p.display().to_string()),
+            // The command may carry a credential for its target: not logged.
+            if self.audit.anchors.command.is_some() {
+                "set"
+            } else {
+                "off"
+            },
             self.metrics_listen.map_or("off".into(), |a| a.to_string()),
-            self.otlp_endpoint.as_deref().unwrap_or("off"),
+            self.otlp
+                .as_ref()
+                .map_or_else(|| "off".into(), ToString::to_string),
             self.tokens.trust_domain,
             self.tokens
                 .jwks_listen
@@ -269,6 +332,7 @@ impl std::fmt::Display for RunConfig {
             self.report_kernel_redirects,
             self.unix_guard,
             self.limits,
+            self.kernel,
         )
     }
 }

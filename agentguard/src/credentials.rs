@@ -117,20 +117,7 @@ pub enum CredentialError {
 
 /// All errors found while loading a policy set's credentials: operators fix
 /// them in one pass.
-#[derive(Debug, Error)]
-pub struct CredentialErrors(pub Vec<CredentialError>);
-
-impl std::fmt::Display for CredentialErrors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
+pub type CredentialErrors = crate::error_list::ErrorList<CredentialError>;
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,7 @@
 
 mod audit;
 mod events;
+mod jwks;
 mod oauth;
 mod reload;
 
@@ -82,6 +83,15 @@ pub enum DaemonError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("JWKS TLS: {0}")]
+    JwksTls(String),
+    #[error(
+        "{addr} is one of agentguard's own listeners, and {holder} already holds it; an agent must never hold agentguard's listeners (it would receive what is sent to agentguard): stop it, and check its [agent] listen, before starting agentguard"
+    )]
+    ListenerHeld {
+        addr: std::net::SocketAddr,
+        holder: crate::port_owner::Holder,
+    },
     #[error("failed to listen for metrics on {addr}: {source}")]
     MetricsListen {
         addr: std::net::SocketAddr,
@@ -105,7 +115,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         Some(descriptors.budget),
     ));
     // A bad policy stops start-up before anything in the kernel changes.
-    policy::load_path(&cfg.policies_dir)?;
+    let policy = policy::load_path(&cfg.policies_dir)?;
     // No decision is made before the record that keeps it is open.
     let audit = audit::start(&cfg)?;
     let ca = Arc::new(LocalCa::load_or_create(&cfg.state_dir)?);
@@ -125,15 +135,39 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     let admin = AdminServer::bind(&cfg.admin_socket).await?;
     // Bind before redirecting: the port must be ours before agents are sent
     // to it.
-    let listeners = Listeners::bind(cfg.proxy_port)?;
+    let listeners = Listeners::bind(cfg.proxy_port).map_err(|e| match e {
+        BindError::InUse { addr } => held(addr, &policy).unwrap_or(DaemonError::Bind(e)),
+        e => DaemonError::Bind(e),
+    })?;
     let port = listeners.port();
+    // Every listener of the daemon's own is bound here, before any agent
+    // is guarded (and before a restarted daemon lets agents' connections
+    // through): one an agent already holds stops start-up, naming it.
+    let metrics_listener = match cfg.metrics_listen {
+        Some(addr) => Some((
+            addr,
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| {
+                    held(addr, &policy).unwrap_or(DaemonError::MetricsListen { addr, source })
+                })?,
+        )),
+        None => None,
+    };
     if let Some(addr) = cfg.tokens.jwks_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|source| DaemonError::JwksListen { addr, source })?;
+            .map_err(|source| {
+                held(addr, &policy).unwrap_or(DaemonError::JwksListen { addr, source })
+            })?;
         let bound = listener.local_addr().unwrap_or(addr);
-        info!(jwks = %format!("http://{bound}{}", crate::token::JWKS_PATH), "serving the token JWKS");
-        tokio::spawn(crate::token::serve_jwks(listener, minter.clone()));
+        let tls = jwks::tls(&cfg.tokens.jwks_tls, &ca, bound).map_err(DaemonError::JwksTls)?;
+        let scheme = match tls {
+            crate::token::JwksTls::On(_) => "https",
+            crate::token::JwksTls::Off => "http",
+        };
+        info!(jwks = %format!("{scheme}://{bound}{}", crate::token::JWKS_PATH), ca = %ca.cert_path().display(), "serving the token JWKS");
+        tokio::spawn(crate::token::serve_jwks(listener, minter.clone(), tls));
     }
     if port >= 1024 {
         warn!(
@@ -142,8 +176,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         );
     }
 
-    let (mut kernel, peers) = Kernel::load(&cfg.bpf_dir, cfg.unix_guard)?;
-    let unix_sockets_guarded = kernel.unix_sockets_guarded();
+    let (mut kernel, peers) = Kernel::load(&cfg.bpf_dir, cfg.unix_guard, &cfg.kernel)?;
+    let guarded = audit::Guarded {
+        unix_sockets: kernel.unix_sockets_guarded(),
+        processes: kernel.processes_guarded(),
+    };
     let daemon_tgid = std::process::id();
     kernel.set_report_redirects(cfg.report_kernel_redirects);
     let kernel_events = kernel.take_events();
@@ -210,8 +247,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         otlp: audit.otlp.clone(),
         kernel: Some(reloader.kernel.clone()),
     });
-    if let Some(addr) = cfg.metrics_listen {
-        audit.listen_metrics(addr, metrics.clone()).await?;
+    if let Some((addr, listener)) = metrics_listener {
+        audit.serve_metrics(addr, listener, metrics.clone());
     }
     let admin_state = AdminState {
         live: live.clone(),
@@ -233,7 +270,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         admin_socket = %cfg.admin_socket.display(),
         "agentguard ready"
     );
-    audit.record_start(&live, port, unix_sockets_guarded).await;
+    audit.record_start(&live, port, guarded).await;
 
     let mut stop = Signals::install()?;
     let mut why = "stopped: a daemon task ended".to_owned();
@@ -273,6 +310,16 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     let _ = fs::remove_file(&cfg.admin_socket);
     audit.stop(&why, &live).await;
     Ok(())
+}
+
+/// When binding `addr` failed: the error that names the agent holding it,
+/// if an agent's process does.
+fn held(addr: std::net::SocketAddr, policy: &policy::PolicySet) -> Option<DaemonError> {
+    let holder = crate::port_owner::tcp_listener(addr.port(), policy)?;
+    holder
+        .agent
+        .is_some()
+        .then_some(DaemonError::ListenerHeld { addr, holder })
 }
 
 /// Per-agent resolvers forwarding to `--dns-upstream` or the host's

@@ -164,6 +164,12 @@ pub fn exec(
         seccomp::install(seccomp::filters().map_err(ExecError::Seccomp)?)
             .map_err(ExecError::Seccomp)?;
     }
+    // Where the kernel's own check is missing, the belt: no ptrace attach,
+    // no other process's memory or descriptors.
+    if !view.processes_guarded {
+        seccomp::install(seccomp::process_filters().map_err(ExecError::Seccomp)?)
+            .map_err(ExecError::Seccomp)?;
+    }
     let mut command = Command::new(program);
     command.args(args);
     for var in CA_BUNDLE_VARS {

@@ -12,7 +12,10 @@ use agentguard_common::{AF_INET, ConnRecord};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::cgroup::{Cgroup, CgroupRoot};
+use crate::{
+    audit::Event,
+    cgroup::{Cgroup, CgroupRoot},
+};
 
 #[derive(Debug, Error)]
 pub enum IdentityError {
@@ -41,6 +44,23 @@ pub struct Identity {
     /// process had already exited. Informational: never used for decisions,
     /// since a pid can be reused.
     pub exe: Option<PathBuf>,
+}
+
+impl Identity {
+    /// `event` with the fields the kernel and /proc tell about the process.
+    /// (Here rather than in `audit`, which knows nothing of identities: the
+    /// record is below everything that writes to it.)
+    pub fn stamp(&self, mut event: Event) -> Event {
+        event.agent = Some(self.agent.to_string());
+        event.cgroup_path = Some(self.cgroup.clone());
+        event.cgroup_id = Some(self.cgroup_id);
+        event.pid = Some(self.pid);
+        event.uid = Some(self.uid);
+        event.gid = Some(self.gid);
+        event.comm = Some(self.comm.clone());
+        event.exe = self.exe.as_ref().map(|p| p.display().to_string());
+        event
+    }
 }
 
 /// One guarded agent.
@@ -187,6 +207,29 @@ mod tests {
         );
         let v6 = record(Ipv6Addr::LOCALHOST.octets(), AF_INET6);
         assert_eq!(original_destination(&v6), "[::1]:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn events_are_stamped_with_who_the_kernel_saw() {
+        let identity = Identity {
+            agent: "bot".into(),
+            cgroup: "agentguard/bot".into(),
+            cgroup_id: 7,
+            pid: 42,
+            tid: 43,
+            uid: 1000,
+            gid: 1001,
+            comm: "curl".into(),
+            socket_family: "ipv4",
+            exe: Some("/usr/bin/curl".into()),
+        };
+        let e = identity.stamp(Event::new(crate::audit::Kind::Request));
+        assert_eq!(e.agent.as_deref(), Some("bot"));
+        assert_eq!(e.cgroup_path.as_deref(), Some("agentguard/bot"));
+        assert_eq!(e.cgroup_id, Some(7));
+        assert_eq!((e.pid, e.uid, e.gid), (Some(42), Some(1000), Some(1001)));
+        assert_eq!(e.comm.as_deref(), Some("curl"));
+        assert_eq!(e.exe.as_deref(), Some("/usr/bin/curl"));
     }
 
     #[test]

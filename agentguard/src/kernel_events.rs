@@ -7,14 +7,16 @@ use std::{
     sync::Arc,
 };
 
-use agentguard_common::{AF_INET, KernelEvent, UnixEvent, UnixKey, event_kind};
-use aya::maps::{MapData, RingBuf};
+use agentguard_common::{
+    AF_INET, KernelEvent, NO_OFFSET, ProcessEvent, UnixEvent, UnixKey, event_kind, ring_cost,
+};
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
 use crate::{
     audit::{AuditSink, Event},
+    ebpf::{KernelEvents, Shares},
     live::Live,
 };
 
@@ -52,6 +54,25 @@ pub struct KernelEventRecord {
     pub unix_path: Option<String>,
     /// The socket option refused (`sockopt-denied`), e.g. "IPV6_RTHDR".
     pub socket_option: Option<String>,
+    /// The process an agent asked for (`process-access-denied`).
+    pub target: Option<ProcessTarget>,
+}
+
+/// The other process of a `process-access-denied` event.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessTarget {
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    /// Its agent, if it runs in (or below) one's cgroup.
+    pub agent: Option<String>,
+    pub cgroup: Option<String>,
+    /// What was asked: "attach" (ptrace, memory, descriptors) or "read"
+    /// (/proc/<pid> files that show its state), from PTRACE_MODE_*.
+    pub access: &'static str,
+    /// The caller's system call, e.g. "ptrace", "process_vm_writev",
+    /// "pidfd_getfd", "openat" (/proc/<pid>/mem); `None` if unknown.
+    pub syscall: Option<String>,
 }
 
 /// Reads the ring buffer until the task is dropped, recording each event
@@ -60,11 +81,12 @@ pub struct KernelEventRecord {
 /// fills that fixed-size buffer, where the kernel counts what it cannot
 /// queue (`kernel_events_lost`), instead of the daemon's memory.
 pub async fn run(
-    ring: RingBuf<MapData>,
+    events: KernelEvents,
     live: Arc<Live>,
     sink: AuditSink,
     to_event: fn(KernelEventRecord) -> Event,
 ) {
+    let KernelEvents { ring, shares } = events;
     // SAFETY: the RingBuf owns its map fd; it stays open and is the same fd
     // for as long as the AsyncFd owns the RingBuf.
     let registered =
@@ -88,31 +110,85 @@ pub async fn run(
                 return;
             }
         };
+        let mut read = Released::default();
         loop {
             // The item borrows the ring: decode copies what it needs first.
             let record = match guard.get_inner_mut().next() {
-                Some(item) => decode(&item, &live),
+                Some(item) => {
+                    let record = decode(&item, &live);
+                    if let Some(cgroup_id) = owner(&item) {
+                        read.add(cgroup_id, ring_cost(item.len()));
+                    }
+                    record
+                }
                 None => break,
             };
+            // Room goes back to each agent every RELEASE_EVERY records and
+            // when the ring is drained: at most that many records' room is
+            // held back while the audit queue makes the reader wait.
+            if read.count >= RELEASE_EVERY {
+                read.flush(&shares);
+            }
             if let Some(record) = record {
                 sink.record(to_event(record)).await;
             }
         }
+        read.flush(&shares);
         guard.clear_ready();
     }
+}
+
+/// Records read between two writes of what goes back to the agents.
+const RELEASE_EVERY: usize = 64;
+
+/// Ring bytes read since the last flush, by agent (cgroup).
+#[derive(Default)]
+struct Released {
+    bytes: Vec<(u64, u64)>,
+    count: usize,
+}
+
+impl Released {
+    fn add(&mut self, cgroup_id: u64, bytes: u64) {
+        self.count += 1;
+        match self.bytes.iter_mut().find(|(id, _)| *id == cgroup_id) {
+            Some((_, b)) => *b += bytes,
+            None => self.bytes.push((cgroup_id, bytes)),
+        }
+    }
+
+    fn flush(&mut self, shares: &Shares) {
+        for (cgroup_id, bytes) in self.bytes.drain(..) {
+            shares.release(cgroup_id, 0, bytes);
+        }
+        self.count = 0;
+    }
+}
+
+/// The cgroup whose share a record was charged to (see
+/// agentguard-ebpf/src/events.rs: the caller's, or the socket's).
+fn owner(item: &[u8]) -> Option<u64> {
+    let kind = u32::from_ne_bytes(item.get(..4)?.try_into().ok()?);
+    Some(match kind {
+        event_kind::UNIX_CONNECT_DENIED | event_kind::UNIX_SENDMSG_DENIED => {
+            read_record::<UnixEvent>(item)?.key.cgroup_id
+        }
+        event_kind::PROCESS_ACCESS_DENIED => read_record::<ProcessEvent>(item)?.cgroup_id,
+        _ => read_record::<KernelEvent>(item)?.cgroup_id,
+    })
 }
 
 /// Both record types open with their `kind`, which says which one it is.
 fn decode(item: &[u8], live: &Live) -> Option<KernelEventRecord> {
     let kind = u32::from_ne_bytes(item.get(..4)?.try_into().ok()?);
-    let unix = matches!(
-        kind,
-        event_kind::UNIX_CONNECT_DENIED | event_kind::UNIX_SENDMSG_DENIED
-    );
-    if unix {
-        Some(resolve_unix(&read_record::<UnixEvent>(item)?, live))
-    } else {
-        Some(resolve(&read_record::<KernelEvent>(item)?, live))
+    match kind {
+        event_kind::UNIX_CONNECT_DENIED | event_kind::UNIX_SENDMSG_DENIED => {
+            Some(resolve_unix(&read_record::<UnixEvent>(item)?, live))
+        }
+        event_kind::PROCESS_ACCESS_DENIED => {
+            Some(resolve_process(&read_record::<ProcessEvent>(item)?, live))
+        }
+        _ => Some(resolve(&read_record::<KernelEvent>(item)?, live)),
     }
 }
 
@@ -208,7 +284,74 @@ fn identity(caller: Caller<'_>, live: &Live) -> KernelEventRecord {
         destination: None,
         unix_path: None,
         socket_option: None,
+        target: None,
     }
+}
+
+/// include/linux/ptrace.h: PTRACE_MODE_ATTACH.
+const PTRACE_MODE_ATTACH: u32 = 0x02;
+
+fn resolve_process(event: &ProcessEvent, live: &Live) -> KernelEventRecord {
+    let caller = Caller {
+        kind: event.kind,
+        cgroup_id: event.cgroup_id,
+        tgid: event.tgid,
+        pid: event.pid,
+        uid: event.uid,
+        gid: event.gid,
+        comm: &event.comm,
+    };
+    let found = live.load().agents.locate(event.target_cgroup_id);
+    let target = ProcessTarget {
+        pid: event.target_tgid,
+        comm: comm_text(&event.target_comm),
+        cgroup_id: event.target_cgroup_id,
+        agent: found.as_ref().map(|(agent, _)| agent.to_string()),
+        cgroup: found.map(|(_, path)| path),
+        access: if event.mode & PTRACE_MODE_ATTACH != 0 {
+            "attach"
+        } else {
+            "read"
+        },
+        syscall: (event.syscall != NO_OFFSET).then(|| syscall_name(event.syscall)),
+    };
+    KernelEventRecord {
+        family: "process",
+        target: Some(target),
+        ..identity(caller, live)
+    }
+}
+
+/// The system calls that reach the process-access check, by name; others
+/// by number.
+fn syscall_name(nr: u32) -> String {
+    use nix::libc;
+    let names: &[(libc::c_long, &str)] = &[
+        (libc::SYS_ptrace, "ptrace"),
+        (libc::SYS_process_vm_readv, "process_vm_readv"),
+        (libc::SYS_process_vm_writev, "process_vm_writev"),
+        (libc::SYS_pidfd_getfd, "pidfd_getfd"),
+        (libc::SYS_openat, "openat"),
+        (libc::SYS_openat2, "openat2"),
+        #[cfg(target_arch = "x86_64")]
+        (libc::SYS_open, "open"),
+        (libc::SYS_readlinkat, "readlinkat"),
+        #[cfg(target_arch = "x86_64")]
+        (libc::SYS_readlink, "readlink"),
+        (libc::SYS_kcmp, "kcmp"),
+        (libc::SYS_perf_event_open, "perf_event_open"),
+        (libc::SYS_process_madvise, "process_madvise"),
+        (libc::SYS_get_robust_list, "get_robust_list"),
+        (libc::SYS_read, "read"),
+        (libc::SYS_pread64, "pread64"),
+        (libc::SYS_getdents64, "getdents64"),
+        (libc::SYS_statx, "statx"),
+        (libc::SYS_newfstatat, "newfstatat"),
+    ];
+    names
+        .iter()
+        .find(|(n, _)| *n == i64::from(nr))
+        .map_or_else(|| format!("syscall {nr}"), |(_, name)| (*name).to_owned())
 }
 
 fn resolve_unix(event: &UnixEvent, live: &Live) -> KernelEventRecord {
@@ -304,6 +447,10 @@ pub fn kind_name(kind: u32) -> &'static str {
         event_kind::UNIX_SENDMSG_DENIED => "unix-sendmsg-denied",
         event_kind::EGRESS_DENIED => "egress-denied",
         event_kind::SOCKOPT_DENIED => "sockopt-denied",
+        event_kind::PROCESS_ACCESS_DENIED => "process-access-denied",
+        event_kind::AGENT_REVOKED => "agent-revoked",
+        event_kind::BIND_DENIED => "bind-denied",
+        event_kind::RECORD_SHARE_EXCEEDED => "connection-share-exceeded",
         event_kind::TCP_REDIRECTED => "tcp-redirected",
         event_kind::DNS_REDIRECTED => "dns-redirected",
         _ => "unknown",

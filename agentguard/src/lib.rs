@@ -4,6 +4,7 @@
 //! and records.
 
 pub mod admin;
+pub mod atomic_file;
 pub mod audit;
 pub mod ca;
 pub mod cgroup;
@@ -14,13 +15,19 @@ pub mod credentials;
 pub mod daemon;
 pub mod dns;
 pub mod ebpf;
+pub mod error_list;
 pub mod exec;
 pub mod identity;
 pub mod kernel_events;
 pub mod live;
 pub mod logging;
+pub mod mcp;
 pub mod metrics;
+pub mod percent;
 pub mod policy;
+pub mod port_owner;
 pub mod preflight;
+pub mod procfs;
 pub mod proxy;
 pub mod token;
+pub mod verify_proxy;

@@ -2,6 +2,11 @@
 //! /metrics` on the admin socket and, with `--metrics-listen`, on a TCP
 //! address.
 //!
+//! Served in the format the scraper asks for: OpenMetrics to one whose
+//! `Accept` names it (Prometheus does), else the Prometheus text format
+//! 0.0.4 (curl, `promtool check metrics`, older scrapers), which names a
+//! counter's HELP and TYPE after its `_total` sample and has no `# EOF`.
+//!
 //! Decision counters are fed from the audit sink as events are recorded, so
 //! every decision that reaches the audit record is counted, whoever emits
 //! it. Counters kept elsewhere (audit writer, leaf cache, OTLP exporter) are
@@ -24,6 +29,47 @@ use crate::audit::{AuditStatus, Event, Kind, otlp::OtlpSnapshot};
 
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`to_prometheus_text`]'s output.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The exposition for a scraper that sent `accept`, and its content type.
+pub fn negotiate(openmetrics: String, accept: Option<&str>) -> (String, &'static str) {
+    if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+        (openmetrics, CONTENT_TYPE)
+    } else {
+        (to_prometheus_text(&openmetrics), PROMETHEUS_CONTENT_TYPE)
+    }
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4: a counter family
+/// is named by its `_total` samples, `# UNIT` and `# EOF` go. Samples and
+/// the other types read the same in both.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, "counter")) = rest.split_once(' ')
+        {
+            counters.insert(name.to_owned());
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConnectionLabels {
@@ -65,6 +111,7 @@ pub struct Metrics {
     kernel_map_capacity: Family<MapLabels, Gauge>,
     kernel_events_lost: Counter,
     audit_last_checkpoint_seq: Gauge,
+    audit_anchor_exported_seq: Gauge,
     // Mirrors of counters kept elsewhere, advanced by the difference at
     // each scrape (OpenMetrics counters only go up).
     mirrored: Mutex<()>,
@@ -75,6 +122,9 @@ pub struct Metrics {
     otlp_exported: Counter,
     otlp_dropped: Counter,
     otlp_failures: Counter,
+    otlp_rejected: Counter,
+    otlp_checkpoints: Counter,
+    audit_anchor_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -135,6 +185,12 @@ impl Metrics {
             "Sequence number of the last signed audit checkpoint",
             audit_last_checkpoint_seq.clone(),
         );
+        let audit_anchor_exported_seq = Gauge::default();
+        registry.register(
+            "audit_anchor_exported_seq",
+            "Sequence number of the newest checkpoint exported to the anchor folder or command (0: none)",
+            audit_anchor_exported_seq.clone(),
+        );
         let mut counter = |name: &str, help: &str| {
             let c = Counter::default();
             registry.register(name, help, c.clone());
@@ -164,7 +220,22 @@ impl Metrics {
             "otlp_dropped",
             "Audit events dropped from the OTLP export buffer (oldest first; the local store keeps them)",
         );
-        let otlp_failures = counter("otlp_failures", "Failed OTLP export attempts");
+        let otlp_failures = counter(
+            "otlp_failures",
+            "Failed OTLP export attempts that are retried (429, 502, 503, 504, unreachable, timeout)",
+        );
+        let otlp_rejected = counter(
+            "otlp_rejected",
+            "Audit events the OTLP collector refused for good (another status, or a partial success); not sent again",
+        );
+        let otlp_checkpoints = counter(
+            "otlp_checkpoints_exported",
+            "Signed audit checkpoints accepted by the OTLP collector",
+        );
+        let audit_anchor_failures = counter(
+            "audit_anchor_failures",
+            "Checkpoints the anchor folder or command failed to take",
+        );
         let kernel_events_lost = counter(
             "kernel_events_lost",
             "Kernel event records lost to a full ring buffer (the refusals still happened)",
@@ -188,6 +259,10 @@ impl Metrics {
             otlp_exported,
             otlp_dropped,
             otlp_failures,
+            otlp_rejected,
+            otlp_checkpoints,
+            audit_anchor_exported_seq,
+            audit_anchor_failures,
         }
     }
 
@@ -234,6 +309,9 @@ impl Metrics {
                 self.audit_last_checkpoint_seq.set(a.last_checkpoint_seq);
                 advance(&self.audit_events_written, a.events_written);
                 advance(&self.audit_write_errors, a.write_errors);
+                self.audit_anchor_exported_seq
+                    .set(a.anchor_last_exported_seq);
+                advance(&self.audit_anchor_failures, a.anchor_failures);
             }
             advance(&self.leaf_hits, snapshot.leaf_hits);
             advance(&self.kernel_events_lost, snapshot.kernel_events_lost);
@@ -253,6 +331,8 @@ impl Metrics {
                 advance(&self.otlp_exported, o.exported);
                 advance(&self.otlp_dropped, o.dropped);
                 advance(&self.otlp_failures, o.failures);
+                advance(&self.otlp_rejected, o.rejected);
+                advance(&self.otlp_checkpoints, o.checkpoints);
             }
         }
         let mut out = String::new();
@@ -289,6 +369,17 @@ mod tests {
         assert!(text.contains("agentguard_leaf_cache_hits_total 5"));
         assert!(text.contains("agentguard_upstream_latency_seconds_count 1"));
         assert!(text.ends_with("# EOF\n"));
+        let (plain, content_type) = negotiate(text.clone(), Some("*/*"));
+        assert_eq!(content_type, PROMETHEUS_CONTENT_TYPE);
+        assert!(plain.contains("# TYPE agentguard_requests_total counter\n"));
+        assert!(plain.contains("# HELP agentguard_requests_total HTTP requests"));
+        assert!(plain.contains("# TYPE agentguard_upstream_latency_seconds histogram\n"));
+        assert!(!plain.contains("# EOF"));
+        let (same, _) = negotiate(
+            text.clone(),
+            Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+        );
+        assert_eq!(same, text);
         // Mirrors never go backwards or double count.
         let again = m.render(&Snapshot {
             leaf_hits: 5,

@@ -3,20 +3,42 @@
 //! `model` is the file format, `load` reads and validates a folder as a whole
 //! (a policy set is accepted or refused as one, never half-applied).
 
+mod calls;
+mod cases;
+mod condition;
+mod decide;
 mod eval;
 mod explain;
+mod listen;
 mod load;
 mod model;
+mod names;
 mod pattern;
+mod rate;
+mod schema;
+mod spanned;
 mod unix;
 
+pub use calls::{
+    CallRules, DEFAULT_MAX_BODY, MAX_MAX_BODY, MCP_SESSION_METHODS, MessageMatch, Protocol,
+};
+pub use cases::{Case, CaseFile, CaseResult, Decided, Outcome, read_cases, run_cases};
+pub use condition::{AgentIdentity, Bound, Condition, McpView, RequestView, Uses, Vars};
+pub use decide::{
+    Allowed, ArgumentsRecord, BodyNeed, CallInfo, Decider, Decision, Denied, DenyRule,
+    RequestInput, digest as arguments_digest,
+};
 pub use eval::{RequestFacts, Verdict};
-pub use explain::{Explanation, explain};
+pub use explain::{Explanation, explain, explain_case};
+pub use listen::ListenAddr;
 pub use load::{PolicyError, PolicyErrors, load_path};
 pub use model::{
     AgentLimits, AgentPolicy, CgroupRelPath, CredentialPolicy, DnsMode, HostPattern, Injection,
     Mode, OAuth2Source, PassthroughRule, PathPattern, PolicySet, SecretRef, SecretSource,
     ToolPolicy, ToolTimeouts, ValueSource,
 };
+pub use names::NamePattern;
 pub use pattern::normalize_path;
+pub use rate::{Admission, RateCheck, RateKey, RateLimiter, RatePer, RateRule, RateSpec};
+pub use schema::{cases_schema, policy_schema};
 pub use unix::UnixSocketAddr;

@@ -1,7 +1,7 @@
 //! Checks made before the daemon touches the kernel, each with an error that
 //! says what is missing and how to get it.
 
-use std::{fs, path::Path};
+use std::path::Path;
 
 use thiserror::Error;
 
@@ -48,14 +48,10 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), PreflightError> {
         // A custom pin location is the operator's to mount.
         return Ok(());
     }
-    let info = fs::read_to_string("/proc/self/mountinfo").map_err(PreflightError::MountInfo)?;
-    let mounted = info.lines().any(|line| {
-        let Some((fields, rest)) = line.split_once(" - ") else {
-            return false;
-        };
-        fields.split_whitespace().nth(4) == Some(BPFFS)
-            && rest.split_whitespace().next() == Some("bpf")
-    });
+    let mounted = crate::procfs::mounts()
+        .map_err(PreflightError::MountInfo)?
+        .iter()
+        .any(|m| m.mount_point == Path::new(BPFFS) && m.fstype == "bpf");
     if mounted {
         return Ok(());
     }

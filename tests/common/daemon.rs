@@ -12,7 +12,10 @@ use std::{
 
 use serde_json::Value;
 
-use super::is_nscd_probe;
+use super::{
+    is_nscd_probe,
+    machine::{self, Beside},
+};
 
 use super::{AGENTGUARD, require_root, text};
 
@@ -34,27 +37,6 @@ methods = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]
 paths = ["/", "/*"]
 "#;
 
-/// How to start a test daemon beyond its agents.
-#[derive(Default)]
-pub struct DaemonOptions<'a> {
-    /// TOML appended to every agent's policy file, right after its `cgroup`
-    /// line (so it may start with more `[agent]` keys, such as `mode`).
-    pub policy_extra: &'a str,
-    /// `--upstream-ca`: the test upstreams' CA.
-    pub upstream_ca: Option<&'a Path>,
-}
-
-/// What a test daemon's process and state dir are given beyond its flags,
-/// for the tests about exhaustion.
-#[derive(Default, Clone, Copy)]
-pub struct Confinement<'a> {
-    /// RLIMIT_NOFILE (soft and hard) of `agentguard run`.
-    pub nofile: Option<u64>,
-    /// Put the state dir on a tmpfs of this size (`mount -o size=`), which
-    /// the test may fill; unmounted when the daemon is dropped.
-    pub state_tmpfs: Option<&'a str>,
-}
-
 pub struct Daemon {
     child: Option<Child>,
     nofile: Option<u64>,
@@ -67,73 +49,92 @@ pub struct Daemon {
     pub bpf_dir: PathBuf,
     cgroup_parent: PathBuf,
     agents: Vec<String>,
+    /// Dropped after the daemon is stopped (fields drop after `drop`).
+    _beside: Beside,
 }
 
-impl Daemon {
-    /// Starts a daemon guarding one cgroup per agent name in `agents`, each
-    /// allowed every method and path on the loopback test hosts.
-    pub fn start(agents: &[&str]) -> Self {
-        Self::start_with(
-            agents,
-            DaemonOptions {
-                policy_extra: ALLOW_LOOPBACK_TEST_HOSTS,
-                ..DaemonOptions::default()
-            },
-        )
+/// How to start a test daemon: its agents, what their policy says beyond
+/// name and cgroup, and how `agentguard run` is called. Made by
+/// [`Daemon::builder`]; [`DaemonBuilder::start`] starts it.
+#[must_use]
+pub struct DaemonBuilder {
+    agents: Vec<String>,
+    policy_extra: String,
+    upstream_ca: Option<PathBuf>,
+    run_args: Vec<String>,
+    run_env: Vec<(String, String)>,
+    nofile: Option<u64>,
+    state_tmpfs: Option<String>,
+}
+
+impl DaemonBuilder {
+    /// TOML appended to every agent's policy file, right after its
+    /// `cgroup` line (so it may start with more `[agent]` keys, such as
+    /// `mode`). None by default: default deny.
+    pub fn policy(mut self, extra: &str) -> Self {
+        self.policy_extra = extra.to_owned();
+        self
     }
 
-    pub fn start_with(agents: &[&str], options: DaemonOptions<'_>) -> Self {
-        Self::start_with_args(agents, options, &[])
+    /// `--upstream-ca`: the test upstreams' CA.
+    pub fn upstream_ca(mut self, pem: &Path) -> Self {
+        self.upstream_ca = Some(pem.to_owned());
+        self
     }
 
-    /// [`Daemon::start_with`], passing `run_args` to `agentguard run` too
-    /// (audit, metrics and OTLP flags).
-    pub fn start_with_args(agents: &[&str], options: DaemonOptions<'_>, run_args: &[&str]) -> Self {
-        Self::start_with_env(agents, options, run_args, &[])
+    /// More `agentguard run` arguments (audit, metrics, DNS, OTLP flags).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.run_args.extend(args.iter().map(|a| a.to_string()));
+        self
     }
 
-    /// [`Daemon::start_with_args`] with `env` set for `agentguard run`
-    /// (test hooks).
-    pub fn start_with_env(
-        agents: &[&str],
-        options: DaemonOptions<'_>,
-        run_args: &[&str],
-        env: &[(&str, &str)],
-    ) -> Self {
-        Self::start_confined(agents, options, run_args, env, Confinement::default())
+    /// A variable set for `agentguard run` (test hooks).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.run_env.push((key.to_owned(), value.to_owned()));
+        self
     }
 
-    /// [`Daemon::start_with_env`] under `confinement`.
-    pub fn start_confined(
-        agents: &[&str],
-        options: DaemonOptions<'_>,
-        run_args: &[&str],
-        env: &[(&str, &str)],
-        confinement: Confinement<'_>,
-    ) -> Self {
+    /// RLIMIT_NOFILE (soft and hard) of `agentguard run`, for the tests
+    /// about descriptor exhaustion.
+    pub fn nofile(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
+        self
+    }
+
+    /// Puts the state folder on a tmpfs of this size (`mount -o size=`),
+    /// which the test may fill; unmounted when the daemon is dropped.
+    pub fn state_tmpfs(mut self, size: &str) -> Self {
+        self.state_tmpfs = Some(size.to_owned());
+        self
+    }
+
+    /// Starts the daemon, in its own state folder, cgroups and bpffs
+    /// folder, and waits until it answers.
+    pub fn start(self) -> Daemon {
         require_root();
+        let beside = machine::beside();
         let n = INSTANCE.fetch_add(1, Ordering::SeqCst);
         let tag = format!("agentguard-test-{}-{n}", std::process::id());
         let dir = tempfile::tempdir().expect("tempdir");
         let policies = dir.path().join("policies");
         fs::create_dir(&policies).unwrap();
-        for agent in agents {
+        for agent in &self.agents {
             fs::write(
                 policies.join(format!("{agent}.toml")),
                 format!(
                     "[agent]\nname = \"{agent}\"\ncgroup = \"{tag}/{agent}\"\n{}\n",
-                    options.policy_extra
+                    self.policy_extra
                 ),
             )
             .unwrap();
         }
         let cgroup_mount = cgroup2_mount();
-        let state_mounted = if let Some(size) = confinement.state_tmpfs {
+        let state_mounted = if let Some(size) = &self.state_tmpfs {
             let state = dir.path().join("state");
             fs::create_dir(&state).unwrap();
             let out = Command::new("mount")
                 .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0711")])
-                .arg(format!("agentguard-test-{n}"))
+                .arg(&tag)
                 .arg(&state)
                 .output()
                 .unwrap();
@@ -142,24 +143,47 @@ impl Daemon {
         } else {
             false
         };
-        let mut daemon = Self {
+        let mut daemon = Daemon {
             child: None,
-            nofile: confinement.nofile,
+            nofile: self.nofile,
             state_mounted,
-            upstream_ca: options.upstream_ca.map(Path::to_owned),
-            run_args: run_args.iter().map(|a| a.to_string()).collect(),
-            run_env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            upstream_ca: self.upstream_ca,
+            run_args: self.run_args,
+            run_env: self.run_env,
             admin_socket: dir.path().join("admin.sock"),
             bpf_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
             cgroup_parent: cgroup_mount.join(&tag),
-            agents: agents.iter().map(|a| a.to_string()).collect(),
+            agents: self.agents,
             dir,
+            _beside: beside,
         };
         daemon.spawn();
         daemon
+    }
+}
+
+impl Daemon {
+    /// A daemon guarding one cgroup per agent name in `agents`, to be
+    /// configured and started.
+    pub fn builder(agents: &[&str]) -> DaemonBuilder {
+        DaemonBuilder {
+            agents: agents.iter().map(|a| a.to_string()).collect(),
+            policy_extra: String::new(),
+            upstream_ca: None,
+            run_args: Vec::new(),
+            run_env: Vec::new(),
+            nofile: None,
+            state_tmpfs: None,
+        }
+    }
+
+    /// The common case: a daemon guarding one cgroup per agent name in
+    /// `agents`, each allowed every method and path on the loopback test
+    /// hosts.
+    pub fn start(agents: &[&str]) -> Self {
+        Self::builder(agents)
+            .policy(ALLOW_LOOPBACK_TEST_HOSTS)
+            .start()
     }
 
     fn spawn(&mut self) {
@@ -170,7 +194,10 @@ impl Daemon {
             .unwrap();
         let mut command = Command::new(AGENTGUARD);
         // Any free port for the JWKS: several test daemons (and perhaps the
-        // machine's own) must not contend for the default.
+        // machine's own) must not contend for the default. Kernels that
+        // refuse BPF LSM programs (as some VMs' do) run the tests too;
+        // where the BPF LSM works the flag changes nothing, and the tests
+        // about other processes check `processes_guarded` themselves.
         command.args([
             "--log-format",
             "json",
@@ -179,6 +206,7 @@ impl Daemon {
             "0",
             "--jwks-listen",
             "127.0.0.1:0",
+            "--allow-unguarded-processes",
         ]);
         if let Some(ca) = &self.upstream_ca {
             command.arg("--upstream-ca").arg(ca);
@@ -505,15 +533,11 @@ fn remove_cgroup(path: &Path) {
     }
 }
 
-fn cgroup2_mount() -> PathBuf {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .find_map(|line| {
-            let (fields, rest) = line.split_once(" - ")?;
-            (rest.split_whitespace().next()? == "cgroup2")
-                .then(|| PathBuf::from(fields.split_whitespace().nth(4).unwrap()))
-        })
+pub fn cgroup2_mount() -> PathBuf {
+    agentguard::procfs::find_mount("cgroup2")
+        .unwrap()
         .expect("cgroup v2 mount")
+        .mount_point
 }
 
 /// `cmd`, started directly in the cgroup at `dir` (joined between fork and

@@ -10,18 +10,25 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::common::{Daemon, DaemonOptions, TestCa, TlsUpstream, require_root, text};
+use crate::common::{self, Daemon, TestCa, TlsUpstream, require_root, text};
 
 const AGENT: &str = "cred-agent";
 const API: &str = "api.agentguard.test";
 const OTHER: &str = "other.agentguard.test";
 
+/// The common fixture (its upstream is `API`), and the canary secret its
+/// policy may bind.
 struct Setup {
-    dir: tempfile::TempDir,
-    ca: TestCa,
-    api: TlsUpstream,
-    daemon: Daemon,
+    fixture: common::Setup,
     canary: String,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = common::Setup;
+
+    fn deref(&self) -> &common::Setup {
+        &self.fixture
+    }
 }
 
 /// A secret file as a security team would keep it: root-owned, 0600.
@@ -36,29 +43,19 @@ fn secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
 /// may start with more `[agent]` keys); `{canary_file}` in it is replaced
 /// by the path of a secret file holding a fresh canary.
 fn setup(mode: &str, policy: &str) -> Setup {
-    require_root();
-    let dir = tempfile::tempdir().unwrap();
     let canary = format!("agc-canary-{}-{}", std::process::id(), rand_suffix());
-    let canary_file = secret_file(dir.path(), "canary", &canary);
-    let ca = TestCa::new("agentguard test upstream CA", dir.path());
-    let api = TlsUpstream::start("127.0.0.3", API, &ca);
-    let policy = format!("mode = \"{mode}\"\n{policy}")
-        .replace("{canary_file}", &canary_file.display().to_string())
-        .replace("{api_port}", &api.addr.port().to_string());
-    let daemon = Daemon::start_with(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: &policy,
-            upstream_ca: Some(&ca.pem_path),
-        },
-    );
-    Setup {
-        dir,
-        ca,
-        api,
-        daemon,
-        canary,
-    }
+    let policy = format!("mode = \"{mode}\"\n{policy}");
+    let secret = canary.clone();
+    let fixture = common::Setup::builder(API)
+        .agents(&[AGENT])
+        .policy_from(move |dir, api| {
+            let canary_file = secret_file(dir, "canary", &secret);
+            policy
+                .replace("{canary_file}", &canary_file.display().to_string())
+                .replace("{api_port}", &api.addr.port().to_string())
+        })
+        .start();
+    Setup { fixture, canary }
 }
 
 fn rand_suffix() -> u64 {
@@ -113,7 +110,7 @@ fn requests(daemon: &Daemon) -> Vec<serde_json::Value> {
 #[test]
 fn canary_reaches_the_upstream_and_nothing_the_agent_can_read() {
     let s = setup("enforce", CANARY_TOOL);
-    let url = s.api.url("/reflect");
+    let url = s.upstream.url("/reflect");
 
     // curl -v prints every header it sends and receives.
     let out = run(
@@ -130,7 +127,7 @@ fn canary_reaches_the_upstream_and_nothing_the_agent_can_read() {
     assert!(py.status.success(), "{}", agent_visible(&py));
 
     // The upstream got the secret on both calls...
-    let seen = s.api.header_values("/reflect", "authorization");
+    let seen = s.upstream.header_values("/reflect", "authorization");
     assert_eq!(seen, vec![format!("Bearer {}", s.canary); 2]);
     // ...and echoed it back in a header and the body, which agentguard
     // redacted before the agent saw them.
@@ -158,10 +155,10 @@ fn canary_reaches_the_upstream_and_nothing_the_agent_can_read() {
 fn requests_outside_the_tools_are_denied_before_the_upstream() {
     let s = setup("enforce", CANARY_TOOL);
     let denied = [
-        ("POST", s.api.url("/reflect")),
-        ("GET", s.api.url("/admin")),
-        ("GET", s.api.url("/public/../admin")),
-        ("GET", s.api.url("/public/%2e%2e/admin")),
+        ("POST", s.upstream.url("/reflect")),
+        ("GET", s.upstream.url("/admin")),
+        ("GET", s.upstream.url("/public/../admin")),
+        ("GET", s.upstream.url("/public/%2e%2e/admin")),
     ];
     for (method, url) in &denied {
         let out = run(
@@ -210,9 +207,9 @@ fn requests_outside_the_tools_are_denied_before_the_upstream() {
     );
 
     assert!(
-        s.api.seen().is_empty(),
+        s.upstream.seen().is_empty(),
         "a denied request reached the upstream: {:?}",
-        s.api.seen()
+        s.upstream.seen()
     );
     assert!(other.seen().is_empty());
     let decisions: Vec<_> = requests(&s.daemon)
@@ -239,11 +236,11 @@ fn an_agent_supplied_authorization_header_is_replaced() {
             "Authorization: Bearer agent-own-token",
             "-H",
             "authorization: Basic c3RvbGVuOmNyZWRz",
-            &s.api.url("/reflect"),
+            &s.upstream.url("/reflect"),
         ],
     );
     assert!(out.status.success());
-    let seen = s.api.header_values("/reflect", "authorization");
+    let seen = s.upstream.header_values("/reflect", "authorization");
     assert_eq!(
         seen,
         vec![format!("Bearer {}", s.canary)],
@@ -273,18 +270,18 @@ fn placeholders_are_swapped_where_bound_and_refused_elsewhere() {
             "-c",
             &format!(
                 "curl -sS -m 10 -H \"Authorization: Bearer $CANARY_API_KEY\" {}",
-                s.api.url("/reflect")
+                s.upstream.url("/reflect")
             ),
         ],
     );
     assert!(out.status.success());
     assert_eq!(
-        s.api.header_values("/reflect", "authorization"),
+        s.upstream.header_values("/reflect", "authorization"),
         vec![format!("Bearer {}", s.canary)]
     );
 
     // Anywhere else it is refused and never leaves the machine.
-    let public = s.api.url("/public/page");
+    let public = s.upstream.url("/public/page");
     for cmd in [
         format!("curl -sS -m 10 -i -H \"x-api-key: $CANARY_API_KEY\" {public}"),
         format!("curl -sS -m 10 -i \"{public}?key=$CANARY_API_KEY\""),
@@ -295,9 +292,9 @@ fn placeholders_are_swapped_where_bound_and_refused_elsewhere() {
         assert!(response.contains("placeholder"), "{response}");
     }
     assert!(
-        s.api.seen().iter().all(|r| r.path == "/reflect"),
+        s.upstream.seen().iter().all(|r| r.path == "/reflect"),
         "{:?}",
-        s.api.seen()
+        s.upstream.seen()
     );
 }
 
@@ -325,14 +322,17 @@ fn a_redirect_to_another_host_carries_only_that_hosts_credential() {
                 "-L",
                 "-m",
                 "10",
-                &format!("{}?{target}", s.api.url("/redirect")),
+                &format!("{}?{target}", s.upstream.url("/redirect")),
             ],
         )
         .output()
         .unwrap();
     assert_eq!(text(&out.stdout), "hello over tls", "{}", text(&out.stderr));
     // The first host got its credential; the second got only its own.
-    assert_eq!(s.api.header_values("/redirect", "authorization").len(), 1);
+    assert_eq!(
+        s.upstream.header_values("/redirect", "authorization").len(),
+        1
+    );
     let landing = other.seen();
     assert_eq!(landing.len(), 1);
     assert!(
@@ -351,7 +351,7 @@ fn audit_mode_lets_denied_calls_through_and_records_would_deny() {
         &s,
         &[API],
         "127.0.0.3",
-        &["curl", "-sS", "-m", "10", "-i", &s.api.url("/admin")],
+        &["curl", "-sS", "-m", "10", "-i", &s.upstream.url("/admin")],
     );
     let response = text(&out.stdout);
     assert!(response.starts_with("HTTP/2 200"), "{response}");
@@ -359,7 +359,7 @@ fn audit_mode_lets_denied_calls_through_and_records_would_deny() {
         response.contains("x-agentguard-decision: would-deny"),
         "{response}"
     );
-    let seen = s.api.seen();
+    let seen = s.upstream.seen();
     assert_eq!(seen.len(), 1);
     // Let through, but never with a credential.
     assert!(seen[0].headers.iter().all(|(k, _)| k != "authorization"));
@@ -387,13 +387,10 @@ fn oauth2_client_credentials_one_token_serves_many_calls() {
         port = auth.addr.port(),
         secret = client_secret.display()
     );
-    let daemon = Daemon::start_with(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: &policy,
-            upstream_ca: Some(&ca.pem_path),
-        },
-    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy)
+        .upstream_ca(&ca.pem_path)
+        .start();
     for _ in 0..5 {
         let out = daemon
             .exec_resolving(
@@ -446,7 +443,7 @@ fn a_bad_policy_keeps_the_old_one_and_a_good_one_applies_without_dropping_connec
          for line in sys.stdin:\n\
          \x20   r = s.get('https://{API}:{port}' + line.strip(), timeout=10)\n\
          \x20   print(r.status_code, flush=True)\n",
-        port = s.api.addr.port()
+        port = s.upstream.addr.port()
     );
     let mut child = s
         .daemon

@@ -11,7 +11,7 @@ use std::{net::Ipv4Addr, process::Output};
 
 use serde_json::Value;
 
-use crate::common::{Daemon, DaemonOptions, DnsUpstream, ok, require_root, run_with_pid};
+use crate::common::{Daemon, DnsUpstream, ok, require_root, run_with_pid};
 
 const AGENT: &str = "dns-agent";
 /// The resolver the agent believes it uses; nothing listens there.
@@ -95,14 +95,10 @@ fn setup(agent_keys: &str) -> Setup {
     );
     let upstream = dns.addr.to_string();
     let policy = format!("{agent_keys}{POLICY}");
-    let daemon = Daemon::start_with_args(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: &policy,
-            ..DaemonOptions::default()
-        },
-        &["--dns-upstream", &upstream],
-    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy)
+        .args(&["--dns-upstream", &upstream])
+        .start();
     Setup { dns, daemon }
 }
 

@@ -20,7 +20,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::common::{Daemon, Upstream, ok, require_root, run_with_pid};
+use crate::common::{Daemon, Upstream, alone, ok, require_root, run_with_pid};
 
 const AGENT: &str = "egress-agent";
 
@@ -202,6 +202,9 @@ fn connect_while_stopped(
 
 /// A process outside every agent cgroup binds 127.0.0.1:`port` and dials
 /// the daemon's proxy port directly with a request; returns what it got.
+/// The one end-to-end step that shares kernel state with other tests: the
+/// port must stay free from the agent's close to here, so the tests that
+/// claim run alone (any test's connection from 127.0.0.1 may take it).
 fn claim(daemon: &Daemon, port: u16) -> Vec<u8> {
     let proxy_port = daemon.status()["proxy_port"].as_u64().unwrap() as u16;
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -240,6 +243,7 @@ fn assert_refused(daemon: &Daemon, reply: &[u8]) {
 #[test]
 fn a_dead_connections_record_cannot_be_claimed_after_a_restart() {
     require_root();
+    let _alone = alone();
     let mut daemon = Daemon::start(&[AGENT]);
     let (mut agent, mut lines, resume, port) = connect_while_stopped(
         &daemon,
@@ -262,6 +266,7 @@ fn a_dead_connections_record_cannot_be_claimed_after_a_restart() {
 #[test]
 fn a_record_left_by_a_graceful_close_is_forgotten_at_restart() {
     require_root();
+    let _alone = alone();
     let mut daemon = Daemon::start(&[AGENT]);
     // The agent closes first, so its record outlives its socket (the proxy
     // may still accept it); then the daemon dies without accepting.

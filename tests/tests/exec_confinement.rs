@@ -96,11 +96,14 @@ fn an_inherited_ip_socket_stops_exec() {
 /// descriptor 5.
 fn exec_inheriting(daemon: &Daemon, fd: RawFd) -> std::process::Command {
     let mut cmd = daemon.exec_with(AGENT, &["--user", "65534:65534"], &["true"]);
-    // SAFETY: only dup2 between fork and exec (async-signal-safe); fd 5
-    // comes without FD_CLOEXEC, so exec inherits it.
+    // SAFETY: only dup2 and fcntl between fork and exec (both
+    // async-signal-safe). dup2 leaves FD_CLOEXEC off on fd 5, except when
+    // `fd` already is 5 (std opens sockets close-on-exec, and dup2 onto
+    // itself changes nothing; with other tests running, fd 5 may well be
+    // free for the socket): clearing the flag makes sure exec inherits it.
     unsafe {
         cmd.pre_exec(move || {
-            if nix::libc::dup2(fd, 5) < 0 {
+            if nix::libc::dup2(fd, 5) < 0 || nix::libc::fcntl(5, nix::libc::F_SETFD, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -11,10 +11,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::common::{
-    AGENTGUARD, ALLOW_LOOPBACK_TEST_HOSTS, Confinement, Daemon, DaemonOptions, Upstream,
-    require_root, text,
-};
+use crate::common::{AGENTGUARD, ALLOW_LOOPBACK_TEST_HOSTS, Daemon, Upstream, require_root, text};
 
 /// Requests one at a time, each on a new connection; prints the index of
 /// each answered one, and `stalled` when one is not answered in time.
@@ -76,26 +73,18 @@ fn a_full_disk_holds_agents_back_at_once_and_kill_9_loses_little() {
     const BATCH_MAX: usize = 64;
     const FILL_AT: usize = 300;
     let upstream = Upstream::start("127.0.0.2");
-    let mut daemon = Daemon::start_confined(
-        &["diskfull"],
-        DaemonOptions {
-            policy_extra: ALLOW_LOOPBACK_TEST_HOSTS,
-            ..DaemonOptions::default()
-        },
-        // Batches of at most 64 events: the loss bound below is in events,
-        // whatever the machine's speed.
-        &[
+    // Batches of at most 64 events: the loss bound below is in events,
+    // whatever the machine's speed.
+    let mut daemon = Daemon::builder(&["diskfull"])
+        .policy(ALLOW_LOOPBACK_TEST_HOSTS)
+        .args(&[
             "--audit-flush-interval",
             "200ms",
             "--audit-batch-max",
             &BATCH_MAX.to_string(),
-        ],
-        &[],
-        Confinement {
-            state_tmpfs: Some("24m"),
-            ..Confinement::default()
-        },
-    );
+        ])
+        .state_tmpfs("24m")
+        .start();
     let base = format!("http://{}/", upstream.addr);
     let mut agent = daemon
         .exec(
@@ -412,13 +401,9 @@ fn curl_status(daemon: &Daemon, agent: &str, url: &str) -> (Option<i32>, String)
 fn an_upstream_that_never_answers_gets_a_504_at_the_tools_limit() {
     require_root();
     let silent = Misbehaving::start("127.0.0.2", Behaviour::Silent);
-    let daemon = Daemon::start_with(
-        &["impatient"],
-        DaemonOptions {
-            policy_extra: IMPATIENT_TOOL,
-            ..DaemonOptions::default()
-        },
-    );
+    let daemon = Daemon::builder(&["impatient"])
+        .policy(IMPATIENT_TOOL)
+        .start();
     let started = Instant::now();
     let (code, status) = curl_status(
         &daemon,
@@ -453,13 +438,7 @@ fn a_body_that_stalls_is_cut_and_one_that_trickles_flows() {
             gap: Duration::from_millis(1200),
         },
     );
-    let daemon = Daemon::start_with(
-        &["trickle"],
-        DaemonOptions {
-            policy_extra: IMPATIENT_TOOL,
-            ..DaemonOptions::default()
-        },
-    );
+    let daemon = Daemon::builder(&["trickle"]).policy(IMPATIENT_TOOL).start();
     // Stalled after 10 of 100 bytes: cut after the 2 s gap, well before
     // curl's own 20 s (curl 18: transfer closed with data outstanding).
     let (code, status) = curl_status(
@@ -509,20 +488,18 @@ fn a_body_that_stalls_is_cut_and_one_that_trickles_flows() {
 fn a_tls_upstream_that_never_handshakes_gets_a_504() {
     require_root();
     let mute = Misbehaving::start("127.0.0.2", Behaviour::Mute);
-    let daemon = Daemon::start_with_args(
-        &["handshake"],
-        DaemonOptions {
-            policy_extra: r#"
+    let daemon = Daemon::builder(&["handshake"])
+        .policy(
+            r#"
 [[tool]]
 name = "test.mute"
 host = "mute.agentguard.test"
 methods = ["GET"]
 paths = ["/*"]
 "#,
-            ..DaemonOptions::default()
-        },
-        &["--upstream-tls-timeout", "2s"],
-    );
+        )
+        .args(&["--upstream-tls-timeout", "2s"])
+        .start();
     let url = format!("https://mute.agentguard.test:{}/x", mute.addr.port());
     let out = daemon
         .exec_resolving(
@@ -581,14 +558,12 @@ fn an_agent_gets_429_beyond_its_requests_in_flight_and_slow_requests_outlive_the
     // Each answer takes 3 s: longer than the 1 s client timeout, which
     // must not cut a request in flight.
     let late = Misbehaving::start("127.0.0.2", Behaviour::Late(Duration::from_secs(3)));
-    let daemon = Daemon::start_with_args(
-        &["busy"],
-        DaemonOptions {
-            policy_extra: &format!("[agent.limits]\nrequests = 2\n{ALLOW_LOOPBACK_TEST_HOSTS}"),
-            ..DaemonOptions::default()
-        },
-        &["--client-timeout", "1s"],
-    );
+    let daemon = Daemon::builder(&["busy"])
+        .policy(&format!(
+            "[agent.limits]\nrequests = 2\n{ALLOW_LOOPBACK_TEST_HOSTS}"
+        ))
+        .args(&["--client-timeout", "1s"])
+        .start();
     let out = daemon
         .exec(
             "busy",
@@ -655,14 +630,10 @@ for alpn, first, s in socks:
 #[test]
 fn connections_that_never_send_a_request_are_closed() {
     require_root();
-    let daemon = Daemon::start_with_args(
-        &["idler"],
-        DaemonOptions {
-            policy_extra: ALLOW_LOOPBACK_TEST_HOSTS,
-            ..DaemonOptions::default()
-        },
-        &["--client-timeout", "2s"],
-    );
+    let daemon = Daemon::builder(&["idler"])
+        .policy(ALLOW_LOOPBACK_TEST_HOSTS)
+        .args(&["--client-timeout", "2s"])
+        .start();
     // Nothing listens behind the name: the proxy never dials the upstream
     // for a connection that sends no request.
     let out = daemon
@@ -745,19 +716,10 @@ fn an_agent_holding_every_connection_it_can_stops_neither_others_nor_status() {
     const NOFILE: u64 = 600;
     const SHARE: usize = 86;
     let upstream = Upstream::start("127.0.0.2");
-    let daemon = Daemon::start_confined(
-        &["hog", "other"],
-        DaemonOptions {
-            policy_extra: ALLOW_LOOPBACK_TEST_HOSTS,
-            ..DaemonOptions::default()
-        },
-        &[],
-        &[],
-        Confinement {
-            nofile: Some(NOFILE),
-            ..Confinement::default()
-        },
-    );
+    let daemon = Daemon::builder(&["hog", "other"])
+        .policy(ALLOW_LOOPBACK_TEST_HOSTS)
+        .nofile(NOFILE)
+        .start();
     let mut hog = daemon
         .exec(
             "hog",
@@ -842,11 +804,9 @@ except (socket.timeout, TimeoutError):
 fn an_agent_that_stops_sending_its_body_gets_a_408() {
     require_root();
     let silent = Misbehaving::start("127.0.0.2", Behaviour::Silent);
-    let daemon = Daemon::start_with_args(
-        &["uploader"],
-        DaemonOptions {
-            policy_extra: &format!(
-                r#"
+    let daemon = Daemon::builder(&["uploader"])
+        .policy(&format!(
+            r#"
 [[credential]]
 id = "tool-token"
 source = {{ jwt = {{ audience = "itsm" }} }}
@@ -859,11 +819,9 @@ methods = ["POST"]
 paths = ["/reflect"]
 credential = "tool-token"
 {ALLOW_LOOPBACK_TEST_HOSTS}"#
-            ),
-            ..DaemonOptions::default()
-        },
-        &["--client-timeout", "2s"],
-    );
+        ))
+        .args(&["--client-timeout", "2s"])
+        .start();
     let port = silent.addr.port().to_string();
     // A JWT-bound tool: the body is read whole to hash it into the token.
     let out = daemon
@@ -959,10 +917,9 @@ fn a_websocket_tunnel_keeps_its_place_until_it_closes() {
     let dir = tempfile::tempdir().unwrap();
     let ca = crate::common::TestCa::new("agentguard limits test CA", dir.path());
     let upstream = crate::common::TlsUpstream::start("127.0.0.3", "api.agentguard.test", &ca);
-    let daemon = Daemon::start_with(
-        &["tunneler"],
-        DaemonOptions {
-            policy_extra: r#"
+    let daemon = Daemon::builder(&["tunneler"])
+        .policy(
+            r#"
 [agent.limits]
 connections = 1
 
@@ -972,9 +929,9 @@ host = "api.agentguard.test"
 methods = ["GET"]
 paths = ["/", "/*"]
 "#,
-            upstream_ca: Some(&ca.pem_path),
-        },
-    );
+        )
+        .upstream_ca(&ca.pem_path)
+        .start();
     let out = daemon
         .exec_resolving(
             "tunneler",
@@ -1048,7 +1005,10 @@ fn malformed_http1_requests_are_answered_by_the_proxy_and_never_forwarded() {
         format!("GET /a%2fb HTTP/1.1\r\nHost: {host}\r\n\r\n").into(),
         format!("GET /a/%2e%2e%2f../b HTTP/1.1\r\nHost: {host}\r\n\r\n").into(),
     ];
-    let stdin: String = inputs.iter().map(|i| format!("{}\n", hex(i))).collect();
+    let stdin: String = inputs
+        .iter()
+        .map(|i| format!("{}\n", hex::encode(i)))
+        .collect();
     let mut agent = daemon
         .exec(
             "malformed",
@@ -1092,10 +1052,6 @@ fn malformed_http1_requests_are_answered_by_the_proxy_and_never_forwarded() {
     );
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Opens `n` connections that each send a request head a byte every
 /// 200 ms, never finishing it; prints how many the proxy closed within
 /// `wait` seconds.
@@ -1121,14 +1077,10 @@ print("closed", n - len(open_), "of", n, flush=True)
 fn slowloris_heads_are_cut_at_the_client_timeout_and_others_are_served() {
     require_root();
     let upstream = Upstream::start("127.0.0.2");
-    let daemon = Daemon::start_with_args(
-        &["loris", "bystander"],
-        DaemonOptions {
-            policy_extra: ALLOW_LOOPBACK_TEST_HOSTS,
-            ..DaemonOptions::default()
-        },
-        &["--client-timeout", "2s"],
-    );
+    let daemon = Daemon::builder(&["loris", "bystander"])
+        .policy(ALLOW_LOOPBACK_TEST_HOSTS)
+        .args(&["--client-timeout", "2s"])
+        .start();
     let loris = daemon
         .exec(
             "loris",

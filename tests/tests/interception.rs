@@ -10,22 +10,11 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{
-    Daemon, DaemonOptions, DnsUpstream, SSE_EVENTS, TestCa, TlsUpstream, require_root, text,
-};
+use crate::common::{DnsUpstream, SSE_EVENTS, Setup, TestCa, TlsUpstream, text};
 
 const AGENT: &str = "tls-agent";
 const API: &str = "api.agentguard.test";
 const PASS: &str = "pass.agentguard.test";
-
-/// A daemon trusting the test CA for upstreams, plus the upstream `API` on
-/// 127.0.0.3.
-struct Setup {
-    _dir: tempfile::TempDir,
-    ca: TestCa,
-    upstream: TlsUpstream,
-    daemon: Daemon,
-}
 
 /// Every method and path on the test upstreams' names: these tests are about
 /// TLS and HTTP, not policy.
@@ -41,26 +30,14 @@ fn setup(policy_extra: &str) -> Setup {
     setup_with_args(policy_extra, &[])
 }
 
+/// A daemon trusting the test CA for upstreams, plus the upstream `API` on
+/// 127.0.0.3.
 fn setup_with_args(policy_extra: &str, run_args: &[&str]) -> Setup {
-    require_root();
-    let policy_extra = format!("{ALLOW_TEST_UPSTREAMS}\n{policy_extra}");
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("agentguard test upstream CA", dir.path());
-    let upstream = TlsUpstream::start("127.0.0.3", API, &ca);
-    let daemon = Daemon::start_with_args(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: &policy_extra,
-            upstream_ca: Some(&ca.pem_path),
-        },
-        run_args,
-    );
-    Setup {
-        _dir: dir,
-        ca,
-        upstream,
-        daemon,
-    }
+    Setup::builder(API)
+        .agents(&[AGENT])
+        .policy(&format!("{ALLOW_TEST_UPSTREAMS}\n{policy_extra}"))
+        .args(run_args)
+        .start()
 }
 
 fn run(s: &Setup, names: &[&str], ip: &str, cmd: &[&str]) -> Output {

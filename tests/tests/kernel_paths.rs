@@ -11,8 +11,7 @@ use std::process::Output;
 use serde_json::Value;
 
 use crate::common::{
-    ALLOW_LOOPBACK_TEST_HOSTS, BODY, Daemon, DaemonOptions, DnsUpstream, Upstream, ok,
-    require_root, run_with_pid,
+    ALLOW_LOOPBACK_TEST_HOSTS, BODY, Daemon, DnsUpstream, Upstream, ok, require_root, run_with_pid,
 };
 
 const AGENT: &str = "kernel-paths";
@@ -69,14 +68,10 @@ fn start(dns: &DnsUpstream, extra_args: &[&str]) -> Daemon {
     let upstream = dns.addr.to_string();
     let mut args = vec!["--dns-upstream", upstream.as_str()];
     args.extend_from_slice(extra_args);
-    Daemon::start_with_args(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: ALLOW_LOOPBACK_TEST_HOSTS,
-            ..DaemonOptions::default()
-        },
-        &args,
-    )
+    Daemon::builder(&[AGENT])
+        .policy(ALLOW_LOOPBACK_TEST_HOSTS)
+        .args(&args)
+        .start()
 }
 
 /// The agent makes one TCP connection to `upstream`, one DNS query, and

@@ -15,10 +15,10 @@ use std::{
 use base64::Engine as _;
 use serde_json::Value;
 
-use crate::common::{AGENTGUARD, Daemon, DaemonOptions, TestCa, TlsUpstream, require_root, text};
+use crate::common::{AGENTGUARD, Daemon, TestCa, TlsUpstream, UPSTREAM_IP, require_root, text};
 
-const AGENT: &str = "token-agent";
-const TOOL: &str = "tool.agentguard.test";
+pub(super) const AGENT: &str = "token-agent";
+pub(super) const TOOL: &str = "tool.agentguard.test";
 
 /// ttl 2 s: the token expires (with the verifier's 5 s leeway) within the
 /// test, so expiry is checked on a real minted token.
@@ -36,10 +36,12 @@ paths = ["/reflect"]
 credential = "tool-token"
 "#;
 
+static VP_INSTANCE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// A running `agentguard verify-proxy`, stopped on drop.
-struct VerifyProxy {
+pub(super) struct VerifyProxy {
     child: Child,
-    port: u16,
+    pub port: u16,
 }
 
 impl Drop for VerifyProxy {
@@ -49,37 +51,39 @@ impl Drop for VerifyProxy {
     }
 }
 
-struct Setup {
-    dir: tempfile::TempDir,
-    ca: TestCa,
-    backend: TlsUpstream,
-    daemon: Daemon,
-    jwks: PathBuf,
+pub(super) struct Setup {
+    pub dir: tempfile::TempDir,
+    pub ca: TestCa,
+    pub backend: TlsUpstream,
+    pub daemon: Daemon,
+    pub jwks: PathBuf,
     /// The `iss` of the daemon's tokens, from its start-up log.
-    issuer: String,
+    pub issuer: String,
     cert: PathBuf,
     key: PathBuf,
 }
 
-fn setup() -> Setup {
+pub(super) fn setup() -> Setup {
     setup_with_args(&[])
 }
 
 /// [`setup`], with extra `agentguard run` arguments.
 fn setup_with_args(run_args: &[&str]) -> Setup {
+    setup_with(POLICY, run_args)
+}
+
+/// [`setup`] with the agent's policy `policy` (beside its `[agent]`).
+pub(super) fn setup_with(policy: &str, run_args: &[&str]) -> Setup {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("agentguard token test CA", dir.path());
     // The tool itself, behind verify-proxy, reached by IP.
-    let backend = TlsUpstream::start("127.0.0.3", "127.0.0.3", &ca);
-    let daemon = Daemon::start_with_args(
-        &[AGENT],
-        DaemonOptions {
-            policy_extra: POLICY,
-            upstream_ca: Some(&ca.pem_path),
-        },
-        run_args,
-    );
+    let backend = TlsUpstream::start(UPSTREAM_IP, UPSTREAM_IP, &ca);
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(policy)
+        .upstream_ca(&ca.pem_path)
+        .args(run_args)
+        .start();
     // The JWKS as an operator would publish it.
     let out = Command::new(AGENTGUARD)
         .args(["token", "jwks", "--state-dir"])
@@ -105,22 +109,51 @@ fn setup_with_args(run_args: &[&str]) -> Setup {
 
 /// Starts verify-proxy on `listen` in front of the backend, with the JWKS
 /// file `agentguard token jwks` wrote.
-fn verify_proxy(s: &Setup, listen: &str, args: &[&str]) -> VerifyProxy {
+pub(super) fn verify_proxy(s: &Setup, listen: &str, args: &[&str]) -> VerifyProxy {
     verify_proxy_with(s, listen, &s.jwks.display().to_string(), args)
 }
 
 /// [`verify_proxy`] with the JWKS from `jwks` (a URL or file). It expects
 /// the daemon's issuer unless `args` name another (or `--any-issuer`).
-fn verify_proxy_with(s: &Setup, listen: &str, jwks: &str, args: &[&str]) -> VerifyProxy {
+pub(super) fn verify_proxy_with(s: &Setup, listen: &str, jwks: &str, args: &[&str]) -> VerifyProxy {
+    let upstream = format!("https://127.0.0.3:{}", s.backend.addr.port());
+    verify_proxy_to(s, listen, jwks, &upstream, args)
+}
+
+/// [`verify_proxy_with`] in front of `upstream`.
+pub(super) fn verify_proxy_to(
+    s: &Setup,
+    listen: &str,
+    jwks: &str,
+    upstream: &str,
+    args: &[&str],
+) -> VerifyProxy {
     let issuer: &[&str] = if args.iter().any(|a| a.ends_with("issuer")) {
         &[]
     } else {
         &["--issuer", &s.issuer]
     };
-    let log = std::fs::File::create(s.dir.path().join(format!("vp-{listen}.log"))).unwrap();
+    // Each its own replay store in the test's directory (the default is
+    // under /var/lib/agentguard).
+    let n = VP_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let store = s.dir.path().join(format!("replay-{n}.redb"));
+    let store: Vec<String> = if args.contains(&"--replay-store") || args.contains(&"--state-dir") {
+        Vec::new()
+    } else {
+        vec!["--replay-store".into(), store.display().to_string()]
+    };
+    // The daemon's JWKS endpoint is HTTPS with a leaf from its CA.
+    let jwks_ca: Vec<String> = if jwks.starts_with("https://") {
+        vec![
+            "--jwks-ca".into(),
+            s.daemon.state_dir().join("ca/ca.crt").display().to_string(),
+        ]
+    } else {
+        Vec::new()
+    };
+    let log = std::fs::File::create(s.dir.path().join(format!("vp-{listen}-{n}.log"))).unwrap();
     let mut child = Command::new(AGENTGUARD)
-        .args(["verify-proxy", "--listen", listen, "--upstream"])
-        .arg(format!("https://127.0.0.3:{}", s.backend.addr.port()))
+        .args(["verify-proxy", "--listen", listen, "--upstream", upstream])
         .arg("--upstream-ca")
         .arg(&s.ca.pem_path)
         .args(["--jwks", jwks])
@@ -129,6 +162,8 @@ fn verify_proxy_with(s: &Setup, listen: &str, jwks: &str, args: &[&str]) -> Veri
         .arg("--tls-key")
         .arg(&s.key)
         .args(issuer)
+        .args(&store)
+        .args(&jwks_ca)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(log)
@@ -150,7 +185,7 @@ fn verify_proxy_with(s: &Setup, listen: &str, jwks: &str, args: &[&str]) -> Veri
 
 /// A request straight to a verify-proxy on `ip` (not through agentguard):
 /// (status, response headers).
-fn direct(
+pub(super) fn direct(
     s: &Setup,
     ip: &str,
     port: u16,
@@ -194,7 +229,7 @@ fn direct(
     )
 }
 
-fn claims(token: &str) -> Value {
+pub(super) fn claims(token: &str) -> Value {
     part(token, 1)
 }
 
@@ -211,11 +246,14 @@ fn part(token: &str, n: usize) -> Value {
 /// `agentguard exec --on-behalf-of alice@example.org`, with TOOL resolving
 /// to verify-proxy's address in a private /etc/hosts.
 fn agent_call(s: &Setup, port: u16, body: &Path) -> Output {
-    let hosts = s.dir.path().join("hosts");
-    std::fs::write(&hosts, format!("127.0.0.1 localhost\n127.0.0.4 {TOOL}\n")).unwrap();
-    let exec = s.daemon.exec_with(
-        AGENT,
-        &["--allow-root", "--on-behalf-of", "alice@example.org"],
+    agent_call_at(s, "127.0.0.4", port, body)
+}
+
+/// [`agent_call`] with TOOL resolving to `ip`.
+pub(super) fn agent_call_at(s: &Setup, ip: &str, port: u16, body: &Path) -> Output {
+    agent_run(
+        s,
+        ip,
         &[
             "curl",
             "-sS",
@@ -232,6 +270,18 @@ fn agent_call(s: &Setup, port: u16, body: &Path) -> Output {
             &format!("@{}", body.display()),
             &format!("https://{TOOL}:{port}/reflect?dry=1"),
         ],
+    )
+}
+
+/// Runs `cmd` as the agent (`agentguard exec --on-behalf-of
+/// alice@example.org`), with TOOL resolving to `ip` in a private /etc/hosts.
+pub(super) fn agent_run(s: &Setup, ip: &str, cmd: &[&str]) -> Output {
+    let hosts = s.dir.path().join("hosts");
+    std::fs::write(&hosts, format!("127.0.0.1 localhost\n{ip} {TOOL}\n")).unwrap();
+    let exec = s.daemon.exec_with(
+        AGENT,
+        &["--allow-root", "--on-behalf-of", "alice@example.org"],
+        cmd,
     );
     // As the fixture's exec_resolving does: the mount first, then exec
     // agentguard exec, so the agent keeps this pid.
@@ -245,7 +295,7 @@ fn agent_call(s: &Setup, port: u16, body: &Path) -> Output {
         .unwrap()
 }
 
-fn reflect_hits(s: &Setup) -> usize {
+pub(super) fn reflect_hits(s: &Setup) -> usize {
     s.backend
         .seen()
         .iter()
@@ -270,19 +320,33 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
             &admin,
         ],
     );
-    let port = a.port;
     let body = s.dir.path().join("body.json");
     std::fs::write(&body, r#"{"title":"printer on fire"}"#).unwrap();
 
-    // 1. The call goes through; the tool sees a token naming the agent, the
-    // audience, the scope and the call.
-    let out = agent_call(&s, port, &body);
+    // 1. The call goes through verify-proxy to the tool, which never sees
+    // the agent's token: it was minted for verify-proxy and is spent.
+    let out = agent_call(&s, a.port, &body);
     let visible = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(
         out.status.success() && text(&out.stdout).ends_with("200"),
         "{visible}"
     );
-    let seen = s.backend.header_values("/reflect", "authorization");
+    assert_eq!(reflect_hits(&s), 1);
+    let forwarded = s.backend.header_values("/reflect", "authorization");
+    assert!(
+        forwarded.is_empty(),
+        "the token went upstream: {forwarded:?}"
+    );
+
+    // To look at a token, the agent calls a stand-in for the tool that
+    // shows what it received: agentguard mints for it as for any tool.
+    let peek = TlsUpstream::start("127.0.0.10", TOOL, &s.ca);
+    let port = peek.addr.port();
+    let origin = format!("https://{TOOL}:{port}");
+    let out = agent_call_at(&s, "127.0.0.10", port, &body);
+    let visible = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).ends_with("200"), "{visible}");
+    let seen = peek.header_values("/reflect", "authorization");
     assert_eq!(seen.len(), 1, "{seen:?}");
     let token = seen[0].strip_prefix("Bearer ").expect("bearer").to_owned();
     let c = claims(&token);
@@ -292,7 +356,7 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
     assert_eq!(c["aud"], "itsm");
     assert_eq!(c["scope"], "tickets:write");
     assert_eq!(c["htm"], "POST");
-    assert_eq!(c["htu"], format!("https://{TOOL}:{port}/reflect"));
+    assert_eq!(c["htu"], format!("{origin}/reflect"));
     // agent_call ran the agent with `agentguard exec --on-behalf-of`: the
     // token names that party as the actor's principal (RFC 8693 §4.1).
     assert_eq!(c["act"], serde_json::json!({ "sub": "alice@example.org" }));
@@ -301,7 +365,8 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
         "{c}"
     );
 
-    // 5. The agent never saw it: the tool echoed it back, agentguard cut it.
+    // 5. The agent never saw it: the stand-in echoed it back, agentguard
+    // cut it.
     assert!(
         !visible.contains(&token),
         "the agent saw the token:\n{visible}"
@@ -332,7 +397,7 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
             .output()
             .unwrap()
     };
-    let ok = verify(&format!("https://{TOOL}:{port}/reflect?dry=1"));
+    let ok = verify(&format!("{origin}/reflect?dry=1"));
     assert!(
         ok.status.success(),
         "{}{}",
@@ -344,7 +409,7 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
         "{}",
         text(&ok.stdout)
     );
-    let bad = verify(&format!("https://{TOOL}:{port}/reflect?dry=0"));
+    let bad = verify(&format!("{origin}/reflect?dry=0"));
     assert_eq!(bad.status.code(), Some(1), "{}", text(&bad.stdout));
     assert!(
         text(&bad.stdout).contains("request hash"),
@@ -352,27 +417,18 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
         text(&bad.stdout)
     );
 
-    // 2. Replay of the same call with the same token → 401.
-    let (status, headers) = direct(
-        &s,
-        "127.0.0.4",
-        port,
-        &token,
-        "POST",
-        "/reflect?dry=1",
-        &body,
+    // The verify-proxies below answer for the stand-in's origin (on ports
+    // of their own: the origin decides, not the Host the client sends).
+    let at = |listen: &str, extra: &[&str]| {
+        let mut args = vec!["--public-origin", &origin];
+        args.extend(extra);
+        verify_proxy(&s, listen, &args)
+    };
+    // Any change to the call → 401.
+    let b = at(
+        "127.0.0.5:0",
+        &["--audience", "itsm", "--admin-socket", &admin],
     );
-    assert_eq!(status, 401, "{headers}");
-    assert!(
-        headers.contains("www-authenticate: bearer error=\"invalid_token\"")
-            && headers.contains("replay"),
-        "{headers}"
-    );
-
-    // A second verify-proxy (its own replay cache) on the same port of
-    // another address, so the authority the token binds is unchanged: any
-    // change to the call → 401; the call as minted → 200.
-    let b = verify_proxy(&s, &format!("127.0.0.5:{port}"), &["--audience", "itsm"]);
     let other_body = s.dir.path().join("other.json");
     std::fs::write(&other_body, r#"{"title":"printer fine"}"#).unwrap();
     for (method, target, body, what) in [
@@ -389,7 +445,7 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
         );
     }
     // Another audience → 401; a scope the token lacks → 403.
-    let c_proxy = verify_proxy(&s, &format!("127.0.0.6:{port}"), &["--audience", "billing"]);
+    let c_proxy = at("127.0.0.6:0", &["--audience", "billing"]);
     let (status, headers) = direct(
         &s,
         "127.0.0.6",
@@ -402,9 +458,8 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
     assert_eq!(status, 401, "{headers}");
     assert!(headers.contains("audience"), "{headers}");
     // Another issuer → 401.
-    let i = verify_proxy(
-        &s,
-        &format!("127.0.0.9:{port}"),
+    let i = at(
+        "127.0.0.9:0",
         &[
             "--audience",
             "itsm",
@@ -423,9 +478,8 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
     );
     assert_eq!(status, 401, "{headers}");
     assert!(headers.contains("another issuer"), "{headers}");
-    let d = verify_proxy(
-        &s,
-        &format!("127.0.0.7:{port}"),
+    let d = at(
+        "127.0.0.7:0",
         &["--audience", "itsm", "--scope", "tickets:admin"],
     );
     let (status, headers) = direct(
@@ -442,8 +496,32 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
         headers.contains("error=\"insufficient_scope\""),
         "{headers}"
     );
+    // Another instance sharing the audience, under another name: the token
+    // names the stand-in's origin, whatever Host the client sends.
+    let o = verify_proxy(
+        &s,
+        "127.0.0.8:0",
+        &[
+            "--audience",
+            "itsm",
+            "--public-origin",
+            &format!("https://replica-2.agentguard.test:{port}"),
+        ],
+    );
+    let (status, headers) = direct(
+        &s,
+        "127.0.0.8",
+        o.port,
+        &token,
+        "POST",
+        "/reflect?dry=1",
+        &body,
+    );
+    assert_eq!(status, 401, "{headers}");
+    assert!(headers.contains("bound to"), "{headers}");
     // None of the refused requests reached the tool.
     assert_eq!(reflect_hits(&s), 1);
+    // 2. The call as minted → 200, once; its replay → 401.
     let (status, headers) = direct(
         &s,
         "127.0.0.5",
@@ -455,12 +533,28 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
     );
     assert_eq!(status, 200, "{headers}");
     assert_eq!(reflect_hits(&s), 2);
+    let (status, headers) = direct(
+        &s,
+        "127.0.0.5",
+        b.port,
+        &token,
+        "POST",
+        "/reflect?dry=1",
+        &body,
+    );
+    assert_eq!(status, 401, "{headers}");
+    assert!(
+        headers.contains("www-authenticate: bearer error=\"invalid_token\"")
+            && headers.contains("replay"),
+        "{headers}"
+    );
+    assert_eq!(reflect_hits(&s), 2);
 
     // 4. A 2 MiB body on the JWT-bound tool: 413 from agentguard, nothing
     // sent on.
     let big = s.dir.path().join("big.json");
     std::fs::write(&big, vec![b'x'; 2 << 20]).unwrap();
-    let out = agent_call(&s, port, &big);
+    let out = agent_call(&s, a.port, &big);
     let visible = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(text(&out.stdout).ends_with("413"), "{visible}");
     assert!(visible.contains("jwt-body-too-large"), "{visible}");
@@ -474,37 +568,38 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
         let minted = events
             .iter()
             .find(|e| e["kind"] == "request" && e["token_jti"] == jti.as_str());
-        // verify-proxy's verdicts: the call (allow, same jti) and the
-        // replay (deny), and nothing of the token itself.
+        // verify-proxy's verdicts, from A (the first call) and B (this
+        // token: 4 changed calls, the call, the replay), and nothing of the
+        // token itself.
         let verdicts: Vec<&Value> = events
             .iter()
             .filter(|e| e["kind"] == "token_verification")
             .collect();
         if let Some(e) = minted
-            && verdicts.len() >= 2
+            && verdicts.len() >= 7
         {
-            assert_eq!(verdicts.len(), 2, "{verdicts:#?}");
+            assert_eq!(verdicts.len(), 7, "{verdicts:#?}");
             assert_eq!(e["on_behalf_of"], "alice@example.org", "{e}");
             assert!(!format!("{events:?}").contains(signature));
-            // Found by decision: the reports travel independently (and
-            // one of each proves the two decisions were told apart).
-            let by = |d: &str| {
-                *verdicts
-                    .iter()
-                    .find(|e| e["decision"] == d)
-                    .unwrap_or_else(|| panic!("no {d} verdict: {verdicts:#?}"))
-            };
-            let (allow, replay) = (by("allow"), by("deny"));
-            assert_eq!(allow["token_jti"], jti.as_str(), "{allow}");
+            let allowed: Vec<&&Value> = verdicts
+                .iter()
+                .filter(|e| e["decision"] == "allow")
+                .collect();
+            assert_eq!(allowed.len(), 2, "{verdicts:#?}");
+            let allow = allowed
+                .iter()
+                .find(|e| e["token_jti"] == jti.as_str())
+                .unwrap_or_else(|| panic!("no allow verdict for {jti}: {verdicts:#?}"));
             assert_eq!(allow["agent"], AGENT, "{allow}");
             assert_eq!(allow["status"], 200, "{allow}");
             assert_eq!(allow["rule"], "verify-proxy:itsm", "{allow}");
             assert_eq!(allow["path"], "/reflect", "{allow}");
+            let replay = verdicts
+                .iter()
+                .find(|e| e["reason"].as_str().is_some_and(|r| r.contains("replay")))
+                .unwrap_or_else(|| panic!("no replay verdict: {verdicts:#?}"));
             assert_eq!(replay["status"], 401, "{replay}");
-            assert!(
-                replay["reason"].as_str().unwrap().contains("replay"),
-                "{replay}"
-            );
+            assert_eq!(replay["decision"], "deny", "{replay}");
             // A refused token's claims are unverified: none are recorded.
             assert!(
                 replay["token_jti"].is_null() && replay["agent"].is_null(),
@@ -514,7 +609,7 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
         }
         assert!(
             Instant::now() < deadline,
-            "no request event with jti {jti} and two verify-proxy verdicts: {events:#?}"
+            "no request event with jti {jti} and seven verify-proxy verdicts: {events:#?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -532,10 +627,10 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(200));
     }
-    let e = verify_proxy(&s, &format!("127.0.0.8:{port}"), &["--audience", "itsm"]);
+    let e = at("127.0.0.11:0", &["--audience", "itsm"]);
     let (status, headers) = direct(
         &s,
-        "127.0.0.8",
+        "127.0.0.11",
         e.port,
         &token,
         "POST",
@@ -548,7 +643,7 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
 }
 
 /// The daemon's JWKS URL, from its start-up log line.
-fn jwks_url(daemon: &Daemon) -> String {
+pub(super) fn jwks_url(daemon: &Daemon) -> String {
     log_field(daemon, "jwks")
 }
 
@@ -566,32 +661,47 @@ fn log_field(daemon: &Daemon, field: &str) -> String {
 #[test]
 fn tokens_signed_before_a_key_rotation_verify_until_they_expire() {
     let s = setup();
-    // verify-proxy reads the daemon's JWKS endpoint, and again for a kid it
-    // does not know.
+    // verify-proxy reads the daemon's JWKS endpoint (HTTPS, agentguard's
+    // CA), and again for a kid it does not know.
     let url = jwks_url(&s.daemon);
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
     let a = verify_proxy_with(&s, "127.0.0.4:0", &url, &["--audience", "itsm"]);
-    let port = a.port;
     let body = s.dir.path().join("body.json");
     std::fs::write(&body, "{}").unwrap();
+    // A stand-in for the tool that shows the tokens it receives.
+    let peek = TlsUpstream::start("127.0.0.10", TOOL, &s.ca);
+    let origin = format!("https://{TOOL}:{}", peek.addr.port());
+    let minted = || {
+        let out = agent_call_at(&s, "127.0.0.10", peek.addr.port(), &body);
+        assert!(text(&out.stdout).ends_with("200"), "{}", text(&out.stderr));
+        let seen = peek.header_values("/reflect", "authorization");
+        seen.last()
+            .unwrap()
+            .strip_prefix("Bearer ")
+            .unwrap()
+            .to_owned()
+    };
 
-    let out = agent_call(&s, port, &body);
+    let out = agent_call(&s, a.port, &body);
     assert!(text(&out.stdout).ends_with("200"), "{}", text(&out.stderr));
+    let old = minted();
     let rotated = s.daemon.cli(&["token", "rotate"]);
     assert!(rotated.status.success(), "{}", text(&rotated.stderr));
-    let out = agent_call(&s, port, &body);
+    // A token of the new key at the verify-proxy that read the JWKS before.
+    let out = agent_call(&s, a.port, &body);
     assert!(text(&out.stdout).ends_with("200"), "{}", text(&out.stderr));
-    let seen = s.backend.header_values("/reflect", "authorization");
-    assert_eq!(seen.len(), 2, "{seen:?}");
-    let old = seen[0].strip_prefix("Bearer ").unwrap().to_owned();
-    let new = seen[1].strip_prefix("Bearer ").unwrap();
-    let (old_kid, new_kid) = (part(&old, 0)["kid"].clone(), part(new, 0)["kid"].clone());
+    let new = minted();
+    let (old_kid, new_kid) = (part(&old, 0)["kid"].clone(), part(&new, 0)["kid"].clone());
     assert_ne!(old_kid, new_kid);
-    // Both keys are published...
+    // Both keys are published, over HTTPS with agentguard's CA...
     let jwks = Command::new("curl")
-        .args(["-sS", "-m", "5", &url])
+        .args(["-sS", "-m", "5", "--cacert"])
+        .arg(s.daemon.state_dir().join("ca/ca.crt"))
+        .arg(&url)
         .output()
         .unwrap();
-    let jwks: Value = serde_json::from_slice(&jwks.stdout).unwrap();
+    let jwks: Value = serde_json::from_slice(&jwks.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", text(&jwks.stderr)));
     let kids: Vec<&Value> = jwks["keys"]
         .as_array()
         .unwrap()
@@ -602,14 +712,29 @@ fn tokens_signed_before_a_key_rotation_verify_until_they_expire() {
         kids.contains(&&old_kid) && kids.contains(&&new_kid),
         "{jwks}"
     );
+    // ...and only over HTTPS: a verify-proxy without agentguard's CA
+    // cannot read them.
+    let blind = Command::new(AGENTGUARD)
+        .args(["verify-proxy", "--listen", "127.0.0.12:0", "--upstream"])
+        .arg("http://127.0.0.1:9")
+        .args(["--audience", "itsm", "--issuer", &s.issuer, "--jwks", &url])
+        .args(["--replay-store", "memory"])
+        .output()
+        .unwrap();
+    assert!(!blind.status.success());
+    assert!(
+        text(&blind.stderr).contains("certificate"),
+        "{}",
+        text(&blind.stderr)
+    );
     // ...so a token the old key signed verifies (at a verifier that has not
     // seen it) until it expires, and then fails. (The old key itself leaves
     // the JWKS once no token it signed can be valid: a unit test shows it.)
     let b = verify_proxy_with(
         &s,
-        &format!("127.0.0.5:{port}"),
+        "127.0.0.5:0",
         &url,
-        &["--audience", "itsm"],
+        &["--audience", "itsm", "--public-origin", &origin],
     );
     let (status, headers) = direct(
         &s,
@@ -635,9 +760,9 @@ fn tokens_signed_before_a_key_rotation_verify_until_they_expire() {
     }
     let c = verify_proxy_with(
         &s,
-        &format!("127.0.0.6:{port}"),
+        "127.0.0.6:0",
         &url,
-        &["--audience", "itsm"],
+        &["--audience", "itsm", "--public-origin", &origin],
     );
     let (status, headers) = direct(
         &s,
@@ -661,7 +786,10 @@ fn eddsa_keys_sign_tokens_that_verify_proxy_accepts() {
     std::fs::write(&body, "{}").unwrap();
     let out = agent_call(&s, a.port, &body);
     assert!(text(&out.stdout).ends_with("200"), "{}", text(&out.stderr));
-    let seen = s.backend.header_values("/reflect", "authorization");
+    let peek = TlsUpstream::start("127.0.0.10", TOOL, &s.ca);
+    let out = agent_call_at(&s, "127.0.0.10", peek.addr.port(), &body);
+    assert!(text(&out.stdout).ends_with("200"), "{}", text(&out.stderr));
+    let seen = peek.header_values("/reflect", "authorization");
     let token = seen[0].strip_prefix("Bearer ").unwrap();
     assert_eq!(part(token, 0)["alg"], "EdDSA");
     let jwks: Value = serde_json::from_slice(&std::fs::read(&s.jwks).unwrap()).unwrap();

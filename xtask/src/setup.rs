@@ -19,9 +19,19 @@ const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"
 
 /// What the end-to-end tests drive: curl as an unmodified client, `ip` (iproute2)
 /// for network namespaces, `setpriv` (util-linux) to run agents as another uid,
-/// and the `sqlite3` shell, with which the audit tests tamper with the store the
-/// way an intruder (or an auditor reading it) would.
-const TEST_PACKAGES: &[&str] = &["curl", "iproute2", "util-linux", "sqlite3"];
+/// the `sqlite3` shell, with which the audit tests tamper with the store the
+/// way an intruder (or an auditor reading it) would; `redis-server`, the
+/// replay cache verify-proxy replicas share (the tests start their own on a
+/// loopback port); and `prometheus` for `promtool check metrics` on the
+/// metrics exposition.
+const TEST_PACKAGES: &[&str] = &[
+    "curl",
+    "iproute2",
+    "util-linux",
+    "sqlite3",
+    "redis-server",
+    "prometheus",
+];
 
 pub fn run() -> Result<()> {
     toolchain::ensure()?;

@@ -63,8 +63,31 @@ const STEPS: &[Step] = &[
             "--bins",
         ],
     },
-    // The end-to-end tests attach real eBPF programs to real cgroups. They share
-    // that kernel state (bpffs pins, cgroups), so they run one at a time.
+    // The tool side's crate on its own: its README's tool server (a doc
+    // test), the `cargo tree` check that it pulls in nothing of the
+    // daemon's, and docs that build without a warning.
+    Step {
+        header: "agentguard-verify (doc tests, dependency check)",
+        cargo_args: &["test", "--locked", "-p", "agentguard-verify"],
+    },
+    Step {
+        header: "agentguard-verify docs",
+        cargo_args: &[
+            "rustdoc",
+            "--locked",
+            "-p",
+            "agentguard-verify",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    },
+    // The end-to-end tests attach real eBPF programs to real cgroups, but
+    // each test daemon to cgroups, a bpffs folder and ports of its own, so
+    // they run beside each other; they mostly wait (for daemons, clients,
+    // timeouts), so three at a time fit 2 cores. Tests that load the machine
+    // or bound a latency run alone (tests/common/machine.rs).
     Step {
         header: "end-to-end tests (privileged)",
         cargo_args: &[
@@ -75,7 +98,7 @@ const STEPS: &[Step] = &[
             "--test",
             "integration",
             "--",
-            "--test-threads=1",
+            "--test-threads=3",
         ],
     },
     // The benchmark harness with five requests per path and scenario, so

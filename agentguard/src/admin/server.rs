@@ -74,10 +74,15 @@ impl MetricsSource {
         })
     }
 
-    fn response(&self) -> Response<AdminBody> {
+    fn response<B>(&self, req: &Request<B>) -> Response<AdminBody> {
+        let accept = req
+            .headers()
+            .get(hyper::header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        let (body, content_type) = metrics::negotiate(self.render(), accept);
         Response::builder()
-            .header(CONTENT_TYPE, metrics::CONTENT_TYPE)
-            .body(full(self.render().into_bytes()))
+            .header(CONTENT_TYPE, content_type)
+            .body(full(body.into_bytes()))
             .unwrap_or_else(|_| Response::new(full(Vec::new())))
     }
 }
@@ -101,7 +106,7 @@ pub async fn serve_metrics_tcp(listener: TcpListener, source: Arc<MetricsSource>
                 let source = source.clone();
                 async move {
                     Ok::<_, Infallible>(if req.uri().path() == "/metrics" {
-                        source.response()
+                        source.response(&req)
                     } else {
                         error(StatusCode::NOT_FOUND, "only /metrics is served here")
                     })
@@ -233,8 +238,8 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<AdminBody> {
         };
     }
     // A verify-proxy beside the daemon records its decisions here.
-    if req.method() == Method::POST && req.uri().path() == crate::token::REPORT_ROUTE {
-        return match crate::token::VerifyReport::from_query(req.uri().query().unwrap_or("")) {
+    if req.method() == Method::POST && req.uri().path() == super::report::REPORT_ROUTE {
+        return match super::report::VerifyReport::from_query(req.uri().query().unwrap_or("")) {
             Ok(report) => {
                 let policy = state.live.load().policy.clone();
                 state
@@ -251,7 +256,7 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<AdminBody> {
     let path = req.uri().path();
     match path {
         "/v1/status" => json(StatusCode::OK, &status(state)),
-        "/metrics" => state.metrics.response(),
+        "/metrics" => state.metrics.response(req),
         "/v1/audit/stream" => match stream::parse(req.uri().query()) {
             Ok((filter, backlog)) => Response::builder()
                 .header(CONTENT_TYPE, "text/event-stream")
@@ -278,9 +283,13 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<AdminBody> {
 fn status(state: &AdminState) -> StatusView {
     let live = state.live.load();
     // One lock, released before the view is built.
-    let (kernel_events_lost, unix_sockets_guarded) = {
+    let (kernel_events_lost, unix_sockets_guarded, processes_guarded) = {
         let kernel = state.kernel.lock().unwrap_or_else(|p| p.into_inner());
-        (kernel.events_lost(), kernel.unix_sockets_guarded())
+        (
+            kernel.events_lost(),
+            kernel.unix_sockets_guarded(),
+            kernel.processes_guarded(),
+        )
     };
     StatusView {
         pid: std::process::id(),
@@ -298,6 +307,7 @@ fn status(state: &AdminState) -> StatusView {
         audit: Some(state.audit.status()),
         kernel_events_lost,
         unix_sockets_guarded,
+        processes_guarded,
     }
 }
 
@@ -305,6 +315,7 @@ fn agent_view(state: &AdminState, name: &str) -> Option<AgentView> {
     let live = state.live.load();
     let guarded = live.agents.get(name)?;
     let policy = live.policy.agent(name)?;
+    let kernel = state.kernel.lock().unwrap_or_else(|p| p.into_inner());
     Some(AgentView {
         name: name.to_owned(),
         cgroup: policy.cgroup.to_string(),
@@ -313,6 +324,8 @@ fn agent_view(state: &AdminState, name: &str) -> Option<AgentView> {
         // The daemon only serves after every agent's programs are attached
         // and pinned; an agent it failed to guard stops start-up.
         guarded: true,
+        processes_guarded: kernel.processes_guarded(),
+        kernel: kernel.agent_usage(guarded.cgroup.id),
         policy_file: policy.source.display().to_string(),
         ca_cert: state.ca_cert.display().to_string(),
         ca_bundle: state.ca_bundle.display().to_string(),

@@ -36,7 +36,7 @@ pub fn parse(query: Option<&str>) -> Result<(Filter, u64), String> {
         .filter(|p| !p.is_empty())
     {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = decode(v);
+        let v = crate::percent::decode_form(v);
         match k {
             "agent" => filter.agent = Some(v),
             "decision" => {
@@ -122,28 +122,6 @@ async fn pump(
 fn event(r: &Record) -> Bytes {
     let json = serde_json::to_string(r).unwrap_or_default();
     Bytes::from(format!("id: {}\ndata: {json}\n\n", r.seq))
-}
-
-/// Percent-decoding for parameter values (agent names, decisions).
-fn decode(s: &str) -> String {
-    let b = s.replace('+', " ").into_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 pub struct SseBody {

@@ -6,11 +6,22 @@
 //! hash = SHA-256( "agentguard-audit-v1\n"
 //!               || seq        as 8 bytes, big-endian, two's complement
 //!               || prev_hash  as 32 raw bytes
-//!               || for each column in event::COLUMNS order:
-//!                    NULL     -> 0x00
-//!                    INTEGER  -> 0x01 || 8 bytes big-endian
-//!                    TEXT     -> 0x02 || length as 4 bytes big-endian || UTF-8 bytes )
+//!               || for each base column (event::BASE_COLUMNS, in order):
+//!                    value(v)
+//!               || for each extension column whose value is not NULL, in order:
+//!                    0x03 || length of its name as 1 byte || name || value(v) )
+//!
+//! value(v) = NULL     -> 0x00
+//!            INTEGER  -> 0x01 || 8 bytes big-endian
+//!            TEXT     -> 0x02 || length as 4 bytes big-endian || UTF-8 bytes
 //! ```
+//!
+//! Extension columns are the ones added after the chain's first version
+//! (`traceparent`, ...). A row in which they are all NULL, as in every row
+//! written before they existed, hashes exactly as it did then, so a store
+//! from an older agentguard still verifies after an upgrade. A set
+//! extension value is tagged with its column's name, a byte (0x03) no base
+//! value starts with, so it cannot pass for another column's or a base one.
 //!
 //! Every value is typed and length-prefixed, so no two different rows
 //! serialise alike (no `"ab"+"c"` vs `"a"+"bc"` ambiguity), and `seq` and
@@ -23,6 +34,8 @@
 use rusqlite::types::Value;
 use sha2::{Digest as _, Sha256};
 
+use super::event::{BASE_COLUMNS, COLUMNS};
+
 pub type Hash = [u8; 32];
 
 /// `prev_hash` of the very first event.
@@ -30,32 +43,51 @@ pub const GENESIS: Hash = [0; 32];
 
 const DOMAIN: &[u8] = b"agentguard-audit-v1\n";
 
-/// The hash of the row `seq` holding `values` (in [`super::event::COLUMNS`]
-/// order). `Err` names a value of a type the store never writes (REAL, BLOB):
-/// that row was not written by agentguard.
+/// The hash of the row `seq` holding `values` (in [`COLUMNS`] order). `Err`
+/// names a value of a type the store never writes (REAL, BLOB): that row was
+/// not written by agentguard.
 pub fn hash_row(seq: i64, prev: &Hash, values: &[Value]) -> Result<Hash, String> {
     let mut h = Sha256::new();
     h.update(DOMAIN);
     h.update(seq.to_be_bytes());
     h.update(prev);
-    for v in values {
-        match v {
-            Value::Null => h.update([0u8]),
-            Value::Integer(n) => {
-                h.update([1u8]);
-                h.update(n.to_be_bytes());
-            }
-            Value::Text(s) => {
-                h.update([2u8]);
-                let len = u32::try_from(s.len()).map_err(|_| "text value over 4 GiB")?;
-                h.update(len.to_be_bytes());
-                h.update(s.as_bytes());
-            }
-            Value::Real(_) => return Err("a REAL value, which agentguard never writes".into()),
-            Value::Blob(_) => return Err("a BLOB value, which agentguard never writes".into()),
+    let base = values.len().min(BASE_COLUMNS);
+    for v in &values[..base] {
+        hash_value(&mut h, v)?;
+    }
+    for (v, name) in values[base..].iter().zip(&COLUMNS[BASE_COLUMNS..]) {
+        if *v == Value::Null {
+            continue;
         }
+        h.update([EXTENSION_TAG]);
+        // Column names are short identifiers (a test checks).
+        h.update([name.len() as u8]);
+        h.update(name.as_bytes());
+        hash_value(&mut h, v)?;
     }
     Ok(h.finalize().into())
+}
+
+/// Opens a set extension column's entry; base values open with 0, 1 or 2.
+const EXTENSION_TAG: u8 = 3;
+
+fn hash_value(h: &mut Sha256, v: &Value) -> Result<(), String> {
+    match v {
+        Value::Null => h.update([0u8]),
+        Value::Integer(n) => {
+            h.update([1u8]);
+            h.update(n.to_be_bytes());
+        }
+        Value::Text(s) => {
+            h.update([2u8]);
+            let len = u32::try_from(s.len()).map_err(|_| "text value over 4 GiB")?;
+            h.update(len.to_be_bytes());
+            h.update(s.as_bytes());
+        }
+        Value::Real(_) => return Err("a REAL value, which agentguard never writes".into()),
+        Value::Blob(_) => return Err("a BLOB value, which agentguard never writes".into()),
+    }
+    Ok(())
 }
 
 pub fn to_hex(h: &Hash) -> String {
@@ -63,14 +95,8 @@ pub fn to_hex(h: &Hash) -> String {
 }
 
 pub fn from_hex(s: &str) -> Option<Hash> {
-    if s.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-        let pair = std::str::from_utf8(chunk).ok()?;
-        out[i] = u8::from_str_radix(pair, 16).ok()?;
-    }
+    hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
 
@@ -102,11 +128,44 @@ mod tests {
         assert!(hash_row(1, &GENESIS, &[Value::Real(1.0)]).is_err());
     }
 
+    /// The row hash of the chain's first version, for a row of every base
+    /// column, computed by agentguard before extension columns existed
+    /// (commit e057790): a row without extension values must keep it.
+    #[test]
+    fn rows_without_extension_values_hash_as_in_the_first_version() {
+        let mut values: Vec<Value> = (0..BASE_COLUMNS as i64)
+            .map(|i| {
+                if i % 3 == 0 {
+                    Value::Null
+                } else if i % 3 == 1 {
+                    Value::Integer(i * 1000)
+                } else {
+                    text(&format!("column {i}"))
+                }
+            })
+            .collect();
+        let v1 = "1984f121e0b1637c43f7b6c15df56d2690d631a375e31f18b596a4f076ce9340";
+        assert_eq!(to_hex(&hash_row(42, &[9; 32], &values).unwrap()), v1);
+        // With the extension columns present but NULL: the same.
+        values.extend((BASE_COLUMNS..COLUMNS.len()).map(|_| Value::Null));
+        assert_eq!(to_hex(&hash_row(42, &[9; 32], &values).unwrap()), v1);
+        // A set extension value changes it, and differs per column name
+        // and from the same text in a base column.
+        let mut traced = values.clone();
+        traced[BASE_COLUMNS] = text("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+        let with = hash_row(42, &[9; 32], &traced).unwrap();
+        assert_ne!(to_hex(&with), v1);
+        assert!(COLUMNS.iter().all(|c| c.len() < 256));
+    }
+
     #[test]
     fn hex_round_trips() {
         let h = hash_row(1, &GENESIS, &[]).unwrap();
         assert_eq!(from_hex(&to_hex(&h)), Some(h));
         assert_eq!(from_hex("zz"), None);
         assert_eq!(from_hex(&"g".repeat(64)), None);
+        // A sign is not a hex digit, though u8::from_str_radix takes one.
+        assert_eq!(from_hex(&"+f".repeat(32)), None);
+        assert_eq!(from_hex(&to_hex(&h).to_uppercase()), Some(h));
     }
 }

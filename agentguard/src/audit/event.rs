@@ -12,8 +12,6 @@ use std::{net::SocketAddr, time::SystemTime};
 use rusqlite::types::Value;
 use serde::{Deserialize, Serialize};
 
-use crate::identity::Identity;
-
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -191,6 +189,11 @@ pub struct Event {
     /// Body bytes to the agent (response).
     pub bytes_out: Option<u64>,
     pub duration_us: Option<u64>,
+    /// The request's W3C `traceparent` (only a well-formed one), so that an
+    /// agent's traces join agentguard's decisions. An extension column:
+    /// stores written before it existed read it as `None`.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 impl Event {
@@ -203,19 +206,6 @@ impl Event {
             kind,
             ..Self::default()
         }
-    }
-
-    /// Fills the fields the kernel and /proc tell about the process.
-    pub fn with_identity(mut self, identity: &Identity) -> Self {
-        self.agent = Some(identity.agent.to_string());
-        self.cgroup_path = Some(identity.cgroup.clone());
-        self.cgroup_id = Some(identity.cgroup_id);
-        self.pid = Some(identity.pid);
-        self.uid = Some(identity.uid);
-        self.gid = Some(identity.gid);
-        self.comm = Some(identity.comm.clone());
-        self.exe = identity.exe.as_ref().map(|p| p.display().to_string());
-        self
     }
 
     pub fn with_src(mut self, addr: SocketAddr) -> Self {
@@ -374,17 +364,24 @@ macro_rules! integer_column {
 }
 integer_column!(u16, u32, u64);
 
-/// Declares the column list once; `to_row` and `from_row` follow it.
+/// Declares the column lists once; `to_row` and `from_row` follow them.
 macro_rules! columns {
-    ($($field:ident),* $(,)?) => {
-        /// The event's columns, in the order the hash chain serialises them.
-        /// Appending a column changes every hash: that needs a new chain
-        /// version (see [`super::chain`]).
-        pub const COLUMNS: &[&str] = &[$(stringify!($field)),*];
+    (base: [$($field:ident),* $(,)?], extension: [$($ext:ident),* $(,)?] $(,)?) => {
+        /// Every event column, in the order rows are stored and hashed: the
+        /// [`BASE_COLUMNS`] first, then the extension columns.
+        pub const COLUMNS: &[&str] = &[$(stringify!($field),)* $(stringify!($ext)),*];
+
+        /// How many of [`COLUMNS`] are the chain's base columns, hashed in
+        /// every row whatever their value. Columns added later are
+        /// extensions: hashed only where not NULL, tagged with their name
+        /// (see [`super::chain`]), so that every row written before a
+        /// column existed hashes exactly as it did. Never insert a column
+        /// among the base ones: append an extension.
+        pub const BASE_COLUMNS: usize = [$(stringify!($field)),*].len();
 
         impl Event {
             pub fn to_row(&self) -> Vec<Value> {
-                vec![$(self.$field.to_value()),*]
+                vec![$(self.$field.to_value(),)* $(self.$ext.to_value()),*]
             }
 
             /// Rebuilds an event from a row in [`COLUMNS`] order.
@@ -396,6 +393,8 @@ macro_rules! columns {
                 Ok(Self {
                     $($field: Column::from_value(values.next().unwrap_or(Value::Null))
                         .map_err(|e| format!("column {}: {e}", stringify!($field)))?,)*
+                    $($ext: Column::from_value(values.next().unwrap_or(Value::Null))
+                        .map_err(|e| format!("column {}: {e}", stringify!($ext)))?,)*
                 })
             }
         }
@@ -403,39 +402,44 @@ macro_rules! columns {
 }
 
 columns!(
-    id,
-    time,
-    kind,
-    agent,
-    cgroup_path,
-    cgroup_id,
-    pid,
-    exe,
-    uid,
-    gid,
-    comm,
-    on_behalf_of,
-    intent,
-    src_ip,
-    src_port,
-    dst_ip,
-    dst_port,
-    sni,
-    host,
-    protocol,
-    method,
-    path,
-    tool,
-    rule,
-    decision,
-    reason,
-    credential_id,
-    token_jti,
-    policy_version,
-    status,
-    bytes_in,
-    bytes_out,
-    duration_us,
+    // The chain's first version: never reorder, never add here.
+    base: [
+        id,
+        time,
+        kind,
+        agent,
+        cgroup_path,
+        cgroup_id,
+        pid,
+        exe,
+        uid,
+        gid,
+        comm,
+        on_behalf_of,
+        intent,
+        src_ip,
+        src_port,
+        dst_ip,
+        dst_port,
+        sni,
+        host,
+        protocol,
+        method,
+        path,
+        tool,
+        rule,
+        decision,
+        reason,
+        credential_id,
+        token_jti,
+        policy_version,
+        status,
+        bytes_in,
+        bytes_out,
+        duration_us,
+    ],
+    // Appended since; each must be optional (NULL in older rows).
+    extension: [traceparent],
 );
 
 #[cfg(test)]

@@ -3,18 +3,30 @@
 //!
 //! | event kind              | OCSF class                      |
 //! |-------------------------|---------------------------------|
-//! | request                 | HTTP Activity (4002)            |
+//! | request, token verification | HTTP Activity (4002)        |
 //! | connection, kernel refusal | Network Activity (4001)      |
+//! | DNS query               | DNS Activity (4003), `query`, `rcode`, `answers` |
 //! | daemon start/stop       | Application Lifecycle (6002)    |
 //! | reload, credential failure, retention | Base Event (0)    |
 //!
 //! Every object carries the base required attributes (`activity_id`,
 //! `category_uid`, `class_uid`, `type_uid`, `severity_id`, `time`, and
-//! `metadata` with `product` and `version`), each class's own constraint
-//! (an endpoint for 4001, `http_request` for 4002, `app` for 6002), the
-//! security-control `action`/`disposition` where a decision was made, and
-//! everything agentguard-specific (agent, cgroup, tool, rule, credential id,
-//! policy version, chain position) under `unmapped`.
+//! `metadata` with `product` and `version`), each class's own (a
+//! `dst_endpoint` for 4001, `http_request` for 4002, `app` for 6002), and
+//! declares the profiles whose attributes it uses: `security_control`
+//! (`action`, `disposition`) where a decision was made, `host` (`actor`,
+//! `device`) where the kernel named a process, `datetime` (`time_dt`).
+//! Endpoints say what the event knows: a Unix socket by its path (or
+//! `@name`) as the endpoint's `name`, a refused socket option (set before
+//! the socket has any destination) as an unconnected endpoint, the agent's
+//! host as `src_endpoint.hostname` where no address was recorded.
+//! `connection_info.protocol_name` is the IANA transport (`tcp` under TLS
+//! and HTTP, `udp`, `icmp`, `ipv6-icmp`), left out where there is none
+//! (Unix sockets) or it is unknown. Absent values are left out, never
+//! `null` (the schema has no null). Everything agentguard-specific (agent,
+//! cgroup, tool, rule, credential id, policy version, chain position) is
+//! under `unmapped`. The tests validate every kind against the OCSF schema
+//! with `ocsf-json-schema` and `jsonschema`.
 
 use serde_json::{Map, Value, json};
 
@@ -28,7 +40,7 @@ pub const OCSF_VERSION: &str = "1.3.0";
 
 pub const CLASS_NETWORK_ACTIVITY: u64 = 4001;
 /// OCSF DNS Activity.
-const CLASS_DNS_ACTIVITY: u64 = 4003;
+pub const CLASS_DNS_ACTIVITY: u64 = 4003;
 pub const CLASS_HTTP_ACTIVITY: u64 = 4002;
 pub const CLASS_APPLICATION_LIFECYCLE: u64 = 6002;
 pub const CLASS_BASE_EVENT: u64 = 0;
@@ -46,6 +58,17 @@ pub fn render(record: &Record) -> Value {
     o.insert("severity".into(), json!(severity));
     o.insert("time".into(), json!(epoch_ms(&e.time)));
     o.insert("time_dt".into(), json!(e.time));
+    let security_control = e.decision.is_some()
+        && class_uid != CLASS_APPLICATION_LIFECYCLE
+        && class_uid != CLASS_BASE_EVENT;
+    let host_profile = (e.pid.is_some() || e.agent.is_some()) && class_uid != CLASS_BASE_EVENT;
+    let mut profiles = vec!["datetime"];
+    if security_control {
+        profiles.push("security_control");
+    }
+    if host_profile {
+        profiles.push("host");
+    }
     o.insert(
         "metadata".into(),
         json!({
@@ -58,18 +81,20 @@ pub fn render(record: &Record) -> Value {
                 "vendor_name": "agentguard",
                 "version": env!("CARGO_PKG_VERSION"),
             },
-            "profiles": ["security_control"],
+            "profiles": profiles,
         }),
     );
     if let Some(reason) = &e.reason {
         o.insert("message".into(), json!(reason));
     }
     if let Some(d) = e.decision {
-        let (action_id, action, disposition_id, disposition) = action(d);
-        o.insert("action_id".into(), json!(action_id));
-        o.insert("action".into(), json!(action));
-        o.insert("disposition_id".into(), json!(disposition_id));
-        o.insert("disposition".into(), json!(disposition));
+        if security_control {
+            let (action_id, action, disposition_id, disposition) = action(d);
+            o.insert("action_id".into(), json!(action_id));
+            o.insert("action".into(), json!(action));
+            o.insert("disposition_id".into(), json!(disposition_id));
+            o.insert("disposition".into(), json!(disposition));
+        }
         let failed = matches!(d, Decision::Deny | Decision::Refuse | Decision::Reject);
         o.insert("status_id".into(), json!(if failed { 2 } else { 1 }));
         o.insert(
@@ -77,35 +102,24 @@ pub fn render(record: &Record) -> Value {
             json!(if failed { "Failure" } else { "Success" }),
         );
     }
-    if e.pid.is_some() || e.agent.is_some() {
+    if host_profile {
         o.insert("actor".into(), actor(e));
-    }
-    if e.src_ip.is_some() {
         o.insert(
-            "src_endpoint".into(),
-            json!({ "ip": e.src_ip, "port": e.src_port }),
+            "device".into(),
+            json!({ "hostname": hostname(), "type_id": 1, "type": "Server" }),
         );
     }
-    if e.dst_ip.is_some() || e.host.is_some() || e.sni.is_some() {
-        o.insert(
-            "dst_endpoint".into(),
-            json!({
-                "ip": e.dst_ip,
-                "port": e.dst_port,
-                "hostname": e.host.as_ref().or(e.sni.as_ref()),
-            }),
-        );
-    }
-    if matches!(class_uid, CLASS_NETWORK_ACTIVITY | CLASS_HTTP_ACTIVITY) {
-        let transport = match e.protocol.as_deref() {
-            Some("udp") => "udp",
-            Some("raw") => "raw",
-            _ => "tcp",
-        };
-        o.insert(
-            "connection_info".into(),
-            json!({ "protocol_name": transport, "direction_id": 2, "direction": "Outbound" }),
-        );
+    if matches!(
+        class_uid,
+        CLASS_NETWORK_ACTIVITY | CLASS_HTTP_ACTIVITY | CLASS_DNS_ACTIVITY
+    ) {
+        endpoints(e, &mut o);
+        let mut info = json!({ "direction_id": 2, "direction": "Outbound" });
+        if let Some((name, number)) = transport(e) {
+            info["protocol_name"] = json!(name);
+            info["protocol_num"] = json!(number);
+        }
+        o.insert("connection_info".into(), info);
         if e.bytes_in.is_some() || e.bytes_out.is_some() {
             // OCSF counts from the initiator: bytes_out leave the agent.
             o.insert(
@@ -123,7 +137,7 @@ pub fn render(record: &Record) -> Value {
             Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
             None => (e.path.clone().unwrap_or_default(), None),
         };
-        let host = e.host.clone().unwrap_or_default();
+        let host = e.host.clone().or_else(|| e.sni.clone()).unwrap_or_default();
         o.insert(
             "http_request".into(),
             json!({
@@ -145,6 +159,9 @@ pub fn render(record: &Record) -> Value {
             o.insert("http_status".into(), json!(status));
         }
     }
+    if class_uid == CLASS_DNS_ACTIVITY {
+        dns(e, &mut o);
+    }
     if class_uid == CLASS_APPLICATION_LIFECYCLE {
         o.insert(
             "app".into(),
@@ -160,20 +177,137 @@ pub fn render(record: &Record) -> Value {
                 "agent": e.agent,
                 "cgroup_path": e.cgroup_path,
                 "cgroup_id": e.cgroup_id,
+                "gid": e.gid,
                 "tool": e.tool,
                 "rule": e.rule,
+                "protocol": e.protocol,
                 "credential_id": e.credential_id,
                 "token_jti": e.token_jti,
                 "policy_version": e.policy_version,
                 "intent": e.intent,
                 "on_behalf_of": e.on_behalf_of,
                 "sni": e.sni,
+                "traceparent": e.traceparent,
                 "seq": record.seq,
                 "hash": record.hash,
             }
         }),
     );
-    Value::Object(o)
+    let mut v = Value::Object(o);
+    prune_nulls(&mut v);
+    v
+}
+
+/// Source and destination as far as the event knows them.
+fn endpoints(e: &Event, o: &mut Map<String, Value>) {
+    if e.src_ip.is_some() {
+        o.insert(
+            "src_endpoint".into(),
+            json!({ "ip": e.src_ip, "port": e.src_port }),
+        );
+    } else if e.pid.is_some() {
+        // The kernel saw the process on this host; no address was bound.
+        o.insert("src_endpoint".into(), json!({ "hostname": hostname() }));
+    }
+    let unix = e.protocol.as_deref() == Some("unix");
+    let sockopt = e.protocol.as_deref() == Some("sockopt");
+    let dst = if unix {
+        // A Unix socket has no address but its path (or abstract name).
+        json!({ "name": e.path })
+    } else if e.dst_ip.is_some() || e.host.is_some() || e.sni.is_some() {
+        json!({
+            "ip": e.dst_ip,
+            "port": e.dst_port,
+            "hostname": e.host.as_ref().or(e.sni.as_ref()),
+        })
+    } else if sockopt || e.kind == Kind::KernelRefusal {
+        // Refused before the socket had any destination.
+        json!({ "name": "unconnected" })
+    } else if e.kind == Kind::DnsQuery {
+        // Agentguard's own resolver, on this host.
+        json!({ "hostname": hostname(), "svc_name": "agentguard resolver" })
+    } else {
+        Value::Null
+    };
+    if !dst.is_null() {
+        o.insert("dst_endpoint".into(), dst);
+    }
+}
+
+/// The IANA transport protocol (name, number) under the event's protocol.
+fn transport(e: &Event) -> Option<(&'static str, u8)> {
+    match e.protocol.as_deref()? {
+        "tls" | "http" | "tcp" | "dns/tcp" => Some(("tcp", 6)),
+        p if p.starts_with("HTTP/") => Some(("tcp", 6)),
+        "udp" | "dns/udp" => Some(("udp", 17)),
+        "icmp" if e.dst_ip.as_deref().is_some_and(|ip| ip.contains(':')) => Some(("ipv6-icmp", 58)),
+        "icmp" => Some(("icmp", 1)),
+        // unix, sockopt, raw, other: no transport, or none known.
+        _ => None,
+    }
+}
+
+/// DNS Activity's own: the question, the response code and the answers
+/// (as the resolver recorded them: `<rcode> (<answers>)[: detail]`).
+fn dns(e: &Event, o: &mut Map<String, Value>) {
+    o.insert(
+        "query".into(),
+        json!({
+            "hostname": e.host.clone().unwrap_or_default(),
+            "type": e.method,
+            "class": "IN",
+        }),
+    );
+    let reason = e.reason.as_deref().unwrap_or_default();
+    let (rcode, rest) = reason.split_once(" (").unwrap_or((reason, ""));
+    let (rcode_id, caption) = rcode_id(rcode);
+    o.insert("rcode_id".into(), json!(rcode_id));
+    o.insert("rcode".into(), json!(caption.unwrap_or(rcode)));
+    let answers = rest.split_once(')').map_or("", |(a, _)| a);
+    if !answers.is_empty() && answers != "no records" {
+        let answers: Vec<Value> = answers
+            .split(", ")
+            .map(|rdata| json!({ "rdata": rdata }))
+            .collect();
+        o.insert("answers".into(), Value::Array(answers));
+    }
+}
+
+/// OCSF's `rcode_id` for the response code the resolver recorded (the
+/// hickory-proto names), and its OCSF caption.
+fn rcode_id(rcode: &str) -> (u64, Option<&'static str>) {
+    match rcode {
+        "No Error" => (0, Some("NoError")),
+        "Form Error" => (1, Some("FormError")),
+        "Server Failure" => (2, Some("ServError")),
+        "Non-Existent Domain" => (3, Some("NXDomain")),
+        "Not Implemented" => (4, Some("NotImp")),
+        "Query Refused" => (5, Some("Refused")),
+        _ => (99, None),
+    }
+}
+
+fn hostname() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into())
+    })
+}
+
+/// OCSF has no null: an absent value is a missing key.
+fn prune_nulls(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            for v in map.values_mut() {
+                prune_nulls(v);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(prune_nulls),
+        _ => {}
+    }
 }
 
 /// (class_uid, category_uid, activity_id)
@@ -188,8 +322,8 @@ fn classify(e: &Event) -> (u64, u64, u64) {
             (CLASS_NETWORK_ACTIVITY, 4, if refused { 5 } else { 1 })
         }
         Kind::KernelRefusal => (CLASS_NETWORK_ACTIVITY, 4, 5),
-        // 1 Query.
-        Kind::DnsQuery => (CLASS_DNS_ACTIVITY, 4, 1),
+        // 2 Response: the event records agentguard's answer to a query.
+        Kind::DnsQuery => (CLASS_DNS_ACTIVITY, 4, 2),
         // 3 Start, 4 Stop.
         Kind::DaemonStart => (CLASS_APPLICATION_LIFECYCLE, 6, 3),
         Kind::DaemonStop => (CLASS_APPLICATION_LIFECYCLE, 6, 4),
@@ -241,15 +375,18 @@ fn actor(e: &Event) -> Value {
         .as_deref()
         .and_then(|p| p.rsplit('/').next())
         .map(str::to_owned);
-    json!({
-        "app_name": e.agent,
-        "process": {
-            "pid": e.pid,
+    // OCSF 1.3's process has no group: the gid is under `unmapped`.
+    let process = e.pid.map(|pid| {
+        json!({
+            "pid": pid,
             "name": e.comm,
             "file": e.exe.as_ref().map(|p| json!({ "path": p, "name": exe_name, "type_id": 1 })),
             "user": e.uid.map(|u| json!({ "uid": u.to_string() })),
-            "group": e.gid.map(|g| json!({ "uid": g.to_string() })),
-        },
+        })
+    });
+    json!({
+        "app_name": e.agent,
+        "process": process,
         "user": e.uid.map(|u| json!({ "uid": u.to_string() })),
     })
 }
@@ -287,8 +424,11 @@ pub fn missing_required(o: &Value) -> Vec<&'static str> {
     }
     let class = o.get("class_uid").and_then(Value::as_u64);
     let lacks = |a: &str, b: &str| o.get(a).is_none() && o.get(b).is_none();
-    if class == Some(CLASS_NETWORK_ACTIVITY) && lacks("src_endpoint", "dst_endpoint") {
-        missing.push("src_endpoint or dst_endpoint");
+    if class == Some(CLASS_NETWORK_ACTIVITY) && o.get("dst_endpoint").is_none() {
+        missing.push("dst_endpoint");
+    }
+    if class == Some(CLASS_DNS_ACTIVITY) && o.pointer("/query/hostname").is_none() {
+        missing.push("query.hostname");
     }
     if class == Some(CLASS_HTTP_ACTIVITY) && lacks("http_request", "http_response") {
         missing.push("http_request or http_response");
@@ -346,5 +486,21 @@ mod tests {
             Event::new(Kind::Connection).with_decision(Decision::Refuse, "x"),
         ));
         assert_eq!(refused["type_uid"], 400105);
+    }
+
+    #[test]
+    fn the_transport_is_the_iana_protocol_or_nothing() {
+        let with = |protocol: &str, dst: Option<&str>| {
+            let mut e = Event::new(Kind::KernelRefusal).with_decision(Decision::Refuse, "x");
+            e.protocol = Some(protocol.into());
+            e.dst_ip = dst.map(str::to_owned);
+            render(&record(e))["connection_info"].clone()
+        };
+        assert_eq!(with("icmp", Some("127.0.0.1"))["protocol_name"], "icmp");
+        assert_eq!(with("icmp", Some("::1"))["protocol_num"], 58);
+        assert_eq!(with("tls", None)["protocol_name"], "tcp");
+        assert_eq!(with("dns/udp", None)["protocol_num"], 17);
+        assert!(with("unix", None).get("protocol_name").is_none());
+        assert!(with("raw", None).get("protocol_name").is_none());
     }
 }

@@ -1,13 +1,24 @@
-//! Export of committed audit records to an OpenTelemetry collector as logs:
-//! OTLP/HTTP with the JSON encoding (`POST <endpoint>/v1/logs`, an
-//! `ExportLogsServiceRequest`), which every collector accepts on its HTTP
-//! receiver.
+//! Export of committed audit records (and checkpoints) to an OpenTelemetry
+//! collector as OTLP/HTTP logs: `POST <endpoint>/v1/logs` with an
+//! `ExportLogsServiceRequest`, in protobuf (the default) or OTLP JSON,
+//! optionally gzipped, with the headers, CA and client certificate the
+//! operator gives (see [`config`] for the flags and `OTEL_EXPORTER_OTLP_*`
+//! variables).
 //!
 //! The exporter reads what the writer has committed, never the proxy's
-//! queue, so a slow or dead collector cannot hold up a request. Its buffer is
-//! bounded: when the collector is away for long, the oldest buffered records
-//! are dropped from the export (counted in `agentguard_otlp_dropped_total`),
-//! never from the local store, which stays the system of record.
+//! queue, so a slow or dead collector cannot hold up a request. Its buffer
+//! is bounded in records and in bytes: when the collector is away for long,
+//! the oldest buffered records are dropped from the export (counted in
+//! `agentguard_otlp_dropped_total`), never from the local store, which stays
+//! the system of record. Failures are handled as OTLP specifies
+//! ([`retry`]): 429/502/503/504 and unreachable collectors are retried with
+//! backoff (or after `Retry-After`); any other refusal drops the batch
+//! (`agentguard_otlp_rejected_total`), as do the records a collector
+//! rejects in a partial success.
+
+pub mod config;
+mod encode;
+mod retry;
 
 use std::{
     collections::VecDeque,
@@ -15,33 +26,61 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
-use http_body_util::{BodyExt as _, Full};
-use hyper::{Method, Request, Uri, body::Bytes, header};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{HeaderMap, Method, Request, body::Bytes, header};
 use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use serde_json::{Value, json};
+use opentelemetry_proto::tonic::{
+    collector::logs::v1::ExportLogsServiceResponse, resource::v1::Resource,
+};
+use prost::Message as _;
 use thiserror::Error;
 use tokio::sync::{Notify, broadcast};
 use tracing::{debug, warn};
 
-use super::store::Record;
+use config::{Compression, Protocol};
+pub use config::{OtlpConfig, OtlpFlags, logs_url};
+use retry::Outcome;
+
+use super::store::{Checkpoint, Record};
 
 /// Records held for export at most; beyond it the oldest go.
 pub const BUFFER: usize = 8192;
+/// And at most about this many bytes of them (event fields are bounded,
+/// but not small).
+pub const BUFFER_BYTES: usize = 16 << 20;
+/// Checkpoints held for export at most; the newest covers the most.
+const CHECKPOINTS_HELD: usize = 64;
 /// Records per export request.
 const BATCH: usize = 512;
 /// How long records wait to fill a batch.
 const INTERVAL: Duration = Duration::from_secs(1);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// What is read of a collector's answer (a partial success, an error).
+const MAX_RESPONSE: usize = 64 * 1024;
 
 #[derive(Debug, Error)]
 pub enum OtlpError {
-    #[error("--otlp-endpoint {0:?}: expected an http:// or https:// URL")]
+    #[error("OTLP endpoint {0:?}: expected an http:// or https:// URL")]
     Endpoint(String),
+    #[error(
+        "OTLP protocol {0:?}: agentguard exports OTLP/HTTP, \"http/protobuf\" or \"http/json\""
+    )]
+    Protocol(String),
+    #[error("OTLP compression {0:?}: expected \"gzip\" or \"none\"")]
+    Compression(String),
+    #[error("OTEL_EXPORTER_OTLP_TIMEOUT {0:?}: expected milliseconds, at least 1")]
+    Timeout(String),
+    #[error("OTEL_EXPORTER_OTLP_HEADERS: {0}")]
+    Header(String),
+    #[error("{var}: {reason} (expected key=value,key2=value2)")]
+    Pairs { var: &'static str, reason: String },
+    #[error("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY go together")]
+    ClientCertificate,
+    #[error("OTLP TLS {path}: {reason}")]
+    Pem { path: String, reason: String },
     #[error("OTLP TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
 }
@@ -51,14 +90,26 @@ pub enum OtlpError {
 pub struct OtlpStats {
     exported: AtomicU64,
     dropped: AtomicU64,
+    rejected: AtomicU64,
     failures: AtomicU64,
+    checkpoints: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct OtlpSnapshot {
+    /// Records the collector accepted.
     pub exported: u64,
+    /// Records dropped from the full buffer (oldest first).
     pub dropped: u64,
+    /// Records the collector refused for good (a non-retryable status, or
+    /// rejected in a partial success).
+    #[serde(default)]
+    pub rejected: u64,
+    /// Export attempts that failed and were retried.
     pub failures: u64,
+    /// Checkpoints the collector accepted.
+    #[serde(default)]
+    pub checkpoints: u64,
 }
 
 impl OtlpStats {
@@ -66,44 +117,59 @@ impl OtlpStats {
         OtlpSnapshot {
             exported: self.exported.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
+            checkpoints: self.checkpoints.load(Ordering::Relaxed),
         }
     }
 }
 
-/// `<endpoint>/v1/logs`, as OTLP/HTTP specifies for a base endpoint.
-pub fn logs_url(endpoint: &str) -> Result<Uri, OtlpError> {
-    let bad = || OtlpError::Endpoint(endpoint.to_owned());
-    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-        return Err(bad());
-    }
-    let base = endpoint.trim_end_matches('/');
-    let url = if base.ends_with("/v1/logs") {
-        base.to_owned()
-    } else {
-        format!("{base}/v1/logs")
-    };
-    url.parse().map_err(|_| bad())
-}
-
-/// Starts exporting what `records` delivers to `url`. Runs until the
-/// record stream closes.
+/// Starts exporting what `records` and `checkpoints` deliver, after
+/// `latest` (the store's newest checkpoint at start: a collector configured
+/// since, or away at the last export, gets it). Runs until the record
+/// stream closes.
 pub fn spawn(
-    url: Uri,
+    cfg: OtlpConfig,
     records: broadcast::Receiver<Arc<Record>>,
+    checkpoints: broadcast::Receiver<Arc<Checkpoint>>,
+    latest: Option<Checkpoint>,
     stats: Arc<OtlpStats>,
 ) -> Result<(), OtlpError> {
+    let client = client(&cfg)?;
     let buffer = Arc::new(Buffer::default());
-    tokio::spawn(fill(records, buffer.clone(), stats.clone()));
-    let client = client()?;
-    tokio::spawn(export(url, client, buffer, stats));
+    if let Some(c) = latest {
+        buffer.lock().checkpoints.push_back(Arc::new(c));
+    }
+    tokio::spawn(fill(records, checkpoints, buffer.clone(), stats.clone()));
+    let exporter = Exporter {
+        resource: encode::resource(&cfg.resource),
+        cfg,
+        client,
+        buffer,
+        stats,
+    };
+    tokio::spawn(exporter.run());
     Ok(())
 }
 
 #[derive(Default)]
 struct Buffer {
-    records: Mutex<VecDeque<Arc<Record>>>,
+    inner: Mutex<Held>,
     ready: Notify,
+}
+
+#[derive(Default)]
+struct Held {
+    /// Each record with its estimated size.
+    records: VecDeque<(Arc<Record>, usize)>,
+    bytes: usize,
+    checkpoints: VecDeque<Arc<Checkpoint>>,
+}
+
+impl Buffer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 type HttpClient = Client<
@@ -111,14 +177,39 @@ type HttpClient = Client<
     Full<Bytes>,
 >;
 
-fn client() -> Result<HttpClient, OtlpError> {
+fn client(cfg: &OtlpConfig) -> Result<HttpClient, OtlpError> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    match &cfg.ca {
+        // The operator's CA replaces the system's: a collector with a
+        // private CA is trusted for exactly that.
+        Some(ca) => {
+            for cert in read_certs(ca)? {
+                roots.add(cert)?;
+            }
+        }
+        None => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let tls = match &cfg.client_cert {
+        Some((cert, key)) => {
+            let chain = read_certs(cert)?;
+            let pem_err = |reason: String| OtlpError::Pem {
+                path: key.display().to_string(),
+                reason,
+            };
+            let bytes = std::fs::read(key).map_err(|e| pem_err(e.to_string()))?;
+            let key = rustls_pemfile::private_key(&mut &bytes[..])
+                .map_err(|e| pem_err(e.to_string()))?
+                .ok_or_else(|| pem_err("no private key".into()))?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
     let connector = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
@@ -127,222 +218,309 @@ fn client() -> Result<HttpClient, OtlpError> {
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
-/// Moves committed records into the bounded buffer, dropping the oldest
-/// when it is full.
+fn read_certs(
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, OtlpError> {
+    let pem_err = |reason: String| OtlpError::Pem {
+        path: path.display().to_string(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| pem_err(e.to_string()))?;
+    let certs = rustls_pemfile::certs(&mut &bytes[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(pem_err("no PEM certificate".into()));
+    }
+    Ok(certs)
+}
+
+/// A record's share of the buffer: its text fields and a fixed overhead.
+fn size_of_record(r: &Record) -> usize {
+    let e = &r.event;
+    let text = [
+        &e.agent,
+        &e.cgroup_path,
+        &e.exe,
+        &e.comm,
+        &e.on_behalf_of,
+        &e.intent,
+        &e.host,
+        &e.sni,
+        &e.path,
+        &e.tool,
+        &e.rule,
+        &e.reason,
+        &e.credential_id,
+        &e.token_jti,
+        &e.policy_version,
+        &e.traceparent,
+    ]
+    .iter()
+    .map(|f| f.as_ref().map_or(0, String::len))
+    .sum::<usize>();
+    text + 512
+}
+
+/// Moves committed records and checkpoints into the bounded buffer,
+/// dropping the oldest when it is full.
 async fn fill(
     mut records: broadcast::Receiver<Arc<Record>>,
+    mut checkpoints: broadcast::Receiver<Arc<Checkpoint>>,
     buffer: Arc<Buffer>,
     stats: Arc<OtlpStats>,
 ) {
+    let mut checkpoints_open = true;
     loop {
-        match records.recv().await {
-            Ok(r) => {
-                let mut q = buffer.records.lock().unwrap_or_else(|p| p.into_inner());
-                if q.len() >= BUFFER {
-                    q.pop_front();
-                    stats.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                q.push_back(r);
-                if q.len() >= BATCH {
-                    buffer.ready.notify_one();
-                }
-            }
-            // The writer's own follow buffer overflowed first.
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                stats.dropped.fetch_add(n, Ordering::Relaxed);
-            }
-            Err(broadcast::error::RecvError::Closed) => {
-                buffer.ready.notify_one();
-                return;
-            }
-        }
-    }
-}
-
-async fn export(url: Uri, client: HttpClient, buffer: Arc<Buffer>, stats: Arc<OtlpStats>) {
-    let mut backoff = INTERVAL;
-    loop {
-        let _ = tokio::time::timeout(INTERVAL, buffer.ready.notified()).await;
-        loop {
-            let batch: Vec<Arc<Record>> = {
-                let q = buffer.records.lock().unwrap_or_else(|p| p.into_inner());
-                q.iter().take(BATCH).cloned().collect()
-            };
-            let Some(last) = batch.last().map(|r| r.seq) else {
-                break;
-            };
-            match post(&client, &url, &batch).await {
-                Ok(()) => {
-                    stats
-                        .exported
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    backoff = INTERVAL;
-                    // Only what was sent goes; overflow may have already
-                    // dropped some of it.
-                    let mut q = buffer.records.lock().unwrap_or_else(|p| p.into_inner());
-                    while q.front().is_some_and(|r| r.seq <= last) {
-                        q.pop_front();
+        tokio::select! {
+            r = records.recv() => match r {
+                Ok(r) => {
+                    let size = size_of_record(&r);
+                    let mut held = buffer.lock();
+                    while !held.records.is_empty()
+                        && (held.records.len() >= BUFFER || held.bytes + size > BUFFER_BYTES)
+                    {
+                        if let Some((_, s)) = held.records.pop_front() {
+                            held.bytes -= s;
+                        }
+                        stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    held.records.push_back((r, size));
+                    held.bytes += size;
+                    if held.records.len() >= BATCH {
+                        buffer.ready.notify_one();
                     }
                 }
-                Err(e) => {
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
-                    warn!(error = %e, retry_in = ?backoff, buffered = batch.len(), "OTLP export failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                // The writer's own follow buffer overflowed first.
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    stats.dropped.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    buffer.ready.notify_one();
+                    return;
+                }
+            },
+            c = checkpoints.recv(), if checkpoints_open => match c {
+                Ok(c) => {
+                    let mut held = buffer.lock();
+                    if held.checkpoints.len() >= CHECKPOINTS_HELD {
+                        held.checkpoints.pop_front();
+                    }
+                    held.checkpoints.push_back(c);
+                    // A checkpoint should leave the host as it is signed.
+                    buffer.ready.notify_one();
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => checkpoints_open = false,
+            },
+        }
+    }
+}
+
+struct Exporter {
+    cfg: OtlpConfig,
+    client: HttpClient,
+    buffer: Arc<Buffer>,
+    stats: Arc<OtlpStats>,
+    resource: Resource,
+}
+
+impl Exporter {
+    async fn run(self) {
+        let mut backoff = retry::FIRST_BACKOFF;
+        loop {
+            let _ = tokio::time::timeout(INTERVAL, self.buffer.ready.notified()).await;
+            loop {
+                let (records, checkpoints): (Vec<Arc<Record>>, Vec<Arc<Checkpoint>>) = {
+                    let held = self.buffer.lock();
+                    (
+                        held.records
+                            .iter()
+                            .take(BATCH)
+                            .map(|(r, _)| r.clone())
+                            .collect(),
+                        held.checkpoints.iter().cloned().collect(),
+                    )
+                };
+                if records.is_empty() && checkpoints.is_empty() {
+                    break;
+                }
+                let outcome = self.post(&records, &checkpoints).await;
+                let sent = records.len() as u64;
+                match outcome {
+                    Outcome::Accepted { rejected } => {
+                        backoff = retry::FIRST_BACKOFF;
+                        let rejected = rejected.min(sent + checkpoints.len() as u64);
+                        if rejected > 0 {
+                            warn!(
+                                rejected,
+                                "OTLP collector rejected some records (partial success); they are not sent again"
+                            );
+                        }
+                        self.stats
+                            .exported
+                            .fetch_add(sent.saturating_sub(rejected), Ordering::Relaxed);
+                        self.stats.rejected.fetch_add(rejected, Ordering::Relaxed);
+                        self.stats
+                            .checkpoints
+                            .fetch_add(checkpoints.len() as u64, Ordering::Relaxed);
+                        self.forget(&records, &checkpoints);
+                    }
+                    Outcome::Drop { why } => {
+                        backoff = retry::FIRST_BACKOFF;
+                        warn!(records = sent, checkpoints = checkpoints.len(), %why, "OTLP export refused; batch dropped (the local store keeps it)");
+                        self.stats.rejected.fetch_add(sent, Ordering::Relaxed);
+                        self.forget(&records, &checkpoints);
+                    }
+                    Outcome::Retry { why, after } => {
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        let wait = retry::wait(after, backoff);
+                        warn!(%why, retry_in = ?wait, buffered = records.len(), "OTLP export failed; retrying");
+                        tokio::time::sleep(wait).await;
+                        backoff = retry::next_backoff(backoff);
+                    }
                 }
             }
         }
     }
-}
 
-async fn post(client: &HttpClient, url: &Uri, batch: &[Arc<Record>]) -> Result<(), String> {
-    let body = serde_json::to_vec(&request_body(batch)).map_err(|e| e.to_string())?;
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(url.clone())
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(REQUEST_TIMEOUT, client.request(req))
-        .await
-        .map_err(|_| "collector did not answer in time".to_owned())?
-        .map_err(|e| format!("collector unreachable: {e}"))?;
-    let status = resp.status();
-    // Read the answer so the connection can be reused.
-    let _ = resp.into_body().collect().await;
-    if status.is_success() {
-        debug!(records = batch.len(), "exported to OTLP collector");
-        Ok(())
-    } else {
-        Err(format!("collector answered {status}"))
-    }
-}
-
-/// An `ExportLogsServiceRequest` in OTLP's JSON encoding (64-bit integers as
-/// strings, enums as numbers).
-pub fn request_body(batch: &[Arc<Record>]) -> Value {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
-    let records: Vec<Value> = batch.iter().map(|r| log_record(r)).collect();
-    json!({
-        "resourceLogs": [{
-            "resource": { "attributes": [
-                attr_str("service.name", "agentguard"),
-                attr_str("service.version", env!("CARGO_PKG_VERSION")),
-                attr_str("host.name", &host),
-            ]},
-            "scopeLogs": [{
-                "scope": { "name": "agentguard.audit", "version": env!("CARGO_PKG_VERSION") },
-                "logRecords": records,
-            }],
-        }],
-    })
-}
-
-fn log_record(r: &Record) -> Value {
-    let e = &r.event;
-    let nanos = humantime::parse_rfc3339(&e.time)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
-    // SeverityNumber: 9 INFO, 13 WARN.
-    let warn = matches!(
-        e.decision,
-        Some(
-            super::Decision::Deny
-                | super::Decision::Refuse
-                | super::Decision::Reject
-                | super::Decision::WouldDeny
-        )
-    );
-    let mut attributes = vec![
-        attr_str("agentguard.kind", e.kind.as_str()),
-        attr_int("agentguard.seq", r.seq),
-        attr_str("agentguard.hash", &r.hash),
-    ];
-    let mut opt = |key: &str, v: &Option<String>| {
-        if let Some(v) = v {
-            attributes.push(attr_str(key, v));
+    /// Removes what was sent; overflow may have dropped some of it already.
+    fn forget(&self, records: &[Arc<Record>], checkpoints: &[Arc<Checkpoint>]) {
+        let mut held = self.buffer.lock();
+        if let Some(last) = records.last().map(|r| r.seq) {
+            while held.records.front().is_some_and(|(r, _)| r.seq <= last) {
+                if let Some((_, s)) = held.records.pop_front() {
+                    held.bytes -= s;
+                }
+            }
         }
-    };
-    opt("agentguard.agent", &e.agent);
-    opt(
-        "agentguard.decision",
-        &e.decision.map(|d| d.as_str().to_owned()),
-    );
-    opt("agentguard.tool", &e.tool);
-    opt("server.address", &e.host.clone().or_else(|| e.sni.clone()));
-    opt("http.request.method", &e.method);
-    if let Some(pid) = e.pid {
-        attributes.push(attr_int("process.pid", i64::from(pid)));
+        if let Some(last) = checkpoints.last().map(|c| c.seq) {
+            held.checkpoints.retain(|c| c.seq > last);
+        }
     }
-    if let Some(status) = e.status {
-        attributes.push(attr_int("http.response.status_code", i64::from(status)));
+
+    async fn post(&self, records: &[Arc<Record>], checkpoints: &[Arc<Checkpoint>]) -> Outcome {
+        let request = encode::request(
+            &self.resource,
+            &encode::Batch {
+                records,
+                checkpoints,
+            },
+        );
+        let body = encode::body(&request, self.cfg.protocol, self.cfg.compression);
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(self.cfg.url.clone())
+            .header(
+                header::CONTENT_TYPE,
+                match self.cfg.protocol {
+                    Protocol::Protobuf => "application/x-protobuf",
+                    Protocol::Json => "application/json",
+                },
+            )
+            .header(
+                header::USER_AGENT,
+                concat!("agentguard/", env!("CARGO_PKG_VERSION")),
+            );
+        if self.cfg.compression == Compression::Gzip {
+            req = req.header(header::CONTENT_ENCODING, "gzip");
+        }
+        for (k, v) in &self.cfg.headers {
+            req = req.header(k, v);
+        }
+        let req = match req.body(Full::new(Bytes::from(body))) {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome::Drop {
+                    why: format!("request not built: {e}"),
+                };
+            }
+        };
+        let resp = match tokio::time::timeout(self.cfg.timeout, self.client.request(req)).await {
+            Err(_) => {
+                return Outcome::Retry {
+                    why: "collector did not answer in time".into(),
+                    after: None,
+                };
+            }
+            Ok(Err(e)) => {
+                return Outcome::Retry {
+                    why: format!("collector unreachable: {e}"),
+                    after: None,
+                };
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        let (parts, body) = resp.into_parts();
+        // Read (bounded) so the connection can be reused, and for a
+        // partial success.
+        let bytes =
+            tokio::time::timeout(self.cfg.timeout, Limited::new(body, MAX_RESPONSE).collect())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+        if parts.status.is_success() {
+            debug!(
+                records = records.len(),
+                checkpoints = checkpoints.len(),
+                "exported to OTLP collector"
+            );
+            Outcome::Accepted {
+                rejected: rejected_in(&parts.headers, &bytes),
+            }
+        } else {
+            retry::classify_failure(parts.status, &parts.headers, SystemTime::now())
+        }
     }
-    json!({
-        "timeUnixNano": nanos.to_string(),
-        "observedTimeUnixNano": nanos.to_string(),
-        "severityNumber": if warn { 13 } else { 9 },
-        "severityText": if warn { "WARN" } else { "INFO" },
-        "eventName": format!("agentguard.{}", e.kind.as_str()),
-        "body": { "stringValue": serde_json::to_string(r).unwrap_or_default() },
-        "attributes": attributes,
-    })
 }
 
-fn attr_str(key: &str, value: &str) -> Value {
-    json!({ "key": key, "value": { "stringValue": value } })
-}
-
-fn attr_int(key: &str, value: i64) -> Value {
-    json!({ "key": key, "value": { "intValue": value.to_string() } })
+/// `partial_success.rejected_log_records` of a success answer, in either
+/// encoding; 0 when absent or unreadable.
+fn rejected_in(headers: &HeaderMap, body: &[u8]) -> u64 {
+    if body.is_empty() {
+        return 0;
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let partial = if json {
+        serde_json::from_slice::<ExportLogsServiceResponse>(body).ok()
+    } else {
+        ExportLogsServiceResponse::decode(body).ok()
+    }
+    .and_then(|r| r.partial_success);
+    match partial {
+        Some(p) => {
+            if !p.error_message.is_empty() {
+                warn!(message = %p.error_message, "OTLP collector: partial success");
+            }
+            u64::try_from(p.rejected_log_records).unwrap_or(0)
+        }
+        None => 0,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{Decision, Event, Kind};
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsPartialSuccess;
 
     #[test]
-    fn endpoints_get_the_logs_path() {
-        assert_eq!(
-            logs_url("http://127.0.0.1:4318").unwrap().to_string(),
-            "http://127.0.0.1:4318/v1/logs"
-        );
-        assert_eq!(
-            logs_url("https://c.example/v1/logs").unwrap().to_string(),
-            "https://c.example/v1/logs"
-        );
-        assert!(logs_url("127.0.0.1:4318").is_err());
-    }
-
-    #[test]
-    fn bodies_follow_the_otlp_json_shape() {
-        let mut e = Event::new(Kind::Request).with_decision(Decision::Allow, "ok");
-        e.agent = Some("bot".into());
-        let r = Arc::new(Record {
-            seq: 3,
-            event: e,
-            prev_hash: String::new(),
-            hash: "ab".into(),
-        });
-        let body = request_body(&[r]);
-        let rec = &body["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0];
-        assert_eq!(rec["severityNumber"], 9);
-        assert!(rec["timeUnixNano"].as_str().unwrap().len() > 15);
-        assert!(
-            rec["body"]["stringValue"]
-                .as_str()
-                .unwrap()
-                .contains("\"agent\":\"bot\"")
-        );
-        assert!(
-            rec["attributes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|a| a["key"] == "agentguard.seq" && a["value"]["intValue"] == "3")
-        );
+    fn partial_success_is_read_in_both_encodings() {
+        let resp = ExportLogsServiceResponse {
+            partial_success: Some(ExportLogsPartialSuccess {
+                rejected_log_records: 3,
+                error_message: "too old".into(),
+            }),
+        };
+        let mut json = HeaderMap::new();
+        json.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        assert_eq!(rejected_in(&HeaderMap::new(), &resp.encode_to_vec()), 3);
+        assert_eq!(rejected_in(&json, &serde_json::to_vec(&resp).unwrap()), 3);
+        assert_eq!(rejected_in(&json, b"{}"), 0);
+        assert_eq!(rejected_in(&HeaderMap::new(), b""), 0);
     }
 }

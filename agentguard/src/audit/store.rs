@@ -25,12 +25,16 @@ use thiserror::Error;
 
 use super::{
     chain::{GENESIS, Hash, from_hex},
-    event::{COLUMNS, Event},
+    event::{BASE_COLUMNS, COLUMNS, Event},
 };
 
 pub const DB_FILE: &str = "audit.db";
-/// Bumped when the table layout changes.
-const SCHEMA_VERSION: &str = "1";
+/// Bumped when the table layout changes. 2 added the extension columns
+/// (`traceparent`); a version 1 store is migrated when the daemon opens it
+/// and read as it is by `audit query` and `audit verify`.
+const SCHEMA_VERSION: &str = "2";
+/// Versions this agentguard reads.
+const READABLE_VERSIONS: &[&str] = &["1", "2"];
 /// How long a reader or writer waits for a lock before giving up: readers
 /// never block WAL writers, but checkpoints of the WAL file can briefly.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,7 +65,7 @@ pub enum StoreError {
     #[error("no audit database at {0} (has the daemon run with this --state-dir?)")]
     Missing(PathBuf),
     #[error(
-        "audit database {path} has schema version {found}, this agentguard reads {SCHEMA_VERSION}"
+        "audit database {path} has schema version {found}, this agentguard reads 1 and {SCHEMA_VERSION}"
     )]
     Schema { path: PathBuf, found: String },
 }
@@ -77,7 +81,7 @@ pub struct Record {
 }
 
 /// A signed statement that the chain's event `seq` has hash `hash`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     pub seq: i64,
     pub hash: String,
@@ -99,6 +103,9 @@ pub struct Tail {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The [`COLUMNS`] as a select list; a column an older store lacks
+    /// reads as NULL.
+    select_list: String,
 }
 
 impl Store {
@@ -129,9 +136,15 @@ impl Store {
             path: path.clone(),
             source,
         })?;
-        let store = Self { conn, path };
+        let mut store = Self {
+            conn,
+            path,
+            select_list: COLUMNS.join(", "),
+        };
         store.init().map_err(|e| store.err(e))?;
         store.check_schema()?;
+        store.migrate().map_err(|e| store.err(e))?;
+        store.select_list = store.select_list().map_err(|e| store.err(e))?;
         Ok(store)
     }
 
@@ -149,15 +162,17 @@ impl Store {
             path: path.to_owned(),
             source,
         })?;
-        let store = Self {
+        let mut store = Self {
             conn,
             path: path.to_owned(),
+            select_list: COLUMNS.join(", "),
         };
         store
             .conn
             .busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| store.err(e))?;
         store.check_schema()?;
+        store.select_list = store.select_list().map_err(|e| store.err(e))?;
         Ok(store)
     }
 
@@ -231,12 +246,58 @@ impl Store {
             .optional()
             .map_err(|e| self.err(e))?;
         match found {
-            Some(v) if v == SCHEMA_VERSION => Ok(()),
+            Some(v) if READABLE_VERSIONS.contains(&v.as_str()) => Ok(()),
             found => Err(StoreError::Schema {
                 path: self.path.clone(),
                 found: found.unwrap_or_else(|| "none".into()),
             }),
         }
+    }
+
+    /// Brings an older store to [`SCHEMA_VERSION`] in one transaction: adds
+    /// the extension columns it lacks (NULL in every existing row, which
+    /// therefore hashes as before). Nothing else changes.
+    fn migrate(&mut self) -> rusqlite::Result<()> {
+        let present = self.event_columns()?;
+        let tx = self.conn.transaction()?;
+        for column in &COLUMNS[BASE_COLUMNS..] {
+            if !present.iter().any(|p| p == column) {
+                let ty = if INTEGER_COLUMNS.contains(column) {
+                    "INTEGER"
+                } else {
+                    "TEXT"
+                };
+                tx.execute_batch(&format!("ALTER TABLE events ADD COLUMN {column} {ty}"))?;
+            }
+        }
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+            [SCHEMA_VERSION],
+        )?;
+        tx.commit()
+    }
+
+    fn event_columns(&self) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name FROM pragma_table_info('events')")?;
+        let names = stmt.query_map([], |r| r.get(0))?;
+        names.collect()
+    }
+
+    fn select_list(&self) -> rusqlite::Result<String> {
+        let present = self.event_columns()?;
+        Ok(COLUMNS
+            .iter()
+            .map(|c| {
+                if present.iter().any(|p| p == c) {
+                    (*c).to_owned()
+                } else {
+                    format!("NULL AS {c}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", "))
     }
 
     /// The end of the chain: the last event, or, when retention removed
@@ -433,7 +494,7 @@ impl Store {
             .conn
             .prepare(&format!(
                 "SELECT seq, {}, prev_hash, hash FROM events ORDER BY seq",
-                COLUMNS.join(", ")
+                self.select_list
             ))
             .map_err(|e| self.err(e))?;
         let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
@@ -459,7 +520,7 @@ impl Store {
         let sql = format!(
             "SELECT * FROM (SELECT seq, {cols}, prev_hash, hash FROM events WHERE {condition}
              ORDER BY seq DESC LIMIT {limit}) ORDER BY seq",
-            cols = COLUMNS.join(", ")
+            cols = self.select_list
         );
         let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
         let mut rows = stmt

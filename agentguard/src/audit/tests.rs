@@ -23,6 +23,8 @@ fn config(checkpoint_every: u64) -> AuditConfig {
         },
         queue: 16,
         queue_bytes: 1 << 20,
+        signing_key: None,
+        anchors: anchor::AnchorConfig::default(),
     }
 }
 
@@ -214,7 +216,7 @@ fn size_retention_cuts_at_a_checkpoint_and_the_rest_verifies() {
 
 /// Recomputes every hash and re-signs every checkpoint (test set-up only).
 fn rechain(state: &std::path::Path) {
-    let signer = signing::Signer::load_or_create(&audit_dir(state)).unwrap();
+    let signer = signing::Signer::load_or_create(&signing::default_key_path(state), &[]).unwrap();
     let conn = Connection::open(db_path(state)).unwrap();
     let store = Store::open_read_only(&db_path(state)).unwrap();
     let mut prev = chain::GENESIS;
@@ -269,3 +271,76 @@ fn followers_see_committed_records() {
     assert_eq!(sink.status().events_written, 1);
     writer.shutdown(Duration::from_secs(5));
 }
+
+/// The store's checkpoints, as `--audit-anchor-dir` would have exported
+/// them.
+fn exported(state: &std::path::Path) -> Vec<Checkpoint> {
+    Store::open_read_only(&db_path(state))
+        .unwrap()
+        .checkpoints()
+        .unwrap()
+}
+
+fn check_anchored(
+    state: &std::path::Path,
+    anchors: &[Checkpoint],
+) -> Result<verify::Report, verify::Break> {
+    let store = Store::open_read_only(&db_path(state)).unwrap();
+    let key = Verifier::load(&audit_dir(state).join(PUBLIC_KEY_FILE)).unwrap();
+    verify::verify_anchored(&store, &key, anchors).unwrap()
+}
+
+#[test]
+fn a_cut_after_an_exported_checkpoint_is_found_only_with_the_anchor() {
+    let state = tempfile::tempdir().unwrap();
+    write(state.path(), 100, 25);
+    let anchors = exported(state.path());
+    assert_eq!(anchors.last().unwrap().seq, 100);
+    let report = check_anchored(state.path(), &anchors).unwrap();
+    assert_eq!(report.anchor.unwrap().newest_seq, 100);
+
+    // The tail and the checkpoints after the cut go together: the store
+    // alone is consistent again.
+    tamper(
+        state.path(),
+        "DELETE FROM events WHERE seq > 60; DELETE FROM checkpoints WHERE seq > 60;",
+    );
+    check(state.path()).expect("undetectable from the store alone");
+    let broken = check_anchored(state.path(), &anchors).unwrap_err();
+    assert_eq!(broken.seq, 61, "{broken}");
+    assert!(
+        broken.reason.contains("events 61..=100 are missing"),
+        "{broken}"
+    );
+}
+
+#[test]
+fn a_chain_made_anew_with_the_same_key_is_found_only_with_the_anchor() {
+    let state = tempfile::tempdir().unwrap();
+    write(state.path(), 50, 25);
+    let anchors = exported(state.path());
+    // Replaced: the same key (the intruder read it) signs a fresh chain
+    // of as many events.
+    let key = signing::default_key_path(state.path());
+    let fresh = tempfile::tempdir().unwrap();
+    let fresh_key = signing::default_key_path(fresh.path());
+    std::fs::create_dir_all(fresh_key.parent().unwrap()).unwrap();
+    std::fs::copy(&key, &fresh_key).unwrap();
+    write(fresh.path(), 60, 25);
+    std::fs::copy(db_path(fresh.path()), db_path(state.path())).unwrap();
+    check(state.path()).expect("undetectable from the store alone");
+    let broken = check_anchored(state.path(), &anchors).unwrap_err();
+    assert_eq!(broken.seq, anchors[0].seq, "{broken}");
+    assert!(broken.reason.contains("replaced"), "{broken}");
+
+    // Emptied: every exported event is missing.
+    tamper(state.path(), "DELETE FROM events; DELETE FROM checkpoints;");
+    let broken = check_anchored(state.path(), &anchors).unwrap_err();
+    assert_eq!(broken.seq, 1);
+    assert!(
+        broken.reason.contains("the store holds no events"),
+        "{broken}"
+    );
+}
+
+mod upgrade;

@@ -6,9 +6,14 @@
 //! deleted row (a gap in the sequence), rows moved or swapped (`seq` and
 //! `prev_hash` are inside each hash), a checkpoint whose signature or hash
 //! does not match, and events removed from the end up to a checkpoint.
-//! Events after the last checkpoint are covered by the chain alone: removing
-//! them from the end is only visible against a copy kept elsewhere (an OTLP
-//! collector), which is why checkpoints come often.
+//!
+//! Everything in the store can be cut or replaced together with the store:
+//! the tail with the checkpoints after the cut, or the whole chain. Only
+//! what left the host catches that: given exported checkpoints (anchors,
+//! see [`super::anchor`]), every one of them must match the chain, so
+//! events cut up to the newest exported checkpoint, and a chain made anew,
+//! are found and named. Events after the newest exported checkpoint are
+//! covered by the chain alone, which is why checkpoints come often.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +35,17 @@ pub struct Report {
     pub anchor_seq: Option<i64>,
     pub checkpoints: usize,
     pub last_checkpoint_seq: Option<i64>,
+    /// The newest exported checkpoint the chain was checked against.
+    pub anchor: Option<AnchorCheck>,
+}
+
+/// The exported checkpoints a chain matched.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnchorCheck {
+    /// How many were given.
+    pub count: usize,
+    pub newest_seq: i64,
+    pub newest_time: String,
 }
 
 impl std::fmt::Display for Report {
@@ -48,6 +64,13 @@ impl std::fmt::Display for Report {
         write!(f, ", {} signed checkpoints", self.checkpoints)?;
         if let (Some(c), Some(last)) = (self.last_checkpoint_seq, self.last_seq) {
             write!(f, " (last at seq {c}; {} events after it)", last - c)?;
+        }
+        if let Some(a) = &self.anchor {
+            write!(
+                f,
+                "; matches {} exported checkpoint(s), the newest at seq {} ({})",
+                a.count, a.newest_seq, a.newest_time
+            )?;
         }
         Ok(())
     }
@@ -69,6 +92,17 @@ impl std::fmt::Display for Break {
 /// `Ok(Ok(report))` for an intact chain, `Ok(Err(break))` for the first
 /// break, `Err` when the store cannot be read at all.
 pub fn verify(store: &Store, key: &Verifier) -> Result<Result<Report, Break>, StoreError> {
+    verify_anchored(store, key, &[])
+}
+
+/// [`verify`], and the chain must match each of `anchors`: exported
+/// checkpoints whose signatures the caller has checked against `key`
+/// ([`super::anchor::check_signatures`]).
+pub fn verify_anchored(
+    store: &Store,
+    key: &Verifier,
+    anchors: &[Checkpoint],
+) -> Result<Result<Report, Break>, StoreError> {
     let checkpoints: BTreeMap<i64, Checkpoint> = store
         .checkpoints()?
         .into_iter()
@@ -98,6 +132,7 @@ pub fn verify(store: &Store, key: &Verifier) -> Result<Result<Report, Break>, St
         }
     }
 
+    let exported: BTreeMap<i64, &Checkpoint> = anchors.iter().map(|a| (a.seq, a)).collect();
     let mut expected_seq: Option<i64> = None;
     let mut prev: Hash = GENESIS;
     let mut events = 0u64;
@@ -152,6 +187,12 @@ pub fn verify(store: &Store, key: &Verifier) -> Result<Result<Report, Break>, St
             first_break(Break { seq, reason: "the event's hash differs from the one its signed checkpoint holds (chain rewritten)".into() }, &mut breaks);
             return false;
         }
+        if let Some(a) = exported.get(&seq)
+            && a.hash != hash
+        {
+            first_break(Break { seq, reason: replaced(a, &hash) }, &mut breaks);
+            return false;
+        }
         prev = computed;
         events += 1;
         last_seq = Some(seq);
@@ -173,6 +214,40 @@ pub fn verify(store: &Store, key: &Verifier) -> Result<Result<Report, Break>, St
         });
     }
 
+    // What left the host: nothing it covers may be missing or different.
+    if let Some(newest) = exported.values().next_back().filter(|a| a.seq > end) {
+        let held = if end == 0 {
+            "the store holds no events".to_owned()
+        } else {
+            format!("the store ends at seq {end}")
+        };
+        let beyond = exported.range(end + 1..).count();
+        breaks.push(Break {
+            seq: end + 1,
+            reason: format!(
+                "events {}..={} are missing: {beyond} exported checkpoint(s) cover them, the newest at seq {} (signed {}), and {held}: the record was cut or replaced",
+                end + 1,
+                newest.seq,
+                newest.seq,
+                newest.time
+            ),
+        });
+    }
+    for a in exported.values() {
+        // Retention removed the events up to its anchor; that checkpoint
+        // is still there to compare. Older exported ones cover only removed
+        // events.
+        if anchor_seq == Some(a.seq)
+            && let Some(kept) = checkpoints.get(&a.seq)
+            && kept.hash != a.hash
+        {
+            breaks.push(Break {
+                seq: a.seq,
+                reason: replaced(a, &kept.hash),
+            });
+        }
+    }
+
     if let Some(b) = breaks.into_iter().min_by_key(|b| b.seq) {
         return Ok(Err(b));
     }
@@ -183,5 +258,21 @@ pub fn verify(store: &Store, key: &Verifier) -> Result<Result<Report, Break>, St
         anchor_seq,
         checkpoints: checkpoints.len(),
         last_checkpoint_seq: checkpoints.keys().next_back().copied(),
+        anchor: exported.values().next_back().map(|a| AnchorCheck {
+            count: exported.len(),
+            newest_seq: a.seq,
+            newest_time: a.time.clone(),
+        }),
     }))
+}
+
+fn replaced(exported: &Checkpoint, stored_hash: &str) -> String {
+    let short = |h: &str| h.chars().take(16).collect::<String>();
+    format!(
+        "event {seq} is not the one the exported checkpoint {seq} (signed {time}) covers: hash {} there, {} here: the chain was replaced or rewritten",
+        short(&exported.hash),
+        short(stored_hash),
+        seq = exported.seq,
+        time = exported.time,
+    )
 }

@@ -25,6 +25,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{error, info, warn};
 
 use super::{
+    anchor,
     chain::{Hash, hash_row, to_hex},
     event::{Event, Kind, format_time},
     queue::{Bytes, Gate, Queued},
@@ -73,12 +74,25 @@ pub struct Stats {
     pub write_errors: AtomicU64,
 }
 
-/// What the writer shares with the sink.
-pub(super) struct Shared {
-    pub stats: Arc<Stats>,
-    pub hub: broadcast::Sender<Arc<Record>>,
+/// Where committed records and checkpoints go.
+pub(super) struct Outlets {
+    /// Followers (`audit tail -f`, OTLP).
+    pub records: broadcast::Sender<Arc<Record>>,
+    /// Checkpoints, for the OTLP exporter.
+    pub checkpoints: broadcast::Sender<Arc<Checkpoint>>,
+    /// The anchor folder and command, if configured.
+    pub anchors: Option<anchor::Exporter>,
+}
+
+/// How long the last checkpoint's export gets at shutdown: within the
+/// daemon's own wait for the writer (15 s).
+const ANCHOR_GRACE: Duration = Duration::from_secs(10);
+
+/// What the writer gives back to the sink's backpressure.
+pub(super) struct Backpressure {
     /// The queue's byte budget: committed events give theirs back.
     pub bytes: Bytes,
+    /// Whether the writer commits in time.
     pub gate: Gate,
 }
 
@@ -90,6 +104,8 @@ pub(super) struct Writer {
     hub: broadcast::Sender<Arc<Record>>,
     bytes: Bytes,
     gate: Gate,
+    checkpoint_hub: broadcast::Sender<Arc<Checkpoint>>,
+    anchors: Option<anchor::Exporter>,
     next_seq: i64,
     last_hash: Hash,
     since_checkpoint: u64,
@@ -102,15 +118,17 @@ impl Writer {
         store: Store,
         signer: Signer,
         cfg: WriterConfig,
-        shared: Shared,
+        stats: Arc<Stats>,
+        outlets: Outlets,
+        backpressure: Backpressure,
     ) -> Result<Self, super::store::StoreError> {
-        let Shared {
-            stats,
-            hub,
-            bytes,
-            gate,
-        } = shared;
+        let Backpressure { bytes, gate } = backpressure;
         let tail = store.tail()?;
+        // The newest checkpoint leaves again: a target configured since,
+        // or one that was away at the last export, gets it now.
+        if let (Some(anchors), Some(last)) = (&outlets.anchors, store.last_checkpoint()?) {
+            anchors.offer(&last);
+        }
         stats.last_seq.store(tail.last_seq, Ordering::Relaxed);
         stats
             .last_checkpoint_seq
@@ -120,9 +138,11 @@ impl Writer {
             signer,
             cfg,
             stats,
-            hub,
             bytes,
             gate,
+            hub: outlets.records,
+            checkpoint_hub: outlets.checkpoints,
+            anchors: outlets.anchors,
             next_seq: tail.last_seq + 1,
             last_hash: tail.last_hash,
             // Events after the last checkpoint (a crash left them unsigned)
@@ -207,6 +227,9 @@ impl Writer {
         // Nothing commits any more: whoever waits at the gate goes on to
         // find the queue closed, and says so.
         self.gate.done();
+        if let Some(anchors) = self.anchors.take() {
+            anchors.finish(ANCHOR_GRACE);
+        }
         info!(
             last_seq = self.next_seq - 1,
             "audit writer stopped; final checkpoint signed"
@@ -293,12 +316,19 @@ impl Writer {
             self.stats
                 .last_checkpoint_seq
                 .store(c.seq, Ordering::Relaxed);
+            // Committed: now it may leave the host.
+            if let Some(anchors) = &self.anchors {
+                anchors.offer(c);
+            }
         } else {
             self.since_checkpoint = pending;
         }
         for r in records {
             // No follower is no error.
             let _ = self.hub.send(Arc::new(r));
+        }
+        if let Some(c) = checkpoint {
+            let _ = self.checkpoint_hub.send(Arc::new(c));
         }
     }
 

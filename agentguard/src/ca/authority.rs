@@ -2,22 +2,13 @@
 //! checked, and signing leaves with it.
 
 use std::{
-    fs,
-    io::{self, Write as _},
-    os::unix::fs::{
-        DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
-    },
+    fs, io,
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
 };
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SerialNumber,
-};
+use rcgen::{Issuer, KeyPair, PKCS_ECDSA_P256_SHA256, SerialNumber};
 use rustls::{
     InconsistentKeys, RootCertStore,
     client::{WebPkiServerVerifier, danger::ServerCertVerifier as _},
@@ -27,25 +18,15 @@ use rustls::{
 };
 use rustls_pemfile::Item;
 use thiserror::Error;
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
 use tracing::info;
 
-use super::leaf;
+use super::profile::{self, CA_LIFETIME, CLOCK_SKEW, InvalidServerName, ca_params};
+use crate::atomic_file::{self, WriteError, Written};
 
 const CA_DIR: &str = "ca";
 const KEY_FILE: &str = "ca.key";
 const CERT_FILE: &str = "ca.crt";
-
-const CA_COMMON_NAME: &str = "agentguard local CA";
-const CA_ORGANIZATION: &str = "agentguard";
-
-/// Every certificate starts this long before it is made: a client whose clock
-/// runs a little behind the daemon's would otherwise reject it as not yet valid.
-pub(super) const CLOCK_SKEW: Duration = Duration::hours(1);
-/// Two years. Rotation is not built yet (see [`LocalCa`]), so this is long
-/// enough not to surprise operators, and still bounds how long a leaked key is
-/// worth anything.
-const CA_LIFETIME: Duration = Duration::days(730);
 
 /// Traversable by all, listable by none: agents read `ca.crt` and
 /// `bundle.pem` by path, and nobody but the daemon can add or swap files.
@@ -112,10 +93,20 @@ pub enum CaError {
          restore {missing}, or remove {present} to start over with a new CA"
     )]
     HalfPresent { present: PathBuf, missing: PathBuf },
-    #[error("invalid server name {name:?}: not a DNS name or an IP address")]
-    InvalidServerName { name: String },
+    #[error(transparent)]
+    InvalidServerName(#[from] InvalidServerName),
     #[error("the CA in {path} failed its self-check: {reason}")]
     SelfCheck { path: PathBuf, reason: String },
+}
+
+impl From<WriteError> for CaError {
+    fn from(e: WriteError) -> Self {
+        CaError::Io {
+            action: e.action,
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CaError {
@@ -232,7 +223,7 @@ impl LocalCa {
 
     pub(super) fn mint(&self, server_name: &str) -> Result<MintedLeaf, CaError> {
         let now = OffsetDateTime::now_utc();
-        let params = leaf::leaf_params(server_name, now, random_serial(&self.provider)?)?;
+        let params = profile::leaf_params(server_name, now, random_serial(&self.provider)?)?;
         let key_pair = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(rcgen_error("generate a leaf key"))?;
         let cert = params
@@ -277,17 +268,11 @@ impl LocalCa {
         // created meanwhile is never overwritten.
         let key_path = ca.dir.join(KEY_FILE);
         let key_pem = ca.issuer.key().serialize_pem();
-        let key_tmp = write_temp(&ca.dir, KEY_FILE, key_pem.as_bytes(), KEY_MODE)?;
-        let placed = write_temp(&ca.dir, CERT_FILE, ca.cert_pem.as_bytes(), PUBLIC_FILE_MODE)
-            .and_then(|cert_tmp| {
-                let linked = link_into_place(&key_tmp, &key_path)
-                    .and_then(|()| link_into_place(&cert_tmp, &ca.cert_path));
-                let _ = fs::remove_file(&cert_tmp);
-                linked
-            });
-        let _ = fs::remove_file(&key_tmp);
-        placed?;
-        sync_dir(&ca.dir)?;
+        let key = Written::new(&ca.dir, KEY_FILE, key_pem.as_bytes(), KEY_MODE)?;
+        let cert = Written::new(&ca.dir, CERT_FILE, ca.cert_pem.as_bytes(), PUBLIC_FILE_MODE)?;
+        key.link_to(&key_path)?;
+        cert.link_to(&ca.cert_path)?;
+        atomic_file::sync_dir(&ca.dir)?;
         info!(cert = %ca.cert_path.display(), "created a new local CA");
         Ok(ca)
     }
@@ -370,24 +355,6 @@ fn random_serial(provider: &CryptoProvider) -> Result<SerialNumber, CaError> {
     // Positive, and never zero (RFC 5280 section 4.1.2.2).
     bytes[0] = (bytes[0] & 0x7f) | 0x01;
     Ok(SerialNumber::from_slice(&bytes))
-}
-
-/// The CA's profile. Everything a leaf's issuer field and authority key
-/// identifier are made from is here, so both creating and loading use it.
-fn ca_params() -> CertificateParams {
-    let mut params = CertificateParams::default();
-    let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, CA_COMMON_NAME);
-    name.push(DnType::OrganizationName, CA_ORGANIZATION);
-    params.distinguished_name = name;
-    // Path length 0: this CA signs leaves only, never another CA.
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params
 }
 
 /// Verifies `chain` (leaf first) for `name` with `ca` as the only root, the
@@ -532,56 +499,6 @@ fn read_pem_items(path: &Path, pem: &str) -> Result<Vec<Item>, CaError> {
             path: path.to_owned(),
             message: e.to_string(),
         })
-}
-
-/// Tells temporary files of concurrent writers in this process apart.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `contents` to a new temporary file beside `<dir>/<name>` with
-/// exactly `mode`, flushed to disk. The file has its final mode from the first
-/// byte on, so a key is never briefly readable by others.
-pub(super) fn write_temp(
-    dir: &Path,
-    name: &str,
-    contents: &[u8],
-    mode: u32,
-) -> Result<PathBuf, CaError> {
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
-    // A leftover from a crashed run with the same pid would block create_new.
-    match fs::remove_file(&tmp) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_error("remove", &tmp)(e)),
-        _ => {}
-    }
-    let written = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // open() applies the umask; set the mode exactly.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
-        file.sync_all()
-    })();
-    match written {
-        Ok(()) => Ok(tmp),
-        Err(source) => {
-            let _ = fs::remove_file(&tmp);
-            Err(io_error("write", &tmp)(source))
-        }
-    }
-}
-
-fn link_into_place(tmp: &Path, path: &Path) -> Result<(), CaError> {
-    fs::hard_link(tmp, path).map_err(io_error("create", path))
-}
-
-/// Makes renames and links in `dir` survive a power cut.
-pub(super) fn sync_dir(dir: &Path) -> Result<(), CaError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error("sync", dir))
 }
 
 #[cfg(test)]
@@ -766,7 +683,7 @@ mod tests {
         for name in ["", "not a name", "*.example.com", "a..b", "exa\nmple.com"] {
             let err = ca.mint_leaf(name).unwrap_err();
             assert!(
-                matches!(err, CaError::InvalidServerName { .. }),
+                matches!(err, CaError::InvalidServerName(_)),
                 "{name:?}: {err}"
             );
         }

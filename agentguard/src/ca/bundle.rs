@@ -13,7 +13,8 @@ use std::{
 
 use tracing::{debug, warn};
 
-use super::authority::{CaError, LocalCa, PUBLIC_FILE_MODE, sync_dir, write_temp};
+use super::authority::{CaError, LocalCa, PUBLIC_FILE_MODE};
+use crate::atomic_file;
 
 const BUNDLE_FILE: &str = "bundle.pem";
 
@@ -60,16 +61,7 @@ impl LocalCa {
         }
 
         let path = self.dir().join(BUNDLE_FILE);
-        let tmp = write_temp(self.dir(), BUNDLE_FILE, &bundle, PUBLIC_FILE_MODE)?;
-        if let Err(source) = fs::rename(&tmp, &path) {
-            let _ = fs::remove_file(&tmp);
-            return Err(CaError::Io {
-                action: "replace",
-                path,
-                source,
-            });
-        }
-        sync_dir(self.dir())?;
+        atomic_file::replace(&path, &bundle, PUBLIC_FILE_MODE)?;
         Ok(path)
     }
 }

@@ -1,8 +1,8 @@
-//! Leaf certificates for intercepted TLS: what goes in one, and a cache so that
-//! a host's leaf is minted once a day rather than once per connection.
+//! The cache of leaf certificates for intercepted TLS, so that a host's leaf
+//! is minted once a day rather than once per connection (what goes in one
+//! is `profile`'s).
 
 use std::{
-    net::IpAddr,
     num::NonZeroUsize,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
@@ -11,73 +11,22 @@ use std::{
 };
 
 use lru::LruCache;
-use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
-    SanType, SerialNumber, string::Ia5String,
-};
 use rustls::{
-    pki_types::DnsName,
     server::{ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
 };
 use time::{Duration, OffsetDateTime};
 use tracing::warn;
 
-use super::authority::{CLOCK_SKEW, CaError, LocalCa, MintedLeaf};
+use super::authority::{CaError, LocalCa, MintedLeaf};
 
 /// Enough distinct hosts for a busy agent fleet; a leaf with its key is a few
 /// kilobytes.
 pub const DEFAULT_LEAF_CACHE_CAPACITY: usize = 1024;
-/// A leaf's key lives only in the daemon's memory, and a day bounds what a
-/// leaked one is worth, while a busy host costs one mint a day.
-pub const LEAF_LIFETIME: Duration = Duration::hours(24);
 /// A cached leaf is replaced this long before it expires, so that no client
 /// gets one that runs out during a long-lived connection's handshake or is
 /// already expired on a client whose clock runs ahead.
 pub const LEAF_REFRESH_MARGIN: Duration = Duration::hours(1);
-/// RFC 5280 appendix A.1, ub-common-name. The SAN is what clients check; a
-/// longer name simply goes without a CN.
-const MAX_COMMON_NAME_LEN: usize = 64;
-
-/// The leaf profile for `server_name`: SAN and CN are the name, serverAuth
-/// only, valid from an hour ago (clock skew) for [`LEAF_LIFETIME`].
-pub(super) fn leaf_params(
-    server_name: &str,
-    now: OffsetDateTime,
-    serial: SerialNumber,
-) -> Result<CertificateParams, CaError> {
-    let invalid = || CaError::InvalidServerName {
-        name: server_name.to_owned(),
-    };
-    let san = match server_name.parse::<IpAddr>() {
-        Ok(ip) => SanType::IpAddress(ip),
-        Err(_) => {
-            // The rules rustls applies to SNI, so every name a client can
-            // send is accepted, and nothing else (no wildcards, no spaces).
-            DnsName::try_from(server_name).map_err(|_| invalid())?;
-            SanType::DnsName(Ia5String::try_from(server_name).map_err(|_| invalid())?)
-        }
-    };
-
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![san];
-    let mut name = DistinguishedName::new();
-    if server_name.len() <= MAX_COMMON_NAME_LEN {
-        name.push(DnType::CommonName, server_name);
-    }
-    params.distinguished_name = name;
-    // CA:FALSE stated outright, so no validator can take a leaf for a CA.
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    // Lets clients pick the right CA when two share a name (during rotation).
-    params.use_authority_key_identifier_extension = true;
-    params.serial_number = Some(serial);
-    params.not_before = now - CLOCK_SKEW;
-    params.not_after = now + LEAF_LIFETIME;
-    Ok(params)
-}
-
 /// Leaves by server name, minted on first use and replaced before they expire.
 /// Also the proxy's rustls certificate resolver.
 pub struct LeafCache {
@@ -215,6 +164,7 @@ impl ResolvesServerCert for LeafCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ca::profile::{CLOCK_SKEW, LEAF_LIFETIME};
 
     fn ca() -> (tempfile::TempDir, Arc<LocalCa>) {
         let state = tempfile::tempdir().unwrap();
@@ -278,17 +228,5 @@ mod tests {
         assert!(leaf.usable_at(now + LEAF_LIFETIME - LEAF_REFRESH_MARGIN - Duration::minutes(5)));
         assert!(!leaf.usable_at(now + LEAF_LIFETIME - LEAF_REFRESH_MARGIN + Duration::minutes(5)));
         assert!(!leaf.usable_at(now - CLOCK_SKEW - Duration::minutes(5)));
-    }
-
-    #[test]
-    fn leaf_validity_follows_the_profile() {
-        let now = OffsetDateTime::now_utc();
-        let serial = SerialNumber::from_slice(&[1]);
-        let params = leaf_params("a.example.com", now, serial).unwrap();
-        assert_eq!(params.not_before, now - CLOCK_SKEW);
-        assert_eq!(params.not_after, now + LEAF_LIFETIME);
-        let long = format!("{}.example.com", "a".repeat(60));
-        let params = leaf_params(&long, now, SerialNumber::from_slice(&[1])).unwrap();
-        assert!(params.distinguished_name.get(&DnType::CommonName).is_none());
     }
 }

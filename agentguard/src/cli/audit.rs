@@ -21,7 +21,7 @@ use crate::{
     audit::{
         self, Decision, Kind, Record, StoreError,
         query::{Filter, QueryError, parse_time},
-        signing::{PUBLIC_KEY_FILE, SigningError, Verifier},
+        signing::{self, PUBLIC_KEY_FILE, SigningError, Verifier},
     },
     config::{
         AuditOptions, ConfigError, DEFAULT_ADMIN_SOCKET, DEFAULT_AUDIT_BATCH_MAX,
@@ -39,6 +39,8 @@ pub enum AuditCliError {
     Query(#[from] QueryError),
     #[error(transparent)]
     Signing(#[from] SigningError),
+    #[error(transparent)]
+    Anchor(#[from] audit::anchor::AnchorError),
     #[error(transparent)]
     Admin(#[from] AdminError),
     #[error("unknown decision {0:?} ({names})", names = names(Decision::ALL.map(Decision::as_str)))]
@@ -90,13 +92,64 @@ pub struct AuditRunArgs {
     /// Also serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The checkpoint key and exports (boxed: the run command's flags are
+    /// many, and clap keeps them all on the stack).
+    #[command(flatten)]
+    export: Box<ExportArgs>,
+}
+
+/// Where the record's key lives and where it goes beyond the store.
+#[derive(Debug, Args)]
+struct ExportArgs {
+    /// The checkpoint signing key (PKCS#8 PEM; made if absent), kept apart
+    /// from the store: put it on another mount or under another owner.
+    /// Default: <state-dir>/audit-key/signing.key.
+    #[arg(long, value_name = "FILE")]
+    audit_signing_key: Option<PathBuf>,
+    /// Write each signed checkpoint as a new file into this folder: on
+    /// another mount, or a write-once target. It must exist.
+    #[arg(long, value_name = "DIR")]
+    audit_anchor_dir: Option<PathBuf>,
+    /// Run this shell command for each signed checkpoint, with the
+    /// checkpoint (JSON) on its standard input, e.g. to ship it to another
+    /// host.
+    #[arg(long, value_name = "COMMAND")]
+    audit_anchor_command: Option<String>,
     /// Export audit records to this OpenTelemetry collector (OTLP/HTTP,
-    /// e.g. http://collector:4318).
+    /// e.g. http://collector:4318); or set OTEL_EXPORTER_OTLP_ENDPOINT.
     #[arg(long, value_name = "URL")]
-    pub otlp_endpoint: Option<String>,
+    otlp_endpoint: Option<String>,
+    /// http/protobuf (default) or http/json; or OTEL_EXPORTER_OTLP_PROTOCOL.
+    #[arg(long, value_name = "PROTOCOL")]
+    otlp_protocol: Option<String>,
+    /// CA certificates (PEM) to verify the collector with, instead of the
+    /// system's; or OTEL_EXPORTER_OTLP_CERTIFICATE.
+    #[arg(long, value_name = "FILE")]
+    otlp_ca: Option<PathBuf>,
+    /// gzip or none (default); or OTEL_EXPORTER_OTLP_COMPRESSION.
+    #[arg(long, value_name = "gzip|none")]
+    otlp_compression: Option<String>,
 }
 
 impl AuditRunArgs {
+    /// The OTLP exporter's settings: these flags, then the daemon's
+    /// `OTEL_EXPORTER_OTLP_*` environment.
+    pub fn otlp(&self) -> Result<Option<audit::otlp::OtlpConfig>, ConfigError> {
+        let flags = audit::otlp::OtlpFlags {
+            endpoint: self.export.otlp_endpoint.clone(),
+            protocol: self.export.otlp_protocol.clone(),
+            ca: self
+                .export
+                .otlp_ca
+                .clone()
+                .map(|p| std::path::absolute(&p).unwrap_or(p)),
+            compression: self.export.otlp_compression.clone(),
+        };
+        Ok(audit::otlp::OtlpConfig::resolve(&flags, |name| {
+            std::env::var(name).ok()
+        })?)
+    }
+
     pub fn options(&self) -> Result<AuditOptions, ConfigError> {
         Ok(AuditOptions {
             flush_interval: parse_duration("--audit-flush-interval", &self.audit_flush_interval)?,
@@ -118,6 +171,11 @@ impl AuditRunArgs {
                 .as_deref()
                 .map(|s| parse_size("--audit-max-size", s))
                 .transpose()?,
+            signing_key: self.export.audit_signing_key.clone(),
+            anchors: audit::anchor::AnchorConfig {
+                dir: self.export.audit_anchor_dir.clone(),
+                command: self.export.audit_anchor_command.clone(),
+            },
         })
     }
 }
@@ -129,10 +187,17 @@ pub enum AuditCommand {
     Verify {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
-        /// The public key to trust (default: <state-dir>/audit/signing.pub).
-        /// Keep a copy away from the host for an independent check.
+        /// The public key to trust (default: the host's own copy, in
+        /// <state-dir>/audit-key/ or <state-dir>/audit/). Pin a copy kept
+        /// away from the host: a chain signed by any other key then fails.
         #[arg(long)]
         public_key: Option<PathBuf>,
+        /// An exported checkpoint (a file from --audit-anchor-dir, or an
+        /// OTLP `agentguard.checkpoint` record's body), or a folder of them:
+        /// the chain must hold every event each one covers, unchanged, so a
+        /// record cut or replaced after the export fails.
+        #[arg(long, value_name = "FILE|DIR")]
+        anchor: Option<PathBuf>,
     },
     /// Print stored events, oldest first.
     Query {
@@ -221,7 +286,8 @@ pub fn run(command: AuditCommand) -> Result<ExitCode, AuditCliError> {
         AuditCommand::Verify {
             state_dir,
             public_key,
-        } => verify(&state_dir, public_key.as_deref()),
+            anchor,
+        } => verify(&state_dir, public_key.as_deref(), anchor.as_deref()),
         AuditCommand::Query {
             state_dir,
             filter,
@@ -255,13 +321,46 @@ pub fn run(command: AuditCommand) -> Result<ExitCode, AuditCliError> {
     }
 }
 
-fn verify(state_dir: &Path, public_key: Option<&Path>) -> Result<ExitCode, AuditCliError> {
-    let key_path = public_key
-        .map(Path::to_owned)
-        .unwrap_or_else(|| audit::audit_dir(state_dir).join(PUBLIC_KEY_FILE));
+fn verify(
+    state_dir: &Path,
+    public_key: Option<&Path>,
+    anchor: Option<&Path>,
+) -> Result<ExitCode, AuditCliError> {
+    let key_path = public_key.map(Path::to_owned).unwrap_or_else(|| {
+        // The host's own copies: beside the private key, else beside the
+        // store (where earlier versions kept it, and where a copy of
+        // a store brings it).
+        let beside_key = signing::public_key_path(&signing::default_key_path(state_dir));
+        if beside_key.exists() {
+            beside_key
+        } else {
+            audit::audit_dir(state_dir).join(PUBLIC_KEY_FILE)
+        }
+    });
     let key = Verifier::load(&key_path)?;
+    let anchors = match anchor {
+        Some(path) => {
+            let anchors = audit::anchor::load(path)?;
+            audit::anchor::check_signatures(&anchors, &key)?;
+            anchors.into_iter().map(|(_, c)| c).collect()
+        }
+        None => Vec::new(),
+    };
+    // What this run could not see, said where a script's parsing of stdout
+    // is not disturbed.
+    if public_key.is_none() {
+        eprintln!(
+            "agentguard: note: public key read from this host ({}), not pinned: a chain made anew with another key would pass; pass --public-key with a copy kept elsewhere",
+            key_path.display()
+        );
+    }
+    if anchor.is_none() {
+        eprintln!(
+            "agentguard: note: no --anchor: events cut from the end together with their checkpoints, or a chain made anew, are not visible from the store alone"
+        );
+    }
     let store = audit::Store::open_read_only(&audit::db_path(state_dir))?;
-    match audit::verify::verify(&store, &key)? {
+    match audit::verify::verify_anchored(&store, &key, &anchors)? {
         Ok(report) => {
             println!("{report}");
             Ok(ExitCode::SUCCESS)
@@ -329,14 +428,7 @@ fn tail(
 }
 
 fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    crate::percent::encode(s)
 }
 
 fn print(records: &[Record], format: Format) -> Result<(), AuditCliError> {

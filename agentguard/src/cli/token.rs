@@ -8,14 +8,17 @@ use thiserror::Error;
 
 use crate::{
     config::{
-        ConfigError, DEFAULT_JWKS_LISTEN, DEFAULT_JWT_MAX_BODY, DEFAULT_STATE_DIR, TokenOptions,
-        parse_jwks_listen, parse_size,
+        ConfigError, DEFAULT_JWKS_LISTEN, DEFAULT_JWT_MAX_BODY, DEFAULT_STATE_DIR, JwksTlsOptions,
+        TokenOptions, parse_duration, parse_jwks_listen, parse_size,
     },
     token::{
-        DEFAULT_TRUST_DOMAIN, JwksSource, KeyError, KeyStore, RequestBinding, Verifier,
-        VerifierConfig, VerifyError, VerifyProxy,
+        DEFAULT_TRUST_DOMAIN, JwksSource, KeyError, KeyStore, Origin, RequestBinding, Verifier,
+        VerifierConfig, VerifyError,
     },
+    verify_proxy::{ProxyTimeouts, ResourceFront, VerifyProxy},
 };
+
+mod replay_store;
 
 #[derive(Debug, Error)]
 pub enum TokenCliError {
@@ -36,6 +39,8 @@ pub enum TokenCliError {
     },
     #[error("failed to start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("--replay-store: {0}")]
+    ReplayStore(#[from] agentguard_verify::replay::ReplayError),
 }
 
 /// Token flags of `agentguard run`.
@@ -57,6 +62,20 @@ pub struct TokenRunArgs {
     /// (Ed25519). A key of the other kind is rotated out at start.
     #[arg(long, default_value = "es256", value_name = "es256|eddsa")]
     token_algorithm: String,
+    /// Serve the JWKS with this certificate chain (PEM)... (default: a leaf
+    /// from agentguard's CA, <state-dir>/ca/ca.crt)
+    #[arg(long, requires = "jwks_tls_key", conflicts_with = "jwks_plain_http")]
+    jwks_tls_cert: Option<PathBuf>,
+    /// ...and this key (PEM).
+    #[arg(long, requires = "jwks_tls_cert")]
+    jwks_tls_key: Option<PathBuf>,
+    /// A name (DNS or IP) the CA's JWKS certificate is also for, beside
+    /// localhost and the listen address; repeatable.
+    #[arg(long, value_name = "NAME", conflicts_with = "jwks_plain_http")]
+    jwks_tls_name: Vec<String>,
+    /// Serve the JWKS over plain HTTP (only on a loopback address).
+    #[arg(long)]
+    jwks_plain_http: bool,
 }
 
 impl TokenRunArgs {
@@ -68,10 +87,17 @@ impl TokenRunArgs {
             max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
             algorithm: crate::token::SigningAlgorithm::parse(&self.token_algorithm)
                 .map_err(ConfigError::TokenAlgorithm)?,
+            jwks_tls: JwksTlsOptions {
+                cert_and_key: self.jwks_tls_cert.clone().zip(self.jwks_tls_key.clone()),
+                names: self.jwks_tls_name.clone(),
+                plain_http: self.jwks_plain_http,
+            },
         })
     }
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Print the JWKS (the public keys tokens are verified with).
@@ -88,9 +114,11 @@ pub enum TokenCommand {
     /// Verify a token: signature, issuer, audience, lifetime, scope and, with
     /// --method and --url, its binding to that request. Exit 0 if valid.
     Verify {
-        /// JWKS URL (http(s)://...) or file.
+        /// JWKS URL (https://..., or http:// to loopback) or file.
         #[arg(long, value_name = "URL|FILE")]
         jwks: String,
+        #[command(flatten)]
+        jwks_trust: JwksTrustArgs,
         #[arg(long)]
         audience: String,
         /// The issuer every token must carry (`iss`):
@@ -116,6 +144,34 @@ pub enum TokenCommand {
     },
 }
 
+/// How a JWKS URL is trusted.
+#[derive(Debug, Args)]
+pub struct JwksTrustArgs {
+    /// CA certificates (PEM) trusted for an https JWKS URL beside the
+    /// system roots: <state-dir>/ca/ca.crt for the daemon's own.
+    #[arg(long, value_name = "FILE")]
+    jwks_ca: Option<PathBuf>,
+    /// Allow a plain http:// JWKS URL to a host that is not loopback
+    /// (anyone on the path could swap the keys).
+    #[arg(long)]
+    jwks_allow_http: bool,
+}
+
+impl JwksTrustArgs {
+    fn source(&self, jwks: &str) -> Result<JwksSource, TokenCliError> {
+        let usage = |e: String| TokenCliError::Usage(format!("--jwks: {e}"));
+        let source =
+            JwksSource::parse_with(jwks, self.jwks_allow_http).map_err(|e| usage(e.to_string()))?;
+        Ok(match &self.jwks_ca {
+            Some(ca) => source.with_roots(
+                crate::token::read_certs(ca)
+                    .map_err(|e| TokenCliError::Usage(format!("--jwks-ca {e}")))?,
+            ),
+            None => source,
+        })
+    }
+}
+
 /// `agentguard verify-proxy`.
 #[derive(Debug, Args)]
 pub struct VerifyProxyArgs {
@@ -124,11 +180,28 @@ pub struct VerifyProxyArgs {
     /// The tool server (http(s)://host:port[/prefix]).
     #[arg(long)]
     upstream: String,
-    #[arg(long)]
-    audience: String,
-    /// JWKS URL (http(s)://...) or file.
+    /// The `aud` tokens must carry.
+    #[arg(
+        long,
+        required_unless_present = "resource",
+        conflicts_with = "resource"
+    )]
+    audience: Option<String>,
+    /// Front an MCP server as a protected resource: its canonical resource
+    /// URI (RFC 8707, e.g. https://tool.example.com/mcp) is the audience and
+    /// the public origin, and its RFC 9728 metadata is served at
+    /// /.well-known/oauth-protected-resource[/path].
+    #[arg(long, value_name = "URI")]
+    resource: Option<String>,
+    /// The authorization server the metadata names (repeatable; default:
+    /// the --issuer).
+    #[arg(long, value_name = "ISSUER", requires = "resource")]
+    authorization_server: Vec<String>,
+    /// JWKS URL (https://..., or http:// to loopback) or file.
     #[arg(long, value_name = "URL|FILE")]
     jwks: String,
+    #[command(flatten)]
+    jwks_trust: JwksTrustArgs,
     /// Scopes every token must grant (space-separated); else 403.
     #[arg(long)]
     scope: Option<String>,
@@ -149,9 +222,36 @@ pub struct VerifyProxyArgs {
     tls_key: Option<PathBuf>,
     /// The scheme clients reach this proxy with, for the token's htu
     /// (default: https with --tls-cert, else http; say https behind a TLS
-    /// terminator).
-    #[arg(long, value_parser = ["http", "https"])]
+    /// terminator). The authority is then the request's Host.
+    #[arg(long, value_parser = ["http", "https"], conflicts_with = "public_origin")]
     public_scheme: Option<String>,
+    /// The origin clients reach the tool under (https://tool.example.com):
+    /// tokens must be bound to it, whatever Host the client sends, so a
+    /// token captured for another instance with the same audience is
+    /// refused here.
+    #[arg(long, value_name = "URL")]
+    public_origin: Option<String>,
+    /// Where spent tokens are kept: a file (default:
+    /// <state-dir>/verify-proxy/replay-<hash>.redb), redis://HOST:PORT[/DB]
+    /// or rediss:// (shared by replicas), or `memory`.
+    #[arg(long, value_name = "PATH|URL|memory")]
+    replay_store: Option<String>,
+    /// The Redis password (AUTH), read from this file.
+    #[arg(long, value_name = "FILE")]
+    replay_store_password_file: Option<PathBuf>,
+    /// CA certificates (PEM) a rediss:// server's certificate must chain to.
+    #[arg(long, value_name = "FILE")]
+    replay_store_ca: Option<PathBuf>,
+    /// Where the default replay store file goes.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// How long the tool may take to start its answer (then 504).
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    upstream_timeout: String,
+    /// Send the tool this bearer token (read from the file) instead of
+    /// none: the agent's token is never passed on.
+    #[arg(long, value_name = "FILE")]
+    upstream_token_file: Option<PathBuf>,
     /// Larger request bodies are refused with 413.
     #[arg(long, default_value = DEFAULT_JWT_MAX_BODY, value_name = "SIZE")]
     max_body: String,
@@ -224,6 +324,7 @@ pub fn run(command: TokenCommand) -> Result<ExitCode, TokenCliError> {
         }
         TokenCommand::Verify {
             jwks,
+            jwks_trust,
             audience,
             issuer,
             any_issuer,
@@ -233,7 +334,7 @@ pub fn run(command: TokenCommand) -> Result<ExitCode, TokenCliError> {
             body_file,
             token,
         } => {
-            let source = JwksSource::parse(&jwks).map_err(TokenCliError::Usage)?;
+            let source = jwks_trust.source(&jwks)?;
             let binding = match (method, url) {
                 (Some(m), Some(u)) => {
                     let body = match body_file {
@@ -279,20 +380,22 @@ pub fn run(command: TokenCommand) -> Result<ExitCode, TokenCliError> {
 }
 
 pub fn verify_proxy(args: VerifyProxyArgs) -> Result<ExitCode, TokenCliError> {
+    let usage = TokenCliError::Usage;
     let upstream: hyper::Uri = args
         .upstream
         .parse()
-        .map_err(|e| TokenCliError::Usage(format!("--upstream {:?}: {e}", args.upstream)))?;
+        .map_err(|e| usage(format!("--upstream {:?}: {e}", args.upstream)))?;
     if !matches!(upstream.scheme_str(), Some("http" | "https")) || upstream.authority().is_none() {
-        return Err(TokenCliError::Usage(format!(
+        return Err(usage(format!(
             "--upstream {:?} must be http(s)://host[:port]",
             args.upstream
         )));
     }
-    let source = JwksSource::parse(&args.jwks).map_err(TokenCliError::Usage)?;
+    let source = args.jwks_trust.source(&args.jwks)?;
     let max_body = parse_size("--max-body", &args.max_body)?;
+    let upstream_timeout = parse_duration("--upstream-timeout", &args.upstream_timeout)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(c), Some(k)) => Some(crate::token::tls_acceptor(c, k).map_err(TokenCliError::Usage)?),
+        (Some(c), Some(k)) => Some(crate::token::tls_acceptor(c, k).map_err(usage)?),
         _ => None,
     };
     let public_scheme = args
@@ -300,17 +403,51 @@ pub fn verify_proxy(args: VerifyProxyArgs) -> Result<ExitCode, TokenCliError> {
         .clone()
         .unwrap_or_else(|| if tls.is_some() { "https" } else { "http" }.to_owned());
     let upstream_ca = match &args.upstream_ca {
-        Some(p) => crate::token::read_certs(p).map_err(TokenCliError::Usage)?,
+        Some(p) => crate::token::read_certs(p).map_err(usage)?,
         None => Vec::new(),
     };
-    let cfg = config(
-        &args.audience,
+    let upstream_authorization = match &args.upstream_token_file {
+        Some(f) => Some(upstream_token(f)?),
+        None => None,
+    };
+    let audience = args
+        .resource
+        .clone()
+        .or(args.audience.clone())
+        .unwrap_or_default();
+    let mut cfg = config(
+        &audience,
         args.issuer.as_deref(),
         args.any_issuer,
-        args.scope,
+        args.scope.clone(),
+    )?;
+    cfg.origin = origin(args.resource.as_deref(), args.public_origin.as_deref())?;
+    let resource = match &args.resource {
+        Some(resource) => {
+            let servers = if args.authorization_server.is_empty() {
+                args.issuer.iter().cloned().collect()
+            } else {
+                args.authorization_server.clone()
+            };
+            let jwks_uri = args.jwks.starts_with("https://").then(|| args.jwks.clone());
+            Some(
+                ResourceFront::new(resource, servers, args.scope.as_deref(), jwks_uri)
+                    .map_err(|e| usage(format!("--resource: {e}")))?,
+            )
+        }
+        None => None,
+    };
+    let store_spec = replay_store::Spec::parse(
+        args.replay_store.as_deref(),
+        &args.state_dir,
+        &audience,
+        args.listen,
+        args.replay_store_password_file.as_deref(),
+        args.replay_store_ca.as_deref(),
     )?;
     runtime()?.block_on(async move {
-        let verifier = Verifier::new(cfg, source).await?;
+        let store = store_spec.open(cfg.replay_capacity).await?;
+        let verifier = Verifier::with_replay_store(cfg, source, store).await?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|source| TokenCliError::Listen {
@@ -319,7 +456,17 @@ pub fn verify_proxy(args: VerifyProxyArgs) -> Result<ExitCode, TokenCliError> {
             })?;
         let local = listener.local_addr().unwrap_or(args.listen);
         let issuer = args.issuer.as_deref().unwrap_or("any");
-        tracing::info!(listen = %local, upstream = %upstream, audience = %args.audience, issuer, "verify-proxy ready");
+        let origin = verifier
+            .config()
+            .origin
+            .as_ref()
+            .map_or("the request's Host".to_owned(), |o| o.to_string());
+        if verifier.config().origin.is_none() {
+            tracing::warn!(
+                "no --public-origin: tokens are checked against the Host the client sends, so a token minted for another instance with this audience is accepted here"
+            );
+        }
+        tracing::info!(listen = %local, upstream = %upstream, audience = %audience, issuer, origin, replay_store = %store_spec, "verify-proxy ready");
         // The chosen port on stdout, for scripts that bind port 0.
         println!("listening on {local}");
         let proxy = Arc::new(VerifyProxy {
@@ -329,12 +476,62 @@ pub fn verify_proxy(args: VerifyProxyArgs) -> Result<ExitCode, TokenCliError> {
             max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
             tls,
             upstream_ca,
-            reporter: args.admin_socket.as_deref().map(crate::token::Reporter::new),
-            timeouts: crate::token::ProxyTimeouts::default(),
+            reporter: args
+                .admin_socket
+                .as_deref()
+                .map(crate::verify_proxy::Reporter::new),
+            timeouts: ProxyTimeouts {
+                upstream_response: upstream_timeout,
+                ..ProxyTimeouts::default()
+            },
+            resource,
+            upstream_authorization,
         });
         proxy.serve(listener).await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The origin tokens must name: `--public-origin`, else the origin of the
+/// `--resource` URI (where MCP clients reach the server). The two must
+/// agree when both are given.
+fn origin(resource: Option<&str>, public: Option<&str>) -> Result<Option<Origin>, TokenCliError> {
+    let usage = TokenCliError::Usage;
+    let public = public
+        .map(Origin::parse)
+        .transpose()
+        .map_err(|e| usage(format!("--public-origin: {e}")))?;
+    let of_resource = resource
+        .map(Origin::of_uri)
+        .transpose()
+        .map_err(|e| usage(format!("--resource: {e}")))?;
+    match (public, of_resource) {
+        (Some(p), Some(r)) if p != r => Err(usage(format!(
+            "--public-origin {p} is not the origin of --resource ({r}): clients reach the resource there"
+        ))),
+        (p, r) => Ok(p.or(r)),
+    }
+}
+
+/// `Bearer <the file's first line>`, marked sensitive so that hyper never
+/// logs it.
+fn upstream_token(path: &std::path::Path) -> Result<hyper::header::HeaderValue, TokenCliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        TokenCliError::Usage(format!("--upstream-token-file {}: {e}", path.display()))
+    })?;
+    let token = text.lines().next().unwrap_or("").trim();
+    let mut value = hyper::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .ok()
+        .filter(|_| !token.is_empty())
+        .ok_or_else(|| {
+            // Never the content: it is a secret.
+            TokenCliError::Usage(format!(
+                "--upstream-token-file {}: not a token (one line of visible ASCII)",
+                path.display()
+            ))
+        })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 #[cfg(test)]

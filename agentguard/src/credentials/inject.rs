@@ -9,11 +9,8 @@ use hyper::{
 };
 use thiserror::Error;
 
-use super::{
-    CredentialError, Secret,
-    encoding::{base64_encode, percent_decode, percent_encode},
-};
-use crate::policy::Injection;
+use super::{CredentialError, Secret, encoding::base64_encode};
+use crate::{percent, policy::Injection};
 
 #[derive(Debug, Error)]
 pub enum InjectError {
@@ -88,8 +85,8 @@ fn with_query_param(uri: &Uri, param: &str, secret: &Secret) -> Option<Uri> {
         .collect();
     let ours = format!(
         "{}={}",
-        percent_encode(param),
-        percent_encode(secret.expose())
+        percent::encode(param),
+        percent::encode(secret.expose())
     );
     query.push(&ours);
     let path_and_query = PathAndQuery::try_from(format!("{path}?{}", query.join("&"))).ok()?;
@@ -104,8 +101,8 @@ fn with_query_param(uri: &Uri, param: &str, secret: &Secret) -> Option<Uri> {
 /// makes it `param`.
 fn names_param(pair: &str, param: &str) -> bool {
     let name = pair.split_once('=').map_or(pair, |(name, _)| name);
-    percent_decode(name.as_bytes()) == param.as_bytes()
-        || percent_decode(name.replace('+', " ").as_bytes()) == param.as_bytes()
+    percent::decode(name.as_bytes()) == param.as_bytes()
+        || percent::decode(name.replace('+', " ").as_bytes()) == param.as_bytes()
 }
 
 #[cfg(test)]

@@ -18,11 +18,7 @@ use thiserror::Error;
 use tokio::{sync::Mutex, time::Instant};
 use tracing::{debug, warn};
 
-use super::{
-    Secret, TokenFetcher,
-    encoding::{base64_encode, form_encode},
-    redact::redact_bytes,
-};
+use super::{Secret, TokenFetcher, encoding::base64_encode, redact::redact_bytes};
 
 /// A token is renewed this long before it expires, so that it is still valid
 /// when the request carrying it reaches the upstream.
@@ -198,14 +194,14 @@ impl OAuth2Client {
         let mut body = String::from("grant_type=client_credentials");
         if let Some(scope) = &self.scope {
             body.push_str("&scope=");
-            body.push_str(&form_encode(scope));
+            body.push_str(&crate::percent::encode_form(scope));
         }
         // RFC 6749 §2.3.1: id and secret are form-encoded before they are
         // joined, so that a ':' in the id cannot shift the split.
         let basic = format!(
             "{}:{}",
-            form_encode(self.client_id.expose()),
-            form_encode(self.client_secret.expose())
+            crate::percent::encode_form(self.client_id.expose()),
+            crate::percent::encode_form(self.client_secret.expose())
         );
         let mut auth = HeaderValue::try_from(format!("Basic {}", base64_encode(basic.as_bytes())))
             .expect("base64 is a valid header value");

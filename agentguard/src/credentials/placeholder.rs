@@ -8,10 +8,8 @@ use hyper::{
     http::request::Parts,
 };
 
-use super::{
-    PLACEHOLDER_PREFIX,
-    encoding::{base64_decode, percent_decode},
-};
+use super::{PLACEHOLDER_PREFIX, encoding::base64_decode};
+use crate::percent;
 
 /// How many times a value is percent-decoded. Once is what a server does;
 /// twice catches `%2561` for servers (and proxies in front of them) that
@@ -77,7 +75,7 @@ fn scan_decoded(bytes: &[u8]) -> Vec<String> {
         if !current.contains(&b'%') {
             break;
         }
-        current = percent_decode(&current);
+        current = percent::decode(&current);
         ids.extend(scan(&current));
     }
     ids

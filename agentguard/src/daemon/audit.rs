@@ -20,6 +20,13 @@ use crate::{
     metrics::Metrics,
 };
 
+/// What the kernel guards on this host; the start event names each gap.
+#[derive(Debug, Clone, Copy)]
+pub struct Guarded {
+    pub unix_sockets: bool,
+    pub processes: bool,
+}
+
 /// How long the writer gets at shutdown to commit what is queued.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -38,13 +45,18 @@ pub fn start(cfg: &RunConfig) -> Result<AuditRuntime, DaemonError> {
         Arc::new(move |e: &Event| metrics.observe(e))
     };
     let (sink, writer) = audit::start(&cfg.state_dir, cfg.audit.to_config(), vec![observer])?;
-    let otlp = match &cfg.otlp_endpoint {
-        Some(endpoint) => {
-            let url = otlp::logs_url(endpoint).map_err(crate::config::ConfigError::from)?;
+    let otlp = match &cfg.otlp {
+        Some(otlp_cfg) => {
             let stats = Arc::new(OtlpStats::default());
-            otlp::spawn(url.clone(), sink.subscribe(), stats.clone())
-                .map_err(crate::config::ConfigError::from)?;
-            info!(%url, "exporting audit records to OTLP collector");
+            otlp::spawn(
+                otlp_cfg.clone(),
+                sink.subscribe(),
+                sink.subscribe_checkpoints(),
+                sink.last_checkpoint(),
+                stats.clone(),
+            )
+            .map_err(crate::config::ConfigError::from)?;
+            info!(collector = %otlp_cfg, "exporting audit records and checkpoints to OTLP collector");
             Some(stats)
         }
         None => None,
@@ -59,33 +71,36 @@ pub fn start(cfg: &RunConfig) -> Result<AuditRuntime, DaemonError> {
 }
 
 impl AuditRuntime {
-    /// Serves `/metrics` on `addr` too (`--metrics-listen`).
-    pub async fn listen_metrics(
+    /// Serves `/metrics` on `listener` too (`--metrics-listen`), bound by
+    /// the daemon before it guarded anyone.
+    pub fn serve_metrics(
         &self,
         addr: SocketAddr,
+        listener: TcpListener,
         source: Arc<MetricsSource>,
-    ) -> Result<(), DaemonError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| DaemonError::MetricsListen { addr, source })?;
+    ) {
         info!(%addr, "serving metrics");
         tokio::spawn(crate::admin::serve_metrics_tcp(listener, source));
-        Ok(())
     }
 
-    pub async fn record_start(&self, live: &Live, proxy_port: u16, unix_sockets_guarded: bool) {
+    pub async fn record_start(&self, live: &Live, proxy_port: u16, guarded: Guarded) {
         let state = live.load();
         let mut e = Event::new(Kind::DaemonStart);
         e.pid = Some(std::process::id());
         e.policy_version = Some(state.policy.version.clone());
         // An auditor reading the record must see the gap, not only the log.
-        let unix = if unix_sockets_guarded {
+        let unix = if guarded.unix_sockets {
             ""
         } else {
             "; UNIX SOCKETS NOT GUARDED: the kernel lacks cgroup/connect_unix (--allow-unguarded-unix-sockets)"
         };
+        let processes = if guarded.processes {
+            ""
+        } else {
+            "; PROCESSES NOT GUARDED: the BPF LSM is not active, agents may ptrace other processes of their uid (--allow-unguarded-processes)"
+        };
         e.reason = Some(format!(
-            "agentguard {} started: {} agent(s), proxy port {proxy_port}{unix}",
+            "agentguard {} started: {} agent(s), proxy port {proxy_port}{unix}{processes}",
             env!("CARGO_PKG_VERSION"),
             state.policy.agents.len()
         ));

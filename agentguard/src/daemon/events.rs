@@ -8,6 +8,9 @@ use crate::{
 
 /// IPPROTO numbers that name the kernel event's protocol.
 fn protocol_name(record: &KernelEventRecord) -> &'static str {
+    if record.target.is_some() {
+        return "process";
+    }
     if record.unix_path.is_some() {
         return "unix";
     }
@@ -39,13 +42,78 @@ pub fn kernel_event(record: KernelEventRecord) -> Event {
     event.exe = record.exe.clone();
     event.protocol = Some(protocol_name(&record).to_owned());
     event.rule = Some(format!("kernel:{}", record.kind));
-    if let Some(dst) = record.destination {
-        event = event.with_dst(dst);
+    match record.destination {
+        // A bind names the agent's own end, not a destination.
+        Some(local) if record.kind == "bind-denied" => event = event.with_src(local),
+        Some(dst) => event = event.with_dst(dst),
+        None => {}
     }
     // The socket's path takes the place a request's path has: what the
     // agent tried to reach, queryable with the other events.
     event.path = record.unix_path.clone();
-    let (decision, reason) = if let Some(option) = &record.socket_option {
+    if let Some(target) = &record.target {
+        // Likewise the other process, as its /proc entry; and the system
+        // call in the method's place.
+        event.path = Some(format!("/proc/{}", target.pid));
+        event.method = target.syscall.clone();
+    }
+    let (decision, reason) = if let Some(target) = &record.target {
+        let whose = match (&target.agent, &target.cgroup) {
+            (Some(agent), _) => format!("agent {agent}'s cgroup"),
+            (None, Some(cgroup)) => format!("cgroup {cgroup}"),
+            (None, None) => format!("cgroup id {}, no agent's", target.cgroup_id),
+        };
+        (
+            Decision::Refuse,
+            format!(
+                "refused in the kernel ({}): {} ({} access) of pid {} ({}) in {whose} by {}: it runs outside the caller's own cgroup",
+                record.kind,
+                target.syscall.as_deref().unwrap_or("a system call"),
+                target.access,
+                target.pid,
+                target.comm,
+                record.comm
+            ),
+        )
+    } else if record.kind == "bind-denied" {
+        let at = record
+            .destination
+            .map_or_else(|| "an unknown address".to_owned(), |d| d.to_string());
+        (
+            Decision::Refuse,
+            format!(
+                "refused in the kernel ({}): bind to {at} ({}) by {}: not in agent.listen",
+                record.kind,
+                protocol_name(&record),
+                record.comm
+            ),
+        )
+    } else if record.kind == "connection-share-exceeded" {
+        let to = record
+            .destination
+            .map_or_else(|| "an unknown address".to_owned(), |d| d.to_string());
+        (
+            Decision::Refuse,
+            format!(
+                "refused in the kernel ({}): connect to {to} by {}: the agent already has its share of connections waiting for the proxy (--kernel-agent-records)",
+                record.kind, record.comm
+            ),
+        )
+    } else if record.kind == "agent-revoked" {
+        let at = record
+            .destination
+            .map_or_else(|| "an unknown address".to_owned(), |d| d.to_string());
+        (
+            Decision::Refuse,
+            format!(
+                "refused in the kernel ({}): the agent is revoked: {} {} to {at} by {}",
+                record.kind,
+                record.family,
+                protocol_name(&record),
+                record.comm
+            ),
+        )
+    } else if let Some(option) = &record.socket_option {
         (
             Decision::Refuse,
             format!(

@@ -140,6 +140,26 @@ fn unix_allow_keys(
     keys
 }
 
+/// The kernel's listen allow-list: (agent cgroup id, address, port) for
+/// every `listen` entry of each guarded agent.
+fn listen_allow_keys(
+    policy: &policy::PolicySet,
+    guarded: &[GuardedAgent],
+) -> Vec<agentguard_common::ListenKey> {
+    use agentguard_common::ListenKey;
+    let mut keys = Vec::new();
+    for guard in guarded {
+        let Some(agent) = policy.agent(&guard.name) else {
+            continue;
+        };
+        keys.extend(agent.listen.iter().map(|l| match l.kernel_ip() {
+            Some(ip) => ListenKey::exact(guard.cgroup.id, ip, l.port),
+            None => ListenKey::any_address(guard.cgroup.id, l.port),
+        }));
+    }
+    keys
+}
+
 impl Reloader {
     /// Builds a complete state from the policies folder. `current` is the
     /// state in force (None at start), whose guarded cgroups need no new
@@ -221,6 +241,13 @@ impl Reloader {
         let keep: Vec<u64> = guarded.iter().map(|a| a.cgroup.id).collect();
         kernel.retain_agent_dns(&keep)?;
         kernel.set_unix_allow(&unix_allow_keys(&policy, &guarded))?;
+        kernel.set_listen_allow(&listen_allow_keys(&policy, &guarded))?;
+        if !kernel.shares_fit(guarded.len()) {
+            warn!(
+                agents = guarded.len(),
+                "the agents' kernel shares (--kernel-agent-records, --kernel-agent-event-bytes) add up to more than the kernel's tables hold: one agent's flood can still crowd out another's"
+            );
+        }
         let names: Vec<&str> = policy.agents.iter().map(|a| a.name.as_str()).collect();
         self.resolvers.retain(&names);
         Ok(LiveState {
@@ -278,8 +305,7 @@ impl Reloader {
 
 /// This process's cgroup v2 directory, from /proc/self/cgroup.
 fn own_cgroup(root: &CgroupRoot) -> Option<PathBuf> {
-    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let path = crate::procfs::own_cgroup().ok()??;
     Some(root.mount().join(path.trim_start_matches('/')))
 }
 

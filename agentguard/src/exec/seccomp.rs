@@ -20,6 +20,13 @@
 //! (IORING_OP_SOCKET), is ENOSYS, so runtimes fall back to plain system
 //! calls.
 //!
+//! Where the kernel cannot keep an agent from other processes (no BPF LSM,
+//! daemon started with `--allow-unguarded-processes`), a third filter
+//! refuses the main ways into another process: PTRACE_ATTACH and
+//! PTRACE_SEIZE (PTRACE_TRACEME still lets a debugger start its own
+//! child), process_vm_readv/writev and pidfd_getfd. /proc/<pid>/mem is an
+//! open() of a path, which a filter cannot see: only the BPF LSM closes it.
+//!
 //! On x86_64, seccompiler's filters check the architecture but not the x32
 //! bit of the system call number: on a kernel built with x32 support, the
 //! x32 `socket` or `unshare` would pass them. A first filter refuses every
@@ -192,6 +199,48 @@ pub fn filters() -> Result<Vec<BpfProgram>, String> {
         .collect()
 }
 
+/// ptrace requests that take hold of a running process
+/// (include/uapi/linux/ptrace.h).
+const PTRACE_ATTACH: u64 = 16;
+const PTRACE_SEIZE: u64 = 0x4206;
+
+/// Refused outright when the kernel does not guard processes: reading and
+/// writing another process's memory, and taking its descriptors.
+const PROCESS_SYSCALLS: [nix::libc::c_long; 3] = [
+    nix::libc::SYS_process_vm_readv,
+    nix::libc::SYS_process_vm_writev,
+    nix::libc::SYS_pidfd_getfd,
+];
+
+/// The filter for agents on a kernel without the process-access program:
+/// EPERM, as that program would answer.
+pub fn process_filters() -> Result<Vec<BpfProgram>, String> {
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
+    let e = |e: seccompiler::BackendError| e.to_string();
+    let mut refused: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    // ptrace(request, pid, ...): the request is argument 0.
+    let requests = [PTRACE_ATTACH, PTRACE_SEIZE]
+        .iter()
+        .map(|&request| {
+            let cond = SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, request)
+                .map_err(e)?;
+            SeccompRule::new(vec![cond]).map_err(e)
+        })
+        .collect::<Result<_, _>>()?;
+    refused.insert(nix::libc::SYS_ptrace, requests);
+    for syscall in PROCESS_SYSCALLS {
+        refused.insert(syscall, Vec::new());
+    }
+    let filter = SeccompFilter::new(
+        refused,
+        SeccompAction::Allow,
+        SeccompAction::Errno(nix::libc::EPERM as u32),
+        arch,
+    )
+    .map_err(e)?;
+    Ok(vec![BpfProgram::try_from(filter).map_err(e)?])
+}
+
 /// Installs `filters` on this thread (exec keeps them, and every child
 /// inherits them). Needs no_new_privs or CAP_SYS_ADMIN.
 pub fn install(filters: Vec<BpfProgram>) -> Result<(), String> {
@@ -213,7 +262,8 @@ mod tests {
             sockets.len(),
             if cfg!(target_arch = "x86_64") { 3 } else { 2 }
         );
-        for filters in [filters().unwrap(), sockets] {
+        assert_eq!(process_filters().unwrap().len(), 1);
+        for filters in [filters().unwrap(), sockets, process_filters().unwrap()] {
             assert!(filters.iter().all(|f| !f.is_empty()));
         }
     }

@@ -1,6 +1,11 @@
 //! Deciding one HTTP request against an agent's tools. Default deny: a
 //! request is allowed only if a `[[tool]]` matches its host, port, method and
 //! normalised path; the first matching tool (in file order) decides.
+//!
+//! This decision sees the request head only. Tools that need more (a
+//! `protocol` other than http, a `when` condition, a `rate`) never allow
+//! here: they are decided by [`super::decide`], which the proxy calls with
+//! the body, the identity and a rate limiter.
 
 use hyper::Method;
 
@@ -44,8 +49,15 @@ impl AgentPolicy {
                 ),
             };
         }
+        let mut call_aware = None;
         let tool = on_host.into_iter().find(|t| {
-            t.methods.contains(req.method) && t.paths.iter().any(|p| p.matches(req.path))
+            let matches =
+                t.methods.contains(req.method) && t.paths.iter().any(|p| p.matches(req.path));
+            if matches && t.calls.needs_call_aware_decision() {
+                call_aware.get_or_insert(t.name.as_str());
+                return false;
+            }
+            matches
         });
         match tool {
             Some(tool) => Verdict::Allow {
@@ -57,10 +69,16 @@ impl AgentPolicy {
                     .and_then(|id| self.credential(id)),
             },
             None => Verdict::Deny {
-                reason: format!(
-                    "no tool of agent {:?} allows {} {} on {}",
-                    self.name, req.method, req.path, req.host
-                ),
+                reason: match call_aware {
+                    Some(name) => format!(
+                        "tool {name:?} of agent {:?} needs a decision on the call itself (protocol, when or rate), which this path does not make",
+                        self.name
+                    ),
+                    None => format!(
+                        "no tool of agent {:?} allows {} {} on {}",
+                        self.name, req.method, req.path, req.host
+                    ),
+                },
             },
         }
     }

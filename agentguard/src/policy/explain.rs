@@ -2,10 +2,12 @@
 //! without a daemon. Names the credential that would be injected, never its
 //! value (secrets are not even read).
 
-use hyper::{Method, Uri};
 use serde::Serialize;
 
-use super::{PolicySet, RequestFacts, Verdict, normalize_path};
+use super::{
+    PolicySet, RateLimiter,
+    cases::{Case, Decided, Target, run_case},
+};
 
 #[derive(Debug, Serialize)]
 pub struct Explanation {
@@ -14,18 +16,22 @@ pub struct Explanation {
     pub host: String,
     pub port: u16,
     pub path: String,
-    /// "allow", "deny", or "would-deny" (denied, but the agent is in audit
-    /// mode).
+    /// "allow", "deny", "would-deny" (denied, but the agent is in audit
+    /// mode), "rate-limited" or "refuse"; for a batch, the first member's.
     pub decision: &'static str,
     pub tool: Option<String>,
     pub credential: Option<String>,
+    pub rule: Option<String>,
     pub reason: String,
+    /// Each JSON-RPC member's decision, when the body is a batch.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<Decided>,
     pub policy_version: String,
 }
 
 impl Explanation {
     pub fn allowed(&self) -> bool {
-        self.decision == "allow"
+        self.decision == "allow" && self.members.iter().all(|m| m.decision.as_str() == "allow")
     }
 }
 
@@ -35,56 +41,38 @@ pub fn explain(
     method: &str,
     url: &str,
 ) -> Result<Explanation, String> {
-    let policy = set
-        .agent(agent)
-        .ok_or_else(|| format!("no agent named {agent:?} in the policy"))?;
-    let method: Method = method
-        .parse()
-        .map_err(|_| format!("{method:?} is not an HTTP method"))?;
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
-    let scheme_port = match uri.scheme_str() {
-        Some("https") => 443,
-        Some("http") => 80,
-        _ => return Err(format!("URL {url:?} must start with https:// or http://")),
-    };
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("URL {url:?} has no host"))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    let port = uri.port_u16().unwrap_or(scheme_port);
-    let path = normalize_path(uri.path()).map_err(|e| format!("path refused: {e}"))?;
-    let verdict = policy.evaluate(RequestFacts {
-        method: &method,
-        host: &host,
-        port,
-        path: &path,
-    });
-    let (decision, tool, credential, reason) = match verdict {
-        Verdict::Allow { tool, credential } => (
-            "allow",
-            Some(tool.name.clone()),
-            credential.map(|c| c.id.clone()),
-            format!("allowed by tool {:?}", tool.name),
-        ),
-        Verdict::Deny { reason } if policy.mode == super::Mode::Audit => {
-            ("would-deny", None, None, reason)
-        }
-        Verdict::Deny { reason } => ("deny", None, None, reason),
-    };
+    explain_case(
+        set,
+        &Case {
+            agent: agent.to_owned(),
+            method: method.to_owned(),
+            url: url.to_owned(),
+            ..Case::default()
+        },
+    )
+}
+
+/// What the policy decides for one request (with its body, identity and
+/// time, if the case gives them), as `policy test` shows it.
+pub fn explain_case(set: &PolicySet, case: &Case) -> Result<Explanation, String> {
+    let target = Target::parse(&case.url)?;
+    let mut got = run_case(set, case, &RateLimiter::new())?;
+    let first = got.first().cloned().ok_or("no decision")?;
+    if got.len() == 1 {
+        got.clear();
+    }
     Ok(Explanation {
-        agent: agent.to_owned(),
-        method: method.to_string(),
-        host,
-        port,
-        path,
-        decision,
-        tool,
-        credential,
-        reason,
+        agent: case.agent.clone(),
+        method: case.method.clone(),
+        host: target.host,
+        port: target.port,
+        path: target.path,
+        decision: first.decision.as_str(),
+        tool: first.tool,
+        credential: first.credential,
+        rule: first.rule,
+        reason: first.reason,
+        members: got,
         policy_version: set.version.clone(),
     })
 }
@@ -105,6 +93,15 @@ impl std::fmt::Display for Explanation {
             self.credential.as_deref().unwrap_or("-")
         )?;
         writeln!(f, "reason:     {}", self.reason)?;
+        for (i, m) in self.members.iter().enumerate() {
+            writeln!(
+                f,
+                "member {i}:   {} {} {}",
+                m.decision.as_str(),
+                m.rpc_method.as_deref().unwrap_or("-"),
+                m.mcp_target.as_deref().unwrap_or("")
+            )?;
+        }
         write!(f, "policy:     {}", self.policy_version)
     }
 }
@@ -116,171 +113,72 @@ mod tests {
     use super::*;
     use crate::policy::load_path;
 
-    /// Every example in policies/ is exercised: for each agent, requests its
-    /// tools allow (with the credential they inject) and requests they do
-    /// not.
+    /// `policy test` for one request names the tool and credential, and
+    /// the decision; every example's cases are in policies/tests/ (see
+    /// `cases::tests::every_shipped_case_file_passes`).
     #[test]
-    fn example_policies_decide_as_documented() {
+    fn one_request_is_explained() {
         let set = load_path(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")).unwrap();
-        let cases: &[(&str, &str, &str, &str, Option<&str>)] = &[
-            (
-                "support-bot",
-                "POST",
-                "https://itsm.example.com/api/v2/tickets",
-                "allow",
-                Some("itsm-token"),
-            ),
-            (
-                "support-bot",
-                "GET",
-                "https://itsm.example.com/api/v2/tickets/42",
-                "allow",
-                Some("itsm-token"),
-            ),
-            (
-                "support-bot",
-                "GET",
-                "https://itsm.example.com/api/v2/tickets/../admin",
-                "deny",
-                None,
-            ),
-            (
-                "support-bot",
-                "DELETE",
-                "https://itsm.example.com/api/v2/tickets/42",
-                "deny",
-                None,
-            ),
-            (
-                "support-bot",
-                "POST",
-                "https://itsm.example.com:8443/api/v2/tickets",
-                "deny",
-                None,
-            ),
-            (
-                "support-bot",
-                "POST",
-                "https://kb.example.com/v1/search",
-                "allow",
-                Some("kb-token"),
-            ),
-            (
-                "support-bot",
-                "GET",
-                "https://kb.example.com/v1/search",
-                "deny",
-                None,
-            ),
-            (
-                "openai-agent",
-                "POST",
-                "https://api.openai.com/v1/chat/completions",
-                "allow",
-                Some("openai-key"),
-            ),
-            (
-                "openai-agent",
-                "GET",
-                "https://api.openai.com/v1/models/gpt-5",
-                "allow",
-                Some("openai-key"),
-            ),
-            (
-                "openai-agent",
-                "DELETE",
-                "https://api.openai.com/v1/files/f1",
-                "deny",
-                None,
-            ),
-            (
-                "anthropic-agent",
-                "POST",
-                "https://api.anthropic.com/v1/messages",
-                "allow",
-                Some("anthropic-key"),
-            ),
-            (
-                "anthropic-agent",
-                "POST",
-                "https://api.openai.com/v1/chat/completions",
-                "deny",
-                None,
-            ),
-            (
-                "github-agent",
-                "GET",
-                "https://api.github.com/repos/acme/widgets/pulls/1",
-                "allow",
-                Some("github-token"),
-            ),
-            (
-                "github-agent",
-                "POST",
-                "https://api.github.com/repos/acme/widgets/issues",
-                "allow",
-                Some("github-token"),
-            ),
-            (
-                "github-agent",
-                "PUT",
-                "https://api.github.com/repos/acme/widgets/pulls/1/merge",
-                "deny",
-                None,
-            ),
-            (
-                "github-agent",
-                "GET",
-                "https://api.github.com/repos/acme/other",
-                "deny",
-                None,
-            ),
-            (
-                "slack-agent",
-                "POST",
-                "https://slack.com/api/chat.postMessage",
-                "allow",
-                Some("slack-bot"),
-            ),
-            (
-                "slack-agent",
-                "POST",
-                "https://slack.com/api/admin.users.remove",
-                "deny",
-                None,
-            ),
-            (
-                "research-agent",
-                "GET",
-                "https://export.arxiv.org/api/query",
-                "allow",
-                None,
-            ),
-            (
-                "research-agent",
-                "GET",
-                "https://example.com/",
-                "would-deny",
-                None,
-            ),
-        ];
-        let mut agents_seen = std::collections::BTreeSet::new();
-        for (agent, method, url, decision, credential) in cases {
-            let e = explain(&set, agent, method, url).unwrap();
-            assert_eq!(
-                e.decision, *decision,
-                "{agent} {method} {url}: {}",
-                e.reason
-            );
-            assert_eq!(
-                e.credential.as_deref(),
-                *credential,
-                "{agent} {method} {url}"
-            );
-            agents_seen.insert(*agent);
+        let e = explain(
+            &set,
+            "support-bot",
+            "POST",
+            "https://itsm.example.com/api/v2/tickets",
+        )
+        .unwrap();
+        assert_eq!(
+            (e.decision, e.tool.as_deref(), e.credential.as_deref()),
+            ("allow", Some("itsm.create_ticket"), Some("itsm-token"))
+        );
+        assert!(e.allowed());
+        assert_eq!(e.path, "/api/v2/tickets");
+        let e = explain(
+            &set,
+            "support-bot",
+            "GET",
+            "https://itsm.example.com/api/v2/tickets/../admin",
+        )
+        .unwrap();
+        assert_eq!((e.decision, e.path.as_str()), ("deny", "/api/v2/admin"));
+        let e = explain(&set, "research-agent", "GET", "https://example.com/").unwrap();
+        assert_eq!(e.decision, "would-deny");
+        assert!(!e.allowed());
+        // An MCP POST without a body is refused: its calls are in the body.
+        let e = explain(
+            &set,
+            "github-mcp-agent",
+            "POST",
+            "https://api.githubcopilot.com/mcp/",
+        )
+        .unwrap();
+        assert_eq!(e.decision, "refuse");
+        // A batch lists its members.
+        let e = explain_case(
+            &set,
+            &Case {
+                agent: "github-mcp-agent".into(),
+                method: "POST".into(),
+                url: "https://api.githubcopilot.com/mcp/".into(),
+                body: Some(
+                    r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_repo"}}]"#.into(),
+                ),
+                ..Case::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(e.members.len(), 2);
+        assert!(!e.allowed());
+        assert!(
+            e.to_string()
+                .contains("member 1:   deny tools/call delete_repo"),
+            "{e}"
+        );
+        for (agent, url) in [
+            ("nobody", "https://x/"),
+            ("support-bot", "ftp://x/"),
+            ("support-bot", "https://x/a%2fb"),
+        ] {
+            assert!(explain(&set, agent, "GET", url).is_err(), "{agent} {url}");
         }
-        let all: std::collections::BTreeSet<&str> =
-            set.agents.iter().map(|a| a.name.as_str()).collect();
-        assert_eq!(agents_seen, all, "every example agent is exercised");
     }
 }

@@ -17,6 +17,10 @@ use super::model::{
     SecretSource, SourceSection, ToolPolicy, ToolSection, ToolTimeouts, ToolTimeoutsSection,
     UnixSocketAddr, ValueSection, ValueSource, validate_agent_name,
 };
+use super::{
+    CallRules, Condition, DEFAULT_MAX_BODY, MAX_MAX_BODY, NamePattern, Protocol, RatePer, RateRule,
+    RateSpec, model::Spanned,
+};
 
 #[derive(Debug, Error)]
 pub enum PolicyError {
@@ -38,25 +42,12 @@ pub enum PolicyError {
 }
 
 /// All errors found in a policy set: operators fix them in one pass.
-#[derive(Debug, Error)]
-pub struct PolicyErrors(pub Vec<PolicyError>);
-
-impl std::fmt::Display for PolicyErrors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
+pub type PolicyErrors = crate::error_list::ErrorList<PolicyError>;
 
 /// Loads a policy set from a folder (every `*.toml` in it, sorted by name) or
 /// from one file. Every file is checked; any error refuses the whole set.
 pub fn load_path(path: &Path) -> Result<PolicySet, PolicyErrors> {
-    let files = policy_files(path).map_err(|e| PolicyErrors(vec![e]))?;
+    let files = policy_files(path).map_err(|e| crate::error_list::ErrorList(vec![e]))?;
     let mut errors = Vec::new();
     let mut agents: Vec<(AgentPolicy, Span)> = Vec::new();
     let mut hasher = Sha256::new();
@@ -88,7 +79,7 @@ pub fn load_path(path: &Path) -> Result<PolicySet, PolicyErrors> {
 
     check_conflicts(&agents, &mut errors);
     if !errors.is_empty() {
-        return Err(PolicyErrors(errors));
+        return Err(crate::error_list::ErrorList(errors));
     }
     Ok(PolicySet {
         agents: agents.into_iter().map(|(a, _)| a).collect(),
@@ -202,6 +193,19 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
         }
         unix_sockets.push(addr);
     }
+    let mut listen: Vec<super::ListenAddr> = Vec::new();
+    for entry in parsed.agent.listen.iter().flatten() {
+        let span = span_of(path, text, entry.span().start);
+        let addr = super::ListenAddr::parse(entry.get_ref())
+            .map_err(|m| invalid(&span, format!("agent.listen: {m}")))?;
+        if listen.contains(&addr) {
+            return Err(invalid(
+                &span,
+                format!("agent.listen: {addr} is listed twice"),
+            ));
+        }
+        listen.push(addr);
+    }
     let limits = agent_limits(path, text, parsed.agent.limits)?;
     let mut credentials: Vec<CredentialPolicy> = Vec::new();
     for section in parsed.credential {
@@ -254,6 +258,7 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
             mode,
             dns,
             unix_sockets,
+            listen,
             credentials,
             tools,
             passthrough,
@@ -473,6 +478,7 @@ fn parse_tool(
     credentials: &[CredentialPolicy],
 ) -> Result<ToolPolicy, PolicyError> {
     let at = |offset: usize| span_of(path, text, offset);
+    let calls = parse_calls(path, text, &section)?;
     let name_span = at(section.name.span().start);
     let name = section.name.into_inner();
     if name.is_empty() {
@@ -558,6 +564,7 @@ fn parse_tool(
         methods,
         paths,
         credential,
+        calls,
         timeouts,
     })
 }
@@ -588,17 +595,150 @@ fn agent_limits(
     let Some(section) = section else {
         return Ok(AgentLimits::default());
     };
-    let count = |key: &str, value: Option<toml::Spanned<u32>>| match value {
+    let count = |key: &str, value: Option<Spanned<u32>>| match value {
         Some(v) if *v.get_ref() == 0 => Err(invalid(
             &span_of(path, text, v.span().start),
             format!("agent.limits.{key}: must be at least 1"),
         )),
-        v => Ok(v.map(toml::Spanned::into_inner)),
+        v => Ok(v.map(Spanned::into_inner)),
     };
     Ok(AgentLimits {
         connections: count("connections", section.connections)?,
         requests: count("requests", section.requests)?,
     })
+}
+
+/// The keys of a `[[tool]]` about calls: `protocol`, `mcp_*`,
+/// `rpc_methods`, `when`, `rate`, `rate_per`, `record_arguments` and
+/// `max_body`.
+fn parse_calls(path: &Path, text: &str, section: &ToolSection) -> Result<CallRules, PolicyError> {
+    let at = |span: std::ops::Range<usize>| span_of(path, text, span.start);
+    let protocol = match &section.protocol {
+        None => Protocol::Http,
+        Some(p) => match p.get_ref().as_str() {
+            "http" => Protocol::Http,
+            "mcp" => Protocol::Mcp,
+            "jsonrpc" => Protocol::JsonRpc,
+            other => {
+                return Err(invalid(
+                    &at(p.span()),
+                    format!("tool.protocol: {other:?} must be \"http\", \"mcp\" or \"jsonrpc\""),
+                ));
+            }
+        },
+    };
+    let names = |key: &str, list: &Option<Spanned<Vec<String>>>, allowed: bool| {
+        let Some(list) = list else {
+            return Ok(Vec::new());
+        };
+        if !allowed {
+            return Err(invalid(
+                &at(list.span()),
+                format!(
+                    "tool.{key}: only for protocol = {}",
+                    if key == "rpc_methods" {
+                        "\"mcp\" or \"jsonrpc\""
+                    } else {
+                        "\"mcp\""
+                    }
+                ),
+            ));
+        }
+        list.get_ref()
+            .iter()
+            .map(|n| NamePattern::parse(n))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| invalid(&at(list.span()), format!("tool.{key}: {m}")))
+    };
+    let mcp = protocol == Protocol::Mcp;
+    let mut rules = CallRules {
+        protocol,
+        mcp_tools: names("mcp_tools", &section.mcp_tools, mcp)?,
+        mcp_tools_except: names("mcp_tools_except", &section.mcp_tools_except, mcp)?,
+        mcp_resources: names("mcp_resources", &section.mcp_resources, mcp)?,
+        mcp_prompts: names("mcp_prompts", &section.mcp_prompts, mcp)?,
+        rpc_methods: names("rpc_methods", &section.rpc_methods, protocol.is_rpc())?,
+        when: None,
+        rate: None,
+        record_arguments: section.record_arguments.unwrap_or(false),
+        max_body: DEFAULT_MAX_BODY,
+    };
+    if protocol.is_rpc() && !section.methods.get_ref().iter().any(|m| m == "POST") {
+        return Err(invalid(
+            &at(section.methods.span()),
+            format!(
+                "tool.methods: a protocol = {:?} tool needs \"POST\", which carries its calls",
+                protocol.as_str()
+            ),
+        ));
+    }
+    if section.record_arguments.is_some() && !protocol.is_rpc() {
+        return Err(invalid(
+            &at(section.name.span()),
+            "tool.record_arguments: only for protocol = \"mcp\" or \"jsonrpc\" (arguments are JSON-RPC params)".into(),
+        ));
+    }
+    if let Some(w) = &section.when {
+        let span = at(w.span());
+        let condition = Condition::compile(w.get_ref())
+            .map_err(|m| invalid(&span, format!("tool.when: {m}")))?;
+        if condition.uses().mcp && !protocol.is_rpc() {
+            return Err(invalid(
+                &span,
+                "tool.when: mcp is only set for protocol = \"mcp\" or \"jsonrpc\" tools".into(),
+            ));
+        }
+        rules.when = Some(condition);
+    }
+    if let Some(r) = &section.rate {
+        let spec = RateSpec::parse(r.get_ref())
+            .map_err(|m| invalid(&at(r.span()), format!("tool.rate: {m}")))?;
+        let per = match &section.rate_per {
+            None => RatePer::Agent,
+            Some(p) => match p.get_ref().as_str() {
+                "agent" => RatePer::Agent,
+                "on_behalf_of" => RatePer::OnBehalfOf,
+                other => {
+                    return Err(invalid(
+                        &at(p.span()),
+                        format!("tool.rate_per: {other:?} must be \"agent\" or \"on_behalf_of\""),
+                    ));
+                }
+            },
+        };
+        rules.rate = Some(RateRule { spec, per });
+    } else if let Some(p) = &section.rate_per {
+        return Err(invalid(
+            &at(p.span()),
+            "tool.rate_per: give a rate too".into(),
+        ));
+    }
+    if let Some(m) = &section.max_body {
+        let span = at(m.span());
+        let bytes = crate::config::parse_size("max_body", m.get_ref()).map_err(|_| {
+            invalid(
+                &span,
+                format!(
+                    "tool.max_body: {:?} is not a size such as \"1M\"",
+                    m.get_ref()
+                ),
+            )
+        })?;
+        if bytes > MAX_MAX_BODY as u64 {
+            return Err(invalid(
+                &span,
+                format!("tool.max_body: at most {} MiB", MAX_MAX_BODY >> 20),
+            ));
+        }
+        if !rules.reads_body() {
+            return Err(invalid(
+                &span,
+                "tool.max_body: only for tools that read bodies (protocol = \"mcp\" or \"jsonrpc\", or a when that reads request.body)".into(),
+            ));
+        }
+        rules.max_body = bytes as usize;
+    }
+    Ok(rules)
 }
 
 /// Two agents may not share a name or a cgroup, and one agent's cgroup may

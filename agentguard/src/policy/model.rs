@@ -3,8 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use hyper::{Method, Uri, header::HeaderName};
+use schemars::JsonSchema;
 use serde::Deserialize;
-use toml::Spanned;
+
+pub use super::calls::CallRules;
+pub use super::spanned::Spanned;
 
 pub use super::unix::UnixSocketAddr;
 
@@ -12,7 +15,7 @@ pub use super::pattern::{HostPattern, PathPattern};
 
 /// What a policy file may contain. Unknown keys are an error: a typo in a
 /// security policy must not be silently ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PolicyFile {
     pub agent: AgentSection,
@@ -26,7 +29,7 @@ pub(super) struct PolicyFile {
 
 /// `[[credential]]`: a secret the proxy holds for the agent, and how it is
 /// put into a request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CredentialSection {
     pub id: Spanned<String>,
@@ -38,7 +41,7 @@ pub(super) struct CredentialSection {
 }
 
 /// Where a secret comes from. Externally tagged: `{ file = "..." }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub(super) enum SourceSection {
     File(String),
@@ -49,7 +52,7 @@ pub(super) enum SourceSection {
 
 /// `{ jwt = { audience = "...", scope = "...", ttl = "60s" } }`: a token
 /// minted per request and bound to it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct JwtSection {
     pub audience: String,
@@ -57,7 +60,7 @@ pub(super) struct JwtSection {
     pub ttl: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct OAuth2Section {
     pub token_url: String,
@@ -68,14 +71,14 @@ pub(super) struct OAuth2Section {
 
 /// A value given inline or read from a secret source (client ids are not
 /// secret; client secrets are, and may only come from a file or the env).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub(super) enum ValueSection {
     Literal(String),
     Source(SecretRefSection),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub(super) enum SecretRefSection {
     File(String),
@@ -84,7 +87,7 @@ pub(super) enum SecretRefSection {
 
 /// `inject = { header = "...", format = "Bearer {secret}" }`,
 /// `{ basic = { username = "..." } }` or `{ query = "api_key" }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct InjectSection {
     pub header: Option<String>,
@@ -93,7 +96,7 @@ pub(super) struct InjectSection {
     pub query: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct BasicSection {
     pub username: String,
@@ -101,7 +104,7 @@ pub(super) struct BasicSection {
 
 /// `[[tool]]`: one capability: host, methods and paths, and the credential
 /// bound to it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ToolSection {
     pub name: Spanned<String>,
@@ -110,44 +113,87 @@ pub(super) struct ToolSection {
     pub methods: Spanned<Vec<String>>,
     pub paths: Spanned<Vec<String>>,
     pub credential: Option<Spanned<String>>,
+    /// `"http"` (the default), `"mcp"` (MCP over Streamable HTTP) or
+    /// `"jsonrpc"` (any JSON-RPC 2.0 endpoint): the body of such a tool's
+    /// POSTs is parsed and each message decided on its own.
+    #[schemars(extend("enum" = ["http", "mcp", "jsonrpc"]))]
+    pub protocol: Option<Spanned<String>>,
+    /// MCP tools (`tools/call`) this tool allows: exact names or `*`
+    /// globs. None unless listed.
+    pub mcp_tools: Option<Spanned<Vec<String>>>,
+    /// MCP tools this tool never allows, even where `mcp_tools` matches.
+    pub mcp_tools_except: Option<Spanned<Vec<String>>>,
+    /// Resource URIs (`resources/read`, `subscribe`) this tool allows.
+    pub mcp_resources: Option<Spanned<Vec<String>>>,
+    /// Prompts (`prompts/get`) this tool allows.
+    pub mcp_prompts: Option<Spanned<Vec<String>>>,
+    /// JSON-RPC methods this tool allows (for `"mcp"`: beyond the MCP
+    /// methods above and the session methods every client needs).
+    pub rpc_methods: Option<Spanned<Vec<String>>>,
+    /// A CEL expression that must hold for the tool to allow a call.
+    pub when: Option<Spanned<String>>,
+    /// At most this many calls: `"20/min"`, `"5/s"`, `"100/hour"`,
+    /// `"1000/day"`.
+    #[schemars(regex(pattern = r"^\s*[0-9]+\s*/\s*(s|sec|second|min|minute|h|hour|d|day)\s*$"))]
+    pub rate: Option<Spanned<String>>,
+    /// Whom the rate counts separately: `"agent"` (the default) or
+    /// `"on_behalf_of"` (each agent and person it acts for).
+    #[schemars(extend("enum" = ["agent", "on_behalf_of"]))]
+    pub rate_per: Option<Spanned<String>>,
+    /// Record call arguments in the audit record (they may hold personal
+    /// data); by default only their SHA-256 is.
+    pub record_arguments: Option<bool>,
+    /// Most bytes of a body read to decide, e.g. `"1M"` (the default) up
+    /// to `"16M"`: a longer body is refused.
+    pub max_body: Option<Spanned<String>>,
     /// `timeouts = { response_head = "5m", body_idle = "15m" }`.
     pub timeouts: Option<Spanned<ToolTimeoutsSection>>,
 }
 
 /// A tool's time limits toward its upstream, overriding the daemon's.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ToolTimeoutsSection {
+    /// Longest wait for the upstream's response head, e.g. `"5m"` (1 s to
+    /// 24 h); past it the agent gets 504.
     pub response_head: Option<String>,
+    /// Longest silence between two pieces of a response body once its
+    /// head arrived, e.g. `"15m"` (1 s to 24 h).
     pub body_idle: Option<String>,
 }
 
 /// `[agent.limits]`: what one agent may hold at once, overriding the
 /// daemon's defaults.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AgentLimitsSection {
+    /// Most connections the agent may hold open through the proxy at once
+    /// (at least 1).
     pub connections: Option<Spanned<u32>>,
+    /// Most requests the agent may have in flight at once (at least 1).
     pub requests: Option<Spanned<u32>>,
 }
 
 /// `[[passthrough]]`: TLS to these hosts is relayed untouched (pinned
 /// clients, non-HTTP protocols over TLS); the proxy never sees inside.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PassthroughSection {
     pub host: Spanned<String>,
     pub ports: Option<Vec<u16>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AgentSection {
     pub name: Spanned<String>,
     pub cgroup: Spanned<String>,
+    #[schemars(extend("enum" = ["enforce", "audit"]))]
     pub mode: Option<Spanned<String>>,
+    #[schemars(extend("enum" = ["policy", "any"]))]
     pub dns: Option<Spanned<String>>,
     pub unix_sockets: Option<Vec<Spanned<String>>>,
+    pub listen: Option<Vec<Spanned<String>>>,
     pub limits: Option<AgentLimitsSection>,
 }
 
@@ -349,6 +395,8 @@ pub struct ToolPolicy {
     pub paths: Vec<PathPattern>,
     /// Id of the credential injected into this tool's requests.
     pub credential: Option<String>,
+    /// Protocol, MCP names, condition, rate, recording, body bound.
+    pub calls: CallRules,
     pub timeouts: ToolTimeouts,
 }
 
@@ -362,6 +410,9 @@ pub struct AgentPolicy {
     /// The Unix sockets the agent may connect or send to; the kernel
     /// refuses every other.
     pub unix_sockets: Vec<UnixSocketAddr>,
+    /// The addresses and ports the agent may bind (besides port 0); the
+    /// kernel refuses every other.
+    pub listen: Vec<super::ListenAddr>,
     pub credentials: Vec<CredentialPolicy>,
     pub tools: Vec<ToolPolicy>,
     pub passthrough: Vec<PassthroughRule>,

@@ -170,25 +170,12 @@ pub fn normalize_path(raw: &str) -> Result<String, String> {
 }
 
 fn percent_decode(seg: &str) -> Result<String, String> {
-    let bytes = seg.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("invalid percent-encoding in {seg:?}"))?;
-            if matches!(hex, b'/' | b'\\') {
-                return Err("encoded '/' or '\\' in a path segment is refused".into());
-            }
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let out = crate::percent::decode_strict(seg)
+        .ok_or_else(|| format!("invalid percent-encoding in {seg:?}"))?;
+    // A segment holds no raw '/', so one after decoding was encoded; so was
+    // any '\\' beyond the raw ones.
+    if out.contains(&b'/') || bytecount(&out, b'\\') > bytecount(seg.as_bytes(), b'\\') {
+        return Err("encoded '/' or '\\' in a path segment is refused".into());
     }
     if out.iter().any(|&b| b < 0x20 || b == 0x7f) {
         return Err("control characters in the path are refused".into());
@@ -202,33 +189,11 @@ fn percent_decode(seg: &str) -> Result<String, String> {
 /// Unreserved characters and sub-delims, ':' and '@' stay as they are
 /// (RFC 3986 §3.3 pchar); everything else is percent-encoded, upper-case.
 fn percent_encode_segment(seg: &str, out: &mut String) {
-    for &b in seg.as_bytes() {
-        let keep = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'@'
-            );
-        if keep {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
+    out.push_str(&crate::percent::encode_path_segment(seg));
+}
+
+fn bytecount(bytes: &[u8], b: u8) -> usize {
+    bytes.iter().filter(|&&c| c == b).count()
 }
 
 #[cfg(test)]

@@ -225,7 +225,7 @@ impl<'a> ConnOutcome<'a> {
             .with_src(self.peer)
             .with_decision(decision, reason);
         if let Some(identity) = self.identity {
-            event = event.with_identity(identity);
+            event = identity.stamp(event);
         }
         if let Some(dst) = self.dst {
             event = event.with_dst(dst);

@@ -226,8 +226,9 @@ async fn forward(
                     id: credential.id.clone(),
                     source: Box::new(e),
                 };
-                let mut failure = Event::new(Kind::CredentialFailure)
-                    .with_identity(&meta.identity)
+                let mut failure = meta
+                    .identity
+                    .stamp(Event::new(Kind::CredentialFailure))
                     .with_decision(Decision::Refuse, refusal.to_string());
                 failure.credential_id = Some(credential.id.clone());
                 failure.tool = out.event.tool.clone();

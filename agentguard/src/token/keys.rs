@@ -13,8 +13,7 @@
 
 use std::{
     fs,
-    io::Write as _,
-    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -353,22 +352,11 @@ fn read_retired(path: &Path) -> Result<Vec<RetiredKey>, KeyError> {
 
 /// Written beside and renamed over, so a reader never sees half a key.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
-    let tmp = path.with_extension("tmp");
-    let io = |action, source| KeyError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    };
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(KEY_MODE)
-        .open(&tmp)
-        .map_err(|e| io("create", e))?;
-    f.write_all(bytes).map_err(|e| io("write", e))?;
-    f.sync_all().map_err(|e| io("sync", e))?;
-    fs::rename(&tmp, path).map_err(|e| io("rename", e))
+    crate::atomic_file::replace(path, bytes, KEY_MODE).map_err(|e| KeyError::Io {
+        action: e.action,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 #[cfg(test)]

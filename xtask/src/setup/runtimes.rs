@@ -9,8 +9,26 @@ use crate::cmd;
 
 const RUNTIMES: &[&str] = &["python3", "node"];
 
-/// Python packages the end-to-end tests import in their client scripts.
-const PYTHON_PACKAGES: &[&str] = &["requests"];
+/// Python packages the end-to-end tests import, as (PyPI name, module,
+/// pinned version): `requests` in client scripts; the official MCP SDK
+/// (client and streamable-HTTP server of the MCP tests; 2.x has `Client`
+/// and `MCPServer`, so it is pinned); the export validators in
+/// `tests/validators/`: the OpenTelemetry project's OTLP message classes,
+/// and the OCSF schema (shipped in the package, so nothing is fetched at
+/// test time: `ocsf-lib` only reads the schema from its server) with the
+/// JSON Schema validator that checks events against it. Pinned where a
+/// test depends on the API or the schema, so a new release cannot turn CI red.
+const PYTHON_PACKAGES: &[(&str, &str, Option<&str>)] = &[
+    ("requests", "requests", None),
+    ("mcp", "mcp", Some("2.3.0")),
+    (
+        "opentelemetry-proto",
+        "opentelemetry.proto.collector.logs.v1.logs_service_pb2",
+        Some("1.45.2"),
+    ),
+    ("ocsf-json-schema", "ocsf_json_schema", Some("1.2.0")),
+    ("jsonschema", "jsonschema", Some("4.26.0")),
+];
 
 pub fn check() -> Result<()> {
     for &runtime in RUNTIMES {
@@ -24,13 +42,23 @@ pub fn check() -> Result<()> {
             ),
         }
     }
-    for &package in PYTHON_PACKAGES {
-        let import = format!("import {package}");
-        if cmd::probe(cmd::new("python3").args(["-c", &import])).is_some() {
-            println!("setup: python package {package} already present, skipping");
+    for &(package, module, version) in PYTHON_PACKAGES {
+        // Present, and at the pinned version if there is one.
+        let check = match version {
+            Some(v) => format!(
+                "import {module}, importlib.metadata as m; assert m.version('{package}') == '{v}'"
+            ),
+            None => format!("import {module}"),
+        };
+        let spec = match version {
+            Some(v) => format!("{package}=={v}"),
+            None => package.to_owned(),
+        };
+        if cmd::probe(cmd::new("python3").args(["-c", &check])).is_some() {
+            println!("setup: python package {spec} already present, skipping");
         } else {
-            println!("setup: installing python package {package} (used by the end-to-end tests)");
-            cmd::run(cmd::new("python3").args(["-m", "pip", "install", "--quiet", package]))?;
+            println!("setup: installing python package {spec} (used by the end-to-end tests)");
+            cmd::run(cmd::new("python3").args(["-m", "pip", "install", "--quiet", &spec]))?;
         }
     }
     Ok(())

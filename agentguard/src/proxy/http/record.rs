@@ -27,6 +27,7 @@ use super::{ConnMeta, plan::Noted};
 use crate::{
     audit::{AuditSink, Decision, Event, Kind, Permit},
     connlog::{RequestDecision, RequestEntry, RequestLog},
+    percent,
     proxy::{
         refusal::Refusal,
         respond::{self, Render},
@@ -62,8 +63,9 @@ impl Outcome {
         sink: AuditSink,
         requests: Arc<RequestLog>,
     ) -> Self {
-        let mut event = Event::new(Kind::Request)
-            .with_identity(&meta.identity)
+        let mut event = meta
+            .identity
+            .stamp(Event::new(Kind::Request))
             .with_src(meta.peer)
             .with_dst(meta.dst);
         event.sni = meta.sni.clone();
@@ -75,6 +77,13 @@ impl Outcome {
             .headers()
             .get(INTENT_HEADER)
             .map(|v| truncate(String::from_utf8_lossy(v.as_bytes()).into_owned()));
+        // W3C trace context, so the agent's traces join this decision: one
+        // well-formed header, or nothing (the spec treats several as invalid).
+        let mut traceparents = req.headers().get_all("traceparent").iter();
+        event.traceparent = match (traceparents.next(), traceparents.next()) {
+            (Some(v), None) => crate::audit::traceparent::normalise(v.as_bytes()),
+            _ => None,
+        };
         Self {
             event,
             bare_path: String::new(),
@@ -420,35 +429,14 @@ pub fn redacted_query(query: &str, param: &str) -> String {
         .filter(|p| !p.is_empty())
         .filter(|p| {
             let name = p.split_once('=').map_or(*p, |(n, _)| n);
-            decode(name) != param && decode(&name.replace('+', " ")) != param
+            let decoded =
+                |n: &str| String::from_utf8_lossy(&percent::decode(n.as_bytes())).into_owned();
+            decoded(name) != param && decoded(&name.replace('+', " ")) != param
         })
         .map(str::to_owned)
         .collect();
     pairs.push(format!("{param}=[redacted]"));
     pairs.join("&")
-}
-
-/// Percent-decoding for comparing parameter names (invalid escapes kept as
-/// they are).
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

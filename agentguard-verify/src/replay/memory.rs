@@ -1,6 +1,4 @@
-//! Refusing a token seen before: every accepted `jti` is kept through the
-//! last second in which its token verifies (`exp` plus leeway), and no
-//! longer.
+//! The replay store in the process's memory.
 
 use std::{
     cmp::Reverse,
@@ -8,11 +6,15 @@ use std::{
     sync::Mutex,
 };
 
-/// Seen `jti`s with the last second their tokens verify in. Bounded: when `capacity` unexpired tokens
-/// are held, new tokens are refused rather than an entry dropped early,
-/// because a dropped entry is a token that could be replayed.
+use super::{BoxFuture, ReplayError, ReplayStore, Spend};
+
+/// Enough for ~3,000 calls a second at the longest token lifetime.
+pub const DEFAULT_REPLAY_CAPACITY: usize = 1_000_000;
+
+/// Seen `jti`s with the last second their tokens verify in, bounded to
+/// `capacity` unexpired ones ([`Spend::Full`] beyond).
 #[derive(Debug)]
-pub struct ReplayCache {
+pub struct MemoryReplayStore {
     capacity: usize,
     inner: Mutex<Inner>,
 }
@@ -41,18 +43,7 @@ impl Inner {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplayVerdict {
-    Fresh,
-    Replayed,
-    /// The cache holds `capacity` unexpired tokens.
-    Full,
-}
-
-/// Enough for ~3,000 calls a second at the longest token lifetime.
-pub const DEFAULT_REPLAY_CAPACITY: usize = 1_000_000;
-
-impl ReplayCache {
+impl MemoryReplayStore {
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
@@ -60,25 +51,23 @@ impl ReplayCache {
         }
     }
 
-    /// Records `jti` through second `last_valid` (seconds since the epoch,
-    /// inclusive) if it was not seen before.
-    pub fn check(&self, jti: &str, last_valid: u64, now: u64) -> ReplayVerdict {
+    /// [`ReplayStore::spend`], without the future.
+    pub fn spend_now(&self, jti: &str, last_valid: u64, now: u64) -> Spend {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.forget_expired(now);
         if inner.seen.contains_key(jti) {
-            return ReplayVerdict::Replayed;
+            return Spend::Replayed;
         }
         if inner.seen.len() >= self.capacity {
-            return ReplayVerdict::Full;
+            return Spend::Full;
         }
         inner.seen.insert(jti.to_owned(), last_valid);
         inner.expiries.push(Reverse((last_valid, jti.to_owned())));
-        ReplayVerdict::Fresh
+        Spend::Fresh
     }
 
-    /// Whether `jti` was recorded (and its token could still verify),
-    /// without recording it.
-    pub fn contains(&self, jti: &str, now: u64) -> bool {
+    /// [`ReplayStore::seen`], without the future.
+    pub fn seen_now(&self, jti: &str, now: u64) -> bool {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.forget_expired(now);
         inner.seen.contains_key(jti)
@@ -97,9 +86,24 @@ impl ReplayCache {
     }
 }
 
-impl Default for ReplayCache {
+impl Default for MemoryReplayStore {
     fn default() -> Self {
         Self::new(DEFAULT_REPLAY_CAPACITY)
+    }
+}
+
+impl ReplayStore for MemoryReplayStore {
+    fn spend<'a>(
+        &'a self,
+        jti: &'a str,
+        last_valid: u64,
+        now: u64,
+    ) -> BoxFuture<'a, Result<Spend, ReplayError>> {
+        Box::pin(std::future::ready(Ok(self.spend_now(jti, last_valid, now))))
+    }
+
+    fn seen<'a>(&'a self, jti: &'a str, now: u64) -> BoxFuture<'a, Result<bool, ReplayError>> {
+        Box::pin(std::future::ready(Ok(self.seen_now(jti, now))))
     }
 }
 
@@ -109,39 +113,39 @@ mod tests {
 
     #[test]
     fn a_jti_is_refused_until_it_expires() {
-        let c = ReplayCache::new(10);
-        assert_eq!(c.check("a", 100, 50), ReplayVerdict::Fresh);
-        assert_eq!(c.check("a", 100, 60), ReplayVerdict::Replayed);
-        assert_eq!(c.check("b", 100, 60), ReplayVerdict::Fresh);
+        let c = MemoryReplayStore::new(10);
+        assert_eq!(c.spend_now("a", 100, 50), Spend::Fresh);
+        assert_eq!(c.spend_now("a", 100, 60), Spend::Replayed);
+        assert_eq!(c.spend_now("b", 100, 60), Spend::Fresh);
         // After its last valid second it is forgotten (the token itself is
         // then refused as expired).
-        assert_eq!(c.check("c", 300, 101), ReplayVerdict::Fresh);
+        assert_eq!(c.spend_now("c", 300, 101), Spend::Fresh);
         assert_eq!(c.len(), 1);
     }
 
     #[test]
     fn a_jti_is_remembered_through_its_last_valid_second() {
-        let c = ReplayCache::new(10);
-        assert_eq!(c.check("a", 100, 90), ReplayVerdict::Fresh);
+        let c = MemoryReplayStore::new(10);
+        assert_eq!(c.spend_now("a", 100, 90), Spend::Fresh);
         // Second 100 is the last in which its token verifies.
-        assert_eq!(c.check("a", 100, 100), ReplayVerdict::Replayed);
-        assert!(c.contains("a", 100));
+        assert_eq!(c.spend_now("a", 100, 100), Spend::Replayed);
+        assert!(c.seen_now("a", 100));
         // From second 101 its token is refused as expired: forgotten.
-        assert_eq!(c.check("b", 200, 101), ReplayVerdict::Fresh);
+        assert_eq!(c.spend_now("b", 200, 101), Spend::Fresh);
         assert_eq!(c.len(), 1);
-        assert!(!c.contains("a", 101));
+        assert!(!c.seen_now("a", 101));
     }
 
     #[test]
     fn memory_is_bounded_and_fails_closed() {
-        let c = ReplayCache::new(2);
-        assert_eq!(c.check("a", 100, 0), ReplayVerdict::Fresh);
-        assert_eq!(c.check("b", 200, 0), ReplayVerdict::Fresh);
-        assert_eq!(c.check("c", 200, 0), ReplayVerdict::Full);
+        let c = MemoryReplayStore::new(2);
+        assert_eq!(c.spend_now("a", 100, 0), Spend::Fresh);
+        assert_eq!(c.spend_now("b", 200, 0), Spend::Fresh);
+        assert_eq!(c.spend_now("c", 200, 0), Spend::Full);
         // Nothing was dropped early.
-        assert_eq!(c.check("a", 100, 1), ReplayVerdict::Replayed);
+        assert_eq!(c.spend_now("a", 100, 1), Spend::Replayed);
         // Expiry frees room.
-        assert_eq!(c.check("c", 200, 101), ReplayVerdict::Fresh);
-        assert_eq!(c.check("b", 200, 101), ReplayVerdict::Replayed);
+        assert_eq!(c.spend_now("c", 200, 101), Spend::Fresh);
+        assert_eq!(c.spend_now("b", 200, 101), Spend::Replayed);
     }
 }

@@ -1,57 +1,9 @@
-//! The claims of a request-bound token, and the two request bindings: `htu`
-//! (RFC 9449 §4.2, normalised per RFC 3986 §6) and the request hash `rh`.
+//! The two request bindings: `htu` (RFC 9449 §4.2, normalised per RFC 3986
+//! §6) and the request hash `rh`; and the origin a tool answers under.
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::b64url;
-
-/// Every claim agentguard puts in a token. Unknown claims are ignored when
-/// verifying, so a newer minter stays readable.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    pub iss: String,
-    pub sub: String,
-    pub aud: String,
-    /// Space-separated scopes (RFC 8693 §4.2).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub scope: String,
-    pub iat: u64,
-    pub nbf: u64,
-    pub exp: u64,
-    pub jti: String,
-    pub htm: String,
-    pub htu: String,
-    pub rh: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub act: Option<Act>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agentguard: Option<KernelClaims>,
-}
-
-impl Claims {
-    /// Whether every space-separated scope in `required` is granted.
-    pub fn has_scopes(&self, required: &str) -> bool {
-        required
-            .split_ascii_whitespace()
-            .all(|r| self.scope.split_ascii_whitespace().any(|s| s == r))
-    }
-}
-
-/// RFC 8693 §4.1: the party the agent acts for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Act {
-    pub sub: String,
-}
-
-/// What the kernel said about the caller: a tool can decide on the cgroup or
-/// uid without trusting anything the agent sent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KernelClaims {
-    pub agent: String,
-    pub cgroup: String,
-    pub uid: u32,
-}
+use crate::b64url;
 
 /// The parts of a request a token is bound to, as sent on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,12 +16,14 @@ pub struct RequestBinding {
     pub path: String,
     /// Without the `?`; `None` when the URI has none.
     pub query: Option<String>,
-    /// base64url(SHA-256(body)).
+    /// base64url(SHA-256(body)) ([`crate::body_hash`]).
     pub body_hash: String,
 }
 
 impl RequestBinding {
-    pub fn new(method: &str, uri: &hyper::Uri, default_scheme: &str, body: &[u8]) -> Self {
+    /// The binding of a request for `uri` (origin-form URIs take
+    /// `default_scheme` and an empty authority: see [`Self::from_parts`]).
+    pub fn new(method: &str, uri: &http::Uri, default_scheme: &str, body: &[u8]) -> Self {
         Self {
             method: method.to_owned(),
             scheme: uri
@@ -82,17 +36,45 @@ impl RequestBinding {
                 .unwrap_or_default(),
             path: uri.path().to_owned(),
             query: uri.query().map(str::to_owned),
-            body_hash: b64url(&Sha256::digest(body)),
+            body_hash: crate::body_hash(body),
         }
     }
 
-    /// Parses an absolute URL (`--url` of `token verify`).
+    /// The binding of a request a server received: the authority from the
+    /// URI (HTTP/2 `:authority`, absolute-form) or else the `Host` header,
+    /// the scheme `scheme` (the one clients used to reach the server). With
+    /// an [`Origin`] configured, the verifier replaces both.
+    pub fn from_parts(parts: &http::request::Parts, scheme: &str, body: &[u8]) -> Self {
+        let mut b = Self::new(parts.method.as_str(), &parts.uri, scheme, body);
+        if b.authority.is_empty() {
+            b.authority = parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+        }
+        b.scheme = scheme.to_ascii_lowercase();
+        b
+    }
+
+    /// Parses an absolute URL (`--url` of `agentguard token verify`).
     pub fn from_url(method: &str, url: &str, body: &[u8]) -> Result<Self, String> {
-        let uri: hyper::Uri = url.parse().map_err(|e| format!("url {url:?}: {e}"))?;
+        let uri: http::Uri = url.parse().map_err(|e| format!("url {url:?}: {e}"))?;
         if uri.scheme().is_none() || uri.authority().is_none() {
             return Err(format!("url {url:?} must be absolute (scheme and host)"));
         }
         Ok(Self::new(method, &uri, "https", body))
+    }
+
+    /// This binding as if the request had come for `origin`: the scheme and
+    /// authority the tool answers under replace what the client said.
+    pub fn at_origin(&self, origin: &Origin) -> Self {
+        Self {
+            scheme: origin.scheme.clone(),
+            authority: origin.authority.clone(),
+            ..self.clone()
+        }
     }
 
     /// Lowercased host; the port only when it is not the scheme's default.
@@ -102,28 +84,93 @@ impl RequestBinding {
 
     /// The `htu` of this request.
     pub fn htu(&self) -> Result<String, String> {
-        let path = if self.path.is_empty() {
-            "/"
-        } else {
-            &self.path
-        };
-        normalize_htu(&format!("{}://{}{path}", self.scheme, self.authority))
+        normalize_htu(&format!(
+            "{}://{}{}",
+            self.scheme,
+            self.authority,
+            self.path_or_root()
+        ))
     }
 
-    /// The `rh` claim (see the module docs of `token`).
-    pub fn request_hash(&self) -> String {
-        let path = if self.path.is_empty() {
+    fn path_or_root(&self) -> &str {
+        if self.path.is_empty() {
             "/"
         } else {
             &self.path
-        };
+        }
+    }
+
+    /// The `rh` claim (see the crate docs).
+    pub fn request_hash(&self) -> String {
         request_hash(
             &self.method,
             &self.authority(),
-            path,
+            self.path_or_root(),
             self.query.as_deref().unwrap_or(""),
             &self.body_hash,
         )
+    }
+}
+
+/// The origin (RFC 6454: scheme, host, port) a tool answers under, which a
+/// token's `htu` and `rh` must name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    scheme: String,
+    /// Normalised: lowercased host, no default port.
+    authority: String,
+}
+
+impl Origin {
+    /// `https://tool.example.com` or `http://127.0.0.1:8080`: scheme and
+    /// authority only (a `/` alone may follow).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let uri: http::Uri = s.parse().map_err(|e| format!("origin {s:?}: {e}"))?;
+        let scheme = uri
+            .scheme_str()
+            .map(str::to_ascii_lowercase)
+            .filter(|s| default_port(s).is_some())
+            .ok_or_else(|| format!("origin {s:?}: scheme must be http or https"))?;
+        let authority = uri
+            .authority()
+            .filter(|a| !a.host().is_empty())
+            .ok_or_else(|| format!("origin {s:?} has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("origin {s:?} must not carry user information"));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "origin {s:?} must be scheme://host[:port] without a path"
+            ));
+        }
+        Ok(Self {
+            authority: normalize_authority(&scheme, authority.as_str()),
+            scheme,
+        })
+    }
+
+    /// The origin of an absolute URI (e.g. a canonical resource URI).
+    pub fn of_uri(uri: &str) -> Result<Self, String> {
+        let parsed: http::Uri = uri.parse().map_err(|e| format!("{uri:?}: {e}"))?;
+        let (Some(scheme), Some(authority)) = (parsed.scheme_str(), parsed.authority()) else {
+            return Err(format!("{uri:?} is not an absolute URI"));
+        };
+        Self::parse(&format!("{scheme}://{authority}"))
+    }
+
+    pub fn scheme(&self) -> &str {
+        &self.scheme
+    }
+
+    /// Host, and port when not the scheme's default.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
     }
 }
 
@@ -328,7 +375,7 @@ mod tests {
             RequestBinding::from_url("POST", "https://Tool.Example:443/v1/x?a=1", body).unwrap();
         assert_eq!(b.authority(), "tool.example");
         assert_eq!(b.htu().unwrap(), "https://tool.example/v1/x");
-        // The exact construction the module docs give.
+        // The exact construction the crate docs give.
         let want = b64url(&Sha256::digest(
             format!(
                 "POST\ntool.example\n/v1/x\na=1\n{}",
@@ -355,26 +402,34 @@ mod tests {
     }
 
     #[test]
-    fn scopes_must_all_be_granted() {
-        let c = Claims {
-            iss: String::new(),
-            sub: String::new(),
-            aud: String::new(),
-            scope: "tickets:read tickets:write".into(),
-            iat: 0,
-            nbf: 0,
-            exp: 0,
-            jti: String::new(),
-            htm: String::new(),
-            htu: String::new(),
-            rh: String::new(),
-            act: None,
-            agentguard: None,
-        };
-        assert!(c.has_scopes("tickets:write"));
-        assert!(c.has_scopes("tickets:read tickets:write"));
-        assert!(c.has_scopes(""));
-        assert!(!c.has_scopes("tickets:admin"));
-        assert!(!c.has_scopes("tickets"));
+    fn origins_are_scheme_and_authority_only() {
+        let o = Origin::parse("HTTPS://Tool.Example.COM:443/").unwrap();
+        assert_eq!(o.to_string(), "https://tool.example.com");
+        assert_eq!(
+            Origin::parse("http://127.0.0.1:8080").unwrap().authority(),
+            "127.0.0.1:8080"
+        );
+        for bad in [
+            "tool.example.com",
+            "ftp://tool.example.com",
+            "https://tool.example.com/mcp",
+            "https://tool.example.com/?x=1",
+            "https://user@tool.example.com",
+        ] {
+            assert!(Origin::parse(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(
+            Origin::of_uri("https://Tool.Example/mcp")
+                .unwrap()
+                .to_string(),
+            "https://tool.example"
+        );
+        // A binding at an origin takes its scheme and authority, and keeps
+        // the rest.
+        let b = RequestBinding::from_url("GET", "http://10.0.0.7:8080/x?y=1", b"").unwrap();
+        let at = b.at_origin(&o);
+        assert_eq!(at.htu().unwrap(), "https://tool.example.com/x");
+        assert_eq!(at.query.as_deref(), Some("y=1"));
+        assert_ne!(at.request_hash(), b.request_hash());
     }
 }

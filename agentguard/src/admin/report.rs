@@ -1,21 +1,17 @@
-//! verify-proxy's decisions, sent to the daemon's audit record when it runs
-//! beside one (`--admin-socket`), so the tool-side verdict on a token sits
-//! next to the proxy-side event that minted it (same `jti`).
+//! A verify-proxy's decisions as the admin API takes them
+//! (`POST /v1/audit/verify-proxy`), so the tool-side verdict on a token sits
+//! in the daemon's audit record next to the proxy-side event that minted it
+//! (same `jti`). The sender is `verify_proxy::report`.
 //!
 //! Only what the verifier established is reported: a refused token's claims
 //! are unverified and stay out, and the token itself never leaves.
 
-use std::{net::IpAddr, path::Path, sync::Arc};
+use std::net::IpAddr;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
-use tracing::warn;
 
-use crate::{
-    admin::AdminClient,
-    audit::{Decision, Event, Kind},
-};
+use crate::audit::{Decision, Event, Kind};
 
 /// `POST` here with `?event=BASE64URL(JSON of VerifyReport)`.
 pub const REPORT_ROUTE: &str = "/v1/audit/verify-proxy";
@@ -23,9 +19,6 @@ pub const REPORT_ROUTE: &str = "/v1/audit/verify-proxy";
 /// the free-text fields to [`MAX_FIELD_CHARS`] so that its own never are.
 pub const MAX_REPORT_BYTES: usize = 16 * 1024;
 const MAX_FIELD_CHARS: usize = 1024;
-/// Reports waiting for the daemon; beyond this they are dropped (counted
-/// and logged) rather than held in memory without bound.
-const QUEUE: usize = 1024;
 
 /// One decision of a verify-proxy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +52,7 @@ impl VerifyReport {
 
     /// Cuts the fields the caller chose (path, host, reason) to
     /// [`MAX_FIELD_CHARS`], marking the cut.
-    fn bounded(mut self) -> Self {
+    pub fn bounded(mut self) -> Self {
         for field in [&mut self.path, &mut self.host, &mut self.reason] {
             if let Some((at, _)) = field.char_indices().nth(MAX_FIELD_CHARS) {
                 field.truncate(at);
@@ -115,40 +108,6 @@ impl VerifyReport {
             (Decision::Deny, self.reason)
         };
         event.with_decision(decision, reason)
-    }
-}
-
-/// Sends reports to the daemon, in order, from one task, without holding
-/// up requests: a daemon that is down or slow costs a warning and a count,
-/// never a tool call.
-pub struct Reporter {
-    queue: mpsc::Sender<VerifyReport>,
-}
-
-impl Reporter {
-    /// Starts the sending task (call inside a Tokio runtime).
-    pub fn new(admin_socket: &Path) -> Arc<Self> {
-        let (queue, mut rx) = mpsc::channel::<VerifyReport>(QUEUE);
-        let client = AdminClient::new(admin_socket);
-        tokio::spawn(async move {
-            let mut failed = 0u64;
-            while let Some(report) = rx.recv().await {
-                let route = format!("{REPORT_ROUTE}?{}", report.to_query());
-                if let Err(e) = client.post::<serde_json::Value>(&route).await {
-                    failed += 1;
-                    warn!(error = %e, failed, "could not record a decision in the daemon's audit record");
-                }
-            }
-        });
-        Arc::new(Self { queue })
-    }
-
-    pub fn report(&self, report: VerifyReport) {
-        if self.queue.try_send(report.bounded()).is_err() {
-            warn!(
-                "the daemon is not taking decisions fast enough; one was not recorded there (it is in this log)"
-            );
-        }
     }
 }
 

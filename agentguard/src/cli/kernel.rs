@@ -1,0 +1,54 @@
+//! The kernel flags of `agentguard run`: what the daemon may start
+//! without, and how the kernel's shared maps are split between agents.
+
+use clap::Args;
+
+use crate::{
+    config::{ConfigError, parse_size},
+    ebpf::{DEFAULT_RECORDS_PER_AGENT, KernelOptions, ProcessGuard},
+};
+
+#[derive(Debug, Args)]
+pub struct KernelRunArgs {
+    /// Start even if the BPF LSM is not active (`lsm=...,bpf` at boot):
+    /// agents can then ptrace, read and write the memory of, and take
+    /// descriptors from other processes of their uid outside their cgroup,
+    /// except that `agentguard exec` refuses the main system calls for
+    /// that with a seccomp filter. Without this flag such a kernel stops
+    /// start-up.
+    #[arg(long)]
+    allow_unguarded_processes: bool,
+    /// Most connections one agent may have waiting for the proxy in the
+    /// kernel's shared table; past it its connects fail with EPERM rather
+    /// than take room another agent needs.
+    #[arg(long, default_value_t = DEFAULT_RECORDS_PER_AGENT, value_parser = clap::value_parser!(u32).range(1..))]
+    kernel_agent_records: u32,
+    /// Most bytes of the kernel's event ring one agent's unread events may
+    /// take (e.g. 64K); past it they are dropped and counted as its own
+    /// losses, so its flood cannot hide another agent's refusals.
+    #[arg(long, default_value = "64K", value_name = "SIZE")]
+    kernel_agent_event_bytes: String,
+}
+
+impl KernelRunArgs {
+    pub fn options(&self) -> Result<KernelOptions, ConfigError> {
+        let bytes = parse_size("--kernel-agent-event-bytes", &self.kernel_agent_event_bytes)?;
+        let ring = u64::from(agentguard_common::KERNEL_EVENTS_BYTES);
+        if bytes == 0 || bytes > ring {
+            return Err(ConfigError::OutOfRange {
+                flag: "--kernel-agent-event-bytes",
+                value: bytes,
+                max: ring,
+            });
+        }
+        Ok(KernelOptions {
+            processes: if self.allow_unguarded_processes {
+                ProcessGuard::Optional
+            } else {
+                ProcessGuard::Required
+            },
+            records_per_agent: self.kernel_agent_records,
+            event_bytes_per_agent: bytes as u32,
+        })
+    }
+}

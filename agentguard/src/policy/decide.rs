@@ -1,0 +1,524 @@
+//! Deciding a request with what it calls: the HTTP request, and each
+//! JSON-RPC message of its body for `protocol = "mcp"` and `"jsonrpc"`
+//! tools, with `when` conditions evaluated and the rate check named.
+//!
+//! Default deny. The tools whose host, port, method and path match are the
+//! candidates, in file order; the first that allows the call decides (and
+//! names the credential). A tool allows:
+//! - a request with no JSON-RPC body: an `http` tool if its condition
+//!   holds; an `mcp`/`jsonrpc` tool only for methods other than POST (the
+//!   MCP event stream and session end), which are session traffic;
+//! - one JSON-RPC message: an `http` tool if its condition holds; an `mcp`
+//!   tool for session methods and responses unconditionally, and for the
+//!   tools, resources, prompts and methods it lists if its condition holds;
+//!   a `jsonrpc` tool for the methods it lists if its condition holds.
+//!
+//! Rate limits are not counted here: an allowed call names its
+//! [`RateCheck`], and [`Decision::admit`] counts it.
+
+use std::{cell::OnceCell, time::SystemTime};
+
+use hyper::{HeaderMap, Method};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use super::{
+    AgentIdentity, AgentPolicy, CredentialPolicy, McpView, MessageMatch, RateCheck, RateKey,
+    RateLimiter, RatePer, RequestFacts, RequestView, ToolPolicy, Vars, condition::Bound,
+    rate::Admission,
+};
+use crate::mcp::{Message, Target};
+
+/// Everything about one request that a decision may use.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestInput<'a> {
+    pub facts: RequestFacts<'a>,
+    pub query: Option<&'a str>,
+    pub headers: Option<&'a HeaderMap>,
+    /// The body parsed as JSON, when its content type is JSON and
+    /// [`AgentPolicy::body_need`] asked for it.
+    pub json_body: Option<&'a Value>,
+    pub identity: &'a AgentIdentity,
+    pub on_behalf_of: Option<&'a str>,
+    pub intent: Option<&'a str>,
+    pub now: SystemTime,
+}
+
+/// What the proxy must read of a request's body before deciding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyNeed {
+    /// Nothing: decide on the head, stream the body.
+    None,
+    /// A condition reads `request.body`: read up to `max` bytes and parse
+    /// it if its content type is JSON; refuse a longer body.
+    Json { max: usize },
+    /// A JSON-RPC body: read up to `max` bytes (refuse a longer one, never
+    /// forward it unchecked), require a JSON content type, parse it with
+    /// [`crate::mcp::Body::parse`], check [`crate::mcp::check_headers`],
+    /// and decide each message with [`Decider::decide_message`].
+    JsonRpc { max: usize },
+}
+
+/// Why a request or message was denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyRule {
+    /// No tool matches the host, port, method and path.
+    NoTool,
+    /// Tools match the endpoint, but none allows this JSON-RPC method, MCP
+    /// tool, resource or prompt.
+    CallNotAllowed,
+    /// A tool would allow it, but its `when` condition does not hold.
+    Condition,
+    /// A JSON-RPC endpoint's POST was not decided on its body.
+    BodyRequired,
+    /// Over the tool's rate.
+    RateLimited { retry_after_secs: u64 },
+    /// The rate limiter's table is full.
+    RateLimiterFull,
+}
+
+impl DenyRule {
+    /// The short code recorded as the event's rule.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyRule::NoTool => "default-deny",
+            DenyRule::CallNotAllowed => "call-not-allowed",
+            DenyRule::Condition => "condition",
+            DenyRule::BodyRequired => "body-required",
+            DenyRule::RateLimited { .. } => "rate-limited",
+            DenyRule::RateLimiterFull => "rate-limiter-full",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Denied {
+    pub rule: DenyRule,
+    pub reason: String,
+    /// The tool that came closest (its condition failed, or it is over
+    /// its rate), if any.
+    pub tool: Option<String>,
+}
+
+/// How a call's arguments go into the audit record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArgumentsRecord {
+    /// No arguments.
+    None,
+    /// SHA-256 (hex) of the arguments as canonical JSON (object keys sorted,
+    /// no whitespace): comparable across events without holding the data.
+    Digest(String),
+    /// The arguments themselves (`record_arguments = true`).
+    Full(Value),
+}
+
+/// The JSON-RPC message an allowed decision is about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallInfo {
+    /// The JSON-RPC method; `None` for a response the client sends.
+    pub method: Option<String>,
+    /// The MCP tool, resource or prompt named.
+    pub target: Option<Target>,
+    /// Session traffic (no condition or rate applied).
+    pub session: bool,
+    pub arguments: ArgumentsRecord,
+}
+
+#[derive(Debug, Clone)]
+pub struct Allowed<'p> {
+    pub tool: &'p ToolPolicy,
+    pub credential: Option<&'p CredentialPolicy>,
+    /// For a JSON-RPC message.
+    pub call: Option<CallInfo>,
+    /// The count this call must pass, if the tool has a rate.
+    pub rate: Option<RateCheck>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Decision<'p> {
+    Allow(Allowed<'p>),
+    Deny(Denied),
+}
+
+impl<'p> Decision<'p> {
+    /// Counts an allowed call against its rate: over the limit it becomes
+    /// a denial carrying the `Retry-After` seconds. Denials are not counted.
+    pub fn admit(self, limiter: &RateLimiter, now_ms: u64) -> Decision<'p> {
+        let Decision::Allow(allowed) = self else {
+            return self;
+        };
+        let Some(check) = &allowed.rate else {
+            return Decision::Allow(allowed);
+        };
+        match limiter.admit(check, now_ms) {
+            Admission::Admitted { .. } => Decision::Allow(allowed),
+            Admission::Limited { retry_after_secs } => Decision::Deny(Denied {
+                rule: DenyRule::RateLimited { retry_after_secs },
+                reason: format!(
+                    "tool {:?} allows {} ({}); retry in {retry_after_secs} s",
+                    allowed.tool.name,
+                    check.spec,
+                    match &check.key.on_behalf_of {
+                        Some(who) => format!("for {who}"),
+                        None => "per agent".to_owned(),
+                    }
+                ),
+                tool: Some(allowed.tool.name.clone()),
+            }),
+            Admission::Full => Decision::Deny(Denied {
+                rule: DenyRule::RateLimiterFull,
+                reason: "the rate limiter is full; try again shortly".into(),
+                tool: Some(allowed.tool.name.clone()),
+            }),
+        }
+    }
+
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Decision::Allow(_))
+    }
+}
+
+impl AgentPolicy {
+    /// What the proxy must read of the body before deciding (plan before
+    /// doing: asked with the request head alone).
+    pub fn body_need(&self, facts: RequestFacts<'_>) -> BodyNeed {
+        let (mut rpc, mut json) = (None::<usize>, None::<usize>);
+        for tool in self.tools.iter().filter(|t| endpoint_matches(t, &facts)) {
+            let max = tool.calls.max_body;
+            if tool.calls.protocol.is_rpc() {
+                if *facts.method == Method::POST {
+                    rpc = Some(rpc.map_or(max, |m| m.max(max)));
+                }
+            } else if tool.calls.reads_body() {
+                json = Some(json.map_or(max, |m| m.max(max)));
+            }
+        }
+        match (rpc, json) {
+            (Some(r), j) => BodyNeed::JsonRpc {
+                max: r.max(j.unwrap_or(0)),
+            },
+            (None, Some(j)) => BodyNeed::Json { max: j },
+            (None, None) => BodyNeed::None,
+        }
+    }
+
+    /// A decider for one request; its messages share the variables built
+    /// for conditions.
+    pub fn decider<'p, 'a>(&'p self, input: RequestInput<'a>) -> Decider<'p, 'a> {
+        Decider {
+            policy: self,
+            input,
+            vars: OnceCell::new(),
+            bound: OnceCell::new(),
+        }
+    }
+
+    /// Whether the agent may use this MCP tool, prompt or resource by name
+    /// at this endpoint (for filtering list results; a condition may still
+    /// refuse a particular call).
+    pub fn mcp_name_visible(
+        &self,
+        facts: RequestFacts<'_>,
+        kind: crate::mcp::TargetKind,
+        name: &str,
+    ) -> bool {
+        self.tools
+            .iter()
+            .any(|t| endpoint_matches(t, &facts) && t.calls.allows_name(kind, name))
+    }
+
+    /// Names of the headers this agent's credentials are injected into:
+    /// conditions never see them.
+    fn credential_headers(&self) -> Vec<&str> {
+        self.credentials
+            .iter()
+            .filter_map(|c| match &c.inject {
+                super::Injection::Header { name, .. } => Some(name.as_str()),
+                super::Injection::Basic { .. } => Some("authorization"),
+                super::Injection::Query { .. } => None,
+            })
+            .collect()
+    }
+}
+
+/// Whether a tool's host, port, method and path match: it is a candidate.
+fn endpoint_matches(t: &ToolPolicy, facts: &RequestFacts<'_>) -> bool {
+    t.host.matches(facts.host)
+        && t.port.is_none_or(|p| p == facts.port)
+        && t.methods.contains(facts.method)
+        && t.paths.iter().any(|p| p.matches(facts.path))
+}
+
+/// Decides one request, and each JSON-RPC message of its body.
+pub struct Decider<'p, 'a> {
+    policy: &'p AgentPolicy,
+    input: RequestInput<'a>,
+    vars: OnceCell<Vars>,
+    bound: OnceCell<Bound>,
+}
+
+/// A reason for denial kept while the remaining candidates are tried.
+struct Miss {
+    rule: DenyRule,
+    reason: String,
+    tool: Option<String>,
+}
+
+impl<'p> Decider<'p, '_> {
+    fn vars(&self) -> &Vars {
+        self.vars.get_or_init(|| {
+            let i = &self.input;
+            Vars::new(
+                RequestView {
+                    method: i.facts.method.as_str(),
+                    host: i.facts.host,
+                    port: i.facts.port,
+                    path: i.facts.path,
+                    query: i.query,
+                    headers: i.headers,
+                    body: i.json_body,
+                },
+                i.identity,
+                i.on_behalf_of,
+                i.intent,
+                i.now,
+                &self.policy.credential_headers(),
+            )
+        })
+    }
+
+    fn bound(&self) -> &Bound {
+        self.bound.get_or_init(|| self.vars().bind())
+    }
+
+    fn allow(&self, tool: &'p ToolPolicy, call: Option<CallInfo>, rated: bool) -> Decision<'p> {
+        let rate = tool.calls.rate.filter(|_| rated).map(|rule| RateCheck {
+            key: RateKey {
+                agent: self.policy.name.clone(),
+                tool: tool.name.clone(),
+                on_behalf_of: match rule.per {
+                    RatePer::Agent => None,
+                    RatePer::OnBehalfOf => self.input.on_behalf_of.map(str::to_owned),
+                },
+            },
+            spec: rule.spec,
+        });
+        Decision::Allow(Allowed {
+            tool,
+            // Load-time validation guarantees the id exists.
+            credential: tool
+                .credential
+                .as_deref()
+                .and_then(|id| self.policy.credential(id)),
+            call,
+            rate,
+        })
+    }
+
+    /// `Ok` if the tool's condition holds (or it has none).
+    fn condition(&self, tool: &ToolPolicy, bound: &Bound) -> Result<(), Miss> {
+        let Some(when) = &tool.calls.when else {
+            return Ok(());
+        };
+        let reason = match when.evaluate_bound(bound) {
+            Ok(true) => return Ok(()),
+            Ok(false) => format!(
+                "the condition of tool {:?} does not hold: {}",
+                tool.name,
+                when.source()
+            ),
+            Err(e) => format!("the condition of tool {:?} failed: {e}", tool.name),
+        };
+        Err(Miss {
+            rule: DenyRule::Condition,
+            reason,
+            tool: Some(tool.name.clone()),
+        })
+    }
+
+    fn deny(&self, misses: Vec<Miss>, what: String) -> Decision<'p> {
+        // A failed condition says more than a name not listed.
+        let best = misses.into_iter().min_by_key(|m| match m.rule {
+            DenyRule::Condition => 0,
+            DenyRule::BodyRequired => 1,
+            _ => 2,
+        });
+        let facts = &self.input.facts;
+        Decision::Deny(match best {
+            Some(m) => Denied {
+                rule: m.rule,
+                reason: m.reason,
+                tool: m.tool,
+            },
+            None if self
+                .policy
+                .tools
+                .iter()
+                .any(|t| t.host.matches(facts.host) && t.port.is_none_or(|p| p == facts.port)) =>
+            {
+                Denied {
+                    rule: DenyRule::NoTool,
+                    reason: format!("no tool of agent {:?} allows {what}", self.policy.name),
+                    tool: None,
+                }
+            }
+            None => Denied {
+                rule: DenyRule::NoTool,
+                reason: format!(
+                    "no tool of agent {:?} allows host {}:{}",
+                    self.policy.name, facts.host, facts.port
+                ),
+                tool: None,
+            },
+        })
+    }
+
+    /// Decides the request as a whole: any request without a JSON-RPC body.
+    pub fn decide(&self) -> Decision<'p> {
+        let facts = &self.input.facts;
+        let mut misses = Vec::new();
+        for tool in self
+            .policy
+            .tools
+            .iter()
+            .filter(|t| endpoint_matches(t, facts))
+        {
+            if tool.calls.protocol.is_rpc() {
+                if *facts.method == Method::POST {
+                    misses.push(Miss {
+                        rule: DenyRule::BodyRequired,
+                        reason: format!(
+                            "tool {:?} decides each JSON-RPC message of the body",
+                            tool.name
+                        ),
+                        tool: Some(tool.name.clone()),
+                    });
+                    continue;
+                }
+                return self.allow(tool, None, false);
+            }
+            match self.condition(tool, self.bound()) {
+                Ok(()) => return self.allow(tool, None, true),
+                Err(miss) => misses.push(miss),
+            }
+        }
+        self.deny(
+            misses,
+            format!("{} {} on {}", facts.method, facts.path, facts.host),
+        )
+    }
+
+    /// Decides one message of a JSON-RPC body.
+    pub fn decide_message(&self, message: &Message) -> Decision<'p> {
+        let mut misses = Vec::new();
+        let mut member: Option<Bound> = None;
+        let facts = &self.input.facts;
+        for tool in self
+            .policy
+            .tools
+            .iter()
+            .filter(|t| endpoint_matches(t, facts))
+        {
+            let session = match (
+                tool.calls.protocol.is_rpc(),
+                tool.calls.match_message(message),
+            ) {
+                (false, _) => false,
+                (true, MessageMatch::Session) => true,
+                (true, MessageMatch::Call) => false,
+                (true, MessageMatch::No(why)) => {
+                    misses.push(Miss {
+                        rule: DenyRule::CallNotAllowed,
+                        reason: format!("tool {:?}: {why}", tool.name),
+                        tool: None,
+                    });
+                    continue;
+                }
+            };
+            if !session && tool.calls.when.is_some() {
+                let bound = member.get_or_insert_with(|| {
+                    self.vars()
+                        .with_mcp(McpView {
+                            method: message.method.as_deref(),
+                            target: message.target.as_ref(),
+                            arguments: message.arguments(),
+                            params: message.params.as_ref(),
+                            id: message.id.as_ref(),
+                        })
+                        .bind()
+                });
+                if let Err(miss) = self.condition(tool, bound) {
+                    misses.push(miss);
+                    continue;
+                }
+            }
+            let arguments = match message.arguments() {
+                None => ArgumentsRecord::None,
+                Some(args) if tool.calls.record_arguments => ArgumentsRecord::Full(args.clone()),
+                Some(args) => ArgumentsRecord::Digest(digest(args)),
+            };
+            let call = CallInfo {
+                method: message.method.clone(),
+                target: message.target.clone(),
+                session,
+                arguments,
+            };
+            return self.allow(tool, Some(call), !session);
+        }
+        let what = match (&message.target, &message.method) {
+            (Some(t), _) => format!("MCP {} {:?}", t.kind.as_str(), t.name),
+            (None, Some(m)) => format!("method {m:?}"),
+            (None, None) => "a response".to_owned(),
+        };
+        self.deny(misses, what)
+    }
+}
+
+/// SHA-256 of `value` as canonical JSON: object keys sorted (RFC 8785's
+/// order for the keys JSON-RPC arguments use), no whitespace.
+pub fn digest(value: &Value) -> String {
+    let mut hasher = Sha256::new();
+    canonical(value, &mut hasher);
+    hex::encode(hasher.finalize())
+}
+
+fn canonical(value: &Value, h: &mut Sha256) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            h.update(b"{");
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    h.update(b",");
+                }
+                h.update(
+                    serde_json::to_string(k)
+                        .expect("strings serialise")
+                        .as_bytes(),
+                );
+                h.update(b":");
+                canonical(&map[k], h);
+            }
+            h.update(b"}");
+        }
+        Value::Array(items) => {
+            h.update(b"[");
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    h.update(b",");
+                }
+                canonical(v, h);
+            }
+            h.update(b"]");
+        }
+        other => h.update(
+            serde_json::to_string(other)
+                .expect("JSON values serialise")
+                .as_bytes(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,444 @@
+//! Tests of call-aware decisions.
+
+use std::time::{Duration, SystemTime};
+
+use hyper::Method;
+use serde_json::json;
+
+use super::*;
+use crate::policy::{DEFAULT_MAX_BODY, Verdict};
+use crate::{
+    mcp::{Body, TargetKind},
+    policy::{PolicySet, load_path},
+};
+
+const POLICY: &str = r#"
+[agent]
+name = "bot"
+cgroup = "agentguard/bot"
+
+[[credential]]
+id = "gh"
+source = { env = "GH_TOKEN" }
+inject = { header = "Authorization", format = "Bearer {secret}" }
+
+[[tool]]
+name = "github.mcp.read"
+host = "mcp.github.example"
+methods = ["POST", "GET", "DELETE"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["list_*", "get_*", "search_*"]
+mcp_tools_except = ["get_secret*"]
+mcp_resources = ["repo://acme/*"]
+credential = "gh"
+
+[[tool]]
+name = "github.mcp.write"
+host = "mcp.github.example"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["create_issue", "add_issue_comment"]
+when = 'mcp.arguments.owner == "acme" && agent.exe == "/usr/bin/python3"'
+rate = "2/min"
+rate_per = "on_behalf_of"
+record_arguments = true
+credential = "gh"
+
+[[tool]]
+name = "chain.rpc"
+host = "rpc.example"
+methods = ["POST"]
+paths = ["/"]
+protocol = "jsonrpc"
+rpc_methods = ["eth_call", "eth_get*"]
+max_body = "64K"
+
+[[tool]]
+name = "itsm.office_hours"
+host = "itsm.example"
+methods = ["POST"]
+paths = ["/api/tickets"]
+when = 'now.getHours() >= 8 && now.getHours() < 18 && request.body.priority != "p0"'
+rate = "1/hour"
+"#;
+
+fn policy() -> PolicySet {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bot.toml"), POLICY).unwrap();
+    load_path(dir.path()).unwrap()
+}
+
+fn identity(exe: &str) -> AgentIdentity {
+    AgentIdentity {
+        name: "bot".into(),
+        exe: Some(exe.into()),
+        ..AgentIdentity::default()
+    }
+}
+
+/// 2026-01-05T10:30:00Z.
+fn ten_thirty() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_609_000)
+}
+
+struct Req<'a> {
+    method: Method,
+    host: &'a str,
+    path: &'a str,
+    body: Option<serde_json::Value>,
+    identity: AgentIdentity,
+    on_behalf_of: Option<&'a str>,
+    now: SystemTime,
+}
+
+impl<'a> Req<'a> {
+    fn post(host: &'a str, path: &'a str) -> Self {
+        Req {
+            method: Method::POST,
+            host,
+            path,
+            body: None,
+            identity: identity("/usr/bin/python3"),
+            on_behalf_of: None,
+            now: ten_thirty(),
+        }
+    }
+
+    fn facts(&self) -> RequestFacts<'_> {
+        RequestFacts {
+            method: &self.method,
+            host: self.host,
+            port: 443,
+            path: self.path,
+        }
+    }
+
+    fn input(&self) -> RequestInput<'_> {
+        RequestInput {
+            facts: self.facts(),
+            query: None,
+            headers: None,
+            json_body: self.body.as_ref(),
+            identity: &self.identity,
+            on_behalf_of: self.on_behalf_of,
+            intent: None,
+            now: self.now,
+        }
+    }
+}
+
+fn tool_call(name: &str, args: serde_json::Value) -> crate::mcp::Message {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": args}});
+    Body::parse(body.to_string().as_bytes()).unwrap().messages()[0].clone()
+}
+
+fn decide_call(
+    set: &PolicySet,
+    req: &Req<'_>,
+    name: &str,
+    args: serde_json::Value,
+) -> Decision<'static> {
+    // Leak the set: tests keep decisions past the borrow.
+    let set: &'static PolicySet = Box::leak(Box::new(set.clone()));
+    let agent = set.agent("bot").unwrap();
+    let req: &'static Req<'static> = Box::leak(Box::new(Req {
+        method: req.method.clone(),
+        host: Box::leak(req.host.to_owned().into_boxed_str()),
+        path: Box::leak(req.path.to_owned().into_boxed_str()),
+        body: req.body.clone(),
+        identity: req.identity.clone(),
+        on_behalf_of: req
+            .on_behalf_of
+            .map(|s| &*Box::leak(s.to_owned().into_boxed_str())),
+        now: req.now,
+    }));
+    agent
+        .decider(req.input())
+        .decide_message(&tool_call(name, args))
+}
+
+fn allowed_tool<'d>(d: &'d Decision<'_>) -> Option<&'d str> {
+    match d {
+        Decision::Allow(a) => Some(&a.tool.name),
+        Decision::Deny(_) => None,
+    }
+}
+
+#[test]
+fn mcp_calls_are_decided_by_name_condition_and_identity() {
+    let set = policy();
+    let req = Req::post("mcp.github.example", "/mcp");
+    let d = decide_call(&set, &req, "list_issues", json!({"owner": "anyone"}));
+    assert_eq!(allowed_tool(&d), Some("github.mcp.read"));
+    let Decision::Allow(a) = &d else {
+        unreachable!()
+    };
+    assert_eq!(a.credential.map(|c| c.id.as_str()), Some("gh"));
+    let call = a.call.as_ref().unwrap();
+    assert_eq!(call.target.as_ref().unwrap().name, "list_issues");
+    assert!(!call.session);
+    // Arguments not recorded: their digest is.
+    assert_eq!(
+        call.arguments,
+        ArgumentsRecord::Digest(digest(&json!({"owner": "anyone"})))
+    );
+    assert!(a.rate.is_none());
+
+    let d = decide_call(
+        &set,
+        &req,
+        "create_issue",
+        json!({"owner": "acme", "repo": "widgets"}),
+    );
+    assert_eq!(allowed_tool(&d), Some("github.mcp.write"));
+    let Decision::Allow(a) = &d else {
+        unreachable!()
+    };
+    assert_eq!(
+        a.call.as_ref().unwrap().arguments,
+        ArgumentsRecord::Full(json!({"owner": "acme", "repo": "widgets"}))
+    );
+    assert_eq!(a.rate.as_ref().unwrap().spec.to_string(), "2/min");
+
+    // The argument condition.
+    let Decision::Deny(d) = decide_call(
+        &set,
+        &req,
+        "create_issue",
+        json!({"owner": "evil", "repo": "x"}),
+    ) else {
+        panic!("allowed")
+    };
+    assert_eq!(d.rule, DenyRule::Condition);
+    assert_eq!(d.tool.as_deref(), Some("github.mcp.write"));
+    assert!(d.reason.contains("does not hold"), "{}", d.reason);
+    // A missing argument fails the condition rather than passing it.
+    let Decision::Deny(d) = decide_call(&set, &req, "create_issue", json!({})) else {
+        panic!()
+    };
+    assert!(d.reason.contains("failed"), "{}", d.reason);
+    // The identity condition.
+    let mut node = Req::post("mcp.github.example", "/mcp");
+    node.identity = identity("/usr/bin/node");
+    assert!(!decide_call(&set, &node, "create_issue", json!({"owner": "acme"})).is_allow());
+
+    // Names nobody lists, and exceptions.
+    for name in ["delete_repo", "get_secret_scanning_alerts"] {
+        let Decision::Deny(d) = decide_call(&set, &req, name, json!({})) else {
+            panic!("{name}")
+        };
+        assert_eq!(d.rule, DenyRule::CallNotAllowed, "{name}");
+        assert!(d.reason.contains(name), "{}", d.reason);
+    }
+}
+
+#[test]
+fn session_traffic_is_allowed_without_conditions_or_rates() {
+    let set = policy();
+    let agent = set.agent("bot").unwrap();
+    let mut req = Req::post("mcp.github.example", "/mcp");
+    req.identity = identity("/usr/bin/node");
+    for m in [
+        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        r#"{"jsonrpc":"2.0","id":"s","result":{}}"#,
+    ] {
+        let body = Body::parse(m.as_bytes()).unwrap();
+        let d = agent
+            .decider(req.input())
+            .decide_message(&body.messages()[0]);
+        let Decision::Allow(a) = d else { panic!("{m}") };
+        assert!(a.call.unwrap().session && a.rate.is_none(), "{m}");
+    }
+    // GET (the event stream) and DELETE (session end) have no body.
+    for method in [Method::GET, Method::DELETE] {
+        let mut r = Req::post("mcp.github.example", "/mcp");
+        r.method = method;
+        assert_eq!(agent.body_need(r.facts()), BodyNeed::None);
+        assert!(agent.decider(r.input()).decide().is_allow());
+    }
+    // A POST to an MCP tool is never decided without its body.
+    assert_eq!(
+        agent.body_need(req.facts()),
+        BodyNeed::JsonRpc {
+            max: DEFAULT_MAX_BODY
+        }
+    );
+    let Decision::Deny(d) = agent.decider(req.input()).decide() else {
+        panic!()
+    };
+    assert_eq!(d.rule, DenyRule::BodyRequired);
+    // Only allowed names are visible in lists.
+    assert!(agent.mcp_name_visible(req.facts(), TargetKind::Tool, "list_issues"));
+    assert!(agent.mcp_name_visible(req.facts(), TargetKind::Tool, "create_issue"));
+    assert!(!agent.mcp_name_visible(req.facts(), TargetKind::Tool, "delete_repo"));
+    assert!(!agent.mcp_name_visible(req.facts(), TargetKind::Tool, "get_secret_x"));
+    assert!(agent.mcp_name_visible(req.facts(), TargetKind::Resource, "repo://acme/w"));
+}
+
+#[test]
+fn json_rpc_methods_and_body_bounds() {
+    let set = policy();
+    let agent = set.agent("bot").unwrap();
+    let req = Req::post("rpc.example", "/");
+    assert_eq!(
+        agent.body_need(req.facts()),
+        BodyNeed::JsonRpc { max: 64 << 10 }
+    );
+    let body = Body::parse(
+        br#"[{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[]},{"jsonrpc":"2.0","id":2,"method":"eth_sendRawTransaction","params":["0x"]},{"jsonrpc":"2.0","id":3,"method":"initialize"}]"#,
+    )
+    .unwrap();
+    let decider = agent.decider(req.input());
+    let verdicts: Vec<bool> = body
+        .messages()
+        .iter()
+        .map(|m| decider.decide_message(m).is_allow())
+        .collect();
+    assert_eq!(verdicts, [true, false, false]);
+    let Decision::Allow(a) = decider.decide_message(&body.messages()[0]) else {
+        panic!()
+    };
+    assert_eq!(
+        a.call.unwrap().arguments,
+        ArgumentsRecord::Digest(digest(&json!([])))
+    );
+}
+
+#[test]
+fn http_conditions_see_time_and_body_and_rates_count() {
+    let set = policy();
+    let agent = set.agent("bot").unwrap();
+    let mut req = Req::post("itsm.example", "/api/tickets");
+    assert_eq!(
+        agent.body_need(req.facts()),
+        BodyNeed::Json {
+            max: DEFAULT_MAX_BODY
+        }
+    );
+    req.body = Some(json!({"priority": "p2"}));
+    let limiter = RateLimiter::new();
+    let t = 1_767_609_000_000;
+    let d = agent.decider(req.input()).decide().admit(&limiter, t);
+    assert_eq!(allowed_tool(&d), Some("itsm.office_hours"));
+    let Decision::Deny(d) = agent
+        .decider(req.input())
+        .decide()
+        .admit(&limiter, t + 1000)
+    else {
+        panic!("over the rate")
+    };
+    assert_eq!(
+        d.rule,
+        DenyRule::RateLimited {
+            retry_after_secs: 3599
+        }
+    );
+    // Outside office hours, or a p0: the condition.
+    req.now = ten_thirty() + Duration::from_secs(9 * 3600);
+    assert!(matches!(
+        agent.decider(req.input()).decide(),
+        Decision::Deny(Denied {
+            rule: DenyRule::Condition,
+            ..
+        })
+    ));
+    req.now = ten_thirty();
+    req.body = Some(json!({"priority": "p0"}));
+    assert!(!agent.decider(req.input()).decide().is_allow());
+    // Unknown hosts and paths: as before.
+    let other = Req::post("evil.example", "/");
+    let Decision::Deny(d) = agent.decider(other.input()).decide() else {
+        panic!()
+    };
+    assert_eq!(d.rule, DenyRule::NoTool);
+    assert!(
+        d.reason.contains("allows host evil.example:443"),
+        "{}",
+        d.reason
+    );
+}
+
+#[test]
+fn rates_count_per_on_behalf_of_when_asked() {
+    let set = policy();
+    let limiter = RateLimiter::new();
+    let args = json!({"owner": "acme"});
+    let mut alice = Req::post("mcp.github.example", "/mcp");
+    alice.on_behalf_of = Some("alice");
+    let mut bob = Req::post("mcp.github.example", "/mcp");
+    bob.on_behalf_of = Some("bob");
+    let t = 1_000_000;
+    for _ in 0..2 {
+        assert!(
+            decide_call(&set, &alice, "create_issue", args.clone())
+                .admit(&limiter, t)
+                .is_allow()
+        );
+    }
+    let Decision::Deny(d) =
+        decide_call(&set, &alice, "create_issue", args.clone()).admit(&limiter, t)
+    else {
+        panic!()
+    };
+    assert!(
+        matches!(
+            d.rule,
+            DenyRule::RateLimited {
+                retry_after_secs: 60
+            }
+        ),
+        "{d:?}"
+    );
+    assert!(d.reason.contains("for alice"), "{}", d.reason);
+    assert!(
+        decide_call(&set, &bob, "create_issue", args.clone())
+            .admit(&limiter, t)
+            .is_allow()
+    );
+    // Reads have no rate.
+    for _ in 0..10 {
+        assert!(
+            decide_call(&set, &alice, "list_issues", json!({}))
+                .admit(&limiter, t)
+                .is_allow()
+        );
+    }
+}
+
+#[test]
+fn the_head_only_path_never_allows_call_aware_tools() {
+    let set = policy();
+    let agent = set.agent("bot").unwrap();
+    for (method, host, path) in [
+        (Method::POST, "mcp.github.example", "/mcp"),
+        (Method::POST, "itsm.example", "/api/tickets"),
+    ] {
+        let Verdict::Deny { reason } = agent.evaluate(RequestFacts {
+            method: &method,
+            host,
+            port: 443,
+            path,
+        }) else {
+            panic!("{host} allowed on the head alone")
+        };
+        assert!(reason.contains("decision on the call itself"), "{reason}");
+    }
+}
+
+#[test]
+fn digests_are_canonical() {
+    assert_eq!(
+        digest(&json!({"b": 1, "a": [true, null, "x"]})),
+        digest(&json!({"a": [true, null, "x"], "b": 1}))
+    );
+    assert_ne!(digest(&json!({"a": 1})), digest(&json!({"a": "1"})));
+    // SHA-256 of the text {"a":1}.
+    assert_eq!(
+        digest(&json!({"a": 1})),
+        "015abd7f5cc57a2dd94b7590f04ad8084273905ee33ec5cebeae62276a97f862"
+    );
+}
