@@ -31,7 +31,7 @@ pub use decide::{
 pub use eval::{RequestFacts, Verdict};
 pub use explain::{Explanation, explain, explain_case};
 pub use listen::ListenAddr;
-pub use load::{PolicyError, PolicyErrors, load_path};
+pub use load::{PolicyError, PolicyErrors, check_text, load_path};
 pub use model::{
     AgentLimits, AgentPolicy, CgroupRelPath, CredentialPolicy, DnsMode, HostPattern, Injection,
     Mode, OAuth2Source, PassthroughRule, PathPattern, PolicySet, SecretRef, SecretSource,

@@ -11,14 +11,14 @@
 //! how long.
 
 mod connection;
-mod decide;
-mod http;
+pub(crate) mod decide;
+pub(crate) mod http;
 pub mod limits;
 mod listener;
 mod refusal;
 mod relay;
 mod respond;
-mod sniff;
+pub(crate) mod sniff;
 pub mod upstream;
 
 use std::sync::Arc;

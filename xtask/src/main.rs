@@ -5,6 +5,7 @@
 
 mod bench;
 mod cmd;
+mod fuzz;
 mod paths;
 mod privilege;
 mod run;
@@ -49,6 +50,9 @@ enum Command {
     /// Load and fault cases too long for the test suite (slow ClientHellos,
     /// reloads, a 200 MiB response); writes docs/soak.md.
     Soak(soak::Options),
+    /// Every fuzz target (cargo-fuzz, libFuzzer) for a bounded time each,
+    /// from the seeds in fuzz/seeds/.
+    Fuzz(fuzz::Options),
 }
 
 impl Command {
@@ -59,6 +63,7 @@ impl Command {
             Command::Test { .. } => "test",
             Command::Bench(_) => "bench",
             Command::Soak(_) => "soak",
+            Command::Fuzz(_) => "fuzz",
         }
     }
 }
@@ -87,6 +92,7 @@ fn try_main() -> anyhow::Result<ExitCode> {
         Command::Test { no_setup } => test::run(&root, !no_setup)?,
         Command::Bench(opts) => bench::run(&root, &opts)?,
         Command::Soak(opts) => soak::run(&root, &opts)?,
+        Command::Fuzz(opts) => fuzz::run(&root, &opts)?,
     }
     Ok(ExitCode::SUCCESS)
 }

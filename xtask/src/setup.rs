@@ -7,6 +7,7 @@
 pub mod apt;
 mod bpf_linker;
 mod bpffs;
+mod cargo_fuzz;
 mod runtimes;
 mod toolchain;
 
@@ -39,6 +40,8 @@ pub fn run() -> Result<()> {
     apt.ensure(LLVM_PACKAGES)?;
     // After the LLVM packages: building bpf-linker links against them.
     bpf_linker::ensure()?;
+    // After the toolchain: the fuzz targets build with nightly.
+    cargo_fuzz::ensure()?;
     apt.ensure(TEST_PACKAGES)?;
     runtimes::check()?;
     bpffs::ensure()?;

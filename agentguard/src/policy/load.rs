@@ -87,6 +87,13 @@ pub fn load_path(path: &Path) -> Result<PolicySet, PolicyErrors> {
     })
 }
 
+/// One policy file's text, checked as [`load_path`] checks each file (but
+/// not against the other files); `path` names it in errors. The fuzz
+/// target's way in: no file to write per input.
+pub fn check_text(path: &Path, text: &str) -> Result<AgentPolicy, PolicyError> {
+    parse_file(path, text).map(|(agent, _)| agent)
+}
+
 fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     let read_err = |source| PolicyError::Read {
         path: path.to_owned(),

@@ -9,7 +9,7 @@ mod forward;
 mod hop;
 mod idle;
 mod jwt;
-mod plan;
+pub(crate) mod plan;
 mod record;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
