@@ -2,14 +2,20 @@
 
 mod daemon;
 mod dns_upstream;
+mod echo_upstream;
+mod fake_api;
 mod machine;
+mod service;
 mod setup;
 mod tls_upstream;
 mod upstream;
 
 pub use daemon::{ALLOW_LOOPBACK_TEST_HOSTS, Daemon, cgroup2_mount, in_cgroup_dir};
 pub use dns_upstream::DnsUpstream;
+pub use echo_upstream::{EchoUpstream, leak_text as echo_upstream_leak_text};
+pub use fake_api::{ApiRequest, FakeApi, Handler};
 pub use machine::alone;
+pub use service::{Service, pinned_links};
 pub use setup::{Setup, UPSTREAM_IP};
 pub use tls_upstream::{SSE_EVENTS, TestCa, TlsUpstream};
 pub use upstream::{BODY, Upstream};

@@ -5,6 +5,8 @@
 //! Routes:
 //! - `GET /v1/status` → [`StatusView`]
 //! - `GET /v1/agents/{name}` → [`AgentView`] (404 if unknown)
+//! - `POST /v1/agents/{name}/attach?pid=N` → [`AgentView`]: guard the
+//!   systemd unit cgroup process N runs in (`agentguard attach`)
 //! - `GET /v1/connections` → recent connection decisions
 //! - `GET /v1/requests` → recent HTTP request decisions
 //! - `GET /v1/audit/stream?agent=&decision=&kind=&backlog=N` → committed
@@ -34,6 +36,10 @@ pub struct AgentView {
     pub cgroup_id: u64,
     /// Whether the kernel programs are attached (and pinned) on it.
     pub guarded: bool,
+    /// The agent's systemd service, if it is one: its cgroup is the unit's,
+    /// guarded while the unit runs.
+    #[serde(default)]
+    pub systemd_unit: Option<String>,
     /// Whether the kernel keeps its processes from every process outside
     /// its cgroup (BPF LSM). When false (or absent: an older daemon),
     /// `exec` installs a seccomp filter against the main ways instead.

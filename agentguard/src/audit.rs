@@ -10,6 +10,7 @@
 //! - `verify`, `query`, `ocsf`: what the `agentguard audit` commands do.
 //! - `otlp`: export to an OpenTelemetry collector.
 //! - `traceparent`: the W3C trace context a request's event keeps.
+//! - `rpc_call`: a JSON-RPC message of a request, as its event keeps it.
 //!
 //! Emitters hold an [`AuditSink`]: [`AuditSink::record`] waits while the
 //! queue is full (in events or in bytes) or the writer cannot commit
@@ -24,6 +25,7 @@ pub mod ocsf;
 pub mod otlp;
 pub mod query;
 mod queue;
+pub mod rpc_call;
 pub mod signing;
 pub mod store;
 pub mod traceparent;
@@ -47,6 +49,7 @@ use tracing::{error, info};
 pub use event::{Decision, Event, Kind};
 use queue::Queued;
 pub use queue::{CommitHealth, FIELD_MAX, MAX_EVENT_BYTES, limit_fields};
+pub use rpc_call::RpcCall;
 pub use signing::SigningError;
 pub use store::{Checkpoint, Record, Store, StoreError};
 pub use writer::{Stats, WriterConfig};

@@ -1,25 +1,41 @@
 //! Command-line interface: argument parsing and dispatch to the modules.
+//!
+//! Conventions (those of coreutils and systemd tools, so scripts can tell
+//! outcomes apart): exit 0 for success; 1 for a negative answer (`policy
+//! test` deny, `audit verify` broken chain, `token verify` invalid token);
+//! 2 for a usage error or a check that could not be made; `exec` exits 125
+//! when agentguard itself fails, 126 when the command cannot run and 127
+//! when it is not found, like env(1), so none of them is mistaken for the
+//! agent's own exit code.
 
+mod attach;
 mod audit;
+mod config;
 mod kernel;
 mod limits;
 mod policy;
+mod run;
+mod status;
 mod token;
 
-use std::{ffi::OsString, path::PathBuf, process::ExitCode};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use thiserror::Error;
 
 use crate::{
     admin::{AdminClient, AdminError, StatusView},
     ca::{CaError, LocalCa},
     config::{
-        ConfigError, DEFAULT_ADMIN_SOCKET, DEFAULT_BPF_DIR, DEFAULT_POLICIES_DIR,
-        DEFAULT_PROXY_PORT, DEFAULT_STATE_DIR, RunConfig,
+        ConfigError, DEFAULT_ADMIN_SOCKET, DEFAULT_BPF_DIR, DEFAULT_STATE_DIR,
+        layers::{self, ConfigFile, Layers},
     },
     daemon::{self, DaemonError},
-    ebpf::{self, EbpfError, UnixGuard},
+    ebpf::{self, EbpfError},
     exec::{self, ExecError},
     logging::{self, LogFormat},
     preflight::{self, PreflightError},
@@ -29,12 +45,25 @@ use crate::{
 #[command(
     name = "agentguard",
     version,
-    about = "Keeps secrets out of AI agents: kernel-attributed egress proxy"
+    about = "Keeps secrets out of AI agents: kernel-attributed egress proxy",
+    after_help = "Every option of `run` and the global options are also read from \
+                  AGENTGUARD_<OPTION> (e.g. AGENTGUARD_STATE_DIR) and from the config file \
+                  (/etc/agentguard/agentguard.toml, key state_dir); a flag wins over the \
+                  environment, which wins over the file. `agentguard config show` prints \
+                  the result and where each value came from."
 )]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// The daemon's admin socket: where `run` listens and where the other
+    /// commands reach it [default: /run/agentguard/agentguard.sock].
+    #[arg(long, global = true, value_name = "PATH")]
+    admin_socket: Option<PathBuf>,
+    /// Config file [default: /etc/agentguard/agentguard.toml, or
+    /// $AGENTGUARD_CONFIG].
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,43 +71,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon in the foreground.
-    Run {
-        #[arg(long, default_value = DEFAULT_POLICIES_DIR)]
-        policies: PathBuf,
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
-        /// Port of the proxy on 127.0.0.1 and ::1 (0: any free port).
-        #[arg(long, default_value_t = DEFAULT_PROXY_PORT)]
-        proxy_port: u16,
-        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
-        admin_socket: PathBuf,
-        /// bpffs directory where programs and maps are pinned.
-        #[arg(long, default_value = DEFAULT_BPF_DIR)]
-        bpf_dir: PathBuf,
-        /// Extra CA certificates (PEM) to trust for upstreams, beside the
-        /// system roots.
-        #[arg(long)]
-        upstream_ca: Option<PathBuf>,
-        /// Resolvers that agents' allowed DNS queries are forwarded to
-        /// (repeatable; default: the nameservers in /etc/resolv.conf).
-        #[arg(long, value_name = "ADDR:PORT")]
-        dns_upstream: Vec<std::net::SocketAddr>,
-        /// Also record every redirect the kernel makes, not only refusals.
-        #[arg(long)]
-        report_kernel_redirects: bool,
-        /// Start even if the kernel lacks the Unix-socket hooks (before
-        /// Linux 6.7): agents can then reach any Unix socket. Without this
-        /// flag such a kernel stops start-up.
-        #[arg(long)]
-        allow_unguarded_unix_sockets: bool,
-        #[command(flatten)]
-        kernel: kernel::KernelRunArgs,
-        #[command(flatten)]
-        audit: audit::AuditRunArgs,
-        #[command(flatten)]
-        tokens: token::TokenRunArgs,
-        #[command(flatten)]
-        limits: Box<limits::LimitRunArgs>,
+    Run(run::RunArgs),
+    /// The daemon's configuration file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Request-bound tokens: print the JWKS, verify a token.
     Token {
@@ -93,7 +90,9 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
-    /// Run CMD inside an agent's cgroup (joined before exec).
+    /// Run CMD inside an agent's cgroup (joined before exec). Exits 125 if
+    /// agentguard fails, 126 if CMD cannot run, 127 if it is not found;
+    /// otherwise CMD's own exit code.
     Exec {
         #[arg(long)]
         agent: String,
@@ -115,27 +114,31 @@ enum Command {
         /// claim of its request-bound tokens and in audit events.
         #[arg(long, value_name = "WHO")]
         on_behalf_of: Option<String>,
-        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
-        admin_socket: PathBuf,
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<OsString>,
     },
-    /// Show the running daemon's status (JSON).
+    /// Guard the systemd unit this runs in as agent NAME, before the unit's
+    /// main process starts: for `ExecStartPre=+agentguard attach --agent
+    /// NAME` in the agent's unit (its policy names the unit in
+    /// `systemd_unit`). Exits non-zero, failing the unit's start, unless
+    /// the daemon guards this very cgroup.
+    Attach {
+        #[arg(long)]
+        agent: String,
+        /// How long to wait for a daemon that is not answering yet.
+        #[arg(long, default_value = "60s", value_name = "DURATION")]
+        wait: String,
+    },
+    /// Show the running daemon's status.
     Status {
-        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
-        admin_socket: PathBuf,
+        #[arg(short = 'o', long, value_enum, default_value_t = status::Output::Text)]
+        output: status::Output,
     },
     /// Print the daemon's recent connection decisions, one JSON object a line.
-    Connections {
-        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
-        admin_socket: PathBuf,
-    },
+    Connections,
     /// Print the daemon's recent HTTP request decisions, one JSON object a
     /// line.
-    Requests {
-        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
-        admin_socket: PathBuf,
-    },
+    Requests,
     /// The local CA that signs the leaves agents see.
     Ca {
         #[command(subcommand)]
@@ -151,6 +154,27 @@ enum Command {
     Detach {
         #[arg(long, default_value = DEFAULT_BPF_DIR)]
         bpf_dir: PathBuf,
+    },
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (agentguard.1, agentguard-run.1, ...) into DIR.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the configuration `run` would use with these flags, the
+    /// environment and the config file, and where each value came from.
+    /// Exit 1 if it would not start.
+    Show {
+        #[command(flatten)]
+        run: run::RunArgs,
+        #[arg(short = 'o', long, value_enum, default_value_t = config::Output::Toml)]
+        output: config::Output,
     },
 }
 
@@ -187,18 +211,173 @@ enum CliError {
     Token(#[from] token::TokenCliError),
     #[error("failed to start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Layers(#[from] layers::LayerError),
+    #[error(transparent)]
+    Attach(#[from] attach::AttachCliError),
+    #[error("failed to write man pages into {dir}: {source}")]
+    Man {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
 }
 
+/// Exit code of a usage error: like clap's own, except for `exec`.
+const USAGE: u8 = 2;
+/// `exec`'s own failures (env(1), systemd-run).
+const EXEC_FAILED: u8 = 125;
+const EXEC_CANNOT_RUN: u8 = 126;
+const EXEC_NOT_FOUND: u8 = 127;
+
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let usage = if first_command(&argv).as_deref() == Some("exec") {
+        EXEC_FAILED
+    } else {
+        USAGE
+    };
+    let (cli, layers, matches) = match parse(&argv) {
+        Ok(parsed) => parsed,
+        Err(Parse::Clap(e)) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(usage)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+        Err(Parse::Layers(e)) => {
+            eprintln!("agentguard: error: {e}");
+            return ExitCode::from(usage);
+        }
+    };
     logging::init(cli.log_format);
-    match dispatch(cli.command) {
+    if let Some(note) = deprecated_spelling(&argv, &matches) {
+        eprintln!("agentguard: warning: {note}");
+    }
+    let failure = failure_code(&cli.command);
+    let admin_socket = cli
+        .admin_socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
+    let context = Context {
+        admin_socket,
+        layers,
+        matches,
+    };
+    match dispatch(cli.command, &context) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("agentguard: error: {}", error_chain(&e));
-            ExitCode::FAILURE
+            let code = match &e {
+                CliError::Exec(ExecError::Exec { source, .. }) => {
+                    if source.kind() == std::io::ErrorKind::NotFound {
+                        EXEC_NOT_FOUND
+                    } else {
+                        EXEC_CANNOT_RUN
+                    }
+                }
+                _ => failure,
+            };
+            eprintln!(
+                "{}",
+                logging::error_line(&format!("agentguard: error: {}", error_chain(&e)))
+            );
+            ExitCode::from(code)
         }
     }
+}
+
+/// What a failing command exits with (an error, not a negative answer).
+fn failure_code(command: &Command) -> u8 {
+    match command {
+        Command::Exec { .. } => EXEC_FAILED,
+        // "Could not check" is not "checked and broken" (1).
+        Command::Audit {
+            command: audit::AuditCommand::Verify { .. },
+        }
+        | Command::Token {
+            command: token::TokenCommand::Verify { .. },
+        } => 2,
+        _ => 1,
+    }
+}
+
+/// The first word of the command line that is not an option: the
+/// subcommand, for choosing the exit code of a usage error before clap has
+/// parsed anything.
+fn first_command(argv: &[OsString]) -> Option<String> {
+    let mut args = argv.iter().skip(1).filter_map(|a| a.to_str());
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            return None;
+        }
+        if let Some(flag) = arg.strip_prefix("--") {
+            // Global options that take a separate value.
+            if !flag.contains('=') && matches!(flag, "log-format" | "admin-socket" | "config") {
+                args.next();
+            }
+            continue;
+        }
+        return Some(arg.to_owned());
+    }
+    None
+}
+
+/// A note for an old spelling the command line used, which still works:
+/// `--format` of `policy test`, `audit query` and `audit tail`, now
+/// `-o`/`--output` like `status`, `connections` and `requests`. clap
+/// treats an alias as the option itself, so the words are looked at
+/// (before any `--`, and only when the option was given on the command
+/// line at all).
+fn deprecated_spelling(argv: &[OsString], matches: &clap::ArgMatches) -> Option<&'static str> {
+    let leaf = layers::leaf(matches);
+    let given = leaf.ids().any(|id| id.as_str() == "format")
+        && leaf.value_source("format") == Some(clap::parser::ValueSource::CommandLine);
+    let old = argv
+        .iter()
+        .skip(1)
+        .filter_map(|a| a.to_str())
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--format" || a.starts_with("--format="));
+    (given && old).then_some("--format is deprecated; use -o/--output (same values)")
+}
+
+enum Parse {
+    Clap(clap::Error),
+    Layers(layers::LayerError),
+}
+
+/// Parses the command line in two passes: the first finds the subcommand;
+/// the second parses again with the environment's and the config file's
+/// values as defaults, so that flags override them and every value goes
+/// through the same parser.
+fn parse(argv: &[OsString]) -> Result<(Cli, Layers, clap::ArgMatches), Parse> {
+    let plain = Cli::command();
+    let first = plain
+        .clone()
+        .try_get_matches_from(argv)
+        .map_err(Parse::Clap)?;
+    let path = layers::subcommand_path(&first);
+    let layers = if path.first().map(String::as_str) == Some("verify-proxy") {
+        Layers::default()
+    } else {
+        let (config_path, explicit) = layers::config_path(argv);
+        let file = ConfigFile::load(&config_path, explicit).map_err(Parse::Layers)?;
+        Layers::plan(&plain, file.as_ref()).map_err(Parse::Layers)?
+    };
+    let matches = layers
+        .apply(Cli::command(), &path)
+        .try_get_matches_from(argv)
+        .map_err(Parse::Clap)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(Parse::Clap)?;
+    Ok((cli, layers, matches))
+}
+
+/// What commands need beyond their own arguments.
+struct Context {
+    admin_socket: PathBuf,
+    layers: Layers,
+    matches: clap::ArgMatches,
 }
 
 /// The error and its causes, skipping causes whose text the message already
@@ -217,47 +396,25 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn dispatch(command: Command) -> Result<ExitCode, CliError> {
+fn dispatch(command: Command, context: &Context) -> Result<ExitCode, CliError> {
+    let admin_socket = context.admin_socket.as_path();
     match command {
-        Command::Run {
-            policies,
-            state_dir,
-            proxy_port,
-            admin_socket,
-            bpf_dir,
-            upstream_ca,
-            dns_upstream,
-            report_kernel_redirects,
-            allow_unguarded_unix_sockets,
-            kernel,
-            audit,
-            tokens,
-            limits,
-        } => {
-            let cfg = RunConfig {
-                dns_upstreams: dns_upstream,
-                report_kernel_redirects,
-                unix_guard: if allow_unguarded_unix_sockets {
-                    UnixGuard::Optional
-                } else {
-                    UnixGuard::Required
-                },
-                kernel: kernel.options()?,
-                policies_dir: policies,
-                state_dir,
-                admin_socket,
-                bpf_dir,
-                proxy_port,
-                upstream_ca,
-                audit: audit.options()?,
-                metrics_listen: audit.metrics_listen,
-                otlp: audit.otlp()?,
-                tokens: tokens.options()?,
-                limits: limits.options()?,
-            }
-            .validate()?;
+        Command::Run(args) => {
+            let cfg = args.config(admin_socket)?;
             runtime()?.block_on(daemon::run(cfg)).map_err(Box::new)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Show { run, output },
+        } => {
+            let problem = run.config(admin_socket).err().map(|e| e.to_string());
+            Ok(config::show(
+                &Cli::command(),
+                &context.layers,
+                layers::leaf(&context.matches),
+                output,
+                problem,
+            ))
         }
         Command::Exec {
             agent,
@@ -266,7 +423,6 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             keep_capabilities,
             allow_namespaces,
             on_behalf_of,
-            admin_socket,
             cmd,
         } => {
             let privileges = exec::Privileges {
@@ -276,22 +432,20 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
                 allow_namespaces,
                 on_behalf_of,
             };
-            match exec::exec(&admin_socket, &agent, &privileges, &cmd)? {}
+            match exec::exec(admin_socket, &agent, &privileges, &cmd)? {}
         }
-        Command::Status { admin_socket } => {
+        Command::Attach { agent, wait } => Ok(attach::run(admin_socket, &agent, &wait)?),
+        Command::Status { output } => {
             let status: StatusView =
-                runtime()?.block_on(AdminClient::new(&admin_socket).get("/v1/status"))?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&status).unwrap_or_default()
-            );
+                runtime()?.block_on(AdminClient::new(admin_socket).get("/v1/status"))?;
+            print!("{}", status::render(&status, output));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { command } => Ok(audit::run(command)?),
+        Command::Audit { command } => Ok(audit::run(command, admin_socket)?),
         Command::Token { command } => Ok(token::run(command)?),
         Command::VerifyProxy(args) => Ok(token::verify_proxy(args)?),
-        Command::Connections { admin_socket } => print_lines(&admin_socket, "/v1/connections"),
-        Command::Requests { admin_socket } => print_lines(&admin_socket, "/v1/requests"),
+        Command::Connections => print_lines(admin_socket, "/v1/connections"),
+        Command::Requests => print_lines(admin_socket, "/v1/requests"),
         Command::Ca {
             command: CaCommand::Export { state_dir },
         } => {
@@ -309,11 +463,47 @@ fn dispatch(command: Command) -> Result<ExitCode, CliError> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "agentguard",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpages { dir } => {
+            write_man_pages(&dir).map_err(|source| CliError::Man { dir, source })?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
+/// One page for the command and one per subcommand, named as git's are
+/// (`agentguard-audit-verify.1`), so `man agentguard-run` finds the flags.
+fn write_man_pages(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    write_man_page(dir, &cmd, "agentguard")
+}
+
+fn write_man_page(dir: &Path, cmd: &clap::Command, name: &str) -> std::io::Result<()> {
+    let page = cmd.clone().name(name.to_owned());
+    let mut out = Vec::new();
+    clap_mangen::Man::new(page).render(&mut out)?;
+    std::fs::write(dir.join(format!("{name}.1")), out)?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        if sub.get_name() == "help" {
+            continue;
+        }
+        write_man_page(dir, sub, &format!("{name}-{}", sub.get_name()))?;
+    }
+    Ok(())
+}
+
 /// Prints a JSON array from the admin API one element a line.
-fn print_lines(admin_socket: &std::path::Path, route: &str) -> Result<ExitCode, CliError> {
+fn print_lines(admin_socket: &Path, route: &str) -> Result<ExitCode, CliError> {
     let entries: Vec<serde_json::Value> =
         runtime()?.block_on(AdminClient::new(admin_socket).get(route))?;
     for entry in entries {

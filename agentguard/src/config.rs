@@ -1,5 +1,8 @@
 //! Daemon configuration: names and defaults, parsing helpers, one validation
-//! step, and a one-line summary logged at start.
+//! step, and a one-line summary logged at start. `layers` decides which of
+//! flag, environment, config file and default gives each value.
+
+pub mod layers;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 

@@ -8,14 +8,22 @@
 //! credential is bound to.
 //!
 //! `source` reads file and env secrets, `oauth2` fetches and caches tokens,
-//! `store` holds every agent's credentials, `inject`, `placeholder` and
-//! `redact` work on requests and responses.
+//! `exchange` gets delegated tokens (RFC 8693 token exchange, RFC 7523
+//! JWT-bearer grant), `process` runs credential helpers, `cache` keeps what
+//! those fetch until shortly before it expires, `store` holds every agent's
+//! credentials, `inject`, `placeholder`, `placeholder_rewrite` and `redact`
+//! work on requests and responses.
 
+mod cache;
 mod encoding;
+mod exchange;
 mod inject;
 mod oauth2;
 mod placeholder;
+mod placeholder_rewrite;
+pub mod process;
 mod redact;
+pub mod sigv4;
 mod source;
 mod store;
 
@@ -24,10 +32,13 @@ use std::{future::Future, pin::Pin, sync::Arc};
 use hyper::{HeaderMap, Uri, body::Bytes};
 use thiserror::Error;
 
+pub use exchange::{ExchangeError, Requester};
 pub use inject::{InjectError, inject};
 pub use oauth2::TokenError;
 pub use placeholder::find_placeholders;
-pub use redact::{redact_bytes, redact_headers};
+pub use placeholder_rewrite::{Placement, RewriteError, place_secret};
+pub use process::ProcessError;
+pub use redact::{Redactor, StreamRedactor, redact_bytes, redact_headers};
 pub use source::SourceError;
 pub use store::CredentialStore;
 
@@ -79,6 +90,23 @@ pub trait TokenFetcher: Send + Sync + 'static {
     fn post_form(&self, url: &Uri, headers: HeaderMap, body: String) -> TokenFuture<'_>;
 }
 
+/// What an identity token is signed for: the agent (and the kernel's view
+/// of the caller) and the party that will verify it.
+#[derive(Debug, Clone, Copy)]
+pub struct IdentityRequest<'a> {
+    pub agent: &'a str,
+    /// (cgroup path, uid), when known.
+    pub kernel: Option<(&'a str, u32)>,
+    /// The `aud`: the token endpoint that takes it.
+    pub audience: &'a str,
+}
+
+/// Signs agents' identity tokens (the daemon's token minter does, with the
+/// key its JWKS publishes), for token exchange and the JWT-bearer grant.
+pub trait IdentityIssuer: Send + Sync {
+    fn identity_token(&self, req: &IdentityRequest<'_>) -> Result<String, String>;
+}
+
 /// What [`TokenFetcher::post_form`] returns: (status, body), or an error as
 /// text.
 pub type TokenFuture<'a> = Pin<Box<dyn Future<Output = Result<(u16, Bytes), String>> + Send + 'a>>;
@@ -105,6 +133,35 @@ pub enum CredentialError {
         #[source]
         source: TokenError,
     },
+    /// A delegated token (token exchange, JWT-bearer grant) could not be
+    /// had; a credential helper or AWS credentials likewise.
+    #[error("agent {agent}: credential {credential}: {source}")]
+    Exchange {
+        agent: String,
+        credential: String,
+        #[source]
+        source: ExchangeError,
+    },
+    #[error("agent {agent}: credential {credential}: credential helper: {source}")]
+    Process {
+        agent: String,
+        credential: String,
+        #[source]
+        source: ProcessError,
+    },
+    #[error("agent {agent}: credential {credential}: {source}")]
+    Aws {
+        agent: String,
+        credential: String,
+        #[source]
+        source: sigv4::AwsError,
+    },
+    #[error(
+        "agent {agent}: credential {credential} signs AWS requests; it has no secret to inject"
+    )]
+    SignsAws { agent: String, credential: String },
+    #[error("agent {agent}: credential {credential} is not an aws credential")]
+    NotAws { agent: String, credential: String },
     #[error("agent {agent} is not in the policy set")]
     UnknownAgent { agent: String },
     #[error("agent {agent} has no credential {credential}")]
@@ -113,6 +170,8 @@ pub enum CredentialError {
     MintedPerRequest { agent: String, credential: String },
     #[error(transparent)]
     Inject(#[from] InjectError),
+    #[error(transparent)]
+    Rewrite(#[from] RewriteError),
 }
 
 /// All errors found while loading a policy set's credentials: operators fix

@@ -4,8 +4,10 @@
 mod audit;
 mod events;
 mod jwks;
+mod notify;
 mod oauth;
 mod reload;
+mod units;
 
 use std::{
     fs,
@@ -239,6 +241,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         on_behalf_of: Arc::new(crate::token::OnBehalfOf::default()),
         jwt_max_body: cfg.tokens.max_body,
         limits,
+        limiter: Arc::new(crate::policy::RateLimiter::new()),
     });
     let metrics = Arc::new(MetricsSource {
         metrics: audit.metrics.clone(),
@@ -262,6 +265,14 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         kernel: reloader.kernel.clone(),
         minter: ctx.minter.clone(),
         on_behalf_of: ctx.on_behalf_of.clone(),
+        attach: Some({
+            let (reloader, live) = (reloader.clone(), live.clone());
+            Arc::new(move |agent: &str, pid: u32| {
+                reloader
+                    .attach(&live, agent, pid)
+                    .map_err(|e| e.to_string())
+            })
+        }),
     };
     info!(
         port,
@@ -271,12 +282,25 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         "agentguard ready"
     );
     audit.record_start(&live, port, guarded).await;
+    // systemd (Type=notify): ready only now, with every agent guarded and
+    // the proxy, the admin socket and the audit store open.
+    let notifier = Arc::new(notify::Notifier::default());
+    notifier.ready(&notify::status_line(&live.load()));
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        let probe = notify::Probe {
+            proxy_port: port,
+            log: admin_state.log.clone(),
+            audit: audit.sink.clone(),
+            recorded: audit.recorded.clone(),
+        };
+        tokio::spawn(notify::watchdog(notifier.clone(), probe, period / 2));
+    }
 
     let mut stop = Signals::install()?;
     let mut why = "stopped: a daemon task ended".to_owned();
     let proxy = listeners.serve(ctx);
     let admin = admin.serve(admin_state);
-    let watch = watch_policies(reloader.clone(), live.clone());
+    let watch = watch_policies(reloader.clone(), live.clone(), notifier.clone());
     tokio::pin!(proxy, admin, watch);
     loop {
         tokio::select! {
@@ -285,8 +309,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
             () = &mut watch => break,
             signal = stop.wait() => match signal {
                 Signal::Reload => {
-                    let (reloader, live) = (reloader.clone(), live.clone());
-                    let _ = tokio::task::spawn_blocking(move || reloader.reload(&live, "SIGHUP")).await;
+                    notifier.reloading();
+                    let (reloader, state) = (reloader.clone(), live.clone());
+                    let _ = tokio::task::spawn_blocking(move || reloader.reload(&state, "SIGHUP")).await;
+                    notifier.ready(&notify::status_line(&live.load()));
                 }
                 Signal::Stop(name) => {
                     info!(signal = name, "stopping");
@@ -297,6 +323,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         }
     }
 
+    notifier.stopping(&why);
     // Fail closed on purpose: the links stay pinned, and port 0 makes the
     // kernel refuse guarded connects outright until a daemon starts again.
     let kernel = reloader
@@ -354,16 +381,26 @@ const POLICY_POLL: Duration = Duration::from_secs(1);
 /// Reloads when a policy file is added, removed or modified. Polling the
 /// folder's names, sizes and mtimes is cheap at this rate and, unlike
 /// inotify, sees edits made through any path (bind mounts, symlinked dirs).
-async fn watch_policies(reloader: Arc<Reloader>, live: Arc<Live>) {
+async fn watch_policies(reloader: Arc<Reloader>, live: Arc<Live>, notifier: Arc<notify::Notifier>) {
     let mut last = fingerprint(&reloader.policies_dir);
     loop {
         tokio::time::sleep(POLICY_POLL).await;
         let now = fingerprint(&reloader.policies_dir);
         if now != last {
             last = now;
-            let (reloader, live) = (reloader.clone(), live.clone());
+            let (reloader, state) = (reloader.clone(), live.clone());
             let _ =
-                tokio::task::spawn_blocking(move || reloader.reload(&live, "file change")).await;
+                tokio::task::spawn_blocking(move || reloader.reload(&state, "file change")).await;
+            notifier.status(&notify::status_line(&live.load()));
+        }
+        // Agents' systemd units: a cgroup made or removed since the last
+        // look (see daemon::units).
+        let (units, state) = (reloader.clone(), live.clone());
+        let refreshed = tokio::task::spawn_blocking(move || units.refresh_units(&state)).await;
+        match refreshed {
+            Ok(Ok(true)) => notifier.status(&notify::status_line(&live.load())),
+            Ok(Err(e)) => warn!(error = %e, "could not follow the agents' systemd units"),
+            _ => {}
         }
     }
 }

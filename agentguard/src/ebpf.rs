@@ -365,6 +365,20 @@ impl Kernel {
             .configure(port, daemon_tgid, self.flags, &self.options)
     }
 
+    /// Whether links are pinned for the cgroup with this id: it was guarded
+    /// before (by this daemon or an earlier one).
+    pub fn has_links(&self, cgroup_id: u64) -> bool {
+        self.pins.has_links(cgroup_id)
+    }
+
+    /// Unpins the links of a cgroup that no longer exists (a systemd unit's,
+    /// removed when the unit stopped): the kernel detached its programs
+    /// when the cgroup went, and only the pins would be left. Never called
+    /// for a cgroup that still exists. Returns how many were removed.
+    pub fn forget(&mut self, cgroup_id: u64) -> Result<usize, EbpfError> {
+        self.pins.forget(cgroup_id)
+    }
+
     /// Attaches every program to `cgroup` and pins the links. Links a previous
     /// daemon pinned for this cgroup are removed only after the new ones are
     /// in place, so there is no instant without a redirect. (While both are

@@ -4,6 +4,7 @@
 //! cgroup a socket was created in, so a socket opened before joining would
 //! escape the redirect.
 
+mod domain;
 mod seccomp;
 
 use std::{
@@ -45,6 +46,14 @@ pub enum ExecError {
         expected: u64,
         actual: u64,
     },
+    #[error(
+        "agent {agent:?} is the systemd service {unit}: start it from that unit (ExecStartPre=+agentguard attach --agent {agent}, then ExecStart=agentguard exec ...); this process runs in cgroup {cgroup}"
+    )]
+    OutsideUnit {
+        agent: String,
+        unit: String,
+        cgroup: String,
+    },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error("failed to start the async runtime: {0}")]
@@ -74,6 +83,8 @@ pub enum ExecError {
     NoNewPrivs(nix::Error),
     #[error("failed to install the seccomp filter (no namespaces, no mounts): {0}")]
     Seccomp(String),
+    #[error("failed to put the agent in a Landlock domain of its own: {0}")]
+    Landlock(String),
 }
 
 /// Who the agent runs as, and with what.
@@ -125,24 +136,41 @@ pub fn exec(
     if target.as_ref().is_none_or(|t| t.uid.is_root()) && !privileges.allow_root {
         return Err(ExecError::RootRefused(agent.to_owned()));
     }
-    let view = fetch_agent(admin_socket, agent)?;
+    let view = match unit_view(admin_socket, agent) {
+        Some(view) => view,
+        None => fetch_agent(admin_socket, agent)?,
+    };
     if !view.guarded {
         return Err(ExecError::NotGuarded(agent.to_owned()));
     }
     if let Some(who) = &privileges.on_behalf_of {
+        if view.systemd_unit.is_some() {
+            return Err(ExecError::OnBehalfOf(
+                "--on-behalf-of needs the admin socket, which an agent's systemd unit cannot reach once guarded".into(),
+            ));
+        }
         register_on_behalf_of(admin_socket, who)?;
     }
-    let cgroup = Cgroup::open(Path::new(&view.cgroup_path))?;
-    if cgroup.id != view.cgroup_id {
-        return Err(ExecError::CgroupMismatch {
-            agent: agent.to_owned(),
-            path: cgroup.path,
-            expected: view.cgroup_id,
-            actual: cgroup.id,
-        });
-    }
     let root = CgroupRoot::discover()?;
-    cgroup.join_self(&root)?;
+    match &view.systemd_unit {
+        // systemd started this process in the unit's cgroup, which the
+        // unit's `agentguard attach` had guarded: it stays there. Moving
+        // it would take the agent out of its unit (`systemctl stop` would
+        // no longer stop it).
+        Some(unit) => check_in_unit(&root, agent, unit, &view)?,
+        None => {
+            let cgroup = Cgroup::open(Path::new(&view.cgroup_path))?;
+            if cgroup.id != view.cgroup_id {
+                return Err(ExecError::CgroupMismatch {
+                    agent: agent.to_owned(),
+                    path: cgroup.path,
+                    expected: view.cgroup_id,
+                    actual: cgroup.id,
+                });
+            }
+            cgroup.join_self(&root)?;
+        }
+    }
     // Only after joining: writing cgroup.procs needs the privileges dropped
     // here. The bounding set goes first: shrinking it needs CAP_SETPCAP,
     // which a switch to another user takes away.
@@ -164,11 +192,19 @@ pub fn exec(
         seccomp::install(seccomp::filters().map_err(ExecError::Seccomp)?)
             .map_err(ExecError::Seccomp)?;
     }
-    // Where the kernel's own check is missing, the belt: no ptrace attach,
-    // no other process's memory or descriptors.
+    // Where the kernel's own check is missing, the belt: a Landlock domain
+    // of the agent's own (no other process's memory or descriptors, own
+    // children still traceable); without Landlock, a seccomp filter that
+    // refuses the system calls (but cannot see /proc/<pid>/mem).
     if !view.processes_guarded {
-        seccomp::install(seccomp::process_filters().map_err(ExecError::Seccomp)?)
-            .map_err(ExecError::Seccomp)?;
+        let set_no_new_privs = !privileges.keep_capabilities;
+        match domain::enter(set_no_new_privs).map_err(ExecError::Landlock)? {
+            domain::Domain::Entered => {}
+            domain::Domain::Unavailable => {
+                seccomp::install(seccomp::process_filters().map_err(ExecError::Seccomp)?)
+                    .map_err(ExecError::Seccomp)?;
+            }
+        }
     }
     let mut command = Command::new(program);
     command.args(args);
@@ -183,6 +219,81 @@ pub fn exec(
         cmd: program.clone(),
         source,
     })
+}
+
+/// Where `agentguard attach` leaves an agent unit's view: beside the admin
+/// socket, root's alone (`/run/agentguard/units/NAME.json`).
+fn unit_view_path(admin_socket: &Path, agent: &str) -> Option<PathBuf> {
+    Some(
+        admin_socket
+            .parent()?
+            .join("units")
+            .join(format!("{agent}.json")),
+    )
+}
+
+/// Saves `view` for the unit's `ExecStart=agentguard exec` (see
+/// [`unit_view`]). Written whole, then renamed: exec never reads half.
+pub fn save_unit_view(admin_socket: &Path, view: &AgentView) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let Some(path) = unit_view_path(admin_socket, &view.name) else {
+        return Ok(());
+    };
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = dir.join(format!(".{}.json.tmp", view.name));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    std::io::Write::write_all(&mut f, &serde_json::to_vec(view).unwrap_or_default())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// The view the unit's gate saved, if this process runs in the very
+/// cgroup it guarded (same id: cgroup ids are not reused within a boot, so
+/// a view from an earlier start of the unit does not match). Inside a
+/// guarded unit the admin socket cannot be reached: the kernel refuses it
+/// like any Unix socket the policy does not list.
+fn unit_view(admin_socket: &Path, agent: &str) -> Option<AgentView> {
+    let text = std::fs::read(unit_view_path(admin_socket, agent)?).ok()?;
+    let view: AgentView = serde_json::from_slice(&text).ok()?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let own = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let root = CgroupRoot::discover().ok()?;
+    let here = Cgroup::open(&root.mount().join(own.trim_start_matches('/'))).ok()?;
+    (view.name == agent && view.systemd_unit.is_some() && here.id == view.cgroup_id).then_some(view)
+}
+
+/// For an agent that is a systemd service: this process must already be in
+/// the unit's guarded cgroup (started by the unit).
+fn check_in_unit(
+    root: &CgroupRoot,
+    agent: &str,
+    unit: &str,
+    view: &AgentView,
+) -> Result<(), ExecError> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_default()
+        .to_owned();
+    let here = Cgroup::open(&root.mount().join(own.trim_start_matches('/')))?;
+    if here.id != view.cgroup_id {
+        return Err(ExecError::OutsideUnit {
+            agent: agent.to_owned(),
+            unit: unit.to_owned(),
+            cgroup: own,
+        });
+    }
+    Ok(())
 }
 
 /// A socket keeps the cgroup it was created in, and the cgroup programs

@@ -23,11 +23,13 @@ use hyper::{
 };
 
 use crate::{
-    credentials::{Secret, find_placeholders, redact_bytes, redact_headers},
+    credentials::{
+        Redactor, Secret, StreamRedactor, find_placeholders, redact_bytes, redact_headers,
+    },
     dns::sanitise,
     identity::Identity,
     mcp::{Body, ListFilter, TargetKind},
-    policy::{HostPattern, PathPattern, PolicySet, normalize_path},
+    policy::{AgentIdentity, HostPattern, PathPattern, PolicySet, RateLimiter, normalize_path},
     proxy::{
         decide::Resolutions,
         http::{ConnMeta, plan},
@@ -153,7 +155,15 @@ pub fn http_head(data: &[u8]) {
         dst: SocketAddr::from(([127, 0, 0, 5], if sni.is_some() { 443 } else { 80 })),
         sni: sni.map(str::to_owned),
     };
-    let p = plan::plan(&req, &meta, head_policy(), &Resolved);
+    let limiter = RateLimiter::new();
+    let caller = plan::Caller {
+        identity: &AgentIdentity::from(&meta.identity),
+        on_behalf_of: None,
+        intent: None,
+        now: std::time::SystemTime::UNIX_EPOCH,
+        limiter: &limiter,
+    };
+    let p = plan::plan(&req, &meta, head_policy(), &Resolved, &caller);
     if let plan::Action::Forward(forward) = p.action {
         assert_eq!(
             normalize_path(&forward.path).as_deref(),
@@ -290,10 +300,23 @@ pub fn redact(data: &[u8]) {
             headers.append(hyper::header::SERVER, value);
         }
     }
-    redact_headers(&mut headers, &secrets);
+    let redactor = Redactor::new(&secrets, &[]).expect("secrets to redact");
+    redact_headers(&mut headers, &redactor);
     for value in headers.values() {
         assert!(!contains(value.as_bytes()), "a secret survived in a header");
     }
+    // The same body streamed in two pieces, cut where its first byte says:
+    // no secret survives across the cut either.
+    let cut = data
+        .first()
+        .map_or(0, |&b| usize::from(b) % (data.len() + 1));
+    let mut stream = StreamRedactor::new(redactor);
+    let mut out = stream
+        .push(hyper::body::Bytes::copy_from_slice(&data[..cut]))
+        .to_vec();
+    out.extend_from_slice(&stream.push(hyper::body::Bytes::copy_from_slice(&data[cut..])));
+    out.extend_from_slice(&stream.finish());
+    assert!(!contains(&out), "a secret survived streamed redaction");
 }
 
 /// A JSON-RPC (MCP) POST body, then the same bytes as the response to it.

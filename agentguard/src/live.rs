@@ -67,6 +67,13 @@ impl Live {
         });
     }
 
+    /// Swaps in a state built from the policy in force, with agents guarded
+    /// in other cgroups (a systemd unit restarted): not a reload, so the
+    /// last reload's outcome stays as it was.
+    pub fn swap_agents(&self, state: LiveState) {
+        self.current.store(Arc::new(state));
+    }
+
     pub fn reject(&self, trigger: &str, error: String) {
         self.set_status(ReloadStatus {
             time: now(),

@@ -7,16 +7,19 @@ mod calls;
 mod cases;
 mod condition;
 mod decide;
-mod eval;
 mod explain;
 mod listen;
 mod load;
 mod model;
 mod names;
+pub mod overrides;
 mod pattern;
 mod rate;
+mod replay;
 mod schema;
+mod sources;
 mod spanned;
+mod systemd;
 mod unix;
 
 pub use calls::{
@@ -26,9 +29,8 @@ pub use cases::{Case, CaseFile, CaseResult, Decided, Outcome, read_cases, run_ca
 pub use condition::{AgentIdentity, Bound, Condition, McpView, RequestView, Uses, Vars};
 pub use decide::{
     Allowed, ArgumentsRecord, BodyNeed, CallInfo, Decider, Decision, Denied, DenyRule,
-    RequestInput, digest as arguments_digest,
+    RequestFacts, RequestInput, digest as arguments_digest, one_credential,
 };
-pub use eval::{RequestFacts, Verdict};
 pub use explain::{Explanation, explain, explain_case};
 pub use listen::ListenAddr;
 pub use load::{PolicyError, PolicyErrors, check_text, load_path};
@@ -40,5 +42,11 @@ pub use model::{
 pub use names::NamePattern;
 pub use pattern::normalize_path;
 pub use rate::{Admission, RateCheck, RateKey, RateLimiter, RatePer, RateRule, RateSpec};
+pub use replay::{Change, Replayed, Report as ReplayReport, Side, replay};
 pub use schema::{cases_schema, policy_schema};
+pub use sources::{
+    AssumeRole, AwsBase, AwsSource, ClientAuth, JwtBearerSource, MAX_PROCESS_TIMEOUT,
+    ProcessSource, Subject, TOKEN_EXCHANGE_GRANT, TokenExchangeSource, aws_action_matches,
+};
+pub use systemd::SystemdUnit;
 pub use unix::UnixSocketAddr;

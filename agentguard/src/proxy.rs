@@ -64,4 +64,6 @@ pub struct ProxyContext {
     pub jwt_max_body: usize,
     /// Time limits, and what each agent may hold at once.
     pub limits: Arc<limits::Limits>,
+    /// Counts calls against tools' rates; survives policy reloads.
+    pub limiter: Arc<crate::policy::RateLimiter>,
 }

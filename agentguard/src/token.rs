@@ -9,9 +9,11 @@
 //! servers use to check them (its crate docs give the exact construction),
 //! and re-exported here so that minting and checking cannot drift apart.
 //!
-//! `keys` keeps the signing key, `mint` makes tokens, `obo` knows whom an
-//! agent acts for, `serve` publishes the JWKS.
+//! `keys` keeps the signing key, `mint` makes tokens, `identity` the
+//! agents' identity tokens for token exchange, `obo` knows whom an agent
+//! acts for, `serve` publishes the JWKS.
 
+mod identity;
 mod keys;
 mod mint;
 mod obo;

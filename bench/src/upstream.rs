@@ -5,7 +5,11 @@
 //! Routes: `/1k` and `/64k` answer fixed bodies of 1 KiB and 64 KiB;
 //! `/sse` sends one event at once, then [`SSE_EVENTS`]` - 1` more
 //! [`SSE_INTERVAL`] apart, so a proxy that buffers the stream delays the
-//! first event by at least the rest of it.
+//! first event by at least the rest of it; a POST to `/mcp` or `/rpc` is
+//! read whole and answered with a fixed JSON-RPC result, as an MCP server
+//! answers `tools/call` in JSON. `/token` answers as an OAuth token
+//! endpoint (RFC 8693 §2.2.1) for the exchange path, whose token
+//! agentguard caches: it is asked once per daemon.
 
 use std::{
     convert::Infallible,
@@ -92,9 +96,16 @@ pub async fn run(args: Args) -> Result<()> {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = service_fn(move |req| {
+                let service = service_fn(move |req: Request<Incoming>| {
                     let bodies = bodies.clone();
-                    async move { Ok::<_, Infallible>(route(&req, &bodies)) }
+                    async move {
+                        if matches!(req.uri().path(), "/mcp" | "/rpc") {
+                            // Read the call, as a server does before it answers.
+                            let _ = req.into_body().collect().await;
+                            return Ok::<_, Infallible>(json(RPC_RESULT));
+                        }
+                        Ok::<_, Infallible>(route(&req, &bodies))
+                    }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), service)
@@ -108,6 +119,22 @@ pub async fn run(args: Args) -> Result<()> {
     }
     Ok(())
 }
+
+/// The answer to every JSON-RPC call: a `tools/call` result.
+const RPC_RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}],"isError":false}}"#;
+
+fn json(body: &'static str) -> Response<RespBody> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A token exchange's answer: an access token for an hour, so that every
+/// measured request is served from agentguard's cache.
+const TOKEN_RESPONSE: &[u8] = br#"{"access_token":"bench-exchanged-token-not-real","issued_token_type":"urn:ietf:params:oauth:token-type:access_token","token_type":"Bearer","expires_in":3600}"#;
 
 struct Bodies {
     k1: Bytes,
@@ -133,6 +160,10 @@ fn route(req: &Request<Incoming>, bodies: &Bodies) -> Response<RespBody> {
                 },
             }
             .boxed(),
+        ),
+        "/token" => (
+            "application/json",
+            Full::new(Bytes::from_static(TOKEN_RESPONSE)).boxed(),
         ),
         _ => {
             let mut resp = Response::new(Full::new(Bytes::from_static(b"not found")).boxed());

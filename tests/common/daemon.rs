@@ -314,6 +314,37 @@ impl Daemon {
         self.exec_resolving_many(agent, &pairs, cmd)
     }
 
+    /// [`Daemon::exec_resolving`] with `agentguard exec` flags (e.g.
+    /// `--on-behalf-of WHO`).
+    pub fn exec_resolving_with(
+        &self,
+        agent: &str,
+        flags: &[&str],
+        names: &[&str],
+        ip: &str,
+        cmd: &[&str],
+    ) -> Command {
+        let mut all = vec!["--allow-root"];
+        all.extend_from_slice(flags);
+        let exec = self.exec_with(agent, &all, cmd);
+        let hosts = self
+            .dir
+            .path()
+            .join(format!("hosts-with-{}", names.join("-")));
+        let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for name in names {
+            text.push_str(&format!("{ip} {name}\n"));
+        }
+        fs::write(&hosts, text).unwrap();
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount --bind \"$0\" /etc/hosts && exec \"$@\"")
+            .arg(hosts.display().to_string())
+            .arg(exec.get_program())
+            .args(exec.get_args());
+        c
+    }
+
     /// [`Daemon::exec_resolving`] with a different address per name.
     pub fn exec_resolving_many(
         &self,
@@ -412,7 +443,7 @@ impl Daemon {
             .args([
                 "audit",
                 "query",
-                "--format",
+                "-o",
                 "json",
                 "--limit",
                 "100000",
@@ -430,7 +461,7 @@ impl Daemon {
 
     /// `agentguard status`, parsed.
     pub fn status(&self) -> Value {
-        let out = self.cli(&["status"]);
+        let out = self.cli(&["status", "-o", "json"]);
         assert!(out.status.success(), "status: {}", text(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     }
@@ -533,6 +564,7 @@ fn remove_cgroup(path: &Path) {
     }
 }
 
+/// The cgroup v2 mount point (not assumed: hybrid hosts differ).
 pub fn cgroup2_mount() -> PathBuf {
     agentguard::procfs::find_mount("cgroup2")
         .unwrap()

@@ -76,7 +76,7 @@ fn json_lines(out: &Output) -> Vec<Value> {
 /// (bounded: 10 s) until `done` holds; the writer commits every 200 ms.
 fn query_until(daemon: &Daemon, args: &[&str], done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut all = vec!["query", "--format", "json"];
+    let mut all = vec!["query", "-o", "json"];
     all.extend_from_slice(args);
     loop {
         let mut events = json_lines(&audit(daemon, &all));
@@ -104,7 +104,7 @@ fn as_nobody(daemon: &Daemon, agent: &str, cmd: &[&str]) -> (u32, Output) {
 }
 
 fn status(daemon: &Daemon) -> Value {
-    let out = daemon.cli(&["status"]);
+    let out = daemon.cli(&["status", "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -258,7 +258,7 @@ fn a_mixed_run_is_recorded_exactly_with_the_clients_identity() {
         "{events:#?}"
     );
     // The whole sequence, nscd probes included, has no gap.
-    let all = json_lines(&audit(&s.daemon, &["query", "--format", "json"]));
+    let all = json_lines(&audit(&s.daemon, &["query", "-o", "json"]));
     let seqs: Vec<i64> = all.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, (1..=all.len() as i64).collect::<Vec<_>>());
     assert_eq!(
@@ -334,7 +334,7 @@ fn a_mixed_run_is_recorded_exactly_with_the_clients_identity() {
     assert_eq!(obs.len(), 2);
     let tool = query_until(&s.daemon, &["--tool", "test.api", "--host", API], any);
     assert_eq!(tool.len(), 1);
-    let out = audit(&s.daemon, &["query", "--format", "table", "--limit", "3"]);
+    let out = audit(&s.daemon, &["query", "-o", "table", "--limit", "3"]);
     assert_eq!(
         text(&out.stdout).lines().count(),
         3,
@@ -344,7 +344,7 @@ fn a_mixed_run_is_recorded_exactly_with_the_clients_identity() {
 
     // OCSF: HTTP Activity for requests, Network Activity for connections,
     // each with its class's required attributes.
-    let ocsf = json_lines(&audit(&s.daemon, &["query", "--format", "ocsf"]));
+    let ocsf = json_lines(&audit(&s.daemon, &["query", "-o", "ocsf"]));
     assert_eq!(ocsf.len(), all.len());
     for (o, e) in ocsf.iter().zip(&all) {
         for key in [
@@ -423,7 +423,7 @@ fn verify_passes_and_finds_an_edit_a_deletion_and_a_swap() {
     // daemon_start + 4 × (connection, request).
     query_until(&s.daemon, &[], |e| e.len() >= 9);
     // Every event is in the chain, nscd probes included.
-    let total = json_lines(&audit(&s.daemon, &["query", "--format", "json"])).len();
+    let total = json_lines(&audit(&s.daemon, &["query", "-o", "json"])).len();
     // While the daemon runs (WAL lets readers in).
     let out = audit(&s.daemon, &["verify"]);
     assert!(
@@ -563,7 +563,7 @@ fn under_load_every_request_has_its_event_and_the_sequence_has_no_gap() {
     );
     assert_eq!(s.upstream.seen().len(), LOAD);
 
-    let all = json_lines(&audit(&s.daemon, &["query", "--format", "json"]));
+    let all = json_lines(&audit(&s.daemon, &["query", "-o", "json"]));
     let seqs: Vec<i64> = all.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     assert_eq!(
         seqs,
@@ -620,7 +620,7 @@ fn kill_9_during_load_loses_at_most_one_batch_and_the_chain_continues() {
     let ok = reader.join().unwrap();
     assert!(ok < LOAD, "the load finished before the kill");
 
-    let committed = json_lines(&audit(&s.daemon, &["query", "--format", "json"]));
+    let committed = json_lines(&audit(&s.daemon, &["query", "-o", "json"]));
     let last_seq = committed.last().unwrap()["seq"].as_i64().unwrap();
     let recorded = committed
         .iter()

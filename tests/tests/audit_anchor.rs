@@ -409,7 +409,7 @@ fn a_store_written_by_the_previous_agentguard_verifies_and_reads_with_this_one()
         text(&out.stdout)
     );
     let out = Command::new(AGENTGUARD)
-        .args(["audit", "query", "--format", "json", "--state-dir"])
+        .args(["audit", "query", "-o", "json", "--state-dir"])
         .arg(dir.path())
         .output()
         .unwrap();

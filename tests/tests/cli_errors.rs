@@ -125,7 +125,7 @@ fn policy_check_and_test_report_decisions_and_exit_codes() {
                 "--agent",
                 "support-bot",
             ])
-            .args(["--method", method, "--url", url, "--format", "json"])
+            .args(["--method", method, "--url", url, "-o", "json"])
             .output()
             .unwrap()
     };
@@ -159,5 +159,35 @@ fn policy_check_and_test_report_decisions_and_exit_codes() {
     assert!(
         err.contains("x.toml:8:") && err.contains("tool.methods"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_plain_http_jwks_off_loopback_is_refused() {
+    require_root();
+    let attempt = start_attempt(
+        "jwksplain",
+        (
+            "p.toml",
+            "[agent]\nname = \"p\"\ncgroup = \"agentguard-test-jwksplain/p\"\n",
+        ),
+        &[
+            "--proxy-port",
+            "0",
+            "--jwks-listen",
+            "0.0.0.0:0",
+            "--jwks-plain-http",
+        ],
+        &[],
+    );
+    assert!(!attempt.out.status.success());
+    let err = text(&attempt.out.stderr);
+    assert!(
+        err.contains("--jwks-plain-http") && err.contains("not loopback"),
+        "{err}"
+    );
+    assert!(
+        !attempt.pinned,
+        "something was pinned before the flags were checked"
     );
 }

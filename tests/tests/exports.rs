@@ -738,7 +738,7 @@ fn ocsf_of_every_event_kind_validates_against_the_ocsf_schema() {
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     let out = Command::new(AGENTGUARD)
-        .args(["audit", "query", "--format", "ocsf", "--state-dir"])
+        .args(["audit", "query", "-o", "ocsf", "--state-dir"])
         .arg(daemon.state_dir())
         .output()
         .unwrap();

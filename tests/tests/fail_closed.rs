@@ -50,7 +50,7 @@ fn a_process_dialling_the_proxy_directly_gets_nothing() {
     require_root();
     let daemon = Daemon::start(&["direct"]);
     let status: serde_json::Value =
-        serde_json::from_slice(&daemon.cli(&["status"]).stdout).unwrap();
+        serde_json::from_slice(&daemon.cli(&["status", "-o", "json"]).stdout).unwrap();
     let port = status["proxy_port"].as_u64().unwrap();
 
     // From outside any agent cgroup: accepted, refused for want of a kernel

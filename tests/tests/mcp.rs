@@ -235,17 +235,20 @@ credential = "other-token"
     let seen = server_requests();
     assert!(seen.len() >= 3, "{seen:?}");
     assert!(seen.iter().all(|r| r["authorization"] == ""), "{seen:?}");
-    let tokens_minted = s
-        .daemon
-        .audit_events()
-        .iter()
-        .filter(|e| e["kind"] == "request" && e["tool"] == "mcp.tools" && !e["token_jti"].is_null())
-        .count();
-    assert!(
-        tokens_minted >= seen.len(),
-        "{tokens_minted} < {}",
-        seen.len()
-    );
+    // The last requests' events are queued before their responses end and
+    // committed by the next flush (200 ms): wait for it, bounded.
+    let tokens_minted = |events: &[Value]| {
+        events
+            .iter()
+            .filter(|e| {
+                e["kind"] == "request" && e["tool"] == "mcp.tools" && !e["token_jti"].is_null()
+            })
+            .count()
+    };
+    s.daemon
+        .wait_for_events("a minted token for each request the server saw", |events| {
+            tokens_minted(events) >= seen.len()
+        });
 
     // The metadata (RFC 9728 §3), at the path-suffixed and the root
     // well-known URIs, with the fields RFC 9728 §2 requires and MCP relies

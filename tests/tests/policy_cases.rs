@@ -53,7 +53,7 @@ expect = "allow"
     let out = Command::new(AGENTGUARD)
         .args(["policy", "test", "--policies", POLICIES, "--cases"])
         .arg(&wrong)
-        .args(["--format", "json"])
+        .args(["-o", "json"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));

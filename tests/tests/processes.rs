@@ -133,23 +133,30 @@ fn refusals_about(daemon: &Daemon, pid: u32, target: u32) -> Vec<Value> {
         .collect()
 }
 
+/// Where the kernel runs the process-access program, every agent is kept
+/// from other processes, and each refusal is recorded. Where it cannot (no
+/// usable BPF LSM: this test's VM refuses every trampoline program with
+/// EPERM before the verifier sees it), the daemon must say so, and
+/// `exec`-started agents still get every refusal from the Landlock belt;
+/// agents started otherwise are then not guarded, which the README says.
 #[test]
 fn agents_cannot_take_over_processes_outside_their_cgroup() {
     require_root();
     let daemon = Daemon::builder(&[ATTACKER, OTHER]).start();
-    if daemon.status()["processes_guarded"] != true {
-        // The kernel refused the program (no active BPF LSM, or a kernel
-        // that refuses every trampoline program): nothing here to test.
-        // The daemon said why; so does this, and the test below covers
-        // what such a kernel still gets.
+    let kernel_guards = daemon.status()["processes_guarded"] == true;
+    if !kernel_guards {
         let why = daemon
             .log()
             .lines()
             .find(|l| l.contains("agents may ptrace"))
-            .unwrap_or("")
+            .unwrap_or_default()
             .to_owned();
-        eprintln!("SKIPPED: this kernel cannot run the process-access program: {why}");
-        return;
+        // The daemon tried the program and the kernel refused it: not a
+        // configuration the test made.
+        assert!(why.contains("ptrace_access_check"), "{}", daemon.log());
+        eprintln!(
+            "NOTE: this kernel cannot run the process-access program, so only exec-started agents are checked here: {why}"
+        );
     }
 
     // Same uid as the agent, outside every agent cgroup.
@@ -172,6 +179,9 @@ fn agents_cannot_take_over_processes_outside_their_cgroup() {
             &[PYTHON, "-c", PROBE, &t],
         ));
         refused_everything(&results(&out));
+        if !kernel_guards {
+            continue;
+        }
         // ...and started otherwise, straight into the cgroup.
         let direct = as_nobody(&[PYTHON, "-c", PROBE, &t]);
         let direct: Vec<&str> = direct.iter().map(String::as_str).collect();
@@ -263,25 +273,27 @@ fn a_kernel_without_the_bpf_lsm_runs_only_when_told_and_exec_installs_the_belt()
     });
     std::thread::sleep(std::time::Duration::from_millis(300));
     let t = outside.id().to_string();
-    // exec's seccomp belt: the system calls are refused, the attach on its
-    // own child too (PTRACE_TRACEME would still do); /proc/<pid>/mem it
-    // cannot see.
+    // exec's Landlock belt (this kernel has Landlock): every way in is
+    // refused, /proc/<pid>/mem included, and the agent still traces its
+    // own child.
     let (_, out) = run_with_pid(daemon.exec_with(
         ATTACKER,
         &["--user", "65534:65534"],
         &[PYTHON, "-c", PROBE, &t],
     ));
-    let got = results(&out);
-    let got: Vec<(&str, i32)> = got.iter().map(|(n, e)| (n.as_str(), *e)).collect();
-    assert_eq!(
-        got,
-        [
-            ("ptrace", EPERM),
-            ("process_vm_writev", EPERM),
-            ("pidfd_getfd", EPERM),
-            ("proc_mem", 0),
-            ("own_child", EPERM),
-        ]
+    refused_everything(&results(&out));
+    // Started otherwise, the agent is not guarded: the gap the daemon
+    // announced (the control that shows the belt above is exec's doing).
+    let direct = as_nobody(&[PYTHON, "-c", PROBE, &t]);
+    let direct: Vec<&str> = direct.iter().map(String::as_str).collect();
+    let (_, direct_out) = run_with_pid(in_cgroup_dir(&daemon.cgroup_path(ATTACKER), &direct));
+    // (process_vm_writev may miss the target's memory, EFAULT: it was not
+    // refused.)
+    let got = results(&direct_out);
+    assert!(
+        got.iter()
+            .all(|(_, errno)| ![EPERM, EACCES].contains(errno)),
+        "{got:?}"
     );
     let _ = outside.kill();
     let _ = outside.wait();

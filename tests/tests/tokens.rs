@@ -801,3 +801,61 @@ fn eddsa_keys_sign_tokens_that_verify_proxy_accepts() {
     );
     assert_eq!(key["kid"], part(token, 0)["kid"]);
 }
+
+/// `--upstream-token-file`: the tool receives verify-proxy's own bearer
+/// token, never the agent's minted one; a file that holds no token stops
+/// start-up without printing what it holds.
+#[test]
+fn verify_proxy_sends_the_tool_its_own_token_from_a_file() {
+    let s = setup();
+    let file = s.dir.path().join("upstream-token");
+    std::fs::write(&file, "tool-side-secret-7f3a\n").unwrap();
+    let file_arg = file.display().to_string();
+    let vp = verify_proxy(
+        &s,
+        "127.0.0.4:0",
+        &[
+            "--audience",
+            "itsm",
+            "--scope",
+            "tickets:write",
+            "--upstream-token-file",
+            &file_arg,
+        ],
+    );
+    let body = s.dir.path().join("body.json");
+    std::fs::write(&body, r#"{"title":"printer on fire"}"#).unwrap();
+    let out = agent_call(&s, vp.port, &body);
+    let visible = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).ends_with("200"), "{visible}");
+    assert_eq!(
+        s.backend.header_values("/reflect", "authorization"),
+        ["Bearer tool-side-secret-7f3a"]
+    );
+    drop(vp);
+
+    let bad = s.dir.path().join("not-a-token");
+    std::fs::write(&bad, "two words\u{7}\n").unwrap();
+    let out = Command::new(AGENTGUARD)
+        .args(["verify-proxy", "--listen", "127.0.0.4:0"])
+        .args(["--upstream", "https://127.0.0.3:1", "--jwks"])
+        .arg(&s.jwks)
+        .args(["--audience", "itsm", "--issuer", &s.issuer])
+        .arg("--upstream-token-file")
+        .arg(&bad)
+        .arg("--tls-cert")
+        .arg(&s.cert)
+        .arg("--tls-key")
+        .arg(&s.key)
+        .arg("--replay-store")
+        .arg(s.dir.path().join("unused.redb"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("not a token"), "{err}");
+    assert!(
+        !err.contains("two words"),
+        "the file's content leaked: {err}"
+    );
+}

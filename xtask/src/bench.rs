@@ -56,7 +56,7 @@ pub struct Options {
     #[arg(long, default_value_t = 1000)]
     idle_connections: u32,
     /// Only these paths (comma-separated ids: direct, passthrough, full,
-    /// jwt, mitmproxy, nginx); direct is always added, since everything is
+    /// jwt, exchange, sigv4, mitmproxy, nginx); direct is always added, since everything is
     /// compared with it. A partial run writes no docs/benchmarks.md.
     #[arg(long)]
     paths: Option<String>,

@@ -6,6 +6,7 @@
 mod bench;
 mod cmd;
 mod fuzz;
+mod package;
 mod paths;
 mod privilege;
 mod run;
@@ -44,6 +45,9 @@ enum Command {
         #[arg(long)]
         no_setup: bool,
     },
+    /// Build the Debian package (target/debian/); with --check, install it
+    /// here, check it and purge it again.
+    Package(package::Options),
     /// Benchmarks: the direct path, agentguard's paths, mitmproxy and nginx
     /// side by side; writes docs/benchmarks.md and target/bench/.
     Bench(bench::Options),
@@ -61,6 +65,7 @@ impl Command {
             Command::Setup => "setup",
             Command::Run { .. } => "run",
             Command::Test { .. } => "test",
+            Command::Package(_) => "package",
             Command::Bench(_) => "bench",
             Command::Soak(_) => "soak",
             Command::Fuzz(_) => "fuzz",
@@ -90,6 +95,7 @@ fn try_main() -> anyhow::Result<ExitCode> {
         // `run` replaces this process with agentguard, so it only comes back on failure.
         Command::Run { args } => match run::run(&root, &args)? {},
         Command::Test { no_setup } => test::run(&root, !no_setup)?,
+        Command::Package(opts) => package::run(&root, &opts)?,
         Command::Bench(opts) => bench::run(&root, &opts)?,
         Command::Soak(opts) => soak::run(&root, &opts)?,
         Command::Fuzz(opts) => fuzz::run(&root, &opts)?,

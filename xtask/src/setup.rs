@@ -7,6 +7,7 @@
 pub mod apt;
 mod bpf_linker;
 mod bpffs;
+mod cargo_deb;
 mod cargo_fuzz;
 mod runtimes;
 mod toolchain;
@@ -34,6 +35,26 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
 ];
 
+/// What the service tests and the package need, installed without
+/// recommendations (see `Apt::ensure_without_recommends`):
+/// `systemd-analyze` (systemd) verifies the shipped units; `man` (man-db)
+/// is what it checks their `Documentation=` pages with; `dpkg-deb` and
+/// `deb-systemd-helper` (dpkg, init-system-helpers) build and install the
+/// Debian package; debootstrap and systemd-nspawn (systemd-container) make
+/// and boot the Debian container its units are tested in under a real
+/// systemd, debootstrap checking the archive's signature with gpgv and
+/// debian-archive-keyring (recommendations of debootstrap, so named here).
+pub const SERVICE_PACKAGES: &[&str] = &[
+    "systemd",
+    "man-db",
+    "dpkg",
+    "init-system-helpers",
+    "debootstrap",
+    "gpgv",
+    "debian-archive-keyring",
+    "systemd-container",
+];
+
 pub fn run() -> Result<()> {
     toolchain::ensure()?;
     let mut apt = apt::Apt::default();
@@ -43,6 +64,8 @@ pub fn run() -> Result<()> {
     // After the toolchain: the fuzz targets build with nightly.
     cargo_fuzz::ensure()?;
     apt.ensure(TEST_PACKAGES)?;
+    apt.ensure_without_recommends(SERVICE_PACKAGES)?;
+    cargo_deb::ensure()?;
     runtimes::check()?;
     bpffs::ensure()?;
     println!("setup: done");

@@ -101,6 +101,14 @@ const STEPS: &[Step] = &[
             "--test-threads=3",
         ],
     },
+    // The Debian package, installed here with dpkg, checked (files, modes,
+    // conffile, unit verified, changes kept on reinstall) and purged; then
+    // installed in a Debian container booted with systemd-nspawn, where its
+    // units run under a real systemd.
+    Step {
+        header: "Debian package (install, check, purge; systemd container)",
+        cargo_args: &["xtask", "package", "--check", "--nspawn", "--no-setup"],
+    },
     // The benchmark harness with five requests per path and scenario, so
     // it cannot rot: it checks only that every path answered 200, never a
     // time. It installs the bench's own tools (oha, nginx, h2load,

@@ -135,7 +135,14 @@ pub struct AdminState {
     pub minter: Arc<crate::token::Minter>,
     /// `POST /v1/on-behalf-of?pid=N&who=BASE64URL` from `agentguard exec`.
     pub on_behalf_of: Arc<crate::token::OnBehalfOf>,
+    /// `POST /v1/agents/{name}/attach?pid=N`: guards the systemd unit
+    /// cgroup of process N as agent `name` (blocking: it attaches
+    /// programs). `None`: refused.
+    pub attach: Option<Attach>,
 }
+
+/// Guards agent `name`'s unit cgroup, which process `pid` must be in.
+pub type Attach = Arc<dyn Fn(&str, u32) -> Result<(), String> + Send + Sync>;
 
 pub struct AdminServer {
     listener: UnixListener,
@@ -181,9 +188,14 @@ impl AdminServer {
             };
             let state = state.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
+                let service = service_fn(move |req: Request<Incoming>| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(route(&state, &req)) }
+                    async move {
+                        if let Some(name) = attach_target(&req) {
+                            return Ok::<_, Infallible>(attach(state, name, &req).await);
+                        }
+                        Ok::<_, Infallible>(route(&state, &req))
+                    }
                 });
                 if let Err(e) = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -193,6 +205,45 @@ impl AdminServer {
                 }
             });
         }
+    }
+}
+
+/// The agent of a `POST /v1/agents/{name}/attach`.
+fn attach_target(req: &Request<Incoming>) -> Option<String> {
+    let name = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/agents/")?
+        .strip_suffix("/attach")?;
+    (req.method() == Method::POST).then(|| name.to_owned())
+}
+
+/// Guards the unit cgroup of the calling gate (`agentguard attach`), off
+/// the runtime's threads: attaching programs takes system calls.
+async fn attach(
+    state: Arc<AdminState>,
+    name: String,
+    req: &Request<Incoming>,
+) -> Response<AdminBody> {
+    let pid = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|p| p.strip_prefix("pid="))
+        .and_then(|p| p.parse::<u32>().ok());
+    let (Some(pid), Some(attach)) = (pid, state.attach.clone()) else {
+        return error(StatusCode::BAD_REQUEST, "expected ?pid=N");
+    };
+    let agent = name.clone();
+    let outcome = tokio::task::spawn_blocking(move || attach(&agent, pid)).await;
+    match outcome {
+        Ok(Ok(())) => match agent_view(&state, &name) {
+            Some(view) => json(StatusCode::OK, &view),
+            None => error(StatusCode::NOT_FOUND, "agent disappeared"),
+        },
+        Ok(Err(e)) => error(StatusCode::CONFLICT, &e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 
@@ -296,9 +347,11 @@ fn status(state: &AdminState) -> StatusView {
         proxy_port: state.proxy_port,
         policy_version: live.policy.version.clone(),
         last_reload: state.live.last_reload(),
+        // Every agent of the policy: one whose systemd unit is not
+        // running is listed as not guarded.
         agents: live
+            .policy
             .agents
-            .agents()
             .iter()
             .filter_map(|a| agent_view(state, &a.name))
             .collect(),
@@ -313,19 +366,25 @@ fn status(state: &AdminState) -> StatusView {
 
 fn agent_view(state: &AdminState, name: &str) -> Option<AgentView> {
     let live = state.live.load();
-    let guarded = live.agents.get(name)?;
     let policy = live.policy.agent(name)?;
+    let guarded = live.agents.get(name);
     let kernel = state.kernel.lock().unwrap_or_else(|p| p.into_inner());
     Some(AgentView {
         name: name.to_owned(),
         cgroup: policy.cgroup.to_string(),
-        cgroup_path: guarded.cgroup.path.display().to_string(),
-        cgroup_id: guarded.cgroup.id,
+        cgroup_path: guarded
+            .map(|g| g.cgroup.path.display().to_string())
+            .unwrap_or_default(),
+        cgroup_id: guarded.map_or(0, |g| g.cgroup.id),
         // The daemon only serves after every agent's programs are attached
-        // and pinned; an agent it failed to guard stops start-up.
-        guarded: true,
+        // and pinned; an agent it failed to guard stops start-up. Only an
+        // agent whose systemd unit is not running has no guarded cgroup.
+        guarded: guarded.is_some(),
+        systemd_unit: policy.systemd_unit.as_ref().map(|u| u.to_string()),
         processes_guarded: kernel.processes_guarded(),
-        kernel: kernel.agent_usage(guarded.cgroup.id),
+        kernel: guarded
+            .map(|g| kernel.agent_usage(g.cgroup.id))
+            .unwrap_or_default(),
         policy_file: policy.source.display().to_string(),
         ca_cert: state.ca_cert.display().to_string(),
         ca_bundle: state.ca_bundle.display().to_string(),

@@ -194,6 +194,19 @@ pub struct Event {
     /// stores written before it existed read it as `None`.
     #[serde(default)]
     pub traceparent: Option<String>,
+    /// The JSON-RPC method of the request's body (`tools/call`, ...); for a
+    /// batch, its members' methods in order, joined by `,`. Extension.
+    #[serde(default)]
+    pub rpc_method: Option<String>,
+    /// The MCP tool, prompt or resource URI the call names (a batch's,
+    /// joined by `,`). Extension.
+    #[serde(default)]
+    pub mcp_target: Option<String>,
+    /// Each JSON-RPC message of the body as decided, a JSON array of
+    /// [`super::RpcCall`]: the arguments only where the policy records
+    /// them, else their SHA-256. Extension.
+    #[serde(default)]
+    pub rpc_calls: Option<String>,
 }
 
 impl Event {
@@ -439,7 +452,7 @@ columns!(
         duration_us,
     ],
     // Appended since; each must be optional (NULL in older rows).
-    extension: [traceparent],
+    extension: [traceparent, rpc_method, mcp_target, rpc_calls],
 );
 
 #[cfg(test)]

@@ -188,6 +188,9 @@ pub fn render(record: &Record) -> Value {
                 "on_behalf_of": e.on_behalf_of,
                 "sni": e.sni,
                 "traceparent": e.traceparent,
+                "rpc_method": e.rpc_method,
+                "mcp_target": e.mcp_target,
+                "rpc_calls": e.rpc_calls.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok()),
                 "seq": record.seq,
                 "hash": record.hash,
             }

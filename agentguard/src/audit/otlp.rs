@@ -255,6 +255,9 @@ fn size_of_record(r: &Record) -> usize {
         &e.token_jti,
         &e.policy_version,
         &e.traceparent,
+        &e.rpc_method,
+        &e.mcp_target,
+        &e.rpc_calls,
     ]
     .iter()
     .map(|f| f.as_ref().map_or(0, String::len))

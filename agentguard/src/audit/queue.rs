@@ -8,8 +8,9 @@
 //!   the store never hold more than the configured bytes, however long the
 //!   agent made its path or intent.
 //! - **Long fields cut before they enter the record** ([`limit_fields`]):
-//!   every text field is at most [`FIELD_MAX`] bytes, ending in a marker
-//!   that says how much was cut.
+//!   every text field is at most [`FIELD_MAX`] bytes (the `rpc_calls`
+//!   column [`RPC_CALLS_MAX`]), ending in a marker that says how much was
+//!   cut.
 //! - **Closed at once when the writer cannot commit** ([`Gate`]): while a
 //!   commit fails, or has run for longer than one flush interval (a disk
 //!   that stalls), new events wait. Emitters record before they answer the
@@ -30,13 +31,20 @@ use super::event::{Event, format_time};
 
 /// Longest text field an event keeps, in bytes.
 pub const FIELD_MAX: usize = 2048;
+/// Longest `rpc_calls` column kept, in bytes. It is a JSON array of the
+/// body's calls, which a batch (or recorded arguments) makes longer than
+/// any other field, and `policy replay` reads it whole: it gets more room.
+/// Cut past this it no longer parses, and replay skips the event, as it
+/// does any column it cannot read.
+pub const RPC_CALLS_MAX: usize = 64 << 10;
 /// The event's optional text fields (its `id` and `time` are the two
-/// others). A test checks the count against the event's serialised form,
-/// so a new field cannot slip past the bound.
-const OPTIONAL_TEXT_FIELDS: usize = 20;
+/// others, `rpc_calls` one more with its own bound). A test checks the
+/// count against the event's serialised form, so a new field cannot slip
+/// past the bound.
+const OPTIONAL_TEXT_FIELDS: usize = 22;
 /// The most one event weighs once its fields are limited.
 pub const MAX_EVENT_BYTES: usize =
-    std::mem::size_of::<Event>() + (OPTIONAL_TEXT_FIELDS + 2) * FIELD_MAX;
+    std::mem::size_of::<Event>() + (OPTIONAL_TEXT_FIELDS + 2) * FIELD_MAX + RPC_CALLS_MAX;
 
 /// An event on its way to the writer, with the bytes of the queue's budget
 /// it holds until it is committed.
@@ -68,6 +76,8 @@ fn optional_text(e: &mut Event) -> [&mut Option<String>; OPTIONAL_TEXT_FIELDS] {
         &mut e.policy_version,
         // Well-formed only (55 bytes), but bounded like the rest.
         &mut e.traceparent,
+        &mut e.rpc_method,
+        &mut e.mcp_target,
     ]
 }
 
@@ -77,18 +87,21 @@ fn optional_text(e: &mut Event) -> [&mut Option<String>; OPTIONAL_TEXT_FIELDS] {
 pub fn limit_fields(e: &mut Event) -> usize {
     let mut weight = std::mem::size_of::<Event>();
     for field in [&mut e.id, &mut e.time] {
-        weight += cut(field);
+        weight += cut(field, FIELD_MAX);
+    }
+    if let Some(calls) = &mut e.rpc_calls {
+        weight += cut(calls, RPC_CALLS_MAX);
     }
     for field in optional_text(e).into_iter().flatten() {
-        weight += cut(field);
+        weight += cut(field, FIELD_MAX);
     }
     weight
 }
 
-fn cut(field: &mut String) -> usize {
-    if field.len() > FIELD_MAX {
+fn cut(field: &mut String, max: usize) -> usize {
+    if field.len() > max {
         let marker = format!("…[cut: {} bytes in all]", field.len());
-        let mut end = FIELD_MAX - marker.len();
+        let mut end = max - marker.len();
         while !field.is_char_boundary(end) {
             end -= 1;
         }
@@ -312,10 +325,13 @@ mod tests {
                 huge.insert(name.clone(), value.clone());
             }
         }
-        assert_eq!(text_fields, OPTIONAL_TEXT_FIELDS + 2);
+        assert_eq!(text_fields, OPTIONAL_TEXT_FIELDS + 3);
         let mut e: Event = serde_json::from_value(serde_json::Value::Object(huge)).unwrap();
         let weight = limit_fields(&mut e);
         assert!(weight <= MAX_EVENT_BYTES, "{weight}");
+        let calls = e.rpc_calls.take().unwrap();
+        assert!(calls.len() <= RPC_CALLS_MAX, "{}", calls.len());
+        assert!(calls.ends_with("…[cut: 100000 bytes in all]"));
         let serialised = serde_json::to_string(&e).unwrap();
         assert!(!serialised.contains(&"x".repeat(FIELD_MAX + 1)));
     }

@@ -24,10 +24,9 @@ use crate::{
         signing::{self, PUBLIC_KEY_FILE, SigningError, Verifier},
     },
     config::{
-        AuditOptions, ConfigError, DEFAULT_ADMIN_SOCKET, DEFAULT_AUDIT_BATCH_MAX,
-        DEFAULT_AUDIT_CHECKPOINT_EVERY, DEFAULT_AUDIT_CHECKPOINT_INTERVAL,
-        DEFAULT_AUDIT_FLUSH_INTERVAL, DEFAULT_AUDIT_QUEUE, DEFAULT_AUDIT_QUEUE_BYTES,
-        DEFAULT_STATE_DIR, parse_duration, parse_size,
+        AuditOptions, ConfigError, DEFAULT_AUDIT_BATCH_MAX, DEFAULT_AUDIT_CHECKPOINT_EVERY,
+        DEFAULT_AUDIT_CHECKPOINT_INTERVAL, DEFAULT_AUDIT_FLUSH_INTERVAL, DEFAULT_AUDIT_QUEUE,
+        DEFAULT_AUDIT_QUEUE_BYTES, DEFAULT_STATE_DIR, parse_duration, parse_size,
     },
 };
 
@@ -183,7 +182,8 @@ impl AuditRunArgs {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Check the hash chain and checkpoint signatures. Exit 0 when intact;
-    /// otherwise 1, naming the first bad sequence number.
+    /// 1, naming the first bad sequence number, when broken; 2 when it
+    /// could not be checked (no store, no key).
     Verify {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
@@ -218,7 +218,8 @@ pub enum AuditCommand {
         /// Only the newest N matching events.
         #[arg(long)]
         limit: Option<u64>,
-        #[arg(long, value_enum, default_value_t = Format::Table)]
+        /// `--format` is the old spelling.
+        #[arg(short = 'o', long = "output", alias = "format", value_enum, default_value_t = Format::Table)]
         format: Format,
     },
     /// Print the latest events from the running daemon; with -f, keep
@@ -231,10 +232,9 @@ pub enum AuditCommand {
         lines: u64,
         #[command(flatten)]
         filter: FilterArgs,
-        #[arg(long, value_enum, default_value_t = Format::Json)]
+        /// `--format` is the old spelling.
+        #[arg(short = 'o', long = "output", alias = "format", value_enum, default_value_t = Format::Json)]
         format: Format,
-        #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
-        admin_socket: PathBuf,
     },
 }
 
@@ -281,7 +281,7 @@ pub enum Format {
     Ocsf,
 }
 
-pub fn run(command: AuditCommand) -> Result<ExitCode, AuditCliError> {
+pub fn run(command: AuditCommand, admin_socket: &Path) -> Result<ExitCode, AuditCliError> {
     match command {
         AuditCommand::Verify {
             state_dir,
@@ -316,8 +316,7 @@ pub fn run(command: AuditCommand) -> Result<ExitCode, AuditCliError> {
             lines,
             filter,
             format,
-            admin_socket,
-        } => tail(&admin_socket, &filter, lines, follow, format),
+        } => tail(admin_socket, &filter, lines, follow, format),
     }
 }
 

@@ -1,5 +1,5 @@
-//! `agentguard policy check | test | schema`: the policy author's tools,
-//! run without a daemon and without reading a secret.
+//! `agentguard policy check | test | replay | schema`: the policy author's
+//! tools, run without a daemon and without reading a secret.
 
 use std::{
     io::{Read as _, Write as _},
@@ -10,8 +10,9 @@ use std::{
 use clap::Subcommand;
 
 use crate::{
-    config::DEFAULT_POLICIES_DIR,
-    policy::{self, AgentIdentity, Case, Outcome},
+    audit::{self, Kind, query::Filter},
+    config::{DEFAULT_POLICIES_DIR, DEFAULT_STATE_DIR},
+    policy::{self, AgentIdentity, Case, Change, Outcome},
 };
 
 #[derive(Debug, Subcommand)]
@@ -25,6 +26,10 @@ pub enum PolicyCommand {
     /// otherwise), or run a file of cases with expected decisions (exit 0
     /// when every case passes, 1 on any mismatch).
     Test(TestArgs),
+    /// Re-decide every request in the audit record under a candidate
+    /// policy and show what would change (exit 1 when a call that was
+    /// allowed would be denied, so it can gate a change; 2 on an error).
+    Replay(ReplayArgs),
     /// Print the JSON Schema of the policy format (or of case files), for
     /// editors that validate TOML.
     Schema {
@@ -39,8 +44,8 @@ pub struct TestArgs {
     #[arg(long, default_value = DEFAULT_POLICIES_DIR)]
     policies: PathBuf,
     /// A TOML file of cases ([[case]] with agent, method, url, optional
-    /// body, mcp, headers, identity, on_behalf_of, intent, time, repeat,
-    /// and expect; see README, Policies).
+    /// body, mcp, headers, identity, on_behalf_of, intent, aws_service,
+    /// time, repeat, and expect; see README, Policies).
     #[arg(long, conflicts_with_all = ["agent", "method", "url"])]
     cases: Option<PathBuf>,
     #[arg(long, required_unless_present = "cases")]
@@ -61,7 +66,8 @@ pub struct TestArgs {
     /// The time of the request (RFC 3339; default now).
     #[arg(long, conflicts_with = "cases")]
     time: Option<String>,
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    /// `--format` is the old spelling.
+    #[arg(short = 'o', long = "output", alias = "format", value_enum, default_value_t = OutputFormat::Text)]
     format: OutputFormat,
 }
 
@@ -71,12 +77,38 @@ pub enum OutputFormat {
     Json,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// The candidate policy folder.
+    #[arg(long)]
+    policies: PathBuf,
+    /// The daemon's state folder, whose audit record is replayed.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Only requests since then: a duration ago (24h, 7d) or an RFC 3339
+    /// time (default: the whole record).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only this agent's requests.
+    #[arg(long)]
+    agent: Option<String>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ReplayFormat::Table)]
+    format: ReplayFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ReplayFormat {
+    Table,
+    Json,
+}
+
 /// Exit codes: 0 allow or all cases pass; 1 deny or a mismatch; 2 the
 /// policy or the input is invalid.
 pub fn run(command: PolicyCommand) -> ExitCode {
     match command {
         PolicyCommand::Check { path } => check(&path),
         PolicyCommand::Test(args) => test(args),
+        PolicyCommand::Replay(args) => replay(args),
         PolicyCommand::Schema { cases } => {
             let schema = if cases {
                 policy::cases_schema()
@@ -222,4 +254,126 @@ fn run_cases(set: &policy::PolicySet, file: &Path, format: OutputFormat) -> Exit
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn replay(args: ReplayArgs) -> ExitCode {
+    let set = match policy::load_path(&args.policies) {
+        Ok(set) => set,
+        Err(errors) => {
+            eprintln!("invalid policy:\n{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    let since = match args
+        .since
+        .as_deref()
+        .map(|s| audit::query::parse_time(s, std::time::SystemTime::now()))
+        .transpose()
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("agentguard: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = Filter {
+        agent: args.agent.clone(),
+        kind: Some(Kind::Request),
+        since,
+        ..Filter::default()
+    };
+    let records = match audit::Store::open_read_only(&audit::db_path(&args.state_dir))
+        .and_then(|store| filter.select(&store, None))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("agentguard: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let events: Vec<(i64, audit::Event)> = records.into_iter().map(|r| (r.seq, r.event)).collect();
+    let report = policy::replay(&set, &events);
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) ends the output, not the verdict.
+    let _ = match args.format {
+        ReplayFormat::Json => writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&report).unwrap_or_default()
+        ),
+        ReplayFormat::Table => write_table(&mut out, &report, &set.version),
+    };
+    if report.denies_allowed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn write_table(
+    out: &mut impl std::io::Write,
+    report: &policy::ReplayReport,
+    version: &str,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "replayed {} request(s), {} decision(s), under policy version {}; {} skipped (refused before any policy decision)",
+        report.events,
+        report.decisions,
+        &version[..version.len().min(12)],
+        report.skipped
+    )?;
+    let counts: Vec<String> = Change::ALL
+        .iter()
+        .map(|c| format!("{}: {}", c.as_str(), report.count(*c)))
+        .collect();
+    writeln!(
+        out,
+        "{}, unchanged: {}",
+        counts.join(", "),
+        report.unchanged
+    )?;
+    if report.changes.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<20} {:>6} {:<27} {:<14} {:<40} {:<28} {:<26} NEW",
+        "CHANGE", "SEQ", "TIME", "AGENT", "REQUEST", "CALL", "OLD"
+    )?;
+    for c in &report.changes {
+        let changes: Vec<&str> = c.changes.iter().map(|x| x.as_str()).collect();
+        let call = match (&c.rpc_method, &c.target, c.member) {
+            (m, t, member) if m.is_some() || t.is_some() => format!(
+                "{}{}{}",
+                m.as_deref().unwrap_or("response"),
+                t.as_deref().map(|t| format!(" {t}")).unwrap_or_default(),
+                member
+                    .filter(|i| *i > 0)
+                    .map(|i| format!(" [{i}]"))
+                    .unwrap_or_default()
+            ),
+            _ => "-".to_owned(),
+        };
+        let new = match &c.new {
+            Some(side) => side.summary(),
+            None => format!(
+                "needs {}, which the record does not hold",
+                c.needs.join(", ")
+            ),
+        };
+        writeln!(
+            out,
+            "{:<20} {:>6} {:<27} {:<14} {:<40} {:<28} {:<26} {new}",
+            changes.join(","),
+            c.seq,
+            c.time,
+            c.agent,
+            format!("{} {}{}", c.method, c.host, c.path),
+            call,
+            c.old.summary(),
+        )?;
+    }
+    Ok(())
 }

@@ -111,8 +111,10 @@ pub enum TokenCommand {
         #[arg(long, default_value = crate::config::DEFAULT_ADMIN_SOCKET)]
         admin_socket: PathBuf,
     },
-    /// Verify a token: signature, issuer, audience, lifetime, scope and, with
-    /// --method and --url, its binding to that request. Exit 0 if valid.
+    /// Verify a token read from stdin: signature, issuer, audience,
+    /// lifetime, scope and, with --method and --url, its binding to that
+    /// request. Exit 0 if valid, 1 if not, 2 if it could not be checked
+    /// (JWKS unreadable, bad arguments).
     Verify {
         /// JWKS URL (https://..., or http:// to loopback) or file.
         #[arg(long, value_name = "URL|FILE")]
@@ -140,6 +142,10 @@ pub enum TokenCommand {
         /// The request body (default: empty).
         #[arg(long, requires = "url")]
         body_file: Option<PathBuf>,
+        /// `-` (the default): read the token from stdin. A token given
+        /// here instead is accepted but deprecated: `ps` shows it to every
+        /// user of the host.
+        #[arg(default_value = "-", value_name = "-")]
         token: String,
     },
 }
@@ -348,6 +354,7 @@ pub fn run(command: TokenCommand) -> Result<ExitCode, TokenCliError> {
                 _ => None,
             };
             let cfg = config(&audience, issuer.as_deref(), any_issuer, scope)?;
+            let token = read_token(token)?;
             let result = runtime()?.block_on(async {
                 let verifier = Verifier::new(cfg, source).await?;
                 verifier.check(token.trim(), binding.as_ref()).await
@@ -377,6 +384,27 @@ pub fn run(command: TokenCommand) -> Result<ExitCode, TokenCliError> {
             }
         }
     }
+}
+
+/// The token from stdin for `-`; an argument is still taken, with a
+/// warning, so that existing scripts keep working while they move.
+fn read_token(arg: String) -> Result<String, TokenCliError> {
+    if arg != "-" {
+        eprintln!(
+            "agentguard: warning: a token on the command line is visible to every user in `ps`; \
+             this form is deprecated: pipe the token in and pass `-`"
+        );
+        return Ok(arg);
+    }
+    let mut token = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)
+        .map_err(|e| TokenCliError::Usage(format!("failed to read the token from stdin: {e}")))?;
+    if token.trim().is_empty() {
+        return Err(TokenCliError::Usage(
+            "no token on stdin (pipe it in: ... | agentguard token verify ... -)".into(),
+        ));
+    }
+    Ok(token)
 }
 
 pub fn verify_proxy(args: VerifyProxyArgs) -> Result<ExitCode, TokenCliError> {

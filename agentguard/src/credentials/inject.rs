@@ -20,6 +20,8 @@ pub enum InjectError {
     InvalidHeaderValue { header: String },
     #[error("failed to rebuild the request URI with the query parameter {param}")]
     InvalidUri { param: String },
+    #[error("an aws credential signs requests; it is not injected")]
+    SignedNotInjected,
 }
 
 /// Puts `secret` into the request as `inject` says, after removing whatever
@@ -61,6 +63,8 @@ pub fn inject(
                 }
             })?;
         }
+        // AWS requests are signed again (`sigv4`), never given a secret.
+        Injection::AwsSigV4 { .. } => return Err(InjectError::SignedNotInjected.into()),
     }
     Ok(())
 }

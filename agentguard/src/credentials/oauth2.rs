@@ -298,7 +298,7 @@ impl OAuth2Client {
 
 /// The token URL as errors show it: scheme, host, port and path. Userinfo
 /// (`https://id:secret@host`) and the query could carry credentials.
-fn shown_url(url: &Uri) -> String {
+pub(super) fn shown_url(url: &Uri) -> String {
     let host = url.host().unwrap_or_default();
     let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
     format!(

@@ -11,10 +11,15 @@ use std::{
 use tracing::warn;
 
 use super::{
-    CredentialError, CredentialErrors, Secret, TokenFetcher, oauth2::OAuth2Client,
-    redact::MIN_REDACT_LEN, source,
+    CredentialError, CredentialErrors, ExchangeError, Requester, Secret, TokenFetcher,
+    exchange::Exchanger,
+    oauth2::OAuth2Client,
+    process::Helper,
+    redact::MIN_REDACT_LEN,
+    sigv4::{AwsCredentials, AwsSigner, LoadError},
+    source,
 };
-use crate::policy::{CredentialPolicy, PolicySet, SecretSource, ValueSource};
+use crate::policy::{AgentPolicy, CredentialPolicy, PolicySet, SecretSource, ValueSource};
 
 /// Every credential of every agent in a policy set, ready to use.
 ///
@@ -38,6 +43,12 @@ enum Credential {
     OAuth2(Box<OAuth2Client>),
     /// Minted per request by the proxy (`crate::token`): nothing to hold.
     Minted,
+    /// A credential helper's output, cached.
+    Process(Box<Helper>),
+    /// Token exchange or JWT-bearer grant, cached per (agent, subject).
+    Exchange(Box<Exchanger>),
+    /// AWS keys that re-sign the agent's requests.
+    Aws(Box<AwsSigner>),
 }
 
 impl std::fmt::Debug for CredentialStore {
@@ -69,7 +80,7 @@ impl CredentialStore {
         for agent in &policy.agents {
             let mut credentials = HashMap::new();
             for credential in &agent.credentials {
-                match resolve(&agent.name, credential) {
+                match resolve(agent, credential) {
                     Ok(c) => {
                         credentials.insert(credential.id.clone(), c);
                     }
@@ -96,7 +107,55 @@ impl CredentialStore {
         agent: &str,
         credential_id: &str,
     ) -> Result<Secret, CredentialError> {
+        /// Exchanges need the caller's identity: [`Self::secret_for`].
+        struct NoIssuer;
+        impl super::IdentityIssuer for NoIssuer {
+            fn identity_token(&self, _: &super::IdentityRequest<'_>) -> Result<String, String> {
+                Err("no identity issuer for this lookup".into())
+            }
+        }
+        let nobody = || None;
+        let requester = Requester {
+            agent,
+            kernel: None,
+            on_behalf_of: &nobody,
+            issuer: &NoIssuer,
+        };
+        self.secret_for(&requester, credential_id).await
+    }
+
+    /// The secret of `who.agent`'s credential `credential_id` for the
+    /// caller `who`: as [`Self::secret`], and for a delegated token, the
+    /// caller's own (exchanged for its identity, or for the person it acts
+    /// for), cached per caller.
+    pub async fn secret_for(
+        &self,
+        who: &Requester<'_>,
+        credential_id: &str,
+    ) -> Result<Secret, CredentialError> {
+        let agent = who.agent;
         match self.credential(agent, credential_id)? {
+            Credential::Process(helper) => {
+                helper.secret(agent, credential_id).await.map_err(|source| {
+                    CredentialError::Process {
+                        agent: agent.to_owned(),
+                        credential: credential_id.to_owned(),
+                        source,
+                    }
+                })
+            }
+            Credential::Aws(_) => Err(CredentialError::SignsAws {
+                agent: agent.to_owned(),
+                credential: credential_id.to_owned(),
+            }),
+            Credential::Exchange(exchanger) => exchanger
+                .token(who, self.fetcher.as_ref())
+                .await
+                .map_err(|source| CredentialError::Exchange {
+                    agent: agent.to_owned(),
+                    credential: credential_id.to_owned(),
+                    source,
+                }),
             Credential::Static(secret) => Ok(secret.clone()),
             Credential::OAuth2(client) => client
                 .token(self.fetcher.as_ref(), &self.fetches)
@@ -127,9 +186,69 @@ impl CredentialStore {
                 Credential::OAuth2(client) => secrets.extend(client.known_secrets()),
                 // Each response is checked against its own request's token.
                 Credential::Minted => {}
+                Credential::Process(helper) => secrets.extend(helper.known_secrets()),
+                Credential::Exchange(exchanger) => secrets.extend(exchanger.known_secrets()),
+                Credential::Aws(signer) => secrets.extend(signer.known_secrets()),
             }
         }
         secrets
+    }
+
+    /// The AWS credentials of `agent`'s credential `credential_id`, to sign
+    /// its requests with.
+    pub async fn aws_credentials(
+        &self,
+        agent: &str,
+        credential_id: &str,
+    ) -> Result<AwsCredentials, CredentialError> {
+        match self.credential(agent, credential_id)? {
+            Credential::Aws(signer) => signer
+                .credentials(agent, credential_id, self.fetcher.as_ref())
+                .await
+                .map_err(|source| CredentialError::Aws {
+                    agent: agent.to_owned(),
+                    credential: credential_id.to_owned(),
+                    source,
+                }),
+            _ => Err(CredentialError::NotAws {
+                agent: agent.to_owned(),
+                credential: credential_id.to_owned(),
+            }),
+        }
+    }
+
+    /// Drops everything fetched for `agent` (exchanged tokens, helper
+    /// output): its next request fetches anew. For revocation: a revoked
+    /// agent's delegated tokens must not outlive the decision in this
+    /// cache. Static secrets and OAuth2 client tokens stay: they are the
+    /// policy's, not the agent's.
+    pub fn forget_agent(&self, agent: &str) {
+        let Some(credentials) = self.agents.get(agent) else {
+            return;
+        };
+        for credential in credentials.values() {
+            match credential {
+                Credential::Process(helper) => helper.forget(),
+                Credential::Exchange(exchanger) => exchanger.forget_agent(agent),
+                Credential::Aws(signer) => signer.forget(),
+                Credential::Static(_) | Credential::OAuth2(_) | Credential::Minted => {}
+            }
+        }
+    }
+
+    /// Token exchanges (and JWT-bearer grants) and helper runs started so
+    /// far.
+    pub fn exchanges(&self) -> u64 {
+        self.agents
+            .values()
+            .flat_map(|c| c.values())
+            .map(|c| match c {
+                Credential::Process(helper) => helper.runs(),
+                Credential::Exchange(exchanger) => exchanger.exchanges(),
+                Credential::Aws(signer) => signer.fetches(),
+                _ => 0,
+            })
+            .sum()
     }
 
     /// OAuth2 token fetches performed so far.
@@ -153,7 +272,11 @@ impl CredentialStore {
 
 /// Reads what `credential` needs now. Every error is returned, so that an
 /// OAuth2 credential with a bad id and a bad secret is fixed in one pass.
-fn resolve(agent: &str, credential: &CredentialPolicy) -> Result<Credential, Vec<CredentialError>> {
+fn resolve(
+    agent_policy: &AgentPolicy,
+    credential: &CredentialPolicy,
+) -> Result<Credential, Vec<CredentialError>> {
+    let agent = agent_policy.name.as_str();
     let context = |what: &'static str| {
         move |source| CredentialError::Source {
             agent: agent.to_owned(),
@@ -191,7 +314,51 @@ fn resolve(agent: &str, credential: &CredentialPolicy) -> Result<Credential, Vec
             }
         }
         SecretSource::Jwt(_) => Ok(Credential::Minted),
+        SecretSource::Process(p) => Helper::new(p)
+            .map(|h| Credential::Process(Box::new(h)))
+            .map_err(|source| {
+                vec![CredentialError::Process {
+                    agent: agent.to_owned(),
+                    credential: credential.id.clone(),
+                    source,
+                }]
+            }),
+        SecretSource::TokenExchange(t) => Exchanger::token_exchange(t)
+            .map(|e| Credential::Exchange(Box::new(e)))
+            .map_err(|e| exchange_error(agent, &credential.id, e)),
+        SecretSource::JwtBearer(j) => Exchanger::jwt_bearer(j)
+            .map(|e| Credential::Exchange(Box::new(e)))
+            .map_err(|e| exchange_error(agent, &credential.id, e)),
+        SecretSource::Aws(aws) => AwsSigner::load(agent_policy, credential, aws)
+            .map(|s| Credential::Aws(Box::new(s)))
+            .map_err(|e| {
+                vec![match e {
+                    LoadError::Source(what, source) => CredentialError::Source {
+                        agent: agent.to_owned(),
+                        credential: credential.id.clone(),
+                        what,
+                        source,
+                    },
+                    LoadError::Process(source) => CredentialError::Process {
+                        agent: agent.to_owned(),
+                        credential: credential.id.clone(),
+                        source,
+                    },
+                }]
+            }),
     }
+}
+
+fn exchange_error(
+    agent: &str,
+    credential: &str,
+    e: super::exchange::ClientError,
+) -> Vec<CredentialError> {
+    vec![CredentialError::Exchange {
+        agent: agent.to_owned(),
+        credential: credential.to_owned(),
+        source: ExchangeError::Client(e),
+    }]
 }
 
 /// Such a secret still works, but is not cut out of responses.

@@ -3,7 +3,14 @@
 //! `daemon_stop` the last, and the writer commits everything queued before
 //! the daemon exits. Metrics and the OTLP exporter hang off the same sink.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::net::TcpListener;
 use tracing::info;
@@ -34,6 +41,9 @@ pub struct AuditRuntime {
     pub sink: AuditSink,
     pub metrics: Arc<Metrics>,
     pub otlp: Option<Arc<OtlpStats>>,
+    /// Events handed to the writer so far: against its `events_written`,
+    /// the systemd watchdog sees whether it keeps up (daemon::notify).
+    pub recorded: Arc<AtomicU64>,
     writer: AuditWriter,
 }
 
@@ -44,7 +54,18 @@ pub fn start(cfg: &RunConfig) -> Result<AuditRuntime, DaemonError> {
         let metrics = metrics.clone();
         Arc::new(move |e: &Event| metrics.observe(e))
     };
-    let (sink, writer) = audit::start(&cfg.state_dir, cfg.audit.to_config(), vec![observer])?;
+    let recorded = Arc::new(AtomicU64::new(0));
+    let counter: audit::Observer = {
+        let recorded = recorded.clone();
+        Arc::new(move |_: &Event| {
+            recorded.fetch_add(1, Ordering::Relaxed);
+        })
+    };
+    let (sink, writer) = audit::start(
+        &cfg.state_dir,
+        cfg.audit.to_config(),
+        vec![observer, counter],
+    )?;
     let otlp = match &cfg.otlp {
         Some(otlp_cfg) => {
             let stats = Arc::new(OtlpStats::default());
@@ -66,6 +87,7 @@ pub fn start(cfg: &RunConfig) -> Result<AuditRuntime, DaemonError> {
         sink,
         metrics,
         otlp,
+        recorded,
         writer,
     })
 }

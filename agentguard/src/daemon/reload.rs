@@ -26,6 +26,7 @@ use std::{
 use thiserror::Error;
 use tracing::{info, warn};
 
+use super::units;
 use crate::{
     audit::{AuditSink, Event},
     cgroup::{CgroupError, CgroupRoot},
@@ -67,6 +68,15 @@ pub enum ReloadError {
         agent: String,
         reason: String,
     },
+}
+
+/// Why `agentguard attach` could not guard a unit.
+#[derive(Debug, Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Unit(#[from] units::UnitError),
+    #[error(transparent)]
+    Guard(#[from] ReloadError),
 }
 
 pub struct Reloader {
@@ -209,11 +219,33 @@ impl Reloader {
         let policy = Arc::new(policy);
         let credentials = Arc::new(CredentialStore::load(&policy, self.fetcher.clone())?);
         check_unix_sockets(&policy, &self.kernel)?;
+        self.guard(policy, credentials, current)
+    }
+
+    /// Guards every agent's cgroup and makes the state. An agent that is a
+    /// systemd unit not running now has no cgroup: it is guarded when its
+    /// unit starts (see `units`).
+    fn guard(
+        &self,
+        policy: Arc<policy::PolicySet>,
+        credentials: Arc<CredentialStore>,
+        current: Option<&LiveState>,
+    ) -> Result<LiveState, ReloadError> {
         let own_cgroup = own_cgroup(&self.root);
         let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
         let mut guarded = Vec::new();
         for agent in &policy.agents {
-            let cgroup = self.root.ensure(&agent.cgroup)?;
+            let cgroup = if agent.systemd_unit.is_some() {
+                match units::open(&self.root, agent)? {
+                    Some(cgroup) => cgroup,
+                    None => {
+                        info!(agent = %agent.name, cgroup = %agent.cgroup, "agent's unit is not running; it is guarded when it starts");
+                        continue;
+                    }
+                }
+            } else {
+                self.root.ensure(&agent.cgroup)?
+            };
             if let Some(own) = &own_cgroup
                 && own.starts_with(&cgroup.path)
             {
@@ -226,7 +258,11 @@ impl Reloader {
             let already =
                 current.is_some_and(|s| s.agents.agents().iter().any(|a| a.cgroup.id == cgroup.id));
             if !already {
+                let first_time = agent.systemd_unit.is_some() && !kernel.has_links(cgroup.id);
                 kernel.guard(&cgroup)?;
+                if first_time {
+                    units::warn_if_started_unguarded(agent, &cgroup);
+                }
                 info!(agent = %agent.name, cgroup = %cgroup.path.display(), cgroup_id = cgroup.id, "agent guarded");
             }
             let port = self.resolvers.ensure(&agent.name)?;
@@ -255,6 +291,72 @@ impl Reloader {
             agents: Arc::new(AgentTable::new(self.root.clone(), guarded)),
             credentials,
         })
+    }
+
+    /// Follows the agents' systemd units: guards a unit's cgroup systemd
+    /// made since the last look, and forgets one it removed. Cheap when
+    /// nothing changed (a stat per unit). Returns whether anything did.
+    pub fn refresh_units(&self, live: &Live) -> Result<bool, ReloadError> {
+        let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let current = live.load();
+        let changed = current
+            .policy
+            .agents
+            .iter()
+            .filter(|a| a.systemd_unit.is_some())
+            .any(|a| {
+                let on_disk = units::open(&self.root, a).ok().flatten().map(|c| c.id);
+                on_disk != current.agents.get(&a.name).map(|g| g.cgroup.id)
+            });
+        if !changed {
+            return Ok(false);
+        }
+        let state = self.guard(
+            current.policy.clone(),
+            current.credentials.clone(),
+            Some(&current),
+        )?;
+        // The old cgroups of restarted or stopped units: gone, so the
+        // kernel detached their programs; their pins go too.
+        let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
+        for old in current.agents.agents() {
+            let is_unit = current
+                .policy
+                .agent(&old.name)
+                .is_some_and(|a| a.systemd_unit.is_some());
+            if is_unit && !units::still_there(&old.cgroup.path, old.cgroup.id) {
+                let removed = kernel.forget(old.cgroup.id)?;
+                info!(agent = %old.name, cgroup_id = old.cgroup.id, links = removed, "unit's cgroup is gone; its pins are removed");
+            }
+        }
+        drop(kernel);
+        live.swap_agents(state);
+        Ok(true)
+    }
+
+    /// `agentguard attach` from a unit's `ExecStartPre=+`: guards the unit's
+    /// cgroup, which process `pid` (the gate) must be in, before the unit's
+    /// main process starts. The cgroup is the gate's, read by the daemon
+    /// from /proc, never a path the caller names.
+    pub fn attach(&self, live: &Live, agent: &str, pid: u32) -> Result<(), AttachError> {
+        let state = live.load();
+        let policy = state
+            .policy
+            .agent(agent)
+            .ok_or_else(|| units::UnitError::UnknownAgent(agent.to_owned()))?;
+        units::check_gate(policy, pid)?;
+        self.refresh_units(live)?;
+        let path = self.root.path_of(&policy.cgroup);
+        let guarded = live
+            .load()
+            .agents
+            .get(agent)
+            .is_some_and(|g| g.cgroup.path == path && units::still_there(&path, g.cgroup.id));
+        if !guarded {
+            return Err(units::UnitError::NotGuarded(agent.to_owned()).into());
+        }
+        info!(agent, pid, cgroup = %path.display(), "unit guarded before its start (ExecStartPre)");
+        Ok(())
     }
 
     /// Reloads into `live` if the policy changed; on any error the running

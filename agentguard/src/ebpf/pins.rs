@@ -92,6 +92,22 @@ impl PinDir {
         Ok(previous)
     }
 
+    /// Whether links are pinned for cgroup `cgroup_id`: it was guarded
+    /// before (by this daemon or an earlier one).
+    pub fn has_links(&self, cgroup_id: u64) -> bool {
+        pinned_links(&self.links(), Some(cgroup_id)).is_ok_and(|l| !l.is_empty())
+    }
+
+    /// Unpins the links of a cgroup that no longer exists (see
+    /// [`super::Kernel::forget`]). Returns how many were removed.
+    pub fn forget(&self, cgroup_id: u64) -> Result<usize, EbpfError> {
+        let links = pinned_links(&self.links(), Some(cgroup_id))?;
+        for path in &links {
+            unpin(path)?;
+        }
+        Ok(links.len())
+    }
+
     /// Pins every new link of cgroup `cgroup_id`, then unpins `previous`:
     /// there is no instant without the programs attached.
     pub fn replace(

@@ -21,11 +21,12 @@
 //! calls.
 //!
 //! Where the kernel cannot keep an agent from other processes (no BPF LSM,
-//! daemon started with `--allow-unguarded-processes`), a third filter
-//! refuses the main ways into another process: PTRACE_ATTACH and
+//! daemon started with `--allow-unguarded-processes`) and has no Landlock
+//! for exec's domain (`domain.rs`) either, a third filter refuses the main ways into another process: PTRACE_ATTACH and
 //! PTRACE_SEIZE (PTRACE_TRACEME still lets a debugger start its own
 //! child), process_vm_readv/writev and pidfd_getfd. /proc/<pid>/mem is an
-//! open() of a path, which a filter cannot see: only the BPF LSM closes it.
+//! open() of a path, which a filter cannot see: only the BPF LSM or
+//! Landlock closes it.
 //!
 //! On x86_64, seccompiler's filters check the architecture but not the x32
 //! bit of the system call number: on a kernel built with x32 support, the

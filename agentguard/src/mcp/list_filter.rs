@@ -6,6 +6,12 @@
 //! each complete event is either passed on byte for byte or, when it is the
 //! response to a list request of this POST, re-emitted with the entries the
 //! policy does not allow removed. Nothing is held back longer than one event.
+//!
+//! A GET event stream resumed with `Last-Event-ID` may replay the response
+//! to a list request of an earlier POST, whose id this stream never saw.
+//! The standalone GET stream carries no responses otherwise (MCP, Streamable
+//! HTTP: a server sends a response on it only when resuming), so there every
+//! response whose result holds a list is filtered by its shape.
 
 use serde_json::Value;
 
@@ -62,11 +68,16 @@ pub enum FilterError {
     Unreadable(String),
 }
 
-/// Filters the responses to the list requests of one POST body.
+/// Filters the responses to the list requests of one POST body, or every
+/// list result of a resumed event stream.
 pub struct ListFilter<F> {
-    requests: Vec<(Value, ListKind)>,
+    /// The list requests by id; `None` on a resumed stream, where the
+    /// requests are not known.
+    requests: Option<Vec<(Value, ListKind)>>,
     allowed: F,
 }
+
+const KINDS: [ListKind; 3] = [ListKind::Tools, ListKind::Prompts, ListKind::Resources];
 
 impl<F: Fn(TargetKind, &str) -> bool> ListFilter<F> {
     /// `None` when `body` has no list request (nothing to filter).
@@ -82,18 +93,49 @@ impl<F: Fn(TargetKind, &str) -> bool> ListFilter<F> {
                 Some((m.id.clone()?, kind))
             })
             .collect();
-        (!requests.is_empty()).then_some(ListFilter { requests, allowed })
+        (!requests.is_empty()).then_some(ListFilter {
+            requests: Some(requests),
+            allowed,
+        })
+    }
+
+    /// For a GET event stream of an MCP endpoint: every response there is
+    /// one resumed from an earlier POST, so each list result (a `tools`,
+    /// `prompts` or `resources` array in a response's `result`) is filtered.
+    pub fn for_resumed_stream(allowed: F) -> ListFilter<F> {
+        ListFilter {
+            requests: None,
+            allowed,
+        }
     }
 
     /// Filters one response message in place; `true` if it changed.
     fn filter_message(&self, message: &mut Value) -> bool {
-        let Some(kind) = message
-            .get("id")
-            .and_then(|id| self.requests.iter().find(|(r, _)| r == id))
-            .map(|(_, k)| *k)
-        else {
-            return false;
-        };
+        match &self.requests {
+            Some(requests) => {
+                let Some(kind) = message
+                    .get("id")
+                    .and_then(|id| requests.iter().find(|(r, _)| r == id))
+                    .map(|(_, k)| *k)
+                else {
+                    return false;
+                };
+                self.filter_result(message, kind)
+            }
+            // A response (an id, no method): requests and notifications
+            // name no list of the server's.
+            None if message.get("method").is_none() && message.get("id").is_some() => {
+                KINDS.into_iter().fold(false, |changed, kind| {
+                    self.filter_result(message, kind) | changed
+                })
+            }
+            None => false,
+        }
+    }
+
+    /// Keeps the entries of `kind`'s array in the response's result that the
+    /// agent may use; `true` if any went.
+    fn filter_result(&self, message: &mut Value, kind: ListKind) -> bool {
         let (field, key) = kind.field_and_key();
         let Some(Value::Array(entries)) = message.get_mut("result").and_then(|r| r.get_mut(field))
         else {
@@ -418,5 +460,46 @@ mod tests {
             sse.push(&vec![b'x'; MAX_LIST_RESPONSE + 1]),
             Err(FilterError::TooLarge)
         );
+    }
+
+    #[test]
+    fn a_resumed_stream_filters_every_list_result_by_its_shape() {
+        let mut sse = ListFilter::for_resumed_stream(allowed).into_sse();
+        // A tools/list answer of an earlier POST (any id), replayed.
+        let replayed = TOOLS.replace("\"id\":4", "\"id\":\"earlier-7\"");
+        let out = sse
+            .push(format!("id: 12\ndata: {replayed}\n\n").as_bytes())
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("id: 12\n"), "{text}");
+        let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        let v: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(names(&v), ["list_issues", "get_issue"]);
+        assert_eq!(v["id"], "earlier-7");
+        // Prompts and resources likewise.
+        let prompts = r#"{"jsonrpc":"2.0","id":5,"result":{"prompts":[{"name":"review"},{"name":"leak"}],"resources":[{"uri":"repo://acme/a"},{"uri":"repo://other/b"}]}}"#;
+        let out = sse.push(format!("data: {prompts}\n\n").as_bytes()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let v: Value =
+            serde_json::from_str(text.trim_end().strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(v["result"]["prompts"], json!([{"name": "review"}]));
+        assert_eq!(v["result"]["resources"], json!([{"uri": "repo://acme/a"}]));
+        // The server's own requests and notifications pass byte for byte,
+        // whatever they carry; so do responses without a list.
+        for event in [
+            r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#,
+            r#"{"jsonrpc":"2.0","id":9,"method":"sampling/createMessage","params":{"tools":[{"name":"delete_repo"}]}}"#,
+            r#"{"jsonrpc":"2.0","id":6,"result":{"content":[{"type":"text","text":"delete_repo"}]}}"#,
+        ] {
+            let raw = format!("event: message\ndata: {event}\n\n");
+            assert_eq!(sse.push(raw.as_bytes()).unwrap(), raw.as_bytes());
+        }
+        // A list result that strict parsing refuses: the stream is cut.
+        let dup = replayed.replacen(
+            "{\"name\":\"delete_repo\"}",
+            "{\"name\":\"delete_repo\",\"name\":\"x\"}",
+            1,
+        );
+        assert!(sse.push(format!("data: {dup}\n\n").as_bytes()).is_err());
     }
 }

@@ -55,7 +55,8 @@ pub enum MemberOutcome {
 pub struct BodyPlan {
     /// What to send upstream: `None` when nothing is. A single allowed
     /// message is forwarded as the exact bytes received; a batch with some
-    /// members denied as a new array of the allowed members, as received.
+    /// members denied as a new array of the allowed members, as received
+    /// (one member left: that member alone).
     pub forward: Option<Forward>,
     /// The error responses agentguard answers itself, in member order.
     pub local: Vec<Value>,
@@ -96,6 +97,14 @@ impl BodyPlan {
             None
         } else if kept.len() == messages.len() {
             Some(Forward::Original)
+        } else if let [one] = kept.as_slice() {
+            // A lone member goes as itself: MCP 2025-06-18 dropped batches,
+            // and servers of that revision on refuse an array. Its answer
+            // (one response, or 202) is merged back into the array the
+            // agent expects.
+            Some(Forward::Rewritten(
+                serde_json::to_vec(one).expect("JSON values serialise"),
+            ))
         } else {
             // Serialising parsed values is faithful: the strict parser
             // refused every form two readers could disagree on.
@@ -253,6 +262,33 @@ mod tests {
             sse.starts_with("event: message\ndata: {") && sse.ends_with("}\n\n"),
             "{sse}"
         );
+
+        // One member left: sent as itself, its answer merged into an array.
+        let plan = BodyPlan::new(
+            &body,
+            &[
+                refuse(POLICY_DENIED),
+                MemberOutcome::Forward,
+                refuse(POLICY_DENIED),
+                refuse(POLICY_DENIED),
+            ],
+        );
+        let Some(Forward::Rewritten(bytes)) = &plan.forward else {
+            panic!("{:?}", plan.forward)
+        };
+        let Body::Single(lone) = Body::parse(bytes).unwrap() else {
+            panic!("a lone member is sent as itself")
+        };
+        assert_eq!(lone.id, Some(json!(2)));
+        let merged: Value = serde_json::from_slice(
+            &plan
+                .merge_json(br#"{"jsonrpc":"2.0","id":2,"result":{}}"#)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(merged[0]["id"], 2);
+        assert_eq!(merged[1]["id"], 1);
+        assert_eq!(merged[2]["id"], 3);
 
         // Everything denied in a batch: an array of errors, nothing forwarded.
         let plan = BodyPlan::new(&body, &vec![refuse(RATE_LIMITED); 4]);

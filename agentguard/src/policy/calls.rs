@@ -44,10 +44,15 @@ impl Protocol {
 /// The MCP methods a session needs whatever it calls: set-up, liveness,
 /// notifications either way, listing (filtered to what the agent may use),
 /// and the task methods that only reach tasks an allowed call created
-/// (MCP 2025-06-18 and 2025-11-25, lifecycle and utilities). Allowed by an
-/// MCP tool without being listed; `when` and `rate` do not apply to them.
-pub const MCP_SESSION_METHODS: [&str; 12] = [
+/// (MCP 2025-06-18 and 2025-11-25, lifecycle and utilities), and the
+/// 2026-07-28 revision's stateless counterparts of `initialize` and the
+/// GET event stream (`server/discover`, which SDKs probe before falling
+/// back to `initialize`, and `subscriptions/listen`). Allowed by an MCP
+/// tool without being listed; `when` and `rate` do not apply to them.
+pub const MCP_SESSION_METHODS: [&str; 14] = [
     "initialize",
+    "server/discover",
+    "subscriptions/listen",
     "ping",
     "notifications/*",
     "tools/list",
@@ -106,7 +111,7 @@ impl CallRules {
 
     /// Whether deciding reads the request body.
     pub fn reads_body(&self) -> bool {
-        self.protocol.is_rpc() || self.when.as_ref().is_some_and(|c| c.uses().request)
+        self.protocol.is_rpc() || self.when.as_ref().is_some_and(|c| c.uses().request_body)
     }
 
     pub fn uses(&self) -> Uses {

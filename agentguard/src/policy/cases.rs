@@ -69,6 +69,11 @@ pub struct Case {
     pub identity: Option<AgentIdentity>,
     pub on_behalf_of: Option<String>,
     pub intent: Option<String>,
+    /// The AWS service (its signing name: `ec2`, `s3`, `sts`) the request
+    /// is SigV4-signed for. Its action is then told from `X-Amz-Target`,
+    /// the `Action` parameter or the S3 method, bucket and key, as the
+    /// proxy tells it, for tools that name `aws_actions`.
+    pub aws_service: Option<String>,
     /// RFC 3339 (default: now).
     pub time: Option<String>,
     /// Send the request this many times (default 1); the expectation is for
@@ -343,11 +348,31 @@ pub fn run_case(
     if identity.cgroup.is_empty() {
         identity.cgroup = policy.cgroup.to_string();
     }
+    // As the proxy: an action that cannot be told is none, and no tool
+    // that names aws_actions matches.
+    let aws_action = match &case.aws_service {
+        None => None,
+        Some(service) => {
+            let uri: hyper::Uri = case
+                .url
+                .parse()
+                .map_err(|e| format!("invalid URL {:?}: {e}", case.url))?;
+            crate::credentials::sigv4::action(
+                service,
+                &method,
+                &target.host,
+                &uri,
+                &headers,
+                body.as_deref(),
+            )
+        }
+    };
     let facts = RequestFacts {
         method: &method,
         host: &target.host,
         port: target.port,
         path: &target.path,
+        aws_action: aws_action.as_deref(),
     };
     let audit = policy.mode == Mode::Audit;
     let mut last = Vec::new();
@@ -437,10 +462,16 @@ fn decide_once(
             let json = mcp::parse_strict_json(bytes).ok();
             input.json_body = json.as_ref();
             let decider = policy.decider(input);
-            parsed
+            let mut decisions: Vec<Decision<'_>> = parsed
                 .messages()
                 .iter()
-                .map(|m| outcome(decider.decide_message(m), Some(m)))
+                .map(|m| decider.decide_message(m))
+                .collect();
+            super::one_credential(&mut decisions);
+            decisions
+                .into_iter()
+                .zip(parsed.messages())
+                .map(|(d, m)| outcome(d, Some(m)))
                 .collect()
         }
     }

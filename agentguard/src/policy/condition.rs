@@ -82,6 +82,30 @@ pub struct Uses {
     pub on_behalf_of: bool,
     pub intent: bool,
     pub now: bool,
+    /// The fields that the audit record does not hold, read (or possibly
+    /// read: `request` or `mcp` used as a whole sets them all): the body is
+    /// read only for `request.body`, and `policy replay` says which events
+    /// it cannot re-decide.
+    pub request_headers: bool,
+    pub request_body: bool,
+    pub mcp_arguments: bool,
+    pub mcp_params: bool,
+}
+
+impl Uses {
+    /// The fields read that the audit record does not hold (`arguments`
+    /// is held where `record_arguments` is set).
+    pub fn unrecorded(&self, arguments_recorded: bool) -> Vec<&'static str> {
+        [
+            (self.request_headers, "request.headers"),
+            (self.request_body, "request.body"),
+            (self.mcp_arguments && !arguments_recorded, "mcp.arguments"),
+            (self.mcp_params, "mcp.params"),
+        ]
+        .into_iter()
+        .filter_map(|(read, name)| read.then_some(name))
+        .collect()
+    }
 }
 
 /// A type agentguard knows a field to have.
@@ -344,7 +368,13 @@ impl Checker {
         match &e.expr {
             Expr::Unspecified => Ok(Ty::Dyn),
             Expr::Literal(l) => Ok(literal_ty(l)),
-            Expr::Ident(name) => self.ident(name, scope),
+            Expr::Ident(name) => {
+                // The variable as a whole: any of its fields may be read.
+                if !scope.contains(name) {
+                    self.field(name, "*");
+                }
+                self.ident(name, scope)
+            }
             Expr::Select(sel) => {
                 // A field of a root variable: one it has.
                 if let Expr::Ident(root) = &sel.operand.expr
@@ -367,6 +397,7 @@ impl Checker {
                                 known.join(", ")
                             ));
                         };
+                        self.field(root, &sel.field);
                         return Ok(if sel.test { Ty::Bool } else { *ty });
                     }
                 }
@@ -437,6 +468,23 @@ impl Checker {
                 "message types such as {:?} are not supported",
                 s.type_name
             )),
+        }
+    }
+
+    /// Marks a field of `root` as read (`*`: every field).
+    fn field(&mut self, root: &str, field: &str) {
+        let all = field == "*";
+        let u = &mut self.uses;
+        match root {
+            "request" => {
+                u.request_headers |= all || field == "headers";
+                u.request_body |= all || field == "body";
+            }
+            "mcp" => {
+                u.mcp_arguments |= all || field == "arguments";
+                u.mcp_params |= all || field == "params";
+            }
+            _ => {}
         }
     }
 

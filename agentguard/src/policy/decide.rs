@@ -24,10 +24,39 @@ use sha2::{Digest as _, Sha256};
 
 use super::{
     AgentIdentity, AgentPolicy, CredentialPolicy, McpView, MessageMatch, RateCheck, RateKey,
-    RateLimiter, RatePer, RequestFacts, RequestView, ToolPolicy, Vars, condition::Bound,
-    rate::Admission,
+    RateLimiter, RatePer, RequestView, ToolPolicy, Vars, condition::Bound, rate::Admission,
 };
 use crate::mcp::{Message, Target};
+
+/// The parts of a request head that select the candidate tools.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub method: &'a Method,
+    /// Host from SNI/Host (already checked to agree), without port.
+    pub host: &'a str,
+    /// The connection's original destination port.
+    pub port: u16,
+    /// The normalised path (see [`super::normalize_path`]), no query.
+    pub path: &'a str,
+    /// The AWS action (`ec2:DescribeInstances`) of a SigV4-signed request,
+    /// when it can be told; tools that name `aws_actions` match only
+    /// requests whose action they name.
+    pub aws_action: Option<&'a str>,
+}
+
+impl ToolPolicy {
+    /// Whether the tool's `aws_actions` (if it names any) allow the
+    /// request's AWS action; a request whose action cannot be told matches
+    /// no tool that names actions.
+    pub fn allows_aws_action(&self, action: Option<&str>) -> bool {
+        self.aws_actions.is_empty()
+            || action.is_some_and(|a| {
+                self.aws_actions
+                    .iter()
+                    .any(|p| super::aws_action_matches(p, a))
+            })
+    }
+}
 
 /// Everything about one request that a decision may use.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +104,10 @@ pub enum DenyRule {
     RateLimited { retry_after_secs: u64 },
     /// The rate limiter's table is full.
     RateLimiterFull,
+    /// A batch member allowed by a tool whose credential differs from the
+    /// one the rest of the batch is sent with: one request carries one
+    /// credential, so it is denied rather than sent with another's.
+    MixedCredentials,
 }
 
 impl DenyRule {
@@ -87,6 +120,7 @@ impl DenyRule {
             DenyRule::BodyRequired => "body-required",
             DenyRule::RateLimited { .. } => "rate-limited",
             DenyRule::RateLimiterFull => "rate-limiter-full",
+            DenyRule::MixedCredentials => "mixed-credentials",
         }
     }
 }
@@ -227,6 +261,29 @@ impl AgentPolicy {
             .any(|t| endpoint_matches(t, &facts) && t.calls.allows_name(kind, name))
     }
 
+    /// The tools whose `when` condition a decision evaluates, in the order
+    /// it tries them: for the request as a whole (`message` `None`) or for
+    /// one JSON-RPC message. A decision that allows stops at its tool; one
+    /// that denies has evaluated them all. `policy replay` reads their
+    /// conditions to tell whether a decision needs data the audit record
+    /// lacks.
+    pub fn conditioned_candidates(
+        &self,
+        facts: RequestFacts<'_>,
+        message: Option<&Message>,
+    ) -> Vec<&ToolPolicy> {
+        self.tools
+            .iter()
+            .filter(|t| t.calls.when.is_some() && endpoint_matches(t, &facts))
+            .filter(|t| match message {
+                None => !t.calls.protocol.is_rpc(),
+                Some(m) => {
+                    !t.calls.protocol.is_rpc() || t.calls.match_message(m) == MessageMatch::Call
+                }
+            })
+            .collect()
+    }
+
     /// Names of the headers this agent's credentials are injected into:
     /// conditions never see them.
     fn credential_headers(&self) -> Vec<&str> {
@@ -235,6 +292,8 @@ impl AgentPolicy {
             .filter_map(|c| match &c.inject {
                 super::Injection::Header { name, .. } => Some(name.as_str()),
                 super::Injection::Basic { .. } => Some("authorization"),
+                // SigV4 re-signing replaces the agent's `Authorization`.
+                super::Injection::AwsSigV4 { .. } => Some("authorization"),
                 super::Injection::Query { .. } => None,
             })
             .collect()
@@ -247,6 +306,7 @@ fn endpoint_matches(t: &ToolPolicy, facts: &RequestFacts<'_>) -> bool {
         && t.port.is_none_or(|p| p == facts.port)
         && t.methods.contains(facts.method)
         && t.paths.iter().any(|p| p.matches(facts.path))
+        && t.allows_aws_action(facts.aws_action)
 }
 
 /// Decides one request, and each JSON-RPC message of its body.
@@ -402,10 +462,14 @@ impl<'p> Decider<'p, '_> {
                 Err(miss) => misses.push(miss),
             }
         }
-        self.deny(
-            misses,
-            format!("{} {} on {}", facts.method, facts.path, facts.host),
-        )
+        let what = match facts.aws_action {
+            Some(action) => format!(
+                "{} {} on {} for AWS action {action}",
+                facts.method, facts.path, facts.host
+            ),
+            None => format!("{} {} on {}", facts.method, facts.path, facts.host),
+        };
+        self.deny(misses, what)
     }
 
     /// Decides one message of a JSON-RPC body.
@@ -471,6 +535,37 @@ impl<'p> Decider<'p, '_> {
             (None, None) => "a response".to_owned(),
         };
         self.deny(misses, what)
+    }
+}
+
+/// One request carries one credential: a member of a batch allowed by a
+/// tool whose credential (or lack of one) differs from the first allowed
+/// member's is denied, never sent with a credential its tool does not bind.
+/// Run before [`Decision::admit`], so that such a member is not counted.
+pub fn one_credential(decisions: &mut [Decision<'_>]) {
+    let mut first: Option<(Option<&str>, &str)> = None;
+    for d in decisions.iter_mut() {
+        let Decision::Allow(a) = d else { continue };
+        let id = a.credential.map(|c| c.id.as_str());
+        match first {
+            None => first = Some((id, a.tool.name.as_str())),
+            Some((want, by)) if want != id => {
+                let name = |c: Option<&str>| {
+                    c.map_or("no credential".to_owned(), |c| format!("credential {c:?}"))
+                };
+                *d = Decision::Deny(Denied {
+                    rule: DenyRule::MixedCredentials,
+                    reason: format!(
+                        "tool {:?} allows this call with {}, but the batch goes with {} (tool {by:?}): send it in a request of its own",
+                        a.tool.name,
+                        name(id),
+                        name(want),
+                    ),
+                    tool: Some(a.tool.name.clone()),
+                });
+            }
+            Some(_) => {}
+        }
     }
 }
 

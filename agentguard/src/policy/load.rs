@@ -17,6 +17,7 @@ use super::model::{
     SecretSource, SourceSection, ToolPolicy, ToolSection, ToolTimeouts, ToolTimeoutsSection,
     UnixSocketAddr, ValueSection, ValueSource, validate_agent_name,
 };
+use super::systemd::SystemdUnit;
 use super::{
     CallRules, Condition, DEFAULT_MAX_BODY, MAX_MAX_BODY, NamePattern, Protocol, RatePer, RateRule,
     RateSpec, model::Spanned,
@@ -158,9 +159,13 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
     let name_span = span_of(path, text, parsed.agent.name.span().start);
     let name = parsed.agent.name.into_inner();
     validate_agent_name(&name).map_err(|m| invalid(&name_span, format!("agent.name: {m}")))?;
-    let cgroup_span = span_of(path, text, parsed.agent.cgroup.span().start);
-    let cgroup = CgroupRelPath::parse(parsed.agent.cgroup.get_ref())
-        .map_err(|m| invalid(&cgroup_span, format!("agent.cgroup: {m}")))?;
+    let (cgroup, systemd_unit) = parse_agent_cgroup(
+        path,
+        text,
+        parsed.agent.cgroup.as_ref(),
+        parsed.agent.systemd_unit.as_ref(),
+        &name_span,
+    )?;
     let mode = match &parsed.agent.mode {
         None => Mode::Enforce,
         Some(m) => match m.get_ref().as_str() {
@@ -262,6 +267,7 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
         AgentPolicy {
             name,
             cgroup,
+            systemd_unit,
             mode,
             dns,
             unix_sockets,
@@ -310,9 +316,12 @@ fn parse_credential(
         SourceSection::Jwt(j) => SecretSource::Jwt(
             jwt(j).map_err(|m| invalid(&source_span, format!("credential.source.jwt: {m}")))?,
         ),
+        other => super::sources::parse_source(other).map_err(|m| invalid(&source_span, m))?,
     };
     let inject_span = at(section.inject.span().start);
     let inject = injection(section.inject.into_inner())
+        .map_err(|m| invalid(&inject_span, format!("credential.inject: {m}")))?;
+    super::sources::check_pairing(&source, &inject)
         .map_err(|m| invalid(&inject_span, format!("credential.inject: {m}")))?;
     // The token binds the query: a token in the query would change what it
     // binds.
@@ -360,7 +369,7 @@ fn env_name(var: &str) -> Result<String, String> {
     }
 }
 
-fn secret_ref(section: SecretRefSection) -> Result<SecretRef, String> {
+pub(super) fn secret_ref(section: SecretRefSection) -> Result<SecretRef, String> {
     Ok(match section {
         SecretRefSection::File(f) => SecretRef::File(secret_file(&f)?),
         SecretRefSection::Env(v) => SecretRef::Env(env_name(&v)?),
@@ -442,6 +451,17 @@ const RESERVED_HEADERS: [&str; 8] = [
 ];
 
 fn injection(section: InjectSection) -> Result<Injection, String> {
+    if let Some(aws) = section.aws_sigv4 {
+        if section.header.is_some()
+            || section.basic.is_some()
+            || section.query.is_some()
+            || section.format.is_some()
+        {
+            return Err("aws_sigv4 goes alone: the request is signed, nothing is added".into());
+        }
+        let (regions, services) = super::sources::aws_sigv4(aws)?;
+        return Ok(Injection::AwsSigV4 { regions, services });
+    }
     match (section.header, section.basic, section.query) {
         (Some(header), None, None) => {
             let name = HeaderName::from_bytes(header.as_bytes())
@@ -564,6 +584,29 @@ fn parse_tool(
                 .map_err(|m| invalid(&span, format!("tool.timeouts: {m}")))?
         }
     };
+    let allow_overrides = match section.allow_overrides {
+        None => Vec::new(),
+        Some(list) => {
+            let span = at(list.span().start);
+            list.get_ref()
+                .iter()
+                .map(|e| super::overrides::parse_entry(e))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|m| invalid(&span, format!("tool.allow_overrides: {m}")))?
+        }
+    };
+    let aws_actions = match section.aws_actions {
+        None => Vec::new(),
+        Some(actions) => {
+            let span = at(actions.span().start);
+            super::sources::tool_aws_actions(
+                actions.into_inner(),
+                credential.as_deref(),
+                credentials,
+            )
+            .map_err(|m| invalid(&span, format!("tool.aws_actions: {m}")))?
+        }
+    };
     Ok(ToolPolicy {
         name,
         host,
@@ -571,6 +614,8 @@ fn parse_tool(
         methods,
         paths,
         credential,
+        allow_overrides,
+        aws_actions,
         calls,
         timeouts,
     })
@@ -613,6 +658,42 @@ fn agent_limits(
         connections: count("connections", section.connections)?,
         requests: count("requests", section.requests)?,
     })
+}
+
+/// `cgroup`, or `systemd_unit` (whose cgroup is the unit's own, in
+/// `system.slice` unless `cgroup` names another slice path).
+fn parse_agent_cgroup(
+    path: &Path,
+    text: &str,
+    cgroup: Option<&Spanned<String>>,
+    unit: Option<&Spanned<String>>,
+    name_span: &Span,
+) -> Result<(CgroupRelPath, Option<SystemdUnit>), PolicyError> {
+    let cgroup = match cgroup {
+        Some(c) => Some(CgroupRelPath::parse(c.get_ref()).map_err(|m| {
+            invalid(
+                &span_of(path, text, c.span().start),
+                format!("agent.cgroup: {m}"),
+            )
+        })?),
+        None => None,
+    };
+    let Some(unit) = unit else {
+        return cgroup.map(|c| (c, None)).ok_or_else(|| {
+            invalid(
+                name_span,
+                "agent: missing `cgroup` (or `systemd_unit` for an agent that is a systemd service)"
+                    .into(),
+            )
+        });
+    };
+    let span = span_of(path, text, unit.span().start);
+    let unit = SystemdUnit::parse(unit.get_ref())
+        .map_err(|m| invalid(&span, format!("agent.systemd_unit: {m}")))?;
+    let cgroup = cgroup.unwrap_or_else(|| unit.default_cgroup());
+    unit.check_cgroup(&cgroup)
+        .map_err(|m| invalid(&span, format!("agent.systemd_unit: {m}")))?;
+    Ok((cgroup, Some(unit)))
 }
 
 /// The keys of a `[[tool]]` about calls: `protocol`, `mcp_*`,

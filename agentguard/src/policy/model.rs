@@ -48,6 +48,12 @@ pub(super) enum SourceSection {
     Env(String),
     Oauth2(OAuth2Section),
     Jwt(JwtSection),
+    Process(super::sources::ProcessSection),
+    #[serde(rename = "token_exchange")]
+    TokenExchange(super::sources::TokenExchangeSection),
+    #[serde(rename = "jwt_bearer")]
+    JwtBearer(super::sources::JwtBearerSection),
+    Aws(super::sources::AwsSection),
 }
 
 /// `{ jwt = { audience = "...", scope = "...", ttl = "60s" } }`: a token
@@ -94,6 +100,7 @@ pub(super) struct InjectSection {
     pub format: Option<String>,
     pub basic: Option<BasicSection>,
     pub query: Option<String>,
+    pub aws_sigv4: Option<super::sources::AwsSigV4Section>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -113,6 +120,12 @@ pub(super) struct ToolSection {
     pub methods: Spanned<Vec<String>>,
     pub paths: Spanned<Vec<String>>,
     pub credential: Option<Spanned<String>>,
+    /// Override headers (and `_method`) let through to this tool's upstream;
+    /// see `policy::overrides`. Optional; default none.
+    pub allow_overrides: Option<Spanned<Vec<String>>>,
+    /// IAM actions (`ec2:DescribeInstances`) the tool allows, for tools
+    /// whose credential re-signs AWS requests.
+    pub aws_actions: Option<Spanned<Vec<String>>>,
     /// `"http"` (the default), `"mcp"` (MCP over Streamable HTTP) or
     /// `"jsonrpc"` (any JSON-RPC 2.0 endpoint): the body of such a tool's
     /// POSTs is parsed and each message decided on its own.
@@ -133,8 +146,10 @@ pub(super) struct ToolSection {
     /// A CEL expression that must hold for the tool to allow a call.
     pub when: Option<Spanned<String>>,
     /// At most this many calls: `"20/min"`, `"5/s"`, `"100/hour"`,
-    /// `"1000/day"`.
-    #[schemars(regex(pattern = r"^\s*[0-9]+\s*/\s*(s|sec|second|min|minute|h|hour|d|day)\s*$"))]
+    /// `"1000/day"`, or in a window of several units: `"20/10s"`.
+    #[schemars(regex(
+        pattern = r"^\s*[0-9]+\s*/\s*[0-9]*(s|sec|second|min|minute|h|hour|d|day)\s*$"
+    ))]
     pub rate: Option<Spanned<String>>,
     /// Whom the rate counts separately: `"agent"` (the default) or
     /// `"on_behalf_of"` (each agent and person it acts for).
@@ -183,11 +198,18 @@ pub(super) struct PassthroughSection {
     pub ports: Option<Vec<u16>>,
 }
 
+/// `[agent]`. It needs a `cgroup` or a `systemd_unit` (or both); the
+/// schema says so, as the loader does.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("anyOf" = [{ "required": ["cgroup"] }, { "required": ["systemd_unit"] }]))]
 pub(super) struct AgentSection {
     pub name: Spanned<String>,
-    pub cgroup: Spanned<String>,
+    /// Required unless `systemd_unit` names the agent's unit.
+    pub cgroup: Option<Spanned<String>>,
+    /// The agent is this systemd service: its cgroup is the unit's.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_.-]+\.service$"))]
+    pub systemd_unit: Option<Spanned<String>>,
     #[schemars(extend("enum" = ["enforce", "audit"]))]
     pub mode: Option<Spanned<String>>,
     #[schemars(extend("enum" = ["policy", "any"]))]
@@ -318,6 +340,14 @@ pub enum SecretSource {
     /// A JWT minted by agentguard for each request and bound to it (see
     /// `crate::token`).
     Jwt(JwtSource),
+    /// A credential helper's output (`crate::credentials::process`).
+    Process(super::sources::ProcessSource),
+    /// RFC 8693 token exchange, per agent and subject.
+    TokenExchange(super::sources::TokenExchangeSource),
+    /// RFC 7523 JWT-bearer grant with the agent's identity token.
+    JwtBearer(super::sources::JwtBearerSource),
+    /// AWS credentials that re-sign the agent's requests (SigV4).
+    Aws(super::sources::AwsSource),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -358,6 +388,12 @@ pub enum Injection {
     Basic { username: String },
     /// A query parameter.
     Query { param: String },
+    /// The agent's AWS request is signed again (Signature Version 4) for
+    /// one of these regions and services.
+    AwsSigV4 {
+        regions: Vec<String>,
+        services: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -395,6 +431,13 @@ pub struct ToolPolicy {
     pub paths: Vec<PathPattern>,
     /// Id of the credential injected into this tool's requests.
     pub credential: Option<String>,
+    /// Override headers (lowercase) and `_method` this tool lets through;
+    /// every other one is stripped (see `policy::overrides`).
+    pub allow_overrides: Vec<String>,
+    /// IAM actions the tool allows (`service:Action`, `*` at the end);
+    /// empty: no action check. A request's action comes from
+    /// `X-Amz-Target`, the `Action` parameter or the S3 path.
+    pub aws_actions: Vec<String>,
     /// Protocol, MCP names, condition, rate, recording, body bound.
     pub calls: CallRules,
     pub timeouts: ToolTimeouts,
@@ -405,6 +448,9 @@ pub struct ToolPolicy {
 pub struct AgentPolicy {
     pub name: String,
     pub cgroup: CgroupRelPath,
+    /// Set when the agent is a systemd service: `cgroup` is then the
+    /// unit's, created and removed by systemd, never by agentguard.
+    pub systemd_unit: Option<super::systemd::SystemdUnit>,
     pub mode: Mode,
     pub dns: DnsMode,
     /// The Unix sockets the agent may connect or send to; the kernel

@@ -21,6 +21,8 @@ const BUCKETS: u64 = 60;
 pub const MAX_KEYS: usize = 16_384;
 /// Largest limit a policy may set per window.
 pub const MAX_LIMIT: u32 = 1_000_000;
+/// Longest window: a week.
+pub const MAX_WINDOW_SECS: u64 = 7 * 86_400;
 
 /// `N/unit`: at most `limit` calls in any `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,34 +33,60 @@ pub struct RateSpec {
 
 impl RateSpec {
     /// `"20/min"`, `"5/s"`, `"100/hour"`, `"1000/day"` (also `sec`,
-    /// `second`, `minute`, `h`, `d`).
+    /// `second`, `minute`, `h`, `d`), and windows of several units:
+    /// `"20/10s"`, `"100/15min"`.
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let bad = || format!("rate {raw:?} must look like \"20/min\" (per s, min, hour or day)");
+        let bad = || {
+            format!(
+                "rate {raw:?} must look like \"20/min\" or \"20/10s\" (per s, min, hour or day)"
+            )
+        };
         let (n, unit) = raw.split_once('/').ok_or_else(bad)?;
         let limit: u32 = n.trim().parse().map_err(|_| bad())?;
-        let window = match unit.trim() {
-            "s" | "sec" | "second" => Duration::from_secs(1),
-            "min" | "minute" => Duration::from_secs(60),
-            "h" | "hour" => Duration::from_secs(3600),
-            "d" | "day" => Duration::from_secs(86_400),
+        let unit = unit.trim();
+        let digits = unit.len() - unit.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let (count, unit) = unit.split_at(digits);
+        let count: u64 = match count {
+            "" => 1,
+            c => c.parse().map_err(|_| bad())?,
+        };
+        let seconds = match unit.trim() {
+            "s" | "sec" | "second" => 1,
+            "min" | "minute" => 60,
+            "h" | "hour" => 3600,
+            "d" | "day" => 86_400,
             _ => return Err(bad()),
         };
+        let window = count
+            .checked_mul(seconds)
+            .filter(|w| (1..=MAX_WINDOW_SECS).contains(w))
+            .ok_or_else(|| {
+                format!(
+                    "rate {raw:?}: the window must be 1 s to {} days",
+                    MAX_WINDOW_SECS / 86_400
+                )
+            })?;
         if limit == 0 || limit > MAX_LIMIT {
             return Err(format!("rate {raw:?}: the count must be 1 to {MAX_LIMIT}"));
         }
-        Ok(Self { limit, window })
+        Ok(Self {
+            limit,
+            window: Duration::from_secs(window),
+        })
     }
 }
 
 impl std::fmt::Display for RateSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let unit = match self.window.as_secs() {
-            1 => "s",
-            60 => "min",
-            3600 => "hour",
-            _ => "day",
-        };
-        write!(f, "{}/{unit}", self.limit)
+        let secs = self.window.as_secs();
+        let (count, unit) = [(86_400, "day"), (3600, "hour"), (60, "min")]
+            .into_iter()
+            .find(|(u, _)| secs.is_multiple_of(*u))
+            .map_or((secs, "s"), |(u, name)| (secs / u, name));
+        match count {
+            1 => write!(f, "{}/{unit}", self.limit),
+            n => write!(f, "{}/{n}{unit}", self.limit),
+        }
     }
 }
 
@@ -262,6 +290,18 @@ mod tests {
             RateSpec::parse("1000/day").unwrap().window.as_secs(),
             86_400
         );
+        // Windows of several units, shown as written.
+        assert_eq!(
+            RateSpec::parse("20/10s").unwrap(),
+            RateSpec {
+                limit: 20,
+                window: Duration::from_secs(10)
+            }
+        );
+        for spec in ["20/10s", "100/15min", "5/2hour", "1/7day", "3/90s"] {
+            assert_eq!(RateSpec::parse(spec).unwrap().to_string(), spec);
+        }
+        assert_eq!(RateSpec::parse("20/60s").unwrap().to_string(), "20/min");
         for bad in [
             "20",
             "0/min",
@@ -270,6 +310,11 @@ mod tests {
             "x/min",
             "20/",
             "2000000/s",
+            "20/0s",
+            "20/8day",
+            "20/10",
+            "20/s10",
+            "20/99999999999999999999s",
         ] {
             assert!(RateSpec::parse(bad).is_err(), "{bad}");
         }

@@ -93,6 +93,19 @@ for path in sys.argv[2:]:
     }
 
     #[test]
+    fn an_agent_that_is_a_systemd_unit_needs_no_cgroup() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bot.toml");
+        std::fs::write(
+            &p,
+            "[agent]\nname = \"bot\"\nsystemd_unit = \"support-bot.service\"\n",
+        )
+        .unwrap();
+        assert!(crate::policy::load_path(&p).is_ok());
+        assert_eq!(validate(&policy_schema(), &[p]), Vec::<String>::new());
+    }
+
+    #[test]
     fn the_schema_refuses_what_the_loader_refuses() {
         let dir = tempfile::tempdir().unwrap();
         let head = "[agent]\nname = \"a\"\ncgroup = \"agentguard/a\"\n";
@@ -102,6 +115,7 @@ for path in sys.argv[2:]:
             format!("{head}mdoe = \"audit\"\n"),
             format!("{head}mode = \"relaxed\"\n"),
             "[agent]\nname = \"a\"\n".to_owned(),
+            "[agent]\nname = \"a\"\nsystemd_unit = \"a.socket\"\n".to_owned(),
             format!("{head}{tool}protocol = \"grpc\"\n"),
             format!("{head}{tool}rate = \"20 a minute\"\n"),
             format!("{head}{tool}rate_per = \"user\"\n"),

@@ -1,16 +1,24 @@
 //! Serving one intercepted connection as HTTP (hyper; HTTP/1.1 or HTTP/2 by
 //! ALPN or preface) and deciding each request against the agent's policy:
 //! default deny, credentials injected only where a tool binds them, bodies
-//! streamed both ways. Each request is planned first (`plan`: pure, from
-//! its head and the policy), then the plan is carried out here.
+//! streamed both ways. Each request is planned first (`plan`: from its head,
+//! the caller and the policy), then the plan is carried out here; a request
+//! whose decision needs its body (a JSON-RPC call, a condition on the body)
+//! is read, bounded, and decided by `call`.
 
+mod agent_body;
+mod aws;
+mod body;
+mod call;
 mod checks;
 mod forward;
 mod hop;
 mod idle;
 mod jwt;
+mod overrides;
 pub(crate) mod plan;
 mod record;
+mod redaction;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
@@ -37,12 +45,14 @@ use super::{
 };
 use crate::{
     audit::{Decision, Event, Kind},
-    credentials::{find_placeholders, inject},
+    credentials::{Placement, Redactor, Requester, find_placeholders, place_secret},
     identity::Identity,
     live::LiveState,
-    policy::{Injection, SecretSource},
+    policy::{AgentIdentity, Injection, SecretSource},
 };
-use plan::{Action, Forward};
+use aws::AgentBody;
+use jwt::JwtSpec;
+use plan::{Action, Caller, Forward};
 use record::{INTENT_HEADER, Outcome, redacted_query};
 
 /// What the proxy knows about an intercepted connection before its first
@@ -80,6 +90,12 @@ pub async fn serve<IO>(io: IO, meta: ConnMeta, ctx: Arc<ProxyContext>, held: Arc
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Who is calling is fixed for the connection: its kernel identity, and
+    // whom `exec --on-behalf-of` said the process acts for.
+    let caller = Arc::new((
+        AgentIdentity::from(&meta.identity),
+        ctx.on_behalf_of.lookup(meta.identity.pid),
+    ));
     let meta = Arc::new(meta);
     let span = tracing::Span::current();
     let client_timeout = ctx.limits.options().client_timeout;
@@ -87,7 +103,7 @@ where
     let service = service_fn({
         let activity = activity.clone();
         move |mut req: Request<Incoming>| {
-            let (meta, ctx) = (meta.clone(), ctx.clone());
+            let (meta, ctx, caller) = (meta.clone(), ctx.clone(), caller.clone());
             let busy = activity.begin();
             req.extensions_mut().insert(ConnPlace {
                 _held: held.clone(),
@@ -107,7 +123,17 @@ where
                 let slot = ctx.limits.request(&meta.identity.agent, &state.policy);
                 let resp = match slot {
                     Ok(slot) => {
-                        let resp = handle(req, &meta, &ctx, &state, &mut outcome).await;
+                        let (identity, on_behalf_of) = &*caller;
+                        let resp = handle(
+                            req,
+                            &meta,
+                            identity,
+                            on_behalf_of.as_deref(),
+                            &ctx,
+                            &state,
+                            &mut outcome,
+                        )
+                        .await;
                         outcome
                             .attach(resp)
                             .map(|b| idle::Holding::new(b, (busy, Some(slot))))
@@ -151,24 +177,54 @@ where
 }
 
 /// Plans one request and carries the plan out.
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     mut req: Request<Incoming>,
     meta: &ConnMeta,
+    identity: &AgentIdentity,
+    on_behalf_of: Option<&str>,
     ctx: &ProxyContext,
-    state: &LiveState,
+    state: &Arc<LiveState>,
     out: &mut Outcome,
 ) -> Response<ProxyBody> {
     // The intent is recorded (Outcome::new read it) and goes no further.
     req.headers_mut().remove(INTENT_HEADER);
-    let plan = plan::plan(&req, meta, &state.policy, &*ctx.resolvers);
+    if out.event.on_behalf_of.is_none() {
+        out.event.on_behalf_of = on_behalf_of.map(str::to_owned);
+    }
+    let intent = out.event.intent.clone();
+    let caller = Caller {
+        identity,
+        on_behalf_of,
+        intent: intent.as_deref(),
+        now: std::time::SystemTime::now(),
+        limiter: &ctx.limiter,
+    };
+    // What an AWS SDK signed for (and a signed body, which holds a Query
+    // protocol request's action), read before the decision.
+    if let Some(render) = aws::render(&req) {
+        out.render = render;
+    }
+    let mut req = match aws::read(req, ctx.limits.options().client_timeout).await {
+        Ok(req) => req,
+        Err(refusal) => return out.refuse(refusal),
+    };
+    let plan = plan::plan(&req, meta, &state.policy, &*ctx.resolvers, &caller);
     out.note(plan.noted);
     let forwarded = match plan.action {
         Action::Refuse(refusal) => Err(refusal),
-        Action::Forward(plan) => {
-            // Nothing goes upstream while the record cannot be kept: the
-            // agent waits until the audit store commits again.
-            ctx.audit.committing().await;
-            forward(req, plan, meta, ctx, state, out).await
+        Action::Forward(plan) if plan.resumed_lists => {
+            let (host, path) = (plan.host.clone(), plan.path.clone());
+            call::prepare_resumed(&mut req);
+            match forward(req, plan, meta, ctx, state, out).await {
+                Ok(resp) => call::filter_resumed(resp, state, meta, &host, &path).await,
+                Err(refusal) => Err(refusal),
+            }
+        }
+        Action::Forward(plan) => forward(req, plan, meta, ctx, state, out).await,
+        Action::Decide(pending) => {
+            let req = req.map(AgentBody::into_proxy_body);
+            call::decide(req, pending, &caller, meta, ctx, state, out).await
         }
     };
     forwarded.unwrap_or_else(|refusal| out.refuse(refusal))
@@ -178,13 +234,18 @@ async fn handle(
 /// token minted for the request), the request sent upstream, the response
 /// readied for the agent. What can still go wrong is a [`Refusal`].
 async fn forward(
-    mut req: Request<Incoming>,
+    mut req: Request<AgentBody>,
     plan: Forward<'_>,
     meta: &ConnMeta,
     ctx: &ProxyContext,
     state: &LiveState,
     out: &mut Outcome,
 ) -> Result<Response<ProxyBody>, Refusal> {
+    // Nothing goes upstream (nor to a credential's token endpoint) while
+    // the record cannot be kept: the agent waits until the audit store
+    // commits again. Every forwarding path, head- or body-decided, passes
+    // here.
+    ctx.audit.committing().await;
     let agent = &meta.identity.agent;
     let Forward {
         authority,
@@ -192,61 +253,86 @@ async fn forward(
         path,
         upgrade,
         credential,
+        // Carried out by the caller, on the answer.
+        resumed_lists: _,
+        allow_overrides,
+        aws,
         timeouts,
     } = plan;
     let timeouts = ctx.limits.upstream(timeouts.as_ref());
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let place = req.extensions_mut().remove::<ConnPlace>();
     let (mut parts, body) = req.into_parts();
+    let stripped = overrides::strip(&mut parts.headers, allow_overrides);
+    if !stripped.is_empty() {
+        debug!(headers = ?stripped, "override headers stripped");
+    }
 
     let mut jwt = None;
-    if let Some(credential) = credential {
-        // An upstream's echo of the secret can only be redacted in a body
-        // that is not compressed; the agent does not get to choose.
-        parts.headers.insert(
-            hyper::header::ACCEPT_ENCODING,
-            hyper::header::HeaderValue::from_static("identity"),
-        );
-        if let SecretSource::Jwt(j) = &credential.source {
-            // Minted once the upstream's request head is final (below).
-            jwt = Some(jwt::JwtSpec {
-                audience: &j.audience,
-                scope: &j.scope,
-                ttl: j.ttl,
-                inject: &credential.inject,
-            });
-        }
+    if let Some(credential) = credential
+        && let SecretSource::Jwt(j) = &credential.source
+    {
+        // Minted once the upstream's request head is final (below).
+        jwt = Some(JwtSpec {
+            audience: &j.audience,
+            scope: &j.scope,
+            ttl: j.ttl,
+            inject: &credential.inject,
+        });
     }
-    if let Some(credential) = credential.filter(|_| jwt.is_none()) {
-        let secret = match state.credentials.secret(agent, &credential.id).await {
+    let mut aws_creds = None;
+    if let (Some(credential), Some(_)) = (credential, &aws) {
+        match state
+            .credentials
+            .aws_credentials(agent, &credential.id)
+            .await
+        {
+            Ok(c) => aws_creds = Some(c),
+            Err(e) => {
+                warn!(credential = %credential.id, error = %e, "aws credentials unavailable");
+                let refusal = Refusal::credential_failed(credential.id.clone(), e);
+                record_credential_failure(ctx, meta, out, &credential.id, &host, &refusal).await;
+                return Err(refusal);
+            }
+        }
+        // Signed again below, once the upstream's head is final.
+        aws::strip_agent_signature(&mut parts);
+    }
+    if let Some(credential) = credential.filter(|_| jwt.is_none() && aws.is_none()) {
+        let on_behalf_of = || ctx.on_behalf_of.lookup(meta.identity.pid);
+        let requester = Requester {
+            agent,
+            kernel: Some((&meta.identity.cgroup, meta.identity.uid)),
+            on_behalf_of: &on_behalf_of,
+            issuer: &*ctx.minter,
+        };
+        let secret = match state
+            .credentials
+            .secret_for(&requester, &credential.id)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 warn!(credential = %credential.id, error = %e, "credential unavailable");
-                let refusal = Refusal::CredentialUnavailable {
-                    id: credential.id.clone(),
-                    source: Box::new(e),
-                };
-                let mut failure = meta
-                    .identity
-                    .stamp(Event::new(Kind::CredentialFailure))
-                    .with_decision(Decision::Refuse, refusal.to_string());
-                failure.credential_id = Some(credential.id.clone());
-                failure.tool = out.event.tool.clone();
-                failure.host = Some(host.clone());
-                failure.policy_version = out.event.policy_version.clone();
-                ctx.audit.record(failure).await;
+                let refusal = Refusal::credential_failed(credential.id.clone(), e);
+                record_credential_failure(ctx, meta, out, &credential.id, &host, &refusal).await;
                 return Err(refusal);
             }
         };
-        inject(&credential.inject, &secret, &mut parts).map_err(|e| {
-            Refusal::CredentialInjection {
+        // In place of the agent's placeholders, wherever its SDK put them;
+        // else where the policy says.
+        let placement = place_secret(&credential.id, &credential.inject, &secret, &mut parts)
+            .map_err(|e| Refusal::CredentialInjection {
                 id: credential.id.clone(),
                 source: Box::new(e),
-            }
-        })?;
+            })?;
         // The URI now carries the secret if it went into the query: the
-        // record keeps the agent's query with that parameter redacted.
-        if let Injection::Query { param } = &credential.inject {
+        // record keeps the agent's query with that parameter redacted. (A
+        // rewritten placeholder is recorded as the agent sent it: the
+        // placeholder, never the secret.)
+        if placement == Placement::Injected
+            && let Injection::Query { param } = &credential.inject
+        {
             let query = out
                 .event
                 .path
@@ -257,6 +343,16 @@ async fn forward(
             out.event.path = Some(format!("{path}?{}", redacted_query(&query, param)));
         }
     }
+    // A minted token replaces whatever the agent sent in its header (the
+    // credential's placeholder, for SDKs that insist on a key): gone before
+    // the check below, as it will be once the token is put there.
+    if let Some(JwtSpec {
+        inject: Injection::Header { name, .. },
+        ..
+    }) = &jwt
+    {
+        parts.headers.remove(name);
+    }
     // A placeholder left anywhere after injection is one the policy does not
     // bind here: it must not leave the machine.
     if let Some((location, id)) = find_placeholders(&parts).into_iter().next() {
@@ -264,10 +360,30 @@ async fn forward(
     }
     forward::prepare(&mut parts, &authority, meta.scheme(), &path, upgrade)
         .map_err(Refusal::BadRequest)?;
+    if let (Some(scope), Some(creds)) = (&aws, &aws_creds) {
+        let read = match &body {
+            AgentBody::Read(bytes) => Some(bytes),
+            AgentBody::Live(_) => None,
+        };
+        aws::resign(&mut parts, scope, read, creds)?;
+    }
     let mut minted = None;
-    let body = match jwt {
-        None => boxed(body),
-        Some(spec) => {
+    let mut body_failure = None;
+    let body = match (jwt, body) {
+        (None, AgentBody::Live(body)) => {
+            let (watched, failure) = agent_body::watch(body);
+            body_failure = Some(failure);
+            watched.boxed()
+        }
+        (None, AgentBody::Read(bytes)) => http_body_util::Full::new(bytes)
+            .map_err(|n| match n {})
+            .boxed(),
+        (Some(_), AgentBody::Read(_)) => {
+            return Err(Refusal::BadRequest(
+                "a JWT-bound tool does not take AWS-signed requests".into(),
+            ));
+        }
+        (Some(spec), AgentBody::Live(body)) => {
             let bound = jwt::bind(&mut parts, body, &spec, meta, ctx).await?;
             out.event.token_jti = Some(bound.jti.clone());
             out.event.on_behalf_of = bound.on_behalf_of.clone();
@@ -277,6 +393,14 @@ async fn forward(
                 .boxed()
         }
     };
+    // Every response to an agent that holds secrets is searched for them;
+    // the token went upstream only, and an echo of it is cut like any.
+    let redactor = Redactor::new(&state.credentials.known_secrets(agent), minted.as_slice());
+    if redactor.is_some() {
+        // Only what can be searched comes back: no compression, whatever
+        // the agent asked for.
+        redaction::prepare(&mut parts.headers);
+    }
     let upstream_req = Request::from_parts(parts, out.count_request_body(body));
     let client = ctx.upstreams.client(agent, &host, meta.dst, upgrade);
     let sent = Instant::now();
@@ -284,16 +408,24 @@ async fn forward(
     let mut resp = deadline::send(&client, upstream_req, timeouts, client_timeout)
         .await
         .map_err(|e| {
+            // The agent's malformed body is the agent's fault, whatever
+            // the upstream made of it.
+            if let Some(reason) = body_failure.as_ref().and_then(|f| f.get()) {
+                return Refusal::BodyUnreadable(reason.clone());
+            }
             let refusal = e.into_refusal();
             warn!(reason = %refusal, "upstream failed");
             refusal
         })?;
     ctx.metrics.observe_upstream_latency(sent.elapsed());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(r) = &redactor {
+            redaction::upgraded(&mut resp, r)?;
+        }
         if let Some(agent_side) = agent_upgrade {
             let upstream_side = hyper::upgrade::on(&mut resp);
             // The tunnel keeps the connection's place until it closes.
-            let tunnel = forward::tunnel(agent_side, upstream_side);
+            let tunnel = forward::tunnel(agent_side, upstream_side, redactor);
             tokio::spawn(
                 async move {
                     tunnel.await;
@@ -306,12 +438,30 @@ async fn forward(
     }
     // Once the head is in, the body flows as long as it makes progress.
     let resp = resp.map(|b| deadline::idle_limited(b, timeouts.body_idle));
-    let mut secrets = state.credentials.known_secrets(agent);
-    // The token went upstream only: an echo of it is cut like any secret.
-    secrets.extend(minted);
-    let mut resp = forward::finish(resp, &secrets).await;
+    let mut resp = forward::finish(resp, redactor).await?;
     if out.decision() == Some(Decision::WouldDeny) {
         respond::mark_would_deny(&mut resp);
     }
     Ok(resp)
+}
+
+/// The record of a credential that could not be had (its id, never a
+/// value), beside the request's own event.
+async fn record_credential_failure(
+    ctx: &ProxyContext,
+    meta: &ConnMeta,
+    out: &Outcome,
+    credential: &str,
+    host: &str,
+    refusal: &Refusal,
+) {
+    let mut failure = meta
+        .identity
+        .stamp(Event::new(Kind::CredentialFailure))
+        .with_decision(Decision::Refuse, refusal.to_string());
+    failure.credential_id = Some(credential.to_owned());
+    failure.tool = out.event.tool.clone();
+    failure.host = Some(host.to_owned());
+    failure.policy_version = out.event.policy_version.clone();
+    ctx.audit.record(failure).await;
 }

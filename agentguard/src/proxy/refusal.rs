@@ -5,10 +5,10 @@
 //! the one place that turns a request's refusal into a response and its
 //! record is `Outcome::refuse` (`http/record.rs`).
 //!
-//! Call sites build a variant and nothing else, so a new status (a `429`
-//! with `Retry-After` is one variant and one arm in [`super::respond`]) or a
-//! new rendering (a JSON-RPC error for MCP tool calls, chosen per request
-//! by [`super::respond::Render`]) changes no call site.
+//! Call sites build a variant and nothing else: the status (`429` with
+//! `Retry-After` over a rate) and the rendering (a JSON body, or JSON-RPC
+//! errors with the request's ids for MCP and JSON-RPC calls, chosen per
+//! request by [`super::respond::Render`]) follow from it.
 
 use std::net::IpAddr;
 
@@ -16,7 +16,15 @@ use hyper::StatusCode;
 use thiserror::Error;
 
 use super::sniff::SniffError;
-use crate::{audit::Decision, credentials::CredentialError, identity::IdentityError};
+use crate::{
+    audit::Decision,
+    credentials::CredentialError,
+    identity::IdentityError,
+    mcp::{self, HeaderMismatch, McpError},
+};
+
+/// JSON-RPC 2.0 §5.1 "Internal error".
+const INTERNAL_ERROR: i64 = -32603;
 
 /// Why agentguard answers a request itself instead of forwarding it.
 #[derive(Debug, Error)]
@@ -25,8 +33,10 @@ pub enum Refusal {
     /// rebuilt for the upstream.
     #[error("{0}")]
     BadRequest(String),
-    #[error("failed to read the request body: {0}")]
-    BodyUnreadable(#[source] hyper::Error),
+    /// The agent's request body is malformed (a bad chunked encoding) or
+    /// ended early: the agent's fault, whatever the upstream had begun.
+    #[error("the request body could not be read: {0}")]
+    BodyUnreadable(String),
     /// The path does not normalise (encoded `/`, control characters, ...).
     #[error("request path refused: {0}")]
     Path(String),
@@ -38,16 +48,62 @@ pub enum Refusal {
     /// attributed.
     #[error("agent {0:?} is no longer in the policy")]
     UnknownAgent(String),
-    /// The policy denies the request (enforce mode).
+    /// The policy denies the request or call (enforce mode); `rule` is the
+    /// kind of denial (`default-deny`, `call-not-allowed`, `condition`, ...).
     #[error("{reason}")]
-    Denied { reason: String },
+    Denied { rule: &'static str, reason: String },
+    /// Over a tool's rate (or the limiter is full): try again in
+    /// `retry_after_secs`.
+    #[error("{reason}")]
+    RateLimited {
+        rule: &'static str,
+        reason: String,
+        retry_after_secs: u64,
+    },
+    /// A body the policy reads to decide is longer than the bound: refused,
+    /// never forwarded unchecked.
+    #[error(
+        "request body is larger than {max} bytes, the most read to decide this call (max_body); refused rather than forwarded unchecked"
+    )]
+    BodyTooLarge { max: usize },
+    /// A JSON-RPC endpoint's POST must carry JSON.
+    #[error("a JSON-RPC request must have a JSON content type (application/json)")]
+    NotJson,
+    /// A JSON body a condition reads is not JSON agentguard accepts.
+    #[error("request body: {0}")]
+    BodyJson(String),
+    /// A JSON-RPC body agentguard cannot read (parse error, invalid
+    /// request).
+    #[error("{0}")]
+    JsonRpc(#[source] McpError),
+    /// The MCP headers disagree with the body (SEP-2243).
+    #[error("{0}")]
+    HeaderMismatch(#[source] HeaderMismatch),
+    /// The upstream's list response could not be filtered: it is not passed
+    /// on unfiltered.
+    #[error("the upstream's list response could not be filtered: {0}")]
+    ListUnfiltered(String),
     /// After a 101 nothing more is decided: only WebSocket is relayed.
     #[error("only WebSocket upgrades are relayed")]
     UpgradeRefused,
+    /// `_method` in the query of a tool that binds a credential: a server
+    /// that honours it runs another method than the policy allowed.
+    #[error(
+        "the _method query parameter is refused on tool {tool:?}, which binds a credential (allow it with allow_overrides = [\"_method\"])"
+    )]
+    MethodOverride { tool: String },
     #[error("tool {tool:?} binds credential {credential:?}, which is only sent over TLS")]
     CredentialOverPlainHttp { tool: String, credential: String },
     #[error("credential {id:?} is unavailable: {source}")]
     CredentialUnavailable {
+        id: String,
+        source: Box<CredentialError>,
+    },
+    /// A delegated token, a credential helper's secret or AWS credentials
+    /// could not be had from what serves them (token endpoint, helper,
+    /// STS): the request is not sent with anything else instead.
+    #[error("credential {id:?} could not be fetched: {source}")]
+    CredentialFetch {
         id: String,
         source: Box<CredentialError>,
     },
@@ -70,6 +126,10 @@ pub enum Refusal {
         "request body is larger than {max} bytes: a JWT-bound tool's body is hashed into its token, and is refused rather than sent unbound"
     )]
     JwtBodyTooLarge { max: usize },
+    /// An AWS request agentguard does not re-sign (presigned URLs, SigV4a,
+    /// streaming signed payloads, bodies past the bound), with the reason.
+    #[error("AWS request refused: {0}")]
+    AwsRefused(String),
     /// The upstream's certificate did not verify for the host: nothing was
     /// sent.
     #[error("{0}")]
@@ -91,26 +151,43 @@ pub enum Refusal {
     /// arrive in time.
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(std::time::Duration),
+    /// The upstream's reply is coded so that secrets in it could not be
+    /// found (compressed although identity was asked for, a WebSocket
+    /// extension): not relayed.
+    #[error("{0}")]
+    UpstreamUnredactable(String),
 }
 
 impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::BadRequest(_) | Refusal::BodyUnreadable(_) | Refusal::Path(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Refusal::BadRequest(_)
+            | Refusal::BodyUnreadable(_)
+            | Refusal::Path(_)
+            | Refusal::BodyJson(_)
+            | Refusal::JsonRpc(_)
+            | Refusal::HeaderMismatch(_)
+            | Refusal::AwsRefused(_) => StatusCode::BAD_REQUEST,
+            Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Refusal::ListUnfiltered(_) => StatusCode::BAD_GATEWAY,
             Refusal::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             Refusal::UnknownAgent(_)
             | Refusal::Denied { .. }
             | Refusal::UpgradeRefused
+            | Refusal::MethodOverride { .. }
             | Refusal::CredentialOverPlainHttp { .. }
             | Refusal::Placeholder { .. } => StatusCode::FORBIDDEN,
             Refusal::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::CredentialFetch { .. } => StatusCode::BAD_GATEWAY,
             Refusal::CredentialInjection { .. }
             | Refusal::TokenInjection(_)
             | Refusal::TokenMint(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Refusal::JwtBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Refusal::UpstreamUnverified(_) | Refusal::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            Refusal::UpstreamUnverified(_)
+            | Refusal::UpstreamFailed(_)
+            | Refusal::UpstreamUnredactable(_) => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Refusal::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -118,33 +195,36 @@ impl Refusal {
         }
     }
 
-    /// Seconds after which trying again may succeed, for `Retry-After`.
-    pub fn retry_after(&self) -> Option<u32> {
-        match self {
-            Refusal::TooManyRequests { .. } | Refusal::Overloaded(_) => Some(1),
-            _ => None,
-        }
-    }
-
     /// The short code the audit record and the error body carry.
     pub fn rule(&self) -> &'static str {
         match self {
-            Refusal::BadRequest(_) | Refusal::BodyUnreadable(_) => "bad-request",
+            Refusal::BadRequest(_) => "bad-request",
+            Refusal::BodyUnreadable(_) => "bad-request-body",
             Refusal::Path(_) => "path-refused",
             Refusal::Misdirected(_) => "misdirected",
             Refusal::UnknownAgent(_) => "unknown-agent",
-            Refusal::Denied { .. } => "default-deny",
+            Refusal::Denied { rule, .. } | Refusal::RateLimited { rule, .. } => rule,
+            Refusal::BodyTooLarge { .. } => "body-too-large",
+            Refusal::NotJson => "not-json",
+            Refusal::BodyJson(_) => "bad-request",
+            Refusal::JsonRpc(_) => "json-rpc-invalid",
+            Refusal::HeaderMismatch(_) => "mcp-header-mismatch",
+            Refusal::ListUnfiltered(_) => "list-unfilterable",
             Refusal::UpgradeRefused => "upgrade-refused",
+            Refusal::MethodOverride { .. } => "method-override",
             Refusal::CredentialOverPlainHttp { .. } => "credential-over-plain-http",
             Refusal::CredentialUnavailable { .. } => "credential-unavailable",
+            Refusal::CredentialFetch { .. } => "credential-fetch-failed",
             Refusal::CredentialInjection { .. } | Refusal::TokenInjection(_) => {
                 "credential-injection"
             }
             Refusal::TokenMint(_) => "token-mint",
             Refusal::Placeholder { .. } => "placeholder",
+            Refusal::AwsRefused(_) => "aws-request-refused",
             Refusal::JwtBodyTooLarge { .. } => "jwt-body-too-large",
             Refusal::UpstreamUnverified(_) => "upstream-unverified",
             Refusal::UpstreamFailed(_) => "upstream-failed",
+            Refusal::UpstreamUnredactable(_) => "upstream-unredactable",
             Refusal::UpstreamTimeout(_) => "upstream-timeout",
             Refusal::TooManyRequests { .. } => "agent-request-limit",
             Refusal::Overloaded(_) => "overloaded",
@@ -152,12 +232,82 @@ impl Refusal {
         }
     }
 
+    /// A credential that could not be had: 502 where what serves it
+    /// (token endpoint, helper, STS) failed, else 503.
+    pub fn credential_failed(id: String, source: CredentialError) -> Self {
+        match source {
+            CredentialError::Exchange { .. }
+            | CredentialError::Process { .. }
+            | CredentialError::Aws { .. } => Refusal::CredentialFetch {
+                id,
+                source: Box::new(source),
+            },
+            _ => Refusal::CredentialUnavailable {
+                id,
+                source: Box::new(source),
+            },
+        }
+    }
+
     /// A policy's denial is `deny`; everything agentguard refuses on its
     /// own account (malformed, misdirected, unverifiable) is `refuse`.
     pub fn decision(&self) -> Decision {
         match self {
-            Refusal::Denied { .. } => Decision::Deny,
+            Refusal::Denied { .. } | Refusal::RateLimited { .. } => Decision::Deny,
             _ => Decision::Refuse,
+        }
+    }
+
+    /// The seconds a client should wait before trying again (`Retry-After`).
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Refusal::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            // A slot frees when one of the agent's requests (or anyone's
+            // socket) ends: soon, so a second is enough.
+            Refusal::TooManyRequests { .. } | Refusal::Overloaded(_) => Some(1),
+            _ => None,
+        }
+    }
+
+    /// The JSON-RPC error code of this refusal, for MCP and JSON-RPC
+    /// clients.
+    pub fn json_rpc_code(&self) -> i64 {
+        match self {
+            Refusal::Denied { .. } => mcp::POLICY_DENIED,
+            Refusal::RateLimited { .. } => mcp::RATE_LIMITED,
+            Refusal::HeaderMismatch(_) => mcp::HEADER_MISMATCH,
+            Refusal::JsonRpc(e) => e.code(),
+            Refusal::BodyJson(_) => mcp::PARSE_ERROR,
+            Refusal::BodyTooLarge { .. } | Refusal::NotJson | Refusal::BadRequest(_) => {
+                mcp::INVALID_REQUEST
+            }
+            // agentguard's own failures (credential, upstream, ...): the
+            // JSON-RPC "Internal error".
+            _ => INTERNAL_ERROR,
+        }
+    }
+
+    /// A denial of one call, from the policy's decision.
+    pub fn from_denied(denied: crate::policy::Denied) -> Refusal {
+        use crate::policy::DenyRule;
+        match denied.rule {
+            DenyRule::RateLimited { retry_after_secs } => Refusal::RateLimited {
+                rule: denied.rule.as_str(),
+                reason: denied.reason,
+                retry_after_secs,
+            },
+            // Full of live counts: a moment later there is room.
+            DenyRule::RateLimiterFull => Refusal::RateLimited {
+                rule: denied.rule.as_str(),
+                reason: denied.reason,
+                retry_after_secs: 1,
+            },
+            rule => Refusal::Denied {
+                rule: rule.as_str(),
+                reason: denied.reason,
+            },
         }
     }
 }

@@ -9,21 +9,22 @@
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::{
-    Response,
+    Response, StatusCode,
     body::Bytes,
     header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER},
 };
 use serde::Serialize;
+use serde_json::{Value, json};
 
 use super::{refusal::Refusal, upstream::ProxyBody};
-use crate::audit::Decision;
+use crate::{audit::Decision, mcp};
 
 pub const DECISION_HEADER: &str = "x-agentguard-decision";
 /// agentguard refused the request on its own account (malformed,
 /// misdirected, placeholder misuse, upstream unverifiable).
-const DECISION_REFUSE: &str = "refuse";
+pub const DECISION_REFUSE: &str = "refuse";
 /// The agent's policy denies the request.
-const DECISION_DENY: &str = "deny";
+pub const DECISION_DENY: &str = "deny";
 /// The policy would deny it, but the agent runs in audit mode.
 const DECISION_WOULD_DENY: &str = "would-deny";
 
@@ -33,6 +34,32 @@ pub enum Render {
     /// A JSON body `{"error", "agent", "rule"}` with the refusal's status:
     /// what every HTTP client can show.
     #[default]
+    Json,
+    /// JSON-RPC error responses, for a POST to an MCP or JSON-RPC tool: an
+    /// MCP SDK reports them as the call's error, where a bare 4xx would be
+    /// a transport failure. One error per request of the body (`ids`, an
+    /// array for a batch), or one with a null id when the body could not
+    /// be read. A policy's denial is the call's answer (HTTP 200); other
+    /// refusals keep their status (429 over a rate, 400 for a body
+    /// agentguard cannot read, ...), which MCP SDKs read the JSON-RPC error
+    /// of too.
+    JsonRpc { ids: Vec<Value>, batch: bool },
+    /// An AWS SDK's request: the error in the shape its protocol parses
+    /// (an SDK that cannot parse an error reports a parser failure, not
+    /// the refusal).
+    Aws(AwsDialect),
+}
+
+/// The error shapes of AWS protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwsDialect {
+    /// EC2's query protocol: `<Response><Errors><Error>`.
+    Ec2,
+    /// The query protocol (STS, IAM, SQS, SNS): `<ErrorResponse><Error>`.
+    Query,
+    /// S3's REST-XML: `<Error>`.
+    S3,
+    /// The JSON protocols: `{"__type", "message"}`.
     Json,
 }
 
@@ -45,13 +72,36 @@ struct ErrorBody<'a> {
     rule: &'a str,
 }
 
-/// The response that tells `agent` it was refused.
-pub fn refusal(refusal: &Refusal, agent: &str, render: &Render) -> Response<ProxyBody> {
-    let decision = match refusal.decision() {
+/// The JSON-RPC error (code, message, data) that tells `agent` a call was
+/// refused: the message names agentguard and its reason, `data` the rule
+/// (and `retryAfterMs` over a rate).
+pub fn json_rpc_error(refusal: &Refusal, agent: &str) -> (i64, String, Value) {
+    let mut data = json!({
+        "agent": agent,
+        "rule": refusal.rule(),
+        "decision": decision_str(refusal),
+    });
+    if let Some(secs) = refusal.retry_after() {
+        data["retryAfterMs"] = json!(secs.saturating_mul(1000));
+    }
+    (
+        refusal.json_rpc_code(),
+        format!("agentguard: {refusal}"),
+        data,
+    )
+}
+
+fn decision_str(refusal: &Refusal) -> &'static str {
+    match refusal.decision() {
         Decision::Deny => DECISION_DENY,
         _ => DECISION_REFUSE,
-    };
-    match render {
+    }
+}
+
+/// The response that tells `agent` it was refused.
+pub fn refusal(refusal: &Refusal, agent: &str, render: &Render) -> Response<ProxyBody> {
+    let (status, body) = match render {
+        Render::Aws(dialect) => return aws_error(refusal, *dialect, decision_str(refusal)),
         Render::Json => {
             let reason = refusal.to_string();
             let body = serde_json::to_vec(&ErrorBody {
@@ -60,23 +110,110 @@ pub fn refusal(refusal: &Refusal, agent: &str, render: &Render) -> Response<Prox
                 rule: refusal.rule(),
             })
             .unwrap_or_default();
-            let mut resp = Response::new(
-                Full::new(Bytes::from(body))
-                    .map_err(|never| match never {})
-                    .boxed(),
-            );
-            *resp.status_mut() = refusal.status();
-            resp.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            resp.headers_mut()
-                .insert(DECISION_HEADER, HeaderValue::from_static(decision));
-            if let Some(secs) = refusal.retry_after() {
-                resp.headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from(secs));
-            }
-            resp
+            (refusal.status(), body)
         }
+        Render::JsonRpc { ids, batch } => {
+            let (code, message, data) = json_rpc_error(refusal, agent);
+            let error =
+                |id: Option<&Value>| mcp::error_response(id, code, &message, Some(data.clone()));
+            let value = match (batch, ids.as_slice()) {
+                (false, ids) => error(ids.first()),
+                (true, []) => Value::Array(vec![error(None)]),
+                (true, ids) => Value::Array(ids.iter().map(|id| error(Some(id))).collect()),
+            };
+            let status = match refusal {
+                Refusal::Denied { .. } => StatusCode::OK,
+                other => other.status(),
+            };
+            (status, serde_json::to_vec(&value).unwrap_or_default())
+        }
+    };
+    let mut resp = json_response(status, body, decision_str(refusal));
+    if let Some(secs) = refusal.retry_after() {
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
     }
+    resp
+}
+
+/// A JSON response agentguard writes itself, marked with its decision.
+pub fn json_response(
+    status: StatusCode,
+    body: Vec<u8>,
+    decision: &'static str,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(DECISION_HEADER, HeaderValue::from_static(decision));
+    resp
+}
+
+/// XML text with `&`, `<`, `>` and quotes escaped.
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn aws_error(
+    refusal: &Refusal,
+    dialect: AwsDialect,
+    decision: &'static str,
+) -> Response<ProxyBody> {
+    let status = refusal.status();
+    let code = match status.as_u16() {
+        403 => "AccessDenied",
+        413 => "EntityTooLarge",
+        400..=499 => "InvalidRequest",
+        _ => "ServiceUnavailable",
+    };
+    let message = format!("{} (agentguard rule {})", refusal, refusal.rule());
+    let (content_type, body) = match dialect {
+        AwsDialect::Json => (
+            "application/x-amz-json-1.1",
+            serde_json::json!({ "__type": code, "message": message }).to_string(),
+        ),
+        AwsDialect::Ec2 => (
+            "text/xml",
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{}</Message></Error></Errors><RequestID>agentguard</RequestID></Response>",
+                xml_escape(&message)
+            ),
+        ),
+        AwsDialect::Query => (
+            "text/xml",
+            format!(
+                "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{}</Message></Error><RequestId>agentguard</RequestId></ErrorResponse>",
+                xml_escape(&message)
+            ),
+        ),
+        AwsDialect::S3 => (
+            "application/xml",
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{}</Message><RequestId>agentguard</RequestId></Error>",
+                xml_escape(&message)
+            ),
+        ),
+    };
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(DECISION_HEADER, HeaderValue::from_static(decision));
+    resp
 }
 
 /// Marks an upstream's response to a request the policy would have denied
@@ -112,11 +249,80 @@ mod tests {
             })
         );
         let denied = Refusal::Denied {
+            rule: "default-deny",
             reason: "no tool allows it".into(),
         };
         let resp = refusal(&denied, "bot", &Render::Json);
         assert_eq!(resp.status(), hyper::StatusCode::FORBIDDEN);
         assert_eq!(resp.headers()[DECISION_HEADER], "deny");
         assert_eq!(body(resp).await["rule"], "default-deny");
+        // Over a rate: 429 with Retry-After, whatever the rendering.
+        let limited = Refusal::RateLimited {
+            rule: "rate-limited",
+            reason: "tool \"t\" allows 20/min".into(),
+            retry_after_secs: 7,
+        };
+        let resp = refusal(&limited, "bot", &Render::Json);
+        assert_eq!(resp.status(), hyper::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[RETRY_AFTER], "7");
+        assert_eq!(body(resp).await["rule"], "rate-limited");
+    }
+
+    #[tokio::test]
+    async fn json_rpc_clients_get_errors_with_their_ids() {
+        let denied = Refusal::Denied {
+            rule: "call-not-allowed",
+            reason: "MCP tool \"delete_repo\" is not allowed".into(),
+        };
+        let single = Render::JsonRpc {
+            ids: vec![json!(7)],
+            batch: false,
+        };
+        // A denial is the call's answer: HTTP 200, the error names
+        // agentguard and its reason.
+        let resp = refusal(&denied, "bot", &single);
+        assert_eq!(resp.status(), hyper::StatusCode::OK);
+        assert_eq!(resp.headers()[DECISION_HEADER], "deny");
+        let v = body(resp).await;
+        assert_eq!(v["jsonrpc"], "2.0");
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["error"]["code"], mcp::POLICY_DENIED);
+        assert_eq!(
+            v["error"]["message"],
+            "agentguard: MCP tool \"delete_repo\" is not allowed"
+        );
+        assert_eq!(v["error"]["data"]["rule"], "call-not-allowed");
+        // Over a rate: 429, Retry-After, -32023 with retryAfterMs.
+        let limited = Refusal::RateLimited {
+            rule: "rate-limited",
+            reason: "over".into(),
+            retry_after_secs: 3,
+        };
+        let resp = refusal(&limited, "bot", &single);
+        assert_eq!(resp.status(), hyper::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[RETRY_AFTER], "3");
+        let v = body(resp).await;
+        assert_eq!(v["error"]["code"], mcp::RATE_LIMITED);
+        assert_eq!(v["error"]["data"]["retryAfterMs"], 3000);
+        // A batch: one error per request; a body never read: a null id.
+        let batch = Render::JsonRpc {
+            ids: vec![json!(1), json!("b")],
+            batch: true,
+        };
+        let resp = refusal(&Refusal::UpstreamFailed("down".into()), "bot", &batch);
+        assert_eq!(resp.status(), hyper::StatusCode::BAD_GATEWAY);
+        let v = body(resp).await;
+        assert_eq!(v[0]["id"], 1);
+        assert_eq!(v[1]["id"], "b");
+        assert_eq!(v[1]["error"]["code"], -32603);
+        let unread = Render::JsonRpc {
+            ids: vec![],
+            batch: false,
+        };
+        let resp = refusal(&Refusal::BodyTooLarge { max: 10 }, "bot", &unread);
+        assert_eq!(resp.status(), hyper::StatusCode::PAYLOAD_TOO_LARGE);
+        let v = body(resp).await;
+        assert_eq!(v["id"], Value::Null);
+        assert_eq!(v["error"]["code"], mcp::INVALID_REQUEST);
     }
 }

@@ -51,6 +51,24 @@ pub fn boxed(body: hyper::body::Incoming) -> ProxyBody {
     body.map_err(BodyError::from).boxed()
 }
 
+/// The whole body, if it is at most `max` bytes. (A loop rather than
+/// `http_body_util::Limited`: its generic error conversion, inside the
+/// proxy's request future, defeats rustc's proof that the future is
+/// `Send`.)
+pub async fn collect_limited(mut body: ProxyBody, max: usize) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt as _;
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if buf.len() + data.len() > max {
+                return Err(format!("body larger than {max} bytes").into());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
 /// Why no connection to the upstream was made. Carried inside hyper's
 /// error, and found there again by [`connect_error`].
 #[derive(Debug, Error)]

@@ -48,6 +48,10 @@ impl Minter {
         issuer(&self.trust_domain)
     }
 
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
     /// The current signing key's id.
     pub fn kid(&self) -> String {
         self.keys
@@ -100,9 +104,10 @@ impl Minter {
         Ok(Minted { token, claims })
     }
 
-    /// Signs arbitrary claims with the current key (tests make expired and
-    /// otherwise doctored tokens with it).
-    pub fn sign(&self, claims: &Claims) -> Result<String, String> {
+    /// Signs arbitrary claims with the current key: request-bound tokens,
+    /// identity tokens (`identity.rs`), and the expired and otherwise
+    /// doctored tokens of tests.
+    pub fn sign<C: serde::Serialize>(&self, claims: &C) -> Result<String, String> {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         let mut header = Header::new(keys.algorithm().jwt());
         header.kid = Some(keys.kid().to_owned());

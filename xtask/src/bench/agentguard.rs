@@ -16,13 +16,18 @@ use anyhow::{Context, Result, bail};
 use super::{
     process::{Running, SERVER_CPU, pinned},
     resolve::Resolution,
-    upstream::{HOST, JWT_HOST, PASS_HOST, UPSTREAM_IP, Upstream},
+    upstream::{EXCHANGE_HOST, HOST, JWT_HOST, PASS_HOST, SIGV4_HOST, UPSTREAM_IP, Upstream},
 };
 use crate::cmd;
 
 pub const AGENT: &str = "bench";
 /// The injected secret: a fixed dummy (the upstream ignores it).
 const SECRET_ENV: &str = "AGENTGUARD_BENCH_KEY";
+/// The exchange path's client secret at the token endpoint (a dummy).
+const CLIENT_SECRET_ENV: &str = "AGENTGUARD_BENCH_CLIENT_SECRET";
+/// The SigV4 path's secret access key (a dummy: the upstream does not
+/// verify signatures; the signing is what is measured).
+const AWS_SECRET_ENV: &str = "AGENTGUARD_BENCH_AWS_SECRET";
 
 pub struct Daemon {
     binary: PathBuf,
@@ -39,7 +44,10 @@ impl Daemon {
         let tag = format!("agentguard-bench-{}{instance}", std::process::id());
         let policies = dir.join("policies");
         fs::create_dir_all(&policies)?;
-        fs::write(policies.join(format!("{AGENT}.toml")), policy(&tag))?;
+        fs::write(
+            policies.join(format!("{AGENT}.toml")),
+            policy(&tag, &upstream.token_url()),
+        )?;
         let mut daemon = Self {
             binary: binary.to_owned(),
             admin_socket: dir.join("admin.sock"),
@@ -50,6 +58,8 @@ impl Daemon {
         };
         let mut c = cmd::new(binary);
         c.env(SECRET_ENV, "bench-secret-not-real")
+            .env(CLIENT_SECRET_ENV, "bench-client-secret-not-real")
+            .env(AWS_SECRET_ENV, "bench-aws-secret-not-real")
             .args(["--log-format", "json", "run"])
             // 0: a port the kernel knows is free (never the default 977,
             // which a real daemon may hold); the JWKS endpoint is not
@@ -158,8 +168,33 @@ impl Drop for Daemon {
 
 /// One agent: its calls to the upstream's main name go the full path (a
 /// static credential injected), to the JWT name with a request-bound token
-/// minted per call, and to the passthrough name relayed untouched.
-fn policy(tag: &str) -> String {
+/// minted per call, to the exchange name with a token exchanged once at
+/// the upstream's `/token` and cached, to the S3 name re-signed with SigV4,
+/// and to the passthrough name relayed untouched. POSTs to
+/// `/rpc` go through a plain tool; to `/mcp` through 50 MCP tools with
+/// conditions on the call's arguments, the last of which allows the bench's
+/// call (so each decision evaluates all 50).
+fn policy(tag: &str, token_url: &str) -> String {
+    let mut mcp = String::new();
+    for i in 0..50 {
+        mcp.push_str(&format!(
+            r#"
+[[tool]]
+name = "bench.mcp.{i}"
+host = "{HOST}"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["create_issue", "list_*", "get_*"]
+when = 'mcp.arguments.owner == "org-{i}" && mcp.arguments.repo in ["widgets", "gadgets"]'
+credential = "bench-key"
+"#
+        ));
+    }
+    policy_head(tag, token_url) + &mcp
+}
+
+fn policy_head(tag: &str, token_url: &str) -> String {
     format!(
         r#"[agent]
 name = "{AGENT}"
@@ -175,6 +210,25 @@ id = "bench-jwt"
 source = {{ jwt = {{ audience = "bench-tool", scope = "bench:read", ttl = "60s" }} }}
 inject = {{ header = "Authorization", format = "Bearer {{secret}}" }}
 
+[[credential]]
+id = "bench-exchanged"
+inject = {{ header = "Authorization", format = "Bearer {{secret}}" }}
+
+[credential.source.token_exchange]
+token_url = "{token_url}"
+client_id = "agentguard-bench"
+client_secret = {{ env = "{CLIENT_SECRET_ENV}" }}
+audience = "bench-tool"
+scope = "bench:read"
+
+[[credential]]
+id = "bench-aws"
+inject = {{ aws_sigv4 = {{ regions = ["us-east-1"], services = ["s3"] }} }}
+
+[credential.source.aws]
+access_key_id = "AKIDBENCHNOTREAL"
+secret_access_key = {{ env = "{AWS_SECRET_ENV}" }}
+
 [[tool]]
 name = "bench.read"
 host = "{HOST}"
@@ -183,11 +237,33 @@ paths = ["/1k", "/64k", "/sse", "/20m", "/200m"]
 credential = "bench-key"
 
 [[tool]]
+name = "bench.rpc"
+host = "{HOST}"
+methods = ["POST"]
+paths = ["/rpc"]
+credential = "bench-key"
+
+[[tool]]
 name = "bench.jwt-read"
 host = "{JWT_HOST}"
 methods = ["GET"]
 paths = ["/1k", "/64k", "/sse"]
 credential = "bench-jwt"
+
+[[tool]]
+name = "bench.exchanged-read"
+host = "{EXCHANGE_HOST}"
+methods = ["GET"]
+paths = ["/1k", "/64k", "/sse"]
+credential = "bench-exchanged"
+
+[[tool]]
+name = "bench.s3-read"
+host = "{SIGV4_HOST}"
+methods = ["GET"]
+paths = ["/1k", "/64k"]
+credential = "bench-aws"
+aws_actions = ["s3:GetObject"]
 
 [[passthrough]]
 host = "{PASS_HOST}"

@@ -31,7 +31,11 @@ impl Fresh {
         let dir = env.work.join(format!("fresh-{n}"));
         Ok(Some(match path {
             PathKind::Direct => return Ok(None),
-            PathKind::Passthrough | PathKind::Full | PathKind::Jwt => {
+            PathKind::Passthrough
+            | PathKind::Full
+            | PathKind::Jwt
+            | PathKind::Exchange
+            | PathKind::Sigv4 => {
                 let d = Daemon::start(&env.agentguard, &dir, &env.upstream, &format!("-fresh{n}"))?;
                 d.resolve_passthrough(&env.names)?;
                 Fresh::Agentguard(d)

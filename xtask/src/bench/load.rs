@@ -7,7 +7,7 @@ use std::{path::Path, process::Command};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::paths::Route;
+use super::paths::{AGENT_AWS_KEYS, AGENT_AWS_SIGV4, Route};
 use crate::cmd;
 
 /// How much load: for a duration (measurement) or a request count (smoke).
@@ -26,6 +26,8 @@ pub struct OhaLoad {
     /// path answers (closed loop, saturation).
     pub rate: Option<u32>,
     pub keep_alive: bool,
+    /// A JSON body to POST (else GET).
+    pub body: Option<&'static str>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -56,6 +58,13 @@ pub fn oha(oha: &Path, route: &Route, load: OhaLoad, amount: Amount) -> Command 
     }
     if !load.keep_alive {
         c.arg("--disable-keepalive");
+    }
+    if let Some(body) = load.body {
+        c.args(["-m", "POST", "-T", "application/json", "-d", body]);
+    }
+    if route.aws_sigv4 {
+        // oha signs each request as an AWS SDK would.
+        c.args(["-a", AGENT_AWS_KEYS, "--aws-sigv4", AGENT_AWS_SIGV4]);
     }
     match route.proxy {
         Some(proxy) => c.args(["-x", &format!("http://{proxy}")]),

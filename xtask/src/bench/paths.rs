@@ -13,7 +13,7 @@ use super::{
     process::{CLIENT_CPU, pinned},
     proxies::{Mitmproxy, Nginx},
     resolve::Resolution,
-    upstream::{HOST, JWT_HOST, PASS_HOST, Upstream},
+    upstream::{EXCHANGE_HOST, HOST, JWT_HOST, PASS_HOST, SIGV4_HOST, Upstream},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,19 +22,41 @@ pub enum PathKind {
     Passthrough,
     Full,
     Jwt,
+    Exchange,
+    Sigv4,
     Mitmproxy,
     Nginx,
 }
 
+/// The dummy keys oha signs with as the SigV4 path's agent: agentguard
+/// replaces its signature, so they need not be real (and are not).
+pub const AGENT_AWS_KEYS: &str = "AKIDAGENTPLACEHOLDER:agent-placeholder-secret";
+/// What oha signs for (`aws:amz:<region>:<service>`).
+pub const AGENT_AWS_SIGV4: &str = "aws:amz:us-east-1:s3";
+
 impl PathKind {
-    pub const ALL: [PathKind; 6] = [
+    pub const ALL: [PathKind; 8] = [
         PathKind::Direct,
         PathKind::Passthrough,
         PathKind::Full,
         PathKind::Jwt,
+        PathKind::Exchange,
+        PathKind::Sigv4,
         PathKind::Mitmproxy,
         PathKind::Nginx,
     ];
+
+    /// agentguard's paths: the client runs as the agent.
+    pub fn is_agentguard(self) -> bool {
+        matches!(
+            self,
+            PathKind::Passthrough
+                | PathKind::Full
+                | PathKind::Jwt
+                | PathKind::Exchange
+                | PathKind::Sigv4
+        )
+    }
 
     pub fn id(self) -> &'static str {
         match self {
@@ -42,6 +64,8 @@ impl PathKind {
             PathKind::Passthrough => "passthrough",
             PathKind::Full => "full",
             PathKind::Jwt => "jwt",
+            PathKind::Exchange => "exchange",
+            PathKind::Sigv4 => "sigv4",
             PathKind::Mitmproxy => "mitmproxy",
             PathKind::Nginx => "nginx",
         }
@@ -53,6 +77,8 @@ impl PathKind {
             PathKind::Passthrough => "agentguard passthrough",
             PathKind::Full => "agentguard full path",
             PathKind::Jwt => "agentguard full path, JWT tool",
+            PathKind::Exchange => "agentguard full path, exchanged token",
+            PathKind::Sigv4 => "agentguard full path, SigV4 re-signed",
             PathKind::Mitmproxy => "mitmproxy (explicit proxy)",
             PathKind::Nginx => "nginx (reverse proxy)",
         }
@@ -70,6 +96,15 @@ impl PathKind {
             }
             PathKind::Jwt => {
                 "as the full path, with a request-bound JWT (ES256) minted and injected per request"
+            }
+            PathKind::Exchange => {
+                "as the full path, the credential an RFC 8693 token exchanged for the agent at the \
+                 upstream's /token (client secret), fetched once and served from the cache"
+            }
+            PathKind::Sigv4 => {
+                "as the full path, oha signing S3 GetObject requests with SigV4 and dummy keys; \
+                 agentguard reads the signature, tells the action (checked against the tool's \
+                 aws_actions), strips it and signs again with the real keys"
             }
             PathKind::Mitmproxy => {
                 "mitmdump 11 as an explicit proxy (CONNECT); the client trusts its CA"
@@ -119,6 +154,8 @@ pub struct Route {
     /// The explicit proxy it talks CONNECT to.
     pub proxy: Option<SocketAddr>,
     pub ca: PathBuf,
+    /// The client signs its requests with SigV4 ([`AGENT_AWS_KEYS`]).
+    pub aws_sigv4: bool,
 }
 
 impl Route {
@@ -136,12 +173,18 @@ impl Env {
             dial: up,
             proxy: None,
             ca: ca.to_owned(),
+            aws_sigv4: false,
         };
         match path {
             PathKind::Direct => via_upstream(HOST, &self.upstream.ca),
             PathKind::Passthrough => via_upstream(PASS_HOST, &self.upstream.ca),
             PathKind::Full => via_upstream(HOST, &self.daemon.ca()),
             PathKind::Jwt => via_upstream(JWT_HOST, &self.daemon.ca()),
+            PathKind::Exchange => via_upstream(EXCHANGE_HOST, &self.daemon.ca()),
+            PathKind::Sigv4 => Route {
+                aws_sigv4: true,
+                ..via_upstream(SIGV4_HOST, &self.daemon.ca())
+            },
             PathKind::Mitmproxy => Route {
                 proxy: Some(self.mitmproxy.addr),
                 ..via_upstream(HOST, &self.mitmproxy.ca)
@@ -157,9 +200,10 @@ impl Env {
     /// `cmd` as a client of `path`: on the client CPU, as the agent where
     /// the path is agentguard's, with the bench's private name resolution.
     pub fn client(&self, path: PathKind, cmd: Command) -> Command {
-        let cmd = match path {
-            PathKind::Passthrough | PathKind::Full | PathKind::Jwt => self.daemon.exec(cmd),
-            _ => cmd,
+        let cmd = if path.is_agentguard() {
+            self.daemon.exec(cmd)
+        } else {
+            cmd
         };
         self.names.wrap(pinned(CLIENT_CPU, cmd))
     }
@@ -168,7 +212,11 @@ impl Env {
     pub fn proxy_pids(&self, path: PathKind) -> Vec<u32> {
         match path {
             PathKind::Direct => Vec::new(),
-            PathKind::Passthrough | PathKind::Full | PathKind::Jwt => vec![self.daemon.pid()],
+            PathKind::Passthrough
+            | PathKind::Full
+            | PathKind::Jwt
+            | PathKind::Exchange
+            | PathKind::Sigv4 => vec![self.daemon.pid()],
             PathKind::Mitmproxy => vec![self.mitmproxy.pid()],
             PathKind::Nginx => self.nginx.pids(),
         }

@@ -40,6 +40,22 @@ const fn oha(path: &'static str, connections: u32, rate: Option<u32>, keep_alive
         connections,
         rate,
         keep_alive,
+        body: None,
+    })
+}
+
+/// An MCP `tools/call` whose arguments the policy's conditions read: the
+/// owner matches the last of the 50 tools' conditions, so the decision
+/// evaluates all 50.
+pub const MCP_CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"create_issue","arguments":{"owner":"org-49","repo":"widgets","title":"bench"}}}"#;
+
+const fn post(path: &'static str, body: &'static str) -> Kind {
+    Kind::Oha(OhaLoad {
+        path,
+        connections: 16,
+        rate: Some(200),
+        keep_alive: true,
+        body: Some(body),
     })
 }
 
@@ -83,6 +99,16 @@ pub const SCENARIOS: &[Scenario] = &[
         },
     },
     Scenario {
+        id: "rpc_plain_200",
+        title: "JSON-RPC POST, plain HTTP tool, 200 req/s open loop (16 connections)",
+        kind: post("/rpc", MCP_CALL),
+    },
+    Scenario {
+        id: "mcp_call_200",
+        title: "MCP tools/call, 50 tools with conditions, 200 req/s open loop (16 connections)",
+        kind: post("/mcp", MCP_CALL),
+    },
+    Scenario {
         id: "sse",
         title: "time to first SSE event (new connection each)",
         kind: Kind::Sse,
@@ -110,6 +136,14 @@ pub fn not_applicable(path: PathKind, scenario: &Scenario) -> Option<&'static st
     match (path, scenario.kind) {
         (PathKind::Direct, Kind::Idle) => Some("no proxy"),
         (PathKind::Mitmproxy, Kind::H2 { .. }) => Some("h2load has no proxy support"),
+        (
+            PathKind::Jwt | PathKind::Exchange | PathKind::Sigv4,
+            Kind::Oha(OhaLoad { body: Some(_), .. }),
+        ) => Some("this credential's tool is measured on GETs"),
+        (PathKind::Sigv4, Kind::H2 { .. } | Kind::Sse) => Some("the client cannot sign SigV4"),
+        (PathKind::Exchange | PathKind::Sigv4, Kind::Idle) => {
+            Some("as the full path: an idle connection holds no credential")
+        }
         _ => None,
     }
 }
@@ -120,6 +154,9 @@ pub fn measure(env: &Env, path: PathKind, scenario: &Scenario, size: Size) -> Re
     let mut m = Metrics::new();
     match scenario.kind {
         Kind::Oha(l) => {
+            if let Some(body) = l.body {
+                check_rpc_result(env, path, &route, l.path, body)?;
+            }
             let mut c = env.client(path, load::oha(&env.oha, &route, l, size.load));
             let r = with_cpu(&pids, &mut m, || load::parse_oha(&cmd::output(&mut c)?))?;
             record_load(&mut m, &r, size)?;
@@ -155,6 +192,48 @@ pub fn measure(env: &Env, path: PathKind, scenario: &Scenario, size: Size) -> Re
         Kind::Idle => measure_idle(env, path, size.idle_connections, &mut m)?,
     }
     Ok(m)
+}
+
+/// One call as the load sends it, whose answer must be the upstream's
+/// JSON-RPC result. oha counts only status codes, and a call the policy
+/// denies is answered 200 too (a JSON-RPC error, as MCP clients expect):
+/// without this a policy that denied the bench's call would have the
+/// scenario measure agentguard's refusal, and the smoke would still pass.
+fn check_rpc_result(
+    env: &Env,
+    path: PathKind,
+    route: &super::paths::Route,
+    url_path: &str,
+    body: &str,
+) -> Result<()> {
+    let mut curl = cmd::new("curl");
+    curl.args(["-sS", "--fail", "--max-time", "10", "--cacert"])
+        .arg(&route.ca)
+        .args(["-H", "content-type: application/json", "--data", body]);
+    match route.proxy {
+        Some(proxy) => curl.args(["-x", &format!("http://{proxy}")]),
+        None => curl.args([
+            "--connect-to",
+            &format!(
+                "{}:{}:{}:{}",
+                route.host,
+                route.port,
+                route.dial.ip(),
+                route.dial.port()
+            ),
+        ]),
+    };
+    curl.arg(route.url(url_path));
+    let out = cmd::output(&mut env.client(path, curl))?;
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .with_context(|| format!("{} {url_path}: not a JSON answer: {out:?}", path.id()))?;
+    if v.get("result").is_none() || v.get("error").is_some() {
+        bail!(
+            "{} {url_path}: the call was not answered with the upstream's result: {out}",
+            path.id()
+        );
+    }
+    Ok(())
 }
 
 fn helper_target(route: &super::paths::Route) -> Vec<String> {
@@ -239,6 +318,7 @@ fn measure_idle(env: &Env, path: PathKind, count: u32, m: &mut Metrics) -> Resul
         connections: 1,
         rate: None,
         keep_alive: true,
+        body: None,
     };
     let mut c = proxy.client(
         env,

@@ -86,6 +86,26 @@ impl Results {
             .collect()
     }
 
+    /// `f(a, b)` per run for two scenarios on one path (an MCP call
+    /// against the same POST through a plain tool).
+    pub fn paired_scenarios(
+        &self,
+        path: PathKind,
+        scenario: &str,
+        other: &str,
+        metric: &str,
+        f: fn(f64, f64) -> f64,
+    ) -> Vec<f64> {
+        (0..self.runs.len())
+            .filter_map(|r| {
+                Some(f(
+                    self.get(r, path, scenario, metric)?,
+                    self.get(r, path, other, metric)?,
+                ))
+            })
+            .collect()
+    }
+
     pub fn missing(&self, path: PathKind, scenario: &str) -> Option<&str> {
         self.runs.iter().find_map(|run| {
             run.missing

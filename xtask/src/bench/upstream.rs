@@ -24,6 +24,12 @@ pub const MITMPROXY_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);
 pub const HOST: &str = "bench.test";
 pub const PASS_HOST: &str = "pass.bench.test";
 pub const JWT_HOST: &str = "jwt.bench.test";
+/// A tool whose credential is a token exchanged (RFC 8693) for the agent.
+pub const EXCHANGE_HOST: &str = "exchange.bench.test";
+/// A tool whose credential re-signs the agent's SigV4 requests: an S3
+/// bucket, virtual-hosted (`<bucket>.s3.<...>`), so `GET /1k` is
+/// `s3:GetObject` on key `1k`.
+pub const SIGV4_HOST: &str = "reports.s3.bench.test";
 
 pub struct Upstream {
     pub port: u16,
@@ -40,7 +46,7 @@ impl Upstream {
     pub fn start(helper: &Path, dir: &Path) -> Result<Self> {
         let mut c = cmd::new(helper);
         c.args(["upstream", "--ip", &UPSTREAM_IP.to_string(), "--names"])
-            .arg([HOST, PASS_HOST, JWT_HOST].join(","))
+            .arg([HOST, PASS_HOST, JWT_HOST, EXCHANGE_HOST, SIGV4_HOST].join(","))
             .arg("--dir")
             .arg(dir);
         let mut process = Running::spawn(
@@ -71,5 +77,12 @@ impl Upstream {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::new(IpAddr::V4(UPSTREAM_IP), self.port)
+    }
+
+    /// The token endpoint the exchange path's credential uses (the
+    /// upstream's `/token`, by address: the daemon resolves names with the
+    /// host's resolver, which the bench leaves alone).
+    pub fn token_url(&self) -> String {
+        format!("https://{}/token", self.addr())
     }
 }

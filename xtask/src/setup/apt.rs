@@ -15,6 +15,18 @@ pub struct Apt {
 
 impl Apt {
     pub fn ensure(&mut self, packages: &[&str]) -> Result<()> {
+        self.install(packages, true)
+    }
+
+    /// Like [`Apt::ensure`], without the packages' recommendations: for
+    /// packages whose recommendations change the machine beyond what the
+    /// tests need (systemd's time daemon and D-Bus, systemd-container's
+    /// NSS module in nsswitch.conf). What they really need is listed.
+    pub fn ensure_without_recommends(&mut self, packages: &[&str]) -> Result<()> {
+        self.install(packages, false)
+    }
+
+    fn install(&mut self, packages: &[&str], recommends: bool) -> Result<()> {
         let mut missing = Vec::new();
         for &package in packages {
             if installed(package)? {
@@ -37,6 +49,7 @@ impl Apt {
             cmd::new("apt-get")
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .args(["install", "-y"])
+                .args((!recommends).then_some("--no-install-recommends"))
                 .args(&missing)
                 .stdin(Stdio::null()),
         )?;

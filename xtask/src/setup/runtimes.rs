@@ -28,6 +28,23 @@ const PYTHON_PACKAGES: &[(&str, &str, Option<&str>)] = &[
     ),
     ("ocsf-json-schema", "ocsf_json_schema", Some("1.2.0")),
     ("jsonschema", "jsonschema", Some("4.26.0")),
+    // The official SDKs of the APIs in policies/, run as agents holding only
+    // placeholders (tests/tests/sdk_placeholders.rs): pinned, since where an
+    // SDK puts its key changes between versions (that is what is tested).
+    ("openai", "openai", Some("3.60.0")),
+    ("anthropic", "anthropic", Some("2.16.0")),
+    ("PyGithub", "github", Some("2.10.0")),
+    ("slack-sdk", "slack_sdk", Some("3.48.0")),
+    // The authorization server of the token-exchange tests
+    // (tests/servers/oauth_server.py): Authlib's server framework (RFC 6749,
+    // RFC 7523 client assertions and JWT-bearer grant) on Flask.
+    ("authlib", "authlib", Some("1.9.10")),
+    ("flask", "flask", Some("3.1.3")),
+    // AWS as the agent sees it: boto3 and the AWS CLI, unmodified, against
+    // moto's server (signature verification on, STS included).
+    ("boto3", "boto3", Some("1.43.11")),
+    ("awscli", "awscli", Some("1.45.11")),
+    ("moto[server]", "moto.server", Some("5.2.1")),
 ];
 
 pub fn check() -> Result<()> {
@@ -43,10 +60,13 @@ pub fn check() -> Result<()> {
         }
     }
     for &(package, module, version) in PYTHON_PACKAGES {
-        // Present, and at the pinned version if there is one.
+        // Present, and at the pinned version if there is one. Extras
+        // (`moto[server]`) are pip's business; the distribution is `moto`,
+        // and importing `module` shows the extras are there.
+        let dist = package.split('[').next().unwrap_or(package);
         let check = match version {
             Some(v) => format!(
-                "import {module}, importlib.metadata as m; assert m.version('{package}') == '{v}'"
+                "import {module}, importlib.metadata as m; assert m.version('{dist}') == '{v}'"
             ),
             None => format!("import {module}"),
         };

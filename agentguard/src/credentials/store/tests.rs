@@ -92,6 +92,7 @@ fn policy(agents: Vec<(&str, Vec<CredentialPolicy>)>) -> PolicySet {
             .map(|(name, credentials)| AgentPolicy {
                 name: name.into(),
                 cgroup: CgroupRelPath::parse(&format!("agentguard/{name}")).unwrap(),
+                systemd_unit: None,
                 mode: Mode::Enforce,
                 dns: crate::policy::DnsMode::Policy,
                 unix_sockets: Vec::new(),

@@ -198,6 +198,26 @@ fn load_time_checks_refuse_what_cannot_work() {
             ..Uses::default()
         }
     );
+    // Fields the audit record does not hold are marked one by one; a
+    // variable used whole marks them all.
+    let c = Condition::compile(r#"request.path == "/" && mcp.arguments.owner == "acme""#)
+        .unwrap()
+        .uses();
+    assert!(c.request && c.mcp && c.mcp_arguments);
+    assert!(!c.request_body && !c.request_headers && !c.mcp_params);
+    assert_eq!(c.unrecorded(false), ["mcp.arguments"]);
+    assert!(c.unrecorded(true).is_empty());
+    let c = Condition::compile(r#"has(request.body.x) || "x" in request.headers"#)
+        .unwrap()
+        .uses();
+    assert_eq!(c.unrecorded(true), ["request.headers", "request.body"]);
+    let c = Condition::compile(r#"size(mcp) > 0"#).unwrap().uses();
+    assert_eq!(c.unrecorded(false), ["mcp.arguments", "mcp.params"]);
+    // A comprehension variable named like a root is not the root.
+    let c = Condition::compile(r#"[1].all(request, request > 0)"#)
+        .unwrap()
+        .uses();
+    assert!(!c.request_body && !c.request);
 }
 
 /// Every allowed function name resolves in the interpreter: the allowlist

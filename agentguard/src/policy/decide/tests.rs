@@ -6,7 +6,7 @@ use hyper::Method;
 use serde_json::json;
 
 use super::*;
-use crate::policy::{DEFAULT_MAX_BODY, Verdict};
+use crate::policy::DEFAULT_MAX_BODY;
 use crate::{
     mcp::{Body, TargetKind},
     policy::{PolicySet, load_path},
@@ -112,6 +112,7 @@ impl<'a> Req<'a> {
             host: self.host,
             port: 443,
             path: self.path,
+            aws_action: None,
         }
     }
 
@@ -409,24 +410,118 @@ fn rates_count_per_on_behalf_of_when_asked() {
     }
 }
 
-#[test]
-fn the_head_only_path_never_allows_call_aware_tools() {
-    let set = policy();
-    let agent = set.agent("bot").unwrap();
-    for (method, host, path) in [
-        (Method::POST, "mcp.github.example", "/mcp"),
-        (Method::POST, "itsm.example", "/api/tickets"),
-    ] {
-        let Verdict::Deny { reason } = agent.evaluate(RequestFacts {
+/// Plain HTTP tools: no protocol, condition or rate.
+const PLAIN: &str = r#"
+[agent]
+name = "bot"
+cgroup = "agentguard/bot"
+
+[[credential]]
+id = "itsm-token"
+source = { env = "ITSM_TOKEN" }
+inject = { header = "Authorization", format = "Bearer {secret}" }
+
+[[tool]]
+name = "itsm.create_ticket"
+host = "itsm.example.com"
+port = 443
+methods = ["POST"]
+paths = ["/api/v2/tickets", "/api/v2/tickets/*"]
+credential = "itsm-token"
+
+[[tool]]
+name = "docs.read"
+host = "*.docs.example.com"
+methods = ["GET", "HEAD"]
+paths = ["/*"]
+"#;
+
+/// Decides a request without a JSON-RPC body under [`PLAIN`]: the tool and
+/// credential it is allowed with, or the reason it is denied.
+fn decide_plain(
+    method: &str,
+    host: &str,
+    port: u16,
+    raw_path: &str,
+) -> Result<(String, Option<String>), String> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bot.toml"), PLAIN).unwrap();
+    let set = load_path(dir.path()).unwrap();
+    let path = crate::policy::normalize_path(raw_path)?;
+    let method: Method = method.parse().unwrap();
+    let identity = identity("/usr/bin/curl");
+    let input = RequestInput {
+        facts: RequestFacts {
             method: &method,
             host,
-            port: 443,
-            path,
-        }) else {
-            panic!("{host} allowed on the head alone")
-        };
-        assert!(reason.contains("decision on the call itself"), "{reason}");
+            port,
+            path: &path,
+            aws_action: None,
+        },
+        query: None,
+        headers: None,
+        json_body: None,
+        identity: &identity,
+        on_behalf_of: None,
+        intent: None,
+        now: ten_thirty(),
+    };
+    match set.agent("bot").unwrap().decider(input).decide() {
+        Decision::Allow(a) => Ok((a.tool.name.clone(), a.credential.map(|c| c.id.clone()))),
+        Decision::Deny(d) => {
+            assert_eq!(d.rule, DenyRule::NoTool);
+            Err(d.reason)
+        }
     }
+}
+
+#[test]
+fn plain_tools_allow_on_host_port_method_and_path_with_their_credential() {
+    assert_eq!(
+        decide_plain("POST", "itsm.example.com", 443, "/api/v2/tickets").unwrap(),
+        ("itsm.create_ticket".into(), Some("itsm-token".into()))
+    );
+    assert_eq!(
+        decide_plain("POST", "ITSM.example.com", 443, "/api/v2/tickets/42")
+            .unwrap()
+            .0,
+        "itsm.create_ticket"
+    );
+    assert_eq!(
+        decide_plain("GET", "a.docs.example.com", 8443, "/x").unwrap(),
+        ("docs.read".into(), None)
+    );
+}
+
+#[test]
+fn everything_else_is_denied_by_default() {
+    // Wrong method, path, port, host.
+    for (method, host, port, path) in [
+        ("GET", "itsm.example.com", 443, "/api/v2/tickets"),
+        ("POST", "itsm.example.com", 443, "/api/v2/admin"),
+        ("POST", "itsm.example.com", 8443, "/api/v2/tickets"),
+        ("POST", "evil.example.com", 443, "/api/v2/tickets"),
+        // Dot segments are resolved before matching.
+        ("POST", "itsm.example.com", 443, "/api/v2/tickets/../admin"),
+        (
+            "POST",
+            "itsm.example.com",
+            443,
+            "/api/v2/tickets/%2e%2e/admin",
+        ),
+    ] {
+        assert!(
+            decide_plain(method, host, port, path).is_err(),
+            "{method} {host}:{port}{path} allowed"
+        );
+    }
+    let reason = decide_plain("DELETE", "itsm.example.com", 443, "/api/v2/tickets/1").unwrap_err();
+    assert!(
+        reason.contains("\"bot\"") && reason.contains("DELETE"),
+        "{reason}"
+    );
+    let reason = decide_plain("GET", "evil.example.com", 443, "/").unwrap_err();
+    assert!(reason.contains("host evil.example.com:443"), "{reason}");
 }
 
 #[test]

@@ -1,24 +1,77 @@
-//! Checks on a request before any policy: where it claims to go, and whether
-//! that agrees with the connection it arrived on.
+//! Checks on a request before any policy: where it claims to go, whether
+//! that agrees with the connection it arrived on, and whether its path reads
+//! the same to every server.
 
-use hyper::{Request, header, http::uri::Authority};
+use hyper::{
+    Request, header,
+    http::uri::{Authority, Scheme},
+};
 
 use super::ConnMeta;
 
 /// The request's authority: the URI's (HTTP/2 `:authority`, or HTTP/1.1
 /// absolute-form) or else the `Host` header (RFC 9110 §7.2).
+///
+/// A request that names two authorities is refused rather than read one
+/// way: more than one `Host` (RFC 9112 §3.2 asks for a 400), or a `Host`
+/// that names another authority than the request target (RFC 9113 §8.3.1
+/// calls that malformed for HTTP/2). Servers and intermediaries pick
+/// differently among them, so the policy could decide on one name while
+/// the upstream serves the other.
 pub fn request_authority<B>(req: &Request<B>) -> Result<Authority, String> {
-    if let Some(a) = req.uri().authority() {
-        return Ok(a.clone());
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("request has more than one Host header".to_owned());
     }
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .ok_or("request has no Host header or :authority")?;
-    host.to_str()
-        .ok()
-        .and_then(|h| h.parse::<Authority>().ok())
-        .ok_or_else(|| "request has an invalid Host header".to_owned())
+    let host = host
+        .map(|h| {
+            h.to_str()
+                .ok()
+                .and_then(|h| h.parse::<Authority>().ok())
+                .ok_or_else(|| "request has an invalid Host header".to_owned())
+        })
+        .transpose()?;
+    match (req.uri().authority(), host) {
+        (Some(target), Some(host)) if !same_authority(target, &host, req.uri().scheme()) => {
+            Err(format!(
+                "Host header {:?} does not match the request target's authority {:?}",
+                host.as_str(),
+                target.as_str()
+            ))
+        }
+        (Some(target), _) => Ok(target.clone()),
+        (None, Some(host)) => Ok(host),
+        (None, None) => Err("request has no Host header or :authority".to_owned()),
+    }
+}
+
+/// Same host (ASCII case-insensitive) and same port, an absent port being
+/// the scheme's default.
+fn same_authority(a: &Authority, b: &Authority, scheme: Option<&Scheme>) -> bool {
+    let default = match scheme {
+        Some(s) if *s == Scheme::HTTP => Some(80),
+        Some(s) if *s == Scheme::HTTPS => Some(443),
+        _ => None,
+    };
+    a.host().eq_ignore_ascii_case(b.host()) && a.port_u16().or(default) == b.port_u16().or(default)
+}
+
+/// A path whose percent-decoding still holds a percent-escape
+/// (`%252e`, `%25%32%65`) means one thing to a server that decodes once and
+/// another to one that decodes twice: `/tickets/%252e%252e/admin` matches
+/// `/tickets/*` here and is `/admin` there. Refused, like an encoded `/`.
+pub fn check_double_encoding(path: &str) -> Result<(), String> {
+    let once: Vec<u8> = crate::percent::decode(path.as_bytes());
+    let escape = once
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit());
+    if escape {
+        return Err(
+            "a percent-encoded '%' followed by hex digits (double encoding) is refused".into(),
+        );
+    }
+    Ok(())
 }
 
 /// SNI, Host/:authority and the connection's port must agree. Otherwise a
@@ -45,42 +98,4 @@ pub fn check_consistency(host: &str, port: Option<u16>, meta: &ConnMeta) -> Resu
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::SocketAddr;
-
-    use super::*;
-    use crate::identity::Identity;
-
-    fn meta(sni: Option<&str>, port: u16) -> ConnMeta {
-        ConnMeta {
-            identity: Identity {
-                agent: "a".into(),
-                cgroup: "agentguard/a".into(),
-                cgroup_id: 1,
-                pid: 1,
-                tid: 1,
-                uid: 0,
-                gid: 0,
-                comm: "curl".into(),
-                socket_family: "ipv4",
-                exe: None,
-            },
-            peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
-            dst: SocketAddr::from(([127, 0, 0, 3], port)),
-            sni: sni.map(str::to_owned),
-        }
-    }
-
-    #[test]
-    fn host_must_match_sni_and_port() {
-        let m = meta(Some("api.example.com"), 443);
-        assert!(check_consistency("API.example.com.", None, &m).is_ok());
-        assert!(check_consistency("api.example.com", Some(443), &m).is_ok());
-        assert!(check_consistency("evil.example.com", None, &m).is_err());
-        assert!(check_consistency("api.example.com", Some(8443), &m).is_err());
-        // Plain HTTP has no SNI to compare; the port still must agree.
-        let plain = meta(None, 80);
-        assert!(check_consistency("anything", None, &plain).is_ok());
-        assert!(check_consistency("anything", Some(81), &plain).is_err());
-    }
-}
+mod tests;

@@ -6,18 +6,18 @@
 use std::time::Duration;
 
 use http_body_util::BodyExt as _;
-use hyper::{
-    body::{Bytes, Incoming},
-    header::CONTENT_LENGTH,
-    http::request::Parts,
-};
+use hyper::{body::Bytes, header::CONTENT_LENGTH, http::request::Parts};
 use tokio::time::Instant;
 
 use super::ConnMeta;
 use crate::{
     credentials::{Secret, inject},
     policy::Injection,
-    proxy::{ProxyContext, refusal::Refusal},
+    proxy::{
+        ProxyContext,
+        refusal::Refusal,
+        upstream::{BodyError, ProxyBody},
+    },
     token::{MintRequest, RequestBinding},
 };
 
@@ -44,7 +44,7 @@ const DRAIN_TIME: Duration = Duration::from_secs(5);
 
 /// Why a body was not read whole.
 enum Unread {
-    Failed(hyper::Error),
+    Failed(BodyError),
     /// It did not arrive within the limit.
     Late(Duration),
 }
@@ -54,7 +54,7 @@ enum Unread {
 /// a head and then trickles (or stops) must not hold the request, and its
 /// place among the agent's requests in flight, for ever.
 async fn read_bounded(
-    mut body: Incoming,
+    mut body: ProxyBody,
     max: usize,
     mut over: bool,
     limit: Duration,
@@ -97,7 +97,7 @@ async fn read_bounded(
 /// the normalised path): that is what the token binds.
 pub(super) async fn bind(
     parts: &mut Parts,
-    body: Incoming,
+    body: ProxyBody,
     spec: &JwtSpec<'_>,
     meta: &ConnMeta,
     ctx: &ProxyContext,
@@ -112,7 +112,9 @@ pub(super) async fn bind(
     let body = match read_bounded(body, max, over, limit).await {
         Ok(Some(b)) => b,
         Ok(None) => return Err(Refusal::JwtBodyTooLarge { max }),
-        Err(Unread::Failed(e)) => return Err(Refusal::BodyUnreadable(e)),
+        Err(Unread::Failed(e)) => {
+            return Err(Refusal::BodyUnreadable(super::agent_body::describe(&*e)));
+        }
         Err(Unread::Late(limit)) => return Err(Refusal::BodyTimeout(limit)),
     };
     let on_behalf_of = ctx.on_behalf_of.lookup(meta.identity.pid);

@@ -1,18 +1,49 @@
 //! The plan for one request, made from its head, the connection it arrived
-//! on and the policy alone: what the record says about it and whether it is
-//! refused or forwarded (with which credential). Nothing here waits, reads a
-//! body or touches a secret; [`super::handle`] carries the plan out.
+//! on, the caller and the policy alone: what the record says about it and
+//! whether it is refused, forwarded (with which credential), or decided on
+//! its body (read by [`super::call`], which settles it here). Nothing here
+//! waits, reads a body or touches a secret; the one effect is that an
+//! allowed call is counted against its tool's rate. [`super::handle`]
+//! carries the plan out.
 
-use hyper::{Request, http::uri::Authority};
+use std::time::SystemTime;
 
-use super::{ConnMeta, checks, hop};
+use hyper::{Method, Request, http::uri::Authority};
+
+use super::{
+    ConnMeta,
+    aws::{self, AwsFacts, AwsScope},
+    checks, hop, overrides,
+};
 use crate::{
-    audit::Decision,
+    audit::Decision as Recorded,
+    policy::overrides::METHOD_PARAM,
     policy::{
-        CredentialPolicy, Mode, PolicySet, RequestFacts, ToolTimeouts, Verdict, normalize_path,
+        AgentIdentity, AgentPolicy, BodyNeed, CredentialPolicy, Decision, Mode, PolicySet,
+        Protocol, RateLimiter, RequestFacts, RequestInput, ToolTimeouts, normalize_path,
     },
     proxy::{decide::Resolutions, refusal::Refusal},
 };
+
+/// Who sends the request, and when: what conditions and rates read beside
+/// the request.
+pub struct Caller<'a> {
+    pub identity: &'a AgentIdentity,
+    pub on_behalf_of: Option<&'a str>,
+    pub intent: Option<&'a str>,
+    pub now: SystemTime,
+    /// Counts calls against rates; shared by every request of the daemon.
+    pub limiter: &'a RateLimiter,
+}
+
+impl Caller<'_> {
+    /// Milliseconds since the epoch, the rate limiter's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
 
 /// What the audit record learns from planning, whatever comes of the
 /// request afterwards.
@@ -30,13 +61,29 @@ pub struct Noted {
     pub credential_id: Option<String>,
     /// The policy's verdict when it lets the request on: allow, or
     /// would-deny in audit mode (decision, rule, reason).
-    pub verdict: Option<(Decision, String, String)>,
+    pub verdict: Option<(Recorded, String, String)>,
 }
 
 #[derive(Debug)]
 pub enum Action<'p> {
     Refuse(Refusal),
     Forward(Forward<'p>),
+    /// The decision needs the body: read it (bounded) and decide
+    /// ([`super::call`]).
+    Decide(Pending<'p>),
+}
+
+/// A request whose decision waits for its body.
+#[derive(Debug)]
+pub struct Pending<'p> {
+    pub agent: &'p AgentPolicy,
+    /// What to read: `Json` or `JsonRpc`, with its bound.
+    pub need: BodyNeed,
+    pub authority: Authority,
+    /// As in [`Noted::host`].
+    pub host: String,
+    /// Normalised, without the query.
+    pub path: String,
 }
 
 /// A request to send upstream.
@@ -51,6 +98,15 @@ pub struct Forward<'p> {
     pub upgrade: bool,
     /// The credential to inject; only ever on a TLS connection.
     pub credential: Option<&'p CredentialPolicy>,
+    /// A GET an MCP tool allows (enforced): its event stream may replay
+    /// list responses of earlier POSTs, which are filtered
+    /// ([`crate::mcp::ListFilter::for_resumed_stream`]).
+    pub resumed_lists: bool,
+    /// The override headers the tool lets through (see `overrides`).
+    pub allow_overrides: &'p [String],
+    /// For a credential that re-signs AWS requests: what to sign for
+    /// (boxed: most requests have none, and the plan is moved about).
+    pub aws: Option<Box<AwsScope>>,
     /// The allowing tool's own time limits toward the upstream.
     pub timeouts: Option<ToolTimeouts>,
 }
@@ -61,16 +117,17 @@ pub struct Plan<'p> {
     pub action: Action<'p>,
 }
 
-/// Plans `req`, which arrived on `meta`, under `policy`.
+/// Plans `req`, which arrived on `meta` from `caller`, under `policy`.
 pub fn plan<'p, B>(
     req: &Request<B>,
     meta: &ConnMeta,
     policy: &'p PolicySet,
     resolutions: &dyn Resolutions,
+    caller: &Caller<'_>,
 ) -> Plan<'p> {
     let mut noted = Noted::default();
-    let action = match decide(req, meta, policy, resolutions, &mut noted) {
-        Ok(forward) => Action::Forward(forward),
+    let action = match decide(req, meta, policy, resolutions, caller, &mut noted) {
+        Ok(action) => action,
         Err(refusal) => Action::Refuse(refusal),
     };
     Plan { noted, action }
@@ -83,8 +140,9 @@ fn decide<'p, B>(
     meta: &ConnMeta,
     policy: &'p PolicySet,
     resolutions: &dyn Resolutions,
+    caller: &Caller<'_>,
     noted: &mut Noted,
-) -> Result<Forward<'p>, Refusal> {
+) -> Result<Action<'p>, Refusal> {
     let agent = &meta.identity.agent;
     let authority = checks::request_authority(req).map_err(Refusal::BadRequest)?;
     let host = authority
@@ -110,7 +168,9 @@ fn decide<'p, B>(
             )));
         }
     }
-    let path = match normalize_path(req.uri().path()) {
+    let path = match checks::check_double_encoding(req.uri().path())
+        .and_then(|()| normalize_path(req.uri().path()))
+    {
         Ok(p) => p,
         Err(e) => {
             noted.path = Some(req.uri().path().to_owned());
@@ -126,39 +186,129 @@ fn decide<'p, B>(
         return Err(Refusal::UnknownAgent(agent.to_string()));
     };
 
-    let verdict = agent_policy.evaluate(RequestFacts {
+    let aws_facts = req.extensions().get::<AwsFacts>();
+    let aws_action = aws_facts.and_then(|f| f.action.as_deref());
+    let facts = RequestFacts {
         method: req.method(),
         host: &host,
         port: meta.dst.port(),
         path: &path,
-    });
+        aws_action,
+    };
+    let need = agent_policy.body_need(facts);
+    if need != BodyNeed::None {
+        // After a 101 nothing is decided, and a body-bound decision has no
+        // body to read in an upgrade.
+        if hop::wants_upgrade(req) {
+            return Err(Refusal::UpgradeRefused);
+        }
+        return Ok(Action::Decide(Pending {
+            agent: agent_policy,
+            need,
+            authority,
+            host,
+            path,
+        }));
+    }
+    let decision = agent_policy
+        .decider(RequestInput {
+            facts,
+            query: req.uri().query(),
+            headers: Some(req.headers()),
+            json_body: None,
+            identity: caller.identity,
+            on_behalf_of: caller.on_behalf_of,
+            intent: caller.intent,
+            now: caller.now,
+        })
+        .decide()
+        .admit(caller.limiter, caller.now_ms());
+    let resumed_lists = *req.method() == Method::GET
+        && agent_policy.mode == Mode::Enforce
+        && matches!(&decision, Decision::Allow(a) if a.tool.calls.protocol == Protocol::Mcp);
+    let target = Target {
+        authority,
+        host,
+        path,
+        upgrade: hop::wants_upgrade(req).then(|| hop::upgrades_to_websocket(req)),
+        method_param: overrides::has_method_param(req.uri().query()),
+        aws_facts: aws_facts.cloned(),
+    };
+    settle(decision, agent_policy, meta, noted, target).map(|forward| {
+        Action::Forward(Forward {
+            resumed_lists,
+            ..forward
+        })
+    })
+}
+
+/// Where a request goes, once its head is checked.
+pub struct Target {
+    pub authority: Authority,
+    pub host: String,
+    pub path: String,
+    /// An upgrade request: `Some(true)` for WebSocket.
+    pub upgrade: Option<bool>,
+    /// The query sets `_method` (see `overrides`).
+    pub method_param: bool,
+    /// What the request says of itself as an AWS request, if it is one.
+    pub aws_facts: Option<AwsFacts>,
+}
+
+/// The rest of the plan once the policy has decided (on the head, or on
+/// the body by [`super::call`]), the decision already counted against its
+/// rate: denied (or, in audit mode, let through without a credential), or
+/// forwarded with the allowing tool's credential.
+pub fn settle<'p>(
+    decision: Decision<'p>,
+    agent_policy: &AgentPolicy,
+    meta: &ConnMeta,
+    noted: &mut Noted,
+    target: Target,
+) -> Result<Forward<'p>, Refusal> {
+    let Target {
+        authority,
+        host,
+        path,
+        upgrade,
+        method_param,
+        aws_facts,
+    } = target;
+    let aws_action = aws_facts.as_ref().and_then(|f| f.action.as_deref());
+    let mut allow_overrides: &[String] = &[];
     let mut timeouts = None;
-    let credential = match verdict {
-        Verdict::Allow { tool, credential } => {
+    let credential = match decision {
+        Decision::Allow(allowed) => {
+            let tool = allowed.tool;
+            allow_overrides = &tool.allow_overrides;
             timeouts = Some(tool.timeouts);
             noted.tool = Some(tool.name.clone());
-            noted.verdict = Some((
-                Decision::Allow,
-                format!("tool:{}", tool.name),
-                format!("allowed by tool {:?}", tool.name),
-            ));
-            credential
+            let reason = match aws_action {
+                Some(action) => format!("allowed by tool {:?} (AWS action {action})", tool.name),
+                None => format!("allowed by tool {:?}", tool.name),
+            };
+            noted.verdict = Some((Recorded::Allow, format!("tool:{}", tool.name), reason));
+            allowed.credential
         }
-        Verdict::Deny { reason } if agent_policy.mode == Mode::Enforce => {
-            return Err(Refusal::Denied { reason });
+        Decision::Deny(denied) if agent_policy.mode == Mode::Enforce => {
+            noted.tool = denied.tool.clone();
+            return Err(Refusal::from_denied(denied));
         }
-        Verdict::Deny { reason } => {
+        Decision::Deny(denied) => {
             // Audit mode: recorded as a denial, forwarded without any
             // credential.
-            noted.verdict = Some((Decision::WouldDeny, "default-deny".to_owned(), reason));
+            noted.verdict = Some((
+                Recorded::WouldDeny,
+                denied.rule.as_str().to_owned(),
+                denied.reason,
+            ));
             None
         }
     };
 
-    let upgrade = hop::wants_upgrade(req);
     // After a 101 the bytes are relayed with no further decision, so only
     // the upgrade browsers and SDKs use, WebSocket, is let through.
-    if upgrade && !hop::upgrades_to_websocket(req) {
+    if upgrade == Some(false) {
         return Err(Refusal::UpgradeRefused);
     }
     if let Some(credential) = credential {
@@ -172,13 +322,25 @@ fn decide<'p, B>(
             });
         }
         noted.credential_id = Some(credential.id.clone());
+        if method_param && !allow_overrides.iter().any(|a| a == METHOD_PARAM) {
+            return Err(Refusal::MethodOverride {
+                tool: noted.tool.clone().unwrap_or_default(),
+            });
+        }
     }
+    let aws = match credential {
+        Some(credential) => aws::scope(aws_facts.as_ref(), credential)?.map(Box::new),
+        None => None,
+    };
     Ok(Forward {
         authority,
         host,
         path,
-        upgrade,
+        upgrade: upgrade.is_some(),
         credential,
+        resumed_lists: false,
+        allow_overrides,
+        aws,
         timeouts,
     })
 }

@@ -6,6 +6,7 @@ use hyper::Request;
 
 use super::*;
 use crate::identity::Identity;
+use crate::policy::BodyNeed;
 
 const POLICY: &str = r#"
 [agent]
@@ -157,7 +158,17 @@ fn plan_for<'p>(
         req = req.header(*name, *value);
     }
     let req = req.body(()).unwrap();
-    plan(&req, &meta(agent, sni, dst), set, &Resolved)
+    let meta = meta(agent, sni, dst);
+    let identity = crate::policy::AgentIdentity::from(&meta.identity);
+    let limiter = crate::policy::RateLimiter::new();
+    let caller = Caller {
+        identity: &identity,
+        on_behalf_of: None,
+        intent: None,
+        now: std::time::SystemTime::now(),
+        limiter: &limiter,
+    };
+    plan(&req, &meta, set, &Resolved, &caller)
 }
 
 #[test]
@@ -185,6 +196,16 @@ fn each_request_gets_the_plan_its_checks_give_in_order() {
         // cannot be.
         row(TLS_API, "GET", "/v1/%2Fadmin", host("api.example.com"), Refuse(400, "path-refused")),
         row(TLS_API, "GET", "/v1/../admin", host("api.example.com"), Refuse(403, "default-deny")),
+        // A second layer of escapes reads differently to a server that
+        // decodes twice.
+        row(TLS_API, "GET", "/v1/%252e%252e/admin", host("api.example.com"), Refuse(400, "path-refused")),
+        // One authority per request (RFC 9112 §3.2, RFC 9113 §8.3.1).
+        row(TLS_API, "GET", "/v1/models", vec![("host", "api.example.com"), ("host", "api.example.com")], Refuse(400, "bad-request")),
+        row(TLS_API, "GET", "https://api.example.com/v1/models", host("public.example.com"), Refuse(400, "bad-request")),
+        // _method is refused where a credential rides along, not elsewhere.
+        row(TLS_API, "POST", "/v1/chat?_method=DELETE", host("api.example.com"), Refuse(403, "method-override")),
+        row(TLS_API, "POST", "/v1/chat?%5Fmethod=DELETE", host("api.example.com"), Refuse(403, "method-override")),
+        row(("bot", Some("public.example.com"), "127.0.0.5:443"), "GET", "/page?_method=DELETE", host("public.example.com"), Forward(Some("public"), None, false)),
         // Default deny: method, path and host must all match a tool.
         row(TLS_API, "DELETE", "/v1/models", host("api.example.com"), Refuse(403, "default-deny")),
         // An agent reloaded away since its connection was attributed.
@@ -239,7 +260,7 @@ fn the_record_keeps_what_was_learnt_before_a_refusal() {
     assert_eq!(
         n.verdict,
         Some((
-            Decision::Allow,
+            Recorded::Allow,
             "tool:api".to_owned(),
             "allowed by tool \"api\"".to_owned()
         ))
@@ -275,6 +296,122 @@ fn the_record_keeps_what_was_learnt_before_a_refusal() {
     .noted;
     assert_eq!(
         n.verdict.map(|(d, rule, _)| (d, rule)),
-        Some((Decision::WouldDeny, "default-deny".to_owned()))
+        Some((Recorded::WouldDeny, "default-deny".to_owned()))
+    );
+}
+
+const CALLS: &str = r#"
+[agent]
+name = "caller"
+cgroup = "agentguard/caller"
+
+[[tool]]
+name = "mcp"
+host = "mcp.example.com"
+methods = ["POST", "GET"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["list_*"]
+
+[[tool]]
+name = "by-uid"
+host = "api.example.com"
+methods = ["GET"]
+paths = ["/v1/*"]
+when = 'agent.uid == 1000 && (!has(request.query.page) || request.query.page != "2")'
+
+[[tool]]
+name = "by-body"
+host = "api.example.com"
+methods = ["POST"]
+paths = ["/v1/*"]
+when = 'request.body.kind == "ticket"'
+
+[[tool]]
+name = "rated"
+host = "rated.example.com"
+methods = ["GET"]
+paths = ["/*"]
+rate = "2/min"
+"#;
+
+/// Tools that decide on more than the head: conditions on the caller and
+/// the query are decided here, rates counted here; JSON-RPC bodies and
+/// bodies a condition reads are left to `call`.
+#[test]
+fn call_aware_tools_are_decided_on_the_caller_or_left_for_the_body() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("caller.toml"), CALLS).unwrap();
+    let set = crate::policy::load_path(dir.path()).unwrap();
+    let limiter = crate::policy::RateLimiter::new();
+    let now = std::time::SystemTime::now();
+    let go = |uid: u32, method: &str, host: &'static str, target: &str| {
+        let mut m = meta("caller", Some(host), "127.0.0.3:443");
+        m.identity.uid = uid;
+        let identity = crate::policy::AgentIdentity::from(&m.identity);
+        let req = Request::builder()
+            .method(method)
+            .uri(target)
+            .header("host", host)
+            .body(())
+            .unwrap();
+        let caller = Caller {
+            identity: &identity,
+            on_behalf_of: None,
+            intent: None,
+            now,
+            limiter: &limiter,
+        };
+        match plan(&req, &m, &set, &Resolved, &caller).action {
+            Action::Forward(f) => Ok((f.host, f.resumed_lists)),
+            Action::Refuse(r) => Err((r.status().as_u16(), r.rule())),
+            Action::Decide(p) => Err((
+                0,
+                match p.need {
+                    BodyNeed::JsonRpc { .. } => "json-rpc",
+                    BodyNeed::Json { .. } => "json",
+                    BodyNeed::None => "none",
+                },
+            )),
+        }
+    };
+    // The caller's uid and the query, on the head.
+    assert_eq!(
+        go(1000, "GET", "api.example.com", "/v1/x"),
+        Ok(("api.example.com".into(), false))
+    );
+    assert_eq!(
+        go(1000, "GET", "api.example.com", "/v1/x?page=3"),
+        Ok(("api.example.com".into(), false))
+    );
+    assert_eq!(
+        go(0, "GET", "api.example.com", "/v1/x"),
+        Err((403, "condition"))
+    );
+    assert_eq!(
+        go(1000, "GET", "api.example.com", "/v1/x?page=2"),
+        Err((403, "condition"))
+    );
+    // A condition on the body, and an MCP POST: decided once the body is read.
+    assert_eq!(
+        go(1000, "POST", "api.example.com", "/v1/x"),
+        Err((0, "json"))
+    );
+    assert_eq!(
+        go(1000, "POST", "mcp.example.com", "/mcp"),
+        Err((0, "json-rpc"))
+    );
+    // The MCP event stream is session traffic: no body to read; the list
+    // responses a resumed stream may replay are filtered.
+    assert_eq!(
+        go(1000, "GET", "mcp.example.com", "/mcp"),
+        Ok(("mcp.example.com".into(), true))
+    );
+    // Two a minute, then 429 with the time to wait.
+    assert!(go(1000, "GET", "rated.example.com", "/a").is_ok());
+    assert!(go(1000, "GET", "rated.example.com", "/a").is_ok());
+    assert_eq!(
+        go(1000, "GET", "rated.example.com", "/a"),
+        Err((429, "rate-limited"))
     );
 }

@@ -1,0 +1,312 @@
+//! The forms in which a secret comes back from an upstream without anyone
+//! having to work for it: what agentguard itself produces (the raw value,
+//! HTTP Basic's base64, a percent-encoded query parameter) and what common
+//! servers and libraries turn a value into when they echo it (JSON string
+//! escapes of the usual encoders, percent-encoding as the usual URL
+//! encoders do it, base64 and hex dumps).
+//!
+//! Each form is a byte string to look for. Encoders disagree on details
+//! (which characters to escape, upper- or lowercase hex), so each family
+//! gives one form per choice that real encoders make; for a secret of
+//! letters and digits most of them are the same and collapse.
+
+use base64::{
+    Engine as _,
+    engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD},
+};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
+
+/// Base64 forms shorter than this are not looked for: a few base64
+/// characters occur by chance in any token or hash. Secrets of six bytes and
+/// more give forms at least this long at every alignment.
+const MIN_BASE64_FORM: usize = 6;
+
+/// Every form of `secret`, possibly with repeats.
+pub(super) fn forms(secret: &str) -> Vec<Vec<u8>> {
+    let raw = secret.as_bytes();
+    let mut out = vec![raw.to_vec()];
+    out.extend(json_forms(secret));
+    out.extend(percent_forms(raw));
+    out.push(hex::encode(raw).into_bytes());
+    out.push(hex::encode_upper(raw).into_bytes());
+    for core in base64_cores(raw) {
+        out.extend(escaped_base64(&core));
+        out.push(core);
+    }
+    out
+}
+
+/// Base64 in a URL or a JSON string gets escaped in turn: `+` and `/` as
+/// `%2B` and `%2F` (either case; Python's `quote` keeps `/`), `/` as `\/`.
+fn escaped_base64(core: &[u8]) -> Vec<Vec<u8>> {
+    if !core.iter().any(|&b| b == b'+' || b == b'/') {
+        return Vec::new();
+    }
+    let replace = |plus: &[u8], slash: &[u8]| -> Vec<u8> {
+        let mut out = Vec::with_capacity(core.len() * 3);
+        for &b in core {
+            match b {
+                b'+' => out.extend_from_slice(plus),
+                b'/' => out.extend_from_slice(slash),
+                b => out.push(b),
+            }
+        }
+        out
+    };
+    vec![
+        replace(b"%2B", b"%2F"),
+        replace(b"%2b", b"%2f"),
+        replace(b"%2B", b"/"),
+        replace(b"%2b", b"/"),
+        replace(b"+", b"\\/"),
+    ]
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
+
+/// `%XX` for every byte.
+fn every_byte_escaped(raw: &[u8], hex: &[u8; 16]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() * 3);
+    for &b in raw {
+        out.extend_from_slice(&[b'%', hex[usize::from(b >> 4)], hex[usize::from(b & 0xf)]]);
+    }
+    out
+}
+
+/// The part of the base64 encoding of `raw` that is the same wherever `raw`
+/// sits in a longer text, for each of the three alignments and both
+/// alphabets (RFC 4648 §4 and §5): the characters that encode only bits of
+/// `raw`. So `base64(user ":" secret)`, or a base64 dump of a whole echoed
+/// request, holds one of them, whatever precedes the secret.
+fn base64_cores(raw: &[u8]) -> Vec<Vec<u8>> {
+    let mut cores = Vec::new();
+    for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+        for align in 0..3usize {
+            let mut text = vec![0u8; align];
+            text.extend_from_slice(raw);
+            let encoded = engine.encode(&text);
+            // Character i holds bits [6i, 6i + 6) of the text; the secret's
+            // bits are [8 align, 8 (align + len)).
+            let start = (8 * align).div_ceil(6);
+            let end = 8 * (align + raw.len()) / 6;
+            if end >= start + MIN_BASE64_FORM {
+                cores.push(encoded.as_bytes()[start..end].to_vec());
+            }
+        }
+    }
+    cores
+}
+
+/// RFC 3986 §2.3: everything but unreserved characters encoded (Rust's
+/// `url`, Go's `QueryEscape` but for spaces, PHP's `rawurlencode`).
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+/// Python's `quote`, which keeps `/` by default.
+const PATH: &AsciiSet = &UNRESERVED.remove(b'/');
+/// JavaScript's `encodeURIComponent`.
+const URI_COMPONENT: &AsciiSet = &UNRESERVED
+    .remove(b'!')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
+/// JavaScript's `encodeURI`, which keeps the reserved characters.
+const URI: &AsciiSet = &URI_COMPONENT
+    .remove(b';')
+    .remove(b',')
+    .remove(b'/')
+    .remove(b'?')
+    .remove(b':')
+    .remove(b'@')
+    .remove(b'&')
+    .remove(b'=')
+    .remove(b'+')
+    .remove(b'$')
+    .remove(b'#');
+/// PHP's `urlencode` (with `+` for spaces), which encodes `~`.
+const PHP_FORM: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_');
+
+/// Percent-encodings of `raw` as URL encoders write them: each character
+/// set, a space as `%20` or `+` (forms), hex digits upper- or lowercase;
+/// and every byte escaped.
+fn percent_forms(raw: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = vec![
+        every_byte_escaped(raw, HEX_UPPER),
+        every_byte_escaped(raw, HEX_LOWER),
+    ];
+    // Letters, digits, `-`, `.` and `_` only (most API keys and every
+    // JWT): each encoder leaves it as it is (PHP's encodes `~`).
+    if raw
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    {
+        return out;
+    }
+    for set in [UNRESERVED, PATH, URI_COMPONENT, URI, PHP_FORM] {
+        let upper = percent_encode(raw, set).to_string();
+        let plus = upper.replace("%20", "+");
+        for form in [upper, plus] {
+            out.push(lowercase_escapes(&form).into_bytes());
+            out.push(form.into_bytes());
+        }
+    }
+    out
+}
+
+fn lowercase_escapes(encoded: &str) -> String {
+    let mut out = String::with_capacity(encoded.len());
+    let mut chars = encoded.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '%' {
+            out.extend(chars.by_ref().take(2).map(|h| h.to_ascii_lowercase()));
+        }
+    }
+    out
+}
+
+/// JSON string escapes (RFC 8259 §7) of `secret` as encoders write them:
+/// `\/` or `/` (PHP escapes it), `<>&'` as `\u003c`... (Go, for HTML
+/// safety), non-ASCII as `\uXXXX` (Python's default) or not, hex in either
+/// case; and every character as `\uXXXX`.
+fn json_forms(secret: &str) -> Vec<Vec<u8>> {
+    // A choice that changes nothing for this secret is not made: an
+    // ASCII secret of letters and digits has one form here, not sixteen.
+    let choices = |present: bool| {
+        if present {
+            &[false, true][..]
+        } else {
+            &[false][..]
+        }
+    };
+    let html_chars = secret.contains(['<', '>', '&', '\'']);
+    let non_ascii = !secret.is_ascii();
+    let mut out = Vec::new();
+    for &slash in choices(secret.contains('/')) {
+        for &html in choices(html_chars) {
+            for &ascii in choices(non_ascii) {
+                for &upper in choices(html_chars || non_ascii) {
+                    out.push(json_escape(secret, |c| match c {
+                        '/' if slash => Some(Escape::Slash),
+                        '<' | '>' | '&' | '\'' if html => Some(Escape::Unicode(upper)),
+                        c if ascii && !c.is_ascii() => Some(Escape::Unicode(upper)),
+                        _ => None,
+                    }));
+                }
+            }
+        }
+    }
+    for upper in [false, true] {
+        out.push(json_escape(secret, |_| Some(Escape::Unicode(upper))));
+    }
+    out
+}
+
+enum Escape {
+    Slash,
+    /// `\uXXXX`, uppercase hex if true.
+    Unicode(bool),
+}
+
+/// `secret` as the inside of a JSON string: the escapes JSON requires
+/// (`"`, `\`, control characters), plus those `choose` asks for.
+fn json_escape(secret: &str, choose: impl Fn(char) -> Option<Escape>) -> Vec<u8> {
+    let mut out = String::with_capacity(secret.len() * 2);
+    let unicode = |out: &mut String, c: char, upper: bool| {
+        let hex = if upper { HEX_UPPER } else { HEX_LOWER };
+        let mut units = [0u16; 2];
+        for &unit in c.encode_utf16(&mut units).iter() {
+            out.push_str("\\u");
+            for shift in [12, 8, 4, 0] {
+                out.push(char::from(hex[usize::from((unit >> shift) & 0xf)]));
+            }
+        }
+    };
+    for c in secret.chars() {
+        match (choose(c), c) {
+            (Some(Escape::Unicode(upper)), c) => unicode(&mut out, c, upper),
+            (Some(Escape::Slash), _) => out.push_str("\\/"),
+            (None, '"') => out.push_str("\\\""),
+            (None, '\\') => out.push_str("\\\\"),
+            (None, '\n') => out.push_str("\\n"),
+            (None, '\r') => out.push_str("\\r"),
+            (None, '\t') => out.push_str("\\t"),
+            (None, '\u{8}') => out.push_str("\\b"),
+            (None, '\u{c}') => out.push_str("\\f"),
+            (None, c) if (c as u32) < 0x20 => unicode(&mut out, c, false),
+            (None, c) => out.push(c),
+        }
+    }
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::engine::general_purpose::STANDARD;
+
+    use super::*;
+
+    fn has(forms: &[Vec<u8>], s: &str) -> bool {
+        forms.iter().any(|f| f == s.as_bytes())
+    }
+
+    #[test]
+    fn base64_cores_sit_inside_every_alignment() {
+        let secret = b"open sesame";
+        let cores = base64_cores(secret);
+        // RFC 7617's example: "Aladdin:open sesame".
+        let basic = STANDARD.encode(b"Aladdin:open sesame");
+        assert_eq!(basic, "QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        assert!(
+            cores
+                .iter()
+                .any(|c| basic.as_bytes().windows(c.len()).any(|w| w == c))
+        );
+        for prefix in ["", "a", "ab", "abc", "abcd"] {
+            let text = format!("{prefix}open sesame!?");
+            for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+                let encoded = engine.encode(&text);
+                assert!(
+                    cores
+                        .iter()
+                        .any(|c| encoded.as_bytes().windows(c.len()).any(|w| w == c)),
+                    "{prefix:?}: {encoded}"
+                );
+            }
+        }
+        // Too short to look for at some alignment: only the long ones.
+        assert!(
+            base64_cores(b"abcd")
+                .iter()
+                .all(|c| c.len() >= MIN_BASE64_FORM)
+        );
+    }
+
+    #[test]
+    fn percent_and_json_forms_cover_the_usual_encoders() {
+        let f = forms("a/b c<é");
+        for want in [
+            "a/b c<é",
+            "a%2Fb%20c%3C%C3%A9",
+            "a%2fb%20c%3c%c3%a9",
+            "a%2Fb+c%3C%C3%A9",
+            "a/b%20c%3C%C3%A9",
+            "%61%2F%62%20%63%3C%C3%A9",
+            "a\\/b c<é",
+            "a/b c\\u003c\\u00e9",
+            "a/b c\\u003C\\u00E9",
+            "\\u0061\\u002f\\u0062\\u0020\\u0063\\u003c\\u00e9",
+            &hex::encode("a/b c<é"),
+        ] {
+            assert!(has(&f, want), "{want}");
+        }
+        // Astral characters are surrogate pairs in JSON.
+        assert!(has(&forms("k😀y"), "k\\ud83d\\ude00y"));
+        // Quotes and backslashes are always escaped in JSON.
+        assert!(has(&forms("a\"b\\c"), "a\\\"b\\\\c"));
+    }
+}

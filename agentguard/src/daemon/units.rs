@@ -1,0 +1,122 @@
+//! Agents that are systemd services (`[agent] systemd_unit`).
+//!
+//! systemd creates a unit's cgroup when the unit starts and removes it when
+//! it stops, so the cgroup to guard changes with every restart. Two paths
+//! keep it guarded:
+//!
+//! - the unit's `ExecStartPre=+agentguard attach --agent NAME` asks the
+//!   daemon to guard the cgroup it runs in, and the unit's main process
+//!   starts only once that succeeded (it fails the start otherwise): no
+//!   process of the unit other than that gate runs unguarded;
+//! - the daemon's watcher looks for the units' cgroups every second and
+//!   guards a new one, and forgets one that is gone (a daemon started after
+//!   its agents, a unit without the gate).
+//!
+//! The gate is what closes the window; the watcher only notices a unit that
+//! started without it, and says so.
+
+use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
+
+use thiserror::Error;
+use tracing::warn;
+
+use crate::{
+    cgroup::{Cgroup, CgroupError, CgroupRoot},
+    policy::AgentPolicy,
+};
+
+#[derive(Debug, Error)]
+pub enum UnitError {
+    #[error("no agent named {0:?} in the running policy")]
+    UnknownAgent(String),
+    #[error(
+        "agent {0:?} is not a systemd service (its policy has no systemd_unit): start it with `agentguard exec`"
+    )]
+    NotAUnit(String),
+    #[error("failed to read the cgroup of process {pid}: {source}")]
+    ProcCgroup { pid: u32, source: std::io::Error },
+    #[error(
+        "process {pid} runs in cgroup {actual}, not in {unit}'s cgroup /{expected}: `agentguard attach --agent {agent}` must run from the unit itself (ExecStartPre=+)"
+    )]
+    WrongCgroup {
+        pid: u32,
+        agent: String,
+        unit: String,
+        actual: String,
+        expected: String,
+    },
+    #[error("agent {0:?}: its unit's cgroup was not guarded; see the daemon's log")]
+    NotGuarded(String),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+}
+
+/// The unit's cgroup if the unit is running (its directory exists).
+pub fn open(root: &CgroupRoot, agent: &AgentPolicy) -> Result<Option<Cgroup>, CgroupError> {
+    match Cgroup::open(&root.path_of(&agent.cgroup)) {
+        Ok(cgroup) => Ok(Some(cgroup)),
+        Err(CgroupError::Missing { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The cgroup v2 path of process `pid` (`/system.slice/x.service`).
+pub fn cgroup_of(pid: u32) -> Result<String, UnitError> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|source| UnitError::ProcCgroup { pid, source })?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// Checks that `pid` runs in `agent`'s unit cgroup: the gate may guard only
+/// the cgroup it is in, and only as the agent whose unit that is.
+pub fn check_gate(agent: &AgentPolicy, pid: u32) -> Result<(), UnitError> {
+    let unit = agent
+        .systemd_unit
+        .as_ref()
+        .ok_or_else(|| UnitError::NotAUnit(agent.name.clone()))?;
+    let actual = cgroup_of(pid)?;
+    if actual.trim_start_matches('/') != agent.cgroup.as_str() {
+        return Err(UnitError::WrongCgroup {
+            pid,
+            agent: agent.name.clone(),
+            unit: unit.to_string(),
+            actual,
+            expected: agent.cgroup.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Warns if processes other than agentguard's own (the gate, or `exec`
+/// before it execs the agent) ran in a unit's cgroup before it was first
+/// guarded: sockets they opened then were never redirected.
+pub fn warn_if_started_unguarded(agent: &AgentPolicy, cgroup: &Cgroup) {
+    let own = fs::read_link("/proc/self/exe").ok();
+    let others: Vec<u32> = fs::read_to_string(cgroup.path.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .filter(|pid| {
+            let exe = fs::read_link(format!("/proc/{pid}/exe")).ok();
+            exe.is_none() || exe != own
+        })
+        .collect();
+    if !others.is_empty() {
+        warn!(
+            agent = %agent.name,
+            unit = %agent.systemd_unit.as_ref().map(|u| u.to_string()).unwrap_or_default(),
+            pids = ?others,
+            "the unit's processes ran before agentguard guarded its cgroup: sockets they opened before now are not redirected; restart the unit, and give it ExecStartPre=+agentguard attach --agent NAME so this cannot happen"
+        );
+    }
+}
+
+/// Whether a cgroup directory is still there with the same id (a unit's
+/// is removed when the unit stops; one made again has a new id).
+pub fn still_there(path: &Path, id: u64) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.ino() == id)
+}
