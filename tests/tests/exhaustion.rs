@@ -824,11 +824,43 @@ host = "jwt.agentguard.test"
 methods = ["POST"]
 paths = ["/reflect"]
 credential = "tool-token"
+
+[[tool]]
+name = "tool.body"
+host = "body.agentguard.test"
+methods = ["POST"]
+paths = ["/reflect"]
+when = 'request.body.kind == "ok"'
 {ALLOW_LOOPBACK_TEST_HOSTS}"#
         ))
         .args(&["--client-timeout", "2s"])
         .start();
     let port = silent.addr.port().to_string();
+    // A tool whose condition reads the body: it is read whole before the
+    // decision, within the same limit.
+    let out = daemon
+        .exec_resolving(
+            "uploader",
+            &["body.agentguard.test"],
+            "127.0.0.2",
+            &[
+                "python3",
+                "-c",
+                STALLED_UPLOAD_AGENT,
+                "body.agentguard.test",
+                "body.agentguard.test",
+                &port,
+                "tls",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "HTTP/1.1 408 Request Timeout",
+        "{}",
+        text(&out.stderr)
+    );
     // A JWT-bound tool: the body is read whole to hash it into the token.
     let out = daemon
         .exec_resolving(
@@ -876,11 +908,11 @@ credential = "tool-token"
         "{}",
         text(&out.stderr)
     );
-    let events = daemon.wait_for_events("two 408s", |e| {
+    let events = daemon.wait_for_events("three 408s", |e| {
         e.iter()
             .filter(|e| e["kind"] == "request" && e["status"] == 408)
             .count()
-            >= 2
+            >= 3
     });
     for e in events.iter().filter(|e| e["status"] == 408) {
         assert_eq!(e["rule"], "body-timeout", "{e}");
