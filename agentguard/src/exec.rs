@@ -196,9 +196,16 @@ pub fn exec(
     // of the agent's own (no other process's memory or descriptors, own
     // children still traceable); without Landlock, a seccomp filter that
     // refuses the system calls (but cannot see /proc/<pid>/mem).
+    // Landlock refuses every mount inside a domain: with --allow-namespaces
+    // (mounts in the agent's own namespaces, as bubblewrap makes) the
+    // seccomp filter is the belt instead.
     if !view.processes_guarded {
         let set_no_new_privs = !privileges.keep_capabilities;
-        match domain::enter(set_no_new_privs).map_err(ExecError::Landlock)? {
+        let entered = match privileges.allow_namespaces {
+            true => domain::Domain::Unavailable,
+            false => domain::enter(set_no_new_privs).map_err(ExecError::Landlock)?,
+        };
+        match entered {
             domain::Domain::Entered => {}
             domain::Domain::Unavailable => {
                 seccomp::install(seccomp::process_filters().map_err(ExecError::Seccomp)?)

@@ -134,7 +134,7 @@ fn openai_sdk_with_a_placeholder_gets_the_real_key_in_authorization() {
          assert os.environ['OPENAI_API_KEY'] == 'agentguard-placeholder:openai-key'\n\
          c = openai.OpenAI(base_url='{base}', max_retries=0)\n\
          print([m.id for m in c.models.list()])\n\
-         r = c.chat.completions.create(model='gpt-test', messages=[{{'role': 'user', 'content': 'hi'}}])\n\
+         r = c.chat.completions.create(model='gpt-5-mini', messages=[{{'role': 'user', 'content': 'hi'}}])\n\
          print(r.choices[0].message.content)\n\
          try:\n\
          \x20   c.files.list()\n\
