@@ -12,6 +12,7 @@ mod delegated;
 mod dns;
 mod egress;
 mod exec_confinement;
+mod exhaustion;
 mod exports;
 mod fail_closed;
 mod interception;

@@ -13,9 +13,10 @@
 //! - `rpc_call`: a JSON-RPC message of a request, as its event keeps it.
 //!
 //! Emitters hold an [`AuditSink`]: [`AuditSink::record`] waits while the
-//! queue is full (backpressure) and never drops an event. The writer assigns
-//! sequence numbers in the order events reach it, so the chain's order is the
-//! order of recording.
+//! queue is full (in events or in bytes) or the writer cannot commit
+//! (`queue`), and never drops an event. The writer assigns sequence numbers
+//! in the order events reach it, so the chain's order is the order of
+//! recording.
 
 pub mod anchor;
 pub mod chain;
@@ -23,6 +24,7 @@ pub mod event;
 pub mod ocsf;
 pub mod otlp;
 pub mod query;
+mod queue;
 pub mod rpc_call;
 pub mod signing;
 pub mod store;
@@ -41,10 +43,12 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, watch};
 use tracing::{error, info};
 
 pub use event::{Decision, Event, Kind};
+use queue::Queued;
+pub use queue::{CommitHealth, FIELD_MAX, MAX_EVENT_BYTES, limit_fields};
 pub use rpc_call::RpcCall;
 pub use signing::SigningError;
 pub use store::{Checkpoint, Record, Store, StoreError};
@@ -82,6 +86,9 @@ pub struct AuditConfig {
     pub writer: WriterConfig,
     /// Events the queue holds before `record` waits.
     pub queue: usize,
+    /// Bytes the queued (not yet committed) events may hold before
+    /// `record` waits; at least [`MAX_EVENT_BYTES`].
+    pub queue_bytes: usize,
     /// The checkpoint signing key; `None`: [`signing::default_key_path`].
     pub signing_key: Option<PathBuf>,
     /// Where checkpoints are exported as they are signed.
@@ -95,11 +102,13 @@ pub type Observer = Arc<dyn Fn(&Event) + Send + Sync>;
 /// Where events go. Cheap to clone; every clone feeds the same queue.
 #[derive(Clone)]
 pub struct AuditSink {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Queued>,
     shared: Arc<Shared>,
 }
 
 struct Shared {
+    bytes: queue::Bytes,
+    gate: queue::Gate,
     stats: Arc<Stats>,
     hub: broadcast::Sender<Arc<Record>>,
     checkpoints: broadcast::Sender<Arc<Checkpoint>>,
@@ -111,16 +120,19 @@ struct Shared {
 
 /// A reserved place in the queue: recording through it cannot wait or fail.
 pub struct Permit {
-    permit: mpsc::OwnedPermit<Event>,
+    permit: mpsc::OwnedPermit<Queued>,
+    bytes: OwnedSemaphorePermit,
     shared: Arc<Shared>,
 }
 
 impl Permit {
-    pub fn record(self, event: Event) {
+    pub fn record(self, mut event: Event) {
+        let weight = limit_fields(&mut event);
+        let bytes = queue::Bytes::keep(self.bytes, weight);
         for observe in &self.shared.observers {
             observe(&event);
         }
-        self.permit.send(event);
+        self.permit.send(Queued { event, bytes });
     }
 }
 
@@ -130,6 +142,15 @@ pub struct AuditStatus {
     pub db_path: String,
     pub queue_depth: usize,
     pub queue_capacity: usize,
+    /// Bytes the queued events hold, and the most they may.
+    #[serde(default)]
+    pub queue_bytes: usize,
+    #[serde(default)]
+    pub queue_bytes_capacity: usize,
+    /// Whether the writer is committing: while it is not, recording (and
+    /// so every agent request) waits.
+    #[serde(default)]
+    pub commit: Option<CommitHealth>,
     pub events_written: u64,
     pub last_seq: i64,
     pub last_checkpoint_seq: i64,
@@ -159,25 +180,60 @@ impl AuditSink {
         }
     }
 
-    /// Waits for a place in the queue. `None` once the writer has stopped.
+    /// Waits until the writer commits, then for a place in the queue.
+    /// `None` once the writer has stopped.
     pub fn reserve(&self) -> Pin<Box<dyn Future<Output = Option<Permit>> + Send + 'static>> {
         let (tx, shared) = (self.tx.clone(), self.shared.clone());
         Box::pin(async move {
+            shared.gate.open().await;
+            let bytes = shared.bytes.reserve().await?;
             let permit = tx.reserve_owned().await.ok()?;
-            Some(Permit { permit, shared })
+            Some(Permit {
+                permit,
+                bytes,
+                shared,
+            })
         })
+    }
+
+    /// Waits while the writer cannot commit: what an emitter calls before
+    /// it acts on something it will record (the proxy, before it forwards
+    /// a request).
+    pub fn committing(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        // Boxed (as `reserve`): the gate's wait, inlined into the proxy's
+        // request future, trips rustc's check that the future is `Send`.
+        let shared = self.shared.clone();
+        Box::pin(async move { shared.gate.open().await })
     }
 
     /// For code that cannot wait (a `Drop`): queued now if there is room,
     /// else by a task that waits for room. Still never dropped.
     pub fn record_detached(&self, event: Event) {
-        match self.tx.clone().try_reserve_owned() {
-            Ok(permit) => Permit {
+        let room = if self.shared.gate.is_open() {
+            self.shared.bytes.try_reserve()
+        } else {
+            None
+        };
+        let reserved = match room {
+            Some(bytes) => self
+                .tx
+                .clone()
+                .try_reserve_owned()
+                .map(|permit| (permit, bytes))
+                .map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
+                    mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
+                }),
+            None => Err(mpsc::error::TrySendError::Full(())),
+        };
+        match reserved {
+            Ok((permit, bytes)) => Permit {
                 permit,
+                bytes,
                 shared: self.shared.clone(),
             }
             .record(event),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(mpsc::error::TrySendError::Full(())) => {
                 let sink = self.clone();
                 match tokio::runtime::Handle::try_current() {
                     Ok(rt) => {
@@ -188,7 +244,7 @@ impl AuditSink {
                     }
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(mpsc::error::TrySendError::Closed(())) => {
                 error!(kind = event.kind.as_str(), id = %event.id, "audit writer has stopped; event not stored");
             }
         }
@@ -226,6 +282,9 @@ impl AuditSink {
             db_path: self.shared.db_path.display().to_string(),
             queue_depth: self.queue_depth(),
             queue_capacity: self.tx.max_capacity(),
+            queue_bytes: self.shared.bytes.queued(),
+            queue_bytes_capacity: self.shared.bytes.capacity(),
+            commit: Some(self.shared.gate.health()),
             events_written: s.written.load(Ordering::Relaxed),
             last_seq: s.last_seq.load(Ordering::Relaxed),
             last_checkpoint_seq: s.last_checkpoint_seq.load(Ordering::Relaxed),
@@ -308,6 +367,10 @@ pub fn start(
         )?)
     };
     let (hub, _) = broadcast::channel(FOLLOW_BUFFER);
+    let bytes = queue::Bytes::new(cfg.queue_bytes);
+    // A commit that runs longer than one flush interval holds back new
+    // events: the loss after a crash stays about one interval's worth.
+    let gate = queue::Gate::new(cfg.writer.flush_interval);
     let (checkpoints, _) = broadcast::channel(CHECKPOINT_BUFFER);
     let writer = writer::Writer::new(
         store,
@@ -318,6 +381,10 @@ pub fn start(
             records: hub.clone(),
             checkpoints: checkpoints.clone(),
             anchors,
+        },
+        writer::Backpressure {
+            bytes: bytes.clone(),
+            gate: gate.clone(),
         },
     )?;
     let (tx, rx) = mpsc::channel(cfg.queue.max(1));
@@ -339,6 +406,8 @@ pub fn start(
     let sink = AuditSink {
         tx,
         shared: Arc::new(Shared {
+            bytes,
+            gate,
             stats,
             hub,
             checkpoints,

@@ -13,6 +13,7 @@ mod attach;
 mod audit;
 mod config;
 mod kernel;
+mod limits;
 mod policy;
 mod run;
 mod status;

@@ -37,6 +37,8 @@ pub const DEFAULT_AUDIT_FLUSH_INTERVAL: &str = "200ms";
 pub const DEFAULT_AUDIT_BATCH_MAX: usize = 1024;
 /// Audit events queued before the proxy waits for the writer.
 pub const DEFAULT_AUDIT_QUEUE: usize = 4096;
+/// ...or once the queued events hold this many bytes.
+pub const DEFAULT_AUDIT_QUEUE_BYTES: &str = "16M";
 /// A signed checkpoint every this many events...
 pub const DEFAULT_AUDIT_CHECKPOINT_EVERY: u64 = 1000;
 /// ...or this often, whichever comes first.
@@ -150,6 +152,7 @@ pub struct AuditOptions {
     pub flush_interval: Duration,
     pub batch_max: usize,
     pub queue: usize,
+    pub queue_bytes: u64,
     pub checkpoint_every: u64,
     pub checkpoint_interval: Duration,
     /// `None`: keep every event.
@@ -174,6 +177,7 @@ impl AuditOptions {
                 max_bytes: self.max_bytes,
             },
             queue: self.queue,
+            queue_bytes: usize::try_from(self.queue_bytes).unwrap_or(usize::MAX),
             signing_key: self.signing_key.clone(),
             anchors: self.anchors.clone(),
         }
@@ -225,6 +229,8 @@ pub struct RunConfig {
     pub tokens: TokenOptions,
     /// `--web-listen` and the other `--web-*` flags; `None`: no web view.
     pub web: Option<crate::web::WebOptions>,
+    /// Time limits and per-agent caps.
+    pub limits: crate::proxy::limits::LimitOptions,
 }
 
 /// `--jwks-listen`: an address, or `off`.
@@ -286,11 +292,11 @@ impl std::fmt::Display for RunConfig {
         write!(
             f,
             "policies={} state_dir={} admin_socket={} bpf_dir={} proxy_port={} upstream_ca={} \
-             audit_flush={:?} audit_batch_max={} audit_queue={} audit_checkpoint_every={} \
+             audit_flush={:?} audit_batch_max={} audit_queue={} audit_queue_bytes={} audit_checkpoint_every={} \
              audit_checkpoint_interval={:?} audit_retention={} audit_max_size={} \
              audit_signing_key={} audit_anchor_dir={} audit_anchor_command={} \
              metrics_listen={} otlp_endpoint={} trust_domain={} jwks_listen={} jwt_max_body={} token_algorithm={:?} \
-             report_kernel_redirects={} unix_guard={:?} {} web_listen={}",
+             report_kernel_redirects={} unix_guard={:?} {} {} web_listen={}",
             self.policies_dir.display(),
             self.state_dir.display(),
             self.admin_socket.display(),
@@ -302,6 +308,7 @@ impl std::fmt::Display for RunConfig {
             self.audit.flush_interval,
             self.audit.batch_max,
             self.audit.queue,
+            self.audit.queue_bytes,
             self.audit.checkpoint_every,
             self.audit.checkpoint_interval,
             self.audit
@@ -337,6 +344,7 @@ impl std::fmt::Display for RunConfig {
             self.tokens.algorithm,
             self.report_kernel_redirects,
             self.unix_guard,
+            self.limits,
             self.kernel,
             self.web
                 .as_ref()

@@ -113,6 +113,13 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     info!(config = %cfg, cgroup2 = %root.mount().display(), "starting agentguard");
 
     let _lock = lock_state_dir(&cfg.state_dir)?;
+    // Before any socket is opened: the limit, and the reserve the proxy
+    // leaves for the admin socket, DNS and the audit store.
+    let descriptors = crate::proxy::limits::fds::init(cfg.limits.fd_reserve);
+    let limits = Arc::new(crate::proxy::limits::Limits::new(
+        cfg.limits.clone(),
+        Some(descriptors.budget),
+    ));
     // A bad policy stops start-up before anything in the kernel changes.
     let policy = policy::load_path(&cfg.policies_dir)?;
     // A revoked agent stays revoked: an unreadable list stops start-up.
@@ -122,7 +129,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     let ca = Arc::new(LocalCa::load_or_create(&cfg.state_dir)?);
     let ca_bundle = ca.write_trust_bundle()?;
     let (tls, leaves) = tls_acceptor(ca.clone())?;
-    let upstreams = Arc::new(Upstreams::new(cfg.upstream_ca.as_deref())?);
+    let upstreams = Arc::new(
+        Upstreams::new(cfg.upstream_ca.as_deref())?.with_handshake_timeout(cfg.limits.upstream_tls),
+    );
     let minter = Arc::new(crate::token::Minter::new(
         crate::token::KeyStore::load_or_create(&cfg.state_dir, cfg.tokens.algorithm)?,
         &cfg.tokens.trust_domain,
@@ -274,6 +283,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         jwt_max_body: cfg.tokens.max_body,
         revocations,
         approvals,
+        limits,
         limiter: Arc::new(crate::policy::RateLimiter::new()),
     });
     let metrics = Arc::new(MetricsSource {

@@ -10,7 +10,7 @@
 mod answers;
 mod listener;
 mod query;
-mod sanitise;
+pub(crate) mod sanitise;
 mod upstream;
 
 use std::{

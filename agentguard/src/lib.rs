@@ -18,6 +18,8 @@ pub mod dns;
 pub mod ebpf;
 pub mod error_list;
 pub mod exec;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod kernel_events;
 pub mod live;

@@ -35,11 +35,11 @@ pub use decide::{
 };
 pub use explain::{Explanation, explain, explain_case};
 pub use listen::ListenAddr;
-pub use load::{PolicyError, PolicyErrors, load_path};
+pub use load::{PolicyError, PolicyErrors, check_text, load_path};
 pub use model::{
-    AgentPolicy, CgroupRelPath, CredentialPolicy, DnsMode, HostPattern, Injection, Mode,
-    OAuth2Source, PassthroughRule, PathPattern, PolicySet, SecretRef, SecretSource, ToolPolicy,
-    ValueSource,
+    AgentLimits, AgentPolicy, CgroupRelPath, CredentialPolicy, DnsMode, HostPattern, Injection,
+    Mode, OAuth2Source, PassthroughRule, PathPattern, PolicySet, SecretRef, SecretSource,
+    ToolPolicy, ToolTimeouts, ValueSource,
 };
 pub use names::NamePattern;
 pub use pattern::normalize_path;

@@ -7,16 +7,18 @@
 //! carries the plan out; `http` serves an intercepted connection, planning
 //! each request before forwarding it through `upstream`; `relay` carries
 //! passthrough bytes. Every refusal is a type in `refusal`, written for
-//! the agent by `respond`.
+//! the agent by `respond`. `limits` bounds what one agent may hold and for
+//! how long.
 
 mod connection;
-mod decide;
-mod http;
+pub(crate) mod decide;
+pub(crate) mod http;
+pub mod limits;
 mod listener;
 mod refusal;
 mod relay;
 mod respond;
-mod sniff;
+pub(crate) mod sniff;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -64,6 +66,8 @@ pub struct ProxyContext {
     pub revocations: Arc<crate::revoke::Revocations>,
     /// Requests held for a person's approval.
     pub approvals: Arc<crate::approvals::Approvals>,
+    /// Time limits, and what each agent may hold at once.
+    pub limits: Arc<limits::Limits>,
     /// Counts calls against tools' rates; survives policy reloads.
     pub limiter: Arc<crate::policy::RateLimiter>,
 }

@@ -15,12 +15,17 @@ use tokio_rustls::{TlsConnector, client::TlsStream};
 use crate::{Target, certs};
 
 pub fn connector(target: &Target) -> Result<TlsConnector> {
+    connector_with_alpn(target, b"http/1.1")
+}
+
+/// [`connector`] offering only `alpn`.
+pub fn connector_with_alpn(target: &Target, alpn: &[u8]) -> Result<TlsConnector> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(certs::roots(&target.ca)?)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(TlsConnector::from(Arc::new(config)))
 }
 

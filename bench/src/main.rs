@@ -9,8 +9,10 @@
 mod certs;
 mod client;
 mod dns;
+mod flood;
 mod idle;
 mod sse;
+mod trickle;
 mod upstream;
 
 use std::{net::SocketAddr, path::PathBuf};
@@ -32,6 +34,10 @@ enum Command {
     Idle(idle::Args),
     /// Time from request sent to the first SSE event byte, several times.
     Sse(sse::Args),
+    /// Hold N connections, each sending a ClientHello one byte at a time.
+    Trickle(trickle::Args),
+    /// Flood one HTTP/2 connection with frames (rapid reset, ...).
+    Flood(flood::Args),
 }
 
 /// How a client reaches the server: where to dial, the TLS name, the CA
@@ -66,6 +72,8 @@ fn main() -> anyhow::Result<()> {
             Command::Upstream(args) => upstream::run(args).await,
             Command::Idle(args) => idle::run(args).await,
             Command::Sse(args) => sse::run(args).await,
+            Command::Trickle(args) => trickle::run(args).await,
+            Command::Flood(args) => flood::run(args).await,
         }
     })
 }

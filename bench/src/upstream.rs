@@ -147,6 +147,20 @@ fn route(req: &Request<Incoming>, bodies: &Bodies) -> Response<RespBody> {
         "/1k" => ("application/octet-stream", fixed(&bodies.k1)),
         "/64k" => ("application/octet-stream", fixed(&bodies.k64)),
         "/sse" => ("text/event-stream", SseBody::default().boxed()),
+        // 200 (or 20) MiB in 64 KiB pieces, made as it is sent (the soak's
+        // large response: the proxy must stream it, not hold it).
+        "/200m" | "/20m" => (
+            "application/octet-stream",
+            Repeat {
+                piece: bodies.k64.clone(),
+                left: if req.uri().path() == "/200m" {
+                    3200
+                } else {
+                    320
+                },
+            }
+            .boxed(),
+        ),
         "/token" => (
             "application/json",
             Full::new(Bytes::from_static(TOKEN_RESPONSE)).boxed(),
@@ -163,6 +177,36 @@ fn route(req: &Request<Incoming>, bodies: &Bodies) -> Response<RespBody> {
         header::HeaderValue::from_static(content_type),
     );
     resp
+}
+
+/// `left` copies of `piece`, with their total length announced.
+struct Repeat {
+    piece: Bytes,
+    left: u64,
+}
+
+impl Body for Repeat {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        self.left -= 1;
+        Poll::Ready(Some(Ok(Frame::data(self.piece.clone()))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left * self.piece.len() as u64)
+    }
 }
 
 /// The `/sse` body: event 0 at once, then one every [`SSE_INTERVAL`].

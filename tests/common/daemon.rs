@@ -39,6 +39,8 @@ paths = ["/", "/*"]
 
 pub struct Daemon {
     child: Option<Child>,
+    nofile: Option<u64>,
+    state_mounted: bool,
     upstream_ca: Option<PathBuf>,
     run_args: Vec<String>,
     run_env: Vec<(String, String)>,
@@ -61,6 +63,8 @@ pub struct DaemonBuilder {
     upstream_ca: Option<PathBuf>,
     run_args: Vec<String>,
     run_env: Vec<(String, String)>,
+    nofile: Option<u64>,
+    state_tmpfs: Option<String>,
 }
 
 impl DaemonBuilder {
@@ -90,6 +94,20 @@ impl DaemonBuilder {
         self
     }
 
+    /// RLIMIT_NOFILE (soft and hard) of `agentguard run`, for the tests
+    /// about descriptor exhaustion.
+    pub fn nofile(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
+        self
+    }
+
+    /// Puts the state folder on a tmpfs of this size (`mount -o size=`),
+    /// which the test may fill; unmounted when the daemon is dropped.
+    pub fn state_tmpfs(mut self, size: &str) -> Self {
+        self.state_tmpfs = Some(size.to_owned());
+        self
+    }
+
     /// Starts the daemon, in its own state folder, cgroups and bpffs
     /// folder, and waits until it answers.
     pub fn start(self) -> Daemon {
@@ -111,8 +129,24 @@ impl DaemonBuilder {
             .unwrap();
         }
         let cgroup_mount = cgroup2_mount();
+        let state_mounted = if let Some(size) = &self.state_tmpfs {
+            let state = dir.path().join("state");
+            fs::create_dir(&state).unwrap();
+            let out = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0711")])
+                .arg(&tag)
+                .arg(&state)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "mount tmpfs: {}", text(&out.stderr));
+            true
+        } else {
+            false
+        };
         let mut daemon = Daemon {
             child: None,
+            nofile: self.nofile,
+            state_mounted,
             upstream_ca: self.upstream_ca,
             run_args: self.run_args,
             run_env: self.run_env,
@@ -138,6 +172,8 @@ impl Daemon {
             upstream_ca: None,
             run_args: Vec::new(),
             run_env: Vec::new(),
+            nofile: None,
+            state_tmpfs: None,
         }
     }
 
@@ -178,6 +214,16 @@ impl Daemon {
         command
             .args(&self.run_args)
             .envs(self.run_env.iter().cloned());
+        if let Some(n) = self.nofile {
+            // SAFETY: only setrlimit, async-signal-safe, between fork and
+            // exec.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
         let child = command
             .arg("--policies")
             .arg(self.dir.path().join("policies"))
@@ -502,6 +548,9 @@ impl Drop for Daemon {
             remove_cgroup(&self.cgroup_parent.join(agent));
         }
         remove_cgroup(&self.cgroup_parent);
+        if self.state_mounted {
+            let _ = Command::new("umount").arg(self.state_dir()).output();
+        }
     }
 }
 

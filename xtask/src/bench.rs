@@ -7,21 +7,21 @@
 //! checks only that each returned 200s: `cargo xtask test` runs it so the
 //! harness cannot rot. Nothing here ever asserts a time.
 
-mod agentguard;
+pub(crate) mod agentguard;
 mod fresh;
 mod load;
-mod machine;
+pub(crate) mod machine;
 mod paths;
-mod process;
-mod procfs;
+pub(crate) mod process;
+pub(crate) mod procfs;
 mod profile;
 mod proxies;
 mod report;
-mod resolve;
+pub(crate) mod resolve;
 mod scenario;
 mod stats;
 mod tools;
-mod upstream;
+pub(crate) mod upstream;
 
 use std::{
     fs,

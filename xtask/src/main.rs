@@ -5,12 +5,14 @@
 
 mod bench;
 mod cmd;
+mod fuzz;
 mod package;
 mod paths;
 mod privilege;
 mod run;
 mod screenshots;
 mod setup;
+mod soak;
 mod test;
 
 use std::process::ExitCode;
@@ -57,6 +59,12 @@ enum Command {
     /// Benchmarks: the direct path, agentguard's paths, mitmproxy and nginx
     /// side by side; writes docs/benchmarks.md and target/bench/.
     Bench(bench::Options),
+    /// Load and fault cases too long for the test suite (slow ClientHellos,
+    /// reloads, a 200 MiB response); writes docs/soak.md.
+    Soak(soak::Options),
+    /// Every fuzz target (cargo-fuzz, libFuzzer) for a bounded time each,
+    /// from the seeds in fuzz/seeds/.
+    Fuzz(fuzz::Options),
 }
 
 impl Command {
@@ -68,6 +76,8 @@ impl Command {
             Command::Screenshots { .. } => "screenshots",
             Command::Package(_) => "package",
             Command::Bench(_) => "bench",
+            Command::Soak(_) => "soak",
+            Command::Fuzz(_) => "fuzz",
         }
     }
 }
@@ -97,6 +107,8 @@ fn try_main() -> anyhow::Result<ExitCode> {
         Command::Screenshots { no_setup } => screenshots::run(&root, !no_setup)?,
         Command::Package(opts) => package::run(&root, &opts)?,
         Command::Bench(opts) => bench::run(&root, &opts)?,
+        Command::Soak(opts) => soak::run(&root, &opts)?,
+        Command::Fuzz(opts) => fuzz::run(&root, &opts)?,
     }
     Ok(ExitCode::SUCCESS)
 }

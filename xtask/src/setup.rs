@@ -9,6 +9,7 @@ mod bpf_linker;
 mod bpffs;
 mod browser;
 mod cargo_deb;
+mod cargo_fuzz;
 mod runtimes;
 mod toolchain;
 
@@ -65,6 +66,8 @@ pub fn run() -> Result<()> {
     apt.ensure(LLVM_PACKAGES)?;
     // After the LLVM packages: building bpf-linker links against them.
     bpf_linker::ensure()?;
+    // After the toolchain: the fuzz targets build with nightly.
+    cargo_fuzz::ensure()?;
     apt.ensure(TEST_PACKAGES)?;
     apt.ensure_without_recommends(SERVICE_PACKAGES)?;
     cargo_deb::ensure()?;

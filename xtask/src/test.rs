@@ -117,6 +117,18 @@ const STEPS: &[Step] = &[
         header: "benchmark harness (smoke)",
         cargo_args: &["xtask", "bench", "--smoke", "--no-setup"],
     },
+    // The soak's cases, small, against the debug build: what must hold is
+    // checked, no figure is.
+    Step {
+        header: "soak harness (smoke)",
+        cargo_args: &["xtask", "soak", "--smoke", "--no-setup"],
+    },
+    // Every fuzz target briefly, so none can rot: its seeds first, then a
+    // few seconds of new inputs (the unit tests replay the seeds too).
+    Step {
+        header: "fuzz targets (briefly)",
+        cargo_args: &["xtask", "fuzz", "--seconds", "5", "--no-setup"],
+    },
 ];
 
 pub fn run(root: &Path, with_setup: bool) -> Result<()> {

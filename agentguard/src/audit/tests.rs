@@ -22,6 +22,7 @@ fn config(checkpoint_every: u64) -> AuditConfig {
             max_bytes: None,
         },
         queue: 16,
+        queue_bytes: 1 << 20,
         signing_key: None,
         anchors: anchor::AnchorConfig::default(),
     }

@@ -8,6 +8,10 @@
 //! `batch_max` events or its first event has waited `flush_interval`, so
 //! after a `kill -9` at most the batch being collected (and whatever sat in
 //! the queue behind it) is missing, and everything committed still verifies.
+//!
+//! It tells the queue's gate when a commit starts, fails and succeeds
+//! (`queue::Gate`): while it cannot commit, emitters wait instead of
+//! filling the queue with events agents were already answered for.
 
 use std::{
     sync::{
@@ -24,6 +28,7 @@ use super::{
     anchor,
     chain::{Hash, hash_row, to_hex},
     event::{Event, Kind, format_time},
+    queue::{Bytes, Gate, Queued},
     signing::Signer,
     store::{Checkpoint, Record, Store},
 };
@@ -83,12 +88,22 @@ pub(super) struct Outlets {
 /// daemon's own wait for the writer (15 s).
 const ANCHOR_GRACE: Duration = Duration::from_secs(10);
 
+/// What the writer gives back to the sink's backpressure.
+pub(super) struct Backpressure {
+    /// The queue's byte budget: committed events give theirs back.
+    pub bytes: Bytes,
+    /// Whether the writer commits in time.
+    pub gate: Gate,
+}
+
 pub(super) struct Writer {
     store: Store,
     signer: Signer,
     cfg: WriterConfig,
     stats: Arc<Stats>,
     hub: broadcast::Sender<Arc<Record>>,
+    bytes: Bytes,
+    gate: Gate,
     checkpoint_hub: broadcast::Sender<Arc<Checkpoint>>,
     anchors: Option<anchor::Exporter>,
     next_seq: i64,
@@ -105,7 +120,9 @@ impl Writer {
         cfg: WriterConfig,
         stats: Arc<Stats>,
         outlets: Outlets,
+        backpressure: Backpressure,
     ) -> Result<Self, super::store::StoreError> {
+        let Backpressure { bytes, gate } = backpressure;
         let tail = store.tail()?;
         // The newest checkpoint leaves again: a target configured since,
         // or one that was away at the last export, gets it now.
@@ -121,6 +138,8 @@ impl Writer {
             signer,
             cfg,
             stats,
+            bytes,
+            gate,
             hub: outlets.records,
             checkpoint_hub: outlets.checkpoints,
             anchors: outlets.anchors,
@@ -138,10 +157,10 @@ impl Writer {
     /// is queued, signs a final checkpoint and returns.
     pub(super) async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Event>,
+        mut rx: mpsc::Receiver<Queued>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut batch: Vec<Event> = Vec::with_capacity(self.cfg.batch_max);
+        let mut batch: Vec<Queued> = Vec::with_capacity(self.cfg.batch_max);
         loop {
             self.maintain();
             if *stop.borrow() {
@@ -205,6 +224,9 @@ impl Writer {
             }
         }
         self.commit(batch, true);
+        // Nothing commits any more: whoever waits at the gate goes on to
+        // find the queue closed, and says so.
+        self.gate.done();
         if let Some(anchors) = self.anchors.take() {
             anchors.finish(ANCHOR_GRACE);
         }
@@ -233,7 +255,9 @@ impl Writer {
 
     /// Chains and commits `events`; signs a checkpoint with them when one is
     /// due (or `last`). Retries until the store takes them.
-    fn commit(&mut self, events: Vec<Event>, last: bool) {
+    fn commit(&mut self, queued: Vec<Queued>, last: bool) {
+        let held: usize = queued.iter().map(|q| q.bytes).sum();
+        let events = queued.into_iter().map(|q| q.event);
         let mut records = Vec::with_capacity(events.len());
         // Each row is made once: hashed here, then inserted as it is.
         let mut rows = Vec::with_capacity(events.len());
@@ -266,8 +290,10 @@ impl Writer {
 
         let started = Instant::now();
         let mut backoff = FIRST_BACKOFF;
+        self.gate.running();
         while let Err(e) = self.store.append(&records, &rows, checkpoint.as_ref()) {
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            self.gate.failed(e.to_string());
             if last && started.elapsed() > SHUTDOWN_GRACE {
                 error!(error = %e, events = records.len(), "audit store unwritable at shutdown; the last events are lost");
                 return;
@@ -276,6 +302,8 @@ impl Writer {
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+        self.gate.done();
+        self.bytes.release(held);
 
         let n = records.len() as u64;
         self.next_seq = seq;
@@ -352,7 +380,7 @@ impl Writer {
                 event.reason = Some(format!(
                     "removed events {first}..={anchor} {why}; signed checkpoint {anchor} is the anchor the chain continues from"
                 ));
-                self.commit(vec![event], false);
+                self.commit(vec![Queued { event, bytes: 0 }], false);
             }
             Ok(None) => {}
             Err(e) => warn!(error = %e, "audit retention failed; will retry"),

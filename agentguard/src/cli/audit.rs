@@ -26,7 +26,7 @@ use crate::{
     config::{
         AuditOptions, ConfigError, DEFAULT_AUDIT_BATCH_MAX, DEFAULT_AUDIT_CHECKPOINT_EVERY,
         DEFAULT_AUDIT_CHECKPOINT_INTERVAL, DEFAULT_AUDIT_FLUSH_INTERVAL, DEFAULT_AUDIT_QUEUE,
-        DEFAULT_STATE_DIR, parse_duration, parse_size,
+        DEFAULT_AUDIT_QUEUE_BYTES, DEFAULT_STATE_DIR, parse_duration, parse_size,
     },
 };
 
@@ -70,6 +70,10 @@ pub struct AuditRunArgs {
     /// Audit events queued before the proxy waits for the writer.
     #[arg(long, default_value_t = DEFAULT_AUDIT_QUEUE)]
     audit_queue: usize,
+    /// Bytes the queued audit events may hold before the proxy waits for
+    /// the writer (long fields are cut to 2 KiB first).
+    #[arg(long, default_value = DEFAULT_AUDIT_QUEUE_BYTES, value_name = "SIZE")]
+    audit_queue_bytes: String,
     /// Sign a checkpoint after this many events...
     #[arg(long, default_value_t = DEFAULT_AUDIT_CHECKPOINT_EVERY)]
     audit_checkpoint_every: u64,
@@ -150,6 +154,7 @@ impl AuditRunArgs {
             flush_interval: parse_duration("--audit-flush-interval", &self.audit_flush_interval)?,
             batch_max: self.audit_batch_max,
             queue: self.audit_queue,
+            queue_bytes: parse_size("--audit-queue-bytes", &self.audit_queue_bytes)?,
             checkpoint_every: self.audit_checkpoint_every,
             checkpoint_interval: parse_duration(
                 "--audit-checkpoint-interval",

@@ -12,7 +12,7 @@ use std::{
 
 use clap::Args;
 
-use super::{audit, kernel, token, web};
+use super::{audit, kernel, limits, token, web};
 use crate::{
     config::{
         ConfigError, DEFAULT_BPF_DIR, DEFAULT_POLICIES_DIR, DEFAULT_PROXY_PORT, DEFAULT_STATE_DIR,
@@ -59,6 +59,10 @@ pub struct RunArgs {
     pub tokens: token::TokenRunArgs,
     #[command(flatten)]
     pub web: web::WebRunArgs,
+    /// Time limits and per-agent caps (boxed: clap keeps the run command's
+    /// many flags on the stack).
+    #[command(flatten)]
+    pub limits: Box<limits::LimitRunArgs>,
 }
 
 impl RunArgs {
@@ -85,6 +89,7 @@ impl RunArgs {
             otlp: self.audit.otlp()?,
             tokens: self.tokens.options()?,
             web: self.web.options()?,
+            limits: self.limits.options()?,
         }
         .validate()
     }

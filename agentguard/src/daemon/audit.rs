@@ -135,7 +135,14 @@ impl AuditRuntime {
         e.pid = Some(std::process::id());
         e.policy_version = Some(live.load().policy.version.clone());
         e.reason = Some(why.to_owned());
-        self.sink.record(e).await;
+        // Bounded: a store that cannot commit holds recording back, and
+        // must not hold back the stop too.
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT, self.sink.record(e))
+            .await
+            .is_err()
+        {
+            tracing::error!("audit store not committing; daemon_stop not recorded");
+        }
         let writer = self.writer;
         let _ = tokio::task::spawn_blocking(move || writer.shutdown(SHUTDOWN_TIMEOUT)).await;
     }

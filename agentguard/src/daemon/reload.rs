@@ -4,6 +4,12 @@
 //! reload the same path runs, so a policy the daemon would refuse at start
 //! is refused at reload too, and the running one stays.
 //!
+//! A reload reads only settled files: a policy written in place (not by
+//! rename) passes through prefixes that may be valid TOML (an `[agent]`
+//! with no tools yet), and loading one would deny the agent's requests
+//! until the next change. A file changed within [`SETTLE`] is read later,
+//! and a read during which any file changed is thrown away.
+//!
 //! A reload never detaches programs from a cgroup, even one no policy names
 //! any more: processes may still live there, and the proxy already refuses
 //! connections from cgroups it does not know (fail closed). Detaching is
@@ -14,6 +20,7 @@ use std::{
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use thiserror::Error;
@@ -52,6 +59,10 @@ pub enum ReloadError {
         agent: String,
         agent_cgroup: String,
     },
+    #[error(
+        "policy files were still changing after {0:?}; not loaded (replace files atomically: write a temporary file, then rename it)"
+    )]
+    Unsettled(Duration),
     #[error("{file}: agent {agent:?}: {reason}")]
     UnixSocket {
         file: String,
@@ -168,7 +179,48 @@ impl Reloader {
     /// state in force (None at start), whose guarded cgroups need no new
     /// links.
     pub fn build(&self, current: Option<&LiveState>) -> Result<LiveState, ReloadError> {
-        let policy = Arc::new(policy::load_path(&self.policies_dir)?);
+        let policy = policy::load_path(&self.policies_dir)?;
+        self.apply(policy, current)
+    }
+
+    /// [`Reloader::build`] from files that have settled: none changed in
+    /// the last [`SETTLE`], and none while they were read. Waits (this
+    /// runs on the blocking pool) up to [`SETTLE_MAX_WAIT`].
+    fn build_settled(&self, current: &LiveState) -> Result<LiveState, ReloadError> {
+        let dir = &self.policies_dir;
+        let started = Instant::now();
+        let mut seen = fingerprint(dir);
+        let mut seen_since = Instant::now();
+        loop {
+            // Settled when every file is older than SETTLE, or (mtimes
+            // from a skewed clock) when nothing changed while we watched.
+            if settled(&seen, SystemTime::now()) || seen_since.elapsed() >= SETTLE {
+                let policy = policy::load_path(dir)?;
+                if fingerprint(dir) == seen {
+                    return self.apply(policy, Some(current));
+                }
+                info!("a policy file changed while it was read; reading it again once it settles");
+            }
+            if started.elapsed() >= SETTLE_MAX_WAIT {
+                return Err(ReloadError::Unsettled(SETTLE_MAX_WAIT));
+            }
+            std::thread::sleep(SETTLE_POLL);
+            let now = fingerprint(dir);
+            if now != seen {
+                seen = now;
+                seen_since = Instant::now();
+            }
+        }
+    }
+
+    /// Guards and resolves for a loaded policy: the part of a build with
+    /// effects in the kernel, run only on a policy that will be used.
+    fn apply(
+        &self,
+        policy: policy::PolicySet,
+        current: Option<&LiveState>,
+    ) -> Result<LiveState, ReloadError> {
+        let policy = Arc::new(policy);
         let credentials = Arc::new(CredentialStore::load(&policy, self.fetcher.clone())?);
         check_unix_sockets(&policy, &self.kernel)?;
         self.guard(policy, credentials, current)
@@ -322,7 +374,7 @@ impl Reloader {
     pub fn reload(&self, live: &Live, trigger: &str) {
         let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         let current = live.load();
-        match self.build(Some(&current)) {
+        match self.build_settled(&current) {
             Ok(state) if state.policy.version == current.policy.version => {
                 info!(trigger, version = %state.policy.version, "policy unchanged");
                 let v = state.policy.version.clone();
@@ -380,10 +432,34 @@ fn own_cgroup(root: &CgroupRoot) -> Option<PathBuf> {
     Some(root.mount().join(path.trim_start_matches('/')))
 }
 
+/// A policy file changed more recently than this is not read yet. Two
+/// seconds: longer than the pauses of a tool writing a file in place, and
+/// than the mtime resolution of filesystems that keep whole seconds.
+pub const SETTLE: Duration = Duration::from_secs(2);
+/// A reload gives up (the running policy stays) when files keep changing
+/// this long.
+const SETTLE_MAX_WAIT: Duration = Duration::from_secs(30);
+const SETTLE_POLL: Duration = Duration::from_millis(250);
+
+/// One policy file's name, size and modification time (seconds, ns).
+pub type FileStamp = (PathBuf, u64, i64, i64);
+
+/// Whether every file was last modified at least [`SETTLE`] before `now`.
+fn settled(files: &[FileStamp], now: SystemTime) -> bool {
+    let now = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    files.iter().all(|(_, _, secs, nanos)| {
+        let modified = Duration::new(
+            u64::try_from(*secs).unwrap_or(0),
+            u32::try_from(*nanos).unwrap_or(0),
+        );
+        now.checked_sub(modified).is_some_and(|age| age >= SETTLE)
+    })
+}
+
 /// What identifies the folder's content cheaply: names, sizes and
 /// modification times of the policy files. Polled to notice edits.
-pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, i64, i64)> {
-    let mut out: Vec<(PathBuf, u64, i64, i64)> = match fs::read_dir(dir) {
+pub fn fingerprint(dir: &Path) -> Vec<FileStamp> {
+    let mut out: Vec<FileStamp> = match fs::read_dir(dir) {
         Ok(entries) => entries
             .flatten()
             .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
@@ -396,4 +472,36 @@ pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, i64, i64)> {
     };
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(age: Duration, now: SystemTime) -> FileStamp {
+        let t = (now - age).duration_since(UNIX_EPOCH).unwrap();
+        (
+            PathBuf::from("a.toml"),
+            1,
+            t.as_secs() as i64,
+            i64::from(t.subsec_nanos()),
+        )
+    }
+
+    #[test]
+    fn files_changed_in_the_last_moment_are_not_settled() {
+        let now = SystemTime::now();
+        assert!(settled(&[], now));
+        assert!(settled(&[stamp(Duration::from_secs(3), now)], now));
+        assert!(!settled(
+            &[
+                stamp(Duration::from_secs(3), now),
+                stamp(Duration::from_millis(500), now)
+            ],
+            now
+        ));
+        // A file from the future (a skewed clock) is not settled by its
+        // mtime; the reload then waits for it to stay unchanged instead.
+        assert!(!settled(&[stamp(Duration::ZERO, now + SETTLE * 5)], now));
+    }
 }

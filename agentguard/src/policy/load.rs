@@ -11,10 +11,11 @@ use thiserror::Error;
 use hyper::{Method, Uri, header::HeaderName};
 
 use super::model::{
-    AgentPolicy, CgroupRelPath, CredentialPolicy, CredentialSection, DnsMode, HostPattern,
-    InjectSection, Injection, JwtSource, Mode, OAuth2Source, PassthroughRule, PathPattern,
-    PolicyFile, PolicySet, SecretRef, SecretRefSection, SecretSource, SourceSection, ToolPolicy,
-    ToolSection, UnixSocketAddr, ValueSection, ValueSource, validate_agent_name,
+    AgentLimits, AgentLimitsSection, AgentPolicy, CgroupRelPath, CredentialPolicy,
+    CredentialSection, DnsMode, HostPattern, InjectSection, Injection, JwtSource, Mode,
+    OAuth2Source, PassthroughRule, PathPattern, PolicyFile, PolicySet, SecretRef, SecretRefSection,
+    SecretSource, SourceSection, ToolPolicy, ToolSection, ToolTimeouts, ToolTimeoutsSection,
+    UnixSocketAddr, ValueSection, ValueSource, validate_agent_name,
 };
 use super::systemd::SystemdUnit;
 use super::{
@@ -85,6 +86,13 @@ pub fn load_path(path: &Path) -> Result<PolicySet, PolicyErrors> {
         agents: agents.into_iter().map(|(a, _)| a).collect(),
         version: format!("{:x}", hasher.finalize()),
     })
+}
+
+/// One policy file's text, checked as [`load_path`] checks each file (but
+/// not against the other files); `path` names it in errors. The fuzz
+/// target's way in: no file to write per input.
+pub fn check_text(path: &Path, text: &str) -> Result<AgentPolicy, PolicyError> {
+    parse_file(path, text).map(|(agent, _)| agent)
 }
 
 fn policy_files(path: &Path) -> Result<Vec<PathBuf>, PolicyError> {
@@ -210,6 +218,7 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
         }
         listen.push(addr);
     }
+    let limits = agent_limits(path, text, parsed.agent.limits)?;
     let mut credentials: Vec<CredentialPolicy> = Vec::new();
     for section in parsed.credential {
         let id_span = span_of(path, text, section.id.span().start);
@@ -266,6 +275,7 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
             credentials,
             tools,
             passthrough,
+            limits,
             source: path.to_owned(),
         },
         name_span,
@@ -566,6 +576,14 @@ fn parse_tool(
             Some(c.into_inner())
         }
     };
+    let timeouts = match section.timeouts {
+        None => ToolTimeouts::default(),
+        Some(t) => {
+            let span = at(t.span().start);
+            tool_timeouts(t.into_inner())
+                .map_err(|m| invalid(&span, format!("tool.timeouts: {m}")))?
+        }
+    };
     let allow_overrides = match section.allow_overrides {
         None => Vec::new(),
         Some(list) => {
@@ -607,6 +625,46 @@ fn parse_tool(
         aws_actions,
         calls,
         approval,
+        timeouts,
+    })
+}
+
+/// A tool's time limits: durations from 1 s to a day.
+fn tool_timeouts(section: ToolTimeoutsSection) -> Result<ToolTimeouts, String> {
+    let parse = |key: &str, value: Option<String>| -> Result<_, String> {
+        let Some(v) = value else { return Ok(None) };
+        let d = humantime::parse_duration(&v)
+            .map_err(|_| format!("{key} {v:?} is not a duration (like 90s or 10m)"))?;
+        if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(86_400) {
+            return Err(format!("{key} must be between 1s and 24h"));
+        }
+        Ok(Some(d))
+    };
+    Ok(ToolTimeouts {
+        response_head: parse("response_head", section.response_head)?,
+        body_idle: parse("body_idle", section.body_idle)?,
+    })
+}
+
+/// `[agent.limits]`: counts of at least 1.
+fn agent_limits(
+    path: &Path,
+    text: &str,
+    section: Option<AgentLimitsSection>,
+) -> Result<AgentLimits, PolicyError> {
+    let Some(section) = section else {
+        return Ok(AgentLimits::default());
+    };
+    let count = |key: &str, value: Option<Spanned<u32>>| match value {
+        Some(v) if *v.get_ref() == 0 => Err(invalid(
+            &span_of(path, text, v.span().start),
+            format!("agent.limits.{key}: must be at least 1"),
+        )),
+        v => Ok(v.map(Spanned::into_inner)),
+    };
+    Ok(AgentLimits {
+        connections: count("connections", section.connections)?,
+        requests: count("requests", section.requests)?,
     })
 }
 

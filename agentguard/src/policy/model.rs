@@ -164,6 +164,32 @@ pub(super) struct ToolSection {
     /// `approval = { timeout = "5m" }`: each allowed request waits for a
     /// person's approval.
     pub approval: Option<Spanned<super::approval::ApprovalSection>>,
+    /// `timeouts = { response_head = "5m", body_idle = "15m" }`.
+    pub timeouts: Option<Spanned<ToolTimeoutsSection>>,
+}
+
+/// A tool's time limits toward its upstream, overriding the daemon's.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ToolTimeoutsSection {
+    /// Longest wait for the upstream's response head, e.g. `"5m"` (1 s to
+    /// 24 h); past it the agent gets 504.
+    pub response_head: Option<String>,
+    /// Longest silence between two pieces of a response body once its
+    /// head arrived, e.g. `"15m"` (1 s to 24 h).
+    pub body_idle: Option<String>,
+}
+
+/// `[agent.limits]`: what one agent may hold at once, overriding the
+/// daemon's defaults.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AgentLimitsSection {
+    /// Most connections the agent may hold open through the proxy at once
+    /// (at least 1).
+    pub connections: Option<Spanned<u32>>,
+    /// Most requests the agent may have in flight at once (at least 1).
+    pub requests: Option<Spanned<u32>>,
 }
 
 /// `[[passthrough]]`: TLS to these hosts is relayed untouched (pinned
@@ -193,6 +219,7 @@ pub(super) struct AgentSection {
     pub dns: Option<Spanned<String>>,
     pub unix_sockets: Option<Vec<Spanned<String>>>,
     pub listen: Option<Vec<Spanned<String>>>,
+    pub limits: Option<AgentLimitsSection>,
 }
 
 /// A cgroup path relative to the cgroup v2 mount, e.g. `agentguard/support-bot`.
@@ -380,6 +407,24 @@ pub struct CredentialPolicy {
     pub placeholder_env: Option<String>,
 }
 
+/// A tool's own time limits toward its upstream; `None`: the daemon's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ToolTimeouts {
+    /// From the end of the request body to the response head.
+    pub response_head: Option<std::time::Duration>,
+    /// Between two pieces of the response body.
+    pub body_idle: Option<std::time::Duration>,
+}
+
+/// What one agent may hold at once; `None`: the daemon's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgentLimits {
+    /// Open connections, intercepted or passed through.
+    pub connections: Option<u32>,
+    /// Requests in flight.
+    pub requests: Option<u32>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ToolPolicy {
     pub name: String,
@@ -400,6 +445,7 @@ pub struct ToolPolicy {
     pub calls: CallRules,
     /// Requests this tool allows are held until a person approves them.
     pub approval: Option<super::approval::ApprovalPolicy>,
+    pub timeouts: ToolTimeouts,
 }
 
 /// One agent's validated policy.
@@ -421,6 +467,7 @@ pub struct AgentPolicy {
     pub credentials: Vec<CredentialPolicy>,
     pub tools: Vec<ToolPolicy>,
     pub passthrough: Vec<PassthroughRule>,
+    pub limits: AgentLimits,
     /// The file it came from, for error messages and `status`.
     pub source: PathBuf,
 }

@@ -12,6 +12,7 @@ use super::{
     ProxyContext,
     decide::{self, ConnPlan},
     http::{self, ConnMeta},
+    limits::Held,
     refusal::ConnRefusal,
     relay,
     sniff::sniff,
@@ -44,8 +45,23 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>)
             dst,
             refusal,
         } => {
+            drop(stream);
             let plan = ConnPlan::Refuse(refusal);
             ConnOutcome::new(peer, identity.as_ref(), dst, &plan)
+                .record(&ctx, &state.policy.version)
+                .await;
+            return;
+        }
+    };
+    // Before a byte is read: an agent at its cap (or a proxy at its
+    // descriptor budget) gets the connection closed, and the record says
+    // why. The place is held until the connection ends.
+    let held = match ctx.limits.connection(&identity.agent, &state.policy) {
+        Ok(held) => held,
+        Err(refusal) => {
+            drop(stream);
+            let plan = ConnPlan::Refuse(refusal);
+            ConnOutcome::new(peer, Some(&identity), Some(dst), &plan)
                 .record(&ctx, &state.policy.version)
                 .await;
             return;
@@ -80,7 +96,10 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>)
         let agent = identity.agent.clone();
         let revocations = ctx.revocations.clone();
         let done = revocations
-            .until_revoked(&agent, carry_out(plan, stream, identity, peer, dst, ctx))
+            .until_revoked(
+                &agent,
+                carry_out(plan, stream, identity, peer, dst, ctx, Arc::new(held)),
+            )
             .await;
         if done.is_none() {
             info!("connection closed: the agent was revoked");
@@ -149,6 +168,7 @@ async fn carry_out(
     peer: SocketAddr,
     dst: SocketAddr,
     ctx: Arc<ProxyContext>,
+    held: Arc<Held>,
 ) {
     match plan {
         ConnPlan::InterceptTls { sni } => {
@@ -171,7 +191,7 @@ async fn carry_out(
                 dst,
                 sni: Some(sni),
             };
-            http::serve(tls, meta, ctx).await;
+            http::serve(tls, meta, ctx, held).await;
         }
         ConnPlan::InterceptHttp => {
             let meta = ConnMeta {
@@ -180,11 +200,14 @@ async fn carry_out(
                 dst,
                 sni: None,
             };
-            http::serve(stream, meta, ctx).await;
+            http::serve(stream, meta, ctx, held).await;
         }
-        ConnPlan::Passthrough { .. } => relay::relay(stream, dst).await,
+        ConnPlan::Passthrough { .. } => {
+            relay::relay(stream, dst).await;
+            drop(held);
+        }
         // Dropping the stream closes it, with nothing sent upstream.
-        ConnPlan::Refuse(_) => {}
+        ConnPlan::Refuse(_) => drop(held),
     }
 }
 

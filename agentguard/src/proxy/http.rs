@@ -14,9 +14,10 @@ mod call;
 mod checks;
 mod forward;
 mod hop;
+mod idle;
 mod jwt;
 mod overrides;
-mod plan;
+pub(crate) mod plan;
 mod record;
 mod redaction;
 
@@ -38,9 +39,10 @@ use tracing::{Instrument as _, debug, warn};
 
 use super::{
     ProxyContext,
+    limits::Held,
     refusal::Refusal,
     respond,
-    upstream::{ProxyBody, describe_failure},
+    upstream::{ProxyBody, boxed, deadline},
 };
 use crate::{
     audit::{Decision, Event, Kind},
@@ -75,13 +77,17 @@ impl ConnMeta {
     }
 }
 
-/// How long a client may take to send a request head (and, on HTTP/1.1,
-/// may stay idle between requests); HTTP/2 connections are pinged at this
-/// interval and closed if the client does not answer.
-const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The agent's place for this connection (`limits::Held`), kept by every
+/// request so that a WebSocket tunnel, which outlives the HTTP connection,
+/// keeps it until the tunnel closes.
+#[derive(Clone)]
+struct ConnPlace {
+    _held: Arc<Held>,
+}
 
-/// Serves HTTP on `io` until the agent closes it.
-pub async fn serve<IO>(io: IO, meta: ConnMeta, ctx: Arc<ProxyContext>)
+/// Serves HTTP on `io` until the agent closes it, or leaves it with no
+/// request in flight for the client timeout (`idle`).
+pub async fn serve<IO>(io: IO, meta: ConnMeta, ctx: Arc<ProxyContext>, held: Arc<Held>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -93,50 +99,80 @@ where
     ));
     let meta = Arc::new(meta);
     let span = tracing::Span::current();
-    let service = service_fn(move |req| {
-        let (meta, ctx, caller) = (meta.clone(), ctx.clone(), caller.clone());
-        async move {
-            // Each request reads the policy in force when it arrives: a
-            // reload applies to open connections from their next request.
-            let state = ctx.live.load();
-            let mut outcome = Outcome::new(
-                &meta,
-                &req,
-                &state.policy.version,
-                ctx.audit.clone(),
-                ctx.requests.clone(),
-            );
-            let (identity, on_behalf_of) = &*caller;
-            let resp = handle(
-                req,
-                &meta,
-                identity,
-                on_behalf_of.as_deref(),
-                &ctx,
-                &state,
-                &mut outcome,
-            )
-            .await;
-            Ok::<_, Infallible>(outcome.attach(resp))
+    let client_timeout = ctx.limits.options().client_timeout;
+    let activity = idle::Activity::default();
+    let service = service_fn({
+        let activity = activity.clone();
+        move |mut req: Request<Incoming>| {
+            let (meta, ctx, caller) = (meta.clone(), ctx.clone(), caller.clone());
+            let busy = activity.begin();
+            req.extensions_mut().insert(ConnPlace {
+                _held: held.clone(),
+            });
+            async move {
+                // Each request reads the policy in force when it arrives: a
+                // reload applies to open connections from their next request.
+                let state = ctx.live.load();
+                let mut outcome = Outcome::new(
+                    &meta,
+                    &req,
+                    &state.policy.version,
+                    ctx.audit.clone(),
+                    ctx.requests.clone(),
+                );
+                // In flight until the response body ends: the agent's cap.
+                let slot = ctx.limits.request(&meta.identity.agent, &state.policy);
+                let resp = match slot {
+                    Ok(slot) => {
+                        let (identity, on_behalf_of) = &*caller;
+                        let resp = handle(
+                            req,
+                            &meta,
+                            identity,
+                            on_behalf_of.as_deref(),
+                            &ctx,
+                            &state,
+                            &mut outcome,
+                        )
+                        .await;
+                        outcome
+                            .attach(resp)
+                            .map(|b| idle::Holding::new(b, (busy, Some(slot))))
+                    }
+                    Err(refusal) => {
+                        let resp = outcome.refuse(refusal);
+                        outcome
+                            .attach(resp)
+                            .map(|b| idle::Holding::new(b, (busy, None)))
+                    }
+                };
+                Ok::<_, Infallible>(resp)
+            }
+            .instrument(span.clone())
         }
-        .instrument(span.clone())
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Without a timer hyper applies no header-read timeout: a client that
-    // never finishes its request head (or idles between requests) would
-    // hold the connection for ever.
+    // never finishes its request head would hold the connection for ever.
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(client_timeout);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(Some(HEADER_READ_TIMEOUT));
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .await
-    {
+        .keep_alive_interval(Some(client_timeout));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let ended = match idle::until_idle(conn.as_mut(), &activity, client_timeout).await {
+        Some(ended) => Some(ended),
+        None => {
+            // A request that raced the shutdown gets the time to finish.
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(client_timeout, conn).await.ok()
+        }
+    };
+    if let Some(Err(e)) = ended {
         debug!(error = %e, "http connection ended with error");
     }
 }
@@ -170,7 +206,7 @@ async fn handle(
     if let Some(render) = aws::render(&req) {
         out.render = render;
     }
-    let mut req = match aws::read(req).await {
+    let mut req = match aws::read(req, ctx.limits.options().client_timeout).await {
         Ok(req) => req,
         Err(refusal) => return out.refuse(refusal),
     };
@@ -220,6 +256,11 @@ async fn forward(
         Some(policy) => approval::hold(req, &plan, policy, meta, ctx, out).await?,
         None => req,
     };
+    // Nothing goes upstream (nor to a credential's token endpoint) while
+    // the record cannot be kept: the agent waits until the audit store
+    // commits again. Every forwarding path, head- or body-decided, passes
+    // here.
+    ctx.audit.committing().await;
     let agent = &meta.identity.agent;
     let Forward {
         authority,
@@ -233,8 +274,11 @@ async fn forward(
         aws,
         // Held for above.
         approval: _,
+        timeouts,
     } = plan;
+    let timeouts = ctx.limits.upstream(timeouts.as_ref());
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let place = req.extensions_mut().remove::<ConnPlace>();
     let (mut parts, body) = req.into_parts();
     let stripped = overrides::strip(&mut parts.headers, allow_overrides);
     if !stripped.is_empty() {
@@ -377,18 +421,19 @@ async fn forward(
     let upstream_req = Request::from_parts(parts, out.count_request_body(body));
     let client = ctx.upstreams.client(agent, &host, meta.dst, upgrade);
     let sent = Instant::now();
-    let mut resp = client.request(upstream_req).await.map_err(|e| {
-        if let Some(reason) = body_failure.as_ref().and_then(|f| f.get()) {
-            return Refusal::BodyUnreadable(reason.clone());
-        }
-        let (certificate, reason) = describe_failure(&e);
-        warn!(certificate, reason, "upstream failed");
-        if certificate {
-            Refusal::UpstreamUnverified(reason)
-        } else {
-            Refusal::UpstreamFailed(reason)
-        }
-    })?;
+    let client_timeout = ctx.limits.options().client_timeout;
+    let mut resp = deadline::send(&client, upstream_req, timeouts, client_timeout)
+        .await
+        .map_err(|e| {
+            // The agent's malformed body is the agent's fault, whatever
+            // the upstream made of it.
+            if let Some(reason) = body_failure.as_ref().and_then(|f| f.get()) {
+                return Refusal::BodyUnreadable(reason.clone());
+            }
+            let refusal = e.into_refusal();
+            warn!(reason = %refusal, "upstream failed");
+            refusal
+        })?;
     ctx.metrics.observe_upstream_latency(sent.elapsed());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(r) = &redactor {
@@ -397,17 +442,21 @@ async fn forward(
         if let Some(agent_side) = agent_upgrade {
             let upstream_side = hyper::upgrade::on(&mut resp);
             // The tunnel outlives the connection's task: it ends with a
-            // revocation too.
+            // revocation too, and keeps the connection's place until it
+            // closes.
             let (revocations, agent) = (ctx.revocations.clone(), agent.clone());
             let tunnel = async move {
                 revocations
                     .until_revoked(&agent, forward::tunnel(agent_side, upstream_side, redactor))
                     .await;
+                drop(place)
             };
             tokio::spawn(tunnel.in_current_span());
         }
-        return Ok(resp.map(|b| b.boxed()));
+        return Ok(resp.map(boxed));
     }
+    // Once the head is in, the body flows as long as it makes progress.
+    let resp = resp.map(|b| deadline::idle_limited(b, timeouts.body_idle));
     let mut resp = forward::finish(resp, redactor).await?;
     if out.decision() == Some(Decision::WouldDeny) {
         respond::mark_would_deny(&mut resp);

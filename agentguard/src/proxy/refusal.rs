@@ -158,6 +158,21 @@ pub enum Refusal {
         "request body is larger than {max} bytes: a request that needs approval is read whole, to show it and bind the approval to it"
     )]
     ApprovalBodyTooLarge { max: usize },
+    /// The upstream's TLS handshake or response head did not come in time.
+    #[error("{0}")]
+    UpstreamTimeout(String),
+    /// The agent has as many requests in flight as it may.
+    #[error(
+        "agent has {max} requests in flight, as many as it may (agent.limits.requests or --agent-max-requests); retry when one ends"
+    )]
+    TooManyRequests { max: u32 },
+    /// The proxy holds every socket its descriptor budget allows.
+    #[error("{0}")]
+    Overloaded(String),
+    /// A body the proxy reads whole (to hash it into a token) did not
+    /// arrive in time.
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     /// The upstream's reply is coded so that secrets in it could not be
     /// found (compressed although identity was asked for, a WebSocket
     /// extension): not relayed.
@@ -201,6 +216,10 @@ impl Refusal {
             Refusal::UpstreamUnverified(_)
             | Refusal::UpstreamFailed(_)
             | Refusal::UpstreamUnredactable(_) => StatusCode::BAD_GATEWAY,
+            Refusal::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -239,6 +258,10 @@ impl Refusal {
             Refusal::ApprovalQueueFull(_) => "approval-queue-full",
             Refusal::ApprovalBodyTooLarge { .. } => "approval-body-too-large",
             Refusal::UpstreamUnredactable(_) => "upstream-unredactable",
+            Refusal::UpstreamTimeout(_) => "upstream-timeout",
+            Refusal::TooManyRequests { .. } => "agent-request-limit",
+            Refusal::Overloaded(_) => "overloaded",
+            Refusal::BodyTimeout(_) => "body-timeout",
         }
     }
 
@@ -279,6 +302,9 @@ impl Refusal {
             Refusal::RateLimited {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
+            // A slot frees when one of the agent's requests (or anyone's
+            // socket) ends: soon, so a second is enough.
+            Refusal::TooManyRequests { .. } | Refusal::Overloaded(_) => Some(1),
             _ => None,
         }
     }
@@ -357,6 +383,17 @@ pub enum ConnRefusal {
     /// An operator revoked the agent: its connections are closed unread.
     #[error("agent {agent:?} is revoked: {reason}")]
     Revoked { agent: String, reason: String },
+    /// The agent holds as many connections as it may.
+    #[error(
+        "agent {agent:?} holds {max} connections, as many as it may (agent.limits.connections or --agent-max-connections)"
+    )]
+    AgentConnections { agent: String, max: u32 },
+    /// The proxy holds every socket its budget allows; the rest of the
+    /// descriptors are kept for the daemon's own work.
+    #[error(
+        "the proxy holds all {budget} sockets its descriptor budget allows (limit minus --fd-reserve)"
+    )]
+    Descriptors { budget: usize },
 }
 
 impl ConnRefusal {
@@ -372,6 +409,8 @@ impl ConnRefusal {
             | ConnRefusal::UnknownProtocol
             | ConnRefusal::PassthroughUnresolved { .. } => "protocol",
             ConnRefusal::Revoked { .. } => "agent-revoked",
+            ConnRefusal::AgentConnections { .. } => "agent-connection-limit",
+            ConnRefusal::Descriptors { .. } => "descriptor-budget",
         }
     }
 }

@@ -9,6 +9,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+use super::limits::fds;
 use crate::config::UPSTREAM_CONNECT_TIMEOUT_SECS;
 
 /// Dials `dst` and copies both ways until either side closes. The daemon's
@@ -20,6 +21,11 @@ use crate::config::UPSTREAM_CONNECT_TIMEOUT_SECS;
 /// termination, where the bytes must pass through user space anyway.
 pub async fn relay(mut inbound: TcpStream, dst: SocketAddr) {
     let start = Instant::now();
+    // The upstream socket counts against the proxy's descriptor budget too.
+    let Some(_socket) = fds::take() else {
+        warn!("no socket left in the proxy's descriptor budget; passthrough connection closed");
+        return;
+    };
     let connect = timeout(
         Duration::from_secs(UPSTREAM_CONNECT_TIMEOUT_SECS),
         TcpStream::connect(dst),

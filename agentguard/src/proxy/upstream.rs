@@ -1,6 +1,13 @@
 //! Connections to the real upstream: always to the original destination
 //! address the kernel recorded (never a fresh DNS answer, which could differ
 //! from what the agent dialled), over TLS verified for the agent's SNI.
+//!
+//! Every step toward the upstream is time-limited: the TCP connect and the
+//! TLS handshake here, the response head and the gaps in the response body
+//! in `deadline`. Each connection holds a socket of the proxy's descriptor
+//! budget (`super::limits::fds`) for as long as it is open.
+
+pub mod deadline;
 
 use std::{
     future::Future,
@@ -17,6 +24,7 @@ use std::{
 use http_body_util::combinators::BoxBody;
 use hyper::body::Bytes;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::{
     client::legacy::Client,
     rt::{TokioExecutor, TokioIo},
@@ -24,14 +32,56 @@ use hyper_util::{
 use lru::LruCache;
 use rustls::{ClientConfig, RootCertStore};
 use thiserror::Error;
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, sync::oneshot};
 use tracing::warn;
 
+use super::limits::fds;
 use crate::config::UPSTREAM_CONNECT_TIMEOUT_SECS;
 
-/// Request bodies as the proxy forwards them.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
-pub type UpstreamClient = Client<HttpsConnector<FixedAddr>, ProxyBody>;
+/// Why a body stopped short: hyper's errors, and the proxy's own time
+/// limits.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+/// Bodies as the proxy forwards them, both ways.
+pub type ProxyBody = BoxBody<Bytes, BodyError>;
+pub type UpstreamClient = Client<HandshakeLimit<HttpsConnector<FixedAddr>>, ProxyBody>;
+
+/// An upstream's body as a [`ProxyBody`].
+pub fn boxed(body: hyper::body::Incoming) -> ProxyBody {
+    use http_body_util::BodyExt as _;
+    body.map_err(BodyError::from).boxed()
+}
+
+/// The whole body, if it is at most `max` bytes. (A loop rather than
+/// `http_body_util::Limited`: its generic error conversion, inside the
+/// proxy's request future, defeats rustc's proof that the future is
+/// `Send`.)
+pub async fn collect_limited(mut body: ProxyBody, max: usize) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt as _;
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if buf.len() + data.len() > max {
+                return Err(format!("body larger than {max} bytes").into());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Why no connection to the upstream was made. Carried inside hyper's
+/// error, and found there again by [`connect_error`].
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    #[error("upstream did not accept the TCP connection within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("upstream TLS handshake did not finish within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error(
+        "the proxy holds all the sockets its descriptor budget allows; no upstream connection made"
+    )]
+    OutOfSockets,
+}
 
 /// Distinct (agent, host, address) pools kept; the least recently used pool
 /// is dropped (closing its idle connections) beyond this.
@@ -63,6 +113,8 @@ pub enum UpstreamError {
 /// talking to the same host at the same address.
 pub struct Upstreams {
     tls: ClientConfig,
+    /// The TLS handshake's limit, once TCP is connected.
+    handshake: Duration,
     pools: Mutex<LruCache<PoolKey, UpstreamClient>>,
 }
 
@@ -103,10 +155,18 @@ impl Upstreams {
             .with_no_client_auth();
         Ok(Self {
             tls,
+            handshake: DEFAULT_HANDSHAKE_TIMEOUT,
             pools: Mutex::new(LruCache::new(
                 NonZeroUsize::new(MAX_POOLS).expect("non-zero"),
             )),
         })
+    }
+
+    /// Limits upstream TLS handshakes to `limit` (from the time TCP is
+    /// connected).
+    pub fn with_handshake_timeout(mut self, limit: Duration) -> Self {
+        self.handshake = limit;
+        self
     }
 
     /// The client for this agent's requests to `host` at `dst`.
@@ -139,6 +199,10 @@ impl Upstreams {
             builder.wrap_connector(FixedAddr { dst })
         } else {
             builder.enable_http2().wrap_connector(FixedAddr { dst })
+        };
+        let connector = HandshakeLimit {
+            inner: connector,
+            limit: self.handshake,
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -178,7 +242,7 @@ pub struct FixedAddr {
 }
 
 impl tower_service::Service<hyper::Uri> for FixedAddr {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<Budgeted>;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
 
@@ -189,16 +253,152 @@ impl tower_service::Service<hyper::Uri> for FixedAddr {
     fn call(&mut self, _uri: hyper::Uri) -> Self::Future {
         let dst = self.dst;
         Box::pin(async move {
-            let stream = tokio::time::timeout(
-                Duration::from_secs(UPSTREAM_CONNECT_TIMEOUT_SECS),
-                TcpStream::connect(dst),
-            )
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "upstream connect timed out"))??;
+            let socket = fds::take().ok_or_else(|| io::Error::other(ConnectError::OutOfSockets))?;
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dst))
+                .await
+                .map_err(|_| io::Error::other(ConnectError::ConnectTimeout(CONNECT_TIMEOUT)))??;
             stream.set_nodelay(true)?;
-            Ok(TokioIo::new(stream))
+            // The handshake's clock starts now.
+            let _ = TCP_CONNECTED.try_with(|c| c.borrow_mut().take().map(|tx| tx.send(())));
+            Ok(TokioIo::new(Budgeted {
+                stream,
+                _socket: socket,
+            }))
         })
     }
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(UPSTREAM_CONNECT_TIMEOUT_SECS);
+/// Until [`Upstreams::with_handshake_timeout`] says otherwise.
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An upstream TCP connection and the socket of the proxy's budget it
+/// holds while open.
+pub struct Budgeted {
+    stream: TcpStream,
+    _socket: fds::Socket,
+}
+
+impl tokio::io::AsyncRead for Budgeted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Budgeted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+impl Connection for Budgeted {
+    fn connected(&self) -> Connected {
+        self.stream.connected()
+    }
+}
+
+tokio::task_local! {
+    /// Told by [`FixedAddr`] when TCP is connected, so that
+    /// [`HandshakeLimit`] times the TLS handshake alone.
+    static TCP_CONNECTED: std::cell::RefCell<Option<oneshot::Sender<()>>>;
+}
+
+/// A connector whose TLS handshake must finish within `limit` of the TCP
+/// connection (which has its own limit in [`FixedAddr`]).
+#[derive(Clone)]
+pub struct HandshakeLimit<C> {
+    inner: C,
+    limit: Duration,
+}
+
+impl<C> tower_service::Service<hyper::Uri> for HandshakeLimit<C>
+where
+    C: tower_service::Service<hyper::Uri>,
+    C::Error: Into<BodyError> + Send,
+    C::Response: Send + 'static,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BodyError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BodyError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BodyError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        let limit = self.limit;
+        let (connected, tcp) = oneshot::channel();
+        let connecting = TCP_CONNECTED.scope(
+            std::cell::RefCell::new(Some(connected)),
+            self.inner.call(uri),
+        );
+        Box::pin(async move {
+            tokio::pin!(connecting);
+            tokio::select! {
+                result = &mut connecting => return result.map_err(Into::into),
+                tcp = tcp => if tcp.is_err() {
+                    // No TCP connection: the connect's own error comes.
+                    return connecting.await.map_err(Into::into);
+                },
+            }
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(Box::new(ConnectError::HandshakeTimeout(limit)) as BodyError),
+            }
+        })
+    }
+}
+
+/// The [`ConnectError`] somewhere in `error`'s chain, looking through
+/// io::Error wrappers (whose `source()` skips the error they wrap).
+pub fn connect_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a ConnectError> {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        let mut current = e;
+        for _ in 0..8 {
+            if let Some(found) = current.downcast_ref::<ConnectError>() {
+                return Some(found);
+            }
+            match current
+                .downcast_ref::<io::Error>()
+                .and_then(|io| io.get_ref())
+            {
+                Some(inner) => current = inner,
+                None => break,
+            }
+        }
+        source = e.source();
+    }
+    None
 }
 
 /// Why a request to the upstream failed, in words an agent developer can act

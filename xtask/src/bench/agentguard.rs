@@ -233,7 +233,7 @@ secret_access_key = {{ env = "{AWS_SECRET_ENV}" }}
 name = "bench.read"
 host = "{HOST}"
 methods = ["GET"]
-paths = ["/1k", "/64k", "/sse"]
+paths = ["/1k", "/64k", "/sse", "/20m", "/200m"]
 credential = "bench-key"
 
 [[tool]]

@@ -109,6 +109,11 @@ impl Running {
         Ok(())
     }
 
+    /// Closes stdin: helpers report and exit on that.
+    pub fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
+    }
+
     /// Closes stdin (helpers exit on that), then waits up to 10 s before
     /// killing.
     pub fn finish(mut self) -> Result<()> {

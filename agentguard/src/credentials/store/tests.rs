@@ -100,6 +100,7 @@ fn policy(agents: Vec<(&str, Vec<CredentialPolicy>)>) -> PolicySet {
                 credentials,
                 tools: Vec::new(),
                 passthrough: Vec::new(),
+                limits: Default::default(),
                 source: PathBuf::from(format!("/etc/agentguard/policies/{name}.toml")),
             })
             .collect(),

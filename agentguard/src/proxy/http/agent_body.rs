@@ -11,7 +11,7 @@ use std::{
 
 use hyper::body::{Body, Bytes, Frame, SizeHint};
 
-use crate::proxy::upstream::ProxyBody;
+use crate::proxy::upstream::{BodyError, ProxyBody};
 
 /// Why the agent's body could not be read, once it could not.
 pub type BodyFailure = Arc<OnceLock<String>>;
@@ -35,15 +35,15 @@ pub struct Watched {
 
 impl Body for Watched {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Err(e))) = &polled {
-            let _ = self.failure.set(describe(e));
+            let _ = self.failure.set(describe(&**e));
         }
         polled
     }
@@ -59,9 +59,9 @@ impl Body for Watched {
 
 /// hyper's error with its causes ("error reading a body from connection:
 /// invalid chunk size line"): what was wrong with the bytes the agent sent.
-pub fn describe(e: &hyper::Error) -> String {
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());

@@ -10,15 +10,15 @@
 //! the approver.
 
 use http_body_util::{BodyExt as _, Full};
-use hyper::{Request, body::Bytes, header::CONTENT_LENGTH};
+use hyper::Request;
 use tracing::info;
 
-use super::{ConnMeta, agent_body, aws::AgentBody, plan::Forward, record::Outcome};
+use super::{ConnMeta, aws::AgentBody, body as whole_body, plan::Forward, record::Outcome};
 use crate::{
     approvals::{Binding, HeldRequest, MAX_HELD_BODY, Verdict},
     audit::{Decision, Event, Kind},
     policy::ApprovalPolicy,
-    proxy::{ProxyContext, refusal::Refusal, upstream::ProxyBody},
+    proxy::{ProxyContext, refusal::Refusal},
     token::RequestBinding,
 };
 
@@ -40,14 +40,15 @@ pub(super) async fn hold(
         }
         AgentBody::Read(bytes) => (bytes, true),
         AgentBody::Live(body) => {
-            let declared = parts
-                .headers
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > MAX_HELD_BODY as u64) {
-                return Err(Refusal::ApprovalBodyTooLarge { max: MAX_HELD_BODY });
-            }
-            (read_bounded(body, MAX_HELD_BODY).await?, false)
+            // Bounded in size and in time like every body read whole.
+            let limit = ctx.limits.options().client_timeout;
+            let bytes = whole_body::read_bounded(body, MAX_HELD_BODY, &parts.headers, limit)
+                .await
+                .map_err(|e| match e {
+                    Refusal::BodyTooLarge { max } => Refusal::ApprovalBodyTooLarge { max },
+                    other => other,
+                })?;
+            (bytes, false)
         }
     };
     let scheme = meta.scheme();
@@ -180,19 +181,4 @@ async fn record(
     event.intent = out.event.intent.clone();
     event.policy_version = out.event.policy_version.clone();
     ctx.audit.record(event).await;
-}
-
-/// The whole body, if it is at most `max` bytes.
-async fn read_bounded(mut body: ProxyBody, max: usize) -> Result<Bytes, Refusal> {
-    let mut buf = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Refusal::BodyUnreadable(agent_body::describe(&e)))?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > max {
-                return Err(Refusal::ApprovalBodyTooLarge { max });
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(Bytes::from(buf))
 }

@@ -3,7 +3,7 @@
 //! protocol puts in the body), and signing the upstream's request again
 //! with the credential's real keys once the plan is carried out.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http_body_util::BodyExt as _;
 use hyper::{
@@ -19,7 +19,10 @@ use crate::{
         sigv4::{self, AwsCredentials, AwsRequest, Payload, SignError, SignSpec},
     },
     policy::{CredentialPolicy, Injection},
-    proxy::{refusal::Refusal, upstream::ProxyBody},
+    proxy::{
+        refusal::Refusal,
+        upstream::{ProxyBody, boxed},
+    },
 };
 
 /// A signed AWS request body is read whole to hash it (and, for the Query
@@ -82,20 +85,21 @@ pub fn render(req: &Request<Incoming>) -> Option<crate::proxy::respond::Render> 
     }))
 }
 
-/// Reads what the agent signed for and, for a signed payload, the body.
-/// Requests that are not SigV4 pass untouched.
-pub async fn read(req: Request<Incoming>) -> Result<Request<AgentBody>, Refusal> {
+/// Reads what the agent signed for and, for a signed payload, the body
+/// (all of it within `limit`, the client timeout). Requests that are not
+/// SigV4 pass untouched.
+pub async fn read(req: Request<Incoming>, limit: Duration) -> Result<Request<AgentBody>, Refusal> {
     let request = match sigv4::inspect(req.headers(), req.uri()) {
-        Ok(None) => return Ok(req.map(|b| AgentBody::Live(b.boxed()))),
+        Ok(None) => return Ok(req.map(|b| AgentBody::Live(boxed(b)))),
         Ok(Some(r)) => Ok(r),
         Err(reason) => Err(reason),
     };
     let (mut parts, body) = req.into_parts();
     let body = match &request {
         Ok(r) if r.payload == Payload::Signed && has_body(&parts) => {
-            AgentBody::Read(read_bounded(body).await?)
+            AgentBody::Read(read_bounded(body, limit).await?)
         }
-        _ => AgentBody::Live(body.boxed()),
+        _ => AgentBody::Live(boxed(body)),
     };
     let action = request.as_ref().ok().and_then(|r| {
         let bytes = match &body {
@@ -134,9 +138,17 @@ fn has_body(parts: &Parts) -> bool {
             .is_none_or(|v| v.trim() != "0")
 }
 
-async fn read_bounded(mut body: Incoming) -> Result<Bytes, Refusal> {
+/// The signed body, up to [`MAX_SIGNED_BODY`], all of it within `limit`:
+/// an agent that stops mid-body must not hold its request (and its place
+/// among its requests in flight) for ever.
+async fn read_bounded(mut body: Incoming, limit: Duration) -> Result<Bytes, Refusal> {
     let mut buf = Vec::new();
-    while let Some(frame) = body.frame().await {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let Ok(frame) = tokio::time::timeout_at(deadline, body.frame()).await else {
+            return Err(Refusal::BodyTimeout(limit));
+        };
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(|e| Refusal::BodyUnreadable(super::agent_body::describe(&e)))?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > MAX_SIGNED_BODY {

@@ -2,6 +2,9 @@
 //! it (a JSON-RPC body, or a body a condition reads). A longer body is
 //! refused, never forwarded unchecked; it is still drained for a while so
 //! that the client, still sending, reads the refusal instead of a reset.
+//! The whole body must arrive within a time limit (the client timeout): an
+//! agent that sends a head and then trickles, or stops, must not hold the
+//! request, and its place among the agent's requests in flight, for ever.
 
 use std::time::Duration;
 
@@ -13,18 +16,24 @@ use hyper::{
 };
 use tokio::time::Instant;
 
-use crate::proxy::refusal::Refusal;
+use crate::proxy::{refusal::Refusal, upstream::BodyError};
 
 /// A body past the bound is drained (and dropped) up to this much or
 /// [`DRAIN_TIME`].
 const DRAIN_MAX: u64 = 64 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
-/// The body, if it is at most `max` bytes. A declared `Content-Length`
-/// over the bound refuses it before a byte is kept.
-pub async fn read_bounded<B>(mut body: B, max: usize, headers: &HeaderMap) -> Result<Bytes, Refusal>
+/// The body, if it is at most `max` bytes and all of it arrives within
+/// `limit`. A declared `Content-Length` over the bound refuses it before a
+/// byte is kept.
+pub async fn read_bounded<B>(
+    mut body: B,
+    max: usize,
+    headers: &HeaderMap,
+    limit: Duration,
+) -> Result<Bytes, Refusal>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
 {
     let declared = headers
         .get(CONTENT_LENGTH)
@@ -32,21 +41,25 @@ where
     let mut over = declared.is_some_and(|n| n > max as u64);
     let mut buf = Vec::with_capacity(declared.map_or(0, |n| n.min(max as u64) as usize));
     let mut seen: u64 = 0;
-    let deadline = Instant::now() + DRAIN_TIME;
+    let deadline = Instant::now() + limit;
+    let drain_deadline = Instant::now() + DRAIN_TIME;
     loop {
         let frame = if over {
-            match tokio::time::timeout_at(deadline, body.frame()).await {
+            match tokio::time::timeout_at(drain_deadline.min(deadline), body.frame()).await {
                 Ok(f) => f,
                 Err(_) => break,
             }
         } else {
-            body.frame().await
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(f) => f,
+                Err(_) => return Err(Refusal::BodyTimeout(limit)),
+            }
         };
         let Some(frame) = frame else { break };
         let frame = match frame {
             Ok(f) => f,
             Err(e) if !over => {
-                return Err(Refusal::BodyUnreadable(super::agent_body::describe(&e)));
+                return Err(Refusal::BodyUnreadable(super::agent_body::describe(&*e)));
             }
             Err(_) => break,
         };
@@ -72,13 +85,17 @@ where
 
 #[cfg(test)]
 mod tests {
+    use futures_util::StreamExt as _;
     use http_body_util::{Full, StreamBody};
     use hyper::body::Frame;
 
     use super::*;
 
-    fn chunks(parts: &[&'static [u8]]) -> impl Body<Data = Bytes, Error = hyper::Error> + Unpin {
-        let frames: Vec<Result<Frame<Bytes>, hyper::Error>> = parts
+    /// Longer than any of these tests takes.
+    const LONG: Duration = Duration::from_secs(60);
+
+    fn chunks(parts: &[&'static [u8]]) -> impl Body<Data = Bytes, Error = BodyError> + Unpin {
+        let frames: Vec<Result<Frame<Bytes>, BodyError>> = parts
             .iter()
             .map(|p| Ok(Frame::data(Bytes::from_static(p))))
             .collect();
@@ -88,11 +105,11 @@ mod tests {
     #[tokio::test]
     async fn bodies_up_to_the_bound_are_read_and_longer_ones_refused() {
         let none = HeaderMap::new();
-        let body = read_bounded(chunks(&[b"{\"a\":", b"1}"]), 7, &none)
+        let body = read_bounded(chunks(&[b"{\"a\":", b"1}"]), 7, &none, LONG)
             .await
             .unwrap();
         assert_eq!(&body[..], b"{\"a\":1}");
-        let err = read_bounded(chunks(&[b"{\"a\":", b"12}"]), 7, &none)
+        let err = read_bounded(chunks(&[b"{\"a\":", b"12}"]), 7, &none, LONG)
             .await
             .unwrap_err();
         assert!(matches!(err, Refusal::BodyTooLarge { max: 7 }), "{err:?}");
@@ -103,15 +120,34 @@ mod tests {
             Full::new(Bytes::from_static(b"x")).map_err(|n| match n {}),
             7,
             &declared,
+            LONG,
         )
         .await
         .unwrap_err();
         assert!(matches!(err, Refusal::BodyTooLarge { .. }));
         assert!(
-            read_bounded(chunks(&[]), 7, &none)
+            read_bounded(chunks(&[]), 7, &none, LONG)
                 .await
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_coming_is_refused_at_the_limit() {
+        // One piece, then nothing: the agent went quiet mid-body.
+        let first: Vec<Result<Frame<Bytes>, BodyError>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"{\"a\":")))];
+        let stalled = StreamBody::new(
+            futures_util::stream::iter(first).chain(futures_util::stream::pending()),
+        );
+        let limit = Duration::from_millis(50);
+        let err = read_bounded(stalled, 1024, &HeaderMap::new(), limit)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Refusal::BodyTimeout(l) if l == limit),
+            "{err:?}"
         );
     }
 }

@@ -88,7 +88,8 @@ pub(super) async fn decide(
         };
     }
     let (mut parts, body) = req.into_parts();
-    let bytes = body::read_bounded(body, max, &parts.headers).await?;
+    let limit = ctx.limits.options().client_timeout;
+    let bytes = body::read_bounded(body, max, &parts.headers, limit).await?;
     let json_type = parts
         .headers
         .get(CONTENT_TYPE)

@@ -4,11 +4,8 @@
 
 use std::sync::Arc;
 
-use http_body_util::BodyExt as _;
 use hyper::{
-    Response, Uri,
-    body::Incoming,
-    header,
+    Response, Uri, header,
     http::{
         request::Parts,
         uri::{Authority, PathAndQuery, Scheme},
@@ -60,12 +57,12 @@ pub fn prepare(
 /// and where the agent holds secrets, every one cut out (or the response
 /// refused if it could not be checked).
 pub async fn finish(
-    mut resp: Response<Incoming>,
+    mut resp: Response<ProxyBody>,
     redactor: Option<Arc<Redactor>>,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let Some(redactor) = redactor else {
         strip_hop_by_hop(resp.headers_mut(), false);
-        return Ok(resp.map(|b| b.boxed()));
+        return Ok(resp);
     };
     redaction::check_codings(&resp)?;
     strip_hop_by_hop(resp.headers_mut(), false);

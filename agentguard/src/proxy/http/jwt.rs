@@ -1,6 +1,7 @@
-//! Request-bound tokens in the proxy: the body is read whole (bounded) so
-//! that the token can bind its hash, then a token is minted for exactly the
-//! request the upstream will receive and put where the credential says.
+//! Request-bound tokens in the proxy: the body is read whole (bounded in
+//! size and in time) so that the token can bind its hash, then a token is
+//! minted for exactly the request the upstream will receive and put where
+//! the credential says.
 
 use std::time::Duration;
 
@@ -12,7 +13,11 @@ use super::ConnMeta;
 use crate::{
     credentials::{Secret, inject},
     policy::Injection,
-    proxy::{ProxyContext, refusal::Refusal, upstream::ProxyBody},
+    proxy::{
+        ProxyContext,
+        refusal::Refusal,
+        upstream::{BodyError, ProxyBody},
+    },
     token::{MintRequest, RequestBinding},
 };
 
@@ -37,27 +42,41 @@ pub(super) struct JwtSpec<'a> {
 const DRAIN_MAX: u64 = 64 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
+/// Why a body was not read whole.
+enum Unread {
+    Failed(BodyError),
+    /// It did not arrive within the limit.
+    Late(Duration),
+}
+
 /// The body if it is at most `max` bytes (and `over` is false), `None` if
-/// larger.
+/// larger. The whole body must arrive within `limit`: an agent that sends
+/// a head and then trickles (or stops) must not hold the request, and its
+/// place among the agent's requests in flight, for ever.
 async fn read_bounded(
     mut body: ProxyBody,
     max: usize,
     mut over: bool,
-) -> Result<Option<Bytes>, hyper::Error> {
+    limit: Duration,
+) -> Result<Option<Bytes>, Unread> {
     let mut buf = Vec::new();
     let mut seen: u64 = 0;
-    let deadline = Instant::now() + DRAIN_TIME;
+    let deadline = Instant::now() + limit;
+    let drain_deadline = Instant::now() + DRAIN_TIME;
     loop {
         let frame = if over {
-            match tokio::time::timeout_at(deadline, body.frame()).await {
+            match tokio::time::timeout_at(drain_deadline.min(deadline), body.frame()).await {
                 Ok(f) => f,
                 Err(_) => break,
             }
         } else {
-            body.frame().await
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(f) => f,
+                Err(_) => return Err(Unread::Late(limit)),
+            }
         };
         let Some(frame) = frame else { break };
-        let Ok(data) = frame?.into_data() else {
+        let Ok(data) = frame.map_err(Unread::Failed)?.into_data() else {
             continue;
         };
         seen += data.len() as u64;
@@ -88,10 +107,15 @@ pub(super) async fn bind(
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let body = match read_bounded(body, max, declared.is_some_and(|n| n > max as u64)).await {
+    let over = declared.is_some_and(|n| n > max as u64);
+    let limit = ctx.limits.options().client_timeout;
+    let body = match read_bounded(body, max, over, limit).await {
         Ok(Some(b)) => b,
         Ok(None) => return Err(Refusal::JwtBodyTooLarge { max }),
-        Err(e) => return Err(Refusal::BodyUnreadable(super::agent_body::describe(&e))),
+        Err(Unread::Failed(e)) => {
+            return Err(Refusal::BodyUnreadable(super::agent_body::describe(&*e)));
+        }
+        Err(Unread::Late(limit)) => return Err(Refusal::BodyTimeout(limit)),
     };
     let on_behalf_of = ctx.on_behalf_of.lookup(meta.identity.pid);
     let binding = RequestBinding::new(parts.method.as_str(), &parts.uri, "https", &body);

@@ -20,7 +20,7 @@ use crate::{
     policy::overrides::METHOD_PARAM,
     policy::{
         AgentIdentity, AgentPolicy, ApprovalPolicy, BodyNeed, CredentialPolicy, Decision, Mode,
-        PolicySet, Protocol, RateLimiter, RequestFacts, RequestInput, normalize_path,
+        PolicySet, Protocol, RateLimiter, RequestFacts, RequestInput, ToolTimeouts, normalize_path,
     },
     proxy::{decide::Resolutions, refusal::Refusal},
 };
@@ -109,6 +109,8 @@ pub struct Forward<'p> {
     /// For a credential that re-signs AWS requests: what to sign for
     /// (boxed: most requests have none, and the plan is moved about).
     pub aws: Option<Box<AwsScope>>,
+    /// The allowing tool's own time limits toward the upstream.
+    pub timeouts: Option<ToolTimeouts>,
 }
 
 #[derive(Debug)]
@@ -277,11 +279,13 @@ pub fn settle<'p>(
     let aws_action = aws_facts.as_ref().and_then(|f| f.action.as_deref());
     let mut allow_overrides: &[String] = &[];
     let mut approval = None;
+    let mut timeouts = None;
     let credential = match decision {
         Decision::Allow(allowed) => {
             let tool = allowed.tool;
             allow_overrides = &tool.allow_overrides;
             approval = tool.approval.as_ref();
+            timeouts = Some(tool.timeouts);
             noted.tool = Some(tool.name.clone());
             let reason = match aws_action {
                 Some(action) => format!("allowed by tool {:?} (AWS action {action})", tool.name),
@@ -342,6 +346,7 @@ pub fn settle<'p>(
         resumed_lists: false,
         allow_overrides,
         aws,
+        timeouts,
     })
 }
 

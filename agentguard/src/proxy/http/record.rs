@@ -31,7 +31,7 @@ use crate::{
     proxy::{
         refusal::Refusal,
         respond::{self, Render},
-        upstream::ProxyBody,
+        upstream::{BodyError, ProxyBody},
     },
 };
 
@@ -291,12 +291,12 @@ struct Counted {
 
 impl Body for Counted {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
@@ -324,7 +324,7 @@ pub struct AuditedBody {
     /// `None` once the event is recorded.
     finish: Option<Finish>,
     /// The last frame, held back until the event is queued.
-    held: Option<Result<Frame<Bytes>, hyper::Error>>,
+    held: Option<Result<Frame<Bytes>, BodyError>>,
     ended: bool,
     reserving: Option<Reserve>,
     bytes_out: u64,
@@ -348,12 +348,12 @@ impl AuditedBody {
 
 impl Body for AuditedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         loop {
             let Some(finish) = &this.finish else {

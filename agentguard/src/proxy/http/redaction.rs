@@ -18,7 +18,7 @@ mod websocket;
 
 use std::sync::Arc;
 
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Full};
 use hyper::{
     Response,
     body::{Body as _, Incoming},
@@ -30,7 +30,10 @@ pub use websocket::relay;
 
 use crate::{
     credentials::{Redactor, redact_headers},
-    proxy::{refusal::Refusal, upstream::ProxyBody},
+    proxy::{
+        refusal::Refusal,
+        upstream::{ProxyBody, collect_limited},
+    },
 };
 use body::RedactedBody;
 
@@ -67,10 +70,10 @@ pub fn upgraded(resp: &mut Response<Incoming>, redactor: &Redactor) -> Result<()
 /// The response for the agent, every secret cut out of its headers and its
 /// body: a body known to be short is read whole and keeps a (corrected)
 /// length, any other streams. [`check_codings`] first.
-pub async fn redact(mut resp: Response<Incoming>, redactor: Arc<Redactor>) -> Response<ProxyBody> {
+pub async fn redact(mut resp: Response<ProxyBody>, redactor: Arc<Redactor>) -> Response<ProxyBody> {
     redact_response_headers(resp.headers_mut(), &redactor);
     if resp.body().is_end_stream() {
-        return resp.map(|b| b.boxed());
+        return resp;
     }
     let short = resp
         .body()
@@ -83,8 +86,8 @@ pub async fn redact(mut resp: Response<Incoming>, redactor: Arc<Redactor>) -> Re
         let body = RedactedBody::new(body, redactor).boxed();
         return Response::from_parts(parts, body);
     }
-    let bytes = match Limited::new(body, MAX_WHOLE_BODY as usize).collect().await {
-        Ok(collected) => collected.to_bytes(),
+    let bytes = match collect_limited(body, MAX_WHOLE_BODY as usize).await {
+        Ok(bytes) => bytes,
         Err(e) => {
             // The body failed mid-way: the agent gets an empty 502 rather
             // than a truncated body that might look complete.
@@ -124,7 +127,7 @@ fn redact_response_headers(headers: &mut HeaderMap, redactor: &Redactor) {
 /// (transfer coding) cannot be searched, and is refused; one with no bytes
 /// to read is harmless (HEAD, 304). Call before hop-by-hop headers are
 /// stripped: `Transfer-Encoding` is one.
-pub fn check_codings(resp: &Response<Incoming>) -> Result<(), Refusal> {
+pub fn check_codings<B: hyper::body::Body>(resp: &Response<B>) -> Result<(), Refusal> {
     if resp.body().is_end_stream() {
         return Ok(());
     }

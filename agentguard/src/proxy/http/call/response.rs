@@ -10,7 +10,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Full};
 use hyper::{
     Response, StatusCode,
     body::{Body, Bytes, Frame, SizeHint},
@@ -21,7 +21,10 @@ use tracing::warn;
 
 use crate::{
     mcp::{self, BodyPlan, ListFilter, MAX_LIST_RESPONSE, SseFilter, TargetKind},
-    proxy::{refusal::Refusal, upstream::ProxyBody},
+    proxy::{
+        refusal::Refusal,
+        upstream::{BodyError, ProxyBody, collect_limited},
+    },
 };
 
 /// JSON-RPC 2.0 §5.1 "Internal error".
@@ -115,11 +118,9 @@ where
         };
         return Ok(Response::from_parts(parts, body.boxed()));
     }
-    let bytes = Limited::new(body, MAX_LIST_RESPONSE)
-        .collect()
+    let bytes = collect_limited(body, MAX_LIST_RESPONSE)
         .await
-        .map_err(|e| Refusal::ListUnfiltered(format!("reading it failed: {e}")))?
-        .to_bytes();
+        .map_err(|e| Refusal::ListUnfiltered(format!("reading it failed: {e}")))?;
     let mut out = bytes.to_vec();
     if let Some(f) = &filter {
         out = f
@@ -178,12 +179,12 @@ where
     F: Fn(TargetKind, &str) -> bool + Unpin,
 {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         if let Some(prefix) = this.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));

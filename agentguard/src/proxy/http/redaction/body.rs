@@ -11,14 +11,17 @@ use std::{
 
 use hyper::{
     HeaderMap,
-    body::{Body, Bytes, Frame, Incoming, SizeHint},
+    body::{Body, Bytes, Frame, SizeHint},
 };
 use tracing::warn;
 
-use crate::credentials::{Redactor, StreamRedactor, redact_headers};
+use crate::{
+    credentials::{Redactor, StreamRedactor, redact_headers},
+    proxy::upstream::{BodyError, ProxyBody},
+};
 
 pub struct RedactedBody {
-    inner: Incoming,
+    inner: ProxyBody,
     redactor: Arc<Redactor>,
     stream: StreamRedactor,
     /// Trailers wait here while the held bytes go out first.
@@ -29,7 +32,7 @@ pub struct RedactedBody {
 }
 
 impl RedactedBody {
-    pub fn new(inner: Incoming, redactor: Arc<Redactor>) -> Self {
+    pub fn new(inner: ProxyBody, redactor: Arc<Redactor>) -> Self {
         Self {
             inner,
             stream: StreamRedactor::new(redactor.clone()),
@@ -63,12 +66,12 @@ impl RedactedBody {
 
 impl Body for RedactedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         loop {
             if this.ended {

@@ -1,0 +1,4 @@
+//! `agentguard::fuzzing::dns`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| agentguard::fuzzing::dns(data));

@@ -1,0 +1,4 @@
+//! `agentguard::fuzzing::policy`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| agentguard::fuzzing::policy(data));
