@@ -34,6 +34,15 @@ host = "{API}"
 methods = ["POST"]
 paths = ["/slow"]
 approval = {{ timeout = "2s" }}
+
+[[tool]]
+name = "test.mcp-merge"
+host = "{API}"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["merge_pull_request"]
+approval = {{ timeout = "60s" }}
 "#
     )
 }
@@ -62,6 +71,10 @@ fn setup() -> Setup {
 
 /// curl POSTs `BODY` to `path`, printing the body and then the status.
 fn post(s: &Setup, path: &str) -> Child {
+    post_body(s, path, BODY)
+}
+
+fn post_body(s: &Setup, path: &str, body: &str) -> Child {
     s.daemon
         .exec_resolving(
             AGENT,
@@ -77,7 +90,7 @@ fn post(s: &Setup, path: &str) -> Child {
                 "-H",
                 "content-type: application/json",
                 "--data-binary",
-                BODY,
+                body,
                 &s.upstream.url(path),
             ],
         )
@@ -226,4 +239,31 @@ fn denied_and_unanswered_requests_get_403_with_the_reason_and_never_leave() {
         .collect();
     assert_eq!(rules, ["approval:denied", "approval:timeout"]);
     assert!(s.daemon.cli(&["approvals"]).stdout.is_empty());
+}
+
+#[test]
+fn an_mcp_call_an_approver_refuses_gets_a_json_rpc_error_with_its_id() {
+    let s = setup();
+    let call = r#"{"jsonrpc":"2.0","id":41,"method":"tools/call","params":{"name":"merge_pull_request","arguments":{"pr":7}}}"#;
+    let curl = post_body(&s, "/mcp", call);
+    let pending = wait_pending(&s, 1);
+    assert_eq!(pending[0]["tool"], "test.mcp-merge");
+    assert_eq!(pending[0]["body_preview"], call);
+    let id = pending[0]["id"].as_str().unwrap().to_owned();
+    let out = s
+        .daemon
+        .cli(&["deny", &id, "--reason", "merges wait for review"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The MCP client gets the call's own error, with the call's id, in an
+    // HTTP 200: its SDK reports a refused tool call, not a broken
+    // transport.
+    let (body, status) = finish(curl);
+    assert_eq!(status, "200", "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["jsonrpc"], "2.0");
+    assert_eq!(body["id"], 41);
+    assert_eq!(body["error"]["data"]["rule"], "approval-denied");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("merges wait for review"), "{message}");
+    assert!(s.upstream.seen().is_empty(), "nothing was sent upstream");
 }
