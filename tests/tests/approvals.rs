@@ -42,7 +42,7 @@ methods = ["POST"]
 paths = ["/mcp"]
 protocol = "mcp"
 mcp_tools = ["merge_pull_request"]
-approval = {{ timeout = "60s" }}
+approval = {{ timeout = "60s", when = 'mcp.arguments.pr > 5' }}
 "#
     )
 }
@@ -244,6 +244,14 @@ fn denied_and_unanswered_requests_get_403_with_the_reason_and_never_leave() {
 #[test]
 fn an_mcp_call_an_approver_refuses_gets_a_json_rpc_error_with_its_id() {
     let s = setup();
+    // The approval's condition does not hold: the call goes straight on.
+    let small = r#"{"jsonrpc":"2.0","id":40,"method":"tools/call","params":{"name":"merge_pull_request","arguments":{"pr":1}}}"#;
+    let (_, status) = finish(post_body(&s, "/mcp", small));
+    assert_ne!(status, "403");
+    let seen: Vec<String> = s.upstream.seen().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(seen, ["/mcp"], "forwarded without waiting");
+
+    // It holds: the call waits for a person.
     let call = r#"{"jsonrpc":"2.0","id":41,"method":"tools/call","params":{"name":"merge_pull_request","arguments":{"pr":7}}}"#;
     let curl = post_body(&s, "/mcp", call);
     let pending = wait_pending(&s, 1);
@@ -265,5 +273,5 @@ fn an_mcp_call_an_approver_refuses_gets_a_json_rpc_error_with_its_id() {
     assert_eq!(body["error"]["data"]["rule"], "approval-denied");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("merges wait for review"), "{message}");
-    assert!(s.upstream.seen().is_empty(), "nothing was sent upstream");
+    assert_eq!(s.upstream.seen().len(), 1, "the refused call was not sent");
 }
