@@ -274,4 +274,17 @@ fn an_mcp_call_an_approver_refuses_gets_a_json_rpc_error_with_its_id() {
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("merges wait for review"), "{message}");
     assert_eq!(s.upstream.seen().len(), 1, "the refused call was not sent");
+
+    // A batch whose second member must wait holds the whole body, which
+    // goes upstream as one.
+    let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"merge_pull_request","arguments":{"pr":2}}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"merge_pull_request","arguments":{"pr":9}}}]"#;
+    let curl = post_body(&s, "/mcp", batch);
+    let id = wait_pending(&s, 1)[0]["id"].as_str().unwrap().to_owned();
+    assert!(s.daemon.cli(&["deny", &id]).status.success());
+    let (body, status) = finish(curl);
+    assert_eq!(status, "200", "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let ids: Vec<&Value> = body.as_array().unwrap().iter().map(|m| &m["id"]).collect();
+    assert_eq!(ids, [1, 2]);
+    assert_eq!(s.upstream.seen().len(), 1, "the held batch was not sent");
 }
