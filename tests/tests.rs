@@ -20,6 +20,7 @@ mod kernel_paths;
 mod listen;
 mod mcp;
 mod mcp_calls;
+mod netns;
 mod policy_cases;
 mod processes;
 mod redaction;

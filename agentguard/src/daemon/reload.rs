@@ -35,7 +35,8 @@ use crate::{
     ebpf::{EbpfError, Kernel},
     identity::{AgentTable, GuardedAgent},
     live::{Live, LiveState},
-    policy::{self, PolicyErrors},
+    netns::{NetnsId, NetnsListeners},
+    policy::{self, NetnsSource, PolicyErrors},
     revoke::{self, Revocations},
 };
 
@@ -51,6 +52,11 @@ pub enum ReloadError {
     Ebpf(#[from] EbpfError),
     #[error(transparent)]
     Dns(#[from] crate::dns::DnsError),
+    #[error("agent {agent:?}: {source}")]
+    Netns {
+        agent: String,
+        source: crate::netns::NetnsError,
+    },
     #[error(
         "agentguard itself runs in cgroup {daemon}, inside agent {agent:?}'s cgroup {agent_cgroup}: its own connections would be redirected to itself; run it outside every agent cgroup"
     )]
@@ -92,6 +98,8 @@ pub struct Reloader {
     /// The revoked agents: the kernel's revoked marks follow their
     /// cgroups at every load.
     pub revocations: Arc<Revocations>,
+    /// The proxy's listeners in agents' network namespaces.
+    pub netns: Arc<NetnsListeners>,
     /// One reload at a time: SIGHUP and a file change may race, and the
     /// later snapshot must not be overtaken by the earlier one.
     pub serial: Mutex<()>,
@@ -238,6 +246,7 @@ impl Reloader {
         let own_cgroup = own_cgroup(&self.root);
         let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
         let mut guarded = Vec::new();
+        let mut served = Vec::new();
         for agent in &policy.agents {
             let cgroup = if agent.systemd_unit.is_some() {
                 match units::open(&self.root, agent)? {
@@ -271,6 +280,7 @@ impl Reloader {
             }
             let port = self.resolvers.ensure(&agent.name)?;
             kernel.set_agent_dns(cgroup.id, port)?;
+            self.listen_in_netns(agent, &cgroup.path, &mut served)?;
             guarded.push(GuardedAgent {
                 name: agent.name.as_str().into(),
                 cgroup,
@@ -296,11 +306,73 @@ impl Reloader {
         }
         let names: Vec<&str> = policy.agents.iter().map(|a| a.name.as_str()).collect();
         self.resolvers.retain(&names);
+        self.netns.retain(&served);
         Ok(LiveState {
             policy,
             agents: Arc::new(AgentTable::new(self.root.clone(), guarded)),
             credentials,
         })
+    }
+
+    /// Opens the proxy's and the agent's resolver's listeners in each
+    /// network namespace the agent lives in (its policy's `netns`), adding
+    /// the namespaces served to `served`. A declared namespace that cannot
+    /// be served is an error (the agent's connections there would reach
+    /// nothing, or someone else); one found from the cgroup's processes
+    /// that vanished meanwhile is skipped.
+    fn listen_in_netns(
+        &self,
+        agent: &policy::AgentPolicy,
+        cgroup: &Path,
+        served: &mut Vec<NetnsId>,
+    ) -> Result<(), ReloadError> {
+        let netns_err = |source| ReloadError::Netns {
+            agent: agent.name.clone(),
+            source,
+        };
+        let (paths, declared) = match &agent.netns {
+            None => return Ok(()),
+            Some(NetnsSource::Path(path)) => (vec![path.clone()], true),
+            Some(NetnsSource::Cgroup) => (
+                crate::netns::of_cgroup(cgroup)
+                    .into_iter()
+                    .map(|(path, _)| path)
+                    .collect(),
+                false,
+            ),
+        };
+        for path in paths {
+            let netns = match self.netns.ensure(&path) {
+                Ok(Some(netns)) => netns,
+                Ok(None) => continue,
+                Err(crate::netns::NetnsError::Open { .. }) if !declared => continue,
+                Err(e) => return Err(netns_err(e)),
+            };
+            self.resolvers.ensure_in(&agent.name, &netns)?;
+            served.push(netns.id);
+        }
+        Ok(())
+    }
+
+    /// Follows the processes of agents whose policy says `netns =
+    /// "cgroup"`: a namespace one of them entered since the last look gets
+    /// the listeners, one none lives in any more loses them. Until then,
+    /// such a process's connections reach nothing and fail (closed).
+    pub fn refresh_netns(&self, live: &Live) -> Result<(), ReloadError> {
+        let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let current = live.load();
+        if !current.policy.agents.iter().any(|a| a.netns.is_some()) {
+            return Ok(());
+        }
+        let mut served = Vec::new();
+        for agent in &current.policy.agents {
+            let Some(guarded) = current.agents.get(&agent.name) else {
+                continue;
+            };
+            self.listen_in_netns(agent, &guarded.cgroup.path, &mut served)?;
+        }
+        self.netns.retain(&served);
+        Ok(())
     }
 
     /// Follows the agents' systemd units: guards a unit's cgroup systemd

@@ -219,6 +219,28 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
         listen.push(addr);
     }
     let limits = agent_limits(path, text, parsed.agent.limits)?;
+    let netns = match &parsed.agent.netns {
+        None => None,
+        Some(n) => Some(parse_netns(n.get_ref()).map_err(|m| {
+            invalid(
+                &span_of(path, text, n.span().start),
+                format!("agent.netns: {m}"),
+            )
+        })?),
+    };
+    let upstream_netns = match &parsed.agent.upstream_netns {
+        None => super::UpstreamNetns::Agent,
+        Some(u) => match u.get_ref().as_str() {
+            "agent" => super::UpstreamNetns::Agent,
+            "host" => super::UpstreamNetns::Host,
+            other => {
+                return Err(invalid(
+                    &span_of(path, text, u.span().start),
+                    format!("agent.upstream_netns: {other:?} must be \"agent\" or \"host\""),
+                ));
+            }
+        },
+    };
     let mut credentials: Vec<CredentialPolicy> = Vec::new();
     for section in parsed.credential {
         let id_span = span_of(path, text, section.id.span().start);
@@ -272,6 +294,8 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
             dns,
             unix_sockets,
             listen,
+            netns,
+            upstream_netns,
             credentials,
             tools,
             passthrough,
@@ -280,6 +304,28 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
         },
         name_span,
     ))
+}
+
+/// `agent.netns`: `"cgroup"`, or an absolute, clean path to a namespace
+/// file.
+fn parse_netns(raw: &str) -> Result<super::NetnsSource, String> {
+    if raw == "cgroup" {
+        return Ok(super::NetnsSource::Cgroup);
+    }
+    let path = Path::new(raw);
+    let clean = path.is_absolute()
+        && path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::RootDir | std::path::Component::Normal(_)
+            )
+        });
+    if !clean {
+        return Err(format!(
+            "{raw:?} must be \"cgroup\" or an absolute path without '.' or '..' (e.g. /run/netns/NAME)"
+        ));
+    }
+    Ok(super::NetnsSource::Path(path.to_owned()))
 }
 
 fn parse_credential(
