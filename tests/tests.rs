@@ -7,6 +7,7 @@ mod aws;
 mod bypass;
 mod cli_conventions;
 mod cli_errors;
+mod containers;
 mod credentials;
 mod delegated;
 mod dns;

@@ -340,6 +340,14 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
                     .map_err(|e| e.to_string())
             })
         }),
+        container: Some({
+            let (reloader, live) = (reloader.clone(), live.clone());
+            Arc::new(move |agent: &str, pid: u32| {
+                reloader
+                    .attach_container(&live, agent, pid)
+                    .map_err(|e| e.to_string())
+            })
+        }),
     };
     info!(
         port,

@@ -77,6 +77,32 @@ pub enum ReloadError {
     },
 }
 
+/// Why `agentguard oci-hook` could not guard a container.
+#[derive(Debug, Error)]
+pub enum ContainerError {
+    #[error("no agent {0:?} in the policy")]
+    UnknownAgent(String),
+    #[error(
+        "agent {0:?}: its policy must say netns = \"cgroup\" for containers started with the hook"
+    )]
+    NotByCgroup(String),
+    #[error("agent {0:?} is not guarded")]
+    NotGuarded(String),
+    #[error("process {pid}: {source}")]
+    Process { pid: u32, source: std::io::Error },
+    #[error(
+        "process {pid} is in cgroup {cgroup}, not in agent {agent:?}'s cgroup {agent_cgroup} or below it (start the container with --cgroup-parent)"
+    )]
+    Elsewhere {
+        pid: u32,
+        cgroup: String,
+        agent: String,
+        agent_cgroup: String,
+    },
+    #[error(transparent)]
+    Guard(#[from] ReloadError),
+}
+
 /// Why `agentguard attach` could not guard a unit.
 #[derive(Debug, Error)]
 pub enum AttachError {
@@ -438,6 +464,62 @@ impl Reloader {
             return Err(units::UnitError::NotGuarded(agent.to_owned()).into());
         }
         info!(agent, pid, cgroup = %path.display(), "unit guarded before its start (ExecStartPre)");
+        Ok(())
+    }
+
+    /// `agentguard oci-hook` at a container's creation: process `pid` (the
+    /// container's first, before its program runs) must be in agent
+    /// `agent`'s cgroup or below it, where the kernel programs already
+    /// apply; its network namespace gets the proxy's and the resolver's
+    /// listeners now, before the container's program can connect.
+    pub fn attach_container(
+        &self,
+        live: &Live,
+        agent: &str,
+        pid: u32,
+    ) -> Result<(), ContainerError> {
+        let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let state = live.load();
+        let policy = state
+            .policy
+            .agent(agent)
+            .ok_or_else(|| ContainerError::UnknownAgent(agent.to_owned()))?;
+        if policy.netns != Some(NetnsSource::Cgroup) {
+            return Err(ContainerError::NotByCgroup(agent.to_owned()));
+        }
+        let guarded = state
+            .agents
+            .get(agent)
+            .ok_or_else(|| ContainerError::NotGuarded(agent.to_owned()))?;
+        let proc_err = |source| ContainerError::Process { pid, source };
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(proc_err)?;
+        let rel = crate::procfs::cgroup_v2_path(&text).unwrap_or_default();
+        let cgroup = self.root.mount().join(rel.trim_start_matches('/'));
+        // Compared by path, then pinned by the namespace file the daemon
+        // opens below: the process cannot change cgroup or namespace
+        // unseen in between (it is the runtime's, not yet the agent's).
+        if !cgroup.starts_with(&guarded.cgroup.path) || rel.contains("/../") {
+            return Err(ContainerError::Elsewhere {
+                pid,
+                cgroup: cgroup.display().to_string(),
+                agent: agent.to_owned(),
+                agent_cgroup: guarded.cgroup.path.display().to_string(),
+            });
+        }
+        let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let netns = self
+            .netns
+            .ensure(&path)
+            .map_err(|source| ReloadError::Netns {
+                agent: agent.to_owned(),
+                source,
+            })?;
+        if let Some(netns) = netns {
+            self.resolvers
+                .ensure_in(agent, &netns)
+                .map_err(ReloadError::from)?;
+            info!(agent, pid, netns = %netns.id, "container's network namespace guarded before its start");
+        }
         Ok(())
     }
 
