@@ -149,6 +149,15 @@ impl Resolvers {
         })
     }
 
+    /// Closes every resolver's sockets in network namespaces not in
+    /// `keep`.
+    pub fn retain_netns(&self, keep: &[crate::netns::NetnsId]) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        for resolver in running.values_mut() {
+            resolver.retain_netns(keep);
+        }
+    }
+
     /// Stops the resolvers of agents not in `agents`.
     pub fn retain(&self, agents: &[&str]) {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());

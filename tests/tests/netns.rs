@@ -15,7 +15,9 @@ use std::{
 
 use serde_json::Value;
 
-use crate::common::{Daemon, TestCa, TlsUpstream, in_cgroup_dir, require_root, text};
+use std::net::Ipv4Addr;
+
+use crate::common::{Daemon, DnsUpstream, TestCa, TlsUpstream, in_cgroup_dir, require_root, text};
 
 const API: &str = "api.agentguard.test";
 /// The test host's address on the veth pair, and the agent's.
@@ -57,6 +59,14 @@ impl Netns {
         PathBuf::from("/run/netns").join(&self.name)
     }
 
+    /// A file `ip netns exec` mounts over /etc/NAME for commands in this
+    /// namespace (as a container has its own /etc/resolv.conf).
+    fn etc_file(&self, name: &str, body: &str) {
+        let dir = Path::new("/etc/netns").join(&self.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), body).unwrap();
+    }
+
     /// `cmd` started in this namespace and in the cgroup at `cgroup`
     /// (joined before `ip netns exec` runs, so before `cmd` exists): what a
     /// container runtime does.
@@ -72,6 +82,8 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
+        // `ip netns exec` files of this namespace (see `etc_file`).
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
     }
 }
 
@@ -238,6 +250,46 @@ fn an_agent_in_its_own_netns_is_redirected_attributed_decided_injected_and_audit
         "{requests:#?}"
     );
     assert!(!daemon.log().contains(CANARY));
+}
+
+#[test]
+fn a_namespaced_agents_dns_is_answered_by_its_resolver_inside_its_netns() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("netns test CA", dir.path());
+    let link = Link::new();
+    let upstream = TlsUpstream::start_in_netns(&link.host.path(), UPSTREAM_VETH_IP, API, &ca);
+    let dns = DnsUpstream::start(
+        "127.0.0.1",
+        &[(API, UPSTREAM_VETH_IP.parse::<Ipv4Addr>().unwrap())],
+    );
+    let secret = secret_file(dir.path());
+    let daemon = Daemon::builder(&["nsdns"])
+        .policy(&policy(&link.agent.path(), &secret, ""))
+        .upstream_ca(&ca.pem_path)
+        .args(&["--dns-upstream", &dns.addr.to_string()])
+        .start();
+    // The container's resolv.conf names a server on its own network; the
+    // kernel sends the query to the agent's resolver, in the namespace.
+    link.agent.etc_file(
+        "resolv.conf",
+        &format!("nameserver {UPSTREAM_VETH_IP}\noptions timeout:2 attempts:1\n"),
+    );
+    link.agent.etc_file("hosts", "127.0.0.1 localhost\n");
+    let mut cmd = curl(&daemon, &upstream, UPSTREAM_VETH_IP, "/reflect");
+    let at = cmd.iter().position(|a| a == "--resolve").unwrap();
+    cmd.drain(at..at + 2);
+    let (_, out) = run(link.agent.run_in(&daemon.cgroup_path("nsdns"), &strs(&cmd)));
+    assert_eq!(text(&out.stdout), "200", "{}", text(&out.stderr));
+    assert!(
+        dns.asked().iter().any(|q| q.contains(API)),
+        "{:?}",
+        dns.asked()
+    );
+    daemon.wait_for_events("the agent's DNS query", |e| {
+        e.iter()
+            .any(|e| e["kind"] == "dns_query" && e["agent"] == "nsdns" && e["decision"] == "allow")
+    });
 }
 
 #[test]
@@ -457,4 +509,11 @@ fn a_netns_found_from_the_cgroups_processes_gets_listeners() {
         upstream.header_values("/reflect", "authorization"),
         vec![format!("Bearer {CANARY}")]
     );
+    // The agent's last process left: the listeners there close, so the
+    // namespace is not kept alive by the daemon.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon.log().contains("its listeners are closed") {
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -333,6 +333,7 @@ impl Reloader {
         let names: Vec<&str> = policy.agents.iter().map(|a| a.name.as_str()).collect();
         self.resolvers.retain(&names);
         self.netns.retain(&served);
+        self.resolvers.retain_netns(&served);
         Ok(LiveState {
             policy,
             agents: Arc::new(AgentTable::new(self.root.clone(), guarded)),
@@ -390,14 +391,23 @@ impl Reloader {
         if !current.policy.agents.iter().any(|a| a.netns.is_some()) {
             return Ok(());
         }
-        let mut served = Vec::new();
+        let (mut served, mut failed) = (Vec::new(), None);
         for agent in &current.policy.agents {
             let Some(guarded) = current.agents.get(&agent.name) else {
                 continue;
             };
-            self.listen_in_netns(agent, &guarded.cgroup.path, &mut served)?;
+            // One agent's failure does not keep the others' new
+            // namespaces unserved.
+            if let Err(e) = self.listen_in_netns(agent, &guarded.cgroup.path, &mut served) {
+                failed.get_or_insert(e);
+            }
+        }
+        // Nothing is closed after a failure: what failed may be passing.
+        if let Some(e) = failed {
+            return Err(e);
         }
         self.netns.retain(&served);
+        self.resolvers.retain_netns(&served);
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 //! has its own. Dropping an [`AgentResolver`] stops them.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
@@ -40,14 +40,13 @@ pub struct AgentResolver {
     /// Shared by all of the agent's sockets, in every namespace.
     limit: Arc<Semaphore>,
     sessions: Arc<Semaphore>,
-    /// Network namespaces (besides the daemon's) it also listens in.
-    netns: HashSet<NetnsId>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The serving tasks, by network namespace (`None`: the daemon's).
+    tasks: HashMap<Option<NetnsId>, Vec<JoinHandle<()>>>,
 }
 
 impl Drop for AgentResolver {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in self.tasks.values().flatten() {
             task.abort();
         }
     }
@@ -62,38 +61,48 @@ impl AgentResolver {
             shared,
             limit: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             sessions: Arc::new(Semaphore::new(MAX_TCP_SESSIONS)),
-            netns: HashSet::new(),
-            tasks: Vec::new(),
+            tasks: HashMap::new(),
         };
-        resolver.serve(sockets)?;
+        resolver.serve(None, sockets)?;
         Ok(resolver)
     }
 
     /// Also listens on the agent's port in `netns` (an agent in a
     /// container), unless it does already.
     pub fn listen_in(&mut self, netns: &Netns) -> Result<(), NetnsError> {
-        if self.netns.contains(&netns.id) {
+        if self.tasks.contains_key(&Some(netns.id)) {
             return Ok(());
         }
         let port = self.port;
         let sockets = netns.enter(|| bind_at(port))?;
-        self.serve(sockets).map_err(|source| NetnsError::Inside {
-            path: netns.path.clone(),
-            source,
-        })?;
-        self.netns.insert(netns.id);
-        Ok(())
+        self.serve(Some(netns.id), sockets)
+            .map_err(|source| NetnsError::Inside {
+                path: netns.path.clone(),
+                source,
+            })
     }
 
-    fn serve(&mut self, sockets: Sockets) -> io::Result<()> {
+    /// Closes the sockets in namespaces not in `keep` (the daemon's own
+    /// stay): a container that ended must not be kept alive by them.
+    pub fn retain_netns(&mut self, keep: &[NetnsId]) {
+        self.tasks.retain(|netns, tasks| {
+            let kept = netns.is_none_or(|id| keep.contains(&id));
+            if !kept {
+                tasks.iter().for_each(JoinHandle::abort);
+            }
+            kept
+        });
+    }
+
+    fn serve(&mut self, netns: Option<NetnsId>, sockets: Sockets) -> io::Result<()> {
         let (udp, tcp) = sockets;
+        let tasks = self.tasks.entry(netns).or_default();
         for udp in udp {
             udp.set_nonblocking(true)?;
             let udp = Arc::new(UdpSocket::from_std(udp)?);
             let (agent, shared, limit) =
                 (self.agent.clone(), self.shared.clone(), self.limit.clone());
-            self.tasks
-                .push(tokio::spawn(serve_udp(udp, agent, shared, limit)));
+            tasks.push(tokio::spawn(serve_udp(udp, agent, shared, limit)));
         }
         for tcp in tcp {
             tcp.set_nonblocking(true)?;
@@ -101,8 +110,7 @@ impl AgentResolver {
             let (agent, shared, limit) =
                 (self.agent.clone(), self.shared.clone(), self.limit.clone());
             let sessions = self.sessions.clone();
-            self.tasks
-                .push(tokio::spawn(serve_tcp(tcp, agent, shared, limit, sessions)));
+            tasks.push(tokio::spawn(serve_tcp(tcp, agent, shared, limit, sessions)));
         }
         Ok(())
     }
