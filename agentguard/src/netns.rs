@@ -217,12 +217,46 @@ impl Dial {
         }
     }
 
-    /// The namespace dialled from, if not the daemon's: upstream
-    /// connections are pooled per namespace too.
-    pub fn netns(&self) -> Option<NetnsId> {
+    /// The cookie of the namespace dialled from, if not the daemon's:
+    /// upstream connections are pooled per namespace too (by cookie, which
+    /// a later namespace never gets again; inode numbers are reused).
+    pub fn netns_cookie(&self) -> Option<u64> {
         match self {
             Self::Host => None,
-            Self::In(dialer) => Some(dialer.netns()),
+            Self::In(dialer) => Some(dialer.cookie()),
+        }
+    }
+
+    /// A handle that does not keep the namespace's dialer thread (and so
+    /// the namespace) alive: for the upstream pools, which outlive
+    /// containers.
+    pub fn downgrade(&self) -> WeakDial {
+        match self {
+            Self::Host => WeakDial::Host,
+            Self::In(dialer) => WeakDial::In(Arc::downgrade(dialer)),
+        }
+    }
+}
+
+/// [`Dial`] without ownership of the namespace's dialer.
+#[derive(Debug, Clone)]
+pub enum WeakDial {
+    Host,
+    In(std::sync::Weak<Dialer>),
+}
+
+impl WeakDial {
+    /// Dials as [`Dial::connect`]; fails once no agent is served in the
+    /// namespace any more.
+    pub async fn connect(&self, dst: SocketAddr) -> io::Result<TcpStream> {
+        match self {
+            Self::Host => TcpStream::connect(dst).await,
+            Self::In(weak) => match weak.upgrade() {
+                Some(dialer) => dialer.connect(dst).await,
+                None => Err(io::Error::other(
+                    "the agent's network namespace is no longer served",
+                )),
+            },
         }
     }
 }

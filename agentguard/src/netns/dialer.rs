@@ -25,6 +25,8 @@ type Request = (Domain, oneshot::Sender<io::Result<Socket>>);
 pub struct Dialer {
     requests: mpsc::Sender<Request>,
     netns: NetnsId,
+    /// The namespace's cookie: unlike its inode, never reused in a boot.
+    cookie: u64,
 }
 
 impl Dialer {
@@ -54,6 +56,7 @@ impl Dialer {
             Ok(Ok(())) => Ok(Arc::new(Self {
                 requests,
                 netns: netns.id,
+                cookie: netns.cookie,
             })),
             Ok(Err(source)) => Err(NetnsError::Enter {
                 path: netns.path.clone(),
@@ -65,6 +68,10 @@ impl Dialer {
 
     pub fn netns(&self) -> NetnsId {
         self.netns
+    }
+
+    pub fn cookie(&self) -> u64 {
+        self.cookie
     }
 
     /// A TCP connection to `dst` from the namespace.

@@ -126,8 +126,8 @@ struct PoolKey {
     /// HTTP/1.1-only connections, for Upgrade requests (WebSocket): an
     /// HTTP/2 connection cannot carry an HTTP/1.1 upgrade.
     http1_only: bool,
-    /// The network namespace dialled from (None: the daemon's).
-    netns: Option<crate::netns::NetnsId>,
+    /// Cookie of the network namespace dialled from (None: the daemon's).
+    netns: Option<u64>,
 }
 
 impl Upstreams {
@@ -187,7 +187,7 @@ impl Upstreams {
             host: host.to_ascii_lowercase(),
             dst,
             http1_only,
-            netns: dial.netns(),
+            netns: dial.netns_cookie(),
         };
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = pools.get(&key) {
@@ -203,12 +203,12 @@ impl Upstreams {
         let connector = if http1_only {
             builder.wrap_connector(FixedAddr {
                 dst,
-                dial: dial.clone(),
+                dial: dial.downgrade(),
             })
         } else {
             builder.enable_http2().wrap_connector(FixedAddr {
                 dst,
-                dial: dial.clone(),
+                dial: dial.downgrade(),
             })
         };
         let connector = HandshakeLimit {
@@ -250,7 +250,9 @@ fn add_pem_file(roots: &mut RootCertStore, path: &Path) -> Result<(), UpstreamEr
 #[derive(Debug, Clone)]
 pub struct FixedAddr {
     dst: SocketAddr,
-    dial: crate::netns::Dial,
+    /// Weak: a pool kept after its container ended must not keep the
+    /// container's namespace (and a thread in it) alive.
+    dial: crate::netns::WeakDial,
 }
 
 impl tower_service::Service<hyper::Uri> for FixedAddr {
