@@ -484,9 +484,19 @@ fn a_netns_found_from_the_cgroups_processes_gets_listeners() {
         .start();
     let cgroup = daemon.cgroup_path("nsfound");
     let cmd = curl(&daemon, &upstream, "127.0.0.3", "/reflect");
-    // Nothing of the agent lives in the namespace yet: nothing listens
-    // there, and the agent's connection is refused (closed, not out).
-    let (_, out) = run(netns.run_in(&cgroup, &strs(&cmd)));
+    // Nothing of the agent lives in the namespace yet: nothing listens on
+    // the proxy's port there (probed from outside the agent's cgroup,
+    // which the daemon's look at the cgroup cannot see).
+    let proxy_port = daemon.status()["proxy_port"].as_u64().unwrap();
+    let probe_url = format!("http://127.0.0.1:{proxy_port}/");
+    let probe = || {
+        Command::new("ip")
+            .args(["netns", "exec", &netns.name, "curl", "-sS", "-m", "5"])
+            .arg(&probe_url)
+            .output()
+            .unwrap()
+    };
+    let out = probe();
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
     assert_eq!(upstream.handshakes(), 0);
 
@@ -501,6 +511,10 @@ fn a_netns_found_from_the_cgroups_processes_gets_listeners() {
         assert!(Instant::now() < deadline, "{}", daemon.log());
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Now the proxy answers there (and refuses the probe: no kernel
+    // record, as it is no agent's)...
+    assert_ne!(probe().status.code(), Some(7));
+    // ...and the agent's connection goes through it.
     let (_, out) = run(netns.run_in(&cgroup, &strs(&cmd)));
     let _ = sleeper.kill();
     let _ = sleeper.wait();
