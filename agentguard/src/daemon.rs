@@ -98,6 +98,8 @@ pub enum DaemonError {
         addr: std::net::SocketAddr,
         holder: crate::port_owner::Holder,
     },
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
     #[error("failed to listen for metrics on {addr}: {source}")]
     MetricsListen {
         addr: std::net::SocketAddr,
@@ -167,6 +169,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         e => DaemonError::Bind(e),
     })?;
     let port = listeners.port();
+    // Agents in network namespaces of their own get the same port there.
+    let netns = Arc::new(crate::netns::NetnsListeners::new(port)?);
     // Every listener of the daemon's own is bound here, before any agent
     // is guarded (and before a restarted daemon lets agents' connections
     // through): one an agent already holds stops start-up, naming it.
@@ -220,6 +224,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         audit: Some(audit.sink.clone()),
         resolvers: resolvers.clone(),
         revocations: revocations.clone(),
+        netns: netns.clone(),
         serial: Mutex::new(()),
     });
     let live = Arc::new(Live::new(reloader.build(None)?));
@@ -286,6 +291,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         limits,
         limiter: Arc::new(crate::policy::RateLimiter::new()),
     });
+    netns.serve(ctx.clone());
     let metrics = Arc::new(MetricsSource {
         metrics: audit.metrics.clone(),
         audit: audit.sink.clone(),
@@ -331,6 +337,14 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
             Arc::new(move |agent: &str, pid: u32| {
                 reloader
                     .attach(&live, agent, pid)
+                    .map_err(|e| e.to_string())
+            })
+        }),
+        container: Some({
+            let (reloader, live) = (reloader.clone(), live.clone());
+            Arc::new(move |agent: &str, pid: u32| {
+                reloader
+                    .attach_container(&live, agent, pid)
                     .map_err(|e| e.to_string())
             })
         }),
@@ -508,6 +522,12 @@ async fn watch_policies(reloader: Arc<Reloader>, live: Arc<Live>, notifier: Arc<
             Ok(Ok(true)) => notifier.status(&notify::status_line(&live.load())),
             Ok(Err(e)) => warn!(error = %e, "could not follow the agents' systemd units"),
             _ => {}
+        }
+        // Agents found in their cgroup's network namespaces (`netns =
+        // "cgroup"`): a namespace entered since the last look.
+        let (netns, state) = (reloader.clone(), live.clone());
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || netns.refresh_netns(&state)).await {
+            warn!(error = %e, "could not follow the agents' network namespaces");
         }
     }
 }

@@ -65,6 +65,8 @@ pub struct ConnMeta {
     pub dst: SocketAddr,
     /// The SNI of the agent's ClientHello; `None` for plain HTTP.
     pub sni: Option<String>,
+    /// The network namespace upstream connections leave from.
+    pub dial: crate::netns::Dial,
 }
 
 impl ConnMeta {
@@ -419,7 +421,9 @@ async fn forward(
         redaction::prepare(&mut parts.headers);
     }
     let upstream_req = Request::from_parts(parts, out.count_request_body(body));
-    let client = ctx.upstreams.client(agent, &host, meta.dst, upgrade);
+    let client = ctx
+        .upstreams
+        .client(agent, &host, meta.dst, upgrade, &meta.dial);
     let sent = Instant::now();
     let client_timeout = ctx.limits.options().client_timeout;
     let mut resp = deadline::send(&client, upstream_req, timeouts, client_timeout)

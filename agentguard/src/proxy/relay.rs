@@ -10,16 +10,16 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::limits::fds;
-use crate::config::UPSTREAM_CONNECT_TIMEOUT_SECS;
+use crate::{config::UPSTREAM_CONNECT_TIMEOUT_SECS, netns::Dial};
 
-/// Dials `dst` and copies both ways until either side closes. The daemon's
+/// Dials `dst` (from the namespace `dial` names) and copies both ways until either side closes. The daemon's
 /// own sockets are outside every guarded cgroup (and the kernel skips its
 /// tgid), so this connect goes out directly.
 ///
 /// tokio's copy_bidirectional moves data through a user-space buffer; splice
 /// would save that copy, but the next issue replaces raw relaying with TLS
 /// termination, where the bytes must pass through user space anyway.
-pub async fn relay(mut inbound: TcpStream, dst: SocketAddr) {
+pub async fn relay(mut inbound: TcpStream, dst: SocketAddr, dial: &Dial) {
     let start = Instant::now();
     // The upstream socket counts against the proxy's descriptor budget too.
     let Some(_socket) = fds::take() else {
@@ -28,7 +28,7 @@ pub async fn relay(mut inbound: TcpStream, dst: SocketAddr) {
     };
     let connect = timeout(
         Duration::from_secs(UPSTREAM_CONNECT_TIMEOUT_SECS),
-        TcpStream::connect(dst),
+        dial.connect(dst),
     )
     .await;
     let mut upstream = match connect {
