@@ -115,46 +115,48 @@ where
             // unboxed one was a memcpy of all of it, twice per request
             // (measured: 6% of the full path's instructions). Boxed, hyper
             // moves a pointer and the future is allocated once.
-            Box::pin(async move {
-                // Each request reads the policy in force when it arrives: a
-                // reload applies to open connections from their next request.
-                let state = ctx.live.load();
-                let mut outcome = Outcome::new(
-                    &meta,
-                    &req,
-                    &state.policy.version,
-                    ctx.audit.clone(),
-                    ctx.requests.clone(),
-                );
-                // In flight until the response body ends: the agent's cap.
-                let slot = ctx.limits.request(&meta.identity.agent, &state.policy);
-                let resp = match slot {
-                    Ok(slot) => {
-                        let (identity, on_behalf_of) = &*caller;
-                        let resp = handle(
-                            req,
-                            &meta,
-                            identity,
-                            on_behalf_of.as_deref(),
-                            &ctx,
-                            &state,
-                            &mut outcome,
-                        )
-                        .await;
-                        outcome
-                            .attach(resp)
-                            .map(|b| idle::Holding::new(b, (busy, Some(slot))))
-                    }
-                    Err(refusal) => {
-                        let resp = outcome.refuse(refusal);
-                        outcome
-                            .attach(resp)
-                            .map(|b| idle::Holding::new(b, (busy, None)))
-                    }
-                };
-                Ok::<_, Infallible>(resp)
-            }
-            .instrument(span.clone()))
+            Box::pin(
+                async move {
+                    // Each request reads the policy in force when it arrives: a
+                    // reload applies to open connections from their next request.
+                    let state = ctx.live.load();
+                    let mut outcome = Outcome::new(
+                        &meta,
+                        &req,
+                        &state.policy.version,
+                        ctx.audit.clone(),
+                        ctx.requests.clone(),
+                    );
+                    // In flight until the response body ends: the agent's cap.
+                    let slot = ctx.limits.request(&meta.identity.agent, &state.policy);
+                    let resp = match slot {
+                        Ok(slot) => {
+                            let (identity, on_behalf_of) = &*caller;
+                            let resp = handle(
+                                req,
+                                &meta,
+                                identity,
+                                on_behalf_of.as_deref(),
+                                &ctx,
+                                &state,
+                                &mut outcome,
+                            )
+                            .await;
+                            outcome
+                                .attach(resp)
+                                .map(|b| idle::Holding::new(b, (busy, Some(slot))))
+                        }
+                        Err(refusal) => {
+                            let resp = outcome.refuse(refusal);
+                            outcome
+                                .attach(resp)
+                                .map(|b| idle::Holding::new(b, (busy, None)))
+                        }
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
+                .instrument(span.clone()),
+            )
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());

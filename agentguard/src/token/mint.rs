@@ -114,8 +114,8 @@ impl Minter {
         // key the store keeps (see KeyStore::sign for why not
         // jsonwebtoken::encode), under the header made once with the key.
         // Verification stays with jsonwebtoken.
-        let claims = serde_json::to_vec(claims)
-            .map_err(|e| format!("failed to sign a token: {e}"))?;
+        let claims =
+            serde_json::to_vec(claims).map_err(|e| format!("failed to sign a token: {e}"))?;
         let header = keys.encoded_header();
         let mut token = String::with_capacity(header.len() + claims.len() * 4 / 3 + 100);
         token.push_str(header);

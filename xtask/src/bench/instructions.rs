@@ -88,11 +88,11 @@ pub fn run(env: &Env, paths: &[PathKind], scenarios: &[&str], requests: u32) -> 
             let r = load(Amount::Requests(requests))?;
             // Kept beside the results: `callgrind_annotate` on it shows
             // where the instructions went, function by function.
-            let kept = env
-                .work
-                .parent()
-                .context("bench dir")?
-                .join(format!("callgrind.{}.{}.out", path.id(), s.id));
+            let kept = env.work.parent().context("bench dir")?.join(format!(
+                "callgrind.{}.{}.out",
+                path.id(),
+                s.id
+            ));
             let instructions = counter.dump(&kept)?;
             if r.ok == 0 {
                 bail!("{} {}: no request returned 200", path.id(), s.id);

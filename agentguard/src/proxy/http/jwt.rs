@@ -189,7 +189,10 @@ mod tests {
         let echoes = [
             format!("raw {token} end"),
             format!(r#"{{"authorization":"Bearer {token}"}}"#),
-            format!("dump {}", b64.encode(format!("Authorization: Bearer {token}"))),
+            format!(
+                "dump {}",
+                b64.encode(format!("Authorization: Bearer {token}"))
+            ),
             format!("dump {}", b64.encode(format!("x{token}"))),
             format!("dump {}", b64.encode(format!("xy{token}"))),
             format!("hex {}", hex::encode(token)),
