@@ -20,6 +20,8 @@ pub struct Context {
     pub sse_samples: u32,
     pub pinned: bool,
     pub profile: Option<String>,
+    /// Instructions per request (`super::instructions`), as markdown.
+    pub instructions: Option<String>,
 }
 
 pub fn markdown(ctx: &Context, r: &Results) -> String {
@@ -38,6 +40,10 @@ pub fn markdown(ctx: &Context, r: &Results) -> String {
     section_targets(w, r);
     section_results(w, r);
     section_ratios(w, r);
+    if let Some(instructions) = &ctx.instructions {
+        let _ = writeln!(w, "## Instructions per request\n");
+        let _ = writeln!(w, "{instructions}");
+    }
     if let Some(profile) = &ctx.profile {
         let _ = writeln!(w, "## Where the full path's time goes\n");
         let _ = writeln!(w, "{profile}");
