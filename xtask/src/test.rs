@@ -127,7 +127,7 @@ const STEPS: &[Step] = &[
     // few seconds of new inputs (the unit tests replay the seeds too).
     Step {
         header: "fuzz targets (briefly)",
-        cargo_args: &["xtask", "fuzz", "--seconds", "5", "--no-setup"],
+        cargo_args: &["xtask", "fuzz", "--seconds", "5", "--dev", "--no-setup"],
     },
 ];
 
