@@ -101,6 +101,14 @@ const STEPS: &[Step] = &[
             "--test-threads=3",
         ],
     },
+    // deploy/kubernetes against the Kubernetes schema of each supported
+    // release (offline, kubernetes-validate), its policies and config
+    // against agentguard. The container image is `cargo xtask image
+    // --check`, not a step here (see README, Kubernetes).
+    Step {
+        header: "Kubernetes manifests (schema, policies, config)",
+        cargo_args: &["xtask", "manifests"],
+    },
     // The Debian package, installed here with dpkg, checked (files, modes,
     // conffile, unit verified, changes kept on reinstall) and purged; then
     // installed in a Debian container booted with systemd-nspawn, where its
