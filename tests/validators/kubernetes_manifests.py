@@ -35,6 +35,9 @@ KUSTOMIZATION_FIELDS = {
     "resources",
     "configMapGenerator",
     "generatorOptions",
+    # `kustomize edit set image`: names the image in the operator's
+    # registry. Not applied here; it changes no schema.
+    "images",
 }
 GENERATOR_FIELDS = {"name", "files", "options"}
 

@@ -15,11 +15,7 @@
 mod check;
 mod manifest;
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    time::Instant,
-};
+use std::{fs, path::Path, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
@@ -170,7 +166,7 @@ fn remove(path: &Path) -> Result<()> {
 
 /// The build context the Containerfile names: the root as a tar, the
 /// binary, the default config, the example policies.
-fn stage(repo: &Path, binary: &Path, rootfs: &Path, context: &Path) -> Result<PathBuf> {
+fn stage(repo: &Path, binary: &Path, rootfs: &Path, context: &Path) -> Result<()> {
     if context.exists() {
         fs::remove_dir_all(context)?;
     }
@@ -198,5 +194,5 @@ fn stage(repo: &Path, binary: &Path, rootfs: &Path, context: &Path) -> Result<Pa
         repo.join("packaging/container/Containerfile"),
         context.join("Containerfile"),
     )?;
-    Ok(context.to_owned())
+    Ok(())
 }
