@@ -11,7 +11,9 @@
 //!    refuses a folder that is not one;
 //! 5. `nsenter --cgroup=/proc/1/ns/cgroup` (the main container's command)
 //!    moves the view of /proc/self/cgroup from the container's cgroup
-//!    namespace to the host's;
+//!    namespace to the host's (here: the cgroup namespace of the check's
+//!    own process, since PID 1 on these machines is the sandbox's, closed
+//!    to everyone);
 //! 6. the daemon itself starts with only the DaemonSet's capabilities, its
 //!    readiness probe passes, its liveness endpoint answers, and an agent in
 //!    its policy's cgroup, in the daemon's network namespace (the node's,
@@ -43,6 +45,8 @@ const POLICY_CGROUP: &str = "cgroup = \"agentguard/support-bot\"";
 const AGENT: &str = "support-bot";
 /// Where the image ships its example policies.
 const SHIPPED_POLICIES: &str = "/usr/share/doc/agentguard/examples/policies";
+/// How the main container enters the host's cgroup namespace.
+const HOST_CGROUPNS: &str = "--cgroup=/proc/1/ns/cgroup";
 
 pub fn run(repo: &Path, tag: &str, version: &str) -> Result<()> {
     let pod = PodSpec::load(repo)?;
@@ -168,7 +172,7 @@ fn with_staged_volumes(
             tag.into(),
         ];
         args.extend(init_argv[1..].iter().cloned());
-        cmd::new("podman").args(&args).output()
+        podman(&args.iter().map(String::as_str).collect::<Vec<_>>()).output()
     };
     let on_bpffs = init_run("/sys/fs/bpf")?;
     ensure!(
@@ -194,9 +198,19 @@ fn with_staged_volumes(
         }
     };
     ensure!(
-        pod.host_pid() && nsenter.first().is_some_and(|c| c == "nsenter"),
-        "the DaemonSet no longer enters the host's cgroup namespace with hostPID"
+        pod.host_pid() && nsenter == ["nsenter", HOST_CGROUPNS],
+        "the DaemonSet no longer enters the host's cgroup namespace with hostPID: {argv:?}"
     );
+    // PID 1 on these machines is the sandbox's own process, whose
+    // namespaces nobody here may open (not even root outside podman): the
+    // check enters the cgroup namespace of its own process instead, the
+    // host's as well, and one of a process with every capability, so that
+    // the DaemonSet's CAP_SYS_PTRACE and CAP_SYS_ADMIN are what it takes.
+    let nsenter = [
+        "nsenter".to_owned(),
+        HOST_CGROUPNS.replace("/proc/1/", &format!("/proc/{}/", std::process::id())),
+    ];
+    let nsenter = &nsenter[..];
     let privileged = privileged_args(main);
     let cgroup_line = |enter: bool| -> Result<String> {
         let mut args: Vec<String> = vec!["run".into(), "--rm".into(), "--network=none".into()];
@@ -227,7 +241,8 @@ fn with_staged_volumes(
         "cgroup as the container sees it: {inside:?}; after nsenter: {entered:?}"
     );
     println!(
-        "image check: nsenter --cgroup=/proc/1/ns/cgroup: /proc/self/cgroup {inside:?} → {entered:?}"
+        "image check: {}: /proc/self/cgroup {inside:?} → {entered:?}",
+        nsenter[1]
     );
 
     // 6. The daemon.
@@ -371,6 +386,10 @@ impl Daemon {
             if let Ok(out) = podman_output(&args) {
                 break serde_json::from_str(&out).context("status -o json")?;
             }
+            let running = podman_output(&["inspect", "--format", "{{.State.Running}}", &self.name]);
+            if running.is_ok_and(|r| r != "true") {
+                bail!("the daemon in the image stopped:\n{}", self.logs());
+            }
             if started.elapsed() > Duration::from_secs(60) {
                 bail!(
                     "the daemon in the image was not ready within 60 s:\n{}",
@@ -408,7 +427,9 @@ impl Daemon {
             &format!("http://127.0.0.1:{port}/metrics"),
         ]))?;
         ensure!(
-            metrics.contains("agentguard_connections_total"),
+            metrics
+                .lines()
+                .any(|l| l.starts_with("agentguard_audit_queue_depth ")),
             "GET /metrics: {metrics}"
         );
         println!("image check: the liveness endpoint (127.0.0.1:{port}/metrics) answers");
@@ -441,8 +462,7 @@ impl Daemon {
     }
 
     fn logs(&self) -> String {
-        cmd::new("podman")
-            .args(["logs", "--tail", "40", &self.name])
+        podman(&["logs", "--tail", "40", &self.name])
             .output()
             .map(|o| {
                 String::from_utf8_lossy(&o.stdout).into_owned()
@@ -454,9 +474,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = cmd::new("podman")
-            .args(["rm", "--force", "--time", "10", &self.name])
-            .output();
+        let _ = podman(&["rm", "--force", "--time", "10", &self.name]).output();
         // Its pins go with its bpffs: the programs detach.
         let _ = cmd::new("umount").arg(&self.bpffs).output();
         let _ = fs::remove_file(self.run_dir.join("agentguard.sock"));
@@ -481,5 +499,45 @@ fn cgroup2_mount() -> Result<PathBuf> {
 }
 
 fn podman_output(args: &[&str]) -> Result<String> {
-    cmd::output(cmd::new("podman").args(args))
+    cmd::output(&mut podman(args))
+}
+
+/// podman with runc, and for `run` resource limits this process may set.
+///
+/// runc, not Debian's default crun: crun refuses hosts whose cgroup v2
+/// hierarchy has a controller enabled beside v1 ones ("cgroups in hybrid
+/// mode not supported"), as these VMs have (hugetlb). And podman gives a
+/// container as many open files and processes as it can get (1048576 files),
+/// which a setup without CAP_SYS_RESOURCE (these machines' root) cannot
+/// raise the limits to: the container would not start. The check's
+/// containers get this process's own open-file limit (the daemon raises
+/// its soft limit to the hard one) and a few thousand processes (threads).
+fn podman(args: &[&str]) -> std::process::Command {
+    let mut command = cmd::new("podman");
+    command.args(["--runtime", "runc"]);
+    match args.split_first() {
+        Some((&"run", rest)) => {
+            let files = open_files_limit();
+            command
+                .arg("run")
+                .arg(format!("--ulimit=nofile={files}:{files}"))
+                .arg("--ulimit=nproc=4096:4096")
+                .args(rest);
+        }
+        _ => {
+            command.args(args);
+        }
+    }
+    command
+}
+
+/// The hard RLIMIT_NOFILE of this process, from /proc/self/limits.
+fn open_files_limit() -> u64 {
+    fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+            line.split_whitespace().nth(4)?.parse().ok()
+        })
+        .unwrap_or(1024)
 }

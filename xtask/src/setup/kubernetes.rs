@@ -11,8 +11,10 @@ use crate::cmd;
 /// podman and what it needs to build and run an image, without
 /// recommendations (a user D-Bus session, rootless helpers, buildah's
 /// command line: the build and the checks run as root with podman alone).
-/// Its dependencies bring crun, conmon and the containers' config.
-const PACKAGES: &[&str] = &["podman"];
+/// Its dependencies bring conmon and the containers' config; runc is the
+/// runtime the check uses (Debian's default, crun, refuses these VMs'
+/// hybrid cgroup layout: see image/check.rs).
+const PACKAGES: &[&str] = &["podman", "runc"];
 
 /// Pinned: the Kubernetes releases whose schemas it ships are part of
 /// what the check checks (1.37.0 knows releases up to 1.37).
