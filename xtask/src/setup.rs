@@ -10,6 +10,7 @@ mod bpffs;
 mod browser;
 mod cargo_deb;
 mod cargo_fuzz;
+mod kubernetes;
 mod runtimes;
 mod toolchain;
 
@@ -81,6 +82,8 @@ pub fn run() -> Result<()> {
     apt.ensure(CONTAINER_PACKAGES)?;
     cargo_deb::ensure()?;
     runtimes::check()?;
+    // After the runtimes: kubernetes-validate installs with pip.
+    kubernetes::ensure(&mut apt)?;
     // After the runtimes: npm comes with node.
     browser::ensure()?;
     bpffs::ensure()?;

@@ -622,13 +622,18 @@ fn settled(files: &[FileStamp], now: SystemTime) -> bool {
 
 /// What identifies the folder's content cheaply: names, sizes and
 /// modification times of the policy files. Polled to notice edits.
+///
+/// Symlinks are followed: a Kubernetes ConfigMap volume holds
+/// `x.toml -> ..data/x.toml`, and an update swaps the `..data` link to a
+/// new folder, leaving the `x.toml` link itself (its size and mtime, all a
+/// `DirEntry`'s metadata sees) unchanged.
 pub fn fingerprint(dir: &Path) -> Vec<FileStamp> {
     let mut out: Vec<FileStamp> = match fs::read_dir(dir) {
         Ok(entries) => entries
             .flatten()
             .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
             .filter_map(|e| {
-                let m = e.metadata().ok()?;
+                let m = fs::metadata(e.path()).ok()?;
                 Some((e.path(), m.size(), m.mtime(), m.mtime_nsec()))
             })
             .collect(),
@@ -667,5 +672,29 @@ mod tests {
         // A file from the future (a skewed clock) is not settled by its
         // mtime; the reload then waits for it to stay unchanged instead.
         assert!(!settled(&[stamp(Duration::ZERO, now + SETTLE * 5)], now));
+    }
+
+    /// A ConfigMap volume as the kubelet writes it (its atomic writer):
+    /// files in a timestamped folder, `..data` linking to it, and each key
+    /// a link through `..data`. An update writes a new folder and swaps
+    /// `..data`; the change must show in the fingerprint.
+    #[test]
+    fn a_configmap_update_changes_the_fingerprint() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let data = dir.path().join(name);
+            fs::create_dir(&data).unwrap();
+            fs::write(data.join("a.toml"), text).unwrap();
+            symlink(name, dir.path().join("..data_tmp")).unwrap();
+            fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+        };
+        write("..2026_12_04_00_00_00.1", "[agent]\nname = \"a\"\n");
+        symlink("..data/a.toml", dir.path().join("a.toml")).unwrap();
+        let before = fingerprint(dir.path());
+        assert_eq!(before.len(), 1, "{before:?}");
+        assert_eq!(before[0].1, 19, "the size is the file's, not the link's");
+        write("..2026_12_04_00_00_01.2", "[agent]\nname = \"a2\"\n");
+        assert_ne!(fingerprint(dir.path()), before);
     }
 }
