@@ -109,9 +109,16 @@ impl Netns {
         Ok(self)
     }
 
-    /// The namespace the daemon itself runs in.
+    /// The namespace the daemon itself runs in. Its cookie is read from a
+    /// socket made here, without entering it: a service may be forbidden
+    /// `setns` altogether (systemd's `RestrictNamespaces=`), and a daemon
+    /// whose agents all live in its own namespace never needs it.
     pub fn own() -> Result<Self, NetnsError> {
-        Self::open(Path::new("/proc/self/ns/net"))
+        let mut own = Self::open_unprobed(Path::new("/proc/self/ns/net"))?;
+        let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .map_err(|source| own.inside(source))?;
+        own.cookie = netns_cookie(probe.as_fd()).map_err(|source| own.inside(source))?;
+        Ok(own)
     }
 
     /// Runs `f` on a thread of its own inside this namespace, and waits for

@@ -367,7 +367,12 @@ impl<'p> Decider<'p, '_> {
         rated: bool,
         bound: Option<&Bound>,
     ) -> Decision<'p> {
-        let session = call.as_ref().is_some_and(|c| c.session);
+        // A session's own traffic never waits: its protocol messages, and
+        // on a JSON-RPC tool the requests without a body to decide (the
+        // event stream's GET, the session's DELETE).
+        let session = call
+            .as_ref()
+            .map_or(tool.calls.protocol.is_rpc(), |c| c.session);
         let approval = tool.approval.as_ref().filter(|a| {
             !session
                 && a.holds(
