@@ -71,6 +71,9 @@ pub struct Condition {
     source: String,
     program: Arc<Program>,
     uses: Uses,
+    /// Conjuncts the expression cannot be true without: checked on the
+    /// plain request and message before the interpreter runs.
+    prerequisites: Vec<Prerequisite>,
 }
 
 /// Which variables an expression reads, so that only those are built.
@@ -93,6 +96,37 @@ pub struct Uses {
 }
 
 impl Uses {
+    /// Every variable (what a caller that does not know its conditions
+    /// builds).
+    pub const ALL: Uses = Uses {
+        request: true,
+        mcp: true,
+        agent: true,
+        on_behalf_of: true,
+        intent: true,
+        now: true,
+        request_headers: true,
+        request_body: true,
+        mcp_arguments: true,
+        mcp_params: true,
+    };
+
+    /// What either reads.
+    pub fn union(self, other: Uses) -> Uses {
+        Uses {
+            request: self.request || other.request,
+            mcp: self.mcp || other.mcp,
+            agent: self.agent || other.agent,
+            on_behalf_of: self.on_behalf_of || other.on_behalf_of,
+            intent: self.intent || other.intent,
+            now: self.now || other.now,
+            request_headers: self.request_headers || other.request_headers,
+            request_body: self.request_body || other.request_body,
+            mcp_arguments: self.mcp_arguments || other.mcp_arguments,
+            mcp_params: self.mcp_params || other.mcp_params,
+        }
+    }
+
     /// The fields read that the audit record does not hold (`arguments`
     /// is held where `record_arguments` is set).
     pub fn unrecorded(&self, arguments_recorded: bool) -> Vec<&'static str> {
@@ -238,6 +272,7 @@ impl Condition {
             source: source.to_owned(),
             program: Arc::new(program),
             uses: check.uses,
+            prerequisites: prerequisites(&ast),
         })
     }
 
@@ -247,6 +282,14 @@ impl Condition {
 
     pub fn uses(&self) -> Uses {
         self.uses
+    }
+
+    /// Whether a prerequisite already fails on the plain values: then the
+    /// expression cannot be true (it is false or an error), and a decision
+    /// passes over the tool without running the interpreter, the way OPA
+    /// indexes rules. `false` says nothing: evaluate.
+    pub fn cannot_hold(&self, known: &Known<'_>) -> bool {
+        self.prerequisites.iter().any(|p| !p.met(known))
     }
 
     /// Evaluates the condition. `Err` (the expression failed, or gave
@@ -259,6 +302,9 @@ impl Condition {
     /// converts every value into the interpreter's form: done once per
     /// request or message, not once per tool).
     pub fn evaluate_bound(&self, bound: &Bound) -> Result<bool, String> {
+        if !bound.built.covers(self.uses) {
+            return Err(NOT_BUILT.to_owned());
+        }
         for (name, why) in &bound.missing {
             if self.uses.reads(name) {
                 return Err(format!("{name} is unavailable: {why}"));
@@ -276,6 +322,11 @@ impl Condition {
 }
 
 impl Uses {
+    /// Whether everything `other` reads is here.
+    fn covers(self, other: Uses) -> bool {
+        self.union(other) == self
+    }
+
     fn reads(&self, name: &str) -> bool {
         match name {
             "request" => self.request,
@@ -293,6 +344,7 @@ pub struct Bound {
     ctx: Context<'static, 'static>,
     /// Variables that could not be built, and why.
     missing: Vec<(&'static str, String)>,
+    built: Uses,
 }
 
 impl Vars {
@@ -313,7 +365,11 @@ impl Vars {
                 Err(why) => missing.push((name, why.clone())),
             }
         }
-        Bound { ctx, missing }
+        Bound {
+            ctx,
+            missing,
+            built: self.built,
+        }
     }
 }
 
@@ -575,6 +631,8 @@ pub struct Vars {
     pub on_behalf_of: Result<Cel, String>,
     pub intent: Result<Cel, String>,
     pub now: Result<Cel, String>,
+    /// What was built ([`Vars::new`]'s `needs`).
+    built: Uses,
 }
 
 /// The kernel's account of who sent the request.
@@ -639,6 +697,9 @@ pub struct McpView<'a> {
 impl Vars {
     /// `hidden_headers`: names (lower case) of headers the agent's
     /// credentials are injected into, hidden beside [`CREDENTIAL_HEADERS`].
+    /// `needs`: what the conditions to be evaluated read (the union of
+    /// their [`Condition::uses`]); nothing else is built, and a condition
+    /// that reads more fails rather than see a value left out.
     pub fn new(
         request: RequestView<'_>,
         identity: &AgentIdentity,
@@ -646,32 +707,48 @@ impl Vars {
         intent: Option<&str>,
         now: SystemTime,
         hidden_headers: &[&str],
+        needs: Uses,
     ) -> Vars {
+        let unbuilt = || Err(NOT_BUILT.to_owned());
         Vars {
-            request: request_value(&request, hidden_headers),
+            request: if needs.request {
+                request_value(&request, hidden_headers, needs.request_headers)
+            } else {
+                unbuilt()
+            },
             mcp: Ok(Cel::Null),
-            agent: Ok(map([
-                ("name", Cel::from(identity.name.clone())),
-                ("uid", Cel::Int(identity.uid.into())),
-                ("gid", Cel::Int(identity.gid.into())),
-                ("pid", Cel::Int(identity.pid.into())),
-                ("exe", identity.exe.clone().map_or(Cel::Null, Cel::from)),
-                ("comm", Cel::from(identity.comm.clone())),
-                ("cgroup", Cel::from(identity.cgroup.clone())),
-            ])),
+            agent: if needs.agent {
+                Ok(map([
+                    ("name", Cel::from(identity.name.clone())),
+                    ("uid", Cel::Int(identity.uid.into())),
+                    ("gid", Cel::Int(identity.gid.into())),
+                    ("pid", Cel::Int(identity.pid.into())),
+                    ("exe", identity.exe.clone().map_or(Cel::Null, Cel::from)),
+                    ("comm", Cel::from(identity.comm.clone())),
+                    ("cgroup", Cel::from(identity.cgroup.clone())),
+                ]))
+            } else {
+                unbuilt()
+            },
             on_behalf_of: Ok(on_behalf_of.map_or(Cel::Null, |s| Cel::from(s.to_owned()))),
             intent: Ok(intent.map_or(Cel::Null, |s| Cel::from(s.to_owned()))),
-            now: timestamp(now),
+            now: if needs.now { timestamp(now) } else { unbuilt() },
+            built: needs,
         }
     }
 
     /// The same request, seen for one JSON-RPC member.
     pub fn with_mcp(&self, m: McpView<'_>) -> Vars {
         let mut vars = self.clone();
-        vars.mcp = mcp_value(&m);
+        if self.built.mcp {
+            vars.mcp = mcp_value(&m);
+        }
         vars
     }
 }
+
+/// Why a variable no condition reads is not there.
+const NOT_BUILT: &str = "not built: no condition of the agent was known to read it";
 
 fn timestamp(now: SystemTime) -> Result<Cel, String> {
     let since = now
@@ -690,10 +767,11 @@ fn map<const N: usize>(entries: [(&str, Cel); N]) -> Cel {
     Cel::Map(Map { map: Arc::new(m) })
 }
 
-fn request_value(r: &RequestView<'_>, hidden: &[&str]) -> Result<Cel, String> {
+fn request_value(r: &RequestView<'_>, hidden: &[&str], with_headers: bool) -> Result<Cel, String> {
     let query = r.query.map(query_map).unwrap_or_else(|| map([]));
     let headers = r
         .headers
+        .filter(|_| with_headers)
         .map(|h| headers_map(h, hidden))
         .unwrap_or_else(|| map([]));
     let body = match r.body {
@@ -827,6 +905,11 @@ fn convert(json: &Json, budget: &mut usize) -> Result<Cel, String> {
         }
     })
 }
+
+mod prerequisite;
+
+pub use prerequisite::Known;
+use prerequisite::{Prerequisite, prerequisites};
 
 #[cfg(test)]
 mod tests;

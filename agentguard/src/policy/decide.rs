@@ -24,7 +24,9 @@ use sha2::{Digest as _, Sha256};
 
 use super::{
     AgentIdentity, AgentPolicy, CredentialPolicy, McpView, MessageMatch, RateCheck, RateKey,
-    RateLimiter, RatePer, RequestView, ToolPolicy, Vars, condition::Bound, rate::Admission,
+    RateLimiter, RatePer, RequestView, ToolPolicy, Vars,
+    condition::{Bound, Known, Uses},
+    rate::Admission,
 };
 use crate::mcp::{Message, Target};
 
@@ -288,6 +290,21 @@ impl AgentPolicy {
             .collect()
     }
 
+    /// What the agent's conditions read (its tools' and their approvals'):
+    /// the variables a decision builds.
+    fn condition_uses(&self) -> Uses {
+        self.tools
+            .iter()
+            .flat_map(|t| {
+                [
+                    t.calls.when.as_ref(),
+                    t.approval.as_ref().and_then(|a| a.when.as_ref()),
+                ]
+            })
+            .flatten()
+            .fold(Uses::default(), |all, c| all.union(c.uses()))
+    }
+
     /// Names of the headers this agent's credentials are injected into:
     /// conditions never see them.
     fn credential_headers(&self) -> Vec<&str> {
@@ -331,6 +348,40 @@ struct Miss {
     tool: Option<String>,
 }
 
+/// The reasons a denial could give: the first of each rank (a failed
+/// condition says more than a body not read, which says more than a name
+/// not listed). Later ones of a rank are never shown, so they are not
+/// written: a decision among fifty tools formats at most three.
+#[derive(Default)]
+struct Misses([Option<Miss>; 3]);
+
+impl Misses {
+    fn rank(rule: DenyRule) -> usize {
+        match rule {
+            DenyRule::Condition => 0,
+            DenyRule::BodyRequired => 1,
+            _ => 2,
+        }
+    }
+
+    /// Whether a miss of this rule would be kept.
+    fn wants(&self, rule: DenyRule) -> bool {
+        self.0[Self::rank(rule)].is_none()
+    }
+
+    /// Keeps the miss `make` writes, if it is the first of its rank.
+    fn add(&mut self, rule: DenyRule, make: impl FnOnce() -> Miss) {
+        let slot = &mut self.0[Self::rank(rule)];
+        if slot.is_none() {
+            *slot = Some(make());
+        }
+    }
+
+    fn best(self) -> Option<Miss> {
+        self.0.into_iter().flatten().next()
+    }
+}
+
 impl<'p> Decider<'p, '_> {
     fn vars(&self) -> &Vars {
         self.vars.get_or_init(|| {
@@ -350,8 +401,30 @@ impl<'p> Decider<'p, '_> {
                 i.intent,
                 i.now,
                 &self.policy.credential_headers(),
+                self.policy.condition_uses(),
             )
         })
+    }
+
+    /// The request and `message` as they are, for conditions'
+    /// prerequisites.
+    fn known<'m>(&'m self, message: Option<&'m Message>) -> Known<'m> {
+        let i = &self.input;
+        Known {
+            request: RequestView {
+                method: i.facts.method.as_str(),
+                host: i.facts.host,
+                port: i.facts.port,
+                path: i.facts.path,
+                query: i.query,
+                headers: i.headers,
+                body: i.json_body,
+            },
+            identity: i.identity,
+            on_behalf_of: i.on_behalf_of,
+            intent: i.intent,
+            mcp: message.map(mcp_view),
+        }
     }
 
     fn bound(&self) -> &Bound {
@@ -405,34 +478,45 @@ impl<'p> Decider<'p, '_> {
         })
     }
 
-    /// `Ok` if the tool's condition holds (or it has none).
-    fn condition(&self, tool: &ToolPolicy, bound: &Bound) -> Result<(), Miss> {
+    /// Whether the tool's condition holds (or it has none); if not, the
+    /// reason is kept in `misses` when it is the first of its kind.
+    fn condition(&self, tool: &ToolPolicy, bound: &Bound, misses: &mut Misses) -> bool {
         let Some(when) = &tool.calls.when else {
-            return Ok(());
+            return true;
         };
-        let reason = match when.evaluate_bound(bound) {
-            Ok(true) => return Ok(()),
-            Ok(false) => format!(
-                "the condition of tool {:?} does not hold: {}",
-                tool.name,
-                when.source()
-            ),
-            Err(e) => format!("the condition of tool {:?} failed: {e}", tool.name),
-        };
-        Err(Miss {
+        let result = when.evaluate_bound(bound);
+        if result == Ok(true) {
+            return true;
+        }
+        misses.add(DenyRule::Condition, || Miss {
             rule: DenyRule::Condition,
-            reason,
+            reason: match result {
+                Err(e) => format!("the condition of tool {:?} failed: {e}", tool.name),
+                Ok(_) => format!(
+                    "the condition of tool {:?} does not hold: {}",
+                    tool.name,
+                    when.source()
+                ),
+            },
             tool: Some(tool.name.clone()),
-        })
+        });
+        false
     }
 
-    fn deny(&self, misses: Vec<Miss>, what: String) -> Decision<'p> {
-        // A failed condition says more than a name not listed.
-        let best = misses.into_iter().min_by_key(|m| match m.rule {
-            DenyRule::Condition => 0,
-            DenyRule::BodyRequired => 1,
-            _ => 2,
-        });
+    /// Whether the tool's condition can be passed over unrun: its
+    /// prerequisites fail on the plain request, so it cannot hold, and a
+    /// denial would not show its reason (an earlier condition's is kept).
+    fn passes_over(&self, tool: &ToolPolicy, known: &Known<'_>, misses: &Misses) -> bool {
+        !misses.wants(DenyRule::Condition)
+            && tool
+                .calls
+                .when
+                .as_ref()
+                .is_some_and(|w| w.cannot_hold(known))
+    }
+
+    fn deny(&self, misses: Misses, what: String) -> Decision<'p> {
+        let best = misses.best();
         let facts = &self.input.facts;
         Decision::Deny(match best {
             Some(m) => Denied {
@@ -466,7 +550,8 @@ impl<'p> Decider<'p, '_> {
     /// Decides the request as a whole: any request without a JSON-RPC body.
     pub fn decide(&self) -> Decision<'p> {
         let facts = &self.input.facts;
-        let mut misses = Vec::new();
+        let known = self.known(None);
+        let mut misses = Misses::default();
         for tool in self
             .policy
             .tools
@@ -475,7 +560,7 @@ impl<'p> Decider<'p, '_> {
         {
             if tool.calls.protocol.is_rpc() {
                 if *facts.method == Method::POST {
-                    misses.push(Miss {
+                    misses.add(DenyRule::BodyRequired, || Miss {
                         rule: DenyRule::BodyRequired,
                         reason: format!(
                             "tool {:?} decides each JSON-RPC message of the body",
@@ -487,17 +572,19 @@ impl<'p> Decider<'p, '_> {
                 }
                 return self.allow(tool, None, false, None);
             }
+            if self.passes_over(tool, &known, &misses) {
+                continue;
+            }
             // The condition's variables (the request's headers, query and
             // identity as CEL values) are built only for a tool that has a
             // condition: most have none (measured: 5% of the full path's
             // instructions went into building them for nothing).
             let held = match tool.calls.when {
-                None => Ok(()),
-                Some(_) => self.condition(tool, self.bound()),
+                None => true,
+                Some(_) => self.condition(tool, self.bound(), &mut misses),
             };
-            match held {
-                Ok(()) => return self.allow(tool, None, true, None),
-                Err(miss) => misses.push(miss),
+            if held {
+                return self.allow(tool, None, true, None);
             }
         }
         let what = match facts.aws_action {
@@ -512,9 +599,10 @@ impl<'p> Decider<'p, '_> {
 
     /// Decides one message of a JSON-RPC body.
     pub fn decide_message(&self, message: &Message) -> Decision<'p> {
-        let mut misses = Vec::new();
+        let mut misses = Misses::default();
         let mut member: Option<Bound> = None;
         let facts = &self.input.facts;
+        let known = self.known(Some(message));
         for tool in self
             .policy
             .tools
@@ -529,7 +617,7 @@ impl<'p> Decider<'p, '_> {
                 (true, MessageMatch::Session) => true,
                 (true, MessageMatch::Call) => false,
                 (true, MessageMatch::No(why)) => {
-                    misses.push(Miss {
+                    misses.add(DenyRule::CallNotAllowed, || Miss {
                         rule: DenyRule::CallNotAllowed,
                         reason: format!("tool {:?}: {why}", tool.name),
                         tool: None,
@@ -537,21 +625,13 @@ impl<'p> Decider<'p, '_> {
                     continue;
                 }
             };
-            let bind_member = || {
-                self.vars()
-                    .with_mcp(McpView {
-                        method: message.method.as_deref(),
-                        target: message.target.as_ref(),
-                        arguments: message.arguments(),
-                        params: message.params.as_ref(),
-                        id: message.id.as_ref(),
-                    })
-                    .bind()
-            };
+            let bind_member = || self.vars().with_mcp(mcp_view(message)).bind();
             if !session && tool.calls.when.is_some() {
+                if self.passes_over(tool, &known, &misses) {
+                    continue;
+                }
                 let bound = member.get_or_insert_with(bind_member);
-                if let Err(miss) = self.condition(tool, bound) {
-                    misses.push(miss);
+                if !self.condition(tool, bound, &mut misses) {
                     continue;
                 }
             }
@@ -578,6 +658,17 @@ impl<'p> Decider<'p, '_> {
             (None, None) => "a response".to_owned(),
         };
         self.deny(misses, what)
+    }
+}
+
+/// A JSON-RPC message as conditions see it.
+fn mcp_view(message: &Message) -> McpView<'_> {
+    McpView {
+        method: message.method.as_deref(),
+        target: message.target.as_ref(),
+        arguments: message.arguments(),
+        params: message.params.as_ref(),
+        id: message.id.as_ref(),
     }
 }
 

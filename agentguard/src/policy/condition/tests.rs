@@ -42,6 +42,7 @@ fn vars_with(body: Option<&serde_json::Value>, headers: Option<&HeaderMap>) -> V
         Some("triage"),
         monday_morning(),
         &["x-custom-key"],
+        Uses::ALL,
     )
 }
 
@@ -131,6 +132,7 @@ fn runtime_failures_are_errors_not_true() {
         None,
         monday_morning(),
         &[],
+        Uses::ALL,
     );
     assert_eq!(eval(r#"agent.exe == "/usr/bin/python3""#, &vars), Ok(false));
     assert_eq!(eval(r#"on_behalf_of == "alice""#, &vars), Ok(false));
