@@ -9,7 +9,7 @@
 
 use std::{net::SocketAddr, time::SystemTime};
 
-use rusqlite::types::Value;
+use rusqlite::types::{Value, ValueRef};
 use serde::{Deserialize, Serialize};
 
 /// What happened.
@@ -328,13 +328,18 @@ const RANDOM_BATCH: usize = 4096;
 
 /// A field's conversion to and from an SQLite value.
 trait Column: Sized {
-    fn to_value(&self) -> Value;
+    /// The value borrowed from the field: what the writer hashes and binds
+    /// (no copy of the text per row).
+    fn to_ref(&self) -> ValueRef<'_>;
+    fn to_value(&self) -> Value {
+        self.to_ref().into()
+    }
     fn from_value(v: Value) -> Result<Self, String>;
 }
 
 impl Column for String {
-    fn to_value(&self) -> Value {
-        Value::Text(self.clone())
+    fn to_ref(&self) -> ValueRef<'_> {
+        ValueRef::Text(self.as_bytes())
     }
     fn from_value(v: Value) -> Result<Self, String> {
         match v {
@@ -345,8 +350,8 @@ impl Column for String {
 }
 
 impl Column for Kind {
-    fn to_value(&self) -> Value {
-        Value::Text(self.as_str().to_owned())
+    fn to_ref(&self) -> ValueRef<'_> {
+        ValueRef::Text(self.as_str().as_bytes())
     }
     fn from_value(v: Value) -> Result<Self, String> {
         let s = String::from_value(v)?;
@@ -355,8 +360,8 @@ impl Column for Kind {
 }
 
 impl Column for Option<Decision> {
-    fn to_value(&self) -> Value {
-        self.map_or(Value::Null, |d| Value::Text(d.as_str().to_owned()))
+    fn to_ref(&self) -> ValueRef<'_> {
+        self.map_or(ValueRef::Null, |d| ValueRef::Text(d.as_str().as_bytes()))
     }
     fn from_value(v: Value) -> Result<Self, String> {
         match v {
@@ -372,9 +377,9 @@ impl Column for Option<Decision> {
 }
 
 impl Column for Option<String> {
-    fn to_value(&self) -> Value {
+    fn to_ref(&self) -> ValueRef<'_> {
         self.as_ref()
-            .map_or(Value::Null, |s| Value::Text(s.clone()))
+            .map_or(ValueRef::Null, |s| ValueRef::Text(s.as_bytes()))
     }
     fn from_value(v: Value) -> Result<Self, String> {
         match v {
@@ -387,8 +392,8 @@ impl Column for Option<String> {
 macro_rules! integer_column {
     ($($t:ty),*) => {$(
         impl Column for Option<$t> {
-            fn to_value(&self) -> Value {
-                self.map_or(Value::Null, |n| Value::Integer(n as i64))
+            fn to_ref(&self) -> ValueRef<'_> {
+                self.map_or(ValueRef::Null, |n| ValueRef::Integer(n as i64))
             }
             fn from_value(v: Value) -> Result<Self, String> {
                 match v {
@@ -419,9 +424,18 @@ macro_rules! columns {
         /// among the base ones: append an extension.
         pub const BASE_COLUMNS: usize = [$(stringify!($field)),*].len();
 
+        /// `COLUMNS.len()`, as the length of [`Event::row_refs`].
+        pub const COLUMN_COUNT: usize = COLUMNS.len();
+
         impl Event {
             pub fn to_row(&self) -> Vec<Value> {
                 vec![$(self.$field.to_value(),)* $(self.$ext.to_value()),*]
+            }
+
+            /// The row borrowed from the event, in [`COLUMNS`] order: what
+            /// the writer hashes and inserts, without copying a field.
+            pub fn row_refs(&self) -> [ValueRef<'_>; COLUMN_COUNT] {
+                [$(self.$field.to_ref(),)* $(self.$ext.to_ref()),*]
             }
 
             /// Rebuilds an event from a row in [`COLUMNS`] order.
@@ -532,6 +546,9 @@ mod tests {
         let back = Event::from_row(e.to_row()).unwrap();
         assert_eq!(back, e);
         assert_eq!(e.to_row().len(), COLUMNS.len());
+        // The borrowed row is the same row.
+        let owned: Vec<Value> = e.row_refs().into_iter().map(Value::from).collect();
+        assert_eq!(owned, e.to_row());
     }
 
     #[test]
