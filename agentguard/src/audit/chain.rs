@@ -33,8 +33,8 @@
 
 use std::cell::RefCell;
 
+use ring::digest;
 use rusqlite::types::{Value, ValueRef};
-use sha2::{Digest as _, Sha256};
 
 use super::event::{BASE_COLUMNS, COLUMNS};
 
@@ -58,7 +58,11 @@ pub fn hash_row(seq: i64, prev: &Hash, values: &[Value]) -> Result<Hash, String>
 /// The serialisation above is written into one per-thread buffer and
 /// hashed in a single call rather than fed to SHA-256 piece by piece: a
 /// row is ~100 pieces of a few bytes, and each `update` call paid for its
-/// own block-buffer bookkeeping (measured in the commit that made this).
+/// own block-buffer bookkeeping. The SHA-256 is ring's (already here for
+/// rustls): its assembly picks SHA-NI, AVX or SSSE3 at run time, where the
+/// sha2 crate falls back to portable Rust without SHA-NI; a row is ~10
+/// blocks, and this hash was the larger half of the writer's cost
+/// (measured in the commit that made this).
 pub fn hash_refs<'a>(
     seq: i64,
     prev: &Hash,
@@ -87,7 +91,8 @@ pub fn hash_refs<'a>(
             }
             serialise_value(buf, v)?;
         }
-        let hash = Sha256::digest(&buf[..]).into();
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(digest::digest(&digest::SHA256, buf).as_ref());
         // A row can hold up to 64 KiB of tool arguments: such a buffer is
         // not kept for the rest of the thread's life.
         if buf.capacity() > KEEP_BUFFER {
