@@ -248,6 +248,18 @@ impl Event {
         }
     }
 
+    /// A fresh event (new id, stamped now) with every other field as in
+    /// `template`: for the events of one connection, which share the
+    /// caller's identity and addresses.
+    pub fn like(template: &Event) -> Self {
+        let now = SystemTime::now();
+        Self {
+            id: uuid_v7(now),
+            time: format_time(now),
+            ..template.clone()
+        }
+    }
+
     pub fn with_src(mut self, addr: SocketAddr) -> Self {
         self.src_ip = Some(addr.ip().to_canonical().to_string());
         self.src_port = Some(addr.port());
@@ -557,6 +569,29 @@ mod tests {
         row[2] = Value::Text("nonsense".into());
         assert!(Event::from_row(row).unwrap_err().contains("kind"));
         assert!(Event::from_row(vec![]).is_err());
+    }
+
+    #[test]
+    fn events_like_a_template_are_new_events_with_its_fields() {
+        let mut template = Event {
+            kind: Kind::Request,
+            ..Event::default()
+        };
+        template.agent = Some("bot".into());
+        template.src_port = Some(4242);
+        let a = Event::like(&template);
+        let b = Event::like(&template);
+        assert_ne!(a.id, b.id);
+        assert_eq!(a.id.len(), 36);
+        assert_eq!(a.time.len(), 27, "{}", a.time);
+        assert_eq!(
+            Event {
+                id: String::new(),
+                time: String::new(),
+                ..a
+            },
+            template
+        );
     }
 
     #[test]
