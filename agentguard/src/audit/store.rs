@@ -19,7 +19,8 @@ use std::{
 };
 
 use rusqlite::{
-    Connection, OpenFlags, OptionalExtension as _, Row, params, params_from_iter, types::Value,
+    Connection, OpenFlags, OptionalExtension as _, Row, params, params_from_iter,
+    types::{ToSqlOutput, Value},
 };
 use thiserror::Error;
 
@@ -99,6 +100,17 @@ pub struct Tail {
     pub last_hash: Hash,
     pub last_checkpoint_seq: i64,
 }
+
+/// The event insert, every parameter bound by position (`seq`, the
+/// [`COLUMNS`], `prev_hash`, `hash`); made once, prepared once per
+/// connection (`prepare_cached`).
+static INSERT_EVENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "INSERT INTO events (seq, {}, prev_hash, hash) VALUES ({})",
+        COLUMNS.join(", "),
+        vec!["?"; COLUMNS.len() + 3].join(", ")
+    )
+});
 
 pub struct Store {
     conn: Connection,
@@ -348,13 +360,15 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Appends `records` (already chained; `rows[i]` is `records[i].event`
-    /// as a row, the one that was hashed) and, if given, a checkpoint, in one
-    /// transaction: after a crash either all of it is there or none.
+    /// Appends `records` (already chained) and, if given, a checkpoint, in
+    /// one transaction: after a crash either all of it is there or none.
+    ///
+    /// Each row is bound value by value from the event itself
+    /// ([`Event::row_refs`], the row the writer hashed) into the one cached
+    /// insert: no row is copied or collected first.
     pub fn append(
         &mut self,
         records: &[Record],
-        rows: &[Vec<Value>],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
@@ -364,20 +378,18 @@ impl Store {
         };
         let tx = self.conn.transaction().map_err(err)?;
         {
-            let placeholders = vec!["?"; COLUMNS.len() + 3].join(", ");
-            let mut stmt = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO events (seq, {}, prev_hash, hash) VALUES ({placeholders})",
-                    COLUMNS.join(", ")
-                ))
-                .map_err(err)?;
-            for (r, row) in records.iter().zip(rows) {
-                let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(row.len() + 3);
-                values.push(&r.seq);
-                values.extend(row.iter().map(|v| v as &dyn rusqlite::ToSql));
-                values.push(&r.prev_hash);
-                values.push(&r.hash);
-                stmt.execute(params_from_iter(values)).map_err(err)?;
+            let mut stmt = tx.prepare_cached(INSERT_EVENT.as_str()).map_err(err)?;
+            for r in records {
+                stmt.raw_bind_parameter(1, r.seq).map_err(err)?;
+                for (i, v) in r.event.row_refs().into_iter().enumerate() {
+                    stmt.raw_bind_parameter(i + 2, ToSqlOutput::Borrowed(v))
+                        .map_err(err)?;
+                }
+                stmt.raw_bind_parameter(COLUMNS.len() + 2, r.prev_hash.as_str())
+                    .map_err(err)?;
+                stmt.raw_bind_parameter(COLUMNS.len() + 3, r.hash.as_str())
+                    .map_err(err)?;
+                stmt.raw_execute().map_err(err)?;
             }
             if let Some(c) = checkpoint {
                 tx.execute(

@@ -26,7 +26,7 @@ use tracing::{error, info, warn};
 
 use super::{
     anchor,
-    chain::{Hash, hash_row, to_hex},
+    chain::{Hash, hash_refs, to_hex},
     event::{Event, Kind, format_time},
     queue::{Bytes, Gate, Queued},
     signing::Signer,
@@ -259,17 +259,15 @@ impl Writer {
         let held: usize = queued.iter().map(|q| q.bytes).sum();
         let events = queued.into_iter().map(|q| q.event);
         let mut records = Vec::with_capacity(events.len());
-        // Each row is made once: hashed here, then inserted as it is.
-        let mut rows = Vec::with_capacity(events.len());
         let (mut seq, mut prev) = (self.next_seq, self.last_hash);
         for event in events {
-            let row = event.to_row();
-            let hash = match hash_row(seq, &prev, &row) {
+            // Hashed as borrowed from the event; the store binds the same
+            // values from it again (`Store::append`).
+            let hash = match hash_refs(seq, &prev, event.row_refs()) {
                 Ok(h) => h,
                 // Only REAL/BLOB values fail, and events have none.
                 Err(e) => unreachable!("event values are text and integers: {e}"),
             };
-            rows.push(row);
             records.push(Record {
                 seq,
                 event,
@@ -291,7 +289,7 @@ impl Writer {
         let started = Instant::now();
         let mut backoff = FIRST_BACKOFF;
         self.gate.running();
-        while let Err(e) = self.store.append(&records, &rows, checkpoint.as_ref()) {
+        while let Err(e) = self.store.append(&records, checkpoint.as_ref()) {
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
             self.gate.failed(e.to_string());
             if last && started.elapsed() > SHUTDOWN_GRACE {

@@ -226,8 +226,7 @@ mod tests {
                 hash: String::new(),
             })
             .collect();
-        let rows: Vec<Vec<Value>> = all.iter().map(Event::to_row).collect();
-        store.append(&records, &rows, None).unwrap();
+        store.append(&records, None).unwrap();
         let now = SystemTime::now();
         for (query, want) in [
             ("agent=bot", vec![1, 2, 4]),

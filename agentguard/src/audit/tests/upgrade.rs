@@ -67,7 +67,6 @@ fn a_store_written_by_the_old_code_verifies_read_migrated_and_extended() {
     let tail = store.tail().unwrap();
     let (mut seq, mut prev) = (tail.last_seq + 1, tail.last_hash);
     let mut records = Vec::new();
-    let mut rows = Vec::new();
     for traceparent in [
         Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         None,
@@ -82,10 +81,9 @@ fn a_store_written_by_the_old_code_verifies_read_migrated_and_extended() {
             prev_hash: to_hex(&prev),
             hash: to_hex(&hash),
         });
-        rows.push(row);
         (seq, prev) = (seq + 1, hash);
     }
-    store.append(&records, &rows, None).unwrap();
+    store.append(&records, None).unwrap();
     drop(store);
     let store = Store::open_read_only(&db).unwrap();
     assert_eq!(verify(&store, &key).unwrap().unwrap().events, 12);

@@ -56,19 +56,35 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// What every request event of a connection holds from the start: the
+    /// caller's identity and both ends. Made once per connection; each
+    /// request clones it ([`Outcome::new`]) rather than formatting the
+    /// addresses and the executable's path again (measured: making the
+    /// event was 3.4% of the full path's instructions, most of it that
+    /// formatting).
+    pub fn template(meta: &ConnMeta) -> Event {
+        let mut event = meta
+            .identity
+            .stamp(Event {
+                kind: Kind::Request,
+                ..Event::default()
+            })
+            .with_src(meta.peer)
+            .with_dst(meta.dst);
+        event.sni = meta.sni.clone();
+        event
+    }
+
+    /// The outcome of a request on the connection `template` was made for
+    /// ([`Outcome::template`]).
     pub fn new<B>(
-        meta: &ConnMeta,
+        template: &Event,
         req: &hyper::Request<B>,
         policy_version: &str,
         sink: AuditSink,
         requests: Arc<RequestLog>,
     ) -> Self {
-        let mut event = meta
-            .identity
-            .stamp(Event::new(Kind::Request))
-            .with_src(meta.peer)
-            .with_dst(meta.dst);
-        event.sni = meta.sni.clone();
+        let mut event = Event::like(template);
         event.method = Some(req.method().to_string());
         event.protocol = Some(protocol(req.version()).to_owned());
         event.policy_version = Some(policy_version.to_owned());
