@@ -26,6 +26,7 @@ mod maps;
 mod pins;
 mod processes;
 mod sockopt_link;
+mod splice;
 
 pub use hooks::UNSUPPORTED_HOOKS_ENV;
 use hooks::{HOOKS, PROCESS_HOOK, UNIX_HOOKS};
@@ -33,6 +34,7 @@ use maps::Maps;
 pub use maps::{AgentKernelUsage, PeerRecords, Shares};
 pub use pins::detach_all;
 use pins::{MAPS, PinDir, SCRATCH_SUFFIX};
+pub use splice::{PASSTHROUGH_RELAY_ENV, SpliceError, Spliced, Splicer, kick};
 
 /// The running kernel's BTF.
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -282,6 +284,24 @@ impl Kernel {
         } else {
             0
         };
+    }
+
+    /// The sockhash that splices passthrough connections in the kernel,
+    /// with its verdict program attached; `None` (said in the log) where
+    /// the kernel refuses it or [`PASSTHROUGH_RELAY_ENV`] turns it off:
+    /// passthrough is then relayed in user space. Call once.
+    pub fn take_splice(&mut self) -> Option<std::sync::Arc<Splicer>> {
+        match Splicer::attach(&mut self.ebpf) {
+            Ok(splicer) => Some(std::sync::Arc::new(splicer)),
+            Err(e @ SpliceError::Off) => {
+                tracing::info!("passthrough: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "passthrough connections are relayed in user space: the kernel splice is unavailable");
+                None
+            }
+        }
     }
 
     /// The event ring buffer, for the one task that reads it.

@@ -87,14 +87,35 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>)
             ),
             Err(e) => ConnPlan::Refuse(ConnRefusal::Sniff(e)),
         };
-        ConnOutcome::new(peer, Some(&identity), Some(dst), &plan)
-            .record(&ctx, &state.policy.version)
-            .await;
-        drop(state);
         // Revoking the agent ends the connection (and closes its sockets)
         // wherever it is: handshake, requests, a stream, a relay.
         let agent = identity.agent.clone();
         let revocations = ctx.revocations.clone();
+        if let ConnPlan::Passthrough { .. } = plan {
+            // Dialled (and spliced, where the kernel allows) before the
+            // record, so that it says which way the bytes go; the bytes
+            // waiting on the agent's socket move only once it is written.
+            let prepared = relay::prepare(stream, dst, ctx.splice.as_ref()).await;
+            let mut outcome = ConnOutcome::new(peer, Some(&identity), Some(dst), &plan);
+            outcome.relay = prepared.as_ref().map(relay::Relay::path);
+            outcome.record(&ctx, &state.policy.version).await;
+            drop(state);
+            if let Some(prepared) = prepared {
+                if revocations
+                    .until_revoked(&agent, prepared.run())
+                    .await
+                    .is_none()
+                {
+                    info!("connection closed: the agent was revoked");
+                }
+            }
+            drop(held);
+            return;
+        }
+        ConnOutcome::new(peer, Some(&identity), Some(dst), &plan)
+            .record(&ctx, &state.policy.version)
+            .await;
+        drop(state);
         let done = revocations
             .until_revoked(
                 &agent,
@@ -202,10 +223,8 @@ async fn carry_out(
             };
             http::serve(stream, meta, ctx, held).await;
         }
-        ConnPlan::Passthrough { .. } => {
-            relay::relay(stream, dst).await;
-            drop(held);
-        }
+        // Carried out by `handle` (its record waits for the relay's path).
+        ConnPlan::Passthrough { .. } => drop((stream, held)),
         // Dropping the stream closes it, with nothing sent upstream.
         ConnPlan::Refuse(_) => drop(held),
     }
@@ -219,6 +238,9 @@ struct ConnOutcome<'a> {
     identity: Option<&'a Identity>,
     dst: Option<SocketAddr>,
     plan: &'a ConnPlan,
+    /// For a passthrough connection whose upstream was reached: which way
+    /// its bytes go.
+    relay: Option<relay::Path>,
 }
 
 impl<'a> ConnOutcome<'a> {
@@ -233,6 +255,7 @@ impl<'a> ConnOutcome<'a> {
             identity,
             dst,
             plan,
+            relay: None,
         }
     }
 
@@ -260,6 +283,7 @@ impl<'a> ConnOutcome<'a> {
             event.protocol = Some(if sni.is_some() { "tls" } else { "http" }.to_owned());
         }
         event.sni = sni.cloned();
+        event.relay = self.relay.map(|p| p.as_str().to_owned());
         event.rule = Some(self.plan.rule());
         event.policy_version = Some(policy_version.to_owned());
         event
