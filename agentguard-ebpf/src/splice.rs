@@ -50,6 +50,13 @@ pub fn agentguard_splice(ctx: SkBuffContext) -> u32 {
     // SAFETY: the helper takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let len = u64::from(ctx.len());
+    if len == 0 {
+        // A bare FIN. Redirected, it would reach the partner's send queue
+        // as an empty send, which the kernel takes for a broken pipe and
+        // reports as an error on the partner. The proxy passes half-closes
+        // on itself.
+        return sk_action::SK_DROP;
+    }
     let verdict = SPLICE.redirect_skb(&ctx, cookie, 0);
     if verdict == i64::from(sk_action::SK_PASS)
         && let Some(sent) = SPLICE_BYTES.get_ptr_mut(cookie)

@@ -61,9 +61,12 @@ while True:
     total += len(b)
 t.join()
 print(total, flush=True)
-c.sendall(h.hexdigest().encode())
-c.shutdown(socket.SHUT_WR)
-c.recv(1)
+try:
+    c.sendall(h.hexdigest().encode())
+    c.shutdown(socket.SHUT_WR)
+    c.recv(1)
+except OSError:
+    pass  # the cut tests: the proxy closed its end
 c.close()
 "#;
 

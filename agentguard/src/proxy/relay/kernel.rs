@@ -47,15 +47,6 @@ enum CarryError {
     PeerGone(u64),
 }
 
-impl From<CarryError> for io::Error {
-    fn from(e: CarryError) -> Self {
-        match e {
-            CarryError::Io(e) => e,
-            other => io::Error::other(other.to_string()),
-        }
-    }
-}
-
 /// A spliced pair, with what each socket had taken to send before it was
 /// spliced (nothing but the handshake's accounting): the baseline of
 /// [`queued_or_sent`].
@@ -72,6 +63,9 @@ pub fn splice(
     inbound: &TcpStream,
     upstream: &TcpStream,
 ) -> Result<Pair, SpliceError> {
+    for socket in [inbound, upstream] {
+        untouched(socket).map_err(SpliceError::Counters)?;
+    }
     let base = [
         queued_or_sent(inbound).map_err(SpliceError::Counters)?,
         queued_or_sent(upstream).map_err(SpliceError::Counters)?,
@@ -86,8 +80,16 @@ pub async fn run(inbound: &TcpStream, upstream: &TcpStream, pair: &Pair) -> io::
     // What arrived before the splice (the peeked ClientHello) moves now.
     kick(inbound)?;
     kick(upstream)?;
-    let up = carry(inbound, upstream, pair.base[1], || pair.spliced.sent(0));
-    let down = carry(upstream, inbound, pair.base[0], || pair.spliced.sent(1));
+    let up = async {
+        carry(inbound, upstream, pair.base[1], || pair.spliced.sent(0))
+            .await
+            .map_err(|e| io::Error::other(format!("agent to upstream: {e}")))
+    };
+    let down = async {
+        carry(upstream, inbound, pair.base[0], || pair.spliced.sent(1))
+            .await
+            .map_err(|e| io::Error::other(format!("upstream to agent: {e}")))
+    };
     let (up, down) = tokio::try_join!(up, down)?;
     Ok((up, down))
 }
@@ -118,34 +120,59 @@ async fn carry(
     let mut last = None;
     let mut moved = Instant::now();
     loop {
-        // Everything `from` received has been through the verdict once its
-        // receive queue is empty; only then is `handed` final.
-        if unread(from)? == 0 {
-            let total = handed();
-            let entered = queued_or_sent(to)?.saturating_sub(to_base);
-            if entered >= total {
-                nix::sys::socket::shutdown(to.as_raw_fd(), Shutdown::Write)
-                    .map_err(io::Error::from)?;
-                return Ok(total);
-            }
-            if closed(to)? {
-                return Err(CarryError::PeerGone(total - entered));
-            }
-            if last != Some(entered) {
-                last = Some(entered);
-                moved = Instant::now();
-            } else if moved.elapsed() > DRAIN_STALL {
-                return Err(CarryError::Stalled(total - entered, DRAIN_STALL));
-            }
+        // Every byte `from` received (all but the FIN, which TCP counts
+        // as one) has been through the verdict once `handed` has reached
+        // it: `from` was never read but by the verdict ([`untouched`]).
+        let arrived = received(from)?.saturating_sub(1);
+        let total = handed();
+        let entered = queued_or_sent(to)?.saturating_sub(to_base);
+        if total >= arrived && entered >= total {
+            tracing::debug!(bytes = total, "end of stream passed on");
+            nix::sys::socket::shutdown(to.as_raw_fd(), Shutdown::Write)
+                .map_err(io::Error::from)?;
+            return Ok(total);
+        }
+        if closed(to)? {
+            return Err(CarryError::PeerGone(arrived.saturating_sub(entered)));
+        }
+        if last != Some((total, entered)) {
+            last = Some((total, entered));
+            moved = Instant::now();
         } else if moved.elapsed() > DRAIN_STALL {
-            return Err(CarryError::Stalled(unread(from)?, DRAIN_STALL));
+            return Err(CarryError::Stalled(
+                arrived.saturating_sub(entered),
+                DRAIN_STALL,
+            ));
         }
         sleep(DRAIN_POLL).await;
     }
 }
 
-/// Bytes in `fd`'s receive queue not yet taken (by the verdict); the FIN
-/// is not counted.
+/// Checks that nothing was ever read from `fd` (the sniffer only peeks),
+/// so that the verdict will see every byte it received: what it received
+/// (TCP_INFO) is all still queued (FIONREAD, which tells the queue's
+/// length only until the socket is in the sockhash). A byte arriving
+/// between the two reads also fails it, and the connection is then relayed
+/// in user space: never a splice whose counts would not add up.
+fn untouched(fd: impl AsFd) -> io::Result<()> {
+    let received = received(fd.as_fd())?;
+    let queued = unread(fd.as_fd())?;
+    if received != queued {
+        return Err(io::Error::other(format!(
+            "{received} bytes received, {queued} still queued"
+        )));
+    }
+    Ok(())
+}
+
+/// Data bytes `fd` has received, plus one for a FIN.
+fn received(fd: impl AsFd) -> io::Result<u64> {
+    Ok(tcp_info(fd.as_fd())?.tcpi_bytes_received)
+}
+
+/// Bytes in `fd`'s receive queue, the FIN not counted. Only before the
+/// socket enters the sockhash: tcp_bpf answers FIONREAD with its own
+/// queue's length, not TCP's.
 fn unread(fd: impl AsFd) -> io::Result<u64> {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one c_int.
