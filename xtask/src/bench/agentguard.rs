@@ -38,9 +38,23 @@ pub struct Daemon {
     process: Option<Running>,
 }
 
+/// The environment of the daemon behind the user-space relay row.
+pub const USERSPACE_RELAY: &[(&str, &str)] = &[("AGENTGUARD_PASSTHROUGH_RELAY", "userspace")];
+
 impl Daemon {
     /// `instance` tells apart daemons of one bench (cgroup, bpffs dir).
     pub fn start(binary: &Path, dir: &Path, upstream: &Upstream, instance: &str) -> Result<Self> {
+        Self::start_with(binary, dir, upstream, instance, &[])
+    }
+
+    /// [`Daemon::start`], with `env` set for `agentguard run`.
+    pub fn start_with(
+        binary: &Path,
+        dir: &Path,
+        upstream: &Upstream,
+        instance: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let tag = format!("agentguard-bench-{}{instance}", std::process::id());
         let policies = dir.join("policies");
         fs::create_dir_all(&policies)?;
@@ -60,6 +74,7 @@ impl Daemon {
         c.env(SECRET_ENV, "bench-secret-not-real")
             .env(CLIENT_SECRET_ENV, "bench-client-secret-not-real")
             .env(AWS_SECRET_ENV, "bench-aws-secret-not-real")
+            .envs(env.iter().copied())
             .args(["--log-format", "json", "run"])
             // 0: a port the kernel knows is free (never the default 977,
             // which a real daemon may hold); the JWKS endpoint is not

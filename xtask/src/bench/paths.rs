@@ -20,6 +20,9 @@ use super::{
 pub enum PathKind {
     Direct,
     Passthrough,
+    /// The passthrough path on a daemon told to relay in user space
+    /// (`AGENTGUARD_PASSTHROUGH_RELAY=userspace`), beside the kernel splice.
+    PassthroughRelay,
     Full,
     Jwt,
     Exchange,
@@ -35,9 +38,10 @@ pub const AGENT_AWS_KEYS: &str = "AKIDAGENTPLACEHOLDER:agent-placeholder-secret"
 pub const AGENT_AWS_SIGV4: &str = "aws:amz:us-east-1:s3";
 
 impl PathKind {
-    pub const ALL: [PathKind; 8] = [
+    pub const ALL: [PathKind; 9] = [
         PathKind::Direct,
         PathKind::Passthrough,
+        PathKind::PassthroughRelay,
         PathKind::Full,
         PathKind::Jwt,
         PathKind::Exchange,
@@ -51,6 +55,7 @@ impl PathKind {
         matches!(
             self,
             PathKind::Passthrough
+                | PathKind::PassthroughRelay
                 | PathKind::Full
                 | PathKind::Jwt
                 | PathKind::Exchange
@@ -62,6 +67,7 @@ impl PathKind {
         match self {
             PathKind::Direct => "direct",
             PathKind::Passthrough => "passthrough",
+            PathKind::PassthroughRelay => "passthrough_relay",
             PathKind::Full => "full",
             PathKind::Jwt => "jwt",
             PathKind::Exchange => "exchange",
@@ -75,6 +81,7 @@ impl PathKind {
         match self {
             PathKind::Direct => "direct",
             PathKind::Passthrough => "agentguard passthrough",
+            PathKind::PassthroughRelay => "agentguard passthrough, user-space relay",
             PathKind::Full => "agentguard full path",
             PathKind::Jwt => "agentguard full path, JWT tool",
             PathKind::Exchange => "agentguard full path, exchanged token",
@@ -88,7 +95,14 @@ impl PathKind {
         match self {
             PathKind::Direct => "the client connects to the upstream itself",
             PathKind::Passthrough => {
-                "agent cgroup; kernel redirect to agentguard, which relays the TLS bytes untouched"
+                "agent cgroup; kernel redirect to agentguard, which splices the agent's socket to \
+                 the upstream's in the kernel (sockhash + stream verdict): the TLS bytes never \
+                 reach user space"
+            }
+            PathKind::PassthroughRelay => {
+                "as passthrough, on a second daemon with the splice off \
+                 (`AGENTGUARD_PASSTHROUGH_RELAY=userspace`): agentguard copies the TLS bytes \
+                 through its own buffers"
             }
             PathKind::Full => {
                 "agent cgroup; kernel redirect, TLS terminated with an agentguard leaf, policy \
@@ -138,6 +152,8 @@ pub struct Env {
     pub names: Resolution,
     pub upstream: Upstream,
     pub daemon: Daemon,
+    /// The daemon of [`PathKind::PassthroughRelay`].
+    pub relay_daemon: Daemon,
     pub nginx: Nginx,
     pub mitmproxy: Mitmproxy,
 }
@@ -177,7 +193,9 @@ impl Env {
         };
         match path {
             PathKind::Direct => via_upstream(HOST, &self.upstream.ca),
-            PathKind::Passthrough => via_upstream(PASS_HOST, &self.upstream.ca),
+            PathKind::Passthrough | PathKind::PassthroughRelay => {
+                via_upstream(PASS_HOST, &self.upstream.ca)
+            }
             PathKind::Full => via_upstream(HOST, &self.daemon.ca()),
             PathKind::Jwt => via_upstream(JWT_HOST, &self.daemon.ca()),
             PathKind::Exchange => via_upstream(EXCHANGE_HOST, &self.daemon.ca()),
@@ -200,10 +218,10 @@ impl Env {
     /// `cmd` as a client of `path`: on the client CPU, as the agent where
     /// the path is agentguard's, with the bench's private name resolution.
     pub fn client(&self, path: PathKind, cmd: Command) -> Command {
-        let cmd = if path.is_agentguard() {
-            self.daemon.exec(cmd)
-        } else {
-            cmd
+        let cmd = match path {
+            PathKind::PassthroughRelay => self.relay_daemon.exec(cmd),
+            p if p.is_agentguard() => self.daemon.exec(cmd),
+            _ => cmd,
         };
         self.names.wrap(pinned(CLIENT_CPU, cmd))
     }
@@ -217,6 +235,7 @@ impl Env {
             | PathKind::Jwt
             | PathKind::Exchange
             | PathKind::Sigv4 => vec![self.daemon.pid()],
+            PathKind::PassthroughRelay => vec![self.relay_daemon.pid()],
             PathKind::Mitmproxy => vec![self.mitmproxy.pid()],
             PathKind::Nginx => self.nginx.pids(),
         }

@@ -100,6 +100,10 @@ fn section_method(w: &mut String, ctx: &Context) {
          - CPU per 1,000 requests: utime + stime of the proxy process (nginx: master and \
          worker) from `/proc/PID/stat` before and after the load run, over the requests that \
          returned 200. The upstream's and client's CPU are not counted.\n\
+         - Instructions per request: `perf stat -e instructions -p <proxy pids>` over the \
+         same load run, divided by the requests that returned 200: steadier than wall-clock \
+         figures when the machine is shared. `–` where the machine has no instruction \
+         counter (perf says `<not supported>`, as in most VMs).\n\
          - Resident memory per idle connection: on a fresh instance of the path's proxy \
          (one that has served load keeps the memory it freed resident, which would hide \
          the cost), after 5 warm-up requests, `agentguard-bench idle` opens {} TLS \
@@ -150,6 +154,7 @@ fn columns(kind: Kind) -> &'static [(&'static str, &'static str, Compare)] {
         Kind::Oha(_) | Kind::H2 { .. } => &[
             ("rps", "req/s", Compare::Ratio),
             ("cpu_s_per_1k", "proxy CPU s / 1k req", Compare::None),
+            ("instr_per_req", "proxy instructions / req", Compare::None),
         ],
         Kind::Sse => &[("ttfe_ms", "first event ms", Compare::Added)],
         Kind::Idle => &[("kib_per_conn", "KiB / idle connection", Compare::None)],
@@ -314,6 +319,14 @@ fn section_ratios(w: &mut String, r: &Results) {
             "SigV4 path CPU/request ÷ full path CPU/request (keep-alive)",
             PathKind::Sigv4,
             PathKind::Full,
+            "ka_sat_1k",
+            "cpu_s_per_1k",
+            ratio,
+        ),
+        (
+            "passthrough user-space relay CPU/request ÷ kernel splice CPU/request (keep-alive)",
+            PathKind::PassthroughRelay,
+            PathKind::Passthrough,
             "ka_sat_1k",
             "cpu_s_per_1k",
             ratio,
