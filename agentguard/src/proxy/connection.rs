@@ -100,14 +100,13 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>)
             outcome.relay = prepared.as_ref().map(relay::Relay::path);
             outcome.record(&ctx, &state.policy.version).await;
             drop(state);
-            if let Some(prepared) = prepared {
-                if revocations
+            if let Some(prepared) = prepared
+                && revocations
                     .until_revoked(&agent, prepared.run())
                     .await
                     .is_none()
-                {
-                    info!("connection closed: the agent was revoked");
-                }
+            {
+                info!("connection closed: the agent was revoked");
             }
             drop(held);
             return;

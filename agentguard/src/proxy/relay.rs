@@ -17,10 +17,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::limits::fds;
-use crate::{
-    config::UPSTREAM_CONNECT_TIMEOUT_SECS,
-    ebpf::Splicer,
-};
+use crate::{config::UPSTREAM_CONNECT_TIMEOUT_SECS, ebpf::Splicer};
 
 mod kernel;
 

@@ -62,7 +62,11 @@ impl Counter {
 fn parse(text: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find(|l| l.split(',').nth(2).is_some_and(|e| e.starts_with("instructions")))
+        .find(|l| {
+            l.split(',')
+                .nth(2)
+                .is_some_and(|e| e.starts_with("instructions"))
+        })
         .and_then(|l| l.split(',').next())
         .and_then(|n| n.trim().parse::<f64>().ok())
 }

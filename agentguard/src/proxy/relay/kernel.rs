@@ -128,8 +128,7 @@ async fn carry(
         let entered = queued_or_sent(to)?.saturating_sub(to_base);
         if total >= arrived && entered >= total {
             tracing::debug!(bytes = total, "end of stream passed on");
-            nix::sys::socket::shutdown(to.as_raw_fd(), Shutdown::Write)
-                .map_err(io::Error::from)?;
+            nix::sys::socket::shutdown(to.as_raw_fd(), Shutdown::Write).map_err(io::Error::from)?;
             return Ok(total);
         }
         if closed(to)? {
