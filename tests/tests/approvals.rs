@@ -34,6 +34,15 @@ host = "{API}"
 methods = ["POST"]
 paths = ["/slow"]
 approval = {{ timeout = "2s" }}
+
+[[tool]]
+name = "test.mcp-merge"
+host = "{API}"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["merge_pull_request"]
+approval = {{ timeout = "60s", when = 'mcp.arguments.pr > 5' }}
 "#
     )
 }
@@ -62,6 +71,10 @@ fn setup() -> Setup {
 
 /// curl POSTs `BODY` to `path`, printing the body and then the status.
 fn post(s: &Setup, path: &str) -> Child {
+    post_body(s, path, BODY)
+}
+
+fn post_body(s: &Setup, path: &str, body: &str) -> Child {
     s.daemon
         .exec_resolving(
             AGENT,
@@ -77,7 +90,7 @@ fn post(s: &Setup, path: &str) -> Child {
                 "-H",
                 "content-type: application/json",
                 "--data-binary",
-                BODY,
+                body,
                 &s.upstream.url(path),
             ],
         )
@@ -226,4 +239,52 @@ fn denied_and_unanswered_requests_get_403_with_the_reason_and_never_leave() {
         .collect();
     assert_eq!(rules, ["approval:denied", "approval:timeout"]);
     assert!(s.daemon.cli(&["approvals"]).stdout.is_empty());
+}
+
+#[test]
+fn an_mcp_call_an_approver_refuses_gets_a_json_rpc_error_with_its_id() {
+    let s = setup();
+    // The approval's condition does not hold: the call goes straight on.
+    let small = r#"{"jsonrpc":"2.0","id":40,"method":"tools/call","params":{"name":"merge_pull_request","arguments":{"pr":1}}}"#;
+    let (_, status) = finish(post_body(&s, "/mcp", small));
+    assert_ne!(status, "403");
+    let seen: Vec<String> = s.upstream.seen().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(seen, ["/mcp"], "forwarded without waiting");
+
+    // It holds: the call waits for a person.
+    let call = r#"{"jsonrpc":"2.0","id":41,"method":"tools/call","params":{"name":"merge_pull_request","arguments":{"pr":7}}}"#;
+    let curl = post_body(&s, "/mcp", call);
+    let pending = wait_pending(&s, 1);
+    assert_eq!(pending[0]["tool"], "test.mcp-merge");
+    assert_eq!(pending[0]["body_preview"], call);
+    let id = pending[0]["id"].as_str().unwrap().to_owned();
+    let out = s
+        .daemon
+        .cli(&["deny", &id, "--reason", "merges wait for review"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The MCP client gets the call's own error, with the call's id, in an
+    // HTTP 200: its SDK reports a refused tool call, not a broken
+    // transport.
+    let (body, status) = finish(curl);
+    assert_eq!(status, "200", "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["jsonrpc"], "2.0");
+    assert_eq!(body["id"], 41);
+    assert_eq!(body["error"]["data"]["rule"], "approval-denied");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("merges wait for review"), "{message}");
+    assert_eq!(s.upstream.seen().len(), 1, "the refused call was not sent");
+
+    // A batch whose second member must wait holds the whole body, which
+    // goes upstream as one.
+    let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"merge_pull_request","arguments":{"pr":2}}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"merge_pull_request","arguments":{"pr":9}}}]"#;
+    let curl = post_body(&s, "/mcp", batch);
+    let id = wait_pending(&s, 1)[0]["id"].as_str().unwrap().to_owned();
+    assert!(s.daemon.cli(&["deny", &id]).status.success());
+    let (body, status) = finish(curl);
+    assert_eq!(status, "200", "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let ids: Vec<&Value> = body.as_array().unwrap().iter().map(|m| &m["id"]).collect();
+    assert_eq!(ids, [1, 2]);
+    assert_eq!(s.upstream.seen().len(), 1, "the held batch was not sent");
 }

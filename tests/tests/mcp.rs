@@ -104,7 +104,8 @@ fn free_port(ip: &str) -> u16 {
         .port()
 }
 
-/// Starts `python3 script args...` and waits (10 s at most) until
+/// Starts `python3 script args...` and waits (60 s at most: the SDK's
+/// imports are slow on a loaded machine) until
 /// `ip:port` accepts connections.
 fn python(dir: &Path, name: &str, script: &str, args: &[&str], ip: &str, port: u16) -> Running {
     let path = dir.join(name);
@@ -119,7 +120,7 @@ fn python(dir: &Path, name: &str, script: &str, args: &[&str], ip: &str, port: u
         .spawn()
         .unwrap();
     let running = Running(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect((ip, port)).is_err() {
         assert!(
             Instant::now() < deadline,

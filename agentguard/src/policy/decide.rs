@@ -166,6 +166,10 @@ pub struct Allowed<'p> {
     pub call: Option<CallInfo>,
     /// The count this call must pass, if the tool has a rate.
     pub rate: Option<RateCheck>,
+    /// Set when the call must wait for a person's approval: the tool asks
+    /// for it, the call is not a session's protocol message, and the
+    /// approval's `when` (if any) holds.
+    pub approval: Option<&'p super::ApprovalPolicy>,
 }
 
 #[derive(Debug, Clone)]
@@ -351,7 +355,24 @@ impl<'p> Decider<'p, '_> {
         self.bound.get_or_init(|| self.vars().bind())
     }
 
-    fn allow(&self, tool: &'p ToolPolicy, call: Option<CallInfo>, rated: bool) -> Decision<'p> {
+    /// `bound`: the variables the tool's conditions see (for a JSON-RPC
+    /// message, with its `mcp`); bound here if needed and not yet.
+    fn allow(
+        &self,
+        tool: &'p ToolPolicy,
+        call: Option<CallInfo>,
+        rated: bool,
+        bound: Option<&Bound>,
+    ) -> Decision<'p> {
+        let session = call.as_ref().is_some_and(|c| c.session);
+        let approval = tool.approval.as_ref().filter(|a| {
+            !session
+                && a.holds(
+                    a.when
+                        .as_ref()
+                        .map(|w| w.evaluate_bound(bound.unwrap_or_else(|| self.bound()))),
+                )
+        });
         let rate = tool.calls.rate.filter(|_| rated).map(|rule| RateCheck {
             key: RateKey {
                 agent: self.policy.name.clone(),
@@ -372,6 +393,7 @@ impl<'p> Decider<'p, '_> {
                 .and_then(|id| self.policy.credential(id)),
             call,
             rate,
+            approval,
         })
     }
 
@@ -455,10 +477,10 @@ impl<'p> Decider<'p, '_> {
                     });
                     continue;
                 }
-                return self.allow(tool, None, false);
+                return self.allow(tool, None, false, None);
             }
             match self.condition(tool, self.bound()) {
-                Ok(()) => return self.allow(tool, None, true),
+                Ok(()) => return self.allow(tool, None, true, None),
                 Err(miss) => misses.push(miss),
             }
         }
@@ -499,18 +521,19 @@ impl<'p> Decider<'p, '_> {
                     continue;
                 }
             };
+            let bind_member = || {
+                self.vars()
+                    .with_mcp(McpView {
+                        method: message.method.as_deref(),
+                        target: message.target.as_ref(),
+                        arguments: message.arguments(),
+                        params: message.params.as_ref(),
+                        id: message.id.as_ref(),
+                    })
+                    .bind()
+            };
             if !session && tool.calls.when.is_some() {
-                let bound = member.get_or_insert_with(|| {
-                    self.vars()
-                        .with_mcp(McpView {
-                            method: message.method.as_deref(),
-                            target: message.target.as_ref(),
-                            arguments: message.arguments(),
-                            params: message.params.as_ref(),
-                            id: message.id.as_ref(),
-                        })
-                        .bind()
-                });
+                let bound = member.get_or_insert_with(bind_member);
                 if let Err(miss) = self.condition(tool, bound) {
                     misses.push(miss);
                     continue;
@@ -527,7 +550,11 @@ impl<'p> Decider<'p, '_> {
                 session,
                 arguments,
             };
-            return self.allow(tool, Some(call), !session);
+            // An approval's condition sees the message too.
+            if !session && tool.approval.as_ref().is_some_and(|a| a.when.is_some()) {
+                member.get_or_insert_with(bind_member);
+            }
+            return self.allow(tool, Some(call), !session, member.as_ref());
         }
         let what = match (&message.target, &message.method) {
             (Some(t), _) => format!("MCP {} {:?}", t.kind.as_str(), t.name),

@@ -610,7 +610,7 @@ fn parse_tool(
     let approval = match &section.approval {
         None => None,
         Some(a) => Some(
-            super::approval::parse(a.get_ref())
+            super::approval::parse(a.get_ref(), &calls)
                 .map_err(|m| invalid(&at(a.span().start), format!("tool.approval: {m}")))?,
         ),
     };

@@ -309,11 +309,24 @@ impl Refusal {
         }
     }
 
+    /// Whether this refusal is the call's answer (the policy or an approver
+    /// said no) rather than a failure on the way: a JSON-RPC client gets
+    /// it as the call's error in an HTTP 200, the way the tool itself would
+    /// refuse, so its SDK does not take it for a broken transport.
+    pub fn answers_the_call(&self) -> bool {
+        matches!(
+            self,
+            Refusal::Denied { .. }
+                | Refusal::ApprovalDenied { .. }
+                | Refusal::ApprovalTimedOut { .. }
+        )
+    }
+
     /// The JSON-RPC error code of this refusal, for MCP and JSON-RPC
     /// clients.
     pub fn json_rpc_code(&self) -> i64 {
         match self {
-            Refusal::Denied { .. } => mcp::POLICY_DENIED,
+            _ if self.answers_the_call() => mcp::POLICY_DENIED,
             Refusal::RateLimited { .. } => mcp::RATE_LIMITED,
             Refusal::HeaderMismatch(_) => mcp::HEADER_MISMATCH,
             Refusal::JsonRpc(e) => e.code(),

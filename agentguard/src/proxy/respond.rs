@@ -121,9 +121,10 @@ pub fn refusal(refusal: &Refusal, agent: &str, render: &Render) -> Response<Prox
                 (true, []) => Value::Array(vec![error(None)]),
                 (true, ids) => Value::Array(ids.iter().map(|id| error(Some(id))).collect()),
             };
-            let status = match refusal {
-                Refusal::Denied { .. } => StatusCode::OK,
-                other => other.status(),
+            let status = if refusal.answers_the_call() {
+                StatusCode::OK
+            } else {
+                refusal.status()
             };
             (status, serde_json::to_vec(&value).unwrap_or_default())
         }
@@ -324,5 +325,34 @@ mod tests {
         let v = body(resp).await;
         assert_eq!(v["id"], Value::Null);
         assert_eq!(v["error"]["code"], mcp::INVALID_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn an_approvers_no_is_the_calls_answer() {
+        let single = Render::JsonRpc {
+            ids: vec![json!("call-1")],
+            batch: false,
+        };
+        let denied = Refusal::ApprovalDenied {
+            id: "ap-1".into(),
+            by: "alice".into(),
+            reason: "not today".into(),
+        };
+        let timed_out = Refusal::ApprovalTimedOut {
+            id: "ap-2".into(),
+            after: std::time::Duration::from_secs(300),
+        };
+        for (refusal_, rule) in [(denied, "approval-denied"), (timed_out, "approval-timeout")] {
+            // To an MCP client: the call's error, not a transport failure.
+            let resp = refusal(&refusal_, "bot", &single);
+            assert_eq!(resp.status(), hyper::StatusCode::OK);
+            let v = body(resp).await;
+            assert_eq!(v["id"], "call-1");
+            assert_eq!(v["error"]["code"], mcp::POLICY_DENIED);
+            assert_eq!(v["error"]["data"]["rule"], rule);
+            // To a plain HTTP client: still a 403.
+            let resp = refusal(&refusal_, "bot", &Render::Json);
+            assert_eq!(resp.status(), hyper::StatusCode::FORBIDDEN);
+        }
     }
 }

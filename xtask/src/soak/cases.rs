@@ -130,7 +130,7 @@ pub fn reloads(daemon: &Daemon, agentguard: &Path, opts: &Options) -> Result<Fin
     let status = || -> Result<serde_json::Value> {
         let out = cmd::output(
             cmd::new(agentguard)
-                .args(["status", "--admin-socket"])
+                .args(["status", "-o", "json", "--admin-socket"])
                 .arg(&daemon.admin_socket),
         )?;
         Ok(serde_json::from_str(&out)?)

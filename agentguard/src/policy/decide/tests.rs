@@ -537,3 +537,67 @@ fn digests_are_canonical() {
         "015abd7f5cc57a2dd94b7590f04ad8084273905ee33ec5cebeae62276a97f862"
     );
 }
+
+const APPROVALS: &str = r#"
+[agent]
+name = "bot"
+cgroup = "agentguard/bot"
+
+[[tool]]
+name = "gh.merge"
+host = "mcp.github.example"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["merge_pull_request", "list_*"]
+approval = { timeout = "2m", when = 'mcp.tool == "merge_pull_request" && mcp.arguments.base == "main"' }
+
+[[tool]]
+name = "pay"
+host = "pay.example"
+methods = ["POST"]
+paths = ["/charges"]
+approval = {}
+"#;
+
+#[test]
+fn approval_conditions_pick_the_calls_that_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bot.toml"), APPROVALS).unwrap();
+    let set = load_path(dir.path()).unwrap();
+    let req = Req::post("mcp.github.example", "/mcp");
+    let waits = |name: &str, args: serde_json::Value| match decide_call(&set, &req, name, args) {
+        Decision::Allow(a) => a.approval.map(|p| p.timeout),
+        Decision::Deny(d) => panic!("{name}: {}", d.reason),
+    };
+    assert_eq!(
+        waits("merge_pull_request", json!({"base": "main"})),
+        Some(Duration::from_secs(120))
+    );
+    assert_eq!(waits("merge_pull_request", json!({"base": "dev"})), None);
+    assert_eq!(waits("list_pulls", json!({"base": "main"})), None);
+    // A condition that cannot be evaluated (no `base`) holds the call.
+    assert!(waits("merge_pull_request", json!({})).is_some());
+
+    // The session's own messages never wait.
+    let agent = set.agent("bot").unwrap();
+    let init =
+        Body::parse(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#).unwrap();
+    let Decision::Allow(a) = agent
+        .decider(req.input())
+        .decide_message(&init.messages()[0])
+    else {
+        panic!("initialize refused")
+    };
+    assert!(a.approval.is_none());
+
+    // Without a condition, every request the tool allows waits.
+    let pay = Req::post("pay.example", "/charges");
+    let Decision::Allow(a) = agent.decider(pay.input()).decide() else {
+        panic!("pay refused")
+    };
+    assert_eq!(
+        a.approval.map(|p| p.timeout),
+        Some(Duration::from_secs(300))
+    );
+}

@@ -37,8 +37,8 @@ use crate::{
     live::LiveState,
     mcp::{self, BodyPlan, ListFilter, MemberOutcome, MessageKind, TargetKind},
     policy::{
-        AgentPolicy, ArgumentsRecord, BodyNeed, Decision, Mode, RequestFacts, RequestInput,
-        arguments_digest, one_credential,
+        AgentPolicy, Allowed, ArgumentsRecord, BodyNeed, Decision, Mode, RequestFacts,
+        RequestInput, arguments_digest, one_credential,
     },
     proxy::{
         ProxyContext,
@@ -160,6 +160,13 @@ pub(super) async fn decide(
         Decision::Allow(a) => Some(a.clone()),
         Decision::Deny(_) => None,
     });
+    // The body goes upstream whole: if any member must wait for a person,
+    // the request does (the first such member's approval says how long).
+    let approval = decisions.iter().find_map(|d| match d {
+        Decision::Allow(a) => a.approval,
+        Decision::Deny(_) => None,
+    });
+    let first_allowed = first_allowed.map(|a| Allowed { approval, ..a });
 
     let Some(forwarded) = plan.forward.clone() else {
         // Every member denied (enforce mode): answered here.

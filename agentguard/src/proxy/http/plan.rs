@@ -284,7 +284,7 @@ pub fn settle<'p>(
         Decision::Allow(allowed) => {
             let tool = allowed.tool;
             allow_overrides = &tool.allow_overrides;
-            approval = tool.approval.as_ref();
+            approval = allowed.approval;
             timeouts = Some(tool.timeouts);
             noted.tool = Some(tool.name.clone());
             let reason = match aws_action {
