@@ -108,21 +108,34 @@ pub struct ConnRecord {
     pub comm: [u8; COMM_LEN],
 }
 
-/// Key of the peer map: the agent socket's local address as the proxy sees it
-/// on `accept()` (the peer address of the accepted connection).
+/// Key of the peer map: the agent socket's network namespace and local
+/// address as the proxy sees them on `accept()` (the listener's namespace
+/// and the peer address of the accepted connection).
+///
+/// The namespace is part of the key because agents in containers each
+/// have their own loopback: two of them may connect from the same
+/// `127.0.0.1:<port>` at once, and only the namespace tells them apart.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PeerKey {
+    /// Cookie of the socket's network namespace (`bpf_get_netns_cookie`,
+    /// `SO_NETNS_COOKIE`), unique for the boot.
+    pub netns: u64,
     /// Local address of the agent's socket; IPv4 is stored IPv4-mapped.
     pub ip: [u8; 16],
     /// Local port, host byte order.
     pub port: u16,
-    pub _pad: u16,
+    pub _pad: [u8; 6],
 }
 
 impl PeerKey {
-    pub const fn new(ip: [u8; 16], port: u16) -> Self {
-        Self { ip, port, _pad: 0 }
+    pub const fn new(netns: u64, ip: [u8; 16], port: u16) -> Self {
+        Self {
+            netns,
+            ip,
+            port,
+            _pad: [0; 6],
+        }
     }
 }
 
@@ -501,7 +514,8 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<ConnRecord>(), 16 + 2 + 2 + 4 * 5 + 8 + 8 + 16);
         assert_eq!(align_of::<ConnRecord>(), 8);
-        assert_eq!(size_of::<PeerKey>(), 20);
+        assert_eq!(size_of::<PeerKey>(), 8 + 16 + 2 + 6);
+        assert_eq!(align_of::<PeerKey>(), 8);
         assert_eq!(size_of::<ProxyConfig>(), 4 + 16 + 2 + 2 + 4 + 4 + 4 + 4);
         assert_eq!(size_of::<AgentUsage>(), 5 * 8);
         assert_eq!(size_of::<AgentReleased>(), 2 * 8);

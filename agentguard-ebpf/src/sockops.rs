@@ -1,6 +1,7 @@
 //! sockops: once an agent's connection to the proxy is established, its local
-//! port exists; re-key the connect-time record by (local ip, local port), which
-//! is the peer address the proxy sees on accept().
+//! port exists; re-key the connect-time record by (network namespace, local
+//! ip, local port), which is the listener's namespace and the peer address
+//! the proxy sees on accept().
 //!
 //! ACTIVE_ESTABLISHED runs before the proxy's accept() can return the
 //! connection (measured on this kernel), so the entry is always there in time.
@@ -22,7 +23,9 @@ use agentguard_common::{AF_INET, AF_INET6, ConnRecord, PeerKey, ip6_words_to_byt
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock,
-    helpers::generated::{bpf_get_socket_cookie, bpf_sk_storage_delete, bpf_sk_storage_get},
+    helpers::generated::{
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_sk_storage_delete, bpf_sk_storage_get,
+    },
     programs::SockOpsContext,
 };
 
@@ -78,7 +81,7 @@ fn established(ctx: &SockOpsContext, fields: &Fields) -> Result<u32, Skip> {
     let record = unsafe { *ptr };
     // SAFETY: as above; the record is no longer needed on the socket.
     let _ = unsafe { bpf_sk_storage_delete(records, fields.sk.cast()) };
-    let key = peer_key(fields)?;
+    let key = peer_key(ctx, fields)?;
     // Held to the agent's share here too (connects made at once may all
     // pass connect4's check); without a record the proxy refuses the
     // connection, which is the agent's own.
@@ -135,7 +138,7 @@ fn agent_closed_first(old_state: u32) -> bool {
 fn closed(ctx: &SockOpsContext, fields: &Fields) -> Result<u32, Skip> {
     // SAFETY: the helper only reads the socket behind the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = peer_key(fields)?;
+    let key = peer_key(ctx, fields)?;
     let ours = match PEER_RECORDS.get_ptr(key) {
         // SAFETY: the pointer came from a successful lookup in this program.
         Some(ptr) => unsafe { ((*ptr).cookie == cookie).then_some((*ptr).cgroup_id) },
@@ -150,14 +153,19 @@ fn closed(ctx: &SockOpsContext, fields: &Fields) -> Result<u32, Skip> {
     Ok(0)
 }
 
-fn peer_key(fields: &Fields) -> Result<PeerKey, Skip> {
+/// The socket's network namespace and local address: what the proxy
+/// learns on accept() from its listener's namespace and the peer address.
+fn peer_key(ctx: &SockOpsContext, fields: &Fields) -> Result<PeerKey, Skip> {
     let local_ip = match fields.family as u16 {
         AF_INET => v4_mapped(fields.local_ip4.to_ne_bytes()),
         AF_INET6 => ip6_words_to_bytes(fields.local_ip6),
         _ => return Err(Skip),
     };
     // local_port is host byte order in bpf_sock_ops (remote_port is not).
-    Ok(PeerKey::new(local_ip, fields.local_port as u16))
+    // SAFETY: the helper only reads the socket behind the context (Linux
+    // 5.15+ for sock_ops).
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    Ok(PeerKey::new(netns, local_ip, fields.local_port as u16))
 }
 
 struct Fields {

@@ -27,6 +27,7 @@ pub mod query;
 mod queue;
 pub mod rpc_call;
 pub mod signing;
+pub mod sse;
 pub mod store;
 pub mod traceparent;
 pub mod verify;

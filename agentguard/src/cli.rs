@@ -14,6 +14,7 @@ mod audit;
 mod config;
 mod kernel;
 mod limits;
+mod oci_hook;
 mod policy;
 mod run;
 mod status;
@@ -136,6 +137,21 @@ enum Command {
         #[arg(long, default_value = "60s", value_name = "DURATION")]
         wait: String,
     },
+    /// OCI runtime hook (stage createRuntime): reads the container's state
+    /// on stdin and has the daemon open its listeners in the container's
+    /// network namespace before the container's program runs. The
+    /// container's first process must be in the agent's cgroup (or below
+    /// it) and the agent's policy must say `netns = "cgroup"`. Exits
+    /// non-zero, failing the container's start, if the daemon cannot.
+    OciHook {
+        /// The agent; default: the container's `io.agentguard.agent`
+        /// annotation.
+        #[arg(long)]
+        agent: Option<String>,
+        /// How long to wait for a daemon that is not answering yet.
+        #[arg(long, default_value = "0s", value_name = "DURATION")]
+        wait: String,
+    },
     /// Show the running daemon's status.
     Status {
         #[arg(short = 'o', long, value_enum, default_value_t = status::Output::Text)]
@@ -226,6 +242,8 @@ enum CliError {
     Layers(#[from] layers::LayerError),
     #[error(transparent)]
     Attach(#[from] attach::AttachCliError),
+    #[error(transparent)]
+    OciHook(#[from] oci_hook::OciHookError),
     #[error("failed to write man pages into {dir}: {source}")]
     Man {
         dir: PathBuf,
@@ -446,6 +464,9 @@ fn dispatch(command: Command, context: &Context) -> Result<ExitCode, CliError> {
             match exec::exec(admin_socket, &agent, &privileges, &cmd)? {}
         }
         Command::Attach { agent, wait } => Ok(attach::run(admin_socket, &agent, &wait)?),
+        Command::OciHook { agent, wait } => {
+            Ok(oci_hook::run(admin_socket, agent.as_deref(), &wait)?)
+        }
         Command::Status { output } => {
             let status: StatusView =
                 runtime()?.block_on(AdminClient::new(admin_socket).get("/v1/status"))?;

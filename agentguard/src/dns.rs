@@ -36,6 +36,11 @@ pub enum DnsError {
         agent: String,
         source: std::io::Error,
     },
+    #[error("agentguard's resolver for agent {agent:?}: {source}")]
+    Netns {
+        agent: String,
+        source: crate::netns::NetnsError,
+    },
 }
 
 /// One query, as recorded.
@@ -126,6 +131,31 @@ impl Resolvers {
         let port = resolver.port;
         running.insert(agent.to_owned(), resolver);
         Ok(port)
+    }
+
+    /// Makes `agent`'s resolver (started by [`Resolvers::ensure`]) listen
+    /// in `netns` too, on the same port.
+    pub fn ensure_in(&self, agent: &str, netns: &crate::netns::Netns) -> Result<(), DnsError> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(resolver) = running.get_mut(agent) else {
+            return Err(DnsError::Bind {
+                agent: agent.to_owned(),
+                source: std::io::Error::other("the agent's resolver is not running"),
+            });
+        };
+        resolver.listen_in(netns).map_err(|source| DnsError::Netns {
+            agent: agent.to_owned(),
+            source,
+        })
+    }
+
+    /// Closes every resolver's sockets in network namespaces not in
+    /// `keep`.
+    pub fn retain_netns(&self, keep: &[crate::netns::NetnsId]) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        for resolver in running.values_mut() {
+            resolver.retain_netns(keep);
+        }
     }
 
     /// Stops the resolvers of agents not in `agents`.

@@ -154,6 +154,7 @@ pub fn http_head(data: &[u8]) {
         peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
         dst: SocketAddr::from(([127, 0, 0, 5], if sni.is_some() { 443 } else { 80 })),
         sni: sni.map(str::to_owned),
+        dial: crate::netns::Dial::Host,
     };
     let limiter = RateLimiter::new();
     let caller = plan::Caller {

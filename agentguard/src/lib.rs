@@ -26,6 +26,7 @@ pub mod live;
 pub mod logging;
 pub mod mcp;
 pub mod metrics;
+pub mod netns;
 pub mod oversight;
 pub mod percent;
 pub mod policy;

@@ -38,8 +38,8 @@ pub use listen::ListenAddr;
 pub use load::{PolicyError, PolicyErrors, check_text, load_path};
 pub use model::{
     AgentLimits, AgentPolicy, CgroupRelPath, CredentialPolicy, DnsMode, HostPattern, Injection,
-    Mode, OAuth2Source, PassthroughRule, PathPattern, PolicySet, SecretRef, SecretSource,
-    ToolPolicy, ToolTimeouts, ValueSource,
+    Mode, NetnsSource, OAuth2Source, PassthroughRule, PathPattern, PolicySet, SecretRef,
+    SecretSource, ToolPolicy, ToolTimeouts, UpstreamNetns, ValueSource,
 };
 pub use names::NamePattern;
 pub use pattern::normalize_path;

@@ -23,7 +23,7 @@ pub mod upstream;
 
 use std::sync::Arc;
 
-pub use listener::{BindError, Listeners};
+pub use listener::{BindError, Listeners, accept_loop, bind_std};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{

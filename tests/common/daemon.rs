@@ -60,6 +60,8 @@ pub struct Daemon {
 pub struct DaemonBuilder {
     agents: Vec<String>,
     policy_extra: String,
+    /// Per-agent replacements of `policy_extra`.
+    policy_for: Vec<(String, String)>,
     upstream_ca: Option<PathBuf>,
     run_args: Vec<String>,
     run_env: Vec<(String, String)>,
@@ -73,6 +75,13 @@ impl DaemonBuilder {
     /// `mode`). None by default: default deny.
     pub fn policy(mut self, extra: &str) -> Self {
         self.policy_extra = extra.to_owned();
+        self
+    }
+
+    /// `agent`'s own policy after its name and cgroup, instead of the one
+    /// [`DaemonBuilder::policy`] gives every agent.
+    pub fn policy_for(mut self, agent: &str, extra: &str) -> Self {
+        self.policy_for.push((agent.to_owned(), extra.to_owned()));
         self
     }
 
@@ -119,12 +128,14 @@ impl DaemonBuilder {
         let policies = dir.path().join("policies");
         fs::create_dir(&policies).unwrap();
         for agent in &self.agents {
+            let extra = self
+                .policy_for
+                .iter()
+                .find(|(a, _)| a == agent)
+                .map_or(&self.policy_extra, |(_, p)| p);
             fs::write(
                 policies.join(format!("{agent}.toml")),
-                format!(
-                    "[agent]\nname = \"{agent}\"\ncgroup = \"{tag}/{agent}\"\n{}\n",
-                    self.policy_extra
-                ),
+                format!("[agent]\nname = \"{agent}\"\ncgroup = \"{tag}/{agent}\"\n{extra}\n"),
             )
             .unwrap();
         }
@@ -169,6 +180,7 @@ impl Daemon {
         DaemonBuilder {
             agents: agents.iter().map(|a| a.to_string()).collect(),
             policy_extra: String::new(),
+            policy_for: Vec::new(),
             upstream_ca: None,
             run_args: Vec::new(),
             run_env: Vec::new(),

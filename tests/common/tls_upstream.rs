@@ -148,6 +148,25 @@ pub struct TlsUpstream {
 impl TlsUpstream {
     /// Serves HTTPS for `name` on `ip`, with a certificate from `ca`.
     pub fn start(ip: &str, name: &str, ca: &TestCa) -> Self {
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+        Self::serve(listener, name, ca)
+    }
+
+    /// [`TlsUpstream::start`] in the network namespace at `netns` (a test
+    /// host the test made): the socket is made by a thread that enters it.
+    pub fn start_in_netns(netns: &Path, ip: &str, name: &str, ca: &TestCa) -> Self {
+        let file = std::fs::File::open(netns).unwrap();
+        let ip = ip.to_owned();
+        let listener = std::thread::spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            std::net::TcpListener::bind((ip.as_str(), 0)).unwrap()
+        })
+        .join()
+        .unwrap();
+        Self::serve(listener, name, ca)
+    }
+
+    fn serve(listener: std::net::TcpListener, name: &str, ca: &TestCa) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -155,10 +174,11 @@ impl TlsUpstream {
             .unwrap();
         let (chain, key) = ca.leaf(name);
         let acceptor = tls_acceptor(chain, key);
-
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind((ip, 0)))
-            .unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = {
+            let _rt = runtime.enter();
+            tokio::net::TcpListener::from_std(listener).unwrap()
+        };
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let handshakes = Arc::new(AtomicUsize::new(0));

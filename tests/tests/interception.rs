@@ -460,3 +460,46 @@ fn the_exported_ca_is_the_one_clients_verify_against() {
     );
     assert_eq!(assert_ok(&out, "curl --cacert exported"), "hello over tls");
 }
+
+/// A client that keeps its TLS session resumes it on its next connection
+/// (agentguard issues session tickets), and the resumed connection is
+/// intercepted and answered like the first: the agent is who the kernel
+/// says, whatever the session.
+#[test]
+fn agents_resume_tls_sessions_and_stay_intercepted() {
+    let s = setup("");
+    let script = format!(
+        "import socket, ssl\n\
+         ctx = ssl.create_default_context()\n\
+         session = None\n\
+         for i in range(3):\n\
+         \x20   raw = socket.create_connection(('{API}', {port}), timeout=10)\n\
+         \x20   t = ctx.wrap_socket(raw, server_hostname='{API}', session=session)\n\
+         \x20   t.sendall(b'GET /hello HTTP/1.1\\r\\nHost: {API}\\r\\nConnection: close\\r\\n\\r\\n')\n\
+         \x20   data = b''\n\
+         \x20   while True:\n\
+         \x20       chunk = t.recv(65536)\n\
+         \x20       if not chunk: break\n\
+         \x20       data += chunk\n\
+         \x20   print(t.version(), t.session_reused, data.split(b'\\r\\n')[0].decode(), data.endswith(b'hello over tls'))\n\
+         \x20   session = t.session\n\
+         \x20   t.close()\n",
+        port = s.upstream.addr.port()
+    );
+    let out = run(&s, &[API], "127.0.0.3", &["python3", "-c", &script]);
+    assert_eq!(
+        assert_ok(&out, "python ssl"),
+        "TLSv1.3 False HTTP/1.1 200 OK True\n\
+         TLSv1.3 True HTTP/1.1 200 OK True\n\
+         TLSv1.3 True HTTP/1.1 200 OK True\n"
+    );
+    assert_eq!(s.upstream.seen().len(), 3);
+    let entries = s.daemon.connections();
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["decision"] == "intercept" && e["identity"]["agent"] == AGENT),
+        "{entries:?}"
+    );
+}

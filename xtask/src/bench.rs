@@ -69,9 +69,19 @@ pub struct Options {
     /// Skip `cargo xtask setup` (the bench's own tools are still checked).
     #[arg(long)]
     no_setup: bool,
+    /// Measure the binaries already in target/ as they are, without
+    /// building (e.g. a build kept from before a change, copied back).
+    #[arg(long)]
+    no_build: bool,
     /// Skip the perf profile of the full path.
     #[arg(long)]
     no_profile: bool,
+    /// Skip the instruction counts (callgrind) of agentguard's paths.
+    #[arg(long)]
+    no_instructions: bool,
+    /// Requests per scenario for the instruction counts.
+    #[arg(long, default_value_t = 2000)]
+    instruction_requests: u32,
 }
 
 const SMOKE_REQUESTS: u32 = 5;
@@ -97,16 +107,20 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     // test suite has already made spares CI a release build of agentguard
     // (minutes on 2 cores). Measurements use release builds only.
     let profile = if opts.smoke { "dev" } else { "release" };
-    cmd::run(cmd::cargo(root).args([
-        "build",
-        "--profile",
-        profile,
-        "--locked",
-        "-p",
-        "agentguard",
-        "-p",
-        "agentguard-bench",
-    ]))?;
+    if opts.no_build {
+        println!("bench: using the binaries in target/ as they are (--no-build)");
+    } else {
+        cmd::run(cmd::cargo(root).args([
+            "build",
+            "--profile",
+            profile,
+            "--locked",
+            "-p",
+            "agentguard",
+            "-p",
+            "agentguard-bench",
+        ]))?;
+    }
     let bin = target.join(if opts.smoke { "debug" } else { "release" });
     let out = target.join("bench");
     let work = out.join(format!("work-{}", std::process::id()));
@@ -123,7 +137,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
 
     let paths = selected_paths(opts)?;
     let result = measure_all(&bin, &tools, &work, &paths, opts);
-    let (env_facts, results, profile) = match result {
+    let (env_facts, results, profile, instructions) = match result {
         Ok(r) => r,
         Err(e) => {
             // The logs of the daemon and servers explain most failures.
@@ -181,6 +195,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         sse_samples: SSE_SAMPLES,
         pinned: process::pinning_possible(),
         profile,
+        instructions,
     };
     let raw = serde_json::json!({
         "machine": ctx.machine,
@@ -241,7 +256,12 @@ fn selected_scenarios(opts: &Options) -> Result<Vec<&'static str>> {
     Ok(chosen)
 }
 
-type Measured = (Vec<(String, String)>, Results, Option<String>);
+type Measured = (
+    Vec<(String, String)>,
+    Results,
+    Option<String>,
+    Option<String>,
+);
 
 fn measure_all(
     bin: &Path,
@@ -302,7 +322,7 @@ fn measure_all(
         .runs
         .push(one_run(&env, paths, &scenarios, smoke, true)?);
     if opts.smoke {
-        return Ok((facts, results, None));
+        return Ok((facts, results, None, None));
     }
     results.runs.clear();
     for r in 1..=opts.runs {
@@ -313,6 +333,17 @@ fn measure_all(
             .push(one_run(&env, paths, &scenarios, full, false)?);
     }
     results.busy_during.extend(machine::busy_processes());
+    let instructions = if opts.no_instructions || !paths.iter().any(|p| p.is_agentguard()) {
+        None
+    } else if instructions::available() {
+        println!("==> bench: instructions per request (callgrind)");
+        match instructions::run(&env, paths, &scenarios, opts.instruction_requests) {
+            Ok(c) => Some(instructions::markdown(&c, opts.instruction_requests)),
+            Err(e) => Some(format!("The instruction counts failed: {e:#}")),
+        }
+    } else {
+        Some("valgrind (callgrind) is not installed; no instruction counts.".to_owned())
+    };
     let profile = if opts.no_profile {
         None
     } else if profile::available() {
@@ -324,7 +355,7 @@ fn measure_all(
     } else {
         Some("`perf record` does not work on this machine; no profile was taken.".to_owned())
     };
-    Ok((facts, results, profile))
+    Ok((facts, results, profile, instructions))
 }
 
 /// Every scenario on every path, paths in turn. A measurement that fails

@@ -41,6 +41,11 @@ pub struct Options {
     /// libFuzzer's sanitizer: none or address.
     #[arg(long, default_value = "none")]
     sanitizer: String,
+    /// Build without optimisations: about half the build time, fewer
+    /// executions a second. What the test suite's brief pass uses, where
+    /// the build is most of the cost.
+    #[arg(long)]
+    dev: bool,
     /// Skip `cargo xtask setup`.
     #[arg(long)]
     no_setup: bool,
@@ -129,6 +134,9 @@ fn fuzz_cargo(root: &Path, sub: &str, opts: &Options) -> std::process::Command {
         &opts.sanitizer,
         "--debug-assertions",
     ]);
+    if opts.dev {
+        c.arg("--dev");
+    }
     c
 }
 

@@ -5,7 +5,10 @@
 
 mod bench;
 mod cmd;
+mod debian_root;
 mod fuzz;
+mod image;
+mod manifests;
 mod package;
 mod paths;
 mod privilege;
@@ -56,6 +59,12 @@ enum Command {
     /// Build the Debian package (target/debian/); with --check, install it
     /// here, check it and purge it again.
     Package(package::Options),
+    /// The container image (podman, from a debootstrap root, no registry);
+    /// with --check, run it as the Kubernetes DaemonSet would.
+    Image(image::Options),
+    /// Validate deploy/kubernetes against the Kubernetes schema, and its
+    /// policies and config against agentguard.
+    Manifests,
     /// Benchmarks: the direct path, agentguard's paths, mitmproxy and nginx
     /// side by side; writes docs/benchmarks.md and target/bench/.
     Bench(bench::Options),
@@ -75,6 +84,8 @@ impl Command {
             Command::Test { .. } => "test",
             Command::Screenshots { .. } => "screenshots",
             Command::Package(_) => "package",
+            Command::Image(_) => "image",
+            Command::Manifests => "manifests",
             Command::Bench(_) => "bench",
             Command::Soak(_) => "soak",
             Command::Fuzz(_) => "fuzz",
@@ -106,6 +117,8 @@ fn try_main() -> anyhow::Result<ExitCode> {
         Command::Test { no_setup } => test::run(&root, !no_setup)?,
         Command::Screenshots { no_setup } => screenshots::run(&root, !no_setup)?,
         Command::Package(opts) => package::run(&root, &opts)?,
+        Command::Image(opts) => image::run(&root, &opts)?,
+        Command::Manifests => manifests::run(&root)?,
         Command::Bench(opts) => bench::run(&root, &opts)?,
         Command::Soak(opts) => soak::run(&root, &opts)?,
         Command::Fuzz(opts) => fuzz::run(&root, &opts)?,

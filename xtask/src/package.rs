@@ -86,15 +86,20 @@ fn generate(binary: &Path, out: &Path) -> Result<()> {
     let mut gzip = cmd::new("gzip");
     gzip.args(["-9n", "--"]).args(&pages);
     cmd::run(&mut gzip)?;
-    // `config show` with no file and a clean environment: every option at
-    // its default, as a commented-out config file.
+    write_default_config(binary, &out.join("agentguard.toml"))
+}
+
+/// The shipped config file (the package's and the container image's),
+/// from `config show` with no file and a clean environment: every option
+/// at its default, as a commented-out config file.
+pub fn write_default_config(binary: &Path, path: &Path) -> Result<()> {
     let shown = cmd::output(
         cmd::new(binary)
             .args(["--config", "/dev/null", "config", "show"])
             .env_clear(),
     )?;
-    fs::write(out.join("agentguard.toml"), default_config(&shown))?;
-    Ok(())
+    fs::write(path, default_config(&shown))
+        .with_context(|| format!("failed to write {}", path.display()))
 }
 
 /// The shipped config: every option commented out at its default, so the

@@ -10,6 +10,7 @@ mod bpffs;
 mod browser;
 mod cargo_deb;
 mod cargo_fuzz;
+mod kubernetes;
 mod runtimes;
 mod toolchain;
 
@@ -60,6 +61,14 @@ pub const SERVICE_PACKAGES: &[&str] = &[
     "systemd-container",
 ];
 
+/// A real container runtime for the container tests: Podman, with runc as
+/// its OCI runtime. (Debian's Podman brings crun, which refuses to start
+/// any container on a host whose cgroup v2 hierarchy holds controllers in
+/// hybrid mode, as these machines' does ("cgroups in hybrid mode not
+/// supported, drop all controllers from cgroupv2"); runc runs there and
+/// puts the container in the v2 hierarchy under `--cgroup-parent`.)
+const CONTAINER_PACKAGES: &[&str] = &["podman", "runc"];
+
 pub fn run() -> Result<()> {
     toolchain::ensure()?;
     let mut apt = apt::Apt::default();
@@ -70,8 +79,11 @@ pub fn run() -> Result<()> {
     cargo_fuzz::ensure()?;
     apt.ensure(TEST_PACKAGES)?;
     apt.ensure_without_recommends(SERVICE_PACKAGES)?;
+    apt.ensure(CONTAINER_PACKAGES)?;
     cargo_deb::ensure()?;
     runtimes::check()?;
+    // After the runtimes: kubernetes-validate installs with pip.
+    kubernetes::ensure(&mut apt)?;
     // After the runtimes: npm comes with node.
     browser::ensure()?;
     bpffs::ensure()?;

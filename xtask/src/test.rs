@@ -101,6 +101,13 @@ const STEPS: &[Step] = &[
             "--test-threads=3",
         ],
     },
+    // deploy/kubernetes against the Kubernetes schema of each supported
+    // release (offline, kubernetes-validate), its policies and config
+    // against agentguard.
+    Step {
+        header: "Kubernetes manifests (schema, policies, config)",
+        cargo_args: &["xtask", "manifests"],
+    },
     // The Debian package, installed here with dpkg, checked (files, modes,
     // conffile, unit verified, changes kept on reinstall) and purged; then
     // installed in a Debian container booted with systemd-nspawn, where its
@@ -108,6 +115,14 @@ const STEPS: &[Step] = &[
     Step {
         header: "Debian package (install, check, purge; systemd container)",
         cargo_args: &["xtask", "package", "--check", "--nspawn", "--no-setup"],
+    },
+    // The container image, built from the release binary the package step
+    // just built, and run as the DaemonSet runs it (its daemon with only
+    // the DaemonSet's capabilities). About 30 s here once the Debian root
+    // is cached; debootstrap makes it on the first run (about 2 minutes).
+    Step {
+        header: "container image (build, run as the DaemonSet would)",
+        cargo_args: &["xtask", "image", "--check", "--no-setup"],
     },
     // The benchmark harness with five requests per path and scenario, so
     // it cannot rot: it checks only that every path answered 200, never a
@@ -127,7 +142,7 @@ const STEPS: &[Step] = &[
     // few seconds of new inputs (the unit tests replay the seeds too).
     Step {
         header: "fuzz targets (briefly)",
-        cargo_args: &["xtask", "fuzz", "--seconds", "5", "--no-setup"],
+        cargo_args: &["xtask", "fuzz", "--seconds", "5", "--dev", "--no-setup"],
     },
 ];
 

@@ -143,6 +143,10 @@ pub struct AdminState {
     /// cgroup of process N as agent `name` (blocking: it attaches
     /// programs). `None`: refused.
     pub attach: Option<Attach>,
+    /// `POST /v1/agents/{name}/container?pid=N`: opens the listeners in
+    /// the network namespace of container process N, which must be in
+    /// agent `name`'s cgroup (`agentguard oci-hook`). `None`: refused.
+    pub container: Option<Attach>,
 }
 
 /// Guards agent `name`'s unit cgroup, which process `pid` must be in.
@@ -197,8 +201,11 @@ impl AdminServer {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let state = state.clone();
                     async move {
-                        if let Some(name) = attach_target(&req) {
+                        if let Some(name) = attach_target(&req, "/attach") {
                             return Ok::<_, Infallible>(attach(state, name, &req).await);
+                        }
+                        if let Some(name) = attach_target(&req, "/container") {
+                            return Ok::<_, Infallible>(container(state, name, &req).await);
                         }
                         Ok::<_, Infallible>(
                             match super::oversight::route(&state, &req, uid).await {
@@ -219,14 +226,45 @@ impl AdminServer {
     }
 }
 
-/// The agent of a `POST /v1/agents/{name}/attach`.
-fn attach_target(req: &Request<Incoming>) -> Option<String> {
+/// The agent of a `POST /v1/agents/{name}{action}`.
+fn attach_target(req: &Request<Incoming>, action: &str) -> Option<String> {
     let name = req
         .uri()
         .path()
         .strip_prefix("/v1/agents/")?
-        .strip_suffix("/attach")?;
+        .strip_suffix(action)?;
     (req.method() == Method::POST).then(|| name.to_owned())
+}
+
+/// The `?pid=N` of a request.
+fn pid_param(req: &Request<Incoming>) -> Option<u32> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|p| p.strip_prefix("pid="))
+        .and_then(|p| p.parse::<u32>().ok())
+}
+
+/// Guards the network namespace of a container's first process (the OCI
+/// hook), off the runtime's threads: it enters the namespace.
+async fn container(
+    state: Arc<AdminState>,
+    name: String,
+    req: &Request<Incoming>,
+) -> Response<AdminBody> {
+    let (Some(pid), Some(container)) = (pid_param(req), state.container.clone()) else {
+        return error(StatusCode::BAD_REQUEST, "expected ?pid=N");
+    };
+    let agent = name.clone();
+    match tokio::task::spawn_blocking(move || container(&agent, pid)).await {
+        Ok(Ok(())) => match agent_view(&state, &name) {
+            Some(view) => json(StatusCode::OK, &view),
+            None => error(StatusCode::NOT_FOUND, "agent disappeared"),
+        },
+        Ok(Err(e)) => error(StatusCode::CONFLICT, &e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
 }
 
 /// Guards the unit cgroup of the calling gate (`agentguard attach`), off
@@ -236,14 +274,7 @@ async fn attach(
     name: String,
     req: &Request<Incoming>,
 ) -> Response<AdminBody> {
-    let pid = req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .find_map(|p| p.strip_prefix("pid="))
-        .and_then(|p| p.parse::<u32>().ok());
-    let (Some(pid), Some(attach)) = (pid, state.attach.clone()) else {
+    let (Some(pid), Some(attach)) = (pid_param(req), state.attach.clone()) else {
         return error(StatusCode::BAD_REQUEST, "expected ?pid=N");
     };
     let agent = name.clone();

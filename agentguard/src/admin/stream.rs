@@ -7,22 +7,17 @@
 //! too slow for the stream is told how many records it missed (an
 //! `event: lagged`) and carries on; the store itself never misses any.
 
-use std::{
-    convert::Infallible,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::sync::Arc;
 
-use hyper::body::{Body, Bytes, Frame};
+use hyper::body::Bytes;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::audit::{AuditSink, Decision, Kind, Record, Store, query::Filter};
+use crate::audit::{
+    AuditSink, Decision, Kind, Record, Store,
+    query::Filter,
+    sse::{self, SseBody, event},
+};
 
-/// A comment line this often tells proxies and clients the stream is alive,
-/// and tells us when the client has gone.
-const KEEPALIVE: Duration = Duration::from_secs(15);
 /// The most backlog records one request may ask for.
 const MAX_BACKLOG: u64 = 10_000;
 
@@ -63,14 +58,14 @@ pub fn open(sink: &AuditSink, filter: Filter, backlog: u64) -> SseBody {
     // Subscribe before reading the backlog, so nothing falls between them;
     // records the backlog already holds are skipped by sequence number.
     let live = sink.subscribe();
-    let (tx, rx) = mpsc::channel(256);
+    let (tx, body) = sse::channel();
     tokio::spawn(pump(sink.db_path().to_owned(), live, filter, backlog, tx));
-    SseBody { rx }
+    body
 }
 
 async fn pump(
     db: std::path::PathBuf,
-    mut live: broadcast::Receiver<Arc<Record>>,
+    live: broadcast::Receiver<Arc<Record>>,
     filter: Filter,
     backlog: u64,
     tx: mpsc::Sender<Bytes>,
@@ -99,45 +94,7 @@ async fn pump(
     {
         return;
     }
-    let mut keepalive = tokio::time::interval(KEEPALIVE);
-    keepalive.tick().await;
-    loop {
-        let frame = tokio::select! {
-            r = live.recv() => match r {
-                Ok(r) if r.seq > last_seq && filter.matches(&r.event) => event(&r),
-                Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    Bytes::from(format!("event: lagged\ndata: {n}\n\n"))
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            _ = keepalive.tick() => Bytes::from_static(b": keep-alive\n\n"),
-        };
-        if tx.send(frame).await.is_err() {
-            return;
-        }
-    }
-}
-
-fn event(r: &Record) -> Bytes {
-    let json = serde_json::to_string(r).unwrap_or_default();
-    Bytes::from(format!("id: {}\ndata: {json}\n\n", r.seq))
-}
-
-pub struct SseBody {
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl Body for SseBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
-    }
+    sse::follow(live, tx, last_seq, |r| filter.matches(&r.event)).await;
 }
 
 #[cfg(test)]

@@ -48,7 +48,13 @@ impl UpstreamTokenFetcher {
             .map_err(|e| format!("failed to resolve {host}: {e}"))?
             .next()
             .ok_or_else(|| format!("{host} has no address"))?;
-        let client = self.upstreams.client(&self.label, bare_host, addr, false);
+        let client = self.upstreams.client(
+            &self.label,
+            bare_host,
+            addr,
+            false,
+            &crate::netns::Dial::Host,
+        );
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(url.clone())

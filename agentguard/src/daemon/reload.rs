@@ -35,7 +35,8 @@ use crate::{
     ebpf::{EbpfError, Kernel},
     identity::{AgentTable, GuardedAgent},
     live::{Live, LiveState},
-    policy::{self, PolicyErrors},
+    netns::{NetnsId, NetnsListeners},
+    policy::{self, NetnsSource, PolicyErrors},
     revoke::{self, Revocations},
 };
 
@@ -51,6 +52,11 @@ pub enum ReloadError {
     Ebpf(#[from] EbpfError),
     #[error(transparent)]
     Dns(#[from] crate::dns::DnsError),
+    #[error("agent {agent:?}: {source}")]
+    Netns {
+        agent: String,
+        source: crate::netns::NetnsError,
+    },
     #[error(
         "agentguard itself runs in cgroup {daemon}, inside agent {agent:?}'s cgroup {agent_cgroup}: its own connections would be redirected to itself; run it outside every agent cgroup"
     )]
@@ -69,6 +75,32 @@ pub enum ReloadError {
         agent: String,
         reason: String,
     },
+}
+
+/// Why `agentguard oci-hook` could not guard a container.
+#[derive(Debug, Error)]
+pub enum ContainerError {
+    #[error("no agent {0:?} in the policy")]
+    UnknownAgent(String),
+    #[error(
+        "agent {0:?}: its policy must say netns = \"cgroup\" for containers started with the hook"
+    )]
+    NotByCgroup(String),
+    #[error("agent {0:?} is not guarded")]
+    NotGuarded(String),
+    #[error("process {pid}: {source}")]
+    Process { pid: u32, source: std::io::Error },
+    #[error(
+        "process {pid} is in cgroup {cgroup}, not in agent {agent:?}'s cgroup {agent_cgroup} or below it (start the container with --cgroup-parent)"
+    )]
+    Elsewhere {
+        pid: u32,
+        cgroup: String,
+        agent: String,
+        agent_cgroup: String,
+    },
+    #[error(transparent)]
+    Guard(#[from] ReloadError),
 }
 
 /// Why `agentguard attach` could not guard a unit.
@@ -92,6 +124,8 @@ pub struct Reloader {
     /// The revoked agents: the kernel's revoked marks follow their
     /// cgroups at every load.
     pub revocations: Arc<Revocations>,
+    /// The proxy's listeners in agents' network namespaces.
+    pub netns: Arc<NetnsListeners>,
     /// One reload at a time: SIGHUP and a file change may race, and the
     /// later snapshot must not be overtaken by the earlier one.
     pub serial: Mutex<()>,
@@ -238,6 +272,7 @@ impl Reloader {
         let own_cgroup = own_cgroup(&self.root);
         let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
         let mut guarded = Vec::new();
+        let mut served = Vec::new();
         for agent in &policy.agents {
             let cgroup = if agent.systemd_unit.is_some() {
                 match units::open(&self.root, agent)? {
@@ -271,6 +306,7 @@ impl Reloader {
             }
             let port = self.resolvers.ensure(&agent.name)?;
             kernel.set_agent_dns(cgroup.id, port)?;
+            self.listen_in_netns(agent, &cgroup.path, &mut served)?;
             guarded.push(GuardedAgent {
                 name: agent.name.as_str().into(),
                 cgroup,
@@ -296,11 +332,83 @@ impl Reloader {
         }
         let names: Vec<&str> = policy.agents.iter().map(|a| a.name.as_str()).collect();
         self.resolvers.retain(&names);
+        self.netns.retain(&served);
+        self.resolvers.retain_netns(&served);
         Ok(LiveState {
             policy,
             agents: Arc::new(AgentTable::new(self.root.clone(), guarded)),
             credentials,
         })
+    }
+
+    /// Opens the proxy's and the agent's resolver's listeners in each
+    /// network namespace the agent lives in (its policy's `netns`), adding
+    /// the namespaces served to `served`. A declared namespace that cannot
+    /// be served is an error (the agent's connections there would reach
+    /// nothing, or someone else); one found from the cgroup's processes
+    /// that vanished meanwhile is skipped.
+    fn listen_in_netns(
+        &self,
+        agent: &policy::AgentPolicy,
+        cgroup: &Path,
+        served: &mut Vec<NetnsId>,
+    ) -> Result<(), ReloadError> {
+        let netns_err = |source| ReloadError::Netns {
+            agent: agent.name.clone(),
+            source,
+        };
+        let (paths, declared) = match &agent.netns {
+            None => return Ok(()),
+            Some(NetnsSource::Path(path)) => (vec![path.clone()], true),
+            Some(NetnsSource::Cgroup) => (
+                crate::netns::of_cgroup(cgroup)
+                    .into_iter()
+                    .map(|(path, _)| path)
+                    .collect(),
+                false,
+            ),
+        };
+        for path in paths {
+            let netns = match self.netns.ensure(&path) {
+                Ok(Some(netns)) => netns,
+                Ok(None) => continue,
+                Err(crate::netns::NetnsError::Open { .. }) if !declared => continue,
+                Err(e) => return Err(netns_err(e)),
+            };
+            self.resolvers.ensure_in(&agent.name, &netns)?;
+            served.push(netns.id);
+        }
+        Ok(())
+    }
+
+    /// Follows the processes of agents whose policy says `netns =
+    /// "cgroup"`: a namespace one of them entered since the last look gets
+    /// the listeners, one none lives in any more loses them. Until then,
+    /// such a process's connections reach nothing and fail (closed).
+    pub fn refresh_netns(&self, live: &Live) -> Result<(), ReloadError> {
+        let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let current = live.load();
+        if !current.policy.agents.iter().any(|a| a.netns.is_some()) {
+            return Ok(());
+        }
+        let (mut served, mut failed) = (Vec::new(), None);
+        for agent in &current.policy.agents {
+            let Some(guarded) = current.agents.get(&agent.name) else {
+                continue;
+            };
+            // One agent's failure does not keep the others' new
+            // namespaces unserved.
+            if let Err(e) = self.listen_in_netns(agent, &guarded.cgroup.path, &mut served) {
+                failed.get_or_insert(e);
+            }
+        }
+        // Nothing is closed after a failure: what failed may be passing.
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        self.netns.retain(&served);
+        self.resolvers.retain_netns(&served);
+        Ok(())
     }
 
     /// Follows the agents' systemd units: guards a unit's cgroup systemd
@@ -366,6 +474,62 @@ impl Reloader {
             return Err(units::UnitError::NotGuarded(agent.to_owned()).into());
         }
         info!(agent, pid, cgroup = %path.display(), "unit guarded before its start (ExecStartPre)");
+        Ok(())
+    }
+
+    /// `agentguard oci-hook` at a container's creation: process `pid` (the
+    /// container's first, before its program runs) must be in agent
+    /// `agent`'s cgroup or below it, where the kernel programs already
+    /// apply; its network namespace gets the proxy's and the resolver's
+    /// listeners now, before the container's program can connect.
+    pub fn attach_container(
+        &self,
+        live: &Live,
+        agent: &str,
+        pid: u32,
+    ) -> Result<(), ContainerError> {
+        let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let state = live.load();
+        let policy = state
+            .policy
+            .agent(agent)
+            .ok_or_else(|| ContainerError::UnknownAgent(agent.to_owned()))?;
+        if policy.netns != Some(NetnsSource::Cgroup) {
+            return Err(ContainerError::NotByCgroup(agent.to_owned()));
+        }
+        let guarded = state
+            .agents
+            .get(agent)
+            .ok_or_else(|| ContainerError::NotGuarded(agent.to_owned()))?;
+        let proc_err = |source| ContainerError::Process { pid, source };
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(proc_err)?;
+        let rel = crate::procfs::cgroup_v2_path(&text).unwrap_or_default();
+        let cgroup = self.root.mount().join(rel.trim_start_matches('/'));
+        // Compared by path, then pinned by the namespace file the daemon
+        // opens below: the process cannot change cgroup or namespace
+        // unseen in between (it is the runtime's, not yet the agent's).
+        if !cgroup.starts_with(&guarded.cgroup.path) || rel.contains("/../") {
+            return Err(ContainerError::Elsewhere {
+                pid,
+                cgroup: cgroup.display().to_string(),
+                agent: agent.to_owned(),
+                agent_cgroup: guarded.cgroup.path.display().to_string(),
+            });
+        }
+        let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let netns = self
+            .netns
+            .ensure(&path)
+            .map_err(|source| ReloadError::Netns {
+                agent: agent.to_owned(),
+                source,
+            })?;
+        if let Some(netns) = netns {
+            self.resolvers
+                .ensure_in(agent, &netns)
+                .map_err(ReloadError::from)?;
+            info!(agent, pid, netns = %netns.id, "container's network namespace guarded before its start");
+        }
         Ok(())
     }
 
@@ -458,13 +622,18 @@ fn settled(files: &[FileStamp], now: SystemTime) -> bool {
 
 /// What identifies the folder's content cheaply: names, sizes and
 /// modification times of the policy files. Polled to notice edits.
+///
+/// Symlinks are followed: a Kubernetes ConfigMap volume holds
+/// `x.toml -> ..data/x.toml`, and an update swaps the `..data` link to a
+/// new folder, leaving the `x.toml` link itself (its size and mtime, all a
+/// `DirEntry`'s metadata sees) unchanged.
 pub fn fingerprint(dir: &Path) -> Vec<FileStamp> {
     let mut out: Vec<FileStamp> = match fs::read_dir(dir) {
         Ok(entries) => entries
             .flatten()
             .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
             .filter_map(|e| {
-                let m = e.metadata().ok()?;
+                let m = fs::metadata(e.path()).ok()?;
                 Some((e.path(), m.size(), m.mtime(), m.mtime_nsec()))
             })
             .collect(),
@@ -503,5 +672,29 @@ mod tests {
         // A file from the future (a skewed clock) is not settled by its
         // mtime; the reload then waits for it to stay unchanged instead.
         assert!(!settled(&[stamp(Duration::ZERO, now + SETTLE * 5)], now));
+    }
+
+    /// A ConfigMap volume as the kubelet writes it (its atomic writer):
+    /// files in a timestamped folder, `..data` linking to it, and each key
+    /// a link through `..data`. An update writes a new folder and swaps
+    /// `..data`; the change must show in the fingerprint.
+    #[test]
+    fn a_configmap_update_changes_the_fingerprint() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let data = dir.path().join(name);
+            fs::create_dir(&data).unwrap();
+            fs::write(data.join("a.toml"), text).unwrap();
+            symlink(name, dir.path().join("..data_tmp")).unwrap();
+            fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+        };
+        write("..2026_12_04_00_00_00.1", "[agent]\nname = \"a\"\n");
+        symlink("..data/a.toml", dir.path().join("a.toml")).unwrap();
+        let before = fingerprint(dir.path());
+        assert_eq!(before.len(), 1, "{before:?}");
+        assert_eq!(before[0].1, 19, "the size is the file's, not the link's");
+        write("..2026_12_04_00_00_01.2", "[agent]\nname = \"a2\"\n");
+        assert_ne!(fingerprint(dir.path()), before);
     }
 }

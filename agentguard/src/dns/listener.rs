@@ -1,7 +1,9 @@
 //! One agent's resolver sockets: UDP and TCP on 127.0.0.1 and ::1, all on
-//! one port. Dropping an [`AgentResolver`] stops them.
+//! one port, in the daemon's network namespace and in the agent's if it
+//! has its own. Dropping an [`AgentResolver`] stops them.
 
 use std::{
+    collections::HashMap,
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
@@ -17,6 +19,7 @@ use tokio::{
 use tracing::debug;
 
 use super::{Shared, query};
+use crate::netns::{Netns, NetnsError, NetnsId};
 
 /// Queries of one agent answered at once; beyond this, new ones wait, so
 /// an agent flooding its resolver cannot exhaust the daemon's memory.
@@ -32,12 +35,18 @@ const BIND_ATTEMPTS: usize = 16;
 
 pub struct AgentResolver {
     pub port: u16,
-    tasks: Vec<JoinHandle<()>>,
+    agent: Arc<str>,
+    shared: Arc<Shared>,
+    /// Shared by all of the agent's sockets, in every namespace.
+    limit: Arc<Semaphore>,
+    sessions: Arc<Semaphore>,
+    /// The serving tasks, by network namespace (`None`: the daemon's).
+    tasks: HashMap<Option<NetnsId>, Vec<JoinHandle<()>>>,
 }
 
 impl Drop for AgentResolver {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in self.tasks.values().flatten() {
             task.abort();
         }
     }
@@ -46,25 +55,69 @@ impl Drop for AgentResolver {
 impl AgentResolver {
     pub fn start(agent: &str, shared: Arc<Shared>) -> io::Result<Self> {
         let (port, sockets) = bind_all()?;
-        let (udp4, udp6, tcp4, tcp6) = sockets;
-        let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        let agent: Arc<str> = Arc::from(agent);
-        let mut tasks = Vec::new();
-        for udp in [udp4, udp6] {
-            let (agent, shared, limit) = (agent.clone(), shared.clone(), limit.clone());
-            tasks.push(tokio::spawn(serve_udp(Arc::new(udp), agent, shared, limit)));
+        let mut resolver = Self {
+            port,
+            agent: Arc::from(agent),
+            shared,
+            limit: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            sessions: Arc::new(Semaphore::new(MAX_TCP_SESSIONS)),
+            tasks: HashMap::new(),
+        };
+        resolver.serve(None, sockets)?;
+        Ok(resolver)
+    }
+
+    /// Also listens on the agent's port in `netns` (an agent in a
+    /// container), unless it does already.
+    pub fn listen_in(&mut self, netns: &Netns) -> Result<(), NetnsError> {
+        if self.tasks.contains_key(&Some(netns.id)) {
+            return Ok(());
         }
-        let sessions = Arc::new(Semaphore::new(MAX_TCP_SESSIONS));
-        for tcp in [tcp4, tcp6] {
-            let (agent, shared, limit) = (agent.clone(), shared.clone(), limit.clone());
-            let sessions = sessions.clone();
+        let port = self.port;
+        let sockets = netns.enter(|| bind_at(port))?;
+        self.serve(Some(netns.id), sockets)
+            .map_err(|source| NetnsError::Inside {
+                path: netns.path.clone(),
+                source,
+            })
+    }
+
+    /// Closes the sockets in namespaces not in `keep` (the daemon's own
+    /// stay): a container that ended must not be kept alive by them.
+    pub fn retain_netns(&mut self, keep: &[NetnsId]) {
+        self.tasks.retain(|netns, tasks| {
+            let kept = netns.is_none_or(|id| keep.contains(&id));
+            if !kept {
+                tasks.iter().for_each(JoinHandle::abort);
+            }
+            kept
+        });
+    }
+
+    fn serve(&mut self, netns: Option<NetnsId>, sockets: Sockets) -> io::Result<()> {
+        let (udp, tcp) = sockets;
+        let tasks = self.tasks.entry(netns).or_default();
+        for udp in udp {
+            udp.set_nonblocking(true)?;
+            let udp = Arc::new(UdpSocket::from_std(udp)?);
+            let (agent, shared, limit) =
+                (self.agent.clone(), self.shared.clone(), self.limit.clone());
+            tasks.push(tokio::spawn(serve_udp(udp, agent, shared, limit)));
+        }
+        for tcp in tcp {
+            tcp.set_nonblocking(true)?;
+            let tcp = TcpListener::from_std(tcp)?;
+            let (agent, shared, limit) =
+                (self.agent.clone(), self.shared.clone(), self.limit.clone());
+            let sessions = self.sessions.clone();
             tasks.push(tokio::spawn(serve_tcp(tcp, agent, shared, limit, sessions)));
         }
-        Ok(Self { port, tasks })
+        Ok(())
     }
 }
 
-type Sockets = (UdpSocket, UdpSocket, TcpListener, TcpListener);
+/// UDP and TCP sockets on 127.0.0.1 and (where the namespace has it) ::1.
+type Sockets = (Vec<std::net::UdpSocket>, Vec<std::net::TcpListener>);
 
 fn bind_all() -> io::Result<(u16, Sockets)> {
     let mut last = None;
@@ -84,21 +137,25 @@ fn try_bind() -> io::Result<(u16, Sockets)> {
     let udp6 = std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, port))?;
     let tcp4 = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
     let tcp6 = std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, port))?;
-    for s in [&udp4, &udp6] {
-        s.set_nonblocking(true)?;
+    Ok((port, (vec![udp4, udp6], vec![tcp4, tcp6])))
+}
+
+/// The sockets on `port`, in the calling thread's namespace; ::1 only if
+/// the namespace has it (the kernel has nowhere to send IPv6 DNS there
+/// otherwise).
+fn bind_at(port: u16) -> io::Result<Sockets> {
+    let udp4 = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port))?;
+    let tcp4 = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
+    let (mut udp, mut tcp) = (vec![udp4], vec![tcp4]);
+    match std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, port)) {
+        Ok(udp6) => {
+            udp.push(udp6);
+            tcp.push(std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, port))?);
+        }
+        Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => {}
+        Err(e) => return Err(e),
     }
-    for s in [&tcp4, &tcp6] {
-        s.set_nonblocking(true)?;
-    }
-    Ok((
-        port,
-        (
-            UdpSocket::from_std(udp4)?,
-            UdpSocket::from_std(udp6)?,
-            TcpListener::from_std(tcp4)?,
-            TcpListener::from_std(tcp6)?,
-        ),
-    ))
+    Ok((udp, tcp))
 }
 
 async fn serve_udp(

@@ -341,14 +341,15 @@ impl PeerRecords {
     }
 
     /// Takes the kernel's record for the connection whose agent-side address
-    /// is `peer` (the peer of the accepted socket), removing it so that the
-    /// map holds only connections not yet accepted.
-    pub fn take(&self, peer: SocketAddr) -> Option<ConnRecord> {
+    /// is `peer` (the peer of the accepted socket) in the network namespace
+    /// with cookie `netns` (the listener's), removing it so that the map
+    /// holds only connections not yet accepted.
+    pub fn take(&self, netns: u64, peer: SocketAddr) -> Option<ConnRecord> {
         let ip = match peer.ip() {
             IpAddr::V4(v4) => v4_mapped(v4.octets()),
             IpAddr::V6(v6) => v6.octets(),
         };
-        let key = PeerKey::new(ip, peer.port());
+        let key = PeerKey::new(netns, ip, peer.port());
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let record = map.get(&key, 0).ok()?;
         // Only the one who removes the entry gives it back to its agent's

@@ -1,7 +1,7 @@
 //! What the daemon leaves in bpffs, and how a restarted daemon finds it:
 //!
 //! ```text
-//! <pin dir>/maps-v3/<MAP NAME>            (one file per map in MAPS)
+//! <pin dir>/maps-v4/<MAP NAME>            (one file per map in MAPS)
 //! <pin dir>/links/cg<cgroup id>-<program>-<link id>
 //! ```
 //!
@@ -44,7 +44,7 @@ pub const SCRATCH_SUFFIX: &str = "-scratch";
 /// Pinned maps live in a directory named for their layout: a daemon whose
 /// map definitions changed starts fresh maps instead of adopting ones it
 /// cannot read.
-pub const MAPS_DIR: &str = "maps-v3";
+pub const MAPS_DIR: &str = "maps-v4";
 
 /// The pin directory's layout.
 pub struct PinDir {

@@ -306,10 +306,13 @@ impl AgentPolicy {
 
 /// Whether a tool's host, port, method and path match: it is a candidate.
 fn endpoint_matches(t: &ToolPolicy, facts: &RequestFacts<'_>) -> bool {
-    t.host.matches(facts.host)
-        && t.port.is_none_or(|p| p == facts.port)
+    // The cheap tests first: every request goes through every tool, and a
+    // case-insensitive host comparison costs more than a method's or a
+    // port's (the result is the same in any order).
+    t.port.is_none_or(|p| p == facts.port)
         && t.methods.contains(facts.method)
         && t.paths.iter().any(|p| p.matches(facts.path))
+        && t.host.matches(facts.host)
         && t.allows_aws_action(facts.aws_action)
 }
 
@@ -364,7 +367,12 @@ impl<'p> Decider<'p, '_> {
         rated: bool,
         bound: Option<&Bound>,
     ) -> Decision<'p> {
-        let session = call.as_ref().is_some_and(|c| c.session);
+        // A session's own traffic never waits: its protocol messages, and
+        // on a JSON-RPC tool the requests without a body to decide (the
+        // event stream's GET, the session's DELETE).
+        let session = call
+            .as_ref()
+            .map_or(tool.calls.protocol.is_rpc(), |c| c.session);
         let approval = tool.approval.as_ref().filter(|a| {
             !session
                 && a.holds(
@@ -479,7 +487,15 @@ impl<'p> Decider<'p, '_> {
                 }
                 return self.allow(tool, None, false, None);
             }
-            match self.condition(tool, self.bound()) {
+            // The condition's variables (the request's headers, query and
+            // identity as CEL values) are built only for a tool that has a
+            // condition: most have none (measured: 5% of the full path's
+            // instructions went into building them for nothing).
+            let held = match tool.calls.when {
+                None => Ok(()),
+                Some(_) => self.condition(tool, self.bound()),
+            };
+            match held {
                 Ok(()) => return self.allow(tool, None, true, None),
                 Err(miss) => misses.push(miss),
             }

@@ -219,6 +219,28 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
         listen.push(addr);
     }
     let limits = agent_limits(path, text, parsed.agent.limits)?;
+    let netns = match &parsed.agent.netns {
+        None => None,
+        Some(n) => Some(parse_netns(n.get_ref()).map_err(|m| {
+            invalid(
+                &span_of(path, text, n.span().start),
+                format!("agent.netns: {m}"),
+            )
+        })?),
+    };
+    let upstream_netns = match &parsed.agent.upstream_netns {
+        None => super::UpstreamNetns::Agent,
+        Some(u) => match u.get_ref().as_str() {
+            "agent" => super::UpstreamNetns::Agent,
+            "host" => super::UpstreamNetns::Host,
+            other => {
+                return Err(invalid(
+                    &span_of(path, text, u.span().start),
+                    format!("agent.upstream_netns: {other:?} must be \"agent\" or \"host\""),
+                ));
+            }
+        },
+    };
     let mut credentials: Vec<CredentialPolicy> = Vec::new();
     for section in parsed.credential {
         let id_span = span_of(path, text, section.id.span().start);
@@ -272,6 +294,8 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
             dns,
             unix_sockets,
             listen,
+            netns,
+            upstream_netns,
             credentials,
             tools,
             passthrough,
@@ -280,6 +304,25 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
         },
         name_span,
     ))
+}
+
+/// `agent.netns`: `"cgroup"`, or an absolute, clean path to a namespace
+/// file.
+fn parse_netns(raw: &str) -> Result<super::NetnsSource, String> {
+    if raw == "cgroup" {
+        return Ok(super::NetnsSource::Cgroup);
+    }
+    // Checked on the text: Path::components() drops "." silently.
+    let clean = raw.strip_prefix('/').is_some_and(|rest| {
+        rest.split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+    });
+    if !clean {
+        return Err(format!(
+            "{raw:?} must be \"cgroup\" or an absolute path without '.' or '..' (e.g. /run/netns/NAME)"
+        ));
+    }
+    Ok(super::NetnsSource::Path(PathBuf::from(raw)))
 }
 
 fn parse_credential(
@@ -871,9 +914,34 @@ fn check_conflicts(agents: &[(AgentPolicy, Span)], errors: &mut Vec<PolicyError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{NetnsSource, UpstreamNetns};
 
     fn write(dir: &Path, name: &str, body: &str) {
         fs::write(dir.join(name), body).unwrap();
+    }
+
+    #[test]
+    fn an_agents_network_namespace_is_a_clean_absolute_path_or_its_cgroups() {
+        let head = "[agent]\nname = \"a\"\ncgroup = \"agentguard/a\"\n";
+        let parse = |extra: &str| check_text(Path::new("a.toml"), &format!("{head}{extra}"));
+        let a = parse("").unwrap();
+        assert_eq!((a.netns, a.upstream_netns), (None, UpstreamNetns::Agent));
+        let a = parse("netns = \"/run/netns/dev\"\nupstream_netns = \"host\"\n").unwrap();
+        assert_eq!(
+            a.netns,
+            Some(NetnsSource::Path(PathBuf::from("/run/netns/dev")))
+        );
+        assert_eq!(a.upstream_netns, UpstreamNetns::Host);
+        assert_eq!(
+            parse("netns = \"cgroup\"\n").unwrap().netns,
+            Some(NetnsSource::Cgroup)
+        );
+        for bad in ["run/netns/dev", "/run/netns/../dev", "/run/./netns", ""] {
+            let e = parse(&format!("netns = \"{bad}\"\n")).unwrap_err();
+            assert!(e.to_string().contains("agent.netns"), "{bad}: {e}");
+        }
+        let e = parse("upstream_netns = \"container\"\n").unwrap_err();
+        assert!(e.to_string().contains("agent.upstream_netns"), "{e}");
     }
 
     #[test]

@@ -220,6 +220,14 @@ pub(super) struct AgentSection {
     pub unix_sockets: Option<Vec<Spanned<String>>>,
     pub listen: Option<Vec<Spanned<String>>>,
     pub limits: Option<AgentLimitsSection>,
+    /// The agent's network namespace, when it is not the daemon's (a
+    /// container's): a path such as `/run/netns/NAME`, or `"cgroup"` for
+    /// the namespaces of the processes in the agent's cgroup.
+    pub netns: Option<Spanned<String>>,
+    /// Where the agent's upstream connections are dialled from: its own
+    /// network namespace (the default) or the host's (the daemon's).
+    #[schemars(extend("enum" = ["agent", "host"]))]
+    pub upstream_netns: Option<Spanned<String>>,
 }
 
 /// A cgroup path relative to the cgroup v2 mount, e.g. `agentguard/support-bot`.
@@ -329,6 +337,26 @@ pub enum DnsMode {
     Policy,
     /// Any name (queries are still recorded).
     Any,
+}
+
+/// Where an agent's network namespace is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetnsSource {
+    /// A namespace file (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    Path(std::path::PathBuf),
+    /// Every namespace the processes in the agent's cgroup live in,
+    /// looked at again as they change.
+    Cgroup,
+}
+
+/// Which network namespace an agent's upstream connections leave from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamNetns {
+    /// The agent's own (its routes, its source address).
+    #[default]
+    Agent,
+    /// The daemon's.
+    Host,
 }
 
 /// Where a credential's secret comes from.
@@ -464,6 +492,10 @@ pub struct AgentPolicy {
     /// The addresses and ports the agent may bind (besides port 0); the
     /// kernel refuses every other.
     pub listen: Vec<super::ListenAddr>,
+    /// The agent's network namespace if not the daemon's: the proxy and
+    /// the agent's resolver listen there too.
+    pub netns: Option<NetnsSource>,
+    pub upstream_netns: UpstreamNetns,
     pub credentials: Vec<CredentialPolicy>,
     pub tools: Vec<ToolPolicy>,
     pub passthrough: Vec<PassthroughRule>,

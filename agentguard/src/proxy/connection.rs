@@ -22,6 +22,8 @@ use crate::{
     connlog,
     identity::{Identity, original_destination},
     live::LiveState,
+    netns::{Dial, Origin},
+    policy::UpstreamNetns,
 };
 
 /// How long a new connection may take to send its first message
@@ -31,14 +33,15 @@ const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Attributes one connection, decides what to do with it, and does it.
 /// Nothing is relayed without a kernel record: a connection we cannot
-/// attribute is one we cannot decide on.
-pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
+/// attribute is one we cannot decide on. `origin`: the listener's network
+/// namespace (the agent's), where the record is looked up.
+pub async fn handle(stream: TcpStream, peer: SocketAddr, origin: &Origin, ctx: Arc<ProxyContext>) {
     // Responses go out in pieces (headers, then body frames, TLS records
     // each); with Nagle's algorithm a piece waits for the agent's delayed
     // ACK, ~40 ms (measured: p99 at 1000 req/s and the first SSE event).
     let _ = stream.set_nodelay(true);
     let state = ctx.live.load();
-    let (identity, dst) = match attribute(peer, &ctx, &state) {
+    let (identity, dst) = match attribute(peer, origin.netns, &ctx, &state) {
         Attribution::Agent(identity, dst) => (identity, dst),
         Attribution::Refused {
             identity,
@@ -66,6 +69,15 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>)
                 .await;
             return;
         }
+    };
+    // From the agent's own namespace unless its policy says the host's.
+    let dial = match state
+        .policy
+        .agent(&identity.agent)
+        .map(|a| a.upstream_netns)
+    {
+        Some(UpstreamNetns::Host) => Dial::Host,
+        _ => origin.dial.clone(),
     };
     let span = info_span!(
         "conn",
@@ -95,7 +107,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>)
             // Dialled (and spliced, where the kernel allows) before the
             // record, so that it says which way the bytes go; the bytes
             // waiting on the agent's socket move only once it is written.
-            let prepared = relay::prepare(stream, dst, ctx.splice.as_ref()).await;
+            let prepared = relay::prepare(stream, dst, &dial, ctx.splice.as_ref()).await;
             let mut outcome = ConnOutcome::new(peer, Some(&identity), Some(dst), &plan);
             outcome.relay = prepared.as_ref().map(relay::Relay::path);
             outcome.record(&ctx, &state.policy.version).await;
@@ -118,7 +130,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>)
         let done = revocations
             .until_revoked(
                 &agent,
-                carry_out(plan, stream, identity, peer, dst, ctx, Arc::new(held)),
+                carry_out(plan, stream, identity, peer, dst, dial, ctx, Arc::new(held)),
             )
             .await;
         if done.is_none() {
@@ -142,8 +154,8 @@ enum Attribution {
     },
 }
 
-fn attribute(peer: SocketAddr, ctx: &ProxyContext, state: &LiveState) -> Attribution {
-    let Some(record) = ctx.peers.take(peer) else {
+fn attribute(peer: SocketAddr, netns: u64, ctx: &ProxyContext, state: &LiveState) -> Attribution {
+    let Some(record) = ctx.peers.take(netns, peer) else {
         return Attribution::Refused {
             identity: None,
             dst: None,
@@ -181,12 +193,14 @@ fn attribute(peer: SocketAddr, ctx: &ProxyContext, state: &LiveState) -> Attribu
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn carry_out(
     plan: ConnPlan,
     stream: TcpStream,
     identity: Identity,
     peer: SocketAddr,
     dst: SocketAddr,
+    dial: Dial,
     ctx: Arc<ProxyContext>,
     held: Arc<Held>,
 ) {
@@ -210,6 +224,7 @@ async fn carry_out(
                 peer,
                 dst,
                 sni: Some(sni),
+                dial,
             };
             http::serve(tls, meta, ctx, held).await;
         }
@@ -219,6 +234,7 @@ async fn carry_out(
                 peer,
                 dst,
                 sni: None,
+                dial,
             };
             http::serve(stream, meta, ctx, held).await;
         }

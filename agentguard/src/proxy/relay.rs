@@ -17,7 +17,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::limits::fds;
-use crate::{config::UPSTREAM_CONNECT_TIMEOUT_SECS, ebpf::Splicer};
+use crate::{config::UPSTREAM_CONNECT_TIMEOUT_SECS, ebpf::Splicer, netns::Dial};
 
 mod kernel;
 
@@ -48,7 +48,8 @@ pub struct Relay {
     _socket: fds::Socket,
 }
 
-/// Dials `dst` and, if `splicer` is given, splices the agent's socket to it.
+/// Dials `dst` (from the namespace `dial` names) and, if `splicer` is
+/// given, splices the agent's socket to it.
 /// `None` when the upstream cannot be reached (said in the log): the agent's
 /// connection is then closed. The daemon's own sockets are outside every
 /// guarded cgroup (and the kernel skips its tgid), so this connect goes out
@@ -56,6 +57,7 @@ pub struct Relay {
 pub async fn prepare(
     inbound: TcpStream,
     dst: SocketAddr,
+    dial: &Dial,
     splicer: Option<&Arc<Splicer>>,
 ) -> Option<Relay> {
     // The upstream socket counts against the proxy's descriptor budget too.
@@ -65,7 +67,7 @@ pub async fn prepare(
     };
     let connect = timeout(
         Duration::from_secs(UPSTREAM_CONNECT_TIMEOUT_SECS),
-        TcpStream::connect(dst),
+        dial.connect(dst),
     )
     .await;
     let upstream = match connect {

@@ -126,6 +126,8 @@ struct PoolKey {
     /// HTTP/1.1-only connections, for Upgrade requests (WebSocket): an
     /// HTTP/2 connection cannot carry an HTTP/1.1 upgrade.
     http1_only: bool,
+    /// Cookie of the network namespace dialled from (None: the daemon's).
+    netns: Option<u64>,
 }
 
 impl Upstreams {
@@ -170,19 +172,22 @@ impl Upstreams {
     }
 
     /// The client for this agent's requests to `host` at `dst`.
-    /// `http1_only` pins ALPN to HTTP/1.1 (for upgrades).
+    /// `http1_only` pins ALPN to HTTP/1.1 (for upgrades); `dial` says
+    /// which network namespace connections leave from.
     pub fn client(
         &self,
         agent: &Arc<str>,
         host: &str,
         dst: SocketAddr,
         http1_only: bool,
+        dial: &crate::netns::Dial,
     ) -> UpstreamClient {
         let key = PoolKey {
             agent: agent.clone(),
             host: host.to_ascii_lowercase(),
             dst,
             http1_only,
+            netns: dial.netns_cookie(),
         };
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = pools.get(&key) {
@@ -196,9 +201,15 @@ impl Upstreams {
             .https_or_http()
             .enable_http1();
         let connector = if http1_only {
-            builder.wrap_connector(FixedAddr { dst })
+            builder.wrap_connector(FixedAddr {
+                dst,
+                dial: dial.downgrade(),
+            })
         } else {
-            builder.enable_http2().wrap_connector(FixedAddr { dst })
+            builder.enable_http2().wrap_connector(FixedAddr {
+                dst,
+                dial: dial.downgrade(),
+            })
         };
         let connector = HandshakeLimit {
             inner: connector,
@@ -236,9 +247,12 @@ fn add_pem_file(roots: &mut RootCertStore, path: &Path) -> Result<(), UpstreamEr
 
 /// A connector that ignores the URI's host and dials the recorded original
 /// destination: the agent chose that address, and DNS is not asked again.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct FixedAddr {
     dst: SocketAddr,
+    /// Weak: a pool kept after its container ended must not keep the
+    /// container's namespace (and a thread in it) alive.
+    dial: crate::netns::WeakDial,
 }
 
 impl tower_service::Service<hyper::Uri> for FixedAddr {
@@ -251,10 +265,10 @@ impl tower_service::Service<hyper::Uri> for FixedAddr {
     }
 
     fn call(&mut self, _uri: hyper::Uri) -> Self::Future {
-        let dst = self.dst;
+        let (dst, dial) = (self.dst, self.dial.clone());
         Box::pin(async move {
             let socket = fds::take().ok_or_else(|| io::Error::other(ConnectError::OutOfSockets))?;
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dst))
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, dial.connect(dst))
                 .await
                 .map_err(|_| io::Error::other(ConnectError::ConnectTimeout(CONNECT_TIMEOUT)))??;
             stream.set_nodelay(true)?;

@@ -82,6 +82,10 @@ struct SigningKey {
     kid: String,
     signer: Signer,
     jwk: Jwk,
+    /// The JWS protected header every token this key signs carries
+    /// (`alg`, `kid`, `typ`), base64url-encoded: made once with the key,
+    /// not serialised and encoded again for every token.
+    header: String,
 }
 
 /// The parsed private key, ready to sign.
@@ -174,6 +178,11 @@ impl KeyStore {
     /// The algorithm of the current key (the JWS `alg` it signs with).
     pub fn algorithm(&self) -> SigningAlgorithm {
         self.current.alg
+    }
+
+    /// The current key's JWS protected header, base64url-encoded.
+    pub(super) fn encoded_header(&self) -> &str {
+        &self.current.header
     }
 
     /// The JWS signature (RFC 7515) over `message` with the current key:
@@ -320,11 +329,15 @@ fn parse_key(path: &Path, pem: &str) -> Result<SigningKey, KeyError> {
     let kid = thumbprint(&jwk).map_err(invalid)?;
     jwk.common.key_id = Some(kid.clone());
     jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+    let mut header = jsonwebtoken::Header::new(alg.jwt());
+    header.kid = Some(kid.clone());
+    let header = serde_json::to_vec(&header).map_err(|e| invalid(e.to_string()))?;
     Ok(SigningKey {
         alg,
         kid,
         signer,
         jwk,
+        header: super::b64url(&header),
     })
 }
 

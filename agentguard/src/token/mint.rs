@@ -2,7 +2,8 @@
 
 use std::{sync::RwLock, time::Duration};
 
-use jsonwebtoken::{Header, jwk::JwkSet};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::jwk::JwkSet;
 
 use super::{
     Act, Claims, KernelClaims, KeyError, KeyStore, MAX_TTL, RequestBinding, b64url, issuer,
@@ -109,18 +110,22 @@ impl Minter {
     /// doctored tokens of tests.
     pub fn sign<C: serde::Serialize>(&self, claims: &C) -> Result<String, String> {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-        let mut header = Header::new(keys.algorithm().jwt());
-        header.kid = Some(keys.kid().to_owned());
         // JWS compact serialisation (RFC 7515 §7.1), signed with the parsed
         // key the store keeps (see KeyStore::sign for why not
-        // jsonwebtoken::encode). Verification stays with jsonwebtoken.
-        let err = |e: serde_json::Error| format!("failed to sign a token: {e}");
-        let header = serde_json::to_vec(&header).map_err(err)?;
-        let claims = serde_json::to_vec(claims).map_err(err)?;
-        let signing_input = format!("{}.{}", b64url(&header), b64url(&claims));
+        // jsonwebtoken::encode), under the header made once with the key.
+        // Verification stays with jsonwebtoken.
+        let claims =
+            serde_json::to_vec(claims).map_err(|e| format!("failed to sign a token: {e}"))?;
+        let header = keys.encoded_header();
+        let mut token = String::with_capacity(header.len() + claims.len() * 4 / 3 + 100);
+        token.push_str(header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&claims, &mut token);
         let signature = keys
-            .sign(signing_input.as_bytes())
+            .sign(token.as_bytes())
             .map_err(|e| format!("failed to sign a token: {e}"))?;
-        Ok(format!("{signing_input}.{}", b64url(&signature)))
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
+        Ok(token)
     }
 }

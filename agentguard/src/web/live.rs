@@ -5,36 +5,28 @@
 //! order. A page too slow for the stream is told (`event: lagged`) and
 //! reloads.
 
-use std::{
-    convert::Infallible,
-    path::PathBuf,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{path::PathBuf, sync::Arc};
 
-use hyper::body::{Body, Bytes, Frame};
+use hyper::body::Bytes;
 use tokio::sync::{broadcast, mpsc};
 
 use super::query::{EventFilter, MAX_LIMIT};
-use crate::audit::{AuditSink, Record, Store};
-
-/// A comment this often keeps proxies from closing an idle stream, and
-/// tells us when the page has gone.
-const KEEPALIVE: Duration = Duration::from_secs(15);
+use crate::audit::{
+    AuditSink, Record, Store,
+    sse::{self, SseBody, event},
+};
 
 pub fn open(sink: &AuditSink, filter: EventFilter) -> SseBody {
     // Subscribed before the store is read: nothing falls between the two.
     let live = sink.subscribe();
-    let (tx, rx) = mpsc::channel(256);
+    let (tx, body) = sse::channel();
     tokio::spawn(pump(sink.db_path().to_owned(), live, filter, tx));
-    SseBody { rx }
+    body
 }
 
 async fn pump(
     db: PathBuf,
-    mut live: broadcast::Receiver<Arc<Record>>,
+    live: broadcast::Receiver<Arc<Record>>,
     filter: EventFilter,
     tx: mpsc::Sender<Bytes>,
 ) {
@@ -54,46 +46,5 @@ async fn pump(
             }
         }
     }
-    let mut keepalive = tokio::time::interval(KEEPALIVE);
-    keepalive.tick().await;
-    loop {
-        let frame = tokio::select! {
-            r = live.recv() => match r {
-                Ok(r) if r.seq > last && filter.matches(r.seq, &r.event) => {
-                    last = r.seq;
-                    event(&r)
-                }
-                Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    Bytes::from(format!("event: lagged\ndata: {n}\n\n"))
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            _ = keepalive.tick() => Bytes::from_static(b": keep-alive\n\n"),
-        };
-        if tx.send(frame).await.is_err() {
-            return;
-        }
-    }
-}
-
-fn event(r: &Record) -> Bytes {
-    let json = serde_json::to_string(r).unwrap_or_default();
-    Bytes::from(format!("id: {}\ndata: {json}\n\n", r.seq))
-}
-
-pub struct SseBody {
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl Body for SseBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
-    }
+    sse::follow(live, tx, last, |r| filter.matches(r.seq, &r.event)).await;
 }

@@ -44,7 +44,7 @@ pub const USERSPACE_RELAY: &[(&str, &str)] = &[("AGENTGUARD_PASSTHROUGH_RELAY", 
 impl Daemon {
     /// `instance` tells apart daemons of one bench (cgroup, bpffs dir).
     pub fn start(binary: &Path, dir: &Path, upstream: &Upstream, instance: &str) -> Result<Self> {
-        Self::start_with(binary, dir, upstream, instance, &[])
+        Self::start_under(binary, dir, upstream, instance, &[], &[])
     }
 
     /// [`Daemon::start`], with `env` set for `agentguard run`.
@@ -53,6 +53,20 @@ impl Daemon {
         dir: &Path,
         upstream: &Upstream,
         instance: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        Self::start_under(binary, dir, upstream, instance, &[], env)
+    }
+
+    /// As [`Daemon::start_with`], the daemon run by `wrapper` (a program
+    /// and its arguments, e.g. valgrind for the instruction counts), which
+    /// execs in the same process: the pid is the daemon's.
+    pub fn start_under(
+        binary: &Path,
+        dir: &Path,
+        upstream: &Upstream,
+        instance: &str,
+        wrapper: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Self> {
         let tag = format!("agentguard-bench-{}{instance}", std::process::id());
@@ -70,7 +84,14 @@ impl Daemon {
             cgroup_parent: cgroup2_mount()?.join(&tag),
             process: None,
         };
-        let mut c = cmd::new(binary);
+        let mut c = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = cmd::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+            None => cmd::new(binary),
+        };
         c.env(SECRET_ENV, "bench-secret-not-real")
             .env(CLIENT_SECRET_ENV, "bench-client-secret-not-real")
             .env(AWS_SECRET_ENV, "bench-aws-secret-not-real")
@@ -101,7 +122,10 @@ impl Daemon {
             pinned(SERVER_CPU, c),
             &dir.join("agentguard.log"),
         )?);
-        daemon.wait_ready(&dir.join("agentguard.log"))?;
+        // Under a wrapper that runs it 50 times slower, start-up (keys,
+        // the CA, loading the eBPF programs) takes longer.
+        let ready = if wrapper.is_empty() { 30 } else { 300 };
+        daemon.wait_ready(&dir.join("agentguard.log"), Duration::from_secs(ready))?;
         Ok(daemon)
     }
 
@@ -141,8 +165,8 @@ impl Daemon {
         Ok(())
     }
 
-    fn wait_ready(&mut self, log: &Path) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    fn wait_ready(&mut self, log: &Path, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(p) = self.process.as_mut()
                 && let Err(e) = p.ensure_alive()
@@ -159,7 +183,8 @@ impl Daemon {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "agentguard not ready after 30 s:\n{}",
+                    "agentguard not ready after {} s:\n{}",
+                    limit.as_secs(),
                     fs::read_to_string(log).unwrap_or_default()
                 );
             }

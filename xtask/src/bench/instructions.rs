@@ -1,87 +1,247 @@
-//! Instructions the proxy executes per request: `perf stat -e
-//! instructions` attached to the proxy's processes for the length of one
-//! load run. Unlike wall-clock throughput (±15% run to run on a shared
-//! machine), the count barely moves with load elsewhere, so it shows
-//! changes under 10%. Machines without a hardware instruction counter (most
-//! VMs) report `<not supported>`; the figure is then absent, never guessed.
+//! Instructions per request: a figure that small changes show in, where
+//! req/s and CPU seconds on this shared 2-core machine move ±15% from run
+//! to run. Hardware counters (`perf stat -e instructions`) would be the
+//! cheap way, but this VM has no PMU ("PMU not available due to
+//! virtualization": perf offers software events only), so the count is
+//! callgrind's: a second agentguard daemon runs under `valgrind
+//! --tool=callgrind`, serves a warm-up, has its counters zeroed, serves a
+//! fixed number of requests of each scenario, and its counters are dumped.
+//! The figure is the daemon's user-space instructions (all threads,
+//! including the audit writer) over the requests that returned 200; the
+//! kernel's share (TCP, syscalls) is not in it. Valgrind runs one thread
+//! at a time and hides AVX-512 from the program, so the absolute numbers
+//! are those of the AVX2 code paths; what they are for is the comparison
+//! of one build with another. Each dump is kept as
+//! `target/bench/callgrind.<path>.<scenario>.out` for `callgrind_annotate`.
 
 use std::{
+    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
-/// A `perf stat` counting the proxy's instructions until [`Counter::stop`].
-pub struct Counter {
-    child: Child,
+use super::{
+    agentguard::Daemon,
+    load::{self, Amount, LoadResult},
+    paths::{Env, PathKind, Route},
+    process::{CLIENT_CPU, pinned},
+    scenario::{self, Kind, SCENARIOS},
+};
+use crate::cmd;
+
+/// Requests each scenario's count starts after: the code they run is
+/// translated by valgrind, pools and caches (leaves, form sets) are filled.
+const WARM_UP: u32 = 50;
+
+/// Instructions per request by (path id, scenario id).
+pub type Counts = BTreeMap<(&'static str, &'static str), f64>;
+
+pub fn available() -> bool {
+    cmd::probe(cmd::new("valgrind").arg("--version")).is_some()
+        && cmd::probe(cmd::new("callgrind_control").arg("--version")).is_some()
+}
+
+/// Every load scenario (HTTP/1.1 and HTTP/2) in `scenarios` on every
+/// agentguard path in `paths`, `requests` requests each.
+pub fn run(env: &Env, paths: &[PathKind], scenarios: &[&str], requests: u32) -> Result<Counts> {
+    let dir = env.work.join("callgrind");
+    fs::create_dir_all(&dir)?;
+    let out = dir.join("callgrind.out");
+    let out_arg = format!("--callgrind-out-file={}", out.display());
+    let daemon = Daemon::start_under(
+        &env.agentguard,
+        &dir,
+        &env.upstream,
+        "-callgrind",
+        &["valgrind", "--tool=callgrind", &out_arg],
+        &[],
+    )?;
+    daemon.resolve_passthrough(&env.names)?;
+    let counter = Counter {
+        pid: daemon.pid(),
+        out,
+    };
+    let mut counts = Counts::new();
+    for &path in paths.iter().filter(|p| p.is_agentguard()) {
+        for s in SCENARIOS.iter().filter(|s| scenarios.contains(&s.id)) {
+            if scenario::not_applicable(path, s).is_some()
+                || !matches!(s.kind, Kind::Oha(_) | Kind::H2 { .. })
+            {
+                continue;
+            }
+            let mut route = env.route(path);
+            route.ca = daemon.ca();
+            let load = |amount| -> Result<LoadResult> {
+                let c = client(env, &daemon, command(env, &route, s.kind, amount)?);
+                let mut c = c;
+                let text = cmd::output(&mut c)?;
+                match s.kind {
+                    Kind::H2 { .. } => load::parse_h2load(&text),
+                    _ => load::parse_oha(&text),
+                }
+            };
+            load(Amount::Requests(WARM_UP))?;
+            counter.zero()?;
+            let r = load(Amount::Requests(requests))?;
+            // Kept beside the results: `callgrind_annotate` on it shows
+            // where the instructions went, function by function.
+            let kept = env.work.parent().context("bench dir")?.join(format!(
+                "callgrind.{}.{}.out",
+                path.id(),
+                s.id
+            ));
+            let instructions = counter.dump(&kept)?;
+            if r.ok == 0 {
+                bail!("{} {}: no request returned 200", path.id(), s.id);
+            }
+            let per = instructions as f64 / r.ok as f64;
+            println!(
+                "bench: {:<12} {:<13} {:.0} instructions/request ({} requests)",
+                path.id(),
+                s.id,
+                per,
+                r.ok
+            );
+            counts.insert((path.id(), s.id), per);
+        }
+    }
+    Ok(counts)
+}
+
+/// The section of docs/benchmarks.md: a row per path, a column per
+/// scenario.
+pub fn markdown(counts: &Counts, requests: u32) -> String {
+    let mut scenarios: Vec<&str> = Vec::new();
+    for s in SCENARIOS {
+        if counts.keys().any(|(_, id)| *id == s.id) {
+            scenarios.push(s.id);
+        }
+    }
+    let mut md = format!(
+        "User-space instructions of the agentguard daemon per request that returned 200 \
+         (callgrind, all threads; {requests} requests per scenario after {WARM_UP} unrecorded \
+         ones, on a separate daemon run under `valgrind --tool=callgrind`). Not affected by the \
+         other load on the machine, so a change of a few percent shows; the kernel's share is \
+         not in it. Scenario ids as in `--scenarios` (see the tables above).\n\n| path |"
+    );
+    for s in &scenarios {
+        md.push_str(&format!(" {s} |"));
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"---|".repeat(scenarios.len()));
+    md.push('\n');
+    for path in PathKind::ALL {
+        if !counts.keys().any(|(p, _)| *p == path.id()) {
+            continue;
+        }
+        md.push_str(&format!("| {} |", path.label()));
+        for s in &scenarios {
+            match counts.get(&(path.id(), *s)) {
+                Some(n) => md.push_str(&format!(" {:.0} |", n)),
+                None => md.push_str(" – |"),
+            }
+        }
+        md.push('\n');
+    }
+    md
+}
+
+fn command(env: &Env, route: &Route, kind: Kind, amount: Amount) -> Result<Command> {
+    match kind {
+        Kind::Oha(l) => Ok(load::oha(&env.oha, route, l, amount)),
+        Kind::H2 {
+            connections,
+            streams,
+        } => load::h2load(route, connections, streams, amount),
+        Kind::Idle | Kind::Sse => bail!("not a load scenario"),
+    }
+}
+
+fn client(env: &Env, daemon: &Daemon, cmd: Command) -> Command {
+    env.names.wrap(pinned(CLIENT_CPU, daemon.exec(cmd)))
+}
+
+/// The running callgrind's counters, through `callgrind_control`.
+struct Counter {
+    pid: u32,
+    /// `--callgrind-out-file`: each dump is this with `.N` appended.
     out: PathBuf,
 }
 
 impl Counter {
-    /// Starts counting for `pids`; `None` (no figure) when there are none
-    /// or perf cannot start.
-    pub fn start(pids: &[u32], work: &Path) -> Option<Self> {
-        if pids.is_empty() {
-            return None;
-        }
-        let out = work.join(format!("perf-stat-{}.csv", pids[0]));
-        let list: Vec<String> = pids.iter().map(u32::to_string).collect();
-        let child = Command::new("perf")
-            .args(["stat", "-e", "instructions", "-x", ",", "-o"])
-            .arg(&out)
-            .args(["-p", &list.join(",")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        // perf attaches after it starts; a request served before that is
-        // not counted (a few out of thousands).
-        std::thread::sleep(Duration::from_millis(100));
-        Some(Self { child, out })
+    fn zero(&self) -> Result<()> {
+        self.control("--zero")
     }
 
-    /// Stops counting (SIGINT makes perf print its totals); returns the
-    /// instructions counted, or `None` where the machine cannot count them.
-    pub fn stop(mut self) -> Result<Option<f64>> {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        self.child.wait().context("perf stat")?;
-        let text = fs::read_to_string(&self.out).unwrap_or_default();
-        let _ = fs::remove_file(&self.out);
-        Ok(parse(&text))
+    /// callgrind_control exits 0 even when it found no such run: its
+    /// answer says whether the command was carried out.
+    fn control(&self, command: &str) -> Result<()> {
+        let out =
+            cmd::output(cmd::new("callgrind_control").args([command, &self.pid.to_string()]))?;
+        if !out.contains("OK.") {
+            bail!("callgrind_control {command} {}: {out}", self.pid);
+        }
+        Ok(())
+    }
+
+    /// Dumps the counters (which also zeroes them) to `keep` and returns
+    /// the instructions counted since the last zero.
+    fn dump(&self, keep: &Path) -> Result<u64> {
+        let before = dumps(&self.out)?;
+        self.control("--dump")?;
+        // callgrind_control returns once the dump is written; allow for a
+        // file system that shows it late.
+        for _ in 0..100 {
+            let after = dumps(&self.out)?;
+            if let Some(new) = after.into_iter().find(|p| !before.contains(p)) {
+                let text = fs::read_to_string(&new)?;
+                fs::rename(&new, keep)?;
+                return totals(&text).with_context(|| format!("no summary in {}", keep.display()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("callgrind wrote no dump for pid {}", self.pid)
     }
 }
 
-/// The count from `perf stat -x ,` output: `<count>,,instructions,...`;
-/// `<not supported>` or `<not counted>` in the first field give `None`.
-fn parse(text: &str) -> Option<f64> {
+fn dumps(out: &Path) -> Result<Vec<PathBuf>> {
+    let dir = out.parent().context("callgrind dir")?;
+    let stem = out
+        .file_name()
+        .context("callgrind file")?
+        .to_string_lossy()
+        .into_owned();
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{stem}.")) {
+            found.push(dir.join(name));
+        }
+    }
+    Ok(found)
+}
+
+/// The `summary:` line of a callgrind dump: the instructions executed
+/// (Ir, the only event collected) in the part the dump covers.
+fn totals(text: &str) -> Option<u64> {
     text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| {
-            l.split(',')
-                .nth(2)
-                .is_some_and(|e| e.starts_with("instructions"))
-        })
-        .and_then(|l| l.split(',').next())
-        .and_then(|n| n.trim().parse::<f64>().ok())
+        .find_map(|l| l.strip_prefix("summary:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::*;
 
     #[test]
-    fn reads_the_count_and_refuses_what_was_not_counted() {
-        assert_eq!(
-            parse("# started on x\n\n123456,,instructions:u,1000,100.00,,\n"),
-            Some(123456.0)
-        );
-        assert_eq!(parse("<not supported>,,instructions,0,100.00,,\n"), None);
-        assert_eq!(parse(""), None);
+    fn reads_the_totals_line() {
+        let dump = "version: 1\ncreator: callgrind-3.19.0\npid: 42\ncmd: agentguard\n\
+                    part: 2\n\nevents: Ir\nsummary: 123456789\n\nfl=(1) x.rs\nfn=(1) f\n3 10\n\ntotals: 10\n";
+        assert_eq!(totals(dump), Some(123_456_789));
+        assert_eq!(totals("events: Ir\n"), None);
     }
 }

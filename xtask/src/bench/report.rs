@@ -20,6 +20,8 @@ pub struct Context {
     pub sse_samples: u32,
     pub pinned: bool,
     pub profile: Option<String>,
+    /// Instructions per request (`super::instructions`), as markdown.
+    pub instructions: Option<String>,
 }
 
 pub fn markdown(ctx: &Context, r: &Results) -> String {
@@ -38,6 +40,10 @@ pub fn markdown(ctx: &Context, r: &Results) -> String {
     section_targets(w, r);
     section_results(w, r);
     section_ratios(w, r);
+    if let Some(instructions) = &ctx.instructions {
+        let _ = writeln!(w, "## Instructions per request\n");
+        let _ = writeln!(w, "{instructions}");
+    }
     if let Some(profile) = &ctx.profile {
         let _ = writeln!(w, "## Where the full path's time goes\n");
         let _ = writeln!(w, "{profile}");
@@ -100,10 +106,6 @@ fn section_method(w: &mut String, ctx: &Context) {
          - CPU per 1,000 requests: utime + stime of the proxy process (nginx: master and \
          worker) from `/proc/PID/stat` before and after the load run, over the requests that \
          returned 200. The upstream's and client's CPU are not counted.\n\
-         - Instructions per request: `perf stat -e instructions -p <proxy pids>` over the \
-         same load run, divided by the requests that returned 200: steadier than wall-clock \
-         figures when the machine is shared. `–` where the machine has no instruction \
-         counter (perf says `<not supported>`, as in most VMs).\n\
          - Resident memory per idle connection: on a fresh instance of the path's proxy \
          (one that has served load keeps the memory it freed resident, which would hide \
          the cost), after 5 warm-up requests, `agentguard-bench idle` opens {} TLS \
@@ -154,7 +156,6 @@ fn columns(kind: Kind) -> &'static [(&'static str, &'static str, Compare)] {
         Kind::Oha(_) | Kind::H2 { .. } => &[
             ("rps", "req/s", Compare::Ratio),
             ("cpu_s_per_1k", "proxy CPU s / 1k req", Compare::None),
-            ("instr_per_req", "proxy instructions / req", Compare::None),
         ],
         Kind::Sse => &[("ttfe_ms", "first event ms", Compare::Added)],
         Kind::Idle => &[("kib_per_conn", "KiB / idle connection", Compare::None)],

@@ -7,7 +7,6 @@ use anyhow::{Context, Result, bail};
 
 use super::{
     fresh::Fresh,
-    instructions,
     load::{self, Amount, LoadResult, OhaLoad},
     paths::{Env, PathKind},
     process::Running,
@@ -159,9 +158,7 @@ pub fn measure(env: &Env, path: PathKind, scenario: &Scenario, size: Size) -> Re
                 check_rpc_result(env, path, &route, l.path, body)?;
             }
             let mut c = env.client(path, load::oha(&env.oha, &route, l, size.load));
-            let r = with_cpu(env, &pids, &mut m, || {
-                load::parse_oha(&cmd::output(&mut c)?)
-            })?;
+            let r = with_cpu(&pids, &mut m, || load::parse_oha(&cmd::output(&mut c)?))?;
             record_load(&mut m, &r, size)?;
         }
         Kind::H2 {
@@ -169,9 +166,7 @@ pub fn measure(env: &Env, path: PathKind, scenario: &Scenario, size: Size) -> Re
             streams,
         } => {
             let mut c = env.client(path, load::h2load(&route, connections, streams, size.load)?);
-            let r = with_cpu(env, &pids, &mut m, || {
-                load::parse_h2load(&cmd::output(&mut c)?)
-            })?;
+            let r = with_cpu(&pids, &mut m, || load::parse_h2load(&cmd::output(&mut c)?))?;
             record_load(&mut m, &r, size)?;
         }
         Kind::Sse => {
@@ -256,28 +251,15 @@ fn helper_target(route: &super::paths::Route) -> Vec<String> {
     args
 }
 
-/// Runs `f`, and records the proxy's CPU seconds during it, and the
-/// instructions it executed where the machine can count them.
+/// Runs `f`, and records the proxy's CPU seconds during it.
 fn with_cpu(
-    env: &Env,
     pids: &[u32],
     m: &mut Metrics,
     f: impl FnOnce() -> Result<LoadResult>,
 ) -> Result<LoadResult> {
-    let counter = instructions::Counter::start(pids, &env.work);
     let before = procfs::sum(pids, procfs::cpu_ticks)?;
-    let r = f();
+    let r = f()?;
     let after = procfs::sum(pids, procfs::cpu_ticks)?;
-    let counted = match counter {
-        Some(c) => c.stop()?,
-        None => None,
-    };
-    let r = r?;
-    if let Some(n) = counted
-        && r.ok > 0
-    {
-        m.insert("instr_per_req".into(), n / r.ok as f64);
-    }
     if !pids.is_empty() && r.ok > 0 {
         let secs = (after - before) as f64 / procfs::clock_ticks()?;
         m.insert("cpu_s".into(), secs);

@@ -1,6 +1,7 @@
 //! What the bench needs beyond `cargo xtask setup`, installed the same way
 //! (idempotent: each is checked first and skipped when present):
-//! oha from crates.io, nginx and h2load from Debian, and mitmproxy from
+//! oha from crates.io, nginx, h2load and valgrind (callgrind, for the
+//! instruction counts) from Debian, and mitmproxy from
 //! PyPI into a virtualenv inside the workspace's target directory (so
 //! nothing lands in the machine's Python, and `cargo clean` removes it).
 
@@ -14,8 +15,9 @@ use crate::{cmd, setup::apt::Apt};
 const OHA_VERSION: &str = "1.16.0";
 /// The newest mitmproxy that supports the machine's Python 3.11.
 const MITMPROXY_VERSION: &str = "11.0.2";
-/// nginx, and h2load (in nghttp2-client) for HTTP/2.
-const APT_PACKAGES: &[&str] = &["nginx", "nghttp2-client"];
+/// nginx, h2load (in nghttp2-client) for HTTP/2, and valgrind for the
+/// instruction counts (`super::instructions`).
+const APT_PACKAGES: &[&str] = &["nginx", "nghttp2-client", "valgrind"];
 
 pub struct Tools {
     pub oha: PathBuf,

@@ -19,14 +19,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 
 use crate::{
-    cmd, paths,
+    cmd, debian_root, paths,
     setup::{SERVICE_PACKAGES, apt::Apt},
 };
 
-const SUITE: &str = "bookworm";
 /// What the root needs beyond debootstrap's minimal base: systemd as PID 1,
 /// the bus systemctl talks over, a client for the agent, and procps (the
 /// package depends on it: /bin/kill for `systemctl reload`).
@@ -48,12 +47,14 @@ pub fn run(root: &Path, deb: &Path) -> Result<()> {
     Apt::default().ensure_without_recommends(SERVICE_PACKAGES)?;
     let base = paths::target_dir(root).join("nspawn");
     let cached = base.join("root");
-    if !INCLUDED_FILES.iter().all(|f| cached.join(f).exists()) {
-        if cached.exists() {
-            fs::remove_dir_all(&cached)?;
-        }
-        debootstrap(&base, &cached)?;
-    }
+    debian_root::ensure(
+        &base,
+        &cached,
+        &debian_root::Spec {
+            include: INCLUDE,
+            marker_files: INCLUDED_FILES,
+        },
+    )?;
     let run_root = base.join(format!("run-{}", std::process::id()));
     if run_root.exists() {
         fs::remove_dir_all(&run_root)?;
@@ -67,64 +68,6 @@ pub fn run(root: &Path, deb: &Path) -> Result<()> {
         let _ = fs::remove_file(run_root.with_extension("log"));
     }
     result
-}
-
-/// A minimal Debian root, from the archive apt on this machine uses.
-fn debootstrap(base: &Path, cached: &Path) -> Result<()> {
-    let mirror = apt_mirror()?;
-    let tmp = base.join("root.partial");
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp)?;
-    }
-    fs::create_dir_all(base)?;
-    println!(
-        "nspawn: debootstrap {SUITE} (a few minutes, once; cached in {})",
-        cached.display()
-    );
-    cmd::run(
-        cmd::new("debootstrap")
-            .args(["--variant=minbase", &format!("--include={INCLUDE}"), SUITE])
-            .arg(&tmp)
-            .arg(&mirror),
-    )?;
-    fs::rename(&tmp, cached)?;
-    Ok(())
-}
-
-/// The Debian archive of this machine's apt sources (deb822 or one-line
-/// form), for the suite debootstrap installs.
-fn apt_mirror() -> Result<String> {
-    let mut texts = vec![fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
-    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
-        for e in dir.flatten() {
-            texts.push(fs::read_to_string(e.path()).unwrap_or_default());
-        }
-    }
-    for text in &texts {
-        for stanza in text.split("\n\n") {
-            let field = |name: &str| {
-                stanza
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
-            };
-            if let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:"))
-                && suites.split_whitespace().any(|s| s == SUITE)
-            {
-                return Ok(uris
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned());
-            }
-        }
-        for line in text.lines() {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            if words.len() >= 3 && words[0] == "deb" && words[2] == SUITE {
-                return Ok(words[1].to_owned());
-            }
-        }
-    }
-    bail!("no apt source for Debian {SUITE} on this machine to debootstrap from")
 }
 
 /// Installs the package in the root, with an agent's policy and unit (the

@@ -97,6 +97,8 @@ fn policy(agents: Vec<(&str, Vec<CredentialPolicy>)>) -> PolicySet {
                 dns: crate::policy::DnsMode::Policy,
                 unix_sockets: Vec::new(),
                 listen: Vec::new(),
+                netns: None,
+                upstream_netns: crate::policy::UpstreamNetns::Agent,
                 credentials,
                 tools: Vec::new(),
                 passthrough: Vec::new(),

@@ -546,8 +546,8 @@ cgroup = "agentguard/bot"
 [[tool]]
 name = "gh.merge"
 host = "mcp.github.example"
-methods = ["POST"]
 paths = ["/mcp"]
+methods = ["POST", "GET", "DELETE"]
 protocol = "mcp"
 mcp_tools = ["merge_pull_request", "list_*"]
 approval = { timeout = "2m", when = 'mcp.tool == "merge_pull_request" && mcp.arguments.base == "main"' }
@@ -590,6 +590,15 @@ fn approval_conditions_pick_the_calls_that_wait() {
         panic!("initialize refused")
     };
     assert!(a.approval.is_none());
+    // Nor its event stream (GET) or its end (DELETE), decided on the head.
+    for method in [Method::GET, Method::DELETE] {
+        let mut r = Req::post("mcp.github.example", "/mcp");
+        r.method = method;
+        let Decision::Allow(a) = agent.decider(r.input()).decide() else {
+            panic!("{} refused", r.method)
+        };
+        assert!(a.approval.is_none(), "{}", r.method);
+    }
 
     // Without a condition, every request the tool allows waits.
     let pay = Req::post("pay.example", "/charges");

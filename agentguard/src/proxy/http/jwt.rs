@@ -21,10 +21,11 @@ use crate::{
     token::{MintRequest, RequestBinding},
 };
 
-/// The minted token (a secret: redacted if echoed) and its `jti`.
+/// The minted token's signature (what is redacted if echoed, see
+/// [`redacted_part`]) and its `jti`.
 pub(super) struct Bound {
     pub body: Bytes,
-    pub token: Secret,
+    pub redact: Secret,
     pub jti: String,
     pub on_behalf_of: Option<String>,
 }
@@ -131,12 +132,81 @@ pub(super) async fn bind(
             kernel: Some((&meta.identity.cgroup, meta.identity.uid)),
         })
         .map_err(Refusal::TokenMint)?;
+    let redact = redacted_part(&minted.token);
     let token = Secret::new(minted.token);
     inject(spec.inject, &token, parts).map_err(|e| Refusal::TokenInjection(Box::new(e)))?;
     Ok(Bound {
         body,
-        token,
+        redact,
         jti: minted.claims.jti,
         on_behalf_of,
     })
+}
+
+/// What of a minted token the response is searched for: its signature
+/// (the JWS's third part), in every form the redactor knows.
+///
+/// Redaction keeps an upstream that echoes the request from handing the
+/// agent a credential it was never to hold. What makes a minted token one
+/// is its signature alone: the header and claims say who asked for which
+/// request (the agent, its own call's method, URL and body hash, the
+/// audience and scope of its policy), nothing the agent does not know
+/// already, and without the signature no verifier accepts them. Every
+/// form of the whole token holds the same form of its signature (base64
+/// and percent-encoding go byte by byte, hex too, and the redactor looks
+/// for base64 at each of the three alignments), so searching for the
+/// signature finds every echo the whole token's forms would, and cutting
+/// it leaves nothing usable. What it saves: the token is new on every
+/// request, so its forms are built on every request, and those of an
+/// 86-character signature are a tenth of those of a ~700-character token
+/// (tens of kilobytes of base64, hex and percent forms to build and
+/// search for, each response).
+fn redacted_part(token: &str) -> Secret {
+    match token.rsplit_once('.') {
+        Some((_, signature)) if !signature.is_empty() => Secret::new(signature.to_owned()),
+        // Not a JWS (it always is): the whole of it.
+        _ => Secret::new(token.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+
+    use super::*;
+    use crate::credentials::Redactor;
+
+    /// An echo of the whole token, raw or in any of the forms the
+    /// redactor knows, loses its signature; the token is useless without.
+    #[test]
+    fn an_echoed_token_loses_its_signature_in_every_form() {
+        let token = "eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJhZ2VudCIsImp0aSI6IngifQ.\
+                     MEUCIQDx3vY9ZrQ7m1k2b8Z1u0hT4cW6pJ9sLqA5eR2tN8yVwAIgB7dK3fH6jG9lM2nP5qS8uX1zA4cD7gJ0kN3pR6tV9w";
+        let part = redacted_part(token);
+        assert!(part.expose().starts_with("MEUCIQ") && !part.expose().contains('.'));
+        let r = Redactor::new(&[], std::slice::from_ref(&part)).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let echoes = [
+            format!("raw {token} end"),
+            format!(r#"{{"authorization":"Bearer {token}"}}"#),
+            format!(
+                "dump {}",
+                b64.encode(format!("Authorization: Bearer {token}"))
+            ),
+            format!("dump {}", b64.encode(format!("x{token}"))),
+            format!("dump {}", b64.encode(format!("xy{token}"))),
+            format!("hex {}", hex::encode(token)),
+            token.bytes().map(|b| format!("%{b:02X}")).collect(),
+        ];
+        for echo in echoes {
+            let (out, n) = r
+                .redact(echo.as_bytes())
+                .unwrap_or_else(|| panic!("not found in {echo}"));
+            assert!(n >= 1, "{echo}");
+            let out = String::from_utf8(out).unwrap();
+            assert!(!out.contains(part.expose()), "{out}");
+            assert!(out.contains("[redacted]"), "{out}");
+        }
+        assert_eq!(redacted_part("opaque").expose(), "opaque");
+    }
 }

@@ -22,6 +22,7 @@ fn meta(sni: Option<&str>, port: u16) -> ConnMeta {
         peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
         dst: SocketAddr::from(([127, 0, 0, 3], port)),
         sni: sni.map(str::to_owned),
+        dial: crate::netns::Dial::Host,
     }
 }
 

@@ -88,6 +88,7 @@ fn meta(agent: &str, sni: Option<&str>, dst: &str) -> ConnMeta {
         peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
         dst: dst.parse().unwrap(),
         sni: sni.map(str::to_owned),
+        dial: crate::netns::Dial::Host,
     }
 }
 
