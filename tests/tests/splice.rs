@@ -1,11 +1,12 @@
-//! Passthrough spliced in the kernel (issue 19): once a connection is
-//! decided passthrough, the kernel moves its bytes between the agent's
-//! socket and the upstream's. What must still hold: TLS end to end (the
-//! agent sees the upstream's own certificate), every byte both ways in
-//! order, half-closes passed on, revocation and a daemon stop cutting the
-//! connection, and the audit event saying which path it took. With
-//! `AGENTGUARD_PASSTHROUGH_RELAY=userspace` the proxy relays as before,
-//! and says so.
+//! Passthrough spliced in the kernel (issue 19), an opt-in
+//! (`AGENTGUARD_PASSTHROUGH_RELAY=kernel`, i.e. `--passthrough-relay
+//! kernel`): once a connection is decided passthrough, the kernel moves its
+//! bytes between the agent's socket and the upstream's. What must still
+//! hold: TLS end to end (the agent sees the upstream's own certificate),
+//! every byte both ways in order, half-closes passed on, revocation and a
+//! daemon stop cutting the connection, and the audit event saying which
+//! path it took. Without the opt-in the proxy relays in user space (the
+//! default, which measured faster), and says so.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -128,8 +129,12 @@ except OSError as e:
     print(type(e).__name__, flush=True)
 "#;
 
+/// The opt-in to the kernel splice, as an operator would set it.
+const KERNEL: Option<(&str, &str)> = Some(("AGENTGUARD_PASSTHROUGH_RELAY", "kernel"));
+
 /// A daemon guarding `AGENT` with `PASS` as a passthrough host, its
-/// resolver forwarding to a stand-in that says `PASS` is `PASS_IP`.
+/// resolver forwarding to a stand-in that says `PASS` is `PASS_IP`; `env`
+/// set for `agentguard run` (`None`: the default relay).
 fn daemon(dns: &DnsUpstream, env: Option<(&str, &str)>) -> Daemon {
     let dns_addr = dns.addr.to_string();
     let mut b = Daemon::builder(&[AGENT])
@@ -229,7 +234,7 @@ fn large_transfer(env: Option<(&str, &str)>) -> Daemon {
 #[test]
 fn spliced_passthrough_keeps_the_upstreams_tls() {
     let dns = dns();
-    let daemon = daemon(&dns, None);
+    let daemon = daemon(&dns, KERNEL);
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("agentguard test upstream CA", dir.path());
     let upstream = TlsUpstream::start(PASS_IP, PASS, &ca);
@@ -272,15 +277,15 @@ fn spliced_passthrough_keeps_the_upstreams_tls() {
 
 #[test]
 fn spliced_passthrough_carries_large_transfers_and_half_closes() {
-    let daemon = large_transfer(None);
+    let daemon = large_transfer(KERNEL);
     let events = passthrough_events(&daemon, 1);
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["relay"], "kernel", "{events:?}");
 }
 
 #[test]
-fn the_user_space_relay_is_taken_when_splicing_is_off() {
-    let daemon = large_transfer(Some(("AGENTGUARD_PASSTHROUGH_RELAY", "userspace")));
+fn the_user_space_relay_is_the_default() {
+    let daemon = large_transfer(None);
     let events = passthrough_events(&daemon, 1);
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["relay"], "userspace", "{events:?}");
@@ -319,7 +324,7 @@ fn ended(waiter: &mut Child, lines: &mpsc::Receiver<String>) -> String {
 #[test]
 fn revoking_the_agent_cuts_a_spliced_connection() {
     let dns = dns();
-    let daemon = daemon(&dns, None);
+    let daemon = daemon(&dns, KERNEL);
     let ((mut waiter, waiter_lines), (mut server, server_lines)) = open_connection(&daemon);
     let events = passthrough_events(&daemon, 1);
     assert_eq!(events[0]["relay"], "kernel", "{events:?}");
@@ -335,7 +340,7 @@ fn revoking_the_agent_cuts_a_spliced_connection() {
 #[test]
 fn stopping_the_daemon_cuts_a_spliced_connection() {
     let dns = dns();
-    let mut daemon = daemon(&dns, None);
+    let mut daemon = daemon(&dns, KERNEL);
     let ((mut waiter, waiter_lines), (mut server, server_lines)) = open_connection(&daemon);
     let events = passthrough_events(&daemon, 1);
     assert_eq!(events[0]["relay"], "kernel", "{events:?}");
@@ -344,4 +349,36 @@ fn stopping_the_daemon_cuts_a_spliced_connection() {
     assert!(how == "eof" || how == "ConnectionResetError", "{how}");
     assert_eq!(next_line(&server_lines, "upstream's end"), "0");
     let _ = server.wait();
+}
+
+#[test]
+fn an_unreachable_passthrough_upstream_is_recorded_as_such() {
+    let dns = dns();
+    let daemon = daemon(&dns, None);
+    // A port nobody listens on: bound, then closed again (refused, not
+    // timed out, on loopback).
+    let port = std::net::TcpListener::bind((PASS_IP, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let mut waiter = agent(&daemon, WAITER, &[PASS, &port])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waiter_lines = lines(waiter.stdout.take().unwrap());
+    assert_eq!(next_line(&waiter_lines, "hello sent"), "sent");
+    let how = ended(&mut waiter, &waiter_lines);
+    assert!(how == "eof" || how == "ConnectionResetError", "{how}");
+    let events = passthrough_events(&daemon, 1);
+    assert_eq!(events.len(), 1, "{events:?}");
+    let reason = events[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("upstream not reached: upstream connect failed"),
+        "{events:?}"
+    );
+    // No bytes went either way, so no relay is named.
+    assert!(events[0]["relay"].is_null(), "{events:?}");
 }

@@ -57,7 +57,7 @@ pub struct Options {
     #[arg(long, default_value_t = 1000)]
     idle_connections: u32,
     /// Only these paths (comma-separated ids: direct, passthrough,
-    /// passthrough_relay, full, jwt, exchange, sigv4, mitmproxy, nginx); direct is always added, since everything is
+    /// passthrough_kernel, full, jwt, exchange, sigv4, mitmproxy, nginx); direct is always added, since everything is
     /// compared with it. A partial run writes no docs/benchmarks.md.
     #[arg(long)]
     paths: Option<String>,
@@ -274,12 +274,12 @@ fn measure_all(
     let up = upstream::Upstream::start(&bin.join("agentguard-bench"), work)?;
     let daemon =
         agentguard::Daemon::start(&bin.join("agentguard"), &work.join("agentguard"), &up, "")?;
-    let relay_daemon = agentguard::Daemon::start_with(
+    let kernel_daemon = agentguard::Daemon::start_with(
         &bin.join("agentguard"),
-        &work.join("agentguard-relay"),
+        &work.join("agentguard-kernel"),
         &up,
-        "-relay",
-        agentguard::USERSPACE_RELAY,
+        "-kernel",
+        agentguard::KERNEL_SPLICE,
     )?;
     let nginx = proxies::Nginx::start(&work.join("nginx"), &up)?;
     let mitmproxy =
@@ -293,12 +293,12 @@ fn measure_all(
         names,
         upstream: up,
         daemon,
-        relay_daemon,
+        kernel_daemon,
         nginx,
         mitmproxy,
     };
     env.daemon.resolve_passthrough(&env.names)?;
-    env.relay_daemon.resolve_passthrough(&env.names)?;
+    env.kernel_daemon.resolve_passthrough(&env.names)?;
     let facts = machine::tool_versions(&env);
 
     let smoke = Size {

@@ -1,11 +1,12 @@
 //! The kernel flags of `agentguard run`: what the daemon may start
-//! without, and how the kernel's shared maps are split between agents.
+//! without, how the kernel's shared maps are split between agents, and
+//! whether the kernel splices passthrough connections.
 
 use clap::Args;
 
 use crate::{
     config::{ConfigError, parse_size},
-    ebpf::{DEFAULT_RECORDS_PER_AGENT, KernelOptions, ProcessGuard},
+    ebpf::{DEFAULT_RECORDS_PER_AGENT, KernelOptions, PassthroughRelay, ProcessGuard},
 };
 
 #[derive(Debug, Args)]
@@ -28,6 +29,13 @@ pub struct KernelRunArgs {
     /// losses, so its flood cannot hide another agent's refusals.
     #[arg(long, default_value = "64K", value_name = "SIZE")]
     kernel_agent_event_bytes: String,
+    /// How passthrough connections are relayed: `userspace` copies through
+    /// the proxy; `kernel` splices the two sockets in the kernel (sockhash
+    /// and stream verdict program), falling back to `userspace` where the
+    /// kernel refuses. `userspace` is the default because it measured
+    /// faster (README, Passthrough).
+    #[arg(long, value_enum, default_value_t = PassthroughRelay::Userspace)]
+    passthrough_relay: PassthroughRelay,
 }
 
 impl KernelRunArgs {
@@ -49,6 +57,7 @@ impl KernelRunArgs {
             },
             records_per_agent: self.kernel_agent_records,
             event_bytes_per_agent: bytes as u32,
+            passthrough_relay: self.passthrough_relay,
         })
     }
 }

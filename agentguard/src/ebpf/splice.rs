@@ -23,11 +23,18 @@ use aya::{
 use nix::libc;
 use thiserror::Error;
 
-/// Set to `userspace` to relay every passthrough connection through the
-/// proxy's own buffers, as before the splice existed (for comparison in
-/// the bench, and for kernels whose sockmap misbehaves). `kernel` or unset:
-/// splice where the kernel allows.
-pub const PASSTHROUGH_RELAY_ENV: &str = "AGENTGUARD_PASSTHROUGH_RELAY";
+/// Which relay passthrough connections take (`--passthrough-relay`, the
+/// config key `passthrough_relay`, `AGENTGUARD_PASSTHROUGH_RELAY`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PassthroughRelay {
+    /// Copy through the proxy's own buffers. The default: on the 6.18
+    /// kernel measured (docs/benchmarks.md) the splice was slower, since
+    /// every redirected segment waits for the psock's backlog worker.
+    #[default]
+    Userspace,
+    /// Splice in the kernel where it allows (user space where it refuses).
+    Kernel,
+}
 
 const PROGRAM: &str = "agentguard_splice";
 const SOCKETS_MAP: &str = "SPLICE";
@@ -38,9 +45,7 @@ const SO_COOKIE: libc::c_int = 57;
 
 #[derive(Debug, Error)]
 pub enum SpliceError {
-    #[error("{PASSTHROUGH_RELAY_ENV}={0:?} is neither \"kernel\" nor \"userspace\"")]
-    BadEnv(String),
-    #[error("relaying in user space ({PASSTHROUGH_RELAY_ENV}=userspace)")]
+    #[error("relaying in user space (--passthrough-relay userspace, the default)")]
     Off,
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
@@ -69,22 +74,15 @@ pub struct Splicer {
     sent: Mutex<HashMap<MapData, u64, u64>>,
 }
 
-/// Whether [`PASSTHROUGH_RELAY_ENV`] lets the kernel splice.
-fn wanted() -> Result<(), SpliceError> {
-    match std::env::var(PASSTHROUGH_RELAY_ENV) {
-        Err(_) => Ok(()),
-        Ok(v) if v == "kernel" => Ok(()),
-        Ok(v) if v == "userspace" => Err(SpliceError::Off),
-        Ok(v) => Err(SpliceError::BadEnv(v)),
-    }
-}
-
 impl Splicer {
-    /// Takes the maps out of `ebpf`, loads the verdict program and
-    /// attaches it to the sockhash. Any failure leaves passthrough to the
-    /// user-space relay; the caller says so.
-    pub(super) fn attach(ebpf: &mut Ebpf) -> Result<Self, SpliceError> {
-        wanted()?;
+    /// With `relay` [`PassthroughRelay::Kernel`]: takes the maps out of
+    /// `ebpf`, loads the verdict program and attaches it to the sockhash.
+    /// Any failure leaves passthrough to the user-space relay; the caller
+    /// says so.
+    pub(super) fn attach(ebpf: &mut Ebpf, relay: PassthroughRelay) -> Result<Self, SpliceError> {
+        if relay == PassthroughRelay::Userspace {
+            return Err(SpliceError::Off);
+        }
         let sockets: SockHash<MapData, u64> = ebpf
             .take_map(SOCKETS_MAP)
             .ok_or(SpliceError::MissingMap(SOCKETS_MAP))?

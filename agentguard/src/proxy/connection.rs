@@ -104,15 +104,20 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, origin: &Origin, ctx: A
         let agent = identity.agent.clone();
         let revocations = ctx.revocations.clone();
         if let ConnPlan::Passthrough { .. } = plan {
-            // Dialled (and spliced, where the kernel allows) before the
-            // record, so that it says which way the bytes go; the bytes
+            // Dialled (and spliced, where opted in and the kernel allows)
+            // before the record, so that it says which way the bytes go,
+            // or that the upstream was not reached: a passthrough
+            // connection has no request events to say so later. The bytes
             // waiting on the agent's socket move only once it is written.
             let prepared = relay::prepare(stream, dst, &dial, ctx.splice.as_ref()).await;
             let mut outcome = ConnOutcome::new(peer, Some(&identity), Some(dst), &plan);
-            outcome.relay = prepared.as_ref().map(relay::Relay::path);
+            match &prepared {
+                Ok(relay) => outcome.relay = Some(relay.path()),
+                Err(e) => outcome.failure = Some(e),
+            }
             outcome.record(&ctx, &state.policy.version).await;
             drop(state);
-            if let Some(prepared) = prepared
+            if let Ok(prepared) = prepared
                 && revocations
                     .until_revoked(&agent, prepared.run())
                     .await
@@ -256,6 +261,9 @@ struct ConnOutcome<'a> {
     /// For a passthrough connection whose upstream was reached: which way
     /// its bytes go.
     relay: Option<relay::Path>,
+    /// For a passthrough connection whose upstream was not reached: why
+    /// (added to the reason; the decision stays the policy's).
+    failure: Option<&'a relay::RelayError>,
 }
 
 impl<'a> ConnOutcome<'a> {
@@ -271,6 +279,7 @@ impl<'a> ConnOutcome<'a> {
             dst,
             plan,
             relay: None,
+            failure: None,
         }
     }
 
@@ -307,7 +316,11 @@ impl<'a> ConnOutcome<'a> {
     /// Logs the decision, writes its audit event and its connection-log
     /// entry.
     async fn record(self, ctx: &ProxyContext, policy_version: &str) {
-        let reason = self.plan.reason();
+        let mut reason = self.plan.reason();
+        if let Some(e) = self.failure {
+            warn!(error = %e, "passthrough connection closed: upstream not reached");
+            reason = format!("{reason}; upstream not reached: {e}");
+        }
         let decision = self.plan.decision();
         match decision {
             connlog::Decision::Refuse => warn!(

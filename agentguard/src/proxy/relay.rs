@@ -7,7 +7,9 @@
 //! user-space buffer as before. Which of the two a connection took is
 //! [`Relay::path`], recorded in its audit event.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+
+use thiserror::Error;
 
 use tokio::{
     io::copy_bidirectional,
@@ -20,6 +22,18 @@ use super::limits::fds;
 use crate::{config::UPSTREAM_CONNECT_TIMEOUT_SECS, ebpf::Splicer, netns::Dial};
 
 mod kernel;
+
+/// Why a passthrough connection's upstream was not reached; said in the
+/// connection's audit event.
+#[derive(Debug, Error)]
+pub enum RelayError {
+    #[error("no socket left in the proxy's descriptor budget")]
+    NoSocket,
+    #[error("upstream connect failed: {0}")]
+    Connect(#[source] io::Error),
+    #[error("upstream connect timed out after {UPSTREAM_CONNECT_TIMEOUT_SECS} s")]
+    Timeout,
+}
 
 /// Which way a passthrough connection's bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +64,8 @@ pub struct Relay {
 
 /// Dials `dst` (from the namespace `dial` names) and, if `splicer` is
 /// given, splices the agent's socket to it.
-/// `None` when the upstream cannot be reached (said in the log): the agent's
-/// connection is then closed. The daemon's own sockets are outside every
+/// An error when the upstream cannot be reached: the agent's connection is
+/// then closed. The daemon's own sockets are outside every
 /// guarded cgroup (and the kernel skips its tgid), so this connect goes out
 /// directly.
 pub async fn prepare(
@@ -59,28 +73,17 @@ pub async fn prepare(
     dst: SocketAddr,
     dial: &Dial,
     splicer: Option<&Arc<Splicer>>,
-) -> Option<Relay> {
+) -> Result<Relay, RelayError> {
     // The upstream socket counts against the proxy's descriptor budget too.
-    let Some(socket) = fds::take() else {
-        warn!("no socket left in the proxy's descriptor budget; passthrough connection closed");
-        return None;
-    };
+    let socket = fds::take().ok_or(RelayError::NoSocket)?;
     let connect = timeout(
         Duration::from_secs(UPSTREAM_CONNECT_TIMEOUT_SECS),
         dial.connect(dst),
     )
     .await;
-    let upstream = match connect {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            warn!(error = %e, "upstream connect failed");
-            return None;
-        }
-        Err(_) => {
-            warn!("upstream connect timed out");
-            return None;
-        }
-    };
+    let upstream = connect
+        .map_err(|_| RelayError::Timeout)?
+        .map_err(RelayError::Connect)?;
     let _ = inbound.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     let spliced = splicer.and_then(|s| match kernel::splice(s, &inbound, &upstream) {
@@ -90,7 +93,7 @@ pub async fn prepare(
             None
         }
     });
-    Some(Relay {
+    Ok(Relay {
         inbound,
         upstream,
         spliced,

@@ -40,13 +40,13 @@ impl Fresh {
                 d.resolve_passthrough(&env.names)?;
                 Fresh::Agentguard(d)
             }
-            PathKind::PassthroughRelay => {
+            PathKind::PassthroughKernel => {
                 let d = Daemon::start_with(
                     &env.agentguard,
                     &dir,
                     &env.upstream,
                     &format!("-fresh{n}"),
-                    super::agentguard::USERSPACE_RELAY,
+                    super::agentguard::KERNEL_SPLICE,
                 )?;
                 d.resolve_passthrough(&env.names)?;
                 Fresh::Agentguard(d)
@@ -66,7 +66,7 @@ impl Fresh {
         let mut r = env.route(path);
         match self {
             Fresh::Agentguard(d)
-                if !matches!(path, PathKind::Passthrough | PathKind::PassthroughRelay) =>
+                if !matches!(path, PathKind::Passthrough | PathKind::PassthroughKernel) =>
             {
                 r.ca = d.ca()
             }

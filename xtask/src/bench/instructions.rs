@@ -66,7 +66,13 @@ pub fn run(env: &Env, paths: &[PathKind], scenarios: &[&str], requests: u32) -> 
         out,
     };
     let mut counts = Counts::new();
-    for &path in paths.iter().filter(|p| p.is_agentguard()) {
+    // Not the kernel splice: this daemon relays passthrough in user space
+    // (the default), so its count would be the relay's under another
+    // label; and spliced bytes never reach user space to be counted.
+    for &path in paths
+        .iter()
+        .filter(|p| p.is_agentguard() && **p != PathKind::PassthroughKernel)
+    {
         for s in SCENARIOS.iter().filter(|s| scenarios.contains(&s.id)) {
             if scenario::not_applicable(path, s).is_some()
                 || !matches!(s.kind, Kind::Oha(_) | Kind::H2 { .. })

@@ -20,9 +20,10 @@ use super::{
 pub enum PathKind {
     Direct,
     Passthrough,
-    /// The passthrough path on a daemon told to relay in user space
-    /// (`AGENTGUARD_PASSTHROUGH_RELAY=userspace`), beside the kernel splice.
-    PassthroughRelay,
+    /// The passthrough path on a second daemon opted in to the kernel
+    /// splice (`AGENTGUARD_PASSTHROUGH_RELAY=kernel`), beside the default
+    /// user-space relay of [`PathKind::Passthrough`].
+    PassthroughKernel,
     Full,
     Jwt,
     Exchange,
@@ -41,7 +42,7 @@ impl PathKind {
     pub const ALL: [PathKind; 9] = [
         PathKind::Direct,
         PathKind::Passthrough,
-        PathKind::PassthroughRelay,
+        PathKind::PassthroughKernel,
         PathKind::Full,
         PathKind::Jwt,
         PathKind::Exchange,
@@ -55,7 +56,7 @@ impl PathKind {
         matches!(
             self,
             PathKind::Passthrough
-                | PathKind::PassthroughRelay
+                | PathKind::PassthroughKernel
                 | PathKind::Full
                 | PathKind::Jwt
                 | PathKind::Exchange
@@ -67,7 +68,7 @@ impl PathKind {
         match self {
             PathKind::Direct => "direct",
             PathKind::Passthrough => "passthrough",
-            PathKind::PassthroughRelay => "passthrough_relay",
+            PathKind::PassthroughKernel => "passthrough_kernel",
             PathKind::Full => "full",
             PathKind::Jwt => "jwt",
             PathKind::Exchange => "exchange",
@@ -80,8 +81,8 @@ impl PathKind {
     pub fn label(self) -> &'static str {
         match self {
             PathKind::Direct => "direct",
-            PathKind::Passthrough => "agentguard passthrough",
-            PathKind::PassthroughRelay => "agentguard passthrough, user-space relay",
+            PathKind::Passthrough => "agentguard passthrough, user-space relay (default)",
+            PathKind::PassthroughKernel => "agentguard passthrough, kernel splice (opt-in)",
             PathKind::Full => "agentguard full path",
             PathKind::Jwt => "agentguard full path, JWT tool",
             PathKind::Exchange => "agentguard full path, exchanged token",
@@ -95,14 +96,14 @@ impl PathKind {
         match self {
             PathKind::Direct => "the client connects to the upstream itself",
             PathKind::Passthrough => {
-                "agent cgroup; kernel redirect to agentguard, which splices the agent's socket to \
-                 the upstream's in the kernel (sockhash + stream verdict): the TLS bytes never \
-                 reach user space"
+                "agent cgroup; kernel redirect to agentguard, which relays the TLS bytes untouched \
+                 through its own buffers (the default relay)"
             }
-            PathKind::PassthroughRelay => {
-                "as passthrough, on a second daemon with the splice off \
-                 (`AGENTGUARD_PASSTHROUGH_RELAY=userspace`): agentguard copies the TLS bytes \
-                 through its own buffers"
+            PathKind::PassthroughKernel => {
+                "as passthrough, on a second daemon opted in to the kernel splice \
+                 (`AGENTGUARD_PASSTHROUGH_RELAY=kernel`): the agent's socket and the upstream's \
+                 in a sockhash with a stream verdict program, so the TLS bytes never reach user \
+                 space"
             }
             PathKind::Full => {
                 "agent cgroup; kernel redirect, TLS terminated with an agentguard leaf, policy \
@@ -152,8 +153,8 @@ pub struct Env {
     pub names: Resolution,
     pub upstream: Upstream,
     pub daemon: Daemon,
-    /// The daemon of [`PathKind::PassthroughRelay`].
-    pub relay_daemon: Daemon,
+    /// The daemon of [`PathKind::PassthroughKernel`].
+    pub kernel_daemon: Daemon,
     pub nginx: Nginx,
     pub mitmproxy: Mitmproxy,
 }
@@ -193,7 +194,7 @@ impl Env {
         };
         match path {
             PathKind::Direct => via_upstream(HOST, &self.upstream.ca),
-            PathKind::Passthrough | PathKind::PassthroughRelay => {
+            PathKind::Passthrough | PathKind::PassthroughKernel => {
                 via_upstream(PASS_HOST, &self.upstream.ca)
             }
             PathKind::Full => via_upstream(HOST, &self.daemon.ca()),
@@ -219,7 +220,7 @@ impl Env {
     /// the path is agentguard's, with the bench's private name resolution.
     pub fn client(&self, path: PathKind, cmd: Command) -> Command {
         let cmd = match path {
-            PathKind::PassthroughRelay => self.relay_daemon.exec(cmd),
+            PathKind::PassthroughKernel => self.kernel_daemon.exec(cmd),
             p if p.is_agentguard() => self.daemon.exec(cmd),
             _ => cmd,
         };
@@ -235,7 +236,7 @@ impl Env {
             | PathKind::Jwt
             | PathKind::Exchange
             | PathKind::Sigv4 => vec![self.daemon.pid()],
-            PathKind::PassthroughRelay => vec![self.relay_daemon.pid()],
+            PathKind::PassthroughKernel => vec![self.kernel_daemon.pid()],
             PathKind::Mitmproxy => vec![self.mitmproxy.pid()],
             PathKind::Nginx => self.nginx.pids(),
         }

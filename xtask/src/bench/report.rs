@@ -325,8 +325,8 @@ fn section_ratios(w: &mut String, r: &Results) {
             ratio,
         ),
         (
-            "passthrough user-space relay CPU/request ÷ kernel splice CPU/request (keep-alive)",
-            PathKind::PassthroughRelay,
+            "passthrough kernel splice CPU/request ÷ user-space relay CPU/request (keep-alive)",
+            PathKind::PassthroughKernel,
             PathKind::Passthrough,
             "ka_sat_1k",
             "cpu_s_per_1k",
