@@ -61,3 +61,35 @@ impl KernelRunArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kernel: KernelRunArgs,
+    }
+
+    fn relay(argv: &[&str]) -> Result<PassthroughRelay, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("agentguard").chain(argv.iter().copied()))?;
+        Ok(cli.kernel.options().unwrap().passthrough_relay)
+    }
+
+    #[test]
+    fn passthrough_is_relayed_in_user_space_unless_the_splice_is_asked_for() {
+        assert_eq!(relay(&[]).unwrap(), PassthroughRelay::Userspace);
+        assert_eq!(
+            relay(&["--passthrough-relay", "kernel"]).unwrap(),
+            PassthroughRelay::Kernel
+        );
+        assert_eq!(
+            relay(&["--passthrough-relay", "userspace"]).unwrap(),
+            PassthroughRelay::Userspace
+        );
+        assert!(relay(&["--passthrough-relay", "splice"]).is_err());
+    }
+}
