@@ -34,6 +34,7 @@ mod root_required;
 mod sdk_placeholders;
 mod service;
 mod shares;
+mod splice;
 mod systemd_units;
 mod tokens;
 mod tool_server_example;

@@ -25,6 +25,7 @@ mod shares;
 mod sock_create;
 mod sockops;
 mod sockopt;
+mod splice;
 mod transparency;
 mod unix;
 

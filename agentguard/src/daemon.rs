@@ -215,6 +215,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     let daemon_tgid = std::process::id();
     kernel.set_report_redirects(cfg.report_kernel_redirects);
     let kernel_events = kernel.take_events();
+    let splice = kernel.take_splice();
     let resolvers = Arc::new(start_resolvers(&cfg, audit.sink.clone()));
     let reloader = Arc::new(Reloader {
         policies_dir: cfg.policies_dir.clone(),
@@ -274,6 +275,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     let requests = Arc::new(RequestLog::default());
     let ctx = Arc::new(ProxyContext {
         peers,
+        splice,
         live: live.clone(),
         audit: audit.sink.clone(),
         metrics: audit.metrics.clone(),

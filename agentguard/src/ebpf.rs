@@ -26,6 +26,7 @@ mod maps;
 mod pins;
 mod processes;
 mod sockopt_link;
+mod splice;
 
 pub use hooks::UNSUPPORTED_HOOKS_ENV;
 use hooks::{HOOKS, PROCESS_HOOK, UNIX_HOOKS};
@@ -33,6 +34,7 @@ use maps::Maps;
 pub use maps::{AgentKernelUsage, PeerRecords, Shares};
 pub use pins::detach_all;
 use pins::{MAPS, PinDir, SCRATCH_SUFFIX};
+pub use splice::{PassthroughRelay, SpliceError, Spliced, Splicer, kick};
 
 /// The running kernel's BTF.
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -74,6 +76,8 @@ pub struct KernelOptions {
     /// Most bytes of the kernel event ring one agent's unread events may
     /// take; past it its events are dropped and counted as its losses.
     pub event_bytes_per_agent: u32,
+    /// Whether passthrough connections are spliced in the kernel.
+    pub passthrough_relay: PassthroughRelay,
 }
 
 /// Defaults: 16 agents fit whole in the shared table (65,536 records)
@@ -87,6 +91,7 @@ impl Default for KernelOptions {
             processes: ProcessGuard::Required,
             records_per_agent: DEFAULT_RECORDS_PER_AGENT,
             event_bytes_per_agent: DEFAULT_EVENT_BYTES_PER_AGENT,
+            passthrough_relay: PassthroughRelay::default(),
         }
     }
 }
@@ -95,8 +100,11 @@ impl std::fmt::Display for KernelOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "process_guard={:?} kernel_agent_records={} kernel_agent_event_bytes={}",
-            self.processes, self.records_per_agent, self.event_bytes_per_agent
+            "process_guard={:?} kernel_agent_records={} kernel_agent_event_bytes={} passthrough_relay={:?}",
+            self.processes,
+            self.records_per_agent,
+            self.event_bytes_per_agent,
+            self.passthrough_relay
         )
     }
 }
@@ -282,6 +290,25 @@ impl Kernel {
         } else {
             0
         };
+    }
+
+    /// The sockhash that splices passthrough connections in the kernel,
+    /// with its verdict program attached; `None` (said in the log) where
+    /// the kernel refuses it or it is not asked for
+    /// ([`KernelOptions::passthrough_relay`]): passthrough is then relayed
+    /// in user space. Call once.
+    pub fn take_splice(&mut self) -> Option<std::sync::Arc<Splicer>> {
+        match Splicer::attach(&mut self.ebpf, self.options.passthrough_relay) {
+            Ok(splicer) => Some(std::sync::Arc::new(splicer)),
+            Err(e @ SpliceError::Off) => {
+                tracing::info!("passthrough: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "passthrough connections are relayed in user space: the kernel splice is unavailable");
+                None
+            }
+        }
     }
 
     /// The event ring buffer, for the one task that reads it.

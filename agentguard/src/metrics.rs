@@ -77,6 +77,11 @@ struct ConnectionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RelayLabels {
+    relay: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MapLabels {
     map: String,
 }
@@ -103,6 +108,7 @@ pub struct Snapshot {
 pub struct Metrics {
     registry: Registry,
     connections: Family<ConnectionLabels, Counter>,
+    passthrough_relays: Family<RelayLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     kernel_refusals: Family<ConnectionLabels, Counter>,
     upstream_latency: Histogram,
@@ -141,6 +147,12 @@ impl Metrics {
             "connections",
             "Connections the proxy decided on, by decision (intercept, passthrough, refuse)",
             connections.clone(),
+        );
+        let passthrough_relays = Family::<RelayLabels, Counter>::default();
+        registry.register(
+            "passthrough_relays",
+            "Passthrough connections relayed, by path: kernel (sockets spliced) or userspace (copied by the proxy)",
+            passthrough_relays.clone(),
         );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -246,6 +258,7 @@ impl Metrics {
             kernel_events_lost,
             registry,
             connections,
+            passthrough_relays,
             requests,
             kernel_refusals,
             upstream_latency,
@@ -274,6 +287,13 @@ impl Metrics {
                 self.connections
                     .get_or_create(&ConnectionLabels { decision })
                     .inc();
+                if let Some(relay) = &e.relay {
+                    self.passthrough_relays
+                        .get_or_create(&RelayLabels {
+                            relay: relay.clone(),
+                        })
+                        .inc();
+                }
             }
             Kind::Request => {
                 let agent = e.agent.clone().unwrap_or_default();
@@ -355,6 +375,9 @@ mod tests {
         m.observe(&e);
         m.observe(&e);
         m.observe(&Event::new(Kind::Connection).with_decision(Decision::Intercept, "x"));
+        let mut spliced = Event::new(Kind::Connection).with_decision(Decision::Passthrough, "x");
+        spliced.relay = Some("kernel".into());
+        m.observe(&spliced);
         m.observe_upstream_latency(Duration::from_millis(3));
         let text = m.render(&Snapshot {
             leaf_hits: 5,
@@ -366,6 +389,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"agentguard_connections_total{decision="intercept"} 1"#));
+        assert!(
+            text.contains(r#"agentguard_passthrough_relays_total{relay="kernel"} 1"#),
+            "{text}"
+        );
         assert!(text.contains("agentguard_leaf_cache_hits_total 5"));
         assert!(text.contains("agentguard_upstream_latency_seconds_count 1"));
         assert!(text.ends_with("# EOF\n"));

@@ -38,6 +38,9 @@ use crate::{
 /// What every connection task needs, shared.
 pub struct ProxyContext {
     pub peers: PeerRecords,
+    /// Splices passthrough connections in the kernel; `None`: relay them
+    /// in user space.
+    pub splice: Option<Arc<crate::ebpf::Splicer>>,
     /// Policy, agents and credentials in force; swapped on reload.
     pub live: Arc<Live>,
     /// The system of record: every connection and request decision.

@@ -281,6 +281,23 @@ impl Daemon {
         child.wait().unwrap();
     }
 
+    /// SIGTERM, as `systemctl stop` sends it: the daemon's own clean stop.
+    /// Waits (bounded: 30 s) until it has exited.
+    pub fn terminate(&mut self) {
+        let mut child = self.child.take().expect("daemon running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "agentguard run still running 30 s after SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts the daemon again on the same state, policies and bpffs pins.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "kill the daemon first");

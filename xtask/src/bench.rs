@@ -56,8 +56,8 @@ pub struct Options {
     /// Idle TLS connections held for the memory measurement.
     #[arg(long, default_value_t = 1000)]
     idle_connections: u32,
-    /// Only these paths (comma-separated ids: direct, passthrough, full,
-    /// jwt, exchange, sigv4, mitmproxy, nginx); direct is always added, since everything is
+    /// Only these paths (comma-separated ids: direct, passthrough,
+    /// passthrough_kernel, full, jwt, exchange, sigv4, mitmproxy, nginx); direct is always added, since everything is
     /// compared with it. A partial run writes no docs/benchmarks.md.
     #[arg(long)]
     paths: Option<String>,
@@ -274,6 +274,13 @@ fn measure_all(
     let up = upstream::Upstream::start(&bin.join("agentguard-bench"), work)?;
     let daemon =
         agentguard::Daemon::start(&bin.join("agentguard"), &work.join("agentguard"), &up, "")?;
+    let kernel_daemon = agentguard::Daemon::start_with(
+        &bin.join("agentguard"),
+        &work.join("agentguard-kernel"),
+        &up,
+        "-kernel",
+        agentguard::KERNEL_SPLICE,
+    )?;
     let nginx = proxies::Nginx::start(&work.join("nginx"), &up)?;
     let mitmproxy =
         proxies::Mitmproxy::start(&tools.mitmdump, &work.join("mitmproxy"), &up, &names)?;
@@ -286,10 +293,12 @@ fn measure_all(
         names,
         upstream: up,
         daemon,
+        kernel_daemon,
         nginx,
         mitmproxy,
     };
     env.daemon.resolve_passthrough(&env.names)?;
+    env.kernel_daemon.resolve_passthrough(&env.names)?;
     let facts = machine::tool_versions(&env);
 
     let smoke = Size {

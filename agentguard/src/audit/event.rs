@@ -234,6 +234,11 @@ pub struct Event {
     /// them, else their SHA-256. Extension.
     #[serde(default)]
     pub rpc_calls: Option<String>,
+    /// How a passthrough connection's bytes went: `kernel` (the two
+    /// sockets spliced by the kernel) or `userspace` (copied by the
+    /// proxy). Extension.
+    #[serde(default)]
+    pub relay: Option<String>,
 }
 
 impl Event {
@@ -512,6 +517,7 @@ columns!(
         rpc_method,
         mcp_target,
         rpc_calls,
+        relay,
     ],
 );
 

@@ -208,6 +208,7 @@ pub fn render(record: &Record) -> Value {
                 "request_hash": e.request_hash,
                 "rpc_method": e.rpc_method,
                 "mcp_target": e.mcp_target,
+                "relay": e.relay,
                 "rpc_calls": e.rpc_calls.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok()),
                 "seq": record.seq,
                 "hash": record.hash,

@@ -1,11 +1,12 @@
 //! The kernel flags of `agentguard run`: what the daemon may start
-//! without, and how the kernel's shared maps are split between agents.
+//! without, how the kernel's shared maps are split between agents, and
+//! whether the kernel splices passthrough connections.
 
 use clap::Args;
 
 use crate::{
     config::{ConfigError, parse_size},
-    ebpf::{DEFAULT_RECORDS_PER_AGENT, KernelOptions, ProcessGuard},
+    ebpf::{DEFAULT_RECORDS_PER_AGENT, KernelOptions, PassthroughRelay, ProcessGuard},
 };
 
 #[derive(Debug, Args)]
@@ -28,6 +29,13 @@ pub struct KernelRunArgs {
     /// losses, so its flood cannot hide another agent's refusals.
     #[arg(long, default_value = "64K", value_name = "SIZE")]
     kernel_agent_event_bytes: String,
+    /// How passthrough connections are relayed: `userspace` copies through
+    /// the proxy; `kernel` splices the two sockets in the kernel (sockhash
+    /// and stream verdict program), falling back to `userspace` where the
+    /// kernel refuses. `userspace` is the default because it measured
+    /// faster (README, Passthrough).
+    #[arg(long, value_enum, default_value_t = PassthroughRelay::Userspace)]
+    passthrough_relay: PassthroughRelay,
 }
 
 impl KernelRunArgs {
@@ -49,6 +57,39 @@ impl KernelRunArgs {
             },
             records_per_agent: self.kernel_agent_records,
             event_bytes_per_agent: bytes as u32,
+            passthrough_relay: self.passthrough_relay,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kernel: KernelRunArgs,
+    }
+
+    fn relay(argv: &[&str]) -> Result<PassthroughRelay, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("agentguard").chain(argv.iter().copied()))?;
+        Ok(cli.kernel.options().unwrap().passthrough_relay)
+    }
+
+    #[test]
+    fn passthrough_is_relayed_in_user_space_unless_the_splice_is_asked_for() {
+        assert_eq!(relay(&[]).unwrap(), PassthroughRelay::Userspace);
+        assert_eq!(
+            relay(&["--passthrough-relay", "kernel"]).unwrap(),
+            PassthroughRelay::Kernel
+        );
+        assert_eq!(
+            relay(&["--passthrough-relay", "userspace"]).unwrap(),
+            PassthroughRelay::Userspace
+        );
+        assert!(relay(&["--passthrough-relay", "splice"]).is_err());
     }
 }

@@ -99,14 +99,39 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, origin: &Origin, ctx: A
             ),
             Err(e) => ConnPlan::Refuse(ConnRefusal::Sniff(e)),
         };
-        ConnOutcome::new(peer, Some(&identity), Some(dst), &plan)
-            .record(&ctx, &state.policy.version)
-            .await;
-        drop(state);
         // Revoking the agent ends the connection (and closes its sockets)
         // wherever it is: handshake, requests, a stream, a relay.
         let agent = identity.agent.clone();
         let revocations = ctx.revocations.clone();
+        if let ConnPlan::Passthrough { .. } = plan {
+            // Dialled (and spliced, where opted in and the kernel allows)
+            // before the record, so that it says which way the bytes go,
+            // or that the upstream was not reached: a passthrough
+            // connection has no request events to say so later. The bytes
+            // waiting on the agent's socket move only once it is written.
+            let prepared = relay::prepare(stream, dst, &dial, ctx.splice.as_ref()).await;
+            let mut outcome = ConnOutcome::new(peer, Some(&identity), Some(dst), &plan);
+            match &prepared {
+                Ok(relay) => outcome.relay = Some(relay.path()),
+                Err(e) => outcome.failure = Some(e),
+            }
+            outcome.record(&ctx, &state.policy.version).await;
+            drop(state);
+            if let Ok(prepared) = prepared
+                && revocations
+                    .until_revoked(&agent, prepared.run())
+                    .await
+                    .is_none()
+            {
+                info!("connection closed: the agent was revoked");
+            }
+            drop(held);
+            return;
+        }
+        ConnOutcome::new(peer, Some(&identity), Some(dst), &plan)
+            .record(&ctx, &state.policy.version)
+            .await;
+        drop(state);
         let done = revocations
             .until_revoked(
                 &agent,
@@ -218,10 +243,8 @@ async fn carry_out(
             };
             http::serve(stream, meta, ctx, held).await;
         }
-        ConnPlan::Passthrough { .. } => {
-            relay::relay(stream, dst, &dial).await;
-            drop(held);
-        }
+        // Carried out by `handle` (its record waits for the relay's path).
+        ConnPlan::Passthrough { .. } => drop((stream, held)),
         // Dropping the stream closes it, with nothing sent upstream.
         ConnPlan::Refuse(_) => drop(held),
     }
@@ -235,6 +258,12 @@ struct ConnOutcome<'a> {
     identity: Option<&'a Identity>,
     dst: Option<SocketAddr>,
     plan: &'a ConnPlan,
+    /// For a passthrough connection whose upstream was reached: which way
+    /// its bytes go.
+    relay: Option<relay::Path>,
+    /// For a passthrough connection whose upstream was not reached: why
+    /// (added to the reason; the decision stays the policy's).
+    failure: Option<&'a relay::RelayError>,
 }
 
 impl<'a> ConnOutcome<'a> {
@@ -249,6 +278,8 @@ impl<'a> ConnOutcome<'a> {
             identity,
             dst,
             plan,
+            relay: None,
+            failure: None,
         }
     }
 
@@ -276,6 +307,7 @@ impl<'a> ConnOutcome<'a> {
             event.protocol = Some(if sni.is_some() { "tls" } else { "http" }.to_owned());
         }
         event.sni = sni.cloned();
+        event.relay = self.relay.map(|p| p.as_str().to_owned());
         event.rule = Some(self.plan.rule());
         event.policy_version = Some(policy_version.to_owned());
         event
@@ -284,7 +316,11 @@ impl<'a> ConnOutcome<'a> {
     /// Logs the decision, writes its audit event and its connection-log
     /// entry.
     async fn record(self, ctx: &ProxyContext, policy_version: &str) {
-        let reason = self.plan.reason();
+        let mut reason = self.plan.reason();
+        if let Some(e) = self.failure {
+            warn!(error = %e, "passthrough connection closed: upstream not reached");
+            reason = format!("{reason}; upstream not reached: {e}");
+        }
         let decision = self.plan.decision();
         match decision {
             connlog::Decision::Refuse => warn!(

@@ -38,14 +38,29 @@ pub struct Daemon {
     process: Option<Running>,
 }
 
+/// The environment of the daemon behind the kernel splice row (the
+/// splice is an opt-in; the main daemon relays in user space).
+pub const KERNEL_SPLICE: &[(&str, &str)] = &[("AGENTGUARD_PASSTHROUGH_RELAY", "kernel")];
+
 impl Daemon {
     /// `instance` tells apart daemons of one bench (cgroup, bpffs dir).
     pub fn start(binary: &Path, dir: &Path, upstream: &Upstream, instance: &str) -> Result<Self> {
-        Self::start_under(binary, dir, upstream, instance, &[])
+        Self::start_under(binary, dir, upstream, instance, &[], &[])
     }
 
-    /// As [`Daemon::start`], the daemon run by `wrapper` (a program and its
-    /// arguments, e.g. valgrind for the instruction counts), which
+    /// [`Daemon::start`], with `env` set for `agentguard run`.
+    pub fn start_with(
+        binary: &Path,
+        dir: &Path,
+        upstream: &Upstream,
+        instance: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        Self::start_under(binary, dir, upstream, instance, &[], env)
+    }
+
+    /// As [`Daemon::start_with`], the daemon run by `wrapper` (a program
+    /// and its arguments, e.g. valgrind for the instruction counts), which
     /// execs in the same process: the pid is the daemon's.
     pub fn start_under(
         binary: &Path,
@@ -53,6 +68,7 @@ impl Daemon {
         upstream: &Upstream,
         instance: &str,
         wrapper: &[&str],
+        env: &[(&str, &str)],
     ) -> Result<Self> {
         let tag = format!("agentguard-bench-{}{instance}", std::process::id());
         let policies = dir.join("policies");
@@ -80,6 +96,7 @@ impl Daemon {
         c.env(SECRET_ENV, "bench-secret-not-real")
             .env(CLIENT_SECRET_ENV, "bench-client-secret-not-real")
             .env(AWS_SECRET_ENV, "bench-aws-secret-not-real")
+            .envs(env.iter().copied())
             .args(["--log-format", "json", "run"])
             // 0: a port the kernel knows is free (never the default 977,
             // which a real daemon may hold); the JWKS endpoint is not

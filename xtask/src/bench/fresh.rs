@@ -40,6 +40,17 @@ impl Fresh {
                 d.resolve_passthrough(&env.names)?;
                 Fresh::Agentguard(d)
             }
+            PathKind::PassthroughKernel => {
+                let d = Daemon::start_with(
+                    &env.agentguard,
+                    &dir,
+                    &env.upstream,
+                    &format!("-fresh{n}"),
+                    super::agentguard::KERNEL_SPLICE,
+                )?;
+                d.resolve_passthrough(&env.names)?;
+                Fresh::Agentguard(d)
+            }
             PathKind::Nginx => Fresh::Nginx(Nginx::start(&dir, &env.upstream)?),
             PathKind::Mitmproxy => Fresh::Mitmproxy(Mitmproxy::start(
                 &env.mitmdump,
@@ -54,7 +65,11 @@ impl Fresh {
     pub fn route(&self, env: &Env, path: PathKind) -> Route {
         let mut r = env.route(path);
         match self {
-            Fresh::Agentguard(d) if path != PathKind::Passthrough => r.ca = d.ca(),
+            Fresh::Agentguard(d)
+                if !matches!(path, PathKind::Passthrough | PathKind::PassthroughKernel) =>
+            {
+                r.ca = d.ca()
+            }
             Fresh::Agentguard(_) => {}
             Fresh::Nginx(n) => {
                 r.port = n.addr.port();

@@ -11,7 +11,9 @@
 //! kernel's share (TCP, syscalls) is not in it. Valgrind runs one thread
 //! at a time and hides AVX-512 from the program, so the absolute numbers
 //! are those of the AVX2 code paths; what they are for is the comparison
-//! of one build with another. Each dump is kept as
+//! of one build with another. nginx, where the bench measures it, is
+//! counted the same way (`master_process off`: its one process serves)
+//! beside agentguard. Each dump is kept as
 //! `target/bench/callgrind.<path>.<scenario>.out` for `callgrind_annotate`.
 
 use std::{
@@ -29,6 +31,7 @@ use super::{
     load::{self, Amount, LoadResult},
     paths::{Env, PathKind, Route},
     process::{CLIENT_CPU, pinned},
+    proxies::Nginx,
     scenario::{self, Kind, SCENARIOS},
 };
 use crate::cmd;
@@ -46,7 +49,8 @@ pub fn available() -> bool {
 }
 
 /// Every load scenario (HTTP/1.1 and HTTP/2) in `scenarios` on every
-/// agentguard path in `paths`, `requests` requests each.
+/// agentguard path in `paths`, and on nginx if it is in `paths`,
+/// `requests` requests each.
 pub fn run(env: &Env, paths: &[PathKind], scenarios: &[&str], requests: u32) -> Result<Counts> {
     let dir = env.work.join("callgrind");
     fs::create_dir_all(&dir)?;
@@ -58,6 +62,7 @@ pub fn run(env: &Env, paths: &[PathKind], scenarios: &[&str], requests: u32) -> 
         &env.upstream,
         "-callgrind",
         &["valgrind", "--tool=callgrind", &out_arg],
+        &[],
     )?;
     daemon.resolve_passthrough(&env.names)?;
     let counter = Counter {
@@ -65,50 +70,113 @@ pub fn run(env: &Env, paths: &[PathKind], scenarios: &[&str], requests: u32) -> 
         out,
     };
     let mut counts = Counts::new();
-    for &path in paths.iter().filter(|p| p.is_agentguard()) {
-        for s in SCENARIOS.iter().filter(|s| scenarios.contains(&s.id)) {
-            if scenario::not_applicable(path, s).is_some()
-                || !matches!(s.kind, Kind::Oha(_) | Kind::H2 { .. })
-            {
-                continue;
-            }
-            let mut route = env.route(path);
-            route.ca = daemon.ca();
-            let load = |amount| -> Result<LoadResult> {
-                let c = client(env, &daemon, command(env, &route, s.kind, amount)?);
-                let mut c = c;
-                let text = cmd::output(&mut c)?;
-                match s.kind {
-                    Kind::H2 { .. } => load::parse_h2load(&text),
-                    _ => load::parse_oha(&text),
-                }
-            };
-            load(Amount::Requests(WARM_UP))?;
-            counter.zero()?;
-            let r = load(Amount::Requests(requests))?;
-            // Kept beside the results: `callgrind_annotate` on it shows
-            // where the instructions went, function by function.
-            let kept = env.work.parent().context("bench dir")?.join(format!(
-                "callgrind.{}.{}.out",
-                path.id(),
-                s.id
-            ));
-            let instructions = counter.dump(&kept)?;
-            if r.ok == 0 {
-                bail!("{} {}: no request returned 200", path.id(), s.id);
-            }
-            let per = instructions as f64 / r.ok as f64;
-            println!(
-                "bench: {:<12} {:<13} {:.0} instructions/request ({} requests)",
-                path.id(),
-                s.id,
-                per,
-                r.ok
-            );
-            counts.insert((path.id(), s.id), per);
-        }
+    // Not the kernel splice: this daemon relays passthrough in user space
+    // (the default), so its count would be the relay's under another
+    // label; and spliced bytes never reach user space to be counted.
+    for &path in paths
+        .iter()
+        .filter(|p| p.is_agentguard() && **p != PathKind::PassthroughKernel)
+    {
+        let mut route = env.route(path);
+        route.ca = daemon.ca();
+        count_path(
+            env,
+            &counter,
+            path,
+            &route,
+            scenarios,
+            requests,
+            &mut counts,
+            |c| client(env, Some(&daemon), c),
+        )?;
+    }
+    drop(daemon);
+    if paths.contains(&PathKind::Nginx) {
+        // The reference beside agentguard's figures, counted the same way:
+        // its one serving process under callgrind (no master, whose work
+        // is not per request).
+        let dir = env.work.join("callgrind-nginx");
+        fs::create_dir_all(&dir)?;
+        let out = dir.join("callgrind.out");
+        let out_arg = format!("--callgrind-out-file={}", out.display());
+        let nginx = Nginx::start_under(
+            &dir,
+            &env.upstream,
+            &["valgrind", "--tool=callgrind", &out_arg],
+        )?;
+        let counter = Counter {
+            pid: nginx.pid(),
+            out,
+        };
+        let mut route = env.route(PathKind::Nginx);
+        route.port = nginx.addr.port();
+        route.dial = nginx.addr;
+        count_path(
+            env,
+            &counter,
+            PathKind::Nginx,
+            &route,
+            scenarios,
+            requests,
+            &mut counts,
+            |c| client(env, None, c),
+        )?;
     }
     Ok(counts)
+}
+
+/// Counts each load scenario in `scenarios` on `path`, served by the
+/// process `counter` watches, its clients made by `client`.
+#[allow(clippy::too_many_arguments)]
+fn count_path(
+    env: &Env,
+    counter: &Counter,
+    path: PathKind,
+    route: &Route,
+    scenarios: &[&str],
+    requests: u32,
+    counts: &mut Counts,
+    client: impl Fn(Command) -> Command,
+) -> Result<()> {
+    for s in SCENARIOS.iter().filter(|s| scenarios.contains(&s.id)) {
+        if scenario::not_applicable(path, s).is_some()
+            || !matches!(s.kind, Kind::Oha(_) | Kind::H2 { .. })
+        {
+            continue;
+        }
+        let load = |amount| -> Result<LoadResult> {
+            let mut c = client(command(env, route, s.kind, amount)?);
+            let text = cmd::output(&mut c)?;
+            match s.kind {
+                Kind::H2 { .. } => load::parse_h2load(&text),
+                _ => load::parse_oha(&text),
+            }
+        };
+        load(Amount::Requests(WARM_UP))?;
+        counter.zero()?;
+        let r = load(Amount::Requests(requests))?;
+        // Kept beside the results: `callgrind_annotate` on it shows
+        // where the instructions went, function by function.
+        let kept = env.work.parent().context("bench dir")?.join(format!(
+            "callgrind.{}.{}.out",
+            path.id(),
+            s.id
+        ));
+        let instructions = counter.dump(&kept)?;
+        if r.ok == 0 {
+            bail!("{} {}: no request returned 200", path.id(), s.id);
+        }
+        let per = instructions as f64 / r.ok as f64;
+        println!(
+            "bench: {:<12} {:<13} {:.0} instructions/request ({} requests)",
+            path.id(),
+            s.id,
+            per,
+            r.ok
+        );
+        counts.insert((path.id(), s.id), per);
+    }
+    Ok(())
 }
 
 /// The section of docs/benchmarks.md: a row per path, a column per
@@ -125,7 +193,10 @@ pub fn markdown(counts: &Counts, requests: u32) -> String {
          (callgrind, all threads; {requests} requests per scenario after {WARM_UP} unrecorded \
          ones, on a separate daemon run under `valgrind --tool=callgrind`). Not affected by the \
          other load on the machine, so a change of a few percent shows; the kernel's share is \
-         not in it. Scenario ids as in `--scenarios` (see the tables above).\n\n| path |"
+         not in it. The nginx row, where there is one, is nginx counted the same way: its one \
+         serving process (`master_process off`) under callgrind, OpenSSL included. The kernel \
+         splice has no row: its bytes never reach user space. Scenario ids as in `--scenarios` \
+         (see the tables above).\n\n| path |"
     );
     for s in &scenarios {
         md.push_str(&format!(" {s} |"));
@@ -160,8 +231,14 @@ fn command(env: &Env, route: &Route, kind: Kind, amount: Amount) -> Result<Comma
     }
 }
 
-fn client(env: &Env, daemon: &Daemon, cmd: Command) -> Command {
-    env.names.wrap(pinned(CLIENT_CPU, daemon.exec(cmd)))
+/// `cmd` on the client CPU with the bench's name resolution; as the agent
+/// where `daemon` guards it.
+fn client(env: &Env, daemon: Option<&Daemon>, cmd: Command) -> Command {
+    let cmd = match daemon {
+        Some(d) => d.exec(cmd),
+        None => cmd,
+    };
+    env.names.wrap(pinned(CLIENT_CPU, cmd))
 }
 
 /// The running callgrind's counters, through `callgrind_control`.

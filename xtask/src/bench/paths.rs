@@ -20,6 +20,10 @@ use super::{
 pub enum PathKind {
     Direct,
     Passthrough,
+    /// The passthrough path on a second daemon opted in to the kernel
+    /// splice (`AGENTGUARD_PASSTHROUGH_RELAY=kernel`), beside the default
+    /// user-space relay of [`PathKind::Passthrough`].
+    PassthroughKernel,
     Full,
     Jwt,
     Exchange,
@@ -35,9 +39,10 @@ pub const AGENT_AWS_KEYS: &str = "AKIDAGENTPLACEHOLDER:agent-placeholder-secret"
 pub const AGENT_AWS_SIGV4: &str = "aws:amz:us-east-1:s3";
 
 impl PathKind {
-    pub const ALL: [PathKind; 8] = [
+    pub const ALL: [PathKind; 9] = [
         PathKind::Direct,
         PathKind::Passthrough,
+        PathKind::PassthroughKernel,
         PathKind::Full,
         PathKind::Jwt,
         PathKind::Exchange,
@@ -51,6 +56,7 @@ impl PathKind {
         matches!(
             self,
             PathKind::Passthrough
+                | PathKind::PassthroughKernel
                 | PathKind::Full
                 | PathKind::Jwt
                 | PathKind::Exchange
@@ -62,6 +68,7 @@ impl PathKind {
         match self {
             PathKind::Direct => "direct",
             PathKind::Passthrough => "passthrough",
+            PathKind::PassthroughKernel => "passthrough_kernel",
             PathKind::Full => "full",
             PathKind::Jwt => "jwt",
             PathKind::Exchange => "exchange",
@@ -74,7 +81,8 @@ impl PathKind {
     pub fn label(self) -> &'static str {
         match self {
             PathKind::Direct => "direct",
-            PathKind::Passthrough => "agentguard passthrough",
+            PathKind::Passthrough => "agentguard passthrough, user-space relay (default)",
+            PathKind::PassthroughKernel => "agentguard passthrough, kernel splice (opt-in)",
             PathKind::Full => "agentguard full path",
             PathKind::Jwt => "agentguard full path, JWT tool",
             PathKind::Exchange => "agentguard full path, exchanged token",
@@ -88,7 +96,14 @@ impl PathKind {
         match self {
             PathKind::Direct => "the client connects to the upstream itself",
             PathKind::Passthrough => {
-                "agent cgroup; kernel redirect to agentguard, which relays the TLS bytes untouched"
+                "agent cgroup; kernel redirect to agentguard, which relays the TLS bytes untouched \
+                 through its own buffers (the default relay)"
+            }
+            PathKind::PassthroughKernel => {
+                "as passthrough, on a second daemon opted in to the kernel splice \
+                 (`AGENTGUARD_PASSTHROUGH_RELAY=kernel`): the agent's socket and the upstream's \
+                 in a sockhash with a stream verdict program, so the TLS bytes never reach user \
+                 space"
             }
             PathKind::Full => {
                 "agent cgroup; kernel redirect, TLS terminated with an agentguard leaf, policy \
@@ -138,6 +153,8 @@ pub struct Env {
     pub names: Resolution,
     pub upstream: Upstream,
     pub daemon: Daemon,
+    /// The daemon of [`PathKind::PassthroughKernel`].
+    pub kernel_daemon: Daemon,
     pub nginx: Nginx,
     pub mitmproxy: Mitmproxy,
 }
@@ -177,7 +194,9 @@ impl Env {
         };
         match path {
             PathKind::Direct => via_upstream(HOST, &self.upstream.ca),
-            PathKind::Passthrough => via_upstream(PASS_HOST, &self.upstream.ca),
+            PathKind::Passthrough | PathKind::PassthroughKernel => {
+                via_upstream(PASS_HOST, &self.upstream.ca)
+            }
             PathKind::Full => via_upstream(HOST, &self.daemon.ca()),
             PathKind::Jwt => via_upstream(JWT_HOST, &self.daemon.ca()),
             PathKind::Exchange => via_upstream(EXCHANGE_HOST, &self.daemon.ca()),
@@ -200,10 +219,10 @@ impl Env {
     /// `cmd` as a client of `path`: on the client CPU, as the agent where
     /// the path is agentguard's, with the bench's private name resolution.
     pub fn client(&self, path: PathKind, cmd: Command) -> Command {
-        let cmd = if path.is_agentguard() {
-            self.daemon.exec(cmd)
-        } else {
-            cmd
+        let cmd = match path {
+            PathKind::PassthroughKernel => self.kernel_daemon.exec(cmd),
+            p if p.is_agentguard() => self.daemon.exec(cmd),
+            _ => cmd,
         };
         self.names.wrap(pinned(CLIENT_CPU, cmd))
     }
@@ -217,6 +236,7 @@ impl Env {
             | PathKind::Jwt
             | PathKind::Exchange
             | PathKind::Sigv4 => vec![self.daemon.pid()],
+            PathKind::PassthroughKernel => vec![self.kernel_daemon.pid()],
             PathKind::Mitmproxy => vec![self.mitmproxy.pid()],
             PathKind::Nginx => self.nginx.pids(),
         }

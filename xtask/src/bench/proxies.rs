@@ -27,11 +27,27 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(dir: &Path, upstream: &Upstream) -> Result<Self> {
+        Self::start_under(dir, upstream, &[])
+    }
+
+    /// As [`Nginx::start`], run by `wrapper` (a program and its arguments,
+    /// e.g. valgrind for the instruction counts), which execs in the same
+    /// process. Under a wrapper nginx runs without a master
+    /// (`master_process off`): the one process that serves is then the
+    /// wrapper's own pid.
+    pub fn start_under(dir: &Path, upstream: &Upstream, wrapper: &[&str]) -> Result<Self> {
         fs::create_dir_all(dir)?;
         let addr = free_port(IpAddr::V4(NGINX_IP))?;
         let conf = dir.join("nginx.conf");
-        fs::write(&conf, nginx_conf(dir, addr, upstream))?;
-        let mut c = cmd::new("nginx");
+        fs::write(&conf, nginx_conf(dir, addr, upstream, wrapper.is_empty()))?;
+        let mut c = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = cmd::new(program);
+                c.args(args).arg("nginx");
+                c
+            }
+            None => cmd::new("nginx"),
+        };
         c.arg("-p")
             .arg(dir)
             .arg("-c")
@@ -39,7 +55,10 @@ impl Nginx {
             .arg("-e")
             .arg(dir.join("error.log"));
         let mut process = Running::spawn("nginx", pinned(SERVER_CPU, c), &dir.join("stderr.log"))?;
-        wait_listening(addr, "nginx", Duration::from_secs(10))
+        // Under a wrapper that runs it 50 times slower, start-up takes
+        // longer.
+        let ready = if wrapper.is_empty() { 10 } else { 120 };
+        wait_listening(addr, "nginx", Duration::from_secs(ready))
             .and_then(|()| process.ensure_alive())
             .with_context(|| fs::read_to_string(dir.join("error.log")).unwrap_or_default())?;
         Ok(Self { addr, process })
@@ -48,10 +67,15 @@ impl Nginx {
     /// The master and its workers: the master only manages, but its CPU
     /// counts too.
     pub fn pids(&self) -> Vec<u32> {
-        let master = self.process.pid();
+        let master = self.pid();
         let mut pids = vec![master];
         pids.extend(procfs::children(master));
         pids
+    }
+
+    /// The first process: the master, or the only one without a master.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 }
 
@@ -77,12 +101,15 @@ impl Drop for Nginx {
 /// buffered as production configurations have it, upstream keep-alive, and
 /// the upstream's certificate verified for its name. It injects the same
 /// header agentguard does, so both do that much per request.
-fn nginx_conf(dir: &Path, addr: SocketAddr, upstream: &Upstream) -> String {
+/// `master`: off only for the instruction counts, where one process does
+/// the worker's work.
+fn nginx_conf(dir: &Path, addr: SocketAddr, upstream: &Upstream, master: bool) -> String {
     let d = dir.display();
+    let master = if master { "on" } else { "off" };
     format!(
         r#"# Written by cargo xtask bench.
 daemon off;
-master_process on;
+master_process {master};
 worker_processes 1;
 # Root: the temporary files live in the bench's own folder.
 user root;

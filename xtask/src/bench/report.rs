@@ -325,6 +325,14 @@ fn section_ratios(w: &mut String, r: &Results) {
             ratio,
         ),
         (
+            "passthrough kernel splice CPU/request ÷ user-space relay CPU/request (keep-alive)",
+            PathKind::PassthroughKernel,
+            PathKind::Passthrough,
+            "ka_sat_1k",
+            "cpu_s_per_1k",
+            ratio,
+        ),
+        (
             "passthrough CPU/request ÷ full path CPU/request (keep-alive)",
             PathKind::Passthrough,
             PathKind::Full,

@@ -202,6 +202,7 @@ fn attributes(r: &Record) -> Vec<KeyValue> {
     s("agentguard.rpc_method", e.rpc_method.as_deref());
     s("agentguard.mcp_target", e.mcp_target.as_deref());
     s("agentguard.rpc_calls", e.rpc_calls.as_deref());
+    s("agentguard.relay", e.relay.as_deref());
     if let Some(version) = e.protocol.as_deref().and_then(|p| p.strip_prefix("HTTP/")) {
         a.push(string("network.protocol.name", "http"));
         a.push(string("network.protocol.version", version));
