@@ -234,6 +234,17 @@ pub struct Event {
     /// them, else their SHA-256. Extension.
     #[serde(default)]
     pub rpc_calls: Option<String>,
+    /// The container the process runs in, when a policy selected it by
+    /// container (`[agent.containers]`): the runtime's full id. Extension.
+    #[serde(default)]
+    pub container_id: Option<String>,
+    /// The container's name, as its runtime knows it. Extension.
+    #[serde(default)]
+    pub container_name: Option<String>,
+    /// The image the container was created from (its name, as given to
+    /// the runtime). Extension.
+    #[serde(default)]
+    pub container_image: Option<String>,
 }
 
 impl Event {
@@ -487,6 +498,9 @@ columns!(
         rpc_method,
         mcp_target,
         rpc_calls,
+        container_id,
+        container_name,
+        container_image,
     ],
 );
 

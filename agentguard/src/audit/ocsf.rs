@@ -430,6 +430,14 @@ fn actor(e: &Event) -> Value {
         .as_deref()
         .and_then(|p| p.rsplit('/').next())
         .map(str::to_owned);
+    // OCSF 1.3's Container object, under the process it holds.
+    let container = e.container_id.as_ref().map(|id| {
+        json!({
+            "uid": id,
+            "name": e.container_name,
+            "image": e.container_image.as_ref().map(|i| json!({ "name": i })),
+        })
+    });
     // OCSF 1.3's process has no group: the gid is under `unmapped`.
     let process = e.pid.map(|pid| {
         json!({
@@ -437,6 +445,7 @@ fn actor(e: &Event) -> Value {
             "name": e.comm,
             "file": e.exe.as_ref().map(|p| json!({ "path": p, "name": exe_name, "type_id": 1 })),
             "user": e.uid.map(|u| json!({ "uid": u.to_string() })),
+            "container": container,
         })
     });
     json!({

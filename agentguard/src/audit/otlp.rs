@@ -261,6 +261,9 @@ fn size_of_record(r: &Record) -> usize {
         &e.rpc_method,
         &e.mcp_target,
         &e.rpc_calls,
+        &e.container_id,
+        &e.container_name,
+        &e.container_image,
     ]
     .iter()
     .map(|f| f.as_ref().map_or(0, String::len))
