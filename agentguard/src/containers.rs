@@ -145,7 +145,7 @@ pub struct Attached {
 /// The bundle's parent directory must be named after the container (as
 /// every runtime here lays it out), so a report cannot make the daemon
 /// read another container's record.
-fn check_bundle<'a>(created: &'a Created) -> Result<&'a Path, ContainersError> {
+fn check_bundle(created: &Created) -> Result<&Path, ContainersError> {
     let bad = || ContainersError::Bundle {
         id: created.id.clone(),
         bundle: created.bundle.clone(),
