@@ -138,6 +138,13 @@ impl AgentTable {
         ))
     }
 
+    /// The container attached to an agent whose cgroup is `cgroup_id` (or
+    /// above it), if it is one.
+    pub fn container_of(&self, cgroup_id: u64) -> Option<Arc<ContainerInfo>> {
+        let (index, _) = self.lookup(cgroup_id)?;
+        self.agents[index].container.clone()
+    }
+
     pub fn resolve(&self, record: &ConnRecord) -> Result<Identity, IdentityError> {
         let (index, path) = self
             .lookup(record.cgroup_id)

@@ -334,8 +334,14 @@ fn a_podman_container_selected_by_name_is_attached_before_it_starts_and_detached
     let me = std::process::id();
     let selected = format!("agc-sel-{me}-curl");
     let sleeper = format!("agc-sel-{me}-sleep");
+    let udp = format!("agc-sel-{me}-udp");
     let other = format!("agc-other-{me}");
-    let _cleanup = Containers(vec![selected.clone(), sleeper.clone(), other.clone()]);
+    let _cleanup = Containers(vec![
+        selected.clone(),
+        sleeper.clone(),
+        udp.clone(),
+        other.clone(),
+    ]);
     let mut daemon = Daemon::builder(&["boxagent"])
         .policy(&format!(
             "upstream_netns = \"host\"\n\
@@ -404,6 +410,35 @@ fn a_podman_container_selected_by_name_is_attached_before_it_starts_and_detached
     );
     assert_eq!(request["comm"], "curl", "{request:#}");
     // The container ended (--rm): agentguard forgets it.
+    wait_for_containers(&daemon, "boxagent", &[]);
+
+    // What the kernel refuses a selected container (UDP to a port other
+    // than DNS: curl's TFTP) names the container too.
+    let mut run = podman(&hooks, &udp);
+    run.args(["--rm", "--network", "none"])
+        .arg(&image.name)
+        .args(["/bin/curl", "-sS", "-m", "3", "tftp://127.0.0.3:6969/x"]);
+    let out = run.output().unwrap();
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let events = daemon.wait_for_events("the container's refused datagram", |e| {
+        e.iter().any(|e| {
+            e["kind"] == "kernel_refusal"
+                && e["container_name"] == udp.as_str()
+                && e["rule"] == "kernel:udp-denied"
+        })
+    });
+    // (glibc's probe of nscd's socket is refused and named too.)
+    let refusal = events
+        .iter()
+        .find(|e| e["container_name"] == udp.as_str() && e["rule"] == "kernel:udp-denied")
+        .unwrap();
+    assert_eq!(refusal["dst_port"], 6969, "{refusal:#}");
+    assert_eq!(refusal["agent"], "boxagent", "{refusal:#}");
+    assert_eq!(
+        refusal["container_image"],
+        image_name.as_str(),
+        "{refusal:#}"
+    );
     wait_for_containers(&daemon, "boxagent", &[]);
 
     // Not selected (another name): it starts untouched. On the host's
