@@ -52,6 +52,8 @@ pub enum ContainersError {
     Bundle { id: String, bundle: PathBuf },
     #[error("container {id}: Podman's storage ({path}) has no record of it")]
     Unknown { id: String, path: PathBuf },
+    #[error("failed to save the attached containers: {0}")]
+    Save(#[from] crate::atomic_file::WriteError),
 }
 
 /// Podman's mark in every container's annotations.
@@ -140,6 +142,52 @@ pub struct Attached {
     pub info: Arc<ContainerInfo>,
     pub cgroup: Cgroup,
     pub netns: Option<NetnsId>,
+}
+
+/// What is kept of an attached container in the state folder, so that a
+/// restarted daemon serves the containers still running (their programs
+/// stayed pinned; their listeners went with the old daemon).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Saved {
+    pub agent: String,
+    pub info: ContainerInfo,
+    pub cgroup: PathBuf,
+    pub cgroup_id: u64,
+}
+
+/// The file in the state folder.
+pub fn saved_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("containers.json")
+}
+
+/// Writes the attached containers, whole.
+pub fn save(path: &Path, attached: &[Attached]) -> Result<(), ContainersError> {
+    let saved: Vec<Saved> = attached
+        .iter()
+        .map(|a| Saved {
+            agent: a.agent.clone(),
+            info: (*a.info).clone(),
+            cgroup: a.cgroup.path.clone(),
+            cgroup_id: a.cgroup.id,
+        })
+        .collect();
+    let text = serde_json::to_vec_pretty(&saved).unwrap_or_default();
+    crate::atomic_file::replace(path, &text, 0o600)?;
+    Ok(())
+}
+
+/// The containers a previous daemon attached; none if it saved none. An
+/// unreadable file is logged and read as none: those containers stay
+/// fail closed (their pinned programs send their connections to
+/// listeners that are gone) until they are restarted.
+pub fn load(path: &Path) -> Vec<Saved> {
+    match std::fs::read(path) {
+        Ok(text) => serde_json::from_slice(&text).unwrap_or_else(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "attached containers unreadable; they stay fail closed until restarted");
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// The bundle's parent directory must be named after the container (as

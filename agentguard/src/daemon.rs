@@ -226,10 +226,14 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         revocations: revocations.clone(),
         netns: netns.clone(),
         containers: Mutex::new(Vec::new()),
+        containers_file: Some(crate::containers::saved_path(&cfg.state_dir)),
         serial: Mutex::new(()),
     });
     let live = Arc::new(Live::new(reloader.build(None)?));
     resolvers.set_live(live.clone());
+    // Before the kernel is sent here: containers still running from the
+    // previous daemon are served again.
+    reloader.readopt_containers(&live)?;
     // Only now, with every agent guarded and its resolver up, does the
     // kernel start sending agents here. Until this line the pinned config
     // is the previous daemon's (port 0 after a clean stop, a dead port after

@@ -357,13 +357,16 @@ fn a_podman_container_selected_by_name_is_attached_before_it_starts_and_detached
     let hooks = selecting_hooks_dir(dir.path(), &daemon.admin_socket);
     let bundle = daemon.state_dir().join("ca/bundle.pem");
     let port = upstream.addr.port();
-    let curl = |c: &mut Command, cacert: &str| {
-        c.arg(&image.name)
-            .args(["/bin/curl", "-sS", "-m", "10", "--cacert", cacert])
+    let curl_args = |c: &mut Command, cacert: &str| {
+        c.args(["/bin/curl", "-sS", "-m", "10", "--cacert", cacert])
             .arg("--resolve")
             .arg(format!("{API}:{port}:127.0.0.3"))
             .args(["-o", "/dev/null", "-w", "%{http_code}"])
             .arg(format!("https://{API}:{port}/reflect"));
+    };
+    let curl = |c: &mut Command, cacert: &str| {
+        c.arg(&image.name);
+        curl_args(c, cacert);
     };
 
     // Selected by its name: its connect (curl's first) reaches the proxy
@@ -479,6 +482,8 @@ fn a_podman_container_selected_by_name_is_attached_before_it_starts_and_detached
     // is removed agentguard detaches from it.
     let mut run = podman(&hooks, &sleeper);
     run.args(["-d", "--network", "none"])
+        .arg("-v")
+        .arg(format!("{}:/ca.pem:ro", bundle.display()))
         .arg(&image.name)
         .args(["/bin/sleep", "60"]);
     let out = run.output().unwrap();
@@ -501,6 +506,54 @@ fn a_podman_container_selected_by_name_is_attached_before_it_starts_and_detached
         "Podman's own cgroup for it, not the agent's: {listed:#}"
     );
     assert_ne!(listed["cgroup_id"], agent["cgroup_id"]);
+    // A process started in it later (podman exec) is the agent's too; and
+    // still after the daemon restarts (its programs stayed pinned, and the
+    // new daemon opens its listeners again from the saved list).
+    let exec_curl = || {
+        let mut c = Command::new("podman");
+        c.args(["--runtime", "runc", "exec", &sleeper]);
+        curl_args(&mut c, "/ca.pem");
+        c.output().unwrap()
+    };
+    let out = exec_curl();
+    assert_eq!(
+        text(&out.stdout),
+        "200",
+        "{}\n{}",
+        text(&out.stderr),
+        daemon.log()
+    );
+    let execd =
+        |e: &serde_json::Value| e["kind"] == "request" && e["container_name"] == sleeper.as_str();
+    // Recorded before the kill (a kill -9 may lose the last batch).
+    daemon.wait_for_events("the exec'd process's request", |e| {
+        e.iter().filter(|e| execd(e)).count() == 1
+    });
+    daemon.kill9();
+    daemon.restart();
+    wait_for_containers(&daemon, "boxagent", &[&sleeper]);
+    let out = exec_curl();
+    assert_eq!(
+        text(&out.stdout),
+        "200",
+        "{}\n{}",
+        text(&out.stderr),
+        daemon.log()
+    );
+    let events = daemon.wait_for_events("the requests of the exec'd processes", |e| {
+        e.iter().filter(|e| execd(e)).count() == 2
+    });
+    assert!(
+        events
+            .iter()
+            .filter(|e| execd(e))
+            .all(|e| e["credential_id"] == "canary" && e["decision"] == "allow"),
+        "{events:#?}"
+    );
+    assert_eq!(
+        upstream.header_values("/reflect", "authorization"),
+        vec![format!("Bearer {CANARY}"); 3]
+    );
     let out = Command::new("podman")
         .args(["rm", "-f", "-t", "0", &sleeper])
         .output()
@@ -518,6 +571,7 @@ fn a_podman_container_selected_by_name_is_attached_before_it_starts_and_detached
     // With the daemon gone, a container's start fails (the hook cannot
     // ask whether a policy selects it): curl never runs.
     daemon.kill9();
+    let handshakes = upstream.handshakes();
     let mut run = podman(&hooks, &selected);
     run.args(["--rm", "--network", "none"])
         .arg("-v")
@@ -526,5 +580,9 @@ fn a_podman_container_selected_by_name_is_attached_before_it_starts_and_detached
     let out = run.output().unwrap();
     assert!(!out.status.success(), "{}", text(&out.stdout));
     assert_ne!(text(&out.stdout), "200");
-    assert_eq!(upstream.handshakes(), 2, "the upstream was reached");
+    assert_eq!(
+        upstream.handshakes(),
+        handshakes,
+        "the upstream was reached"
+    );
 }

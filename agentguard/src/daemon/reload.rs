@@ -152,6 +152,8 @@ pub struct Reloader {
     /// Containers attached to agents by `[agent.containers]`, until their
     /// cgroup goes.
     pub containers: Mutex<Vec<Attached>>,
+    /// Where they are saved for a restarted daemon (`None`: not saved).
+    pub containers_file: Option<PathBuf>,
     /// One reload at a time: SIGHUP and a file change may race, and the
     /// later snapshot must not be overtaken by the earlier one.
     pub serial: Mutex<()>,
@@ -562,6 +564,74 @@ impl Reloader {
         Ok(())
     }
 
+    /// Saves the attached containers for a restarted daemon. A failure
+    /// is logged: those containers stay served by this daemon.
+    fn save_containers(&self) {
+        let Some(path) = &self.containers_file else {
+            return;
+        };
+        if let Err(e) = crate::containers::save(path, &self.attached()) {
+            warn!(error = %e, "a restarted daemon would not serve the attached containers");
+        }
+    }
+
+    /// At start, after the first build: the containers a previous daemon
+    /// attached that still run (same cgroup, agent still selecting) get
+    /// their listeners again, from a process still in their cgroup, and
+    /// join the agent table. Their programs stayed pinned throughout, so
+    /// they were never unguarded, only refused meanwhile.
+    pub fn readopt_containers(&self, live: &Live) -> Result<(), ReloadError> {
+        let Some(path) = &self.containers_file else {
+            return Ok(());
+        };
+        let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let current = live.load();
+        for saved in crate::containers::load(path) {
+            if current.policy.agent(&saved.agent).is_none()
+                || !units::still_there(&saved.cgroup, saved.cgroup_id)
+            {
+                continue;
+            }
+            let pid = fs::read_to_string(saved.cgroup.join("cgroup.procs"))
+                .ok()
+                .and_then(|procs| procs.lines().find_map(|l| l.trim().parse::<u32>().ok()));
+            let netns = match pid {
+                Some(pid) => self
+                    .netns
+                    .ensure(Path::new(&format!("/proc/{pid}/ns/net")))
+                    .map_err(|source| ReloadError::Netns {
+                        agent: saved.agent.clone(),
+                        source,
+                    })?,
+                None => None,
+            };
+            if let Some(netns) = &netns {
+                self.resolvers.ensure_in(&saved.agent, netns)?;
+            }
+            info!(agent = %saved.agent, container = %saved.info.id, name = ?saved.info.name, "container attached by the previous daemon served again");
+            self.containers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Attached {
+                    agent: saved.agent,
+                    info: Arc::new(saved.info),
+                    cgroup: Cgroup {
+                        path: saved.cgroup,
+                        id: saved.cgroup_id,
+                    },
+                    netns: netns.as_ref().map(|n| n.id),
+                });
+        }
+        let state = self.guard(
+            current.policy.clone(),
+            current.credentials.clone(),
+            Some(&current),
+        )?;
+        live.swap_agents(state);
+        self.save_containers();
+        Ok(())
+    }
+
     /// The containers attached now.
     fn attached(&self) -> Vec<Attached> {
         self.containers
@@ -724,6 +794,7 @@ impl Reloader {
             }
         };
         live.swap_agents(state);
+        self.save_containers();
         info!(agent = %agent.name, container = %created.id, name = ?info.name, image = ?info.image, pid, cgroup = %path.display(), cgroup_id = cgroup.id, "container attached before its start");
         Ok(Some((agent.name.clone(), info)))
     }
@@ -745,6 +816,7 @@ impl Reloader {
         if gone.is_empty() {
             return Ok(0);
         }
+        self.save_containers();
         {
             let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
             for c in &gone {
