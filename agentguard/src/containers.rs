@@ -217,6 +217,50 @@ fn check_bundle(created: &Created) -> Result<&Path, ContainersError> {
 mod tests {
     use super::*;
 
+    /// The runtime is Podman's by its mark; a container without it (run
+    /// by another runtime) has no runtime, so no selector matches it,
+    /// and nothing more is read.
+    #[test]
+    fn the_runtime_comes_from_the_annotations() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("overlay-containers/abc/userdata");
+        std::fs::create_dir_all(&bundle).unwrap();
+        let created = Created {
+            id: "abc".into(),
+            pid: 1,
+            bundle: bundle.clone(),
+        };
+        std::fs::write(
+            bundle.join("config.json"),
+            r#"{"ociVersion":"1.0.2","annotations":{"team":"red"}}"#,
+        )
+        .unwrap();
+        let f = facts(&created).unwrap();
+        assert_eq!((f.runtime, f.name), (None, None));
+        assert_eq!(f.annotations.get("team").map(String::as_str), Some("red"));
+        std::fs::write(
+            bundle.join("config.json"),
+            r#"{"annotations":{"io.container.manager":"libpod"}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("overlay-containers/containers.json"),
+            r#"[{"id":"abc","names":["dev-1"],"metadata":"{\"image-name\":\"localhost/a:latest\"}"}]"#,
+        )
+        .unwrap();
+        let f = facts(&created).unwrap();
+        assert_eq!(f.runtime, Some(ContainerRuntime::Podman));
+        assert_eq!(f.name.as_deref(), Some("dev-1"));
+        assert_eq!(f.image.as_deref(), Some("localhost/a:latest"));
+        std::fs::write(bundle.join("config.json"), "{").unwrap();
+        assert!(
+            facts(&created)
+                .unwrap_err()
+                .to_string()
+                .contains("not valid")
+        );
+    }
+
     #[test]
     fn a_bundle_must_be_named_after_its_container() {
         let created = |id: &str, bundle: &str| Created {

@@ -584,9 +584,13 @@ impl Reloader {
         let Some(path) = &self.containers_file else {
             return Ok(());
         };
+        let saved = crate::containers::load(path);
+        if saved.is_empty() {
+            return Ok(());
+        }
         let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         let current = live.load();
-        for saved in crate::containers::load(path) {
+        for saved in saved {
             if current.policy.agent(&saved.agent).is_none()
                 || !units::still_there(&saved.cgroup, saved.cgroup_id)
             {
