@@ -335,14 +335,23 @@ fn a_podman_container_selected_by_name_is_attached_before_it_starts_and_detached
     let selected = format!("agc-sel-{me}-curl");
     let sleeper = format!("agc-sel-{me}-sleep");
     let udp = format!("agc-sel-{me}-udp");
+    let annotated = format!("agc-ann-{me}");
     let other = format!("agc-other-{me}");
     let _cleanup = Containers(vec![
         selected.clone(),
         sleeper.clone(),
         udp.clone(),
+        annotated.clone(),
         other.clone(),
     ]);
-    let mut daemon = Daemon::builder(&["boxagent"])
+    // A second agent selects by annotation, and has no tool: its
+    // container's request is denied by its own policy.
+    let mut daemon = Daemon::builder(&["boxagent", "annagent"])
+        .policy_for(
+            "annagent",
+            "upstream_netns = \"host\"\n\
+             [agent.containers]\nruntime = \"podman\"\nannotations = { \"io.example.team\" = \"red\" }\n",
+        )
         .policy(&format!(
             "upstream_netns = \"host\"\n\
              [agent.containers]\nruntime = \"podman\"\nname = \"agc-sel-{me}-*\"\n\n\
@@ -478,6 +487,34 @@ fn a_podman_container_selected_by_name_is_attached_before_it_starts_and_detached
         "{events:#?}"
     );
 
+    // Selected by its annotation, by the other agent, whose policy denies.
+    let mut run = podman(&hooks, &annotated);
+    run.args(["--rm", "--network", "none"])
+        .args(["--annotation", "io.example.team=red"])
+        .arg("-v")
+        .arg(format!("{}:/ca.pem:ro", bundle.display()));
+    curl(&mut run, "/ca.pem");
+    let out = run.output().unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "403",
+        "{}\n{}",
+        text(&out.stderr),
+        daemon.log()
+    );
+    let events = daemon.wait_for_events("the annotated container's request", |e| {
+        e.iter()
+            .any(|e| e["kind"] == "request" && e["container_name"] == annotated.as_str())
+    });
+    let denied = events
+        .iter()
+        .find(|e| e["kind"] == "request" && e["container_name"] == annotated.as_str())
+        .unwrap();
+    assert_eq!(denied["agent"], "annagent", "{denied:#}");
+    assert_eq!(denied["decision"], "deny", "{denied:#}");
+    assert!(denied["credential_id"].is_null(), "{denied:#}");
+    wait_for_containers(&daemon, "annagent", &[]);
+
     // A selected container that stays up: `status` names it, and once it
     // is removed agentguard detaches from it.
     let mut run = podman(&hooks, &sleeper);
@@ -494,7 +531,12 @@ fn a_podman_container_selected_by_name_is_attached_before_it_starts_and_detached
         daemon.log()
     );
     let status = wait_for_containers(&daemon, "boxagent", &[&sleeper]);
-    let agent = &status["agents"][0];
+    let agent = status["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "boxagent")
+        .unwrap();
     let listed = &agent["containers"][0];
     assert_eq!(listed["runtime"], "podman");
     assert_eq!(listed["image"], image_name.as_str());
