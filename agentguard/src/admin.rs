@@ -62,6 +62,9 @@ pub struct AgentView {
     /// Set while the agent is revoked (`agentguard revoke`).
     #[serde(default)]
     pub revoked: Option<crate::revoke::Revoked>,
+    /// The containers attached to the agent by `[agent.containers]`.
+    #[serde(default)]
+    pub containers: Vec<crate::containers::ContainerView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -137,12 +137,15 @@ enum Command {
         #[arg(long, default_value = "60s", value_name = "DURATION")]
         wait: String,
     },
-    /// OCI runtime hook (stage createRuntime): reads the container's state
-    /// on stdin and has the daemon open its listeners in the container's
-    /// network namespace before the container's program runs. The
-    /// container's first process must be in the agent's cgroup (or below
-    /// it) and the agent's policy must say `netns = "cgroup"`. Exits
-    /// non-zero, failing the container's start, if the daemon cannot.
+    /// OCI runtime hook. At createRuntime it reads the container's state
+    /// on stdin and reports the container to the daemon before its
+    /// program runs: a container a policy's `[agent.containers]` selects
+    /// is attached (programs on its cgroup, listeners in its network
+    /// namespace); with `--agent` or the `io.agentguard.agent` annotation
+    /// the container must instead be in that agent's cgroup (or below it,
+    /// `--cgroup-parent`) and the policy must say `netns = "cgroup"`.
+    /// Exits non-zero, failing the container's start, if the daemon
+    /// cannot. At poststop it has the daemon forget ended containers.
     OciHook {
         /// The agent; default: the container's `io.agentguard.agent`
         /// annotation.

@@ -226,10 +226,15 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         resolvers: resolvers.clone(),
         revocations: revocations.clone(),
         netns: netns.clone(),
+        containers: Mutex::new(Vec::new()),
+        containers_file: Some(crate::containers::saved_path(&cfg.state_dir)),
         serial: Mutex::new(()),
     });
     let live = Arc::new(Live::new(reloader.build(None)?));
     resolvers.set_live(live.clone());
+    // Before the kernel is sent here: containers still running from the
+    // previous daemon are served again.
+    reloader.readopt_containers(&live)?;
     // Only now, with every agent guarded and its resolver up, does the
     // kernel start sending agents here. Until this line the pinned config
     // is the previous daemon's (port 0 after a clean stop, a dead port after
@@ -347,6 +352,26 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
             Arc::new(move |agent: &str, pid: u32| {
                 reloader
                     .attach_container(&live, agent, pid)
+                    .map_err(|e| e.to_string())
+            })
+        }),
+        created: Some({
+            let (reloader, live) = (reloader.clone(), live.clone());
+            Arc::new(move |created: &crate::containers::Created| {
+                let attached = reloader
+                    .container_created(&live, created)
+                    .map_err(|e| e.to_string())?;
+                Ok(crate::containers::CreatedView {
+                    agent: attached.as_ref().map(|(agent, _)| agent.clone()),
+                    container: attached.map(|(_, info)| (*info).clone()),
+                })
+            })
+        }),
+        ended: Some({
+            let (reloader, live) = (reloader.clone(), live.clone());
+            Arc::new(move || {
+                reloader
+                    .refresh_containers(&live)
                     .map_err(|e| e.to_string())
             })
         }),
@@ -530,6 +555,13 @@ async fn watch_policies(reloader: Arc<Reloader>, live: Arc<Live>, notifier: Arc<
         let (netns, state) = (reloader.clone(), live.clone());
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || netns.refresh_netns(&state)).await {
             warn!(error = %e, "could not follow the agents' network namespaces");
+        }
+        // Containers attached by [agent.containers] whose cgroup went.
+        let (containers, state) = (reloader.clone(), live.clone());
+        if let Ok(Err(e)) =
+            tokio::task::spawn_blocking(move || containers.refresh_containers(&state)).await
+        {
+            warn!(error = %e, "could not follow the attached containers");
         }
     }
 }

@@ -150,6 +150,7 @@ pub fn http_head(data: &[u8]) {
             comm: "fuzz".into(),
             socket_family: "ipv4",
             exe: None,
+            container: None,
         },
         peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
         dst: SocketAddr::from(([127, 0, 0, 5], if sni.is_some() { 443 } else { 80 })),

@@ -15,6 +15,7 @@ use thiserror::Error;
 use crate::{
     audit::Event,
     cgroup::{Cgroup, CgroupRoot},
+    containers::ContainerInfo,
 };
 
 #[derive(Debug, Error)]
@@ -44,6 +45,10 @@ pub struct Identity {
     /// process had already exited. Informational: never used for decisions,
     /// since a pid can be reused.
     pub exe: Option<PathBuf>,
+    /// The container the process runs in, when the daemon attached it
+    /// to the agent by `[agent.containers]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<Arc<ContainerInfo>>,
 }
 
 impl Identity {
@@ -59,6 +64,11 @@ impl Identity {
         event.gid = Some(self.gid);
         event.comm = Some(self.comm.clone());
         event.exe = self.exe.as_ref().map(|p| p.display().to_string());
+        if let Some(c) = &self.container {
+            event.container_id = Some(c.id.clone());
+            event.container_name = c.name.clone();
+            event.container_image = c.image.clone();
+        }
         event
     }
 }
@@ -68,6 +78,9 @@ impl Identity {
 pub struct GuardedAgent {
     pub name: Arc<str>,
     pub cgroup: Cgroup,
+    /// Set for a container's cgroup the agent was attached to (see
+    /// `containers`); `None` for the agent's own cgroup.
+    pub container: Option<Arc<ContainerInfo>>,
 }
 
 /// Maps cgroup ids to agents. Sub-cgroups of an agent's cgroup belong to that
@@ -97,8 +110,18 @@ impl AgentTable {
         &self.agents
     }
 
+    /// The agent's own cgroup (not one of its containers').
     pub fn get(&self, name: &str) -> Option<&GuardedAgent> {
-        self.agents.iter().find(|a| &*a.name == name)
+        self.agents
+            .iter()
+            .find(|a| &*a.name == name && a.container.is_none())
+    }
+
+    /// The containers attached to agent `name`.
+    pub fn containers_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a GuardedAgent> {
+        self.agents
+            .iter()
+            .filter(move |a| &*a.name == name && a.container.is_some())
     }
 
     pub fn root(&self) -> &CgroupRoot {
@@ -113,6 +136,13 @@ impl AgentTable {
             self.agents[index].name.clone(),
             self.root.relative(&path).display().to_string(),
         ))
+    }
+
+    /// The container attached to an agent whose cgroup is `cgroup_id` (or
+    /// above it), if it is one.
+    pub fn container_of(&self, cgroup_id: u64) -> Option<Arc<ContainerInfo>> {
+        let (index, _) = self.lookup(cgroup_id)?;
+        self.agents[index].container.clone()
     }
 
     pub fn resolve(&self, record: &ConnRecord) -> Result<Identity, IdentityError> {
@@ -135,6 +165,7 @@ impl AgentTable {
                 "ipv6"
             },
             exe: std::fs::read_link(format!("/proc/{}/exe", record.tgid)).ok(),
+            container: agent.container.clone(),
         })
     }
 
@@ -222,6 +253,12 @@ mod tests {
             comm: "curl".into(),
             socket_family: "ipv4",
             exe: Some("/usr/bin/curl".into()),
+            container: Some(Arc::new(ContainerInfo {
+                runtime: "podman".into(),
+                id: "3ff7".into(),
+                name: Some("dev-1".into()),
+                image: Some("localhost/agent:latest".into()),
+            })),
         };
         let e = identity.stamp(Event::new(crate::audit::Kind::Request));
         assert_eq!(e.agent.as_deref(), Some("bot"));
@@ -230,6 +267,9 @@ mod tests {
         assert_eq!((e.pid, e.uid, e.gid), (Some(42), Some(1000), Some(1001)));
         assert_eq!(e.comm.as_deref(), Some("curl"));
         assert_eq!(e.exe.as_deref(), Some("/usr/bin/curl"));
+        assert_eq!(e.container_id.as_deref(), Some("3ff7"));
+        assert_eq!(e.container_name.as_deref(), Some("dev-1"));
+        assert_eq!(e.container_image.as_deref(), Some("localhost/agent:latest"));
     }
 
     #[test]

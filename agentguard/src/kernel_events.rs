@@ -56,6 +56,8 @@ pub struct KernelEventRecord {
     pub socket_option: Option<String>,
     /// The process an agent asked for (`process-access-denied`).
     pub target: Option<ProcessTarget>,
+    /// The container the caller runs in, when a policy selected it.
+    pub container: Option<std::sync::Arc<crate::containers::ContainerInfo>>,
 }
 
 /// The other process of a `process-access-denied` event.
@@ -265,7 +267,9 @@ fn identity(caller: Caller<'_>, live: &Live) -> KernelEventRecord {
             .agents()
             .iter()
             .any(|a| a.cgroup.id == caller.cgroup_id);
+    let container = state.agents.container_of(caller.cgroup_id);
     KernelEventRecord {
+        container,
         kind: kind_name(caller.kind),
         refused: caller.kind < event_kind::TCP_REDIRECTED,
         agent: found.as_ref().map(|(agent, _)| agent.to_string()),

@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod connlog;
+pub mod containers;
 pub mod credentials;
 pub mod daemon;
 pub mod dns;

@@ -7,6 +7,7 @@ mod approval;
 mod calls;
 mod cases;
 mod condition;
+mod containers;
 mod decide;
 mod explain;
 mod listen;
@@ -29,6 +30,7 @@ pub use calls::{
 };
 pub use cases::{Case, CaseFile, CaseResult, Decided, Outcome, read_cases, run_cases};
 pub use condition::{AgentIdentity, Bound, Condition, McpView, RequestView, Uses, Vars};
+pub use containers::{ContainerFacts, ContainerRuntime, ContainerSelector};
 pub use decide::{
     Allowed, ArgumentsRecord, BodyNeed, CallInfo, Decider, Decision, Denied, DenyRule,
     RequestFacts, RequestInput, digest as arguments_digest, one_credential,

@@ -147,7 +147,21 @@ pub struct AdminState {
     /// the network namespace of container process N, which must be in
     /// agent `name`'s cgroup (`agentguard oci-hook`). `None`: refused.
     pub container: Option<Attach>,
+    /// `POST /v1/containers/created?id=ID&pid=N&bundle=PATH` from the OCI
+    /// hook: attaches the container if a policy selects it (blocking).
+    /// `None`: refused.
+    pub created: Option<ContainerCreated>,
+    /// `POST /v1/containers/ended` from the hook's poststop stage:
+    /// forgets containers whose cgroup is gone (blocking).
+    pub ended: Option<Arc<dyn Fn() -> Result<usize, String> + Send + Sync>>,
 }
+
+/// Attaches a created container if a policy selects it.
+pub type ContainerCreated = Arc<
+    dyn Fn(&crate::containers::Created) -> Result<crate::containers::CreatedView, String>
+        + Send
+        + Sync,
+>;
 
 /// Guards agent `name`'s unit cgroup, which process `pid` must be in.
 pub type Attach = Arc<dyn Fn(&str, u32) -> Result<(), String> + Send + Sync>;
@@ -207,6 +221,11 @@ impl AdminServer {
                         if let Some(name) = attach_target(&req, "/container") {
                             return Ok::<_, Infallible>(container(state, name, &req).await);
                         }
+                        if req.method() == Method::POST
+                            && req.uri().path().starts_with("/v1/containers/")
+                        {
+                            return Ok::<_, Infallible>(container_event(state, &req).await);
+                        }
                         Ok::<_, Infallible>(
                             match super::oversight::route(&state, &req, uid).await {
                                 Some(resp) => resp,
@@ -264,6 +283,53 @@ async fn container(
         },
         Ok(Err(e)) => error(StatusCode::CONFLICT, &e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// One query parameter, percent-decoded.
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri().query().unwrap_or("").split('&').find_map(|p| {
+        let value = p.strip_prefix(name)?.strip_prefix('=')?;
+        String::from_utf8(crate::percent::decode(value.as_bytes())).ok()
+    })
+}
+
+/// The OCI hook's reports: a container created (attach it if selected),
+/// or ended (forget those whose cgroup is gone). Off the runtime's
+/// threads: attaching enters namespaces and takes system calls.
+async fn container_event(state: Arc<AdminState>, req: &Request<Incoming>) -> Response<AdminBody> {
+    match req.uri().path() {
+        "/v1/containers/created" => {
+            let (Some(id), Some(pid), Some(bundle), Some(created)) = (
+                query_param(req, "id"),
+                pid_param(req),
+                query_param(req, "bundle"),
+                state.created.clone(),
+            ) else {
+                return error(StatusCode::BAD_REQUEST, "expected ?id=ID&pid=N&bundle=PATH");
+            };
+            let report = crate::containers::Created {
+                id,
+                pid,
+                bundle: bundle.into(),
+            };
+            match tokio::task::spawn_blocking(move || created(&report)).await {
+                Ok(Ok(view)) => json(StatusCode::OK, &view),
+                Ok(Err(e)) => error(StatusCode::CONFLICT, &e),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            }
+        }
+        "/v1/containers/ended" => {
+            let Some(ended) = state.ended.clone() else {
+                return error(StatusCode::NOT_FOUND, "no such route");
+            };
+            match tokio::task::spawn_blocking(move || ended()).await {
+                Ok(Ok(n)) => json(StatusCode::OK, &serde_json::json!({ "detached": n })),
+                Ok(Err(e)) => error(StatusCode::CONFLICT, &e),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such route"),
     }
 }
 
@@ -440,6 +506,22 @@ fn agent_view(state: &AdminState, name: &str) -> Option<AgentView> {
             })
             .collect(),
         revoked: state.oversight.revocations.revoked(name),
+        containers: live
+            .agents
+            .containers_of(name)
+            .filter_map(|g| {
+                Some(crate::containers::ContainerView {
+                    info: (**g.container.as_ref()?).clone(),
+                    cgroup: live
+                        .agents
+                        .root()
+                        .relative(&g.cgroup.path)
+                        .display()
+                        .to_string(),
+                    cgroup_id: g.cgroup.id,
+                })
+            })
+            .collect(),
     })
 }
 

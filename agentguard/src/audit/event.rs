@@ -239,6 +239,17 @@ pub struct Event {
     /// proxy). Extension.
     #[serde(default)]
     pub relay: Option<String>,
+    /// The container the process runs in, when a policy selected it by
+    /// container (`[agent.containers]`): the runtime's full id. Extension.
+    #[serde(default)]
+    pub container_id: Option<String>,
+    /// The container's name, as its runtime knows it. Extension.
+    #[serde(default)]
+    pub container_name: Option<String>,
+    /// The image the container was created from (its name, as given to
+    /// the runtime). Extension.
+    #[serde(default)]
+    pub container_image: Option<String>,
 }
 
 impl Event {
@@ -518,6 +529,9 @@ columns!(
         mcp_target,
         rpc_calls,
         relay,
+        container_id,
+        container_name,
+        container_image,
     ],
 );
 

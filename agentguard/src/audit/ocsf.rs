@@ -81,6 +81,9 @@ pub fn render(record: &Record) -> Value {
     if host_profile {
         profiles.push("host");
     }
+    if e.container_id.is_some() && e.pid.is_some() {
+        profiles.push("container");
+    }
     o.insert(
         "metadata".into(),
         json!({
@@ -209,6 +212,7 @@ pub fn render(record: &Record) -> Value {
                 "rpc_method": e.rpc_method,
                 "mcp_target": e.mcp_target,
                 "relay": e.relay,
+                "container_image": e.container_image,
                 "rpc_calls": e.rpc_calls.as_deref().and_then(|c| serde_json::from_str::<Value>(c).ok()),
                 "seq": record.seq,
                 "hash": record.hash,
@@ -431,6 +435,15 @@ fn actor(e: &Event) -> Value {
         .as_deref()
         .and_then(|p| p.rsplit('/').next())
         .map(str::to_owned);
+    // OCSF 1.3's Container object (the `container` profile), under the
+    // process it holds. Its `image` requires the image's uid, which the
+    // record does not keep: the image's name is under `unmapped`.
+    let container = e.container_id.as_ref().map(|id| {
+        json!({
+            "uid": id,
+            "name": e.container_name,
+        })
+    });
     // OCSF 1.3's process has no group: the gid is under `unmapped`.
     let process = e.pid.map(|pid| {
         json!({
@@ -438,6 +451,7 @@ fn actor(e: &Event) -> Value {
             "name": e.comm,
             "file": e.exe.as_ref().map(|p| json!({ "path": p, "name": exe_name, "type_id": 1 })),
             "user": e.uid.map(|u| json!({ "uid": u.to_string() })),
+            "container": container,
         })
     });
     json!({
@@ -531,6 +545,62 @@ mod tests {
             missing_required(&o).is_empty(),
             "{:?}",
             missing_required(&o)
+        );
+    }
+
+    /// A selected container's request: its container is the process's,
+    /// under the `container` profile, and the whole object passes the
+    /// OCSF schema (the validator the exports test uses: PyPI's
+    /// ocsf-json-schema with jsonschema).
+    #[test]
+    fn a_containers_request_names_it_and_validates() {
+        let mut e = Event::new(Kind::Request).with_decision(Decision::Allow, "tool");
+        e.method = Some("GET".into());
+        e.host = Some("api.example.com".into());
+        e.path = Some("/v1/x".into());
+        e.status = Some(200);
+        e.agent = Some("dev".into());
+        e.pid = Some(10);
+        e.uid = Some(0);
+        e.container_id = Some("87105dbf885f".into());
+        e.container_name = Some("dev-agent-1".into());
+        e.container_image = Some("localhost/dev-agent:latest".into());
+        let o = render(&record(e));
+        assert_eq!(o["actor"]["process"]["container"]["uid"], "87105dbf885f");
+        assert_eq!(o["actor"]["process"]["container"]["name"], "dev-agent-1");
+        assert_eq!(
+            o["unmapped"]["agentguard"]["container_image"],
+            "localhost/dev-agent:latest"
+        );
+        assert!(
+            o["metadata"]["profiles"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("container"))
+        );
+        let validator = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/validators/ocsf_validate.py"
+        );
+        let mut child = std::process::Command::new("python3")
+            .arg(validator)
+            .arg(OCSF_VERSION)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs (it is part of the machine's setup)");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{o}\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
         );
     }
 

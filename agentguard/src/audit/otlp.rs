@@ -262,6 +262,9 @@ fn size_of_record(r: &Record) -> usize {
         &e.mcp_target,
         &e.rpc_calls,
         &e.relay,
+        &e.container_id,
+        &e.container_name,
+        &e.container_image,
     ]
     .iter()
     .map(|f| f.as_ref().map_or(0, String::len))

@@ -41,7 +41,7 @@ pub const RPC_CALLS_MAX: usize = 64 << 10;
 /// others, `rpc_calls` one more with its own bound). A test checks the
 /// count against the event's serialised form, so a new field cannot slip
 /// past the bound.
-const OPTIONAL_TEXT_FIELDS: usize = 26;
+const OPTIONAL_TEXT_FIELDS: usize = 29;
 /// The most one event weighs once its fields are limited.
 pub const MAX_EVENT_BYTES: usize =
     std::mem::size_of::<Event>() + (OPTIONAL_TEXT_FIELDS + 2) * FIELD_MAX + RPC_CALLS_MAX;
@@ -84,6 +84,10 @@ fn optional_text(e: &mut Event) -> [&mut Option<String>; OPTIONAL_TEXT_FIELDS] {
         &mut e.request_hash,
         // One of two fixed words, but bounded like the rest.
         &mut e.relay,
+        // Read from the runtime's files, which its users write.
+        &mut e.container_id,
+        &mut e.container_name,
+        &mut e.container_image,
     ]
 }
 

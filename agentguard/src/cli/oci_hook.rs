@@ -1,15 +1,29 @@
-//! `agentguard oci-hook`: an OCI runtime hook (stage `createRuntime`) that
-//! guards a container's network namespace before the container's program
-//! runs.
+//! `agentguard oci-hook`: an OCI runtime hook that guards a container
+//! before the container's program runs.
 //!
 //! The runtime gives the hook the container's state on stdin (OCI runtime
-//! spec, "State"): its first process's pid, and its annotations. The hook
-//! asks the daemon to open the proxy's and the agent's resolver's
-//! listeners in that process's network namespace; the daemon checks that
-//! the process is in the agent's cgroup (or below it: `--cgroup-parent`),
-//! where the kernel programs already apply. Any failure exits non-zero,
-//! which makes the runtime fail the container's start: the container never
-//! runs with its connections going nowhere or elsewhere.
+//! spec, "State"): its id, first process's pid, bundle and annotations.
+//! At `createRuntime` the container's process exists, in its cgroup and
+//! network namespace, but its program has not started (the runtime starts
+//! it only after every createRuntime, createContainer and startContainer
+//! hook succeeded). Two ways:
+//!
+//! - selection by policy (the default): the hook reports the container
+//!   (`POST /v1/containers/created`); the daemon reads its name, image and
+//!   annotations, and if an `[agent.containers]` selects it, attaches the
+//!   agent's programs to the container's own cgroup and opens the
+//!   listeners in its namespace before answering. A container no policy
+//!   selects starts untouched.
+//! - a named agent (`--agent`, or the annotation `io.agentguard.agent`):
+//!   the daemon checks that the process is in the agent's cgroup (or below
+//!   it: `--cgroup-parent`), where the kernel programs already apply, and
+//!   opens the listeners.
+//!
+//! Any failure exits non-zero, which makes the runtime fail the
+//! container's start: the container never runs with its connections going
+//! nowhere or elsewhere. At `poststop` (state `stopped`) the hook has the
+//! daemon forget containers whose cgroup is gone, without waiting for its
+//! once-a-second look.
 
 use std::{
     io::Read as _,
@@ -24,6 +38,7 @@ use thiserror::Error;
 use crate::{
     admin::{AdminClient, AdminError, AgentView},
     config::parse_duration,
+    containers::CreatedView,
 };
 
 /// The annotation naming the agent, when `--agent` does not.
@@ -37,8 +52,6 @@ pub enum OciHookError {
     State(serde_json::Error),
     #[error("the container state has no pid (is the hook's stage createRuntime or prestart?)")]
     NoPid,
-    #[error("no agent: pass --agent, or annotate the container with {AGENT_ANNOTATION}=NAME")]
-    NoAgent,
     #[error("agent {0:?}: the name may only use a-z, 0-9, '-' and '_'")]
     BadName(String),
     #[error(transparent)]
@@ -54,6 +67,10 @@ pub enum OciHookError {
 struct State {
     #[serde(default)]
     id: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    bundle: String,
     pid: Option<u32>,
     #[serde(default)]
     annotations: std::collections::HashMap<String, String>,
@@ -69,14 +86,55 @@ pub fn run(admin_socket: &Path, agent: Option<&str>, wait: &str) -> Result<ExitC
         .read_to_string(&mut text)
         .map_err(OciHookError::Stdin)?;
     let state: State = serde_json::from_str(&text).map_err(OciHookError::State)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(OciHookError::Runtime)?;
+    let client = AdminClient::new(admin_socket);
+    if state.status == "stopped" {
+        // Nothing depends on it: the daemon's own look finds the ended
+        // container within a second anyway.
+        if let Err(e) = runtime.block_on(client.post::<serde_json::Value>("/v1/containers/ended")) {
+            eprintln!("agentguard: container {}: {e}", state.id);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let pid = state.pid.filter(|p| *p > 0).ok_or(OciHookError::NoPid)?;
+    let deadline = Instant::now() + wait;
+    // Retries while the daemon is not (yet) answering, up to --wait.
+    let call = |route: &str| {
+        loop {
+            match runtime.block_on(client.post::<serde_json::Value>(route)) {
+                Err(AdminError::NotRunning { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(RETRY);
+                }
+                other => break other,
+            }
+        }
+    };
     let agent = match agent {
         Some(a) => a.to_owned(),
-        None => state
-            .annotations
-            .get(AGENT_ANNOTATION)
-            .cloned()
-            .ok_or(OciHookError::NoAgent)?,
+        None => match state.annotations.get(AGENT_ANNOTATION) {
+            Some(a) => a.clone(),
+            None => {
+                let route = format!(
+                    "/v1/containers/created?id={}&pid={pid}&bundle={}",
+                    crate::percent::encode(&state.id),
+                    crate::percent::encode(&state.bundle)
+                );
+                let view: CreatedView =
+                    serde_json::from_value(call(&route)?).map_err(OciHookError::State)?;
+                if let (Some(agent), Some(c)) = (view.agent, view.container) {
+                    eprintln!(
+                        "agentguard: container {} ({}, image {}) attached to agent {agent} before its start",
+                        c.id,
+                        c.name.as_deref().unwrap_or("unnamed"),
+                        c.image.as_deref().unwrap_or("unknown"),
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+        },
     };
     // The name goes into a URL path.
     if agent.is_empty()
@@ -87,20 +145,7 @@ pub fn run(admin_socket: &Path, agent: Option<&str>, wait: &str) -> Result<ExitC
         return Err(OciHookError::BadName(agent));
     }
     let route = format!("/v1/agents/{agent}/container?pid={pid}");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(OciHookError::Runtime)?;
-    let client = AdminClient::new(admin_socket);
-    let deadline = Instant::now() + wait;
-    let view: AgentView = loop {
-        match runtime.block_on(client.post::<AgentView>(&route)) {
-            Err(AdminError::NotRunning { .. }) if Instant::now() < deadline => {
-                std::thread::sleep(RETRY);
-            }
-            other => break other?,
-        }
-    };
+    let view: AgentView = serde_json::from_value(call(&route)?).map_err(OciHookError::State)?;
     // The runtime shows the hook's stderr when it fails; say what
     // happened when it did not, too.
     eprintln!(

@@ -60,6 +60,18 @@ fn text(s: &StatusView) -> String {
             (false, None) => "NOT GUARDED".to_owned(),
         };
         let _ = writeln!(out, "  {:<width$}  {place}  {}", a.name, a.policy_file);
+        for c in &a.containers {
+            let _ = writeln!(
+                out,
+                "  {:<width$}    container {} {} (image {}, id {}, cgroup id {})",
+                "",
+                c.info.runtime,
+                c.info.name.as_deref().unwrap_or("unnamed"),
+                c.info.image.as_deref().unwrap_or("unknown"),
+                c.info.id.get(..12).unwrap_or(&c.info.id),
+                c.cgroup_id
+            );
+        }
     }
     let _ = writeln!(
         out,

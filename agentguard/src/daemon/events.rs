@@ -40,6 +40,11 @@ pub fn kernel_event(record: KernelEventRecord) -> Event {
     event.gid = Some(record.gid);
     event.comm = Some(record.comm.clone());
     event.exe = record.exe.clone();
+    if let Some(c) = &record.container {
+        event.container_id = Some(c.id.clone());
+        event.container_name = c.name.clone();
+        event.container_image = c.image.clone();
+    }
     event.protocol = Some(protocol_name(&record).to_owned());
     event.rule = Some(format!("kernel:{}", record.kind));
     match record.destination {

@@ -29,7 +29,8 @@ use tracing::{info, warn};
 use super::units;
 use crate::{
     audit::{AuditSink, Event},
-    cgroup::{CgroupError, CgroupRoot},
+    cgroup::{Cgroup, CgroupError, CgroupRoot},
+    containers::{Attached, ContainerInfo, ContainersError, Created},
     credentials::{CredentialErrors, CredentialStore, TokenFetcher},
     dns::Resolvers,
     ebpf::{EbpfError, Kernel},
@@ -101,6 +102,28 @@ pub enum ContainerError {
     },
     #[error(transparent)]
     Guard(#[from] ReloadError),
+    #[error(transparent)]
+    Facts(#[from] ContainersError),
+    #[error(
+        "container {id} ({name}) is selected by agents {first:?} and {second:?}; a container may be one agent only"
+    )]
+    Ambiguous {
+        id: String,
+        name: String,
+        first: String,
+        second: String,
+    },
+    #[error(
+        "container {id}: its process {pid} is in cgroup {cgroup}, which {why}; agentguard will not attach an agent there"
+    )]
+    Cgroup {
+        id: String,
+        pid: u32,
+        cgroup: String,
+        why: String,
+    },
+    #[error(transparent)]
+    Open(#[from] CgroupError),
 }
 
 /// Why `agentguard attach` could not guard a unit.
@@ -126,6 +149,11 @@ pub struct Reloader {
     pub revocations: Arc<Revocations>,
     /// The proxy's listeners in agents' network namespaces.
     pub netns: Arc<NetnsListeners>,
+    /// Containers attached to agents by `[agent.containers]`, until their
+    /// cgroup goes.
+    pub containers: Mutex<Vec<Attached>>,
+    /// Where they are saved for a restarted daemon (`None`: not saved).
+    pub containers_file: Option<PathBuf>,
     /// One reload at a time: SIGHUP and a file change may race, and the
     /// later snapshot must not be overtaken by the earlier one.
     pub serial: Mutex<()>,
@@ -310,8 +338,10 @@ impl Reloader {
             guarded.push(GuardedAgent {
                 name: agent.name.as_str().into(),
                 cgroup,
+                container: None,
             });
         }
+        self.guard_containers(&policy, &mut kernel, &mut guarded, &mut served)?;
         // Cgroups no agent names keep their programs (see the module docs),
         // but lose their resolver: their DNS is refused in the kernel.
         let keep: Vec<u64> = guarded.iter().map(|a| a.cgroup.id).collect();
@@ -406,6 +436,7 @@ impl Reloader {
         if let Some(e) = failed {
             return Err(e);
         }
+        served.extend(self.attached().iter().filter_map(|c| c.netns));
         self.netns.retain(&served);
         self.resolvers.retain_netns(&served);
         Ok(())
@@ -531,6 +562,280 @@ impl Reloader {
             info!(agent, pid, netns = %netns.id, "container's network namespace guarded before its start");
         }
         Ok(())
+    }
+
+    /// Saves the attached containers for a restarted daemon. A failure
+    /// is logged: those containers stay served by this daemon.
+    fn save_containers(&self) {
+        let Some(path) = &self.containers_file else {
+            return;
+        };
+        if let Err(e) = crate::containers::save(path, &self.attached()) {
+            warn!(error = %e, "a restarted daemon would not serve the attached containers");
+        }
+    }
+
+    /// At start, after the first build: the containers a previous daemon
+    /// attached that still run (same cgroup, agent still selecting) get
+    /// their listeners again, from a process still in their cgroup, and
+    /// join the agent table. Their programs stayed pinned throughout, so
+    /// they were never unguarded, only refused meanwhile.
+    pub fn readopt_containers(&self, live: &Live) -> Result<(), ReloadError> {
+        let Some(path) = &self.containers_file else {
+            return Ok(());
+        };
+        let saved = crate::containers::load(path);
+        if saved.is_empty() {
+            return Ok(());
+        }
+        let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let current = live.load();
+        for saved in saved {
+            if current.policy.agent(&saved.agent).is_none()
+                || !units::still_there(&saved.cgroup, saved.cgroup_id)
+            {
+                continue;
+            }
+            let pid = fs::read_to_string(saved.cgroup.join("cgroup.procs"))
+                .ok()
+                .and_then(|procs| procs.lines().find_map(|l| l.trim().parse::<u32>().ok()));
+            let netns = match pid {
+                Some(pid) => self
+                    .netns
+                    .ensure(Path::new(&format!("/proc/{pid}/ns/net")))
+                    .map_err(|source| ReloadError::Netns {
+                        agent: saved.agent.clone(),
+                        source,
+                    })?,
+                None => None,
+            };
+            if let Some(netns) = &netns {
+                self.resolvers.ensure_in(&saved.agent, netns)?;
+            }
+            info!(agent = %saved.agent, container = %saved.info.id, name = ?saved.info.name, "container attached by the previous daemon served again");
+            self.containers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Attached {
+                    agent: saved.agent,
+                    info: Arc::new(saved.info),
+                    cgroup: Cgroup {
+                        path: saved.cgroup,
+                        id: saved.cgroup_id,
+                    },
+                    netns: netns.as_ref().map(|n| n.id),
+                });
+        }
+        let state = self.guard(
+            current.policy.clone(),
+            current.credentials.clone(),
+            Some(&current),
+        )?;
+        live.swap_agents(state);
+        self.save_containers();
+        Ok(())
+    }
+
+    /// The containers attached now.
+    fn attached(&self) -> Vec<Attached> {
+        self.containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Part of [`Reloader::guard`]: every attached container whose agent
+    /// the policy still has joins the guarded cgroups (its programs, its
+    /// resolver port, its listeners kept). One whose cgroup is gone is left
+    /// for [`Reloader::refresh_containers`]. A container whose agent left
+    /// the policy keeps its programs (see the module docs): the proxy
+    /// refuses its connections, as it does any cgroup it does not know.
+    fn guard_containers(
+        &self,
+        policy: &policy::PolicySet,
+        kernel: &mut Kernel,
+        guarded: &mut Vec<GuardedAgent>,
+        served: &mut Vec<NetnsId>,
+    ) -> Result<(), ReloadError> {
+        for c in self.attached() {
+            if policy.agent(&c.agent).is_none() || !units::still_there(&c.cgroup.path, c.cgroup.id)
+            {
+                continue;
+            }
+            if !kernel.has_links(c.cgroup.id) && !self.under_an_agent(policy, &c.cgroup.path) {
+                kernel.guard(&c.cgroup)?;
+            }
+            kernel.set_agent_dns(c.cgroup.id, self.resolvers.ensure(&c.agent)?)?;
+            served.extend(c.netns);
+            guarded.push(GuardedAgent {
+                name: c.agent.as_str().into(),
+                cgroup: c.cgroup.clone(),
+                container: Some(c.info.clone()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `path` is an agent's cgroup or below one: the agent's
+    /// programs already run there (a container started with
+    /// `--cgroup-parent`).
+    fn under_an_agent(&self, policy: &policy::PolicySet, path: &Path) -> bool {
+        policy
+            .agents
+            .iter()
+            .any(|a| path.starts_with(self.root.path_of(&a.cgroup)))
+    }
+
+    /// `agentguard oci-hook` at a container's creation, before its program
+    /// runs: if a policy's `[agent.containers]` selects it, its cgroup gets
+    /// the agent's programs and resolver, and its network namespace the
+    /// proxy's and resolver's listeners. `Ok(None)`: no policy selects it,
+    /// and nothing was changed. Any error fails the container's start.
+    pub fn container_created(
+        &self,
+        live: &Live,
+        created: &Created,
+    ) -> Result<Option<(String, Arc<ContainerInfo>)>, ContainerError> {
+        let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let current = live.load();
+        if !current.policy.agents.iter().any(|a| a.containers.is_some()) {
+            return Ok(None);
+        }
+        let facts = crate::containers::facts(created)?;
+        let mut selected = current
+            .policy
+            .agents
+            .iter()
+            .filter(|a| a.containers.as_ref().is_some_and(|sel| sel.matches(&facts)));
+        let Some(agent) = selected.next() else {
+            return Ok(None);
+        };
+        let info = Arc::new(ContainerInfo {
+            runtime: facts
+                .runtime
+                .map(|r| r.as_str().to_owned())
+                .unwrap_or_default(),
+            id: created.id.clone(),
+            name: facts.name.clone(),
+            image: facts.image.clone(),
+        });
+        if let Some(other) = selected.next() {
+            return Err(ContainerError::Ambiguous {
+                id: created.id.clone(),
+                name: info.name.clone().unwrap_or_default(),
+                first: agent.name.clone(),
+                second: other.name.clone(),
+            });
+        }
+        let pid = created.pid;
+        let proc_err = |source| ContainerError::Process { pid, source };
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(proc_err)?;
+        let rel = crate::procfs::cgroup_v2_path(&text).unwrap_or_default();
+        let path = self.root.mount().join(rel.trim_start_matches('/'));
+        let refuse = |why: &str| ContainerError::Cgroup {
+            id: created.id.clone(),
+            pid,
+            cgroup: path.display().to_string(),
+            why: why.to_owned(),
+        };
+        if rel.trim_matches('/').is_empty() || rel.contains("/../") {
+            return Err(refuse("is the root cgroup"));
+        }
+        if own_cgroup(&self.root).is_some_and(|own| own.starts_with(&path)) {
+            return Err(refuse("holds agentguard itself"));
+        }
+        if let Some(other) = current
+            .policy
+            .agents
+            .iter()
+            .find(|a| a.name != agent.name && path.starts_with(self.root.path_of(&a.cgroup)))
+        {
+            return Err(refuse(&format!(
+                "is inside agent {:?}'s cgroup",
+                other.name
+            )));
+        }
+        let cgroup = Cgroup::open(&path)?;
+        let netns_err = |source| ReloadError::Netns {
+            agent: agent.name.clone(),
+            source,
+        };
+        // The listeners first: once the programs are attached, the
+        // container's connects go to them.
+        let netns = self
+            .netns
+            .ensure(Path::new(&format!("/proc/{pid}/ns/net")))
+            .map_err(netns_err)?;
+        if let Some(netns) = &netns {
+            self.resolvers
+                .ensure_in(&agent.name, netns)
+                .map_err(ReloadError::from)?;
+        }
+        self.containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Attached {
+                agent: agent.name.clone(),
+                info: info.clone(),
+                cgroup: cgroup.clone(),
+                netns: netns.as_ref().map(|n| n.id),
+            });
+        // The programs, the resolver port and the agent table, as for a
+        // reload; on failure the container is forgotten (its start fails).
+        let state = self.guard(
+            current.policy.clone(),
+            current.credentials.clone(),
+            Some(&current),
+        );
+        let state = match state {
+            Ok(state) => state,
+            Err(e) => {
+                self.containers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|c| c.cgroup.id != cgroup.id);
+                return Err(e.into());
+            }
+        };
+        live.swap_agents(state);
+        self.save_containers();
+        info!(agent = %agent.name, container = %created.id, name = ?info.name, image = ?info.image, pid, cgroup = %path.display(), cgroup_id = cgroup.id, "container attached before its start");
+        Ok(Some((agent.name.clone(), info)))
+    }
+
+    /// Forgets attached containers whose cgroup is gone (the container
+    /// ended; the kernel detached its programs with the cgroup): their
+    /// pins, their listeners and their place in the agent table. Called
+    /// once a second, and by the hook's poststop stage.
+    pub fn refresh_containers(&self, live: &Live) -> Result<usize, ReloadError> {
+        let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<Attached> = {
+            let mut containers = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+            let (gone, kept) = containers
+                .drain(..)
+                .partition(|c| !units::still_there(&c.cgroup.path, c.cgroup.id));
+            *containers = kept;
+            gone
+        };
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        self.save_containers();
+        {
+            let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
+            for c in &gone {
+                let links = kernel.forget(c.cgroup.id)?;
+                info!(agent = %c.agent, container = %c.info.id, name = ?c.info.name, links, "container ended; agentguard detached from it");
+            }
+        }
+        let current = live.load();
+        let state = self.guard(
+            current.policy.clone(),
+            current.credentials.clone(),
+            Some(&current),
+        )?;
+        live.swap_agents(state);
+        Ok(gone.len())
     }
 
     /// Reloads into `live` if the policy changed; on any error the running

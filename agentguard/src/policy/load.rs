@@ -159,12 +159,28 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
     let name_span = span_of(path, text, parsed.agent.name.span().start);
     let name = parsed.agent.name.into_inner();
     validate_agent_name(&name).map_err(|m| invalid(&name_span, format!("agent.name: {m}")))?;
+    let containers = match parsed.agent.containers {
+        None => None,
+        Some(section) => {
+            let offset = section.span().start;
+            Some(
+                super::containers::parse(section.into_inner(), offset)
+                    .map_err(|(at, m)| invalid(&span_of(path, text, at), m))?,
+            )
+        }
+    };
+    // An agent that is containers needs no cgroup of its own; it still
+    // gets one (`agentguard exec` can start processes there).
+    let default_cgroup = containers
+        .as_ref()
+        .and_then(|_| CgroupRelPath::parse(&format!("agentguard/{name}")).ok());
     let (cgroup, systemd_unit) = parse_agent_cgroup(
         path,
         text,
         parsed.agent.cgroup.as_ref(),
         parsed.agent.systemd_unit.as_ref(),
         &name_span,
+        default_cgroup,
     )?;
     let mode = match &parsed.agent.mode {
         None => Mode::Enforce,
@@ -296,6 +312,7 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
             listen,
             netns,
             upstream_netns,
+            containers,
             credentials,
             tools,
             passthrough,
@@ -719,6 +736,7 @@ fn parse_agent_cgroup(
     cgroup: Option<&Spanned<String>>,
     unit: Option<&Spanned<String>>,
     name_span: &Span,
+    default: Option<CgroupRelPath>,
 ) -> Result<(CgroupRelPath, Option<SystemdUnit>), PolicyError> {
     let cgroup = match cgroup {
         Some(c) => Some(CgroupRelPath::parse(c.get_ref()).map_err(|m| {
@@ -730,10 +748,10 @@ fn parse_agent_cgroup(
         None => None,
     };
     let Some(unit) = unit else {
-        return cgroup.map(|c| (c, None)).ok_or_else(|| {
+        return cgroup.or(default).map(|c| (c, None)).ok_or_else(|| {
             invalid(
                 name_span,
-                "agent: missing `cgroup` (or `systemd_unit` for an agent that is a systemd service)"
+                "agent: missing `cgroup` (or `systemd_unit` for an agent that is a systemd service, or `[agent.containers]` for one that is containers)"
                     .into(),
             )
         });
@@ -918,6 +936,48 @@ mod tests {
 
     fn write(dir: &Path, name: &str, body: &str) {
         fs::write(dir.join(name), body).unwrap();
+    }
+
+    #[test]
+    fn an_agent_can_be_containers_selected_by_name_image_or_annotations() {
+        let parse = |body: &str| {
+            check_text(
+                Path::new("a.toml"),
+                &format!("[agent]\nname = \"dev\"\n{body}"),
+            )
+        };
+        let a = parse("[agent.containers]\nruntime = \"podman\"\nname = \"dev-*\"\nimage = \"localhost/agent:*\"\nannotations = { team = \"red\" }\n").unwrap();
+        // No cgroup of its own is needed: it gets agentguard/NAME.
+        assert_eq!(a.cgroup.as_str(), "agentguard/dev");
+        let sel = a.containers.unwrap();
+        assert_eq!(sel.runtime, crate::policy::ContainerRuntime::Podman);
+        assert!(sel.name.unwrap().matches("dev-1"));
+        assert_eq!(sel.annotations.get("team").map(String::as_str), Some("red"));
+        let errors = [
+            ("runtime = \"docker\"\nname = \"x\"\n", "not supported yet"),
+            ("runtime = \"lxc\"\nname = \"x\"\n", "must be \"podman\""),
+            ("runtime = \"podman\"\n", "say which containers"),
+            ("runtime = \"podman\"\nname = \"[x\"\n", "not a valid glob"),
+            ("runtime = \"podman\"\nname = \"\"\n", "must not be empty"),
+            (
+                "runtime = \"podman\"\nlabels = { team = \"red\" }\n",
+                "labels: not supported",
+            ),
+            (
+                "runtime = \"podman\"\nname = \"x\"\nimages = \"y\"\n",
+                "unknown field",
+            ),
+        ];
+        for (body, wanted) in errors {
+            let e = parse(&format!("[agent.containers]\n{body}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(wanted), "{body}: {e}");
+            assert!(e.contains("a.toml:"), "names the file and line: {e}");
+        }
+        // Without containers, a cgroup (or unit) is still required.
+        let e = parse("").unwrap_err().to_string();
+        assert!(e.contains("missing `cgroup`"), "{e}");
     }
 
     #[test]

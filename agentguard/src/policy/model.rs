@@ -201,11 +201,11 @@ pub(super) struct PassthroughSection {
     pub ports: Option<Vec<u16>>,
 }
 
-/// `[agent]`. It needs a `cgroup` or a `systemd_unit` (or both); the
-/// schema says so, as the loader does.
+/// `[agent]`. It needs a `cgroup`, a `systemd_unit` (or both) or
+/// `[agent.containers]`; the schema says so, as the loader does.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(extend("anyOf" = [{ "required": ["cgroup"] }, { "required": ["systemd_unit"] }]))]
+#[schemars(extend("anyOf" = [{ "required": ["cgroup"] }, { "required": ["systemd_unit"] }, { "required": ["containers"] }]))]
 pub(super) struct AgentSection {
     pub name: Spanned<String>,
     /// Required unless `systemd_unit` names the agent's unit.
@@ -228,6 +228,9 @@ pub(super) struct AgentSection {
     /// network namespace (the default) or the host's (the daemon's).
     #[schemars(extend("enum" = ["agent", "host"]))]
     pub upstream_netns: Option<Spanned<String>>,
+    /// The containers this agent is, selected when their runtime creates
+    /// them (see README, Containers).
+    pub containers: Option<Spanned<super::containers::ContainersSection>>,
 }
 
 /// A cgroup path relative to the cgroup v2 mount, e.g. `agentguard/support-bot`.
@@ -496,6 +499,9 @@ pub struct AgentPolicy {
     /// the agent's resolver listen there too.
     pub netns: Option<NetnsSource>,
     pub upstream_netns: UpstreamNetns,
+    /// `[agent.containers]`: containers that are this agent, attached
+    /// when their runtime creates them.
+    pub containers: Option<super::containers::ContainerSelector>,
     pub credentials: Vec<CredentialPolicy>,
     pub tools: Vec<ToolPolicy>,
     pub passthrough: Vec<PassthroughRule>,

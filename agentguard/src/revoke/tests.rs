@@ -72,6 +72,7 @@ fn the_kernel_plan_marks_revoked_agents_cgroups_and_clears_every_other_mark() {
             path: format!("/sys/fs/cgroup/agentguard/{name}").into(),
             id,
         },
+        container: None,
     };
     let dir = tempfile::tempdir().unwrap();
     let r = Revocations::load(dir.path()).unwrap();

@@ -172,6 +172,10 @@ fn attributes(r: &Record) -> Vec<KeyValue> {
         e.exe.as_deref().and_then(|p| p.rsplit('/').next()),
     );
     s("agentguard.comm", e.comm.as_deref());
+    // OpenTelemetry's container semantic conventions.
+    s("container.id", e.container_id.as_deref());
+    s("container.name", e.container_name.as_deref());
+    s("container.image.name", e.container_image.as_deref());
     s("agentguard.on_behalf_of", e.on_behalf_of.as_deref());
     s("agentguard.intent", e.intent.as_deref());
     s("source.address", e.src_ip.as_deref());

@@ -98,6 +98,7 @@ fn policy(agents: Vec<(&str, Vec<CredentialPolicy>)>) -> PolicySet {
                 unix_sockets: Vec::new(),
                 listen: Vec::new(),
                 netns: None,
+                containers: None,
                 upstream_netns: crate::policy::UpstreamNetns::Agent,
                 credentials,
                 tools: Vec::new(),

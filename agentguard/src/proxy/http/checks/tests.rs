@@ -18,6 +18,7 @@ fn meta(sni: Option<&str>, port: u16) -> ConnMeta {
             comm: "curl".into(),
             socket_family: "ipv4",
             exe: None,
+            container: None,
         },
         peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
         dst: SocketAddr::from(([127, 0, 0, 3], port)),

@@ -84,6 +84,7 @@ fn meta(agent: &str, sni: Option<&str>, dst: &str) -> ConnMeta {
             comm: "curl".into(),
             socket_family: "ipv4",
             exe: None,
+            container: None,
         },
         peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
         dst: dst.parse().unwrap(),
