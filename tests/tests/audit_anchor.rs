@@ -56,19 +56,31 @@ fn traffic(daemon: &Daemon, agent: &str, upstream: &Upstream, n: usize) {
     }
 }
 
-/// Waits (bounded: 15 s) until at least `seq` events are recorded and a
-/// checkpoint of the last one has been exported, then stops the daemon
-/// (kill -9: nothing it records afterwards can race the test); returns the
-/// newest exported seq.
+/// Waits (bounded: 15 s) until at least `seq` events are recorded, a
+/// checkpoint of the last one has been exported, and nothing has changed
+/// for a second (an event read late from the kernel, such as a refused nscd
+/// probe, would otherwise start a checkpoint that the kill cuts half
+/// exported), then stops the daemon (kill -9: nothing it records afterwards
+/// can race the test); returns the newest exported seq.
 fn wait_exported(daemon: &mut Daemon, seq: i64) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(15);
+    let mut settled: Option<(i64, Instant)> = None;
     loop {
         let audit = &daemon.status()["audit"];
         let exported = audit["anchor_last_exported_seq"].as_i64().unwrap();
         if exported >= seq && exported == audit["last_seq"].as_i64().unwrap() {
-            daemon.kill9();
-            assert_eq!(audit["anchor_failures"], 0, "{audit}");
-            return exported;
+            match settled {
+                Some((at, since)) if at == exported => {
+                    if since.elapsed() >= Duration::from_secs(1) {
+                        daemon.kill9();
+                        assert_eq!(audit["anchor_failures"], 0, "{audit}");
+                        return exported;
+                    }
+                }
+                _ => settled = Some((exported, Instant::now())),
+            }
+        } else {
+            settled = None;
         }
         assert!(
             Instant::now() < deadline,

@@ -55,7 +55,11 @@ impl Image {
             .output()
             .unwrap();
         assert!(out.status.success(), "tar: {}", text(&out.stderr));
-        let name = format!("localhost/agentguard-test-curl-{}", std::process::id());
+        // Unique per test, not only per process: the tests of this file run
+        // at once, and each removes its own image when it ends.
+        static BUILT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("localhost/agentguard-test-curl-{}-{n}", std::process::id());
         let out = Command::new("podman")
             .arg("import")
             .arg(&tar)
