@@ -741,7 +741,7 @@ impl Vars {
     pub fn with_mcp(&self, m: McpView<'_>) -> Vars {
         let mut vars = self.clone();
         if self.built.mcp {
-            vars.mcp = mcp_value(&m);
+            vars.mcp = mcp_value(&m, &self.built);
         }
         vars
     }
@@ -792,7 +792,11 @@ fn request_value(r: &RequestView<'_>, hidden: &[&str], with_headers: bool) -> Re
     ]))
 }
 
-fn mcp_value(m: &McpView<'_>) -> Result<Cel, String> {
+/// `mcp`, with `arguments` and `params` converted only where a condition
+/// reads them (`built`); an unread one is left out, so that a read of it
+/// fails rather than sees nothing. (They hold the whole call: converting
+/// both was most of the cost of binding a message's variables.)
+fn mcp_value(m: &McpView<'_>, built: &Uses) -> Result<Cel, String> {
     let name_of = |kind| {
         m.target
             .filter(|t| t.kind == kind)
@@ -802,21 +806,35 @@ fn mcp_value(m: &McpView<'_>) -> Result<Cel, String> {
         None => Ok(Cel::Null),
         Some(v) => json_to_cel(v).map_err(|why| format!("mcp.{what}: {why}")),
     };
-    Ok(map([
-        (
-            "method",
-            m.method.map_or(Cel::Null, |s| Cel::from(s.to_owned())),
-        ),
-        ("tool", name_of(crate::mcp::TargetKind::Tool)),
-        ("resource", name_of(crate::mcp::TargetKind::Resource)),
-        ("prompt", name_of(crate::mcp::TargetKind::Prompt)),
-        (
+    let mut fields: HashMap<Key, Cel> = HashMap::with_capacity(7);
+    let mut put = |k: &str, v: Cel| {
+        fields.insert(Key::from(k), v);
+    };
+    put(
+        "method",
+        m.method.map_or(Cel::Null, |s| Cel::from(s.to_owned())),
+    );
+    put("tool", name_of(crate::mcp::TargetKind::Tool));
+    put("resource", name_of(crate::mcp::TargetKind::Resource));
+    put("prompt", name_of(crate::mcp::TargetKind::Prompt));
+    if built.mcp_arguments {
+        let arguments = json(m.arguments, "arguments")?;
+        put(
             "arguments",
-            json(m.arguments, "arguments").map(|v| if v == Cel::Null { map([]) } else { v })?,
-        ),
-        ("params", json(m.params, "params")?),
-        ("id", json(m.id, "id")?),
-    ]))
+            if arguments == Cel::Null {
+                map([])
+            } else {
+                arguments
+            },
+        );
+    }
+    if built.mcp_params {
+        put("params", json(m.params, "params")?);
+    }
+    put("id", json(m.id, "id")?);
+    Ok(Cel::Map(Map {
+        map: Arc::new(fields),
+    }))
 }
 
 /// Query parameters, decoded as HTML forms do (`+` is a space). A name

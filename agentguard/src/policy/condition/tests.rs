@@ -138,6 +138,95 @@ fn runtime_failures_are_errors_not_true() {
     assert_eq!(eval(r#"on_behalf_of == "alice""#, &vars), Ok(false));
 }
 
+/// A call's `arguments` and `params` are converted only for conditions that
+/// read them; a condition reading one that was left out fails, never sees
+/// an empty value.
+#[test]
+fn a_calls_arguments_and_params_are_built_only_where_read() {
+    let target = Target {
+        kind: TargetKind::Tool,
+        name: "create_issue".into(),
+    };
+    let args = json!({"owner": "acme"});
+    let params = json!({"name": "create_issue", "arguments": {"owner": "acme"}});
+    let view = McpView {
+        method: Some("tools/call"),
+        target: Some(&target),
+        arguments: Some(&args),
+        params: Some(&params),
+        id: Some(&json!(1)),
+    };
+    let vars_for = |needs: Uses| {
+        Vars::new(
+            RequestView {
+                method: "POST",
+                host: "h",
+                port: 443,
+                path: "/mcp",
+                query: None,
+                headers: None,
+                body: None,
+            },
+            &identity(),
+            None,
+            None,
+            monday_morning(),
+            &[],
+            needs,
+        )
+        .with_mcp(view)
+    };
+    let keys = |vars: &Vars| -> Vec<String> {
+        let Ok(Cel::Map(m)) = &vars.mcp else {
+            panic!("mcp is not a map: {:?}", vars.mcp)
+        };
+        let mut keys: Vec<String> = m.map.keys().map(|k| k.to_string()).collect();
+        keys.sort();
+        keys
+    };
+    let on_arguments = Condition::compile(r#"mcp.arguments.owner == "acme""#).unwrap();
+    let on_params = Condition::compile(r#"mcp.params.name == "create_issue""#).unwrap();
+    let on_tool = Condition::compile(r#"mcp.tool == "create_issue""#).unwrap();
+    let whole = Condition::compile(r#"mcp.params.name == mcp.tool && "owner" in mcp["arguments"]"#)
+        .unwrap();
+
+    let vars = vars_for(on_arguments.uses());
+    assert_eq!(
+        keys(&vars),
+        ["arguments", "id", "method", "prompt", "resource", "tool"]
+    );
+    assert_eq!(on_arguments.evaluate(&vars), Ok(true));
+    assert!(on_params.evaluate(&vars).is_err());
+
+    let vars = vars_for(on_params.uses());
+    assert_eq!(
+        keys(&vars),
+        ["id", "method", "params", "prompt", "resource", "tool"]
+    );
+    assert_eq!(on_params.evaluate(&vars), Ok(true));
+
+    let vars = vars_for(on_tool.uses());
+    assert_eq!(keys(&vars), ["id", "method", "prompt", "resource", "tool"]);
+    assert_eq!(on_tool.evaluate(&vars), Ok(true));
+    assert!(on_arguments.evaluate(&vars).is_err());
+
+    // Used whole, `mcp` has both.
+    let vars = vars_for(whole.uses());
+    assert_eq!(
+        keys(&vars),
+        [
+            "arguments",
+            "id",
+            "method",
+            "params",
+            "prompt",
+            "resource",
+            "tool"
+        ]
+    );
+    assert_eq!(whole.evaluate(&vars), Ok(true));
+}
+
 #[test]
 fn bodies_over_the_bound_fail_the_conditions_that_read_them() {
     let big = json!({ "items": vec![0; MAX_VALUES] });
