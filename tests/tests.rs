@@ -11,6 +11,7 @@ mod containers;
 mod credentials;
 mod delegated;
 mod dns;
+mod docker;
 mod egress;
 mod exec_confinement;
 mod exhaustion;

@@ -15,6 +15,7 @@ mod config;
 mod kernel;
 mod limits;
 mod oci_hook;
+mod oci_runtime;
 mod policy;
 mod run;
 mod status;
@@ -155,6 +156,24 @@ enum Command {
         #[arg(long, default_value = "0s", value_name = "DURATION")]
         wait: String,
     },
+    /// runc wrapper for runtimes without a hooks folder (Docker): given to
+    /// dockerd as a runtime (daemon.json `"runtimes"`, `runtimeArgs` ending
+    /// in `--`), it adds `agentguard oci-hook` to each container's bundle
+    /// at createRuntime and poststop, then runs runc with the same
+    /// arguments. A container no policy selects starts untouched; if the
+    /// daemon cannot be reached, none starts.
+    OciRuntime {
+        /// The runc to run.
+        #[arg(long, default_value = "runc", value_name = "PATH")]
+        runc: PathBuf,
+        /// The hook's --wait: how long it waits for a daemon that is not
+        /// answering yet.
+        #[arg(long, default_value = "0s", value_name = "DURATION")]
+        wait: String,
+        /// runc's own arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "RUNC_ARGS")]
+        args: Vec<OsString>,
+    },
     /// Show the running daemon's status.
     Status {
         #[arg(short = 'o', long, value_enum, default_value_t = status::Output::Text)]
@@ -247,6 +266,8 @@ enum CliError {
     Attach(#[from] attach::AttachCliError),
     #[error(transparent)]
     OciHook(#[from] oci_hook::OciHookError),
+    #[error(transparent)]
+    OciRuntime(#[from] oci_runtime::OciRuntimeError),
     #[error("failed to write man pages into {dir}: {source}")]
     Man {
         dir: PathBuf,
@@ -469,6 +490,12 @@ fn dispatch(command: Command, context: &Context) -> Result<ExitCode, CliError> {
         Command::Attach { agent, wait } => Ok(attach::run(admin_socket, &agent, &wait)?),
         Command::OciHook { agent, wait } => {
             Ok(oci_hook::run(admin_socket, agent.as_deref(), &wait)?)
+        }
+        Command::OciRuntime { runc, wait, args } => {
+            // The hook parses its --wait when it runs; refuse a bad one
+            // here, before any container depends on it.
+            crate::config::parse_duration("--wait", &wait)?;
+            match oci_runtime::run(admin_socket, &runc, &wait, &args)? {}
         }
         Command::Status { output } => {
             let status: StatusView =

@@ -11,10 +11,13 @@
 //! with Podman 4.3: both calls timed out after 8 s inside the hook).
 //!
 //! - the OCI bundle's `config.json`: the annotations (the runtime spec's
-//!   own source of the state's annotations);
+//!   own source of the state's annotations) and the mounts;
 //! - [`podman`]: the name and image from containers/storage's record of
-//!   the container, beside the bundle.
+//!   the container, beside the bundle;
+//! - [`docker`]: the name, image and labels from dockerd's record of the
+//!   container, found from the mounts.
 
+mod docker;
 mod podman;
 
 use std::{
@@ -50,7 +53,7 @@ pub enum ContainersError {
         "container {id}: bundle {bundle} is not where Podman keeps this container's (…/overlay-containers/{id}/userdata)"
     )]
     Bundle { id: String, bundle: PathBuf },
-    #[error("container {id}: Podman's storage ({path}) has no record of it")]
+    #[error("container {id}: the runtime's records ({path}) have no record of it")]
     Unknown { id: String, path: PathBuf },
     #[error("failed to save the attached containers: {0}")]
     Save(#[from] crate::atomic_file::WriteError),
@@ -100,11 +103,24 @@ pub struct ContainerView {
 struct BundleConfig {
     #[serde(default)]
     annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    mounts: Vec<Mount>,
 }
 
-/// Reads the annotations from the bundle, the runtime from them, and the
-/// runtime's name and image for the container. A runtime agentguard does
-/// not know gives facts without one, which no selector matches.
+/// One of the bundle's mounts, as far as finding Docker's record reads it.
+#[derive(Debug, Clone, Default, Deserialize)]
+struct Mount {
+    #[serde(default)]
+    destination: String,
+    #[serde(default)]
+    source: String,
+}
+
+/// Reads the annotations and mounts from the bundle, the runtime from
+/// them (Podman's mark; Docker's record beside the files it mounts), and
+/// the runtime's name, image and labels for the container. A runtime
+/// agentguard does not know gives facts without one, which no selector
+/// matches.
 pub fn facts(created: &Created) -> Result<ContainerFacts, ContainersError> {
     let path = created.bundle.join("config.json");
     let read_err = |source| ContainersError::Read {
@@ -119,19 +135,21 @@ pub fn facts(created: &Created) -> Result<ContainerFacts, ContainersError> {
             path: path.clone(),
             source,
         })?;
-    let runtime = (config.annotations.get(PODMAN_MANAGER.0).map(String::as_str)
-        == Some(PODMAN_MANAGER.1))
-    .then_some(ContainerRuntime::Podman);
-    let (name, image) = match runtime {
-        Some(ContainerRuntime::Podman) => podman::name_and_image(created)?,
-        None => (None, None),
-    };
-    Ok(ContainerFacts {
-        runtime,
-        name,
-        image,
+    let podman =
+        config.annotations.get(PODMAN_MANAGER.0).map(String::as_str) == Some(PODMAN_MANAGER.1);
+    let mut facts = ContainerFacts {
         annotations: config.annotations,
-    })
+        ..ContainerFacts::default()
+    };
+    if podman {
+        let (name, image) = podman::name_and_image(created)?;
+        (facts.runtime, facts.name, facts.image) = (Some(ContainerRuntime::Podman), name, image);
+    } else if let Some(record) = docker::record_path(created, &config.mounts) {
+        let d = docker::facts(created, &record)?;
+        facts.runtime = Some(ContainerRuntime::Docker);
+        (facts.name, facts.image, facts.labels) = (d.name, d.image, d.labels);
+    }
+    Ok(facts)
 }
 
 /// A container the daemon attached to an agent: its cgroup has the

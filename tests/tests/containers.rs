@@ -23,38 +23,45 @@ struct Image {
     name: String,
 }
 
+/// A root file system of curl, sleep and the libraries they link, as a
+/// tarball for a runtime to import: `dir/rootfs.tar`.
+pub(super) fn rootfs_tar(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for sub in ["bin", "etc", "tmp"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    // curl, and sleep for a container that stays up a while.
+    for (bin, name) in [("/usr/bin/curl", "curl"), ("/bin/sleep", "sleep")] {
+        std::fs::copy(bin, root.join("bin").join(name)).unwrap();
+        let ldd = Command::new("ldd").arg(bin).output().unwrap();
+        assert!(ldd.status.success(), "ldd: {}", text(&ldd.stderr));
+        for lib in text(&ldd.stdout)
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+        {
+            let target = root.join(lib.trim_start_matches('/'));
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            // Follows the symlinks, as the loader would.
+            std::fs::copy(lib, &target).unwrap();
+        }
+    }
+    std::fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    let tar = dir.join("rootfs.tar");
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tar: {}", text(&out.stderr));
+    tar
+}
+
 impl Image {
     fn build(dir: &Path) -> Self {
-        let root = dir.join("rootfs");
-        for sub in ["bin", "etc", "tmp"] {
-            std::fs::create_dir_all(root.join(sub)).unwrap();
-        }
-        // curl, and sleep for a container that stays up a while.
-        for (bin, name) in [("/usr/bin/curl", "curl"), ("/bin/sleep", "sleep")] {
-            std::fs::copy(bin, root.join("bin").join(name)).unwrap();
-            let ldd = Command::new("ldd").arg(bin).output().unwrap();
-            assert!(ldd.status.success(), "ldd: {}", text(&ldd.stderr));
-            for lib in text(&ldd.stdout)
-                .split_whitespace()
-                .filter(|w| w.starts_with('/'))
-            {
-                let target = root.join(lib.trim_start_matches('/'));
-                std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-                // Follows the symlinks, as the loader would.
-                std::fs::copy(lib, &target).unwrap();
-            }
-        }
-        std::fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
-        let tar = dir.join("rootfs.tar");
-        let out = Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tar: {}", text(&out.stderr));
+        let tar = rootfs_tar(dir);
         // Unique per test, not only per process: the tests of this file run
         // at once, and each removes its own image when it ends.
         static BUILT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -299,7 +306,11 @@ impl Drop for Containers {
 
 /// Polls `agentguard status` (bounded: 10 s) until agent `agent` lists
 /// exactly the containers named `names`.
-fn wait_for_containers(daemon: &Daemon, agent: &str, names: &[&str]) -> serde_json::Value {
+pub(super) fn wait_for_containers(
+    daemon: &Daemon,
+    agent: &str,
+    names: &[&str],
+) -> serde_json::Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let status = daemon.status();

@@ -69,6 +69,11 @@ pub const SERVICE_PACKAGES: &[&str] = &[
 /// puts the container in the v2 hierarchy under `--cgroup-parent`.)
 const CONTAINER_PACKAGES: &[&str] = &["podman", "runc"];
 
+/// Docker (Debian's dockerd, containerd and client) for the Docker test,
+/// which starts a dockerd of its own; without recommends (git, apparmor
+/// and the rest are not needed to run a container).
+const DOCKER_PACKAGES: &[&str] = &["docker.io"];
+
 pub fn run() -> Result<()> {
     toolchain::ensure()?;
     let mut apt = apt::Apt::default();
@@ -80,6 +85,7 @@ pub fn run() -> Result<()> {
     apt.ensure(TEST_PACKAGES)?;
     apt.ensure_without_recommends(SERVICE_PACKAGES)?;
     apt.ensure(CONTAINER_PACKAGES)?;
+    apt.ensure_without_recommends(DOCKER_PACKAGES)?;
     cargo_deb::ensure()?;
     runtimes::check()?;
     // After the runtimes: kubernetes-validate installs with pip.

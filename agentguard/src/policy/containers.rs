@@ -1,6 +1,6 @@
 //! `[agent.containers]`: the containers an agent is, chosen by what their
-//! runtime says about them (name, image, OCI annotations) rather than by
-//! a cgroup path. The daemon asks [`ContainerSelector::matches`] when a
+//! runtime says about them (name, image, OCI annotations, Docker labels)
+//! rather than by a cgroup path. The daemon asks [`ContainerSelector::matches`] when a
 //! container's OCI hook reports it, before the container's program runs.
 
 use std::collections::BTreeMap;
@@ -15,22 +15,29 @@ use super::spanned::Spanned;
 pub enum ContainerRuntime {
     /// Podman, through its OCI hooks (`hooks.d`).
     Podman,
+    /// Docker, through `agentguard oci-runtime`, the runc wrapper that
+    /// dockerd is given as a runtime and that adds the hook.
+    Docker,
 }
 
 impl ContainerRuntime {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Podman => "podman",
+            Self::Docker => "docker",
         }
     }
 
     pub fn parse(raw: &str) -> Result<Self, String> {
         match raw {
             "podman" => Ok(Self::Podman),
-            "docker" | "containerd" | "cri-o" | "crio" | "kubernetes" => Err(format!(
-                "runtime {raw:?} is not supported yet; only \"podman\" is (see README, Containers)"
+            "docker" => Ok(Self::Docker),
+            "containerd" | "cri-o" | "crio" | "kubernetes" => Err(format!(
+                "runtime {raw:?} is not supported yet; \"podman\" and \"docker\" are (see README, Containers)"
             )),
-            other => Err(format!("runtime {other:?} must be \"podman\"")),
+            other => Err(format!(
+                "runtime {other:?} must be \"podman\" or \"docker\""
+            )),
         }
     }
 }
@@ -42,6 +49,8 @@ pub struct ContainerFacts {
     pub name: Option<String>,
     pub image: Option<String>,
     pub annotations: BTreeMap<String, String>,
+    /// Docker's labels (`docker run --label`); none for Podman.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One agent's `[agent.containers]`, parsed.
@@ -52,6 +61,8 @@ pub struct ContainerSelector {
     pub image: Option<glob::Pattern>,
     /// Each must be present with exactly this value.
     pub annotations: BTreeMap<String, String>,
+    /// The same, of Docker's labels.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl ContainerSelector {
@@ -62,23 +73,24 @@ impl ContainerSelector {
             None => true,
             Some(p) => v.as_deref().is_some_and(|v| p.matches(v)),
         };
+        let all = |want: &BTreeMap<String, String>, have: &BTreeMap<String, String>| {
+            want.iter().all(|(k, v)| have.get(k) == Some(v))
+        };
         c.runtime == Some(self.runtime)
             && glob(&self.name, &c.name)
             && glob(&self.image, &c.image)
-            && self
-                .annotations
-                .iter()
-                .all(|(k, v)| c.annotations.get(k) == Some(v))
+            && all(&self.annotations, &c.annotations)
+            && all(&self.labels, &c.labels)
     }
 }
 
 /// `[agent.containers]` as written.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(extend("anyOf" = [{ "required": ["name"] }, { "required": ["image"] }, { "required": ["annotations"] }]))]
+#[schemars(extend("anyOf" = [{ "required": ["name"] }, { "required": ["image"] }, { "required": ["annotations"] }, { "required": ["labels"] }]))]
 pub(super) struct ContainersSection {
-    /// The container runtime: `"podman"` (the one built so far).
-    #[schemars(extend("enum" = ["podman"]))]
+    /// The container runtime: `"podman"` or `"docker"`.
+    #[schemars(extend("enum" = ["podman", "docker"]))]
     pub runtime: Spanned<String>,
     /// A shell glob on the container's name (`*`, `?`, `[...]`).
     pub name: Option<Spanned<String>>,
@@ -88,10 +100,10 @@ pub(super) struct ContainersSection {
     /// OCI annotations the container must carry, with these values
     /// (`podman run --annotation KEY=VALUE`).
     pub annotations: Option<BTreeMap<String, String>>,
-    /// Not accepted: refused with the reason (see [`parse`]). Left out of
-    /// the schema, which lists what is accepted.
-    #[schemars(skip)]
-    pub labels: Option<Spanned<toml::Value>>,
+    /// Docker labels the container must carry, with these values
+    /// (`docker run --label KEY=VALUE`). Docker only: Podman gives labels
+    /// only through its API, which it holds while the container starts.
+    pub labels: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 /// Parses the section; `Err((offset, message))` points at what is wrong.
@@ -105,7 +117,9 @@ pub(super) fn parse(
             format!("agent.containers.{m}"),
         )
     })?;
-    if let Some(labels) = &section.labels {
+    if let Some(labels) = &section.labels
+        && runtime == ContainerRuntime::Podman
+    {
         return Err((
             labels.span().start,
             "agent.containers.labels: not supported: Podman gives a container's labels only through its API, which waits on the container's lock while the container is being created (the moment agentguard must decide, before its program runs); select by name, image, or annotations (podman run --annotation)".into(),
@@ -135,10 +149,11 @@ pub(super) fn parse(
     let name = glob("name", &section.name)?;
     let image = glob("image", &section.image)?;
     let annotations = section.annotations.unwrap_or_default();
-    if name.is_none() && image.is_none() && annotations.is_empty() {
+    let labels = section.labels.map(Spanned::into_inner).unwrap_or_default();
+    if name.is_none() && image.is_none() && annotations.is_empty() && labels.is_empty() {
         return Err((
             table_offset,
-            "agent.containers: say which containers: name, image or annotations (a runtime alone would select every container it starts)".into(),
+            "agent.containers: say which containers: name, image, annotations or (Docker) labels (a runtime alone would select every container it starts)".into(),
         ));
     }
     Ok(ContainerSelector {
@@ -146,6 +161,7 @@ pub(super) fn parse(
         name,
         image,
         annotations,
+        labels,
     })
 }
 
@@ -159,6 +175,7 @@ mod tests {
             name: Some(name.into()),
             image: Some(image.into()),
             annotations: BTreeMap::from([("team".into(), "red".into())]),
+            labels: BTreeMap::new(),
         }
     }
 
@@ -175,6 +192,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).into(), (*v).into()))
                 .collect(),
+            labels: BTreeMap::new(),
         }
     }
 
@@ -196,5 +214,42 @@ mod tests {
         assert!(!selector(Some("*"), None, &[]).matches(&unnamed));
         let other_runtime = ContainerFacts { runtime: None, ..c };
         assert!(!selector(Some("dev-*"), None, &[]).matches(&other_runtime));
+    }
+
+    #[test]
+    fn docker_labels_must_all_be_there_and_the_runtime_must_be_dockers() {
+        let docker = ContainerFacts {
+            runtime: Some(ContainerRuntime::Docker),
+            name: Some("coder".into()),
+            image: Some("agent:1".into()),
+            annotations: BTreeMap::new(),
+            labels: BTreeMap::from([("team".into(), "red".into()), ("tier".into(), "dev".into())]),
+        };
+        let by_labels = |labels: &[(&str, &str)]| ContainerSelector {
+            runtime: ContainerRuntime::Docker,
+            name: None,
+            image: None,
+            annotations: BTreeMap::new(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+        };
+        assert!(by_labels(&[("team", "red")]).matches(&docker));
+        assert!(by_labels(&[("team", "red"), ("tier", "dev")]).matches(&docker));
+        assert!(!by_labels(&[("team", "red"), ("tier", "prod")]).matches(&docker));
+        assert!(!by_labels(&[("owner", "red")]).matches(&docker));
+        // Labels are not annotations, and Podman's container is not Docker's.
+        let annotated = ContainerFacts {
+            labels: BTreeMap::new(),
+            annotations: docker.labels.clone(),
+            ..docker.clone()
+        };
+        assert!(!by_labels(&[("team", "red")]).matches(&annotated));
+        let podman = ContainerFacts {
+            runtime: Some(ContainerRuntime::Podman),
+            ..docker
+        };
+        assert!(!by_labels(&[("team", "red")]).matches(&podman));
     }
 }

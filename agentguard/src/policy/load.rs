@@ -939,7 +939,7 @@ mod tests {
     }
 
     #[test]
-    fn an_agent_can_be_containers_selected_by_name_image_or_annotations() {
+    fn an_agent_can_be_containers_selected_by_name_image_annotations_or_labels() {
         let parse = |body: &str| {
             check_text(
                 Path::new("a.toml"),
@@ -953,9 +953,22 @@ mod tests {
         assert_eq!(sel.runtime, crate::policy::ContainerRuntime::Podman);
         assert!(sel.name.unwrap().matches("dev-1"));
         assert_eq!(sel.annotations.get("team").map(String::as_str), Some("red"));
+        // Docker's containers by their labels.
+        let a = parse("[agent.containers]\nruntime = \"docker\"\nlabels = { team = \"red\" }\n")
+            .unwrap();
+        let sel = a.containers.unwrap();
+        assert_eq!(sel.runtime, crate::policy::ContainerRuntime::Docker);
+        assert_eq!(sel.labels.get("team").map(String::as_str), Some("red"));
         let errors = [
-            ("runtime = \"docker\"\nname = \"x\"\n", "not supported yet"),
-            ("runtime = \"lxc\"\nname = \"x\"\n", "must be \"podman\""),
+            (
+                "runtime = \"containerd\"\nname = \"x\"\n",
+                "not supported yet",
+            ),
+            (
+                "runtime = \"lxc\"\nname = \"x\"\n",
+                "must be \"podman\" or \"docker\"",
+            ),
+            ("runtime = \"docker\"\n", "say which containers"),
             ("runtime = \"podman\"\n", "say which containers"),
             ("runtime = \"podman\"\nname = \"[x\"\n", "not a valid glob"),
             ("runtime = \"podman\"\nname = \"\"\n", "must not be empty"),

@@ -1,0 +1,189 @@
+//! `agentguard oci-runtime`: a runc wrapper that puts `agentguard
+//! oci-hook` into a container's bundle, for runtimes that have no hooks
+//! folder of their own (Docker). dockerd is given it as a runtime
+//! (`daemon.json`, `"runtimes"`, with `runtimeArgs` ending in `--`); it
+//! runs for every runc command of those containers. For `create` and
+//! `run` it adds two hooks to the bundle's `config.json` (createRuntime:
+//! report the container before its program runs; poststop: forget it),
+//! then, for every command, it becomes runc with the same arguments
+//! (exec: same pid, descriptors, exit code), as NVIDIA's container
+//! runtime does.
+//!
+//! What happens at createRuntime is the hook's (see `oci_hook`): a
+//! container no policy selects starts untouched; one that is selected
+//! starts only once the daemon has attached to it; if the daemon cannot
+//! be reached, the container does not start.
+
+use std::{
+    ffi::OsString,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+};
+
+use serde_json::{Value, json};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum OciRuntimeError {
+    #[error("no runc command in the arguments (they follow `oci-runtime --`): {0:?}")]
+    NoCommand(Vec<OsString>),
+    #[error("failed to read the bundle's {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the bundle's {path} is not a valid OCI configuration: {why}")]
+    Config { path: PathBuf, why: String },
+    #[error("failed to find agentguard's own path for the hook: {0}")]
+    OwnPath(std::io::Error),
+    #[error(transparent)]
+    Write(#[from] crate::atomic_file::WriteError),
+    #[error("failed to run {runc}: {source}")]
+    Exec {
+        runc: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// runc's global options that take a value (`runc --help`, 1.1); the
+/// others are flags. The first argument that is neither is the command.
+const GLOBAL_WITH_VALUE: [&str; 5] = ["root", "log", "log-format", "criu", "rootless"];
+
+/// What the wrapper does to runc's arguments: where the bundle is, if the
+/// command creates a container.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The bundle whose config.json gets the hooks; `None`: runc as is.
+    pub bundle: Option<PathBuf>,
+}
+
+/// Reads runc's command line.
+pub fn plan(args: &[OsString], cwd: &Path) -> Result<Plan, OciRuntimeError> {
+    let text: Vec<Option<&str>> = args.iter().map(|a| a.to_str()).collect();
+    let mut i = 0;
+    let command = loop {
+        let Some(arg) = text.get(i) else {
+            return Err(OciRuntimeError::NoCommand(args.to_vec()));
+        };
+        let Some(arg) = arg else {
+            return Err(OciRuntimeError::NoCommand(args.to_vec()));
+        };
+        match arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) {
+            Some(flag) if !flag.is_empty() => {
+                i += if !flag.contains('=') && GLOBAL_WITH_VALUE.contains(&flag) {
+                    2
+                } else {
+                    1
+                };
+            }
+            _ => break *arg,
+        }
+    };
+    if command != "create" && command != "run" {
+        return Ok(Plan { bundle: None });
+    }
+    let rest = &text[i + 1..];
+    let mut bundle = None;
+    for (j, arg) in rest.iter().enumerate() {
+        let Some(arg) = arg else { continue };
+        if let Some(value) = ["--bundle=", "-bundle=", "-b="]
+            .iter()
+            .find_map(|p| arg.strip_prefix(p))
+        {
+            bundle = Some(PathBuf::from(value));
+        } else if matches!(*arg, "--bundle" | "-bundle" | "-b")
+            && let Some(Some(value)) = rest.get(j + 1)
+        {
+            bundle = Some(PathBuf::from(value));
+        }
+    }
+    // runc's default bundle is the folder it runs in.
+    let bundle = match bundle {
+        Some(b) if b.is_relative() => cwd.join(b),
+        Some(b) => b,
+        None => cwd.to_owned(),
+    };
+    Ok(Plan {
+        bundle: Some(bundle),
+    })
+}
+
+/// The bundle's configuration with the hooks added (once: a config that
+/// has them already is left as it is).
+pub fn with_hooks(mut config: Value, hook: &Value) -> Result<Value, String> {
+    let root = config
+        .as_object_mut()
+        .ok_or("the configuration is not a JSON object")?;
+    let hooks = root
+        .entry("hooks")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .ok_or("`hooks` is not an object")?;
+    for stage in ["createRuntime", "poststop"] {
+        let list = hooks
+            .entry(stage)
+            .or_insert_with(|| json!([]))
+            .as_array_mut()
+            .ok_or_else(|| format!("`hooks.{stage}` is not a list"))?;
+        if !list.contains(hook) {
+            list.push(hook.clone());
+        }
+    }
+    Ok(config)
+}
+
+/// Adds the hooks where runc creates a container, then becomes runc.
+/// Returns only on failure.
+pub fn run(
+    admin_socket: &Path,
+    runc: &Path,
+    wait: &str,
+    args: &[OsString],
+) -> Result<std::convert::Infallible, OciRuntimeError> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    if let Some(bundle) = plan(args, &cwd)?.bundle {
+        let own = std::env::current_exe().map_err(OciRuntimeError::OwnPath)?;
+        let hook = json!({
+            "path": own,
+            "args": [
+                "agentguard",
+                "--admin-socket",
+                admin_socket,
+                "oci-hook",
+                "--wait",
+                wait,
+            ],
+        });
+        add_hooks(&bundle.join("config.json"), &hook)?;
+    }
+    let source = std::process::Command::new(runc).args(args).exec();
+    Err(OciRuntimeError::Exec {
+        runc: runc.to_owned(),
+        source,
+    })
+}
+
+fn add_hooks(path: &Path, hook: &Value) -> Result<(), OciRuntimeError> {
+    let read_err = |source| OciRuntimeError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let text = std::fs::read(path).map_err(read_err)?;
+    let mode = std::fs::metadata(path)
+        .map_err(read_err)?
+        .permissions()
+        .mode()
+        & 0o7777;
+    let bad = |why: String| OciRuntimeError::Config {
+        path: path.to_owned(),
+        why,
+    };
+    let config: Value = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+    let config = with_hooks(config, hook).map_err(bad)?;
+    let text = serde_json::to_vec(&config).map_err(|e| bad(e.to_string()))?;
+    crate::atomic_file::replace(path, &text, mode)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
