@@ -155,6 +155,10 @@ enum Command {
         /// How long to wait for a daemon that is not answering yet.
         #[arg(long, default_value = "0s", value_name = "DURATION")]
         wait: String,
+        /// The container is Docker's, its record under this data root (set
+        /// by `oci-runtime`, which adds the hook).
+        #[arg(long, value_name = "PATH")]
+        docker_root: Option<PathBuf>,
     },
     /// runc wrapper for runtimes without a hooks folder (Docker): given to
     /// dockerd as a runtime (daemon.json `"runtimes"`, `runtimeArgs` ending
@@ -170,6 +174,10 @@ enum Command {
         /// answering yet.
         #[arg(long, default_value = "0s", value_name = "DURATION")]
         wait: String,
+        /// dockerd's data root (its `--data-root`), where its record of
+        /// each container is.
+        #[arg(long, default_value = "/var/lib/docker", value_name = "PATH")]
+        docker_root: PathBuf,
         /// runc's own arguments, after `--`.
         #[arg(last = true, required = true, value_name = "RUNC_ARGS")]
         args: Vec<OsString>,
@@ -488,14 +496,31 @@ fn dispatch(command: Command, context: &Context) -> Result<ExitCode, CliError> {
             match exec::exec(admin_socket, &agent, &privileges, &cmd)? {}
         }
         Command::Attach { agent, wait } => Ok(attach::run(admin_socket, &agent, &wait)?),
-        Command::OciHook { agent, wait } => {
-            Ok(oci_hook::run(admin_socket, agent.as_deref(), &wait)?)
-        }
-        Command::OciRuntime { runc, wait, args } => {
+        Command::OciHook {
+            agent,
+            wait,
+            docker_root,
+        } => Ok(oci_hook::run(
+            admin_socket,
+            agent.as_deref(),
+            &wait,
+            docker_root.as_deref(),
+        )?),
+        Command::OciRuntime {
+            runc,
+            wait,
+            docker_root,
+            args,
+        } => {
             // The hook parses its --wait when it runs; refuse a bad one
             // here, before any container depends on it.
             crate::config::parse_duration("--wait", &wait)?;
-            match oci_runtime::run(admin_socket, &runc, &wait, &args)? {}
+            let hook = oci_runtime::Hook {
+                admin_socket,
+                wait: &wait,
+                docker_root: &docker_root,
+            };
+            match oci_runtime::run(&hook, &runc, &args)? {}
         }
         Command::Status { output } => {
             let status: StatusView =

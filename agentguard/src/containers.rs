@@ -11,11 +11,12 @@
 //! with Podman 4.3: both calls timed out after 8 s inside the hook).
 //!
 //! - the OCI bundle's `config.json`: the annotations (the runtime spec's
-//!   own source of the state's annotations) and the mounts;
+//!   own source of the state's annotations);
 //! - [`podman`]: the name and image from containers/storage's record of
 //!   the container, beside the bundle;
 //! - [`docker`]: the name, image and labels from dockerd's record of the
-//!   container, found from the mounts.
+//!   container, under the data root the report names (Docker's hook comes
+//!   from `agentguard oci-runtime`, which says so).
 
 mod docker;
 mod podman;
@@ -55,6 +56,12 @@ pub enum ContainersError {
     Bundle { id: String, bundle: PathBuf },
     #[error("container {id}: the runtime's records ({path}) have no record of it")]
     Unknown { id: String, path: PathBuf },
+    #[error("container {id}: {path} {why}")]
+    Record {
+        id: String,
+        path: PathBuf,
+        why: String,
+    },
     #[error("failed to save the attached containers: {0}")]
     Save(#[from] crate::atomic_file::WriteError),
 }
@@ -62,12 +69,15 @@ pub enum ContainersError {
 /// Podman's mark in every container's annotations.
 const PODMAN_MANAGER: (&str, &str) = ("io.container.manager", "libpod");
 
-/// What the hook reports: the OCI state's id, first pid and bundle.
+/// What the hook reports: the OCI state's id, first pid and bundle, and
+/// for Docker's containers (the hook `agentguard oci-runtime` adds) the
+/// data root holding dockerd's record of them.
 #[derive(Debug, Clone)]
 pub struct Created {
     pub id: String,
     pub pid: u32,
     pub bundle: PathBuf,
+    pub docker_root: Option<PathBuf>,
 }
 
 /// A container as events and `status` name it.
@@ -103,22 +113,11 @@ pub struct ContainerView {
 struct BundleConfig {
     #[serde(default)]
     annotations: BTreeMap<String, String>,
-    #[serde(default)]
-    mounts: Vec<Mount>,
 }
 
-/// One of the bundle's mounts, as far as finding Docker's record reads it.
-#[derive(Debug, Clone, Default, Deserialize)]
-struct Mount {
-    #[serde(default)]
-    destination: String,
-    #[serde(default)]
-    source: String,
-}
-
-/// Reads the annotations and mounts from the bundle, the runtime from
-/// them (Podman's mark; Docker's record beside the files it mounts), and
-/// the runtime's name, image and labels for the container. A runtime
+/// Reads the annotations from the bundle; the runtime from the report
+/// (Docker's data root) or the annotations (Podman's mark); and the
+/// runtime's name, image and labels for the container. A runtime
 /// agentguard does not know gives facts without one, which no selector
 /// matches.
 pub fn facts(created: &Created) -> Result<ContainerFacts, ContainersError> {
@@ -141,13 +140,13 @@ pub fn facts(created: &Created) -> Result<ContainerFacts, ContainersError> {
         annotations: config.annotations,
         ..ContainerFacts::default()
     };
-    if podman {
-        let (name, image) = podman::name_and_image(created)?;
-        (facts.runtime, facts.name, facts.image) = (Some(ContainerRuntime::Podman), name, image);
-    } else if let Some(record) = docker::record_path(created, &config.mounts) {
-        let d = docker::facts(created, &record)?;
+    if let Some(root) = &created.docker_root {
+        let d = docker::facts(created, &docker::record_path(created, root)?)?;
         facts.runtime = Some(ContainerRuntime::Docker);
         (facts.name, facts.image, facts.labels) = (d.name, d.image, d.labels);
+    } else if podman {
+        let (name, image) = podman::name_and_image(created)?;
+        (facts.runtime, facts.name, facts.image) = (Some(ContainerRuntime::Podman), name, image);
     }
     Ok(facts)
 }
@@ -247,6 +246,7 @@ mod tests {
             id: "abc".into(),
             pid: 1,
             bundle: bundle.clone(),
+            docker_root: None,
         };
         std::fs::write(
             bundle.join("config.json"),
@@ -285,6 +285,7 @@ mod tests {
             id: id.into(),
             pid: 1,
             bundle: bundle.into(),
+            docker_root: None,
         };
         assert!(
             check_bundle(&created(

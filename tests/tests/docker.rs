@@ -37,7 +37,8 @@ impl Dockerd {
                     "path": AGENTGUARD,
                     "runtimeArgs": [
                         "--admin-socket", admin_socket,
-                        "oci-runtime", "--runc", "/usr/sbin/runc", "--",
+                        "oci-runtime", "--runc", "/usr/sbin/runc",
+                        "--docker-root", dir.join("data"), "--",
                     ],
                 }
             }
@@ -173,7 +174,7 @@ fn a_docker_container_selected_by_label_is_attached_before_it_starts_and_others_
     let bundle = daemon.state_dir().join("ca/bundle.pem");
     let port = upstream.addr.port();
     // `docker run --rm --runtime agentguard` of curl, as `name`.
-    let run = |name: &str, network: &str, label: Option<&str>, cacert: &Path| {
+    let run = |name: &str, network: &str, label: Option<&str>, cacert: &Path, extra: &[String]| {
         let mut c = dockerd.docker();
         c.args([
             "run",
@@ -187,6 +188,7 @@ fn a_docker_container_selected_by_label_is_attached_before_it_starts_and_others_
         if let Some(label) = label {
             c.args(["--label", label]);
         }
+        c.args(extra);
         c.arg("-v")
             .arg(format!("{}:/ca.pem:ro", cacert.display()))
             .arg(&image)
@@ -202,7 +204,22 @@ fn a_docker_container_selected_by_label_is_attached_before_it_starts_and_others_
     // the proxy inside the container's own namespace (loopback only),
     // and the credential is injected on the way out.
     let selected = format!("agd-{me}-coder");
-    let out = run(&selected, "none", Some("io.example.team=red"), &bundle);
+    // It mounts files of its own where dockerd would mount its
+    // (docker run -v … /etc/hostname): what the daemon reads is still
+    // dockerd's record of it, found from the data root the runtime names.
+    let own = dir.path().join("own-etc");
+    std::fs::write(&own, "decoy\n").unwrap();
+    let over: Vec<String> = ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"]
+        .iter()
+        .flat_map(|at| ["-v".to_owned(), format!("{}:{at}:ro", own.display())])
+        .collect();
+    let out = run(
+        &selected,
+        "none",
+        Some("io.example.team=red"),
+        &bundle,
+        &over,
+    );
     assert_eq!(
         text(&out.stdout),
         "200",
@@ -246,7 +263,7 @@ fn a_docker_container_selected_by_label_is_attached_before_it_starts_and_others_
     // selected, it starts untouched and reaches the upstream itself,
     // with no credential; agentguard records nothing of it.
     let unlabelled = format!("agd-{me}-plain");
-    let out = run(&unlabelled, "host", None, &ca.pem_path);
+    let out = run(&unlabelled, "host", None, &ca.pem_path, &[]);
     assert_eq!(
         text(&out.stdout),
         "200",
@@ -275,7 +292,7 @@ fn a_docker_container_selected_by_label_is_attached_before_it_starts_and_others_
         (format!("agd-{me}-late"), Some("io.example.team=red")),
         (format!("agd-{me}-late-plain"), None),
     ] {
-        let out = run(&name, "none", label, &bundle);
+        let out = run(&name, "none", label, &bundle, &[]);
         assert!(
             !out.status.success() && text(&out.stdout) != "200",
             "{name} started without agentguard: {}{}",

@@ -78,7 +78,12 @@ struct State {
 
 const RETRY: Duration = Duration::from_millis(250);
 
-pub fn run(admin_socket: &Path, agent: Option<&str>, wait: &str) -> Result<ExitCode, OciHookError> {
+pub fn run(
+    admin_socket: &Path,
+    agent: Option<&str>,
+    wait: &str,
+    docker_root: Option<&Path>,
+) -> Result<ExitCode, OciHookError> {
     let wait = parse_duration("--wait", wait)?;
     let mut text = String::new();
     std::io::stdin()
@@ -117,11 +122,15 @@ pub fn run(admin_socket: &Path, agent: Option<&str>, wait: &str) -> Result<ExitC
         None => match state.annotations.get(AGENT_ANNOTATION) {
             Some(a) => a.clone(),
             None => {
-                let route = format!(
+                let mut route = format!(
                     "/v1/containers/created?id={}&pid={pid}&bundle={}",
                     crate::percent::encode(&state.id),
                     crate::percent::encode(&state.bundle)
                 );
+                if let Some(root) = docker_root {
+                    route.push_str("&docker_root=");
+                    route.push_str(&crate::percent::encode(&root.to_string_lossy()));
+                }
                 let view: CreatedView =
                     serde_json::from_value(call(&route)?).map_err(OciHookError::State)?;
                 if let (Some(agent), Some(c)) = (view.agent, view.container) {

@@ -12,7 +12,14 @@
 //! What happens at createRuntime is the hook's (see `oci_hook`): a
 //! container no policy selects starts untouched; one that is selected
 //! starts only once the daemon has attached to it; if the daemon cannot
-//! be reached, the container does not start.
+//! be reached, the container does not start. The hook is told the
+//! container is Docker's and where dockerd keeps its record
+//! (`--docker-root`), so the daemon reads that record and nothing the
+//! container's own configuration could point elsewhere.
+//!
+//! A runc command line it cannot read for certain (an unknown command, an
+//! argument that is not UTF-8) is refused, not passed on: passing it on
+//! might create a container without the hook.
 
 use std::{
     ffi::OsString,
@@ -25,8 +32,14 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum OciRuntimeError {
-    #[error("no runc command in the arguments (they follow `oci-runtime --`): {0:?}")]
-    NoCommand(Vec<OsString>),
+    #[error(
+        "runc command {0:?} is not one agentguard knows; refused rather than risk creating a container without the hook"
+    )]
+    UnknownCommand(String),
+    #[error("an argument for runc is not UTF-8; refused rather than misread it")]
+    NotUtf8,
+    #[error("--docker-root {0} must be an absolute UTF-8 path")]
+    DockerRoot(PathBuf),
     #[error("failed to read the bundle's {path}: {source}")]
     Read {
         path: PathBuf,
@@ -49,6 +62,33 @@ pub enum OciRuntimeError {
 /// others are flags. The first argument that is neither is the command.
 const GLOBAL_WITH_VALUE: [&str; 5] = ["root", "log", "log-format", "criu", "rootless"];
 
+/// The commands that create a container (and run its createRuntime
+/// hooks): they get the hook.
+const CREATING: [&str; 3] = ["create", "run", "restore"];
+
+/// runc's other commands (1.1), passed on as they are. Anything else is
+/// refused: an option this wrapper does not know, taking a value, would
+/// otherwise make it read the value as the command and let a `create`
+/// after it through without the hook.
+const PASSED_ON: [&str; 16] = [
+    "checkpoint",
+    "delete",
+    "events",
+    "exec",
+    "features",
+    "help",
+    "h",
+    "init",
+    "kill",
+    "list",
+    "pause",
+    "ps",
+    "resume",
+    "spec",
+    "start",
+    "state",
+];
+
 /// What the wrapper does to runc's arguments: where the bundle is, if the
 /// command creates a container.
 #[derive(Debug, PartialEq, Eq)]
@@ -57,44 +97,52 @@ pub struct Plan {
     pub bundle: Option<PathBuf>,
 }
 
-/// Reads runc's command line.
+/// Reads runc's command line (urfave/cli's: `-x` and `--x` alike, a
+/// value after the option or after `=`).
 pub fn plan(args: &[OsString], cwd: &Path) -> Result<Plan, OciRuntimeError> {
-    let text: Vec<Option<&str>> = args.iter().map(|a| a.to_str()).collect();
+    let text: Vec<&str> = args
+        .iter()
+        .map(|a| a.to_str().ok_or(OciRuntimeError::NotUtf8))
+        .collect::<Result<_, _>>()?;
+    let option = |arg: &str| -> Option<String> {
+        let name = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'))?;
+        (!name.is_empty()).then(|| name.to_owned())
+    };
     let mut i = 0;
     let command = loop {
         let Some(arg) = text.get(i) else {
-            return Err(OciRuntimeError::NoCommand(args.to_vec()));
+            // Options alone (`--version`, `--help`): nothing is created.
+            return Ok(Plan { bundle: None });
         };
-        let Some(arg) = arg else {
-            return Err(OciRuntimeError::NoCommand(args.to_vec()));
-        };
-        match arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) {
-            Some(flag) if !flag.is_empty() => {
-                i += if !flag.contains('=') && GLOBAL_WITH_VALUE.contains(&flag) {
+        match option(arg) {
+            Some(name) => {
+                i += if !name.contains('=') && GLOBAL_WITH_VALUE.contains(&name.as_str()) {
                     2
                 } else {
                     1
                 };
             }
-            _ => break *arg,
+            None => break *arg,
         }
     };
-    if command != "create" && command != "run" {
+    if PASSED_ON.contains(&command) {
         return Ok(Plan { bundle: None });
+    }
+    if !CREATING.contains(&command) {
+        return Err(OciRuntimeError::UnknownCommand(command.to_owned()));
     }
     let rest = &text[i + 1..];
     let mut bundle = None;
     for (j, arg) in rest.iter().enumerate() {
-        let Some(arg) = arg else { continue };
-        if let Some(value) = ["--bundle=", "-bundle=", "-b="]
-            .iter()
-            .find_map(|p| arg.strip_prefix(p))
-        {
-            bundle = Some(PathBuf::from(value));
-        } else if matches!(*arg, "--bundle" | "-bundle" | "-b")
-            && let Some(Some(value)) = rest.get(j + 1)
-        {
-            bundle = Some(PathBuf::from(value));
+        let Some(name) = option(arg) else { continue };
+        match name.split_once('=') {
+            Some(("bundle" | "b", value)) => bundle = Some(PathBuf::from(value)),
+            None if name == "bundle" || name == "b" => {
+                if let Some(value) = rest.get(j + 1) {
+                    bundle = Some(PathBuf::from(value));
+                }
+            }
+            _ => {}
         }
     }
     // runc's default bundle is the folder it runs in.
@@ -132,29 +180,49 @@ pub fn with_hooks(mut config: Value, hook: &Value) -> Result<Value, String> {
     Ok(config)
 }
 
+/// What the added hook is told.
+pub struct Hook<'a> {
+    pub admin_socket: &'a Path,
+    pub wait: &'a str,
+    pub docker_root: &'a Path,
+}
+
+impl Hook<'_> {
+    /// The hook entry of the OCI configuration: this agentguard's
+    /// `oci-hook`, told that the container is Docker's.
+    fn entry(&self, own: &Path) -> Result<Value, OciRuntimeError> {
+        let root = self
+            .docker_root
+            .to_str()
+            .filter(|_| self.docker_root.is_absolute())
+            .ok_or_else(|| OciRuntimeError::DockerRoot(self.docker_root.to_owned()))?;
+        Ok(json!({
+            "path": own,
+            "args": [
+                "agentguard",
+                "--admin-socket",
+                self.admin_socket,
+                "oci-hook",
+                "--wait",
+                self.wait,
+                "--docker-root",
+                root,
+            ],
+        }))
+    }
+}
+
 /// Adds the hooks where runc creates a container, then becomes runc.
 /// Returns only on failure.
 pub fn run(
-    admin_socket: &Path,
+    hook: &Hook<'_>,
     runc: &Path,
-    wait: &str,
     args: &[OsString],
 ) -> Result<std::convert::Infallible, OciRuntimeError> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     if let Some(bundle) = plan(args, &cwd)?.bundle {
         let own = std::env::current_exe().map_err(OciRuntimeError::OwnPath)?;
-        let hook = json!({
-            "path": own,
-            "args": [
-                "agentguard",
-                "--admin-socket",
-                admin_socket,
-                "oci-hook",
-                "--wait",
-                wait,
-            ],
-        });
-        add_hooks(&bundle.join("config.json"), &hook)?;
+        add_hooks(&bundle.join("config.json"), &hook.entry(&own)?)?;
     }
     let source = std::process::Command::new(runc).args(args).exec();
     Err(OciRuntimeError::Exec {

@@ -100,6 +100,7 @@ mod tests {
             id: id.into(),
             pid: 1,
             bundle: store.join(id).join("userdata"),
+            docker_root: None,
         };
         assert_eq!(
             name_and_image(&created("abc")).unwrap(),

@@ -34,22 +34,72 @@ fn the_bundle_is_found_where_runc_creates_a_container() {
         bundle_of("run --bundle=rel abc"),
         Some("/run/here/rel".into())
     );
+    // urfave/cli's other spellings, and restore (docker start --checkpoint),
+    // which runs the createRuntime hooks too.
+    assert_eq!(bundle_of("create --b /x abc"), Some("/x".into()));
+    assert_eq!(bundle_of("create -bundle=/y abc"), Some("/y".into()));
+    assert_eq!(
+        bundle_of("restore --image-path /i --bundle /z abc"),
+        Some("/z".into())
+    );
     // runc's default: the folder it runs in.
     assert_eq!(bundle_of("create abc"), Some("/run/here".into()));
-    // A global option's value that reads like a command is a value.
-    assert_eq!(bundle_of("--root create start abc"), None);
-    // Every other command goes to runc as it is.
+    // Every other command goes to runc as it is, and options alone too
+    // (`docker info` asks `--version`).
     for line in [
         "--root /r start abc",
         "--root /r delete --force abc",
         "--root /r state abc",
         "--root /r kill abc 9",
         "features",
+        "--version",
+        "",
     ] {
         assert_eq!(bundle_of(line), None, "{line}");
     }
-    assert!(plan(&args("--root /r"), Path::new("/")).is_err());
-    assert!(plan(&args(""), Path::new("/")).is_err());
+}
+
+/// What the wrapper cannot read for certain is refused, never passed on:
+/// an option it does not know that takes a value would make it read the
+/// value as the command, and a `create` after it would go unhooked.
+#[test]
+fn a_command_line_it_cannot_read_for_certain_is_refused() {
+    let cwd = Path::new("/");
+    for line in [
+        "--cgroup-manager systemd create --bundle /b abc",
+        "--root create frobnicate abc",
+        "frobnicate abc",
+    ] {
+        let e = plan(&args(line), cwd).unwrap_err().to_string();
+        assert!(e.contains("not one agentguard knows"), "{line}: {e}");
+    }
+    use std::os::unix::ffi::OsStringExt as _;
+    let mut odd = args("create --bundle");
+    odd.push(OsString::from_vec(b"/b\xff".to_vec()));
+    assert!(matches!(plan(&odd, cwd), Err(OciRuntimeError::NotUtf8)));
+}
+
+#[test]
+fn the_hook_is_told_the_container_is_dockers_and_where_its_record_is() {
+    let hook = Hook {
+        admin_socket: Path::new("/run/agentguard/admin.sock"),
+        wait: "5s",
+        docker_root: Path::new("/var/lib/docker"),
+    };
+    let entry = hook.entry(Path::new("/usr/bin/agentguard")).unwrap();
+    assert_eq!(
+        entry,
+        json!({
+            "path": "/usr/bin/agentguard",
+            "args": ["agentguard", "--admin-socket", "/run/agentguard/admin.sock",
+                     "oci-hook", "--wait", "5s", "--docker-root", "/var/lib/docker"],
+        })
+    );
+    let relative = Hook {
+        docker_root: Path::new("lib/docker"),
+        ..hook
+    };
+    assert!(relative.entry(Path::new("/usr/bin/agentguard")).is_err());
 }
 
 #[test]
