@@ -86,6 +86,24 @@ impl Drop for Image {
     }
 }
 
+/// The canary secret (a root-only file in `dir`) and the policy lines
+/// that inject it into GET /reflect on the test upstream, after an
+/// agent's own lines.
+pub(super) fn canary_tool(dir: &Path, canary: &str) -> String {
+    let secret = dir.join("canary");
+    std::fs::write(&secret, format!("{canary}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    format!(
+        "[[credential]]\nid = \"canary\"\nsource = {{ file = \"{}\" }}\n\
+         inject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\n\n\
+         [[tool]]\nname = \"api.reflect\"\nhost = \"{API}\"\nmethods = [\"GET\"]\npaths = [\"/reflect\"]\ncredential = \"canary\"\n",
+        secret.display()
+    )
+}
+
 /// The hooks folder Podman is given: one hook, for containers annotated
 /// with an agent, at createRuntime.
 fn hooks_dir(dir: &Path, admin_socket: &Path) -> PathBuf {
@@ -181,21 +199,13 @@ fn a_podman_container_is_guarded_by_the_oci_hook_before_it_starts() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("podman test CA", dir.path());
     let upstream = TlsUpstream::start("127.0.0.3", API, &ca);
-    let secret = dir.path().join("canary");
-    std::fs::write(&secret, format!("{CANARY}\n")).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
     // The container's namespace has its loopback only: the agent's
     // upstream connections are dialled from the host's.
     let mut daemon = Daemon::builder(&["podagent"])
         .policy(&format!(
             "netns = \"cgroup\"\nupstream_netns = \"host\"\n\
-             [[credential]]\nid = \"canary\"\nsource = {{ file = \"{}\" }}\n\
-             inject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\n\n\
-             [[tool]]\nname = \"api.reflect\"\nhost = \"{API}\"\nmethods = [\"GET\"]\npaths = [\"/reflect\"]\ncredential = \"canary\"\n",
-            secret.display()
+             {}",
+            canary_tool(dir.path(), CANARY)
         ))
         .upstream_ca(&ca.pem_path)
         .start();
@@ -340,12 +350,6 @@ fn a_podman_container_selected_by_name_is_attached_before_it_starts_and_detached
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("podman selection test CA", dir.path());
     let upstream = TlsUpstream::start("127.0.0.3", API, &ca);
-    let secret = dir.path().join("canary");
-    std::fs::write(&secret, format!("{CANARY}\n")).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
     let me = std::process::id();
     let selected = format!("agc-sel-{me}-curl");
     let sleeper = format!("agc-sel-{me}-sleep");
@@ -370,10 +374,8 @@ fn a_podman_container_selected_by_name_is_attached_before_it_starts_and_detached
         .policy(&format!(
             "upstream_netns = \"host\"\n\
              [agent.containers]\nruntime = \"podman\"\nname = \"agc-sel-{me}-*\"\n\n\
-             [[credential]]\nid = \"canary\"\nsource = {{ file = \"{}\" }}\n\
-             inject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\n\n\
-             [[tool]]\nname = \"api.reflect\"\nhost = \"{API}\"\nmethods = [\"GET\"]\npaths = [\"/reflect\"]\ncredential = \"canary\"\n",
-            secret.display()
+             {}",
+            canary_tool(dir.path(), CANARY)
         ))
         .upstream_ca(&ca.pem_path)
         .start();

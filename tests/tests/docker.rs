@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::containers::{rootfs_tar, wait_for_containers};
+use super::containers::{canary_tool, rootfs_tar, wait_for_containers};
 use crate::common::{AGENTGUARD, Daemon, TestCa, TlsUpstream, require_root, text};
 
 const API: &str = "api.agentguard.test";
@@ -143,21 +143,13 @@ fn a_docker_container_selected_by_label_is_attached_before_it_starts_and_others_
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("docker test CA", dir.path());
     let upstream = TlsUpstream::start("127.0.0.3", API, &ca);
-    let secret = dir.path().join("canary");
-    std::fs::write(&secret, format!("{CANARY}\n")).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
     let me = std::process::id();
     let mut daemon = Daemon::builder(&["dockagent"])
         .policy(&format!(
             "upstream_netns = \"host\"\n\
              [agent.containers]\nruntime = \"docker\"\nname = \"agd-{me}-*\"\nlabels = {{ \"io.example.team\" = \"red\" }}\n\n\
-             [[credential]]\nid = \"canary\"\nsource = {{ file = \"{}\" }}\n\
-             inject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\n\n\
-             [[tool]]\nname = \"api.reflect\"\nhost = \"{API}\"\nmethods = [\"GET\"]\npaths = [\"/reflect\"]\ncredential = \"canary\"\n",
-            secret.display()
+             {}",
+            canary_tool(dir.path(), CANARY)
         ))
         .upstream_ca(&ca.pem_path)
         .start();
