@@ -1,5 +1,6 @@
 //! `cargo xtask fuzz`: every fuzz target in `fuzz/` under libFuzzer
-//! (cargo-fuzz, nightly) for a bounded time each, one after another,
+//! (cargo-fuzz, nightly) for a bounded time (and optionally a bounded
+//! number of executions) each, one after another,
 //! starting from the seeds kept in `fuzz/seeds/<target>/` and the working
 //! corpus it grows in `fuzz/corpus/<target>/` (not in git). Prints, per
 //! target, how many inputs ran and whether one failed; a failing input is
@@ -35,6 +36,10 @@ pub struct Options {
     /// Seconds each target runs (libFuzzer's -max_total_time).
     #[arg(long, default_value_t = 60)]
     seconds: u64,
+    /// Stop each target after this many executions (libFuzzer's -runs), if
+    /// that comes before --seconds.
+    #[arg(long)]
+    runs: Option<u64>,
     /// Only these targets (comma-separated).
     #[arg(long)]
     targets: Option<String>,
@@ -64,6 +69,9 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     if opts.seconds == 0 {
         bail!("--seconds must be at least 1");
     }
+    if opts.runs == Some(0) {
+        bail!("--runs must be at least 1");
+    }
     if !["none", "address"].contains(&opts.sanitizer.as_str()) {
         bail!("--sanitizer is none or address");
     }
@@ -74,13 +82,19 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         setup::run()?;
     }
     let fuzz_dir = root.join("fuzz");
-    // One build for all targets; each run below finds it up to date.
+    // One build for all targets. The runs below start the built binaries
+    // themselves rather than `cargo fuzz run`, which would rebuild every
+    // target whose sources changed since: a long run stays one build.
     cmd::run(fuzz_cargo(root, "build", opts).args(["--fuzz-dir", "fuzz"]))?;
+    let bin_dir = fuzz_dir
+        .join("target")
+        .join(host_triple()?)
+        .join(if opts.dev { "debug" } else { "release" });
     let mut outcomes = Vec::new();
     for target in targets {
         let corpus = fuzz_dir.join("corpus").join(target);
         fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
-        outcomes.push(run_target(root, target, opts)?);
+        outcomes.push(run_target(root, &bin_dir, target, opts)?);
     }
     println!();
     println!("target        executions     exec/s   corpus  result");
@@ -140,12 +154,42 @@ fn fuzz_cargo(root: &Path, sub: &str, opts: &Options) -> std::process::Command {
     c
 }
 
-fn run_target(root: &Path, target: &'static str, opts: &Options) -> Result<Outcome> {
+/// The target triple cargo-fuzz builds for: nightly rustc's host.
+fn host_triple() -> Result<String> {
+    let out = std::process::Command::new("rustc")
+        .args(["+nightly", "-vV"])
+        .output()
+        .context("running rustc +nightly -vV")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(str::to_owned)
+        .context("rustc +nightly -vV named no host")
+}
+
+fn run_target(
+    root: &Path,
+    bin_dir: &Path,
+    target: &'static str,
+    opts: &Options,
+) -> Result<Outcome> {
     let corpus = format!("fuzz/corpus/{target}");
     let seeds = format!("fuzz/seeds/{target}");
-    let mut c = fuzz_cargo(root, "run", opts);
-    c.args(["--fuzz-dir", "fuzz", target, &corpus, &seeds, "--"])
-        .arg(format!("-max_total_time={}", opts.seconds))
+    let binary = bin_dir.join(target);
+    if !binary.is_file() {
+        bail!("the fuzz build left no {}", binary.display());
+    }
+    // Where cargo fuzz run would leave a failing input.
+    let artifacts = root.join("fuzz/artifacts").join(target);
+    fs::create_dir_all(&artifacts).with_context(|| format!("creating {}", artifacts.display()))?;
+    let mut c = std::process::Command::new(&binary);
+    c.current_dir(root)
+        .arg(format!("-artifact_prefix={}/", artifacts.display()))
+        .args([&corpus, &seeds]);
+    if let Some(runs) = opts.runs {
+        c.arg(format!("-runs={runs}"));
+    }
+    c.arg(format!("-max_total_time={}", opts.seconds))
         // Inputs up to 64 KiB: policy files and SSE streams are longer than
         // libFuzzer's default 4 KiB.
         .arg("-max_len=65536")
