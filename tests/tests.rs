@@ -23,6 +23,7 @@ mod listen;
 mod mcp;
 mod mcp_calls;
 mod netns;
+mod pods;
 mod policy_cases;
 mod processes;
 mod redaction;

@@ -157,12 +157,17 @@ enum Command {
         wait: String,
         /// The container is Docker's, its record under this data root (set
         /// by `oci-runtime`, which adds the hook).
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", conflicts_with = "cri_socket")]
         docker_root: Option<PathBuf>,
+        /// The container is a Kubernetes pod's, created through the CRI
+        /// that answers on this socket (set by `oci-runtime`).
+        #[arg(long, value_name = "PATH")]
+        cri_socket: Option<PathBuf>,
     },
-    /// runc wrapper for runtimes without a hooks folder (Docker): given to
-    /// dockerd as a runtime (daemon.json `"runtimes"`, `runtimeArgs` ending
-    /// in `--`), it adds `agentguard oci-hook` to each container's bundle
+    /// runc wrapper for runtimes without a hooks folder (Docker, containerd's
+    /// CRI): given to dockerd as a runtime (daemon.json `"runtimes"`,
+    /// `runtimeArgs` ending in `--`), or to containerd as its runc
+    /// (`BinaryName`), it adds `agentguard oci-hook` to each container's bundle
     /// at createRuntime and poststop, then runs runc with the same
     /// arguments. A container no policy selects starts untouched; if the
     /// daemon cannot be reached, none starts.
@@ -178,6 +183,11 @@ enum Command {
         /// each container is.
         #[arg(long, default_value = "/var/lib/docker", value_name = "PATH")]
         docker_root: PathBuf,
+        /// The containers are Kubernetes pods', created by containerd's CRI,
+        /// which answers on this socket (`/run/containerd/containerd.sock`);
+        /// instead of --docker-root.
+        #[arg(long, value_name = "PATH", conflicts_with = "docker_root")]
+        cri_socket: Option<PathBuf>,
         /// runc's own arguments, after `--`.
         #[arg(last = true, required = true, value_name = "RUNC_ARGS")]
         args: Vec<OsString>,
@@ -500,16 +510,25 @@ fn dispatch(command: Command, context: &Context) -> Result<ExitCode, CliError> {
             agent,
             wait,
             docker_root,
-        } => Ok(oci_hook::run(
-            admin_socket,
-            agent.as_deref(),
-            &wait,
-            docker_root.as_deref(),
-        )?),
+            cri_socket,
+        } => {
+            let record = match (docker_root, cri_socket) {
+                (Some(root), _) => Some(oci_hook::RuntimeRecord::DockerRoot(root)),
+                (None, Some(socket)) => Some(oci_hook::RuntimeRecord::CriSocket(socket)),
+                (None, None) => None,
+            };
+            Ok(oci_hook::run(
+                admin_socket,
+                agent.as_deref(),
+                &wait,
+                record.as_ref(),
+            )?)
+        }
         Command::OciRuntime {
             runc,
             wait,
             docker_root,
+            cri_socket,
             args,
         } => {
             // The hook parses its --wait when it runs; refuse a bad one
@@ -518,7 +537,10 @@ fn dispatch(command: Command, context: &Context) -> Result<ExitCode, CliError> {
             let hook = oci_runtime::Hook {
                 admin_socket,
                 wait: &wait,
-                docker_root: &docker_root,
+                record: &match cri_socket {
+                    Some(socket) => oci_hook::RuntimeRecord::CriSocket(socket),
+                    None => oci_hook::RuntimeRecord::DockerRoot(docker_root),
+                },
             };
             match oci_runtime::run(&hook, &runc, &args)? {}
         }

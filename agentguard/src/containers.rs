@@ -17,7 +17,13 @@
 //! - [`docker`]: the name, image and labels from dockerd's record of the
 //!   container, under the data root the report names (Docker's hook comes
 //!   from `agentguard oci-runtime`, which says so).
+//! - [`cri`]: a Kubernetes pod's namespace, name and labels from the
+//!   node's CRI runtime, whose socket the report names (the hook comes
+//!   from `agentguard oci-runtime --cri-socket`). The one exception to
+//!   "files, not APIs": pod labels are nowhere else on the node, and
+//!   containerd answers while it starts a pod's container.
 
+mod cri;
 mod docker;
 mod podman;
 
@@ -62,6 +68,11 @@ pub enum ContainersError {
         path: PathBuf,
         why: String,
     },
+    #[error("container {id}: {source}")]
+    Cri {
+        id: String,
+        source: Box<cri::CriError>,
+    },
     #[error("failed to save the attached containers: {0}")]
     Save(#[from] crate::atomic_file::WriteError),
 }
@@ -70,14 +81,16 @@ pub enum ContainersError {
 const PODMAN_MANAGER: (&str, &str) = ("io.container.manager", "libpod");
 
 /// What the hook reports: the OCI state's id, first pid and bundle, and
-/// for Docker's containers (the hook `agentguard oci-runtime` adds) the
-/// data root holding dockerd's record of them.
-#[derive(Debug, Clone)]
+/// where the hook comes from `agentguard oci-runtime`: for Docker's
+/// containers the data root holding dockerd's record of them, for a
+/// Kubernetes pod's the CRI's socket.
+#[derive(Debug, Clone, Default)]
 pub struct Created {
     pub id: String,
     pub pid: u32,
     pub bundle: PathBuf,
     pub docker_root: Option<PathBuf>,
+    pub cri_socket: Option<PathBuf>,
 }
 
 /// A container as events and `status` name it.
@@ -144,6 +157,14 @@ pub fn facts(created: &Created) -> Result<ContainerFacts, ContainersError> {
         let d = docker::facts(created, &docker::record_path(created, root)?)?;
         facts.runtime = Some(ContainerRuntime::Docker);
         (facts.name, facts.image, facts.labels) = (d.name, d.image, d.labels);
+    } else if let Some(socket) = &created.cri_socket {
+        // A pod's sandbox (pause) container keeps no runtime: nothing
+        // selects it.
+        if let Some(pod) = cri::facts(created, socket, &facts.annotations)? {
+            facts.runtime = Some(ContainerRuntime::Kubernetes);
+            (facts.name, facts.image, facts.labels) = (pod.name, pod.image, pod.labels);
+            (facts.namespace, facts.pod) = (Some(pod.namespace), Some(pod.pod));
+        }
     } else if podman {
         let (name, image) = podman::name_and_image(created)?;
         (facts.runtime, facts.name, facts.image) = (Some(ContainerRuntime::Podman), name, image);
@@ -247,6 +268,7 @@ mod tests {
             pid: 1,
             bundle: bundle.clone(),
             docker_root: None,
+            cri_socket: None,
         };
         std::fs::write(
             bundle.join("config.json"),
@@ -286,6 +308,7 @@ mod tests {
             pid: 1,
             bundle: bundle.into(),
             docker_root: None,
+            cri_socket: None,
         };
         assert!(
             check_bundle(&created(

@@ -74,6 +74,17 @@ const CONTAINER_PACKAGES: &[&str] = &["podman", "runc"];
 /// and the rest are not needed to run a container).
 const DOCKER_PACKAGES: &[&str] = &["docker.io"];
 
+/// A Kubernetes node's runtime without the kubelet, for the pod test:
+/// containerd (its CRI plugin), the CNI plugins it sets a pod's loopback
+/// up with, and protoc, with which the test's CRI client (k8s-cri, the
+/// kubelet's side of the API generated from Kubernetes' api.proto) is
+/// built. Without recommends.
+const CRI_PACKAGES: &[&str] = &[
+    "containerd",
+    "containernetworking-plugins",
+    "protobuf-compiler",
+];
+
 pub fn run() -> Result<()> {
     toolchain::ensure()?;
     let mut apt = apt::Apt::default();
@@ -86,6 +97,7 @@ pub fn run() -> Result<()> {
     apt.ensure_without_recommends(SERVICE_PACKAGES)?;
     apt.ensure(CONTAINER_PACKAGES)?;
     apt.ensure_without_recommends(DOCKER_PACKAGES)?;
+    apt.ensure_without_recommends(CRI_PACKAGES)?;
     cargo_deb::ensure()?;
     runtimes::check()?;
     // After the runtimes: kubernetes-validate installs with pip.

@@ -313,6 +313,7 @@ async fn container_event(state: Arc<AdminState>, req: &Request<Incoming>) -> Res
                 pid,
                 bundle: bundle.into(),
                 docker_root: query_param(req, "docker_root").map(PathBuf::from),
+                cri_socket: query_param(req, "cri_socket").map(PathBuf::from),
             };
             match tokio::task::spawn_blocking(move || created(&report)).await {
                 Ok(Ok(view)) => json(StatusCode::OK, &view),

@@ -78,11 +78,22 @@ struct State {
 
 const RETRY: Duration = Duration::from_millis(250);
 
+/// Where the daemon finds what the runtime says of the container, when
+/// the hook was added by `agentguard oci-runtime` (Podman's hooks need
+/// none: its record lies beside the bundle).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeRecord {
+    /// dockerd's data root.
+    DockerRoot(std::path::PathBuf),
+    /// The CRI runtime's socket (containerd's), for a Kubernetes pod's.
+    CriSocket(std::path::PathBuf),
+}
+
 pub fn run(
     admin_socket: &Path,
     agent: Option<&str>,
     wait: &str,
-    docker_root: Option<&Path>,
+    from: Option<&RuntimeRecord>,
 ) -> Result<ExitCode, OciHookError> {
     let wait = parse_duration("--wait", wait)?;
     let mut text = String::new();
@@ -127,9 +138,15 @@ pub fn run(
                     crate::percent::encode(&state.id),
                     crate::percent::encode(&state.bundle)
                 );
-                if let Some(root) = docker_root {
-                    route.push_str("&docker_root=");
-                    route.push_str(&crate::percent::encode(&root.to_string_lossy()));
+                if let Some(from) = from {
+                    let (key, path) = match from {
+                        RuntimeRecord::DockerRoot(p) => ("docker_root", p),
+                        RuntimeRecord::CriSocket(p) => ("cri_socket", p),
+                    };
+                    route.push_str(&format!(
+                        "&{key}={}",
+                        crate::percent::encode(&path.to_string_lossy())
+                    ));
                 }
                 let view: CreatedView =
                     serde_json::from_value(call(&route)?).map_err(OciHookError::State)?;

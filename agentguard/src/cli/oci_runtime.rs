@@ -1,8 +1,10 @@
 //! `agentguard oci-runtime`: a runc wrapper that puts `agentguard
 //! oci-hook` into a container's bundle, for runtimes that have no hooks
-//! folder of their own (Docker). dockerd is given it as a runtime
-//! (`daemon.json`, `"runtimes"`, with `runtimeArgs` ending in `--`); it
-//! runs for every runc command of those containers. For `create` and
+//! folder of their own: Docker, and containerd's CRI (Kubernetes). dockerd
+//! is given it as a runtime (`daemon.json`, `"runtimes"`, with
+//! `runtimeArgs` ending in `--`); containerd runs it as its runc
+//! (`BinaryName`, a two-line script that adds the arguments). It runs for
+//! every runc command of those containers. For `create` and
 //! `run` it adds two hooks to the bundle's `config.json` (createRuntime:
 //! report the container before its program runs; poststop: forget it),
 //! then, for every command, it becomes runc with the same arguments
@@ -14,7 +16,8 @@
 //! starts only once the daemon has attached to it; if the daemon cannot
 //! be reached, the container does not start. The hook is told the
 //! container is Docker's and where dockerd keeps its record
-//! (`--docker-root`), so the daemon reads that record and nothing the
+//! (`--docker-root`), or a pod's and where the CRI answers
+//! (`--cri-socket`), so the daemon reads that record and nothing the
 //! container's own configuration could point elsewhere.
 //!
 //! A runc command line it cannot read for certain (an unknown command, an
@@ -30,6 +33,8 @@ use std::{
 use serde_json::{Value, json};
 use thiserror::Error;
 
+use super::oci_hook::RuntimeRecord;
+
 #[derive(Debug, Error)]
 pub enum OciRuntimeError {
     #[error(
@@ -38,8 +43,8 @@ pub enum OciRuntimeError {
     UnknownCommand(String),
     #[error("an argument for runc is not UTF-8; refused rather than misread it")]
     NotUtf8,
-    #[error("--docker-root {0} must be an absolute UTF-8 path")]
-    DockerRoot(PathBuf),
+    #[error("{flag} {path} must be an absolute UTF-8 path")]
+    RecordPath { flag: &'static str, path: PathBuf },
     #[error("failed to read the bundle's {path}: {source}")]
     Read {
         path: PathBuf,
@@ -184,18 +189,25 @@ pub fn with_hooks(mut config: Value, hook: &Value) -> Result<Value, String> {
 pub struct Hook<'a> {
     pub admin_socket: &'a Path,
     pub wait: &'a str,
-    pub docker_root: &'a Path,
+    pub record: &'a RuntimeRecord,
 }
 
 impl Hook<'_> {
     /// The hook entry of the OCI configuration: this agentguard's
-    /// `oci-hook`, told that the container is Docker's.
+    /// `oci-hook`, told whose the container is (Docker's, or a Kubernetes
+    /// pod's) and where that runtime's record of it is.
     fn entry(&self, own: &Path) -> Result<Value, OciRuntimeError> {
-        let root = self
-            .docker_root
+        let (flag, path) = match self.record {
+            RuntimeRecord::DockerRoot(p) => ("--docker-root", p),
+            RuntimeRecord::CriSocket(p) => ("--cri-socket", p),
+        };
+        let path = path
             .to_str()
-            .filter(|_| self.docker_root.is_absolute())
-            .ok_or_else(|| OciRuntimeError::DockerRoot(self.docker_root.to_owned()))?;
+            .filter(|_| path.is_absolute())
+            .ok_or_else(|| OciRuntimeError::RecordPath {
+                flag,
+                path: path.to_owned(),
+            })?;
         Ok(json!({
             "path": own,
             "args": [
@@ -205,8 +217,8 @@ impl Hook<'_> {
                 "oci-hook",
                 "--wait",
                 self.wait,
-                "--docker-root",
-                root,
+                flag,
+                path,
             ],
         }))
     }

@@ -101,6 +101,7 @@ mod tests {
             pid: 1,
             bundle: store.join(id).join("userdata"),
             docker_root: None,
+            cri_socket: None,
         };
         assert_eq!(
             name_and_image(&created("abc")).unwrap(),

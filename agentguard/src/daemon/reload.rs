@@ -716,7 +716,7 @@ impl Reloader {
                 .map(|r| r.as_str().to_owned())
                 .unwrap_or_default(),
             id: created.id.clone(),
-            name: facts.name.clone(),
+            name: facts.display_name(),
             image: facts.image.clone(),
         });
         if let Some(other) = selected.next() {

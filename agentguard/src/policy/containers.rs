@@ -1,6 +1,7 @@
 //! `[agent.containers]`: the containers an agent is, chosen by what their
-//! runtime says about them (name, image, OCI annotations, Docker labels)
-//! rather than by a cgroup path. The daemon asks [`ContainerSelector::matches`] when a
+//! runtime says about them (name, image, OCI annotations, Docker labels,
+//! a Kubernetes pod's namespace, name and labels) rather than by a cgroup
+//! path. The daemon asks [`ContainerSelector::matches`] when a
 //! container's OCI hook reports it, before the container's program runs.
 
 use std::collections::BTreeMap;
@@ -18,6 +19,10 @@ pub enum ContainerRuntime {
     /// Docker, through `agentguard oci-runtime`, the runc wrapper that
     /// dockerd is given as a runtime and that adds the hook.
     Docker,
+    /// Kubernetes pods' containers, created through the node's CRI
+    /// runtime (containerd's CRI plugin), whose runc is `agentguard
+    /// oci-runtime --cri-socket`.
+    Kubernetes,
 }
 
 impl ContainerRuntime {
@@ -25,6 +30,7 @@ impl ContainerRuntime {
         match self {
             Self::Podman => "podman",
             Self::Docker => "docker",
+            Self::Kubernetes => "kubernetes",
         }
     }
 
@@ -32,11 +38,12 @@ impl ContainerRuntime {
         match raw {
             "podman" => Ok(Self::Podman),
             "docker" => Ok(Self::Docker),
-            "containerd" | "cri-o" | "crio" | "kubernetes" => Err(format!(
-                "runtime {raw:?} is not supported yet; \"podman\" and \"docker\" are (see README, Containers)"
+            "kubernetes" => Ok(Self::Kubernetes),
+            "containerd" | "cri-o" | "crio" => Err(format!(
+                "runtime {raw:?} is not supported: containerd's and CRI-O's own containers (ctr, nerdctl) are not; Kubernetes pods through containerd's CRI are: runtime = \"kubernetes\" (see README, Containers)"
             )),
             other => Err(format!(
-                "runtime {other:?} must be \"podman\" or \"docker\""
+                "runtime {other:?} must be \"podman\", \"docker\" or \"kubernetes\""
             )),
         }
     }
@@ -49,8 +56,26 @@ pub struct ContainerFacts {
     pub name: Option<String>,
     pub image: Option<String>,
     pub annotations: BTreeMap<String, String>,
-    /// Docker's labels (`docker run --label`); none for Podman.
+    /// Docker's labels (`docker run --label`), or a Kubernetes pod's;
+    /// none for Podman.
     pub labels: BTreeMap<String, String>,
+    /// A Kubernetes pod's namespace and name; none for other runtimes.
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+}
+
+impl ContainerFacts {
+    /// The name events and `status` give the container: a pod's as
+    /// `NAMESPACE/POD/CONTAINER` (a container's name is unique only in
+    /// its pod), others' their own.
+    pub fn display_name(&self) -> Option<String> {
+        match (&self.namespace, &self.pod) {
+            (Some(ns), Some(pod)) => {
+                Some(format!("{ns}/{pod}/{}", self.name.as_deref().unwrap_or("")))
+            }
+            _ => self.name.clone(),
+        }
+    }
 }
 
 /// One agent's `[agent.containers]`, parsed.
@@ -61,8 +86,11 @@ pub struct ContainerSelector {
     pub image: Option<glob::Pattern>,
     /// Each must be present with exactly this value.
     pub annotations: BTreeMap<String, String>,
-    /// The same, of Docker's labels.
+    /// The same, of Docker's labels or the pod's.
     pub labels: BTreeMap<String, String>,
+    /// Kubernetes only: globs on the pod's namespace and name.
+    pub namespace: Option<glob::Pattern>,
+    pub pod: Option<glob::Pattern>,
 }
 
 impl ContainerSelector {
@@ -81,18 +109,22 @@ impl ContainerSelector {
             && glob(&self.image, &c.image)
             && all(&self.annotations, &c.annotations)
             && all(&self.labels, &c.labels)
+            && glob(&self.namespace, &c.namespace)
+            && glob(&self.pod, &c.pod)
     }
 }
 
 /// `[agent.containers]` as written.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(extend("anyOf" = [{ "required": ["name"] }, { "required": ["image"] }, { "required": ["annotations"] }, { "required": ["labels"] }]))]
+#[schemars(extend("anyOf" = [{ "required": ["name"] }, { "required": ["image"] }, { "required": ["annotations"] }, { "required": ["labels"] }, { "required": ["namespace"] }, { "required": ["pod"] }]))]
 pub(super) struct ContainersSection {
-    /// The container runtime: `"podman"` or `"docker"`.
-    #[schemars(extend("enum" = ["podman", "docker"]))]
+    /// The container runtime: `"podman"`, `"docker"`, or `"kubernetes"`
+    /// (pods' containers, through containerd's CRI).
+    #[schemars(extend("enum" = ["podman", "docker", "kubernetes"]))]
     pub runtime: Spanned<String>,
-    /// A shell glob on the container's name (`*`, `?`, `[...]`).
+    /// A shell glob on the container's name (`*`, `?`, `[...]`); for
+    /// Kubernetes, the container's name in its pod.
     pub name: Option<Spanned<String>>,
     /// A shell glob on the image name the container was created from, as
     /// the runtime records it (`localhost/agent:latest`).
@@ -100,10 +132,15 @@ pub(super) struct ContainersSection {
     /// OCI annotations the container must carry, with these values
     /// (`podman run --annotation KEY=VALUE`).
     pub annotations: Option<BTreeMap<String, String>>,
-    /// Docker labels the container must carry, with these values
-    /// (`docker run --label KEY=VALUE`). Docker only: Podman gives labels
-    /// only through its API, which it holds while the container starts.
+    /// Labels the container must carry, with these values: Docker's
+    /// (`docker run --label KEY=VALUE`) or, for Kubernetes, the pod's
+    /// (`metadata.labels`). Not for Podman, which gives labels only
+    /// through its API, which it holds while the container starts.
     pub labels: Option<Spanned<BTreeMap<String, String>>>,
+    /// Kubernetes only: a shell glob on the pod's namespace.
+    pub namespace: Option<Spanned<String>>,
+    /// Kubernetes only: a shell glob on the pod's name.
+    pub pod: Option<Spanned<String>>,
 }
 
 /// Parses the section; `Err((offset, message))` points at what is wrong.
@@ -146,14 +183,34 @@ pub(super) fn parse(
             })
             .transpose()
     };
+    for (field, raw) in [("namespace", &section.namespace), ("pod", &section.pod)] {
+        if let Some(raw) = raw
+            && runtime != ContainerRuntime::Kubernetes
+        {
+            return Err((
+                raw.span().start,
+                format!(
+                    "agent.containers.{field}: only for runtime = \"kubernetes\" (a pod's {field})"
+                ),
+            ));
+        }
+    }
     let name = glob("name", &section.name)?;
     let image = glob("image", &section.image)?;
+    let namespace = glob("namespace", &section.namespace)?;
+    let pod = glob("pod", &section.pod)?;
     let annotations = section.annotations.unwrap_or_default();
     let labels = section.labels.map(Spanned::into_inner).unwrap_or_default();
-    if name.is_none() && image.is_none() && annotations.is_empty() && labels.is_empty() {
+    if name.is_none()
+        && image.is_none()
+        && annotations.is_empty()
+        && labels.is_empty()
+        && namespace.is_none()
+        && pod.is_none()
+    {
         return Err((
             table_offset,
-            "agent.containers: say which containers: name, image, annotations or (Docker) labels (a runtime alone would select every container it starts)".into(),
+            "agent.containers: say which containers: name, image, annotations, labels (Docker, Kubernetes), namespace or pod (Kubernetes) (a runtime alone would select every container it starts)".into(),
         ));
     }
     Ok(ContainerSelector {
@@ -162,6 +219,8 @@ pub(super) fn parse(
         image,
         annotations,
         labels,
+        namespace,
+        pod,
     })
 }
 
@@ -175,7 +234,7 @@ mod tests {
             name: Some(name.into()),
             image: Some(image.into()),
             annotations: BTreeMap::from([("team".into(), "red".into())]),
-            labels: BTreeMap::new(),
+            ..ContainerFacts::default()
         }
     }
 
@@ -193,6 +252,8 @@ mod tests {
                 .map(|(k, v)| ((*k).into(), (*v).into()))
                 .collect(),
             labels: BTreeMap::new(),
+            namespace: None,
+            pod: None,
         }
     }
 
@@ -224,6 +285,7 @@ mod tests {
             image: Some("agent:1".into()),
             annotations: BTreeMap::new(),
             labels: BTreeMap::from([("team".into(), "red".into()), ("tier".into(), "dev".into())]),
+            ..ContainerFacts::default()
         };
         let by_labels = |labels: &[(&str, &str)]| ContainerSelector {
             runtime: ContainerRuntime::Docker,
@@ -234,6 +296,8 @@ mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).into(), (*v).into()))
                 .collect(),
+            namespace: None,
+            pod: None,
         };
         assert!(by_labels(&[("team", "red")]).matches(&docker));
         assert!(by_labels(&[("team", "red"), ("tier", "dev")]).matches(&docker));
@@ -251,5 +315,48 @@ mod tests {
             ..docker
         };
         assert!(!by_labels(&[("team", "red")]).matches(&podman));
+    }
+
+    #[test]
+    fn a_pod_is_selected_by_namespace_name_and_labels() {
+        let pod = ContainerFacts {
+            runtime: Some(ContainerRuntime::Kubernetes),
+            name: Some("coder".into()),
+            image: Some("registry.example.com/coder:1".into()),
+            labels: BTreeMap::from([("app".into(), "coder".into())]),
+            namespace: Some("agents".into()),
+            pod: Some("coder-7d9f".into()),
+            ..ContainerFacts::default()
+        };
+        let selector =
+            |namespace: &str, pod: Option<&str>, labels: &[(&str, &str)]| ContainerSelector {
+                runtime: ContainerRuntime::Kubernetes,
+                name: None,
+                image: None,
+                annotations: BTreeMap::new(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| ((*k).into(), (*v).into()))
+                    .collect(),
+                namespace: Some(glob::Pattern::new(namespace).unwrap()),
+                pod: pod.map(|p| glob::Pattern::new(p).unwrap()),
+            };
+        assert!(selector("agents", None, &[]).matches(&pod));
+        assert!(selector("agent?", Some("coder-*"), &[("app", "coder")]).matches(&pod));
+        assert!(!selector("default", None, &[]).matches(&pod));
+        assert!(!selector("agents", Some("web-*"), &[]).matches(&pod));
+        assert!(!selector("agents", None, &[("app", "web")]).matches(&pod));
+        // A pod's namespace is not a fact of another runtime's container.
+        let docker = ContainerFacts {
+            runtime: Some(ContainerRuntime::Docker),
+            ..pod.clone()
+        };
+        assert!(!selector("agents", None, &[]).matches(&docker));
+        // A container whose pod the CRI did not name is not selected.
+        let unknown = ContainerFacts {
+            namespace: None,
+            ..pod
+        };
+        assert!(!selector("*", None, &[]).matches(&unknown));
     }
 }

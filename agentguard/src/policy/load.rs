@@ -959,14 +959,35 @@ mod tests {
         let sel = a.containers.unwrap();
         assert_eq!(sel.runtime, crate::policy::ContainerRuntime::Docker);
         assert_eq!(sel.labels.get("team").map(String::as_str), Some("red"));
+        // Kubernetes pods by namespace, name and labels.
+        let a = parse("[agent.containers]\nruntime = \"kubernetes\"\nnamespace = \"agents\"\npod = \"coder-*\"\nlabels = { app = \"coder\" }\n")
+            .unwrap();
+        let sel = a.containers.unwrap();
+        assert_eq!(sel.runtime, crate::policy::ContainerRuntime::Kubernetes);
+        assert!(sel.namespace.unwrap().matches("agents"));
+        assert!(sel.pod.unwrap().matches("coder-1"));
+        assert_eq!(sel.labels.get("app").map(String::as_str), Some("coder"));
         let errors = [
             (
                 "runtime = \"containerd\"\nname = \"x\"\n",
-                "not supported yet",
+                "is not supported: containerd's and CRI-O's own containers",
             ),
             (
                 "runtime = \"lxc\"\nname = \"x\"\n",
-                "must be \"podman\" or \"docker\"",
+                "must be \"podman\", \"docker\" or \"kubernetes\"",
+            ),
+            ("runtime = \"kubernetes\"\n", "say which containers"),
+            (
+                "runtime = \"docker\"\nnamespace = \"agents\"\n",
+                "namespace: only for runtime = \"kubernetes\"",
+            ),
+            (
+                "runtime = \"podman\"\npod = \"x\"\n",
+                "pod: only for runtime = \"kubernetes\"",
+            ),
+            (
+                "runtime = \"kubernetes\"\nnamespace = \"\"\n",
+                "must not be empty",
             ),
             ("runtime = \"docker\"\n", "say which containers"),
             ("runtime = \"podman\"\n", "say which containers"),

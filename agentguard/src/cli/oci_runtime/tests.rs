@@ -84,7 +84,7 @@ fn the_hook_is_told_the_container_is_dockers_and_where_its_record_is() {
     let hook = Hook {
         admin_socket: Path::new("/run/agentguard/admin.sock"),
         wait: "5s",
-        docker_root: Path::new("/var/lib/docker"),
+        record: &RuntimeRecord::DockerRoot("/var/lib/docker".into()),
     };
     let entry = hook.entry(Path::new("/usr/bin/agentguard")).unwrap();
     assert_eq!(
@@ -96,10 +96,43 @@ fn the_hook_is_told_the_container_is_dockers_and_where_its_record_is() {
         })
     );
     let relative = Hook {
-        docker_root: Path::new("lib/docker"),
+        record: &RuntimeRecord::DockerRoot("lib/docker".into()),
         ..hook
     };
     assert!(relative.entry(Path::new("/usr/bin/agentguard")).is_err());
+}
+
+#[test]
+fn the_hook_is_told_the_container_is_a_pods_and_where_the_cri_answers() {
+    let record = RuntimeRecord::CriSocket("/run/containerd/containerd.sock".into());
+    let hook = Hook {
+        admin_socket: Path::new("/run/agentguard/admin.sock"),
+        wait: "0s",
+        record: &record,
+    };
+    let entry = hook.entry(Path::new("/usr/bin/agentguard")).unwrap();
+    assert_eq!(
+        entry["args"],
+        json!([
+            "agentguard",
+            "--admin-socket",
+            "/run/agentguard/admin.sock",
+            "oci-hook",
+            "--wait",
+            "0s",
+            "--cri-socket",
+            "/run/containerd/containerd.sock"
+        ])
+    );
+    let relative = RuntimeRecord::CriSocket("containerd.sock".into());
+    let e = Hook {
+        record: &relative,
+        ..hook
+    }
+    .entry(Path::new("/usr/bin/agentguard"))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--cri-socket containerd.sock must be"), "{e}");
 }
 
 #[test]

@@ -12,6 +12,7 @@ fn created(id: &str) -> Created {
         pid: 1,
         bundle: format!("/run/containerd/moby/{id}").into(),
         docker_root: None,
+        cri_socket: None,
     }
 }
 
