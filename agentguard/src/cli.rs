@@ -163,6 +163,10 @@ enum Command {
         /// that answers on this socket (set by `oci-runtime`).
         #[arg(long, value_name = "PATH")]
         cri_socket: Option<PathBuf>,
+        /// With --cri-socket: pods of this namespace start untouched while
+        /// the daemon is not running (agentguard's own); repeatable.
+        #[arg(long, value_name = "NAMESPACE", requires = "cri_socket")]
+        exempt_namespace: Vec<String>,
     },
     /// runc wrapper for runtimes without a hooks folder (Docker, containerd's
     /// CRI): given to dockerd as a runtime (daemon.json `"runtimes"`,
@@ -188,6 +192,12 @@ enum Command {
         /// instead of --docker-root.
         #[arg(long, value_name = "PATH", conflicts_with = "docker_root")]
         cri_socket: Option<PathBuf>,
+        /// With --cri-socket: pods of this Kubernetes namespace start
+        /// untouched while the daemon is not running, so that agentguard's
+        /// own pod (`agentguard-system`), started by this runc too, can
+        /// start; repeatable.
+        #[arg(long, value_name = "NAMESPACE", requires = "cri_socket")]
+        exempt_namespace: Vec<String>,
         /// runc's own arguments, after `--`.
         #[arg(last = true, required = true, value_name = "RUNC_ARGS")]
         args: Vec<OsString>,
@@ -511,24 +521,27 @@ fn dispatch(command: Command, context: &Context) -> Result<ExitCode, CliError> {
             wait,
             docker_root,
             cri_socket,
+            exempt_namespace,
         } => {
             let record = match (docker_root, cri_socket) {
                 (Some(root), _) => Some(oci_hook::RuntimeRecord::DockerRoot(root)),
                 (None, Some(socket)) => Some(oci_hook::RuntimeRecord::CriSocket(socket)),
                 (None, None) => None,
             };
-            Ok(oci_hook::run(
-                admin_socket,
-                agent.as_deref(),
-                &wait,
-                record.as_ref(),
-            )?)
+            let opts = oci_hook::HookOptions {
+                agent: agent.as_deref(),
+                wait: &wait,
+                from: record.as_ref(),
+                exempt_namespaces: &exempt_namespace,
+            };
+            Ok(oci_hook::run(admin_socket, &opts)?)
         }
         Command::OciRuntime {
             runc,
             wait,
             docker_root,
             cri_socket,
+            exempt_namespace,
             args,
         } => {
             // The hook parses its --wait when it runs; refuse a bad one
@@ -541,6 +554,7 @@ fn dispatch(command: Command, context: &Context) -> Result<ExitCode, CliError> {
                     Some(socket) => oci_hook::RuntimeRecord::CriSocket(socket),
                     None => oci_hook::RuntimeRecord::DockerRoot(docker_root),
                 },
+                exempt_namespaces: &exempt_namespace,
             };
             match oci_runtime::run(&hook, &runc, &args)? {}
         }

@@ -23,7 +23,7 @@
 //!   "files, not APIs": pod labels are nowhere else on the node, and
 //!   containerd answers while it starts a pod's container.
 
-mod cri;
+pub mod cri;
 mod docker;
 mod podman;
 

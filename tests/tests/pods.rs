@@ -33,7 +33,7 @@ struct Containerd {
 }
 
 impl Containerd {
-    fn start(dir: &Path, admin_socket: &Path, pause_image: &str) -> Self {
+    fn start(dir: &Path, admin_socket: &Path, pause_image: &str, exempt: &str) -> Self {
         let socket = dir.join("containerd.sock");
         // containerd's runc, as the README has it: agentguard's wrapper,
         // told where the CRI answers.
@@ -41,7 +41,7 @@ impl Containerd {
         std::fs::write(
             &runc,
             format!(
-                "#!/bin/sh\nexec {AGENTGUARD} --admin-socket {} oci-runtime --runc /usr/sbin/runc --cri-socket {} -- \"$@\"\n",
+                "#!/bin/sh\nexec {AGENTGUARD} --admin-socket {} oci-runtime --runc /usr/sbin/runc --cri-socket {} --exempt-namespace {exempt} -- \"$@\"\n",
                 admin_socket.display(),
                 socket.display()
             ),
@@ -451,7 +451,9 @@ fn a_pod_selected_by_namespace_and_labels_is_attached_before_its_container_start
         .start();
     let image = format!("localhost/agentguard-test-pod:{me}");
     let archive = image_archive(dir.path(), &image);
-    let containerd = Containerd::start(dir.path(), &daemon.admin_socket, &image);
+    // agentguard's own namespace, whose pods start while it is down.
+    let own = format!("agentguard-system-{me}");
+    let containerd = Containerd::start(dir.path(), &daemon.admin_socket, &image, &own);
     containerd.import(&archive);
     let bundle = daemon.state_dir().join("ca/bundle.pem");
     let port = upstream.addr.port();
@@ -591,4 +593,21 @@ fn a_pod_selected_by_namespace_and_labels_is_attached_before_its_container_start
         refused.message().contains("agentguard"),
         "the runtime's error names the hook: {refused}"
     );
+    // Except agentguard's own namespace's: its pod must be able to start
+    // to bring the daemon back. It runs untouched.
+    let revived = containerd
+        .run_pod(&own, "agentguard", &[("app", "coder")], true)
+        .unwrap_or_else(|e| panic!("RunPodSandbox in {own}: {e}\n{}", containerd.log()));
+    let container = containerd
+        .start_container(
+            &revived,
+            "agentguard",
+            &own,
+            &image,
+            curl("/ca.pem"),
+            vec![mount(&ca.pem_path)],
+        )
+        .unwrap_or_else(|e| panic!("StartContainer in {own}: {e}\n{}", containerd.log()));
+    assert_eq!(containerd.wait_exited(&container, "agentguard"), "200");
+    assert_eq!(upstream.handshakes(), 3);
 }

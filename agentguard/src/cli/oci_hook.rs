@@ -21,7 +21,10 @@
 //!
 //! Any failure exits non-zero, which makes the runtime fail the
 //! container's start: the container never runs with its connections going
-//! nowhere or elsewhere. At `poststop` (state `stopped`) the hook has the
+//! nowhere or elsewhere. One exception, for Kubernetes: a pod of a
+//! namespace named with `--exempt-namespace` (agentguard's own) starts
+//! untouched while the daemon is not running, or the daemon's own pod,
+//! started by the same runc, could never start. At `poststop` (state `stopped`) the hook has the
 //! daemon forget containers whose cgroup is gone, without waiting for its
 //! once-a-second look.
 
@@ -89,13 +92,30 @@ pub enum RuntimeRecord {
     CriSocket(std::path::PathBuf),
 }
 
-pub fn run(
-    admin_socket: &Path,
-    agent: Option<&str>,
-    wait: &str,
-    from: Option<&RuntimeRecord>,
-) -> Result<ExitCode, OciHookError> {
-    let wait = parse_duration("--wait", wait)?;
+/// What the hook is told on its command line.
+pub struct HookOptions<'a> {
+    pub agent: Option<&'a str>,
+    pub wait: &'a str,
+    pub from: Option<&'a RuntimeRecord>,
+    /// Kubernetes namespaces whose pods start untouched while the daemon
+    /// is not running (only with `RuntimeRecord::CriSocket`).
+    pub exempt_namespaces: &'a [String],
+}
+
+/// The namespace containerd names in the state, if the pod's is exempt.
+fn exempt_namespace<'s>(state: &'s State, opts: &HookOptions<'_>) -> Option<&'s str> {
+    if !matches!(opts.from, Some(RuntimeRecord::CriSocket(_))) {
+        return None;
+    }
+    let ns = state
+        .annotations
+        .get(crate::containers::cri::SANDBOX_NAMESPACE)?;
+    opts.exempt_namespaces.contains(ns).then_some(ns.as_str())
+}
+
+pub fn run(admin_socket: &Path, opts: &HookOptions<'_>) -> Result<ExitCode, OciHookError> {
+    let (agent, from) = (opts.agent, opts.from);
+    let wait = parse_duration("--wait", opts.wait)?;
     let mut text = String::new();
     std::io::stdin()
         .take(1 << 20)
@@ -148,8 +168,21 @@ pub fn run(
                         crate::percent::encode(&path.to_string_lossy())
                     ));
                 }
+                let answer = match call(&route) {
+                    Err(AdminError::NotRunning { .. })
+                        if exempt_namespace(&state, opts).is_some() =>
+                    {
+                        eprintln!(
+                            "agentguard: not running; container {} of exempt namespace {} starts unguarded",
+                            state.id,
+                            exempt_namespace(&state, opts).unwrap_or_default()
+                        );
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    other => other?,
+                };
                 let view: CreatedView =
-                    serde_json::from_value(call(&route)?).map_err(OciHookError::State)?;
+                    serde_json::from_value(answer).map_err(OciHookError::State)?;
                 if let (Some(agent), Some(c)) = (view.agent, view.container) {
                     eprintln!(
                         "agentguard: container {} ({}, image {}) attached to agent {agent} before its start",
@@ -179,4 +212,52 @@ pub fn run(
         state.id, view.cgroup_path
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a pod's container (the hook told the CRI's socket) whose
+    /// containerd-written namespace is listed is exempt.
+    #[test]
+    fn only_a_listed_namespaces_pods_are_exempt() {
+        let state = |ns: Option<&str>| State {
+            id: "c".into(),
+            status: "creating".into(),
+            bundle: "/b".into(),
+            pid: Some(1),
+            annotations: ns
+                .map(|ns| {
+                    [(
+                        crate::containers::cri::SANDBOX_NAMESPACE.to_owned(),
+                        ns.to_owned(),
+                    )]
+                    .into()
+                })
+                .unwrap_or_default(),
+        };
+        let exempt = ["agentguard-system".to_owned()];
+        let cri = RuntimeRecord::CriSocket("/run/containerd/containerd.sock".into());
+        let docker = RuntimeRecord::DockerRoot("/var/lib/docker".into());
+        let opts = |from| HookOptions {
+            agent: None,
+            wait: "0s",
+            from,
+            exempt_namespaces: &exempt,
+        };
+        let own = state(Some("agentguard-system"));
+        assert_eq!(
+            exempt_namespace(&own, &opts(Some(&cri))),
+            Some("agentguard-system")
+        );
+        assert_eq!(
+            exempt_namespace(&state(Some("agents")), &opts(Some(&cri))),
+            None
+        );
+        assert_eq!(exempt_namespace(&state(None), &opts(Some(&cri))), None);
+        // Not a pod's: the annotation is then anyone's to write.
+        assert_eq!(exempt_namespace(&own, &opts(Some(&docker))), None);
+        assert_eq!(exempt_namespace(&own, &opts(None)), None);
+    }
 }

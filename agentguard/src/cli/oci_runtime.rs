@@ -190,6 +190,7 @@ pub struct Hook<'a> {
     pub admin_socket: &'a Path,
     pub wait: &'a str,
     pub record: &'a RuntimeRecord,
+    pub exempt_namespaces: &'a [String],
 }
 
 impl Hook<'_> {
@@ -208,19 +209,20 @@ impl Hook<'_> {
                 flag,
                 path: path.to_owned(),
             })?;
-        Ok(json!({
-            "path": own,
-            "args": [
-                "agentguard",
-                "--admin-socket",
-                self.admin_socket,
-                "oci-hook",
-                "--wait",
-                self.wait,
-                flag,
-                path,
-            ],
-        }))
+        let mut args = vec![
+            json!("agentguard"),
+            json!("--admin-socket"),
+            json!(self.admin_socket),
+            json!("oci-hook"),
+            json!("--wait"),
+            json!(self.wait),
+            json!(flag),
+            json!(path),
+        ];
+        for ns in self.exempt_namespaces {
+            args.extend([json!("--exempt-namespace"), json!(ns)]);
+        }
+        Ok(json!({ "path": own, "args": args }))
     }
 }
 

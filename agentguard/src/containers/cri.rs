@@ -39,7 +39,7 @@ use super::Created;
 pub(super) const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
-const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
+pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
 

@@ -17,7 +17,9 @@
 //! 6. the daemon itself starts with only the DaemonSet's capabilities, its
 //!    readiness probe passes, its liveness endpoint answers, and an agent in
 //!    its policy's cgroup, in the daemon's network namespace (the node's,
-//!    in a pod with hostNetwork), is redirected to it and refused.
+//!    in a pod with hostNetwork), is redirected to it and refused;
+//! 7. the init container that installs the hook on the node leaves there
+//!    an agentguard that runs and containerd's runc wrapper.
 //!
 //! The daemon runs in a network namespace of its own (podman's
 //! `--network=none`: loopback only), so its ports are not the host's, with
@@ -52,7 +54,8 @@ pub fn run(repo: &Path, tag: &str, version: &str) -> Result<()> {
     let pod = PodSpec::load(repo)?;
     let main = pod.container("agentguard")?;
     let init = pod.init_container("check-node")?;
-    for c in [&main, &init] {
+    let install = pod.init_container("install-node-hook")?;
+    for c in [&main, &init, &install] {
         ensure!(
             c.image() == tag,
             "daemonset.yaml names image {:?}, the image built is {tag}: update the manifest",
@@ -86,7 +89,8 @@ pub fn run(repo: &Path, tag: &str, version: &str) -> Result<()> {
     if work.exists() {
         fs::remove_dir_all(&work)?;
     }
-    let result = with_staged_volumes(repo, &work, tag, &pod, &main, &init);
+    let result = with_staged_volumes(repo, &work, tag, &pod, &main, &init)
+        .and_then(|()| node_hook_installed(&work, tag, &install, version));
     let _ = fs::remove_dir_all(&work);
     result
 }
@@ -247,6 +251,66 @@ fn with_staged_volumes(
 
     // 6. The daemon.
     Daemon::start(work, tag, &common, &privileged, nsenter, daemon)?.check(main, &cgroup)
+}
+
+/// Step 7: the init container that puts the hook's binary and containerd's runc
+/// wrapper on the node, run as the DaemonSet runs it (read-only root, no
+/// capabilities) into a folder standing for the node's: the binary there
+/// runs, and the wrapper is a script that starts it as `oci-runtime`,
+/// told where the CRI answers.
+fn node_hook_installed(
+    work: &Path,
+    tag: &str,
+    install: &Container<'_>,
+    version: &str,
+) -> Result<()> {
+    let argv = install.command();
+    ensure!(!argv.is_empty(), "install-node-hook has no command");
+    let at = install
+        .mount_path("node-bin")
+        .context("install-node-hook does not mount node-bin")?;
+    let node_bin = work.join("node-bin");
+    fs::create_dir_all(&node_bin)?;
+    let mut args = vec![
+        "run".to_owned(),
+        "--rm".into(),
+        "--network=none".into(),
+        "--read-only".into(),
+        "--cap-drop=all".into(),
+        "--security-opt=no-new-privileges".into(),
+        format!("--volume={}:{at}", node_bin.display()),
+        format!("--entrypoint={}", argv[0]),
+        tag.into(),
+    ];
+    args.extend(argv[1..].iter().cloned());
+    podman_output(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let shown = std::process::Command::new(node_bin.join("agentguard"))
+        .arg("--version")
+        .output()
+        .context("running the installed agentguard")?;
+    ensure!(
+        String::from_utf8_lossy(&shown.stdout).trim() == format!("agentguard {version}"),
+        "the installed agentguard says {:?}",
+        String::from_utf8_lossy(&shown.stdout)
+    );
+    let wrapper = fs::read_to_string(node_bin.join("agentguard-runc"))?;
+    let mode = fs::metadata(node_bin.join("agentguard-runc"))?
+        .permissions()
+        .mode();
+    ensure!(
+        wrapper.starts_with("#!/bin/sh\n")
+            && wrapper.contains(&format!("exec {at}/agentguard "))
+            && wrapper.contains(" oci-runtime ")
+            && wrapper.contains(
+                "--cri-socket /run/containerd/containerd.sock --exempt-namespace agentguard-system -- \"$@\"",
+            )
+            && mode & 0o777 == 0o755,
+        "the installed runc wrapper (mode {mode:o}):\n{wrapper}"
+    );
+    println!(
+        "image check: install-node-hook puts a working agentguard and containerd's runc wrapper in {at}"
+    );
+    Ok(())
 }
 
 /// The staged volumes: host folders in the kubelet's layout.

@@ -85,6 +85,7 @@ fn the_hook_is_told_the_container_is_dockers_and_where_its_record_is() {
         admin_socket: Path::new("/run/agentguard/admin.sock"),
         wait: "5s",
         record: &RuntimeRecord::DockerRoot("/var/lib/docker".into()),
+        exempt_namespaces: &[],
     };
     let entry = hook.entry(Path::new("/usr/bin/agentguard")).unwrap();
     assert_eq!(
@@ -105,10 +106,12 @@ fn the_hook_is_told_the_container_is_dockers_and_where_its_record_is() {
 #[test]
 fn the_hook_is_told_the_container_is_a_pods_and_where_the_cri_answers() {
     let record = RuntimeRecord::CriSocket("/run/containerd/containerd.sock".into());
+    let exempt = ["agentguard-system".to_owned()];
     let hook = Hook {
         admin_socket: Path::new("/run/agentguard/admin.sock"),
         wait: "0s",
         record: &record,
+        exempt_namespaces: &exempt,
     };
     let entry = hook.entry(Path::new("/usr/bin/agentguard")).unwrap();
     assert_eq!(
@@ -121,7 +124,9 @@ fn the_hook_is_told_the_container_is_a_pods_and_where_the_cri_answers() {
             "--wait",
             "0s",
             "--cri-socket",
-            "/run/containerd/containerd.sock"
+            "/run/containerd/containerd.sock",
+            "--exempt-namespace",
+            "agentguard-system"
         ])
     );
     let relative = RuntimeRecord::CriSocket("containerd.sock".into());
