@@ -228,6 +228,59 @@ pub fn load(path: &Path) -> Vec<Saved> {
     }
 }
 
+/// Reads a runtime's record of its containers: a plain file of root's
+/// (the daemon's user, as for secret files; tests run as whoever runs
+/// them) that no one else may write, opened without following a link and
+/// without waiting (a FIFO there must not hold every container start), at
+/// most `max` bytes. `Ok(None)`: there is no such file.
+fn read_record(
+    id: &str,
+    path: &Path,
+    max: u64,
+    runtime: &str,
+) -> Result<Option<Vec<u8>>, ContainersError> {
+    use std::{
+        io::Read as _,
+        os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    };
+    let read_err = |source| ContainersError::Read {
+        id: id.to_owned(),
+        path: path.to_owned(),
+        source,
+    };
+    let refuse = |why: String| ContainersError::Record {
+        id: id.to_owned(),
+        path: path.to_owned(),
+        why,
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_err(e)),
+    };
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.file_type().is_file() {
+        return Err(refuse("is not a plain file".into()));
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
+        return Err(refuse(format!(
+            "is not root's alone ({runtime} writes it as root, mode 0600)"
+        )));
+    }
+    if meta.len() > max {
+        return Err(refuse(format!(
+            "is larger than any record {runtime} writes ({max} bytes)"
+        )));
+    }
+    let mut text = Vec::with_capacity(meta.len() as usize);
+    file.take(max).read_to_end(&mut text).map_err(read_err)?;
+    Ok(Some(text))
+}
+
 /// The bundle's parent directory must be named after the container (as
 /// every runtime here lays it out), so a report cannot make the daemon
 /// read another container's record.

@@ -14,15 +14,12 @@
 
 use std::{
     collections::BTreeMap,
-    io::Read as _,
-    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::{Component, Path, PathBuf},
 };
 
-use nix::fcntl::OFlag;
 use serde::Deserialize;
 
-use super::{ContainersError, Created};
+use super::{ContainersError, Created, read_record};
 
 /// dockerd's records are a few KiB; a larger file is not one.
 const MAX_RECORD: u64 = 4 << 20;
@@ -75,43 +72,16 @@ pub(super) fn record_path(created: &Created, root: &Path) -> Result<PathBuf, Con
     Ok(root.join("containers").join(id).join("config.v2.json"))
 }
 
-/// Reads the record at `path` (from [`record_path`]): a plain file of
-/// root's that no one else may write, opened without following a link
-/// and without waiting (a FIFO there must not hold every container start).
+/// Reads the record at `path` (from [`record_path`]), as
+/// [`read_record`] allows.
 pub(super) fn facts(created: &Created, path: &Path) -> Result<DockerFacts, ContainersError> {
-    let read_err = |source| ContainersError::Read {
-        id: created.id.clone(),
-        path: path.to_owned(),
-        source,
-    };
-    let refuse = |why: &str| ContainersError::Record {
-        id: created.id.clone(),
-        path: path.to_owned(),
-        why: why.to_owned(),
-    };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
-        .open(path)
-        .map_err(read_err)?;
-    let meta = file.metadata().map_err(read_err)?;
-    if !meta.file_type().is_file() {
-        return Err(refuse("is not a plain file"));
-    }
-    // dockerd and the daemon run as root: the daemon's own user, as for
-    // secret files (tests run as whoever runs them).
-    if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
-        return Err(refuse(
-            "is not root's alone (dockerd writes it as root, mode 0600)",
-        ));
-    }
-    if meta.len() > MAX_RECORD {
-        return Err(refuse("is larger than any record dockerd writes"));
-    }
-    let mut text = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_RECORD)
-        .read_to_end(&mut text)
-        .map_err(read_err)?;
+    let text = read_record(&created.id, path, MAX_RECORD, "dockerd")?.ok_or_else(|| {
+        ContainersError::Read {
+            id: created.id.clone(),
+            path: path.to_owned(),
+            source: std::io::ErrorKind::NotFound.into(),
+        }
+    })?;
     let record: Record =
         serde_json::from_slice(&text).map_err(|source| ContainersError::Parse {
             id: created.id.clone(),

@@ -4,13 +4,14 @@
 //! holds the container's bundle. containers/storage replaces these files
 //! whole (write, then rename), so reading one while Podman holds its locks
 //! sees a complete version; the container's record is written when it is
-//! created, before it is started.
+//! created, before it is started. The files are read as [`read_record`]
+//! allows (root's alone, plain, bounded).
 
 use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{ContainersError, Created, check_bundle};
+use super::{ContainersError, Created, check_bundle, read_record};
 
 /// One container in containers/storage's record.
 #[derive(Debug, Deserialize)]
@@ -31,6 +32,10 @@ struct Metadata {
 }
 
 const RECORDS: [&str; 2] = ["containers.json", "volatile-containers.json"];
+
+/// Every container's record is in the one file, about 1 KiB each: room for
+/// tens of thousands.
+const MAX_RECORDS: u64 = 64 << 20;
 
 /// The container's name and image name.
 pub(super) fn name_and_image(
@@ -58,16 +63,8 @@ pub(super) fn name_and_image(
 
 fn find(store: &Path, record: &str, id: &str) -> Result<Option<StoredContainer>, ContainersError> {
     let path = store.join(record);
-    let text = match std::fs::read(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(ContainersError::Read {
-                id: id.to_owned(),
-                path,
-                source,
-            });
-        }
+    let Some(text) = read_record(id, &path, MAX_RECORDS, "Podman")? else {
+        return Ok(None);
     };
     let all: Vec<StoredContainer> =
         serde_json::from_slice(&text).map_err(|source| ContainersError::Parse {
@@ -113,5 +110,16 @@ mod tests {
         std::fs::create_dir_all(store.join("zzz/userdata")).unwrap();
         let e = name_and_image(&created("zzz")).unwrap_err().to_string();
         assert!(e.contains("no record"), "{e}");
+        // A record others may write, or a FIFO (which would hold every
+        // start), is refused.
+        use std::os::unix::fs::PermissionsExt as _;
+        let record = store.join("containers.json");
+        std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = name_and_image(&created("abc")).unwrap_err().to_string();
+        assert!(e.contains("not root's alone (Podman"), "{e}");
+        std::fs::remove_file(&record).unwrap();
+        nix::unistd::mkfifo(&record, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = name_and_image(&created("abc")).unwrap_err().to_string();
+        assert!(e.contains("not a plain file"), "{e}");
     }
 }
