@@ -26,6 +26,16 @@ pub const AGENTGUARD: &str = env!("CARGO_BIN_EXE_agentguard");
 /// Every privileged test starts here. Without root it fails with a message
 /// that says why: a privileged test that skipped would pass while proving
 /// nothing.
+/// A credential file as the daemon accepts one: `contents` in `dir/name`,
+/// mode 0600 (the daemon refuses secret files others could read).
+pub fn secret_file(dir: &std::path::Path, name: &str, contents: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
 pub fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),

@@ -7,13 +7,12 @@
 
 use std::{
     net::{SocketAddr, TcpStream},
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use crate::common::{Daemon, TestCa, ok, require_root, text};
+use crate::common::{Daemon, TestCa, ok, require_root, secret_file, text};
 
 const AGENT: &str = "aws-agent";
 const MOTO_IP: &str = "127.0.0.8";
@@ -117,13 +116,6 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, value).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
 }
 
 /// boto3 in the agent: `ec2` and `s3` clients for `region` on the test

@@ -90,12 +90,7 @@ impl Drop for Image {
 /// that inject it into GET /reflect on the test upstream, after an
 /// agent's own lines.
 pub(super) fn canary_tool(dir: &Path, canary: &str) -> String {
-    let secret = dir.join("canary");
-    std::fs::write(&secret, format!("{canary}\n")).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    let secret = crate::common::secret_file(dir, "canary", &format!("{canary}\n"));
     format!(
         "[[credential]]\nid = \"canary\"\nsource = {{ file = \"{}\" }}\n\
          inject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\n\n\

@@ -4,7 +4,6 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Output, Stdio},
     time::{Duration, Instant},
@@ -32,11 +31,9 @@ impl std::ops::Deref for Setup {
 }
 
 /// A secret file as a security team would keep it: root-owned, 0600.
+/// A secret file holding `value` and a newline.
 fn secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{value}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
+    common::secret_file(dir, name, &format!("{value}\n"))
 }
 
 /// `policy` is the TOML after the `[agent]` section's name and cgroup (so it

@@ -12,7 +12,9 @@ use std::{
     sync::Arc,
 };
 
-use crate::common::{ApiRequest, Daemon, FakeApi, Handler, TestCa, require_root, text};
+use crate::common::{
+    ApiRequest, Daemon, FakeApi, Handler, TestCa, require_root, secret_file, text,
+};
 
 const AGENT: &str = "deleg-agent";
 const API: &str = "tickets.agentguard.test";
@@ -111,13 +113,6 @@ impl Drop for AuthServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, value).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
 }
 
 /// The tool: answers 200 only to a bearer token `accept` approves.

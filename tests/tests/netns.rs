@@ -142,11 +142,7 @@ fn policy(netns: &Path, secret: &Path, extra_agent_keys: &str) -> String {
 }
 
 fn secret_file(dir: &Path) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt as _;
-    let path = dir.join("canary");
-    std::fs::write(&path, format!("{CANARY}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
+    crate::common::secret_file(dir, "canary", &format!("{CANARY}\n"))
 }
 
 /// Unmodified curl to the API at `ip` (by name, as the agent would after

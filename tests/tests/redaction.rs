@@ -6,7 +6,7 @@
 //! agent's output is searched by decoding (percent, JSON, base64 at every
 //! offset, hex), not by listing the forms agentguard looks for.
 
-use std::{os::unix::fs::PermissionsExt as _, process::Output};
+use std::process::Output;
 
 use base64::Engine as _;
 
@@ -58,9 +58,7 @@ fn setup() -> Setup {
         .unwrap()
         .subsec_nanos();
     let secret = format!("agc/{}+{nanos}<&>'é~ z", std::process::id());
-    let secret_file = dir.path().join("secret");
-    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
-    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let secret_file = crate::common::secret_file(dir.path(), "secret", &format!("{secret}\n"));
     let ca = TestCa::new("agentguard redaction upstream CA", dir.path());
     let api = EchoUpstream::start("127.0.0.3", API, &ca, dir.path());
     let policy = POLICY.replace("{secret_file}", &secret_file.display().to_string());

@@ -6,7 +6,7 @@
 //! fault, not the upstream's. The upstream here honours every override, as
 //! frameworks do.
 
-use std::{os::unix::fs::PermissionsExt as _, process::Output};
+use std::process::Output;
 
 use serde_json::Value;
 
@@ -46,9 +46,7 @@ allow_overrides = ["X-HTTP-Method-Override", "_method"]
 fn setup() -> Setup {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let secret_file = dir.path().join("secret");
-    std::fs::write(&secret_file, "sk-checks-secret-1234\n").unwrap();
-    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let secret_file = crate::common::secret_file(dir.path(), "secret", "sk-checks-secret-1234\n");
     let ca = TestCa::new("agentguard checks upstream CA", dir.path());
     let api = EchoUpstream::start("127.0.0.3", API, &ca, dir.path());
     let policy = POLICY.replace("{secret_file}", &secret_file.display().to_string());

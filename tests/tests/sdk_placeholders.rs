@@ -6,7 +6,6 @@
 //! ...): the placeholder is replaced wherever the SDK put it.
 
 use std::{
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -43,9 +42,7 @@ fn canary_file(dir: &Path, name: &str) -> (PathBuf, String) {
             .unwrap()
             .as_nanos()
     );
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{canary}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let path = crate::common::secret_file(dir, name, &format!("{canary}\n"));
     (path, canary)
 }
 
@@ -397,9 +394,7 @@ fn python_requests_gets_the_secret_in_basic_auth_and_a_query_parameter() {
     // Characters that would split or end a query, or be read as a space,
     // if the secret were put there unencoded.
     let secret = format!("{canary}&x=1+/%#");
-    let secret_file = dir.path().join("service-key");
-    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
-    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let secret_file = crate::common::secret_file(dir.path(), "service-key", &format!("{secret}\n"));
     let (other_file, other) = canary_file(dir.path(), "other-key");
     let ca = TestCa::new("agentguard test upstream CA", dir.path());
     let basic = {
