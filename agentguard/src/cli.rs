@@ -524,8 +524,8 @@ fn dispatch(command: Command, context: &Context) -> Result<ExitCode, CliError> {
             exempt_namespace,
         } => {
             let record = match (docker_root, cri_socket) {
-                (Some(root), _) => Some(oci_hook::RuntimeRecord::DockerRoot(root)),
-                (None, Some(socket)) => Some(oci_hook::RuntimeRecord::CriSocket(socket)),
+                (Some(root), _) => Some(crate::containers::RuntimeSource::Docker(root)),
+                (None, Some(socket)) => Some(crate::containers::RuntimeSource::Cri(socket)),
                 (None, None) => None,
             };
             let opts = oci_hook::HookOptions {
@@ -551,8 +551,8 @@ fn dispatch(command: Command, context: &Context) -> Result<ExitCode, CliError> {
                 admin_socket,
                 wait: &wait,
                 record: &match cri_socket {
-                    Some(socket) => oci_hook::RuntimeRecord::CriSocket(socket),
-                    None => oci_hook::RuntimeRecord::DockerRoot(docker_root),
+                    Some(socket) => crate::containers::RuntimeSource::Cri(socket),
+                    None => crate::containers::RuntimeSource::Docker(docker_root),
                 },
                 exempt_namespaces: &exempt_namespace,
             };

@@ -77,20 +77,32 @@ pub enum ContainersError {
     Save(#[from] crate::atomic_file::WriteError),
 }
 
+/// A bundle's config.json is tens of KiB; a larger one is not one.
+const MAX_BUNDLE_CONFIG: u64 = 4 << 20;
+
 /// Podman's mark in every container's annotations.
 const PODMAN_MANAGER: (&str, &str) = ("io.container.manager", "libpod");
 
+/// Where the daemon finds what the runtime says of a container, when its
+/// hook was added by `agentguard oci-runtime` (Podman's hooks need none:
+/// its record lies beside the bundle).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeSource {
+    /// Docker's: dockerd's data root, which holds its record.
+    Docker(PathBuf),
+    /// A Kubernetes pod's: the socket of the CRI (containerd's) that
+    /// created it.
+    Cri(PathBuf),
+}
+
 /// What the hook reports: the OCI state's id, first pid and bundle, and
-/// where the hook comes from `agentguard oci-runtime`: for Docker's
-/// containers the data root holding dockerd's record of them, for a
-/// Kubernetes pod's the CRI's socket.
+/// where the runtime's record of the container is.
 #[derive(Debug, Clone, Default)]
 pub struct Created {
     pub id: String,
     pub pid: u32,
     pub bundle: PathBuf,
-    pub docker_root: Option<PathBuf>,
-    pub cri_socket: Option<PathBuf>,
+    pub source: Option<RuntimeSource>,
 }
 
 /// A container as events and `status` name it.
@@ -135,12 +147,15 @@ struct BundleConfig {
 /// matches.
 pub fn facts(created: &Created) -> Result<ContainerFacts, ContainersError> {
     let path = created.bundle.join("config.json");
-    let read_err = |source| ContainersError::Read {
-        id: created.id.clone(),
-        path: path.clone(),
-        source,
-    };
-    let text = std::fs::read(&path).map_err(read_err)?;
+    // Written by the runtime, as root; tens of KiB.
+    let text =
+        read_record(&created.id, &path, MAX_BUNDLE_CONFIG, "the runtime")?.ok_or_else(|| {
+            ContainersError::Read {
+                id: created.id.clone(),
+                path: path.clone(),
+                source: std::io::ErrorKind::NotFound.into(),
+            }
+        })?;
     let config: BundleConfig =
         serde_json::from_slice(&text).map_err(|source| ContainersError::Parse {
             id: created.id.clone(),
@@ -153,21 +168,27 @@ pub fn facts(created: &Created) -> Result<ContainerFacts, ContainersError> {
         annotations: config.annotations,
         ..ContainerFacts::default()
     };
-    if let Some(root) = &created.docker_root {
-        let d = docker::facts(created, &docker::record_path(created, root)?)?;
-        facts.runtime = Some(ContainerRuntime::Docker);
-        (facts.name, facts.image, facts.labels) = (d.name, d.image, d.labels);
-    } else if let Some(socket) = &created.cri_socket {
-        // A pod's sandbox (pause) container keeps no runtime: nothing
-        // selects it.
-        if let Some(pod) = cri::facts(created, socket, &facts.annotations)? {
-            facts.runtime = Some(ContainerRuntime::Kubernetes);
-            (facts.name, facts.image, facts.labels) = (pod.name, pod.image, pod.labels);
-            (facts.namespace, facts.pod) = (Some(pod.namespace), Some(pod.pod));
+    match &created.source {
+        Some(RuntimeSource::Docker(root)) => {
+            let d = docker::facts(created, &docker::record_path(created, root)?)?;
+            facts.runtime = Some(ContainerRuntime::Docker);
+            (facts.name, facts.image, facts.labels) = (d.name, d.image, d.labels);
         }
-    } else if podman {
-        let (name, image) = podman::name_and_image(created)?;
-        (facts.runtime, facts.name, facts.image) = (Some(ContainerRuntime::Podman), name, image);
+        Some(RuntimeSource::Cri(socket)) => {
+            // A pod's sandbox (pause) container keeps no runtime: nothing
+            // selects it.
+            if let Some(pod) = cri::facts(created, socket, &facts.annotations)? {
+                facts.runtime = Some(ContainerRuntime::Kubernetes);
+                (facts.name, facts.image, facts.labels) = (pod.name, pod.image, pod.labels);
+                (facts.namespace, facts.pod) = (Some(pod.namespace), Some(pod.pod));
+            }
+        }
+        None if podman => {
+            let (name, image) = podman::name_and_image(created)?;
+            (facts.runtime, facts.name, facts.image) =
+                (Some(ContainerRuntime::Podman), name, image);
+        }
+        None => {}
     }
     Ok(facts)
 }
@@ -320,8 +341,7 @@ mod tests {
             id: "abc".into(),
             pid: 1,
             bundle: bundle.clone(),
-            docker_root: None,
-            cri_socket: None,
+            source: None,
         };
         std::fs::write(
             bundle.join("config.json"),
@@ -360,8 +380,7 @@ mod tests {
             id: id.into(),
             pid: 1,
             bundle: bundle.into(),
-            docker_root: None,
-            cri_socket: None,
+            source: None,
         };
         assert!(
             check_bundle(&created(

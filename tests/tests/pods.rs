@@ -530,48 +530,59 @@ fn a_pod_selected_by_namespace_and_labels_is_attached_before_its_container_start
     assert_eq!(request["container_image"], image.as_str(), "{request:#}");
     assert_eq!(request["container_id"], container.as_str(), "{request:#}");
     assert_eq!(request["comm"], "curl", "{request:#}");
-    // The pod's sandbox (pause) container was reported too, and not
-    // selected: only the container was attached, and forgotten once it
-    // ended.
+    // The pod's sandbox (pause) container started through the same hook
+    // and was never attached (nothing of it in the log's attachments);
+    // the agent's container was, and is forgotten once it ended.
+    let attached = daemon
+        .log()
+        .matches("container attached before its start")
+        .count();
+    assert_eq!(attached, 1, "{}", daemon.log());
     wait_for_containers(&daemon, "podagent", &[]);
 
-    // The same label in another namespace, on the node's network: not
-    // selected, it starts untouched and reaches the upstream itself,
-    // with no credential; agentguard records nothing of it.
+    // Not selected, on the node's network: the same label in another
+    // namespace, and another label in the same namespace. Each starts
+    // untouched and reaches the upstream itself, with no credential;
+    // agentguard records nothing of either.
     let other = format!("default-{me}");
-    let plain = containerd
-        .run_pod(&other, "plain", &[("app", "coder")], true)
-        .unwrap();
-    let plain_container = containerd
-        .start_container(
-            &plain,
-            "plain",
-            &other,
-            &image,
-            curl("/ca.pem"),
-            vec![mount(&ca.pem_path)],
-        )
-        .unwrap();
-    assert_eq!(
-        containerd.wait_exited(&plain_container, "plain"),
-        "200",
-        "{}",
-        daemon.log()
-    );
-    assert_eq!(
-        upstream.header_values("/reflect", "authorization"),
-        vec![format!("Bearer {CANARY}")],
-        "the unselected pod's request carried no credential"
-    );
-    assert_eq!(upstream.handshakes(), 2);
-    assert!(
-        !daemon
-            .audit_events()
-            .iter()
-            .any(|e| e["container_id"] == plain_container.as_str()),
-        "{:#?}",
-        daemon.audit_events()
-    );
+    for (n, (ns, pod, label)) in [(&other, "plain", "coder"), (&namespace, "web", "web")]
+        .into_iter()
+        .enumerate()
+    {
+        let sandbox = containerd
+            .run_pod(ns, pod, &[("app", label)], true)
+            .unwrap();
+        let plain = containerd
+            .start_container(
+                &sandbox,
+                pod,
+                ns,
+                &image,
+                curl("/ca.pem"),
+                vec![mount(&ca.pem_path)],
+            )
+            .unwrap();
+        assert_eq!(
+            containerd.wait_exited(&plain, pod),
+            "200",
+            "{}",
+            daemon.log()
+        );
+        assert_eq!(
+            upstream.header_values("/reflect", "authorization"),
+            vec![format!("Bearer {CANARY}")],
+            "{ns}/{pod}'s request carried no credential"
+        );
+        assert_eq!(upstream.handshakes(), 2 + n);
+        assert!(
+            !daemon
+                .audit_events()
+                .iter()
+                .any(|e| e["container_id"] == plain.as_str()),
+            "{:#?}",
+            daemon.audit_events()
+        );
+    }
 
     // With the daemon gone, the hook cannot ask: a container of a pod
     // that was already running does not start, selected or not.
@@ -609,5 +620,5 @@ fn a_pod_selected_by_namespace_and_labels_is_attached_before_its_container_start
         )
         .unwrap_or_else(|e| panic!("StartContainer in {own}: {e}\n{}", containerd.log()));
     assert_eq!(containerd.wait_exited(&container, "agentguard"), "200");
-    assert_eq!(upstream.handshakes(), 3);
+    assert_eq!(upstream.handshakes(), 4);
 }

@@ -308,12 +308,26 @@ async fn container_event(state: Arc<AdminState>, req: &Request<Incoming>) -> Res
             ) else {
                 return error(StatusCode::BAD_REQUEST, "expected ?id=ID&pid=N&bundle=PATH");
             };
+            use crate::containers::RuntimeSource;
+            let source = match (
+                query_param(req, "docker_root"),
+                query_param(req, "cri_socket"),
+            ) {
+                (Some(_), Some(_)) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "docker_root and cri_socket name two runtimes; give one",
+                    );
+                }
+                (Some(root), None) => Some(RuntimeSource::Docker(root.into())),
+                (None, Some(socket)) => Some(RuntimeSource::Cri(socket.into())),
+                (None, None) => None,
+            };
             let report = crate::containers::Created {
                 id,
                 pid,
                 bundle: bundle.into(),
-                docker_root: query_param(req, "docker_root").map(PathBuf::from),
-                cri_socket: query_param(req, "cri_socket").map(PathBuf::from),
+                source,
             };
             match tokio::task::spawn_blocking(move || created(&report)).await {
                 Ok(Ok(view)) => json(StatusCode::OK, &view),

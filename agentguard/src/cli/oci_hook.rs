@@ -14,7 +14,8 @@
 //!   agent's programs to the container's own cgroup and opens the
 //!   listeners in its namespace before answering. A container no policy
 //!   selects starts untouched.
-//! - a named agent (`--agent`, or the annotation `io.agentguard.agent`):
+//! - a named agent (`--agent`, or for Podman the annotation
+//!   `io.agentguard.agent`, which hooks added by `oci-runtime` ignore):
 //!   the daemon checks that the process is in the agent's cgroup (or below
 //!   it: `--cgroup-parent`), where the kernel programs already apply, and
 //!   opens the listeners.
@@ -41,7 +42,7 @@ use thiserror::Error;
 use crate::{
     admin::{AdminClient, AdminError, AgentView},
     config::parse_duration,
-    containers::CreatedView,
+    containers::{CreatedView, RuntimeSource},
 };
 
 /// The annotation naming the agent, when `--agent` does not.
@@ -81,30 +82,19 @@ struct State {
 
 const RETRY: Duration = Duration::from_millis(250);
 
-/// Where the daemon finds what the runtime says of the container, when
-/// the hook was added by `agentguard oci-runtime` (Podman's hooks need
-/// none: its record lies beside the bundle).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RuntimeRecord {
-    /// dockerd's data root.
-    DockerRoot(std::path::PathBuf),
-    /// The CRI runtime's socket (containerd's), for a Kubernetes pod's.
-    CriSocket(std::path::PathBuf),
-}
-
 /// What the hook is told on its command line.
 pub struct HookOptions<'a> {
     pub agent: Option<&'a str>,
     pub wait: &'a str,
-    pub from: Option<&'a RuntimeRecord>,
+    pub from: Option<&'a RuntimeSource>,
     /// Kubernetes namespaces whose pods start untouched while the daemon
-    /// is not running (only with `RuntimeRecord::CriSocket`).
+    /// is not running (only with `RuntimeSource::Cri`).
     pub exempt_namespaces: &'a [String],
 }
 
 /// The namespace containerd names in the state, if the pod's is exempt.
 fn exempt_namespace<'s>(state: &'s State, opts: &HookOptions<'_>) -> Option<&'s str> {
-    if !matches!(opts.from, Some(RuntimeRecord::CriSocket(_))) {
+    if !matches!(opts.from, Some(RuntimeSource::Cri(_))) {
         return None;
     }
     let ns = state
@@ -148,9 +138,17 @@ pub fn run(admin_socket: &Path, opts: &HookOptions<'_>) -> Result<ExitCode, OciH
             }
         }
     };
+    // The annotation names an agent only where whoever may set it is root
+    // on the host anyway (Podman). For Docker's containers and pods,
+    // selection alone decides: a pod's author is not root on the node,
+    // and runtimes can pass pod annotations through.
+    let named = match from {
+        None => state.annotations.get(AGENT_ANNOTATION),
+        Some(_) => None,
+    };
     let agent = match agent {
         Some(a) => a.to_owned(),
-        None => match state.annotations.get(AGENT_ANNOTATION) {
+        None => match named {
             Some(a) => a.clone(),
             None => {
                 let mut route = format!(
@@ -160,8 +158,8 @@ pub fn run(admin_socket: &Path, opts: &HookOptions<'_>) -> Result<ExitCode, OciH
                 );
                 if let Some(from) = from {
                     let (key, path) = match from {
-                        RuntimeRecord::DockerRoot(p) => ("docker_root", p),
-                        RuntimeRecord::CriSocket(p) => ("cri_socket", p),
+                        RuntimeSource::Docker(p) => ("docker_root", p),
+                        RuntimeSource::Cri(p) => ("cri_socket", p),
                     };
                     route.push_str(&format!(
                         "&{key}={}",
@@ -238,8 +236,8 @@ mod tests {
                 .unwrap_or_default(),
         };
         let exempt = ["agentguard-system".to_owned()];
-        let cri = RuntimeRecord::CriSocket("/run/containerd/containerd.sock".into());
-        let docker = RuntimeRecord::DockerRoot("/var/lib/docker".into());
+        let cri = RuntimeSource::Cri("/run/containerd/containerd.sock".into());
+        let docker = RuntimeSource::Docker("/var/lib/docker".into());
         let opts = |from| HookOptions {
             agent: None,
             wait: "0s",

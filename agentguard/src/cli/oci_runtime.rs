@@ -33,7 +33,7 @@ use std::{
 use serde_json::{Value, json};
 use thiserror::Error;
 
-use super::oci_hook::RuntimeRecord;
+use crate::containers::RuntimeSource;
 
 #[derive(Debug, Error)]
 pub enum OciRuntimeError {
@@ -189,7 +189,7 @@ pub fn with_hooks(mut config: Value, hook: &Value) -> Result<Value, String> {
 pub struct Hook<'a> {
     pub admin_socket: &'a Path,
     pub wait: &'a str,
-    pub record: &'a RuntimeRecord,
+    pub record: &'a RuntimeSource,
     pub exempt_namespaces: &'a [String],
 }
 
@@ -199,8 +199,8 @@ impl Hook<'_> {
     /// pod's) and where that runtime's record of it is.
     fn entry(&self, own: &Path) -> Result<Value, OciRuntimeError> {
         let (flag, path) = match self.record {
-            RuntimeRecord::DockerRoot(p) => ("--docker-root", p),
-            RuntimeRecord::CriSocket(p) => ("--cri-socket", p),
+            RuntimeSource::Docker(p) => ("--docker-root", p),
+            RuntimeSource::Cri(p) => ("--cri-socket", p),
         };
         let path = path
             .to_str()

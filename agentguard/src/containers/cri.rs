@@ -51,26 +51,39 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_ANSWER: usize = 1 << 20;
 const METHOD: &str = "/runtime.v1.RuntimeService/PodSandboxStatus";
 
+/// A failed question to the CRI, or an answer that does not fit.
 #[derive(Debug, Error)]
-pub enum CriError {
-    #[error("{socket}: {why}")]
-    Socket { socket: String, why: String },
-    #[error("the CRI at {socket} did not answer {METHOD} in {CALL_TIMEOUT:?}")]
-    Timeout { socket: String },
-    #[error("the CRI at {socket}: {why}")]
-    Call { socket: String, why: String },
-    #[error("the CRI at {socket} refused {METHOD} (gRPC status {code}: {message})")]
-    Status {
-        socket: String,
-        code: String,
-        message: String,
-    },
-    #[error(
-        "the CRI at {socket} answered with a message that is not a PodSandboxStatusResponse: {why}"
-    )]
-    Answer { socket: String, why: String },
+#[error("the CRI at {socket}: {kind}")]
+pub struct CriError {
+    socket: String,
+    kind: CriErrorKind,
+}
+
+#[derive(Debug, Error)]
+pub enum CriErrorKind {
+    #[error("{0}")]
+    Socket(String),
+    #[error("did not answer {METHOD} in {CALL_TIMEOUT:?}")]
+    Timeout,
+    #[error("{0}")]
+    Call(String),
+    #[error("refused {METHOD} (gRPC status {code}: {message})")]
+    Status { code: String, message: String },
+    #[error("answered {METHOD} with what is not a PodSandboxStatusResponse: {0}")]
+    Answer(String),
+    #[error("says of sandbox {sandbox}: {why}")]
+    Sandbox { sandbox: String, why: String },
     #[error("failed to start the async runtime: {0}")]
     Runtime(std::io::Error),
+}
+
+impl CriError {
+    fn new(socket: &Path, kind: CriErrorKind) -> Self {
+        Self {
+            socket: socket.display().to_string(),
+            kind,
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -126,74 +139,108 @@ pub(super) struct PodFacts {
 /// What the pod's container is, from its annotations and the CRI. `None`:
 /// the pod's sandbox (pause) container, which is no agent and starts
 /// untouched. Anything missing, unreachable or inconsistent is an error.
+///
+/// The annotations are containerd's: `config.json` is root's alone (read
+/// by [`super::read_record`]), and containerd sets its own
+/// `io.kubernetes.cri.*` keys after any it passes through from a pod.
 pub(super) fn facts(
     created: &Created,
     socket: &Path,
     annotations: &BTreeMap<String, String>,
 ) -> Result<Option<PodFacts>, super::ContainersError> {
-    let missing = |key: &str| super::ContainersError::Record {
-        id: created.id.clone(),
-        path: created.bundle.join("config.json"),
-        why: format!("has no annotation {key} (is it a container the CRI created?)"),
-    };
-    let get = |key: &str| annotations.get(key).ok_or_else(|| missing(key));
-    match get(CONTAINER_TYPE)?.as_str() {
-        "sandbox" => return Ok(None),
-        "container" => {}
-        other => {
-            return Err(super::ContainersError::Record {
-                id: created.id.clone(),
-                path: created.bundle.join("config.json"),
-                why: format!("names an unknown container type {other:?} ({CONTAINER_TYPE})"),
-            });
-        }
-    }
-    let sandbox = get(SANDBOX_ID)?;
-    let status = pod_sandbox_status(socket, sandbox).map_err(|e| super::ContainersError::Cri {
-        id: created.id.clone(),
-        source: Box::new(e),
-    })?;
-    let inconsistent = |why: String| super::ContainersError::Record {
+    let refuse = |why: String| super::ContainersError::Record {
         id: created.id.clone(),
         path: created.bundle.join("config.json"),
         why,
     };
-    let meta = status.metadata.unwrap_or_default();
-    if status.id != *sandbox {
-        return Err(inconsistent(format!(
-            "names sandbox {sandbox}; the CRI answered for {:?}",
-            status.id
-        )));
-    }
-    if status.state != SANDBOX_READY {
-        return Err(inconsistent(format!(
-            "names sandbox {sandbox}, which the CRI says is not ready"
-        )));
-    }
-    for (key, cri) in [
-        (SANDBOX_NAMESPACE, &meta.namespace),
-        (SANDBOX_NAME, &meta.name),
-    ] {
-        if let Some(said) = annotations.get(key)
-            && said != cri
-        {
-            return Err(inconsistent(format!(
-                "says {key} = {said:?}; the CRI says {cri:?}"
+    check_bundle(created).map_err(refuse)?;
+    let get = |key: &str| {
+        annotations.get(key).ok_or_else(|| {
+            refuse(format!(
+                "has no annotation {key} (is it a container containerd's CRI created?)"
+            ))
+        })
+    };
+    match get(CONTAINER_TYPE)?.as_str() {
+        "sandbox" => return Ok(None),
+        "container" => {}
+        other => {
+            return Err(refuse(format!(
+                "names an unknown container type {other:?} ({CONTAINER_TYPE})"
             )));
         }
     }
-    if meta.namespace.is_empty() || meta.name.is_empty() {
-        return Err(inconsistent(format!(
-            "names sandbox {sandbox}, which the CRI gives no namespace or name"
-        )));
-    }
+    let sandbox = get(SANDBOX_ID)?;
+    let (namespace, pod) = (get(SANDBOX_NAMESPACE)?, get(SANDBOX_NAME)?);
+    let cri_err = |source| super::ContainersError::Cri {
+        id: created.id.clone(),
+        source: Box::new(source),
+    };
+    let status = pod_sandbox_status(socket, sandbox).map_err(cri_err)?;
+    let labels = verify(sandbox, namespace, pod, status)
+        .map_err(|kind| cri_err(CriError::new(socket, kind)))?;
     Ok(Some(PodFacts {
-        namespace: meta.namespace,
-        pod: meta.name,
-        labels: status.labels,
+        namespace: namespace.clone(),
+        pod: pod.clone(),
+        labels,
         name: annotations.get(CONTAINER_NAME).cloned(),
         image: annotations.get(IMAGE_NAME).cloned(),
     }))
+}
+
+/// containerd keeps a task's bundle in a folder named after the container
+/// (`<state>/io.containerd.runtime.v2.task/<namespace>/<id>`), so a report
+/// cannot have the daemon read another container's configuration.
+fn check_bundle(created: &Created) -> Result<(), String> {
+    let bundle = &created.bundle;
+    let clean = bundle.is_absolute()
+        && bundle.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::RootDir | std::path::Component::Normal(_)
+            )
+        });
+    let named = bundle.file_name().and_then(|n| n.to_str()) == Some(created.id.as_str());
+    if clean && named && !created.id.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "is not in a bundle named after the container ({}: …/<namespace>/{})",
+            bundle.display(),
+            created.id
+        ))
+    }
+}
+
+/// The pod's labels, if the CRI's status is of the sandbox the
+/// annotations name, ready, and of the same namespace and name.
+fn verify(
+    sandbox: &str,
+    namespace: &str,
+    pod: &str,
+    status: PodSandboxStatus,
+) -> Result<BTreeMap<String, String>, CriErrorKind> {
+    let bad = |why: String| CriErrorKind::Sandbox {
+        sandbox: sandbox.to_owned(),
+        why,
+    };
+    if status.id != sandbox {
+        return Err(bad(format!("the answer is of sandbox {:?}", status.id)));
+    }
+    if status.state != SANDBOX_READY {
+        return Err(bad("it is not ready".into()));
+    }
+    let meta = status.metadata.unwrap_or_default();
+    if (meta.namespace.as_str(), meta.name.as_str()) != (namespace, pod) {
+        return Err(bad(format!(
+            "it is pod {}/{}; the container's annotations say {namespace}/{pod}",
+            meta.namespace, meta.name
+        )));
+    }
+    if namespace.is_empty() || pod.is_empty() {
+        return Err(bad("it has no namespace or name".into()));
+    }
+    Ok(status.labels)
 }
 
 /// `PodSandboxStatus` of one sandbox, bounded by [`CALL_TIMEOUT`]. From a
@@ -202,31 +249,25 @@ fn pod_sandbox_status(socket: &Path, sandbox: &str) -> Result<PodSandboxStatus, 
     let call = async {
         tokio::time::timeout(CALL_TIMEOUT, unary(socket, sandbox))
             .await
-            .unwrap_or_else(|_| {
-                Err(CriError::Timeout {
-                    socket: socket.display().to_string(),
-                })
-            })
+            .unwrap_or(Err(CriErrorKind::Timeout))
     };
-    match tokio::runtime::Handle::try_current() {
+    let answer = match tokio::runtime::Handle::try_current() {
         Ok(handle) => handle.block_on(call),
         Err(_) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(CriError::Runtime)?
-            .block_on(call),
-    }
+            .map_err(CriErrorKind::Runtime)
+            .and_then(|rt| rt.block_on(call)),
+    };
+    answer.map_err(|kind| CriError::new(socket, kind))
 }
 
 /// The CRI's socket must be root's (the daemon's user's) and a socket:
 /// whoever could put another there could answer for any pod.
-fn check_socket(socket: &Path) -> Result<(), CriError> {
-    let bad = |why: String| CriError::Socket {
-        socket: socket.display().to_string(),
-        why,
-    };
+fn check_socket(socket: &Path) -> Result<(), CriErrorKind> {
+    let bad = |why: String| CriErrorKind::Socket(why);
     if !socket.is_absolute() {
-        return Err(bad("is not an absolute path".into()));
+        return Err(bad("the socket is not an absolute path".into()));
     }
     let meta = std::fs::symlink_metadata(socket).map_err(|e| bad(e.to_string()))?;
     if !meta.file_type().is_socket() {
@@ -234,20 +275,26 @@ fn check_socket(socket: &Path) -> Result<(), CriError> {
     }
     if meta.uid() != nix::unistd::geteuid().as_raw() {
         return Err(bad(format!(
-            "belongs to uid {}, not to agentguard's user",
+            "the socket belongs to uid {}, not to agentguard's user",
             meta.uid()
         )));
     }
     Ok(())
 }
 
-async fn unary(socket: &Path, sandbox: &str) -> Result<PodSandboxStatus, CriError> {
+/// Aborts the HTTP/2 connection's task however the call ends (a time
+/// limit drops the call's future midway).
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn unary(socket: &Path, sandbox: &str) -> Result<PodSandboxStatus, CriErrorKind> {
     check_socket(socket)?;
-    let name = || socket.display().to_string();
-    let call_err = |why: String| CriError::Call {
-        socket: name(),
-        why,
-    };
+    let call_err = CriErrorKind::Call;
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|e| call_err(format!("failed to connect: {e}")))?;
@@ -256,7 +303,7 @@ async fn unary(socket: &Path, sandbox: &str) -> Result<PodSandboxStatus, CriErro
             .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(|e| call_err(format!("HTTP/2 handshake failed: {e}")))?;
-    let driver = tokio::spawn(conn);
+    let _driver = AbortOnDrop(tokio::spawn(conn));
     let request = PodSandboxStatusRequest {
         pod_sandbox_id: sandbox.to_owned(),
         verbose: false,
@@ -264,56 +311,56 @@ async fn unary(socket: &Path, sandbox: &str) -> Result<PodSandboxStatus, CriErro
     let req = hyper::Request::post(format!("http://localhost{METHOD}"))
         .header(hyper::header::CONTENT_TYPE, "application/grpc")
         .header(hyper::header::TE, "trailers")
-        .body(Full::new(grpc_frame(&request)))
+        // The server's side of the time limit (gRPC's "grpc-timeout").
+        .header("grpc-timeout", format!("{}S", CALL_TIMEOUT.as_secs()))
+        .body(Full::new(grpc_frame(&request).map_err(call_err)?))
         .map_err(|e| call_err(e.to_string()))?;
-    let answer = async {
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| call_err(format!("request failed: {e}")))?;
-        let (parts, body) = resp.into_parts();
-        if parts.status != hyper::StatusCode::OK {
-            return Err(call_err(format!("HTTP status {}", parts.status)));
-        }
-        // A refusal may come with the head alone ("trailers-only").
-        grpc_status(&name(), &parts.headers)?;
-        let body = Limited::new(body, MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| call_err(format!("reading the answer: {e}")))?;
-        let trailers = body.trailers().cloned().unwrap_or_default();
-        let data = body.to_bytes();
-        if !grpc_status(&name(), &trailers)? {
-            return Err(call_err("the answer ended without a gRPC status".into()));
-        }
-        let message = grpc_message(data).map_err(|why| CriError::Answer {
-            socket: name(),
-            why,
-        })?;
-        let resp = <PodSandboxStatusResponse as prost::Message>::decode(message).map_err(|e| {
-            CriError::Answer {
-                socket: name(),
-                why: e.to_string(),
-            }
-        })?;
-        resp.status.ok_or_else(|| CriError::Answer {
-            socket: name(),
-            why: "it has no status".into(),
-        })
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| call_err(format!("request failed: {e}")))?;
+    let (parts, body) = resp.into_parts();
+    if parts.status != hyper::StatusCode::OK {
+        return Err(call_err(format!("HTTP status {}", parts.status)));
     }
-    .await;
-    driver.abort();
-    answer
+    let grpc = parts
+        .headers
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if !grpc {
+        return Err(call_err("the answer is not gRPC (content-type)".into()));
+    }
+    // A status in the head is a "trailers-only" answer: no message
+    // follows, so even an OK there answers nothing.
+    if grpc_status(&parts.headers)? {
+        return Err(CriErrorKind::Answer("a status with no message".into()));
+    }
+    let body = Limited::new(body, MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| call_err(format!("reading the answer: {e}")))?;
+    let trailers = body.trailers().cloned().unwrap_or_default();
+    let data = body.to_bytes();
+    if !grpc_status(&trailers)? {
+        return Err(call_err("the answer ended without a gRPC status".into()));
+    }
+    let message = grpc_message(data).map_err(CriErrorKind::Answer)?;
+    let resp = <PodSandboxStatusResponse as prost::Message>::decode(message)
+        .map_err(|e| CriErrorKind::Answer(e.to_string()))?;
+    resp.status
+        .ok_or_else(|| CriErrorKind::Answer("it has no status".into()))
 }
 
 /// A gRPC message on the wire: uncompressed (0), its length, itself.
-fn grpc_frame(message: &impl prost::Message) -> Bytes {
+fn grpc_frame(message: &impl prost::Message) -> Result<Bytes, String> {
     let len = message.encoded_len();
+    let len32 = u32::try_from(len).map_err(|_| format!("a {len}-byte message"))?;
     let mut out = BytesMut::with_capacity(5 + len);
     out.put_u8(0);
-    out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    out.put_u32(len32);
     message.encode_raw(&mut out);
-    out.freeze()
+    Ok(out.freeze())
 }
 
 /// The one message of a unary answer.
@@ -339,7 +386,7 @@ fn grpc_message(mut data: Bytes) -> Result<Bytes, String> {
 }
 
 /// `Ok(true)`: `grpc-status: 0` is there; `Ok(false)`: no status here.
-fn grpc_status(socket: &str, headers: &hyper::HeaderMap) -> Result<bool, CriError> {
+fn grpc_status(headers: &hyper::HeaderMap) -> Result<bool, CriErrorKind> {
     let Some(code) = headers.get("grpc-status") else {
         return Ok(false);
     };
@@ -352,8 +399,7 @@ fn grpc_status(socket: &str, headers: &hyper::HeaderMap) -> Result<bool, CriErro
         .and_then(|m| m.to_str().ok())
         .map(|m| String::from_utf8_lossy(&crate::percent::decode(m.as_bytes())).into_owned())
         .unwrap_or_default();
-    Err(CriError::Status {
-        socket: socket.to_owned(),
+    Err(CriErrorKind::Status {
         code: code.to_owned(),
         message,
     })

@@ -97,8 +97,7 @@ mod tests {
             id: id.into(),
             pid: 1,
             bundle: store.join(id).join("userdata"),
-            docker_root: None,
-            cri_socket: None,
+            source: None,
         };
         assert_eq!(
             name_and_image(&created("abc")).unwrap(),

@@ -696,12 +696,17 @@ impl Reloader {
         live: &Live,
         created: &Created,
     ) -> Result<Option<(String, Arc<ContainerInfo>)>, ContainerError> {
+        // Read before the lock: asking a pod's CRI may take up to its time
+        // limit, which must not hold up reloads and other containers.
+        // What it says does not depend on the policy; an error counts only
+        // if a policy selects containers.
+        let facts = crate::containers::facts(created);
         let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         let current = live.load();
         if !current.policy.agents.iter().any(|a| a.containers.is_some()) {
             return Ok(None);
         }
-        let facts = crate::containers::facts(created)?;
+        let facts = facts?;
         let mut selected = current
             .policy
             .agents

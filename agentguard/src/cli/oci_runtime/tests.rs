@@ -84,7 +84,7 @@ fn the_hook_is_told_the_container_is_dockers_and_where_its_record_is() {
     let hook = Hook {
         admin_socket: Path::new("/run/agentguard/admin.sock"),
         wait: "5s",
-        record: &RuntimeRecord::DockerRoot("/var/lib/docker".into()),
+        record: &RuntimeSource::Docker("/var/lib/docker".into()),
         exempt_namespaces: &[],
     };
     let entry = hook.entry(Path::new("/usr/bin/agentguard")).unwrap();
@@ -97,7 +97,7 @@ fn the_hook_is_told_the_container_is_dockers_and_where_its_record_is() {
         })
     );
     let relative = Hook {
-        record: &RuntimeRecord::DockerRoot("lib/docker".into()),
+        record: &RuntimeSource::Docker("lib/docker".into()),
         ..hook
     };
     assert!(relative.entry(Path::new("/usr/bin/agentguard")).is_err());
@@ -105,7 +105,7 @@ fn the_hook_is_told_the_container_is_dockers_and_where_its_record_is() {
 
 #[test]
 fn the_hook_is_told_the_container_is_a_pods_and_where_the_cri_answers() {
-    let record = RuntimeRecord::CriSocket("/run/containerd/containerd.sock".into());
+    let record = RuntimeSource::Cri("/run/containerd/containerd.sock".into());
     let exempt = ["agentguard-system".to_owned()];
     let hook = Hook {
         admin_socket: Path::new("/run/agentguard/admin.sock"),
@@ -129,7 +129,7 @@ fn the_hook_is_told_the_container_is_a_pods_and_where_the_cri_answers() {
             "agentguard-system"
         ])
     );
-    let relative = RuntimeRecord::CriSocket("containerd.sock".into());
+    let relative = RuntimeSource::Cri("containerd.sock".into());
     let e = Hook {
         record: &relative,
         ..hook

@@ -48,7 +48,7 @@ fn a_container_without_the_cris_annotations_or_its_answer_fails() {
     .unwrap_err()
     .to_string();
     assert!(e.contains(SANDBOX_ID), "{e}");
-    // The CRI cannot be reached: the container does not start.
+    // containerd names the pod in its annotations: they must be there.
     let e = facts(
         &created(),
         socket,
@@ -56,7 +56,79 @@ fn a_container_without_the_cris_annotations_or_its_answer_fails() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("/nonexistent/cri.sock"), "{e}");
+    assert!(e.contains(SANDBOX_NAMESPACE), "{e}");
+    // The CRI cannot be reached: the container does not start.
+    let all = annotations(&[
+        (CONTAINER_TYPE, "container"),
+        (SANDBOX_ID, "5a4d"),
+        (SANDBOX_NAMESPACE, "agents"),
+        (SANDBOX_NAME, "coder"),
+    ]);
+    let e = facts(&created(), socket, &all).unwrap_err().to_string();
+    assert!(e.contains("the CRI at /nonexistent/cri.sock"), "{e}");
+    // A bundle not named after the container is not read as its own.
+    for bundle in [
+        "/run/containerd/k8s.io/other",
+        "run/k8s.io/c0ffee",
+        "/run/../k8s.io/c0ffee",
+    ] {
+        let elsewhere = Created {
+            bundle: bundle.into(),
+            ..created()
+        };
+        let e = facts(&elsewhere, socket, &all).unwrap_err().to_string();
+        assert!(
+            e.contains("not in a bundle named after the container"),
+            "{bundle}: {e}"
+        );
+    }
+}
+
+/// The CRI's answer must be of the sandbox the annotations name, ready,
+/// and of the same namespace and pod; then its labels are the pod's.
+#[test]
+fn the_cris_answer_must_be_of_the_annotated_ready_sandbox() {
+    let status = |id: &str, state: i32, ns: &str, name: &str| PodSandboxStatus {
+        id: id.into(),
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: "u".into(),
+            namespace: ns.into(),
+        }),
+        state,
+        labels: [("app".to_owned(), "coder".to_owned())].into(),
+    };
+    let labels = verify(
+        "5a4d",
+        "agents",
+        "coder",
+        status("5a4d", 0, "agents", "coder"),
+    )
+    .unwrap();
+    assert_eq!(labels.get("app").map(String::as_str), Some("coder"));
+    let err = |s: PodSandboxStatus| {
+        verify("5a4d", "agents", "coder", s)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(
+        err(status("beef", 0, "agents", "coder")).contains("the answer is of sandbox \"beef\"")
+    );
+    assert!(err(status("5a4d", 1, "agents", "coder")).contains("not ready"));
+    assert!(
+        err(status("5a4d", 0, "default", "coder"))
+            .contains("it is pod default/coder; the container's annotations say agents/coder")
+    );
+    assert!(err(status("5a4d", 0, "agents", "web")).contains("it is pod agents/web"));
+    let mut no_meta = status("5a4d", 0, "agents", "coder");
+    no_meta.metadata = None;
+    assert!(err(no_meta).contains("it is pod /"));
+    assert!(
+        verify("5a4d", "", "", status("5a4d", 0, "", ""))
+            .unwrap_err()
+            .to_string()
+            .contains("no namespace or name")
+    );
 }
 
 /// A socket that is not root's (here: another uid's) is not asked.
@@ -115,7 +187,7 @@ fn the_messages_match_the_cris_own_field_numbers() {
         info: [("info".to_owned(), "{}".to_owned())].into(),
         ..Default::default()
     };
-    let framed = grpc_frame(&answer);
+    let framed = grpc_frame(&answer).unwrap();
     let read = PodSandboxStatusResponse::decode(grpc_message(framed).unwrap())
         .unwrap()
         .status
@@ -140,7 +212,8 @@ fn grpc_frames_are_checked() {
     let frame = grpc_frame(&PodSandboxStatusRequest {
         pod_sandbox_id: "x".into(),
         verbose: false,
-    });
+    })
+    .unwrap();
     assert_eq!(&frame[..5], &[0, 0, 0, 0, 3]);
     assert_eq!(grpc_message(frame.clone()).unwrap().len(), 3);
     let mut compressed = frame.to_vec();
@@ -157,9 +230,9 @@ fn grpc_frames_are_checked() {
     );
     assert!(grpc_message(Bytes::from_static(&[0, 0])).is_err());
     let mut refused = hyper::HeaderMap::new();
-    assert!(!grpc_status("s", &refused).unwrap());
+    assert!(!grpc_status(&refused).unwrap());
     refused.insert("grpc-status", "5".parse().unwrap());
     refused.insert("grpc-message", "sandbox%20not%20found".parse().unwrap());
-    let e = grpc_status("s", &refused).unwrap_err().to_string();
+    let e = grpc_status(&refused).unwrap_err().to_string();
     assert!(e.contains("gRPC status 5: sandbox not found"), "{e}");
 }

@@ -11,8 +11,7 @@ fn created(id: &str) -> Created {
         id: id.into(),
         pid: 1,
         bundle: format!("/run/containerd/moby/{id}").into(),
-        docker_root: None,
-        cri_socket: None,
+        source: None,
     }
 }
 
