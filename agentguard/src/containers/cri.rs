@@ -44,8 +44,8 @@ const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
 
 /// The whole call: the runtime answers from memory in milliseconds; a
-/// CRI that does not answer must not hold the container's start (and
-/// the daemon's container lock) for long.
+/// CRI that does not answer must not hold the container's start for long
+/// (the daemon asks before it takes its container lock).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A sandbox's status is a few KiB; a larger answer is not one.
 const MAX_ANSWER: usize = 1 << 20;
