@@ -78,7 +78,11 @@ pub fn run(env: &Env, paths: &[PathKind], scenarios: &[&str], requests: u32) -> 
         .filter(|p| p.is_agentguard() && **p != PathKind::PassthroughKernel)
     {
         let mut route = env.route(path);
-        route.ca = daemon.ca();
+        // Intercepted paths are signed by this daemon's own CA; passthrough
+        // shows the upstream's certificate, whose CA the route has.
+        if path != PathKind::Passthrough {
+            route.ca = daemon.ca();
+        }
         count_path(
             env,
             &counter,
