@@ -523,7 +523,7 @@ fn dispatch(command: Command, context: &Context) -> Result<ExitCode, CliError> {
             cri_socket,
             exempt_namespace,
         } => {
-            let record = match (docker_root, cri_socket) {
+            let source = match (docker_root, cri_socket) {
                 (Some(root), _) => Some(crate::containers::RuntimeSource::Docker(root)),
                 (None, Some(socket)) => Some(crate::containers::RuntimeSource::Cri(socket)),
                 (None, None) => None,
@@ -531,7 +531,7 @@ fn dispatch(command: Command, context: &Context) -> Result<ExitCode, CliError> {
             let opts = oci_hook::HookOptions {
                 agent: agent.as_deref(),
                 wait: &wait,
-                from: record.as_ref(),
+                from: source.as_ref(),
                 exempt_namespaces: &exempt_namespace,
             };
             Ok(oci_hook::run(admin_socket, &opts)?)
@@ -550,7 +550,7 @@ fn dispatch(command: Command, context: &Context) -> Result<ExitCode, CliError> {
             let hook = oci_runtime::Hook {
                 admin_socket,
                 wait: &wait,
-                record: &match cri_socket {
+                source: &match cri_socket {
                     Some(socket) => crate::containers::RuntimeSource::Cri(socket),
                     None => crate::containers::RuntimeSource::Docker(docker_root),
                 },

@@ -289,7 +289,7 @@ fn read_record(
     }
     if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
         return Err(refuse(format!(
-            "is not root's alone ({runtime} writes it as root, mode 0600)"
+            "is not root's alone ({runtime} writes it as root, writable by no one else)"
         )));
     }
     if meta.len() > max {

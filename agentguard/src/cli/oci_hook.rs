@@ -25,8 +25,10 @@
 //! nowhere or elsewhere. One exception, for Kubernetes: a pod of a
 //! namespace named with `--exempt-namespace` (agentguard's own) starts
 //! untouched while the daemon is not running, or the daemon's own pod,
-//! started by the same runc, could never start. At `poststop` (state `stopped`) the hook has the
-//! daemon forget containers whose cgroup is gone, without waiting for its
+//! started by the same runc, could never start.
+//!
+//! At `poststop` (state `stopped`) the hook has the daemon forget
+//! containers whose cgroup is gone, without waiting for its
 //! once-a-second look.
 
 use std::{

@@ -189,7 +189,7 @@ pub fn with_hooks(mut config: Value, hook: &Value) -> Result<Value, String> {
 pub struct Hook<'a> {
     pub admin_socket: &'a Path,
     pub wait: &'a str,
-    pub record: &'a RuntimeSource,
+    pub source: &'a RuntimeSource,
     pub exempt_namespaces: &'a [String],
 }
 
@@ -198,7 +198,7 @@ impl Hook<'_> {
     /// `oci-hook`, told whose the container is (Docker's, or a Kubernetes
     /// pod's) and where that runtime's record of it is.
     fn entry(&self, own: &Path) -> Result<Value, OciRuntimeError> {
-        let (flag, path) = match self.record {
+        let (flag, path) = match self.source {
             RuntimeSource::Docker(p) => ("--docker-root", p),
             RuntimeSource::Cri(p) => ("--cri-socket", p),
         };

@@ -84,7 +84,7 @@ fn the_hook_is_told_the_container_is_dockers_and_where_its_record_is() {
     let hook = Hook {
         admin_socket: Path::new("/run/agentguard/admin.sock"),
         wait: "5s",
-        record: &RuntimeSource::Docker("/var/lib/docker".into()),
+        source: &RuntimeSource::Docker("/var/lib/docker".into()),
         exempt_namespaces: &[],
     };
     let entry = hook.entry(Path::new("/usr/bin/agentguard")).unwrap();
@@ -97,7 +97,7 @@ fn the_hook_is_told_the_container_is_dockers_and_where_its_record_is() {
         })
     );
     let relative = Hook {
-        record: &RuntimeSource::Docker("lib/docker".into()),
+        source: &RuntimeSource::Docker("lib/docker".into()),
         ..hook
     };
     assert!(relative.entry(Path::new("/usr/bin/agentguard")).is_err());
@@ -110,7 +110,7 @@ fn the_hook_is_told_the_container_is_a_pods_and_where_the_cri_answers() {
     let hook = Hook {
         admin_socket: Path::new("/run/agentguard/admin.sock"),
         wait: "0s",
-        record: &record,
+        source: &record,
         exempt_namespaces: &exempt,
     };
     let entry = hook.entry(Path::new("/usr/bin/agentguard")).unwrap();
@@ -131,7 +131,7 @@ fn the_hook_is_told_the_container_is_a_pods_and_where_the_cri_answers() {
     );
     let relative = RuntimeSource::Cri("containerd.sock".into());
     let e = Hook {
-        record: &relative,
+        source: &relative,
         ..hook
     }
     .entry(Path::new("/usr/bin/agentguard"))
