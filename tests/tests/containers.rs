@@ -309,6 +309,16 @@ impl Drop for Containers {
     }
 }
 
+/// The first request event of `agent`, once the audit record has one.
+pub(super) fn agent_request(daemon: &Daemon, agent: &str, what: &str) -> serde_json::Value {
+    let is = |e: &serde_json::Value| e["kind"] == "request" && e["agent"] == agent;
+    daemon
+        .wait_for_events(what, |events| events.iter().any(is))
+        .into_iter()
+        .find(is)
+        .unwrap()
+}
+
 /// Polls `agentguard status` (bounded: 10 s) until agent `agent` lists
 /// exactly the containers named `names`.
 pub(super) fn wait_for_containers(
@@ -415,14 +425,7 @@ fn a_podman_container_selected_by_name_is_attached_before_it_starts_and_detached
         daemon.log()
     );
     let image_name = format!("{}:latest", image.name);
-    let events = daemon.wait_for_events("the container's request", |e| {
-        e.iter()
-            .any(|e| e["kind"] == "request" && e["agent"] == "boxagent")
-    });
-    let request = events
-        .iter()
-        .find(|e| e["kind"] == "request" && e["agent"] == "boxagent")
-        .unwrap();
+    let request = agent_request(&daemon, "boxagent", "the container's request");
     assert_eq!(request["decision"], "allow", "{request:#}");
     assert_eq!(request["credential_id"], "canary", "{request:#}");
     assert_eq!(request["container_id"], id.as_str(), "{request:#}");

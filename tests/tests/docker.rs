@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::containers::{canary_tool, rootfs_tar, wait_for_containers};
+use super::containers::{agent_request, canary_tool, rootfs_tar, wait_for_containers};
 use crate::common::{AGENTGUARD, Daemon, TestCa, TlsUpstream, require_root, text};
 
 const API: &str = "api.agentguard.test";
@@ -225,14 +225,7 @@ fn a_docker_container_selected_by_label_is_attached_before_it_starts_and_others_
         upstream.header_values("/reflect", "authorization"),
         vec![format!("Bearer {CANARY}")]
     );
-    let events = daemon.wait_for_events("the container's request", |e| {
-        e.iter()
-            .any(|e| e["kind"] == "request" && e["agent"] == "dockagent")
-    });
-    let request = events
-        .iter()
-        .find(|e| e["kind"] == "request" && e["agent"] == "dockagent")
-        .unwrap();
+    let request = agent_request(&daemon, "dockagent", "the container's request");
     assert_eq!(request["decision"], "allow", "{request:#}");
     assert_eq!(request["credential_id"], "canary", "{request:#}");
     assert_eq!(request["container_name"], selected.as_str(), "{request:#}");

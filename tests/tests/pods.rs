@@ -16,7 +16,7 @@ use std::{
 use k8s_cri::v1 as cri;
 use tonic::transport::Channel;
 
-use super::containers::{canary_tool, rootfs_tar, wait_for_containers};
+use super::containers::{agent_request, canary_tool, rootfs_tar, wait_for_containers};
 use crate::common::{AGENTGUARD, Daemon, TestCa, TlsUpstream, require_root, text};
 
 const API: &str = "api.agentguard.test";
@@ -512,14 +512,7 @@ fn a_pod_selected_by_namespace_and_labels_is_attached_before_its_container_start
         upstream.header_values("/reflect", "authorization"),
         vec![format!("Bearer {CANARY}")]
     );
-    let events = daemon.wait_for_events("the pod's request", |e| {
-        e.iter()
-            .any(|e| e["kind"] == "request" && e["agent"] == "podagent")
-    });
-    let request = events
-        .iter()
-        .find(|e| e["kind"] == "request" && e["agent"] == "podagent")
-        .unwrap();
+    let request = agent_request(&daemon, "podagent", "the pod's request");
     assert_eq!(request["decision"], "allow", "{request:#}");
     assert_eq!(request["credential_id"], "canary", "{request:#}");
     assert_eq!(

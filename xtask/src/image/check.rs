@@ -164,18 +164,7 @@ fn with_staged_volumes(
     let init_argv = init.command();
     ensure!(!init_argv.is_empty(), "the init container has no command");
     let init_run = |source: &str| {
-        let mut args = vec![
-            "run".to_owned(),
-            "--rm".into(),
-            "--network=none".into(),
-            "--read-only".into(),
-            "--cap-drop=all".into(),
-            "--security-opt=no-new-privileges".into(),
-            format!("--volume={source}:/sys/fs/bpf:ro"),
-            format!("--entrypoint={}", init_argv[0]),
-            tag.into(),
-        ];
-        args.extend(init_argv[1..].iter().cloned());
+        let args = init_container_args(tag, &init_argv, &format!("{source}:/sys/fs/bpf:ro"));
         podman(&args.iter().map(String::as_str).collect::<Vec<_>>()).output()
     };
     let on_bpffs = init_run("/sys/fs/bpf")?;
@@ -271,18 +260,7 @@ fn node_hook_installed(
         .context("install-node-hook does not mount node-bin")?;
     let node_bin = work.join("node-bin");
     fs::create_dir_all(&node_bin)?;
-    let mut args = vec![
-        "run".to_owned(),
-        "--rm".into(),
-        "--network=none".into(),
-        "--read-only".into(),
-        "--cap-drop=all".into(),
-        "--security-opt=no-new-privileges".into(),
-        format!("--volume={}:{at}", node_bin.display()),
-        format!("--entrypoint={}", argv[0]),
-        tag.into(),
-    ];
-    args.extend(argv[1..].iter().cloned());
+    let args = init_container_args(tag, &argv, &format!("{}:{at}", node_bin.display()));
     podman_output(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     let shown = std::process::Command::new(node_bin.join("agentguard"))
         .arg("--version")
@@ -311,6 +289,25 @@ fn node_hook_installed(
         "image check: install-node-hook puts a working agentguard and containerd's runc wrapper in {at}"
     );
     Ok(())
+}
+
+/// podman's arguments to run an init container's command (`argv`, not
+/// empty) as the DaemonSet's init containers run: no network, a
+/// read-only root, no capabilities, no_new_privs, one volume.
+fn init_container_args(tag: &str, argv: &[String], volume: &str) -> Vec<String> {
+    let mut args = vec![
+        "run".to_owned(),
+        "--rm".into(),
+        "--network=none".into(),
+        "--read-only".into(),
+        "--cap-drop=all".into(),
+        "--security-opt=no-new-privileges".into(),
+        format!("--volume={volume}"),
+        format!("--entrypoint={}", argv[0]),
+        tag.into(),
+    ];
+    args.extend(argv[1..].iter().cloned());
+    args
 }
 
 /// The staged volumes: host folders in the kubelet's layout.
