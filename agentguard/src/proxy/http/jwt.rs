@@ -143,31 +143,47 @@ pub(super) async fn bind(
     })
 }
 
-/// What of a minted token the response is searched for: its signature
-/// (the JWS's third part), in every form the redactor knows.
+/// What of a minted token the response is searched for: the first
+/// [`REDACTED_SIGNATURE_CHARS`] characters of its signature (the JWS's
+/// third part), in every form the redactor knows.
 ///
 /// Redaction keeps an upstream that echoes the request from handing the
 /// agent a credential it was never to hold. What makes a minted token one
 /// is its signature alone: the header and claims say who asked for which
 /// request (the agent, its own call's method, URL and body hash, the
 /// audience and scope of its policy), nothing the agent does not know
-/// already, and without the signature no verifier accepts them. Every
-/// form of the whole token holds the same form of its signature (base64
-/// and percent-encoding go byte by byte, hex too, and the redactor looks
-/// for base64 at each of the three alignments), so searching for the
-/// signature finds every echo the whole token's forms would, and cutting
-/// it leaves nothing usable. What it saves: the token is new on every
-/// request, so its forms are built on every request, and those of an
-/// 86-character signature are a tenth of those of a ~700-character token
-/// (tens of kilobytes of base64, hex and percent forms to build and
-/// search for, each response).
+/// already, and without the signature no verifier accepts them. Nor
+/// without part of it: with 132 of its bits cut out, the rest of an ES256
+/// or EdDSA signature leaves 2^132 candidates to try against the public
+/// key, as hopeless as forging one. Every form of the whole token holds the
+/// same form of any stretch of its signature (base64 and percent-encoding
+/// go byte by byte, hex too, and the redactor looks for base64 at each of
+/// the three alignments), so searching for the stretch finds every echo
+/// the whole token's forms would, and cuts the signature in each.
+///
+/// What it saves: the token is new on every request, so its forms and
+/// their searcher are built on every request, and those of a stretch of 22
+/// characters are a quarter of those of the whole 86-character signature
+/// (itself a tenth of the ~700-character token); a stream also holds back
+/// less while a form could still be completing.
 fn redacted_part(token: &str) -> Secret {
     match token.rsplit_once('.') {
-        Some((_, signature)) if !signature.is_empty() => Secret::new(signature.to_owned()),
+        Some((_, signature)) if !signature.is_empty() => {
+            // Base64url, so ASCII: the cut is on a character boundary
+            // (and were it not, the whole signature is taken).
+            let stretch = signature
+                .get(..REDACTED_SIGNATURE_CHARS)
+                .unwrap_or(signature);
+            Secret::new(stretch.to_owned())
+        }
         // Not a JWS (it always is): the whole of it.
         _ => Secret::new(token.to_owned()),
     }
 }
+
+/// Base64url characters of a minted token's signature that an echo loses:
+/// 6 bits each, 132 bits.
+const REDACTED_SIGNATURE_CHARS: usize = 22;
 
 #[cfg(test)]
 mod tests {
@@ -177,35 +193,51 @@ mod tests {
     use crate::credentials::Redactor;
 
     /// An echo of the whole token, raw or in any of the forms the
-    /// redactor knows, loses its signature; the token is useless without.
+    /// redactor knows, loses a stretch of its signature; the token is
+    /// useless without.
     #[test]
     fn an_echoed_token_loses_its_signature_in_every_form() {
         let token = "eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJhZ2VudCIsImp0aSI6IngifQ.\
                      MEUCIQDx3vY9ZrQ7m1k2b8Z1u0hT4cW6pJ9sLqA5eR2tN8yVwAIgB7dK3fH6jG9lM2nP5qS8uX1zA4cD7gJ0kN3pR6tV9w";
+        let signature = token.rsplit('.').next().unwrap();
         let part = redacted_part(token);
-        assert!(part.expose().starts_with("MEUCIQ") && !part.expose().contains('.'));
+        assert_eq!(part.expose(), &signature[..REDACTED_SIGNATURE_CHARS]);
         let r = Redactor::new(&[], std::slice::from_ref(&part)).unwrap();
         let b64 = base64::engine::general_purpose::STANDARD;
+        let percent = |s: &str| -> String { s.bytes().map(|b| format!("%{b:02X}")).collect() };
+        // Each echo, and the form of the signature that must not be left
+        // whole in it (base64 dumps: each cut is checked by the count).
         let echoes = [
-            format!("raw {token} end"),
-            format!(r#"{{"authorization":"Bearer {token}"}}"#),
-            format!(
-                "dump {}",
-                b64.encode(format!("Authorization: Bearer {token}"))
+            (format!("raw {token} end"), Some(signature.to_owned())),
+            (
+                format!(r#"{{"authorization":"Bearer {token}"}}"#),
+                Some(signature.to_owned()),
             ),
-            format!("dump {}", b64.encode(format!("x{token}"))),
-            format!("dump {}", b64.encode(format!("xy{token}"))),
-            format!("hex {}", hex::encode(token)),
-            token.bytes().map(|b| format!("%{b:02X}")).collect(),
+            (
+                format!(
+                    "dump {}",
+                    b64.encode(format!("Authorization: Bearer {token}"))
+                ),
+                None,
+            ),
+            (format!("dump {}", b64.encode(format!("x{token}"))), None),
+            (format!("dump {}", b64.encode(format!("xy{token}"))), None),
+            (
+                format!("hex {}", hex::encode(token)),
+                Some(hex::encode(signature)),
+            ),
+            (percent(token), Some(percent(signature))),
         ];
-        for echo in echoes {
+        for (echo, whole) in echoes {
             let (out, n) = r
                 .redact(echo.as_bytes())
                 .unwrap_or_else(|| panic!("not found in {echo}"));
-            assert!(n >= 1, "{echo}");
+            assert_eq!(n, 1, "{echo}");
             let out = String::from_utf8(out).unwrap();
-            assert!(!out.contains(part.expose()), "{out}");
             assert!(out.contains("[redacted]"), "{out}");
+            if let Some(whole) = whole {
+                assert!(echo.contains(&whole) && !out.contains(&whole), "{out}");
+            }
         }
         assert_eq!(redacted_part("opaque").expose(), "opaque");
     }
