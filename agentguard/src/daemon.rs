@@ -581,16 +581,17 @@ async fn watch_policies(reloader: Arc<Reloader>, live: Arc<Live>, notifier: Arc<
 /// still hold). Resumption changes nothing about who the agent is: that
 /// comes from the kernel for every connection, never from the TLS
 /// session; rustls resumes a session only for the SNI it was made for.
-/// 0-RTT stays off (replayable early data).
+/// 0-RTT stays off (replayable early data). The cipher suite: see
+/// [`crate::tls_provider`].
 fn tls_acceptor(
     ca: Arc<LocalCa>,
 ) -> Result<(tokio_rustls::TlsAcceptor, Arc<LeafCache>), DaemonError> {
     let leaves = Arc::new(LeafCache::new(ca, DEFAULT_LEAF_CACHE_CAPACITY));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::tls_provider::provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(leaves.clone());
+    config.ignore_client_order = crate::tls_provider::server_picks_suite();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), leaves))

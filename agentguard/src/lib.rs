@@ -36,6 +36,7 @@ pub mod preflight;
 pub mod procfs;
 pub mod proxy;
 pub mod revoke;
+pub mod tls_provider;
 pub mod token;
 pub mod verify_proxy;
 pub mod web;

@@ -79,13 +79,30 @@ fn curl_python_and_node_get_https_through_interception() {
          print(urllib.request.urlopen('{url}', timeout=10).read().decode())\n\
          ctx = ssl.create_default_context()\n\
          s = ctx.wrap_socket(socket.create_connection(('{API}', {port}), timeout=10), server_hostname='{API}')\n\
-         print(dict(x[0] for x in s.getpeercert()['issuer'])['commonName'])\n",
+         print(dict(x[0] for x in s.getpeercert()['issuer'])['commonName'])\n\
+         print(s.cipher()[0])\n",
         port = s.upstream.addr.port()
     );
     let out = run(&s, &[API], "127.0.0.3", &["python3", "-c", &urllib]);
+    // Python's OpenSSL lists TLS_AES_256_GCM_SHA384 first; where the CPU
+    // has AES instructions the proxy picks AES-128-GCM, the cheaper suite
+    // for both ends (agentguard::tls_provider), else it follows the client.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .expect("a flags line in /proc/cpuinfo");
+    let aes = [" aes ", " pclmulqdq "]
+        .iter()
+        .all(|f| format!("{flags} ").contains(f));
+    let suite = if aes {
+        "TLS_AES_128_GCM_SHA256"
+    } else {
+        "TLS_AES_256_GCM_SHA384"
+    };
     assert_eq!(
         assert_ok(&out, "python urllib"),
-        "hello over tls\nagentguard local CA\n"
+        format!("hello over tls\nagentguard local CA\n{suite}\n")
     );
 
     let requests = format!("import requests\nprint(requests.get('{url}', timeout=10).text)\n");
