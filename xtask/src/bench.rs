@@ -76,6 +76,11 @@ pub struct Options {
     /// Skip the perf profile of the full path.
     #[arg(long)]
     no_profile: bool,
+    /// What the perf profile samples: a path and a scenario, e.g.
+    /// `jwt:ka_sat_1k` or `full:new_sat`. The path need not be among
+    /// `--paths`.
+    #[arg(long, default_value = "full:ka_sat_1k")]
+    profile_of: String,
     /// Skip the instruction counts (callgrind) of agentguard's paths.
     #[arg(long)]
     no_instructions: bool,
@@ -270,6 +275,8 @@ fn measure_all(
     paths: &[PathKind],
     opts: &Options,
 ) -> Result<Measured> {
+    // Checked before any server starts: a mistyped target costs nothing.
+    let profile_target = profile::Target::parse(&opts.profile_of)?;
     let names = resolve::Resolution::write(work)?;
     let up = upstream::Upstream::start(&bin.join("agentguard-bench"), work)?;
     let daemon =
@@ -347,8 +354,13 @@ fn measure_all(
     let profile = if opts.no_profile {
         None
     } else if profile::available() {
-        println!("==> bench: profiling the full path");
-        match profile::run(&env, work.parent().context("bench dir")?, opts.seconds) {
+        println!("==> bench: profiling {}", opts.profile_of);
+        match profile::run(
+            &env,
+            work.parent().context("bench dir")?,
+            profile_target,
+            opts.seconds,
+        ) {
             Ok(p) => Some(p),
             Err(e) => Some(format!("The profile failed: {e:#}")),
         }

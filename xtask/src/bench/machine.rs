@@ -4,7 +4,7 @@
 
 use std::{fs, process::Command};
 
-use super::paths::Env;
+use super::paths::{Env, PathKind};
 use crate::cmd;
 
 pub fn facts() -> Vec<(String, String)> {
@@ -146,5 +146,43 @@ pub fn tool_versions(env: &Env) -> Vec<(String, String)> {
             first_line(with(&env.mitmdump, "--version")),
         ),
         ("rustc".into(), first_line(named("rustc", "--version"))),
+        (
+            "TLS curl (OpenSSL) gets from agentguard's full path".into(),
+            negotiated_tls(env, PathKind::Full),
+        ),
+        (
+            "TLS curl (OpenSSL) gets from nginx".into(),
+            negotiated_tls(env, PathKind::Nginx),
+        ),
     ]
+}
+
+/// The protocol and cipher suite a curl client (OpenSSL, which lists
+/// TLS_AES_256_GCM_SHA384 first) ends up with on `path`: the proxies are
+/// compared doing the same cryptographic work, and this shows they do.
+fn negotiated_tls(env: &Env, path: PathKind) -> String {
+    let route = env.route(path);
+    let mut curl = cmd::new("curl");
+    curl.args(["-sS", "-o", "/dev/null", "-v", "-m", "10", "--cacert"])
+        .arg(&route.ca)
+        .arg("--connect-to")
+        .arg(format!(
+            "{}:{}:{}:{}",
+            route.host,
+            route.port,
+            route.dial.ip(),
+            route.dial.port()
+        ))
+        .arg(route.url("/1k"));
+    let Ok(out) = env.client(path, curl).output() else {
+        return "unavailable: curl did not run".into();
+    };
+    // curl 7.88 and 8.x: "SSL connection using TLSv1.3 / TLS_AES_128_GCM_SHA256".
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find_map(|l| {
+            l.split_once("SSL connection using ")
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unavailable: curl named no TLS connection".into())
 }

@@ -125,7 +125,7 @@ impl PathKind {
                 "mitmdump 11 as an explicit proxy (CONNECT); the client trusts its CA"
             }
             PathKind::Nginx => {
-                "nginx 1.22 terminating TLS, proxying over TLS with upstream keep-alive, header injected"
+                "nginx 1.22 terminating TLS (1.3, the suite agentguard picks), proxying over TLS with upstream keep-alive, header injected"
             }
         }
     }

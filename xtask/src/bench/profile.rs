@@ -1,8 +1,9 @@
-//! Where the full path's time goes: `perf record` (the software cpu-clock
+//! Where a path's time goes (the full path at keep-alive saturation unless
+//! `--profile-of` names another): `perf record` (the software cpu-clock
 //! event, which works where hardware counters do not, as in this VM) with
-//! DWARF call graphs on the daemon during one more keep-alive saturation
-//! run, summarised by the work that includes each sample (audit, logging,
-//! TLS writes...), by component (self time) and by function.
+//! DWARF call graphs on the proxy during one more run of the scenario,
+//! summarised by the work that includes each sample (audit, logging, TLS
+//! writes...), by component (self time) and by function.
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path, process::Stdio, time::Duration};
 
@@ -11,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use super::{
     load::Amount,
     paths::{Env, PathKind},
-    scenario::{self, SCENARIOS, Size},
+    scenario::{self, SCENARIOS, Scenario, Size},
 };
 use crate::cmd;
 
@@ -29,11 +30,39 @@ pub fn available() -> bool {
     .is_some()
 }
 
-pub fn run(env: &Env, dir: &Path, seconds: u32) -> Result<String> {
-    let scenario = SCENARIOS
+/// What is profiled: a path that has a proxy, in one scenario.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub path: PathKind,
+    pub scenario: &'static Scenario,
+}
+
+impl Target {
+    /// `PATH:SCENARIO`, e.g. `full:ka_sat_1k`.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let (path, scenario) = spec
+            .split_once(':')
+            .with_context(|| format!("--profile-of {spec:?}: expected PATH:SCENARIO"))?;
+        let [path] = PathKind::parse_list(path)?[..] else {
+            bail!("--profile-of {spec:?}: one path");
+        };
+        if path == PathKind::Direct {
+            bail!("--profile-of {spec:?}: the direct path has no proxy to profile");
+        }
+        let scenario = SCENARIOS
+            .iter()
+            .find(|s| s.id == scenario)
+            .with_context(|| format!("--profile-of {spec:?}: unknown scenario {scenario:?}"))?;
+        Ok(Self { path, scenario })
+    }
+}
+
+pub fn run(env: &Env, dir: &Path, target: Target, seconds: u32) -> Result<String> {
+    let pids: Vec<String> = env
+        .proxy_pids(target.path)
         .iter()
-        .find(|s| s.id == "ka_sat_1k")
-        .context("no ka_sat_1k scenario")?;
+        .map(u32::to_string)
+        .collect();
     let data = dir.join("perf.data");
     let log = std::fs::File::create(dir.join("perf-record.log"))?;
     let mut perf = cmd::new("perf")
@@ -49,7 +78,7 @@ pub fn run(env: &Env, dir: &Path, seconds: u32) -> Result<String> {
             "dwarf,16384",
             "-p",
         ])
-        .arg(env.daemon.pid().to_string())
+        .arg(pids.join(","))
         .arg("-o")
         .arg(&data)
         .stdin(Stdio::null())
@@ -63,7 +92,7 @@ pub fn run(env: &Env, dir: &Path, seconds: u32) -> Result<String> {
         idle_connections: 0,
         sse_samples: 0,
     };
-    let measured = scenario::measure(env, PathKind::Full, scenario, size);
+    let measured = scenario::measure(env, target.path, target.scenario, size);
     // SIGINT: perf writes its data and exits.
     let _ = cmd::new("kill")
         .args(["-INT", &perf.id().to_string()])
@@ -97,6 +126,7 @@ pub fn run(env: &Env, dir: &Path, seconds: u32) -> Result<String> {
     // Tens of MB of unwound stacks: the two reports are what is kept.
     let _ = std::fs::remove_file(&data);
     Ok(summarize(
+        target,
         &self_time,
         &inclusive,
         measured.get("rps").copied().unwrap_or(0.0),
@@ -135,7 +165,14 @@ const INCLUSIVE: &[(&str, &str)] = &[
         "upstream HTTP/2 client (hyper h2)",
         "hyper::proto::h2::client::H2ClientFuture",
     ),
-    ("minting request-bound JWTs", "jsonwebtoken::"),
+    (
+        "minting request-bound JWTs",
+        "agentguard::token::mint::Minter::mint",
+    ),
+    (
+        "TLS handshakes with agents",
+        "rustls::server::hs::ExpectClientHello",
+    ),
     ("policy evaluation", "agentguard::policy::"),
     ("kernel: context switches (schedule)", "[k] __schedule"),
     ("malloc", "__GI___libc_malloc"),
@@ -236,7 +273,7 @@ fn component(dso: &str, sym: &str) -> &'static str {
     }
 }
 
-fn summarize(report: &str, inclusive: &str, rps: f64, seconds: u32) -> String {
+fn summarize(target: Target, report: &str, inclusive: &str, rps: f64, seconds: u32) -> String {
     let lines = parse(report);
     let with_children = parse(inclusive);
     let mut by_component: BTreeMap<&str, f64> = BTreeMap::new();
@@ -248,10 +285,12 @@ fn summarize(report: &str, inclusive: &str, rps: f64, seconds: u32) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "`perf record -e cpu-clock -F 499 --call-graph dwarf -p <agentguard>` during one \
-         more keep-alive saturation run on the full path ({seconds} s, {rps:.0} req/s; not \
-         one of the measured runs). Share of the daemon's CPU samples whose stack includes \
-         the work (nested, so the shares overlap):\n"
+        "`perf record -e cpu-clock -F 499 --call-graph dwarf -p <proxy>` during one more \
+         run of {} on the {} ({seconds} s, {rps:.0} req/s; not one of the measured runs). \
+         Share of the proxy's CPU samples whose stack includes the work (nested, so the \
+         shares overlap):\n",
+        target.scenario.title,
+        target.path.label(),
     );
     let _ = writeln!(md, "| work | share of samples |\n|---|---|");
     for (label, needle) in INCLUSIVE {
@@ -306,5 +345,20 @@ mod tests {
             "kernel: TCP/IP and sockets"
         );
         assert_eq!(component(&lines[2].1, &lines[2].2), "audit store (SQLite)");
+    }
+
+    #[test]
+    fn a_profile_target_is_a_proxied_path_and_a_known_scenario() {
+        let t = Target::parse("jwt:new_sat").unwrap();
+        assert_eq!((t.path, t.scenario.id), (PathKind::Jwt, "new_sat"));
+        for bad in [
+            "full",
+            "direct:ka_sat_1k",
+            "full:nope",
+            "nope:ka_sat_1k",
+            "full,jwt:h2_sat",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -45,7 +45,7 @@ pub fn markdown(ctx: &Context, r: &Results) -> String {
         let _ = writeln!(w, "{instructions}");
     }
     if let Some(profile) = &ctx.profile {
-        let _ = writeln!(w, "## Where the full path's time goes\n");
+        let _ = writeln!(w, "## Where the time goes (profile)\n");
         let _ = writeln!(w, "{profile}");
     }
     md
