@@ -4,10 +4,16 @@
 //! the agent's signature: it was made with a placeholder key and is thrown
 //! away.
 
-use hyper::{HeaderMap, Uri, header::AUTHORIZATION};
+use hyper::{
+    HeaderMap, Uri,
+    header::{AUTHORIZATION, HeaderName},
+};
 
 /// The header carrying the payload hash, or how the payload is sent.
 pub const CONTENT_SHA256: &str = "x-amz-content-sha256";
+/// [`CONTENT_SHA256`] as a header name, parsed once: every request's
+/// headers are looked at for it.
+const CONTENT_SHA256_NAME: HeaderName = HeaderName::from_static(CONTENT_SHA256);
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 
 /// How the agent's SDK treats the body.
@@ -115,7 +121,7 @@ pub fn inspect(headers: &HeaderMap, uri: &Uri) -> Result<Option<AwsRequest>, Str
 /// The payload mode `x-amz-content-sha256` announces.
 pub fn payload(headers: &HeaderMap) -> Payload {
     match headers
-        .get(CONTENT_SHA256)
+        .get(CONTENT_SHA256_NAME)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
     {

@@ -19,6 +19,16 @@ pub fn upgrades_to_websocket<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
 }
 
+/// Hop-by-hop whether `Connection` names them or not. Names, not strings:
+/// a string is parsed into a name on every call, twice per request here.
+const ALWAYS_HOP_BY_HOP: [HeaderName; 5] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+    header::TRAILER,
+];
+
 /// RFC 9110 §7.6.1: connection-specific headers do not cross a proxy. An
 /// upgrade keeps `Connection: upgrade` and `Upgrade`, which it needs.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
@@ -29,13 +39,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "transfer-encoding",
-        "trailer",
-    ] {
+    for name in &ALWAYS_HOP_BY_HOP {
         headers.remove(name);
     }
     // "TE: trailers" is end-to-end in practice (gRPC needs it); other TE

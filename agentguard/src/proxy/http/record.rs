@@ -19,7 +19,10 @@ use std::{
     task::{Context, Poll},
 };
 
-use hyper::body::{Body, Bytes, Frame, SizeHint};
+use hyper::{
+    body::{Body, Bytes, Frame, SizeHint},
+    header::HeaderName,
+};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -37,7 +40,9 @@ use crate::{
 
 /// The header an agent may use to say what it is doing. Recorded, then
 /// removed: it is agentguard's, not the upstream's.
-pub const INTENT_HEADER: &str = "x-agentguard-intent";
+pub const INTENT_HEADER: HeaderName = HeaderName::from_static("x-agentguard-intent");
+/// W3C Trace Context's header, recorded with the event.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// A stated intent longer than this is cut: it is prose for an auditor, not
 /// a channel for bulk data.
 const MAX_INTENT: usize = 1024;
@@ -95,7 +100,7 @@ impl Outcome {
             .map(|v| truncate(String::from_utf8_lossy(v.as_bytes()).into_owned()));
         // W3C trace context, so the agent's traces join this decision: one
         // well-formed header, or nothing (the spec treats several as invalid).
-        let mut traceparents = req.headers().get_all("traceparent").iter();
+        let mut traceparents = req.headers().get_all(TRACEPARENT).iter();
         event.traceparent = match (traceparents.next(), traceparents.next()) {
             (Some(v), None) => crate::audit::traceparent::normalise(v.as_bytes()),
             _ => None,

@@ -42,9 +42,6 @@ use body::RedactedBody;
 /// [`RedactedBody`] without a length.
 const MAX_WHOLE_BODY: u64 = 1 << 20;
 
-/// `Sec-WebSocket-Extensions` (RFC 6455 §9.1).
-const WS_EXTENSIONS: &str = "sec-websocket-extensions";
-
 /// Readies the request head: nothing that could come back compressed.
 pub fn prepare(headers: &mut HeaderMap) {
     // RFC 9110 §12.5.3: identity only.
@@ -52,13 +49,16 @@ pub fn prepare(headers: &mut HeaderMap) {
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
-    headers.remove(WS_EXTENSIONS);
+    headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
 }
 
 /// After a 101: refused if the upstream negotiated an extension anyway
 /// (its frames could be compressed); otherwise the 101's headers redacted.
 pub fn upgraded(resp: &mut Response<Incoming>, redactor: &Redactor) -> Result<(), Refusal> {
-    if resp.headers().contains_key(WS_EXTENSIONS) {
+    if resp
+        .headers()
+        .contains_key(header::SEC_WEBSOCKET_EXTENSIONS)
+    {
         return Err(Refusal::UpstreamUnredactable(
             "the upstream negotiated a WebSocket extension that was not offered; its frames could not be checked for secrets".into(),
         ));
