@@ -1,6 +1,6 @@
 //! The rustls provider of the proxy's two TLS sides (agents, upstreams):
-//! ring's, with TLS_AES_128_GCM_SHA256 put first where the CPU has AES
-//! instructions.
+//! ring's, with TLS_AES_128_GCM_SHA256 (and TLS 1.2's AES-128-GCM suites)
+//! put first where the CPU has AES instructions.
 //!
 //! ring's default order puts TLS_AES_256_GCM_SHA384 first, and clients
 //! that list it first (rustls, OpenSSL) get it from a server that follows
@@ -20,18 +20,32 @@
 
 use std::sync::Arc;
 
-use rustls::crypto::{CryptoProvider, ring};
+use rustls::{
+    CipherSuite,
+    crypto::{CryptoProvider, ring},
+};
 
 /// ring's suites, AES-128-GCM first where the CPU has AES instructions.
 pub fn provider() -> Arc<CryptoProvider> {
     let mut provider = ring::default_provider();
     if aes_in_hardware() {
-        // A stable sort: the rest keep ring's order.
+        // A stable sort: the rest keep ring's order. TLS 1.2's AES-128-GCM
+        // suites move up too, for a TLS 1.2 client gets the server's pick
+        // as well.
         provider
             .cipher_suites
-            .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+            .sort_by_key(|s| !is_aes_128_gcm(s.suite()));
     }
     Arc::new(provider)
+}
+
+fn is_aes_128_gcm(suite: CipherSuite) -> bool {
+    matches!(
+        suite,
+        CipherSuite::TLS13_AES_128_GCM_SHA256
+            | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+    )
 }
 
 /// Whether a server should pick from its own order rather than the
@@ -61,6 +75,8 @@ fn aes_in_hardware() -> bool {
 
 #[cfg(test)]
 mod tests {
+    use rustls::SupportedCipherSuite;
+
     use super::*;
 
     #[test]
@@ -76,8 +92,30 @@ mod tests {
         defaults.sort_by_key(|s| u16::from(*s));
         assert_eq!(sorted, defaults);
         if aes_in_hardware() {
-            assert_eq!(ours[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
-            assert_eq!(ours[1], rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
+            // Each version's AES-128-GCM suites lead, the rest in ring's
+            // order.
+            let provider = provider();
+            let tls13: Vec<_> = provider
+                .cipher_suites
+                .iter()
+                .filter(|s| matches!(s, SupportedCipherSuite::Tls13(_)))
+                .map(|s| s.suite())
+                .collect();
+            assert_eq!(
+                tls13,
+                [
+                    CipherSuite::TLS13_AES_128_GCM_SHA256,
+                    CipherSuite::TLS13_AES_256_GCM_SHA384,
+                    CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+                ]
+            );
+            let ecdsa = [
+                CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            ];
+            let tls12_ecdsa: Vec<_> = ours.iter().filter(|s| ecdsa.contains(s)).collect();
+            assert_eq!(tls12_ecdsa, ecdsa.iter().collect::<Vec<_>>());
         }
     }
 }

@@ -87,14 +87,14 @@ fn curl_python_and_node_get_https_through_interception() {
     // Python's OpenSSL lists TLS_AES_256_GCM_SHA384 first; where the CPU
     // has AES instructions the proxy picks AES-128-GCM, the cheaper suite
     // for both ends (agentguard::tls_provider), else it follows the client.
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
-    let flags = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .expect("a flags line in /proc/cpuinfo");
-    let aes = [" aes ", " pclmulqdq "]
-        .iter()
-        .all(|f| format!("{flags} ").contains(f));
+    #[cfg(target_arch = "x86_64")]
+    let aes = std::arch::is_x86_feature_detected!("aes")
+        && std::arch::is_x86_feature_detected!("pclmulqdq");
+    #[cfg(target_arch = "aarch64")]
+    let aes = std::arch::is_aarch64_feature_detected!("aes")
+        && std::arch::is_aarch64_feature_detected!("pmull");
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let aes = false;
     let suite = if aes {
         "TLS_AES_128_GCM_SHA256"
     } else {

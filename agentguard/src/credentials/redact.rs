@@ -69,8 +69,8 @@ impl Redactor {
     /// to look for (nothing to redact). Shared: each stream it cuts holds
     /// it.
     pub fn new(secrets: &[Secret], per_request: &[Secret]) -> Option<Arc<Self>> {
-        // The request's token first: it is the longer, and a secret of the
-        // agent's inside it must not cut it in two and leave the rest.
+        // The request's token first: a secret of the agent's that happens
+        // to sit inside it must not cut it in two and leave the rest.
         let stages: Vec<_> = [
             FormSet::build(per_request).map(Arc::new),
             cache::form_set(secrets),

@@ -21,8 +21,8 @@ use crate::{
     token::{MintRequest, RequestBinding},
 };
 
-/// The minted token's signature (what is redacted if echoed, see
-/// [`redacted_part`]) and its `jti`.
+/// The stretch of the minted token's signature that is redacted if echoed
+/// ([`redacted_part`]), and its `jti`.
 pub(super) struct Bound {
     pub body: Bytes,
     pub redact: Secret,
@@ -161,6 +161,14 @@ pub(super) async fn bind(
 /// the three alignments), so searching for the stretch finds every echo
 /// the whole token's forms would, and cuts the signature in each.
 ///
+/// Neither this nor cutting the whole signature withstands an upstream
+/// that echoes the token cut short: an echo that stops inside the searched
+/// stretch is not found, and beside a whole echo (which loses only the
+/// stretch) it leaves to guess only the characters of the stretch it did
+/// not reach; cutting the whole signature left as little to a single echo
+/// cut short of its last characters. Redaction finds what comes back
+/// whole (see [`crate::credentials::Redactor`]).
+///
 /// What it saves: the token is new on every request, so its forms and
 /// their searcher are built on every request, and those of a stretch of 22
 /// characters are a quarter of those of the whole 86-character signature
@@ -193,51 +201,78 @@ mod tests {
     use crate::credentials::Redactor;
 
     /// An echo of the whole token, raw or in any of the forms the
-    /// redactor knows, loses a stretch of its signature; the token is
-    /// useless without.
+    /// redactor knows, loses a stretch of its signature, so that no echo
+    /// holds the whole signature in any form; the token is useless without.
     #[test]
     fn an_echoed_token_loses_its_signature_in_every_form() {
-        let token = "eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJhZ2VudCIsImp0aSI6IngifQ.\
-                     MEUCIQDx3vY9ZrQ7m1k2b8Z1u0hT4cW6pJ9sLqA5eR2tN8yVwAIgB7dK3fH6jG9lM2nP5qS8uX1zA4cD7gJ0kN3pR6tV9w";
-        let signature = token.rsplit('.').next().unwrap();
-        let part = redacted_part(token);
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        // A JOSE ES256 signature: r || s, 64 bytes, 86 base64url characters.
+        let raw: Vec<u8> = (0..64u32).map(|i| ((i * 37 + 11) % 256) as u8).collect();
+        let signature = URL_SAFE_NO_PAD.encode(&raw);
+        assert_eq!(signature.len(), 86);
+        let token = format!(
+            "eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJhZ2VudCIsImp0aSI6IngifQ.{signature}"
+        );
+        let part = redacted_part(&token);
         assert_eq!(part.expose(), &signature[..REDACTED_SIGNATURE_CHARS]);
         let r = Redactor::new(&[], std::slice::from_ref(&part)).unwrap();
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let percent = |s: &str| -> String { s.bytes().map(|b| format!("%{b:02X}")).collect() };
-        // Each echo, and the form of the signature that must not be left
-        // whole in it (base64 dumps: each cut is checked by the count).
-        let echoes = [
-            (format!("raw {token} end"), Some(signature.to_owned())),
+
+        let every_byte = |s: &str, upper: bool| -> String {
+            s.bytes()
+                .map(|b| {
+                    if upper {
+                        format!("%{b:02X}")
+                    } else {
+                        format!("%{b:02x}")
+                    }
+                })
+                .collect()
+        };
+        let unicode = |s: &str, upper: bool| -> String {
+            s.chars()
+                .map(|c| {
+                    let u = c as u32;
+                    if upper {
+                        format!("\\u{u:04X}")
+                    } else {
+                        format!("\\u{u:04x}")
+                    }
+                })
+                .collect()
+        };
+        // Each echo, and the same form of the whole signature in it.
+        let mut echoes = vec![
+            (format!("raw {token} end"), signature.clone()),
             (
                 format!(r#"{{"authorization":"Bearer {token}"}}"#),
-                Some(signature.to_owned()),
+                signature.clone(),
             ),
-            (
-                format!(
-                    "dump {}",
-                    b64.encode(format!("Authorization: Bearer {token}"))
-                ),
-                None,
-            ),
-            (format!("dump {}", b64.encode(format!("x{token}"))), None),
-            (format!("dump {}", b64.encode(format!("xy{token}"))), None),
-            (
-                format!("hex {}", hex::encode(token)),
-                Some(hex::encode(signature)),
-            ),
-            (percent(token), Some(percent(signature))),
+            (hex::encode(&token), hex::encode(&signature)),
+            (hex::encode_upper(&token), hex::encode_upper(&signature)),
         ];
+        for upper in [false, true] {
+            echoes.push((every_byte(&token, upper), every_byte(&signature, upper)));
+            echoes.push((unicode(&token, upper), unicode(&signature, upper)));
+        }
+        // Base64 dumps, in both alphabets, with the token at each
+        // alignment: the characters that encode only signature bits.
+        for engine in [&STANDARD, &URL_SAFE_NO_PAD] {
+            for prefix in ["Authorization: Bearer ", "x", "xy"] {
+                let text = format!("{prefix}{token}");
+                let start = text.len() - signature.len();
+                let dump = engine.encode(&text);
+                let whole = &dump[(8 * start).div_ceil(6)..8 * text.len() / 6];
+                echoes.push((format!("dump {dump}"), whole.to_owned()));
+            }
+        }
         for (echo, whole) in echoes {
+            assert!(echo.contains(&whole), "{echo} lacks {whole}");
             let (out, n) = r
                 .redact(echo.as_bytes())
                 .unwrap_or_else(|| panic!("not found in {echo}"));
             assert_eq!(n, 1, "{echo}");
             let out = String::from_utf8(out).unwrap();
-            assert!(out.contains("[redacted]"), "{out}");
-            if let Some(whole) = whole {
-                assert!(echo.contains(&whole) && !out.contains(&whole), "{out}");
-            }
+            assert!(out.contains("[redacted]") && !out.contains(&whole), "{out}");
         }
         assert_eq!(redacted_part("opaque").expose(), "opaque");
     }
