@@ -81,7 +81,8 @@ mod tests {
 
     #[test]
     fn every_suite_stays_offered_and_aes_128_leads_where_aes_is_in_hardware() {
-        let ours: Vec<_> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+        let provider = provider();
+        let ours: Vec<_> = provider.cipher_suites.iter().map(|s| s.suite()).collect();
         let mut defaults: Vec<_> = ring::default_provider()
             .cipher_suites
             .iter()
@@ -94,7 +95,6 @@ mod tests {
         if aes_in_hardware() {
             // Each version's AES-128-GCM suites lead, the rest in ring's
             // order.
-            let provider = provider();
             let tls13: Vec<_> = provider
                 .cipher_suites
                 .iter()

@@ -70,16 +70,7 @@ pub fn oha(oha: &Path, route: &Route, load: OhaLoad, amount: Amount) -> Command 
         Some(proxy) => c.args(["-x", &format!("http://{proxy}")]),
         // The URL keeps the name (SNI, Host); the connection goes to the
         // address the name stands for here.
-        None => c.args([
-            "--connect-to",
-            &format!(
-                "{}:{}:{}:{}",
-                route.host,
-                route.port,
-                route.dial.ip(),
-                route.dial.port()
-            ),
-        ]),
+        None => c.args(["--connect-to", &route.connect_to()]),
     };
     c.arg(route.url(load.path));
     c

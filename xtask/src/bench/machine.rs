@@ -165,14 +165,7 @@ fn negotiated_tls(env: &Env, path: PathKind) -> String {
     let mut curl = cmd::new("curl");
     curl.args(["-sS", "-o", "/dev/null", "-v", "-m", "10", "--cacert"])
         .arg(&route.ca)
-        .arg("--connect-to")
-        .arg(format!(
-            "{}:{}:{}:{}",
-            route.host,
-            route.port,
-            route.dial.ip(),
-            route.dial.port()
-        ))
+        .args(["--connect-to", &route.connect_to()])
         .arg(route.url("/1k"));
     let Ok(out) = env.client(path, curl).output() else {
         return "unavailable: curl did not run".into();

@@ -179,6 +179,18 @@ impl Route {
     pub fn url(&self, path: &str) -> String {
         format!("https://{}:{}{path}", self.host, self.port)
     }
+
+    /// `HOST:PORT:IP:PORT` for curl's and oha's `--connect-to`: the URL
+    /// keeps the name (SNI, Host), the connection goes where it is dialled.
+    pub fn connect_to(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.host,
+            self.port,
+            self.dial.ip(),
+            self.dial.port()
+        )
+    }
 }
 
 impl Env {

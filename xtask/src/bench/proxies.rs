@@ -97,16 +97,16 @@ impl Drop for Nginx {
     }
 }
 
+/// nginx's TLS 1.3 suites in agentguard's order where the CPU has AES
+/// instructions.
+const SUITES: &str = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+
 /// One worker (one CPU, like the other proxies here), access log on but
 /// buffered as production configurations have it, upstream keep-alive, and
 /// the upstream's certificate verified for its name. It injects the same
 /// header agentguard does, so both do that much per request.
 /// `master`: off only for the instruction counts, where one process does
 /// the worker's work.
-/// nginx's TLS 1.3 suites in agentguard's order where the CPU has AES
-/// instructions.
-const SUITES: &str = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
-
 fn nginx_conf(dir: &Path, addr: SocketAddr, upstream: &Upstream, master: bool) -> String {
     let d = dir.display();
     let master = if master { "on" } else { "off" };

@@ -212,16 +212,7 @@ fn check_rpc_result(
         .args(["-H", "content-type: application/json", "--data", body]);
     match route.proxy {
         Some(proxy) => curl.args(["-x", &format!("http://{proxy}")]),
-        None => curl.args([
-            "--connect-to",
-            &format!(
-                "{}:{}:{}:{}",
-                route.host,
-                route.port,
-                route.dial.ip(),
-                route.dial.port()
-            ),
-        ]),
+        None => curl.args(["--connect-to", &route.connect_to()]),
     };
     curl.arg(route.url(url_path));
     let out = cmd::output(&mut env.client(path, curl))?;

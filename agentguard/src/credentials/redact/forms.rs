@@ -27,8 +27,8 @@ pub(super) fn forms(secret: &str) -> Vec<Vec<u8>> {
     let mut out = vec![raw.to_vec()];
     out.extend(json_forms(secret));
     out.extend(percent_forms(raw));
-    out.push(hex_dump(raw, HEX_LOWER));
-    out.push(hex_dump(raw, HEX_UPPER));
+    out.push(per_byte_hex(raw, b"", HEX_LOWER));
+    out.push(per_byte_hex(raw, b"", HEX_UPPER));
     for core in base64_cores(raw) {
         out.extend(escaped_base64(&core));
         out.push(core);
@@ -65,22 +65,15 @@ fn escaped_base64(core: &[u8]) -> Vec<Vec<u8>> {
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
 
-/// Two hex digits for every byte. Not `hex::encode`: that collects a
-/// `String` char by char, a tenth of a request-bound token's redactor
-/// (callgrind), which is built for every request.
-fn hex_dump(raw: &[u8], hex: &[u8; 16]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() * 2);
+/// Every byte as `prefix` and two hex digits: a hex dump with no prefix,
+/// `%XX` with `%`. Not `hex::encode`: that collects a `String` char by
+/// char, a tenth of a request-bound token's redactor (callgrind), which is
+/// built for every request.
+fn per_byte_hex(raw: &[u8], prefix: &[u8], hex: &[u8; 16]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() * (prefix.len() + 2));
     for &b in raw {
+        out.extend_from_slice(prefix);
         out.extend_from_slice(&[hex[usize::from(b >> 4)], hex[usize::from(b & 0xf)]]);
-    }
-    out
-}
-
-/// `%XX` for every byte.
-fn every_byte_escaped(raw: &[u8], hex: &[u8; 16]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() * 3);
-    for &b in raw {
-        out.extend_from_slice(&[b'%', hex[usize::from(b >> 4)], hex[usize::from(b & 0xf)]]);
     }
     out
 }
@@ -146,8 +139,8 @@ const PHP_FORM: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b
 /// and every byte escaped.
 fn percent_forms(raw: &[u8]) -> Vec<Vec<u8>> {
     let mut out = vec![
-        every_byte_escaped(raw, HEX_UPPER),
-        every_byte_escaped(raw, HEX_LOWER),
+        per_byte_hex(raw, b"%", HEX_UPPER),
+        per_byte_hex(raw, b"%", HEX_LOWER),
     ];
     // Letters, digits, `-`, `.` and `_` only (most API keys and every
     // JWT): each encoder leaves it as it is (PHP's encodes `~`).
