@@ -31,7 +31,7 @@ use aya_ebpf::{
 
 use crate::{
     maps::{PEER_RECORDS, SOCKET_RECORDS},
-    shares,
+    shares, splice,
 };
 
 /// include/uapi/linux/bpf.h: BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB. This callback
@@ -113,6 +113,7 @@ fn established(ctx: &SockOpsContext, fields: &Fields) -> Result<u32, Skip> {
         }
         return Err(Skip);
     }
+    splice::track_agent_socket(ctx, key);
     Ok(0)
 }
 

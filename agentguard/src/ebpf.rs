@@ -31,7 +31,7 @@ mod splice;
 pub use hooks::UNSUPPORTED_HOOKS_ENV;
 use hooks::{HOOKS, PROCESS_HOOK, UNIX_HOOKS};
 use maps::Maps;
-pub use maps::{AgentKernelUsage, PeerRecords, Shares};
+pub use maps::{AgentKernelUsage, PeerRecords, Shares, peer_key};
 pub use pins::detach_all;
 use pins::{MAPS, PinDir, SCRATCH_SUFFIX};
 pub use splice::{PassthroughRelay, SpliceError, Spliced, Splicer, kick};

@@ -109,6 +109,8 @@ pub struct Metrics {
     registry: Registry,
     connections: Family<ConnectionLabels, Counter>,
     passthrough_relays: Family<RelayLabels, Counter>,
+    passthrough_direct: Counter,
+    passthrough_direct_bytes: Counter,
     requests: Family<RequestLabels, Counter>,
     kernel_refusals: Family<ConnectionLabels, Counter>,
     upstream_latency: Histogram,
@@ -153,6 +155,19 @@ impl Metrics {
             "passthrough_relays",
             "Passthrough connections relayed, by path: kernel (sockets spliced) or userspace (copied by the proxy)",
             passthrough_relays.clone(),
+        );
+        let passthrough_direct = Counter::default();
+        registry.register(
+            "passthrough_direct",
+            "Spliced passthrough connections whose agent sends went straight into the upstream socket (the kernel's message redirect), skipping the proxy's socket",
+            passthrough_direct.clone(),
+        );
+        let passthrough_direct_bytes = Counter::default();
+        registry.register_with_unit(
+            "passthrough_direct",
+            "Bytes agents sent straight into upstream sockets on spliced passthrough connections (counted when a connection ends)",
+            prometheus_client::registry::Unit::Bytes,
+            passthrough_direct_bytes.clone(),
         );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -259,6 +274,8 @@ impl Metrics {
             registry,
             connections,
             passthrough_relays,
+            passthrough_direct,
+            passthrough_direct_bytes,
             requests,
             kernel_refusals,
             upstream_latency,
@@ -308,6 +325,17 @@ impl Metrics {
             }
             _ => {}
         }
+    }
+
+    /// Counts a spliced connection whose agent sends now go straight out
+    /// of the upstream socket.
+    pub fn observe_passthrough_direct(&self) {
+        self.passthrough_direct.inc();
+    }
+
+    /// Counts bytes a spliced connection's agent sent the direct way.
+    pub fn observe_passthrough_direct_bytes(&self, bytes: u64) {
+        self.passthrough_direct_bytes.inc_by(bytes);
     }
 
     pub fn observe_upstream_latency(&self, d: Duration) {
@@ -378,6 +406,8 @@ mod tests {
         let mut spliced = Event::new(Kind::Connection).with_decision(Decision::Passthrough, "x");
         spliced.relay = Some("kernel".into());
         m.observe(&spliced);
+        m.observe_passthrough_direct();
+        m.observe_passthrough_direct_bytes(4096);
         m.observe_upstream_latency(Duration::from_millis(3));
         let text = m.render(&Snapshot {
             leaf_hits: 5,
@@ -391,6 +421,14 @@ mod tests {
         assert!(text.contains(r#"agentguard_connections_total{decision="intercept"} 1"#));
         assert!(
             text.contains(r#"agentguard_passthrough_relays_total{relay="kernel"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("agentguard_passthrough_direct_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("agentguard_passthrough_direct_bytes_total 4096"),
             "{text}"
         );
         assert!(text.contains("agentguard_leaf_cache_hits_total 5"));

@@ -9,7 +9,7 @@
 //! default, which measured faster), and says so.
 
 use std::{
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     process::{Child, ChildStdout, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -73,12 +73,16 @@ c.close()
 
 /// The agent of the raw transfers: sends a real ClientHello for the
 /// passthrough name (made by Python's ssl), then `n` pseudo-random bytes
-/// while it reads, half-closes, and reads until the upstream closes.
+/// while it reads, half-closes, and reads until the upstream closes. With
+/// a pause (seconds, argv[4]) it sends its bytes only that long after the
+/// upstream's first ones arrived, as a TLS client waits for the server.
 /// Prints how many bytes came down, whether they are the upstream's, and
 /// whether the upstream's digest is that of what it sent.
 const CLIENT: &str = r#"
-import hashlib, random, socket, ssl, sys, threading
+import hashlib, random, socket, ssl, sys, threading, time
 host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+pause = float(sys.argv[4])
+first = threading.Event()
 bio_in, bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()
 tls = ssl.create_default_context().wrap_bio(bio_in, bio_out, server_hostname=host)
 try:
@@ -90,6 +94,9 @@ s = socket.create_connection((host, port), timeout=120)
 up = random.Random(1).randbytes(n)
 def send():
     s.sendall(hello)
+    if pause:
+        first.wait(60)
+        time.sleep(pause)
     s.sendall(up)
     s.shutdown(socket.SHUT_WR)
 t = threading.Thread(target=send)
@@ -100,6 +107,7 @@ while True:
     if not b:
         break
     got += b
+    first.set()
 t.join()
 down = random.Random(2).randbytes(n)
 print(len(got) - 64, bytes(got[:n]) == down, got[n:].decode() == hashlib.sha256(up).hexdigest())
@@ -136,14 +144,66 @@ const KERNEL: Option<(&str, &str)> = Some(("AGENTGUARD_PASSTHROUGH_RELAY", "kern
 /// resolver forwarding to a stand-in that says `PASS` is `PASS_IP`; `env`
 /// set for `agentguard run` (`None`: the default relay).
 fn daemon(dns: &DnsUpstream, env: Option<(&str, &str)>) -> Daemon {
+    daemon_with(dns, env, &[])
+}
+
+fn daemon_with(dns: &DnsUpstream, env: Option<(&str, &str)>, args: &[&str]) -> Daemon {
     let dns_addr = dns.addr.to_string();
     let mut b = Daemon::builder(&[AGENT])
         .policy(&format!("[[passthrough]]\nhost = \"{PASS}\"\n"))
-        .args(&["--dns-upstream", &dns_addr]);
+        .args(&["--dns-upstream", &dns_addr])
+        .args(args);
     if let Some((k, v)) = env {
         b = b.env(k, v);
     }
     b.start()
+}
+
+/// A daemon opted in to the splice, serving its metrics; returns it and
+/// the metrics port.
+fn daemon_with_metrics(dns: &DnsUpstream) -> (Daemon, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    (
+        daemon_with(dns, KERNEL, &["--metrics-listen", &listen]),
+        port,
+    )
+}
+
+/// `agentguard_passthrough_direct_total` from the daemon's metrics, once
+/// it reaches `want` (or whatever it is after 10 s).
+fn direct_connections(port: u16, want: u64) -> u64 {
+    metric(port, "agentguard_passthrough_direct_total", want)
+}
+
+/// Metric `name` (a plain counter) from the daemon's metrics, once it
+/// reaches `want` (or whatever it is after 10 s).
+fn metric(port: u16, name: &str, want: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            conn,
+            "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        let n = answer
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0);
+        if n >= want || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn dns() -> DnsUpstream {
@@ -211,8 +271,15 @@ fn passthrough_events(daemon: &Daemon, count: usize) -> Vec<Value> {
 fn large_transfer(env: Option<(&str, &str)>) -> Daemon {
     let dns = dns();
     let daemon = daemon(&dns, env);
+    transfer(&daemon, "0");
+    daemon
+}
+
+/// [`CLIENT`] and [`SERVER`] through `daemon`, the client pausing `pause`
+/// seconds before its upload; checks every byte both ways.
+fn transfer(daemon: &Daemon, pause: &str) {
     let (mut server, server_lines, port) = server(LARGE);
-    let out = agent(&daemon, CLIENT, &[PASS, &port, &LARGE.to_string()])
+    let out = agent(daemon, CLIENT, &[PASS, &port, &LARGE.to_string(), pause])
         .output()
         .unwrap();
     assert!(
@@ -228,7 +295,6 @@ fn large_transfer(env: Option<(&str, &str)>) -> Daemon {
     assert_eq!(next_line(&server_lines, "hello"), "hello");
     assert_eq!(next_line(&server_lines, "bytes read"), LARGE.to_string());
     assert!(server.wait().unwrap().success());
-    daemon
 }
 
 #[test]
@@ -283,6 +349,31 @@ fn spliced_passthrough_carries_large_transfers_and_half_closes() {
     assert_eq!(events[0]["relay"], "kernel", "{events:?}");
 }
 
+/// Once everything the agent sent (its ClientHello) has reached the
+/// upstream socket, the agent's own sends go straight into it in the
+/// kernel, skipping the proxy's socket; every byte still arrives in order,
+/// both ways, and the half-closes still pass.
+#[test]
+fn the_agents_sends_go_straight_upstream_once_all_before_them_arrived() {
+    let dns = dns();
+    let (daemon, metrics) = daemon_with_metrics(&dns);
+    transfer(&daemon, "0.3");
+    assert_eq!(direct_connections(metrics, 1), 1);
+    // All of the upload but the hello (a few hundred bytes the proxy's
+    // socket received and the verdict handed on) came the direct way.
+    let direct = metric(
+        metrics,
+        "agentguard_passthrough_direct_bytes_total",
+        LARGE as u64,
+    );
+    assert!(
+        (LARGE as u64..LARGE as u64 + 4096).contains(&direct),
+        "{direct} bytes the direct way"
+    );
+    let events = passthrough_events(&daemon, 1);
+    assert_eq!(events[0]["relay"], "kernel", "{events:?}");
+}
+
 #[test]
 fn the_user_space_relay_is_the_default() {
     let daemon = large_transfer(None);
@@ -324,10 +415,12 @@ fn ended(waiter: &mut Child, lines: &mpsc::Receiver<String>) -> String {
 #[test]
 fn revoking_the_agent_cuts_a_spliced_connection() {
     let dns = dns();
-    let daemon = daemon(&dns, KERNEL);
+    let (daemon, metrics) = daemon_with_metrics(&dns);
     let ((mut waiter, waiter_lines), (mut server, server_lines)) = open_connection(&daemon);
     let events = passthrough_events(&daemon, 1);
     assert_eq!(events[0]["relay"], "kernel", "{events:?}");
+    // Cut with the agent's direct way open: it closes with the rest.
+    assert_eq!(direct_connections(metrics, 1), 1);
     let out = daemon.cli(&["revoke", "--agent", AGENT, "--reason", "test"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let how = ended(&mut waiter, &waiter_lines);
@@ -340,10 +433,11 @@ fn revoking_the_agent_cuts_a_spliced_connection() {
 #[test]
 fn stopping_the_daemon_cuts_a_spliced_connection() {
     let dns = dns();
-    let mut daemon = daemon(&dns, KERNEL);
+    let (mut daemon, metrics) = daemon_with_metrics(&dns);
     let ((mut waiter, waiter_lines), (mut server, server_lines)) = open_connection(&daemon);
     let events = passthrough_events(&daemon, 1);
     assert_eq!(events[0]["relay"], "kernel", "{events:?}");
+    assert_eq!(direct_connections(metrics, 1), 1);
     daemon.terminate();
     let how = ended(&mut waiter, &waiter_lines);
     assert!(how == "eof" || how == "ConnectionResetError", "{how}");

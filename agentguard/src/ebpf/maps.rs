@@ -345,11 +345,7 @@ impl PeerRecords {
     /// with cookie `netns` (the listener's), removing it so that the map
     /// holds only connections not yet accepted.
     pub fn take(&self, netns: u64, peer: SocketAddr) -> Option<ConnRecord> {
-        let ip = match peer.ip() {
-            IpAddr::V4(v4) => v4_mapped(v4.octets()),
-            IpAddr::V6(v6) => v6.octets(),
-        };
-        let key = PeerKey::new(netns, ip, peer.port());
+        let key = peer_key(netns, peer);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let record = map.get(&key, 0).ok()?;
         // Only the one who removes the entry gives it back to its agent's
@@ -361,4 +357,15 @@ impl PeerRecords {
         }
         Some(record)
     }
+}
+
+/// The kernel's key for the agent socket whose address is `peer` in the
+/// network namespace with cookie `netns`: the peer of a socket the proxy
+/// accepted there, as sockops wrote it.
+pub fn peer_key(netns: u64, peer: SocketAddr) -> PeerKey {
+    let ip = match peer.ip() {
+        IpAddr::V4(v4) => v4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    PeerKey::new(netns, ip, peer.port())
 }

@@ -20,6 +20,7 @@ use super::{
 use crate::{
     audit::{self, Event, Kind},
     connlog,
+    ebpf::peer_key,
     identity::{Identity, original_destination},
     live::LiveState,
     netns::{Dial, Origin},
@@ -109,7 +110,9 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, origin: &Origin, ctx: A
             // or that the upstream was not reached: a passthrough
             // connection has no request events to say so later. The bytes
             // waiting on the agent's socket move only once it is written.
-            let prepared = relay::prepare(stream, dst, &dial, ctx.splice.as_ref()).await;
+            let agent_socket = peer_key(origin.netns, peer);
+            let prepared =
+                relay::prepare(stream, dst, &dial, ctx.splice.as_ref(), agent_socket).await;
             let mut outcome = ConnOutcome::new(peer, Some(&identity), Some(dst), &plan);
             match &prepared {
                 Ok(relay) => outcome.relay = Some(relay.path()),
@@ -119,7 +122,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, origin: &Origin, ctx: A
             drop(state);
             if let Ok(prepared) = prepared
                 && revocations
-                    .until_revoked(&agent, prepared.run())
+                    .until_revoked(&agent, prepared.run(&ctx.metrics))
                     .await
                     .is_none()
             {
@@ -127,6 +130,11 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, origin: &Origin, ctx: A
             }
             drop(held);
             return;
+        }
+        // Handled here, never spliced: the agent's sends need not pass the
+        // splice's message program.
+        if let Some(splicer) = &ctx.splice {
+            splicer.untrack(&peer_key(origin.netns, peer));
         }
         ConnOutcome::new(peer, Some(&identity), Some(dst), &plan)
             .record(&ctx, &state.policy.version)

@@ -9,6 +9,7 @@
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
+use agentguard_common::PeerKey;
 use thiserror::Error;
 
 use tokio::{
@@ -19,7 +20,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::limits::fds;
-use crate::{config::UPSTREAM_CONNECT_TIMEOUT_SECS, ebpf::Splicer, netns::Dial};
+use crate::{config::UPSTREAM_CONNECT_TIMEOUT_SECS, ebpf::Splicer, metrics::Metrics, netns::Dial};
 
 mod kernel;
 
@@ -63,7 +64,9 @@ pub struct Relay {
 }
 
 /// Dials `dst` (from the namespace `dial` names) and, if `splicer` is
-/// given, splices the agent's socket to it.
+/// given, splices the agent's socket to it; `agent` is that socket's key
+/// in the kernel's maps, for its sends to go straight out (see
+/// [`kernel::splice`]).
 /// An error when the upstream cannot be reached: the agent's connection is
 /// then closed. The daemon's own sockets are outside every
 /// guarded cgroup (and the kernel skips its tgid), so this connect goes out
@@ -73,6 +76,7 @@ pub async fn prepare(
     dst: SocketAddr,
     dial: &Dial,
     splicer: Option<&Arc<Splicer>>,
+    agent: PeerKey,
 ) -> Result<Relay, RelayError> {
     // The upstream socket counts against the proxy's descriptor budget too.
     let socket = fds::take().ok_or(RelayError::NoSocket)?;
@@ -86,7 +90,7 @@ pub async fn prepare(
         .map_err(RelayError::Connect)?;
     let _ = inbound.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let spliced = splicer.and_then(|s| match kernel::splice(s, &inbound, &upstream) {
+    let spliced = splicer.and_then(|s| match kernel::splice(s, &inbound, &upstream, agent) {
         Ok(spliced) => Some(spliced),
         Err(e) => {
             warn!(error = %e, "passthrough relayed in user space: the kernel refused the splice");
@@ -113,7 +117,7 @@ impl Relay {
     /// Carries bytes both ways until both sides have closed (a half-close
     /// is passed on), or either fails. Dropping the future closes both
     /// sockets, wherever it is.
-    pub async fn run(self) {
+    pub async fn run(self, metrics: &Metrics) {
         let start = Instant::now();
         let relay = self.path().as_str();
         let Self {
@@ -123,7 +127,7 @@ impl Relay {
             _socket,
         } = self;
         let result = match spliced {
-            Some(spliced) => kernel::run(&inbound, &upstream, &spliced).await,
+            Some(spliced) => kernel::run(&inbound, &upstream, &spliced, metrics).await,
             None => copy_bidirectional(&mut inbound, &mut upstream).await,
         };
         match result {

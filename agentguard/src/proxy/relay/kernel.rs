@@ -18,6 +18,7 @@ use std::{
     time::Duration,
 };
 
+use agentguard_common::PeerKey;
 use nix::{libc, sys::socket::Shutdown};
 use thiserror::Error;
 use tokio::{
@@ -26,7 +27,16 @@ use tokio::{
     time::{Instant, sleep},
 };
 
-use crate::ebpf::{SpliceError, Spliced, Splicer, kick};
+use crate::{
+    ebpf::{SpliceError, Spliced, Splicer, kick},
+    metrics::Metrics,
+};
+
+/// How long the proxy keeps looking for a moment to open the agent's
+/// direct way (everything it sent so far arrived upstream). A connection
+/// that never offers one, such as a client streaming from its first byte,
+/// stays spliced through the proxy's socket, which is just as correct.
+const DIRECT_WINDOW: Duration = Duration::from_secs(2);
 
 /// Longest a half-close waits for the data ahead of it to leave while none
 /// moves: the receiving side has stopped reading. Then the connection is
@@ -58,10 +68,14 @@ pub struct Pair {
 /// Splices the agent's socket to the upstream's. The sockets' send
 /// counters are read first, so that only what the kernel sends from here
 /// on is compared with what it handed over.
+///
+/// `agent`: the key of the agent's own socket (the far end of `inbound`),
+/// whose sends [`run`] later lets go straight out of `upstream`.
 pub fn splice(
     splicer: &Arc<Splicer>,
     inbound: &TcpStream,
     upstream: &TcpStream,
+    agent: PeerKey,
 ) -> Result<Pair, SpliceError> {
     for socket in [inbound, upstream] {
         untouched(socket).map_err(SpliceError::Counters)?;
@@ -70,13 +84,18 @@ pub fn splice(
         queued_or_sent(inbound).map_err(SpliceError::Counters)?,
         queued_or_sent(upstream).map_err(SpliceError::Counters)?,
     ];
-    let spliced = splicer.splice(inbound.as_fd(), upstream.as_fd())?;
+    let spliced = splicer.splice(inbound.as_fd(), upstream.as_fd(), agent)?;
     Ok(Pair { spliced, base })
 }
 
 /// Runs a spliced pair to its end; returns the bytes moved up (agent to
 /// upstream) and down.
-pub async fn run(inbound: &TcpStream, upstream: &TcpStream, pair: &Pair) -> io::Result<(u64, u64)> {
+pub async fn run(
+    inbound: &TcpStream,
+    upstream: &TcpStream,
+    pair: &Pair,
+    metrics: &Metrics,
+) -> io::Result<(u64, u64)> {
     // What arrived before the splice (the peeked ClientHello) moves now.
     kick(inbound)?;
     kick(upstream)?;
@@ -90,8 +109,52 @@ pub async fn run(inbound: &TcpStream, upstream: &TcpStream, pair: &Pair) -> io::
             .await
             .map_err(|e| io::Error::other(format!("upstream to agent: {e}")))
     };
-    let (up, down) = tokio::try_join!(up, down)?;
+    let both = async { tokio::try_join!(up, down) };
+    tokio::pin!(both);
+    // The direct way is looked for beside the transfer, never waited for.
+    tokio::select! {
+        ends = &mut both => return ends,
+        opened = open_direct(upstream, pair) => if opened {
+            metrics.observe_passthrough_direct();
+        }
+    }
+    let (up, down) = both.await?;
+    // What entered the upstream socket beyond what the verdict handed it
+    // came the direct way.
+    metrics.observe_passthrough_direct_bytes(up.saturating_sub(pair.spliced.sent(0)));
     Ok((up, down))
+}
+
+/// Opens the agent's direct way to the upstream socket at the first moment
+/// everything it sent the usual way (to `inbound`) has entered `upstream`,
+/// so that a byte sent directly can never overtake one sent before it.
+/// Looks with growing pauses for [`DIRECT_WINDOW`]. Failing to open it only
+/// leaves the connection on the usual way. Says whether it opened.
+async fn open_direct(upstream: &TcpStream, pair: &Pair) -> bool {
+    let start = Instant::now();
+    let mut pause = DRAIN_POLL;
+    while start.elapsed() < DIRECT_WINDOW {
+        let passed = pair.spliced.passed();
+        let handed = pair.spliced.sent(0);
+        let Ok(entered) = queued_or_sent(upstream) else {
+            return false;
+        };
+        if handed == passed && entered.saturating_sub(pair.base[1]) >= handed {
+            if let Err(e) = pair.spliced.open_direct(passed) {
+                tracing::debug!(error = %e, "agent's direct way to the upstream not opened");
+                return false;
+            }
+            // A send the usual way between the count and the gate keeps
+            // the gate shut: then look again.
+            if pair.spliced.passed() == passed {
+                tracing::debug!(bytes = passed, "agent's sends go straight to the upstream");
+                return true;
+            }
+        }
+        sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(64));
+    }
+    false
 }
 
 /// Waits for `from` to end its stream, then for what the kernel handed
@@ -127,9 +190,11 @@ async fn carry(
         let total = handed();
         let entered = queued_or_sent(to)?.saturating_sub(to_base);
         if total >= arrived && entered >= total {
-            tracing::debug!(bytes = total, "end of stream passed on");
+            tracing::debug!(bytes = entered, "end of stream passed on");
             nix::sys::socket::shutdown(to.as_raw_fd(), Shutdown::Write).map_err(io::Error::from)?;
-            return Ok(total);
+            // What entered `to`: the verdict's bytes and, agent to
+            // upstream, those the agent sent the direct way.
+            return Ok(entered);
         }
         if closed(to)? {
             return Err(CarryError::PeerGone(arrived.saturating_sub(entered)));
