@@ -1,27 +1,22 @@
-//! Passthrough at kernel speed: once the proxy has decided a connection
-//! passes through and has dialled the upstream, it puts both sockets in
-//! [`SPLICE`], each under the *other* socket's cookie. This stream verdict
-//! program then runs on every segment either socket receives and sends it
-//! out of its partner, so the bytes never reach user space.
-//!
-//! The proxy still owns both sockets: it watches each for end of stream
-//! and errors, propagates a half-close once what came before it has been
-//! sent on ([`SPLICE_BYTES`] says how much that is), and closes both. A
-//! closed socket leaves the map by itself.
-//!
-//! The agent's own sends skip a hop: sockops puts each agent socket that
-//! reaches the proxy in [`AGENT_SOCKETS`] (only while the daemon has the
-//! splice on, [`SPLICE_ON`]), whose message program
+//! Passthrough with the agent's sends in the kernel: sockops puts each
+//! agent socket that reaches the proxy in [`AGENT_SOCKETS`] (only while
+//! the daemon has this on, [`SPLICE_ON`]), whose message program
 //! [`agentguard_splice_send`] runs on each of its `sendmsg` calls. Until
 //! the proxy opens the direct way, the data goes to the proxy's socket as
-//! usual (counted in [`SPLICE_PASSED`]); once it has, the program pushes it
-//! straight into the upstream socket in the agent's own system call: no
-//! loopback TCP to the proxy, no worker. The proxy opens it only when all
-//! that went the usual way has reached the upstream socket, and the gate
-//! ([`SPLICE_GATE`]) holds the count it saw then: a send that went the
-//! usual way since keeps the direct way shut, so no byte ever overtakes an
-//! earlier one. The other direction still goes through the stream verdict
-//! (the kernel offers a verdict only on receive there).
+//! usual (counted in [`SPLICE_PASSED`]), and the proxy copies it on; once
+//! the proxy has opened it, the program pushes the data straight into the
+//! upstream socket ([`SPLICE_UPSTREAM`]) in the agent's own system call:
+//! no loopback TCP to the proxy, no copy through user space, no worker.
+//!
+//! The proxy opens it only when all that went the usual way has entered
+//! the upstream socket, and the gate ([`SPLICE_GATE`]) holds the count it
+//! saw then: a send the usual way since keeps the direct way shut, so no
+//! byte ever overtakes an earlier one, whatever the client does.
+//!
+//! The upstream's answers still pass through the proxy: the kernel offers
+//! a verdict only where data is received, and a stream verdict's redirect
+//! to another socket waits for the psock's backlog worker (a kworker),
+//! which measured slower than the proxy's own copy (docs/benchmarks.md).
 //!
 //! The maps live here rather than in `maps.rs`: nothing else uses them,
 //! and they are never pinned (the sockets die with the daemon anyway).
@@ -32,31 +27,18 @@ use agentguard_common::{AF_INET, AF_INET6, PeerKey, ip6_words_to_bytes, v4_mappe
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_ANY, BPF_NOEXIST, sk_action},
-    helpers::{bpf_get_socket_cookie, generated::bpf_get_netns_cookie},
-    macros::{map, sk_msg, stream_verdict},
+    helpers::generated::bpf_get_netns_cookie,
+    macros::{map, sk_msg},
     maps::{Array, HashMap, LruHashMap, SockHash},
-    programs::{SkBuffContext, SkMsgContext, SockOpsContext},
+    programs::{SkMsgContext, SockOpsContext},
 };
 
 use crate::shares;
 
-/// Spliced sockets at once: two per connection. Past it the proxy's insert
-/// fails and that connection is relayed in user space.
+/// Agent sockets (and upstream sockets) these maps hold at once. Past it
+/// sockops leaves a socket out, or the proxy's insert fails, and that
+/// connection is relayed in user space only.
 const MAX_SPLICED_SOCKETS: u32 = 65_536;
-
-/// Socket cookie → the socket its data goes out of (its partner). Written
-/// by the daemon only (insert when spliced; a closed socket is removed by
-/// the kernel); read here.
-#[map]
-pub static SPLICE: SockHash<u64> = SockHash::with_max_entries(MAX_SPLICED_SOCKETS, 0);
-
-/// Socket cookie → bytes this program has handed to its partner. Created
-/// (zero) by the daemon before the socket enters [`SPLICE`], removed by it
-/// when the connection ends; only added to here. The daemon compares it
-/// with what the partner has sent before passing on a half-close, so that
-/// its FIN never overtakes data still queued in the kernel.
-#[map]
-pub static SPLICE_BYTES: HashMap<u64, u64> = HashMap::with_max_entries(MAX_SPLICED_SOCKETS, 0);
 
 /// Agent sockets connected to the proxy, under their [`PeerKey`], while
 /// [`SPLICE_ON`] says so: the sockets [`agentguard_splice_send`] runs on.
@@ -166,29 +148,4 @@ fn msg_peer_key(ctx: &SkMsgContext) -> Option<PeerKey> {
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // local_port is host byte order in sk_msg_md, as in bpf_sock_ops.
     Some(PeerKey::new(netns, ip, local_port as u16))
-}
-
-/// Sends every segment a spliced socket receives out of its partner. A
-/// socket without a partner (being torn down) drops what it receives:
-/// nothing is ever delivered to the proxy's own reads, so no byte reaches
-/// the proxy unseen by this program or bypasses it.
-#[stream_verdict]
-pub fn agentguard_splice(ctx: SkBuffContext) -> u32 {
-    // SAFETY: the helper takes the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let len = u64::from(ctx.len());
-    if len == 0 {
-        // A bare FIN. Redirected, it would reach the partner's send queue
-        // as an empty send, which the kernel takes for a broken pipe and
-        // reports as an error on the partner. The proxy passes half-closes
-        // on itself.
-        return sk_action::SK_DROP;
-    }
-    let verdict = SPLICE.redirect_skb(&ctx, cookie, 0);
-    if verdict == i64::from(sk_action::SK_PASS)
-        && let Some(sent) = SPLICE_BYTES.get_ptr_mut(cookie)
-    {
-        shares::add(sent, len);
-    }
-    verdict as u32
 }

@@ -34,7 +34,7 @@ use maps::Maps;
 pub use maps::{AgentKernelUsage, PeerRecords, Shares, peer_key};
 pub use pins::detach_all;
 use pins::{MAPS, PinDir, SCRATCH_SUFFIX};
-pub use splice::{PassthroughRelay, SpliceError, Spliced, Splicer, kick};
+pub use splice::{PassthroughRelay, SpliceError, Spliced, Splicer};
 
 /// The running kernel's BTF.
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -76,7 +76,7 @@ pub struct KernelOptions {
     /// Most bytes of the kernel event ring one agent's unread events may
     /// take; past it its events are dropped and counted as its losses.
     pub event_bytes_per_agent: u32,
-    /// Whether passthrough connections are spliced in the kernel.
+    /// Whether passthrough agents' sends go straight upstream in the kernel.
     pub passthrough_relay: PassthroughRelay,
 }
 
@@ -292,8 +292,8 @@ impl Kernel {
         };
     }
 
-    /// The sockhash that splices passthrough connections in the kernel,
-    /// with its verdict program attached; `None` (said in the log) where
+    /// The maps that let passthrough agents send straight upstream, with
+    /// the message program attached; `None` (said in the log) where
     /// the kernel refuses it or it is not asked for
     /// ([`KernelOptions::passthrough_relay`]): passthrough is then relayed
     /// in user space. Call once.

@@ -1,12 +1,14 @@
-//! Passthrough spliced in the kernel (issue 19), an opt-in
+//! Passthrough with the agent's sends in the kernel (issue 19), an opt-in
 //! (`AGENTGUARD_PASSTHROUGH_RELAY=kernel`, i.e. `--passthrough-relay
-//! kernel`): once a connection is decided passthrough, the kernel moves its
-//! bytes between the agent's socket and the upstream's. What must still
-//! hold: TLS end to end (the agent sees the upstream's own certificate),
-//! every byte both ways in order, half-closes passed on, revocation and a
-//! daemon stop cutting the connection, and the audit event saying which
-//! path it took. Without the opt-in the proxy relays in user space (the
-//! default, which measured faster), and says so.
+//! kernel`): once a connection is decided passthrough and its first flight
+//! (the ClientHello) has been copied upstream, the agent's sends go
+//! straight into the upstream socket (an sk_msg program); the upstream's
+//! answers are copied by the proxy. What must still hold: TLS end to end
+//! (the agent sees the upstream's own certificate), every byte both ways in
+//! order (whether or not the direct way opened), half-closes passed on,
+//! revocation and a daemon stop cutting the connection with the direct way
+//! open, and the audit event saying which path it took. Without the
+//! opt-in the proxy copies both ways (the default), and says so.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},

@@ -286,7 +286,7 @@ fn measure_all(
         &work.join("agentguard-kernel"),
         &up,
         "-kernel",
-        agentguard::KERNEL_SPLICE,
+        agentguard::KERNEL_RELAY,
     )?;
     let nginx = proxies::Nginx::start(&work.join("nginx"), &up)?;
     let mitmproxy =

@@ -29,11 +29,12 @@ pub struct KernelRunArgs {
     /// losses, so its flood cannot hide another agent's refusals.
     #[arg(long, default_value = "64K", value_name = "SIZE")]
     kernel_agent_event_bytes: String,
-    /// How passthrough connections are relayed: `userspace` copies through
-    /// the proxy; `kernel` splices the two sockets in the kernel (sockhash
-    /// and stream verdict program), falling back to `userspace` where the
-    /// kernel refuses. `userspace` is the default because it measured
-    /// faster (README, Passthrough).
+    /// How passthrough connections are relayed: `userspace` copies both
+    /// ways through the proxy; `kernel` has the agent's sends go straight
+    /// into the upstream socket once its ClientHello is through (agent
+    /// sockets in a sockhash with an sk_msg program) and copies the
+    /// answers, falling back to `userspace` where the kernel refuses
+    /// (README, Passthrough).
     #[arg(long, value_enum, default_value_t = PassthroughRelay::Userspace)]
     passthrough_relay: PassthroughRelay,
 }

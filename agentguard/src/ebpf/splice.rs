@@ -1,62 +1,53 @@
-//! Splicing a passthrough connection's two sockets in the kernel: the
-//! stream verdict program `agentguard_splice` (agentguard-ebpf's
-//! `splice.rs`) attached to the `SPLICE` sockhash sends what either socket
-//! receives out of the other, so the proxy copies no byte.
+//! Passthrough with the agent's sends in the kernel: the message program
+//! `agentguard_splice_send` (agentguard-ebpf's `splice.rs`) attached to
+//! `AGENT_SOCKETS`, where sockops puts each agent socket that reaches the
+//! proxy while this is on. Until the proxy opens the direct way the agent's
+//! sends go to the proxy's socket as usual, counted
+//! ([`Spliced::passed`]); once it has ([`Spliced::open_direct`]), they go
+//! straight into the upstream socket named in `SPLICE_UPSTREAM`, in the
+//! agent's own `sendmsg`. The upstream's answers are copied by the proxy
+//! (relay/kernel.rs says why).
 //!
-//! [`Splicer::splice`] puts a pair in the map; the [`Spliced`] it returns
-//! takes them out again when dropped (the kernel also drops a socket from
-//! the map when it closes). [`Spliced::sent`] says how many bytes the
-//! kernel has handed from one socket to the other: the relay compares it
-//! with what the other socket has sent before passing a half-close on.
-//!
-//! The agent's sends can skip the hop to the proxy altogether: with the
-//! splice on, sockops puts each agent socket that reaches the proxy in
-//! `AGENT_SOCKETS`, whose message program `agentguard_splice_send` pushes
-//! what the agent sends straight into the upstream socket once the proxy
-//! has opened that way ([`Spliced::open_direct`]), and counts what it sends
-//! the usual way until then ([`Spliced::passed`]). Connections the proxy
-//! handles itself leave `AGENT_SOCKETS` at once ([`Splicer::untrack`]).
+//! [`Splicer::splice`] names a connection's upstream socket; the
+//! [`Spliced`] it returns takes every entry of that connection out again
+//! when dropped (the kernel also drops a socket from a sockhash when it
+//! closes). Connections the proxy handles itself leave `AGENT_SOCKETS` at
+//! once ([`Splicer::untrack`]).
 
 use std::{
-    io,
-    os::fd::{AsFd, AsRawFd as _, BorrowedFd},
-    sync::{Arc, Mutex},
+    os::fd::BorrowedFd,
+    sync::{Mutex, MutexGuard},
 };
 
 use agentguard_common::PeerKey;
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, SockHash},
-    programs::{SkMsg, SkSkb},
+    programs::SkMsg,
 };
-use nix::libc;
 use thiserror::Error;
 
 /// Which relay passthrough connections take (`--passthrough-relay`, the
 /// config key `passthrough_relay`, `AGENTGUARD_PASSTHROUGH_RELAY`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum PassthroughRelay {
-    /// Copy through the proxy's own buffers. The default: on the 6.18
-    /// kernel measured (docs/benchmarks.md) the splice was slower, since
-    /// every redirected segment waits for the psock's backlog worker.
+    /// Copy both ways through the proxy's own buffers. The default: it
+    /// puts nothing of agentguard's on the agent's sockets.
     #[default]
     Userspace,
-    /// Splice in the kernel where it allows (user space where it refuses).
+    /// The agent's sends go straight into the upstream socket in the
+    /// kernel once the connection is decided passthrough; the upstream's
+    /// answers are copied by the proxy. User space only where the kernel
+    /// refuses.
     Kernel,
 }
 
-const PROGRAM: &str = "agentguard_splice";
-const SEND_PROGRAM: &str = "agentguard_splice_send";
-const SOCKETS_MAP: &str = "SPLICE";
-const SENT_MAP: &str = "SPLICE_BYTES";
+const PROGRAM: &str = "agentguard_splice_send";
 const AGENT_SOCKETS_MAP: &str = "AGENT_SOCKETS";
 const UPSTREAMS_MAP: &str = "SPLICE_UPSTREAM";
 const PASSED_MAP: &str = "SPLICE_PASSED";
 const GATE_MAP: &str = "SPLICE_GATE";
 const ON_MAP: &str = "SPLICE_ON";
-
-/// `SO_COOKIE` (asm-generic/socket.h; the libc crate does not name it).
-const SO_COOKIE: libc::c_int = 57;
 
 #[derive(Debug, Error)]
 pub enum SpliceError {
@@ -64,34 +55,23 @@ pub enum SpliceError {
     Off,
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
-    #[error("eBPF program {0} is missing from the object")]
-    MissingProgram(&'static str),
+    #[error("eBPF program {PROGRAM} is missing from the object")]
+    MissingProgram,
     #[error("eBPF map {name}: {source}")]
     Map {
         name: &'static str,
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("eBPF program {name}: {source}")]
-    Program {
-        name: &'static str,
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    #[error("socket cookie: {0}")]
-    Cookie(#[source] io::Error),
-    #[error("socket counters: {0}")]
-    Counters(#[source] io::Error),
-    #[error("the kernel refused the socket pair: {0}")]
+    #[error("eBPF program {PROGRAM}: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("the kernel refused the upstream socket: {0}")]
     Insert(#[source] aya::maps::MapError),
 }
 
-/// The sockhashes and byte counters, with the verdict and message
-/// programs attached.
+/// The maps, with the message program attached.
 pub struct Splicer {
-    // SockHash::insert and HashMap::insert need &mut; each is one syscall.
-    sockets: Mutex<SockHash<MapData, u64>>,
-    sent: Mutex<HashMap<MapData, u64, u64>>,
+    // Each insert or remove is one syscall and needs &mut.
     /// Agent sockets sockops put in, by [`PeerKey`]; only removed here.
     agent_sockets: Mutex<SockHash<MapData, PeerKey>>,
     /// Agent socket's key → the upstream socket its sends go out of.
@@ -115,54 +95,54 @@ where
 
 impl Splicer {
     /// With `relay` [`PassthroughRelay::Kernel`]: takes the maps out of
-    /// `ebpf`, loads the verdict program and attaches it to the sockhash.
-    /// Any failure leaves passthrough to the user-space relay; the caller
-    /// says so.
+    /// `ebpf`, loads the message program, attaches it to `AGENT_SOCKETS`
+    /// and only then tells sockops to put agent sockets there. Any failure
+    /// leaves passthrough to the user-space relay; the caller says so.
     pub(super) fn attach(ebpf: &mut Ebpf, relay: PassthroughRelay) -> Result<Self, SpliceError> {
         if relay == PassthroughRelay::Userspace {
             return Err(SpliceError::Off);
         }
-        let sockets: SockHash<MapData, u64> = take_map(ebpf, SOCKETS_MAP)?;
-        let sent: HashMap<MapData, u64, u64> = take_map(ebpf, SENT_MAP)?;
         let agent_sockets: SockHash<MapData, PeerKey> = take_map(ebpf, AGENT_SOCKETS_MAP)?;
         let upstreams: SockHash<MapData, PeerKey> = take_map(ebpf, UPSTREAMS_MAP)?;
         let passed: HashMap<MapData, PeerKey, u64> = take_map(ebpf, PASSED_MAP)?;
         let gate: HashMap<MapData, PeerKey, u64> = take_map(ebpf, GATE_MAP)?;
         let mut on: Array<MapData, u32> = take_map(ebpf, ON_MAP)?;
-        let program_error = |name| move |source| SpliceError::Program { name, source };
-        let verdict: &mut SkSkb = ebpf
+        let program: &mut SkMsg = ebpf
             .program_mut(PROGRAM)
-            .ok_or(SpliceError::MissingProgram(PROGRAM))?
-            .try_into()
-            .map_err(program_error(PROGRAM))?;
-        verdict.load().map_err(program_error(PROGRAM))?;
-        // Before any socket enters the map: a socket inserted without a
-        // verdict program would simply keep its data for the proxy.
-        verdict
-            .attach(sockets.fd())
-            .map_err(program_error(PROGRAM))?;
-        let send: &mut SkMsg = ebpf
-            .program_mut(SEND_PROGRAM)
-            .ok_or(SpliceError::MissingProgram(SEND_PROGRAM))?
-            .try_into()
-            .map_err(program_error(SEND_PROGRAM))?;
-        send.load().map_err(program_error(SEND_PROGRAM))?;
+            .ok_or(SpliceError::MissingProgram)?
+            .try_into()?;
+        program.load()?;
         // A socket takes the map's programs when it goes in: attached
         // before sockops is told to put agent sockets there.
-        send.attach(agent_sockets.fd())
-            .map_err(program_error(SEND_PROGRAM))?;
+        program.attach(agent_sockets.fd())?;
         on.set(0, 1, 0).map_err(|source| SpliceError::Map {
             name: ON_MAP,
             source,
         })?;
         Ok(Self {
-            sockets: Mutex::new(sockets),
-            sent: Mutex::new(sent),
             agent_sockets: Mutex::new(agent_sockets),
             upstreams: Mutex::new(upstreams),
             passed: Mutex::new(passed),
             gate: Mutex::new(gate),
         })
+    }
+
+    /// Names `upstream` as where the agent socket under `agent` may later
+    /// send straight to ([`Spliced::open_direct`]); until then its sends go
+    /// on the usual way. On error nothing stays in the maps.
+    pub fn splice(
+        self: &std::sync::Arc<Self>,
+        upstream: BorrowedFd,
+        agent: PeerKey,
+    ) -> Result<Spliced, SpliceError> {
+        let spliced = Spliced {
+            splicer: self.clone(),
+            agent,
+        };
+        lock(&self.upstreams)
+            .insert(agent, upstream, 0)
+            .map_err(SpliceError::Insert)?;
+        Ok(spliced)
     }
 
     /// Takes the agent socket under `agent` out of `AGENT_SOCKETS`: its
@@ -172,82 +152,27 @@ impl Splicer {
         let _ = lock(&self.agent_sockets).remove(agent);
         let _ = lock(&self.passed).remove(agent);
     }
-
-    /// Splices `a` and `b`: from now on what either receives is sent out
-    /// of the other by the kernel. Data already queued on either moves at
-    /// the next arrival, or at [`kick`]. `agent` is the key of the agent
-    /// socket behind `a`: its sends may later go straight out of `b`
-    /// ([`Spliced::open_direct`]). On error nothing stays in the maps.
-    pub fn splice(
-        self: &Arc<Self>,
-        a: BorrowedFd,
-        b: BorrowedFd,
-        agent: PeerKey,
-    ) -> Result<Spliced, SpliceError> {
-        let cookies = [
-            cookie(a).map_err(SpliceError::Cookie)?,
-            cookie(b).map_err(SpliceError::Cookie)?,
-        ];
-        let spliced = Spliced {
-            splicer: self.clone(),
-            cookies,
-            agent,
-        };
-        // Shut until the gate is written: the agent's sends go on the
-        // usual way.
-        lock(&self.upstreams)
-            .insert(agent, b, 0)
-            .map_err(SpliceError::Insert)?;
-        {
-            let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-            for c in cookies {
-                sent.insert(c, 0, 0).map_err(SpliceError::Insert)?;
-            }
-        }
-        let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
-        // Each socket under its partner's cookie: the program looks its own
-        // cookie up and finds where to send.
-        sockets
-            .insert(cookies[1], a, 0)
-            .map_err(SpliceError::Insert)?;
-        sockets
-            .insert(cookies[0], b, 0)
-            .map_err(SpliceError::Insert)?;
-        Ok(spliced)
-    }
 }
 
-/// A spliced pair; dropping it takes both out of the maps.
+/// A connection whose agent may send straight upstream; dropping it takes
+/// its entries out of the maps.
 pub struct Spliced {
-    splicer: Arc<Splicer>,
-    /// The cookies of `a` and `b`, in [`Splicer::splice`]'s order.
-    cookies: [u64; 2],
-    /// The agent socket behind `a`.
+    splicer: std::sync::Arc<Splicer>,
     agent: PeerKey,
 }
 
 impl Spliced {
-    /// Bytes the kernel has handed from socket `from` (0 for `a`, 1 for
-    /// `b`) to its partner.
-    pub fn sent(&self, from: usize) -> u64 {
-        self.splicer
-            .sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&self.cookies[from], 0)
-            .unwrap_or(0)
-    }
-
-    /// Bytes the agent's socket has sent the usual way: to `a`, by TCP.
-    /// Only the kernel adds to it, and only while the direct way is shut.
+    /// Bytes the agent's socket has sent the usual way (to the proxy's
+    /// socket). Only the kernel adds to it, and only while the direct way
+    /// is shut.
     pub fn passed(&self) -> u64 {
         lock(&self.splicer.passed).get(&self.agent, 0).unwrap_or(0)
     }
 
-    /// Opens the agent's direct way to `b` for as long as [`Self::passed`]
-    /// stays at `passed`. The caller has seen every byte counted there
-    /// enter `b`; a send the usual way since (or still to come, if this
-    /// races one) leaves the way shut, so nothing overtakes it.
+    /// Opens the agent's direct way for as long as [`Self::passed`] stays
+    /// at `passed`. The caller has seen every byte counted there enter the
+    /// upstream socket; a send the usual way since (or racing this) leaves
+    /// the way shut, so nothing overtakes it.
     pub fn open_direct(&self, passed: u64) -> Result<(), SpliceError> {
         lock(&self.splicer.gate)
             .insert(self.agent, passed, 0)
@@ -255,74 +180,17 @@ impl Spliced {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Drop for Spliced {
     fn drop(&mut self) {
-        // Missing entries are fine: a closed socket left the map already,
-        // and a failed splice() may have inserted only some.
-        let _ = lock(&self.splicer.upstreams).remove(&self.agent);
+        // The gate first: the agent's sends take the usual way again, to
+        // the proxy's socket, which is being closed. The sockets leave
+        // their sockhashes by themselves as they close (the proxy closes
+        // the upstream's at once), so only the plain maps are cleaned.
         let _ = lock(&self.splicer.gate).remove(&self.agent);
-        self.splicer.untrack(&self.agent);
-        {
-            let mut sockets = self
-                .splicer
-                .sockets
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            for c in self.cookies {
-                let _ = sockets.remove(&c);
-            }
-        }
-        let mut sent = self.splicer.sent.lock().unwrap_or_else(|p| p.into_inner());
-        for c in self.cookies {
-            let _ = sent.remove(&c);
-        }
+        let _ = lock(&self.splicer.passed).remove(&self.agent);
     }
 }
 
-/// The socket's cookie: the kernel's id for it, which the verdict program
-/// also reads.
-fn cookie(fd: BorrowedFd) -> io::Result<u64> {
-    let mut value: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: value and len are valid for the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_COOKIE,
-            (&raw mut value).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(value)
-}
-
-/// Makes the kernel run the verdict over what already sits in `fd`'s
-/// receive queue (the ClientHello the proxy peeked at, which arrived before
-/// the socket was spliced). Setting SO_RCVLOWAT signals "data ready"
-/// (tcp_set_rcvlowat → tcp_data_ready), which for a spliced socket is the
-/// verdict's own reader.
-pub fn kick(fd: impl AsFd) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: one is a valid c_int for the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&raw const one).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -1,10 +1,11 @@
 //! Carrying bytes between the agent and its original destination.
 //!
-//! [`prepare`] dials the upstream and, where the kernel allows, splices the
-//! two sockets ([`kernel`]): the kernel then moves every byte and the
-//! proxy only watches for the ends. Where it does not (splicing off, the
-//! map full, a kernel without sockmap), [`Relay::run`] copies through a
-//! user-space buffer as before. Which of the two a connection took is
+//! [`prepare`] dials the upstream and, with `--passthrough-relay kernel`
+//! where the kernel allows, names the upstream socket as where the agent's
+//! own sends go once [`Relay::run`] opens that way ([`kernel`]); the
+//! upstream's answers are copied by the proxy. Otherwise (the default, the
+//! map full, a kernel without sockmap) [`Relay::run`] copies both ways
+//! through user-space buffers. Which of the two a connection took is
 //! [`Relay::path`], recorded in its audit event.
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
@@ -20,7 +21,12 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::limits::fds;
-use crate::{config::UPSTREAM_CONNECT_TIMEOUT_SECS, ebpf::Splicer, metrics::Metrics, netns::Dial};
+use crate::{
+    config::UPSTREAM_CONNECT_TIMEOUT_SECS,
+    ebpf::{Spliced, Splicer},
+    metrics::Metrics,
+    netns::Dial,
+};
 
 mod kernel;
 
@@ -39,7 +45,9 @@ pub enum RelayError {
 /// Which way a passthrough connection's bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
-    /// Spliced in the kernel: no byte passes through the proxy.
+    /// The agent's sends go straight into the upstream socket in the
+    /// kernel (after what it sent before the way opened); the upstream's
+    /// answers are copied by the proxy.
     Kernel,
     /// Copied through the proxy's own buffers.
     Userspace,
@@ -58,15 +66,14 @@ impl Path {
 pub struct Relay {
     inbound: TcpStream,
     upstream: TcpStream,
-    spliced: Option<kernel::Pair>,
+    spliced: Option<Spliced>,
     /// The upstream socket's place in the proxy's descriptor budget.
     _socket: fds::Socket,
 }
 
 /// Dials `dst` (from the namespace `dial` names) and, if `splicer` is
-/// given, splices the agent's socket to it; `agent` is that socket's key
-/// in the kernel's maps, for its sends to go straight out (see
-/// [`kernel::splice`]).
+/// given, names the upstream socket as where the agent's socket (`agent`,
+/// its key in the kernel's maps) may send straight to ([`kernel`]).
 /// An error when the upstream cannot be reached: the agent's connection is
 /// then closed. The daemon's own sockets are outside every
 /// guarded cgroup (and the kernel skips its tgid), so this connect goes out
@@ -90,10 +97,11 @@ pub async fn prepare(
         .map_err(RelayError::Connect)?;
     let _ = inbound.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let spliced = splicer.and_then(|s| match kernel::splice(s, &inbound, &upstream, agent) {
+    let spliced = splicer.and_then(|s| match kernel::splice(s, &upstream, agent) {
         Ok(spliced) => Some(spliced),
         Err(e) => {
             warn!(error = %e, "passthrough relayed in user space: the kernel refused the splice");
+            s.untrack(&agent);
             None
         }
     });

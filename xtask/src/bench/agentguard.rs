@@ -38,9 +38,9 @@ pub struct Daemon {
     process: Option<Running>,
 }
 
-/// The environment of the daemon behind the kernel splice row (the
-/// splice is an opt-in; the main daemon relays in user space).
-pub const KERNEL_SPLICE: &[(&str, &str)] = &[("AGENTGUARD_PASSTHROUGH_RELAY", "kernel")];
+/// The environment of the daemon behind the kernel relay row (an opt-in;
+/// the main daemon relays in user space).
+pub const KERNEL_RELAY: &[(&str, &str)] = &[("AGENTGUARD_PASSTHROUGH_RELAY", "kernel")];
 
 impl Daemon {
     /// `instance` tells apart daemons of one bench (cgroup, bpffs dir).

@@ -46,7 +46,7 @@ impl Fresh {
                     &dir,
                     &env.upstream,
                     &format!("-fresh{n}"),
-                    super::agentguard::KERNEL_SPLICE,
+                    super::agentguard::KERNEL_RELAY,
                 )?;
                 d.resolve_passthrough(&env.names)?;
                 Fresh::Agentguard(d)

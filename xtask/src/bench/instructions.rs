@@ -70,9 +70,9 @@ pub fn run(env: &Env, paths: &[PathKind], scenarios: &[&str], requests: u32) -> 
         out,
     };
     let mut counts = Counts::new();
-    // Not the kernel splice: this daemon relays passthrough in user space
+    // Not the kernel relay: this daemon relays passthrough in user space
     // (the default), so its count would be the relay's under another
-    // label; and spliced bytes never reach user space to be counted.
+    // label.
     for &path in paths
         .iter()
         .filter(|p| p.is_agentguard() && **p != PathKind::PassthroughKernel)
@@ -199,8 +199,8 @@ pub fn markdown(counts: &Counts, requests: u32) -> String {
          other load on the machine, so a change of a few percent shows; the kernel's share is \
          not in it. The nginx row, where there is one, is nginx counted the same way: its one \
          serving process (`master_process off`) under callgrind, OpenSSL included. The kernel \
-         splice has no row: its bytes never reach user space. Scenario ids as in `--scenarios` \
-         (see the tables above).\n\n| path |"
+         relay has no row: the daemon counted runs the default relay. Scenario ids as in \
+         `--scenarios` (see the tables above).\n\n| path |"
     );
     for s in &scenarios {
         md.push_str(&format!(" {s} |"));

@@ -21,8 +21,9 @@ pub enum PathKind {
     Direct,
     Passthrough,
     /// The passthrough path on a second daemon opted in to the kernel
-    /// splice (`AGENTGUARD_PASSTHROUGH_RELAY=kernel`), beside the default
-    /// user-space relay of [`PathKind::Passthrough`].
+    /// relay (`AGENTGUARD_PASSTHROUGH_RELAY=kernel`: the agent's sends go
+    /// straight into the upstream socket), beside the default user-space
+    /// relay of [`PathKind::Passthrough`].
     PassthroughKernel,
     Full,
     Jwt,
@@ -82,7 +83,9 @@ impl PathKind {
         match self {
             PathKind::Direct => "direct",
             PathKind::Passthrough => "agentguard passthrough, user-space relay (default)",
-            PathKind::PassthroughKernel => "agentguard passthrough, kernel splice (opt-in)",
+            PathKind::PassthroughKernel => {
+                "agentguard passthrough, agent's sends in the kernel (opt-in)"
+            }
             PathKind::Full => "agentguard full path",
             PathKind::Jwt => "agentguard full path, JWT tool",
             PathKind::Exchange => "agentguard full path, exchanged token",
@@ -100,10 +103,10 @@ impl PathKind {
                  through its own buffers (the default relay)"
             }
             PathKind::PassthroughKernel => {
-                "as passthrough, on a second daemon opted in to the kernel splice \
-                 (`AGENTGUARD_PASSTHROUGH_RELAY=kernel`): the agent's socket and the upstream's \
-                 in a sockhash with a stream verdict program, so the TLS bytes never reach user \
-                 space"
+                "as passthrough, on a second daemon opted in to the kernel relay \
+                 (`AGENTGUARD_PASSTHROUGH_RELAY=kernel`): after the ClientHello, an sk_msg \
+                 program pushes the agent's sends straight into the upstream socket in the \
+                 agent's own system call; the upstream's answers are copied by agentguard"
             }
             PathKind::Full => {
                 "agent cgroup; kernel redirect, TLS terminated with an agentguard leaf, policy \

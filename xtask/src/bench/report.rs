@@ -325,7 +325,7 @@ fn section_ratios(w: &mut String, r: &Results) {
             ratio,
         ),
         (
-            "passthrough kernel splice CPU/request ÷ user-space relay CPU/request (keep-alive)",
+            "passthrough kernel relay CPU/request ÷ user-space relay CPU/request (keep-alive)",
             PathKind::PassthroughKernel,
             PathKind::Passthrough,
             "ka_sat_1k",
