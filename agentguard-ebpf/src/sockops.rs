@@ -55,9 +55,13 @@ pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, Skip> {
     let fields = read_fields(ctx);
     match fields.op {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(ctx, &fields),
-        BPF_SOCK_OPS_STATE_CB
-            if fields.new_state == BPF_TCP_CLOSE && !agent_closed_first(fields.old_state) =>
-        {
+        BPF_SOCK_OPS_STATE_CB if fields.new_state == BPF_TCP_CLOSE => {
+            // Whoever closed first: the splice's count and gate go with
+            // the socket (before the address can be reused).
+            splice::forget_agent_socket(peer_key(ctx, &fields)?);
+            if agent_closed_first(fields.old_state) {
+                return Ok(0);
+            }
             closed(ctx, &fields)
         }
         _ => Ok(0),

@@ -18,8 +18,11 @@
 //! to another socket waits for the psock's backlog worker (a kworker),
 //! which measured slower than the proxy's own copy (docs/benchmarks.md).
 //!
-//! The maps live here rather than in `maps.rs`: nothing else uses them,
-//! and they are never pinned (the sockets die with the daemon anyway).
+//! The maps live here rather than in `maps.rs`: nothing else uses them.
+//! They are not pinned, but the pinned sockops program keeps them (and
+//! [`SPLICE_ON`]) alive after the daemon exits; what they hold then is
+//! harmless, since the upstream sockets died with the daemon and a socket
+//! leaves a sockhash as it closes.
 
 use core::ptr::{addr_of, read_volatile};
 
@@ -42,8 +45,8 @@ const MAX_SPLICED_SOCKETS: u32 = 65_536;
 
 /// Agent sockets connected to the proxy, under their [`PeerKey`], while
 /// [`SPLICE_ON`] says so: the sockets [`agentguard_splice_send`] runs on.
-/// Written by sockops; the daemon removes the ones it does not splice, and
-/// the kernel removes a socket when it closes.
+/// Written by sockops; the daemon removes the ones it handles itself once
+/// it has decided, and the kernel removes a socket when it closes.
 #[map]
 pub static AGENT_SOCKETS: SockHash<PeerKey> = SockHash::with_max_entries(MAX_SPLICED_SOCKETS, 0);
 
@@ -53,9 +56,11 @@ pub static AGENT_SOCKETS: SockHash<PeerKey> = SockHash::with_max_entries(MAX_SPL
 pub static SPLICE_UPSTREAM: SockHash<PeerKey> = SockHash::with_max_entries(MAX_SPLICED_SOCKETS, 0);
 
 /// Agent socket's [`PeerKey`] → bytes its sends took the usual way (to the
-/// proxy's socket). Only added to here; the daemon removes an entry when
-/// its connection is done with it. LRU: an agent socket the daemon never
-/// saw (it was stopped) cannot fill the map for good.
+/// proxy's socket). Made (zero) by sockops when the socket is tracked,
+/// only added to by the program, removed when the socket closes or the
+/// daemon is done with it. LRU, so that entries nobody removed (a daemon
+/// killed mid-connection) cannot fill it for good; an evicted count only
+/// shuts the direct way.
 #[map]
 pub static SPLICE_PASSED: LruHashMap<PeerKey, u64> =
     LruHashMap::with_max_entries(MAX_SPLICED_SOCKETS, 0);
@@ -74,48 +79,63 @@ pub static SPLICE_GATE: HashMap<PeerKey, u64> = HashMap::with_max_entries(MAX_SP
 pub static SPLICE_ON: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Puts an agent socket that has just connected to the proxy in
-/// [`AGENT_SOCKETS`], if the daemon splices. A socket that does not go in
-/// is relayed as before; nothing here can refuse a connection.
+/// [`AGENT_SOCKETS`], if the daemon splices, with a fresh count of zero.
+/// A socket without a count never goes the direct way, so one that cannot
+/// get both (a full map) is left out and simply relayed; nothing here can
+/// refuse a connection.
 pub fn track_agent_socket(ctx: &SockOpsContext, mut key: PeerKey) {
     if SPLICE_ON.get(0).copied().unwrap_or(0) == 0 {
         return;
     }
+    // A gate left under this address by an earlier connection is not this
+    // one's.
+    let _ = SPLICE_GATE.remove(key);
+    if SPLICE_PASSED.insert(key, 0, u64::from(BPF_ANY)).is_err() {
+        return;
+    }
     // SAFETY: the context pointer the kernel passed to this sockops program.
     let ops = unsafe { &mut *ctx.ops };
-    let _ = AGENT_SOCKETS.update(&mut key, ops, u64::from(BPF_ANY));
+    if AGENT_SOCKETS
+        .update(&mut key, ops, u64::from(BPF_ANY))
+        .is_err()
+    {
+        let _ = SPLICE_PASSED.remove(key);
+    }
+}
+
+/// Forgets a closed agent socket's count and gate (the socket itself left
+/// [`AGENT_SOCKETS`] as it closed).
+pub fn forget_agent_socket(key: PeerKey) {
+    if SPLICE_ON.get(0).copied().unwrap_or(0) == 0 {
+        return;
+    }
+    let _ = SPLICE_PASSED.remove(key);
+    let _ = SPLICE_GATE.remove(key);
 }
 
 /// Runs on each `sendmsg` of an agent socket in [`AGENT_SOCKETS`]: the
 /// direct way when the gate is open, the usual way (counted) otherwise.
+/// A socket whose count is gone (evicted, or taken by the daemon) only
+/// ever goes the usual way: a count is never made here, so a send can
+/// never go direct on a count that missed bytes.
 #[sk_msg]
 pub fn agentguard_splice_send(ctx: SkMsgContext) -> u32 {
     let Some(mut key) = msg_peer_key(&ctx) else {
         return sk_action::SK_PASS;
     };
-    let passed = SPLICE_PASSED.get_ptr_mut(key);
+    let Some(passed) = SPLICE_PASSED.get_ptr_mut(key) else {
+        return sk_action::SK_PASS;
+    };
     // SAFETY: pointers from successful lookups in this program.
-    let count = passed.map_or(0, |p| unsafe { *p });
     if let Some(gate) = SPLICE_GATE.get_ptr(key)
-        // SAFETY: as above.
-        && unsafe { *gate } == count
+        && unsafe { *gate == *passed }
         && SPLICE_UPSTREAM.redirect_msg(&ctx, &mut key, 0) == i64::from(sk_action::SK_PASS)
     {
         return sk_action::SK_PASS;
     }
-    // Without a redirect set, SK_PASS sends the data on to the proxy.
-    let size = u64::from(ctx.size());
-    match passed {
-        Some(p) => shares::add(p, size),
-        None => {
-            if SPLICE_PASSED
-                .insert(key, size, u64::from(BPF_NOEXIST))
-                .is_err()
-                && let Some(p) = SPLICE_PASSED.get_ptr_mut(key)
-            {
-                shares::add(p, size);
-            }
-        }
-    }
+    // Without a redirect set, SK_PASS sends the data on to the proxy; the
+    // count moving past the gate keeps the direct way shut from now on.
+    shares::add(passed, u64::from(ctx.size()));
     sk_action::SK_PASS
 }
 

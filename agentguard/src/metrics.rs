@@ -153,7 +153,7 @@ impl Metrics {
         let passthrough_relays = Family::<RelayLabels, Counter>::default();
         registry.register(
             "passthrough_relays",
-            "Passthrough connections relayed, by path: kernel (sockets spliced) or userspace (copied by the proxy)",
+            "Passthrough connections relayed, by path: kernel (the agent's sends straight into the upstream socket) or userspace (copied by the proxy)",
             passthrough_relays.clone(),
         );
         let passthrough_direct = Counter::default();

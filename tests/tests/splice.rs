@@ -362,7 +362,7 @@ fn the_agents_sends_go_straight_upstream_once_all_before_them_arrived() {
     transfer(&daemon, "0.3");
     assert_eq!(direct_connections(metrics, 1), 1);
     // All of the upload but the hello (a few hundred bytes the proxy's
-    // socket received and the verdict handed on) came the direct way.
+    // socket received and the proxy copied on) came the direct way.
     let direct = metric(
         metrics,
         "agentguard_passthrough_direct_bytes_total",

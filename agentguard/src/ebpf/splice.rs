@@ -36,9 +36,11 @@ pub enum PassthroughRelay {
     #[default]
     Userspace,
     /// The agent's sends go straight into the upstream socket in the
-    /// kernel once the connection is decided passthrough; the upstream's
-    /// answers are copied by the proxy. User space only where the kernel
-    /// refuses.
+    /// kernel once its first flight is through; the upstream's answers are
+    /// copied by the proxy. User space only where the kernel refuses.
+    /// Known limit (README, Passthrough): a non-blocking agent that fills
+    /// the upstream socket's send buffer gets `EAGAIN` with no writability
+    /// event to come back on.
     Kernel,
 }
 
@@ -67,6 +69,8 @@ pub enum SpliceError {
     Program(#[from] aya::programs::ProgramError),
     #[error("the kernel refused the upstream socket: {0}")]
     Insert(#[source] aya::maps::MapError),
+    #[error("the agent's socket is not in the kernel's maps (full, or closed already)")]
+    NotTracked,
 }
 
 /// The maps, with the message program attached.
@@ -135,6 +139,11 @@ impl Splicer {
         upstream: BorrowedFd,
         agent: PeerKey,
     ) -> Result<Spliced, SpliceError> {
+        // Sockops gives a socket its count when it tracks it; without one
+        // its sends can never go the direct way.
+        if lock(&self.passed).get(&agent, 0).is_err() {
+            return Err(SpliceError::NotTracked);
+        }
         let spliced = Spliced {
             splicer: self.clone(),
             agent,
@@ -164,9 +173,10 @@ pub struct Spliced {
 impl Spliced {
     /// Bytes the agent's socket has sent the usual way (to the proxy's
     /// socket). Only the kernel adds to it, and only while the direct way
-    /// is shut.
-    pub fn passed(&self) -> u64 {
-        lock(&self.splicer.passed).get(&self.agent, 0).unwrap_or(0)
+    /// is shut. `None` once the socket has closed (or its count was
+    /// evicted): its sends then only go the usual way.
+    pub fn passed(&self) -> Option<u64> {
+        lock(&self.splicer.passed).get(&self.agent, 0).ok()
     }
 
     /// Opens the agent's direct way for as long as [`Self::passed`] stays

@@ -49,6 +49,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, origin: &Origin, ctx: A
             dst,
             refusal,
         } => {
+            untrack(&ctx, origin, peer);
             drop(stream);
             let plan = ConnPlan::Refuse(refusal);
             ConnOutcome::new(peer, identity.as_ref(), dst, &plan)
@@ -63,6 +64,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, origin: &Origin, ctx: A
     let held = match ctx.limits.connection(&identity.agent, &state.policy) {
         Ok(held) => held,
         Err(refusal) => {
+            untrack(&ctx, origin, peer);
             drop(stream);
             let plan = ConnPlan::Refuse(refusal);
             ConnOutcome::new(peer, Some(&identity), Some(dst), &plan)
@@ -116,7 +118,10 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, origin: &Origin, ctx: A
             let mut outcome = ConnOutcome::new(peer, Some(&identity), Some(dst), &plan);
             match &prepared {
                 Ok(relay) => outcome.relay = Some(relay.path()),
-                Err(e) => outcome.failure = Some(e),
+                Err(e) => {
+                    untrack(&ctx, origin, peer);
+                    outcome.failure = Some(e);
+                }
             }
             outcome.record(&ctx, &state.policy.version).await;
             drop(state);
@@ -131,11 +136,9 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, origin: &Origin, ctx: A
             drop(held);
             return;
         }
-        // Handled here, never spliced: the agent's sends need not pass the
-        // splice's message program.
-        if let Some(splicer) = &ctx.splice {
-            splicer.untrack(&peer_key(origin.netns, peer));
-        }
+        // Handled here: the agent's sends need not pass the kernel relay's
+        // message program.
+        untrack(&ctx, origin, peer);
         ConnOutcome::new(peer, Some(&identity), Some(dst), &plan)
             .record(&ctx, &state.policy.version)
             .await;
@@ -152,6 +155,15 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, origin: &Origin, ctx: A
     }
     .instrument(span)
     .await;
+}
+
+/// Takes the agent's socket out of the kernel relay's maps (with
+/// `--passthrough-relay kernel`): its connection will not be relayed that
+/// way, and its sends need not pass the message program.
+fn untrack(ctx: &ProxyContext, origin: &Origin, peer: SocketAddr) {
+    if let Some(splicer) = &ctx.splice {
+        splicer.untrack(&peer_key(origin.netns, peer));
+    }
 }
 
 /// Who is behind a connection, from the kernel's record, before a byte of

@@ -33,13 +33,15 @@ use crate::{
 /// The most the agent may have sent before the direct way opens: one TLS
 /// record, its ClientHello. The way is tried once, when that first flight
 /// has been copied. The kernel's count of what the agent sent the usual
-/// way is only exact while no send of the agent failed: a send the kernel
-/// could not queue on the agent's socket leaves its verdict standing, and
-/// the agent's next send then goes without one, uncounted, so a count that
-/// matches later could be missing bytes still on their way. The first
-/// flight of a fresh connection fits its socket's empty buffer; a client
-/// that keeps sending past it (not a TLS client waiting for the server)
-/// stays on the usual way, every byte copied in order.
+/// way is only exact while none of the agent's sends failed to queue: such
+/// a send leaves its verdict standing (tcp_bpf), and the agent's next send
+/// then goes without one, uncounted, so a count that matches later could
+/// be missing bytes still on their way. A fresh connection's first flight
+/// normally fits its socket's empty buffer; a client that keeps sending
+/// past it (not a TLS client waiting for the server) stays on the usual
+/// way, every byte copied in order. Should uncounted bytes still turn up
+/// once the way is open, the connection is cut rather than carried out of
+/// order ([`Gate::arriving`]).
 const FIRST_FLIGHT: u64 = 16 * 1024 + 5;
 
 /// The buffer every copy on a worker thread reads into. A connection
@@ -79,57 +81,108 @@ pub async fn run(
             .map_err(|e| io::Error::other(format!("agent to upstream: {e}")))
     };
     let down = async {
-        copy(upstream, inbound, |_| {})
-            .await
+        let copied = copy(upstream, inbound, &mut ()).await;
+        copied
+            .and_then(|n| shutdown(inbound).map(|()| n))
             .map_err(|e| io::Error::other(format!("upstream to agent: {e}")))
     };
     tokio::try_join!(up, down)
 }
 
 /// Copies agent to upstream until the agent's FIN, opening the direct way
-/// at the first moment everything the agent sent has been copied; then
-/// half-closes the upstream. Returns the bytes the upstream socket took,
-/// copied or sent the direct way.
+/// once the first flight is through ([`Gate`]); then half-closes the
+/// upstream. Returns the bytes the upstream socket took, copied or sent
+/// the direct way.
 async fn copy_up(
     inbound: &TcpStream,
     upstream: &TcpStream,
     spliced: &Spliced,
     metrics: &Metrics,
 ) -> io::Result<u64> {
-    let mut tried = false;
-    let copied = copy(inbound, upstream, |copied| {
-        // Only at the first flush: see FIRST_FLIGHT.
-        if std::mem::replace(&mut tried, true)
-            || copied > FIRST_FLIGHT
-            || spliced.passed() != copied
-        {
-            return;
-        }
-        if let Err(e) = spliced.open_direct(copied) {
-            tracing::debug!(error = %e, "the agent's direct way was not opened");
-            return;
-        }
-        // A send the usual way between the count and the gate leaves the
-        // gate shut: it is copied here, and the count compared again.
-        if spliced.passed() == copied {
-            metrics.observe_passthrough_direct();
-            tracing::debug!(bytes = copied, "the agent's sends go straight upstream");
-        }
-    })
-    .await?;
+    // What the upstream socket counts before a byte is sent (its SYN).
+    let base = queued_or_sent(upstream)?;
+    let mut gate = Gate {
+        spliced,
+        metrics,
+        tried: false,
+        open_at: None,
+    };
+    let copied = copy(inbound, upstream, &mut gate).await?;
     // Everything the upstream socket took but the proxy's copies came the
     // direct way. Read after the agent's FIN (its direct pushes were done
     // in its own calls before it) and before ours, which TCP counts.
-    let took = queued_or_sent(upstream)?;
+    let took = queued_or_sent(upstream)?.saturating_sub(base);
     metrics.observe_passthrough_direct_bytes(took.saturating_sub(copied));
     shutdown(upstream)?;
     Ok(took)
 }
 
-/// Copies `from` to `to` until `from`'s FIN, calling `flushed` with the
-/// total each time everything read so far has been written; then
-/// half-closes `to`. Returns the bytes copied.
-async fn copy(from: &TcpStream, to: &TcpStream, mut flushed: impl FnMut(u64)) -> io::Result<u64> {
+/// What a copy tells its watcher.
+trait Watch {
+    /// Bytes are about to be written on; an error cuts the connection
+    /// before they are.
+    fn arriving(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Everything read so far (`total` bytes) has been written on.
+    fn flushed(&mut self, _total: u64) {}
+}
+
+/// Upstream to agent: nothing to watch.
+impl Watch for () {}
+
+/// Agent to upstream: opens the direct way at the first flush, if the
+/// kernel's count agrees with what was copied, and guards it after.
+struct Gate<'a> {
+    spliced: &'a Spliced,
+    metrics: &'a Metrics,
+    tried: bool,
+    /// The count the gate opened at.
+    open_at: Option<u64>,
+}
+
+impl Watch for Gate<'_> {
+    /// Once the way is open, only bytes the kernel counted may still come
+    /// here (a send that raced the gate, or whose redirect failed: the
+    /// count then moved past the gate, which shut it for good). Bytes
+    /// arriving with the count still at the gate were never counted (see
+    /// [`FIRST_FLIGHT`]): sends after them may have gone direct already,
+    /// so they are not passed on out of order; the connection is cut.
+    fn arriving(&mut self) -> io::Result<()> {
+        match self.open_at {
+            Some(open_at) if self.spliced.passed() == Some(open_at) => Err(io::Error::other(
+                "bytes the kernel did not count arrived after the agent's direct way opened",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn flushed(&mut self, total: u64) {
+        // Only at the first flush: see FIRST_FLIGHT.
+        if std::mem::replace(&mut self.tried, true)
+            || total > FIRST_FLIGHT
+            || self.spliced.passed() != Some(total)
+        {
+            return;
+        }
+        if let Err(e) = self.spliced.open_direct(total) {
+            tracing::debug!(error = %e, "the agent's direct way was not opened");
+            return;
+        }
+        // A send the usual way between the count and the gate leaves the
+        // gate shut: it is copied here like any other.
+        if self.spliced.passed() == Some(total) {
+            self.open_at = Some(total);
+            self.metrics.observe_passthrough_direct();
+            tracing::debug!(bytes = total, "the agent's sends go straight upstream");
+        }
+    }
+}
+
+/// Copies `from` to `to` until `from`'s FIN, telling `watch` as it goes.
+/// Returns the bytes copied; the caller passes the FIN on.
+async fn copy(from: &TcpStream, to: &TcpStream, watch: &mut impl Watch) -> io::Result<u64> {
     let mut copied = 0;
     // What `to` could not take yet; empty (no allocation) most of the time.
     let mut pending = Vec::new();
@@ -137,7 +190,7 @@ async fn copy(from: &TcpStream, to: &TcpStream, mut flushed: impl FnMut(u64)) ->
         if !pending.is_empty() {
             write_all(to, &pending).await?;
             pending = Vec::new();
-            flushed(copied);
+            watch.flushed(copied);
         }
         from.readable().await?;
         let read = SCRATCH_BUF.with_borrow_mut(|buf| -> io::Result<Option<usize>> {
@@ -147,6 +200,7 @@ async fn copy(from: &TcpStream, to: &TcpStream, mut flushed: impl FnMut(u64)) ->
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(0)),
                 Err(e) => return Err(e),
             };
+            watch.arriving()?;
             let written = match to.try_write(&buf[..n]) {
                 Ok(w) => w,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
@@ -161,13 +215,15 @@ async fn copy(from: &TcpStream, to: &TcpStream, mut flushed: impl FnMut(u64)) ->
             Some(n) => {
                 copied += n as u64;
                 if pending.is_empty() {
-                    flushed(copied);
+                    watch.flushed(copied);
                 }
             }
         }
     }
     write_all(to, &pending).await?;
-    shutdown(to)?;
+    if !pending.is_empty() {
+        watch.flushed(copied);
+    }
     Ok(copied)
 }
 
