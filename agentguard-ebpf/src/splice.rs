@@ -29,7 +29,7 @@ use core::ptr::{addr_of, read_volatile};
 use agentguard_common::{AF_INET, AF_INET6, PeerKey, ip6_words_to_bytes, v4_mapped};
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_ANY, BPF_NOEXIST, sk_action},
+    bindings::{BPF_ANY, sk_action},
     helpers::generated::bpf_get_netns_cookie,
     macros::{map, sk_msg},
     maps::{Array, HashMap, LruHashMap, SockHash},

@@ -19,7 +19,9 @@ use std::{
 
 use serde_json::Value;
 
-use crate::common::{Daemon, DnsUpstream, TestCa, TlsUpstream, text};
+use crate::common::{
+    ALLOW_LOOPBACK_TEST_HOSTS, BODY, Daemon, DnsUpstream, TestCa, TlsUpstream, Upstream, text,
+};
 
 const AGENT: &str = "splice-agent";
 const PASS: &str = "pass.agentguard.test";
@@ -374,6 +376,40 @@ fn the_agents_sends_go_straight_upstream_once_all_before_them_arrived() {
     );
     let events = passthrough_events(&daemon, 1);
     assert_eq!(events[0]["relay"], "kernel", "{events:?}");
+}
+
+/// With the kernel relay on, every agent socket starts in its sockhash;
+/// one the proxy intercepts is served as always, never sent the direct
+/// way.
+#[test]
+fn the_kernel_relay_leaves_intercepted_connections_alone() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(ALLOW_LOOPBACK_TEST_HOSTS)
+        .args(&["--metrics-listen", &listen])
+        .env(KERNEL.unwrap().0, KERNEL.unwrap().1)
+        .start();
+    let plain = Upstream::start("127.0.0.2");
+    for _ in 0..2 {
+        let out = daemon
+            .exec(AGENT, &["curl", "-sS", "-m", "10", &plain.url()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "curl: {}\n--- daemon ---\n{}",
+            text(&out.stderr),
+            daemon.log()
+        );
+        assert_eq!(text(&out.stdout), BODY);
+    }
+    assert_eq!(plain.hits(), 2);
+    assert_eq!(direct_connections(port, 0), 0);
 }
 
 #[test]
