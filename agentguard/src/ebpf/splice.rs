@@ -9,10 +9,10 @@
 //! (relay/kernel.rs says why).
 //!
 //! [`Splicer::splice`] names a connection's upstream socket; the
-//! [`Spliced`] it returns takes every entry of that connection out again
-//! when dropped (the kernel also drops a socket from a sockhash when it
-//! closes). Connections the proxy handles itself leave `AGENT_SOCKETS` at
-//! once ([`Splicer::untrack`]).
+//! [`Spliced`] it returns takes the connection's gate and count out when
+//! dropped (the kernel drops a socket from a sockhash when it closes).
+//! Connections the proxy handles otherwise leave `AGENT_SOCKETS` once
+//! decided ([`Splicer::untrack`]).
 
 use std::{
     os::fd::BorrowedFd,
