@@ -20,6 +20,34 @@ pub use setup::{Setup, UPSTREAM_IP};
 pub use tls_upstream::{SSE_EVENTS, TestCa, TlsUpstream};
 pub use upstream::{BODY, Upstream};
 
+/// A loopback port nobody listens on right now (bound, then let go).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.1 GET on loopback; the body.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
 /// Path of the agentguard binary cargo built for these tests.
 pub const AGENTGUARD: &str = env!("CARGO_BIN_EXE_agentguard");
 

@@ -16,8 +16,8 @@ use std::{
 use serde_json::Value;
 
 use crate::common::{
-    AGENTGUARD, Daemon, DnsUpstream, Setup, TlsUpstream, Upstream, alone, is_nscd_probe,
-    require_root, run_with_pid, text,
+    AGENTGUARD, Daemon, DnsUpstream, Setup, TlsUpstream, Upstream, alone, free_port, http_get,
+    is_nscd_probe, require_root, run_with_pid, text,
 };
 
 const API: &str = "api.agentguard.test";
@@ -857,28 +857,6 @@ fn otlp_reaches_a_collector_and_metrics_count_decisions() {
     );
     assert!(audit_status["queue_depth"].is_u64());
     assert!(audit_status["last_checkpoint_seq"].is_i64());
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A plain HTTP/1.1 GET on loopback; the body.
-fn http_get(port: u16, path: &str) -> String {
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer).unwrap();
-    answer
 }
 
 /// A tiny OTLP/HTTP collector on loopback: stores each JSON body it is

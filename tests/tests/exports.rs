@@ -8,8 +8,8 @@
 use std::{
     collections::VecDeque,
     convert::Infallible,
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener},
+    io::Write as _,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{Arc, Mutex},
@@ -24,7 +24,9 @@ use hyper_util::{
 };
 use serde_json::Value;
 
-use crate::common::{AGENTGUARD, ALLOW_LOOPBACK_TEST_HOSTS, Daemon, TestCa, Upstream, text};
+use crate::common::{
+    AGENTGUARD, ALLOW_LOOPBACK_TEST_HOSTS, Daemon, TestCa, Upstream, free_port, http_get, text,
+};
 
 /// The validators beside these tests.
 fn validator(name: &str) -> PathBuf {
@@ -235,31 +237,6 @@ fn attr<'a>(record: &'a Value, key: &str) -> Option<&'a Value> {
         .iter()
         .find(|a| a["key"] == key)
         .map(|a| &a["value"])
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A plain HTTP/1.1 GET on loopback; the body.
-fn http_get(port: u16, path: &str) -> String {
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer).unwrap();
-    answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
 }
 
 fn curl(daemon: &Daemon, agent: &str, url: &str, headers: &[&str]) {

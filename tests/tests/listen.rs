@@ -3,11 +3,11 @@
 //! that others dial; and the daemon does not start when an agent already
 //! holds one of its own listeners.
 
-use std::net::TcpListener;
-
 use serde_json::Value;
 
-use crate::common::{Daemon, in_cgroup_dir, require_root, run_with_pid, start_attempt, text};
+use crate::common::{
+    Daemon, free_port, in_cgroup_dir, require_root, run_with_pid, start_attempt, text,
+};
 
 /// Binds each `kind host port` of argv (kind `tcp`, which then listens,
 /// or `udp`) and prints `host port errno` (0: bound).
@@ -28,15 +28,6 @@ for i in range(0, len(args), 3):
         print(kind, host, port, e.errno)
     s.close()
 "#;
-
-/// A port nobody listens on right now (the kernel's pick, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn bind_all(daemon: &Daemon, agent: &str, binds: &[(&str, &str, u16)]) -> (u32, Vec<i64>) {
     let mut args: Vec<String> = vec!["python3".into(), "-c".into(), BINDER.into()];

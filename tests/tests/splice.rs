@@ -11,7 +11,7 @@
 //! opt-in the proxy copies both ways (the default), and says so.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader},
     process::{Child, ChildStdout, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -20,7 +20,8 @@ use std::{
 use serde_json::Value;
 
 use crate::common::{
-    ALLOW_LOOPBACK_TEST_HOSTS, BODY, Daemon, DnsUpstream, TestCa, TlsUpstream, Upstream, text,
+    ALLOW_LOOPBACK_TEST_HOSTS, BODY, Daemon, DnsUpstream, TestCa, TlsUpstream, Upstream, free_port,
+    http_get, text,
 };
 
 const AGENT: &str = "splice-agent";
@@ -166,11 +167,7 @@ fn daemon_with(dns: &DnsUpstream, env: Option<(&str, &str)>, args: &[&str]) -> D
 /// A daemon opted in to the splice, serving its metrics; returns it and
 /// the metrics port.
 fn daemon_with_metrics(dns: &DnsUpstream) -> (Daemon, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     (
         daemon_with(dns, KERNEL, &["--metrics-listen", &listen]),
@@ -189,16 +186,7 @@ fn direct_connections(port: u16, want: u64) -> u64 {
 fn metric(port: u16, name: &str, want: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            conn,
-            "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut answer = String::new();
-        conn.read_to_string(&mut answer).unwrap();
-        let n = answer
+        let n = http_get(port, "/metrics")
             .lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .map(|v| v.trim().parse().unwrap())
@@ -383,11 +371,7 @@ fn the_agents_sends_go_straight_upstream_once_all_before_them_arrived() {
 /// way.
 #[test]
 fn the_kernel_relay_leaves_intercepted_connections_alone() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let daemon = Daemon::builder(&[AGENT])
         .policy(ALLOW_LOOPBACK_TEST_HOSTS)
