@@ -325,9 +325,10 @@ impl AgentPolicy {
 fn endpoint_matches(t: &ToolPolicy, facts: &RequestFacts<'_>) -> bool {
     // The cheap tests first: every request goes through every tool, and a
     // case-insensitive host comparison costs more than a method's or a
-    // port's (the result is the same in any order).
-    t.port.is_none_or(|p| p == facts.port)
-        && t.methods.contains(facts.method)
+    // port's, which are read from the tool itself (the result is the same
+    // in any order).
+    t.methods.contains(facts.method)
+        && t.port.is_none_or(|p| p == facts.port)
         && t.paths.iter().any(|p| p.matches(facts.path))
         && t.host.matches(facts.host)
         && t.allows_aws_action(facts.aws_action)

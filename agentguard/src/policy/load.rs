@@ -12,7 +12,7 @@ use hyper::{Method, Uri, header::HeaderName};
 
 use super::model::{
     AgentLimits, AgentLimitsSection, AgentPolicy, CgroupRelPath, CredentialPolicy,
-    CredentialSection, DnsMode, HostPattern, InjectSection, Injection, JwtSource, Mode,
+    CredentialSection, DnsMode, HostPattern, InjectSection, Injection, JwtSource, MethodSet, Mode,
     OAuth2Source, PassthroughRule, PathPattern, PolicyFile, PolicySet, SecretRef, SecretRefSection,
     SecretSource, SourceSection, ToolPolicy, ToolSection, ToolTimeouts, ToolTimeoutsSection,
     UnixSocketAddr, ValueSection, ValueSource, validate_agent_name,
@@ -584,7 +584,7 @@ fn parse_tool(
         p => p.map(|p| p.into_inner()),
     };
     let methods_span = at(section.methods.span().start);
-    let mut methods = Vec::new();
+    let mut methods = MethodSet::default();
     for m in section.methods.get_ref() {
         // Methods are case-sensitive tokens (RFC 9110 §9.1); policies name
         // the standard upper-case ones.
@@ -594,7 +594,7 @@ fn parse_tool(
                 format!("tool.methods: {m:?} must be an upper-case method name such as \"GET\""),
             ));
         }
-        methods.push(Method::from_bytes(m.as_bytes()).map_err(|_| {
+        methods.insert(Method::from_bytes(m.as_bytes()).map_err(|_| {
             invalid(
                 &methods_span,
                 format!("tool.methods: {m:?} is not a method"),
