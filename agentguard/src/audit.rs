@@ -127,7 +127,8 @@ pub struct Permit {
 }
 
 impl Permit {
-    pub fn record(self, mut event: Event) {
+    pub fn record(self, event: impl Into<Box<Event>>) {
+        let mut event = event.into();
         let weight = limit_fields(&mut event);
         let bytes = queue::Bytes::keep(self.bytes, weight);
         for observe in &self.shared.observers {
@@ -172,7 +173,8 @@ impl AuditSink {
     /// Queues `event`, waiting while the queue is full. Never drops it: if
     /// the writer has stopped (the daemon is shutting down), the event is
     /// logged as lost, loudly.
-    pub async fn record(&self, event: Event) {
+    pub async fn record(&self, event: impl Into<Box<Event>>) {
+        let event = event.into();
         match self.reserve().await {
             Some(permit) => permit.record(event),
             None => {
@@ -209,7 +211,8 @@ impl AuditSink {
 
     /// For code that cannot wait (a `Drop`): queued now if there is room,
     /// else by a task that waits for room. Still never dropped.
-    pub fn record_detached(&self, event: Event) {
+    pub fn record_detached(&self, event: impl Into<Box<Event>>) {
+        let event = event.into();
         let room = if self.shared.gate.is_open() {
             self.shared.bytes.try_reserve()
         } else {

@@ -49,7 +49,9 @@ pub const MAX_EVENT_BYTES: usize =
 /// An event on its way to the writer, with the bytes of the queue's budget
 /// it holds until it is committed.
 pub(super) struct Queued {
-    pub event: Event,
+    /// Boxed: an event is ~800 bytes, and it moves from the request that
+    /// made it through the queue to the writer.
+    pub event: Box<Event>,
     pub bytes: usize,
 }
 

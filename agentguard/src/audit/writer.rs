@@ -270,7 +270,7 @@ impl Writer {
             };
             records.push(Record {
                 seq,
-                event,
+                event: *event,
                 prev_hash: to_hex(&prev),
                 hash: to_hex(&hash),
             });
@@ -378,7 +378,13 @@ impl Writer {
                 event.reason = Some(format!(
                     "removed events {first}..={anchor} {why}; signed checkpoint {anchor} is the anchor the chain continues from"
                 ));
-                self.commit(vec![Queued { event, bytes: 0 }], false);
+                self.commit(
+                    vec![Queued {
+                        event: Box::new(event),
+                        bytes: 0,
+                    }],
+                    false,
+                );
             }
             Ok(None) => {}
             Err(e) => warn!(error = %e, "audit retention failed; will retry"),

@@ -51,22 +51,37 @@ pub fn boxed(body: hyper::body::Incoming) -> ProxyBody {
     body.map_err(BodyError::from).boxed()
 }
 
-/// The whole body, if it is at most `max` bytes. (A loop rather than
-/// `http_body_util::Limited`: its generic error conversion, inside the
-/// proxy's request future, defeats rustc's proof that the future is
-/// `Send`.)
+/// The whole body, if it is at most `max` bytes. A body that comes as
+/// one frame, as short ones mostly do, is that frame itself, not a copy.
+/// (A loop rather than `http_body_util::Limited`: its generic error
+/// conversion, inside the proxy's request future, defeats rustc's proof
+/// that the future is `Send`.)
 pub async fn collect_limited(mut body: ProxyBody, max: usize) -> Result<Bytes, BodyError> {
     use http_body_util::BodyExt as _;
-    let mut buf = Vec::new();
+    use hyper::body::Body as _;
+    // The body so far while it is one frame; then `joined`.
+    let mut single: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    let mut len = 0;
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            if buf.len() + data.len() > max {
-                return Err(format!("body larger than {max} bytes").into());
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        len += data.len();
+        if len > max {
+            return Err(format!("body larger than {max} bytes").into());
+        }
+        match single.take() {
+            None if joined.is_empty() => single = Some(data),
+            first => {
+                let hint = body.size_hint().exact().unwrap_or(0) as usize;
+                joined.reserve((len + hint).min(max) - joined.len());
+                joined.extend_from_slice(first.as_deref().unwrap_or_default());
+                joined.extend_from_slice(&data);
             }
-            buf.extend_from_slice(&data);
         }
     }
-    Ok(Bytes::from(buf))
+    Ok(single.unwrap_or_else(|| Bytes::from(joined)))
 }
 
 /// Why no connection to the upstream was made. Carried inside hyper's
@@ -123,8 +138,9 @@ struct PoolKey {
     agent: Arc<str>,
     host: String,
     dst: SocketAddr,
-    /// HTTP/1.1-only connections, for Upgrade requests (WebSocket): an
-    /// HTTP/2 connection cannot carry an HTTP/1.1 upgrade.
+    /// HTTP/1.1-only connections, for the requests of HTTP/1.1 agents and
+    /// for Upgrade requests (WebSocket): an HTTP/2 connection cannot carry
+    /// an HTTP/1.1 upgrade.
     http1_only: bool,
     /// Cookie of the network namespace dialled from (None: the daemon's).
     netns: Option<u64>,
@@ -171,7 +187,8 @@ impl Upstreams {
     }
 
     /// The client for this agent's requests to `host` at `dst`.
-    /// `http1_only` pins ALPN to HTTP/1.1 (for upgrades); `dial` says
+    /// `http1_only` pins ALPN to HTTP/1.1 (for HTTP/1.1 agents and
+    /// upgrades); `dial` says
     /// which network namespace connections leave from.
     pub fn client(
         &self,
@@ -455,4 +472,44 @@ fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rust
         current = current.downcast_ref::<io::Error>()?.get_ref()?;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{BodyExt as _, StreamBody};
+    use hyper::body::Frame;
+
+    use super::*;
+
+    fn body(parts: &[&'static [u8]]) -> ProxyBody {
+        let frames: Vec<Result<Frame<Bytes>, BodyError>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames)).boxed()
+    }
+
+    #[tokio::test]
+    async fn bodies_are_collected_whole_up_to_the_bound() {
+        // One frame: that frame itself, not a copy.
+        static ONE: &[u8] = b"one frame";
+        let got = collect_limited(body(&[ONE]), 9).await.unwrap();
+        assert_eq!(got.as_ptr(), ONE.as_ptr());
+        assert_eq!(&got[..], ONE);
+        // Several, empty ones among them: joined in order.
+        for parts in [
+            &[&b"ab"[..], b"", b"cd", b"e"][..],
+            &[b"", b"abc", b"de"],
+            &[b"abcd", b"e", b""],
+        ] {
+            let got = collect_limited(body(parts), 5).await.unwrap();
+            assert_eq!(&got[..], b"abcde", "{parts:?}");
+        }
+        assert!(collect_limited(body(&[]), 0).await.unwrap().is_empty());
+        // One byte over the bound, in one frame or across several: refused.
+        for parts in [&[&b"abcdef"[..]][..], &[b"abc", b"def"], &[b"abcde", b"f"]] {
+            let e = collect_limited(body(parts), 5).await.unwrap_err();
+            assert!(e.to_string().contains("larger than 5 bytes"), "{e}");
+        }
+    }
 }

@@ -61,7 +61,7 @@ pub(super) async fn hold(
         .map_err(|e| Refusal::BadRequest(format!("cannot rebuild the request URL: {e}")))?;
     let request_hash =
         RequestBinding::new(parts.method.as_str(), &uri, scheme.as_str(), &body).request_hash();
-    out.event.request_hash = Some(request_hash.clone());
+    out.event_mut().request_hash = Some(request_hash.clone());
     let identity = &meta.identity;
     let held = ctx
         .approvals
@@ -73,17 +73,17 @@ pub(super) async fn hold(
             },
             exe: identity.exe.as_ref().map(|p| p.display().to_string()),
             uid: identity.uid,
-            tool: out.event.tool.clone().unwrap_or_default(),
+            tool: out.event().tool.clone().unwrap_or_default(),
             method: parts.method.to_string(),
             url: url.clone(),
             body: body.clone(),
-            intent: out.event.intent.clone(),
+            intent: out.event().intent.clone(),
             on_behalf_of: ctx.on_behalf_of.lookup(identity.pid),
             timeout: policy.timeout,
         })
         .map_err(Refusal::ApprovalQueueFull)?;
     let id = held.id().to_owned();
-    out.event.approval_id = Some(id.clone());
+    out.event_mut().approval_id = Some(id.clone());
     info!(approval = %id, url = %url, "request held for approval");
     let verdict = held.wait().await;
     let (decision, rule, reason, actor, result) = match verdict {
@@ -145,7 +145,7 @@ pub(super) async fn hold(
         )
         .await;
     }
-    out.event.actor = actor;
+    out.event_mut().actor = actor;
     result?;
     // Exactly the bytes that were hashed and shown go upstream.
     let body = match read {
@@ -173,12 +173,12 @@ async fn record(
     event.actor = actor;
     event.approval_id = Some(id.to_owned());
     event.request_hash = Some(request_hash.to_owned());
-    event.tool = out.event.tool.clone();
-    event.host = out.event.host.clone();
-    event.method = out.event.method.clone();
-    event.path = out.event.path.clone();
+    event.tool = out.event().tool.clone();
+    event.host = out.event().host.clone();
+    event.method = out.event().method.clone();
+    event.path = out.event().path.clone();
     event.sni = meta.sni.clone();
-    event.intent = out.event.intent.clone();
-    event.policy_version = out.event.policy_version.clone();
+    event.intent = out.event().intent.clone();
+    event.policy_version = out.event().policy_version.clone();
     ctx.audit.record(event).await;
 }

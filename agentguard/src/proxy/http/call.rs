@@ -150,7 +150,7 @@ pub(super) async fn decide(
         plan,
     } = call;
     let agent_name = agent.name.as_str();
-    out.event.rpc_calls = Some(RpcCall::column(&records(agent, &message_body, &decisions)));
+    out.event_mut().rpc_calls = Some(RpcCall::column(&records(agent, &message_body, &decisions)));
     let audit = agent.mode == Mode::Audit;
     let first_denied = decisions.iter().find_map(|d| match d {
         Decision::Deny(denied) => Some(denied.clone()),
@@ -386,8 +386,8 @@ fn input<'a>(
 /// What planning noted so far, to settle the decision on top of.
 fn noted_so_far(out: &Outcome) -> Noted {
     Noted {
-        host: out.event.host.clone(),
-        path: out.event.path.clone(),
+        host: out.event().host.clone(),
+        path: out.event().path.clone(),
         bare_path: out.bare_path.clone(),
         ..Noted::default()
     }
@@ -397,13 +397,13 @@ fn noted_so_far(out: &Outcome) -> Noted {
 /// names (a batch's, in order, joined by `,`).
 fn record_calls(out: &mut Outcome, body: &mcp::Body) {
     let join = |parts: Vec<&str>| (!parts.is_empty()).then(|| parts.join(","));
-    out.event.rpc_method = join(
+    out.event_mut().rpc_method = join(
         body.messages()
             .iter()
             .filter_map(|m| m.method.as_deref())
             .collect(),
     );
-    out.event.mcp_target = join(
+    out.event_mut().mcp_target = join(
         body.messages()
             .iter()
             .filter_map(|m| m.target.as_ref().map(|t| t.name.as_str()))

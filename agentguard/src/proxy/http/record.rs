@@ -49,7 +49,10 @@ const MAX_INTENT: usize = 1024;
 
 /// The decision on one request, filled in as it is made.
 pub struct Outcome {
-    pub event: Event,
+    /// Boxed (an event is ~800 bytes: moved by value, through the response
+    /// body and the queue, it was copied each time into fresh memory);
+    /// `None` only once [`Outcome::attach`] or drop has taken it.
+    event: Option<Box<Event>>,
     /// The normalised path without the query, for the recent-requests view.
     pub bare_path: String,
     /// How agentguard's own answers to this request are written.
@@ -89,7 +92,7 @@ impl Outcome {
         sink: AuditSink,
         requests: Arc<RequestLog>,
     ) -> Self {
-        let mut event = Event::like(template);
+        let mut event = Box::new(Event::like(template));
         event.method = Some(req.method().to_string());
         event.protocol = Some(protocol(req.version()).to_owned());
         event.policy_version = Some(policy_version.to_owned());
@@ -106,7 +109,7 @@ impl Outcome {
             _ => None,
         };
         Self {
-            event,
+            event: Some(event),
             bare_path: String::new(),
             render: Render::default(),
             start: Instant::now(),
@@ -115,15 +118,28 @@ impl Outcome {
         }
     }
 
+    /// The request's event, as filled in so far.
+    pub fn event(&self) -> &Event {
+        self.event
+            .as_deref()
+            .expect("an outcome holds its event until attached")
+    }
+
+    pub fn event_mut(&mut self) -> &mut Event {
+        self.event
+            .as_deref_mut()
+            .expect("an outcome holds its event until attached")
+    }
+
     pub fn decide(
         &mut self,
         decision: Decision,
         rule: impl Into<String>,
         reason: impl Into<String>,
     ) {
-        self.event.decision = Some(decision);
-        self.event.rule = Some(rule.into());
-        self.event.reason = Some(reason.into());
+        self.event_mut().decision = Some(decision);
+        self.event_mut().rule = Some(rule.into());
+        self.event_mut().reason = Some(reason.into());
     }
 
     /// Takes what planning learnt about the request into its record.
@@ -136,11 +152,11 @@ impl Outcome {
             credential_id,
             verdict,
         } = noted;
-        self.event.host = host;
-        self.event.path = path;
+        self.event_mut().host = host;
+        self.event_mut().path = path;
         self.bare_path = bare_path;
-        self.event.tool = tool;
-        self.event.credential_id = credential_id;
+        self.event_mut().tool = tool;
+        self.event_mut().credential_id = credential_id;
         if let Some((decision, rule, reason)) = verdict {
             self.decide(decision, rule, reason);
         }
@@ -149,14 +165,14 @@ impl Outcome {
     /// agentguard answers the agent itself: the one place a refusal
     /// becomes the agent's response and the request's record.
     pub fn refuse(&mut self, refusal: Refusal) -> hyper::Response<ProxyBody> {
-        let agent = self.event.agent.as_deref().unwrap_or_default();
+        let agent = self.event().agent.as_deref().unwrap_or_default();
         let resp = respond::refusal(&refusal, agent, &self.render);
         self.decide(refusal.decision(), refusal.rule(), refusal.to_string());
         resp
     }
 
     pub fn decision(&self) -> Option<Decision> {
-        self.event.decision
+        self.event().decision
     }
 
     /// Counts the request body's bytes as the upstream reads them.
@@ -173,15 +189,15 @@ impl Outcome {
     pub fn attach(mut self, resp: hyper::Response<ProxyBody>) -> hyper::Response<AuditedBody> {
         let (sink, requests) = self.sink.take().expect("attached once");
         let status = resp.status().as_u16();
-        self.event.status = Some(status);
+        self.event_mut().status = Some(status);
         // Responses that never have a body (RFC 9110 §6.4.1): hyper drops
         // them unread, which is no early end.
-        let bodyless = self.event.method.as_deref() == Some("HEAD")
+        let bodyless = self.event().method.as_deref() == Some("HEAD")
             || status < 200
             || status == 204
             || status == 304;
         let finish = Finish {
-            event: std::mem::take(&mut self.event),
+            event: self.event.take().expect("attached once"),
             bare_path: std::mem::take(&mut self.bare_path),
             start: self.start,
             bytes_in: self.bytes_in.clone(),
@@ -205,8 +221,11 @@ impl Drop for Outcome {
     fn drop(&mut self) {
         if let Some((sink, requests)) = self.sink.take() {
             let note = "the agent abandoned the request before the response";
+            let Some(event) = self.event.take() else {
+                return;
+            };
             let finish = Finish {
-                event: std::mem::take(&mut self.event),
+                event,
                 bare_path: std::mem::take(&mut self.bare_path),
                 start: self.start,
                 bytes_in: self.bytes_in.clone(),
@@ -242,7 +261,7 @@ fn truncate(mut s: String) -> String {
 }
 
 struct Finish {
-    event: Event,
+    event: Box<Event>,
     bare_path: String,
     start: Instant,
     bytes_in: Arc<AtomicU64>,
@@ -252,7 +271,7 @@ struct Finish {
 
 impl Finish {
     /// Completes the event, logs it and puts it in the recent view.
-    fn complete(self, bytes_out: u64, note: Option<&str>) -> (AuditSink, Event) {
+    fn complete(self, bytes_out: u64, note: Option<&str>) -> (AuditSink, Box<Event>) {
         let mut e = self.event;
         e.bytes_in = Some(self.bytes_in.load(Ordering::Relaxed));
         e.bytes_out = Some(bytes_out);
@@ -279,26 +298,27 @@ impl Finish {
             reason = e.reason.as_deref(),
             "request"
         );
-        let e2 = e.clone();
+        // The recent view takes its own copies of the few fields it shows,
+        // not of the whole event.
         self.requests.push_with(|id, time| RequestEntry {
             id,
             time,
-            agent: e2.agent.unwrap_or_default(),
-            pid: e2.pid.unwrap_or_default(),
-            method: e2.method.unwrap_or_default(),
-            host: e2.host.unwrap_or_default(),
+            agent: e.agent.clone().unwrap_or_default(),
+            pid: e.pid.unwrap_or_default(),
+            method: e.method.clone().unwrap_or_default(),
+            host: e.host.clone().unwrap_or_default(),
             path: self.bare_path,
-            tool: e2.tool,
-            decision: match e2.decision {
+            tool: e.tool.clone(),
+            decision: match e.decision {
                 Some(Decision::Allow) => RequestDecision::Allow,
                 Some(Decision::Deny) => RequestDecision::Deny,
                 Some(Decision::WouldDeny) => RequestDecision::WouldDeny,
                 _ => RequestDecision::Refuse,
             },
-            reason: e2.reason.unwrap_or_default(),
-            credential: e2.credential_id,
-            status: e2.status.unwrap_or_default(),
-            policy_version: e2.policy_version.unwrap_or_default(),
+            reason: e.reason.clone().unwrap_or_default(),
+            credential: e.credential_id.clone(),
+            status: e.status.unwrap_or_default(),
+            policy_version: e.policy_version.clone().unwrap_or_default(),
         });
         (self.sink, e)
     }
