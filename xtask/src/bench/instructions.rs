@@ -15,6 +15,13 @@
 //! counted the same way (`master_process off`: its one process serves)
 //! beside agentguard. Each dump is kept as
 //! `target/bench/callgrind.<path>.<scenario>.out` for `callgrind_annotate`.
+//!
+//! callgrind also simulates the first-level caches (`--cache-sim=yes`,
+//! sized as this CPU's): L1 misses per request, data and instruction, are
+//! reported beside the instructions. They showed what instruction counts
+//! do not: in the full path, values of ~1 KiB moved by value into fresh
+//! memory, and a list per policy tool read on every request, were misses
+//! out of proportion to their instructions.
 
 use std::{
     collections::BTreeMap,
@@ -40,8 +47,24 @@ use crate::cmd;
 /// translated by valgrind, pools and caches (leaves, form sets) are filled.
 const WARM_UP: u32 = 50;
 
-/// Instructions per request by (path id, scenario id).
-pub type Counts = BTreeMap<(&'static str, &'static str), f64>;
+/// Per request that returned 200, from callgrind's counters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Figures {
+    pub instructions: f64,
+    /// L1 data-cache misses, reads and writes.
+    pub data_misses: f64,
+    /// L1 instruction-cache misses.
+    pub instruction_misses: f64,
+}
+
+/// The figures by (path id, scenario id).
+pub type Counts = BTreeMap<(&'static str, &'static str), Figures>;
+
+/// callgrind as the bench runs it, with the L1 caches simulated, writing
+/// its dumps as `out_arg` says.
+fn callgrind(out_arg: &str) -> [&str; 4] {
+    ["valgrind", "--tool=callgrind", "--cache-sim=yes", out_arg]
+}
 
 pub fn available() -> bool {
     cmd::probe(cmd::new("valgrind").arg("--version")).is_some()
@@ -61,7 +84,7 @@ pub fn run(env: &Env, paths: &[PathKind], scenarios: &[&str], requests: u32) -> 
         &dir,
         &env.upstream,
         "-callgrind",
-        &["valgrind", "--tool=callgrind", &out_arg],
+        &callgrind(&out_arg),
         &[],
     )?;
     daemon.resolve_passthrough(&env.names)?;
@@ -103,11 +126,7 @@ pub fn run(env: &Env, paths: &[PathKind], scenarios: &[&str], requests: u32) -> 
         fs::create_dir_all(&dir)?;
         let out = dir.join("callgrind.out");
         let out_arg = format!("--callgrind-out-file={}", out.display());
-        let nginx = Nginx::start_under(
-            &dir,
-            &env.upstream,
-            &["valgrind", "--tool=callgrind", &out_arg],
-        )?;
+        let nginx = Nginx::start_under(&dir, &env.upstream, &callgrind(&out_arg))?;
         let counter = Counter {
             pid: nginx.pid(),
             out,
@@ -166,16 +185,18 @@ fn count_path(
             path.id(),
             s.id
         ));
-        let instructions = counter.dump(&kept)?;
+        let events = counter.dump(&kept)?;
         if r.ok == 0 {
             bail!("{} {}: no request returned 200", path.id(), s.id);
         }
-        let per = instructions as f64 / r.ok as f64;
+        let per = events.per_request(r.ok)?;
         println!(
-            "bench: {:<12} {:<13} {:.0} instructions/request ({} requests)",
+            "bench: {:<12} {:<13} {:.0} instructions/request, L1 misses {:.0} data / {:.0} instruction ({} requests)",
             path.id(),
             s.id,
-            per,
+            per.instructions,
+            per.data_misses,
+            per.instruction_misses,
             r.ok
         );
         counts.insert((path.id(), s.id), per);
@@ -200,9 +221,29 @@ pub fn markdown(counts: &Counts, requests: u32) -> String {
          not in it. The nginx row, where there is one, is nginx counted the same way: its one \
          serving process (`master_process off`) under callgrind, OpenSSL included. The kernel \
          relay has no row: the daemon counted runs the default relay. Scenario ids as in \
-         `--scenarios` (see the tables above).\n\n| path |"
+         `--scenarios` (see the tables above).\n\n"
     );
-    for s in &scenarios {
+    md.push_str(&table(counts, &scenarios, |f| {
+        format!("{:.0}", f.instructions)
+    }));
+    md.push_str(
+        "\nL1 cache misses per request in the same runs, simulated by callgrind \
+         (`--cache-sim=yes`, the caches sized as this CPU's), data (reads and writes) / \
+         instruction. A miss costs a dozen or more cycles where an instruction costs a \
+         fraction of one, so these show costs the instruction counts hide: data moved \
+         into fresh memory, structures read through pointers, code that does not stay \
+         in the cache.\n\n",
+    );
+    md.push_str(&table(counts, &scenarios, |f| {
+        format!("{:.0} / {:.0}", f.data_misses, f.instruction_misses)
+    }));
+    md
+}
+
+/// A row per path, a column per scenario, each cell `cell` of its figures.
+fn table(counts: &Counts, scenarios: &[&str], cell: impl Fn(&Figures) -> String) -> String {
+    let mut md = String::from("| path |");
+    for s in scenarios {
         md.push_str(&format!(" {s} |"));
     }
     md.push_str("\n|---|");
@@ -213,9 +254,9 @@ pub fn markdown(counts: &Counts, requests: u32) -> String {
             continue;
         }
         md.push_str(&format!("| {} |", path.label()));
-        for s in &scenarios {
+        for s in scenarios {
             match counts.get(&(path.id(), *s)) {
-                Some(n) => md.push_str(&format!(" {:.0} |", n)),
+                Some(f) => md.push_str(&format!(" {} |", cell(f))),
                 None => md.push_str(" – |"),
             }
         }
@@ -269,8 +310,8 @@ impl Counter {
     }
 
     /// Dumps the counters (which also zeroes them) to `keep` and returns
-    /// the instructions counted since the last zero.
-    fn dump(&self, keep: &Path) -> Result<u64> {
+    /// the events counted since the last zero.
+    fn dump(&self, keep: &Path) -> Result<Events> {
         let before = dumps(&self.out)?;
         self.control("--dump")?;
         // callgrind_control returns once the dump is written; allow for a
@@ -305,12 +346,40 @@ fn dumps(out: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// The `summary:` line of a callgrind dump: the instructions executed
-/// (Ir, the only event collected) in the part the dump covers.
-fn totals(text: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("summary:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+/// The events of a callgrind dump, by name (`Ir`, `D1mr`, ...), totalled
+/// over the part the dump covers.
+#[derive(Debug, PartialEq)]
+struct Events(BTreeMap<String, u64>);
+
+impl Events {
+    fn get(&self, name: &str) -> Result<u64> {
+        self.0
+            .get(name)
+            .copied()
+            .with_context(|| format!("callgrind counted no {name} (is --cache-sim=yes on?)"))
+    }
+
+    fn per_request(&self, requests: u64) -> Result<Figures> {
+        let per = |n: u64| n as f64 / requests as f64;
+        Ok(Figures {
+            instructions: per(self.get("Ir")?),
+            data_misses: per(self.get("D1mr")? + self.get("D1mw")?),
+            instruction_misses: per(self.get("I1mr")?),
+        })
+    }
+}
+
+/// The `events:` line of a callgrind dump names the counters its
+/// `summary:` line gives, in order.
+fn totals(text: &str) -> Option<Events> {
+    let line = |prefix| text.lines().find_map(|l| l.strip_prefix(prefix));
+    let names = line("events:")?.split_whitespace();
+    let values = line("summary:")?.split_whitespace();
+    let events: Option<BTreeMap<String, u64>> = names
+        .zip(values)
+        .map(|(n, v)| Some((n.to_owned(), v.parse().ok()?)))
+        .collect();
+    events.map(Events)
 }
 
 #[cfg(test)]
@@ -318,10 +387,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_totals_line() {
+    fn reads_the_events_and_totals_lines() {
         let dump = "version: 1\ncreator: callgrind-3.19.0\npid: 42\ncmd: agentguard\n\
-                    part: 2\n\nevents: Ir\nsummary: 123456789\n\nfl=(1) x.rs\nfn=(1) f\n3 10\n\ntotals: 10\n";
-        assert_eq!(totals(dump), Some(123_456_789));
+                    part: 2\n\nevents: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\n\
+                    summary: 400000 9 8 6000 3000 1000 5 4 3\n\n\
+                    fl=(1) x.rs\nfn=(1) f\n3 10\n\ntotals: 10\n";
+        let events = totals(dump).unwrap();
+        assert_eq!(events.get("Ir").unwrap(), 400_000);
+        assert_eq!(
+            events.per_request(2).unwrap(),
+            Figures {
+                instructions: 200_000.0,
+                data_misses: 2_000.0,
+                instruction_misses: 3_000.0,
+            }
+        );
+        // Without the cache simulation: no miss counts, said so.
+        let only_ir = totals("events: Ir\nsummary: 10\n").unwrap();
+        let e = only_ir.per_request(1).unwrap_err();
+        assert!(e.to_string().contains("D1mr"), "{e}");
         assert_eq!(totals("events: Ir\n"), None);
+        assert_eq!(totals("events: Ir\nsummary: x\n"), None);
     }
 }
