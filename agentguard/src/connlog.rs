@@ -8,7 +8,7 @@ use std::{
     collections::VecDeque,
     net::SocketAddr,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::SystemTime,
@@ -63,7 +63,8 @@ pub enum RequestDecision {
 pub struct RequestEntry {
     pub id: u64,
     pub time: String,
-    pub agent: String,
+    /// Shared with the connection's events.
+    pub agent: Arc<str>,
     pub pid: u32,
     pub method: String,
     pub host: String,

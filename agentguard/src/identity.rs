@@ -56,14 +56,14 @@ impl Identity {
     /// (Here rather than in `audit`, which knows nothing of identities: the
     /// record is below everything that writes to it.)
     pub fn stamp(&self, mut event: Event) -> Event {
-        event.agent = Some(self.agent.to_string());
-        event.cgroup_path = Some(self.cgroup.clone());
+        event.agent = Some(self.agent.clone());
+        event.cgroup_path = Some(self.cgroup.as_str().into());
         event.cgroup_id = Some(self.cgroup_id);
         event.pid = Some(self.pid);
         event.uid = Some(self.uid);
         event.gid = Some(self.gid);
-        event.comm = Some(self.comm.clone());
-        event.exe = self.exe.as_ref().map(|p| p.display().to_string());
+        event.comm = Some(self.comm.as_str().into());
+        event.exe = self.exe.as_ref().map(|p| p.display().to_string().into());
         if let Some(c) = &self.container {
             event.container_id = Some(c.id.clone());
             event.container_name = c.name.clone();

@@ -313,7 +313,7 @@ impl Metrics {
                 }
             }
             Kind::Request => {
-                let agent = e.agent.clone().unwrap_or_default();
+                let agent = e.agent.as_deref().unwrap_or_default().to_owned();
                 self.requests
                     .get_or_create(&RequestLabels { agent, decision })
                     .inc();

@@ -226,12 +226,12 @@ impl Oversight {
     ) -> Event {
         let state = self.live.load();
         let mut e = Event::new(Kind::Revocation).with_decision(decision, reason);
-        e.agent = Some(agent.to_owned());
+        e.agent = Some(agent.into());
         if let Some(guarded) = state.agents.get(agent) {
             e.cgroup_id = Some(guarded.cgroup.id);
         }
         if let Some(policy) = state.policy.agent(agent) {
-            e.cgroup_path = Some(policy.cgroup.to_string());
+            e.cgroup_path = Some(policy.cgroup.to_string().into());
         }
         e.actor = Some(actor.to_owned());
         e.rule = Some(rule.to_owned());
@@ -246,10 +246,10 @@ fn approval_revoked(view: &PendingView, actor: &str, reason: &str) -> Event {
         Decision::Deny,
         format!("agent {:?} was revoked: {reason}", view.agent),
     );
-    e.agent = Some(view.agent.clone());
+    e.agent = Some(view.agent.as_str().into());
     e.pid = Some(view.pid);
     e.uid = Some(view.uid);
-    e.exe = view.exe.clone();
+    e.exe = view.exe.as_deref().map(Into::into);
     e.tool = Some(view.tool.clone());
     e.method = Some(view.method.clone());
     e.path = Some(view.url.clone());

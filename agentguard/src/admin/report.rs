@@ -6,7 +6,7 @@
 //! Only what the verifier established is reported: a refused token's claims
 //! are unverified and stay out, and the token itself never leaves.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -92,7 +92,7 @@ impl VerifyReport {
             .and_then(|s| s.split_once("/agent/"))
             .map(|(_, name)| name)
             .filter(|name| is_agent(name))
-            .map(str::to_owned);
+            .map(Arc::from);
         event.method = Some(self.method);
         event.host = Some(self.host);
         event.path = Some(self.path);
@@ -100,7 +100,7 @@ impl VerifyReport {
         event.rule = Some(format!("verify-proxy:{}", self.audience));
         event.token_jti = self.jti;
         event.status = Some(self.status);
-        event.src_ip = Some(self.peer);
+        event.src_ip = Some(self.peer.into());
         let (decision, reason) = if self.allowed {
             let sub = self.sub.unwrap_or_default();
             (Decision::Allow, format!("token verified for {sub}"))

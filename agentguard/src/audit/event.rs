@@ -7,7 +7,7 @@
 //! [`Event::from_row`]): the store, the hash chain and the verifier all read
 //! the same list, so they cannot drift apart.
 
-use std::{net::SocketAddr, time::SystemTime};
+use std::{net::SocketAddr, sync::Arc, time::SystemTime};
 
 use rusqlite::types::{Value, ValueRef};
 use serde::{Deserialize, Serialize};
@@ -146,6 +146,9 @@ impl Decision {
 
 /// One audit event, as emitters build it. The writer gives it its sequence
 /// number and chain hashes ([`super::Record`]).
+/// The caller's identity and the connection's addresses are shared
+/// (`Arc<str>`): every request event of a connection starts as a copy of
+/// one template ([`Event::like`]), and copying them was an allocation each.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// UUIDv7: unique, and sortable by creation time.
@@ -154,15 +157,15 @@ pub struct Event {
     /// request: when it arrived; its duration runs from there).
     pub time: String,
     pub kind: Kind,
-    pub agent: Option<String>,
+    pub agent: Option<Arc<str>>,
     /// cgroup path relative to the cgroup v2 mount.
-    pub cgroup_path: Option<String>,
+    pub cgroup_path: Option<Arc<str>>,
     pub cgroup_id: Option<u64>,
     pub pid: Option<u32>,
-    pub exe: Option<String>,
+    pub exe: Option<Arc<str>>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
-    pub comm: Option<String>,
+    pub comm: Option<Arc<str>>,
     /// The principal the agent acts for (a delegated token's subject); none
     /// until agents can present one.
     pub on_behalf_of: Option<String>,
@@ -170,12 +173,12 @@ pub struct Event {
     /// own words: recorded, never trusted for a decision.
     pub intent: Option<String>,
     /// The agent's end of the connection.
-    pub src_ip: Option<String>,
+    pub src_ip: Option<Arc<str>>,
     pub src_port: Option<u16>,
     /// The original destination the agent dialled.
-    pub dst_ip: Option<String>,
+    pub dst_ip: Option<Arc<str>>,
     pub dst_port: Option<u16>,
-    pub sni: Option<String>,
+    pub sni: Option<Arc<str>>,
     /// Host from `Host`/`:authority`.
     pub host: Option<String>,
     /// `tls`, `http`, `tcp`, `udp`, `raw` for connections; `HTTP/1.1` or
@@ -277,13 +280,13 @@ impl Event {
     }
 
     pub fn with_src(mut self, addr: SocketAddr) -> Self {
-        self.src_ip = Some(addr.ip().to_canonical().to_string());
+        self.src_ip = Some(addr.ip().to_canonical().to_string().into());
         self.src_port = Some(addr.port());
         self
     }
 
     pub fn with_dst(mut self, addr: SocketAddr) -> Self {
-        self.dst_ip = Some(addr.ip().to_canonical().to_string());
+        self.dst_ip = Some(addr.ip().to_canonical().to_string().into());
         self.dst_port = Some(addr.port());
         self
     }
@@ -413,6 +416,16 @@ impl Column for Option<String> {
             Value::Null => Ok(None),
             v => String::from_value(v).map(Some),
         }
+    }
+}
+
+impl Column for Option<Arc<str>> {
+    fn to_ref(&self) -> ValueRef<'_> {
+        self.as_ref()
+            .map_or(ValueRef::Null, |s| ValueRef::Text(s.as_bytes()))
+    }
+    fn from_value(v: Value) -> Result<Self, String> {
+        Ok(Option::<String>::from_value(v)?.map(Arc::from))
     }
 }
 

@@ -155,7 +155,7 @@ pub fn render(record: &Record) -> Value {
             Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
             None => (e.path.clone().unwrap_or_default(), None),
         };
-        let host = e.host.clone().or_else(|| e.sni.clone()).unwrap_or_default();
+        let host = e.host.as_deref().or(e.sni.as_deref()).unwrap_or_default();
         o.insert(
             "http_request".into(),
             json!({
@@ -269,7 +269,7 @@ fn endpoints(e: &Event, o: &mut Map<String, Value>) {
         json!({
             "ip": e.dst_ip,
             "port": e.dst_port,
-            "hostname": e.host.as_ref().or(e.sni.as_ref()),
+            "hostname": e.host.as_deref().or(e.sni.as_deref()),
         })
     } else if sockopt || e.kind == Kind::KernelRefusal {
         // Refused before the socket had any destination.
@@ -623,7 +623,7 @@ mod tests {
         let with = |protocol: &str, dst: Option<&str>| {
             let mut e = Event::new(Kind::KernelRefusal).with_decision(Decision::Refuse, "x");
             e.protocol = Some(protocol.into());
-            e.dst_ip = dst.map(str::to_owned);
+            e.dst_ip = dst.map(Into::into);
             render(&record(e))["connection_info"].clone()
         };
         assert_eq!(with("icmp", Some("127.0.0.1"))["protocol_name"], "icmp");

@@ -238,15 +238,14 @@ fn read_certs(
 /// A record's share of the buffer: its text fields and a fixed overhead.
 fn size_of_record(r: &Record) -> usize {
     let e = &r.event;
+    let shared = [&e.agent, &e.cgroup_path, &e.exe, &e.comm, &e.sni]
+        .iter()
+        .map(|f| f.as_deref().map_or(0, str::len))
+        .sum::<usize>();
     let text = [
-        &e.agent,
-        &e.cgroup_path,
-        &e.exe,
-        &e.comm,
         &e.on_behalf_of,
         &e.intent,
         &e.host,
-        &e.sni,
         &e.path,
         &e.tool,
         &e.rule,
@@ -269,7 +268,7 @@ fn size_of_record(r: &Record) -> usize {
     .iter()
     .map(|f| f.as_ref().map_or(0, String::len))
     .sum::<usize>();
-    text + 512
+    shared + text + 512
 }
 
 /// Moves committed records and checkpoints into the bounded buffer,

@@ -71,19 +71,19 @@ impl Filter {
 
     /// Whether a live record passes (the same rules as the SQL).
     pub fn matches(&self, e: &Event) -> bool {
-        let eq = |want: &Option<String>, have: &Option<String>| {
-            want.as_ref().is_none_or(|w| have.as_deref() == Some(w))
+        let eq = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|w| have == Some(w))
         };
         let host_ok = self.host.as_ref().is_none_or(|h| {
-            [&e.host, &e.sni]
+            [e.host.as_deref(), e.sni.as_deref()]
                 .iter()
-                .any(|v| v.as_deref().is_some_and(|v| v.eq_ignore_ascii_case(h)))
+                .any(|v| v.is_some_and(|v| v.eq_ignore_ascii_case(h)))
         });
-        eq(&self.agent, &e.agent)
+        eq(&self.agent, e.agent.as_deref())
             && self.decision.is_none_or(|d| e.decision == Some(d))
             && self.kind.is_none_or(|k| e.kind == k)
             && host_ok
-            && eq(&self.tool, &e.tool)
+            && eq(&self.tool, e.tool.as_deref())
             && self.since.as_ref().is_none_or(|s| e.time >= *s)
             && self.until.as_ref().is_none_or(|u| e.time <= *u)
     }

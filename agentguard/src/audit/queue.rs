@@ -55,17 +55,27 @@ pub(super) struct Queued {
     pub bytes: usize,
 }
 
-fn optional_text(e: &mut Event) -> [&mut Option<String>; OPTIONAL_TEXT_FIELDS] {
+/// The optional text fields a connection's events share.
+const SHARED_TEXT_FIELDS: usize = 7;
+
+fn shared_text(e: &mut Event) -> [&mut Option<Arc<str>>; SHARED_TEXT_FIELDS] {
     [
         &mut e.agent,
         &mut e.cgroup_path,
         &mut e.exe,
         &mut e.comm,
-        &mut e.on_behalf_of,
-        &mut e.intent,
         &mut e.src_ip,
         &mut e.dst_ip,
         &mut e.sni,
+    ]
+}
+
+fn optional_text(
+    e: &mut Event,
+) -> [&mut Option<String>; OPTIONAL_TEXT_FIELDS - SHARED_TEXT_FIELDS] {
+    [
+        &mut e.on_behalf_of,
+        &mut e.intent,
         &mut e.host,
         &mut e.protocol,
         &mut e.method,
@@ -106,6 +116,15 @@ pub fn limit_fields(e: &mut Event) -> usize {
     }
     for field in optional_text(e).into_iter().flatten() {
         weight += cut(field, FIELD_MAX);
+    }
+    // Counted whole in every event that shares them: an upper bound.
+    for field in shared_text(e).into_iter().flatten() {
+        if field.len() > FIELD_MAX {
+            let mut own = field.to_string();
+            cut(&mut own, FIELD_MAX);
+            *field = own.into();
+        }
+        weight += field.len();
     }
     weight
 }
@@ -302,7 +321,17 @@ mod tests {
         let mut e = Event::new(Kind::Request);
         e.path = Some(format!("/{}", "é".repeat(5000)));
         e.intent = Some("short".into());
+        // A field the connection's events share is cut in the event's own
+        // copy; the shared one is left as it is.
+        let exe: std::sync::Arc<str> = format!("/{}", "x".repeat(3000)).into();
+        e.exe = Some(exe.clone());
+        e.comm = Some("curl".into());
         let weight = limit_fields(&mut e);
+        let cut_exe = e.exe.as_deref().unwrap();
+        assert!(cut_exe.len() <= FIELD_MAX, "{}", cut_exe.len());
+        assert!(cut_exe.ends_with("…[cut: 3001 bytes in all]"), "{cut_exe}");
+        assert_eq!(exe.len(), 3001);
+        assert_eq!(e.comm.as_deref(), Some("curl"));
         let path = e.path.as_deref().unwrap();
         assert!(path.len() <= FIELD_MAX, "{}", path.len());
         assert!(path.ends_with("…[cut: 10001 bytes in all]"), "{path}");

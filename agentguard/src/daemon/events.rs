@@ -32,14 +32,14 @@ pub fn kernel_event(record: KernelEventRecord) -> Event {
     } else {
         Kind::Connection
     });
-    event.agent = record.agent.clone();
-    event.cgroup_path = record.cgroup.clone();
+    event.agent = record.agent.as_deref().map(Into::into);
+    event.cgroup_path = record.cgroup.as_deref().map(Into::into);
     event.cgroup_id = Some(record.cgroup_id);
     event.pid = Some(record.pid);
     event.uid = Some(record.uid);
     event.gid = Some(record.gid);
-    event.comm = Some(record.comm.clone());
-    event.exe = record.exe.clone();
+    event.comm = Some(record.comm.as_str().into());
+    event.exe = record.exe.as_deref().map(Into::into);
     if let Some(c) = &record.container {
         event.container_id = Some(c.id.clone());
         event.container_name = c.name.clone();
@@ -171,7 +171,7 @@ pub fn kernel_event(record: KernelEventRecord) -> Event {
 
 pub fn dns_event(record: DnsQueryRecord) -> Event {
     let mut event = Event::new(Kind::DnsQuery).with_src(record.client);
-    event.agent = Some(record.agent);
+    event.agent = Some(record.agent.into());
     event.host = Some(record.name);
     event.method = Some(record.qtype);
     event.protocol = Some(format!("dns/{}", record.transport));

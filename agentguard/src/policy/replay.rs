@@ -204,9 +204,9 @@ fn replay_event(set: &PolicySet, seq: i64, e: &Event, limiter: &RateLimiter, rep
         uid: e.uid.unwrap_or_default(),
         gid: e.gid.unwrap_or_default(),
         pid: e.pid.unwrap_or_default(),
-        exe: e.exe.clone(),
-        comm: e.comm.clone().unwrap_or_default(),
-        cgroup: e.cgroup_path.clone().unwrap_or_default(),
+        exe: e.exe.as_deref().map(str::to_owned),
+        comm: e.comm.as_deref().unwrap_or_default().to_owned(),
+        cgroup: e.cgroup_path.as_deref().unwrap_or_default().to_owned(),
     };
     let now = humantime::parse_rfc3339(&e.time).unwrap_or(SystemTime::UNIX_EPOCH);
     let now_ms = now

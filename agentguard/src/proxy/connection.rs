@@ -326,7 +326,7 @@ impl<'a> ConnOutcome<'a> {
         if !matches!(self.plan, ConnPlan::Refuse(_)) {
             event.protocol = Some(if sni.is_some() { "tls" } else { "http" }.to_owned());
         }
-        event.sni = sni.cloned();
+        event.sni = sni.map(|s| s.as_str().into());
         event.relay = self.relay.map(|p| p.as_str().to_owned());
         event.rule = Some(self.plan.rule());
         event.policy_version = Some(policy_version.to_owned());

@@ -177,7 +177,7 @@ async fn record(
     event.host = out.event().host.clone();
     event.method = out.event().method.clone();
     event.path = out.event().path.clone();
-    event.sni = meta.sni.clone();
+    event.sni = meta.sni.as_deref().map(Into::into);
     event.intent = out.event().intent.clone();
     event.policy_version = out.event().policy_version.clone();
     ctx.audit.record(event).await;

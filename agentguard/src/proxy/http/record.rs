@@ -79,7 +79,7 @@ impl Outcome {
             })
             .with_src(meta.peer)
             .with_dst(meta.dst);
-        event.sni = meta.sni.clone();
+        event.sni = meta.sni.as_deref().map(Into::into);
         event
     }
 
