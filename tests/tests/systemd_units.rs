@@ -222,6 +222,49 @@ fn a_unit_is_guarded_by_its_gate_before_it_starts_and_again_after_each_restart()
     let view = agent_status(&svc);
     assert_eq!(view["cgroup_id"], id2, "{view}");
 
+    // The watcher leaves a new cgroup in which only the gate runs to the
+    // gate: guarded first, the gate could no longer reach the admin socket
+    // (no socket the policy lists) and the unit would fail to start. This
+    // gate waits for a daemon at another socket, so the watcher (every
+    // second) has its turns before any attach.
+    stop_unit(&unit_cgroup);
+    wait_agent(&svc, "stopped unit", |v| v["guarded"] == false);
+    let id4 = start_unit(&unit_cgroup);
+    let nowhere = tempfile::tempdir().unwrap();
+    let elsewhere = nowhere.path().join("no-daemon.sock");
+    let mut waiting = in_cgroup_dir(
+        &unit_cgroup,
+        &[
+            AGENTGUARD,
+            "attach",
+            "--agent",
+            "bot",
+            "--wait",
+            "30s",
+            "--admin-socket",
+            &elsewhere.display().to_string(),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let view = agent_status(&svc);
+    assert_eq!(
+        view["guarded"], false,
+        "guarded under a waiting gate: {view}"
+    );
+    assert_eq!(links_of(&svc.bpf_dir, id4), 0);
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "the waiting gate ended early"
+    );
+    waiting.kill().unwrap();
+    waiting.wait().unwrap();
+    let out = gate(&svc, &unit_cgroup);
+    assert!(out.status.success(), "gate failed: {}", text(&out.stderr));
+    let view = agent_status(&svc);
+    assert_eq!(view["cgroup_id"], id4, "{view}");
+
     // A unit started without the gate is found by the watcher, guarded,
     // and reported: what ran before was not.
     stop_unit(&unit_cgroup);

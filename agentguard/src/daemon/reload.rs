@@ -24,7 +24,7 @@ use std::{
 };
 
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::units;
 use crate::{
@@ -285,17 +285,24 @@ impl Reloader {
         let policy = Arc::new(policy);
         let credentials = Arc::new(CredentialStore::load(&policy, self.fetcher.clone())?);
         check_unix_sockets(&policy, &self.kernel)?;
-        self.guard(policy, credentials, current)
+        self.guard(policy, credentials, current, None)
     }
 
     /// Guards every agent's cgroup and makes the state. An agent that is a
     /// systemd unit not running now has no cgroup: it is guarded when its
     /// unit starts (see `units`).
+    ///
+    /// `gate` names the agent whose unit's gate (`agentguard attach`)
+    /// asks: its new cgroup is guarded now. Any other unit's new cgroup in
+    /// which only a gate (or systemd, starting it) runs is left to that
+    /// gate ([`units::left_to_gate`]): guarded first, the gate could no
+    /// longer reach the daemon, and the unit would fail to start.
     fn guard(
         &self,
         policy: Arc<policy::PolicySet>,
         credentials: Arc<CredentialStore>,
         current: Option<&LiveState>,
+        gate: Option<&str>,
     ) -> Result<LiveState, ReloadError> {
         let own_cgroup = own_cgroup(&self.root);
         let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
@@ -324,6 +331,14 @@ impl Reloader {
             }
             let already =
                 current.is_some_and(|s| s.agents.agents().iter().any(|a| a.cgroup.id == cgroup.id));
+            if !already
+                && agent.systemd_unit.is_some()
+                && gate != Some(agent.name.as_str())
+                && units::left_to_gate(&cgroup)
+            {
+                debug!(agent = %agent.name, cgroup = %cgroup.path.display(), "unit starting; its gate (agentguard attach) guards it");
+                continue;
+            }
             if !already {
                 let first_time = agent.systemd_unit.is_some() && !kernel.has_links(cgroup.id);
                 kernel.guard(&cgroup)?;
@@ -446,6 +461,11 @@ impl Reloader {
     /// made since the last look, and forgets one it removed. Cheap when
     /// nothing changed (a stat per unit). Returns whether anything did.
     pub fn refresh_units(&self, live: &Live) -> Result<bool, ReloadError> {
+        self.refresh_units_for(live, None)
+    }
+
+    /// [`Self::refresh_units`], for the gate of unit `gate` if given.
+    fn refresh_units_for(&self, live: &Live, gate: Option<&str>) -> Result<bool, ReloadError> {
         let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         let current = live.load();
         let changed = current
@@ -464,6 +484,7 @@ impl Reloader {
             current.policy.clone(),
             current.credentials.clone(),
             Some(&current),
+            gate,
         )?;
         // The old cgroups of restarted or stopped units: gone, so the
         // kernel detached their programs; their pins go too.
@@ -494,7 +515,7 @@ impl Reloader {
             .agent(agent)
             .ok_or_else(|| units::UnitError::UnknownAgent(agent.to_owned()))?;
         units::check_gate(policy, pid)?;
-        self.refresh_units(live)?;
+        self.refresh_units_for(live, Some(agent))?;
         let path = self.root.path_of(&policy.cgroup);
         let guarded = live
             .load()
@@ -630,6 +651,7 @@ impl Reloader {
             current.policy.clone(),
             current.credentials.clone(),
             Some(&current),
+            None,
         )?;
         live.swap_agents(state);
         self.save_containers();
@@ -791,6 +813,7 @@ impl Reloader {
             current.policy.clone(),
             current.credentials.clone(),
             Some(&current),
+            None,
         );
         let state = match state {
             Ok(state) => state,
@@ -838,6 +861,7 @@ impl Reloader {
             current.policy.clone(),
             current.credentials.clone(),
             Some(&current),
+            None,
         )?;
         live.swap_agents(state);
         Ok(gone.len())

@@ -10,7 +10,10 @@
 //!   process of the unit other than that gate runs unguarded;
 //! - the daemon's watcher looks for the units' cgroups every second and
 //!   guards a new one, and forgets one that is gone (a daemon started after
-//!   its agents, a unit without the gate).
+//!   its agents, a unit without the gate). A new cgroup in which only the
+//!   gate runs is the gate's to guard ([`left_to_gate`]): the watcher
+//!   guarding it first made the gate's own request to the daemon fail, at
+//!   random, in one restart out of many.
 //!
 //! The gate is what closes the window; the watcher only notices a unit that
 //! started without it, and says so.
@@ -113,6 +116,64 @@ pub fn warn_if_started_unguarded(agent: &AgentPolicy, cgroup: &Cgroup) {
             "the unit's processes ran before agentguard guarded its cgroup: sockets they opened before now are not redirected; restart the unit, and give it ExecStartPre=+agentguard attach --agent NAME so this cannot happen"
         );
     }
+}
+
+/// Whether a unit's new cgroup is left to its gate to guard: nothing runs
+/// in it yet but the gate (`agentguard attach`: this binary, asked to
+/// attach) and systemd's own process setting up the unit's next command.
+/// Guarded before the gate asks, the gate could not reach the daemon (the
+/// admin socket is no socket the agent's policy lists) and the unit would
+/// fail to start. Nothing of the agent's runs unguarded meanwhile: its
+/// commands start after the gate, which exits only once the daemon has
+/// guarded the cgroup; a unit without a gate runs something else, and that
+/// is guarded at once.
+///
+/// An empty cgroup, or one with a cgroup below it (where processes could
+/// run that its own list does not show), is not left to anyone: guarded at
+/// once, failing closed.
+pub fn left_to_gate(cgroup: &Cgroup) -> bool {
+    let own = fs::read_link("/proc/self/exe").ok();
+    let has_children = fs::read_dir(&cgroup.path).map_or(true, |entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+    });
+    let Ok(procs) = fs::read_to_string(cgroup.path.join("cgroup.procs")) else {
+        return false;
+    };
+    let pids: Vec<u32> = procs
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    !has_children
+        && !pids.is_empty()
+        && pids.into_iter().all(|pid| {
+            let exe = fs::read_link(format!("/proc/{pid}/exe")).ok();
+            match exe {
+                Some(exe) if Some(&exe) == own.as_ref() => is_gate(pid),
+                Some(exe) => is_systemd_setup(&exe),
+                // Gone since the list was read: it runs nothing.
+                None => !Path::new(&format!("/proc/{pid}")).exists(),
+            }
+        })
+}
+
+/// Whether process `pid` (running this binary) is `agentguard attach`.
+fn is_gate(pid: u32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let mut args = cmdline.split(|&b| b == 0).skip(1);
+        args.any(|a| a == b"attach")
+    })
+}
+
+/// systemd's process for a unit's command before it executes the command
+/// (PID 1's binary, forked, or `systemd-executor` since systemd 255).
+fn is_systemd_setup(exe: &Path) -> bool {
+    exe.parent().and_then(Path::file_name) == Some("systemd".as_ref())
+        && matches!(
+            exe.file_name().and_then(|n| n.to_str()),
+            Some("systemd" | "systemd-executor")
+        )
 }
 
 /// Whether a cgroup directory is still there with the same id (a unit's
