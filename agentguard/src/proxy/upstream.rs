@@ -188,8 +188,8 @@ impl Upstreams {
 
     /// The client for this agent's requests to `host` at `dst`.
     /// `http1_only` pins ALPN to HTTP/1.1 (for HTTP/1.1 agents and
-    /// upgrades); `dial` says
-    /// which network namespace connections leave from.
+    /// upgrades); `dial` says which network namespace connections leave
+    /// from.
     pub fn client(
         &self,
         agent: &Arc<str>,
