@@ -146,6 +146,7 @@ impl Decision {
 
 /// One audit event, as emitters build it. The writer gives it its sequence
 /// number and chain hashes ([`super::Record`]).
+///
 /// The caller's identity and the connection's addresses are shared
 /// (`Arc<str>`): every request event of a connection starts as a copy of
 /// one template ([`Event::like`]), and copying them was an allocation each.

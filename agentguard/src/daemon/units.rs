@@ -18,7 +18,11 @@
 //! The gate is what closes the window; the watcher only notices a unit that
 //! started without it, and says so.
 
-use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
 
 use thiserror::Error;
 use tracing::warn;
@@ -98,13 +102,12 @@ pub fn check_gate(agent: &AgentPolicy, pid: u32) -> Result<(), UnitError> {
 /// before it execs the agent) ran in a unit's cgroup before it was first
 /// guarded: sockets they opened then were never redirected.
 pub fn warn_if_started_unguarded(agent: &AgentPolicy, cgroup: &Cgroup) {
-    let own = fs::read_link("/proc/self/exe").ok();
-    let others: Vec<u32> = fs::read_to_string(cgroup.path.join("cgroup.procs"))
+    let own = exe_of(&"self");
+    let others: Vec<u32> = procs(&cgroup.path)
         .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
+        .into_iter()
         .filter(|pid| {
-            let exe = fs::read_link(format!("/proc/{pid}/exe")).ok();
+            let exe = exe_of(pid);
             exe.is_none() || exe != own
         })
         .collect();
@@ -132,30 +135,38 @@ pub fn warn_if_started_unguarded(agent: &AgentPolicy, cgroup: &Cgroup) {
 /// run that its own list does not show), is not left to anyone: guarded at
 /// once, failing closed.
 pub fn left_to_gate(cgroup: &Cgroup) -> bool {
-    let own = fs::read_link("/proc/self/exe").ok();
+    let own = exe_of(&"self");
     let has_children = fs::read_dir(&cgroup.path).map_or(true, |entries| {
         entries
             .flatten()
             .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
     });
-    let Ok(procs) = fs::read_to_string(cgroup.path.join("cgroup.procs")) else {
+    let Ok(pids) = procs(&cgroup.path) else {
         return false;
     };
-    let pids: Vec<u32> = procs
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
     !has_children
         && !pids.is_empty()
         && pids.into_iter().all(|pid| {
-            let exe = fs::read_link(format!("/proc/{pid}/exe")).ok();
-            match exe {
+            match exe_of(&pid) {
                 Some(exe) if Some(&exe) == own.as_ref() => is_gate(pid),
                 Some(exe) => is_systemd_setup(&exe),
                 // Gone since the list was read: it runs nothing.
                 None => !Path::new(&format!("/proc/{pid}")).exists(),
             }
         })
+}
+
+/// The processes directly in the cgroup at `path`.
+fn procs(path: &Path) -> std::io::Result<Vec<u32>> {
+    Ok(fs::read_to_string(path.join("cgroup.procs"))?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect())
+}
+
+/// The executable process `pid` (a number, or `self`) runs, if readable.
+fn exe_of(pid: &dyn std::fmt::Display) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/exe")).ok()
 }
 
 /// Whether process `pid` (running this binary) is `agentguard attach`.

@@ -137,9 +137,10 @@ impl Outcome {
         rule: impl Into<String>,
         reason: impl Into<String>,
     ) {
-        self.event_mut().decision = Some(decision);
-        self.event_mut().rule = Some(rule.into());
-        self.event_mut().reason = Some(reason.into());
+        let event = self.event_mut();
+        event.decision = Some(decision);
+        event.rule = Some(rule.into());
+        event.reason = Some(reason.into());
     }
 
     /// Takes what planning learnt about the request into its record.
@@ -152,11 +153,12 @@ impl Outcome {
             credential_id,
             verdict,
         } = noted;
-        self.event_mut().host = host;
-        self.event_mut().path = path;
+        let event = self.event_mut();
+        event.host = host;
+        event.path = path;
+        event.tool = tool;
+        event.credential_id = credential_id;
         self.bare_path = bare_path;
-        self.event_mut().tool = tool;
-        self.event_mut().credential_id = credential_id;
         if let Some((decision, rule, reason)) = verdict {
             self.decide(decision, rule, reason);
         }
