@@ -35,6 +35,7 @@ pub struct Daemon {
     pub state_dir: PathBuf,
     bpf_dir: PathBuf,
     cgroup_parent: PathBuf,
+    log: PathBuf,
     process: Option<Running>,
 }
 
@@ -83,6 +84,7 @@ impl Daemon {
             state_dir: dir.join("state"),
             bpf_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
             cgroup_parent: cgroup2_mount()?.join(&tag),
+            log: dir.join("agentguard.log"),
             process: None,
         };
         let mut c = match wrapper.split_first() {
@@ -121,13 +123,21 @@ impl Daemon {
         daemon.process = Some(Running::spawn(
             "agentguard run",
             pinned(SERVER_CPU, c),
-            &dir.join("agentguard.log"),
+            &daemon.log,
         )?);
         // Under a wrapper that runs it 50 times slower, start-up (keys,
         // the CA, loading the eBPF programs) takes longer.
         let ready = if wrapper.is_empty() { 30 } else { 300 };
-        daemon.wait_ready(&dir.join("agentguard.log"), Duration::from_secs(ready))?;
+        daemon.wait_ready(Duration::from_secs(ready))?;
         Ok(daemon)
+    }
+
+    /// The last `lines` lines of the daemon's log, for an error that
+    /// needs to say what the daemon made of the requests.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     pub fn pid(&self) -> u32 {
@@ -166,7 +176,8 @@ impl Daemon {
         Ok(())
     }
 
-    fn wait_ready(&mut self, log: &Path, limit: Duration) -> Result<()> {
+    fn wait_ready(&mut self, limit: Duration) -> Result<()> {
+        let log = &self.log;
         let deadline = Instant::now() + limit;
         loop {
             if let Some(p) = self.process.as_mut()

@@ -92,6 +92,14 @@ impl Fresh {
         env.names.wrap(pinned(CLIENT_CPU, cmd))
     }
 
+    /// What the instance logged last, where it keeps a log of its own.
+    pub fn log_tail(&self, lines: usize) -> Option<String> {
+        match self {
+            Fresh::Agentguard(d) => Some(d.log_tail(lines)),
+            _ => None,
+        }
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         match self {
             Fresh::Agentguard(d) => vec![d.pid()],

@@ -318,7 +318,15 @@ fn measure_idle(env: &Env, path: PathKind, count: u32, m: &mut Metrics) -> Resul
     );
     let r = load::parse_oha(&cmd::output(&mut c)?)?;
     if r.ok != 5 {
-        bail!("the fresh proxy answered {} of 5 warm-up requests", r.ok);
+        bail!(
+            "the fresh proxy answered {} of 5 warm-up requests (first failure: {}){}",
+            r.ok,
+            r.first_failure.as_deref().unwrap_or("?"),
+            proxy
+                .log_tail(40)
+                .map(|t| format!("; the end of its log:\n{t}"))
+                .unwrap_or_default()
+        );
     }
     std::thread::sleep(Duration::from_millis(300));
     let pids = proxy.pids();
