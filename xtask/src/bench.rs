@@ -26,7 +26,7 @@ pub(crate) mod upstream;
 
 use std::{
     fs,
-    path::Path,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
     time::Instant,
 };
@@ -39,7 +39,7 @@ use self::{
     scenario::{SCENARIOS, Size},
     stats::{Results, Run},
 };
-use crate::{cmd, paths as ws, setup};
+use crate::{cmd, paths as ws, release, setup};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -73,6 +73,10 @@ pub struct Options {
     /// building (e.g. a build kept from before a change, copied back).
     #[arg(long)]
     no_build: bool,
+    /// Measure a plain release build of the daemon rather than the
+    /// profile-guided one that ships (xtask/src/release.rs).
+    #[arg(long)]
+    no_pgo: bool,
     /// Skip the perf profile of the full path.
     #[arg(long)]
     no_profile: bool,
@@ -110,23 +114,30 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     let tools = tools::ensure(&target)?;
     // The smoke checks the harness, not speed: the debug build that the
     // test suite has already made spares CI a release build of agentguard
-    // (minutes on 2 cores). Measurements use release builds only.
-    let profile = if opts.smoke { "dev" } else { "release" };
+    // (minutes on 2 cores). Measurements use release builds only, the
+    // daemon's profile-guided unless --no-pgo (xtask/src/release.rs).
+    let build = release::Build::from_no_pgo(opts.no_pgo);
     if opts.no_build {
         println!("bench: using the binaries in target/ as they are (--no-build)");
-    } else {
-        cmd::run(cmd::cargo(root).args([
-            "build",
-            "--profile",
-            profile,
-            "--locked",
-            "-p",
-            "agentguard",
-            "-p",
-            "agentguard-bench",
-        ]))?;
     }
-    let bin = target.join(if opts.smoke { "debug" } else { "release" });
+    let bin = if opts.smoke {
+        if !opts.no_build {
+            cmd::run(cmd::cargo(root).args([
+                "build",
+                "--locked",
+                "-p",
+                "agentguard",
+                "-p",
+                "agentguard-bench",
+            ]))?;
+        }
+        target.join("debug")
+    } else {
+        if !opts.no_build {
+            release::daemon(root, build)?;
+        }
+        release_bin_dir(root, build)?
+    };
     let out = target.join("bench");
     let work = out.join(format!("work-{}", std::process::id()));
     fs::create_dir_all(&work)?;
@@ -164,6 +175,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     }
 
     let mut machine = machine::facts();
+    machine.push(("agentguard build".into(), build.describe()));
     machine.push(("load average at start (1, 5, 15 min)".into(), load_before));
     machine.push(("load average at end".into(), machine::loadavg()));
     machine.push((
@@ -232,6 +244,34 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     Ok(())
 }
 
+/// `target/bench/bin`: the release daemon of `build` and the release
+/// `agentguard-bench`, side by side as the bench runs them.
+fn release_bin_dir(root: &Path, build: release::Build) -> Result<PathBuf> {
+    let dir = ws::target_dir(root).join("bench").join("bin");
+    fs::create_dir_all(&dir)?;
+    for (name, to) in [
+        ("agentguard", build.binary(root)),
+        (
+            "agentguard-bench",
+            ws::target_dir(root)
+                .join("release")
+                .join("agentguard-bench"),
+        ),
+    ] {
+        if !to.exists() {
+            bail!(
+                "{} is missing (build it, or run without --no-build)",
+                to.display()
+            );
+        }
+        let link = dir.join(name);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&to, &link)
+            .with_context(|| format!("failed to link {}", link.display()))?;
+    }
+    Ok(dir)
+}
+
 fn selected_paths(opts: &Options) -> Result<Vec<PathKind>> {
     let Some(list) = &opts.paths else {
         return Ok(PathKind::ALL.to_vec());
@@ -277,35 +317,7 @@ fn measure_all(
 ) -> Result<Measured> {
     // Checked before any server starts: a mistyped target costs nothing.
     let profile_target = profile::Target::parse(&opts.profile_of)?;
-    let names = resolve::Resolution::write(work)?;
-    let up = upstream::Upstream::start(&bin.join("agentguard-bench"), work)?;
-    let daemon =
-        agentguard::Daemon::start(&bin.join("agentguard"), &work.join("agentguard"), &up, "")?;
-    let kernel_daemon = agentguard::Daemon::start_with(
-        &bin.join("agentguard"),
-        &work.join("agentguard-kernel"),
-        &up,
-        "-kernel",
-        agentguard::KERNEL_RELAY,
-    )?;
-    let nginx = proxies::Nginx::start(&work.join("nginx"), &up)?;
-    let mitmproxy =
-        proxies::Mitmproxy::start(&tools.mitmdump, &work.join("mitmproxy"), &up, &names)?;
-    let env = Env {
-        helper: bin.join("agentguard-bench"),
-        agentguard: bin.join("agentguard"),
-        work: work.to_owned(),
-        oha: tools.oha.clone(),
-        mitmdump: tools.mitmdump.clone(),
-        names,
-        upstream: up,
-        daemon,
-        kernel_daemon,
-        nginx,
-        mitmproxy,
-    };
-    env.daemon.resolve_passthrough(&env.names)?;
-    env.kernel_daemon.resolve_passthrough(&env.names)?;
+    let env = start_env(bin, tools, work)?;
     let facts = machine::tool_versions(&env);
 
     let smoke = Size {
@@ -414,6 +426,99 @@ fn one_run(
         }
     }
     Ok(run)
+}
+
+/// The upstream, the name resolution and every proxy of the bench, started
+/// with the binaries in `bin`; the agentguard daemons have resolved the
+/// passthrough name as their agent. Dropping it stops them all.
+fn start_env(bin: &Path, tools: &tools::Tools, work: &Path) -> Result<Env> {
+    let names = resolve::Resolution::write(work)?;
+    let up = upstream::Upstream::start(&bin.join("agentguard-bench"), work)?;
+    let daemon =
+        agentguard::Daemon::start(&bin.join("agentguard"), &work.join("agentguard"), &up, "")?;
+    let kernel_daemon = agentguard::Daemon::start_with(
+        &bin.join("agentguard"),
+        &work.join("agentguard-kernel"),
+        &up,
+        "-kernel",
+        agentguard::KERNEL_RELAY,
+    )?;
+    let nginx = proxies::Nginx::start(&work.join("nginx"), &up)?;
+    let mitmproxy =
+        proxies::Mitmproxy::start(&tools.mitmdump, &work.join("mitmproxy"), &up, &names)?;
+    let env = Env {
+        helper: bin.join("agentguard-bench"),
+        agentguard: bin.join("agentguard"),
+        work: work.to_owned(),
+        oha: tools.oha.clone(),
+        mitmdump: tools.mitmdump.clone(),
+        names,
+        upstream: up,
+        daemon,
+        kernel_daemon,
+        nginx,
+        mitmproxy,
+    };
+    env.daemon.resolve_passthrough(&env.names)?;
+    env.kernel_daemon.resolve_passthrough(&env.names)?;
+    Ok(env)
+}
+
+/// The workload a profile-guided release build learns from
+/// (xtask/src/release.rs): every scenario on every agentguard path,
+/// `requests` each, through the binaries in `bin` (the daemon
+/// instrumented), recording nothing. Its daemons stop with SIGTERM, so
+/// each writes its counters as it exits.
+pub fn train(root: &Path, bin: &Path, requests: u32) -> Result<()> {
+    // As in `run` (an error here: `run` has set it already).
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    let target = ws::target_dir(root);
+    let tools = tools::ensure(&target)?;
+    let work = target
+        .join("pgo-data")
+        .join(format!("train-{}", std::process::id()));
+    fs::create_dir_all(&work)?;
+    let paths: Vec<PathKind> = PathKind::ALL
+        .into_iter()
+        .filter(|p| p.is_agentguard())
+        .collect();
+    let scenarios: Vec<&str> = SCENARIOS.iter().map(|s| s.id).collect();
+    let size = Size {
+        load: Amount::Requests(requests),
+        idle_connections: 20,
+        sse_samples: 3,
+    };
+    // Not strict: a scenario that fails is only missing from the profile
+    // (said below); one where nothing succeeded means no profile worth
+    // building with.
+    let run = start_env(bin, &tools, &work)
+        .and_then(|env| one_run(&env, &paths, &scenarios, size, false));
+    let run = match run {
+        Ok(run) => run,
+        Err(e) => bail!("{e:#}\n(logs kept in {})", work.display()),
+    };
+    let failed: Vec<String> = run
+        .missing
+        .iter()
+        .filter(|(_, why)| why.starts_with("failed"))
+        .map(|((path, scenario), why)| format!("{path} {scenario}: {why}"))
+        .collect();
+    if run.values.is_empty() {
+        bail!(
+            "no scenario succeeded:\n{}\n(logs kept in {})",
+            failed.join("\n"),
+            work.display()
+        );
+    }
+    for f in &failed {
+        println!("pgo: warning: not in the profile: {f}");
+    }
+    if failed.is_empty() {
+        let _ = fs::remove_dir_all(&work);
+    } else {
+        println!("pgo: logs kept in {}", work.display());
+    }
+    Ok(())
 }
 
 fn brief(m: &scenario::Metrics) -> String {

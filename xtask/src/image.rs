@@ -20,7 +20,7 @@ use std::{fs, path::Path, time::Instant};
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
-use crate::{cmd, debian_root, package, paths, setup};
+use crate::{cmd, debian_root, package, paths, release, setup};
 
 #[derive(Debug, Args)]
 pub struct Options {
@@ -32,6 +32,10 @@ pub struct Options {
     /// Skip setup, for a machine that is already set up.
     #[arg(long)]
     no_setup: bool,
+    /// Put a plain release build in the image rather than a
+    /// profile-guided one (xtask/src/release.rs).
+    #[arg(long)]
+    no_pgo: bool,
 }
 
 /// The image's name: podman's local store, not a registry. The DaemonSet
@@ -66,8 +70,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         setup::run()?;
     }
     let started = Instant::now();
-    cmd::run(cmd::cargo(root).args(["build", "--release", "--locked", "-p", "agentguard"]))?;
-    let binary = paths::target_dir(root).join("release").join("agentguard");
+    let binary = release::daemon(root, release::Build::from_no_pgo(opts.no_pgo))?;
     let version = version_of(&binary)?;
     let base = paths::target_dir(root).join("image");
     let rootfs = base.join("root");

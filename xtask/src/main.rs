@@ -12,6 +12,7 @@ mod manifests;
 mod package;
 mod paths;
 mod privilege;
+mod release;
 mod run;
 mod screenshots;
 mod setup;

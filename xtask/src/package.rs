@@ -21,7 +21,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
-use crate::{cmd, paths, setup};
+use crate::{cmd, paths, release, setup};
 
 #[derive(Debug, Args)]
 pub struct Options {
@@ -36,6 +36,11 @@ pub struct Options {
     /// Skip setup, for a machine that is already set up.
     #[arg(long)]
     no_setup: bool,
+    /// Package a plain release build rather than a profile-guided one
+    /// (which trains the daemon on the bench's scenarios first: root,
+    /// eBPF and a few more minutes; xtask/src/release.rs).
+    #[arg(long)]
+    no_pgo: bool,
 }
 
 pub fn run(root: &Path, opts: &Options) -> Result<()> {
@@ -44,12 +49,24 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     } else {
         setup::run()?;
     }
-    cmd::run(cmd::cargo(root).args(["build", "--release", "--locked", "-p", "agentguard"]))?;
-    let binary = paths::target_dir(root).join("release").join("agentguard");
-    // Beside the binary, where cargo-deb looks for build products.
-    let out = paths::target_dir(root).join("release").join("package");
+    let build = release::Build::from_no_pgo(opts.no_pgo);
+    let binary = release::daemon(root, build)?;
+    // Beside the binary, where cargo-deb looks for build products (it
+    // reads the assets' `target/release/` as the profile's directory).
+    let out = binary
+        .parent()
+        .context("the daemon binary has no directory")?
+        .join("package");
     generate(&binary, &out)?;
-    cmd::run(cmd::cargo(root).args(["deb", "-p", "agentguard", "--no-build", "--locked"]))?;
+    cmd::run(cmd::cargo(root).args([
+        "deb",
+        "-p",
+        "agentguard",
+        "--no-build",
+        "--locked",
+        "--profile",
+        build.cargo_profile(),
+    ]))?;
     let deb = find_deb(&paths::target_dir(root).join("debian"))?;
     println!("package: {}", deb.display());
     if opts.check {

@@ -207,7 +207,13 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        drop(self.process.take());
+        // Stopped as a service manager stops it (SIGTERM, then a kill
+        // after 10 s): an instrumented build writes its profile only on a
+        // clean exit (`cargo xtask build --pgo`).
+        if let Some(mut p) = self.process.take() {
+            p.signal("TERM");
+            p.wait_exit(Duration::from_secs(10));
+        }
         // Unpin: the bench cgroup must not stay guarded.
         let _ = cmd::new(&self.binary)
             .args(["detach", "--bpf-dir"])

@@ -1,0 +1,242 @@
+//! The daemon's release build, profile-guided unless asked otherwise: what
+//! the Debian package, the container image and `cargo xtask bench` use.
+//!
+//! Profile-guided optimisation (PGO): the daemon is built once with
+//! counters (cargo profile `pgo-train`), serves the bench's scenarios on
+//! every agentguard path over loopback ([`crate::bench::train`]), and is
+//! built again (cargo profile `pgo`) with what the counters saw: LLVM then
+//! lays out hot code together and inlines and branches for the common
+//! case. Measured with callgrind (2,000 keep-alive requests, full path):
+//! 181k -> 154k instructions per request and a third fewer instruction-
+//! cache misses (docs/benchmarks.md has the current figures). The
+//! workload it learns from is the bench's own, so the bench shows the
+//! gain at its largest.
+//!
+//! Training needs what the bench needs (root, eBPF, cgroups); `--no-pgo`
+//! builds a plain release without it.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::UNIX_EPOCH,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{bench, cmd, paths};
+
+/// Requests per scenario and path in the training run: enough for every
+/// hot path to dominate its counts, a minute or two in all.
+const TRAINING_REQUESTS: u32 = 500;
+
+/// How the release daemon is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// Trained on the bench's workload, then optimised with its profile.
+    ProfileGuided,
+    /// `cargo build --release` as is.
+    Plain,
+}
+
+impl Build {
+    /// From a command's `--no-pgo` flag.
+    pub fn from_no_pgo(no_pgo: bool) -> Self {
+        if no_pgo {
+            Build::Plain
+        } else {
+            Build::ProfileGuided
+        }
+    }
+
+    /// The cargo profile whose output directory holds the binary.
+    pub fn cargo_profile(self) -> &'static str {
+        match self {
+            Build::ProfileGuided => "pgo",
+            Build::Plain => "release",
+        }
+    }
+
+    /// Where this build's daemon binary is (built or not).
+    pub fn binary(self, root: &Path) -> PathBuf {
+        paths::target_dir(root)
+            .join(self.cargo_profile())
+            .join("agentguard")
+    }
+
+    /// For reports: how the measured binary was built.
+    pub fn describe(self) -> String {
+        match self {
+            Build::ProfileGuided => format!(
+                "release, profile-guided (cargo profile `pgo`, trained on this bench's \
+                 scenarios, {TRAINING_REQUESTS} requests each on every agentguard path)"
+            ),
+            Build::Plain => "release (cargo profile `release`, not profile-guided)".to_owned(),
+        }
+    }
+}
+
+/// Builds the daemon for release; returns the binary. `agentguard-bench`
+/// (the bench's servers and clients) is built too, plain, in
+/// `target/release`: training needs it.
+pub fn daemon(root: &Path, build: Build) -> Result<PathBuf> {
+    match build {
+        Build::Plain => {
+            cargo_build(root, "release", &["agentguard", "agentguard-bench"], None)?;
+        }
+        Build::ProfileGuided => profile_guided(root)?,
+    }
+    Ok(build.binary(root))
+}
+
+fn profile_guided(root: &Path) -> Result<()> {
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS"] {
+        if std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
+            bail!(
+                "{var} is set: it would replace the flags a profile-guided build sets \
+                 (cargo reads it first); unset it, or pass --no-pgo"
+            );
+        }
+    }
+    let llvm_profdata = llvm_profdata()?;
+    let target = paths::target_dir(root);
+    let data = target.join("pgo-data");
+    let raw = data.join("raw");
+    cargo_build(root, "release", &["agentguard-bench"], None)?;
+    let instrumented_flag = format!("-Cprofile-generate={}", raw.display());
+    cargo_build(root, "pgo-train", &["agentguard"], Some(&instrumented_flag))?;
+    let instrumented = target.join("pgo-train").join("agentguard");
+
+    // One profile per instrumented binary: the same binary needs no new
+    // training, and a new one gets a new file name, so cargo rebuilds
+    // everything with it (it compares the flags, not the file's content).
+    let stamp = fs::metadata(&instrumented)
+        .and_then(|m| m.modified())
+        .context("the instrumented daemon")?
+        .duration_since(UNIX_EPOCH)?
+        .as_nanos();
+    let profile = data.join(format!("agentguard-{stamp}.profdata"));
+    if profile.exists() {
+        println!(
+            "pgo: the instrumented daemon is unchanged; using {}",
+            profile.display()
+        );
+    } else {
+        train(root, &data, &instrumented)?;
+        forget_profiles(&data)?;
+        let merging = data.join("merging.profdata");
+        cmd::run(
+            cmd::new(&llvm_profdata)
+                .arg("merge")
+                .arg("-o")
+                .arg(&merging)
+                .arg(&raw),
+        )?;
+        fs::rename(&merging, &profile)?;
+    }
+    cargo_build(
+        root,
+        "pgo",
+        &["agentguard"],
+        Some(&format!("-Cprofile-use={}", profile.display())),
+    )
+}
+
+/// Runs the bench's scenarios through `instrumented`, its counters
+/// written to `data/raw` as each of its processes exits.
+fn train(root: &Path, data: &Path, instrumented: &Path) -> Result<()> {
+    let raw = data.join("raw");
+    if raw.exists() {
+        fs::remove_dir_all(&raw)?;
+    }
+    fs::create_dir_all(&raw)?;
+    // The bench takes both binaries from one directory.
+    let bin = data.join("bin");
+    fs::create_dir_all(&bin)?;
+    fs::copy(instrumented, bin.join("agentguard"))?;
+    fs::copy(
+        paths::target_dir(root)
+            .join("release")
+            .join("agentguard-bench"),
+        bin.join("agentguard-bench"),
+    )?;
+    println!("==> pgo: training the instrumented daemon on the bench's scenarios");
+    bench::train(root, &bin, TRAINING_REQUESTS).context("training the instrumented daemon")?;
+    let written = fs::read_dir(&raw)?.count();
+    if written == 0 {
+        bail!(
+            "the instrumented daemon wrote no profile into {} (did it exit cleanly?)",
+            raw.display()
+        );
+    }
+    Ok(())
+}
+
+/// Earlier profiles: each belonged to an instrumented binary that no
+/// longer exists.
+fn forget_profiles(data: &Path) -> Result<()> {
+    for entry in fs::read_dir(data)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "profdata") {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// `cargo build --profile PROFILE -p …`, with `rustflags` for the host
+/// target only: the eBPF programs (built for the bpf target inside
+/// agentguard's build script) take none of them.
+fn cargo_build(
+    root: &Path,
+    profile: &str,
+    packages: &[&str],
+    rustflags: Option<&str>,
+) -> Result<()> {
+    let mut c = cmd::cargo(root);
+    c.args(["build", "--locked", "--profile", profile]);
+    for p in packages {
+        c.args(["-p", p]);
+    }
+    if let Some(flags) = rustflags {
+        c.env(host_rustflags_var()?, flags);
+    }
+    cmd::run(&mut c)
+}
+
+/// `CARGO_TARGET_<HOST>_RUSTFLAGS`.
+fn host_rustflags_var() -> Result<String> {
+    let host = rustc_fact("host: ")?;
+    Ok(format!(
+        "CARGO_TARGET_{}_RUSTFLAGS",
+        host.to_uppercase().replace(['-', '.'], "_")
+    ))
+}
+
+/// The `llvm-profdata` of rustc's own LLVM major version (its profiles'
+/// format must match): `llvm-profdata-22` from Debian's llvm-22, which
+/// `cargo xtask setup` installs for bpf-linker.
+fn llvm_profdata() -> Result<PathBuf> {
+    let version = rustc_fact("LLVM version: ")?;
+    let major = version.split('.').next().unwrap_or_default();
+    let tool = format!("llvm-profdata-{major}");
+    let candidates = [
+        Path::new("/usr/bin").join(&tool),
+        PathBuf::from(format!("/usr/lib/llvm-{major}/bin/llvm-profdata")),
+    ];
+    if let Some(found) = candidates.into_iter().find(|p| p.exists()) {
+        return Ok(found);
+    }
+    bail!(
+        "{tool} not found (rustc uses LLVM {version}; Debian's llvm-{major} has it, \
+         and `cargo xtask setup` installs it); or pass --no-pgo"
+    )
+}
+
+/// A line of `rustc -vV`, after `prefix`.
+fn rustc_fact(prefix: &str) -> Result<String> {
+    let out = cmd::output(cmd::new("rustc").arg("-vV"))?;
+    out.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(str::to_owned)
+        .with_context(|| format!("`rustc -vV` printed no {prefix:?} line"))
+}
