@@ -70,7 +70,9 @@ pub struct Options {
     #[arg(long)]
     no_setup: bool,
     /// Measure the binaries already in target/ as they are, without
-    /// building (e.g. a build kept from before a change, copied back).
+    /// building: target/pgo/agentguard (target/release/agentguard with
+    /// --no-pgo) and target/release/agentguard-bench, e.g. a build kept
+    /// from before a change, copied back there.
     #[arg(long)]
     no_build: bool,
     /// Measure a plain release build of the daemon rather than the
@@ -260,7 +262,8 @@ fn release_bin_dir(root: &Path, build: release::Build) -> Result<PathBuf> {
     ] {
         if !to.exists() {
             bail!(
-                "{} is missing (build it, or run without --no-build)",
+                "{} is missing (run without --no-build, or pass --no-pgo for the plain \
+                 release build)",
                 to.display()
             );
         }
@@ -470,8 +473,6 @@ fn start_env(bin: &Path, tools: &tools::Tools, work: &Path) -> Result<Env> {
 /// instrumented), recording nothing. Its daemons stop with SIGTERM, so
 /// each writes its counters as it exits.
 pub fn train(root: &Path, bin: &Path, requests: u32) -> Result<()> {
-    // As in `run` (an error here: `run` has set it already).
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     let target = ws::target_dir(root);
     let tools = tools::ensure(&target)?;
     let work = target

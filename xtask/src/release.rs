@@ -12,8 +12,10 @@
 //! workload it learns from is the bench's own, so the bench shows the
 //! gain at its largest.
 //!
-//! Training needs what the bench needs (root, eBPF, cgroups); `--no-pgo`
-//! builds a plain release without it.
+//! Training needs what the bench needs: root, eBPF and cgroups, and the
+//! bench's tools, which it installs as the bench does (nginx, oha,
+//! h2load, mitmproxy, valgrind). `--no-pgo` builds a plain release
+//! without any of it.
 
 use std::{
     fs,
@@ -90,7 +92,8 @@ pub fn daemon(root: &Path, build: Build) -> Result<PathBuf> {
 
 fn profile_guided(root: &Path) -> Result<()> {
     for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS"] {
-        if std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
+        // Even empty, it takes the place of the host target's flags.
+        if std::env::var_os(var).is_some() {
             bail!(
                 "{var} is set: it would replace the flags a profile-guided build sets \
                  (cargo reads it first); unset it, or pass --no-pgo"
@@ -164,7 +167,8 @@ fn train(root: &Path, data: &Path, instrumented: &Path) -> Result<()> {
     let written = fs::read_dir(&raw)?.count();
     if written == 0 {
         bail!(
-            "the instrumented daemon wrote no profile into {} (did it exit cleanly?)",
+            "the instrumented daemon wrote no profile into {} (did it exit cleanly? \
+             is LLVM_PROFILE_FILE set? it overrides that directory)",
             raw.display()
         );
     }
@@ -184,8 +188,9 @@ fn forget_profiles(data: &Path) -> Result<()> {
 }
 
 /// `cargo build --profile PROFILE -p …`, with `rustflags` for the host
-/// target only: the eBPF programs (built for the bpf target inside
-/// agentguard's build script) take none of them.
+/// target (build scripts and proc macros take them too, harmlessly; the
+/// eBPF programs, built for the bpf target by aya-build with flags of its
+/// own, take none). They replace `[build] rustflags` for this build.
 fn cargo_build(
     root: &Path,
     profile: &str,
@@ -227,8 +232,8 @@ fn llvm_profdata() -> Result<PathBuf> {
         return Ok(found);
     }
     bail!(
-        "{tool} not found (rustc uses LLVM {version}; Debian's llvm-{major} has it, \
-         and `cargo xtask setup` installs it); or pass --no-pgo"
+        "{tool} not found: rustc uses LLVM {version}, and its profiles need that \
+         version's llvm-profdata (Debian package llvm-{major}); install it, or pass --no-pgo"
     )
 }
 

@@ -209,7 +209,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         // Stopped as a service manager stops it (SIGTERM, then a kill
         // after 10 s): an instrumented build writes its profile only on a
-        // clean exit (`cargo xtask build --pgo`).
+        // clean exit (xtask/src/release.rs).
         if let Some(mut p) = self.process.take() {
             p.signal("TERM");
             p.wait_exit(Duration::from_secs(10));
