@@ -39,7 +39,7 @@ use self::{
     scenario::{SCENARIOS, Size},
     stats::{Results, Run},
 };
-use crate::{cmd, paths as ws, release, setup};
+use crate::{paths as ws, release, setup};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -124,14 +124,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     }
     let bin = if opts.smoke {
         if !opts.no_build {
-            cmd::run(cmd::cargo(root).args([
-                "build",
-                "--locked",
-                "-p",
-                "agentguard",
-                "-p",
-                "agentguard-bench",
-            ]))?;
+            release::cargo_build(root, "dev", &["agentguard", "agentguard-bench"], None)?;
         }
         target.join("debug")
     } else {

@@ -191,7 +191,7 @@ fn forget_profiles(data: &Path) -> Result<()> {
 /// target (build scripts and proc macros take them too, harmlessly; the
 /// eBPF programs, built for the bpf target by aya-build with flags of its
 /// own, take none). They replace `[build] rustflags` for this build.
-fn cargo_build(
+pub fn cargo_build(
     root: &Path,
     profile: &str,
     packages: &[&str],

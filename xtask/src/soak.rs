@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     bench::{self, agentguard::Daemon, upstream::Upstream},
-    cmd, paths as ws, setup,
+    paths as ws, release, setup,
 };
 
 #[derive(Debug, clap::Args)]
@@ -83,16 +83,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     };
     let target = ws::target_dir(root);
     let profile = if opts.smoke { "dev" } else { "release" };
-    cmd::run(cmd::cargo(root).args([
-        "build",
-        "--profile",
-        profile,
-        "--locked",
-        "-p",
-        "agentguard",
-        "-p",
-        "agentguard-bench",
-    ]))?;
+    release::cargo_build(root, profile, &["agentguard", "agentguard-bench"], None)?;
     let bin = target.join(if opts.smoke { "debug" } else { "release" });
     let out = target.join("soak");
     let work = out.join(format!("work-{}", std::process::id()));
