@@ -38,6 +38,7 @@ mod service;
 mod shares;
 mod splice;
 mod systemd_units;
+mod token_verifiers;
 mod tokens;
 mod tool_server_example;
 mod unix_sockets;

@@ -234,7 +234,7 @@ pub(super) fn claims(token: &str) -> Value {
 }
 
 /// The JSON of a JWT's header (0) or claims (1).
-fn part(token: &str, n: usize) -> Value {
+pub(super) fn part(token: &str, n: usize) -> Value {
     let payload = token.split('.').nth(n).expect("a JWT");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)

@@ -7,10 +7,10 @@
 pub mod apt;
 mod bpf_linker;
 mod bpffs;
-mod browser;
 mod cargo_deb;
 mod cargo_fuzz;
 mod kubernetes;
+mod npm;
 mod runtimes;
 mod toolchain;
 
@@ -103,7 +103,7 @@ pub fn run() -> Result<()> {
     // After the runtimes: kubernetes-validate installs with pip.
     kubernetes::ensure(&mut apt)?;
     // After the runtimes: npm comes with node.
-    browser::ensure()?;
+    npm::ensure()?;
     bpffs::ensure()?;
     println!("setup: done");
     Ok(())

@@ -39,6 +39,9 @@ const PYTHON_PACKAGES: &[(&str, &str, Option<&str>)] = &[
     // (tests/servers/oauth_server.py): Authlib's server framework (RFC 6749,
     // RFC 7523 client assertions and JWT-bearer grant) on Flask.
     ("authlib", "authlib", Some("1.9.10")),
+    // The JWT library Python tool servers verify agentguard's tokens with
+    // (tests/tests/token_verifiers.rs); `crypto` brings ES256 and EdDSA.
+    ("PyJWT[crypto]", "jwt, cryptography", Some("2.15.1")),
     ("flask", "flask", Some("3.1.3")),
     // AWS as the agent sees it: boto3 and the AWS CLI, unmodified, against
     // moto's server (signature verification on, STS included).

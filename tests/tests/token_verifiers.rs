@@ -1,0 +1,152 @@
+//! The tokens agentguard mints, verified by the JWT libraries tool servers
+//! are written with, configured as a server would be: the JWKS as
+//! `agentguard token jwks` prints it, one allowed algorithm, the issuer and
+//! the audience. PyJWT (Python) and jose (Node) are run unmodified on the
+//! scripts in tests/verifiers; `agentguard token verify` is the
+//! agentguard-verify crate's check. Each accepts the default key's tokens
+//! (EdDSA) and ES256's, refuses a token whose signature was changed, and
+//! refuses one of an algorithm it does not allow.
+
+use std::{path::Path, process::Command};
+
+use serde_json::Value;
+
+use super::tokens::{AGENT, Setup, TOOL, agent_call_at, setup_with};
+use crate::common::{AGENTGUARD, TlsUpstream, text};
+
+/// As tokens.rs's policy, with a lifetime that outlasts the checks.
+const POLICY: &str = r#"
+[[credential]]
+id = "tool-token"
+source = { jwt = { audience = "itsm", scope = "tickets:write", ttl = "5m" } }
+inject = { header = "Authorization", format = "Bearer {secret}" }
+
+[[tool]]
+name = "tool.tickets"
+host = "tool.agentguard.test"
+methods = ["POST"]
+paths = ["/reflect"]
+credential = "tool-token"
+"#;
+
+fn verifiers_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/verifiers")
+}
+
+/// A token the daemon minted for one agent call, as the tool received it.
+fn minted(s: &Setup) -> String {
+    let peek = TlsUpstream::start("127.0.0.10", TOOL, &s.ca);
+    let body = s.dir.path().join("body.json");
+    std::fs::write(&body, r#"{"title":"printer on fire"}"#).unwrap();
+    let out = agent_call_at(s, "127.0.0.10", peek.addr.port(), &body);
+    assert!(
+        text(&out.stdout).ends_with("200"),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let seen = peek.header_values("/reflect", "authorization");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    seen[0].strip_prefix("Bearer ").expect("bearer").to_owned()
+}
+
+/// What one verifier said of a token: the claims it accepted, or why not.
+fn verify(verifier: &str, s: &Setup, token: &str, alg: &str) -> Result<Value, String> {
+    let dir = verifiers_dir();
+    let mut cmd = match verifier {
+        "pyjwt" => {
+            let mut c = Command::new("python3");
+            c.arg(dir.join("verify_token.py"));
+            c
+        }
+        "jose" => {
+            assert!(
+                dir.join("node_modules/jose").exists(),
+                "jose is not installed in tests/verifiers: run `cargo xtask setup`"
+            );
+            let mut c = Command::new("node");
+            c.arg(dir.join("verify_token.mjs"));
+            c
+        }
+        other => panic!("no verifier {other}"),
+    };
+    let out = cmd
+        .arg(&s.jwks)
+        .args([token, &s.issuer, "itsm", alg])
+        .output()
+        .unwrap();
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    match out.status.code() {
+        Some(0) => Ok(serde_json::from_str(text(&out.stdout).trim())
+            .unwrap_or_else(|e| panic!("{verifier}: {e}: {said}"))),
+        Some(1) if said.starts_with("refused:") => Err(said),
+        _ => panic!("{verifier} failed to run: {said}"),
+    }
+}
+
+/// `agentguard token verify` (agentguard-verify's checks, the binding
+/// too): the call as [`agent_call_at`] made it, to the URL the token names.
+fn agentguard_verifies(s: &Setup, token: &str) -> bool {
+    let htu = super::tokens::claims(token)["htu"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = Command::new(AGENTGUARD)
+        .args(["token", "verify", "--audience", "itsm", "--issuer"])
+        .arg(&s.issuer)
+        .args(["--method", "POST", "--jwks"])
+        .arg(&s.jwks)
+        .args(["--url", &format!("{htu}?dry=1"), "--body-file"])
+        .arg(s.dir.path().join("body.json"))
+        .arg(token)
+        .output()
+        .unwrap();
+    out.status.success()
+}
+
+/// The token with one character of its signature changed.
+fn tampered(token: &str) -> String {
+    let mut bytes = token.as_bytes().to_vec();
+    let i = bytes.len() - 5;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(bytes).unwrap()
+}
+
+fn check(s: &Setup, alg: &str, other: &str) {
+    let token = minted(s);
+    assert_eq!(super::tokens::part(&token, 0)["alg"], alg);
+    for verifier in ["pyjwt", "jose"] {
+        let accepted = verify(verifier, s, &token, alg)
+            .unwrap_or_else(|e| panic!("{verifier} refused a {alg} token: {e}"));
+        let claims = accepted.get("claims").unwrap_or(&accepted);
+        assert_eq!(claims["aud"], "itsm", "{verifier}: {accepted}");
+        assert_eq!(
+            claims["sub"],
+            format!("spiffe://agentguard.local/agent/{AGENT}"),
+            "{verifier}: {accepted}"
+        );
+        let why = verify(verifier, s, &tampered(&token), alg)
+            .expect_err(&format!("{verifier} accepted a changed signature"));
+        assert!(why.contains("ignature"), "{verifier}: {why}");
+        verify(verifier, s, &token, other).expect_err(&format!(
+            "{verifier} accepted {alg} where only {other} is allowed"
+        ));
+    }
+    assert!(
+        agentguard_verifies(s, &token),
+        "agentguard token verify refused it"
+    );
+    assert!(!agentguard_verifies(s, &tampered(&token)));
+}
+
+#[test]
+fn pyjwt_jose_and_agentguard_verify_the_default_eddsa_tokens() {
+    let s = setup_with(POLICY, &[]);
+    check(&s, "EdDSA", "ES256");
+}
+
+#[test]
+fn pyjwt_jose_and_agentguard_verify_es256_tokens() {
+    let s = setup_with(POLICY, &["--token-algorithm", "es256"]);
+    check(&s, "ES256", "EdDSA");
+}
