@@ -311,6 +311,11 @@ const EXEC_CANNOT_RUN: u8 = 126;
 const EXEC_NOT_FOUND: u8 = 127;
 
 pub fn main() -> ExitCode {
+    // rustls is built with two providers (aws-lc-rs for the proxy's TLS
+    // sides, ring for the rest), so it has no process default of its own:
+    // every config here names its provider, and this one serves any that
+    // does not (a library's `ClientConfig::builder()`), which would panic.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let usage = if first_command(&argv).as_deref() == Some("exec") {
         EXEC_FAILED

@@ -587,7 +587,7 @@ fn tls_acceptor(
     ca: Arc<LocalCa>,
 ) -> Result<(tokio_rustls::TlsAcceptor, Arc<LeafCache>), DaemonError> {
     let leaves = Arc::new(LeafCache::new(ca, DEFAULT_LEAF_CACHE_CAPACITY));
-    let mut config = rustls::ServerConfig::builder_with_provider(crate::tls_provider::provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::tls_provider::agent_side())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(leaves.clone());

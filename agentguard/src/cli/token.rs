@@ -58,11 +58,10 @@ pub struct TokenRunArgs {
     /// this size; larger ones are refused with 413.
     #[arg(long, default_value = DEFAULT_JWT_MAX_BODY, value_name = "SIZE")]
     jwt_max_body: String,
-    /// Signing algorithm of the token key: eddsa (Ed25519) or es256
-    /// (P-256). A key of the other kind is rotated out at start. Without
-    /// it, an existing key keeps its algorithm and a new key is eddsa.
-    #[arg(long, value_name = "eddsa|es256")]
-    token_algorithm: Option<String>,
+    /// Signing algorithm of new token keys: es256 (P-256) or eddsa
+    /// (Ed25519). A key of the other kind is rotated out at start.
+    #[arg(long, default_value = "es256", value_name = "es256|eddsa")]
+    token_algorithm: String,
     /// Serve the JWKS with this certificate chain (PEM)... (default: a leaf
     /// from agentguard's CA, <state-dir>/ca/ca.crt)
     #[arg(long, requires = "jwks_tls_key", conflicts_with = "jwks_plain_http")]
@@ -86,11 +85,7 @@ impl TokenRunArgs {
             trust_domain: self.trust_domain.clone(),
             jwks_listen: parse_jwks_listen(&self.jwks_listen)?,
             max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
-            algorithm: self
-                .token_algorithm
-                .as_deref()
-                .map(crate::token::SigningAlgorithm::parse)
-                .transpose()
+            algorithm: crate::token::SigningAlgorithm::parse(&self.token_algorithm)
                 .map_err(ConfigError::TokenAlgorithm)?,
             jwks_tls: JwksTlsOptions {
                 cert_and_key: self.jwks_tls_cert.clone().zip(self.jwks_tls_key.clone()),

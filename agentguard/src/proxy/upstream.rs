@@ -166,7 +166,7 @@ impl Upstreams {
             return Err(UpstreamError::NoRoots);
         }
         tracing::debug!(system_roots = added, "upstream trust store loaded");
-        let tls = ClientConfig::builder_with_provider(crate::tls_provider::provider())
+        let tls = ClientConfig::builder_with_provider(crate::tls_provider::upstream_side())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();

@@ -67,7 +67,7 @@ mod tests {
     fn identity_tokens_verify_through_the_jwks_and_name_the_agent() {
         let dir = tempfile::tempdir().unwrap();
         let minter = Minter::new(
-            KeyStore::load_or_create(dir.path(), Some(SigningAlgorithm::Es256)).unwrap(),
+            KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap(),
             "example.org",
         );
         let token = minter

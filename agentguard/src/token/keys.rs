@@ -2,9 +2,8 @@
 //! the public keys of retired keys kept for the JWKS until their tokens have
 //! expired.
 //!
-//! - `signing.key`: the current key, PKCS#8 PEM, mode 0600: EdDSA (Ed25519,
-//!   RFC 8037) for a new key unless ES256 (P-256, RFC 7518 §3.4) is asked
-//!   for. An existing key keeps its algorithm unless another is asked for.
+//! - `signing.key`: the current key, PKCS#8 PEM, mode 0600: ES256 (P-256,
+//!   RFC 7518 §3.4) by default, or EdDSA (Ed25519, RFC 8037) when asked.
 //! - `retired.json`: public JWKs of earlier keys, each with the time after
 //!   which no token it signed can still be valid (mode 0600; public, but
 //!   nothing else needs to read it).
@@ -50,16 +49,18 @@ pub enum KeyError {
     Invalid { path: PathBuf, reason: String },
 }
 
-/// How new signing keys are made. Verifiers accept both.
+/// How new signing keys are made. agentguard-verify, PyJWT and jose
+/// verify both (tests/tests/token_verifiers.rs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SigningAlgorithm {
-    /// ECDSA P-256 with SHA-256.
-    Es256,
-    /// Ed25519: the default for a new key, since it is the cheaper to sign
-    /// (7.0 µs against ES256's 11.9 µs a token, one core of the bench
-    /// machine) and PyJWT, jose and agentguard-verify all verify it
-    /// (tests/tests/token_verifiers.rs).
+    /// ECDSA P-256 with SHA-256: what JWT libraries and authorization
+    /// servers verify without being told to (Authlib's joserfc, for one,
+    /// refuses `EdDSA` unless it is allowed, as RFC 9864 deprecates that
+    /// name), and the same key signs the identity tokens sent to them.
     #[default]
+    Es256,
+    /// Ed25519: the cheaper to sign (7.0 µs against ES256's 11.9 µs a
+    /// token, one core of the bench machine) and to verify.
     EdDsa,
 }
 
@@ -125,16 +126,10 @@ impl std::fmt::Debug for KeyStore {
 }
 
 impl KeyStore {
-    /// Opens `<state_dir>/token/`, making the folder and a key if absent:
-    /// of the `asked` algorithm, or the default one. A key of another
-    /// algorithm than the one asked for is rotated out (its tokens verify
-    /// until they expire), so the daemon signs with what it was told; when
-    /// nothing is asked, the key keeps its algorithm, so that an upgrade
-    /// does not change what tool servers are sent.
-    pub fn load_or_create(
-        state_dir: &Path,
-        asked: Option<SigningAlgorithm>,
-    ) -> Result<Self, KeyError> {
+    /// Opens `<state_dir>/token/`, making the folder and an `alg` key if
+    /// absent. A key of the other algorithm is rotated out (its tokens
+    /// verify until they expire), so the daemon signs with what it was told.
+    pub fn load_or_create(state_dir: &Path, alg: SigningAlgorithm) -> Result<Self, KeyError> {
         let dir = state_dir.join("token");
         match fs::DirBuilder::new().mode(DIR_MODE).create(&dir) {
             Ok(()) => {}
@@ -151,11 +146,10 @@ impl KeyStore {
         let current = if key_path.exists() {
             read_key(&key_path)?
         } else {
-            let pem = generate(asked.unwrap_or_default())?;
+            let pem = generate(alg)?;
             write_private(&key_path, pem.as_bytes())?;
             parse_key(&key_path, &pem)?
         };
-        let alg = asked.unwrap_or(current.alg);
         let retired = read_retired(&dir.join(RETIRED_FILE))?;
         let mut store = Self {
             dir,
@@ -204,7 +198,10 @@ impl KeyStore {
                 .sign(&aws_lc_rs::rand::SystemRandom::new(), message)
                 .map(|s| s.as_ref().to_vec())
                 .map_err(|_| "ES256 signing failed".to_owned()),
-            Signer::EdDsa(key) => Ok(key.sign(message).as_ref().to_vec()),
+            Signer::EdDsa(key) => key
+                .try_sign(message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| "EdDSA signing failed".to_owned()),
         }
     }
 
@@ -329,7 +326,8 @@ fn parse_key(path: &Path, pem: &str) -> Result<SigningKey, KeyError> {
             der.secret_pkcs8_der(),
         )
         .map(Signer::Es256),
-        // v1 (seed only) as generate() writes it, or v2.
+        // v1 (seed only), as generate() writes it and as
+        // Jwk::from_encoding_key above requires.
         SigningAlgorithm::EdDsa => {
             aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
                 .map(Signer::EdDsa)
@@ -389,12 +387,12 @@ mod tests {
     #[test]
     fn key_is_made_once_private_and_reloaded() {
         let dir = tempfile::tempdir().unwrap();
-        let a = KeyStore::load_or_create(dir.path(), Some(SigningAlgorithm::Es256)).unwrap();
+        let a = KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap();
         let mode = fs::metadata(dir.path().join("token/signing.key"))
             .unwrap()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let b = KeyStore::load_or_create(dir.path(), Some(SigningAlgorithm::Es256)).unwrap();
+        let b = KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap();
         assert_eq!(a.kid(), b.kid());
         let jwks = a.jwks();
         assert_eq!(jwks.keys.len(), 1);
@@ -407,7 +405,7 @@ mod tests {
     #[test]
     fn rotation_keeps_the_old_key_until_its_tokens_expire() {
         let dir = tempfile::tempdir().unwrap();
-        let mut keys = KeyStore::load_or_create(dir.path(), Some(SigningAlgorithm::Es256)).unwrap();
+        let mut keys = KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap();
         let old = keys.kid().to_owned();
         keys.rotate(Duration::from_secs(120)).unwrap();
         assert_ne!(keys.kid(), old);
@@ -432,13 +430,13 @@ mod tests {
     #[test]
     fn eddsa_keys_sign_and_a_change_of_algorithm_rotates() {
         let dir = tempfile::tempdir().unwrap();
-        let es = KeyStore::load_or_create(dir.path(), Some(SigningAlgorithm::Es256)).unwrap();
+        let es = KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap();
         assert_eq!(es.algorithm(), SigningAlgorithm::Es256);
         assert_eq!(
             es.jwks().keys[0].common.key_algorithm,
             Some(jsonwebtoken::jwk::KeyAlgorithm::ES256)
         );
-        let ed = KeyStore::load_or_create(dir.path(), Some(SigningAlgorithm::EdDsa)).unwrap();
+        let ed = KeyStore::load_or_create(dir.path(), SigningAlgorithm::EdDsa).unwrap();
         assert_eq!(ed.algorithm(), SigningAlgorithm::EdDsa);
         let jwks = ed.jwks();
         assert_eq!(
@@ -462,33 +460,13 @@ mod tests {
         assert!(SigningAlgorithm::parse("RS256").is_err());
     }
 
-    /// Nothing asked: a new key is EdDSA, and an existing key keeps its
-    /// algorithm (an upgrade must not change what tool servers are sent).
-    #[test]
-    fn without_an_asked_algorithm_a_new_key_is_eddsa_and_an_old_one_stays() {
-        let new = tempfile::tempdir().unwrap();
-        let keys = KeyStore::load_or_create(new.path(), None).unwrap();
-        assert_eq!(keys.algorithm(), SigningAlgorithm::EdDsa);
-
-        let old = tempfile::tempdir().unwrap();
-        let es = KeyStore::load_or_create(old.path(), Some(SigningAlgorithm::Es256)).unwrap();
-        let mut again = KeyStore::load_or_create(old.path(), None).unwrap();
-        assert_eq!(again.algorithm(), SigningAlgorithm::Es256);
-        assert_eq!(again.kid(), es.kid());
-        assert_eq!(again.jwks().keys.len(), 1, "nothing was rotated");
-        // A rotation makes a key of the same kind.
-        again.rotate(Duration::from_secs(60)).unwrap();
-        assert_eq!(again.algorithm(), SigningAlgorithm::Es256);
-        assert_ne!(again.kid(), es.kid());
-    }
-
     /// Each algorithm's signature verifies with the published JWK
     /// (jsonwebtoken, as agentguard-verify checks it).
     #[test]
     fn signatures_verify_with_the_published_key() {
         for alg in [SigningAlgorithm::EdDsa, SigningAlgorithm::Es256] {
             let dir = tempfile::tempdir().unwrap();
-            let keys = KeyStore::load_or_create(dir.path(), Some(alg)).unwrap();
+            let keys = KeyStore::load_or_create(dir.path(), alg).unwrap();
             let claims = super::super::b64url(br#"{"sub":"x","exp":4102444800}"#);
             let input = format!("{}.{claims}", keys.encoded_header());
             let signature = super::super::b64url(&keys.sign(input.as_bytes()).unwrap());
@@ -514,7 +492,7 @@ mod tests {
     fn a_readable_key_is_refused() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
-        KeyStore::load_or_create(dir.path(), Some(SigningAlgorithm::Es256)).unwrap();
+        KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap();
         let path = dir.path().join("token/signing.key");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
@@ -555,7 +533,7 @@ mod tests {
         use sha2::{Digest as _, Sha256};
         for alg in [SigningAlgorithm::Es256, SigningAlgorithm::EdDsa] {
             let dir = tempfile::tempdir().unwrap();
-            let keys = KeyStore::load_or_create(dir.path(), Some(alg)).unwrap();
+            let keys = KeyStore::load_or_create(dir.path(), alg).unwrap();
             let public = serde_json::to_value(&keys.jwks().keys[0]).unwrap();
             let member = |m: &str| public[m].as_str().unwrap().to_owned();
             let canonical = match alg {

@@ -9,7 +9,7 @@ use super::*;
 use crate::token::{JwksSource, KeyStore, MintRequest, Minter, SigningAlgorithm, VerifierConfig};
 
 fn minter(dir: &Path) -> Minter {
-    let keys = KeyStore::load_or_create(dir, Some(SigningAlgorithm::Es256)).unwrap();
+    let keys = KeyStore::load_or_create(dir, SigningAlgorithm::Es256).unwrap();
     Minter::new(keys, "example.org")
 }
 

@@ -60,7 +60,8 @@ fn install(folder: &Folder) -> Result<()> {
     );
     cmd::run(
         cmd::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
+            // Pinned, and no package's install scripts run.
+            .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
             // Playwright must never fetch a browser of its own.
             .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
             .current_dir(&dir),
