@@ -11,23 +11,13 @@ use std::{path::Path, process::Command};
 
 use serde_json::Value;
 
-use super::tokens::{AGENT, Setup, TOOL, agent_call_at, setup_with};
-use crate::common::{AGENTGUARD, TlsUpstream, text};
+use super::tokens::{
+    AGENT, Setup, TOOL, agent_call_at, claims, part, policy, setup_with, token_verify,
+};
+use crate::common::{TlsUpstream, text};
 
-/// As tokens.rs's policy, with a lifetime that outlasts the checks.
-const POLICY: &str = r#"
-[[credential]]
-id = "tool-token"
-source = { jwt = { audience = "itsm", scope = "tickets:write", ttl = "5m" } }
-inject = { header = "Authorization", format = "Bearer {secret}" }
-
-[[tool]]
-name = "tool.tickets"
-host = "tool.agentguard.test"
-methods = ["POST"]
-paths = ["/reflect"]
-credential = "tool-token"
-"#;
+/// The tokens' lifetime: longer than the checks take.
+const TTL: &str = "5m";
 
 fn verifiers_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/verifiers")
@@ -87,21 +77,11 @@ fn verify(verifier: &str, s: &Setup, token: &str, alg: &str) -> Result<Value, St
 /// `agentguard token verify` (agentguard-verify's checks, the binding
 /// too): the call as [`agent_call_at`] made it, to the URL the token names.
 fn agentguard_verifies(s: &Setup, token: &str) -> bool {
-    let htu = super::tokens::claims(token)["htu"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let out = Command::new(AGENTGUARD)
-        .args(["token", "verify", "--audience", "itsm", "--issuer"])
-        .arg(&s.issuer)
-        .args(["--method", "POST", "--jwks"])
-        .arg(&s.jwks)
-        .args(["--url", &format!("{htu}?dry=1"), "--body-file"])
-        .arg(s.dir.path().join("body.json"))
-        .arg(token)
-        .output()
-        .unwrap();
-    out.status.success()
+    let htu = claims(token)["htu"].as_str().unwrap().to_owned();
+    let body = s.dir.path().join("body.json");
+    token_verify(s, &format!("{htu}?dry=1"), &body, token)
+        .status
+        .success()
 }
 
 /// The token with one character of its signature changed.
@@ -114,7 +94,7 @@ fn tampered(token: &str) -> String {
 
 fn check(s: &Setup, alg: &str, other: &str) {
     let token = minted(s);
-    assert_eq!(super::tokens::part(&token, 0)["alg"], alg);
+    assert_eq!(part(&token, 0)["alg"], alg);
     for verifier in ["pyjwt", "jose"] {
         let accepted = verify(verifier, s, &token, alg)
             .unwrap_or_else(|e| panic!("{verifier} refused a {alg} token: {e}"));
@@ -145,12 +125,12 @@ fn check(s: &Setup, alg: &str, other: &str) {
 
 #[test]
 fn pyjwt_jose_and_agentguard_verify_the_default_es256_tokens() {
-    let s = setup_with(POLICY, &[]);
+    let s = setup_with(&policy(TTL), &[]);
     check(&s, "ES256", "EdDSA");
 }
 
 #[test]
 fn pyjwt_jose_and_agentguard_verify_eddsa_tokens() {
-    let s = setup_with(POLICY, &["--token-algorithm", "eddsa"]);
+    let s = setup_with(&policy(TTL), &["--token-algorithm", "eddsa"]);
     check(&s, "EdDSA", "ES256");
 }

@@ -20,21 +20,25 @@ use crate::common::{AGENTGUARD, Daemon, TestCa, TlsUpstream, UPSTREAM_IP, requir
 pub(super) const AGENT: &str = "token-agent";
 pub(super) const TOOL: &str = "tool.agentguard.test";
 
-/// ttl 2 s: the token expires (with the verifier's 5 s leeway) within the
-/// test, so expiry is checked on a real minted token.
-const POLICY: &str = r#"
+/// The agent's policy: POSTs to TOOL's /reflect carry a token for audience
+/// `itsm`, scope `tickets:write`, that lives `ttl`.
+pub(super) fn policy(ttl: &str) -> String {
+    format!(
+        r#"
 [[credential]]
 id = "tool-token"
-source = { jwt = { audience = "itsm", scope = "tickets:write", ttl = "2s" } }
-inject = { header = "Authorization", format = "Bearer {secret}" }
+source = {{ jwt = {{ audience = "itsm", scope = "tickets:write", ttl = "{ttl}" }} }}
+inject = {{ header = "Authorization", format = "Bearer {{secret}}" }}
 
 [[tool]]
 name = "tool.tickets"
-host = "tool.agentguard.test"
+host = "{TOOL}"
 methods = ["POST"]
 paths = ["/reflect"]
 credential = "tool-token"
-"#;
+"#
+    )
+}
 
 static VP_INSTANCE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -69,7 +73,9 @@ pub(super) fn setup() -> Setup {
 
 /// [`setup`], with extra `agentguard run` arguments.
 fn setup_with_args(run_args: &[&str]) -> Setup {
-    setup_with(POLICY, run_args)
+    // ttl 2 s: the token expires (with the verifier's 5 s leeway) within
+    // the test, so expiry is checked on a real minted token.
+    setup_with(&policy("2s"), run_args)
 }
 
 /// [`setup`] with the agent's policy `policy` (beside its `[agent]`).
@@ -229,6 +235,21 @@ pub(super) fn direct(
     )
 }
 
+/// `agentguard token verify` of `token` for a POST of `body` to `url`,
+/// with the daemon's JWKS, issuer and the policy's audience.
+pub(super) fn token_verify(s: &Setup, url: &str, body: &Path, token: &str) -> Output {
+    Command::new(AGENTGUARD)
+        .args(["token", "verify", "--audience", "itsm", "--issuer"])
+        .arg(&s.issuer)
+        .args(["--method", "POST", "--jwks"])
+        .arg(&s.jwks)
+        .args(["--url", url, "--body-file"])
+        .arg(body)
+        .arg(token)
+        .output()
+        .unwrap()
+}
+
 pub(super) fn claims(token: &str) -> Value {
     part(token, 1)
 }
@@ -377,26 +398,7 @@ fn a_minted_token_binds_one_call_and_verify_proxy_checks_all_of_it() {
 
     // `agentguard token verify` checks the same, for tool servers that call
     // it: the call as minted passes, another query does not.
-    let verify = |url: &str| {
-        Command::new(AGENTGUARD)
-            .args([
-                "token",
-                "verify",
-                "--audience",
-                "itsm",
-                "--issuer",
-                &s.issuer,
-                "--method",
-                "POST",
-                "--jwks",
-            ])
-            .arg(&s.jwks)
-            .args(["--url", url, "--body-file"])
-            .arg(&body)
-            .arg(&token)
-            .output()
-            .unwrap()
-    };
+    let verify = |url: &str| token_verify(&s, url, &body, &token);
     let ok = verify(&format!("{origin}/reflect?dry=1"));
     assert!(
         ok.status.success(),
