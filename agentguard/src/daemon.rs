@@ -139,7 +139,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         &cfg.tokens.trust_domain,
     ));
     // Verifiers must be told the issuer (--issuer): this is where to read it.
-    info!(issuer = %minter.issuer(), kid = %minter.kid(), "token signing key ready");
+    info!(issuer = %minter.issuer(), kid = %minter.kid(), alg = ?minter.algorithm(), "token signing key ready");
     // Claim the admin socket before touching the kernel, so a second daemon
     // fails here instead of taking over the first one's links.
     let admin = AdminServer::bind(&cfg.admin_socket).await?;

@@ -99,6 +99,23 @@ enum Signer {
     EdDsa(aws_lc_rs::signature::Ed25519KeyPair),
 }
 
+impl Signer {
+    /// The JWS signature (RFC 7515) over `message`: ES256's fixed-width
+    /// r || s (RFC 7518 §3.4), or Ed25519's.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        match self {
+            Signer::Es256(key) => key
+                .sign(&aws_lc_rs::rand::SystemRandom::new(), message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| "ES256 signing failed".to_owned()),
+            Signer::EdDsa(key) => key
+                .try_sign(message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| "EdDSA signing failed".to_owned()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RetiredKey {
     jwk: Jwk,
@@ -193,16 +210,7 @@ impl KeyStore {
     /// The JWS signature (RFC 7515) over `message` with the current key:
     /// ES256's fixed-width r || s (RFC 7518 §3.4), or Ed25519's.
     pub(super) fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
-        match &self.current.signer {
-            Signer::Es256(key) => key
-                .sign(&aws_lc_rs::rand::SystemRandom::new(), message)
-                .map(|s| s.as_ref().to_vec())
-                .map_err(|_| "ES256 signing failed".to_owned()),
-            Signer::EdDsa(key) => key
-                .try_sign(message)
-                .map(|s| s.as_ref().to_vec())
-                .map_err(|_| "EdDSA signing failed".to_owned()),
-        }
+        self.current.signer.sign(message)
     }
 
     /// Replaces the signing key with a new one. The old public key stays in
@@ -334,6 +342,7 @@ fn parse_key(path: &Path, pem: &str) -> Result<SigningKey, KeyError> {
         }
     }
     .map_err(|e| invalid(e.to_string()))?;
+    check_signer_matches(&signer, &jwk, alg).map_err(invalid)?;
     let kid = thumbprint(&jwk).map_err(invalid)?;
     jwk.common.key_id = Some(kid.clone());
     jwk.common.public_key_use = Some(PublicKeyUse::Signature);
@@ -347,6 +356,23 @@ fn parse_key(path: &Path, pem: &str) -> Result<SigningKey, KeyError> {
         jwk,
         header: super::b64url(&header),
     })
+}
+
+/// Signs a probe with `signer` and verifies it with `jwk` as a tool's
+/// verifier would (jsonwebtoken): the key that signs tokens (aws-lc-rs) and
+/// the public key published for them (made by jsonwebtoken from the same
+/// PEM) are read by two libraries, and a key they read differently would
+/// have the daemon mint tokens no verifier accepts. Refused at start-up,
+/// not discovered by the tools.
+fn check_signer_matches(signer: &Signer, jwk: &Jwk, alg: SigningAlgorithm) -> Result<(), String> {
+    const PROBE: &[u8] = b"agentguard signing key self-check";
+    let signature = signer.sign(PROBE)?;
+    let public = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+    match jsonwebtoken::crypto::verify(&super::b64url(&signature), PROBE, &public, alg.jwt()) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("its signature does not verify with its published public key".into()),
+        Err(e) => Err(format!("its published public key does not verify: {e}")),
+    }
 }
 
 /// The `kid` of a key: its JWK SHA-256 thumbprint (RFC 7638 §3), so that a
@@ -485,6 +511,20 @@ mod tests {
                 jsonwebtoken::decode::<serde_json::Value>(&bad, &key, &validation).is_err(),
                 "{alg:?}"
             );
+        }
+    }
+
+    /// The start-up self-check refuses a signer and a published key that
+    /// are not one key's halves.
+    #[test]
+    fn a_signer_must_match_its_published_key() {
+        for alg in [SigningAlgorithm::Es256, SigningAlgorithm::EdDsa] {
+            let path = Path::new("signing.key");
+            let a = parse_key(path, &generate(alg).unwrap()).unwrap();
+            let b = parse_key(path, &generate(alg).unwrap()).unwrap();
+            assert_eq!(check_signer_matches(&a.signer, &a.jwk, alg), Ok(()));
+            let err = check_signer_matches(&a.signer, &b.jwk, alg).unwrap_err();
+            assert!(err.contains("does not verify"), "{alg:?}: {err}");
         }
     }
 

@@ -54,6 +54,15 @@ impl Minter {
     }
 
     /// The current signing key's id.
+    /// The JWS `alg` of the current key (ES256 or EdDSA).
+    pub fn algorithm(&self) -> jsonwebtoken::Algorithm {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .algorithm()
+            .jwt()
+    }
+
     pub fn kid(&self) -> String {
         self.keys
             .read()
