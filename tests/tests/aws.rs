@@ -198,14 +198,15 @@ fn boto3_and_the_aws_cli_with_placeholder_keys_are_signed_again() {
          print('q1', s3.get_object(Bucket='reports', Key='2024/q1.csv')['Body'].read().decode().splitlines()[1])\n\
          print('head', s3.head_object(Bucket='reports', Key='2024/q1.csv')['ContentLength'])\n\
          print('payroll', status(lambda: s3.get_object(Bucket='reports', Key='private/payroll.csv')))\n\
-         print('put', status(lambda: s3.put_object(Bucket='reports', Key='2024/new.csv', Body=b'x')))\n",
+         print('put', status(lambda: s3.put_object(Bucket='reports', Key='2024/new.csv', Body=b'x')))\n\
+         print('over 16 MiB', status(lambda: ec2.describe_regions(RegionNames=['r' * (17 << 20)])))\n",
         prelude = boto_prelude(&moto, "eu-west-1")
     );
     let out = run_agent(&daemon, &["python3", "-c", &script]);
     let stdout = ok(&out);
     assert_eq!(
         stdout,
-        "regions True\ninstances []\nrun 403\nq1 eu,42\nhead 19\npayroll 403\nput 403\n",
+        "regions True\ninstances []\nrun 403\nq1 eu,42\nhead 19\npayroll 403\nput 403\nover 16 MiB 400\n",
         "{}",
         text(&out.stderr)
     );
@@ -243,7 +244,7 @@ fn boto3_and_the_aws_cli_with_placeholder_keys_are_signed_again() {
     // The record: each call with the credential id, the action in the
     // reason, the refusals with theirs; no key anywhere.
     let events = daemon.wait_for_events("the aws requests", |e| {
-        e.iter().filter(|e| e["kind"] == "request").count() >= 9
+        e.iter().filter(|e| e["kind"] == "request").count() >= 10
     });
     let requests: Vec<_> = events.iter().filter(|e| e["kind"] == "request").collect();
     let run = requests
@@ -255,6 +256,15 @@ fn boto3_and_the_aws_cli_with_placeholder_keys_are_signed_again() {
         })
         .expect("the refused RunInstances is recorded with its action");
     assert_eq!(run["decision"], "deny");
+    // A signed body too large to re-sign is read no further than the
+    // bound and refused, saying why.
+    assert!(
+        requests.iter().any(|e| e["decision"] == "refuse"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("signed body is larger than"))),
+        "{requests:?}"
+    );
     assert!(
         requests
             .iter()

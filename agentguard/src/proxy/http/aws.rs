@@ -97,7 +97,18 @@ pub async fn read(req: Request<Incoming>, limit: Duration) -> Result<Request<Age
     let (mut parts, body) = req.into_parts();
     let body = match &request {
         Ok(r) if r.payload == Payload::Signed && has_body(&parts) => {
-            AgentBody::Read(read_bounded(body, limit).await?)
+            // Bounded in size and in time like every body read whole
+            // (`body`): an agent that stops mid-body must not hold its
+            // request, and its place among its requests in flight, for ever.
+            let read = super::body::read_bounded(boxed(body), MAX_SIGNED_BODY, &parts.headers, limit)
+                .await
+                .map_err(|e| match e {
+                    Refusal::BodyTooLarge { .. } => Refusal::AwsRefused(format!(
+                        "the signed body is larger than {MAX_SIGNED_BODY} bytes; AWS request bodies are hashed into their signature and read whole to re-sign them (S3 uploads: send the body unsigned over TLS)"
+                    )),
+                    other => other,
+                })?;
+            AgentBody::Read(read)
         }
         _ => AgentBody::Live(boxed(body)),
     };
@@ -136,30 +147,6 @@ fn has_body(parts: &Parts) -> bool {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .is_none_or(|v| v.trim() != "0")
-}
-
-/// The signed body, up to [`MAX_SIGNED_BODY`], all of it within `limit`:
-/// an agent that stops mid-body must not hold its request (and its place
-/// among its requests in flight) for ever.
-async fn read_bounded(mut body: Incoming, limit: Duration) -> Result<Bytes, Refusal> {
-    let mut buf = Vec::new();
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let Ok(frame) = tokio::time::timeout_at(deadline, body.frame()).await else {
-            return Err(Refusal::BodyTimeout(limit));
-        };
-        let Some(frame) = frame else { break };
-        let frame = frame.map_err(|e| Refusal::BodyUnreadable(super::agent_body::describe(&e)))?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > MAX_SIGNED_BODY {
-                return Err(Refusal::AwsRefused(format!(
-                    "the signed body is larger than {MAX_SIGNED_BODY} bytes; AWS request bodies are hashed into their signature and read whole to re-sign them (S3 uploads: send the body unsigned over TLS)"
-                )));
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(Bytes::from(buf))
 }
 
 /// The scope to sign for, checked against the credential's regions and

@@ -3,21 +3,13 @@
 //! minted for exactly the request the upstream will receive and put where
 //! the credential says.
 
-use std::time::Duration;
-
-use http_body_util::BodyExt as _;
-use hyper::{body::Bytes, header::CONTENT_LENGTH, http::request::Parts};
-use tokio::time::Instant;
+use hyper::{body::Bytes, http::request::Parts};
 
 use super::ConnMeta;
 use crate::{
     credentials::{Secret, inject},
     policy::Injection,
-    proxy::{
-        ProxyContext,
-        refusal::Refusal,
-        upstream::{BodyError, ProxyBody},
-    },
+    proxy::{ProxyContext, refusal::Refusal, upstream::ProxyBody},
     token::{MintRequest, RequestBinding},
 };
 
@@ -37,63 +29,6 @@ pub(super) struct JwtSpec<'a> {
     pub inject: &'a Injection,
 }
 
-/// A body past the bound is still read (and dropped), up to this much or
-/// [`DRAIN_TIME`], so that the client, still sending, gets the 413 instead
-/// of a reset stream.
-const DRAIN_MAX: u64 = 64 << 20;
-const DRAIN_TIME: Duration = Duration::from_secs(5);
-
-/// Why a body was not read whole.
-enum Unread {
-    Failed(BodyError),
-    /// It did not arrive within the limit.
-    Late(Duration),
-}
-
-/// The body if it is at most `max` bytes (and `over` is false), `None` if
-/// larger. The whole body must arrive within `limit`: an agent that sends
-/// a head and then trickles (or stops) must not hold the request, and its
-/// place among the agent's requests in flight, for ever.
-async fn read_bounded(
-    mut body: ProxyBody,
-    max: usize,
-    mut over: bool,
-    limit: Duration,
-) -> Result<Option<Bytes>, Unread> {
-    let mut buf = Vec::new();
-    let mut seen: u64 = 0;
-    let deadline = Instant::now() + limit;
-    let drain_deadline = Instant::now() + DRAIN_TIME;
-    loop {
-        let frame = if over {
-            match tokio::time::timeout_at(drain_deadline.min(deadline), body.frame()).await {
-                Ok(f) => f,
-                Err(_) => break,
-            }
-        } else {
-            match tokio::time::timeout_at(deadline, body.frame()).await {
-                Ok(f) => f,
-                Err(_) => return Err(Unread::Late(limit)),
-            }
-        };
-        let Some(frame) = frame else { break };
-        let Ok(data) = frame.map_err(Unread::Failed)?.into_data() else {
-            continue;
-        };
-        seen += data.len() as u64;
-        if !over && buf.len() + data.len() <= max {
-            buf.extend_from_slice(&data);
-        } else {
-            over = true;
-            buf = Vec::new();
-            if seen > DRAIN_MAX {
-                break;
-            }
-        }
-    }
-    Ok((!over).then(|| Bytes::from(buf)))
-}
-
 /// `parts` must already be the upstream's request head (absolute URI with
 /// the normalised path): that is what the token binds.
 pub(super) async fn bind(
@@ -103,21 +38,15 @@ pub(super) async fn bind(
     meta: &ConnMeta,
     ctx: &ProxyContext,
 ) -> Result<Bound, Refusal> {
+    // Bounded in size and in time like every body read whole (`body`).
     let max = ctx.jwt_max_body;
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let over = declared.is_some_and(|n| n > max as u64);
     let limit = ctx.limits.options().client_timeout;
-    let body = match read_bounded(body, max, over, limit).await {
-        Ok(Some(b)) => b,
-        Ok(None) => return Err(Refusal::JwtBodyTooLarge { max }),
-        Err(Unread::Failed(e)) => {
-            return Err(Refusal::BodyUnreadable(super::agent_body::describe(&*e)));
-        }
-        Err(Unread::Late(limit)) => return Err(Refusal::BodyTimeout(limit)),
-    };
+    let body = super::body::read_bounded(body, max, &parts.headers, limit)
+        .await
+        .map_err(|e| match e {
+            Refusal::BodyTooLarge { max } => Refusal::JwtBodyTooLarge { max },
+            other => other,
+        })?;
     let on_behalf_of = ctx.on_behalf_of.lookup(meta.identity.pid);
     let binding = RequestBinding::new(parts.method.as_str(), &parts.uri, "https", &body);
     let minted = ctx
