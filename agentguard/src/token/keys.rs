@@ -207,8 +207,8 @@ impl KeyStore {
         &self.current.header
     }
 
-    /// The JWS signature (RFC 7515) over `message` with the current key:
-    /// ES256's fixed-width r || s (RFC 7518 §3.4), or Ed25519's.
+    /// The JWS signature over `message` with the current key
+    /// ([`Signer::sign`]).
     pub(super) fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
         self.current.signer.sign(message)
     }
