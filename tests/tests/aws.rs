@@ -256,8 +256,8 @@ fn boto3_and_the_aws_cli_with_placeholder_keys_are_signed_again() {
         })
         .expect("the refused RunInstances is recorded with its action");
     assert_eq!(run["decision"], "deny");
-    // A signed body too large to re-sign is read no further than the
-    // bound and refused, saying why.
+    // A signed body too large to re-sign is refused, saying why (its
+    // declared length is over the bound: it is drained, never kept).
     assert!(
         requests.iter().any(|e| e["decision"] == "refuse"
             && e["reason"]

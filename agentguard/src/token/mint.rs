@@ -53,7 +53,6 @@ impl Minter {
         &self.trust_domain
     }
 
-    /// The current signing key's id.
     /// The JWS `alg` of the current key (ES256 or EdDSA).
     pub fn algorithm(&self) -> jsonwebtoken::Algorithm {
         self.keys
@@ -63,6 +62,7 @@ impl Minter {
             .jwt()
     }
 
+    /// The current signing key's id.
     pub fn kid(&self) -> String {
         self.keys
             .read()

@@ -22,6 +22,9 @@ use crate::proxy::{refusal::Refusal, upstream::BodyError};
 /// [`DRAIN_TIME`].
 const DRAIN_MAX: u64 = 64 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(5);
+/// The most reserved up front for a declared `Content-Length`; a longer
+/// body grows its buffer as it arrives.
+const PREALLOC_MAX: u64 = 64 << 10;
 
 /// The body, if it is at most `max` bytes and all of it arrives within
 /// `limit`. A declared `Content-Length` over the bound refuses it before a
@@ -39,7 +42,11 @@ where
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let mut over = declared.is_some_and(|n| n > max as u64);
-    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n.min(max as u64) as usize));
+    // Room for what the agent declared, within the bound and within
+    // PREALLOC_MAX: the length is the agent's word, and a body refused
+    // for it, or one that never comes, must not have reserved the bound.
+    let room = declared.filter(|_| !over).unwrap_or(0).min(PREALLOC_MAX);
+    let mut buf = Vec::with_capacity(room as usize);
     let mut seen: u64 = 0;
     let deadline = Instant::now() + limit;
     let drain_deadline = Instant::now() + DRAIN_TIME;
