@@ -134,50 +134,99 @@ pub fn run(env: &Env, dir: &Path, target: Target, seconds: u32) -> Result<String
     ))
 }
 
-/// Work that includes a sample: (label, a function every such sample has
-/// on its stack). Functions nest, so the shares overlap and do not add up.
-const INCLUSIVE: &[(&str, &str)] = &[
+/// How a row of the work table is measured.
+enum Measure {
+    /// The share of samples with any of these on their stack (the
+    /// outermost line of the inclusive report that names one). Only frames
+    /// perf sees count: the profile-guided build inlines most of the async
+    /// code, so each needle is a function that stays a frame of its own
+    /// (a thread's entry, a libc or kernel entry, a library's call).
+    OnStack(&'static [&'static str]),
+    /// The sum of the self shares of the functions a needle is in: for
+    /// work spread over many small functions (an allocator's), where no
+    /// one frame holds it all.
+    SelfOf(&'static [&'static str]),
+}
+
+/// The work table: (label, how its share is measured). Inclusive shares
+/// nest and overlap, so the rows do not add up.
+const WORK: &[(&str, Measure)] = &[
     (
-        "writing responses to the agent (TLS encrypt, writev, loopback TCP)",
-        "tokio_rustls::server::TlsStream<IO> as tokio::io::async_write::AsyncWrite>::poll_write_vectored",
+        "audit writer thread (SQLite rows, hash chain, fsync)",
+        Measure::OnStack(&["agentguard::audit::writer::Writer::run"]),
     ),
     (
-        "reading requests from the agent (TLS decrypt, read)",
-        "tokio_rustls::server::TlsStream<IO> as tokio::io::async_read::AsyncRead>::poll_read",
+        "socket writes (writev: TLS records to agents and upstreams, loopback TCP)",
+        Measure::OnStack(&["__GI___writev", "[k] do_writev"]),
     ),
     (
-        "audit writer thread: commit to SQLite (rows, hash chain, fsync)",
-        "agentguard::audit::writer::Writer::commit",
+        "socket reads (recv)",
+        Measure::OnStack(&["__libc_recv", "[k] __sys_recvfrom"]),
     ),
     (
-        "completing each request's record (log line, audit event, recent view)",
-        "agentguard::proxy::http::record::Finish::complete",
+        "waiting for sockets (epoll_wait)",
+        Measure::OnStack(&["[k] do_epoll_wait"]),
     ),
     (
-        "tracing log lines (JSON formatting and write)",
-        "tracing_core::event::Event::dispatch",
-    ),
-    (
-        "handing audit events to the writer (queue send, wake-up)",
-        "agentguard::audit::Permit::record",
-    ),
-    (
-        "upstream HTTP/2 client (hyper h2)",
-        "hyper::proto::h2::client::H2ClientFuture",
-    ),
-    (
-        "minting request-bound JWTs",
-        "agentguard::token::mint::Minter::mint",
+        "kernel: context switches (schedule)",
+        Measure::OnStack(&["[k] __schedule"]),
     ),
     (
         "TLS handshakes with agents",
-        "rustls::server::hs::ExpectClientHello",
+        Measure::OnStack(&["rustls::server::hs::ExpectClientHello"]),
     ),
-    ("policy evaluation", "agentguard::policy::"),
-    ("kernel: context switches (schedule)", "[k] __schedule"),
-    ("malloc", "__GI___libc_malloc"),
-    ("free", "__GI___libc_free"),
+    (
+        "signing request-bound JWTs",
+        Measure::OnStack(&[
+            "agentguard::token::keys::Signer::sign",
+            "ECDSA_do_sign",
+            "ED25519_sign",
+        ]),
+    ),
+    (
+        "allocator (mimalloc: malloc, free, their cache misses)",
+        Measure::SelfOf(&["[.] mi_", "[.] _mi_"]),
+    ),
+    (
+        "memcpy, memmove, memset",
+        Measure::SelfOf(&["[.] __memcpy", "[.] __memmove", "[.] __memset"]),
+    ),
+    (
+        "policy evaluation",
+        Measure::SelfOf(&["agentguard::policy::"]),
+    ),
 ];
+
+impl Measure {
+    /// The row's share, or `None` when no sample names its functions (a
+    /// path that does not do this work, or a build that inlined them).
+    fn share(
+        &self,
+        self_time: &[(f64, String, String)],
+        inclusive: &[(f64, String, String)],
+    ) -> Option<f64> {
+        let names = |needles: &[&str], dso: &str, sym: &str| {
+            let kind = if dso.contains("kernel") { "[k]" } else { "[.]" };
+            let line = format!("{kind} {sym}");
+            needles.iter().any(|n| line.contains(n))
+        };
+        match self {
+            // Lines come sorted by share: the first match is the outermost.
+            Self::OnStack(needles) => inclusive
+                .iter()
+                .find(|(_, dso, sym)| names(needles, dso, sym))
+                .map(|(pct, _, _)| *pct),
+            Self::SelfOf(needles) => {
+                let mut matched = self_time
+                    .iter()
+                    .filter(|(_, dso, sym)| names(needles, dso, sym))
+                    .peekable();
+                matched.peek()?;
+                Some(matched.map(|(pct, _, _)| pct).sum())
+            }
+        }
+    }
+}
 
 /// The report's lines: `  12.34%  agentguard  [.] ring::...`, with
 /// `--children` a second percentage (self) after the first (inclusive).
@@ -232,6 +281,7 @@ fn component(dso: &str, sym: &str) -> &'static str {
     } else if has(&[
         "ring::",
         "ring_core",
+        "aws_lc",
         "aes_",
         "gcm_",
         "ecp_nistz256",
@@ -244,7 +294,7 @@ fn component(dso: &str, sym: &str) -> &'static str {
         "bn_mul",
         "GFp_",
     ]) {
-        "crypto (ring: AES-GCM, ECDHE, ECDSA, SHA-2)"
+        "crypto (aws-lc, ring: AES-GCM, ECDHE, ECDSA, SHA-2)"
     } else if has(&["rustls::", "webpki"]) {
         "TLS state machine (rustls, webpki)"
     } else if has(&[
@@ -267,7 +317,7 @@ fn component(dso: &str, sym: &str) -> &'static str {
     } else if has(&["agentguard::"]) {
         "agentguard: policy, credentials, forwarding"
     } else if dso.starts_with("libc") || has(&["malloc", "free", "memcpy", "memmove", "memset"]) {
-        "libc: allocation, memcpy"
+        "allocation and memory copies (mimalloc, libc)"
     } else {
         "other"
     }
@@ -287,22 +337,19 @@ fn summarize(target: Target, report: &str, inclusive: &str, rps: f64, seconds: u
         md,
         "`perf record -e cpu-clock -F 499 --call-graph dwarf -p <proxy>` during one more \
          run of {} on the {} ({seconds} s, {rps:.0} req/s; not one of the measured runs). \
-         Share of the proxy's CPU samples whose stack includes the work (nested, so the \
-         shares overlap):\n",
+         Share of the proxy's CPU samples in each kind of work: the samples whose stack \
+         includes it (nested, so the shares overlap), or for the allocator, memory copies \
+         and policy the self time of their functions summed:\n",
         target.scenario.title,
         target.path.label(),
     );
     let _ = writeln!(md, "| work | share of samples |\n|---|---|");
-    for (label, needle) in INCLUSIVE {
-        // Lines come sorted by share: the first match is the outermost.
-        let share = with_children
-            .iter()
-            .find(|(_, dso, sym)| {
-                let kind = if dso.contains("kernel") { "[k] " } else { "" };
-                format!("{kind}{sym}").contains(needle)
-            })
-            .map_or(0.0, |(pct, _, _)| *pct);
-        let _ = writeln!(md, "| {label} | {share:.1}% |");
+    for (label, measure) in WORK {
+        let share = measure.share(&lines, &with_children).map_or_else(
+            || "not on a sampled stack".to_owned(),
+            |pct| format!("{pct:.1}%"),
+        );
+        let _ = writeln!(md, "| {label} | {share} |");
     }
     let _ = writeln!(md, "\nBy component (self time):\n");
     let _ = writeln!(md, "| component | share of samples |\n|---|---|");
@@ -338,13 +385,38 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert_eq!(
             component(&lines[0].1, &lines[0].2),
-            "crypto (ring: AES-GCM, ECDHE, ECDSA, SHA-2)"
+            "crypto (aws-lc, ring: AES-GCM, ECDHE, ECDSA, SHA-2)"
         );
         assert_eq!(
             component(&lines[1].1, &lines[1].2),
             "kernel: TCP/IP and sockets"
         );
         assert_eq!(component(&lines[2].1, &lines[2].2), "audit store (SQLite)");
+    }
+
+    #[test]
+    fn work_rows_take_the_outermost_frame_or_sum_self_time() {
+        let self_time = parse(
+            "     6.00%  agentguard  [.] _mi_page_malloc_zero\n\
+             \x20    1.50%  agentguard  [.] mi_free\n\
+             \x20    1.00%  agentguard  [.] agentguard::proxy::http::handle\n",
+        );
+        let inclusive = parse(
+            "    40.00%  0.00%  libc.so.6  [.] __GI___writev\n\
+             \x20   30.00%  0.00%  [kernel.kallsyms]  [k] do_writev\n\
+             \x20    8.00%  0.50%  [kernel.kallsyms]  [k] __schedule\n",
+        );
+        let share = |label: &str| {
+            let (_, m) = WORK.iter().find(|(l, _)| l.starts_with(label)).unwrap();
+            m.share(&self_time, &inclusive)
+        };
+        assert_eq!(share("socket writes"), Some(40.0));
+        assert_eq!(share("kernel: context switches"), Some(8.0));
+        assert_eq!(share("allocator"), Some(7.5));
+        // Named by no sample: no share, rather than a 0% that was never
+        // measured.
+        assert_eq!(share("signing request-bound JWTs"), None);
+        assert_eq!(share("policy evaluation"), None);
     }
 
     #[test]
