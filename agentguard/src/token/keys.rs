@@ -163,9 +163,13 @@ impl KeyStore {
         let current = if key_path.exists() {
             read_key(&key_path)?
         } else {
+            // Checked before it is written, as a rotation does: a key the
+            // signer and the JWKS read differently never reaches the disk,
+            // where every later start would refuse it.
             let pem = generate(alg)?;
+            let key = parse_key(&key_path, &pem)?;
             write_private(&key_path, pem.as_bytes())?;
-            parse_key(&key_path, &pem)?
+            key
         };
         let retired = read_retired(&dir.join(RETIRED_FILE))?;
         let mut store = Self {
