@@ -42,12 +42,11 @@ pub(super) async fn hold(
         AgentBody::Live(body) => {
             // Bounded in size and in time like every body read whole.
             let limit = ctx.limits.options().client_timeout;
-            let bytes = whole_body::read_bounded(body, MAX_HELD_BODY, &parts.headers, limit)
-                .await
-                .map_err(|e| match e {
-                    Refusal::BodyTooLarge { max } => Refusal::ApprovalBodyTooLarge { max },
-                    other => other,
-                })?;
+            let bytes =
+                whole_body::read_bounded(body, MAX_HELD_BODY, &parts.headers, limit, |max| {
+                    Refusal::ApprovalBodyTooLarge { max }
+                })
+                .await?;
             (bytes, false)
         }
     };

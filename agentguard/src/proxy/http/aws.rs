@@ -100,14 +100,12 @@ pub async fn read(req: Request<Incoming>, limit: Duration) -> Result<Request<Age
             // Bounded in size and in time like every body read whole
             // (`body`): an agent that stops mid-body must not hold its
             // request, and its place among its requests in flight, for ever.
-            let read = super::body::read_bounded(boxed(body), MAX_SIGNED_BODY, &parts.headers, limit)
-                .await
-                .map_err(|e| match e {
-                    Refusal::BodyTooLarge { .. } => Refusal::AwsRefused(format!(
-                        "the signed body is larger than {MAX_SIGNED_BODY} bytes; AWS request bodies are hashed into their signature and read whole to re-sign them (S3 uploads: send the body unsigned over TLS)"
-                    )),
-                    other => other,
-                })?;
+            let read = super::body::read_bounded(boxed(body), MAX_SIGNED_BODY, &parts.headers, limit, |max| {
+                Refusal::AwsRefused(format!(
+                    "the signed body is larger than {max} bytes; AWS request bodies are hashed into their signature and read whole to re-sign them (S3 uploads: send the body unsigned over TLS)"
+                ))
+            })
+            .await?;
             AgentBody::Read(read)
         }
         _ => AgentBody::Live(boxed(body)),

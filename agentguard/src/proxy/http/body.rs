@@ -28,12 +28,15 @@ const PREALLOC_MAX: u64 = 64 << 10;
 
 /// The body, if it is at most `max` bytes and all of it arrives within
 /// `limit`. A declared `Content-Length` over the bound refuses it before a
-/// byte is kept.
+/// byte is kept; a body over it is refused with `too_large(max)`, in the
+/// words of what bounds it (a tool's `max_body`, a held request, a signed
+/// AWS body...).
 pub async fn read_bounded<B>(
     mut body: B,
     max: usize,
     headers: &HeaderMap,
     limit: Duration,
+    too_large: fn(usize) -> Refusal,
 ) -> Result<Bytes, Refusal>
 where
     B: Body<Data = Bytes, Error = BodyError> + Unpin,
@@ -85,7 +88,7 @@ where
         }
     }
     if over {
-        return Err(Refusal::BodyTooLarge { max });
+        return Err(too_large(max));
     }
     Ok(Bytes::from(buf))
 }
@@ -101,6 +104,10 @@ mod tests {
     /// Longer than any of these tests takes.
     const LONG: Duration = Duration::from_secs(60);
 
+    fn too_large(max: usize) -> Refusal {
+        Refusal::BodyTooLarge { max }
+    }
+
     fn chunks(parts: &[&'static [u8]]) -> impl Body<Data = Bytes, Error = BodyError> + Unpin {
         let frames: Vec<Result<Frame<Bytes>, BodyError>> = parts
             .iter()
@@ -112,11 +119,11 @@ mod tests {
     #[tokio::test]
     async fn bodies_up_to_the_bound_are_read_and_longer_ones_refused() {
         let none = HeaderMap::new();
-        let body = read_bounded(chunks(&[b"{\"a\":", b"1}"]), 7, &none, LONG)
+        let body = read_bounded(chunks(&[b"{\"a\":", b"1}"]), 7, &none, LONG, too_large)
             .await
             .unwrap();
         assert_eq!(&body[..], b"{\"a\":1}");
-        let err = read_bounded(chunks(&[b"{\"a\":", b"12}"]), 7, &none, LONG)
+        let err = read_bounded(chunks(&[b"{\"a\":", b"12}"]), 7, &none, LONG, too_large)
             .await
             .unwrap_err();
         assert!(matches!(err, Refusal::BodyTooLarge { max: 7 }), "{err:?}");
@@ -128,12 +135,13 @@ mod tests {
             7,
             &declared,
             LONG,
+            too_large,
         )
         .await
         .unwrap_err();
         assert!(matches!(err, Refusal::BodyTooLarge { .. }));
         assert!(
-            read_bounded(chunks(&[]), 7, &none, LONG)
+            read_bounded(chunks(&[]), 7, &none, LONG, too_large)
                 .await
                 .unwrap()
                 .is_empty()
@@ -149,7 +157,7 @@ mod tests {
             futures_util::stream::iter(first).chain(futures_util::stream::pending()),
         );
         let limit = Duration::from_millis(50);
-        let err = read_bounded(stalled, 1024, &HeaderMap::new(), limit)
+        let err = read_bounded(stalled, 1024, &HeaderMap::new(), limit, too_large)
             .await
             .unwrap_err();
         assert!(

@@ -89,7 +89,10 @@ pub(super) async fn decide(
     }
     let (mut parts, body) = req.into_parts();
     let limit = ctx.limits.options().client_timeout;
-    let bytes = body::read_bounded(body, max, &parts.headers, limit).await?;
+    let bytes = body::read_bounded(body, max, &parts.headers, limit, |max| {
+        Refusal::BodyTooLarge { max }
+    })
+    .await?;
     let json_type = parts
         .headers
         .get(CONTENT_TYPE)

@@ -41,12 +41,10 @@ pub(super) async fn bind(
     // Bounded in size and in time like every body read whole (`body`).
     let max = ctx.jwt_max_body;
     let limit = ctx.limits.options().client_timeout;
-    let body = super::body::read_bounded(body, max, &parts.headers, limit)
-        .await
-        .map_err(|e| match e {
-            Refusal::BodyTooLarge { max } => Refusal::JwtBodyTooLarge { max },
-            other => other,
-        })?;
+    let body = super::body::read_bounded(body, max, &parts.headers, limit, |max| {
+        Refusal::JwtBodyTooLarge { max }
+    })
+    .await?;
     let on_behalf_of = ctx.on_behalf_of.lookup(meta.identity.pid);
     let binding = RequestBinding::new(parts.method.as_str(), &parts.uri, "https", &body);
     let minted = ctx
