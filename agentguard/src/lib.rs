@@ -35,6 +35,7 @@ pub mod port_owner;
 pub mod preflight;
 pub mod procfs;
 pub mod proxy;
+pub mod random;
 pub mod revoke;
 pub mod tls_provider;
 pub mod token;

@@ -329,33 +329,15 @@ fn uuid_v7(now: SystemTime) -> String {
     String::from_utf8(id.to_vec()).expect("hex digits and dashes are ASCII")
 }
 
-/// Fills `out` from a per-thread buffer of system randomness, refilled by
-/// one `getrandom` call per [`RANDOM_BATCH`] bytes: an event is made per
-/// request, and a system call for each one's ten bytes showed in profiles.
-/// A failing system RNG leaves the bytes zero; ids then stay unique only
-/// by their millisecond, but the sequence number, not the id, is what the
-/// chain orders and checks.
+/// Random bytes for an id. A failing system RNG leaves them zero: ids then
+/// stay unique only by their millisecond, but the sequence number, not the
+/// id, is what the chain orders and checks, and an event is never lost for
+/// want of an id.
 fn random_bytes(out: &mut [u8]) {
-    use std::cell::RefCell;
-    thread_local! {
-        static POOL: RefCell<(Vec<u8>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+    if crate::random::fill(out).is_err() {
+        out.fill(0);
     }
-    POOL.with_borrow_mut(|(buf, used)| {
-        if buf.len() < RANDOM_BATCH || *used + out.len() > buf.len() {
-            buf.resize(RANDOM_BATCH, 0);
-            if getrandom::fill(buf).is_err() {
-                buf.fill(0);
-            }
-            *used = 0;
-        }
-        out.copy_from_slice(&buf[*used..*used + out.len()]);
-        // Used bytes are erased: no later reader of the buffer sees them.
-        buf[*used..*used + out.len()].fill(0);
-        *used += out.len();
-    });
 }
-
-const RANDOM_BATCH: usize = 4096;
 
 /// A field's conversion to and from an SQLite value.
 trait Column: Sized {

@@ -88,7 +88,9 @@ impl Minter {
         let now = now_secs();
         let ttl = req.ttl.min(MAX_TTL).as_secs().max(1);
         let mut jti = [0u8; 16];
-        getrandom::fill(&mut jti).map_err(|e| format!("no randomness for jti: {e}"))?;
+        // Unpredictable and never repeated, or no token: a replay store
+        // keys on it.
+        crate::random::fill(&mut jti).map_err(|e| format!("no randomness for jti: {e}"))?;
         let claims = Claims {
             iss: self.issuer(),
             sub: subject(&self.trust_domain, req.agent),
