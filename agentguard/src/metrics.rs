@@ -12,7 +12,10 @@
 //! it. Counters kept elsewhere (audit writer, leaf cache, OTLP exporter) are
 //! brought up to date at each scrape.
 
-use std::{sync::Mutex, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -73,7 +76,7 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConnectionLabels {
-    decision: String,
+    decision: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -88,8 +91,9 @@ struct MapLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    agent: String,
-    decision: String,
+    /// The event's own name, shared: counting a request allocates nothing.
+    agent: Arc<str>,
+    decision: &'static str,
 }
 
 /// Values read from elsewhere at scrape time.
@@ -298,7 +302,7 @@ impl Metrics {
 
     /// Counts one recorded audit event.
     pub fn observe(&self, e: &Event) {
-        let decision = e.decision.map_or("none", |d| d.as_str()).to_owned();
+        let decision = e.decision.map_or("none", |d| d.as_str());
         match e.kind {
             Kind::Connection => {
                 self.connections
@@ -313,7 +317,7 @@ impl Metrics {
                 }
             }
             Kind::Request => {
-                let agent = e.agent.as_deref().unwrap_or_default().to_owned();
+                let agent = e.agent.clone().unwrap_or_else(|| Arc::from(""));
                 self.requests
                     .get_or_create(&RequestLabels { agent, decision })
                     .inc();
