@@ -22,6 +22,7 @@ mod schema;
 mod sources;
 mod spanned;
 mod systemd;
+mod tools;
 mod unix;
 
 pub use approval::ApprovalPolicy;
@@ -53,4 +54,5 @@ pub use sources::{
     ProcessSource, Subject, TOKEN_EXCHANGE_GRANT, TokenExchangeSource, aws_action_matches,
 };
 pub use systemd::SystemdUnit;
+pub use tools::Tools;
 pub use unix::UnixSocketAddr;

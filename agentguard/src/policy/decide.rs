@@ -223,7 +223,11 @@ impl AgentPolicy {
     /// doing: asked with the request head alone).
     pub fn body_need(&self, facts: RequestFacts<'_>) -> BodyNeed {
         let (mut rpc, mut json) = (None::<usize>, None::<usize>);
-        for tool in self.tools.iter().filter(|t| endpoint_matches(t, &facts)) {
+        for tool in self
+            .tools
+            .for_method(facts.method)
+            .filter(|t| endpoint_matches(t, &facts))
+        {
             let max = tool.calls.max_body;
             if tool.calls.protocol.is_rpc() {
                 if *facts.method == Method::POST {
@@ -263,7 +267,7 @@ impl AgentPolicy {
         name: &str,
     ) -> bool {
         self.tools
-            .iter()
+            .for_method(facts.method)
             .any(|t| endpoint_matches(t, &facts) && t.calls.allows_name(kind, name))
     }
 
@@ -279,7 +283,7 @@ impl AgentPolicy {
         message: Option<&Message>,
     ) -> Vec<&ToolPolicy> {
         self.tools
-            .iter()
+            .for_method(facts.method)
             .filter(|t| t.calls.when.is_some() && endpoint_matches(t, &facts))
             .filter(|t| match message {
                 None => !t.calls.protocol.is_rpc(),
@@ -323,10 +327,10 @@ impl AgentPolicy {
 
 /// Whether a tool's host, port, method and path match: it is a candidate.
 fn endpoint_matches(t: &ToolPolicy, facts: &RequestFacts<'_>) -> bool {
-    // The cheap tests first: every request goes through every tool, and a
-    // case-insensitive host comparison costs more than a method's or a
-    // port's, which are read from the tool itself (the result is the same
-    // in any order).
+    // The cheap tests first: every request goes through every tool that
+    // may take its method (`Tools::for_method`), and a case-insensitive
+    // host comparison costs more than a method's or a port's, which are
+    // read from the tool itself (the result is the same in any order).
     t.methods.contains(facts.method)
         && t.port.is_none_or(|p| p == facts.port)
         && t.paths.iter().any(|p| p.matches(facts.path))
@@ -556,7 +560,7 @@ impl<'p> Decider<'p, '_> {
         for tool in self
             .policy
             .tools
-            .iter()
+            .for_method(facts.method)
             .filter(|t| endpoint_matches(t, facts))
         {
             if tool.calls.protocol.is_rpc() {
@@ -607,7 +611,7 @@ impl<'p> Decider<'p, '_> {
         for tool in self
             .policy
             .tools
-            .iter()
+            .for_method(facts.method)
             .filter(|t| endpoint_matches(t, facts))
         {
             let session = match (

@@ -314,7 +314,7 @@ fn parse_file(path: &Path, text: &str) -> Result<(AgentPolicy, Span), PolicyErro
             upstream_netns,
             containers,
             credentials,
-            tools,
+            tools: super::tools::Tools::new(tools),
             passthrough,
             limits,
             source: path.to_owned(),

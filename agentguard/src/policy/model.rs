@@ -502,8 +502,26 @@ impl MethodSet {
         Method::PATCH,
     ];
 
+    /// How many methods are kept as bits.
+    pub const STANDARD_COUNT: usize = Self::STANDARD.len();
+
+    /// `m`'s place among the standard methods, if it is one.
+    pub fn standard_index(m: &Method) -> Option<usize> {
+        Self::STANDARD.iter().position(|s| s == m)
+    }
+
     fn bit(m: &Method) -> Option<u16> {
-        Self::STANDARD.iter().position(|s| s == m).map(|i| 1 << i)
+        Self::standard_index(m).map(|i| 1 << i)
+    }
+
+    /// Whether the set holds the standard method at `index`.
+    pub fn has_standard(&self, index: usize) -> bool {
+        self.standard & (1 << index) != 0
+    }
+
+    /// Whether the set names any method outside the standard ones.
+    pub fn has_other(&self) -> bool {
+        !self.other.is_empty()
     }
 
     pub fn insert(&mut self, m: Method) {
@@ -550,7 +568,7 @@ pub struct AgentPolicy {
     /// when their runtime creates them.
     pub containers: Option<super::containers::ContainerSelector>,
     pub credentials: Vec<CredentialPolicy>,
-    pub tools: Vec<ToolPolicy>,
+    pub tools: super::tools::Tools,
     pub passthrough: Vec<PassthroughRule>,
     pub limits: AgentLimits,
     /// The file it came from, for error messages and `status`.

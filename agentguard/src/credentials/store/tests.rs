@@ -101,7 +101,7 @@ fn policy(agents: Vec<(&str, Vec<CredentialPolicy>)>) -> PolicySet {
                 containers: None,
                 upstream_netns: crate::policy::UpstreamNetns::Agent,
                 credentials,
-                tools: Vec::new(),
+                tools: Default::default(),
                 passthrough: Vec::new(),
                 limits: Default::default(),
                 source: PathBuf::from(format!("/etc/agentguard/policies/{name}.toml")),
