@@ -50,10 +50,22 @@ pub fn encode_form(input: &str) -> String {
         .replace(' ', "+")
 }
 
+/// A path's segments and their `/` separators.
+const PATH: &AsciiSet = &PATH_SEGMENT.remove(b'/');
+
 /// Encodes one path segment canonically: what a segment may hold
 /// unencoded (pchar) stays, everything else is encoded.
 pub fn encode_path_segment(segment: &str) -> String {
     utf8_percent_encode(segment, PATH_SEGMENT).to_string()
+}
+
+/// Whether every byte of `path` is one a canonical path holds as it is:
+/// nothing in it is encoded, nothing needs to be.
+pub fn is_canonical_path(path: &str) -> bool {
+    matches!(
+        std::borrow::Cow::from(utf8_percent_encode(path, PATH)),
+        std::borrow::Cow::Borrowed(_)
+    )
 }
 
 /// Decodes `%XX` escapes; malformed ones are kept as they are, as lenient
