@@ -156,6 +156,7 @@ pub fn http_head(data: &[u8]) {
         dst: SocketAddr::from(([127, 0, 0, 5], if sni.is_some() { 443 } else { 80 })),
         sni: sni.map(str::to_owned),
         dial: crate::netns::Dial::Host,
+        place: std::sync::Arc::new(crate::proxy::limits::Held::detached()),
     };
     let limiter = RateLimiter::new();
     let caller = plan::Caller {

@@ -250,8 +250,9 @@ async fn carry_out(
                 dst,
                 sni: Some(sni),
                 dial,
+                place: held,
             };
-            http::serve(tls, meta, ctx, held).await;
+            http::serve(tls, meta, ctx).await;
         }
         ConnPlan::InterceptHttp => {
             let meta = ConnMeta {
@@ -260,8 +261,9 @@ async fn carry_out(
                 dst,
                 sni: None,
                 dial,
+                place: held,
             };
-            http::serve(stream, meta, ctx, held).await;
+            http::serve(stream, meta, ctx).await;
         }
         // Carried out by `handle` (its record waits for the relay's path).
         ConnPlan::Passthrough { .. } => drop((stream, held)),

@@ -67,6 +67,10 @@ pub struct ConnMeta {
     pub sni: Option<String>,
     /// The network namespace upstream connections leave from.
     pub dial: crate::netns::Dial,
+    /// The agent's place for this connection (`limits::Held`), kept by
+    /// every request's future (they hold the meta) and by a WebSocket
+    /// tunnel, which outlives the HTTP connection, until it closes.
+    pub place: Arc<Held>,
 }
 
 impl ConnMeta {
@@ -79,17 +83,9 @@ impl ConnMeta {
     }
 }
 
-/// The agent's place for this connection (`limits::Held`), kept by every
-/// request so that a WebSocket tunnel, which outlives the HTTP connection,
-/// keeps it until the tunnel closes.
-#[derive(Clone)]
-struct ConnPlace {
-    _held: Arc<Held>,
-}
-
 /// Serves HTTP on `io` until the agent closes it, or leaves it with no
 /// request in flight for the client timeout (`idle`).
-pub async fn serve<IO>(io: IO, meta: ConnMeta, ctx: Arc<ProxyContext>, held: Arc<Held>)
+pub async fn serve<IO>(io: IO, meta: ConnMeta, ctx: Arc<ProxyContext>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -106,13 +102,10 @@ where
     let activity = idle::Activity::default();
     let service = service_fn({
         let activity = activity.clone();
-        move |mut req: Request<Incoming>| {
+        move |req: Request<Incoming>| {
             let (meta, ctx, caller, template) =
                 (meta.clone(), ctx.clone(), caller.clone(), template.clone());
             let busy = activity.begin();
-            req.extensions_mut().insert(ConnPlace {
-                _held: held.clone(),
-            });
             // Boxed: the request's future holds every await of the handler
             // and runs to kilobytes; hyper moves the future it is given
             // (into its dispatcher, between its states), and a move of the
@@ -293,7 +286,6 @@ async fn forward(
     } = plan;
     let timeouts = ctx.limits.upstream(timeouts.as_ref());
     let agent_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let place = req.extensions_mut().remove::<ConnPlace>();
     let (mut parts, body) = req.into_parts();
     // The upstream hears the protocol the agent spoke (as reverse proxies
     // do): an HTTP/1.1 request goes over a pooled HTTP/1.1 connection,
@@ -468,6 +460,7 @@ async fn forward(
             // revocation too, and keeps the connection's place until it
             // closes.
             let (revocations, agent) = (ctx.revocations.clone(), agent.clone());
+            let place = meta.place.clone();
             let tunnel = async move {
                 revocations
                     .until_revoked(&agent, forward::tunnel(agent_side, upstream_side, redactor))

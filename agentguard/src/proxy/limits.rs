@@ -127,6 +127,19 @@ pub struct Held {
     socket: Option<fds::Socket>,
 }
 
+impl Held {
+    /// A connection's place counted against no agent's limits: for code
+    /// that plans requests outside a running proxy (the fuzz harness).
+    #[doc(hidden)]
+    pub fn detached() -> Self {
+        Self {
+            counts: Arc::default(),
+            what: What::Connection,
+            socket: None,
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum What {
     Connection,

@@ -351,7 +351,12 @@ impl tokio::io::AsyncWrite for Budgeted {
 
 impl Connection for Budgeted {
     fn connected(&self) -> Connected {
-        self.stream.connected()
+        // Not the TcpStream's own, which asks the kernel for both
+        // addresses and attaches them (`HttpInfo`) as an extra that the
+        // pooled client then inserts into every response's extensions: an
+        // extensions map and two allocations a request that nothing here
+        // reads. hyper-rustls adds the negotiated protocol on top.
+        Connected::new()
     }
 }
 

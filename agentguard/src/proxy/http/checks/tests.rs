@@ -24,6 +24,7 @@ fn meta(sni: Option<&str>, port: u16) -> ConnMeta {
         dst: SocketAddr::from(([127, 0, 0, 3], port)),
         sni: sni.map(str::to_owned),
         dial: crate::netns::Dial::Host,
+        place: std::sync::Arc::new(crate::proxy::limits::Held::detached()),
     }
 }
 

@@ -90,6 +90,7 @@ fn meta(agent: &str, sni: Option<&str>, dst: &str) -> ConnMeta {
         dst: dst.parse().unwrap(),
         sni: sni.map(str::to_owned),
         dial: crate::netns::Dial::Host,
+        place: std::sync::Arc::new(crate::proxy::limits::Held::detached()),
     }
 }
 
