@@ -44,7 +44,8 @@ pub struct ConnectionEntry {
     pub original_dst: Option<SocketAddr>,
     pub decision: Decision,
     pub reason: String,
-    pub policy_version: String,
+    /// Shared with the policy it names.
+    pub policy_version: Arc<str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -77,7 +78,8 @@ pub struct RequestEntry {
     pub credential: Option<String>,
     /// Upstream's status, or agentguard's own for refusals.
     pub status: u16,
-    pub policy_version: String,
+    /// Shared with the policy it names.
+    pub policy_version: Arc<str>,
 }
 
 /// A bounded, most-recent-first-evicted log.
@@ -130,7 +132,7 @@ impl ConnLog {
         original_dst: Option<SocketAddr>,
         decision: Decision,
         reason: impl Into<String>,
-        policy_version: &str,
+        policy_version: &Arc<str>,
     ) -> u64 {
         self.push_with(|id, time| ConnectionEntry {
             id,
@@ -140,7 +142,7 @@ impl ConnLog {
             original_dst,
             decision,
             reason: reason.into(),
-            policy_version: policy_version.to_owned(),
+            policy_version: policy_version.clone(),
         })
     }
 }
@@ -154,7 +156,7 @@ mod tests {
         let log = ConnLog::default();
         let peer = "127.0.0.1:1".parse().unwrap();
         for _ in 0..CAPACITY + 5 {
-            log.push(peer, None, None, Decision::Refuse, "test", "v");
+            log.push(peer, None, None, Decision::Refuse, "test", &Arc::from("v"));
         }
         let snap = log.snapshot();
         assert_eq!(snap.len(), CAPACITY);

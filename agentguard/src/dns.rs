@@ -67,7 +67,8 @@ pub struct DnsQueryRecord {
     pub client: SocketAddr,
     /// "udp" or "tcp".
     pub transport: &'static str,
-    pub policy_version: String,
+    /// Shared with the policy it names.
+    pub policy_version: std::sync::Arc<str>,
 }
 
 /// Where recorded queries go (the audit stream). The resolver awaits the

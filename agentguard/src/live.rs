@@ -42,7 +42,7 @@ impl Live {
             time: now(),
             trigger: "start".into(),
             accepted: true,
-            active_version: initial.policy.version.clone(),
+            active_version: initial.policy.version.to_string(),
             error: None,
         };
         Self {
@@ -62,7 +62,7 @@ impl Live {
             time: now(),
             trigger: trigger.into(),
             accepted: true,
-            active_version: version,
+            active_version: version.to_string(),
             error: None,
         });
     }
@@ -79,7 +79,7 @@ impl Live {
             time: now(),
             trigger: trigger.into(),
             accepted: false,
-            active_version: self.load().policy.version.clone(),
+            active_version: self.load().policy.version.to_string(),
             error: Some(error),
         });
     }

@@ -125,7 +125,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let policy = PolicySet {
             agents: Vec::new(),
-            version: String::new(),
+            version: "".into(),
         };
         let holder = tcp_listener(port, &policy).expect("the test's own listener");
         assert_eq!(holder.pid, std::process::id());

@@ -469,7 +469,7 @@ fn status(state: &AdminState) -> StatusView {
     StatusView {
         pid: std::process::id(),
         proxy_port: state.proxy_port,
-        policy_version: live.policy.version.clone(),
+        policy_version: live.policy.version.to_string(),
         last_reload: state.live.last_reload(),
         // Every agent of the policy: one whose systemd unit is not
         // running is listed as not guarded.

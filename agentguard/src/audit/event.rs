@@ -199,7 +199,7 @@ pub struct Event {
     pub credential_id: Option<String>,
     /// The `jti` of a token minted for the call.
     pub token_jti: Option<String>,
-    pub policy_version: Option<String>,
+    pub policy_version: Option<Arc<str>>,
     /// HTTP status the agent received.
     pub status: Option<u16>,
     /// Body bytes from the agent (request).

@@ -238,10 +238,17 @@ fn read_certs(
 /// A record's share of the buffer: its text fields and a fixed overhead.
 fn size_of_record(r: &Record) -> usize {
     let e = &r.event;
-    let shared = [&e.agent, &e.cgroup_path, &e.exe, &e.comm, &e.sni]
-        .iter()
-        .map(|f| f.as_deref().map_or(0, str::len))
-        .sum::<usize>();
+    let shared = [
+        &e.agent,
+        &e.cgroup_path,
+        &e.exe,
+        &e.comm,
+        &e.sni,
+        &e.policy_version,
+    ]
+    .iter()
+    .map(|f| f.as_deref().map_or(0, str::len))
+    .sum::<usize>();
     let text = [
         &e.on_behalf_of,
         &e.intent,
@@ -252,7 +259,6 @@ fn size_of_record(r: &Record) -> usize {
         &e.reason,
         &e.credential_id,
         &e.token_jti,
-        &e.policy_version,
         &e.traceparent,
         &e.actor,
         &e.approval_id,

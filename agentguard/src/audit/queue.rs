@@ -55,8 +55,9 @@ pub(super) struct Queued {
     pub bytes: usize,
 }
 
-/// The optional text fields a connection's events share.
-const SHARED_TEXT_FIELDS: usize = 7;
+/// The optional text fields shared between events: a connection's, and
+/// the version of the policy that decided.
+const SHARED_TEXT_FIELDS: usize = 8;
 
 fn shared_text(e: &mut Event) -> [&mut Option<Arc<str>>; SHARED_TEXT_FIELDS] {
     [
@@ -67,6 +68,7 @@ fn shared_text(e: &mut Event) -> [&mut Option<Arc<str>>; SHARED_TEXT_FIELDS] {
         &mut e.src_ip,
         &mut e.dst_ip,
         &mut e.sni,
+        &mut e.policy_version,
     ]
 }
 
@@ -85,7 +87,6 @@ fn optional_text(
         &mut e.reason,
         &mut e.credential_id,
         &mut e.token_jti,
-        &mut e.policy_version,
         // Well-formed only (55 bytes), but bounded like the rest.
         &mut e.traceparent,
         &mut e.rpc_method,

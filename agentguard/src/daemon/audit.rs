@@ -154,7 +154,7 @@ pub fn reload_event(trigger: &str, outcome: Result<(&str, &str), (&str, &str)>) 
     match outcome {
         Ok((from, to)) => {
             e.decision = Some(Decision::Accept);
-            e.policy_version = Some(to.to_owned());
+            e.policy_version = Some(to.into());
             e.reason = Some(if from == to {
                 format!("{trigger}: policy unchanged")
             } else {
@@ -163,7 +163,7 @@ pub fn reload_event(trigger: &str, outcome: Result<(&str, &str), (&str, &str)>) 
         }
         Err((running, error)) => {
             e.decision = Some(Decision::Reject);
-            e.policy_version = Some(running.to_owned());
+            e.policy_version = Some(running.into());
             e.reason = Some(format!("{trigger}: {error}; the running policy stays"));
         }
     }

@@ -73,7 +73,7 @@ pub fn explain_case(set: &PolicySet, case: &Case) -> Result<Explanation, String>
         rule: first.rule,
         reason: first.reason,
         members: got,
-        policy_version: set.version.clone(),
+        policy_version: set.version.to_string(),
     })
 }
 

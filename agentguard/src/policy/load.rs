@@ -84,7 +84,7 @@ pub fn load_path(path: &Path) -> Result<PolicySet, PolicyErrors> {
     }
     Ok(PolicySet {
         agents: agents.into_iter().map(|(a, _)| a).collect(),
-        version: format!("{:x}", hasher.finalize()),
+        version: format!("{:x}", hasher.finalize()).into(),
     })
 }
 

@@ -1,6 +1,9 @@
 //! The policy file format and the validated in-memory form.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use hyper::{Method, Uri, header::HeaderName};
 use schemars::JsonSchema;
@@ -581,7 +584,7 @@ pub struct PolicySet {
     pub agents: Vec<AgentPolicy>,
     /// SHA-256 over the files' names and contents (sorted by name), hex. It
     /// names the policy that made each decision.
-    pub version: String,
+    pub version: Arc<str>,
 }
 
 impl AgentPolicy {

@@ -306,7 +306,7 @@ impl<'a> ConnOutcome<'a> {
     }
 
     /// The audit event, built from this outcome alone.
-    fn event(&self, reason: &str, policy_version: &str) -> Event {
+    fn event(&self, reason: &str, policy_version: &Arc<str>) -> Event {
         let decision = match self.plan.decision() {
             connlog::Decision::Intercept => audit::Decision::Intercept,
             connlog::Decision::Passthrough => audit::Decision::Passthrough,
@@ -331,13 +331,13 @@ impl<'a> ConnOutcome<'a> {
         event.sni = sni.map(|s| s.as_str().into());
         event.relay = self.relay.map(|p| p.as_str().to_owned());
         event.rule = Some(self.plan.rule());
-        event.policy_version = Some(policy_version.to_owned());
+        event.policy_version = Some(policy_version.clone());
         event
     }
 
     /// Logs the decision, writes its audit event and its connection-log
     /// entry.
-    async fn record(self, ctx: &ProxyContext, policy_version: &str) {
+    async fn record(self, ctx: &ProxyContext, policy_version: &Arc<str>) {
         let mut reason = self.plan.reason();
         if let Some(e) = self.failure {
             warn!(error = %e, "passthrough connection closed: upstream not reached");

@@ -88,14 +88,14 @@ impl Outcome {
     pub fn new<B>(
         template: &Event,
         req: &hyper::Request<B>,
-        policy_version: &str,
+        policy_version: &Arc<str>,
         sink: AuditSink,
         requests: Arc<RequestLog>,
     ) -> Self {
         let mut event = Box::new(Event::like(template));
         event.method = Some(req.method().to_string());
         event.protocol = Some(protocol(req.version()).to_owned());
-        event.policy_version = Some(policy_version.to_owned());
+        event.policy_version = Some(policy_version.clone());
         event.decision = Some(Decision::Refuse);
         event.intent = req
             .headers()
@@ -320,7 +320,7 @@ impl Finish {
             reason: e.reason.clone().unwrap_or_default(),
             credential: e.credential_id.clone(),
             status: e.status.unwrap_or_default(),
-            policy_version: e.policy_version.clone().unwrap_or_default(),
+            policy_version: e.policy_version.clone().unwrap_or_else(|| Arc::from("")),
         });
         (self.sink, e)
     }
