@@ -46,7 +46,7 @@ impl Filter {
             add("agent = ?", a.clone());
         }
         if let Some(d) = self.decision {
-            add("decision = ?", d.as_str().to_owned());
+            add(super::store::decision_clause(d), d.as_str().to_owned());
         }
         if let Some(k) = self.kind {
             add("kind = ?", k.as_str().to_owned());

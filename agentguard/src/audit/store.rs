@@ -26,7 +26,7 @@ use thiserror::Error;
 
 use super::{
     chain::{GENESIS, Hash, from_hex},
-    event::{BASE_COLUMNS, COLUMNS, Event},
+    event::{BASE_COLUMNS, COLUMNS, Decision, Event},
 };
 
 pub const DB_FILE: &str = "audit.db";
@@ -34,6 +34,28 @@ pub const DB_FILE: &str = "audit.db";
 /// (`traceparent`); a version 1 store is migrated when the daemon opens it
 /// and read as it is by `audit query` and `audit verify`.
 const SCHEMA_VERSION: &str = "2";
+
+/// The decisions the store indexes: all but `allow`, which most events
+/// carry. Allowing a request, the common case, then spares the writer's
+/// insert a third index (about 5k of its ~58k instructions a row,
+/// callgrind); a query for allowed events reads the table in order, where
+/// most rows match anyway. SQLite uses a partial index only for a query
+/// whose WHERE names its condition word for word: queries filter by
+/// decision through [`decision_clause`].
+macro_rules! indexed_decisions {
+    () => {
+        "decision <> 'allow'"
+    };
+}
+
+/// The condition for events with decision `d` (its value bound to the
+/// `?`), in the words that let SQLite use the decision index.
+pub fn decision_clause(d: Decision) -> &'static str {
+    match d {
+        Decision::Allow => "decision = ?",
+        _ => concat!("decision = ? AND ", indexed_decisions!()),
+    }
+}
 /// Versions this agentguard reads.
 const READABLE_VERSIONS: &[&str] = &["1", "2"];
 /// How long a reader or writer waits for a lock before giving up: readers
@@ -235,7 +257,9 @@ impl Store {
              );
              CREATE INDEX IF NOT EXISTS events_time ON events (time);
              CREATE INDEX IF NOT EXISTS events_agent ON events (agent, seq);
-             CREATE INDEX IF NOT EXISTS events_decision ON events (decision, seq);
+             DROP INDEX IF EXISTS events_decision;
+             CREATE INDEX IF NOT EXISTS events_decision_notable ON events (decision, seq)
+                 WHERE {indexed};
              CREATE TABLE IF NOT EXISTS checkpoints (
                  seq INTEGER PRIMARY KEY,
                  hash TEXT NOT NULL,
@@ -243,7 +267,8 @@ impl Store {
                  signature TEXT NOT NULL,
                  key_id TEXT NOT NULL
              );",
-            columns.join(",\n                 ")
+            columns.join(",\n                 "),
+            indexed = indexed_decisions!(),
         ))
     }
 
@@ -623,5 +648,56 @@ mod tests {
             Store::open_read_only(&state.path().join("nope.db")),
             Err(StoreError::Missing(_))
         ));
+    }
+
+    #[test]
+    fn decisions_other_than_allow_are_found_through_the_partial_index() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = state.path().join("audit");
+        // A store made before: every decision indexed.
+        Store::open(&dir)
+            .unwrap()
+            .conn
+            .execute_batch(
+                "DROP INDEX events_decision_notable;
+                 CREATE INDEX events_decision ON events (decision, seq);",
+            )
+            .unwrap();
+        let store = Store::open(&dir).unwrap();
+        let indexes: Vec<String> = store
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            indexes.iter().any(|i| i == "events_decision_notable"),
+            "{indexes:?}"
+        );
+        assert!(
+            !indexes.iter().any(|i| i == "events_decision"),
+            "{indexes:?}"
+        );
+        let plan = |d: Decision| -> String {
+            let sql = format!(
+                "EXPLAIN QUERY PLAN SELECT seq FROM events WHERE {} ORDER BY seq DESC LIMIT 10",
+                decision_clause(d).replace('?', "?1")
+            );
+            let mut stmt = store.conn.prepare(&sql).unwrap();
+            let rows = stmt
+                .query_map([d.as_str()], |r| r.get::<_, String>(3))
+                .unwrap();
+            rows.collect::<Result<Vec<_>, _>>().unwrap().join("; ")
+        };
+        for d in [Decision::Deny, Decision::WouldDeny, Decision::Refuse] {
+            assert!(plan(d).contains("events_decision_notable"), "{}", plan(d));
+        }
+        assert!(
+            !plan(Decision::Allow).contains("events_decision"),
+            "{}",
+            plan(Decision::Allow)
+        );
     }
 }

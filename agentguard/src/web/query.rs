@@ -125,7 +125,10 @@ impl EventFilter {
             add("agent = ?", Value::Text(a.clone()));
         }
         if let Some(d) = f.decision {
-            add("decision = ?", Value::Text(d.as_str().into()));
+            add(
+                crate::audit::store::decision_clause(d),
+                Value::Text(d.as_str().into()),
+            );
         }
         if let Some(k) = f.kind {
             add("kind = ?", Value::Text(k.as_str().into()));
