@@ -482,10 +482,11 @@ pub struct ToolPolicy {
     pub timeouts: ToolTimeouts,
 }
 
-/// The methods a tool allows. Every request is matched against every
-/// tool's, so the standard methods are bits kept in the tool itself, read
-/// without following a pointer to a list (a list per tool showed as cache
-/// misses in the bench's 55-tool policy); others are listed.
+/// The methods a tool allows. Requests are matched against many tools'
+/// (and `Tools` indexes the tools by them), so the standard methods are
+/// bits kept in the tool itself, read without following a pointer to a
+/// list (a list per tool showed as cache misses in the bench's 55-tool
+/// policy); others are listed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MethodSet {
     standard: u16,
