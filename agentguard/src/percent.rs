@@ -62,10 +62,13 @@ pub fn encode_path_segment(segment: &str) -> String {
 /// Whether every byte of `path` is one a canonical path holds as it is:
 /// nothing in it is encoded, nothing needs to be.
 pub fn is_canonical_path(path: &str) -> bool {
-    matches!(
-        std::borrow::Cow::from(utf8_percent_encode(path, PATH)),
-        std::borrow::Cow::Borrowed(_)
-    )
+    // The encoder borrows the input when it changes nothing, but also
+    // hands back a borrowed static `%XX` for an input of one byte it
+    // encodes: only the input itself, whole, means unchanged.
+    match std::borrow::Cow::from(utf8_percent_encode(path, PATH)) {
+        std::borrow::Cow::Borrowed(out) => path.is_empty() || std::ptr::eq(out, path),
+        std::borrow::Cow::Owned(_) => false,
+    }
 }
 
 /// Decodes `%XX` escapes; malformed ones are kept as they are, as lenient
@@ -96,6 +99,17 @@ pub fn decode_strict(input: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_paths_are_those_the_encoding_leaves_alone() {
+        for yes in ["", "/", "/v1/chat/completions", "/a;b=c/@x:y/~-._!$&'()*+,"] {
+            assert!(is_canonical_path(yes), "{yes:?}");
+        }
+        // One byte to encode alone, as well as among others.
+        for no in ["%", "\\", " ", "\x01", "\u{e9}", "/a%2f", "/a b", "/\u{e9}"] {
+            assert!(!is_canonical_path(no), "{no:?}");
+        }
+    }
 
     #[test]
     fn encodings() {
