@@ -23,6 +23,7 @@ use rusqlite::{
     types::{ToSqlOutput, Value},
 };
 use thiserror::Error;
+use tracing::info;
 
 use super::{
     chain::{GENESIS, Hash, from_hex},
@@ -257,9 +258,6 @@ impl Store {
              );
              CREATE INDEX IF NOT EXISTS events_time ON events (time);
              CREATE INDEX IF NOT EXISTS events_agent ON events (agent, seq);
-             DROP INDEX IF EXISTS events_decision;
-             CREATE INDEX IF NOT EXISTS events_decision_notable ON events (decision, seq)
-                 WHERE {indexed};
              CREATE TABLE IF NOT EXISTS checkpoints (
                  seq INTEGER PRIMARY KEY,
                  hash TEXT NOT NULL,
@@ -268,7 +266,6 @@ impl Store {
                  key_id TEXT NOT NULL
              );",
             columns.join(",\n                 "),
-            indexed = indexed_decisions!(),
         ))
     }
 
@@ -293,10 +290,33 @@ impl Store {
 
     /// Brings an older store to [`SCHEMA_VERSION`] in one transaction: adds
     /// the extension columns it lacks (NULL in every existing row, which
-    /// therefore hashes as before). Nothing else changes.
+    /// therefore hashes as before) and replaces the index of every decision
+    /// with that of the decisions other than allow (built once, from the
+    /// rows: a large store takes a moment at its first open after the
+    /// upgrade, which the log says). No row changes.
     fn migrate(&mut self) -> rusqlite::Result<()> {
         let present = self.event_columns()?;
+        let indexed: bool = self.conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'index' AND name = 'events_decision_notable'",
+            [],
+            |r| r.get(0),
+        )?;
         let tx = self.conn.transaction()?;
+        if !indexed {
+            let rows: i64 = tx.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+            if rows > 0 {
+                info!(
+                    rows,
+                    "audit store: indexing the decisions other than allow, once"
+                );
+            }
+            tx.execute_batch(concat!(
+                "DROP INDEX IF EXISTS events_decision;
+                 CREATE INDEX events_decision_notable ON events (decision, seq) WHERE ",
+                indexed_decisions!(),
+                ";"
+            ))?;
+        }
         for column in &COLUMNS[BASE_COLUMNS..] {
             if !present.iter().any(|p| p == column) {
                 let ty = if INTEGER_COLUMNS.contains(column) {
