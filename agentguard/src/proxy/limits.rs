@@ -128,12 +128,15 @@ pub struct Held {
 }
 
 impl Held {
-    /// A connection's place counted against no agent's limits: for code
-    /// that plans requests outside a running proxy (the fuzz harness).
-    #[doc(hidden)]
-    pub fn detached() -> Self {
+    /// A connection's place counted against no agent's limits (its own
+    /// count, of itself): for code that plans requests outside a running
+    /// proxy (the fuzz harness, tests).
+    pub(crate) fn detached() -> Self {
         Self {
-            counts: Arc::default(),
+            counts: Arc::new(Counts {
+                connections: AtomicU32::new(1),
+                requests: AtomicU32::new(0),
+            }),
             what: What::Connection,
             socket: None,
         }
