@@ -56,13 +56,13 @@ impl Live {
     }
 
     pub fn accept(&self, state: LiveState, trigger: &str) {
-        let version = state.policy.version.clone();
+        let version = state.policy.version.to_string();
         self.current.store(Arc::new(state));
         self.set_status(ReloadStatus {
             time: now(),
             trigger: trigger.into(),
             accepted: true,
-            active_version: version.to_string(),
+            active_version: version,
             error: None,
         });
     }
