@@ -490,7 +490,7 @@ fn decided(d: Decision<'_>, member: Option<&mcp::Message>, audit: bool) -> Decid
             rpc_method,
             mcp_target,
             rule: None,
-            reason: format!("allowed by tool {:?}", a.tool.name),
+            reason: a.tool.allowed.reason.clone(),
             retry_after_secs: None,
         },
         Decision::Deny(denied) => {

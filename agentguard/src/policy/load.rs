@@ -11,7 +11,7 @@ use thiserror::Error;
 use hyper::{Method, Uri, header::HeaderName};
 
 use super::model::{
-    AgentLimits, AgentLimitsSection, AgentPolicy, CgroupRelPath, CredentialPolicy,
+    AgentLimits, AgentLimitsSection, AgentPolicy, AllowedBy, CgroupRelPath, CredentialPolicy,
     CredentialSection, DnsMode, HostPattern, InjectSection, Injection, JwtSource, MethodSet, Mode,
     OAuth2Source, PassthroughRule, PathPattern, PolicyFile, PolicySet, SecretRef, SecretRefSection,
     SecretSource, SourceSection, ToolPolicy, ToolSection, ToolTimeouts, ToolTimeoutsSection,
@@ -675,6 +675,7 @@ fn parse_tool(
         ),
     };
     Ok(ToolPolicy {
+        allowed: AllowedBy::new(&name),
         name,
         host,
         port,

@@ -480,6 +480,27 @@ pub struct ToolPolicy {
     /// Requests this tool allows are held until a person approves them.
     pub approval: Option<super::approval::ApprovalPolicy>,
     pub timeouts: ToolTimeouts,
+    /// What the record says of a request this tool allows.
+    pub allowed: AllowedBy,
+}
+
+/// The rule and reason recorded for every request a tool allows, written
+/// once when the policy loads rather than formatted for each request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedBy {
+    /// `tool:NAME`.
+    pub rule: String,
+    /// `allowed by tool "NAME"`.
+    pub reason: String,
+}
+
+impl AllowedBy {
+    pub fn new(tool: &str) -> Self {
+        Self {
+            rule: format!("tool:{tool}"),
+            reason: format!("allowed by tool {tool:?}"),
+        }
+    }
 }
 
 /// The methods a tool allows. Requests are matched against many tools'

@@ -288,10 +288,10 @@ pub fn settle<'p>(
             timeouts = Some(tool.timeouts);
             noted.tool = Some(tool.name.clone());
             let reason = match aws_action {
-                Some(action) => format!("allowed by tool {:?} (AWS action {action})", tool.name),
-                None => format!("allowed by tool {:?}", tool.name),
+                Some(action) => format!("{} (AWS action {action})", tool.allowed.reason),
+                None => tool.allowed.reason.clone(),
             };
-            noted.verdict = Some((Recorded::Allow, format!("tool:{}", tool.name), reason));
+            noted.verdict = Some((Recorded::Allow, tool.allowed.rule.clone(), reason));
             allowed.credential
         }
         Decision::Deny(denied) if agent_policy.mode == Mode::Enforce => {

@@ -93,7 +93,7 @@ impl Outcome {
         requests: Arc<RequestLog>,
     ) -> Self {
         let mut event = Box::new(Event::like(template));
-        event.method = Some(req.method().to_string());
+        event.method = Some(req.method().as_str().to_owned());
         event.protocol = Some(protocol(req.version()).to_owned());
         event.policy_version = Some(policy_version.clone());
         event.decision = Some(Decision::Refuse);
