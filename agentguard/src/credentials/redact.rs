@@ -50,14 +50,7 @@ impl std::fmt::Debug for Redactor {
         let stages: Vec<_> = self
             .stages
             .iter()
-            .map(|s| {
-                format!(
-                    "{} forms, longest {}, {}",
-                    s.len(),
-                    s.longest(),
-                    if s.fast() { "teddy" } else { "automaton" }
-                )
-            })
+            .map(|s| format!("{} forms, longest {}, {}", s.len(), s.longest(), s.kind()))
             .collect();
         f.debug_struct("Redactor").field("stages", &stages).finish()
     }
@@ -72,7 +65,7 @@ impl Redactor {
         // The request's token first: a secret of the agent's that happens
         // to sit inside it must not cut it in two and leave the rest.
         let stages: Vec<_> = [
-            FormSet::build(per_request).map(Arc::new),
+            FormSet::build_deferred(per_request).map(Arc::new),
             cache::form_set(secrets),
         ]
         .into_iter()
@@ -122,7 +115,9 @@ pub fn redact_headers(headers: &mut HeaderMap, redactor: &Redactor) -> usize {
 /// [`Redactor::redact`] for a one-off text: the redacted copy, or `None` if
 /// no secret was in it.
 pub fn redact_bytes(body: &[u8], secrets: &[Secret]) -> Option<Vec<u8>> {
-    FormSet::build(secrets)?.redact(body).map(|(r, _)| r)
+    FormSet::build_deferred(secrets)?
+        .redact(body)
+        .map(|(r, _)| r)
 }
 
 #[cfg(test)]
