@@ -243,6 +243,8 @@ fn size_of_record(r: &Record) -> usize {
         &e.cgroup_path,
         &e.exe,
         &e.comm,
+        &e.src_ip,
+        &e.dst_ip,
         &e.sni,
         &e.policy_version,
     ]
@@ -537,5 +539,28 @@ mod tests {
         assert_eq!(rejected_in(&json, &serde_json::to_vec(&resp).unwrap()), 3);
         assert_eq!(rejected_in(&json, b"{}"), 0);
         assert_eq!(rejected_in(&HeaderMap::new(), b""), 0);
+    }
+
+    /// The buffer's bound counts what a record holds: its addresses too.
+    #[test]
+    fn a_record_is_counted_with_its_addresses() {
+        use super::super::Event;
+        let record = |event| Record {
+            seq: 1,
+            event,
+            prev_hash: String::new(),
+            hash: String::new(),
+        };
+        let bare = size_of_record(&record(Event::default()));
+        let (src, dst) = ("2001:db8::1", "203.0.113.7");
+        let addressed = Event {
+            src_ip: Some(src.into()),
+            dst_ip: Some(dst.into()),
+            ..Event::default()
+        };
+        assert_eq!(
+            size_of_record(&record(addressed)),
+            bare + src.len() + dst.len()
+        );
     }
 }
