@@ -296,12 +296,19 @@ impl Store {
     /// upgrade, which the log says). No row changes.
     fn migrate(&mut self) -> rusqlite::Result<()> {
         let present = self.event_columns()?;
-        let indexed: bool = self.conn.query_row(
+        // Immediate: what is found here is still so when it is changed.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let indexed: bool = tx.query_row(
             "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'index' AND name = 'events_decision_notable'",
             [],
             |r| r.get(0),
         )?;
-        let tx = self.conn.transaction()?;
+        // An earlier agentguard, started on this store since (a rollback),
+        // made the index of every decision again: it goes at each open,
+        // else every insert would keep paying for both.
+        tx.execute_batch("DROP INDEX IF EXISTS events_decision")?;
         if !indexed {
             // Whether there is anything to index, not how much: counting
             // would read the whole table once more before the index does.
@@ -311,8 +318,7 @@ impl Store {
                 info!("audit store: indexing the decisions other than allow, once");
             }
             tx.execute_batch(concat!(
-                "DROP INDEX IF EXISTS events_decision;
-                 CREATE INDEX events_decision_notable ON events (decision, seq) WHERE ",
+                "CREATE INDEX events_decision_notable ON events (decision, seq) WHERE ",
                 indexed_decisions!(),
                 ";"
             ))?;
@@ -683,23 +689,29 @@ mod tests {
                  CREATE INDEX events_decision ON events (decision, seq);",
             )
             .unwrap();
+        let indexes = |store: &Store| -> Vec<String> {
+            store
+                .conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' ORDER BY name")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let only_notable = ["events_agent", "events_decision_notable", "events_time"];
         let store = Store::open(&dir).unwrap();
-        let indexes: Vec<String> = store
+        assert_eq!(indexes(&store), only_notable);
+        // An earlier agentguard started on it since (a rollback) makes the
+        // index of every decision again beside the partial one; the next
+        // open drops it.
+        store
             .conn
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
+            .execute_batch("CREATE INDEX IF NOT EXISTS events_decision ON events (decision, seq)")
             .unwrap();
-        assert!(
-            indexes.iter().any(|i| i == "events_decision_notable"),
-            "{indexes:?}"
-        );
-        assert!(
-            !indexes.iter().any(|i| i == "events_decision"),
-            "{indexes:?}"
-        );
+        drop(store);
+        let store = Store::open(&dir).unwrap();
+        assert_eq!(indexes(&store), only_notable);
         let plan = |d: Decision| -> String {
             let sql = format!(
                 "EXPLAIN QUERY PLAN SELECT seq FROM events WHERE {} ORDER BY seq DESC LIMIT 10",
