@@ -27,7 +27,9 @@ use hyper::{
 };
 use thiserror::Error;
 
-use super::{CredentialError, InjectError, PLACEHOLDER_PREFIX, Secret, inject};
+use super::{
+    CredentialError, InjectError, PLACEHOLDER_PREFIX, Secret, inject, placeholder::find_prefix,
+};
 use crate::policy::Injection;
 
 #[derive(Debug, Error)]
@@ -196,15 +198,19 @@ fn is_id_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
 }
 
-/// Start offsets of every whole placeholder `needle` in `bytes`.
+/// Start offsets of every whole placeholder `needle` (a
+/// [`super::placeholder_for`]) in `bytes`: where the prefix every
+/// placeholder starts with is found, whether `needle` is there.
 fn find_all<'a>(bytes: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
+    debug_assert!(needle.starts_with(PLACEHOLDER_PREFIX.as_bytes()));
     let mut from = 0;
     std::iter::from_fn(move || {
-        while from + needle.len() <= bytes.len() {
-            let at = from
-                + bytes[from..]
-                    .windows(needle.len())
-                    .position(|w| w == needle)?;
+        while let Some(found) = find_prefix(&bytes[from..]) {
+            let at = from + found;
+            if !bytes[at..].starts_with(needle) {
+                from = at + 1;
+                continue;
+            }
             from = at + needle.len();
             if bytes.get(from).is_none_or(|&b| !is_id_byte(b)) {
                 return Some(at);
@@ -522,5 +528,50 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("x-api-key") && !err.contains("bad"), "{err}");
+    }
+
+    /// Every way of putting placeholders, their prefix, longer ids and
+    /// other text together: the placeholders found are those a window
+    /// compared at each position finds.
+    #[test]
+    fn placeholders_are_found_where_a_window_search_finds_them() {
+        let needle = placeholder_for("openai");
+        let window = |bytes: &[u8]| -> Vec<usize> {
+            let n = needle.as_bytes();
+            let mut out = Vec::new();
+            let mut from = 0;
+            while let Some(at) = bytes[from..].windows(n.len()).position(|w| w == n) {
+                let at = from + at;
+                from = at + n.len();
+                if bytes.get(from).is_none_or(|&b| !is_id_byte(b)) {
+                    out.push(at);
+                }
+            }
+            out
+        };
+        let pieces = [
+            needle.clone(),
+            placeholder_for("openai-2"),
+            placeholder_for("open"),
+            PLACEHOLDER_PREFIX.to_owned(),
+            "agentguard-place".to_owned(),
+            "x".to_owned(),
+            " ".to_owned(),
+        ];
+        // Every sequence of up to four pieces (2,801 texts).
+        let mut layer = vec![String::new()];
+        let mut texts = layer.clone();
+        for _ in 0..4 {
+            layer = layer
+                .iter()
+                .flat_map(|t| pieces.iter().map(move |p| format!("{t}{p}")))
+                .collect();
+            texts.extend(layer.iter().cloned());
+        }
+        assert_eq!(texts.len(), 2801);
+        for text in &texts {
+            let found: Vec<usize> = find_all(text.as_bytes(), needle.as_bytes()).collect();
+            assert_eq!(found, window(text.as_bytes()), "{text:?}");
+        }
     }
 }
