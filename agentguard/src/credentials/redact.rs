@@ -88,6 +88,17 @@ impl Redactor {
         current.map(|c| (c, count))
     }
 
+    /// `base` (an agent's redactor, made once) with the secrets of one
+    /// request searched first, as [`Redactor::new`] orders them.
+    pub fn with_request(base: Option<&Arc<Self>>, per_request: &[Secret]) -> Option<Arc<Self>> {
+        let stages: Vec<_> = FormSet::build_deferred(per_request)
+            .map(Arc::new)
+            .into_iter()
+            .chain(base.into_iter().flat_map(|b| b.stages.iter().cloned()))
+            .collect();
+        (!stages.is_empty()).then(|| Arc::new(Self { stages }))
+    }
+
     /// A stream holds back less than this many bytes.
     pub fn longest(&self) -> usize {
         self.stages.iter().map(|s| s.longest()).sum()

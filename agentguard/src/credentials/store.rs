@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -11,7 +11,7 @@ use std::{
 use tracing::warn;
 
 use super::{
-    CredentialError, CredentialErrors, ExchangeError, Requester, Secret, TokenFetcher,
+    CredentialError, CredentialErrors, ExchangeError, Redactor, Requester, Secret, TokenFetcher,
     exchange::Exchanger,
     oauth2::OAuth2Client,
     process::Helper,
@@ -30,6 +30,11 @@ use crate::policy::{AgentPolicy, CredentialPolicy, PolicySet, SecretSource, Valu
 pub struct CredentialStore {
     /// Agent name → credential id → credential.
     agents: HashMap<String, HashMap<String, Credential>>,
+    /// The agents whose secrets are all read at load (file and env
+    /// secrets; minted tokens hold none): their redactor, made at the
+    /// first response and then shared, as their secrets change only with
+    /// the store.
+    fixed_redactors: HashMap<String, OnceLock<Option<Arc<Redactor>>>>,
     fetcher: Arc<dyn TokenFetcher>,
     fetches: AtomicU64,
 }
@@ -92,8 +97,18 @@ impl CredentialStore {
         if !errors.is_empty() {
             return Err(crate::error_list::ErrorList(errors));
         }
+        let fixed_redactors = agents
+            .iter()
+            .filter(|(_, credentials)| {
+                credentials
+                    .values()
+                    .all(|c| matches!(c, Credential::Static(_) | Credential::Minted))
+            })
+            .map(|(agent, _)| (agent.clone(), OnceLock::new()))
+            .collect();
         Ok(Self {
             agents,
+            fixed_redactors,
             fetcher,
             fetches: AtomicU64::new(0),
         })
@@ -170,6 +185,22 @@ impl CredentialStore {
                 credential: credential_id.to_owned(),
             }),
         }
+    }
+
+    /// What cuts `agent`'s secrets and `per_request`'s (a minted token)
+    /// out of a response; `None` when there is nothing to look for. Made
+    /// once for an agent whose secrets are all read at load, and for each
+    /// request otherwise (their tokens change: OAuth2, helpers, exchanges,
+    /// AWS).
+    pub fn redactor(&self, agent: &str, per_request: &[Secret]) -> Option<Arc<Redactor>> {
+        let Some(fixed) = self.fixed_redactors.get(agent) else {
+            return Redactor::new(&self.known_secrets(agent), per_request);
+        };
+        let base = fixed.get_or_init(|| Redactor::new(&self.known_secrets(agent), &[]));
+        if per_request.is_empty() {
+            return base.clone();
+        }
+        Redactor::with_request(base.as_ref(), per_request)
     }
 
     /// Every secret value currently known for `agent`, to cut out of

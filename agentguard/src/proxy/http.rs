@@ -46,7 +46,7 @@ use super::{
 };
 use crate::{
     audit::{Decision, Event, Kind},
-    credentials::{Placement, Redactor, Requester, find_placeholders, place_secret},
+    credentials::{Placement, Requester, find_placeholders, place_secret},
     identity::Identity,
     live::LiveState,
     policy::{AgentIdentity, Injection, SecretSource},
@@ -425,7 +425,7 @@ async fn forward(
     // Every response to an agent that holds secrets is searched for them;
     // the token went upstream only, and an echo of it is cut like any (its
     // signature: see jwt::redacted_part).
-    let redactor = Redactor::new(&state.credentials.known_secrets(agent), minted.as_slice());
+    let redactor = state.credentials.redactor(agent, minted.as_slice());
     if redactor.is_some() {
         // Only what can be searched comes back: no compression, whatever
         // the agent asked for.

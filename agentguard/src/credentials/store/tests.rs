@@ -440,3 +440,50 @@ async fn concurrent_callers_share_one_failure() {
     assert!(store.secret("bot", "api").await.is_err());
     assert_eq!(store.token_fetches(), 2);
 }
+
+/// An agent whose secrets are all read at load has one redactor, shared by
+/// every response without a token of its own; a minted token gets one of
+/// its own that cuts both.
+#[test]
+fn an_agent_with_fixed_secrets_shares_one_redactor() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = secret_file(dir.path(), "key", "sk-fixed-secret\n", 0o600);
+    let set = policy(vec![
+        ("bot", vec![credential("file", SecretSource::File(file))]),
+        ("bare", vec![]),
+    ]);
+    let store = CredentialStore::load(&set, FakeFetcher::new(&[])).unwrap();
+    let first = store.redactor("bot", &[]).unwrap();
+    assert!(Arc::ptr_eq(&first, &store.redactor("bot", &[]).unwrap()));
+    assert_eq!(first.redact(b"k=sk-fixed-secret").unwrap().1, 1);
+    let token = Secret::new("eyJ.minted-token-sig".into());
+    let with_token = store.redactor("bot", std::slice::from_ref(&token)).unwrap();
+    assert!(!Arc::ptr_eq(&first, &with_token));
+    assert_eq!(
+        with_token
+            .redact(b"k=sk-fixed-secret t=eyJ.minted-token-sig")
+            .unwrap()
+            .1,
+        2
+    );
+    // Nothing to look for: none, shared or not.
+    assert!(store.redactor("bare", &[]).is_none());
+    assert!(store.redactor("nobody", &[]).is_none());
+}
+
+/// An OAuth2 agent's tokens change with each refresh: its redactor is
+/// made for each response, from the secrets known then.
+#[tokio::test]
+async fn an_agent_with_fetched_tokens_gets_a_redactor_of_its_current_secrets() {
+    let fetcher = FakeFetcher::new(&[(
+        200,
+        r#"{"access_token":"tok-fetched-1","token_type":"Bearer","expires_in":3600}"#,
+    )]);
+    let (store, _dir) = oauth2_store(fetcher);
+    let before = store.redactor("bot", &[]).unwrap();
+    assert!(before.redact(b"tok-fetched-1").is_none());
+    store.secret("bot", "api").await.unwrap();
+    let after = store.redactor("bot", &[]).unwrap();
+    assert!(!Arc::ptr_eq(&before, &after));
+    assert_eq!(after.redact(b"t=tok-fetched-1").unwrap().1, 1);
+}
