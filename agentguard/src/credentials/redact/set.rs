@@ -53,9 +53,10 @@ pub(super) struct FormSet {
     /// one ([`FormSet::hold_from`]), and which forms a scan tries where a
     /// byte starts one.
     sorted: Vec<Vec<u8>>,
-    /// Whether any form starts with this byte: most positions are ruled
-    /// out by one lookup.
-    starts: [bool; 256],
+    /// For each byte, 1 + the place in `sorted` of the first form that
+    /// starts with it, or 0 if none does: most positions are ruled out by
+    /// one lookup, and a scan finds the forms to try without a search.
+    first: [u32; 256],
     longest: usize,
 }
 
@@ -82,16 +83,16 @@ impl FormSet {
         if sorted.is_empty() {
             return None;
         }
-        let mut starts = [false; 256];
-        for form in &sorted {
-            starts[usize::from(form[0])] = true;
+        let mut first = [0u32; 256];
+        for (i, form) in sorted.iter().enumerate().rev() {
+            first[usize::from(form[0])] = u32::try_from(i + 1).unwrap_or(u32::MAX);
         }
         let longest = sorted.iter().map(|f| f.len()).max().unwrap_or(0);
         Some(Self {
             matcher: OnceLock::new(),
             scanned: AtomicUsize::new(0),
             sorted,
-            starts,
+            first,
             longest,
         })
     }
@@ -197,7 +198,10 @@ impl FormSet {
     /// end. Leftmost-longest, as the searchers are.
     fn scan(&self, hay: &[u8], mut found: impl FnMut(usize, usize) -> bool) {
         let mut at = 0;
-        while let Some(skip) = hay[at..].iter().position(|&b| self.starts[usize::from(b)]) {
+        while let Some(skip) = hay[at..]
+            .iter()
+            .position(|&b| self.first[usize::from(b)] != 0)
+        {
             let start = at + skip;
             match self.longest_form_at(&hay[start..]) {
                 Some(len) => {
@@ -213,12 +217,16 @@ impl FormSet {
 
     /// The length of the longest form `tail` starts with.
     fn longest_form_at(&self, tail: &[u8]) -> Option<usize> {
-        let first = tail[0];
-        let from = self.sorted.partition_point(|f| f[0] < first);
+        let from = (self.first[usize::from(tail[0])] as usize).checked_sub(1)?;
+        // Forms are four bytes and more (a one-byte tail starts none):
+        // the second byte rules most out before the rest is compared (a
+        // text of one letter repeated, where that letter starts a form, is
+        // a candidate at every position).
+        let second = tail.get(1)?;
         self.sorted[from..]
             .iter()
-            .take_while(|f| f[0] == first)
-            .filter(|f| tail.starts_with(f))
+            .take_while(|f| f[0] == tail[0])
+            .filter(|f| f.get(1) == Some(second) && tail.starts_with(f))
             .map(Vec::len)
             .max()
     }
@@ -229,7 +237,7 @@ impl FormSet {
     pub(super) fn hold_from(&self, buf: &[u8], from: usize) -> usize {
         let earliest = from.max(buf.len().saturating_sub(self.longest - 1));
         (earliest..buf.len())
-            .find(|&p| self.starts[usize::from(buf[p])] && self.is_proper_prefix(&buf[p..]))
+            .find(|&p| self.first[usize::from(buf[p])] != 0 && self.is_proper_prefix(&buf[p..]))
             .unwrap_or(buf.len())
     }
 
