@@ -20,7 +20,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::common::{Daemon, Upstream, alone, ok, require_root, run_with_pid};
+use crate::common::{ALLOW_LOOPBACK_TEST_HOSTS, Daemon, Upstream, alone, ok, require_root, run_with_pid};
 
 const AGENT: &str = "egress-agent";
 
@@ -289,7 +289,12 @@ fn a_record_left_by_a_graceful_close_is_forgotten_at_restart() {
 fn a_request_sent_and_closed_before_the_proxy_accepts_is_still_served() {
     require_root();
     let upstream = Upstream::start("127.0.0.2");
-    let daemon = Daemon::start(&[AGENT]);
+    // At debug: how the connection ended is logged there, should the
+    // request not arrive (seen once).
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(ALLOW_LOOPBACK_TEST_HOSTS)
+        .env("RUST_LOG", "info,agentguard::proxy=debug")
+        .start();
     // Fire and forget: the whole request, then close, without waiting.
     let script = format!(
         "import socket, sys\n\
@@ -311,10 +316,14 @@ fn a_request_sent_and_closed_before_the_proxy_accepts_is_still_served() {
     drop(resume);
     let deadline = Instant::now() + Duration::from_secs(5);
     while upstream.hits() == 0 {
+        // What the daemon made of the connection and of the request, to
+        // tell a request never read from one never sent (seen once).
         assert!(
             Instant::now() < deadline,
-            "the request never reached the upstream: {:?}",
-            daemon.connections()
+            "the request never reached the upstream\nconnections: {:?}\naudit events: {:#?}\ndaemon log:\n{}",
+            daemon.connections(),
+            daemon.audit_events(),
+            daemon.log()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
