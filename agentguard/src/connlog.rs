@@ -67,13 +67,13 @@ pub struct RequestEntry {
     /// Shared with the connection's events.
     pub agent: Arc<str>,
     pub pid: u32,
-    pub method: String,
-    pub host: String,
+    pub method: Arc<str>,
+    pub host: Arc<str>,
     /// Normalised path; the query is left out (it may carry a credential).
     pub path: String,
-    pub tool: Option<String>,
+    pub tool: Option<Arc<str>>,
     pub decision: RequestDecision,
-    pub reason: String,
+    pub reason: Arc<str>,
     /// Id of the credential injected, never its value.
     pub credential: Option<String>,
     /// Upstream's status, or agentguard's own for refusals.

@@ -139,7 +139,7 @@ impl Oversight {
         let credentials_dropped = state.credentials.forget_agent(agent).await;
         let mut event = self.event(agent, actor, Decision::Deny, "revoke", &reason);
         if !newly_revoked {
-            event.reason = Some(format!("{reason} (already revoked)"));
+            event.reason = Some(format!("{reason} (already revoked)").into());
         }
         self.audit.record(event).await;
         info!(agent, actor, reason = %reason, connections = open, approvals_denied, credentials_dropped, "agent revoked");
@@ -234,7 +234,7 @@ impl Oversight {
             e.cgroup_path = Some(policy.cgroup.to_string().into());
         }
         e.actor = Some(actor.to_owned());
-        e.rule = Some(rule.to_owned());
+        e.rule = Some(rule.into());
         e.policy_version = Some(state.policy.version.clone());
         e
     }
@@ -250,8 +250,8 @@ fn approval_revoked(view: &PendingView, actor: &str, reason: &str) -> Event {
     e.pid = Some(view.pid);
     e.uid = Some(view.uid);
     e.exe = view.exe.as_deref().map(Into::into);
-    e.tool = Some(view.tool.clone());
-    e.method = Some(view.method.clone());
+    e.tool = Some(view.tool.as_str().into());
+    e.method = Some(view.method.as_str().into());
     e.path = Some(view.url.clone());
     e.intent = view.intent.clone();
     e.rule = Some("approval:revoked".into());

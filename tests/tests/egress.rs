@@ -20,7 +20,9 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::common::{ALLOW_LOOPBACK_TEST_HOSTS, Daemon, Upstream, alone, ok, require_root, run_with_pid};
+use crate::common::{
+    ALLOW_LOOPBACK_TEST_HOSTS, Daemon, Upstream, alone, ok, require_root, run_with_pid,
+};
 
 const AGENT: &str = "egress-agent";
 

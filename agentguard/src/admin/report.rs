@@ -93,11 +93,11 @@ impl VerifyReport {
             .map(|(_, name)| name)
             .filter(|name| is_agent(name))
             .map(Arc::from);
-        event.method = Some(self.method);
-        event.host = Some(self.host);
+        event.method = Some(self.method.into());
+        event.host = Some(self.host.into());
         event.path = Some(self.path);
         event.protocol = Some("http".into());
-        event.rule = Some(format!("verify-proxy:{}", self.audience));
+        event.rule = Some(format!("verify-proxy:{}", self.audience).into());
         event.token_jti = self.jti;
         event.status = Some(self.status);
         event.src_ip = Some(self.peer.into());

@@ -181,20 +181,20 @@ pub struct Event {
     pub dst_port: Option<u16>,
     pub sni: Option<Arc<str>>,
     /// Host from `Host`/`:authority`.
-    pub host: Option<String>,
+    pub host: Option<Arc<str>>,
     /// `tls`, `http`, `tcp`, `udp`, `raw` for connections; `HTTP/1.1` or
     /// `HTTP/2` for requests.
     pub protocol: Option<String>,
-    pub method: Option<String>,
+    pub method: Option<Arc<str>>,
     /// Normalised path, with the query; a query parameter that carries an
     /// injected credential shows `[redacted]`.
     pub path: Option<String>,
-    pub tool: Option<String>,
+    pub tool: Option<Arc<str>>,
     /// The rule that decided: `tool:<name>`, `default-deny`,
     /// `passthrough:<host>`, or a short code for agentguard's own refusals.
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     pub decision: Option<Decision>,
-    pub reason: Option<String>,
+    pub reason: Option<Arc<str>>,
     /// The credential's id, never its value.
     pub credential_id: Option<String>,
     /// The `jti` of a token minted for the call.
@@ -292,7 +292,7 @@ impl Event {
         self
     }
 
-    pub fn with_decision(mut self, decision: Decision, reason: impl Into<String>) -> Self {
+    pub fn with_decision(mut self, decision: Decision, reason: impl Into<Arc<str>>) -> Self {
         self.decision = Some(decision);
         self.reason = Some(reason.into());
         self

@@ -247,6 +247,11 @@ fn size_of_record(r: &Record) -> usize {
         &e.dst_ip,
         &e.sni,
         &e.policy_version,
+        &e.host,
+        &e.method,
+        &e.tool,
+        &e.rule,
+        &e.reason,
     ]
     .iter()
     .map(|f| f.as_deref().map_or(0, str::len))
@@ -254,11 +259,7 @@ fn size_of_record(r: &Record) -> usize {
     let text = [
         &e.on_behalf_of,
         &e.intent,
-        &e.host,
         &e.path,
-        &e.tool,
-        &e.rule,
-        &e.reason,
         &e.credential_id,
         &e.token_jti,
         &e.traceparent,

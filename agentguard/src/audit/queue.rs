@@ -55,9 +55,10 @@ pub(super) struct Queued {
     pub bytes: usize,
 }
 
-/// The optional text fields shared between events: a connection's, and
-/// the version of the policy that decided.
-const SHARED_TEXT_FIELDS: usize = 8;
+/// The optional text fields shared between events: a connection's, the
+/// version of the policy that decided, and a request's method, host and
+/// what decided it (shared with the recent-requests view and the policy).
+const SHARED_TEXT_FIELDS: usize = 13;
 
 fn shared_text(e: &mut Event) -> [&mut Option<Arc<str>>; SHARED_TEXT_FIELDS] {
     [
@@ -69,6 +70,11 @@ fn shared_text(e: &mut Event) -> [&mut Option<Arc<str>>; SHARED_TEXT_FIELDS] {
         &mut e.dst_ip,
         &mut e.sni,
         &mut e.policy_version,
+        &mut e.host,
+        &mut e.method,
+        &mut e.tool,
+        &mut e.rule,
+        &mut e.reason,
     ]
 }
 
@@ -78,13 +84,8 @@ fn optional_text(
     [
         &mut e.on_behalf_of,
         &mut e.intent,
-        &mut e.host,
         &mut e.protocol,
-        &mut e.method,
         &mut e.path,
-        &mut e.tool,
-        &mut e.rule,
-        &mut e.reason,
         &mut e.credential_id,
         &mut e.token_jti,
         // Well-formed only (55 bytes), but bounded like the rest.

@@ -384,7 +384,7 @@ impl Writer {
                 let mut event = Event::new(Kind::Retention);
                 event.reason = Some(format!(
                     "removed events {first}..={anchor} {why}; signed checkpoint {anchor} is the anchor the chain continues from"
-                ));
+                ).into());
                 self.commit(
                     vec![Queued {
                         event: Box::new(event),

@@ -121,11 +121,14 @@ impl AuditRuntime {
         } else {
             "; PROCESSES NOT GUARDED: the BPF LSM is not active, agents may ptrace other processes of their uid (--allow-unguarded-processes)"
         };
-        e.reason = Some(format!(
-            "agentguard {} started: {} agent(s), proxy port {proxy_port}{unix}{processes}",
-            env!("CARGO_PKG_VERSION"),
-            state.policy.agents.len()
-        ));
+        e.reason = Some(
+            format!(
+                "agentguard {} started: {} agent(s), proxy port {proxy_port}{unix}{processes}",
+                env!("CARGO_PKG_VERSION"),
+                state.policy.agents.len()
+            )
+            .into(),
+        );
         self.sink.record(e).await;
     }
 
@@ -134,7 +137,7 @@ impl AuditRuntime {
         let mut e = Event::new(Kind::DaemonStop);
         e.pid = Some(std::process::id());
         e.policy_version = Some(live.load().policy.version.clone());
-        e.reason = Some(why.to_owned());
+        e.reason = Some(why.into());
         // Bounded: a store that cannot commit holds recording back, and
         // must not hold back the stop too.
         if tokio::time::timeout(SHUTDOWN_TIMEOUT, self.sink.record(e))
@@ -155,18 +158,21 @@ pub fn reload_event(trigger: &str, outcome: Result<(&str, &str), (&str, &str)>) 
         Ok((from, to)) => {
             e.decision = Some(Decision::Accept);
             e.policy_version = Some(to.into());
-            e.reason = Some(if from == to {
-                format!("{trigger}: policy unchanged")
-            } else {
-                format!("{trigger}: policy {from} replaced by {to}")
-            });
+            e.reason = Some(
+                if from == to {
+                    format!("{trigger}: policy unchanged")
+                } else {
+                    format!("{trigger}: policy {from} replaced by {to}")
+                }
+                .into(),
+            );
         }
         Err((running, error)) => {
             e.decision = Some(Decision::Reject);
             e.policy_version = Some(running.into());
-            e.reason = Some(format!("{trigger}: {error}; the running policy stays"));
+            e.reason = Some(format!("{trigger}: {error}; the running policy stays").into());
         }
     }
-    e.rule = Some(format!("reload:{trigger}"));
+    e.rule = Some(format!("reload:{trigger}").into());
     e
 }

@@ -46,7 +46,7 @@ pub fn kernel_event(record: KernelEventRecord) -> Event {
         event.container_image = c.image.clone();
     }
     event.protocol = Some(protocol_name(&record).to_owned());
-    event.rule = Some(format!("kernel:{}", record.kind));
+    event.rule = Some(format!("kernel:{}", record.kind).into());
     match record.destination {
         // A bind names the agent's own end, not a destination.
         Some(local) if record.kind == "bind-denied" => event = event.with_src(local),
@@ -60,7 +60,7 @@ pub fn kernel_event(record: KernelEventRecord) -> Event {
         // Likewise the other process, as its /proc entry; and the system
         // call in the method's place.
         event.path = Some(format!("/proc/{}", target.pid));
-        event.method = target.syscall.clone();
+        event.method = target.syscall.as_deref().map(Into::into);
     }
     let (decision, reason) = if let Some(target) = &record.target {
         let whose = match (&target.agent, &target.cgroup) {
@@ -172,15 +172,15 @@ pub fn kernel_event(record: KernelEventRecord) -> Event {
 pub fn dns_event(record: DnsQueryRecord) -> Event {
     let mut event = Event::new(Kind::DnsQuery).with_src(record.client);
     event.agent = Some(record.agent.into());
-    event.host = Some(record.name);
-    event.method = Some(record.qtype);
+    event.host = Some(record.name.into());
+    event.method = Some(record.qtype.into());
     event.protocol = Some(format!("dns/{}", record.transport));
     event.policy_version = Some(record.policy_version);
     event.rule = Some(match record.decision {
-        "allow" => "dns:policy-host".to_owned(),
-        "deny" => "dns:default-deny".to_owned(),
-        "refuse" => "dns:not-a-standard-query".to_owned(),
-        _ => "dns:failure".to_owned(),
+        "allow" => "dns:policy-host".into(),
+        "deny" => "dns:default-deny".into(),
+        "refuse" => "dns:not-a-standard-query".into(),
+        _ => "dns:failure".into(),
     });
     let decision = match record.decision {
         "allow" => Decision::Allow,

@@ -490,7 +490,7 @@ fn decided(d: Decision<'_>, member: Option<&mcp::Message>, audit: bool) -> Decid
             rpc_method,
             mcp_target,
             rule: None,
-            reason: a.tool.allowed.reason.clone(),
+            reason: a.tool.allowed.reason.to_string(),
             retry_after_secs: None,
         },
         Decision::Deny(denied) => {

@@ -488,17 +488,20 @@ pub struct ToolPolicy {
 /// once when the policy loads rather than formatted for each request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowedBy {
+    /// The tool's name, shared by the records.
+    pub tool: Arc<str>,
     /// `tool:NAME`.
-    pub rule: String,
+    pub rule: Arc<str>,
     /// `allowed by tool "NAME"`.
-    pub reason: String,
+    pub reason: Arc<str>,
 }
 
 impl AllowedBy {
     pub fn new(tool: &str) -> Self {
         Self {
-            rule: format!("tool:{tool}"),
-            reason: format!("allowed by tool {tool:?}"),
+            tool: tool.into(),
+            rule: format!("tool:{tool}").into(),
+            reason: format!("allowed by tool {tool:?}").into(),
         }
     }
 }

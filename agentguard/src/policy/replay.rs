@@ -234,10 +234,10 @@ fn replay_event(set: &PolicySet, seq: i64, e: &Event, limiter: &RateLimiter, rep
     };
     let old_request = Side {
         allowed: matches!(e.decision, Some(Recorded::Allow | Recorded::Refuse)),
-        tool: e.tool.clone(),
+        tool: e.tool.as_deref().map(str::to_owned),
         credential: e.credential_id.clone(),
-        rule: e.rule.clone(),
-        reason: e.reason.clone(),
+        rule: e.rule.as_deref().map(str::to_owned),
+        reason: e.reason.as_deref().map(str::to_owned),
     };
 
     let units: Vec<Unit<'_>> = match (set.agent(agent), &calls) {

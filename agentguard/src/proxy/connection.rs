@@ -330,7 +330,7 @@ impl<'a> ConnOutcome<'a> {
         }
         event.sni = sni.map(|s| s.as_str().into());
         event.relay = self.relay.map(|p| p.as_str().to_owned());
-        event.rule = Some(self.plan.rule());
+        event.rule = Some(self.plan.rule().into());
         event.policy_version = Some(policy_version.clone());
         event
     }

@@ -496,7 +496,7 @@ async fn record_credential_failure(
         .with_decision(Decision::Refuse, refusal.to_string());
     failure.credential_id = Some(credential.to_owned());
     failure.tool = out.event().tool.clone();
-    failure.host = Some(host.to_owned());
+    failure.host = Some(host.into());
     failure.policy_version = out.event().policy_version.clone();
     ctx.audit.record(failure).await;
 }

@@ -190,7 +190,7 @@ async fn record_login(
         .with_src(peer)
         .with_decision(decision, reason);
     e.actor = Some(name.to_owned());
-    e.rule = Some(rule.to_owned());
+    e.rule = Some(rule.into());
     e.protocol = Some("https".into());
     state.audit.record(e).await;
 }

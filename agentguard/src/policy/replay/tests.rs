@@ -72,7 +72,7 @@ fn event(method: &str, host: &str, path: &str, decision: Recorded, tool: Option<
     e.dst_port = Some(443);
     e.path = Some(path.into());
     e.decision = Some(decision);
-    e.tool = tool.map(str::to_owned);
+    e.tool = tool.map(Into::into);
     e
 }
 

@@ -72,7 +72,7 @@ pub(super) async fn hold(
             },
             exe: identity.exe.as_ref().map(|p| p.display().to_string()),
             uid: identity.uid,
-            tool: out.event().tool.clone().unwrap_or_default(),
+            tool: out.event().tool.as_deref().unwrap_or_default().to_owned(),
             method: parts.method.to_string(),
             url: url.clone(),
             body: body.clone(),
@@ -168,7 +168,7 @@ async fn record(
         .identity
         .stamp(Event::new(Kind::Approval))
         .with_decision(decision, reason);
-    event.rule = Some(rule.to_owned());
+    event.rule = Some(rule.into());
     event.actor = actor;
     event.approval_id = Some(id.to_owned());
     event.request_hash = Some(request_hash.to_owned());

@@ -174,7 +174,7 @@ pub(super) async fn decide(
     let Some(forwarded) = plan.forward.clone() else {
         // Every member denied (enforce mode): answered here.
         let denied = first_denied.expect("a body with nothing forwarded has a denial");
-        noted.tool = denied.tool.clone();
+        noted.tool = denied.tool.as_deref().map(Into::into);
         out.note(noted);
         return Ok(answer_locally(&message_body, &plan, denied, out));
     };
@@ -194,7 +194,8 @@ pub(super) async fn decide(
             "{reason}; {n} of {} batch members denied, first: {}",
             decisions.len(),
             denied.reason
-        );
+        )
+        .into();
     }
     out.note(noted);
     let forward = forward?;

@@ -6,7 +6,7 @@
 //! allowed call is counted against its tool's rate. [`super::handle`]
 //! carries the plan out.
 
-use std::time::SystemTime;
+use std::{sync::Arc, time::SystemTime};
 
 use hyper::{Method, Request, http::uri::Authority};
 
@@ -50,18 +50,20 @@ impl Caller<'_> {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Noted {
     /// Host from Host/`:authority`, lowercase, without brackets.
-    pub host: Option<String>,
+    pub host: Option<Arc<str>>,
     /// The path as recorded: normalised with the agent's query, or as
     /// received when it could not be normalised.
     pub path: Option<String>,
     /// The normalised path without the query (the recent-requests view).
     pub bare_path: String,
-    pub tool: Option<String>,
+    /// Shared with the policy, as the verdict's rule and reason are where
+    /// it allows.
+    pub tool: Option<Arc<str>>,
     /// The credential that will be injected (its id, never its value).
     pub credential_id: Option<String>,
     /// The policy's verdict when it lets the request on: allow, or
     /// would-deny in audit mode (decision, rule, reason).
-    pub verdict: Option<(Recorded, String, String)>,
+    pub verdict: Option<(Recorded, Arc<str>, Arc<str>)>,
 }
 
 #[derive(Debug)]
@@ -152,7 +154,7 @@ fn decide<'p, B>(
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_ascii_lowercase();
-    noted.host = Some(host.clone());
+    noted.host = Some(host.as_str().into());
     checks::check_consistency(&host, authority.port_u16(), meta).map_err(Refusal::Misdirected)?;
     // Without TLS nothing proves the destination is the host the request
     // names: an agent could send "Host: allowed.example" to any address
@@ -286,16 +288,16 @@ pub fn settle<'p>(
             allow_overrides = &tool.allow_overrides;
             approval = allowed.approval;
             timeouts = Some(tool.timeouts);
-            noted.tool = Some(tool.name.clone());
+            noted.tool = Some(tool.allowed.tool.clone());
             let reason = match aws_action {
-                Some(action) => format!("{} (AWS action {action})", tool.allowed.reason),
+                Some(action) => format!("{} (AWS action {action})", tool.allowed.reason).into(),
                 None => tool.allowed.reason.clone(),
             };
             noted.verdict = Some((Recorded::Allow, tool.allowed.rule.clone(), reason));
             allowed.credential
         }
         Decision::Deny(denied) if agent_policy.mode == Mode::Enforce => {
-            noted.tool = denied.tool.clone();
+            noted.tool = denied.tool.as_deref().map(Into::into);
             return Err(Refusal::from_denied(denied));
         }
         Decision::Deny(denied) => {
@@ -303,8 +305,8 @@ pub fn settle<'p>(
             // credential.
             noted.verdict = Some((
                 Recorded::WouldDeny,
-                denied.rule.as_str().to_owned(),
-                denied.reason,
+                denied.rule.as_str().into(),
+                denied.reason.into(),
             ));
             None
         }
@@ -321,14 +323,14 @@ pub fn settle<'p>(
         // before a byte of the request is sent, receive it.
         if meta.sni.is_none() {
             return Err(Refusal::CredentialOverPlainHttp {
-                tool: noted.tool.clone().unwrap_or_default(),
+                tool: noted.tool.as_deref().unwrap_or_default().to_owned(),
                 credential: credential.id.clone(),
             });
         }
         noted.credential_id = Some(credential.id.clone());
         if method_param && !allow_overrides.iter().any(|a| a == METHOD_PARAM) {
             return Err(Refusal::MethodOverride {
-                tool: noted.tool.clone().unwrap_or_default(),
+                tool: noted.tool.as_deref().unwrap_or_default().to_owned(),
             });
         }
     }

@@ -93,7 +93,7 @@ impl Outcome {
         requests: Arc<RequestLog>,
     ) -> Self {
         let mut event = Box::new(Event::like(template));
-        event.method = Some(req.method().as_str().to_owned());
+        event.method = Some(method_text(req.method()));
         event.protocol = Some(protocol(req.version()).to_owned());
         event.policy_version = Some(policy_version.clone());
         event.decision = Some(Decision::Refuse);
@@ -134,8 +134,8 @@ impl Outcome {
     pub fn decide(
         &mut self,
         decision: Decision,
-        rule: impl Into<String>,
-        reason: impl Into<String>,
+        rule: impl Into<Arc<str>>,
+        reason: impl Into<Arc<str>>,
     ) {
         let event = self.event_mut();
         event.decision = Some(decision);
@@ -280,8 +280,8 @@ impl Finish {
         e.duration_us = Some(self.start.elapsed().as_micros() as u64);
         if let Some(note) = note {
             e.reason = Some(match e.reason.take() {
-                Some(r) if !r.is_empty() => format!("{r}; {note}"),
-                _ => note.to_owned(),
+                Some(r) if !r.is_empty() => format!("{r}; {note}").into(),
+                _ => note.into(),
             });
         }
         // The audit event is the record; this line, at debug, is for
@@ -307,8 +307,8 @@ impl Finish {
             time,
             agent: e.agent.clone().unwrap_or_default(),
             pid: e.pid.unwrap_or_default(),
-            method: e.method.clone().unwrap_or_default(),
-            host: e.host.clone().unwrap_or_default(),
+            method: e.method.clone().unwrap_or_else(|| Arc::from("")),
+            host: e.host.clone().unwrap_or_else(|| Arc::from("")),
             path: self.bare_path,
             tool: e.tool.clone(),
             decision: match e.decision {
@@ -317,13 +317,44 @@ impl Finish {
                 Some(Decision::WouldDeny) => RequestDecision::WouldDeny,
                 _ => RequestDecision::Refuse,
             },
-            reason: e.reason.clone().unwrap_or_default(),
+            reason: e.reason.clone().unwrap_or_else(|| Arc::from("")),
             credential: e.credential_id.clone(),
             status: e.status.unwrap_or_default(),
             policy_version: e.policy_version.clone().unwrap_or_else(|| Arc::from("")),
         });
         (self.sink, e)
     }
+}
+
+/// The method as the record's text: the standard ones shared (the event
+/// and the recent view hold the same text for every request), any other
+/// its own.
+fn method_text(method: &hyper::Method) -> Arc<str> {
+    static STANDARD: std::sync::LazyLock<Vec<(hyper::Method, Arc<str>)>> =
+        std::sync::LazyLock::new(|| {
+            use hyper::Method as M;
+            [
+                M::GET,
+                M::POST,
+                M::PUT,
+                M::DELETE,
+                M::PATCH,
+                M::HEAD,
+                M::OPTIONS,
+                M::CONNECT,
+                M::TRACE,
+            ]
+            .into_iter()
+            .map(|m| {
+                let text = m.as_str().into();
+                (m, text)
+            })
+            .collect()
+        });
+    STANDARD
+        .iter()
+        .find(|(m, _)| m == method)
+        .map_or_else(|| method.as_str().into(), |(_, text)| text.clone())
 }
 
 /// A request body that counts what passes through it.

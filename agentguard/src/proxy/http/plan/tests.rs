@@ -264,8 +264,8 @@ fn the_record_keeps_what_was_learnt_before_a_refusal() {
         n.verdict,
         Some((
             Recorded::Allow,
-            "tool:api".to_owned(),
-            "allowed by tool \"api\"".to_owned()
+            "tool:api".into(),
+            "allowed by tool \"api\"".into()
         ))
     );
     // The tool that allowed an upgrade it then refused is recorded.
@@ -299,7 +299,7 @@ fn the_record_keeps_what_was_learnt_before_a_refusal() {
     .noted;
     assert_eq!(
         n.verdict.map(|(d, rule, _)| (d, rule)),
-        Some((Recorded::WouldDeny, "default-deny".to_owned()))
+        Some((Recorded::WouldDeny, "default-deny".into()))
     );
 }
 
