@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, OnceLock,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -30,11 +30,8 @@ use crate::policy::{AgentPolicy, CredentialPolicy, PolicySet, SecretSource, Valu
 pub struct CredentialStore {
     /// Agent name → credential id → credential.
     agents: HashMap<String, HashMap<String, Credential>>,
-    /// The agents whose secrets are all read at load (file and env
-    /// secrets; minted tokens hold none): their redactor, made at the
-    /// first response and then shared, as their secrets change only with
-    /// the store.
-    fixed_redactors: HashMap<String, OnceLock<Option<Arc<Redactor>>>>,
+    /// Each agent's redactor, made again only when its secrets change.
+    redactors: HashMap<String, AgentRedactor>,
     fetcher: Arc<dyn TokenFetcher>,
     fetches: AtomicU64,
 }
@@ -54,6 +51,25 @@ enum Credential {
     Exchange(Box<Exchanger>),
     /// AWS keys that re-sign the agent's requests.
     Aws(Box<AwsSigner>),
+}
+
+/// An agent's redactor, kept between its responses.
+enum AgentRedactor {
+    /// Its secrets are all read at load (file and env secrets; minted
+    /// tokens hold none): made at the first response, then shared.
+    Fixed(OnceLock<Option<Arc<Redactor>>>),
+    /// Its secrets change as tokens are fetched: the last one made, with
+    /// the secrets it was made from.
+    Changing(Mutex<Option<MadeFrom>>),
+}
+
+/// A redactor (`None`: nothing to look for) and the secrets it cuts.
+type MadeFrom = (Vec<Secret>, Option<Arc<Redactor>>);
+
+/// The same secret values in the same order (a different order only
+/// makes the redactor again).
+fn same_values(a: &[Secret], b: &[Secret]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.expose() == y.expose())
 }
 
 impl std::fmt::Debug for CredentialStore {
@@ -97,18 +113,23 @@ impl CredentialStore {
         if !errors.is_empty() {
             return Err(crate::error_list::ErrorList(errors));
         }
-        let fixed_redactors = agents
+        let redactors = agents
             .iter()
-            .filter(|(_, credentials)| {
-                credentials
+            .map(|(agent, credentials)| {
+                let fixed = credentials
                     .values()
-                    .all(|c| matches!(c, Credential::Static(_) | Credential::Minted))
+                    .all(|c| matches!(c, Credential::Static(_) | Credential::Minted));
+                let redactor = if fixed {
+                    AgentRedactor::Fixed(OnceLock::new())
+                } else {
+                    AgentRedactor::Changing(Mutex::default())
+                };
+                (agent.clone(), redactor)
             })
-            .map(|(agent, _)| (agent.clone(), OnceLock::new()))
             .collect();
         Ok(Self {
             agents,
-            fixed_redactors,
+            redactors,
             fetcher,
             fetches: AtomicU64::new(0),
         })
@@ -188,17 +209,43 @@ impl CredentialStore {
     }
 
     /// What cuts `agent`'s secrets and `per_request`'s (a minted token)
-    /// out of a response; `None` when there is nothing to look for. Made
-    /// once for an agent whose secrets are all read at load, and for each
-    /// request otherwise (their tokens change: OAuth2, helpers, exchanges,
-    /// AWS).
+    /// out of a response; `None` when there is nothing to look for. The
+    /// agent's part is made once where its secrets are all read at load,
+    /// and again whenever the secrets known for it differ from those it
+    /// was made from (fetched tokens: OAuth2, helpers, exchanges, AWS).
     pub fn redactor(&self, agent: &str, per_request: &[Secret]) -> Option<Arc<Redactor>> {
-        let Some(fixed) = self.fixed_redactors.get(agent) else {
-            return Redactor::new(&self.known_secrets(agent), per_request);
+        let base = match self.redactors.get(agent) {
+            None => None,
+            Some(AgentRedactor::Fixed(made)) => made
+                .get_or_init(|| Redactor::new(&self.known_secrets(agent), &[]))
+                .clone(),
+            Some(AgentRedactor::Changing(last)) => {
+                let secrets = self.known_secrets(agent);
+                let lock = || {
+                    last.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                };
+                // The guard goes at the end of this statement: the arm
+                // that makes a new one locks again.
+                let kept = match &*lock() {
+                    Some((held, made)) if same_values(held, &secrets) => Some(made.clone()),
+                    _ => None,
+                };
+                match kept {
+                    Some(made) => made,
+                    None => {
+                        // Made outside the lock: a new automaton takes up
+                        // to milliseconds, and the agent's other requests
+                        // need not wait for it.
+                        let made = Redactor::new(&secrets, &[]);
+                        *lock() = Some((secrets, made.clone()));
+                        made
+                    }
+                }
+            }
         };
-        let base = fixed.get_or_init(|| Redactor::new(&self.known_secrets(agent), &[]));
         if per_request.is_empty() {
-            return base.clone();
+            return base;
         }
         Redactor::with_request(base.as_ref(), per_request)
     }

@@ -472,7 +472,8 @@ fn an_agent_with_fixed_secrets_shares_one_redactor() {
 }
 
 /// An OAuth2 agent's tokens change with each refresh: its redactor is
-/// made for each response, from the secrets known then.
+/// shared while they stay, and made again from the secrets known once a
+/// token is fetched.
 #[tokio::test]
 async fn an_agent_with_fetched_tokens_gets_a_redactor_of_its_current_secrets() {
     let fetcher = FakeFetcher::new(&[(
@@ -481,9 +482,11 @@ async fn an_agent_with_fetched_tokens_gets_a_redactor_of_its_current_secrets() {
     )]);
     let (store, _dir) = oauth2_store(fetcher);
     let before = store.redactor("bot", &[]).unwrap();
+    assert!(Arc::ptr_eq(&before, &store.redactor("bot", &[]).unwrap()));
     assert!(before.redact(b"tok-fetched-1").is_none());
     store.secret("bot", "api").await.unwrap();
     let after = store.redactor("bot", &[]).unwrap();
     assert!(!Arc::ptr_eq(&before, &after));
     assert_eq!(after.redact(b"t=tok-fetched-1").unwrap().1, 1);
+    assert!(Arc::ptr_eq(&after, &store.redactor("bot", &[]).unwrap()));
 }
