@@ -41,7 +41,7 @@ pub use listen::ListenAddr;
 pub use load::{PolicyError, PolicyErrors, check_text, load_path};
 pub use model::{
     AgentLimits, AgentPolicy, CgroupRelPath, CredentialPolicy, DnsMode, HostPattern, Injection,
-    Mode, NetnsSource, OAuth2Source, PassthroughRule, PathPattern, PolicySet, SecretRef,
+    MethodSet, Mode, NetnsSource, OAuth2Source, PassthroughRule, PathPattern, PolicySet, SecretRef,
     SecretSource, ToolPolicy, ToolTimeouts, UpstreamNetns, ValueSource,
 };
 pub use names::NamePattern;

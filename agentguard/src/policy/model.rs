@@ -518,7 +518,7 @@ pub struct MethodSet {
 }
 
 impl MethodSet {
-    const STANDARD: [Method; 9] = [
+    pub const STANDARD: [Method; 9] = [
         Method::GET,
         Method::HEAD,
         Method::POST,

@@ -31,6 +31,7 @@ use crate::{
     audit::{AuditSink, Decision, Event, Kind, Permit},
     connlog::{RequestDecision, RequestEntry, RequestLog},
     percent,
+    policy::MethodSet,
     proxy::{
         refusal::Refusal,
         respond::{self, Render},
@@ -330,31 +331,14 @@ impl Finish {
 /// and the recent view hold the same text for every request), any other
 /// its own.
 fn method_text(method: &hyper::Method) -> Arc<str> {
-    static STANDARD: std::sync::LazyLock<Vec<(hyper::Method, Arc<str>)>> =
-        std::sync::LazyLock::new(|| {
-            use hyper::Method as M;
-            [
-                M::GET,
-                M::POST,
-                M::PUT,
-                M::DELETE,
-                M::PATCH,
-                M::HEAD,
-                M::OPTIONS,
-                M::CONNECT,
-                M::TRACE,
-            ]
-            .into_iter()
-            .map(|m| {
-                let text = m.as_str().into();
-                (m, text)
-            })
+    static STANDARD: std::sync::LazyLock<Vec<Arc<str>>> = std::sync::LazyLock::new(|| {
+        MethodSet::STANDARD
+            .iter()
+            .map(|m| m.as_str().into())
             .collect()
-        });
-    STANDARD
-        .iter()
-        .find(|(m, _)| m == method)
-        .map_or_else(|| method.as_str().into(), |(_, text)| text.clone())
+    });
+    MethodSet::standard_index(method)
+        .map_or_else(|| method.as_str().into(), |i| STANDARD[i].clone())
 }
 
 /// A request body that counts what passes through it.
