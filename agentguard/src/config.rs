@@ -58,8 +58,9 @@ pub struct TokenOptions {
     pub trust_domain: String,
     pub jwks_listen: Option<SocketAddr>,
     pub max_body: usize,
-    /// What a new signing key is (the first, and each rotation's).
-    pub algorithm: crate::token::SigningAlgorithm,
+    /// What the request-bound token key is (the first, and each
+    /// rotation's); None keeps an existing key's, and makes a new one EdDSA.
+    pub algorithm: Option<crate::token::SigningAlgorithm>,
     pub jwks_tls: JwksTlsOptions,
 }
 
@@ -295,7 +296,7 @@ impl std::fmt::Display for RunConfig {
              audit_flush={:?} audit_batch_max={} audit_queue={} audit_queue_bytes={} audit_checkpoint_every={} \
              audit_checkpoint_interval={:?} audit_retention={} audit_max_size={} \
              audit_signing_key={} audit_anchor_dir={} audit_anchor_command={} \
-             metrics_listen={} otlp_endpoint={} trust_domain={} jwks_listen={} jwt_max_body={} token_algorithm={:?} \
+             metrics_listen={} otlp_endpoint={} trust_domain={} jwks_listen={} jwt_max_body={} token_algorithm={} \
              report_kernel_redirects={} unix_guard={:?} {} {} web_listen={}",
             self.policies_dir.display(),
             self.state_dir.display(),
@@ -341,7 +342,9 @@ impl std::fmt::Display for RunConfig {
                 .jwks_listen
                 .map_or("off".into(), |a| a.to_string()),
             self.tokens.max_body,
-            self.tokens.algorithm,
+            self.tokens
+                .algorithm
+                .map_or_else(|| "unset".to_owned(), |a| format!("{a:?}")),
             self.report_kernel_redirects,
             self.unix_guard,
             self.limits,

@@ -134,12 +134,19 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     let upstreams = Arc::new(
         Upstreams::new(cfg.upstream_ca.as_deref())?.with_handshake_timeout(cfg.limits.upstream_tls),
     );
-    let minter = Arc::new(crate::token::Minter::new(
-        crate::token::KeyStore::load_or_create(&cfg.state_dir, cfg.tokens.algorithm)?,
+    let minter = Arc::new(crate::token::Minter::load_or_create(
+        &cfg.state_dir,
+        cfg.tokens.algorithm,
         &cfg.tokens.trust_domain,
-    ));
+    )?);
     // Verifiers must be told the issuer (--issuer): this is where to read it.
-    info!(issuer = %minter.issuer(), kid = %minter.kid(), alg = ?minter.algorithm(), "token signing key ready");
+    info!(
+        issuer = %minter.issuer(),
+        kid = %minter.kid(),
+        alg = ?minter.algorithm(),
+        identity_kid = %minter.identity_kid(),
+        "token signing keys ready"
+    );
     // Claim the admin socket before touching the kernel, so a second daemon
     // fails here instead of taking over the first one's links.
     let admin = AdminServer::bind(&cfg.admin_socket).await?;

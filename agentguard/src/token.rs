@@ -25,7 +25,7 @@ pub use agentguard_verify::{
     Act, Claims, DEFAULT_LEEWAY, JwksSource, KernelClaims, MAX_TTL, Origin, RequestBinding,
     Verifier, VerifierConfig, VerifyError, issuer, normalize_htu, request_hash, subject,
 };
-pub use keys::{KeyError, KeyStore, SigningAlgorithm};
+pub use keys::{KeyError, KeyRole, KeyStore, SigningAlgorithm, published_jwks};
 pub use mint::{MintRequest, Minted, Minter};
 pub use obo::{OnBehalfOf, validate_who};
 pub use serve::{JWKS_PATH, JwksTls, read_certs, serve_jwks, tls_acceptor};

@@ -304,6 +304,13 @@ impl Daemon {
         self.spawn();
     }
 
+    /// [`Daemon::restart`] with `args` in place of the builder's extra
+    /// `agentguard run` arguments.
+    pub fn restart_with_args(&mut self, args: &[&str]) {
+        self.run_args = args.iter().map(|a| a.to_string()).collect();
+        self.restart();
+    }
+
     /// Runs an agentguard CLI command against this daemon's admin socket.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(AGENTGUARD)

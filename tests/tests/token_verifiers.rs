@@ -4,7 +4,7 @@
 //! the audience. PyJWT (Python) and jose (Node) are run unmodified on the
 //! scripts in tests/verifiers; `agentguard token verify` is the
 //! agentguard-verify crate's check. Each accepts the default key's tokens
-//! (ES256) and EdDSA's, refuses a token whose signature was changed, and
+//! (EdDSA) and ES256's, refuses a token whose signature was changed, and
 //! refuses one of an algorithm it does not allow.
 
 use std::{path::Path, process::Command};
@@ -124,13 +124,13 @@ fn check(s: &Setup, alg: &str, other: &str) {
 }
 
 #[test]
-fn pyjwt_jose_and_agentguard_verify_the_default_es256_tokens() {
+fn pyjwt_jose_and_agentguard_verify_the_default_eddsa_tokens() {
     let s = setup_with(&policy(TTL), &[]);
-    check(&s, "ES256", "EdDSA");
+    check(&s, "EdDSA", "ES256");
 }
 
 #[test]
-fn pyjwt_jose_and_agentguard_verify_eddsa_tokens() {
-    let s = setup_with(&policy(TTL), &["--token-algorithm", "eddsa"]);
-    check(&s, "EdDSA", "ES256");
+fn pyjwt_jose_and_agentguard_verify_es256_tokens() {
+    let s = setup_with(&policy(TTL), &["--token-algorithm", "es256"]);
+    check(&s, "ES256", "EdDSA");
 }

@@ -779,9 +779,12 @@ fn tokens_signed_before_a_key_rotation_verify_until_they_expire() {
     assert!(headers.contains("expired"), "{headers}");
 }
 
+/// `--token-algorithm es256` (the default is EdDSA, which the other tests
+/// here run on): verify-proxy takes its tokens too, and the JWKS publishes
+/// the P-256 key first, the identity tokens' key beside it.
 #[test]
-fn eddsa_keys_sign_tokens_that_verify_proxy_accepts() {
-    let s = setup_with_args(&["--token-algorithm", "eddsa"]);
+fn es256_keys_sign_tokens_that_verify_proxy_accepts() {
+    let s = setup_with_args(&["--token-algorithm", "es256"]);
     let url = jwks_url(&s.daemon);
     let a = verify_proxy_with(&s, "127.0.0.4:0", &url, &["--audience", "itsm"]);
     let body = s.dir.path().join("body.json");
@@ -793,15 +796,50 @@ fn eddsa_keys_sign_tokens_that_verify_proxy_accepts() {
     assert!(text(&out.stdout).ends_with("200"), "{}", text(&out.stderr));
     let seen = peek.header_values("/reflect", "authorization");
     let token = seen[0].strip_prefix("Bearer ").unwrap();
-    assert_eq!(part(token, 0)["alg"], "EdDSA");
+    assert_eq!(part(token, 0)["alg"], "ES256");
     let jwks: Value = serde_json::from_slice(&std::fs::read(&s.jwks).unwrap()).unwrap();
-    let key = &jwks["keys"][0];
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{jwks}");
     assert_eq!(
-        (&key["kty"], &key["crv"]),
-        (&"OKP".into(), &"Ed25519".into()),
+        (&keys[0]["kty"], &keys[0]["crv"]),
+        (&"EC".into(), &"P-256".into()),
         "{jwks}"
     );
-    assert_eq!(key["kid"], part(token, 0)["kid"]);
+    assert_eq!(keys[0]["kid"], part(token, 0)["kid"]);
+    assert_ne!(keys[1]["kid"], keys[0]["kid"]);
+}
+
+/// An upgrade from an agentguard whose default was ES256: a daemon
+/// started again on a state directory with an ES256 key and no
+/// `--token-algorithm` keeps that key (the tools' verifiers may allow only
+/// ES256), where a new state directory's key is EdDSA
+/// (token_verifiers.rs).
+#[test]
+fn a_restart_without_an_algorithm_keeps_the_key_it_signed_with() {
+    let mut s = setup_with_args(&["--token-algorithm", "es256"]);
+    let printed = |s: &Setup| -> Value {
+        let out = Command::new(AGENTGUARD)
+            .args(["token", "jwks", "--state-dir"])
+            .arg(s.daemon.state_dir())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let before = printed(&s);
+    s.daemon.terminate();
+    s.daemon.restart_with_args(&[]);
+    let after = printed(&s);
+    assert_eq!(after, before, "a key was made or rotated");
+    let body = s.dir.path().join("body.json");
+    std::fs::write(&body, "{}").unwrap();
+    let peek = TlsUpstream::start("127.0.0.10", TOOL, &s.ca);
+    let out = agent_call_at(&s, "127.0.0.10", peek.addr.port(), &body);
+    assert!(text(&out.stdout).ends_with("200"), "{}", text(&out.stderr));
+    let seen = peek.header_values("/reflect", "authorization");
+    let token = seen[0].strip_prefix("Bearer ").unwrap();
+    assert_eq!(part(token, 0)["alg"], "ES256");
+    assert_eq!(part(token, 0)["kid"], before["keys"][0]["kid"]);
 }
 
 /// `--upstream-token-file`: the tool receives verify-proxy's own bearer

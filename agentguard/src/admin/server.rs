@@ -394,14 +394,17 @@ fn register_on_behalf_of(state: &AdminState, query: &str) -> Result<(), String> 
 }
 
 fn route(state: &AdminState, req: &Request<Incoming>) -> Response<AdminBody> {
-    // The one action: a new token signing key, the old one kept in the JWKS
-    // until its tokens have expired.
+    // New token signing keys (request-bound and identity), the old ones kept
+    // in the JWKS until their tokens have expired.
     if req.method() == Method::POST && req.uri().path() == "/v1/token/rotate" {
         return match state.minter.rotate() {
             Ok(()) => {
-                let kid = state.minter.kid();
-                tracing::info!(kid = %kid, "token signing key rotated");
-                json(StatusCode::OK, &serde_json::json!({ "kid": kid }))
+                let (kid, identity_kid) = (state.minter.kid(), state.minter.identity_kid());
+                tracing::info!(kid = %kid, identity_kid = %identity_kid, "token signing keys rotated");
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "kid": kid, "identity_kid": identity_kid }),
+                )
             }
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         };

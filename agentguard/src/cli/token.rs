@@ -12,8 +12,8 @@ use crate::{
         TokenOptions, parse_duration, parse_jwks_listen, parse_size,
     },
     token::{
-        DEFAULT_TRUST_DOMAIN, JwksSource, KeyError, KeyStore, Origin, RequestBinding, Verifier,
-        VerifierConfig, VerifyError,
+        DEFAULT_TRUST_DOMAIN, JwksSource, KeyError, Origin, RequestBinding, Verifier,
+        VerifierConfig, VerifyError, published_jwks,
     },
     verify_proxy::{ProxyTimeouts, ResourceFront, VerifyProxy},
 };
@@ -58,10 +58,12 @@ pub struct TokenRunArgs {
     /// this size; larger ones are refused with 413.
     #[arg(long, default_value = DEFAULT_JWT_MAX_BODY, value_name = "SIZE")]
     jwt_max_body: String,
-    /// Signing algorithm of new token keys: es256 (P-256) or eddsa
-    /// (Ed25519). A key of the other kind is rotated out at start.
-    #[arg(long, default_value = "es256", value_name = "es256|eddsa")]
-    token_algorithm: String,
+    /// Signing algorithm of request-bound tokens: eddsa (Ed25519) or es256
+    /// (P-256). A key of the other kind is rotated out at start. Unset: an
+    /// existing key keeps its algorithm, a new one is eddsa. (Identity
+    /// tokens for authorization servers are always es256.)
+    #[arg(long, value_name = "eddsa|es256")]
+    token_algorithm: Option<String>,
     /// Serve the JWKS with this certificate chain (PEM)... (default: a leaf
     /// from agentguard's CA, <state-dir>/ca/ca.crt)
     #[arg(long, requires = "jwks_tls_key", conflicts_with = "jwks_plain_http")]
@@ -85,7 +87,11 @@ impl TokenRunArgs {
             trust_domain: self.trust_domain.clone(),
             jwks_listen: parse_jwks_listen(&self.jwks_listen)?,
             max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
-            algorithm: crate::token::SigningAlgorithm::parse(&self.token_algorithm)
+            algorithm: self
+                .token_algorithm
+                .as_deref()
+                .map(crate::token::SigningAlgorithm::parse)
+                .transpose()
                 .map_err(ConfigError::TokenAlgorithm)?,
             jwks_tls: JwksTlsOptions {
                 cert_and_key: self.jwks_tls_cert.clone().zip(self.jwks_tls_key.clone()),
@@ -315,10 +321,10 @@ fn config(
 pub fn run(command: TokenCommand) -> Result<ExitCode, TokenCliError> {
     match command {
         TokenCommand::Jwks { state_dir } => {
-            let keys = KeyStore::load(&state_dir)?;
+            let jwks = published_jwks(&state_dir)?;
             println!(
                 "{}",
-                serde_json::to_string_pretty(&keys.jwks()).unwrap_or_default()
+                serde_json::to_string_pretty(&jwks).unwrap_or_default()
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -3,8 +3,9 @@
 //! authorization server that exchanges it (RFC 8693 `subject_token` or
 //! `actor_token`) or takes it as a grant (RFC 7523 §2.1 `assertion`).
 //!
-//! Signed with the same key as request-bound tokens, so that an
-//! authorization server verifies it through agentguard's JWKS. It carries
+//! Signed with a key of its own, ES256 whatever request-bound tokens use
+//! (`keys.rs`), and published in the same JWKS, so that an authorization
+//! server verifies it through agentguard's JWKS. It carries
 //! no request binding: it is spent at the token endpoint, never sent to a
 //! tool, and lives [`IDENTITY_TTL`].
 
@@ -52,7 +53,7 @@ impl IdentityIssuer for Minter {
                 uid,
             }),
         };
-        self.sign(&claims)
+        self.sign_identity(&claims)
     }
 }
 
@@ -61,15 +62,20 @@ mod tests {
     use jsonwebtoken::{DecodingKey, Validation, decode, decode_header, jwk::JwkSet};
 
     use super::*;
-    use crate::token::{KeyStore, SigningAlgorithm};
+    use crate::token::{KeyRole, KeyStore, SigningAlgorithm};
 
+    /// Signed with the identity key (ES256), not with the request-bound
+    /// tokens' key (EdDSA by default), and verifiable through the JWKS.
     #[test]
     fn identity_tokens_verify_through_the_jwks_and_name_the_agent() {
         let dir = tempfile::tempdir().unwrap();
         let minter = Minter::new(
-            KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap(),
+            KeyStore::load_or_create(dir.path(), KeyRole::Request, None).unwrap(),
+            KeyStore::load_or_create(dir.path(), KeyRole::Identity, Some(SigningAlgorithm::Es256))
+                .unwrap(),
             "example.org",
         );
+        assert_eq!(minter.algorithm(), jsonwebtoken::Algorithm::EdDSA);
         let token = minter
             .identity_token(&IdentityRequest {
                 agent: "ops",
@@ -78,7 +84,11 @@ mod tests {
             })
             .unwrap();
         let jwks: JwkSet = minter.jwks();
-        let kid = decode_header(&token).unwrap().kid.unwrap();
+        let header = decode_header(&token).unwrap();
+        assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+        let kid = header.kid.unwrap();
+        assert_eq!(kid, minter.identity_kid());
+        assert_ne!(kid, minter.kid());
         let key = DecodingKey::from_jwk(jwks.find(&kid).unwrap()).unwrap();
         let mut validation = Validation::new(jsonwebtoken::Algorithm::ES256);
         validation.set_audience(&["https://idp.example.org/token"]);

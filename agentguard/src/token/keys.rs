@@ -1,15 +1,26 @@
-//! The token signing key: made on first start in `<state-dir>/token/`, with
+//! The token signing keys: made on first start in `<state-dir>/token/`, with
 //! the public keys of retired keys kept for the JWKS until their tokens have
 //! expired.
 //!
-//! - `signing.key`: the current key, PKCS#8 PEM, mode 0600: ES256 (P-256,
-//!   RFC 7518 §3.4) by default, or EdDSA (Ed25519, RFC 8037) when asked.
-//! - `retired.json`: public JWKs of earlier keys, each with the time after
-//!   which no token it signed can still be valid (mode 0600; public, but
-//!   nothing else needs to read it).
+//! Two keys, one per kind of token ([`KeyRole`]), each with the algorithm
+//! its verifiers take:
 //!
-//! The `kid` is the key's JWK thumbprint (RFC 7638), so it follows from the
-//! key and needs no file of its own.
+//! - `signing.key`: signs request-bound tokens, which tool servers verify
+//!   (agentguard-verify, PyJWT and jose take both algorithms): EdDSA
+//!   (Ed25519, RFC 8037) for a new key, the cheaper to sign, or ES256
+//!   (P-256, RFC 7518 §3.4) when asked; a key made before keeps its
+//!   algorithm unless told otherwise.
+//! - `identity.key`: signs identity tokens, which authorization servers
+//!   verify: always ES256, which they take without being told (Authlib's
+//!   joserfc, for one, refuses `EdDSA` unless it is allowed, as RFC 9864
+//!   deprecates that name).
+//! - `retired.json`, `identity-retired.json`: public JWKs of each key's
+//!   predecessors, each with the time after which no token it signed can
+//!   still be valid (mode 0600; public, but nothing else needs to read it).
+//!
+//! All private keys are PKCS#8 PEM, mode 0600. The `kid` is the key's JWK
+//! thumbprint (RFC 7638), so it follows from the key and needs no file of
+//! its own.
 
 use std::{
     fs,
@@ -29,8 +40,6 @@ use super::now_secs;
 
 const DIR_MODE: u32 = 0o700;
 const KEY_MODE: u32 = 0o600;
-const KEY_FILE: &str = "signing.key";
-const RETIRED_FILE: &str = "retired.json";
 
 #[derive(Debug, Error)]
 pub enum KeyError {
@@ -49,15 +58,12 @@ pub enum KeyError {
     Invalid { path: PathBuf, reason: String },
 }
 
-/// How new signing keys are made. agentguard-verify, PyJWT and jose
-/// verify both (tests/tests/token_verifiers.rs).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How a signing key signs. agentguard-verify, PyJWT and jose verify both
+/// (tests/tests/token_verifiers.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SigningAlgorithm {
     /// ECDSA P-256 with SHA-256: what JWT libraries and authorization
-    /// servers verify without being told to (Authlib's joserfc, for one,
-    /// refuses `EdDSA` unless it is allowed, as RFC 9864 deprecates that
-    /// name), and the same key signs the identity tokens sent to them.
-    #[default]
+    /// servers verify without being told to.
     Es256,
     /// Ed25519: the cheaper to sign (7.0 µs against ES256's 11.9 µs a
     /// token, one core of the bench machine) and to verify.
@@ -77,6 +83,42 @@ impl SigningAlgorithm {
         match self {
             Self::Es256 => Algorithm::ES256,
             Self::EdDsa => Algorithm::EdDSA,
+        }
+    }
+}
+
+/// Which tokens a key signs: each kind has a key (and files) of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRole {
+    /// Request-bound tokens, for tool servers.
+    Request,
+    /// Identity tokens, for authorization servers (token exchange,
+    /// JWT-bearer grants).
+    Identity,
+}
+
+impl KeyRole {
+    fn key_file(self) -> &'static str {
+        match self {
+            // The name from before there were two keys, when this one
+            // signed both kinds: a state directory made then keeps it.
+            Self::Request => "signing.key",
+            Self::Identity => "identity.key",
+        }
+    }
+
+    fn retired_file(self) -> &'static str {
+        match self {
+            Self::Request => "retired.json",
+            Self::Identity => "identity-retired.json",
+        }
+    }
+
+    /// The algorithm of a new key when none is asked for.
+    fn default_algorithm(self) -> SigningAlgorithm {
+        match self {
+            Self::Request => SigningAlgorithm::EdDsa,
+            Self::Identity => SigningAlgorithm::Es256,
         }
     }
 }
@@ -123,9 +165,10 @@ struct RetiredKey {
     retire_at: u64,
 }
 
-/// The current signing key and the retired public keys.
+/// One role's current signing key and its retired public keys.
 pub struct KeyStore {
     dir: PathBuf,
+    role: KeyRole,
     /// What [`KeyStore::rotate`] makes.
     alg: SigningAlgorithm,
     current: SigningKey,
@@ -136,6 +179,7 @@ impl std::fmt::Debug for KeyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyStore")
             .field("dir", &self.dir)
+            .field("role", &self.role)
             .field("kid", &self.current.kid)
             .field("retired", &self.retired.len())
             .finish_non_exhaustive()
@@ -143,10 +187,17 @@ impl std::fmt::Debug for KeyStore {
 }
 
 impl KeyStore {
-    /// Opens `<state_dir>/token/`, making the folder and an `alg` key if
-    /// absent. A key of the other algorithm is rotated out (its tokens
-    /// verify until they expire), so the daemon signs with what it was told.
-    pub fn load_or_create(state_dir: &Path, alg: SigningAlgorithm) -> Result<Self, KeyError> {
+    /// Opens `role`'s key in `<state_dir>/token/`, making the folder and the
+    /// key if absent: of `alg`, or the role's default when `alg` is None. An
+    /// existing key of another algorithm than `alg` is rotated out (its
+    /// tokens verify until they expire), so the daemon signs with what it
+    /// was told; with `alg` None an existing key stays as it is, so that an
+    /// upgrade does not change what the tools' verifiers receive.
+    pub fn load_or_create(
+        state_dir: &Path,
+        role: KeyRole,
+        alg: Option<SigningAlgorithm>,
+    ) -> Result<Self, KeyError> {
         let dir = state_dir.join("token");
         match fs::DirBuilder::new().mode(DIR_MODE).create(&dir) {
             Ok(()) => {}
@@ -159,42 +210,51 @@ impl KeyStore {
                 });
             }
         }
-        let key_path = dir.join(KEY_FILE);
+        let key_path = dir.join(role.key_file());
         let current = if key_path.exists() {
             read_key(&key_path)?
         } else {
             // Checked before it is written, as a rotation does: a key the
             // signer and the JWKS read differently never reaches the disk,
             // where every later start would refuse it.
-            let pem = generate(alg)?;
+            let pem = generate(alg.unwrap_or(role.default_algorithm()))?;
             let key = parse_key(&key_path, &pem)?;
             write_private(&key_path, pem.as_bytes())?;
             key
         };
-        let retired = read_retired(&dir.join(RETIRED_FILE))?;
+        let retired = read_retired(&dir.join(role.retired_file()))?;
         let mut store = Self {
             dir,
-            alg,
+            role,
+            alg: alg.unwrap_or(current.alg),
             current,
             retired,
         };
-        if store.current.alg != alg {
+        if store.current.alg != store.alg {
             store.rotate(super::MAX_TTL + super::DEFAULT_LEEWAY)?;
         }
         Ok(store)
     }
 
-    /// Reads the keys without creating anything (`agentguard token jwks`).
-    pub fn load(state_dir: &Path) -> Result<Self, KeyError> {
+    /// Reads `role`'s keys without creating anything (`agentguard token
+    /// jwks`); `None` if that key was never made.
+    pub fn load(state_dir: &Path, role: KeyRole) -> Result<Option<Self>, KeyError> {
         let dir = state_dir.join("token");
-        let current = read_key(&dir.join(KEY_FILE))?;
-        let retired = read_retired(&dir.join(RETIRED_FILE))?;
-        Ok(Self {
+        let key_path = dir.join(role.key_file());
+        // Only the identity key can be missing from a state directory the
+        // daemon has run on: one made before it existed.
+        if role == KeyRole::Identity && !key_path.exists() {
+            return Ok(None);
+        }
+        let current = read_key(&key_path)?;
+        let retired = read_retired(&dir.join(role.retired_file()))?;
+        Ok(Some(Self {
             dir,
+            role,
             alg: current.alg,
             current,
             retired,
-        })
+        }))
     }
 
     pub fn kid(&self) -> &str {
@@ -222,7 +282,7 @@ impl KeyStore {
     /// tokens it signed verify until they expire, and no longer.
     pub fn rotate(&mut self, keep_for: Duration) -> Result<(), KeyError> {
         let pem = generate(self.alg)?;
-        let key_path = self.dir.join(KEY_FILE);
+        let key_path = self.dir.join(self.role.key_file());
         let next = parse_key(&key_path, &pem)?;
         let now = now_secs();
         let mut retired: Vec<RetiredKey> = self
@@ -235,33 +295,53 @@ impl KeyStore {
             jwk: self.current.jwk.clone(),
             retire_at: now + keep_for.as_secs(),
         });
+        let retired_path = self.dir.join(self.role.retired_file());
         let json = serde_json::to_vec_pretty(&retired).map_err(|e| KeyError::Io {
             action: "serialise",
-            path: self.dir.join(RETIRED_FILE),
+            path: retired_path.clone(),
             source: e.into(),
         })?;
         // Retired list first: a crash between the two writes leaves the old
         // key signing and also listed, never a key whose tokens cannot verify.
-        write_private(&self.dir.join(RETIRED_FILE), &json)?;
+        write_private(&retired_path, &json)?;
         write_private(&key_path, pem.as_bytes())?;
         self.current = next;
         self.retired = retired;
         Ok(())
     }
 
-    /// The public keys tokens may be verified with: the current key and the
-    /// retired keys whose tokens may still be valid.
+    /// The public keys this role's tokens may be verified with: the current
+    /// key and the retired keys whose tokens may still be valid.
     pub fn jwks(&self) -> JwkSet {
+        let mut keys = Vec::new();
+        self.publish_into(&mut keys);
+        JwkSet { keys }
+    }
+
+    /// Appends [`KeyStore::jwks`]'s keys to `keys`, the current one first.
+    pub fn publish_into(&self, keys: &mut Vec<Jwk>) {
         let now = now_secs();
-        let mut keys = vec![self.current.jwk.clone()];
+        keys.push(self.current.jwk.clone());
         keys.extend(
             self.retired
                 .iter()
                 .filter(|r| r.retire_at > now)
                 .map(|r| r.jwk.clone()),
         );
-        JwkSet { keys }
     }
+}
+
+/// The JWKS of a state directory as the daemon publishes it: the
+/// request-bound tokens' keys first, then the identity tokens' (`agentguard
+/// token jwks`).
+pub fn published_jwks(state_dir: &Path) -> Result<JwkSet, KeyError> {
+    let mut keys = Vec::new();
+    for role in [KeyRole::Request, KeyRole::Identity] {
+        if let Some(store) = KeyStore::load(state_dir, role)? {
+            store.publish_into(&mut keys);
+        }
+    }
+    Ok(JwkSet { keys })
 }
 
 fn generate(alg: SigningAlgorithm) -> Result<String, KeyError> {
@@ -417,12 +497,16 @@ mod tests {
     #[test]
     fn key_is_made_once_private_and_reloaded() {
         let dir = tempfile::tempdir().unwrap();
-        let a = KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap();
+        let a =
+            KeyStore::load_or_create(dir.path(), KeyRole::Request, Some(SigningAlgorithm::Es256))
+                .unwrap();
         let mode = fs::metadata(dir.path().join("token/signing.key"))
             .unwrap()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let b = KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap();
+        let b =
+            KeyStore::load_or_create(dir.path(), KeyRole::Request, Some(SigningAlgorithm::Es256))
+                .unwrap();
         assert_eq!(a.kid(), b.kid());
         let jwks = a.jwks();
         assert_eq!(jwks.keys.len(), 1);
@@ -435,7 +519,9 @@ mod tests {
     #[test]
     fn rotation_keeps_the_old_key_until_its_tokens_expire() {
         let dir = tempfile::tempdir().unwrap();
-        let mut keys = KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap();
+        let mut keys =
+            KeyStore::load_or_create(dir.path(), KeyRole::Request, Some(SigningAlgorithm::Es256))
+                .unwrap();
         let old = keys.kid().to_owned();
         keys.rotate(Duration::from_secs(120)).unwrap();
         assert_ne!(keys.kid(), old);
@@ -448,7 +534,9 @@ mod tests {
         };
         assert_eq!(kids(&keys), vec![keys.kid().to_owned(), old.clone()]);
         // A restart sees the same.
-        let again = KeyStore::load(dir.path()).unwrap();
+        let again = KeyStore::load(dir.path(), KeyRole::Request)
+            .unwrap()
+            .unwrap();
         assert_eq!(kids(&again), kids(&keys));
         // A key retired with nothing left to keep is not published.
         let second = keys.kid().to_owned();
@@ -460,13 +548,17 @@ mod tests {
     #[test]
     fn eddsa_keys_sign_and_a_change_of_algorithm_rotates() {
         let dir = tempfile::tempdir().unwrap();
-        let es = KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap();
+        let es =
+            KeyStore::load_or_create(dir.path(), KeyRole::Request, Some(SigningAlgorithm::Es256))
+                .unwrap();
         assert_eq!(es.algorithm(), SigningAlgorithm::Es256);
         assert_eq!(
             es.jwks().keys[0].common.key_algorithm,
             Some(jsonwebtoken::jwk::KeyAlgorithm::ES256)
         );
-        let ed = KeyStore::load_or_create(dir.path(), SigningAlgorithm::EdDsa).unwrap();
+        let ed =
+            KeyStore::load_or_create(dir.path(), KeyRole::Request, Some(SigningAlgorithm::EdDsa))
+                .unwrap();
         assert_eq!(ed.algorithm(), SigningAlgorithm::EdDsa);
         let jwks = ed.jwks();
         assert_eq!(
@@ -480,7 +572,9 @@ mod tests {
         );
         assert_eq!(jwks.keys[1].common.key_id.as_deref(), Some(es.kid()));
         // Reloaded as it is, whatever was asked before.
-        let again = KeyStore::load(dir.path()).unwrap();
+        let again = KeyStore::load(dir.path(), KeyRole::Request)
+            .unwrap()
+            .unwrap();
         assert_eq!(again.algorithm(), SigningAlgorithm::EdDsa);
         assert_eq!(again.kid(), ed.kid());
         assert_eq!(
@@ -490,13 +584,83 @@ mod tests {
         assert!(SigningAlgorithm::parse("RS256").is_err());
     }
 
+    #[test]
+    fn a_new_request_key_is_eddsa_and_an_existing_one_keeps_its_algorithm() {
+        let fresh = tempfile::tempdir().unwrap();
+        let keys = KeyStore::load_or_create(fresh.path(), KeyRole::Request, None).unwrap();
+        assert_eq!(keys.algorithm(), SigningAlgorithm::EdDsa);
+        // A state directory whose key is ES256 (made by an earlier
+        // agentguard, whose default that was, or asked for): started with
+        // no algorithm named, it signs as before, with the same key.
+        let dir = tempfile::tempdir().unwrap();
+        let es =
+            KeyStore::load_or_create(dir.path(), KeyRole::Request, Some(SigningAlgorithm::Es256))
+                .unwrap();
+        let kept = KeyStore::load_or_create(dir.path(), KeyRole::Request, None).unwrap();
+        assert_eq!(kept.algorithm(), SigningAlgorithm::Es256);
+        assert_eq!(kept.kid(), es.kid());
+        assert_eq!(kept.jwks().keys.len(), 1);
+        // Its rotations stay ES256 too.
+        let mut kept = kept;
+        kept.rotate(Duration::from_secs(60)).unwrap();
+        assert_eq!(kept.algorithm(), SigningAlgorithm::Es256);
+        assert_ne!(kept.kid(), es.kid());
+    }
+
+    #[test]
+    fn identity_tokens_have_a_key_of_their_own_published_beside_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let request = KeyStore::load_or_create(dir.path(), KeyRole::Request, None).unwrap();
+        // A state directory from before the identity key: none to publish.
+        assert!(
+            KeyStore::load(dir.path(), KeyRole::Identity)
+                .unwrap()
+                .is_none()
+        );
+        let kids = |set: JwkSet| -> Vec<String> {
+            set.keys
+                .iter()
+                .filter_map(|j| j.common.key_id.clone())
+                .collect()
+        };
+        assert_eq!(
+            kids(published_jwks(dir.path()).unwrap()),
+            vec![request.kid()]
+        );
+
+        let mut identity =
+            KeyStore::load_or_create(dir.path(), KeyRole::Identity, Some(SigningAlgorithm::Es256))
+                .unwrap();
+        assert_eq!(identity.algorithm(), SigningAlgorithm::Es256);
+        assert_ne!(identity.kid(), request.kid());
+        let path = dir.path().join("token/identity.key");
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(
+            kids(published_jwks(dir.path()).unwrap()),
+            vec![request.kid(), identity.kid()]
+        );
+        // Rotating one leaves the other, and its retired list, alone.
+        let old = identity.kid().to_owned();
+        identity.rotate(Duration::from_secs(60)).unwrap();
+        assert!(dir.path().join("token/identity-retired.json").exists());
+        assert!(!dir.path().join("token/retired.json").exists());
+        let reread = KeyStore::load(dir.path(), KeyRole::Request)
+            .unwrap()
+            .unwrap();
+        assert_eq!(reread.kid(), request.kid());
+        assert_eq!(
+            kids(published_jwks(dir.path()).unwrap()),
+            vec![request.kid(), identity.kid(), old.as_str()]
+        );
+    }
+
     /// Each algorithm's signature verifies with the published JWK
     /// (jsonwebtoken, as agentguard-verify checks it).
     #[test]
     fn signatures_verify_with_the_published_key() {
         for alg in [SigningAlgorithm::EdDsa, SigningAlgorithm::Es256] {
             let dir = tempfile::tempdir().unwrap();
-            let keys = KeyStore::load_or_create(dir.path(), alg).unwrap();
+            let keys = KeyStore::load_or_create(dir.path(), KeyRole::Request, Some(alg)).unwrap();
             let claims = super::super::b64url(br#"{"sub":"x","exp":4102444800}"#);
             let input = format!("{}.{claims}", keys.encoded_header());
             let signature = super::super::b64url(&keys.sign(input.as_bytes()).unwrap());
@@ -536,11 +700,12 @@ mod tests {
     fn a_readable_key_is_refused() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
-        KeyStore::load_or_create(dir.path(), SigningAlgorithm::Es256).unwrap();
+        KeyStore::load_or_create(dir.path(), KeyRole::Request, Some(SigningAlgorithm::Es256))
+            .unwrap();
         let path = dir.path().join("token/signing.key");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
-            KeyStore::load(dir.path()),
+            KeyStore::load(dir.path(), KeyRole::Request),
             Err(KeyError::Insecure { .. })
         ));
     }
@@ -577,7 +742,7 @@ mod tests {
         use sha2::{Digest as _, Sha256};
         for alg in [SigningAlgorithm::Es256, SigningAlgorithm::EdDsa] {
             let dir = tempfile::tempdir().unwrap();
-            let keys = KeyStore::load_or_create(dir.path(), alg).unwrap();
+            let keys = KeyStore::load_or_create(dir.path(), KeyRole::Request, Some(alg)).unwrap();
             let public = serde_json::to_value(&keys.jwks().keys[0]).unwrap();
             let member = |m: &str| public[m].as_str().unwrap().to_owned();
             let canonical = match alg {

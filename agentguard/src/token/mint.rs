@@ -6,15 +6,17 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::jwk::JwkSet;
 
 use super::{
-    Act, Claims, KernelClaims, KeyError, KeyStore, MAX_TTL, RequestBinding, b64url, issuer,
-    now_secs, subject,
+    Act, Claims, KernelClaims, KeyError, KeyRole, KeyStore, MAX_TTL, RequestBinding,
+    SigningAlgorithm, b64url, issuer, now_secs, subject,
 };
 
-/// Signs request-bound tokens with the key store's current key.
+/// Signs request-bound tokens with one key and identity tokens
+/// (`identity.rs`) with another ([`super::KeyRole`]).
 #[derive(Debug)]
 pub struct Minter {
     trust_domain: String,
     keys: RwLock<KeyStore>,
+    identity_keys: RwLock<KeyStore>,
 }
 
 /// What a token is minted for.
@@ -38,11 +40,28 @@ pub struct Minted {
 }
 
 impl Minter {
-    pub fn new(keys: KeyStore, trust_domain: &str) -> Self {
+    /// `keys` signs request-bound tokens, `identity_keys` identity tokens.
+    pub fn new(keys: KeyStore, identity_keys: KeyStore, trust_domain: &str) -> Self {
         Self {
             trust_domain: trust_domain.to_owned(),
             keys: RwLock::new(keys),
+            identity_keys: RwLock::new(identity_keys),
         }
+    }
+
+    /// The minter of a state directory: its request-bound token key (of
+    /// `alg`; see [`KeyStore::load_or_create`] for None) and its identity
+    /// token key, always ES256.
+    pub fn load_or_create(
+        state_dir: &std::path::Path,
+        alg: Option<SigningAlgorithm>,
+        trust_domain: &str,
+    ) -> Result<Self, KeyError> {
+        Ok(Self::new(
+            KeyStore::load_or_create(state_dir, KeyRole::Request, alg)?,
+            KeyStore::load_or_create(state_dir, KeyRole::Identity, Some(SigningAlgorithm::Es256))?,
+            trust_domain,
+        ))
     }
 
     pub fn issuer(&self) -> String {
@@ -53,35 +72,36 @@ impl Minter {
         &self.trust_domain
     }
 
-    /// The JWS `alg` of the current key (ES256 or EdDSA).
+    /// The JWS `alg` of the current request-bound token key (ES256 or
+    /// EdDSA).
     pub fn algorithm(&self) -> jsonwebtoken::Algorithm {
-        self.keys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .algorithm()
-            .jwt()
+        read(&self.keys).algorithm().jwt()
     }
 
-    /// The current signing key's id.
+    /// The current request-bound token key's id.
     pub fn kid(&self) -> String {
-        self.keys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .kid()
-            .to_owned()
+        read(&self.keys).kid().to_owned()
     }
 
+    /// The current identity token key's id.
+    pub fn identity_kid(&self) -> String {
+        read(&self.identity_keys).kid().to_owned()
+    }
+
+    /// Both keys' public halves, the request-bound tokens' first (as
+    /// [`super::published_jwks`] reads them from the state directory).
     pub fn jwks(&self) -> JwkSet {
-        self.keys.read().unwrap_or_else(|p| p.into_inner()).jwks()
+        let mut keys = Vec::new();
+        read(&self.keys).publish_into(&mut keys);
+        read(&self.identity_keys).publish_into(&mut keys);
+        JwkSet { keys }
     }
 
-    /// Switches to a new signing key; tokens signed by the old one keep
+    /// Switches both keys to new ones; tokens signed by the old ones keep
     /// verifying until they expire.
     pub fn rotate(&self) -> Result<(), KeyError> {
-        self.keys
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .rotate(MAX_TTL + super::DEFAULT_LEEWAY)
+        write(&self.keys).rotate(MAX_TTL + super::DEFAULT_LEEWAY)?;
+        write(&self.identity_keys).rotate(super::identity::IDENTITY_TTL + super::DEFAULT_LEEWAY)
     }
 
     pub fn mint(&self, req: &MintRequest<'_>) -> Result<Minted, String> {
@@ -116,27 +136,43 @@ impl Minter {
         Ok(Minted { token, claims })
     }
 
-    /// Signs arbitrary claims with the current key: request-bound tokens,
-    /// identity tokens (`identity.rs`), and the expired and otherwise
-    /// doctored tokens of tests.
+    /// Signs arbitrary claims with the current request-bound token key:
+    /// request-bound tokens, and the expired and otherwise doctored tokens
+    /// of tests.
     pub fn sign<C: serde::Serialize>(&self, claims: &C) -> Result<String, String> {
-        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-        // JWS compact serialisation (RFC 7515 §7.1), signed with the parsed
-        // key the store keeps (see KeyStore::sign for why not
-        // jsonwebtoken::encode), under the header made once with the key.
-        // Verification stays with jsonwebtoken.
-        let claims =
-            serde_json::to_vec(claims).map_err(|e| format!("failed to sign a token: {e}"))?;
-        let header = keys.encoded_header();
-        let mut token = String::with_capacity(header.len() + claims.len() * 4 / 3 + 100);
-        token.push_str(header);
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(&claims, &mut token);
-        let signature = keys
-            .sign(token.as_bytes())
-            .map_err(|e| format!("failed to sign a token: {e}"))?;
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
-        Ok(token)
+        sign_with(&read(&self.keys), claims)
     }
+
+    /// Signs claims with the current identity token key (`identity.rs`).
+    pub(super) fn sign_identity<C: serde::Serialize>(&self, claims: &C) -> Result<String, String> {
+        sign_with(&read(&self.identity_keys), claims)
+    }
+}
+
+fn read(keys: &RwLock<KeyStore>) -> std::sync::RwLockReadGuard<'_, KeyStore> {
+    keys.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write(keys: &RwLock<KeyStore>) -> std::sync::RwLockWriteGuard<'_, KeyStore> {
+    keys.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A JWS of `claims` signed with `keys`' current key.
+fn sign_with<C: serde::Serialize>(keys: &KeyStore, claims: &C) -> Result<String, String> {
+    // JWS compact serialisation (RFC 7515 §7.1), signed with the parsed key
+    // the store keeps (see KeyStore::sign for why not jsonwebtoken::encode),
+    // under the header made once with the key. Verification stays with
+    // jsonwebtoken.
+    let claims = serde_json::to_vec(claims).map_err(|e| format!("failed to sign a token: {e}"))?;
+    let header = keys.encoded_header();
+    let mut token = String::with_capacity(header.len() + claims.len() * 4 / 3 + 100);
+    token.push_str(header);
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(&claims, &mut token);
+    let signature = keys
+        .sign(token.as_bytes())
+        .map_err(|e| format!("failed to sign a token: {e}"))?;
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
+    Ok(token)
 }

@@ -6,11 +6,10 @@ use std::{path::Path, time::Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::*;
-use crate::token::{JwksSource, KeyStore, MintRequest, Minter, SigningAlgorithm, VerifierConfig};
+use crate::token::{JwksSource, MintRequest, Minter, SigningAlgorithm, VerifierConfig};
 
 fn minter(dir: &Path) -> Minter {
-    let keys = KeyStore::load_or_create(dir, SigningAlgorithm::Es256).unwrap();
-    Minter::new(keys, "example.org")
+    Minter::load_or_create(dir, Some(SigningAlgorithm::Es256), "example.org").unwrap()
 }
 
 /// A token for audience `aud` bound to `method` `url` with `body`.

@@ -113,7 +113,7 @@ impl PathKind {
                  decision, static credential injected, TLS re-originated (verified), audit event"
             }
             PathKind::Jwt => {
-                "as the full path, with a request-bound JWT (ES256) minted and injected per request"
+                "as the full path, with a request-bound JWT (EdDSA, the default) minted and injected per request"
             }
             PathKind::Exchange => {
                 "as the full path, the credential an RFC 8693 token exchanged for the agent at the \
