@@ -20,14 +20,14 @@ use std::{
 
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension as _, Row, params, params_from_iter,
-    types::{ToSqlOutput, Value},
+    types::{ToSqlOutput, Value, ValueRef},
 };
 use thiserror::Error;
 use tracing::info;
 
 use super::{
     chain::{GENESIS, Hash, from_hex},
-    event::{BASE_COLUMNS, COLUMNS, Decision, Event},
+    event::{BASE_COLUMNS, COLUMN_COUNT, COLUMNS, Decision, Event},
 };
 
 pub const DB_FILE: &str = "audit.db";
@@ -430,12 +430,26 @@ impl Store {
         let tx = self.conn.transaction().map_err(err)?;
         {
             let mut stmt = tx.prepare_cached(INSERT_EVENT.as_str()).map_err(err)?;
+            // What the previous row bound. SQLite keeps a statement's
+            // bindings from one execution to the next (the cache clears
+            // them only when the statement goes back to it), so a value
+            // equal to the previous row's in its column is still bound and
+            // is not bound again: consecutive events mostly share their
+            // agent, process, host, tool and decision, and each text bind
+            // costs SQLite an allocation, a copy and the release of the
+            // value before.
+            let mut bound: Option<[ValueRef<'_>; COLUMN_COUNT]> = None;
             for r in records {
                 stmt.raw_bind_parameter(1, r.seq).map_err(err)?;
-                for (i, v) in r.event.row_refs().into_iter().enumerate() {
-                    stmt.raw_bind_parameter(i + 2, ToSqlOutput::Borrowed(v))
+                let row = r.event.row_refs();
+                for (i, v) in row.iter().enumerate() {
+                    if bound.as_ref().is_some_and(|b| b[i] == *v) {
+                        continue;
+                    }
+                    stmt.raw_bind_parameter(i + 2, ToSqlOutput::Borrowed(*v))
                         .map_err(err)?;
                 }
+                bound = Some(row);
                 stmt.raw_bind_parameter(COLUMNS.len() + 2, r.prev_hash.as_str())
                     .map_err(err)?;
                 stmt.raw_bind_parameter(COLUMNS.len() + 3, r.hash.as_str())
@@ -648,6 +662,71 @@ fn read_checkpoint(r: &Row<'_>) -> rusqlite::Result<Checkpoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch whose rows share some values with the row before and not
+    /// others, NULL included: every row reads back as it was written, so a
+    /// value left bound from the previous row (`append`) is never one the
+    /// row does not hold.
+    #[test]
+    fn rows_of_a_batch_read_back_as_written_whatever_they_share() {
+        use super::super::event::Kind;
+        let state = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&state.path().join("audit")).unwrap();
+        let event =
+            |agent: Option<&str>, path: Option<&str>, pid: Option<u32>, tool: Option<&str>| {
+                let mut e = Event::new(Kind::Request).with_decision(Decision::Allow, "ok");
+                e.agent = agent.map(Into::into);
+                e.path = path.map(Into::into);
+                e.pid = pid;
+                e.tool = tool.map(Into::into);
+                e
+            };
+        let events = [
+            event(Some("a"), Some("/x"), Some(1), Some("t")),
+            // The same but the path gone and the tool changed.
+            event(Some("a"), None, Some(1), Some("u")),
+            // Everything changed, the path back.
+            event(Some("b"), Some("/y"), None, None),
+            // The same again.
+            event(Some("b"), Some("/y"), None, None),
+            // Only the NULLs and the empty text changed.
+            event(Some(""), Some("/y"), Some(0), Some("")),
+            event(None, None, None, None),
+            event(Some("a"), Some("/x"), Some(1), Some("t")),
+        ];
+        let records: Vec<Record> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Record {
+                seq: i as i64 + 1,
+                event: e.clone(),
+                prev_hash: format!("p{i}"),
+                hash: format!("h{i}"),
+            })
+            .collect();
+        store.append(&records, None).unwrap();
+        // A second batch starts from no bound values at all.
+        let later: Vec<Record> = records[..2]
+            .iter()
+            .map(|r| Record {
+                seq: r.seq + 100,
+                ..r.clone()
+            })
+            .collect();
+        store.append(&later, None).unwrap();
+        let read = store.select("1", &[], None).unwrap();
+        assert_eq!(read.len(), records.len() + later.len());
+        for (got, want) in read.iter().zip(records.iter().chain(&later)) {
+            assert_eq!(got.seq, want.seq);
+            assert_eq!(
+                got.event.row_refs(),
+                want.event.row_refs(),
+                "seq {}",
+                want.seq
+            );
+            assert_eq!((&got.prev_hash, &got.hash), (&want.prev_hash, &want.hash));
+        }
+    }
 
     #[test]
     fn files_are_private_and_wal_is_on() {
