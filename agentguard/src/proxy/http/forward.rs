@@ -31,13 +31,20 @@ pub fn prepare(
     normalized_path: &str,
     upgrade: bool,
 ) -> Result<(), String> {
-    let path_and_query = match parts.uri.query() {
-        Some(q) => format!("{normalized_path}?{q}"),
-        None => normalized_path.to_owned(),
+    let path_and_query = match parts.uri.path_and_query() {
+        // Most requests' paths are normal already: theirs is kept as it is
+        // (a reference count, not a new string parsed again).
+        Some(pq) if pq.path() == normalized_path => pq.clone(),
+        _ => {
+            let joined = match parts.uri.query() {
+                Some(q) => format!("{normalized_path}?{q}"),
+                None => normalized_path.to_owned(),
+            };
+            joined
+                .parse::<PathAndQuery>()
+                .map_err(|e| format!("invalid request target: {e}"))?
+        }
     };
-    let path_and_query: PathAndQuery = path_and_query
-        .parse()
-        .map_err(|e| format!("invalid request target: {e}"))?;
     parts.uri = Uri::builder()
         .scheme(scheme)
         .authority(authority.clone())
@@ -88,5 +95,43 @@ pub async fn tunnel(agent: OnUpgrade, upstream: OnUpgrade, redactor: Option<Arc<
             "upgraded connection closed"
         ),
         Err(e) => debug!(error = %e, "upgraded connection ended with error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepared(target: &str, normalized: &str) -> Uri {
+        let req = hyper::Request::builder()
+            .uri(target)
+            .header(header::HOST, "tool.example")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = req.into_parts();
+        let authority: Authority = "tool.example:8443".parse().unwrap();
+        prepare(&mut parts, &authority, Scheme::HTTPS, normalized, false).unwrap();
+        assert!(parts.headers.get(header::HOST).is_none());
+        parts.uri
+    }
+
+    /// The upstream gets the normalised path (what the policy decided on)
+    /// with the agent's query, whether the path needed normalising or not.
+    #[test]
+    fn the_upstream_target_is_the_normalised_path_and_the_query() {
+        for (target, normalized, want) in [
+            ("/a/b?x=1&y", "/a/b", "https://tool.example:8443/a/b?x=1&y"),
+            (
+                "/a/./b/../c?x=1",
+                "/a/c",
+                "https://tool.example:8443/a/c?x=1",
+            ),
+            ("/a//b", "/a/b", "https://tool.example:8443/a/b"),
+            ("/a/b", "/a/b", "https://tool.example:8443/a/b"),
+            ("/a/b?", "/a/b", "https://tool.example:8443/a/b?"),
+            ("/a/%2e%2e/b?q", "/b", "https://tool.example:8443/b?q"),
+        ] {
+            assert_eq!(prepared(target, normalized).to_string(), want, "{target}");
+        }
     }
 }
