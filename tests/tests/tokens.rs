@@ -809,13 +809,16 @@ fn es256_keys_sign_tokens_that_verify_proxy_accepts() {
     assert_ne!(keys[1]["kid"], keys[0]["kid"]);
 }
 
-/// An upgrade from an agentguard whose default was ES256: a daemon
-/// started again on a state directory with an ES256 key and no
-/// `--token-algorithm` keeps that key (the tools' verifiers may allow only
-/// ES256), where a new state directory's key is EdDSA
+/// An upgrade from an agentguard whose default was ES256 and whose one key
+/// signed identity tokens too: started on such a state directory (an ES256
+/// `signing.key`, no `identity.key`) without `--token-algorithm`, the
+/// daemon keeps signing request-bound tokens with that key (the tools'
+/// verifiers may allow only ES256), makes the identity tokens a key of
+/// their own and says so. A new state directory's key is EdDSA
 /// (token_verifiers.rs).
 #[test]
-fn a_restart_without_an_algorithm_keeps_the_key_it_signed_with() {
+fn an_upgraded_state_directory_keeps_its_key_and_gains_an_identity_key() {
+    use std::os::unix::fs::MetadataExt as _;
     let mut s = setup_with_args(&["--token-algorithm", "es256"]);
     let printed = |s: &Setup| -> Value {
         let out = Command::new(AGENTGUARD)
@@ -828,9 +831,37 @@ fn a_restart_without_an_algorithm_keeps_the_key_it_signed_with() {
     };
     let before = printed(&s);
     s.daemon.terminate();
+    // The earlier version's layout: no identity key.
+    let token_dir = s.daemon.state_dir().join("token");
+    std::fs::remove_file(token_dir.join("identity.key")).unwrap();
+    let _ = std::fs::remove_file(token_dir.join("identity-retired.json"));
+    let only_request = printed(&s);
+    assert_eq!(
+        only_request["keys"].as_array().unwrap().len(),
+        1,
+        "{only_request}"
+    );
     s.daemon.restart_with_args(&[]);
     let after = printed(&s);
-    assert_eq!(after, before, "a key was made or rotated");
+    let keys = after["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{after}");
+    assert_eq!(
+        keys[0], before["keys"][0],
+        "the request-bound tokens' key changed"
+    );
+    assert_eq!(keys[1]["crv"], "P-256", "{after}");
+    assert_ne!(keys[1]["kid"], before["keys"][1]["kid"], "{after}");
+    let mode = std::fs::metadata(token_dir.join("identity.key"))
+        .unwrap()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        s.daemon
+            .log()
+            .contains("identity tokens now have a signing key of their own"),
+        "{}",
+        s.daemon.log()
+    );
     let body = s.dir.path().join("body.json");
     std::fs::write(&body, "{}").unwrap();
     let peek = TlsUpstream::start("127.0.0.10", TOOL, &s.ca);

@@ -131,7 +131,8 @@ pub struct AdminState {
     pub ca_bundle: PathBuf,
     /// For the kernel's counters (lost ring-buffer records).
     pub kernel: Arc<std::sync::Mutex<crate::ebpf::Kernel>>,
-    /// Signs request-bound tokens; `POST /v1/token/rotate` rotates its key.
+    /// Signs request-bound and identity tokens; `POST /v1/token/rotate`
+    /// rotates both keys.
     pub minter: Arc<crate::token::Minter>,
     /// `POST /v1/on-behalf-of?pid=N&who=BASE64URL` from `agentguard exec`.
     pub on_behalf_of: Arc<crate::token::OnBehalfOf>,

@@ -111,8 +111,9 @@ pub enum TokenCommand {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
-    /// Rotate the running daemon's token signing key. Tokens signed by the
-    /// old key keep verifying until they expire (the JWKS lists both).
+    /// Rotate the running daemon's token signing keys (request-bound and
+    /// identity). Tokens signed by the old keys keep verifying until they
+    /// expire (the JWKS lists them).
     Rotate {
         #[arg(long, default_value = crate::config::DEFAULT_ADMIN_SOCKET)]
         admin_socket: PathBuf,

@@ -211,7 +211,7 @@ impl KeyStore {
             }
         }
         let key_path = dir.join(role.key_file());
-        let current = if key_path.exists() {
+        let current = if exists(&key_path)? {
             read_key(&key_path)?
         } else {
             // Checked before it is written, as a rotation does: a key the
@@ -236,6 +236,11 @@ impl KeyStore {
         Ok(store)
     }
 
+    /// Whether `role`'s key has been made in `state_dir`.
+    pub fn exists(state_dir: &Path, role: KeyRole) -> Result<bool, KeyError> {
+        exists(&state_dir.join("token").join(role.key_file()))
+    }
+
     /// Reads `role`'s keys without creating anything (`agentguard token
     /// jwks`); `None` if that key was never made.
     pub fn load(state_dir: &Path, role: KeyRole) -> Result<Option<Self>, KeyError> {
@@ -243,7 +248,7 @@ impl KeyStore {
         let key_path = dir.join(role.key_file());
         // Only the identity key can be missing from a state directory the
         // daemon has run on: one made before it existed.
-        if role == KeyRole::Identity && !key_path.exists() {
+        if role == KeyRole::Identity && !exists(&key_path)? {
             return Ok(None);
         }
         let current = read_key(&key_path)?;
@@ -369,6 +374,16 @@ fn generate(alg: SigningAlgorithm) -> Result<String, KeyError> {
             Ok(pem.to_string())
         }
     }
+}
+
+/// Whether `path` exists; an error (a directory that cannot be searched) is
+/// not taken for "no".
+fn exists(path: &Path) -> Result<bool, KeyError> {
+    path.try_exists().map_err(|source| KeyError::Io {
+        action: "read",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn read_key(path: &Path) -> Result<SigningKey, KeyError> {

@@ -57,11 +57,20 @@ impl Minter {
         alg: Option<SigningAlgorithm>,
         trust_domain: &str,
     ) -> Result<Self, KeyError> {
-        Ok(Self::new(
-            KeyStore::load_or_create(state_dir, KeyRole::Request, alg)?,
-            KeyStore::load_or_create(state_dir, KeyRole::Identity, Some(SigningAlgorithm::Es256))?,
-            trust_domain,
-        ))
+        // A state directory from before identity tokens had a key of their
+        // own signed them with the request-bound tokens' key.
+        let upgraded = KeyStore::exists(state_dir, KeyRole::Request)?
+            && !KeyStore::exists(state_dir, KeyRole::Identity)?;
+        let keys = KeyStore::load_or_create(state_dir, KeyRole::Request, alg)?;
+        let identity =
+            KeyStore::load_or_create(state_dir, KeyRole::Identity, Some(SigningAlgorithm::Es256))?;
+        if upgraded {
+            tracing::warn!(
+                identity_kid = identity.kid(),
+                "identity tokens now have a signing key of their own: an authorization server that keeps a copy of the JWKS (a file, a pinned key) must take the new key"
+            );
+        }
+        Ok(Self::new(keys, identity, trust_domain))
     }
 
     pub fn issuer(&self) -> String {
@@ -98,10 +107,14 @@ impl Minter {
     }
 
     /// Switches both keys to new ones; tokens signed by the old ones keep
-    /// verifying until they expire.
+    /// verifying until they expire (kept as long for both: an authorization
+    /// server may allow more clock skew than a token's lifetime). Each key's
+    /// rotation stands alone: should the second fail, the first is done,
+    /// and the error names the file that was not written.
     pub fn rotate(&self) -> Result<(), KeyError> {
-        write(&self.keys).rotate(MAX_TTL + super::DEFAULT_LEEWAY)?;
-        write(&self.identity_keys).rotate(super::identity::IDENTITY_TTL + super::DEFAULT_LEEWAY)
+        let keep_for = MAX_TTL + super::DEFAULT_LEEWAY;
+        write(&self.keys).rotate(keep_for)?;
+        write(&self.identity_keys).rotate(keep_for)
     }
 
     pub fn mint(&self, req: &MintRequest<'_>) -> Result<Minted, String> {
@@ -175,4 +188,32 @@ fn sign_with<C: serde::Serialize>(keys: &KeyStore, claims: &C) -> Result<String,
     token.push('.');
     URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `token rotate` makes new keys for both kinds of token, the old ones
+    /// still published.
+    #[test]
+    fn rotation_replaces_both_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let minter = Minter::load_or_create(dir.path(), None, "example.org").unwrap();
+        let (kid, identity_kid) = (minter.kid(), minter.identity_kid());
+        assert_ne!(kid, identity_kid);
+        minter.rotate().unwrap();
+        assert_ne!(minter.kid(), kid);
+        assert_ne!(minter.identity_kid(), identity_kid);
+        let published: Vec<String> = minter
+            .jwks()
+            .keys
+            .iter()
+            .filter_map(|k| k.common.key_id.clone())
+            .collect();
+        assert_eq!(
+            published,
+            vec![minter.kid(), kid, minter.identity_kid(), identity_kid]
+        );
+    }
 }

@@ -33,8 +33,10 @@ pub fn prepare(
 ) -> Result<(), String> {
     let path_and_query = match parts.uri.path_and_query() {
         // Most requests' paths are normal already: theirs is kept as it is
-        // (a reference count, not a new string parsed again).
-        Some(pq) if pq.path() == normalized_path => pq.clone(),
+        // (a reference count, not a new string parsed again). Not when it
+        // has no path of its own (`http://host?q` holds "?q", whose path()
+        // reads "/"): HTTP/2 would send that text as `:path`.
+        Some(pq) if pq.as_str().starts_with('/') && pq.path() == normalized_path => pq.clone(),
         _ => {
             let joined = match parts.uri.query() {
                 Some(q) => format!("{normalized_path}?{q}"),
@@ -130,8 +132,19 @@ mod tests {
             ("/a/b", "/a/b", "https://tool.example:8443/a/b"),
             ("/a/b?", "/a/b", "https://tool.example:8443/a/b?"),
             ("/a/%2e%2e/b?q", "/b", "https://tool.example:8443/b?q"),
+            // Absolute form without a path: the path is "/".
+            (
+                "http://tool.example?x=1",
+                "/",
+                "https://tool.example:8443/?x=1",
+            ),
+            ("http://tool.example", "/", "https://tool.example:8443/"),
         ] {
-            assert_eq!(prepared(target, normalized).to_string(), want, "{target}");
+            let uri = prepared(target, normalized);
+            assert_eq!(uri.to_string(), want, "{target}");
+            // What HTTP/2 sends as :path.
+            let pq = uri.path_and_query().unwrap().as_str();
+            assert!(pq.starts_with('/'), "{target}: {pq}");
         }
     }
 }
