@@ -11,33 +11,14 @@ use std::{path::Path, process::Command};
 
 use serde_json::Value;
 
-use super::tokens::{
-    AGENT, Setup, TOOL, agent_call_at, claims, part, policy, setup_with, token_verify,
-};
-use crate::common::{TlsUpstream, text};
+use super::tokens::{AGENT, Setup, claims, minted, part, policy, setup_with, token_verify};
+use crate::common::text;
 
 /// The tokens' lifetime: longer than the checks take.
 const TTL: &str = "5m";
 
 fn verifiers_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/verifiers")
-}
-
-/// A token the daemon minted for one agent call, as the tool received it.
-fn minted(s: &Setup) -> String {
-    let peek = TlsUpstream::start("127.0.0.10", TOOL, &s.ca);
-    let body = s.dir.path().join("body.json");
-    std::fs::write(&body, r#"{"title":"printer on fire"}"#).unwrap();
-    let out = agent_call_at(s, "127.0.0.10", peek.addr.port(), &body);
-    assert!(
-        text(&out.stdout).ends_with("200"),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let seen = peek.header_values("/reflect", "authorization");
-    assert_eq!(seen.len(), 1, "{seen:?}");
-    seen[0].strip_prefix("Bearer ").expect("bearer").to_owned()
 }
 
 /// What one verifier said of a token: the claims it accepted, or why not.
@@ -93,7 +74,7 @@ fn tampered(token: &str) -> String {
 }
 
 fn check(s: &Setup, alg: &str, other: &str) {
-    let token = minted(s);
+    let token = minted(s, r#"{"title":"printer on fire"}"#);
     assert_eq!(part(&token, 0)["alg"], alg);
     for verifier in ["pyjwt", "jose"] {
         let accepted = verify(verifier, s, &token, alg)

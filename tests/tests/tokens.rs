@@ -78,6 +78,35 @@ fn setup_with_args(run_args: &[&str]) -> Setup {
     setup_with(&policy("2s"), run_args)
 }
 
+/// What `agentguard token jwks` prints for the daemon's state directory.
+fn printed_jwks(daemon: &Daemon) -> Vec<u8> {
+    let out = Command::new(AGENTGUARD)
+        .args(["token", "jwks", "--state-dir"])
+        .arg(daemon.state_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "token jwks: {}", text(&out.stderr));
+    out.stdout
+}
+
+/// A token the daemon minted for one agent call with `body`, as the tool
+/// received it (a stand-in at 127.0.0.10 that shows what it gets).
+pub(super) fn minted(s: &Setup, body: &str) -> String {
+    let peek = TlsUpstream::start("127.0.0.10", TOOL, &s.ca);
+    let file = s.dir.path().join("body.json");
+    std::fs::write(&file, body).unwrap();
+    let out = agent_call_at(s, "127.0.0.10", peek.addr.port(), &file);
+    assert!(
+        text(&out.stdout).ends_with("200"),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let seen = peek.header_values("/reflect", "authorization");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    seen[0].strip_prefix("Bearer ").expect("bearer").to_owned()
+}
+
 /// [`setup`] with the agent's policy `policy` (beside its `[agent]`).
 pub(super) fn setup_with(policy: &str, run_args: &[&str]) -> Setup {
     require_root();
@@ -91,14 +120,8 @@ pub(super) fn setup_with(policy: &str, run_args: &[&str]) -> Setup {
         .args(run_args)
         .start();
     // The JWKS as an operator would publish it.
-    let out = Command::new(AGENTGUARD)
-        .args(["token", "jwks", "--state-dir"])
-        .arg(daemon.state_dir())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "token jwks: {}", text(&out.stderr));
     let jwks = dir.path().join("jwks.json");
-    std::fs::write(&jwks, &out.stdout).unwrap();
+    std::fs::write(&jwks, printed_jwks(&daemon)).unwrap();
     let (cert, key) = ca.leaf_files(TOOL, dir.path());
     let issuer = log_field(&daemon, "issuer");
     Setup {
@@ -791,12 +814,8 @@ fn es256_keys_sign_tokens_that_verify_proxy_accepts() {
     std::fs::write(&body, "{}").unwrap();
     let out = agent_call(&s, a.port, &body);
     assert!(text(&out.stdout).ends_with("200"), "{}", text(&out.stderr));
-    let peek = TlsUpstream::start("127.0.0.10", TOOL, &s.ca);
-    let out = agent_call_at(&s, "127.0.0.10", peek.addr.port(), &body);
-    assert!(text(&out.stdout).ends_with("200"), "{}", text(&out.stderr));
-    let seen = peek.header_values("/reflect", "authorization");
-    let token = seen[0].strip_prefix("Bearer ").unwrap();
-    assert_eq!(part(token, 0)["alg"], "ES256");
+    let token = minted(&s, "{}");
+    assert_eq!(part(&token, 0)["alg"], "ES256");
     let jwks: Value = serde_json::from_slice(&std::fs::read(&s.jwks).unwrap()).unwrap();
     let keys = jwks["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 2, "{jwks}");
@@ -805,7 +824,7 @@ fn es256_keys_sign_tokens_that_verify_proxy_accepts() {
         (&"EC".into(), &"P-256".into()),
         "{jwks}"
     );
-    assert_eq!(keys[0]["kid"], part(token, 0)["kid"]);
+    assert_eq!(keys[0]["kid"], part(&token, 0)["kid"]);
     assert_ne!(keys[1]["kid"], keys[0]["kid"]);
 }
 
@@ -820,15 +839,8 @@ fn es256_keys_sign_tokens_that_verify_proxy_accepts() {
 fn an_upgraded_state_directory_keeps_its_key_and_gains_an_identity_key() {
     use std::os::unix::fs::MetadataExt as _;
     let mut s = setup_with_args(&["--token-algorithm", "es256"]);
-    let printed = |s: &Setup| -> Value {
-        let out = Command::new(AGENTGUARD)
-            .args(["token", "jwks", "--state-dir"])
-            .arg(s.daemon.state_dir())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let printed =
+        |s: &Setup| -> Value { serde_json::from_slice(&printed_jwks(&s.daemon)).unwrap() };
     let before = printed(&s);
     s.daemon.terminate();
     // The earlier version's layout: no identity key.
@@ -862,15 +874,9 @@ fn an_upgraded_state_directory_keeps_its_key_and_gains_an_identity_key() {
         "{}",
         s.daemon.log()
     );
-    let body = s.dir.path().join("body.json");
-    std::fs::write(&body, "{}").unwrap();
-    let peek = TlsUpstream::start("127.0.0.10", TOOL, &s.ca);
-    let out = agent_call_at(&s, "127.0.0.10", peek.addr.port(), &body);
-    assert!(text(&out.stdout).ends_with("200"), "{}", text(&out.stderr));
-    let seen = peek.header_values("/reflect", "authorization");
-    let token = seen[0].strip_prefix("Bearer ").unwrap();
-    assert_eq!(part(token, 0)["alg"], "ES256");
-    assert_eq!(part(token, 0)["kid"], before["keys"][0]["kid"]);
+    let token = minted(&s, "{}");
+    assert_eq!(part(&token, 0)["alg"], "ES256");
+    assert_eq!(part(&token, 0)["kid"], before["keys"][0]["kid"]);
 }
 
 /// `--upstream-token-file`: the tool receives verify-proxy's own bearer

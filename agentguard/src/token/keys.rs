@@ -316,7 +316,9 @@ impl KeyStore {
     }
 
     /// The public keys this role's tokens may be verified with: the current
-    /// key and the retired keys whose tokens may still be valid.
+    /// key and the retired keys whose tokens may still be valid. (The daemon
+    /// publishes both roles' together: `Minter::jwks`, [`published_jwks`].)
+    #[cfg(test)]
     pub fn jwks(&self) -> JwkSet {
         let mut keys = Vec::new();
         self.publish_into(&mut keys);
