@@ -222,14 +222,23 @@ fn a_unit_is_guarded_by_its_gate_before_it_starts_and_again_after_each_restart()
     let view = agent_status(&svc);
     assert_eq!(view["cgroup_id"], id2, "{view}");
 
-    // The watcher leaves a new cgroup in which only the gate runs to the
-    // gate: guarded first, the gate could no longer reach the admin socket
-    // (no socket the policy lists) and the unit would fail to start. This
-    // gate waits for a daemon at another socket, so the watcher (every
-    // second) has its turns before any attach.
+    // The watcher leaves a new cgroup in which nothing runs yet, or only
+    // the gate, to the gate: guarded first, the gate could no longer reach
+    // the admin socket (no socket the policy lists) and the unit would
+    // fail to start. systemd makes the cgroup before it forks the gate
+    // into it: the empty cgroup gets the watcher's turns (every second)
+    // first. Then this gate waits for a daemon at another socket, so the
+    // watcher has its turns again before any attach.
     stop_unit(&unit_cgroup);
     wait_agent(&svc, "stopped unit", |v| v["guarded"] == false);
     let id4 = start_unit(&unit_cgroup);
+    std::thread::sleep(Duration::from_millis(2500));
+    let view = agent_status(&svc);
+    assert_eq!(
+        view["guarded"], false,
+        "an empty new cgroup was guarded before its gate: {view}"
+    );
+    assert_eq!(links_of(&svc.bpf_dir, id4), 0);
     let nowhere = tempfile::tempdir().unwrap();
     let elsewhere = nowhere.path().join("no-daemon.sock");
     let mut waiting = in_cgroup_dir(

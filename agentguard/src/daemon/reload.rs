@@ -468,14 +468,25 @@ impl Reloader {
     fn refresh_units_for(&self, live: &Live, gate: Option<&str>) -> Result<bool, ReloadError> {
         let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         let current = live.load();
+        // A new cgroup left to its gate is no change yet: guarding would
+        // leave it as it is, and a unit's cgroup may stay empty a while.
         let changed = current
             .policy
             .agents
             .iter()
             .filter(|a| a.systemd_unit.is_some())
             .any(|a| {
-                let on_disk = units::open(&self.root, a).ok().flatten().map(|c| c.id);
-                on_disk != current.agents.get(&a.name).map(|g| g.cgroup.id)
+                let guarded = current.agents.get(&a.name).map(|g| g.cgroup.id);
+                let on_disk = units::open(&self.root, a)
+                    .ok()
+                    .flatten()
+                    .filter(|c| {
+                        Some(c.id) == guarded
+                            || gate == Some(a.name.as_str())
+                            || !units::left_to_gate(c)
+                    })
+                    .map(|c| c.id);
+                on_disk != guarded
             });
         if !changed {
             return Ok(false);

@@ -10,10 +10,10 @@
 //!   process of the unit other than that gate runs unguarded;
 //! - the daemon's watcher looks for the units' cgroups every second and
 //!   guards a new one, and forgets one that is gone (a daemon started after
-//!   its agents, a unit without the gate). A new cgroup in which only the
-//!   gate runs is the gate's to guard ([`left_to_gate`]): the watcher
-//!   guarding it first made the gate's own request to the daemon fail, at
-//!   random, in one restart out of many.
+//!   its agents, a unit without the gate). A new cgroup in which nothing
+//!   runs yet, or only the gate, is the gate's to guard ([`left_to_gate`]):
+//!   the watcher guarding it first made the gate's own request to the
+//!   daemon fail, at random, in one restart out of many.
 //!
 //! The gate is what closes the window; the watcher only notices a unit that
 //! started without it, and says so.
@@ -123,17 +123,20 @@ pub fn warn_if_started_unguarded(agent: &AgentPolicy, cgroup: &Cgroup) {
 
 /// Whether a unit's new cgroup is left to its gate to guard: nothing runs
 /// in it yet but the gate (`agentguard attach`: this binary, asked to
-/// attach) and systemd's own process setting up the unit's next command.
-/// Guarded before the gate asks, the gate could not reach the daemon (the
-/// admin socket is no socket the agent's policy lists) and the unit would
-/// fail to start. Nothing of the agent's runs unguarded meanwhile: its
-/// commands start after the gate, which exits only once the daemon has
-/// guarded the cgroup; a unit without a gate runs something else, and that
-/// is guarded at once.
+/// attach) and systemd's own process setting up the unit's next command,
+/// if anything runs at all. systemd makes the cgroup before it forks the
+/// unit's first command into it, so a watcher looking in between finds it
+/// empty. Guarded before the gate asks, the gate could not reach the
+/// daemon (the admin socket is no socket the agent's policy lists) and the
+/// unit would fail to start. Nothing of the agent's runs unguarded
+/// meanwhile: its commands start after the gate, which exits only once the
+/// daemon has guarded the cgroup; a unit without a gate runs something
+/// else, and that is guarded at the watcher's next look, as when the look
+/// comes after systemd's fork.
 ///
-/// An empty cgroup, or one with a cgroup below it (where processes could
-/// run that its own list does not show), is not left to anyone: guarded at
-/// once, failing closed.
+/// A cgroup with a cgroup below it (where processes could run that its own
+/// list does not show), or whose list cannot be read, is not left to
+/// anyone: guarded at once, failing closed.
 pub fn left_to_gate(cgroup: &Cgroup) -> bool {
     let own = exe_of(&"self");
     let has_children = fs::read_dir(&cgroup.path).map_or(true, |entries| {
@@ -145,7 +148,6 @@ pub fn left_to_gate(cgroup: &Cgroup) -> bool {
         return false;
     };
     !has_children
-        && !pids.is_empty()
         && pids.into_iter().all(|pid| {
             match exe_of(&pid) {
                 Some(exe) if Some(&exe) == own.as_ref() => is_gate(pid),
