@@ -10,12 +10,16 @@
 //! 181k -> 154k instructions per request and a third fewer instruction-
 //! cache misses (docs/benchmarks.md has the current figures). The
 //! workload it learns from is the bench's own, so the bench shows the
-//! gain at its largest.
+//! gain at its largest. The profile-guided binary is then rewritten by
+//! LLVM's BOLT with a profile of the same workload ([`bolt`]), which lays
+//! out the whole linked program, dependencies included.
 //!
 //! Training needs what the bench needs: root, eBPF and cgroups, and the
 //! bench's tools, which it installs as the bench does (nginx, oha,
-//! h2load, mitmproxy, valgrind). `--no-pgo` builds a plain release
-//! without any of it.
+//! h2load, mitmproxy, valgrind), and BOLT (Debian's `bolt-N`). `--no-pgo`
+//! builds a plain release without any of it.
+
+mod bolt;
 
 use std::{
     fs,
@@ -69,8 +73,9 @@ impl Build {
     pub fn describe(self) -> String {
         match self {
             Build::ProfileGuided => format!(
-                "release, profile-guided (cargo profile `pgo`, trained on this bench's \
-                 scenarios, {TRAINING_REQUESTS} requests each on every agentguard path)"
+                "release, profile-guided and BOLT-optimised (cargo profile `pgo`, both \
+                 trained on this bench's scenarios, {TRAINING_REQUESTS} requests each on \
+                 every agentguard path)"
             ),
             Build::Plain => "release (cargo profile `release`, not profile-guided)".to_owned(),
         }
@@ -124,7 +129,19 @@ fn profile_guided(root: &Path) -> Result<()> {
             profile.display()
         );
     } else {
+        if raw.exists() {
+            fs::remove_dir_all(&raw)?;
+        }
+        fs::create_dir_all(&raw)?;
+        println!("==> pgo: training the instrumented daemon on the bench's scenarios");
         train(root, &data, &instrumented)?;
+        if fs::read_dir(&raw)?.count() == 0 {
+            bail!(
+                "the instrumented daemon wrote no profile into {} (did it exit cleanly? \
+                 is LLVM_PROFILE_FILE set? it overrides that directory)",
+                raw.display()
+            );
+        }
         forget_profiles(&data)?;
         let merging = data.join("merging.profdata");
         cmd::run(
@@ -136,22 +153,22 @@ fn profile_guided(root: &Path) -> Result<()> {
         )?;
         fs::rename(&merging, &profile)?;
     }
+    // Relocations kept in the binary: BOLT needs them to move code.
     cargo_build(
         root,
         "pgo",
         &["agentguard"],
-        Some(&format!("-Cprofile-use={}", profile.display())),
-    )
+        Some(&format!(
+            "-Cprofile-use={} -Clink-arg=-Wl,--emit-relocs",
+            profile.display()
+        )),
+    )?;
+    bolt::optimise(root, &data, &target.join("pgo").join("agentguard"))
 }
 
-/// Runs the bench's scenarios through `instrumented`, its counters
-/// written to `data/raw` as each of its processes exits.
+/// Runs the bench's scenarios through `instrumented`, which writes its
+/// counts where it was built to as each of its processes exits.
 fn train(root: &Path, data: &Path, instrumented: &Path) -> Result<()> {
-    let raw = data.join("raw");
-    if raw.exists() {
-        fs::remove_dir_all(&raw)?;
-    }
-    fs::create_dir_all(&raw)?;
     // The bench takes both binaries from one directory.
     let bin = data.join("bin");
     fs::create_dir_all(&bin)?;
@@ -162,17 +179,7 @@ fn train(root: &Path, data: &Path, instrumented: &Path) -> Result<()> {
             .join("agentguard-bench"),
         bin.join("agentguard-bench"),
     )?;
-    println!("==> pgo: training the instrumented daemon on the bench's scenarios");
-    bench::train(root, &bin, TRAINING_REQUESTS).context("training the instrumented daemon")?;
-    let written = fs::read_dir(&raw)?.count();
-    if written == 0 {
-        bail!(
-            "the instrumented daemon wrote no profile into {} (did it exit cleanly? \
-             is LLVM_PROFILE_FILE set? it overrides that directory)",
-            raw.display()
-        );
-    }
-    Ok(())
+    bench::train(root, &bin, TRAINING_REQUESTS).context("training the instrumented daemon")
 }
 
 /// Earlier profiles: each belonged to an instrumented binary that no
@@ -221,8 +228,7 @@ fn host_rustflags_var() -> Result<String> {
 /// format must match): `llvm-profdata-22` from Debian's llvm-22, which
 /// `cargo xtask setup` installs for bpf-linker.
 fn llvm_profdata() -> Result<PathBuf> {
-    let version = rustc_fact("LLVM version: ")?;
-    let major = version.split('.').next().unwrap_or_default();
+    let major = llvm_major()?;
     let tool = format!("llvm-profdata-{major}");
     let candidates = [
         Path::new("/usr/bin").join(&tool),
@@ -232,9 +238,15 @@ fn llvm_profdata() -> Result<PathBuf> {
         return Ok(found);
     }
     bail!(
-        "{tool} not found: rustc uses LLVM {version}, and its profiles need that \
+        "{tool} not found: rustc uses LLVM {major}, and its profiles need that \
          version's llvm-profdata (Debian package llvm-{major}); install it, or pass --no-pgo"
     )
+}
+
+/// The major version of rustc's LLVM.
+fn llvm_major() -> Result<String> {
+    let version = rustc_fact("LLVM version: ")?;
+    Ok(version.split('.').next().unwrap_or_default().to_owned())
 }
 
 /// A line of `rustc -vV`, after `prefix`.

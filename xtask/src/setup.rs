@@ -16,10 +16,11 @@ mod toolchain;
 
 use anyhow::Result;
 
-/// LLVM for bpf-linker to link against. It must be the LLVM major rustc uses
-/// (22 for rustc 1.95), or the linker cannot read the bitcode rustc emits for the
-/// bpf target. Debian's bookworm-security carries these.
-const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"];
+/// LLVM for bpf-linker to link against, and its BOLT for the release build
+/// (xtask/src/release/bolt.rs). It must be the LLVM major rustc uses (22 for
+/// rustc 1.95), or the linker cannot read the bitcode rustc emits for the bpf
+/// target. Debian's bookworm-security carries these.
+const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "bolt-22"];
 
 /// What the end-to-end tests drive: curl as an unmodified client, `ip` (iproute2)
 /// for network namespaces, `setpriv` (util-linux) to run agents as another uid,
