@@ -236,6 +236,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         containers: Mutex::new(Vec::new()),
         containers_file: Some(crate::containers::saved_path(&cfg.state_dir)),
         serial: Mutex::new(()),
+        new_unit_cgroups: Default::default(),
     });
     let live = Arc::new(Live::new(reloader.build(None)?));
     resolvers.set_live(live.clone());

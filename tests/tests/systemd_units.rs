@@ -274,6 +274,17 @@ fn a_unit_is_guarded_by_its_gate_before_it_starts_and_again_after_each_restart()
     let view = agent_status(&svc);
     assert_eq!(view["cgroup_id"], id4, "{view}");
 
+    // A unit that runs without processes (RemainAfterExit=): its cgroup,
+    // still empty once the gate has had its few seconds, is guarded like
+    // any, so that its later commands run guarded.
+    stop_unit(&unit_cgroup);
+    wait_agent(&svc, "stopped unit", |v| v["guarded"] == false);
+    let id5 = start_unit(&unit_cgroup);
+    let view = wait_agent(&svc, "an empty cgroup was never guarded", |v| {
+        v["guarded"] == true
+    });
+    assert_eq!(view["cgroup_id"], id5, "{view}");
+
     // A unit started without the gate is found by the watcher, guarded,
     // and reported: what ran before was not.
     stop_unit(&unit_cgroup);

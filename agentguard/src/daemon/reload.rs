@@ -157,6 +157,8 @@ pub struct Reloader {
     /// One reload at a time: SIGHUP and a file change may race, and the
     /// later snapshot must not be overtaken by the earlier one.
     pub serial: Mutex<()>,
+    /// The units' new cgroups left to their gates.
+    pub new_unit_cgroups: units::NewCgroups,
 }
 
 /// Every allowed Unix socket path must sit in directories only root can
@@ -294,9 +296,10 @@ impl Reloader {
     ///
     /// `gate` names the agent whose unit's gate (`agentguard attach`)
     /// asks: its new cgroup is guarded now. Any other unit's new cgroup in
-    /// which only a gate (or systemd, starting it) runs is left to that
-    /// gate ([`units::left_to_gate`]): guarded first, the gate could no
-    /// longer reach the daemon, and the unit would fail to start.
+    /// which only a gate (or systemd, starting it) runs, or nothing yet,
+    /// is left to that gate ([`units::NewCgroups`]): guarded first, the
+    /// gate could no longer reach the daemon, and the unit would fail to
+    /// start.
     fn guard(
         &self,
         policy: Arc<policy::PolicySet>,
@@ -334,7 +337,7 @@ impl Reloader {
             if !already
                 && agent.systemd_unit.is_some()
                 && gate != Some(agent.name.as_str())
-                && units::left_to_gate(&cgroup)
+                && self.new_unit_cgroups.left_to_gate(&cgroup)
             {
                 debug!(agent = %agent.name, cgroup = %cgroup.path.display(), "unit starting; its gate (agentguard attach) guards it");
                 continue;
@@ -459,7 +462,8 @@ impl Reloader {
 
     /// Follows the agents' systemd units: guards a unit's cgroup systemd
     /// made since the last look, and forgets one it removed. Cheap when
-    /// nothing changed (a stat per unit). Returns whether anything did.
+    /// nothing changed (a stat per unit, and a look at the processes of a
+    /// new cgroup left to its gate). Returns whether anything did.
     pub fn refresh_units(&self, live: &Live) -> Result<bool, ReloadError> {
         self.refresh_units_for(live, None)
     }
@@ -469,25 +473,28 @@ impl Reloader {
         let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         let current = live.load();
         // A new cgroup left to its gate is no change yet: guarding would
-        // leave it as it is, and a unit's cgroup may stay empty a while.
-        let changed = current
+        // leave it as it is, and it may stay so a while.
+        let mut changed = false;
+        let mut present = Vec::new();
+        for agent in current
             .policy
             .agents
             .iter()
             .filter(|a| a.systemd_unit.is_some())
-            .any(|a| {
-                let guarded = current.agents.get(&a.name).map(|g| g.cgroup.id);
-                let on_disk = units::open(&self.root, a)
-                    .ok()
-                    .flatten()
-                    .filter(|c| {
-                        Some(c.id) == guarded
-                            || gate == Some(a.name.as_str())
-                            || !units::left_to_gate(c)
-                    })
-                    .map(|c| c.id);
-                on_disk != guarded
-            });
+        {
+            let guarded = current.agents.get(&agent.name).map(|g| g.cgroup.id);
+            let on_disk = units::open(&self.root, agent).ok().flatten();
+            present.extend(on_disk.as_ref().map(|c| c.id));
+            let to_guard = on_disk
+                .filter(|c| {
+                    Some(c.id) == guarded
+                        || gate == Some(agent.name.as_str())
+                        || !self.new_unit_cgroups.left_to_gate(c)
+                })
+                .map(|c| c.id);
+            changed |= to_guard != guarded;
+        }
+        self.new_unit_cgroups.retain(&present);
         if !changed {
             return Ok(false);
         }

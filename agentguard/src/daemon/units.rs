@@ -10,8 +10,8 @@
 //!   process of the unit other than that gate runs unguarded;
 //! - the daemon's watcher looks for the units' cgroups every second and
 //!   guards a new one, and forgets one that is gone (a daemon started after
-//!   its agents, a unit without the gate). A new cgroup in which nothing
-//!   runs yet, or only the gate, is the gate's to guard ([`left_to_gate`]):
+//!   its agents, a unit without the gate). A new cgroup in which only the
+//!   gate runs, or nothing yet, is the gate's to guard ([`NewCgroups`]):
 //!   the watcher guarding it first made the gate's own request to the
 //!   daemon fail, at random, in one restart out of many.
 //!
@@ -19,9 +19,12 @@
 //! started without it, and says so.
 
 use std::{
+    collections::HashMap,
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, Instant},
 };
 
 use thiserror::Error;
@@ -121,23 +124,71 @@ pub fn warn_if_started_unguarded(agent: &AgentPolicy, cgroup: &Cgroup) {
     }
 }
 
-/// Whether a unit's new cgroup is left to its gate to guard: nothing runs
-/// in it yet but the gate (`agentguard attach`: this binary, asked to
-/// attach) and systemd's own process setting up the unit's next command,
-/// if anything runs at all. systemd makes the cgroup before it forks the
-/// unit's first command into it, so a watcher looking in between finds it
-/// empty. Guarded before the gate asks, the gate could not reach the
-/// daemon (the admin socket is no socket the agent's policy lists) and the
-/// unit would fail to start. Nothing of the agent's runs unguarded
-/// meanwhile: its commands start after the gate, which exits only once the
-/// daemon has guarded the cgroup; a unit without a gate runs something
-/// else, and that is guarded at the watcher's next look, as when the look
-/// comes after systemd's fork.
+/// How long an empty unit cgroup is left to a gate that has not come yet.
+/// systemd forks the unit's first command into the cgroup moments after
+/// making it; one still empty after this is a unit that runs without
+/// processes (`RemainAfterExit=`), whose later commands (`ExecReload=`,
+/// `ExecStop=`) are guarded like any.
+const EMPTY_GRACE: Duration = Duration::from_secs(5);
+
+/// What runs in a unit's cgroup, as far as guarding it goes.
+enum Occupants {
+    /// Nothing (yet).
+    Nobody,
+    /// The gate (`agentguard attach`: this binary, asked to attach), or
+    /// systemd's own process setting up the unit's next command.
+    Gate,
+    /// Anything else, or a cgroup below (where processes could run that
+    /// its own list does not show), or a list that cannot be read.
+    Others,
+}
+
+/// Which of the units' new cgroups are left to their gates, remembering
+/// when each was first seen empty.
 ///
-/// A cgroup with a cgroup below it (where processes could run that its own
-/// list does not show), or whose list cannot be read, is not left to
-/// anyone: guarded at once, failing closed.
-pub fn left_to_gate(cgroup: &Cgroup) -> bool {
+/// A new cgroup in which nothing runs but the gate, or nothing yet
+/// (systemd makes the cgroup before it forks the unit's first command
+/// into it), is left to the gate: guarded before the gate asks, the gate
+/// could not reach the daemon (the admin socket is no socket the agent's
+/// policy lists) and the unit would fail to start. Nothing of the agent's
+/// runs unguarded meanwhile: its commands start after the gate, which
+/// exits only once the daemon has guarded the cgroup. A unit without a
+/// gate runs something else, guarded at the watcher's next look, as when
+/// the look comes after systemd's fork; one that stays empty past
+/// [`EMPTY_GRACE`] is guarded then. Anything else fails closed: guarded at
+/// once.
+#[derive(Default)]
+pub struct NewCgroups {
+    empty_since: Mutex<HashMap<u64, Instant>>,
+}
+
+impl NewCgroups {
+    /// Whether `cgroup` is left to its unit's gate to guard.
+    pub fn left_to_gate(&self, cgroup: &Cgroup) -> bool {
+        let mut empty_since = self.empty_since.lock().unwrap_or_else(|p| p.into_inner());
+        match occupants(cgroup) {
+            Occupants::Gate => true,
+            Occupants::Others => {
+                empty_since.remove(&cgroup.id);
+                false
+            }
+            Occupants::Nobody => {
+                let first = *empty_since.entry(cgroup.id).or_insert_with(Instant::now);
+                first.elapsed() < EMPTY_GRACE
+            }
+        }
+    }
+
+    /// Forgets the cgroups other than `present` (the units' cgroups now).
+    pub fn retain(&self, present: &[u64]) {
+        self.empty_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| present.contains(id));
+    }
+}
+
+fn occupants(cgroup: &Cgroup) -> Occupants {
     let own = exe_of(&"self");
     let has_children = fs::read_dir(&cgroup.path).map_or(true, |entries| {
         entries
@@ -145,17 +196,24 @@ pub fn left_to_gate(cgroup: &Cgroup) -> bool {
             .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
     });
     let Ok(pids) = procs(&cgroup.path) else {
-        return false;
+        return Occupants::Others;
     };
-    !has_children
-        && pids.into_iter().all(|pid| {
-            match exe_of(&pid) {
-                Some(exe) if Some(&exe) == own.as_ref() => is_gate(pid),
-                Some(exe) => is_systemd_setup(&exe),
-                // Gone since the list was read: it runs nothing.
-                None => !Path::new(&format!("/proc/{pid}")).exists(),
-            }
-        })
+    if has_children {
+        return Occupants::Others;
+    }
+    let gate_only = pids.iter().all(|&pid| {
+        match exe_of(&pid) {
+            Some(exe) if Some(&exe) == own.as_ref() => is_gate(pid),
+            Some(exe) => is_systemd_setup(&exe),
+            // Gone since the list was read: it runs nothing.
+            None => !Path::new(&format!("/proc/{pid}")).exists(),
+        }
+    });
+    match (gate_only, pids.is_empty()) {
+        (false, _) => Occupants::Others,
+        (true, true) => Occupants::Nobody,
+        (true, false) => Occupants::Gate,
+    }
 }
 
 /// The processes directly in the cgroup at `path`.
