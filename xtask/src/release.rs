@@ -106,6 +106,7 @@ fn profile_guided(root: &Path) -> Result<()> {
         }
     }
     let llvm_profdata = llvm_profdata()?;
+    let bolt = bolt::Tools::find()?;
     let target = paths::target_dir(root);
     let data = target.join("pgo-data");
     let raw = data.join("raw");
@@ -163,7 +164,7 @@ fn profile_guided(root: &Path) -> Result<()> {
             profile.display()
         )),
     )?;
-    bolt::optimise(root, &data, &target.join("pgo").join("agentguard"))
+    bolt::optimise(&bolt, root, &data, &target.join("pgo").join("agentguard"))
 }
 
 /// Runs the bench's scenarios through `instrumented`, which writes its
