@@ -58,7 +58,8 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         .context("the daemon binary has no directory")?
         .join("package");
     generate(&binary, &out)?;
-    cmd::run(cmd::cargo(root).args([
+    let mut deb = cmd::cargo(root);
+    deb.args([
         "deb",
         "-p",
         "agentguard",
@@ -66,7 +67,14 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         "--locked",
         "--profile",
         build.cargo_profile(),
-    ]))?;
+    ]);
+    if build == release::Build::ProfileGuided {
+        // By LLVM's strip: binutils' strip, which cargo-deb runs, breaks
+        // a BOLT-rewritten binary (xtask/src/release/bolt.rs).
+        release::strip_rewritten(&binary)?;
+        deb.arg("--no-strip");
+    }
+    cmd::run(&mut deb)?;
     let deb = find_deb(&paths::target_dir(root).join("debian"))?;
     println!("package: {}", deb.display());
     if opts.check {

@@ -21,6 +21,8 @@
 
 mod bolt;
 
+pub use bolt::strip as strip_rewritten;
+
 use std::{
     fs,
     path::{Path, PathBuf},
