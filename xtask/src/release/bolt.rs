@@ -8,10 +8,10 @@
 //! cache lines and pages. Measured (`cargo xtask bench --paths
 //! full,jwt,nginx --scenarios ka_sat_1k,h2_sat --runs 3`, the profile-guided
 //! binary before and after BOLT, 2026-12-05): L1 instruction misses per
-//! request (callgrind) 3,879 -> 3,481 on keep-alive 1 KiB and 2,984 ->
-//! 2,614 on HTTP/2; the full path's CPU per request 0.036 -> 0.033 ms and
-//! 0.029 -> 0.026 ms (medians), its throughput 20.3k -> 21.9k and 26.1k ->
-//! 28.7k req/s; the JWT path's 13.4k -> 14.5k req/s. On a plain release
+//! request (callgrind) 3,879 -> 3,490 on keep-alive 1 KiB and 2,984 ->
+//! 2,571 on HTTP/2; the full path's CPU per request 0.036 -> 0.032 ms and
+//! 0.029 -> 0.026 ms (medians), its throughput 20.3k -> 22.6k and 26.1k ->
+//! 28.6k req/s; the JWT path's 13.4k -> 14.1k req/s. On a plain release
 //! build BOLT alone took a third of the instruction misses away (5,680 ->
 //! 3,740 and 4,506 -> 2,788).
 //!
