@@ -360,6 +360,9 @@ impl Reloader {
             });
         }
         self.guard_containers(&policy, &mut kernel, &mut guarded, &mut served)?;
+        if let Some(previous) = current {
+            forget_gone(&mut kernel, previous.agents.agents(), &guarded);
+        }
         // Cgroups no agent names keep their programs (see the module docs),
         // but lose their resolver: their DNS is refused in the kernel.
         let keep: Vec<u64> = guarded.iter().map(|a| a.cgroup.id).collect();
@@ -498,26 +501,14 @@ impl Reloader {
         if !changed {
             return Ok(false);
         }
+        // The old cgroups of restarted or stopped units lose their pins in
+        // `guard` (`forget_gone`).
         let state = self.guard(
             current.policy.clone(),
             current.credentials.clone(),
             Some(&current),
             gate,
         )?;
-        // The old cgroups of restarted or stopped units: gone, so the
-        // kernel detached their programs; their pins go too.
-        let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
-        for old in current.agents.agents() {
-            let is_unit = current
-                .policy
-                .agent(&old.name)
-                .is_some_and(|a| a.systemd_unit.is_some());
-            if is_unit && !units::still_there(&old.cgroup.path, old.cgroup.id) {
-                let removed = kernel.forget(old.cgroup.id)?;
-                info!(agent = %old.name, cgroup_id = old.cgroup.id, links = removed, "unit's cgroup is gone; its pins are removed");
-            }
-        }
-        drop(kernel);
         live.swap_agents(state);
         Ok(true)
     }
@@ -942,6 +933,46 @@ impl Reloader {
     }
 }
 
+/// Unpins the links of the cgroups guarded until now that the new state
+/// no longer holds because they are gone (a unit restarted or stopped, a
+/// container ended): the kernel detached their programs as each cgroup
+/// went, and only the pins were left. Done here, where every new state is
+/// made, so that whichever noticed first (the unit watcher, a unit's
+/// gate, a policy reload) leaves no pin behind; a reload that came
+/// between a unit's restart and the watcher's next look used to swap the
+/// old cgroup out with its pins left in bpffs for good. A failure is
+/// logged, not returned: a stale pin holds nothing attached, and the new
+/// state must not wait on it.
+fn forget_gone(kernel: &mut Kernel, previous: &[GuardedAgent], kept: &[GuardedAgent]) {
+    for old in gone_cgroups(previous, kept, units::still_there) {
+        match kernel.forget(old.cgroup.id) {
+            Ok(0) => {}
+            Ok(links) => {
+                info!(agent = %old.name, cgroup_id = old.cgroup.id, links, "agent's cgroup is gone; its pins are removed");
+            }
+            Err(e) => {
+                warn!(agent = %old.name, cgroup_id = old.cgroup.id, error = %e, "agent's cgroup is gone but its pins could not be removed");
+            }
+        }
+    }
+}
+
+/// The cgroups of `previous` that are not among `kept` and no longer
+/// exist (`exists(path, id)`). One that is not kept but still exists (its
+/// agent left the policy) is not among them: its pins are what keeps its
+/// programs attached (see the module docs).
+fn gone_cgroups<'a>(
+    previous: &'a [GuardedAgent],
+    kept: &[GuardedAgent],
+    exists: impl Fn(&Path, u64) -> bool,
+) -> Vec<&'a GuardedAgent> {
+    previous
+        .iter()
+        .filter(|old| !kept.iter().any(|k| k.cgroup.id == old.cgroup.id))
+        .filter(|old| !exists(&old.cgroup.path, old.cgroup.id))
+        .collect()
+}
+
 /// This process's cgroup v2 directory, from /proc/self/cgroup.
 fn own_cgroup(root: &CgroupRoot) -> Option<PathBuf> {
     let path = crate::procfs::own_cgroup().ok()??;
@@ -1048,5 +1079,45 @@ mod tests {
         assert_eq!(before[0].1, 19, "the size is the file's, not the link's");
         write("..2026_12_04_00_00_01.2", "[agent]\nname = \"a2\"\n");
         assert_ne!(fingerprint(dir.path()), before);
+    }
+
+    fn guarded(name: &str, path: &str, id: u64) -> GuardedAgent {
+        GuardedAgent {
+            name: name.into(),
+            cgroup: Cgroup {
+                path: PathBuf::from(path),
+                id,
+            },
+            container: None,
+        }
+    }
+
+    /// Only a cgroup that the new state dropped and that no longer exists
+    /// loses its pins: a unit's restarted cgroup (same path, a new id), a
+    /// stopped unit's; never one kept, nor one still there whose agent
+    /// left the policy (its pins keep its programs attached).
+    #[test]
+    fn only_dropped_cgroups_that_are_gone_are_forgotten() {
+        let previous = [
+            guarded("restarted", "/cg/restarted.service", 10),
+            guarded("stopped", "/cg/stopped.service", 11),
+            guarded("kept", "/cg/kept", 12),
+            guarded("unnamed", "/cg/unnamed", 13),
+        ];
+        let kept = [
+            guarded("restarted", "/cg/restarted.service", 20),
+            guarded("kept", "/cg/kept", 12),
+        ];
+        // On disk: the restarted unit's new cgroup, the kept one and the
+        // one whose agent left the policy.
+        let on_disk = [20, 12, 13];
+        let exists = |_: &Path, id: u64| on_disk.contains(&id);
+        let gone: Vec<u64> = gone_cgroups(&previous, &kept, exists)
+            .iter()
+            .map(|g| g.cgroup.id)
+            .collect();
+        assert_eq!(gone, [10, 11]);
+        // Nothing before (the first state): nothing to forget.
+        assert!(gone_cgroups(&[], &kept, exists).is_empty());
     }
 }
