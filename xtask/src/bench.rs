@@ -464,8 +464,10 @@ fn start_env(bin: &Path, tools: &tools::Tools, work: &Path) -> Result<Env> {
 /// (xtask/src/release.rs): every scenario on every agentguard path,
 /// `requests` each, through the binaries in `bin` (the daemon
 /// instrumented), recording nothing. Its daemons stop with SIGTERM, so
-/// each writes its counters as it exits.
-pub fn train(root: &Path, bin: &Path, requests: u32) -> Result<()> {
+/// each writes its counters as it exits. Returns whether every scenario
+/// succeeded: a profile with some missing serves one build but is not
+/// worth keeping for the next (see release.rs).
+pub fn train(root: &Path, bin: &Path, requests: u32, tool: &str) -> Result<Training> {
     let target = ws::target_dir(root);
     let tools = tools::ensure(&target)?;
     let work = target
@@ -505,14 +507,23 @@ pub fn train(root: &Path, bin: &Path, requests: u32) -> Result<()> {
         );
     }
     for f in &failed {
-        println!("pgo: warning: not in the profile: {f}");
+        println!("{tool}: warning: not in the profile: {f}");
     }
     if failed.is_empty() {
         let _ = fs::remove_dir_all(&work);
+        Ok(Training::Complete)
     } else {
-        println!("pgo: logs kept in {}", work.display());
+        println!("{tool}: logs kept in {}", work.display());
+        Ok(Training::Partial)
     }
-    Ok(())
+}
+
+/// Whether a training ran every scenario ([`train`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Training {
+    Complete,
+    /// Some scenarios failed: they are missing from the profile.
+    Partial,
 }
 
 fn brief(m: &scenario::Metrics) -> String {

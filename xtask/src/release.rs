@@ -31,7 +31,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{bench, cmd, paths};
+use crate::{
+    bench::{self, Training},
+    cmd, paths,
+};
 
 /// Requests per scenario and path in the training run: enough for every
 /// hot path to dominate its counts, a minute or two in all.
@@ -125,19 +128,20 @@ fn profile_guided(root: &Path) -> Result<()> {
         .context("the instrumented daemon")?
         .duration_since(UNIX_EPOCH)?
         .as_nanos();
-    let profile = data.join(format!("agentguard-{stamp}.profdata"));
-    if profile.exists() {
+    let kept = data.join(format!("agentguard-{stamp}.profdata"));
+    let profile = if kept.exists() {
         println!(
             "pgo: the instrumented daemon is unchanged; using {}",
-            profile.display()
+            kept.display()
         );
+        kept
     } else {
         if raw.exists() {
             fs::remove_dir_all(&raw)?;
         }
         fs::create_dir_all(&raw)?;
         println!("==> pgo: training the instrumented daemon on the bench's scenarios");
-        train(root, &data, &instrumented)?;
+        let training = train(root, &data, &instrumented, "pgo")?;
         if fs::read_dir(&raw)?.count() == 0 {
             bail!(
                 "the instrumented daemon wrote no profile into {} (did it exit cleanly? \
@@ -154,8 +158,16 @@ fn profile_guided(root: &Path) -> Result<()> {
                 .arg(&merging)
                 .arg(&raw),
         )?;
+        let profile = profile_name(&data, stamp, training);
+        if training == Training::Partial {
+            println!(
+                "pgo: the profile lacks the failed scenarios; this build uses it, the next \
+                 trains again"
+            );
+        }
         fs::rename(&merging, &profile)?;
-    }
+        profile
+    };
     // Relocations kept in the binary: BOLT needs them to move code.
     cargo_build(
         root,
@@ -169,9 +181,22 @@ fn profile_guided(root: &Path) -> Result<()> {
     bolt::optimise(&bolt, root, &data, &target.join("pgo").join("agentguard"))
 }
 
+/// Where the profile of instrumented binary `stamp` goes: under the name
+/// the next build looks for only if the training ran every scenario. A
+/// partial one (a scenario failed, say on a loaded machine) would else
+/// stand in for that binary's profile for as long as the binary is
+/// unchanged, its missing paths never trained again.
+fn profile_name(data: &Path, stamp: u128, training: Training) -> PathBuf {
+    match training {
+        Training::Complete => data.join(format!("agentguard-{stamp}.profdata")),
+        Training::Partial => data.join(format!("agentguard-{stamp}.partial.profdata")),
+    }
+}
+
 /// Runs the bench's scenarios through `instrumented`, which writes its
-/// counts where it was built to as each of its processes exits.
-fn train(root: &Path, data: &Path, instrumented: &Path) -> Result<()> {
+/// counts where it was built to as each of its processes exits; `tool`
+/// (pgo, bolt) names the training in what it prints.
+fn train(root: &Path, data: &Path, instrumented: &Path, tool: &str) -> Result<Training> {
     // The bench takes both binaries from one directory.
     let bin = data.join("bin");
     fs::create_dir_all(&bin)?;
@@ -182,7 +207,7 @@ fn train(root: &Path, data: &Path, instrumented: &Path) -> Result<()> {
             .join("agentguard-bench"),
         bin.join("agentguard-bench"),
     )?;
-    bench::train(root, &bin, TRAINING_REQUESTS).context("training the instrumented daemon")
+    bench::train(root, &bin, TRAINING_REQUESTS, tool).context("training the instrumented daemon")
 }
 
 /// Earlier profiles: each belonged to an instrumented binary that no
@@ -259,4 +284,24 @@ fn rustc_fact(prefix: &str) -> Result<String> {
         .find_map(|l| l.strip_prefix(prefix))
         .map(str::to_owned)
         .with_context(|| format!("`rustc -vV` printed no {prefix:?} line"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a complete training's profile gets the name a later build of
+    /// the same instrumented binary reuses; every profile, partial or not,
+    /// is one `forget_profiles` removes before the next training.
+    #[test]
+    fn a_partial_profile_is_not_kept_for_the_next_build() {
+        let data = Path::new("/data");
+        let complete = profile_name(data, 7, Training::Complete);
+        let partial = profile_name(data, 7, Training::Partial);
+        assert_eq!(complete, data.join("agentguard-7.profdata"));
+        assert_ne!(partial, complete);
+        for p in [&complete, &partial] {
+            assert_eq!(p.extension().unwrap(), "profdata");
+        }
+    }
 }

@@ -20,7 +20,8 @@
 //! `deps/`, which must stay as cargo built it). cargo puts its own back at
 //! every build, so the result is kept beside the training data, named
 //! after the binary it came from and how it was rewritten, and put in
-//! place again while both are unchanged.
+//! place again while both are unchanged; a result whose training had
+//! failed scenarios serves its build only.
 //!
 //! The package strips it with LLVM's strip ([`strip`]): binutils' `strip`
 //! (which cargo-deb would run) cannot place the sections of BOLT's new
@@ -39,7 +40,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{llvm_major, train};
+use super::{Training, llvm_major, train};
 use crate::cmd;
 
 /// A function only the daemon runs (its proxy's accept loop): a profile
@@ -109,12 +110,10 @@ pub fn optimise(tools: &Tools, root: &Path, data: &Path, binary: &Path) -> Resul
         .duration_since(UNIX_EPOCH)?
         .as_nanos();
     let dir = data.join("bolt");
-    let optimised = dir.join(format!("agentguard-{stamp}-{recipe:016x}"));
-    if optimised.exists() {
-        println!(
-            "bolt: the daemon is unchanged; using {}",
-            optimised.display()
-        );
+    let kept = dir.join(format!("agentguard-{stamp}-{recipe:016x}"));
+    let optimised = if kept.exists() {
+        println!("bolt: the daemon is unchanged; using {}", kept.display());
+        kept
     } else {
         // Results for binaries that are gone.
         if dir.exists() {
@@ -140,7 +139,7 @@ pub fn optimise(tools: &Tools, root: &Path, data: &Path, binary: &Path) -> Resul
                 .arg(&instrumented),
         )?;
         println!("==> bolt: training the instrumented daemon on the bench's scenarios");
-        train(root, data, &instrumented)?;
+        let training = train(root, data, &instrumented, "bolt")?;
         let profiles: Vec<PathBuf> = fs::read_dir(&raw)?
             .map(|e| e.map(|e| e.path()))
             .collect::<Result<_, _>>()?;
@@ -175,11 +174,22 @@ pub fn optimise(tools: &Tools, root: &Path, data: &Path, binary: &Path) -> Resul
         )?;
         check_stack(&writing)?;
         runs(&writing)?;
-        // On disk before it is named: a name is what says it is whole.
-        fs::File::open(&writing)?.sync_all()?;
         fs::remove_file(&instrumented)?;
-        fs::rename(&writing, &optimised)?;
-    }
+        if training == Training::Partial {
+            // Not kept under the name the next build looks for: that one
+            // trains again (see `profile_name` in release.rs).
+            println!(
+                "bolt: the profile lacks the failed scenarios; this build uses it, the next \
+                 trains again"
+            );
+            writing
+        } else {
+            // On disk before it is named: a name is what says it is whole.
+            fs::File::open(&writing)?.sync_all()?;
+            fs::rename(&writing, &kept)?;
+            kept
+        }
+    };
     // A copy renamed over cargo's hard link, which leaves `deps/` alone.
     let placing = binary.with_extension("bolt-placing");
     fs::copy(&optimised, &placing)?;
