@@ -170,7 +170,12 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     }
 
     let mut machine = machine::facts();
-    machine.push(("agentguard build".into(), build.describe()));
+    let described = if opts.no_build {
+        build.describe_found(&bin.join("agentguard"))?
+    } else {
+        build.describe()
+    };
+    machine.push(("agentguard build".into(), described));
     machine.push(("load average at start (1, 5, 15 min)".into(), load_before));
     machine.push(("load average at end".into(), machine::loadavg()));
     machine.push((

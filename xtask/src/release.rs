@@ -85,6 +85,22 @@ impl Build {
             Build::Plain => "release (cargo profile `release`, not profile-guided)".to_owned(),
         }
     }
+
+    /// For reports of `bench --no-build`: the binary at `binary` was not
+    /// built by this run, so only what the file itself shows is said.
+    pub fn describe_found(self, binary: &Path) -> Result<String> {
+        let bolted = bolt::rewritten(binary)?;
+        Ok(format!(
+            "as found in target/ (--no-build: not built by this run, so its training is not \
+             known here), cargo profile `{}`, {}",
+            self.cargo_profile(),
+            if bolted {
+                "BOLT-rewritten (it has BOLT's note section)"
+            } else {
+                "not BOLT-rewritten"
+            }
+        ))
+    }
 }
 
 /// Builds the daemon for release; returns the binary. `agentguard-bench`

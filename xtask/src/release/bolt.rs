@@ -236,23 +236,14 @@ const PF_X: u32 = 1;
 /// x86_64's) has a `PT_GNU_STACK` header without the executable flag:
 /// without one, the kernel and glibc give the process executable stacks.
 fn check_stack(path: &Path) -> Result<()> {
-    let elf = fs::read(path)?;
-    let bytes = |at: usize, n: usize| {
-        elf.get(at..at + n)
-            .with_context(|| format!("{}: not a whole ELF file", path.display()))
-    };
-    if bytes(0, 4)? != b"\x7fELF" {
-        bail!("{}: not an ELF file", path.display());
-    }
-    let u16_at =
-        |at| -> Result<usize> { Ok(usize::from(u16::from_le_bytes(bytes(at, 2)?.try_into()?))) };
-    let u32_at = |at| -> Result<u32> { Ok(u32::from_le_bytes(bytes(at, 4)?.try_into()?)) };
-    let phoff = usize::try_from(u64::from_le_bytes(bytes(0x20, 8)?.try_into()?))?;
-    let (phentsize, phnum) = (u16_at(0x36)?, u16_at(0x38)?);
+    let bytes = fs::read(path)?;
+    let elf = Elf::new(&bytes, path)?;
+    let phoff = elf.offset(0x20)?;
+    let (phentsize, phnum) = (elf.u16(0x36)?, elf.u16(0x38)?);
     for i in 0..phnum {
         let header = phoff + i * phentsize;
-        if u32_at(header)? == PT_GNU_STACK {
-            if u32_at(header + 4)? & PF_X != 0 {
+        if elf.u32(header)? == PT_GNU_STACK {
+            if elf.u32(header + 4)? & PF_X != 0 {
                 bail!("{}: BOLT made the stack executable", path.display());
             }
             return Ok(());
@@ -262,6 +253,70 @@ fn check_stack(path: &Path) -> Result<()> {
         "{}: BOLT left no PT_GNU_STACK header (the stack would be executable)",
         path.display()
     )
+}
+
+/// The note section BOLT adds to every binary it rewrites.
+const BOLT_NOTE: &[u8] = b".note.bolt_info";
+
+/// Whether the ELF file at `path` was rewritten by BOLT: one of its
+/// sections is BOLT's note (by the section's name, not by the bytes
+/// anywhere in the file, which any program naming it would hold).
+pub fn rewritten(path: &Path) -> Result<bool> {
+    let bytes = fs::read(path).with_context(|| format!("the daemon binary {}", path.display()))?;
+    let elf = Elf::new(&bytes, path)?;
+    let shoff = elf.offset(0x28)?;
+    let (shentsize, shnum, shstrndx) = (elf.u16(0x3a)?, elf.u16(0x3c)?, elf.u16(0x3e)?);
+    // Section header fields: the name's offset in the name table (0x00),
+    // the section's offset in the file (0x18).
+    let names = elf.offset(shoff + shstrndx * shentsize + 0x18)?;
+    for i in 0..shnum {
+        let name = names + usize::try_from(elf.u32(shoff + i * shentsize)?)?;
+        let named = elf.bytes(name, BOLT_NOTE.len() + 1)?;
+        if named.strip_suffix(b"\0") == Some(BOLT_NOTE) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A 64-bit little-endian ELF file's bytes, read field by field; a field
+/// past the end is an error naming the file.
+struct Elf<'a> {
+    bytes: &'a [u8],
+    path: &'a Path,
+}
+
+impl<'a> Elf<'a> {
+    fn new(bytes: &'a [u8], path: &'a Path) -> Result<Self> {
+        let elf = Self { bytes, path };
+        if elf.bytes(0, 4)? != b"\x7fELF" {
+            bail!("{}: not an ELF file", path.display());
+        }
+        Ok(elf)
+    }
+
+    fn bytes(&self, at: usize, n: usize) -> Result<&'a [u8]> {
+        at.checked_add(n)
+            .and_then(|end| self.bytes.get(at..end))
+            .with_context(|| format!("{}: not a whole ELF file", self.path.display()))
+    }
+
+    fn u16(&self, at: usize) -> Result<usize> {
+        Ok(usize::from(u16::from_le_bytes(
+            self.bytes(at, 2)?.try_into()?,
+        )))
+    }
+
+    fn u32(&self, at: usize) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.bytes(at, 4)?.try_into()?))
+    }
+
+    /// A 64-bit file offset.
+    fn offset(&self, at: usize) -> Result<usize> {
+        Ok(usize::try_from(u64::from_le_bytes(
+            self.bytes(at, 8)?.try_into()?,
+        ))?)
+    }
 }
 
 #[cfg(test)]
@@ -306,6 +361,37 @@ mod tests {
 
         let e = check_stack(&write("cut", &elf[..0x30])).unwrap_err();
         assert!(e.to_string().contains("not a whole ELF file"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A binary is taken for BOLT's by a section of that name, not by the
+    /// name's bytes elsewhere: this test binary holds them (in
+    /// `BOLT_NOTE`) and was not rewritten.
+    #[test]
+    fn a_rewritten_binary_is_told_by_its_section() {
+        let dir = std::env::temp_dir().join(format!("xtask-bolt-note-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let elf = fs::read("/proc/self/exe").unwrap();
+        let path = dir.join("as-built");
+        fs::write(&path, &elf).unwrap();
+        assert!(!rewritten(&path).unwrap());
+
+        // Another section renamed BOLT's: `.gcc_except_table` (unwinding's
+        // tables, in every binary that unwinds) is longer, so the new name
+        // and its NUL fit where it was. Every copy of the name is
+        // replaced, the section's among them.
+        let other = b".gcc_except_table\0";
+        let mut renamed = elf.clone();
+        let mut at = 0;
+        while let Some(found) = renamed[at..].windows(other.len()).position(|w| w == other) {
+            let start = at + found;
+            renamed[start..start + BOLT_NOTE.len() + 1]
+                .copy_from_slice(&[BOLT_NOTE, b"\0"].concat());
+            at = start + other.len();
+        }
+        assert!(at > 0, "the test binary has no .gcc_except_table");
+        fs::write(&path, &renamed).unwrap();
+        assert!(rewritten(&path).unwrap());
         fs::remove_dir_all(&dir).unwrap();
     }
 }
