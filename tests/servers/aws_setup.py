@@ -6,7 +6,8 @@ access key, and is allowed only by that identity's IAM policies.
 usage: aws_setup.py ENDPOINT CA_PEM
 
 Prints JSON: the access keys of `agentguard-base` (ec2 Describe*, s3 reads
-on the `reports` bucket, sts:AssumeRole) and `role-only` (sts:AssumeRole
+on the `reports` bucket, writes under its `uploads/`, sts:AssumeRole) and
+`role-only` (sts:AssumeRole
 only), and the ARN of role `inventory` (ec2 Describe* only).
 """
 
@@ -37,6 +38,7 @@ for user, doc in [
     ("agentguard-base", policy(
         allow(["ec2:DescribeInstances", "ec2:DescribeRegions"]),
         allow(["s3:GetObject", "s3:ListBucket"], ["arn:aws:s3:::reports", "arn:aws:s3:::reports/*"]),
+        allow(["s3:PutObject"], ["arn:aws:s3:::reports/uploads/*"]),
         allow(["sts:AssumeRole"]),
     )),
     ("role-only", policy(allow(["sts:AssumeRole"]))),

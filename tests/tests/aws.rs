@@ -140,6 +140,28 @@ fn boto_prelude(moto: &Moto, region: &str) -> String {
     )
 }
 
+/// The `aws-inventory` credential: the keys of moto's `agentguard-base`
+/// user, for ec2 and s3 in eu-west-1, from files in `dir`. Returns the
+/// policy's credential and the keys, to check that neither leaks.
+fn base_credential(moto: &Moto, dir: &Path) -> (String, String, String) {
+    let base = &moto.keys["agentguard-base"];
+    let (id, secret) = (
+        base["id"].as_str().unwrap().to_owned(),
+        base["secret"].as_str().unwrap().to_owned(),
+    );
+    let key_file = secret_file(dir, "aws-key-id", &id);
+    let secret_path = secret_file(dir, "aws-secret", &secret);
+    let credential = format!(
+        "[[credential]]\nid = \"aws-inventory\"\n\
+         inject = {{ aws_sigv4 = {{ regions = [\"eu-west-1\"], services = [\"ec2\", \"s3\"] }} }}\n\
+         placeholder_env = \"AWS_ACCESS_KEY_ID\"\n\
+         [credential.source.aws]\naccess_key_id = {{ file = \"{key}\" }}\nsecret_access_key = {{ file = \"{secret}\" }}\n\n",
+        key = key_file.display(),
+        secret = secret_path.display(),
+    );
+    (credential, id, secret)
+}
+
 fn run_agent(daemon: &Daemon, cmd: &[&str]) -> std::process::Output {
     daemon
         .exec_resolving_many(AGENT, &[(EC2, MOTO_IP), (S3, MOTO_IP)], cmd)
@@ -153,11 +175,8 @@ fn boto3_and_the_aws_cli_with_placeholder_keys_are_signed_again() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("agentguard test upstream CA", dir.path());
     let moto = Moto::start(dir.path(), &ca);
-    let base = &moto.keys["agentguard-base"];
-    let (id, secret) = (
-        base["id"].as_str().unwrap(),
-        base["secret"].as_str().unwrap(),
-    );
+    let (credential, id, secret) = base_credential(&moto, dir.path());
+    let (id, secret) = (id.as_str(), secret.as_str());
 
     // moto verifies signatures: the placeholder key is no key, the real key
     // with the placeholder secret does not verify, the real pair does.
@@ -174,17 +193,10 @@ fn boto3_and_the_aws_cli_with_placeholder_keys_are_signed_again() {
         "moto's authentication is on"
     );
 
-    let key_file = secret_file(dir.path(), "aws-key-id", id);
-    let secret_path = secret_file(dir.path(), "aws-secret", secret);
     let policy = format!(
-        "[[credential]]\nid = \"aws-inventory\"\n\
-         inject = {{ aws_sigv4 = {{ regions = [\"eu-west-1\"], services = [\"ec2\", \"s3\"] }} }}\n\
-         placeholder_env = \"AWS_ACCESS_KEY_ID\"\n\
-         [credential.source.aws]\naccess_key_id = {{ file = \"{key}\" }}\nsecret_access_key = {{ file = \"{secret}\" }}\n\n\
+        "{credential}\
          [[tool]]\nname = \"aws.ec2.read\"\nhost = \"{EC2}\"\nmethods = [\"POST\"]\npaths = [\"/\"]\ncredential = \"aws-inventory\"\naws_actions = [\"ec2:Describe*\"]\n\n\
          [[tool]]\nname = \"aws.s3.reports\"\nhost = \"{S3}\"\nmethods = [\"GET\", \"HEAD\"]\npaths = [\"/reports\", \"/reports/2024/*\"]\ncredential = \"aws-inventory\"\naws_actions = [\"s3:GetObject\", \"s3:ListBucket\"]\n",
-        key = key_file.display(),
-        secret = secret_path.display(),
     );
     let daemon = Daemon::builder(&[AGENT])
         .policy(&policy)
@@ -276,6 +288,93 @@ fn boto3_and_the_aws_cli_with_placeholder_keys_are_signed_again() {
     assert!(!everything.contains(secret), "the secret key leaked");
     let visible = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(!visible.contains(secret) && !visible.contains(id));
+}
+
+/// S3 uploads larger than what agentguard reads whole (a signed body, 16
+/// MiB): boto3 sends them unsigned over TLS, as aws-chunked with a
+/// checksum trailer (PutObject) or as parts (multipart upload), and
+/// agentguard re-signs each request's head while the body streams
+/// through. What moto stores is what the agent sent, byte for byte.
+#[test]
+fn s3_uploads_larger_than_a_signed_body_stream_through_signed_again() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("agentguard test upstream CA", dir.path());
+    let moto = Moto::start(dir.path(), &ca);
+    let (credential, id, secret) = base_credential(&moto, dir.path());
+    let policy = format!(
+        "{credential}\
+         [[tool]]\nname = \"aws.s3.uploads\"\nhost = \"{S3}\"\nmethods = [\"PUT\", \"POST\", \"GET\"]\npaths = [\"/reports/uploads/*\"]\ncredential = \"aws-inventory\"\naws_actions = [\"s3:PutObject\", \"s3:GetObject\"]\n",
+    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy)
+        .upstream_ca(&ca.pem_path)
+        .start();
+    // 20 MiB, over the 16 MiB a signed body may have; in 8 MiB parts for
+    // the multipart upload.
+    let script = format!(
+        "{prelude}\
+         import hashlib, io\n\
+         from boto3.s3.transfer import TransferConfig\n\
+         data = os.urandom(20 << 20)\n\
+         want = hashlib.sha256(data).hexdigest()\n\
+         def stored(key):\n\
+         \x20   got = s3.get_object(Bucket='reports', Key=key)['Body'].read()\n\
+         \x20   return len(got), hashlib.sha256(got).hexdigest() == want\n\
+         s3.put_object(Bucket='reports', Key='uploads/whole.bin', Body=data)\n\
+         print('put', *stored('uploads/whole.bin'))\n\
+         parts = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=2)\n\
+         s3.upload_fileobj(io.BytesIO(data), 'reports', 'uploads/parts.bin', Config=parts)\n\
+         print('multipart', *stored('uploads/parts.bin'))\n\
+         print('sha256', want)\n",
+        prelude = boto_prelude(&moto, "eu-west-1")
+    );
+    let out = run_agent(&daemon, &["python3", "-c", &script]);
+    let stdout = ok(&out);
+    let size = 20 << 20;
+    assert!(
+        stdout.starts_with(&format!("put {size} True\nmultipart {size} True\nsha256 ")),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+    // Stored at moto as sent: read there with the real keys, not through
+    // agentguard.
+    let want = stdout.lines().last().unwrap().trim_start_matches("sha256 ");
+    let direct = moto.direct(&format!(
+        "import hashlib\n\
+         s3 = client('s3', '{id}', '{secret}')\n\
+         for key in ['uploads/whole.bin', 'uploads/parts.bin']:\n\
+         \x20   print(hashlib.sha256(s3.get_object(Bucket='reports', Key=key)['Body'].read()).hexdigest())\n"
+    ));
+    assert_eq!(direct, format!("{want}\n{want}\n"));
+
+    // Each request recorded as allowed, with its action: the upload's
+    // PutObject, the parts' (UploadPart is PutObject's), the reads.
+    let events = daemon.wait_for_events("the upload requests", |e| {
+        e.iter()
+            .filter(|e| e["kind"] == "request" && e["decision"] == "allow")
+            .count()
+            >= 7
+    });
+    let requests: Vec<_> = events.iter().filter(|e| e["kind"] == "request").collect();
+    assert!(
+        requests
+            .iter()
+            .all(|e| e["decision"] == "allow"
+                && e["reason"].as_str().unwrap().contains("AWS action")),
+        "{requests:?}"
+    );
+    let uploaded: u64 = requests
+        .iter()
+        .filter(|e| e["method"] == "PUT")
+        .map(|e| e["bytes_in"].as_u64().unwrap())
+        .sum();
+    assert!(
+        uploaded >= 2 * size,
+        "{uploaded} bytes uploaded: {requests:?}"
+    );
+    let everything = format!("{events:?}{}", daemon.log());
+    assert!(!everything.contains(&secret), "the secret key leaked");
 }
 
 #[test]
