@@ -221,7 +221,11 @@ pub fn markdown(counts: &Counts, requests: u32) -> String {
          not in it. The nginx row, where there is one, is nginx counted the same way: its one \
          serving process (`master_process off`) under callgrind, OpenSSL included. The kernel \
          relay has no row: the daemon counted runs the default relay. Scenario ids as in \
-         `--scenarios` (see the tables above).\n\n"
+         `--scenarios` (see the tables above). Two things weigh more here than in the load \
+         runs: valgrind does not offer the CPU's SHA extensions, so the audit chain's SHA-256 \
+         runs ring's AVX code, more instructions than the SHA-NI code it runs natively on a \
+         CPU that has it; and each scenario's connections are new, so their TLS handshakes \
+         are in the count, spread over {requests} requests (nginx's too).\n\n"
     );
     md.push_str(&table(counts, &scenarios, |f| {
         format!("{:.0}", f.instructions)
