@@ -144,7 +144,7 @@ fn profile_guided(root: &Path) -> Result<()> {
         .context("the instrumented daemon")?
         .duration_since(UNIX_EPOCH)?
         .as_nanos();
-    let kept = data.join(format!("agentguard-{stamp}.profdata"));
+    let kept = profile_name(&data, stamp, Training::Complete);
     let profile = if kept.exists() {
         println!(
             "pgo: the instrumented daemon is unchanged; using {}",
