@@ -140,26 +140,51 @@ fn boto_prelude(moto: &Moto, region: &str) -> String {
     )
 }
 
-/// The `aws-inventory` credential: the keys of moto's `agentguard-base`
-/// user, for ec2 and s3 in eu-west-1, from files in `dir`. Returns the
-/// policy's credential and the keys, to check that neither leaks.
-fn base_credential(moto: &Moto, dir: &Path) -> (String, String, String) {
-    let base = &moto.keys["agentguard-base"];
-    let (id, secret) = (
-        base["id"].as_str().unwrap().to_owned(),
-        base["secret"].as_str().unwrap().to_owned(),
-    );
-    let key_file = secret_file(dir, "aws-key-id", &id);
-    let secret_path = secret_file(dir, "aws-secret", &secret);
-    let credential = format!(
-        "[[credential]]\nid = \"aws-inventory\"\n\
-         inject = {{ aws_sigv4 = {{ regions = [\"eu-west-1\"], services = [\"ec2\", \"s3\"] }} }}\n\
-         placeholder_env = \"AWS_ACCESS_KEY_ID\"\n\
-         [credential.source.aws]\naccess_key_id = {{ file = \"{key}\" }}\nsecret_access_key = {{ file = \"{secret}\" }}\n\n",
-        key = key_file.display(),
-        secret = secret_path.display(),
-    );
-    (credential, id, secret)
+/// moto, and a daemon whose policy is the `aws-inventory` credential (the
+/// keys of moto's `agentguard-base` user, for ec2 and s3 in eu-west-1,
+/// from files) and `tools`. Keeps the keys, to check that neither leaks.
+/// Fields drop in order: the daemon, then moto, then their files.
+struct BaseKeys {
+    daemon: Daemon,
+    moto: Moto,
+    id: String,
+    secret: String,
+    _dir: tempfile::TempDir,
+}
+
+impl BaseKeys {
+    fn start(tools: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("agentguard test upstream CA", dir.path());
+        let moto = Moto::start(dir.path(), &ca);
+        let base = &moto.keys["agentguard-base"];
+        let (id, secret) = (
+            base["id"].as_str().unwrap().to_owned(),
+            base["secret"].as_str().unwrap().to_owned(),
+        );
+        let key_file = secret_file(dir.path(), "aws-key-id", &id);
+        let secret_path = secret_file(dir.path(), "aws-secret", &secret);
+        let policy = format!(
+            "[[credential]]\nid = \"aws-inventory\"\n\
+             inject = {{ aws_sigv4 = {{ regions = [\"eu-west-1\"], services = [\"ec2\", \"s3\"] }} }}\n\
+             placeholder_env = \"AWS_ACCESS_KEY_ID\"\n\
+             [credential.source.aws]\naccess_key_id = {{ file = \"{key}\" }}\nsecret_access_key = {{ file = \"{secret}\" }}\n\n\
+             {tools}",
+            key = key_file.display(),
+            secret = secret_path.display(),
+        );
+        let daemon = Daemon::builder(&[AGENT])
+            .policy(&policy)
+            .upstream_ca(&ca.pem_path)
+            .start();
+        Self {
+            daemon,
+            moto,
+            id,
+            secret,
+            _dir: dir,
+        }
+    }
 }
 
 fn run_agent(daemon: &Daemon, cmd: &[&str]) -> std::process::Output {
@@ -172,11 +197,12 @@ fn run_agent(daemon: &Daemon, cmd: &[&str]) -> std::process::Output {
 #[test]
 fn boto3_and_the_aws_cli_with_placeholder_keys_are_signed_again() {
     require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("agentguard test upstream CA", dir.path());
-    let moto = Moto::start(dir.path(), &ca);
-    let (credential, id, secret) = base_credential(&moto, dir.path());
-    let (id, secret) = (id.as_str(), secret.as_str());
+    let base = BaseKeys::start(&format!(
+        "[[tool]]\nname = \"aws.ec2.read\"\nhost = \"{EC2}\"\nmethods = [\"POST\"]\npaths = [\"/\"]\ncredential = \"aws-inventory\"\naws_actions = [\"ec2:Describe*\"]\n\n\
+         [[tool]]\nname = \"aws.s3.reports\"\nhost = \"{S3}\"\nmethods = [\"GET\", \"HEAD\"]\npaths = [\"/reports\", \"/reports/2024/*\"]\ncredential = \"aws-inventory\"\naws_actions = [\"s3:GetObject\", \"s3:ListBucket\"]\n",
+    ));
+    let (moto, daemon) = (&base.moto, &base.daemon);
+    let (id, secret) = (base.id.as_str(), base.secret.as_str());
 
     // moto verifies signatures: the placeholder key is no key, the real key
     // with the placeholder secret does not verify, the real pair does.
@@ -193,15 +219,6 @@ fn boto3_and_the_aws_cli_with_placeholder_keys_are_signed_again() {
         "moto's authentication is on"
     );
 
-    let policy = format!(
-        "{credential}\
-         [[tool]]\nname = \"aws.ec2.read\"\nhost = \"{EC2}\"\nmethods = [\"POST\"]\npaths = [\"/\"]\ncredential = \"aws-inventory\"\naws_actions = [\"ec2:Describe*\"]\n\n\
-         [[tool]]\nname = \"aws.s3.reports\"\nhost = \"{S3}\"\nmethods = [\"GET\", \"HEAD\"]\npaths = [\"/reports\", \"/reports/2024/*\"]\ncredential = \"aws-inventory\"\naws_actions = [\"s3:GetObject\", \"s3:ListBucket\"]\n",
-    );
-    let daemon = Daemon::builder(&[AGENT])
-        .policy(&policy)
-        .upstream_ca(&ca.pem_path)
-        .start();
     let script = format!(
         "{prelude}\
          print('regions', len(ec2.describe_regions()['Regions']) > 0)\n\
@@ -212,9 +229,9 @@ fn boto3_and_the_aws_cli_with_placeholder_keys_are_signed_again() {
          print('payroll', status(lambda: s3.get_object(Bucket='reports', Key='private/payroll.csv')))\n\
          print('put', status(lambda: s3.put_object(Bucket='reports', Key='2024/new.csv', Body=b'x')))\n\
          print('over 16 MiB', status(lambda: ec2.describe_regions(RegionNames=['r' * (17 << 20)])))\n",
-        prelude = boto_prelude(&moto, "eu-west-1")
+        prelude = boto_prelude(moto, "eu-west-1")
     );
-    let out = run_agent(&daemon, &["python3", "-c", &script]);
+    let out = run_agent(daemon, &["python3", "-c", &script]);
     let stdout = ok(&out);
     assert_eq!(
         stdout,
@@ -226,16 +243,16 @@ fn boto3_and_the_aws_cli_with_placeholder_keys_are_signed_again() {
     // Another region: refused by the credential's regions.
     let script = format!(
         "{prelude}print('other region', status(lambda: ec2.describe_regions()))\n",
-        prelude = boto_prelude(&moto, "us-east-1")
+        prelude = boto_prelude(moto, "us-east-1")
     );
     assert_eq!(
-        ok(&run_agent(&daemon, &["python3", "-c", &script])),
+        ok(&run_agent(daemon, &["python3", "-c", &script])),
         "other region 403\n"
     );
 
     // The AWS CLI, unmodified.
     let cli = run_agent(
-        &daemon,
+        daemon,
         &[
             "sh",
             "-c",
@@ -298,18 +315,11 @@ fn boto3_and_the_aws_cli_with_placeholder_keys_are_signed_again() {
 #[test]
 fn s3_uploads_larger_than_a_signed_body_stream_through_signed_again() {
     require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("agentguard test upstream CA", dir.path());
-    let moto = Moto::start(dir.path(), &ca);
-    let (credential, id, secret) = base_credential(&moto, dir.path());
-    let policy = format!(
-        "{credential}\
-         [[tool]]\nname = \"aws.s3.uploads\"\nhost = \"{S3}\"\nmethods = [\"PUT\", \"POST\", \"GET\"]\npaths = [\"/reports/uploads/*\"]\ncredential = \"aws-inventory\"\naws_actions = [\"s3:PutObject\", \"s3:GetObject\"]\n",
-    );
-    let daemon = Daemon::builder(&[AGENT])
-        .policy(&policy)
-        .upstream_ca(&ca.pem_path)
-        .start();
+    let base = BaseKeys::start(&format!(
+        "[[tool]]\nname = \"aws.s3.uploads\"\nhost = \"{S3}\"\nmethods = [\"PUT\", \"POST\", \"GET\"]\npaths = [\"/reports/uploads/*\"]\ncredential = \"aws-inventory\"\naws_actions = [\"s3:PutObject\", \"s3:GetObject\"]\n",
+    ));
+    let (moto, daemon) = (&base.moto, &base.daemon);
+    let (id, secret) = (base.id.as_str(), base.secret.as_str());
     // 20 MiB, over the 16 MiB a signed body may have; in 8 MiB parts for
     // the multipart upload.
     let script = format!(
@@ -327,9 +337,9 @@ fn s3_uploads_larger_than_a_signed_body_stream_through_signed_again() {
          s3.upload_fileobj(io.BytesIO(data), 'reports', 'uploads/parts.bin', Config=parts)\n\
          print('multipart', *stored('uploads/parts.bin'))\n\
          print('sha256', want)\n",
-        prelude = boto_prelude(&moto, "eu-west-1")
+        prelude = boto_prelude(moto, "eu-west-1")
     );
-    let out = run_agent(&daemon, &["python3", "-c", &script]);
+    let out = run_agent(daemon, &["python3", "-c", &script]);
     let stdout = ok(&out);
     let size = 20 << 20;
     assert!(
@@ -374,7 +384,7 @@ fn s3_uploads_larger_than_a_signed_body_stream_through_signed_again() {
         "{uploaded} bytes uploaded: {requests:?}"
     );
     let everything = format!("{events:?}{}", daemon.log());
-    assert!(!everything.contains(&secret), "the secret key leaked");
+    assert!(!everything.contains(secret), "the secret key leaked");
 }
 
 #[test]
