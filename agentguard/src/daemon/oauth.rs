@@ -48,7 +48,7 @@ impl UpstreamTokenFetcher {
             .map_err(|e| format!("failed to resolve {host}: {e}"))?
             .next()
             .ok_or_else(|| format!("{host} has no address"))?;
-        let client = self.upstreams.client(
+        let origin = self.upstreams.origin(
             &self.label,
             bare_host,
             addr,
@@ -67,7 +67,7 @@ impl UpstreamTokenFetcher {
             )
             .map_err(|e| format!("invalid token request: {e}"))?;
         req.headers_mut().extend(headers);
-        let resp = client
+        let resp = origin
             .request(req)
             .await
             .map_err(|e| crate::proxy::upstream::describe_failure(&e).1)?;

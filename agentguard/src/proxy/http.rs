@@ -432,12 +432,12 @@ async fn forward(
         redaction::prepare(&mut parts.headers);
     }
     let upstream_req = Request::from_parts(parts, out.count_request_body(body));
-    let client = ctx
+    let origin = ctx
         .upstreams
-        .client(agent, &host, meta.dst, upgrade || agent_http1, &meta.dial);
+        .origin(agent, &host, meta.dst, upgrade || agent_http1, &meta.dial);
     let sent = Instant::now();
     let client_timeout = ctx.limits.options().client_timeout;
-    let mut resp = deadline::send(&client, upstream_req, timeouts, client_timeout)
+    let mut resp = deadline::send(&origin, upstream_req, timeouts, client_timeout)
         .await
         .map_err(|e| {
             // The agent's malformed body is the agent's fault, whatever

@@ -8,6 +8,7 @@
 //! budget (`super::limits::fds`) for as long as it is open.
 
 pub mod deadline;
+pub mod pool;
 
 use std::{
     future::Future,
@@ -25,10 +26,7 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Bytes;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::{
-    client::legacy::Client,
-    rt::{TokioExecutor, TokioIo},
-};
+use hyper_util::rt::TokioIo;
 use lru::LruCache;
 use rustls::{ClientConfig, RootCertStore};
 use thiserror::Error;
@@ -43,10 +41,17 @@ use crate::config::UPSTREAM_CONNECT_TIMEOUT_SECS;
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// Bodies as the proxy forwards them, both ways.
 pub type ProxyBody = BoxBody<Bytes, BodyError>;
-pub type UpstreamClient = Client<HandshakeLimit<HttpsConnector<FixedAddr>>, ProxyBody>;
+pub use pool::{Origin, UpstreamBody};
+/// What dials an upstream: the recorded address, TLS verified, both
+/// time-limited.
+type Connector = HandshakeLimit<HttpsConnector<FixedAddr>>;
 
-/// An upstream's body as a [`ProxyBody`].
-pub fn boxed(body: hyper::body::Incoming) -> ProxyBody {
+/// A body hyper reads (an agent's request body, an upstream's response
+/// body) as a [`ProxyBody`].
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static,
+{
     use http_body_util::BodyExt as _;
     body.map_err(BodyError::from).boxed()
 }
@@ -101,8 +106,6 @@ pub enum ConnectError {
 /// Distinct (agent, host, address) pools kept; the least recently used pool
 /// is dropped (closing its idle connections) beyond this.
 const MAX_POOLS: usize = 1024;
-/// Idle upstream connections are closed after this long.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[derive(Debug, Error)]
 pub enum UpstreamError {
@@ -130,7 +133,7 @@ pub struct Upstreams {
     tls: ClientConfig,
     /// The TLS handshake's limit, once TCP is connected.
     handshake: Duration,
-    pools: Mutex<LruCache<PoolKey, UpstreamClient>>,
+    pools: Mutex<LruCache<PoolKey, Origin>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -186,18 +189,18 @@ impl Upstreams {
         self
     }
 
-    /// The client for this agent's requests to `host` at `dst`.
+    /// The connections for this agent's requests to `host` at `dst`.
     /// `http1_only` pins ALPN to HTTP/1.1 (for HTTP/1.1 agents and
     /// upgrades); `dial` says which network namespace connections leave
     /// from.
-    pub fn client(
+    pub fn origin(
         &self,
         agent: &Arc<str>,
         host: &str,
         dst: SocketAddr,
         http1_only: bool,
         dial: &crate::netns::Dial,
-    ) -> UpstreamClient {
+    ) -> Origin {
         let key = PoolKey {
             agent: agent.clone(),
             host: host.to_ascii_lowercase(),
@@ -206,8 +209,8 @@ impl Upstreams {
             netns: dial.netns_cookie(),
         };
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = pools.get(&key) {
-            return client.clone();
+        if let Some(origin) = pools.get(&key) {
+            return origin.clone();
         }
         // hyper-rustls sets SNI from the request URI's host, which the
         // proxy has already checked against the agent's SNI and Host, and
@@ -231,11 +234,9 @@ impl Upstreams {
             inner: connector,
             limit: self.handshake,
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
-        pools.put(key, client.clone());
-        client
+        let origin = Origin::new(connector, http1_only);
+        pools.put(key, origin.clone());
+        origin
     }
 }
 

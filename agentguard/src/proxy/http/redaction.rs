@@ -21,7 +21,7 @@ use std::sync::Arc;
 use http_body_util::{BodyExt as _, Full};
 use hyper::{
     Response,
-    body::{Body as _, Incoming},
+    body::Body as _,
     header::{self, HeaderMap, HeaderValue},
 };
 use tracing::warn;
@@ -54,7 +54,7 @@ pub fn prepare(headers: &mut HeaderMap) {
 
 /// After a 101: refused if the upstream negotiated an extension anyway
 /// (its frames could be compressed); otherwise the 101's headers redacted.
-pub fn upgraded(resp: &mut Response<Incoming>, redactor: &Redactor) -> Result<(), Refusal> {
+pub fn upgraded<B>(resp: &mut Response<B>, redactor: &Redactor) -> Result<(), Refusal> {
     if resp
         .headers()
         .contains_key(header::SEC_WEBSOCKET_EXTENSIONS)

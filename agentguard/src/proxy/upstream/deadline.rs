@@ -24,12 +24,15 @@ use std::{
 use http_body_util::BodyExt as _;
 use hyper::{
     Request, Response,
-    body::{Body, Bytes, Frame, Incoming, SizeHint},
+    body::{Body, Bytes, Frame, SizeHint},
 };
 use thiserror::Error;
 use tokio::time::{Instant, Sleep};
 
-use super::{BodyError, ConnectError, ProxyBody, UpstreamClient, connect_error, describe_failure};
+use super::{
+    BodyError, ConnectError, Origin, ProxyBody, UpstreamBody, connect_error, describe_failure,
+    pool::Failure,
+};
 use crate::proxy::{limits::UpstreamTimeouts, refusal::Refusal};
 
 /// A limit the proxy enforced on a body, found again in hyper's errors.
@@ -44,7 +47,7 @@ pub enum BodyTimeout {
 /// Why no response head came back.
 #[derive(Debug)]
 pub enum SendError {
-    Failed(hyper_util::client::legacy::Error),
+    Failed(Failure),
     HeadTimeout(Duration),
 }
 
@@ -93,11 +96,11 @@ fn body_timeout<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a 
 /// from the end of the request body (the clock stops while the request
 /// body waits for the agent, which has `agent_idle` for each gap).
 pub async fn send(
-    client: &UpstreamClient,
+    origin: &Origin,
     req: Request<ProxyBody>,
     limits: UpstreamTimeouts,
     agent_idle: Duration,
-) -> Result<Response<Incoming>, SendError> {
+) -> Result<Response<UpstreamBody>, SendError> {
     let progress = Arc::new(Progress::new());
     let req = req.map(|inner| {
         Watched {
@@ -108,7 +111,7 @@ pub async fn send(
         }
         .boxed()
     });
-    let pending = client.request(req);
+    let pending = origin.request(req);
     tokio::pin!(pending);
     let limit = limits.response_head;
     loop {
@@ -219,7 +222,7 @@ impl Body for Watched {
 /// longer than `limit` between two pieces. The clock runs only while the
 /// agent is asking for the next piece: a slow reader is not a stalled
 /// upstream.
-pub fn idle_limited(body: Incoming, limit: Duration) -> ProxyBody {
+pub fn idle_limited(body: UpstreamBody, limit: Duration) -> ProxyBody {
     IdleLimited {
         inner: body,
         limit,
@@ -229,7 +232,7 @@ pub fn idle_limited(body: Incoming, limit: Duration) -> ProxyBody {
 }
 
 struct IdleLimited {
-    inner: Incoming,
+    inner: UpstreamBody,
     limit: Duration,
     idle: Option<Pin<Box<Sleep>>>,
 }
