@@ -5,6 +5,7 @@
 //! number of the cgroup's directory.
 
 use std::{
+    collections::HashSet,
     fs,
     io::Write as _,
     os::unix::fs::MetadataExt as _,
@@ -92,7 +93,43 @@ impl CgroupRoot {
     pub fn relative<'a>(&self, path: &'a Path) -> &'a Path {
         path.strip_prefix(&self.mount).unwrap_or(path)
     }
+
+    /// The id of every cgroup under the mount (a cgroup's id is its
+    /// directory's inode number, never reused), or `None` if the walk did
+    /// not see the whole tree: a directory it could not read, or more than
+    /// [`MAX_CGROUPS`]. A cgroup removed during the walk is simply absent.
+    pub fn all_ids(&self) -> Option<HashSet<u64>> {
+        let mut ids = HashSet::new();
+        let mut stack = vec![self.mount.clone()];
+        while let Some(dir) = stack.pop() {
+            if ids.len() >= MAX_CGROUPS {
+                return None;
+            }
+            let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+            let meta = match fs::metadata(&dir) {
+                Ok(meta) => meta,
+                Err(e) if gone(&e) => continue,
+                Err(_) => return None,
+            };
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if gone(&e) => continue,
+                Err(_) => return None,
+            };
+            ids.insert(meta.ino());
+            for entry in entries {
+                let entry = entry.ok()?;
+                if entry.file_type().ok()?.is_dir() {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        Some(ids)
+    }
 }
+
+/// More cgroups than any host has: a walk past this is not trusted to end.
+const MAX_CGROUPS: usize = 1_000_000;
 
 impl Cgroup {
     pub fn open(path: &Path) -> Result<Self, CgroupError> {
@@ -169,5 +206,29 @@ impl Cgroup {
             return Err(CgroupError::JoinMismatch { expected, actual });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The walk finds every directory of the tree once, the top included,
+    /// by its inode number (a cgroup's id); files are not cgroups.
+    #[test]
+    fn every_directory_of_the_tree_is_found_by_its_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().to_owned();
+        for sub in ["a/b/c", "a/d", "e"] {
+            fs::create_dir_all(top.join(sub)).unwrap();
+        }
+        fs::write(top.join("a/cgroup.procs"), "").unwrap();
+        let ino = |p: &str| fs::metadata(top.join(p)).unwrap().ino();
+        let expected: HashSet<u64> = ["", "a", "a/b", "a/b/c", "a/d", "e"]
+            .into_iter()
+            .map(ino)
+            .collect();
+        let root = CgroupRoot { mount: top.clone() };
+        assert_eq!(root.all_ids(), Some(expected));
     }
 }

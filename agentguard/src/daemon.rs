@@ -215,6 +215,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     }
 
     let (mut kernel, peers) = Kernel::load(&cfg.bpf_dir, cfg.unix_guard, &cfg.kernel)?;
+    reload::forget_gone_while_stopped(&mut kernel, &root);
     let guarded = audit::Guarded {
         unix_sockets: kernel.unix_sockets_guarded(),
         processes: kernel.processes_guarded(),

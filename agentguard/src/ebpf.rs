@@ -398,6 +398,11 @@ impl Kernel {
         self.pins.has_links(cgroup_id)
     }
 
+    /// The cgroups with links pinned, this daemon's or an earlier one's.
+    pub fn pinned_cgroups(&self) -> Result<std::collections::BTreeSet<u64>, EbpfError> {
+        self.pins.pinned_cgroups()
+    }
+
     /// Unpins the links of a cgroup that no longer exists (a systemd unit's,
     /// removed when the unit stopped): the kernel detached its programs
     /// when the cgroup went, and only the pins would be left. Never called

@@ -1,6 +1,8 @@
 //! A dead daemon leaves agents unable to connect; a restarted one takes over
 //! the pinned state without anything done by hand.
 
+use std::{fs, os::unix::fs::MetadataExt as _};
+
 use crate::common::{Daemon, Upstream, require_root, text};
 
 #[test]
@@ -82,4 +84,48 @@ fn a_process_dialling_the_proxy_directly_gets_nothing() {
         .unwrap();
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
     assert_eq!(daemon.connections().len(), 1);
+}
+
+/// The pins of an agent's cgroup removed while the daemon was stopped are
+/// removed when it starts again (no later state would compare with it);
+/// a cgroup still there keeps its pins, replaced by the new daemon's.
+#[test]
+fn pins_of_a_cgroup_gone_while_stopped_are_removed_at_start() {
+    require_root();
+    let mut daemon = Daemon::start(&["stays", "goes"]);
+    let id = |daemon: &Daemon, agent: &str| fs::metadata(daemon.cgroup_path(agent)).unwrap().ino();
+    let (stays, goes) = (id(&daemon, "stays"), id(&daemon, "goes"));
+    let links_of = |daemon: &Daemon, cgroup_id: u64| {
+        let prefix = format!("cg{cgroup_id}-");
+        daemon
+            .pinned_links()
+            .into_iter()
+            .filter(|l| l.starts_with(&prefix))
+            .collect::<Vec<_>>()
+    };
+    let stays_before = links_of(&daemon, stays);
+    assert!(!stays_before.is_empty());
+    assert!(!links_of(&daemon, goes).is_empty());
+
+    daemon.terminate();
+    // The clean stop leaves every pin: agents fail closed meanwhile.
+    assert_eq!(links_of(&daemon, goes).len(), stays_before.len());
+    fs::remove_dir(daemon.cgroup_path("goes")).unwrap();
+
+    daemon.restart();
+    assert_eq!(links_of(&daemon, goes), Vec::<String>::new());
+    let stays_after = links_of(&daemon, stays);
+    assert_eq!(stays_after.len(), stays_before.len(), "{stays_after:?}");
+    assert!(stays_after.iter().all(|l| !stays_before.contains(l)));
+    // The policy's agent has a cgroup again, a new one, guarded anew.
+    let again = id(&daemon, "goes");
+    assert_ne!(again, goes);
+    assert_eq!(links_of(&daemon, again).len(), stays_before.len());
+    assert!(
+        daemon
+            .log()
+            .contains("cgroup gone while agentguard was stopped; its pins are removed"),
+        "{}",
+        daemon.log()
+    );
 }

@@ -957,6 +957,41 @@ fn forget_gone(kernel: &mut Kernel, previous: &[GuardedAgent], kept: &[GuardedAg
     }
 }
 
+/// At start, before any agent is guarded: unpins the links of cgroups that
+/// went while no daemon was running (a unit stopped, a container ended, an
+/// agent's cgroup removed), which no new state would ever compare with. A
+/// cgroup's id is never reused, so one absent from the tree now is gone
+/// for good and its links hold nothing attached. Nothing is removed unless
+/// the whole tree was seen: a cgroup merely out of view keeps its pins,
+/// which are what keeps its programs attached.
+pub fn forget_gone_while_stopped(kernel: &mut Kernel, root: &CgroupRoot) {
+    let pinned = match kernel.pinned_cgroups() {
+        Ok(pinned) if !pinned.is_empty() => pinned,
+        Ok(_) => return,
+        Err(e) => {
+            warn!(error = %e, "could not list the pinned links; those of cgroups gone while agentguard was stopped stay");
+            return;
+        }
+    };
+    let Some(present) = root.all_ids() else {
+        warn!(mount = %root.mount().display(), "could not read the whole cgroup tree; the pins of cgroups gone while agentguard was stopped stay");
+        return;
+    };
+    for id in pinned.into_iter().filter(|id| !present.contains(id)) {
+        match kernel.forget(id) {
+            Ok(links) => {
+                info!(
+                    cgroup_id = id,
+                    links, "cgroup gone while agentguard was stopped; its pins are removed"
+                );
+            }
+            Err(e) => {
+                warn!(cgroup_id = id, error = %e, "cgroup gone while agentguard was stopped, but its pins could not be removed");
+            }
+        }
+    }
+}
+
 /// The cgroups of `previous` that are not among `kept` and no longer
 /// exist (`exists(path, id)`). One that is not kept but still exists (its
 /// agent left the policy) is not among them: its pins are what keeps its

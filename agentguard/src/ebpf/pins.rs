@@ -13,6 +13,7 @@
 //! attaches fresh programs and only then unpins the old links.
 
 use std::{
+    collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
 };
@@ -96,6 +97,14 @@ impl PinDir {
     /// before (by this daemon or an earlier one).
     pub fn has_links(&self, cgroup_id: u64) -> bool {
         pinned_links(&self.links(), Some(cgroup_id)).is_ok_and(|l| !l.is_empty())
+    }
+
+    /// The cgroups that have links pinned.
+    pub fn pinned_cgroups(&self) -> Result<BTreeSet<u64>, EbpfError> {
+        Ok(pinned_links(&self.links(), None)?
+            .iter()
+            .filter_map(|p| link_cgroup_id(p))
+            .collect())
     }
 
     /// Unpins the links of a cgroup that no longer exists (see
