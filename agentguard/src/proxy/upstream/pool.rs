@@ -308,7 +308,11 @@ impl Origin {
                 }
             });
             sender.ready().await.map_err(Failure::Handshake)?;
-            self.shared.lock().http2 = Some(sender.clone());
+            let mut state = self.shared.lock();
+            state.http2 = Some(sender.clone());
+            // An upstream that chose HTTP/1.1 before has changed its mind.
+            state.chose_http1 = false;
+            drop(state);
             return Ok(Ready::Http2 {
                 sender,
                 reused: false,
