@@ -124,6 +124,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Still open and not yet idle for [`IDLE_TIMEOUT`] at `now`.
+    fn usable(&self, now: Instant) -> bool {
+        !self.sender.is_closed() && now.duration_since(self.since) < IDLE_TIMEOUT
+    }
+}
+
 /// A connection being made that other requests wait for.
 struct Attempt {
     done: Notify,
@@ -264,7 +271,7 @@ impl Origin {
         }
         let now = Instant::now();
         while let Some(idle) = state.idle.pop_back() {
-            if !idle.sender.is_closed() && now.duration_since(idle.since) < IDLE_TIMEOUT {
+            if idle.usable(now) {
                 return Found::Ready(Ready::Http1 {
                     sender: idle.sender,
                     reused: true,
@@ -428,9 +435,7 @@ impl UpstreamBody {
             let mut state = shared.lock();
             // Under steady traffic the oldest idle connections are never
             // taken: they are closed here once expired.
-            while state.idle.front().is_some_and(|old| {
-                old.sender.is_closed() || now.duration_since(old.since) >= IDLE_TIMEOUT
-            }) {
+            while state.idle.front().is_some_and(|old| !old.usable(now)) {
                 state.idle.pop_front();
             }
             state.idle.push_back(Idle { sender, since: now });
