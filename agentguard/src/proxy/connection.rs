@@ -3,7 +3,7 @@
 //! and connection log, whatever the outcome), then carried out: TLS
 //! terminated and HTTP served, bytes relayed, or the connection closed.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, pin::pin, sync::Arc, time::Duration};
 
 use tokio::net::TcpStream;
 use tracing::{Instrument as _, info, info_span, warn};
@@ -127,7 +127,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, origin: &Origin, ctx: A
             drop(state);
             if let Ok(prepared) = prepared
                 && revocations
-                    .until_revoked(&agent, prepared.run(&ctx.metrics))
+                    .until_revoked(&agent, pin!(prepared.run(&ctx.metrics)))
                     .await
                     .is_none()
             {
@@ -146,7 +146,16 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, origin: &Origin, ctx: A
         let done = revocations
             .until_revoked(
                 &agent,
-                carry_out(plan, stream, identity, peer, dst, dial, ctx, Arc::new(held)),
+                pin!(carry_out(
+                    plan,
+                    stream,
+                    identity,
+                    peer,
+                    dst,
+                    dial,
+                    ctx,
+                    Arc::new(held)
+                )),
             )
             .await;
         if done.is_none() {
@@ -252,7 +261,11 @@ async fn carry_out(
                 dial,
                 place: held,
             };
-            http::serve(tls, meta, ctx).await;
+            // Boxed: `serve` keeps its argument in its state beside the
+            // connection it moves it into, and the TLS stream is 1.2 KiB
+            // (`-Zprint-type-sizes`): two copies of it in every open
+            // connection's task, against one behind a pointer.
+            http::serve(Box::new(tls), meta, ctx).await;
         }
         ConnPlan::InterceptHttp => {
             let meta = ConnMeta {

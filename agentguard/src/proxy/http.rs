@@ -463,7 +463,10 @@ async fn forward(
             let place = meta.place.clone();
             let tunnel = async move {
                 revocations
-                    .until_revoked(&agent, forward::tunnel(agent_side, upstream_side, redactor))
+                    .until_revoked(
+                        &agent,
+                        std::pin::pin!(forward::tunnel(agent_side, upstream_side, redactor)),
+                    )
                     .await;
                 drop(place)
             };

@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::{pin::pin, time::Duration};
 
 use super::*;
 
@@ -39,8 +39,8 @@ async fn revoking_ends_the_agents_tasks_and_no_others() {
     let r = std::sync::Arc::new(Revocations::load(dir.path()).unwrap());
     let forever = || std::future::pending::<()>();
     let (a, b) = (r.clone(), r.clone());
-    let a_task = tokio::spawn(async move { a.until_revoked("a", forever()).await });
-    let b_task = tokio::spawn(async move { b.until_revoked("b", forever()).await });
+    let a_task = tokio::spawn(async move { a.until_revoked("a", pin!(forever())).await });
+    let b_task = tokio::spawn(async move { b.until_revoked("b", pin!(forever())).await });
     // Both subscribed.
     for _ in 0..100 {
         if r.open_connections("a") == 1 && r.open_connections("b") == 1 {
@@ -56,10 +56,10 @@ async fn revoking_ends_the_agents_tasks_and_no_others() {
     assert!(!b_task.is_finished());
     // A task that starts after the revocation is cut short at once; one
     // that finishes on its own returns its output.
-    assert_eq!(r.until_revoked("a", async { 1 }).await, None);
-    assert_eq!(r.until_revoked("b", async { 2 }).await, Some(2));
+    assert_eq!(r.until_revoked("a", pin!(async { 1 })).await, None);
+    assert_eq!(r.until_revoked("b", pin!(async { 2 })).await, Some(2));
     r.restore("a").unwrap();
-    assert_eq!(r.until_revoked("a", async { 3 }).await, Some(3));
+    assert_eq!(r.until_revoked("a", pin!(async { 3 })).await, Some(3));
     b_task.abort();
 }
 
