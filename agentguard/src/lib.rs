@@ -4,6 +4,7 @@
 //! and records.
 
 pub mod admin;
+pub mod allocator;
 pub mod approvals;
 pub mod atomic_file;
 pub mod audit;
