@@ -4,7 +4,6 @@
 //! and records.
 
 pub mod admin;
-pub mod allocator;
 pub mod approvals;
 pub mod atomic_file;
 pub mod audit;
