@@ -82,6 +82,19 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         setup::run()?;
     }
     let fuzz_dir = root.join("fuzz");
+    // cargo-fuzz has no --locked and would rewrite fuzz/Cargo.lock after a
+    // change to agentguard's dependencies, so a stale lock file passed the
+    // suite unnoticed; this fails instead, as the workspace's --locked
+    // builds do.
+    cmd::run(
+        cmd::cargo(root)
+            .args(["fetch", "--locked", "--manifest-path", "fuzz/Cargo.toml"])
+            .args(["--target", &host_triple()?]),
+    )
+    .context(
+        "fuzz/Cargo.lock is not up to date: `cargo update --workspace \
+         --manifest-path fuzz/Cargo.toml` updates it; commit the result",
+    )?;
     // One build for all targets. The runs below start the built binaries
     // themselves rather than `cargo fuzz run`, which would rebuild every
     // target whose sources changed since: a long run stays one build.

@@ -3,6 +3,7 @@
 //! local run means a green CI run.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -147,16 +148,82 @@ const STEPS: &[Step] = &[
 ];
 
 pub fn run(root: &Path, with_setup: bool) -> Result<()> {
+    let started = Instant::now();
     if with_setup {
         setup::run()?;
     } else {
         println!("setup: skipped (--no-setup)");
     }
+    println!(
+        "setup took {}; {}",
+        minutes(started.elapsed()),
+        free_disk(root)
+    );
+    let mut took = Vec::new();
     for step in STEPS {
         println!("==> {}", step.header);
-        cmd::run(cmd::cargo(root).args(step.cargo_args))
-            .with_context(|| format!("step `{}` failed", step.header))?;
+        let step_started = Instant::now();
+        let result = cmd::run(cmd::cargo(root).args(step.cargo_args));
+        took.push((step.header, step_started.elapsed()));
+        // After every step, failed or not: CI's budget is time, and a
+        // step that fills the disk fails in whatever runs next (a linker
+        // killed by SIGBUS), far from its cause.
+        println!(
+            "<== {}: {}; {}",
+            step.header,
+            minutes(step_started.elapsed()),
+            free_disk(root)
+        );
+        if result.is_err() {
+            print_times(&took, started.elapsed());
+        }
+        result.with_context(|| format!("step `{}` failed", step.header))?;
     }
+    print_times(&took, started.elapsed());
     println!("==> all checks passed");
     Ok(())
+}
+
+fn print_times(took: &[(&str, Duration)], total: Duration) {
+    println!("==> time per step (all: {})", minutes(total));
+    for (header, elapsed) in took {
+        println!("{:>9}  {header}", minutes(*elapsed));
+    }
+}
+
+fn minutes(d: Duration) -> String {
+    let secs = d.as_secs();
+    format!("{}m{:02}s", secs / 60, secs % 60)
+}
+
+/// What `df` says is left on the file system the build writes to, for
+/// the log; a note, never a failure.
+fn free_disk(root: &Path) -> String {
+    let avail = cmd::probe(cmd::new("df").args(["-h", "--output=avail"]).arg(root));
+    match avail.as_deref().and_then(|out| out.lines().nth(1)) {
+        Some(avail) => format!("{} free on disk", avail.trim()),
+        None => "free disk unknown (df failed)".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_times_read_as_minutes_and_seconds() {
+        assert_eq!(minutes(Duration::from_secs(0)), "0m00s");
+        assert_eq!(minutes(Duration::from_millis(61_900)), "1m01s");
+        assert_eq!(minutes(Duration::from_secs(3094)), "51m34s");
+    }
+
+    #[test]
+    fn free_disk_reads_df() {
+        let here = free_disk(Path::new(env!("CARGO_MANIFEST_DIR")));
+        assert!(here.ends_with(" free on disk"), "{here}");
+        assert_eq!(
+            free_disk(Path::new("/no/such/dir")),
+            "free disk unknown (df failed)"
+        );
+    }
 }
