@@ -22,6 +22,7 @@ mod cache;
 mod forms;
 mod set;
 mod stream;
+mod trigrams;
 
 use std::sync::Arc;
 

@@ -27,7 +27,7 @@ use std::sync::{
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind, packed};
 
-use super::{MIN_REDACT_LEN, REDACTED, forms};
+use super::{MIN_REDACT_LEN, REDACTED, forms, trigrams::Trigrams};
 use crate::credentials::Secret;
 
 /// A set built for one request ([`FormSet::build_deferred`]) scans this
@@ -59,6 +59,9 @@ pub(super) struct FormSet {
     /// one lookup, and a scan finds the forms to try without a search.
     first: [u32; 256],
     longest: usize,
+    shortest: usize,
+    /// For [`FormSet::scan`], built when it first runs.
+    trigrams: OnceLock<Trigrams>,
 }
 
 impl FormSet {
@@ -74,11 +77,13 @@ impl FormSet {
     /// searcher is built only once its texts add up to more than
     /// [`SCAN_MAX`] bytes.
     pub(super) fn build_deferred(secrets: &[Secret]) -> Option<Self> {
-        let mut sorted: Vec<Vec<u8>> = secrets
+        let mut sorted: Vec<Vec<u8>> = Vec::new();
+        for secret in secrets
             .iter()
             .filter(|s| s.expose().len() >= MIN_REDACT_LEN)
-            .flat_map(|s| forms::forms(s.expose()))
-            .collect();
+        {
+            sorted.extend(forms::forms(secret.expose()));
+        }
         sorted.sort();
         sorted.dedup();
         if sorted.is_empty() {
@@ -89,12 +94,15 @@ impl FormSet {
             first[usize::from(form[0])] = u32::try_from(i + 1).unwrap_or(u32::MAX);
         }
         let longest = sorted.iter().map(|f| f.len()).max().unwrap_or(0);
+        let shortest = sorted.iter().map(|f| f.len()).min().unwrap_or(0);
         Some(Self {
             matcher: OnceLock::new(),
             scanned: AtomicUsize::new(0),
             sorted,
             first,
             longest,
+            shortest,
+            trigrams: OnceLock::new(),
         })
     }
 
@@ -197,22 +205,64 @@ impl FormSet {
     /// [`FormSet::each_match`] without a searcher: at each position a
     /// form starts at, the longest form there; the next search from its
     /// end. Leftmost-longest, as the searchers are.
+    ///
+    /// Not every position is tried. The probes are every `shortest - 2`
+    /// bytes. Every form is `shortest` bytes or more (four and more), so
+    /// where one occurs, the first probe at or after its start is at most
+    /// `shortest - 3` bytes in, and the three bytes there are the form's
+    /// own: a form starts only up to `shortest - 3` bytes before a probe
+    /// whose three bytes some form holds ([`Trigrams`]). The positions
+    /// tried are those, in order, so the matches are the ones trying
+    /// every position finds. For a request's token (forms of 22 bytes and
+    /// more) that is a probe every 20 bytes, and few pass.
     fn scan(&self, hay: &[u8], mut found: impl FnMut(usize, usize) -> bool) {
-        let mut at = 0;
-        while let Some(skip) = hay[at..]
-            .iter()
-            .position(|&b| self.first[usize::from(b)] != 0)
-        {
-            let start = at + skip;
-            match self.longest_form_at(&hay[start..]) {
-                Some(len) => {
-                    if !found(start, start + len) {
-                        return;
+        let (stride, reach, trigrams) = self.probes();
+        // Positions before this were tried, or lie inside a match.
+        let mut next = 0;
+        let mut probe = 0;
+        while probe < hay.len() {
+            let passes = match trigrams {
+                Some(t) => probe + 3 <= hay.len() && t.may_hold(&hay[probe..]),
+                None => true,
+            };
+            if passes {
+                let mut start = next.max(probe.saturating_sub(reach));
+                while start <= probe {
+                    if self.first[usize::from(hay[start])] == 0 {
+                        start += 1;
+                        continue;
                     }
-                    at = start + len;
+                    match self.longest_form_at(&hay[start..]) {
+                        Some(len) => {
+                            if !found(start, start + len) {
+                                return;
+                            }
+                            start += len;
+                        }
+                        None => start += 1,
+                    }
                 }
-                None => at = start + 1,
+                next = start;
             }
+            probe += stride;
+        }
+    }
+
+    /// How [`FormSet::scan`] probes: every `stride` bytes, trying the
+    /// positions up to `reach` bytes before a probe that passes the
+    /// trigrams. A form shorter than three bytes (`forms` makes none)
+    /// would hold no three bytes to find: then every position is a probe,
+    /// and every probe passes.
+    fn probes(&self) -> (usize, usize, Option<&Trigrams>) {
+        match self.shortest.checked_sub(2) {
+            Some(stride) if stride > 0 => {
+                // A form's first probe is in its first `stride` bytes.
+                let trigrams = self
+                    .trigrams
+                    .get_or_init(|| Trigrams::new(self.sorted.iter().map(Vec::as_slice), stride));
+                (stride, stride - 1, Some(trigrams))
+            }
+            _ => (1, 0, None),
         }
     }
 
@@ -310,13 +360,23 @@ mod tests {
             let mut hay = Vec::new();
             for _ in 0..rng.below(40) {
                 let form = &set.sorted[rng.below(set.sorted.len())];
-                match rng.below(3) {
-                    0 => hay.extend_from_slice(form),
-                    1 => hay.extend_from_slice(&form[..rng.below(form.len())]),
-                    _ => {
-                        let c = CHARS[rng.below(CHARS.len())];
-                        hay.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                // Runs of characters between forms, so the scan's probes
+                // (every `shortest - 2` bytes) pass over text too.
+                let run = match rng.below(4) {
+                    0 => {
+                        hay.extend_from_slice(form);
+                        0
                     }
+                    1 => {
+                        hay.extend_from_slice(&form[..rng.below(form.len())]);
+                        0
+                    }
+                    2 => 1,
+                    _ => rng.below(80),
+                };
+                for _ in 0..run {
+                    let c = CHARS[rng.below(CHARS.len())];
+                    hay.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
                 }
             }
             assert_eq!(
@@ -331,6 +391,34 @@ mod tests {
             BTreeSet::from(["automaton", "teddy"]),
             "both searchers compared with"
         );
+    }
+
+    /// Each form alone in text no form holds, at every offset from the
+    /// scan's probes: found whole, where it is, however far from a probe
+    /// it starts and ends.
+    #[test]
+    fn the_scan_finds_each_form_at_every_offset() {
+        let secrets: Vec<Secret> = ["tok-abcdef-123456", "k/é<+a b", "zz+//9"]
+            .iter()
+            .map(|s| Secret::new((*s).to_owned()))
+            .collect();
+        let set = FormSet::build_deferred(&secrets).unwrap();
+        assert!(set.shortest >= 3);
+        for form in &set.sorted {
+            for offset in 0..2 * set.longest {
+                let mut hay = vec![b'#'; offset];
+                hay.extend_from_slice(form);
+                hay.extend_from_slice(b"##");
+                let found = matches(&set, &hay, false);
+                assert_eq!(found, matches(&set, &hay, true));
+                assert_eq!(
+                    found,
+                    [(offset, offset + form.len())],
+                    "{} at {offset}",
+                    String::from_utf8_lossy(form)
+                );
+            }
+        }
     }
 
     #[test]
