@@ -164,14 +164,15 @@ pub fn run(root: &Path, with_setup: bool) -> Result<()> {
         println!("==> {}", step.header);
         let step_started = Instant::now();
         let result = cmd::run(cmd::cargo(root).args(step.cargo_args));
-        took.push((step.header, step_started.elapsed()));
+        let elapsed = step_started.elapsed();
+        took.push((step.header, elapsed));
         // After every step, failed or not: CI's budget is time, and a
         // step that fills the disk fails in whatever runs next (a linker
         // killed by SIGBUS), far from its cause.
         println!(
             "<== {}: {}; {}",
             step.header,
-            minutes(step_started.elapsed()),
+            minutes(elapsed),
             free_disk(root)
         );
         if result.is_err() {

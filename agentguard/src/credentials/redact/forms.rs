@@ -101,19 +101,16 @@ fn base64_cores(raw: &[u8]) -> Vec<Vec<u8>> {
     let mut text = Vec::with_capacity(raw.len() + 2);
     text.extend_from_slice(&[0, 0]);
     text.extend_from_slice(raw);
-    let mut buf = vec![0u8; base64::encoded_len(text.len(), false).unwrap_or(0)];
+    // Four characters for every three bytes or part of them: the padded
+    // length of the longest text, more than any of them takes unpadded.
+    let mut buf = vec![0u8; text.len().div_ceil(3) * 4];
     for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
         for align in 0..3usize {
             let text = &text[2 - align..];
-            // `buf` fits the longest text; were it short, a new String.
-            let allocated;
-            let encoded: &[u8] = match engine.encode_slice(text, &mut buf) {
-                Ok(n) => &buf[..n],
-                Err(_) => {
-                    allocated = engine.encode(text);
-                    allocated.as_bytes()
-                }
-            };
+            let n = engine
+                .encode_slice(text, &mut buf)
+                .expect("sized for the longest text");
+            let encoded = &buf[..n];
             // Character i holds bits [6i, 6i + 6) of the text; the secret's
             // bits are [8 align, 8 (align + len)).
             let start = (8 * align).div_ceil(6);
