@@ -86,6 +86,12 @@ pub enum ConfigError {
     NotAbsolute { flag: &'static str, path: PathBuf },
     #[error("{flag}: {value:?} is not a duration (like 200ms, 60s, 90d)")]
     Duration { flag: &'static str, value: String },
+    #[error("{flag}: {value:?} is longer than {max}")]
+    DurationTooLong {
+        flag: &'static str,
+        value: String,
+        max: &'static str,
+    },
     #[error("{flag}: {value:?} is not a size (like 500000000, 512M, 10G)")]
     Size { flag: &'static str, value: String },
     #[error("{flag}: must be at least 1")]

@@ -115,6 +115,7 @@ pub struct Metrics {
     passthrough_relays: Family<RelayLabels, Counter>,
     passthrough_direct: Counter,
     passthrough_direct_bytes: Counter,
+    passthrough_idle_closed: Counter,
     requests: Family<RequestLabels, Counter>,
     kernel_refusals: Family<ConnectionLabels, Counter>,
     upstream_latency: Histogram,
@@ -172,6 +173,12 @@ impl Metrics {
             "Bytes agents sent straight into upstream sockets on spliced passthrough connections (counted when a connection ends)",
             prometheus_client::registry::Unit::Bytes,
             passthrough_direct_bytes.clone(),
+        );
+        let passthrough_idle_closed = Counter::default();
+        registry.register(
+            "passthrough_idle_closed",
+            "Passthrough connections closed because no byte moved either way for --passthrough-idle-timeout",
+            passthrough_idle_closed.clone(),
         );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -280,6 +287,7 @@ impl Metrics {
             passthrough_relays,
             passthrough_direct,
             passthrough_direct_bytes,
+            passthrough_idle_closed,
             requests,
             kernel_refusals,
             upstream_latency,
@@ -340,6 +348,11 @@ impl Metrics {
     /// Counts bytes a spliced connection's agent sent the direct way.
     pub fn observe_passthrough_direct_bytes(&self, bytes: u64) {
         self.passthrough_direct_bytes.inc_by(bytes);
+    }
+
+    /// Counts a passthrough connection closed for idleness.
+    pub fn observe_passthrough_idle_closed(&self) {
+        self.passthrough_idle_closed.inc();
     }
 
     pub fn observe_upstream_latency(&self, d: Duration) {
@@ -412,6 +425,7 @@ mod tests {
         m.observe(&spliced);
         m.observe_passthrough_direct();
         m.observe_passthrough_direct_bytes(4096);
+        m.observe_passthrough_idle_closed();
         m.observe_upstream_latency(Duration::from_millis(3));
         let text = m.render(&Snapshot {
             leaf_hits: 5,
@@ -433,6 +447,10 @@ mod tests {
         );
         assert!(
             text.contains("agentguard_passthrough_direct_bytes_total 4096"),
+            "{text}"
+        );
+        assert!(
+            text.contains("agentguard_passthrough_idle_closed_total 1"),
             "{text}"
         );
         assert!(text.contains("agentguard_leaf_cache_hits_total 5"));

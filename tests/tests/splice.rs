@@ -142,6 +142,34 @@ except OSError as e:
     print(type(e).__name__, flush=True)
 "#;
 
+/// An agent that keeps its connection busy one way only: sends its
+/// ClientHello, then `count` bytes `x`, `gap` seconds apart, half-closes,
+/// and reads until the upstream closes. Prints whether what came down is
+/// the digest of what it sent ([`SERVER`] with `n` 0 sends nothing else).
+const TRICKLE: &str = r#"
+import hashlib, socket, ssl, sys, time
+host, port, count, gap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+bio_in, bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ssl.create_default_context().wrap_bio(bio_in, bio_out, server_hostname=host)
+try:
+    tls.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+s = socket.create_connection((host, port), timeout=60)
+s.sendall(bio_out.read())
+for _ in range(count):
+    time.sleep(gap)
+    s.sendall(b"x")
+s.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    b = s.recv(65536)
+    if not b:
+        break
+    got += b
+print(got.decode() == hashlib.sha256(b"x" * count).hexdigest())
+"#;
+
 /// The opt-in to the kernel splice, as an operator would set it.
 const KERNEL: Option<(&str, &str)> = Some(("AGENTGUARD_PASSTHROUGH_RELAY", "kernel"));
 
@@ -497,4 +525,88 @@ fn an_unreachable_passthrough_upstream_is_recorded_as_such() {
     );
     // No bytes went either way, so no relay is named.
     assert!(events[0]["relay"].is_null(), "{events:?}");
+}
+
+/// The idle limit of the tests below, and the flag that sets it.
+const IDLE_LIMIT: Duration = Duration::from_secs(1);
+const IDLE_FLAG: [&str; 2] = ["--passthrough-idle-timeout", "1s"];
+
+/// A daemon with [`IDLE_LIMIT`] and its metrics; `env` picks the relay.
+fn idle_limited_daemon(dns: &DnsUpstream, env: Option<(&str, &str)>) -> (Daemon, u16) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = IDLE_FLAG.to_vec();
+    args.extend(["--metrics-listen", &listen]);
+    (daemon_with(dns, env, &args), port)
+}
+
+/// A passthrough connection on which no byte moves either way for the
+/// idle limit is closed at both ends, whichever relay carries it (with the
+/// kernel's, the agent's direct way open), and counted.
+#[test]
+fn a_passthrough_connection_idle_for_the_limit_is_closed() {
+    let dns = dns();
+    for (env, relay) in [(None, "userspace"), (KERNEL, "kernel")] {
+        let (daemon, metrics) = idle_limited_daemon(&dns, env);
+        let ((mut waiter, waiter_lines), (mut server, server_lines)) = open_connection(&daemon);
+        // The hello crossed: from here on nothing moves.
+        let quiet_from = Instant::now();
+        let how = ended(&mut waiter, &waiter_lines);
+        let after = quiet_from.elapsed();
+        assert!(
+            how == "eof" || how == "ConnectionResetError",
+            "{relay}: {how}"
+        );
+        // Not before the limit (less a kernel clock tick).
+        assert!(
+            after + Duration::from_millis(10) >= IDLE_LIMIT,
+            "{relay}: cut after {after:?}"
+        );
+        assert_eq!(next_line(&server_lines, "upstream's end"), "0", "{relay}");
+        let _ = server.wait();
+        assert_eq!(
+            metric(metrics, "agentguard_passthrough_idle_closed_total", 1),
+            1,
+            "{relay}"
+        );
+        let events = passthrough_events(&daemon, 1);
+        assert_eq!(events[0]["relay"], relay, "{events:?}");
+        if env.is_some() {
+            assert_eq!(direct_connections(metrics, 1), 1);
+        }
+    }
+}
+
+/// Bytes one way only (the agent's, which with the kernel relay go
+/// straight into the upstream socket, past the proxy's copy) keep a
+/// passthrough connection open well past the idle limit.
+#[test]
+fn bytes_either_way_keep_a_passthrough_connection_past_the_idle_limit() {
+    let dns = dns();
+    for (env, relay) in [(None, "userspace"), (KERNEL, "kernel")] {
+        let (daemon, metrics) = idle_limited_daemon(&dns, env);
+        let (mut server, server_lines, port) = server(0);
+        // 2.4 s of one byte every 0.3 s: over twice the limit.
+        let out = agent(&daemon, TRICKLE, &[PASS, &port, "8", "0.3"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{relay}: agent failed:\n{}{}\n--- daemon ---\n{}",
+            text(&out.stdout),
+            text(&out.stderr),
+            daemon.log()
+        );
+        assert_eq!(text(&out.stdout).trim(), "True", "{relay}");
+        assert_eq!(next_line(&server_lines, "hello"), "hello");
+        assert_eq!(next_line(&server_lines, "bytes read"), "8", "{relay}");
+        assert!(server.wait().unwrap().success());
+        assert_eq!(
+            metric(metrics, "agentguard_passthrough_idle_closed_total", 0),
+            0,
+            "{relay}"
+        );
+        let events = passthrough_events(&daemon, 1);
+        assert_eq!(events[0]["relay"], relay, "{events:?}");
+    }
 }

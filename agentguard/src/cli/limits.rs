@@ -1,14 +1,17 @@
 //! `agentguard run`'s time limits and per-agent caps (the defaults of
 //! `crate::proxy::limits`).
 
+use std::time::Duration;
+
 use clap::Args;
 
 use crate::{
     config::{ConfigError, parse_duration},
     proxy::limits::{
         DEFAULT_AGENT_CONNECTIONS, DEFAULT_AGENT_REQUESTS, DEFAULT_CLIENT_TIMEOUT,
-        DEFAULT_FD_RESERVE, DEFAULT_UPSTREAM_IDLE_TIMEOUT, DEFAULT_UPSTREAM_RESPONSE_TIMEOUT,
-        DEFAULT_UPSTREAM_TLS_TIMEOUT, LimitOptions,
+        DEFAULT_FD_RESERVE, DEFAULT_PASSTHROUGH_IDLE_TIMEOUT, DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+        DEFAULT_UPSTREAM_RESPONSE_TIMEOUT, DEFAULT_UPSTREAM_TLS_TIMEOUT, LimitOptions,
+        MAX_PASSTHROUGH_IDLE_TIMEOUT,
     },
 };
 
@@ -41,6 +44,10 @@ pub struct LimitRunArgs {
     /// overrides it).
     #[arg(long, default_value = DEFAULT_UPSTREAM_IDLE_TIMEOUT, value_name = "DURATION")]
     upstream_idle_timeout: String,
+    /// A passthrough connection on which no byte moved either way for this
+    /// long is closed (0s: never; at most 30d).
+    #[arg(long, default_value = DEFAULT_PASSTHROUGH_IDLE_TIMEOUT, value_name = "DURATION")]
+    passthrough_idle_timeout: String,
 }
 
 impl LimitRunArgs {
@@ -64,6 +71,48 @@ impl LimitRunArgs {
                 &self.upstream_response_timeout,
             )?,
             upstream_idle: parse_duration("--upstream-idle-timeout", &self.upstream_idle_timeout)?,
+            passthrough_idle: passthrough_idle(&self.passthrough_idle_timeout)?,
         })
+    }
+}
+
+/// `--passthrough-idle-timeout`: None for `0s` (no limit).
+fn passthrough_idle(value: &str) -> Result<Option<Duration>, ConfigError> {
+    const FLAG: &str = "--passthrough-idle-timeout";
+    let limit = parse_duration(FLAG, value)?;
+    if limit > MAX_PASSTHROUGH_IDLE_TIMEOUT {
+        return Err(ConfigError::DurationTooLong {
+            flag: FLAG,
+            value: value.to_owned(),
+            max: "30d",
+        });
+    }
+    Ok((!limit.is_zero()).then_some(limit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passthrough_idle_limit_is_off_at_zero_and_capped() {
+        assert_eq!(
+            passthrough_idle("1h").unwrap(),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(passthrough_idle("0s").unwrap(), None);
+        assert_eq!(
+            passthrough_idle("30d").unwrap(),
+            Some(MAX_PASSTHROUGH_IDLE_TIMEOUT)
+        );
+        let err = passthrough_idle("31d").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--passthrough-idle-timeout: \"31d\" is longer than 30d"
+        );
+        assert!(matches!(
+            passthrough_idle("soon"),
+            Err(ConfigError::Duration { .. })
+        ));
     }
 }

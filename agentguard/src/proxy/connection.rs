@@ -127,7 +127,10 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, origin: &Origin, ctx: A
             drop(state);
             if let Ok(prepared) = prepared
                 && revocations
-                    .until_revoked(&agent, pin!(prepared.run(&ctx.metrics)))
+                    .until_revoked(
+                        &agent,
+                        pin!(prepared.run(&ctx.metrics, ctx.limits.options().passthrough_idle)),
+                    )
                     .await
                     .is_none()
             {

@@ -6,8 +6,10 @@
 //! operator's own `agentguard status` failed. Three things stop that:
 //!
 //! - time limits on every wait for the agent ([`LimitOptions::client_timeout`]:
-//!   the first request, the next one, a request head, a hashed body) and
-//!   for the upstream (TLS handshake, response head, idle body);
+//!   the first request, the next one, a request head, a hashed body), for
+//!   the upstream (TLS handshake, response head, idle body), and on a
+//!   passthrough connection where no byte moves either way
+//!   ([`LimitOptions::passthrough_idle`]);
 //! - a socket budget for the whole proxy ([`fds`]): the daemon raises its
 //!   own descriptor limit to the hard limit and keeps a reserve that proxy
 //!   sockets never take, for the admin socket, DNS and the audit store;
@@ -55,6 +57,13 @@ pub const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: &str = "120s";
 /// keep flowing as long as they make progress); per tool with
 /// `timeouts.body_idle`.
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: &str = "300s";
+/// A passthrough connection on which no byte moved either way (the
+/// default of Envoy's TCP proxy, whose tunnels carry the same traffic:
+/// long polls and quiet streams, with keep-alives well inside an hour).
+pub const DEFAULT_PASSTHROUGH_IDLE_TIMEOUT: &str = "1h";
+/// The longest passthrough idle limit: the kernel reports a socket's idle
+/// time in 32-bit milliseconds (49.7 days).
+pub const MAX_PASSTHROUGH_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The limits `agentguard run` is given.
 #[derive(Debug, Clone)]
@@ -66,6 +75,8 @@ pub struct LimitOptions {
     pub upstream_tls: Duration,
     pub upstream_response: Duration,
     pub upstream_idle: Duration,
+    /// None: passthrough connections are never closed for idleness.
+    pub passthrough_idle: Option<Duration>,
 }
 
 impl Default for LimitOptions {
@@ -79,6 +90,7 @@ impl Default for LimitOptions {
             upstream_tls: d(DEFAULT_UPSTREAM_TLS_TIMEOUT),
             upstream_response: d(DEFAULT_UPSTREAM_RESPONSE_TIMEOUT),
             upstream_idle: d(DEFAULT_UPSTREAM_IDLE_TIMEOUT),
+            passthrough_idle: Some(d(DEFAULT_PASSTHROUGH_IDLE_TIMEOUT)),
         }
     }
 }
@@ -88,7 +100,8 @@ impl std::fmt::Display for LimitOptions {
         write!(
             f,
             "client_timeout={:?} agent_max_connections={} agent_max_requests={} fd_reserve={} \
-             upstream_tls_timeout={:?} upstream_response_timeout={:?} upstream_idle_timeout={:?}",
+             upstream_tls_timeout={:?} upstream_response_timeout={:?} upstream_idle_timeout={:?} \
+             passthrough_idle_timeout={}",
             self.client_timeout,
             self.agent_connections,
             self.agent_requests,
@@ -96,6 +109,10 @@ impl std::fmt::Display for LimitOptions {
             self.upstream_tls,
             self.upstream_response,
             self.upstream_idle,
+            match self.passthrough_idle {
+                Some(limit) => format!("{limit:?}"),
+                None => "none".to_owned(),
+            },
         )
     }
 }

@@ -6,13 +6,21 @@
 //! upstream's answers are copied by the proxy. Otherwise (the default, the
 //! map full, a kernel without sockmap) [`Relay::run`] copies both ways
 //! through user-space buffers. Which of the two a connection took is
-//! [`Relay::path`], recorded in its audit event.
+//! [`Relay::path`], recorded in its audit event. Either way a connection on
+//! which no byte moves for the idle limit is closed ([`idle`]).
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    io,
+    net::SocketAddr,
+    os::fd::{AsRawFd as _, RawFd},
+    sync::Arc,
+    time::Duration,
+};
 
 use agentguard_common::PeerKey;
 use thiserror::Error;
 
+use nix::libc;
 use tokio::{
     io::copy_bidirectional,
     net::TcpStream,
@@ -28,6 +36,7 @@ use crate::{
     netns::Dial,
 };
 
+mod idle;
 mod kernel;
 
 /// Why a passthrough connection's upstream was not reached; said in the
@@ -123,9 +132,10 @@ impl Relay {
     }
 
     /// Carries bytes both ways until both sides have closed (a half-close
-    /// is passed on), or either fails. Dropping the future closes both
-    /// sockets, wherever it is.
-    pub async fn run(self, metrics: &Metrics) {
+    /// is passed on), either fails, or no byte moved either way for
+    /// `idle_limit`. Dropping the future closes both sockets, wherever it
+    /// is.
+    pub async fn run(self, metrics: &Metrics, idle_limit: Option<Duration>) {
         let start = Instant::now();
         let relay = self.path().as_str();
         let Self {
@@ -134,17 +144,81 @@ impl Relay {
             spliced,
             _socket,
         } = self;
-        let result = match spliced {
-            Some(spliced) => kernel::run(&inbound, &upstream, &spliced, metrics).await,
-            None => copy_bidirectional(&mut inbound, &mut upstream).await,
-        };
-        match result {
-            Ok((up, down)) => {
-                info!(relay, bytes_up = up, bytes_down = down, dur = ?start.elapsed(), "connection closed")
+        // The watch reads the upstream socket by its descriptor, since the
+        // copy holds the socket; `upstream` outlives both futures, so the
+        // descriptor stays open (and stays this socket's) while they run.
+        let upstream_fd: RawFd = upstream.as_raw_fd();
+        let copied = async {
+            match spliced {
+                Some(spliced) => kernel::run(&inbound, &upstream, &spliced, metrics).await,
+                None => copy_bidirectional(&mut inbound, &mut upstream).await,
             }
-            Err(e) => {
-                info!(relay, error = %e, dur = ?start.elapsed(), "connection ended with error")
+        };
+        let ended = match idle_limit {
+            None => Ended::Copied(copied.await),
+            Some(limit) => tokio::select! {
+                copied = copied => Ended::Copied(copied),
+                quiet = idle::until_idle(upstream_fd, limit) => Ended::Idle(quiet),
+            },
+        };
+        let dur = start.elapsed();
+        match ended {
+            Ended::Copied(Ok((up, down))) => {
+                info!(
+                    relay,
+                    bytes_up = up,
+                    bytes_down = down,
+                    ?dur,
+                    "connection closed"
+                )
+            }
+            Ended::Copied(Err(e)) => {
+                info!(relay, error = %e, ?dur, "connection ended with error")
+            }
+            Ended::Idle(Ok(quiet)) => {
+                metrics.observe_passthrough_idle_closed();
+                info!(
+                    relay,
+                    ?quiet,
+                    ?dur,
+                    "connection closed: no byte moved either way for the passthrough idle limit"
+                )
+            }
+            // Fail closed: a limit that cannot be checked is not waived.
+            Ended::Idle(Err(e)) => {
+                warn!(relay, error = %e, ?dur, "connection closed: its idle time could not be read")
             }
         }
     }
+}
+
+/// How [`Relay::run`] ended.
+enum Ended {
+    /// The copy ended: the bytes moved up and down, or why it failed.
+    Copied(io::Result<(u64, u64)>),
+    /// The idle limit was reached (how long nothing had moved), or the
+    /// idle time could not be read.
+    Idle(io::Result<Duration>),
+}
+
+/// The kernel's `TCP_INFO` for the socket `fd`.
+fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
+    // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: info and len are valid for the sizes given; a closed or
+    // non-socket fd only makes the call fail.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info)
 }

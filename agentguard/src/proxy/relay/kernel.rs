@@ -246,22 +246,7 @@ fn shutdown(to: &TcpStream) -> io::Result<()> {
 /// Bytes `fd` has taken to send since it connected: acknowledged by the
 /// peer, plus still in its send queue (SIOCOUTQ).
 fn queued_or_sent(fd: &TcpStream) -> io::Result<u64> {
-    // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: info and len are valid for the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let info = super::tcp_info(fd.as_raw_fd())?;
     let mut queued: libc::c_int = 0;
     // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
