@@ -5,6 +5,7 @@ mod audit;
 mod audit_anchor;
 mod aws;
 mod bypass;
+mod ca_rotation;
 mod cli_conventions;
 mod cli_errors;
 mod containers;

@@ -16,6 +16,7 @@
 //!   ([`report`])
 //! - approvals and revocations: see [`oversight`]
 
+mod ca;
 mod client;
 mod oversight;
 pub mod report;
@@ -97,4 +98,8 @@ pub struct StatusView {
     /// the BPF LSM, started with `--allow-unguarded-processes`.
     #[serde(default)]
     pub processes_guarded: bool,
+    /// The CAs agents are to trust: the one that signs, and a staged next
+    /// one during a rotation.
+    #[serde(default)]
+    pub ca: Vec<crate::ca::CaInfo>,
 }

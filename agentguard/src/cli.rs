@@ -11,6 +11,7 @@
 mod approve;
 mod attach;
 mod audit;
+mod ca;
 mod config;
 mod kernel;
 mod limits;
@@ -33,9 +34,9 @@ use thiserror::Error;
 
 use crate::{
     admin::{AdminClient, AdminError, StatusView},
-    ca::{CaError, LocalCa},
+    ca::CaError,
     config::{
-        ConfigError, DEFAULT_ADMIN_SOCKET, DEFAULT_BPF_DIR, DEFAULT_STATE_DIR,
+        ConfigError, DEFAULT_ADMIN_SOCKET, DEFAULT_BPF_DIR,
         layers::{self, ConfigFile, Layers},
     },
     daemon::{self, DaemonError},
@@ -212,10 +213,10 @@ enum Command {
     /// Print the daemon's recent HTTP request decisions, one JSON object a
     /// line.
     Requests,
-    /// The local CA that signs the leaves agents see.
+    /// The local CA that signs the leaves agents see: export it, rotate it.
     Ca {
         #[command(subcommand)]
-        command: CaCommand,
+        command: ca::CaCommand,
     },
     /// Policy tools.
     Policy {
@@ -250,16 +251,6 @@ enum ConfigCommand {
         run: run::RunArgs,
         #[arg(short = 'o', long, value_enum, default_value_t = config::Output::Toml)]
         output: config::Output,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum CaCommand {
-    /// Print the CA certificate (PEM), to trust it where `agentguard exec`
-    /// does not set things up (systemd units, containers).
-    Export {
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
     },
 }
 
@@ -576,13 +567,7 @@ fn dispatch(command: Command, context: &Context) -> Result<ExitCode, CliError> {
         Command::VerifyProxy(args) => Ok(token::verify_proxy(args)?),
         Command::Connections => print_lines(admin_socket, "/v1/connections"),
         Command::Requests => print_lines(admin_socket, "/v1/requests"),
-        Command::Ca {
-            command: CaCommand::Export { state_dir },
-        } => {
-            let ca = LocalCa::load(&state_dir)?;
-            print!("{}", ca.cert_pem());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Ca { command } => ca::run(command, admin_socket),
         Command::Policy { command } => Ok(policy::run(command)),
         Command::Detach { bpf_dir } => {
             preflight::require_root("detach")?;

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::{
     admin::{AdminServer, MetricsSource, ServeError, server::AdminState},
-    ca::{CaError, DEFAULT_LEAF_CACHE_CAPACITY, LeafCache, LocalCa},
+    ca::{CaError, CaStore, DEFAULT_LEAF_CACHE_CAPACITY, LeafCache},
     cgroup::{CgroupError, CgroupRoot},
     config::RunConfig,
     connlog::{ConnLog, RequestLog},
@@ -128,8 +128,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     let revocations = Arc::new(crate::revoke::Revocations::load(&cfg.state_dir)?);
     // No decision is made before the record that keeps it is open.
     let audit = audit::start(&cfg)?;
-    let ca = Arc::new(LocalCa::load_or_create(&cfg.state_dir)?);
-    let ca_bundle = ca.write_trust_bundle()?;
+    let ca = Arc::new(CaStore::load_or_create(&cfg.state_dir)?);
+    let ca_bundle = ca.current().write_trust_bundle()?;
     let (tls, leaves) = tls_acceptor(ca.clone())?;
     let upstreams = Arc::new(
         Upstreams::new(cfg.upstream_ca.as_deref())?.with_handshake_timeout(cfg.limits.upstream_tls),
@@ -204,7 +204,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
             crate::token::JwksTls::On(_) => "https",
             crate::token::JwksTls::Off => "http",
         };
-        info!(jwks = %format!("{scheme}://{bound}{}", crate::token::JWKS_PATH), ca = %ca.cert_path().display(), "serving the token JWKS");
+        info!(jwks = %format!("{scheme}://{bound}{}", crate::token::JWKS_PATH), ca = %ca.current().cert_path().display(), "serving the token JWKS");
         tokio::spawn(crate::token::serve_jwks(listener, minter.clone(), tls));
     }
     if port >= 1024 {
@@ -341,8 +341,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         log,
         requests,
         proxy_port: port,
-        ca_cert: ca.cert_path().to_owned(),
+        ca_cert: ca.current().cert_path().to_owned(),
         ca_bundle,
+        ca: ca.clone(),
         kernel: reloader.kernel.clone(),
         minter: ctx.minter.clone(),
         on_behalf_of: ctx.on_behalf_of.clone(),
@@ -457,7 +458,7 @@ async fn serve_web(
     options: &crate::web::WebOptions,
     users: crate::web::users::Users,
     listener: tokio::net::TcpListener,
-    ca: &Arc<LocalCa>,
+    ca: &Arc<CaStore>,
     live: &Arc<Live>,
     sink: &crate::audit::AuditSink,
     oversight: &Arc<crate::oversight::Oversight>,
@@ -491,7 +492,7 @@ async fn serve_web(
         },
     );
     let url = format!("https://{bound}/");
-    info!(web = %url, users = %options.users.display(), ca = %ca.cert_path().display(), "serving the web view");
+    info!(web = %url, users = %options.users.display(), ca = %ca.current().cert_path().display(), "serving the web view");
     tokio::spawn(crate::web::serve(listener, acceptor, Arc::new(state)));
     Ok(url)
 }
@@ -593,7 +594,7 @@ async fn watch_policies(reloader: Arc<Reloader>, live: Arc<Live>, notifier: Arc<
 /// 0-RTT stays off (replayable early data). The cipher suite: see
 /// [`crate::tls_provider`].
 fn tls_acceptor(
-    ca: Arc<LocalCa>,
+    ca: Arc<CaStore>,
 ) -> Result<(tokio_rustls::TlsAcceptor, Arc<LeafCache>), DaemonError> {
     let leaves = Arc::new(LeafCache::new(ca, DEFAULT_LEAF_CACHE_CAPACITY));
     let mut config = rustls::ServerConfig::builder_with_provider(crate::tls_provider::agent_side())

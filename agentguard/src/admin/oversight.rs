@@ -96,7 +96,7 @@ fn status(e: &OversightError) -> StatusCode {
 
 /// `NAME (admin socket, uid N)`: the name the caller gave (printable, at
 /// most 64 characters) or, without one, the uid's.
-fn actor(by: Option<&str>, uid: Option<u32>) -> String {
+pub(super) fn actor(by: Option<&str>, uid: Option<u32>) -> String {
     let by = by
         .map(|b| {
             b.chars()

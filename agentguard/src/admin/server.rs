@@ -129,6 +129,9 @@ pub struct AdminState {
     pub proxy_port: u16,
     pub ca_cert: PathBuf,
     pub ca_bundle: PathBuf,
+    /// The CA that signs; `POST /v1/ca/{rotate,activate,cancel}` steps
+    /// through a rotation.
+    pub ca: Arc<crate::ca::CaStore>,
     /// For the kernel's counters (lost ring-buffer records).
     pub kernel: Arc<std::sync::Mutex<crate::ebpf::Kernel>>,
     /// Signs request-bound and identity tokens; `POST /v1/token/rotate`
@@ -226,6 +229,9 @@ impl AdminServer {
                             && req.uri().path().starts_with("/v1/containers/")
                         {
                             return Ok::<_, Infallible>(container_event(state, &req).await);
+                        }
+                        if let Some(resp) = super::ca::route(&state, &req, uid) {
+                            return Ok::<_, Infallible>(resp);
                         }
                         Ok::<_, Infallible>(
                             match super::oversight::route(&state, &req, uid).await {
@@ -490,6 +496,7 @@ fn status(state: &AdminState) -> StatusView {
         unix_sockets_guarded,
         web: state.web_url.clone(),
         processes_guarded,
+        ca: state.ca.current().describe(),
     }
 }
 

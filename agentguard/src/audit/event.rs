@@ -48,10 +48,13 @@ pub enum Kind {
     Approval,
     /// An agent was revoked (deny) or restored (allow).
     Revocation,
+    /// A step of a CA rotation (`agentguard ca rotate`, `activate`,
+    /// `cancel`) carried out (accept) or refused (reject).
+    CaRotation,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Connection,
         Kind::Request,
         Kind::KernelRefusal,
@@ -65,6 +68,7 @@ impl Kind {
         Kind::Login,
         Kind::Approval,
         Kind::Revocation,
+        Kind::CaRotation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +86,7 @@ impl Kind {
             Kind::Login => "login",
             Kind::Approval => "approval",
             Kind::Revocation => "revocation",
+            Kind::CaRotation => "ca_rotation",
         }
     }
 

@@ -385,9 +385,11 @@ fn classify(e: &Event) -> (u64, u64, u64) {
             let revoked = e.decision == Some(Decision::Deny);
             (CLASS_ACCOUNT_CHANGE, 3, if revoked { 5 } else { 2 })
         }
-        Kind::PolicyReload | Kind::CredentialFailure | Kind::Retention | Kind::Approval => {
-            (CLASS_BASE_EVENT, 0, 99)
-        }
+        Kind::PolicyReload
+        | Kind::CredentialFailure
+        | Kind::Retention
+        | Kind::Approval
+        | Kind::CaRotation => (CLASS_BASE_EVENT, 0, 99),
     }
 }
 

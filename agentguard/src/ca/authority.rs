@@ -24,9 +24,13 @@ use tracing::info;
 use super::profile::{self, CA_LIFETIME, CLOCK_SKEW, InvalidServerName, ca_params};
 use crate::atomic_file::{self, WriteError, Written};
 
-const CA_DIR: &str = "ca";
-const KEY_FILE: &str = "ca.key";
-const CERT_FILE: &str = "ca.crt";
+pub(super) const CA_DIR: &str = "ca";
+pub(super) const KEY_FILE: &str = "ca.key";
+pub(super) const CERT_FILE: &str = "ca.crt";
+/// The CA made by `agentguard ca rotate`: trusted (in the bundle), not yet
+/// signing ([`super::rotation`]).
+pub(super) const NEXT_KEY_FILE: &str = "next.key";
+pub(super) const NEXT_CERT_FILE: &str = "next.crt";
 
 /// Traversable by all, listable by none: agents read `ca.crt` and
 /// `bundle.pem` by path, and nobody but the daemon can add or swap files.
@@ -97,6 +101,8 @@ pub enum CaError {
     InvalidServerName(#[from] InvalidServerName),
     #[error("the CA in {path} failed its self-check: {reason}")]
     SelfCheck { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Rotation(#[from] super::rotation::RotationError),
 }
 
 impl From<WriteError> for CaError {
@@ -109,7 +115,7 @@ impl From<WriteError> for CaError {
     }
 }
 
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CaError {
+pub(super) fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CaError {
     let path = path.to_owned();
     move |source| CaError::Io {
         action,
@@ -127,13 +133,10 @@ fn rustls_error(action: &'static str) -> impl FnOnce(rustls::Error) -> CaError {
 }
 
 /// The local CA: a P-256 key and a self-signed certificate, kept in
-/// `<state_dir>/ca/`, that signs a leaf per intercepted host.
-///
-/// Rotation is not built yet. When it is: a new CA must go into the trust
-/// bundle next to the old one, and leaves switch to the new CA only after
-/// that, so agents that loaded the old bundle at start keep trusting what the
-/// proxy presents. Leaves carry an authority key identifier, so clients can
-/// tell two CAs with the same name apart.
+/// `<state_dir>/ca/`, that signs a leaf per intercepted host, and the other
+/// CA certificates agents must trust while it is being replaced
+/// ([`super::rotation`]). Leaves carry an authority key identifier, so
+/// clients can tell two CAs with the same name apart.
 pub struct LocalCa {
     /// Signs leaves. Built from the same constants as the CA certificate
     /// (rcgen reads a certificate back only with its `x509-parser` feature);
@@ -143,6 +146,9 @@ pub struct LocalCa {
     cert_pem: String,
     dir: PathBuf,
     cert_path: PathBuf,
+    /// The staged next CA's certificate, if one is staged: trusted beside
+    /// this one, signing nothing yet.
+    next: Option<NextCert>,
     /// Always ring, never the process default: the binary is built without
     /// aws-lc, and a default installed elsewhere must not change what signs.
     provider: Arc<CryptoProvider>,
@@ -155,6 +161,13 @@ impl std::fmt::Debug for LocalCa {
             .field("cert_path", &self.cert_path)
             .finish_non_exhaustive()
     }
+}
+
+/// The staged CA's certificate ([`super::rotation`]).
+#[derive(Debug, Clone)]
+pub(super) struct NextCert {
+    pub(super) pem: String,
+    pub(super) der: CertificateDer<'static>,
 }
 
 /// A freshly signed leaf and its validity, which the cache needs to know when
@@ -175,10 +188,13 @@ impl LocalCa {
     pub fn load_or_create(state_dir: &Path) -> Result<Self, CaError> {
         let dir = state_dir.join(CA_DIR);
         prepare_dir(&dir)?;
+        super::rotation::finish_interrupted_activation(&dir)?;
         if both_present(&dir)? {
             Self::read(dir)
         } else {
-            Self::create(dir)
+            let ca = Self::generate(dir, KEY_FILE, CERT_FILE)?;
+            info!(cert = %ca.cert_path.display(), "created a new local CA");
+            Ok(ca)
         }
     }
 
@@ -192,6 +208,7 @@ impl LocalCa {
         }
         let meta = fs::metadata(&dir).map_err(io_error("read", &dir))?;
         check_dir(&dir, &meta)?;
+        super::rotation::finish_interrupted_activation(&dir)?;
         Self::read(dir)
     }
 
@@ -213,6 +230,16 @@ impl LocalCa {
     /// `<state_dir>/ca/`.
     pub(super) fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The staged next CA's certificate, which agents trust already.
+    pub(super) fn next(&self) -> Option<&NextCert> {
+        self.next.as_ref()
+    }
+
+    /// The staged next CA's certificate, PEM, during a rotation.
+    pub fn next_cert_pem(&self) -> Option<&str> {
+        self.next.as_ref().map(|n| n.pem.as_str())
     }
 
     /// Mints a leaf for `server_name` (a DNS name, or an IP literal for an IP
@@ -246,7 +273,9 @@ impl LocalCa {
         })
     }
 
-    fn create(dir: PathBuf) -> Result<Self, CaError> {
+    /// Makes a new CA and writes it to `key_file` and `cert_file` in `dir`,
+    /// neither of which may exist.
+    pub(super) fn generate(dir: PathBuf, key_file: &str, cert_file: &str) -> Result<Self, CaError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key_pair = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(rcgen_error("generate the CA key"))?;
@@ -258,7 +287,15 @@ impl LocalCa {
         let cert = params
             .self_signed(&key_pair)
             .map_err(rcgen_error("sign the CA certificate"))?;
-        let ca = Self::assemble(dir, key_pair, cert.der().clone(), cert.pem(), provider);
+        let cert_path = dir.join(cert_file);
+        let ca = Self::assemble(
+            dir,
+            cert_path,
+            key_pair,
+            cert.der().clone(),
+            cert.pem(),
+            provider,
+        );
         ca.self_check()?;
 
         // Both files are written under temporary names and linked into place
@@ -266,20 +303,40 @@ impl LocalCa {
         // at the next start), never a truncated key. A hard link, unlike a
         // rename, fails if the target exists, so a CA that another process
         // created meanwhile is never overwritten.
-        let key_path = ca.dir.join(KEY_FILE);
+        let key_path = ca.dir.join(key_file);
         let key_pem = ca.issuer.key().serialize_pem();
-        let key = Written::new(&ca.dir, KEY_FILE, key_pem.as_bytes(), KEY_MODE)?;
-        let cert = Written::new(&ca.dir, CERT_FILE, ca.cert_pem.as_bytes(), PUBLIC_FILE_MODE)?;
+        let key = Written::new(&ca.dir, key_file, key_pem.as_bytes(), KEY_MODE)?;
+        let cert = Written::new(&ca.dir, cert_file, ca.cert_pem.as_bytes(), PUBLIC_FILE_MODE)?;
         key.link_to(&key_path)?;
         cert.link_to(&ca.cert_path)?;
         atomic_file::sync_dir(&ca.dir)?;
-        info!(cert = %ca.cert_path.display(), "created a new local CA");
         Ok(ca)
     }
 
+    /// The signing CA of `dir`, and the staged next CA's certificate (its
+    /// key checked against it: a staged CA that could not sign is refused
+    /// now, not when it is activated).
     fn read(dir: PathBuf) -> Result<Self, CaError> {
-        let key_path = dir.join(KEY_FILE);
-        let cert_path = dir.join(CERT_FILE);
+        let mut ca = Self::read_pair(dir, KEY_FILE, CERT_FILE)?;
+        if pair_present(&ca.dir, NEXT_KEY_FILE, NEXT_CERT_FILE)? {
+            let next = Self::read_pair(ca.dir.clone(), NEXT_KEY_FILE, NEXT_CERT_FILE)?;
+            ca.next = Some(NextCert {
+                pem: next.cert_pem,
+                der: next.cert_der,
+            });
+        }
+        Ok(ca)
+    }
+
+    /// The CA whose key is `key_file` and certificate `cert_file` in `dir`,
+    /// self-checked.
+    pub(super) fn read_pair(
+        dir: PathBuf,
+        key_file: &str,
+        cert_file: &str,
+    ) -> Result<Self, CaError> {
+        let key_path = dir.join(key_file);
+        let cert_path = dir.join(cert_file);
         let key_pem = read_key_file(&key_path)?;
         let cert_pem = fs::read_to_string(&cert_path).map_err(io_error("read", &cert_path))?;
         let cert_der = parse_cert(&cert_path, &cert_pem)?;
@@ -290,13 +347,14 @@ impl LocalCa {
                 message: format!("not a P-256 key: {e}"),
             })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let ca = Self::assemble(dir, key_pair, cert_der, cert_pem, provider);
+        let ca = Self::assemble(dir, cert_path, key_pair, cert_der, cert_pem, provider);
         ca.self_check()?;
         Ok(ca)
     }
 
     fn assemble(
         dir: PathBuf,
+        cert_path: PathBuf,
         key_pair: KeyPair,
         cert_der: CertificateDer<'static>,
         cert_pem: String,
@@ -306,8 +364,9 @@ impl LocalCa {
             issuer: Issuer::new(ca_params(), key_pair),
             cert_der,
             cert_pem,
-            cert_path: dir.join(CERT_FILE),
+            cert_path,
             dir,
+            next: None,
             provider,
         }
     }
@@ -389,8 +448,14 @@ pub(super) fn verify_chain(
 /// Whether `ca.key` and `ca.crt` both exist (true) or neither does (false).
 /// Half a CA is an error: making a new one would overwrite what is left.
 fn both_present(dir: &Path) -> Result<bool, CaError> {
-    let key_path = dir.join(KEY_FILE);
-    let cert_path = dir.join(CERT_FILE);
+    pair_present(dir, KEY_FILE, CERT_FILE)
+}
+
+/// Whether `key_file` and `cert_file` both exist in `dir` (true) or neither
+/// does (false); one without the other is an error.
+pub(super) fn pair_present(dir: &Path, key_file: &str, cert_file: &str) -> Result<bool, CaError> {
+    let key_path = dir.join(key_file);
+    let cert_path = dir.join(cert_file);
     let exists = |path: &Path| path.try_exists().map_err(io_error("check", path));
     match (exists(&key_path)?, exists(&cert_path)?) {
         (true, true) => Ok(true),
@@ -470,7 +535,7 @@ fn read_key_file(path: &Path) -> Result<String, CaError> {
 
 /// Exactly one certificate and nothing else: whatever else sat in ca.crt
 /// (a private key, say) would be published in the trust bundle.
-fn parse_cert(path: &Path, pem: &str) -> Result<CertificateDer<'static>, CaError> {
+pub(super) fn parse_cert(path: &Path, pem: &str) -> Result<CertificateDer<'static>, CaError> {
     match <[Item; 1]>::try_from(read_pem_items(path, pem)?) {
         Ok([Item::X509Certificate(cert)]) => Ok(cert),
         _ => Err(CaError::Pem {

@@ -1,5 +1,5 @@
 //! The trust bundle for unmodified agents: the system's trusted roots plus the
-//! agentguard CA, in one PEM file that runtimes are pointed at with
+//! agentguard CA (and, during a rotation, the next one), in one PEM file that runtimes are pointed at with
 //! `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `NODE_EXTRA_CA_CERTS` and the like.
 //!
 //! The system roots must be in it too: those variables replace a runtime's
@@ -29,7 +29,8 @@ const SYSTEM_BUNDLES: [&str; 4] = [
 
 impl LocalCa {
     /// Writes `<state_dir>/ca/bundle.pem` (mode 0644): the first system trust
-    /// store found, followed by the agentguard CA certificate. With no system
+    /// store found, followed by the agentguard CA certificate and the staged
+    /// next CA's, if one is staged ([`super::rotation`]). With no system
     /// store, the bundle holds only the agentguard CA (with a warning).
     /// Replaced atomically, so an agent starting meanwhile reads either the
     /// old bundle or the new one, never half of one. Returns its path.
@@ -55,14 +56,21 @@ impl LocalCa {
         if !bundle.is_empty() && !bundle.ends_with(b"\n") {
             bundle.push(b'\n');
         }
-        bundle.extend_from_slice(self.cert_pem().as_bytes());
-        if !bundle.ends_with(b"\n") {
-            bundle.push(b'\n');
+        for pem in std::iter::once(self.cert_pem()).chain(self.next().map(|n| n.pem.as_str())) {
+            bundle.extend_from_slice(pem.as_bytes());
+            if !bundle.ends_with(b"\n") {
+                bundle.push(b'\n');
+            }
         }
 
-        let path = self.dir().join(BUNDLE_FILE);
+        let path = self.bundle_path();
         atomic_file::replace(&path, &bundle, PUBLIC_FILE_MODE)?;
         Ok(path)
+    }
+
+    /// `<state_dir>/ca/bundle.pem`, written or not.
+    pub fn bundle_path(&self) -> PathBuf {
+        self.dir().join(BUNDLE_FILE)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The cache of leaf certificates for intercepted TLS, so that a host's leaf
 //! is minted once a day rather than once per connection (what goes in one
-//! is `profile`'s).
+//! is `profile`'s). A leaf signed by a CA other than the one that signs now
+//! (before a rotation's activation) is never served again.
 
 use std::{
     num::NonZeroUsize,
@@ -18,7 +19,10 @@ use rustls::{
 use time::{Duration, OffsetDateTime};
 use tracing::warn;
 
-use super::authority::{CaError, LocalCa, MintedLeaf};
+use super::{
+    CaStore,
+    authority::{CaError, LocalCa, MintedLeaf},
+};
 
 /// Enough distinct hosts for a busy agent fleet; a leaf with its key is a few
 /// kilobytes.
@@ -30,7 +34,7 @@ pub const LEAF_REFRESH_MARGIN: Duration = Duration::hours(1);
 /// Leaves by server name, minted on first use and replaced before they expire.
 /// Also the proxy's rustls certificate resolver.
 pub struct LeafCache {
-    ca: Arc<LocalCa>,
+    ca: Arc<CaStore>,
     capacity: NonZeroUsize,
     leaves: Mutex<LruCache<String, CachedLeaf>>,
     /// For the metrics: handshakes served from the cache, and leaves minted.
@@ -42,29 +46,34 @@ struct CachedLeaf {
     key: Arc<CertifiedKey>,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+    /// The CA that signed it.
+    signer: Arc<LocalCa>,
 }
 
 impl CachedLeaf {
-    /// Wall-clock time, as clients judge validity. The lower bound matters if
-    /// the clock is set back by more than the backdating.
-    fn usable_at(&self, now: OffsetDateTime) -> bool {
-        self.not_before <= now && now + LEAF_REFRESH_MARGIN < self.not_after
-    }
-}
-
-impl From<MintedLeaf> for CachedLeaf {
-    fn from(leaf: MintedLeaf) -> Self {
+    fn new(leaf: MintedLeaf, signer: Arc<LocalCa>) -> Self {
         Self {
             key: leaf.key,
             not_before: leaf.not_before,
             not_after: leaf.not_after,
+            signer,
         }
+    }
+
+    /// Signed by `ca` (the same certificate: a rotation's first step
+    /// reloads the CA that signs, unchanged) and valid at `now`, in
+    /// wall-clock time, as clients judge validity. The lower bound matters
+    /// if the clock is set back by more than the backdating.
+    fn usable(&self, ca: &Arc<LocalCa>, now: OffsetDateTime) -> bool {
+        (Arc::ptr_eq(&self.signer, ca) || self.signer.cert_der() == ca.cert_der())
+            && self.not_before <= now
+            && now + LEAF_REFRESH_MARGIN < self.not_after
     }
 }
 
 impl LeafCache {
     /// A cache of at most `capacity` leaves (at least one).
-    pub fn new(ca: Arc<LocalCa>, capacity: usize) -> Self {
+    pub fn new(ca: Arc<CaStore>, capacity: usize) -> Self {
         let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
         Self {
             ca,
@@ -90,7 +99,8 @@ impl LeafCache {
         // however the client spells it.
         let name = server_name.to_ascii_lowercase();
         let now = OffsetDateTime::now_utc();
-        if let Some(key) = self.cached(&name, now) {
+        let ca = self.ca.current();
+        if let Some(key) = self.cached(&name, &ca, now) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(key);
         }
@@ -98,9 +108,9 @@ impl LeafCache {
         // Minting takes ~70 µs; holding the lock through it would queue every
         // handshake behind it. Two threads that miss on the same name both
         // mint, and the first to insert wins.
-        let minted = CachedLeaf::from(self.ca.mint(&name)?);
+        let minted = CachedLeaf::new(ca.mint(&name)?, ca.clone());
         let mut leaves = self.lock();
-        if let Some(leaf) = leaves.get(&name).filter(|leaf| leaf.usable_at(now)) {
+        if let Some(leaf) = leaves.get(&name).filter(|leaf| leaf.usable(&ca, now)) {
             return Ok(leaf.key.clone());
         }
         let key = minted.key.clone();
@@ -117,11 +127,16 @@ impl LeafCache {
         self.lock().is_empty()
     }
 
-    fn cached(&self, name: &str, now: OffsetDateTime) -> Option<Arc<CertifiedKey>> {
+    fn cached(
+        &self,
+        name: &str,
+        ca: &Arc<LocalCa>,
+        now: OffsetDateTime,
+    ) -> Option<Arc<CertifiedKey>> {
         let mut leaves = self.lock();
         leaves
             .get(name)
-            .filter(|leaf| leaf.usable_at(now))
+            .filter(|leaf| leaf.usable(ca, now))
             .map(|leaf| leaf.key.clone())
     }
 
@@ -135,7 +150,7 @@ impl LeafCache {
 impl std::fmt::Debug for LeafCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LeafCache")
-            .field("ca", &self.ca.cert_path())
+            .field("ca", &self.ca.current().cert_path())
             .field("capacity", &self.capacity)
             .finish_non_exhaustive()
     }
@@ -166,9 +181,9 @@ mod tests {
     use super::*;
     use crate::ca::profile::{CLOCK_SKEW, LEAF_LIFETIME};
 
-    fn ca() -> (tempfile::TempDir, Arc<LocalCa>) {
+    fn ca() -> (tempfile::TempDir, Arc<CaStore>) {
         let state = tempfile::tempdir().unwrap();
-        let ca = LocalCa::load_or_create(state.path()).unwrap();
+        let ca = CaStore::load_or_create(state.path()).unwrap();
         (state, Arc::new(ca))
     }
 
@@ -221,12 +236,44 @@ mod tests {
 
     #[test]
     fn leaves_near_expiry_are_not_used() {
-        let (_state, ca) = ca();
-        let leaf = CachedLeaf::from(ca.mint("a.example.com").unwrap());
+        let (_state, store) = ca();
+        let ca = store.current();
+        let leaf = CachedLeaf::new(ca.mint("a.example.com").unwrap(), ca.clone());
         let now = OffsetDateTime::now_utc();
-        assert!(leaf.usable_at(now));
-        assert!(leaf.usable_at(now + LEAF_LIFETIME - LEAF_REFRESH_MARGIN - Duration::minutes(5)));
-        assert!(!leaf.usable_at(now + LEAF_LIFETIME - LEAF_REFRESH_MARGIN + Duration::minutes(5)));
-        assert!(!leaf.usable_at(now - CLOCK_SKEW - Duration::minutes(5)));
+        assert!(leaf.usable(&ca, now));
+        assert!(leaf.usable(
+            &ca,
+            now + LEAF_LIFETIME - LEAF_REFRESH_MARGIN - Duration::minutes(5)
+        ));
+        assert!(!leaf.usable(
+            &ca,
+            now + LEAF_LIFETIME - LEAF_REFRESH_MARGIN + Duration::minutes(5)
+        ));
+        assert!(!leaf.usable(&ca, now - CLOCK_SKEW - Duration::minutes(5)));
+    }
+
+    /// Once a staged CA is activated, every leaf comes from it: none the
+    /// old CA signed is served again, and each verifies against the new
+    /// CA alone.
+    #[test]
+    fn after_an_activation_leaves_come_from_the_new_ca() {
+        let (_state, store) = ca();
+        let cache = LeafCache::new(store.clone(), DEFAULT_LEAF_CACHE_CAPACITY);
+        let old = cache.get("api.example.com").unwrap();
+        let old_ca = store.current();
+        store.apply(crate::ca::Step::Rotate).unwrap();
+        // Staged only: the old CA still signs, and its leaf is still served.
+        assert!(Arc::ptr_eq(&old, &cache.get("api.example.com").unwrap()));
+        store.apply(crate::ca::Step::Activate).unwrap();
+        let new_ca = store.current();
+        assert_ne!(old_ca.cert_der(), new_ca.cert_der());
+        let new = cache.get("api.example.com").unwrap();
+        assert!(!Arc::ptr_eq(&old, &new));
+        assert_eq!(&new.cert[1], new_ca.cert_der());
+        let ring = Arc::new(rustls::crypto::ring::default_provider());
+        crate::ca::authority::verify_chain(new_ca.cert_der(), &new.cert, "api.example.com", &ring)
+            .unwrap();
+        crate::ca::authority::verify_chain(old_ca.cert_der(), &new.cert, "api.example.com", &ring)
+            .unwrap_err();
     }
 }

@@ -25,9 +25,9 @@ const CA_ORGANIZATION: &str = "agentguard";
 /// Every certificate starts this long before it is made: a client whose clock
 /// runs a little behind the daemon's would otherwise reject it as not yet valid.
 pub(super) const CLOCK_SKEW: Duration = Duration::hours(1);
-/// Two years. Rotation is not built yet (see [`super::LocalCa`]), so this is long
-/// enough not to surprise operators, and still bounds how long a leaked key is
-/// worth anything.
+/// Two years: long enough not to surprise operators, who rotate it in two
+/// steps ([`super::rotation`]; the daemon warns 90 days ahead), and still
+/// bounds how long a leaked key is worth anything.
 pub(super) const CA_LIFETIME: Duration = Duration::days(730);
 
 /// The CA's profile. Everything a leaf's issuer field and authority key

@@ -142,7 +142,7 @@ fn warned(warnings: &[String]) -> ExitCode {
 
 /// The person behind the command, as the record will name them: the user
 /// who ran sudo, else the login name.
-fn caller() -> String {
+pub(super) fn caller() -> String {
     ["SUDO_USER", "USER", "LOGNAME"]
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))

@@ -100,5 +100,15 @@ fn text(s: &StatusView) -> String {
         },
         s.kernel_events_lost
     );
+    for ca in &s.ca {
+        let _ = writeln!(
+            out,
+            "ca:       {} sha256 {} until {} ({} days)",
+            ca.role.as_str(),
+            ca.sha256,
+            ca.not_after,
+            ca.days_left
+        );
+    }
     out
 }

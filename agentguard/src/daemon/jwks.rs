@@ -11,7 +11,7 @@ use rustls::{
 };
 
 use crate::{
-    ca::{LeafCache, LocalCa},
+    ca::{CaStore, LeafCache},
     config::JwksTlsOptions,
     token::JwksTls,
 };
@@ -41,7 +41,7 @@ impl ResolvesServerCert for JwksCerts {
 /// The JWKS endpoint's TLS for a listener bound to `bound`.
 pub fn tls(
     options: &JwksTlsOptions,
-    ca: &Arc<LocalCa>,
+    ca: &Arc<CaStore>,
     bound: SocketAddr,
 ) -> Result<JwksTls, String> {
     if options.plain_http {

@@ -1,0 +1,80 @@
+//! The admin API's part in a CA rotation (`crate::ca::rotation`), for
+//! `agentguard ca`:
+//!
+//! - `GET /v1/ca` → the CAs agents are to trust
+//! - `POST /v1/ca/rotate?by=`, `/v1/ca/activate?by=`, `/v1/ca/cancel?by=`
+//!
+//! Every step asked for, carried out or refused, is a `ca_rotation` audit
+//! event naming the caller (as [`super::oversight`] names them).
+
+use std::collections::HashMap;
+
+use hyper::{Method, Request, StatusCode};
+
+use crate::{
+    audit::{Decision, Event, Kind},
+    ca::{CaError, CaInfo, Step},
+};
+
+use super::server::{AdminBody, AdminState, error, json};
+
+/// The answer, if `req` is one of these routes.
+pub fn route<B>(
+    state: &AdminState,
+    req: &Request<B>,
+    uid: Option<u32>,
+) -> Option<hyper::Response<AdminBody>> {
+    let path = req.uri().path();
+    if req.method() == Method::GET && path == "/v1/ca" {
+        return Some(json(StatusCode::OK, &state.ca.current().describe()));
+    }
+    let name = path.strip_prefix("/v1/ca/")?;
+    if req.method() != Method::POST {
+        return None;
+    }
+    let Some(step) = Step::from_route(name) else {
+        return Some(error(
+            StatusCode::NOT_FOUND,
+            "no such CA step (rotate, activate, cancel)",
+        ));
+    };
+    let query: HashMap<String, String> =
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let actor = super::oversight::actor(query.get("by").map(String::as_str), uid);
+    let outcome = state.ca.apply(step);
+    state.audit.record_detached(event(step, &actor, &outcome));
+    Some(match outcome {
+        Ok(trusted) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "step": step.as_str(), "ca": trusted }),
+        ),
+        // A step out of order (nothing staged, one staged already) is the
+        // caller's; anything else is the daemon's.
+        Err(CaError::Rotation(e)) => error(StatusCode::CONFLICT, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    })
+}
+
+/// The record of one step: accepted with the CAs trusted afterwards, or
+/// rejected with why.
+fn event(step: Step, actor: &str, outcome: &Result<Vec<CaInfo>, CaError>) -> Event {
+    let (decision, reason) = match outcome {
+        Ok(trusted) => {
+            let cas: Vec<String> = trusted
+                .iter()
+                .map(|ca| format!("{} {} until {}", ca.role.as_str(), ca.sha256, ca.not_after))
+                .collect();
+            (
+                Decision::Accept,
+                format!("{}: trusted now: {}", step.as_str(), cas.join("; ")),
+            )
+        }
+        Err(e) => (Decision::Reject, format!("{}: {e}", step.as_str())),
+    };
+    let mut e = Event::new(Kind::CaRotation).with_decision(decision, reason);
+    e.actor = Some(actor.to_owned());
+    e.rule = Some(format!("ca-{}", step.as_str()).into());
+    e
+}
