@@ -312,6 +312,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         metrics: audit.metrics.clone(),
         audit: audit.sink.clone(),
         leaves,
+        ca: ca.clone(),
         otlp: audit.otlp.clone(),
         kernel: Some(reloader.kernel.clone()),
     });

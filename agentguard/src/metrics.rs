@@ -90,6 +90,11 @@ struct MapLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CaLabels {
+    role: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     /// The event's own name, shared: counting a request allocates nothing.
     agent: Arc<str>,
@@ -106,6 +111,9 @@ pub struct Snapshot {
     pub kernel_events_lost: u64,
     pub leaf_hits: u64,
     pub leaf_misses: u64,
+    /// Each trusted CA's role (`active`, `next`) and expiry, seconds since
+    /// the epoch.
+    pub ca_expiry: Vec<(&'static str, i64)>,
     pub otlp: Option<OtlpSnapshot>,
 }
 
@@ -121,6 +129,7 @@ pub struct Metrics {
     upstream_latency: Histogram,
     audit_queue_depth: Gauge,
     kernel_map_entries: Family<MapLabels, Gauge>,
+    ca_expiry: Family<CaLabels, Gauge>,
     kernel_map_capacity: Family<MapLabels, Gauge>,
     kernel_events_lost: Counter,
     audit_last_checkpoint_seq: Gauge,
@@ -198,6 +207,13 @@ impl Metrics {
             "upstream_latency_seconds",
             "Time from forwarding a request to the upstream's response head",
             upstream_latency.clone(),
+        );
+        let ca_expiry = Family::<CaLabels, Gauge>::default();
+        registry.register_with_unit(
+            "ca_expiry_timestamp",
+            "When each CA agents trust expires (role: active signs the leaves, next is staged by agentguard ca rotate), seconds since the epoch",
+            prometheus_client::registry::Unit::Seconds,
+            ca_expiry.clone(),
         );
         let kernel_map_entries = Family::<MapLabels, Gauge>::default();
         registry.register(
@@ -280,6 +296,7 @@ impl Metrics {
         );
         Self {
             kernel_map_entries,
+            ca_expiry,
             kernel_map_capacity,
             kernel_events_lost,
             registry,
@@ -392,6 +409,11 @@ impl Metrics {
                     .set(*capacity as i64);
             }
             advance(&self.leaf_misses, snapshot.leaf_misses);
+            // A staged CA that was activated or dropped leaves the family.
+            self.ca_expiry.clear();
+            for (role, at) in &snapshot.ca_expiry {
+                self.ca_expiry.get_or_create(&CaLabels { role }).set(*at);
+            }
             if let Some(o) = &snapshot.otlp {
                 advance(&self.otlp_exported, o.exported);
                 advance(&self.otlp_dropped, o.dropped);
@@ -430,6 +452,7 @@ mod tests {
         let text = m.render(&Snapshot {
             leaf_hits: 5,
             leaf_misses: 2,
+            ca_expiry: vec![("active", 1_900_000_000)],
             ..Snapshot::default()
         });
         assert!(
@@ -454,6 +477,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("agentguard_leaf_cache_hits_total 5"));
+        assert!(
+            text.contains(r#"agentguard_ca_expiry_timestamp_seconds{role="active"} 1900000000"#),
+            "{text}"
+        );
         assert!(text.contains("agentguard_upstream_latency_seconds_count 1"));
         assert!(text.ends_with("# EOF\n"));
         let (plain, content_type) = negotiate(text.clone(), Some("*/*"));

@@ -12,7 +12,7 @@ use std::{path::Path, process::Output};
 
 use serde_json::Value;
 
-use crate::common::{Setup, text};
+use crate::common::{Setup, free_port, http_get, text};
 
 const AGENT: &str = "rotation-agent";
 const API: &str = "api.agentguard.test";
@@ -23,6 +23,25 @@ host = "*.agentguard.test"
 methods = ["GET"]
 paths = ["/", "/*"]
 "#;
+
+/// The roles of `agentguard_ca_expiry_timestamp_seconds`, each with an
+/// expiry at least `min_days` ahead.
+fn expiry_roles(metrics_port: u16, min_days: i64) -> Vec<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    http_get(metrics_port, "/metrics")
+        .lines()
+        .filter_map(|l| l.strip_prefix("agentguard_ca_expiry_timestamp_seconds{role=\""))
+        .map(|rest| {
+            let (role, value) = rest.split_once("\"} ").unwrap();
+            let at: i64 = value.trim().parse().unwrap();
+            assert!(at > now + min_days * 86_400, "{role} expires at {at}");
+            role.to_owned()
+        })
+        .collect()
+}
 
 /// The trust bundle as it is now, copied as an agent starting now loads it.
 fn bundle_now(s: &Setup, dir: &Path, name: &str) -> String {
@@ -82,7 +101,14 @@ fn rotation_events(s: &Setup, count: usize) -> Vec<Value> {
 
 #[test]
 fn a_rotation_switches_the_signing_ca_without_breaking_restarted_agents() {
-    let s = Setup::builder(API).agents(&[AGENT]).policy(ALLOW).start();
+    let metrics = free_port();
+    let listen = format!("127.0.0.1:{metrics}");
+    let s = Setup::builder(API)
+        .agents(&[AGENT])
+        .policy(ALLOW)
+        .args(&["--metrics-listen", &listen])
+        .start();
+    assert_eq!(expiry_roles(metrics, 700), ["active"]);
     let dir = tempfile::tempdir().unwrap();
     let before = bundle_now(&s, dir.path(), "before.pem");
     assert_served(&curl(&s, &before), "before the rotation");
@@ -105,6 +131,7 @@ fn a_rotation_switches_the_signing_ca_without_breaking_restarted_agents() {
         .map(|c| c["role"].as_str().unwrap())
         .collect();
     assert_eq!(roles, ["active", "next"], "{status}");
+    assert_eq!(expiry_roles(metrics, 700), ["active", "next"]);
 
     // Step 2: the next CA signs; the old one is trusted no more.
     let out = ca(&s, &["activate"]);
@@ -113,6 +140,7 @@ fn a_rotation_switches_the_signing_ca_without_breaking_restarted_agents() {
         &curl(&s, &during),
         "activated, agent started after the rotation",
     );
+    assert_eq!(expiry_roles(metrics, 700), ["active"]);
     let stale = curl(&s, &before);
     assert!(
         !stale.status.success(),

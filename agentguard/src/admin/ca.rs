@@ -13,13 +13,13 @@ use hyper::{Method, Request, StatusCode};
 
 use crate::{
     audit::{Decision, Event, Kind},
-    ca::{CaError, CaInfo, Step},
+    ca::{CaError, CaInfo, RotationError, Step},
 };
 
 use super::server::{AdminBody, AdminState, error, json};
 
 /// The answer, if `req` is one of these routes.
-pub fn route<B>(
+pub async fn route<B>(
     state: &AdminState,
     req: &Request<B>,
     uid: Option<u32>,
@@ -43,18 +43,40 @@ pub fn route<B>(
             .into_owned()
             .collect();
     let actor = super::oversight::actor(query.get("by").map(String::as_str), uid);
-    let outcome = state.ca.apply(step);
-    state.audit.record_detached(event(step, &actor, &outcome));
+    // Key generation and fsyncs: off the runtime's worker threads.
+    let ca = state.ca.clone();
+    let outcome = match tokio::task::spawn_blocking(move || ca.apply(step)).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            return Some(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("the CA step did not finish: {e}"),
+            ));
+        }
+    };
+    // Recorded before the caller hears of it.
+    state.audit.record(event(step, &actor, &outcome)).await;
     Some(match outcome {
         Ok(trusted) => json(
             StatusCode::OK,
             &serde_json::json!({ "step": step.as_str(), "ca": trusted }),
         ),
-        // A step out of order (nothing staged, one staged already) is the
-        // caller's; anything else is the daemon's.
-        Err(CaError::Rotation(e)) => error(StatusCode::CONFLICT, &e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => error(status_of(&e), &e.to_string()),
     })
+}
+
+/// A step out of order (nothing staged, one staged already, a bundle that
+/// lacks the staged CA) is the caller's to fix; anything else, a folder
+/// in a state no step leaves included, is the daemon's.
+fn status_of(e: &CaError) -> StatusCode {
+    match e {
+        CaError::Rotation(
+            RotationError::AlreadyStaged(_)
+            | RotationError::NothingStaged
+            | RotationError::NotInBundle(_),
+        ) => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
 }
 
 /// The record of one step: accepted with the CAs trusted afterwards, or

@@ -49,6 +49,8 @@ pub struct MetricsSource {
     pub metrics: Arc<Metrics>,
     pub audit: AuditSink,
     pub leaves: Arc<LeafCache>,
+    /// For the CAs' expiry.
+    pub ca: Arc<crate::ca::CaStore>,
     pub otlp: Option<Arc<OtlpStats>>,
     /// For map occupancy and lost kernel events; `None` in unit tests.
     pub kernel: Option<Arc<std::sync::Mutex<crate::ebpf::Kernel>>>,
@@ -70,6 +72,13 @@ impl MetricsSource {
             audit: Some(self.audit.status()),
             leaf_hits,
             leaf_misses,
+            ca_expiry: self
+                .ca
+                .current()
+                .expiries()
+                .into_iter()
+                .map(|(role, at)| (role.as_str(), at))
+                .collect(),
             otlp: self.otlp.as_ref().map(|o| o.snapshot()),
         })
     }
@@ -230,7 +239,7 @@ impl AdminServer {
                         {
                             return Ok::<_, Infallible>(container_event(state, &req).await);
                         }
-                        if let Some(resp) = super::ca::route(&state, &req, uid) {
+                        if let Some(resp) = super::ca::route(&state, &req, uid).await {
                             return Ok::<_, Infallible>(resp);
                         }
                         Ok::<_, Infallible>(

@@ -144,6 +144,8 @@ pub struct LocalCa {
     issuer: Issuer<'static, KeyPair>,
     cert_der: CertificateDer<'static>,
     cert_pem: String,
+    /// SHA-256 of `cert_der` ([`LocalCa::id`]).
+    id: [u8; 32],
     dir: PathBuf,
     cert_path: PathBuf,
     /// The staged next CA's certificate, if one is staged: trusted beside
@@ -188,7 +190,7 @@ impl LocalCa {
     pub fn load_or_create(state_dir: &Path) -> Result<Self, CaError> {
         let dir = state_dir.join(CA_DIR);
         prepare_dir(&dir)?;
-        super::rotation::finish_interrupted_activation(&dir)?;
+        super::rotation::finish_interrupted_step(&dir)?;
         if both_present(&dir)? {
             Self::read(dir)
         } else {
@@ -208,8 +210,44 @@ impl LocalCa {
         }
         let meta = fs::metadata(&dir).map_err(io_error("read", &dir))?;
         check_dir(&dir, &meta)?;
-        super::rotation::finish_interrupted_activation(&dir)?;
+        super::rotation::finish_interrupted_step(&dir)?;
         Self::read(dir)
+    }
+
+    /// The certificates of `state_dir`'s CA, PEM, read without its key and
+    /// without changing anything (for `agentguard ca export`, which may run
+    /// while the daemon is in the middle of a rotation step): the one that
+    /// signs, then, with `with_next`, a staged next CA's, if there is one.
+    pub fn read_certs(state_dir: &Path, with_next: bool) -> Result<Vec<String>, CaError> {
+        let dir = state_dir.join(CA_DIR);
+        let cert_path = dir.join(CERT_FILE);
+        if !cert_path
+            .try_exists()
+            .map_err(io_error("check", &cert_path))?
+        {
+            return Err(CaError::Missing { path: cert_path });
+        }
+        let meta = fs::metadata(&dir).map_err(io_error("read", &dir))?;
+        check_dir(&dir, &meta)?;
+        let mut pems = Vec::new();
+        let files: &[&str] = if with_next {
+            &[CERT_FILE, NEXT_CERT_FILE]
+        } else {
+            &[CERT_FILE]
+        };
+        for file in files {
+            let path = dir.join(file);
+            let pem = match fs::read_to_string(&path) {
+                Ok(pem) => pem,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && *file == NEXT_CERT_FILE => {
+                    continue;
+                }
+                Err(e) => return Err(io_error("read", &path)(e)),
+            };
+            parse_cert(&path, &pem)?;
+            pems.push(pem);
+        }
+        Ok(pems)
     }
 
     /// The CA certificate, PEM.
@@ -220,6 +258,13 @@ impl LocalCa {
     /// The CA certificate, DER.
     pub fn cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
+    }
+
+    /// SHA-256 of the CA certificate: what a cached leaf remembers of the
+    /// CA that signed it (not the CA itself, whose key must not outlive an
+    /// activation in memory).
+    pub(super) fn id(&self) -> &[u8; 32] {
+        &self.id
     }
 
     /// `<state_dir>/ca/ca.crt`.
@@ -307,7 +352,11 @@ impl LocalCa {
         let key_pem = ca.issuer.key().serialize_pem();
         let key = Written::new(&ca.dir, key_file, key_pem.as_bytes(), KEY_MODE)?;
         let cert = Written::new(&ca.dir, cert_file, ca.cert_pem.as_bytes(), PUBLIC_FILE_MODE)?;
+        // The key's link is on disk before the certificate's: a certificate
+        // without its key would read as an activation cut short
+        // (`super::rotation::finish_interrupted_step`).
         key.link_to(&key_path)?;
+        atomic_file::sync_dir(&ca.dir)?;
         cert.link_to(&ca.cert_path)?;
         atomic_file::sync_dir(&ca.dir)?;
         Ok(ca)
@@ -360,8 +409,11 @@ impl LocalCa {
         cert_pem: String,
         provider: Arc<CryptoProvider>,
     ) -> Self {
+        let mut id = [0u8; 32];
+        id.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &cert_der).as_ref());
         Self {
             issuer: Issuer::new(ca_params(), key_pair),
+            id,
             cert_der,
             cert_pem,
             cert_path,

@@ -31,7 +31,10 @@ impl LocalCa {
     /// Writes `<state_dir>/ca/bundle.pem` (mode 0644): the first system trust
     /// store found, followed by the agentguard CA certificate and the staged
     /// next CA's, if one is staged ([`super::rotation`]). With no system
-    /// store, the bundle holds only the agentguard CA (with a warning).
+    /// store, the bundle holds only the agentguard CA (with a warning). An
+    /// agentguard CA in the system store that is neither of these (one
+    /// installed host-wide before a rotation) is left out, with a warning:
+    /// a rotation must end the old CA's trust.
     /// Replaced atomically, so an agent starting meanwhile reads either the
     /// old bundle or the new one, never half of one. Returns its path.
     pub fn write_trust_bundle(&self) -> Result<PathBuf, CaError> {
@@ -42,7 +45,7 @@ impl LocalCa {
         let mut bundle = match read_first(system_bundles)? {
             Some((path, pem)) => {
                 debug!(system_bundle = %path.display(), "building the trust bundle");
-                pem
+                self.without_stale_cas(path, pem)
             }
             None => {
                 warn!(
@@ -68,10 +71,66 @@ impl LocalCa {
         Ok(path)
     }
 
+    /// `system` (the store read from `path`) without the agentguard CA
+    /// certificates that are neither the one that signs nor the staged one:
+    /// certificates under this CA's subject name, which every agentguard CA
+    /// shares.
+    fn without_stale_cas(&self, path: &Path, system: Vec<u8>) -> Vec<u8> {
+        let subject = |der: &[u8]| {
+            x509_parser::parse_x509_certificate(der)
+                .ok()
+                .map(|(_, cert)| cert.tbs_certificate.subject.as_raw().to_vec())
+        };
+        let Some(ours) = subject(self.cert_der()) else {
+            return system;
+        };
+        let current: Vec<&[u8]> = std::iter::once(self.cert_der().as_ref())
+            .chain(self.next().map(|n| n.der.as_ref()))
+            .collect();
+        let mut kept = Vec::with_capacity(system.len());
+        let mut rest = system.as_slice();
+        let mut dropped = 0;
+        while let Some(start) = find(rest, PEM_BEGIN) {
+            let Some(len) = find(&rest[start..], PEM_END).map(|i| i + PEM_END.len()) else {
+                break;
+            };
+            let block = &rest[start..start + len];
+            let der = rustls_pemfile::certs(&mut &block[..])
+                .next()
+                .and_then(Result::ok);
+            let stale = der.is_some_and(|der| {
+                subject(&der).as_ref() == Some(&ours) && !current.contains(&der.as_ref())
+            });
+            if stale {
+                kept.extend_from_slice(&rest[..start]);
+                dropped += 1;
+            } else {
+                kept.extend_from_slice(&rest[..start + len]);
+            }
+            rest = &rest[start + len..];
+        }
+        kept.extend_from_slice(rest);
+        if dropped > 0 {
+            warn!(
+                system_bundle = %path.display(),
+                dropped,
+                "the system trust store holds an agentguard CA that no longer signs: left out of the agents' bundle; remove it from the host's store (/usr/local/share/ca-certificates, then update-ca-certificates)"
+            );
+        }
+        kept
+    }
+
     /// `<state_dir>/ca/bundle.pem`, written or not.
     pub fn bundle_path(&self) -> PathBuf {
         self.dir().join(BUNDLE_FILE)
     }
+}
+
+const PEM_BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
+const PEM_END: &[u8] = b"-----END CERTIFICATE-----";
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(haystack, needle)
 }
 
 /// The contents of the first of `paths` that exists. Any error other than
@@ -138,6 +197,37 @@ mod tests {
         let bundle = fs::read_to_string(path).unwrap();
         assert_eq!(bundle.matches(BEGIN).count(), 1);
         assert_eq!(bundle, ca.cert_pem());
+    }
+
+    /// A system store that holds an agentguard CA from before a rotation
+    /// (installed host-wide) does not carry it into the agents' bundle;
+    /// everything else in the store, and the current CA, stays.
+    #[test]
+    fn a_former_agentguard_ca_in_the_system_store_is_left_out() {
+        let state = tempfile::tempdir().unwrap();
+        let store = crate::ca::CaStore::load_or_create(state.path()).unwrap();
+        store.current().write_trust_bundle().unwrap();
+        let old = store.current().cert_pem().to_owned();
+        store.apply(crate::ca::Step::Rotate).unwrap();
+        store.apply(crate::ca::Step::Activate).unwrap();
+        let ca = store.current();
+        let other = fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap();
+        let other = &other[..other.find("-----END CERTIFICATE-----").unwrap() + 26];
+        let system = state.path().join("system.pem");
+        fs::write(
+            &system,
+            format!(
+                "# a root\n{other}# agentguard, host-wide\n{old}{}",
+                ca.cert_pem()
+            ),
+        )
+        .unwrap();
+        let path = ca.write_trust_bundle_from(&[&system]).unwrap();
+        let bundle = fs::read_to_string(path).unwrap();
+        assert!(!bundle.contains(&old), "the old CA stayed trusted");
+        assert!(bundle.contains(other));
+        assert!(bundle.contains("# agentguard, host-wide"));
+        assert!(bundle.contains(ca.cert_pem()));
     }
 
     #[test]

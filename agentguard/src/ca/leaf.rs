@@ -46,26 +46,26 @@ struct CachedLeaf {
     key: Arc<CertifiedKey>,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
-    /// The CA that signed it.
-    signer: Arc<LocalCa>,
+    /// The certificate of the CA that signed it ([`LocalCa::id`]).
+    signer: [u8; 32],
 }
 
 impl CachedLeaf {
-    fn new(leaf: MintedLeaf, signer: Arc<LocalCa>) -> Self {
+    fn new(leaf: MintedLeaf, signer: &LocalCa) -> Self {
         Self {
             key: leaf.key,
             not_before: leaf.not_before,
             not_after: leaf.not_after,
-            signer,
+            signer: *signer.id(),
         }
     }
 
-    /// Signed by `ca` (the same certificate: a rotation's first step
-    /// reloads the CA that signs, unchanged) and valid at `now`, in
-    /// wall-clock time, as clients judge validity. The lower bound matters
-    /// if the clock is set back by more than the backdating.
-    fn usable(&self, ca: &Arc<LocalCa>, now: OffsetDateTime) -> bool {
-        (Arc::ptr_eq(&self.signer, ca) || self.signer.cert_der() == ca.cert_der())
+    /// Signed by `ca` (by its certificate: a rotation's first step reloads
+    /// the CA that signs, unchanged) and valid at `now`, in wall-clock
+    /// time, as clients judge validity. The lower bound matters if the
+    /// clock is set back by more than the backdating.
+    fn usable(&self, ca: &LocalCa, now: OffsetDateTime) -> bool {
+        self.signer == *ca.id()
             && self.not_before <= now
             && now + LEAF_REFRESH_MARGIN < self.not_after
     }
@@ -108,7 +108,7 @@ impl LeafCache {
         // Minting takes ~70 µs; holding the lock through it would queue every
         // handshake behind it. Two threads that miss on the same name both
         // mint, and the first to insert wins.
-        let minted = CachedLeaf::new(ca.mint(&name)?, ca.clone());
+        let minted = CachedLeaf::new(ca.mint(&name)?, &ca);
         let mut leaves = self.lock();
         if let Some(leaf) = leaves.get(&name).filter(|leaf| leaf.usable(&ca, now)) {
             return Ok(leaf.key.clone());
@@ -127,12 +127,7 @@ impl LeafCache {
         self.lock().is_empty()
     }
 
-    fn cached(
-        &self,
-        name: &str,
-        ca: &Arc<LocalCa>,
-        now: OffsetDateTime,
-    ) -> Option<Arc<CertifiedKey>> {
+    fn cached(&self, name: &str, ca: &LocalCa, now: OffsetDateTime) -> Option<Arc<CertifiedKey>> {
         let mut leaves = self.lock();
         leaves
             .get(name)
@@ -238,7 +233,7 @@ mod tests {
     fn leaves_near_expiry_are_not_used() {
         let (_state, store) = ca();
         let ca = store.current();
-        let leaf = CachedLeaf::new(ca.mint("a.example.com").unwrap(), ca.clone());
+        let leaf = CachedLeaf::new(ca.mint("a.example.com").unwrap(), &ca);
         let now = OffsetDateTime::now_utc();
         assert!(leaf.usable(&ca, now));
         assert!(leaf.usable(

@@ -13,7 +13,7 @@
 //!    gone and the old certificate leaves the bundle.
 //!
 //! `cancel` drops a staged CA instead. A crash in any step leaves a folder
-//! the next start completes or cleans up ([`finish_interrupted_activation`]):
+//! the next start completes or cleans up ([`finish_interrupted_step`]):
 //! the files are renamed in an order where each half-done state says which
 //! step it came from.
 
@@ -132,7 +132,14 @@ pub(super) fn cancel(dir: &Path) -> Result<(), CaError> {
 ///   the certificate follows it, if the key in `ca.key` is its own.
 /// - `next.key` without `next.crt`: a stage or a cancel cut short; the
 ///   key, never trusted by anyone, is removed.
-pub(super) fn finish_interrupted_activation(dir: &Path) -> Result<(), CaError> {
+/// - a key's temporary copy (`.ca.key.tmp-…`, `.next.key.tmp-…`), left by
+///   a crash between writing a key and linking it into place: removed, so
+///   no copy of a key outlives the key.
+///
+/// Only the daemon calls it (through [`LocalCa::load_or_create`] and
+/// [`LocalCa::load`]), one step at a time: `ca export` reads without it.
+pub(super) fn finish_interrupted_step(dir: &Path) -> Result<(), CaError> {
+    remove_key_copies(dir)?;
     let exists = |file: &str| {
         let path = dir.join(file);
         path.try_exists().map_err(io_error("check", &path))
@@ -155,6 +162,23 @@ pub(super) fn finish_interrupted_activation(dir: &Path) -> Result<(), CaError> {
             info!("removed the key of a next CA whose staging or cancelling was cut short");
         }
         _ => {}
+    }
+    Ok(())
+}
+
+fn remove_key_copies(dir: &Path) -> Result<(), CaError> {
+    let entries = fs::read_dir(dir).map_err(io_error("read", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(io_error("read", dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let copy = [KEY_FILE, NEXT_KEY_FILE]
+            .iter()
+            .any(|key| name.starts_with(&format!(".{key}.tmp-")));
+        if copy {
+            remove(dir, &name)?;
+            info!(file = %name, "removed a CA key's temporary copy left by a crash");
+        }
     }
     Ok(())
 }
@@ -220,6 +244,17 @@ impl LocalCa {
     /// read back (it was self-checked at load, so this is not expected).
     pub fn not_after(&self) -> Option<OffsetDateTime> {
         not_after(self.cert_der())
+    }
+
+    /// Each trusted CA's expiry, seconds since the epoch (for the metrics).
+    pub fn expiries(&self) -> Vec<(CaRole, i64)> {
+        let mut all = vec![(CaRole::Active, self.cert_der().as_ref())];
+        if let Some(next) = self.next() {
+            all.push((CaRole::Next, next.der.as_ref()));
+        }
+        all.into_iter()
+            .filter_map(|(role, der)| Some((role, not_after(der)?.unix_timestamp())))
+            .collect()
     }
 }
 
@@ -398,6 +433,21 @@ mod tests {
         assert_eq!(ca.cert_pem(), old_pem);
         assert!(ca.next_cert_pem().is_none());
         assert_eq!(files(&state), ["bundle.pem", "ca.crt", "ca.key"]);
+    }
+
+    /// A key's temporary copy that a crash left beside the CA is removed
+    /// at the next load; nothing else is.
+    #[test]
+    fn a_keys_temporary_copy_is_removed_at_the_next_load() {
+        let (state, _store) = fresh();
+        let dir = state.path().join("ca");
+        fs::copy(dir.join("ca.key"), dir.join(".next.key.tmp-1-0")).unwrap();
+        fs::write(dir.join(".bundle.pem.tmp-1-0"), "not a key").unwrap();
+        LocalCa::load(state.path()).unwrap();
+        assert_eq!(
+            files(&state),
+            [".bundle.pem.tmp-1-0", "bundle.pem", "ca.crt", "ca.key"]
+        );
     }
 
     /// `next.crt` alone whose key is not `ca.key` is no state a step

@@ -69,11 +69,13 @@ impl CaStore {
             Step::Activate => rotation::activate(&dir, &self.current().bundle_path())?,
             Step::Cancel => rotation::cancel(&dir)?,
         }
-        let ca = LocalCa::load(&self.state_dir)?;
+        let ca = Arc::new(LocalCa::load(&self.state_dir)?);
+        // Switched before the bundle is rewritten: after an activation the
+        // bundle on disk holds both CAs until the rewrite drops the old one,
+        // so at no moment does the proxy sign with a CA it lacks.
+        self.current.store(ca.clone());
         ca.write_trust_bundle()?;
-        let trusted = ca.describe();
-        self.current.store(Arc::new(ca));
-        Ok(trusted)
+        Ok(ca.describe())
     }
 }
 

@@ -45,10 +45,8 @@ pub fn run(
 ) -> Result<ExitCode, super::CliError> {
     let step = match command {
         CaCommand::Export { state_dir, all } => {
-            let ca = LocalCa::load(&state_dir)?;
-            print!("{}", ca.cert_pem());
-            if all && let Some(next) = ca.next_cert_pem() {
-                print!("{next}");
+            for pem in LocalCa::read_certs(&state_dir, all)? {
+                print!("{pem}");
             }
             return Ok(ExitCode::SUCCESS);
         }

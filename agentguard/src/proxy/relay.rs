@@ -206,8 +206,9 @@ fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
     // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: info and len are valid for the sizes given; a closed or
-    // non-socket fd only makes the call fail.
+    // SAFETY: info and len are valid for the sizes given. The caller keeps
+    // `fd` open (a number closed and reused would be read as another
+    // socket, which is why callers hold the socket while they ask).
     let rc = unsafe {
         libc::getsockopt(
             fd,

@@ -73,6 +73,8 @@ mod tests {
                     idle = &mut watch => panic!("idle after {idle:?} with traffic (near sends: {near_sends})"),
                     () = tokio::time::sleep(LIMIT / 6) => {}
                 }
+                // Before the byte: the kernel's idle time starts after it.
+                last = Instant::now();
                 let mut byte = [0u8];
                 if near_sends {
                     near.write_all(b"x").await.unwrap();
@@ -81,7 +83,6 @@ mod tests {
                     far.write_all(b"x").await.unwrap();
                     near.read_exact(&mut byte).await.unwrap();
                 }
-                last = Instant::now();
             }
             let quiet = tokio::time::timeout(Duration::from_secs(10), &mut watch)
                 .await
