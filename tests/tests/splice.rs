@@ -540,6 +540,22 @@ fn idle_limited_daemon(dns: &DnsUpstream, env: Option<(&str, &str)>) -> (Daemon,
     (daemon_with(dns, env, &args), port)
 }
 
+/// The one connection's event names `relay`, and `idle_closed`
+/// connections were closed by the idle limit.
+fn assert_relayed(daemon: &Daemon, metrics: u16, relay: &str, idle_closed: u64) {
+    assert_eq!(
+        metric(
+            metrics,
+            "agentguard_passthrough_idle_closed_total",
+            idle_closed
+        ),
+        idle_closed,
+        "{relay}"
+    );
+    let events = passthrough_events(daemon, 1);
+    assert_eq!(events[0]["relay"], relay, "{events:?}");
+}
+
 /// A passthrough connection on which no byte moves either way for the
 /// idle limit is closed at both ends, whichever relay carries it (with the
 /// kernel's, the agent's direct way open), and counted.
@@ -564,13 +580,7 @@ fn a_passthrough_connection_idle_for_the_limit_is_closed() {
         );
         assert_eq!(next_line(&server_lines, "upstream's end"), "0", "{relay}");
         let _ = server.wait();
-        assert_eq!(
-            metric(metrics, "agentguard_passthrough_idle_closed_total", 1),
-            1,
-            "{relay}"
-        );
-        let events = passthrough_events(&daemon, 1);
-        assert_eq!(events[0]["relay"], relay, "{events:?}");
+        assert_relayed(&daemon, metrics, relay, 1);
         if env.is_some() {
             assert_eq!(direct_connections(metrics, 1), 1);
         }
@@ -601,13 +611,7 @@ fn bytes_either_way_keep_a_passthrough_connection_past_the_idle_limit() {
         assert_eq!(next_line(&server_lines, "hello"), "hello");
         assert_eq!(next_line(&server_lines, "bytes read"), "8", "{relay}");
         assert!(server.wait().unwrap().success());
-        assert_eq!(
-            metric(metrics, "agentguard_passthrough_idle_closed_total", 0),
-            0,
-            "{relay}"
-        );
-        let events = passthrough_events(&daemon, 1);
-        assert_eq!(events[0]["relay"], relay, "{events:?}");
+        assert_relayed(&daemon, metrics, relay, 0);
         if env.is_some() {
             // The trickle went the direct way, past the proxy's copy: the
             // kernel's counters still saw it.
