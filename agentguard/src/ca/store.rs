@@ -58,9 +58,12 @@ impl CaStore {
         self.current.load_full()
     }
 
-    /// Carries out `step`, rewrites the trust bundle, and switches to the
-    /// CA on disk; returns the CAs trusted afterwards. On an error nothing
-    /// the agents see has changed (see [`rotation`]).
+    /// Carries out `step`, switches to the CA on disk and rewrites the
+    /// trust bundle; returns the CAs trusted afterwards. A step refused
+    /// changes nothing (see [`rotation`]). Should the folder not read back
+    /// after a step that was carried out (not expected: every step leaves
+    /// a CA that loads), the error says why, the files stay as the step
+    /// left them, and the CA in use stays the one before.
     pub fn apply(&self, step: Step) -> Result<Vec<CaInfo>, CaError> {
         let _one_at_a_time = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
         let dir = self.state_dir.join(CA_DIR);
