@@ -25,13 +25,14 @@ paths = ["/", "/*"]
 "#;
 
 /// The roles of `agentguard_ca_expiry_timestamp_seconds`, each with an
-/// expiry at least `min_days` ahead.
+/// expiry at least `min_days` ahead, sorted (the exposition's order of a
+/// metric's labels is not fixed).
 fn expiry_roles(metrics_port: u16, min_days: i64) -> Vec<String> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    http_get(metrics_port, "/metrics")
+    let mut roles: Vec<String> = http_get(metrics_port, "/metrics")
         .lines()
         .filter_map(|l| l.strip_prefix("agentguard_ca_expiry_timestamp_seconds{role=\""))
         .map(|rest| {
@@ -40,7 +41,9 @@ fn expiry_roles(metrics_port: u16, min_days: i64) -> Vec<String> {
             assert!(at > now + min_days * 86_400, "{role} expires at {at}");
             role.to_owned()
         })
-        .collect()
+        .collect();
+    roles.sort();
+    roles
 }
 
 /// The trust bundle as it is now, copied as an agent starting now loads it.
