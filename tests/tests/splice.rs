@@ -76,6 +76,25 @@ except OSError:
 c.close()
 "#;
 
+/// What the agent scripts below start with: `client_hello(host)`, a real
+/// TLS ClientHello for `host`, made by Python's ssl (the proxy decides
+/// passthrough on it). A macro, so that `concat!` can put it before each.
+macro_rules! client_hello {
+    () => {
+        r#"
+import ssl
+def client_hello(host):
+    bio_in, bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(bio_in, bio_out, server_hostname=host)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return bio_out.read()
+"#
+    };
+}
+
 /// The agent of the raw transfers: sends a real ClientHello for the
 /// passthrough name (made by Python's ssl), then `n` pseudo-random bytes
 /// while it reads, half-closes, and reads until the upstream closes. With
@@ -83,18 +102,14 @@ c.close()
 /// upstream's first ones arrived, as a TLS client waits for the server.
 /// Prints how many bytes came down, whether they are the upstream's, and
 /// whether the upstream's digest is that of what it sent.
-const CLIENT: &str = r#"
-import hashlib, random, socket, ssl, sys, threading, time
+const CLIENT: &str = concat!(
+    client_hello!(),
+    r#"
+import hashlib, random, socket, sys, threading, time
 host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 pause = float(sys.argv[4])
 first = threading.Event()
-bio_in, bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-tls = ssl.create_default_context().wrap_bio(bio_in, bio_out, server_hostname=host)
-try:
-    tls.do_handshake()
-except ssl.SSLWantReadError:
-    pass
-hello = bio_out.read()
+hello = client_hello(host)
 s = socket.create_connection((host, port), timeout=120)
 up = random.Random(1).randbytes(n)
 def send():
@@ -116,21 +131,18 @@ while True:
 t.join()
 down = random.Random(2).randbytes(n)
 print(len(got) - 64, bytes(got[:n]) == down, got[n:].decode() == hashlib.sha256(up).hexdigest())
-"#;
+"#
+);
 
 /// The agent of the cut tests: sends its ClientHello, prints `sent`, then
 /// reads until the connection ends and prints how (`eof` or the error).
-const WAITER: &str = r#"
-import socket, ssl, sys
+const WAITER: &str = concat!(
+    client_hello!(),
+    r#"
+import socket, sys
 host, port = sys.argv[1], int(sys.argv[2])
-bio_in, bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-tls = ssl.create_default_context().wrap_bio(bio_in, bio_out, server_hostname=host)
-try:
-    tls.do_handshake()
-except ssl.SSLWantReadError:
-    pass
 s = socket.create_connection((host, port), timeout=60)
-s.sendall(bio_out.read())
+s.sendall(client_hello(host))
 print("sent", flush=True)
 try:
     while True:
@@ -140,23 +152,20 @@ try:
             break
 except OSError as e:
     print(type(e).__name__, flush=True)
-"#;
+"#
+);
 
 /// An agent that keeps its connection busy one way only: sends its
 /// ClientHello, then `count` bytes `x`, `gap` seconds apart, half-closes,
 /// and reads until the upstream closes. Prints whether what came down is
 /// the digest of what it sent ([`SERVER`] with `n` 0 sends nothing else).
-const TRICKLE: &str = r#"
-import hashlib, socket, ssl, sys, time
+const TRICKLE: &str = concat!(
+    client_hello!(),
+    r#"
+import hashlib, socket, sys, time
 host, port, count, gap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-bio_in, bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-tls = ssl.create_default_context().wrap_bio(bio_in, bio_out, server_hostname=host)
-try:
-    tls.do_handshake()
-except ssl.SSLWantReadError:
-    pass
 s = socket.create_connection((host, port), timeout=60)
-s.sendall(bio_out.read())
+s.sendall(client_hello(host))
 for _ in range(count):
     time.sleep(gap)
     s.sendall(b"x")
@@ -168,7 +177,8 @@ while True:
         break
     got += b
 print(got.decode() == hashlib.sha256(b"x" * count).hexdigest())
-"#;
+"#
+);
 
 /// The opt-in to the kernel splice, as an operator would set it.
 const KERNEL: Option<(&str, &str)> = Some(("AGENTGUARD_PASSTHROUGH_RELAY", "kernel"));
