@@ -7,8 +7,6 @@
 //! Every step asked for, carried out or refused, is a `ca_rotation` audit
 //! event naming the caller (as [`super::oversight`] names them).
 
-use std::collections::HashMap;
-
 use hyper::{Method, Request, StatusCode};
 
 use crate::{
@@ -38,10 +36,7 @@ pub async fn route<B>(
             "no such CA step (rotate, activate, cancel)",
         ));
     };
-    let query: HashMap<String, String> =
-        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
+    let query = super::server::query_params(req);
     let actor = super::oversight::actor(query.get("by").map(String::as_str), uid);
     // Key generation and fsyncs: off the runtime's worker threads.
     let ca = state.ca.clone();

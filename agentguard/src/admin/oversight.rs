@@ -13,8 +13,6 @@
 //! caller's uid (from the socket's peer credentials) and the name the CLI
 //! gives (`$SUDO_USER`, `$USER`), as told.
 
-use std::collections::HashMap;
-
 use hyper::{Method, Request, StatusCode};
 
 use crate::{approvals::ApprovalError, oversight::OversightError};
@@ -28,10 +26,7 @@ pub async fn route<B>(
     uid: Option<u32>,
 ) -> Option<hyper::Response<AdminBody>> {
     let path = req.uri().path();
-    let query: HashMap<String, String> =
-        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
+    let query = super::server::query_params(req);
     let oversight = &state.oversight;
     let actor = || actor(query.get("by").map(String::as_str), uid);
     let hash = query.get("hash").map(String::as_str);

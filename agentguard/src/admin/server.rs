@@ -96,6 +96,13 @@ impl MetricsSource {
     }
 }
 
+/// A request's query parameters, by name (the last of repeated ones).
+pub(super) fn query_params<B>(req: &Request<B>) -> std::collections::HashMap<String, String> {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
 /// `--metrics-listen`: `GET /metrics` only, over TCP. It shows counts and
 /// agent names, no secrets, so it may be bound beyond root's reach; other
 /// paths get 404.

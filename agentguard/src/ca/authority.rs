@@ -200,7 +200,8 @@ impl LocalCa {
         }
     }
 
-    /// Loads the CA without creating anything (for `agentguard ca export`).
+    /// Loads the CA without creating anything, finishing a rotation step
+    /// a crash cut short (the daemon, after each step: [`super::CaStore`]).
     pub fn load(state_dir: &Path) -> Result<Self, CaError> {
         let dir = state_dir.join(CA_DIR);
         if !both_present(&dir)? {

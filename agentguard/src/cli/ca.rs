@@ -7,7 +7,7 @@ use clap::Subcommand;
 
 use crate::{
     admin::AdminClient,
-    ca::{CaInfo, LocalCa},
+    ca::{CaInfo, LocalCa, Step},
     config::DEFAULT_STATE_DIR,
 };
 
@@ -56,23 +56,23 @@ pub fn run(
             print_cas(&cas);
             return Ok(ExitCode::SUCCESS);
         }
-        CaCommand::Rotate => "rotate",
-        CaCommand::Activate => "activate",
-        CaCommand::Cancel => "cancel",
+        CaCommand::Rotate => Step::Rotate,
+        CaCommand::Activate => Step::Activate,
+        CaCommand::Cancel => Step::Cancel,
     };
     let by = form_urlencoded::Serializer::new(String::new())
         .append_pair("by", &super::approve::caller())
         .finish();
     let answer: StepAnswer = super::runtime()?
-        .block_on(AdminClient::new(admin_socket).post(&format!("/v1/ca/{step}?{by}")))?;
+        .block_on(AdminClient::new(admin_socket).post(&format!("/v1/ca/{}?{by}", step.as_str())))?;
     print_cas(&answer.ca);
     println!(
         "{}",
         match step {
-            "rotate" =>
+            Step::Rotate =>
                 "staged a next CA: agents started from now on trust it; restart every agent, then run `agentguard ca activate`",
-            "activate" => "the next CA now signs every new leaf; the old CA's key is deleted",
-            _ => "dropped the staged CA",
+            Step::Activate => "the next CA now signs every new leaf; the old CA's key is deleted",
+            Step::Cancel => "dropped the staged CA",
         }
     );
     Ok(ExitCode::SUCCESS)
