@@ -98,8 +98,12 @@ pub struct ConnRecord {
     pub pid: u32,
     pub uid: u32,
     pub gid: u32,
-    /// Explicit padding so `cgroup_id` is 8-aligned without hidden bytes.
-    pub _pad: u32,
+    /// Since when the record waits for the proxy: whole seconds of the
+    /// boot-time clock (`CLOCK_BOOTTIME`, `bpf_ktime_get_boot_ns`), stamped
+    /// by `sockops` as the record enters `PEER_RECORDS`; 0 before. The
+    /// daemon forgets records that waited too long (`--kernel-record-max-wait`).
+    /// Took the place of padding, so the layout is the same as before.
+    pub waiting_since_s: u32,
     /// cgroup v2 id (the cgroup directory's inode number) of the caller.
     pub cgroup_id: u64,
     /// Socket cookie of the agent's socket, unique for the boot.

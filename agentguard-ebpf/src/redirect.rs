@@ -131,7 +131,8 @@ pub fn tcp_to_proxy(
             pid: pid_tgid as u32,
             uid: uid_gid as u32,
             gid: (uid_gid >> 32) as u32,
-            _pad: 0,
+            // Stamped by sockops once the connection is established.
+            waiting_since_s: 0,
             cgroup_id,
             cookie,
             comm: bpf_get_current_comm().unwrap_or([0; 16]),

@@ -15,7 +15,11 @@
 //! closed first, though: a client that writes its request and closes at
 //! once reaches TCP_CLOSE (through FIN_WAIT2 and TIME_WAIT) within a fraction
 //! of a second, possibly before a busy proxy accepts; that record is still
-//! wanted, and a restarted daemon clears whatever such records remain.
+//! wanted. Each record is stamped with the time it started waiting, and
+//! the daemon forgets those the proxy has not taken for
+//! `--kernel-record-max-wait` (a connection whose handshake the proxy's
+//! side never completed, its accept queue full, is never accepted); a
+//! restarted daemon clears whatever records remain.
 
 use core::ptr::{addr_of, read_volatile};
 
@@ -24,7 +28,8 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock,
     helpers::generated::{
-        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_sk_storage_delete, bpf_sk_storage_get,
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_storage_delete,
+        bpf_sk_storage_get,
     },
     programs::SockOpsContext,
 };
@@ -82,7 +87,10 @@ fn established(ctx: &SockOpsContext, fields: &Fields) -> Result<u32, Skip> {
         return Ok(0);
     }
     // SAFETY: non-null storage of this socket, of this type.
-    let record = unsafe { *ptr };
+    let mut record = unsafe { *ptr };
+    // SAFETY: the helper takes no arguments (any program type, Linux 5.8+).
+    let now_ns = unsafe { bpf_ktime_get_boot_ns() };
+    record.waiting_since_s = (now_ns / 1_000_000_000) as u32;
     // SAFETY: as above; the record is no longer needed on the socket.
     let _ = unsafe { bpf_sk_storage_delete(records, fields.sk.cast()) };
     let key = peer_key(ctx, fields)?;

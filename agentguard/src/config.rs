@@ -92,6 +92,12 @@ pub enum ConfigError {
         value: String,
         max: &'static str,
     },
+    #[error("{flag}: {value:?} is shorter than {min}")]
+    DurationTooShort {
+        flag: &'static str,
+        value: String,
+        min: &'static str,
+    },
     #[error("{flag}: {value:?} is not a size (like 500000000, 512M, 10G)")]
     Size { flag: &'static str, value: String },
     #[error("{flag}: must be at least 1")]

@@ -6,6 +6,7 @@ mod events;
 mod jwks;
 mod notify;
 mod oauth;
+mod records;
 mod reload;
 mod units;
 
@@ -308,6 +309,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         limiter: Arc::new(crate::policy::RateLimiter::new()),
     });
     netns.serve(ctx.clone());
+    if let Some(max_wait) = cfg.kernel.record_max_wait {
+        tokio::spawn(records::expire(ctx.clone(), max_wait));
+    }
     let metrics = Arc::new(MetricsSource {
         metrics: audit.metrics.clone(),
         audit: audit.sink.clone(),

@@ -78,12 +78,19 @@ pub struct KernelOptions {
     pub event_bytes_per_agent: u32,
     /// Whether passthrough agents' sends go straight upstream in the kernel.
     pub passthrough_relay: PassthroughRelay,
+    /// How long a record may wait for the proxy before the daemon forgets
+    /// it (`PeerRecords::expire`); None: until the daemon restarts.
+    pub record_max_wait: Option<std::time::Duration>,
 }
 
 /// Defaults: 16 agents fit whole in the shared table (65,536 records)
 /// and in the ring (1 MiB: 819 socket refusal records each).
 pub const DEFAULT_RECORDS_PER_AGENT: u32 = 4096;
 pub const DEFAULT_EVENT_BYTES_PER_AGENT: u32 = 64 * 1024;
+/// The proxy accepts a connection within milliseconds; one whose record
+/// has waited a minute was never going to be, or is better refused.
+pub const DEFAULT_RECORD_MAX_WAIT: &str = "60s";
+pub const MAX_RECORD_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl Default for KernelOptions {
     fn default() -> Self {
@@ -92,6 +99,7 @@ impl Default for KernelOptions {
             records_per_agent: DEFAULT_RECORDS_PER_AGENT,
             event_bytes_per_agent: DEFAULT_EVENT_BYTES_PER_AGENT,
             passthrough_relay: PassthroughRelay::default(),
+            record_max_wait: humantime::parse_duration(DEFAULT_RECORD_MAX_WAIT).ok(),
         }
     }
 }
@@ -100,9 +108,10 @@ impl std::fmt::Display for KernelOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "process_guard={:?} kernel_agent_records={} kernel_agent_event_bytes={} passthrough_relay={:?}",
+            "process_guard={:?} kernel_agent_records={} kernel_record_max_wait={}s kernel_agent_event_bytes={} passthrough_relay={:?}",
             self.processes,
             self.records_per_agent,
+            self.record_max_wait.map_or(0, |d| d.as_secs()),
             self.event_bytes_per_agent,
             self.passthrough_relay
         )
@@ -188,6 +197,11 @@ pub enum EbpfError {
         name: &'static str,
         #[source]
         source: aya::maps::MapError,
+    },
+    #[error("eBPF map {name}: no second handle on it: {source}")]
+    MapHandle {
+        name: &'static str,
+        source: std::io::Error,
     },
 }
 

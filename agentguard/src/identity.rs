@@ -220,7 +220,7 @@ mod tests {
             pid: 1,
             uid: 0,
             gid: 0,
-            _pad: 0,
+            waiting_since_s: 0,
             cgroup_id: 1,
             cookie: 1,
             comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",

@@ -124,6 +124,7 @@ pub struct Metrics {
     passthrough_direct: Counter,
     passthrough_direct_bytes: Counter,
     passthrough_idle_closed: Counter,
+    kernel_records_expired: Counter,
     requests: Family<RequestLabels, Counter>,
     kernel_refusals: Family<ConnectionLabels, Counter>,
     upstream_latency: Histogram,
@@ -188,6 +189,12 @@ impl Metrics {
             "passthrough_idle_closed",
             "Passthrough connections closed because no byte moved either way for --passthrough-idle-timeout",
             passthrough_idle_closed.clone(),
+        );
+        let kernel_records_expired = Counter::default();
+        registry.register(
+            "kernel_records_expired",
+            "Kernel connection records forgotten because the proxy had not accepted their connection within --kernel-record-max-wait",
+            kernel_records_expired.clone(),
         );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -305,6 +312,7 @@ impl Metrics {
             passthrough_direct,
             passthrough_direct_bytes,
             passthrough_idle_closed,
+            kernel_records_expired,
             requests,
             kernel_refusals,
             upstream_latency,
@@ -370,6 +378,11 @@ impl Metrics {
     /// Counts a passthrough connection closed for idleness.
     pub fn observe_passthrough_idle_closed(&self) {
         self.passthrough_idle_closed.inc();
+    }
+
+    /// Counts kernel connection records forgotten unaccepted.
+    pub fn observe_kernel_records_expired(&self, n: u64) {
+        self.kernel_records_expired.inc_by(n);
     }
 
     pub fn observe_upstream_latency(&self, d: Duration) {
@@ -448,6 +461,7 @@ mod tests {
         m.observe_passthrough_direct();
         m.observe_passthrough_direct_bytes(4096);
         m.observe_passthrough_idle_closed();
+        m.observe_kernel_records_expired(3);
         m.observe_upstream_latency(Duration::from_millis(3));
         let text = m.render(&Snapshot {
             leaf_hits: 5,
@@ -474,6 +488,10 @@ mod tests {
         );
         assert!(
             text.contains("agentguard_passthrough_idle_closed_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("agentguard_kernel_records_expired_total 3"),
             "{text}"
         );
         assert!(text.contains("agentguard_leaf_cache_hits_total 5"));

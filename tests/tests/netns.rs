@@ -527,3 +527,139 @@ fn a_netns_found_from_the_cgroups_processes_gets_listeners() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `count` connects to `host:port`, each sending a little and closing at
+/// once; prints each errno (0: connected).
+const CONNECT_AND_CLOSE: &str = r#"
+import socket, sys
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+out = []
+for _ in range(count):
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect((host, port))
+        s.sendall(b"\x16\x03\x01\x00\x00")
+        out.append(0)
+    except OSError as e:
+        out.append(e.errno)
+    s.close()
+print(*out)
+"#;
+
+/// A connection whose handshake the proxy's side never completes (its last
+/// ACK lost, as when the listener's accept queue is full) is never
+/// accepted; the agent, done with it, closes first. Its kernel record
+/// would then keep its place in the agent's share until the daemon
+/// restarted. After `--kernel-record-max-wait` the daemon forgets it: the
+/// share comes back, the forgetting is counted and logged, and the agent
+/// connects again.
+#[test]
+fn a_record_the_proxy_never_accepts_is_forgotten_after_the_max_wait() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("netns test CA", dir.path());
+    let link = Link::new();
+    let upstream = TlsUpstream::start_in_netns(&link.host.path(), UPSTREAM_VETH_IP, API, &ca);
+    let secret = secret_file(dir.path());
+    let metrics_port = crate::common::free_port();
+    let daemon = Daemon::builder(&["nsstale"])
+        .policy(&policy(&link.agent.path(), &secret, ""))
+        .upstream_ca(&ca.pem_path)
+        .args(&[
+            "--kernel-agent-records",
+            "2",
+            "--kernel-record-max-wait",
+            "2s",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+        ])
+        .start();
+    let cgroup = daemon.cgroup_path("nsstale");
+    let waiting = || {
+        let status = daemon.status();
+        let agent = status["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == "nsstale")
+            .cloned()
+            .unwrap();
+        agent["kernel"]["records_waiting"].as_u64().unwrap()
+    };
+
+    // In the agent's namespace, every packet to the proxy's port but the
+    // SYN is dropped: the agent's side completes the handshake (the
+    // kernel records the connection), the proxy's never does.
+    let proxy_port = daemon.status()["proxy_port"].as_u64().unwrap();
+    let rules = dir.path().join("drop-handshake.nft");
+    std::fs::write(
+        &rules,
+        format!(
+            "table ip agtest {{\n  chain out {{\n    type filter hook output priority 0;\n    \
+             tcp dport {proxy_port} tcp flags & (syn | ack) == ack drop\n  }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let nft = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &link.agent.name, "nft"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "nft {args:?}: {}", text(&out.stderr));
+    };
+    nft(&["-f", &rules.display().to_string()]);
+
+    let port = upstream.addr.port().to_string();
+    let started = Instant::now();
+    let (_, out) = run(link.agent.run_in(
+        &cgroup,
+        &[
+            "python3",
+            "-c",
+            CONNECT_AND_CLOSE,
+            UPSTREAM_VETH_IP,
+            &port,
+            "3",
+        ],
+    ));
+    // Two connect (the share); the third is refused in the kernel (EPERM).
+    assert_eq!(text(&out.stdout).trim(), "0 0 1", "{}", text(&out.stderr));
+    assert_eq!(waiting(), 2, "{}", daemon.log());
+
+    // Forgotten once they have waited 2 s, within a check period and the
+    // stamps' second after.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while waiting() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "records still waiting 15 s on: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "forgotten after {:?}, before the max wait",
+        started.elapsed()
+    );
+    let metrics = crate::common::http_get(metrics_port, "/metrics");
+    assert!(
+        metrics.contains("agentguard_kernel_records_expired_total 2"),
+        "{metrics}"
+    );
+    let log = daemon.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("forgot kernel records") && l.contains("nsstale")),
+        "{log}"
+    );
+
+    // The share is the agent's again: with the network whole, it connects
+    // and is served.
+    nft(&["delete", "table", "ip", "agtest"]);
+    let cmd = curl(&daemon, &upstream, UPSTREAM_VETH_IP, "/reflect");
+    let (_, out) = run(link.agent.run_in(&cgroup, &strs(&cmd)));
+    assert_eq!(text(&out.stdout), "200", "{}", text(&out.stderr));
+}

@@ -28,12 +28,15 @@ const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"
 /// way an intruder (or an auditor reading it) would; `redis-server`, the
 /// replay cache verify-proxy replicas share (the tests start their own on a
 /// loopback port); `prometheus` for `promtool check metrics` on the
-/// metrics exposition; and, for the web view's browser test, Debian's
+/// metrics exposition; `nft` (nftables), with which a test drops packets
+/// inside a network namespace of its own (a handshake the proxy's side
+/// never completes); and, for the web view's browser test, Debian's
 /// `chromium` and `libnss3-tools` (`certutil`, with which the test trusts
 /// agentguard's CA in the browser's NSS database, as a user would).
 const TEST_PACKAGES: &[&str] = &[
     "curl",
     "iproute2",
+    "nftables",
     "util-linux",
     "sqlite3",
     "redis-server",

@@ -2,11 +2,16 @@
 //! without, how the kernel's shared maps are split between agents, and
 //! whether the kernel splices passthrough connections.
 
+use std::time::Duration;
+
 use clap::Args;
 
 use crate::{
-    config::{ConfigError, parse_size},
-    ebpf::{DEFAULT_RECORDS_PER_AGENT, KernelOptions, PassthroughRelay, ProcessGuard},
+    config::{ConfigError, parse_duration, parse_size},
+    ebpf::{
+        DEFAULT_RECORD_MAX_WAIT, DEFAULT_RECORDS_PER_AGENT, KernelOptions, MAX_RECORD_MAX_WAIT,
+        PassthroughRelay, ProcessGuard,
+    },
 };
 
 #[derive(Debug, Args)]
@@ -24,6 +29,13 @@ pub struct KernelRunArgs {
     /// than take room another agent needs.
     #[arg(long, default_value_t = DEFAULT_RECORDS_PER_AGENT, value_parser = clap::value_parser!(u32).range(1..))]
     kernel_agent_records: u32,
+    /// How long a connection's record may wait in the kernel for the proxy
+    /// to accept the connection; then it is forgotten and goes back to its
+    /// agent's share, and the connection, should it still be accepted, is
+    /// refused (whole seconds, at least 1s and at most 1d; 0s: records
+    /// wait until the daemon restarts).
+    #[arg(long, default_value = DEFAULT_RECORD_MAX_WAIT, value_name = "DURATION")]
+    kernel_record_max_wait: String,
     /// Most bytes of the kernel's event ring one agent's unread events may
     /// take (e.g. 64K); past it they are dropped and counted as its own
     /// losses, so its flood cannot hide another agent's refusals.
@@ -57,10 +69,37 @@ impl KernelRunArgs {
                 ProcessGuard::Required
             },
             records_per_agent: self.kernel_agent_records,
+            record_max_wait: record_max_wait(&self.kernel_record_max_wait)?,
             event_bytes_per_agent: bytes as u32,
             passthrough_relay: self.passthrough_relay,
         })
     }
+}
+
+/// `--kernel-record-max-wait`: None for `0s`; rounded up to whole seconds,
+/// what the kernel's stamps count in.
+fn record_max_wait(value: &str) -> Result<Option<Duration>, ConfigError> {
+    const FLAG: &str = "--kernel-record-max-wait";
+    let wait = parse_duration(FLAG, value)?;
+    if wait.is_zero() {
+        return Ok(None);
+    }
+    if wait < Duration::from_secs(1) {
+        return Err(ConfigError::DurationTooShort {
+            flag: FLAG,
+            value: value.to_owned(),
+            min: "1s",
+        });
+    }
+    if wait > MAX_RECORD_MAX_WAIT {
+        return Err(ConfigError::DurationTooLong {
+            flag: FLAG,
+            value: value.to_owned(),
+            max: "1d",
+        });
+    }
+    let whole = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    Ok(Some(Duration::from_secs(whole)))
 }
 
 #[cfg(test)]
@@ -92,5 +131,39 @@ mod tests {
             PassthroughRelay::Userspace
         );
         assert!(relay(&["--passthrough-relay", "splice"]).is_err());
+    }
+
+    #[test]
+    fn records_wait_a_minute_by_default_in_whole_seconds_or_without_limit() {
+        let wait = |argv: &[&str]| {
+            let cli =
+                Cli::try_parse_from(std::iter::once("agentguard").chain(argv.iter().copied()))
+                    .unwrap();
+            cli.kernel.options().map(|o| o.record_max_wait)
+        };
+        assert_eq!(wait(&[]).unwrap(), Some(Duration::from_secs(60)));
+        assert_eq!(wait(&["--kernel-record-max-wait", "0s"]).unwrap(), None);
+        assert_eq!(
+            wait(&["--kernel-record-max-wait", "1500ms"]).unwrap(),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            wait(&["--kernel-record-max-wait", "1d"]).unwrap(),
+            Some(MAX_RECORD_MAX_WAIT)
+        );
+        for (value, message) in [
+            (
+                "500ms",
+                "--kernel-record-max-wait: \"500ms\" is shorter than 1s",
+            ),
+            ("2d", "--kernel-record-max-wait: \"2d\" is longer than 1d"),
+            (
+                "soon",
+                "--kernel-record-max-wait: \"soon\" is not a duration (like 200ms, 60s, 90d)",
+            ),
+        ] {
+            let err = wait(&["--kernel-record-max-wait", value]).unwrap_err();
+            assert_eq!(err.to_string(), message);
+        }
     }
 }

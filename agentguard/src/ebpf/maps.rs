@@ -4,6 +4,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    os::fd::AsFd as _,
     sync::{Arc, Mutex},
 };
 
@@ -74,6 +75,10 @@ pub struct PeerRecords {
     // HashMap::remove needs &mut; the syscalls take microseconds, so a mutex
     // costs nothing next to a connect().
     map: Mutex<HashMap<MapData, PeerKey, ConnRecord>>,
+    /// The same map through a descriptor of its own, for walking it
+    /// ([`Self::expire`]) without holding up the proxy's takes: a full
+    /// table is two syscalls per entry, tens of milliseconds.
+    listing: HashMap<MapData, PeerKey, ConnRecord>,
     /// Each record taken goes back to its agent's share.
     shares: Arc<Shares>,
 }
@@ -86,6 +91,22 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, EbpfError> {
     ebpf.take_map(name).ok_or(EbpfError::MissingMap(name))
 }
 
+/// Another handle on the hash map `map` (its descriptor duplicated).
+fn second_handle(map: &Map, name: &'static str) -> Result<Map, EbpfError> {
+    let Map::HashMap(data) = map else {
+        return Err(EbpfError::MapHandle {
+            name,
+            source: std::io::Error::other("not a hash map"),
+        });
+    };
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| EbpfError::MapHandle { name, source })?;
+    Ok(Map::HashMap(MapData::from_fd(fd).map_err(map_err(name))?))
+}
+
 impl Maps {
     /// Takes the maps the daemon uses out of the loaded object, with the
     /// proxy's records and the event ring buffer handed out separately.
@@ -94,8 +115,10 @@ impl Maps {
     ) -> Result<(Self, PeerRecords, RingBuf<MapData>, Arc<Shares>), EbpfError> {
         let config =
             Array::try_from(take(ebpf, "PROXY_CONFIG")?).map_err(map_err("PROXY_CONFIG"))?;
-        let peers =
-            HashMap::try_from(take(ebpf, "PEER_RECORDS")?).map_err(map_err("PEER_RECORDS"))?;
+        let peers_map = take(ebpf, "PEER_RECORDS")?;
+        let listing = HashMap::try_from(second_handle(&peers_map, "PEER_RECORDS")?)
+            .map_err(map_err("PEER_RECORDS"))?;
+        let peers = HashMap::try_from(peers_map).map_err(map_err("PEER_RECORDS"))?;
         let agent_dns =
             HashMap::try_from(take(ebpf, "AGENT_DNS")?).map_err(map_err("AGENT_DNS"))?;
         let unix_allow =
@@ -130,6 +153,7 @@ impl Maps {
             },
             PeerRecords {
                 map: Mutex::new(peers),
+                listing,
                 shares: shares.clone(),
             },
             events,
@@ -338,6 +362,50 @@ impl PeerRecords {
             }
         }
         removed
+    }
+
+    /// Forgets the records that have waited for the proxy since before
+    /// `cutoff_s` (seconds of the boot-time clock, as the kernel stamps
+    /// them), each given back to its agent's share: their connections were
+    /// never accepted (a handshake the proxy's side never completed) or
+    /// are accepted so late that refusing them is the safe answer. Returns
+    /// the agents (cgroup ids) of the records forgotten, one per record.
+    ///
+    /// The proxy's lock is held only for each record that is forgotten,
+    /// which is looked up again under it: one the proxy took meanwhile is
+    /// gone, and one the kernel replaced (a newer connection from the same
+    /// address, with another cookie) is left alone. (The kernel does not
+    /// take that lock: a replacement in the microseconds between the
+    /// lookup and the removal would be removed, and its connection refused,
+    /// never let through.)
+    pub fn expire(&self, cutoff_s: u32) -> Vec<u64> {
+        // A walk whose current key is removed under it starts over from
+        // the first (the kernel's get-next-key), so a table that churns
+        // could keep it going: bounded at twice the table.
+        let most = 2 * agentguard_common::MAX_TRACKED_CONNECTIONS as usize;
+        let stale: Vec<(PeerKey, u64)> = self
+            .listing
+            .iter()
+            .take(most)
+            .filter_map(Result::ok)
+            .filter(|(_, record)| record.waiting_since_s < cutoff_s)
+            .map(|(key, record)| (key, record.cookie))
+            .collect();
+        let mut forgotten = Vec::new();
+        for (key, cookie) in stale {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            let Ok(record) = map.get(&key, 0) else {
+                continue;
+            };
+            if record.cookie == cookie
+                && record.waiting_since_s < cutoff_s
+                && map.remove(&key).is_ok()
+            {
+                self.shares.release(record.cgroup_id, 1, 0);
+                forgotten.push(record.cgroup_id);
+            }
+        }
+        forgotten
     }
 
     /// Takes the kernel's record for the connection whose agent-side address

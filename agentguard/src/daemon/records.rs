@@ -1,0 +1,98 @@
+//! Forgetting the kernel's connection records the proxy never took.
+//!
+//! The kernel keeps a connection's record until the proxy accepts the
+//! connection, or until the agent's socket goes while the proxy could not
+//! have it yet. One case escapes both: a connection whose handshake the
+//! agent's side completed and the proxy's did not (the listener's accept
+//! queue full, its last ACK lost), then closed by the agent. The proxy
+//! never accepts it, and its record would count against the agent's share
+//! until the daemon restarts. The kernel stamps each record with when it
+//! started waiting; this task forgets those older than
+//! `--kernel-record-max-wait`, a few times per that period.
+
+use std::{sync::Arc, time::Duration};
+
+use nix::time::{ClockId, clock_gettime};
+use tracing::warn;
+
+use crate::{live::Live, metrics::Metrics, proxy::ProxyContext};
+
+/// Checks per `max_wait`: a record goes once it has waited `max_wait`, at
+/// most a quarter of it (and a second, what the stamps count in) later.
+const CHECKS_PER_WAIT: u32 = 4;
+
+/// Runs until the daemon stops.
+pub async fn expire(ctx: Arc<ProxyContext>, max_wait: Duration) {
+    let period = (max_wait / CHECKS_PER_WAIT).max(Duration::from_millis(250));
+    let wait_s = u32::try_from(max_wait.as_secs()).unwrap_or(u32::MAX);
+    loop {
+        tokio::time::sleep(period).await;
+        let now_s = match boot_seconds() {
+            Ok(now) => now,
+            Err(e) => {
+                warn!(error = %e, "kernel records not checked for age: no boot-time clock");
+                continue;
+            }
+        };
+        // A record stamped with second `s` started waiting before `s + 1`:
+        // with `s < now_s - wait_s` it has waited longer than `wait_s`.
+        let cutoff = now_s.saturating_sub(wait_s);
+        let walk = {
+            let ctx = ctx.clone();
+            tokio::task::spawn_blocking(move || ctx.peers.expire(cutoff))
+        };
+        let Ok(forgotten) = walk.await else {
+            continue;
+        };
+        if !forgotten.is_empty() {
+            report(&forgotten, &ctx.live, &ctx.metrics, max_wait);
+        }
+    }
+}
+
+fn report(forgotten: &[u64], live: &Live, metrics: &Metrics, max_wait: Duration) {
+    metrics.observe_kernel_records_expired(forgotten.len() as u64);
+    let state = live.load();
+    let mut agents: Vec<String> = forgotten
+        .iter()
+        .map(|&cgroup_id| match state.agents.locate(cgroup_id) {
+            Some((agent, _)) => agent.to_string(),
+            None => format!("cgroup id {cgroup_id}"),
+        })
+        .collect();
+    agents.sort();
+    agents.dedup();
+    warn!(
+        records = forgotten.len(),
+        agents = agents.join(", "),
+        max_wait = %humantime::format_duration(max_wait),
+        "forgot kernel records of connections the proxy had not accepted within --kernel-record-max-wait; they went back to their agents' shares, and such a connection is refused if it is still accepted"
+    );
+}
+
+/// Whole seconds of `CLOCK_BOOTTIME`, the clock of the kernel's stamps
+/// (`bpf_ktime_get_boot_ns`).
+fn boot_seconds() -> nix::Result<u32> {
+    let now = clock_gettime(ClockId::CLOCK_BOOTTIME)?;
+    Ok(u32::try_from(now.tv_sec()).unwrap_or(u32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel's stamps and this clock agree: a stamp just taken from
+    /// `/proc/uptime` (the same boot-time clock) is within a second.
+    #[test]
+    fn boot_seconds_is_the_clock_of_proc_uptime() {
+        let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let now = boot_seconds().unwrap();
+        assert!((f64::from(now) - uptime).abs() <= 1.0, "{now} vs {uptime}");
+    }
+}
