@@ -627,6 +627,10 @@ fn a_record_the_proxy_never_accepts_is_forgotten_after_the_max_wait() {
     // Two connect (the share); the third is refused in the kernel (EPERM).
     assert_eq!(text(&out.stdout).trim(), "0 0 1", "{}", text(&out.stderr));
     assert_eq!(waiting(), 2, "{}", daemon.log());
+    // The share's count and the kernel's table agree.
+    let entries = |n: u32| format!("agentguard_kernel_map_entries{{map=\"PEER_RECORDS\"}} {n}");
+    let metrics = crate::common::http_get(metrics_port, "/metrics");
+    assert!(metrics.contains(&entries(2)), "{metrics}");
 
     // Forgotten once they have waited 2 s, within a check period and the
     // stamps' second after.
@@ -644,17 +648,26 @@ fn a_record_the_proxy_never_accepts_is_forgotten_after_the_max_wait() {
         "forgotten after {:?}, before the max wait",
         started.elapsed()
     );
-    let metrics = crate::common::http_get(metrics_port, "/metrics");
-    assert!(
-        metrics.contains("agentguard_kernel_records_expired_total 2"),
-        "{metrics}"
-    );
-    let log = daemon.log();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("forgot kernel records") && l.contains("nsstale")),
-        "{log}"
-    );
+    // Gone from the table too, counted and named in a warning (just
+    // after the share was given back).
+    let reported = || {
+        let metrics = crate::common::http_get(metrics_port, "/metrics");
+        metrics.contains("agentguard_kernel_records_expired_total 2")
+            && metrics.contains(&entries(0))
+            && daemon
+                .log()
+                .lines()
+                .any(|l| l.contains("forgot kernel records") && l.contains("nsstale"))
+    };
+    while !reported() {
+        assert!(
+            Instant::now() < deadline,
+            "not reported: {}\n{}",
+            crate::common::http_get(metrics_port, "/metrics"),
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // The share is the agent's again: with the network whole, it connects
     // and is served.

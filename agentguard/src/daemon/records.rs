@@ -70,11 +70,31 @@ fn report(forgotten: &[u64], live: &Live, metrics: &Metrics, max_wait: Duration)
     );
 }
 
-/// Whole seconds of `CLOCK_BOOTTIME`, the clock of the kernel's stamps
-/// (`bpf_ktime_get_boot_ns`).
-fn boot_seconds() -> nix::Result<u32> {
+/// Whole seconds of the host's `CLOCK_BOOTTIME`, the clock of the
+/// kernel's stamps (`bpf_ktime_get_boot_ns`, which no time namespace
+/// shifts): this process's clock less its time namespace's offset.
+fn boot_seconds() -> std::io::Result<u32> {
     let now = clock_gettime(ClockId::CLOCK_BOOTTIME)?;
-    Ok(u32::try_from(now.tv_sec()).unwrap_or(u32::MAX))
+    let offsets = match std::fs::read_to_string("/proc/self/timens_offsets") {
+        Ok(text) => text,
+        // A kernel without time namespaces: no offset.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    let offset = boottime_offset(&offsets)?;
+    Ok(u32::try_from(now.tv_sec() - offset).unwrap_or(0))
+}
+
+/// The `boottime` line of `/proc/PID/timens_offsets` ("boottime <secs>
+/// <nanosecs>"), in whole seconds; 0 if absent.
+fn boottime_offset(offsets: &str) -> std::io::Result<i64> {
+    let Some(line) = offsets.lines().find(|l| l.starts_with("boottime")) else {
+        return Ok(0);
+    };
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|secs| secs.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("unreadable time namespace offset {line:?}")))
 }
 
 #[cfg(test)]
@@ -82,7 +102,8 @@ mod tests {
     use super::*;
 
     /// The kernel's stamps and this clock agree: a stamp just taken from
-    /// `/proc/uptime` (the same boot-time clock) is within a second.
+    /// `/proc/uptime` (the same boot-time clock, in the test's own time
+    /// namespace, the host's) is within a second.
     #[test]
     fn boot_seconds_is_the_clock_of_proc_uptime() {
         let uptime: f64 = std::fs::read_to_string("/proc/uptime")
@@ -94,5 +115,16 @@ mod tests {
             .unwrap();
         let now = boot_seconds().unwrap();
         assert!((f64::from(now) - uptime).abs() <= 1.0, "{now} vs {uptime}");
+    }
+
+    /// Inside a time namespace the host's boot time is the namespace's
+    /// less its offset.
+    #[test]
+    fn a_time_namespace_offset_is_taken_off() {
+        let linux = "monotonic           0         0\nboottime         3600         0\n";
+        assert_eq!(boottime_offset(linux).unwrap(), 3600);
+        assert_eq!(boottime_offset("boottime -20 500\n").unwrap(), -20);
+        assert_eq!(boottime_offset("").unwrap(), 0);
+        assert!(boottime_offset("boottime soon\n").is_err());
     }
 }

@@ -2,22 +2,18 @@
 //! agent's resolver port and Unix-socket allow-list, the connection records
 //! the proxy takes, and the counters `status` and `/metrics` show.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    os::fd::AsFd as _,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 use agentguard_common::{
     AgentReleased, AgentUsage, ConnRecord, ListenKey, PeerKey, ProxyConfig, STAT_EVENTS_LOST,
-    TaskLayout, UnixKey, v4_mapped,
+    TaskLayout, UnixKey,
 };
 use aya::{
     Ebpf,
     maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
 };
 
-use super::{EbpfError, pins::PinDir};
+use super::{EbpfError, peer_records::PeerRecords, pins::PinDir};
 
 /// The maps the daemon writes or reads while it runs.
 pub struct Maps {
@@ -70,41 +66,12 @@ pub struct AgentKernelUsage {
     pub events_lost: u64,
 }
 
-/// The kernel's per-connection records, shared with the proxy's tasks.
-pub struct PeerRecords {
-    // HashMap::remove needs &mut; the syscalls take microseconds, so a mutex
-    // costs nothing next to a connect().
-    map: Mutex<HashMap<MapData, PeerKey, ConnRecord>>,
-    /// The same map through a descriptor of its own, for walking it
-    /// ([`Self::expire`]) without holding up the proxy's takes: a full
-    /// table is two syscalls per entry, tens of milliseconds.
-    listing: HashMap<MapData, PeerKey, ConnRecord>,
-    /// Each record taken goes back to its agent's share.
-    shares: Arc<Shares>,
-}
-
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> EbpfError {
     move |source| EbpfError::Map { name, source }
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, EbpfError> {
     ebpf.take_map(name).ok_or(EbpfError::MissingMap(name))
-}
-
-/// Another handle on the hash map `map` (its descriptor duplicated).
-fn second_handle(map: &Map, name: &'static str) -> Result<Map, EbpfError> {
-    let Map::HashMap(data) = map else {
-        return Err(EbpfError::MapHandle {
-            name,
-            source: std::io::Error::other("not a hash map"),
-        });
-    };
-    let fd = data
-        .fd()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|source| EbpfError::MapHandle { name, source })?;
-    Ok(Map::HashMap(MapData::from_fd(fd).map_err(map_err(name))?))
 }
 
 impl Maps {
@@ -115,10 +82,7 @@ impl Maps {
     ) -> Result<(Self, PeerRecords, RingBuf<MapData>, Arc<Shares>), EbpfError> {
         let config =
             Array::try_from(take(ebpf, "PROXY_CONFIG")?).map_err(map_err("PROXY_CONFIG"))?;
-        let peers_map = take(ebpf, "PEER_RECORDS")?;
-        let listing = HashMap::try_from(second_handle(&peers_map, "PEER_RECORDS")?)
-            .map_err(map_err("PEER_RECORDS"))?;
-        let peers = HashMap::try_from(peers_map).map_err(map_err("PEER_RECORDS"))?;
+        let peers = take(ebpf, "PEER_RECORDS")?;
         let agent_dns =
             HashMap::try_from(take(ebpf, "AGENT_DNS")?).map_err(map_err("AGENT_DNS"))?;
         let unix_allow =
@@ -151,11 +115,7 @@ impl Maps {
                 revoked,
                 usage,
             },
-            PeerRecords {
-                map: Mutex::new(peers),
-                listing,
-                shares: shares.clone(),
-            },
+            PeerRecords::new(peers, shares.clone())?,
             events,
             shares,
         ))
@@ -341,99 +301,4 @@ pub fn occupancy(pins: &PinDir) -> Vec<(&'static str, u64, u64)> {
         .map(|m| m.keys().filter(Result::is_ok).count())
         .unwrap_or(0);
     vec![(name, count as u64, capacity)]
-}
-
-impl PeerRecords {
-    /// Forgets every record: for a daemon starting, before the kernel
-    /// sends it connections. Any record then left belongs to a connection
-    /// an earlier daemon never accepted, now gone, and must not be claimed
-    /// by whoever binds its address next. Returns how many were removed.
-    pub fn clear(&self) -> usize {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let keys: Vec<PeerKey> = map.keys().filter_map(Result::ok).collect();
-        let mut removed = 0;
-        for key in keys {
-            let Ok(record) = map.get(&key, 0) else {
-                continue;
-            };
-            if map.remove(&key).is_ok() {
-                self.shares.release(record.cgroup_id, 1, 0);
-                removed += 1;
-            }
-        }
-        removed
-    }
-
-    /// Forgets the records that have waited for the proxy since before
-    /// `cutoff_s` (seconds of the boot-time clock, as the kernel stamps
-    /// them), each given back to its agent's share: their connections were
-    /// never accepted (a handshake the proxy's side never completed) or
-    /// are accepted so late that refusing them is the safe answer. Returns
-    /// the agents (cgroup ids) of the records forgotten, one per record.
-    ///
-    /// The proxy's lock is held only for each record that is forgotten,
-    /// which is looked up again under it: one the proxy took meanwhile is
-    /// gone, and one the kernel replaced (a newer connection from the same
-    /// address, with another cookie) is left alone. (The kernel does not
-    /// take that lock: a replacement in the microseconds between the
-    /// lookup and the removal would be removed, and its connection refused,
-    /// never let through.)
-    pub fn expire(&self, cutoff_s: u32) -> Vec<u64> {
-        // A walk whose current key is removed under it starts over from
-        // the first (the kernel's get-next-key), so a table that churns
-        // could keep it going: bounded at twice the table.
-        let most = 2 * agentguard_common::MAX_TRACKED_CONNECTIONS as usize;
-        let stale: Vec<(PeerKey, u64)> = self
-            .listing
-            .iter()
-            .take(most)
-            .filter_map(Result::ok)
-            .filter(|(_, record)| record.waiting_since_s < cutoff_s)
-            .map(|(key, record)| (key, record.cookie))
-            .collect();
-        let mut forgotten = Vec::new();
-        for (key, cookie) in stale {
-            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            let Ok(record) = map.get(&key, 0) else {
-                continue;
-            };
-            if record.cookie == cookie
-                && record.waiting_since_s < cutoff_s
-                && map.remove(&key).is_ok()
-            {
-                self.shares.release(record.cgroup_id, 1, 0);
-                forgotten.push(record.cgroup_id);
-            }
-        }
-        forgotten
-    }
-
-    /// Takes the kernel's record for the connection whose agent-side address
-    /// is `peer` (the peer of the accepted socket) in the network namespace
-    /// with cookie `netns` (the listener's), removing it so that the map
-    /// holds only connections not yet accepted.
-    pub fn take(&self, netns: u64, peer: SocketAddr) -> Option<ConnRecord> {
-        let key = peer_key(netns, peer);
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let record = map.get(&key, 0).ok()?;
-        // Only the one who removes the entry gives it back to its agent's
-        // share (the kernel may have removed it as the connection closed).
-        // A failed remove leaves an entry the kernel removes at close; the
-        // record itself is still valid for this connection.
-        if map.remove(&key).is_ok() {
-            self.shares.release(record.cgroup_id, 1, 0);
-        }
-        Some(record)
-    }
-}
-
-/// The kernel's key for the agent socket whose address is `peer` in the
-/// network namespace with cookie `netns`: the peer of a socket the proxy
-/// accepted there, as sockops wrote it.
-pub fn peer_key(netns: u64, peer: SocketAddr) -> PeerKey {
-    let ip = match peer.ip() {
-        IpAddr::V4(v4) => v4_mapped(v4.octets()),
-        IpAddr::V6(v6) => v6.octets(),
-    };
-    PeerKey::new(netns, ip, peer.port())
 }
