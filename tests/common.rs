@@ -10,7 +10,7 @@ mod setup;
 mod tls_upstream;
 mod upstream;
 
-pub use daemon::{ALLOW_LOOPBACK_TEST_HOSTS, Daemon, cgroup2_mount, in_cgroup_dir};
+pub use daemon::{ALLOW_LOOPBACK_TEST_HOSTS, Daemon, DaemonBuilder, cgroup2_mount, in_cgroup_dir};
 pub use dns_upstream::DnsUpstream;
 pub use echo_upstream::{EchoUpstream, leak_text as echo_upstream_leak_text};
 pub use fake_api::{ApiRequest, FakeApi, Handler};

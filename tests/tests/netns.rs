@@ -17,7 +17,9 @@ use serde_json::Value;
 
 use std::net::Ipv4Addr;
 
-use crate::common::{Daemon, DnsUpstream, TestCa, TlsUpstream, in_cgroup_dir, require_root, text};
+use crate::common::{
+    Daemon, DaemonBuilder, DnsUpstream, TestCa, TlsUpstream, in_cgroup_dir, require_root, text,
+};
 
 const API: &str = "api.agentguard.test";
 /// The test host's address on the veth pair, and the agent's.
@@ -126,6 +128,42 @@ impl Link {
     }
 }
 
+/// What most tests here start from: a test CA, an agent's namespace
+/// linked to a test host's with the upstream on it, and the canary
+/// secret's file. (Fields drop in order: the upstream before the
+/// namespaces it runs in.)
+struct Linked {
+    secret: PathBuf,
+    upstream: TlsUpstream,
+    link: Link,
+    ca: TestCa,
+    dir: tempfile::TempDir,
+}
+
+impl Linked {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("netns test CA", dir.path());
+        let link = Link::new();
+        let upstream = TlsUpstream::start_in_netns(&link.host.path(), UPSTREAM_VETH_IP, API, &ca);
+        Self {
+            secret: secret_file(dir.path()),
+            upstream,
+            link,
+            ca,
+            dir,
+        }
+    }
+
+    /// A daemon guarding `agent` in the agent's namespace, with
+    /// [`policy`] and the test CA for upstreams.
+    fn daemon(&self, agent: &str) -> DaemonBuilder {
+        Daemon::builder(&[agent])
+            .policy(&policy(&self.link.agent.path(), &self.secret, ""))
+            .upstream_ca(&self.ca.pem_path)
+    }
+}
+
 const CANARY: &str = "agc-netns-canary-7f3a";
 
 /// The policy of an agent in `netns` that may GET /reflect on the API with
@@ -189,18 +227,12 @@ fn events_of<'a>(events: &'a [Value], kind: &str, agent: &str) -> Vec<&'a Value>
 #[test]
 fn an_agent_in_its_own_netns_is_redirected_attributed_decided_injected_and_audited() {
     require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("netns test CA", dir.path());
-    let link = Link::new();
-    let upstream = TlsUpstream::start_in_netns(&link.host.path(), UPSTREAM_VETH_IP, API, &ca);
-    let secret = secret_file(dir.path());
-    let daemon = Daemon::builder(&["nsagent"])
-        .policy(&policy(&link.agent.path(), &secret, ""))
-        .upstream_ca(&ca.pem_path)
-        .start();
+    let linked = Linked::start();
+    let (link, upstream) = (&linked.link, &linked.upstream);
+    let daemon = linked.daemon("nsagent").start();
     let cgroup = daemon.cgroup_path("nsagent");
 
-    let allowed = curl(&daemon, &upstream, UPSTREAM_VETH_IP, "/reflect");
+    let allowed = curl(&daemon, upstream, UPSTREAM_VETH_IP, "/reflect");
     let (pid, out) = run(link.agent.run_in(&cgroup, &strs(&allowed)));
     assert_eq!(
         text(&out.stdout),
@@ -217,7 +249,7 @@ fn an_agent_in_its_own_netns_is_redirected_attributed_decided_injected_and_audit
     assert!(!text(&out.stderr).contains(CANARY));
 
     // Decided: a path no tool allows is refused before the upstream.
-    let denied = curl(&daemon, &upstream, UPSTREAM_VETH_IP, "/admin");
+    let denied = curl(&daemon, upstream, UPSTREAM_VETH_IP, "/admin");
     let (_, out) = run(link.agent.run_in(&cgroup, &strs(&denied)));
     assert_eq!(text(&out.stdout), "403", "{}", text(&out.stderr));
     assert!(upstream.seen().iter().all(|r| r.path != "/admin"));
@@ -251,18 +283,14 @@ fn an_agent_in_its_own_netns_is_redirected_attributed_decided_injected_and_audit
 #[test]
 fn a_namespaced_agents_dns_is_answered_by_its_resolver_inside_its_netns() {
     require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("netns test CA", dir.path());
-    let link = Link::new();
-    let upstream = TlsUpstream::start_in_netns(&link.host.path(), UPSTREAM_VETH_IP, API, &ca);
+    let linked = Linked::start();
+    let (link, upstream) = (&linked.link, &linked.upstream);
     let dns = DnsUpstream::start(
         "127.0.0.1",
         &[(API, UPSTREAM_VETH_IP.parse::<Ipv4Addr>().unwrap())],
     );
-    let secret = secret_file(dir.path());
-    let daemon = Daemon::builder(&["nsdns"])
-        .policy(&policy(&link.agent.path(), &secret, ""))
-        .upstream_ca(&ca.pem_path)
+    let daemon = linked
+        .daemon("nsdns")
         .args(&["--dns-upstream", &dns.addr.to_string()])
         .start();
     // The container's resolv.conf names a server on its own network; the
@@ -272,7 +300,7 @@ fn a_namespaced_agents_dns_is_answered_by_its_resolver_inside_its_netns() {
         &format!("nameserver {UPSTREAM_VETH_IP}\noptions timeout:2 attempts:1\n"),
     );
     link.agent.etc_file("hosts", "127.0.0.1 localhost\n");
-    let mut cmd = curl(&daemon, &upstream, UPSTREAM_VETH_IP, "/reflect");
+    let mut cmd = curl(&daemon, upstream, UPSTREAM_VETH_IP, "/reflect");
     let at = cmd.iter().position(|a| a == "--resolve").unwrap();
     cmd.drain(at..at + 2);
     let (_, out) = run(link.agent.run_in(&daemon.cgroup_path("nsdns"), &strs(&cmd)));
@@ -291,17 +319,11 @@ fn a_namespaced_agents_dns_is_answered_by_its_resolver_inside_its_netns() {
 #[test]
 fn a_killed_daemon_leaves_a_namespaced_agent_unable_to_connect() {
     require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("netns test CA", dir.path());
-    let link = Link::new();
-    let upstream = TlsUpstream::start_in_netns(&link.host.path(), UPSTREAM_VETH_IP, API, &ca);
-    let secret = secret_file(dir.path());
-    let mut daemon = Daemon::builder(&["nsdead"])
-        .policy(&policy(&link.agent.path(), &secret, ""))
-        .upstream_ca(&ca.pem_path)
-        .start();
+    let linked = Linked::start();
+    let (link, upstream, ca) = (&linked.link, &linked.upstream, &linked.ca);
+    let mut daemon = linked.daemon("nsdead").start();
     let cgroup = daemon.cgroup_path("nsdead");
-    let cmd = curl(&daemon, &upstream, UPSTREAM_VETH_IP, "/reflect");
+    let cmd = curl(&daemon, upstream, UPSTREAM_VETH_IP, "/reflect");
     let (_, out) = run(link.agent.run_in(&cgroup, &strs(&cmd)));
     assert_eq!(text(&out.stdout), "200", "{}", text(&out.stderr));
     assert_eq!(upstream.handshakes(), 1);
@@ -557,15 +579,11 @@ print(*out)
 #[test]
 fn a_record_the_proxy_never_accepts_is_forgotten_after_the_max_wait() {
     require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("netns test CA", dir.path());
-    let link = Link::new();
-    let upstream = TlsUpstream::start_in_netns(&link.host.path(), UPSTREAM_VETH_IP, API, &ca);
-    let secret = secret_file(dir.path());
+    let linked = Linked::start();
+    let (link, upstream) = (&linked.link, &linked.upstream);
     let metrics_port = crate::common::free_port();
-    let daemon = Daemon::builder(&["nsstale"])
-        .policy(&policy(&link.agent.path(), &secret, ""))
-        .upstream_ca(&ca.pem_path)
+    let daemon = linked
+        .daemon("nsstale")
         .args(&[
             "--kernel-agent-records",
             "2",
@@ -592,7 +610,7 @@ fn a_record_the_proxy_never_accepts_is_forgotten_after_the_max_wait() {
     // SYN is dropped: the agent's side completes the handshake (the
     // kernel records the connection), the proxy's never does.
     let proxy_port = daemon.status()["proxy_port"].as_u64().unwrap();
-    let rules = dir.path().join("drop-handshake.nft");
+    let rules = linked.dir.path().join("drop-handshake.nft");
     std::fs::write(
         &rules,
         format!(
@@ -672,7 +690,7 @@ fn a_record_the_proxy_never_accepts_is_forgotten_after_the_max_wait() {
     // The share is the agent's again: with the network whole, it connects
     // and is served.
     nft(&["delete", "table", "ip", "agtest"]);
-    let cmd = curl(&daemon, &upstream, UPSTREAM_VETH_IP, "/reflect");
+    let cmd = curl(&daemon, upstream, UPSTREAM_VETH_IP, "/reflect");
     let (_, out) = run(link.agent.run_in(&cgroup, &strs(&cmd)));
     assert_eq!(text(&out.stdout), "200", "{}", text(&out.stderr));
 }
