@@ -23,6 +23,7 @@ pub mod upstream;
 
 use std::sync::Arc;
 
+pub use connection::record_forgotten;
 pub use listener::{BindError, Listeners, accept_loop, bind_std};
 use tokio_rustls::TlsAcceptor;
 

@@ -574,8 +574,8 @@ print(*out)
 /// accepted; the agent, done with it, closes first. Its kernel record
 /// would then keep its place in the agent's share until the daemon
 /// restarted. After `--kernel-record-max-wait` the daemon forgets it: the
-/// share comes back, the forgetting is counted and logged, and the agent
-/// connects again.
+/// share comes back, the connection is recorded as refused and counted,
+/// and the agent connects again.
 #[test]
 fn a_record_the_proxy_never_accepts_is_forgotten_after_the_max_wait() {
     require_root();
@@ -631,7 +631,7 @@ fn a_record_the_proxy_never_accepts_is_forgotten_after_the_max_wait() {
 
     let port = upstream.addr.port().to_string();
     let started = Instant::now();
-    let (_, out) = run(link.agent.run_in(
+    let (pid, out) = run(link.agent.run_in(
         &cgroup,
         &[
             "python3",
@@ -666,25 +666,48 @@ fn a_record_the_proxy_never_accepts_is_forgotten_after_the_max_wait() {
         "forgotten after {:?}, before the max wait",
         started.elapsed()
     );
-    // Gone from the table too, counted and named in a warning (just
-    // after the share was given back).
+    // Gone from the table too, and counted (just after the share was
+    // given back).
     let reported = || {
         let metrics = crate::common::http_get(metrics_port, "/metrics");
         metrics.contains("agentguard_kernel_records_expired_total 2")
             && metrics.contains(&entries(0))
-            && daemon
-                .log()
-                .lines()
-                .any(|l| l.contains("forgot kernel records") && l.contains("nsstale"))
     };
     while !reported() {
         assert!(
             Instant::now() < deadline,
-            "not reported: {}\n{}",
-            crate::common::http_get(metrics_port, "/metrics"),
-            daemon.log()
+            "not counted: {}",
+            crate::common::http_get(metrics_port, "/metrics")
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+    // Each is a refused connection in the audit record, attributed from
+    // its record: the agent, the process, where it was going.
+    let events = daemon.wait_for_events("the forgotten connections", |e| {
+        e.iter()
+            .filter(|e| e["rule"] == "kernel-record-expired")
+            .count()
+            >= 2
+    });
+    let forgotten: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["rule"] == "kernel-record-expired")
+        .collect();
+    assert_eq!(forgotten.len(), 2, "{forgotten:#?}");
+    for e in forgotten {
+        assert_eq!(e["kind"], "connection", "{e}");
+        assert_eq!(e["decision"], "refuse", "{e}");
+        assert_eq!(e["agent"], "nsstale", "{e}");
+        assert_eq!(e["pid"], pid, "{e}");
+        assert_eq!(e["dst_ip"], UPSTREAM_VETH_IP, "{e}");
+        assert_eq!(e["dst_port"], upstream.addr.port(), "{e}");
+        assert!(
+            e["reason"]
+                .as_str()
+                .unwrap()
+                .contains("--kernel-record-max-wait (2s)"),
+            "{e}"
+        );
     }
 
     // The share is the agent's again: with the network whole, it connects

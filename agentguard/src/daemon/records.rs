@@ -8,14 +8,15 @@
 //! never accepts it, and its record would count against the agent's share
 //! until the daemon restarts. The kernel stamps each record with when it
 //! started waiting; this task forgets those older than
-//! `--kernel-record-max-wait`, a few times per that period.
+//! `--kernel-record-max-wait`, a few times per that period, and records
+//! each as a refused connection (rule `kernel-record-expired`).
 
 use std::{sync::Arc, time::Duration};
 
 use nix::time::{ClockId, clock_gettime};
 use tracing::warn;
 
-use crate::{live::Live, metrics::Metrics, proxy::ProxyContext};
+use crate::proxy::ProxyContext;
 
 /// Checks per `max_wait`: a record goes once it has waited `max_wait`, at
 /// most a quarter of it (and a second, what the stamps count in) later.
@@ -30,7 +31,7 @@ pub async fn expire(ctx: Arc<ProxyContext>, max_wait: Duration) {
         let now_s = match boot_seconds() {
             Ok(now) => now,
             Err(e) => {
-                warn!(error = %e, "kernel records not checked for age: no boot-time clock");
+                warn!(error = %e, "kernel records not checked for age: the boot-time clock could not be read");
                 continue;
             }
         };
@@ -44,30 +45,14 @@ pub async fn expire(ctx: Arc<ProxyContext>, max_wait: Duration) {
         let Ok(forgotten) = walk.await else {
             continue;
         };
-        if !forgotten.is_empty() {
-            report(&forgotten, &ctx.live, &ctx.metrics, max_wait);
+        ctx.metrics
+            .observe_kernel_records_expired(forgotten.len() as u64);
+        // Each is a connection refused: logged, audited and listed like
+        // any other.
+        for (key, record) in &forgotten {
+            crate::proxy::record_forgotten(&ctx, key, record, max_wait).await;
         }
     }
-}
-
-fn report(forgotten: &[u64], live: &Live, metrics: &Metrics, max_wait: Duration) {
-    metrics.observe_kernel_records_expired(forgotten.len() as u64);
-    let state = live.load();
-    let mut agents: Vec<String> = forgotten
-        .iter()
-        .map(|&cgroup_id| match state.agents.locate(cgroup_id) {
-            Some((agent, _)) => agent.to_string(),
-            None => format!("cgroup id {cgroup_id}"),
-        })
-        .collect();
-    agents.sort();
-    agents.dedup();
-    warn!(
-        records = forgotten.len(),
-        agents = agents.join(", "),
-        max_wait = %humantime::format_duration(max_wait),
-        "forgot kernel records of connections the proxy had not accepted within --kernel-record-max-wait; they went back to their agents' shares, and such a connection is refused if it is still accepted"
-    );
 }
 
 /// Whole seconds of the host's `CLOCK_BOOTTIME`, the clock of the

@@ -90,13 +90,13 @@ impl PeerRecords {
     /// them), each given back to its agent's share: their connections were
     /// never accepted (a handshake the proxy's side never completed) or
     /// are accepted so late that refusing them is the safe answer. Returns
-    /// the agents (cgroup ids) of the records forgotten, one per record.
+    /// the records forgotten, with their keys.
     ///
     /// An entry the kernel replaced between the walk and the removal (a
     /// newer connection from the same address: another cookie) is put
     /// back; should the kernel have written yet another meanwhile, the one
     /// taken is counted as forgotten, and its connection refused.
-    pub fn expire(&self, cutoff_s: u32) -> Vec<u64> {
+    pub fn expire(&self, cutoff_s: u32) -> Vec<(PeerKey, ConnRecord)> {
         let stale: Vec<(PeerKey, u64)> = self
             .walk
             .iter()
@@ -116,7 +116,7 @@ impl PeerRecords {
                 continue;
             }
             self.shares.release(record.cgroup_id, 1, 0);
-            forgotten.push(record.cgroup_id);
+            forgotten.push((key, record));
         }
         forgotten
     }

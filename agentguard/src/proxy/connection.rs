@@ -3,7 +3,14 @@
 //! and connection log, whatever the outcome), then carried out: TLS
 //! terminated and HTTP served, bytes relayed, or the connection closed.
 
-use std::{net::SocketAddr, pin::pin, sync::Arc, time::Duration};
+use std::{
+    net::{Ipv6Addr, SocketAddr},
+    pin::pin,
+    sync::Arc,
+    time::Duration,
+};
+
+use agentguard_common::{ConnRecord, PeerKey};
 
 use tokio::net::TcpStream;
 use tracing::{Instrument as _, info, info_span, warn};
@@ -228,6 +235,30 @@ fn attribute(peer: SocketAddr, netns: u64, ctx: &ProxyContext, state: &LiveState
             refusal,
         },
     }
+}
+
+/// Records a connection whose kernel record was forgotten unaccepted
+/// after `max_wait` (`crate::daemon`'s record expiry), from the record
+/// (`key`: where the agent's socket was): refused, as it is should the
+/// proxy still accept it.
+pub async fn record_forgotten(
+    ctx: &ProxyContext,
+    key: &PeerKey,
+    record: &ConnRecord,
+    max_wait: Duration,
+) {
+    let state = ctx.live.load();
+    let identity = state.agents.resolve(record).ok();
+    let peer = SocketAddr::new(Ipv6Addr::from(key.ip).to_canonical(), key.port);
+    let plan = ConnPlan::Refuse(ConnRefusal::RecordExpired { max_wait });
+    ConnOutcome::new(
+        peer,
+        identity.as_ref(),
+        Some(original_destination(record)),
+        &plan,
+    )
+    .record(ctx, &state.policy.version)
+    .await;
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -371,6 +371,14 @@ pub enum ConnRefusal {
     /// A connection we cannot attribute is one we cannot decide on.
     #[error("no kernel record for this connection (not from a guarded cgroup, or already closed)")]
     NoKernelRecord,
+    /// The connection's record waited longer than the proxy may take to
+    /// accept it, and was forgotten (`crate::daemon`'s record expiry):
+    /// refused now in the audit record, as it is if it is still accepted.
+    #[error(
+        "not accepted by the proxy within --kernel-record-max-wait ({}s): its kernel record was forgotten, and the connection is refused should it still be accepted",
+        .max_wait.as_secs()
+    )]
+    RecordExpired { max_wait: std::time::Duration },
     #[error("{0}")]
     UnknownCgroup(#[source] IdentityError),
     /// The record points at the proxy's own port: relaying would make the
@@ -414,6 +422,7 @@ impl ConnRefusal {
     pub fn rule(&self) -> &'static str {
         match self {
             ConnRefusal::NoKernelRecord => "no-kernel-record",
+            ConnRefusal::RecordExpired { .. } => "kernel-record-expired",
             ConnRefusal::UnknownCgroup(_) => "unknown-cgroup",
             ConnRefusal::ProxyLoop => "proxy-loop",
             ConnRefusal::Sniff(_) => "sniff-failed",
