@@ -98,11 +98,9 @@ impl PeerRecords {
     /// taken is counted as forgotten, and its connection refused.
     pub fn expire(&self, cutoff_s: u32) -> Vec<(PeerKey, ConnRecord)> {
         let stale: Vec<(PeerKey, u64)> = self
-            .walk
-            .iter()
-            // See `keys` for why the walk is bounded.
-            .take(walk_limit())
-            .filter_map(Result::ok)
+            .keys()
+            .into_iter()
+            .filter_map(|key| Some((key, self.walk.get(&key, 0).ok()?)))
             .filter(|(_, record)| record.waiting_since_s < cutoff_s)
             .map(|(key, record)| (key, record.cookie))
             .collect();
@@ -123,7 +121,8 @@ impl PeerRecords {
 
     /// Every key in the map. A walk whose current key is removed under it
     /// starts over from the first (the kernel's get-next-key), so a table
-    /// that churns could keep it going: it stops at twice the table.
+    /// that churns could keep it going: it stops at twice the table's
+    /// keys (a record it misses is found by the next walk).
     fn keys(&self) -> Vec<PeerKey> {
         self.walk
             .keys()
