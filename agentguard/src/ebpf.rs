@@ -33,7 +33,7 @@ pub use hooks::UNSUPPORTED_HOOKS_ENV;
 use hooks::{HOOKS, PROCESS_HOOK, UNIX_HOOKS};
 use maps::Maps;
 pub use maps::{AgentKernelUsage, Shares};
-pub use peer_records::{PeerRecords, peer_key};
+pub use peer_records::{PeerRecords, peer_addr, peer_key};
 pub use pins::detach_all;
 use pins::{MAPS, PinDir, SCRATCH_SUFFIX};
 pub use splice::{PassthroughRelay, SpliceError, Spliced, Splicer};

@@ -14,7 +14,7 @@
 
 use std::{
     io,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     sync::Arc,
 };
@@ -228,4 +228,23 @@ pub fn peer_key(netns: u64, peer: SocketAddr) -> PeerKey {
         IpAddr::V6(v6) => v6.octets(),
     };
     PeerKey::new(netns, ip, peer.port())
+}
+
+/// The agent socket's address a key names (IPv4 unmapped): what
+/// [`peer_key`] was given.
+pub fn peer_addr(key: &PeerKey) -> SocketAddr {
+    SocketAddr::new(Ipv6Addr::from(key.ip).to_canonical(), key.port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_address_survives_its_key() {
+        for peer in ["127.0.0.2:40000", "[::1]:40001", "[2001:db8::7]:9"] {
+            let peer: SocketAddr = peer.parse().unwrap();
+            assert_eq!(peer_addr(&peer_key(7, peer)), peer);
+        }
+    }
 }

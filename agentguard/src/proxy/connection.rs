@@ -3,12 +3,7 @@
 //! and connection log, whatever the outcome), then carried out: TLS
 //! terminated and HTTP served, bytes relayed, or the connection closed.
 
-use std::{
-    net::{Ipv6Addr, SocketAddr},
-    pin::pin,
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::SocketAddr, pin::pin, sync::Arc, time::Duration};
 
 use agentguard_common::{ConnRecord, PeerKey};
 
@@ -27,7 +22,7 @@ use super::{
 use crate::{
     audit::{self, Event, Kind},
     connlog,
-    ebpf::peer_key,
+    ebpf::{peer_addr, peer_key},
     identity::{Identity, original_destination},
     live::LiveState,
     netns::{Dial, Origin},
@@ -249,10 +244,9 @@ pub async fn record_forgotten(
 ) {
     let state = ctx.live.load();
     let identity = state.agents.resolve(record).ok();
-    let peer = SocketAddr::new(Ipv6Addr::from(key.ip).to_canonical(), key.port);
     let plan = ConnPlan::Refuse(ConnRefusal::RecordExpired { max_wait });
     ConnOutcome::new(
-        peer,
+        peer_addr(key),
         identity.as_ref(),
         Some(original_destination(record)),
         &plan,
