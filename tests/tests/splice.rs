@@ -11,7 +11,7 @@
 //! opt-in the proxy copies both ways (the default), and says so.
 
 use std::{
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Write as _},
     process::{Child, ChildStdout, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -136,6 +136,8 @@ print(len(got) - 64, bytes(got[:n]) == down, got[n:].decode() == hashlib.sha256(
 
 /// The agent of the cut tests: sends its ClientHello, prints `sent`, then
 /// reads until the connection ends and prints how (`eof` or the error).
+/// With a count (argv[3]) it first waits for a line on stdin, then sends
+/// that many bytes `x` and prints `more sent`.
 const WAITER: &str = concat!(
     client_hello!(),
     r#"
@@ -144,6 +146,10 @@ host, port = sys.argv[1], int(sys.argv[2])
 s = socket.create_connection((host, port), timeout=60)
 s.sendall(client_hello(host))
 print("sent", flush=True)
+if len(sys.argv) > 3:
+    sys.stdin.readline()
+    s.sendall(b"x" * int(sys.argv[3]))
+    print("more sent", flush=True)
 try:
     while True:
         b = s.recv(65536)
@@ -446,8 +452,16 @@ fn the_user_space_relay_is_the_default() {
 /// after the hello); returns the agent and the server, each with its lines.
 type Running = (Child, mpsc::Receiver<String>);
 fn open_connection(daemon: &Daemon) -> (Running, Running) {
+    open_connection_then(daemon, &[])
+}
+
+/// [`open_connection`] with more arguments for [`WAITER`].
+fn open_connection_then(daemon: &Daemon, more: &[&str]) -> (Running, Running) {
     let (server, server_lines, port) = server(0);
-    let mut waiter = agent(daemon, WAITER, &[PASS, &port])
+    let mut args = vec![PASS, &port];
+    args.extend(more);
+    let mut waiter = agent(daemon, WAITER, &args)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -472,22 +486,33 @@ fn ended(waiter: &mut Child, lines: &mpsc::Receiver<String>) -> String {
     how
 }
 
+/// Revocation cuts a connection whose agent has sent bytes the direct
+/// way and not closed, and those bytes are still counted.
 #[test]
 fn revoking_the_agent_cuts_a_spliced_connection() {
     let dns = dns();
     let (daemon, metrics) = daemon_with_metrics(&dns);
-    let ((mut waiter, waiter_lines), (mut server, server_lines)) = open_connection(&daemon);
+    let ((mut waiter, waiter_lines), (mut server, server_lines)) =
+        open_connection_then(&daemon, &["5"]);
     let events = passthrough_events(&daemon, 1);
     assert_eq!(events[0]["relay"], "kernel", "{events:?}");
     // Cut with the agent's direct way open: it closes with the rest.
     assert_eq!(direct_connections(metrics, 1), 1);
+    // Five bytes the direct way: in the upstream socket once the agent's
+    // send returns.
+    writeln!(waiter.stdin.as_mut().unwrap()).unwrap();
+    assert_eq!(next_line(&waiter_lines, "more sent"), "more sent");
     let out = daemon.cli(&["revoke", "--agent", AGENT, "--reason", "test"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let how = ended(&mut waiter, &waiter_lines);
     assert!(how == "eof" || how == "ConnectionResetError", "{how}");
     // The upstream's end was closed too: it read to its end, nothing more.
-    assert_eq!(next_line(&server_lines, "upstream's end"), "0");
+    assert_eq!(next_line(&server_lines, "upstream's end"), "5");
     let _ = server.wait();
+    assert_eq!(
+        metric(metrics, "agentguard_passthrough_direct_bytes_total", 5),
+        5
+    );
 }
 
 #[test]

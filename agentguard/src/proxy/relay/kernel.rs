@@ -99,22 +99,66 @@ async fn copy_up(
     spliced: &Spliced,
     metrics: &Metrics,
 ) -> io::Result<u64> {
-    // What the upstream socket counts before a byte is sent (its SYN).
-    let base = queued_or_sent(upstream)?;
     let mut gate = Gate {
         spliced,
         metrics,
         tried: false,
         open_at: None,
+        tally: DirectTally::start(upstream, metrics)?,
     };
-    let copied = copy(inbound, upstream, &mut gate).await?;
-    // Everything the upstream socket took but the proxy's copies came the
-    // direct way. Read after the agent's FIN (its direct pushes were done
-    // in its own calls before it) and before ours, which TCP counts.
-    let took = queued_or_sent(upstream)?.saturating_sub(base);
-    metrics.observe_passthrough_direct_bytes(took.saturating_sub(copied));
+    copy(inbound, upstream, &mut gate).await?;
+    // Read after the agent's FIN (its direct pushes were done in its own
+    // calls before it) and before ours, which TCP counts.
+    let took = gate.tally.count()?;
     shutdown(upstream)?;
     Ok(took)
+}
+
+/// Counts the bytes the agent sent the direct way: everything the
+/// upstream socket took but what the proxy wrote to it. Counted once,
+/// whichever way the connection ends: at the agent's FIN
+/// ([`DirectTally::count`]), or when the relay is dropped before it (an
+/// error, the idle limit, a revocation, a daemon stop), while the upstream
+/// socket is still open.
+struct DirectTally<'a> {
+    upstream: &'a TcpStream,
+    metrics: &'a Metrics,
+    /// What the upstream socket counted before a byte was sent (its SYN).
+    base: u64,
+    /// Bytes the proxy wrote to the upstream socket.
+    written: u64,
+    counted: bool,
+}
+
+impl<'a> DirectTally<'a> {
+    fn start(upstream: &'a TcpStream, metrics: &'a Metrics) -> io::Result<Self> {
+        Ok(Self {
+            upstream,
+            metrics,
+            base: queued_or_sent(upstream)?,
+            written: 0,
+            counted: false,
+        })
+    }
+
+    /// Counts the direct bytes; returns all the upstream socket took.
+    fn count(&mut self) -> io::Result<u64> {
+        self.counted = true;
+        let took = queued_or_sent(self.upstream)?.saturating_sub(self.base);
+        self.metrics
+            .observe_passthrough_direct_bytes(took.saturating_sub(self.written));
+        Ok(took)
+    }
+}
+
+impl Drop for DirectTally<'_> {
+    fn drop(&mut self) {
+        if !self.counted
+            && let Err(e) = self.count()
+        {
+            tracing::debug!(error = %e, "the bytes sent the direct way could not be counted");
+        }
+    }
 }
 
 /// What a copy tells its watcher.
@@ -124,6 +168,9 @@ trait Watch {
     fn arriving(&mut self) -> io::Result<()> {
         Ok(())
     }
+
+    /// `n` more bytes were written on.
+    fn wrote(&mut self, _n: usize) {}
 
     /// Everything read so far (`total` bytes) has been written on.
     fn flushed(&mut self, _total: u64) {}
@@ -140,6 +187,7 @@ struct Gate<'a> {
     tried: bool,
     /// The count the gate opened at.
     open_at: Option<u64>,
+    tally: DirectTally<'a>,
 }
 
 impl Watch for Gate<'_> {
@@ -156,6 +204,10 @@ impl Watch for Gate<'_> {
             )),
             _ => Ok(()),
         }
+    }
+
+    fn wrote(&mut self, n: usize) {
+        self.tally.written += n as u64;
     }
 
     fn flushed(&mut self, total: u64) {
@@ -188,7 +240,7 @@ async fn copy(from: &TcpStream, to: &TcpStream, watch: &mut impl Watch) -> io::R
     let mut pending = Vec::new();
     loop {
         if !pending.is_empty() {
-            write_all(to, &pending).await?;
+            write_all(to, &pending, watch).await?;
             pending = Vec::new();
             watch.flushed(copied);
         }
@@ -206,6 +258,7 @@ async fn copy(from: &TcpStream, to: &TcpStream, watch: &mut impl Watch) -> io::R
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(e) => return Err(e),
             };
+            watch.wrote(written);
             pending.extend_from_slice(&buf[written..n]);
             Ok(Some(n))
         })?;
@@ -220,18 +273,21 @@ async fn copy(from: &TcpStream, to: &TcpStream, watch: &mut impl Watch) -> io::R
             }
         }
     }
-    write_all(to, &pending).await?;
+    write_all(to, &pending, watch).await?;
     if !pending.is_empty() {
         watch.flushed(copied);
     }
     Ok(copied)
 }
 
-async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+async fn write_all(to: &TcpStream, mut bytes: &[u8], watch: &mut impl Watch) -> io::Result<()> {
     while !bytes.is_empty() {
         to.writable().await?;
         match to.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
+            Ok(n) => {
+                watch.wrote(n);
+                bytes = &bytes[n..];
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
