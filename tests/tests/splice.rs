@@ -506,7 +506,8 @@ fn revoking_the_agent_cuts_a_spliced_connection() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let how = ended(&mut waiter, &waiter_lines);
     assert!(how == "eof" || how == "ConnectionResetError", "{how}");
-    // The upstream's end was closed too: it read to its end, nothing more.
+    // The upstream's end was closed too: it read the five bytes, then its
+    // end, nothing more.
     assert_eq!(next_line(&server_lines, "upstream's end"), "5");
     let _ = server.wait();
     assert_eq!(
