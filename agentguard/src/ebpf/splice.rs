@@ -188,15 +188,21 @@ impl Spliced {
             .insert(self.agent, passed, 0)
             .map_err(SpliceError::Insert)
     }
+
+    /// Shuts the agent's direct way (if open): its sends take the usual
+    /// way again, to the proxy's socket.
+    pub fn shut_direct(&self) {
+        let _ = lock(&self.splicer.gate).remove(&self.agent);
+    }
 }
 
 impl Drop for Spliced {
     fn drop(&mut self) {
-        // The gate first: the agent's sends take the usual way again, to
-        // the proxy's socket, which is being closed. The sockets leave
-        // their sockhashes by themselves as they close (the proxy closes
-        // the upstream's at once), so only the plain maps are cleaned.
-        let _ = lock(&self.splicer.gate).remove(&self.agent);
+        // The gate first: the proxy's socket the agent's sends then reach
+        // is being closed. The sockets leave their sockhashes by
+        // themselves as they close (the proxy closes the upstream's at
+        // once), so only the plain maps are cleaned.
+        self.shut_direct();
         let _ = lock(&self.splicer.passed).remove(&self.agent);
     }
 }

@@ -118,8 +118,8 @@ async fn copy_up(
 /// upstream socket took but what the proxy wrote to it. Counted once,
 /// whichever way the connection ends: at the agent's FIN
 /// ([`DirectTally::count`]), or when the relay is dropped before it (an
-/// error, the idle limit, a revocation, a daemon stop), while the upstream
-/// socket is still open.
+/// error, the idle limit, a revocation, a daemon stop; see [`Gate`]'s
+/// `drop`), while the upstream socket is still open.
 struct DirectTally<'a> {
     upstream: &'a TcpStream,
     metrics: &'a Metrics,
@@ -151,11 +151,16 @@ impl<'a> DirectTally<'a> {
     }
 }
 
-impl Drop for DirectTally<'_> {
+/// Cut before the agent's FIN: the direct way is shut first, so that
+/// nothing the agent still sends reaches the upstream socket uncounted
+/// (it goes the usual way, to the proxy's socket, which is closing).
+impl Drop for Gate<'_> {
     fn drop(&mut self) {
-        if !self.counted
-            && let Err(e) = self.count()
-        {
+        if self.tally.counted {
+            return;
+        }
+        self.spliced.shut_direct();
+        if let Err(e) = self.tally.count() {
             tracing::debug!(error = %e, "the bytes sent the direct way could not be counted");
         }
     }
