@@ -130,6 +130,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     } else {
         if !opts.no_build {
             release::daemon(root, build)?;
+            release::bench_tools(root)?;
         }
         release_bin_dir(root, build)?
     };

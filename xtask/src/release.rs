@@ -103,17 +103,23 @@ impl Build {
     }
 }
 
-/// Builds the daemon for release; returns the binary. `agentguard-bench`
-/// (the bench's servers and clients) is built too, plain, in
-/// `target/release`: training needs it.
+/// Builds the daemon for release; returns the binary. A profile-guided
+/// build also builds `agentguard-bench` (the bench's servers and clients),
+/// plain, in `target/release`: training needs it. A plain build does not:
+/// the package and the image need only the daemon, and the bench builds
+/// its own ([`bench_tools`]).
 pub fn daemon(root: &Path, build: Build) -> Result<PathBuf> {
     match build {
-        Build::Plain => {
-            cargo_build(root, "release", &["agentguard", "agentguard-bench"], None)?;
-        }
+        Build::Plain => cargo_build(root, "release", &["agentguard"], None)?,
         Build::ProfileGuided => profile_guided(root)?,
     }
     Ok(build.binary(root))
+}
+
+/// `agentguard-bench`, plain, in `target/release` (already there after a
+/// profile-guided build, whose training uses it).
+pub fn bench_tools(root: &Path) -> Result<()> {
+    cargo_build(root, "release", &["agentguard-bench"], None)
 }
 
 fn profile_guided(root: &Path) -> Result<()> {
@@ -131,7 +137,7 @@ fn profile_guided(root: &Path) -> Result<()> {
     let target = paths::target_dir(root);
     let data = target.join("pgo-data");
     let raw = data.join("raw");
-    cargo_build(root, "release", &["agentguard-bench"], None)?;
+    bench_tools(root)?;
     let instrumented_flag = format!("-Cprofile-generate={}", raw.display());
     cargo_build(root, "pgo-train", &["agentguard"], Some(&instrumented_flag))?;
     let instrumented = target.join("pgo-train").join("agentguard");
