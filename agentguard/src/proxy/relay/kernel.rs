@@ -104,12 +104,12 @@ async fn copy_up(
         metrics,
         tried: false,
         open_at: None,
-        tally: DirectTally::start(upstream, metrics)?,
+        tally: DirectTally::start(upstream)?,
     };
     copy(inbound, upstream, &mut gate).await?;
     // Read after the agent's FIN (its direct pushes were done in its own
     // calls before it) and before ours, which TCP counts.
-    let took = gate.tally.count()?;
+    let took = gate.tally.count(metrics)?;
     shutdown(upstream)?;
     Ok(took)
 }
@@ -122,7 +122,6 @@ async fn copy_up(
 /// `drop`), while the upstream socket is still open.
 struct DirectTally<'a> {
     upstream: &'a TcpStream,
-    metrics: &'a Metrics,
     /// What the upstream socket counted before a byte was sent (its SYN).
     base: u64,
     /// Bytes the proxy wrote to the upstream socket.
@@ -131,22 +130,21 @@ struct DirectTally<'a> {
 }
 
 impl<'a> DirectTally<'a> {
-    fn start(upstream: &'a TcpStream, metrics: &'a Metrics) -> io::Result<Self> {
+    fn start(upstream: &'a TcpStream) -> io::Result<Self> {
         Ok(Self {
             upstream,
-            metrics,
             base: queued_or_sent(upstream)?,
             written: 0,
             counted: false,
         })
     }
 
-    /// Counts the direct bytes; returns all the upstream socket took.
-    fn count(&mut self) -> io::Result<u64> {
+    /// Counts the direct bytes into `metrics`; returns all the upstream
+    /// socket took.
+    fn count(&mut self, metrics: &Metrics) -> io::Result<u64> {
         self.counted = true;
         let took = queued_or_sent(self.upstream)?.saturating_sub(self.base);
-        self.metrics
-            .observe_passthrough_direct_bytes(took.saturating_sub(self.written));
+        metrics.observe_passthrough_direct_bytes(took.saturating_sub(self.written));
         Ok(took)
     }
 }
@@ -160,7 +158,7 @@ impl Drop for Gate<'_> {
             return;
         }
         self.spliced.shut_direct();
-        if let Err(e) = self.tally.count() {
+        if let Err(e) = self.tally.count(self.metrics) {
             tracing::debug!(error = %e, "the bytes sent the direct way could not be counted");
         }
     }
