@@ -117,10 +117,10 @@ const STEPS: &[Step] = &[
     // Of a plain release build (--no-pgo). The profile-guided build that
     // ships (xtask/src/release.rs) is two whole-program builds and two
     // trainings: 29 of the 50 minutes of a cold run of this suite here
-    // (2026-12-07), and it had taken CI to 73 minutes of the 60 it may
-    // use. The package's own checks still run on that build wherever it
-    // is made: `cargo xtask package --check --nspawn` (the README's
-    // release step).
+    // (2026-12-07; 35 with this step plain), and it had taken CI to 73
+    // minutes of the 60 it may use. The same checks of the profile-guided
+    // package are `cargo xtask package --check --nspawn`, which the README
+    // asks for before shipping it.
     Step {
         header: "Debian package of a plain release build (install, check, purge; systemd container)",
         cargo_args: &[
@@ -143,7 +143,8 @@ const STEPS: &[Step] = &[
     // The benchmark harness with five requests per path and scenario, so
     // it cannot rot: it checks only that every path answered 200, never a
     // time. It installs the bench's own tools (oha, nginx, h2load,
-    // mitmproxy) if missing; setup has just run, so it skips its own.
+    // mitmproxy) if missing (oha's compile is most of this step on a
+    // fresh machine); setup has just run, so it skips its own.
     Step {
         header: "benchmark harness (smoke)",
         cargo_args: &["xtask", "bench", "--smoke", "--no-setup"],
