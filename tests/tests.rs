@@ -11,6 +11,7 @@ mod cli_errors;
 mod containers;
 mod credentials;
 mod delegated;
+mod direct;
 mod dns;
 mod docker;
 mod egress;

@@ -176,6 +176,12 @@ pub struct ProxyConfig {
 /// through the event ring buffer.
 pub const CONFIG_REPORT_REDIRECTS: u32 = 1;
 
+/// `ProxyConfig::flags`: a TCP connect to an address that `DIRECT_WAYS`
+/// holds for the agent is left to go straight to it (the direct way of
+/// passthrough), its first send checked in the kernel; without it every
+/// TCP connect goes to the proxy.
+pub const CONFIG_DIRECT_PASSTHROUGH: u32 = 2;
+
 /// The destination a socket was redirected away from. Kept for the socket's
 /// lifetime so that `getpeername()` and `recvmsg()` can show the agent the
 /// peer it asked for (transparency).
@@ -238,6 +244,14 @@ pub mod event_kind {
     /// A DNS query sent to agentguard's resolver (only with
     /// CONFIG_REPORT_REDIRECTS).
     pub const DNS_REDIRECTED: u32 = 17;
+    /// A direct-way passthrough connection whose first send carried a
+    /// ClientHello for the way's name: open (carried by a
+    /// [`DirectEvent`](super::DirectEvent)).
+    pub const DIRECT_OPENED: u32 = 18;
+    /// A direct-way passthrough connection refused in the kernel (carried
+    /// by a [`DirectEvent`](super::DirectEvent), whose `reason` is one of
+    /// [`direct_refusal`](super::direct_refusal)).
+    pub const DIRECT_REFUSED: u32 = 19;
 }
 
 /// One record of the kernel → daemon ring buffer: a refusal (always) or a
@@ -469,6 +483,132 @@ pub struct AgentReleased {
     pub event_bytes_read: u64,
 }
 
+/// Longest name a direct way holds: a DNS name is at most 253 characters
+/// (255 octets on the wire), and an SNI host name is a DNS name.
+pub const DIRECT_NAME_MAX: usize = 256;
+
+/// Capacity of `DIRECT_WAYS`, over all agents. The daemon stops adding
+/// ways when it is full: connects to the addresses left out go to the
+/// proxy, as without the direct way.
+pub const MAX_DIRECT_WAYS: u32 = 16_384;
+
+/// Key of `DIRECT_WAYS`: an address agentguard's resolver gave an agent
+/// for a passthrough name, and the port that name may be reached on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DirectKey {
+    /// The agent's resolver port (`AGENT_DNS`): what names the agent in
+    /// the kernel, whichever of its cgroups connects.
+    pub agent_port: u16,
+    /// Destination port, host byte order; 0: any port.
+    pub dst_port: u16,
+    pub _pad: u32,
+    /// IPv4 is stored IPv4-mapped.
+    pub ip: [u8; 16],
+}
+
+/// Value of `DIRECT_WAYS`: the one passthrough name the address stands
+/// for, and until when. Written by the daemon only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectWay {
+    /// `CLOCK_MONOTONIC` nanoseconds (`bpf_ktime_get_ns`) after which the
+    /// way is closed to new connects: the end of the DNS answer's TTL.
+    pub expires_ns: u64,
+    /// Bytes of `name` in use.
+    pub name_len: u32,
+    pub _pad: u32,
+    /// Lower case, no trailing dot.
+    pub name: [u8; DIRECT_NAME_MAX],
+}
+
+/// States of a direct-way connection ([`DirectConn::state`]).
+pub mod direct_state {
+    /// Connected (or connecting); nothing sent yet. Packets with data are
+    /// dropped.
+    pub const WAITING: u32 = 0;
+    /// The first send was a ClientHello for the way's name: its bytes go.
+    pub const OPEN: u32 = 1;
+    /// Refused: no send of it ever goes.
+    pub const REFUSED: u32 = 2;
+}
+
+/// Why the kernel refused a direct-way connection ([`DirectEvent::reason`]).
+pub mod direct_refusal {
+    /// The first send was not a whole TLS ClientHello record up to its
+    /// server name (another protocol, a hello split over sends, or a
+    /// malformed one).
+    pub const NOT_A_HELLO: u32 = 1;
+    /// A ClientHello without a server name.
+    pub const NO_SNI: u32 = 2;
+    /// A ClientHello for another name than the one the address was
+    /// resolved for.
+    pub const OTHER_NAME: u32 = 3;
+    /// The way expired or was withdrawn between the connect and the hello.
+    pub const WAY_GONE: u32 = 4;
+    /// No room to track the connection (the agent's share of kernel
+    /// records, or the table, is full), or none to report it.
+    pub const NO_ROOM: u32 = 5;
+    /// The socket could not be put under the message program (the
+    /// sockhash is full): its sends could not be checked.
+    pub const UNCHECKED: u32 = 6;
+    /// The agent was revoked between the connect and the hello.
+    pub const REVOKED: u32 = 7;
+}
+
+/// Socket-local state of a direct-way connection (`DIRECT_CONN`), made by
+/// connect4/6, moved on by sockops and the message program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectConn {
+    /// Who connected where, as for a redirected connection.
+    pub record: ConnRecord,
+    /// The way it took (to find its name when the hello comes).
+    pub way: DirectKey,
+    /// One of [`direct_state`].
+    pub state: u32,
+    pub _pad: u32,
+}
+
+/// A direct-way connection the kernel tracks while it is open
+/// (`DIRECT_OPEN`, by socket cookie): what the daemon needs to close it
+/// (revocation, stop) without a descriptor of it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectSocket {
+    /// Cookie of the socket's network namespace.
+    pub netns: u64,
+    /// cgroup of the task that connected.
+    pub cgroup_id: u64,
+    /// Local and remote address, as the socket has them; IPv4 mapped.
+    pub local_ip: [u8; 16],
+    pub remote_ip: [u8; 16],
+    /// Host byte order.
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// The socket's own family (`AF_INET` or `AF_INET6`).
+    pub family: u16,
+    pub _pad: u16,
+}
+
+/// A direct-way connection opened or refused in the kernel, in the same
+/// ring buffer as [`KernelEvent`] (`kind` first, as in every record there).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectEvent {
+    /// [`event_kind::DIRECT_OPENED`] or [`event_kind::DIRECT_REFUSED`].
+    pub kind: u32,
+    /// One of [`direct_refusal`]; 0 when opened.
+    pub reason: u32,
+    pub cookie: u64,
+    pub record: ConnRecord,
+    pub socket: DirectSocket,
+    /// The way's name (what the SNI had to be).
+    pub name_len: u32,
+    pub _pad: u32,
+    pub name: [u8; DIRECT_NAME_MAX],
+}
+
 /// Bytes a record of `size` bytes takes in a BPF ring buffer: an 8-byte
 /// header, rounded up to 8 (kernel/bpf/ringbuf.c).
 pub const fn ring_cost(size: usize) -> u64 {
@@ -506,6 +646,14 @@ mod user {
     unsafe impl aya::Pod for super::AgentReleased {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcessEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DirectKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DirectWay {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DirectSocket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DirectEvent {}
 }
 
 #[cfg(test)]
@@ -540,6 +688,15 @@ mod tests {
             4 * 6 + 8 + 4 + 4 + 8 + 2 * COMM_LEN
         );
         assert_eq!(align_of::<ProcessEvent>(), 8);
+        assert_eq!(size_of::<DirectKey>(), 2 + 2 + 4 + 16);
+        assert_eq!(size_of::<DirectWay>(), 8 + 4 + 4 + DIRECT_NAME_MAX);
+        assert_eq!(size_of::<DirectConn>(), size_of::<ConnRecord>() + 24 + 8);
+        assert_eq!(size_of::<DirectSocket>(), 8 + 8 + 16 + 16 + 2 * 4);
+        assert_eq!(
+            size_of::<DirectEvent>(),
+            4 + 4 + 8 + size_of::<ConnRecord>() + size_of::<DirectSocket>() + 8 + DIRECT_NAME_MAX
+        );
+        assert_eq!(align_of::<DirectEvent>(), 8);
     }
 
     #[test]

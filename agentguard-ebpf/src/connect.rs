@@ -73,6 +73,9 @@ fn decide(
     let cfg = proxy_config()?;
     match kind {
         _ if facts.dst_port == DNS_PORT => dns_to_resolver(ctx, cfg, facts, local).map(Some),
+        // A passthrough address the agent may reach directly: left as it
+        // is, its first send checked by the kernel (direct.rs).
+        Transport::Tcp if crate::direct::connect(ctx, cfg, facts) => Ok(None),
         Transport::Tcp => tcp_to_proxy(ctx, cfg, facts, local),
         // Connected UDP to anything but DNS (QUIC included): refused, so
         // clients fall back to TCP, which the proxy sees.

@@ -15,8 +15,12 @@
 //! - a socket the agent accepted from another host answers that host
 //!   directly, without a connect.
 //!
-//! It runs per packet, so it only reads the fixed IP header (and the ports
-//! for the report).
+//! A direct-way passthrough socket (`direct.rs`) is the exception: its
+//! packets go to the upstream it connected to, wherever that is, once
+//! the kernel has checked its first send; before that, none may carry data.
+//!
+//! It runs per packet, so it only reads the fixed IP header, the socket's
+//! direct-way state if it has one (and the ports for the report).
 
 use core::ptr::{addr_of, read_volatile};
 
@@ -27,7 +31,10 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 
-use crate::events::{SocketFacts, emit_for_packet};
+use crate::{
+    direct::{self, Egress},
+    events::{SocketFacts, emit_for_packet},
+};
 
 /// cgroup_skb verdicts.
 const PASS: i32 = 1;
@@ -45,15 +52,25 @@ pub fn check(ctx: &SkBuffContext) -> i32 {
     // device the packet leaves by, set before this hook runs) is a readable
     // 4-byte field of __sk_buff.
     let ifindex = unsafe { read_volatile(addr_of!((*ctx.skb.skb).ifindex)) };
-    // Whatever cannot be read is not known to be loopback: drop.
-    match destination(ctx) {
-        Some(dst) if dst.loopback && ifindex == LOOPBACK_IFINDEX => PASS,
-        Some(dst) => {
+    let Some(dst) = destination(ctx) else {
+        // Whatever cannot be read is not known to be loopback: drop.
+        return DROP;
+    };
+    // A direct-way passthrough socket is judged by its own state: its
+    // packets leave for its upstream, wherever that is.
+    match direct::egress(ctx, &dst.ip, || tcp_headers_len(ctx, &dst)) {
+        Egress::Pass => return PASS,
+        Egress::Drop => {
             report(ctx, &dst);
-            DROP
+            return DROP;
         }
-        None => DROP,
+        Egress::NotDirect => {}
     }
+    if dst.loopback && ifindex == LOOPBACK_IFINDEX {
+        return PASS;
+    }
+    report(ctx, &dst);
+    DROP
 }
 
 /// What every packet is judged on. The protocol and port are read only
@@ -108,6 +125,18 @@ fn is_ip6_loopback(ip: &[u8; 16]) -> bool {
     let mut v6_loopback = [0u8; 16];
     v6_loopback[15] = 1;
     *ip == v6_loopback
+}
+
+/// Bytes of the packet's IP and TCP headers; `None` if it is not TCP
+/// right after the fixed IP header (IPv6 extension headers included).
+fn tcp_headers_len(ctx: &SkBuffContext, dst: &Destination) -> Option<u32> {
+    let protocol: u8 = ctx.load(dst.protocol_offset).ok()?;
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    // Data offset: the high nibble of byte 12, in 32-bit words.
+    let offset: u8 = ctx.load(dst.transport_offset + 12).ok()?;
+    Some((dst.transport_offset + usize::from(offset >> 4) * 4) as u32)
 }
 
 fn dst_port(ctx: &SkBuffContext, protocol: u8, transport_offset: usize) -> u16 {

@@ -5,6 +5,7 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
     generated::bpf_get_current_cgroup_id,
 };
+use aya_ebpf::maps::ring_buf::RingBufEntry;
 
 use crate::{
     maps::{EVENT_STATS, KERNEL_EVENTS},
@@ -81,28 +82,40 @@ pub fn emit_for_packet(kind: u32, facts: &SocketFacts, cgroup_id: u64, uid: u32)
 /// stack over the whole call chain, and a copy per frame adds up.
 #[inline(always)]
 pub fn output<T: Copy + 'static>(cgroup_id: u64, record: &T) {
+    let Some(mut entry) = reserve::<T>(cgroup_id) else {
+        return;
+    };
+    // SAFETY: the entry is reserved room for one T; the record is a T.
+    unsafe { entry.as_mut_ptr().copy_from_nonoverlapping(record, 1) };
+    entry.submit(0);
+}
+
+/// Room for one record of type `T` for the agent (cgroup) `cgroup_id`,
+/// within its share, charged to it; `None` (the loss counted) if there is
+/// none. For records too large to build on the stack: the caller fills
+/// the entry in place and submits it.
+#[inline(always)]
+pub fn reserve<T: 'static>(cgroup_id: u64) -> Option<RingBufEntry<T>> {
     let cost = ring_cost(size_of::<T>());
     let usage = shares::usage(cgroup_id);
     if let Some(usage) = usage
         && !shares::event_allowed(usage, cgroup_id, cost)
     {
         lost(usage);
-        return;
+        return None;
     }
-    let Some(mut entry) = KERNEL_EVENTS.reserve::<T>(0) else {
+    let Some(entry) = KERNEL_EVENTS.reserve::<T>(0) else {
         match usage {
             Some(usage) => lost(usage),
             None => count_lost(),
         }
-        return;
+        return None;
     };
     if let Some(usage) = usage {
         // SAFETY: a live map value.
         shares::add(unsafe { &raw mut (*usage).event_bytes }, cost);
     }
-    // SAFETY: the entry is reserved room for one T; the record is a T.
-    unsafe { entry.as_mut_ptr().copy_from_nonoverlapping(record, 1) };
-    entry.submit(0);
+    Some(entry)
 }
 
 /// One event the agent's share had no room for.

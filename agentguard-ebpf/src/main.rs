@@ -14,6 +14,7 @@
 
 mod bind;
 mod connect;
+mod direct;
 mod egress;
 mod events;
 mod maps;

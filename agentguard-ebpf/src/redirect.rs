@@ -117,11 +117,41 @@ pub fn tcp_to_proxy(
         emit(event_kind::RECORD_FAILED, facts);
         return Err(Refuse);
     }
+    // SAFETY: a non-null pointer to this socket's storage, of this type.
+    unsafe { write_record(slot, facts, cgroup_id, cookie) };
+    // Connected to the proxy after all (an agentguard program earlier in
+    // this connect() chose the direct way, or a program of another daemon
+    // generation): no direct-way state may stay on the socket, or the
+    // egress check would hold its sends back.
+    if cfg.flags & agentguard_common::CONFIG_DIRECT_PASSTHROUGH != 0 {
+        crate::direct::forget_connect(ctx);
+    }
+    remember_orig(ctx, facts);
+    if cfg.flags & agentguard_common::CONFIG_REPORT_REDIRECTS != 0 {
+        emit(event_kind::TCP_REDIRECTED, facts);
+    }
+    Ok(Some(Target {
+        ip: proxy_ip,
+        port: cfg.port,
+    }))
+}
+
+/// Writes who connects where into `slot`, in place: a record on the stack
+/// would cost stack space, which the verifier limits to 512 bytes over the
+/// whole call chain.
+///
+/// # Safety
+/// `slot` must point to live storage of a [`ConnRecord`].
+#[inline(always)]
+pub unsafe fn write_record(
+    slot: *mut ConnRecord,
+    facts: &SocketFacts,
+    cgroup_id: u64,
+    cookie: u64,
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    // SAFETY: a non-null pointer to this socket's storage, of this type;
-    // written in place (a record on the stack would cost stack space, which
-    // the verifier limits to 512 bytes over the whole call chain).
+    // SAFETY: the caller's promise.
     unsafe {
         *slot = ConnRecord {
             orig_ip: facts.dst_ip,
@@ -138,14 +168,6 @@ pub fn tcp_to_proxy(
             comm: bpf_get_current_comm().unwrap_or([0; 16]),
         }
     };
-    remember_orig(ctx, facts);
-    if cfg.flags & agentguard_common::CONFIG_REPORT_REDIRECTS != 0 {
-        emit(event_kind::TCP_REDIRECTED, facts);
-    }
-    Ok(Some(Target {
-        ip: proxy_ip,
-        port: cfg.port,
-    }))
 }
 
 /// DNS (UDP or TCP to port 53), whatever server the agent named: its

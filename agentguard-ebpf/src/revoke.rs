@@ -13,7 +13,7 @@ use crate::{
 
 /// Whether the caller's cgroup or any cgroup above it is revoked: a
 /// process in a cgroup below its agent's is that agent's too.
-fn revoked() -> bool {
+pub fn revoked() -> bool {
     // SAFETY: no arguments; returns the caller's cgroup v2 id.
     let own = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: plain read of a u8 value; the map is only updated whole.

@@ -35,6 +35,7 @@ use aya_ebpf::{
 };
 
 use crate::{
+    direct,
     maps::{PEER_RECORDS, SOCKET_RECORDS},
     shares, splice,
 };
@@ -59,20 +60,32 @@ pub struct Skip;
 pub fn try_sockops(ctx: &SockOpsContext) -> Result<u32, Skip> {
     let fields = read_fields(ctx);
     match fields.op {
+        // A direct-way passthrough socket has no proxy record to re-key.
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB if direct::established(ctx, fields.sk) => Ok(0),
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(ctx, &fields),
         BPF_SOCK_OPS_STATE_CB if fields.new_state == BPF_TCP_CLOSE => {
-            // Whoever closed first: the splice's count and gate go with
-            // the socket (before the address can be reused).
-            splice::forget_agent_socket(peer_key(ctx, &fields)?);
-            if agent_closed_first(fields.old_state) {
-                return Ok(0);
-            }
-            closed(ctx, &fields)
+            direct::closed(ctx, fields.sk);
+            socket_closed(ctx, &fields)
         }
         _ => Ok(0),
     }
 }
 
+/// A socket reached TCP_CLOSE. Not inlined, as [`established`].
+#[inline(never)]
+fn socket_closed(ctx: &SockOpsContext, fields: &Fields) -> Result<u32, Skip> {
+    // Whoever closed first: the splice's count and gate go with the
+    // socket (before the address can be reused).
+    splice::forget_agent_socket(peer_key(ctx, fields)?);
+    if agent_closed_first(fields.old_state) {
+        return Ok(0);
+    }
+    closed(ctx, fields)
+}
+
+// Not inlined: its frame and the direct way's are each within the
+// verifier's 512 bytes, but not both in one.
+#[inline(never)]
 fn established(ctx: &SockOpsContext, fields: &Fields) -> Result<u32, Skip> {
     if fields.sk.is_null() {
         return Ok(0);

@@ -225,7 +225,25 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     kernel.set_report_redirects(cfg.report_kernel_redirects);
     let kernel_events = kernel.take_events();
     let splice = kernel.take_splice();
+    let direct = kernel
+        .take_direct()
+        .map(|maps| Arc::new(crate::proxy::direct::Direct::new(maps, netns.clone())));
     let resolvers = Arc::new(start_resolvers(&cfg, audit.sink.clone()));
+    if let Some(direct) = &direct {
+        // The resolver keeps the direct way's ways; the way is told which
+        // agent's by the resolver's port (what names the agent in the
+        // kernel).
+        let (direct, weak) = (direct.clone(), Arc::downgrade(&resolvers));
+        resolvers.set_on_bound(Arc::new(move |bound: &dns::Bound<'_>| {
+            let Some(port) = weak.upgrade().and_then(|r| r.port_of(bound.agent)) else {
+                return;
+            };
+            direct.bound(bound, port);
+        }));
+        info!(
+            "passthrough takes the direct way: agents connect to passthrough hosts themselves, their first send checked in the kernel"
+        );
+    }
     let reloader = Arc::new(Reloader {
         policies_dir: cfg.policies_dir.clone(),
         root,
@@ -239,6 +257,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         containers_file: Some(crate::containers::saved_path(&cfg.state_dir)),
         serial: Mutex::new(()),
         new_unit_cgroups: Default::default(),
+        direct: direct.clone(),
     });
     let live = Arc::new(Live::new(reloader.build(None)?));
     resolvers.set_live(live.clone());
@@ -261,12 +280,20 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .configure(port, daemon_tgid)?;
+    let (direct_reports, direct_queue) = match &direct {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(crate::proxy::direct::REPORT_QUEUE);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     if let Some(ring) = kernel_events {
         tokio::spawn(kernel_events::run(
             ring,
             live.clone(),
             audit.sink.clone(),
             events::kernel_event,
+            direct_reports,
         ));
     }
     let policy_version = live.load().policy.version.clone();
@@ -279,7 +306,17 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         {
             // The marks of revoked agents were set by `build` above.
             let (reloader, live) = (reloader.clone(), live.clone());
-            Arc::new(move || reloader.sync_revoked(&live).map_err(|e| e.to_string()))
+            let (direct, revocations) = (direct.clone(), revocations.clone());
+            Arc::new(move || {
+                reloader.sync_revoked(&live).map_err(|e| e.to_string())?;
+                // Marked first: no new direct-way connection of theirs
+                // opens after this.
+                if let Some(direct) = &direct {
+                    let closed = direct.close_revoked(&live, &revocations);
+                    info!(closed, "direct-way connections of revoked agents closed");
+                }
+                Ok(())
+            })
         },
     ));
     for (agent, r) in revocations.all() {
@@ -309,6 +346,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         limiter: Arc::new(crate::policy::RateLimiter::new()),
     });
     netns.serve(ctx.clone());
+    if let (Some(direct), Some(queue)) = (&direct, direct_queue) {
+        tokio::spawn(direct.clone().run(ctx.clone(), queue));
+    }
     if let Some(max_wait) = cfg.kernel.record_max_wait {
         tokio::spawn(records::expire(ctx.clone(), max_wait));
     }
@@ -450,6 +490,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         .configure(0, daemon_tgid);
     if let Err(e) = kernel {
         warn!(error = %e, "could not switch the kernel to refuse-all; agents' connects will be refused by the closed port instead");
+    }
+    // As the relayed connections close with the daemon.
+    if let Some(direct) = &direct {
+        let closed = direct.close_all();
+        info!(closed, "direct-way connections closed");
     }
     let _ = fs::remove_file(&cfg.admin_socket);
     audit.stop(&why, &live).await;

@@ -77,6 +77,23 @@ pub struct DnsQueryRecord {
 pub type OnQuery =
     Arc<dyn Fn(DnsQueryRecord) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// One address an agent's resolver bound a name to.
+pub struct Bound<'a> {
+    pub policy: &'a crate::policy::PolicySet,
+    pub agent: &'a str,
+    /// Lower case, without the trailing dot.
+    pub name: &'a str,
+    pub ip: std::net::IpAddr,
+    /// When the binding ends (its TTL, clamped).
+    pub expires: std::time::Instant,
+    /// Every name bound to `ip` for this agent and not expired, `name`
+    /// among them.
+    pub names: Vec<String>,
+}
+
+/// Told of each binding as it is made (passthrough's direct way).
+pub type OnBound = Arc<dyn Fn(&Bound<'_>) + Send + Sync>;
+
 /// Shared by all of one agent's listeners.
 struct Shared {
     answers: answers::Answers,
@@ -85,6 +102,8 @@ struct Shared {
     live: OnceLock<Arc<Live>>,
     upstreams: Vec<SocketAddr>,
     on_query: OnQuery,
+    /// Set once, if the direct way is on.
+    on_bound: OnceLock<OnBound>,
 }
 
 /// The per-agent resolvers of the daemon.
@@ -103,6 +122,7 @@ impl Resolvers {
                 live: OnceLock::new(),
                 upstreams,
                 on_query,
+                on_bound: OnceLock::new(),
             }),
             running: Mutex::new(HashMap::new()),
         }
@@ -112,6 +132,17 @@ impl Resolvers {
     /// SERVFAIL.
     pub fn set_live(&self, live: Arc<Live>) {
         let _ = self.shared.live.set(live);
+    }
+
+    /// Tells `on_bound` of every binding from now on.
+    pub fn set_on_bound(&self, on_bound: OnBound) {
+        let _ = self.shared.on_bound.set(on_bound);
+    }
+
+    /// The port of `agent`'s resolver, if it runs.
+    pub fn port_of(&self, agent: &str) -> Option<u16> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.get(agent).map(|r| r.port)
     }
 
     /// The resolver port serving `agent`, starting its listeners if needed.

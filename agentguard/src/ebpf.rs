@@ -20,6 +20,7 @@ use thiserror::Error;
 use crate::cgroup::Cgroup;
 
 mod btf;
+mod direct;
 mod hooks;
 mod layout;
 mod maps;
@@ -29,6 +30,7 @@ mod processes;
 mod sockopt_link;
 mod splice;
 
+pub use direct::{DirectError, DirectMaps, socket_addrs, way_key};
 pub use hooks::UNSUPPORTED_HOOKS_ENV;
 use hooks::{HOOKS, PROCESS_HOOK, UNIX_HOOKS};
 use maps::Maps;
@@ -301,11 +303,34 @@ impl Kernel {
     /// Also report redirects (not only refusals) as kernel events; applied
     /// at the next configure().
     pub fn set_report_redirects(&mut self, on: bool) {
-        self.flags = if on {
-            agentguard_common::CONFIG_REPORT_REDIRECTS
+        self.set_flag(agentguard_common::CONFIG_REPORT_REDIRECTS, on);
+    }
+
+    fn set_flag(&mut self, flag: u32, on: bool) {
+        if on {
+            self.flags |= flag;
         } else {
-            0
-        };
+            self.flags &= !flag;
+        }
+    }
+
+    /// The maps of passthrough's direct way, with its message program
+    /// attached; the kernel takes the way from the next configure() on.
+    /// `None` (said in the log) where it is not asked for
+    /// ([`KernelOptions::passthrough_relay`]) or the kernel refuses it:
+    /// passthrough then goes through the proxy. Call once.
+    pub fn take_direct(&mut self) -> Option<std::sync::Arc<DirectMaps>> {
+        match DirectMaps::attach(&mut self.ebpf, self.options.passthrough_relay) {
+            Ok(maps) => {
+                self.set_flag(agentguard_common::CONFIG_DIRECT_PASSTHROUGH, true);
+                Some(std::sync::Arc::new(maps))
+            }
+            Err(DirectError::Off) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "passthrough connections go through the proxy: the direct way is unavailable");
+                None
+            }
+        }
     }
 
     /// The maps that let passthrough agents send straight upstream, with
@@ -316,10 +341,7 @@ impl Kernel {
     pub fn take_splice(&mut self) -> Option<std::sync::Arc<Splicer>> {
         match Splicer::attach(&mut self.ebpf, self.options.passthrough_relay) {
             Ok(splicer) => Some(std::sync::Arc::new(splicer)),
-            Err(e @ SpliceError::Off) => {
-                tracing::info!("passthrough: {e}");
-                None
-            }
+            Err(SpliceError::Off) => None,
             Err(e) => {
                 tracing::warn!(error = %e, "passthrough connections are relayed in user space: the kernel splice is unavailable");
                 None

@@ -8,7 +8,8 @@ use std::{
 };
 
 use agentguard_common::{
-    AF_INET, KernelEvent, NO_OFFSET, ProcessEvent, UnixEvent, UnixKey, event_kind, ring_cost,
+    AF_INET, DirectEvent, KernelEvent, NO_OFFSET, ProcessEvent, UnixEvent, UnixKey, event_kind,
+    ring_cost,
 };
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
@@ -82,11 +83,14 @@ pub struct ProcessTarget {
 /// room, leaving records in the ring buffer: an agent that floods refusals
 /// fills that fixed-size buffer, where the kernel counts what it cannot
 /// queue (`kernel_events_lost`), instead of the daemon's memory.
+/// Reports of passthrough's direct way go to `direct` (its connection
+/// events are written there), waiting while its queue is full.
 pub async fn run(
     events: KernelEvents,
     live: Arc<Live>,
     sink: AuditSink,
     to_event: fn(KernelEventRecord) -> Event,
+    direct: Option<tokio::sync::mpsc::Sender<DirectEvent>>,
 ) {
     let KernelEvents { ring, shares } = events;
     // SAFETY: the RingBuf owns its map fd; it stays open and is the same fd
@@ -116,6 +120,17 @@ pub async fn run(
         loop {
             // The item borrows the ring: decode copies what it needs first.
             let record = match guard.get_inner_mut().next() {
+                Some(item) if direct_report(&item).is_some() => {
+                    let report = direct_report(&item);
+                    if let Some(cgroup_id) = owner(&item) {
+                        read.add(cgroup_id, ring_cost(item.len()));
+                    }
+                    drop(item);
+                    if let (Some(report), Some(direct)) = (report, &direct) {
+                        let _ = direct.send(report).await;
+                    }
+                    None
+                }
                 Some(item) => {
                     let record = decode(&item, &live);
                     if let Some(cgroup_id) = owner(&item) {
@@ -172,12 +187,24 @@ impl Released {
 fn owner(item: &[u8]) -> Option<u64> {
     let kind = u32::from_ne_bytes(item.get(..4)?.try_into().ok()?);
     Some(match kind {
+        event_kind::DIRECT_OPENED | event_kind::DIRECT_REFUSED => {
+            read_record::<DirectEvent>(item)?.record.cgroup_id
+        }
         event_kind::UNIX_CONNECT_DENIED | event_kind::UNIX_SENDMSG_DENIED => {
             read_record::<UnixEvent>(item)?.key.cgroup_id
         }
         event_kind::PROCESS_ACCESS_DENIED => read_record::<ProcessEvent>(item)?.cgroup_id,
         _ => read_record::<KernelEvent>(item)?.cgroup_id,
     })
+}
+
+/// A report of passthrough's direct way, if the record is one.
+fn direct_report(item: &[u8]) -> Option<DirectEvent> {
+    let kind = u32::from_ne_bytes(item.get(..4)?.try_into().ok()?);
+    match kind {
+        event_kind::DIRECT_OPENED | event_kind::DIRECT_REFUSED => read_record(item),
+        _ => None,
+    }
 }
 
 /// Both record types open with their `kind`, which says which one it is.

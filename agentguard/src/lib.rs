@@ -37,6 +37,7 @@ pub mod procfs;
 pub mod proxy;
 pub mod random;
 pub mod revoke;
+pub mod sockdiag;
 pub mod tls_provider;
 pub mod token;
 pub mod verify_proxy;

@@ -12,6 +12,7 @@
 
 mod connection;
 pub(crate) mod decide;
+pub mod direct;
 pub(crate) mod http;
 pub mod limits;
 mod listener;

@@ -24,18 +24,18 @@ use crate::common::{
     http_get, text,
 };
 
-const AGENT: &str = "splice-agent";
-const PASS: &str = "pass.agentguard.test";
-const PASS_IP: &str = "127.0.0.4";
+pub(super) const AGENT: &str = "splice-agent";
+pub(super) const PASS: &str = "pass.agentguard.test";
+pub(super) const PASS_IP: &str = "127.0.0.4";
 
 /// Bytes each way in the large transfers.
-const LARGE: usize = 50 * 1024 * 1024;
+pub(super) const LARGE: usize = 50 * 1024 * 1024;
 
 /// The upstream of the raw transfers: reads the agent's ClientHello record,
 /// sends `n` pseudo-random bytes while it reads everything the agent sends
 /// until the agent half-closes, then sends the SHA-256 of what it read and
 /// closes. Prints its port, then `hello`, then the bytes it read.
-const SERVER: &str = r#"
+pub(super) const SERVER: &str = r#"
 import hashlib, random, socket, sys, threading
 n = int(sys.argv[2])
 l = socket.socket()
@@ -102,7 +102,7 @@ def client_hello(host):
 /// upstream's first ones arrived, as a TLS client waits for the server.
 /// Prints how many bytes came down, whether they are the upstream's, and
 /// whether the upstream's digest is that of what it sent.
-const CLIENT: &str = concat!(
+pub(super) const CLIENT: &str = concat!(
     client_hello!(),
     r#"
 import hashlib, random, socket, sys, threading, time
@@ -138,7 +138,7 @@ print(len(got) - 64, bytes(got[:n]) == down, got[n:].decode() == hashlib.sha256(
 /// reads until the connection ends and prints how (`eof` or the error).
 /// With a count (argv[3]) it first waits for a line on stdin, then sends
 /// that many bytes `x` and prints `more sent`.
-const WAITER: &str = concat!(
+pub(super) const WAITER: &str = concat!(
     client_hello!(),
     r#"
 import socket, sys
@@ -196,7 +196,7 @@ fn daemon(dns: &DnsUpstream, env: Option<(&str, &str)>) -> Daemon {
     daemon_with(dns, env, &[])
 }
 
-fn daemon_with(dns: &DnsUpstream, env: Option<(&str, &str)>, args: &[&str]) -> Daemon {
+pub(super) fn daemon_with(dns: &DnsUpstream, env: Option<(&str, &str)>, args: &[&str]) -> Daemon {
     let dns_addr = dns.addr.to_string();
     let mut b = Daemon::builder(&[AGENT])
         .policy(&format!("[[passthrough]]\nhost = \"{PASS}\"\n"))
@@ -227,7 +227,7 @@ fn direct_connections(port: u16, want: u64) -> u64 {
 
 /// Metric `name` (a plain counter) from the daemon's metrics, once it
 /// reaches `want` (or whatever it is after 10 s).
-fn metric(port: u16, name: &str, want: u64) -> u64 {
+pub(super) fn metric(port: u16, name: &str, want: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let n = http_get(port, "/metrics")
@@ -242,12 +242,12 @@ fn metric(port: u16, name: &str, want: u64) -> u64 {
     }
 }
 
-fn dns() -> DnsUpstream {
+pub(super) fn dns() -> DnsUpstream {
     DnsUpstream::start("127.0.0.1", &[(PASS, PASS_IP.parse().unwrap())])
 }
 
 /// The agent command `script args...`, resolving through the daemon.
-fn agent(daemon: &Daemon, script: &str, args: &[&str]) -> Command {
+pub(super) fn agent(daemon: &Daemon, script: &str, args: &[&str]) -> Command {
     let mut cmd = vec!["python3", "-c", script];
     cmd.extend_from_slice(args);
     daemon.exec_with_nameserver(AGENT, &["--allow-root"], "127.0.0.99", &cmd)
@@ -255,7 +255,7 @@ fn agent(daemon: &Daemon, script: &str, args: &[&str]) -> Command {
 
 /// Starts the raw upstream (outside every guarded cgroup); returns it, its
 /// stdout's lines and its port.
-fn server(n: usize) -> (Child, mpsc::Receiver<String>, String) {
+pub(super) fn server(n: usize) -> (Child, mpsc::Receiver<String>, String) {
     let mut child = Command::new("python3")
         .args(["-c", SERVER, PASS_IP, &n.to_string()])
         .stdout(Stdio::piped())
@@ -267,7 +267,7 @@ fn server(n: usize) -> (Child, mpsc::Receiver<String>, String) {
     (child, lines, port)
 }
 
-fn lines(out: ChildStdout) -> mpsc::Receiver<String> {
+pub(super) fn lines(out: ChildStdout) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines() {
@@ -280,14 +280,14 @@ fn lines(out: ChildStdout) -> mpsc::Receiver<String> {
     rx
 }
 
-fn next_line(lines: &mpsc::Receiver<String>, what: &str) -> String {
+pub(super) fn next_line(lines: &mpsc::Receiver<String>, what: &str) -> String {
     lines
         .recv_timeout(Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("no line for {what}: {e}"))
 }
 
 /// The passthrough connection events.
-fn passthrough_events(daemon: &Daemon, count: usize) -> Vec<Value> {
+pub(super) fn passthrough_events(daemon: &Daemon, count: usize) -> Vec<Value> {
     daemon.wait_for_events("passthrough connection events", |events| {
         events
             .iter()
@@ -313,7 +313,7 @@ fn large_transfer(env: Option<(&str, &str)>) -> Daemon {
 
 /// [`CLIENT`] and [`SERVER`] through `daemon`, the client pausing `pause`
 /// seconds before its upload; checks every byte both ways.
-fn transfer(daemon: &Daemon, pause: &str) {
+pub(super) fn transfer(daemon: &Daemon, pause: &str) {
     let (mut server, server_lines, port) = server(LARGE);
     let out = agent(daemon, CLIENT, &[PASS, &port, &LARGE.to_string(), pause])
         .output()
@@ -337,6 +337,14 @@ fn transfer(daemon: &Daemon, pause: &str) {
 fn spliced_passthrough_keeps_the_upstreams_tls() {
     let dns = dns();
     let daemon = daemon(&dns, KERNEL);
+    let events = curl_keeps_the_upstreams_tls(&daemon);
+    assert_eq!(events[0]["relay"], "kernel", "{events:?}");
+}
+
+/// curl as the agent, trusting only the upstream's CA, through a
+/// passthrough connection: it verifies the upstream's own leaf (nothing in
+/// between terminated TLS). Returns the one passthrough event.
+pub(super) fn curl_keeps_the_upstreams_tls(daemon: &Daemon) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("agentguard test upstream CA", dir.path());
     let upstream = TlsUpstream::start(PASS_IP, PASS, &ca);
@@ -367,14 +375,12 @@ fn spliced_passthrough_keeps_the_upstreams_tls() {
         daemon.log()
     );
     assert_eq!(text(&out.stdout), "hello over tls");
-    // Trusting only the upstream's CA, curl verified the upstream's own
-    // leaf: nothing in between terminated TLS.
     assert!(text(&out.stderr).contains("CN=agentguard test upstream CA"));
     assert_eq!(upstream.handshakes(), 1);
-    let events = passthrough_events(&daemon, 1);
+    let events = passthrough_events(daemon, 1);
     assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0]["relay"], "kernel", "{events:?}");
     assert_eq!(events[0]["sni"], PASS);
+    events
 }
 
 #[test]
@@ -450,13 +456,13 @@ fn the_user_space_relay_is_the_default() {
 
 /// Starts a spliced connection that stays open (the upstream says nothing
 /// after the hello); returns the agent and the server, each with its lines.
-type Running = (Child, mpsc::Receiver<String>);
-fn open_connection(daemon: &Daemon) -> (Running, Running) {
+pub(super) type Running = (Child, mpsc::Receiver<String>);
+pub(super) fn open_connection(daemon: &Daemon) -> (Running, Running) {
     open_connection_then(daemon, &[])
 }
 
 /// [`open_connection`] with more arguments for [`WAITER`].
-fn open_connection_then(daemon: &Daemon, more: &[&str]) -> (Running, Running) {
+pub(super) fn open_connection_then(daemon: &Daemon, more: &[&str]) -> (Running, Running) {
     let (server, server_lines, port) = server(0);
     let mut args = vec![PASS, &port];
     args.extend(more);
@@ -474,7 +480,7 @@ fn open_connection_then(daemon: &Daemon, more: &[&str]) -> (Running, Running) {
 }
 
 /// Waits (bounded) for the agent to see its connection end; returns how.
-fn ended(waiter: &mut Child, lines: &mpsc::Receiver<String>) -> String {
+pub(super) fn ended(waiter: &mut Child, lines: &mpsc::Receiver<String>) -> String {
     let how = lines
         .recv_timeout(Duration::from_secs(5))
         .expect("the connection was not cut");

@@ -445,6 +445,13 @@ fn start_env(bin: &Path, tools: &tools::Tools, work: &Path) -> Result<Env> {
         "-kernel",
         agentguard::KERNEL_RELAY,
     )?;
+    let direct_daemon = agentguard::Daemon::start_with(
+        &bin.join("agentguard"),
+        &work.join("agentguard-direct"),
+        &up,
+        "-direct",
+        agentguard::DIRECT_RELAY,
+    )?;
     let nginx = proxies::Nginx::start(&work.join("nginx"), &up)?;
     let mitmproxy =
         proxies::Mitmproxy::start(&tools.mitmdump, &work.join("mitmproxy"), &up, &names)?;
@@ -458,11 +465,13 @@ fn start_env(bin: &Path, tools: &tools::Tools, work: &Path) -> Result<Env> {
         upstream: up,
         daemon,
         kernel_daemon,
+        direct_daemon,
         nginx,
         mitmproxy,
     };
     env.daemon.resolve_passthrough(&env.names)?;
     env.kernel_daemon.resolve_passthrough(&env.names)?;
+    env.direct_daemon.resolve_passthrough(&env.names)?;
     Ok(env)
 }
 

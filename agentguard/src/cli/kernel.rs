@@ -45,7 +45,10 @@ pub struct KernelRunArgs {
     /// ways through the proxy; `kernel` has the agent's sends go straight
     /// into the upstream socket once its ClientHello is through (agent
     /// sockets in a sockhash with an sk_msg program) and copies the
-    /// answers, falling back to `userspace` where the kernel refuses
+    /// answers, falling back to `userspace` where the kernel refuses;
+    /// `direct` lets an agent connect to an address agentguard's resolver
+    /// gave it for a passthrough name itself, not through the proxy, the
+    /// kernel checking its first send is a ClientHello for that name
     /// (README, Passthrough).
     #[arg(long, value_enum, default_value_t = PassthroughRelay::Userspace)]
     passthrough_relay: PassthroughRelay,
@@ -129,6 +132,10 @@ mod tests {
         assert_eq!(
             relay(&["--passthrough-relay", "userspace"]).unwrap(),
             PassthroughRelay::Userspace
+        );
+        assert_eq!(
+            relay(&["--passthrough-relay", "direct"]).unwrap(),
+            PassthroughRelay::Direct
         );
         assert!(relay(&["--passthrough-relay", "splice"]).is_err());
     }

@@ -159,6 +159,9 @@ pub struct Reloader {
     pub serial: Mutex<()>,
     /// The units' new cgroups left to their gates.
     pub new_unit_cgroups: units::NewCgroups,
+    /// Passthrough's direct way, if on: its ways close when the policy
+    /// changes.
+    pub direct: Option<Arc<crate::proxy::direct::Direct>>,
 }
 
 /// Every allowed Unix socket path must sit in directories only root can
@@ -892,6 +895,9 @@ impl Reloader {
                 info!(trigger, from = %current.policy.version, to = %state.policy.version, "policy reloaded");
                 let to = state.policy.version.clone();
                 live.accept(state, trigger);
+                if let Some(direct) = &self.direct {
+                    direct.close_ways();
+                }
                 self.record(super::audit::reload_event(
                     trigger,
                     Ok((&current.policy.version, &to)),

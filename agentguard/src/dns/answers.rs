@@ -27,7 +27,8 @@ pub struct Answers {
 }
 
 impl Answers {
-    pub fn remember(&self, agent: &str, name: &str, ip: IpAddr, ttl: Duration) {
+    /// Binds `name` to `ip` for `agent`; returns until when.
+    pub fn remember(&self, agent: &str, name: &str, ip: IpAddr, ttl: Duration) -> Instant {
         let expiry = Instant::now() + ttl.clamp(MIN_TTL, MAX_TTL);
         let mut by_agent = self.by_agent.lock().unwrap_or_else(|p| p.into_inner());
         let entries = by_agent.entry(agent.to_owned()).or_default();
@@ -43,7 +44,21 @@ impl Answers {
                 entries.remove(&oldest);
             }
         }
-        entries.insert((ip, name.to_ascii_lowercase()), expiry);
+        entries.insert((ip.to_canonical(), name.to_ascii_lowercase()), expiry);
+        expiry
+    }
+
+    /// The names (lower case) bound to `ip` for `agent` and not expired.
+    pub fn names_for(&self, agent: &str, ip: IpAddr) -> Vec<String> {
+        let by_agent = self.by_agent.lock().unwrap_or_else(|p| p.into_inner());
+        let (ip, now) = (ip.to_canonical(), Instant::now());
+        by_agent.get(agent).map_or_else(Vec::new, |entries| {
+            entries
+                .iter()
+                .filter(|((bound, _), expiry)| *bound == ip && **expiry > now)
+                .map(|((_, name), _)| name.clone())
+                .collect()
+        })
     }
 
     /// Whether agentguard answered `name` with `ip` for `agent`, and the
@@ -85,5 +100,24 @@ mod tests {
             "api.example.com",
             "::ffff:127.0.0.3".parse().unwrap()
         ));
+    }
+
+    #[test]
+    fn names_bound_to_an_address_are_listed_per_agent() {
+        let a = Answers::default();
+        let ip: IpAddr = "127.0.0.3".parse().unwrap();
+        a.remember("bot", "Pass.example.com", ip, Duration::from_secs(300));
+        assert_eq!(a.names_for("bot", ip), ["pass.example.com"]);
+        a.remember(
+            "bot",
+            "api.example.com",
+            "::ffff:127.0.0.3".parse().unwrap(),
+            Duration::from_secs(300),
+        );
+        let mut names = a.names_for("bot", ip);
+        names.sort();
+        assert_eq!(names, ["api.example.com", "pass.example.com"]);
+        assert!(a.names_for("other", ip).is_empty());
+        assert!(a.names_for("bot", "127.0.0.4".parse().unwrap()).is_empty());
     }
 }

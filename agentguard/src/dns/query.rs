@@ -109,7 +109,7 @@ pub async fn answer(
         .map(|r| r.data().to_string())
         .collect();
     record.rcode = parsed.response_code().to_string();
-    remember_addresses(shared, agent, &record.name, &parsed);
+    remember_addresses(shared, &state.policy, agent, &record.name, &parsed);
     (shared.on_query)(record).await;
     Some(bytes)
 }
@@ -125,8 +125,16 @@ fn fresh_id() -> u16 {
 }
 
 /// Binds the queried name to every address in the answer (a CNAME chain
-/// ends in them), for the proxy's destination checks.
-fn remember_addresses(shared: &Shared, agent: &str, name: &str, reply: &Message) {
+/// ends in them), for the proxy's destination checks, and tells whoever
+/// watches the bindings (passthrough's direct way).
+fn remember_addresses(
+    shared: &Shared,
+    policy: &crate::policy::PolicySet,
+    agent: &str,
+    name: &str,
+    reply: &Message,
+) {
+    let name = name.to_ascii_lowercase();
     for record in reply.answers() {
         let ip = match record.data() {
             RData::A(a) => std::net::IpAddr::V4(a.0),
@@ -134,7 +142,17 @@ fn remember_addresses(shared: &Shared, agent: &str, name: &str, reply: &Message)
             _ => continue,
         };
         let ttl = std::time::Duration::from_secs(u64::from(record.ttl()));
-        shared.answers.remember(agent, name, ip, ttl);
+        let expires = shared.answers.remember(agent, &name, ip, ttl);
+        if let Some(on_bound) = shared.on_bound.get() {
+            on_bound(&super::Bound {
+                policy,
+                agent,
+                name: &name,
+                ip,
+                expires,
+                names: shared.answers.names_for(agent, ip),
+            });
+        }
     }
 }
 

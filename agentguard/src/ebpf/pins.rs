@@ -22,7 +22,7 @@ use aya::programs::links::{FdLink, PinnedLink};
 
 use super::{EbpfError, hooks::HOOKS};
 
-pub const MAPS: [&str; 13] = [
+pub const MAPS: [&str; 16] = [
     "PROXY_CONFIG",
     "SOCKET_RECORDS",
     "PEER_RECORDS",
@@ -36,6 +36,9 @@ pub const MAPS: [&str; 13] = [
     "REVOKED",
     "AGENT_USAGE",
     "AGENT_RELEASED",
+    "DIRECT_WAYS",
+    "DIRECT_CONN",
+    "DIRECT_OPEN",
 ];
 
 /// Ends the name of a link pinned only until it is handed to aya (see

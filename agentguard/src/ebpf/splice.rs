@@ -42,6 +42,12 @@ pub enum PassthroughRelay {
     /// the upstream socket's send buffer gets `EAGAIN` with no writability
     /// event to come back on.
     Kernel,
+    /// Connections to an address agentguard's resolver gave the agent for
+    /// a passthrough name go straight to it, not through the proxy; the
+    /// kernel checks the first send's ClientHello names that host, tracks
+    /// the connection, and reports it for the audit record (`direct.rs`).
+    /// Anything else that reaches the proxy is relayed in user space.
+    Direct,
 }
 
 const PROGRAM: &str = "agentguard_splice_send";
@@ -103,7 +109,7 @@ impl Splicer {
     /// and only then tells sockops to put agent sockets there. Any failure
     /// leaves passthrough to the user-space relay; the caller says so.
     pub(super) fn attach(ebpf: &mut Ebpf, relay: PassthroughRelay) -> Result<Self, SpliceError> {
-        if relay == PassthroughRelay::Userspace {
+        if relay != PassthroughRelay::Kernel {
             return Err(SpliceError::Off);
         }
         let agent_sockets: SockHash<MapData, PeerKey> = take_map(ebpf, AGENT_SOCKETS_MAP)?;

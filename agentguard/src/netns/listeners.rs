@@ -156,6 +156,15 @@ impl NetnsListeners {
         });
     }
 
+    /// The served namespace whose cookie is `cookie`.
+    pub fn by_cookie(&self, cookie: u64) -> Option<Arc<Netns>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .values()
+            .find(|e| e.netns.cookie == cookie)
+            .map(|e| e.netns.clone())
+    }
+
     /// The namespaces served, by the path they were opened at.
     pub fn served(&self) -> Vec<(PathBuf, NetnsId)> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());

@@ -255,6 +255,23 @@ pub async fn record_forgotten(
     .await;
 }
 
+/// Records a connection on passthrough's direct way from the kernel's
+/// report (`super::direct`): `peer` the agent's socket, `relay` `Some`
+/// when it opened.
+pub async fn record_direct(
+    ctx: &ProxyContext,
+    peer: SocketAddr,
+    identity: Option<&Identity>,
+    dst: SocketAddr,
+    plan: &ConnPlan,
+    relay: Option<relay::Path>,
+    policy_version: &Arc<str>,
+) {
+    let mut outcome = ConnOutcome::new(peer, identity, Some(dst), plan);
+    outcome.relay = relay;
+    outcome.record(ctx, policy_version).await;
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn carry_out(
     plan: ConnPlan,

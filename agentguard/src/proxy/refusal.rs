@@ -415,6 +415,13 @@ pub enum ConnRefusal {
         "the proxy holds all {budget} sockets its descriptor budget allows (limit minus --fd-reserve)"
     )]
     Descriptors { budget: usize },
+    /// The kernel refused a connection on passthrough's direct way.
+    #[error("direct way to {name}: {why}")]
+    Direct {
+        /// The passthrough name the address was resolved for.
+        name: String,
+        why: super::direct::KernelRefusal,
+    },
 }
 
 impl ConnRefusal {
@@ -433,6 +440,7 @@ impl ConnRefusal {
             ConnRefusal::Revoked { .. } => "agent-revoked",
             ConnRefusal::AgentConnections { .. } => "agent-connection-limit",
             ConnRefusal::Descriptors { .. } => "descriptor-budget",
+            ConnRefusal::Direct { why, .. } => why.rule(),
         }
     }
 }

@@ -60,6 +60,9 @@ pub enum Path {
     Kernel,
     /// Copied through the proxy's own buffers.
     Userspace,
+    /// Not through the proxy at all: the agent connected to the upstream
+    /// itself, its first send checked in the kernel (`super::direct`).
+    Direct,
 }
 
 impl Path {
@@ -67,6 +70,7 @@ impl Path {
         match self {
             Path::Kernel => "kernel",
             Path::Userspace => "userspace",
+            Path::Direct => "direct",
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Daemon {
 /// The environment of the daemon behind the kernel relay row (an opt-in;
 /// the main daemon relays in user space).
 pub const KERNEL_RELAY: &[(&str, &str)] = &[("AGENTGUARD_PASSTHROUGH_RELAY", "kernel")];
+/// The opt-in to passthrough's direct way.
+pub const DIRECT_RELAY: &[(&str, &str)] = &[("AGENTGUARD_PASSTHROUGH_RELAY", "direct")];
 
 impl Daemon {
     /// `instance` tells apart daemons of one bench (cgroup, bpffs dir).

@@ -56,13 +56,17 @@ impl Fresh {
                 d.resolve_passthrough(&env.names)?;
                 Fresh::Agentguard(d)
             }
-            PathKind::PassthroughKernel => {
+            PathKind::PassthroughKernel | PathKind::PassthroughDirect => {
+                let relay = match path {
+                    PathKind::PassthroughKernel => super::agentguard::KERNEL_RELAY,
+                    _ => super::agentguard::DIRECT_RELAY,
+                };
                 let d = Daemon::start_with(
                     &env.agentguard,
                     &dir,
                     &env.upstream,
                     &format!("-fresh{n}"),
-                    &[super::agentguard::KERNEL_RELAY, RETURN_FREED_AT_ONCE].concat(),
+                    &[relay, RETURN_FREED_AT_ONCE].concat(),
                 )?;
                 d.resolve_passthrough(&env.names)?;
                 Fresh::Agentguard(d)
@@ -82,7 +86,12 @@ impl Fresh {
         let mut r = env.route(path);
         match self {
             Fresh::Agentguard(d)
-                if !matches!(path, PathKind::Passthrough | PathKind::PassthroughKernel) =>
+                if !matches!(
+                    path,
+                    PathKind::Passthrough
+                        | PathKind::PassthroughKernel
+                        | PathKind::PassthroughDirect
+                ) =>
             {
                 r.ca = d.ca()
             }

@@ -93,13 +93,12 @@ pub fn run(env: &Env, paths: &[PathKind], scenarios: &[&str], requests: u32) -> 
         out,
     };
     let mut counts = Counts::new();
-    // Not the kernel relay: this daemon relays passthrough in user space
-    // (the default), so its count would be the relay's under another
-    // label.
-    for &path in paths
-        .iter()
-        .filter(|p| p.is_agentguard() && **p != PathKind::PassthroughKernel)
-    {
+    // Not the kernel relay nor the direct way: this daemon relays
+    // passthrough in user space (the default), so its count would be the
+    // relay's under another label.
+    for &path in paths.iter().filter(|p| {
+        p.is_agentguard() && !matches!(p, PathKind::PassthroughKernel | PathKind::PassthroughDirect)
+    }) {
         let mut route = env.route(path);
         // Intercepted paths are signed by this daemon's own CA; passthrough
         // shows the upstream's certificate, whose CA the route has.

@@ -25,6 +25,10 @@ pub enum PathKind {
     /// straight into the upstream socket), beside the default user-space
     /// relay of [`PathKind::Passthrough`].
     PassthroughKernel,
+    /// The passthrough path on a third daemon opted in to the direct way
+    /// (`AGENTGUARD_PASSTHROUGH_RELAY=direct`: the agent connects to the
+    /// upstream itself, its ClientHello checked in the kernel).
+    PassthroughDirect,
     Full,
     Jwt,
     Exchange,
@@ -40,10 +44,11 @@ pub const AGENT_AWS_KEYS: &str = "AKIDAGENTPLACEHOLDER:agent-placeholder-secret"
 pub const AGENT_AWS_SIGV4: &str = "aws:amz:us-east-1:s3";
 
 impl PathKind {
-    pub const ALL: [PathKind; 9] = [
+    pub const ALL: [PathKind; 10] = [
         PathKind::Direct,
         PathKind::Passthrough,
         PathKind::PassthroughKernel,
+        PathKind::PassthroughDirect,
         PathKind::Full,
         PathKind::Jwt,
         PathKind::Exchange,
@@ -58,6 +63,7 @@ impl PathKind {
             self,
             PathKind::Passthrough
                 | PathKind::PassthroughKernel
+                | PathKind::PassthroughDirect
                 | PathKind::Full
                 | PathKind::Jwt
                 | PathKind::Exchange
@@ -70,6 +76,7 @@ impl PathKind {
             PathKind::Direct => "direct",
             PathKind::Passthrough => "passthrough",
             PathKind::PassthroughKernel => "passthrough_kernel",
+            PathKind::PassthroughDirect => "passthrough_direct",
             PathKind::Full => "full",
             PathKind::Jwt => "jwt",
             PathKind::Exchange => "exchange",
@@ -86,6 +93,7 @@ impl PathKind {
             PathKind::PassthroughKernel => {
                 "agentguard passthrough, agent's sends in the kernel (opt-in)"
             }
+            PathKind::PassthroughDirect => "agentguard passthrough, direct way (opt-in)",
             PathKind::Full => "agentguard full path",
             PathKind::Jwt => "agentguard full path, JWT tool",
             PathKind::Exchange => "agentguard full path, exchanged token",
@@ -107,6 +115,13 @@ impl PathKind {
                  (`AGENTGUARD_PASSTHROUGH_RELAY=kernel`): after the ClientHello, an sk_msg \
                  program pushes the agent's sends straight into the upstream socket in the \
                  agent's own system call; the upstream's answers are copied by agentguard"
+            }
+            PathKind::PassthroughDirect => {
+                "agent cgroup, on a third daemon opted in to the direct way \
+                 (`AGENTGUARD_PASSTHROUGH_RELAY=direct`): the agent's connect to the address \
+                 agentguard's resolver gave it for the passthrough name is left as it is, its \
+                 first send checked in the kernel (a ClientHello for that name) and reported \
+                 for the audit event; no byte passes through agentguard"
             }
             PathKind::Full => {
                 "agent cgroup; kernel redirect, TLS terminated with an agentguard leaf, policy \
@@ -158,6 +173,8 @@ pub struct Env {
     pub daemon: Daemon,
     /// The daemon of [`PathKind::PassthroughKernel`].
     pub kernel_daemon: Daemon,
+    /// The daemon of [`PathKind::PassthroughDirect`].
+    pub direct_daemon: Daemon,
     pub nginx: Nginx,
     pub mitmproxy: Mitmproxy,
 }
@@ -209,7 +226,7 @@ impl Env {
         };
         match path {
             PathKind::Direct => via_upstream(HOST, &self.upstream.ca),
-            PathKind::Passthrough | PathKind::PassthroughKernel => {
+            PathKind::Passthrough | PathKind::PassthroughKernel | PathKind::PassthroughDirect => {
                 via_upstream(PASS_HOST, &self.upstream.ca)
             }
             PathKind::Full => via_upstream(HOST, &self.daemon.ca()),
@@ -236,6 +253,7 @@ impl Env {
     pub fn client(&self, path: PathKind, cmd: Command) -> Command {
         let cmd = match path {
             PathKind::PassthroughKernel => self.kernel_daemon.exec(cmd),
+            PathKind::PassthroughDirect => self.direct_daemon.exec(cmd),
             p if p.is_agentguard() => self.daemon.exec(cmd),
             _ => cmd,
         };
@@ -252,6 +270,7 @@ impl Env {
             | PathKind::Exchange
             | PathKind::Sigv4 => vec![self.daemon.pid()],
             PathKind::PassthroughKernel => vec![self.kernel_daemon.pid()],
+            PathKind::PassthroughDirect => vec![self.direct_daemon.pid()],
             PathKind::Mitmproxy => vec![self.mitmproxy.pid()],
             PathKind::Nginx => self.nginx.pids(),
         }

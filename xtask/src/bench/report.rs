@@ -338,6 +338,14 @@ fn section_ratios(w: &mut String, r: &Results) {
             ratio,
         ),
         (
+            "passthrough direct way req/s ÷ direct req/s (keep-alive, 1 KiB)",
+            PathKind::PassthroughDirect,
+            PathKind::Direct,
+            "ka_sat_1k",
+            "rps",
+            ratio,
+        ),
+        (
             "passthrough CPU/request ÷ full path CPU/request (keep-alive)",
             PathKind::Passthrough,
             PathKind::Full,

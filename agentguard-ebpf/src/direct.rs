@@ -1,0 +1,666 @@
+//! Passthrough's direct way (`--passthrough-relay direct`): a connection
+//! the policy would relay untouched goes straight to its upstream, and the
+//! kernel makes the checks the proxy makes on the relay's way.
+//!
+//! - connect4/6 ([`connect`]): a TCP connect of an agent to an address
+//!   agentguard's resolver gave that agent for a passthrough name, on a
+//!   port that name may be reached on ([`DIRECT_WAYS`], written by the
+//!   daemon, each way ending with its DNS answer's TTL), is not redirected.
+//!   Who connects where is kept on the socket ([`DIRECT_CONN`]), as for a
+//!   redirected connection.
+//! - sockops ([`established`]): once connected, the socket goes under the
+//!   message program ([`DIRECT_SOCKETS`]).
+//! - the message program ([`check_send`]) reads the first send: a TLS
+//!   ClientHello whose server name is the way's name opens the connection
+//!   (tracked in [`DIRECT_OPEN`] and reported, or refused if neither can
+//!   be done); anything else refuses it, and none of its sends ever goes.
+//!   The daemon writes the connection's audit event from the report and
+//!   takes the socket out of [`DIRECT_SOCKETS`], so that later sends pay
+//!   for no program.
+//! - the egress check ([`egress`]): until a direct-way connection is open,
+//!   no packet of it carries data (data of a TCP Fast Open connect, or
+//!   anything else that reached the socket without the message program,
+//!   is dropped and refuses the connection), and every packet of it goes
+//!   to the address it connected to.
+//!
+//! The daemon closes open ones (revocation, stop) through sock_diag, by
+//! what [`DIRECT_OPEN`] holds; sockops forgets them as they close.
+
+use core::ptr::{addr_of, read_volatile};
+
+use agentguard_common::{
+    AF_INET, AF_INET6, CONFIG_DIRECT_PASSTHROUGH, DIRECT_NAME_MAX, DirectConn, DirectEvent,
+    DirectKey, DirectSocket, DirectWay, MAX_DIRECT_WAYS, MAX_TRACKED_CONNECTIONS, ProxyConfig,
+    direct_refusal, direct_state, event_kind, ip6_words_to_bytes, v4_mapped,
+};
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{BPF_ANY, bpf_sock, sk_action},
+    btf_maps::SkStorage,
+    helpers::generated::{
+        bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_msg_pull_data, bpf_sk_fullsock, bpf_sk_storage_get,
+    },
+    macros::{btf_map, map, sk_msg},
+    maps::{HashMap, SockHash},
+    programs::{SkBuffContext, SkMsgContext, SockAddrContext, SockOpsContext},
+};
+
+use crate::{
+    events::{SocketFacts, reserve},
+    maps::AGENT_DNS,
+    redirect::{cookie, write_record},
+    shares,
+};
+
+/// Sockets waiting for their first send at once. Past it sockops cannot
+/// put one under the message program, and that connection is refused.
+const MAX_DIRECT_SOCKETS: u32 = 16_384;
+
+/// (agent, address, port) → the passthrough name the address stands for.
+/// Written by the daemon from its resolver's answers; read by connect4/6
+/// and the message program. Pinned, so that old and new programs agree
+/// while a restarted daemon swaps its links; a restarted daemon clears it.
+#[map]
+pub static DIRECT_WAYS: HashMap<DirectKey, DirectWay> =
+    HashMap::with_max_entries(MAX_DIRECT_WAYS, 0);
+
+/// Socket → its direct-way state. Made by connect4/6; read by sockops, the
+/// message program and the egress check. Socket-local storage, like
+/// SOCKET_RECORDS: it lives and dies with the socket. Pinned.
+#[btf_map]
+pub static DIRECT_CONN: SkStorage<DirectConn> = SkStorage::new();
+
+/// Socket cookie → direct-way socket waiting for its first send: the
+/// sockets [`agentguard_direct_send`] runs on. Written by sockops; the
+/// daemon removes each once it has its report, and the kernel when the
+/// socket closes.
+#[map]
+pub static DIRECT_SOCKETS: SockHash<u64> = SockHash::with_max_entries(MAX_DIRECT_SOCKETS, 0);
+
+/// Socket cookie → open direct-way connection: what the daemon needs to
+/// close it. Written by the message program, removed by sockops when the
+/// socket closes; each entry counts against its agent's share of kernel
+/// records while it lasts. Pinned: a restarted daemon can still close
+/// connections opened before it started.
+#[map]
+pub static DIRECT_OPEN: HashMap<u64, DirectSocket> =
+    HashMap::with_max_entries(MAX_TRACKED_CONNECTIONS, 0);
+
+/// Largest part of a first send the ClientHello is read from: the server
+/// name must come within it (a hello with post-quantum key shares is about
+/// 1.8 KiB).
+const HELLO_READ_MAX: u32 = 4096;
+/// Extensions read before the server name; past it, the hello is refused.
+const MAX_EXTENSIONS: usize = 48;
+const TLS_HANDSHAKE: u8 = 0x16;
+const TLS_MAJOR_VERSION: u8 = 0x03;
+const HANDSHAKE_CLIENT_HELLO: u8 = 0x01;
+const EXTENSION_SERVER_NAME: u16 = 0;
+const SERVER_NAME_HOST: u8 = 0;
+
+/// include/uapi/linux/bpf.h: BPF_SOCK_OPS_STATE_CB_FLAG.
+const BPF_SOCK_OPS_STATE_CB_FLAG: i32 = 1 << 2;
+
+/// connect4/6, for TCP: `true` when the socket takes the direct way, left
+/// as it is; `false` sends it to the proxy as usual (direct way off, no
+/// way for this address, or no room for the socket's state).
+pub fn connect(ctx: &SockAddrContext, cfg: &ProxyConfig, facts: &SocketFacts) -> bool {
+    if cfg.flags & CONFIG_DIRECT_PASSTHROUGH == 0 {
+        return false;
+    }
+    // SAFETY: no arguments; returns the caller's cgroup v2 id.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: plain read of a u16 value; the map is only updated whole.
+    let Some(agent_port) = (unsafe { AGENT_DNS.get(cgroup_id) }).copied() else {
+        return false;
+    };
+    let Some(way) = find_way(agent_port, facts) else {
+        return false;
+    };
+    // SAFETY: the helper reads the socket behind the context and creates
+    // zeroed storage for it if there is none.
+    let slot = unsafe { DIRECT_CONN.get_or_insert_ptr_mut(ctx, None) };
+    if slot.is_null() {
+        return false;
+    }
+    // SAFETY: a non-null pointer to this socket's storage, of this type,
+    // written in place (see write_record).
+    unsafe {
+        write_record(&raw mut (*slot).record, facts, cgroup_id, cookie(ctx));
+        (*slot).way = way;
+        (*slot).state = direct_state::WAITING;
+    }
+    true
+}
+
+/// The way for this destination, port-specific first, if one is open.
+fn find_way(agent_port: u16, facts: &SocketFacts) -> Option<DirectKey> {
+    let mut key = DirectKey {
+        agent_port,
+        dst_port: facts.dst_port,
+        _pad: 0,
+        ip: facts.dst_ip,
+    };
+    let way = match DIRECT_WAYS.get_ptr(key) {
+        Some(way) => way,
+        None => {
+            key.dst_port = 0;
+            DIRECT_WAYS.get_ptr(key)?
+        }
+    };
+    // SAFETY: the helper takes no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a pointer from a successful lookup in this program.
+    (unsafe { (*way).expires_ns } > now).then_some(key)
+}
+
+/// A connect that went to the proxy after all carries no direct-way state.
+pub fn forget_connect(ctx: &SockAddrContext) {
+    // SAFETY: the helper reads the socket behind the context; null when
+    // it has no storage.
+    let slot = unsafe { DIRECT_CONN.get_ptr_mut(ctx) };
+    if !slot.is_null() {
+        // SAFETY: as above; a proxied socket never sends as a direct one.
+        unsafe { (*slot).state = direct_state::REFUSED };
+    }
+}
+
+/// The direct-way state of a full socket, or null.
+#[inline(always)]
+fn conn_of(sk: *mut bpf_sock) -> *mut DirectConn {
+    let map = core::ptr::from_ref(&DIRECT_CONN).cast_mut().cast();
+    // SAFETY: `sk` is a full socket the kernel passed in (checked by the
+    // callers); the helper returns its storage in DIRECT_CONN, or null.
+    unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), 0) }.cast()
+}
+
+/// sockops, ACTIVE_ESTABLISHED: a direct-way socket goes under the
+/// message program (one that cannot is refused: its sends could not be
+/// checked). `false`: not a direct-way socket.
+#[inline(never)]
+pub fn established(ctx: &SockOpsContext, sk: *mut bpf_sock) -> bool {
+    if sk.is_null() {
+        return false;
+    }
+    let conn = conn_of(sk);
+    if conn.is_null() {
+        return false;
+    }
+    // SAFETY: non-null storage of this socket, of this type.
+    if unsafe { (*conn).state } != direct_state::WAITING {
+        // Refused already (it went to the proxy after all: no record of
+        // the direct way's to act on).
+        return false;
+    }
+    // SAFETY: the helper only reads the socket behind the context.
+    let mut cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the context pointer the kernel passed to this sockops program.
+    let ops = unsafe { &mut *ctx.ops };
+    // The close callback forgets the open connection; without it an entry
+    // of DIRECT_OPEN would outlive its socket.
+    if ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG).is_err()
+        || DIRECT_SOCKETS
+            .update(&mut cookie, ops, u64::from(BPF_ANY))
+            .is_err()
+    {
+        refuse_unchecked(conn);
+    }
+    true
+}
+
+/// A direct-way socket whose sends cannot be checked is refused (and its
+/// sends dropped by the egress check). Reported without its addresses:
+/// reading them here would take the stack the verifier allows sockops.
+#[inline(never)]
+fn refuse_unchecked(conn: *mut DirectConn) {
+    // SAFETY: live storage of the socket (checked by the caller).
+    unsafe { (*conn).state = direct_state::REFUSED };
+    let socket = DirectSocket {
+        netns: 0,
+        // SAFETY: as above.
+        cgroup_id: unsafe { (*conn).record.cgroup_id },
+        local_ip: [0; 16],
+        remote_ip: [0; 16],
+        local_port: 0,
+        remote_port: 0,
+        family: 0,
+        _pad: 0,
+    };
+    report(
+        conn,
+        &socket,
+        event_kind::DIRECT_REFUSED,
+        direct_refusal::UNCHECKED,
+        core::ptr::null(),
+    );
+}
+
+/// sockops, a socket reached TCP_CLOSE: an open direct-way connection is
+/// forgotten, and leaves its agent's share.
+pub fn closed(ctx: &SockOpsContext, sk: *mut bpf_sock) {
+    if sk.is_null() {
+        return;
+    }
+    let conn = conn_of(sk);
+    // SAFETY: non-null storage of this socket, of this type.
+    if conn.is_null() || unsafe { (*conn).state } != direct_state::OPEN {
+        return;
+    }
+    // SAFETY: the helper only reads the socket behind the context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if DIRECT_OPEN.remove(cookie).is_ok() {
+        // SAFETY: as above.
+        let cgroup_id = unsafe { (*conn).record.cgroup_id };
+        if let Some(usage) = shares::usage(cgroup_id) {
+            // SAFETY: a live map value.
+            shares::add(unsafe { &raw mut (*usage).records_dropped }, 1);
+        }
+    }
+}
+
+/// Runs on each `sendmsg` of a direct-way socket until the daemon takes
+/// it out of [`DIRECT_SOCKETS`]: the first decides, the rest follow.
+#[sk_msg]
+pub fn agentguard_direct_send(ctx: SkMsgContext) -> u32 {
+    check_send(&ctx)
+}
+
+fn check_send(ctx: &SkMsgContext) -> u32 {
+    // SAFETY: `msg` is the context pointer the kernel passed in; `sk` is
+    // a field sk_msg programs may read (a full socket, never null here).
+    let sk = unsafe { read_volatile(addr_of!((*ctx.msg).__bindgen_anon_3.sk)) };
+    if sk.is_null() {
+        return sk_action::SK_DROP;
+    }
+    let conn = conn_of(sk);
+    if conn.is_null() {
+        // Only direct-way sockets are put here: this cannot be one.
+        return sk_action::SK_DROP;
+    }
+    // SAFETY: non-null storage of this socket, of this type.
+    match unsafe { (*conn).state } {
+        direct_state::OPEN => sk_action::SK_PASS,
+        direct_state::WAITING => first_send(ctx, conn),
+        _ => sk_action::SK_DROP,
+    }
+}
+
+/// The first send: a ClientHello for the way's name opens the connection.
+fn first_send(ctx: &SkMsgContext, conn: *mut DirectConn) -> u32 {
+    // SAFETY: live storage of this socket (checked by the caller).
+    let (cookie, cgroup_id, way_key) =
+        unsafe { ((*conn).record.cookie, (*conn).record.cgroup_id, (*conn).way) };
+    let mut socket = msg_socket(ctx);
+    socket.cgroup_id = cgroup_id;
+    let way = DIRECT_WAYS.get_ptr(way_key);
+    let verdict = match way {
+        Some(way) => hello_matches(ctx, way).and_then(|()| open(cookie, cgroup_id, &socket)),
+        None => Err(direct_refusal::WAY_GONE),
+    };
+    let way = way.unwrap_or_default();
+    match verdict {
+        Ok(()) => {
+            if report(conn, &socket, event_kind::DIRECT_OPENED, 0, way) {
+                // SAFETY: as above.
+                unsafe { (*conn).state = direct_state::OPEN };
+                return sk_action::SK_PASS;
+            }
+            // Unreported, it is not open: undone, and refused unreported.
+            if DIRECT_OPEN.remove(cookie).is_ok()
+                && let Some(usage) = shares::usage(cgroup_id)
+            {
+                // SAFETY: a live map value.
+                shares::add(unsafe { &raw mut (*usage).records_dropped }, 1);
+            }
+            // SAFETY: as above.
+            unsafe { (*conn).state = direct_state::REFUSED };
+            sk_action::SK_DROP
+        }
+        Err(reason) => {
+            // SAFETY: as above.
+            unsafe { (*conn).state = direct_state::REFUSED };
+            report(conn, &socket, event_kind::DIRECT_REFUSED, reason, way);
+            sk_action::SK_DROP
+        }
+    }
+}
+
+/// Tracks the connection as open, within its agent's share of records.
+fn open(cookie: u64, cgroup_id: u64, socket: &DirectSocket) -> Result<(), u32> {
+    let usage = shares::usage(cgroup_id).ok_or(direct_refusal::NO_ROOM)?;
+    if !shares::record_allowed(usage, cgroup_id) {
+        // SAFETY: a live map value.
+        shares::add(unsafe { &raw mut (*usage).records_refused }, 1);
+        return Err(direct_refusal::NO_ROOM);
+    }
+    DIRECT_OPEN
+        .insert(cookie, *socket, u64::from(BPF_ANY))
+        .map_err(|_| direct_refusal::NO_ROOM)?;
+    // SAFETY: a live map value.
+    shares::add(unsafe { &raw mut (*usage).records_added }, 1);
+    // Checked after the insert: the daemon marks a revoked agent, then
+    // closes what DIRECT_OPEN holds of it, so either it sees this entry
+    // or this sees the mark. (The sender is the agent's own process.)
+    if crate::revoke::revoked() {
+        if DIRECT_OPEN.remove(cookie).is_ok() {
+            // SAFETY: a live map value.
+            shares::add(unsafe { &raw mut (*usage).records_dropped }, 1);
+        }
+        return Err(direct_refusal::REVOKED);
+    }
+    Ok(())
+}
+
+/// Whether the send starts with a TLS record holding a ClientHello whose
+/// server name is the way's name (ASCII case aside); else why not. Not
+/// inlined, nor is [`msg_socket`]: their frames and the report's would
+/// not fit the verifier's 512 bytes together.
+#[inline(never)]
+fn hello_matches(ctx: &SkMsgContext, way: *const DirectWay) -> Result<(), u32> {
+    let size = ctx.size();
+    let want = if size < HELLO_READ_MAX {
+        size
+    } else {
+        HELLO_READ_MAX
+    };
+    // The data may be spread over pages; pulled into one, it can be read
+    // in place.
+    // SAFETY: the context pointer the kernel passed in; start 0 and end
+    // within the message.
+    if unsafe { bpf_msg_pull_data(ctx.msg, 0, want, 0) } != 0 {
+        return Err(direct_refusal::NOT_A_HELLO);
+    }
+    let hello = Bytes {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    let (name_at, name_len) = server_name(&hello)?;
+    // SAFETY: a pointer from a successful lookup in this program.
+    let (len, name) = unsafe { ((*way).name_len as usize, &(*way).name) };
+    if name_len != len || len > DIRECT_NAME_MAX {
+        return Err(direct_refusal::OTHER_NAME);
+    }
+    for i in 0..DIRECT_NAME_MAX {
+        if i >= len {
+            break;
+        }
+        let got = hello.byte(name_at + i).ok_or(direct_refusal::NOT_A_HELLO)?;
+        let expected = *name.get(i).ok_or(direct_refusal::OTHER_NAME)?;
+        if got.to_ascii_lowercase() != expected {
+            return Err(direct_refusal::OTHER_NAME);
+        }
+    }
+    Ok(())
+}
+
+/// The message's bytes the program may read: `[start, end)`.
+struct Bytes {
+    start: usize,
+    end: usize,
+}
+
+impl Bytes {
+    /// The byte at `at`, if within the message and the part read. The
+    /// bound before the add keeps the offset one the verifier can follow.
+    #[inline(always)]
+    fn byte(&self, at: usize) -> Option<u8> {
+        if at >= HELLO_READ_MAX as usize {
+            return None;
+        }
+        let p = self.start + at;
+        if p + 1 > self.end {
+            return None;
+        }
+        // SAFETY: `p` is within [start, end), the message's data.
+        Some(unsafe { *(p as *const u8) })
+    }
+
+    #[inline(always)]
+    fn u16(&self, at: usize) -> Option<usize> {
+        Some(usize::from(self.byte(at)?) << 8 | usize::from(self.byte(at + 1)?))
+    }
+
+    #[inline(always)]
+    fn u24(&self, at: usize) -> Option<usize> {
+        Some(usize::from(self.byte(at)?) << 16 | self.u16(at + 1)?)
+    }
+}
+
+/// Where the ClientHello's host name starts and how long it is. Every
+/// length is checked against the record's and the handshake's, so that no
+/// name is read from outside the hello the server will parse.
+fn server_name(b: &Bytes) -> Result<(usize, usize), u32> {
+    const BAD: u32 = direct_refusal::NOT_A_HELLO;
+    // Record header: type, version, length.
+    if b.byte(0).ok_or(BAD)? != TLS_HANDSHAKE || b.byte(1).ok_or(BAD)? != TLS_MAJOR_VERSION {
+        return Err(BAD);
+    }
+    let record_end = 5 + b.u16(3).ok_or(BAD)?;
+    // Handshake header: type, length; then version and random.
+    if b.byte(5).ok_or(BAD)? != HANDSHAKE_CLIENT_HELLO {
+        return Err(BAD);
+    }
+    let hello_end = 9 + b.u24(6).ok_or(BAD)?;
+    let end = if hello_end < record_end {
+        hello_end
+    } else {
+        record_end
+    };
+    let mut at = 9 + 2 + 32;
+    let session_id = usize::from(b.byte(at).ok_or(BAD)?);
+    at += 1 + session_id;
+    let suites = b.u16(at).ok_or(BAD)?;
+    at += 2 + suites;
+    let compression = usize::from(b.byte(at).ok_or(BAD)?);
+    at += 1 + compression;
+    let extensions_end = at + 2 + b.u16(at).ok_or(BAD)?;
+    at += 2;
+    if extensions_end > end {
+        return Err(BAD);
+    }
+    for _ in 0..MAX_EXTENSIONS {
+        if at + 4 > extensions_end {
+            return Err(direct_refusal::NO_SNI);
+        }
+        let kind = b.u16(at).ok_or(BAD)?;
+        let len = b.u16(at + 2).ok_or(BAD)?;
+        at += 4;
+        if at + len > extensions_end {
+            return Err(BAD);
+        }
+        if kind == usize::from(EXTENSION_SERVER_NAME) {
+            // server_name_list: length, then (type, length, name); the
+            // first entry is the host name (RFC 6066 allows one).
+            if len < 5 || b.byte(at + 2).ok_or(BAD)? != SERVER_NAME_HOST {
+                return Err(BAD);
+            }
+            let name_len = b.u16(at + 3).ok_or(BAD)?;
+            if name_len == 0 || 5 + name_len > len {
+                return Err(BAD);
+            }
+            return Ok((at + 5, name_len));
+        }
+        at += len;
+    }
+    Err(BAD)
+}
+
+/// Reports a direct-way connection opened or refused, with the way's name
+/// (`way` may be null). `false`: no room to report it.
+fn report(
+    conn: *const DirectConn,
+    socket: &DirectSocket,
+    kind: u32,
+    reason: u32,
+    way: *const DirectWay,
+) -> bool {
+    // SAFETY: live storage of the socket (checked by the callers).
+    let (cgroup_id, cookie) = unsafe { ((*conn).record.cgroup_id, (*conn).record.cookie) };
+    let Some(mut entry) = reserve::<DirectEvent>(cgroup_id) else {
+        return false;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: the entry is reserved room for one DirectEvent, written
+    // field by field (the event is too large for the stack); `conn` and
+    // `way` (when not null) are live map values of their types.
+    unsafe {
+        (*event).kind = kind;
+        (*event).reason = reason;
+        (*event).cookie = cookie;
+        (*event).record = (*conn).record;
+        (*event).socket = *socket;
+        (*event)._pad = 0;
+        (*event).name_len = 0;
+        (*event).name = [0; DIRECT_NAME_MAX];
+        if !way.is_null() {
+            (*event).name_len = (*way).name_len;
+            (*event).name = (*way).name;
+        }
+    }
+    entry.submit(0);
+    true
+}
+
+/// The sending socket's addresses, as sk_msg sees them.
+#[inline(never)]
+fn msg_socket(ctx: &SkMsgContext) -> DirectSocket {
+    let msg = ctx.msg;
+    // SAFETY: `msg` is the context pointer the kernel passed in; 4-byte
+    // reads of fields sk_msg programs may read, at constant offsets (see
+    // sockops.rs on why volatile).
+    let (family, local4, remote4, local6, remote6, local_port, remote_port) = unsafe {
+        (
+            read_volatile(addr_of!((*msg).family)),
+            read_volatile(addr_of!((*msg).local_ip4)),
+            read_volatile(addr_of!((*msg).remote_ip4)),
+            [
+                read_volatile(addr_of!((*msg).local_ip6[0])),
+                read_volatile(addr_of!((*msg).local_ip6[1])),
+                read_volatile(addr_of!((*msg).local_ip6[2])),
+                read_volatile(addr_of!((*msg).local_ip6[3])),
+            ],
+            [
+                read_volatile(addr_of!((*msg).remote_ip6[0])),
+                read_volatile(addr_of!((*msg).remote_ip6[1])),
+                read_volatile(addr_of!((*msg).remote_ip6[2])),
+                read_volatile(addr_of!((*msg).remote_ip6[3])),
+            ],
+            read_volatile(addr_of!((*msg).local_port)),
+            read_volatile(addr_of!((*msg).remote_port)),
+        )
+    };
+    // SAFETY: the helper only reads the socket behind the context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    socket(
+        netns,
+        family,
+        [local4, remote4],
+        [local6, remote6],
+        [local_port, remote_port],
+    )
+}
+
+/// sk_msg gives the local port in host byte order, and the remote port in
+/// network byte order: in the upper 16 bits on a little-endian machine
+/// since Linux 5.x (the kernel shifts it there), in the lower ones before.
+fn socket(
+    netns: u64,
+    family: u32,
+    ip4: [u32; 2],
+    ip6: [[u32; 4]; 2],
+    ports: [u32; 2],
+) -> DirectSocket {
+    let (local_ip, remote_ip) = if family as u16 == AF_INET {
+        (
+            v4_mapped(ip4[0].to_ne_bytes()),
+            v4_mapped(ip4[1].to_ne_bytes()),
+        )
+    } else {
+        (ip6_words_to_bytes(ip6[0]), ip6_words_to_bytes(ip6[1]))
+    };
+    DirectSocket {
+        netns,
+        cgroup_id: 0,
+        local_ip,
+        remote_ip,
+        local_port: ports[0] as u16,
+        remote_port: u16::from_be(if ports[1] & 0xffff == 0 {
+            (ports[1] >> 16) as u16
+        } else {
+            ports[1] as u16
+        }),
+        family: if family as u16 == AF_INET {
+            AF_INET
+        } else {
+            AF_INET6
+        },
+        _pad: 0,
+    }
+}
+
+/// The egress check's verdict on a packet.
+pub enum Egress {
+    /// Not a direct-way socket's: judged as any other.
+    NotDirect,
+    Pass,
+    /// Data before the connection was open (or after it was refused), or
+    /// a packet for another address than the one it connected to.
+    Drop,
+}
+
+/// Judges a packet of a direct-way socket: `dst` its destination (IPv4
+/// mapped), `headers` gives the bytes of its IP and TCP headers (`None`
+/// if they cannot be read: an IPv6 extension header, not TCP), read only
+/// for a connection not yet open.
+pub fn egress(
+    ctx: &SkBuffContext,
+    dst: &[u8; 16],
+    headers: impl FnOnce() -> Option<u32>,
+) -> Egress {
+    // Off, no socket takes the direct way: the packets of one that did
+    // under an earlier daemon are judged as any other (off the loopback,
+    // dropped).
+    if crate::redirect::proxy_config_any()
+        .is_none_or(|cfg| cfg.flags & CONFIG_DIRECT_PASSTHROUGH == 0)
+    {
+        return Egress::NotDirect;
+    }
+    // SAFETY: `skb` is the context pointer the kernel passed in; `sk` is
+    // a field cgroup_skb programs may read (null-checked below).
+    let sk = unsafe { read_volatile(addr_of!((*ctx.skb.skb).__bindgen_anon_2.sk)) };
+    if sk.is_null() {
+        return Egress::NotDirect;
+    }
+    // SAFETY: the helper takes a socket pointer from the context and
+    // returns the full socket, or null (a request or time-wait socket).
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return Egress::NotDirect;
+    }
+    let conn = conn_of(full);
+    if conn.is_null() {
+        return Egress::NotDirect;
+    }
+    // SAFETY: non-null storage of this socket, of this type.
+    let (state, connected_to) = unsafe { ((*conn).state, (*conn).record.orig_ip) };
+    if *dst != connected_to {
+        return Egress::Drop;
+    }
+    if state == direct_state::OPEN {
+        return Egress::Pass;
+    }
+    // Waiting or refused: only packets without data (handshake, ACKs,
+    // FIN, RST) go. Data that got here unchecked (TCP Fast Open queues it
+    // before the socket is under the message program) refuses the
+    // connection for good: it would otherwise go, retransmitted, once a
+    // later send opened the way.
+    match headers() {
+        Some(headers) if ctx.len() <= headers => Egress::Pass,
+        _ => {
+            // SAFETY: as above.
+            unsafe { (*conn).state = direct_state::REFUSED };
+            Egress::Drop
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Passthrough's direct way, the daemon's part (`--passthrough-relay
+//! direct`). The kernel (agentguard-ebpf's `direct.rs`) lets an agent
+//! connect straight to an address agentguard's resolver gave it for a
+//! passthrough name, and checks the connection's first send is a
+//! ClientHello for that name. The daemon:
+//!
+//! - opens the ways from its resolver's answers ([`Direct::bound`]): an
+//!   address goes direct for an agent only while the one name it resolved
+//!   to for that agent is a passthrough host (an address shared with a
+//!   host the proxy intercepts goes through the proxy, which tells them
+//!   apart by SNI); a policy reload closes every way;
+//! - writes each connection's audit event from the kernel's report, as the
+//!   proxy writes a relayed one's (relay `direct`), and closes a refused
+//!   connection or one it cannot attribute ([`Direct::run`]);
+//! - closes the open connections of a revoked agent, and all of them when
+//!   it stops ([`Direct::close_revoked`], [`Direct::close_all`]), through
+//!   sock_diag, since it holds no descriptor of them.
+//!
+//! None of it is on the proxy's path: a direct-way connection's bytes
+//! never reach the daemon.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use agentguard_common::{DirectEvent, DirectSocket, direct_refusal, event_kind};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::{ProxyContext, connection, decide::ConnPlan, refusal::ConnRefusal, relay::Path};
+use crate::{
+    dns::Bound,
+    ebpf::{DirectMaps, socket_addrs, way_key},
+    identity::original_destination,
+    live::Live,
+    netns::{Netns, NetnsListeners},
+    policy::PolicySet,
+    revoke::Revocations,
+    sockdiag::{Destroyed, SockDiag, TcpSocketId},
+};
+
+/// Reports queued between the kernel's ring and the audit writer; the
+/// ring's reader waits while it is full.
+pub const REPORT_QUEUE: usize = 1024;
+
+/// Why the kernel refused a direct-way connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KernelRefusal {
+    #[error("the first send was not a whole TLS ClientHello up to its server name")]
+    NotAHello,
+    #[error("TLS ClientHello without SNI (server name)")]
+    NoSni,
+    #[error("the ClientHello names another host than the one the address was resolved for")]
+    OtherName,
+    #[error("the address's DNS answer expired (or the policy changed) before the ClientHello")]
+    WayGone,
+    #[error("no room to track the connection (the agent's share of kernel records is full)")]
+    NoRoom,
+    #[error("the kernel could not watch the connection's sends")]
+    Unchecked,
+    #[error("the agent was revoked")]
+    Revoked,
+    #[error("refused in the kernel (reason {0})")]
+    Other(u32),
+}
+
+impl KernelRefusal {
+    fn from_reason(reason: u32) -> Self {
+        match reason {
+            direct_refusal::NOT_A_HELLO => Self::NotAHello,
+            direct_refusal::NO_SNI => Self::NoSni,
+            direct_refusal::OTHER_NAME => Self::OtherName,
+            direct_refusal::WAY_GONE => Self::WayGone,
+            direct_refusal::NO_ROOM => Self::NoRoom,
+            direct_refusal::UNCHECKED => Self::Unchecked,
+            direct_refusal::REVOKED => Self::Revoked,
+            other => Self::Other(other),
+        }
+    }
+
+    /// The short code the audit record carries, as for the proxy's own
+    /// refusals of the same kind.
+    pub fn rule(self) -> &'static str {
+        match self {
+            Self::NotAHello | Self::NoSni | Self::OtherName | Self::WayGone => "protocol",
+            Self::NoRoom => "connection-share-exceeded",
+            Self::Unchecked | Self::Other(_) => "direct-unchecked",
+            Self::Revoked => "agent-revoked",
+        }
+    }
+}
+
+/// The daemon's part of the direct way.
+pub struct Direct {
+    maps: Arc<DirectMaps>,
+    /// The namespaces agents run in, to close their connections there.
+    netns: Arc<NetnsListeners>,
+    own_netns: u64,
+    /// sock_diag sockets by namespace cookie, opened on first use.
+    diags: Mutex<HashMap<u64, Arc<SockDiag>>>,
+}
+
+impl Direct {
+    pub fn new(maps: Arc<DirectMaps>, netns: Arc<NetnsListeners>) -> Self {
+        let own_netns = Netns::own().map(|n| n.cookie).unwrap_or(0);
+        Self {
+            maps,
+            netns,
+            own_netns,
+            diags: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// An agent's resolver (port `agent_port`) bound a name to an address
+    /// ([`Bound`]). Opens the way to the address on the ports the policy
+    /// passes the name through on, or closes every way to it when it no
+    /// longer stands for that one passthrough name alone.
+    pub fn bound(&self, bound: &Bound<'_>, agent_port: u16) {
+        let Bound {
+            policy,
+            agent,
+            name,
+            ip,
+            expires,
+            ref names,
+        } = *bound;
+        let ports = passthrough_ports(policy, agent, name);
+        let alone = names.len() == 1 && names[0] == name;
+        if ports.is_empty() || !alone {
+            self.maps
+                .close_ways_to(agent_port, way_key(agent_port, ip, 0).ip);
+            return;
+        }
+        let expires_ns = monotonic_ns()
+            .saturating_add(expires.saturating_duration_since(Instant::now()).as_nanos() as u64);
+        for port in ports {
+            if let Err(e) = self
+                .maps
+                .open_way(way_key(agent_port, ip, port), name, expires_ns)
+            {
+                // The way stays shut: the agent's connects go through the
+                // proxy, as without it.
+                warn!(agent, name, %ip, error = %e, "direct way not opened");
+            }
+        }
+    }
+
+    /// Closes every way (the policy changed: names, ports and agents may
+    /// all have). Agents' connects go through the proxy until their
+    /// resolver answers again.
+    pub fn close_ways(&self) {
+        self.maps.close_ways(|_| true);
+    }
+
+    /// Records the kernel's reports until `reports` ends.
+    pub async fn run(
+        self: Arc<Self>,
+        ctx: Arc<ProxyContext>,
+        mut reports: mpsc::Receiver<DirectEvent>,
+    ) {
+        while let Some(report) = reports.recv().await {
+            self.record(&ctx, &report).await;
+        }
+    }
+
+    async fn record(&self, ctx: &ProxyContext, report: &DirectEvent) {
+        // Decided either way: its later sends need no program.
+        self.maps.release(report.cookie);
+        let state = ctx.live.load();
+        let identity = state.agents.resolve(&report.record).ok();
+        let dst = original_destination(&report.record);
+        let (local, _) = socket_addrs(&report.socket);
+        let len = (report.name_len as usize).min(report.name.len());
+        let name = String::from_utf8_lossy(&report.name[..len]).into_owned();
+        let plan = match (report.kind, &identity) {
+            (event_kind::DIRECT_OPENED, Some(identity))
+                if ctx.revocations.revoked(&identity.agent).is_none() =>
+            {
+                ConnPlan::Passthrough {
+                    reason: format!(
+                        "{name}:{} is a passthrough host in agent {:?}'s policy",
+                        dst.port(),
+                        identity.agent
+                    ),
+                    sni: name,
+                }
+            }
+            (event_kind::DIRECT_OPENED, Some(_)) => ConnPlan::Refuse(ConnRefusal::Direct {
+                name,
+                why: KernelRefusal::Revoked,
+            }),
+            (event_kind::DIRECT_OPENED, None) => ConnPlan::Refuse(ConnRefusal::Direct {
+                name,
+                why: KernelRefusal::Unchecked,
+            }),
+            (_, _) => ConnPlan::Refuse(ConnRefusal::Direct {
+                name,
+                why: KernelRefusal::from_reason(report.reason),
+            }),
+        };
+        let opened = matches!(plan, ConnPlan::Passthrough { .. });
+        if !opened {
+            // Refused in the kernel (no byte of it went), or opened for an
+            // agent the daemon no longer knows or has revoked: closed.
+            self.close(report.cookie, &report.socket);
+        }
+        connection::record_direct(
+            ctx,
+            local,
+            identity.as_ref(),
+            dst,
+            &plan,
+            opened.then_some(Path::Direct),
+            &state.policy.version,
+        )
+        .await;
+    }
+
+    /// Closes the open direct-way connections of every revoked agent;
+    /// returns how many. Called once the kernel marks them revoked, so no
+    /// new one opens.
+    pub fn close_revoked(&self, live: &Live, revocations: &Revocations) -> usize {
+        let state = live.load();
+        self.close_where(|cgroup_id| {
+            state
+                .agents
+                .locate(cgroup_id)
+                .is_some_and(|(agent, _)| revocations.revoked(&agent).is_some())
+        })
+    }
+
+    /// Closes every open direct-way connection (the daemon stops: as the
+    /// relayed ones close with it).
+    pub fn close_all(&self) -> usize {
+        self.close_where(|_| true)
+    }
+
+    fn close_where(&self, doomed: impl Fn(u64) -> bool) -> usize {
+        self.maps
+            .open_connections()
+            .into_iter()
+            .filter(|(_, socket)| doomed(socket.cgroup_id))
+            .filter(|(cookie, socket)| self.close(*cookie, socket))
+            .count()
+    }
+
+    /// Aborts one connection (the agent gets ECONNABORTED, the upstream a
+    /// reset). `false` if it was gone already or could not be closed
+    /// (said in the log).
+    fn close(&self, cookie: u64, socket: &DirectSocket) -> bool {
+        let (local, remote) = socket_addrs(socket);
+        let Some(diag) = self.diag(socket.netns) else {
+            warn!(%local, %remote, "cannot close a direct-way connection: its network namespace is not served any more");
+            return false;
+        };
+        match diag.destroy_tcp(&TcpSocketId {
+            local,
+            remote,
+            cookie,
+        }) {
+            Ok(Destroyed::Closed) => {
+                info!(%local, %remote, "direct-way connection closed");
+                true
+            }
+            Ok(Destroyed::Gone) => false,
+            Err(e) => {
+                warn!(%local, %remote, error = %e, "cannot close a direct-way connection");
+                false
+            }
+        }
+    }
+
+    /// The sock_diag socket of the namespace with cookie `netns`.
+    fn diag(&self, netns: u64) -> Option<Arc<SockDiag>> {
+        let mut diags = self.diags.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(diag) = diags.get(&netns) {
+            return Some(diag.clone());
+        }
+        let opened = if netns == self.own_netns {
+            SockDiag::open().map_err(|e| e.to_string())
+        } else {
+            let ns = self.netns.by_cookie(netns)?;
+            ns.enter(|| SockDiag::open().map_err(std::io::Error::other))
+                .map_err(|e| e.to_string())
+        };
+        match opened {
+            Ok(diag) => {
+                let diag = Arc::new(diag);
+                diags.insert(netns, diag.clone());
+                Some(diag)
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot open sock_diag to close direct-way connections");
+                None
+            }
+        }
+    }
+}
+
+/// The ports `agent`'s policy passes `name` through on; `[0]` for any.
+fn passthrough_ports(policy: &PolicySet, agent: &str, name: &str) -> Vec<u16> {
+    let Some(agent) = policy.agent(agent) else {
+        return Vec::new();
+    };
+    let mut ports = Vec::new();
+    for rule in agent.passthrough.iter().filter(|r| r.host.matches(name)) {
+        match &rule.ports {
+            None => return vec![0],
+            Some(listed) => ports.extend_from_slice(listed),
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the kernel's `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64);
+    now.unwrap_or(0)
+}

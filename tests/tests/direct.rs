@@ -1,0 +1,291 @@
+//! Passthrough's direct way (issue 19), an opt-in
+//! (`AGENTGUARD_PASSTHROUGH_RELAY=direct`, i.e. `--passthrough-relay
+//! direct`): an agent's connection to an address agentguard's resolver
+//! gave it for a passthrough name goes straight to the upstream, not
+//! through the proxy, and the kernel checks its first send is a
+//! ClientHello for that name. What must hold: TLS end to end, every byte
+//! both ways with half-closes, the audit event (relay `direct`), a hello
+//! for another name or another protocol refused before a byte goes, data
+//! the kernel could not check (TCP Fast Open) never going, an address
+//! shared with an intercepted host left to the proxy, and revocation and a
+//! daemon stop cutting the connection.
+
+use std::{process::Child, sync::mpsc, time::Duration};
+
+use serde_json::Value;
+
+use super::splice::{
+    AGENT, PASS, PASS_IP, Running, agent, curl_keeps_the_upstreams_tls, daemon_with, dns, ended,
+    next_line, open_connection, passthrough_events, server, transfer,
+};
+use crate::common::{Daemon, DnsUpstream, text};
+
+/// The opt-in, as an operator would set it.
+const DIRECT: Option<(&str, &str)> = Some(("AGENTGUARD_PASSTHROUGH_RELAY", "direct"));
+
+/// `client_hello(host)`: a real TLS ClientHello for `host`, made by
+/// Python's ssl.
+const HELLO: &str = r#"
+import ssl
+def client_hello(host):
+    bio_in, bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(bio_in, bio_out, server_hostname=host)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return bio_out.read()
+"#;
+
+/// An agent that connects to `host:port` (resolved through the daemon)
+/// and sends `what` first: `hello:NAME` (a ClientHello for NAME) or
+/// `http` (a plain HTTP request). Prints `sent`, or the error's type, then
+/// how the connection ended.
+const FIRST_SEND: &str = r#"
+import socket, sys
+host, port, what = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection((host, port), timeout=10)
+data = client_hello(what[6:]) if what.startswith("hello:") else b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+try:
+    s.sendall(data)
+    print("sent", flush=True)
+except OSError as e:
+    print(type(e).__name__, flush=True)
+"#;
+
+/// An agent that sends a ClientHello for `host` by TCP Fast Open (the
+/// data queued at connect, before the socket is under the kernel's
+/// message program), waits, then sends another the usual way. Prints what
+/// became of the second send.
+const FAST_OPEN: &str = r#"
+import socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+ip = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+s = socket.socket()
+s.sendto(client_hello(host), socket.MSG_FASTOPEN, (ip, port))
+s.settimeout(10)
+time.sleep(1)
+try:
+    s.sendall(client_hello(host))
+    print("sent", flush=True)
+except OSError as e:
+    print(type(e).__name__, flush=True)
+"#;
+
+fn script(body: &str) -> String {
+    format!("{HELLO}{body}")
+}
+
+/// Runs the agent script `body` (after [`HELLO`]) with `args`; returns
+/// what it printed, once it exited successfully.
+fn run_agent(daemon: &Daemon, body: &str, args: &[&str]) -> String {
+    let out = agent(daemon, &script(body), args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "agent failed:\n{}{}\n--- daemon ---\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        daemon.log()
+    );
+    text(&out.stdout).trim().to_owned()
+}
+
+fn daemon(dns: &DnsUpstream) -> Daemon {
+    daemon_with(dns, DIRECT, &[])
+}
+
+/// The connection events of `decision`, once there are `count`.
+fn connection_events(daemon: &Daemon, decision: &str, count: usize) -> Vec<Value> {
+    daemon.wait_for_events("connection events", |events| {
+        events
+            .iter()
+            .filter(|e| e["kind"] == "connection" && e["decision"] == decision)
+            .count()
+            >= count
+    });
+    daemon
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["kind"] == "connection" && e["decision"] == decision)
+        .collect()
+}
+
+#[test]
+fn the_direct_way_keeps_the_upstreams_tls() {
+    let dns = dns();
+    let daemon = daemon(&dns);
+    let events = curl_keeps_the_upstreams_tls(&daemon);
+    assert_eq!(events[0]["relay"], "direct", "{events:?}");
+    assert_eq!(events[0]["agent"], AGENT);
+    assert_eq!(events[0]["comm"], "curl");
+    assert_eq!(events[0]["dst_ip"], PASS_IP, "{events:?}");
+}
+
+#[test]
+fn the_direct_way_carries_large_transfers_and_half_closes() {
+    let dns = dns();
+    let daemon = daemon(&dns);
+    transfer(&daemon, "0");
+    let events = passthrough_events(&daemon, 1);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["relay"], "direct", "{events:?}");
+}
+
+/// Runs [`FIRST_SEND`] sending `what` to a fresh upstream; returns what
+/// the agent printed, and whether the upstream got a hello.
+fn first_send(daemon: &Daemon, what: &str) -> (String, bool) {
+    let (mut upstream, upstream_lines, port) = server(0);
+    let printed = run_agent(daemon, FIRST_SEND, &[PASS, &port, what]);
+    let got_hello = upstream_lines.recv_timeout(Duration::from_secs(3)).is_ok();
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+    (printed, got_hello)
+}
+
+/// The passthrough address takes only a hello for the name it was
+/// resolved for: the kernel refuses any other first send before a byte of
+/// it leaves (the agent's send fails), records why, and the daemon closes
+/// the connection.
+#[test]
+fn the_kernel_refuses_a_first_send_that_is_not_a_hello_for_the_name() {
+    let dns = dns();
+    let daemon = daemon(&dns);
+    let (printed, got_hello) = first_send(&daemon, "hello:other.agentguard.test");
+    assert_eq!(printed, "PermissionError");
+    assert!(!got_hello, "the upstream received the refused hello");
+    let (printed, got_hello) = first_send(&daemon, "http");
+    assert_eq!(printed, "PermissionError");
+    assert!(!got_hello, "the upstream received the refused request");
+    let refused = connection_events(&daemon, "refuse", 2);
+    let reasons: Vec<&str> = refused
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap_or_default())
+        .collect();
+    assert!(reasons[0].contains("names another host"), "{refused:?}");
+    assert!(
+        reasons[1].contains("not a whole TLS ClientHello"),
+        "{refused:?}"
+    );
+    for event in &refused {
+        assert_eq!(event["rule"], "protocol", "{event}");
+        assert_eq!(event["agent"], AGENT, "{event}");
+    }
+    // And a hello for the name still goes.
+    let (printed, got_hello) = first_send(&daemon, &format!("hello:{PASS}"));
+    assert_eq!(printed, "sent");
+    assert!(got_hello);
+    assert_eq!(passthrough_events(&daemon, 1)[0]["relay"], "direct");
+}
+
+/// Data queued before the socket was under the kernel's check (TCP Fast
+/// Open) never leaves, and the connection stays refused: a hello sent the
+/// usual way afterwards cannot open it.
+#[test]
+fn data_the_kernel_could_not_check_never_goes() {
+    let dns = dns();
+    let daemon = daemon(&dns);
+    let (mut upstream, upstream_lines, port) = server(0);
+    assert_eq!(
+        run_agent(&daemon, FAST_OPEN, &[PASS, &port]),
+        "PermissionError"
+    );
+    assert!(
+        upstream_lines.recv_timeout(Duration::from_secs(2)).is_err(),
+        "the upstream received data"
+    );
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+    // The dropped packet is on record, as the agent's.
+    daemon.wait_for_events("egress refusal", |events| {
+        events.iter().any(|e| {
+            e["rule"] == "kernel:egress-denied" && e["agent"] == AGENT && e["dst_ip"] == PASS_IP
+        })
+    });
+    assert!(
+        !daemon
+            .audit_events()
+            .iter()
+            .any(|e| e["kind"] == "connection" && e["decision"] == "passthrough"),
+        "a connection opened"
+    );
+}
+
+/// An address the agent's resolver also gave it for a host the proxy
+/// intercepts goes through the proxy, which tells the two apart by SNI.
+#[test]
+fn an_address_shared_with_an_intercepted_host_goes_through_the_proxy() {
+    const API: &str = "api.agentguard.test";
+    let dns = DnsUpstream::start(
+        "127.0.0.1",
+        &[
+            (PASS, PASS_IP.parse().unwrap()),
+            (API, PASS_IP.parse().unwrap()),
+        ],
+    );
+    let dns_addr = dns.addr.to_string();
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&format!(
+            "[[passthrough]]\nhost = \"{PASS}\"\n\n[[tool]]\nname = \"api\"\nhost = \"{API}\"\nmethods = [\"GET\"]\npaths = [\"/\"]\n"
+        ))
+        .args(&["--dns-upstream", &dns_addr])
+        .env(DIRECT.unwrap().0, DIRECT.unwrap().1)
+        .start();
+    let (mut upstream, upstream_lines, port) = server(0);
+    // The agent looks the intercepted host up, then connects to the
+    // passthrough name: same address.
+    let body = format!(
+        "import socket\nsocket.getaddrinfo({API:?}, 443)\n{}",
+        FIRST_SEND
+    );
+    let printed = run_agent(&daemon, &body, &[PASS, &port, &format!("hello:{PASS}")]);
+    assert_eq!(printed, "sent");
+    assert_eq!(next_line(&upstream_lines, "hello"), "hello");
+    let events = passthrough_events(&daemon, 1);
+    assert_eq!(events[0]["relay"], "userspace", "{events:?}");
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+}
+
+/// An open direct-way connection (the agent waiting for the upstream).
+fn open_direct(daemon: &Daemon) -> (Running, Child, mpsc::Receiver<String>) {
+    let ((waiter, waiter_lines), (server, server_lines)) = open_connection(daemon);
+    let events = passthrough_events(daemon, 1);
+    assert_eq!(events[0]["relay"], "direct", "{events:?}");
+    ((waiter, waiter_lines), server, server_lines)
+}
+
+/// Aborted by the daemon: the agent's read fails (ECONNABORTED), and the
+/// upstream's end is reset, so its server ends.
+fn assert_cut(mut waiter: Child, waiter_lines: &mpsc::Receiver<String>, mut server: Child) {
+    let how = ended(&mut waiter, waiter_lines);
+    assert_eq!(how, "ConnectionAbortedError");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream's end is still open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn revoking_the_agent_cuts_a_direct_way_connection() {
+    let dns = dns();
+    let daemon = daemon(&dns);
+    let ((waiter, waiter_lines), server, _server_lines) = open_direct(&daemon);
+    let out = daemon.cli(&["revoke", "--agent", AGENT, "--reason", "test"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_cut(waiter, &waiter_lines, server);
+    let cut = connection_events(&daemon, "passthrough", 1);
+    assert_eq!(cut.len(), 1, "{cut:?}");
+}
+
+#[test]
+fn stopping_the_daemon_cuts_a_direct_way_connection() {
+    let dns = dns();
+    let mut daemon = daemon(&dns);
+    let ((waiter, waiter_lines), server, _server_lines) = open_direct(&daemon);
+    daemon.terminate();
+    assert_cut(waiter, &waiter_lines, server);
+}
