@@ -120,19 +120,11 @@ pub async fn run(
         loop {
             // The item borrows the ring: decode copies what it needs first.
             let record = match guard.get_inner_mut().next() {
-                Some(item) if direct_report(&item).is_some() => {
-                    let report = direct_report(&item);
-                    if let Some(cgroup_id) = owner(&item) {
-                        read.add(cgroup_id, ring_cost(item.len()));
-                    }
-                    drop(item);
-                    if let (Some(report), Some(direct)) = (report, &direct) {
-                        let _ = direct.send(report).await;
-                    }
-                    None
-                }
                 Some(item) => {
-                    let record = decode(&item, &live);
+                    let record = match direct_report(&item) {
+                        Some(report) => Decoded::Direct(report),
+                        None => Decoded::Kernel(decode(&item, &live)),
+                    };
                     if let Some(cgroup_id) = owner(&item) {
                         read.add(cgroup_id, ring_cost(item.len()));
                     }
@@ -146,13 +138,28 @@ pub async fn run(
             if read.count >= RELEASE_EVERY {
                 read.flush(&shares);
             }
-            if let Some(record) = record {
-                sink.record(to_event(record)).await;
+            match record {
+                Decoded::Kernel(Some(record)) => sink.record(to_event(record)).await,
+                Decoded::Kernel(None) => {}
+                // The connection's event is the direct way's to write.
+                Decoded::Direct(report) => {
+                    if let Some(direct) = &direct {
+                        let _ = direct.send(report).await;
+                    }
+                }
             }
         }
         read.flush(&shares);
         guard.clear_ready();
     }
+}
+
+/// One ring record, copied out of the ring.
+enum Decoded {
+    /// A refusal or redirect; `None` if it could not be read.
+    Kernel(Option<KernelEventRecord>),
+    /// A report of passthrough's direct way.
+    Direct(DirectEvent),
 }
 
 /// Records read between two writes of what goes back to the agents.
