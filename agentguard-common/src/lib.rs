@@ -527,10 +527,14 @@ pub mod direct_state {
     /// Connected (or connecting); nothing sent yet. Packets with data are
     /// dropped.
     pub const WAITING: u32 = 0;
-    /// The first send was a ClientHello for the way's name: its bytes go.
+    /// The first send was a ClientHello for the way's name: its bytes go
+    /// once the first data segment on the wire is found to be that hello.
     pub const OPEN: u32 = 1;
     /// Refused: no send of it ever goes.
     pub const REFUSED: u32 = 2;
+    /// Open, and its first data segment on the wire was that hello too
+    /// (nothing queued before it by another way): every segment goes.
+    pub const VERIFIED: u32 = 3;
 }
 
 /// Why the kernel refused a direct-way connection ([`DirectEvent::reason`]).
@@ -554,6 +558,8 @@ pub mod direct_refusal {
     pub const UNCHECKED: u32 = 6;
     /// The agent was revoked between the connect and the hello.
     pub const REVOKED: u32 = 7;
+    /// The daemon stopped: no way opens while it is down.
+    pub const DAEMON_STOPPED: u32 = 8;
 }
 
 /// Socket-local state of a direct-way connection (`DIRECT_CONN`), made by
@@ -567,6 +573,12 @@ pub struct DirectConn {
     pub way: DirectKey,
     /// One of [`direct_state`].
     pub state: u32,
+    /// Sequence number of the connection's first data byte (the one after
+    /// the SYN's), stamped by sockops once connected.
+    pub first_seq: u32,
+    /// 1 while the connection counts against its agent's share of kernel
+    /// records (from the connect until it is refused or closes).
+    pub charged: u32,
     pub _pad: u32,
 }
 
@@ -690,7 +702,7 @@ mod tests {
         assert_eq!(align_of::<ProcessEvent>(), 8);
         assert_eq!(size_of::<DirectKey>(), 2 + 2 + 4 + 16);
         assert_eq!(size_of::<DirectWay>(), 8 + 4 + 4 + DIRECT_NAME_MAX);
-        assert_eq!(size_of::<DirectConn>(), size_of::<ConnRecord>() + 24 + 8);
+        assert_eq!(size_of::<DirectConn>(), size_of::<ConnRecord>() + 24 + 16);
         assert_eq!(size_of::<DirectSocket>(), 8 + 8 + 16 + 16 + 2 * 4);
         assert_eq!(
             size_of::<DirectEvent>(),

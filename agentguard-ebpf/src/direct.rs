@@ -124,14 +124,56 @@ pub fn connect(ctx: &SockAddrContext, cfg: &ProxyConfig, facts: &SocketFacts) ->
     if slot.is_null() {
         return false;
     }
+    // From the connect on, the socket holds a place in the kernel's tables
+    // (the message program's sockhash, then DIRECT_OPEN): within its
+    // agent's share of records, so that one agent's idle sockets cannot
+    // take the places others need. Past it, the proxy's way (which refuses
+    // the connect on the same share).
+    // SAFETY: as above.
+    if unsafe { (*slot).charged } == 0 {
+        match shares::usage(cgroup_id) {
+            Some(usage) if shares::record_allowed(usage, cgroup_id) => {
+                // SAFETY: a live map value.
+                shares::add(unsafe { &raw mut (*usage).records_added }, 1);
+            }
+            _ => return false,
+        }
+    }
     // SAFETY: a non-null pointer to this socket's storage, of this type,
     // written in place (see write_record).
     unsafe {
         write_record(&raw mut (*slot).record, facts, cgroup_id, cookie(ctx));
         (*slot).way = way;
         (*slot).state = direct_state::WAITING;
+        (*slot).first_seq = 0;
+        (*slot).charged = 1;
     }
     true
+}
+
+/// The connection no longer holds a place: off its agent's share. Once.
+#[inline(always)]
+fn uncharge(conn: *mut DirectConn) {
+    // SAFETY: live storage of a socket (checked by the callers).
+    let (charged, cgroup_id) = unsafe { ((*conn).charged, (*conn).record.cgroup_id) };
+    if charged == 0 {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { (*conn).charged = 0 };
+    if let Some(usage) = shares::usage(cgroup_id) {
+        // SAFETY: a live map value.
+        shares::add(unsafe { &raw mut (*usage).records_dropped }, 1);
+    }
+}
+
+/// Refuses the connection for good: none of its sends or data segments
+/// go from now on.
+#[inline(always)]
+fn refuse(conn: *mut DirectConn) {
+    // SAFETY: live storage of a socket (checked by the callers).
+    unsafe { (*conn).state = direct_state::REFUSED };
+    uncharge(conn);
 }
 
 /// The way for this destination, port-specific first, if one is open.
@@ -149,21 +191,35 @@ fn find_way(agent_port: u16, facts: &SocketFacts) -> Option<DirectKey> {
             DIRECT_WAYS.get_ptr(key)?
         }
     };
-    // SAFETY: the helper takes no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: a pointer from a successful lookup in this program.
-    (unsafe { (*way).expires_ns } > now).then_some(key)
+    way_open(way).then_some(key)
 }
 
-/// A connect that went to the proxy after all carries no direct-way state.
+/// A connect that went elsewhere after all (the proxy, the resolver)
+/// carries no direct-way state: a socket that took the direct way before
+/// (a connect that failed, then another) is judged as any other.
 pub fn forget_connect(ctx: &SockAddrContext) {
     // SAFETY: the helper reads the socket behind the context; null when
     // it has no storage.
     let slot = unsafe { DIRECT_CONN.get_ptr_mut(ctx) };
-    if !slot.is_null() {
-        // SAFETY: as above; a proxied socket never sends as a direct one.
+    if slot.is_null() {
+        return;
+    }
+    uncharge(slot);
+    // SAFETY: `sk` is a field sock_addr programs may read: the socket the
+    // storage belongs to.
+    let sk = unsafe { read_volatile(addr_of!((*ctx.sock_addr).__bindgen_anon_1.sk)) };
+    // SAFETY: as above; a failed delete leaves it refused, never open.
+    if unsafe { DIRECT_CONN.delete(sk) }.is_err() {
+        // SAFETY: as above.
         unsafe { (*slot).state = direct_state::REFUSED };
     }
+}
+
+/// Whether the (full) socket took the direct way: the setsockopt check
+/// refuses it an upper-layer protocol (kTLS would have the message program
+/// read the plaintext while the ciphertext goes out).
+pub fn took_the_way(sk: *mut bpf_sock) -> bool {
+    !sk.is_null() && !conn_of(sk).is_null()
 }
 
 /// The direct-way state of a full socket, or null.
@@ -195,6 +251,12 @@ pub fn established(ctx: &SockOpsContext, sk: *mut bpf_sock) -> bool {
     }
     // SAFETY: the helper only reads the socket behind the context.
     let mut cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the context pointer the kernel passed to this sockops program;
+    // snd_nxt is a 4-byte field sock_ops programs may read. Once connected
+    // it is the sequence number of the first data byte.
+    let first_seq = unsafe { read_volatile(addr_of!((*ctx.ops).snd_nxt)) };
+    // SAFETY: as above.
+    unsafe { (*conn).first_seq = first_seq };
     // SAFETY: the context pointer the kernel passed to this sockops program.
     let ops = unsafe { &mut *ctx.ops };
     // The close callback forgets the open connection; without it an entry
@@ -214,8 +276,7 @@ pub fn established(ctx: &SockOpsContext, sk: *mut bpf_sock) -> bool {
 /// reading them here would take the stack the verifier allows sockops.
 #[inline(never)]
 fn refuse_unchecked(conn: *mut DirectConn) {
-    // SAFETY: live storage of the socket (checked by the caller).
-    unsafe { (*conn).state = direct_state::REFUSED };
+    refuse(conn);
     let socket = DirectSocket {
         netns: 0,
         // SAFETY: as above.
@@ -237,26 +298,19 @@ fn refuse_unchecked(conn: *mut DirectConn) {
 }
 
 /// sockops, a socket reached TCP_CLOSE: an open direct-way connection is
-/// forgotten, and leaves its agent's share.
+/// forgotten, and the socket leaves its agent's share.
 pub fn closed(ctx: &SockOpsContext, sk: *mut bpf_sock) {
     if sk.is_null() {
         return;
     }
     let conn = conn_of(sk);
-    // SAFETY: non-null storage of this socket, of this type.
-    if conn.is_null() || unsafe { (*conn).state } != direct_state::OPEN {
+    if conn.is_null() {
         return;
     }
     // SAFETY: the helper only reads the socket behind the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if DIRECT_OPEN.remove(cookie).is_ok() {
-        // SAFETY: as above.
-        let cgroup_id = unsafe { (*conn).record.cgroup_id };
-        if let Some(usage) = shares::usage(cgroup_id) {
-            // SAFETY: a live map value.
-            shares::add(unsafe { &raw mut (*usage).records_dropped }, 1);
-        }
-    }
+    let _ = DIRECT_OPEN.remove(cookie);
+    refuse(conn);
 }
 
 /// Runs on each `sendmsg` of a direct-way socket until the daemon takes
@@ -295,8 +349,10 @@ fn first_send(ctx: &SkMsgContext, conn: *mut DirectConn) -> u32 {
     socket.cgroup_id = cgroup_id;
     let way = DIRECT_WAYS.get_ptr(way_key);
     let verdict = match way {
-        Some(way) => hello_matches(ctx, way).and_then(|()| open(cookie, cgroup_id, &socket)),
-        None => Err(direct_refusal::WAY_GONE),
+        // No way opens while no daemon runs to record it and close it.
+        _ if crate::redirect::proxy_config().is_err() => Err(direct_refusal::DAEMON_STOPPED),
+        Some(way) if way_open(way) => hello_matches(ctx, way).and_then(|()| open(cookie, &socket)),
+        _ => Err(direct_refusal::WAY_GONE),
     };
     let way = way.unwrap_or_default();
     match verdict {
@@ -307,46 +363,37 @@ fn first_send(ctx: &SkMsgContext, conn: *mut DirectConn) -> u32 {
                 return sk_action::SK_PASS;
             }
             // Unreported, it is not open: undone, and refused unreported.
-            if DIRECT_OPEN.remove(cookie).is_ok()
-                && let Some(usage) = shares::usage(cgroup_id)
-            {
-                // SAFETY: a live map value.
-                shares::add(unsafe { &raw mut (*usage).records_dropped }, 1);
-            }
-            // SAFETY: as above.
-            unsafe { (*conn).state = direct_state::REFUSED };
+            let _ = DIRECT_OPEN.remove(cookie);
+            refuse(conn);
             sk_action::SK_DROP
         }
         Err(reason) => {
-            // SAFETY: as above.
-            unsafe { (*conn).state = direct_state::REFUSED };
+            refuse(conn);
             report(conn, &socket, event_kind::DIRECT_REFUSED, reason, way);
             sk_action::SK_DROP
         }
     }
 }
 
-/// Tracks the connection as open, within its agent's share of records.
-fn open(cookie: u64, cgroup_id: u64, socket: &DirectSocket) -> Result<(), u32> {
-    let usage = shares::usage(cgroup_id).ok_or(direct_refusal::NO_ROOM)?;
-    if !shares::record_allowed(usage, cgroup_id) {
-        // SAFETY: a live map value.
-        shares::add(unsafe { &raw mut (*usage).records_refused }, 1);
-        return Err(direct_refusal::NO_ROOM);
-    }
+/// Whether the way has not expired (the DNS answer's TTL).
+fn way_open(way: *const DirectWay) -> bool {
+    // SAFETY: the helper takes no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a pointer from a successful lookup in this program.
+    unsafe { (*way).expires_ns > now }
+}
+
+/// Tracks the connection as open (its place in the agent's share was
+/// taken at the connect).
+fn open(cookie: u64, socket: &DirectSocket) -> Result<(), u32> {
     DIRECT_OPEN
         .insert(cookie, *socket, u64::from(BPF_ANY))
         .map_err(|_| direct_refusal::NO_ROOM)?;
-    // SAFETY: a live map value.
-    shares::add(unsafe { &raw mut (*usage).records_added }, 1);
     // Checked after the insert: the daemon marks a revoked agent, then
     // closes what DIRECT_OPEN holds of it, so either it sees this entry
     // or this sees the mark. (The sender is the agent's own process.)
     if crate::revoke::revoked() {
-        if DIRECT_OPEN.remove(cookie).is_ok() {
-            // SAFETY: a live map value.
-            shares::add(unsafe { &raw mut (*usage).records_dropped }, 1);
-        }
+        let _ = DIRECT_OPEN.remove(cookie);
         return Err(direct_refusal::REVOKED);
     }
     Ok(())
@@ -371,11 +418,86 @@ fn hello_matches(ctx: &SkMsgContext, way: *const DirectWay) -> Result<(), u32> {
     if unsafe { bpf_msg_pull_data(ctx.msg, 0, want, 0) } != 0 {
         return Err(direct_refusal::NOT_A_HELLO);
     }
-    let hello = Bytes {
+    let hello = MsgBytes {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let (name_at, name_len) = server_name(&hello)?;
+    names_way(&hello, way)
+}
+
+/// Whether the first data segment on the wire (its payload from
+/// `payload`) is a ClientHello for the way's name, as the message program
+/// found the first send to be: nothing queued before that send by another
+/// way (a sender blocked in the plain `sendmsg` since before the socket
+/// came under the program, with the data corked) goes ahead of it.
+#[inline(never)]
+fn wire_hello_matches(ctx: &SkBuffContext, payload: u32, way: *const DirectWay) -> bool {
+    let hello = SkbBytes {
+        ctx,
+        start: payload as usize,
+    };
+    names_way(&hello, way).is_ok()
+}
+
+/// Where a hello is read from, byte by byte.
+trait Hello {
+    /// The byte at `at`, if within the message and the part read.
+    fn byte(&self, at: usize) -> Option<u8>;
+
+    #[inline(always)]
+    fn u16(&self, at: usize) -> Option<usize> {
+        Some(usize::from(self.byte(at)?) << 8 | usize::from(self.byte(at + 1)?))
+    }
+
+    #[inline(always)]
+    fn u24(&self, at: usize) -> Option<usize> {
+        Some(usize::from(self.byte(at)?) << 16 | self.u16(at + 1)?)
+    }
+}
+
+/// A message's bytes the program may read: `[start, end)`.
+struct MsgBytes {
+    start: usize,
+    end: usize,
+}
+
+impl Hello for MsgBytes {
+    /// The bound before the add keeps the offset one the verifier can
+    /// follow.
+    #[inline(always)]
+    fn byte(&self, at: usize) -> Option<u8> {
+        if at >= HELLO_READ_MAX as usize {
+            return None;
+        }
+        let p = self.start + at;
+        if p + 1 > self.end {
+            return None;
+        }
+        // SAFETY: `p` is within [start, end), the message's data.
+        Some(unsafe { *(p as *const u8) })
+    }
+}
+
+/// A packet's payload, from `start` (its bytes may be in pages: read
+/// through the helper).
+struct SkbBytes<'a> {
+    ctx: &'a SkBuffContext,
+    start: usize,
+}
+
+impl Hello for SkbBytes<'_> {
+    #[inline(always)]
+    fn byte(&self, at: usize) -> Option<u8> {
+        if at >= HELLO_READ_MAX as usize {
+            return None;
+        }
+        self.ctx.load::<u8>(self.start + at).ok()
+    }
+}
+
+/// Whether `hello` is a ClientHello whose one server name is the way's.
+fn names_way(hello: &impl Hello, way: *const DirectWay) -> Result<(), u32> {
+    let (name_at, name_len) = server_name(hello)?;
     // SAFETY: a pointer from a successful lookup in this program.
     let (len, name) = unsafe { ((*way).name_len as usize, &(*way).name) };
     if name_len != len || len > DIRECT_NAME_MAX {
@@ -394,43 +516,13 @@ fn hello_matches(ctx: &SkMsgContext, way: *const DirectWay) -> Result<(), u32> {
     Ok(())
 }
 
-/// The message's bytes the program may read: `[start, end)`.
-struct Bytes {
-    start: usize,
-    end: usize,
-}
-
-impl Bytes {
-    /// The byte at `at`, if within the message and the part read. The
-    /// bound before the add keeps the offset one the verifier can follow.
-    #[inline(always)]
-    fn byte(&self, at: usize) -> Option<u8> {
-        if at >= HELLO_READ_MAX as usize {
-            return None;
-        }
-        let p = self.start + at;
-        if p + 1 > self.end {
-            return None;
-        }
-        // SAFETY: `p` is within [start, end), the message's data.
-        Some(unsafe { *(p as *const u8) })
-    }
-
-    #[inline(always)]
-    fn u16(&self, at: usize) -> Option<usize> {
-        Some(usize::from(self.byte(at)?) << 8 | usize::from(self.byte(at + 1)?))
-    }
-
-    #[inline(always)]
-    fn u24(&self, at: usize) -> Option<usize> {
-        Some(usize::from(self.byte(at)?) << 16 | self.u16(at + 1)?)
-    }
-}
-
 /// Where the ClientHello's host name starts and how long it is. Every
 /// length is checked against the record's and the handshake's, so that no
-/// name is read from outside the hello the server will parse.
-fn server_name(b: &Bytes) -> Result<(usize, usize), u32> {
+/// name is read from outside the hello the server will parse; the
+/// extensions must end where the hello does, hold one server_name
+/// extension only, and that one exactly one host name (servers and SNI
+/// routers differ on which of several they take).
+fn server_name(b: &impl Hello) -> Result<(usize, usize), u32> {
     const BAD: u32 = direct_refusal::NOT_A_HELLO;
     // Record header: type, version, length.
     if b.byte(0).ok_or(BAD)? != TLS_HANDSHAKE || b.byte(1).ok_or(BAD)? != TLS_MAJOR_VERSION {
@@ -442,13 +534,15 @@ fn server_name(b: &Bytes) -> Result<(usize, usize), u32> {
         return Err(BAD);
     }
     let hello_end = 9 + b.u24(6).ok_or(BAD)?;
-    let end = if hello_end < record_end {
-        hello_end
-    } else {
-        record_end
-    };
+    if hello_end > record_end {
+        // A hello over several records: not read.
+        return Err(BAD);
+    }
     let mut at = 9 + 2 + 32;
     let session_id = usize::from(b.byte(at).ok_or(BAD)?);
+    if session_id > 32 {
+        return Err(BAD);
+    }
     at += 1 + session_id;
     let suites = b.u16(at).ok_or(BAD)?;
     at += 2 + suites;
@@ -456,12 +550,16 @@ fn server_name(b: &Bytes) -> Result<(usize, usize), u32> {
     at += 1 + compression;
     let extensions_end = at + 2 + b.u16(at).ok_or(BAD)?;
     at += 2;
-    if extensions_end > end {
+    if extensions_end != hello_end {
         return Err(BAD);
     }
+    let mut found = None;
     for _ in 0..MAX_EXTENSIONS {
+        if at == extensions_end {
+            return found.ok_or(direct_refusal::NO_SNI);
+        }
         if at + 4 > extensions_end {
-            return Err(direct_refusal::NO_SNI);
+            return Err(BAD);
         }
         let kind = b.u16(at).ok_or(BAD)?;
         let len = b.u16(at + 2).ok_or(BAD)?;
@@ -470,19 +568,24 @@ fn server_name(b: &Bytes) -> Result<(usize, usize), u32> {
             return Err(BAD);
         }
         if kind == usize::from(EXTENSION_SERVER_NAME) {
-            // server_name_list: length, then (type, length, name); the
-            // first entry is the host name (RFC 6066 allows one).
-            if len < 5 || b.byte(at + 2).ok_or(BAD)? != SERVER_NAME_HOST {
+            if found.is_some() {
                 return Err(BAD);
             }
+            // server_name_list: its length, then one (type, length, name).
+            let list = b.u16(at).ok_or(BAD)?;
             let name_len = b.u16(at + 3).ok_or(BAD)?;
-            if name_len == 0 || 5 + name_len > len {
+            if list + 2 != len
+                || b.byte(at + 2).ok_or(BAD)? != SERVER_NAME_HOST
+                || name_len == 0
+                || name_len + 3 != list
+            {
                 return Err(BAD);
             }
-            return Ok((at + 5, name_len));
+            found = Some((at + 5, name_len));
         }
         at += len;
     }
+    // More extensions than are read.
     Err(BAD)
 }
 
@@ -609,14 +712,23 @@ pub enum Egress {
     Drop,
 }
 
+/// What the egress check reads of a TCP packet's headers.
+pub struct TcpHeaders {
+    /// Bytes of the IP and TCP headers: where the payload starts.
+    pub len: u32,
+    /// Sequence number (host order).
+    pub seq: u32,
+    pub syn: bool,
+}
+
 /// Judges a packet of a direct-way socket: `dst` its destination (IPv4
-/// mapped), `headers` gives the bytes of its IP and TCP headers (`None`
-/// if they cannot be read: an IPv6 extension header, not TCP), read only
-/// for a connection not yet open.
+/// mapped); `headers` reads its TCP headers (`None` if they cannot be
+/// read: an IPv6 extension header, not TCP), only for a connection whose
+/// first data segment has not gone yet.
 pub fn egress(
     ctx: &SkBuffContext,
     dst: &[u8; 16],
-    headers: impl FnOnce() -> Option<u32>,
+    headers: impl FnOnce() -> Option<TcpHeaders>,
 ) -> Egress {
     // Off, no socket takes the direct way: the packets of one that did
     // under an earlier daemon are judged as any other (off the loopback,
@@ -647,20 +759,46 @@ pub fn egress(
     if *dst != connected_to {
         return Egress::Drop;
     }
-    if state == direct_state::OPEN {
+    if state == direct_state::VERIFIED {
         return Egress::Pass;
     }
-    // Waiting or refused: only packets without data (handshake, ACKs,
-    // FIN, RST) go. Data that got here unchecked (TCP Fast Open queues it
-    // before the socket is under the message program) refuses the
-    // connection for good: it would otherwise go, retransmitted, once a
-    // later send opened the way.
-    match headers() {
-        Some(headers) if ctx.len() <= headers => Egress::Pass,
-        _ => {
-            // SAFETY: as above.
-            unsafe { (*conn).state = direct_state::REFUSED };
-            Egress::Drop
-        }
+    first_segments(ctx, conn, state, headers())
+}
+
+/// Until the first data segment has gone, only packets without data
+/// (handshake, ACKs, FIN, RST) go, and that segment only if the message
+/// program opened the connection and the segment's payload is the hello
+/// it checked. Any other data (TCP Fast Open's, queued before the socket
+/// came under the program; bytes corked ahead of the hello) refuses the
+/// connection for good: retransmitted, it would otherwise go once a later
+/// send opened the way. Not inlined: the hello's parse has its own frame.
+#[inline(never)]
+fn first_segments(
+    ctx: &SkBuffContext,
+    conn: *mut DirectConn,
+    state: u32,
+    headers: Option<TcpHeaders>,
+) -> Egress {
+    let Some(headers) = headers else {
+        refuse(conn);
+        return Egress::Drop;
+    };
+    if ctx.len() <= headers.len {
+        return Egress::Pass;
     }
+    // SAFETY: live storage of the socket (checked by the caller).
+    let (first_seq, way_key) = unsafe { ((*conn).first_seq, (*conn).way) };
+    let verified = state == direct_state::OPEN
+        && !headers.syn
+        && headers.seq == first_seq
+        && DIRECT_WAYS
+            .get_ptr(way_key)
+            .is_some_and(|way| wire_hello_matches(ctx, headers.len, way));
+    if !verified {
+        refuse(conn);
+        return Egress::Drop;
+    }
+    // SAFETY: as above.
+    unsafe { (*conn).state = direct_state::VERIFIED };
+    Egress::Pass
 }

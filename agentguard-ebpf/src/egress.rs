@@ -32,7 +32,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    direct::{self, Egress},
+    direct::{self, Egress, TcpHeaders},
     events::{SocketFacts, emit_for_packet},
 };
 
@@ -58,7 +58,7 @@ pub fn check(ctx: &SkBuffContext) -> i32 {
     };
     // A direct-way passthrough socket is judged by its own state: its
     // packets leave for its upstream, wherever that is.
-    match direct::egress(ctx, &dst.ip, || tcp_headers_len(ctx, &dst)) {
+    match direct::egress(ctx, &dst.ip, || tcp_headers(ctx, &dst)) {
         Egress::Pass => return PASS,
         Egress::Drop => {
             report(ctx, &dst);
@@ -127,16 +127,23 @@ fn is_ip6_loopback(ip: &[u8; 16]) -> bool {
     *ip == v6_loopback
 }
 
-/// Bytes of the packet's IP and TCP headers; `None` if it is not TCP
-/// right after the fixed IP header (IPv6 extension headers included).
-fn tcp_headers_len(ctx: &SkBuffContext, dst: &Destination) -> Option<u32> {
+/// The packet's TCP headers as the direct way judges them; `None` if it
+/// is not TCP right after the fixed IP header (IPv6 extension headers
+/// included).
+fn tcp_headers(ctx: &SkBuffContext, dst: &Destination) -> Option<TcpHeaders> {
     let protocol: u8 = ctx.load(dst.protocol_offset).ok()?;
     if protocol != IPPROTO_TCP {
         return None;
     }
-    // Data offset: the high nibble of byte 12, in 32-bit words.
-    let offset: u8 = ctx.load(dst.transport_offset + 12).ok()?;
-    Some((dst.transport_offset + usize::from(offset >> 4) * 4) as u32)
+    let seq: [u8; 4] = ctx.load(dst.transport_offset + 4).ok()?;
+    // Data offset: the high nibble of byte 12, in 32-bit words; the flags
+    // in byte 13 (SYN 0x02).
+    let [offset, flags]: [u8; 2] = ctx.load(dst.transport_offset + 12).ok()?;
+    Some(TcpHeaders {
+        len: (dst.transport_offset + usize::from(offset >> 4) * 4) as u32,
+        seq: u32::from_be_bytes(seq),
+        syn: flags & 0x02 != 0,
+    })
 }
 
 fn dst_port(ctx: &SkBuffContext, protocol: u8, transport_offset: usize) -> u16 {

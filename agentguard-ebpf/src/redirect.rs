@@ -119,10 +119,10 @@ pub fn tcp_to_proxy(
     }
     // SAFETY: a non-null pointer to this socket's storage, of this type.
     unsafe { write_record(slot, facts, cgroup_id, cookie) };
-    // Connected to the proxy after all (an agentguard program earlier in
-    // this connect() chose the direct way, or a program of another daemon
-    // generation): no direct-way state may stay on the socket, or the
-    // egress check would hold its sends back.
+    // Connected to the proxy after all (an earlier connect of this socket,
+    // or an agentguard program earlier in this connect(), chose the direct
+    // way): no direct-way state may stay on the socket, or the egress check
+    // would judge its packets by it.
     if cfg.flags & agentguard_common::CONFIG_DIRECT_PASSTHROUGH != 0 {
         crate::direct::forget_connect(ctx);
     }
@@ -185,6 +185,9 @@ pub fn dns_to_resolver(
         emit(event_kind::DNS_UNROUTABLE, facts);
         return Err(Refuse);
     };
+    if cfg.flags & agentguard_common::CONFIG_DIRECT_PASSTHROUGH != 0 {
+        crate::direct::forget_connect(ctx);
+    }
     remember_orig(ctx, facts);
     if cfg.flags & agentguard_common::CONFIG_REPORT_REDIRECTS != 0 {
         emit(event_kind::DNS_REDIRECTED, facts);

@@ -14,6 +14,10 @@
 //!   packets addressed to the proxy on 127.0.0.1 would leave by that
 //!   interface instead of the loopback.
 //!
+//! - An upper-layer protocol (`TCP_ULP`, e.g. kTLS) on a socket that took
+//!   passthrough's direct way: the kernel checks that connection's first
+//!   send as the agent writes it, which with kTLS is not what goes out.
+//!
 //! Every other option passes untouched.
 
 use core::ptr::{addr_of, read_volatile};
@@ -39,6 +43,9 @@ const IPV6_UNICAST_IF: i32 = 76;
 const IPV6_2292PKTOPTIONS: i32 = 6;
 const IPV6_2292RTHDR: i32 = 5;
 const IPV6_RTHDR: i32 = 57;
+/// include/uapi/linux/tcp.h (SOL_TCP = IPPROTO_TCP).
+const SOL_TCP: i32 = 6;
+const TCP_ULP: i32 = 31;
 
 pub fn check(ctx: &SockoptContext) -> i32 {
     let opt = ctx.sockopt;
@@ -57,6 +64,12 @@ pub fn check(ctx: &SockoptContext) -> i32 {
             name,
             IPV6_RTHDR | IPV6_2292RTHDR | IPV6_2292PKTOPTIONS | IPV6_UNICAST_IF
         ),
+        SOL_TCP if name == TCP_ULP => {
+            // SAFETY: as above; `sk` is a field setsockopt programs may
+            // read (the full socket, or null).
+            let sk = unsafe { read_volatile(addr_of!((*opt).__bindgen_anon_1.sk)) };
+            crate::direct::took_the_way(sk)
+        }
         _ => false,
     };
     if !refused {

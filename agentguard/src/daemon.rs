@@ -225,9 +225,16 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     kernel.set_report_redirects(cfg.report_kernel_redirects);
     let kernel_events = kernel.take_events();
     let splice = kernel.take_splice();
-    let direct = kernel
-        .take_direct()
-        .map(|maps| Arc::new(crate::proxy::direct::Direct::new(maps, netns.clone())));
+    let direct = kernel.take_direct().and_then(|maps| {
+        match crate::proxy::direct::Direct::new(maps, netns.clone()) {
+            Ok(direct) => Some(Arc::new(direct)),
+            Err(e) => {
+                warn!(error = %e, "passthrough connections go through the proxy: the direct way's connections could not be closed on revocation or stop");
+                kernel.disable_direct();
+                None
+            }
+        }
+    });
     let resolvers = Arc::new(start_resolvers(&cfg, audit.sink.clone()));
     if let Some(direct) = &direct {
         // The resolver keeps the direct way's ways; the way is told which
@@ -261,6 +268,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     });
     let live = Arc::new(Live::new(reloader.build(None)?));
     resolvers.set_live(live.clone());
+    if let Some(direct) = &direct {
+        direct.set_live(live.clone());
+    }
     // Before the kernel is sent here: containers still running from the
     // previous daemon are served again.
     reloader.readopt_containers(&live)?;
@@ -348,6 +358,12 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     netns.serve(ctx.clone());
     if let (Some(direct), Some(queue)) = (&direct, direct_queue) {
         tokio::spawn(direct.clone().run(ctx.clone(), queue));
+        // Agents revoked while no daemon ran may hold connections opened
+        // before (the open ones are in a pinned map).
+        let closed = direct.close_revoked(&live, &ctx.revocations);
+        if closed > 0 {
+            info!(closed, "direct-way connections of revoked agents closed");
+        }
     }
     if let Some(max_wait) = cfg.kernel.record_max_wait {
         tokio::spawn(records::expire(ctx.clone(), max_wait));
@@ -482,7 +498,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
 
     notifier.stopping(&why);
     // Fail closed on purpose: the links stay pinned, and port 0 makes the
-    // kernel refuse guarded connects outright until a daemon starts again.
+    // kernel refuse guarded connects outright until a daemon starts again
+    // (and open no direct way: the message program asks for a running
+    // daemon too).
     let kernel = reloader
         .kernel
         .lock()
@@ -491,10 +509,17 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     if let Err(e) = kernel {
         warn!(error = %e, "could not switch the kernel to refuse-all; agents' connects will be refused by the closed port instead");
     }
-    // As the relayed connections close with the daemon.
+    // As the relayed connections close with the daemon; then the direct
+    // way goes, and with it the egress check's exception for its packets.
     if let Some(direct) = &direct {
+        direct.close_ways();
         let closed = direct.close_all();
         info!(closed, "direct-way connections closed");
+        let mut kernel = reloader.kernel.lock().unwrap_or_else(|p| p.into_inner());
+        kernel.disable_direct();
+        if let Err(e) = kernel.configure(0, daemon_tgid) {
+            warn!(error = %e, "could not take the direct way out of the kernel; its packets still pass the egress check");
+        }
     }
     let _ = fs::remove_file(&cfg.admin_socket);
     audit.stop(&why, &live).await;

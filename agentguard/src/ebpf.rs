@@ -314,6 +314,12 @@ impl Kernel {
         }
     }
 
+    /// Takes passthrough's direct way out again (the daemon cannot close
+    /// its connections, or stops); applied at the next configure().
+    pub fn disable_direct(&mut self) {
+        self.set_flag(agentguard_common::CONFIG_DIRECT_PASSTHROUGH, false);
+    }
+
     /// The maps of passthrough's direct way, with its message program
     /// attached; the kernel takes the way from the next configure() on.
     /// `None` (said in the log) where it is not asked for

@@ -10,7 +10,7 @@
 //! shared with an intercepted host left to the proxy, and revocation and a
 //! daemon stop cutting the connection.
 
-use std::{process::Child, sync::mpsc, time::Duration};
+use std::{io::Write as _, process::Child, sync::mpsc, time::Duration};
 
 use serde_json::Value;
 
@@ -68,6 +68,70 @@ time.sleep(1)
 try:
     s.sendall(client_hello(host))
     print("sent", flush=True)
+except OSError as e:
+    print(type(e).__name__, flush=True)
+"#;
+
+/// An agent that gets bytes (a ClientHello for `other`) queued on its
+/// socket before the kernel's check can see them, then sends the hello
+/// the way expects: corked, it starts a non-blocking connect whose SYN the
+/// upstream's full accept queue drops, and sends while the connect is
+/// pending, so that its send waits in the kernel's plain `sendmsg` until
+/// the SYN's retransmission connects it. Prints `sent`.
+const QUEUED_AHEAD: &str = r#"
+import socket, sys, time
+host, port, other = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ip = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+s = socket.socket()
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+s.setblocking(False)
+try:
+    s.connect((ip, port))
+except BlockingIOError:
+    pass
+print("connecting", flush=True)
+s.setblocking(True)
+s.settimeout(10)
+s.send(client_hello(other))
+s.send(client_hello(host))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+print("sent", flush=True)
+time.sleep(1)
+"#;
+
+/// The upstream of [`QUEUED_AHEAD`]: its accept queue full (one connection
+/// of its own, unaccepted) until a line comes on stdin, then half a second
+/// more; prints its port, then how many bytes the agent's connection
+/// brought within 3 s (`nothing` for none).
+const FULL_QUEUE: &str = r#"
+import socket, sys, time
+l = socket.socket()
+l.bind((sys.argv[1], 0))
+l.listen(0)
+print(l.getsockname()[1], flush=True)
+filler = socket.create_connection(l.getsockname())
+sys.stdin.readline()
+time.sleep(0.5)
+l.accept()
+c, _ = l.accept()
+c.settimeout(3)
+try:
+    b = c.recv(65536)
+    print("got", len(b), flush=True)
+except socket.timeout:
+    print("nothing", flush=True)
+"#;
+
+/// An agent that opens a direct-way connection with a hello for `host`,
+/// then asks for kTLS on it. Prints what became of that.
+const ULP: &str = r#"
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection((host, port), timeout=10)
+s.sendall(client_hello(host))
+try:
+    s.setsockopt(socket.IPPROTO_TCP, 31, b"tls")
+    print("set", flush=True)
 except OSError as e:
     print(type(e).__name__, flush=True)
 "#;
@@ -288,4 +352,54 @@ fn stopping_the_daemon_cuts_a_direct_way_connection() {
     let ((waiter, waiter_lines), server, _server_lines) = open_direct(&daemon);
     daemon.terminate();
     assert_cut(waiter, &waiter_lines, server);
+}
+
+/// Bytes that reached the socket's queue before the kernel's check could
+/// see them (a send waiting in the plain `sendmsg` for the connect, corked)
+/// never go ahead of the checked hello: the egress check finds the first
+/// data segment is not that hello, and refuses the connection.
+#[test]
+fn bytes_queued_ahead_of_the_checked_hello_never_go() {
+    let dns = dns();
+    let daemon = daemon(&dns);
+    let mut upstream = std::process::Command::new("python3")
+        .args(["-c", FULL_QUEUE, PASS_IP])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let upstream_lines = super::splice::lines(upstream.stdout.take().unwrap());
+    let port = next_line(&upstream_lines, "the upstream's port");
+    let mut agent_process = agent(
+        &daemon,
+        &script(QUEUED_AHEAD),
+        &[PASS, &port, "other.agentguard.test"],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let agent_lines = super::splice::lines(agent_process.stdout.take().unwrap());
+    assert_eq!(next_line(&agent_lines, "connecting"), "connecting");
+    writeln!(upstream.stdin.as_mut().unwrap()).unwrap();
+    assert_eq!(next_line(&agent_lines, "sent"), "sent");
+    assert_eq!(next_line(&upstream_lines, "what came"), "nothing");
+    let _ = agent_process.wait();
+    let _ = upstream.wait();
+    daemon.wait_for_events("egress refusal", |events| {
+        events.iter().any(|e| {
+            e["rule"] == "kernel:egress-denied" && e["agent"] == AGENT && e["dst_ip"] == PASS_IP
+        })
+    });
+}
+
+/// A direct-way connection cannot take an upper-layer protocol (kTLS):
+/// the kernel checked its hello as the agent wrote it.
+#[test]
+fn a_direct_way_connection_gets_no_ktls() {
+    let dns = dns();
+    let daemon = daemon(&dns);
+    let (mut upstream, _upstream_lines, port) = server(0);
+    assert_eq!(run_agent(&daemon, ULP, &[PASS, &port]), "PermissionError");
+    let _ = upstream.kill();
+    let _ = upstream.wait();
 }

@@ -124,16 +124,18 @@ impl DirectMaps {
     /// Closes every way to `ip` for the agent behind `agent_port` (any
     /// port): connects to it go to the proxy from now on.
     pub fn close_ways_to(&self, agent_port: u16, ip: [u8; 16]) {
-        self.close_ways(|k| k.agent_port == agent_port && k.ip == ip);
+        self.close_ways(|k, _| k.agent_port == agent_port && k.ip == ip);
     }
 
-    /// Closes every way `doomed` picks (the daemon's policy changed).
-    pub fn close_ways(&self, doomed: impl Fn(&DirectKey) -> bool) {
+    /// Closes every way `doomed` picks (the daemon's policy changed, the
+    /// ways expired).
+    pub fn close_ways(&self, doomed: impl Fn(&DirectKey, &DirectWay) -> bool) {
         let mut ways = lock(&self.ways);
         let keys: Vec<DirectKey> = ways
-            .keys()
+            .iter()
             .filter_map(Result::ok)
-            .filter(|k| doomed(k))
+            .filter(|(k, w)| doomed(k, w))
+            .map(|(k, _)| k)
             .collect();
         for key in keys {
             let _ = ways.remove(&key);

@@ -21,6 +21,7 @@
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -97,38 +98,63 @@ pub struct Direct {
     maps: Arc<DirectMaps>,
     /// The namespaces agents run in, to close their connections there.
     netns: Arc<NetnsListeners>,
+    /// The policy in force, read as ways open; set once it is built (no
+    /// way opens before).
+    live: std::sync::OnceLock<Arc<Live>>,
     own_netns: u64,
     /// sock_diag sockets by namespace cookie, opened on first use.
     diags: Mutex<HashMap<u64, Arc<SockDiag>>>,
+    /// Held while ways open or close: opening under a policy and closing
+    /// them all for the next never interleave.
+    ways: Mutex<()>,
 }
 
 impl Direct {
-    pub fn new(maps: Arc<DirectMaps>, netns: Arc<NetnsListeners>) -> Self {
-        let own_netns = Netns::own().map(|n| n.cookie).unwrap_or(0);
-        Self {
+    /// Fails where the kernel cannot close a connection by sock_diag
+    /// (`CONFIG_INET_DIAG_DESTROY`, CAP_NET_ADMIN): revocation and stop
+    /// could not cut a direct-way connection, so there must be none.
+    pub fn new(maps: Arc<DirectMaps>, netns: Arc<NetnsListeners>) -> Result<Self, String> {
+        let own_netns = Netns::own().map_err(|e| e.to_string())?.cookie;
+        let diag = SockDiag::open().map_err(|e| e.to_string())?;
+        probe_destroy(&diag)?;
+        Ok(Self {
             maps,
             netns,
+            live: std::sync::OnceLock::new(),
             own_netns,
-            diags: Mutex::new(HashMap::new()),
-        }
+            diags: Mutex::new(HashMap::from([(own_netns, Arc::new(diag))])),
+            ways: Mutex::new(()),
+        })
+    }
+
+    /// Gives the direct way the policy in force.
+    pub fn set_live(&self, live: Arc<Live>) {
+        let _ = self.live.set(live);
     }
 
     /// An agent's resolver (port `agent_port`) bound a name to an address
-    /// ([`Bound`]). Opens the way to the address on the ports the policy
-    /// passes the name through on, or closes every way to it when it no
-    /// longer stands for that one passthrough name alone.
+    /// ([`Bound`]). Opens the way to the address on the ports the policy in
+    /// force passes the name through on, or closes every way to it when it
+    /// no longer stands for that one passthrough name alone. The policy is
+    /// read here, not when the query came: a reload in between closes
+    /// every way, and this must not open one after it under the old one.
     pub fn bound(&self, bound: &Bound<'_>, agent_port: u16) {
         let Bound {
-            policy,
             agent,
             name,
             ip,
             expires,
             ref names,
+            ..
         } = *bound;
-        let ports = passthrough_ports(policy, agent, name);
+        let _ways = lock(&self.ways);
+        let Some(live) = self.live.get() else {
+            return;
+        };
+        let state = live.load();
+        let ports = passthrough_ports(&state.policy, agent, name);
         let alone = names.len() == 1 && names[0] == name;
-        if ports.is_empty() || !alone {
+        if ports.is_empty() || !alone || !reachable_directly(ip) {
             self.maps
                 .close_ways_to(agent_port, way_key(agent_port, ip, 0).ip);
             return;
@@ -136,10 +162,14 @@ impl Direct {
         let expires_ns = monotonic_ns()
             .saturating_add(expires.saturating_duration_since(Instant::now()).as_nanos() as u64);
         for port in ports {
-            if let Err(e) = self
-                .maps
-                .open_way(way_key(agent_port, ip, port), name, expires_ns)
-            {
+            let key = way_key(agent_port, ip, port);
+            let opened = self.maps.open_way(key, name, expires_ns).or_else(|_| {
+                // Full: of ways whose answers expired, most likely.
+                self.maps
+                    .close_ways(|_, way| way.expires_ns <= monotonic_ns());
+                self.maps.open_way(key, name, expires_ns)
+            });
+            if let Err(e) = opened {
                 // The way stays shut: the agent's connects go through the
                 // proxy, as without it.
                 warn!(agent, name, %ip, error = %e, "direct way not opened");
@@ -151,7 +181,8 @@ impl Direct {
     /// all have). Agents' connects go through the proxy until their
     /// resolver answers again.
     pub fn close_ways(&self) {
-        self.maps.close_ways(|_| true);
+        let _ways = lock(&self.ways);
+        self.maps.close_ways(|_, _| true);
     }
 
     /// Records the kernel's reports until `reports` ends.
@@ -165,7 +196,7 @@ impl Direct {
         }
     }
 
-    async fn record(&self, ctx: &ProxyContext, report: &DirectEvent) {
+    async fn record(self: &Arc<Self>, ctx: &ProxyContext, report: &DirectEvent) {
         // Decided either way: its later sends need no program.
         self.maps.release(report.cookie);
         let state = ctx.live.load();
@@ -174,7 +205,21 @@ impl Direct {
         let (local, _) = socket_addrs(&report.socket);
         let len = (report.name_len as usize).min(report.name.len());
         let name = String::from_utf8_lossy(&report.name[..len]).into_owned();
+        // Decided in the kernel on the ways as they were; the policy in
+        // force must still pass it (a reload may have come in between).
+        let still_passed = |agent: &str, name: &str| {
+            state.policy.is_passthrough(agent, name, dst.port())
+                && ctx.resolvers.resolved_to(agent, name, dst.ip())
+        };
         let plan = match (report.kind, &identity) {
+            (event_kind::DIRECT_OPENED, Some(identity))
+                if !still_passed(&identity.agent, &name) =>
+            {
+                ConnPlan::Refuse(ConnRefusal::Direct {
+                    name,
+                    why: KernelRefusal::WayGone,
+                })
+            }
             (event_kind::DIRECT_OPENED, Some(identity))
                 if ctx.revocations.revoked(&identity.agent).is_none() =>
             {
@@ -201,10 +246,14 @@ impl Direct {
             }),
         };
         let opened = matches!(plan, ConnPlan::Passthrough { .. });
-        if !opened {
+        if !opened && report.socket.local_port != 0 {
             // Refused in the kernel (no byte of it went), or opened for an
-            // agent the daemon no longer knows or has revoked: closed.
-            self.close(report.cookie, &report.socket);
+            // agent the daemon no longer knows, no longer passes through
+            // or has revoked: closed. (A report without the socket's
+            // addresses is of one the kernel refused before it was
+            // watched; the egress check holds its data back.)
+            let (this, cookie, socket) = (self.clone(), report.cookie, report.socket);
+            let _ = tokio::task::spawn_blocking(move || this.close(cookie, &socket)).await;
         }
         connection::record_direct(
             ctx,
@@ -223,11 +272,13 @@ impl Direct {
     /// new one opens.
     pub fn close_revoked(&self, live: &Live, revocations: &Revocations) -> usize {
         let state = live.load();
+        // A connection whose cgroup no agent owns any more (a sub-cgroup
+        // removed since) can no longer be told apart: it goes too.
         self.close_where(|cgroup_id| {
             state
                 .agents
                 .locate(cgroup_id)
-                .is_some_and(|(agent, _)| revocations.revoked(&agent).is_some())
+                .is_none_or(|(agent, _)| revocations.revoked(&agent).is_some())
         })
     }
 
@@ -297,6 +348,55 @@ impl Direct {
             }
         }
     }
+}
+
+/// Whether a way may lead to `ip`: not to this host (loopback, the
+/// unspecified address) nor to link-local or multicast addresses, which a
+/// name's answer may hold but which would reach local services (the
+/// proxy's own port among them) past the proxy.
+fn reachable_directly(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast())
+        }
+        IpAddr::V6(v6) => {
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.is_unicast_link_local())
+        }
+    }
+}
+
+/// Closes one end of a loopback connection of its own through `diag`:
+/// whether the kernel can close connections for revocation and stop.
+fn probe_destroy(diag: &SockDiag) -> Result<(), String> {
+    let probe = || -> std::io::Result<Destroyed> {
+        let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+        let client = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let _server = listener.accept()?;
+        let id = TcpSocketId {
+            local: client.local_addr()?,
+            remote: client.peer_addr()?,
+            cookie: crate::sockdiag::socket_cookie(std::os::fd::AsFd::as_fd(&client))?,
+        };
+        diag.destroy_tcp(&id).map_err(std::io::Error::other)
+    };
+    match probe() {
+        Ok(Destroyed::Closed) => Ok(()),
+        Ok(Destroyed::Gone) => Err("the kernel did not find a connection to close".to_owned()),
+        Err(e) => Err(format!(
+            "the kernel cannot close connections (sock_diag): {e}"
+        )),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The ports `agent`'s policy passes `name` through on; `[0]` for any.
