@@ -53,9 +53,12 @@ use crate::{
     shares,
 };
 
-/// Sockets waiting for their first send at once. Past it sockops cannot
-/// put one under the message program, and that connection is refused.
-const MAX_DIRECT_SOCKETS: u32 = 16_384;
+/// Sockets waiting for their first send at once: as many as the agents'
+/// shares of kernel records hold (each waiting socket counts in its
+/// agent's), so that one agent cannot take another's place. Past it
+/// sockops cannot put one under the message program, and that connection
+/// is refused.
+const MAX_DIRECT_SOCKETS: u32 = MAX_TRACKED_CONNECTIONS;
 
 /// (agent, address, port) → the passthrough name the address stands for.
 /// Written by the daemon from its resolver's answers; read by connect4/6
