@@ -25,6 +25,7 @@ pub fn try_connect4(ctx: &SockAddrContext) -> Result<i32, Refuse> {
     crate::revoke::check(&facts)?;
     let target = decide(ctx, &facts, v4_mapped(cfg_ip4()?))?;
     if let Some(target) = target {
+        crate::direct::forget_connect(ctx);
         // SAFETY: connect4 programs may rewrite user_ip4 and user_port with
         // 4-byte stores; that is the redirect.
         unsafe {
@@ -51,12 +52,16 @@ pub fn try_connect6(ctx: &SockAddrContext) -> Result<i32, Refuse> {
         cfg.ip6
     };
     if let Some(target) = decide(ctx, &facts, local)? {
+        crate::direct::forget_connect(ctx);
         write_ip6(sa, target);
     }
     Ok(ALLOW)
 }
 
-/// `None`: leave the socket as it is.
+/// `None`: leave the socket as it is. Not inlined: the callers' frames and
+/// the deepest chain below it (the direct way's, the proxy's record) fit
+/// the verifier's 512 bytes only apart.
+#[inline(never)]
 fn decide(
     ctx: &SockAddrContext,
     facts: &SocketFacts,

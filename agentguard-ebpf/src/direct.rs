@@ -112,6 +112,12 @@ pub fn connect(ctx: &SockAddrContext, cfg: &ProxyConfig, facts: &SocketFacts) ->
     if cfg.flags & CONFIG_DIRECT_PASSTHROUGH == 0 {
         return false;
     }
+    // Never to the proxy's own listener (a passthrough name answered with
+    // it): the proxy's way refuses that.
+    if facts.dst_port == cfg.port && (facts.dst_ip == v4_mapped(cfg.ip4) || facts.dst_ip == cfg.ip6)
+    {
+        return false;
+    }
     // SAFETY: no arguments; returns the caller's cgroup v2 id.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: plain read of a u16 value; the map is only updated whole.
@@ -197,10 +203,19 @@ fn find_way(agent_port: u16, facts: &SocketFacts) -> Option<DirectKey> {
     way_open(way).then_some(key)
 }
 
-/// A connect that went elsewhere after all (the proxy, the resolver)
-/// carries no direct-way state: a socket that took the direct way before
-/// (a connect that failed, then another) is judged as any other.
+/// A connect redirected after all (to the proxy, the resolver: an earlier
+/// connect of this socket, or an agentguard program earlier in this one,
+/// chose the direct way) carries no direct-way state, or the egress check
+/// would judge its packets by it. Called by connect4/6 once decided, not
+/// within the decision: the verifier's stack limit counts the deepest
+/// chain of calls.
+#[inline(never)]
 pub fn forget_connect(ctx: &SockAddrContext) {
+    if crate::redirect::proxy_config_any()
+        .is_none_or(|cfg| cfg.flags & CONFIG_DIRECT_PASSTHROUGH == 0)
+    {
+        return;
+    }
     // SAFETY: the helper reads the socket behind the context; null when
     // it has no storage.
     let slot = unsafe { DIRECT_CONN.get_ptr_mut(ctx) };
@@ -721,8 +736,14 @@ pub struct TcpHeaders {
     pub len: u32,
     /// Sequence number (host order).
     pub seq: u32,
-    pub syn: bool,
+    /// The TCP flags byte. (Not a bool: an `Option` of a struct with one
+    /// keeps its tag in the bool's spare values, which the kernel's BTF
+    /// check refuses for an enum's union.)
+    pub flags: u8,
 }
+
+/// TCP flags: SYN.
+const TCP_SYN: u8 = 0x02;
 
 /// Judges a packet of a direct-way socket: `dst` its destination (IPv4
 /// mapped); `headers` reads its TCP headers (`None` if they cannot be
@@ -792,7 +813,7 @@ fn first_segments(
     // SAFETY: live storage of the socket (checked by the caller).
     let (first_seq, way_key) = unsafe { ((*conn).first_seq, (*conn).way) };
     let verified = state == direct_state::OPEN
-        && !headers.syn
+        && headers.flags & TCP_SYN == 0
         && headers.seq == first_seq
         && DIRECT_WAYS
             .get_ptr(way_key)

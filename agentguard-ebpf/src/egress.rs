@@ -137,12 +137,12 @@ fn tcp_headers(ctx: &SkBuffContext, dst: &Destination) -> Option<TcpHeaders> {
     }
     let seq: [u8; 4] = ctx.load(dst.transport_offset + 4).ok()?;
     // Data offset: the high nibble of byte 12, in 32-bit words; the flags
-    // in byte 13 (SYN 0x02).
+    // in byte 13.
     let [offset, flags]: [u8; 2] = ctx.load(dst.transport_offset + 12).ok()?;
     Some(TcpHeaders {
         len: (dst.transport_offset + usize::from(offset >> 4) * 4) as u32,
         seq: u32::from_be_bytes(seq),
-        syn: flags & 0x02 != 0,
+        flags,
     })
 }
 

@@ -119,13 +119,6 @@ pub fn tcp_to_proxy(
     }
     // SAFETY: a non-null pointer to this socket's storage, of this type.
     unsafe { write_record(slot, facts, cgroup_id, cookie) };
-    // Connected to the proxy after all (an earlier connect of this socket,
-    // or an agentguard program earlier in this connect(), chose the direct
-    // way): no direct-way state may stay on the socket, or the egress check
-    // would judge its packets by it.
-    if cfg.flags & agentguard_common::CONFIG_DIRECT_PASSTHROUGH != 0 {
-        crate::direct::forget_connect(ctx);
-    }
     remember_orig(ctx, facts);
     if cfg.flags & agentguard_common::CONFIG_REPORT_REDIRECTS != 0 {
         emit(event_kind::TCP_REDIRECTED, facts);
@@ -151,23 +144,22 @@ pub unsafe fn write_record(
 ) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    // SAFETY: the caller's promise.
+    // SAFETY: the caller's promise. Field by field: a whole record built
+    // first would take stack room of its own.
     unsafe {
-        *slot = ConnRecord {
-            orig_ip: facts.dst_ip,
-            orig_port: facts.dst_port,
-            family: facts.family,
-            tgid: (pid_tgid >> 32) as u32,
-            pid: pid_tgid as u32,
-            uid: uid_gid as u32,
-            gid: (uid_gid >> 32) as u32,
-            // Stamped by sockops once the connection is established.
-            waiting_since_s: 0,
-            cgroup_id,
-            cookie,
-            comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        }
-    };
+        (*slot).orig_ip = facts.dst_ip;
+        (*slot).orig_port = facts.dst_port;
+        (*slot).family = facts.family;
+        (*slot).tgid = (pid_tgid >> 32) as u32;
+        (*slot).pid = pid_tgid as u32;
+        (*slot).uid = uid_gid as u32;
+        (*slot).gid = (uid_gid >> 32) as u32;
+        // Stamped by sockops once the connection is established.
+        (*slot).waiting_since_s = 0;
+        (*slot).cgroup_id = cgroup_id;
+        (*slot).cookie = cookie;
+        (*slot).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    }
 }
 
 /// DNS (UDP or TCP to port 53), whatever server the agent named: its
@@ -185,9 +177,6 @@ pub fn dns_to_resolver(
         emit(event_kind::DNS_UNROUTABLE, facts);
         return Err(Refuse);
     };
-    if cfg.flags & agentguard_common::CONFIG_DIRECT_PASSTHROUGH != 0 {
-        crate::direct::forget_connect(ctx);
-    }
     remember_orig(ctx, facts);
     if cfg.flags & agentguard_common::CONFIG_REPORT_REDIRECTS != 0 {
         emit(event_kind::DNS_REDIRECTED, facts);

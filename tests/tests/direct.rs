@@ -90,8 +90,9 @@ try:
 except BlockingIOError:
     pass
 print("connecting", flush=True)
+# Blocking, without a timeout: Python would otherwise wait for the socket
+# to be writable itself and call send() only once connected.
 s.setblocking(True)
-s.settimeout(10)
 s.send(client_hello(other))
 s.send(client_hello(host))
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)

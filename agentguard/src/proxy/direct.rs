@@ -350,25 +350,18 @@ impl Direct {
     }
 }
 
-/// Whether a way may lead to `ip`: not to this host (loopback, the
-/// unspecified address) nor to link-local or multicast addresses, which a
-/// name's answer may hold but which would reach local services (the
-/// proxy's own port among them) past the proxy.
+/// Whether a way may lead to `ip`: not to the unspecified address (a
+/// connect to it reaches this host), nor to link-local, multicast or
+/// broadcast addresses, which a name's answer may hold but which no
+/// upstream needs. Those go through the proxy, as without the way.
+/// (Loopback answers get ways, as the relay dials them too; the kernel
+/// never lets a way lead to the proxy's own listener.)
 fn reachable_directly(ip: IpAddr) -> bool {
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
-            !(v4.is_loopback()
-                || v4.is_unspecified()
-                || v4.is_link_local()
-                || v4.is_multicast()
-                || v4.is_broadcast())
+            !(v4.is_unspecified() || v4.is_link_local() || v4.is_multicast() || v4.is_broadcast())
         }
-        IpAddr::V6(v6) => {
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || v6.is_unicast_link_local())
-        }
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast() || v6.is_unicast_link_local()),
     }
 }
 
