@@ -352,7 +352,9 @@ fn check_send(ctx: &SkMsgContext) -> u32 {
     }
     // SAFETY: non-null storage of this socket, of this type.
     match unsafe { (*conn).state } {
-        direct_state::OPEN => sk_action::SK_PASS,
+        // Open (the daemon has not taken it out of here yet): the rest of
+        // its sends go, as the egress check lets them.
+        direct_state::OPEN | direct_state::VERIFIED => sk_action::SK_PASS,
         direct_state::WAITING => first_send(ctx, conn),
         _ => sk_action::SK_DROP,
     }
