@@ -67,10 +67,17 @@ impl ConnPlan {
     }
 }
 
-/// Before a byte is read: a record pointing at the proxy's own port would
-/// make the proxy dial itself.
+/// Before a byte is read: a record pointing at the proxy's own listener
+/// would make the proxy dial itself. The listener is on 127.0.0.1 and ::1
+/// only: another loopback address with the same port number is another
+/// server (an upstream on 127.0.0.7 may well have been given the port
+/// number the proxy's listener has on 127.0.0.1).
 pub fn check_destination(dst: SocketAddr, proxy_port: u16) -> Result<(), ConnRefusal> {
-    if dst.ip().is_loopback() && dst.port() == proxy_port {
+    let listener = match dst.ip().to_canonical() {
+        IpAddr::V4(v4) => v4 == std::net::Ipv4Addr::LOCALHOST,
+        IpAddr::V6(v6) => v6 == std::net::Ipv6Addr::LOCALHOST,
+    };
+    if listener && dst.port() == proxy_port {
         return Err(ConnRefusal::ProxyLoop);
     }
     Ok(())

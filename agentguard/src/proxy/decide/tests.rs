@@ -125,7 +125,7 @@ fn decisions_follow_sni_policy_and_resolver() {
 }
 
 #[test]
-fn only_the_proxy_port_on_loopback_is_a_loop() {
+fn only_the_proxys_listener_is_a_loop() {
     assert!(matches!(
         check_destination("127.0.0.1:977".parse().unwrap(), 977),
         Err(ConnRefusal::ProxyLoop)
@@ -134,6 +134,12 @@ fn only_the_proxy_port_on_loopback_is_a_loop() {
         check_destination("[::1]:977".parse().unwrap(), 977),
         Err(ConnRefusal::ProxyLoop)
     ));
+    assert!(matches!(
+        check_destination("[::ffff:127.0.0.1]:977".parse().unwrap(), 977),
+        Err(ConnRefusal::ProxyLoop)
+    ));
     assert!(check_destination("127.0.0.1:978".parse().unwrap(), 977).is_ok());
     assert!(check_destination("10.0.0.1:977".parse().unwrap(), 977).is_ok());
+    // Another loopback address with the same port number: another server.
+    assert!(check_destination("127.0.0.7:977".parse().unwrap(), 977).is_ok());
 }
