@@ -105,6 +105,13 @@ const SERVER_NAME_HOST: u8 = 0;
 /// include/uapi/linux/bpf.h: BPF_SOCK_OPS_STATE_CB_FLAG.
 const BPF_SOCK_OPS_STATE_CB_FLAG: i32 = 1 << 2;
 
+/// Whether the daemon has the direct way on (the configured flag, whatever
+/// the port).
+fn direct_way_on() -> bool {
+    crate::redirect::proxy_config_any()
+        .is_some_and(|cfg| cfg.flags & CONFIG_DIRECT_PASSTHROUGH != 0)
+}
+
 /// connect4/6, for TCP: `true` when the socket takes the direct way, left
 /// as it is; `false` sends it to the proxy as usual (direct way off, no
 /// way for this address, or no room for the socket's state).
@@ -211,9 +218,7 @@ fn find_way(agent_port: u16, facts: &SocketFacts) -> Option<DirectKey> {
 /// chain of calls.
 #[inline(never)]
 pub fn forget_connect(ctx: &SockAddrContext) {
-    if crate::redirect::proxy_config_any()
-        .is_none_or(|cfg| cfg.flags & CONFIG_DIRECT_PASSTHROUGH == 0)
-    {
+    if !direct_way_on() {
         return;
     }
     // SAFETY: the helper reads the socket behind the context; null when
@@ -759,9 +764,7 @@ pub fn egress(
     // Off, no socket takes the direct way: the packets of one that did
     // under an earlier daemon are judged as any other (off the loopback,
     // dropped).
-    if crate::redirect::proxy_config_any()
-        .is_none_or(|cfg| cfg.flags & CONFIG_DIRECT_PASSTHROUGH == 0)
-    {
+    if !direct_way_on() {
         return Egress::NotDirect;
     }
     // SAFETY: `skb` is the context pointer the kernel passed in; `sk` is

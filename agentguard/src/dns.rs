@@ -79,7 +79,6 @@ pub type OnQuery =
 
 /// One address an agent's resolver bound a name to.
 pub struct Bound<'a> {
-    pub policy: &'a crate::policy::PolicySet,
     pub agent: &'a str,
     /// Lower case, without the trailing dot.
     pub name: &'a str,

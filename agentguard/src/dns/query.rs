@@ -109,7 +109,7 @@ pub async fn answer(
         .map(|r| r.data().to_string())
         .collect();
     record.rcode = parsed.response_code().to_string();
-    remember_addresses(shared, &state.policy, agent, &record.name, &parsed);
+    remember_addresses(shared, agent, &record.name, &parsed);
     (shared.on_query)(record).await;
     Some(bytes)
 }
@@ -127,13 +127,7 @@ fn fresh_id() -> u16 {
 /// Binds the queried name to every address in the answer (a CNAME chain
 /// ends in them), for the proxy's destination checks, and tells whoever
 /// watches the bindings (passthrough's direct way).
-fn remember_addresses(
-    shared: &Shared,
-    policy: &crate::policy::PolicySet,
-    agent: &str,
-    name: &str,
-    reply: &Message,
-) {
+fn remember_addresses(shared: &Shared, agent: &str, name: &str, reply: &Message) {
     let name = name.to_ascii_lowercase();
     for record in reply.answers() {
         let ip = match record.data() {
@@ -145,7 +139,6 @@ fn remember_addresses(
         let expires = shared.answers.remember(agent, &name, ip, ttl);
         if let Some(on_bound) = shared.on_bound.get() {
             on_bound(&super::Bound {
-                policy,
                 agent,
                 name: &name,
                 ip,

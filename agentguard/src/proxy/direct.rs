@@ -145,7 +145,6 @@ impl Direct {
             ip,
             expires,
             ref names,
-            ..
         } = *bound;
         let _ways = lock(&self.ways);
         let Some(live) = self.live.get() else {
