@@ -558,7 +558,8 @@ pub mod direct_refusal {
     pub const UNCHECKED: u32 = 6;
     /// The agent was revoked between the connect and the hello.
     pub const REVOKED: u32 = 7;
-    /// The daemon stopped: no way opens while it is down.
+    /// The daemon stopped, or its lease on the direct way ran out (it
+    /// died): no way opens while it is down.
     pub const DAEMON_STOPPED: u32 = 8;
 }
 

@@ -24,7 +24,9 @@
 //!   to the address it connected to.
 //!
 //! The daemon closes open ones (revocation, stop) through sock_diag, by
-//! what [`DIRECT_OPEN`] holds; sockops forgets them as they close.
+//! what [`DIRECT_OPEN`] holds; sockops forgets them as they close. No way
+//! is taken and no connection opens without the daemon's lease
+//! ([`DIRECT_LEASE`]), which it renews while it runs.
 
 use core::ptr::{addr_of, read_volatile};
 
@@ -42,7 +44,7 @@ use aya_ebpf::{
         bpf_msg_pull_data, bpf_sk_fullsock, bpf_sk_storage_get,
     },
     macros::{btf_map, map, sk_msg},
-    maps::{HashMap, SockHash},
+    maps::{Array, HashMap, SockHash},
     programs::{SkBuffContext, SkMsgContext, SockAddrContext, SockOpsContext},
 };
 
@@ -90,6 +92,17 @@ pub static DIRECT_SOCKETS: SockHash<u64> = SockHash::with_max_entries(MAX_DIRECT
 pub static DIRECT_OPEN: HashMap<u64, DirectSocket> =
     HashMap::with_max_entries(MAX_TRACKED_CONNECTIONS, 0);
 
+/// Until when (`CLOCK_MONOTONIC` ns) the running daemon vouches for the
+/// direct way: it renews this every second, a few seconds ahead. No way is
+/// taken and no connection opens past it, so a daemon that dies without
+/// its clean stop (which turns the way off) leaves the ways it opened
+/// usable for seconds, not for their DNS answers' TTL: from then on every
+/// connect goes to the proxy's port, where nobody answers. Not pinned: a
+/// restarted daemon's programs have a lease of their own, and the old
+/// programs still attached while it swaps the links see theirs run out.
+#[map]
+pub static DIRECT_LEASE: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Largest part of a first send the ClientHello is read from: the server
 /// name must come within it (a hello with post-quantum key shares is about
 /// 1.8 KiB).
@@ -116,7 +129,7 @@ fn direct_way_on() -> bool {
 /// as it is; `false` sends it to the proxy as usual (direct way off, no
 /// way for this address, or no room for the socket's state).
 pub fn connect(ctx: &SockAddrContext, cfg: &ProxyConfig, facts: &SocketFacts) -> bool {
-    if cfg.flags & CONFIG_DIRECT_PASSTHROUGH == 0 {
+    if cfg.flags & CONFIG_DIRECT_PASSTHROUGH == 0 || !lease_held() {
         return false;
     }
     // Never to the proxy's own listener (a passthrough name answered with
@@ -375,7 +388,9 @@ fn first_send(ctx: &SkMsgContext, conn: *mut DirectConn) -> u32 {
     let way = DIRECT_WAYS.get_ptr(way_key);
     let verdict = match way {
         // No way opens while no daemon runs to record it and close it.
-        _ if crate::redirect::proxy_config().is_err() => Err(direct_refusal::DAEMON_STOPPED),
+        _ if crate::redirect::proxy_config().is_err() || !lease_held() => {
+            Err(direct_refusal::DAEMON_STOPPED)
+        }
         Some(way) if way_open(way) => hello_matches(ctx, way).and_then(|()| open(cookie, &socket)),
         _ => Err(direct_refusal::WAY_GONE),
     };
@@ -398,6 +413,14 @@ fn first_send(ctx: &SkMsgContext, conn: *mut DirectConn) -> u32 {
             sk_action::SK_DROP
         }
     }
+}
+
+/// Whether the daemon's lease on the direct way ([`DIRECT_LEASE`]) runs.
+#[inline(always)]
+fn lease_held() -> bool {
+    // SAFETY: the helper takes no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    DIRECT_LEASE.get(0).is_some_and(|until| *until > now)
 }
 
 /// Whether the way has not expired (the DNS answer's TTL).

@@ -358,6 +358,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     netns.serve(ctx.clone());
     if let (Some(direct), Some(queue)) = (&direct, direct_queue) {
         tokio::spawn(direct.clone().run(ctx.clone(), queue));
+        tokio::spawn(direct.clone().keep_lease());
         // Agents revoked while no daemon ran may hold connections opened
         // before (the open ones are in a pinned map).
         let closed = direct.close_revoked(&live, &ctx.revocations);
@@ -512,8 +513,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     // As the relayed connections close with the daemon; then the direct
     // way goes, and with it the egress check's exception for its packets.
     if let Some(direct) = &direct {
-        direct.close_ways();
-        let closed = direct.close_all();
+        let closed = direct.stop();
         info!(closed, "direct-way connections closed");
         let mut kernel = reloader.kernel.lock().unwrap_or_else(|p| p.into_inner());
         kernel.disable_direct();

@@ -30,7 +30,9 @@ mod processes;
 mod sockopt_link;
 mod splice;
 
-pub use direct::{DirectError, DirectMaps, socket_addrs, way_key};
+pub use direct::{
+    DirectError, DirectMaps, LEASE, LEASE_RENEWAL, monotonic_ns, socket_addrs, way_key,
+};
 pub use hooks::UNSUPPORTED_HOOKS_ENV;
 use hooks::{HOOKS, PROCESS_HOOK, UNIX_HOOKS};
 use maps::Maps;

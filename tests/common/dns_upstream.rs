@@ -1,11 +1,11 @@
 //! A loopback DNS server standing in for the host's resolvers, over UDP and
-//! TCP on one port: it answers A records from a fixed table and NXDOMAIN
-//! otherwise, and remembers every message it was sent.
+//! TCP on one port: it answers A and AAAA records from a fixed table and
+//! NXDOMAIN otherwise, and remembers every message it was sent.
 
 use std::{
     collections::HashMap,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -16,7 +16,10 @@ use std::{
 
 use hickory_proto::{
     op::{Message, MessageType, ResponseCode},
-    rr::{Name, RData, Record, rdata::A},
+    rr::{
+        Name, RData, Record, RecordType,
+        rdata::{A, AAAA},
+    },
     serialize::binary::BinDecodable as _,
 };
 
@@ -41,7 +44,7 @@ impl Received {
     }
 }
 
-type Table = HashMap<String, Ipv4Addr>;
+type Table = HashMap<String, IpAddr>;
 
 #[derive(Default)]
 struct Log {
@@ -60,6 +63,12 @@ pub struct DnsUpstream {
 impl DnsUpstream {
     /// Serves `records` (name → IPv4) on `ip` at a free port, UDP and TCP.
     pub fn start(ip: &str, records: &[(&str, Ipv4Addr)]) -> Self {
+        let records: Vec<(&str, IpAddr)> = records.iter().map(|(n, a)| (*n, (*a).into())).collect();
+        Self::start_with(ip, &records)
+    }
+
+    /// [`DnsUpstream::start`] with IPv6 addresses too (AAAA records).
+    pub fn start_with(ip: &str, records: &[(&str, IpAddr)]) -> Self {
         let (udp, tcp) = bind(ip);
         let addr = udp.local_addr().unwrap();
         let table: Arc<Table> = Arc::new(
@@ -177,14 +186,19 @@ fn answer(
         .set_recursion_desired(query.recursion_desired())
         .set_recursion_available(true)
         .add_query(q.clone());
-    match table.get(&name) {
-        Some(ip) if q.query_type() == hickory_proto::rr::RecordType::A => {
+    let data = match (table.get(&name), q.query_type()) {
+        (Some(IpAddr::V4(ip)), RecordType::A) => Some(RData::A(A(*ip))),
+        (Some(IpAddr::V6(ip)), RecordType::AAAA) => Some(RData::AAAA(AAAA(*ip))),
+        _ => None,
+    };
+    match (table.get(&name), data) {
+        (_, Some(data)) => {
             let owner = Name::from_ascii(format!("{name}.")).ok()?;
-            reply.add_answer(Record::from_rdata(owner, 60, RData::A(A(*ip))));
+            reply.add_answer(Record::from_rdata(owner, 60, data));
         }
         // Known name, other type: an empty answer (NOERROR/NODATA).
-        Some(_) => {}
-        None => {
+        (Some(_), None) => {}
+        (None, None) => {
             reply.set_response_code(ResponseCode::NXDomain);
         }
     }

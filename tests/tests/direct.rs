@@ -7,35 +7,23 @@
 //! both ways with half-closes, the audit event (relay `direct`), a hello
 //! for another name or another protocol refused before a byte goes, data
 //! the kernel could not check (TCP Fast Open) never going, an address
-//! shared with an intercepted host left to the proxy, and revocation and a
-//! daemon stop cutting the connection.
+//! shared with an intercepted host left to the proxy, revocation and a
+//! daemon stop cutting the connection, all of it over IPv6 too, and the
+//! ways of a daemon that died closing with its lease.
 
 use std::{io::Write as _, process::Child, sync::mpsc, time::Duration};
 
 use serde_json::Value;
 
 use super::splice::{
-    AGENT, PASS, PASS_IP, Running, agent, curl_keeps_the_upstreams_tls, daemon_with, dns, ended,
-    next_line, open_connection, passthrough_events, server, transfer,
+    AGENT, CLIENT_HELLO, PASS, PASS_IP, Running, agent, curl_keeps_the_upstreams_tls, daemon_with,
+    dns, ended, next_line, open_connection, open_connection_on, passthrough_events, server,
+    server_on, transfer,
 };
 use crate::common::{Daemon, DnsUpstream, text};
 
 /// The opt-in, as an operator would set it.
 const DIRECT: Option<(&str, &str)> = Some(("AGENTGUARD_PASSTHROUGH_RELAY", "direct"));
-
-/// `client_hello(host)`: a real TLS ClientHello for `host`, made by
-/// Python's ssl.
-const HELLO: &str = r#"
-import ssl
-def client_hello(host):
-    bio_in, bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ssl.create_default_context().wrap_bio(bio_in, bio_out, server_hostname=host)
-    try:
-        tls.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return bio_out.read()
-"#;
 
 /// An agent that connects to `host:port` (resolved through the daemon)
 /// and sends `what` first: `hello:NAME` (a ClientHello for NAME) or
@@ -138,10 +126,10 @@ except OSError as e:
 "#;
 
 fn script(body: &str) -> String {
-    format!("{HELLO}{body}")
+    format!("{CLIENT_HELLO}{body}")
 }
 
-/// Runs the agent script `body` (after [`HELLO`]) with `args`; returns
+/// Runs the agent script `body` (after [`CLIENT_HELLO`]) with `args`; returns
 /// what it printed, once it exited successfully.
 fn run_agent(daemon: &Daemon, body: &str, args: &[&str]) -> String {
     let out = agent(daemon, &script(body), args).output().unwrap();
@@ -199,7 +187,13 @@ fn the_direct_way_carries_large_transfers_and_half_closes() {
 /// Runs [`FIRST_SEND`] sending `what` to a fresh upstream; returns what
 /// the agent printed, and whether the upstream got a hello.
 fn first_send(daemon: &Daemon, what: &str) -> (String, bool) {
-    let (mut upstream, upstream_lines, port) = server(0);
+    first_send_on(daemon, PASS_IP, what)
+}
+
+/// [`first_send`] to an upstream on `ip` (what the resolver answers `PASS`
+/// with).
+fn first_send_on(daemon: &Daemon, ip: &str, what: &str) -> (String, bool) {
+    let (mut upstream, upstream_lines, port) = server_on(ip, 0);
     let printed = run_agent(daemon, FIRST_SEND, &[PASS, &port, what]);
     let got_hello = upstream_lines.recv_timeout(Duration::from_secs(3)).is_ok();
     let _ = upstream.kill();
@@ -403,4 +397,73 @@ fn a_direct_way_connection_gets_no_ktls() {
     assert_eq!(run_agent(&daemon, ULP, &[PASS, &port]), "PermissionError");
     let _ = upstream.kill();
     let _ = upstream.wait();
+}
+
+/// A daemon that dies without its clean stop leaves the ways it opened
+/// usable only until its lease on the direct way runs out (seconds), not
+/// until their DNS answers expire (a minute at least): then a connect to
+/// the passthrough address goes to the proxy's port, where nobody
+/// answers, and the upstream gets nothing.
+#[test]
+fn a_dead_daemons_ways_close_with_its_lease() {
+    let dns = dns();
+    let mut daemon = daemon(&dns);
+    let hello = format!("hello:{PASS}");
+    let (printed, got_hello) = first_send(&daemon, &hello);
+    assert_eq!((printed.as_str(), got_hello), ("sent", true));
+
+    daemon.kill9();
+    std::thread::sleep(agentguard::ebpf::LEASE + Duration::from_secs(1));
+    let (mut upstream, upstream_lines, port) = server(0);
+    // No resolver answers now (the daemon is dead): the agent, joined to
+    // its cgroup by hand, dials the address it was given.
+    let script = script(FIRST_SEND);
+    let out = daemon
+        .in_cgroup(AGENT, &["python3", "-c", &script, PASS_IP, &port, &hello])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("ConnectionRefusedError"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        upstream_lines.recv_timeout(Duration::from_secs(2)).is_err(),
+        "the upstream received a connection's hello with the daemon dead"
+    );
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+}
+
+/// A name answered with an IPv6 address takes the direct way as an IPv4
+/// one does: a hello for the name goes (recorded, relay `direct`, the v6
+/// destination), another name's is refused unsent, and revocation cuts an
+/// open connection (sock_diag finds it by its v6 addresses).
+#[test]
+fn the_direct_way_works_over_ipv6() {
+    const V6: &str = "::1";
+    let dns = DnsUpstream::start_with("127.0.0.1", &[(PASS, V6.parse().unwrap())]);
+    let daemon = daemon(&dns);
+    let (printed, got_hello) = first_send_on(&daemon, V6, &format!("hello:{PASS}"));
+    assert_eq!((printed.as_str(), got_hello), ("sent", true));
+    let events = passthrough_events(&daemon, 1);
+    assert_eq!(events[0]["relay"], "direct", "{events:?}");
+    assert_eq!(events[0]["dst_ip"], V6, "{events:?}");
+
+    let (printed, got_hello) = first_send_on(&daemon, V6, "hello:other.agentguard.test");
+    assert_eq!((printed.as_str(), got_hello), ("PermissionError", false));
+    let refused = connection_events(&daemon, "refuse", 1);
+    assert!(
+        refused[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("names another host")),
+        "{refused:?}"
+    );
+
+    let ((waiter, waiter_lines), (server, _server_lines)) = open_connection_on(&daemon, V6, &[]);
+    passthrough_events(&daemon, 2);
+    let out = daemon.cli(&["revoke", "--agent", AGENT, "--reason", "test"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_cut(waiter, &waiter_lines, server);
 }

@@ -38,7 +38,7 @@ pub(super) const LARGE: usize = 50 * 1024 * 1024;
 pub(super) const SERVER: &str = r#"
 import hashlib, random, socket, sys, threading
 n = int(sys.argv[2])
-l = socket.socket()
+l = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
 l.bind((sys.argv[1], 0))
 l.listen(1)
 print(l.getsockname()[1], flush=True)
@@ -94,6 +94,9 @@ def client_hello(host):
 "#
     };
 }
+
+/// [`client_hello!`] for scripts put together at run time.
+pub(super) const CLIENT_HELLO: &str = client_hello!();
 
 /// The agent of the raw transfers: sends a real ClientHello for the
 /// passthrough name (made by Python's ssl), then `n` pseudo-random bytes
@@ -256,8 +259,13 @@ pub(super) fn agent(daemon: &Daemon, script: &str, args: &[&str]) -> Command {
 /// Starts the raw upstream (outside every guarded cgroup); returns it, its
 /// stdout's lines and its port.
 pub(super) fn server(n: usize) -> (Child, mpsc::Receiver<String>, String) {
+    server_on(PASS_IP, n)
+}
+
+/// [`server`] on `ip`.
+pub(super) fn server_on(ip: &str, n: usize) -> (Child, mpsc::Receiver<String>, String) {
     let mut child = Command::new("python3")
-        .args(["-c", SERVER, PASS_IP, &n.to_string()])
+        .args(["-c", SERVER, ip, &n.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -463,7 +471,13 @@ pub(super) fn open_connection(daemon: &Daemon) -> (Running, Running) {
 
 /// [`open_connection`] with more arguments for [`WAITER`].
 pub(super) fn open_connection_then(daemon: &Daemon, more: &[&str]) -> (Running, Running) {
-    let (server, server_lines, port) = server(0);
+    open_connection_on(daemon, PASS_IP, more)
+}
+
+/// [`open_connection_then`] to an upstream on `ip` (what the resolver
+/// answers `PASS` with).
+pub(super) fn open_connection_on(daemon: &Daemon, ip: &str, more: &[&str]) -> (Running, Running) {
+    let (server, server_lines, port) = server_on(ip, 0);
     let mut args = vec![PASS, &port];
     args.extend(more);
     let mut waiter = agent(daemon, WAITER, &args)

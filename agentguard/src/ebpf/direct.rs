@@ -3,11 +3,14 @@
 //! daemon opens from its resolver's answers (`DIRECT_WAYS`), the sockets
 //! waiting for their first send under the message program
 //! (`DIRECT_SOCKETS`), and the open connections the kernel tracks
-//! (`DIRECT_OPEN`), which the daemon closes on revocation and at stop.
+//! (`DIRECT_OPEN`), which the daemon closes on revocation and at stop, and
+//! the daemon's lease on the way (`DIRECT_LEASE`), which it renews while it
+//! runs.
 
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},
     sync::{Mutex, MutexGuard},
+    time::Duration,
 };
 
 use agentguard_common::{
@@ -15,7 +18,7 @@ use agentguard_common::{
 };
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, SockHash},
+    maps::{Array, HashMap, MapData, SockHash},
     programs::SkMsg,
 };
 use thiserror::Error;
@@ -26,6 +29,14 @@ const PROGRAM: &str = "agentguard_direct_send";
 const WAYS_MAP: &str = "DIRECT_WAYS";
 const SOCKETS_MAP: &str = "DIRECT_SOCKETS";
 const OPEN_MAP: &str = "DIRECT_OPEN";
+const LEASE_MAP: &str = "DIRECT_LEASE";
+
+/// How far ahead the daemon's lease on the direct way runs: how long the
+/// kernel goes on taking ways after the daemon died without its clean stop.
+pub const LEASE: Duration = Duration::from_secs(5);
+/// How often the running daemon renews it: a renewal late by less than
+/// `LEASE - LEASE_RENEWAL` (a busy runtime) costs nothing.
+pub const LEASE_RENEWAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Error)]
 pub enum DirectError {
@@ -55,6 +66,15 @@ pub struct DirectMaps {
     waiting: Mutex<SockHash<MapData, u64>>,
     /// Open connections by socket cookie; only read here.
     open: Mutex<HashMap<MapData, u64, DirectSocket>>,
+    /// Until when the daemon vouches for the way ([`LEASE`]).
+    lease: Mutex<Lease>,
+}
+
+struct Lease {
+    until: Array<MapData, u64>,
+    /// Given up for good (the daemon stops): a renewal racing the stop
+    /// must not take it back.
+    ended: bool,
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DirectError>
@@ -84,6 +104,7 @@ impl DirectMaps {
         let mut ways: HashMap<MapData, DirectKey, DirectWay> = take_map(ebpf, WAYS_MAP)?;
         let waiting: SockHash<MapData, u64> = take_map(ebpf, SOCKETS_MAP)?;
         let open: HashMap<MapData, u64, DirectSocket> = take_map(ebpf, OPEN_MAP)?;
+        let lease: Array<MapData, u64> = take_map(ebpf, LEASE_MAP)?;
         let program: &mut SkMsg = ebpf
             .program_mut(PROGRAM)
             .ok_or(DirectError::MissingProgram)?
@@ -94,11 +115,38 @@ impl DirectMaps {
         for key in stale {
             ways.remove(&key).map_err(map_err(WAYS_MAP))?;
         }
-        Ok(Self {
+        let maps = Self {
             ways: Mutex::new(ways),
             waiting: Mutex::new(waiting),
             open: Mutex::new(open),
-        })
+            lease: Mutex::new(Lease {
+                until: lease,
+                ended: false,
+            }),
+        };
+        // Held before the caller turns the way on.
+        maps.renew_lease()?;
+        Ok(maps)
+    }
+
+    /// Vouches for the way for [`LEASE`] from now; the running daemon calls
+    /// it every [`LEASE_RENEWAL`].
+    /// Does nothing once [`DirectMaps::end_lease`] ran.
+    pub fn renew_lease(&self) -> Result<(), DirectError> {
+        let mut lease = lock(&self.lease);
+        if lease.ended {
+            return Ok(());
+        }
+        let until = monotonic_ns().saturating_add(LEASE.as_nanos() as u64);
+        lease.until.set(0, until, 0).map_err(map_err(LEASE_MAP))
+    }
+
+    /// Gives the lease up for good (the daemon stops): no connect takes a
+    /// way, no connection opens, from now on.
+    pub fn end_lease(&self) -> Result<(), DirectError> {
+        let mut lease = lock(&self.lease);
+        lease.ended = true;
+        lease.until.set(0, 0, 0).map_err(map_err(LEASE_MAP))
     }
 
     /// Opens (or renews) the way to `key` for `name` until `expires_ns`
@@ -189,6 +237,14 @@ pub fn socket_addrs(socket: &DirectSocket) -> (SocketAddr, SocketAddr) {
         addr(socket.local_ip, socket.local_port),
         addr(socket.remote_ip, socket.remote_port),
     )
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the kernel's `bpf_ktime_get_ns`,
+/// which the ways' expiries and the lease are compared with.
+pub fn monotonic_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64);
+    now.unwrap_or(0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -13,8 +13,12 @@
 //!   proxy writes a relayed one's (relay `direct`), and closes a refused
 //!   connection or one it cannot attribute ([`Direct::run`]);
 //! - closes the open connections of a revoked agent, and all of them when
-//!   it stops ([`Direct::close_revoked`], [`Direct::close_all`]), through
-//!   sock_diag, since it holds no descriptor of them.
+//!   it stops ([`Direct::close_revoked`], [`Direct::stop`]), through
+//!   sock_diag, since it holds no descriptor of them;
+//! - renews its lease on the way while it runs ([`Direct::keep_lease`]):
+//!   a daemon that dies without its clean stop leaves the ways it opened
+//!   usable for a few seconds ([`crate::ebpf::LEASE`]), not until their
+//!   DNS answers expire.
 //!
 //! None of it is on the proxy's path: a direct-way connection's bytes
 //! never reach the daemon.
@@ -33,7 +37,7 @@ use tracing::{info, warn};
 use super::{ProxyContext, connection, decide::ConnPlan, refusal::ConnRefusal, relay::Path};
 use crate::{
     dns::Bound,
-    ebpf::{DirectMaps, socket_addrs, way_key},
+    ebpf::{DirectMaps, LEASE_RENEWAL, monotonic_ns, socket_addrs, way_key},
     identity::original_destination,
     live::Live,
     netns::{Netns, NetnsListeners},
@@ -63,6 +67,8 @@ pub enum KernelRefusal {
     Unchecked,
     #[error("the agent was revoked")]
     Revoked,
+    #[error("agentguard was not running, or its lease on the direct way had run out")]
+    DaemonStopped,
     #[error("refused in the kernel (reason {0})")]
     Other(u32),
 }
@@ -77,6 +83,7 @@ impl KernelRefusal {
             direct_refusal::NO_ROOM => Self::NoRoom,
             direct_refusal::UNCHECKED => Self::Unchecked,
             direct_refusal::REVOKED => Self::Revoked,
+            direct_refusal::DAEMON_STOPPED => Self::DaemonStopped,
             other => Self::Other(other),
         }
     }
@@ -87,7 +94,7 @@ impl KernelRefusal {
         match self {
             Self::NotAHello | Self::NoSni | Self::OtherName | Self::WayGone => "protocol",
             Self::NoRoom => "connection-share-exceeded",
-            Self::Unchecked | Self::Other(_) => "direct-unchecked",
+            Self::Unchecked | Self::DaemonStopped | Self::Other(_) => "direct-unchecked",
             Self::Revoked => "agent-revoked",
         }
     }
@@ -182,6 +189,31 @@ impl Direct {
     pub fn close_ways(&self) {
         let _ways = lock(&self.ways);
         self.maps.close_ways(|_, _| true);
+    }
+
+    /// Renews the daemon's lease on the way every [`LEASE_RENEWAL`] until
+    /// [`Direct::stop`] ends it. A renewal that fails is said in the log:
+    /// once the lease runs out, connects go to the proxy (fail closed).
+    pub async fn keep_lease(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(LEASE_RENEWAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.maps.renew_lease() {
+                warn!(error = %e, "could not renew the direct way's lease: once it runs out, passthrough connections go through the proxy");
+            }
+        }
+    }
+
+    /// The daemon stops: the lease is given up (no connect takes a way,
+    /// no connection opens), every way closes, and every open connection
+    /// is aborted. Returns how many were.
+    pub fn stop(&self) -> usize {
+        if let Err(e) = self.maps.end_lease() {
+            warn!(error = %e, "could not give up the direct way's lease: ways stay usable until it runs out");
+        }
+        self.close_ways();
+        self.close_all()
     }
 
     /// Records the kernel's reports until `reports` ends.
@@ -283,7 +315,7 @@ impl Direct {
 
     /// Closes every open direct-way connection (the daemon stops: as the
     /// relayed ones close with it).
-    pub fn close_all(&self) -> usize {
+    fn close_all(&self) -> usize {
         self.close_where(|_| true)
     }
 
@@ -406,11 +438,4 @@ fn passthrough_ports(policy: &PolicySet, agent: &str, name: &str) -> Vec<u16> {
     ports.sort_unstable();
     ports.dedup();
     ports
-}
-
-/// `CLOCK_MONOTONIC` now, in nanoseconds: the kernel's `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64);
-    now.unwrap_or(0)
 }
