@@ -25,8 +25,9 @@
 //!
 //! The daemon closes open ones (revocation, stop) through sock_diag, by
 //! what [`DIRECT_OPEN`] holds; sockops forgets them as they close. No way
-//! is taken and no connection opens without the daemon's lease
-//! ([`DIRECT_LEASE`]), which it renews while it runs.
+//! is taken, no connection opens and no packet of an open one goes
+//! without the daemon's lease ([`DIRECT_LEASE`]), which it renews while it
+//! runs.
 
 use core::ptr::{addr_of, read_volatile};
 
@@ -93,13 +94,16 @@ pub static DIRECT_OPEN: HashMap<u64, DirectSocket> =
     HashMap::with_max_entries(MAX_TRACKED_CONNECTIONS, 0);
 
 /// Until when (`CLOCK_MONOTONIC` ns) the running daemon vouches for the
-/// direct way: it renews this every second, a few seconds ahead. No way is
-/// taken and no connection opens past it, so a daemon that dies without
-/// its clean stop (which turns the way off) leaves the ways it opened
-/// usable for seconds, not for their DNS answers' TTL: from then on every
-/// connect goes to the proxy's port, where nobody answers. Not pinned: a
-/// restarted daemon's programs have a lease of their own, and the old
-/// programs still attached while it swaps the links see theirs run out.
+/// direct way: it renews this every second, a few seconds ahead, from
+/// just before it sends agents to its proxy. No way is taken, no
+/// connection opens and no packet of an open one goes past it, so a
+/// daemon that dies without its clean stop (which turns the way off)
+/// leaves the ways it opened usable for seconds, not for their DNS
+/// answers' TTL: from then on every connect goes to the proxy's port,
+/// where nobody answers, and open connections stall until a daemon starts
+/// again. Not pinned: a new daemon's programs start with no lease (zero)
+/// until it starts its own, and the old programs still attached while it
+/// swaps the links see theirs run out.
 #[map]
 pub static DIRECT_LEASE: Array<u64> = Array::with_max_entries(1, 0);
 
@@ -755,6 +759,9 @@ pub enum Egress {
     /// Not a direct-way socket's: judged as any other.
     NotDirect,
     Pass,
+    /// Held back while the daemon's lease has run out: dropped
+    /// unreported (nobody would read the report, and TCP sends it again).
+    Hold,
     /// Data before the connection was open (or after it was refused), or
     /// a packet for another address than the one it connected to.
     Drop,
@@ -810,6 +817,12 @@ pub fn egress(
     let (state, connected_to) = unsafe { ((*conn).state, (*conn).record.orig_ip) };
     if *dst != connected_to {
         return Egress::Drop;
+    }
+    // No daemon vouches for the way (it died): the connection's packets
+    // go nowhere until one does, as a relayed connection died with the
+    // proxy. TCP sends them again once a daemon starts.
+    if !lease_held() {
+        return Egress::Hold;
     }
     if state == direct_state::VERIFIED {
         return Egress::Pass;

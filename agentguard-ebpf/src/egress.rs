@@ -60,6 +60,7 @@ pub fn check(ctx: &SkBuffContext) -> i32 {
     // packets leave for its upstream, wherever that is.
     match direct::egress(ctx, &dst.ip, || tcp_headers(ctx, &dst)) {
         Egress::Pass => return PASS,
+        Egress::Hold => return DROP,
         Egress::Drop => {
             report(ctx, &dst);
             return DROP;

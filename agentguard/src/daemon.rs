@@ -229,7 +229,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
         match crate::proxy::direct::Direct::new(maps, netns.clone()) {
             Ok(direct) => Some(Arc::new(direct)),
             Err(e) => {
-                warn!(error = %e, "passthrough connections go through the proxy: the direct way's connections could not be closed on revocation or stop");
+                warn!(error = %e, "passthrough connections go through the proxy: the direct way is unavailable");
                 kernel.disable_direct();
                 None
             }
@@ -285,11 +285,19 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
             "forgot kernel records of connections a previous daemon never accepted"
         );
     }
-    reloader
+    if let Some(direct) = &direct {
+        direct.start_lease();
+    }
+    let configured = reloader
         .kernel
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .configure(port, daemon_tgid)?;
+        .configure(port, daemon_tgid);
+    if let (Err(_), Some(direct)) = (&configured, &direct) {
+        // Not starting after all: no lease left behind.
+        direct.stop();
+    }
+    configured?;
     let (direct_reports, direct_queue) = match &direct {
         Some(_) => {
             let (tx, rx) = tokio::sync::mpsc::channel(crate::proxy::direct::REPORT_QUEUE);
@@ -358,7 +366,6 @@ pub async fn run(cfg: RunConfig) -> Result<(), DaemonError> {
     netns.serve(ctx.clone());
     if let (Some(direct), Some(queue)) = (&direct, direct_queue) {
         tokio::spawn(direct.clone().run(ctx.clone(), queue));
-        tokio::spawn(direct.clone().keep_lease());
         // Agents revoked while no daemon ran may hold connections opened
         // before (the open ones are in a pinned map).
         let closed = direct.close_revoked(&live, &ctx.revocations);

@@ -17,8 +17,8 @@ use serde_json::Value;
 
 use super::splice::{
     AGENT, CLIENT_HELLO, PASS, PASS_IP, Running, agent, curl_keeps_the_upstreams_tls, daemon_with,
-    dns, ended, next_line, open_connection, open_connection_on, passthrough_events, server,
-    server_on, transfer,
+    dns, ended, next_line, open_connection, open_connection_on, open_connection_then,
+    passthrough_events, server, server_on, transfer,
 };
 use crate::common::{Daemon, DnsUpstream, text};
 
@@ -403,21 +403,35 @@ fn a_direct_way_connection_gets_no_ktls() {
 /// usable only until its lease on the direct way runs out (seconds), not
 /// until their DNS answers expire (a minute at least): then a connect to
 /// the passthrough address goes to the proxy's port, where nobody
-/// answers, and the upstream gets nothing.
+/// answers, and an open connection's packets go nowhere (as a relayed
+/// connection dies with the proxy).
 #[test]
 fn a_dead_daemons_ways_close_with_its_lease() {
     let dns = dns();
     let mut daemon = daemon(&dns);
-    let hello = format!("hello:{PASS}");
-    let (printed, got_hello) = first_send(&daemon, &hello);
-    assert_eq!((printed.as_str(), got_hello), ("sent", true));
+    let ((mut waiter, waiter_lines), (mut server, server_lines)) =
+        open_connection_then(&daemon, &["5"]);
+    assert_eq!(passthrough_events(&daemon, 1)[0]["relay"], "direct");
 
     daemon.kill9();
     std::thread::sleep(agentguard::ebpf::LEASE + Duration::from_secs(1));
-    let (mut upstream, upstream_lines, port) = server(0);
-    // No resolver answers now (the daemon is dead): the agent, joined to
-    // its cgroup by hand, dials the address it was given.
+    // The open connection: five bytes and the agent's end, held back.
+    writeln!(waiter.stdin.as_mut().unwrap()).unwrap();
+    assert_eq!(next_line(&waiter_lines, "more sent"), "more sent");
+    let _ = waiter.kill();
+    let _ = waiter.wait();
+    assert!(
+        server_lines.recv_timeout(Duration::from_secs(3)).is_err(),
+        "the upstream got the agent's bytes and end with the daemon dead"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+
+    // A new connect: no resolver answers now (the daemon is dead), so the
+    // agent, joined to its cgroup by hand, dials the address it was given.
+    let (mut upstream, upstream_lines, port) = server_on(PASS_IP, 0);
     let script = script(FIRST_SEND);
+    let hello = format!("hello:{PASS}");
     let out = daemon
         .in_cgroup(AGENT, &["python3", "-c", &script, PASS_IP, &port, &hello])
         .output()
@@ -462,7 +476,9 @@ fn the_direct_way_works_over_ipv6() {
     );
 
     let ((waiter, waiter_lines), (server, _server_lines)) = open_connection_on(&daemon, V6, &[]);
-    passthrough_events(&daemon, 2);
+    let events = passthrough_events(&daemon, 2);
+    assert_eq!(events[1]["relay"], "direct", "{events:?}");
+    assert_eq!(events[1]["dst_ip"], V6, "{events:?}");
     let out = daemon.cli(&["revoke", "--agent", AGENT, "--reason", "test"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_cut(waiter, &waiter_lines, server);

@@ -115,7 +115,11 @@ impl DirectMaps {
         for key in stale {
             ways.remove(&key).map_err(map_err(WAYS_MAP))?;
         }
-        let maps = Self {
+        // No lease yet (a new map holds zero): until the daemon starts it,
+        // just before it sends agents to its proxy, no way is taken, even
+        // where an earlier daemon's configuration in the pinned map still
+        // has the way on (a crash).
+        Ok(Self {
             ways: Mutex::new(ways),
             waiting: Mutex::new(waiting),
             open: Mutex::new(open),
@@ -123,15 +127,12 @@ impl DirectMaps {
                 until: lease,
                 ended: false,
             }),
-        };
-        // Held before the caller turns the way on.
-        maps.renew_lease()?;
-        Ok(maps)
+        })
     }
 
     /// Vouches for the way for [`LEASE`] from now; the running daemon calls
-    /// it every [`LEASE_RENEWAL`].
-    /// Does nothing once [`DirectMaps::end_lease`] ran.
+    /// it every [`LEASE_RENEWAL`]. Does nothing once
+    /// [`DirectMaps::end_lease`] ran.
     pub fn renew_lease(&self) -> Result<(), DirectError> {
         let mut lease = lock(&self.lease);
         if lease.ended {

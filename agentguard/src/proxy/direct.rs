@@ -15,10 +15,11 @@
 //! - closes the open connections of a revoked agent, and all of them when
 //!   it stops ([`Direct::close_revoked`], [`Direct::stop`]), through
 //!   sock_diag, since it holds no descriptor of them;
-//! - renews its lease on the way while it runs ([`Direct::keep_lease`]):
+//! - renews its lease on the way while it runs ([`Direct::start_lease`]):
 //!   a daemon that dies without its clean stop leaves the ways it opened
 //!   usable for a few seconds ([`crate::ebpf::LEASE`]), not until their
-//!   DNS answers expire.
+//!   DNS answers expire, and its open connections stall until a daemon
+//!   starts again.
 //!
 //! None of it is on the proxy's path: a direct-way connection's bytes
 //! never reach the daemon.
@@ -119,8 +120,11 @@ pub struct Direct {
 impl Direct {
     /// Fails where the kernel cannot close a connection by sock_diag
     /// (`CONFIG_INET_DIAG_DESTROY`, CAP_NET_ADMIN): revocation and stop
-    /// could not cut a direct-way connection, so there must be none.
+    /// could not cut a direct-way connection, so there must be none; and
+    /// where the daemon's monotonic clock is not the kernel's
+    /// ([`check_clock`]).
     pub fn new(maps: Arc<DirectMaps>, netns: Arc<NetnsListeners>) -> Result<Self, String> {
+        check_clock()?;
         let own_netns = Netns::own().map_err(|e| e.to_string())?.cookie;
         let diag = SockDiag::open().map_err(|e| e.to_string())?;
         probe_destroy(&diag)?;
@@ -191,29 +195,42 @@ impl Direct {
         self.maps.close_ways(|_, _| true);
     }
 
-    /// Renews the daemon's lease on the way every [`LEASE_RENEWAL`] until
-    /// [`Direct::stop`] ends it. A renewal that fails is said in the log:
-    /// once the lease runs out, connects go to the proxy (fail closed).
-    pub async fn keep_lease(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(LEASE_RENEWAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = self.maps.renew_lease() {
-                warn!(error = %e, "could not renew the direct way's lease: once it runs out, passthrough connections go through the proxy");
+    /// Starts the daemon's lease on the way, just before the kernel sends
+    /// agents to this daemon, and renews it every [`LEASE_RENEWAL`] until
+    /// [`Direct::stop`] ends it. Until then the kernel takes no way, even
+    /// where a crashed daemon's configuration still has it on. A renewal
+    /// that fails is said in the log: once the lease runs out, connects go
+    /// to the proxy and open connections wait (fail closed).
+    pub fn start_lease(self: &Arc<Self>) {
+        self.renew_lease();
+        let direct = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LEASE_RENEWAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                direct.renew_lease();
             }
+        });
+    }
+
+    fn renew_lease(&self) {
+        if let Err(e) = self.maps.renew_lease() {
+            warn!(error = %e, "could not renew the direct way's lease: once it runs out, passthrough connections go through the proxy");
         }
     }
 
-    /// The daemon stops: the lease is given up (no connect takes a way,
-    /// no connection opens), every way closes, and every open connection
-    /// is aborted. Returns how many were.
+    /// The daemon stops (the kernel already refuses agents' connects):
+    /// every way closes, every open connection is aborted (its reset goes
+    /// out while the lease holds), then the lease is given up. Returns how
+    /// many connections were aborted.
     pub fn stop(&self) -> usize {
-        if let Err(e) = self.maps.end_lease() {
-            warn!(error = %e, "could not give up the direct way's lease: ways stay usable until it runs out");
-        }
         self.close_ways();
-        self.close_all()
+        let closed = self.close_all();
+        if let Err(e) = self.maps.end_lease() {
+            warn!(error = %e, "could not give up the direct way's lease: it runs out within seconds");
+        }
+        closed
     }
 
     /// Records the kernel's reports until `reports` ends.
@@ -396,6 +413,41 @@ fn reachable_directly(ip: IpAddr) -> bool {
     }
 }
 
+/// The daemon's `CLOCK_MONOTONIC` must be the kernel's
+/// (`bpf_ktime_get_ns`, which the ways' expiries and the lease are compared
+/// with): in a time namespace with an offset it is not, and a lease would
+/// outlive a crash by the offset, or never hold.
+fn check_clock() -> Result<(), String> {
+    let offsets = match std::fs::read_to_string("/proc/self/timens_offsets") {
+        Ok(text) => text,
+        // A kernel without time namespaces: one clock.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot read /proc/self/timens_offsets: {e}")),
+    };
+    match monotonic_offset(&offsets) {
+        Some((0, 0)) => Ok(()),
+        Some((secs, nanos)) => Err(format!(
+            "agentguard runs in a time namespace whose monotonic clock is offset ({secs} s {nanos} ns) from the kernel's"
+        )),
+        None => Err(format!(
+            "cannot read the monotonic clock's offset from /proc/self/timens_offsets: {offsets:?}"
+        )),
+    }
+}
+
+/// The `monotonic` line of `/proc/self/timens_offsets` (seconds,
+/// nanoseconds; the kernel also names the clock by its number, 1).
+fn monotonic_offset(offsets: &str) -> Option<(i64, i64)> {
+    offsets.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let clock = fields.next()?;
+        if clock != "monotonic" && clock != "1" {
+            return None;
+        }
+        Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+    })
+}
+
 /// Closes one end of a loopback connection of its own through `diag`:
 /// whether the kernel can close connections for revocation and stop.
 fn probe_destroy(diag: &SockDiag) -> Result<(), String> {
@@ -412,9 +464,12 @@ fn probe_destroy(diag: &SockDiag) -> Result<(), String> {
     };
     match probe() {
         Ok(Destroyed::Closed) => Ok(()),
-        Ok(Destroyed::Gone) => Err("the kernel did not find a connection to close".to_owned()),
+        Ok(Destroyed::Gone) => Err(
+            "the kernel did not close a test connection by sock_diag: revocation and stop could not cut a direct-way connection"
+                .to_owned(),
+        ),
         Err(e) => Err(format!(
-            "the kernel cannot close connections (sock_diag): {e}"
+            "the kernel cannot close connections by sock_diag ({e}): revocation and stop could not cut a direct-way connection"
         )),
     }
 }
@@ -438,4 +493,19 @@ fn passthrough_ports(policy: &PolicySet, agent: &str, name: &str) -> Vec<u16> {
     ports.sort_unstable();
     ports.dedup();
     ports
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_monotonic_offset_is_read_from_timens_offsets() {
+        let none = "monotonic           0         0\nboottime            0         0\n";
+        assert_eq!(monotonic_offset(none), Some((0, 0)));
+        let shifted = "boottime 0 0\nmonotonic -3600 500\n";
+        assert_eq!(monotonic_offset(shifted), Some((-3600, 500)));
+        assert_eq!(monotonic_offset("1 7 0\n"), Some((7, 0)));
+        assert_eq!(monotonic_offset("boottime 0 0\n"), None);
+    }
 }
