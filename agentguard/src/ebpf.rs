@@ -23,6 +23,7 @@ mod btf;
 mod direct;
 mod hooks;
 mod layout;
+mod map_failure;
 mod maps;
 mod peer_records;
 mod pins;
@@ -41,6 +42,16 @@ pub use peer_records::{PeerRecords, peer_addr, peer_key};
 pub use pins::detach_all;
 use pins::{MAPS, PinDir, SCRATCH_SUFFIX};
 pub use splice::{PassthroughRelay, SpliceError, Spliced, Splicer};
+
+impl map_failure::MapFailure for EbpfError {
+    fn missing(name: &'static str) -> Self {
+        Self::MissingMap(name)
+    }
+
+    fn failed(name: &'static str, source: aya::maps::MapError) -> Self {
+        Self::Map { name, source }
+    }
+}
 
 /// The running kernel's BTF.
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";

@@ -23,7 +23,7 @@ use aya::{
 };
 use thiserror::Error;
 
-use super::PassthroughRelay;
+use super::{PassthroughRelay, map_failure::MapFailure};
 
 const PROGRAM: &str = "agentguard_direct_send";
 const WAYS_MAP: &str = "DIRECT_WAYS";
@@ -77,18 +77,14 @@ struct Lease {
     ended: bool,
 }
 
-fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DirectError>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    ebpf.take_map(name)
-        .ok_or(DirectError::MissingMap(name))?
-        .try_into()
-        .map_err(|source| DirectError::Map { name, source })
-}
+impl MapFailure for DirectError {
+    fn missing(name: &'static str) -> Self {
+        Self::MissingMap(name)
+    }
 
-fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DirectError {
-    move |source| DirectError::Map { name, source }
+    fn failed(name: &'static str, source: aya::maps::MapError) -> Self {
+        Self::Map { name, source }
+    }
 }
 
 impl DirectMaps {
@@ -101,10 +97,11 @@ impl DirectMaps {
         if relay != PassthroughRelay::Direct {
             return Err(DirectError::Off);
         }
-        let mut ways: HashMap<MapData, DirectKey, DirectWay> = take_map(ebpf, WAYS_MAP)?;
-        let waiting: SockHash<MapData, u64> = take_map(ebpf, SOCKETS_MAP)?;
-        let open: HashMap<MapData, u64, DirectSocket> = take_map(ebpf, OPEN_MAP)?;
-        let lease: Array<MapData, u64> = take_map(ebpf, LEASE_MAP)?;
+        let mut ways: HashMap<MapData, DirectKey, DirectWay> =
+            DirectError::take_map(ebpf, WAYS_MAP)?;
+        let waiting: SockHash<MapData, u64> = DirectError::take_map(ebpf, SOCKETS_MAP)?;
+        let open: HashMap<MapData, u64, DirectSocket> = DirectError::take_map(ebpf, OPEN_MAP)?;
+        let lease: Array<MapData, u64> = DirectError::take_map(ebpf, LEASE_MAP)?;
         let program: &mut SkMsg = ebpf
             .program_mut(PROGRAM)
             .ok_or(DirectError::MissingProgram)?
@@ -113,7 +110,7 @@ impl DirectMaps {
         program.attach(waiting.fd())?;
         let stale: Vec<DirectKey> = ways.keys().filter_map(Result::ok).collect();
         for key in stale {
-            ways.remove(&key).map_err(map_err(WAYS_MAP))?;
+            ways.remove(&key).map_err(DirectError::of_map(WAYS_MAP))?;
         }
         // No lease yet (a new map holds zero): until the daemon starts it,
         // just before it sends agents to its proxy, no way is taken, even
@@ -139,7 +136,10 @@ impl DirectMaps {
             return Ok(());
         }
         let until = monotonic_ns().saturating_add(LEASE.as_nanos() as u64);
-        lease.until.set(0, until, 0).map_err(map_err(LEASE_MAP))
+        lease
+            .until
+            .set(0, until, 0)
+            .map_err(DirectError::of_map(LEASE_MAP))
     }
 
     /// Gives the lease up for good (the daemon stops): no connect takes a
@@ -147,7 +147,10 @@ impl DirectMaps {
     pub fn end_lease(&self) -> Result<(), DirectError> {
         let mut lease = lock(&self.lease);
         lease.ended = true;
-        lease.until.set(0, 0, 0).map_err(map_err(LEASE_MAP))
+        lease
+            .until
+            .set(0, 0, 0)
+            .map_err(DirectError::of_map(LEASE_MAP))
     }
 
     /// Opens (or renews) the way to `key` for `name` until `expires_ns`
@@ -167,7 +170,7 @@ impl DirectMaps {
         way.name[..bytes.len()].copy_from_slice(bytes);
         lock(&self.ways)
             .insert(key, way, 0)
-            .map_err(map_err(WAYS_MAP))
+            .map_err(DirectError::of_map(WAYS_MAP))
     }
 
     /// Closes every way to `ip` for the agent behind `agent_port` (any

@@ -13,7 +13,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
 };
 
-use super::{EbpfError, peer_records::PeerRecords, pins::PinDir};
+use super::{EbpfError, map_failure::MapFailure as _, peer_records::PeerRecords, pins::PinDir};
 
 /// The maps the daemon writes or reads while it runs.
 pub struct Maps {
@@ -66,10 +66,6 @@ pub struct AgentKernelUsage {
     pub events_lost: u64,
 }
 
-fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> EbpfError {
-    move |source| EbpfError::Map { name, source }
-}
-
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, EbpfError> {
     ebpf.take_map(name).ok_or(EbpfError::MissingMap(name))
 }
@@ -80,28 +76,29 @@ impl Maps {
     pub fn take(
         ebpf: &mut Ebpf,
     ) -> Result<(Self, PeerRecords, RingBuf<MapData>, Arc<Shares>), EbpfError> {
-        let config =
-            Array::try_from(take(ebpf, "PROXY_CONFIG")?).map_err(map_err("PROXY_CONFIG"))?;
+        let config = Array::try_from(take(ebpf, "PROXY_CONFIG")?)
+            .map_err(EbpfError::of_map("PROXY_CONFIG"))?;
         let peers = take(ebpf, "PEER_RECORDS")?;
         let agent_dns =
-            HashMap::try_from(take(ebpf, "AGENT_DNS")?).map_err(map_err("AGENT_DNS"))?;
-        let unix_allow =
-            HashMap::try_from(take(ebpf, "UNIX_ALLOW")?).map_err(map_err("UNIX_ALLOW"))?;
-        let stats =
-            PerCpuArray::try_from(take(ebpf, "EVENT_STATS")?).map_err(map_err("EVENT_STATS"))?;
-        let events =
-            RingBuf::try_from(take(ebpf, "KERNEL_EVENTS")?).map_err(map_err("KERNEL_EVENTS"))?;
-        let task_layout =
-            Array::try_from(take(ebpf, "TASK_LAYOUT")?).map_err(map_err("TASK_LAYOUT"))?;
-        let listen_allow =
-            HashMap::try_from(take(ebpf, "LISTEN_ALLOW")?).map_err(map_err("LISTEN_ALLOW"))?;
-        let revoked = HashMap::try_from(take(ebpf, "REVOKED")?).map_err(map_err("REVOKED"))?;
-        let usage =
-            HashMap::try_from(take(ebpf, "AGENT_USAGE")?).map_err(map_err("AGENT_USAGE"))?;
+            HashMap::try_from(take(ebpf, "AGENT_DNS")?).map_err(EbpfError::of_map("AGENT_DNS"))?;
+        let unix_allow = HashMap::try_from(take(ebpf, "UNIX_ALLOW")?)
+            .map_err(EbpfError::of_map("UNIX_ALLOW"))?;
+        let stats = PerCpuArray::try_from(take(ebpf, "EVENT_STATS")?)
+            .map_err(EbpfError::of_map("EVENT_STATS"))?;
+        let events = RingBuf::try_from(take(ebpf, "KERNEL_EVENTS")?)
+            .map_err(EbpfError::of_map("KERNEL_EVENTS"))?;
+        let task_layout = Array::try_from(take(ebpf, "TASK_LAYOUT")?)
+            .map_err(EbpfError::of_map("TASK_LAYOUT"))?;
+        let listen_allow = HashMap::try_from(take(ebpf, "LISTEN_ALLOW")?)
+            .map_err(EbpfError::of_map("LISTEN_ALLOW"))?;
+        let revoked =
+            HashMap::try_from(take(ebpf, "REVOKED")?).map_err(EbpfError::of_map("REVOKED"))?;
+        let usage = HashMap::try_from(take(ebpf, "AGENT_USAGE")?)
+            .map_err(EbpfError::of_map("AGENT_USAGE"))?;
         let shares = Arc::new(Shares {
             released: Mutex::new(
                 HashMap::try_from(take(ebpf, "AGENT_RELEASED")?)
-                    .map_err(map_err("AGENT_RELEASED"))?,
+                    .map_err(EbpfError::of_map("AGENT_RELEASED"))?,
             ),
         });
         Ok((
@@ -125,14 +122,14 @@ impl Maps {
     pub fn set_task_layout(&mut self, layout: TaskLayout) -> Result<(), EbpfError> {
         self.task_layout
             .set(0, layout, 0)
-            .map_err(map_err("TASK_LAYOUT"))
+            .map_err(EbpfError::of_map("TASK_LAYOUT"))
     }
 
     /// Tells the kernel which resolver port serves the agent in `cgroup_id`.
     pub fn set_agent_dns(&mut self, cgroup_id: u64, port: u16) -> Result<(), EbpfError> {
         self.agent_dns
             .insert(cgroup_id, port, 0)
-            .map_err(map_err("AGENT_DNS"))
+            .map_err(EbpfError::of_map("AGENT_DNS"))
     }
 
     /// Drops resolver assignments of cgroups not in `keep`.
@@ -165,7 +162,7 @@ impl Maps {
         for key in wanted {
             self.unix_allow
                 .insert(key, 1, 0)
-                .map_err(map_err("UNIX_ALLOW"))?;
+                .map_err(EbpfError::of_map("UNIX_ALLOW"))?;
         }
         Ok(())
     }
@@ -187,7 +184,7 @@ impl Maps {
         for key in doomed {
             self.unix_allow
                 .remove(&key)
-                .map_err(map_err("UNIX_ALLOW"))?;
+                .map_err(EbpfError::of_map("UNIX_ALLOW"))?;
         }
         Ok(())
     }
@@ -211,12 +208,12 @@ impl Maps {
         for key in stale {
             self.listen_allow
                 .remove(&key)
-                .map_err(map_err("LISTEN_ALLOW"))?;
+                .map_err(EbpfError::of_map("LISTEN_ALLOW"))?;
         }
         for key in wanted {
             self.listen_allow
                 .insert(key, 1, 0)
-                .map_err(map_err("LISTEN_ALLOW"))?;
+                .map_err(EbpfError::of_map("LISTEN_ALLOW"))?;
         }
         Ok(())
     }
@@ -227,11 +224,11 @@ impl Maps {
         if revoked {
             self.revoked
                 .insert(cgroup_id, 1, 0)
-                .map_err(map_err("REVOKED"))
+                .map_err(EbpfError::of_map("REVOKED"))
         } else {
             match self.revoked.remove(&cgroup_id) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-                Err(e) => Err(map_err("REVOKED")(e)),
+                Err(e) => Err(EbpfError::of_map("REVOKED")(e)),
             }
         }
     }
@@ -283,7 +280,9 @@ impl Maps {
             records_per_agent: limits.records_per_agent,
             event_bytes_per_agent: limits.event_bytes_per_agent,
         };
-        self.config.set(0, cfg, 0).map_err(map_err("PROXY_CONFIG"))
+        self.config
+            .set(0, cfg, 0)
+            .map_err(EbpfError::of_map("PROXY_CONFIG"))
     }
 }
 

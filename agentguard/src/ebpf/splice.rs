@@ -27,6 +27,8 @@ use aya::{
 };
 use thiserror::Error;
 
+use super::map_failure::MapFailure;
+
 /// Which relay passthrough connections take (`--passthrough-relay`, the
 /// config key `passthrough_relay`, `AGENTGUARD_PASSTHROUGH_RELAY`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -93,14 +95,14 @@ pub struct Splicer {
 }
 
 /// Takes map `name` out of `ebpf` as a `T`.
-fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, SpliceError>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    ebpf.take_map(name)
-        .ok_or(SpliceError::MissingMap(name))?
-        .try_into()
-        .map_err(|source| SpliceError::Map { name, source })
+impl MapFailure for SpliceError {
+    fn missing(name: &'static str) -> Self {
+        Self::MissingMap(name)
+    }
+
+    fn failed(name: &'static str, source: aya::maps::MapError) -> Self {
+        Self::Map { name, source }
+    }
 }
 
 impl Splicer {
@@ -112,11 +114,12 @@ impl Splicer {
         if relay != PassthroughRelay::Kernel {
             return Err(SpliceError::Off);
         }
-        let agent_sockets: SockHash<MapData, PeerKey> = take_map(ebpf, AGENT_SOCKETS_MAP)?;
-        let upstreams: SockHash<MapData, PeerKey> = take_map(ebpf, UPSTREAMS_MAP)?;
-        let passed: HashMap<MapData, PeerKey, u64> = take_map(ebpf, PASSED_MAP)?;
-        let gate: HashMap<MapData, PeerKey, u64> = take_map(ebpf, GATE_MAP)?;
-        let mut on: Array<MapData, u32> = take_map(ebpf, ON_MAP)?;
+        let agent_sockets: SockHash<MapData, PeerKey> =
+            SpliceError::take_map(ebpf, AGENT_SOCKETS_MAP)?;
+        let upstreams: SockHash<MapData, PeerKey> = SpliceError::take_map(ebpf, UPSTREAMS_MAP)?;
+        let passed: HashMap<MapData, PeerKey, u64> = SpliceError::take_map(ebpf, PASSED_MAP)?;
+        let gate: HashMap<MapData, PeerKey, u64> = SpliceError::take_map(ebpf, GATE_MAP)?;
+        let mut on: Array<MapData, u32> = SpliceError::take_map(ebpf, ON_MAP)?;
         let program: &mut SkMsg = ebpf
             .program_mut(PROGRAM)
             .ok_or(SpliceError::MissingProgram)?
