@@ -331,4 +331,20 @@ fn a_request_sent_and_closed_before_the_proxy_accepts_is_still_served() {
     }
     let entries = daemon.connections();
     assert_eq!(entries[0]["identity"]["agent"], AGENT, "{entries:?}");
+    // Served whole, not abandoned mid-flight when the agent's end of stream
+    // was read: the upstream's answer is in the record.
+    let served = |events: &[serde_json::Value]| {
+        events
+            .iter()
+            .any(|e| e["kind"] == "request" && e["status"] == 200)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !served(&daemon.audit_events()) {
+        assert!(
+            Instant::now() < deadline,
+            "the request was not recorded as answered\naudit events: {:#?}",
+            daemon.audit_events()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

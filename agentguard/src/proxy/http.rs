@@ -162,10 +162,15 @@ where
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Without a timer hyper applies no header-read timeout: a client that
     // never finishes its request head would hold the connection for ever.
+    // Half-close kept: an agent that sends its whole request and then shuts
+    // its side (or closes) is served as the upstream would serve it. Without
+    // it hyper takes the end of the agent's stream for an abandoned request
+    // and drops it mid-flight, forwarded or not depending on timing.
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(client_timeout);
+        .header_read_timeout(client_timeout)
+        .half_close(true);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())

@@ -3,7 +3,11 @@
 //! request-bound tokens) and queued in [`crate::approvals`], and nothing is
 //! sent upstream until an approver says yes. Meanwhile the agent's
 //! connection simply has no answer yet: to its HTTP client, an ordinary
-//! slow response.
+//! slow response. An HTTP/1 agent that closes its side while it waits is
+//! not noticed (its connection keeps half-closes, `super::serve`): the
+//! approver's decision stands and is recorded, and an approved request is
+//! forwarded with its answer going nowhere. An HTTP/2 agent's cancel
+//! (`RST_STREAM`) takes its request out of the queue.
 //!
 //! Every outcome is an `approval` audit event here, where the whole request
 //! is known; the request's own event carries the approval id, the hash and
