@@ -157,6 +157,7 @@ pub fn http_head(data: &[u8]) {
         sni: sni.map(str::to_owned),
         dial: crate::netns::Dial::Host,
         place: std::sync::Arc::new(crate::proxy::limits::Held::detached()),
+        agent_socket: None,
     };
     let limiter = RateLimiter::new();
     let caller = plan::Caller {

@@ -20,6 +20,7 @@ mod refusal;
 mod relay;
 mod respond;
 pub(crate) mod sniff;
+pub(crate) mod tcp_state;
 pub mod upstream;
 
 use std::sync::Arc;

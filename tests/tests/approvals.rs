@@ -75,25 +75,28 @@ fn post(s: &Setup, path: &str) -> Child {
 }
 
 fn post_body(s: &Setup, path: &str, body: &str) -> Child {
+    post_with(s, path, body, &[])
+}
+
+/// As [`post_body`], with more of curl's options (`--http1.1`, ...).
+fn post_with(s: &Setup, path: &str, body: &str, options: &[&str]) -> Child {
+    let url = s.upstream.url(path);
+    let mut argv = vec![
+        "curl",
+        "-sS",
+        "-m",
+        "90",
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        body,
+    ];
+    argv.extend_from_slice(options);
+    argv.push(&url);
     s.daemon
-        .exec_resolving(
-            AGENT,
-            &[API],
-            "127.0.0.3",
-            &[
-                "curl",
-                "-sS",
-                "-m",
-                "90",
-                "-w",
-                "\n%{http_code}",
-                "-H",
-                "content-type: application/json",
-                "--data-binary",
-                body,
-                &s.upstream.url(path),
-            ],
-        )
+        .exec_resolving(AGENT, &[API], "127.0.0.3", &argv)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -102,6 +105,12 @@ fn post_body(s: &Setup, path: &str, body: &str) -> Child {
 
 /// Polls `agentguard approvals` (bounded: 15 s) until `n` requests wait.
 fn wait_pending(s: &Setup, n: usize) -> Vec<Value> {
+    wait_approvals(s, |pending| pending.len() >= n)
+}
+
+/// Polls `agentguard approvals` (bounded: 15 s) until `done` holds of the
+/// requests waiting.
+fn wait_approvals(s: &Setup, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let out = s.daemon.cli(&["approvals"]);
@@ -110,10 +119,10 @@ fn wait_pending(s: &Setup, n: usize) -> Vec<Value> {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        if pending.len() >= n {
+        if done(&pending) {
             return pending;
         }
-        assert!(Instant::now() < deadline, "no held request: {pending:?}");
+        assert!(Instant::now() < deadline, "still waiting: {pending:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -196,6 +205,47 @@ fn an_approved_request_goes_upstream_once_exactly_as_it_was_shown() {
     assert_eq!(request["decision"], "allow");
     assert_eq!(request["approval_id"], id.as_str());
     assert_eq!(request["actor"], actor);
+}
+
+#[test]
+fn an_agent_that_gives_up_withdraws_its_held_request() {
+    let s = setup();
+    // HTTP/1.1, whose end of stream hyper does not report (half-closes are
+    // kept), and HTTP/2, whose connection ends with the agent's.
+    let mut h1 = post_with(&s, "/echo", BODY, &["--http1.1"]);
+    let pending = wait_pending(&s, 1);
+    let h1_id = pending[0]["id"].as_str().unwrap().to_owned();
+    let mut h2 = post_with(&s, "/echo", r#"{"n":2}"#, &["--http2"]);
+    wait_pending(&s, 2);
+    h1.kill().unwrap();
+    h1.wait().unwrap();
+    h2.kill().unwrap();
+    h2.wait().unwrap();
+    wait_approvals(&s, <[Value]>::is_empty);
+
+    // Withdrawn, so there is nothing to approve and nothing went upstream.
+    let late = s.daemon.cli(&["approve", &h1_id]);
+    assert!(!late.status.success());
+    assert!(text(&late.stderr).contains("is waiting for approval"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s.upstream.seen().is_empty());
+
+    // The HTTP/1.1 request's record says why it ended.
+    let events = s.daemon.wait_for_events("the withdrawal", |e| {
+        e.iter().any(|e| e["kind"] == "approval")
+            && e.iter()
+                .any(|e| e["kind"] == "request" && e["approval_id"] == h1_id.as_str())
+    });
+    let approval = events.iter().find(|e| e["kind"] == "approval").unwrap();
+    assert_eq!(approval["rule"], "approval:withdrawn");
+    assert_eq!(approval["decision"], "refuse");
+    assert_eq!(approval["approval_id"], h1_id.as_str());
+    let request = events
+        .iter()
+        .find(|e| e["kind"] == "request" && e["approval_id"] == h1_id.as_str())
+        .unwrap();
+    assert_eq!(request["rule"], "approval-withdrawn");
+    assert_eq!(request["status"], 499);
 }
 
 #[test]

@@ -18,6 +18,7 @@ use super::{
     refusal::ConnRefusal,
     relay,
     sniff::sniff,
+    tcp_state::AgentSocket,
 };
 use crate::{
     audit::{self, Event, Kind},
@@ -298,6 +299,7 @@ async fn carry_out(
                     return;
                 }
             };
+            let agent_socket = Some(AgentSocket::of(tls.get_ref().0));
             let meta = ConnMeta {
                 identity,
                 peer,
@@ -305,6 +307,7 @@ async fn carry_out(
                 sni: Some(sni),
                 dial,
                 place: held,
+                agent_socket,
             };
             // Boxed: `serve` keeps its argument in its state beside the
             // connection it moves it into, and the TLS stream is 1.2 KiB
@@ -320,6 +323,7 @@ async fn carry_out(
                 sni: None,
                 dial,
                 place: held,
+                agent_socket: Some(AgentSocket::of(&stream)),
             };
             http::serve(stream, meta, ctx).await;
         }

@@ -42,6 +42,7 @@ use super::{
     limits::Held,
     refusal::Refusal,
     respond,
+    tcp_state::AgentSocket,
     upstream::{ProxyBody, boxed, deadline},
 };
 use crate::{
@@ -71,6 +72,9 @@ pub struct ConnMeta {
     /// every request's future (they hold the meta) and by a WebSocket
     /// tunnel, which outlives the HTTP connection, until it closes.
     pub place: Arc<Held>,
+    /// The agent's socket, asked whether the agent closed its side while
+    /// a request waits for approval; `None` where there is none (tests).
+    pub agent_socket: Option<AgentSocket>,
 }
 
 impl ConnMeta {

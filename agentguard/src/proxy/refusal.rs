@@ -151,6 +151,12 @@ pub enum Refusal {
         id: String,
         after: std::time::Duration,
     },
+    /// The agent closed its connection while its request waited for
+    /// approval: nobody waits for the answer, so nothing is forwarded.
+    #[error(
+        "request {id} was withdrawn: the agent closed its connection while it waited for approval"
+    )]
+    ApprovalWithdrawn { id: String },
     /// The queue of held requests is full (per agent, or in total).
     #[error("{0}")]
     ApprovalQueueFull(#[source] crate::approvals::ApprovalError),
@@ -180,6 +186,13 @@ pub enum Refusal {
     UpstreamUnredactable(String),
 }
 
+/// 499, nginx's code for a request whose client closed the connection
+/// before the answer: what the record of a withdrawn request says (no one
+/// receives it).
+fn client_closed_request() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
 impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -205,6 +218,7 @@ impl Refusal {
             | Refusal::ApprovalDenied { .. }
             | Refusal::ApprovalTimedOut { .. } => StatusCode::FORBIDDEN,
             Refusal::ApprovalQueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::ApprovalWithdrawn { .. } => client_closed_request(),
             Refusal::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::CredentialFetch { .. } => StatusCode::BAD_GATEWAY,
             Refusal::CredentialInjection { .. }
@@ -256,6 +270,7 @@ impl Refusal {
             Refusal::ApprovalDenied { .. } => "approval-denied",
             Refusal::ApprovalTimedOut { .. } => "approval-timeout",
             Refusal::ApprovalQueueFull(_) => "approval-queue-full",
+            Refusal::ApprovalWithdrawn { .. } => "approval-withdrawn",
             Refusal::ApprovalBodyTooLarge { .. } => "approval-body-too-large",
             Refusal::UpstreamUnredactable(_) => "upstream-unredactable",
             Refusal::UpstreamTimeout(_) => "upstream-timeout",

@@ -20,7 +20,6 @@ use std::{
 use agentguard_common::PeerKey;
 use thiserror::Error;
 
-use nix::libc;
 use tokio::{
     io::copy_bidirectional,
     net::TcpStream,
@@ -203,27 +202,4 @@ enum Ended {
     /// The idle limit was reached (how long nothing had moved), or the
     /// idle time could not be read.
     Idle(io::Result<Duration>),
-}
-
-/// The kernel's `TCP_INFO` for the socket `fd`.
-fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
-    // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: info and len are valid for the sizes given. The caller keeps
-    // `fd` open (a number closed and reused would be read as another
-    // socket, which is why callers hold the socket while they ask).
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(info)
 }

@@ -3,15 +3,17 @@
 //! request-bound tokens) and queued in [`crate::approvals`], and nothing is
 //! sent upstream until an approver says yes. Meanwhile the agent's
 //! connection simply has no answer yet: to its HTTP client, an ordinary
-//! slow response. An HTTP/1 agent that closes its side while it waits is
-//! not noticed (its connection keeps half-closes, `super::serve`): the
-//! approver's decision stands and is recorded, and an approved request is
-//! forwarded with its answer going nowhere. An HTTP/2 agent's cancel
-//! (`RST_STREAM`) takes its request out of the queue.
+//! slow response. An agent that gives up withdraws its request: an HTTP/2
+//! agent's cancel (`RST_STREAM`) drops it, and an HTTP/1 agent closing its
+//! side, which hyper does not report (the connection keeps half-closes,
+//! `super::serve`), is seen in the socket's TCP state, asked every
+//! [`WITHDRAWN_CHECK`]. A request nobody waits for is never forwarded.
 //!
 //! Every outcome is an `approval` audit event here, where the whole request
 //! is known; the request's own event carries the approval id, the hash and
 //! the approver.
+
+use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::Request;
@@ -88,7 +90,19 @@ pub(super) async fn hold(
     let id = held.id().to_owned();
     out.event_mut().approval_id = Some(id.clone());
     info!(approval = %id, url = %url, "request held for approval");
-    let verdict = held.wait().await;
+    let verdict = tokio::select! {
+        // A verdict first: a revocation closes the connection after its
+        // verdict, and must not be read as the agent's withdrawal.
+        biased;
+        verdict = held.wait() => verdict,
+        () = agent_closed(meta) => {
+            info!(approval = %id, "the agent closed its connection: request withdrawn");
+            let refusal = Refusal::ApprovalWithdrawn { id: id.clone() };
+            let outcome = (Decision::Refuse, "approval:withdrawn", refusal.to_string());
+            record(ctx, meta, out, outcome, None, &id, &request_hash).await;
+            return Err(refusal);
+        }
+    };
     let (decision, rule, reason, actor, result) = match verdict {
         Verdict::Approved { by, .. } => (
             Decision::Allow,
@@ -156,6 +170,25 @@ pub(super) async fn hold(
         false => AgentBody::Live(Full::new(body).map_err(|never| match never {}).boxed()),
     };
     Ok(Request::from_parts(parts, body))
+}
+
+/// How often a held request's HTTP/1 connection is asked whether the agent
+/// has closed its side.
+const WITHDRAWN_CHECK: Duration = Duration::from_secs(1);
+
+/// Returns once the agent has closed its side of the connection (FIN or
+/// reset); never where the socket is unknown.
+async fn agent_closed(meta: &ConnMeta) {
+    let Some(socket) = meta.agent_socket else {
+        return std::future::pending().await;
+    };
+    let mut every = tokio::time::interval(WITHDRAWN_CHECK);
+    loop {
+        every.tick().await;
+        if socket.agent_finished() {
+            return;
+        }
+    }
 }
 
 /// The `approval` event of a decided request.

@@ -12,7 +12,7 @@
 
 use std::{io, os::fd::RawFd, time::Duration};
 
-use super::tcp_info;
+use crate::proxy::tcp_state::tcp_info;
 
 /// Returns once no data has been sent or received on `upstream` for
 /// `limit`, with how long nothing had moved; an error if the kernel would

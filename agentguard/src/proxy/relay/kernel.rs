@@ -305,7 +305,7 @@ fn shutdown(to: &TcpStream) -> io::Result<()> {
 /// Bytes `fd` has taken to send since it connected: acknowledged by the
 /// peer, plus still in its send queue (SIOCOUTQ).
 fn queued_or_sent(fd: &TcpStream) -> io::Result<u64> {
-    let info = super::tcp_info(fd.as_raw_fd())?;
+    let info = crate::proxy::tcp_state::tcp_info(fd.as_raw_fd())?;
     let mut queued: libc::c_int = 0;
     // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };

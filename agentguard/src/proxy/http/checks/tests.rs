@@ -25,6 +25,7 @@ fn meta(sni: Option<&str>, port: u16) -> ConnMeta {
         sni: sni.map(str::to_owned),
         dial: crate::netns::Dial::Host,
         place: std::sync::Arc::new(crate::proxy::limits::Held::detached()),
+        agent_socket: None,
     }
 }
 

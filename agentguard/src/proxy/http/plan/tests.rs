@@ -91,6 +91,7 @@ fn meta(agent: &str, sni: Option<&str>, dst: &str) -> ConnMeta {
         sni: sni.map(str::to_owned),
         dial: crate::netns::Dial::Host,
         place: std::sync::Arc::new(crate::proxy::limits::Held::detached()),
+        agent_socket: None,
     }
 }
 

@@ -1,0 +1,57 @@
+//! What the kernel knows of a TCP socket's state (`TCP_INFO`): how long a
+//! relayed connection has been idle, and whether an agent has closed its
+//! side of a connection while one of its requests waits.
+
+use std::{io, os::fd::RawFd};
+
+use nix::libc;
+
+/// `TCP_ESTABLISHED` of the kernel's `enum tcp_state` (include/net/tcp_states.h),
+/// which the libc crate does not export.
+const TCP_ESTABLISHED: u8 = 1;
+
+/// The kernel's `TCP_INFO` for the socket `fd`.
+pub(super) fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
+    // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: info and len are valid for the sizes given. The caller keeps
+    // `fd` open (a number closed and reused would be read as another
+    // socket, which is why callers hold the socket while they ask).
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info)
+}
+
+/// The agent's socket of an intercepted connection, to ask whether the
+/// agent has closed its side while a request of it waits for a person
+/// (`http::approval`): HTTP/1 keeps half-closes, so hyper does not tell.
+///
+/// A bare descriptor number, valid while a request of the connection is
+/// being served: the request's future is polled by the HTTP connection,
+/// which owns the socket, so the socket outlives every such ask.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentSocket(RawFd);
+
+impl AgentSocket {
+    pub fn of(socket: &impl std::os::fd::AsRawFd) -> Self {
+        Self(socket.as_raw_fd())
+    }
+
+    /// Whether the agent has sent its FIN or a reset (it closed, or shut
+    /// its sending side): this side of the connection is past
+    /// `ESTABLISHED`. An error reading the state counts as closed.
+    pub fn agent_finished(self) -> bool {
+        tcp_info(self.0).map_or(true, |info| info.tcpi_state != TCP_ESTABLISHED)
+    }
+}
