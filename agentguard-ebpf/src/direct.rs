@@ -422,17 +422,21 @@ fn first_send(ctx: &SkMsgContext, conn: *mut DirectConn) -> u32 {
 /// Whether the daemon's lease on the direct way ([`DIRECT_LEASE`]) runs.
 #[inline(always)]
 fn lease_held() -> bool {
-    // SAFETY: the helper takes no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    DIRECT_LEASE.get(0).is_some_and(|until| *until > now)
+    DIRECT_LEASE.get(0).is_some_and(|until| before(*until))
 }
 
 /// Whether the way has not expired (the DNS answer's TTL).
 fn way_open(way: *const DirectWay) -> bool {
-    // SAFETY: the helper takes no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a pointer from a successful lookup in this program.
-    unsafe { (*way).expires_ns > now }
+    before(unsafe { (*way).expires_ns })
+}
+
+/// Whether `deadline_ns` (`CLOCK_MONOTONIC`, as the daemon writes its
+/// deadlines) is still ahead.
+#[inline(always)]
+fn before(deadline_ns: u64) -> bool {
+    // SAFETY: the helper takes no arguments.
+    deadline_ns > unsafe { bpf_ktime_get_ns() }
 }
 
 /// Tracks the connection as open (its place in the agent's share was

@@ -66,40 +66,27 @@ pub struct AgentKernelUsage {
     pub events_lost: u64,
 }
 
-fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, EbpfError> {
-    ebpf.take_map(name).ok_or(EbpfError::MissingMap(name))
-}
-
 impl Maps {
     /// Takes the maps the daemon uses out of the loaded object, with the
     /// proxy's records and the event ring buffer handed out separately.
     pub fn take(
         ebpf: &mut Ebpf,
     ) -> Result<(Self, PeerRecords, RingBuf<MapData>, Arc<Shares>), EbpfError> {
-        let config = Array::try_from(take(ebpf, "PROXY_CONFIG")?)
-            .map_err(EbpfError::of_map("PROXY_CONFIG"))?;
-        let peers = take(ebpf, "PEER_RECORDS")?;
-        let agent_dns =
-            HashMap::try_from(take(ebpf, "AGENT_DNS")?).map_err(EbpfError::of_map("AGENT_DNS"))?;
-        let unix_allow = HashMap::try_from(take(ebpf, "UNIX_ALLOW")?)
-            .map_err(EbpfError::of_map("UNIX_ALLOW"))?;
-        let stats = PerCpuArray::try_from(take(ebpf, "EVENT_STATS")?)
-            .map_err(EbpfError::of_map("EVENT_STATS"))?;
-        let events = RingBuf::try_from(take(ebpf, "KERNEL_EVENTS")?)
-            .map_err(EbpfError::of_map("KERNEL_EVENTS"))?;
-        let task_layout = Array::try_from(take(ebpf, "TASK_LAYOUT")?)
-            .map_err(EbpfError::of_map("TASK_LAYOUT"))?;
-        let listen_allow = HashMap::try_from(take(ebpf, "LISTEN_ALLOW")?)
-            .map_err(EbpfError::of_map("LISTEN_ALLOW"))?;
-        let revoked =
-            HashMap::try_from(take(ebpf, "REVOKED")?).map_err(EbpfError::of_map("REVOKED"))?;
-        let usage = HashMap::try_from(take(ebpf, "AGENT_USAGE")?)
-            .map_err(EbpfError::of_map("AGENT_USAGE"))?;
+        let config = EbpfError::take_map(ebpf, "PROXY_CONFIG")?;
+        // Untyped: `PeerRecords` opens it as the hash map it is.
+        let peers = ebpf
+            .take_map("PEER_RECORDS")
+            .ok_or(EbpfError::MissingMap("PEER_RECORDS"))?;
+        let agent_dns = EbpfError::take_map(ebpf, "AGENT_DNS")?;
+        let unix_allow = EbpfError::take_map(ebpf, "UNIX_ALLOW")?;
+        let stats = EbpfError::take_map(ebpf, "EVENT_STATS")?;
+        let events = EbpfError::take_map(ebpf, "KERNEL_EVENTS")?;
+        let task_layout = EbpfError::take_map(ebpf, "TASK_LAYOUT")?;
+        let listen_allow = EbpfError::take_map(ebpf, "LISTEN_ALLOW")?;
+        let revoked = EbpfError::take_map(ebpf, "REVOKED")?;
+        let usage = EbpfError::take_map(ebpf, "AGENT_USAGE")?;
         let shares = Arc::new(Shares {
-            released: Mutex::new(
-                HashMap::try_from(take(ebpf, "AGENT_RELEASED")?)
-                    .map_err(EbpfError::of_map("AGENT_RELEASED"))?,
-            ),
+            released: Mutex::new(EbpfError::take_map(ebpf, "AGENT_RELEASED")?),
         });
         Ok((
             Self {
