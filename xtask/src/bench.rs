@@ -10,6 +10,7 @@
 pub(crate) mod agentguard;
 mod fresh;
 mod instructions;
+mod kernel_work;
 mod load;
 pub(crate) mod machine;
 mod paths;
@@ -93,6 +94,12 @@ pub struct Options {
     /// Requests per scenario for the instruction counts.
     #[arg(long, default_value_t = 2000)]
     instruction_requests: u32,
+    /// Skip the system call and context switch counts (perf stat).
+    #[arg(long)]
+    no_kernel_work: bool,
+    /// Requests per scenario for the system call counts.
+    #[arg(long, default_value_t = 20000)]
+    kernel_work_requests: u32,
 }
 
 const SMOKE_REQUESTS: u32 = 5;
@@ -149,7 +156,13 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
 
     let paths = selected_paths(opts)?;
     let result = measure_all(&bin, &tools, &work, &paths, opts);
-    let (env_facts, results, profile, instructions) = match result {
+    let Measured {
+        tools: env_facts,
+        results,
+        profile,
+        instructions,
+        kernel_work,
+    } = match result {
         Ok(r) => r,
         Err(e) => {
             // The logs of the daemon and servers explain most failures.
@@ -214,6 +227,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         pinned: process::pinning_possible(),
         profile,
         instructions,
+        kernel_work,
     };
     let raw = serde_json::json!({
         "machine": ctx.machine,
@@ -303,12 +317,15 @@ fn selected_scenarios(opts: &Options) -> Result<Vec<&'static str>> {
     Ok(chosen)
 }
 
-type Measured = (
-    Vec<(String, String)>,
-    Results,
-    Option<String>,
-    Option<String>,
-);
+/// What the runs measured, and the sections the phases after them wrote
+/// (each `None` when skipped).
+struct Measured {
+    tools: Vec<(String, String)>,
+    results: Results,
+    profile: Option<String>,
+    instructions: Option<String>,
+    kernel_work: Option<String>,
+}
 
 fn measure_all(
     bin: &Path,
@@ -343,7 +360,13 @@ fn measure_all(
         .runs
         .push(one_run(&env, paths, &scenarios, smoke, true)?);
     if opts.smoke {
-        return Ok((facts, results, None, None));
+        return Ok(Measured {
+            tools: facts,
+            results,
+            profile: None,
+            instructions: None,
+            kernel_work: None,
+        });
     }
     results.runs.clear();
     for r in 1..=opts.runs {
@@ -365,6 +388,17 @@ fn measure_all(
     } else {
         Some("valgrind (callgrind) is not installed; no instruction counts.".to_owned())
     };
+    let kernel_work = if opts.no_kernel_work {
+        None
+    } else if kernel_work::available() {
+        println!("==> bench: system calls per request (perf stat)");
+        match kernel_work::run(&env, paths, &scenarios, opts.kernel_work_requests) {
+            Ok(c) => Some(kernel_work::markdown(&c, opts.kernel_work_requests)),
+            Err(e) => Some(format!("The system call counts failed: {e:#}")),
+        }
+    } else {
+        Some("`perf stat` cannot count system calls here; no counts.".to_owned())
+    };
     let profile = if opts.no_profile {
         None
     } else if profile::available() {
@@ -381,7 +415,13 @@ fn measure_all(
     } else {
         Some("`perf record` does not work on this machine; no profile was taken.".to_owned())
     };
-    Ok((facts, results, profile, instructions))
+    Ok(Measured {
+        tools: facts,
+        results,
+        profile,
+        instructions,
+        kernel_work,
+    })
 }
 
 /// Every scenario on every path, paths in turn. A measurement that fails

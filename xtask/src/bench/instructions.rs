@@ -243,8 +243,13 @@ pub fn markdown(counts: &Counts, requests: u32) -> String {
     md
 }
 
-/// A row per path, a column per scenario, each cell `cell` of its figures.
-fn table(counts: &Counts, scenarios: &[&str], cell: impl Fn(&Figures) -> String) -> String {
+/// A row per path, a column per scenario, each cell `cell` of its figures
+/// (this module's, or another per-request count's).
+pub(super) fn table<F>(
+    counts: &BTreeMap<(&'static str, &'static str), F>,
+    scenarios: &[&str],
+    cell: impl Fn(&F) -> String,
+) -> String {
     let mut md = String::from("| path |");
     for s in scenarios {
         md.push_str(&format!(" {s} |"));
@@ -268,7 +273,7 @@ fn table(counts: &Counts, scenarios: &[&str], cell: impl Fn(&Figures) -> String)
     md
 }
 
-fn command(env: &Env, route: &Route, kind: Kind, amount: Amount) -> Result<Command> {
+pub(super) fn command(env: &Env, route: &Route, kind: Kind, amount: Amount) -> Result<Command> {
     match kind {
         Kind::Oha(l) => Ok(load::oha(&env.oha, route, l, amount)),
         Kind::H2 {

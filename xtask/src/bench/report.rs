@@ -22,6 +22,9 @@ pub struct Context {
     pub profile: Option<String>,
     /// Instructions per request (`super::instructions`), as markdown.
     pub instructions: Option<String>,
+    /// System calls and context switches per request
+    /// (`super::kernel_work`), as markdown.
+    pub kernel_work: Option<String>,
 }
 
 pub fn markdown(ctx: &Context, r: &Results) -> String {
@@ -43,6 +46,10 @@ pub fn markdown(ctx: &Context, r: &Results) -> String {
     if let Some(instructions) = &ctx.instructions {
         let _ = writeln!(w, "## Instructions per request\n");
         let _ = writeln!(w, "{instructions}");
+    }
+    if let Some(kernel_work) = &ctx.kernel_work {
+        let _ = writeln!(w, "## System calls per request\n");
+        let _ = writeln!(w, "{kernel_work}");
     }
     if let Some(profile) = &ctx.profile {
         let _ = writeln!(w, "## Where the time goes (profile)\n");
