@@ -32,17 +32,17 @@
 use core::ptr::{addr_of, read_volatile};
 
 use agentguard_common::{
-    AF_INET, AF_INET6, CONFIG_DIRECT_PASSTHROUGH, DIRECT_NAME_MAX, DirectConn, DirectEvent,
-    DirectKey, DirectSocket, DirectWay, MAX_DIRECT_WAYS, MAX_TRACKED_CONNECTIONS, ProxyConfig,
-    direct_refusal, direct_state, event_kind, ip6_words_to_bytes, v4_mapped,
+    AF_INET, CONFIG_DIRECT_PASSTHROUGH, DIRECT_NAME_MAX, DirectConn, DirectEvent, DirectKey,
+    DirectSocket, DirectWay, MAX_DIRECT_WAYS, MAX_TRACKED_CONNECTIONS, ProxyConfig, direct_refusal,
+    direct_state, event_kind, ip6_words_to_bytes, v4_mapped,
 };
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_ANY, bpf_sock, sk_action},
     btf_maps::SkStorage,
     helpers::generated::{
-        bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns,
-        bpf_msg_pull_data, bpf_sk_fullsock, bpf_sk_storage_get,
+        bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_msg_pull_data,
+        bpf_sk_fullsock, bpf_sk_storage_get,
     },
     macros::{btf_map, map, sk_msg},
     maps::{Array, HashMap, SockHash},
@@ -53,7 +53,7 @@ use crate::{
     events::{SocketFacts, reserve},
     maps::AGENT_DNS,
     redirect::{cookie, write_record},
-    shares,
+    shares, sk_msg,
 };
 
 /// Sockets waiting for their first send at once: as many as the agents'
@@ -387,7 +387,11 @@ fn first_send(ctx: &SkMsgContext, conn: *mut DirectConn) -> u32 {
     // SAFETY: live storage of this socket (checked by the caller).
     let (cookie, cgroup_id, way_key) =
         unsafe { ((*conn).record.cookie, (*conn).record.cgroup_id, (*conn).way) };
-    let mut socket = msg_socket(ctx);
+    // Never `None`: connect4/6 give only IPv4 and IPv6 sockets a way.
+    let Some(mut socket) = msg_socket(ctx) else {
+        refuse(conn);
+        return sk_action::SK_DROP;
+    };
     socket.cgroup_id = cgroup_id;
     let way = DIRECT_WAYS.get_ptr(way_key);
     let verdict = match way {
@@ -681,81 +685,53 @@ fn report(
     true
 }
 
-/// The sending socket's addresses, as sk_msg sees them.
+/// The sending socket's addresses; `None` for a family other than IPv4
+/// and IPv6.
 #[inline(never)]
-fn msg_socket(ctx: &SkMsgContext) -> DirectSocket {
+fn msg_socket(ctx: &SkMsgContext) -> Option<DirectSocket> {
+    let local = sk_msg::local(ctx)?;
     let msg = ctx.msg;
     // SAFETY: `msg` is the context pointer the kernel passed in; 4-byte
     // reads of fields sk_msg programs may read, at constant offsets (see
     // sockops.rs on why volatile).
-    let (family, local4, remote4, local6, remote6, local_port, remote_port) = unsafe {
+    let (remote4, remote6, remote_port) = unsafe {
         (
-            read_volatile(addr_of!((*msg).family)),
-            read_volatile(addr_of!((*msg).local_ip4)),
             read_volatile(addr_of!((*msg).remote_ip4)),
-            [
-                read_volatile(addr_of!((*msg).local_ip6[0])),
-                read_volatile(addr_of!((*msg).local_ip6[1])),
-                read_volatile(addr_of!((*msg).local_ip6[2])),
-                read_volatile(addr_of!((*msg).local_ip6[3])),
-            ],
             [
                 read_volatile(addr_of!((*msg).remote_ip6[0])),
                 read_volatile(addr_of!((*msg).remote_ip6[1])),
                 read_volatile(addr_of!((*msg).remote_ip6[2])),
                 read_volatile(addr_of!((*msg).remote_ip6[3])),
             ],
-            read_volatile(addr_of!((*msg).local_port)),
             read_volatile(addr_of!((*msg).remote_port)),
         )
     };
-    // SAFETY: the helper only reads the socket behind the context.
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    socket(
-        netns,
-        family,
-        [local4, remote4],
-        [local6, remote6],
-        [local_port, remote_port],
-    )
+    let remote_ip = if local.family == AF_INET {
+        v4_mapped(remote4.to_ne_bytes())
+    } else {
+        ip6_words_to_bytes(remote6)
+    };
+    Some(DirectSocket {
+        netns: local.netns,
+        cgroup_id: 0,
+        local_ip: local.ip,
+        remote_ip,
+        local_port: local.port,
+        remote_port: remote_port_of(remote_port),
+        family: local.family,
+        _pad: 0,
+    })
 }
 
-/// sk_msg gives the local port in host byte order, and the remote port in
-/// network byte order: in the upper 16 bits on a little-endian machine
-/// since Linux 5.x (the kernel shifts it there), in the lower ones before.
-fn socket(
-    netns: u64,
-    family: u32,
-    ip4: [u32; 2],
-    ip6: [[u32; 4]; 2],
-    ports: [u32; 2],
-) -> DirectSocket {
-    let (local_ip, remote_ip) = if family as u16 == AF_INET {
-        (
-            v4_mapped(ip4[0].to_ne_bytes()),
-            v4_mapped(ip4[1].to_ne_bytes()),
-        )
+/// sk_msg gives the remote port in network byte order: in the upper 16
+/// bits on a little-endian machine since Linux 5.x (the kernel shifts it
+/// there), in the lower ones before.
+fn remote_port_of(field: u32) -> u16 {
+    u16::from_be(if field & 0xffff == 0 {
+        (field >> 16) as u16
     } else {
-        (ip6_words_to_bytes(ip6[0]), ip6_words_to_bytes(ip6[1]))
-    };
-    DirectSocket {
-        netns,
-        cgroup_id: 0,
-        local_ip,
-        remote_ip,
-        local_port: ports[0] as u16,
-        remote_port: u16::from_be(if ports[1] & 0xffff == 0 {
-            (ports[1] >> 16) as u16
-        } else {
-            ports[1] as u16
-        }),
-        family: if family as u16 == AF_INET {
-            AF_INET
-        } else {
-            AF_INET6
-        },
-        _pad: 0,
-    }
+        field as u16
+    })
 }
 
 /// The egress check's verdict on a packet.

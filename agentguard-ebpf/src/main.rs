@@ -23,6 +23,7 @@ mod redirect;
 mod revoke;
 mod sendmsg;
 mod shares;
+mod sk_msg;
 mod sock_create;
 mod sockops;
 mod sockopt;

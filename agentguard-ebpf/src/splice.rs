@@ -24,19 +24,15 @@
 //! harmless, since the upstream sockets died with the daemon and a socket
 //! leaves a sockhash as it closes.
 
-use core::ptr::{addr_of, read_volatile};
-
-use agentguard_common::{AF_INET, AF_INET6, PeerKey, ip6_words_to_bytes, v4_mapped};
+use agentguard_common::PeerKey;
 use aya_ebpf::{
-    EbpfContext as _,
     bindings::{BPF_ANY, sk_action},
-    helpers::generated::bpf_get_netns_cookie,
     macros::{map, sk_msg},
     maps::{Array, HashMap, LruHashMap, SockHash},
     programs::{SkMsgContext, SockOpsContext},
 };
 
-use crate::shares;
+use crate::{shares, sk_msg};
 
 /// Agent sockets (and upstream sockets) these maps hold at once. Past it
 /// sockops leaves a socket out, or the proxy's insert fails, and that
@@ -141,31 +137,6 @@ pub fn agentguard_splice_send(ctx: SkMsgContext) -> u32 {
 
 /// The sending socket's [`PeerKey`], built exactly as sockops built it.
 fn msg_peer_key(ctx: &SkMsgContext) -> Option<PeerKey> {
-    let msg = ctx.msg;
-    // SAFETY: `msg` is the context pointer the kernel passed in; these are
-    // 4-byte reads of fields sk_msg programs may read, each at a constant
-    // offset (see sockops.rs on why volatile).
-    let (family, local_ip4, local_ip6, local_port) = unsafe {
-        (
-            read_volatile(addr_of!((*msg).family)),
-            read_volatile(addr_of!((*msg).local_ip4)),
-            [
-                read_volatile(addr_of!((*msg).local_ip6[0])),
-                read_volatile(addr_of!((*msg).local_ip6[1])),
-                read_volatile(addr_of!((*msg).local_ip6[2])),
-                read_volatile(addr_of!((*msg).local_ip6[3])),
-            ],
-            read_volatile(addr_of!((*msg).local_port)),
-        )
-    };
-    let ip = match family as u16 {
-        AF_INET => v4_mapped(local_ip4.to_ne_bytes()),
-        AF_INET6 => ip6_words_to_bytes(local_ip6),
-        _ => return None,
-    };
-    // SAFETY: the helper only reads the socket behind the context (Linux
-    // 5.15+ for sk_msg).
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    // local_port is host byte order in sk_msg_md, as in bpf_sock_ops.
-    Some(PeerKey::new(netns, ip, local_port as u16))
+    let local = sk_msg::local(ctx)?;
+    Some(PeerKey::new(local.netns, local.ip, local.port))
 }
