@@ -292,7 +292,8 @@ fn a_request_sent_and_closed_before_the_proxy_accepts_is_still_served() {
     require_root();
     let upstream = Upstream::start("127.0.0.2");
     // At debug: how the connection ended is logged there, should the
-    // request not arrive (seen once).
+    // request not arrive (it once did not: hyper dropped it on reading the
+    // agent's end of stream, before HTTP/1 half-closes were kept).
     let daemon = Daemon::builder(&[AGENT])
         .policy(ALLOW_LOOPBACK_TEST_HOSTS)
         .env("RUST_LOG", "info,agentguard::proxy=debug")
@@ -319,7 +320,7 @@ fn a_request_sent_and_closed_before_the_proxy_accepts_is_still_served() {
     let deadline = Instant::now() + Duration::from_secs(5);
     while upstream.hits() == 0 {
         // What the daemon made of the connection and of the request, to
-        // tell a request never read from one never sent (seen once).
+        // tell a request never read from one never sent.
         assert!(
             Instant::now() < deadline,
             "the request never reached the upstream\nconnections: {:?}\naudit events: {:#?}\ndaemon log:\n{}",
