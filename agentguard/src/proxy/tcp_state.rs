@@ -55,3 +55,59 @@ impl AgentSocket {
         tcp_info(self.0).map_or(true, |info| info.tcpi_state != TCP_ESTABLISHED)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{Shutdown, TcpListener, TcpStream},
+        time::{Duration, Instant},
+    };
+
+    use super::*;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let agent = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (proxy, _) = listener.accept().unwrap();
+        (agent, proxy)
+    }
+
+    /// The FIN reaches the other end in its own time: asked until it has
+    /// (bounded).
+    fn finished_soon(socket: AgentSocket) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if socket.agent_finished() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn an_open_connection_is_not_finished_even_with_unread_bytes() {
+        let (mut agent, proxy) = pair();
+        std::io::Write::write_all(&mut agent, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!AgentSocket::of(&proxy).agent_finished());
+    }
+
+    #[test]
+    fn a_shut_sending_side_or_a_close_is_finished() {
+        let (agent, proxy) = pair();
+        agent.shutdown(Shutdown::Write).unwrap();
+        assert!(finished_soon(AgentSocket::of(&proxy)), "half-close");
+
+        let (agent, proxy) = pair();
+        drop(agent);
+        assert!(finished_soon(AgentSocket::of(&proxy)), "close");
+    }
+
+    #[test]
+    fn a_socket_the_kernel_cannot_read_counts_as_finished() {
+        // Not a TCP socket: TCP_INFO fails, which must not read as open.
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(AgentSocket::of(&file).agent_finished());
+    }
+}
