@@ -120,6 +120,8 @@ pub enum Verdict {
         by: String,
         reason: String,
     },
+    /// The agent went away before any verdict ([`Held::wait_unless`]).
+    Withdrawn,
 }
 
 struct Entry {
@@ -315,19 +317,39 @@ impl Held {
 
     /// Waits for the verdict, or the timeout. An approval bound to another
     /// call than this one (which the queue never hands out) is a denial.
-    pub async fn wait(mut self) -> Verdict {
-        let Some(rx) = self.rx.take() else {
+    pub async fn wait(self) -> Verdict {
+        self.wait_unless(std::future::pending()).await
+    }
+
+    /// As [`Held::wait`], unless `gone` (the agent went away) ends first:
+    /// then the request leaves the queue, [`Verdict::Withdrawn`], unless a
+    /// verdict was sent before it left, which stands. Both happen under
+    /// the queue's lock, so an approver is never told a request was
+    /// decided that then goes unrecorded.
+    pub async fn wait_unless(mut self, gone: impl Future<Output = ()>) -> Verdict {
+        let Some(mut rx) = self.rx.take() else {
             return Verdict::TimedOut {
                 after: Duration::ZERO,
             };
         };
-        let verdict = match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(verdict)) => verdict,
-            // The sender went without a verdict: only if the queue dropped
-            // the entry, which it does not; treat as a timeout.
-            Ok(Err(_)) | Err(_) => Verdict::TimedOut {
-                after: self.timeout,
+        let verdict = tokio::select! {
+            // A verdict or the timeout first, when both are ready.
+            biased;
+            verdict = tokio::time::timeout(self.timeout, &mut rx) => match verdict {
+                Ok(Ok(verdict)) => verdict,
+                // The sender went without a verdict: only if the queue
+                // dropped the entry, which it does not; treat as a timeout.
+                Ok(Err(_)) | Err(_) => Verdict::TimedOut {
+                    after: self.timeout,
+                },
             },
+            () = gone => {
+                self.queue.forget(&self.id);
+                match rx.try_recv() {
+                    Ok(verdict) => verdict,
+                    Err(_) => return Verdict::Withdrawn,
+                }
+            }
         };
         match verdict {
             Verdict::Approved { binding, by } if binding != self.binding => Verdict::Denied {

@@ -209,6 +209,12 @@ impl AuditSink {
         Box::pin(async move { shared.gate.open().await })
     }
 
+    /// Whether the writer commits now: [`AuditSink::committing`] would not
+    /// wait.
+    pub fn is_committing(&self) -> bool {
+        self.shared.gate.is_open()
+    }
+
     /// For code that cannot wait (a `Drop`): queued now if there is room,
     /// else by a task that waits for room. Still never dropped.
     pub fn record_detached(&self, event: impl Into<Box<Event>>) {

@@ -216,7 +216,17 @@ fn an_agent_that_gives_up_withdraws_its_held_request() {
     let pending = wait_pending(&s, 1);
     let h1_id = pending[0]["id"].as_str().unwrap().to_owned();
     let mut h2 = post_with(&s, "/echo", r#"{"n":2}"#, &["--http2"]);
-    wait_pending(&s, 2);
+    let pending = wait_pending(&s, 2);
+    let h2_id = pending
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .find(|id| *id != h1_id)
+        .unwrap()
+        .to_owned();
+    // Agents that still wait keep their requests: past a few of the
+    // connection checks (one a second), both are still held.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(wait_pending(&s, 2).len(), 2);
     h1.kill().unwrap();
     h1.wait().unwrap();
     h2.kill().unwrap();
@@ -230,22 +240,35 @@ fn an_agent_that_gives_up_withdraws_its_held_request() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(s.upstream.seen().is_empty());
 
-    // The HTTP/1.1 request's record says why it ended.
-    let events = s.daemon.wait_for_events("the withdrawal", |e| {
-        e.iter().any(|e| e["kind"] == "approval")
-            && e.iter()
-                .any(|e| e["kind"] == "request" && e["approval_id"] == h1_id.as_str())
+    // Each request's record says how it ended: the HTTP/1.1 one withdrawn
+    // (its approval event too), the HTTP/2 one abandoned with its stream.
+    let of = |events: &[Value], kind: &str, id: &str| {
+        events
+            .iter()
+            .find(|e| e["kind"] == kind && e["approval_id"] == id)
+            .cloned()
+    };
+    let events = s.daemon.wait_for_events("both records", |e| {
+        of(e, "approval", &h1_id).is_some()
+            && of(e, "request", &h1_id).is_some()
+            && of(e, "request", &h2_id).is_some()
     });
-    let approval = events.iter().find(|e| e["kind"] == "approval").unwrap();
+    let approval = of(&events, "approval", &h1_id).unwrap();
     assert_eq!(approval["rule"], "approval:withdrawn");
     assert_eq!(approval["decision"], "refuse");
-    assert_eq!(approval["approval_id"], h1_id.as_str());
-    let request = events
-        .iter()
-        .find(|e| e["kind"] == "request" && e["approval_id"] == h1_id.as_str())
-        .unwrap();
+    let request = of(&events, "request", &h1_id).unwrap();
     assert_eq!(request["rule"], "approval-withdrawn");
     assert_eq!(request["status"], 499);
+    assert_eq!(request["protocol"], "HTTP/1.1");
+    let request = of(&events, "request", &h2_id).unwrap();
+    assert_eq!(request["protocol"], "HTTP/2");
+    assert!(
+        request["reason"]
+            .as_str()
+            .unwrap()
+            .contains("abandoned the request"),
+        "{request}"
+    );
 }
 
 #[test]

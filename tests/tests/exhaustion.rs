@@ -185,6 +185,92 @@ fn a_full_disk_holds_agents_back_at_once_and_kill_9_loses_little() {
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
 
+/// Two requests on one keep-alive connection: the first answered, then
+/// (after the line `go` on stdin) a second it gives up on after a second,
+/// closing the connection.
+const IMPATIENT_AGENT: &str = r#"
+import http.client, socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+c = http.client.HTTPConnection(host, port, timeout=5)
+c.request("GET", "/first")
+r = c.getresponse()
+r.read()
+print(r.status, flush=True)
+sys.stdin.readline()
+c.sock.settimeout(1)
+c.request("GET", "/second")
+try:
+    print(c.getresponse().status, flush=True)
+except (socket.timeout, TimeoutError):
+    print("gave up", flush=True)
+c.close()
+"#;
+
+#[test]
+fn a_request_that_waited_for_the_store_is_not_sent_once_its_agent_left() {
+    require_root();
+    let _alone = alone();
+    let upstream = Upstream::start("127.0.0.2");
+    let daemon = Daemon::builder(&["impatient"])
+        .policy(ALLOW_LOOPBACK_TEST_HOSTS)
+        .args(&["--audit-flush-interval", "200ms"])
+        .state_tmpfs("24m")
+        .start();
+    let mut agent = daemon
+        .exec(
+            "impatient",
+            &[
+                "python3",
+                "-c",
+                IMPATIENT_AGENT,
+                &upstream.addr.ip().to_string(),
+                &upstream.addr.port().to_string(),
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines(&mut agent);
+    let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(first, "200");
+    // The first request's events fail to commit: the store stops
+    // admitting, and the agent's next request waits before it goes.
+    fill(&daemon.state_dir());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.status()["audit"]["commit"]["state"] != "failing" {
+        assert!(Instant::now() < deadline, "{}", daemon.status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    use std::io::Write as _;
+    agent.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let gave_up = rx.recv_timeout(Duration::from_secs(10));
+    let out = agent.wait_with_output().unwrap();
+    assert_eq!(
+        gave_up.as_deref().ok(),
+        Some("gave up"),
+        "agent: {}",
+        text(&out.stderr)
+    );
+    assert!(out.status.success());
+    std::fs::remove_file(daemon.state_dir().join("filler")).unwrap();
+
+    // The store commits again; the waiting request is refused, not sent.
+    let events = daemon.wait_for_events("the second request's record", |e| {
+        e.iter()
+            .any(|e| e["kind"] == "request" && e["path"] == "/second")
+    });
+    let second = events
+        .iter()
+        .find(|e| e["kind"] == "request" && e["path"] == "/second")
+        .unwrap();
+    assert_eq!(second["rule"], "agent-left", "{second}");
+    assert_eq!(second["status"], 499, "{second}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(upstream.hits(), 1, "only the first request went upstream");
+}
+
 /// Requests one at a time for `seconds`, printing each status code.
 const STEADY_AGENT: &str = r#"
 import sys, time, urllib.request, urllib.error

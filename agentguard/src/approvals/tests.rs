@@ -101,6 +101,48 @@ async fn an_abandoned_request_leaves_the_queue() {
     assert!(q.approve(&id, "alice", None).is_err());
 }
 
+#[tokio::test]
+async fn a_request_whose_agent_goes_is_withdrawn_and_cannot_be_approved() {
+    let q = Arc::new(Approvals::default());
+    let held = q.hold(request("a", 7, "h1", LONG)).unwrap();
+    let id = held.id().to_owned();
+    assert_eq!(held.wait_unless(async {}).await, Verdict::Withdrawn);
+    assert!(q.get(&id).is_none());
+    assert_eq!(
+        q.approve(&id, "alice", None),
+        Err(ApprovalError::NotPending(id))
+    );
+}
+
+#[tokio::test]
+async fn a_verdict_given_before_the_agent_goes_stands() {
+    let q = Arc::new(Approvals::default());
+    let held = q.hold(request("a", 7, "h1", LONG)).unwrap();
+    let id = held.id().to_owned();
+    q.deny(&id, "bob", "not now", None).unwrap();
+    assert_eq!(
+        held.wait_unless(async {}).await,
+        Verdict::Denied {
+            by: "bob".into(),
+            reason: "not now".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_request_is_held_while_its_agent_stays() {
+    let q = Arc::new(Approvals::default());
+    let held = q
+        .hold(request("a", 7, "h1", Duration::from_millis(50)))
+        .unwrap();
+    assert_eq!(
+        held.wait_unless(std::future::pending()).await,
+        Verdict::TimedOut {
+            after: Duration::from_millis(50)
+        }
+    );
+}
+
 #[test]
 fn the_queue_is_bounded_per_agent_and_in_total() {
     let q = Arc::new(Approvals::default());

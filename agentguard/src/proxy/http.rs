@@ -57,6 +57,10 @@ use jwt::JwtSpec;
 use plan::{Action, Caller, Forward};
 use record::{INTENT_HEADER, Outcome, redacted_query};
 
+/// How often a waiting HTTP/1 request's connection is asked whether its
+/// agent has gone.
+const AGENT_LEFT_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the proxy knows about an intercepted connection before its first
 /// request.
 pub struct ConnMeta {
@@ -78,6 +82,31 @@ pub struct ConnMeta {
 }
 
 impl ConnMeta {
+    /// Whether an HTTP/1 agent has closed its side of the connection
+    /// (hyper does not say: half-closes are kept, see [`serve`]). Always
+    /// `false` for HTTP/2, whose connection many requests share and whose
+    /// agent cancels a request by resetting its stream, which ends the
+    /// request's future.
+    fn agent_left(&self, version: hyper::Version) -> bool {
+        version < hyper::Version::HTTP_2
+            && self.agent_socket.is_some_and(AgentSocket::agent_finished)
+    }
+
+    /// Returns once [`ConnMeta::agent_left`], asked every
+    /// [`AGENT_LEFT_CHECK`]; never for HTTP/2.
+    async fn until_agent_leaves(&self, version: hyper::Version) {
+        if version >= hyper::Version::HTTP_2 || self.agent_socket.is_none() {
+            return std::future::pending().await;
+        }
+        let mut every = tokio::time::interval(AGENT_LEFT_CHECK);
+        loop {
+            every.tick().await;
+            if self.agent_left(version) {
+                return;
+            }
+        }
+    }
+
     fn scheme(&self) -> Scheme {
         if self.sni.is_some() {
             Scheme::HTTPS
@@ -167,9 +196,11 @@ where
     // Without a timer hyper applies no header-read timeout: a client that
     // never finishes its request head would hold the connection for ever.
     // Half-close kept: an agent that sends its whole request and then shuts
-    // its side (or closes) is served as the upstream would serve it. Without
-    // it hyper takes the end of the agent's stream for an abandoned request
-    // and drops it mid-flight, forwarded or not depending on timing.
+    // its side (or closes) is served as the upstream would serve it, unless
+    // the request has to wait (for a person, or for the audit store), and
+    // its agent is gone by then (`ConnMeta::agent_left`). Without it hyper
+    // takes the end of the agent's stream for an abandoned request and
+    // drops it mid-flight, forwarded or not depending on timing.
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -277,7 +308,14 @@ async fn forward(
     // the record cannot be kept: the agent waits until the audit store
     // commits again. Every forwarding path, head- or body-decided, passes
     // here.
-    ctx.audit.committing().await;
+    if !ctx.audit.is_committing() {
+        ctx.audit.committing().await;
+        // Retried meanwhile, or given up: a request that waited goes only
+        // if its agent still waits for the answer.
+        if meta.agent_left(req.version()) {
+            return Err(Refusal::AgentLeft);
+        }
+    }
     let agent = &meta.identity.agent;
     let Forward {
         authority,

@@ -157,6 +157,12 @@ pub enum Refusal {
         "request {id} was withdrawn: the agent closed its connection while it waited for approval"
     )]
     ApprovalWithdrawn { id: String },
+    /// The request waited for the audit store to commit again, and its
+    /// agent closed its connection meanwhile.
+    #[error(
+        "the agent closed its connection while its request waited for the audit store: not forwarded"
+    )]
+    AgentLeft,
     /// The queue of held requests is full (per agent, or in total).
     #[error("{0}")]
     ApprovalQueueFull(#[source] crate::approvals::ApprovalError),
@@ -218,7 +224,7 @@ impl Refusal {
             | Refusal::ApprovalDenied { .. }
             | Refusal::ApprovalTimedOut { .. } => StatusCode::FORBIDDEN,
             Refusal::ApprovalQueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::ApprovalWithdrawn { .. } => client_closed_request(),
+            Refusal::ApprovalWithdrawn { .. } | Refusal::AgentLeft => client_closed_request(),
             Refusal::CredentialUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::CredentialFetch { .. } => StatusCode::BAD_GATEWAY,
             Refusal::CredentialInjection { .. }
@@ -271,6 +277,7 @@ impl Refusal {
             Refusal::ApprovalTimedOut { .. } => "approval-timeout",
             Refusal::ApprovalQueueFull(_) => "approval-queue-full",
             Refusal::ApprovalWithdrawn { .. } => "approval-withdrawn",
+            Refusal::AgentLeft => "agent-left",
             Refusal::ApprovalBodyTooLarge { .. } => "approval-body-too-large",
             Refusal::UpstreamUnredactable(_) => "upstream-unredactable",
             Refusal::UpstreamTimeout(_) => "upstream-timeout",

@@ -34,12 +34,15 @@ pub(super) fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
 }
 
 /// The agent's socket of an intercepted connection, to ask whether the
-/// agent has closed its side while a request of it waits for a person
-/// (`http::approval`): HTTP/1 keeps half-closes, so hyper does not tell.
+/// agent has closed its side while an HTTP/1 request of it waits (for a
+/// person, or for the audit store): HTTP/1 keeps half-closes, so hyper
+/// does not tell (`http::ConnMeta::agent_left`).
 ///
-/// A bare descriptor number, valid while a request of the connection is
-/// being served: the request's future is polled by the HTTP connection,
-/// which owns the socket, so the socket outlives every such ask.
+/// A bare descriptor number, valid while an HTTP/1 request of the
+/// connection is being served: its future is polled by the HTTP
+/// connection, which owns the socket, so the socket outlives every such
+/// ask. Not so for HTTP/2, whose streams run as tasks of their own and can
+/// outlive the connection: they never ask.
 #[derive(Debug, Clone, Copy)]
 pub struct AgentSocket(RawFd);
 

@@ -4,16 +4,17 @@
 //! sent upstream until an approver says yes. Meanwhile the agent's
 //! connection simply has no answer yet: to its HTTP client, an ordinary
 //! slow response. An agent that gives up withdraws its request: an HTTP/2
-//! agent's cancel (`RST_STREAM`) drops it, and an HTTP/1 agent closing its
-//! side, which hyper does not report (the connection keeps half-closes,
-//! `super::serve`), is seen in the socket's TCP state, asked every
-//! [`WITHDRAWN_CHECK`]. A request nobody waits for is never forwarded.
+//! agent's cancel (`RST_STREAM`) drops it (its request's record says the
+//! agent abandoned it), and an HTTP/1 agent closing its side, which hyper
+//! does not report (the connection keeps half-closes, `super::serve`), is
+//! seen in the socket's TCP state, asked every second while it waits and
+//! once more on an approval (`ConnMeta::agent_left`): `approval:withdrawn`.
+//! A client that only shut its sending side looks the same, and is
+//! refused too.
 //!
 //! Every outcome is an `approval` audit event here, where the whole request
 //! is known; the request's own event carries the approval id, the hash and
 //! the approver.
-
-use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::Request;
@@ -90,19 +91,12 @@ pub(super) async fn hold(
     let id = held.id().to_owned();
     out.event_mut().approval_id = Some(id.clone());
     info!(approval = %id, url = %url, "request held for approval");
-    let verdict = tokio::select! {
-        // A verdict first: a revocation closes the connection after its
-        // verdict, and must not be read as the agent's withdrawal.
-        biased;
-        verdict = held.wait() => verdict,
-        () = agent_closed(meta) => {
-            info!(approval = %id, "the agent closed its connection: request withdrawn");
-            let refusal = Refusal::ApprovalWithdrawn { id: id.clone() };
-            let outcome = (Decision::Refuse, "approval:withdrawn", refusal.to_string());
-            record(ctx, meta, out, outcome, None, &id, &request_hash).await;
-            return Err(refusal);
-        }
-    };
+    // A verdict first (`wait_unless`): a revocation closes the connection
+    // after its verdict, and must not be read as the agent's withdrawal.
+    let verdict = held
+        .wait_unless(meta.until_agent_leaves(parts.version))
+        .await;
+    let withdrawn = || Refusal::ApprovalWithdrawn { id: id.clone() };
     let (decision, rule, reason, actor, result) = match verdict {
         Verdict::Approved { by, .. } => (
             Decision::Allow,
@@ -130,6 +124,16 @@ pub(super) async fn hold(
             (
                 Decision::Deny,
                 "approval:timeout",
+                refusal.to_string(),
+                None,
+                Err(refusal),
+            )
+        }
+        Verdict::Withdrawn => {
+            let refusal = withdrawn();
+            (
+                Decision::Refuse,
+                "approval:withdrawn",
                 refusal.to_string(),
                 None,
                 Err(refusal),
@@ -164,31 +168,17 @@ pub(super) async fn hold(
     }
     out.event_mut().actor = actor;
     result?;
+    // Approved within the last check's second of the agent's going: the
+    // approval is recorded, the request is not forwarded.
+    if meta.agent_left(parts.version) {
+        return Err(withdrawn());
+    }
     // Exactly the bytes that were hashed and shown go upstream.
     let body = match read {
         true => AgentBody::Read(body),
         false => AgentBody::Live(Full::new(body).map_err(|never| match never {}).boxed()),
     };
     Ok(Request::from_parts(parts, body))
-}
-
-/// How often a held request's HTTP/1 connection is asked whether the agent
-/// has closed its side.
-const WITHDRAWN_CHECK: Duration = Duration::from_secs(1);
-
-/// Returns once the agent has closed its side of the connection (FIN or
-/// reset); never where the socket is unknown.
-async fn agent_closed(meta: &ConnMeta) {
-    let Some(socket) = meta.agent_socket else {
-        return std::future::pending().await;
-    };
-    let mut every = tokio::time::interval(WITHDRAWN_CHECK);
-    loop {
-        every.tick().await;
-        if socket.agent_finished() {
-            return;
-        }
-    }
 }
 
 /// The `approval` event of a decided request.
