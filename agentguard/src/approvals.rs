@@ -323,9 +323,11 @@ impl Held {
 
     /// As [`Held::wait`], unless `gone` (the agent went away) ends first:
     /// then the request leaves the queue, [`Verdict::Withdrawn`], unless a
-    /// verdict was sent before it left, which stands. Both happen under
-    /// the queue's lock, so an approver is never told a request was
-    /// decided that then goes unrecorded.
+    /// verdict was sent before it left, which stands. Verdicts are sent
+    /// under the queue's lock, and the request leaves under it, so after
+    /// it has left a verdict is either in the channel or was never given:
+    /// an approver is not told a request was decided that then goes
+    /// unrecorded. The timeout ends the wait the same way.
     pub async fn wait_unless(mut self, gone: impl Future<Output = ()>) -> Verdict {
         let Some(mut rx) = self.rx.take() else {
             return Verdict::TimedOut {
@@ -337,11 +339,15 @@ impl Held {
             biased;
             verdict = tokio::time::timeout(self.timeout, &mut rx) => match verdict {
                 Ok(Ok(verdict)) => verdict,
-                // The sender went without a verdict: only if the queue
-                // dropped the entry, which it does not; treat as a timeout.
-                Ok(Err(_)) | Err(_) => Verdict::TimedOut {
-                    after: self.timeout,
-                },
+                // The timeout (or the sender gone without a verdict, which
+                // the queue never does): out of the queue, unless a verdict
+                // came just before.
+                Ok(Err(_)) | Err(_) => {
+                    self.queue.forget(&self.id);
+                    rx.try_recv().unwrap_or(Verdict::TimedOut {
+                        after: self.timeout,
+                    })
+                }
             },
             () = gone => {
                 self.queue.forget(&self.id);

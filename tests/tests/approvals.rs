@@ -226,7 +226,13 @@ fn an_agent_that_gives_up_withdraws_its_held_request() {
     // Agents that still wait keep their requests: past a few of the
     // connection checks (one a second), both are still held.
     std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(wait_pending(&s, 2).len(), 2);
+    let listed = s.daemon.cli(&["approvals"]);
+    assert_eq!(
+        text(&listed.stdout).lines().count(),
+        2,
+        "{}",
+        text(&listed.stdout)
+    );
     h1.kill().unwrap();
     h1.wait().unwrap();
     h2.kill().unwrap();

@@ -185,9 +185,10 @@ fn a_full_disk_holds_agents_back_at_once_and_kill_9_loses_little() {
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
 
-/// Two requests on one keep-alive connection: the first answered, then
-/// (after the line `go` on stdin) a second it gives up on after a second,
-/// closing the connection.
+/// Two requests on one keep-alive connection: the first answered; after a
+/// line on stdin, a connection opened and closed unused (an event for the
+/// store to fail to commit); after another, a second request it gives up
+/// on after a second, closing the connection.
 const IMPATIENT_AGENT: &str = r#"
 import http.client, socket, sys
 host, port = sys.argv[1], int(sys.argv[2])
@@ -196,6 +197,9 @@ c.request("GET", "/first")
 r = c.getresponse()
 r.read()
 print(r.status, flush=True)
+sys.stdin.readline()
+socket.create_connection((host, port), timeout=5).close()
+print("poked", flush=True)
 sys.stdin.readline()
 c.sock.settimeout(1)
 c.request("GET", "/second")
@@ -235,16 +239,21 @@ fn a_request_that_waited_for_the_store_is_not_sent_once_its_agent_left() {
     let rx = lines(&mut agent);
     let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(first, "200");
-    // The first request's events fail to commit: the store stops
-    // admitting, and the agent's next request waits before it goes.
+    // With the disk full, the next events (those of a connection the
+    // agent opens and closes) fail to commit: the store stops admitting,
+    // and the agent's next request waits before it goes.
     fill(&daemon.state_dir());
+    use std::io::Write as _;
+    let mut stdin = agent.stdin.take().unwrap();
+    stdin.write_all(b"poke\n").unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), "poked");
     let deadline = Instant::now() + Duration::from_secs(10);
     while daemon.status()["audit"]["commit"]["state"] != "failing" {
         assert!(Instant::now() < deadline, "{}", daemon.status());
         std::thread::sleep(Duration::from_millis(100));
     }
-    use std::io::Write as _;
-    agent.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    drop(stdin);
     let gave_up = rx.recv_timeout(Duration::from_secs(10));
     let out = agent.wait_with_output().unwrap();
     assert_eq!(

@@ -119,9 +119,14 @@ async fn a_verdict_given_before_the_agent_goes_stands() {
     let q = Arc::new(Approvals::default());
     let held = q.hold(request("a", 7, "h1", LONG)).unwrap();
     let id = held.id().to_owned();
-    q.deny(&id, "bob", "not now", None).unwrap();
+    // The verdict lands after the wait last looked and before the agent's
+    // going is acted on: the race the queue's lock settles.
+    let approver = q.clone();
+    let gone = async move {
+        approver.deny(&id, "bob", "not now", None).unwrap();
+    };
     assert_eq!(
-        held.wait_unless(async {}).await,
+        held.wait_unless(gone).await,
         Verdict::Denied {
             by: "bob".into(),
             reason: "not now".into()

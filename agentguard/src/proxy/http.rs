@@ -76,8 +76,9 @@ pub struct ConnMeta {
     /// every request's future (they hold the meta) and by a WebSocket
     /// tunnel, which outlives the HTTP connection, until it closes.
     pub place: Arc<Held>,
-    /// The agent's socket, asked whether the agent closed its side while
-    /// a request waits for approval; `None` where there is none (tests).
+    /// The agent's socket, asked whether an HTTP/1 agent closed its side
+    /// while a request of it waited (for approval, for the audit store);
+    /// `None` where there is none (tests).
     pub agent_socket: Option<AgentSocket>,
 }
 
@@ -309,10 +310,13 @@ async fn forward(
     // commits again. Every forwarding path, head- or body-decided, passes
     // here.
     if !ctx.audit.is_committing() {
+        let waiting = Instant::now();
         ctx.audit.committing().await;
-        // Retried meanwhile, or given up: a request that waited goes only
-        // if its agent still waits for the answer.
-        if meta.agent_left(req.version()) {
+        // Retried meanwhile, or given up: a request that waited long (a
+        // failing store, not a commit that ran a little long) goes only if
+        // its agent still waits for the answer. The agent's version: read
+        // before `forward::prepare` may rewrite it for the upstream.
+        if waiting.elapsed() >= AGENT_LEFT_CHECK && meta.agent_left(req.version()) {
             return Err(Refusal::AgentLeft);
         }
     }

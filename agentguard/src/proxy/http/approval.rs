@@ -7,10 +7,11 @@
 //! agent's cancel (`RST_STREAM`) drops it (its request's record says the
 //! agent abandoned it), and an HTTP/1 agent closing its side, which hyper
 //! does not report (the connection keeps half-closes, `super::serve`), is
-//! seen in the socket's TCP state, asked every second while it waits and
-//! once more on an approval (`ConnMeta::agent_left`): `approval:withdrawn`.
-//! A client that only shut its sending side looks the same, and is
-//! refused too.
+//! seen in the socket's TCP state, asked every second while it waits
+//! (`ConnMeta::agent_left`): `approval:withdrawn`. Asked once more when an
+//! approval arrives: the approval is recorded as given, and the request's
+//! own record says it was withdrawn. A client that only shut its sending
+//! side looks the same, and is refused too.
 //!
 //! Every outcome is an `approval` audit event here, where the whole request
 //! is known; the request's own event carries the approval id, the hash and
