@@ -342,20 +342,14 @@ impl Held {
                 // The timeout (or the sender gone without a verdict, which
                 // the queue never does): out of the queue, unless a verdict
                 // came just before.
-                Ok(Err(_)) | Err(_) => {
-                    self.queue.forget(&self.id);
-                    rx.try_recv().unwrap_or(Verdict::TimedOut {
-                        after: self.timeout,
-                    })
-                }
+                Ok(Err(_)) | Err(_) => self.leave(&mut rx).unwrap_or(Verdict::TimedOut {
+                    after: self.timeout,
+                }),
             },
-            () = gone => {
-                self.queue.forget(&self.id);
-                match rx.try_recv() {
-                    Ok(verdict) => verdict,
-                    Err(_) => return Verdict::Withdrawn,
-                }
-            }
+            () = gone => match self.leave(&mut rx) {
+                Some(verdict) => verdict,
+                None => return Verdict::Withdrawn,
+            },
         };
         match verdict {
             Verdict::Approved { binding, by } if binding != self.binding => Verdict::Denied {
@@ -364,6 +358,13 @@ impl Held {
             },
             v => v,
         }
+    }
+
+    /// Takes the request out of the queue, under its lock: the verdict sent
+    /// before it left, if one was, or `None` (none can be sent after).
+    fn leave(&self, rx: &mut oneshot::Receiver<Verdict>) -> Option<Verdict> {
+        self.queue.forget(&self.id);
+        rx.try_recv().ok()
     }
 }
 
