@@ -39,7 +39,7 @@ use super::{
     paths::{Env, PathKind, Route},
     process::{CLIENT_CPU, pinned},
     proxies::Nginx,
-    scenario::{self, Kind, SCENARIOS},
+    scenario::{self, Kind, SCENARIOS, Scenario},
 };
 use crate::cmd;
 
@@ -160,20 +160,8 @@ fn count_path(
     counts: &mut Counts,
     client: impl Fn(Command) -> Command,
 ) -> Result<()> {
-    for s in SCENARIOS.iter().filter(|s| scenarios.contains(&s.id)) {
-        if scenario::not_applicable(path, s).is_some()
-            || !matches!(s.kind, Kind::Oha(_) | Kind::H2 { .. })
-        {
-            continue;
-        }
-        let load = |amount| -> Result<LoadResult> {
-            let mut c = client(command(env, route, s.kind, amount)?);
-            let text = cmd::output(&mut c)?;
-            match s.kind {
-                Kind::H2 { .. } => load::parse_h2load(&text),
-                _ => load::parse_oha(&text),
-            }
-        };
+    for s in load_scenarios(path, scenarios) {
+        let load = |amount| run_load(env, route, s.kind, amount, &client);
         load(Amount::Requests(WARM_UP))?;
         counter.zero()?;
         let r = load(Amount::Requests(requests))?;
@@ -206,12 +194,6 @@ fn count_path(
 /// The section of docs/benchmarks.md: a row per path, a column per
 /// scenario.
 pub fn markdown(counts: &Counts, requests: u32) -> String {
-    let mut scenarios: Vec<&str> = Vec::new();
-    for s in SCENARIOS {
-        if counts.keys().any(|(_, id)| *id == s.id) {
-            scenarios.push(s.id);
-        }
-    }
     let mut md = format!(
         "User-space instructions of the agentguard daemon per request that returned 200 \
          (callgrind, all threads; {requests} requests per scenario after {WARM_UP} unrecorded \
@@ -226,9 +208,7 @@ pub fn markdown(counts: &Counts, requests: u32) -> String {
          CPU that has it; and each scenario's connections are new, so their TLS handshakes \
          are in the count, spread over {requests} requests (nginx's too).\n\n"
     );
-    md.push_str(&table(counts, &scenarios, |f| {
-        format!("{:.0}", f.instructions)
-    }));
+    md.push_str(&table(counts, |f| format!("{:.0}", f.instructions)));
     md.push_str(
         "\nL1 cache misses per request in the same runs, simulated by callgrind \
          (`--cache-sim=yes`, the caches sized as this CPU's), data (reads and writes) / \
@@ -237,21 +217,26 @@ pub fn markdown(counts: &Counts, requests: u32) -> String {
          into fresh memory, structures read through pointers, code that does not stay \
          in the cache.\n\n",
     );
-    md.push_str(&table(counts, &scenarios, |f| {
+    md.push_str(&table(counts, |f| {
         format!("{:.0} / {:.0}", f.data_misses, f.instruction_misses)
     }));
     md
 }
 
-/// A row per path, a column per scenario, each cell `cell` of its figures
-/// (this module's, or another per-request count's).
+/// A row per path, a column per scenario counted (in `SCENARIOS` order),
+/// each cell `cell` of its figures (this module's, or another per-request
+/// count's).
 pub(super) fn table<F>(
     counts: &BTreeMap<(&'static str, &'static str), F>,
-    scenarios: &[&str],
     cell: impl Fn(&F) -> String,
 ) -> String {
+    let scenarios: Vec<&str> = SCENARIOS
+        .iter()
+        .map(|s| s.id)
+        .filter(|id| counts.keys().any(|(_, s)| s == id))
+        .collect();
     let mut md = String::from("| path |");
-    for s in scenarios {
+    for s in &scenarios {
         md.push_str(&format!(" {s} |"));
     }
     md.push_str("\n|---|");
@@ -262,7 +247,7 @@ pub(super) fn table<F>(
             continue;
         }
         md.push_str(&format!("| {} |", path.label()));
-        for s in scenarios {
+        for s in &scenarios {
             match counts.get(&(path.id(), *s)) {
                 Some(f) => md.push_str(&format!(" {} |", cell(f))),
                 None => md.push_str(" – |"),
@@ -273,7 +258,37 @@ pub(super) fn table<F>(
     md
 }
 
-pub(super) fn command(env: &Env, route: &Route, kind: Kind, amount: Amount) -> Result<Command> {
+/// The load scenarios (HTTP/1.1 and HTTP/2, which a fixed number of
+/// requests can run) among `scenarios` that apply to `path`.
+pub(super) fn load_scenarios<'a>(
+    path: PathKind,
+    scenarios: &'a [&str],
+) -> impl Iterator<Item = &'static Scenario> + 'a {
+    SCENARIOS.iter().filter(move |s| {
+        scenarios.contains(&s.id)
+            && scenario::not_applicable(path, s).is_none()
+            && matches!(s.kind, Kind::Oha(_) | Kind::H2 { .. })
+    })
+}
+
+/// `amount` requests of the load scenario `kind` on `route`, by a client
+/// that `client` makes of the load generator's command.
+pub(super) fn run_load(
+    env: &Env,
+    route: &Route,
+    kind: Kind,
+    amount: Amount,
+    client: impl Fn(Command) -> Command,
+) -> Result<LoadResult> {
+    let mut c = client(command(env, route, kind, amount)?);
+    let text = cmd::output(&mut c)?;
+    match kind {
+        Kind::H2 { .. } => load::parse_h2load(&text),
+        _ => load::parse_oha(&text),
+    }
+}
+
+fn command(env: &Env, route: &Route, kind: Kind, amount: Amount) -> Result<Command> {
     match kind {
         Kind::Oha(l) => Ok(load::oha(&env.oha, route, l, amount)),
         Kind::H2 {

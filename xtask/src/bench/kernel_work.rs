@@ -19,9 +19,8 @@ use anyhow::{Context, Result, bail};
 
 use super::{
     instructions,
-    load::{self, Amount, LoadResult},
+    load::Amount,
     paths::{Env, PathKind},
-    scenario::{self, Kind, SCENARIOS},
 };
 use crate::cmd;
 
@@ -61,19 +60,9 @@ pub fn run(env: &Env, paths: &[PathKind], scenarios: &[&str], requests: u32) -> 
             continue;
         }
         let route = env.route(path);
-        for s in SCENARIOS.iter().filter(|s| scenarios.contains(&s.id)) {
-            if scenario::not_applicable(path, s).is_some()
-                || !matches!(s.kind, Kind::Oha(_) | Kind::H2 { .. })
-            {
-                continue;
-            }
-            let load = |amount| -> Result<LoadResult> {
-                let mut c = env.client(path, instructions::command(env, &route, s.kind, amount)?);
-                let text = cmd::output(&mut c)?;
-                match s.kind {
-                    Kind::H2 { .. } => load::parse_h2load(&text),
-                    _ => load::parse_oha(&text),
-                }
+        for s in instructions::load_scenarios(path, scenarios) {
+            let load = |amount| {
+                instructions::run_load(env, &route, s.kind, amount, |c| env.client(path, c))
             };
             load(Amount::Requests(WARM_UP))?;
             let out = dir.join(format!("{}.{}.csv", path.id(), s.id));
@@ -185,11 +174,6 @@ impl Totals {
 /// The section of docs/benchmarks.md: a row per path, a column per
 /// scenario.
 pub fn markdown(counts: &Counts, requests: u32) -> String {
-    let scenarios: Vec<&str> = SCENARIOS
-        .iter()
-        .map(|s| s.id)
-        .filter(|id| counts.keys().any(|(_, s)| s == id))
-        .collect();
     let mut md = format!(
         "System calls / context switches / CPU milliseconds of the proxy's processes per \
          request that returned 200 (`perf stat -e {EVENTS}` on the bench's own daemons and \
@@ -199,7 +183,7 @@ pub fn markdown(counts: &Counts, requests: u32) -> String {
          the tracepoint costs each call a little, so the CPU column runs a little above the \
          load runs'.\n\n"
     );
-    md.push_str(&instructions::table(counts, &scenarios, |f| {
+    md.push_str(&instructions::table(counts, |f| {
         format!(
             "{:.1} / {:.2} / {:.3}",
             f.syscalls, f.context_switches, f.cpu_ms
