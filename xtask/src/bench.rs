@@ -377,44 +377,39 @@ fn measure_all(
             .push(one_run(&env, paths, &scenarios, full, false)?);
     }
     results.busy_during.extend(machine::busy_processes());
-    let instructions = if opts.no_instructions || !paths.iter().any(|p| p.is_agentguard()) {
-        None
-    } else if instructions::available() {
-        println!("==> bench: instructions per request (callgrind)");
-        match instructions::run(&env, paths, &scenarios, opts.instruction_requests) {
-            Ok(c) => Some(instructions::markdown(&c, opts.instruction_requests)),
-            Err(e) => Some(format!("The instruction counts failed: {e:#}")),
-        }
-    } else {
-        Some("valgrind (callgrind) is not installed; no instruction counts.".to_owned())
-    };
-    let kernel_work = if opts.no_kernel_work {
-        None
-    } else if kernel_work::available() {
-        println!("==> bench: system calls per request (perf stat)");
-        match kernel_work::run(&env, paths, &scenarios, opts.kernel_work_requests) {
-            Ok(c) => Some(kernel_work::markdown(&c, opts.kernel_work_requests)),
-            Err(e) => Some(format!("The system call counts failed: {e:#}")),
-        }
-    } else {
-        Some("`perf stat` cannot count system calls here; no counts.".to_owned())
-    };
-    let profile = if opts.no_profile {
-        None
-    } else if profile::available() {
-        println!("==> bench: profiling {}", opts.profile_of);
-        match profile::run(
-            &env,
-            work.parent().context("bench dir")?,
-            profile_target,
-            opts.seconds,
-        ) {
-            Ok(p) => Some(p),
-            Err(e) => Some(format!("The profile failed: {e:#}")),
-        }
-    } else {
-        Some("`perf record` does not work on this machine; no profile was taken.".to_owned())
-    };
+    let instructions = phase(
+        opts.no_instructions || !paths.iter().any(|p| p.is_agentguard()),
+        instructions::available,
+        "instructions per request (callgrind)",
+        "instruction counts",
+        "valgrind (callgrind) is not installed; no instruction counts.",
+        || {
+            instructions::run(&env, paths, &scenarios, opts.instruction_requests)
+                .map(|c| instructions::markdown(&c, opts.instruction_requests))
+        },
+    );
+    let kernel_work = phase(
+        opts.no_kernel_work,
+        kernel_work::available,
+        "system calls per request (perf stat)",
+        "system call counts",
+        "`perf stat` cannot count system calls here; no counts.",
+        || {
+            kernel_work::run(&env, paths, &scenarios, opts.kernel_work_requests)
+                .map(|c| kernel_work::markdown(&c, opts.kernel_work_requests))
+        },
+    );
+    let profile = phase(
+        opts.no_profile,
+        profile::available,
+        &format!("profiling {}", opts.profile_of),
+        "profile",
+        "`perf record` does not work on this machine; no profile was taken.",
+        || {
+            let bench_dir = work.parent().context("bench dir")?;
+            profile::run(&env, bench_dir, profile_target, opts.seconds)
+        },
+    );
     Ok(Measured {
         tools: facts,
         results,
@@ -422,6 +417,27 @@ fn measure_all(
         instructions,
         kernel_work,
     })
+}
+
+/// One of the sections measured after the runs: `None` when skipped, the
+/// section when `run` made it, else why not (the tool is missing, or what
+/// failed), so that one tool's trouble keeps the other sections.
+fn phase(
+    skip: bool,
+    available: impl FnOnce() -> bool,
+    doing: &str,
+    what: &str,
+    unavailable: &str,
+    run: impl FnOnce() -> Result<String>,
+) -> Option<String> {
+    if skip {
+        return None;
+    }
+    if !available() {
+        return Some(unavailable.to_owned());
+    }
+    println!("==> bench: {doing}");
+    Some(run().unwrap_or_else(|e| format!("The {what} failed: {e:#}")))
 }
 
 /// Every scenario on every path, paths in turn. A measurement that fails
