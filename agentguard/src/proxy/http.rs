@@ -83,26 +83,34 @@ pub struct ConnMeta {
 }
 
 impl ConnMeta {
+    /// The agent's socket where it may be asked whether the agent left:
+    /// HTTP/1 only. An HTTP/2 connection is shared by many requests, and
+    /// its agent cancels a request by resetting its stream, which ends
+    /// the request's future (and its streams can outlive the socket's
+    /// descriptor, `AgentSocket`).
+    fn askable_socket(&self, version: hyper::Version) -> Option<AgentSocket> {
+        self.agent_socket
+            .filter(|_| version < hyper::Version::HTTP_2)
+    }
+
     /// Whether an HTTP/1 agent has closed its side of the connection
     /// (hyper does not say: half-closes are kept, see [`serve`]). Always
-    /// `false` for HTTP/2, whose connection many requests share and whose
-    /// agent cancels a request by resetting its stream, which ends the
-    /// request's future.
+    /// `false` for HTTP/2.
     fn agent_left(&self, version: hyper::Version) -> bool {
-        version < hyper::Version::HTTP_2
-            && self.agent_socket.is_some_and(AgentSocket::agent_finished)
+        self.askable_socket(version)
+            .is_some_and(AgentSocket::agent_finished)
     }
 
     /// Returns once [`ConnMeta::agent_left`], asked every
     /// [`AGENT_LEFT_CHECK`]; never for HTTP/2.
     async fn until_agent_leaves(&self, version: hyper::Version) {
-        if version >= hyper::Version::HTTP_2 || self.agent_socket.is_none() {
+        let Some(socket) = self.askable_socket(version) else {
             return std::future::pending().await;
-        }
+        };
         let mut every = tokio::time::interval(AGENT_LEFT_CHECK);
         loop {
             every.tick().await;
-            if self.agent_left(version) {
+            if socket.agent_finished() {
                 return;
             }
         }
