@@ -158,6 +158,7 @@ pub fn http_head(data: &[u8]) {
         dial: crate::netns::Dial::Host,
         place: std::sync::Arc::new(crate::proxy::limits::Held::detached()),
         agent_socket: None,
+        on_behalf_of: None,
     };
     let limiter = RateLimiter::new();
     let caller = plan::Caller {

@@ -310,6 +310,122 @@ fn token_exchange_on_behalf_of_a_person_with_private_key_jwt() {
     assert!(!daemon.log().contains("alice-idp-token"));
 }
 
+/// Whom a connection acts for is settled when it is accepted: a request
+/// sent later on it is the same person's even once the registered process
+/// is gone (its pid could be another process's by then), and a connection
+/// opened after that acts for no one.
+#[test]
+fn a_connection_acts_for_whom_its_process_acted_for_when_it_opened() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("agentguard test upstream CA", dir.path());
+    let auth = AuthServer::start(
+        dir.path(),
+        &ca,
+        &[
+            "--client".into(),
+            "agentguard:client-secret-77c0".into(),
+            "--person".into(),
+            "alice:alice-idp-token-5e2d".into(),
+        ],
+    );
+    let issued_log = auth.log.clone();
+    let api = tool(&ca, move |t| {
+        std::fs::read_to_string(&issued_log).is_ok_and(|l| !t.is_empty() && l.contains(t))
+    });
+    let people = dir.path().join("people");
+    std::fs::create_dir(&people).unwrap();
+    secret_file(&people, "alice", "alice-idp-token-5e2d\n");
+    let client_secret = secret_file(dir.path(), "client-secret", "client-secret-77c0\n");
+    let policy = format!(
+        "[[credential]]\nid = \"tickets\"\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\n\
+         [credential.source.token_exchange]\ntoken_url = \"{url}\"\nclient_id = \"agentguard\"\n\
+         client_secret = {{ file = \"{secret}\" }}\nsubject = \"on-behalf-of\"\nsubject_tokens = \"{people}\"\n\
+         audience = \"tickets\"\n\n{tool}",
+        url = auth.token_url(),
+        secret = client_secret.display(),
+        people = people.display(),
+        tool = tool_policy("tickets"),
+    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy)
+        .upstream_ca(&ca.pem_path)
+        .start();
+    auth.trust_daemon(&daemon, dir.path());
+    // The registered process (the shell, which `agentguard exec` became)
+    // starts the client and is killed by it after its first request: the
+    // client's next request goes on the same connection, from a process
+    // whose registered ancestor is gone.
+    let script = r#"
+import http.client, os, signal, ssl, sys, time, urllib.parse
+url = urllib.parse.urlsplit(sys.argv[1])
+def connect():
+    return http.client.HTTPSConnection(url.hostname, url.port, timeout=20,
+                                       context=ssl.create_default_context())
+def get(conn):
+    conn.request("GET", url.path)
+    r = conn.getresponse()
+    r.read()
+    return r.status
+conn = connect()
+first = get(conn)
+sock = conn.sock
+parent = os.getppid()
+os.kill(parent, signal.SIGKILL)
+deadline = time.monotonic() + 10
+while os.getppid() == parent and time.monotonic() < deadline:
+    time.sleep(0.05)
+second = get(conn)
+third = get(connect())
+print(first, second, conn.sock is sock, os.getppid() != parent, third)
+"#;
+    let out = daemon
+        .exec_resolving_with(
+            AGENT,
+            &["--on-behalf-of", "alice"],
+            &[API],
+            "127.0.0.3",
+            &[
+                "sh",
+                "-c",
+                "python3 -c \"$0\" \"$1\" & wait",
+                script,
+                &api.url("/api/tickets"),
+            ],
+        )
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        "200 200 True True 502",
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+    // Both of the first connection's requests were alice's; the second
+    // connection's request fetched nothing for anyone.
+    let issued = auth.issued();
+    assert!(!issued.is_empty(), "{issued:?}");
+    assert!(issued.iter().all(|t| t["subject"] == "alice"), "{issued:?}");
+    assert_eq!(api.seen().len(), 2, "the refused request reached the tool");
+    let events = daemon.wait_for_events("three requests", |e| {
+        e.iter().filter(|e| e["kind"] == "request").count() == 3
+    });
+    let people: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "request")
+        .map(|e| e["on_behalf_of"].clone())
+        .collect();
+    assert_eq!(
+        people,
+        [
+            serde_json::json!("alice"),
+            serde_json::json!("alice"),
+            serde_json::Value::Null
+        ]
+    );
+}
+
 #[test]
 fn jwt_bearer_grant_and_a_refused_exchange() {
     require_root();

@@ -300,6 +300,7 @@ async fn carry_out(
                 }
             };
             let agent_socket = Some(AgentSocket::of(tls.get_ref().0));
+            let on_behalf_of = ctx.on_behalf_of.lookup(identity.pid);
             let meta = ConnMeta {
                 identity,
                 peer,
@@ -308,6 +309,7 @@ async fn carry_out(
                 dial,
                 place: held,
                 agent_socket,
+                on_behalf_of,
             };
             // Boxed: `serve` keeps its argument in its state beside the
             // connection it moves it into, and the TLS stream is 1.2 KiB
@@ -316,6 +318,7 @@ async fn carry_out(
             http::serve(Box::new(tls), meta, ctx).await;
         }
         ConnPlan::InterceptHttp => {
+            let on_behalf_of = ctx.on_behalf_of.lookup(identity.pid);
             let meta = ConnMeta {
                 identity,
                 peer,
@@ -324,6 +327,7 @@ async fn carry_out(
                 dial,
                 place: held,
                 agent_socket: Some(AgentSocket::of(&stream)),
+                on_behalf_of,
             };
             http::serve(stream, meta, ctx).await;
         }

@@ -80,6 +80,11 @@ pub struct ConnMeta {
     /// while a request of it waited (for approval, for the audit store);
     /// `None` where there is none (tests).
     pub agent_socket: Option<AgentSocket>,
+    /// Whom `exec --on-behalf-of` said the connecting process acts for,
+    /// looked up once, when the connection was accepted: every request of
+    /// the connection is that person's, however long it waits (a pid
+    /// looked up again later could be another process's by then).
+    pub on_behalf_of: Option<String>,
 }
 
 impl ConnMeta {
@@ -132,11 +137,8 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Who is calling is fixed for the connection: its kernel identity, and
-    // whom `exec --on-behalf-of` said the process acts for.
-    let caller = Arc::new((
-        AgentIdentity::from(&meta.identity),
-        ctx.on_behalf_of.lookup(meta.identity.pid),
-    ));
+    // whom it acts for (`ConnMeta::on_behalf_of`).
+    let caller = Arc::new(AgentIdentity::from(&meta.identity));
     let template = Arc::new(Outcome::template(&meta));
     let meta = Arc::new(meta);
     let span = tracing::Span::current();
@@ -174,17 +176,7 @@ where
                 let slot = ctx.limits.request(&meta.identity.agent, &state.policy);
                 let resp = match slot {
                     Ok(slot) => {
-                        let (identity, on_behalf_of) = &*caller;
-                        let resp = handle(
-                            req,
-                            &meta,
-                            identity,
-                            on_behalf_of.as_deref(),
-                            &ctx,
-                            &state,
-                            &mut outcome,
-                        )
-                        .await;
+                        let resp = handle(req, &meta, &caller, &ctx, &state, &mut outcome).await;
                         outcome
                             .attach(resp)
                             .map(|b| idle::Holding::new(b, (busy, Some(slot))))
@@ -235,18 +227,17 @@ where
 }
 
 /// Plans one request and carries the plan out.
-#[allow(clippy::too_many_arguments)]
 async fn handle(
     mut req: Request<Incoming>,
     meta: &ConnMeta,
     identity: &AgentIdentity,
-    on_behalf_of: Option<&str>,
     ctx: &ProxyContext,
     state: &Arc<LiveState>,
     out: &mut Outcome,
 ) -> Response<ProxyBody> {
     // The intent is recorded (Outcome::new read it) and goes no further.
     req.headers_mut().remove(INTENT_HEADER);
+    let on_behalf_of = meta.on_behalf_of.as_deref();
     if out.event().on_behalf_of.is_none() {
         out.event_mut().on_behalf_of = on_behalf_of.map(str::to_owned);
     }
@@ -387,7 +378,7 @@ async fn forward(
         aws::strip_agent_signature(&mut parts);
     }
     if let Some(credential) = credential.filter(|_| jwt.is_none() && aws.is_none()) {
-        let on_behalf_of = || ctx.on_behalf_of.lookup(meta.identity.pid);
+        let on_behalf_of = || meta.on_behalf_of.clone();
         let requester = Requester {
             agent,
             kernel: Some((&meta.identity.cgroup, meta.identity.uid)),

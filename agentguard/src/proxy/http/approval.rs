@@ -85,7 +85,7 @@ pub(super) async fn hold(
             url: url.clone(),
             body: body.clone(),
             intent: out.event().intent.clone(),
-            on_behalf_of: ctx.on_behalf_of.lookup(identity.pid),
+            on_behalf_of: meta.on_behalf_of.clone(),
             timeout: policy.timeout,
         })
         .map_err(Refusal::ApprovalQueueFull)?;

@@ -45,7 +45,7 @@ pub(super) async fn bind(
         Refusal::JwtBodyTooLarge { max }
     })
     .await?;
-    let on_behalf_of = ctx.on_behalf_of.lookup(meta.identity.pid);
+    let on_behalf_of = meta.on_behalf_of.clone();
     let binding = RequestBinding::new(parts.method.as_str(), &parts.uri, "https", &body);
     let minted = ctx
         .minter

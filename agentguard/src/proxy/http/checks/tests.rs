@@ -26,6 +26,7 @@ fn meta(sni: Option<&str>, port: u16) -> ConnMeta {
         dial: crate::netns::Dial::Host,
         place: std::sync::Arc::new(crate::proxy::limits::Held::detached()),
         agent_socket: None,
+        on_behalf_of: None,
     }
 }
 

@@ -92,6 +92,7 @@ fn meta(agent: &str, sni: Option<&str>, dst: &str) -> ConnMeta {
         dial: crate::netns::Dial::Host,
         place: std::sync::Arc::new(crate::proxy::limits::Held::detached()),
         agent_socket: None,
+        on_behalf_of: None,
     }
 }
 
