@@ -195,8 +195,9 @@ impl Approvals {
             id,
             binding: request.binding,
             timeout: request.timeout,
-            rx: Some(rx),
+            rx,
             queue: self.clone(),
+            abandoned: None,
         })
     }
 
@@ -300,14 +301,18 @@ impl Approvals {
     }
 }
 
+/// What is told how a request settled that was dropped mid-wait.
+type Abandoned = Box<dyn FnOnce(Verdict) + Send>;
+
 /// One held request, waiting. Dropping it (the agent went away) takes the
 /// request out of the queue.
 pub struct Held {
     id: String,
     binding: Binding,
     timeout: Duration,
-    rx: Option<oneshot::Receiver<Verdict>>,
+    rx: oneshot::Receiver<Verdict>,
     queue: Arc<Approvals>,
+    abandoned: Option<Abandoned>,
 }
 
 impl Held {
@@ -329,28 +334,36 @@ impl Held {
     /// an approver is not told a request was decided that then goes
     /// unrecorded. The timeout ends the wait the same way.
     pub async fn wait_unless(mut self, gone: impl Future<Output = ()>) -> Verdict {
-        let Some(mut rx) = self.rx.take() else {
-            return Verdict::TimedOut {
-                after: Duration::ZERO,
-            };
-        };
         let verdict = tokio::select! {
             // A verdict or the timeout first, when both are ready.
             biased;
-            verdict = tokio::time::timeout(self.timeout, &mut rx) => match verdict {
+            verdict = tokio::time::timeout(self.timeout, &mut self.rx) => match verdict {
                 Ok(Ok(verdict)) => verdict,
                 // The timeout (or the sender gone without a verdict, which
                 // the queue never does): out of the queue, unless a verdict
                 // came just before.
-                Ok(Err(_)) | Err(_) => self.leave(&mut rx).unwrap_or(Verdict::TimedOut {
+                Ok(Err(_)) | Err(_) => self.leave().unwrap_or(Verdict::TimedOut {
                     after: self.timeout,
                 }),
             },
-            () = gone => match self.leave(&mut rx) {
-                Some(verdict) => verdict,
-                None => return Verdict::Withdrawn,
-            },
+            () = gone => self.leave().unwrap_or(Verdict::Withdrawn),
         };
+        // Settled here: the holder is told.
+        self.abandoned = None;
+        self.checked(verdict)
+    }
+
+    /// `abandoned` is told how the request settled if its holder drops the
+    /// wait before it ends (an HTTP/2 agent reset its stream, the daemon
+    /// stops): withdrawn, or the verdict an approver sent after the wait
+    /// was last polled, which the approver was told had landed.
+    pub fn on_abandoned(&mut self, abandoned: impl FnOnce(Verdict) + Send + 'static) {
+        self.abandoned = Some(Box::new(abandoned));
+    }
+
+    /// An approval bound to another call than this one (which the queue
+    /// never hands out) is a denial.
+    fn checked(&self, verdict: Verdict) -> Verdict {
         match verdict {
             Verdict::Approved { binding, by } if binding != self.binding => Verdict::Denied {
                 by,
@@ -361,16 +374,20 @@ impl Held {
     }
 
     /// Takes the request out of the queue, under its lock: the verdict sent
-    /// before it left, if one was, or `None` (none can be sent after).
-    fn leave(&self, rx: &mut oneshot::Receiver<Verdict>) -> Option<Verdict> {
+    /// before it left, if one was and it was not taken already, or `None`
+    /// (none can be sent after).
+    fn leave(&mut self) -> Option<Verdict> {
         self.queue.forget(&self.id);
-        rx.try_recv().ok()
+        self.rx.try_recv().ok()
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.queue.forget(&self.id);
+        let verdict = self.leave();
+        if let Some(abandoned) = self.abandoned.take() {
+            abandoned(verdict.map_or(Verdict::Withdrawn, |v| self.checked(v)));
+        }
     }
 }
 

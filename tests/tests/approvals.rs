@@ -246,8 +246,9 @@ fn an_agent_that_gives_up_withdraws_its_held_request() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(s.upstream.seen().is_empty());
 
-    // Each request's record says how it ended: the HTTP/1.1 one withdrawn
-    // (its approval event too), the HTTP/2 one abandoned with its stream.
+    // Each request's record says how it ended: the HTTP/1.1 one withdrawn,
+    // the HTTP/2 one abandoned with its stream; each approval event says
+    // withdrawn.
     let of = |events: &[Value], kind: &str, id: &str| {
         events
             .iter()
@@ -255,13 +256,16 @@ fn an_agent_that_gives_up_withdraws_its_held_request() {
             .cloned()
     };
     let events = s.daemon.wait_for_events("both records", |e| {
-        of(e, "approval", &h1_id).is_some()
-            && of(e, "request", &h1_id).is_some()
-            && of(e, "request", &h2_id).is_some()
+        [&h1_id, &h2_id]
+            .iter()
+            .all(|id| of(e, "approval", id).is_some() && of(e, "request", id).is_some())
     });
-    let approval = of(&events, "approval", &h1_id).unwrap();
-    assert_eq!(approval["rule"], "approval:withdrawn");
-    assert_eq!(approval["decision"], "refuse");
+    for id in [&h1_id, &h2_id] {
+        let approval = of(&events, "approval", id).unwrap();
+        assert_eq!(approval["rule"], "approval:withdrawn", "{approval}");
+        assert_eq!(approval["decision"], "refuse", "{approval}");
+        assert!(approval["actor"].is_null(), "{approval}");
+    }
     let request = of(&events, "request", &h1_id).unwrap();
     assert_eq!(request["rule"], "approval-withdrawn");
     assert_eq!(request["status"], 499);

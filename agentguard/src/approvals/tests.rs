@@ -195,3 +195,73 @@ async fn revoking_an_agent_denies_only_its_requests() {
     assert_eq!(q.list().len(), 1);
     assert_eq!(q.list()[0].id, b.id());
 }
+
+fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+    f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+}
+
+/// The report of a held request dropped mid-wait, and a handle to read it.
+fn report_abandoned(held: &mut Held) -> Arc<std::sync::Mutex<Vec<Verdict>>> {
+    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+    held.on_abandoned({
+        let told = told.clone();
+        move |verdict| told.lock().unwrap().push(verdict)
+    });
+    told
+}
+
+#[tokio::test]
+async fn a_verdict_sent_to_a_wait_dropped_before_it_read_it_is_reported() {
+    let q = Arc::new(Approvals::default());
+    let mut held = q.hold(request("a", 7, "h1", LONG)).unwrap();
+    let id = held.id().to_owned();
+    let told = report_abandoned(&mut held);
+    // Polled once (the request waits), approved, then dropped before the
+    // wait is polled again: an HTTP/2 stream reset at that moment.
+    let mut wait = Box::pin(held.wait());
+    assert!(poll_once(wait.as_mut()).is_pending());
+    q.approve(&id, "alice", None).unwrap();
+    assert!(told.lock().unwrap().is_empty());
+    drop(wait);
+    assert_eq!(
+        *told.lock().unwrap(),
+        [Verdict::Approved {
+            by: "alice".into(),
+            binding: Binding {
+                agent: "a".into(),
+                pid: 7,
+                request_hash: "h1".into(),
+            },
+        }]
+    );
+}
+
+#[tokio::test]
+async fn a_wait_dropped_without_a_verdict_is_reported_withdrawn() {
+    let q = Arc::new(Approvals::default());
+    let mut held = q.hold(request("a", 7, "h1", LONG)).unwrap();
+    let id = held.id().to_owned();
+    let told = report_abandoned(&mut held);
+    let mut wait = Box::pin(held.wait());
+    assert!(poll_once(wait.as_mut()).is_pending());
+    drop(wait);
+    assert_eq!(*told.lock().unwrap(), [Verdict::Withdrawn]);
+    assert!(q.approve(&id, "alice", None).is_err());
+}
+
+#[tokio::test]
+async fn a_wait_that_ended_reports_nothing_when_dropped() {
+    let q = Arc::new(Approvals::default());
+    let mut held = q.hold(request("a", 7, "h1", LONG)).unwrap();
+    let id = held.id().to_owned();
+    let told = report_abandoned(&mut held);
+    q.deny(&id, "bob", "no", None).unwrap();
+    assert_eq!(
+        held.wait().await,
+        Verdict::Denied {
+            by: "bob".into(),
+            reason: "no".into()
+        }
+    );
+    assert!(told.lock().unwrap().is_empty());
+}

@@ -3,15 +3,17 @@
 //! request-bound tokens) and queued in [`crate::approvals`], and nothing is
 //! sent upstream until an approver says yes. Meanwhile the agent's
 //! connection simply has no answer yet: to its HTTP client, an ordinary
-//! slow response. An agent that gives up withdraws its request: an HTTP/2
-//! agent's cancel (`RST_STREAM`) drops it (its request's record says the
-//! agent abandoned it), and an HTTP/1 agent closing its side, which hyper
-//! does not report (the connection keeps half-closes, `super::serve`), is
-//! seen in the socket's TCP state, asked every second while it waits
-//! (`ConnMeta::agent_left`): `approval:withdrawn`. Asked once more when an
-//! approval arrives: the approval is recorded as given, and the request's
-//! own record says it was withdrawn. A client that only shut its sending
-//! side looks the same, and is refused too.
+//! slow response. An agent that gives up withdraws its request. An HTTP/2
+//! agent's cancel (`RST_STREAM`) drops it: its request's record says the
+//! agent abandoned it, its approval event says `approval:withdrawn` (or
+//! the verdict sent just before, `Held::on_abandoned`). An HTTP/1 agent
+//! closing its side, which hyper does not report (the connection keeps
+//! half-closes, `super::serve`), is seen in the socket's TCP state, asked
+//! every second while it waits (`ConnMeta::agent_left`):
+//! `approval:withdrawn`. Asked once more when an approval arrives: the
+//! approval is recorded as given, and the request's own record says it
+//! was withdrawn. A client that only shut its sending side looks the
+//! same, and is refused too.
 //!
 //! Every outcome is an `approval` audit event here, where the whole request
 //! is known; the request's own event carries the approval id, the hash and
@@ -70,7 +72,7 @@ pub(super) async fn hold(
         RequestBinding::new(parts.method.as_str(), &uri, scheme.as_str(), &body).request_hash();
     out.event_mut().request_hash = Some(request_hash.clone());
     let identity = &meta.identity;
-    let held = ctx
+    let mut held = ctx
         .approvals
         .hold(HeldRequest {
             binding: Binding {
@@ -90,6 +92,17 @@ pub(super) async fn hold(
         })
         .map_err(Refusal::ApprovalQueueFull)?;
     let id = held.id().to_owned();
+    let record = approval_event(meta, out, &id, &request_hash);
+    // Dropped mid-wait (an HTTP/2 agent's cancel): recorded all the same,
+    // with a verdict the approver was told had landed.
+    held.on_abandoned({
+        let (sink, record, agent) = (ctx.audit.clone(), record.clone(), identity.agent.clone());
+        move |verdict| {
+            if let Some(event) = Settled::of(verdict, &record, &agent).event {
+                sink.record_detached(event);
+            }
+        }
+    });
     out.event_mut().approval_id = Some(id.clone());
     info!(approval = %id, url = %url, "request held for approval");
     // A verdict first (`wait_unless`): a revocation closes the connection
@@ -97,82 +110,20 @@ pub(super) async fn hold(
     let verdict = held
         .wait_unless(meta.until_agent_leaves(parts.version))
         .await;
-    let withdrawn = || Refusal::ApprovalWithdrawn { id: id.clone() };
-    let (decision, rule, reason, actor, result) = match verdict {
-        Verdict::Approved { by, .. } => (
-            Decision::Allow,
-            "approval:approved",
-            format!("approved by {by}"),
-            Some(by),
-            Ok(()),
-        ),
-        Verdict::Denied { by, reason } => (
-            Decision::Deny,
-            "approval:denied",
-            reason.clone(),
-            Some(by.clone()),
-            Err(Refusal::ApprovalDenied {
-                id: id.clone(),
-                by,
-                reason,
-            }),
-        ),
-        Verdict::TimedOut { after } => {
-            let refusal = Refusal::ApprovalTimedOut {
-                id: id.clone(),
-                after,
-            };
-            (
-                Decision::Deny,
-                "approval:timeout",
-                refusal.to_string(),
-                None,
-                Err(refusal),
-            )
-        }
-        Verdict::Withdrawn => {
-            let refusal = withdrawn();
-            (
-                Decision::Refuse,
-                "approval:withdrawn",
-                refusal.to_string(),
-                None,
-                Err(refusal),
-            )
-        }
-        Verdict::Revoked { by, reason } => (
-            Decision::Deny,
-            "approval:revoked",
-            reason.clone(),
-            Some(by),
-            Err(Refusal::Revoked {
-                agent: identity.agent.to_string(),
-                reason,
-            }),
-        ),
-    };
-    info!(approval = %id, rule, reason = %reason, "approval decided");
-    // A revocation recorded its denials itself (`crate::oversight`), before
-    // it closed this connection.
-    let recorded = rule == "approval:revoked";
-    if !recorded {
-        record(
-            ctx,
-            meta,
-            out,
-            (decision, rule, reason),
-            actor.clone(),
-            &id,
-            &request_hash,
-        )
-        .await;
+    let Settled {
+        event,
+        actor,
+        result,
+    } = Settled::of(verdict, &record, &identity.agent);
+    if let Some(event) = event {
+        ctx.audit.record(event).await;
     }
     out.event_mut().actor = actor;
     result?;
     // Approved within the last check's second of the agent's going: the
     // approval is recorded, the request is not forwarded.
     if meta.agent_left(parts.version) {
-        return Err(withdrawn());
+        return Err(Refusal::ApprovalWithdrawn { id });
     }
     // Exactly the bytes that were hashed and shown go upstream.
     let body = match read {
@@ -182,22 +133,10 @@ pub(super) async fn hold(
     Ok(Request::from_parts(parts, body))
 }
 
-/// The `approval` event of a decided request.
-async fn record(
-    ctx: &ProxyContext,
-    meta: &ConnMeta,
-    out: &Outcome,
-    (decision, rule, reason): (Decision, &str, String),
-    actor: Option<String>,
-    id: &str,
-    request_hash: &str,
-) {
-    let mut event = meta
-        .identity
-        .stamp(Event::new(Kind::Approval))
-        .with_decision(decision, reason);
-    event.rule = Some(rule.into());
-    event.actor = actor;
+/// The `approval` event of this request, to be given its verdict
+/// ([`Settled::of`]).
+fn approval_event(meta: &ConnMeta, out: &Outcome, id: &str, request_hash: &str) -> Event {
+    let mut event = meta.identity.stamp(Event::new(Kind::Approval));
     event.approval_id = Some(id.to_owned());
     event.request_hash = Some(request_hash.to_owned());
     event.tool = out.event().tool.clone();
@@ -207,5 +146,90 @@ async fn record(
     event.sni = meta.sni.as_deref().map(Into::into);
     event.intent = out.event().intent.clone();
     event.policy_version = out.event().policy_version.clone();
-    ctx.audit.record(event).await;
+    event
+}
+
+fn id_of(record: &Event) -> &str {
+    record.approval_id.as_deref().unwrap_or_default()
+}
+
+/// What a verdict makes of a held request.
+struct Settled {
+    /// Its `approval` event; `None` for a revocation, which recorded its
+    /// denials itself (`crate::oversight`) before it closed the connection.
+    event: Option<Event>,
+    /// Who decided, for the request's own event.
+    actor: Option<String>,
+    /// Forwarded, or refused.
+    result: Result<(), Refusal>,
+}
+
+impl Settled {
+    /// `record` is the request's [`approval_event`], `agent` its agent.
+    fn of(verdict: Verdict, record: &Event, agent: &str) -> Self {
+        let id = id_of(record).to_owned();
+        let (decision, rule, reason, actor, result) = match verdict {
+            Verdict::Approved { by, .. } => (
+                Decision::Allow,
+                "approval:approved",
+                format!("approved by {by}"),
+                Some(by),
+                Ok(()),
+            ),
+            Verdict::Denied { by, reason } => (
+                Decision::Deny,
+                "approval:denied",
+                reason.clone(),
+                Some(by.clone()),
+                Err(Refusal::ApprovalDenied { id, by, reason }),
+            ),
+            Verdict::TimedOut { after } => {
+                let refusal = Refusal::ApprovalTimedOut { id, after };
+                (
+                    Decision::Deny,
+                    "approval:timeout",
+                    refusal.to_string(),
+                    None,
+                    Err(refusal),
+                )
+            }
+            Verdict::Withdrawn => {
+                let refusal = Refusal::ApprovalWithdrawn { id };
+                (
+                    Decision::Refuse,
+                    "approval:withdrawn",
+                    refusal.to_string(),
+                    None,
+                    Err(refusal),
+                )
+            }
+            Verdict::Revoked { by, reason } => (
+                Decision::Deny,
+                "approval:revoked",
+                reason.clone(),
+                Some(by),
+                Err(Refusal::Revoked {
+                    agent: agent.to_owned(),
+                    reason,
+                }),
+            ),
+        };
+        info!(approval = %id_of(record), rule, reason = %reason, "approval decided");
+        // A revocation recorded its denials itself.
+        if rule == "approval:revoked" {
+            return Self {
+                event: None,
+                actor,
+                result,
+            };
+        }
+        let mut event = record.clone().with_decision(decision, reason);
+        event.rule = Some(rule.into());
+        event.actor = actor.clone();
+        Self {
+            event: Some(event),
+            actor,
+            result,
+        }
+    }
 }
