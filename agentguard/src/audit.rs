@@ -183,6 +183,31 @@ impl AuditSink {
         }
     }
 
+    /// As [`AuditSink::record`], and should the caller's future be dropped
+    /// while it waits (its agent went away), the event is queued as
+    /// [`AuditSink::record_detached`] queues it: for an event that must
+    /// not depend on its request living on.
+    pub async fn record_even_if_dropped(&self, event: impl Into<Box<Event>>) {
+        /// Holds the event until a permit takes it.
+        struct Owed<'a>(&'a AuditSink, Option<Box<Event>>);
+        impl Drop for Owed<'_> {
+            fn drop(&mut self) {
+                if let Some(event) = self.1.take() {
+                    self.0.record_detached(event);
+                }
+            }
+        }
+        let mut owed = Owed(self, Some(event.into()));
+        let permit = self.reserve().await;
+        let Some(event) = owed.1.take() else { return };
+        match permit {
+            Some(permit) => permit.record(event),
+            None => {
+                error!(kind = event.kind.as_str(), id = %event.id, "audit writer has stopped; event not stored")
+            }
+        }
+    }
+
     /// Waits until the writer commits, then for a place in the queue.
     /// `None` once the writer has stopped.
     pub fn reserve(&self) -> Pin<Box<dyn Future<Output = Option<Permit>> + Send + 'static>> {

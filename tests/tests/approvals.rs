@@ -260,12 +260,33 @@ fn an_agent_that_gives_up_withdraws_its_held_request() {
             .iter()
             .all(|id| of(e, "approval", id).is_some() && of(e, "request", id).is_some())
     });
+    let time =
+        |e: &Value| chrono::DateTime::parse_from_rfc3339(e["time"].as_str().unwrap()).unwrap();
     for id in [&h1_id, &h2_id] {
         let approval = of(&events, "approval", id).unwrap();
         assert_eq!(approval["rule"], "approval:withdrawn", "{approval}");
         assert_eq!(approval["decision"], "refuse", "{approval}");
         assert!(approval["actor"].is_null(), "{approval}");
+        // Stamped when the request was withdrawn, after the 2.5 s it was
+        // held, not when it was queued.
+        let request = of(&events, "request", id).unwrap();
+        let held_for = time(&approval) - time(&request);
+        assert!(
+            held_for >= chrono::TimeDelta::seconds(2),
+            "{held_for}: {approval} {request}"
+        );
     }
+    let reason = |id: &str| of(&events, "approval", id).unwrap()["reason"].to_string();
+    assert!(
+        reason(&h1_id).contains("closed its connection"),
+        "{}",
+        reason(&h1_id)
+    );
+    assert!(
+        reason(&h2_id).contains("ended before a verdict"),
+        "{}",
+        reason(&h2_id)
+    );
     let request = of(&events, "request", &h1_id).unwrap();
     assert_eq!(request["rule"], "approval-withdrawn");
     assert_eq!(request["status"], 499);

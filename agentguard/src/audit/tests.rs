@@ -344,3 +344,45 @@ fn a_chain_made_anew_with_the_same_key_is_found_only_with_the_anchor() {
 }
 
 mod upgrade;
+
+#[test]
+fn an_event_whose_recorder_is_dropped_while_it_waits_is_still_stored() {
+    let state = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (sink, writer) = start(state.path(), config(100), vec![]).unwrap();
+    rt.block_on(async {
+        // Every place in the queue taken (by count or by bytes, whichever
+        // runs out first) and not yet used: a recorder waits.
+        let mut places = Vec::new();
+        while let Ok(place) = tokio::time::timeout(Duration::from_millis(200), sink.reserve()).await
+        {
+            places.push(place.unwrap());
+            assert!(places.len() <= config(100).queue, "the queue never filled");
+        }
+        let mut recording = Box::pin(sink.record_even_if_dropped(event(7)));
+        let waker = std::task::Waker::noop();
+        let polled = recording
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker));
+        assert!(polled.is_pending());
+        // Its request went away; then the queue has room again.
+        drop(recording);
+        drop(places);
+        for _ in 0..500 {
+            if sink.status().events_written == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    assert_eq!(sink.status().events_written, 1);
+    writer.shutdown(Duration::from_secs(5));
+    let stored: String = Connection::open(db_path(state.path()))
+        .unwrap()
+        .query_row("SELECT path FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, "/item/7");
+}

@@ -76,6 +76,10 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, origin: &Origin, ctx: A
             return;
         }
     };
+    // Whom the process acts for, while it is surely the one that connected
+    // (before the sniff and the handshake let it exit, or its pid be
+    // reused): every request of the connection is that person's.
+    let on_behalf_of = ctx.on_behalf_of.lookup(identity.pid);
     // From the agent's own namespace unless its policy says the host's.
     let dial = match state
         .policy
@@ -155,7 +159,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, origin: &Origin, ctx: A
                 pin!(carry_out(
                     plan,
                     stream,
-                    identity,
+                    (identity, on_behalf_of),
                     peer,
                     dst,
                     dial,
@@ -277,7 +281,7 @@ pub async fn record_direct(
 async fn carry_out(
     plan: ConnPlan,
     stream: TcpStream,
-    identity: Identity,
+    (identity, on_behalf_of): (Identity, Option<String>),
     peer: SocketAddr,
     dst: SocketAddr,
     dial: Dial,
@@ -300,7 +304,6 @@ async fn carry_out(
                 }
             };
             let agent_socket = Some(AgentSocket::of(tls.get_ref().0));
-            let on_behalf_of = ctx.on_behalf_of.lookup(identity.pid);
             let meta = ConnMeta {
                 identity,
                 peer,
@@ -318,7 +321,6 @@ async fn carry_out(
             http::serve(Box::new(tls), meta, ctx).await;
         }
         ConnPlan::InterceptHttp => {
-            let on_behalf_of = ctx.on_behalf_of.lookup(identity.pid);
             let meta = ConnMeta {
                 identity,
                 peer,

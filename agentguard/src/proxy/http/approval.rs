@@ -98,7 +98,11 @@ pub(super) async fn hold(
     held.on_abandoned({
         let (sink, record, agent) = (ctx.audit.clone(), record.clone(), identity.agent.clone());
         move |verdict| {
-            if let Some(event) = Settled::of(verdict, &record, &agent).event {
+            let withdrawn = verdict == Verdict::Withdrawn;
+            if let Some(mut event) = Settled::of(verdict, &record, &agent).event {
+                if withdrawn {
+                    event.reason = Some(ABANDONED.into());
+                }
                 sink.record_detached(event);
             }
         }
@@ -115,8 +119,10 @@ pub(super) async fn hold(
         actor,
         result,
     } = Settled::of(verdict, &record, &identity.agent);
+    // Recorded even if the request is dropped while the store makes it
+    // wait: the approver was told the verdict landed.
     if let Some(event) = event {
-        ctx.audit.record(event).await;
+        ctx.audit.record_even_if_dropped(event).await;
     }
     out.event_mut().actor = actor;
     result?;
@@ -133,6 +139,11 @@ pub(super) async fn hold(
     Ok(Request::from_parts(parts, body))
 }
 
+/// The reason of a request whose wait was dropped before a verdict: its
+/// HTTP/2 agent cancelled it, or the daemon stopped (which a `Drop` cannot
+/// tell apart).
+const ABANDONED: &str = "withdrawn: the wait for approval ended before a verdict (the agent cancelled the request, or the daemon stopped)";
+
 /// The `approval` event of this request, to be given its verdict
 /// ([`Settled::of`]).
 fn approval_event(meta: &ConnMeta, out: &Outcome, id: &str, request_hash: &str) -> Event {
@@ -146,6 +157,7 @@ fn approval_event(meta: &ConnMeta, out: &Outcome, id: &str, request_hash: &str) 
     event.sni = meta.sni.as_deref().map(Into::into);
     event.intent = out.event().intent.clone();
     event.policy_version = out.event().policy_version.clone();
+    event.on_behalf_of = out.event().on_behalf_of.clone();
     event
 }
 
@@ -223,7 +235,8 @@ impl Settled {
                 result,
             };
         }
-        let mut event = record.clone().with_decision(decision, reason);
+        // Its own id and time: the verdict's, not the hold's.
+        let mut event = Event::like(record).with_decision(decision, reason);
         event.rule = Some(rule.into());
         event.actor = actor.clone();
         Self {
