@@ -76,9 +76,10 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, origin: &Origin, ctx: A
             return;
         }
     };
-    // Whom the process acts for, while it is surely the one that connected
-    // (before the sniff and the handshake let it exit, or its pid be
-    // reused): every request of the connection is that person's.
+    // Whom the process acts for, as soon after its connect as the proxy
+    // can ask (the sniff and the handshake, up to 10 s each, would give it
+    // time to exit, or its pid to be reused): every request of the
+    // connection is that person's.
     let on_behalf_of = ctx.on_behalf_of.lookup(identity.pid);
     // From the agent's own namespace unless its policy says the host's.
     let dial = match state
