@@ -109,6 +109,7 @@ pub struct AuditSink {
 
 struct Shared {
     bytes: queue::Bytes,
+    batch_ready: queue::BatchReady,
     gate: queue::Gate,
     stats: Arc<Stats>,
     hub: broadcast::Sender<Arc<Record>>,
@@ -134,7 +135,8 @@ impl Permit {
         for observe in &self.shared.observers {
             observe(&event);
         }
-        self.permit.send(Queued { event, bytes });
+        let tx = self.permit.send(Queued { event, bytes });
+        self.shared.batch_ready.queued(&tx);
     }
 }
 
@@ -406,6 +408,9 @@ pub fn start(
     // A commit that runs longer than one flush interval holds back new
     // events: the loss after a crash stays about one interval's worth.
     let gate = queue::Gate::new(cfg.writer.flush_interval);
+    // A batch larger than the queue is never waiting whole: the bell rings
+    // at a full queue then.
+    let batch_ready = queue::BatchReady::new(cfg.writer.batch_max.min(cfg.queue.max(1)));
     let (checkpoints, _) = broadcast::channel(CHECKPOINT_BUFFER);
     let writer = writer::Writer::new(
         store,
@@ -423,6 +428,7 @@ pub fn start(
         },
     )?;
     let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+    let batch_ready_rx = batch_ready.clone();
     let (stop, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("audit-writer".into())
@@ -433,7 +439,7 @@ pub fn start(
                 .enable_time()
                 .build()
             {
-                Ok(rt) => rt.block_on(writer.run(rx, stop_rx)),
+                Ok(rt) => rt.block_on(writer.run(rx, batch_ready_rx, stop_rx)),
                 Err(e) => error!(error = %e, "audit writer runtime failed to start"),
             }
         })
@@ -442,6 +448,7 @@ pub fn start(
         tx,
         shared: Arc::new(Shared {
             bytes,
+            batch_ready,
             gate,
             stats,
             hub,

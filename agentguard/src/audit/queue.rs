@@ -25,7 +25,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::event::{Event, format_time};
 
@@ -200,6 +200,41 @@ impl Bytes {
 
     pub fn queued(&self) -> usize {
         self.capacity - self.budget.available_permits()
+    }
+}
+
+/// The writer's doorbell: rung by an emitter whose event leaves a whole
+/// batch waiting in the queue, so the writer gathering a batch sleeps
+/// until then or its flush deadline, not on a short tick. A tick woke the
+/// writer's thread hundreds of times a second whatever the load: at 200
+/// requests a second, one more context switch per request than nginx's.
+#[derive(Clone)]
+pub(super) struct BatchReady {
+    bell: Arc<Notify>,
+    batch_max: usize,
+}
+
+impl BatchReady {
+    pub fn new(batch_max: usize) -> Self {
+        Self {
+            bell: Arc::new(Notify::new()),
+            batch_max: batch_max.max(1),
+        }
+    }
+
+    /// Emitter, after it queued through `tx`. Places reserved but not yet
+    /// filled count as queued: the writer woken early finds fewer and
+    /// waits again, until its deadline at the latest.
+    pub fn queued<T>(&self, tx: &mpsc::Sender<T>) {
+        if tx.max_capacity() - tx.capacity() >= self.batch_max {
+            self.bell.notify_one();
+        }
+    }
+
+    /// Writer: until an emitter rang. A ring while the writer was not
+    /// waiting is kept for its next wait, so none is missed.
+    pub async fn rung(&self) {
+        self.bell.notified().await;
     }
 }
 

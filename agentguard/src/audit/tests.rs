@@ -36,12 +36,28 @@ fn event(i: usize) -> Event {
     e
 }
 
-/// Records `n` events through a fresh writer on `state` and stops it.
-fn write(state: &std::path::Path, n: usize, checkpoint_every: u64) {
-    let rt = tokio::runtime::Builder::new_current_thread()
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// Polls the sink's count of committed events until it reaches `n`, for
+/// at most five seconds; returns the count it saw last.
+async fn written(sink: &AuditSink, n: u64) -> u64 {
+    for _ in 0..500 {
+        if sink.status().events_written >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sink.status().events_written
+}
+
+/// Records `n` events through a fresh writer on `state` and stops it.
+fn write(state: &std::path::Path, n: usize, checkpoint_every: u64) {
+    let rt = runtime();
     let (sink, writer) = start(state, config(checkpoint_every), vec![]).unwrap();
     rt.block_on(async {
         // More events than the queue holds: record waits, nothing drops.
@@ -253,10 +269,7 @@ fn rechain(state: &std::path::Path) {
 #[test]
 fn followers_see_committed_records() {
     let state = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let (sink, writer) = start(state.path(), config(100), vec![]).unwrap();
     let mut follow = sink.subscribe();
     rt.block_on(async {
@@ -348,10 +361,7 @@ mod upgrade;
 #[test]
 fn an_event_whose_recorder_is_dropped_while_it_waits_is_still_stored() {
     let state = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let (sink, writer) = start(state.path(), config(100), vec![]).unwrap();
     rt.block_on(async {
         // Every place in the queue taken (by count or by bytes, whichever
@@ -371,18 +381,47 @@ fn an_event_whose_recorder_is_dropped_while_it_waits_is_still_stored() {
         // Its request went away; then the queue has room again.
         drop(recording);
         drop(places);
-        for _ in 0..500 {
-            if sink.status().events_written == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        assert_eq!(written(&sink, 1).await, 1);
     });
-    assert_eq!(sink.status().events_written, 1);
     writer.shutdown(Duration::from_secs(5));
     let stored: String = Connection::open(db_path(state.path()))
         .unwrap()
         .query_row("SELECT path FROM events", [], |r| r.get(0))
         .unwrap();
     assert_eq!(stored, "/item/7");
+}
+
+/// A full batch is committed as soon as it is queued (the emitters ring
+/// the writer), and a lone event at its flush deadline.
+#[test]
+fn a_full_batch_is_committed_at_once_and_a_partial_one_at_its_deadline() {
+    let state = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let mut cfg = config(1000);
+    cfg.writer.batch_max = 8;
+    cfg.writer.flush_interval = Duration::from_secs(2);
+    let (sink, writer) = start(state.path(), cfg, vec![]).unwrap();
+    rt.block_on(async {
+        let started = tokio::time::Instant::now();
+        for i in 0..8 {
+            sink.record(event(i)).await;
+        }
+        assert_eq!(written(&sink, 8).await, 8);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a full batch waited for its deadline: {:?}",
+            started.elapsed()
+        );
+        let lone = tokio::time::Instant::now();
+        sink.record(event(8)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            sink.status().events_written,
+            8,
+            "committed before its deadline"
+        );
+        assert_eq!(written(&sink, 9).await, 9);
+        assert!(lone.elapsed() >= Duration::from_secs(2));
+    });
+    writer.shutdown(Duration::from_secs(5));
 }
