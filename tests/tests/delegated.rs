@@ -222,6 +222,47 @@ fn token_exchange_for_the_agent_with_a_client_secret() {
     assert!(requests.iter().all(|e| e["credential_id"] == "tickets"));
 }
 
+/// alice's IdP token, in the operator's folder of people's tokens.
+const ALICE_IDP_TOKEN: &str = "alice-idp-token-93b1";
+
+/// A token exchange on behalf of alice: the authorization server (knowing
+/// the client by `client_args` and alice by her IdP token), the tool that
+/// accepts only the tokens it issued, and a daemon whose policy exchanges
+/// alice's token, the client authenticated by `client_auth` and the token
+/// asked for by `target` (policy lines).
+fn on_behalf_of_alice(
+    dir: &Path,
+    ca: &TestCa,
+    client_args: &[String],
+    client_auth: &str,
+    target: &str,
+) -> (AuthServer, FakeApi, Daemon) {
+    let mut args = client_args.to_vec();
+    args.extend(["--person".into(), format!("alice:{ALICE_IDP_TOKEN}")]);
+    let auth = AuthServer::start(dir, ca, &args);
+    let issued_log = auth.log.clone();
+    let api = tool(ca, move |t| {
+        std::fs::read_to_string(&issued_log).is_ok_and(|l| !t.is_empty() && l.contains(t))
+    });
+    let people = dir.join("people");
+    std::fs::create_dir(&people).unwrap();
+    secret_file(&people, "alice", &format!("{ALICE_IDP_TOKEN}\n"));
+    let policy = format!(
+        "[[credential]]\nid = \"tickets\"\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\n\
+         [credential.source.token_exchange]\ntoken_url = \"{url}\"\nclient_id = \"agentguard\"\n\
+         {client_auth}\nsubject = \"on-behalf-of\"\nsubject_tokens = \"{people}\"\n{target}\n\n{tool}",
+        url = auth.token_url(),
+        people = people.display(),
+        tool = tool_policy("tickets"),
+    );
+    let daemon = Daemon::builder(&[AGENT])
+        .policy(&policy)
+        .upstream_ca(&ca.pem_path)
+        .start();
+    auth.trust_daemon(&daemon, dir);
+    (auth, api, daemon)
+}
+
 #[test]
 fn token_exchange_on_behalf_of_a_person_with_private_key_jwt() {
     require_root();
@@ -233,39 +274,16 @@ fn token_exchange_on_behalf_of_a_person_with_private_key_jwt() {
     let client_key = secret_file(dir.path(), "client.pem", &key.serialize_pem());
     let public = dir.path().join("client.pub.pem");
     std::fs::write(&public, key.public_key_pem()).unwrap();
-    let auth = AuthServer::start(
+    let (auth, api, daemon) = on_behalf_of_alice(
         dir.path(),
         &ca,
         &[
             "--key-client".into(),
             format!("agentguard:{}", public.display()),
-            "--person".into(),
-            "alice:alice-idp-token-93b1".into(),
         ],
+        &format!("client_key = {{ file = \"{}\" }}", client_key.display()),
+        &format!("resource = \"https://{API}/api\""),
     );
-    let issued_log = auth.log.clone();
-    let api = tool(&ca, move |t| {
-        std::fs::read_to_string(&issued_log).is_ok_and(|l| !t.is_empty() && l.contains(t))
-    });
-    // The operator's folder of people's tokens.
-    let people = dir.path().join("people");
-    std::fs::create_dir(&people).unwrap();
-    secret_file(&people, "alice", "alice-idp-token-93b1\n");
-    let policy = format!(
-        "[[credential]]\nid = \"tickets\"\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\n\
-         [credential.source.token_exchange]\ntoken_url = \"{url}\"\nclient_id = \"agentguard\"\n\
-         client_key = {{ file = \"{key}\" }}\nsubject = \"on-behalf-of\"\nsubject_tokens = \"{people}\"\n\
-         resource = \"https://{API}/api\"\n\n{tool}",
-        url = auth.token_url(),
-        key = client_key.display(),
-        people = people.display(),
-        tool = tool_policy("tickets"),
-    );
-    let daemon = Daemon::builder(&[AGENT])
-        .policy(&policy)
-        .upstream_ca(&ca.pem_path)
-        .start();
-    auth.trust_daemon(&daemon, dir.path());
     let (status, body) = curl(
         &daemon,
         &["--on-behalf-of", "alice"],
@@ -306,8 +324,8 @@ fn token_exchange_on_behalf_of_a_person_with_private_key_jwt() {
     let reasons = format!("{failures:?}");
     assert!(reasons.contains("--on-behalf-of"), "{reasons}");
     assert!(reasons.contains("\\\"bob\\\""), "{reasons}");
-    assert!(!reasons.contains("alice-idp-token"), "{reasons}");
-    assert!(!daemon.log().contains("alice-idp-token"));
+    assert!(!reasons.contains(ALICE_IDP_TOKEN), "{reasons}");
+    assert!(!daemon.log().contains(ALICE_IDP_TOKEN));
 }
 
 /// Whom a connection acts for is settled when it is accepted: a request
@@ -319,39 +337,17 @@ fn a_connection_acts_for_whom_its_process_acted_for_when_it_opened() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("agentguard test upstream CA", dir.path());
-    let auth = AuthServer::start(
+    let client_secret = secret_file(dir.path(), "client-secret", "client-secret-77c0\n");
+    let (auth, api, daemon) = on_behalf_of_alice(
         dir.path(),
         &ca,
-        &[
-            "--client".into(),
-            "agentguard:client-secret-77c0".into(),
-            "--person".into(),
-            "alice:alice-idp-token-5e2d".into(),
-        ],
+        &["--client".into(), "agentguard:client-secret-77c0".into()],
+        &format!(
+            "client_secret = {{ file = \"{}\" }}",
+            client_secret.display()
+        ),
+        "audience = \"tickets\"",
     );
-    let issued_log = auth.log.clone();
-    let api = tool(&ca, move |t| {
-        std::fs::read_to_string(&issued_log).is_ok_and(|l| !t.is_empty() && l.contains(t))
-    });
-    let people = dir.path().join("people");
-    std::fs::create_dir(&people).unwrap();
-    secret_file(&people, "alice", "alice-idp-token-5e2d\n");
-    let client_secret = secret_file(dir.path(), "client-secret", "client-secret-77c0\n");
-    let policy = format!(
-        "[[credential]]\nid = \"tickets\"\ninject = {{ header = \"Authorization\", format = \"Bearer {{secret}}\" }}\n\
-         [credential.source.token_exchange]\ntoken_url = \"{url}\"\nclient_id = \"agentguard\"\n\
-         client_secret = {{ file = \"{secret}\" }}\nsubject = \"on-behalf-of\"\nsubject_tokens = \"{people}\"\n\
-         audience = \"tickets\"\n\n{tool}",
-        url = auth.token_url(),
-        secret = client_secret.display(),
-        people = people.display(),
-        tool = tool_policy("tickets"),
-    );
-    let daemon = Daemon::builder(&[AGENT])
-        .policy(&policy)
-        .upstream_ca(&ca.pem_path)
-        .start();
-    auth.trust_daemon(&daemon, dir.path());
     // The registered process (the shell, which `agentguard exec` became)
     // starts the client and is killed by it after its first request: the
     // client's next request goes on the same connection, from a process

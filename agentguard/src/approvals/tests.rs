@@ -200,22 +200,26 @@ fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> 
     f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
 }
 
-/// The report of a held request dropped mid-wait, and a handle to read it.
-fn report_abandoned(held: &mut Held) -> Arc<std::sync::Mutex<Vec<Verdict>>> {
-    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+/// What a held request dropped mid-wait reported.
+type Told = Arc<std::sync::Mutex<Vec<Verdict>>>;
+
+/// A request held in a fresh queue, its id, and what it reports should its
+/// wait be dropped.
+fn held_and_told() -> (Arc<Approvals>, Held, String, Told) {
+    let q = Arc::new(Approvals::default());
+    let mut held = q.hold(request("a", 7, "h1", LONG)).unwrap();
+    let id = held.id().to_owned();
+    let told = Told::default();
     held.on_abandoned({
         let told = told.clone();
         move |verdict| told.lock().unwrap().push(verdict)
     });
-    told
+    (q, held, id, told)
 }
 
 #[tokio::test]
 async fn a_verdict_sent_to_a_wait_dropped_before_it_read_it_is_reported() {
-    let q = Arc::new(Approvals::default());
-    let mut held = q.hold(request("a", 7, "h1", LONG)).unwrap();
-    let id = held.id().to_owned();
-    let told = report_abandoned(&mut held);
+    let (q, held, id, told) = held_and_told();
     // Polled once (the request waits), approved, then dropped before the
     // wait is polled again: an HTTP/2 stream reset at that moment.
     let mut wait = Box::pin(held.wait());
@@ -238,10 +242,7 @@ async fn a_verdict_sent_to_a_wait_dropped_before_it_read_it_is_reported() {
 
 #[tokio::test]
 async fn a_wait_dropped_without_a_verdict_is_reported_withdrawn() {
-    let q = Arc::new(Approvals::default());
-    let mut held = q.hold(request("a", 7, "h1", LONG)).unwrap();
-    let id = held.id().to_owned();
-    let told = report_abandoned(&mut held);
+    let (q, held, id, told) = held_and_told();
     let mut wait = Box::pin(held.wait());
     assert!(poll_once(wait.as_mut()).is_pending());
     drop(wait);
@@ -251,10 +252,7 @@ async fn a_wait_dropped_without_a_verdict_is_reported_withdrawn() {
 
 #[tokio::test]
 async fn a_wait_that_ended_reports_nothing_when_dropped() {
-    let q = Arc::new(Approvals::default());
-    let mut held = q.hold(request("a", 7, "h1", LONG)).unwrap();
-    let id = held.id().to_owned();
-    let told = report_abandoned(&mut held);
+    let (q, held, id, told) = held_and_told();
     q.deny(&id, "bob", "no", None).unwrap();
     assert_eq!(
         held.wait().await,
