@@ -408,9 +408,7 @@ pub fn start(
     // A commit that runs longer than one flush interval holds back new
     // events: the loss after a crash stays about one interval's worth.
     let gate = queue::Gate::new(cfg.writer.flush_interval);
-    // A batch larger than the queue is never waiting whole: the bell rings
-    // at a full queue then.
-    let batch_ready = queue::BatchReady::new(cfg.writer.batch_max.min(cfg.queue.max(1)));
+    let batch_ready = queue::BatchReady::new(cfg.writer.batch_max);
     let (checkpoints, _) = broadcast::channel(CHECKPOINT_BUFFER);
     let writer = writer::Writer::new(
         store,
