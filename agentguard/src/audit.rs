@@ -176,13 +176,7 @@ impl AuditSink {
     /// the writer has stopped (the daemon is shutting down), the event is
     /// logged as lost, loudly.
     pub async fn record(&self, event: impl Into<Box<Event>>) {
-        let event = event.into();
-        match self.reserve().await {
-            Some(permit) => permit.record(event),
-            None => {
-                error!(kind = event.kind.as_str(), id = %event.id, "audit writer has stopped; event not stored")
-            }
-        }
+        self.record_when_placed(&mut Some(event.into())).await;
     }
 
     /// As [`AuditSink::record`], and should the caller's future be dropped
@@ -190,7 +184,7 @@ impl AuditSink {
     /// [`AuditSink::record_detached`] queues it: for an event that must
     /// not depend on its request living on.
     pub async fn record_even_if_dropped(&self, event: impl Into<Box<Event>>) {
-        /// Holds the event until a permit takes it.
+        /// Holds the event until a place takes it.
         struct Owed<'a>(&'a AuditSink, Option<Box<Event>>);
         impl Drop for Owed<'_> {
             fn drop(&mut self) {
@@ -200,13 +194,18 @@ impl AuditSink {
             }
         }
         let mut owed = Owed(self, Some(event.into()));
+        self.record_when_placed(&mut owed.1).await;
+    }
+
+    /// Waits for a place in the queue, then queues the event `owed` holds.
+    /// The event stays in `owed` until it has its place: whoever holds
+    /// `owed` knows, should this future be dropped, that it never left.
+    async fn record_when_placed(&self, owed: &mut Option<Box<Event>>) {
         let permit = self.reserve().await;
-        let Some(event) = owed.1.take() else { return };
+        let Some(event) = owed.take() else { return };
         match permit {
             Some(permit) => permit.record(event),
-            None => {
-                error!(kind = event.kind.as_str(), id = %event.id, "audit writer has stopped; event not stored")
-            }
+            None => not_stored(&event, "audit writer has stopped"),
         }
     }
 
@@ -271,18 +270,31 @@ impl AuditSink {
             }
             .record(event),
             Err(mpsc::error::TrySendError::Full(())) => {
+                /// The event a waiting task holds: should the runtime drop
+                /// the task before it found a place (the daemon stopping),
+                /// the loss is said, not silent.
+                struct Waiting(Option<Box<Event>>);
+                impl Drop for Waiting {
+                    fn drop(&mut self) {
+                        if let Some(event) = self.0.take() {
+                            not_stored(
+                                &event,
+                                "the daemon stopped before the audit queue had room",
+                            );
+                        }
+                    }
+                }
                 let sink = self.clone();
                 match tokio::runtime::Handle::try_current() {
                     Ok(rt) => {
-                        rt.spawn(async move { sink.record(event).await });
+                        let mut waiting = Waiting(Some(event));
+                        rt.spawn(async move { sink.record_when_placed(&mut waiting.0).await });
                     }
-                    Err(_) => {
-                        error!(id = %event.id, "no runtime to queue an audit event from; event not stored")
-                    }
+                    Err(_) => not_stored(&event, "no runtime to queue an audit event from"),
                 }
             }
             Err(mpsc::error::TrySendError::Closed(())) => {
-                error!(kind = event.kind.as_str(), id = %event.id, "audit writer has stopped; event not stored");
+                not_stored(&event, "audit writer has stopped");
             }
         }
     }
@@ -335,6 +347,11 @@ impl AuditSink {
             anchor_failures: self.shared.anchor_stats.failures.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Says, loudly, that `event` will not be in the record, and why.
+fn not_stored(event: &Event, why: &str) {
+    error!(kind = event.kind.as_str(), id = %event.id, "{why}; audit event not stored");
 }
 
 /// The running writer; [`AuditWriter::shutdown`] commits what is queued and

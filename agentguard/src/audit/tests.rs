@@ -440,3 +440,64 @@ fn a_full_batch_is_committed_at_once_and_a_partial_one_at_its_deadline() {
     });
     writer.shutdown(Duration::from_secs(5));
 }
+
+/// What the daemon logs, kept for a test to read.
+#[derive(Clone, Default)]
+struct Logged(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logged {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An event queued from a `Drop` while the queue is full waits in a task;
+/// should the daemon stop (its runtime drop the task) before the queue has
+/// room, the loss is logged with the event's id, not silent.
+#[test]
+fn an_event_still_waiting_for_room_when_the_daemon_stops_is_said_lost() {
+    let state = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let (sink, writer) = start(state.path(), config(100), vec![]).unwrap();
+    let logged = Logged::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer({
+            let logged = logged.clone();
+            move || logged.clone()
+        })
+        .finish();
+    let id = tracing::subscriber::with_default(subscriber, || {
+        let id = rt.block_on(async {
+            let mut places = Vec::new();
+            while let Ok(place) =
+                tokio::time::timeout(Duration::from_millis(200), sink.reserve()).await
+            {
+                places.push(place.unwrap());
+                assert!(places.len() <= config(100).queue, "the queue never filled");
+            }
+            let lost = event(9);
+            let id = lost.id.clone();
+            sink.record_detached(lost);
+            // The task starts, and waits for room.
+            tokio::task::yield_now().await;
+            id
+        });
+        // The daemon stops: its runtime drops the waiting task.
+        drop(rt);
+        id
+    });
+    let log = String::from_utf8(logged.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        log.contains("the daemon stopped before the audit queue had room; audit event not stored")
+            && log.contains(&id),
+        "{log}"
+    );
+    writer.shutdown(Duration::from_secs(5));
+    assert_eq!(sink.status().events_written, 0);
+}
