@@ -95,6 +95,25 @@ pub fn run_with_pid(mut cmd: std::process::Command) -> (u32, std::process::Outpu
     (pid, child.wait_with_output().unwrap())
 }
 
+/// The command (for `agentguard exec`) of `tests/clients/orphaned_keep_alive.py`:
+/// a shell (the registered process) runs the client, which sends `method`
+/// to `url`, kills the shell, sends again on the same keep-alive
+/// connection, then once on a new one, and prints
+/// `STATUS STATUS SAME-CONNECTION PARENT-GONE STATUS`.
+pub fn orphaned_keep_alive(url: &str, method: &str) -> Vec<String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/clients/orphaned_keep_alive.py");
+    [
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "python3 \"$0\" \"$1\" \"$2\" & wait".to_owned(),
+        script.display().to_string(),
+        url.to_owned(),
+        method.to_owned(),
+    ]
+    .into()
+}
+
 /// The output of a finished command, as text.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

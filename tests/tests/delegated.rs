@@ -13,7 +13,8 @@ use std::{
 };
 
 use crate::common::{
-    ApiRequest, Daemon, FakeApi, Handler, TestCa, require_root, secret_file, text,
+    ApiRequest, Daemon, FakeApi, Handler, TestCa, orphaned_keep_alive, require_root, secret_file,
+    text,
 };
 
 const AGENT: &str = "deleg-agent";
@@ -352,42 +353,14 @@ fn a_connection_acts_for_whom_its_process_acted_for_when_it_opened() {
     // starts the client and is killed by it after its first request: the
     // client's next request goes on the same connection, from a process
     // whose registered ancestor is gone.
-    let script = r#"
-import http.client, os, signal, ssl, sys, time, urllib.parse
-url = urllib.parse.urlsplit(sys.argv[1])
-def connect():
-    return http.client.HTTPSConnection(url.hostname, url.port, timeout=20,
-                                       context=ssl.create_default_context())
-def get(conn):
-    conn.request("GET", url.path)
-    r = conn.getresponse()
-    r.read()
-    return r.status
-conn = connect()
-first = get(conn)
-sock = conn.sock
-parent = os.getppid()
-os.kill(parent, signal.SIGKILL)
-deadline = time.monotonic() + 10
-while os.getppid() == parent and time.monotonic() < deadline:
-    time.sleep(0.05)
-second = get(conn)
-third = get(connect())
-print(first, second, conn.sock is sock, os.getppid() != parent, third)
-"#;
+    let client = orphaned_keep_alive(&api.url("/api/tickets"), "GET");
     let out = daemon
         .exec_resolving_with(
             AGENT,
             &["--on-behalf-of", "alice"],
             &[API],
             "127.0.0.3",
-            &[
-                "sh",
-                "-c",
-                "python3 -c \"$0\" \"$1\" & wait",
-                script,
-                &api.url("/api/tickets"),
-            ],
+            &client.iter().map(String::as_str).collect::<Vec<_>>(),
         )
         .output()
         .unwrap();

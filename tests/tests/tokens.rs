@@ -15,7 +15,9 @@ use std::{
 use base64::Engine as _;
 use serde_json::Value;
 
-use crate::common::{AGENTGUARD, Daemon, TestCa, TlsUpstream, UPSTREAM_IP, require_root, text};
+use crate::common::{
+    AGENTGUARD, Daemon, TestCa, TlsUpstream, UPSTREAM_IP, orphaned_keep_alive, require_root, text,
+};
 
 pub(super) const AGENT: &str = "token-agent";
 pub(super) const TOOL: &str = "tool.agentguard.test";
@@ -681,6 +683,38 @@ fn log_field(daemon: &Daemon, field: &str) -> String {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .find_map(|l| l["fields"][field].as_str().map(str::to_owned))
         .unwrap_or_else(|| panic!("the daemon logs no {field:?}"))
+}
+
+/// Whom a minted token's `act` names is settled when the connection
+/// opens: a request sent on it after the registered process is gone still
+/// names alice, and a connection opened after that names no one.
+#[test]
+fn a_token_names_whom_its_connection_acted_for_when_it_opened() {
+    let s = setup();
+    let peek = TlsUpstream::start("127.0.0.10", TOOL, &s.ca);
+    let client = orphaned_keep_alive(
+        &format!("https://{TOOL}:{}/reflect", peek.addr.port()),
+        "POST",
+    );
+    let out = agent_run(
+        &s,
+        "127.0.0.10",
+        &client.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        "200 200 True True 200",
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+    let acts: Vec<Value> = peek
+        .header_values("/reflect", "authorization")
+        .iter()
+        .map(|h| claims(h.strip_prefix("Bearer ").expect("bearer"))["act"].clone())
+        .collect();
+    let alice = serde_json::json!({ "sub": "alice@example.org" });
+    assert_eq!(acts, [alice.clone(), alice, Value::Null]);
 }
 
 #[test]
