@@ -172,9 +172,11 @@ pub struct AuditStatus {
 }
 
 impl AuditSink {
-    /// Queues `event`, waiting while the queue is full. Never drops it: if
-    /// the writer has stopped (the daemon is shutting down), the event is
-    /// logged as lost, loudly.
+    /// Queues `event`, waiting while the queue is full. Never drops it
+    /// while it runs: if the writer has stopped (the daemon is shutting
+    /// down), the event is logged as lost, loudly. A caller that may be
+    /// dropped while it waits, and whose event must outlive it, uses
+    /// [`AuditSink::record_even_if_dropped`].
     pub async fn record(&self, event: impl Into<Box<Event>>) {
         self.record_when_placed(&mut Some(event.into())).await;
     }
@@ -242,7 +244,8 @@ impl AuditSink {
     }
 
     /// For code that cannot wait (a `Drop`): queued now if there is room,
-    /// else by a task that waits for room. Still never dropped.
+    /// else by a task that waits for room. Dropped only if the daemon stops
+    /// before that task queues it, and then logged with the event's id.
     pub fn record_detached(&self, event: impl Into<Box<Event>>) {
         let event = event.into();
         let room = if self.shared.gate.is_open() {
@@ -279,7 +282,7 @@ impl AuditSink {
                         if let Some(event) = self.0.take() {
                             not_stored(
                                 &event,
-                                "the daemon stopped before the audit queue had room",
+                                "the daemon stopped before the event could be queued",
                             );
                         }
                     }
@@ -425,7 +428,7 @@ pub fn start(
     // A commit that runs longer than one flush interval holds back new
     // events: the loss after a crash stays about one interval's worth.
     let gate = queue::Gate::new(cfg.writer.flush_interval);
-    let batch_ready = queue::BatchReady::new(cfg.writer.batch_max);
+    let batch_ready = queue::BatchReady::new();
     let (checkpoints, _) = broadcast::channel(CHECKPOINT_BUFFER);
     let writer = writer::Writer::new(
         store,

@@ -225,11 +225,11 @@ struct Bell {
 }
 
 impl BatchReady {
-    pub fn new(batch_max: usize) -> Self {
+    pub fn new() -> Self {
         Self {
             shared: Arc::new(Bell {
                 notify: Notify::new(),
-                wanted: AtomicUsize::new(batch_max.max(1)),
+                wanted: AtomicUsize::new(usize::MAX),
             }),
         }
     }
@@ -257,6 +257,13 @@ impl BatchReady {
             return;
         }
         self.shared.notify.notified().await;
+    }
+
+    /// Writer: the batch is complete or due; no emitter rings (a ring now
+    /// would only make the next batch's first sleep return at once) until
+    /// [`BatchReady::sleep_unless`] says what that batch wants.
+    pub fn gathered(&self) {
+        self.shared.wanted.store(usize::MAX, Ordering::Relaxed);
     }
 }
 

@@ -472,8 +472,8 @@ fn an_event_still_waiting_for_room_when_the_daemon_stops_is_said_lost() {
             move || logged.clone()
         })
         .finish();
-    let id = tracing::subscriber::with_default(subscriber, || {
-        let id = rt.block_on(async {
+    let (id, places) = tracing::subscriber::with_default(subscriber, || {
+        let (id, places) = rt.block_on(async {
             let mut places = Vec::new();
             while let Ok(place) =
                 tokio::time::timeout(Duration::from_millis(200), sink.reserve()).await
@@ -486,18 +486,50 @@ fn an_event_still_waiting_for_room_when_the_daemon_stops_is_said_lost() {
             sink.record_detached(lost);
             // The task starts, and waits for room.
             tokio::task::yield_now().await;
-            id
+            (id, places)
         });
-        // The daemon stops: its runtime drops the waiting task.
+        // The daemon stops: its runtime drops the waiting task, which the
+        // queue had no room for yet.
         drop(rt);
-        id
+        (id, places)
     });
+    drop(places);
     let log = String::from_utf8(logged.0.lock().unwrap().clone()).unwrap();
     assert!(
-        log.contains("the daemon stopped before the audit queue had room; audit event not stored")
+        log.matches("the daemon stopped before the event could be queued; audit event not stored")
+            .count()
+            == 1
             && log.contains(&id),
         "{log}"
     );
     writer.shutdown(Duration::from_secs(5));
     assert_eq!(sink.status().events_written, 0);
+}
+
+/// A batch larger than the queue: the emitter that fills the queue rings,
+/// and the writer takes the queue's worth again and again, well before the
+/// flush deadline.
+#[test]
+fn a_queue_smaller_than_the_batch_rings_when_it_is_full() {
+    let state = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let mut cfg = config(1000);
+    cfg.writer.batch_max = 64;
+    cfg.writer.flush_interval = Duration::from_secs(30);
+    assert_eq!(cfg.queue, 16);
+    let (sink, writer) = start(state.path(), cfg, vec![]).unwrap();
+    rt.block_on(async {
+        // Four queues' worth: each wait for room ends when the writer
+        // takes what the queue holds, which it does only when rung.
+        let recording = async {
+            for i in 0..64 {
+                sink.record(event(i)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), recording)
+            .await
+            .expect("recording waited for the flush deadline");
+        assert_eq!(written(&sink, 64).await, 64);
+    });
+    writer.shutdown(Duration::from_secs(5));
 }

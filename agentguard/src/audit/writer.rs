@@ -195,7 +195,9 @@ impl Writer {
                 if !open || batch.len() >= self.cfg.batch_max {
                     break;
                 }
-                // A queue smaller than the batch rings when it is full.
+                // A queue smaller than the batch rings when it is full (by
+                // count: events the byte budget cannot hold together wait
+                // for the deadline, as they did before the bell).
                 let wanted = (self.cfg.batch_max - batch.len()).min(rx.max_capacity());
                 tokio::select! {
                     () = tokio::time::sleep_until(deadline) => {
@@ -206,6 +208,8 @@ impl Writer {
                     _ = stop.changed() => break,
                 }
             }
+            // Not gathering: emitters stop ringing until the next batch.
+            batch_ready.gathered();
             self.commit(std::mem::take(&mut batch), false);
             batch.reserve(self.cfg.batch_max);
         }
