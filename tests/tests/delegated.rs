@@ -223,6 +223,37 @@ fn token_exchange_for_the_agent_with_a_client_secret() {
     assert!(requests.iter().all(|e| e["credential_id"] == "tickets"));
 }
 
+/// Every line the daemon logged with `message` names its connection (the
+/// `conn` span: agent, pid), whichever protocol the agent spoke: hyper
+/// runs an HTTP/2 request as a task of its own, an HTTP/1.1 one within
+/// its connection's. `events`' requests all spoke `protocol`.
+fn logged_with_its_connection(
+    daemon: &Daemon,
+    message: &str,
+    events: &[serde_json::Value],
+    protocol: &str,
+) {
+    let lines: Vec<serde_json::Value> = daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains(message))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty(), "no {message:?} in the log");
+    for line in &lines {
+        assert_eq!(line["span"]["name"], "conn", "{line}");
+        assert_eq!(line["span"]["agent"], AGENT, "{line}");
+        assert!(line["span"]["pid"].as_u64().is_some(), "{line}");
+    }
+    let requests: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["kind"] == "request").collect();
+    assert!(!requests.is_empty());
+    assert!(
+        requests.iter().all(|e| e["protocol"] == protocol),
+        "{requests:?}"
+    );
+}
+
 /// alice's IdP token, in the operator's folder of people's tokens.
 const ALICE_IDP_TOKEN: &str = "alice-idp-token-93b1";
 
@@ -327,6 +358,7 @@ fn token_exchange_on_behalf_of_a_person_with_private_key_jwt() {
     assert!(reasons.contains("\\\"bob\\\""), "{reasons}");
     assert!(!reasons.contains(ALICE_IDP_TOKEN), "{reasons}");
     assert!(!daemon.log().contains(ALICE_IDP_TOKEN));
+    logged_with_its_connection(&daemon, "credential unavailable", &events, "HTTP/2");
 }
 
 /// Whom a connection acts for is settled when it is accepted: a request
@@ -393,6 +425,7 @@ fn a_connection_acts_for_whom_its_process_acted_for_when_it_opened() {
             serde_json::Value::Null
         ]
     );
+    logged_with_its_connection(&daemon, "credential unavailable", &events, "HTTP/1.1");
 }
 
 #[test]
