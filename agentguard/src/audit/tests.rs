@@ -43,16 +43,32 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Polls the sink's count of committed events until it reaches `n`, for
-/// at most five seconds; returns the count it saw last.
-async fn written(sink: &AuditSink, n: u64) -> u64 {
+/// Asks `done` every 10 ms until it holds, for at most five seconds.
+async fn eventually(done: impl Fn() -> bool) {
     for _ in 0..500 {
-        if sink.status().events_written >= n {
-            break;
+        if done() {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Polls the sink's count of committed events until it reaches `n`, for
+/// at most five seconds; returns the count it saw last.
+async fn written(sink: &AuditSink, n: u64) -> u64 {
+    eventually(|| sink.status().events_written >= n).await;
     sink.status().events_written
+}
+
+/// Takes every place in the queue (by count or by bytes, whichever runs
+/// out first) and uses none: a recorder now waits.
+async fn fill_queue(sink: &AuditSink) -> Vec<Permit> {
+    let mut places = Vec::new();
+    while let Ok(place) = tokio::time::timeout(Duration::from_millis(200), sink.reserve()).await {
+        places.push(place.unwrap());
+        assert!(places.len() <= config(100).queue, "the queue never filled");
+    }
+    places
 }
 
 /// Records `n` events through a fresh writer on `state` and stops it.
@@ -364,14 +380,7 @@ fn an_event_whose_recorder_is_dropped_while_it_waits_is_still_stored() {
     let rt = runtime();
     let (sink, writer) = start(state.path(), config(100), vec![]).unwrap();
     rt.block_on(async {
-        // Every place in the queue taken (by count or by bytes, whichever
-        // runs out first) and not yet used: a recorder waits.
-        let mut places = Vec::new();
-        while let Ok(place) = tokio::time::timeout(Duration::from_millis(200), sink.reserve()).await
-        {
-            places.push(place.unwrap());
-            assert!(places.len() <= config(100).queue, "the queue never filled");
-        }
+        let places = fill_queue(&sink).await;
         let mut recording = Box::pin(sink.record_even_if_dropped(event(7)));
         let waker = std::task::Waker::noop();
         let polled = recording
@@ -407,12 +416,7 @@ fn a_full_batch_is_committed_at_once_and_a_partial_one_at_its_deadline() {
         sink.record(event(0)).await;
         // The writer takes the first event and gathers the rest of its
         // batch: the queue alone never holds a whole batch.
-        for _ in 0..500 {
-            if sink.queue_depth() == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(|| sink.queue_depth() == 0).await;
         assert_eq!(
             sink.queue_depth(),
             0,
@@ -474,13 +478,7 @@ fn an_event_still_waiting_for_room_when_the_daemon_stops_is_said_lost() {
         .finish();
     let (id, places) = tracing::subscriber::with_default(subscriber, || {
         let (id, places) = rt.block_on(async {
-            let mut places = Vec::new();
-            while let Ok(place) =
-                tokio::time::timeout(Duration::from_millis(200), sink.reserve()).await
-            {
-                places.push(place.unwrap());
-                assert!(places.len() <= config(100).queue, "the queue never filled");
-            }
+            let places = fill_queue(&sink).await;
             let lost = event(9);
             let id = lost.id.clone();
             sink.record_detached(lost);
