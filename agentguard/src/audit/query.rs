@@ -34,8 +34,8 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// The SQL condition and its parameters.
-    fn to_sql(&self) -> (String, Vec<Value>) {
+    /// The SQL condition and its parameters, for `store`.
+    fn to_sql(&self, store: &Store) -> (String, Vec<Value>) {
         let mut clauses = vec!["1 = 1".to_owned()];
         let mut params = Vec::new();
         let mut add = |clause: &str, value: String| {
@@ -61,10 +61,10 @@ impl Filter {
             add("tool = ?", t.clone());
         }
         if let Some(s) = &self.since {
-            add("time >= ?", s.clone());
+            add(store.since_clause(), s.clone());
         }
         if let Some(u) = &self.until {
-            add("time <= ?", u.clone());
+            add(store.until_clause(), u.clone());
         }
         (clauses.join(" AND "), params)
     }
@@ -90,7 +90,7 @@ impl Filter {
 
     /// The matching records, oldest first; with `limit`, the newest `limit`.
     pub fn select(&self, store: &Store, limit: Option<u64>) -> Result<Vec<Record>, StoreError> {
-        let (condition, params) = self.to_sql();
+        let (condition, params) = self.to_sql(store);
         store.select(&condition, &params, limit)
     }
 }

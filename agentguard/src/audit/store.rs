@@ -6,8 +6,10 @@
 //! ```
 //!
 //! Tables: `events` (one row per event: `seq`, the [`COLUMNS`], `prev_hash`,
-//! `hash`), `checkpoints` (signed `(seq, hash, time)`), `meta` (schema and
-//! chain versions). WAL mode lets `audit query` and `audit verify` read while
+//! `hash`), `event_spans` (per committed batch, its first and last `seq` and
+//! its earliest and latest `time`: see [`Store::since_clause`]),
+//! `checkpoints` (signed `(seq, hash, time)`), `meta` (schema and chain
+//! versions). WAL mode lets `audit query` and `audit verify` read while
 //! the daemon writes; `synchronous = FULL` makes each committed batch survive
 //! a power cut, not only a crash.
 
@@ -57,6 +59,18 @@ pub fn decision_clause(d: Decision) -> &'static str {
         _ => concat!("decision = ? AND ", indexed_decisions!()),
     }
 }
+/// How a query finds the events of a time range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimeLookup {
+    /// Through `event_spans`: every event lies in a span, which bounds its
+    /// `seq` by time. The daemon's writer keeps it so.
+    Spans,
+    /// Through the index of `time` that agentguard before the spans kept,
+    /// and, when rolled back to, makes again: while it is there, events
+    /// may have been written without a span.
+    TimeIndex,
+}
+
 /// Versions this agentguard reads.
 const READABLE_VERSIONS: &[&str] = &["1", "2"];
 /// How long a reader or writer waits for a lock before giving up: readers
@@ -141,6 +155,7 @@ pub struct Store {
     /// The [`COLUMNS`] as a select list; a column an older store lacks
     /// reads as NULL.
     select_list: String,
+    times: TimeLookup,
 }
 
 impl Store {
@@ -175,11 +190,13 @@ impl Store {
             conn,
             path,
             select_list: COLUMNS.join(", "),
+            times: TimeLookup::TimeIndex,
         };
         store.init().map_err(|e| store.err(e))?;
         store.check_schema()?;
         store.migrate().map_err(|e| store.err(e))?;
         store.select_list = store.select_list().map_err(|e| store.err(e))?;
+        store.times = store.time_lookup().map_err(|e| store.err(e))?;
         Ok(store)
     }
 
@@ -201,6 +218,7 @@ impl Store {
             conn,
             path: path.to_owned(),
             select_list: COLUMNS.join(", "),
+            times: TimeLookup::TimeIndex,
         };
         store
             .conn
@@ -208,6 +226,7 @@ impl Store {
             .map_err(|e| store.err(e))?;
         store.check_schema()?;
         store.select_list = store.select_list().map_err(|e| store.err(e))?;
+        store.times = store.time_lookup().map_err(|e| store.err(e))?;
         Ok(store)
     }
 
@@ -256,8 +275,14 @@ impl Store {
                  prev_hash TEXT NOT NULL,
                  hash TEXT NOT NULL
              );
-             CREATE INDEX IF NOT EXISTS events_time ON events (time);
              CREATE INDEX IF NOT EXISTS events_agent ON events (agent, seq);
+             CREATE TABLE IF NOT EXISTS event_spans (
+                 first_seq INTEGER PRIMARY KEY,
+                 last_seq INTEGER NOT NULL,
+                 min_time TEXT NOT NULL,
+                 max_time TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS event_spans_max_time ON event_spans (max_time);
              CREATE TABLE IF NOT EXISTS checkpoints (
                  seq INTEGER PRIMARY KEY,
                  hash TEXT NOT NULL,
@@ -290,21 +315,18 @@ impl Store {
 
     /// Brings an older store to [`SCHEMA_VERSION`] in one transaction: adds
     /// the extension columns it lacks (NULL in every existing row, which
-    /// therefore hashes as before) and replaces the index of every decision
-    /// with that of the decisions other than allow (built once, from the
-    /// rows: a large store takes a moment at its first open after the
-    /// upgrade, which the log says). No row changes.
+    /// therefore hashes as before), replaces the index of every decision
+    /// with that of the decisions other than allow, and the index of times
+    /// with spans (both built once, from the rows: a large store takes a
+    /// moment at its first open after the upgrade, which the log says). No
+    /// row changes.
     fn migrate(&mut self) -> rusqlite::Result<()> {
         let present = self.event_columns()?;
         // Immediate: what is found here is still so when it is changed.
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let indexed: bool = tx.query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'index' AND name = 'events_decision_notable'",
-            [],
-            |r| r.get(0),
-        )?;
+        let indexed = index_exists(&tx, "events_decision_notable")?;
         // An earlier agentguard, started on this store since (a rollback),
         // made the index of every decision again: it goes at each open,
         // else every insert would keep paying for both.
@@ -323,6 +345,10 @@ impl Store {
                 ";"
             ))?;
         }
+        if index_exists(&tx, "events_time")? {
+            span_unspanned_events(&tx)?;
+            tx.execute_batch("DROP INDEX events_time")?;
+        }
         for column in &COLUMNS[BASE_COLUMNS..] {
             if !present.iter().any(|p| p == column) {
                 let ty = if INTEGER_COLUMNS.contains(column) {
@@ -338,6 +364,48 @@ impl Store {
             [SCHEMA_VERSION],
         )?;
         tx.commit()
+    }
+
+    /// Spans, if the store keeps them for every event.
+    fn time_lookup(&self) -> rusqlite::Result<TimeLookup> {
+        let spans: bool = self.conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'event_spans'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(if spans && !index_exists(&self.conn, "events_time")? {
+            TimeLookup::Spans
+        } else {
+            TimeLookup::TimeIndex
+        })
+    }
+
+    /// The condition for events at or after a time (bound to its `?`, which
+    /// it names twice). Through the spans it bounds `seq` from below by the
+    /// first span that reaches the time, so SQLite reads the table from
+    /// there instead of from the start; the comparison of `time` itself
+    /// then keeps exactly the events that match, since an event's time
+    /// need not grow with its `seq` (an event is written when its response
+    /// ends). No span that reaches it: no event does.
+    pub fn since_clause(&self) -> &'static str {
+        match self.times {
+            TimeLookup::Spans => {
+                "seq >= (SELECT min(first_seq) FROM event_spans WHERE max_time >= ?) AND time >= ?"
+            }
+            TimeLookup::TimeIndex => "time >= ?",
+        }
+    }
+
+    /// The condition for events at or before a time: `seq` bounded from
+    /// above by the last span that starts by then (spans follow each other
+    /// in `seq`, so it ends after every span that does).
+    pub fn until_clause(&self) -> &'static str {
+        match self.times {
+            TimeLookup::Spans => {
+                "seq <= (SELECT last_seq FROM event_spans WHERE min_time <= ? ORDER BY first_seq DESC LIMIT 1) AND time <= ?"
+            }
+            TimeLookup::TimeIndex => "time <= ?",
+        }
     }
 
     fn event_columns(&self) -> rusqlite::Result<Vec<String>> {
@@ -456,6 +524,15 @@ impl Store {
                     .map_err(err)?;
                 stmt.raw_execute().map_err(err)?;
             }
+            if let Some(span) = Span::of(records) {
+                tx.prepare_cached(
+                    "INSERT INTO event_spans (first_seq, last_seq, min_time, max_time) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![span.first_seq, span.last_seq, span.min_time, span.max_time])
+                })
+                .map_err(err)?;
+            }
             if let Some(c) = checkpoint {
                 tx.execute(
                     "INSERT INTO checkpoints (seq, hash, time, signature, key_id) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -557,6 +634,13 @@ impl Store {
             .map_err(err)?;
         tx.execute("DELETE FROM checkpoints WHERE seq < ?1", [anchor])
             .map_err(err)?;
+        // A span that reaches past the anchor stays: it still bounds the
+        // events left.
+        tx.execute(
+            "DELETE FROM event_spans WHERE first_seq <= ?1 AND last_seq <= ?1",
+            [anchor],
+        )
+        .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Some((first, anchor)))
     }
@@ -630,6 +714,70 @@ impl Store {
             .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
             .map_err(|e| self.err(e))
     }
+}
+
+/// A committed batch's place in the sequence and in time.
+struct Span<'a> {
+    first_seq: i64,
+    last_seq: i64,
+    min_time: &'a str,
+    max_time: &'a str,
+}
+
+impl<'a> Span<'a> {
+    fn of(records: &'a [Record]) -> Option<Self> {
+        let (first, last) = (records.first()?, records.last()?);
+        let mut span = Span {
+            first_seq: first.seq,
+            last_seq: last.seq,
+            min_time: &first.event.time,
+            max_time: &first.event.time,
+        };
+        // Times in the store's fixed-width format order as text, as SQLite
+        // compares them.
+        for r in records {
+            span.min_time = span.min_time.min(r.event.time.as_str());
+            span.max_time = span.max_time.max(r.event.time.as_str());
+        }
+        Some(span)
+    }
+}
+
+/// Gives the events that no span holds yet (all of them in a store made
+/// before spans; those an earlier agentguard, rolled back to, wrote since)
+/// spans of at most [`SPANNED_AT_ONCE`] events, from the rows.
+fn span_unspanned_events(conn: &Connection) -> rusqlite::Result<()> {
+    let spanned_through =
+        "coalesce((SELECT last_seq FROM event_spans ORDER BY first_seq DESC LIMIT 1), 0)";
+    let unspanned: bool = conn.query_row(
+        &format!("SELECT EXISTS (SELECT 1 FROM events WHERE seq > {spanned_through})"),
+        [],
+        |r| r.get(0),
+    )?;
+    if !unspanned {
+        return Ok(());
+    }
+    info!("audit store: summarising the times of events written before spans, once");
+    conn.execute(
+        &format!(
+            "INSERT INTO event_spans (first_seq, last_seq, min_time, max_time)
+             SELECT min(seq), max(seq), min(time), max(time) FROM events
+             WHERE seq > {spanned_through} GROUP BY seq / {SPANNED_AT_ONCE}"
+        ),
+        [],
+    )?;
+    Ok(())
+}
+
+/// Events per span made from rows: about a full batch's.
+const SPANNED_AT_ONCE: i64 = 1024;
+
+fn index_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'index' AND name = ?1",
+        [name],
+        |r| r.get(0),
+    )
 }
 
 fn raw_row(row: &Row<'_>) -> rusqlite::Result<(i64, Vec<Value>, String, String)> {
@@ -778,7 +926,7 @@ mod tests {
                 .collect::<Result<_, _>>()
                 .unwrap()
         };
-        let only_notable = ["events_agent", "events_decision_notable", "events_time"];
+        let only_notable = ["events_agent", "events_decision_notable"];
         let store = Store::open(&dir).unwrap();
         assert_eq!(indexes(&store), only_notable);
         // An earlier agentguard started on it since (a rollback) makes the
@@ -810,5 +958,180 @@ mod tests {
             "{}",
             plan(Decision::Allow)
         );
+    }
+
+    /// A time of the tests' minute, at second `t`.
+    fn at(t: &str) -> String {
+        format!("2026-03-01T12:00:{t}.000000Z")
+    }
+
+    /// Allowed events at `times`, numbered from `first`, chained with
+    /// made-up hashes: what the time lookup reads does not depend on them.
+    fn at_times(first: i64, times: &[&str]) -> Vec<Record> {
+        use super::super::event::Kind;
+        times
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut event = Event::new(Kind::Request).with_decision(Decision::Allow, "ok");
+                event.time = at(t);
+                Record {
+                    seq: first + i as i64,
+                    event,
+                    prev_hash: String::new(),
+                    hash: String::new(),
+                }
+            })
+            .collect()
+    }
+
+    /// The seqs a time filter selects, through the store's conditions.
+    fn seqs_between(store: &Store, since: Option<&str>, until: Option<&str>) -> Vec<i64> {
+        let filter = super::super::query::Filter {
+            since: since.map(at),
+            until: until.map(at),
+            ..Default::default()
+        };
+        let records = filter.select(store, None).unwrap();
+        records.iter().map(|r| r.seq).collect()
+    }
+
+    /// Every range of times, against the events whose time is in it: the
+    /// spans bound the seqs, the time decides, out of order or not.
+    fn assert_time_ranges_exact(store: &Store, events: &[Record]) {
+        let seconds = ["00", "10", "15", "20", "30", "40", "45", "50", "59"];
+        let bounds = std::iter::once(None).chain(seconds.iter().map(|s| Some(*s)));
+        for since in bounds.clone() {
+            for until in bounds.clone() {
+                let want: Vec<i64> = events
+                    .iter()
+                    .filter(|r| since.is_none_or(|s| r.event.time >= at(s)))
+                    .filter(|r| until.is_none_or(|u| r.event.time <= at(u)))
+                    .map(|r| r.seq)
+                    .collect();
+                assert_eq!(
+                    seqs_between(store, since, until),
+                    want,
+                    "since {since:?} until {until:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_time_range_finds_exactly_its_events_through_spans_and_the_seq() {
+        let state = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&state.path().join("audit")).unwrap();
+        assert_eq!(store.times, TimeLookup::Spans);
+        // Times out of order within a batch and across batches (an event
+        // is written when its response ends), and one batch of one.
+        let batches = [
+            at_times(1, &["20", "10", "30"]),
+            at_times(4, &["15", "40", "40"]),
+            at_times(7, &["45"]),
+            at_times(8, &["50", "20"]),
+        ];
+        for b in &batches {
+            store.append(b, None).unwrap();
+        }
+        let events: Vec<Record> = batches.concat();
+        assert_time_ranges_exact(&store, &events);
+        let spans: Vec<(i64, i64, String, String)> = store
+            .conn
+            .prepare("SELECT * FROM event_spans ORDER BY first_seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            spans,
+            [
+                (1, 3, at("10"), at("30")),
+                (4, 6, at("15"), at("40")),
+                (7, 7, at("45"), at("45")),
+                (8, 9, at("20"), at("50")),
+            ]
+        );
+        // SQLite reads the events from the spans' seq on, not all of them.
+        let plan = |clause: &str| -> String {
+            let sql = format!(
+                "EXPLAIN QUERY PLAN SELECT seq FROM events WHERE {} ORDER BY seq DESC LIMIT 10",
+                clause.replace('?', "?1")
+            );
+            let mut stmt = store.conn.prepare(&sql).unwrap();
+            let rows = stmt
+                .query_map([at("30")], |r| r.get::<_, String>(3))
+                .unwrap();
+            rows.collect::<Result<Vec<_>, _>>().unwrap().join("; ")
+        };
+        for clause in [store.since_clause(), store.until_clause()] {
+            let plan = plan(clause);
+            assert!(
+                plan.contains("SEARCH events USING INTEGER PRIMARY KEY"),
+                "{plan}"
+            );
+        }
+        // Retention keeps the spans of the events left.
+        store.prune_through(Some(5)).unwrap();
+        let spanned: Vec<i64> = store
+            .conn
+            .prepare("SELECT first_seq FROM event_spans ORDER BY first_seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(spanned, [4, 7, 8]);
+        assert_time_ranges_exact(&store, &events[5..]);
+    }
+
+    /// A store with the index of times (made before spans, or by an
+    /// earlier agentguard rolled back to, which writes no spans) is read
+    /// through that index, and gets spans for every event at the daemon's
+    /// next start, which drops the index.
+    #[test]
+    fn events_written_without_spans_are_found_and_spanned_at_the_next_start() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = state.path().join("audit");
+        let mut store = Store::open(&dir).unwrap();
+        let first = at_times(1, &["20", "10", "30"]);
+        store.append(&first, None).unwrap();
+        // The rollback: the index again, and events without a span.
+        let later: Vec<Record> = (0..1100)
+            .map(|i| at_times(4 + i, &[["45", "15", "50"][i as usize % 3]]).remove(0))
+            .collect();
+        store.append(&later, None).unwrap();
+        store
+            .conn
+            .execute_batch(
+                "CREATE INDEX events_time ON events (time);
+                 DELETE FROM event_spans WHERE first_seq = 4;",
+            )
+            .unwrap();
+        drop(store);
+        let events: Vec<Record> = [first, later].concat();
+        let read = Store::open_read_only(&dir.join(DB_FILE)).unwrap();
+        assert_eq!(read.times, TimeLookup::TimeIndex);
+        assert_time_ranges_exact(&read, &events);
+        drop(read);
+
+        let store = Store::open(&dir).unwrap();
+        assert_eq!(store.times, TimeLookup::Spans);
+        assert!(!index_exists(&store.conn, "events_time").unwrap());
+        let spans: Vec<(i64, i64)> = store
+            .conn
+            .prepare("SELECT first_seq, last_seq FROM event_spans ORDER BY first_seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // The old span, then the rows in groups of at most 1,024 seqs.
+        assert_eq!(spans, [(1, 3), (4, 1023), (1024, 1103)]);
+        assert_time_ranges_exact(&store, &events);
+        let read = Store::open_read_only(&dir.join(DB_FILE)).unwrap();
+        assert_eq!(read.times, TimeLookup::Spans);
+        assert_time_ranges_exact(&read, &events);
     }
 }

@@ -144,10 +144,10 @@ impl EventFilter {
             );
         }
         if let Some(s) = &f.since {
-            add("time >= ?", Value::Text(s.clone()));
+            add(store.since_clause(), Value::Text(s.clone()));
         }
         if let Some(u) = &f.until {
-            add("time <= ?", Value::Text(u.clone()));
+            add(store.until_clause(), Value::Text(u.clone()));
         }
         if let Some(m) = &self.mcp_target {
             add("mcp_target = ?", Value::Text(m.clone()));

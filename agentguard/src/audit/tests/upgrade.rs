@@ -48,6 +48,18 @@ fn a_store_written_by_the_old_code_verifies_read_migrated_and_extended() {
     let records = query::Filter::default().select(&old, None).unwrap();
     assert!(records.iter().all(|r| r.event.traceparent.is_none()));
     assert_eq!(records[4].event.path.as_deref(), Some("/public/a?q=1"));
+    // Found by time through the old index of times.
+    let between = query::Filter {
+        since: Some(records[3].event.time.clone()),
+        until: Some(records[7].event.time.clone()),
+        ..Default::default()
+    };
+    let seqs = |records: Vec<Record>| records.iter().map(|r| r.seq).collect::<Vec<_>>();
+    let found_between = seqs(between.select(&old, None).unwrap());
+    assert!(
+        !found_between.is_empty() && found_between.len() < 10,
+        "{found_between:?}"
+    );
     drop(old);
 
     // Migrated, as the daemon's writer opens it.
@@ -62,6 +74,17 @@ fn a_store_written_by_the_old_code_verifies_read_migrated_and_extended() {
         .unwrap();
     assert_eq!(version, "2");
     assert_eq!(verify(&store, &key).unwrap().unwrap().events, 10);
+    // The same events by time, through the spans made from the rows.
+    let index_of_times: bool = store
+        .conn()
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'events_time'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!index_of_times);
+    assert_eq!(seqs(between.select(&store, None).unwrap()), found_between);
 
     // Extended: new rows, one with a traceparent, chained after the old.
     let tail = store.tail().unwrap();
