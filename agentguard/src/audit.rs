@@ -136,7 +136,7 @@ impl Permit {
             observe(&event);
         }
         let tx = self.permit.send(Queued { event, bytes });
-        self.shared.batch_ready.queued(&tx);
+        self.shared.batch_ready.queued(&tx, &self.shared.bytes);
     }
 }
 

@@ -204,12 +204,19 @@ impl Bytes {
     pub fn queued(&self) -> usize {
         self.capacity - self.budget.available_permits()
     }
+
+    /// Whether the next event must wait for the writer to commit what the
+    /// budget holds: [`Bytes::reserve`] takes a largest event's bytes.
+    pub fn full(&self) -> bool {
+        self.budget.available_permits() < MAX_EVENT_BYTES
+    }
 }
 
 /// The writer's doorbell: rung by an emitter whose event completes the
 /// batch the writer is gathering (what it holds plus what the queue
-/// holds), so the writer sleeps until then or its flush deadline, not on a
-/// short tick. A tick woke the writer's thread hundreds of times a second
+/// holds), or leaves the byte budget without room for another event, so
+/// the writer sleeps until then or its flush deadline, not on a short
+/// tick. A tick woke the writer's thread hundreds of times a second
 /// whatever the load: at 200 requests a second, one more context switch
 /// per request than nginx's.
 #[derive(Clone)]
@@ -234,26 +241,28 @@ impl BatchReady {
         }
     }
 
-    /// Emitter, after it queued through `tx`. Places reserved but not yet
-    /// filled count as queued: a writer woken early finds fewer and
-    /// sleeps again, until its deadline at the latest.
-    pub fn queued<T>(&self, tx: &mpsc::Sender<T>) {
+    /// Emitter, after it queued through `tx` within `bytes`. Places
+    /// reserved but not yet filled count as queued: a writer woken early
+    /// finds fewer and sleeps again, until its deadline at the latest.
+    pub fn queued<T>(&self, tx: &mpsc::Sender<T>, bytes: &Bytes) {
         // Pairs with the fence in `sleep_unless`: either this emitter sees
         // what the writer wants, or the writer sees this event queued.
         fence(Ordering::SeqCst);
-        if tx.max_capacity() - tx.capacity() >= self.shared.wanted.load(Ordering::Relaxed) {
+        let wanted = self.shared.wanted.load(Ordering::Relaxed);
+        let gathering = wanted != usize::MAX;
+        if tx.max_capacity() - tx.capacity() >= wanted || (gathering && bytes.full()) {
             self.shared.notify.notify_one();
         }
     }
 
-    /// Writer, holding part of a batch: returns at once if `queued()`
-    /// already completes it (`wanted` more events), else once an emitter
-    /// rings. A ring while the writer was not waiting is kept for its next
-    /// wait, so none is missed.
-    pub async fn sleep_unless(&self, wanted: usize, queued: impl Fn() -> usize) {
+    /// Writer, holding part of a batch: returns at once if `complete()`
+    /// (`wanted` more events queued, or the byte budget full), else once
+    /// an emitter rings. A ring while the writer was not waiting is kept
+    /// for its next wait, so none is missed.
+    pub async fn sleep_unless(&self, wanted: usize, complete: impl Fn() -> bool) {
         self.shared.wanted.store(wanted.max(1), Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        if queued() >= wanted {
+        if complete() {
             return;
         }
         self.shared.notify.notified().await;

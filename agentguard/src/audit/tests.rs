@@ -445,6 +445,47 @@ fn a_full_batch_is_committed_at_once_and_a_partial_one_at_its_deadline() {
     writer.shutdown(Duration::from_secs(5));
 }
 
+/// A byte budget that holds one or two events at a time is given back at
+/// once: the writer commits as soon as the budget cannot take another
+/// event (one event: it finds so when it takes it), and the emitter that
+/// leaves it so rings (two: the writer sleeps after the first), however
+/// far the batch is from full or its flush deadline.
+#[test]
+fn a_batch_the_byte_budget_cannot_grow_is_committed_at_once() {
+    let weight = queue::limit_fields(&mut event(0));
+    for (events, budget) in [
+        (1, queue::MAX_EVENT_BYTES),
+        (2, queue::MAX_EVENT_BYTES + weight),
+    ] {
+        let state = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let mut cfg = config(1000);
+        cfg.writer.batch_max = 64;
+        cfg.writer.flush_interval = Duration::from_secs(30);
+        cfg.queue_bytes = budget;
+        let (sink, writer) = start(state.path(), cfg, vec![]).unwrap();
+        rt.block_on(async {
+            // Each batch fills the budget, so none waits for its deadline.
+            let n = 2 * events;
+            let recorded = tokio::time::timeout(Duration::from_secs(10), async {
+                for i in 0..n {
+                    sink.record(event(i)).await;
+                    // Taken by the writer before the next: it gathers the
+                    // rest of its batch asleep, until a ring or deadline.
+                    eventually(|| sink.queue_depth() == 0).await;
+                }
+            })
+            .await;
+            assert!(
+                recorded.is_ok(),
+                "budget of {events} event(s): an event waited for the batch before it to reach its deadline"
+            );
+            assert_eq!(written(&sink, n as u64).await, n as u64, "budget of {events} event(s)");
+        });
+        writer.shutdown(Duration::from_secs(5));
+    }
+}
+
 /// What the daemon logs, kept for a test to read.
 #[derive(Clone, Default)]
 struct Logged(Arc<std::sync::Mutex<Vec<u8>>>);

@@ -192,19 +192,21 @@ impl Writer {
             let deadline = tokio::time::Instant::now() + self.cfg.flush_interval;
             loop {
                 let open = drain(&mut rx, &mut batch, self.cfg.batch_max);
-                if !open || batch.len() >= self.cfg.batch_max {
+                // A byte budget without room for another event is given
+                // back only by committing what it holds: the batch is as
+                // full as the queue can make it.
+                if !open || batch.len() >= self.cfg.batch_max || self.bytes.full() {
                     break;
                 }
-                // A queue smaller than the batch rings when it is full (by
-                // count: events the byte budget cannot hold together wait
-                // for the deadline, as they did before the bell).
+                // A queue smaller than the batch rings when it is full.
                 let wanted = (self.cfg.batch_max - batch.len()).min(rx.max_capacity());
+                let complete = || rx.len() >= wanted || self.bytes.full();
                 tokio::select! {
                     () = tokio::time::sleep_until(deadline) => {
                         drain(&mut rx, &mut batch, self.cfg.batch_max);
                         break;
                     }
-                    () = batch_ready.sleep_unless(wanted, || rx.len()) => {}
+                    () = batch_ready.sleep_unless(wanted, complete) => {}
                     _ = stop.changed() => break,
                 }
             }
