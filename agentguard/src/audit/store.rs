@@ -59,11 +59,22 @@ pub fn decision_clause(d: Decision) -> &'static str {
         _ => concat!("decision = ? AND ", indexed_decisions!()),
     }
 }
+/// The last `seq` a span holds, 0 for none (SQL).
+macro_rules! last_spanned {
+    () => {
+        "coalesce((SELECT last_seq FROM event_spans ORDER BY first_seq DESC LIMIT 1), 0)"
+    };
+}
+
 /// How a query finds the events of a time range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TimeLookup {
-    /// Through `event_spans`: every event lies in a span, which bounds its
-    /// `seq` by time. The daemon's writer keeps it so.
+    /// Through `event_spans`: each span bounds the `seq` of its events by
+    /// time. Spans follow each other in `seq` without overlap, and every
+    /// event up to the last span lies in one: the writer adds one per
+    /// batch, in the batch's transaction, and the migration spans what
+    /// lies past the last. Events past the last span (an earlier
+    /// agentguard, rolled back to, wrote them) are not bounded at all.
     Spans,
     /// Through the index of `time` that agentguard before the spans kept,
     /// and, when rolled back to, makes again: while it is there, events
@@ -382,28 +393,36 @@ impl Store {
 
     /// The condition for events at or after a time (bound to its `?`, which
     /// it names twice). Through the spans it bounds `seq` from below by the
-    /// first span that reaches the time, so SQLite reads the table from
-    /// there instead of from the start; the comparison of `time` itself
-    /// then keeps exactly the events that match, since an event's time
-    /// need not grow with its `seq` (an event is written when its response
-    /// ends). No span that reaches it: no event does.
+    /// first span that reaches the time (or, if none does, the first event
+    /// past the last span), so SQLite reads the table from there instead
+    /// of from the start; the comparison of `time` itself then keeps
+    /// exactly the events that match, since an event's time need not grow
+    /// with its `seq` (an event is written when its response ends).
     pub fn since_clause(&self) -> &'static str {
         match self.times {
-            TimeLookup::Spans => {
-                "seq >= (SELECT min(first_seq) FROM event_spans WHERE max_time >= ?) AND time >= ?"
-            }
+            TimeLookup::Spans => concat!(
+                "seq >= min(coalesce((SELECT min(first_seq) FROM event_spans WHERE max_time >= ?), ",
+                "9223372036854775807), ",
+                last_spanned!(),
+                " + 1) AND time >= ?"
+            ),
             TimeLookup::TimeIndex => "time >= ?",
         }
     }
 
     /// The condition for events at or before a time: `seq` bounded from
     /// above by the last span that starts by then (spans follow each other
-    /// in `seq`, so it ends after every span that does).
+    /// in `seq`, so it ends after every span that does), unless events lie
+    /// past the last span.
     pub fn until_clause(&self) -> &'static str {
         match self.times {
-            TimeLookup::Spans => {
-                "seq <= (SELECT last_seq FROM event_spans WHERE min_time <= ? ORDER BY first_seq DESC LIMIT 1) AND time <= ?"
-            }
+            TimeLookup::Spans => concat!(
+                "seq <= CASE WHEN coalesce((SELECT max(seq) FROM events), 0) > ",
+                last_spanned!(),
+                " THEN 9223372036854775807 ELSE ",
+                "(SELECT last_seq FROM event_spans WHERE min_time <= ? ORDER BY first_seq DESC LIMIT 1) ",
+                "END AND time <= ?"
+            ),
             TimeLookup::TimeIndex => "time <= ?",
         }
     }
@@ -747,8 +766,7 @@ impl<'a> Span<'a> {
 /// before spans; those an earlier agentguard, rolled back to, wrote since)
 /// spans of at most [`SPANNED_AT_ONCE`] events, from the rows.
 fn span_unspanned_events(conn: &Connection) -> rusqlite::Result<()> {
-    let spanned_through =
-        "coalesce((SELECT last_seq FROM event_spans ORDER BY first_seq DESC LIMIT 1), 0)";
+    let spanned_through = last_spanned!();
     let unspanned: bool = conn.query_row(
         &format!("SELECT EXISTS (SELECT 1 FROM events WHERE seq > {spanned_through})"),
         [],
@@ -1111,8 +1129,12 @@ mod tests {
             .unwrap();
         drop(store);
         let events: Vec<Record> = [first, later].concat();
-        let read = Store::open_read_only(&dir.join(DB_FILE)).unwrap();
+        let mut read = Store::open_read_only(&dir.join(DB_FILE)).unwrap();
         assert_eq!(read.times, TimeLookup::TimeIndex);
+        assert_time_ranges_exact(&read, &events);
+        // A reader that chose the spans just before the earlier agentguard
+        // started still finds what it wrote past the last span.
+        read.times = TimeLookup::Spans;
         assert_time_ranges_exact(&read, &events);
         drop(read);
 
