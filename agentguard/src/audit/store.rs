@@ -337,7 +337,7 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let indexed = index_exists(&tx, "events_decision_notable")?;
+        let indexed = in_schema(&tx, "index", "events_decision_notable")?;
         // An earlier agentguard, started on this store since (a rollback),
         // made the index of every decision again: it goes at each open,
         // else every insert would keep paying for both.
@@ -356,7 +356,7 @@ impl Store {
                 ";"
             ))?;
         }
-        if index_exists(&tx, "events_time")? {
+        if in_schema(&tx, "index", "events_time")? {
             span_unspanned_events(&tx)?;
             tx.execute_batch("DROP INDEX events_time")?;
         }
@@ -379,16 +379,14 @@ impl Store {
 
     /// Spans, if the store keeps them for every event.
     fn time_lookup(&self) -> rusqlite::Result<TimeLookup> {
-        let spans: bool = self.conn.query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'event_spans'",
-            [],
-            |r| r.get(0),
-        )?;
-        Ok(if spans && !index_exists(&self.conn, "events_time")? {
-            TimeLookup::Spans
-        } else {
-            TimeLookup::TimeIndex
-        })
+        let spans = in_schema(&self.conn, "table", "event_spans")?;
+        Ok(
+            if spans && !in_schema(&self.conn, "index", "events_time")? {
+                TimeLookup::Spans
+            } else {
+                TimeLookup::TimeIndex
+            },
+        )
     }
 
     /// The condition for events at or after a time (bound to its `?`, which
@@ -790,10 +788,11 @@ fn span_unspanned_events(conn: &Connection) -> rusqlite::Result<()> {
 /// Events per span made from rows: about a full batch's.
 const SPANNED_AT_ONCE: i64 = 1024;
 
-fn index_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+/// Whether the store has the table or index (`kind`) `name`.
+fn in_schema(conn: &Connection, kind: &str, name: &str) -> rusqlite::Result<bool> {
     conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'index' AND name = ?1",
-        [name],
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = ?1 AND name = ?2",
+        [kind, name],
         |r| r.get(0),
     )
 }
@@ -828,6 +827,29 @@ fn read_checkpoint(r: &Row<'_>) -> rusqlite::Result<Checkpoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every row `sql` returns, each read by `row`.
+    fn rows<T>(
+        store: &Store,
+        sql: &str,
+        row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Vec<T> {
+        let mut stmt = store.conn.prepare(sql).unwrap();
+        let read = stmt.query_map([], row).unwrap();
+        read.collect::<Result<_, _>>().unwrap()
+    }
+
+    /// How SQLite runs the newest ten events under `clause`, its `?` bound
+    /// to `value`.
+    fn query_plan(store: &Store, clause: &str, value: &str) -> String {
+        let sql = format!(
+            "EXPLAIN QUERY PLAN SELECT seq FROM events WHERE {} ORDER BY seq DESC LIMIT 10",
+            clause.replace('?', "?1")
+        );
+        let mut stmt = store.conn.prepare(&sql).unwrap();
+        let steps = stmt.query_map([value], |r| r.get::<_, String>(3)).unwrap();
+        steps.collect::<Result<Vec<_>, _>>().unwrap().join("; ")
+    }
 
     /// A batch whose rows share some values with the row before and not
     /// others, NULL included: every row reads back as it was written, so a
@@ -935,14 +957,11 @@ mod tests {
             )
             .unwrap();
         let indexes = |store: &Store| -> Vec<String> {
-            store
-                .conn
-                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' ORDER BY name")
-                .unwrap()
-                .query_map([], |r| r.get(0))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap()
+            rows(
+                store,
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' ORDER BY name",
+                |r| r.get(0),
+            )
         };
         let only_notable = ["events_agent", "events_decision_notable"];
         let store = Store::open(&dir).unwrap();
@@ -957,17 +976,7 @@ mod tests {
         drop(store);
         let store = Store::open(&dir).unwrap();
         assert_eq!(indexes(&store), only_notable);
-        let plan = |d: Decision| -> String {
-            let sql = format!(
-                "EXPLAIN QUERY PLAN SELECT seq FROM events WHERE {} ORDER BY seq DESC LIMIT 10",
-                decision_clause(d).replace('?', "?1")
-            );
-            let mut stmt = store.conn.prepare(&sql).unwrap();
-            let rows = stmt
-                .query_map([d.as_str()], |r| r.get::<_, String>(3))
-                .unwrap();
-            rows.collect::<Result<Vec<_>, _>>().unwrap().join("; ")
-        };
+        let plan = |d: Decision| query_plan(&store, decision_clause(d), d.as_str());
         for d in [Decision::Deny, Decision::WouldDeny, Decision::Refuse] {
             assert!(plan(d).contains("events_decision_notable"), "{}", plan(d));
         }
@@ -1054,14 +1063,11 @@ mod tests {
         }
         let events: Vec<Record> = batches.concat();
         assert_time_ranges_exact(&store, &events);
-        let spans: Vec<(i64, i64, String, String)> = store
-            .conn
-            .prepare("SELECT * FROM event_spans ORDER BY first_seq")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let spans: Vec<(i64, i64, String, String)> = rows(
+            &store,
+            "SELECT * FROM event_spans ORDER BY first_seq",
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        );
         assert_eq!(
             spans,
             [
@@ -1072,19 +1078,8 @@ mod tests {
             ]
         );
         // SQLite reads the events from the spans' seq on, not all of them.
-        let plan = |clause: &str| -> String {
-            let sql = format!(
-                "EXPLAIN QUERY PLAN SELECT seq FROM events WHERE {} ORDER BY seq DESC LIMIT 10",
-                clause.replace('?', "?1")
-            );
-            let mut stmt = store.conn.prepare(&sql).unwrap();
-            let rows = stmt
-                .query_map([at("30")], |r| r.get::<_, String>(3))
-                .unwrap();
-            rows.collect::<Result<Vec<_>, _>>().unwrap().join("; ")
-        };
         for clause in [store.since_clause(), store.until_clause()] {
-            let plan = plan(clause);
+            let plan = query_plan(&store, clause, &at("30"));
             assert!(
                 plan.contains("SEARCH events USING INTEGER PRIMARY KEY"),
                 "{plan}"
@@ -1092,14 +1087,11 @@ mod tests {
         }
         // Retention keeps the spans of the events left.
         store.prune_through(Some(5)).unwrap();
-        let spanned: Vec<i64> = store
-            .conn
-            .prepare("SELECT first_seq FROM event_spans ORDER BY first_seq")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let spanned: Vec<i64> = rows(
+            &store,
+            "SELECT first_seq FROM event_spans ORDER BY first_seq",
+            |r| r.get(0),
+        );
         assert_eq!(spanned, [4, 7, 8]);
         assert_time_ranges_exact(&store, &events[5..]);
     }
@@ -1140,15 +1132,12 @@ mod tests {
 
         let store = Store::open(&dir).unwrap();
         assert_eq!(store.times, TimeLookup::Spans);
-        assert!(!index_exists(&store.conn, "events_time").unwrap());
-        let spans: Vec<(i64, i64)> = store
-            .conn
-            .prepare("SELECT first_seq, last_seq FROM event_spans ORDER BY first_seq")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        assert!(!in_schema(&store.conn, "index", "events_time").unwrap());
+        let spans: Vec<(i64, i64)> = rows(
+            &store,
+            "SELECT first_seq, last_seq FROM event_spans ORDER BY first_seq",
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        );
         // The old span, then the rows in groups of at most 1,024 seqs.
         assert_eq!(spans, [(1, 3), (4, 1023), (1024, 1103)]);
         assert_time_ranges_exact(&store, &events);
