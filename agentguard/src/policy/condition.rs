@@ -25,7 +25,14 @@ use std::{
 
 use cel::{
     Context, Env, Program, Value as Cel,
-    common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue},
+    common::{
+        ast::{EntryExpr, Expr, IdedExpr, LiteralValue},
+        types::{
+            CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString,
+            CelTimestamp, CelUInt,
+        },
+        value::Val,
+    },
     objects::{Key, Map},
 };
 use hyper::HeaderMap;
@@ -350,19 +357,33 @@ pub struct Bound {
 impl Vars {
     /// Binds every variable that could be built.
     pub fn bind(&self) -> Bound {
+        self.bind_with_mcp_value(&self.mcp)
+    }
+
+    /// Binds the variables as [`Vars::with_mcp`] would have them, without
+    /// copying the others first.
+    pub fn bind_with_mcp(&self, m: McpView<'_>) -> Bound {
+        if self.built.mcp {
+            self.bind_with_mcp_value(&mcp_value(&m, &self.built))
+        } else {
+            self.bind()
+        }
+    }
+
+    fn bind_with_mcp_value(&self, mcp: &Result<Cel, String>) -> Bound {
         let mut ctx = Context::with_env(ENV.clone());
         let mut missing = Vec::new();
         for (name, value) in [
             ("request", &self.request),
-            ("mcp", &self.mcp),
+            ("mcp", mcp),
             ("agent", &self.agent),
             ("on_behalf_of", &self.on_behalf_of),
             ("intent", &self.intent),
             ("now", &self.now),
         ] {
-            match value {
-                Ok(v) => ctx.add_variable_from_value(name, v.clone()),
-                Err(why) => missing.push((name, why.clone())),
+            match value.as_ref().map_err(String::clone).and_then(to_val) {
+                Ok(v) => ctx.add_variable_as_val(name, v),
+                Err(why) => missing.push((name, why)),
             }
         }
         Bound {
@@ -371,6 +392,42 @@ impl Vars {
             built: self.built,
         }
     }
+}
+
+/// `v` as the interpreter holds it: what `Context::add_variable_from_value`
+/// makes of it, converted by reference. That one takes the value and
+/// clones each map whole before converting its entries, each of them
+/// cloned again: binding the variables for a JSON-RPC member was a
+/// quarter of an MCP call's decision among the bench's fifty tools
+/// (measured in the commit that made this). The
+/// kinds of value a variable is built from are converted here; any other
+/// goes through cel's own conversion, and one that cannot be converted
+/// leaves its variable missing (conditions that read it fail).
+fn to_val(v: &Cel) -> Result<Box<dyn Val>, String> {
+    Ok(match v {
+        Cel::Null => Box::new(CelNull),
+        Cel::Bool(b) => Box::new(CelBool::from(*b)),
+        Cel::Int(i) => Box::new(CelInt::from(*i)),
+        Cel::UInt(u) => Box::new(CelUInt::from(*u)),
+        Cel::Float(f) => Box::new(CelDouble::from(*f)),
+        Cel::String(s) => Box::new(CelString::from(String::clone(s))),
+        Cel::Timestamp(t) => Box::new(CelTimestamp::from(*t)),
+        Cel::List(items) => Box::new(CelList::from(
+            items.iter().map(to_val).collect::<Result<Vec<_>, _>>()?,
+        )),
+        Cel::Map(m) => {
+            // Sized at once: collecting through `Result` would grow it.
+            let mut entries = HashMap::with_capacity(m.map.len());
+            for (k, v) in m.map.iter() {
+                entries.insert(CelMapKey::from(k.clone()), to_val(v)?);
+            }
+            Box::new(CelMap::from(entries))
+        }
+        other => other
+            .clone()
+            .try_into()
+            .map_err(|e| format!("cannot be bound: {e}"))?,
+    })
 }
 
 fn one_line(text: &str) -> String {

@@ -25,7 +25,7 @@ use sha2::{Digest as _, Sha256};
 use super::{
     AgentIdentity, AgentPolicy, CredentialPolicy, McpView, MessageMatch, RateCheck, RateKey,
     RateLimiter, RatePer, RequestView, ToolPolicy, Vars,
-    condition::{Bound, Known, Uses},
+    condition::{Bound, Condition, Known, Uses},
     rate::Admission,
 };
 use crate::mcp::{Message, Target};
@@ -347,10 +347,34 @@ pub struct Decider<'p, 'a> {
 }
 
 /// A reason for denial kept while the remaining candidates are tried.
-struct Miss {
+struct Miss<'p> {
     rule: DenyRule,
-    reason: String,
-    tool: Option<String>,
+    why: Why<'p>,
+}
+
+/// What a [`Miss`] says.
+enum Why<'p> {
+    /// Written when the tool was tried.
+    Written {
+        reason: String,
+        tool: Option<String>,
+    },
+    /// The tool's condition cannot hold and was passed over unrun
+    /// ([`Decider::passes_over`]); it is run for its reason only if the
+    /// decision is a denial that shows it. An allowed request (the usual
+    /// case) thus runs no condition but the one that allows it: before,
+    /// the first condition tried was always run, to have its reason at
+    /// hand (measured in the commit that made this).
+    Unrun(&'p ToolPolicy),
+}
+
+impl Miss<'_> {
+    fn written(rule: DenyRule, reason: String, tool: Option<String>) -> Self {
+        Self {
+            rule,
+            why: Why::Written { reason, tool },
+        }
+    }
 }
 
 /// The reasons a denial could give: the first of each rank (a failed
@@ -358,9 +382,9 @@ struct Miss {
 /// not listed). Later ones of a rank are never shown, so they are not
 /// written: a decision among fifty tools formats at most three.
 #[derive(Default)]
-struct Misses([Option<Miss>; 3]);
+struct Misses<'p>([Option<Miss<'p>>; 3]);
 
-impl Misses {
+impl<'p> Misses<'p> {
     fn rank(rule: DenyRule) -> usize {
         match rule {
             DenyRule::Condition => 0,
@@ -369,20 +393,15 @@ impl Misses {
         }
     }
 
-    /// Whether a miss of this rule would be kept.
-    fn wants(&self, rule: DenyRule) -> bool {
-        self.0[Self::rank(rule)].is_none()
-    }
-
     /// Keeps the miss `make` writes, if it is the first of its rank.
-    fn add(&mut self, rule: DenyRule, make: impl FnOnce() -> Miss) {
+    fn add(&mut self, rule: DenyRule, make: impl FnOnce() -> Miss<'p>) {
         let slot = &mut self.0[Self::rank(rule)];
         if slot.is_none() {
             *slot = Some(make());
         }
     }
 
-    fn best(self) -> Option<Miss> {
+    fn best(self) -> Option<Miss<'p>> {
         self.0.into_iter().flatten().next()
     }
 }
@@ -485,7 +504,7 @@ impl<'p> Decider<'p, '_> {
 
     /// Whether the tool's condition holds (or it has none); if not, the
     /// reason is kept in `misses` when it is the first of its kind.
-    fn condition(&self, tool: &ToolPolicy, bound: &Bound, misses: &mut Misses) -> bool {
+    fn condition(&self, tool: &ToolPolicy, bound: &Bound, misses: &mut Misses<'p>) -> bool {
         let Some(when) = &tool.calls.when else {
             return true;
         };
@@ -493,42 +512,72 @@ impl<'p> Decider<'p, '_> {
         if result == Ok(true) {
             return true;
         }
-        misses.add(DenyRule::Condition, || Miss {
-            rule: DenyRule::Condition,
-            reason: match result {
-                Err(e) => format!("the condition of tool {:?} failed: {e}", tool.name),
-                Ok(_) => format!(
-                    "the condition of tool {:?} does not hold: {}",
-                    tool.name,
-                    when.source()
-                ),
-            },
-            tool: Some(tool.name.clone()),
+        misses.add(DenyRule::Condition, || {
+            Miss::written(
+                DenyRule::Condition,
+                condition_reason(tool, when, result),
+                Some(tool.name.clone()),
+            )
         });
         false
     }
 
     /// Whether the tool's condition can be passed over unrun: its
-    /// prerequisites fail on the plain request, so it cannot hold, and a
-    /// denial would not show its reason (an earlier condition's is kept).
-    fn passes_over(&self, tool: &ToolPolicy, known: &Known<'_>, misses: &Misses) -> bool {
-        !misses.wants(DenyRule::Condition)
-            && tool
-                .calls
-                .when
-                .as_ref()
-                .is_some_and(|w| w.cannot_hold(known))
+    /// prerequisites fail on the plain request, so it cannot hold. The
+    /// first such tool is kept in `misses`, to be run for the reason of a
+    /// denial (`Why::Unrun`).
+    fn passes_over(
+        &self,
+        tool: &'p ToolPolicy,
+        known: &Known<'_>,
+        misses: &mut Misses<'p>,
+    ) -> bool {
+        let cannot = tool
+            .calls
+            .when
+            .as_ref()
+            .is_some_and(|w| w.cannot_hold(known));
+        if cannot {
+            misses.add(DenyRule::Condition, || Miss {
+                rule: DenyRule::Condition,
+                why: Why::Unrun(tool),
+            });
+        }
+        cannot
     }
 
-    fn deny(&self, misses: Misses, what: String) -> Decision<'p> {
+    /// The denial `misses` tell, or that no tool allows `what`. `bound`
+    /// gives the variables a condition passed over unrun sees, should its
+    /// reason be the one shown.
+    fn deny<'b>(
+        &self,
+        misses: Misses<'p>,
+        what: String,
+        bound: impl FnOnce() -> &'b Bound,
+    ) -> Decision<'p> {
         let best = misses.best();
         let facts = &self.input.facts;
         Decision::Deny(match best {
-            Some(m) => Denied {
-                rule: m.rule,
-                reason: m.reason,
-                tool: m.tool,
-            },
+            Some(Miss {
+                rule,
+                why: Why::Written { reason, tool },
+            }) => Denied { rule, reason, tool },
+            Some(Miss {
+                rule,
+                why: Why::Unrun(tool),
+            }) => {
+                let when = tool
+                    .calls
+                    .when
+                    .as_ref()
+                    .expect("only a condition is passed over");
+                let result = when.evaluate_bound(bound());
+                Denied {
+                    rule,
+                    reason: condition_reason(tool, when, result),
+                    tool: Some(tool.name.clone()),
+                }
+            }
             None if self
                 .policy
                 .tools
@@ -565,19 +614,21 @@ impl<'p> Decider<'p, '_> {
         {
             if tool.calls.protocol.is_rpc() {
                 if *facts.method == Method::POST {
-                    misses.add(DenyRule::BodyRequired, || Miss {
-                        rule: DenyRule::BodyRequired,
-                        reason: format!(
-                            "tool {:?} decides each JSON-RPC message of the body",
-                            tool.name
-                        ),
-                        tool: Some(tool.name.clone()),
+                    misses.add(DenyRule::BodyRequired, || {
+                        Miss::written(
+                            DenyRule::BodyRequired,
+                            format!(
+                                "tool {:?} decides each JSON-RPC message of the body",
+                                tool.name
+                            ),
+                            Some(tool.name.clone()),
+                        )
                     });
                     continue;
                 }
                 return self.allow(tool, None, false, None);
             }
-            if self.passes_over(tool, &known, &misses) {
+            if self.passes_over(tool, &known, &mut misses) {
                 continue;
             }
             // The condition's variables (the request's headers, query and
@@ -599,7 +650,7 @@ impl<'p> Decider<'p, '_> {
             ),
             None => format!("{} {} on {}", facts.method, facts.path, facts.host),
         };
-        self.deny(misses, what)
+        self.deny(misses, what, || self.bound())
     }
 
     /// Decides one message of a JSON-RPC body.
@@ -608,6 +659,7 @@ impl<'p> Decider<'p, '_> {
         let mut member: Option<Bound> = None;
         let facts = &self.input.facts;
         let known = self.known(Some(message));
+        let bind_member = || self.vars().bind_with_mcp(mcp_view(message));
         for tool in self
             .policy
             .tools
@@ -622,17 +674,18 @@ impl<'p> Decider<'p, '_> {
                 (true, MessageMatch::Session) => true,
                 (true, MessageMatch::Call) => false,
                 (true, MessageMatch::No(why)) => {
-                    misses.add(DenyRule::CallNotAllowed, || Miss {
-                        rule: DenyRule::CallNotAllowed,
-                        reason: format!("tool {:?}: {why}", tool.name),
-                        tool: None,
+                    misses.add(DenyRule::CallNotAllowed, || {
+                        Miss::written(
+                            DenyRule::CallNotAllowed,
+                            format!("tool {:?}: {why}", tool.name),
+                            None,
+                        )
                     });
                     continue;
                 }
             };
-            let bind_member = || self.vars().with_mcp(mcp_view(message)).bind();
             if !session && tool.calls.when.is_some() {
-                if self.passes_over(tool, &known, &misses) {
+                if self.passes_over(tool, &known, &mut misses) {
                     continue;
                 }
                 let bound = member.get_or_insert_with(bind_member);
@@ -662,7 +715,19 @@ impl<'p> Decider<'p, '_> {
             (None, Some(m)) => format!("method {m:?}"),
             (None, None) => "a response".to_owned(),
         };
-        self.deny(misses, what)
+        self.deny(misses, what, || &*member.get_or_insert_with(bind_member))
+    }
+}
+
+/// Why `tool`'s condition `when`, which gave `result`, did not allow.
+fn condition_reason(tool: &ToolPolicy, when: &Condition, result: Result<bool, String>) -> String {
+    match result {
+        Err(e) => format!("the condition of tool {:?} failed: {e}", tool.name),
+        Ok(_) => format!(
+            "the condition of tool {:?} does not hold: {}",
+            tool.name,
+            when.source()
+        ),
     }
 }
 
@@ -713,7 +778,7 @@ pub fn one_credential(decisions: &mut [Decision<'_>]) {
 pub fn digest(value: &Value) -> String {
     let mut hasher = Sha256::new();
     canonical(value, &mut hasher);
-    hex::encode(hasher.finalize())
+    crate::audit::chain::to_hex(&hasher.finalize().into())
 }
 
 fn canonical(value: &Value, h: &mut Sha256) {

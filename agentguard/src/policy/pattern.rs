@@ -44,13 +44,28 @@ impl HostPattern {
     }
 
     pub fn matches(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.');
+        let host = if host.ends_with('.') {
+            host.trim_end_matches('.')
+        } else {
+            host
+        };
+        // The pattern is lower case (`parse`), and so is nearly every host
+        // an agent sends: a plain comparison decides most matches, and the
+        // byte-by-byte case folding runs only where it differs. A request
+        // is matched against every tool that may take its method, fifty
+        // of them in the bench's MCP policy (measured in the commit that
+        // made this).
+        let folded_eq = |a: &[u8], b: &[u8]| a == b || a.eq_ignore_ascii_case(b);
         match self {
-            Self::Exact(name) => host.eq_ignore_ascii_case(name),
+            Self::Exact(name) => {
+                host.len() == name.len() && folded_eq(host.as_bytes(), name.as_bytes())
+            }
             Self::Suffix(suffix) => {
                 host.len() > suffix.len()
-                    && host.as_bytes()[host.len() - suffix.len()..]
-                        .eq_ignore_ascii_case(suffix.as_bytes())
+                    && folded_eq(
+                        &host.as_bytes()[host.len() - suffix.len()..],
+                        suffix.as_bytes(),
+                    )
             }
         }
     }

@@ -65,13 +65,18 @@ fn every_variable_is_there() {
         name: "create_issue".into(),
     };
     let args = json!({"owner": "acme", "repo": "widgets", "labels": ["bug"], "n": 3});
-    let vars = base.with_mcp(McpView {
+    let id = json!(7);
+    let view = McpView {
         method: Some("tools/call"),
         target: Some(&target),
         arguments: Some(&args),
         params: None,
-        id: Some(&json!(7)),
-    });
+        id: Some(&id),
+    };
+    let vars = base.with_mcp(view);
+    // What a decision binds for a member, without the copy.
+    let bound = base.bind_with_mcp(view);
+    let eval_bound = |expr| Condition::compile(expr).unwrap().evaluate_bound(&bound);
     for expr in [
         r#"request.method == "POST" && request.host == "api.example.com" && request.port == 443"#,
         r#"request.path.startsWith("/mcp")"#,
@@ -92,6 +97,7 @@ fn every_variable_is_there() {
         r#"has(mcp.arguments.owner) && !has(mcp.arguments.org)"#,
     ] {
         assert_eq!(eval(expr, &vars), Ok(true), "{expr}");
+        assert_eq!(eval_bound(expr), Ok(true), "{expr}");
     }
     for expr in [
         r#"mcp.arguments.owner == "other""#,
@@ -99,6 +105,41 @@ fn every_variable_is_there() {
         r#"now.getHours() >= 18"#,
     ] {
         assert_eq!(eval(expr, &vars), Ok(false), "{expr}");
+        assert_eq!(eval_bound(expr), Ok(false), "{expr}");
+    }
+}
+
+/// Variables are bound by reference (`to_val`): each kind of value comes
+/// out as cel's own conversion makes it.
+#[test]
+fn values_bind_as_cels_own_conversion_binds_them() {
+    let nested = json_to_cel(&json!({
+        "owner": "acme",
+        "n": -3,
+        "big": 18_446_744_073_709_551_615u64,
+        "ratio": 0.5,
+        "flags": [true, null, {"deep": ["x", 1]}],
+        "empty": {},
+        "none": [],
+    }))
+    .unwrap();
+    let mut samples = vec![
+        nested,
+        Cel::Null,
+        Cel::Bool(false),
+        Cel::Int(i64::MIN),
+        Cel::UInt(7),
+        Cel::Float(-1.25),
+        Cel::from("text".to_owned()),
+        timestamp(monday_morning()).unwrap(),
+    ];
+    samples.push(Cel::List(Arc::new(samples.clone())));
+    let back = |v: &dyn Val| Cel::try_from(v).unwrap();
+    for v in &samples {
+        let ours = to_val(v).unwrap();
+        let cels: Box<dyn Val> = v.clone().try_into().unwrap();
+        assert_eq!(back(ours.as_ref()), back(cels.as_ref()), "{v:?}");
+        assert_eq!(back(ours.as_ref()), *v, "{v:?}");
     }
 }
 

@@ -524,6 +524,122 @@ fn everything_else_is_denied_by_default() {
     assert!(reason.contains("host evil.example.com:443"), "{reason}");
 }
 
+/// Tools that differ in a literal their conditions compare (a
+/// prerequisite): the conditions that cannot hold are passed over unrun.
+const CHOICES: &str = r#"
+[agent]
+name = "bot"
+cgroup = "agentguard/bot"
+
+[[tool]]
+name = "calls.acme"
+host = "mcp.example"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["create_issue"]
+when = 'mcp.arguments.owner == "acme"'
+
+[[tool]]
+name = "calls.beta"
+host = "mcp.example"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["create_issue"]
+when = 'mcp.arguments.owner == "beta" && mcp.arguments.size > 10'
+
+[[tool]]
+name = "calls.sized"
+host = "mcp.example"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["create_issue"]
+when = 'mcp.arguments.size > 10'
+
+[[tool]]
+name = "plain.python"
+host = "api.example"
+methods = ["GET"]
+paths = ["/x"]
+when = 'agent.exe == "/usr/bin/python3"'
+
+[[tool]]
+name = "plain.node"
+host = "api.example"
+methods = ["GET"]
+paths = ["/x"]
+when = 'agent.exe == "/usr/bin/node" && request.path == "/x"'
+"#;
+
+/// A condition passed over because it cannot hold is run only for the
+/// reason of a denial; the reason shown is still the first conditioned
+/// tool's, as when every condition tried was run.
+#[test]
+fn a_denial_gives_the_first_failed_condition_whether_run_or_passed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bot.toml"), CHOICES).unwrap();
+    let set = load_path(dir.path()).unwrap();
+    let req = Req::post("mcp.example", "/mcp");
+    let denied = |args| match decide_call(&set, &req, "create_issue", args) {
+        Decision::Deny(d) => d,
+        Decision::Allow(a) => panic!("allowed by {}", a.tool.name),
+    };
+
+    // Every tool passed over or failing: the first one's reason.
+    let d = denied(json!({"owner": "other", "size": 1}));
+    assert_eq!(d.rule, DenyRule::Condition);
+    assert_eq!(d.tool.as_deref(), Some("calls.acme"));
+    assert_eq!(
+        d.reason,
+        r#"the condition of tool "calls.acme" does not hold: mcp.arguments.owner == "acme""#
+    );
+    // A missing argument: the first condition fails when run for its
+    // reason, as it did when it was run first.
+    let d = denied(json!({}));
+    assert_eq!(d.tool.as_deref(), Some("calls.acme"));
+    assert!(
+        d.reason
+            .starts_with(r#"the condition of tool "calls.acme" failed: "#),
+        "{}",
+        d.reason
+    );
+    // Passing over the first never blocks a later tool.
+    for (args, tool) in [
+        (json!({"owner": "beta", "size": 20}), "calls.beta"),
+        (json!({"owner": "other", "size": 20}), "calls.sized"),
+        (json!({"owner": "acme"}), "calls.acme"),
+    ] {
+        let d = decide_call(&set, &req, "create_issue", args.clone());
+        assert_eq!(allowed_tool(&d), Some(tool), "{args}");
+    }
+
+    // The same for a request decided as a whole.
+    let agent = set.agent("bot").unwrap();
+    let mut plain = Req::post("api.example", "/x");
+    plain.method = Method::GET;
+    for (exe, allowed) in [
+        ("/usr/bin/python3", Some("plain.python")),
+        ("/usr/bin/node", Some("plain.node")),
+        ("/usr/bin/curl", None),
+    ] {
+        plain.identity = identity(exe);
+        match agent.decider(plain.input()).decide() {
+            Decision::Allow(a) => assert_eq!(Some(a.tool.name.as_str()), allowed, "{exe}"),
+            Decision::Deny(d) => {
+                assert_eq!(allowed, None, "{exe}: {}", d.reason);
+                assert_eq!(d.rule, DenyRule::Condition);
+                assert_eq!(d.tool.as_deref(), Some("plain.python"));
+                assert_eq!(
+                    d.reason,
+                    r#"the condition of tool "plain.python" does not hold: agent.exe == "/usr/bin/python3""#
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn digests_are_canonical() {
     assert_eq!(

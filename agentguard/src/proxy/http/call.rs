@@ -146,7 +146,7 @@ pub(super) async fn decide(
     record_calls(out, &message_body);
     mcp::check_headers(&parts.headers, &message_body).map_err(Refusal::HeaderMismatch)?;
 
-    let call = plan_call(agent, facts, &parts, &message_body, caller);
+    let call = plan_call(agent, facts, &parts, message_body, caller);
     let CallPlan {
         body: message_body,
         decisions,
@@ -274,12 +274,12 @@ fn plan_call<'p>(
     agent: &'p AgentPolicy,
     facts: RequestFacts<'_>,
     parts: &hyper::http::request::Parts,
-    body: &mcp::Body,
+    body: mcp::Body,
     caller: &Caller<'_>,
 ) -> CallPlan<'p> {
     // Conditions on `request.body` see the body as parsed: one message as
     // received, a batch as the array of its members.
-    let whole: Cow<'_, Value> = match body {
+    let whole: Cow<'_, Value> = match &body {
         mcp::Body::Single(m) => Cow::Borrowed(&m.raw),
         mcp::Body::Batch(ms) => {
             Cow::Owned(Value::Array(ms.iter().map(|m| m.raw.clone()).collect()))
@@ -314,9 +314,11 @@ fn plan_call<'p>(
             _ => MemberOutcome::Forward,
         })
         .collect();
-    let plan = BodyPlan::new(body, &outcomes);
+    let plan = BodyPlan::new(&body, &outcomes);
+    drop(decider);
+    drop(whole);
     CallPlan {
-        body: body.clone(),
+        body,
         decisions,
         plan,
     }
