@@ -133,7 +133,15 @@ impl Permit {
         let weight = limit_fields(&mut event);
         let bytes = queue::Bytes::keep(self.bytes, weight);
         for observe in &self.shared.observers {
-            observe(&event);
+            // An observer (metrics, a view) that panics must not take the
+            // event with it: the store is what the audit promises. Its
+            // panic is said, and the event goes on to be stored.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| observe(&event))).is_err() {
+                error!(
+                    id = %event.id,
+                    "an audit observer panicked on this event; the event is stored all the same"
+                );
+            }
         }
         let tx = self.permit.send(Queued { event, bytes });
         self.shared.batch_ready.queued(&tx, &self.shared.bytes);

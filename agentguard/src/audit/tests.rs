@@ -301,6 +301,40 @@ fn followers_see_committed_records() {
     writer.shutdown(Duration::from_secs(5));
 }
 
+/// An observer that panics (a bug in metrics or a view) loses no event:
+/// the event is stored, and the observers after it still see it.
+#[test]
+fn an_observer_that_panics_does_not_lose_the_event() {
+    let state = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = seen.clone();
+    let observers: Vec<Observer> = vec![
+        Arc::new(|e: &Event| panic!("observer bug on {:?}", e.path)),
+        Arc::new(move |_: &Event| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }),
+    ];
+    let (sink, writer) = start(state.path(), config(100), observers).unwrap();
+    rt.block_on(async {
+        sink.record(event(1)).await;
+        sink.record(event(2)).await;
+        assert_eq!(written(&sink, 2).await, 2);
+    });
+    writer.shutdown(Duration::from_secs(5));
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let paths: Vec<String> = Connection::open(db_path(state.path()))
+        .unwrap()
+        .prepare("SELECT path FROM events ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(paths, ["/item/1", "/item/2"]);
+    assert!(check(state.path()).is_ok());
+}
+
 /// The store's checkpoints, as `--audit-anchor-dir` would have exported
 /// them.
 fn exported(state: &std::path::Path) -> Vec<Checkpoint> {
