@@ -33,6 +33,10 @@ pub enum OversightError {
     Approval(#[from] ApprovalError),
     #[error(transparent)]
     Revoke(#[from] RevokeError),
+    /// The task carrying the action out stopped before its end (it
+    /// panicked, or the daemon is stopping).
+    #[error("the {0} did not finish: {1}")]
+    Unfinished(&'static str, String),
 }
 
 /// What a revocation did.
@@ -65,6 +69,12 @@ pub struct Oversight {
     live: Arc<Live>,
     audit: AuditSink,
     kernel: KernelSync,
+    /// Revocations and restorations one at a time, each with its records:
+    /// one that waits for the audit store (its caller perhaps gone) is
+    /// not overtaken: the records come in the order the changes took
+    /// effect, and a restoration asked for meanwhile finds the revocation
+    /// done.
+    one_at_a_time: tokio::sync::Mutex<()>,
 }
 
 impl Oversight {
@@ -81,14 +91,35 @@ impl Oversight {
             live,
             audit,
             kernel,
+            one_at_a_time: tokio::sync::Mutex::new(()),
         }
     }
 
     /// Revokes `agent` for `actor`: its open connections are closed, its
     /// new ones refused, its held requests denied, its cached tokens
     /// dropped, and the kernel flag set; saved so that it survives a
-    /// restart.
+    /// restart. Carried out to its end and recorded even if the caller
+    /// goes away meanwhile (`to_the_end`).
     pub async fn revoke(
+        self: &Arc<Self>,
+        agent: &str,
+        reason: &str,
+        actor: &str,
+    ) -> Result<RevokeOutcome, OversightError> {
+        let (this, agent, reason, actor) = (
+            self.clone(),
+            agent.to_owned(),
+            reason.to_owned(),
+            actor.to_owned(),
+        );
+        to_the_end("revocation", async move {
+            let _turn = this.one_at_a_time.lock().await;
+            this.revoke_here(&agent, &reason, &actor).await
+        })
+        .await
+    }
+
+    async fn revoke_here(
         &self,
         agent: &str,
         reason: &str,
@@ -114,7 +145,7 @@ impl Oversight {
         );
         for view in &denied {
             self.audit
-                .record(approval_revoked(view, actor, &reason))
+                .record_even_if_dropped(approval_revoked(view, actor, &reason))
                 .await;
         }
         let open = self.revocations.open_connections(agent);
@@ -141,7 +172,7 @@ impl Oversight {
         if !newly_revoked {
             event.reason = Some(format!("{reason} (already revoked)").into());
         }
-        self.audit.record(event).await;
+        self.audit.record_even_if_dropped(event).await;
         info!(agent, actor, reason = %reason, connections = open, approvals_denied, credentials_dropped, "agent revoked");
         for w in &warnings {
             warn!(agent, "{w}");
@@ -157,7 +188,22 @@ impl Oversight {
     }
 
     /// Lifts `agent`'s revocation: new connections are accepted again.
+    /// Carried out to its end and recorded even if the caller goes away
+    /// meanwhile (`to_the_end`).
     pub async fn restore(
+        self: &Arc<Self>,
+        agent: &str,
+        actor: &str,
+    ) -> Result<RestoreOutcome, OversightError> {
+        let (this, agent, actor) = (self.clone(), agent.to_owned(), actor.to_owned());
+        to_the_end("restoration", async move {
+            let _turn = this.one_at_a_time.lock().await;
+            this.restore_here(&agent, &actor).await
+        })
+        .await
+    }
+
+    async fn restore_here(
         &self,
         agent: &str,
         actor: &str,
@@ -171,7 +217,13 @@ impl Oversight {
             warnings.push(format!("the kernel flag was not cleared: {e}"));
         }
         self.audit
-            .record(self.event(agent, actor, Decision::Allow, "restore", "restored"))
+            .record_even_if_dropped(self.event(
+                agent,
+                actor,
+                Decision::Allow,
+                "restore",
+                "restored",
+            ))
             .await;
         info!(agent, actor, "agent restored");
         Ok(RestoreOutcome {
@@ -240,6 +292,21 @@ impl Oversight {
     }
 }
 
+/// Runs `action` in a task of its own and waits for it. The caller's
+/// future is dropped when its client goes away (an operator's `agentguard
+/// revoke` interrupted while the audit store made it wait, a browser tab
+/// closed), and an action run inside it stopped at its first wait: held
+/// requests denied but the agent not revoked, or revoked with no event
+/// recorded. A task runs on; dropping its handle does not stop it.
+async fn to_the_end<T: Send + 'static>(
+    what: &'static str,
+    action: impl Future<Output = Result<T, OversightError>> + Send + 'static,
+) -> Result<T, OversightError> {
+    tokio::spawn(action)
+        .await
+        .unwrap_or_else(|e| Err(OversightError::Unfinished(what, e.to_string())))
+}
+
 /// The record of a held request denied because its agent was revoked.
 fn approval_revoked(view: &PendingView, actor: &str, reason: &str) -> Event {
     let mut e = Event::new(Kind::Approval).with_decision(
@@ -268,3 +335,6 @@ fn clip(s: &str) -> String {
     }
     s[..end].to_owned()
 }
+
+#[cfg(test)]
+mod tests;

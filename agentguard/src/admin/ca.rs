@@ -38,9 +38,22 @@ pub async fn route<B>(
     };
     let query = super::server::query_params(req);
     let actor = super::oversight::actor(query.get("by").map(String::as_str), uid);
-    // Key generation and fsyncs: off the runtime's worker threads.
-    let ca = state.ca.clone();
-    let outcome = match tokio::task::spawn_blocking(move || ca.apply(step)).await {
+    // Key generation and fsyncs off the runtime's worker threads; the step
+    // and its record in a task of their own, recorded before the caller
+    // hears of it: a caller that goes away meanwhile (an interrupted
+    // `agentguard ca rotate`) cannot leave a step taken but unrecorded.
+    let (ca, audit) = (state.ca.clone(), state.audit.clone());
+    let done = tokio::spawn(async move {
+        let outcome = tokio::task::spawn_blocking(move || ca.apply(step))
+            .await
+            .map_err(|e| e.to_string())?;
+        audit
+            .record_even_if_dropped(event(step, &actor, &outcome))
+            .await;
+        Ok::<_, String>(outcome)
+    })
+    .await;
+    let outcome = match done.map_err(|e| e.to_string()).and_then(|r| r) {
         Ok(outcome) => outcome,
         Err(e) => {
             return Some(error(
@@ -49,8 +62,6 @@ pub async fn route<B>(
             ));
         }
     };
-    // Recorded before the caller hears of it.
-    state.audit.record(event(step, &actor, &outcome)).await;
     Some(match outcome {
         Ok(trusted) => json(
             StatusCode::OK,

@@ -192,7 +192,9 @@ async fn record_login(
     e.actor = Some(name.to_owned());
     e.rule = Some(rule.into());
     e.protocol = Some("https".into());
-    state.audit.record(e).await;
+    // On record even if the browser goes away meanwhile: a failed
+    // sign-in above all must not escape the audit by closing early.
+    state.audit.record_even_if_dropped(e).await;
 }
 
 pub async fn dispatch(
