@@ -137,6 +137,16 @@ impl CallRules {
         }
     }
 
+    /// Whether some tool's [`CallRules::match_message`] may take `m` as
+    /// session traffic: a response, or a session method (`initialize`,
+    /// notifications, ...) with no tool, resource or prompt named. For
+    /// any other message every tool's conditions apply.
+    pub fn may_be_session(m: &Message) -> bool {
+        m.kind == MessageKind::Response
+            || (m.target.is_none()
+                && names::any_matches(&SESSION, m.method.as_deref().unwrap_or_default()))
+    }
+
     /// Checks one message of a body against the tool's names.
     pub fn match_message(&self, m: &Message) -> MessageMatch {
         if m.kind == MessageKind::Response {

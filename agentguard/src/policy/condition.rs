@@ -983,6 +983,7 @@ fn convert(json: &Json, budget: &mut usize) -> Result<Cel, String> {
 
 mod prerequisite;
 
+pub use prerequisite::KeyIndex;
 pub use prerequisite::Known;
 use prerequisite::{Prerequisite, prerequisites};
 

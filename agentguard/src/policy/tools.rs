@@ -11,7 +11,10 @@ use std::ops::Deref;
 
 use hyper::Method;
 
-use super::model::{MethodSet, ToolPolicy};
+use super::{
+    condition::{KeyIndex, Known},
+    model::{MethodSet, ToolPolicy},
+};
 
 /// Positions into the list, one set per standard method and one for the
 /// tools that name any other method.
@@ -23,11 +26,14 @@ pub struct Tools {
     /// For each of [`MethodSet`]'s standard methods, then for the others,
     /// the positions of the tools that may take it, ascending.
     by_method: [Box<[u32]>; SLOTS],
+    /// The same positions keyed by the first prerequisite of the tools'
+    /// call conditions ([`Tools::for_call`]).
+    by_call: [KeyIndex; SLOTS],
 }
 
 impl Tools {
     pub fn new(list: Vec<ToolPolicy>) -> Self {
-        let by_method = std::array::from_fn(|slot| {
+        let by_method: [Box<[u32]>; SLOTS] = std::array::from_fn(|slot| {
             list.iter()
                 .enumerate()
                 .filter(|(_, t)| match slot {
@@ -37,7 +43,18 @@ impl Tools {
                 .map(|(i, _)| u32::try_from(i).expect("fewer than 2^32 tools"))
                 .collect()
         });
-        Self { list, by_method }
+        let by_call = std::array::from_fn(|slot| {
+            KeyIndex::new(
+                by_method[slot]
+                    .iter()
+                    .map(|&i| (i, list[i as usize].calls.when.as_ref())),
+            )
+        });
+        Self {
+            list,
+            by_method,
+            by_call,
+        }
     }
 
     /// The tools that may take `method`, in policy order. A tool listed
@@ -46,6 +63,25 @@ impl Tools {
     pub fn for_method<'a>(&'a self, method: &Method) -> impl Iterator<Item = &'a ToolPolicy> + 'a {
         let slot = MethodSet::standard_index(method).unwrap_or(MethodSet::STANDARD_COUNT);
         self.by_method[slot].iter().map(|&i| &self.list[i as usize])
+    }
+
+    /// Of [`Tools::for_method`], in policy order, the tools whose call
+    /// condition may hold for `known` (a request and one of its JSON-RPC
+    /// messages): those left out have a condition whose first
+    /// prerequisite fails. Such a tool can still allow session traffic
+    /// (conditions are not applied to it), and a denial names tools this
+    /// leaves out: callers use it only for a message no tool takes as
+    /// session traffic, and only to find the tool that allows.
+    pub fn for_call<'a>(
+        &'a self,
+        method: &Method,
+        known: &Known<'_>,
+    ) -> impl Iterator<Item = &'a ToolPolicy> + use<'a> {
+        let slot = MethodSet::standard_index(method).unwrap_or(MethodSet::STANDARD_COUNT);
+        self.by_call[slot]
+            .candidates(known)
+            .into_iter()
+            .map(|i| &self.list[i as usize])
     }
 }
 

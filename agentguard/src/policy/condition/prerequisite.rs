@@ -91,6 +91,64 @@ fn value<'a>(field: &Field, k: &Known<'a>) -> Option<&'a str> {
     }
 }
 
+/// Conditions keyed by their first prerequisite: for a list of them (the
+/// tools that may take one method), which ones a request and message can
+/// meet, found with one lookup per field rather than one check per
+/// condition. A decision among fifty MCP tools that differ in an argument
+/// (one per organisation) then tries the one or two that can hold. A
+/// condition is left out only if its first prerequisite fails, so only
+/// if it cannot hold ([`super::Condition::cannot_hold`]).
+#[derive(Debug, Clone, Default)]
+pub struct KeyIndex {
+    /// For each field some first prerequisite names: each of its literals,
+    /// and the positions of the conditions that list it.
+    keyed: Vec<(Field, std::collections::HashMap<String, Vec<u32>>)>,
+    /// Positions with no condition, or one without a prerequisite.
+    unkeyed: Vec<u32>,
+}
+
+impl KeyIndex {
+    /// Indexes `conditions`, each with its position.
+    pub fn new<'c>(
+        conditions: impl IntoIterator<Item = (u32, Option<&'c super::Condition>)>,
+    ) -> Self {
+        let mut index = Self::default();
+        for (at, condition) in conditions {
+            let Some(key) = condition.and_then(|c| c.prerequisites.first()) else {
+                index.unkeyed.push(at);
+                continue;
+            };
+            let slot = match index.keyed.iter().position(|(f, _)| *f == key.field) {
+                Some(slot) => slot,
+                None => {
+                    index.keyed.push((key.field.clone(), Default::default()));
+                    index.keyed.len() - 1
+                }
+            };
+            for value in &key.values {
+                let at_value = index.keyed[slot].1.entry(value.clone()).or_default();
+                if at_value.last() != Some(&at) {
+                    at_value.push(at);
+                }
+            }
+        }
+        index
+    }
+
+    /// The positions, ascending, of the conditions whose first
+    /// prerequisite `known` meets, and of those without one.
+    pub fn candidates(&self, known: &Known<'_>) -> Vec<u32> {
+        let mut out = self.unkeyed.clone();
+        for (field, by_value) in &self.keyed {
+            if let Some(at) = value(field, known).and_then(|v| by_value.get(v)) {
+                out.extend_from_slice(at);
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+}
+
 /// The prerequisites among the expression's top-level conjuncts.
 pub fn prerequisites(ast: &IdedExpr) -> Vec<Prerequisite> {
     let mut conjuncts = Vec::new();

@@ -640,6 +640,164 @@ fn a_denial_gives_the_first_failed_condition_whether_run_or_passed_over() {
     }
 }
 
+/// Fifty MCP tools that differ in the organisation their condition names
+/// (as the bench's), among tools that name an argument deeper down, the
+/// caller's program, a list, no condition at all, or a condition with no
+/// prerequisite.
+fn many_tools() -> String {
+    let mut policy = String::from(
+        r#"
+[agent]
+name = "bot"
+cgroup = "agentguard/bot"
+"#,
+    );
+    for i in 0..50 {
+        policy.push_str(&format!(
+            r#"
+[[tool]]
+name = "org.{i}"
+host = "mcp.example"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["create_issue", "list_*"]
+when = 'mcp.arguments.owner == "org-{i}" && mcp.arguments.repo in ["widgets", "gadgets"]'
+"#
+        ));
+    }
+    policy.push_str(
+        r#"
+[[tool]]
+name = "nested"
+host = "mcp.example"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["create_issue"]
+when = 'mcp.arguments.repo.owner in ["deep", "deeper"]'
+
+[[tool]]
+name = "by.program"
+host = "mcp.example"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["get_*"]
+when = 'agent.exe == "/usr/bin/node"'
+
+[[tool]]
+name = "sized"
+host = "mcp.example"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["create_issue"]
+when = 'mcp.arguments.size > 10'
+
+[[tool]]
+name = "reads"
+host = "mcp.example"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "mcp"
+mcp_tools = ["list_*"]
+mcp_resources = ["repo://*"]
+
+[[tool]]
+name = "rpc"
+host = "mcp.example"
+methods = ["POST"]
+paths = ["/mcp"]
+protocol = "jsonrpc"
+rpc_methods = ["eth_call"]
+when = 'mcp.method == "eth_call"'
+"#,
+    );
+    policy
+}
+
+/// Deciding through the index of the conditions' prerequisites gives the
+/// decision trying every tool gives: the same tool, or the same denial
+/// with the same reason, for calls, session traffic and responses.
+#[test]
+fn the_prerequisite_index_decides_as_trying_every_tool() {
+    let messages: Vec<serde_json::Value> = [
+        json!({"owner": "org-7", "repo": "widgets"}),
+        json!({"owner": "org-49", "repo": "gadgets"}),
+        json!({"owner": "org-7", "repo": "other"}),
+        json!({"owner": "org-50", "repo": "widgets"}),
+        json!({"owner": 7, "repo": "widgets"}),
+        json!({"repo": {"owner": "deep"}}),
+        json!({"repo": {"owner": "shallow"}, "size": 11}),
+        json!({"size": 3}),
+        json!({}),
+    ]
+    .into_iter()
+    .flat_map(|args| {
+        ["create_issue", "list_issues", "get_issue", "delete_repo"].map(|name| {
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                   "params": {"name": name, "arguments": args.clone()}})
+        })
+    })
+    .chain([
+        json!({"jsonrpc": "2.0", "id": 2, "method": "resources/read", "params": {"uri": "repo://a/b"}}),
+        json!({"jsonrpc": "2.0", "id": 3, "method": "initialize", "params": {}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": 4, "result": {}}),
+        json!({"jsonrpc": "2.0", "id": 5, "method": "eth_call", "params": []}),
+        json!({"jsonrpc": "2.0", "id": 6, "method": "tools/list"}),
+    ])
+    .collect();
+    let mut decided = 0;
+    for policy in [many_tools(), CHOICES.to_owned(), POLICY.to_owned()] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bot.toml"), &policy).unwrap();
+        let set = load_path(dir.path()).unwrap();
+        let agent = set.agent("bot").unwrap();
+        for host in ["mcp.example", "mcp.github.example"] {
+            for exe in ["/usr/bin/python3", "/usr/bin/node"] {
+                let mut req = Req::post(host, "/mcp");
+                req.identity = identity(exe);
+                for raw in &messages {
+                    let body = Body::parse(raw.to_string().as_bytes()).unwrap();
+                    let message = &body.messages()[0];
+                    let decider = agent.decider(req.input());
+                    let indexed = decider.decide_message(message);
+                    let every = agent.decider(req.input());
+                    let known = every.known(Some(message));
+                    let tools = agent.tools.for_method(&req.method);
+                    let tried = every.decide_message_among(tools, message, &known, &mut None);
+                    assert_eq!(
+                        format!("{indexed:?}"),
+                        format!("{tried:?}"),
+                        "{host} {exe} {raw}"
+                    );
+                    decided += usize::from(indexed.is_allow());
+                }
+            }
+        }
+    }
+    assert!(decided > 20, "too few calls allowed to compare: {decided}");
+
+    // The index narrows: of the fifty, only the organisation's tool is
+    // tried, beside those it cannot key.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bot.toml"), many_tools()).unwrap();
+    let set = load_path(dir.path()).unwrap();
+    let agent = set.agent("bot").unwrap();
+    let req = Req::post("mcp.example", "/mcp");
+    let message = tool_call("create_issue", json!({"owner": "org-7", "repo": "widgets"}));
+    let decider = agent.decider(req.input());
+    let known = decider.known(Some(&message));
+    let tried: Vec<&str> = agent
+        .tools
+        .for_call(&req.method, &known)
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(tried, ["org.7", "sized", "reads"]);
+}
+
 #[test]
 fn digests_are_canonical() {
     assert_eq!(
