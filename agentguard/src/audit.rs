@@ -495,4 +495,4 @@ pub fn start(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -11,7 +11,7 @@ use super::{
     *,
 };
 
-fn config(checkpoint_every: u64) -> AuditConfig {
+pub(crate) fn config(checkpoint_every: u64) -> AuditConfig {
     AuditConfig {
         writer: WriterConfig {
             flush_interval: Duration::from_millis(20),
@@ -44,7 +44,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Asks `done` every 10 ms until it holds, for at most five seconds.
-async fn eventually(done: impl Fn() -> bool) {
+pub(crate) async fn eventually(done: impl Fn() -> bool) {
     for _ in 0..500 {
         if done() {
             return;
@@ -62,11 +62,14 @@ async fn written(sink: &AuditSink, n: u64) -> u64 {
 
 /// Takes every place in the queue (by count or by bytes, whichever runs
 /// out first) and uses none: a recorder now waits.
-async fn fill_queue(sink: &AuditSink) -> Vec<Permit> {
+pub(crate) async fn fill_queue(sink: &AuditSink) -> Vec<Permit> {
     let mut places = Vec::new();
     while let Ok(place) = tokio::time::timeout(Duration::from_millis(200), sink.reserve()).await {
         places.push(place.unwrap());
-        assert!(places.len() <= config(100).queue, "the queue never filled");
+        assert!(
+            places.len() <= sink.status().queue_capacity,
+            "the queue never filled"
+        );
     }
     places
 }

@@ -7,7 +7,10 @@ use rusqlite::Connection;
 
 use super::*;
 use crate::{
-    audit::{self, AuditConfig, Permit, WriterConfig, anchor::AnchorConfig},
+    audit::{
+        self,
+        tests::{config, eventually, fill_queue},
+    },
     cgroup::CgroupRoot,
     credentials::{CredentialStore, TokenFetcher, TokenFuture},
     identity::AgentTable,
@@ -48,21 +51,7 @@ fn oversight(state: &std::path::Path) -> (Arc<Oversight>, AuditSink, audit::Audi
         agents: Arc::new(AgentTable::new(CgroupRoot::discover().unwrap(), vec![])),
         credentials: Arc::new(credentials),
     });
-    let cfg = AuditConfig {
-        writer: WriterConfig {
-            flush_interval: Duration::from_millis(20),
-            batch_max: 64,
-            checkpoint_every: 100,
-            checkpoint_interval: Duration::from_secs(3600),
-            retention: None,
-            max_bytes: None,
-        },
-        queue: 4,
-        queue_bytes: 1 << 20,
-        signing_key: None,
-        anchors: AnchorConfig::default(),
-    };
-    let (sink, writer) = audit::start(state, cfg, vec![]).unwrap();
+    let (sink, writer) = audit::start(state, config(100), vec![]).unwrap();
     let oversight = Oversight::new(
         Arc::new(Approvals::default()),
         Arc::new(Revocations::load(state).unwrap()),
@@ -71,26 +60,6 @@ fn oversight(state: &std::path::Path) -> (Arc<Oversight>, AuditSink, audit::Audi
         Arc::new(|| Ok(())),
     );
     (Arc::new(oversight), sink, writer)
-}
-
-/// Takes every place in the audit queue: a recorder now waits.
-async fn fill_queue(sink: &AuditSink) -> Vec<Permit> {
-    let mut places = Vec::new();
-    while let Ok(place) = tokio::time::timeout(Duration::from_millis(200), sink.reserve()).await {
-        places.push(place.unwrap());
-        assert!(places.len() <= 4, "the queue never filled");
-    }
-    places
-}
-
-async fn eventually(done: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("not within 5 s");
 }
 
 /// Polls `action` once (it waits for the audit store, whose queue is
@@ -124,15 +93,15 @@ fn an_action_whose_caller_goes_away_is_carried_out_and_recorded() {
     let (oversight, sink, writer) = oversight(state.path());
     rt.block_on(async {
         go_away_from(&sink, oversight.revoke("bot", "leaked a key", "alice")).await;
-        eventually(|| {
-            oversight.revocations.revoked("bot").is_some() && sink.status().events_written == 1
-        })
-        .await;
+        let revoked =
+            || oversight.revocations.revoked("bot").is_some() && sink.status().events_written == 1;
+        eventually(revoked).await;
+        assert!(revoked(), "not revoked and recorded within 5 s");
         go_away_from(&sink, oversight.restore("bot", "alice")).await;
-        eventually(|| {
-            oversight.revocations.revoked("bot").is_none() && sink.status().events_written == 2
-        })
-        .await;
+        let restored =
+            || oversight.revocations.revoked("bot").is_none() && sink.status().events_written == 2;
+        eventually(restored).await;
+        assert!(restored(), "not restored and recorded within 5 s");
     });
     writer.shutdown(Duration::from_secs(5));
     let stored: Vec<(String, String, String)> = Connection::open(audit::db_path(state.path()))

@@ -665,9 +665,11 @@ impl<'p> Decider<'p, '_> {
         // (measured in the commit that made this): the first of them that
         // allows is the first tool that allows. A denial tries them all,
         // for the reason it gives. Session traffic is not conditioned,
-        // so it skips the first round.
-        if !CallRules::may_be_session(message) {
-            let tools = self.policy.tools.for_call(facts.method, &known);
+        // so it skips the first round, as does a policy the index would
+        // leave no tool out of.
+        if !CallRules::may_be_session(message)
+            && let Some(tools) = self.policy.tools.for_call(facts.method, &known)
+        {
             let decision = self.decide_message_among(tools, message, &known, &mut member);
             if matches!(decision, Decision::Allow(_)) {
                 return decision;

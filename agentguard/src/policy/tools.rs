@@ -71,17 +71,22 @@ impl Tools {
     /// prerequisite fails. Such a tool can still allow session traffic
     /// (conditions are not applied to it), and a denial names tools this
     /// leaves out: callers use it only for a message no tool takes as
-    /// session traffic, and only to find the tool that allows.
+    /// session traffic, and only to find the tool that allows. `None`
+    /// when no tool of the method has a condition with a prerequisite:
+    /// the index would leave nothing out.
     pub fn for_call<'a>(
         &'a self,
         method: &Method,
         known: &Known<'_>,
-    ) -> impl Iterator<Item = &'a ToolPolicy> + use<'a> {
+    ) -> Option<impl Iterator<Item = &'a ToolPolicy> + use<'a>> {
         let slot = MethodSet::standard_index(method).unwrap_or(MethodSet::STANDARD_COUNT);
-        self.by_call[slot]
-            .candidates(known)
-            .into_iter()
-            .map(|i| &self.list[i as usize])
+        let index = &self.by_call[slot];
+        index.keys_any().then(|| {
+            index
+                .candidates(known)
+                .into_iter()
+                .map(|i| &self.list[i as usize])
+        })
     }
 }
 

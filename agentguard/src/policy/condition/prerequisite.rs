@@ -135,6 +135,12 @@ impl KeyIndex {
         index
     }
 
+    /// Whether some condition is keyed: else [`KeyIndex::candidates`]
+    /// lists every position.
+    pub fn keys_any(&self) -> bool {
+        !self.keyed.is_empty()
+    }
+
     /// The positions, ascending, of the conditions whose first
     /// prerequisite `known` meets, and of those without one.
     pub fn candidates(&self, known: &Known<'_>) -> Vec<u32> {

@@ -65,8 +65,13 @@ rate = "1/hour"
 "#;
 
 fn policy() -> PolicySet {
+    load(POLICY)
+}
+
+/// The policy set of one file, `bot.toml`, holding `text`.
+fn load(text: &str) -> PolicySet {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bot.toml"), POLICY).unwrap();
+    std::fs::write(dir.path().join("bot.toml"), text).unwrap();
     load_path(dir.path()).unwrap()
 }
 
@@ -444,9 +449,7 @@ fn decide_plain(
     port: u16,
     raw_path: &str,
 ) -> Result<(String, Option<String>), String> {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bot.toml"), PLAIN).unwrap();
-    let set = load_path(dir.path()).unwrap();
+    let set = load(PLAIN);
     let path = crate::policy::normalize_path(raw_path)?;
     let method: Method = method.parse().unwrap();
     let identity = identity("/usr/bin/curl");
@@ -578,9 +581,7 @@ when = 'agent.exe == "/usr/bin/node" && request.path == "/x"'
 /// tool's, as when every condition tried was run.
 #[test]
 fn a_denial_gives_the_first_failed_condition_whether_run_or_passed_over() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bot.toml"), CHOICES).unwrap();
-    let set = load_path(dir.path()).unwrap();
+    let set = load(CHOICES);
     let req = Req::post("mcp.example", "/mcp");
     let denied = |args| match decide_call(&set, &req, "create_issue", args) {
         Decision::Deny(d) => d,
@@ -750,10 +751,9 @@ fn the_prerequisite_index_decides_as_trying_every_tool() {
     ])
     .collect();
     let mut decided = 0;
-    for policy in [many_tools(), CHOICES.to_owned(), POLICY.to_owned()] {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("bot.toml"), &policy).unwrap();
-        let set = load_path(dir.path()).unwrap();
+    // PLAIN keys no condition: no first round.
+    for policy in [many_tools(), CHOICES.into(), POLICY.into(), PLAIN.into()] {
+        let set = load(&policy);
         let agent = set.agent("bot").unwrap();
         for host in ["mcp.example", "mcp.github.example"] {
             for exe in ["/usr/bin/python3", "/usr/bin/node"] {
@@ -782,9 +782,7 @@ fn the_prerequisite_index_decides_as_trying_every_tool() {
 
     // The index narrows: of the fifty, only the organisation's tool is
     // tried, beside those it cannot key.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bot.toml"), many_tools()).unwrap();
-    let set = load_path(dir.path()).unwrap();
+    let set = load(&many_tools());
     let agent = set.agent("bot").unwrap();
     let req = Req::post("mcp.example", "/mcp");
     let message = tool_call("create_issue", json!({"owner": "org-7", "repo": "widgets"}));
@@ -793,6 +791,7 @@ fn the_prerequisite_index_decides_as_trying_every_tool() {
     let tried: Vec<&str> = agent
         .tools
         .for_call(&req.method, &known)
+        .expect("the organisations' tools are keyed")
         .map(|t| t.name.as_str())
         .collect();
     assert_eq!(tried, ["org.7", "sized", "reads"]);
@@ -836,9 +835,7 @@ approval = {}
 
 #[test]
 fn approval_conditions_pick_the_calls_that_wait() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bot.toml"), APPROVALS).unwrap();
-    let set = load_path(dir.path()).unwrap();
+    let set = load(APPROVALS);
     let req = Req::post("mcp.github.example", "/mcp");
     let waits = |name: &str, args: serde_json::Value| match decide_call(&set, &req, name, args) {
         Decision::Allow(a) => a.approval.map(|p| p.timeout),
